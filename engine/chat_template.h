@@ -1,0 +1,42 @@
+// Chat templates: the ChatML and Llama-3 families, detected from the model's Jinja template text
+// (tokenizer.chat_template) or chosen by name in the model YAML.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sparseserve {
+
+struct ChatMessage {
+  std::string role;     // "system" | "user" | "assistant"
+  std::string content;
+};
+
+enum class ChatTemplateKind { kChatML, kLlama3 };
+
+class ChatTemplate {
+ public:
+  // From the model's template text. Recognises ChatML (<|im_start|>) and Llama-3
+  // (<|start_header_id|>); also picks up a default system prompt the template injects when the
+  // conversation has none (SmolLM2 does). Throws ModelFileError(source, ...) when unrecognised.
+  static ChatTemplate detect(std::string_view jinja_text, const std::string& source);
+  // By name: "chatml" | "llama3". Throws InvalidArgument for another name.
+  static ChatTemplate by_name(std::string_view name);
+
+  ChatTemplateKind kind() const { return kind_; }
+  std::string name() const;
+  // Renders the conversation; with add_generation_prompt the assistant header follows.
+  // Throws InvalidArgument for an unknown role or an empty conversation.
+  std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+  // Text of the end-of-turn token ("<|im_end|>", "<|eot_id|>"): a stop token for generation.
+  std::string end_of_turn() const;
+
+ private:
+  ChatTemplate(ChatTemplateKind kind, std::string default_system)
+      : kind_(kind), default_system_(std::move(default_system)) {}
+  ChatTemplateKind kind_;
+  std::string default_system_;  // empty when the template injects none
+};
+
+}  // namespace sparseserve
