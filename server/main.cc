@@ -1,1 +1,40 @@
-int main() { return 0; }
+// The `sparseserve` command: info, generate (serve arrives with the server).
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "common/errors.h"
+#include "server/cli_generate.h"
+#include "server/cli_info.h"
+
+int main(int argc, char** argv) {
+  spdlog::set_default_logger(spdlog::stderr_color_mt("sparseserve"));
+  spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
+
+  CLI::App app{"sparseserve: an LLM inference server with a sparse KV cache"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
+  app.parse_complete_callback([&] { spdlog::set_level(spdlog::level::from_str(log_level)); });
+
+  sparseserve::cli::InfoArgs info;
+  sparseserve::cli::add_info_command(app, info);
+  sparseserve::cli::GenerateArgs gen;
+  sparseserve::cli::add_generate_command(app, gen);
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (app.got_subcommand("info")) return sparseserve::cli::run_info(info);
+    if (app.got_subcommand("generate")) return sparseserve::cli::run_generate(gen);
+  } catch (const sparseserve::Error& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    spdlog::error("unexpected error: {}", e.what());
+    return 2;
+  }
+  return 0;
+}

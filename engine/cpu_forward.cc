@@ -1,0 +1,121 @@
+#include "engine/cpu_forward.h"
+
+#include <cstring>
+#include <string>
+
+#include "common/errors.h"
+#include "engine/rope_freqs.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/ops.h"
+
+namespace sparseserve {
+
+namespace cpu = kernels::cpu;
+
+CpuForward::CpuForward(const Model& model)
+    : model_(model), inv_freq_(rope_inv_freq(model.config, model.weights.rope_freq_factors)) {}
+
+void CpuForward::forward(std::span<const ForwardSeq> batch, std::vector<float>& logits) {
+  const ModelConfig& c = model_.config;
+  const ModelWeights& w = model_.weights;
+  const int64_t H = c.hidden, D = c.head_dim;
+  const int64_t q_dim = c.n_heads * D, kv_dim = c.n_kv_heads * D;
+  const int64_t qkv_w = q_dim + 2 * kv_dim;
+
+  // Validate the whole batch before touching any cache.
+  int64_t rows = 0, out_rows = 0;
+  for (const ForwardSeq& s : batch) {
+    check(s.kv != nullptr, "ForwardSeq without a KV cache");
+    const auto n = static_cast<int64_t>(s.tokens.size());
+    if (s.kv->length() + n > c.max_context) {
+      throw InvalidArgument("context of " + std::to_string(s.kv->length() + n) + " tokens exceeds the model's " +
+                            std::to_string(c.max_context));
+    }
+    for (int32_t t : s.tokens) {
+      if (t < 0 || t >= c.vocab_size) throw InvalidArgument("token id " + std::to_string(t) + " outside the vocabulary");
+    }
+    rows += n;
+    out_rows += s.all_logits ? n : (n > 0 ? 1 : 0);
+  }
+  logits.assign(static_cast<size_t>(out_rows * c.vocab_size), 0.0f);
+  if (rows == 0) return;
+
+  auto sized = [](std::vector<float>& v, int64_t n) {
+    if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+    return v.data();
+  };
+  float* h = sized(h_, rows * H);
+  float* xn = sized(xn_, rows * H);
+  float* qkv = sized(qkv_, rows * qkv_w);
+  float* att = sized(att_, rows * q_dim);
+  float* proj = sized(proj_, rows * H);
+  float* gate_up = sized(gate_up_, rows * 2 * c.intermediate);
+  float* act = sized(act_, rows * c.intermediate);
+  pos_.resize(static_cast<size_t>(rows));
+
+  int64_t r = 0;
+  for (const ForwardSeq& s : batch) {
+    s.kv->reserve(s.kv->length() + static_cast<int64_t>(s.tokens.size()));
+    for (size_t i = 0; i < s.tokens.size(); ++i, ++r) {
+      pos_[static_cast<size_t>(r)] = static_cast<int32_t>(s.kv->length() + static_cast<int64_t>(i));
+      cpu::dequantize_weight_row(w.embed, s.tokens[i], h + r * H);
+    }
+  }
+
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
+    if (l == 0) {
+      cpu::rmsnorm(h, lw.attn_norm.data(), xn, rows, H, c.rms_eps);
+    } else {  // h += previous layer's MLP output, then norm
+      cpu::add_rmsnorm(h, proj, lw.attn_norm.data(), xn, rows, H, c.rms_eps);
+    }
+    auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
+    cpu::matmul(xn, rows, lw.wq, qkv, bias(lw.bq), qkv_w);
+    cpu::matmul(xn, rows, lw.wk, qkv + q_dim, bias(lw.bk), qkv_w);
+    cpu::matmul(xn, rows, lw.wv, qkv + q_dim + kv_dim, bias(lw.bv), qkv_w);
+    const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
+    cpu::rope(qkv, qkv_w, pos_.data(), rows, c.n_heads, D, c.rope_dim, inv_freq_.data(), interleaved);
+    cpu::rope(qkv + q_dim, qkv_w, pos_.data(), rows, c.n_kv_heads, D, c.rope_dim, inv_freq_.data(), interleaved);
+
+    r = 0;
+    for (const ForwardSeq& s : batch) {
+      const auto n = static_cast<int64_t>(s.tokens.size());
+      const int64_t start = s.kv->length();
+      float* kc = s.kv->k(l);
+      float* vc = s.kv->v(l);
+      for (int64_t i = 0; i < n; ++i) {
+        const float* src = qkv + (r + i) * qkv_w;
+        std::memcpy(kc + (start + i) * kv_dim, src + q_dim, sizeof(float) * static_cast<size_t>(kv_dim));
+        std::memcpy(vc + (start + i) * kv_dim, src + q_dim + kv_dim, sizeof(float) * static_cast<size_t>(kv_dim));
+      }
+      cpu::attention_causal(qkv + r * qkv_w, qkv_w, kc, vc, att + r * q_dim, n, start, c.n_heads, c.n_kv_heads, D);
+      r += n;
+    }
+    cpu::matmul(att, rows, lw.wo, proj);
+    cpu::add_rmsnorm(h, proj, lw.ffn_norm.data(), xn, rows, H, c.rms_eps);
+    cpu::matmul(xn, rows, lw.w_gate, gate_up, nullptr, 2 * c.intermediate);
+    cpu::matmul(xn, rows, lw.w_up, gate_up + c.intermediate, nullptr, 2 * c.intermediate);
+    cpu::silu_mul(gate_up, act, rows, c.intermediate);
+    cpu::matmul(act, rows, lw.w_down, proj);
+  }
+
+  // Gather the rows that need logits, apply the last residual add and the final norm, project.
+  float* sel = sized(sel_, out_rows * H);
+  cpu::add_inplace(h, proj, rows * H);
+  r = 0;
+  int64_t o = 0;
+  for (const ForwardSeq& s : batch) {
+    const auto n = static_cast<int64_t>(s.tokens.size());
+    const int64_t first = s.all_logits ? 0 : n - 1;
+    for (int64_t i = std::max<int64_t>(first, 0); i < n; ++i, ++o) {
+      std::memcpy(sel + o * H, h + (r + i) * H, sizeof(float) * static_cast<size_t>(H));
+    }
+    r += n;
+    s.kv->set_length(s.kv->length() + n);
+  }
+  cpu::rmsnorm(sel, w.final_norm.data(), sel, out_rows, H, c.rms_eps);
+  cpu::matmul(sel, out_rows, w.lm_head, logits.data());
+}
+
+}  // namespace sparseserve

@@ -1,0 +1,68 @@
+#include "engine/generate.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "common/errors.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
+
+namespace sparseserve {
+
+GenerateResult generate(CpuForward& fwd, std::span<const int32_t> prompt, const GenerateOptions& opts,
+                        const std::function<void(std::string_view)>& on_text) {
+  const Model& model = fwd.model();
+  const ModelConfig& c = model.config;
+  if (prompt.empty()) throw InvalidArgument("the prompt is empty");
+  if (static_cast<int64_t>(prompt.size()) >= c.max_context) {
+    throw InvalidArgument("prompt of " + std::to_string(prompt.size()) + " tokens leaves no room in the model's context of " +
+                          std::to_string(c.max_context) + " tokens");
+  }
+  if (opts.max_tokens < 0) throw InvalidArgument("max_tokens must be non-negative");
+  if (opts.prefill_chunk <= 0) throw InvalidArgument("prefill_chunk must be positive");
+  opts.sampling.validate(c.vocab_size);
+
+  std::vector<int32_t> stops = opts.stop_ids;
+  if (!opts.ignore_eos) stops.insert(stops.end(), c.eos_ids.begin(), c.eos_ids.end());
+  const int64_t budget = std::min<int64_t>(opts.max_tokens, c.max_context - static_cast<int64_t>(prompt.size()));
+
+  GenerateResult res;
+  res.finish_reason = "length";
+  DenseKvCache kv(c);
+  Sampler sampler(opts.sampling, prompt);
+  IncrementalDetokenizer detok(model.tokenizer, /*skip_special=*/true);
+  std::vector<float> logits;
+  auto emit = [&](const std::string& piece) {
+    if (piece.empty()) return;
+    res.text += piece;
+    if (on_text) on_text(piece);
+  };
+
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  for (size_t off = 0; off < prompt.size(); off += static_cast<size_t>(opts.prefill_chunk)) {
+    const size_t n = std::min(prompt.size() - off, static_cast<size_t>(opts.prefill_chunk));
+    const ForwardSeq seq{&kv, prompt.subspan(off, n), false};
+    fwd.forward(std::span(&seq, 1), logits);
+  }
+  const auto t1 = clock::now();
+  res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+
+  for (int64_t i = 0; i < budget; ++i) {
+    const int32_t tok = sampler.sample(logits);
+    if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
+      res.finish_reason = "stop";
+      break;
+    }
+    res.tokens.push_back(tok);
+    emit(detok.push(tok));
+    if (i + 1 == budget) break;
+    const ForwardSeq seq{&kv, std::span(&res.tokens.back(), 1), false};
+    fwd.forward(std::span(&seq, 1), logits);
+  }
+  emit(detok.flush());
+  res.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  return res;
+}
+
+}  // namespace sparseserve

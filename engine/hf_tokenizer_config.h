@@ -1,0 +1,13 @@
+// tokenizer_config.json of a Hugging Face directory: the chat template text.
+#pragma once
+
+#include <optional>
+#include <string>
+
+namespace sparseserve {
+
+// The "chat_template" string of dir/tokenizer_config.json (or dir/chat_template.jinja), when present.
+// Throws ModelFileError when the file exists but is not valid JSON.
+std::optional<std::string> read_hf_chat_template(const std::string& dir);
+
+}  // namespace sparseserve

@@ -1,0 +1,164 @@
+#include "engine/model.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+
+#include "common/errors.h"
+#include "engine/gguf.h"
+#include "engine/gguf_config.h"
+#include "engine/hf_model.h"
+#include "engine/hf_tokenizer_config.h"
+
+namespace sparseserve {
+
+namespace {
+
+using kernels::GgmlType;
+using kernels::cpu::WeightMatrix;
+using TensorLookup = std::function<const TensorView*(const std::string&)>;
+
+// Binds tensors by name, checking shapes against the config; counts bytes and types.
+class Binder {
+ public:
+  Binder(std::string source, TensorLookup lookup, Model& m) : source_(std::move(source)), lookup_(std::move(lookup)), m_(m) {}
+
+  const TensorView* find(const std::string& name) const { return lookup_(name); }
+
+  const TensorView& require(const std::string& name, std::vector<int64_t> shape) {
+    const TensorView* t = lookup_(name);
+    if (t == nullptr) throw ModelFileError(source_, "missing tensor '" + name + "'");
+    if (t->shape != shape) {
+      throw ModelFileError(source_, "tensor '" + name + "' has shape " + fmt_shape(t->shape) + ", expected " + fmt_shape(shape));
+    }
+    m_.weights.bytes += t->nbytes;
+    m_.tensor_types[std::string(kernels::type_traits(t->type).name)] += 1;
+    return *t;
+  }
+
+  WeightMatrix matrix(const std::string& name, int64_t rows, int64_t cols) {
+    const TensorView& t = require(name, {rows, cols});
+    if (cols % kernels::type_traits(t.type).block_elems != 0) {
+      throw ModelFileError(source_, "tensor '" + name + "' width is not a multiple of its block size");
+    }
+    return WeightMatrix{t.type, rows, cols, t.data, kernels::row_bytes(t.type, cols)};
+  }
+
+  std::vector<float> vector(const std::string& name, int64_t n) {
+    const TensorView& t = require(name, {n});
+    std::vector<float> out(static_cast<size_t>(n));
+    kernels::dequantize_row(t.type, t.data, out.data(), n);
+    return out;
+  }
+
+ private:
+  static std::string fmt_shape(const std::vector<int64_t>& s) {
+    std::string r = "[";
+    for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+    return r + "]";
+  }
+  std::string source_;
+  TensorLookup lookup_;
+  Model& m_;
+};
+
+struct TensorNames {
+  std::string embed, lm_head, final_norm;
+  std::function<std::string(int64_t, const char*)> layer;  // (layer, role) -> name
+};
+
+TensorNames gguf_names() {
+  return {"token_embd.weight", "output.weight", "output_norm.weight", [](int64_t i, const char* role) {
+            return "blk." + std::to_string(i) + "." + role;
+          }};
+}
+
+TensorNames hf_names() {
+  static const std::map<std::string, std::string> roles = {
+      {"attn_norm.weight", "input_layernorm.weight"},     {"attn_q.weight", "self_attn.q_proj.weight"},
+      {"attn_k.weight", "self_attn.k_proj.weight"},       {"attn_v.weight", "self_attn.v_proj.weight"},
+      {"attn_q.bias", "self_attn.q_proj.bias"},           {"attn_k.bias", "self_attn.k_proj.bias"},
+      {"attn_v.bias", "self_attn.v_proj.bias"},           {"attn_output.weight", "self_attn.o_proj.weight"},
+      {"ffn_norm.weight", "post_attention_layernorm.weight"}, {"ffn_gate.weight", "mlp.gate_proj.weight"},
+      {"ffn_up.weight", "mlp.up_proj.weight"},            {"ffn_down.weight", "mlp.down_proj.weight"},
+  };
+  return {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", [](int64_t i, const char* role) {
+            return "model.layers." + std::to_string(i) + "." + roles.at(role);
+          }};
+}
+
+void bind_weights(Binder& b, const TensorNames& n, Model& m) {
+  const ModelConfig& c = m.config;
+  ModelWeights& w = m.weights;
+  const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+  w.embed = b.matrix(n.embed, c.vocab_size, c.hidden);
+  w.lm_head = c.tied_embeddings ? w.embed : b.matrix(n.lm_head, c.vocab_size, c.hidden);
+  w.final_norm = b.vector(n.final_norm, c.hidden);
+  w.layers.resize(static_cast<size_t>(c.n_layers));
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    LayerWeights& l = w.layers[static_cast<size_t>(i)];
+    l.attn_norm = b.vector(n.layer(i, "attn_norm.weight"), c.hidden);
+    l.wq = b.matrix(n.layer(i, "attn_q.weight"), q_dim, c.hidden);
+    l.wk = b.matrix(n.layer(i, "attn_k.weight"), kv_dim, c.hidden);
+    l.wv = b.matrix(n.layer(i, "attn_v.weight"), kv_dim, c.hidden);
+    if (c.qkv_bias) {
+      l.bq = b.vector(n.layer(i, "attn_q.bias"), q_dim);
+      l.bk = b.vector(n.layer(i, "attn_k.bias"), kv_dim);
+      l.bv = b.vector(n.layer(i, "attn_v.bias"), kv_dim);
+    }
+    l.wo = b.matrix(n.layer(i, "attn_output.weight"), c.hidden, q_dim);
+    l.ffn_norm = b.vector(n.layer(i, "ffn_norm.weight"), c.hidden);
+    l.w_gate = b.matrix(n.layer(i, "ffn_gate.weight"), c.intermediate, c.hidden);
+    l.w_up = b.matrix(n.layer(i, "ffn_up.weight"), c.intermediate, c.hidden);
+    l.w_down = b.matrix(n.layer(i, "ffn_down.weight"), c.hidden, c.intermediate);
+  }
+}
+
+std::optional<ChatTemplate> pick_template(const std::string& override_name, const std::optional<std::string>& jinja,
+                                          const std::string& source) {
+  if (override_name != "auto") return ChatTemplate::by_name(override_name);
+  if (!jinja) return std::nullopt;
+  try {
+    return ChatTemplate::detect(*jinja, source);
+  } catch (const ModelFileError& e) {
+    spdlog::warn("{}; chat requests need chat_template set in the model YAML", e.what());
+    return std::nullopt;
+  }
+}
+
+std::unique_ptr<Model> load_gguf(const std::string& path, const std::string& tmpl) {
+  auto gguf = std::make_shared<GgufFile>(GgufFile::open(path));
+  auto m = std::make_unique<Model>(Model{path, "gguf", config_from_gguf(*gguf), {}, Tokenizer::from_gguf(*gguf), std::nullopt, {}, gguf});
+  Binder b(path, [g = gguf.get()](const std::string& name) { return g->find_tensor(name); }, *m);
+  bind_weights(b, gguf_names(), *m);
+  if (b.find("rope_freqs.weight") != nullptr) {
+    m->weights.rope_freq_factors = b.vector("rope_freqs.weight", m->config.rope_dim / 2);
+  }
+  m->chat_template = pick_template(tmpl, gguf->opt_string("tokenizer.chat_template"), path);
+  return m;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> load_model(const std::string& path, const std::string& chat_template_override) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_ptr<Model> m;
+  if (std::filesystem::is_directory(path)) {
+    auto st = std::make_shared<SafetensorsSet>(SafetensorsSet::open_dir(path));
+    const std::string tok = (std::filesystem::path(path) / "tokenizer.json").string();
+    m = std::make_unique<Model>(Model{path, "hf", load_hf_config(path), {}, Tokenizer::from_hf_json(tok), std::nullopt, {}, st});
+    Binder b(path, [s = st.get()](const std::string& name) { return s->find(name); }, *m);
+    bind_weights(b, hf_names(), *m);
+    m->chat_template = pick_template(chat_template_override, read_hf_chat_template(path), path);
+  } else {
+    m = load_gguf(path, chat_template_override);
+  }
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info("loaded {} ({}, {} layers, {:.1f} MiB of weights) in {:.0f} ms", path, m->config.architecture,
+               m->config.n_layers, static_cast<double>(m->weights.bytes) / (1 << 20), ms);
+  return m;
+}
+
+}  // namespace sparseserve

@@ -1,0 +1,76 @@
+#include "server/cli_generate.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+#include "common/errors.h"
+#include "engine/generate.h"
+#include "engine/model.h"
+
+namespace sparseserve::cli {
+
+void add_generate_command(CLI::App& app, GenerateArgs& a) {
+  auto* cmd = app.add_subcommand("generate", "Generate text from a prompt or a chat message on the CPU");
+  cmd->add_option("--model", a.model, "GGUF file or Hugging Face directory")->required();
+  auto* p = cmd->add_option("--prompt", a.prompt, "Raw prompt text (no chat template)");
+  auto* c = cmd->add_option("--chat", a.chat, "A user message, wrapped in the model's chat template");
+  p->excludes(c);
+  c->excludes(p);
+  cmd->add_option("--system", a.system, "System message (with --chat)");
+  cmd->add_option("--chat-template", a.chat_template, "auto | chatml | llama3")->capture_default_str();
+  cmd->add_option("--max-tokens", a.max_tokens, "Most tokens to generate")->capture_default_str();
+  cmd->add_option("--temperature", a.temperature, "0 = greedy")->capture_default_str();
+  cmd->add_option("--top-p", a.top_p)->capture_default_str();
+  cmd->add_option("--top-k", a.top_k, "0 = off")->capture_default_str();
+  cmd->add_option("--min-p", a.min_p)->capture_default_str();
+  cmd->add_option("--repetition-penalty", a.repetition_penalty)->capture_default_str();
+  cmd->add_option("--seed", a.seed, "RNG seed (same seed and input: same output)");
+  cmd->add_flag("--stats", a.stats, "Print timings to stderr at the end");
+}
+
+int run_generate(const GenerateArgs& a) {
+  if (a.prompt.empty() && a.chat.empty()) throw InvalidArgument("give --prompt or --chat");
+  const auto model = load_model(a.model, a.chat_template);
+  std::vector<int32_t> ids;
+  if (!a.chat.empty()) {
+    if (!model->chat_template) throw InvalidArgument("the model has no recognised chat template; pass --chat-template");
+    std::vector<ChatMessage> msgs;
+    if (!a.system.empty()) msgs.push_back({"system", a.system});
+    msgs.push_back({"user", a.chat});
+    // The rendered template carries any BOS it needs, so no BOS is added here.
+    ids = model->tokenizer.encode(model->chat_template->render(msgs, true), /*add_special=*/false, /*parse_special=*/true);
+  } else {
+    ids = model->tokenizer.encode(a.prompt, /*add_special=*/true, /*parse_special=*/false);
+  }
+
+  GenerateOptions opts;
+  opts.max_tokens = a.max_tokens;
+  opts.sampling.temperature = a.temperature;
+  opts.sampling.top_p = a.top_p;
+  opts.sampling.top_k = a.top_k;
+  opts.sampling.min_p = a.min_p;
+  opts.sampling.repetition_penalty = a.repetition_penalty;
+  opts.sampling.seed = a.seed;
+  if (model->chat_template) {
+    const int32_t eot = model->tokenizer.token_id(model->chat_template->end_of_turn());
+    if (eot >= 0) opts.stop_ids.push_back(eot);
+  }
+
+  CpuForward fwd(*model);
+  const GenerateResult r = generate(fwd, ids, opts, [](std::string_view piece) {
+    std::cout << piece << std::flush;
+  });
+  std::cout << "\n";
+  if (a.stats) {
+    std::cerr << fmt::format("prompt {} tokens in {:.3f} s ({:.1f} tok/s); generated {} tokens in {:.3f} s ({:.1f} tok/s); finish: {}\n",
+                             ids.size(), r.prefill_seconds, static_cast<double>(ids.size()) / r.prefill_seconds,
+                             r.tokens.size(), r.decode_seconds,
+                             r.decode_seconds > 0 ? static_cast<double>(r.tokens.size()) / r.decode_seconds : 0.0,
+                             r.finish_reason);
+  }
+  return 0;
+}
+
+}  // namespace sparseserve::cli

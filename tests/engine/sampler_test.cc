@@ -1,0 +1,163 @@
+#include "engine/sampler.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <random>
+#include <vector>
+
+#include "common/errors.h"
+
+namespace sparseserve {
+namespace {
+
+std::vector<float> random_logits(int n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+TEST(Sampler, GreedyIsArgmax) {
+  SamplingParams p;
+  p.temperature = 0.0f;
+  Sampler s(p, {});
+  auto l = random_logits(1000, 1);
+  const auto want = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+  EXPECT_EQ(s.sample(l), want);
+}
+
+TEST(Sampler, TopK1IsGreedyAtAnyTemperature) {
+  SamplingParams p;
+  p.temperature = 5.0f;
+  p.top_k = 1;
+  Sampler s(p, {});
+  for (unsigned i = 0; i < 20; ++i) {
+    auto l = random_logits(500, i);
+    const auto want = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+    EXPECT_EQ(s.sample(l), want);
+  }
+}
+
+TEST(Sampler, SameSeedSameTokensDifferentSeedDiffers) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_p = 0.9f;
+  p.seed = 42;
+  auto run = [&](uint64_t seed) {
+    SamplingParams q = p;
+    q.seed = seed;
+    Sampler s(q, {});
+    std::vector<int32_t> out;
+    for (unsigned i = 0; i < 50; ++i) {
+      auto l = random_logits(300, i);
+      out.push_back(s.sample(l));
+    }
+    return out;
+  };
+  EXPECT_EQ(run(42), run(42));
+  EXPECT_NE(run(42), run(43));
+}
+
+TEST(Sampler, FrequenciesFollowSoftmaxAtTemperature) {
+  // Four tokens with logits log(0.1), log(0.2), log(0.3), log(0.4): at temperature 1 the draw
+  // frequencies must approach those probabilities (binomial 5-sigma bounds over 20000 draws).
+  SamplingParams p;
+  p.seed = 7;
+  Sampler s(p, {});
+  std::map<int32_t, int> counts;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) {
+    std::vector<float> l = {std::log(0.1f), std::log(0.2f), std::log(0.3f), std::log(0.4f)};
+    counts[s.sample(l)]++;
+  }
+  for (int t = 0; t < 4; ++t) {
+    const double pr = 0.1 * (t + 1);
+    EXPECT_NEAR(counts[t] / double(n), pr, 5 * std::sqrt(pr * (1 - pr) / n)) << "token " << t;
+  }
+}
+
+TEST(Sampler, TopPKeepsSmallestPrefixReachingMass) {
+  SamplingParams p;
+  p.top_p = 0.5f;  // probabilities 0.4, 0.3, ...: keeps {3, 2}
+  p.seed = 1;
+  Sampler s(p, {});
+  for (int i = 0; i < 500; ++i) {
+    std::vector<float> l = {std::log(0.1f), std::log(0.2f), std::log(0.3f), std::log(0.4f)};
+    const int32_t t = s.sample(l);
+    EXPECT_TRUE(t == 3 || t == 2) << t;
+  }
+}
+
+TEST(Sampler, MinPDropsUnlikelyTokens) {
+  SamplingParams p;
+  p.min_p = 0.6f;  // floor 0.6 * 0.4 = 0.24: keeps {3, 2}
+  p.seed = 2;
+  Sampler s(p, {});
+  for (int i = 0; i < 500; ++i) {
+    std::vector<float> l = {std::log(0.1f), std::log(0.2f), std::log(0.3f), std::log(0.4f)};
+    const int32_t t = s.sample(l);
+    EXPECT_TRUE(t == 3 || t == 2) << t;
+  }
+}
+
+TEST(Sampler, PenaltiesAndBiasFollowTheirFormulas) {
+  SamplingParams p;
+  p.temperature = 0.0f;
+  p.repetition_penalty = 2.0f;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = 0.25f;
+  p.logit_bias = {{4, 1.0f}};
+  const std::vector<int32_t> prompt = {0, 1};
+  Sampler s(p, prompt);
+  s.accept(1);
+  s.accept(1);
+  s.accept(2);
+  std::vector<float> l = {4.0f, -2.0f, 3.0f, 0.5f, 0.0f};
+  s.sample(l);
+  EXPECT_FLOAT_EQ(l[0], 2.0f);                     // prompt token, positive: divided
+  EXPECT_FLOAT_EQ(l[1], -4.0f - 0.5f - 0.5f);       // generated twice, negative: multiplied, then 0.5 + 2·0.25
+  EXPECT_FLOAT_EQ(l[2], 1.5f - 0.5f - 0.25f);       // generated once
+  EXPECT_FLOAT_EQ(l[3], 0.5f);                      // untouched
+  EXPECT_FLOAT_EQ(l[4], 1.0f);                      // bias
+}
+
+TEST(Sampler, LogitBiasCanForceAToken) {
+  SamplingParams p;
+  p.logit_bias = {{3, 100.0f}};
+  p.seed = 3;
+  Sampler s(p, {});
+  auto l = random_logits(50, 4);
+  EXPECT_EQ(s.sample(l), 3);
+}
+
+TEST(SamplingParams, ValidationNamesTheParameter) {
+  auto expect_bad = [](auto mutate, const char* word) {
+    SamplingParams p;
+    mutate(p);
+    try {
+      p.validate(100);
+      ADD_FAILURE() << "accepted bad " << word;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
+    }
+  };
+  expect_bad([](SamplingParams& p) { p.temperature = -1; }, "temperature");
+  expect_bad([](SamplingParams& p) { p.temperature = NAN; }, "temperature");
+  expect_bad([](SamplingParams& p) { p.top_p = 0; }, "top_p");
+  expect_bad([](SamplingParams& p) { p.top_p = 1.5f; }, "top_p");
+  expect_bad([](SamplingParams& p) { p.top_k = -2; }, "top_k");
+  expect_bad([](SamplingParams& p) { p.min_p = 2; }, "min_p");
+  expect_bad([](SamplingParams& p) { p.presence_penalty = 3; }, "presence_penalty");
+  expect_bad([](SamplingParams& p) { p.frequency_penalty = -3; }, "frequency_penalty");
+  expect_bad([](SamplingParams& p) { p.repetition_penalty = 0; }, "repetition_penalty");
+  expect_bad([](SamplingParams& p) { p.logit_bias = {{100, 1.0f}}; }, "logit_bias");
+  expect_bad([](SamplingParams& p) { p.logit_bias = {{1, 1000.0f}}; }, "logit_bias");
+  SamplingParams ok;
+  EXPECT_NO_THROW(ok.validate(100));
+}
+
+}  // namespace
+}  // namespace sparseserve
