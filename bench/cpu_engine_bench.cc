@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "common/logging.h"
 #include "engine/cpu_forward.h"
 #include "engine/model.h"
 
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats)->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
+  init_logging("warn");
   const auto model = load_model(model_path);
   std::vector<int32_t> ids = model->tokenizer.encode(corpus(), false, false);
   if (static_cast<int64_t>(ids.size()) < prompt_tokens) {

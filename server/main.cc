@@ -1,5 +1,4 @@
 // The `sparseserve` command: info, generate (serve arrives with the server).
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -7,18 +6,18 @@
 #include <iostream>
 
 #include "common/errors.h"
+#include "common/logging.h"
 #include "server/cli_generate.h"
 #include "server/cli_info.h"
 
 int main(int argc, char** argv) {
-  spdlog::set_default_logger(spdlog::stderr_color_mt("sparseserve"));
-  spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
+  sparseserve::init_logging();
 
   CLI::App app{"sparseserve: an LLM inference server with a sparse KV cache"};
   app.require_subcommand(1);
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
-  app.parse_complete_callback([&] { spdlog::set_level(spdlog::level::from_str(log_level)); });
+  app.parse_complete_callback([&] { sparseserve::init_logging(log_level); });
 
   sparseserve::cli::InfoArgs info;
   sparseserve::cli::add_info_command(app, info);

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/logging.h"
 #include "engine/cpu_forward.h"
 #include "engine/model.h"
 
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
   app.add_option("--logits-out", logits_out);
   app.add_option("--greedy", greedy);
   CLI11_PARSE(app, argc, argv);
+  sparseserve::init_logging("warn");
   try {
     const auto model = load_model(model_path);
     std::vector<int32_t> ids;
