@@ -14,6 +14,7 @@
 
 #include "common/logging.h"
 #include "engine/cpu_forward.h"
+#include "engine/dense_kv.h"
 #include "engine/model.h"
 
 using namespace sparseserve;
@@ -55,15 +56,16 @@ int main(int argc, char** argv) {
   std::vector<double> prefill_tps, decode_tps;
   std::vector<float> logits;
   for (int64_t r = 0; r < repeats + 1; ++r) {  // first round warms up
-    DenseKvCache kv(model->config);
+    DenseKvBackend kv(model->config);
+    kv.add_sequence(0);
     const auto t0 = clock_type::now();
-    ForwardSeq s{&kv, ids, false};
-    fwd.forward(std::span(&s, 1), logits);
+    const ForwardSeq s{0, 0, ids, false, prompt_tokens};
+    fwd.forward(std::span(&s, 1), kv, logits);
     const auto t1 = clock_type::now();
     for (int64_t i = 0; i < decode_tokens; ++i) {
       const auto tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-      ForwardSeq d{&kv, std::span(&tok, 1), false};
-      fwd.forward(std::span(&d, 1), logits);
+      const ForwardSeq d{0, prompt_tokens + i, std::span(&tok, 1), false, prompt_tokens};
+      fwd.forward(std::span(&d, 1), kv, logits);
     }
     const auto t2 = clock_type::now();
     if (r == 0) continue;

@@ -4,6 +4,7 @@
 
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace sparseserve {
@@ -28,9 +29,19 @@ class ChatTemplate {
   std::string name() const;
   // Renders the conversation; with add_generation_prompt the assistant header follows.
   // Throws InvalidArgument for an unknown role or an empty conversation.
+  // Contract: the text carries every special token the prompt needs, including Llama-3's
+  // <|begin_of_text|> BOS. Encode it with add_special = false and parse_special = true (as
+  // transformers' apply_chat_template does), so a BOS is never doubled.
+  // ChatML: "<|im_start|>{role}\n{content}<|im_end|>\n" per message, the default system message
+  // first when the conversation has none; generation prompt "<|im_start|>assistant\n".
+  // Llama-3: "<|begin_of_text|>", then "<|start_header_id|>{role}<|end_header_id|>\n\n
+  // {content, whitespace-trimmed}<|eot_id|>" per message; generation prompt
+  // "<|start_header_id|>assistant<|end_header_id|>\n\n".
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
   // Text of the end-of-turn token ("<|im_end|>", "<|eot_id|>"): a stop token for generation.
   std::string end_of_turn() const;
+  // The system prompt the template injects when the conversation has none ("" when none).
+  const std::string& default_system() const { return default_system_; }
 
  private:
   ChatTemplate(ChatTemplateKind kind, std::string default_system)

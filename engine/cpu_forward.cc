@@ -1,11 +1,11 @@
 #include "engine/cpu_forward.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
 #include "common/errors.h"
 #include "engine/rope_freqs.h"
-#include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
 
@@ -16,7 +16,7 @@ namespace cpu = kernels::cpu;
 CpuForward::CpuForward(const Model& model)
     : model_(model), inv_freq_(rope_inv_freq(model.config, model.weights.rope_freq_factors)) {}
 
-void CpuForward::forward(std::span<const ForwardSeq> batch, std::vector<float>& logits) {
+void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::vector<float>& logits) {
   const ModelConfig& c = model_.config;
   const ModelWeights& w = model_.weights;
   const int64_t H = c.hidden, D = c.head_dim;
@@ -26,10 +26,9 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, std::vector<float>& 
   // Validate the whole batch before touching any cache.
   int64_t rows = 0, out_rows = 0;
   for (const ForwardSeq& s : batch) {
-    check(s.kv != nullptr, "ForwardSeq without a KV cache");
     const auto n = static_cast<int64_t>(s.tokens.size());
-    if (s.kv->length() + n > c.max_context) {
-      throw InvalidArgument("context of " + std::to_string(s.kv->length() + n) + " tokens exceeds the model's " +
+    if (s.start + n > c.max_context) {
+      throw InvalidArgument("context of " + std::to_string(s.start + n) + " tokens exceeds the model's " +
                             std::to_string(c.max_context));
     }
     for (int32_t t : s.tokens) {
@@ -40,6 +39,7 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, std::vector<float>& 
   }
   logits.assign(static_cast<size_t>(out_rows * c.vocab_size), 0.0f);
   if (rows == 0) return;
+  kv.begin_step(batch);
 
   auto sized = [](std::vector<float>& v, int64_t n) {
     if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
@@ -56,9 +56,8 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, std::vector<float>& 
 
   int64_t r = 0;
   for (const ForwardSeq& s : batch) {
-    s.kv->reserve(s.kv->length() + static_cast<int64_t>(s.tokens.size()));
     for (size_t i = 0; i < s.tokens.size(); ++i, ++r) {
-      pos_[static_cast<size_t>(r)] = static_cast<int32_t>(s.kv->length() + static_cast<int64_t>(i));
+      pos_[static_cast<size_t>(r)] = static_cast<int32_t>(s.start + static_cast<int64_t>(i));
       cpu::dequantize_weight_row(w.embed, s.tokens[i], h + r * H);
     }
   }
@@ -78,20 +77,7 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, std::vector<float>& 
     cpu::rope(qkv, qkv_w, pos_.data(), rows, c.n_heads, D, c.rope_dim, inv_freq_.data(), interleaved);
     cpu::rope(qkv + q_dim, qkv_w, pos_.data(), rows, c.n_kv_heads, D, c.rope_dim, inv_freq_.data(), interleaved);
 
-    r = 0;
-    for (const ForwardSeq& s : batch) {
-      const auto n = static_cast<int64_t>(s.tokens.size());
-      const int64_t start = s.kv->length();
-      float* kc = s.kv->k(l);
-      float* vc = s.kv->v(l);
-      for (int64_t i = 0; i < n; ++i) {
-        const float* src = qkv + (r + i) * qkv_w;
-        std::memcpy(kc + (start + i) * kv_dim, src + q_dim, sizeof(float) * static_cast<size_t>(kv_dim));
-        std::memcpy(vc + (start + i) * kv_dim, src + q_dim + kv_dim, sizeof(float) * static_cast<size_t>(kv_dim));
-      }
-      cpu::attention_causal(qkv + r * qkv_w, qkv_w, kc, vc, att + r * q_dim, n, start, c.n_heads, c.n_kv_heads, D);
-      r += n;
-    }
+    kv.attend(l, batch, qkv, qkv_w, att);
     cpu::matmul(att, rows, lw.wo, proj);
     cpu::add_rmsnorm(h, proj, lw.ffn_norm.data(), xn, rows, H, c.rms_eps);
     cpu::matmul(xn, rows, lw.w_gate, gate_up, nullptr, 2 * c.intermediate);
@@ -112,8 +98,8 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, std::vector<float>& 
       std::memcpy(sel + o * H, h + (r + i) * H, sizeof(float) * static_cast<size_t>(H));
     }
     r += n;
-    s.kv->set_length(s.kv->length() + n);
   }
+  kv.end_step(batch);
   cpu::rmsnorm(sel, w.final_norm.data(), sel, out_rows, H, c.rms_eps);
   cpu::matmul(sel, out_rows, w.lm_head, logits.data());
 }

@@ -7,26 +7,20 @@
 #include <span>
 #include <vector>
 
-#include "engine/dense_kv.h"
+#include "engine/kv_backend.h"
 #include "engine/model.h"
 
 namespace sparseserve {
-
-// One sequence's part of a step: tokens at positions kv->length() .. kv->length()+tokens.size()-1.
-struct ForwardSeq {
-  DenseKvCache* kv = nullptr;
-  std::span<const int32_t> tokens;
-  bool all_logits = false;  // logits for every token of the chunk, else for its last token only
-};
 
 class CpuForward {
  public:
   explicit CpuForward(const Model& model);
 
-  // Runs the batch, appends each chunk's K/V to its cache and advances its length.
+  // Runs the batch; `kv` stores each chunk's K/V and computes attention.
   // logits: resized to rows × vocab, rows in batch order (all tokens or the last one per sequence).
-  // Throws InvalidArgument for a token id outside the vocabulary or a context over max_context.
-  void forward(std::span<const ForwardSeq> batch, std::vector<float>& logits);
+  // Throws InvalidArgument for a token id outside the vocabulary or a context over max_context;
+  // the cache is unchanged then.
+  void forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::vector<float>& logits);
 
   const Model& model() const { return model_; }
 

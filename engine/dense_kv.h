@@ -1,12 +1,13 @@
-// Contiguous per-sequence KV storage for the CPU engine: per layer, K and V as
-// [capacity, n_kv_heads, head_dim] fp32 (K after RoPE). Row j holds position j.
-// (The paged, role-split cache of kvcache/ replaces this for serving; this one backs `generate`
-// and the reference tests.)
+// Dense contiguous KV backend for the CPU engine: per sequence and layer, K and V as
+// [capacity, n_kv_heads, head_dim] fp32 (K after RoPE), row j = position j. Every head attends to
+// its whole causal history. (Reference for the paged backend; backs tests and tools.)
 #pragma once
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
+#include "engine/kv_backend.h"
 #include "engine/model_config.h"
 
 namespace sparseserve {
@@ -15,22 +16,37 @@ class DenseKvCache {
  public:
   explicit DenseKvCache(const ModelConfig& config);
 
-  int64_t length() const { return length_; }       // tokens stored
-  int64_t row_width() const { return row_width_; }  // n_kv_heads * head_dim
-  // Makes room for `tokens` positions (amortised doubling); never shrinks.
-  void reserve(int64_t tokens);
+  int64_t length() const { return length_; }
+  void reserve(int64_t tokens);  // amortised doubling; never shrinks
   float* k(int64_t layer) { return k_[static_cast<size_t>(layer)].data(); }
   float* v(int64_t layer) { return v_[static_cast<size_t>(layer)].data(); }
   void set_length(int64_t n) { length_ = n; }
-  // Drops everything after the first n tokens (n ≤ length()).
-  void truncate(int64_t n);
-  size_t bytes() const;  // bytes allocated
+  size_t bytes() const;
 
  private:
   int64_t row_width_;
   int64_t capacity_ = 0;
   int64_t length_ = 0;
   std::vector<std::vector<float>> k_, v_;
+};
+
+class DenseKvBackend final : public KvBackend {
+ public:
+  explicit DenseKvBackend(const ModelConfig& config) : config_(config) {}
+
+  void add_sequence(uint64_t id);  // InternalError when it exists
+  void release(uint64_t id);
+  int64_t length(uint64_t id) const;
+
+  void begin_step(std::span<const ForwardSeq> batch) override;
+  void attend(int64_t layer, std::span<const ForwardSeq> batch, const float* qkv, int64_t qkv_stride,
+              float* out) override;
+  void end_step(std::span<const ForwardSeq> batch) override;
+
+ private:
+  DenseKvCache& get(uint64_t id);
+  ModelConfig config_;
+  std::unordered_map<uint64_t, DenseKvCache> seqs_;
 };
 
 }  // namespace sparseserve

@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "common/errors.h"
+#include "engine/dense_kv.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 
@@ -28,7 +29,8 @@ GenerateResult generate(CpuForward& fwd, std::span<const int32_t> prompt, const 
 
   GenerateResult res;
   res.finish_reason = "length";
-  DenseKvCache kv(c);
+  DenseKvBackend kv(c);
+  kv.add_sequence(0);
   Sampler sampler(opts.sampling, prompt);
   IncrementalDetokenizer detok(model.tokenizer, /*skip_special=*/true);
   std::vector<float> logits;
@@ -42,8 +44,8 @@ GenerateResult generate(CpuForward& fwd, std::span<const int32_t> prompt, const 
   const auto t0 = clock::now();
   for (size_t off = 0; off < prompt.size(); off += static_cast<size_t>(opts.prefill_chunk)) {
     const size_t n = std::min(prompt.size() - off, static_cast<size_t>(opts.prefill_chunk));
-    const ForwardSeq seq{&kv, prompt.subspan(off, n), false};
-    fwd.forward(std::span(&seq, 1), logits);
+    const ForwardSeq seq{0, static_cast<int64_t>(off), prompt.subspan(off, n), false, static_cast<int64_t>(prompt.size())};
+    fwd.forward(std::span(&seq, 1), kv, logits);
   }
   const auto t1 = clock::now();
   res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
@@ -57,8 +59,9 @@ GenerateResult generate(CpuForward& fwd, std::span<const int32_t> prompt, const 
     res.tokens.push_back(tok);
     emit(detok.push(tok));
     if (i + 1 == budget) break;
-    const ForwardSeq seq{&kv, std::span(&res.tokens.back(), 1), false};
-    fwd.forward(std::span(&seq, 1), logits);
+    const ForwardSeq seq{0, static_cast<int64_t>(prompt.size() + res.tokens.size() - 1), std::span(&res.tokens.back(), 1),
+                         false, static_cast<int64_t>(prompt.size())};
+    fwd.forward(std::span(&seq, 1), kv, logits);
   }
   emit(detok.flush());
   res.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();

@@ -17,14 +17,18 @@ class GgufFile;
 class Tokenizer {
  public:
   static Tokenizer from_gguf(const GgufFile& gguf);          // throws ModelFileError
-  static Tokenizer from_hf_json(const std::string& path);    // tokenizer.json; throws ModelFileError
+  // tokenizer.json (byte-level BPE; see tokenizer_json.cc for what is supported). BOS/EOS texts
+  // also come from a tokenizer_config.json beside it, when present. Throws ModelFileError.
+  static Tokenizer from_hf_json(const std::string& path);
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
   // Encodes text. add_special: prepend BOS when the model declares it (add_bos_token).
   // parse_special: special/added tokens written in the text become their ids; otherwise they are
-  // encoded as plain text. Invalid UTF-8 is encoded byte by byte, never rejected.
+  // encoded as plain text (user-defined added tokens are matched either way). Invalid UTF-8 is
+  // encoded byte by byte, never rejected, so decode() restores it; a byte (or character) whose
+  // byte-level form has no token in the vocabulary is dropped, as HF tokenizers drops it.
   std::vector<int32_t> encode(std::string_view text, bool add_special = true,
                               bool parse_special = true) const;
   // Decodes ids to bytes (may be invalid UTF-8 when cut mid-character). skip_special drops

@@ -1,11 +1,9 @@
 #include "kernels/cpu/attention.h"
 
 #include <cmath>
-#include <cstring>
 #include <vector>
 
-#include "kernels/cpu/ops.h"
-#include "kernels/cpu/vec.h"
+#include "kernels/cpu/span_attention.h"
 
 namespace sparseserve::kernels::cpu {
 
@@ -16,20 +14,15 @@ void attention_causal(const float* q, int64_t q_row_stride, const float* k, cons
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
 #pragma omp parallel
   {
-    std::vector<float> scores(static_cast<size_t>(start_pos + T));
+    std::vector<float> scratch;
 #pragma omp for schedule(dynamic, 4) collapse(2)
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t h = 0; h < n_heads; ++h) {
-        const int64_t n_keys = start_pos + t + 1;
         const int64_t kvh = h / group;
-        const float* qh = q + t * q_row_stride + h * head_dim;
-        for (int64_t j = 0; j < n_keys; ++j) {
-          scores[j] = vec::dot(qh, k + j * kv_stride + kvh * head_dim, head_dim) * scale;
-        }
-        softmax(scores.data(), n_keys);
-        float* o = out + (t * n_heads + h) * head_dim;
-        std::memset(o, 0, sizeof(float) * static_cast<size_t>(head_dim));
-        for (int64_t j = 0; j < n_keys; ++j) vec::axpy(scores[j], v + j * kv_stride + kvh * head_dim, o, head_dim);
+        const KeySpan all{k + kvh * head_dim, v + kvh * head_dim, 0, static_cast<int32_t>(start_pos + T),
+                          static_cast<int32_t>(kv_stride)};
+        attend_spans(q + t * q_row_stride + h * head_dim, start_pos + t, std::span(&all, 1), AttentionMask::causal(),
+                     head_dim, scale, out + (t * n_heads + h) * head_dim, scratch);
       }
     }
   }

@@ -12,6 +12,7 @@
 
 #include "common/logging.h"
 #include "engine/cpu_forward.h"
+#include "engine/dense_kv.h"
 #include "engine/model.h"
 
 using namespace sparseserve;
@@ -40,16 +41,18 @@ int main(int argc, char** argv) {
       ids = model->tokenizer.encode(prompt, add_bos, /*parse_special=*/true);
     }
     CpuForward fwd(*model);
-    DenseKvCache kv(model->config);
+    DenseKvBackend kv(model->config);
+    kv.add_sequence(0);
     const int64_t V = model->config.vocab_size;
     const auto n = static_cast<int64_t>(ids.size());
     const int64_t step = chunk > 0 ? chunk : n;
     std::vector<float> all, logits;
     for (int64_t off = 0; off < n; off += step) {
-      const ForwardSeq seq{&kv, std::span<const int32_t>(ids).subspan(static_cast<size_t>(off),
-                                                                       static_cast<size_t>(std::min(step, n - off))),
-                           !logits_out.empty()};
-      fwd.forward(std::span(&seq, 1), logits);
+      const ForwardSeq seq{0, off,
+                           std::span<const int32_t>(ids).subspan(static_cast<size_t>(off),
+                                                                 static_cast<size_t>(std::min(step, n - off))),
+                           !logits_out.empty(), n};
+      fwd.forward(std::span(&seq, 1), kv, logits);
       all.insert(all.end(), logits.begin(), logits.end());
     }
     if (!logits_out.empty()) {
@@ -61,8 +64,8 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < greedy; ++i) {
       const auto tok = static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
       gen.push_back(tok);
-      const ForwardSeq seq{&kv, std::span(&gen.back(), 1), false};
-      fwd.forward(std::span(&seq, 1), last);
+      const ForwardSeq seq{0, n + i, std::span(&gen.back(), 1), false, n};
+      fwd.forward(std::span(&seq, 1), kv, last);
     }
     std::cout << nlohmann::json{{"ids", ids}, {"greedy", gen}}.dump() << "\n";
   } catch (const std::exception& e) {

@@ -1,0 +1,268 @@
+#include "engine/paged_kv.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "common/errors.h"
+#include "kernels/cpu/block_sparse.h"
+#include "kernels/cpu/page_select.h"
+#include "kernels/cpu/span_attention.h"
+
+namespace sparseserve {
+
+namespace cpu = kernels::cpu;
+using kvcache::HeadRole;
+
+struct PagedKvBackend::HeadTask {
+  size_t seq = 0;      // index in the batch
+  int64_t row0 = 0;    // first row of the sequence in the step
+  int32_t head = 0;    // KV head
+  int32_t slot = 0;    // slot in the role's tables
+  HeadRole role = HeadRole::kRetrieval;
+  std::vector<cpu::KeySpan> spans;
+  cpu::AttentionMask mask;
+  std::optional<cpu::BlockMask> blocks;  // dynamic prefill
+  int64_t selected_tokens = 0, context_tokens = 0;
+  bool selected_now = false;
+};
+
+PagedKvBackend::PagedKvBackend(const ModelConfig& config, kvcache::KvCacheManager& manager)
+    : config_(config),
+      manager_(manager),
+      storage_(config.n_layers, manager.num_pages(), manager.config().page_tokens, manager.config().logical_page_tokens,
+               config.head_dim) {}
+
+void PagedKvBackend::add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) {
+  check(manager_.has_sequence(id), "PagedKvBackend: sequence not registered with the KV cache manager");
+  check(!seqs_.contains(id), "PagedKvBackend: sequence already bound");
+  check(profile.roles.n_layers() == config_.n_layers && profile.roles.n_kv_heads() == config_.n_kv_heads,
+        "PagedKvBackend: profile head roles do not match the model");
+  SeqState st;
+  st.profile = &profile;
+  const auto pairs = static_cast<size_t>(config_.n_layers * config_.n_kv_heads);
+  st.selected.resize(pairs);
+  st.selected_at_blocks.assign(pairs, 0);
+  seqs_.emplace(id, std::move(st));
+}
+
+void PagedKvBackend::release(uint64_t id) { seqs_.erase(id); }
+
+PagedKvBackend::SeqState& PagedKvBackend::state(uint64_t id) {
+  const auto it = seqs_.find(id);
+  check(it != seqs_.end(), "PagedKvBackend: unknown sequence id");
+  return it->second;
+}
+
+void PagedKvBackend::begin_step(std::span<const ForwardSeq> batch) {
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const ForwardSeq& s = batch[i];
+    check(state(s.id).length == s.start, "PagedKvBackend: step start differs from the stored length");
+    check(manager_.sequence(s.id).length() >= s.start + static_cast<int64_t>(s.tokens.size()),
+          "PagedKvBackend: KV pages for the step were not allocated");
+    for (size_t j = 0; j < i; ++j) check(batch[j].id != s.id, "PagedKvBackend: sequence twice in one step");
+  }
+}
+
+void PagedKvBackend::write_retrieval(int64_t layer, const ForwardSeq& s, const kvcache::SequenceKv& kv, int32_t slot,
+                                     int32_t head, const float* qkv, int64_t qkv_stride, int64_t row0) {
+  const int64_t D = config_.head_dim, P = storage_.page_tokens();
+  const int64_t q_dim = config_.n_heads * D, kv_dim = config_.n_kv_heads * D;
+  const auto& pages = kv.retrieval_pages(slot);
+  for (int64_t i = 0; i < static_cast<int64_t>(s.tokens.size()); ++i) {
+    const int64_t pos = s.start + i;
+    const float* row = qkv + (row0 + i) * qkv_stride;
+    storage_.write(layer, pages[static_cast<size_t>(pos / P)], pos % P, row + q_dim + head * D,
+                   row + q_dim + kv_dim + head * D, /*with_metadata=*/true);
+  }
+}
+
+void PagedKvBackend::write_streaming(int64_t layer, const ForwardSeq& s, const kvcache::SequenceKv& kv, int32_t slot,
+                                     int32_t head, const float* qkv, int64_t qkv_stride, int64_t row0) {
+  const int64_t D = config_.head_dim;
+  const int64_t q_dim = config_.n_heads * D, kv_dim = config_.n_kv_heads * D;
+  const auto& g = *kv.streaming_geometry();
+  const auto& pages = kv.streaming_pages(slot);
+  const auto n = static_cast<int64_t>(s.tokens.size());
+  // Only positions the ring still holds after the chunk matter; earlier ones would be overwritten.
+  const int64_t keep_from = std::max<int64_t>(s.start, s.start + n - int64_t{g.ring_pages()} * storage_.page_tokens());
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t pos = s.start + i;
+    const bool sink_block = pos < int64_t{g.sink_pages()} * storage_.page_tokens();
+    if (pos < keep_from && !sink_block) continue;
+    const kvcache::PageLocation loc = g.locate(pos);
+    const float* row = qkv + (row0 + i) * qkv_stride;
+    storage_.write(layer, pages[static_cast<size_t>(loc.index)], loc.offset, row + q_dim + head * D,
+                   row + q_dim + kv_dim + head * D, /*with_metadata=*/false);
+  }
+}
+
+std::vector<int32_t> PagedKvBackend::decode_blocks(int64_t layer, int32_t head, SeqState& st,
+                                                   const kvcache::SequenceKv& kv, int32_t slot, const float* q,
+                                                   int64_t end, bool& fresh) {
+  fresh = false;
+  const kvcache::DecodeSelection& dec = st.profile->decode;
+  const int64_t P = storage_.page_tokens(), LP = storage_.logical_page_tokens();
+  const auto nb = static_cast<int32_t>((end + P - 1) / P);
+  const bool dense_layer = std::find(dec.dense_layers.begin(), dec.dense_layers.end(), layer) != dec.dense_layers.end();
+  std::vector<int32_t> all(static_cast<size_t>(nb));
+  std::iota(all.begin(), all.end(), 0);
+  if (!dec.enabled || dense_layer || end <= dec.token_budget) return all;
+
+  const auto idx = static_cast<size_t>(layer * config_.n_kv_heads + head);
+  std::vector<int32_t>& sel = st.selected[idx];
+  if (sel.empty() || st.decode_steps % dec.reselect_interval == 0) {
+    const auto& pages = kv.retrieval_pages(slot);
+    const int32_t group = static_cast<int32_t>(config_.n_heads / config_.n_kv_heads);
+    std::vector<float> scores(static_cast<size_t>(nb));
+    for (int32_t b = 0; b < nb; ++b) {
+      const int64_t tokens = std::min<int64_t>(P, end - int64_t{b} * P);
+      const auto valid = static_cast<int32_t>((tokens + LP - 1) / LP);
+      const int32_t page = pages[static_cast<size_t>(b)];
+      scores[static_cast<size_t>(b)] = cpu::page_score(q, config_.head_dim, group, storage_.kmin(layer, page),
+                                                       storage_.kmax(layer, page), valid, config_.head_dim);
+    }
+    const int64_t sink = st.profile->streaming.value_or(kvcache::StreamingWindow{}).sink_tokens;
+    sel = cpu::select_pages(scores, end, static_cast<int32_t>(P), sink, dec.token_budget);
+    st.selected_at_blocks[idx] = nb;
+    fresh = true;
+    return sel;
+  }
+  std::vector<int32_t> out = sel;  // previous set plus every page appended since
+  for (int32_t b = st.selected_at_blocks[idx]; b < nb; ++b) out.push_back(b);
+  return out;
+}
+
+void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, const float* qkv, int64_t qkv_stride,
+                            float* out) {
+  const int64_t D = config_.head_dim, P = storage_.page_tokens();
+  const int64_t group = config_.n_heads / config_.n_kv_heads;
+  const int64_t q_dim = config_.n_heads * D, kv_dim = config_.n_kv_heads * D;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+
+  std::vector<HeadTask> tasks;
+  int64_t row0 = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const kvcache::HeadRoles& roles = state(batch[i].id).profile->roles;
+    for (int32_t h = 0; h < config_.n_kv_heads; ++h) {
+      HeadTask t;
+      t.seq = i;
+      t.row0 = row0;
+      t.head = h;
+      t.role = roles.role(static_cast<int32_t>(layer), h);
+      t.slot = roles.slot(static_cast<int32_t>(layer), h);
+      tasks.push_back(std::move(t));
+    }
+    row0 += static_cast<int64_t>(batch[i].tokens.size());
+  }
+
+  // 1. Retrieval K/V go into their pages first (append-only: nothing the step reads is overwritten).
+  // 2. Each task's keys (spans) and mask.
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t ti = 0; ti < tasks.size(); ++ti) {
+    HeadTask& t = tasks[ti];
+    const ForwardSeq& s = batch[t.seq];
+    SeqState& st = state(s.id);
+    const kvcache::SequenceKv& kv = manager_.sequence(s.id);
+    const auto n = static_cast<int64_t>(s.tokens.size());
+    const int64_t end = s.start + n;
+    if (t.role == HeadRole::kRetrieval) {
+      write_retrieval(layer, s, kv, t.slot, t.head, qkv, qkv_stride, t.row0);
+      const auto& pages = kv.retrieval_pages(t.slot);
+      const bool decode = n == 1 && s.start >= s.prompt_len;
+      std::vector<int32_t> blocks;
+      if (decode) {
+        const float* q = qkv + t.row0 * qkv_stride + t.head * group * D;
+        blocks = decode_blocks(layer, t.head, st, kv, t.slot, q, end, t.selected_now);
+      } else {
+        blocks.resize(static_cast<size_t>((end + P - 1) / P));
+        std::iota(blocks.begin(), blocks.end(), 0);
+      }
+      for (int32_t b : blocks) {
+        const int32_t page = pages[static_cast<size_t>(b)];
+        const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, end - int64_t{b} * P));
+        t.spans.push_back({storage_.k(layer, page), storage_.v(layer, page), int64_t{b} * P, cnt, static_cast<int32_t>(D)});
+        if (decode) t.selected_tokens += cnt;
+      }
+      if (decode) t.context_tokens = end;
+      const kvcache::PrefillSparsity& pf = st.profile->prefill;
+      if (!decode && pf.dynamic && s.prompt_len >= pf.min_prompt_tokens && n > 1) {
+        std::vector<float> keys(static_cast<size_t>(end * D));
+        for (int64_t j = 0; j < end; ++j) {
+          std::copy_n(storage_.k(layer, pages[static_cast<size_t>(j / P)], j % P), D, keys.data() + j * D);
+        }
+        t.blocks = cpu::xattention_block_mask(qkv + t.row0 * qkv_stride + t.head * group * D, qkv_stride,
+                                              static_cast<int32_t>(group), s.start, n, keys.data(), D, pf.block_tokens,
+                                              pf.stride, pf.threshold);
+      }
+      t.mask = cpu::AttentionMask::causal();
+    } else {
+      const auto& g = *kv.streaming_geometry();
+      const auto& pages = kv.streaming_pages(t.slot);
+      // Sink blocks, then the ring's blocks before the chunk (oldest first), then the chunk itself.
+      const int64_t last_block = s.start > 0 ? (s.start - 1) / P : -1;
+      for (int64_t b = 0; b < g.sink_pages() && b <= last_block; ++b) {
+        const int32_t page = pages[static_cast<size_t>(b)];
+        const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, s.start - b * P));
+        t.spans.push_back({storage_.k(layer, page), storage_.v(layer, page), b * P, cnt, static_cast<int32_t>(D)});
+      }
+      for (int64_t b = std::max<int64_t>(g.sink_pages(), last_block - g.ring_pages() + 1); b <= last_block; ++b) {
+        const int32_t page = pages[static_cast<size_t>(g.locate(b * P).index)];
+        const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, s.start - b * P));
+        t.spans.push_back({storage_.k(layer, page), storage_.v(layer, page), b * P, cnt, static_cast<int32_t>(D)});
+      }
+      const float* chunk = qkv + t.row0 * qkv_stride + q_dim + t.head * D;
+      t.spans.push_back({chunk, chunk + kv_dim, s.start, static_cast<int32_t>(n), static_cast<int32_t>(qkv_stride)});
+      t.mask = cpu::AttentionMask::band(g.window().sink_tokens, g.window().local_tokens);
+    }
+  }
+
+  // 3. Attention for every (task, query row, head of the group).
+  std::vector<std::pair<size_t, int64_t>> work;
+  for (size_t ti = 0; ti < tasks.size(); ++ti) {
+    for (int64_t i = 0; i < static_cast<int64_t>(batch[tasks[ti].seq].tokens.size()); ++i) work.emplace_back(ti, i);
+  }
+#pragma omp parallel
+  {
+    std::vector<float> scratch;
+#pragma omp for schedule(dynamic, 4)
+    for (size_t w = 0; w < work.size(); ++w) {
+      const HeadTask& t = tasks[work[w].first];
+      const int64_t i = work[w].second;
+      const int64_t pos = batch[t.seq].start + i;
+      const int64_t row = t.row0 + i;
+      cpu::AttentionMask mask = t.mask;
+      if (t.blocks) mask = cpu::AttentionMask::blocks(t.blocks->row(pos / t.blocks->block_tokens), t.blocks->block_tokens);
+      for (int64_t g = 0; g < group; ++g) {
+        const int64_t qh = t.head * group + g;
+        cpu::attend_spans(qkv + row * qkv_stride + qh * D, pos, t.spans, mask, D, scale, out + row * q_dim + qh * D,
+                          scratch);
+      }
+    }
+  }
+
+  // 4. Streaming K/V enter the ring after the attention that still needed the old contents.
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t ti = 0; ti < tasks.size(); ++ti) {
+    const HeadTask& t = tasks[ti];
+    if (t.role != HeadRole::kStreaming) continue;
+    const ForwardSeq& s = batch[t.seq];
+    write_streaming(layer, s, manager_.sequence(s.id), t.slot, t.head, qkv, qkv_stride, t.row0);
+  }
+  for (const HeadTask& t : tasks) {
+    stats_.selected_tokens += t.selected_tokens;
+    stats_.context_tokens += t.context_tokens;
+    stats_.selections += t.selected_now ? 1 : 0;
+  }
+}
+
+void PagedKvBackend::end_step(std::span<const ForwardSeq> batch) {
+  for (const ForwardSeq& s : batch) {
+    SeqState& st = state(s.id);
+    const auto n = static_cast<int64_t>(s.tokens.size());
+    if (n == 1 && s.start >= s.prompt_len) ++st.decode_steps;
+    st.length = s.start + n;
+  }
+}
+
+}  // namespace sparseserve

@@ -1,0 +1,76 @@
+// Paged KV backend of the CPU engine: K/V in head-slot pages (kvcache/README.md) and attention with
+// the exact sparse semantics of DESIGN.md §5, per (layer, KV head) role of the sequence's profile:
+//   retrieval, dense            all keys j ≤ t from the slot's block table
+//   retrieval, decode selection Quest-selected pages within token_budget, reselected every
+//                               reselect_interval decode steps (previous set + new pages between)
+//   retrieval, dynamic prefill  XAttention block mask over the chunk (prompt ≥ min_prompt_tokens)
+//   streaming                   Λ band (sink + local) from sink pages, the ring and the chunk itself;
+//                               the chunk is written into the ring after its attention
+// The KvCacheManager (owned by the caller, e.g. the scheduler) must already hold room for each
+// step's tokens (allocate) before forward().
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/cpu_kv_storage.h"
+#include "engine/kv_backend.h"
+#include "engine/model_config.h"
+#include "kvcache/kv_cache_manager.h"
+#include "kvcache/sparsity_profile.h"
+
+namespace sparseserve {
+
+// Decode-time selection figures, summed over retrieval (layer, KV head) pairs and decode steps.
+struct SelectionStats {
+  int64_t selected_tokens = 0;  // tokens attended by retrieval heads in decode
+  int64_t context_tokens = 0;   // tokens those heads would attend densely
+  int64_t selections = 0;       // page selections computed (not reused)
+};
+
+class PagedKvBackend final : public KvBackend {
+ public:
+  PagedKvBackend(const ModelConfig& config, kvcache::KvCacheManager& manager);
+
+  // Binds a sequence already added to the manager with profile's layout. The profile must outlive
+  // the sequence. InternalError for an unknown or already bound id.
+  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile);
+  void release(uint64_t id);  // forgets the sequence here (the caller releases its pages)
+
+  void begin_step(std::span<const ForwardSeq> batch) override;
+  void attend(int64_t layer, std::span<const ForwardSeq> batch, const float* qkv, int64_t qkv_stride,
+              float* out) override;
+  void end_step(std::span<const ForwardSeq> batch) override;
+
+  const SelectionStats& selection_stats() const { return stats_; }
+  const CpuKvStorage& storage() const { return storage_; }
+
+ private:
+  struct SeqState {
+    const kvcache::SparsityProfile* profile = nullptr;
+    int64_t length = 0;        // tokens whose K/V are stored
+    int64_t decode_steps = 0;  // decode steps run so far
+    // Per (layer, KV head): selected blocks (ascending) and the block count when they were chosen.
+    std::vector<std::vector<int32_t>> selected;
+    std::vector<int32_t> selected_at_blocks;
+  };
+  struct HeadTask;  // one (sequence, KV head) of a layer step
+
+  SeqState& state(uint64_t id);
+  void write_retrieval(int64_t layer, const ForwardSeq& s, const kvcache::SequenceKv& kv, int32_t slot, int32_t head,
+                       const float* qkv, int64_t qkv_stride, int64_t row0);
+  void write_streaming(int64_t layer, const ForwardSeq& s, const kvcache::SequenceKv& kv, int32_t slot, int32_t head,
+                       const float* qkv, int64_t qkv_stride, int64_t row0);
+  // Blocks a decode query of (layer, head) reads; fresh is set when a new selection was computed.
+  std::vector<int32_t> decode_blocks(int64_t layer, int32_t head, SeqState& st, const kvcache::SequenceKv& kv,
+                                     int32_t slot, const float* q, int64_t end, bool& fresh);
+
+  ModelConfig config_;
+  kvcache::KvCacheManager& manager_;
+  CpuKvStorage storage_;
+  std::unordered_map<uint64_t, SeqState> seqs_;
+  SelectionStats stats_;
+};
+
+}  // namespace sparseserve

@@ -1,0 +1,256 @@
+#include "engine/pretokenizer.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+
+#include "common/errors.h"
+#include "engine/utf8.h"
+
+namespace sparseserve {
+
+namespace {
+
+// Oniguruma's Unicode \s (the White_Space property), as the body of a character class.
+constexpr std::string_view kWhiteSpaceClassBody =
+    R"(\t\n\x{0B}\f\r\x{20}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
+
+std::string pcre2_message(int code) {
+  PCRE2_UCHAR buf[256];
+  pcre2_get_error_message(code, buf, sizeof buf);
+  return reinterpret_cast<const char*>(buf);
+}
+
+// Per-thread JIT stack: long whitespace runs make `\s+(?!\S)` backtrack deeply.
+struct ThreadMatchContext {
+  pcre2_match_context* context = nullptr;
+  pcre2_jit_stack* stack = nullptr;
+  ThreadMatchContext() {
+    context = pcre2_match_context_create(nullptr);
+    stack = pcre2_jit_stack_create(32 * 1024, 16 * 1024 * 1024, nullptr);
+    if (context != nullptr && stack != nullptr) pcre2_jit_stack_assign(context, nullptr, stack);
+  }
+  ~ThreadMatchContext() {
+    pcre2_jit_stack_free(stack);
+    pcre2_match_context_free(context);
+  }
+  ThreadMatchContext(const ThreadMatchContext&) = delete;
+  ThreadMatchContext& operator=(const ThreadMatchContext&) = delete;
+};
+
+pcre2_match_context* thread_match_context() {
+  thread_local ThreadMatchContext ctx;
+  return ctx.context;
+}
+
+using Segment = std::pair<std::string_view, bool>;  // (text, is_delimiter)
+
+}  // namespace
+
+// A compiled UTF + UCP pattern (JIT-compiled when the platform allows). Thread-safe to match.
+class PcreRegex {
+ public:
+  explicit PcreRegex(std::string_view pattern) {
+    const std::string rewritten = rewrite_whitespace_escapes(pattern);
+    int err = 0;
+    PCRE2_SIZE err_offset = 0;
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(rewritten.data()), rewritten.size(),
+                          PCRE2_UTF | PCRE2_UCP, &err, &err_offset, nullptr);
+    if (code_ == nullptr) {
+      throw std::invalid_argument("bad regex '" + std::string(pattern) + "' at offset " +
+                                  std::to_string(err_offset) + ": " + pcre2_message(err));
+    }
+    pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);  // falls back to the interpreter on failure
+  }
+  ~PcreRegex() { pcre2_code_free(code_); }
+  PcreRegex(const PcreRegex&) = delete;
+  PcreRegex& operator=(const PcreRegex&) = delete;
+
+  // Segments `subject` (well-formed UTF-8) into matches (is_delimiter = true) and the gaps between
+  // them, in order, covering it entirely. Empty matches are skipped.
+  void segment(std::string_view subject, pcre2_match_data* md, std::vector<Segment>& out) const {
+    const auto* s = reinterpret_cast<PCRE2_SPTR>(subject.data());
+    size_t offset = 0;
+    size_t prev = 0;
+    while (offset <= subject.size()) {
+      const int rc = pcre2_match(code_, s, subject.size(), offset, PCRE2_NO_UTF_CHECK, md,
+                                 thread_match_context());
+      if (rc == PCRE2_ERROR_NOMATCH) break;
+      if (rc < 0) throw InternalError("pre-tokenizer regex failed: " + pcre2_message(rc));
+      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+      const size_t begin = ov[0];
+      const size_t end = ov[1];
+      if (end == begin) {  // empty match: step over one character
+        if (begin >= subject.size()) break;
+        const int n = utf8::classify(subject.substr(begin));
+        offset = begin + static_cast<size_t>(n > 0 ? n : 1);
+        continue;
+      }
+      if (begin > prev) out.emplace_back(subject.substr(prev, begin - prev), false);
+      out.emplace_back(subject.substr(begin, end - begin), true);
+      prev = offset = end;
+    }
+    if (prev < subject.size()) out.emplace_back(subject.substr(prev), false);
+  }
+
+ private:
+  pcre2_code* code_ = nullptr;
+};
+
+std::string rewrite_whitespace_escapes(std::string_view pattern) {
+  std::string out;
+  out.reserve(pattern.size() + 64);
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char e = pattern[++i];
+      if (e == 's') {
+        if (in_class) {
+          out.append(kWhiteSpaceClassBody);
+        } else {
+          out.append("[").append(kWhiteSpaceClassBody).append("]");
+        }
+      } else if (e == 'S' && !in_class) {
+        out.append("[^").append(kWhiteSpaceClassBody).append("]");
+      } else {
+        out.push_back('\\');
+        out.push_back(e);
+      }
+      continue;
+    }
+    out.push_back(c);
+    if (!in_class && c == '[') {
+      in_class = true;
+      // A ']' right after '[' or '[^' is a literal member, not the end of the class.
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out.push_back(pattern[++i]);
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out.push_back(pattern[++i]);
+    } else if (in_class && c == ']') {
+      in_class = false;
+    }
+  }
+  return out;
+}
+
+PreTokenizer::PreTokenizer() = default;
+PreTokenizer::~PreTokenizer() = default;
+PreTokenizer::PreTokenizer(PreTokenizer&&) noexcept = default;
+PreTokenizer& PreTokenizer::operator=(PreTokenizer&&) noexcept = default;
+
+void PreTokenizer::add_split(std::string_view pattern, Behavior behavior, bool invert) {
+  Step step;
+  step.regex = std::make_shared<const PcreRegex>(pattern);
+  step.behavior = behavior;
+  step.invert = invert;
+  steps_.push_back(std::move(step));
+}
+
+void PreTokenizer::add_digits(bool individual_digits) {
+  // HF Digits splits on char::is_numeric (categories Nd, Nl, No), i.e. \p{N}.
+  add_split(individual_digits ? R"(\p{N})" : R"(\p{N}+)", Behavior::kIsolated, false);
+}
+
+void PreTokenizer::add_byte_level(bool add_prefix_space, bool use_regex) {
+  Step step;
+  if (use_regex) step.regex = std::make_shared<const PcreRegex>(kGpt2Pattern);
+  step.prefix_space = add_prefix_space;
+  steps_.push_back(std::move(step));
+  has_byte_level_ = true;
+}
+
+namespace {
+
+// Applies a split behavior to the segments of one piece (HF SplitDelimiterBehavior semantics) and
+// appends the non-empty resulting pieces.
+void apply_behavior(const std::vector<Segment>& segs, PreTokenizer::Behavior behavior,
+                    std::vector<std::string>& out) {
+  using B = PreTokenizer::Behavior;
+  std::vector<std::string> pieces;
+  bool previous_delim = false;
+  switch (behavior) {
+    case B::kIsolated:
+      for (const auto& [text, delim] : segs) pieces.emplace_back(text);
+      break;
+    case B::kRemoved:
+      for (const auto& [text, delim] : segs) {
+        if (!delim) pieces.emplace_back(text);
+      }
+      break;
+    case B::kMergedWithPrevious:
+      for (const auto& [text, delim] : segs) {
+        if (delim && !previous_delim && !pieces.empty()) {
+          pieces.back().append(text);
+        } else {
+          pieces.emplace_back(text);
+        }
+        previous_delim = delim;
+      }
+      break;
+    case B::kMergedWithNext:
+      // Mirror image of kMergedWithPrevious: walk backwards, prepend the delimiter to what follows.
+      for (auto it = segs.rbegin(); it != segs.rend(); ++it) {
+        if (it->second && !previous_delim && !pieces.empty()) {
+          pieces.back().insert(0, it->first);
+        } else {
+          pieces.emplace_back(it->first);
+        }
+        previous_delim = it->second;
+      }
+      std::reverse(pieces.begin(), pieces.end());
+      break;
+    case B::kContiguous:
+      for (size_t i = 0; i < segs.size(); ++i) {
+        if (i > 0 && segs[i].second == previous_delim) {
+          pieces.back().append(segs[i].first);
+        } else {
+          pieces.emplace_back(segs[i].first);
+        }
+        previous_delim = segs[i].second;
+      }
+      break;
+  }
+  for (auto& p : pieces) {
+    if (!p.empty()) out.push_back(std::move(p));
+  }
+}
+
+}  // namespace
+
+void PreTokenizer::split(std::string_view text, std::vector<std::string>& out) const {
+  if (text.empty()) return;
+  std::vector<std::string> current;
+  current.emplace_back(text);
+  std::vector<std::string> next;
+  std::vector<Segment> segs;
+  pcre2_match_data* md = pcre2_match_data_create(1, nullptr);
+  if (md == nullptr) throw std::bad_alloc();
+  try {
+    for (const Step& step : steps_) {
+      next.clear();
+      for (std::string& piece : current) {
+        if (step.prefix_space && piece.front() != ' ') piece.insert(0, 1, ' ');
+        if (!step.regex) {
+          next.push_back(std::move(piece));
+          continue;
+        }
+        segs.clear();
+        step.regex->segment(piece, md, segs);
+        if (step.invert) {
+          for (auto& s : segs) s.second = !s.second;
+        }
+        apply_behavior(segs, step.behavior, next);
+      }
+      current.swap(next);
+    }
+  } catch (...) {
+    pcre2_match_data_free(md);
+    throw;
+  }
+  pcre2_match_data_free(md);
+  for (auto& p : current) out.push_back(std::move(p));
+}
+
+}  // namespace sparseserve

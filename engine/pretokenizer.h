@@ -1,0 +1,60 @@
+// Pre-tokenization: splits text into pieces that BPE encodes independently, as a pipeline of steps
+// mirroring Hugging Face tokenizers' pre_tokenizers (Sequence of Split / Digits / ByteLevel).
+// Regexes run through PCRE2 in UTF + UCP mode; `\s` and `\S` are rewritten to Oniguruma's
+// Unicode White_Space set (the engine HF tokenizers uses), so both engines split identically
+// (`\S` inside a character class keeps PCRE2's meaning).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sparseserve {
+
+// Pre-tokenizer regexes of the supported model families (HF tokenizer.json spelling).
+inline constexpr std::string_view kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+inline constexpr std::string_view kLlama3Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+inline constexpr std::string_view kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+// Rewrites `\s` / `\S` (outside and inside character classes) to the explicit White_Space set.
+std::string rewrite_whitespace_escapes(std::string_view pattern);
+
+class PcreRegex;  // compiled pattern, defined in pretokenizer.cc
+
+class PreTokenizer {
+ public:
+  // What happens to the regex matches (HF SplitDelimiterBehavior).
+  enum class Behavior { kIsolated, kRemoved, kMergedWithPrevious, kMergedWithNext, kContiguous };
+
+  PreTokenizer();
+  ~PreTokenizer();
+  PreTokenizer(PreTokenizer&&) noexcept;
+  PreTokenizer& operator=(PreTokenizer&&) noexcept;
+
+  // Steps run in the order added, each on every piece the previous steps produced.
+  // add_split throws std::invalid_argument when the pattern does not compile.
+  void add_split(std::string_view pattern, Behavior behavior, bool invert);
+  void add_digits(bool individual_digits);
+  // ByteLevel: optional prefix space on each piece, then (use_regex) the GPT-2 split.
+  void add_byte_level(bool add_prefix_space, bool use_regex);
+  bool has_byte_level() const { return has_byte_level_; }
+
+  // Splits `text` (well-formed UTF-8) and appends the non-empty pieces, in order, to `out`.
+  void split(std::string_view text, std::vector<std::string>& out) const;
+
+ private:
+  struct Step {
+    std::shared_ptr<const PcreRegex> regex;  // null: no split
+    Behavior behavior = Behavior::kIsolated;
+    bool invert = false;
+    bool prefix_space = false;
+  };
+  std::vector<Step> steps_;
+  bool has_byte_level_ = false;
+};
+
+}  // namespace sparseserve

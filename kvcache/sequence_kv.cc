@@ -1,0 +1,94 @@
+#include "kvcache/sequence_kv.h"
+
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "common/errors.h"
+
+namespace sparseserve::kvcache {
+
+// Invariants: retrieval_[s].size() == ceil(length_ / P) for every slot (one page per block);
+// streaming_[s].size() == geometry_->pages_for_length(length_) (index order of locate(): pages are
+// appended when a block first touches a new index, then reused as the ring wraps).
+
+namespace {
+int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
+
+int64_t checked_mul(int64_t a, int64_t b) {
+  int64_t out = 0;
+  if (__builtin_mul_overflow(a, b, &out)) throw InternalError("SequenceKv: page count overflows");
+  return out;
+}
+}  // namespace
+
+SequenceKv::SequenceKv(int32_t page_tokens, int32_t retrieval_slots, int32_t streaming_slots,
+                       std::optional<StreamingGeometry> streaming)
+    : page_tokens_(page_tokens), geometry_(std::move(streaming)) {
+  check(page_tokens >= 1, "SequenceKv: page_tokens must be positive");
+  check(retrieval_slots >= 0 && streaming_slots >= 0, "SequenceKv: negative slot count");
+  check(streaming_slots == 0 || geometry_.has_value(), "SequenceKv: streaming slots without a streaming geometry");
+  check(!geometry_ || geometry_->page_tokens() == page_tokens, "SequenceKv: streaming geometry has another page size");
+  retrieval_.resize(static_cast<size_t>(retrieval_slots));
+  streaming_.resize(static_cast<size_t>(streaming_slots));
+}
+
+int32_t SequenceKv::pages_needed(int64_t new_len) const {
+  if (new_len <= length_) return 0;
+  int64_t n = checked_mul(retrieval_slots(), ceil_div(new_len, page_tokens_) - ceil_div(length_, page_tokens_));
+  if (streaming_slots() > 0) {
+    n += checked_mul(streaming_slots(), geometry_->pages_for_length(new_len) - geometry_->pages_for_length(length_));
+  }
+  if (n > INT32_MAX) throw InternalError(fmt::format("SequenceKv: growing to {} tokens needs {} pages", new_len, n));
+  return static_cast<int32_t>(n);
+}
+
+void SequenceKv::grow(int64_t new_len, PagePool& pool) {
+  if (new_len < length_) {
+    throw InternalError(fmt::format("SequenceKv::grow to {} tokens below the current {}", new_len, length_));
+  }
+  const int32_t need = pages_needed(new_len);
+  if (!pool.can_allocate(need)) {
+    throw InternalError(fmt::format("SequenceKv::grow to {} tokens needs {} pages, the pool has {}", new_len, need,
+                                    pool.num_free()));
+  }
+  const auto blocks = static_cast<size_t>(ceil_div(new_len, page_tokens_));
+  const auto ring = static_cast<size_t>(streaming_.empty() ? 0 : geometry_->pages_for_length(new_len));
+  size_t missing = 0;
+  for (const auto& t : retrieval_) missing += blocks - t.size();
+  for (const auto& t : streaming_) missing += ring - t.size();
+  check(missing == static_cast<size_t>(need), "SequenceKv::grow: pages_needed disagrees with the tables");
+  // Reserve first: nothing below can throw once pages have left the pool.
+  for (auto& t : retrieval_) t.reserve(blocks);
+  for (auto& t : streaming_) t.reserve(ring);
+  const std::vector<int32_t> pages = pool.allocate(need);
+  auto next = pages.begin();
+  for (auto& t : retrieval_) {
+    while (t.size() < blocks) t.push_back(*next++);
+  }
+  for (auto& t : streaming_) {
+    while (t.size() < ring) t.push_back(*next++);
+  }
+  length_ = new_len;
+}
+
+void SequenceKv::release(PagePool& pool) {
+  std::vector<int32_t> all;
+  all.reserve(static_cast<size_t>(pages_held(HeadRole::kRetrieval) + pages_held(HeadRole::kStreaming)));
+  for (const auto* tables : {&retrieval_, &streaming_}) {
+    for (const auto& t : *tables) all.insert(all.end(), t.begin(), t.end());
+  }
+  pool.release(all);
+  for (auto& t : retrieval_) t.clear();
+  for (auto& t : streaming_) t.clear();
+  length_ = 0;
+}
+
+int32_t SequenceKv::pages_held(HeadRole role) const {
+  const auto& tables = role == HeadRole::kRetrieval ? retrieval_ : streaming_;
+  size_t n = 0;
+  for (const auto& t : tables) n += t.size();
+  return static_cast<int32_t>(n);
+}
+
+}  // namespace sparseserve::kvcache

@@ -1,0 +1,150 @@
+// ChatTemplate: exact rendered prompts of both families, detection from Jinja text (the default
+// model's own template when present), default system prompts, errors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/errors.h"
+#include "engine/chat_template.h"
+#include "engine/gguf.h"
+#include "engine/tokenizer.h"
+
+namespace sparseserve {
+namespace {
+
+using Messages = std::vector<ChatMessage>;
+
+std::string model_path() {
+  if (const char* env = std::getenv("SPARSESERVE_MODEL")) {
+    std::filesystem::path p(env);
+    return p.is_absolute() ? p.string() : (std::filesystem::path(SPARSESERVE_SOURCE_DIR) / p).string();
+  }
+  return std::string(SPARSESERVE_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+const Messages kConversation = {
+    {"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello!"}, {"user", "2+2?"}};
+
+TEST(ChatTemplate, ChatMLExact) {
+  const ChatTemplate t = ChatTemplate::by_name("chatml");
+  EXPECT_EQ(t.kind(), ChatTemplateKind::kChatML);
+  EXPECT_EQ(t.name(), "chatml");
+  EXPECT_EQ(t.end_of_turn(), "<|im_end|>");
+  EXPECT_EQ(t.render(kConversation, true),
+            "<|im_start|>system\nBe brief.<|im_end|>\n"
+            "<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\nHello!<|im_end|>\n"
+            "<|im_start|>user\n2+2?<|im_end|>\n"
+            "<|im_start|>assistant\n");
+  // No generation prompt; no system message injected when the template declares none.
+  EXPECT_EQ(t.render({{"user", " x \n"}}, false), "<|im_start|>user\n x \n<|im_end|>\n");
+}
+
+TEST(ChatTemplate, Llama3Exact) {
+  const ChatTemplate t = ChatTemplate::by_name("llama3");
+  EXPECT_EQ(t.kind(), ChatTemplateKind::kLlama3);
+  EXPECT_EQ(t.name(), "llama3");
+  EXPECT_EQ(t.end_of_turn(), "<|eot_id|>");
+  EXPECT_EQ(t.render(kConversation, true),
+            "<|begin_of_text|>"
+            "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  // Content is trimmed, as the template's `| trim` does.
+  EXPECT_EQ(t.render({{"user", "  x y \n"}}, false),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx y<|eot_id|>");
+}
+
+TEST(ChatTemplate, DetectsSmolLM2TemplateAndDefaultSystemPrompt) {
+  if (!std::filesystem::exists(model_path())) GTEST_SKIP() << "missing " << model_path();
+  const GgufFile gguf = GgufFile::open(model_path());
+  const auto jinja = gguf.opt_string("tokenizer.chat_template");
+  ASSERT_TRUE(jinja.has_value());
+  const ChatTemplate t = ChatTemplate::detect(*jinja, model_path());
+  EXPECT_EQ(t.kind(), ChatTemplateKind::kChatML);
+  const std::string system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+  EXPECT_EQ(t.default_system(), system);
+  EXPECT_EQ(t.render({{"user", "Hi"}}, true),
+            "<|im_start|>system\n" + system + "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\n");
+  // A conversation with its own system message gets no second one.
+  EXPECT_EQ(t.render({{"system", "S"}, {"user", "Hi"}}, false),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+
+  // The rendered prompt encodes with add_special = false: the special tokens become their ids.
+  const Tokenizer tok = Tokenizer::from_gguf(gguf);
+  const std::vector<int32_t> ids = tok.encode(t.render({{"user", "Hi"}}, true), false);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids.front(), tok.token_id("<|im_start|>"));
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), tok.token_id(t.end_of_turn())), 2);
+}
+
+TEST(ChatTemplate, DefaultSystemPromptFromEscapedLiteral) {
+  // Qwen-style: the literal spells its newlines as \n escapes.
+  const std::string jinja =
+      "{%- if messages[0]['role'] != 'system' %}"
+      "{{- '<|im_start|>system\\nYou are Qwen, a \\'helpful\\' assistant.<|im_end|>\\n' }}"
+      "{%- endif %}{%- for message in messages %}"
+      "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+      "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+  const ChatTemplate t = ChatTemplate::detect(jinja, "tokenizer_config.json");
+  EXPECT_EQ(t.default_system(), "You are Qwen, a 'helpful' assistant.");
+}
+
+TEST(ChatTemplate, NoDefaultSystemWhenBuiltFromVariables) {
+  const std::string jinja =
+      "{% if messages[0]['role'] == 'system' %}{{ '<|im_start|>system\n' + messages[0]['content'] "
+      "+ '<|im_end|>\n' }}{% endif %}{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + "
+      "m['content'] + '<|im_end|>\n'}}{% endfor %}";
+  const ChatTemplate t = ChatTemplate::detect(jinja, "x");
+  EXPECT_EQ(t.kind(), ChatTemplateKind::kChatML);
+  EXPECT_EQ(t.default_system(), "");
+  EXPECT_EQ(t.render({{"user", "u"}}, false), "<|im_start|>user\nu<|im_end|>\n");
+}
+
+TEST(ChatTemplate, DetectsLlama3) {
+  const std::string jinja =
+      "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+      "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | "
+      "trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+      "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+      "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+  const ChatTemplate t = ChatTemplate::detect(jinja, "x");
+  EXPECT_EQ(t.kind(), ChatTemplateKind::kLlama3);
+  EXPECT_EQ(t.default_system(), "");
+
+  const std::string with_default =
+      "{% if messages[0]['role'] != 'system' %}{{ \"<|start_header_id|>system<|end_header_id|>"
+      "\\n\\nAnswer in French.<|eot_id|>\" }}{% endif %}" + jinja;
+  const ChatTemplate d = ChatTemplate::detect(with_default, "x");
+  EXPECT_EQ(d.default_system(), "Answer in French.");
+  EXPECT_EQ(d.render({{"user", "Hi"}}, false),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nAnswer in French."
+            "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
+}
+
+TEST(ChatTemplate, Errors) {
+  try {
+    ChatTemplate::detect("{{ messages }}[INST]", "model.gguf");
+    ADD_FAILURE() << "unrecognised template accepted";
+  } catch (const ModelFileError& e) {
+    EXPECT_EQ(e.file(), "model.gguf");
+  }
+  EXPECT_THROW(ChatTemplate::by_name("mistral"), InvalidArgument);
+  EXPECT_THROW(ChatTemplate::by_name(""), InvalidArgument);
+  for (const char* name : {"chatml", "llama3"}) {
+    const ChatTemplate t = ChatTemplate::by_name(name);
+    EXPECT_THROW(t.render({}, true), InvalidArgument);
+    EXPECT_THROW(t.render({{"user", "a"}, {"tool", "b"}}, true), InvalidArgument);
+    EXPECT_THROW(t.render({{"User", "a"}}, true), InvalidArgument);
+  }
+}
+
+}  // namespace
+}  // namespace sparseserve
