@@ -35,7 +35,7 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::
       if (t < 0 || t >= c.vocab_size) throw InvalidArgument("token id " + std::to_string(t) + " outside the vocabulary");
     }
     rows += n;
-    out_rows += s.all_logits ? n : (n > 0 ? 1 : 0);
+    out_rows += s.no_logits ? 0 : s.all_logits ? n : (n > 0 ? 1 : 0);
   }
   logits.assign(static_cast<size_t>(out_rows * c.vocab_size), 0.0f);
   if (rows == 0) return;
@@ -93,13 +93,14 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::
   int64_t o = 0;
   for (const ForwardSeq& s : batch) {
     const auto n = static_cast<int64_t>(s.tokens.size());
-    const int64_t first = s.all_logits ? 0 : n - 1;
+    const int64_t first = s.no_logits ? n : s.all_logits ? 0 : n - 1;
     for (int64_t i = std::max<int64_t>(first, 0); i < n; ++i, ++o) {
       std::memcpy(sel + o * H, h + (r + i) * H, sizeof(float) * static_cast<size_t>(H));
     }
     r += n;
   }
   kv.end_step(batch);
+  if (out_rows == 0) return;
   cpu::rmsnorm(sel, w.final_norm.data(), sel, out_rows, H, c.rms_eps);
   cpu::matmul(sel, out_rows, w.lm_head, logits.data());
 }

@@ -1,7 +1,8 @@
-// Bytes of the paged KV cache on the CPU backend (page model: kvcache/README.md). Per layer:
+// Bytes of the paged KV cache on the CPU backend (page model: kvcache/README.md: one page = one
+// lane, i.e. one (layer, KV head), of page_tokens tokens):
 //   K, V:        [num_pages][page_tokens][head_dim] fp32 (K after RoPE)
 //   kmin, kmax:  [num_pages][page_tokens / logical_page_tokens][head_dim] fp32, element-wise min/max
-//                of K over each logical sub-page (kept for pages used by retrieval heads)
+//                of K over each logical sub-page (maintained for retrieval lanes)
 #pragma once
 
 #include <cstddef>
@@ -12,29 +13,29 @@ namespace sparseserve {
 
 class CpuKvStorage {
  public:
-  CpuKvStorage(int64_t n_layers, int64_t num_pages, int64_t page_tokens, int64_t logical_page_tokens, int64_t head_dim);
+  CpuKvStorage(int64_t num_pages, int64_t page_tokens, int64_t logical_page_tokens, int64_t head_dim);
 
   int64_t page_tokens() const { return P_; }
   int64_t logical_page_tokens() const { return LP_; }
   int64_t head_dim() const { return D_; }
   int64_t subpages() const { return P_ / LP_; }
 
-  // Token `offset` of `page` in `layer`.
-  float* k(int64_t layer, int64_t page, int64_t offset = 0) { return k_[layer].data() + (page * P_ + offset) * D_; }
-  float* v(int64_t layer, int64_t page, int64_t offset = 0) { return v_[layer].data() + (page * P_ + offset) * D_; }
+  // Token `offset` of `page`.
+  float* k(int64_t page, int64_t offset = 0) { return k_.data() + (page * P_ + offset) * D_; }
+  float* v(int64_t page, int64_t offset = 0) { return v_.data() + (page * P_ + offset) * D_; }
   // Sub-page rows of `page`: [subpages][head_dim].
-  const float* kmin(int64_t layer, int64_t page) const { return kmin_[layer].data() + page * subpages() * D_; }
-  const float* kmax(int64_t layer, int64_t page) const { return kmax_[layer].data() + page * subpages() * D_; }
+  const float* kmin(int64_t page) const { return kmin_.data() + page * subpages() * D_; }
+  const float* kmax(int64_t page) const { return kmax_.data() + page * subpages() * D_; }
 
   // Writes one token's K and V at (page, offset); with_metadata also folds K into its sub-page's
   // min/max (the first token of a sub-page resets them: pages are filled in order).
-  void write(int64_t layer, int64_t page, int64_t offset, const float* key, const float* value, bool with_metadata);
+  void write(int64_t page, int64_t offset, const float* key, const float* value, bool with_metadata);
 
   size_t bytes() const;
 
  private:
   int64_t P_, LP_, D_;
-  std::vector<std::vector<float>> k_, v_, kmin_, kmax_;
+  std::vector<float> k_, v_, kmin_, kmax_;
 };
 
 }  // namespace sparseserve

@@ -15,6 +15,7 @@ struct ForwardSeq {
   std::span<const int32_t> tokens;
   bool all_logits = false;           // logits for every token, else for the last one only
   int64_t prompt_len = 0;            // positions < prompt_len are prompt (prefill), the rest decode
+  bool no_logits = false;            // no logits at all (a prefill chunk that samples nothing)
 };
 
 class KvBackend {

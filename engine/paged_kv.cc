@@ -30,8 +30,7 @@ struct PagedKvBackend::HeadTask {
 PagedKvBackend::PagedKvBackend(const ModelConfig& config, kvcache::KvCacheManager& manager)
     : config_(config),
       manager_(manager),
-      storage_(config.n_layers, manager.num_pages(), manager.config().page_tokens, manager.config().logical_page_tokens,
-               config.head_dim) {}
+      storage_(manager.num_pages(), manager.config().page_tokens, manager.config().logical_page_tokens, config.head_dim) {}
 
 void PagedKvBackend::add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) {
   check(manager_.has_sequence(id), "PagedKvBackend: sequence not registered with the KV cache manager");
@@ -72,7 +71,7 @@ void PagedKvBackend::write_retrieval(int64_t layer, const ForwardSeq& s, const k
   for (int64_t i = 0; i < static_cast<int64_t>(s.tokens.size()); ++i) {
     const int64_t pos = s.start + i;
     const float* row = qkv + (row0 + i) * qkv_stride;
-    storage_.write(layer, pages[static_cast<size_t>(pos / P)], pos % P, row + q_dim + head * D,
+    storage_.write(pages[static_cast<size_t>(pos / P)], pos % P, row + q_dim + head * D,
                    row + q_dim + kv_dim + head * D, /*with_metadata=*/true);
   }
 }
@@ -92,7 +91,7 @@ void PagedKvBackend::write_streaming(int64_t layer, const ForwardSeq& s, const k
     if (pos < keep_from && !sink_block) continue;
     const kvcache::PageLocation loc = g.locate(pos);
     const float* row = qkv + (row0 + i) * qkv_stride;
-    storage_.write(layer, pages[static_cast<size_t>(loc.index)], loc.offset, row + q_dim + head * D,
+    storage_.write(pages[static_cast<size_t>(loc.index)], loc.offset, row + q_dim + head * D,
                    row + q_dim + kv_dim + head * D, /*with_metadata=*/false);
   }
 }
@@ -119,8 +118,8 @@ std::vector<int32_t> PagedKvBackend::decode_blocks(int64_t layer, int32_t head, 
       const int64_t tokens = std::min<int64_t>(P, end - int64_t{b} * P);
       const auto valid = static_cast<int32_t>((tokens + LP - 1) / LP);
       const int32_t page = pages[static_cast<size_t>(b)];
-      scores[static_cast<size_t>(b)] = cpu::page_score(q, config_.head_dim, group, storage_.kmin(layer, page),
-                                                       storage_.kmax(layer, page), valid, config_.head_dim);
+      scores[static_cast<size_t>(b)] = cpu::page_score(q, config_.head_dim, group, storage_.kmin(page),
+                                                       storage_.kmax(page), valid, config_.head_dim);
     }
     const int64_t sink = st.profile->streaming.value_or(kvcache::StreamingWindow{}).sink_tokens;
     sel = cpu::select_pages(scores, end, static_cast<int32_t>(P), sink, dec.token_budget);
@@ -181,7 +180,7 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
       for (int32_t b : blocks) {
         const int32_t page = pages[static_cast<size_t>(b)];
         const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, end - int64_t{b} * P));
-        t.spans.push_back({storage_.k(layer, page), storage_.v(layer, page), int64_t{b} * P, cnt, static_cast<int32_t>(D)});
+        t.spans.push_back({storage_.k(page), storage_.v(page), int64_t{b} * P, cnt, static_cast<int32_t>(D)});
         if (decode) t.selected_tokens += cnt;
       }
       if (decode) t.context_tokens = end;
@@ -189,7 +188,7 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
       if (!decode && pf.dynamic && s.prompt_len >= pf.min_prompt_tokens && n > 1) {
         std::vector<float> keys(static_cast<size_t>(end * D));
         for (int64_t j = 0; j < end; ++j) {
-          std::copy_n(storage_.k(layer, pages[static_cast<size_t>(j / P)], j % P), D, keys.data() + j * D);
+          std::copy_n(storage_.k(pages[static_cast<size_t>(j / P)], j % P), D, keys.data() + j * D);
         }
         t.blocks = cpu::xattention_block_mask(qkv + t.row0 * qkv_stride + t.head * group * D, qkv_stride,
                                               static_cast<int32_t>(group), s.start, n, keys.data(), D, pf.block_tokens,
@@ -204,12 +203,12 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
       for (int64_t b = 0; b < g.sink_pages() && b <= last_block; ++b) {
         const int32_t page = pages[static_cast<size_t>(b)];
         const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, s.start - b * P));
-        t.spans.push_back({storage_.k(layer, page), storage_.v(layer, page), b * P, cnt, static_cast<int32_t>(D)});
+        t.spans.push_back({storage_.k(page), storage_.v(page), b * P, cnt, static_cast<int32_t>(D)});
       }
       for (int64_t b = std::max<int64_t>(g.sink_pages(), last_block - g.ring_pages() + 1); b <= last_block; ++b) {
         const int32_t page = pages[static_cast<size_t>(g.locate(b * P).index)];
         const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, s.start - b * P));
-        t.spans.push_back({storage_.k(layer, page), storage_.v(layer, page), b * P, cnt, static_cast<int32_t>(D)});
+        t.spans.push_back({storage_.k(page), storage_.v(page), b * P, cnt, static_cast<int32_t>(D)});
       }
       const float* chunk = qkv + t.row0 * qkv_stride + q_dim + t.head * D;
       t.spans.push_back({chunk, chunk + kv_dim, s.start, static_cast<int32_t>(n), static_cast<int32_t>(qkv_stride)});

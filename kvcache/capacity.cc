@@ -27,14 +27,13 @@ bool is_digit(char c) { return c >= '0' && c <= '9'; }
 }  // namespace
 
 size_t PageShape::page_bytes() const {
-  if (n_layers < 1) throw InvalidArgument(fmt::format("page shape: n_layers is {}", n_layers));
   if (head_dim < 1) throw InvalidArgument(fmt::format("page shape: head_dim is {}", head_dim));
   if (bytes_per_element < 1) throw InvalidArgument(fmt::format("page shape: bytes_per_element is {}", bytes_per_element));
   KvCacheConfig{page_tokens, with_metadata ? logical_page_tokens : 1}.validate();
   const size_t pair = mul(mul(as_size(head_dim), 2), as_size(bytes_per_element));  // (K, V) or (min, max) row
-  size_t bytes = mul(mul(as_size(n_layers), as_size(page_tokens)), pair);
+  size_t bytes = mul(as_size(page_tokens), pair);
   if (with_metadata) {
-    const size_t meta = mul(mul(as_size(n_layers), as_size(page_tokens / logical_page_tokens)), pair);
+    const size_t meta = mul(as_size(page_tokens / logical_page_tokens), pair);
     if (__builtin_add_overflow(bytes, meta, &bytes)) throw InvalidArgument("page size overflows size_t");
   }
   return bytes;

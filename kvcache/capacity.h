@@ -8,17 +8,17 @@
 
 namespace sparseserve::kvcache {
 
+// One page: page_tokens tokens of one lane, i.e. one (layer, KV head) (kvcache/README.md).
 struct PageShape {
-  int32_t n_layers = 0;
   int32_t head_dim = 0;
   int32_t page_tokens = 64;
   int32_t logical_page_tokens = 16;
   int32_t bytes_per_element = 4;  // 4 fp32 (CPU), 2 bf16 (GPU)
   bool with_metadata = true;      // min/max K per logical sub-page (fp32 on CPU, element type on GPU)
 
-  // Bytes of one page across all layers:
-  //   n_layers * page_tokens * head_dim * 2 (K, V) * bytes_per_element
-  //   + with_metadata ? n_layers * (page_tokens / logical_page_tokens) * head_dim * 2 (min, max)
+  // Bytes of one page:
+  //   page_tokens * head_dim * 2 (K, V) * bytes_per_element
+  //   + with_metadata ? (page_tokens / logical_page_tokens) * head_dim * 2 (min, max)
   //                     * bytes_per_element : 0.
   // InvalidArgument for a non-positive field, a page_tokens / logical_page_tokens that
   // KvCacheConfig::validate rejects (logical only with metadata), or an overflow.

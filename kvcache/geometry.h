@@ -30,6 +30,8 @@ class StreamingGeometry {
   StreamingGeometry(int32_t page_tokens, StreamingWindow window);
   int32_t page_tokens() const { return page_tokens_; }
   int32_t sink_pages() const { return sink_pages_; }
+  // ceil(local / P) + 1: besides the band (t - local, t], positions up to t + P - 1 may already be
+  // written when query t attends (a step written ahead) without overwriting a key t needs.
   int32_t ring_pages() const { return ring_pages_; }
   int32_t pages() const { return sink_pages_ + ring_pages_; }  // per slot, constant
   const StreamingWindow& window() const { return window_; }

@@ -27,13 +27,8 @@ HeadRoles::HeadRoles(int32_t n_layers, int32_t n_kv_heads, std::vector<HeadRole>
       const size_t i = static_cast<size_t>(l) * static_cast<size_t>(n_kv_heads) + static_cast<size_t>(h);
       const auto r = static_cast<size_t>(roles_[i]);
       if (r > 1) throw InvalidArgument(fmt::format("head roles: layer {} head {} has an unknown role {}", l, h, r));
-      auto& list = heads_[r][static_cast<size_t>(l)];
-      slot_[i] = static_cast<int32_t>(list.size());
-      list.push_back(h);
-      ++count_[r];
-    }
-    for (size_t r = 0; r < 2; ++r) {
-      slots_[r] = std::max(slots_[r], static_cast<int32_t>(heads_[r][static_cast<size_t>(l)].size()));
+      heads_[r][static_cast<size_t>(l)].push_back(h);
+      slot_[i] = count_[r]++;  // lanes numbered layer-major within the role
     }
   }
 }
@@ -66,7 +61,7 @@ const std::vector<int32_t>& HeadRoles::heads(int32_t layer, HeadRole role) const
   return heads_[role_index(role)][static_cast<size_t>(layer)];
 }
 
-int32_t HeadRoles::slots(HeadRole role) const { return slots_[role_index(role)]; }
+int32_t HeadRoles::slots(HeadRole role) const { return count_[role_index(role)]; }
 
 int32_t HeadRoles::count(HeadRole role) const { return count_[role_index(role)]; }
 

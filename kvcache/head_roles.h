@@ -1,5 +1,6 @@
-// Role of every (layer, KV head) under a sparsity profile, and the slot each head uses in its
-// role's page tables (kvcache/README.md).
+// Role of every (layer, KV head) under a sparsity profile, and the lane (slot) each (layer, head)
+// uses in its role's page tables (kvcache/README.md): lanes of a role are numbered layer-major,
+// so a sequence under the profile needs exactly count(role) page lists per role.
 #pragma once
 
 #include <cstdint>
@@ -18,11 +19,11 @@ class HeadRoles {
   int32_t n_layers() const { return n_layers_; }
   int32_t n_kv_heads() const { return n_kv_heads_; }
   HeadRole role(int32_t layer, int32_t head) const;
-  // Index of `head` among the heads of its role in `layer`, in KV-head order.
+  // Lane of (layer, head) among all (layer, head) pairs of its role, layer-major, KV-head order.
   int32_t slot(int32_t layer, int32_t head) const;
   // KV heads of `role` in `layer`, in slot order.
   const std::vector<int32_t>& heads(int32_t layer, HeadRole role) const;
-  // Slots a sequence needs for a role: the most heads of that role in any layer.
+  // Lanes (page lists) a sequence needs for a role: count(role).
   int32_t slots(HeadRole role) const;
   // Total (layer, head) pairs with the role.
   int32_t count(HeadRole role) const;
@@ -33,7 +34,6 @@ class HeadRoles {
   std::vector<HeadRole> roles_;
   std::vector<int32_t> slot_;                      // [layer][head]
   std::vector<std::vector<int32_t>> heads_[2];     // [role][layer] -> heads
-  int32_t slots_[2] = {0, 0};
   int32_t count_[2] = {0, 0};
 };
 

@@ -199,8 +199,8 @@ TEST(HeadRolesFromGates, RetrievalRatioPerLayerWithTies) {
             (std::vector<std::string>{"01", "01"}));
   const HeadRoles r = roles_by_retrieval_ratio(g, 0.5);
   EXPECT_EQ(r.count(HeadRole::kRetrieval), 6);
-  EXPECT_EQ(r.slots(HeadRole::kRetrieval), 2);
-  EXPECT_EQ(r.slots(HeadRole::kStreaming), 2);
+  EXPECT_EQ(r.slots(HeadRole::kRetrieval), 6);  // one lane per (layer, head): kvcache/README.md
+  EXPECT_EQ(r.slots(HeadRole::kStreaming), 6);
   for (double bad : {0.0, -0.5, 1.5, std::nan("")}) {
     EXPECT_THROW(roles_by_retrieval_ratio(g, bad), InvalidArgument) << bad;
     EXPECT_THROW(roles_by_global_ratio(g, bad), InvalidArgument) << bad;
@@ -213,8 +213,8 @@ TEST(HeadRolesFromGates, ThresholdKeepsPerLayerCountsAsTheyAre) {
                                       0.5f, 0.6f, 0.7f});  // gate == threshold is retrieval
   const HeadRoles r = roles_by_threshold(g, 0.5);
   EXPECT_EQ(retrieval_heads(r), (std::vector<std::string>{"01", "", "012"}));
-  EXPECT_EQ(r.slots(HeadRole::kRetrieval), 3);
-  EXPECT_EQ(r.slots(HeadRole::kStreaming), 3);
+  EXPECT_EQ(r.slots(HeadRole::kRetrieval), 5);  // one lane per (layer, head): kvcache/README.md
+  EXPECT_EQ(r.slots(HeadRole::kStreaming), 4);
   EXPECT_THROW(roles_by_threshold(g, std::nan("")), InvalidArgument);
 }
 

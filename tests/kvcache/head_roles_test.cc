@@ -30,14 +30,15 @@ TEST(HeadRoles, SlotsFollowKvHeadOrderPerRole) {
   EXPECT_EQ(roles.heads(0, S), (std::vector<int32_t>{1, 3}));
   EXPECT_EQ(roles.heads(1, R), (std::vector<int32_t>{3}));
   EXPECT_EQ(roles.heads(1, S), (std::vector<int32_t>{0, 1, 2}));
+  // Lanes are numbered layer-major within each role.
   EXPECT_EQ(roles.slot(0, 0), 0);
   EXPECT_EQ(roles.slot(0, 2), 1);
   EXPECT_EQ(roles.slot(0, 3), 1);
-  EXPECT_EQ(roles.slot(1, 2), 2);
-  EXPECT_EQ(roles.slot(1, 3), 0);
+  EXPECT_EQ(roles.slot(1, 2), 4);
+  EXPECT_EQ(roles.slot(1, 3), 2);
   EXPECT_EQ(roles.role(1, 3), R);
-  EXPECT_EQ(roles.slots(R), 2);
-  EXPECT_EQ(roles.slots(S), 3);
+  EXPECT_EQ(roles.slots(R), 3);
+  EXPECT_EQ(roles.slots(S), 5);
   EXPECT_EQ(roles.count(R), 3);
   EXPECT_EQ(roles.count(S), 5);
   EXPECT_FALSE(roles.all_retrieval());
@@ -46,12 +47,12 @@ TEST(HeadRoles, SlotsFollowKvHeadOrderPerRole) {
 TEST(HeadRoles, AllRetrieval) {
   const HeadRoles roles = HeadRoles::all_retrieval(3, 8);
   EXPECT_TRUE(roles.all_retrieval());
-  EXPECT_EQ(roles.slots(R), 8);
+  EXPECT_EQ(roles.slots(R), 24);
   EXPECT_EQ(roles.slots(S), 0);
   EXPECT_EQ(roles.count(R), 24);
   for (int32_t l = 0; l < 3; ++l) {
     EXPECT_TRUE(roles.heads(l, S).empty());
-    for (int32_t h = 0; h < 8; ++h) EXPECT_EQ(roles.slot(l, h), h);
+    for (int32_t h = 0; h < 8; ++h) EXPECT_EQ(roles.slot(l, h), l * 8 + h);
   }
 }
 
@@ -64,7 +65,7 @@ TEST(HeadRoles, OutOfRangeIsInternalError) {
   EXPECT_THROW(roles.slots(static_cast<HeadRole>(2)), InternalError);
 }
 
-// Random role matrices: heads()/slot() are inverse, slots() is the per-layer maximum.
+// Random role matrices: heads()/slot() are inverse; lanes are unique per role and dense.
 TEST(HeadRoles, RandomMatricesAreConsistent) {
   std::mt19937 rng(7);
   for (int iter = 0; iter < 200; ++iter) {
@@ -72,23 +73,21 @@ TEST(HeadRoles, RandomMatricesAreConsistent) {
     std::vector<HeadRole> v(static_cast<size_t>(n_layers * n_heads));
     for (auto& r : v) r = rng() % 2 ? R : S;
     const HeadRoles roles(n_layers, n_heads, v);
-    int32_t max_slots[2] = {0, 0}, count[2] = {0, 0};
+    int32_t count[2] = {0, 0};
     for (int32_t l = 0; l < n_layers; ++l) {
       for (const HeadRole role : {R, S}) {
         const auto& heads = roles.heads(l, role);
         const auto k = static_cast<int>(role);
-        max_slots[k] = std::max(max_slots[k], static_cast<int32_t>(heads.size()));
-        count[k] += static_cast<int32_t>(heads.size());
         EXPECT_TRUE(std::is_sorted(heads.begin(), heads.end()));
         for (size_t s = 0; s < heads.size(); ++s) {
           EXPECT_EQ(roles.role(l, heads[s]), role);
-          EXPECT_EQ(roles.slot(l, heads[s]), static_cast<int32_t>(s));
+          EXPECT_EQ(roles.slot(l, heads[s]), count[k]++) << "lanes are layer-major and dense";
         }
       }
       EXPECT_EQ(roles.heads(l, R).size() + roles.heads(l, S).size(), static_cast<size_t>(n_heads));
     }
-    EXPECT_EQ(roles.slots(R), max_slots[0]);
-    EXPECT_EQ(roles.slots(S), max_slots[1]);
+    EXPECT_EQ(roles.slots(R), count[0]);
+    EXPECT_EQ(roles.slots(S), count[1]);
     EXPECT_EQ(roles.count(R), count[0]);
     EXPECT_EQ(roles.count(S), count[1]);
   }
@@ -101,7 +100,7 @@ TEST(SparsityProfile, DenseIsAllRetrievalWithNothingSparse) {
   EXPECT_FALSE(p.streaming.has_value());
   EXPECT_EQ(p.roles.n_layers(), 4);
   EXPECT_EQ(p.roles.n_kv_heads(), 2);
-  EXPECT_EQ(p.roles.slots(R), 2);
+  EXPECT_EQ(p.roles.slots(R), 8);
   EXPECT_EQ(p.roles.slots(S), 0);
 }
 

@@ -1,0 +1,483 @@
+// Engine: the request lifecycle around one loop thread.
+//   submit() validates and queues → loop: admit, plan (Scheduler), run (CpuForward + PagedKvBackend),
+//   sample, detokenize, stop checks, emit deltas → finish/abort releases pages at once.
+#include "engine/engine.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <thread>
+#include <unordered_map>
+
+#include "engine/cpu_forward.h"
+#include "engine/paged_kv.h"
+#include "engine/request_stream.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
+#include "engine/stop_strings.h"
+#include "kvcache/capacity.h"
+
+namespace sparseserve {
+
+namespace {
+using clock_type = std::chrono::steady_clock;
+double seconds(clock_type::duration d) { return std::chrono::duration<double>(d).count(); }
+}  // namespace
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kNone: return "";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kAbort: return "abort";
+    case FinishReason::kError: return "error";
+  }
+  return "";
+}
+
+void EngineConfig::validate() const {
+  if (max_num_seqs < 1) throw InvalidArgument("max_num_seqs must be at least 1");
+  if (max_num_batched_tokens < 1) throw InvalidArgument("max_num_batched_tokens must be at least 1");
+  if (max_waiting < 1) throw InvalidArgument("max_waiting must be at least 1");
+  if (output_buffer < 1) throw InvalidArgument("output_buffer must be at least 1");
+}
+
+// One live request as the loop sees it.
+struct LiveRequest {
+  uint64_t key = 0;
+  Request req;
+  const kvcache::SparsityProfile* profile = nullptr;
+  std::vector<int32_t> tokens;  // prompt, then generated
+  int64_t prompt_len = 0;
+  int64_t max_new = 0;          // max_tokens capped by the context left
+  Sampler sampler;
+  IncrementalDetokenizer detok;
+  StopStringFilter stops;
+  std::vector<int32_t> stop_ids;
+  std::shared_ptr<RequestStreamImpl> stream;
+  clock_type::time_point arrival, first_token, last_token;
+  bool bound = false;           // registered with the KV backend
+};
+
+struct Engine::Impl {
+  Impl(const Model& m, ModelProfiles p, EngineConfig c);
+
+  const Model& model;
+  const ModelProfiles profiles;
+  const EngineConfig config;
+  EngineMetrics metrics;
+  kvcache::PageShape shape;
+  kvcache::KvCacheManager kv;
+  Scheduler scheduler;
+  PagedKvBackend backend;
+  CpuForward forward;
+
+  // Shared with submitters (guarded by mu).
+  std::mutex mu;
+  std::condition_variable wake;
+  std::deque<std::unique_ptr<LiveRequest>> incoming;
+  std::vector<std::string> abort_ids;
+  std::unordered_map<std::string, uint64_t> live_ids;  // request id -> key
+  bool accepting = true, stopping = false;
+  uint64_t next_key = 1;
+  std::atomic<int64_t> pages_in_use{0};
+
+  // Loop-only state.
+  std::unordered_map<uint64_t, std::unique_ptr<LiveRequest>> live;
+  std::thread thread;
+
+  void loop();
+  void admit_incoming();
+  void apply_aborts();
+  void step();
+  void finish(LiveRequest& r, FinishReason reason, const std::string& stop_reason, const std::string& error = {});
+  void release(uint64_t key);
+  void update_gauges();
+};
+
+Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c)
+    : model(m),
+      profiles(std::move(p)),
+      config(std::move(c)),
+      shape{static_cast<int32_t>(m.config.head_dim), profiles.kv_cache.page_tokens,
+            profiles.kv_cache.logical_page_tokens, 4, true},
+      kv(profiles.kv_cache, kvcache::pages_for_budget(config.kv_cache_bytes, shape)),
+      scheduler(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens, config.priority_scheduling, 64}, kv),
+      backend(m.config, kv),
+      forward(m) {
+  metrics.kv_pages_total = kv.num_pages();
+  metrics.kv_bytes_per_page = static_cast<int64_t>(shape.page_bytes());
+  spdlog::info("engine: {} KV pages of {} tokens ({:.1f} MiB), profiles: {}, default {}", kv.num_pages(),
+               profiles.kv_cache.page_tokens, static_cast<double>(shape.page_bytes()) * kv.num_pages() / (1 << 20),
+               profiles.profiles.size(), profiles.default_profile);
+}
+
+Engine::Engine(const Model& model, ModelProfiles profiles, EngineConfig config) {
+  config.validate();
+  impl_ = std::make_unique<Impl>(model, std::move(profiles), std::move(config));
+  impl_->thread = std::thread([this] { impl_->loop(); });
+}
+
+Engine::~Engine() { shutdown(std::chrono::milliseconds(0)); }
+
+const Model& Engine::model() const { return impl_->model; }
+const ModelProfiles& Engine::profiles() const { return impl_->profiles; }
+const EngineConfig& Engine::config() const { return impl_->config; }
+const EngineMetrics& Engine::metrics() const { return impl_->metrics; }
+int64_t Engine::kv_pages_in_use() const { return impl_->pages_in_use.load(); }
+
+std::shared_ptr<RequestStream> Engine::submit(Request request) {
+  Impl& e = *impl_;
+  const ModelConfig& c = e.model.config;
+  const auto n = static_cast<int64_t>(request.prompt.size());
+  if (n == 0) throw InvalidArgument("the prompt is empty");
+  if (n >= c.max_context) {
+    throw InvalidArgument("This model's maximum context length is " + std::to_string(c.max_context) +
+                          " tokens; the prompt has " + std::to_string(n) + " tokens, which leaves no room to generate");
+  }
+  for (int32_t t : request.prompt) {
+    if (t < 0 || t >= c.vocab_size) throw InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary");
+  }
+  if (request.max_tokens < 0) throw InvalidArgument("max_tokens must be non-negative");
+  if (request.logprobs > 20) throw InvalidArgument("logprobs must be at most 20");
+  request.sampling.validate(c.vocab_size);
+  for (int32_t t : request.stop_token_ids) {
+    if (t < 0 || t >= c.vocab_size) throw InvalidArgument("stop token id " + std::to_string(t) + " is outside the vocabulary");
+  }
+  const kvcache::SparsityProfile& profile =
+      e.profiles.get(request.sparsity.empty() ? e.profiles.default_profile : request.sparsity);
+  const auto layout = kvcache::SequenceLayout::from_roles(profile.roles, profile.streaming);
+  {
+    const kvcache::SequenceKv probe(e.kv.config().page_tokens, layout.retrieval_slots, layout.streaming_slots,
+                                    layout.streaming ? std::optional(kvcache::StreamingGeometry(e.kv.config().page_tokens, *layout.streaming))
+                                                     : std::nullopt);
+    const int32_t need = probe.pages_needed(n + 1);
+    if (need > e.kv.num_pages()) {
+      throw InvalidArgument("the prompt needs " + std::to_string(need) + " KV cache pages but the cache holds " +
+                            std::to_string(e.kv.num_pages()));
+    }
+  }
+
+  auto r = std::make_unique<LiveRequest>(LiveRequest{
+      0, std::move(request), &profile, {}, n, 0, Sampler(SamplingParams{}, {}),
+      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, nullptr, clock_type::now(), {}, {}, false});
+  r->tokens = r->req.prompt;
+  r->max_new = std::min<int64_t>(r->req.max_tokens, c.max_context - n);
+  r->sampler = Sampler(r->req.sampling, r->req.prompt);
+  r->stops = StopStringFilter(r->req.stop);
+  r->stop_ids = r->req.stop_token_ids;
+  if (!r->req.ignore_eos) r->stop_ids.insert(r->stop_ids.end(), c.eos_ids.begin(), c.eos_ids.end());
+
+  std::lock_guard lock(e.mu);
+  if (!e.accepting) throw EngineUnavailable("the server is shutting down");
+  if (e.live_ids.contains(r->req.id)) throw InvalidArgument("request id '" + r->req.id + "' is already in use");
+  if (static_cast<int64_t>(e.incoming.size()) + static_cast<int64_t>(e.scheduler.num_waiting()) >= e.config.max_waiting) {
+    throw QueueFull("the request queue is full (" + std::to_string(e.config.max_waiting) + " waiting); retry later");
+  }
+  r->key = e.next_key++;
+  r->stream = std::make_shared<RequestStreamImpl>(r->req.id, static_cast<size_t>(e.config.output_buffer), [&e](const std::string& id) {
+    std::lock_guard l(e.mu);
+    e.abort_ids.push_back(id);
+    e.wake.notify_one();
+  });
+  e.live_ids.emplace(r->req.id, r->key);
+  auto stream = r->stream;
+  e.incoming.push_back(std::move(r));
+  e.metrics.requests_waiting += 1;
+  e.wake.notify_one();
+  return stream;
+}
+
+bool Engine::abort(const std::string& id) {
+  std::lock_guard lock(impl_->mu);
+  if (!impl_->live_ids.contains(id)) return false;
+  impl_->abort_ids.push_back(id);
+  impl_->wake.notify_one();
+  return true;
+}
+
+void Engine::shutdown(std::chrono::milliseconds grace) {
+  Impl& e = *impl_;
+  {
+    std::lock_guard lock(e.mu);
+    e.accepting = false;
+  }
+  const auto deadline = clock_type::now() + grace;
+  while (clock_type::now() < deadline) {
+    {
+      std::lock_guard lock(e.mu);
+      if (e.live_ids.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  {
+    std::lock_guard lock(e.mu);
+    for (const auto& [id, key] : e.live_ids) e.abort_ids.push_back(id);
+    e.stopping = true;
+    e.wake.notify_one();
+  }
+  if (e.thread.joinable()) e.thread.join();
+}
+
+void Engine::Impl::loop() {
+  while (true) {
+    {
+      std::unique_lock lock(mu);
+      wake.wait_for(lock, std::chrono::milliseconds(50), [&] {
+        return stopping || !incoming.empty() || !abort_ids.empty() || scheduler.has_work();
+      });
+    }
+    apply_aborts();
+    admit_incoming();
+    {
+      std::lock_guard lock(mu);
+      if (stopping && live.empty() && incoming.empty()) break;
+    }
+    if (!scheduler.has_work()) continue;
+    try {
+      step();
+    } catch (const std::exception& ex) {
+      // A broken invariant inside the step: fail the requests it touched, keep serving.
+      spdlog::error("engine step failed: {}", ex.what());
+      std::vector<uint64_t> keys;
+      for (const auto& [key, r] : live) keys.push_back(key);
+      for (uint64_t key : keys) {
+        auto it = live.find(key);
+        if (it != live.end()) finish(*it->second, FinishReason::kError, "", std::string("internal error: ") + ex.what());
+      }
+    }
+    update_gauges();
+  }
+}
+
+void Engine::Impl::admit_incoming() {
+  std::deque<std::unique_ptr<LiveRequest>> batch;
+  {
+    std::lock_guard lock(mu);
+    batch.swap(incoming);
+  }
+  for (auto& r : batch) {
+    const auto layout = kvcache::SequenceLayout::from_roles(r->profile->roles, r->profile->streaming);
+    scheduler.add(r->key, r->prompt_len, layout, r->req.priority);
+    const uint64_t key = r->key;
+    live.emplace(key, std::move(r));
+  }
+}
+
+void Engine::Impl::apply_aborts() {
+  std::vector<std::string> ids;
+  {
+    std::lock_guard lock(mu);
+    ids.swap(abort_ids);
+  }
+  for (const std::string& id : ids) {
+    uint64_t key = 0;
+    {
+      std::lock_guard lock(mu);
+      const auto it = live_ids.find(id);
+      if (it == live_ids.end()) continue;
+      key = it->second;
+    }
+    auto it = live.find(key);
+    if (it == live.end()) {  // still in `incoming`: admit first so it is released uniformly
+      admit_incoming();
+      it = live.find(key);
+      if (it == live.end()) continue;
+    }
+    finish(*it->second, FinishReason::kAbort, "");
+  }
+}
+
+void Engine::Impl::release(uint64_t key) {
+  auto it = live.find(key);
+  if (it == live.end()) return;
+  if (!scheduler.abort(key)) scheduler.finish(key);
+  if (it->second->bound) backend.release(key);
+  {
+    std::lock_guard lock(mu);
+    live_ids.erase(it->second->req.id);
+  }
+  live.erase(it);
+}
+
+void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string& stop_reason, const std::string& error) {
+  RequestOutput out;
+  if (reason != FinishReason::kAbort && reason != FinishReason::kError) {
+    out.text = r.detok.flush();
+    if (reason != FinishReason::kStop || stop_reason.empty()) {
+      const auto res = r.stops.push(out.text);
+      out.text = res.text + (res.stopped ? "" : r.stops.flush());
+    }
+  }
+  out.finished = true;
+  out.finish_reason = reason;
+  out.stop_reason = stop_reason;
+  out.error = error;
+  out.prompt_tokens = r.prompt_len;
+  out.completion_tokens = static_cast<int64_t>(r.tokens.size()) - r.prompt_len;
+  r.stream->push(std::move(out));
+  r.stream->close();
+
+  const auto now = clock_type::now();
+  metrics.e2e_request_latency_seconds.observe(seconds(now - r.arrival));
+  metrics.requests_finished[static_cast<int>(reason)] += 1;
+  const int64_t gen = static_cast<int64_t>(r.tokens.size()) - r.prompt_len;
+  spdlog::info("request {} {}: prompt {} tokens, generated {}, ttft {:.3f} s, e2e {:.3f} s, profile {}{}", r.req.id,
+               finish_reason_name(reason), r.prompt_len, gen,
+               gen > 0 ? seconds(r.first_token - r.arrival) : 0.0, seconds(now - r.arrival), r.profile->name,
+               error.empty() ? "" : " (" + error + ")");
+  release(r.key);
+}
+
+void Engine::Impl::step() {
+  const StepPlan plan = scheduler.plan();
+  for (uint64_t key : plan.unservable) {
+    auto it = live.find(key);
+    if (it != live.end()) finish(*it->second, FinishReason::kError, "", "the request does not fit the KV cache");
+  }
+  for (uint64_t key : plan.preempted) {
+    metrics.num_preemptions += 1;
+    auto it = live.find(key);
+    if (it != live.end() && it->second->bound) {
+      backend.release(key);
+      it->second->bound = false;
+    }
+  }
+  if (plan.empty()) return;
+
+  std::vector<ForwardSeq> batch;
+  batch.reserve(plan.seqs.size());
+  for (const ScheduledSeq& s : plan.seqs) {
+    LiveRequest& r = *live.at(s.id);
+    if (!r.bound) {
+      backend.add_sequence(s.id, *r.profile);
+      r.bound = true;
+    }
+    ForwardSeq f;
+    f.id = s.id;
+    f.start = s.start;
+    f.tokens = std::span<const int32_t>(r.tokens).subspan(static_cast<size_t>(s.start), static_cast<size_t>(s.count));
+    f.no_logits = !s.sample;
+    f.prompt_len = r.prompt_len;
+    batch.push_back(f);
+    if (s.start < r.prompt_len) metrics.prompt_tokens += std::min<int64_t>(s.count, r.prompt_len - s.start);
+  }
+  const SelectionStats before = backend.selection_stats();
+  std::vector<float> logits;
+  forward.forward(batch, backend, logits);
+  const SelectionStats after = backend.selection_stats();
+  metrics.selected_tokens += after.selected_tokens - before.selected_tokens;
+  metrics.selectable_tokens += after.context_tokens - before.context_tokens;
+
+  const int64_t V = model.config.vocab_size;
+  std::vector<uint64_t> appended;
+  std::vector<uint64_t> done;
+  size_t row = 0;
+  const auto now = clock_type::now();
+  for (const ScheduledSeq& s : plan.seqs) {
+    if (!s.sample) continue;
+    LiveRequest& r = *live.at(s.id);
+    std::span<float> lrow(logits.data() + row * V, static_cast<size_t>(V));
+    ++row;
+    if (static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.max_new) {  // max_tokens = 0
+      done.push_back(s.id);
+      continue;
+    }
+    std::optional<TokenLogprob> lp;
+    if (r.req.logprobs >= 0) {  // log-softmax of the model's own distribution (before sampling transforms)
+      double mx = -INFINITY, sum = 0;
+      for (float x : lrow) mx = std::max<double>(mx, x);
+      for (float x : lrow) sum += std::exp(x - mx);
+      const double lse = mx + std::log(sum);
+      lp = TokenLogprob{};
+      std::vector<int32_t> idx(static_cast<size_t>(V));
+      std::iota(idx.begin(), idx.end(), 0);
+      const auto k = static_cast<size_t>(r.req.logprobs);
+      std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
+                        [&](int32_t a, int32_t b) { return lrow[static_cast<size_t>(a)] > lrow[static_cast<size_t>(b)]; });
+      for (size_t i = 0; i < k; ++i) lp->top.emplace_back(idx[i], static_cast<float>(lrow[static_cast<size_t>(idx[i])] - lse));
+      std::vector<float> raw(lrow.begin(), lrow.end());
+      const int32_t tok = r.sampler.sample(lrow);
+      lp->token = tok;
+      lp->logprob = static_cast<float>(raw[static_cast<size_t>(tok)] - lse);
+      r.tokens.push_back(tok);
+    } else {
+      r.tokens.push_back(r.sampler.sample(lrow));
+    }
+    const int32_t tok = r.tokens.back();
+    const int64_t gen = static_cast<int64_t>(r.tokens.size()) - r.prompt_len;
+    if (gen == 1) {
+      r.first_token = now;
+      metrics.time_to_first_token_seconds.observe(seconds(now - r.arrival));
+    } else {
+      metrics.inter_token_latency_seconds.observe(seconds(now - r.last_token));
+    }
+    r.last_token = now;
+    metrics.generation_tokens += 1;
+
+    RequestOutput out;
+    out.prompt_tokens = r.prompt_len;
+    out.completion_tokens = gen;
+    const bool stop_token = std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
+    if (stop_token) {
+      // The stop token itself is not part of the text (it is special or an explicit stop id).
+      r.tokens.pop_back();
+      out.completion_tokens = gen - 1;
+      finish(r, FinishReason::kStop, model.tokenizer.token_text(tok));
+      continue;
+    }
+    out.token_ids.push_back(tok);
+    if (lp) out.logprobs.push_back(*lp);
+    const auto res = r.stops.push(r.detok.push(tok));
+    out.text = res.text;
+    if (res.stopped) {
+      r.stream->push(std::move(out));
+      finish(r, FinishReason::kStop, res.matched);
+      continue;
+    }
+    r.stream->push(std::move(out));
+    if (gen >= r.max_new) {
+      finish(r, FinishReason::kLength, "");
+      continue;
+    }
+    appended.push_back(s.id);
+  }
+  for (uint64_t key : done) {
+    auto it = live.find(key);
+    if (it != live.end()) finish(*it->second, FinishReason::kLength, "");
+  }
+  // Requests finished above were removed from the scheduler; the rest advance.
+  StepPlan advanced;
+  for (const ScheduledSeq& s : plan.seqs) {
+    if (live.contains(s.id)) advanced.seqs.push_back(s);
+  }
+  scheduler.on_step_done(advanced, appended);
+}
+
+void Engine::Impl::update_gauges() {
+  metrics.requests_running = static_cast<int64_t>(scheduler.num_running());
+  {
+    std::lock_guard lock(mu);
+    metrics.requests_waiting = static_cast<int64_t>(scheduler.num_waiting() + incoming.size());
+  }
+  metrics.kv_pages_used_retrieval = kv.used_pages(kvcache::HeadRole::kRetrieval);
+  metrics.kv_pages_used_streaming = kv.used_pages(kvcache::HeadRole::kStreaming);
+  pages_in_use = kv.num_pages() - kv.free_pages();
+  // Savings against the dense profile: one page per (layer, KV head) per block of history.
+  int64_t saved = 0;
+  const int64_t P = kv.config().page_tokens;
+  for (const auto& [key, r] : live) {
+    if (!r->bound) continue;
+    const auto p = scheduler.progress(key);
+    if (!p) continue;
+    const int64_t dense = model.config.n_layers * model.config.n_kv_heads * ((p->computed + P - 1) / P);
+    const auto& seq = kv.sequence(key);
+    saved += dense - seq.pages_held(kvcache::HeadRole::kRetrieval) - seq.pages_held(kvcache::HeadRole::kStreaming);
+  }
+  metrics.kv_bytes_saved = saved * metrics.kv_bytes_per_page;
+}
+
+}  // namespace sparseserve

@@ -1,0 +1,82 @@
+// The serving engine: a thread running iteration-level continuous batching over the CPU backend.
+// Front ends call submit() from any thread and read each request's deltas from its stream.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/errors.h"
+#include "engine/engine_metrics.h"
+#include "engine/model.h"
+#include "engine/model_profiles.h"
+#include "engine/request.h"
+
+namespace sparseserve {
+
+struct EngineConfig {
+  int32_t max_num_seqs = 64;             // running sequences per step
+  int32_t max_num_batched_tokens = 2048; // tokens per step (decode tokens + prefill chunks)
+  size_t kv_cache_bytes = size_t{2} << 30;
+  int32_t max_waiting = 1024;            // waiting requests beyond this: QueueFull
+  bool priority_scheduling = false;      // else FCFS
+  int32_t output_buffer = 4096;          // deltas buffered per request before the engine waits
+  // Throws InvalidArgument naming the field.
+  void validate() const;
+};
+
+// The waiting queue is full (HTTP 429, gRPC RESOURCE_EXHAUSTED).
+class QueueFull : public Error {
+ public:
+  using Error::Error;
+};
+// The engine is shutting down or stopped (HTTP 503, gRPC UNAVAILABLE).
+class EngineUnavailable : public Error {
+ public:
+  using Error::Error;
+};
+
+// One request's output channel. Deltas arrive in order; the last has finished = true.
+class RequestStream {
+ public:
+  virtual ~RequestStream() = default;
+  virtual const std::string& id() const = 0;
+  // Waits up to `timeout` for the next delta; nullopt on timeout. After the final delta: nullopt.
+  virtual std::optional<RequestOutput> next(std::chrono::milliseconds timeout) = 0;
+  // The client is gone: abort the request (its pages are freed in the engine's next step).
+  virtual void cancel() = 0;
+};
+
+class Engine {
+ public:
+  // Starts the engine thread. The model must outlive the engine.
+  Engine(const Model& model, ModelProfiles profiles, EngineConfig config);
+  ~Engine();  // aborts what is left and joins the thread
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Validates and queues a request. Throws InvalidArgument (empty prompt, prompt + 1 over the
+  // context, unknown profile, bad sampling parameters, bad token id, duplicate live id), QueueFull,
+  // or EngineUnavailable after shutdown began.
+  std::shared_ptr<RequestStream> submit(Request request);
+  // Aborts a live request by id; false when unknown or already finished.
+  bool abort(const std::string& id);
+  // Stops admitting; lets running requests finish for up to `grace`, then aborts the rest; joins.
+  void shutdown(std::chrono::milliseconds grace);
+
+  const Model& model() const;
+  const ModelProfiles& profiles() const;
+  const EngineConfig& config() const;
+  const EngineMetrics& metrics() const;
+  // KV pages in use by live requests (0 when idle: every finished, aborted or cancelled request
+  // has returned its pages).
+  int64_t kv_pages_in_use() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sparseserve

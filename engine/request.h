@@ -1,0 +1,51 @@
+// What the front ends hand the engine and what they get back. HTTP and gRPC both translate into
+// exactly these types, so both behave the same.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/sampling_params.h"
+
+namespace sparseserve {
+
+struct Request {
+  std::string id;                      // unique among live requests (front ends generate it)
+  std::vector<int32_t> prompt;         // token ids (front ends tokenize / apply the chat template)
+  SamplingParams sampling;
+  int64_t max_tokens = 256;            // ≥ 0; capped by the context left after the prompt
+  std::vector<std::string> stop;       // stop strings (not included in the output)
+  std::vector<int32_t> stop_token_ids; // extra stop ids (EOS and end-of-turn are implicit)
+  bool ignore_eos = false;
+  std::string sparsity;                // profile name; empty = the model's default profile
+  int32_t logprobs = -1;               // -1: none; k ≥ 0: the sampled token's logprob + k top
+  int32_t priority = 0;                // lower runs first when the scheduler uses priorities
+  bool stream = true;                  // informational (every request produces deltas)
+};
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0.0f;
+  std::vector<std::pair<int32_t, float>> top;  // most likely tokens at that step, best first
+};
+
+enum class FinishReason { kNone, kStop, kLength, kAbort, kError };
+const char* finish_reason_name(FinishReason r);  // "", "stop", "length", "abort", "error"
+
+// One delta of a request's output. The last one has finished = true.
+struct RequestOutput {
+  std::vector<int32_t> token_ids;      // new tokens in this delta
+  std::string text;                    // new text (complete UTF-8, stop strings held back/cut)
+  std::vector<TokenLogprob> logprobs;  // per new token, when requested
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kNone;
+  std::string stop_reason;             // the stop string or token text that ended it, if any
+  std::string error;                   // kError: what went wrong (an internal error message)
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;       // total so far
+};
+
+}  // namespace sparseserve

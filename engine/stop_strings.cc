@@ -1,0 +1,55 @@
+#include "engine/stop_strings.h"
+
+#include <algorithm>
+
+namespace sparseserve {
+
+StopStringFilter::StopStringFilter(std::vector<std::string> stops) : stops_(std::move(stops)) {
+  std::erase_if(stops_, [](const std::string& s) { return s.empty(); });
+}
+
+StopStringFilter::Result StopStringFilter::push(std::string_view piece) {
+  held_ += piece;
+  Result r;
+  if (stops_.empty()) {
+    r.text = std::move(held_);
+    held_.clear();
+    return r;
+  }
+  // Earliest full match wins (ties: the longer stop string).
+  size_t best = std::string::npos;
+  for (const std::string& s : stops_) {
+    const size_t at = held_.find(s);
+    if (at != std::string::npos && (at < best || (at == best && s.size() > r.matched.size()))) {
+      best = at;
+      r.matched = s;
+    }
+  }
+  if (best != std::string::npos) {
+    r.text = held_.substr(0, best);
+    r.stopped = true;
+    held_.clear();
+    return r;
+  }
+  // Hold back the longest suffix that is a proper prefix of some stop string.
+  size_t keep = 0;
+  for (const std::string& s : stops_) {
+    for (size_t len = std::min(s.size() - 1, held_.size()); len > keep; --len) {
+      if (held_.compare(held_.size() - len, len, s, 0, len) == 0) {
+        keep = len;
+        break;
+      }
+    }
+  }
+  r.text = held_.substr(0, held_.size() - keep);
+  held_.erase(0, held_.size() - keep);
+  return r;
+}
+
+std::string StopStringFilter::flush() {
+  std::string out = std::move(held_);
+  held_.clear();
+  return out;
+}
+
+}  // namespace sparseserve
