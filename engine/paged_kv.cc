@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "common/errors.h"
+#include "kernels/cpu/attention_block.h"
 #include "kernels/cpu/block_sparse.h"
 #include "kernels/cpu/page_select.h"
 #include "kernels/cpu/span_attention.h"
@@ -20,7 +21,10 @@ struct PagedKvBackend::HeadTask {
   int32_t head = 0;    // KV head
   int32_t slot = 0;    // slot in the role's tables
   HeadRole role = HeadRole::kRetrieval;
-  std::vector<cpu::KeySpan> spans;
+  bool blocked = false;                  // prefill chunk: attend_block over gathered keys
+  std::vector<cpu::KeySpan> spans;       // per-query path (decode, short chunks)
+  std::vector<float> keys, values;       // blocked path: keys/values gathered in position order
+  std::vector<int64_t> key_pos;          // their positions (empty: 0 .. keys-1)
   cpu::AttentionMask mask;
   std::optional<cpu::BlockMask> blocks;  // dynamic prefill
   int64_t selected_tokens = 0, context_tokens = 0;
@@ -177,64 +181,107 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
         blocks.resize(static_cast<size_t>((end + P - 1) / P));
         std::iota(blocks.begin(), blocks.end(), 0);
       }
-      for (int32_t b : blocks) {
-        const int32_t page = pages[static_cast<size_t>(b)];
-        const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, end - int64_t{b} * P));
-        t.spans.push_back({storage_.k(page), storage_.v(page), int64_t{b} * P, cnt, static_cast<int32_t>(D)});
-        if (decode) t.selected_tokens += cnt;
+      t.blocked = !decode && n >= cpu::kBlockedMinRows;
+      if (t.blocked) {
+        t.keys.resize(static_cast<size_t>(end * D));
+        t.values.resize(static_cast<size_t>(end * D));
+        for (int64_t j = 0; j < end; ++j) {
+          const int32_t page = pages[static_cast<size_t>(j / P)];
+          std::copy_n(storage_.k(page, j % P), D, t.keys.data() + j * D);
+          std::copy_n(storage_.v(page, j % P), D, t.values.data() + j * D);
+        }
+      } else {
+        for (int32_t b : blocks) {
+          const int32_t page = pages[static_cast<size_t>(b)];
+          const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, end - int64_t{b} * P));
+          t.spans.push_back({storage_.k(page), storage_.v(page), int64_t{b} * P, cnt, static_cast<int32_t>(D)});
+          if (decode) t.selected_tokens += cnt;
+        }
       }
       if (decode) t.context_tokens = end;
       const kvcache::PrefillSparsity& pf = st.profile->prefill;
-      if (!decode && pf.dynamic && s.prompt_len >= pf.min_prompt_tokens && n > 1) {
-        std::vector<float> keys(static_cast<size_t>(end * D));
-        for (int64_t j = 0; j < end; ++j) {
-          std::copy_n(storage_.k(pages[static_cast<size_t>(j / P)], j % P), D, keys.data() + j * D);
-        }
+      if (t.blocked && pf.dynamic && s.prompt_len >= pf.min_prompt_tokens) {
         t.blocks = cpu::xattention_block_mask(qkv + t.row0 * qkv_stride + t.head * group * D, qkv_stride,
-                                              static_cast<int32_t>(group), s.start, n, keys.data(), D, pf.block_tokens,
+                                              static_cast<int32_t>(group), s.start, n, t.keys.data(), D, pf.block_tokens,
                                               pf.stride, pf.threshold);
       }
-      t.mask = cpu::AttentionMask::causal();
+      t.mask = t.blocks ? cpu::AttentionMask::blocks(nullptr, t.blocks->block_tokens) : cpu::AttentionMask::causal();
     } else {
       const auto& g = *kv.streaming_geometry();
       const auto& pages = kv.streaming_pages(t.slot);
-      // Sink blocks, then the ring's blocks before the chunk (oldest first), then the chunk itself.
-      const int64_t last_block = s.start > 0 ? (s.start - 1) / P : -1;
-      for (int64_t b = 0; b < g.sink_pages() && b <= last_block; ++b) {
-        const int32_t page = pages[static_cast<size_t>(b)];
-        const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, s.start - b * P));
-        t.spans.push_back({storage_.k(page), storage_.v(page), b * P, cnt, static_cast<int32_t>(D)});
-      }
-      for (int64_t b = std::max<int64_t>(g.sink_pages(), last_block - g.ring_pages() + 1); b <= last_block; ++b) {
-        const int32_t page = pages[static_cast<size_t>(g.locate(b * P).index)];
-        const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, s.start - b * P));
-        t.spans.push_back({storage_.k(page), storage_.v(page), b * P, cnt, static_cast<int32_t>(D)});
-      }
       const float* chunk = qkv + t.row0 * qkv_stride + q_dim + t.head * D;
-      t.spans.push_back({chunk, chunk + kv_dim, s.start, static_cast<int32_t>(n), static_cast<int32_t>(qkv_stride)});
+      t.blocked = n >= cpu::kBlockedMinRows;
+      if (t.blocked) {
+        // Keys the chunk can see, in position order: sink tokens and the window before the chunk
+        // (from sink and ring pages), then the chunk's own keys.
+        const int64_t sink = std::min<int64_t>(g.window().sink_tokens, s.start);
+        const int64_t lo = std::max<int64_t>(sink, s.start - g.window().local_tokens + 1);
+        auto add = [&](int64_t pos, const float* kp, const float* vp) {
+          t.keys.insert(t.keys.end(), kp, kp + D);
+          t.values.insert(t.values.end(), vp, vp + D);
+          t.key_pos.push_back(pos);
+        };
+        auto add_stored = [&](int64_t from, int64_t to) {
+          for (int64_t j = from; j < to; ++j) {
+            const kvcache::PageLocation loc = g.locate(j);
+            const int32_t page = pages[static_cast<size_t>(loc.index)];
+            add(j, storage_.k(page, loc.offset), storage_.v(page, loc.offset));
+          }
+        };
+        add_stored(0, sink);
+        add_stored(lo, s.start);
+        for (int64_t i = 0; i < n; ++i) add(s.start + i, chunk + i * qkv_stride, chunk + kv_dim + i * qkv_stride);
+      } else {
+        // Sink blocks, then the ring's blocks before the chunk (oldest first), then the chunk itself.
+        const int64_t last_block = s.start > 0 ? (s.start - 1) / P : -1;
+        for (int64_t b = 0; b < g.sink_pages() && b <= last_block; ++b) {
+          const int32_t page = pages[static_cast<size_t>(b)];
+          const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, s.start - b * P));
+          t.spans.push_back({storage_.k(page), storage_.v(page), b * P, cnt, static_cast<int32_t>(D)});
+        }
+        for (int64_t b = std::max<int64_t>(g.sink_pages(), last_block - g.ring_pages() + 1); b <= last_block; ++b) {
+          const int32_t page = pages[static_cast<size_t>(g.locate(b * P).index)];
+          const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, s.start - b * P));
+          t.spans.push_back({storage_.k(page), storage_.v(page), b * P, cnt, static_cast<int32_t>(D)});
+        }
+        t.spans.push_back({chunk, chunk + kv_dim, s.start, static_cast<int32_t>(n), static_cast<int32_t>(qkv_stride)});
+      }
       t.mask = cpu::AttentionMask::band(g.window().sink_tokens, g.window().local_tokens);
     }
   }
 
-  // 3. Attention for every (task, query row, head of the group).
-  std::vector<std::pair<size_t, int64_t>> work;
+  // 3. Attention: blocked tasks by 64-query blocks, the others per (query row, head of the group).
+  struct Work {
+    size_t task;
+    int64_t row;  // first row (blocked: block start)
+  };
+  std::vector<Work> work;
   for (size_t ti = 0; ti < tasks.size(); ++ti) {
-    for (int64_t i = 0; i < static_cast<int64_t>(batch[tasks[ti].seq].tokens.size()); ++i) work.emplace_back(ti, i);
+    const auto n = static_cast<int64_t>(batch[tasks[ti].seq].tokens.size());
+    for (int64_t i = 0; i < n; i += tasks[ti].blocked ? 64 : 1) work.push_back({ti, i});
   }
 #pragma omp parallel
   {
     std::vector<float> scratch;
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(dynamic, 1)
     for (size_t w = 0; w < work.size(); ++w) {
-      const HeadTask& t = tasks[work[w].first];
-      const int64_t i = work[w].second;
-      const int64_t pos = batch[t.seq].start + i;
+      const HeadTask& t = tasks[work[w].task];
+      const int64_t i = work[w].row;
+      const ForwardSeq& s = batch[t.seq];
       const int64_t row = t.row0 + i;
-      cpu::AttentionMask mask = t.mask;
-      if (t.blocks) mask = cpu::AttentionMask::blocks(t.blocks->row(pos / t.blocks->block_tokens), t.blocks->block_tokens);
+      if (t.blocked) {
+        const int64_t rn = std::min<int64_t>(64, static_cast<int64_t>(s.tokens.size()) - i);
+        const auto L = static_cast<int64_t>(t.keys.size()) / D;
+        cpu::attend_block(qkv + row * qkv_stride + t.head * group * D, qkv_stride, static_cast<int32_t>(group), rn,
+                          s.start + i, t.keys.data(), t.values.data(), D, t.key_pos.empty() ? nullptr : t.key_pos.data(),
+                          L, t.mask, t.blocks ? &*t.blocks : nullptr, D, scale, out + row * q_dim + t.head * group * D,
+                          q_dim);
+        continue;
+      }
+      const int64_t pos = s.start + i;
       for (int64_t g = 0; g < group; ++g) {
         const int64_t qh = t.head * group + g;
-        cpu::attend_spans(qkv + row * qkv_stride + qh * D, pos, t.spans, mask, D, scale, out + row * q_dim + qh * D,
+        cpu::attend_spans(qkv + row * qkv_stride + qh * D, pos, t.spans, t.mask, D, scale, out + row * q_dim + qh * D,
                           scratch);
       }
     }
