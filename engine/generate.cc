@@ -4,7 +4,7 @@
 #include <chrono>
 
 #include "common/errors.h"
-#include "engine/dense_kv.h"
+#include "kvcache/kv_cache_manager.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 
@@ -29,8 +29,21 @@ GenerateResult generate(CpuForward& fwd, std::span<const int32_t> prompt, const 
 
   GenerateResult res;
   res.finish_reason = "length";
-  DenseKvBackend kv(c);
-  kv.add_sequence(0);
+  const kvcache::SparsityProfile dense = kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers),
+                                                                        static_cast<int32_t>(c.n_kv_heads));
+  const kvcache::SparsityProfile& profile = opts.profile != nullptr ? *opts.profile : dense;
+  // A cache sized for exactly this sequence: its pages at the longest length it can reach.
+  const auto layout = kvcache::SequenceLayout::from_roles(profile.roles, profile.streaming);
+  const int64_t max_len = static_cast<int64_t>(prompt.size()) + budget;
+  std::optional<kvcache::StreamingGeometry> geometry;
+  if (layout.streaming) geometry.emplace(opts.kv_cache.page_tokens, *layout.streaming);
+  const int32_t pages = std::max<int32_t>(
+      1, kvcache::SequenceKv(opts.kv_cache.page_tokens, layout.retrieval_slots, layout.streaming_slots, geometry)
+             .pages_needed(max_len));
+  kvcache::KvCacheManager manager(opts.kv_cache, pages);
+  manager.add_sequence(0, layout);
+  PagedKvBackend kv(c, manager);
+  kv.add_sequence(0, profile);
   Sampler sampler(opts.sampling, prompt);
   IncrementalDetokenizer detok(model.tokenizer, /*skip_special=*/true);
   std::vector<float> logits;
@@ -45,6 +58,7 @@ GenerateResult generate(CpuForward& fwd, std::span<const int32_t> prompt, const 
   for (size_t off = 0; off < prompt.size(); off += static_cast<size_t>(opts.prefill_chunk)) {
     const size_t n = std::min(prompt.size() - off, static_cast<size_t>(opts.prefill_chunk));
     const ForwardSeq seq{0, static_cast<int64_t>(off), prompt.subspan(off, n), false, static_cast<int64_t>(prompt.size())};
+    manager.allocate(0, static_cast<int64_t>(off + n));
     fwd.forward(std::span(&seq, 1), kv, logits);
   }
   const auto t1 = clock::now();
@@ -61,9 +75,13 @@ GenerateResult generate(CpuForward& fwd, std::span<const int32_t> prompt, const 
     if (i + 1 == budget) break;
     const ForwardSeq seq{0, static_cast<int64_t>(prompt.size() + res.tokens.size() - 1), std::span(&res.tokens.back(), 1),
                          false, static_cast<int64_t>(prompt.size())};
+    manager.allocate(0, seq.start + 1);
     fwd.forward(std::span(&seq, 1), kv, logits);
   }
   emit(detok.flush());
+  res.kv_pages_retrieval = manager.used_pages(kvcache::HeadRole::kRetrieval);
+  res.kv_pages_streaming = manager.used_pages(kvcache::HeadRole::kStreaming);
+  res.selection = kv.selection_stats();
   res.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
   return res;
 }

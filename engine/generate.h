@@ -10,7 +10,10 @@
 #include <vector>
 
 #include "engine/cpu_forward.h"
+#include "engine/paged_kv.h"
 #include "engine/sampling_params.h"
+#include "kvcache/geometry.h"
+#include "kvcache/sparsity_profile.h"
 
 namespace sparseserve {
 
@@ -20,6 +23,9 @@ struct GenerateOptions {
   std::vector<int32_t> stop_ids;  // in addition to the model's EOS ids unless ignore_eos
   bool ignore_eos = false;
   int64_t prefill_chunk = 512;    // prompt tokens per forward call
+  // Sparsity profile (nullptr: dense) and page geometry of the paged KV cache the run uses.
+  const kvcache::SparsityProfile* profile = nullptr;
+  kvcache::KvCacheConfig kv_cache;
 };
 
 struct GenerateResult {
@@ -28,6 +34,9 @@ struct GenerateResult {
   std::string finish_reason;       // "stop" | "length"
   double prefill_seconds = 0.0;
   double decode_seconds = 0.0;
+  int64_t kv_pages_retrieval = 0;  // pages held at the end, per role (one page = one lane)
+  int64_t kv_pages_streaming = 0;
+  SelectionStats selection;        // decode page selection figures
 };
 
 // on_text receives each piece of text as soon as it is complete UTF-8 (may be empty: not called).

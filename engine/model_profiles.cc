@@ -443,4 +443,15 @@ ModelProfiles ModelProfiles::defaults_for(int32_t n_layers, int32_t n_kv_heads) 
   return out;
 }
 
+std::string ModelProfiles::find_for_model(const std::string& model_path, const std::string& configs_dir) {
+  std::filesystem::path p(model_path);
+  while (!p.empty() && !p.has_filename()) p = p.parent_path();  // trailing slash of a directory
+  std::string name = p.filename().string();
+  if (name.ends_with(".gguf")) name.resize(name.size() - 5);
+  if (const size_t dot = name.rfind(".Q"); dot != std::string::npos) name.resize(dot);  // quantization suffix
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  const std::filesystem::path yaml = std::filesystem::path(configs_dir) / (name + ".yaml");
+  return std::filesystem::exists(yaml) ? yaml.string() : std::string();
+}
+
 }  // namespace sparseserve

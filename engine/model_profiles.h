@@ -52,6 +52,10 @@ struct ModelProfiles {
   static ModelProfiles load(const std::string& path, int32_t n_layers, int32_t n_kv_heads);
   // Without a YAML: only `dense`, default dense, chat_template auto, pages 64 / 16.
   static ModelProfiles defaults_for(int32_t n_layers, int32_t n_kv_heads);
+  // The YAML conventionally paired with a model: <configs_dir>/<name>.yaml where name is the model
+  // file's (or directory's) name lower-cased, without extension and quantization suffix
+  // ("SmolLM2-135M-Instruct.Q4_1.gguf" -> "smollm2-135m-instruct"). Empty when there is none.
+  static std::string find_for_model(const std::string& model_path, const std::string& configs_dir);
 };
 
 }  // namespace sparseserve

@@ -8,6 +8,7 @@
 #include "common/errors.h"
 #include "engine/generate.h"
 #include "engine/model.h"
+#include "engine/model_profiles.h"
 
 namespace sparseserve::cli {
 
@@ -20,6 +21,10 @@ void add_generate_command(CLI::App& app, GenerateArgs& a) {
   c->excludes(p);
   cmd->add_option("--system", a.system, "System message (with --chat)");
   cmd->add_option("--chat-template", a.chat_template, "auto | chatml | llama3")->capture_default_str();
+  cmd->add_option("--model-config", a.model_config,
+                  "Model YAML with sparsity profiles (auto: configs/models/<model name>.yaml if present; none: dense only)")
+      ->capture_default_str();
+  cmd->add_option("--sparsity", a.sparsity, "Sparsity profile name (default: the model YAML's default_profile)");
   cmd->add_option("--max-tokens", a.max_tokens, "Most tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", a.temperature, "0 = greedy")->capture_default_str();
   cmd->add_option("--top-p", a.top_p)->capture_default_str();
@@ -33,6 +38,13 @@ void add_generate_command(CLI::App& app, GenerateArgs& a) {
 int run_generate(const GenerateArgs& a) {
   if (a.prompt.empty() && a.chat.empty()) throw InvalidArgument("give --prompt or --chat");
   const auto model = load_model(a.model, a.chat_template);
+  const auto n_layers = static_cast<int32_t>(model->config.n_layers);
+  const auto n_kv = static_cast<int32_t>(model->config.n_kv_heads);
+  std::string yaml = a.model_config == "auto" ? ModelProfiles::find_for_model(a.model, "configs/models") : a.model_config;
+  if (yaml == "none") yaml.clear();
+  const ModelProfiles profiles = yaml.empty() ? ModelProfiles::defaults_for(n_layers, n_kv) : ModelProfiles::load(yaml, n_layers, n_kv);
+  const kvcache::SparsityProfile& profile = profiles.get(a.sparsity.empty() ? profiles.default_profile : a.sparsity);
+  spdlog::info("sparsity profile '{}'{}", profile.name, yaml.empty() ? "" : " from " + yaml);
   std::vector<int32_t> ids;
   if (!a.chat.empty()) {
     if (!model->chat_template) throw InvalidArgument("the model has no recognised chat template; pass --chat-template");
@@ -53,6 +65,8 @@ int run_generate(const GenerateArgs& a) {
   opts.sampling.min_p = a.min_p;
   opts.sampling.repetition_penalty = a.repetition_penalty;
   opts.sampling.seed = a.seed;
+  opts.profile = &profile;
+  opts.kv_cache = profiles.kv_cache;
   if (model->chat_template) {
     const int32_t eot = model->tokenizer.token_id(model->chat_template->end_of_turn());
     if (eot >= 0) opts.stop_ids.push_back(eot);
@@ -68,7 +82,9 @@ int run_generate(const GenerateArgs& a) {
                              ids.size(), r.prefill_seconds, static_cast<double>(ids.size()) / r.prefill_seconds,
                              r.tokens.size(), r.decode_seconds,
                              r.decode_seconds > 0 ? static_cast<double>(r.tokens.size()) / r.decode_seconds : 0.0,
-                             r.finish_reason);
+                             r.finish_reason)
+              << fmt::format("KV pages held: {} retrieval + {} streaming (one page = {} tokens of one layer/KV-head lane)\n",
+                             r.kv_pages_retrieval, r.kv_pages_streaming, profiles.kv_cache.page_tokens);
   }
   return 0;
 }

@@ -14,6 +14,8 @@ struct GenerateArgs {
   std::string chat;
   std::string system;
   std::string chat_template = "auto";
+  std::string model_config = "auto";  // model YAML with sparsity profiles; auto: configs/models/<model>.yaml
+  std::string sparsity;                // profile name; empty: the YAML's default profile
   int64_t max_tokens = 256;
   float temperature = 0.0f;
   float top_p = 1.0f;

@@ -1,0 +1,137 @@
+// The paged backend on the real default model (skipped when absent):
+//  - the `dense` profile is bit-identical to the dense contiguous backend (prefill chunks and decode);
+//  - a sparse profile at a context inside its streaming window equals dense bit for bit (every key
+//    is still in the Λ band and selection is inactive below the budget);
+//  - KV pages held at context L follow the profile's formula: retrieval lanes × ceil(L / P) plus
+//    streaming lanes × min(sink + ring pages, blocks touched).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "engine/cpu_forward.h"
+#include "engine/dense_kv.h"
+#include "engine/model_profiles.h"
+#include "engine/paged_kv.h"
+
+namespace sparseserve {
+namespace {
+
+const char* kModel = SPARSESERVE_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const char* kYaml = SPARSESERVE_SOURCE_DIR "/configs/models/smollm2-135m-instruct.yaml";
+
+class PagedModelTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (std::filesystem::exists(kModel)) model_ = load_model(kModel).release();
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    model_ = nullptr;
+  }
+  void SetUp() override {
+    if (model_ == nullptr) GTEST_SKIP() << "default model not fetched (scripts/fetch-model.sh)";
+  }
+  ModelProfiles profiles() const {
+    return ModelProfiles::load(kYaml, static_cast<int32_t>(model_->config.n_layers), static_cast<int32_t>(model_->config.n_kv_heads));
+  }
+  // Runs prompt in chunks then `decode` greedy steps; returns every logits row produced.
+  std::vector<float> run(KvBackend& kv, kvcache::KvCacheManager* mgr, const std::vector<int32_t>& prompt, int64_t chunk,
+                         int decode, std::vector<int32_t>* generated = nullptr) const {
+    CpuForward fwd(*model_);
+    std::vector<float> all, logits;
+    const auto n = static_cast<int64_t>(prompt.size());
+    for (int64_t off = 0; off < n; off += chunk) {
+      const int64_t c = std::min(chunk, n - off);
+      if (mgr) mgr->allocate(1, off + c);
+      const ForwardSeq s{1, off, std::span(prompt).subspan(static_cast<size_t>(off), static_cast<size_t>(c)), true, n};
+      fwd.forward(std::span(&s, 1), kv, logits);
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    std::vector<int32_t> toks;
+    for (int i = 0; i < decode; ++i) {
+      const auto V = model_->config.vocab_size;
+      const float* last = all.data() + all.size() - V;
+      toks.push_back(static_cast<int32_t>(std::max_element(last, last + V) - last));
+      if (mgr) mgr->allocate(1, n + i + 1);
+      const ForwardSeq s{1, n + i, std::span(&toks.back(), 1), false, n};
+      fwd.forward(std::span(&s, 1), kv, logits);
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    if (generated) *generated = toks;
+    return all;
+  }
+  std::vector<int32_t> prompt(int64_t tokens) const {
+    std::string text;
+    while (static_cast<int64_t>(model_->tokenizer.encode(text, false).size()) < tokens) {
+      text += "The committee met on Tuesday to review the budget, and the minutes were filed. ";
+    }
+    auto ids = model_->tokenizer.encode(text, false);
+    ids.resize(static_cast<size_t>(tokens));
+    return ids;
+  }
+  static Model* model_;
+};
+Model* PagedModelTest::model_ = nullptr;
+
+TEST_F(PagedModelTest, DenseProfileIsBitIdenticalToDenseBackend) {
+  const auto ids = prompt(300);
+  DenseKvBackend dense(model_->config);
+  dense.add_sequence(1);
+  const auto want = run(dense, nullptr, ids, 128, 12);
+
+  const ModelProfiles p = profiles();
+  kvcache::KvCacheManager mgr(p.kv_cache, 4096);
+  mgr.add_sequence(1, kvcache::SequenceLayout::from_roles(p.get("dense").roles, std::nullopt));
+  PagedKvBackend paged(model_->config, mgr);
+  paged.add_sequence(1, p.get("dense"));
+  const auto got = run(paged, &mgr, ids, 128, 12);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+}
+
+TEST_F(PagedModelTest, SparseProfileInsideItsWindowEqualsDense) {
+  const ModelProfiles p = profiles();
+  const kvcache::SparsityProfile& bal = p.get("balanced");
+  ASSERT_TRUE(bal.streaming.has_value());
+  // Every key stays in the band (len ≤ local) and the budget exceeds the context.
+  const int64_t len = std::min<int64_t>(bal.streaming->local_tokens, bal.decode.token_budget) - 8;
+  const auto ids = prompt(len);
+  DenseKvBackend dense(model_->config);
+  dense.add_sequence(1);
+  const auto want = run(dense, nullptr, ids, 100, 6);
+  kvcache::KvCacheManager mgr(p.kv_cache, 4096);
+  mgr.add_sequence(1, kvcache::SequenceLayout::from_roles(bal.roles, bal.streaming));
+  PagedKvBackend paged(model_->config, mgr);
+  paged.add_sequence(1, bal);
+  const auto got = run(paged, &mgr, ids, 100, 6);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+}
+
+TEST_F(PagedModelTest, KvPagesHeldFollowTheProfileFormula) {
+  const ModelProfiles p = profiles();
+  for (const char* name : {"dense", "balanced"}) {
+    const kvcache::SparsityProfile& prof = p.get(name);
+    const int64_t P = p.kv_cache.page_tokens;
+    const int64_t R = prof.roles.count(kvcache::HeadRole::kRetrieval);
+    const int64_t S = prof.roles.count(kvcache::HeadRole::kStreaming);
+    for (const int64_t L : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{700}, int64_t{2048}, int64_t{8000}}) {
+      kvcache::KvCacheManager mgr(p.kv_cache, 200000);
+      mgr.add_sequence(1, kvcache::SequenceLayout::from_roles(prof.roles, prof.streaming));
+      mgr.allocate(1, L);
+      const int64_t blocks = (L + P - 1) / P;
+      int64_t streaming_pages = 0;
+      if (prof.streaming) {
+        const int64_t sink = (prof.streaming->sink_tokens + P - 1) / P;
+        const int64_t ring = (prof.streaming->local_tokens + P - 1) / P + 1;
+        streaming_pages = S * std::min(sink + ring, blocks);
+      }
+      EXPECT_EQ(mgr.used_pages(kvcache::HeadRole::kRetrieval), R * blocks) << name << " L=" << L;
+      EXPECT_EQ(mgr.used_pages(kvcache::HeadRole::kStreaming), streaming_pages) << name << " L=" << L;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sparseserve
