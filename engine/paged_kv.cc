@@ -51,6 +51,27 @@ void PagedKvBackend::add_sequence(uint64_t id, const kvcache::SparsityProfile& p
 
 void PagedKvBackend::release(uint64_t id) { seqs_.erase(id); }
 
+void PagedKvBackend::rewind(uint64_t id, int64_t length, const kvcache::SparsityProfile& profile) {
+  SeqState& st = state(id);
+  check(length >= 0 && length <= st.length, "PagedKvBackend::rewind: length beyond the stored tokens");
+  check(st.length - length < storage_.page_tokens(), "PagedKvBackend::rewind: would drop a page or more of tokens");
+  check(length % storage_.logical_page_tokens() == 0, "PagedKvBackend::rewind: length not on a sub-page boundary");
+  const kvcache::HeadRoles& a = st.profile->roles;
+  const kvcache::HeadRoles& b = profile.roles;
+  for (int32_t l = 0; l < a.n_layers(); ++l) {
+    for (int32_t h = 0; h < a.n_kv_heads(); ++h) check(a.role(l, h) == b.role(l, h), "PagedKvBackend::rewind: head roles differ");
+  }
+  const auto window = [](const kvcache::SparsityProfile& p) {
+    return p.streaming ? std::pair(p.streaming->sink_tokens, p.streaming->local_tokens) : std::pair(-1, -1);
+  };
+  check(window(*st.profile) == window(profile), "PagedKvBackend::rewind: streaming windows differ");
+  st.profile = &profile;
+  st.length = length;
+  st.decode_steps = 0;
+  for (auto& sel : st.selected) sel.clear();
+  std::fill(st.selected_at_blocks.begin(), st.selected_at_blocks.end(), 0);
+}
+
 PagedKvBackend::SeqState& PagedKvBackend::state(uint64_t id) {
   const auto it = seqs_.find(id);
   check(it != seqs_.end(), "PagedKvBackend: unknown sequence id");

@@ -37,6 +37,12 @@ class PagedKvBackend final : public KvBackend {
   // the sequence. InternalError for an unknown or already bound id.
   void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile);
   void release(uint64_t id);  // forgets the sequence here (the caller releases its pages)
+  // Forgets the tokens after `length` so that decoding can restart there, possibly under another
+  // profile with the same roles and streaming window (benchmarks compare decode policies on one
+  // prefill this way). Preconditions, else InternalError: fewer than page_tokens tokens are dropped
+  // (the streaming ring still holds the window) and length is a multiple of logical_page_tokens
+  // (the next token starts a fresh min/max sub-page). Selection state is reset.
+  void rewind(uint64_t id, int64_t length, const kvcache::SparsityProfile& profile);
 
   void begin_step(std::span<const ForwardSeq> batch) override;
   void attend(int64_t layer, std::span<const ForwardSeq> batch, const float* qkv, int64_t qkv_stride,

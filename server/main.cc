@@ -1,4 +1,4 @@
-// The `sparseserve` command: info, generate (serve arrives with the server).
+// The `sparseserve` command: info, generate, calibrate, serve.
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -7,8 +7,10 @@
 
 #include "common/errors.h"
 #include "common/logging.h"
+#include "server/cli_calibrate.h"
 #include "server/cli_generate.h"
 #include "server/cli_info.h"
+#include "server/cli_serve.h"
 
 int main(int argc, char** argv) {
   sparseserve::init_logging();
@@ -23,11 +25,17 @@ int main(int argc, char** argv) {
   sparseserve::cli::add_info_command(app, info);
   sparseserve::cli::GenerateArgs gen;
   sparseserve::cli::add_generate_command(app, gen);
+  sparseserve::cli::CalibrateArgs calibrate;
+  sparseserve::cli::add_calibrate_command(app, calibrate);
+  sparseserve::cli::ServeArgs serve;
+  sparseserve::cli::add_serve_command(app, serve);
 
   CLI11_PARSE(app, argc, argv);
   try {
     if (app.got_subcommand("info")) return sparseserve::cli::run_info(info);
     if (app.got_subcommand("generate")) return sparseserve::cli::run_generate(gen);
+    if (app.got_subcommand("calibrate")) return sparseserve::cli::run_calibrate(calibrate);
+    if (app.got_subcommand("serve")) return sparseserve::cli::run_serve(serve);
   } catch (const sparseserve::Error& e) {
     spdlog::error("{}", e.what());
     return 1;

@@ -320,9 +320,9 @@ TEST(ShippedModelProfiles, SmolLM2LoadsForTheDefaultModel) {
   for (const char* name : {"balanced", "streaming-only", "select-512", "select-1024"}) {
     SCOPED_TRACE(name);
     const kvcache::SparsityProfile& p = m.get(name);
-    // Placeholder gates (1.0, 0.5, 0.5) at ratio 0.5: heads 0 and 1 retrieval in every layer.
-    EXPECT_EQ(p.roles.count(HeadRole::kRetrieval), 60);
-    for (int32_t l = 0; l < 30; ++l) EXPECT_EQ(p.roles.role(l, 2), HeadRole::kStreaming);
+    // Calibrated gates at global_ratio 0.5: the top 45 of the 90 (layer, KV head) pairs.
+    EXPECT_EQ(p.roles.count(HeadRole::kRetrieval), 45);
+    EXPECT_EQ(p.roles.count(HeadRole::kStreaming), 45);
     ASSERT_TRUE(p.streaming.has_value());
     EXPECT_EQ(p.streaming->sink_tokens, 64);
     EXPECT_EQ(p.streaming->local_tokens, 256);
