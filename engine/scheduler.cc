@@ -1,0 +1,205 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "common/errors.h"
+
+namespace sparseserve {
+
+void SchedulerConfig::validate() const {
+  if (max_num_seqs < 1) throw InvalidArgument(fmt::format("max_num_seqs is {}; it must be ≥ 1", max_num_seqs));
+  if (max_num_batched_tokens < 1) {
+    throw InvalidArgument(fmt::format("max_num_batched_tokens is {}; it must be ≥ 1", max_num_batched_tokens));
+  }
+  if (aging_steps < 1) throw InvalidArgument(fmt::format("aging_steps is {}; it must be ≥ 1", aging_steps));
+}
+
+Scheduler::Scheduler(SchedulerConfig config, kvcache::KvCacheManager& kv) : config_(config), kv_(kv) {
+  config_.validate();
+}
+
+void Scheduler::add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority) {
+  if (entries_.contains(id)) throw InternalError(fmt::format("scheduler: request {} already exists", id));
+  if (prompt_len < 1) throw InternalError(fmt::format("scheduler: request {} has prompt_len {}", id, prompt_len));
+  // The manager is the judge of a layout: register and drop the sequence now, so a bad layout
+  // fails here rather than in a later plan().
+  kv_.add_sequence(id, layout);
+  kv_.release(id);
+  Entry& e = entries_[id];
+  e.id = id;
+  e.layout = layout;
+  e.prompt = prompt_len;
+  e.total = prompt_len;
+  e.priority = priority;
+  e.arrival = next_arrival_++;
+  waiting_.push_back(&e);  // sorted into place by the next plan()
+}
+
+Scheduler::Entry* Scheduler::find(uint64_t id) {
+  const auto it = entries_.find(id);
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+void Scheduler::remove(Entry& e) {
+  kv_.release(e.id);  // no-op when the sequence holds nothing (waiting)
+  if (e.running) {
+    running_.erase(std::find(running_.begin(), running_.end(), &e));
+  } else {
+    waiting_.erase(std::find(waiting_.begin(), waiting_.end(), &e));
+  }
+  const uint64_t id = e.id;
+  entries_.erase(id);
+}
+
+bool Scheduler::abort(uint64_t id) {
+  Entry* e = find(id);
+  if (e == nullptr) return false;
+  remove(*e);
+  return true;
+}
+
+void Scheduler::finish(uint64_t id) {
+  Entry* e = find(id);
+  if (e == nullptr) throw InternalError(fmt::format("scheduler: finish of unknown request {}", id));
+  if (!e->running) throw InternalError(fmt::format("scheduler: finish of request {}, which is not running", id));
+  remove(*e);
+}
+
+bool Scheduler::before(const Entry& a, const Entry& b) const {
+  if (config_.priority) {
+    const int64_t pa = a.priority - a.waited_steps / config_.aging_steps;
+    const int64_t pb = b.priority - b.waited_steps / config_.aging_steps;
+    if (pa != pb) return pa < pb;
+  }
+  return a.arrival < b.arrival;
+}
+
+StepPlan Scheduler::plan() {
+  StepPlan plan;
+  age_and_sort();
+  int64_t budget = config_.max_num_batched_tokens;
+  schedule_running(plan, budget);
+  // Pages were short this step: admitting now would only take them from the preempted requests.
+  if (plan.preempted.empty()) admit_waiting(plan, budget);
+  return plan;
+}
+
+void Scheduler::age_and_sort() {
+  for (Entry* e : waiting_) ++e->waited_steps;
+  const auto by_policy = [this](const Entry* a, const Entry* b) { return before(*a, *b); };
+  std::sort(running_.begin(), running_.end(), by_policy);
+  std::sort(waiting_.begin(), waiting_.end(), by_policy);
+}
+
+void Scheduler::schedule_running(StepPlan& plan, int64_t& budget) {
+  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    Entry& e = *running_[i];
+    if (e.computed >= e.total) {
+      throw InternalError(fmt::format("scheduler: request {} sampled but was neither appended to nor finished", e.id));
+    }
+    const int64_t count = std::min(e.total - e.computed, budget);
+    if (!make_room(e, count, plan)) return;  // e was preempted: it was the last running request
+    schedule(e, count, plan);
+    budget -= count;
+  }
+}
+
+// Preempts from the back of running_ until e's chunk fits. False when e itself had to go.
+bool Scheduler::make_room(Entry& e, int64_t count, StepPlan& plan) {
+  while (!kv_.can_allocate(e.id, e.computed + count)) {
+    if (&preempt_last(plan) == &e) return false;
+  }
+  return true;
+}
+
+Scheduler::Entry& Scheduler::preempt_last(StepPlan& plan) {
+  check(!running_.empty(), "scheduler: preemption with no running request");
+  Entry& e = *running_.back();
+  running_.pop_back();
+  kv_.release(e.id);
+  e.running = false;
+  e.computed = 0;
+  const auto by_policy = [this](const Entry* a, const Entry* b) { return before(*a, *b); };
+  waiting_.insert(std::upper_bound(waiting_.begin(), waiting_.end(), &e, by_policy), &e);
+  plan.preempted.push_back(e.id);
+  ++preemptions_;
+  return e;
+}
+
+void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
+  while (!waiting_.empty() && budget > 0 && std::ssize(running_) < config_.max_num_seqs) {
+    Entry& e = *waiting_.front();
+    const int64_t count = std::min(e.total, budget);
+    const Admission admission = try_admit(e, count);
+    if (admission == Admission::kBlocked) return;  // the head is never skipped
+    waiting_.pop_front();
+    if (admission == Admission::kUnservable) {
+      plan.unservable.push_back(e.id);
+      const uint64_t id = e.id;
+      entries_.erase(id);
+      continue;
+    }
+    e.running = true;
+    running_.push_back(&e);
+    schedule(e, count, plan);
+    budget -= count;
+  }
+}
+
+// Registers e with the manager and keeps it registered only when admitted. Unservable: even the
+// whole, empty pool could not hold the prompt plus one generated token (or all e already holds).
+Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t count) {
+  kv_.add_sequence(e.id, e.layout);
+  Admission admission = Admission::kAdmitted;
+  if (kv_.pages_needed(e.id, std::max(e.total, e.prompt + 1)) > kv_.num_pages()) {
+    admission = Admission::kUnservable;
+  } else if (!kv_.can_allocate(e.id, count)) {
+    admission = Admission::kBlocked;
+  }
+  if (admission != Admission::kAdmitted) kv_.release(e.id);
+  return admission;
+}
+
+void Scheduler::schedule(Entry& e, int64_t count, StepPlan& plan) {
+  kv_.allocate(e.id, e.computed + count);
+  plan.seqs.push_back(ScheduledSeq{.id = e.id,
+                                   .start = e.computed,
+                                   .count = count,
+                                   .sample = e.computed + count == e.total,
+                                   .resumed = e.computed == 0});
+  plan.num_tokens += count;
+}
+
+void Scheduler::on_step_done(const StepPlan& plan, const std::vector<uint64_t>& appended) {
+  for (const ScheduledSeq& s : plan.seqs) {
+    Entry* e = find(s.id);
+    if (e == nullptr) continue;  // aborted or finished since the plan
+    if (!e->running || e->computed != s.start || s.start + s.count > e->total) {
+      throw InternalError(fmt::format("scheduler: stale plan for request {} (computed {}, planned start {})", s.id,
+                                      e->computed, s.start));
+    }
+    e->computed += s.count;
+  }
+  for (const uint64_t id : appended) {
+    Entry* e = find(id);
+    if (e == nullptr) continue;
+    if (!e->running || e->computed != e->total) {
+      throw InternalError(fmt::format("scheduler: token appended to request {}, which did not sample", id));
+    }
+    ++e->total;
+  }
+}
+
+size_t Scheduler::num_running() const { return running_.size(); }
+size_t Scheduler::num_waiting() const { return waiting_.size(); }
+
+std::optional<Scheduler::Progress> Scheduler::progress(uint64_t id) const {
+  const auto it = entries_.find(id);
+  if (it == entries_.end()) return std::nullopt;
+  const Entry& e = it->second;
+  return Progress{.computed = e.computed, .total = e.total, .prompt = e.prompt, .running = e.running};
+}
+
+}  // namespace sparseserve

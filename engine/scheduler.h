@@ -1,0 +1,124 @@
+// Continuous-batching scheduler (host-only: no tensors, no CUDA; tested with a fake model).
+//
+// One progress model per request: `computed` tokens (whose K/V are cached) vs `total` tokens
+// (prompt + generated so far). A step runs tokens [computed, computed + count) of each scheduled
+// request; when that reaches `total`, the step samples one new token for it. Chunked prefill,
+// decode and recompute after preemption are all the same rule — no phases.
+//
+// Per step (iteration-level batching, vLLM-style):
+//   1. running requests in arrival order (or priority order): decode ones take 1 token, prefill ones
+//      a chunk, within max_num_batched_tokens; pages come from the KvCacheManager (can_allocate /
+//      allocate). When pages run out, the last running request in that order (the newest, or the
+//      lowest priority) is preempted (pages released, computed = 0, back to the front of the
+//      waiting queue), repeatedly, until the chunk fits or the request itself was the one preempted.
+//   2. unless step 1 preempted, waiting requests are admitted in order (FCFS, or priority with
+//      aging: effective priority = priority - steps spent waiting / aging_steps) while seats
+//      (max_num_seqs), token budget and pages allow; admission registers the sequence with the
+//      manager (a preempted one was released: it re-registers and recomputes all `total` tokens).
+//      The head of the queue is never skipped for a later request (no starvation); a request whose
+//      max(total, prompt + 1) tokens need more pages than the whole pool is reported as unservable.
+// Running and waiting stay sorted by that order, so the last running request is the preemption
+// victim and is never one already scheduled in the step.
+// The plan is a value (StepPlan) the executor runs without asking back.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "kvcache/kv_cache_manager.h"
+
+namespace sparseserve {
+
+struct SchedulerConfig {
+  int32_t max_num_seqs = 64;
+  int32_t max_num_batched_tokens = 2048;
+  bool priority = false;        // lower value first; FCFS among equals
+  int32_t aging_steps = 64;     // with priority: a waiting request gains one level per this many steps
+  // Throws InvalidArgument naming the field (each of the three counts must be ≥ 1).
+  void validate() const;
+};
+
+struct ScheduledSeq {
+  uint64_t id = 0;
+  int64_t start = 0;      // == computed before the step
+  int64_t count = 0;      // tokens run this step (≥ 1)
+  bool sample = false;    // start + count == total: sample the next token after the step
+  bool resumed = false;   // first step after admission or preemption (computed was 0)
+};
+
+struct StepPlan {
+  std::vector<ScheduledSeq> seqs;       // in batch order
+  std::vector<uint64_t> preempted;      // pages released this step; they recompute later
+  std::vector<uint64_t> unservable;     // can never fit the KV cache: removed, caller fails them
+  int64_t num_tokens = 0;               // Σ count
+  bool empty() const { return seqs.empty(); }
+};
+
+class Scheduler {
+ public:
+  // Validates the config. `kv` must outlive the scheduler and is used by no one else for these ids.
+  Scheduler(SchedulerConfig config, kvcache::KvCacheManager& kv);
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues a new request with prompt_len ≥ 1 tokens. InternalError for a duplicate id, a
+  // prompt_len < 1 or a layout the KvCacheManager rejects (checked here, not in a later plan()).
+  void add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority = 0);
+  // Removes a request wherever it is; its pages are released at once. False if unknown.
+  bool abort(uint64_t id);
+  // Removes a finished (running) request and releases its pages. InternalError otherwise.
+  void finish(uint64_t id);
+
+  StepPlan plan();
+  // After the executor ran `plan`: computed += count for each; for each id in `appended` (a token
+  // was sampled and kept), total += 1. Ids aborted or finished since the plan are skipped. A request
+  // that sampled must be appended to or finished before the next plan() (else InternalError there).
+  void on_step_done(const StepPlan& plan, const std::vector<uint64_t>& appended);
+
+  size_t num_running() const;
+  size_t num_waiting() const;
+  int64_t num_preemptions() const { return preemptions_; }
+  bool has_work() const { return num_running() + num_waiting() > 0; }
+
+  struct Progress {
+    int64_t computed = 0, total = 0, prompt = 0;
+    bool running = false;
+  };
+  std::optional<Progress> progress(uint64_t id) const;
+
+ private:
+  struct Entry {
+    uint64_t id = 0;
+    kvcache::SequenceLayout layout;
+    int64_t prompt = 0, computed = 0, total = 0;  // tokens
+    int32_t priority = 0;
+    uint64_t arrival = 0;      // add() order
+    int64_t waited_steps = 0;  // plan() calls spent waiting (aging); kept across preemptions
+    bool running = false;
+  };
+  enum class Admission { kAdmitted, kBlocked, kUnservable };
+
+  bool before(const Entry& a, const Entry& b) const;  // policy order
+  void age_and_sort();
+  void schedule_running(StepPlan& plan, int64_t& budget);
+  bool make_room(Entry& e, int64_t count, StepPlan& plan);
+  Entry& preempt_last(StepPlan& plan);
+  void admit_waiting(StepPlan& plan, int64_t& budget);
+  Admission try_admit(const Entry& e, int64_t count);
+  void schedule(Entry& e, int64_t count, StepPlan& plan);
+  Entry* find(uint64_t id);
+  void remove(Entry& e);
+
+  SchedulerConfig config_;
+  kvcache::KvCacheManager& kv_;
+  int64_t preemptions_ = 0;
+  uint64_t next_arrival_ = 0;
+  std::unordered_map<uint64_t, Entry> entries_;  // every live request (node addresses are stable)
+  std::vector<Entry*> running_;  // policy order: the last one is the preemption victim
+  std::deque<Entry*> waiting_;   // policy order (re-sorted each plan()): the front is admitted first
+};
+
+}  // namespace sparseserve

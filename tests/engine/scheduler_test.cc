@@ -1,0 +1,400 @@
+// The scheduler driven by a fake executor: no model, it "samples" one token for every sample=true
+// sequence and finishes a request once it has produced its output length. The harness keeps its own
+// model of every request (computed, total, generated) and checks each plan against it and the page
+// pool against the layouts, so every test also checks the step invariants.
+#include "engine/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <random>
+#include <set>
+
+#include "common/errors.h"
+#include "kvcache/kv_cache_manager.h"
+
+namespace sparseserve {
+namespace {
+
+using kvcache::KvCacheManager;
+using kvcache::SequenceLayout;
+
+constexpr int32_t kPageTokens = 16;
+constexpr kvcache::StreamingWindow kWindow{.sink_tokens = 16, .local_tokens = 16};  // 1 sink + 2 ring pages
+
+SequenceLayout dense_layout() { return {.retrieval_slots = 2, .streaming_slots = 0, .streaming = std::nullopt}; }
+SequenceLayout mixed_layout() { return {.retrieval_slots = 1, .streaming_slots = 1, .streaming = kWindow}; }
+SequenceLayout streaming_layout() { return {.retrieval_slots = 0, .streaming_slots = 2, .streaming = kWindow}; }
+
+// Pages a sequence of `len` tokens holds, from the layout alone (kvcache/README.md).
+int64_t expected_pages(const SequenceLayout& l, int64_t len) {
+  const int64_t blocks = (len + kPageTokens - 1) / kPageTokens;
+  const int64_t ring_slot_pages = 1 + (1 + 1);
+  return l.retrieval_slots * blocks + l.streaming_slots * std::min(ring_slot_pages, blocks);
+}
+
+struct Harness {
+  struct Model {
+    int64_t prompt = 0, output = 0, computed = 0, total = 0, generated = 0;
+    SequenceLayout layout;
+  };
+
+  Harness(SchedulerConfig c, int32_t num_pages)
+      : config(c), kv(kvcache::KvCacheConfig{.page_tokens = kPageTokens, .logical_page_tokens = 16}, num_pages),
+        sched(c, kv) {}
+
+  void add(uint64_t id, int64_t prompt, int64_t output, SequenceLayout layout = dense_layout(), int32_t priority = 0) {
+    sched.add(id, prompt, layout, priority);
+    live[id] = Model{.prompt = prompt, .output = output, .computed = 0, .total = prompt, .generated = 0, .layout = layout};
+  }
+
+  void abort(uint64_t id) {
+    const int64_t held = kv.has_sequence(id) ? expected_pages(live.at(id).layout, kv.sequence(id).length()) : 0;
+    const int32_t free_before = kv.free_pages();
+    ASSERT_TRUE(sched.abort(id));
+    EXPECT_EQ(kv.free_pages(), free_before + held) << "abort frees the pages in the same call";
+    EXPECT_FALSE(kv.has_sequence(id));
+    live.erase(id);
+    aborted.insert(id);
+  }
+
+  // One iteration: plan, check the plan against the model, "run" it, report, finish.
+  StepPlan step() {
+    StepPlan plan = sched.plan();
+    ++steps;
+    check_plan(plan);
+    std::vector<uint64_t> appended, done;
+    for (const ScheduledSeq& s : plan.seqs) {
+      Model& m = live.at(s.id);
+      m.computed = s.start + s.count;
+      history[s.id].push_back(s);
+      first_step.emplace(s.id, steps);
+      if (!s.sample) continue;
+      appended.push_back(s.id);
+      if (++m.generated == m.output) done.push_back(s.id);
+    }
+    sched.on_step_done(plan, appended);
+    for (const uint64_t id : appended) ++live.at(id).total;
+    for (const uint64_t id : done) {
+      const auto p = sched.progress(id);
+      EXPECT_EQ(p->total, live.at(id).prompt + live.at(id).output) << id;
+      sched.finish(id);
+      live.erase(id);
+      finished.push_back(id);
+    }
+    check_pages();
+    return plan;
+  }
+
+  bool run(int64_t max_steps) {
+    for (int64_t i = 0; i < max_steps && sched.has_work(); ++i) step();
+    return !sched.has_work();
+  }
+
+  void check_plan(const StepPlan& plan) {
+    int64_t tokens = 0;
+    std::set<uint64_t> ids;
+    for (const uint64_t id : plan.unservable) {
+      EXPECT_FALSE(kv.has_sequence(id));
+      live.erase(id);
+      unservable.push_back(id);
+    }
+    for (const uint64_t id : plan.preempted) {
+      EXPECT_FALSE(kv.has_sequence(id)) << "a preempted request's pages are released";
+      live.at(id).computed = 0;
+      ++preemptions;
+    }
+    for (const ScheduledSeq& s : plan.seqs) {
+      EXPECT_TRUE(ids.insert(s.id).second) << "id scheduled twice: " << s.id;
+      EXPECT_FALSE(std::count(plan.preempted.begin(), plan.preempted.end(), s.id)) << s.id;
+      const Model& m = live.at(s.id);
+      EXPECT_GE(s.count, 1);
+      EXPECT_EQ(s.start, m.computed) << s.id;
+      EXPECT_LE(s.start + s.count, m.total) << s.id;
+      EXPECT_EQ(s.sample, s.start + s.count == m.total) << s.id;
+      EXPECT_EQ(s.resumed, s.start == 0) << s.id;
+      EXPECT_EQ(kv.sequence(s.id).length(), s.start + s.count) << "the chunk's pages are allocated";
+      tokens += s.count;
+    }
+    EXPECT_EQ(plan.num_tokens, tokens);
+    EXPECT_LE(plan.num_tokens, config.max_num_batched_tokens);
+    EXPECT_LE(sched.num_running(), static_cast<size_t>(config.max_num_seqs));
+    max_running = std::max(max_running, sched.num_running());
+  }
+
+  // Pages in use are exactly those of the live (running) sequences, as their layouts say.
+  void check_pages() {
+    int64_t pages = 0;
+    for (const auto& [id, m] : live) {
+      if (!kv.has_sequence(id)) continue;
+      EXPECT_TRUE(sched.progress(id)->running) << id;
+      EXPECT_EQ(kv.sequence(id).length(), m.computed) << id;
+      pages += expected_pages(m.layout, kv.sequence(id).length());
+    }
+    EXPECT_EQ(kv.num_pages() - kv.free_pages(), pages);
+    EXPECT_EQ(kv.num_sequences(), sched.num_running());
+  }
+
+  SchedulerConfig config;
+  KvCacheManager kv;
+  Scheduler sched;
+  std::map<uint64_t, Model> live;
+  std::map<uint64_t, std::vector<ScheduledSeq>> history;
+  std::map<uint64_t, int64_t> first_step;  // step at which an id first ran
+  std::vector<uint64_t> finished, unservable;
+  std::set<uint64_t> aborted;
+  int64_t steps = 0, preemptions = 0;
+  size_t max_running = 0;
+};
+
+struct Chunk {
+  int64_t start, count;
+  bool sample, resumed;
+};
+std::vector<Chunk> chunks(const std::vector<ScheduledSeq>& seqs) {
+  std::vector<Chunk> out;
+  for (const ScheduledSeq& s : seqs) out.push_back({s.start, s.count, s.sample, s.resumed});
+  return out;
+}
+bool operator==(const Chunk& a, const Chunk& b) {
+  return a.start == b.start && a.count == b.count && a.sample == b.sample && a.resumed == b.resumed;
+}
+
+TEST(Scheduler, ChunkedPrefillSplitsALongPromptUnderTheTokenBudget) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 32}, 64);
+  h.add(1, 100, 3);
+  ASSERT_TRUE(h.run(10));
+  const std::vector<Chunk> want = {{0, 32, false, true}, {32, 32, false, false}, {64, 32, false, false},
+                                   {96, 4, true, false}, {100, 1, true, false},  {101, 1, true, false}};
+  EXPECT_EQ(chunks(h.history[1]), want);
+  EXPECT_EQ(h.kv.free_pages(), 64);
+}
+
+TEST(Scheduler, DecodeAndPrefillChunkShareAStep) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 16}, 64);
+  h.add(1, 8, 5);
+  h.step();
+  h.add(2, 40, 2);
+  const StepPlan plan = h.step();
+  ASSERT_EQ(plan.seqs.size(), 2u);
+  EXPECT_EQ(plan.seqs[0].id, 1u);
+  EXPECT_EQ(chunks({plan.seqs[0]}), (std::vector<Chunk>{{8, 1, true, false}}));  // decode
+  EXPECT_EQ(plan.seqs[1].id, 2u);
+  EXPECT_EQ(chunks({plan.seqs[1]}), (std::vector<Chunk>{{0, 15, false, true}}));  // prefill chunk
+  EXPECT_EQ(plan.num_tokens, 16);
+  ASSERT_TRUE(h.run(20));
+}
+
+TEST(Scheduler, MaxNumSeqsIsRespected) {
+  Harness h({.max_num_seqs = 2, .max_num_batched_tokens = 256}, 64);
+  for (uint64_t id = 1; id <= 4; ++id) h.add(id, 10, 3);
+  const StepPlan first = h.step();
+  ASSERT_EQ(first.seqs.size(), 2u);
+  EXPECT_EQ(h.sched.num_waiting(), 2u);
+  ASSERT_TRUE(h.run(20));
+  EXPECT_EQ(h.max_running, 2u);
+  EXPECT_EQ(h.finished.size(), 4u);
+}
+
+TEST(Scheduler, AdmissionWaitsForPagesAndResumesWhenTheyAreFreed) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 64}, 4);
+  h.add(1, 30, 2);  // 2 blocks x 2 slots: the whole pool
+  h.step();
+  EXPECT_EQ(h.kv.free_pages(), 0);
+  h.add(2, 10, 1);
+  const StepPlan blocked = h.step();  // request 1 decodes and finishes; 2 cannot get a page
+  ASSERT_EQ(blocked.seqs.size(), 1u);
+  EXPECT_EQ(blocked.seqs[0].id, 1u);
+  EXPECT_EQ(h.sched.num_waiting(), 1u);
+  EXPECT_EQ(h.kv.free_pages(), 4);  // 1 finished
+  const StepPlan admitted = h.step();
+  ASSERT_EQ(admitted.seqs.size(), 1u);
+  EXPECT_EQ(admitted.seqs[0].id, 2u);
+  EXPECT_FALSE(h.sched.has_work());
+}
+
+TEST(Scheduler, PreemptionTakesTheNewestWhichResumesAndFinishes) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 64}, 8);
+  h.add(1, 16, 3);  // 2 pages
+  h.add(2, 20, 3);  // 4 pages (its decode fits in them)
+  h.add(3, 16, 3);  // 2 pages: the pool is full after the first step
+  h.step();
+  EXPECT_EQ(h.kv.free_pages(), 0);
+  const StepPlan plan = h.step();  // 1 needs 2 more pages: 3 (the newest) goes, not 2
+  EXPECT_EQ(plan.preempted, std::vector<uint64_t>{3});
+  EXPECT_EQ(h.sched.num_preemptions(), 1);
+  EXPECT_FALSE(h.kv.has_sequence(3));
+  const auto p = h.sched.progress(3);
+  EXPECT_FALSE(p->running);
+  EXPECT_EQ(p->computed, 0);
+  EXPECT_EQ(p->total, 17);  // the token it sampled is kept
+  ASSERT_TRUE(h.run(20));
+  // 3 recomputes prompt + its generated token in one chunk, samples its 2nd token, then decodes.
+  const std::vector<Chunk> want = {{0, 16, true, true}, {0, 17, true, true}, {17, 1, true, false}};
+  EXPECT_EQ(chunks(h.history[3]), want);
+  EXPECT_EQ(h.finished, (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_EQ(h.kv.free_pages(), 8);
+}
+
+TEST(Scheduler, AbortFreesPagesAtOnceFromRunningOrWaiting) {
+  Harness h({.max_num_seqs = 2, .max_num_batched_tokens = 256}, 16);
+  h.add(1, 40, 5);
+  h.add(2, 20, 5);
+  h.add(3, 10, 5);  // waits for a seat
+  const StepPlan plan = h.step();
+  EXPECT_EQ(h.kv.free_pages(), 16 - 6 - 4);
+  h.abort(1);
+  EXPECT_EQ(h.kv.free_pages(), 12);
+  h.abort(3);
+  EXPECT_EQ(h.sched.num_waiting(), 0u);
+  // Aborted between plan and on_step_done: the report skips it.
+  const StepPlan next = h.sched.plan();
+  ASSERT_EQ(next.seqs.size(), 1u);
+  h.abort(2);
+  EXPECT_NO_THROW(h.sched.on_step_done(next, {2}));
+  EXPECT_EQ(h.kv.free_pages(), 16);
+  EXPECT_EQ(h.kv.num_sequences(), 0u);
+  EXPECT_FALSE(h.sched.has_work());
+  EXPECT_FALSE(h.sched.abort(2));
+}
+
+TEST(Scheduler, FinishFreesPages) {
+  Harness h({.max_num_seqs = 2, .max_num_batched_tokens = 256}, 16);
+  h.add(1, 40, 1);
+  h.step();  // samples its only token and finishes
+  EXPECT_EQ(h.finished, std::vector<uint64_t>{1});
+  EXPECT_EQ(h.kv.free_pages(), 16);
+  EXPECT_THROW(h.sched.finish(1), InternalError);
+}
+
+TEST(Scheduler, UnservableRequestsAreReportedAndStreamingLayoutsNeedFewerPages) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 64}, 6);
+  h.add(1, 48, 1);                        // 49 tokens: 2 x 4 pages > 6
+  h.add(2, 1000, 2, streaming_layout());  // sink + ring: 2 x 3 pages, whatever the length
+  h.add(3, 47, 1);                        // 48 tokens: 2 x 3 pages, fits an empty pool
+  h.add(4, 1000, 1);                      // the same prompt as 2, dense: 2 x 63 pages
+  const StepPlan plan = h.step();
+  EXPECT_EQ(plan.unservable, std::vector<uint64_t>{1});
+  EXPECT_FALSE(h.sched.progress(1).has_value());
+  ASSERT_TRUE(h.run(100));
+  EXPECT_EQ(h.finished, (std::vector<uint64_t>{2, 3}));
+  EXPECT_EQ(h.unservable, (std::vector<uint64_t>{1, 4}));
+  EXPECT_EQ(h.kv.free_pages(), 6);
+}
+
+TEST(Scheduler, ARequestOutgrowingThePoolIsReportedUnservable) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 64}, 4);
+  h.add(1, 30, 10);  // the pool holds 32 tokens of it
+  ASSERT_TRUE(h.run(10));
+  EXPECT_EQ(h.unservable, std::vector<uint64_t>{1});
+  EXPECT_EQ(h.sched.num_preemptions(), 1);  // preempted itself when alone, then reported
+  EXPECT_EQ(h.kv.free_pages(), 4);
+}
+
+TEST(Scheduler, FcfsHeadIsAdmittedWhileShortRequestsKeepArriving) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 32}, 8);
+  uint64_t next = 1;
+  for (; next <= 3; ++next) h.add(next, 8, 4);
+  h.step();
+  h.add(100, 60, 2);  // needs the whole pool
+  next = 101;
+  for (int i = 0; i < 500 && !std::count(h.finished.begin(), h.finished.end(), 100); ++i) {
+    h.add(next++, 8, 4);
+    h.step();
+  }
+  ASSERT_TRUE(std::count(h.finished.begin(), h.finished.end(), 100));
+  for (const auto& [id, step] : h.first_step) {
+    if (id > 100) {
+      EXPECT_GT(step, h.first_step[100]) << "request " << id << " overtook the head";
+    }
+  }
+  ASSERT_TRUE(h.run(1000));
+}
+
+TEST(Scheduler, PriorityGoesFirstAndPreemptsTheLowestPriority) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 64, .priority = true, .aging_steps = 1000}, 4);
+  h.add(1, 16, 3, dense_layout(), 9);  // older but low priority
+  h.add(2, 16, 3, dense_layout(), 0);
+  const StepPlan first = h.step();
+  ASSERT_EQ(first.seqs.size(), 2u);
+  EXPECT_EQ(first.seqs[0].id, 2u);
+  const StepPlan second = h.step();  // 2 needs 2 more pages: 1 goes although it is older
+  EXPECT_EQ(second.preempted, std::vector<uint64_t>{1});
+  ASSERT_TRUE(h.run(20));
+  EXPECT_EQ(h.finished, (std::vector<uint64_t>{2, 1}));
+}
+
+TEST(Scheduler, AgingLetsALowPriorityRequestFinishUnderAStreamOfHighOnes) {
+  Harness h({.max_num_seqs = 1, .max_num_batched_tokens = 64, .priority = true, .aging_steps = 4}, 64);
+  h.add(1, 4, 2, dense_layout(), 10);
+  uint64_t next = 2;
+  for (int i = 0; i < 2000 && !std::count(h.finished.begin(), h.finished.end(), 1); ++i) {
+    h.add(next++, 4, 2, dense_layout(), 0);
+    h.step();
+  }
+  ASSERT_TRUE(std::count(h.finished.begin(), h.finished.end(), 1));
+  int overtaken = 0;  // high-priority requests that arrived later and still ran first
+  for (const auto& [id, step] : h.first_step) overtaken += id > 1 && step < h.first_step[1];
+  EXPECT_GT(overtaken, 10);
+  ASSERT_TRUE(h.run(10000));
+}
+
+// Returns the number of preemptions (the small pools must force some).
+int64_t stress(bool priority, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  const SchedulerConfig config{.max_num_seqs = static_cast<int32_t>(uniform(1, 6)),
+                               .max_num_batched_tokens = static_cast<int32_t>(uniform(4, 64)),
+                               .priority = priority,
+                               .aging_steps = static_cast<int32_t>(uniform(1, 8))};
+  Harness h(config, static_cast<int32_t>(uniform(16, 40)));  // a request needs ≤ 16 pages
+  const int kRequests = 60;
+  uint64_t added = 0;
+  while ((added < kRequests || h.sched.has_work()) && h.steps < 20000) {
+    if (added < kRequests && uniform(0, 9) < 3) {
+      const SequenceLayout layout = uniform(0, 2) == 0 ? mixed_layout() : dense_layout();
+      h.add(++added, uniform(1, 80), uniform(1, 40), layout, static_cast<int32_t>(uniform(0, 3)));
+    }
+    if (!h.live.empty() && uniform(0, 99) == 0) {
+      auto it = h.live.begin();
+      std::advance(it, uniform(0, static_cast<int64_t>(h.live.size()) - 1));
+      h.abort(it->first);
+    }
+    h.step();
+  }
+  EXPECT_EQ(h.finished.size() + h.aborted.size(), static_cast<size_t>(kRequests)) << "seed " << seed;
+  EXPECT_TRUE(h.unservable.empty());
+  EXPECT_EQ(h.kv.free_pages(), h.kv.num_pages());
+  EXPECT_EQ(h.kv.num_sequences(), 0u);
+  EXPECT_EQ(h.sched.num_preemptions(), h.preemptions);
+  return h.preemptions;
+}
+
+TEST(Scheduler, StressEveryRequestFinishesFcfs) {
+  int64_t preemptions = 0;
+  for (uint32_t seed = 1; seed <= 40; ++seed) preemptions += stress(false, seed);
+  EXPECT_GT(preemptions, 40);
+}
+
+TEST(Scheduler, StressEveryRequestFinishesWithPriorities) {
+  int64_t preemptions = 0;
+  for (uint32_t seed = 1; seed <= 40; ++seed) preemptions += stress(true, seed);
+  EXPECT_GT(preemptions, 40);
+}
+
+TEST(Scheduler, RejectsBadConfigAndBadRequests) {
+  KvCacheManager kv({.page_tokens = kPageTokens, .logical_page_tokens = 16}, 8);
+  EXPECT_THROW(Scheduler({.max_num_seqs = 0}, kv), InvalidArgument);
+  EXPECT_THROW(Scheduler({.max_num_batched_tokens = 0}, kv), InvalidArgument);
+  Scheduler sched({}, kv);
+  sched.add(1, 5, dense_layout());
+  EXPECT_THROW(sched.add(1, 5, dense_layout()), InternalError);
+  EXPECT_THROW(sched.add(2, 0, dense_layout()), InternalError);
+  EXPECT_THROW(sched.add(3, 5, SequenceLayout{.retrieval_slots = 0, .streaming_slots = 1, .streaming = {}}), InternalError);
+  EXPECT_EQ(kv.num_sequences(), 0u);
+  EXPECT_EQ(sched.num_waiting(), 1u);
+}
+
+}  // namespace
+}  // namespace sparseserve
