@@ -13,8 +13,8 @@ namespace sparseserve {
 
 namespace cpu = kernels::cpu;
 
-CpuForward::CpuForward(const Model& model)
-    : model_(model), inv_freq_(rope_inv_freq(model.config, model.weights.rope_freq_factors)) {}
+CpuForward::CpuForward(const Model& model, kernels::cpu::Numerics numerics)
+    : model_(model), numerics_(numerics), inv_freq_(rope_inv_freq(model.config, model.weights.rope_freq_factors)) {}
 
 void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::vector<float>& logits) {
   const ModelConfig& c = model_.config;
@@ -70,20 +70,20 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::
       cpu::add_rmsnorm(h, proj, lw.attn_norm.data(), xn, rows, H, c.rms_eps);
     }
     auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
-    cpu::matmul(xn, rows, lw.wq, qkv, bias(lw.bq), qkv_w);
-    cpu::matmul(xn, rows, lw.wk, qkv + q_dim, bias(lw.bk), qkv_w);
-    cpu::matmul(xn, rows, lw.wv, qkv + q_dim + kv_dim, bias(lw.bv), qkv_w);
+    cpu::matmul(xn, rows, lw.wq, qkv, bias(lw.bq), qkv_w, numerics_);
+    cpu::matmul(xn, rows, lw.wk, qkv + q_dim, bias(lw.bk), qkv_w, numerics_);
+    cpu::matmul(xn, rows, lw.wv, qkv + q_dim + kv_dim, bias(lw.bv), qkv_w, numerics_);
     const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
     cpu::rope(qkv, qkv_w, pos_.data(), rows, c.n_heads, D, c.rope_dim, inv_freq_.data(), interleaved);
     cpu::rope(qkv + q_dim, qkv_w, pos_.data(), rows, c.n_kv_heads, D, c.rope_dim, inv_freq_.data(), interleaved);
 
     kv.attend(l, batch, qkv, qkv_w, att);
-    cpu::matmul(att, rows, lw.wo, proj);
+    cpu::matmul(att, rows, lw.wo, proj, nullptr, 0, numerics_);
     cpu::add_rmsnorm(h, proj, lw.ffn_norm.data(), xn, rows, H, c.rms_eps);
-    cpu::matmul(xn, rows, lw.w_gate, gate_up, nullptr, 2 * c.intermediate);
-    cpu::matmul(xn, rows, lw.w_up, gate_up + c.intermediate, nullptr, 2 * c.intermediate);
+    cpu::matmul(xn, rows, lw.w_gate, gate_up, nullptr, 2 * c.intermediate, numerics_);
+    cpu::matmul(xn, rows, lw.w_up, gate_up + c.intermediate, nullptr, 2 * c.intermediate, numerics_);
     cpu::silu_mul(gate_up, act, rows, c.intermediate);
-    cpu::matmul(act, rows, lw.w_down, proj);
+    cpu::matmul(act, rows, lw.w_down, proj, nullptr, 0, numerics_);
   }
 
   // Gather the rows that need logits, apply the last residual add and the final norm, project.
@@ -102,7 +102,7 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::
   kv.end_step(batch);
   if (out_rows == 0) return;
   cpu::rmsnorm(sel, w.final_norm.data(), sel, out_rows, H, c.rms_eps);
-  cpu::matmul(sel, out_rows, w.lm_head, logits.data());
+  cpu::matmul(sel, out_rows, w.lm_head, logits.data(), nullptr, 0, numerics_);
 }
 
 }  // namespace sparseserve

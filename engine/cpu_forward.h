@@ -9,12 +9,13 @@
 
 #include "engine/kv_backend.h"
 #include "engine/model.h"
+#include "kernels/cpu/numerics.h"
 
 namespace sparseserve {
 
 class CpuForward {
  public:
-  explicit CpuForward(const Model& model);
+  explicit CpuForward(const Model& model, kernels::cpu::Numerics numerics = kernels::cpu::Numerics::kFast);
 
   // Runs the batch; `kv` stores each chunk's K/V and computes attention.
   // logits: resized to rows × vocab, rows in batch order (all tokens or the last one per sequence).
@@ -26,6 +27,7 @@ class CpuForward {
 
  private:
   const Model& model_;
+  kernels::cpu::Numerics numerics_;
   std::vector<float> inv_freq_;
   // Scratch, reused across calls: [rows, width] row-major.
   std::vector<float> h_, xn_, qkv_, att_, proj_, gate_up_, act_, sel_;

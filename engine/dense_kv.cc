@@ -62,7 +62,7 @@ void DenseKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
       std::memcpy(vc + (s.start + i) * kv_dim, src + q_dim + kv_dim, sizeof(float) * static_cast<size_t>(kv_dim));
     }
     kernels::cpu::attention_causal(qkv + r * qkv_stride, qkv_stride, kc, vc, out + r * q_dim, n, s.start, c.n_heads,
-                                   c.n_kv_heads, c.head_dim);
+                                   c.n_kv_heads, c.head_dim, numerics_);
     r += n;
   }
 }

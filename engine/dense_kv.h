@@ -9,6 +9,7 @@
 
 #include "engine/kv_backend.h"
 #include "engine/model_config.h"
+#include "kernels/cpu/numerics.h"
 
 namespace sparseserve {
 
@@ -32,7 +33,8 @@ class DenseKvCache {
 
 class DenseKvBackend final : public KvBackend {
  public:
-  explicit DenseKvBackend(const ModelConfig& config) : config_(config) {}
+  explicit DenseKvBackend(const ModelConfig& config, kernels::cpu::Numerics numerics = kernels::cpu::Numerics::kFast)
+      : config_(config), numerics_(numerics) {}
 
   void add_sequence(uint64_t id);  // InternalError when it exists
   void release(uint64_t id);
@@ -46,6 +48,7 @@ class DenseKvBackend final : public KvBackend {
  private:
   DenseKvCache& get(uint64_t id);
   ModelConfig config_;
+  kernels::cpu::Numerics numerics_;
   std::unordered_map<uint64_t, DenseKvCache> seqs_;
 };
 

@@ -106,8 +106,8 @@ Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c)
             profiles.kv_cache.logical_page_tokens, 4, true},
       kv(profiles.kv_cache, kvcache::pages_for_budget(config.kv_cache_bytes, shape)),
       scheduler(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens, config.priority_scheduling, 64}, kv),
-      backend(m.config, kv),
-      forward(m) {
+      backend(m.config, kv, kernels::cpu::Numerics::kBatchInvariant),
+      forward(m, kernels::cpu::Numerics::kBatchInvariant) {
   metrics.kv_pages_total = kv.num_pages();
   metrics.kv_bytes_per_page = static_cast<int64_t>(shape.page_bytes());
   spdlog::info("engine: {} KV pages of {} tokens ({:.1f} MiB), profiles: {}, default {}", kv.num_pages(),

@@ -31,8 +31,10 @@ struct PagedKvBackend::HeadTask {
   bool selected_now = false;
 };
 
-PagedKvBackend::PagedKvBackend(const ModelConfig& config, kvcache::KvCacheManager& manager)
+PagedKvBackend::PagedKvBackend(const ModelConfig& config, kvcache::KvCacheManager& manager,
+                               kernels::cpu::Numerics numerics)
     : config_(config),
+      numerics_(numerics),
       manager_(manager),
       storage_(manager.num_pages(), manager.config().page_tokens, manager.config().logical_page_tokens, config.head_dim) {}
 
@@ -202,8 +204,10 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
         blocks.resize(static_cast<size_t>((end + P - 1) / P));
         std::iota(blocks.begin(), blocks.end(), 0);
       }
-      t.blocked = !decode && n >= cpu::kBlockedMinRows;
-      if (t.blocked) {
+      t.blocked = numerics_ == cpu::Numerics::kFast && !decode && n >= cpu::kBlockedMinRows;
+      const kvcache::PrefillSparsity& pf = st.profile->prefill;
+      const bool dynamic = !decode && n > 1 && pf.dynamic && s.prompt_len >= pf.min_prompt_tokens;
+      if (t.blocked || dynamic) {  // keys in position order, contiguous
         t.keys.resize(static_cast<size_t>(end * D));
         t.values.resize(static_cast<size_t>(end * D));
         for (int64_t j = 0; j < end; ++j) {
@@ -211,7 +215,8 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
           std::copy_n(storage_.k(page, j % P), D, t.keys.data() + j * D);
           std::copy_n(storage_.v(page, j % P), D, t.values.data() + j * D);
         }
-      } else {
+      }
+      if (!t.blocked) {
         for (int32_t b : blocks) {
           const int32_t page = pages[static_cast<size_t>(b)];
           const auto cnt = static_cast<int32_t>(std::min<int64_t>(P, end - int64_t{b} * P));
@@ -219,19 +224,18 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
           if (decode) t.selected_tokens += cnt;
         }
       }
-      if (decode) t.context_tokens = end;
-      const kvcache::PrefillSparsity& pf = st.profile->prefill;
-      if (t.blocked && pf.dynamic && s.prompt_len >= pf.min_prompt_tokens) {
+      if (dynamic) {
         t.blocks = cpu::xattention_block_mask(qkv + t.row0 * qkv_stride + t.head * group * D, qkv_stride,
                                               static_cast<int32_t>(group), s.start, n, t.keys.data(), D, pf.block_tokens,
                                               pf.stride, pf.threshold);
       }
+      if (decode) t.context_tokens = end;
       t.mask = t.blocks ? cpu::AttentionMask::blocks(nullptr, t.blocks->block_tokens) : cpu::AttentionMask::causal();
     } else {
       const auto& g = *kv.streaming_geometry();
       const auto& pages = kv.streaming_pages(t.slot);
       const float* chunk = qkv + t.row0 * qkv_stride + q_dim + t.head * D;
-      t.blocked = n >= cpu::kBlockedMinRows;
+      t.blocked = numerics_ == cpu::Numerics::kFast && n >= cpu::kBlockedMinRows;
       if (t.blocked) {
         // Keys the chunk can see, in position order: sink tokens and the window before the chunk
         // (from sink and ring pages), then the chunk's own keys.
@@ -300,9 +304,11 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
         continue;
       }
       const int64_t pos = s.start + i;
+      const cpu::AttentionMask mask =
+          t.blocks ? cpu::AttentionMask::blocks(t.blocks->row(pos / t.blocks->block_tokens), t.blocks->block_tokens) : t.mask;
       for (int64_t g = 0; g < group; ++g) {
         const int64_t qh = t.head * group + g;
-        cpu::attend_spans(qkv + row * qkv_stride + qh * D, pos, t.spans, t.mask, D, scale, out + row * q_dim + qh * D,
+        cpu::attend_spans(qkv + row * qkv_stride + qh * D, pos, t.spans, mask, D, scale, out + row * q_dim + qh * D,
                           scratch);
       }
     }

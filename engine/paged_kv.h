@@ -17,6 +17,7 @@
 #include "engine/cpu_kv_storage.h"
 #include "engine/kv_backend.h"
 #include "engine/model_config.h"
+#include "kernels/cpu/numerics.h"
 #include "kvcache/kv_cache_manager.h"
 #include "kvcache/sparsity_profile.h"
 
@@ -31,7 +32,10 @@ struct SelectionStats {
 
 class PagedKvBackend final : public KvBackend {
  public:
-  PagedKvBackend(const ModelConfig& config, kvcache::KvCacheManager& manager);
+  // numerics: kFast attends prefill chunks in sgemm query blocks; kBatchInvariant attends every
+  // query alone (results independent of batching and chunking).
+  PagedKvBackend(const ModelConfig& config, kvcache::KvCacheManager& manager,
+                 kernels::cpu::Numerics numerics = kernels::cpu::Numerics::kFast);
 
   // Binds a sequence already added to the manager with profile's layout. The profile must outlive
   // the sequence. InternalError for an unknown or already bound id.
@@ -73,6 +77,7 @@ class PagedKvBackend final : public KvBackend {
                                      int32_t slot, const float* q, int64_t end, bool& fresh);
 
   ModelConfig config_;
+  kernels::cpu::Numerics numerics_;
   kvcache::KvCacheManager& manager_;
   CpuKvStorage storage_;
   std::unordered_map<uint64_t, SeqState> seqs_;

@@ -9,12 +9,12 @@
 namespace sparseserve::kernels::cpu {
 
 void attention_causal(const float* q, int64_t q_row_stride, const float* k, const float* v, float* out, int64_t T,
-                      int64_t start_pos, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim) {
+                      int64_t start_pos, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, Numerics numerics) {
   const int64_t group = n_heads / n_kv_heads;
   const int64_t kv_stride = n_kv_heads * head_dim;
   const int64_t q_dim = n_heads * head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  if (T >= kBlockedMinRows) {  // prefill: query blocks of one KV head's group against all keys
+  if (numerics == Numerics::kFast && T >= kBlockedMinRows) {  // prefill: query blocks of one KV head's group against all keys
     const int64_t nblocks = (T + 63) / 64;
 #pragma omp parallel for schedule(dynamic, 1) collapse(2)
     for (int64_t kvh = 0; kvh < n_kv_heads; ++kvh) {

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/numerics.h"
+
 namespace sparseserve::kernels::cpu {
 
 // One sequence's chunk of T queries at absolute positions start_pos .. start_pos+T-1.
@@ -12,7 +14,10 @@ namespace sparseserve::kernels::cpu {
 //   out: [T, n_heads, head_dim]
 // Query head h reads KV head h / (n_heads / n_kv_heads). Query t attends to keys j ≤ start_pos + t
 // with softmax(q·k / sqrt(head_dim)); fp32 throughout.
+// numerics kFast runs chunks of ≥ kBlockedMinRows queries through attend_block (sgemm);
+// kBatchInvariant runs every query through attend_spans.
 void attention_causal(const float* q, int64_t q_row_stride, const float* k, const float* v, float* out, int64_t T,
-                      int64_t start_pos, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim);
+                      int64_t start_pos, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                      Numerics numerics = Numerics::kFast);
 
 }  // namespace sparseserve::kernels::cpu

@@ -174,6 +174,7 @@ void matmul_fused(const float* x, int64_t M, const WeightMatrix& w, float* y, in
     fused_block<MB>(x + m0 * K, w, y + m0 * ldy, ldy, xs, nblocks);
     m0 += MB;
   };
+  while (M - m0 >= 8) run(std::integral_constant<int, 8>{});
   while (M - m0 >= 4) run(std::integral_constant<int, 4>{});
   while (M - m0 >= 2) run(std::integral_constant<int, 2>{});
   while (M - m0 >= 1) run(std::integral_constant<int, 1>{});
@@ -207,7 +208,8 @@ void dequantize_weight_row(const WeightMatrix& w, int64_t row, float* out) {
   dequantize_row(w.type, row_ptr(w, row), out, w.cols);
 }
 
-void matmul(const float* x, int64_t M, const WeightMatrix& w, float* y, const float* bias, int64_t ldy) {
+void matmul(const float* x, int64_t M, const WeightMatrix& w, float* y, const float* bias, int64_t ldy,
+            Numerics numerics) {
   if (ldy == 0) ldy = w.rows;
   if (M <= 0 || w.rows == 0) return;
   if (ldy < w.rows) throw InvalidArgument("matmul: ldy smaller than the number of output features");
@@ -215,7 +217,7 @@ void matmul(const float* x, int64_t M, const WeightMatrix& w, float* y, const fl
     throw InvalidArgument("matmul: input width is not a multiple of the weight type's block size");
   }
   const bool fused_ok = w.type != GgmlType::Q4_1 && w.type != GgmlType::Q8_0 ? true : w.cols % 32 == 0;
-  if (M <= kFusedMaxM && fused_ok) {
+  if (fused_ok && (M <= kFusedMaxM || numerics == Numerics::kBatchInvariant)) {
     matmul_fused(x, M, w, y, ldy);
   } else {
     matmul_blas(x, M, w, y, ldy);

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/ggml_types.h"
+#include "kernels/cpu/numerics.h"
 
 namespace sparseserve::kernels::cpu {
 
@@ -18,13 +19,16 @@ struct WeightMatrix {
   size_t row_stride = 0;  // bytes between rows
 };
 
+// Numerics::kFast: small M (decode) runs fused dequantize-and-dot kernels, larger M dequantizes tiles
+//   of W to fp32 and calls OpenBLAS sgemm (fastest prefill).
+// Numerics::kBatchInvariant: every M runs the fused kernels, whose arithmetic for a row of x does
+//   not depend on the other rows.
+
 // y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n] when bias is non-null), for m < M, n < W.rows.
 // x is [M, W.cols] row-major, y is [M, ldy] row-major with ldy ≥ W.rows (ldy 0 means W.rows).
-// Small M (decode) runs fused dequantize-and-dot kernels over rows in parallel; larger M dequantizes
-// tiles of W to fp32 and calls OpenBLAS sgemm. All arithmetic is fp32.
-// Throws InvalidArgument when cols is not a multiple of the type's block size.
+// All arithmetic is fp32. Throws InvalidArgument when cols is not a multiple of the type's block size.
 void matmul(const float* x, int64_t M, const WeightMatrix& w, float* y, const float* bias = nullptr,
-            int64_t ldy = 0);
+            int64_t ldy = 0, Numerics numerics = Numerics::kFast);
 
 // Dequantizes row `row` of w into out[w.cols].
 void dequantize_weight_row(const WeightMatrix& w, int64_t row, float* out);

@@ -82,6 +82,7 @@ struct Scenario {
   int32_t sink, local;
   bool selection;
   int32_t budget, reselect;
+  kernels::cpu::Numerics numerics = kernels::cpu::Numerics::kFast;
 };
 
 class PagedKvTest : public ::testing::TestWithParam<Scenario> {};
@@ -100,7 +101,7 @@ TEST_P(PagedKvTest, MatchesMaskedReference) {
 
   kvcache::KvCacheManager mgr(kvcache::KvCacheConfig{sc.page_tokens, sc.logical}, 400);
   mgr.add_sequence(7, kvcache::SequenceLayout::from_roles(prof.roles, prof.streaming));
-  PagedKvBackend be(c, mgr);
+  PagedKvBackend be(c, mgr, sc.numerics);
   be.add_sequence(7, prof);
 
   Reference ref;
@@ -187,7 +188,9 @@ INSTANTIATE_TEST_SUITE_P(Geometries, PagedKvTest,
                          ::testing::Values(Scenario{16, 4, 5, 20, false, 0, 1}, Scenario{16, 4, 0, 7, false, 0, 1},
                                            Scenario{32, 16, 40, 33, true, 96, 3}, Scenario{64, 16, 64, 64, true, 128, 4},
                                            Scenario{128, 16, 3, 200, true, 1024, 2},  // context ≤ budget: dense
-                                           Scenario{16, 16, 16, 16, true, 64, 1}));
+                                           Scenario{16, 16, 16, 16, true, 64, 1},
+                                           Scenario{16, 4, 5, 20, false, 0, 1, kernels::cpu::Numerics::kBatchInvariant},
+                                           Scenario{32, 16, 40, 33, true, 96, 3, kernels::cpu::Numerics::kBatchInvariant}));
 
 // Dynamic prefill: attention under the XAttention block mask equals dense attention restricted to
 // the expanded mask (computed here in double from the same mask).

@@ -133,5 +133,75 @@ TEST_F(PagedModelTest, KvPagesHeldFollowTheProfileFormula) {
   }
 }
 
+// Serving numerics: a sequence's logits do not depend on what else is in the step or on how its
+// prompt is chunked (the engine's "same seed, same tokens, busy or idle" guarantee).
+TEST_F(PagedModelTest, BatchInvariantNumericsGiveIdenticalLogitsAloneOrBatched) {
+  using kernels::cpu::Numerics;
+  const ModelProfiles p = profiles();
+  const kvcache::SparsityProfile& bal = p.get("balanced");
+  const auto a = prompt(700), b = prompt(90);
+  const auto V = model_->config.vocab_size;
+  const auto layout = kvcache::SequenceLayout::from_roles(bal.roles, bal.streaming);
+  CpuForward fwd(*model_, Numerics::kBatchInvariant);
+
+  // Alone: one 700-token chunk, then 3 decode steps.
+  std::vector<float> alone;
+  {
+    kvcache::KvCacheManager mgr(p.kv_cache, 8192);
+    mgr.add_sequence(1, layout);
+    PagedKvBackend kv(model_->config, mgr, Numerics::kBatchInvariant);
+    kv.add_sequence(1, bal);
+    std::vector<float> logits;
+    mgr.allocate(1, 700);
+    const ForwardSeq s{1, 0, a, false, 700};
+    fwd.forward(std::span(&s, 1), kv, logits);
+    alone = logits;
+    for (int32_t i = 0; i < 3; ++i) {
+      const int32_t tok = 100 + i;
+      mgr.allocate(1, 701 + i);
+      const ForwardSeq d{1, 700 + i, std::span(&tok, 1), false, 700};
+      fwd.forward(std::span(&d, 1), kv, logits);
+      alone.insert(alone.end(), logits.begin(), logits.end());
+    }
+  }
+  // Batched: chunks of 250 / 300 / 150 next to another sequence's prefill and decode.
+  std::vector<float> batched;
+  {
+    kvcache::KvCacheManager mgr(p.kv_cache, 8192);
+    mgr.add_sequence(1, layout);
+    mgr.add_sequence(2, layout);
+    PagedKvBackend kv(model_->config, mgr, Numerics::kBatchInvariant);
+    kv.add_sequence(1, bal);
+    kv.add_sequence(2, bal);
+    std::vector<float> logits;
+    const int64_t cuts[] = {0, 250, 550, 700};
+    int64_t b_len = 0;
+    for (int c = 0; c < 3; ++c) {
+      mgr.allocate(1, cuts[c + 1]);
+      const int64_t bn = c == 0 ? 90 : 1;
+      mgr.allocate(2, b_len + bn);
+      const int32_t btok = 7;
+      const ForwardSeq both[] = {
+          {2, b_len, c == 0 ? std::span<const int32_t>(b) : std::span<const int32_t>(&btok, 1), false, 90},
+          {1, cuts[c], std::span(a).subspan(static_cast<size_t>(cuts[c]), static_cast<size_t>(cuts[c + 1] - cuts[c])), false, 700,
+           c < 2}};
+      fwd.forward(both, kv, logits);
+      b_len += bn;
+    }
+    batched.assign(logits.end() - V, logits.end());
+    for (int32_t i = 0; i < 3; ++i) {
+      const int32_t tok = 100 + i, btok = 9;
+      mgr.allocate(1, 701 + i);
+      mgr.allocate(2, b_len + 1);
+      const ForwardSeq both[] = {{1, 700 + i, std::span(&tok, 1), false, 700}, {2, b_len, std::span(&btok, 1), false, 90}};
+      fwd.forward(both, kv, logits);
+      batched.insert(batched.end(), logits.begin(), logits.begin() + V);
+      ++b_len;
+    }
+  }
+  ASSERT_EQ(alone.size(), batched.size());
+  EXPECT_EQ(std::memcmp(alone.data(), batched.data(), alone.size() * sizeof(float)), 0);
+}
+
 }  // namespace
 }  // namespace sparseserve

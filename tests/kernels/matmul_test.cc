@@ -117,3 +117,27 @@ TEST(Matmul, RejectsWidthNotMultipleOfBlock) {
 
 }  // namespace
 }  // namespace sparseserve::kernels::cpu
+
+namespace sparseserve::kernels::cpu {
+namespace {
+
+// Batch-invariant numerics: a row's result is bit-identical whatever the other rows are.
+TEST(MatmulInvariant, RowResultsDoNotDependOnBatch) {
+  std::mt19937 rng(99);
+  for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32, GgmlType::BF16}) {
+    auto bytes = random_weights(t, 40, 128, rng);
+    const WeightMatrix w{t, 40, 128, bytes.data(), row_bytes(t, 128)};
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> x(static_cast<size_t>(37 * 128));
+    for (auto& v : x) v = nd(rng);
+    std::vector<float> all(37 * 40), one(40);
+    matmul(x.data(), 37, w, all.data(), nullptr, 0, Numerics::kBatchInvariant);
+    for (int64_t m : {0, 5, 8, 36}) {
+      matmul(x.data() + m * 128, 1, w, one.data(), nullptr, 0, Numerics::kBatchInvariant);
+      EXPECT_EQ(std::memcmp(one.data(), all.data() + m * 40, 40 * sizeof(float)), 0) << "row " << m;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sparseserve::kernels::cpu
