@@ -129,13 +129,20 @@ int main(int argc, char** argv) {
             fwd.forward(std::span(&s, 1), be, logits);
           }
           hits[v.name][ctx] += contains_key(model->tokenizer, gen, pk.key) ? 1 : 0;
-          if (ctx == contexts.back()) {
+          {  // pages held at the context (the last context's value is reported)
             pages_at_max[v.name] = mgr.used_pages(kvcache::HeadRole::kRetrieval) + mgr.used_pages(kvcache::HeadRole::kStreaming);
           }
         }
       }
       const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
       std::cerr << fmt::format("[{:.0f} s] context {} trial {}/{} done\n", el, ctx, trial + 1, trials);
+    }
+    // Partial results as each context completes (long runs may be cut short).
+    for (const Prefill& pf : prefills) {
+      for (const Variant& v : pf.variants) {
+        std::cerr << fmt::format("RESULT context={} profile=\"{}\" hits={}/{} kv_pages={}\n", ctx, v.name, hits[v.name][ctx],
+                                 trials, pages_at_max[v.name]);
+      }
     }
   }
 
