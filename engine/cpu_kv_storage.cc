@@ -9,17 +9,19 @@ CpuKvStorage::CpuKvStorage(int64_t num_pages, int64_t page_tokens, int64_t logic
     : P_(page_tokens),
       LP_(logical_page_tokens),
       D_(head_dim),
-      k_(static_cast<size_t>(num_pages * P_ * D_)),
-      v_(k_.size()),
-      kmin_(static_cast<size_t>(num_pages * subpages() * D_)),
-      kmax_(kmin_.size()) {}
+      kv_elems_(static_cast<size_t>(num_pages * P_ * D_)),
+      meta_elems_(static_cast<size_t>(num_pages * subpages() * D_)),
+      k_(new float[kv_elems_]),
+      v_(new float[kv_elems_]),
+      kmin_(new float[meta_elems_]),
+      kmax_(new float[meta_elems_]) {}
 
 void CpuKvStorage::write(int64_t page, int64_t offset, const float* key, const float* value, bool with_metadata) {
   std::memcpy(k(page, offset), key, sizeof(float) * static_cast<size_t>(D_));
   std::memcpy(v(page, offset), value, sizeof(float) * static_cast<size_t>(D_));
   if (!with_metadata) return;
-  float* mn = kmin_.data() + (page * subpages() + offset / LP_) * D_;
-  float* mx = kmax_.data() + (page * subpages() + offset / LP_) * D_;
+  float* mn = kmin_.get() + (page * subpages() + offset / LP_) * D_;
+  float* mx = kmax_.get() + (page * subpages() + offset / LP_) * D_;
   if (offset % LP_ == 0) {
     std::memcpy(mn, key, sizeof(float) * static_cast<size_t>(D_));
     std::memcpy(mx, key, sizeof(float) * static_cast<size_t>(D_));
@@ -31,6 +33,6 @@ void CpuKvStorage::write(int64_t page, int64_t offset, const float* key, const f
   }
 }
 
-size_t CpuKvStorage::bytes() const { return (k_.size() + v_.size() + kmin_.size() + kmax_.size()) * sizeof(float); }
+size_t CpuKvStorage::bytes() const { return 2 * (kv_elems_ + meta_elems_) * sizeof(float); }
 
 }  // namespace sparseserve

@@ -7,7 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
+#include <memory>
 
 namespace sparseserve {
 
@@ -21,11 +21,11 @@ class CpuKvStorage {
   int64_t subpages() const { return P_ / LP_; }
 
   // Token `offset` of `page`.
-  float* k(int64_t page, int64_t offset = 0) { return k_.data() + (page * P_ + offset) * D_; }
-  float* v(int64_t page, int64_t offset = 0) { return v_.data() + (page * P_ + offset) * D_; }
+  float* k(int64_t page, int64_t offset = 0) { return k_.get() + (page * P_ + offset) * D_; }
+  float* v(int64_t page, int64_t offset = 0) { return v_.get() + (page * P_ + offset) * D_; }
   // Sub-page rows of `page`: [subpages][head_dim].
-  const float* kmin(int64_t page) const { return kmin_.data() + page * subpages() * D_; }
-  const float* kmax(int64_t page) const { return kmax_.data() + page * subpages() * D_; }
+  const float* kmin(int64_t page) const { return kmin_.get() + page * subpages() * D_; }
+  const float* kmax(int64_t page) const { return kmax_.get() + page * subpages() * D_; }
 
   // Writes one token's K and V at (page, offset); with_metadata also folds K into its sub-page's
   // min/max (the first token of a sub-page resets them: pages are filled in order).
@@ -35,7 +35,10 @@ class CpuKvStorage {
 
  private:
   int64_t P_, LP_, D_;
-  std::vector<float> k_, v_, kmin_, kmax_;
+  // Left uninitialised (pages are written before they are read), so a large budget costs no start-up
+  // time and only the pages in use become resident.
+  size_t kv_elems_, meta_elems_;
+  std::unique_ptr<float[]> k_, v_, kmin_, kmax_;
 };
 
 }  // namespace sparseserve
