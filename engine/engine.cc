@@ -236,7 +236,10 @@ void Engine::Impl::loop() {
       std::lock_guard lock(mu);
       if (stopping && live.empty() && incoming.empty()) break;
     }
-    if (!scheduler.has_work()) continue;
+    if (!scheduler.has_work()) {
+      update_gauges();
+      continue;
+    }
     try {
       step();
     } catch (const std::exception& ex) {
@@ -318,8 +321,6 @@ void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string
   out.error = error;
   out.prompt_tokens = r.prompt_len;
   out.completion_tokens = static_cast<int64_t>(r.tokens.size()) - r.prompt_len;
-  r.stream->push(std::move(out));
-  r.stream->close();
 
   const auto now = clock_type::now();
   metrics.e2e_request_latency_seconds.observe(seconds(now - r.arrival));
@@ -329,7 +330,12 @@ void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string
                finish_reason_name(reason), r.prompt_len, gen,
                gen > 0 ? seconds(r.first_token - r.arrival) : 0.0, seconds(now - r.arrival), r.profile->name,
                error.empty() ? "" : " (" + error + ")");
+  // Forget the id (and free the pages) before the client sees the end, so an Abort that follows
+  // the final delta finds nothing to abort.
+  const std::shared_ptr<RequestStreamImpl> stream = r.stream;
   release(r.key);
+  stream->push(std::move(out));
+  stream->close();
 }
 
 void Engine::Impl::step() {

@@ -1,0 +1,438 @@
+#include "server/grpc_service.h"
+
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <random>
+#include <span>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/errors.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "engine/utf8.h"
+#include "proto/sparseserve.grpc.pb.h"
+
+namespace sparseserve {
+namespace {
+
+namespace pb = ::sparseserve::v1;
+using std::chrono::milliseconds;
+
+// How long Generate waits for a delta before it checks again whether the call was cancelled.
+constexpr milliseconds kPollInterval{50};
+
+// Runs a handler body and turns the project's exceptions into status codes (see the header).
+template <class F>
+grpc::Status guarded(const char* rpc, F&& body) {
+  try {
+    return body();
+  } catch (const InvalidArgument& e) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, e.what()};
+  } catch (const QueueFull& e) {
+    return {grpc::StatusCode::RESOURCE_EXHAUSTED, e.what()};
+  } catch (const EngineUnavailable& e) {
+    return {grpc::StatusCode::UNAVAILABLE, e.what()};
+  } catch (const std::exception& e) {
+    spdlog::error("gRPC {}: internal error: {}", rpc, e.what());
+    return {grpc::StatusCode::INTERNAL, fmt::format("internal error: {}", e.what())};
+  } catch (...) {
+    spdlog::error("gRPC {}: internal error of unknown type", rpc);
+    return {grpc::StatusCode::INTERNAL, "internal error"};
+  }
+}
+
+// Compares without an early exit, so the time taken does not tell where the strings differ.
+bool same_secret(std::string_view given, std::string_view key) {
+  if (given.size() != key.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < given.size(); ++i) diff |= static_cast<unsigned char>(given[i] ^ key[i]);
+  return diff == 0;
+}
+
+std::string_view view(const grpc::string_ref& s) { return {s.data(), s.size()}; }
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+bool starts_with_nocase(std::string_view s, std::string_view prefix) {
+  if (s.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+    if (lower(s[i]) != lower(prefix[i])) return false;
+  }
+  return true;
+}
+
+pb::FinishReason to_proto(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop: return pb::FINISH_REASON_STOP;
+    case FinishReason::kLength: return pb::FINISH_REASON_LENGTH;
+    case FinishReason::kAbort: return pb::FINISH_REASON_ABORT;
+    case FinishReason::kNone:
+    case FinishReason::kError: break;
+  }
+  return pb::FINISH_REASON_UNSPECIFIED;
+}
+
+// proto3 strings must be valid UTF-8 (clients reject the message otherwise).
+std::string valid_utf8(std::string s) {
+  return utf8::is_valid(s) ? std::move(s) : utf8::to_lossy(s);
+}
+
+std::string token_bytes(const Tokenizer& tok, int32_t id) {
+  return tok.decode(std::span<const int32_t>(&id, 1), /*skip_special=*/false);
+}
+
+void fill_response(const RequestOutput& out, const std::string& id, const Tokenizer& tok,
+                   pb::GenerateResponse& msg) {
+  msg.set_request_id(id);
+  msg.mutable_token_ids()->Add(out.token_ids.begin(), out.token_ids.end());
+  msg.set_text(valid_utf8(out.text));
+  for (const TokenLogprob& lp : out.logprobs) {
+    pb::TokenLogprob* p = msg.add_logprobs();
+    p->set_token_id(lp.token);
+    p->set_token(token_bytes(tok, lp.token));
+    p->set_logprob(lp.logprob);
+    for (const auto& [top_id, top_logprob] : lp.top) {
+      pb::TopLogprob* t = p->add_top();
+      t->set_token_id(top_id);
+      t->set_token(token_bytes(tok, top_id));
+      t->set_logprob(top_logprob);
+    }
+  }
+  if (out.finished) {
+    pb::Final* f = msg.mutable_final();
+    f->set_finish_reason(to_proto(out.finish_reason));
+    f->set_stop_reason(valid_utf8(out.stop_reason));
+    f->mutable_usage()->set_prompt_tokens(out.prompt_tokens);
+    f->mutable_usage()->set_completion_tokens(out.completion_tokens);
+  }
+}
+
+pb::ProfileInfo profile_info(const kvcache::SparsityProfile& p) {
+  pb::ProfileInfo info;
+  info.set_name(p.name);
+  info.set_dense(p.is_dense());
+  info.set_streaming_kv_heads(p.roles.count(kvcache::HeadRole::kStreaming));
+  if (p.streaming) {
+    info.set_sink_tokens(p.streaming->sink_tokens);
+    info.set_local_tokens(p.streaming->local_tokens);
+  }
+  info.set_decode_token_budget(p.decode.enabled ? p.decode.token_budget : 0);
+  info.set_dynamic_prefill(p.prefill.dynamic);
+  return info;
+}
+
+// Cancels a request in the engine when Generate leaves before its final delta (client gone,
+// deadline, server shutdown, an exception while streaming).
+class CancelUnlessFinished {
+ public:
+  explicit CancelUnlessFinished(RequestStream& s) : stream_(s) {}
+  ~CancelUnlessFinished() {
+    if (!finished_) stream_.cancel();
+  }
+  CancelUnlessFinished(const CancelUnlessFinished&) = delete;
+  CancelUnlessFinished& operator=(const CancelUnlessFinished&) = delete;
+  void finished() { finished_ = true; }
+
+ private:
+  RequestStream& stream_;
+  bool finished_ = false;
+};
+
+class SparseServeService final : public pb::SparseServe::Service {
+ public:
+  SparseServeService(Engine& engine, std::optional<std::string> api_key, const std::atomic<bool>& ready)
+      : engine_(engine), api_key_(std::move(api_key)), ready_(ready) {
+    if (api_key_ && api_key_->empty()) api_key_.reset();
+  }
+
+  grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
+                        grpc::ServerWriter<pb::GenerateResponse>* writer) override {
+    return guarded("Generate", [&]() -> grpc::Status {
+      if (grpc::Status st = authorize(*ctx); !st.ok()) return st;
+      if (!ready_.load()) return {grpc::StatusCode::UNAVAILABLE, "the server is not ready"};
+      std::string id;
+      if (req->has_request_id() && !req->request_id().empty()) {
+        if (req->request_id().size() > kMaxRequestIdBytes) {
+          throw InvalidArgument(fmt::format("request_id is {} bytes; at most {} are allowed",
+                                            req->request_id().size(), kMaxRequestIdBytes));
+        }
+        id = req->request_id();
+      } else {
+        id = make_grpc_request_id();
+      }
+      std::shared_ptr<RequestStream> stream = engine_.submit(to_engine_request(*req, engine_.model(), id));
+      return stream_outputs(*ctx, *stream, *writer);
+    });
+  }
+
+  grpc::Status Abort(grpc::ServerContext* ctx, const pb::AbortRequest* req, pb::AbortResponse* resp) override {
+    return guarded("Abort", [&]() -> grpc::Status {
+      if (grpc::Status st = authorize(*ctx); !st.ok()) return st;
+      if (req->request_id().empty()) throw InvalidArgument("request_id is empty");
+      resp->set_found(engine_.abort(req->request_id()));
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::Status Tokenize(grpc::ServerContext* ctx, const pb::TokenizeRequest* req, pb::TokenizeResponse* resp) override {
+    return guarded("Tokenize", [&]() -> grpc::Status {
+      if (grpc::Status st = authorize(*ctx); !st.ok()) return st;
+      const bool add_special = req->has_add_special() ? req->add_special() : true;
+      const std::vector<int32_t> ids = engine_.model().tokenizer.encode(req->text(), add_special, req->parse_special());
+      resp->mutable_token_ids()->Add(ids.begin(), ids.end());
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::Status Detokenize(grpc::ServerContext* ctx, const pb::DetokenizeRequest* req,
+                          pb::DetokenizeResponse* resp) override {
+    return guarded("Detokenize", [&]() -> grpc::Status {
+      if (grpc::Status st = authorize(*ctx); !st.ok()) return st;
+      const Tokenizer& tok = engine_.model().tokenizer;
+      const auto& ids = req->token_ids();
+      for (int i = 0; i < ids.size(); ++i) {
+        if (ids[i] < 0 || ids[i] >= tok.vocab_size()) {
+          throw InvalidArgument(fmt::format("token_ids[{}] = {} is outside the vocabulary [0, {})", i, ids[i],
+                                            tok.vocab_size()));
+        }
+      }
+      resp->set_text(utf8::to_lossy(tok.decode(std::span<const int32_t>(ids.data(), static_cast<size_t>(ids.size())),
+                                               req->skip_special())));
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::Status GetModelInfo(grpc::ServerContext* ctx, const pb::GetModelInfoRequest*,
+                            pb::GetModelInfoResponse* resp) override {
+    return guarded("GetModelInfo", [&]() -> grpc::Status {
+      if (grpc::Status st = authorize(*ctx); !st.ok()) return st;
+      const Model& m = engine_.model();
+      const ModelConfig& c = m.config;
+      const ModelProfiles& profiles = engine_.profiles();
+      resp->set_name(valid_utf8(profiles.name.empty() ? c.name : profiles.name));
+      resp->set_architecture(c.architecture);
+      resp->set_format(m.format);
+      resp->set_num_layers(c.n_layers);
+      resp->set_num_heads(c.n_heads);
+      resp->set_num_kv_heads(c.n_kv_heads);
+      resp->set_head_dim(c.head_dim);
+      resp->set_hidden_size(c.hidden);
+      resp->set_vocab_size(c.vocab_size);
+      resp->set_context_length(c.max_context);
+      resp->set_bos_token_id(c.bos_id);
+      resp->mutable_eos_token_ids()->Add(c.eos_ids.begin(), c.eos_ids.end());
+      resp->set_end_of_turn_token_id(-1);
+      if (m.chat_template) {
+        resp->set_chat_template(m.chat_template->name());
+        resp->set_end_of_turn_token_id(m.tokenizer.token_id(m.chat_template->end_of_turn()));
+      }
+      for (const auto& [name, profile] : profiles.profiles) *resp->add_profiles() = profile_info(profile);
+      resp->set_default_profile(profiles.default_profile);
+      resp->set_page_tokens(profiles.kv_cache.page_tokens);
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::Status GetServerInfo(grpc::ServerContext* ctx, const pb::GetServerInfoRequest*,
+                             pb::GetServerInfoResponse* resp) override {
+    return guarded("GetServerInfo", [&]() -> grpc::Status {
+      if (grpc::Status st = authorize(*ctx); !st.ok()) return st;
+      const EngineMetrics& m = engine_.metrics();
+      resp->set_requests_running(m.requests_running.load());
+      resp->set_requests_waiting(m.requests_waiting.load());
+      resp->set_kv_pages_in_use(engine_.kv_pages_in_use());
+      resp->set_kv_pages_total(m.kv_pages_total.load());
+      resp->set_ready(ready_.load());
+      return grpc::Status::OK;
+    });
+  }
+
+  grpc::Status Health(grpc::ServerContext*, const pb::HealthRequest*, pb::HealthResponse* resp) override {
+    resp->set_status(ready_.load() ? pb::HealthResponse::SERVING : pb::HealthResponse::NOT_SERVING);
+    return grpc::Status::OK;
+  }
+
+ private:
+  // OK when no key is configured or the call presents it (`authorization: Bearer <key>` or
+  // `x-api-key: <key>`).
+  grpc::Status authorize(const grpc::ServerContext& ctx) const {
+    if (!api_key_) return grpc::Status::OK;
+    bool presented = false;
+    for (const auto& [key, value] : ctx.client_metadata()) {
+      std::string_view given;
+      if (view(key) == "authorization") {
+        const std::string_view v = trim(view(value));
+        if (!starts_with_nocase(v, "bearer ")) continue;
+        given = trim(v.substr(7));
+      } else if (view(key) == "x-api-key") {
+        given = trim(view(value));
+      } else {
+        continue;
+      }
+      presented = true;
+      if (same_secret(given, *api_key_)) return grpc::Status::OK;
+    }
+    return {grpc::StatusCode::UNAUTHENTICATED,
+            presented ? "invalid API key"
+                      : "missing API key: send metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'"};
+  }
+
+  // Relays the request's deltas until its final one, the client going away or the call being
+  // cancelled (deadline, shutdown); in the last two cases the request is cancelled in the engine.
+  grpc::Status stream_outputs(grpc::ServerContext& ctx, RequestStream& stream,
+                              grpc::ServerWriter<pb::GenerateResponse>& writer) {
+    CancelUnlessFinished cancel_guard(stream);
+    ctx.AddInitialMetadata("x-request-id", stream.id());
+    writer.SendInitialMetadata();
+    const Tokenizer& tok = engine_.model().tokenizer;
+    while (true) {
+      if (ctx.IsCancelled()) return {grpc::StatusCode::CANCELLED, "the call was cancelled"};
+      const std::optional<RequestOutput> out = stream.next(kPollInterval);
+      if (!out) continue;
+      if (out->finished) cancel_guard.finished();
+      if (out->finish_reason == FinishReason::kError) {
+        spdlog::error("gRPC Generate {}: {}", stream.id(), out->error);
+        return {grpc::StatusCode::INTERNAL, fmt::format("generation failed: {}", out->error)};
+      }
+      pb::GenerateResponse msg;
+      fill_response(*out, stream.id(), tok, msg);
+      if (!writer.Write(msg)) {
+        return out->finished ? grpc::Status::OK
+                             : grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+      }
+      if (out->finished) return grpc::Status::OK;
+    }
+  }
+
+  Engine& engine_;
+  std::optional<std::string> api_key_;  // never empty when set
+  const std::atomic<bool>& ready_;
+};
+
+}  // namespace
+
+Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std::string id) {
+  Request r;
+  r.id = std::move(id);
+  const Tokenizer& tok = model.tokenizer;
+  switch (g.input_case()) {
+    case pb::GenerateRequest::kText:
+      if (g.text().empty()) throw InvalidArgument("text is empty");
+      r.prompt = tok.encode(g.text(), /*add_special=*/true, /*parse_special=*/false);
+      break;
+    case pb::GenerateRequest::kTokenIds:
+      if (g.token_ids().ids().empty()) throw InvalidArgument("token_ids is empty");
+      r.prompt.assign(g.token_ids().ids().begin(), g.token_ids().ids().end());
+      break;
+    case pb::GenerateRequest::kChat: {
+      if (!model.chat_template) {
+        throw InvalidArgument("the model has no recognised chat template: send text or token_ids");
+      }
+      if (g.chat().messages().empty()) throw InvalidArgument("chat.messages is empty");
+      std::vector<ChatMessage> messages;
+      messages.reserve(static_cast<size_t>(g.chat().messages_size()));
+      for (const pb::ChatMessage& m : g.chat().messages()) {
+        // OpenAI's "developer" is the system role under another name (as the HTTP side maps it).
+        messages.push_back({m.role() == "developer" ? "system" : m.role(), m.content()});
+      }
+      // The rendered text carries every special token it needs (BOS included): none is added.
+      r.prompt = tok.encode(model.chat_template->render(messages, /*add_generation_prompt=*/true),
+                            /*add_special=*/false, /*parse_special=*/true);
+      const int32_t eot = tok.token_id(model.chat_template->end_of_turn());
+      if (eot >= 0) r.stop_token_ids.push_back(eot);
+      break;
+    }
+    case pb::GenerateRequest::INPUT_NOT_SET:
+      throw InvalidArgument("no input: set one of text, token_ids or chat");
+  }
+
+  const pb::SamplingParams& s = g.sampling();
+  if (s.has_temperature()) r.sampling.temperature = s.temperature();
+  if (s.has_top_p()) r.sampling.top_p = s.top_p();
+  r.sampling.top_k = s.top_k();
+  r.sampling.min_p = s.min_p();
+  r.sampling.presence_penalty = s.presence_penalty();
+  r.sampling.frequency_penalty = s.frequency_penalty();
+  if (s.has_repetition_penalty()) r.sampling.repetition_penalty = s.repetition_penalty();
+  if (s.has_seed()) r.sampling.seed = s.seed();
+  r.sampling.logit_bias.assign(s.logit_bias().begin(), s.logit_bias().end());
+  std::sort(r.sampling.logit_bias.begin(), r.sampling.logit_bias.end());  // map order is unspecified
+
+  // Prompt + completion must fit the context, as on the HTTP side (and in vLLM).
+  const int64_t context = model.config.max_context;
+  const auto n = static_cast<int64_t>(r.prompt.size());
+  if (g.has_max_tokens()) {
+    if (g.max_tokens() < 0) throw InvalidArgument(fmt::format("max_tokens must be ≥ 0 (got {})", g.max_tokens()));
+    if (n + g.max_tokens() > context) {
+      throw InvalidArgument(fmt::format("This model's maximum context length is {} tokens. However, you requested {} "
+                                        "tokens ({} in the prompt, {} in the completion). Please reduce the length "
+                                        "of the prompt or max_tokens.", context, n + g.max_tokens(), n, g.max_tokens()));
+    }
+    r.max_tokens = g.max_tokens();
+  } else {
+    if (n >= context) {
+      throw InvalidArgument(fmt::format("This model's maximum context length is {} tokens. However, your request has "
+                                        "{} input tokens. Please reduce the length of the prompt.", context, n));
+    }
+    r.max_tokens = context - n;
+  }
+  if (g.stop_size() > kMaxStopStrings) {
+    throw InvalidArgument(fmt::format("stop has {} strings; at most {} are allowed", g.stop_size(), kMaxStopStrings));
+  }
+  for (int i = 0; i < g.stop_size(); ++i) {
+    if (g.stop(i).empty()) throw InvalidArgument(fmt::format("stop[{}] is empty", i));
+    r.stop.push_back(g.stop(i));
+  }
+  for (int i = 0; i < g.stop_token_ids_size(); ++i) {
+    const int32_t t = g.stop_token_ids(i);
+    if (t < 0 || t >= tok.vocab_size()) {
+      throw InvalidArgument(fmt::format("stop_token_ids[{}] = {} is outside the vocabulary [0, {})", i, t,
+                                        tok.vocab_size()));
+    }
+    r.stop_token_ids.push_back(t);
+  }
+  r.ignore_eos = g.ignore_eos();
+  r.sparsity = g.sparsity();
+  if (g.has_logprobs()) {
+    if (g.logprobs() < 0 || g.logprobs() > kMaxTopLogprobs) {
+      throw InvalidArgument(fmt::format("logprobs must be in [0, {}] (got {})", kMaxTopLogprobs, g.logprobs()));
+    }
+    r.logprobs = g.logprobs();
+  }
+  r.priority = g.priority();
+  r.stream = true;
+  return r;
+}
+
+std::string make_grpc_request_id() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  uint64_t hi = 0, lo = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    hi = rng();
+    lo = rng();
+  }
+  return fmt::format("grpc-{:016x}{:016x}", hi, lo);
+}
+
+std::unique_ptr<grpc::Service> make_grpc_service(Engine& engine, std::optional<std::string> api_key,
+                                                 const std::atomic<bool>& ready) {
+  return std::make_unique<SparseServeService>(engine, std::move(api_key), ready);
+}
+
+}  // namespace sparseserve

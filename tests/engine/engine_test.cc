@@ -1,0 +1,168 @@
+// The serving engine on the real default model (skipped when absent): streams, stop handling,
+// abort and cancel returning pages, seeded determinism alone vs in a busy batch, and preemption by
+// recompute resuming to the same tokens.
+#include "engine/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <thread>
+
+namespace sparseserve {
+namespace {
+
+const char* kModel = SPARSESERVE_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const char* kYaml = SPARSESERVE_SOURCE_DIR "/configs/models/smollm2-135m-instruct.yaml";
+using namespace std::chrono_literals;
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (std::filesystem::exists(kModel)) model_ = load_model(kModel).release();
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    model_ = nullptr;
+  }
+  void SetUp() override {
+    if (model_ == nullptr) GTEST_SKIP() << "default model not fetched (scripts/fetch-model.sh)";
+  }
+  static ModelProfiles profiles() {
+    return ModelProfiles::load(kYaml, static_cast<int32_t>(model_->config.n_layers), static_cast<int32_t>(model_->config.n_kv_heads));
+  }
+  static Request request(const std::string& id, const std::string& text, int64_t max_tokens, std::optional<uint64_t> seed,
+                         float temperature) {
+    Request r;
+    r.id = id;
+    r.prompt = model_->tokenizer.encode(text, false, false);
+    r.max_tokens = max_tokens;
+    r.sampling.temperature = temperature;
+    r.sampling.seed = seed;
+    r.ignore_eos = true;
+    return r;
+  }
+  struct Result {
+    std::vector<int32_t> tokens;
+    std::string text;
+    RequestOutput last;
+  };
+  static Result drain(RequestStream& s) {
+    Result r;
+    for (int i = 0; i < 100000; ++i) {
+      auto out = s.next(200ms);
+      if (!out) continue;
+      r.tokens.insert(r.tokens.end(), out->token_ids.begin(), out->token_ids.end());
+      r.text += out->text;
+      if (out->finished) {
+        r.last = *out;
+        return r;
+      }
+    }
+    ADD_FAILURE() << "stream never finished";
+    return r;
+  }
+  static Model* model_;
+};
+Model* EngineTest::model_ = nullptr;
+
+TEST_F(EngineTest, SeededAndGreedyTokensAreTheSameAloneOrInABusyBatch) {
+  EngineConfig cfg;
+  cfg.max_num_batched_tokens = 96;  // forces chunked prefill next to decodes
+  Engine e(*model_, profiles(), cfg);
+  const std::string prompt = "Write a short story about a lighthouse keeper who finds a message in a bottle.";
+  const Result greedy_alone = drain(*e.submit(request("g0", prompt, 24, std::nullopt, 0.0f)));
+  const Result seeded_alone = drain(*e.submit(request("s0", prompt, 24, 1234, 0.9f)));
+  std::vector<std::shared_ptr<RequestStream>> busy;
+  for (int i = 0; i < 6; ++i) {
+    std::string id = "busy", text = "List some facts about the number ";
+    id += std::to_string(i);
+    text += std::to_string(i * 37);
+    text += ". ";
+    text += prompt;
+    busy.push_back(e.submit(request(id, text, 30, 77 + static_cast<uint64_t>(i), 1.0f)));
+  }
+  auto g = e.submit(request("g1", prompt, 24, std::nullopt, 0.0f));
+  auto s = e.submit(request("s1", prompt, 24, 1234, 0.9f));
+  const Result greedy_busy = drain(*g), seeded_busy = drain(*s);
+  for (auto& b : busy) drain(*b);
+  EXPECT_EQ(greedy_alone.tokens, greedy_busy.tokens);
+  EXPECT_EQ(seeded_alone.tokens, seeded_busy.tokens);
+  EXPECT_EQ(greedy_alone.tokens.size(), 24u);
+  EXPECT_EQ(greedy_alone.last.finish_reason, FinishReason::kLength);
+  for (int i = 0; i < 100 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(e.kv_pages_in_use(), 0);
+}
+
+TEST_F(EngineTest, PreemptedRequestsResumeToTheSameTokens) {
+  const std::string prompt = "Explain how a bicycle gear system works, step by step, for a child.";
+  Result reference;
+  {
+    Engine e(*model_, profiles(), EngineConfig{});
+    reference = drain(*e.submit(request("ref", prompt, 60, std::nullopt, 0.0f)));
+  }
+  // A KV budget so small that four concurrent requests cannot all fit once they cross into their
+  // second block (balanced: 45 retrieval + 45 streaming lanes, 90 pages per block): preemption.
+  EngineConfig tight;
+  tight.kv_cache_bytes = 420 * 34816;  // pages of 64 tokens × 64 dims fp32 + metadata
+  Engine e(*model_, profiles(), tight);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 4; ++i) {
+    std::string id = "p";
+    id += std::to_string(i);
+    streams.push_back(e.submit(request(id, prompt, 60, std::nullopt, 0.0f)));
+  }
+  for (auto& st : streams) EXPECT_EQ(drain(*st).tokens, reference.tokens);
+  EXPECT_GT(e.metrics().num_preemptions.load(), 0);
+  for (int i = 0; i < 100 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(e.kv_pages_in_use(), 0);
+}
+
+TEST_F(EngineTest, StopStringIsCutAndAbortAndCancelReturnPages) {
+  Engine e(*model_, profiles(), EngineConfig{});
+  // Greedy text first, then ask to stop at a piece of it.
+  const std::string prompt = "The days of the week are Monday, Tuesday,";
+  const Result full = drain(*e.submit(request("full", prompt, 16, std::nullopt, 0.0f)));
+  ASSERT_GE(full.text.size(), 8u);
+  const std::string stop = full.text.substr(4, 3);
+  Request r = request("stop", prompt, 16, std::nullopt, 0.0f);
+  r.stop = {stop};
+  const Result cut = drain(*e.submit(r));
+  EXPECT_EQ(cut.last.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(cut.last.stop_reason, stop);
+  EXPECT_EQ(cut.text, full.text.substr(0, full.text.find(stop)));
+
+  auto a = e.submit(request("long1", prompt, 2000, std::nullopt, 0.0f));
+  auto b = e.submit(request("long2", prompt, 2000, std::nullopt, 0.0f));
+  ASSERT_TRUE(a->next(10s).has_value());
+  EXPECT_TRUE(e.abort("long1"));
+  b->cancel();
+  EXPECT_EQ(drain(*a).last.finish_reason, FinishReason::kAbort);
+  EXPECT_EQ(drain(*b).last.finish_reason, FinishReason::kAbort);
+  for (int i = 0; i < 200 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(e.kv_pages_in_use(), 0);
+  EXPECT_FALSE(e.abort("long1"));
+}
+
+TEST_F(EngineTest, BadRequestsAreRejectedAtSubmit) {
+  Engine e(*model_, profiles(), EngineConfig{});
+  Request empty = request("e", "x", 4, std::nullopt, 0.0f);
+  empty.prompt.clear();
+  EXPECT_THROW(e.submit(empty), InvalidArgument);
+  Request bad_tok = request("t", "x", 4, std::nullopt, 0.0f);
+  bad_tok.prompt.push_back(static_cast<int32_t>(model_->config.vocab_size));
+  EXPECT_THROW(e.submit(bad_tok), InvalidArgument);
+  Request prof = request("p", "x", 4, std::nullopt, 0.0f);
+  prof.sparsity = "no-such-profile";
+  EXPECT_THROW(e.submit(prof), InvalidArgument);
+  Request temp = request("n", "x", 4, std::nullopt, -1.0f);
+  EXPECT_THROW(e.submit(temp), InvalidArgument);
+  Request too_long = request("l", "x", 4, std::nullopt, 0.0f);
+  too_long.prompt.assign(static_cast<size_t>(model_->config.max_context), 1);
+  EXPECT_THROW(e.submit(too_long), InvalidArgument);
+  auto ok = e.submit(request("dup", "hello", 2, std::nullopt, 0.0f));
+  EXPECT_THROW(e.submit(request("dup", "hello", 2, std::nullopt, 0.0f)), InvalidArgument);
+  drain(*ok);
+}
+
+}  // namespace
+}  // namespace sparseserve
