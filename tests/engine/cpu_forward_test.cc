@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/engine/default_model_fixture.h"
+
 #include <cmath>
 #include <filesystem>
 
@@ -13,23 +15,7 @@
 namespace sparseserve {
 namespace {
 
-const char* kModel = SPARSESERVE_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-class CpuForwardTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    if (std::filesystem::exists(kModel)) model_ = load_model(kModel).release();
-  }
-  static void TearDownTestSuite() {
-    delete model_;
-    model_ = nullptr;
-  }
-  void SetUp() override {
-    if (model_ == nullptr) GTEST_SKIP() << "default model not fetched (scripts/fetch-model.sh)";
-  }
-  static Model* model_;
-};
-Model* CpuForwardTest::model_ = nullptr;
+using CpuForwardTest = DefaultModelTest;
 
 double max_rel(const float* a, const float* b, int64_t n) {
   double num = 0, den = 0;

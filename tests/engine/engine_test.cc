@@ -5,31 +5,18 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/engine/default_model_fixture.h"
+
 #include <filesystem>
 #include <thread>
 
 namespace sparseserve {
 namespace {
 
-const char* kModel = SPARSESERVE_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-const char* kYaml = SPARSESERVE_SOURCE_DIR "/configs/models/smollm2-135m-instruct.yaml";
 using namespace std::chrono_literals;
 
-class EngineTest : public ::testing::Test {
+class EngineTest : public DefaultModelTest {
  protected:
-  static void SetUpTestSuite() {
-    if (std::filesystem::exists(kModel)) model_ = load_model(kModel).release();
-  }
-  static void TearDownTestSuite() {
-    delete model_;
-    model_ = nullptr;
-  }
-  void SetUp() override {
-    if (model_ == nullptr) GTEST_SKIP() << "default model not fetched (scripts/fetch-model.sh)";
-  }
-  static ModelProfiles profiles() {
-    return ModelProfiles::load(kYaml, static_cast<int32_t>(model_->config.n_layers), static_cast<int32_t>(model_->config.n_kv_heads));
-  }
   static Request request(const std::string& id, const std::string& text, int64_t max_tokens, std::optional<uint64_t> seed,
                          float temperature) {
     Request r;
@@ -61,9 +48,7 @@ class EngineTest : public ::testing::Test {
     ADD_FAILURE() << "stream never finished";
     return r;
   }
-  static Model* model_;
 };
-Model* EngineTest::model_ = nullptr;
 
 TEST_F(EngineTest, SeededAndGreedyTokensAreTheSameAloneOrInABusyBatch) {
   EngineConfig cfg;

@@ -6,6 +6,8 @@
 //    streaming lanes × min(sink + ring pages, blocks touched).
 #include <gtest/gtest.h>
 
+#include "tests/engine/default_model_fixture.h"
+
 #include <cstring>
 #include <filesystem>
 
@@ -17,24 +19,9 @@
 namespace sparseserve {
 namespace {
 
-const char* kModel = SPARSESERVE_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-const char* kYaml = SPARSESERVE_SOURCE_DIR "/configs/models/smollm2-135m-instruct.yaml";
 
-class PagedModelTest : public ::testing::Test {
+class PagedModelTest : public DefaultModelTest {
  protected:
-  static void SetUpTestSuite() {
-    if (std::filesystem::exists(kModel)) model_ = load_model(kModel).release();
-  }
-  static void TearDownTestSuite() {
-    delete model_;
-    model_ = nullptr;
-  }
-  void SetUp() override {
-    if (model_ == nullptr) GTEST_SKIP() << "default model not fetched (scripts/fetch-model.sh)";
-  }
-  ModelProfiles profiles() const {
-    return ModelProfiles::load(kYaml, static_cast<int32_t>(model_->config.n_layers), static_cast<int32_t>(model_->config.n_kv_heads));
-  }
   // Runs prompt in chunks then `decode` greedy steps; returns every logits row produced.
   std::vector<float> run(KvBackend& kv, kvcache::KvCacheManager* mgr, const std::vector<int32_t>& prompt, int64_t chunk,
                          int decode, std::vector<int32_t>* generated = nullptr) const {
@@ -70,9 +57,7 @@ class PagedModelTest : public ::testing::Test {
     ids.resize(static_cast<size_t>(tokens));
     return ids;
   }
-  static Model* model_;
 };
-Model* PagedModelTest::model_ = nullptr;
 
 TEST_F(PagedModelTest, DenseProfileIsBitIdenticalToDenseBackend) {
   const auto ids = prompt(300);
