@@ -5,6 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export SPARSESERVE_BUILD=${SPARSESERVE_BUILD:-build}
+# Tests run side by side on few cores: OpenMP threads must sleep, not spin, while they wait.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 bash scripts/setup.sh || exit 1
 bash scripts/fetch-model.sh || exit 1
