@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "common/errors.h"
+#include "engine/chat_prompt.h"
 #include "engine/generate.h"
 #include "engine/model.h"
 #include "engine/model_profiles.h"
@@ -46,13 +47,14 @@ int run_generate(const GenerateArgs& a) {
   const kvcache::SparsityProfile& profile = profiles.get(a.sparsity.empty() ? profiles.default_profile : a.sparsity);
   spdlog::info("sparsity profile '{}'{}", profile.name, yaml.empty() ? "" : " from " + yaml);
   std::vector<int32_t> ids;
+  int32_t end_of_turn = -1;
   if (!a.chat.empty()) {
-    if (!model->chat_template) throw InvalidArgument("the model has no recognised chat template; pass --chat-template");
     std::vector<ChatMessage> msgs;
     if (!a.system.empty()) msgs.push_back({"system", a.system});
     msgs.push_back({"user", a.chat});
-    // The rendered template carries any BOS it needs, so no BOS is added here.
-    ids = model->tokenizer.encode(model->chat_template->render(msgs, true), /*add_special=*/false, /*parse_special=*/true);
+    ChatPrompt chat = encode_chat(*model, std::move(msgs));
+    ids = std::move(chat.ids);
+    end_of_turn = chat.end_of_turn;
   } else {
     ids = model->tokenizer.encode(a.prompt, /*add_special=*/true, /*parse_special=*/false);
   }
@@ -67,10 +69,7 @@ int run_generate(const GenerateArgs& a) {
   opts.sampling.seed = a.seed;
   opts.profile = &profile;
   opts.kv_cache = profiles.kv_cache;
-  if (model->chat_template) {
-    const int32_t eot = model->tokenizer.token_id(model->chat_template->end_of_turn());
-    if (eot >= 0) opts.stop_ids.push_back(eot);
-  }
+  if (end_of_turn >= 0) opts.stop_ids.push_back(end_of_turn);
 
   CpuForward fwd(*model);
   const GenerateResult r = generate(fwd, ids, opts, [](std::string_view piece) {

@@ -1,5 +1,7 @@
 #include "server/grpc_service.h"
 
+#include "engine/chat_prompt.h"
+
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
@@ -339,21 +341,13 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
       r.prompt.assign(g.token_ids().ids().begin(), g.token_ids().ids().end());
       break;
     case pb::GenerateRequest::kChat: {
-      if (!model.chat_template) {
-        throw InvalidArgument("the model has no recognised chat template: send text or token_ids");
-      }
       if (g.chat().messages().empty()) throw InvalidArgument("chat.messages is empty");
       std::vector<ChatMessage> messages;
       messages.reserve(static_cast<size_t>(g.chat().messages_size()));
-      for (const pb::ChatMessage& m : g.chat().messages()) {
-        // OpenAI's "developer" is the system role under another name (as the HTTP side maps it).
-        messages.push_back({m.role() == "developer" ? "system" : m.role(), m.content()});
-      }
-      // The rendered text carries every special token it needs (BOS included): none is added.
-      r.prompt = tok.encode(model.chat_template->render(messages, /*add_generation_prompt=*/true),
-                            /*add_special=*/false, /*parse_special=*/true);
-      const int32_t eot = tok.token_id(model.chat_template->end_of_turn());
-      if (eot >= 0) r.stop_token_ids.push_back(eot);
+      for (const pb::ChatMessage& m : g.chat().messages()) messages.push_back({m.role(), m.content()});
+      ChatPrompt chat = encode_chat(model, std::move(messages));
+      r.prompt = std::move(chat.ids);
+      if (chat.end_of_turn >= 0) r.stop_token_ids.push_back(chat.end_of_turn);
       break;
     }
     case pb::GenerateRequest::INPUT_NOT_SET:

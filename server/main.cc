@@ -2,7 +2,10 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "common/errors.h"
@@ -13,6 +16,13 @@
 #include "server/cli_serve.h"
 
 int main(int argc, char** argv) {
+  // OpenMP reads OMP_WAIT_POLICY when its runtime loads, before main. Spinning waits stall badly
+  // when cores are shared (a server next to other work, tests side by side), so default to
+  // passive waits by re-executing once with the variable set; an explicit setting is kept.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    ::setenv("OMP_WAIT_POLICY", "passive", 1);
+    ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default
+  }
   sparseserve::init_logging();
 
   CLI::App app{"sparseserve: an LLM inference server with a sparse KV cache"};

@@ -1,0 +1,197 @@
+#include "server/cli_serve.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <cstring>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "common/errors.h"
+#include "common/logging.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "engine/model_profiles.h"
+#include "server/grpc_server.h"
+#include "server/openai_http.h"
+#include "server/openai_protocol.h"
+#include "server/server_config.h"
+
+namespace sparseserve::cli {
+
+namespace {
+
+// SIGTERM / SIGINT: the handler only writes the signal and its sender into a pipe (async-signal-safe; it
+// runs on whichever thread the kernel picks, including threads libraries started before main);
+// a watcher thread reads the pipe. The first signal asks for a graceful shutdown; a second one
+// exits at once.
+int g_signal_pipe[2] = {-1, -1};
+
+// What the handler writes: one record per signal (smaller than PIPE_BUF, so writes are atomic).
+struct SignalRecord {
+  int32_t sig;
+  int32_t sender;  // pid of the process that sent it (0: the kernel or a terminal)
+};
+
+extern "C" void on_shutdown_signal(int sig, siginfo_t* info, void*) {
+  const int saved = errno;
+  const SignalRecord r{sig, info ? static_cast<int32_t>(info->si_pid) : 0};
+  [[maybe_unused]] const ssize_t n = ::write(g_signal_pipe[1], &r, sizeof(r));
+  errno = saved;
+}
+
+class ShutdownSignals {
+ public:
+  ShutdownSignals() : state_(std::make_shared<State>()) {
+    if (g_signal_pipe[0] < 0 && ::pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+      throw Error(std::string("cannot create the signal pipe: ") + std::strerror(errno));
+    }
+    struct sigaction sa = {};
+    sa.sa_sigaction = on_shutdown_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
+    ::sigaction(SIGTERM, &sa, nullptr);
+    ::sigaction(SIGINT, &sa, nullptr);
+    std::signal(SIGPIPE, SIG_IGN);  // a client that left is a failed write, not a dead process
+    // Detached: it may outlive run_serve (a late second signal); it touches only `state`.
+    std::thread([state = state_] {
+      for (int count = 0;;) {
+        pollfd pfd{g_signal_pipe[0], POLLIN, 0};
+        SignalRecord r{};
+        if (::poll(&pfd, 1, -1) <= 0 || ::read(g_signal_pipe[0], &r, sizeof(r)) != sizeof(r)) continue;
+        const char* name = r.sig == SIGINT ? "SIGINT" : "SIGTERM";
+        if (count++ > 0) {
+          spdlog::warn("second {} (from pid {}): exiting now", name, r.sender);
+          spdlog::default_logger()->flush();
+          std::_Exit(1);
+        }
+        spdlog::info("{} from pid {}", name, r.sender);
+        {
+          std::lock_guard lock(state->mu);
+          state->signal = r.sig;
+        }
+        state->cv.notify_all();
+      }
+    }).detach();
+  }
+  int wait() const {
+    std::unique_lock lock(state_->mu);
+    state_->cv.wait(lock, [&] { return state_->signal != 0; });
+    return state_->signal;
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    int signal = 0;
+  };
+  std::shared_ptr<State> state_;
+};
+
+std::string default_model_name(const ServerConfig& c, const ModelProfiles& profiles) {
+  if (!c.served_model_name.empty()) return c.served_model_name;
+  if (!c.model_config.empty() && !profiles.name.empty()) return profiles.name;
+  const std::filesystem::path p(c.model);
+  return std::filesystem::is_directory(p) ? p.filename().string() : p.stem().string();
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app, ServeArgs& a) {
+  auto* cmd = app.add_subcommand("serve", "Serve the OpenAI HTTP API and the gRPC API");
+  cmd->add_option("--config", a.config, "Server YAML (configs/server.yaml); flags override its keys");
+  for (const ServerSetting& s : server_settings()) {
+    std::string flag = std::string("--") + s.key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    CLI::Option* opt = cmd->add_option(flag, a.values[s.key], s.help);
+    if (std::string(s.key) == "api_key") opt->envname("SPARSESERVE_API_KEY");
+    a.options[s.key] = opt;
+  }
+}
+
+int run_serve(const ServeArgs& a) {
+  ShutdownSignals signals;
+
+  std::vector<ServerConfig::Override> overrides;
+  for (const ServerSetting& s : server_settings()) {
+    const CLI::Option* opt = a.options.at(s.key);
+    if (opt->count() > 0) {
+      overrides.push_back({s.key, a.values.at(s.key), opt->get_name()});  // "--http-port"
+    }
+  }
+  const ServerConfig cfg = ServerConfig::load(a.config, overrides);
+  init_logging(cfg.log_level);
+
+  // HTTP first: /health answers 503 while the model loads.
+  HttpServerOptions http_options;
+  http_options.host = cfg.host;
+  http_options.port = cfg.http_port;
+  http_options.api_key = cfg.api_key;
+  http_options.max_body_bytes = cfg.max_body_bytes;
+  http_options.max_threads = cfg.max_num_seqs + cfg.max_waiting + 64;
+  OpenAiHttpServer http(http_options);
+  http.start();
+  spdlog::info("HTTP listening on {}:{} (503 until the model is loaded)", cfg.host, cfg.http_port);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_ptr<Model> model = load_model(cfg.model);
+  const auto& mc = model->config;
+  ModelProfiles profiles =
+      cfg.model_config.empty()
+          ? ModelProfiles::defaults_for(static_cast<int32_t>(mc.n_layers), static_cast<int32_t>(mc.n_kv_heads))
+          : ModelProfiles::load(cfg.model_config, static_cast<int32_t>(mc.n_layers), static_cast<int32_t>(mc.n_kv_heads));
+  if (profiles.chat_template != "auto") model->chat_template = ChatTemplate::by_name(profiles.chat_template);
+  const std::string name = default_model_name(cfg, profiles);
+
+  Engine engine(*model, std::move(profiles), cfg.engine_config());
+  openai::ProtocolLimits limits;
+  limits.max_prompt_tokens = cfg.max_prompt_tokens;
+  if (cfg.max_prompt_tokens > mc.max_context) {
+    spdlog::warn("max_prompt_tokens {} is over the model's context; prompts are limited to {} tokens",
+                 cfg.max_prompt_tokens, mc.max_context);
+  }
+  const openai::Protocol protocol(*model, engine.profiles(), name, limits);
+  std::unique_ptr<GrpcServer> grpc;
+  if (cfg.grpc_port != 0) grpc = start_grpc_server(engine, cfg.host, cfg.grpc_port, cfg.api_key);
+
+  const ServingContext serving{engine, protocol};
+  http.set_ready(serving);
+  // From here on the HTTP handlers use `serving`: whichever way this function ends, they stop
+  // before it and the engine go away.
+  struct StopHttp {
+    OpenAiHttpServer& http;
+    ~StopHttp() { http.stop(); }
+  } stop_http{http};
+  spdlog::info("serving model '{}' ({}, context {} tokens, default profile '{}') on http://{}:{}{}; ready in {:.1f} s",
+               name, model->path, mc.max_context, engine.profiles().default_profile, cfg.host, cfg.http_port,
+               grpc ? " and gRPC port " + std::to_string(grpc->port()) : std::string(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+
+  const int sig = signals.wait();
+  const auto grace = std::chrono::milliseconds(static_cast<int64_t>(cfg.shutdown_grace_seconds * 1000));
+  spdlog::info("{}: shutting down; requests in flight may finish for {:.1f} s", sig == SIGINT ? "SIGINT" : "SIGTERM",
+               cfg.shutdown_grace_seconds);
+  http.begin_drain();
+  if (grpc) grpc->set_ready(false);
+  // The engine stops admitting at once, lets running requests finish within the grace period and
+  // aborts the rest; every HTTP stream and gRPC call then ends with its request.
+  engine.shutdown(grace);
+  if (grpc) grpc->shutdown(std::chrono::seconds(1));
+  grpc.reset();
+  http.stop();
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace sparseserve::cli

@@ -1,0 +1,476 @@
+// Request side of the OpenAI protocol: JSON bodies → GenerationJob (openai_protocol.h).
+#include "server/openai_protocol.h"
+
+#include "engine/chat_prompt.h"
+
+#include <charconv>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "common/errors.h"
+
+namespace sparseserve::openai {
+
+json ApiError::to_json() const {
+  return {{"error",
+           {{"message", message_},
+            {"type", type_},
+            {"param", param_.empty() ? json(nullptr) : json(param_)},
+            {"code", code_.empty() ? json(nullptr) : json(code_)}}}};
+}
+
+ApiError bad_request(std::string message, std::string param, std::string code) {
+  return ApiError(400, "invalid_request_error", std::move(message), std::move(param), std::move(code));
+}
+
+std::string make_response_id(const char* prefix) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = prefix;
+  for (int i = 0; i < 32; ++i) id += kHex[rng() & 15];
+  return id;
+}
+
+Request GenerationJob::request_for_choice(int32_t choice, const std::string& response_id) const {
+  Request r = params;
+  r.id = response_id + "-" + std::to_string(choice);
+  r.prompt = prompts[static_cast<size_t>(choice / n)];
+  if (r.sampling.seed) r.sampling.seed = *r.sampling.seed + static_cast<uint64_t>(choice % n);
+  return r;
+}
+
+namespace {
+
+// Typed access to optional fields of a JSON object: absent and null read as "not given".
+class Fields {
+ public:
+  explicit Fields(const json& obj, std::string prefix = "") : obj_(obj), prefix_(std::move(prefix)) {}
+
+  const json* get(const char* key) const {
+    const auto it = obj_.find(key);
+    return it == obj_.end() || it->is_null() ? nullptr : &*it;
+  }
+  std::string name(const char* key) const { return prefix_ + key; }
+
+  std::optional<bool> boolean(const char* key) const {
+    const json* v = get(key);
+    if (!v) return std::nullopt;
+    if (!v->is_boolean()) throw wrong_type(key, "a boolean");
+    return v->get<bool>();
+  }
+  std::optional<double> number(const char* key, double lo, double hi, bool lo_open = false) const {
+    const json* v = get(key);
+    if (!v) return std::nullopt;
+    if (!v->is_number()) throw wrong_type(key, "a number");
+    const double x = v->get<double>();
+    if (!std::isfinite(x) || x < lo || x > hi || (lo_open && x == lo)) {
+      throw bad_request(name(key) + " must be in " + std::string(lo_open ? "(" : "[") + fmt(lo) + ", " + fmt(hi) +
+                            "], got " + v->dump(),
+                        name(key));
+    }
+    return x;
+  }
+  std::optional<int64_t> integer(const char* key, int64_t lo, int64_t hi) const {
+    const json* v = get(key);
+    if (!v) return std::nullopt;
+    if (!v->is_number_integer()) throw wrong_type(key, "an integer");
+    if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(hi)) throw out_of_range(key, lo, hi, *v);
+    const int64_t x = v->get<int64_t>();
+    if (x < lo || x > hi) throw out_of_range(key, lo, hi, *v);
+    return x;
+  }
+  std::optional<std::string> string(const char* key) const {
+    const json* v = get(key);
+    if (!v) return std::nullopt;
+    if (!v->is_string()) throw wrong_type(key, "a string");
+    return v->get<std::string>();
+  }
+  ApiError wrong_type(const char* key, const char* what) const {
+    return bad_request(name(key) + " must be " + what + ", got " + type_name(*get(key)), name(key));
+  }
+
+  static std::string type_name(const json& v) {
+    if (v.is_number_integer()) return "an integer";
+    if (v.is_number()) return "a number";
+    if (v.is_string()) return "a string";
+    if (v.is_boolean()) return "a boolean";
+    if (v.is_array()) return "an array";
+    if (v.is_object()) return "an object";
+    return "null";
+  }
+
+ private:
+  static std::string fmt(double x) {
+    std::string s = std::to_string(x);
+    s.erase(s.find_last_not_of('0') + 1);
+    if (!s.empty() && s.back() == '.') s.pop_back();
+    return s;
+  }
+  ApiError out_of_range(const char* key, int64_t lo, int64_t hi, const json& v) const {
+    return bad_request(name(key) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + v.dump(),
+                       name(key));
+  }
+  const json& obj_;
+  std::string prefix_;
+};
+
+void require_object(const json& body) {
+  if (!body.is_object()) throw bad_request("the request body must be a JSON object, got " + Fields::type_name(body));
+}
+
+bool is_token_list(const json& v) {
+  if (!v.is_array() || v.empty()) return false;
+  for (const auto& x : v) {
+    if (!x.is_number_integer()) return false;
+  }
+  return true;
+}
+
+std::vector<int32_t> token_list(const json& v, int64_t vocab, const std::string& param) {
+  std::vector<int32_t> ids;
+  ids.reserve(v.size());
+  for (const auto& x : v) {
+    const int64_t t = x.is_number_unsigned() && x.get<uint64_t>() > uint64_t{INT64_MAX} ? -1 : x.get<int64_t>();
+    if (t < 0 || t >= vocab) {
+      throw bad_request(param + ": token id " + x.dump() + " is outside the vocabulary [0, " + std::to_string(vocab) + ")",
+                        param);
+    }
+    ids.push_back(static_cast<int32_t>(t));
+  }
+  return ids;
+}
+
+}  // namespace
+
+Protocol::Protocol(const Model& model, const ModelProfiles& profiles, std::string served_model_name, ProtocolLimits limits)
+    : model_(model), profiles_(profiles), model_name_(std::move(served_model_name)), limits_(limits) {
+  if (limits_.max_prompt_tokens <= 0 || limits_.max_prompt_tokens > model_.config.max_context) {
+    limits_.max_prompt_tokens = model_.config.max_context;
+  }
+}
+
+void Protocol::check_model(const json& body) const {
+  const auto name = Fields(body).string("model");
+  if (name && *name != model_name_) {
+    throw ApiError(404, "invalid_request_error",
+                   "The model `" + *name + "` does not exist. This server serves `" + model_name_ + "`.", "model",
+                   "model_not_found");
+  }
+}
+
+// Fields both endpoints share; the endpoint-specific ones are parsed by the callers.
+void Protocol::parse_common(const json& body, GenerationJob& job) const {
+  const Fields f(body);
+  Request& r = job.params;
+  SamplingParams& s = r.sampling;
+  if (auto v = f.number("temperature", 0, 2)) s.temperature = static_cast<float>(*v);
+  if (auto v = f.number("top_p", 0, 1, /*lo_open=*/true)) s.top_p = static_cast<float>(*v);
+  if (auto v = f.integer("top_k", -1, std::numeric_limits<int32_t>::max())) s.top_k = static_cast<int32_t>(*v);
+  if (auto v = f.number("min_p", 0, 1)) s.min_p = static_cast<float>(*v);
+  if (auto v = f.number("presence_penalty", -2, 2)) s.presence_penalty = static_cast<float>(*v);
+  if (auto v = f.number("frequency_penalty", -2, 2)) s.frequency_penalty = static_cast<float>(*v);
+  if (auto v = f.number("repetition_penalty", 0, 10, /*lo_open=*/true)) s.repetition_penalty = static_cast<float>(*v);
+  if (auto v = f.integer("seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
+    s.seed = static_cast<uint64_t>(*v);
+  }
+  if (const json* lb = f.get("logit_bias")) {
+    if (!lb->is_object()) throw f.wrong_type("logit_bias", "an object mapping token ids to biases");
+    for (const auto& [key, bias] : lb->items()) {
+      int64_t id = -1;
+      const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+      if (ec != std::errc() || end != key.data() + key.size() || id < 0 || id >= model_.config.vocab_size) {
+        throw bad_request("logit_bias: key '" + key + "' is not a token id in [0, " +
+                              std::to_string(model_.config.vocab_size) + ")",
+                          "logit_bias");
+      }
+      if (!bias.is_number() || !(bias.get<double>() >= -100 && bias.get<double>() <= 100)) {
+        throw bad_request("logit_bias: the bias of token " + key + " must be a number in [-100, 100]", "logit_bias");
+      }
+      s.logit_bias.emplace_back(static_cast<int32_t>(id), bias.get<float>());
+    }
+  }
+
+  if (auto v = f.integer("n", 1, limits_.max_n)) job.n = static_cast<int32_t>(*v);
+  if (auto v = f.integer("best_of", 1, limits_.max_n); v && *v != job.n) {
+    throw bad_request("best_of other than n is not supported", "best_of");
+  }
+  if (const json* stop = f.get("stop")) {
+    if (stop->is_string()) {
+      r.stop.push_back(stop->get<std::string>());
+    } else if (stop->is_array()) {
+      if (stop->size() > static_cast<size_t>(limits_.max_stop)) {
+        throw bad_request("stop: at most " + std::to_string(limits_.max_stop) + " stop strings", "stop");
+      }
+      for (const auto& x : *stop) {
+        if (!x.is_string()) throw bad_request("stop must be a string or a list of strings", "stop");
+        r.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      throw f.wrong_type("stop", "a string or a list of strings");
+    }
+    for (const auto& x : r.stop) {
+      if (x.empty()) throw bad_request("stop strings must not be empty", "stop");
+    }
+  }
+  if (const json* ids = f.get("stop_token_ids")) {
+    if (!ids->is_array() || (!ids->empty() && !is_token_list(*ids))) {
+      throw f.wrong_type("stop_token_ids", "a list of token ids");
+    }
+    const auto list = token_list(*ids, model_.config.vocab_size, "stop_token_ids");
+    r.stop_token_ids.insert(r.stop_token_ids.end(), list.begin(), list.end());
+  }
+  if (auto v = f.boolean("ignore_eos")) r.ignore_eos = *v;
+  if (auto v = f.integer("priority", std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max())) {
+    r.priority = static_cast<int32_t>(*v);
+  }
+  if (auto v = f.string("sparsity")) {
+    try {
+      profiles_.get(*v);
+    } catch (const InvalidArgument& e) {
+      throw bad_request(e.what(), "sparsity", "unknown_sparsity_profile");
+    }
+    r.sparsity = *v;
+  }
+  f.string("user");  // accepted (type-checked), not used
+
+  if (auto v = f.boolean("stream")) job.stream = *v;
+  if (const json* so = f.get("stream_options")) {
+    if (!so->is_object()) throw f.wrong_type("stream_options", "an object");
+    if (!job.stream) throw bad_request("stream_options can only be given when stream is true", "stream_options");
+    if (auto v = Fields(*so, "stream_options.").boolean("include_usage")) job.include_usage = *v;
+  }
+  if (const json* rf = f.get("response_format")) {
+    if (!rf->is_object()) throw f.wrong_type("response_format", "an object");
+    const auto type = Fields(*rf, "response_format.").string("type");
+    if (!type) throw bad_request("response_format.type is required", "response_format.type");
+    if (*type != "text") {
+      throw bad_request("response_format '" + *type + "' is not supported (only 'text')", "response_format");
+    }
+  }
+  r.stream = job.stream;
+}
+
+// Prompt + completion must fit the context; without max_tokens the completion takes what is left
+// (chat) or 16 tokens (completions), as vLLM does.
+void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
+  const int64_t ctx = model_.config.max_context;
+  for (const auto& p : job.prompts) {
+    const int64_t n = static_cast<int64_t>(p.size());
+    const char* what = job.endpoint == Endpoint::kChat ? "messages" : "prompt";
+    if (n == 0) throw bad_request(std::string("the ") + what + " is empty (0 tokens)", what);
+    if (n > limits_.max_prompt_tokens && limits_.max_prompt_tokens < ctx) {
+      throw bad_request("The prompt has " + std::to_string(n) + " tokens, more than this server accepts (" +
+                            std::to_string(limits_.max_prompt_tokens) + " tokens). Please reduce the length of the " +
+                            what + ".",
+                        what, "context_length_exceeded");
+    }
+    if (n >= ctx && !max_tokens_given) {
+      throw bad_request("This model's maximum context length is " + std::to_string(ctx) +
+                            " tokens. However, your request has " + std::to_string(n) +
+                            " input tokens. Please reduce the length of the " + what + ".",
+                        what, "context_length_exceeded");
+    }
+    if (max_tokens_given && n + job.params.max_tokens > ctx) {
+      throw bad_request("This model's maximum context length is " + std::to_string(ctx) +
+                            " tokens. However, you requested " + std::to_string(n + job.params.max_tokens) +
+                            " tokens (" + std::to_string(n) + " in the messages, " +
+                            std::to_string(job.params.max_tokens) +
+                            " in the completion). Please reduce the length of the messages or completion.",
+                        what, "context_length_exceeded");
+    }
+  }
+  if (!max_tokens_given) {
+    int64_t left = ctx;
+    for (const auto& p : job.prompts) left = std::min<int64_t>(left, ctx - static_cast<int64_t>(p.size()));
+    job.params.max_tokens = job.endpoint == Endpoint::kChat ? left : std::min<int64_t>(16, left);
+  }
+}
+
+GenerationJob Protocol::parse_completion(const json& body) const {
+  require_object(body);
+  check_model(body);
+  GenerationJob job;
+  job.endpoint = Endpoint::kCompletions;
+  const Fields f(body);
+  const json* prompt = f.get("prompt");
+  if (!prompt) throw bad_request("prompt is required", "prompt");
+  const auto& tok = model_.tokenizer;
+  const int64_t vocab = model_.config.vocab_size;
+  if (prompt->is_string()) {
+    job.prompts.push_back(tok.encode(prompt->get<std::string>(), /*add_special=*/true, /*parse_special=*/false));
+  } else if (is_token_list(*prompt)) {
+    job.prompts.push_back(token_list(*prompt, vocab, "prompt"));
+  } else if (prompt->is_array() && !prompt->empty()) {
+    for (const auto& p : *prompt) {
+      if (p.is_string()) {
+        job.prompts.push_back(tok.encode(p.get<std::string>(), true, false));
+      } else if (is_token_list(p)) {
+        job.prompts.push_back(token_list(p, vocab, "prompt"));
+      } else {
+        throw bad_request("prompt must be a string, a list of strings, a list of token ids or a list of lists of "
+                          "token ids",
+                          "prompt");
+      }
+    }
+  } else {
+    throw bad_request("prompt must be a non-empty string, list of strings, list of token ids or list of lists of "
+                      "token ids",
+                      "prompt");
+  }
+  parse_common(body, job);
+  if (job.num_choices() > limits_.max_choices) {
+    throw bad_request("prompts × n must be at most " + std::to_string(limits_.max_choices), "n");
+  }
+  if (auto v = f.integer("logprobs", 0, limits_.max_logprobs)) job.params.logprobs = static_cast<int32_t>(*v);
+  if (f.boolean("echo").value_or(false)) throw bad_request("echo is not supported", "echo");
+  if (auto v = f.string("suffix"); v && !v->empty()) throw bad_request("suffix is not supported", "suffix");
+  const auto max_tokens = f.integer("max_tokens", 1, std::numeric_limits<int32_t>::max());
+  if (max_tokens) job.params.max_tokens = *max_tokens;
+  check_lengths(job, max_tokens.has_value());
+  job.want_logprobs = job.params.logprobs >= 0;
+  return job;
+}
+
+ChatPrompt Protocol::render_chat(const json& messages, bool add_generation_prompt) const {
+  if (!messages.is_array()) {
+    throw bad_request("messages must be a list of messages, got " + Fields::type_name(messages), "messages");
+  }
+  if (messages.empty()) throw bad_request("messages must not be empty", "messages");
+  if (!model_.chat_template) throw bad_request("this model has no chat template; use /v1/completions", "messages");
+  std::vector<ChatMessage> msgs;
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const json& m = messages[i];
+    const std::string at = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) throw bad_request(at + " must be an object", at);
+    const Fields f(m, at + ".");
+    const auto role = f.string("role");
+    if (!role) throw bad_request(at + ".role is required", at + ".role");
+    ChatMessage cm;
+    if (*role == "system" || *role == "developer") {
+      cm.role = "system";
+    } else if (*role == "user" || *role == "assistant") {
+      cm.role = *role;
+    } else {
+      throw bad_request(at + ".role '" + *role + "' is not supported (system, developer, user, assistant)",
+                        at + ".role");
+    }
+    const json* content = f.get("content");
+    if (!content) {
+      if (cm.role != "assistant") throw bad_request(at + ".content is required", at + ".content");
+    } else if (content->is_string()) {
+      cm.content = content->get<std::string>();
+    } else if (content->is_array()) {
+      // Text parts are joined with newlines, as vLLM does.
+      for (size_t j = 0; j < content->size(); ++j) {
+        const json& part = (*content)[j];
+        const std::string pat = at + ".content[" + std::to_string(j) + "]";
+        if (!part.is_object()) throw bad_request(pat + " must be an object", pat);
+        const Fields pf(part, pat + ".");
+        const auto type = pf.string("type");
+        if (type != "text") {
+          throw bad_request(pat + ".type '" + type.value_or("") + "' is not supported (only 'text')", pat + ".type");
+        }
+        const auto text = pf.string("text");
+        if (!text) throw bad_request(pat + ".text is required", pat + ".text");
+        if (j > 0) cm.content += "\n";
+        cm.content += *text;
+      }
+    } else {
+      throw f.wrong_type("content", "a string or a list of content parts");
+    }
+    if (f.get("tool_calls") && !f.get("tool_calls")->empty()) {
+      throw bad_request(at + ".tool_calls are not supported", at + ".tool_calls");
+    }
+    msgs.push_back(std::move(cm));
+  }
+  try {
+    return encode_chat(model_, std::move(msgs), add_generation_prompt);
+  } catch (const InvalidArgument& e) {
+    throw bad_request(e.what(), "messages");
+  }
+}
+
+GenerationJob Protocol::parse_chat(const json& body) const {
+  require_object(body);
+  check_model(body);
+  GenerationJob job;
+  job.endpoint = Endpoint::kChat;
+  const Fields f(body);
+  const json* messages = f.get("messages");
+  if (!messages) throw bad_request("messages is required", "messages");
+  ChatPrompt chat = render_chat(*messages, true);
+  job.prompts.push_back(std::move(chat.ids));
+  parse_common(body, job);
+  if (const json* tools = f.get("tools"); tools && !tools->empty()) throw bad_request("tools are not supported", "tools");
+  if (const json* fns = f.get("functions"); fns && !fns->empty()) {
+    throw bad_request("functions are not supported", "functions");
+  }
+  if (const json* tc = f.get("tool_choice"); tc && *tc != "none" && *tc != "auto") {
+    throw bad_request("tool_choice is not supported", "tool_choice");
+  }
+  const bool logprobs = f.boolean("logprobs").value_or(false);
+  const auto top = f.integer("top_logprobs", 0, limits_.max_logprobs);
+  if (top && *top > 0 && !logprobs) throw bad_request("top_logprobs requires logprobs to be true", "top_logprobs");
+  if (logprobs) job.params.logprobs = static_cast<int32_t>(top.value_or(0));
+  auto max_tokens = f.integer("max_completion_tokens", 1, std::numeric_limits<int32_t>::max());
+  if (!max_tokens) max_tokens = f.integer("max_tokens", 1, std::numeric_limits<int32_t>::max());
+  if (max_tokens) job.params.max_tokens = *max_tokens;
+  // Stop at the end of the assistant's turn as well as at EOS (implicit in the engine).
+  if (chat.end_of_turn >= 0) job.params.stop_token_ids.push_back(chat.end_of_turn);
+  check_lengths(job, max_tokens.has_value());
+  job.want_logprobs = job.params.logprobs >= 0;
+  return job;
+}
+
+json Protocol::tokenize(const json& body) const {
+  require_object(body);
+  check_model(body);
+  const Fields f(body);
+  std::vector<int32_t> ids;
+  if (const json* messages = f.get("messages")) {
+    const bool gen = f.boolean("add_generation_prompt").value_or(true);
+    ids = render_chat(*messages, gen).ids;
+    if (f.boolean("add_special_tokens").value_or(false) && model_.tokenizer.add_bos() && model_.tokenizer.bos_id() >= 0 &&
+        (ids.empty() || ids.front() != model_.tokenizer.bos_id())) {
+      ids.insert(ids.begin(), model_.tokenizer.bos_id());
+    }
+  } else if (auto prompt = f.string("prompt")) {
+    ids = model_.tokenizer.encode(*prompt, f.boolean("add_special_tokens").value_or(true), /*parse_special=*/false);
+  } else {
+    throw bad_request("give prompt (a string) or messages", f.get("prompt") ? "prompt" : "");
+  }
+  json out = {{"count", ids.size()}, {"max_model_len", model_.config.max_context}, {"tokens", ids}};
+  if (f.boolean("return_token_strs").value_or(false)) {
+    json strs = json::array();
+    for (int32_t id : ids) strs.push_back(model_.tokenizer.token_text(id));
+    out["token_strs"] = std::move(strs);
+  }
+  return out;
+}
+
+json Protocol::detokenize(const json& body) const {
+  require_object(body);
+  check_model(body);
+  const json* tokens = Fields(body).get("tokens");
+  if (!tokens) throw bad_request("tokens is required", "tokens");
+  if (!tokens->is_array() || (!tokens->empty() && !is_token_list(*tokens))) {
+    throw bad_request("tokens must be a list of token ids", "tokens");
+  }
+  const auto ids = token_list(*tokens, model_.config.vocab_size, "tokens");
+  return {{"prompt", model_.tokenizer.decode(ids, /*skip_special=*/false)}};
+}
+
+json Protocol::models(int64_t created) const {
+  return {{"object", "list"},
+          {"data",
+           json::array({{{"id", model_name_},
+                         {"object", "model"},
+                         {"created", created},
+                         {"owned_by", "sparseserve"},
+                         {"root", model_.path},
+                         {"parent", nullptr},
+                         {"max_model_len", model_.config.max_context}}})}};
+}
+
+}  // namespace sparseserve::openai

@@ -1,0 +1,157 @@
+// The OpenAI API's JSON, translated to and from the engine's types (engine/request.h), with no
+// HTTP in sight: request bodies of /v1/completions and /v1/chat/completions become engine
+// Requests (tokenized, chat template applied, every field checked); RequestOutputs become
+// response objects and SSE chunks in OpenAI's shapes (vLLM's where OpenAI has none: top_k, min_p,
+// repetition_penalty, ignore_eos, stop_token_ids, stop_reason, finish_reason "abort").
+//
+// Input rules: unknown fields are ignored (as OpenAI and vLLM do), `null` means "not given", every
+// known field has its type and range checked and a bad one is a 400 naming it (ApiError::param).
+#pragma once
+
+#include "engine/chat_prompt.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <exception>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/model_profiles.h"
+#include "engine/request.h"
+
+namespace sparseserve::openai {
+
+using json = nlohmann::json;
+
+// A request the server answers with an error: HTTP status plus OpenAI's error object.
+class ApiError : public std::exception {
+ public:
+  ApiError(int status, std::string type, std::string message, std::string param = "", std::string code = "")
+      : status_(status), type_(std::move(type)), message_(std::move(message)), param_(std::move(param)),
+        code_(std::move(code)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+  int status() const { return status_; }
+  const std::string& param() const { return param_; }
+  const std::string& code() const { return code_; }
+  // {"error": {"message", "type", "param", "code"}}; empty param / code are null.
+  json to_json() const;
+
+ private:
+  int status_;
+  std::string type_, message_, param_, code_;
+};
+// 400 invalid_request_error.
+ApiError bad_request(std::string message, std::string param = "", std::string code = "");
+
+enum class Endpoint { kCompletions, kChat };
+
+struct ProtocolLimits {
+  int64_t max_prompt_tokens = 0;  // tokens; ≤ the model's context (0: the context)
+  int32_t max_n = 16;             // choices per prompt
+  int32_t max_choices = 64;       // prompts × n per request
+  int32_t max_stop = 16;          // stop strings
+  int32_t max_logprobs = 20;      // completions `logprobs`, chat `top_logprobs`
+};
+
+// One parsed generation call: its prompts (token ids) and the engine parameters they share.
+struct GenerationJob {
+  Endpoint endpoint = Endpoint::kCompletions;
+  std::vector<std::vector<int32_t>> prompts;  // ≥ 1; chat: exactly one
+  Request params;                             // all but id and prompt
+  int32_t n = 1;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  bool want_logprobs = false;  // params.logprobs ≥ 0
+
+  int32_t num_choices() const { return static_cast<int32_t>(prompts.size()) * n; }
+  // Choice i (prompt i / n, sample i % n) as an engine Request with id "<response_id>-<i>";
+  // a seeded job gives sample k the seed + k, so the n samples differ but stay reproducible.
+  Request request_for_choice(int32_t choice, const std::string& response_id) const;
+};
+
+// Request parsing for one served model.
+class Protocol {
+ public:
+  // The model and profiles must outlive the protocol.
+  Protocol(const Model& model, const ModelProfiles& profiles, std::string served_model_name, ProtocolLimits limits);
+
+  const std::string& model_name() const { return model_name_; }
+  const Model& model() const { return model_; }
+
+  // Throws ApiError (400 for bad input, 404 model_not_found for another model's name).
+  GenerationJob parse_completion(const json& body) const;
+  GenerationJob parse_chat(const json& body) const;
+
+  // /tokenize (vLLM): {"prompt", "add_special_tokens"?} or {"messages", "add_generation_prompt"?,
+  // "add_special_tokens"?} → {"count", "max_model_len", "tokens"}.
+  json tokenize(const json& body) const;
+  // /detokenize (vLLM): {"tokens": [ids]} → {"prompt": text}.
+  json detokenize(const json& body) const;
+  // /v1/models.
+  json models(int64_t created) const;
+
+ private:
+  void check_model(const json& body) const;
+  void parse_common(const json& body, GenerationJob& job) const;
+  ChatPrompt render_chat(const json& messages, bool add_generation_prompt) const;
+  void check_lengths(GenerationJob& job, bool max_tokens_given) const;
+
+  const Model& model_;
+  const ModelProfiles& profiles_;
+  std::string model_name_;
+  ProtocolLimits limits_;
+};
+
+// Accumulates a job's outputs per choice and renders OpenAI responses and stream chunks.
+class ResponseBuilder {
+ public:
+  // id: "cmpl-…" / "chatcmpl-…"; created: Unix seconds. The job and tokenizer must outlive it.
+  ResponseBuilder(const GenerationJob& job, const Tokenizer& tokenizer, std::string id, std::string model,
+                  int64_t created);
+
+  // Records a delta of choice `choice`; with streaming, returns the chunks to send for it
+  // (possibly none: a delta with no text, logprobs or finish).
+  std::vector<json> add(int32_t choice, const RequestOutput& out);
+  bool all_finished() const;
+  // The first internal error among the finished choices ("" when none).
+  std::string error() const;
+
+  json usage() const;
+  json usage_chunk() const;  // streaming: {"choices": [], "usage": {...}}
+  json response() const;     // non-streaming: the whole object
+
+  int64_t prompt_tokens() const;
+  int64_t completion_tokens() const;
+  std::string finish_reasons() const;  // for the log: "stop,length"
+
+ private:
+  struct Choice {
+    std::string text;
+    std::vector<TokenLogprob> logprobs;
+    std::vector<size_t> text_offsets;  // per logprob: offset of its token's text in `text`
+    bool role_sent = false;
+    bool finished = false;
+    FinishReason finish = FinishReason::kNone;
+    std::string stop_reason;
+    std::string error;
+    int64_t prompt_tokens = 0;
+    int64_t completion_tokens = 0;
+  };
+  json chunk_base() const;
+  json logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const;
+  json finish_json(const Choice& c) const;
+
+  const GenerationJob& job_;
+  const Tokenizer& tok_;
+  std::string id_, model_;
+  int64_t created_;
+  std::vector<Choice> choices_;
+};
+
+// A fresh response id: prefix followed by 32 random hex digits.
+std::string make_response_id(const char* prefix);
+
+}  // namespace sparseserve::openai

@@ -1,0 +1,189 @@
+// Response side of the OpenAI protocol: RequestOutputs → response objects and SSE chunks
+// (ResponseBuilder in openai_protocol.h).
+#include <algorithm>
+#include <span>
+
+#include "server/openai_protocol.h"
+
+namespace sparseserve::openai {
+
+namespace {
+
+// OpenAI's logprobs are finite; -inf (a token masked out) is reported as -9999 as vLLM does.
+double finite_logprob(float lp) { return std::max(static_cast<double>(lp), -9999.0); }
+
+json bytes_of(const std::string& s) {
+  json out = json::array();
+  for (unsigned char ch : s) out.push_back(static_cast<int>(ch));
+  return out;
+}
+
+}  // namespace
+
+ResponseBuilder::ResponseBuilder(const GenerationJob& job, const Tokenizer& tokenizer, std::string id, std::string model,
+                                 int64_t created)
+    : job_(job), tok_(tokenizer), id_(std::move(id)), model_(std::move(model)), created_(created),
+      choices_(static_cast<size_t>(job.num_choices())) {}
+
+json ResponseBuilder::chunk_base() const {
+  json c = {{"id", id_},
+            {"object", job_.endpoint == Endpoint::kChat ? "chat.completion.chunk" : "text_completion"},
+            {"created", created_},
+            {"model", model_},
+            {"choices", json::array()}};
+  if (job_.include_usage) c["usage"] = nullptr;  // as OpenAI: null on every chunk but the last
+  return c;
+}
+
+json ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const {
+  const auto text_of = [&](int32_t id) { return tok_.decode(std::span(&id, 1), /*skip_special=*/false); };
+  if (job_.endpoint == Endpoint::kChat) {
+    json content = json::array();
+    for (const auto& lp : lps) {
+      const std::string t = text_of(lp.token);
+      json top = json::array();
+      for (const auto& [id, l] : lp.top) {
+        const std::string tt = text_of(id);
+        top.push_back({{"token", tt}, {"logprob", finite_logprob(l)}, {"bytes", bytes_of(tt)}});
+      }
+      content.push_back({{"token", t}, {"logprob", finite_logprob(lp.logprob)}, {"bytes", bytes_of(t)}, {"top_logprobs", top}});
+    }
+    return {{"content", content}};
+  }
+  // Completions (legacy shape): parallel lists; top_logprobs holds the top k plus the sampled token.
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array();
+  for (const auto& lp : lps) {
+    const std::string t = text_of(lp.token);
+    tokens.push_back(t);
+    token_logprobs.push_back(finite_logprob(lp.logprob));
+    json top = json::object();
+    for (const auto& [id, l] : lp.top) top[text_of(id)] = finite_logprob(l);
+    if (!top.contains(t)) top[t] = finite_logprob(lp.logprob);
+    top_logprobs.push_back(std::move(top));
+  }
+  return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top_logprobs}, {"text_offset", offsets}};
+}
+
+json ResponseBuilder::finish_json(const Choice& c) const {
+  if (!c.finished) return nullptr;
+  return finish_reason_name(c.finish);
+}
+
+std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& out) {
+  Choice& c = choices_.at(static_cast<size_t>(choice));
+  std::vector<size_t> offsets;
+  size_t off = c.text.size();
+  for (const auto& lp : out.logprobs) {
+    offsets.push_back(off);
+    off += tok_.decode(std::span(&lp.token, 1), false).size();
+  }
+  c.text += out.text;
+  c.logprobs.insert(c.logprobs.end(), out.logprobs.begin(), out.logprobs.end());
+  c.text_offsets.insert(c.text_offsets.end(), offsets.begin(), offsets.end());
+  c.prompt_tokens = out.prompt_tokens;
+  c.completion_tokens = std::max(c.completion_tokens, out.completion_tokens);
+  if (out.finished) {
+    c.finished = true;
+    c.finish = out.finish_reason;
+    c.stop_reason = out.stop_reason;
+    c.error = out.error;
+  }
+  if (!job_.stream) return {};
+
+  std::vector<json> chunks;
+  const bool chat = job_.endpoint == Endpoint::kChat;
+  if (chat && !c.role_sent) {  // the first chunk of a chat choice names the role
+    c.role_sent = true;
+    json first = chunk_base();
+    first["choices"].push_back(
+        {{"index", choice}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
+    chunks.push_back(std::move(first));
+  }
+  if (out.finished && out.finish_reason == FinishReason::kError) {
+    chunks.push_back(ApiError(500, "internal_error", "generation failed: " + out.error, "", "internal_error").to_json());
+    return chunks;
+  }
+  if (out.text.empty() && out.logprobs.empty() && !out.finished) return chunks;
+  json ch = {{"index", choice}};
+  if (chat) {
+    ch["delta"] = out.text.empty() ? json::object() : json{{"content", out.text}};
+  } else {
+    ch["text"] = out.text;
+  }
+  ch["logprobs"] = job_.want_logprobs && !out.logprobs.empty() ? logprobs_json(out.logprobs, offsets) : json(nullptr);
+  ch["finish_reason"] = finish_json(c);
+  if (c.finished) ch["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+  json chunk = chunk_base();
+  chunk["choices"].push_back(std::move(ch));
+  chunks.push_back(std::move(chunk));
+  return chunks;
+}
+
+bool ResponseBuilder::all_finished() const {
+  return std::all_of(choices_.begin(), choices_.end(), [](const Choice& c) { return c.finished; });
+}
+
+std::string ResponseBuilder::error() const {
+  for (const auto& c : choices_) {
+    if (c.finished && c.finish == FinishReason::kError) return c.error.empty() ? "internal error" : c.error;
+  }
+  return "";
+}
+
+int64_t ResponseBuilder::prompt_tokens() const {
+  int64_t n = 0;
+  for (const auto& p : job_.prompts) n += static_cast<int64_t>(p.size());
+  return n;
+}
+
+int64_t ResponseBuilder::completion_tokens() const {
+  int64_t n = 0;
+  for (const auto& c : choices_) n += c.completion_tokens;
+  return n;
+}
+
+std::string ResponseBuilder::finish_reasons() const {
+  std::string out;
+  for (const auto& c : choices_) {
+    if (!out.empty()) out += ",";
+    out += c.finished ? finish_reason_name(c.finish) : "unfinished";
+  }
+  return out;
+}
+
+json ResponseBuilder::usage() const {
+  const int64_t p = prompt_tokens(), g = completion_tokens();
+  return {{"prompt_tokens", p}, {"completion_tokens", g}, {"total_tokens", p + g}};
+}
+
+json ResponseBuilder::usage_chunk() const {
+  json c = chunk_base();
+  c["usage"] = usage();
+  return c;
+}
+
+json ResponseBuilder::response() const {
+  const bool chat = job_.endpoint == Endpoint::kChat;
+  json choices = json::array();
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    const Choice& c = choices_[i];
+    json ch = {{"index", i}};
+    if (chat) {
+      ch["message"] = {{"role", "assistant"}, {"content", c.text}};
+    } else {
+      ch["text"] = c.text;
+    }
+    ch["logprobs"] = job_.want_logprobs ? logprobs_json(c.logprobs, c.text_offsets) : json(nullptr);
+    ch["finish_reason"] = finish_json(c);
+    ch["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+    choices.push_back(std::move(ch));
+  }
+  return {{"id", id_},
+          {"object", chat ? "chat.completion" : "text_completion"},
+          {"created", created_},
+          {"model", model_},
+          {"choices", std::move(choices)},
+          {"usage", usage()}};
+}
+
+}  // namespace sparseserve::openai

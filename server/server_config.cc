@@ -1,0 +1,221 @@
+#include "server/server_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cmath>
+#include <limits>
+#include <map>
+
+#include "common/errors.h"
+#include "kvcache/capacity.h"
+
+namespace sparseserve {
+
+namespace {
+
+constexpr std::array kSettings = {
+    ServerSetting{"host", "Address the HTTP (and gRPC) server binds"},
+    ServerSetting{"http_port", "HTTP port (OpenAI API)"},
+    ServerSetting{"grpc_port", "gRPC port; 0 = no gRPC front end"},
+    ServerSetting{"model", "GGUF file or Hugging Face directory"},
+    ServerSetting{"model_config", "Model YAML with sparsity profiles (configs/models/NAME.yaml)"},
+    ServerSetting{"served_model_name", "Model name clients use (default: the model YAML's name)"},
+    ServerSetting{"backend", "auto | cpu | cuda"},
+    ServerSetting{"kv_cache_bytes", "KV cache budget, e.g. 2GiB"},
+    ServerSetting{"max_num_seqs", "Running sequences per step"},
+    ServerSetting{"max_num_batched_tokens", "Tokens per engine step"},
+    ServerSetting{"max_waiting", "Waiting requests before new ones get 429"},
+    ServerSetting{"api_key", "Bearer token required on the API (env SPARSESERVE_API_KEY)"},
+    ServerSetting{"max_body_bytes", "Largest request body, e.g. 8MiB (larger: 413)"},
+    ServerSetting{"max_prompt_tokens", "Longest prompt in tokens; 0 = the model's context"},
+    ServerSetting{"shutdown_grace_seconds", "Seconds in-flight requests may finish after SIGTERM"},
+    ServerSetting{"log_level", "trace | debug | info | warn | error | off"},
+};
+
+// One raw setting: its text (nullopt for YAML null) and where it came from.
+struct Raw {
+  std::optional<std::string> text;
+  std::string where;  // "FILE:LINE" or "--flag"
+};
+
+[[noreturn]] void fail(const Raw& raw, const std::string& key, const std::string& problem) {
+  throw InvalidArgument(raw.where + ": " + key + ": " + problem);
+}
+
+bool known_key(const std::string& key) {
+  return std::any_of(kSettings.begin(), kSettings.end(), [&](const ServerSetting& s) { return key == s.key; });
+}
+
+std::string known_keys() {
+  std::string out;
+  for (const auto& s : kSettings) out += (out.empty() ? "" : ", ") + std::string(s.key);
+  return out;
+}
+
+void read_yaml(const std::string& path, std::map<std::string, Raw>& raw) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    throw InvalidArgument(path + ": cannot read the file");
+  } catch (const YAML::Exception& e) {
+    throw InvalidArgument(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  if (root.IsNull()) return;  // an empty file: defaults
+  const auto where = [&](const YAML::Node& n) { return path + ":" + std::to_string(n.Mark().line + 1); };
+  if (!root.IsMap()) throw InvalidArgument(where(root) + ": expected a mapping of settings");
+  for (const auto& kv : root) {
+    const std::string key = kv.first.as<std::string>();
+    if (!known_key(key)) {
+      throw InvalidArgument(where(kv.first) + ": unknown key '" + key + "' (known: " + known_keys() + ")");
+    }
+    if (raw.count(key)) {
+      throw InvalidArgument(where(kv.first) + ": duplicate key '" + key + "'");
+    }
+    const YAML::Node& v = kv.second;
+    if (v.IsNull()) {
+      raw[key] = Raw{std::nullopt, where(v)};
+    } else if (v.IsScalar()) {
+      raw[key] = Raw{v.Scalar(), where(v)};
+    } else {
+      throw InvalidArgument(where(v) + ": " + key + ": expected a single value, not a list or mapping");
+    }
+  }
+}
+
+template <typename Int>
+Int parse_int(const Raw& raw, const std::string& key, Int lo, Int hi) {
+  const std::string& s = *raw.text;
+  Int v{};
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || v < lo || v > hi) {
+    fail(raw, key, "expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" + s + "'");
+  }
+  return v;
+}
+
+double parse_seconds(const Raw& raw, const std::string& key) {
+  const std::string& s = *raw.text;
+  double v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || !std::isfinite(v) || v < 0 || v > 86400) {
+    fail(raw, key, "expected a number of seconds in [0, 86400], got '" + s + "'");
+  }
+  return v;
+}
+
+size_t parse_size(const Raw& raw, const std::string& key) {
+  size_t v = 0;
+  try {
+    v = kvcache::parse_bytes(raw.text->c_str());
+  } catch (const InvalidArgument& e) {
+    fail(raw, key, e.what());
+  }
+  if (v == 0) fail(raw, key, "must be positive");
+  return v;
+}
+
+std::string parse_choice(const Raw& raw, const std::string& key, std::initializer_list<const char*> choices) {
+  std::string list;
+  for (const char* c : choices) {
+    if (*raw.text == c) return *raw.text;
+    list += (list.empty() ? "" : " | ") + std::string(c);
+  }
+  fail(raw, key, "expected one of " + list + ", got '" + *raw.text + "'");
+}
+
+std::string parse_text(const Raw& raw, const std::string& key) {
+  if (raw.text->empty()) fail(raw, key, "must not be empty");
+  return *raw.text;
+}
+
+void apply(ServerConfig& c, const std::string& key, const Raw& raw) {
+  if (!raw.text) {  // null: only where "none" means something
+    if (key == "api_key") {
+      c.api_key.reset();
+    } else if (key == "model_config") {
+      c.model_config.clear();
+    } else if (key == "served_model_name") {
+      c.served_model_name.clear();
+    } else {
+      fail(raw, key, "must not be null");
+    }
+    return;
+  }
+  constexpr int32_t kIntMax = std::numeric_limits<int32_t>::max();
+  if (key == "host") {
+    c.host = parse_text(raw, key);
+  } else if (key == "http_port") {
+    c.http_port = parse_int<int32_t>(raw, key, 1, 65535);
+  } else if (key == "grpc_port") {
+    c.grpc_port = parse_int<int32_t>(raw, key, 0, 65535);
+  } else if (key == "model") {
+    c.model = parse_text(raw, key);
+  } else if (key == "model_config") {
+    c.model_config = parse_text(raw, key);
+  } else if (key == "served_model_name") {
+    c.served_model_name = parse_text(raw, key);
+  } else if (key == "backend") {
+    const std::string b = parse_choice(raw, key, {"auto", "cpu", "cuda"});
+    // Only the CPU engine exists today; `auto` resolves to it.
+    if (b == "cuda") fail(raw, key, "the CUDA backend is not available in this build");
+    c.backend = "cpu";
+  } else if (key == "kv_cache_bytes") {
+    c.kv_cache_bytes = parse_size(raw, key);
+  } else if (key == "max_num_seqs") {
+    c.max_num_seqs = parse_int<int32_t>(raw, key, 1, 65536);
+  } else if (key == "max_num_batched_tokens") {
+    c.max_num_batched_tokens = parse_int<int32_t>(raw, key, 1, kIntMax);
+  } else if (key == "max_waiting") {
+    c.max_waiting = parse_int<int32_t>(raw, key, 1, 1 << 20);
+  } else if (key == "api_key") {
+    c.api_key = parse_text(raw, key);
+  } else if (key == "max_body_bytes") {
+    c.max_body_bytes = parse_size(raw, key);
+  } else if (key == "max_prompt_tokens") {
+    c.max_prompt_tokens = parse_int<int64_t>(raw, key, 0, kIntMax);
+  } else if (key == "shutdown_grace_seconds") {
+    c.shutdown_grace_seconds = parse_seconds(raw, key);
+  } else if (key == "log_level") {
+    c.log_level = parse_choice(raw, key, {"trace", "debug", "info", "warn", "error", "off"});
+  } else {
+    fail(raw, key, "unknown setting (known: " + known_keys() + ")");
+  }
+}
+
+}  // namespace
+
+std::span<const ServerSetting> server_settings() { return kSettings; }
+
+EngineConfig ServerConfig::engine_config() const {
+  EngineConfig e;
+  e.max_num_seqs = max_num_seqs;
+  e.max_num_batched_tokens = max_num_batched_tokens;
+  e.kv_cache_bytes = kv_cache_bytes;
+  e.max_waiting = max_waiting;
+  return e;
+}
+
+ServerConfig ServerConfig::load(const std::string& yaml_path, const std::vector<Override>& overrides) {
+  // Later sources replace earlier ones key by key; each value is checked where it came from.
+  std::map<std::string, Raw> raw;
+  if (!yaml_path.empty()) read_yaml(yaml_path, raw);
+  for (const auto& o : overrides) {
+    if (!known_key(o.key)) throw InvalidArgument(o.source + ": unknown setting '" + o.key + "'");
+    raw[o.key] = Raw{o.value, o.source};
+  }
+  ServerConfig c;
+  for (const auto& [key, value] : raw) apply(c, key, value);
+  if (c.model.empty()) {
+    throw InvalidArgument("model: required (set `model:` in the config file or pass --model)");
+  }
+  if (c.grpc_port != 0 && c.grpc_port == c.http_port) {
+    throw InvalidArgument("grpc_port: " + std::to_string(c.grpc_port) + " is also the http_port");
+  }
+  return c;
+}
+
+}  // namespace sparseserve

@@ -1,0 +1,79 @@
+// The server's settings (DESIGN.md §6): configs/server.yaml, overridden key by key by command-line
+// flags (`sparseserve serve --config FILE --http-port 8080`, as vLLM's --config). Validated once
+// into an immutable ServerConfig; each component takes its own slice (engine_config()).
+//
+// Keys (YAML name; flag = `--` + the name with '_' → '-'):
+//   host                    STRING      default 0.0.0.0
+//   http_port               1..65535    default 8000
+//   grpc_port               0..65535    default 50051; 0 = no gRPC front end
+//   model                   PATH        required: GGUF file or Hugging Face directory
+//   model_config            PATH        model YAML (sparsity profiles); null = dense only
+//   served_model_name       STRING      the `model` clients name; default: the model YAML's `name`,
+//                                       else the model file's stem
+//   backend                 auto|cpu|cuda  default auto (= cpu in this build; cuda is an error)
+//   kv_cache_bytes          BYTES       default 2GiB (kvcache::parse_bytes: "2GiB", "512MiB", "1e6"...)
+//   max_num_seqs            ≥ 1         default 64
+//   max_num_batched_tokens  ≥ 1         default 2048
+//   max_waiting             ≥ 1         default 1024: more waiting requests are answered 429
+//   api_key                 STRING|null default null; when set, HTTP /v1/* and /tokenize,
+//                                       /detokenize need `Authorization: Bearer KEY` (and gRPC)
+//   max_body_bytes          BYTES       default 8MiB: larger request bodies are answered 413
+//   max_prompt_tokens       ≥ 0         default 0 = the model's context length
+//   shutdown_grace_seconds  ≥ 0         default 20: in-flight requests may finish this long after
+//                                       SIGTERM/SIGINT before they are aborted
+//   log_level               trace|debug|info|warn|error|off   default info
+// Errors throw InvalidArgument "FILE:LINE: KEY: problem" (or "--flag: problem" for a flag);
+// unknown keys are errors.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace sparseserve {
+
+struct ServerConfig {
+  std::string host = "0.0.0.0";
+  int32_t http_port = 8000;
+  int32_t grpc_port = 50051;               // 0: no gRPC front end
+  std::string model;                       // path, required
+  std::string model_config;                // path; empty: ModelProfiles::defaults_for
+  std::string served_model_name;           // empty: resolved at start (see above)
+  std::string backend = "cpu";             // resolved: "cpu" (auto → cpu)
+  size_t kv_cache_bytes = size_t{2} << 30;  // bytes
+  int32_t max_num_seqs = 64;
+  int32_t max_num_batched_tokens = 2048;
+  int32_t max_waiting = 1024;
+  std::optional<std::string> api_key;      // non-empty when set
+  size_t max_body_bytes = size_t{8} << 20;  // bytes
+  int64_t max_prompt_tokens = 0;           // tokens; 0: the model's context length
+  double shutdown_grace_seconds = 20.0;    // seconds
+  std::string log_level = "info";
+
+  // The engine's slice.
+  EngineConfig engine_config() const;
+
+  // A setting given on the command line: key (YAML name), its text, and where it came from
+  // ("--http-port") for error messages.
+  struct Override {
+    std::string key;
+    std::string value;
+    std::string source;
+  };
+  // Defaults, then `yaml_path` (empty: none), then the overrides in order. Throws InvalidArgument.
+  static ServerConfig load(const std::string& yaml_path, const std::vector<Override>& overrides);
+};
+
+// The keys load() accepts, with a one-line help each (for the CLI flags).
+struct ServerSetting {
+  const char* key;
+  const char* help;
+};
+std::span<const ServerSetting> server_settings();
+
+}  // namespace sparseserve

@@ -1,0 +1,196 @@
+"""Bad input over raw HTTP: every case is answered with the right status and OpenAI's error object
+{"error": {"message", "type", "param", "code"}}, and the server still serves afterwards.
+
+Unknown fields follow vLLM and OpenAI: ignored, at the top level and inside known objects."""
+import json
+
+import httpx
+import pytest
+
+pytest_plugins = ["conftest_server"]
+
+C, H = "/v1/completions", "/v1/chat/completions"
+OK_C = {"prompt": "Hello", "max_tokens": 1}
+OK_H = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+
+
+def c(**kw):
+    return {**OK_C, **kw}
+
+
+def h(**kw):
+    return {**OK_H, **kw}
+
+
+def without(body, key):
+    return {k: v for k, v in body.items() if k != key}
+
+
+def msgs(*m):
+    return h(messages=list(m))
+
+
+# (id, path, body: dict or raw bytes, status, param the error must name or None)
+CASES = [
+    ("malformed-json", C, b'{"prompt": "x",', 400, None),
+    ("body-not-object", C, b"[1, 2]", 400, None),
+    ("empty-body", C, b"", 400, None),
+    ("invalid-utf8", C, b'{"prompt": "\xff\xfe abc", "max_tokens": 1}', 400, None),
+    ("prompt-missing", C, without(OK_C, "prompt"), 400, "prompt"),
+    ("prompt-number", C, c(prompt=5), 400, "prompt"),
+    ("prompt-object", C, c(prompt={"text": "x"}), 400, "prompt"),
+    ("prompt-mixed-list", C, c(prompt=["a", 1]), 400, "prompt"),
+    ("prompt-empty-list", C, c(prompt=[]), 400, "prompt"),
+    ("prompt-empty-string", C, c(prompt=""), 400, "prompt"),
+    ("prompt-token-out-of-vocab", C, c(prompt=[1, 999999]), 400, "prompt"),
+    ("prompt-token-negative", C, c(prompt=[-1]), 400, "prompt"),
+    ("max-tokens-negative", C, c(max_tokens=-1), 400, "max_tokens"),
+    ("max-tokens-zero", C, c(max_tokens=0), 400, "max_tokens"),
+    ("max-tokens-string", C, c(max_tokens="10"), 400, "max_tokens"),
+    ("max-tokens-float", C, c(max_tokens=1.5), 400, "max_tokens"),
+    ("temperature-negative", C, c(temperature=-1), 400, "temperature"),
+    ("temperature-too-high", C, c(temperature=3), 400, "temperature"),
+    ("temperature-string", C, c(temperature="hot"), 400, "temperature"),
+    ("top-p-zero", C, c(top_p=0), 400, "top_p"),
+    ("top-p-two", C, c(top_p=2), 400, "top_p"),
+    ("top-k-below-minus-one", C, c(top_k=-2), 400, "top_k"),
+    ("top-k-float", C, c(top_k=1.5), 400, "top_k"),
+    ("min-p-above-one", C, c(min_p=1.5), 400, "min_p"),
+    ("n-zero", C, c(n=0), 400, "n"),
+    ("n-thousand", C, c(n=1000), 400, "n"),
+    ("n-string", C, c(n="2"), 400, "n"),
+    ("presence-penalty-5", C, c(presence_penalty=5), 400, "presence_penalty"),
+    ("frequency-penalty-minus-3", C, c(frequency_penalty=-3), 400, "frequency_penalty"),
+    ("repetition-penalty-zero", C, c(repetition_penalty=0), 400, "repetition_penalty"),
+    ("logprobs-50", C, c(logprobs=50), 400, "logprobs"),
+    ("logprobs-bool-in-completions", C, c(logprobs=True), 400, "logprobs"),
+    ("stop-number", C, c(stop=5), 400, "stop"),
+    ("stop-too-many", C, c(stop=[f"s{i}" for i in range(17)]), 400, "stop"),
+    ("stop-empty-string", C, c(stop=[""]), 400, "stop"),
+    ("stop-list-of-numbers", C, c(stop=[1, 2]), 400, "stop"),
+    ("seed-string", C, c(seed="abc"), 400, "seed"),
+    ("logit-bias-bad-key", C, c(logit_bias={"abc": 1}), 400, "logit_bias"),
+    ("logit-bias-out-of-range", C, c(logit_bias={"1": 500}), 400, "logit_bias"),
+    ("logit-bias-token-out-of-vocab", C, c(logit_bias={"999999": 1}), 400, "logit_bias"),
+    ("logit-bias-list", C, c(logit_bias=[1, 2]), 400, "logit_bias"),
+    ("stream-string", C, c(stream="yes"), 400, "stream"),
+    ("stream-options-without-stream", C, c(stream_options={"include_usage": True}), 400, "stream_options"),
+    ("include-usage-string", C, c(stream=True, stream_options={"include_usage": "yes"}), 400,
+     "stream_options.include_usage"),
+    ("model-number", C, c(model=5), 400, "model"),
+    ("sparsity-unknown", C, c(sparsity="no-such-profile"), 400, "sparsity"),
+    ("sparsity-number", C, c(sparsity=5), 400, "sparsity"),
+    ("response-format-json-object", C, c(response_format={"type": "json_object"}), 400, "response_format"),
+    ("response-format-string", C, c(response_format="text"), 400, "response_format"),
+    ("echo-unsupported", C, c(echo=True), 400, "echo"),
+    ("best-of-unsupported", C, c(best_of=3), 400, "best_of"),
+    ("user-number", C, c(user=5), 400, "user"),
+    ("messages-missing", H, without(OK_H, "messages"), 400, "messages"),
+    ("messages-empty", H, h(messages=[]), 400, "messages"),
+    ("messages-string", H, h(messages="hi"), 400, "messages"),
+    ("message-not-object", H, msgs(5), 400, "messages[0]"),
+    ("role-unknown", H, msgs({"role": "wizard", "content": "x"}), 400, "messages[0].role"),
+    ("role-missing", H, msgs({"content": "x"}), 400, "messages[0].role"),
+    ("role-tool", H, msgs({"role": "tool", "content": "x"}), 400, "messages[0].role"),
+    ("content-number", H, msgs({"role": "user", "content": 5}), 400, "messages[0].content"),
+    ("content-missing", H, msgs({"role": "user"}), 400, "messages[0].content"),
+    ("content-image-part", H, msgs({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}),
+     400, "messages[0].content[0].type"),
+    ("content-part-without-text", H, msgs({"role": "user", "content": [{"type": "text"}]}), 400,
+     "messages[0].content[0].text"),
+    ("chat-logprobs-int", H, h(logprobs=1), 400, "logprobs"),
+    ("top-logprobs-21", H, h(logprobs=True, top_logprobs=21), 400, "top_logprobs"),
+    ("top-logprobs-without-logprobs", H, h(top_logprobs=2), 400, "top_logprobs"),
+    ("tools-unsupported", H, h(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
+    ("max-completion-tokens-negative", H, h(max_completion_tokens=-5), 400, "max_completion_tokens"),
+    ("chat-response-format-json-schema", H, h(response_format={"type": "json_schema", "json_schema": {}}), 400,
+     "response_format"),
+    ("chat-temperature-null-ok-but-top-p-bad", H, h(temperature=None, top_p=-0.5), 400, "top_p"),
+    ("detokenize-not-ids", "/detokenize", {"tokens": "abc"}, 400, "tokens"),
+    ("detokenize-out-of-vocab", "/detokenize", {"tokens": [999999]}, 400, "tokens"),
+    ("tokenize-nothing", "/tokenize", {}, 400, None),
+]
+
+
+def check_error(r: httpx.Response, status: int, param=None):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"] and isinstance(err["type"], str)
+    if param is not None:
+        assert err["param"] == param, err
+    return err
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(http, case):
+    _, path, body, status, param = case
+    if isinstance(body, bytes):
+        r = http.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = http.post(path, json=body)
+    check_error(r, status, param)
+
+
+def test_unknown_model_is_404(http):
+    err = check_error(http.post(C, json=c(model="gpt-5")), 404, "model")
+    assert err["code"] == "model_not_found"
+    check_error(http.get("/v1/models/gpt-5"), 404)
+
+
+def test_unknown_route_is_404(http):
+    check_error(http.post("/v1/embeddings", json={"input": "x"}), 404)
+
+
+def test_prompt_over_server_limit(http):
+    # The fixture caps prompts at 2048 tokens (max_prompt_tokens).
+    prompt = "hello " * 3000
+    n = http.post("/tokenize", json={"prompt": prompt}).json()["count"]
+    err = check_error(http.post(C, json=c(prompt=prompt)), 400, "prompt")
+    assert str(n) in err["message"] and "2048" in err["message"] and err["code"] == "context_length_exceeded"
+
+
+def test_context_overflow_names_the_numbers(http):
+    n = http.post("/tokenize", json={"messages": OK_H["messages"]}).json()["count"]
+    err = check_error(http.post(H, json=h(max_tokens=8190)), 400, "messages")
+    assert err["message"] == (f"This model's maximum context length is 8192 tokens. However, you requested "
+                              f"{n + 8190} tokens ({n} in the messages, 8190 in the completion). Please reduce "
+                              f"the length of the messages or completion.")
+    assert err["code"] == "context_length_exceeded"
+
+
+def test_body_over_limit_is_413(http):
+    big = json.dumps(c(prompt="x" * (1 << 20) + "y" * 1000)).encode()  # over the fixture's 1 MiB
+    check_error(http.post(C, content=big, headers={"content-type": "application/json"}), 413)
+
+
+def test_unknown_fields_are_ignored(http):
+    r = http.post(C, json=c(no_such_field=1, metadata={"a": "b"}, stream=False))
+    assert r.status_code == 200, r.text
+    r = http.post(H, json=h(stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True,
+                                                          "no_such_option": 1}, extra={"x": 1}))
+    assert r.status_code == 200, r.text
+    assert r.text.rstrip().endswith("data: [DONE]")
+    r = http.post(H, json=msgs({"role": "user", "content": "Hi", "name": "bob", "unknown": 1}))
+    assert r.status_code == 200, r.text
+
+
+def test_api_key_required(keyed_server):
+    with httpx.Client(base_url=keyed_server.base_url, timeout=60) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": keyed_server.api_key},
+                        {"Authorization": "Basic " + keyed_server.api_key}):
+            err = check_error(http.post(C, json=OK_C, headers=headers), 401)
+            assert err["code"] == "invalid_api_key"
+        check_error(http.get("/v1/models"), 401)
+        check_error(http.post("/tokenize", json={"prompt": "x"}), 401)
+        ok = http.post(C, json=OK_C, headers={"Authorization": "Bearer " + keyed_server.api_key})
+        assert ok.status_code == 200, ok.text
+
+
+def test_still_serves_after_bad_input(http):
+    r = http.post(C, json={"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"]
+    assert http.get("/health").status_code == 200

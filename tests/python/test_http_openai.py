@@ -1,0 +1,231 @@
+"""The OpenAI HTTP API through the official `openai` SDK against the real `sparseserve serve`:
+completions, chat, streaming (same text as non-streamed), usage in streams, n, logprobs, stop strings,
+seeds, sparsity profiles, error classes, /v1/models, /tokenize, /detokenize, /metrics."""
+import httpx
+import openai
+import pytest
+
+pytest_plugins = ["conftest_server"]
+
+PROMPT = "The capital of France is"
+QUESTION = [{"role": "user", "content": "Name three colors."}]
+
+
+def stream_text(chunks, chat=False):
+    """Assembles a stream: {choice index: text}, {index: finish_reason}, and the chunks."""
+    texts, finish, seen = {}, {}, []
+    for ch in chunks:
+        seen.append(ch)
+        for c in ch.choices:
+            piece = (c.delta.content or "") if chat else c.text
+            texts[c.index] = texts.get(c.index, "") + piece
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    return texts, finish, seen
+
+
+def test_models_and_health(client, server, model_name):
+    models = client.models.list().data
+    assert [m.id for m in models] == [model_name]
+    assert client.models.retrieve(model_name).id == model_name
+    assert httpx.get(server.base_url + "/health").status_code == 200
+
+
+def test_completion_greedy(client, model_name, http):
+    r = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=8, temperature=0)
+    assert r.id.startswith("cmpl-") and r.object == "text_completion" and r.model == model_name
+    [c] = r.choices
+    assert c.index == 0 and c.text and c.finish_reason in ("stop", "length")
+    n_prompt = http.post("/tokenize", json={"prompt": PROMPT}).json()["count"]
+    assert r.usage.prompt_tokens == n_prompt
+    assert 1 <= r.usage.completion_tokens <= 8
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    if c.finish_reason == "length":
+        assert r.usage.completion_tokens == 8
+
+
+def test_chat_greedy(client, model_name):
+    r = client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=12, temperature=0)
+    assert r.id.startswith("chatcmpl-") and r.object == "chat.completion"
+    [c] = r.choices
+    assert c.message.role == "assistant" and c.message.content
+    assert "<|im_end|>" not in c.message.content and "<|im_start|>" not in c.message.content
+    assert r.usage.completion_tokens <= 12
+
+
+def test_completion_stream_equals_non_streamed(client, model_name):
+    ref = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=12, temperature=0)
+    texts, finish, _ = stream_text(
+        client.completions.create(model=model_name, prompt=PROMPT, max_tokens=12, temperature=0, stream=True))
+    assert texts == {0: ref.choices[0].text}
+    assert finish == {0: ref.choices[0].finish_reason}
+
+
+def test_chat_stream_equals_non_streamed(client, model_name):
+    ref = client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=12, temperature=0)
+    texts, finish, chunks = stream_text(
+        client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=12, temperature=0, stream=True),
+        chat=True)
+    assert texts == {0: ref.choices[0].message.content}
+    assert finish == {0: ref.choices[0].finish_reason}
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(ch.object == "chat.completion.chunk" and ch.id == chunks[0].id for ch in chunks)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_stream_include_usage(client, model_name, chat):
+    kw = dict(model=model_name, max_tokens=6, temperature=0, stream=True, stream_options={"include_usage": True})
+    stream = (client.chat.completions.create(messages=QUESTION, **kw) if chat
+              else client.completions.create(prompt=PROMPT, **kw))
+    chunks = list(stream)
+    *body, last = chunks
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens >= 1 and last.usage.prompt_tokens > 0
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+    assert all(ch.usage is None for ch in body)
+    texts, _, _ = stream_text(body, chat=chat)
+    assert texts[0]
+
+
+def test_n2_choices(client, model_name):
+    r = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=6, temperature=0.9, n=2, seed=3)
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    assert r.usage.completion_tokens >= 2
+    chat = client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=6, n=2, seed=3)
+    assert sorted(c.index for c in chat.choices) == [0, 1]
+    texts, finish, _ = stream_text(client.completions.create(model=model_name, prompt=PROMPT, max_tokens=6, n=2,
+                                                             seed=3, temperature=0.9, stream=True))
+    assert set(texts) == {0, 1} and set(finish) == {0, 1}
+    # Seeded: the same n=2 request gives the same two texts streamed and not.
+    assert texts == {c.index: c.text for c in r.choices}
+
+
+def test_multiple_prompts(client, model_name):
+    r = client.completions.create(model=model_name, prompt=[PROMPT, "1, 2, 3,"], max_tokens=4, temperature=0)
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    single = client.completions.create(model=model_name, prompt="1, 2, 3,", max_tokens=4, temperature=0)
+    assert r.choices[1].text == single.choices[0].text
+
+
+def test_token_id_prompt(client, model_name, http):
+    ids = http.post("/tokenize", json={"prompt": PROMPT}).json()["tokens"]
+    by_ids = client.completions.create(model=model_name, prompt=ids, max_tokens=6, temperature=0)
+    by_text = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=6, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+
+
+def test_completion_logprobs(client, model_name):
+    r = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
+    assert len(lp.tokens) == r.usage.completion_tokens
+    for tok, l, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert l <= 0 and 2 <= len(top) <= 3 and tok in top
+        assert l == pytest.approx(max(top.values()), abs=1e-5)  # greedy: the sampled token is the best
+
+
+def test_chat_logprobs(client, model_name):
+    r = client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=5, temperature=0,
+                                       logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].token == entry.token
+        assert bytes(entry.bytes).decode("utf-8", errors="replace") == entry.token
+    plain = client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=5, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_not_leaked(client, model_name, stream):
+    full = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=16, temperature=0).choices[0].text
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = words[2]  # a stop string from the middle of the greedy text
+    kw = dict(model=model_name, prompt=PROMPT, max_tokens=16, temperature=0, stop=[stop, "unlikely-stop-xyz"])
+    if stream:
+        texts, finish, _ = stream_text(client.completions.create(stream=True, **kw))
+        text, reason = texts.get(0, ""), finish[0]
+    else:
+        c = client.completions.create(**kw).choices[0]
+        text, reason = c.text, c.finish_reason
+    assert reason == "stop"
+    assert text == full[:full.index(stop)]
+    assert stop not in text
+
+
+def test_seed_reproducible(client, model_name):
+    kw = dict(model=model_name, prompt="Once upon a time", max_tokens=10, temperature=1.0, top_p=0.95)
+    a = client.completions.create(seed=1234, **kw).choices[0].text
+    b = client.completions.create(seed=1234, **kw).choices[0].text
+    assert a == b
+
+
+def test_sampling_extras_accepted(client, model_name):
+    r = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=4, temperature=0.7, seed=5,
+                                  presence_penalty=0.5, frequency_penalty=0.5, logit_bias={"0": -100}, user="u1",
+                                  extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1})
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_sparsity_profiles_short_context_match_dense(client, model_name):
+    """Contexts shorter than sink + local tokens and the decode budget: every profile is exactly dense."""
+    texts = {}
+    for profile in ("dense", "balanced", "streaming-only"):
+        r = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=8, temperature=0,
+                                      extra_body={"sparsity": profile})
+        texts[profile] = r.choices[0].text
+    assert len(set(texts.values())) == 1, texts
+
+
+def test_sdk_error_classes(client, model_name, server):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="no-such-model", prompt=PROMPT, max_tokens=2)
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model_name, prompt=PROMPT, max_tokens=2, temperature=-1)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=8192)
+    assert "maximum context length is 8192 tokens" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=model_name, messages=QUESTION, response_format={"type": "json_object"})
+
+
+def test_api_key(keyed_server, model_name):
+    url = keyed_server.base_url + "/v1"
+    with openai.OpenAI(base_url=url, api_key="wrong", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError):
+            bad.completions.create(model=model_name, prompt=PROMPT, max_tokens=2)
+    with openai.OpenAI(base_url=url, api_key=keyed_server.api_key, max_retries=0) as good:
+        assert good.completions.create(model=model_name, prompt=PROMPT, max_tokens=2).choices[0].text is not None
+        assert [m.id for m in good.models.list().data] == [model_name]
+    # /health and /metrics need no key (probes and scrapers).
+    assert httpx.get(keyed_server.base_url + "/health").status_code == 200
+    assert httpx.get(keyed_server.base_url + "/metrics").status_code == 200
+
+
+def test_tokenize_detokenize(http, model_name):
+    t = http.post("/tokenize", json={"model": model_name, "prompt": "Hello world"}).json()
+    assert t["count"] == len(t["tokens"]) > 0 and t["max_model_len"] == 8192
+    assert http.post("/detokenize", json={"tokens": t["tokens"]}).json()["prompt"] == "Hello world"
+    chat = http.post("/tokenize", json={"messages": QUESTION}).json()
+    assert chat["count"] > t["count"]
+    assert "<|im_start|>assistant" in http.post("/detokenize", json={"tokens": chat["tokens"]}).json()["prompt"]
+
+
+def test_metrics_exposition(client, model_name, server):
+    client.completions.create(model=model_name, prompt=PROMPT, max_tokens=3, temperature=0)
+    m = server.metrics()
+    for name in ("time_to_first_token_seconds_count", "inter_token_latency_seconds_count",
+                 "e2e_request_latency_seconds_count", "num_requests_running", "num_requests_waiting",
+                 "kv_cache_usage_perc", "kv_pages_total", "kv_pages_in_use", "num_preemptions_total",
+                 "prompt_tokens_total", "generation_tokens_total", "kv_bytes_saved", "decode_selected_ratio"):
+        assert "sparseserve:" + name in m, name
+    assert m["sparseserve:prompt_tokens_total"] > 0 and m["sparseserve:generation_tokens_total"] >= 3
+    assert m['sparseserve:request_success_total{finished_reason="length"}'] >= 1
+    assert m['sparseserve:kv_pages_used{role="retrieval"}'] >= 0
+    assert m['sparseserve:e2e_request_latency_seconds_bucket{le="+Inf"}'] == m[
+        "sparseserve:e2e_request_latency_seconds_count"] >= 1
+    assert 0 <= m["sparseserve:kv_cache_usage_perc"] <= 1

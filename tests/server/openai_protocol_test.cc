@@ -1,0 +1,276 @@
+// server/openai_protocol: OpenAI JSON → engine Requests (prompts encoded as the contract says, chat
+// template applied, every field checked and a bad one named) and RequestOutputs → OpenAI responses
+// and stream chunks. On the default SmolLM2 model (skipped when missing).
+#include "server/openai_protocol.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+
+#include "common/errors.h"
+
+namespace sparseserve::openai {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+std::string model_path() {
+  if (const char* env = std::getenv("SPARSESERVE_MODEL")) {
+    const std::filesystem::path p(env);
+    return p.is_absolute() ? p.string() : (std::filesystem::path(SPARSESERVE_SOURCE_DIR) / p).string();
+  }
+  return std::string(SPARSESERVE_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+class ProtocolTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!std::filesystem::exists(model_path())) return;
+    model_ = load_model(model_path()).release();
+    profiles_ = new ModelProfiles(ModelProfiles::load(std::string(SPARSESERVE_SOURCE_DIR) +
+                                                          "/configs/models/smollm2-135m-instruct.yaml",
+                                                      static_cast<int32_t>(model_->config.n_layers),
+                                                      static_cast<int32_t>(model_->config.n_kv_heads)));
+  }
+  void SetUp() override {
+    if (!model_) GTEST_SKIP() << "missing " << model_path();
+    ProtocolLimits limits;
+    limits.max_prompt_tokens = 1000;
+    protocol_ = std::make_unique<Protocol>(*model_, *profiles_, "smol", limits);
+  }
+  // The ApiError that parsing `body` throws (status 0 when it parses).
+  ApiError error_of(const json& body, bool chat = false) {
+    try {
+      chat ? protocol_->parse_chat(body) : protocol_->parse_completion(body);
+    } catch (const ApiError& e) {
+      return e;
+    }
+    return ApiError(0, "", "");
+  }
+  const Tokenizer& tok() const { return model_->tokenizer; }
+
+  static inline Model* model_ = nullptr;
+  static inline ModelProfiles* profiles_ = nullptr;
+  std::unique_ptr<Protocol> protocol_;
+};
+
+TEST_F(ProtocolTest, CompletionPromptIsEncodedWithBosAndSpecialTextAsText) {
+  const std::string text = "Hello <|im_start|> world";
+  const GenerationJob job = protocol_->parse_completion({{"prompt", text}, {"model", "smol"}});
+  ASSERT_EQ(job.prompts.size(), 1u);
+  EXPECT_EQ(job.prompts[0], tok().encode(text, /*add_special=*/true, /*parse_special=*/false));
+  EXPECT_EQ(job.params.max_tokens, 16);  // the completions default, as OpenAI and vLLM
+  EXPECT_EQ(job.n, 1);
+  EXPECT_FALSE(job.stream);
+  EXPECT_EQ(job.params.logprobs, -1);
+  EXPECT_TRUE(job.params.stop_token_ids.empty());
+}
+
+TEST_F(ProtocolTest, CompletionPromptForms) {
+  const auto ids = tok().encode("a b c", true, false);
+  EXPECT_EQ(protocol_->parse_completion({{"prompt", {"x", "y"}}}).prompts.size(), 2u);
+  EXPECT_EQ(protocol_->parse_completion({{"prompt", ids}}).prompts, std::vector<std::vector<int32_t>>{ids});
+  EXPECT_EQ(protocol_->parse_completion({{"prompt", {ids, ids}}}).prompts.size(), 2u);
+}
+
+TEST_F(ProtocolTest, SamplingFieldsMapToTheEngine) {
+  const GenerationJob job = protocol_->parse_completion(
+      {{"prompt", "x"}, {"temperature", 0.5}, {"top_p", 0.9}, {"top_k", 40}, {"min_p", 0.1},
+       {"presence_penalty", 1}, {"frequency_penalty", -1}, {"repetition_penalty", 1.2}, {"seed", 7},
+       {"logit_bias", {{"5", -100}, {"9", 2.5}}}, {"stop", "END"}, {"max_tokens", 5}, {"logprobs", 3},
+       {"sparsity", "dense"}, {"ignore_eos", true}, {"stop_token_ids", {1, 2}}, {"user", "u"}});
+  const SamplingParams& s = job.params.sampling;
+  EXPECT_FLOAT_EQ(s.temperature, 0.5f);
+  EXPECT_FLOAT_EQ(s.top_p, 0.9f);
+  EXPECT_EQ(s.top_k, 40);
+  EXPECT_FLOAT_EQ(s.min_p, 0.1f);
+  EXPECT_FLOAT_EQ(s.presence_penalty, 1.0f);
+  EXPECT_FLOAT_EQ(s.frequency_penalty, -1.0f);
+  EXPECT_FLOAT_EQ(s.repetition_penalty, 1.2f);
+  EXPECT_EQ(s.seed, std::optional<uint64_t>(7));
+  EXPECT_THAT(s.logit_bias, ElementsAre(std::pair<int32_t, float>{5, -100.0f}, std::pair<int32_t, float>{9, 2.5f}));
+  EXPECT_THAT(job.params.stop, ElementsAre("END"));
+  EXPECT_EQ(job.params.max_tokens, 5);
+  EXPECT_EQ(job.params.logprobs, 3);
+  EXPECT_TRUE(job.want_logprobs);
+  EXPECT_EQ(job.params.sparsity, "dense");
+  EXPECT_TRUE(job.params.ignore_eos);
+  EXPECT_THAT(job.params.stop_token_ids, ElementsAre(1, 2));
+}
+
+TEST_F(ProtocolTest, NullMeansNotGivenAndUnknownFieldsAreIgnored) {
+  const GenerationJob job = protocol_->parse_completion(
+      {{"prompt", "x"}, {"temperature", nullptr}, {"stop", nullptr}, {"n", nullptr}, {"whatever", {1, 2}},
+       {"stream", true}, {"stream_options", {{"include_usage", true}, {"unknown", 1}}}});
+  EXPECT_FLOAT_EQ(job.params.sampling.temperature, 1.0f);
+  EXPECT_TRUE(job.params.stop.empty());
+  EXPECT_TRUE(job.stream);
+  EXPECT_TRUE(job.include_usage);
+}
+
+TEST_F(ProtocolTest, ChoicesFanOutWithSeedPlusIndex) {
+  const GenerationJob job = protocol_->parse_completion({{"prompt", {"a", "b"}}, {"n", 2}, {"seed", 10}});
+  ASSERT_EQ(job.num_choices(), 4);
+  for (int32_t i = 0; i < 4; ++i) {
+    const Request r = job.request_for_choice(i, "cmpl-x");
+    EXPECT_EQ(r.id, "cmpl-x-" + std::to_string(i));
+    EXPECT_EQ(r.prompt, job.prompts[static_cast<size_t>(i / 2)]);
+    EXPECT_EQ(r.sampling.seed, std::optional<uint64_t>(10 + i % 2));
+  }
+  const GenerationJob unseeded = protocol_->parse_completion({{"prompt", "a"}, {"n", 2}});
+  EXPECT_FALSE(unseeded.request_for_choice(1, "c").sampling.seed.has_value());
+}
+
+TEST_F(ProtocolTest, ChatAppliesTheTemplateAndStopsAtEndOfTurn) {
+  const json body = {{"messages",
+                      {{{"role", "system"}, {"content", "Be brief."}},
+                       {{"role", "user"}, {"content", {{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}}}}}},
+                     {"logprobs", true},
+                     {"top_logprobs", 2}};
+  const GenerationJob job = protocol_->parse_chat(body);
+  const std::string text = model_->chat_template->render({{"system", "Be brief."}, {"user", "a\nb"}}, true);
+  ASSERT_EQ(job.prompts.size(), 1u);
+  EXPECT_EQ(job.prompts[0], tok().encode(text, /*add_special=*/false, /*parse_special=*/true));
+  EXPECT_THAT(job.params.stop_token_ids, ElementsAre(tok().token_id(model_->chat_template->end_of_turn())));
+  EXPECT_EQ(job.params.max_tokens, model_->config.max_context - static_cast<int64_t>(job.prompts[0].size()));
+  EXPECT_EQ(job.params.logprobs, 2);
+  EXPECT_EQ(protocol_->parse_chat({{"messages", body["messages"]}, {"max_completion_tokens", 7}, {"max_tokens", 9}})
+                .params.max_tokens,
+            7);
+}
+
+TEST_F(ProtocolTest, BadFieldsAreNamed) {
+  struct Case {
+    json body;
+    bool chat;
+    int status;
+    std::string param;
+  };
+  const json msgs = json::array({{{"role", "user"}, {"content", "hi"}}});
+  const std::vector<Case> cases = {
+      {{{"prompt", "x"}, {"temperature", -1}}, false, 400, "temperature"},
+      {{{"prompt", "x"}, {"top_p", 0}}, false, 400, "top_p"},
+      {{{"prompt", "x"}, {"n", 17}}, false, 400, "n"},
+      {{{"prompt", "x"}, {"max_tokens", "5"}}, false, 400, "max_tokens"},
+      {{{"prompt", "x"}, {"logprobs", 21}}, false, 400, "logprobs"},
+      {{{"prompt", "x"}, {"stop", json::array({""})}}, false, 400, "stop"},
+      {{{"prompt", "x"}, {"sparsity", "nope"}}, false, 400, "sparsity"},
+      {{{"prompt", "x"}, {"logit_bias", {{"-1", 1}}}}, false, 400, "logit_bias"},
+      {{{"prompt", "x"}, {"response_format", {{"type", "json_object"}}}}, false, 400, "response_format"},
+      {{{"prompt", "x"}, {"model", "other"}}, false, 404, "model"},
+      {{{"prompt", json::array()}}, false, 400, "prompt"},
+      {{{"prompt", {1, 99999999}}}, false, 400, "prompt"},
+      {{{"prompt", ""}}, false, 400, "prompt"},
+      {{{"messages", json::array()}}, true, 400, "messages"},
+      {{{"messages", {{{"role", "robot"}, {"content", "x"}}}}}, true, 400, "messages[0].role"},
+      {{{"messages", {{{"role", "user"}, {"content", 3}}}}}, true, 400, "messages[0].content"},
+      {{{"messages", msgs}, {"top_logprobs", 3}}, true, 400, "top_logprobs"},
+      {{{"messages", msgs}, {"logprobs", 1}}, true, 400, "logprobs"},
+  };
+  for (const Case& c : cases) {
+    const ApiError e = error_of(c.body, c.chat);
+    EXPECT_EQ(e.status(), c.status) << c.body.dump();
+    EXPECT_EQ(e.param(), c.param) << c.body.dump() << ": " << e.what();
+    const json j = e.to_json();
+    EXPECT_TRUE(j["error"].contains("message") && j["error"].contains("type") && j["error"].contains("code"));
+  }
+  EXPECT_EQ(error_of(json::array({1})).status(), 400);
+}
+
+TEST_F(ProtocolTest, ContextOverflowNamesTheNumbers) {
+  const json msgs = json::array({{{"role", "user"}, {"content", "hi"}}});
+  const int64_t n = static_cast<int64_t>(protocol_->parse_chat({{"messages", msgs}}).prompts[0].size());
+  const ApiError e = error_of({{"messages", msgs}, {"max_tokens", 8192}}, true);
+  EXPECT_EQ(e.status(), 400);
+  EXPECT_EQ(e.code(), "context_length_exceeded");
+  EXPECT_EQ(std::string(e.what()), "This model's maximum context length is 8192 tokens. However, you requested " +
+                                       std::to_string(n + 8192) + " tokens (" + std::to_string(n) +
+                                       " in the messages, 8192 in the completion). Please reduce the length of the "
+                                       "messages or completion.");
+  // The server's own prompt limit (1000 here) comes first.
+  std::string long_prompt;
+  for (int i = 0; i < 1200; ++i) long_prompt += "word ";
+  const ApiError over = error_of({{"prompt", long_prompt}});
+  EXPECT_THAT(over.what(), HasSubstr("1000 tokens"));
+  EXPECT_EQ(over.code(), "context_length_exceeded");
+}
+
+TEST_F(ProtocolTest, TokenizeAndDetokenize) {
+  const json t = protocol_->tokenize({{"prompt", "Hello world"}});
+  EXPECT_EQ(t["count"], t["tokens"].size());
+  EXPECT_EQ(t["max_model_len"], model_->config.max_context);
+  EXPECT_EQ(protocol_->detokenize({{"tokens", t["tokens"]}})["prompt"], "Hello world");
+  EXPECT_EQ(protocol_->models(1)["data"][0]["id"], "smol");
+}
+
+RequestOutput delta(std::vector<int32_t> ids, std::string text, bool finished = false,
+                    FinishReason reason = FinishReason::kNone) {
+  RequestOutput o;
+  o.token_ids = std::move(ids);
+  o.text = std::move(text);
+  o.finished = finished;
+  o.finish_reason = reason;
+  o.prompt_tokens = 3;
+  o.completion_tokens = 2;
+  return o;
+}
+
+TEST_F(ProtocolTest, CompletionResponseShape) {
+  const GenerationJob job = protocol_->parse_completion({{"prompt", "x"}, {"logprobs", 1}});
+  ResponseBuilder b(job, tok(), "cmpl-1", "smol", 123);
+  const int32_t hello = tok().encode("Hello", false, false).at(0);
+  RequestOutput o = delta({hello}, "Hello");
+  o.logprobs.push_back({hello, -0.5f, {{hello, -0.5f}}});
+  EXPECT_TRUE(b.add(0, o).empty());  // not streaming: nothing to send yet
+  EXPECT_FALSE(b.all_finished());
+  b.add(0, delta({}, "", true, FinishReason::kLength));
+  EXPECT_TRUE(b.all_finished());
+  const json r = b.response();
+  EXPECT_EQ(r["id"], "cmpl-1");
+  EXPECT_EQ(r["object"], "text_completion");
+  EXPECT_EQ(r["created"], 123);
+  EXPECT_EQ(r["choices"][0]["text"], "Hello");
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(r["choices"][0]["logprobs"]["tokens"], json::array({"Hello"}));
+  EXPECT_EQ(r["choices"][0]["logprobs"]["text_offset"], json::array({0}));
+  EXPECT_EQ(r["usage"], json({{"prompt_tokens", job.prompts[0].size()},
+                              {"completion_tokens", 2},
+                              {"total_tokens", job.prompts[0].size() + 2}}));
+}
+
+TEST_F(ProtocolTest, ChatStreamChunks) {
+  const json msgs = json::array({{{"role", "user"}, {"content", "hi"}}});
+  const GenerationJob job =
+      protocol_->parse_chat({{"messages", msgs}, {"stream", true}, {"stream_options", {{"include_usage", true}}}});
+  ResponseBuilder b(job, tok(), "chatcmpl-1", "smol", 5);
+  const auto first = b.add(0, delta({1}, "Hi"));
+  ASSERT_EQ(first.size(), 2u);  // the role, then the text
+  EXPECT_EQ(first[0]["choices"][0]["delta"], json({{"role", "assistant"}, {"content", ""}}));
+  EXPECT_EQ(first[1]["choices"][0]["delta"], json({{"content", "Hi"}}));
+  EXPECT_EQ(first[1]["object"], "chat.completion.chunk");
+  EXPECT_TRUE(first[1]["usage"].is_null());
+  EXPECT_TRUE(b.add(0, delta({2}, "")).empty());  // text held back: nothing to send
+  const auto last = b.add(0, delta({}, "", true, FinishReason::kAbort));
+  ASSERT_EQ(last.size(), 1u);
+  EXPECT_EQ(last[0]["choices"][0]["finish_reason"], "abort");
+  EXPECT_EQ(b.usage_chunk()["choices"], json::array());
+  EXPECT_EQ(b.usage_chunk()["usage"]["completion_tokens"], 2);
+}
+
+TEST_F(ProtocolTest, InternalErrorBecomesAnErrorChunk) {
+  const GenerationJob job = protocol_->parse_completion({{"prompt", "x"}, {"stream", true}});
+  ResponseBuilder b(job, tok(), "cmpl-2", "smol", 5);
+  RequestOutput o = delta({}, "", true, FinishReason::kError);
+  o.error = "boom";
+  const auto chunks = b.add(0, o);
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_THAT(chunks[0]["error"]["message"].get<std::string>(), HasSubstr("boom"));
+  EXPECT_EQ(b.error(), "boom");
+}
+
+}  // namespace
+}  // namespace sparseserve::openai

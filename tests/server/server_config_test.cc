@@ -1,0 +1,138 @@
+// server/server_config: the shipped configs/server.yaml loads; flags override the file; unknown keys
+// and bad values are rejected naming the file and line (or the flag).
+#include "server/server_config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "common/errors.h"
+
+namespace sparseserve {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+class ServerConfigTest : public ::testing::Test {
+ protected:
+  std::string write(const std::string& text) {
+    const fs::path p = fs::path(::testing::TempDir()) / ("server_config_" + std::to_string(counter_++) + ".yaml");
+    std::ofstream(p) << text;
+    return p.string();
+  }
+  // The message of the InvalidArgument that loading throws ("" when it loads).
+  std::string error_of(const std::string& yaml, const std::vector<ServerConfig::Override>& o = {}) {
+    try {
+      ServerConfig::load(yaml.empty() ? "" : write(yaml), o);
+    } catch (const InvalidArgument& e) {
+      return e.what();
+    }
+    return "";
+  }
+  int counter_ = 0;
+};
+
+TEST_F(ServerConfigTest, ShippedFileLoads) {
+  const ServerConfig c = ServerConfig::load(std::string(SPARSESERVE_SOURCE_DIR) + "/configs/server.yaml", {});
+  EXPECT_EQ(c.host, "0.0.0.0");
+  EXPECT_EQ(c.http_port, 8000);
+  EXPECT_EQ(c.grpc_port, 50051);
+  EXPECT_EQ(c.model, "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+  EXPECT_EQ(c.model_config, "configs/models/smollm2-135m-instruct.yaml");
+  EXPECT_EQ(c.served_model_name, "");
+  EXPECT_EQ(c.backend, "cpu");
+  EXPECT_EQ(c.kv_cache_bytes, size_t{2} << 30);
+  EXPECT_EQ(c.max_num_seqs, 64);
+  EXPECT_EQ(c.max_num_batched_tokens, 2048);
+  EXPECT_EQ(c.max_waiting, 1024);
+  EXPECT_FALSE(c.api_key.has_value());
+  EXPECT_EQ(c.max_body_bytes, size_t{8} << 20);
+  EXPECT_EQ(c.max_prompt_tokens, 0);
+  EXPECT_DOUBLE_EQ(c.shutdown_grace_seconds, 20.0);
+  EXPECT_EQ(c.log_level, "info");
+  const EngineConfig e = c.engine_config();
+  EXPECT_EQ(e.max_num_seqs, 64);
+  EXPECT_EQ(e.kv_cache_bytes, size_t{2} << 30);
+  EXPECT_EQ(e.max_waiting, 1024);
+}
+
+TEST_F(ServerConfigTest, FlagsOverrideTheFile) {
+  const std::string path = write("model: a.gguf\nhttp_port: 9000\napi_key: null\nkv_cache_bytes: 1GiB\n");
+  const ServerConfig c = ServerConfig::load(path, {{"http_port", "8080", "--http-port"},
+                                                   {"api_key", "secret", "--api-key"},
+                                                   {"max_body_bytes", "1MiB", "--max-body-bytes"}});
+  EXPECT_EQ(c.model, "a.gguf");
+  EXPECT_EQ(c.http_port, 8080);
+  EXPECT_EQ(c.api_key.value_or(""), "secret");
+  EXPECT_EQ(c.kv_cache_bytes, size_t{1} << 30);
+  EXPECT_EQ(c.max_body_bytes, size_t{1} << 20);
+}
+
+TEST_F(ServerConfigTest, FlagsAloneWork) {
+  const ServerConfig c = ServerConfig::load("", {{"model", "m.gguf", "--model"}, {"backend", "auto", "--backend"}});
+  EXPECT_EQ(c.model, "m.gguf");
+  EXPECT_EQ(c.backend, "cpu");
+  EXPECT_EQ(c.http_port, 8000);
+}
+
+TEST_F(ServerConfigTest, UnknownKeyNamesFileAndLine) {
+  const std::string msg = error_of("model: a.gguf\nhttp_prot: 8000\n");
+  EXPECT_THAT(msg, HasSubstr(".yaml:2: unknown key 'http_prot'"));
+  EXPECT_THAT(msg, HasSubstr("http_port"));  // the known keys are listed
+}
+
+TEST_F(ServerConfigTest, BadValuesNameFileLineAndKey) {
+  EXPECT_THAT(error_of("model: a\nhttp_port: abc\n"), HasSubstr(".yaml:2: http_port: expected an integer"));
+  EXPECT_THAT(error_of("model: a\nhttp_port: 70000\n"), HasSubstr(".yaml:2: http_port"));
+  EXPECT_THAT(error_of("model: a\nmax_num_seqs: 0\n"), HasSubstr(".yaml:2: max_num_seqs"));
+  EXPECT_THAT(error_of("model: a\n\nkv_cache_bytes: 2 GiB\n"), HasSubstr(".yaml:3: kv_cache_bytes"));
+  EXPECT_THAT(error_of("model: a\nkv_cache_bytes: 0\n"), HasSubstr(".yaml:2: kv_cache_bytes"));
+  EXPECT_THAT(error_of("model: a\nbackend: tpu\n"), HasSubstr(".yaml:2: backend: expected one of auto | cpu | cuda"));
+  EXPECT_THAT(error_of("model: a\nlog_level: loud\n"), HasSubstr("log_level"));
+  EXPECT_THAT(error_of("model: a\nshutdown_grace_seconds: -1\n"), HasSubstr("shutdown_grace_seconds"));
+  EXPECT_THAT(error_of("model: a\nhost: [a, b]\n"), HasSubstr(".yaml:2: host: expected a single value"));
+  EXPECT_THAT(error_of("model: a\nhttp_port: null\n"), HasSubstr("http_port: must not be null"));
+  EXPECT_THAT(error_of("model: a\napi_key: ''\n"), HasSubstr("api_key: must not be empty"));
+  EXPECT_THAT(error_of("model: a\nmodel: b\n"), HasSubstr(".yaml:2: duplicate key 'model'"));
+  EXPECT_THAT(error_of("model: [unclosed\n"), HasSubstr(".yaml:"));
+  EXPECT_THAT(error_of("- a\n- b\n"), HasSubstr("expected a mapping"));
+}
+
+TEST_F(ServerConfigTest, CudaIsRejectedClearly) {
+  EXPECT_THAT(error_of("model: a\nbackend: cuda\n"), HasSubstr("the CUDA backend is not available in this build"));
+}
+
+TEST_F(ServerConfigTest, FlagErrorsNameTheFlag) {
+  EXPECT_THAT(error_of("model: a\n", {{"http_port", "-5", "--http-port"}}), HasSubstr("--http-port: http_port"));
+  EXPECT_THAT(error_of("", {{"model", "a", "--model"}, {"grpc_port", "8000", "--grpc-port"}}),
+              HasSubstr("grpc_port: 8000 is also the http_port"));
+}
+
+TEST_F(ServerConfigTest, ModelIsRequired) {
+  EXPECT_THAT(error_of("http_port: 8000\n"), HasSubstr("model: required"));
+  EXPECT_THAT(error_of("# only a comment\n"), HasSubstr("model: required"));
+}
+
+TEST_F(ServerConfigTest, MissingFileIsNamed) {
+  try {
+    ServerConfig::load("/nonexistent/server.yaml", {});
+    FAIL() << "loaded a missing file";
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("/nonexistent/server.yaml: cannot read the file"));
+  }
+}
+
+TEST_F(ServerConfigTest, EverySettingHasAFlagHelp) {
+  for (const ServerSetting& s : server_settings()) {
+    EXPECT_TRUE(s.key && *s.key);
+    EXPECT_TRUE(s.help && *s.help);
+  }
+  EXPECT_GE(server_settings().size(), 16u);
+}
+
+}  // namespace
+}  // namespace sparseserve
