@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Attention benchmark: sparseserve's paged kernels against PyTorch SDPA, same shapes, same run.
+
+Ours are timed by the C++ binary bench/attention_bench.cu (built on the development machine, run
+here); the peers are torch.nn.functional.scaled_dot_product_attention with the cuDNN and
+FlashAttention-2 backends. Shapes follow Llama-3-8B attention (32 query heads, 8 KV heads, d=128):
+
+  prefill, dense causal, 4K / 16K / 64K tokens          TFLOP/s (causal FLOPs = 4·L²·d·heads/2)
+  prefill, half the KV heads streaming (sink 128, local 4096), 64K: time and speed-up over dense
+  decode, dense, batch 1 and 16, 8K / 32K / 128K context          TB/s of K/V read
+  decode at 128K, half the KV heads streaming, retrieval heads reading a 4096-token selection made
+  by page_select on the GPU (timed alone, and with the selection in the same graph)
+
+Timing everywhere: CUDA events after warm-up, median of --iters, inputs rotated across copies when
+one set fits in L2, random data. Decode (ours and SDPA) is timed as CUDA graph replays: an eager
+launch costs 30-55 us here, more than a small decode step. The device-to-device copy bandwidth is
+measured in the same run as the memory-bound limit.
+
+Usage (on the GPU machine, after building build-attn/bin/attention_bench on the dev machine):
+  LD_LIBRARY_PATH=$PWD/build-attn/bundle:/usr/local/cuda/lib64 \
+    python3 bench/attention_bench.py --bin build-attn/bin/attention_bench --out "$OUT"
+Options: --quick (small shapes, few iterations: a smoke run), --only prefill|decode|sparse.
+Full log and JSON go to --out; the table is printed last.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+HQ, HKV, D, PAGE = 32, 8, 128, 64
+L2_BYTES = 60e6
+
+
+def log(out_dir, msg):
+    print(msg, flush=True)
+    with open(os.path.join(out_dir, "attention_bench.log"), "a") as f:
+        f.write(msg + "\n")
+
+
+def timed_ms(fn, rotate, warmup, iters):
+    """Median and min milliseconds of fn(i) (i = rotation index), CUDA events around each call."""
+    for i in range(warmup):
+        fn(i % rotate)
+    torch.cuda.synchronize()
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for i, (a, b) in enumerate(ev):
+        a.record()
+        fn(i % rotate)
+        b.record()
+    torch.cuda.synchronize()
+    ms = sorted(a.elapsed_time(b) for a, b in ev)
+    return ms[len(ms) // 2], ms[0]
+
+
+def copy_bandwidth(iters):
+    """Device-to-device copy, TB/s counting bytes read plus written."""
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    med, _ = timed_ms(lambda i: dst.copy_(src), 1, 3, iters)
+    del src, dst
+    return 2 * n / (med * 1e-3) / 1e12
+
+
+def sdpa_call(backend, q, k, v, causal):
+    """Runs SDPA on one backend with native GQA; falls back to K/V expanded to every query head
+    when the backend refuses enable_gqa. Returns (callable, note)."""
+    group = q.shape[1] // k.shape[1]
+
+    def native():
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+
+    try:
+        native()
+        torch.cuda.synchronize()
+        return native, "gqa"
+    except RuntimeError:
+        pass
+    ke = k.repeat_interleave(group, dim=1)
+    ve = v.repeat_interleave(group, dim=1)
+
+    def expanded():
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, ke, ve, is_causal=causal)
+
+    expanded()
+    torch.cuda.synchronize()
+    return expanded, "expanded K/V"
+
+
+def sdpa_prefill(backend, L, iters, warmup):
+    set_bytes = L * (HQ + 2 * HKV) * D * 2
+    rotate = max(1, min(8, math.ceil(4 * L2_BYTES / set_bytes)))
+    calls, note = [], ""
+    for _ in range(rotate):
+        q = torch.randn(1, HQ, L, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, HKV, L, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(1, HKV, L, D, device="cuda", dtype=torch.bfloat16)
+        fn, note = sdpa_call(backend, q, k, v, True)
+        calls.append(fn)
+    med, mn = timed_ms(lambda i: calls[i](), rotate, warmup, iters)
+    return med, mn, note
+
+
+def sdpa_decode(backend, B, L, iters, warmup):
+    """SDPA decode step (one query token per sequence), replayed from a CUDA graph."""
+    kv_bytes = 2 * B * HKV * L * D * 2
+    rotate = max(1, min(8, math.ceil(4 * L2_BYTES / kv_bytes)))
+    graphs, note = [], ""
+    for _ in range(rotate):
+        q = torch.randn(B, HQ, 1, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(B, HKV, L, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(B, HKV, L, D, device="cuda", dtype=torch.bfloat16)
+        fn, note = sdpa_call(backend, q, k, v, False)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        graphs.append((g, q, k, v))
+    med, mn = timed_ms(lambda i: graphs[i][0].replay(), rotate, warmup, iters)
+    return med, mn, note + ", graph"
+
+
+def ours(binary, out_dir, args):
+    cmd = [binary] + [str(a) for a in args]
+    log(out_dir, "$ " + " ".join(cmd))
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    log(out_dir, p.stdout.strip() + (("\n" + p.stderr.strip()) if p.stderr.strip() else ""))
+    if p.returncode != 0:
+        return {"error": f"rc={p.returncode}: {p.stderr.strip()[-300:]}"}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def peer(out_dir, what, fn):
+    try:
+        r = fn()
+        torch.cuda.empty_cache()
+        return r
+    except Exception as e:  # a missing backend is a result, not a crash
+        log(out_dir, f"{what}: {type(e).__name__}: {e}")
+        torch.cuda.empty_cache()
+        return None
+
+
+def fmt(x, spec=".3f"):
+    return "-" if x is None else format(x, spec)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=os.environ.get("ATTN_BENCH_BIN", "build-attn/bin/attention_bench"))
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=["prefill", "decode", "sparse"])
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    it, wu = (5, 2) if a.quick else (a.iters, a.warmup)
+    prefill_lens = [4096] if a.quick else [4096, 16384, 65536]
+    sparse_prefill_len = 16384 if a.quick else 65536
+    decode_lens = [8192] if a.quick else [8192, 32768, 131072]
+    sparse_decode_len = 32768 if a.quick else 131072
+    want = lambda part: a.only is None or a.only == part  # noqa: E731
+
+    props = torch.cuda.get_device_properties(0)
+    log(a.out, f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {props.name}, {props.multi_processor_count} SMs, "
+               f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
+    copy_tbps = copy_bandwidth(it)
+    log(a.out, f"device-to-device copy: {copy_tbps:.2f} TB/s (read + write)")
+    results, rows = [], []
+
+    common = ["--q-heads", HQ, "--kv-heads", HKV, "--dim", D, "--page", PAGE, "--iters", it, "--warmup", wu]
+    dense_prefill_ms = {}
+    if want("prefill"):
+        for L in prefill_lens:
+            flops = 4 * L * L * D * HQ / 2
+            o = ours(a.bin, a.out, ["--op", "prefill", "--seq", L] + common)
+            c = peer(a.out, f"cuDNN prefill {L}", lambda: sdpa_prefill(SDPBackend.CUDNN_ATTENTION, L, it, wu))
+            f2 = peer(a.out, f"FA2 prefill {L}", lambda: sdpa_prefill(SDPBackend.FLASH_ATTENTION, L, it, wu))
+            om = o.get("median_ms")
+            dense_prefill_ms[L] = om
+            tf = lambda ms: None if ms is None else flops / (ms * 1e-3) / 1e12  # noqa: E731
+            rows.append([f"prefill dense L={L}", om, c and c[0], f2 and f2[0], "TFLOP/s", tf(om), tf(c and c[0]),
+                         tf(f2 and f2[0])])
+            results.append({"case": "prefill_dense", "L": L, "ours": o, "cudnn": c, "fa2": f2})
+    if want("sparse") or want("prefill"):
+        L = sparse_prefill_len
+        o = ours(a.bin, a.out, ["--op", "prefill", "--seq", L, "--streaming-kv-heads", HKV // 2, "--sink", 128,
+                                "--local", 4096] + common)
+        flops = 4 * L * L * D * HQ / 2
+        om = o.get("median_ms")
+        dense = dense_prefill_ms.get(L)
+        rows.append([f"prefill 50% streaming L={L}", om, None, None, "dense-equiv TFLOP/s",
+                     None if om is None else flops / (om * 1e-3) / 1e12, None, None,
+                     f"vs our dense: {fmt(dense and om and dense / om, '.2f')}x"])
+        results.append({"case": "prefill_sparse", "L": L, "ours": o})
+    dense_decode_ms = {}
+    if want("decode"):
+        for B in [1, 16]:
+            for L in decode_lens:
+                kv = 2 * B * HKV * L * D * 2
+                o = ours(a.bin, a.out, ["--op", "decode", "--seq", L, "--batch", B] + common)
+                c = peer(a.out, f"cuDNN decode B={B} L={L}", lambda: sdpa_decode(SDPBackend.CUDNN_ATTENTION, B, L, it, wu))
+                f2 = peer(a.out, f"FA2 decode B={B} L={L}", lambda: sdpa_decode(SDPBackend.FLASH_ATTENTION, B, L, it, wu))
+                om = o.get("median_ms")
+                dense_decode_ms[(B, L)] = om
+                tb = lambda ms: None if ms is None else kv / (ms * 1e-3) / 1e12  # noqa: E731
+                rows.append([f"decode dense B={B} L={L}", om, c and c[0], f2 and f2[0], "TB/s KV", tb(om),
+                             tb(c and c[0]), tb(f2 and f2[0])])
+                results.append({"case": "decode_dense", "B": B, "L": L, "ours": o, "cudnn": c, "fa2": f2})
+    if want("sparse") or want("decode"):
+        L = sparse_decode_len
+        for B in [1, 16]:
+            o = ours(a.bin, a.out, ["--op", "decode", "--seq", L, "--batch", B, "--streaming-kv-heads", HKV // 2,
+                                    "--sink", 128, "--local", 4096, "--budget", 4096, "--select", "gpu"] + common)
+            om = o.get("median_ms")
+            both = o.get("select_decode_median_ms")
+            dense = dense_decode_ms.get((B, L))
+            rows.append([f"decode sparse B={B} L={L} (attention only)", om, None, None, "TB/s KV read",
+                         o.get("tbps"), None, None, f"vs our dense: {fmt(dense and om and dense / om, '.2f')}x"])
+            rows.append([f"decode sparse B={B} L={L} (page_select + attention)", both, None, None, "select ms",
+                         o.get("select_median_ms"), None, None,
+                         f"vs our dense: {fmt(dense and both and dense / both, '.2f')}x"])
+            results.append({"case": "decode_sparse", "B": B, "L": L, "ours": o})
+
+    with open(os.path.join(a.out, "attention_bench.json"), "w") as f:
+        json.dump({"device": props.name, "torch": torch.__version__, "copy_tbps": copy_tbps, "results": results}, f,
+                  indent=1)
+    hdr = ["case", "ours ms", "cuDNN ms", "FA2 ms", "metric", "ours", "cuDNN", "FA2", "ours vs cuDNN", "ours vs FA2"]
+    lines = [" | ".join(hdr), " | ".join("---" for _ in hdr)]
+    for r in rows:
+        case, om, cm, fm, metric, ov, cv, fv = r[:8]
+        extra = r[8] if len(r) > 8 else None
+        ratio_c = fmt(cm / om, ".2f") + "x" if (om and cm) else "-"
+        ratio_f = fmt(fm / om, ".2f") + "x" if (om and fm) else "-"
+        if extra:
+            ratio_c, ratio_f = extra, "-"
+        lines.append(" | ".join([case, fmt(om), fmt(cm), fmt(fm), metric, fmt(ov, ".1f" if "TFLOP" in metric else ".3f"),
+                                 fmt(cv, ".1f" if "TFLOP" in metric else ".3f"),
+                                 fmt(fv, ".1f" if "TFLOP" in metric else ".3f"), ratio_c, ratio_f]))
+    lines.append(f"(copy limit {copy_tbps:.2f} TB/s read+write; ratios are peer time / our time: > 1 means ours is faster)")
+    log(a.out, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+// Paged decode attention (see decode_attention.h for the contract).
+//
+// How it works. A CTA (4 warps) takes one work item: one (sequence, KV head) row and a range of its
+// page list. The group's query heads are the 16 rows of one mma m-tile (rows ≥ group are zero), held
+// as A fragments in registers for the whole CTA, so every K/V byte is read from memory once per
+// group. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline);
+// warp w computes keys 16w .. 16w+15 of each tile with its own online softmax (S = Q·Kᵀ and O += P·V
+// on mma.sync m16n8k16, fp32 accumulators). At the end the 4 warps merge through shared memory;
+// a row with one piece writes bf16 at once, otherwise each piece writes fp32 O/L plus
+// lse = m + log2(L), and the merge kernel combines the pieces of each row.
+#include "kernels/cuda/decode_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cuda/decode_attention.cuh"
+
+namespace sparseserve::kernels::cuda {
+
+namespace {
+
+using attn::bf16;
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kBN = 64;  // key slots per tile (16 per warp)
+constexpr int kStages = 3;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Offsets (int32 units) of the plan blob's parts.
+struct PlanLayout {
+  int32_t work, row_split, rows, total;
+  PlanLayout(int32_t capacity, int32_t max_rows)
+      : work(4), row_split(4 + 4 * capacity), rows(4 + 4 * capacity + 2 * max_rows),
+        total(4 + 4 * capacity + 8 * max_rows) {}
+};
+
+struct DecodeParams {
+  const bf16* q;
+  int64_t q_stride;
+  bf16* o;
+  int64_t o_stride;
+  attn::PoolView pool;
+  const int32_t* indptr;
+  const int32_t* page_ids;
+  const int32_t* page_pos0;
+  const int32_t* page_len;
+  const int32_t* counts;  // {work items, rows}
+  const DecodeWorkItem* work;
+  const int2* row_split;  // {pieces, first partial}
+  const DecodeRow* rows;
+  float* partial_o;    // [slot][group][D]
+  float* partial_lse;  // [slot][group]
+  int32_t group;
+  float scale_log2;  // softmax scale · log2(e)
+};
+
+template <int D>
+struct DecodeSmem {
+  static constexpr int kTileBytes = kBN * D * 2;
+  static constexpr int kPipeBytes = kStages * 2 * kTileBytes;                 // K and V per stage
+  static constexpr int kMergeBytes = kWarps * 16 * D * 4 + 2 * kWarps * 16 * 4;  // O, m, l per warp
+  static constexpr int kQOffset = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
+  static constexpr int kPosOffset = kQOffset + 16 * D * 2;
+  static constexpr int kBytes = kPosOffset + kStages * kBN * 4;
+};
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const DecodeParams p) {
+  using Smem = DecodeSmem<D>;
+  constexpr int kChunks = D / 8;
+  extern __shared__ __align__(128) uint8_t smem[];
+  if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;  // surplus CTA of a capacity grid
+
+  const DecodeWorkItem w = p.work[blockIdx.x];
+  const DecodeRow row = p.rows[w.row];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int G = p.group;
+
+  const int32_t first = p.indptr[w.row];
+  const int32_t n_entries = p.indptr[w.row + 1] - first;
+  const int32_t eb = min(w.page_begin, n_entries), ee = min(w.page_end, n_entries);
+  const int shift = p.pool.page_shift;
+  const attn::RowKeys rk{p.page_ids + first, p.page_pos0 + first, p.page_len + first, ee << shift, ee << shift,
+                         0, nullptr, nullptr, 0};
+  const int32_t u_begin = eb << shift;
+  const int n_tiles = max(0, (rk.end_slot - u_begin + kBN - 1) / kBN);
+
+  const uint32_t pipe = attn::smem_addr(smem);
+  const uint32_t q_tile = attn::smem_addr(smem + Smem::kQOffset);
+  int32_t* pos = reinterpret_cast<int32_t*>(smem + Smem::kPosOffset);
+  const auto k_stage = [&](int s) { return pipe + s * 2 * Smem::kTileBytes; };
+  const auto v_stage = [&](int s) { return pipe + s * 2 * Smem::kTileBytes + Smem::kTileBytes; };
+
+  // Q: rows 0..G-1 = the group's heads, rows G..15 zero.
+  const bf16* q_src = p.q + row.q_row * p.q_stride + static_cast<int64_t>(row.kv_head) * G * D;
+  for (int i = tid; i < 16 * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const bool valid = r < G;
+    attn::cp_async16(q_tile + attn::tile_offset<D>(r, c), valid ? q_src + r * D + c * 8 : p.q, valid);
+  }
+  attn::cp_async_commit();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < n_tiles) {
+      attn::load_kv_tile<D, kBN, kThreads>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN);
+    }
+    attn::cp_async_commit();
+  }
+  attn::cp_async_wait<kStages - 1>();  // the Q group
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    attn::ldmatrix_x4(qf[ks], q_tile + attn::tile_offset<D>((lane & 7) + ((lane >> 3) & 1) * 8, 2 * ks + (lane >> 4)));
+  }
+
+  const attn::MaskParams mp{static_cast<int32_t>(row.mask), row.sink, row.local, 1, 0};
+  const int32_t t = row.q_pos;
+  float o[D / 8][4];
+#pragma unroll
+  for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const int key0 = warp * 16;
+
+  for (int it = 0; it < n_tiles; ++it) {
+    attn::cp_async_wait<kStages - 2>();
+    __syncthreads();  // tile `it` visible to all; everyone is done with the stage refilled next
+    {
+      const int nt = it + kStages - 1;
+      if (nt < n_tiles) {
+        const int st = nt % kStages;
+        attn::load_kv_tile<D, kBN, kThreads>(k_stage(st), v_stage(st), pos + st * kBN, rk, p.pool,
+                                             u_begin + nt * kBN);
+      }
+      attn::cp_async_commit();
+    }
+    const int st = it % kStages;
+    const int32_t* tp = pos + st * kBN + key0;
+    // Keys of this warp that the query may see (lanes 0..15 test one key each).
+    const bool mine = lane < 16 && attn::key_allowed(mp, nullptr, t, tp[lane & 15]);
+    if (__ballot_sync(0xffffffffu, mine) == 0) continue;
+
+    const uint32_t kt = k_stage(st), vt = v_stage(st);
+    float s[2][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      uint32_t b[4];
+      attn::ldmatrix_x4(b, kt + attn::tile_offset<D>(key0 + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)));
+      attn::mma_bf16_16816(s[0], qf[ks], b[0], b[1]);
+      attn::mma_bf16_16816(s[1], qf[ks], b[2], b[3]);
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const bool ok = attn::key_allowed(mp, nullptr, t, tp[8 * j + 2 * (lane & 3) + h]);
+        s[j][h] = ok ? s[j][h] * p.scale_log2 : -INFINITY;
+        s[j][h + 2] = ok ? s[j][h + 2] * p.scale_log2 : -INFINITY;
+      }
+    }
+    attn::online_softmax_step<2, D / 8>(s, m, l, o);
+    const uint32_t a[4] = {attn::pack_bf16x2(s[0][0], s[0][1]), attn::pack_bf16x2(s[0][2], s[0][3]),
+                           attn::pack_bf16x2(s[1][0], s[1][1]), attn::pack_bf16x2(s[1][2], s[1][3])};
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t b[4];
+      attn::ldmatrix_x4_trans(b, vt + attn::tile_offset<D>(key0 + (lane & 7) + (((lane >> 3) & 1) << 3),
+                                                           2 * dp + (lane >> 4)));
+      attn::mma_bf16_16816(o[2 * dp], a, b[0], b[1]);
+      attn::mma_bf16_16816(o[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+  attn::cp_async_wait<0>();
+  __syncthreads();  // the pipeline buffers become the merge buffers
+
+  // Merge the 4 warps: red_o [warp][16][D] (unnormalised), red_m / red_l [warp][16].
+  float* red_o = reinterpret_cast<float*>(smem);
+  float* red_m = red_o + kWarps * 16 * D;
+  float* red_l = red_m + kWarps * 16;
+  const int g = lane >> 2, c2 = 2 * (lane & 3);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    *reinterpret_cast<float2*>(red_o + (warp * 16 + g) * D + 8 * j + c2) = make_float2(o[j][0], o[j][1]);
+    *reinterpret_cast<float2*>(red_o + (warp * 16 + g + 8) * D + 8 * j + c2) = make_float2(o[j][2], o[j][3]);
+  }
+  if ((lane & 3) == 0) {
+    red_m[warp * 16 + g] = m[0];
+    red_m[warp * 16 + g + 8] = m[1];
+    red_l[warp * 16 + g] = l[0];
+    red_l[warp * 16 + g + 8] = l[1];
+  }
+  __syncthreads();
+
+  for (int idx = tid; idx < G * kChunks; idx += kThreads) {
+    const int h = idx / kChunks, c = idx % kChunks;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, red_m[v * 16 + h]);
+    const float base = mx == -INFINITY ? 0.0f : mx;
+    float sum = 0.0f, acc[8] = {};
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) {
+      const float f = attn::fast_exp2(red_m[v * 16 + h] - base);
+      sum += f * red_l[v * 16 + h];
+      const float* src = red_o + (v * 16 + h) * D + 8 * c;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[e] += f * src[e];
+    }
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] *= inv;
+    if (w.partial < 0) {
+      bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + h) * D + 8 * c;
+      *reinterpret_cast<uint4*>(dst) = float_to_bf16x8(acc);
+    } else {
+      float* dst = p.partial_o + (static_cast<int64_t>(w.partial) * G + h) * D + 8 * c;
+      reinterpret_cast<float4*>(dst)[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+      reinterpret_cast<float4*>(dst)[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+      if (c == 0) p.partial_lse[w.partial * G + h] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
+    }
+  }
+}
+
+// Combines the pieces of each split row: O = Σ 2^(lse_i − M) O_i / Σ 2^(lse_i − M). One CTA per row.
+__global__ void __launch_bounds__(kThreads) decode_attention_merge_kernel(const DecodeParams p, int D) {
+  const int r = blockIdx.x;
+  if (r >= p.counts[1]) return;
+  const int2 sp = p.row_split[r];
+  if (sp.x <= 1) return;
+  const DecodeRow row = p.rows[r];
+  const int G = p.group, chunks = D / 8;
+  for (int idx = threadIdx.x; idx < G * chunks; idx += blockDim.x) {
+    const int h = idx / chunks, c = idx % chunks;
+    float mx = -INFINITY;
+    for (int s = 0; s < sp.x; ++s) mx = fmaxf(mx, p.partial_lse[(sp.y + s) * G + h]);
+    const float base = mx == -INFINITY ? 0.0f : mx;
+    float sum = 0.0f, acc[8] = {};
+    for (int s = 0; s < sp.x; ++s) {
+      const float wgt = attn::fast_exp2(p.partial_lse[(sp.y + s) * G + h] - base);
+      sum += wgt;
+      const float4* src = reinterpret_cast<const float4*>(p.partial_o + (static_cast<int64_t>(sp.y + s) * G + h) * D + 8 * c);
+      const float4 x = src[0], y = src[1];
+      acc[0] += wgt * x.x;
+      acc[1] += wgt * x.y;
+      acc[2] += wgt * x.z;
+      acc[3] += wgt * x.w;
+      acc[4] += wgt * y.x;
+      acc[5] += wgt * y.y;
+      acc[6] += wgt * y.z;
+      acc[7] += wgt * y.w;
+    }
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] *= inv;
+    bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + h) * D + 8 * c;
+    *reinterpret_cast<uint4*>(dst) = float_to_bf16x8(acc);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) decode_fill_block_positions_kernel(const int32_t* indptr, const int32_t* blocks,
+                                                                          const int32_t* seq_lens, int32_t page_tokens,
+                                                                          int32_t* page_pos0, int32_t* page_len) {
+  const int r = blockIdx.x;
+  const int32_t len = seq_lens[r];
+  for (int32_t e = indptr[r] + threadIdx.x; e < indptr[r + 1]; e += blockDim.x) {
+    const int32_t p0 = blocks[e] * page_tokens;
+    page_pos0[e] = p0;
+    page_len[e] = min(page_tokens, len - p0);
+  }
+}
+
+template <int D>
+void* decode_kernel() {
+  return reinterpret_cast<void*>(&decode_attention_paged_kernel<D>);
+}
+
+int log2_exact(int32_t x) {
+  int s = 0;
+  while ((1 << s) < x) ++s;
+  return s;
+}
+
+}  // namespace
+
+DecodeSplit plan_decode_split(std::span<const int32_t> row_pages, int32_t page_tokens, int32_t target_ctas,
+                              int32_t max_work, int32_t min_chunk_tokens) {
+  const auto rows = static_cast<int32_t>(row_pages.size());
+  check(page_tokens > 0 && target_ctas > 0, "plan_decode_split: page_tokens and target_ctas must be positive");
+  check(max_work >= rows, "plan_decode_split: max_work below the row count");
+  int32_t longest = 1;
+  for (const int32_t n : row_pages) {
+    check(n >= 0, "plan_decode_split: negative page count");
+    longest = std::max(longest, n);
+  }
+  const int64_t min_chunk = std::max<int64_t>(1, (int64_t{min_chunk_tokens} + page_tokens - 1) / page_tokens);
+  const auto pieces_of = [](int32_t n, int64_t c) { return std::max<int64_t>(1, (n + c - 1) / c); };
+  const auto count = [&](int64_t c) {
+    int64_t k = 0;
+    for (const int32_t n : row_pages) k += pieces_of(n, c);
+    return k;
+  };
+  // The smallest chunk (≥ min_chunk) whose pieces fit in one wave of target_ctas (the count falls as
+  // the chunk grows), so no second, half-empty wave; rows ≥ target_ctas are not split at all.
+  int64_t chunk = longest;
+  if (rows < target_ctas && min_chunk < longest) {
+    int64_t lo = min_chunk, hi = longest;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (count(mid) <= target_ctas) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    chunk = lo;
+  }
+  while (count(chunk) > max_work && chunk < longest) chunk = std::min<int64_t>(chunk * 2, longest);
+
+  DecodeSplit split;
+  split.chunk_pages = static_cast<int32_t>(chunk);
+  split.row_splits.resize(static_cast<size_t>(rows));
+  split.row_partial0.assign(static_cast<size_t>(rows), -1);
+  for (int32_t r = 0; r < rows; ++r) {
+    const auto pieces = static_cast<int32_t>(pieces_of(row_pages[static_cast<size_t>(r)], chunk));
+    split.row_splits[static_cast<size_t>(r)] = pieces;
+    if (pieces > 1) split.row_partial0[static_cast<size_t>(r)] = split.num_partials;
+    for (int32_t s = 0; s < pieces; ++s) {
+      DecodeWorkItem w;
+      w.row = r;
+      w.page_begin = static_cast<int32_t>(s * chunk);
+      // The last piece takes everything after its start: row_pages may be only a hint.
+      w.page_end = s + 1 == pieces ? INT32_MAX : static_cast<int32_t>((s + 1) * chunk);
+      w.partial = pieces > 1 ? split.num_partials + s : -1;
+      split.work.push_back(w);
+    }
+    if (pieces > 1) split.num_partials += pieces;
+  }
+  return split;
+}
+
+void fill_block_positions(const int32_t* indptr, const int32_t* blocks, const int32_t* seq_lens, int32_t rows,
+                          int32_t page_tokens, int32_t* page_pos0, int32_t* page_len, cudaStream_t stream,
+                          std::source_location loc) {
+  check(rows >= 0 && page_tokens > 0, "fill_block_positions: bad rows or page_tokens", loc);
+  if (rows == 0) return;
+  check(indptr != nullptr && blocks != nullptr && seq_lens != nullptr && page_pos0 != nullptr && page_len != nullptr,
+        "fill_block_positions: null array", loc);
+  decode_fill_block_positions_kernel<<<rows, kThreads, 0, stream>>>(indptr, blocks, seq_lens, page_tokens, page_pos0,
+                                                                    page_len);
+  CUDA_CHECK_LAUNCH();
+}
+
+DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_location loc) : config_(config) {
+  check(config.head_dim == 64 || config.head_dim == 128, "DecodeAttention: head_dim must be 64 or 128", loc);
+  check(config.group >= 1 && config.group <= 16, "DecodeAttention: group must be 1..16", loc);
+  const int32_t P = config.page_tokens;
+  check(P == 16 || P == 32 || P == 64 || P == 128, "DecodeAttention: page_tokens must be 16, 32, 64 or 128", loc);
+  check(config.max_rows >= 1, "DecodeAttention: max_rows must be positive", loc);
+  check(config.min_chunk_tokens >= 1, "DecodeAttention: min_chunk_tokens must be positive", loc);
+
+  int dev = 0, sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int smem = config.head_dim == 64 ? DecodeSmem<64>::kBytes : DecodeSmem<128>::kBytes;
+  const void* kernel = config.head_dim == 64 ? decode_kernel<64>() : decode_kernel<128>();
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+  check(per_sm >= 1, "DecodeAttention: the kernel does not fit on this device", loc);
+  target_ctas_ = config.target_ctas > 0 ? config.target_ctas : sms * per_sm;
+  work_capacity_ = config.max_rows + target_ctas_;
+
+  const PlanLayout layout(work_capacity_, config.max_rows);
+  plan_dev_ = DeviceBuffer<int32_t>(static_cast<size_t>(layout.total), loc);
+  CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&plan_host_), sizeof(int32_t) * static_cast<size_t>(layout.total)));
+  std::memset(plan_host_, 0, sizeof(int32_t) * static_cast<size_t>(layout.total));
+  CUDA_CHECK(cudaEventCreateWithFlags(&plan_uploaded_, cudaEventDisableTiming));
+  const auto slots = static_cast<size_t>(work_capacity_) * static_cast<size_t>(config.group);
+  partial_o_ = DeviceBuffer<float>(slots * static_cast<size_t>(config.head_dim), loc);
+  partial_lse_ = DeviceBuffer<float>(slots, loc);
+  // Counts start at zero, so a run before the first plan's upload does nothing.
+  CUDA_CHECK(cudaMemset(plan_dev_.data(), 0, plan_dev_.bytes()));
+}
+
+DecodeAttention::~DecodeAttention() {
+  if (plan_uploaded_ != nullptr) {
+    (void)cudaEventSynchronize(plan_uploaded_);
+    (void)cudaEventDestroy(plan_uploaded_);
+  }
+  if (plan_host_ != nullptr) (void)cudaFreeHost(plan_host_);
+}
+
+void DecodeAttention::plan(std::span<const DecodeRow> rows, std::span<const int32_t> row_pages, cudaStream_t stream,
+                           std::source_location loc) {
+  const auto n_rows = static_cast<int32_t>(rows.size());
+  check(n_rows <= config_.max_rows, "DecodeAttention::plan: more rows than config.max_rows", loc);
+  check(row_pages.size() == rows.size(), "DecodeAttention::plan: row_pages must have one entry per row", loc);
+  for (const DecodeRow& r : rows) {
+    check(r.q_row >= 0 && r.kv_head >= 0 && r.q_pos >= 0, "DecodeAttention::plan: negative row field", loc);
+    check(r.mask == MaskKind::kCausal || r.mask == MaskKind::kBand,
+          "DecodeAttention::plan: decode rows take kCausal or kBand masks", loc);
+    check(r.mask != MaskKind::kBand || (r.sink >= 0 && r.local >= 0),
+          "DecodeAttention::plan: band sink/local must be ≥ 0", loc);
+  }
+  split_ = plan_decode_split(row_pages, config_.page_tokens, target_ctas_, work_capacity_, config_.min_chunk_tokens);
+
+  // The previous upload must have left the staging buffer before it is rewritten.
+  CUDA_CHECK(cudaEventSynchronize(plan_uploaded_));
+  const PlanLayout layout(work_capacity_, config_.max_rows);
+  const auto n_work = static_cast<int32_t>(split_.work.size());
+  plan_host_[0] = n_work;
+  plan_host_[1] = n_rows;
+  std::memcpy(plan_host_ + layout.work, split_.work.data(), sizeof(DecodeWorkItem) * split_.work.size());
+  for (int32_t r = 0; r < n_rows; ++r) {
+    plan_host_[layout.row_split + 2 * r] = split_.row_splits[static_cast<size_t>(r)];
+    plan_host_[layout.row_split + 2 * r + 1] = split_.row_partial0[static_cast<size_t>(r)];
+  }
+  std::memcpy(plan_host_ + layout.rows, rows.data(), sizeof(DecodeRow) * rows.size());
+  int32_t* dev = plan_dev_.data();
+  CUDA_CHECK(cudaMemcpyAsync(dev, plan_host_, sizeof(int32_t) * static_cast<size_t>(layout.work + 4 * n_work),
+                             cudaMemcpyHostToDevice, stream));
+  if (n_rows > 0) {
+    CUDA_CHECK(cudaMemcpyAsync(dev + layout.row_split, plan_host_ + layout.row_split,
+                               sizeof(int32_t) * 2 * static_cast<size_t>(n_rows), cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(dev + layout.rows, plan_host_ + layout.rows, sizeof(DecodeRow) * rows.size(),
+                               cudaMemcpyHostToDevice, stream));
+  }
+  CUDA_CHECK(cudaEventRecord(plan_uploaded_, stream));
+  planned_rows_ = n_rows;
+}
+
+void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::source_location loc) const {
+  check(planned_rows_ >= 0, "DecodeAttention::run: plan() was not called", loc);
+  const int32_t D = config_.head_dim;
+  check(args.kv.head_dim == D, "DecodeAttention::run: kv.head_dim differs from config.head_dim", loc);
+  check(args.kv.page_tokens == config_.page_tokens, "DecodeAttention::run: kv.page_tokens differs from the config",
+        loc);
+  check(args.q != nullptr && args.o != nullptr && args.kv.k != nullptr && args.kv.v != nullptr,
+        "DecodeAttention::run: null q, o or pool", loc);
+  check(is_aligned16(args.q) && is_aligned16(args.o) && is_aligned16(args.kv.k) && is_aligned16(args.kv.v),
+        "DecodeAttention::run: q, o, k and v must be 16-byte aligned", loc);
+  check(args.q_stride % 8 == 0 && args.o_stride % 8 == 0 && args.q_stride > 0 && args.o_stride > 0,
+        "DecodeAttention::run: q_stride and o_stride must be positive multiples of 8 elements", loc);
+  check(planned_rows_ == 0 || (args.pages.indptr != nullptr && args.pages.page_ids != nullptr &&
+                               args.pages.page_pos0 != nullptr && args.pages.page_len != nullptr),
+        "DecodeAttention::run: null page list", loc);
+  check(std::isfinite(args.scale) && args.scale > 0.0f, "DecodeAttention::run: scale must be positive", loc);
+
+  const PlanLayout layout(work_capacity_, config_.max_rows);
+  const int32_t* blob = plan_dev_.data();
+  DecodeParams p;
+  p.q = args.q;
+  p.q_stride = args.q_stride;
+  p.o = args.o;
+  p.o_stride = args.o_stride;
+  p.pool = {args.kv.k, args.kv.v, log2_exact(config_.page_tokens)};
+  p.indptr = args.pages.indptr;
+  p.page_ids = args.pages.page_ids;
+  p.page_pos0 = args.pages.page_pos0;
+  p.page_len = args.pages.page_len;
+  p.counts = blob;
+  p.work = reinterpret_cast<const DecodeWorkItem*>(blob + layout.work);
+  p.row_split = reinterpret_cast<const int2*>(blob + layout.row_split);
+  p.rows = reinterpret_cast<const DecodeRow*>(blob + layout.rows);
+  p.partial_o = const_cast<float*>(partial_o_.data());
+  p.partial_lse = const_cast<float*>(partial_lse_.data());
+  p.group = config_.group;
+  p.scale_log2 = args.scale * kLog2e;
+
+  const int grid = config_.cuda_graph ? work_capacity_ : static_cast<int>(split_.work.size());
+  if (grid == 0) return;
+  if (D == 64) {
+    decode_attention_paged_kernel<64><<<grid, kThreads, DecodeSmem<64>::kBytes, stream>>>(p);
+  } else {
+    decode_attention_paged_kernel<128><<<grid, kThreads, DecodeSmem<128>::kBytes, stream>>>(p);
+  }
+  CUDA_CHECK_LAUNCH();
+  if (config_.cuda_graph || split_.num_partials > 0) {
+    const int rows = config_.cuda_graph ? config_.max_rows : planned_rows_;
+    decode_attention_merge_kernel<<<rows, kThreads, 0, stream>>>(p, D);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace sparseserve::kernels::cuda

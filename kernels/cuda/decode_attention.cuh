@@ -1,0 +1,222 @@
+// Device building blocks of the paged attention kernels (decode_attention.cu, prefill_attention.cu):
+// cp.async / ldmatrix / mma.sync m16n8k16 bf16 wrappers, the swizzled shared-memory tile layout,
+// the key slot space of a row, and the mask predicate (the CPU twin's rule, DESIGN.md §5).
+// Device code: include from .cu files only.
+#pragma once
+
+#ifndef __CUDACC__
+#error "decode_attention.cuh holds device code: include it from .cu files only"
+#endif
+
+#include <cuda_bf16.h>
+
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/decode_attention.h"
+
+namespace sparseserve::kernels::cuda::attn {
+
+using bf16 = __nv_bfloat16;
+
+// Position stored for a slot that holds no key; it fails j ≤ t for every query, so it is masked.
+constexpr int32_t kNoKey = INT_MAX;
+
+// ---- async copies, ldmatrix, mma ----------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global → shared copy; when !valid, writes 16 zero bytes and reads nothing (src must still
+// be a mapped address).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// d += a · b for one m16n8k16 tile, bf16 inputs, fp32 accumulators (PTX fragment layouts: a row g =
+// lane/4 and g+8, columns 2·(lane%4)+{0,1} and +8; b column lane/4, rows 2·(lane%4)+{0,1} and +8;
+// d rows g, g+8, columns 2·(lane%4)+{0,1}).
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats → bf16x2 register (lo in the low half), round to nearest even.
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// 2^x on the special function unit; 2^-inf = +0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// ---- tiles in shared memory ---------------------------------------------------------------------
+
+// A [rows][D] bf16 tile is stored as 16-byte chunks; chunk c of row r lives at chunk index
+// r*(D/8) + (c ^ (r & 7)). The XOR spreads the 8 rows an ldmatrix reads at one logical chunk over
+// 8 distinct 16-byte bank groups (D/8 ≥ 8 for D = 64, 128), so ldmatrix and cp.async are
+// conflict-free.
+template <int D>
+__device__ __forceinline__ uint32_t tile_offset(int row, int chunk) {
+  return static_cast<uint32_t>((row * (D / 8) + (chunk ^ (row & 7))) * 16);
+}
+
+// ---- the keys of one row --------------------------------------------------------------------------
+
+// A row's keys as slots: slot u < page_slots is slot u % P of list entry u / P; slots page_slots ..
+// end_slot-1 are the contiguous "new" keys (prefill: the chunk's own K/V, row i at k_new + i*stride,
+// position new_pos0 + i), later than every page key.
+struct RowKeys {
+  const int32_t* page_ids;   // the row's first list entry
+  const int32_t* page_pos0;
+  const int32_t* page_len;
+  int32_t page_slots;        // entries × P
+  int32_t end_slot;          // page_slots + new keys
+  int32_t new_pos0;
+  const bf16* k_new;         // already at the row's first new key and KV head
+  const bf16* v_new;
+  int64_t new_stride;        // elements between consecutive new keys
+};
+
+struct PoolView {
+  const bf16* k;
+  const bf16* v;
+  int32_t page_shift;  // log2(P)
+};
+
+// Where slot u's K/V rows are and the key's position; kNoKey (and the pool base as a harmless address
+// for the zero-filling copy) when the slot holds no key.
+template <int D>
+__device__ __forceinline__ int32_t locate_slot(const RowKeys& rk, const PoolView& pool, int32_t u, const bf16*& kp,
+                                               const bf16*& vp) {
+  kp = pool.k;
+  vp = pool.v;
+  if (u >= rk.end_slot) return kNoKey;
+  if (u < rk.page_slots) {
+    const int32_t e = u >> pool.page_shift, off = u & ((1 << pool.page_shift) - 1);
+    if (off >= __ldg(rk.page_len + e)) return kNoKey;
+    const int64_t prow = (static_cast<int64_t>(__ldg(rk.page_ids + e)) << pool.page_shift) + off;
+    kp = pool.k + prow * D;
+    vp = pool.v + prow * D;
+    return __ldg(rk.page_pos0 + e) + off;
+  }
+  const int64_t i = u - rk.page_slots;
+  kp = rk.k_new + i * rk.new_stride;
+  vp = rk.v_new + i * rk.new_stride;
+  return rk.new_pos0 + static_cast<int32_t>(i);
+}
+
+// Issues the cp.async copies of slots u0 .. u0+BN-1 into a K tile and a V tile ([BN][D], swizzled)
+// and writes each slot's key position (kNoKey for empty slots, whose K/V rows are zero-filled) to
+// pos[0..BN). All kThreads threads take part; the caller commits the group.
+template <int D, int BN, int kThreads>
+__device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const RowKeys& rk,
+                                             const PoolView& pool, int32_t u0) {
+  constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks, kPasses = BN / kRowsPerPass;
+  static_assert(kThreads % kChunks == 0 && BN % kRowsPerPass == 0);
+  const int c = threadIdx.x % kChunks, r0 = threadIdx.x / kChunks;
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int s = r0 + i * kRowsPerPass;
+    const bf16* kp;
+    const bf16* vp;
+    const int32_t p = locate_slot<D>(rk, pool, u0 + s, kp, vp);
+    const bool valid = p != kNoKey;
+    const uint32_t off = tile_offset<D>(s, c);
+    cp_async16(k_tile + off, valid ? kp + c * 8 : kp, valid);
+    cp_async16(v_tile + off, valid ? vp + c * 8 : vp, valid);
+    if (c == 0) pos[s] = p;
+  }
+}
+
+// ---- masks ----------------------------------------------------------------------------------------
+
+// Per-row mask parameters (kBlocks: `block_row` is the allowed row of the query's block).
+struct MaskParams {
+  int32_t kind;  // MaskKind
+  int32_t sink, local;
+  int32_t block_tokens, n_kblocks;
+};
+
+// DESIGN.md §5 for one (query t, key j) pair; j = kNoKey (an empty slot) always fails.
+__device__ __forceinline__ bool key_allowed(const MaskParams& m, const uint8_t* block_row, int32_t t, int32_t j) {
+  if (j > t) return false;
+  if (m.kind == static_cast<int32_t>(MaskKind::kBand)) return j < m.sink || t - j < m.local;
+  if (m.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
+    const int32_t kb = j / m.block_tokens;
+    return kb < m.n_kblocks && block_row[kb] != 0;
+  }
+  return true;
+}
+
+// ---- online softmax -------------------------------------------------------------------------------
+
+// One online-softmax step for a warp's 16 query rows (this thread: rows lane/4 and lane/4 + 8) over
+// NB blocks of 8 keys in mma accumulator layout. s: scores already scaled to the log2 domain
+// (−inf = masked). On return s holds exp2(s − m_new) (the probabilities to multiply with V), the
+// running maxima m are updated, and the thread-partial row sums l and the output accumulators o are
+// rescaled by exp2(m_old − m_new). Rows with no key so far keep m = −inf, l = 0, o = 0.
+template <int NB, int DB>
+__device__ __forceinline__ void online_softmax_step(float (&s)[NB][4], float (&m)[2], float (&l)[2],
+                                                    float (&o)[DB][4]) {
+  float mx[2] = {m[0], m[1]};
+#pragma unroll
+  for (int j = 0; j < NB; ++j) {
+    mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
+  }
+  float base[2], alpha[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    base[r] = mx[r] == -INFINITY ? 0.0f : mx[r];
+    alpha[r] = fast_exp2(m[r] - base[r]);
+    m[r] = mx[r];
+  }
+#pragma unroll
+  for (int j = 0; j < NB; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j][e] = fast_exp2(s[j][e] - base[e >> 1]);
+      sum[e >> 1] += s[j][e];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + sum[r];
+#pragma unroll
+  for (int d = 0; d < DB; ++d) {
+    o[d][0] *= alpha[0];
+    o[d][1] *= alpha[0];
+    o[d][2] *= alpha[1];
+    o[d][3] *= alpha[1];
+  }
+}
+
+}  // namespace sparseserve::kernels::cuda::attn

@@ -1,0 +1,172 @@
+// Paged decode attention on the GPU (DESIGN.md §5, §8): one query token per (sequence, KV head)
+// row, all query heads of the row's GQA group at once, keys from a CSR list of pages, split-KV over
+// CTAs with a log-sum-exp merge. CPU twin: kernels/cpu/span_attention.h (attend_spans).
+//
+// This header also holds the types both attention families share (the page pool, the CSR key page
+// list, the mask kinds); prefill_attention.h includes it. Host code only: no device code here.
+//
+// How a call goes (flashinfer's plan/run):
+//   DecodeAttention attn(config);                 // once: workspace sized for config.max_rows
+//   attn.plan(rows, row_pages, stream);           // per step, on the host: work split, one upload
+//   attn.run(args, stream);                       // no allocation, no host sync: graph-capturable
+// With config.cuda_graph the run launches fixed grids (the capacity), so a graph captured once stays
+// valid for every later plan; only the device buffers it reads change.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <source_location>
+#include <span>
+#include <vector>
+
+#include "kernels/cuda/cuda_check.h"
+
+namespace sparseserve::kernels::cuda {
+
+// ---- Shared by decode and prefill -------------------------------------------------------------
+
+// The K/V page pool (kvcache/README.md): one page = page_tokens tokens of one (layer, KV head) lane.
+// k: [num_pages][page_tokens][head_dim] bf16 row-major, v likewise; both 16-byte aligned.
+struct PagedKvPool {
+  const __nv_bfloat16* k = nullptr;
+  const __nv_bfloat16* v = nullptr;
+  int64_t num_pages = 0;    // for host checks only
+  int32_t page_tokens = 0;  // P: 16, 32, 64 or 128
+  int32_t head_dim = 0;     // D: 64 or 128
+};
+
+// Keys of each row as a CSR list of pages (device arrays, int32). Row r's pages are list entries
+// indptr[r] .. indptr[r+1]-1; entry i is pool page page_ids[i], whose slots 0 .. page_len[i]-1 hold
+// the keys at positions page_pos0[i] .. page_pos0[i] + page_len[i] - 1 (slots past page_len are
+// never read). Contract (all kvcache tables satisfy it): 1 ≤ page_len ≤ P, and a row's entries are
+// in ascending position order without overlap (page_pos0[i+1] ≥ page_pos0[i] + page_len[i]).
+// This one format covers retrieval rows (all blocks in order), selected pages (ascending subset) and
+// streaming rows (sink pages, then ring pages oldest first: positions are given, so a wrapped ring
+// needs no special code).
+struct KeyPageList {
+  const int32_t* indptr = nullptr;     // [rows + 1]
+  const int32_t* page_ids = nullptr;   // [indptr[rows]]
+  const int32_t* page_pos0 = nullptr;  // [indptr[rows]]
+  const int32_t* page_len = nullptr;   // [indptr[rows]]
+};
+
+// Which keys j a query at position t sees (DESIGN.md §5; kernels/cpu/span_attention.h AttentionMask).
+// Every kind also requires j ≤ t.
+enum class MaskKind : int32_t {
+  kCausal = 0,  // all j ≤ t
+  kBand = 1,    // streaming Λ: j < sink or t − j < local (token-exact at both edges)
+  kBlocks = 2,  // block mask rows (prefill only): allowed[t / B][j / B]
+};
+
+// ---- Decode ----------------------------------------------------------------------------------
+
+// One (sequence, KV head) row of a decode call (host struct, uploaded by plan).
+struct DecodeRow {
+  int32_t q_row = 0;    // token row of the query in q / o
+  int32_t kv_head = 0;  // query heads kv_head*group .. kv_head*group + group - 1 read this row's keys
+  int32_t q_pos = 0;    // query position t
+  MaskKind mask = MaskKind::kCausal;  // kCausal or kBand
+  int32_t sink = 0;     // kBand only
+  int32_t local = 0;    // kBand only
+};
+static_assert(sizeof(DecodeRow) == 24);
+
+struct DecodeArgs {
+  // q: bf16, token row i, query head h at q + i*q_stride + h*D; o likewise with o_stride (bf16).
+  const __nv_bfloat16* q = nullptr;
+  int64_t q_stride = 0;  // elements, multiple of 8
+  __nv_bfloat16* o = nullptr;
+  int64_t o_stride = 0;  // elements, multiple of 8
+  PagedKvPool kv;
+  KeyPageList pages;  // one row per DecodeRow of the plan, same order
+  float scale = 0.0f;  // softmax scale (usually 1/√D)
+};
+
+// A piece of work: row `row`, its list entries [page_begin, page_end) (relative to the row's first
+// entry, clipped at run time to the row's actual count). partial ≥ 0: the CTA writes an fp32
+// partial result to slot `partial` for the merge; −1: the row has one piece, written as bf16.
+struct DecodeWorkItem {
+  int32_t row = 0;
+  int32_t page_begin = 0;
+  int32_t page_end = 0;
+  int32_t partial = -1;
+};
+static_assert(sizeof(DecodeWorkItem) == 16);
+
+// The host-side work split.
+struct DecodeSplit {
+  int32_t chunk_pages = 0;              // pages per piece (the last piece of a row takes the rest)
+  std::vector<DecodeWorkItem> work;     // in row order
+  std::vector<int32_t> row_splits;      // [rows]: pieces of each row (≥ 1)
+  std::vector<int32_t> row_partial0;    // [rows]: first partial slot of rows with > 1 piece, else −1
+  int32_t num_partials = 0;
+};
+
+// Splits rows into pieces of chunk_pages pages: the smallest chunk (≥ min_chunk_tokens / page_tokens
+// pages) whose pieces fit in target_ctas (one wave), no split when rows ≥ target_ctas; never more
+// than max_work pieces, always at least one per row.
+// row_pages[r]: the row's page count, or an upper bound when the list is built on the device (the
+// last piece of each row covers everything after its start, so a wrong hint costs balance, not
+// keys). Pure host function.
+DecodeSplit plan_decode_split(std::span<const int32_t> row_pages, int32_t page_tokens, int32_t target_ctas,
+                              int32_t max_work, int32_t min_chunk_tokens);
+
+// Positions of page lists given as block indices (page_select.h's selected_blocks): for each row
+// r < rows and list entry e in indptr[r] .. indptr[r+1]: page_pos0[e] = blocks[e] · P and
+// page_len[e] = min(P, seq_lens[r] − blocks[e] · P). Device arrays; one launch (one CTA per row),
+// no host sync: capturable in the same graph as page_select and DecodeAttention::run.
+void fill_block_positions(const int32_t* indptr, const int32_t* blocks, const int32_t* seq_lens, int32_t rows,
+                          int32_t page_tokens, int32_t* page_pos0, int32_t* page_len, cudaStream_t stream = nullptr,
+                          std::source_location loc = std::source_location::current());
+
+struct DecodeConfig {
+  int32_t head_dim = 128;       // 64 or 128
+  int32_t group = 1;            // query heads per KV head, 1..16
+  int32_t page_tokens = 64;     // 16, 32, 64 or 128
+  int32_t max_rows = 0;         // rows per call at most (sizes the workspace)
+  bool cuda_graph = false;      // launch capacity-sized grids (surplus CTAs exit at once)
+  int32_t min_chunk_tokens = 256;  // smallest piece (tests lower it to exercise the merge)
+  int32_t target_ctas = 0;      // pieces to aim for; 0: SMs × resident CTAs per SM
+};
+
+class DecodeAttention {
+ public:
+  explicit DecodeAttention(const DecodeConfig& config,
+                           std::source_location loc = std::source_location::current());
+  ~DecodeAttention();
+  DecodeAttention(const DecodeAttention&) = delete;
+  DecodeAttention& operator=(const DecodeAttention&) = delete;
+
+  // Computes the work split for rows (host) and uploads rows + split on `stream`. row_pages: see
+  // plan_decode_split. Waits (host) only for the previous plan's upload to have left the staging
+  // buffer. Not capturable; call it before replaying a graph that contains run().
+  void plan(std::span<const DecodeRow> rows, std::span<const int32_t> row_pages, cudaStream_t stream = nullptr,
+            std::source_location loc = std::source_location::current());
+
+  // Attention for the planned rows: o rows of the planned (q_row, heads) are written, nothing else.
+  // Capturable; allocates nothing; does not synchronise.
+  void run(const DecodeArgs& args, cudaStream_t stream = nullptr,
+           std::source_location loc = std::source_location::current()) const;
+
+  const DecodeSplit& split() const { return split_; }
+  int32_t work_capacity() const { return work_capacity_; }
+  const DecodeConfig& config() const { return config_; }
+
+ private:
+  DecodeConfig config_;
+  int32_t target_ctas_ = 0;
+  int32_t work_capacity_ = 0;
+  // Device plan blob (int32): [0..4) counts {work items, rows}; work [capacity][4];
+  // row_split [max_rows][2] {pieces, first partial}; rows [max_rows][6].
+  DeviceBuffer<int32_t> plan_dev_;
+  int32_t* plan_host_ = nullptr;  // pinned staging copy of the blob
+  cudaEvent_t plan_uploaded_ = nullptr;
+  DeviceBuffer<float> partial_o_;    // [capacity][group][D]
+  DeviceBuffer<float> partial_lse_;  // [capacity][group], log2 domain
+  DecodeSplit split_;
+  int32_t planned_rows_ = -1;
+};
+
+}  // namespace sparseserve::kernels::cuda

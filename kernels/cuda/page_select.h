@@ -1,0 +1,84 @@
+// Query-aware page selection for decode (Quest scores + top pages), CUDA; twin:
+// kernels/cpu/page_select.h (quest_bound, page_score, select_pages); semantics: DESIGN.md §5.3.
+//
+// A batch row is one (sequence, KV head) lane of one layer. For row r:
+//   - its query heads (bf16, after RoPE): head g < group at q + q_offset[r] + g * head_dim;
+//   - its pages, CSR: page_indptr[r] .. page_indptr[r+1] lists the physical page of each logical block
+//     b = 0 .. ceil(seq_lens[r] / P) - 1, in block order (exactly that many entries);
+//   - the pool's sub-page bounds kmin/kmax: [num_pages][P / LP][head_dim] fp32 (kv_append.h); block b
+//     holds min(P, seq_len - b·P) tokens, so its first ceil(tokens / LP) sub-pages are valid.
+// Outputs:
+//   - scores[page_indptr[r] + b]: Quest score of block b = max over valid sub-pages and over the group's
+//     query heads of Σ_d max(q_d·kmax_d, q_d·kmin_d) (fp32; summation order differs from the CPU);
+//   - the selection, CSR: selected_indptr (from plan_selected_indptr, uploaded) and, for
+//     j < selected_indptr[r+1] - selected_indptr[r], selected_pages[selected_indptr[r] + j] (physical
+//     page) and selected_blocks[...] (block index, optional), in ascending block order: the blocks
+//     holding positions < sink_tokens and the newest block, then the top-scoring other blocks (ties to
+//     the lower block) while the selected tokens stay ≤ token_budget.
+// Plan, then run: the number of pages selected depends only on seq_len (every block but the newest
+// is full), so the host sizes the CSR output before the launch and the run is CUDA graph safe.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <source_location>
+#include <span>
+#include <vector>
+
+namespace sparseserve::kernels::cuda {
+
+// Selection geometry shared by the host plan and the kernels.
+struct PageSelectConfig {
+  int32_t page_tokens = 0;          // P
+  int32_t logical_page_tokens = 0;  // LP, divides P
+  int64_t sink_tokens = 0;
+  int64_t token_budget = 0;
+};
+
+// Pages select_pages keeps for a sequence of seq_len tokens (the CPU twin's result size).
+__host__ __device__ inline int32_t selected_page_count(int64_t seq_len, const PageSelectConfig& c) {
+  const int64_t P = c.page_tokens;
+  const int64_t n = (seq_len + P - 1) / P;
+  if (n <= 0) return 0;
+  const int64_t sink_blocks = (c.sink_tokens + P - 1) / P < n ? (c.sink_tokens + P - 1) / P : n;
+  const bool newest_extra = sink_blocks < n;
+  int64_t kept_tokens = sink_blocks * P < seq_len ? sink_blocks * P : seq_len;
+  if (newest_extra) kept_tokens += seq_len - (n - 1) * P;
+  const int64_t rest = newest_extra ? n - 1 - sink_blocks : 0;
+  const int64_t room = c.token_budget - kept_tokens;
+  const int64_t take = room > 0 ? (room / P < rest ? room / P : rest) : 0;
+  return static_cast<int32_t>(sink_blocks + (newest_extra ? 1 : 0) + take);
+}
+
+// selected_indptr for rows with these sequence lengths: [rows + 1], starting at 0.
+std::vector<int32_t> plan_selected_indptr(std::span<const int32_t> seq_lens, const PageSelectConfig& config);
+
+struct PageSelectArgs {
+  PageSelectConfig config;
+  int32_t rows = 0;
+  int32_t head_dim = 0;
+  int32_t group = 1;         // query heads per KV head, 1 .. kPageSelectMaxGroup
+  int32_t max_blocks = 0;    // ≥ ceil(seq_lens[r] / P) for every r (sizes the scoring grid)
+  const __nv_bfloat16* q = nullptr;
+  const int64_t* q_offset = nullptr;       // [rows]
+  const float* kmin = nullptr;             // pool metadata
+  const float* kmax = nullptr;
+  const int32_t* page_indptr = nullptr;    // [rows + 1]
+  const int32_t* page_indices = nullptr;   // [page_indptr[rows]]
+  const int32_t* seq_lens = nullptr;       // [rows]
+  float* scores = nullptr;                 // [page_indptr[rows]] (output)
+  const int32_t* selected_indptr = nullptr;  // [rows + 1], plan_selected_indptr uploaded
+  int32_t* selected_pages = nullptr;       // [selected_indptr[rows]] (output)
+  int32_t* selected_blocks = nullptr;      // [selected_indptr[rows]] (output, optional)
+};
+
+inline constexpr int32_t kPageSelectMaxGroup = 16;
+
+// Scores every listed page, then selects: two stream-ordered launches. Checks the scalar arguments on
+// the host (InternalError naming loc); the device arrays must follow the layout above.
+void page_select(const PageSelectArgs& args, cudaStream_t stream,
+                 std::source_location loc = std::source_location::current());
+
+}  // namespace sparseserve::kernels::cuda

@@ -1,0 +1,577 @@
+// Paged prefill attention (see prefill_attention.h for the contract).
+//
+// How it works (FlashAttention-2 on mma.sync m16n8k16, bf16 in, fp32 accumulators). A CTA of 4
+// warps takes 128 packed query rows of one (sequence, KV head) row (packed row m = token m / group,
+// head m % group, so the group's heads share every K/V tile); warp w owns rows 32w .. 32w+31 as two
+// m16 tiles, so each K/V fragment read from shared memory feeds two mma (shared-memory bandwidth,
+// not the tensor cores, bounds a 16-row warp). Q stays in shared memory (fragments reloaded per
+// k-step: registers hold O, S and the softmax state). Key tiles of 64 slots are double-buffered
+// with cp.async, each slot's key position beside them. The CTA visits only key tiles some of its
+// queries may see: before the causal end, and for the band the sink tiles and the window (both
+// found once per CTA by a warp-parallel search over the monotone page positions); block masks test
+// each tile against the mask rows. Per warp a loaded tile is skipped when none of its rows sees any
+// key, computed without masks when all see all keys, and masked per element otherwise (exact Λ
+// and block edges). Online softmax in the log2 domain; rows that see no key get zeros (the CPU
+// twin's rule).
+#include "kernels/cuda/prefill_attention.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cuda/decode_attention.cuh"
+
+namespace sparseserve::kernels::cuda {
+
+namespace {
+
+using attn::bf16;
+
+constexpr int kThreads = 128;
+constexpr int kMT = 2;                  // m16 tiles per warp (each K/V fragment feeds kMT mma)
+constexpr int kBM = kThreads / 32 * kMT * 16;  // packed query rows per CTA: 128
+constexpr int kBN = 64;  // key slots per tile
+constexpr int kStages = 2;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kRowInts = static_cast<int>(sizeof(PrefillRow) / 4);
+
+struct PrefillParams {
+  const bf16* q;
+  int64_t q_stride;
+  bf16* o;
+  int64_t o_stride;
+  const bf16* k_new;
+  const bf16* v_new;
+  int64_t new_stride;
+  attn::PoolView pool;
+  const int32_t* indptr;
+  const int32_t* page_ids;
+  const int32_t* page_pos0;
+  const int32_t* page_len;
+  const uint8_t* block_allowed;
+  int32_t block_tokens;
+  const int32_t* counts;  // {work items}
+  const PrefillWorkItem* work;
+  const PrefillRow* rows;
+  int32_t group;
+  float scale_log2;  // softmax scale · log2(e)
+  int32_t skip_tiles;
+};
+
+template <int D>
+struct PrefillSmem {
+  static constexpr int kTileBytes = kBN * D * 2;
+  static constexpr int kQOffset = kStages * 2 * kTileBytes;  // K and V per stage
+  static constexpr int kPosOffset = kQOffset + kBM * D * 2;
+  static constexpr int kBytes = kPosOffset + kStages * kBN * 4;
+};
+
+// Whether any (all = false) or every (all = true) pair of query block rows qb0..qb1 (relative to the
+// row's first_qblock) and key blocks kb0..kb1 is allowed. Long ranges answer conservatively.
+__device__ __forceinline__ bool block_pairs(const uint8_t* rows, int32_t n_kblocks, int32_t qb0, int32_t qb1,
+                                            int32_t kb0, int32_t kb1, bool all) {
+  if (all && kb1 >= n_kblocks) return false;
+  kb1 = min(kb1, n_kblocks - 1);
+  if (kb0 > kb1 || qb0 > qb1) return false;
+  if ((qb1 - qb0 + 1) * (kb1 - kb0 + 1) > 32) return !all;
+  for (int32_t qb = qb0; qb <= qb1; ++qb) {
+    const uint8_t* r = rows + static_cast<int64_t>(qb) * n_kblocks;
+    for (int32_t kb = kb0; kb <= kb1; ++kb) {
+      const bool ok = r[kb] != 0;
+      if (ok && !all) return true;
+      if (!ok && all) return false;
+    }
+  }
+  return all;
+}
+
+// What the tile walk needs about the CTA.
+struct TileScan {
+  attn::RowKeys rk;
+  int32_t shift;          // log2(P)
+  int32_t n_tiles;
+  int32_t tlo, thi;       // positions of the CTA's first and last query
+  attn::MaskParams mp;
+  const uint8_t* blocks;  // the row's block rows (row 0 = first_qblock), kBlocks only
+  int32_t first_qblock;
+};
+
+// Bounds of the key positions in tile k: kmin ≤ every key ≤ kmax (page entries hold ascending,
+// non-overlapping positions, new keys follow the pages). Both are nondecreasing in k.
+__device__ __forceinline__ void tile_bounds(const TileScan& ts, int32_t k, int32_t& kmin, int32_t& kmax) {
+  const attn::RowKeys& rk = ts.rk;
+  const int32_t u0 = k * kBN, u1 = min(u0 + kBN, rk.end_slot) - 1;
+  kmin = u0 < rk.page_slots ? __ldg(rk.page_pos0 + (u0 >> ts.shift)) : rk.new_pos0 + (u0 - rk.page_slots);
+  kmax = u1 < rk.page_slots ? __ldg(rk.page_pos0 + (u1 >> ts.shift)) + (u1 & ((1 << ts.shift) - 1))
+                            : rk.new_pos0 + (u1 - rk.page_slots);
+}
+
+// Smallest k in [lo, hi) with pred(k), or hi, for a monotone pred (false ... false true ... true).
+// Warp-cooperative 32-ary search (each step narrows the range 32-fold); every lane gets the answer.
+template <class Pred>
+__device__ __forceinline__ int32_t warp_first_true(int32_t lo, int32_t hi, Pred pred) {
+  const int lane = threadIdx.x & 31;
+  while (lo < hi) {
+    const int32_t step = (hi - lo + 31) / 32;
+    const int32_t probe = lo + lane * step;
+    const unsigned mask = __ballot_sync(0xffffffffu, probe >= hi || pred(probe));
+    if (mask == 0) {
+      lo += 31 * step + 1;
+      continue;
+    }
+    const int f = __ffs(mask) - 1;
+    if (f == 0) return lo;
+    hi = min(hi, lo + f * step);  // probe f holds (or is past the range)
+    lo += (f - 1) * step + 1;     // probe f − 1 does not
+  }
+  return lo;
+}
+
+// The key tiles a CTA visits, from the page positions (kmin / kmax of a tile are monotone in k):
+// tiles before `end` (the first tile starting after the last query), and for the band only those
+// before `sink_end` (a key < sink) or from `window` on (a key inside some query's window). Block
+// masks test each tile against the mask rows (32 tiles per warp step).
+struct TileWalk {
+  int32_t end, sink_end, window;
+};
+
+__device__ __forceinline__ TileWalk plan_walk(const TileScan& ts, bool skip_tiles) {
+  TileWalk w{ts.n_tiles, ts.n_tiles, 0};
+  if (!skip_tiles) return w;
+  w.end = warp_first_true(0, ts.n_tiles, [&](int32_t k) {
+    int32_t kmin, kmax;
+    tile_bounds(ts, k, kmin, kmax);
+    return kmin > ts.thi;
+  });
+  if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBand)) {
+    w.sink_end = warp_first_true(0, w.end, [&](int32_t k) {
+      int32_t kmin, kmax;
+      tile_bounds(ts, k, kmin, kmax);
+      return kmin >= ts.mp.sink;
+    });
+    w.window = warp_first_true(w.sink_end, w.end, [&](int32_t k) {
+      int32_t kmin, kmax;
+      tile_bounds(ts, k, kmin, kmax);
+      return static_cast<int64_t>(kmax) > static_cast<int64_t>(ts.tlo) - ts.mp.local;
+    });
+  }
+  return w;
+}
+
+// Whether some query of the CTA may see a key of tile k under its block mask.
+__device__ __forceinline__ bool tile_in_block_mask(const TileScan& ts, int32_t k) {
+  int32_t kmin, kmax;
+  tile_bounds(ts, k, kmin, kmax);
+  const int32_t B = ts.mp.block_tokens;
+  return block_pairs(ts.blocks, ts.mp.n_kblocks, ts.tlo / B - ts.first_qblock, ts.thi / B - ts.first_qblock, kmin / B,
+                     min(kmax, ts.thi) / B, false);
+}
+
+// The first tile ≥ k that the CTA must visit, or n_tiles. Every lane of every warp gets the same
+// answer (block masks: a warp-cooperative scan).
+__device__ __forceinline__ int32_t next_tile(const TileScan& ts, const TileWalk& w, int32_t k, bool skip_tiles) {
+  if (!skip_tiles) return min(k, ts.n_tiles);
+  if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBand) && k >= w.sink_end) k = max(k, w.window);
+  if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
+    const int lane = threadIdx.x & 31;
+    for (; k < w.end; k += 32) {
+      const unsigned a = __ballot_sync(0xffffffffu, k + lane < w.end && tile_in_block_mask(ts, k + lane));
+      if (a != 0) return k + __ffs(a) - 1;
+    }
+  }
+  return k < w.end ? k : ts.n_tiles;
+}
+
+// A warp's rows: kMT m-tiles of 16; this thread holds rows lane/4 and lane/4 + 8 of each.
+struct WarpRows {
+  int32_t first;               // first packed row of the warp in the CTA tile
+  int32_t tlo, thi;            // positions of the warp's first and last query
+  int32_t t[kMT][2];           // this thread's query positions
+};
+
+// One warp's share of one key tile: S = Q·Kᵀ (kMT·16 × 64), mask, online softmax, O += P·V.
+template <int D>
+__device__ __forceinline__ void attend_tile(const PrefillParams& p, const attn::MaskParams& mp, uint32_t q_tile,
+                                            uint32_t kt, uint32_t vt, const int32_t* tp, const WarpRows& wr,
+                                            const uint8_t* blocks, int32_t first_qblock, float (&m)[kMT][2],
+                                            float (&l)[kMT][2], float (&o)[kMT][D / 8][4]) {
+  const int lane = threadIdx.x & 31;
+  bool full = false;
+  if (p.skip_tiles) {
+    // Exact key range of the tile from the slot positions.
+    const int32_t pa = tp[lane], pb = tp[lane + 32];
+    const bool va = pa != attn::kNoKey, vb = pb != attn::kNoKey;
+    const int32_t kmin = __reduce_min_sync(0xffffffffu, min(va ? pa : INT_MAX, vb ? pb : INT_MAX));
+    const int32_t kmax = __reduce_max_sync(0xffffffffu, max(va ? pa : INT_MIN, vb ? pb : INT_MIN));
+    const bool all_valid = __all_sync(0xffffffffu, va && vb);
+    if (kmax == INT_MIN || kmin > wr.thi) return;  // no key, or every key after every row
+    bool none = false, all = kmax <= wr.tlo && all_valid;
+    if (mp.kind == static_cast<int32_t>(MaskKind::kBand)) {
+      none = kmin >= mp.sink && static_cast<int64_t>(kmax) <= static_cast<int64_t>(wr.tlo) - mp.local;
+      all = all && (kmax < mp.sink || static_cast<int64_t>(wr.thi) - kmin < mp.local);
+    } else if (mp.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
+      const int32_t B = mp.block_tokens, qb0 = wr.tlo / B - first_qblock, qb1 = wr.thi / B - first_qblock;
+      none = !block_pairs(blocks, mp.n_kblocks, qb0, qb1, kmin / B, min(kmax, wr.thi) / B, false);
+      all = all && block_pairs(blocks, mp.n_kblocks, qb0, qb1, kmin / B, kmax / B, true);
+    }
+    if (none) return;
+    full = all;
+  }
+
+  float s[kMT][kBN / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
+  }
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    uint32_t qa[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      attn::ldmatrix_x4(qa[mt], q_tile + attn::tile_offset<D>(wr.first + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                                              2 * ks + (lane >> 4)));
+    }
+#pragma unroll
+    for (int np = 0; np < kBN / 16; ++np) {
+      uint32_t b[4];
+      attn::ldmatrix_x4(b, kt + attn::tile_offset<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)));
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        attn::mma_bf16_16816(s[mt][2 * np], qa[mt], b[0], b[1]);
+        attn::mma_bf16_16816(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    if (full) {
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][j][e] *= p.scale_log2;
+      }
+    } else {
+      // Block mask rows of this thread's two queries (kBlocks only).
+      const uint8_t* brow0 = nullptr;
+      const uint8_t* brow1 = nullptr;
+      if (blocks != nullptr) {
+        brow0 = blocks + static_cast<int64_t>(wr.t[mt][0] / mp.block_tokens - first_qblock) * mp.n_kblocks;
+        brow1 = blocks + static_cast<int64_t>(wr.t[mt][1] / mp.block_tokens - first_qblock) * mp.n_kblocks;
+      }
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        const int2 kp = *reinterpret_cast<const int2*>(tp + 8 * j + 2 * (lane & 3));
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int32_t jp = h == 0 ? kp.x : kp.y;
+          s[mt][j][h] = attn::key_allowed(mp, brow0, wr.t[mt][0], jp) ? s[mt][j][h] * p.scale_log2 : -INFINITY;
+          s[mt][j][h + 2] = attn::key_allowed(mp, brow1, wr.t[mt][1], jp) ? s[mt][j][h + 2] * p.scale_log2 : -INFINITY;
+        }
+      }
+    }
+    attn::online_softmax_step<kBN / 8, D / 8>(s[mt], m[mt], l[mt], o[mt]);
+  }
+#pragma unroll
+  for (int kk = 0; kk < kBN / 16; ++kk) {
+    uint32_t a[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      a[mt][0] = attn::pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+      a[mt][1] = attn::pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+      a[mt][2] = attn::pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+      a[mt][3] = attn::pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+    }
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t b[4];
+      attn::ldmatrix_x4_trans(b, vt + attn::tile_offset<D>(16 * kk + (lane & 7) + (((lane >> 3) & 1) << 3),
+                                                           2 * dp + (lane >> 4)));
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        attn::mma_bf16_16816(o[mt][2 * dp], a[mt], b[0], b[1]);
+        attn::mma_bf16_16816(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 2) prefill_attention_paged_kernel(const PrefillParams p) {
+  static_assert(kStages == 2, "the pipeline below keeps one tile in flight");
+  using Smem = PrefillSmem<D>;
+  constexpr int kChunks = D / 8;
+  extern __shared__ __align__(128) uint8_t smem[];
+  if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;
+
+  const PrefillWorkItem w = p.work[blockIdx.x];
+  const PrefillRow row = p.rows[w.row];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int32_t G = p.group, total_m = row.n_tokens * G, m0 = w.m0;
+  const auto tok_of = [&](int32_t m) { return min(m, total_m - 1) / G; };
+
+  const attn::MaskParams mp{static_cast<int32_t>(row.mask), row.sink, row.local, max(p.block_tokens, 1),
+                            row.n_kblocks};
+  const uint8_t* blocks = row.mask == MaskKind::kBlocks ? p.block_allowed + row.block_offset : nullptr;
+
+  // Query positions: the CTA's range, the warp's range, this thread's rows.
+  const int32_t tlo = row.q_pos0 + tok_of(m0), thi = row.q_pos0 + tok_of(m0 + kBM - 1);
+  WarpRows wr;
+  wr.first = kMT * 16 * warp;
+  const int32_t wm0 = m0 + wr.first;
+  const bool warp_active = wm0 < total_m;
+  wr.tlo = row.q_pos0 + tok_of(wm0);
+  wr.thi = row.q_pos0 + tok_of(wm0 + kMT * 16 - 1);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      wr.t[mt][h] = row.q_pos0 + tok_of(wm0 + 16 * mt + 8 * h + (lane >> 2));
+    }
+  }
+
+  const int32_t first = p.indptr[w.row];
+  const int32_t n_entries = p.indptr[w.row + 1] - first;
+  const int shift = p.pool.page_shift;
+  const int64_t new_off = static_cast<int64_t>(row.q_row0) * p.new_stride + static_cast<int64_t>(row.kv_head) * D;
+  const attn::RowKeys rk{p.page_ids + first,
+                         p.page_pos0 + first,
+                         p.page_len + first,
+                         n_entries << shift,
+                         (n_entries << shift) + (row.new_kv ? row.n_tokens : 0),
+                         row.q_pos0,
+                         row.new_kv ? p.k_new + new_off : nullptr,
+                         row.new_kv ? p.v_new + new_off : nullptr,
+                         p.new_stride};
+  const TileScan ts{rk, shift, (rk.end_slot + kBN - 1) / kBN, tlo, thi, mp, blocks, row.first_qblock};
+
+  const uint32_t pipe = attn::smem_addr(smem);
+  const uint32_t q_tile = attn::smem_addr(smem + Smem::kQOffset);
+  int32_t* pos = reinterpret_cast<int32_t*>(smem + Smem::kPosOffset);
+  const auto k_stage = [&](int s) { return pipe + s * 2 * Smem::kTileBytes; };
+  const auto v_stage = [&](int s) { return pipe + s * 2 * Smem::kTileBytes + Smem::kTileBytes; };
+
+  // Q tile: packed rows m0 .. m0+kBM-1 (rows past the chunk zero); it stays in shared memory.
+  for (int i = tid; i < kBM * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const int32_t m = m0 + r;
+    const bool valid = m < total_m;
+    const int32_t tok = m / G, h = m - tok * G;
+    const bf16* src = p.q + static_cast<int64_t>(row.q_row0 + tok) * p.q_stride +
+                      static_cast<int64_t>(row.kv_head * G + h) * D + c * 8;
+    attn::cp_async16(q_tile + attn::tile_offset<D>(r, c), valid ? src : p.q, valid);
+  }
+  attn::cp_async_commit();
+
+  const bool skip = p.skip_tiles != 0;
+  const TileWalk walk = plan_walk(ts, skip);
+  int32_t cur = next_tile(ts, walk, 0, skip);
+  if (cur < ts.n_tiles) attn::load_kv_tile<D, kBN, kThreads>(k_stage(0), v_stage(0), pos, rk, p.pool, cur * kBN);
+  attn::cp_async_commit();
+  int32_t nxt = cur < ts.n_tiles ? next_tile(ts, walk, cur + 1, skip) : ts.n_tiles;
+
+  float o[kMT][D / 8][4];
+  float m[kMT][2], l[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int d = 0; d < D / 8; ++d) o[mt][d][0] = o[mt][d][1] = o[mt][d][2] = o[mt][d][3] = 0.0f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
+
+  for (int it = 0; cur < ts.n_tiles; ++it) {
+    attn::cp_async_wait<0>();
+    __syncthreads();  // tile `cur` (and Q) visible; the other stage is free
+    const int st = it & 1;
+    if (nxt < ts.n_tiles) {
+      attn::load_kv_tile<D, kBN, kThreads>(k_stage(st ^ 1), v_stage(st ^ 1), pos + (st ^ 1) * kBN, rk, p.pool, nxt * kBN);
+    }
+    attn::cp_async_commit();
+    if (warp_active) {
+      attend_tile<D>(p, mp, q_tile, k_stage(st), v_stage(st), pos + st * kBN, wr, blocks, row.first_qblock, m, l, o);
+    }
+    cur = nxt;
+    nxt = nxt < ts.n_tiles ? next_tile(ts, walk, nxt + 1, skip) : ts.n_tiles;
+  }
+  attn::cp_async_wait<0>();
+
+  // Normalise and store (bf16x2 per thread and row).
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float sum = l[mt][h];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int32_t mr = wm0 + 16 * mt + 8 * h + (lane >> 2);
+      if (mr >= total_m) continue;
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      const int32_t tok = mr / G, hd = mr - tok * G;
+      bf16* dst = p.o + static_cast<int64_t>(row.q_row0 + tok) * p.o_stride +
+                  static_cast<int64_t>(row.kv_head * G + hd) * D + 2 * (lane & 3);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(dst + 8 * j) = attn::pack_bf16x2(o[mt][j][2 * h] * inv, o[mt][j][2 * h + 1] * inv);
+      }
+    }
+  }
+}
+
+template <int D>
+void* prefill_kernel() {
+  return reinterpret_cast<void*>(&prefill_attention_paged_kernel<D>);
+}
+
+int log2_exact(int32_t x) {
+  int s = 0;
+  while ((1 << s) < x) ++s;
+  return s;
+}
+
+}  // namespace
+
+std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows, int32_t group) {
+  check(group >= 1, "plan_prefill_tiles: group must be positive");
+  struct Tile {
+    PrefillWorkItem item;
+    int64_t cost;
+  };
+  std::vector<Tile> tiles;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const PrefillRow& row = rows[r];
+    const int64_t total_m = int64_t{row.n_tokens} * group;
+    for (int64_t m0 = 0; m0 < total_m; m0 += kBM) {
+      const int64_t tfirst = row.q_pos0 + m0 / group;
+      const int64_t tlast = row.q_pos0 + std::min(m0 + kBM - 1, total_m - 1) / group;
+      int64_t keys = tlast + 1;
+      if (row.mask == MaskKind::kBand) keys = std::min(keys, int64_t{row.sink} + row.local + (tlast - tfirst) + 1);
+      tiles.push_back({{static_cast<int32_t>(r), static_cast<int32_t>(m0)}, keys});
+    }
+  }
+  std::stable_sort(tiles.begin(), tiles.end(), [](const Tile& a, const Tile& b) { return a.cost > b.cost; });
+  std::vector<PrefillWorkItem> work(tiles.size());
+  for (size_t i = 0; i < tiles.size(); ++i) work[i] = tiles[i].item;
+  return work;
+}
+
+PrefillAttention::PrefillAttention(const PrefillConfig& config, std::source_location loc) : config_(config) {
+  check(config.head_dim == 64 || config.head_dim == 128, "PrefillAttention: head_dim must be 64 or 128", loc);
+  check(config.group >= 1 && config.group <= 64, "PrefillAttention: group must be 1..64", loc);
+  const int32_t P = config.page_tokens;
+  check(P == 16 || P == 32 || P == 64 || P == 128, "PrefillAttention: page_tokens must be 16, 32, 64 or 128", loc);
+  const int smem = config.head_dim == 64 ? PrefillSmem<64>::kBytes : PrefillSmem<128>::kBytes;
+  const void* kernel = config.head_dim == 64 ? prefill_kernel<64>() : prefill_kernel<128>();
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  CUDA_CHECK(cudaEventCreateWithFlags(&plan_uploaded_, cudaEventDisableTiming));
+}
+
+PrefillAttention::~PrefillAttention() {
+  if (plan_uploaded_ != nullptr) {
+    (void)cudaEventSynchronize(plan_uploaded_);
+    (void)cudaEventDestroy(plan_uploaded_);
+  }
+  if (plan_host_ != nullptr) (void)cudaFreeHost(plan_host_);
+}
+
+void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t stream, std::source_location loc) {
+  bool new_kv = false, blocks = false;
+  for (const PrefillRow& r : rows) {
+    check(r.q_row0 >= 0 && r.n_tokens >= 0 && r.q_pos0 >= 0 && r.kv_head >= 0,
+          "PrefillAttention::plan: negative row field", loc);
+    check(int64_t{r.q_pos0} + r.n_tokens < INT32_MAX, "PrefillAttention::plan: positions past int32", loc);
+    check(r.mask == MaskKind::kCausal || r.mask == MaskKind::kBand || r.mask == MaskKind::kBlocks,
+          "PrefillAttention::plan: unknown mask kind", loc);
+    check(r.mask != MaskKind::kBand || (r.sink >= 0 && r.local >= 0),
+          "PrefillAttention::plan: band sink/local must be ≥ 0", loc);
+    check(r.mask != MaskKind::kBlocks || (r.n_kblocks > 0 && r.block_offset >= 0 && r.first_qblock >= 0),
+          "PrefillAttention::plan: block mask rows need n_kblocks > 0", loc);
+    new_kv = new_kv || r.new_kv != 0;
+    blocks = blocks || r.mask == MaskKind::kBlocks;
+  }
+  work_ = plan_prefill_tiles(rows, config_.group);
+
+  const auto n_work = work_.size();
+  const size_t rows_off = 4 + 2 * n_work;  // even: PrefillRow is 8-byte aligned
+  const size_t total = rows_off + kRowInts * rows.size();
+  CUDA_CHECK(cudaEventSynchronize(plan_uploaded_));
+  if (total > plan_host_ints_) {
+    const size_t cap = std::max(total, plan_host_ints_ * 2);
+    if (plan_host_ != nullptr) CUDA_CHECK(cudaFreeHost(plan_host_));
+    plan_host_ = nullptr;
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&plan_host_), sizeof(int32_t) * cap));
+    plan_host_ints_ = cap;
+  }
+  if (total > plan_dev_.size()) {
+    CUDA_CHECK(cudaDeviceSynchronize());  // a running kernel may still read the old plan
+    plan_dev_ = DeviceBuffer<int32_t>(std::max(total, plan_dev_.size() * 2), loc);
+  }
+  plan_host_[0] = static_cast<int32_t>(n_work);
+  plan_host_[1] = static_cast<int32_t>(rows.size());
+  plan_host_[2] = plan_host_[3] = 0;
+  std::memcpy(plan_host_ + 4, work_.data(), sizeof(PrefillWorkItem) * n_work);
+  std::memcpy(plan_host_ + rows_off, rows.data(), sizeof(PrefillRow) * rows.size());
+  CUDA_CHECK(cudaMemcpyAsync(plan_dev_.data(), plan_host_, sizeof(int32_t) * total, cudaMemcpyHostToDevice, stream));
+  CUDA_CHECK(cudaEventRecord(plan_uploaded_, stream));
+  planned_rows_ = static_cast<int32_t>(rows.size());
+  planned_new_kv_ = new_kv;
+  planned_blocks_ = blocks;
+}
+
+void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::source_location loc) const {
+  check(planned_rows_ >= 0, "PrefillAttention::run: plan() was not called", loc);
+  const int32_t D = config_.head_dim;
+  check(args.kv.head_dim == D, "PrefillAttention::run: kv.head_dim differs from config.head_dim", loc);
+  check(args.kv.page_tokens == config_.page_tokens, "PrefillAttention::run: kv.page_tokens differs from the config",
+        loc);
+  check(args.q != nullptr && args.o != nullptr && args.kv.k != nullptr && args.kv.v != nullptr,
+        "PrefillAttention::run: null q, o or pool", loc);
+  check(is_aligned16(args.q) && is_aligned16(args.o) && is_aligned16(args.kv.k) && is_aligned16(args.kv.v),
+        "PrefillAttention::run: q, o, k and v must be 16-byte aligned", loc);
+  check(args.q_stride > 0 && args.o_stride > 0 && args.q_stride % 8 == 0 && args.o_stride % 8 == 0,
+        "PrefillAttention::run: q_stride and o_stride must be positive multiples of 8 elements", loc);
+  check(planned_rows_ == 0 || (args.pages.indptr != nullptr && args.pages.page_ids != nullptr &&
+                               args.pages.page_pos0 != nullptr && args.pages.page_len != nullptr),
+        "PrefillAttention::run: null page list", loc);
+  check(!planned_new_kv_ || (args.k_new != nullptr && args.v_new != nullptr && is_aligned16(args.k_new) &&
+                             is_aligned16(args.v_new) && args.kv_new_stride > 0 && args.kv_new_stride % 8 == 0),
+        "PrefillAttention::run: rows with new_kv need aligned k_new / v_new and a stride multiple of 8", loc);
+  check(!planned_blocks_ || (args.block_allowed != nullptr && args.block_tokens > 0),
+        "PrefillAttention::run: kBlocks rows need block_allowed and block_tokens > 0", loc);
+  check(std::isfinite(args.scale) && args.scale > 0.0f, "PrefillAttention::run: scale must be positive", loc);
+
+  const int grid = static_cast<int>(work_.size());
+  if (grid == 0) return;
+  const size_t rows_off = 4 + 2 * work_.size();
+  const int32_t* blob = plan_dev_.data();
+  PrefillParams p;
+  p.q = args.q;
+  p.q_stride = args.q_stride;
+  p.o = args.o;
+  p.o_stride = args.o_stride;
+  p.k_new = args.k_new;
+  p.v_new = args.v_new;
+  p.new_stride = args.kv_new_stride;
+  p.pool = {args.kv.k, args.kv.v, log2_exact(config_.page_tokens)};
+  p.indptr = args.pages.indptr;
+  p.page_ids = args.pages.page_ids;
+  p.page_pos0 = args.pages.page_pos0;
+  p.page_len = args.pages.page_len;
+  p.block_allowed = args.block_allowed;
+  p.block_tokens = args.block_tokens;
+  p.counts = blob;
+  p.work = reinterpret_cast<const PrefillWorkItem*>(blob + 4);
+  p.rows = reinterpret_cast<const PrefillRow*>(blob + rows_off);
+  p.group = config_.group;
+  p.scale_log2 = args.scale * kLog2e;
+  p.skip_tiles = config_.skip_tiles ? 1 : 0;
+  if (D == 64) {
+    prefill_attention_paged_kernel<64><<<grid, kThreads, PrefillSmem<64>::kBytes, stream>>>(p);
+  } else {
+    prefill_attention_paged_kernel<128><<<grid, kThreads, PrefillSmem<128>::kBytes, stream>>>(p);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace sparseserve::kernels::cuda

@@ -1,0 +1,117 @@
+// Paged prefill attention on the GPU (DESIGN.md §5, §8): one launch for all heads of a layer and a
+// varlen batch of query chunks, a mask per (sequence, KV head) row: dense causal, streaming band
+// (sink + local) or block mask rows. Keys come from the paged cache through the same CSR page lists
+// as decode (decode_attention.h), optionally followed by the chunk's own K/V from the step's
+// contiguous buffer (streaming heads attend the ring's old content plus the chunk, DESIGN.md §4),
+// so chunked prefill needs nothing else. CPU twins: kernels/cpu/span_attention.h (attend_spans,
+// the per-query rule) and kernels/cpu/attention_block.h.
+//
+// Key tiles outside a row's band or block mask are skipped whole; masks are exact at the edges.
+// Plan (host: tiles, ordered longest first), then run (no allocation, no host sync).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <source_location>
+#include <span>
+#include <vector>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention.h"
+
+namespace sparseserve::kernels::cuda {
+
+// One (sequence, KV head) row: the chunk's queries for the query heads of one GQA group.
+struct PrefillRow {
+  int32_t q_row0 = 0;    // token row of the chunk's first query in q / o (and in k_new / v_new)
+  int32_t n_tokens = 0;  // queries at positions q_pos0 .. q_pos0 + n_tokens − 1
+  int32_t q_pos0 = 0;
+  int32_t kv_head = 0;   // query heads kv_head*group .. kv_head*group + group − 1
+  MaskKind mask = MaskKind::kCausal;
+  int32_t sink = 0;      // kBand
+  int32_t local = 0;     // kBand
+  // 1: after its pages the row also sees the chunk's own keys, token i at k_new/v_new row q_row0 + i,
+  // position q_pos0 + i (the row's page positions must all be < q_pos0). 0: pages only.
+  int32_t new_kv = 0;
+  // kBlocks: rows of allowed bytes [n_qblocks][n_kblocks] at PrefillArgs::block_allowed +
+  // block_offset, query block b (= position / block_tokens) at row b − first_qblock
+  // (kernels/cpu/block_sparse.h BlockMask). A query's block row must exist.
+  int64_t block_offset = 0;
+  int32_t first_qblock = 0;
+  int32_t n_kblocks = 0;
+};
+static_assert(sizeof(PrefillRow) == 48);
+
+struct PrefillArgs {
+  // q: bf16, token row i, query head h at q + i*q_stride + h*D; o likewise (bf16).
+  const __nv_bfloat16* q = nullptr;
+  int64_t q_stride = 0;  // elements, multiple of 8
+  __nv_bfloat16* o = nullptr;
+  int64_t o_stride = 0;
+  // The chunk's own K/V (rows with new_kv): token row i, KV head h at k_new + i*kv_new_stride + h*D.
+  // May be null when no row sets new_kv.
+  const __nv_bfloat16* k_new = nullptr;
+  const __nv_bfloat16* v_new = nullptr;
+  int64_t kv_new_stride = 0;
+  PagedKvPool kv;
+  KeyPageList pages;  // one row per PrefillRow of the plan, same order
+  const uint8_t* block_allowed = nullptr;  // kBlocks rows (device), see PrefillRow
+  int32_t block_tokens = 0;                // kBlocks block size (tokens)
+  float scale = 0.0f;                      // softmax scale (usually 1/√D)
+};
+
+// A CTA's work: row `row`, packed query rows m0 .. m0+127 of it (packed row m = token m / group,
+// head m % group of the group: the group's heads share every K/V tile).
+struct PrefillWorkItem {
+  int32_t row = 0;
+  int32_t m0 = 0;
+};
+
+// Query tiles of the rows, most expensive first (estimated keys per tile), so the last wave holds
+// the short tiles. Pure host function.
+std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows, int32_t group);
+
+struct PrefillConfig {
+  int32_t head_dim = 128;    // 64 or 128
+  int32_t group = 1;         // query heads per KV head, 1..64
+  int32_t page_tokens = 64;  // 16, 32, 64 or 128
+  // false: visit every key tile and mask every element (the dense kernel under the expanded mask;
+  // tests compare it with the skipping run, which must give identical bits).
+  bool skip_tiles = true;
+};
+
+class PrefillAttention {
+ public:
+  explicit PrefillAttention(const PrefillConfig& config,
+                            std::source_location loc = std::source_location::current());
+  ~PrefillAttention();
+  PrefillAttention(const PrefillAttention&) = delete;
+  PrefillAttention& operator=(const PrefillAttention&) = delete;
+
+  // Tiles for rows (host) and their upload on `stream`; grows the device workspace when needed
+  // (then it synchronises the device).
+  void plan(std::span<const PrefillRow> rows, cudaStream_t stream = nullptr,
+            std::source_location loc = std::source_location::current());
+
+  // Writes o for every planned (token, head); allocates nothing, does not synchronise.
+  void run(const PrefillArgs& args, cudaStream_t stream = nullptr,
+           std::source_location loc = std::source_location::current()) const;
+
+  const std::vector<PrefillWorkItem>& work() const { return work_; }
+  const PrefillConfig& config() const { return config_; }
+
+ private:
+  PrefillConfig config_;
+  // Device plan blob (int32): [0..4) {work items}; work [n][2]; rows [n_rows][12].
+  DeviceBuffer<int32_t> plan_dev_;
+  int32_t* plan_host_ = nullptr;  // pinned staging copy
+  size_t plan_host_ints_ = 0;
+  cudaEvent_t plan_uploaded_ = nullptr;
+  std::vector<PrefillWorkItem> work_;
+  int32_t planned_rows_ = -1;
+  bool planned_new_kv_ = false, planned_blocks_ = false;
+};
+
+}  // namespace sparseserve::kernels::cuda

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# On the GPU machine: unpacks .devpkg/gpu.tar.xz (scripts/device/pack.sh) and runs, in one go, the
+# GPU test suite (tests + compute-sanitizer), then the benchmarks named in $BENCH (gemm, attention,
+# attention-quick). Logs go to $OUT (the device tool brings them back).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT" /tmp/gpu && tar -xJf .devpkg/gpu.tar.xz -C /tmp/gpu
+P=/tmp/gpu/pkg
+export LD_LIBRARY_PATH="$P/bundle:/usr/local/cuda/lib64"
+status=0
+if [[ ${SUITE:-1} == 1 ]]; then
+  OUT=$OUT bash scripts/gpu-suite.sh "$P" 2>&1 | tee "$OUT/gpu-suite.txt" | tail -25 || status=1
+fi
+for b in ${BENCH:-}; do
+  case $b in
+    gemm) python3 bench/gemm_peer.py --ours "$P/bin/gemm_bench" > "$OUT/gemm.txt" 2>&1; tail -20 "$OUT/gemm.txt" ;;
+    attention) python3 bench/attention_bench.py --bin "$P/bin/attention_bench" --out "$OUT" > "$OUT/attention.txt" 2>&1; tail -30 "$OUT/attention.txt" ;;
+    attention-quick) python3 bench/attention_bench.py --quick --bin "$P/bin/attention_bench" --out "$OUT" > "$OUT/attention.txt" 2>&1; tail -30 "$OUT/attention.txt" ;;
+  esac
+done
+exit $status

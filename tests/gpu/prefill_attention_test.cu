@@ -1,0 +1,595 @@
+// Paged prefill attention (kernels/cuda/prefill_attention.h) against its CPU twins
+// (kernels/cpu/span_attention.h attend_spans per query; kernels/cpu/attention_block.h attend_block
+// over gathered keys) on fresh random bf16 inputs: varlen batches of chunks after a history, per
+// (sequence, KV head) rows dense causal / streaming band (sink + ring pages + the chunk's own K/V)
+// / block masks (random and XAttention's), GQA packing, page sizes 16 and 64, head dims 64 and 128.
+// The tile-skipping run must equal the dense run under the expanded mask bit for bit; a one-token
+// chunk must agree with the decode kernel. Outputs are poisoned (NaN) before every run.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/half.h"
+#include "kernels/cpu/attention_block.h"
+#include "kernels/cpu/block_sparse.h"
+#include "kernels/cpu/span_attention.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/prefill_attention.h"
+
+namespace sparseserve::kernels::cuda {
+namespace {
+
+namespace cpu = kernels::cpu;
+using bf16 = __nv_bfloat16;
+
+#define SKIP_WITHOUT_GPU() \
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device"
+
+struct Bf16Array {
+  std::vector<uint16_t> bits;
+  std::vector<float> f;
+  explicit Bf16Array(size_t n = 0) : bits(n), f(n) {}
+  void set(size_t i, float x) {
+    bits[i] = f32_to_bf16(x);
+    f[i] = bf16_to_f32(bits[i]);
+  }
+  void copy(size_t dst, const Bf16Array& from, size_t src) {
+    bits[dst] = from.bits[src];
+    f[dst] = from.f[src];
+  }
+};
+
+Bf16Array random_bf16(size_t n, float scale, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-scale, scale);
+  Bf16Array a(n);
+  for (size_t i = 0; i < n; ++i) a.set(i, u(rng));
+  return a;
+}
+
+int rand_int(std::mt19937& rng, int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); }
+
+enum class Mode { kCausal, kCausalNewKv, kBand, kBlocks };
+
+struct RowPages {
+  std::vector<int32_t> ids, pos0, len;
+};
+
+// A prefill step: sequences with a history (already in pages) and a chunk of new tokens.
+struct PrefillProblem {
+  int32_t D = 128, P = 64, group = 1, n_kv_heads = 1, block_tokens = 64;
+  std::vector<int32_t> history, chunk, row0;  // per sequence; row0 = first token row of the chunk
+  int32_t tokens = 0;
+  int64_t q_stride = 0, kv_stride = 0;
+  int32_t num_pages = 0;
+  Bf16Array k, v;          // pool [num_pages][P][D]
+  Bf16Array q;             // [tokens][q_stride]
+  Bf16Array k_new, v_new;  // [tokens][kv_stride], KV head h at h*D
+  std::vector<PrefillRow> rows;
+  std::vector<RowPages> pages;
+  std::vector<uint8_t> allowed;  // block mask rows of every kBlocks row
+  float scale = 0.0f;
+
+  int32_t n_q_heads() const { return n_kv_heads * group; }
+};
+
+struct ProblemShape {
+  int32_t D = 128, P = 64, group = 1, n_kv_heads = 1, batch = 1;
+  int32_t max_history = 0, max_chunk = 1;
+  int32_t min_history = 0, min_chunk = 1;
+  std::vector<Mode> modes;
+  int32_t sink = -1, local = -1;  // −1: random per row
+  int32_t block_tokens = 64;
+  double block_density = 0.3;
+  bool xattention_blocks = false;  // kBlocks rows from cpu::xattention_block_mask on the row's q / k
+};
+
+ProblemShape shape(int32_t D, int32_t P, int32_t group, int32_t n_kv_heads, int32_t batch, int32_t max_history,
+                   int32_t max_chunk) {
+  ProblemShape s;
+  s.D = D;
+  s.P = P;
+  s.group = group;
+  s.n_kv_heads = n_kv_heads;
+  s.batch = batch;
+  s.max_history = max_history;
+  s.max_chunk = max_chunk;
+  return s;
+}
+
+PrefillProblem make_problem(const ProblemShape& sh, std::mt19937& rng) {
+  PrefillProblem pr;
+  pr.D = sh.D;
+  pr.P = sh.P;
+  pr.group = sh.group;
+  pr.n_kv_heads = sh.n_kv_heads;
+  pr.block_tokens = sh.block_tokens;
+  pr.scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
+  const int32_t D = sh.D, P = sh.P, B = sh.block_tokens;
+  for (int32_t s = 0; s < sh.batch; ++s) {
+    pr.history.push_back(rand_int(rng, sh.min_history, sh.max_history));
+    pr.chunk.push_back(rand_int(rng, sh.min_chunk, sh.max_chunk));
+    pr.row0.push_back(pr.tokens);
+    pr.tokens += pr.chunk.back();
+  }
+  pr.q_stride = int64_t{pr.n_q_heads()} * D + 8 * rand_int(rng, 0, 1);
+  pr.kv_stride = int64_t{sh.n_kv_heads} * D + 8 * rand_int(rng, 0, 1);
+  pr.q = random_bf16(static_cast<size_t>(pr.tokens) * pr.q_stride, 1.0f, rng);
+  pr.k_new = random_bf16(static_cast<size_t>(pr.tokens) * pr.kv_stride, 2.5f, rng);
+  pr.v_new = random_bf16(static_cast<size_t>(pr.tokens) * pr.kv_stride, 1.0f, rng);
+
+  // Rows and their page lists (page ids assigned below from a permutation of the pool).
+  struct Pending {
+    std::vector<int32_t> blocks;  // logical block of each list entry
+    std::vector<int32_t> slot;    // pool slot index (before permutation) of each entry
+    int32_t upto = 0;             // positions < upto are stored in the pages
+  };
+  std::vector<Pending> pend;
+  int32_t next_slot = 0;
+  for (int32_t s = 0; s < sh.batch; ++s) {
+    const int32_t h = pr.history[static_cast<size_t>(s)], n = pr.chunk[static_cast<size_t>(s)];
+    for (int32_t kvh = 0; kvh < sh.n_kv_heads; ++kvh) {
+      const Mode mode = sh.modes[static_cast<size_t>(rand_int(rng, 0, static_cast<int>(sh.modes.size()) - 1))];
+      PrefillRow row;
+      row.q_row0 = pr.row0[static_cast<size_t>(s)];
+      row.n_tokens = n;
+      row.q_pos0 = h;
+      row.kv_head = kvh;
+      Pending pd;
+      if (mode == Mode::kBand) {
+        row.mask = MaskKind::kBand;
+        row.sink = sh.sink >= 0 ? sh.sink : rand_int(rng, 1, 3 * P);
+        if (sh.sink < 0 && row.sink % P == 0) ++row.sink;  // a sink that ends inside a page
+        row.local = sh.local >= 0 ? sh.local : rand_int(rng, 1, 4 * P);
+        row.new_kv = 1;
+        // Sink pages and the ring's pages before the chunk (kvcache/README.md), the chunk from k_new.
+        const int32_t sink_pages = (row.sink + P - 1) / P, ring_pages = (row.local + P - 1) / P + 1;
+        const int32_t last = h > 0 ? (h - 1) / P : -1;
+        for (int32_t b = 0; b < sink_pages && b <= last; ++b) {
+          pd.blocks.push_back(b);
+          pd.slot.push_back(next_slot++);
+        }
+        const int32_t ring0 = next_slot;
+        next_slot += ring_pages;
+        for (int32_t b = std::max(sink_pages, last - ring_pages + 1); b <= last; ++b) {
+          pd.blocks.push_back(b);
+          pd.slot.push_back(ring0 + (b - sink_pages) % ring_pages);
+        }
+        pd.upto = h;
+      } else {
+        row.mask = mode == Mode::kBlocks ? MaskKind::kBlocks : MaskKind::kCausal;
+        row.new_kv = mode == Mode::kCausalNewKv || (mode == Mode::kBlocks && rand_int(rng, 0, 1) == 1);
+        pd.upto = row.new_kv ? h : h + n;  // without new_kv the chunk's K/V are in the pages too
+        for (int32_t b = 0; b * P < pd.upto; ++b) {
+          pd.blocks.push_back(b);
+          pd.slot.push_back(next_slot++);
+        }
+      }
+      pr.rows.push_back(row);
+      pend.push_back(std::move(pd));
+    }
+  }
+  pr.num_pages = next_slot + rand_int(rng, 1, 6);
+  pr.k = random_bf16(static_cast<size_t>(pr.num_pages) * P * D, 2.5f, rng);
+  pr.v = random_bf16(static_cast<size_t>(pr.num_pages) * P * D, 1.0f, rng);
+  std::vector<int32_t> perm(static_cast<size_t>(pr.num_pages));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  for (size_t r = 0; r < pr.rows.size(); ++r) {
+    const PrefillRow& row = pr.rows[r];
+    const Pending& pd = pend[r];
+    RowPages rp;
+    for (size_t e = 0; e < pd.blocks.size(); ++e) {
+      const int32_t b = pd.blocks[e], id = perm[static_cast<size_t>(pd.slot[e])];
+      rp.ids.push_back(id);
+      rp.pos0.push_back(b * P);
+      rp.len.push_back(std::min(P, pd.upto - b * P));
+      // Chunk positions stored in pages hold the chunk's own K/V (as the engine writes them).
+      for (int32_t i = 0; i < rp.len.back(); ++i) {
+        const int32_t pos = b * P + i;
+        if (pos < row.q_pos0) continue;
+        const size_t src = static_cast<size_t>(row.q_row0 + pos - row.q_pos0) * pr.kv_stride + static_cast<size_t>(row.kv_head) * D;
+        const size_t dst = (static_cast<size_t>(id) * P + i) * D;
+        for (int32_t d = 0; d < D; ++d) {
+          pr.k.copy(dst + d, pr.k_new, src + d);
+          pr.v.copy(dst + d, pr.v_new, src + d);
+        }
+      }
+    }
+    pr.pages.push_back(std::move(rp));
+  }
+
+  // Block masks.
+  for (size_t r = 0; r < pr.rows.size(); ++r) {
+    PrefillRow& row = pr.rows[r];
+    if (row.mask != MaskKind::kBlocks) continue;
+    const int32_t h = row.q_pos0, n = row.n_tokens, L = h + n;
+    row.block_offset = static_cast<int64_t>(pr.allowed.size());
+    row.first_qblock = h / B;
+    row.n_kblocks = (L + B - 1) / B;
+    const int32_t n_qblocks = (L - 1) / B - h / B + 1;
+    if (sh.xattention_blocks) {
+      // Keys 0 .. L−1 contiguous, gathered from the pages / chunk.
+      std::vector<float> keys(static_cast<size_t>(L) * D);
+      const RowPages& rp = pr.pages[r];
+      for (size_t e = 0; e < rp.ids.size(); ++e) {
+        for (int32_t i = 0; i < rp.len[e]; ++i) {
+          std::copy_n(pr.k.f.data() + (static_cast<size_t>(rp.ids[e]) * P + i) * D, D, keys.data() + static_cast<size_t>(rp.pos0[e] + i) * D);
+        }
+      }
+      if (row.new_kv) {
+        for (int32_t i = 0; i < n; ++i) {
+          std::copy_n(pr.k_new.f.data() + static_cast<size_t>(row.q_row0 + i) * pr.kv_stride + static_cast<size_t>(row.kv_head) * D, D,
+                      keys.data() + static_cast<size_t>(h + i) * D);
+        }
+      }
+      const cpu::BlockMask bm = cpu::xattention_block_mask(
+          pr.q.f.data() + static_cast<size_t>(row.q_row0) * pr.q_stride + static_cast<size_t>(row.kv_head) * sh.group * D,
+          pr.q_stride, sh.group, h, n, keys.data(), D, B, 8, 0.6f);
+      EXPECT_EQ(bm.n_kblocks, row.n_kblocks);
+      EXPECT_EQ(bm.n_qblocks, n_qblocks);
+      pr.allowed.insert(pr.allowed.end(), bm.allowed.begin(), bm.allowed.end());
+    } else {
+      std::bernoulli_distribution on(sh.block_density);
+      for (int32_t qb = 0; qb < n_qblocks; ++qb) {
+        for (int32_t kb = 0; kb < row.n_kblocks; ++kb) {
+          // Mostly XAttention-like rows (block 0 and the diagonal kept), sometimes arbitrary ones.
+          const bool forced = rand_int(rng, 0, 9) > 0 && (kb == 0 || kb == row.first_qblock + qb);
+          pr.allowed.push_back(forced || on(rng) ? 1 : 0);
+        }
+      }
+    }
+  }
+  return pr;
+}
+
+struct DeviceProblem {
+  DeviceBuffer<bf16> k, v, q, o, k_new, v_new;
+  DeviceBuffer<int32_t> indptr, ids, pos0, len;
+  DeviceBuffer<uint8_t> allowed;
+
+  explicit DeviceProblem(const PrefillProblem& pr) {
+    k = DeviceBuffer<bf16>(std::span<const uint16_t>(pr.k.bits));
+    v = DeviceBuffer<bf16>(std::span<const uint16_t>(pr.v.bits));
+    q = DeviceBuffer<bf16>(std::span<const uint16_t>(pr.q.bits));
+    k_new = DeviceBuffer<bf16>(std::span<const uint16_t>(pr.k_new.bits));
+    v_new = DeviceBuffer<bf16>(std::span<const uint16_t>(pr.v_new.bits));
+    o = DeviceBuffer<bf16>(static_cast<size_t>(pr.tokens) * pr.n_q_heads() * pr.D);
+    std::vector<int32_t> ip{0}, id, p0, ln;
+    for (const RowPages& rp : pr.pages) {
+      id.insert(id.end(), rp.ids.begin(), rp.ids.end());
+      p0.insert(p0.end(), rp.pos0.begin(), rp.pos0.end());
+      ln.insert(ln.end(), rp.len.begin(), rp.len.end());
+      ip.push_back(static_cast<int32_t>(id.size()));
+    }
+    if (id.empty()) id = p0 = ln = {0};
+    indptr = DeviceBuffer<int32_t>(std::span<const int32_t>(ip));
+    ids = DeviceBuffer<int32_t>(std::span<const int32_t>(id));
+    pos0 = DeviceBuffer<int32_t>(std::span<const int32_t>(p0));
+    len = DeviceBuffer<int32_t>(std::span<const int32_t>(ln));
+    std::vector<uint8_t> al = pr.allowed;
+    if (al.empty()) al.push_back(0);
+    allowed = DeviceBuffer<uint8_t>(std::span<const uint8_t>(al));
+  }
+
+  PrefillArgs args(const PrefillProblem& pr) {
+    PrefillArgs a;
+    a.q = q.data();
+    a.q_stride = pr.q_stride;
+    a.o = o.data();
+    a.o_stride = int64_t{pr.n_q_heads()} * pr.D;
+    a.k_new = k_new.data();
+    a.v_new = v_new.data();
+    a.kv_new_stride = pr.kv_stride;
+    a.kv = {k.data(), v.data(), pr.num_pages, pr.P, pr.D};
+    a.pages = {indptr.data(), ids.data(), pos0.data(), len.data()};
+    a.block_allowed = allowed.data();
+    a.block_tokens = pr.block_tokens;
+    a.scale = pr.scale;
+    return a;
+  }
+};
+
+std::vector<cpu::KeySpan> spans_of(const PrefillProblem& pr, size_t r) {
+  const PrefillRow& row = pr.rows[r];
+  const RowPages& rp = pr.pages[r];
+  std::vector<cpu::KeySpan> spans;
+  for (size_t e = 0; e < rp.ids.size(); ++e) {
+    const size_t base = static_cast<size_t>(rp.ids[e]) * pr.P * pr.D;
+    spans.push_back({pr.k.f.data() + base, pr.v.f.data() + base, rp.pos0[e], rp.len[e], pr.D});
+  }
+  if (row.new_kv) {
+    const size_t base = static_cast<size_t>(row.q_row0) * pr.kv_stride + static_cast<size_t>(row.kv_head) * pr.D;
+    spans.push_back({pr.k_new.f.data() + base, pr.v_new.f.data() + base, row.q_pos0, row.n_tokens,
+                     static_cast<int32_t>(pr.kv_stride)});
+  }
+  return spans;
+}
+
+// CPU twin, per query (attend_spans): out [tokens][heads][D].
+std::vector<float> reference(const PrefillProblem& pr) {
+  std::vector<float> out(static_cast<size_t>(pr.tokens) * pr.n_q_heads() * pr.D, 0.0f);
+  std::vector<float> scratch;
+  for (size_t r = 0; r < pr.rows.size(); ++r) {
+    const PrefillRow& row = pr.rows[r];
+    const std::vector<cpu::KeySpan> spans = spans_of(pr, r);
+    for (int32_t i = 0; i < row.n_tokens; ++i) {
+      const int32_t t = row.q_pos0 + i;
+      cpu::AttentionMask mask = cpu::AttentionMask::causal();
+      if (row.mask == MaskKind::kBand) mask = cpu::AttentionMask::band(row.sink, row.local);
+      if (row.mask == MaskKind::kBlocks) {
+        const uint8_t* brow = pr.allowed.data() + row.block_offset +
+                              static_cast<size_t>(t / pr.block_tokens - row.first_qblock) * row.n_kblocks;
+        mask = cpu::AttentionMask::blocks(brow, pr.block_tokens);
+      }
+      for (int32_t g = 0; g < pr.group; ++g) {
+        const int32_t hd = row.kv_head * pr.group + g;
+        cpu::attend_spans(pr.q.f.data() + static_cast<size_t>(row.q_row0 + i) * pr.q_stride + static_cast<size_t>(hd) * pr.D, t,
+                          spans, mask, pr.D, pr.scale,
+                          out.data() + (static_cast<size_t>(row.q_row0 + i) * pr.n_q_heads() + hd) * pr.D, scratch);
+      }
+    }
+  }
+  return out;
+}
+
+void expect_close(const std::vector<uint16_t>& got_bits, const std::vector<float>& ref, int32_t D, const std::string& what) {
+  ASSERT_EQ(got_bits.size(), ref.size());
+  double err2 = 0.0, ref2 = 0.0;
+  int bad_rows = 0, non_finite = 0;
+  for (size_t r0 = 0; r0 < ref.size(); r0 += static_cast<size_t>(D)) {
+    double e2 = 0.0, n2 = 0.0;
+    for (size_t i = r0; i < r0 + static_cast<size_t>(D); ++i) {
+      const float g = bf16_to_f32(got_bits[i]);
+      if (!std::isfinite(g)) ++non_finite;
+      e2 += (static_cast<double>(g) - ref[i]) * (static_cast<double>(g) - ref[i]);
+      n2 += static_cast<double>(ref[i]) * ref[i];
+    }
+    err2 += e2;
+    ref2 += n2;
+    const double floor2 = 1e-4 * D;
+    if (e2 > 9e-4 * std::max(n2, floor2)) {
+      if (bad_rows < 5) {
+        ADD_FAILURE() << what << ": (token, head) row " << r0 / static_cast<size_t>(D) << " rel err "
+                      << std::sqrt(e2 / std::max(n2, floor2));
+      }
+      ++bad_rows;
+    }
+  }
+  EXPECT_EQ(non_finite, 0) << what << ": non-finite outputs (unwritten or NaN)";
+  EXPECT_EQ(bad_rows, 0) << what;
+  EXPECT_LE(std::sqrt(err2 / std::max(ref2, 1e-30)), 1e-2) << what;
+}
+
+std::vector<uint16_t> run_prefill(const PrefillProblem& pr, DeviceProblem& dp, bool skip_tiles) {
+  PrefillConfig cfg;
+  cfg.head_dim = pr.D;
+  cfg.group = pr.group;
+  cfg.page_tokens = pr.P;
+  cfg.skip_tiles = skip_tiles;
+  PrefillAttention attn(cfg);
+  dp.o.fill_bytes(0xff);
+  attn.plan(pr.rows);
+  attn.run(dp.args(pr));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return dp.o.download<uint16_t>();
+}
+
+// Checks one problem: against the CPU twin, and skipping vs the dense run under the expanded mask.
+void check_problem(const PrefillProblem& pr, const std::string& what) {
+  DeviceProblem dp(pr);
+  const auto sparse = run_prefill(pr, dp, true);
+  const auto dense = run_prefill(pr, dp, false);
+  expect_close(sparse, reference(pr), pr.D, what);
+  size_t differ = 0;
+  for (size_t i = 0; i < sparse.size(); ++i) differ += sparse[i] != dense[i];
+  EXPECT_EQ(differ, 0u) << what << ": tile skipping changed bits against the dense run under the same mask";
+}
+
+// ---- host-only -------------------------------------------------------------------------------------
+
+TEST(PrefillTilePlan, CoversEveryTileOnceLongestFirst) {
+  std::vector<PrefillRow> rows(3);
+  rows[0].n_tokens = 100;
+  rows[0].q_pos0 = 0;
+  rows[1].n_tokens = 10;
+  rows[1].q_pos0 = 5000;
+  rows[2].n_tokens = 300;
+  rows[2].q_pos0 = 4000;
+  rows[2].mask = MaskKind::kBand;
+  rows[2].sink = 4;
+  rows[2].local = 16;
+  const auto work = plan_prefill_tiles(rows, 3);
+  // Tiles are equal runs of packed rows (token × head of the group) starting at 0.
+  ASSERT_FALSE(work.empty());
+  int32_t tile = INT32_MAX;
+  for (const PrefillWorkItem& w : work) {
+    if (w.m0 > 0) tile = std::min(tile, w.m0);
+  }
+  ASSERT_GE(tile, 16);
+  const int32_t packed[3] = {300, 30, 900};
+  std::vector<std::vector<int32_t>> starts(3);
+  for (const PrefillWorkItem& w : work) starts[static_cast<size_t>(w.row)].push_back(w.m0);
+  for (size_t r = 0; r < 3; ++r) {
+    std::sort(starts[r].begin(), starts[r].end());
+    ASSERT_EQ(static_cast<int32_t>(starts[r].size()), (packed[r] + tile - 1) / tile) << "row " << r;
+    for (size_t i = 0; i < starts[r].size(); ++i) EXPECT_EQ(starts[r][i], static_cast<int32_t>(i) * tile);
+  }
+  EXPECT_EQ(work.front().row, 1);  // the tile after 5000 tokens of history first
+  EXPECT_TRUE(plan_prefill_tiles({}, 4).empty());
+}
+
+// ---- against the CPU twins ------------------------------------------------------------------------
+
+TEST(PrefillAttentionGpu, MatchesCpuTwinOverShapes) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(2024);
+  for (const int32_t D : {64, 128}) {
+    for (const int32_t P : {16, 64}) {
+      for (const int32_t group : {1, 2, 3, 4, 8}) {
+        const int32_t heads = rand_int(rng, 1, 3), batch = rand_int(rng, 1, 3);
+        ProblemShape sh = shape(D, P, group, heads, batch, 700, 260);
+        sh.modes = {Mode::kCausal, Mode::kCausalNewKv, Mode::kBand, Mode::kBlocks};
+        sh.block_tokens = rand_int(rng, 0, 1) ? 64 : 48;
+        const PrefillProblem pr = make_problem(sh, rng);
+        check_problem(pr, "D=" + std::to_string(D) + " P=" + std::to_string(P) + " group=" + std::to_string(group) +
+                              " B=" + std::to_string(sh.block_tokens));
+      }
+    }
+  }
+}
+
+TEST(PrefillAttentionGpu, LongChunksSkipBandGapAndCausalEnd) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  for (const int32_t P : {16, 64}) {
+    ProblemShape sh = shape(128, P, 4, 2, 2, 3000, 1000);
+    sh.min_history = 1500;
+    sh.min_chunk = 600;
+    sh.modes = {Mode::kCausal, Mode::kBand};
+    sh.sink = 70;
+    sh.local = 300;
+    check_problem(make_problem(sh, rng), "long P=" + std::to_string(P));
+  }
+}
+
+TEST(PrefillAttentionGpu, WholePromptsWithoutHistory) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(12);
+  ProblemShape sh = shape(64, 64, 3, 3, 4, 0, 900);
+  sh.modes = {Mode::kCausal, Mode::kCausalNewKv, Mode::kBand, Mode::kBlocks};
+  check_problem(make_problem(sh, rng), "no history");
+}
+
+TEST(PrefillAttentionGpu, XAttentionBlockMasks) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(13);
+  for (const int32_t D : {64, 128}) {
+    ProblemShape sh = shape(D, 64, 4, 2, 2, 1500, 800);
+    sh.min_chunk = 300;
+    sh.modes = {Mode::kBlocks};
+    sh.xattention_blocks = true;
+    check_problem(make_problem(sh, rng), "xattention D=" + std::to_string(D));
+  }
+}
+
+// The blocked CPU path (attend_block over keys gathered in position order, as the engine runs
+// prefill chunks) gives the same result.
+TEST(PrefillAttentionGpu, MatchesAttendBlockTwin) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(14);
+  ProblemShape sh = shape(128, 16, 4, 2, 2, 500, 200);
+  sh.min_chunk = 16;
+  sh.modes = {Mode::kCausal, Mode::kBand};
+  const PrefillProblem pr = make_problem(sh, rng);
+  DeviceProblem dp(pr);
+  const auto got = run_prefill(pr, dp, true);
+  std::vector<float> ref(got.size(), 0.0f);
+  for (size_t r = 0; r < pr.rows.size(); ++r) {
+    const PrefillRow& row = pr.rows[r];
+    std::vector<float> keys, values;
+    std::vector<int64_t> key_pos;
+    for (const cpu::KeySpan& s : spans_of(pr, r)) {
+      for (int32_t i = 0; i < s.n; ++i) {
+        keys.insert(keys.end(), s.k + static_cast<size_t>(i) * s.stride, s.k + static_cast<size_t>(i) * s.stride + pr.D);
+        values.insert(values.end(), s.v + static_cast<size_t>(i) * s.stride, s.v + static_cast<size_t>(i) * s.stride + pr.D);
+        key_pos.push_back(s.pos0 + i);
+      }
+    }
+    const cpu::AttentionMask mask =
+        row.mask == MaskKind::kBand ? cpu::AttentionMask::band(row.sink, row.local) : cpu::AttentionMask::causal();
+    const int64_t head0 = int64_t{row.kv_head} * pr.group * pr.D;
+    cpu::attend_block(pr.q.f.data() + row.q_row0 * pr.q_stride + head0, pr.q_stride, pr.group, row.n_tokens, row.q_pos0,
+                      keys.data(), values.data(), pr.D, key_pos.data(), static_cast<int64_t>(key_pos.size()), mask, nullptr,
+                      pr.D, pr.scale, ref.data() + static_cast<size_t>(row.q_row0) * pr.n_q_heads() * pr.D + head0,
+                      int64_t{pr.n_q_heads()} * pr.D);
+  }
+  expect_close(got, ref, pr.D, "attend_block twin");
+}
+
+// A one-token chunk through the prefill kernel equals the decode kernel over the same pages.
+TEST(PrefillAttentionGpu, OneTokenChunkEqualsDecode) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(15);
+  for (const int32_t D : {64, 128}) {
+    ProblemShape sh = shape(D, 16, 4, 3, 5, 3000, 1);
+    sh.modes = {Mode::kCausal, Mode::kBand};
+    PrefillProblem pr = make_problem(sh, rng);
+    // Decode reads pages only: band rows here keep the new token in the pages instead of k_new.
+    for (size_t r = 0; r < pr.rows.size(); ++r) {
+      PrefillRow& row = pr.rows[r];
+      if (!row.new_kv) continue;
+      row.new_kv = 0;
+      RowPages& rp = pr.pages[r];
+      const int32_t t = row.q_pos0, b = t / pr.P;
+      if (rp.ids.empty() || rp.pos0.back() != b * pr.P) {
+        rp.ids.push_back(pr.num_pages++);  // a fresh page for the token's block
+        rp.pos0.push_back(b * pr.P);
+        rp.len.push_back(0);
+        pr.k.bits.resize(static_cast<size_t>(pr.num_pages) * pr.P * D);
+        pr.k.f.resize(pr.k.bits.size());
+        pr.v.bits.resize(pr.k.bits.size());
+        pr.v.f.resize(pr.k.bits.size());
+      }
+      const int32_t off = t - rp.pos0.back();
+      rp.len.back() = off + 1;
+      const size_t dst = (static_cast<size_t>(rp.ids.back()) * pr.P + off) * D;
+      const size_t src = static_cast<size_t>(row.q_row0) * pr.kv_stride + static_cast<size_t>(row.kv_head) * D;
+      for (int32_t d = 0; d < D; ++d) {
+        pr.k.copy(dst + d, pr.k_new, src + d);
+        pr.v.copy(dst + d, pr.v_new, src + d);
+      }
+    }
+    DeviceProblem dp(pr);
+    const auto pre = run_prefill(pr, dp, true);
+    const std::vector<float> ref = reference(pr);
+    expect_close(pre, ref, D, "one-token prefill");
+
+    DecodeConfig dc;
+    dc.head_dim = D;
+    dc.group = pr.group;
+    dc.page_tokens = pr.P;
+    dc.max_rows = static_cast<int32_t>(pr.rows.size());
+    dc.min_chunk_tokens = 64;
+    DecodeAttention dec(dc);
+    std::vector<DecodeRow> drows;
+    std::vector<int32_t> row_pages;
+    for (size_t r = 0; r < pr.rows.size(); ++r) {
+      const PrefillRow& row = pr.rows[r];
+      DecodeRow d;
+      d.q_row = row.q_row0;
+      d.kv_head = row.kv_head;
+      d.q_pos = row.q_pos0;
+      d.mask = row.mask;
+      d.sink = row.sink;
+      d.local = row.local;
+      drows.push_back(d);
+      row_pages.push_back(static_cast<int32_t>(pr.pages[r].ids.size()));
+    }
+    DecodeArgs a;
+    a.q = dp.q.data();
+    a.q_stride = pr.q_stride;
+    a.o = dp.o.data();
+    a.o_stride = int64_t{pr.n_q_heads()} * D;
+    a.kv = {dp.k.data(), dp.v.data(), pr.num_pages, pr.P, D};
+    a.pages = {dp.indptr.data(), dp.ids.data(), dp.pos0.data(), dp.len.data()};
+    a.scale = pr.scale;
+    dp.o.fill_bytes(0xff);
+    dec.plan(drows, row_pages);
+    dec.run(a);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto dout = dp.o.download<uint16_t>();
+    std::vector<float> pre_f(pre.size());
+    for (size_t i = 0; i < pre.size(); ++i) pre_f[i] = bf16_to_f32(pre[i]);
+    expect_close(dout, pre_f, D, "decode vs one-token prefill");
+    expect_close(dout, ref, D, "decode vs CPU");
+  }
+}
+
+}  // namespace
+}  // namespace sparseserve::kernels::cuda
