@@ -11,6 +11,13 @@ export LD_LIBRARY_PATH="$P/bundle:/usr/local/cuda/lib64"
 status=0
 if [[ ${SUITE:-1} == 1 ]]; then
   OUT=$OUT bash scripts/gpu-suite.sh "$P" 2>&1 | tee "$OUT/gpu-suite.txt" | tail -25 || status=1
+  # Keep what comes back small: the sanitizer findings by kernel and source line.
+  for tool in racecheck synccheck memcheck; do
+    [[ -f $OUT/$tool.log ]] || continue
+    grep -E "(Race|Error|Barrier|Invalid).*|in .*\(|at .*\.cu:[0-9]+" "$OUT/$tool.log" | sed 's/0x[0-9a-f]*/0x./g' |
+      sort | uniq -c | sort -rn | head -60 > "$OUT/$tool-summary.txt"
+    rm -f "$OUT/$tool.log"
+  done
 fi
 for b in ${BENCH:-}; do
   case $b in
