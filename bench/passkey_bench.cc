@@ -85,7 +85,10 @@ int main(int argc, char** argv) {
 
   std::vector<int64_t> contexts;
   std::stringstream ss(contexts_csv);
-  for (std::string x; std::getline(ss, x, ',');) contexts.push_back(std::stoll(x) / 16 * 16);
+  // Room for the decoded tokens inside the model's context; lengths on 16-token sub-page boundaries.
+  for (std::string x; std::getline(ss, x, ',');) {
+    contexts.push_back(std::min<int64_t>(std::stoll(x), c.max_context - decode) / 16 * 16);
+  }
 
   CpuForward fwd(*model);
   const std::string hay = default_haystack();
@@ -135,7 +138,11 @@ int main(int argc, char** argv) {
         }
       }
       const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-      std::cerr << fmt::format("[{:.0f} s] context {} trial {}/{} done\n", el, ctx, trial + 1, trials);
+      std::string tally;
+      for (const Prefill& pf : prefills) {
+        for (const Variant& v : pf.variants) tally += fmt::format(" {}={}", v.name, hits[v.name][ctx]);
+      }
+      std::cerr << fmt::format("[{:.0f} s] context {} trial {}/{} done; hits so far:{}\n", el, ctx, trial + 1, trials, tally);
     }
     // Partial results as each context completes (long runs may be cut short).
     for (const Prefill& pf : prefills) {
