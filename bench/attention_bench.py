@@ -16,9 +16,11 @@ one set fits in L2, random data. Decode (ours and SDPA) is timed as CUDA graph r
 launch costs 30-55 us here, more than a small decode step. The device-to-device copy bandwidth is
 measured in the same run as the memory-bound limit.
 
-Usage (on the GPU machine, after building build-attn/bin/attention_bench on the dev machine):
-  LD_LIBRARY_PATH=$PWD/build-attn/bundle:/usr/local/cuda/lib64 \
-    python3 bench/attention_bench.py --bin build-attn/bin/attention_bench --out "$OUT"
+Usage. Build on the development machine (ninja -C build-attn attention_bench, after
+cmake -S . -B build-attn -G Ninja -DSPARSESERVE_CUDA=ON), copy the binary and the libraries it needs
+(../shared/tools/bundle-libs.sh LIBDIR BINARY) with the tree, then on the GPU machine:
+  LD_LIBRARY_PATH=LIBDIR:/usr/local/cuda/lib64 \
+    python3 bench/attention_bench.py --bin PATH/attention_bench --out "$OUT"
 Options: --quick (small shapes, few iterations: a smoke run), --only prefill|decode|sparse.
 Full log and JSON go to --out; the table is printed last.
 """

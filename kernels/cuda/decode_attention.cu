@@ -5,9 +5,11 @@
 // as A fragments in registers for the whole CTA, so every K/V byte is read from memory once per
 // group. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline);
 // warp w computes keys 16w .. 16w+15 of each tile with its own online softmax (S = Q·Kᵀ and O += P·V
-// on mma.sync m16n8k16, fp32 accumulators). At the end the 4 warps merge through shared memory;
-// a row with one piece writes bf16 at once, otherwise each piece writes fp32 O/L plus
-// lse = m + log2(L), and the merge kernel combines the pieces of each row.
+// on mma.sync m16n8k16, fp32 accumulators, lazy rescaling). At the end the 4 warps merge through
+// shared memory; a row with one piece writes bf16 at once, otherwise each piece writes fp32 O/L
+// plus lse = m + log2(L), and the CTA that finishes a row's last piece (an atomic count per row,
+// reset by that CTA) merges the row's pieces: one launch per call. Work pieces are sized on the
+// host to fill one wave of resident CTAs (plan_decode_split).
 #include "kernels/cuda/decode_attention.h"
 
 #include <algorithm>
@@ -52,6 +54,7 @@ struct DecodeParams {
   const DecodeRow* rows;
   float* partial_o;    // [slot][group][D]
   float* partial_lse;  // [slot][group]
+  int32_t* row_done;   // [max_rows] pieces of the row finished in this launch; 0 between launches
   int32_t group;
   float scale_log2;  // softmax scale · log2(e)
 };
@@ -65,6 +68,40 @@ struct DecodeSmem {
   static constexpr int kPosOffset = kQOffset + 16 * D * 2;
   static constexpr int kBytes = kPosOffset + kStages * kBN * 4;
 };
+
+// Combines the pieces of split row r: O = Σ 2^(lse_i − M) O_i / Σ 2^(lse_i − M), bf16 out. Called by
+// the CTA that finishes the row's last piece; partials of other CTAs are read through L2 (ld.cg).
+__device__ __forceinline__ void merge_row(const DecodeParams& p, int32_t r, int D) {
+  const int2 sp = p.row_split[r];
+  const DecodeRow row = p.rows[r];
+  const int G = p.group, chunks = D / 8;
+  for (int idx = threadIdx.x; idx < G * chunks; idx += blockDim.x) {
+    const int h = idx / chunks, c = idx % chunks;
+    float mx = -INFINITY;
+    for (int s = 0; s < sp.x; ++s) mx = fmaxf(mx, __ldcg(p.partial_lse + (sp.y + s) * G + h));
+    const float base = mx == -INFINITY ? 0.0f : mx;
+    float sum = 0.0f, acc[8] = {};
+    for (int s = 0; s < sp.x; ++s) {
+      const float wgt = attn::fast_exp2(__ldcg(p.partial_lse + (sp.y + s) * G + h) - base);
+      sum += wgt;
+      const float4* src = reinterpret_cast<const float4*>(p.partial_o + (static_cast<int64_t>(sp.y + s) * G + h) * D + 8 * c);
+      const float4 x = __ldcg(src), y = __ldcg(src + 1);
+      acc[0] += wgt * x.x;
+      acc[1] += wgt * x.y;
+      acc[2] += wgt * x.z;
+      acc[3] += wgt * x.w;
+      acc[4] += wgt * y.x;
+      acc[5] += wgt * y.y;
+      acc[6] += wgt * y.z;
+      acc[7] += wgt * y.w;
+    }
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] *= inv;
+    bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + h) * D + 8 * c;
+    *reinterpret_cast<uint4*>(dst) = float_to_bf16x8(acc);
+  }
+}
 
 template <int D>
 __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const DecodeParams p) {
@@ -226,42 +263,20 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
       if (c == 0) p.partial_lse[w.partial * G + h] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
     }
   }
-}
-
-// Combines the pieces of each split row: O = Σ 2^(lse_i − M) O_i / Σ 2^(lse_i − M). One CTA per row.
-__global__ void __launch_bounds__(kThreads) decode_attention_merge_kernel(const DecodeParams p, int D) {
-  const int r = blockIdx.x;
-  if (r >= p.counts[1]) return;
-  const int2 sp = p.row_split[r];
-  if (sp.x <= 1) return;
-  const DecodeRow row = p.rows[r];
-  const int G = p.group, chunks = D / 8;
-  for (int idx = threadIdx.x; idx < G * chunks; idx += blockDim.x) {
-    const int h = idx / chunks, c = idx % chunks;
-    float mx = -INFINITY;
-    for (int s = 0; s < sp.x; ++s) mx = fmaxf(mx, p.partial_lse[(sp.y + s) * G + h]);
-    const float base = mx == -INFINITY ? 0.0f : mx;
-    float sum = 0.0f, acc[8] = {};
-    for (int s = 0; s < sp.x; ++s) {
-      const float wgt = attn::fast_exp2(p.partial_lse[(sp.y + s) * G + h] - base);
-      sum += wgt;
-      const float4* src = reinterpret_cast<const float4*>(p.partial_o + (static_cast<int64_t>(sp.y + s) * G + h) * D + 8 * c);
-      const float4 x = src[0], y = src[1];
-      acc[0] += wgt * x.x;
-      acc[1] += wgt * x.y;
-      acc[2] += wgt * x.z;
-      acc[3] += wgt * x.w;
-      acc[4] += wgt * y.x;
-      acc[5] += wgt * y.y;
-      acc[6] += wgt * y.z;
-      acc[7] += wgt * y.w;
-    }
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[e] *= inv;
-    bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + h) * D + 8 * c;
-    *reinterpret_cast<uint4*>(dst) = float_to_bf16x8(acc);
+  if (w.partial < 0) return;
+  // Split row: the CTA that finishes the row's last piece merges all of them (no second launch).
+  __shared__ int merge_here;
+  __threadfence();  // this CTA's partials are visible device-wide before it is counted
+  __syncthreads();
+  if (tid == 0) {
+    const int done = atomicAdd(p.row_done + w.row, 1) + 1;
+    merge_here = done == p.row_split[w.row].x;
   }
+  __syncthreads();
+  if (!merge_here) return;
+  __threadfence();
+  merge_row(p, w.row, D);
+  if (tid == 0) p.row_done[w.row] = 0;  // ready for the next launch (graph replays)
 }
 
 __global__ void __launch_bounds__(kThreads) decode_fill_block_positions_kernel(const int32_t* indptr, const int32_t* blocks,
@@ -384,6 +399,8 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   const auto slots = static_cast<size_t>(work_capacity_) * static_cast<size_t>(config.group);
   partial_o_ = DeviceBuffer<float>(slots * static_cast<size_t>(config.head_dim), loc);
   partial_lse_ = DeviceBuffer<float>(slots, loc);
+  row_done_ = DeviceBuffer<int32_t>(static_cast<size_t>(config.max_rows), loc);
+  CUDA_CHECK(cudaMemset(row_done_.data(), 0, row_done_.bytes()));
   // Counts start at zero, so a run before the first plan's upload does nothing.
   CUDA_CHECK(cudaMemset(plan_dev_.data(), 0, plan_dev_.bytes()));
 }
@@ -470,6 +487,7 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
   p.rows = reinterpret_cast<const DecodeRow*>(blob + layout.rows);
   p.partial_o = const_cast<float*>(partial_o_.data());
   p.partial_lse = const_cast<float*>(partial_lse_.data());
+  p.row_done = const_cast<int32_t*>(row_done_.data());
   p.group = config_.group;
   p.scale_log2 = args.scale * kLog2e;
 
@@ -481,11 +499,6 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
     decode_attention_paged_kernel<128><<<grid, kThreads, DecodeSmem<128>::kBytes, stream>>>(p);
   }
   CUDA_CHECK_LAUNCH();
-  if (config_.cuda_graph || split_.num_partials > 0) {
-    const int rows = config_.cuda_graph ? config_.max_rows : planned_rows_;
-    decode_attention_merge_kernel<<<rows, kThreads, 0, stream>>>(p, D);
-    CUDA_CHECK_LAUNCH();
-  }
 }
 
 }  // namespace sparseserve::kernels::cuda

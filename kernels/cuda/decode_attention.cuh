@@ -134,13 +134,32 @@ __device__ __forceinline__ int32_t locate_slot(const RowKeys& rk, const PoolView
 
 // Issues the cp.async copies of slots u0 .. u0+BN-1 into a K tile and a V tile ([BN][D], swizzled)
 // and writes each slot's key position (kNoKey for empty slots, whose K/V rows are zero-filled) to
-// pos[0..BN). All kThreads threads take part; the caller commits the group.
+// pos[0..BN). All kThreads threads take part; the caller commits the group. A tile inside one page
+// entry (P ≥ BN) reads that entry's id, length and position once.
 template <int D, int BN, int kThreads>
 __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const RowKeys& rk,
                                              const PoolView& pool, int32_t u0) {
   constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks, kPasses = BN / kRowsPerPass;
   static_assert(kThreads % kChunks == 0 && BN % kRowsPerPass == 0);
   const int c = threadIdx.x % kChunks, r0 = threadIdx.x / kChunks;
+  const int32_t pmask = (1 << pool.page_shift) - 1;
+  if (u0 + BN <= rk.page_slots && (u0 & pmask) + BN <= pmask + 1) {
+    const int32_t e = u0 >> pool.page_shift, off0 = u0 & pmask;
+    const int32_t len = __ldg(rk.page_len + e), p0 = __ldg(rk.page_pos0 + e);
+    const int64_t row0 = (static_cast<int64_t>(__ldg(rk.page_ids + e)) << pool.page_shift) + off0;
+    const bf16* kb = pool.k + row0 * D + c * 8;
+    const bf16* vb = pool.v + row0 * D + c * 8;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int s = r0 + i * kRowsPerPass;
+      const bool valid = off0 + s < len;
+      const uint32_t off = tile_offset<D>(s, c);
+      cp_async16(k_tile + off, valid ? kb + s * D : pool.k, valid);
+      cp_async16(v_tile + off, valid ? vb + s * D : pool.v, valid);
+      if (c == 0) pos[s] = valid ? p0 + off0 + s : kNoKey;
+    }
+    return;
+  }
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int s = r0 + i * kRowsPerPass;
@@ -179,9 +198,14 @@ __device__ __forceinline__ bool key_allowed(const MaskParams& m, const uint8_t* 
 
 // One online-softmax step for a warp's 16 query rows (this thread: rows lane/4 and lane/4 + 8) over
 // NB blocks of 8 keys in mma accumulator layout. s: scores already scaled to the log2 domain
-// (−inf = masked). On return s holds exp2(s − m_new) (the probabilities to multiply with V), the
-// running maxima m are updated, and the thread-partial row sums l and the output accumulators o are
-// rescaled by exp2(m_old − m_new). Rows with no key so far keep m = −inf, l = 0, o = 0.
+// (−inf = masked). On return s holds exp2(s − m) (the probabilities to multiply with V) for the
+// running reference maxima m, and the thread-partial row sums l and the output accumulators o are
+// consistent with m. Lazy rescaling: while no row's maximum exceeds its reference by more than
+// kRescaleSlack, the reference stays and o, l are not touched (probabilities ≤ 2^kRescaleSlack, exact
+// in bf16/fp32 range; O = Σ p v / Σ p does not depend on the reference). Rows with no key so far keep
+// m = −inf, l = 0, o = 0.
+constexpr float kRescaleSlack = 8.0f;
+
 template <int NB, int DB>
 __device__ __forceinline__ void online_softmax_step(float (&s)[NB][4], float (&m)[2], float (&l)[2],
                                                     float (&o)[DB][4]) {
@@ -191,31 +215,37 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[NB][4], float (&m
     mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
     mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
   }
-  float base[2], alpha[2], sum[2] = {0.0f, 0.0f};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    base[r] = mx[r] == -INFINITY ? 0.0f : mx[r];
-    alpha[r] = fast_exp2(m[r] - base[r]);
-    m[r] = mx[r];
   }
+  // Warp-uniform: keep every row's reference, or move every row's reference to its new maximum.
+  const bool keep = __all_sync(0xffffffffu, mx[0] <= m[0] + kRescaleSlack && mx[1] <= m[1] + kRescaleSlack);
+  if (!keep) {
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      alpha[r] = fast_exp2(m[r] - (mx[r] == -INFINITY ? 0.0f : mx[r]));  // 0 when m was −inf
+      m[r] = mx[r];
+      l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int d = 0; d < DB; ++d) {
+      o[d][0] *= alpha[0];
+      o[d][1] *= alpha[0];
+      o[d][2] *= alpha[1];
+      o[d][3] *= alpha[1];
+    }
+  }
+  const float base[2] = {m[0] == -INFINITY ? 0.0f : m[0], m[1] == -INFINITY ? 0.0f : m[1]};
 #pragma unroll
   for (int j = 0; j < NB; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       s[j][e] = fast_exp2(s[j][e] - base[e >> 1]);
-      sum[e >> 1] += s[j][e];
+      l[e >> 1] += s[j][e];
     }
-  }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + sum[r];
-#pragma unroll
-  for (int d = 0; d < DB; ++d) {
-    o[d][0] *= alpha[0];
-    o[d][1] *= alpha[0];
-    o[d][2] *= alpha[1];
-    o[d][3] *= alpha[1];
   }
 }
 

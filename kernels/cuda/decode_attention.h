@@ -95,7 +95,8 @@ struct DecodeWorkItem {
 };
 static_assert(sizeof(DecodeWorkItem) == 16);
 
-// The host-side work split.
+// The host-side work split. A row with several pieces is merged (log-sum-exp) by the CTA that
+// finishes its last piece.
 struct DecodeSplit {
   int32_t chunk_pages = 0;              // pages per piece (the last piece of a row takes the rest)
   std::vector<DecodeWorkItem> work;     // in row order
@@ -165,6 +166,7 @@ class DecodeAttention {
   cudaEvent_t plan_uploaded_ = nullptr;
   DeviceBuffer<float> partial_o_;    // [capacity][group][D]
   DeviceBuffer<float> partial_lse_;  // [capacity][group], log2 domain
+  DeviceBuffer<int32_t> row_done_;   // [max_rows] finished pieces per split row, 0 between launches
   DecodeSplit split_;
   int32_t planned_rows_ = -1;
 };

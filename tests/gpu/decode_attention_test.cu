@@ -476,6 +476,21 @@ TEST(DecodeAttentionGpu, RingListEqualsFullListUnderBand) {
   }
 }
 
+// page_select's output (block indices per row) turned into the positions the decode kernel reads.
+TEST(DecodeAttentionGpu, FillBlockPositionsFromSelectedBlocks) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<int32_t> indptr{0, 3, 4, 4, 6}, blocks{0, 1, 2, 0, 0, 5}, seq_lens{130, 64, 7, 321};
+  const DeviceBuffer<int32_t> d_indptr{std::span<const int32_t>(indptr)}, d_blocks{std::span<const int32_t>(blocks)},
+      d_lens{std::span<const int32_t>(seq_lens)};
+  DeviceBuffer<int32_t> pos0(blocks.size()), len(blocks.size());
+  pos0.fill_bytes(0xff);
+  len.fill_bytes(0xff);
+  fill_block_positions(d_indptr.data(), d_blocks.data(), d_lens.data(), 4, 64, pos0.data(), len.data());
+  CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(pos0.download(), (std::vector<int32_t>{0, 64, 128, 0, 0, 320}));
+  EXPECT_EQ(len.download(), (std::vector<int32_t>{64, 64, 2, 64, 64, 1}));
+}
+
 // A graph captured once stays valid when later plans change the rows, lengths and split.
 TEST(DecodeAttentionGpu, CudaGraphReplayAfterReplan) {
   SKIP_WITHOUT_GPU();
