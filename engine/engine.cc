@@ -174,7 +174,10 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   std::lock_guard lock(e.mu);
   if (!e.accepting) throw EngineUnavailable("the server is shutting down");
   if (e.live_ids.contains(r->req.id)) throw InvalidArgument("request id '" + r->req.id + "' is already in use");
-  if (static_cast<int64_t>(e.incoming.size()) + static_cast<int64_t>(e.scheduler.num_waiting()) >= e.config.max_waiting) {
+  // Waiting = live requests not running (in `incoming` or the scheduler's queue). Counted from
+  // state guarded by mu; the running count lags admission by at most a step, erring towards 429.
+  const int64_t waiting = static_cast<int64_t>(e.live_ids.size()) - e.metrics.requests_running.load();
+  if (waiting >= e.config.max_waiting) {
     throw QueueFull("the request queue is full (" + std::to_string(e.config.max_waiting) + " waiting); retry later");
   }
   r->key = e.next_key++;

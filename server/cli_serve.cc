@@ -189,6 +189,7 @@ int run_serve(const ServeArgs& a) {
   engine.shutdown(grace);
   if (grpc) grpc->shutdown(std::chrono::seconds(1));
   grpc.reset();
+  http.wait_streams(std::chrono::seconds(2));
   http.stop();
   spdlog::info("stopped");
   return 0;

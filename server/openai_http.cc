@@ -206,6 +206,7 @@ struct OpenAiHttpServer::Impl {
   std::atomic<const ServingContext*> ctx{nullptr};
   std::once_flag stopped;
   std::atomic<bool> listen_returned{false};
+  std::atomic<int64_t> open_streams{0};  // SSE responses whose last chunk is not written yet
   const int64_t created =
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 
@@ -274,6 +275,7 @@ struct OpenAiHttpServer::Impl {
     session->set_responded();
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
+    open_streams.fetch_add(1);
     res.set_chunked_content_provider(
         "text/event-stream",
         [session](size_t, httplib::DataSink& sink) {
@@ -285,8 +287,9 @@ struct OpenAiHttpServer::Impl {
           }
         },
         // success = false: the client went away (or the server stopped): cancel at once.
-        [session](bool success) {
+        [this, session](bool success) {
           if (!success) session->cancel_all();
+          open_streams.fetch_sub(1);
         });
   }
 
@@ -423,6 +426,13 @@ void OpenAiHttpServer::set_ready(const ServingContext& ctx) {
 }
 
 void OpenAiHttpServer::begin_drain() { impl_->state.store(State::kDraining); }
+
+void OpenAiHttpServer::wait_streams(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (impl_->open_streams.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
 
 void OpenAiHttpServer::stop() {
   std::call_once(impl_->stopped, [this] {

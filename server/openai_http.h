@@ -12,6 +12,8 @@
 // engine requests are cancelled at once.
 #pragma once
 
+#include <chrono>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -53,6 +55,9 @@ class OpenAiHttpServer {
   void set_ready(const ServingContext& ctx);
   // Shutting down: /health and new API requests answer 503; requests in flight carry on.
   void begin_drain();
+  // Waits (up to timeout) until every streamed response has written its last chunk: call after the
+  // engine has ended every request, before stop(), so no stream is cut short.
+  void wait_streams(std::chrono::milliseconds timeout);
   // Stops listening and waits for the handlers to return (streams end when their engine requests
   // do, so shut the engine down first). Idempotent.
   void stop();

@@ -85,6 +85,12 @@ struct Scenario {
   kernels::cpu::Numerics numerics = kernels::cpu::Numerics::kFast;
 };
 
+void PrintTo(const Scenario& s, std::ostream* os) {
+  *os << "P" << s.page_tokens << "/LP" << s.logical << " sink " << s.sink << " local " << s.local
+      << (s.selection ? " select budget " + std::to_string(s.budget) + " every " + std::to_string(s.reselect) : "")
+      << (s.numerics == kernels::cpu::Numerics::kBatchInvariant ? " batch-invariant" : " fast");
+}
+
 class PagedKvTest : public ::testing::TestWithParam<Scenario> {};
 
 TEST_P(PagedKvTest, MatchesMaskedReference) {

@@ -28,13 +28,13 @@ std::vector<int32_t> concat(const std::vector<std::vector<int32_t>>& parts) {
 TEST(SequenceLayout, FromRoles) {
   const HeadRoles mixed(2, 4, {R, S, R, S, R, R, R, S});
   const SequenceLayout l = SequenceLayout::from_roles(mixed, StreamingWindow{8, 64});
-  EXPECT_EQ(l.retrieval_slots, 3);
-  EXPECT_EQ(l.streaming_slots, 2);
+  EXPECT_EQ(l.retrieval_slots, 5);  // one lane per (layer, KV head) of the role
+  EXPECT_EQ(l.streaming_slots, 3);
   ASSERT_TRUE(l.streaming.has_value());
   EXPECT_EQ(l.streaming->local_tokens, 64);
   EXPECT_THROW(SequenceLayout::from_roles(mixed, std::nullopt), InvalidArgument);
   const SequenceLayout d = SequenceLayout::from_roles(HeadRoles::all_retrieval(2, 4), StreamingWindow{8, 64});
-  EXPECT_EQ(d.retrieval_slots, 4);
+  EXPECT_EQ(d.retrieval_slots, 8);
   EXPECT_EQ(d.streaming_slots, 0);
   EXPECT_FALSE(d.streaming.has_value());
 }

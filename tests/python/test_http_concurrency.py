@@ -86,7 +86,8 @@ def test_client_disconnect_cancels_request(server, model_name):
         with http.stream("POST", "/v1/completions", json=body) as r:
             assert r.status_code == 200
             chunks = 0
-            for line in r.iter_lines():
+            lines = r.iter_lines()  # kept referenced: a dropped iterator closes the stream (= disconnects)
+            for line in lines:
                 chunks += line.startswith("data: {")
                 if chunks >= 3:
                     break
@@ -156,7 +157,8 @@ def test_queue_full_is_429(start_server, model_name):
             "ignore_eos": True, "stream": True}
     with httpx.Client(base_url=srv.base_url, timeout=60) as a, httpx.Client(base_url=srv.base_url, timeout=60) as b:
         with a.stream("POST", "/v1/completions", json=body) as running:
-            next(line for line in running.iter_lines() if line.startswith("data: {"))
+            running_lines = running.iter_lines()  # kept referenced: dropping it would disconnect
+            next(line for line in running_lines if line.startswith("data: {"))
             with b.stream("POST", "/v1/completions", json=body) as waiting:
                 assert waiting.status_code == 200
                 r = httpx.post(srv.base_url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, timeout=30)
