@@ -194,7 +194,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   return stream;
 }
 
-bool Engine::abort(const std::string& id) {
+bool Engine::abort_request(const std::string& id) {
   std::lock_guard lock(impl_->mu);
   if (!impl_->live_ids.contains(id)) return false;
   impl_->abort_ids.push_back(id);
@@ -300,7 +300,7 @@ void Engine::Impl::apply_aborts() {
 void Engine::Impl::release(uint64_t key) {
   auto it = live.find(key);
   if (it == live.end()) return;
-  if (!scheduler.abort(key)) scheduler.finish(key);
+  if (!scheduler.cancel(key)) scheduler.finish(key);
   if (it->second->bound) backend.release(key);
   {
     std::lock_guard lock(mu);

@@ -62,7 +62,7 @@ class Engine {
   // or EngineUnavailable after shutdown began.
   std::shared_ptr<RequestStream> submit(Request request);
   // Aborts a live request by id; false when unknown or already finished.
-  bool abort(const std::string& id);
+  bool abort_request(const std::string& id);
   // Stops admitting; lets running requests finish for up to `grace`, then aborts the rest; joins.
   void shutdown(std::chrono::milliseconds grace);
 

@@ -53,7 +53,7 @@ void Scheduler::remove(Entry& e) {
   entries_.erase(id);
 }
 
-bool Scheduler::abort(uint64_t id) {
+bool Scheduler::cancel(uint64_t id) {
   Entry* e = find(id);
   if (e == nullptr) return false;
   remove(*e);

@@ -68,7 +68,7 @@ class Scheduler {
   // prompt_len < 1 or a layout the KvCacheManager rejects (checked here, not in a later plan()).
   void add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority = 0);
   // Removes a request wherever it is; its pages are released at once. False if unknown.
-  bool abort(uint64_t id);
+  bool cancel(uint64_t id);
   // Removes a finished (running) request and releases its pages. InternalError otherwise.
   void finish(uint64_t id);
 

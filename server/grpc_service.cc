@@ -185,7 +185,7 @@ class SparseServeService final : public pb::SparseServe::Service {
     return guarded("Abort", [&]() -> grpc::Status {
       if (grpc::Status st = authorize(*ctx); !st.ok()) return st;
       if (req->request_id().empty()) throw InvalidArgument("request_id is empty");
-      resp->set_found(engine_.abort(req->request_id()));
+      resp->set_found(engine_.abort_request(req->request_id()));
       return grpc::Status::OK;
     });
   }

@@ -119,13 +119,13 @@ TEST_F(EngineTest, StopStringIsCutAndAbortAndCancelReturnPages) {
   auto a = e.submit(request("long1", prompt, 2000, std::nullopt, 0.0f));
   auto b = e.submit(request("long2", prompt, 2000, std::nullopt, 0.0f));
   ASSERT_TRUE(a->next(10s).has_value());
-  EXPECT_TRUE(e.abort("long1"));
+  EXPECT_TRUE(e.abort_request("long1"));
   b->cancel();
   EXPECT_EQ(drain(*a).last.finish_reason, FinishReason::kAbort);
   EXPECT_EQ(drain(*b).last.finish_reason, FinishReason::kAbort);
   for (int i = 0; i < 200 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(e.kv_pages_in_use(), 0);
-  EXPECT_FALSE(e.abort("long1"));
+  EXPECT_FALSE(e.abort_request("long1"));
 }
 
 TEST_F(EngineTest, BadRequestsAreRejectedAtSubmit) {

@@ -92,7 +92,7 @@ TEST(GgufRegression, SeedsParse) {
 
 // The seed gguf-py's GGUFWriter wrote with every value type reads back as written.
 TEST(GgufRegression, GgufPyWriterValues) {
-  const fs::path p = fs::path(SPARSESERVE_SOURCE_DIR) / "tests/fuzz/seeds/all_values.gguf";
+  const fs::path p = fs::path(SPARSESERVE_SOURCE_DIR) / "tests/fuzz/seeds/all_values.fuzz";
   ASSERT_TRUE(fs::exists(p));
   const auto bytes = read_all(p);
   const GgufFile g = GgufFile::parse(bytes, "all_values.gguf");

@@ -49,10 +49,10 @@ struct Harness {
     live[id] = Model{.prompt = prompt, .output = output, .computed = 0, .total = prompt, .generated = 0, .layout = layout};
   }
 
-  void abort(uint64_t id) {
+  void cancel(uint64_t id) {
     const int64_t held = kv.has_sequence(id) ? expected_pages(live.at(id).layout, kv.sequence(id).length()) : 0;
     const int32_t free_before = kv.free_pages();
-    ASSERT_TRUE(sched.abort(id));
+    ASSERT_TRUE(sched.cancel(id));
     EXPECT_EQ(kv.free_pages(), free_before + held) << "abort frees the pages in the same call";
     EXPECT_FALSE(kv.has_sequence(id));
     live.erase(id);
@@ -244,19 +244,19 @@ TEST(Scheduler, AbortFreesPagesAtOnceFromRunningOrWaiting) {
   h.add(3, 10, 5);  // waits for a seat
   const StepPlan plan = h.step();
   EXPECT_EQ(h.kv.free_pages(), 16 - 6 - 4);
-  h.abort(1);
+  h.cancel(1);
   EXPECT_EQ(h.kv.free_pages(), 12);
-  h.abort(3);
+  h.cancel(3);
   EXPECT_EQ(h.sched.num_waiting(), 0u);
   // Aborted between plan and on_step_done: the report skips it.
   const StepPlan next = h.sched.plan();
   ASSERT_EQ(next.seqs.size(), 1u);
-  h.abort(2);
+  h.cancel(2);
   EXPECT_NO_THROW(h.sched.on_step_done(next, {2}));
   EXPECT_EQ(h.kv.free_pages(), 16);
   EXPECT_EQ(h.kv.num_sequences(), 0u);
   EXPECT_FALSE(h.sched.has_work());
-  EXPECT_FALSE(h.sched.abort(2));
+  EXPECT_FALSE(h.sched.cancel(2));
 }
 
 TEST(Scheduler, FinishFreesPages) {
@@ -359,7 +359,7 @@ int64_t stress(bool priority, uint32_t seed) {
     if (!h.live.empty() && uniform(0, 99) == 0) {
       auto it = h.live.begin();
       std::advance(it, uniform(0, static_cast<int64_t>(h.live.size()) - 1));
-      h.abort(it->first);
+      h.cancel(it->first);
     }
     h.step();
   }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the small GGUF files that seed the fuzzer's corpus (tests/fuzz/seeds/*.gguf).
+"""Writes the small GGUF files that seed the fuzzer's corpus (tests/fuzz/seeds/*.fuzz).
 
 Each seed exercises a different part of the reader: every metadata value type, arrays of strings
 and nested arrays, a custom alignment, version 2, and tensors of each dequantizable type. Run from
@@ -80,10 +80,10 @@ def metadata_only(w: GGUFWriter):
 
 if __name__ == "__main__":
     SEEDS.mkdir(exist_ok=True)
-    write("all_values.gguf", all_values)
-    write("legacy_quants.gguf", legacy_quants)
-    write("k_quants.gguf", k_quants)
-    write("halves_align64.gguf", halves, alignment=64)
-    write("metadata_v2.gguf", metadata_only, version=2)
+    write("all_values.fuzz", all_values)
+    write("legacy_quants.fuzz", legacy_quants)
+    write("k_quants.fuzz", k_quants)
+    write("halves_align64.fuzz", halves, alignment=64)
+    write("metadata_v2.fuzz", metadata_only, version=2)
     total = sum(p.stat().st_size for p in SEEDS.glob("*.gguf"))
     print(f"wrote seeds under {SEEDS} ({total} bytes)")
