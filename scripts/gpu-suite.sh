@@ -27,6 +27,9 @@ logs=${OUT:-$build/gpu-suite-logs}
 mkdir -p "$logs"
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 san_filter=${SANITIZER_FILTER:-'*Small*:*ShapeCheck*'}
+# racecheck leaves out the GEMM tests: the hazards it reports there are inside cuBLASLt's own
+# kernels (nvjet_sm90_*_splitK, warp-specialised TMA code racecheck does not model), not ours.
+race_filter=${RACECHECK_FILTER:-"${san_filter}:-Gemm*"}
 all_filter=${GPU_TESTS_FILTER:-'*'}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/# GPU: /'
@@ -67,7 +70,7 @@ run_stage gpu_tests "$logs/gpu_tests.log" \
 run_stage memcheck "$logs/memcheck.log" \
   "$sanitizer" --tool memcheck --leak-check full --error-exitcode 99 "$bin" --gtest_filter="$san_filter"
 run_stage racecheck "$logs/racecheck.log" \
-  "$sanitizer" --tool racecheck --racecheck-report hazard --error-exitcode 99 "$bin" --gtest_filter="$san_filter"
+  "$sanitizer" --tool racecheck --racecheck-report hazard --error-exitcode 99 "$bin" --gtest_filter="$race_filter"
 run_stage synccheck "$logs/synccheck.log" \
   "$sanitizer" --tool synccheck --error-exitcode 99 "$bin" --gtest_filter="$san_filter"
 

@@ -124,7 +124,8 @@ __device__ __forceinline__ Cutoff block_select_cutoff(int32_t n, uint64_t target
   }
   // prefix is the cutoff key T; members ranked before T hold s.above < target.
   const unsigned long long need = target - s.above;
-  if (s.tie_count == 1 || s.tie_measure == need) return {prefix, INT32_MAX};
+  if (s.tie_count == 1 || s.tie_measure == need) return {prefix, INT32_MAX};  // uniform: shared values
+  __syncthreads();  // every thread has read s.all / s.above / s.tie_* (wide loads may cover cut_index)
   if (threadIdx.x == 0) s.cut_index = INT32_MAX;
   unsigned long long run = 0;
   for (int32_t base = 0; base < n; base += blockDim.x) {
