@@ -8,6 +8,31 @@
 
 namespace sparseserve::kvcache {
 
+namespace {
+
+// Appends the rows (sequence × slot) of a CSR table: pages(seq, slot) is the slot's page list,
+// last_len(seq, pages) the valid tokens in its last page. Slots a sequence lacks get empty rows.
+template <class Pages, class LastLen>
+void append_rows(PageTable& t, const std::vector<const SequenceKv*>& seqs, Pages pages, LastLen last_len) {
+  t.indptr.push_back(0);
+  for (const SequenceKv* s : seqs) {
+    t.seq_len.push_back(s->length());
+    for (int32_t slot = 0; slot < t.slots; ++slot) {
+      const std::vector<int32_t>* list = pages(*s, slot);
+      int32_t last = 0;
+      if (list != nullptr && !list->empty()) {
+        t.indices.insert(t.indices.end(), list->begin(), list->end());
+        last = last_len(*s, *list);
+      }
+      t.last_page_len.push_back(last);
+      check(t.indices.size() <= INT32_MAX, "KV cache: page table exceeds int32 indices");
+      t.indptr.push_back(static_cast<int32_t>(t.indices.size()));
+    }
+  }
+}
+
+}  // namespace
+
 SequenceLayout SequenceLayout::from_roles(const HeadRoles& roles, std::optional<StreamingWindow> window) {
   SequenceLayout layout;
   layout.retrieval_slots = roles.slots(HeadRole::kRetrieval);
@@ -88,24 +113,18 @@ void KvCacheManager::release(uint64_t id) {
 PageTable KvCacheManager::retrieval_table(std::span<const uint64_t> ids) const {
   PageTable t;
   t.page_tokens = config_.page_tokens;
-  for (const uint64_t id : ids) t.slots = std::max(t.slots, sequence(id).retrieval_slots());
-  const int64_t p = config_.page_tokens;
-  t.indptr.push_back(0);
+  std::vector<const SequenceKv*> seqs;
   for (const uint64_t id : ids) {
-    const SequenceKv& s = sequence(id);
-    t.seq_len.push_back(s.length());
-    for (int32_t slot = 0; slot < t.slots; ++slot) {
-      int32_t last = 0;
-      if (slot < s.retrieval_slots() && !s.retrieval_pages(slot).empty()) {
-        const auto& pages = s.retrieval_pages(slot);
-        t.indices.insert(t.indices.end(), pages.begin(), pages.end());
-        last = static_cast<int32_t>(s.length() - (static_cast<int64_t>(pages.size()) - 1) * p);
-      }
-      t.last_page_len.push_back(last);
-      check(t.indices.size() <= INT32_MAX, "KV cache: retrieval table exceeds int32 indices");
-      t.indptr.push_back(static_cast<int32_t>(t.indices.size()));
-    }
+    seqs.push_back(&sequence(id));
+    t.slots = std::max(t.slots, seqs.back()->retrieval_slots());
   }
+  const int64_t p = config_.page_tokens;
+  append_rows(
+      t, seqs,
+      [](const SequenceKv& s, int32_t slot) { return slot < s.retrieval_slots() ? &s.retrieval_pages(slot) : nullptr; },
+      [&](const SequenceKv& s, const std::vector<int32_t>& pages) {
+        return static_cast<int32_t>(s.length() - (static_cast<int64_t>(pages.size()) - 1) * p);
+      });
   return t;
 }
 
@@ -133,22 +152,12 @@ PageTable KvCacheManager::streaming_table(std::span<const uint64_t> ids) const {
     t.sink_pages = geometry->sink_pages();
     t.ring_pages = geometry->ring_pages();
   }
-  t.indptr.push_back(0);
-  for (const uint64_t id : ids) {
-    const SequenceKv& s = sequence(id);
-    t.seq_len.push_back(s.length());
-    for (int32_t slot = 0; slot < t.slots; ++slot) {
-      int32_t last = 0;
-      if (slot < s.streaming_slots() && !s.streaming_pages(slot).empty()) {
-        const auto& pages = s.streaming_pages(slot);
-        t.indices.insert(t.indices.end(), pages.begin(), pages.end());
-        last = config_.page_tokens;
-      }
-      t.last_page_len.push_back(last);
-      check(t.indices.size() <= INT32_MAX, "KV cache: streaming table exceeds int32 indices");
-      t.indptr.push_back(static_cast<int32_t>(t.indices.size()));
-    }
-  }
+  std::vector<const SequenceKv*> seqs;
+  for (const uint64_t id : ids) seqs.push_back(&sequence(id));
+  append_rows(
+      t, seqs,
+      [](const SequenceKv& s, int32_t slot) { return slot < s.streaming_slots() ? &s.streaming_pages(slot) : nullptr; },
+      [&](const SequenceKv&, const std::vector<int32_t>&) { return config_.page_tokens; });
   return t;
 }
 

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/engine/head_roles_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -64,18 +66,6 @@ HeadGates gates_of(int32_t layers, int32_t heads, std::vector<float> values) {
   return HeadGates{layers, heads, std::move(values)};
 }
 
-// Retrieval heads of each layer, as a string per layer ("01" = heads 0 and 1).
-std::vector<std::string> retrieval_heads(const HeadRoles& roles) {
-  std::vector<std::string> out;
-  for (int32_t l = 0; l < roles.n_layers(); ++l) {
-    std::string s;
-    for (int32_t h = 0; h < roles.n_kv_heads(); ++h) {
-      if (roles.role(l, h) == HeadRole::kRetrieval) s += std::to_string(h);
-    }
-    out.push_back(s);
-  }
-  return out;
-}
 
 TEST(HeadPatternParse, TabsSpacesTrailingWhitespaceAndNewlines) {
   const HeadGates g = parse_head_pattern("0.5\t1\t0.25  \n  0 0.125\t\t-0.5\t\n\n \t\n", "p.tsv");

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/engine/head_roles_util.h"
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -63,18 +65,6 @@ profiles:
     streaming: { sink_tokens: 16, local_tokens: 64 }
 )";
 
-// Retrieval heads of each layer, one string per layer ("02" = heads 0 and 2).
-std::vector<std::string> retrieval_heads(const HeadRoles& roles) {
-  std::vector<std::string> out;
-  for (int32_t l = 0; l < roles.n_layers(); ++l) {
-    std::string s;
-    for (int32_t h = 0; h < roles.n_kv_heads(); ++h) {
-      if (roles.role(l, h) == HeadRole::kRetrieval) s += std::to_string(h);
-    }
-    out.push_back(s);
-  }
-  return out;
-}
 
 class ModelProfilesTest : public testing::Test {
  protected:
