@@ -104,8 +104,8 @@ void fill_uniform(DeviceBuffer<bf16>& b, uint64_t seed, float scale) {
   CUDA_CHECK_LAUNCH();
 }
 
-// kmin/kmax [pages][P/LP][D] of a K pool (what kv_append maintains), for page_select.
-__global__ void subpage_bounds_kernel(const bf16* k, int64_t pages, int P, int LP, int D, float* kmin, float* kmax) {
+// kmin/kmax [pages][P/LP][D] bf16 of a K pool (what kv_append maintains), for page_select.
+__global__ void subpage_bounds_kernel(const bf16* k, int64_t pages, int P, int LP, int D, bf16* kmin, bf16* kmax) {
   const int64_t n = pages * (P / LP) * D;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -117,8 +117,8 @@ __global__ void subpage_bounds_kernel(const bf16* k, int64_t pages, int P, int L
       lo = fminf(lo, x);
       hi = fmaxf(hi, x);
     }
-    kmin[i] = lo;
-    kmax[i] = hi;
+    kmin[i] = __float2bfloat16(lo);  // exact: min / max of bf16 values
+    kmax[i] = __float2bfloat16(hi);
   }
 }
 
@@ -359,8 +359,7 @@ int run_decode(const Options& o) {
   // through the pool base), selection buffers.
   const int SP = o.page / o.logical_page;
   struct Set {
-    DeviceBuffer<bf16> k, v, q, o;
-    DeviceBuffer<float> kmin, kmax;
+    DeviceBuffer<bf16> k, v, q, o, kmin, kmax;
   };
   std::vector<Set> sets(static_cast<size_t>(R));
   for (int i = 0; i < R; ++i) {
@@ -373,8 +372,8 @@ int run_decode(const Options& o) {
     fill_uniform(st.v, 10 * i + 2, 1.0f);
     fill_uniform(st.q, 10 * i + 3, 1.0f);
     if (gpu_select) {
-      st.kmin = DeviceBuffer<float>(static_cast<size_t>(pages * SP * D));
-      st.kmax = DeviceBuffer<float>(st.kmin.size());
+      st.kmin = DeviceBuffer<bf16>(static_cast<size_t>(pages * SP * D));
+      st.kmax = DeviceBuffer<bf16>(st.kmin.size());
       subpage_bounds_kernel<<<1024, 256>>>(st.k.data(), pages, o.page, o.logical_page, o.dim, st.kmin.data(), st.kmax.data());
       CUDA_CHECK_LAUNCH();
     }
@@ -391,7 +390,6 @@ int run_decode(const Options& o) {
   const DeviceBuffer<int32_t> d_seq_lens{std::span<const int32_t>(seq_lens)};
   const DeviceBuffer<int64_t> d_q_offset{std::span<const int64_t>(q_offset)};
   DeviceBuffer<float> scores(std::max<size_t>(all.ids.size(), 1));
-  DeviceBuffer<int32_t> sel_blocks(std::max<size_t>(read.ids.size(), 1));
   const int32_t n_selected = read.indptr[static_cast<size_t>(n_ret)];
 
   cudaStream_t stream;
@@ -436,10 +434,9 @@ int run_decode(const Options& o) {
     s.scores = scores.data();
     s.selected_indptr = dread.indptr.data();  // the retrieval rows' prefix of the decode list
     s.selected_pages = dread.ids.data();
-    s.selected_blocks = sel_blocks.data();
+    s.selected_pos0 = dread.pos0.data();  // the decode list's positions, written by page_select itself
+    s.selected_len = dread.len.data();
     page_select(s, stream);
-    fill_block_positions(dread.indptr.data(), sel_blocks.data(), d_seq_lens.data(), n_ret, o.page,
-                         dread.pos0.data(), dread.len.data(), stream);
   };
   // Graphs per set: decode alone, and (gpu selection) selection alone and selection + decode.
   const auto capture = [&](auto&& body) {

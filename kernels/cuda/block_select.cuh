@@ -3,12 +3,16 @@
 //
 // Order: items i < n carry a 32-bit key (order_key(float): larger key = larger value) and are ranked
 // by key descending, then index ascending ("ties go to the lower index", as the CPU twins' stable
-// sorts do). block_select_cutoff finds the shortest prefix of that order whose measure reaches a
-// target: measure 1 per item selects the top k (page selection, top-k), measure = probability in
-// fixed point selects the top-p nucleus. How it works: four 8-bit radix passes over the keys, each
-// building a 256-bin histogram of measure (shared-memory atomics on integers, so the result is
-// deterministic) restricted to the key prefix chosen so far, find the cutoff key T; then, if T is
-// tied, one pass in index order (block scan) finds the last tied index to take.
+// sorts do). Two selects over that order, both radix selects with four 8-bit passes, each pass
+// building a 256-bin histogram (shared-memory integer atomics, so results are deterministic) of the
+// members whose key starts with the prefix chosen so far, then one warp picking the next digit with a
+// suffix scan over the bins (warp_pick_digit):
+//   - block_select_cutoff: shortest prefix of the order whose measure reaches a target: measure 1 per
+//     item selects the top k, measure = probability in fixed point the top-p nucleus (sampling). A
+//     tied cutoff key is resolved by one more pass in index order (block scan).
+//   - block_topk_cutoff: the top k members, counts only (32-bit bins, warp-aggregated atomics, stops
+//     as soon as the boundary bin is taken whole); the tied cutoff key is returned as a number of ties
+//     to take, which the caller's ordered compaction resolves for free (page selection).
 #pragma once
 
 #include <cstdint>
@@ -74,6 +78,52 @@ __device__ __forceinline__ T block_inclusive_scan(T v, T* warp_totals, T& total)
   return v + (warp > 0 ? warp_totals[warp - 1] : T{0});
 }
 
+// One warp's digit pick over a 256-bin histogram (bins ranked from 255 down): the largest digit d with
+// above + Σ_{d' ≥ d} hist[d'] ≥ target, or 0 when there is none. above': above + Σ_{d' > d} hist[d'];
+// bin: hist[d]; total: Σ hist. Lane l scans bins 255 - 8l .. 248 - 8l, a warp scan joins the lanes.
+// Call from all 32 lanes of one warp; every lane gets the result.
+template <class T>
+struct DigitPick {
+  int digit;
+  T above, bin, total;
+};
+template <class T>
+__device__ __forceinline__ DigitPick<T> warp_pick_digit(const T* hist, T above, T target) {
+  const int lane = threadIdx.x & 31;
+  T c[8];
+  T sum = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    c[e] = hist[255 - 8 * lane - e];
+    sum += c[e];
+  }
+  T incl = sum;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const T u = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += u;
+  }
+  const unsigned hit = __ballot_sync(0xffffffffu, above + incl >= target);
+  const int owner = hit != 0 ? __ffs(hit) - 1 : 31;
+  T acc = above + incl - sum;
+  int e = 0;
+  T bin = c[0];
+#pragma unroll
+  for (int k = 0; k < 7; ++k) {
+    if (e == k && acc + c[k] < target) {
+      acc += c[k];
+      e = k + 1;
+      bin = c[k + 1];
+    }
+  }
+  DigitPick<T> p;
+  p.digit = 255 - 8 * owner - __shfl_sync(0xffffffffu, e, owner);
+  p.above = __shfl_sync(0xffffffffu, acc, owner);
+  p.bin = __shfl_sync(0xffffffffu, bin, owner);
+  p.total = __shfl_sync(0xffffffffu, incl, 31);
+  return p;
+}
+
 // Shortest prefix of the order over the members (measure ≠ 0) of items 0..n-1 whose summed measure
 // is ≥ target (target ≥ 1); cutoff_all() when all members together stay below target. item(i) returns
 // SelectItem for i < n and must be a pure function (it is evaluated up to six times per item). Call
@@ -97,24 +147,18 @@ __device__ __forceinline__ Cutoff block_select_cutoff(int32_t n, uint64_t target
       }
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      if (shift == 24) {
-        unsigned long long total = 0;
-        for (int d = 0; d < 256; ++d) total += s.hist[d];
-        s.all = total < target;
-        s.above = 0;
-      }
-      if (!s.all) {
-        unsigned long long acc = s.above;
-        int d = 255;
-        for (; d > 0; --d) {
-          if (acc + s.hist[d] >= target) break;
-          acc += s.hist[d];
+    if (threadIdx.x < 32) {
+      const DigitPick<unsigned long long> p =
+          warp_pick_digit<unsigned long long>(s.hist, shift == 24 ? 0ull : s.above, target);
+      __syncwarp();  // every lane has read s.above
+      if (threadIdx.x == 0) {
+        if (shift == 24) s.all = p.total < target;
+        if (!s.all) {
+          s.above = p.above;
+          s.prefix = prefix | (static_cast<uint32_t>(p.digit) << shift);
+          s.tie_count = s.count[p.digit];
+          s.tie_measure = p.bin;
         }
-        s.above = acc;
-        s.prefix = prefix | (static_cast<uint32_t>(d) << shift);
-        s.tie_count = s.count[d];
-        s.tie_measure = s.hist[d];
       }
     }
     __syncthreads();
@@ -143,6 +187,75 @@ __device__ __forceinline__ Cutoff block_select_cutoff(int32_t n, uint64_t target
     run += chunk;
   }
   return {prefix, s.cut_index};
+}
+
+// ---- top k by count ----------------------------------------------------------------------------
+
+// The top k of the order among the members: member i is inside iff its key > key, or key == this.key
+// and fewer than `ties` members with this key come before it (index order).
+struct TopkCut {
+  uint32_t key;
+  uint32_t ties;
+};
+__device__ constexpr TopkCut topk_all() { return {0u, 0xffffffffu}; }
+__device__ constexpr TopkCut topk_none() { return {0xffffffffu, 0u}; }
+
+struct TopkItem {
+  uint32_t key;
+  bool member;
+};
+
+struct TopkScratch {
+  unsigned hist[256];
+  int digit;
+  unsigned above, bin, total;
+};
+
+// The top k members (measure 1 each) of items 0..n-1: topk_none() for k ≤ 0, topk_all() when there
+// are ≤ k members. item(i) returns TopkItem for i < n and must be a pure function (evaluated up to
+// four times per item; cheap when the keys are staged in shared memory). Call from all threads of
+// the block (blockDim.x a multiple of 32) with the same arguments; s in shared memory.
+template <class ItemFn>
+__device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const ItemFn& item, TopkScratch& s) {
+  if (k <= 0) return topk_none();
+  const unsigned target = static_cast<unsigned>(k);
+  const unsigned lane = threadIdx.x & 31;
+  uint32_t prefix = 0, mask = 0;
+  unsigned above = 0;  // members ranked before the current key prefix
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[d] = 0;
+    __syncthreads();
+    for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count in every lane: match_any
+      const int32_t i = base + static_cast<int32_t>(threadIdx.x);
+      unsigned digit = 256;  // not counted
+      if (i < n) {
+        const TopkItem it = item(i);
+        if (it.member && (it.key & mask) == prefix) digit = (it.key >> shift) & 255u;
+      }
+      const unsigned peers = __match_any_sync(0xffffffffu, digit);
+      if (digit < 256 && static_cast<unsigned>(__ffs(peers) - 1) == lane) atomicAdd(&s.hist[digit], __popc(peers));
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      const DigitPick<unsigned> p = warp_pick_digit<unsigned>(s.hist, above, target);
+      if (threadIdx.x == 0) {
+        s.digit = p.digit;
+        s.above = p.above;
+        s.bin = p.bin;
+        s.total = p.total;
+      }
+    }
+    __syncthreads();
+    const unsigned total = s.total, bin = s.bin;
+    const uint32_t digit = static_cast<uint32_t>(s.digit);
+    if (shift == 24 && total <= target) return topk_all();
+    above = s.above;
+    prefix |= digit << shift;
+    mask |= 255u << shift;
+    // The members with this prefix are all inside when the boundary bin is taken whole.
+    if (above + bin == target) return prefix == 0 ? topk_all() : TopkCut{prefix - 1, 0u};
+  }
+  return {prefix, target - above};
 }
 
 }  // namespace sparseserve::kernels::cuda

@@ -1,8 +1,9 @@
 // KV append kernels. How this works: launch 1 resets (kmin = +inf, kmax = -inf) every sub-page whose
 // first token is in the batch; launch 2 copies each row's K and V into its page slot (a thread per
 // 16-byte unit, or per element when unaligned) and folds K into its sub-page's min/max with atomic
-// float min/max. min/max are exact and order-independent, so the result equals the sequential CPU
-// writes (see the contract in kv_append.h) and is deterministic.
+// bf16 min/max (one vector reduction per 16-byte unit, a 16-bit compare-and-swap loop per element on
+// the unaligned path). min/max are exact and order-independent, and -0 is folded to +0 first, so the
+// result equals the sequential CPU writes (see the contract in kv_append.h) and is deterministic.
 #include "kernels/cuda/kv_append.h"
 
 #include <algorithm>
@@ -19,24 +20,35 @@ unsigned grid_for(int64_t work_items) {
   return static_cast<unsigned>(std::clamp<int64_t>((work_items + kThreads - 1) / kThreads, 1, 1 << 16));
 }
 
-// Float min/max through integer atomics: non-negative floats order like their int bits, negative ones
-// reversely to their unsigned bits. -0 is folded to +0 first (its int bits would order below every
-// negative value). NaN keys are out of contract.
-__device__ __forceinline__ void atomic_min_float(float* addr, float v) {
-  v += 0.0f;  // -0 -> +0
-  if (v >= 0.0f) {
-    atomicMin(reinterpret_cast<int*>(addr), __float_as_int(v));
-  } else {
-    atomicMax(reinterpret_cast<unsigned*>(addr), __float_as_uint(v));
-  }
+// 8 bf16 with -0 turned into +0 (a zero's sign would make min/max results depend on the order).
+__device__ __forceinline__ uint4 fold_negative_zero(uint4 x) {
+  const auto fold = [](uint32_t w) { return w & __vcmpne2(w & 0x7fff7fffu, 0u); };
+  return make_uint4(fold(x.x), fold(x.y), fold(x.z), fold(x.w));
 }
 
-__device__ __forceinline__ void atomic_max_float(float* addr, float v) {
-  v += 0.0f;
-  if (v >= 0.0f) {
-    atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
-  } else {
-    atomicMin(reinterpret_cast<unsigned*>(addr), __float_as_uint(v));
+// Element-wise atomic min / max of 8 bf16 at a 16-byte aligned address (sm_90 vector reductions).
+__device__ __forceinline__ void atomic_min_bf16x8(__nv_bfloat16* addr, uint4 v) {
+  asm volatile("red.global.min.noftz.v4.bf16x2 [%0], {%1, %2, %3, %4};\n" ::"l"(addr), "r"(v.x), "r"(v.y), "r"(v.z),
+               "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ void atomic_max_bf16x8(__nv_bfloat16* addr, uint4 v) {
+  asm volatile("red.global.max.noftz.v4.bf16x2 [%0], {%1, %2, %3, %4};\n" ::"l"(addr), "r"(v.x), "r"(v.y), "r"(v.z),
+               "r"(v.w)
+               : "memory");
+}
+
+// One bf16 folded into *addr with min (kMax false) or max, by 16-bit compare-and-swap.
+template <bool kMax>
+__device__ __forceinline__ void atomic_fold_bf16(__nv_bfloat16* addr, __nv_bfloat16 v) {
+  auto* word = reinterpret_cast<unsigned short*>(addr);
+  const float x = __bfloat162float(v) + 0.0f;  // -0 -> +0
+  const unsigned short bits = __bfloat16_as_ushort(__float2bfloat16(x));
+  unsigned short old = *reinterpret_cast<volatile unsigned short*>(word);
+  while (kMax ? x > __bfloat162float(__ushort_as_bfloat16(old)) : x < __bfloat162float(__ushort_as_bfloat16(old))) {
+    const unsigned short seen = atomicCAS(word, old, bits);
+    if (seen == old) break;
+    old = seen;
   }
 }
 
@@ -62,8 +74,8 @@ __global__ void __launch_bounds__(kThreads) kv_reset_subpages_kernel(KvPoolView 
     if (!row_in_range(pool, page, offset) || offset % pool.logical_page_tokens != 0) continue;
     if (!row_has_metadata(pool, rows, n)) continue;
     const int64_t m = meta_index(pool, page, offset) + d;
-    pool.kmin[m] = INFINITY;
-    pool.kmax[m] = -INFINITY;
+    pool.kmin[m] = __ushort_as_bfloat16(0x7f80);  // +inf
+    pool.kmax[m] = __ushort_as_bfloat16(0xff80);  // -inf
   }
 }
 
@@ -86,21 +98,17 @@ __global__ void __launch_bounds__(kThreads) kv_append_kernel(KvPoolView pool, Kv
       reinterpret_cast<uint4*>(pool.k + slot)[j] = kraw;
       reinterpret_cast<uint4*>(pool.v + slot)[j] = reinterpret_cast<const uint4*>(value)[j];
       if (meta) {
-        float f[8];
-        bf16x8_to_float(kraw, f);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          atomic_min_float(pool.kmin + m + 8 * j + i, f[i]);
-          atomic_max_float(pool.kmax + m + 8 * j + i, f[i]);
-        }
+        const uint4 folded = fold_negative_zero(kraw);
+        atomic_min_bf16x8(pool.kmin + m + 8 * j, folded);
+        atomic_max_bf16x8(pool.kmax + m + 8 * j, folded);
       }
     } else {
       const __nv_bfloat16 kv = key[j];
       pool.k[slot + j] = kv;
       pool.v[slot + j] = value[j];
       if (meta) {
-        atomic_min_float(pool.kmin + m + j, __bfloat162float(kv));
-        atomic_max_float(pool.kmax + m + j, __bfloat162float(kv));
+        atomic_fold_bf16<false>(pool.kmin + m + j, kv);
+        atomic_fold_bf16<true>(pool.kmax + m + j, kv);
       }
     }
   }
@@ -123,7 +131,8 @@ void kv_append(const KvPoolView& pool, const KvAppendRows& rows, cudaStream_t st
         "kv_append: null row pointer", loc);
   const int64_t D = pool.head_dim;
   const bool vec = D % 8 == 0 && rows.k_stride % 8 == 0 && rows.v_stride % 8 == 0 && is_aligned16(rows.k_new) &&
-                   is_aligned16(rows.v_new) && is_aligned16(pool.k) && is_aligned16(pool.v);
+                   is_aligned16(rows.v_new) && is_aligned16(pool.k) && is_aligned16(pool.v) &&
+                   (pool.kmin == nullptr || (is_aligned16(pool.kmin) && is_aligned16(pool.kmax)));
   if (pool.kmin != nullptr) {
     kv_reset_subpages_kernel<<<grid_for(rows.rows * D), kThreads, 0, stream>>>(pool, rows);
     check_cuda(cudaGetLastError(), "kv_reset_subpages_kernel launch", loc);

@@ -1,8 +1,8 @@
 // Appends new K/V rows to the paged KV pool (CUDA); twin: engine/cpu_kv_storage.h CpuKvStorage::write.
 // Pool layout (kvcache/README.md: one page = page_tokens tokens of one (layer, KV head) lane):
 //   k, v        [num_pages][page_tokens][head_dim] bf16 (K after RoPE)
-//   kmin, kmax  [num_pages][page_tokens / logical_page_tokens][head_dim] fp32: element-wise min / max
-//               of K over each logical sub-page (null when the pool keeps no metadata)
+//   kmin, kmax  [num_pages][page_tokens / logical_page_tokens][head_dim] bf16: element-wise min / max
+//               of K over each logical sub-page (exact: K is bf16; null when the pool keeps no metadata)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -16,8 +16,8 @@ namespace sparseserve::kernels::cuda {
 struct KvPoolView {
   __nv_bfloat16* k = nullptr;
   __nv_bfloat16* v = nullptr;
-  float* kmin = nullptr;  // optional (both or neither)
-  float* kmax = nullptr;
+  __nv_bfloat16* kmin = nullptr;  // optional (both or neither)
+  __nv_bfloat16* kmax = nullptr;
   int64_t num_pages = 0;
   int32_t page_tokens = 0;          // P
   int32_t logical_page_tokens = 0;  // LP, divides P

@@ -1,110 +1,279 @@
 // Page selection kernels. How this works:
-//   1. page_score_kernel: grid (pages / 4, rows); a block stages its row's group of query heads in
-//      shared memory as fp32, then each warp scores one page at a time: lanes stride over head_dim,
-//      reading each valid sub-page's kmin/kmax once for all query heads of the group (a register
-//      accumulator per head), and warp sums give each head's bound.
-//   2. page_select_kernel: one block per row; the always-kept blocks are known from seq_len, the other
-//      blocks' cutoff comes from block_select_cutoff (top `take` in score-descending, block-ascending
-//      order), and a block scan in block order writes the selected pages ascending.
+//   1. page_score_kernel<D>: grid (chunks / 4, rows), 4 warps per CTA; a warp scores a chunk of ≤ 32
+//      consecutive blocks of its row (one page index per lane) as tensor-core products. The bound
+//      Σ_d max(q_d·kmax_d, q_d·kmin_d) equals Σ_d q⁺_d·kmax_d + q⁻_d·kmin_d (q⁺ = max(q, 0),
+//      q⁻ = min(q, 0), exact in bf16), a dot product over 2·D, so for 8 sub-pages at a time one
+//      mma.sync m16n8k16 chain gives the bounds of up to 16 query heads (A: [q⁺ | q⁻] of the group,
+//      rows ≥ group zero; B: [kmax ; kmin] of the 8 sub-pages, fp32 accumulators). Each lane issues
+//      all its 16-byte loads of a tile at once: lane (g, t) = (lane / 4, lane % 4) reads sub-page g's
+//      dims 32j + 8t .. +8 for every j, and the same permutation of the reduction dimension is used
+//      for A (the sum does not depend on the order of its terms). Maxima over heads and sub-pages
+//      then take a few shuffles per tile, and each lane keeps the score of its own block of the chunk.
+//   2. page_select_kernel: one CTA per row; the always-kept blocks are known from seq_len, the other
+//      blocks' top `take` comes from block_topk_cutoff over the scores as order keys (staged once in
+//      shared memory when the row has ≤ kStageKeys blocks, read from global otherwise), and one block
+//      scan over contiguous index ranges gives every selected block its output slot, ties at the
+//      cutoff key taken in block order. It writes the pages, and optionally the block indices and the
+//      positions (decode_attention.h's KeyPageList).
 #include "kernels/cuda/page_select.h"
 
 #include <algorithm>
+#include <bit>
 
 #include "kernels/cuda/block_select.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention.cuh"
 
 namespace sparseserve::kernels::cuda {
 
 namespace {
 
 constexpr int kScoreWarps = 4;
-constexpr int kSelectThreads = 256;
+constexpr int kScoreMaxSpan = 32;  // blocks per warp chunk: one page index per lane
+constexpr int kScoreWarpsPerSm = 16;
+constexpr int kSelectThreads = 512;
+constexpr int32_t kStageKeys = 8192;  // 32 KB of shared memory
 
-__global__ void __launch_bounds__(kScoreWarps * 32) page_score_kernel(PageSelectArgs a) {
-  extern __shared__ float qs[];  // [group][head_dim]
+constexpr unsigned kFull = 0xffffffffu;
+
+// Splits 8 packed bf16 q values into q⁺ (negatives zeroed) and q⁻ (non-negatives zeroed).
+__device__ __forceinline__ void split_sign(const uint4& x, uint4& pos, uint4& neg) {
+  const auto neg_mask = [](uint32_t w) { return ((w >> 15) & 0x00010001u) * 0xffffu; };
+  const uint32_t m[4] = {neg_mask(x.x), neg_mask(x.y), neg_mask(x.z), neg_mask(x.w)};
+  pos = make_uint4(x.x & ~m[0], x.y & ~m[1], x.z & ~m[2], x.w & ~m[3]);
+  neg = make_uint4(x.x & m[0], x.y & m[1], x.z & m[2], x.w & m[3]);
+}
+
+// acc += A · B over 32 permuted dims: rows_g / rows_g8 hold A's rows g / g + 8 at the lane's 8 dims,
+// b column g (the lane's sub-page) at the same dims; two k16 steps.
+__device__ __forceinline__ void mma_dims32(float (&acc)[4], const uint4& rows_g, const uint4& rows_g8, const uint4& b) {
+  const uint32_t a0[4] = {rows_g.x, rows_g8.x, rows_g.y, rows_g8.y};
+  const uint32_t a1[4] = {rows_g.z, rows_g8.z, rows_g.w, rows_g8.w};
+  attn::mma_bf16_16816(acc, a0, b.x, b.y);
+  attn::mma_bf16_16816(acc, a1, b.z, b.w);
+}
+
+template <int D>
+__global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSelectArgs a, int32_t span,
+                                                                         int32_t log2_subpages) {
+  static_assert(D % 32 == 0);
+  constexpr int J = D / 32;  // 32-dim slices
+  constexpr int kThreads = kScoreWarps * 32;
   const int r = blockIdx.y;
-  const int D = a.head_dim, G = a.group;
-  const __nv_bfloat16* q = a.q + a.q_offset[r];
-  for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i] = __bfloat162float(q[i]);
-  __syncthreads();
-
+  const int G = a.group;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int32_t first = a.page_indptr[r];
   const int32_t n = a.page_indptr[r + 1] - first;
+  const int32_t chunks = (n + span - 1) / span;
+  const int32_t chunk_stride = static_cast<int32_t>(gridDim.x) * kScoreWarps;
+  // Lane b's page in chunk c (blocks c·span + b), 0 past the row.
+  const auto chunk_page = [&](int32_t c) {
+    const int32_t b = c * span + lane;
+    return c < chunks && lane < span && b < n ? a.page_indices[first + b] : 0;
+  };
+  int32_t c = static_cast<int32_t>(blockIdx.x) * kScoreWarps + warp;
+  int32_t my_page = chunk_page(c);  // issued before the q staging so the two latencies overlap
+
+  // The group's query heads in shared memory: all loads of a thread issued before its stores.
+  __shared__ __align__(16) __nv_bfloat16 qs[kPageSelectMaxGroup * D];
+  const __nv_bfloat16* q = a.q + a.q_offset[r];
+  if ((reinterpret_cast<uintptr_t>(q) & 15) == 0) {
+    constexpr int kVecs = (kPageSelectMaxGroup * D / 8 + kThreads - 1) / kThreads;
+    const int vecs = G * D / 8;
+    uint4 v[kVecs];
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int i = static_cast<int>(threadIdx.x) + k * kThreads;
+      if (i < vecs) v[k] = reinterpret_cast<const uint4*>(q)[i];
+    }
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int i = static_cast<int>(threadIdx.x) + k * kThreads;
+      if (i < vecs) reinterpret_cast<uint4*>(qs)[i] = v[k];
+    }
+  } else {
+    constexpr int kElems = (kPageSelectMaxGroup * D + kThreads - 1) / kThreads;
+    __nv_bfloat16 v[kElems];
+#pragma unroll
+    for (int k = 0; k < kElems; ++k) {
+      const int i = static_cast<int>(threadIdx.x) + k * kThreads;
+      if (i < G * D) v[k] = q[i];
+    }
+#pragma unroll
+    for (int k = 0; k < kElems; ++k) {
+      const int i = static_cast<int>(threadIdx.x) + k * kThreads;
+      if (i < G * D) qs[i] = v[k];
+    }
+  }
+  __syncthreads();
+
+  const int g = lane >> 2, t = lane & 3;
+  // A fragments, rows g and g + 8 (query heads), for the lane's dims 32j + 8t .. +8.
+  uint4 qpos[J][2], qneg[J][2];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int head = g + 8 * h;
+      const uint4 x = head < G ? *reinterpret_cast<const uint4*>(qs + head * D + 32 * j + 8 * t) : make_uint4(0, 0, 0, 0);
+      split_sign(x, qpos[j][h], qneg[j][h]);
+    }
+  }
+
   const int64_t seq_len = a.seq_lens[r];
-  const int P = a.config.page_tokens, LP = a.config.logical_page_tokens, SP = P / LP;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int32_t b = blockIdx.x * kScoreWarps + warp; b < n; b += gridDim.x * kScoreWarps) {
-    const int64_t tokens = min(int64_t{P}, seq_len - int64_t{b} * P);
-    const int valid = static_cast<int>((tokens + LP - 1) / LP);
-    const int64_t page = a.page_indices[first + b];
-    const float* mn = a.kmin + page * SP * D;
-    const float* mx = a.kmax + page * SP * D;
-    float best = -INFINITY;
-    for (int s = 0; s < valid; ++s) {
-      float acc[kPageSelectMaxGroup];
+  const int P = a.config.page_tokens, LP = a.config.logical_page_tokens;
+  const int lg = log2_subpages, SP = 1 << lg;
+  const int last_valid = n > 0 ? static_cast<int>((seq_len - int64_t{n - 1} * P + LP - 1) / LP) : 0;
+  const bool head_lo = g < G, head_hi = g + 8 < G;
+  for (; c < chunks; c += chunk_stride) {
+    const int32_t c0 = c * span;
+    const int cnt = min(span, n - c0);
+    const int32_t next_page = chunk_page(c + chunk_stride);  // prefetch
+    // Sub-page f of the chunk (block f >> lg, sub-page f & (SP - 1)) holds tokens.
+    const auto col_valid = [&](int f) {
+      const int b = f >> lg;
+      return b < cnt && (c0 + b < n - 1 || (f & (SP - 1)) < last_valid);
+    };
+    float mine = -INFINITY;  // score of block c0 + lane
+    const int cols = cnt << lg;
+    for (int f0 = 0; f0 < cols; f0 += 8) {
+      // B: this lane loads column g = sub-page f0 + g.
+      const int f = f0 + g;
+      const int32_t page = __shfl_sync(kFull, my_page, (f >> lg) & 31);
+      uint4 kmax[J], kmin[J];
+      if (col_valid(f)) {
+        const int64_t base = (int64_t{page} * SP + (f & (SP - 1))) * D;
+        const uint4* mx = reinterpret_cast<const uint4*>(a.kmax + base) + t;
+        const uint4* mn = reinterpret_cast<const uint4*>(a.kmin + base) + t;
 #pragma unroll
-      for (int g = 0; g < kPageSelectMaxGroup; ++g) acc[g] = 0.0f;
-      for (int d = lane; d < D; d += 32) {
-        const float lo = mn[s * D + d], hi = mx[s * D + d];
+        for (int j = 0; j < J; ++j) {
+          kmax[j] = __ldcs(mx + 4 * j);
+          kmin[j] = __ldcs(mn + 4 * j);
+        }
+      } else {
 #pragma unroll
-        for (int g = 0; g < kPageSelectMaxGroup; ++g) {
-          if (g < G) {
-            const float qd = qs[g * D + d];
-            acc[g] += fmaxf(qd * hi, qd * lo);
-          }
+        for (int j = 0; j < J; ++j) kmax[j] = kmin[j] = make_uint4(0, 0, 0, 0);
+      }
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        mma_dims32(acc, qpos[j][0], qpos[j][1], kmax[j]);
+        mma_dims32(acc, qneg[j][0], qneg[j][1], kmin[j]);
+      }
+      // acc: heads g (0, 1) and g + 8 (2, 3) of columns 2t, 2t + 1. Max over the valid ones.
+      float m[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        m[e] = -INFINITY;
+        if (col_valid(f0 + 2 * t + e)) {
+          if (head_lo) m[e] = acc[e];
+          if (head_hi) m[e] = fmaxf(m[e], acc[2 + e]);
         }
       }
+      if (SP >= 2) {  // both columns in one block: reduce one value
+        m[0] = fmaxf(m[0], m[1]);
 #pragma unroll
-      for (int g = 0; g < kPageSelectMaxGroup; ++g) {
-        if (g < G) best = fmaxf(best, warp_sum(acc[g]));
+        for (int o = 4; o < 32; o <<= 1) m[0] = fmaxf(m[0], __shfl_xor_sync(kFull, m[0], o));
+        if (SP >= 4) m[0] = fmaxf(m[0], __shfl_xor_sync(kFull, m[0], 1));
+        if (SP >= 8) m[0] = fmaxf(m[0], __shfl_xor_sync(kFull, m[0], 2));
+        m[1] = m[0];
+      } else {
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {
+          m[0] = fmaxf(m[0], __shfl_xor_sync(kFull, m[0], o));
+          m[1] = fmaxf(m[1], __shfl_xor_sync(kFull, m[1], o));
+        }
       }
+      // Lanes t now hold the maximum over their block's columns of the tile (one block per column
+      // when SP = 1: m[0] / m[1] for columns 2t / 2t + 1). Lane b takes block b's part of the tile
+      // from the lane of the block's first column in it.
+      const int pf = lane << lg;
+      const bool hit = lane < cnt && pf < f0 + 8 && pf + SP > f0;
+      const int fc = max(pf, f0) - f0;
+      const float v0 = __shfl_sync(kFull, m[0], (fc >> 1) & 3);
+      const float v1 = __shfl_sync(kFull, m[1], (fc >> 1) & 3);
+      if (hit) mine = fmaxf(mine, (fc & 1) ? v1 : v0);
     }
-    if (lane == 0) a.scores[first + b] = best;
+    if (lane < cnt) a.scores[first + c0 + lane] = mine;
+    my_page = next_page;
   }
 }
 
 __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectArgs a) {
-  __shared__ SelectScratch scratch;
-  __shared__ unsigned scan_totals[32];
+  __shared__ uint32_t keys[kStageKeys];
+  __shared__ TopkScratch scratch;
+  __shared__ unsigned long long scan_totals[32];
   const int r = blockIdx.x;
   const int32_t first = a.page_indptr[r];
   const int32_t n = a.page_indptr[r + 1] - first;
   const int64_t seq_len = a.seq_lens[r];
   const PageSelectConfig c = a.config;
-  const auto sink_blocks =
-      static_cast<int32_t>(min((c.sink_tokens + c.page_tokens - 1) / c.page_tokens, int64_t{n}));
+  const int32_t P = c.page_tokens;
+  const auto sink_blocks = static_cast<int32_t>(min((c.sink_tokens + P - 1) / P, int64_t{n}));
   const int32_t kept = sink_blocks + (sink_blocks < n ? 1 : 0);
   const int32_t rest = sink_blocks < n ? n - 1 - sink_blocks : 0;
   const int32_t take = selected_page_count(seq_len, c) - kept;
   const int32_t out_first = a.selected_indptr[r];
-  const int32_t capacity = a.selected_indptr[r + 1] - out_first;
+  const auto capacity = static_cast<uint32_t>(a.selected_indptr[r + 1] - out_first);
   const float* sc = a.scores + first;
 
+  const bool staged = n <= kStageKeys;
+  if (staged) {
+    for (int32_t i = threadIdx.x; i < n; i += blockDim.x) keys[i] = order_key(sc[i]);
+    __syncthreads();
+  }
+  const auto key = [&](int32_t i) { return staged ? keys[i] : order_key(sc[i]); };
+  const auto always = [=](int32_t i) { return i < sink_blocks || i == n - 1; };
   // Candidates: the blocks that are neither sink blocks nor the newest one.
-  const auto item = [=](int32_t i) {
-    return SelectItem{order_key(sc[i]), i >= sink_blocks && i < n - 1 ? 1ull : 0ull};
-  };
-  const Cutoff cut = take <= 0      ? cutoff_none()
-                     : take >= rest ? cutoff_all()
-                                    : block_select_cutoff(n, static_cast<uint64_t>(take), item, scratch);
+  const TopkCut cut = take <= 0      ? topk_none()
+                      : take >= rest ? topk_all()
+                                     : block_topk_cutoff(n, take, [&](int32_t i) {
+                                         return TopkItem{key(i), !always(i)};
+                                       }, scratch);
 
-  unsigned written = 0;
-  for (int32_t base = 0; base < n; base += blockDim.x) {
-    const int32_t i = base + static_cast<int32_t>(threadIdx.x);
-    bool keep = false;
-    if (i < n) {
-      keep = i < sink_blocks || i == n - 1 || cut.inside(order_key(sc[i]), i);
+  // Thread i owns blocks lo .. hi - 1. Selected blocks before block b: the non-tied selected ones
+  // (always kept, or key above the cutoff) plus the tied ones taken, min(cut.ties, ties before b).
+  const int32_t per = (n + static_cast<int32_t>(blockDim.x) - 1) / static_cast<int32_t>(blockDim.x);
+  const int32_t lo = min(n, static_cast<int32_t>(threadIdx.x) * per), hi = min(n, lo + per);
+  unsigned sure = 0, tied = 0;
+  for (int32_t i = lo; i < hi; ++i) {
+    if (always(i)) {
+      ++sure;
+    } else {
+      const uint32_t k = key(i);
+      sure += k > cut.key ? 1u : 0u;
+      tied += k == cut.key ? 1u : 0u;
     }
-    unsigned chunk = 0;
-    const unsigned incl = block_inclusive_scan(keep ? 1u : 0u, scan_totals, chunk);
-    if (keep) {
-      const unsigned pos = written + incl - 1;
-      if (pos < static_cast<unsigned>(capacity)) {  // capacity == selected_page_count by contract
-        a.selected_pages[out_first + pos] = a.page_indices[first + i];
-        if (a.selected_blocks != nullptr) a.selected_blocks[out_first + pos] = i;
+  }
+  const unsigned long long mine = (static_cast<unsigned long long>(sure) << 32) | tied;
+  unsigned long long total = 0;
+  const unsigned long long before = block_inclusive_scan(mine, scan_totals, total) - mine;
+  unsigned sure_before = static_cast<unsigned>(before >> 32), tied_before = static_cast<unsigned>(before);
+  for (int32_t i = lo; i < hi; ++i) {
+    bool keep = true;
+    uint32_t pos = 0;
+    if (always(i)) {
+      pos = sure_before++ + min(cut.ties, tied_before);
+    } else {
+      const uint32_t k = key(i);
+      if (k > cut.key) {
+        pos = sure_before++ + min(cut.ties, tied_before);
+      } else if (k == cut.key && tied_before < cut.ties) {
+        pos = sure_before + tied_before++;
+      } else {
+        keep = false;
+        tied_before += k == cut.key ? 1u : 0u;
       }
     }
-    written += chunk;
+    if (keep && pos < capacity) {  // capacity == selected_page_count by contract
+      const int32_t e = out_first + static_cast<int32_t>(pos);
+      a.selected_pages[e] = a.page_indices[first + i];
+      if (a.selected_blocks != nullptr) a.selected_blocks[e] = i;
+      if (a.selected_pos0 != nullptr) {
+        a.selected_pos0[e] = i * P;
+        a.selected_len[e] = static_cast<int32_t>(min(int64_t{P}, seq_len - int64_t{i} * P));
+      }
+    }
   }
 }
 
@@ -120,9 +289,11 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   const PageSelectConfig c = a.config;
   check(c.page_tokens >= 1 && c.logical_page_tokens >= 1 && c.page_tokens % c.logical_page_tokens == 0,
         "page_select: logical_page_tokens must divide page_tokens", loc);
+  const auto subpages = static_cast<uint32_t>(c.page_tokens / c.logical_page_tokens);
+  check(std::has_single_bit(subpages), "page_select: page_tokens / logical_page_tokens must be a power of two", loc);
   check(c.sink_tokens >= 0 && c.token_budget >= 0, "page_select: sink_tokens and token_budget must be ≥ 0", loc);
   check(a.rows >= 0 && a.rows <= 65535, "page_select: rows must be in [0, 65535]", loc);
-  check(a.head_dim >= 1 && a.head_dim <= 1024, "page_select: head_dim must be in [1, 1024]", loc);
+  check(a.head_dim == 64 || a.head_dim == 128, "page_select: head_dim must be 64 or 128", loc);
   check(a.group >= 1 && a.group <= kPageSelectMaxGroup, "page_select: group must be in [1, 16]", loc);
   check(a.max_blocks >= 0, "page_select: max_blocks must be ≥ 0", loc);
   if (a.rows == 0) return;
@@ -130,9 +301,29 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
             a.page_indptr != nullptr && a.page_indices != nullptr && a.seq_lens != nullptr && a.scores != nullptr &&
             a.selected_indptr != nullptr && a.selected_pages != nullptr,
         "page_select: null pointer", loc);
-  const int32_t grid_x = std::clamp((a.max_blocks + kScoreWarps - 1) / kScoreWarps, 1, 1024);
-  const size_t smem = static_cast<size_t>(a.group) * a.head_dim * sizeof(float);
-  page_score_kernel<<<dim3(grid_x, a.rows), kScoreWarps * 32, smem, stream>>>(a);
+  check((a.selected_pos0 == nullptr) == (a.selected_len == nullptr),
+        "page_select: selected_pos0 and selected_len must both be set or both null", loc);
+  check(is_aligned16(a.kmin) && is_aligned16(a.kmax), "page_select: kmin and kmax must be 16-byte aligned", loc);
+
+  // Chunk size: enough warps to fill the GPU about once (every byte of metadata in flight early), up
+  // to 32 blocks per warp; a multiple of the blocks in one 8-sub-page tile.
+  int device = 0, sms = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice", loc);
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute", loc);
+  const int64_t blocks = int64_t{a.rows} * a.max_blocks;
+  const int64_t warps = std::max<int64_t>(int64_t{sms} * kScoreWarpsPerSm, 1);
+  const int32_t tile_blocks = static_cast<int32_t>(std::max<uint32_t>(1, 8 / subpages));
+  int32_t span = static_cast<int32_t>(std::clamp<int64_t>((blocks + warps - 1) / warps, 1, kScoreMaxSpan));
+  span = std::min(kScoreMaxSpan, (span + tile_blocks - 1) / tile_blocks * tile_blocks);
+  const int32_t chunks = (a.max_blocks + span - 1) / span;
+  const int32_t grid_x = std::clamp((chunks + kScoreWarps - 1) / kScoreWarps, 1, 65535);
+  const int32_t log2_subpages = std::countr_zero(subpages);
+  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(a.rows));
+  if (a.head_dim == 128) {
+    page_score_kernel<128><<<grid, kScoreWarps * 32, 0, stream>>>(a, span, log2_subpages);
+  } else {
+    page_score_kernel<64><<<grid, kScoreWarps * 32, 0, stream>>>(a, span, log2_subpages);
+  }
   check_cuda(cudaGetLastError(), "page_score_kernel launch", loc);
   page_select_kernel<<<a.rows, kSelectThreads, 0, stream>>>(a);
   check_cuda(cudaGetLastError(), "page_select_kernel launch", loc);

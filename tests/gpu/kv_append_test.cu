@@ -1,7 +1,8 @@
 // kernels/cuda/kv_append vs engine/cpu_kv_storage (CpuKvStorage::write) on a simulated batch of lanes:
 // a prefill chunk then decode steps per lane, rows of a batch in random order, some lanes without
 // metadata (streaming), plus rows out of range that must be skipped. Pools start poisoned, so slots
-// never written must stay NaN.
+// never written must stay NaN. kmin/kmax are bf16 on the device and must equal the CPU's fp32 values
+// exactly (min/max of bf16 keys).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -39,8 +40,8 @@ void run_case(const KvCase& c, std::mt19937_64& rng) {
   CpuKvStorage cpu(num_pages, c.P, c.LP, c.D);
   auto dk = poisoned<bf16>(size_t(num_pages) * c.P * c.D);
   auto dv = poisoned<bf16>(dk.size());
-  auto dmin = poisoned<float>(size_t(num_pages) * SP * c.D);
-  auto dmax = poisoned<float>(dmin.size());
+  auto dmin = poisoned<bf16>(size_t(num_pages) * SP * c.D);
+  auto dmax = poisoned<bf16>(dmin.size());
   const cuda::KvPoolView pool{dk.data(), dv.data(), dmin.data(), dmax.data(), num_pages, c.P, c.LP, c.D};
   std::vector<uint8_t> slot_written(size_t(num_pages) * c.P, 0), sub_written(size_t(num_pages) * SP, 0);
 
@@ -57,7 +58,11 @@ void run_case(const KvCase& c, std::mt19937_64& rng) {
     }
     std::shuffle(rows.begin(), rows.end(), rng);
     const size_t n_valid = rows.size();
-    const Bf16Data keys = random_bf16((n_valid + 2) * size_t(stride), rng, -3.0f, 3.0f);
+    Bf16Data keys = random_bf16((n_valid + 2) * size_t(stride), rng, -3.0f, 3.0f);
+    for (size_t i = 0; i < keys.size(); i += 13) {  // zeros of both signs: min/max must not depend on order
+      keys.bits[i] = (i / 13) % 2 == 0 ? 0x8000 : 0x0000;
+      keys.f[i] = (i / 13) % 2 == 0 ? -0.0f : 0.0f;
+    }
     const Bf16Data values = random_bf16(keys.size(), rng, -3.0f, 3.0f);
     std::vector<int32_t> page_ids, offsets;
     std::vector<uint8_t> meta;
@@ -96,7 +101,7 @@ void run_case(const KvCase& c, std::mt19937_64& rng) {
     }
 
     const std::vector<float> gk = download_bf16(dk), gv = download_bf16(dv);
-    const std::vector<float> gmin = dmin.download(), gmax = dmax.download();
+    const std::vector<float> gmin = download_bf16(dmin), gmax = download_bf16(dmax);
     size_t bad_kv = 0, bad_meta = 0, stray = 0;
     for (int32_t page = 0; page < num_pages; ++page) {
       for (int32_t off = 0; off < c.P; ++off) {

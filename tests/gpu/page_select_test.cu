@@ -1,10 +1,13 @@
 // kernels/cuda/page_select vs kernels/cpu/page_select (page_score, select_pages).
-//  - Exact inputs: q and kmin/kmax small multiples of 1/4, so every product and partial sum is exact
-//    in fp32 and the GPU scores equal the CPU's bit for bit whatever the summation order; scores then
-//    tie often, which checks the tie rule (lower block first) exactly.
+//  - Exact inputs: q small integers and kmin/kmax (bf16, as the pool stores them) small multiples of
+//    1/4, so every product and partial sum is exact in fp32 and the GPU scores equal the CPU's bit for
+//    bit whatever the summation order; scores then tie often, which checks the tie rule (lower block
+//    first) exactly.
 //  - Continuous random inputs: scores within fp tolerance; the selection equals select_pages run on
 //    the GPU's own scores always, and on the CPU's scores whenever the boundary between selected
 //    and unselected scores is wider than the tolerance (the test checks that this is the usual case).
+//  - Every run also checks the decode positions (selected_pos0 / selected_len) and, on every other
+//    case, leaves selected_blocks null (the blocks are then read back from the positions).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -24,11 +27,13 @@ struct SelectCase {
   cuda::PageSelectConfig config;
   int32_t head_dim, group;
   std::vector<int32_t> seq_lens;
+  bool with_blocks = true;  // request selected_blocks (else null: blocks from selected_pos0)
 };
 
 struct SelectResult {
   std::vector<float> gpu_scores, cpu_scores;
   std::vector<int32_t> page_indptr, page_indices, selected_indptr, selected_pages, selected_blocks;
+  std::vector<int32_t> selected_pos0, selected_len;
   std::vector<float> score_scale;  // per listed page: Σ_d max |q_d·k_d| (for the tolerance)
 };
 
@@ -51,11 +56,11 @@ SelectResult run_case(const SelectCase& c, bool exact, std::mt19937_64& rng) {
   std::shuffle(perm.begin(), perm.end(), rng);
   r.page_indices.assign(perm.begin(), perm.begin() + total_pages);
 
-  // Sub-page bounds: kmin ≤ kmax element-wise.
-  std::vector<float> kmin(size_t(num_pages) * SP * D), kmax(kmin.size());
+  // Sub-page bounds: kmin ≤ kmax element-wise, bf16 (rounding keeps the order).
+  std::vector<float> kmin_f(size_t(num_pages) * SP * D), kmax_f(kmin_f.size());
   std::uniform_int_distribution<int> quarter(-32, 32);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (size_t i = 0; i < kmin.size(); ++i) {
+  for (size_t i = 0; i < kmin_f.size(); ++i) {
     float a, b;
     if (exact) {
       a = float(quarter(rng)) * 0.25f;
@@ -64,9 +69,12 @@ SelectResult run_case(const SelectCase& c, bool exact, std::mt19937_64& rng) {
       a = normal(rng);
       b = normal(rng);
     }
-    kmin[i] = std::min(a, b);
-    kmax[i] = std::max(a, b);
+    kmin_f[i] = std::min(a, b);
+    kmax_f[i] = std::max(a, b);
   }
+  const Bf16Data kmin_h = to_bf16(kmin_f), kmax_h = to_bf16(kmax_f);
+  const std::vector<float>& kmin = kmin_h.f;
+  const std::vector<float>& kmax = kmax_h.f;
   // Queries: row r's group at q_offset[r], heads contiguous; rows laid out with a gap between them.
   const int64_t row_stride = int64_t(c.group) * D + 8;
   std::vector<float> qf(size_t(rows * row_stride));
@@ -81,8 +89,8 @@ SelectResult run_case(const SelectCase& c, bool exact, std::mt19937_64& rng) {
 
   auto dq = to_device(q);
   auto dq_offset = to_device<int64_t>(q_offset);
-  auto dkmin = to_device<float>(kmin);
-  auto dkmax = to_device<float>(kmax);
+  auto dkmin = to_device(kmin_h);
+  auto dkmax = to_device(kmax_h);
   auto dpage_indptr = to_device<int32_t>(r.page_indptr);
   auto dpage_indices = to_device<int32_t>(r.page_indices);
   auto dseq = to_device<int32_t>(c.seq_lens);
@@ -90,6 +98,8 @@ SelectResult run_case(const SelectCase& c, bool exact, std::mt19937_64& rng) {
   auto dsel_indptr = to_device<int32_t>(r.selected_indptr);
   auto dsel_pages = poisoned<int32_t>(size_t(std::max(total_selected, 1)));
   auto dsel_blocks = poisoned<int32_t>(size_t(std::max(total_selected, 1)));
+  auto dsel_pos0 = poisoned<int32_t>(size_t(std::max(total_selected, 1)));
+  auto dsel_len = poisoned<int32_t>(size_t(std::max(total_selected, 1)));
   cuda::PageSelectArgs a;
   a.config = c.config;
   a.rows = rows;
@@ -106,14 +116,24 @@ SelectResult run_case(const SelectCase& c, bool exact, std::mt19937_64& rng) {
   a.scores = dscores.data();
   a.selected_indptr = dsel_indptr.data();
   a.selected_pages = dsel_pages.data();
-  a.selected_blocks = dsel_blocks.data();
+  a.selected_blocks = c.with_blocks ? dsel_blocks.data() : nullptr;
+  a.selected_pos0 = dsel_pos0.data();
+  a.selected_len = dsel_len.data();
   cuda::page_select(a, nullptr);
   r.gpu_scores = dscores.download();
   r.gpu_scores.resize(size_t(total_pages));
   r.selected_pages = dsel_pages.download();
   r.selected_blocks = dsel_blocks.download();
+  r.selected_pos0 = dsel_pos0.download();
+  r.selected_len = dsel_len.download();
   r.selected_pages.resize(size_t(total_selected));
   r.selected_blocks.resize(size_t(total_selected));
+  r.selected_pos0.resize(size_t(total_selected));
+  r.selected_len.resize(size_t(total_selected));
+  if (!c.with_blocks) {  // untouched (poisoned) buffer; the blocks are the positions / P
+    for (int32_t& b : r.selected_blocks) EXPECT_EQ(b, -1) << "selected_blocks written though null";
+    for (size_t j = 0; j < r.selected_blocks.size(); ++j) r.selected_blocks[j] = r.selected_pos0[j] / P;
+  }
 
   // CPU scores on the same (bf16-rounded) query values.
   for (int32_t row = 0; row < rows; ++row) {
@@ -145,21 +165,24 @@ SelectResult run_case(const SelectCase& c, bool exact, std::mt19937_64& rng) {
 std::string describe(const SelectCase& c) {
   return "P " + std::to_string(c.config.page_tokens) + " LP " + std::to_string(c.config.logical_page_tokens) +
          " sink " + std::to_string(c.config.sink_tokens) + " budget " + std::to_string(c.config.token_budget) +
-         " D " + std::to_string(c.head_dim) + " group " + std::to_string(c.group);
+         " D " + std::to_string(c.head_dim) + " group " + std::to_string(c.group) +
+         (c.with_blocks ? "" : " (no selected_blocks)");
 }
 
 std::vector<SelectCase> sweep(std::mt19937_64& rng, bool long_rows) {
   std::vector<SelectCase> cases;
-  const std::pair<int32_t, int32_t> pages[] = {{64, 16}, {16, 16}, {32, 8}};
+  // (P, LP): 1, 2, 4, 8 and 16 sub-pages per page.
+  const std::pair<int32_t, int32_t> pages[] = {{64, 16}, {16, 16}, {32, 8}, {32, 16}, {64, 8}, {128, 8}};
   const std::pair<int64_t, int64_t> sink_budget[] = {{64, 1024}, {0, 512}, {100, 4096}, {1, 64}, {64, 0}};
-  const int32_t groups[] = {1, 2, 4, 7, 8};
+  const int32_t groups[] = {1, 2, 4, 7, 8, 12, 16};
   int i = 0;
   for (const auto& [P, LP] : pages) {
     for (const auto& [sink, budget] : sink_budget) {
       SelectCase c;
       c.config = {P, LP, sink, budget};
       c.head_dim = (i % 2 == 0) ? 128 : 64;
-      c.group = groups[size_t(i) % 5];
+      c.group = groups[size_t(i) % 7];
+      c.with_blocks = (i / 2) % 2 == 0;
       ++i;
       c.seq_lens = {1, P - 1, P, P + 1, 3 * P, 1000, 2500};
       std::uniform_int_distribution<int32_t> len(1, long_rows ? 20000 : 6000);
@@ -190,7 +213,12 @@ void expect_selection(const SelectCase& c, const SelectResult& r, const std::vec
       ADD_FAILURE() << "row " << row << " (seq_len " << c.seq_lens[row] << "): selected blocks differ";
     }
     for (int32_t j = s0; j < s1; ++j) {
-      EXPECT_EQ(r.selected_pages[size_t(j)], r.page_indices[size_t(first + r.selected_blocks[size_t(j)])]);
+      const int32_t b = r.selected_blocks[size_t(j)];
+      ASSERT_TRUE(b >= 0 && b < n) << "row " << row << " entry " << j;
+      EXPECT_EQ(r.selected_pages[size_t(j)], r.page_indices[size_t(first + b)]);
+      EXPECT_EQ(r.selected_pos0[size_t(j)], b * c.config.page_tokens) << "row " << row << " entry " << j;
+      EXPECT_EQ(r.selected_len[size_t(j)], std::min(c.config.page_tokens, c.seq_lens[row] - b * c.config.page_tokens))
+          << "row " << row << " entry " << j;
     }
   }
 }
@@ -275,18 +303,54 @@ TEST(PageSelectTest, RandomScoresMatchCpu) {
   EXPECT_LE(near_ties * 20, rows) << "near-ties in " << near_ties << " of " << rows << " rows: inputs too clustered";
 }
 
+TEST(PageSelectTest, ManyBlocksBeyondSharedStaging) {
+  // Rows of 8192 blocks (the most the select kernel stages in shared memory) and more (its global
+  // memory path), with exact tie-heavy scores and with random ones.
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  for (const bool exact : {true, false}) {
+    SelectCase c;
+    c.config = {16, 16, 64, 16 * 3000};
+    c.head_dim = exact ? 64 : 128;
+    c.group = exact ? 4 : 16;
+    c.seq_lens = {8192 * 16, 8192 * 16 + 1, 8193 * 16, 20000 * 16 - 3, 5000};
+    c.with_blocks = exact;
+    SCOPED_TRACE(describe(c) + (exact ? " exact" : " random"));
+    const SelectResult r = run_case(c, exact, rng);
+    if (exact) {
+      ASSERT_EQ(r.gpu_scores, r.cpu_scores);
+    } else {
+      for (size_t i = 0; i < r.gpu_scores.size(); ++i) {
+        ASSERT_LE(std::fabs(r.gpu_scores[i] - r.cpu_scores[i]), 1e-5f * r.score_scale[i] + 1e-6f) << "page entry " << i;
+      }
+    }
+    expect_selection(c, r, r.gpu_scores, nullptr);
+  }
+}
+
 TEST(PageSelectTest, ShapeCheckNamesCaller) {
   cuda::PageSelectArgs a;
   a.config = {64, 16, 64, 1024};
   a.rows = 1;
   a.head_dim = 128;
   a.group = 17;  // above kPageSelectMaxGroup
-  try {
-    cuda::page_select(a, nullptr);
-    FAIL() << "no exception";
-  } catch (const InternalError& e) {
-    EXPECT_NE(std::string(e.what()).find("page_select_test.cu"), std::string::npos) << e.what();
-  }
+  const auto expect_rejected = [](const cuda::PageSelectArgs& bad) {
+    try {
+      cuda::page_select(bad, nullptr);
+      FAIL() << "no exception";
+    } catch (const InternalError& e) {
+      EXPECT_NE(std::string(e.what()).find("page_select_test.cu"), std::string::npos) << e.what();
+    }
+  };
+  expect_rejected(a);
+  a.group = 4;
+  a.head_dim = 96;  // only 64 and 128
+  expect_rejected(a);
+  a.head_dim = 128;
+  a.config = {48, 16, 64, 1024};  // 3 sub-pages per page: not a power of two
+  expect_rejected(a);
 }
 
 }  // namespace
