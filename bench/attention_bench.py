@@ -40,6 +40,10 @@ HQ, HKV, D, PAGE = 32, 8, 128, 64
 L2_BYTES = 60e6
 
 
+# Our prefill kernels, the default first (wgmma on the H200; mma.sync for comparison).
+PREFILL_KERNELS = ["wgmma", "mma"]
+
+
 def log(out_dir, msg):
     print(msg, flush=True)
     with open(os.path.join(out_dir, "attention_bench.log"), "a") as f:
@@ -190,26 +194,33 @@ def main():
     if want("prefill"):
         for L in prefill_lens:
             flops = 4 * L * L * D * HQ / 2
-            o = ours(a.bin, a.out, ["--op", "prefill", "--seq", L] + common)
             c = peer(a.out, f"cuDNN prefill {L}", lambda: sdpa_prefill(SDPBackend.CUDNN_ATTENTION, L, it, wu))
             f2 = peer(a.out, f"FA2 prefill {L}", lambda: sdpa_prefill(SDPBackend.FLASH_ATTENTION, L, it, wu))
-            om = o.get("median_ms")
-            dense_prefill_ms[L] = om
             tf = lambda ms: None if ms is None else flops / (ms * 1e-3) / 1e12  # noqa: E731
-            rows.append([f"prefill dense L={L}", om, c and c[0], f2 and f2[0], "TFLOP/s", tf(om), tf(c and c[0]),
-                         tf(f2 and f2[0])])
-            results.append({"case": "prefill_dense", "L": L, "ours": o, "cudnn": c, "fa2": f2})
+            for kernel in PREFILL_KERNELS:
+                o = ours(a.bin, a.out, ["--op", "prefill", "--seq", L, "--kernel", kernel] + common)
+                om = o.get("median_ms")
+                if kernel == PREFILL_KERNELS[0]:
+                    dense_prefill_ms[L] = om
+                rows.append([f"prefill dense L={L} ({kernel})", om, c and c[0], f2 and f2[0], "TFLOP/s", tf(om),
+                             tf(c and c[0]), tf(f2 and f2[0])])
+                results.append({"case": "prefill_dense", "L": L, "kernel": kernel, "ours": o, "cudnn": c, "fa2": f2})
     if want("sparse") or want("prefill"):
         L = sparse_prefill_len
-        o = ours(a.bin, a.out, ["--op", "prefill", "--seq", L, "--streaming-kv-heads", HKV // 2, "--sink", 128,
-                                "--local", 4096] + common)
         flops = 4 * L * L * D * HQ / 2
-        om = o.get("median_ms")
         dense = dense_prefill_ms.get(L)
-        rows.append([f"prefill 50% streaming L={L}", om, None, None, "dense-equiv TFLOP/s",
-                     None if om is None else flops / (om * 1e-3) / 1e12, None, None,
-                     f"vs our dense: {fmt(dense and om and dense / om, '.2f')}x"])
-        results.append({"case": "prefill_sparse", "L": L, "ours": o})
+        cudnn_dense = None
+        for r in results:
+            if r["case"] == "prefill_dense" and r["L"] == L and r.get("cudnn"):
+                cudnn_dense = r["cudnn"][0]
+        for kernel in PREFILL_KERNELS:
+            o = ours(a.bin, a.out, ["--op", "prefill", "--seq", L, "--streaming-kv-heads", HKV // 2, "--sink", 128,
+                                    "--local", 4096, "--kernel", kernel] + common)
+            om = o.get("median_ms")
+            rows.append([f"prefill 50% streaming L={L} ({kernel})", om, cudnn_dense, None, "dense-equiv TFLOP/s",
+                         None if om is None else flops / (om * 1e-3) / 1e12, None, None,
+                         f"vs our dense: {fmt(dense and om and dense / om, '.2f')}x"])
+            results.append({"case": "prefill_sparse", "L": L, "kernel": kernel, "ours": o})
     dense_decode_ms = {}
     if want("decode"):
         for B in [1, 16]:

@@ -16,7 +16,25 @@ namespace cpu = kernels::cpu;
 CpuForward::CpuForward(const Model& model, kernels::cpu::Numerics numerics)
     : model_(model), numerics_(numerics), inv_freq_(rope_inv_freq(model.config, model.weights.rope_freq_factors)) {}
 
-void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::vector<float>& logits) {
+void CpuForward::project_logits(std::span<const float> residual, std::vector<float>& logits) {
+  const ModelConfig& c = model_.config;
+  const int64_t H = c.hidden;
+  if (residual.size() % static_cast<size_t>(H) != 0) throw InvalidArgument("residual is not a whole number of rows");
+  const auto rows = static_cast<int64_t>(residual.size()) / H;
+  sel_.assign(residual.begin(), residual.end());
+  logits.assign(static_cast<size_t>(rows * c.vocab_size), 0.0f);
+  head(sel_.data(), rows, logits.data());
+}
+
+void CpuForward::head(float* x, int64_t rows, float* logits) {
+  if (rows == 0) return;
+  const ModelConfig& c = model_.config;
+  cpu::rmsnorm(x, model_.weights.final_norm.data(), x, rows, c.hidden, c.rms_eps);
+  cpu::matmul(x, rows, model_.weights.lm_head, logits, nullptr, 0, numerics_);
+}
+
+void CpuForward::run(int64_t first_layer, std::span<const float> residual, std::span<const ForwardSeq> batch,
+                     KvBackend& kv, std::vector<float>& logits, const LayerTap* tap) {
   const ModelConfig& c = model_.config;
   const ModelWeights& w = model_.weights;
   const int64_t H = c.hidden, D = c.head_dim;
@@ -36,6 +54,13 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::
     }
     rows += n;
     out_rows += s.no_logits ? 0 : s.all_logits ? n : (n > 0 ? 1 : 0);
+  }
+  if (first_layer < 0 || first_layer > c.n_layers) {
+    throw InvalidArgument("first layer " + std::to_string(first_layer) + " outside [0, " + std::to_string(c.n_layers) + "]");
+  }
+  if (first_layer > 0 && residual.size() != static_cast<size_t>(rows * H)) {
+    throw InvalidArgument("residual of " + std::to_string(residual.size()) + " floats for " + std::to_string(rows) +
+                          " rows of " + std::to_string(H));
   }
   logits.assign(static_cast<size_t>(out_rows * c.vocab_size), 0.0f);
   if (rows == 0) return;
@@ -58,17 +83,20 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::
   for (const ForwardSeq& s : batch) {
     for (size_t i = 0; i < s.tokens.size(); ++i, ++r) {
       pos_[static_cast<size_t>(r)] = static_cast<int32_t>(s.start + static_cast<int64_t>(i));
-      cpu::dequantize_weight_row(w.embed, s.tokens[i], h + r * H);
+      if (first_layer == 0) cpu::dequantize_weight_row(w.embed, s.tokens[i], h + r * H);
     }
   }
+  if (first_layer > 0) std::memcpy(h, residual.data(), sizeof(float) * static_cast<size_t>(rows * H));
+  const std::span<const float> stream(h, static_cast<size_t>(rows * H));
 
-  for (int64_t l = 0; l < c.n_layers; ++l) {
+  for (int64_t l = first_layer; l < c.n_layers; ++l) {
     const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
-    if (l == 0) {
+    if (l == first_layer) {  // h is the stream entering l
       cpu::rmsnorm(h, lw.attn_norm.data(), xn, rows, H, c.rms_eps);
     } else {  // h += previous layer's MLP output, then norm
       cpu::add_rmsnorm(h, proj, lw.attn_norm.data(), xn, rows, H, c.rms_eps);
     }
+    if (tap) (*tap)(l, stream);
     auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
     cpu::matmul(xn, rows, lw.wq, qkv, bias(lw.bq), qkv_w, numerics_);
     cpu::matmul(xn, rows, lw.wk, qkv + q_dim, bias(lw.bk), qkv_w, numerics_);
@@ -88,7 +116,8 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::
 
   // Gather the rows that need logits, apply the last residual add and the final norm, project.
   float* sel = sized(sel_, out_rows * H);
-  cpu::add_inplace(h, proj, rows * H);
+  if (first_layer < c.n_layers) cpu::add_inplace(h, proj, rows * H);
+  if (tap) (*tap)(c.n_layers, stream);
   r = 0;
   int64_t o = 0;
   for (const ForwardSeq& s : batch) {
@@ -100,9 +129,7 @@ void CpuForward::forward(std::span<const ForwardSeq> batch, KvBackend& kv, std::
     r += n;
   }
   kv.end_step(batch);
-  if (out_rows == 0) return;
-  cpu::rmsnorm(sel, w.final_norm.data(), sel, out_rows, H, c.rms_eps);
-  cpu::matmul(sel, out_rows, w.lm_head, logits.data(), nullptr, 0, numerics_);
+  head(sel, out_rows, logits.data());
 }
 
 }  // namespace sparseserve

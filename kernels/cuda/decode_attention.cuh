@@ -87,6 +87,13 @@ __device__ __forceinline__ uint32_t tile_offset(int row, int chunk) {
   return static_cast<uint32_t>((row * (D / 8) + (chunk ^ (row & 7))) * 16);
 }
 
+// The layout the wgmma kernels read (wgmma.cuh): a [ROWS][D] tile as D/64 blocks of [ROWS][64], each
+// row 128 bytes with chunk c at c ^ (row & 7) (the 128-byte swizzle); the tile 1024-byte aligned.
+template <int D, int ROWS>
+__device__ __forceinline__ uint32_t wgmma_tile_offset(int row, int chunk) {
+  return static_cast<uint32_t>(((chunk >> 3) * ROWS + row) * 128 + (((chunk & 7) ^ (row & 7)) * 16));
+}
+
 // ---- the keys of one row --------------------------------------------------------------------------
 
 // A row's keys as slots: slot u < page_slots is slot u % P of list entry u / P; slots page_slots ..
@@ -135,8 +142,9 @@ __device__ __forceinline__ int32_t locate_slot(const RowKeys& rk, const PoolView
 // Issues the cp.async copies of slots u0 .. u0+BN-1 into a K tile and a V tile ([BN][D], swizzled)
 // and writes each slot's key position (kNoKey for empty slots, whose K/V rows are zero-filled) to
 // pos[0..BN). All kThreads threads take part; the caller commits the group. A tile inside one page
-// entry (P ≥ BN) reads that entry's id, length and position once.
-template <int D, int BN, int kThreads>
+// entry (P ≥ BN) reads that entry's id, length and position once. kWgmma: the tiles use
+// wgmma_tile_offset<D, BN> instead of tile_offset<D>.
+template <int D, int BN, int kThreads, bool kWgmma = false>
 __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const RowKeys& rk,
                                              const PoolView& pool, int32_t u0) {
   constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks, kPasses = BN / kRowsPerPass;
@@ -153,7 +161,7 @@ __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, i
     for (int i = 0; i < kPasses; ++i) {
       const int s = r0 + i * kRowsPerPass;
       const bool valid = off0 + s < len;
-      const uint32_t off = tile_offset<D>(s, c);
+      const uint32_t off = kWgmma ? wgmma_tile_offset<D, BN>(s, c) : tile_offset<D>(s, c);
       cp_async16(k_tile + off, valid ? kb + s * D : pool.k, valid);
       cp_async16(v_tile + off, valid ? vb + s * D : pool.v, valid);
       if (c == 0) pos[s] = valid ? p0 + off0 + s : kNoKey;
@@ -167,7 +175,7 @@ __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, i
     const bf16* vp;
     const int32_t p = locate_slot<D>(rk, pool, u0 + s, kp, vp);
     const bool valid = p != kNoKey;
-    const uint32_t off = tile_offset<D>(s, c);
+    const uint32_t off = kWgmma ? wgmma_tile_offset<D, BN>(s, c) : tile_offset<D>(s, c);
     cp_async16(k_tile + off, valid ? kp + c * 8 : kp, valid);
     cp_async16(v_tile + off, valid ? vp + c * 8 : vp, valid);
     if (c == 0) pos[s] = p;

@@ -22,13 +22,16 @@
 #include <cmath>
 #include <cstring>
 
-#include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/prefill_tiles.cuh"
 
 namespace sparseserve::kernels::cuda {
 
 namespace {
 
 using attn::bf16;
+using prefill::PrefillParams;
+using prefill::TileScan;
+using prefill::TileWalk;
 
 constexpr int kThreads = 128;
 constexpr int kMT = 2;                  // m16 tiles per warp (each K/V fragment feeds kMT mma)
@@ -38,29 +41,6 @@ constexpr int kStages = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kRowInts = static_cast<int>(sizeof(PrefillRow) / 4);
 
-struct PrefillParams {
-  const bf16* q;
-  int64_t q_stride;
-  bf16* o;
-  int64_t o_stride;
-  const bf16* k_new;
-  const bf16* v_new;
-  int64_t new_stride;
-  attn::PoolView pool;
-  const int32_t* indptr;
-  const int32_t* page_ids;
-  const int32_t* page_pos0;
-  const int32_t* page_len;
-  const uint8_t* block_allowed;
-  int32_t block_tokens;
-  const int32_t* counts;  // {work items}
-  const PrefillWorkItem* work;
-  const PrefillRow* rows;
-  int32_t group;
-  float scale_log2;  // softmax scale · log2(e)
-  int32_t skip_tiles;
-};
-
 template <int D>
 struct PrefillSmem {
   static constexpr int kTileBytes = kBN * D * 2;
@@ -68,122 +48,6 @@ struct PrefillSmem {
   static constexpr int kPosOffset = kQOffset + kBM * D * 2;
   static constexpr int kBytes = kPosOffset + kStages * kBN * 4;
 };
-
-// Whether any (all = false) or every (all = true) pair of query block rows qb0..qb1 (relative to the
-// row's first_qblock) and key blocks kb0..kb1 is allowed. Long ranges answer conservatively.
-__device__ __forceinline__ bool block_pairs(const uint8_t* rows, int32_t n_kblocks, int32_t qb0, int32_t qb1,
-                                            int32_t kb0, int32_t kb1, bool all) {
-  if (all && kb1 >= n_kblocks) return false;
-  kb1 = min(kb1, n_kblocks - 1);
-  if (kb0 > kb1 || qb0 > qb1) return false;
-  if ((qb1 - qb0 + 1) * (kb1 - kb0 + 1) > 32) return !all;
-  for (int32_t qb = qb0; qb <= qb1; ++qb) {
-    const uint8_t* r = rows + static_cast<int64_t>(qb) * n_kblocks;
-    for (int32_t kb = kb0; kb <= kb1; ++kb) {
-      const bool ok = r[kb] != 0;
-      if (ok && !all) return true;
-      if (!ok && all) return false;
-    }
-  }
-  return all;
-}
-
-// What the tile walk needs about the CTA.
-struct TileScan {
-  attn::RowKeys rk;
-  int32_t shift;          // log2(P)
-  int32_t n_tiles;
-  int32_t tlo, thi;       // positions of the CTA's first and last query
-  attn::MaskParams mp;
-  const uint8_t* blocks;  // the row's block rows (row 0 = first_qblock), kBlocks only
-  int32_t first_qblock;
-};
-
-// Bounds of the key positions in tile k: kmin ≤ every key ≤ kmax (page entries hold ascending,
-// non-overlapping positions, new keys follow the pages). Both are nondecreasing in k.
-__device__ __forceinline__ void tile_bounds(const TileScan& ts, int32_t k, int32_t& kmin, int32_t& kmax) {
-  const attn::RowKeys& rk = ts.rk;
-  const int32_t u0 = k * kBN, u1 = min(u0 + kBN, rk.end_slot) - 1;
-  kmin = u0 < rk.page_slots ? __ldg(rk.page_pos0 + (u0 >> ts.shift)) : rk.new_pos0 + (u0 - rk.page_slots);
-  kmax = u1 < rk.page_slots ? __ldg(rk.page_pos0 + (u1 >> ts.shift)) + (u1 & ((1 << ts.shift) - 1))
-                            : rk.new_pos0 + (u1 - rk.page_slots);
-}
-
-// Smallest k in [lo, hi) with pred(k), or hi, for a monotone pred (false ... false true ... true).
-// Warp-cooperative 32-ary search (each step narrows the range 32-fold); every lane gets the answer.
-template <class Pred>
-__device__ __forceinline__ int32_t warp_first_true(int32_t lo, int32_t hi, Pred pred) {
-  const int lane = threadIdx.x & 31;
-  while (lo < hi) {
-    const int32_t step = (hi - lo + 31) / 32;
-    const int32_t probe = lo + lane * step;
-    const unsigned mask = __ballot_sync(0xffffffffu, probe >= hi || pred(probe));
-    if (mask == 0) {
-      lo += 31 * step + 1;
-      continue;
-    }
-    const int f = __ffs(mask) - 1;
-    if (f == 0) return lo;
-    hi = min(hi, lo + f * step);  // probe f holds (or is past the range)
-    lo += (f - 1) * step + 1;     // probe f − 1 does not
-  }
-  return lo;
-}
-
-// The key tiles a CTA visits, from the page positions (kmin / kmax of a tile are monotone in k):
-// tiles before `end` (the first tile starting after the last query), and for the band only those
-// before `sink_end` (a key < sink) or from `window` on (a key inside some query's window). Block
-// masks test each tile against the mask rows (32 tiles per warp step).
-struct TileWalk {
-  int32_t end, sink_end, window;
-};
-
-__device__ __forceinline__ TileWalk plan_walk(const TileScan& ts, bool skip_tiles) {
-  TileWalk w{ts.n_tiles, ts.n_tiles, 0};
-  if (!skip_tiles) return w;
-  w.end = warp_first_true(0, ts.n_tiles, [&](int32_t k) {
-    int32_t kmin, kmax;
-    tile_bounds(ts, k, kmin, kmax);
-    return kmin > ts.thi;
-  });
-  if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBand)) {
-    w.sink_end = warp_first_true(0, w.end, [&](int32_t k) {
-      int32_t kmin, kmax;
-      tile_bounds(ts, k, kmin, kmax);
-      return kmin >= ts.mp.sink;
-    });
-    w.window = warp_first_true(w.sink_end, w.end, [&](int32_t k) {
-      int32_t kmin, kmax;
-      tile_bounds(ts, k, kmin, kmax);
-      return static_cast<int64_t>(kmax) > static_cast<int64_t>(ts.tlo) - ts.mp.local;
-    });
-  }
-  return w;
-}
-
-// Whether some query of the CTA may see a key of tile k under its block mask.
-__device__ __forceinline__ bool tile_in_block_mask(const TileScan& ts, int32_t k) {
-  int32_t kmin, kmax;
-  tile_bounds(ts, k, kmin, kmax);
-  const int32_t B = ts.mp.block_tokens;
-  return block_pairs(ts.blocks, ts.mp.n_kblocks, ts.tlo / B - ts.first_qblock, ts.thi / B - ts.first_qblock, kmin / B,
-                     min(kmax, ts.thi) / B, false);
-}
-
-// The first tile ≥ k that the CTA must visit, or n_tiles. Every lane of every warp gets the same
-// answer (block masks: a warp-cooperative scan).
-__device__ __forceinline__ int32_t next_tile(const TileScan& ts, const TileWalk& w, int32_t k, bool skip_tiles) {
-  if (!skip_tiles) return min(k, ts.n_tiles);
-  if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBand) && k >= w.sink_end) k = max(k, w.window);
-  if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
-    const int lane = threadIdx.x & 31;
-    for (; k < w.end; k += 32) {
-      const unsigned a = __ballot_sync(0xffffffffu, k + lane < w.end && tile_in_block_mask(ts, k + lane));
-      if (a != 0) return k + __ffs(a) - 1;
-    }
-  }
-  return k < w.end ? k : ts.n_tiles;
-}
 
 // A warp's rows: kMT m-tiles of 16; this thread holds rows lane/4 and lane/4 + 8 of each.
 struct WarpRows {
@@ -203,24 +67,9 @@ __device__ __forceinline__ void attend_tile(const PrefillParams& p, const TileSc
   const int32_t first_qblock = ts.first_qblock;
   bool full = false;
   if (p.skip_tiles) {
-    // Exact key range of the tile from the slot positions.
-    const int32_t pa = tp[lane], pb = tp[lane + 32];
-    const bool va = pa != attn::kNoKey, vb = pb != attn::kNoKey;
-    const int32_t kmin = __reduce_min_sync(0xffffffffu, min(va ? pa : INT_MAX, vb ? pb : INT_MAX));
-    const int32_t kmax = __reduce_max_sync(0xffffffffu, max(va ? pa : INT_MIN, vb ? pb : INT_MIN));
-    const bool all_valid = __all_sync(0xffffffffu, va && vb);
-    if (kmax == INT_MIN || kmin > wr.thi) return;  // no key, or every key after every row
-    bool none = false, all = kmax <= wr.tlo && all_valid;
-    if (mp.kind == static_cast<int32_t>(MaskKind::kBand)) {
-      none = kmin >= mp.sink && static_cast<int64_t>(kmax) <= static_cast<int64_t>(wr.tlo) - mp.local;
-      all = all && (kmax < mp.sink || static_cast<int64_t>(wr.thi) - kmin < mp.local);
-    } else if (mp.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
-      const int32_t B = mp.block_tokens, qb0 = wr.tlo / B - first_qblock, qb1 = wr.thi / B - first_qblock;
-      none = !block_pairs(blocks, mp.n_kblocks, qb0, qb1, kmin / B, min(kmax, wr.thi) / B, false);
-      all = all && block_pairs(blocks, mp.n_kblocks, qb0, qb1, kmin / B, kmax / B, true);
-    }
-    if (none) return;
-    full = all;
+    const prefill::TileUse use = prefill::classify_tile<kBN>(ts, tp, wr.tlo, wr.thi);
+    if (use.skip) return;
+    full = use.full;
   }
 
   // (Computing the tile in two 32-key halves removes ptxas's few spills at D = 128 but measured 4-9%
@@ -319,12 +168,7 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_paged_kernel(co
   const int32_t G = p.group, total_m = row.n_tokens * G, m0 = w.m0;
   const auto tok_of = [&](int32_t m) { return min(m, total_m - 1) / G; };
 
-  const attn::MaskParams mp{static_cast<int32_t>(row.mask), row.sink, row.local, max(p.block_tokens, 1),
-                            row.n_kblocks};
-  const uint8_t* blocks = row.mask == MaskKind::kBlocks ? p.block_allowed + row.block_offset : nullptr;
-
-  // Query positions: the CTA's range, the warp's range, this thread's rows.
-  const int32_t tlo = row.q_pos0 + tok_of(m0), thi = row.q_pos0 + tok_of(m0 + kBM - 1);
+  // Query positions: the warp's range, this thread's rows.
   WarpRows wr;
   wr.first = kMT * 16 * warp;
   const int32_t wm0 = m0 + wr.first;
@@ -339,28 +183,15 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_paged_kernel(co
     }
   }
 
-  const int32_t first = p.indptr[w.row];
-  const int32_t n_entries = p.indptr[w.row + 1] - first;
-  const int shift = p.pool.page_shift;
-  const int64_t new_off = static_cast<int64_t>(row.q_row0) * p.new_stride + static_cast<int64_t>(row.kv_head) * D;
-  const attn::RowKeys rk{p.page_ids + first,
-                         p.page_pos0 + first,
-                         p.page_len + first,
-                         n_entries << shift,
-                         (n_entries << shift) + (row.new_kv ? row.n_tokens : 0),
-                         row.q_pos0,
-                         row.new_kv ? p.k_new + new_off : nullptr,
-                         row.new_kv ? p.v_new + new_off : nullptr,
-                         p.new_stride};
   // CTA-invariant state lives in shared memory and is read where it is needed, so that registers
   // stay with O, S and the softmax state.
   __shared__ TileScan s_ts;
   __shared__ TileWalk s_walk;
-  if (tid == 0) s_ts = TileScan{rk, shift, (rk.end_slot + kBN - 1) / kBN, tlo, thi, mp, blocks, row.first_qblock};
+  if (tid == 0) s_ts = prefill::make_tile_scan<kBN, kBM>(p, w, D);
   __syncthreads();
   const bool skip = p.skip_tiles != 0;
   if (warp == 0) {
-    const TileWalk wk = plan_walk(s_ts, skip);
+    const TileWalk wk = prefill::plan_walk<kBN>(s_ts, skip);
     if (lane == 0) s_walk = wk;
   }
   __syncthreads();
@@ -384,10 +215,10 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_paged_kernel(co
   }
   attn::cp_async_commit();
 
-  int32_t cur = next_tile(ts, s_walk, 0, skip);
+  int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip);
   if (cur < ts.n_tiles) attn::load_kv_tile<D, kBN, kThreads>(k_stage(0), v_stage(0), pos, ts.rk, p.pool, cur * kBN);
   attn::cp_async_commit();
-  int32_t nxt = cur < ts.n_tiles ? next_tile(ts, s_walk, cur + 1, skip) : ts.n_tiles;
+  int32_t nxt = cur < ts.n_tiles ? prefill::next_tile<kBN>(ts, s_walk, cur + 1, skip) : ts.n_tiles;
 
   float o[kMT][D / 8][4];
   float m[kMT][2], l[kMT][2];
@@ -412,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_paged_kernel(co
       attend_tile<D>(p, ts, q_tile, k_stage(st), v_stage(st), pos + st * kBN, wr, m, l, o);
     }
     cur = nxt;
-    nxt = nxt < ts.n_tiles ? next_tile(ts, s_walk, nxt + 1, skip) : ts.n_tiles;
+    nxt = nxt < ts.n_tiles ? prefill::next_tile<kBN>(ts, s_walk, nxt + 1, skip) : ts.n_tiles;
   }
   attn::cp_async_wait<0>();
 
@@ -480,9 +311,22 @@ PrefillAttention::PrefillAttention(const PrefillConfig& config, std::source_loca
   check(config.group >= 1 && config.group <= 64, "PrefillAttention: group must be 1..64", loc);
   const int32_t P = config.page_tokens;
   check(P == 16 || P == 32 || P == 64 || P == 128, "PrefillAttention: page_tokens must be 16, 32, 64 or 128", loc);
-  const int smem = config.head_dim == 64 ? PrefillSmem<64>::kBytes : PrefillSmem<128>::kBytes;
-  const void* kernel = config.head_dim == 64 ? prefill_kernel<64>() : prefill_kernel<128>();
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  int device = 0, major = 0, minor = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  const bool sm90 = major == 9 && minor == 0;
+  check(config.kernel != PrefillKernel::kWgmma || sm90,
+        "PrefillAttention: the wgmma kernel needs compute capability 9.0 (sm_90a)", loc);
+  kernel_ = config.kernel == PrefillKernel::kAuto ? (sm90 ? PrefillKernel::kWgmma : PrefillKernel::kMmaSync)
+                                                  : config.kernel;
+  if (kernel_ == PrefillKernel::kWgmma) {
+    prefill::prepare_sm90(config.head_dim);
+  } else {
+    const int smem = config.head_dim == 64 ? PrefillSmem<64>::kBytes : PrefillSmem<128>::kBytes;
+    const void* kernel = config.head_dim == 64 ? prefill_kernel<64>() : prefill_kernel<128>();
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  }
   CUDA_CHECK(cudaEventCreateWithFlags(&plan_uploaded_, cudaEventDisableTiming));
 }
 
@@ -585,6 +429,10 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   p.group = config_.group;
   p.scale_log2 = args.scale * kLog2e;
   p.skip_tiles = config_.skip_tiles ? 1 : 0;
+  if (kernel_ == PrefillKernel::kWgmma) {
+    prefill::launch_sm90(p, grid, D, stream);
+    return;
+  }
   if (D == 64) {
     prefill_attention_paged_kernel<64><<<grid, kThreads, PrefillSmem<64>::kBytes, stream>>>(p);
   } else {

@@ -73,6 +73,14 @@ struct PrefillWorkItem {
 // the short tiles. Pure host function.
 std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows, int32_t group);
 
+// Which kernel computes the attention. kAuto: kWgmma on compute capability 9.0 (H100/H200, built
+// for sm_90a), kMmaSync elsewhere. Both compute the same function (tests compare them).
+enum class PrefillKernel : int32_t {
+  kAuto = 0,
+  kMmaSync = 1,  // FlashAttention-2 style, mma.sync m16n8k16 (prefill_attention.cu)
+  kWgmma = 2,    // Hopper warpgroup MMA (prefill_attention_sm90.cu); sm_90a only
+};
+
 struct PrefillConfig {
   int32_t head_dim = 128;    // 64 or 128
   int32_t group = 1;         // query heads per KV head, 1..64
@@ -80,6 +88,7 @@ struct PrefillConfig {
   // false: visit every key tile and mask every element (the dense kernel under the expanded mask;
   // tests compare it with the skipping run, which must give identical bits).
   bool skip_tiles = true;
+  PrefillKernel kernel = PrefillKernel::kAuto;
 };
 
 class PrefillAttention {
@@ -101,9 +110,11 @@ class PrefillAttention {
 
   const std::vector<PrefillWorkItem>& work() const { return work_; }
   const PrefillConfig& config() const { return config_; }
+  PrefillKernel kernel() const { return kernel_; }  // the resolved choice (never kAuto)
 
  private:
   PrefillConfig config_;
+  PrefillKernel kernel_ = PrefillKernel::kMmaSync;
   // Device plan blob (int32): [0..4) {work items}; work [n][2]; rows [n_rows][12].
   DeviceBuffer<int32_t> plan_dev_;
   int32_t* plan_host_ = nullptr;  // pinned staging copy

@@ -1,5 +1,7 @@
 // CpuForward invariants on the real default model (skipped when it is absent): a varlen batch equals
-// each sequence run alone; chunked prefill equals one-shot prefill; bad input is rejected.
+// each sequence run alone; chunked prefill equals one-shot prefill; bad input is rejected; a step
+// resumed at a layer from the residual stream a LayerTap saw equals the full step bit for bit and
+// asks the backend for attention of the later layers only.
 #include "engine/cpu_forward.h"
 
 #include <gtest/gtest.h>
@@ -7,6 +9,7 @@
 #include "tests/engine/default_model_fixture.h"
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "common/errors.h"
@@ -16,6 +19,22 @@ namespace sparseserve {
 namespace {
 
 using CpuForwardTest = DefaultModelTest;
+
+// Dense attention that records which layers it was asked for.
+class CountingBackend final : public KvBackend {
+ public:
+  explicit CountingBackend(const ModelConfig& c) : dense_(c) { dense_.add_sequence(0); }
+  void begin_step(std::span<const ForwardSeq> b) override { dense_.begin_step(b); }
+  void end_step(std::span<const ForwardSeq> b) override { dense_.end_step(b); }
+  void attend(int64_t layer, std::span<const ForwardSeq> b, const float* qkv, int64_t stride, float* out) override {
+    layers.push_back(layer);
+    dense_.attend(layer, b, qkv, stride, out);
+  }
+  std::vector<int64_t> layers;
+
+ private:
+  DenseKvBackend dense_;
+};
 
 double max_rel(const float* a, const float* b, int64_t n) {
   double num = 0, den = 0;
@@ -83,6 +102,47 @@ TEST_F(CpuForwardTest, RejectsBadTokenAndOverflowWithoutTouchingTheCache) {
   s.tokens = huge;
   EXPECT_THROW(fwd.forward(std::span(&s, 1), kv, logits), InvalidArgument);
   EXPECT_EQ(kv.length(1), 0);
+}
+
+TEST_F(CpuForwardTest, ResumeFromLayerEqualsFullForward) {
+  const ModelConfig& c = model_->config;
+  std::string text;
+  while (model_->tokenizer.encode(text, false).size() < 300) text += "The committee met on Tuesday to review the budget. ";
+  const std::vector<int32_t> ids = model_->tokenizer.encode(text, false);
+  const auto n = static_cast<int64_t>(ids.size());
+  const ForwardSeq s{0, 0, ids, true, n};
+  CpuForward fwd(*model_);
+  std::vector<std::vector<float>> stream(static_cast<size_t>(c.n_layers + 1));
+  std::vector<float> want, got;
+  CountingBackend full(c);
+  fwd.forward(std::span(&s, 1), full, want, [&](int64_t l, std::span<const float> x) {
+    stream[static_cast<size_t>(l)].assign(x.begin(), x.end());
+  });
+  ASSERT_EQ(full.layers.size(), static_cast<size_t>(c.n_layers));
+  ASSERT_EQ(stream.back().size(), static_cast<size_t>(n * c.hidden));
+  for (const int64_t l : {int64_t{1}, int64_t{13}, c.n_layers - 1, c.n_layers}) {
+    CountingBackend kv(c);
+    fwd.forward_from_layer(l, stream[static_cast<size_t>(l)], std::span(&s, 1), kv, got);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "resumed at layer " << l;
+    if (!kv.layers.empty()) {
+      EXPECT_EQ(kv.layers.front(), l);
+    }
+    EXPECT_EQ(static_cast<int64_t>(kv.layers.size()), c.n_layers - l);
+  }
+  // The final stream through project_logits gives the same rows (up to the matmul's blocking).
+  fwd.project_logits(std::span(stream.back()).subspan(static_cast<size_t>((n - 3) * c.hidden)), got);
+  ASSERT_EQ(got.size(), static_cast<size_t>(3 * c.vocab_size));
+  double err = 0, top = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    err = std::max(err, std::abs(double(got[i]) - want[static_cast<size_t>((n - 3) * c.vocab_size) + i]));
+    top = std::max(top, std::abs(double(got[i])));
+  }
+  EXPECT_LT(err, 1e-5 * top);
+
+  CountingBackend kv(c);
+  EXPECT_THROW(fwd.forward_from_layer(c.n_layers + 1, stream.back(), std::span(&s, 1), kv, got), InvalidArgument);
+  EXPECT_THROW(fwd.forward_from_layer(2, std::span(stream[2]).first(10), std::span(&s, 1), kv, got), InvalidArgument);
 }
 
 }  // namespace

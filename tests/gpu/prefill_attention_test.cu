@@ -366,12 +366,26 @@ void expect_close(const std::vector<uint16_t>& got_bits, const std::vector<float
   EXPECT_LE(std::sqrt(err2 / std::max(ref2, 1e-30)), 1e-2) << what;
 }
 
-std::vector<uint16_t> run_prefill(const PrefillProblem& pr, DeviceProblem& dp, bool skip_tiles) {
+// The kernels this device runs: mma.sync everywhere, wgmma on compute capability 9.0.
+std::vector<PrefillKernel> device_kernels() {
+  int device = 0, major = 0, minor = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  if (major == 9 && minor == 0) return {PrefillKernel::kMmaSync, PrefillKernel::kWgmma};
+  return {PrefillKernel::kMmaSync};
+}
+
+std::string kernel_name(PrefillKernel k) { return k == PrefillKernel::kWgmma ? "wgmma" : "mma.sync"; }
+
+std::vector<uint16_t> run_prefill(const PrefillProblem& pr, DeviceProblem& dp, bool skip_tiles,
+                                  PrefillKernel kernel = PrefillKernel::kAuto) {
   PrefillConfig cfg;
   cfg.head_dim = pr.D;
   cfg.group = pr.group;
   cfg.page_tokens = pr.P;
   cfg.skip_tiles = skip_tiles;
+  cfg.kernel = kernel;
   PrefillAttention attn(cfg);
   dp.o.fill_bytes(0xff);
   attn.plan(pr.rows);
@@ -381,14 +395,19 @@ std::vector<uint16_t> run_prefill(const PrefillProblem& pr, DeviceProblem& dp, b
 }
 
 // Checks one problem: against the CPU twin, and skipping vs the dense run under the expanded mask.
+// Every kernel of the device is checked.
 void check_problem(const PrefillProblem& pr, const std::string& what) {
   DeviceProblem dp(pr);
-  const auto sparse = run_prefill(pr, dp, true);
-  const auto dense = run_prefill(pr, dp, false);
-  expect_close(sparse, reference(pr), pr.D, what);
-  size_t differ = 0;
-  for (size_t i = 0; i < sparse.size(); ++i) differ += sparse[i] != dense[i];
-  EXPECT_EQ(differ, 0u) << what << ": tile skipping changed bits against the dense run under the same mask";
+  const std::vector<float> ref = reference(pr);
+  for (const PrefillKernel kernel : device_kernels()) {
+    const std::string name = what + " [" + kernel_name(kernel) + "]";
+    const auto sparse = run_prefill(pr, dp, true, kernel);
+    const auto dense = run_prefill(pr, dp, false, kernel);
+    expect_close(sparse, ref, pr.D, name);
+    size_t differ = 0;
+    for (size_t i = 0; i < sparse.size(); ++i) differ += sparse[i] != dense[i];
+    EXPECT_EQ(differ, 0u) << name << ": tile skipping changed bits against the dense run under the same mask";
+  }
 }
 
 // ---- host-only -------------------------------------------------------------------------------------

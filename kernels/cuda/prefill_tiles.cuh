@@ -1,0 +1,242 @@
+// Device building blocks shared by the two paged prefill kernels (prefill_attention.cu: mma.sync,
+// prefill_attention_sm90.cu: wgmma): the kernel parameters, the CTA's key-tile walk (which tiles some
+// query of the CTA may see, found from the monotone page positions) and the per-tile test of a
+// group of query rows (skip / compute without masks / mask per element). BN: key slots per tile.
+// Device code: include from .cu files only.
+#pragma once
+
+#ifndef __CUDACC__
+#error "prefill_tiles.cuh holds device code: include it from .cu files only"
+#endif
+
+#include <climits>
+#include <cstdint>
+
+#include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/prefill_attention.h"
+
+namespace sparseserve::kernels::cuda::prefill {
+
+using attn::bf16;
+
+struct PrefillParams {
+  const bf16* q;
+  int64_t q_stride;
+  bf16* o;
+  int64_t o_stride;
+  const bf16* k_new;
+  const bf16* v_new;
+  int64_t new_stride;
+  attn::PoolView pool;
+  const int32_t* indptr;
+  const int32_t* page_ids;
+  const int32_t* page_pos0;
+  const int32_t* page_len;
+  const uint8_t* block_allowed;
+  int32_t block_tokens;
+  const int32_t* counts;  // {work items}
+  const PrefillWorkItem* work;
+  const PrefillRow* rows;
+  int32_t group;
+  float scale_log2;  // softmax scale · log2(e)
+  int32_t skip_tiles;
+};
+
+
+// Whether any (all = false) or every (all = true) pair of query block rows qb0..qb1 (relative to the
+// row's first_qblock) and key blocks kb0..kb1 is allowed. Long ranges answer conservatively.
+__device__ __forceinline__ bool block_pairs(const uint8_t* rows, int32_t n_kblocks, int32_t qb0, int32_t qb1,
+                                            int32_t kb0, int32_t kb1, bool all) {
+  if (all && kb1 >= n_kblocks) return false;
+  kb1 = min(kb1, n_kblocks - 1);
+  if (kb0 > kb1 || qb0 > qb1) return false;
+  if ((qb1 - qb0 + 1) * (kb1 - kb0 + 1) > 32) return !all;
+  for (int32_t qb = qb0; qb <= qb1; ++qb) {
+    const uint8_t* r = rows + static_cast<int64_t>(qb) * n_kblocks;
+    for (int32_t kb = kb0; kb <= kb1; ++kb) {
+      const bool ok = r[kb] != 0;
+      if (ok && !all) return true;
+      if (!ok && all) return false;
+    }
+  }
+  return all;
+}
+
+// What the tile walk needs about the CTA.
+struct TileScan {
+  attn::RowKeys rk;
+  int32_t shift;          // log2(P)
+  int32_t n_tiles;
+  int32_t tlo, thi;       // positions of the CTA's first and last query
+  attn::MaskParams mp;
+  const uint8_t* blocks;  // the row's block rows (row 0 = first_qblock), kBlocks only
+  int32_t first_qblock;
+};
+
+// Bounds of the key positions in tile k: kmin ≤ every key ≤ kmax (page entries hold ascending,
+// non-overlapping positions, new keys follow the pages). Both are nondecreasing in k.
+template <int BN>
+__device__ __forceinline__ void tile_bounds(const TileScan& ts, int32_t k, int32_t& kmin, int32_t& kmax) {
+  const attn::RowKeys& rk = ts.rk;
+  const int32_t u0 = k * BN, u1 = min(u0 + BN, rk.end_slot) - 1;
+  kmin = u0 < rk.page_slots ? __ldg(rk.page_pos0 + (u0 >> ts.shift)) : rk.new_pos0 + (u0 - rk.page_slots);
+  kmax = u1 < rk.page_slots ? __ldg(rk.page_pos0 + (u1 >> ts.shift)) + (u1 & ((1 << ts.shift) - 1))
+                            : rk.new_pos0 + (u1 - rk.page_slots);
+}
+
+// Smallest k in [lo, hi) with pred(k), or hi, for a monotone pred (false ... false true ... true).
+// Warp-cooperative 32-ary search (each step narrows the range 32-fold); every lane gets the answer.
+template <class Pred>
+__device__ __forceinline__ int32_t warp_first_true(int32_t lo, int32_t hi, Pred pred) {
+  const int lane = threadIdx.x & 31;
+  while (lo < hi) {
+    const int32_t step = (hi - lo + 31) / 32;
+    const int32_t probe = lo + lane * step;
+    const unsigned mask = __ballot_sync(0xffffffffu, probe >= hi || pred(probe));
+    if (mask == 0) {
+      lo += 31 * step + 1;
+      continue;
+    }
+    const int f = __ffs(mask) - 1;
+    if (f == 0) return lo;
+    hi = min(hi, lo + f * step);  // probe f holds (or is past the range)
+    lo += (f - 1) * step + 1;     // probe f − 1 does not
+  }
+  return lo;
+}
+
+// The key tiles a CTA visits, from the page positions (kmin / kmax of a tile are monotone in k):
+// tiles before `end` (the first tile starting after the last query), and for the band only those
+// before `sink_end` (a key < sink) or from `window` on (a key inside some query's window). Block
+// masks test each tile against the mask rows (32 tiles per warp step).
+struct TileWalk {
+  int32_t end, sink_end, window;
+};
+
+template <int BN>
+__device__ __forceinline__ TileWalk plan_walk(const TileScan& ts, bool skip_tiles) {
+  TileWalk w{ts.n_tiles, ts.n_tiles, 0};
+  if (!skip_tiles) return w;
+  w.end = warp_first_true(0, ts.n_tiles, [&](int32_t k) {
+    int32_t kmin, kmax;
+    tile_bounds<BN>(ts, k, kmin, kmax);
+    return kmin > ts.thi;
+  });
+  if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBand)) {
+    w.sink_end = warp_first_true(0, w.end, [&](int32_t k) {
+      int32_t kmin, kmax;
+      tile_bounds<BN>(ts, k, kmin, kmax);
+      return kmin >= ts.mp.sink;
+    });
+    w.window = warp_first_true(w.sink_end, w.end, [&](int32_t k) {
+      int32_t kmin, kmax;
+      tile_bounds<BN>(ts, k, kmin, kmax);
+      return static_cast<int64_t>(kmax) > static_cast<int64_t>(ts.tlo) - ts.mp.local;
+    });
+  }
+  return w;
+}
+
+// Whether some query of the CTA may see a key of tile k under its block mask.
+template <int BN>
+__device__ __forceinline__ bool tile_in_block_mask(const TileScan& ts, int32_t k) {
+  int32_t kmin, kmax;
+  tile_bounds<BN>(ts, k, kmin, kmax);
+  const int32_t B = ts.mp.block_tokens;
+  return block_pairs(ts.blocks, ts.mp.n_kblocks, ts.tlo / B - ts.first_qblock, ts.thi / B - ts.first_qblock, kmin / B,
+                     min(kmax, ts.thi) / B, false);
+}
+
+// The first tile ≥ k that the CTA must visit, or n_tiles. Every lane of every warp gets the same
+// answer (block masks: a warp-cooperative scan).
+template <int BN>
+__device__ __forceinline__ int32_t next_tile(const TileScan& ts, const TileWalk& w, int32_t k, bool skip_tiles) {
+  if (!skip_tiles) return min(k, ts.n_tiles);
+  if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBand) && k >= w.sink_end) k = max(k, w.window);
+  if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
+    const int lane = threadIdx.x & 31;
+    for (; k < w.end; k += 32) {
+      const unsigned a = __ballot_sync(0xffffffffu, k + lane < w.end && tile_in_block_mask<BN>(ts, k + lane));
+      if (a != 0) return k + __ffs(a) - 1;
+    }
+  }
+  return k < w.end ? k : ts.n_tiles;
+}
+
+
+// How a group of query rows (positions tlo .. thi, in order) meets one loaded key tile (slot
+// positions tp[0 .. BN), kNoKey for empty slots): skip (no row sees any key), full (every row sees
+// every slot: no masks needed), or neither (mask per element). Warp-uniform; every warp that passes
+// the same rows gets the same answer.
+struct TileUse {
+  bool skip, full;
+};
+
+template <int BN>
+__device__ __forceinline__ TileUse classify_tile(const TileScan& ts, const int32_t* tp, int32_t tlo, int32_t thi) {
+  const int lane = threadIdx.x & 31;
+  int32_t lo = INT_MAX, hi = INT_MIN;
+  bool valid = true;
+#pragma unroll
+  for (int i = 0; i < BN / 32; ++i) {
+    const int32_t x = tp[lane + 32 * i];
+    const bool v = x != attn::kNoKey;
+    lo = v ? min(lo, x) : lo;
+    hi = v ? max(hi, x) : hi;
+    valid = valid && v;
+  }
+  const int32_t kmin = __reduce_min_sync(0xffffffffu, lo);
+  const int32_t kmax = __reduce_max_sync(0xffffffffu, hi);
+  const bool all_valid = __all_sync(0xffffffffu, valid);
+  if (kmax == INT_MIN || kmin > thi) return {true, false};  // no key, or every key after every row
+  const attn::MaskParams& mp = ts.mp;
+  bool none = false, all = kmax <= tlo && all_valid;
+  if (mp.kind == static_cast<int32_t>(MaskKind::kBand)) {
+    none = kmin >= mp.sink && static_cast<int64_t>(kmax) <= static_cast<int64_t>(tlo) - mp.local;
+    all = all && (kmax < mp.sink || static_cast<int64_t>(thi) - kmin < mp.local);
+  } else if (mp.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
+    const int32_t B = mp.block_tokens, qb0 = tlo / B - ts.first_qblock, qb1 = thi / B - ts.first_qblock;
+    none = !block_pairs(ts.blocks, mp.n_kblocks, qb0, qb1, kmin / B, min(kmax, thi) / B, false);
+    all = all && block_pairs(ts.blocks, mp.n_kblocks, qb0, qb1, kmin / B, kmax / B, true);
+  }
+  return {none, !none && all};
+}
+
+// The CTA's row and tile walk state for work item w (rows m0 .. m0 + BM − 1 of it). Call from one
+// thread; the result goes to shared memory.
+template <int BN, int BM>
+__device__ __forceinline__ TileScan make_tile_scan(const PrefillParams& p, const PrefillWorkItem& w, int D) {
+  const PrefillRow row = p.rows[w.row];
+  const int32_t G = p.group, total_m = row.n_tokens * G;
+  const auto tok_of = [&](int32_t m) { return min(m, total_m - 1) / G; };
+  const int32_t first = p.indptr[w.row];
+  const int32_t n_entries = p.indptr[w.row + 1] - first;
+  const int shift = p.pool.page_shift;
+  const int64_t new_off = static_cast<int64_t>(row.q_row0) * p.new_stride + static_cast<int64_t>(row.kv_head) * D;
+  const attn::RowKeys rk{p.page_ids + first,
+                         p.page_pos0 + first,
+                         p.page_len + first,
+                         n_entries << shift,
+                         (n_entries << shift) + (row.new_kv ? row.n_tokens : 0),
+                         row.q_pos0,
+                         row.new_kv ? p.k_new + new_off : nullptr,
+                         row.new_kv ? p.v_new + new_off : nullptr,
+                         p.new_stride};
+  const attn::MaskParams mp{static_cast<int32_t>(row.mask), row.sink, row.local, max(p.block_tokens, 1),
+                            row.n_kblocks};
+  const uint8_t* blocks = row.mask == MaskKind::kBlocks ? p.block_allowed + row.block_offset : nullptr;
+  return TileScan{rk,
+                  shift,
+                  (rk.end_slot + BN - 1) / BN,
+                  row.q_pos0 + tok_of(w.m0),
+                  row.q_pos0 + tok_of(w.m0 + BM - 1),
+                  mp,
+                  blocks,
+                  row.first_qblock};
+}
+
+// The Hopper kernel (prefill_attention_sm90.cu): shared-memory opt-in once, then launches.
+void prepare_sm90(int32_t head_dim);
+void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, cudaStream_t stream);
+
+}  // namespace sparseserve::kernels::cuda::prefill
