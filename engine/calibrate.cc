@@ -1,11 +1,13 @@
 #include "engine/calibrate.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
 #include "common/errors.h"
 #include "engine/cpu_forward.h"
 #include "engine/dense_kv.h"
+#include "engine/head_ablation.h"
 #include "engine/passkey.h"
 #include "kernels/cpu/span_attention.h"
 
@@ -60,14 +62,11 @@ class ProbeBackend final : public KvBackend {
       count_[static_cast<size_t>(layer * c_.n_kv_heads + h)] += n;
     }
   }
-  kvcache::HeadGates gates() const {
-    kvcache::HeadGates g{static_cast<int32_t>(c_.n_layers), static_cast<int32_t>(c_.n_kv_heads), {}};
-    double mx = 0;
-    for (size_t i = 0; i < score_.size(); ++i) mx = std::max(mx, score_[i] / std::max<int64_t>(count_[i], 1));
-    for (size_t i = 0; i < score_.size(); ++i) {
-      g.values.push_back(static_cast<float>(score_[i] / std::max<int64_t>(count_[i], 1) / (mx > 0 ? mx : 1.0)));
-    }
-    return g;
+  // Mean relative change per (layer, KV head), row-major.
+  std::vector<double> scores() const {
+    std::vector<double> out;
+    for (size_t i = 0; i < score_.size(); ++i) out.push_back(score_[i] / std::max<int64_t>(count_[i], 1));
+    return out;
   }
 
  private:
@@ -79,33 +78,92 @@ class ProbeBackend final : public KvBackend {
   std::vector<int64_t> count_;
 };
 
-}  // namespace
-
-kvcache::HeadGates calibrate_heads(const Model& model, const CalibrationOptions& opts,
-                                   const std::function<void(int, int)>& progress) {
-  if (opts.prompts < 1 || opts.needles < 1) throw InvalidArgument("calibration needs at least one prompt and one needle");
-  if (opts.context_tokens + 16 > model.config.max_context) throw InvalidArgument("calibration context exceeds the model's");
+std::vector<double> score_output_change(const Model& model, const CalibrationOptions& opts,
+                                        const std::function<void(const CalibrationProgress&)>& progress) {
+  const auto prompts = calibration_prompts(model, opts);
   ProbeBackend probe(model.config, opts.window);
   CpuForward fwd(model);
+  std::vector<float> logits;
+  const auto L = static_cast<int32_t>(model.config.n_layers);
+  for (int p = 0; p < opts.prompts; ++p) {
+    const CalibrationPrompt& a = prompts[static_cast<size_t>(p)];
+    probe.set_answer_rows(a.first_row, a.last_row);
+    probe.reset();
+    const ForwardSeq s{0, 0, a.ids, false, static_cast<int64_t>(a.ids.size()), /*no_logits=*/true};
+    fwd.forward(std::span(&s, 1), probe, logits);
+    if (progress) progress({p + 1, opts.prompts, L, L, double(p + 1) / opts.prompts});
+  }
+  return probe.scores();
+}
+
+std::vector<double> score_ablation(const Model& model, const CalibrationOptions& opts,
+                                   const std::function<void(const CalibrationProgress&)>& progress) {
+  const int64_t L = model.config.n_layers, KV = model.config.n_kv_heads;
+  std::vector<double> score(static_cast<size_t>(L * KV), 0.0);
+  // Work in layer passes over a prompt's tail rows: the dense pass, then KV heads × (L − l) per layer l.
+  const double work_per_prompt = static_cast<double>(L + KV * L * (L + 1) / 2);
+  int p = 0;
+  for (CalibrationPrompt& prompt : calibration_prompts(model, opts)) {
+    HeadAblation ablation(model, std::move(prompt), opts.window);
+    double work = static_cast<double>(L);
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t h = 0; h < KV; ++h) {
+        score[static_cast<size_t>(l * KV + h)] += ablation.streaming_nll(l, h) - ablation.dense_nll();
+      }
+      work += static_cast<double>(KV * (L - l));
+      if (progress) {
+        progress({p + 1, opts.prompts, static_cast<int32_t>(l + 1), static_cast<int32_t>(L),
+                  (p * work_per_prompt + work) / (opts.prompts * work_per_prompt)});
+      }
+    }
+    ++p;
+  }
+  for (double& s : score) s /= opts.prompts;
+  return score;
+}
+
+}  // namespace
+
+std::string_view calibration_method_name(CalibrationMethod m) {
+  return m == CalibrationMethod::kAblation ? "ablation" : "output-change";
+}
+
+std::vector<CalibrationPrompt> calibration_prompts(const Model& model, const CalibrationOptions& opts) {
   std::mt19937_64 rng(opts.seed);
   std::uniform_real_distribution<double> depth(0.05, 0.6);  // needles far enough back to leave the window
   const std::string hay = default_haystack();
-  std::vector<float> logits;
+  std::vector<CalibrationPrompt> out;
   for (int p = 0; p < opts.prompts; ++p) {
     std::vector<double> depths;
     for (int i = 0; i < opts.needles; ++i) depths.push_back(depth(rng));
     const PasskeyPrompt pk = make_passkey_prompt(model.tokenizer, hay, opts.context_tokens, depths, rng);
-    std::vector<int32_t> ids = pk.prompt;
-    ids.insert(ids.end(), pk.answer.begin(), pk.answer.end());
-    const auto n = static_cast<int64_t>(ids.size());
-    // Rows predicting the answer: the last prompt token and every answer token but the last.
-    probe.set_answer_rows(static_cast<int64_t>(pk.prompt.size()) - 1, n - 2);
-    probe.reset();
-    const ForwardSeq s{0, 0, ids, false, n, true};
-    fwd.forward(std::span(&s, 1), probe, logits);
-    if (progress) progress(p + 1, opts.prompts);
+    CalibrationPrompt a{pk.prompt, static_cast<int64_t>(pk.prompt.size()) - 1, 0};
+    a.ids.insert(a.ids.end(), pk.answer.begin(), pk.answer.end());
+    a.last_row = static_cast<int64_t>(a.ids.size()) - 2;
+    out.push_back(std::move(a));
   }
-  return probe.gates();
+  return out;
+}
+
+std::vector<double> score_heads(const Model& model, const CalibrationOptions& opts,
+                                const std::function<void(const CalibrationProgress&)>& progress) {
+  if (opts.prompts < 1 || opts.needles < 1) throw InvalidArgument("calibration needs at least one prompt and one needle");
+  if (opts.context_tokens < 256) throw InvalidArgument("calibration prompts need at least 256 tokens");
+  if (opts.context_tokens + 16 > model.config.max_context) throw InvalidArgument("calibration context exceeds the model's");
+  if (opts.window.sink_tokens < 0 || opts.window.local_tokens < 1) {
+    throw InvalidArgument("calibration window needs sink ≥ 0 and local ≥ 1 tokens");
+  }
+  return opts.method == CalibrationMethod::kAblation ? score_ablation(model, opts, progress)
+                                                      : score_output_change(model, opts, progress);
+}
+
+kvcache::HeadGates calibrate_heads(const Model& model, const CalibrationOptions& opts,
+                                   const std::function<void(const CalibrationProgress&)>& progress) {
+  const std::vector<double> score = score_heads(model, opts, progress);
+  const double mx = *std::max_element(score.begin(), score.end());
+  kvcache::HeadGates g{static_cast<int32_t>(model.config.n_layers), static_cast<int32_t>(model.config.n_kv_heads), {}};
+  for (double s : score) g.values.push_back(static_cast<float>(mx > 0 ? std::clamp(s / mx, 0.0, 1.0) : 0.0));
+  return g;
 }
 
 }  // namespace sparseserve

@@ -35,6 +35,18 @@ int64_t DenseKvBackend::length(uint64_t id) const {
   return it->second.length();
 }
 
+void DenseKvBackend::truncate(uint64_t id, int64_t length) {
+  DenseKvCache& kv = get(id);
+  check(length >= 0 && length <= kv.length(), "DenseKvBackend: truncate beyond the cached length");
+  kv.set_length(length);
+}
+
+const DenseKvCache& DenseKvBackend::cache(uint64_t id) const {
+  const auto it = seqs_.find(id);
+  check(it != seqs_.end(), "DenseKvBackend: unknown sequence id");
+  return it->second;
+}
+
 DenseKvCache& DenseKvBackend::get(uint64_t id) {
   const auto it = seqs_.find(id);
   check(it != seqs_.end(), "DenseKvBackend: unknown sequence id");

@@ -21,6 +21,8 @@ class DenseKvCache {
   void reserve(int64_t tokens);  // amortised doubling; never shrinks
   float* k(int64_t layer) { return k_[static_cast<size_t>(layer)].data(); }
   float* v(int64_t layer) { return v_[static_cast<size_t>(layer)].data(); }
+  const float* k(int64_t layer) const { return k_[static_cast<size_t>(layer)].data(); }
+  const float* v(int64_t layer) const { return v_[static_cast<size_t>(layer)].data(); }
   void set_length(int64_t n) { length_ = n; }
   size_t bytes() const;
 
@@ -39,6 +41,10 @@ class DenseKvBackend final : public KvBackend {
   void add_sequence(uint64_t id);  // InternalError when it exists
   void release(uint64_t id);
   int64_t length(uint64_t id) const;
+  // Forgets the tokens after `length` (0 ≤ length ≤ length(id), else InternalError): the next step
+  // starts there and overwrites them.
+  void truncate(uint64_t id, int64_t length);
+  const DenseKvCache& cache(uint64_t id) const;
 
   void begin_step(std::span<const ForwardSeq> batch) override;
   void attend(int64_t layer, std::span<const ForwardSeq> batch, const float* qkv, int64_t qkv_stride,

@@ -13,6 +13,15 @@ void add_calibrate_command(CLI::App& app, CalibrateArgs& a) {
   auto* cmd = app.add_subcommand("calibrate", "Score heads on synthetic passkey prompts; write a DuoAttention head TSV");
   cmd->add_option("--model", a.model, "GGUF file or Hugging Face directory")->required();
   cmd->add_option("--out", a.out, "Output TSV (rows = layers, columns = KV heads, higher = retrieval)")->required();
+  cmd->add_option_function<std::string>(
+         "--method",
+         [&a](const std::string& m) {
+           a.options.method = m == "ablation" ? CalibrationMethod::kAblation : CalibrationMethod::kOutputChange;
+         },
+         "Head score: output-change (a head's attention output under its streaming band, one pass per prompt) or "
+         "ablation (answer NLL increase when the head alone streams, ~n_kv_heads*n_layers/2 passes per prompt)")
+      ->check(CLI::IsMember({"output-change", "ablation"}))
+      ->default_str(std::string(calibration_method_name(a.options.method)));
   cmd->add_option("--prompts", a.options.prompts, "Synthetic prompts")->capture_default_str();
   cmd->add_option("--context", a.options.context_tokens, "Tokens per prompt")->capture_default_str();
   cmd->add_option("--needles", a.options.needles, "Passkeys per prompt")->capture_default_str();
@@ -24,13 +33,19 @@ void add_calibrate_command(CLI::App& app, CalibrateArgs& a) {
 int run_calibrate(const CalibrateArgs& a) {
   const auto model = load_model(a.model);
   const auto t0 = std::chrono::steady_clock::now();
-  spdlog::info("calibrating {} layers x {} KV heads on {} prompts of {} tokens ({} needles, sink {}, local {})",
-               model->config.n_layers, model->config.n_kv_heads, a.options.prompts, a.options.context_tokens,
-               a.options.needles, a.options.window.sink_tokens, a.options.window.local_tokens);
-  const kvcache::HeadGates gates = calibrate_heads(*model, a.options, [&](int done, int total) {
+  spdlog::info("calibrating {} layers x {} KV heads by {} on {} prompts of {} tokens ({} needles, sink {}, local {})",
+               model->config.n_layers, model->config.n_kv_heads, calibration_method_name(a.options.method),
+               a.options.prompts, a.options.context_tokens, a.options.needles, a.options.window.sink_tokens,
+               a.options.window.local_tokens);
+  const kvcache::HeadGates gates = calibrate_heads(*model, a.options, [&](const CalibrationProgress& p) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    spdlog::info("calibrate: prompt {}/{} done ({:.0f} s elapsed, ~{:.0f} s left)", done, total, s,
-                 s / done * (total - done));
+    const double left = s / p.fraction * (1.0 - p.fraction);
+    if (p.layers_done == p.n_layers) {
+      spdlog::info("calibrate: prompt {}/{} done ({:.0f} s elapsed, ~{:.0f} s left)", p.prompt, p.prompts, s, left);
+    } else {
+      spdlog::info("calibrate: prompt {}/{}: layer {}/{} scored ({:.0f} s elapsed, ~{:.0f} s left)", p.prompt,
+                   p.prompts, p.layers_done, p.n_layers, s, left);
+    }
   });
   kvcache::write_head_pattern(a.out, gates);
   spdlog::info("wrote {}", a.out);
