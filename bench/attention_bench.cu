@@ -49,6 +49,7 @@ struct Options {
   std::string select = "gpu";
   int logical_page = 16;
   int iters = 50, warmup = 10, rotate = 0, graph = 1;
+  std::string kernel = "auto";  // prefill: auto | mma | wgmma
 };
 
 Options parse(int argc, char** argv) {
@@ -75,12 +76,14 @@ Options parse(int argc, char** argv) {
     else if (a == "--warmup") o.warmup = static_cast<int>(num());
     else if (a == "--rotate") o.rotate = static_cast<int>(num());
     else if (a == "--graph") o.graph = static_cast<int>(num());
+    else if (a == "--kernel") o.kernel = v;
     else throw std::invalid_argument("unknown option " + a);
   }
   if (o.op != "prefill" && o.op != "decode") throw std::invalid_argument("--op must be prefill or decode");
   if (o.q_heads % o.kv_heads != 0) throw std::invalid_argument("--q-heads must be a multiple of --kv-heads");
   if (o.streaming_kv_heads < 0 || o.streaming_kv_heads > o.kv_heads) throw std::invalid_argument("bad --streaming-kv-heads");
   if (o.select != "gpu" && o.select != "host") throw std::invalid_argument("--select must be gpu or host");
+  if (o.kernel != "auto" && o.kernel != "mma" && o.kernel != "wgmma") throw std::invalid_argument("--kernel must be auto, mma or wgmma");
   return o;
 }
 
@@ -247,6 +250,7 @@ int run_prefill(const Options& o) {
   cfg.head_dim = o.dim;
   cfg.group = group;
   cfg.page_tokens = o.page;
+  cfg.kernel = o.kernel == "mma" ? PrefillKernel::kMmaSync : o.kernel == "wgmma" ? PrefillKernel::kWgmma : PrefillKernel::kAuto;
   PrefillAttention attn(cfg);
   attn.plan(rows, stream);
   const auto launch = [&](int i) {
@@ -271,9 +275,10 @@ int run_prefill(const Options& o) {
   const double needed_flops = 4.0 * needed_pairs * static_cast<double>(D) * group;
   print_common(o, R);
   std::printf(", \"median_ms\": %.5f, \"min_ms\": %.5f, \"p90_ms\": %.5f, \"dense_flops\": %.6e, \"needed_flops\": %.6e, "
-              "\"tflops_dense_equiv\": %.2f, \"tflops_needed\": %.2f, \"ctas\": %zu}\n",
+              "\"tflops_dense_equiv\": %.2f, \"tflops_needed\": %.2f, \"ctas\": %zu, \"kernel\": \"%s\"}\n",
               med, percentile(ms, 0.0), percentile(ms, 0.9), dense_flops, needed_flops, dense_flops / (med * 1e-3) / 1e12,
-              needed_flops / (med * 1e-3) / 1e12, attn.work().size());
+              needed_flops / (med * 1e-3) / 1e12, attn.work().size(),
+              attn.kernel() == PrefillKernel::kWgmma ? "wgmma" : "mma.sync");
   CUDA_CHECK(cudaStreamDestroy(stream));
   return 0;
 }

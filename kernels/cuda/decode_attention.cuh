@@ -149,7 +149,8 @@ __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, i
                                              const PoolView& pool, int32_t u0) {
   constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks, kPasses = BN / kRowsPerPass;
   static_assert(kThreads % kChunks == 0 && BN % kRowsPerPass == 0);
-  const int c = threadIdx.x % kChunks, r0 = threadIdx.x / kChunks;
+  const int tid = static_cast<int>(threadIdx.x) % kThreads;  // the loading threads are kThreads in a row
+  const int c = tid % kChunks, r0 = tid / kChunks;
   const int32_t pmask = (1 << pool.page_shift) - 1;
   if (u0 + BN <= rk.page_slots && (u0 & pmask) + BN <= pmask + 1) {
     const int32_t e = u0 >> pool.page_shift, off0 = u0 & pmask;

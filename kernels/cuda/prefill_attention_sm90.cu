@@ -24,104 +24,184 @@ using prefill::PrefillParams;
 using prefill::TileScan;
 using prefill::TileWalk;
 
-constexpr int kThreads = 256;  // two warpgroups
+constexpr int kConsumerThreads = 256;            // two consumer warpgroups
+constexpr int kProducerThreads = 128;            // one producer warpgroup
+constexpr int kThreads = kConsumerThreads + kProducerThreads;
 constexpr int kBM = 128;       // packed query rows per CTA (64 per warpgroup)
 constexpr int kBN = 128;       // key slots per tile
-constexpr int kStages = 2;
+constexpr int kStages = 2;  // K and V released separately: K_{i+1} and V_{i+1} load during tile i
+// Registers per thread after the role split (setmaxnreg): the producer gives its share to the
+// consumers (128·56 + 256·224 ≤ 65536).
+[[maybe_unused]] constexpr int kProducerRegs = 56, kConsumerRegs = 224;
 
 template <int D>
 struct Sm90Smem {
   static constexpr int kQBytes = kBM * D * 2;  // warpgroup g's 64 rows at g · kQBytes / 2
   static constexpr int kTileBytes = kBN * D * 2;
   static constexpr int kStageOffset = kQBytes;  // stage s: K at + 2s·kTileBytes, V after it
-  static constexpr int kPosOffset = kStageOffset + kStages * 2 * kTileBytes;
-  static constexpr int kBytes = kPosOffset + kStages * kBN * 4 + 1024;  // + slack to align the base to 1024
+  static constexpr int kPosOffset = kStageOffset + kStages * 2 * kTileBytes;  // [kStages][kBN] key positions
+  static constexpr int kSlotOffset = kPosOffset + kStages * kBN * 4;  // [kBN] source row of each slot (producer)
+  static constexpr int kStageTileOffset = kSlotOffset + kBN * 4;       // tile of each stage (−1: end)
+  // mbarriers: full_k, full_v, empty_k, empty_v, each [kStages].
+  static constexpr int kBarOffset = kStageTileOffset + 16;
+  static constexpr int kBytes = kBarOffset + 32 * kStages + 1024;  // + slack to align the base to 1024
 };
 
 #ifdef SPARSESERVE_SM90A
+// S = Q·Kᵀ for one warpgroup (64 × kBN, fp32), issued, not waited for.
 template <int D>
-__device__ __forceinline__ void mma_pv(float (&o)[D / 8][4], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (D == 128) {
-    wgmma::mma_m64n128k16_rs(reinterpret_cast<float(&)[64]>(o), a, desc);
-  } else {
-    wgmma::mma_m64n64k16_rs(reinterpret_cast<float(&)[32]>(o), a, desc);
-  }
-}
-
-// One warpgroup's share of one key tile: S = Q·Kᵀ (64 × 128), masks, online softmax, O += P·V.
-// This thread holds rows t[0] (lane/4 of its warp's 16) and t[1] (lane/4 + 8).
-template <int D>
-__device__ __forceinline__ void attend_tile_sm90(const PrefillParams& p, const TileScan& ts, uint32_t q_wg,
-                                                 uint32_t kt, uint32_t vt, const int32_t* tp, bool full,
-                                                 const int32_t (&t)[2], float (&m)[2], float (&l)[2],
-                                                 float (&o)[D / 8][4]) {
-  const int lane = threadIdx.x & 31;
-  float s[kBN / 8][4];
+__device__ __forceinline__ void issue_qk(float (&s)[kBN / 8][4], uint32_t q_wg, uint32_t kt) {
   float(&sf)[kBN / 2] = reinterpret_cast<float(&)[kBN / 2]>(s);
-  wgmma::fence();
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
     const uint32_t qa = q_wg + (ks >> 2) * (64 * 128) + (ks & 3) * 32;
     const uint32_t kb = kt + (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
     wgmma::mma_m64n128k16_ss(sf, wgmma::desc_kmajor(qa), wgmma::desc_kmajor(kb), ks > 0 ? 1 : 0);
   }
-  wgmma::commit();
-  wgmma::wait<0>();
-  wgmma::fence_operands(sf);
+}
 
-  const attn::MaskParams& mp = ts.mp;
+// O += P·V for one warpgroup, P (bf16, mma A layout) from registers, issued, not waited for.
+template <int D>
+__device__ __forceinline__ void issue_pv(float (&o)[D / 8][4], const uint32_t (&pa)[kBN / 16][4], uint32_t vt) {
+#pragma unroll
+  for (int kk = 0; kk < kBN / 16; ++kk) {
+    // Keys 16kk .. 16kk+15 are rows of V's blocks; the two 64-column blocks are kBN rows apart.
+    const uint64_t desc = wgmma::desc_sw128(vt + kk * 16 * 128, kBN * 128);
+    if constexpr (D == 128) {
+      wgmma::mma_m64n128k16_rs(reinterpret_cast<float(&)[64]>(o), pa[kk], desc);
+    } else {
+      wgmma::mma_m64n64k16_rs(reinterpret_cast<float(&)[32]>(o), pa[kk], desc);
+    }
+  }
+}
+
+// Scores to the log2 domain with the exact mask (DESIGN.md §5; full: every key allowed), for this
+// thread's rows t[0] (lane/4 of its warp's 16) and t[1] (lane/4 + 8).
+__device__ __forceinline__ void mask_scores(float (&s)[kBN / 8][4], const PrefillParams& p, const TileScan& ts,
+                                            const int32_t* tp, bool full, const int32_t (&t)[2]) {
   if (full) {
 #pragma unroll
     for (int j = 0; j < kBN / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[j][e] *= p.scale_log2;
     }
-  } else {
-    const uint8_t* brow0 = nullptr;
-    const uint8_t* brow1 = nullptr;
-    if (ts.blocks != nullptr) {
-      brow0 = ts.blocks + static_cast<int64_t>(t[0] / mp.block_tokens - ts.first_qblock) * mp.n_kblocks;
-      brow1 = ts.blocks + static_cast<int64_t>(t[1] / mp.block_tokens - ts.first_qblock) * mp.n_kblocks;
+    return;
+  }
+  const int lane = threadIdx.x & 31;
+  const attn::MaskParams& mp = ts.mp;
+  const uint8_t* brow0 = nullptr;
+  const uint8_t* brow1 = nullptr;
+  if (ts.blocks != nullptr) {
+    brow0 = ts.blocks + static_cast<int64_t>(t[0] / mp.block_tokens - ts.first_qblock) * mp.n_kblocks;
+    brow1 = ts.blocks + static_cast<int64_t>(t[1] / mp.block_tokens - ts.first_qblock) * mp.n_kblocks;
+  }
+#pragma unroll
+  for (int j = 0; j < kBN / 8; ++j) {
+    const int2 kp = *reinterpret_cast<const int2*>(tp + 8 * j + 2 * (lane & 3));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t jp = h == 0 ? kp.x : kp.y;
+      s[j][h] = attn::key_allowed(mp, brow0, t[0], jp) ? s[j][h] * p.scale_log2 : -INFINITY;
+      s[j][h + 2] = attn::key_allowed(mp, brow1, t[1], jp) ? s[j][h + 2] * p.scale_log2 : -INFINITY;
     }
-#pragma unroll
-    for (int j = 0; j < kBN / 8; ++j) {
-      const int2 kp = *reinterpret_cast<const int2*>(tp + 8 * j + 2 * (lane & 3));
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int32_t jp = h == 0 ? kp.x : kp.y;
-        s[j][h] = attn::key_allowed(mp, brow0, t[0], jp) ? s[j][h] * p.scale_log2 : -INFINITY;
-        s[j][h + 2] = attn::key_allowed(mp, brow1, t[1], jp) ? s[j][h + 2] * p.scale_log2 : -INFINITY;
-      }
-    }
   }
-  attn::online_softmax_step<kBN / 8, D / 8>(s, m, l, o);
-
-  uint32_t a[kBN / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < kBN / 16; ++kk) {
-    a[kk][0] = attn::pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-    a[kk][1] = attn::pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-    a[kk][2] = attn::pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    a[kk][3] = attn::pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-  }
-  float(&of)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
-  wgmma::fence_operands(of);
-  wgmma::fence();
-#pragma unroll
-  for (int kk = 0; kk < kBN / 16; ++kk) {
-    // Keys 16kk .. 16kk+15 are rows of V's blocks; the two 64-column blocks are kBN rows apart.
-    mma_pv<D>(o, a[kk], wgmma::desc_sw128(vt + kk * 16 * 128, kBN * 128));
-  }
-  wgmma::commit();
-  wgmma::wait<0>();
-  wgmma::fence_operands(of);
 }
+
+// The online-softmax step of attn::online_softmax_step split around the P·V still in flight: the
+// reference maxima m and sums l are updated and s becomes the probabilities now; the factor that O
+// needs (alpha, when rescale) is applied by the caller once the previous P·V has landed.
+__device__ __forceinline__ bool softmax_probs(float (&s)[kBN / 8][4], float (&m)[2], float (&l)[2],
+                                              float (&alpha)[2]) {
+  float mx[2] = {m[0], m[1]};
+#pragma unroll
+  for (int j = 0; j < kBN / 8; ++j) {
+    mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+  }
+  const bool keep = __all_sync(0xffffffffu, mx[0] <= m[0] + attn::kRescaleSlack && mx[1] <= m[1] + attn::kRescaleSlack);
+  if (!keep) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      alpha[r] = attn::fast_exp2(m[r] - (mx[r] == -INFINITY ? 0.0f : mx[r]));  // 0 when m was −inf
+      m[r] = mx[r];
+      l[r] *= alpha[r];
+    }
+  }
+  const float base[2] = {m[0] == -INFINITY ? 0.0f : m[0], m[1] == -INFINITY ? 0.0f : m[1]};
+#pragma unroll
+  for (int j = 0; j < kBN / 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j][e] = attn::fast_exp2(s[j][e] - base[e >> 1]);
+      l[e >> 1] += s[j][e];
+    }
+  }
+  return !keep;
+}
+
+template <int D>
+__device__ __forceinline__ void rescale(float (&o)[D / 8][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int d = 0; d < D / 8; ++d) {
+    o[d][0] *= alpha[0];
+    o[d][1] *= alpha[0];
+    o[d][2] *= alpha[1];
+    o[d][3] *= alpha[1];
+  }
+}
+
+__device__ __forceinline__ void pack_probs(const float (&s)[kBN / 8][4], uint32_t (&pa)[kBN / 16][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kBN / 16; ++kk) {
+    pa[kk][0] = attn::pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+    pa[kk][1] = attn::pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+    pa[kk][2] = attn::pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pa[kk][3] = attn::pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  }
+}
+
+// Source of a slot for the producer's copies: a pool row (≥ 0), new key i as −2 − i, or −1 (no key).
+__device__ __forceinline__ int32_t locate_source(const attn::RowKeys& rk, const attn::PoolView& pool, int32_t u,
+                                                 int32_t& position) {
+  position = attn::kNoKey;
+  if (u >= rk.end_slot) return -1;
+  if (u < rk.page_slots) {
+    const int32_t e = u >> pool.page_shift, off = u & ((1 << pool.page_shift) - 1);
+    if (off >= __ldg(rk.page_len + e)) return -1;
+    position = __ldg(rk.page_pos0 + e) + off;
+    return (__ldg(rk.page_ids + e) << pool.page_shift) + off;
+  }
+  const int32_t i = u - rk.page_slots;
+  position = rk.new_pos0 + i;
+  return -2 - i;
+}
+
+// The producer's copies of one stage's K or V (kBN slots; slot s's source in src[s]).
+template <int D>
+__device__ __forceinline__ void produce_half(uint32_t tile, const int32_t* src, const bf16* pool, const bf16* fresh,
+                                             int64_t fresh_stride, int ptid) {
+  constexpr int kChunks = D / 8, kRowsPerPass = kProducerThreads / kChunks, kPasses = kBN / kRowsPerPass;
+  const int c = ptid % kChunks, r0 = ptid / kChunks;
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int s = r0 + i * kRowsPerPass;
+    const int32_t from = src[s];
+    const bf16* g = from >= 0 ? pool + static_cast<int64_t>(from) * D : fresh + static_cast<int64_t>(-2 - from) * fresh_stride;
+    attn::cp_async16(tile + attn::wgmma_tile_offset<D, kBN>(s, c), from != -1 ? g + c * 8 : pool, from != -1);
+  }
+}
+
+__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kProducerThreads) : "memory"); }
 #endif  // SPARSESERVE_SM90A
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(const PrefillParams p) {
 #ifdef SPARSESERVE_SM90A
-  static_assert(kStages == 2, "the pipeline below keeps one tile in flight");
   using Smem = Sm90Smem<D>;
   constexpr int kChunks = D / 8;
   extern __shared__ uint8_t smem_raw[];
@@ -129,36 +209,39 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
 
   const uint32_t raw = attn::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;  // wgmma's swizzle atoms are 1024-byte aligned
-  int32_t* pos = reinterpret_cast<int32_t*>(smem_raw + (base - raw) + Smem::kPosOffset);
+  uint8_t* const base_ptr = smem_raw + (base - raw);
+  int32_t* pos = reinterpret_cast<int32_t*>(base_ptr + Smem::kPosOffset);
+  int32_t* slot_src = reinterpret_cast<int32_t*>(base_ptr + Smem::kSlotOffset);
+  volatile int32_t* stage_tile = reinterpret_cast<int32_t*>(base_ptr + Smem::kStageTileOffset);
+  const uint32_t full_k = base + Smem::kBarOffset, full_v = full_k + 8 * kStages;
+  const uint32_t empty_k = full_v + 8 * kStages, empty_v = empty_k + 8 * kStages;
   const uint32_t q_tile = base;
   const auto k_stage = [&](int s) { return base + Smem::kStageOffset + s * 2 * Smem::kTileBytes; };
-  const auto v_stage = [&](int s) { return base + Smem::kStageOffset + s * 2 * Smem::kTileBytes + Smem::kTileBytes; };
+  const auto v_stage = [&](int s) { return k_stage(s) + Smem::kTileBytes; };
 
   const PrefillWorkItem w = p.work[blockIdx.x];
   const PrefillRow row = p.rows[w.row];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int32_t G = p.group, total_m = row.n_tokens * G, m0 = w.m0;
-  const auto tok_of = [&](int32_t m) { return min(m, total_m - 1) / G; };
-
-  // This warpgroup's rows and their positions; this thread's two rows.
-  const int32_t gm0 = m0 + 64 * wg;
-  const bool wg_active = gm0 < total_m;
-  const int32_t g_tlo = row.q_pos0 + tok_of(gm0), g_thi = row.q_pos0 + tok_of(gm0 + 63);
-  const int32_t r0 = gm0 + 16 * (warp & 3) + (lane >> 2);
-  const int32_t t[2] = {row.q_pos0 + tok_of(r0), row.q_pos0 + tok_of(r0 + 8)};
 
   __shared__ TileScan s_ts;
   __shared__ TileWalk s_walk;
-  if (tid == 0) s_ts = prefill::make_tile_scan<kBN, kBM>(p, w, D);
+  if (tid == 0) {
+    s_ts = prefill::make_tile_scan<kBN, kBM>(p, w, D);
+    for (int s = 0; s < kStages; ++s) {
+      wgmma::mbar_init(full_k + 8 * s, 2 * kProducerThreads);  // per producer thread: cp.async + plain
+      wgmma::mbar_init(full_v + 8 * s, kProducerThreads);      // per producer thread: cp.async
+      wgmma::mbar_init(empty_k + 8 * s, kConsumerThreads);     // every consumer thread
+      wgmma::mbar_init(empty_v + 8 * s, kConsumerThreads);
+    }
+    wgmma::mbar_init_fence();
+  }
   __syncthreads();
   const bool skip = p.skip_tiles != 0;
   if (warp == 0) {
     const TileWalk wk = prefill::plan_walk<kBN>(s_ts, skip);
     if (lane == 0) s_walk = wk;
   }
-  __syncthreads();
-  const TileScan& ts = s_ts;
-
   // Q: packed rows m0 .. m0+127 (rows past the chunk zero), row r in warpgroup r / 64's tile.
   for (int i = tid; i < kBM * kChunks; i += kThreads) {
     const int r = i / kChunks, c = i % kChunks;
@@ -171,40 +254,135 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
     attn::cp_async16(q_tile + off, valid ? src : p.q, valid);
   }
   attn::cp_async_commit();
+  attn::cp_async_wait<0>();
+  wgmma::fence_proxy_async();
+  __syncthreads();  // Q and the tile walk are ready
+  const TileScan& ts = s_ts;
 
-  int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip);
-  if (cur < ts.n_tiles) {
-    attn::load_kv_tile<D, kBN, kThreads, true>(k_stage(0), v_stage(0), pos, ts.rk, p.pool, cur * kBN);
+  if (tid >= kConsumerThreads) {
+    // Producer warpgroup: tile i of the walk into stage i % kStages once the consumers have released
+    // it; a stage with tile −1 ends the walk.
+    wgmma::set_max_regs_dec<kProducerRegs>();
+    const int ptid = tid - kConsumerThreads;
+    int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip);
+    for (int i = 0;; ++i) {
+      const int st = i % kStages;
+      const uint32_t phase = ((i / kStages) - 1) & 1;  // of the release being waited for
+      if (i >= kStages) wgmma::mbar_wait(empty_k + 8 * st, phase);
+      if (cur >= ts.n_tiles) {
+        if (ptid == 0) stage_tile[st] = -1;
+        wgmma::mbar_arrive(full_k + 8 * st);
+        wgmma::mbar_arrive(full_k + 8 * st);
+        break;
+      }
+      // One slot per producer thread: its source row and key position.
+      int32_t position;
+      const int32_t from = locate_source(ts.rk, p.pool, cur * kBN + ptid, position);
+      producer_sync();  // the previous tile's V copies have read the slot table
+      slot_src[ptid] = from;
+      pos[st * kBN + ptid] = position;
+      if (ptid == 0) stage_tile[st] = cur;
+      producer_sync();
+      produce_half<D>(k_stage(st), slot_src, p.pool.k, ts.rk.k_new, ts.rk.new_stride, ptid);
+      wgmma::mbar_arrive_cp_async(full_k + 8 * st);
+      wgmma::mbar_arrive(full_k + 8 * st);
+      if (i >= kStages) wgmma::mbar_wait(empty_v + 8 * st, phase);
+      produce_half<D>(v_stage(st), slot_src, p.pool.v, ts.rk.v_new, ts.rk.new_stride, ptid);
+      wgmma::mbar_arrive_cp_async(full_v + 8 * st);
+      cur = prefill::next_tile<kBN>(ts, s_walk, cur + 1, skip);
+    }
+    return;
   }
-  attn::cp_async_commit();
-  int32_t nxt = cur < ts.n_tiles ? prefill::next_tile<kBN>(ts, s_walk, cur + 1, skip) : ts.n_tiles;
+
+  // Consumers: warpgroup wg owns packed rows m0 + 64wg .. + 63; this thread rows r0 and r0 + 8.
+  // Software pipeline per tile i: issue S_i = Q·K_iᵀ and O += P_{i-1}·V_{i-1}, wait for S_i only,
+  // softmax of S_i while P·V runs, then wait for P·V, rescale O if needed, release stage i − 1.
+  wgmma::set_max_regs_inc<kConsumerRegs>();
+  const int wg = tid >> 7;
+  const auto tok_of = [&](int32_t m) { return min(m, total_m - 1) / G; };
+  const int32_t gm0 = m0 + 64 * wg;
+  const bool wg_active = gm0 < total_m;
+  const int32_t g_tlo = row.q_pos0 + tok_of(gm0), g_thi = row.q_pos0 + tok_of(gm0 + 63);
+  const int32_t r0 = gm0 + 16 * (warp & 3) + (lane >> 2);
+  const int32_t t[2] = {row.q_pos0 + tok_of(r0), row.q_pos0 + tok_of(r0 + 8)};
+  const uint32_t q_wg = q_tile + wg * (Smem::kQBytes / 2);
 
   float o[D / 8][4];
 #pragma unroll
   for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  const uint32_t q_wg = q_tile + wg * (Smem::kQBytes / 2);
+  float(&of)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
 
-  for (int it = 0; cur < ts.n_tiles; ++it) {
-    attn::cp_async_wait<0>();
-    wgmma::fence_proxy_async();  // this thread's cp.async data → the async proxy wgmma reads with
-    __syncthreads();             // tile `cur` (and Q) visible; every wgmma of the other stage is done
-    const int st = it & 1;
-    if (nxt < ts.n_tiles) {
-      attn::load_kv_tile<D, kBN, kThreads, true>(k_stage(st ^ 1), v_stage(st ^ 1), pos + (st ^ 1) * kBN, ts.rk,
-                                                 p.pool, nxt * kBN);
+  if (!wg_active) {  // no rows (the chunk's last tile): release every stage
+    for (int i = 0;; ++i) {
+      const int st = i % kStages;
+      wgmma::mbar_wait(full_k + 8 * st, (i / kStages) & 1);
+      if (stage_tile[st] < 0) break;
+      wgmma::mbar_arrive(empty_k + 8 * st);
+      wgmma::mbar_wait(full_v + 8 * st, (i / kStages) & 1);
+      wgmma::mbar_arrive(empty_v + 8 * st);
     }
-    attn::cp_async_commit();
-    if (wg_active) {
+  } else {
+    // Every delivered tile is computed (a tile no row of this warpgroup sees masks to zero
+    // probabilities), so the MMAs sit on one straight path.
+    float s[kBN / 8][4];
+    float(&sf)[kBN / 2] = reinterpret_cast<float(&)[kBN / 2]>(s);
+    uint32_t pa[kBN / 16][4];  // P of the tile in stage `pending`, whose P·V is next
+    const auto scores = [&](int st) {
       const int32_t* tp = pos + st * kBN;
-      prefill::TileUse use{false, false};
-      if (skip) use = prefill::classify_tile<kBN>(ts, tp, g_tlo, g_thi);  // uniform over the warpgroup
-      if (!use.skip) attend_tile_sm90<D>(p, ts, q_wg, k_stage(st), v_stage(st), tp, use.full, t, m, l, o);
+      const bool full = skip && prefill::classify_tile<kBN>(ts, tp, g_tlo, g_thi).full;
+      mask_scores(s, p, ts, tp, full, t);
+    };
+    int pending = 0;
+    wgmma::mbar_wait(full_k, 0);
+    if (stage_tile[0] >= 0) {
+      wgmma::fence_proxy_async();  // the producer's cp.async data → the async proxy wgmma reads with
+      wgmma::fence();
+      issue_qk<D>(s, q_wg, k_stage(0));
+      wgmma::commit();
+      wgmma::wait<0>();
+      wgmma::fence_operands(sf);
+      scores(0);
+      wgmma::mbar_arrive(empty_k);
+      float alpha[2];
+      softmax_probs(s, m, l, alpha);  // O is still zero: nothing to rescale
+      pack_probs(s, pa);
+      int i = 1;
+      for (;; ++i) {
+        const int st = i % kStages;
+        wgmma::mbar_wait(full_k + 8 * st, (i / kStages) & 1);
+        if (stage_tile[st] < 0) break;
+        wgmma::mbar_wait(full_v + 8 * pending, ((i - 1) / kStages) & 1);
+        wgmma::fence_proxy_async();
+        wgmma::fence_operands(of);
+        wgmma::fence();
+        issue_qk<D>(s, q_wg, k_stage(st));
+        wgmma::commit();
+        issue_pv<D>(o, pa, v_stage(pending));
+        wgmma::commit();
+        wgmma::wait<1>();  // S_i has landed; P·V of the previous tile may still run
+        wgmma::fence_operands(sf);
+        scores(st);
+        wgmma::mbar_arrive(empty_k + 8 * st);
+        const bool rescale_o = softmax_probs(s, m, l, alpha);
+        wgmma::wait<0>();
+        wgmma::fence_operands(of);
+        wgmma::mbar_arrive(empty_v + 8 * pending);
+        if (rescale_o) rescale<D>(o, alpha);
+        pack_probs(s, pa);
+        pending = st;
+      }
+      wgmma::mbar_wait(full_v + 8 * pending, ((i - 1) / kStages) & 1);
+      wgmma::fence_proxy_async();
+      wgmma::fence_operands(of);
+      wgmma::fence();
+      issue_pv<D>(o, pa, v_stage(pending));
+      wgmma::commit();
+      wgmma::wait<0>();
+      wgmma::fence_operands(of);
+      wgmma::mbar_arrive(empty_v + 8 * pending);
     }
-    cur = nxt;
-    nxt = nxt < ts.n_tiles ? prefill::next_tile<kBN>(ts, s_walk, nxt + 1, skip) : ts.n_tiles;
   }
-  attn::cp_async_wait<0>();
 
   // Normalise and store (bf16x2 per thread and row).
 #pragma unroll
