@@ -28,7 +28,9 @@ namespace sparseserve::kernels::cuda {
 // ---- Shared by decode and prefill -------------------------------------------------------------
 
 // The K/V page pool (kvcache/README.md): one page = page_tokens tokens of one (layer, KV head) lane.
-// k: [num_pages][page_tokens][head_dim] bf16 row-major, v likewise; both 16-byte aligned.
+// k: [num_pages][page_tokens][head_dim] bf16 row-major, v likewise; both 16-byte aligned. Every slot
+// holds a finite value (zero the pool when allocating it): the Hopper prefill kernel copies whole
+// pages by TMA and masks the slots past a page's length, which must not be NaN or Inf.
 struct PagedKvPool {
   const __nv_bfloat16* k = nullptr;
   const __nv_bfloat16* v = nullptr;

@@ -340,6 +340,7 @@ PrefillAttention::~PrefillAttention() {
 
 void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t stream, std::source_location loc) {
   bool new_kv = false, blocks = false;
+  int64_t new_rows = 0;
   for (const PrefillRow& r : rows) {
     check(r.q_row0 >= 0 && r.n_tokens >= 0 && r.q_pos0 >= 0 && r.kv_head >= 0,
           "PrefillAttention::plan: negative row field", loc);
@@ -351,6 +352,7 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
     check(r.mask != MaskKind::kBlocks || (r.n_kblocks > 0 && r.block_offset >= 0 && r.first_qblock >= 0),
           "PrefillAttention::plan: block mask rows need n_kblocks > 0", loc);
     new_kv = new_kv || r.new_kv != 0;
+    if (r.new_kv != 0) new_rows = std::max<int64_t>(new_rows, int64_t{r.q_row0} + r.n_tokens);
     blocks = blocks || r.mask == MaskKind::kBlocks;
   }
   work_ = plan_prefill_tiles(rows, config_.group);
@@ -379,6 +381,7 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
   CUDA_CHECK(cudaEventRecord(plan_uploaded_, stream));
   planned_rows_ = static_cast<int32_t>(rows.size());
   planned_new_kv_ = new_kv;
+  planned_new_rows_ = new_rows;
   planned_blocks_ = blocks;
 }
 
@@ -430,7 +433,10 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   p.scale_log2 = args.scale * kLog2e;
   p.skip_tiles = config_.skip_tiles ? 1 : 0;
   if (kernel_ == PrefillKernel::kWgmma) {
-    prefill::launch_sm90(p, grid, D, stream);
+    check(args.kv.num_pages * config_.page_tokens < INT32_MAX, "PrefillAttention::run: pool rows past int32", loc);
+    const prefill::Sm90Tensors t{args.kv.k,  args.kv.v,          args.kv.num_pages, config_.page_tokens,
+                                 args.k_new, args.v_new,         args.kv_new_stride, planned_new_rows_};
+    prefill::launch_sm90(p, grid, D, t, stream);
     return;
   }
   if (D == 64) {

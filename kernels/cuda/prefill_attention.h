@@ -123,6 +123,7 @@ class PrefillAttention {
   std::vector<PrefillWorkItem> work_;
   int32_t planned_rows_ = -1;
   bool planned_new_kv_ = false, planned_blocks_ = false;
+  int64_t planned_new_rows_ = 0;  // rows of k_new / v_new the plan reads
 };
 
 }  // namespace sparseserve::kernels::cuda

@@ -1,16 +1,25 @@
 // Paged prefill attention, Hopper path (sm_90a): the contract of prefill_attention.h, computed with
-// warpgroup MMA (wgmma). PrefillAttention::run picks it on compute capability 9.0.
+// warpgroup MMA (wgmma) on K/V tiles copied by TMA. PrefillAttention::run picks it on compute
+// capability 9.0.
 //
-// How it works. A CTA of two warpgroups takes the same 128 packed query rows as the mma.sync kernel
-// (prefill_attention.cu); warpgroup g owns rows 64g .. 64g+63. Q stays in shared memory; key tiles
-// of 128 slots (K and V, each slot's position beside them) are double-buffered with cp.async in the
-// 128-byte-swizzled layout wgmma reads (decode_attention.cuh wgmma_tile_offset). Per tile and
-// warpgroup: S = Q·Kᵀ (m64n128, both operands from shared memory), the same tile test, exact masks
-// and lazy online softmax as the mma.sync kernel on S's registers (wgmma's accumulator layout is
-// mma.sync's, repeated over n), then O += P·V with P from registers and V read transposed. Tile
-// walk, masks and the output are shared with the mma.sync kernel (prefill_tiles.cuh), so both
-// compute the same function; only the summation order inside the MMAs differs.
+// How it works. A CTA takes the same 128 packed query rows as the mma.sync kernel
+// (prefill_attention.cu) with three warpgroups:
+//   - a producer walks the CTA's key tiles (128 slots; the same tile walk as the mma.sync kernel,
+//     prefill_tiles.cuh) and, per tile, writes each slot's key position and has one thread copy K
+//     and V by TMA (one box per page and 64-column block, 128-byte swizzled: the layout wgmma reads)
+//     into a double-buffered stage, K and V with their own full / empty mbarriers;
+//   - two consumers own 64 query rows each, Q in shared memory. Per tile i a consumer issues
+//     S_i = Q·K_iᵀ (m64n128, both operands in shared memory) and O += P_{i−1}·V_{i−1} (P from
+//     registers, V read transposed), waits for S_i only, masks it exactly and runs the lazy online
+//     softmax of decode_attention.cuh while the P·V still runs, then waits for it, rescales O when
+//     the reference maximum moved, and releases K_i and V_{i−1}.
+// The producer gives registers to the consumers (setmaxnreg). A tile some consumer's rows cannot see
+// is still multiplied (its scores mask to zero probabilities), so the MMAs sit on one straight path.
 #include <cmath>
+#include <mutex>
+#include <string>
+
+#include <cudaTypedefs.h>
 
 #include "kernels/cuda/prefill_tiles.cuh"
 #include "kernels/cuda/wgmma.cuh"
@@ -23,6 +32,7 @@ using attn::bf16;
 using prefill::PrefillParams;
 using prefill::TileScan;
 using prefill::TileWalk;
+using prefill::Sm90Sources;
 
 constexpr int kConsumerThreads = 256;            // two consumer warpgroups
 constexpr int kProducerThreads = 128;            // one producer warpgroup
@@ -40,8 +50,7 @@ struct Sm90Smem {
   static constexpr int kTileBytes = kBN * D * 2;
   static constexpr int kStageOffset = kQBytes;  // stage s: K at + 2s·kTileBytes, V after it
   static constexpr int kPosOffset = kStageOffset + kStages * 2 * kTileBytes;  // [kStages][kBN] key positions
-  static constexpr int kSlotOffset = kPosOffset + kStages * kBN * 4;  // [kBN] source row of each slot (producer)
-  static constexpr int kStageTileOffset = kSlotOffset + kBN * 4;       // tile of each stage (−1: end)
+  static constexpr int kStageTileOffset = kPosOffset + kStages * kBN * 4;  // tile of each stage (−1: end)
   // mbarriers: full_k, full_v, empty_k, empty_v, each [kStages].
   static constexpr int kBarOffset = kStageTileOffset + 16;
   static constexpr int kBytes = kBarOffset + 32 * kStages + 1024;  // + slack to align the base to 1024
@@ -165,42 +174,48 @@ __device__ __forceinline__ void pack_probs(const float (&s)[kBN / 8][4], uint32_
   }
 }
 
-// Source of a slot for the producer's copies: a pool row (≥ 0), new key i as −2 − i, or −1 (no key).
-__device__ __forceinline__ int32_t locate_source(const attn::RowKeys& rk, const attn::PoolView& pool, int32_t u,
-                                                 int32_t& position) {
-  position = attn::kNoKey;
-  if (u >= rk.end_slot) return -1;
+// Position of key slot u (kNoKey when it holds no key).
+__device__ __forceinline__ int32_t slot_position(const attn::RowKeys& rk, int shift, int32_t u) {
+  if (u >= rk.end_slot) return attn::kNoKey;
   if (u < rk.page_slots) {
-    const int32_t e = u >> pool.page_shift, off = u & ((1 << pool.page_shift) - 1);
-    if (off >= __ldg(rk.page_len + e)) return -1;
-    position = __ldg(rk.page_pos0 + e) + off;
-    return (__ldg(rk.page_ids + e) << pool.page_shift) + off;
+    const int32_t e = u >> shift, off = u & ((1 << shift) - 1);
+    return off < __ldg(rk.page_len + e) ? __ldg(rk.page_pos0 + e) + off : attn::kNoKey;
   }
-  const int32_t i = u - rk.page_slots;
-  position = rk.new_pos0 + i;
-  return -2 - i;
+  return rk.new_pos0 + (u - rk.page_slots);
 }
 
-// The producer's copies of one stage's K or V (kBN slots; slot s's source in src[s]).
+// One stage's K or V by TMA: per P-slot block of the tile a box of every 64-column block — a pool
+// page, the row's new keys, or (past the row's keys) rows outside the pool, read as zeros. Slots
+// past a page's length hold the page's earlier content (finite: the pool is written only with K/V),
+// masked by their position. Issued by one thread after arrive_expect_tx on bar.
 template <int D>
-__device__ __forceinline__ void produce_half(uint32_t tile, const int32_t* src, const bf16* pool, const bf16* fresh,
-                                             int64_t fresh_stride, int ptid) {
-  constexpr int kChunks = D / 8, kRowsPerPass = kProducerThreads / kChunks, kPasses = kBN / kRowsPerPass;
-  const int c = ptid % kChunks, r0 = ptid / kChunks;
+__device__ __forceinline__ void tma_stage(uint32_t tile, const CUtensorMap* pool_map, const CUtensorMap* new_map,
+                                          const attn::RowKeys& rk, const PrefillRow& row, const Sm90Sources& src,
+                                          int32_t u0, uint32_t bar) {
+  const int P = src.page_tokens;
+  for (int b = 0; b < kBN; b += P) {
+    const int32_t u = u0 + b;
+    const CUtensorMap* map = pool_map;
+    int32_t r = src.pool_rows, col0 = 0;  // past the pool: zeros
+    if (u < rk.page_slots) {
+      r = __ldg(rk.page_ids + (u / P)) * P;
+    } else if (u < rk.end_slot) {
+      map = new_map;
+      r = row.q_row0 + (u - rk.page_slots);
+      col0 = row.kv_head * D;
+    }
 #pragma unroll
-  for (int i = 0; i < kPasses; ++i) {
-    const int s = r0 + i * kRowsPerPass;
-    const int32_t from = src[s];
-    const bf16* g = from >= 0 ? pool + static_cast<int64_t>(from) * D : fresh + static_cast<int64_t>(-2 - from) * fresh_stride;
-    attn::cp_async16(tile + attn::wgmma_tile_offset<D, kBN>(s, c), from != -1 ? g + c * 8 : pool, from != -1);
+    for (int h = 0; h < D / 64; ++h) {
+      wgmma::tma_load_2d(tile + h * (kBN * 128) + b * 128, map, col0 + 64 * h, r, bar);
+    }
   }
 }
-
-__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kProducerThreads) : "memory"); }
 #endif  // SPARSESERVE_SM90A
 
 template <int D>
-__global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(const PrefillParams p) {
+__global__ void __launch_bounds__(kThreads, 1)
+    prefill_attention_sm90_kernel(const PrefillParams p, const __grid_constant__ prefill::Sm90Maps maps,
+                                  const Sm90Sources src) {
 #ifdef SPARSESERVE_SM90A
   using Smem = Sm90Smem<D>;
   constexpr int kChunks = D / 8;
@@ -211,7 +226,6 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
   const uint32_t base = (raw + 1023u) & ~1023u;  // wgmma's swizzle atoms are 1024-byte aligned
   uint8_t* const base_ptr = smem_raw + (base - raw);
   int32_t* pos = reinterpret_cast<int32_t*>(base_ptr + Smem::kPosOffset);
-  int32_t* slot_src = reinterpret_cast<int32_t*>(base_ptr + Smem::kSlotOffset);
   volatile int32_t* stage_tile = reinterpret_cast<int32_t*>(base_ptr + Smem::kStageTileOffset);
   const uint32_t full_k = base + Smem::kBarOffset, full_v = full_k + 8 * kStages;
   const uint32_t empty_k = full_v + 8 * kStages, empty_v = empty_k + 8 * kStages;
@@ -229,8 +243,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
   if (tid == 0) {
     s_ts = prefill::make_tile_scan<kBN, kBM>(p, w, D);
     for (int s = 0; s < kStages; ++s) {
-      wgmma::mbar_init(full_k + 8 * s, 2 * kProducerThreads);  // per producer thread: cp.async + plain
-      wgmma::mbar_init(full_v + 8 * s, kProducerThreads);      // per producer thread: cp.async
+      wgmma::mbar_init(full_k + 8 * s, kProducerThreads);  // every producer thread (positions) + TMA bytes
+      wgmma::mbar_init(full_v + 8 * s, 1);                 // the TMA issuer + TMA bytes
       wgmma::mbar_init(empty_k + 8 * s, kConsumerThreads);     // every consumer thread
       wgmma::mbar_init(empty_v + 8 * s, kConsumerThreads);
     }
@@ -268,27 +282,26 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
     for (int i = 0;; ++i) {
       const int st = i % kStages;
       const uint32_t phase = ((i / kStages) - 1) & 1;  // of the release being waited for
+      const int32_t position = cur < ts.n_tiles ? slot_position(ts.rk, ts.shift, cur * kBN + ptid) : attn::kNoKey;
       if (i >= kStages) wgmma::mbar_wait(empty_k + 8 * st, phase);
       if (cur >= ts.n_tiles) {
         if (ptid == 0) stage_tile[st] = -1;
         wgmma::mbar_arrive(full_k + 8 * st);
-        wgmma::mbar_arrive(full_k + 8 * st);
         break;
       }
-      // One slot per producer thread: its source row and key position.
-      int32_t position;
-      const int32_t from = locate_source(ts.rk, p.pool, cur * kBN + ptid, position);
-      producer_sync();  // the previous tile's V copies have read the slot table
-      slot_src[ptid] = from;
       pos[st * kBN + ptid] = position;
-      if (ptid == 0) stage_tile[st] = cur;
-      producer_sync();
-      produce_half<D>(k_stage(st), slot_src, p.pool.k, ts.rk.k_new, ts.rk.new_stride, ptid);
-      wgmma::mbar_arrive_cp_async(full_k + 8 * st);
-      wgmma::mbar_arrive(full_k + 8 * st);
-      if (i >= kStages) wgmma::mbar_wait(empty_v + 8 * st, phase);
-      produce_half<D>(v_stage(st), slot_src, p.pool.v, ts.rk.v_new, ts.rk.new_stride, ptid);
-      wgmma::mbar_arrive_cp_async(full_v + 8 * st);
+      if (ptid == 0) {
+        stage_tile[st] = cur;
+        wgmma::mbar_arrive_expect_tx(full_k + 8 * st, Smem::kTileBytes);
+        tma_stage<D>(k_stage(st), &maps.k, &maps.k_new, ts.rk, row, src, cur * kBN, full_k + 8 * st);
+      } else {
+        wgmma::mbar_arrive(full_k + 8 * st);
+      }
+      if (ptid == 0) {
+        if (i >= kStages) wgmma::mbar_wait(empty_v + 8 * st, phase);
+        wgmma::mbar_arrive_expect_tx(full_v + 8 * st, Smem::kTileBytes);
+        tma_stage<D>(v_stage(st), &maps.v, &maps.v_new, ts.rk, row, src, cur * kBN, full_v + 8 * st);
+      }
       cur = prefill::next_tile<kBN>(ts, s_walk, cur + 1, skip);
     }
     return;
@@ -415,11 +428,57 @@ void prepare_sm90(int32_t head_dim) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
 }
 
-void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, cudaStream_t stream) {
+namespace {
+
+// cuTensorMapEncodeTiled from the driver, found once through the runtime (no libcuda link).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult status;
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status));
+    check(status == cudaDriverEntryPointSuccess && ptr != nullptr, "PrefillAttention: cuTensorMapEncodeTiled not found");
+    fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  });
+  return fn;
+}
+
+// A [rows][cols] bf16 matrix (row stride in elements) read in boxes of box_rows × 64 columns,
+// 128-byte swizzled (the wgmma layout), zeros outside.
+CUtensorMap tensor_map(const void* base, uint64_t cols, uint64_t rows, uint64_t stride, uint32_t box_rows) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {cols, rows};
+  const cuuint64_t strides[1] = {stride * 2};
+  const cuuint32_t box[2] = {64, box_rows};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides,
+                                          box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    throw InternalError("PrefillAttention: cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r)) + ")");
+  }
+  return map;
+}
+
+}  // namespace
+
+void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const Sm90Tensors& t, cudaStream_t stream) {
+  Sm90Maps maps;
+  const uint64_t pool_rows = static_cast<uint64_t>(t.num_pages) * t.page_tokens;
+  maps.k = tensor_map(t.k, head_dim, pool_rows, head_dim, t.page_tokens);
+  maps.v = tensor_map(t.v, head_dim, pool_rows, head_dim, t.page_tokens);
+  maps.k_new = maps.k;  // unused unless some row reads new keys
+  maps.v_new = maps.v;
+  if (t.k_new != nullptr && t.new_rows > 0) {
+    maps.k_new = tensor_map(t.k_new, t.new_stride, t.new_rows, t.new_stride, t.page_tokens);
+    maps.v_new = tensor_map(t.v_new, t.new_stride, t.new_rows, t.new_stride, t.page_tokens);
+  }
+  const Sm90Sources src{static_cast<int32_t>(pool_rows), t.page_tokens};
   if (head_dim == 64) {
-    prefill_attention_sm90_kernel<64><<<grid, kThreads, Sm90Smem<64>::kBytes, stream>>>(p);
+    prefill_attention_sm90_kernel<64><<<grid, kThreads, Sm90Smem<64>::kBytes, stream>>>(p, maps, src);
   } else {
-    prefill_attention_sm90_kernel<128><<<grid, kThreads, Sm90Smem<128>::kBytes, stream>>>(p);
+    prefill_attention_sm90_kernel<128><<<grid, kThreads, Sm90Smem<128>::kBytes, stream>>>(p, maps, src);
   }
   CUDA_CHECK_LAUNCH();
 }

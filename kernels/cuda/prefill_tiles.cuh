@@ -9,6 +9,8 @@
 #error "prefill_tiles.cuh holds device code: include it from .cu files only"
 #endif
 
+#include <cuda.h>
+
 #include <climits>
 #include <cstdint>
 
@@ -235,8 +237,27 @@ __device__ __forceinline__ TileScan make_tile_scan(const PrefillParams& p, const
                   row.first_qblock};
 }
 
-// The Hopper kernel (prefill_attention_sm90.cu): shared-memory opt-in once, then launches.
+// The Hopper kernel (prefill_attention_sm90.cu) reads K/V by TMA: tensor maps of the pool and of the
+// new keys, made per launch.
+struct Sm90Tensors {
+  const bf16* k;
+  const bf16* v;
+  int64_t num_pages;
+  int32_t page_tokens;
+  const bf16* k_new;  // may be null
+  const bf16* v_new;
+  int64_t new_stride;  // elements
+  int64_t new_rows;    // rows of k_new / v_new the plan reads
+};
+struct Sm90Maps {  // CUtensorMap is 64-byte aligned
+  CUtensorMap k, v, k_new, v_new;
+};
+struct Sm90Sources {
+  int32_t pool_rows;    // num_pages · page_tokens: a row coordinate past the pool (reads zeros)
+  int32_t page_tokens;
+};
+// Shared-memory opt-in once, then launches.
 void prepare_sm90(int32_t head_dim);
-void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, cudaStream_t stream);
+void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const Sm90Tensors& t, cudaStream_t stream);
 
 }  // namespace sparseserve::kernels::cuda::prefill
