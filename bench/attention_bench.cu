@@ -50,6 +50,7 @@ struct Options {
   int logical_page = 16;
   int iters = 50, warmup = 10, rotate = 0, graph = 1;
   std::string kernel = "auto";  // prefill: auto | mma | wgmma
+  int min_chunk = 0, target_ctas = 0;  // decode split (0: the library's defaults)
 };
 
 Options parse(int argc, char** argv) {
@@ -77,6 +78,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--rotate") o.rotate = static_cast<int>(num());
     else if (a == "--graph") o.graph = static_cast<int>(num());
     else if (a == "--kernel") o.kernel = v;
+    else if (a == "--min-chunk") o.min_chunk = static_cast<int>(num());
+    else if (a == "--target-ctas") o.target_ctas = static_cast<int>(num());
     else throw std::invalid_argument("unknown option " + a);
   }
   if (o.op != "prefill" && o.op != "decode") throw std::invalid_argument("--op must be prefill or decode");
@@ -405,6 +408,8 @@ int run_decode(const Options& o) {
   cfg.page_tokens = o.page;
   cfg.max_rows = n_rows;
   cfg.cuda_graph = true;
+  if (o.min_chunk > 0) cfg.min_chunk_tokens = o.min_chunk;
+  if (o.target_ctas > 0) cfg.target_ctas = o.target_ctas;
   DecodeAttention attn(cfg);
   attn.plan(rows, row_pages, stream);
   CUDA_CHECK(cudaStreamSynchronize(stream));

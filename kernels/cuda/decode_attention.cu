@@ -70,34 +70,60 @@ struct DecodeSmem {
 };
 
 // Combines the pieces of split row r: O = Σ 2^(lse_i − M) O_i / Σ 2^(lse_i − M), bf16 out. Called by
-// the CTA that finishes the row's last piece; partials of other CTAs are read through L2 (ld.cg).
-__device__ __forceinline__ void merge_row(const DecodeParams& p, int32_t r, int D) {
+// the CTA that finishes the row's last piece (all threads); partials of other CTAs are read through
+// L2 (ld.cg). weights: shared memory for pieces × group floats (the idle pipeline buffers).
+__device__ __forceinline__ void merge_row(const DecodeParams& p, int32_t r, int D, float* weights) {
   const int2 sp = p.row_split[r];
   const DecodeRow row = p.rows[r];
-  const int G = p.group, chunks = D / 8;
-  for (int idx = threadIdx.x; idx < G * chunks; idx += blockDim.x) {
-    const int h = idx / chunks, c = idx % chunks;
+  const int G = p.group, chunks = D / 8, n = sp.x * G;
+  // 1. Every piece's lse, loaded in parallel: weights[s * G + h].
+  for (int i = threadIdx.x; i < n; i += blockDim.x) weights[i] = __ldcg(p.partial_lse + sp.y * G + i);
+  __syncthreads();
+  // 2. Per head: the normalised weight of each piece.
+  if (threadIdx.x < G) {
+    const int h = threadIdx.x;
     float mx = -INFINITY;
-    for (int s = 0; s < sp.x; ++s) mx = fmaxf(mx, __ldcg(p.partial_lse + (sp.y + s) * G + h));
+    for (int s = 0; s < sp.x; ++s) mx = fmaxf(mx, weights[s * G + h]);
     const float base = mx == -INFINITY ? 0.0f : mx;
-    float sum = 0.0f, acc[8] = {};
+    float sum = 0.0f;
     for (int s = 0; s < sp.x; ++s) {
-      const float wgt = attn::fast_exp2(__ldcg(p.partial_lse + (sp.y + s) * G + h) - base);
+      const float wgt = attn::fast_exp2(weights[s * G + h] - base);
+      weights[s * G + h] = wgt;
       sum += wgt;
-      const float4* src = reinterpret_cast<const float4*>(p.partial_o + (static_cast<int64_t>(sp.y + s) * G + h) * D + 8 * c);
-      const float4 x = __ldcg(src), y = __ldcg(src + 1);
-      acc[0] += wgt * x.x;
-      acc[1] += wgt * x.y;
-      acc[2] += wgt * x.z;
-      acc[3] += wgt * x.w;
-      acc[4] += wgt * y.x;
-      acc[5] += wgt * y.y;
-      acc[6] += wgt * y.z;
-      acc[7] += wgt * y.w;
     }
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    for (int s = 0; s < sp.x; ++s) weights[s * G + h] *= inv;
+  }
+  __syncthreads();
+  // 3. Weighted sums, 8 columns per thread, four pieces' loads in flight at a time.
+  for (int idx = threadIdx.x; idx < G * chunks; idx += blockDim.x) {
+    const int h = idx / chunks, c = idx % chunks;
+    float acc[8] = {};
+    const float* base = p.partial_o + (static_cast<int64_t>(sp.y) * G + h) * D + 8 * c;
+    const int64_t step = static_cast<int64_t>(G) * D;
+    int s = 0;
+    for (; s + 4 <= sp.x; s += 4) {
+      float4 x[4], y[4];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) acc[e] *= inv;
+      for (int u = 0; u < 4; ++u) {
+        const float4* src = reinterpret_cast<const float4*>(base + (s + u) * step);
+        x[u] = __ldcg(src);
+        y[u] = __ldcg(src + 1);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const float wgt = weights[(s + u) * G + h];
+        acc[0] += wgt * x[u].x, acc[1] += wgt * x[u].y, acc[2] += wgt * x[u].z, acc[3] += wgt * x[u].w;
+        acc[4] += wgt * y[u].x, acc[5] += wgt * y[u].y, acc[6] += wgt * y[u].z, acc[7] += wgt * y[u].w;
+      }
+    }
+    for (; s < sp.x; ++s) {
+      const float4* src = reinterpret_cast<const float4*>(base + s * step);
+      const float4 x = __ldcg(src), y = __ldcg(src + 1);
+      const float wgt = weights[s * G + h];
+      acc[0] += wgt * x.x, acc[1] += wgt * x.y, acc[2] += wgt * x.z, acc[3] += wgt * x.w;
+      acc[4] += wgt * y.x, acc[5] += wgt * y.y, acc[6] += wgt * y.z, acc[7] += wgt * y.w;
+    }
     bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + h) * D + 8 * c;
     *reinterpret_cast<uint4*>(dst) = float_to_bf16x8(acc);
   }
@@ -275,7 +301,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   __syncthreads();
   if (!merge_here) return;
   __threadfence();
-  merge_row(p, w.row, D);
+  merge_row(p, w.row, D, reinterpret_cast<float*>(smem));
   if (tid == 0) p.row_done[w.row] = 0;  // ready for the next launch (graph replays)
 }
 
@@ -389,6 +415,9 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
   check(per_sm >= 1, "DecodeAttention: the kernel does not fit on this device", loc);
   target_ctas_ = config.target_ctas > 0 ? config.target_ctas : sms * per_sm;
+  // A split row has at most target_ctas pieces; the merging CTA keeps one weight per piece and head.
+  const int pipe = config.head_dim == 64 ? DecodeSmem<64>::kPipeBytes : DecodeSmem<128>::kPipeBytes;
+  check(int64_t{target_ctas_} * config.group * 4 <= pipe, "DecodeAttention: target_ctas × group too large", loc);
   work_capacity_ = config.max_rows + target_ctas_;
 
   const PlanLayout layout(work_capacity_, config.max_rows);
