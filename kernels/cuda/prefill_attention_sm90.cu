@@ -13,7 +13,8 @@
 //     registers, V read transposed), waits for S_i only, masks it exactly and runs the lazy online
 //     softmax of decode_attention.cuh while the P·V still runs, then waits for it, rescales O when
 //     the reference maximum moved, and releases K_i and V_{i−1}.
-// The producer gives registers to the consumers (setmaxnreg). A tile some consumer's rows cannot see
+// The consumers take turns issuing their MMAs (ping-pong), so one warpgroup's softmax overlaps the
+// other's MMAs. The producer gives registers to the consumers (setmaxnreg). A tile some consumer's rows cannot see
 // is still multiplied (its scores mask to zero probabilities), so the MMAs sit on one straight path.
 #include <cmath>
 #include <mutex>
@@ -84,18 +85,11 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 8][4], const uint32_t (&
   }
 }
 
-// Scores to the log2 domain with the exact mask (DESIGN.md §5; full: every key allowed), for this
-// thread's rows t[0] (lane/4 of its warp's 16) and t[1] (lane/4 + 8).
-__device__ __forceinline__ void mask_scores(float (&s)[kBN / 8][4], const PrefillParams& p, const TileScan& ts,
-                                            const int32_t* tp, bool full, const int32_t (&t)[2]) {
-  if (full) {
-#pragma unroll
-    for (int j = 0; j < kBN / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[j][e] *= p.scale_log2;
-    }
-    return;
-  }
+// The exact mask on raw scores (DESIGN.md §5): disallowed keys become −inf (full: every key is
+// allowed, nothing to do), for this thread's rows t[0] (lane/4 of its warp's 16) and t[1] (lane/4 + 8).
+__device__ __forceinline__ void mask_scores(float (&s)[kBN / 8][4], const TileScan& ts, const int32_t* tp, bool full,
+                                            const int32_t (&t)[2]) {
+  if (full) return;
   const int lane = threadIdx.x & 31;
   const attn::MaskParams& mp = ts.mp;
   const uint8_t* brow0 = nullptr;
@@ -110,18 +104,19 @@ __device__ __forceinline__ void mask_scores(float (&s)[kBN / 8][4], const Prefil
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int32_t jp = h == 0 ? kp.x : kp.y;
-      s[j][h] = attn::key_allowed(mp, brow0, t[0], jp) ? s[j][h] * p.scale_log2 : -INFINITY;
-      s[j][h + 2] = attn::key_allowed(mp, brow1, t[1], jp) ? s[j][h + 2] * p.scale_log2 : -INFINITY;
+      if (!attn::key_allowed(mp, brow0, t[0], jp)) s[j][h] = -INFINITY;
+      if (!attn::key_allowed(mp, brow1, t[1], jp)) s[j][h + 2] = -INFINITY;
     }
   }
 }
 
-// The online-softmax step of attn::online_softmax_step split around the P·V still in flight: the
-// reference maxima m and sums l are updated and s becomes the probabilities now; the factor that O
-// needs (alpha, when rescale) is applied by the caller once the previous P·V has landed.
-__device__ __forceinline__ bool softmax_probs(float (&s)[kBN / 8][4], float (&m)[2], float (&l)[2],
+// The online-softmax step of attn::online_softmax_step split around the P·V still in flight, on raw
+// scores s (scale_log2 · s is the log2-domain score, applied inside the exponent by one FFMA): the
+// reference maxima m (log2 domain) and sums l are updated and s becomes the probabilities now; the
+// factor that O needs (alpha, when rescale) is applied by the caller once the previous P·V landed.
+__device__ __forceinline__ bool softmax_probs(float (&s)[kBN / 8][4], float scale_log2, float (&m)[2], float (&l)[2],
                                               float (&alpha)[2]) {
-  float mx[2] = {m[0], m[1]};
+  float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
   for (int j = 0; j < kBN / 8; ++j) {
     mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
@@ -131,6 +126,7 @@ __device__ __forceinline__ bool softmax_probs(float (&s)[kBN / 8][4], float (&m)
   for (int r = 0; r < 2; ++r) {
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    mx[r] = fmaxf(m[r], mx[r] * scale_log2);  // scale > 0 keeps the order; −inf stays −inf
   }
   const bool keep = __all_sync(0xffffffffu, mx[0] <= m[0] + attn::kRescaleSlack && mx[1] <= m[1] + attn::kRescaleSlack);
   if (!keep) {
@@ -141,12 +137,12 @@ __device__ __forceinline__ bool softmax_probs(float (&s)[kBN / 8][4], float (&m)
       l[r] *= alpha[r];
     }
   }
-  const float base[2] = {m[0] == -INFINITY ? 0.0f : m[0], m[1] == -INFINITY ? 0.0f : m[1]};
+  const float neg_base[2] = {m[0] == -INFINITY ? 0.0f : -m[0], m[1] == -INFINITY ? 0.0f : -m[1]};
 #pragma unroll
   for (int j = 0; j < kBN / 8; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      s[j][e] = attn::fast_exp2(s[j][e] - base[e >> 1]);
+      s[j][e] = attn::fast_exp2(fmaf(s[j][e], scale_log2, neg_base[e >> 1]));
       l[e >> 1] += s[j][e];
     }
   }
@@ -326,14 +322,30 @@ __global__ void __launch_bounds__(kThreads, 1)
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   float(&of)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
 
-  if (!wg_active) {  // no rows (the chunk's last tile): release every stage
-    for (int i = 0;; ++i) {
+  // Ping-pong: the two warpgroups take turns issuing their MMAs (named barriers 2 and 3), so one's
+  // softmax runs while the other's MMAs use the tensor cores. Both take one turn per delivered
+  // tile plus one for the last P·V; warpgroup 1 lends warpgroup 0 the first turn, and warpgroup 0
+  // takes back the last arrival at the end.
+  const int my_turn = 2 + wg, next_turn = 3 - wg;
+  const auto turn_begin = [&] { wgmma::named_sync<kConsumerThreads>(my_turn); };
+  const auto turn_end = [&] { wgmma::named_arrive<kConsumerThreads>(next_turn); };
+  if (wg == 1) turn_end();
+
+  if (!wg_active) {  // no rows (the chunk's last tile): take the turns, release every stage
+    int i = 0;
+    for (;; ++i) {
       const int st = i % kStages;
       wgmma::mbar_wait(full_k + 8 * st, (i / kStages) & 1);
       if (stage_tile[st] < 0) break;
+      turn_begin();
+      turn_end();
       wgmma::mbar_arrive(empty_k + 8 * st);
       wgmma::mbar_wait(full_v + 8 * st, (i / kStages) & 1);
       wgmma::mbar_arrive(empty_v + 8 * st);
+    }
+    if (i > 0) {
+      turn_begin();
+      turn_end();
     }
   } else {
     // Every delivered tile is computed (a tile no row of this warpgroup sees masks to zero
@@ -344,21 +356,23 @@ __global__ void __launch_bounds__(kThreads, 1)
     const auto scores = [&](int st) {
       const int32_t* tp = pos + st * kBN;
       const bool full = skip && prefill::classify_tile<kBN>(ts, tp, g_tlo, g_thi).full;
-      mask_scores(s, p, ts, tp, full, t);
+      mask_scores(s, ts, tp, full, t);
     };
     int pending = 0;
     wgmma::mbar_wait(full_k, 0);
     if (stage_tile[0] >= 0) {
-      wgmma::fence_proxy_async();  // the producer's cp.async data → the async proxy wgmma reads with
+      wgmma::fence_proxy_async();  // the TMA data → the async proxy wgmma reads with
+      turn_begin();
       wgmma::fence();
       issue_qk<D>(s, q_wg, k_stage(0));
       wgmma::commit();
+      turn_end();
       wgmma::wait<0>();
       wgmma::fence_operands(sf);
       scores(0);
       wgmma::mbar_arrive(empty_k);
       float alpha[2];
-      softmax_probs(s, m, l, alpha);  // O is still zero: nothing to rescale
+      softmax_probs(s, p.scale_log2, m, l, alpha);  // O is still zero: nothing to rescale
       pack_probs(s, pa);
       int i = 1;
       for (;; ++i) {
@@ -368,16 +382,18 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma::mbar_wait(full_v + 8 * pending, ((i - 1) / kStages) & 1);
         wgmma::fence_proxy_async();
         wgmma::fence_operands(of);
+        turn_begin();
         wgmma::fence();
         issue_qk<D>(s, q_wg, k_stage(st));
         wgmma::commit();
         issue_pv<D>(o, pa, v_stage(pending));
         wgmma::commit();
+        turn_end();
         wgmma::wait<1>();  // S_i has landed; P·V of the previous tile may still run
         wgmma::fence_operands(sf);
         scores(st);
         wgmma::mbar_arrive(empty_k + 8 * st);
-        const bool rescale_o = softmax_probs(s, m, l, alpha);
+        const bool rescale_o = softmax_probs(s, p.scale_log2, m, l, alpha);
         wgmma::wait<0>();
         wgmma::fence_operands(of);
         wgmma::mbar_arrive(empty_v + 8 * pending);
@@ -388,14 +404,18 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma::mbar_wait(full_v + 8 * pending, ((i - 1) / kStages) & 1);
       wgmma::fence_proxy_async();
       wgmma::fence_operands(of);
+      turn_begin();
       wgmma::fence();
       issue_pv<D>(o, pa, v_stage(pending));
       wgmma::commit();
+      turn_end();
       wgmma::wait<0>();
       wgmma::fence_operands(of);
       wgmma::mbar_arrive(empty_v + 8 * pending);
     }
   }
+
+  if (wg == 0) turn_begin();  // warpgroup 1's last arrival
 
   // Normalise and store (bf16x2 per thread and row).
 #pragma unroll
