@@ -14,8 +14,9 @@
 //     softmax of decode_attention.cuh while the P·V still runs, then waits for it, rescales O when
 //     the reference maximum moved, and releases K_i and V_{i−1}.
 // The consumers take turns issuing their MMAs (ping-pong), so one warpgroup's softmax overlaps the
-// other's MMAs. The producer gives registers to the consumers (setmaxnreg). A tile some consumer's rows cannot see
-// is still multiplied (its scores mask to zero probabilities), so the MMAs sit on one straight path.
+// other's MMAs. The producer gives registers to the consumers (setmaxnreg). A tile some consumer's
+// rows cannot see is still multiplied (its scores mask to zero probabilities), so the MMAs sit on
+// one straight path.
 #include <cmath>
 #include <mutex>
 #include <string>
