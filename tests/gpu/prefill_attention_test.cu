@@ -463,6 +463,20 @@ TEST(PrefillAttentionGpu, MatchesCpuTwinOverShapes) {
   }
 }
 
+// Small enough for the sanitizers (scripts/gpu-suite.sh runs *Small* tests under them): both
+// kernels, every mask, pages and new keys.
+TEST(PrefillAttentionGpu, SmallEveryMaskBothKernels) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(31);
+  for (const int32_t D : {64, 128}) {
+    for (const int32_t P : {16, 64}) {
+      ProblemShape sh = shape(D, P, 4, 2, 2, 300, 200);
+      sh.modes = {Mode::kCausal, Mode::kCausalNewKv, Mode::kBand, Mode::kBlocks};
+      check_problem(make_problem(sh, rng), "small D=" + std::to_string(D) + " P=" + std::to_string(P));
+    }
+  }
+}
+
 TEST(PrefillAttentionGpu, LongChunksSkipBandGapAndCausalEnd) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(11);
