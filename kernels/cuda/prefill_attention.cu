@@ -300,7 +300,18 @@ std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows
       tiles.push_back({{static_cast<int32_t>(r), static_cast<int32_t>(m0)}, keys});
     }
   }
-  std::stable_sort(tiles.begin(), tiles.end(), [](const Tile& a, const Tile& b) { return a.cost > b.cost; });
+  // Rows by their most expensive tile, each row's tiles together, most expensive first.
+  std::vector<int64_t> row_cost(rows.size(), 0);
+  for (const Tile& t : tiles) {
+    auto& c = row_cost[static_cast<size_t>(t.item.row)];
+    c = std::max(c, t.cost);
+  }
+  std::stable_sort(tiles.begin(), tiles.end(), [&](const Tile& a, const Tile& b) {
+    const int64_t ra = row_cost[static_cast<size_t>(a.item.row)], rb = row_cost[static_cast<size_t>(b.item.row)];
+    if (ra != rb) return ra > rb;
+    if (a.item.row != b.item.row) return a.item.row < b.item.row;
+    return a.cost > b.cost;
+  });
   std::vector<PrefillWorkItem> work(tiles.size());
   for (size_t i = 0; i < tiles.size(); ++i) work[i] = tiles[i].item;
   return work;

@@ -69,8 +69,10 @@ struct PrefillWorkItem {
   int32_t m0 = 0;
 };
 
-// Query tiles of the rows, most expensive first (estimated keys per tile), so the last wave holds
-// the short tiles. Pure host function.
+// Query tiles of the rows (cost: estimated keys per tile): rows in order of their most expensive
+// tile, a row's tiles together and most expensive first. The CTAs running at once then read one
+// row's K/V, which stays in L2 (a 64K-token row of one KV head is 32 MB; all rows together are
+// not), and the last wave holds short tiles. Pure host function.
 std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows, int32_t group);
 
 // Which kernel computes the attention. kAuto: kWgmma on compute capability 9.0 (H100/H200, built
