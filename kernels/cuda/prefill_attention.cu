@@ -249,24 +249,7 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_paged_kernel(co
 
   // Normalise and store (bf16x2 per thread and row).
 #pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float sum = l[mt][h];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const int32_t mr = wm0 + 16 * mt + 8 * h + (lane >> 2);
-      if (mr >= total_m) continue;
-      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-      const int32_t tok = mr / G, hd = mr - tok * G;
-      bf16* dst = p.o + static_cast<int64_t>(row.q_row0 + tok) * p.o_stride +
-                  static_cast<int64_t>(row.kv_head * G + hd) * D + 2 * (lane & 3);
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        *reinterpret_cast<uint32_t*>(dst + 8 * j) = attn::pack_bf16x2(o[mt][j][2 * h] * inv, o[mt][j][2 * h + 1] * inv);
-      }
-    }
-  }
+  for (int mt = 0; mt < kMT; ++mt) prefill::store_rows<D>(p, row, wm0 + 16 * mt + (lane >> 2), total_m, l[mt], o[mt]);
 }
 
 template <int D>

@@ -418,23 +418,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (wg == 0) turn_begin();  // warpgroup 1's last arrival
 
-  // Normalise and store (bf16x2 per thread and row).
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sum = l[h];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int32_t mr = r0 + 8 * h;
-    if (mr >= total_m) continue;
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    const int32_t tok = mr / G, hd = mr - tok * G;
-    bf16* dst = p.o + static_cast<int64_t>(row.q_row0 + tok) * p.o_stride +
-                static_cast<int64_t>(row.kv_head * G + hd) * D + 2 * (lane & 3);
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      *reinterpret_cast<uint32_t*>(dst + 8 * j) = attn::pack_bf16x2(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
-    }
-  }
+  prefill::store_rows<D>(p, row, r0, total_m, l, o);
 #endif  // SPARSESERVE_SM90A
 }
 

@@ -237,6 +237,31 @@ __device__ __forceinline__ TileScan make_tile_scan(const PrefillParams& p, const
                   row.first_qblock};
 }
 
+// Normalises and stores, as bf16, the two output rows this thread holds in mma accumulator layout:
+// packed rows mr and mr + 8 of the work item's row (o[j]: columns 8j + 2·(lane % 4) + {0, 1}; l:
+// this thread's partial row sums, completed over the lane quad here). Rows ≥ total_m are skipped.
+template <int D>
+__device__ __forceinline__ void store_rows(const PrefillParams& p, const PrefillRow& row, int32_t mr, int32_t total_m,
+                                           const float (&l)[2], const float (&o)[D / 8][4]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sum = l[h];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int32_t m = mr + 8 * h;
+    if (m >= total_m) continue;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const int32_t tok = m / p.group, hd = m - tok * p.group;
+    bf16* dst = p.o + static_cast<int64_t>(row.q_row0 + tok) * p.o_stride +
+                static_cast<int64_t>(row.kv_head * p.group + hd) * D + 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      *reinterpret_cast<uint32_t*>(dst + 8 * j) = attn::pack_bf16x2(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
+    }
+  }
+}
+
 // The Hopper kernel (prefill_attention_sm90.cu) reads K/V by TMA: tensor maps of the pool and of the
 // new keys, made per launch.
 struct Sm90Tensors {
