@@ -319,9 +319,9 @@ TEST(ShippedModelProfiles, SmolLM2LoadsForTheDefaultModel) {
     EXPECT_FALSE(p.prefill.dynamic);
   }
   EXPECT_FALSE(m.get("streaming-only").decode.enabled);
-  EXPECT_EQ(m.get("balanced").decode.token_budget, 1024);
-  EXPECT_EQ(m.get("balanced").decode.reselect_interval, 4);
-  EXPECT_EQ(m.get("balanced").decode.dense_layers, (std::vector<int32_t>{0, 1}));
+  EXPECT_FALSE(m.get("balanced").decode.enabled);  // the head split alone on this model
+  EXPECT_EQ(m.get("select-1024").decode.reselect_interval, 4);
+  EXPECT_EQ(m.get("select-1024").decode.dense_layers, (std::vector<int32_t>{0, 1}));
   EXPECT_EQ(m.get("select-512").decode.token_budget, 512);
   EXPECT_EQ(m.get("select-1024").decode.token_budget, 1024);
   EXPECT_TRUE(m.get("select-512").decode.enabled);

@@ -77,8 +77,9 @@ TEST_F(PagedModelTest, DenseProfileIsBitIdenticalToDenseBackend) {
 
 TEST_F(PagedModelTest, SparseProfileInsideItsWindowEqualsDense) {
   const ModelProfiles p = profiles();
-  const kvcache::SparsityProfile& bal = p.get("balanced");
+  const kvcache::SparsityProfile& bal = p.get("select-1024");  // head split and page selection
   ASSERT_TRUE(bal.streaming.has_value());
+  ASSERT_TRUE(bal.decode.enabled);
   // Every key stays in the band (len ≤ local) and the budget exceeds the context.
   const int64_t len = std::min<int64_t>(bal.streaming->local_tokens, bal.decode.token_budget) - 8;
   const auto ids = prompt(len);

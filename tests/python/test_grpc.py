@@ -222,7 +222,8 @@ def test_model_info(model_info):
     assert profiles["dense"].dense and profiles["dense"].streaming_kv_heads == 0
     b = profiles["balanced"]
     assert not b.dense and b.streaming_kv_heads > 0
-    assert (b.sink_tokens, b.local_tokens, b.decode_token_budget) == (64, 256, 1024)
+    assert (b.sink_tokens, b.local_tokens, b.decode_token_budget) == (64, 256, 0)
+    assert profiles["select-512"].decode_token_budget == 512
     assert profiles["streaming-only"].decode_token_budget == 0
 
 
