@@ -1,7 +1,9 @@
 // Head calibration (`sparseserve calibrate`): scores every (layer, KV head) forward-only on synthetic
 // multi-passkey prompts, the answer teacher-forced after the prompt, and returns DuoAttention-style
 // gates (higher = more retrieval-like). The answer rows are the last prompt token and every answer
-// token but the last (the rows that predict the answer). Two scores:
+// token but the last (the rows that predict the answer). Two scores; kAblation is the default: on
+// SmolLM2-135M its 50% head split kept passkey accuracy at 100% / 80% (2K / 4K, 10 trials, dense
+// 70% / 90%) where kOutputChange's kept 50% / 30%.
 //
 // kOutputChange (local): one dense forward pass per prompt. At the answer rows, each head's
 //   attention output is computed twice — dense, and restricted to its streaming Λ band (sink +
@@ -34,7 +36,7 @@ enum class CalibrationMethod { kOutputChange, kAblation };
 std::string_view calibration_method_name(CalibrationMethod m);
 
 struct CalibrationOptions {
-  CalibrationMethod method = CalibrationMethod::kOutputChange;
+  CalibrationMethod method = CalibrationMethod::kAblation;
   int32_t prompts = 8;               // synthetic prompts
   int64_t context_tokens = 2048;     // tokens per prompt (≥ 256)
   int32_t needles = 3;               // passkeys per prompt (the first is asked for)

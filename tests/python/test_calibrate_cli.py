@@ -1,8 +1,9 @@
-"""`sparseserve calibrate` end to end on a tiny setting: both scoring methods write a 30 x 3 head
-pattern TSV whose largest gate is 1 (gates are scores normalized by the largest), ablation reports
-per-layer progress, and an unknown --method is rejected with a clear message and a non-zero exit.
-A window of sink 64 + local 176 on 256-token prompts leaves only the last ~20 rows outside the
-band, so the ablation (one resumed pass per head over those rows) takes seconds."""
+"""`sparseserve calibrate` end to end on a tiny setting: both scoring methods (ablation, the
+default, and output-change) write a 30 x 3 head pattern TSV whose largest gate is 1 (gates are
+scores normalized by the largest), ablation reports per-layer progress, and an unknown --method is
+rejected with a clear message and a non-zero exit. A window of sink 64 + local 176 on 256-token
+prompts leaves only the last ~20 rows outside the band, so the ablation (one resumed pass per head
+over those rows) takes seconds."""
 import subprocess
 
 
@@ -20,7 +21,8 @@ def read_gates(path):
 def test_calibrate_methods_write_gates(tool, model_path, tmp_path):
     for method in ("ablation", "output-change"):
         out = tmp_path / f"{method}.tsv"
-        r = calibrate(tool, model_path, out, "--method", method)
+        # ablation is the default method
+        r = calibrate(tool, model_path, out, *(["--method", method] if method != "ablation" else []))
         assert r.returncode == 0, r.stderr + r.stdout
         log = r.stdout + r.stderr
         assert f"by {method}" in log
