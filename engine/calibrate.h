@@ -38,7 +38,7 @@ std::string_view calibration_method_name(CalibrationMethod m);
 struct CalibrationOptions {
   CalibrationMethod method = CalibrationMethod::kAblation;
   int32_t prompts = 8;               // synthetic prompts
-  int64_t context_tokens = 2048;     // tokens per prompt (≥ 256)
+  int64_t context_tokens = 1536;     // tokens per prompt (≥ 256); the shipped SmolLM2 pattern used 1536
   int32_t needles = 3;               // passkeys per prompt (the first is asked for)
   kvcache::StreamingWindow window{64, 256};
   uint64_t seed = 1;
