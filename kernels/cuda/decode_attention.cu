@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "kernels/cuda/decode_attention.cuh"
 
@@ -322,11 +323,6 @@ void* decode_kernel() {
   return reinterpret_cast<void*>(&decode_attention_paged_kernel<D>);
 }
 
-int log2_exact(int32_t x) {
-  int s = 0;
-  while ((1 << s) < x) ++s;
-  return s;
-}
 
 }  // namespace
 
@@ -481,22 +477,38 @@ void DecodeAttention::plan(std::span<const DecodeRow> rows, std::span<const int3
   planned_rows_ = n_rows;
 }
 
+namespace attn {
+
+PoolView check_attention_args(const char* who, const PagedKvPool& kv, int32_t head_dim, int32_t page_tokens,
+                              const void* q, int64_t q_stride, const void* o, int64_t o_stride,
+                              const KeyPageList& pages, bool rows_planned, float scale, std::source_location loc) {
+  const auto require = [&](bool ok, const char* what) {
+    if (!ok) throw InternalError(std::string(who) + ": " + what, loc);
+  };
+  require(kv.head_dim == head_dim, "kv.head_dim differs from config.head_dim");
+  require(kv.page_tokens == page_tokens, "kv.page_tokens differs from the config");
+  require(q != nullptr && o != nullptr && kv.k != nullptr && kv.v != nullptr, "null q, o or pool");
+  require(is_aligned16(q) && is_aligned16(o) && is_aligned16(kv.k) && is_aligned16(kv.v),
+          "q, o, k and v must be 16-byte aligned");
+  require(q_stride > 0 && o_stride > 0 && q_stride % 8 == 0 && o_stride % 8 == 0,
+          "q_stride and o_stride must be positive multiples of 8 elements");
+  require(!rows_planned || (pages.indptr != nullptr && pages.page_ids != nullptr && pages.page_pos0 != nullptr &&
+                            pages.page_len != nullptr),
+          "null page list");
+  require(std::isfinite(scale) && scale > 0.0f, "scale must be positive");
+  int shift = 0;
+  while ((1 << shift) < page_tokens) ++shift;  // page_tokens is a power of two (checked at construction)
+  return PoolView{kv.k, kv.v, shift};
+}
+
+}  // namespace attn
+
 void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::source_location loc) const {
   check(planned_rows_ >= 0, "DecodeAttention::run: plan() was not called", loc);
   const int32_t D = config_.head_dim;
-  check(args.kv.head_dim == D, "DecodeAttention::run: kv.head_dim differs from config.head_dim", loc);
-  check(args.kv.page_tokens == config_.page_tokens, "DecodeAttention::run: kv.page_tokens differs from the config",
-        loc);
-  check(args.q != nullptr && args.o != nullptr && args.kv.k != nullptr && args.kv.v != nullptr,
-        "DecodeAttention::run: null q, o or pool", loc);
-  check(is_aligned16(args.q) && is_aligned16(args.o) && is_aligned16(args.kv.k) && is_aligned16(args.kv.v),
-        "DecodeAttention::run: q, o, k and v must be 16-byte aligned", loc);
-  check(args.q_stride % 8 == 0 && args.o_stride % 8 == 0 && args.q_stride > 0 && args.o_stride > 0,
-        "DecodeAttention::run: q_stride and o_stride must be positive multiples of 8 elements", loc);
-  check(planned_rows_ == 0 || (args.pages.indptr != nullptr && args.pages.page_ids != nullptr &&
-                               args.pages.page_pos0 != nullptr && args.pages.page_len != nullptr),
-        "DecodeAttention::run: null page list", loc);
-  check(std::isfinite(args.scale) && args.scale > 0.0f, "DecodeAttention::run: scale must be positive", loc);
+  const attn::PoolView pool =
+      attn::check_attention_args("DecodeAttention::run", args.kv, D, config_.page_tokens, args.q, args.q_stride,
+                                 args.o, args.o_stride, args.pages, planned_rows_ > 0, args.scale, loc);
 
   const PlanLayout layout(work_capacity_, config_.max_rows);
   const int32_t* blob = plan_dev_.data();
@@ -505,7 +517,7 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
   p.q_stride = args.q_stride;
   p.o = args.o;
   p.o_stride = args.o_stride;
-  p.pool = {args.kv.k, args.kv.v, log2_exact(config_.page_tokens)};
+  p.pool = pool;
   p.indptr = args.pages.indptr;
   p.page_ids = args.pages.page_ids;
   p.page_pos0 = args.pages.page_pos0;

@@ -117,6 +117,14 @@ struct PoolView {
   int32_t page_shift;  // log2(P)
 };
 
+// Host: the argument checks both attention families' run() make (pool geometry equals the config,
+// q / o / pool non-null and 16-byte aligned, strides positive multiples of 8 elements, a page list
+// when rows are planned, a positive finite scale); throws InternalError "<who>: ..." naming loc.
+// Returns the pool as the kernels read it.
+PoolView check_attention_args(const char* who, const PagedKvPool& kv, int32_t head_dim, int32_t page_tokens,
+                              const void* q, int64_t q_stride, const void* o, int64_t o_stride,
+                              const KeyPageList& pages, bool rows_planned, float scale, std::source_location loc);
+
 // Where slot u's K/V rows are and the key's position; kNoKey (and the pool base as a harmless address
 // for the zero-filling copy) when the slot holds no key.
 template <int D>

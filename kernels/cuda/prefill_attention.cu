@@ -257,11 +257,6 @@ void* prefill_kernel() {
   return reinterpret_cast<void*>(&prefill_attention_paged_kernel<D>);
 }
 
-int log2_exact(int32_t x) {
-  int s = 0;
-  while ((1 << s) < x) ++s;
-  return s;
-}
 
 }  // namespace
 
@@ -382,24 +377,14 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
 void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::source_location loc) const {
   check(planned_rows_ >= 0, "PrefillAttention::run: plan() was not called", loc);
   const int32_t D = config_.head_dim;
-  check(args.kv.head_dim == D, "PrefillAttention::run: kv.head_dim differs from config.head_dim", loc);
-  check(args.kv.page_tokens == config_.page_tokens, "PrefillAttention::run: kv.page_tokens differs from the config",
-        loc);
-  check(args.q != nullptr && args.o != nullptr && args.kv.k != nullptr && args.kv.v != nullptr,
-        "PrefillAttention::run: null q, o or pool", loc);
-  check(is_aligned16(args.q) && is_aligned16(args.o) && is_aligned16(args.kv.k) && is_aligned16(args.kv.v),
-        "PrefillAttention::run: q, o, k and v must be 16-byte aligned", loc);
-  check(args.q_stride > 0 && args.o_stride > 0 && args.q_stride % 8 == 0 && args.o_stride % 8 == 0,
-        "PrefillAttention::run: q_stride and o_stride must be positive multiples of 8 elements", loc);
-  check(planned_rows_ == 0 || (args.pages.indptr != nullptr && args.pages.page_ids != nullptr &&
-                               args.pages.page_pos0 != nullptr && args.pages.page_len != nullptr),
-        "PrefillAttention::run: null page list", loc);
+  const attn::PoolView pool =
+      attn::check_attention_args("PrefillAttention::run", args.kv, D, config_.page_tokens, args.q, args.q_stride,
+                                 args.o, args.o_stride, args.pages, planned_rows_ > 0, args.scale, loc);
   check(!planned_new_kv_ || (args.k_new != nullptr && args.v_new != nullptr && is_aligned16(args.k_new) &&
                              is_aligned16(args.v_new) && args.kv_new_stride > 0 && args.kv_new_stride % 8 == 0),
         "PrefillAttention::run: rows with new_kv need aligned k_new / v_new and a stride multiple of 8", loc);
   check(!planned_blocks_ || (args.block_allowed != nullptr && args.block_tokens > 0),
         "PrefillAttention::run: kBlocks rows need block_allowed and block_tokens > 0", loc);
-  check(std::isfinite(args.scale) && args.scale > 0.0f, "PrefillAttention::run: scale must be positive", loc);
 
   const int grid = static_cast<int>(work_.size());
   if (grid == 0) return;
@@ -413,7 +398,7 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   p.k_new = args.k_new;
   p.v_new = args.v_new;
   p.new_stride = args.kv_new_stride;
-  p.pool = {args.kv.k, args.kv.v, log2_exact(config_.page_tokens)};
+  p.pool = pool;
   p.indptr = args.pages.indptr;
   p.page_ids = args.pages.page_ids;
   p.page_pos0 = args.pages.page_pos0;
