@@ -5,9 +5,10 @@
 // How it works. A CTA takes the same 128 packed query rows as the mma.sync kernel
 // (prefill_attention.cu) with three warpgroups:
 //   - a producer walks the CTA's key tiles (128 slots; the same tile walk as the mma.sync kernel,
-//     prefill_tiles.cuh) and, per tile, writes each slot's key position and has one thread copy K
-//     and V by TMA (one box per page and 64-column block, 128-byte swizzled: the layout wgmma reads)
-//     into a double-buffered stage, K and V with their own full / empty mbarriers;
+//     prefill_tiles.cuh) and, per tile, writes each slot's key position and copies K and V by TMA
+//     (one thread per page of the tile, one box per page and 64-column block, 128-byte swizzled:
+//     the layout wgmma reads) into a double-buffered stage, K and V with their own full / empty
+//     mbarriers; the page-table reads for a tile happen one tile ahead;
 //   - two consumers own 64 query rows each, Q in shared memory. Per tile i a consumer issues
 //     S_i = Q·K_iᵀ (m64n128, both operands in shared memory) and O += P_{i−1}·V_{i−1} (P from
 //     registers, V read transposed), waits for S_i only, masks it exactly and runs the lazy online
@@ -181,31 +182,29 @@ __device__ __forceinline__ int32_t slot_position(const attn::RowKeys& rk, int sh
   return rk.new_pos0 + (u - rk.page_slots);
 }
 
-// One stage's K or V by TMA: per P-slot block of the tile a box of every 64-column block — a pool
-// page, the row's new keys, or (past the row's keys) rows outside the pool, read as zeros. Slots
-// past a page's length hold the page's earlier content (finite: the pool is written only with K/V),
-// masked by their position. Issued by one thread after arrive_expect_tx on bar.
+// The TMA source of one P-slot block of a tile (slot u its first): a pool page, the row's new keys, or
+// (past the row's keys) rows outside the pool, read as zeros. Slots past a page's length hold the
+// page's earlier content (finite: the pool is written only with K/V), masked by their position.
+struct BlockSource {
+  int32_t row, col0;
+  bool is_new;  // from the new-keys map, else from the pool map
+};
+
 template <int D>
-__device__ __forceinline__ void tma_stage(uint32_t tile, const CUtensorMap* pool_map, const CUtensorMap* new_map,
-                                          const attn::RowKeys& rk, const PrefillRow& row, const Sm90Sources& src,
-                                          int32_t u0, uint32_t bar) {
-  const int P = src.page_tokens;
-  for (int b = 0; b < kBN; b += P) {
-    const int32_t u = u0 + b;
-    const CUtensorMap* map = pool_map;
-    int32_t r = src.pool_rows, col0 = 0;  // past the pool: zeros
-    if (u < rk.page_slots) {
-      r = __ldg(rk.page_ids + (u / P)) * P;
-    } else if (u < rk.end_slot) {
-      map = new_map;
-      r = row.q_row0 + (u - rk.page_slots);
-      col0 = row.kv_head * D;
-    }
+__device__ __forceinline__ BlockSource block_source(const attn::RowKeys& rk, const PrefillRow& row,
+                                                    const Sm90Sources& src, int32_t u) {
+  if (u < rk.page_slots) return BlockSource{__ldg(rk.page_ids + (u / src.page_tokens)) * src.page_tokens, 0, false};
+  if (u < rk.end_slot) return BlockSource{row.q_row0 + (u - rk.page_slots), row.kv_head * D, true};
+  return BlockSource{src.pool_rows, 0, false};
+}
+
+// The block's copy into a stage's K or V tile: one box per 64-column block, 128-byte swizzled.
+template <int D>
+__device__ __forceinline__ void tma_block(uint32_t tile, const CUtensorMap* pool_map, const CUtensorMap* new_map,
+                                          const BlockSource& b, int32_t slot, uint32_t bar) {
+  const CUtensorMap* map = b.is_new ? new_map : pool_map;
 #pragma unroll
-    for (int h = 0; h < D / 64; ++h) {
-      wgmma::tma_load_2d(tile + h * (kBN * 128) + b * 128, map, col0 + 64 * h, r, bar);
-    }
-  }
+  for (int h = 0; h < D / 64; ++h) wgmma::tma_load_2d(tile + h * (kBN * 128) + slot * 128, map, b.col0 + 64 * h, b.row, bar);
 }
 #endif  // SPARSESERVE_SM90A
 
@@ -253,9 +252,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     const TileWalk wk = prefill::plan_walk<kBN>(s_ts, skip);
     if (lane == 0) s_walk = wk;
   }
-  // Q: packed rows m0 .. m0+127 (rows past the chunk zero), row r in warpgroup r / 64's tile.
-  for (int i = tid; i < kBM * kChunks; i += kThreads) {
-    const int r = i / kChunks, c = i % kChunks;
+  // Q: packed rows m0 .. m0+127 (rows past the chunk zero), row r in warpgroup r / 64's tile, copied
+  // by that warpgroup, which waits for it alone: the producer starts on K/V meanwhile.
+  for (int j = tid & 127; j < 64 * kChunks && tid < kConsumerThreads; j += 128) {
+    const int r = 64 * (tid >> 7) + j / kChunks, c = j % kChunks;
     const int32_t m = m0 + r;
     const bool valid = m < total_m;
     const int32_t tok = m / G, h = m - tok * G;
@@ -265,21 +265,29 @@ __global__ void __launch_bounds__(kThreads, 1)
     attn::cp_async16(q_tile + off, valid ? src : p.q, valid);
   }
   attn::cp_async_commit();
-  attn::cp_async_wait<0>();
-  wgmma::fence_proxy_async();
-  __syncthreads();  // Q and the tile walk are ready
+  __syncthreads();  // the tile scan and walk are ready
   const TileScan& ts = s_ts;
 
   if (tid >= kConsumerThreads) {
     // Producer warpgroup: tile i of the walk into stage i % kStages once the consumers have released
-    // it; a stage with tile −1 ends the walk.
+    // it; a stage with tile −1 ends the walk. What a tile's copies need (each thread's slot position;
+    // for the first kBN / P threads, the issuers, their block's source) is read one tile ahead, so
+    // the page-table loads overlap the wait instead of delaying the copies.
     wgmma::set_max_regs_dec<kProducerRegs>();
     const int ptid = tid - kConsumerThreads;
+    const int P = src.page_tokens;
+    const bool issuer = ptid < kBN / P;  // all in the producer's first warp (P ≥ 16)
     int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip);
+    const auto read_ahead = [&](int32_t tile, int32_t& position, BlockSource& block) {
+      position = tile < ts.n_tiles ? slot_position(ts.rk, ts.shift, tile * kBN + ptid) : attn::kNoKey;
+      if (issuer && tile < ts.n_tiles) block = block_source<D>(ts.rk, row, src, tile * kBN + ptid * P);
+    };
+    int32_t position = attn::kNoKey;
+    BlockSource block{0, 0, false};
+    read_ahead(cur, position, block);
     for (int i = 0;; ++i) {
       const int st = i % kStages;
       const uint32_t phase = ((i / kStages) - 1) & 1;  // of the release being waited for
-      const int32_t position = cur < ts.n_tiles ? slot_position(ts.rk, ts.shift, cur * kBN + ptid) : attn::kNoKey;
       if (i >= kStages) wgmma::mbar_wait(empty_k + 8 * st, phase);
       if (cur >= ts.n_tiles) {
         if (ptid == 0) stage_tile[st] = -1;
@@ -290,16 +298,20 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (ptid == 0) {
         stage_tile[st] = cur;
         wgmma::mbar_arrive_expect_tx(full_k + 8 * st, Smem::kTileBytes);
-        tma_stage<D>(k_stage(st), &maps.k, &maps.k_new, ts.rk, row, src, cur * kBN, full_k + 8 * st);
-      } else {
-        wgmma::mbar_arrive(full_k + 8 * st);
       }
-      if (ptid == 0) {
-        if (i >= kStages) wgmma::mbar_wait(empty_v + 8 * st, phase);
-        wgmma::mbar_arrive_expect_tx(full_v + 8 * st, Smem::kTileBytes);
-        tma_stage<D>(v_stage(st), &maps.v, &maps.v_new, ts.rk, row, src, cur * kBN, full_v + 8 * st);
+      if (ptid < 32) {
+        __syncwarp();  // the byte count is expected before any block's copy lands
+        if (issuer) tma_block<D>(k_stage(st), &maps.k, &maps.k_new, block, ptid * P, full_k + 8 * st);
+      }
+      if (ptid != 0) wgmma::mbar_arrive(full_k + 8 * st);
+      if (ptid < 32) {
+        if (issuer && i >= kStages) wgmma::mbar_wait(empty_v + 8 * st, phase);
+        if (ptid == 0) wgmma::mbar_arrive_expect_tx(full_v + 8 * st, Smem::kTileBytes);
+        __syncwarp();
+        if (issuer) tma_block<D>(v_stage(st), &maps.v, &maps.v_new, block, ptid * P, full_v + 8 * st);
       }
       cur = prefill::next_tile<kBN>(ts, s_walk, cur + 1, skip);
+      read_ahead(cur, position, block);
     }
     return;
   }
@@ -309,6 +321,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   // softmax of S_i while P·V runs, then wait for P·V, rescale O if needed, release stage i − 1.
   wgmma::set_max_regs_inc<kConsumerRegs>();
   const int wg = tid >> 7;
+  attn::cp_async_wait<0>();
+  wgmma::fence_proxy_async();  // this thread's Q copies, visible to wgmma
+  wgmma::named_sync<128>(4 + wg);  // the warpgroup's Q rows are in place
   const auto tok_of = [&](int32_t m) { return min(m, total_m - 1) / G; };
   const int32_t gm0 = m0 + 64 * wg;
   const bool wg_active = gm0 < total_m;
