@@ -72,62 +72,94 @@ struct DecodeSmem {
 
 // Combines the pieces of split row r: O = Σ 2^(lse_i − M) O_i / Σ 2^(lse_i − M), bf16 out. Called by
 // the CTA that finishes the row's last piece (all threads); partials of other CTAs are read through
-// L2 (ld.cg). weights: shared memory for pieces × group floats (the idle pipeline buffers).
-__device__ __forceinline__ void merge_row(const DecodeParams& p, int32_t r, int D, float* weights) {
+// L2 (ld.cg). A thread owns 4 output columns of one head (a slot; G·D/4 of them) and a share of the
+// pieces, loading each piece's lse with its O so that one round trip brings everything (up to
+// kMergeBatch pieces per thread), and folds them in with a running maximum. When there are fewer
+// slots than threads, `groups` threads share a slot (every groups-th piece each) and combine through
+// scratch (kThreads × MergeAcc of shared memory, the idle pipeline buffers).
+constexpr int kMergeBatch = 16;
+
+struct MergeAcc {
+  float4 o;
+  float m, l;  // running maximum (log2 domain) and weight sum relative to it
+};
+
+__device__ __forceinline__ void merge_fold(MergeAcc& a, const MergeAcc& b) {
+  const float mx = fmaxf(a.m, b.m);
+  const float base = mx == -INFINITY ? 0.0f : mx;
+  const float fa = attn::fast_exp2(a.m - base), fb = attn::fast_exp2(b.m - base);
+  a.o = make_float4(fa * a.o.x + fb * b.o.x, fa * a.o.y + fb * b.o.y, fa * a.o.z + fb * b.o.z, fa * a.o.w + fb * b.o.w);
+  a.l = fa * a.l + fb * b.l;
+  a.m = mx;
+}
+
+__device__ __forceinline__ void merge_row(const DecodeParams& p, int32_t r, int D, MergeAcc* scratch) {
   const int2 sp = p.row_split[r];
   const DecodeRow row = p.rows[r];
-  const int G = p.group, chunks = D / 8, n = sp.x * G;
-  // 1. Every piece's lse, loaded in parallel: weights[s * G + h].
-  for (int i = threadIdx.x; i < n; i += blockDim.x) weights[i] = __ldcg(p.partial_lse + sp.y * G + i);
-  __syncthreads();
-  // 2. Per head: the normalised weight of each piece.
-  if (threadIdx.x < G) {
-    const int h = threadIdx.x;
-    float mx = -INFINITY;
-    for (int s = 0; s < sp.x; ++s) mx = fmaxf(mx, weights[s * G + h]);
-    const float base = mx == -INFINITY ? 0.0f : mx;
-    float sum = 0.0f;
-    for (int s = 0; s < sp.x; ++s) {
-      const float wgt = attn::fast_exp2(weights[s * G + h] - base);
-      weights[s * G + h] = wgt;
-      sum += wgt;
-    }
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    for (int s = 0; s < sp.x; ++s) weights[s * G + h] *= inv;
-  }
-  __syncthreads();
-  // 3. Weighted sums, 8 columns per thread, four pieces' loads in flight at a time.
-  for (int idx = threadIdx.x; idx < G * chunks; idx += blockDim.x) {
-    const int h = idx / chunks, c = idx % chunks;
-    float acc[8] = {};
-    const float* base = p.partial_o + (static_cast<int64_t>(sp.y) * G + h) * D + 8 * c;
-    const int64_t step = static_cast<int64_t>(G) * D;
-    int s = 0;
-    for (; s + 4 <= sp.x; s += 4) {
-      float4 x[4], y[4];
+  const int G = p.group, tid = static_cast<int>(threadIdx.x), threads = static_cast<int>(blockDim.x);
+  const int slots = G * D / 4;
+  const int groups = max(1, threads / slots), per_group = threads / groups;
+  const int64_t step = static_cast<int64_t>(G) * D;  // floats from one piece's partial O to the next
+  for (int slot0 = 0; slot0 < slots; slot0 += per_group) {
+    const int slot = slot0 + tid % per_group, grp = tid / per_group;
+    const bool active = slot < slots && grp < groups;
+    const int h = slot / (D / 4);
+    MergeAcc acc{make_float4(0.0f, 0.0f, 0.0f, 0.0f), -INFINITY, 0.0f};
+    if (active) {
+      const float4* o_base = reinterpret_cast<const float4*>(p.partial_o + static_cast<int64_t>(sp.y) * step) + slot;
+      const float* lse_base = p.partial_lse + static_cast<int64_t>(sp.y) * G + h;
+      for (int s0 = grp; s0 < sp.x; s0 += kMergeBatch * groups) {
+        float4 x[kMergeBatch];
+        float lse[kMergeBatch];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const float4* src = reinterpret_cast<const float4*>(base + (s + u) * step);
-        x[u] = __ldcg(src);
-        y[u] = __ldcg(src + 1);
-      }
+        for (int u = 0; u < kMergeBatch; ++u) {
+          const int s = s0 + u * groups;
+          lse[u] = -INFINITY;
+          if (s < sp.x) {
+            x[u] = __ldcg(o_base + s * (step / 4));
+            lse[u] = __ldcg(lse_base + s * G);
+          }
+        }
+        MergeAcc batch{make_float4(0.0f, 0.0f, 0.0f, 0.0f), -INFINITY, 0.0f};
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const float wgt = weights[(s + u) * G + h];
-        acc[0] += wgt * x[u].x, acc[1] += wgt * x[u].y, acc[2] += wgt * x[u].z, acc[3] += wgt * x[u].w;
-        acc[4] += wgt * y[u].x, acc[5] += wgt * y[u].y, acc[6] += wgt * y[u].z, acc[7] += wgt * y[u].w;
+        for (int u = 0; u < kMergeBatch; ++u) batch.m = fmaxf(batch.m, lse[u]);
+        const float base = batch.m == -INFINITY ? 0.0f : batch.m;
+#pragma unroll
+        for (int u = 0; u < kMergeBatch; ++u) {
+          const int s = s0 + u * groups;
+          if (s < sp.x) {
+            const float wgt = attn::fast_exp2(lse[u] - base);
+            batch.o.x += wgt * x[u].x, batch.o.y += wgt * x[u].y, batch.o.z += wgt * x[u].z, batch.o.w += wgt * x[u].w;
+            batch.l += wgt;
+          }
+        }
+        merge_fold(acc, batch);
       }
     }
-    for (; s < sp.x; ++s) {
-      const float4* src = reinterpret_cast<const float4*>(base + s * step);
-      const float4 x = __ldcg(src), y = __ldcg(src + 1);
-      const float wgt = weights[s * G + h];
-      acc[0] += wgt * x.x, acc[1] += wgt * x.y, acc[2] += wgt * x.z, acc[3] += wgt * x.w;
-      acc[4] += wgt * y.x, acc[5] += wgt * y.y, acc[6] += wgt * y.z, acc[7] += wgt * y.w;
+    if (groups > 1) {
+      if (active) scratch[grp * slots + slot] = acc;
+      __syncthreads();
+      if (tid < slots) {
+        acc = scratch[tid];
+        for (int g = 1; g < groups; ++g) merge_fold(acc, scratch[g * slots + tid]);
+      }
     }
-    bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + h) * D + 8 * c;
-    *reinterpret_cast<uint4*>(dst) = float_to_bf16x8(acc);
+    if (groups > 1 ? tid < slots : active) {
+      const int out_slot = groups > 1 ? tid : slot;
+      const float inv = acc.l > 0.0f ? 1.0f / acc.l : 0.0f;
+      bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + out_slot / (D / 4)) * D +
+                  4 * (out_slot % (D / 4));
+      *reinterpret_cast<uint2*>(dst) = make_uint2(attn::pack_bf16x2(acc.o.x * inv, acc.o.y * inv),
+                                                  attn::pack_bf16x2(acc.o.z * inv, acc.o.w * inv));
+    }
   }
+}
+
+// Adds 1 with release and acquire semantics at GPU scope; returns the old value.
+__device__ __forceinline__ int32_t atomic_add_acq_rel_gpu(int32_t* p, int32_t v) {
+  int32_t old;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
 }
 
 template <int D>
@@ -135,9 +167,10 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   using Smem = DecodeSmem<D>;
   constexpr int kChunks = D / 8;
   extern __shared__ __align__(128) uint8_t smem[];
-  if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;  // surplus CTA of a capacity grid
-
+  // The work item is read together with the count (the grid never exceeds the plan's capacity), so
+  // the two loads overlap.
   const DecodeWorkItem w = p.work[blockIdx.x];
+  if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;  // surplus CTA of a capacity grid
   const DecodeRow row = p.rows[w.row];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int G = p.group;
@@ -165,13 +198,20 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
     attn::cp_async16(q_tile + attn::tile_offset<D>(r, c), valid ? q_src + r * D + c * 8 : p.q, valid);
   }
   attn::cp_async_commit();
+  // Page metadata is read one tile ahead of the copies that need it (tile_source), so its latency
+  // overlaps the previous tile's math instead of stalling the copy issue.
+  attn::TileSource src[kStages];
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) src[s] = attn::tile_source<D, kBN>(rk, p.pool, u_begin + s * kBN);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < n_tiles) {
-      attn::load_kv_tile<D, kBN, kThreads>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN);
+      attn::load_kv_tile<D, kBN, kThreads>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN,
+                                           src[s]);
     }
     attn::cp_async_commit();
   }
+  attn::TileSource next = src[kStages - 1];
   attn::cp_async_wait<kStages - 1>();  // the Q group
   __syncthreads();
   uint32_t qf[D / 16][4];
@@ -196,7 +236,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
       if (nt < n_tiles) {
         const int st = nt % kStages;
         attn::load_kv_tile<D, kBN, kThreads>(k_stage(st), v_stage(st), pos + st * kBN, rk, p.pool,
-                                             u_begin + nt * kBN);
+                                             u_begin + nt * kBN, next);
+        next = attn::tile_source<D, kBN>(rk, p.pool, u_begin + (nt + 1) * kBN);
       }
       attn::cp_async_commit();
     }
@@ -291,18 +332,20 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
     }
   }
   if (w.partial < 0) return;
-  // Split row: the CTA that finishes the row's last piece merges all of them (no second launch).
+  // Split row: the CTA that finishes the row's last piece merges all of them (no second launch). The
+  // barrier orders every thread's partial stores before thread 0's release-add (cumulative at GPU
+  // scope); the merging CTA's acquire-add and barrier order its reads of the others' partials after
+  // their release-adds.
   __shared__ int merge_here;
-  __threadfence();  // this CTA's partials are visible device-wide before it is counted
   __syncthreads();
   if (tid == 0) {
-    const int done = atomicAdd(p.row_done + w.row, 1) + 1;
+    const int done = atomic_add_acq_rel_gpu(p.row_done + w.row, 1) + 1;
     merge_here = done == p.row_split[w.row].x;
   }
   __syncthreads();
   if (!merge_here) return;
-  __threadfence();
-  merge_row(p, w.row, D, reinterpret_cast<float*>(smem));
+  static_assert(Smem::kPipeBytes >= kThreads * sizeof(MergeAcc), "merge_row's scratch is the pipeline buffer");
+  merge_row(p, w.row, D, reinterpret_cast<MergeAcc*>(smem));
   if (tid == 0) p.row_done[w.row] = 0;  // ready for the next launch (graph replays)
 }
 
@@ -411,9 +454,6 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
   check(per_sm >= 1, "DecodeAttention: the kernel does not fit on this device", loc);
   target_ctas_ = config.target_ctas > 0 ? config.target_ctas : sms * per_sm;
-  // A split row has at most target_ctas pieces; the merging CTA keeps one weight per piece and head.
-  const int pipe = config.head_dim == 64 ? DecodeSmem<64>::kPipeBytes : DecodeSmem<128>::kPipeBytes;
-  check(int64_t{target_ctas_} * config.group * 4 <= pipe, "DecodeAttention: target_ctas × group too large", loc);
   work_capacity_ = config.max_rows + target_ctas_;
 
   const PlanLayout layout(work_capacity_, config.max_rows);

@@ -147,33 +147,50 @@ __device__ __forceinline__ int32_t locate_slot(const RowKeys& rk, const PoolView
   return rk.new_pos0 + static_cast<int32_t>(i);
 }
 
+// Where a tile of BN slots starting at u0 comes from, read ahead of its copies so that the page
+// metadata loads (entry id, length, position) are off the copy issue's critical path. `one_entry`:
+// the tile lies inside one page entry (P ≥ BN); then k/v point at its first slot's rows, `valid`
+// slots from there hold keys and the first has position pos0. Otherwise the copies locate each slot.
+struct TileSource {
+  const bf16* k;
+  const bf16* v;
+  int32_t valid, pos0;
+  bool one_entry;
+};
+
+template <int D, int BN>
+__device__ __forceinline__ TileSource tile_source(const RowKeys& rk, const PoolView& pool, int32_t u0) {
+  const int32_t pmask = (1 << pool.page_shift) - 1;
+  TileSource ts{pool.k, pool.v, 0, 0, false};
+  if (u0 + BN <= rk.page_slots && (u0 & pmask) + BN <= pmask + 1) {
+    const int32_t e = u0 >> pool.page_shift, off0 = u0 & pmask;
+    const int64_t row0 = (static_cast<int64_t>(__ldg(rk.page_ids + e)) << pool.page_shift) + off0;
+    ts = TileSource{pool.k + row0 * D, pool.v + row0 * D, __ldg(rk.page_len + e) - off0, __ldg(rk.page_pos0 + e) + off0,
+                    true};
+  }
+  return ts;
+}
+
 // Issues the cp.async copies of slots u0 .. u0+BN-1 into a K tile and a V tile ([BN][D], swizzled)
 // and writes each slot's key position (kNoKey for empty slots, whose K/V rows are zero-filled) to
-// pos[0..BN). All kThreads threads take part; the caller commits the group. A tile inside one page
-// entry (P ≥ BN) reads that entry's id, length and position once. kWgmma: the tiles use
-// wgmma_tile_offset<D, BN> instead of tile_offset<D>.
+// pos[0..BN). All kThreads threads take part; the caller commits the group. src = tile_source(u0),
+// possibly read earlier. kWgmma: the tiles use wgmma_tile_offset<D, BN> instead of tile_offset<D>.
 template <int D, int BN, int kThreads, bool kWgmma = false>
 __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const RowKeys& rk,
-                                             const PoolView& pool, int32_t u0) {
+                                             const PoolView& pool, int32_t u0, const TileSource& src) {
   constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks, kPasses = BN / kRowsPerPass;
   static_assert(kThreads % kChunks == 0 && BN % kRowsPerPass == 0);
   const int tid = static_cast<int>(threadIdx.x) % kThreads;  // the loading threads are kThreads in a row
   const int c = tid % kChunks, r0 = tid / kChunks;
-  const int32_t pmask = (1 << pool.page_shift) - 1;
-  if (u0 + BN <= rk.page_slots && (u0 & pmask) + BN <= pmask + 1) {
-    const int32_t e = u0 >> pool.page_shift, off0 = u0 & pmask;
-    const int32_t len = __ldg(rk.page_len + e), p0 = __ldg(rk.page_pos0 + e);
-    const int64_t row0 = (static_cast<int64_t>(__ldg(rk.page_ids + e)) << pool.page_shift) + off0;
-    const bf16* kb = pool.k + row0 * D + c * 8;
-    const bf16* vb = pool.v + row0 * D + c * 8;
+  if (src.one_entry) {
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
       const int s = r0 + i * kRowsPerPass;
-      const bool valid = off0 + s < len;
+      const bool valid = s < src.valid;
       const uint32_t off = kWgmma ? wgmma_tile_offset<D, BN>(s, c) : tile_offset<D>(s, c);
-      cp_async16(k_tile + off, valid ? kb + s * D : pool.k, valid);
-      cp_async16(v_tile + off, valid ? vb + s * D : pool.v, valid);
-      if (c == 0) pos[s] = valid ? p0 + off0 + s : kNoKey;
+      cp_async16(k_tile + off, valid ? src.k + s * D + c * 8 : pool.k, valid);
+      cp_async16(v_tile + off, valid ? src.v + s * D + c * 8 : pool.v, valid);
+      if (c == 0) pos[s] = valid ? src.pos0 + s : kNoKey;
     }
     return;
   }
@@ -189,6 +206,12 @@ __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, i
     cp_async16(v_tile + off, valid ? vp + c * 8 : vp, valid);
     if (c == 0) pos[s] = p;
   }
+}
+
+template <int D, int BN, int kThreads, bool kWgmma = false>
+__device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const RowKeys& rk,
+                                             const PoolView& pool, int32_t u0) {
+  load_kv_tile<D, BN, kThreads, kWgmma>(k_tile, v_tile, pos, rk, pool, u0, tile_source<D, BN>(rk, pool, u0));
 }
 
 // ---- masks ----------------------------------------------------------------------------------------
