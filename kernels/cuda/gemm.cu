@@ -1,13 +1,16 @@
 // cuBLASLt wrapper (host code only). How this works: a row-major y[M][N] = x[M][K] · w[N][K]ᵀ is, in
 // cuBLASLt's column-major terms, D[N×M] = op(A)·B with A = w seen as K×N (ld ldw, transposed),
 // B = x seen as K×M (ld ldx) and D = y seen as N×M (ld ldy); the bias epilogue adds bias[n] to row n
-// of D, i.e. to column n of y. Descriptors and the heuristic's algorithm are built once per plan key.
+// of D, i.e. to column n of y. Descriptors and the heuristic's candidate algorithms are built once per
+// plan key; with GemmTuning::kTimed the first run outside a graph capture times the candidates.
 #include "kernels/cuda/gemm.h"
 
 #include <cublasLt.h>
+#include <cublas_v2.h>
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <string>
 #include <unordered_map>
 
@@ -54,7 +57,12 @@ struct PlanKeyHash {
 struct Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulAlgo_t algo{};
+  cublasLtMatmulAlgo_t algo{};                  // what run() launches, unless gemm_ex
+  bool gemm_ex = false;                         // run() calls cublasGemmEx (cuBLAS's own choice) instead
+  cublasLtMatmulAlgo_t candidates[kGemmCandidates]{};  // the heuristic's answers, best first
+  int n_candidates = 0;                                  // 0 once timed
+  bool timed = false;
+  bool has_bias = false;
   Plan() = default;
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;
@@ -70,12 +78,74 @@ struct Plan {
 
 struct Gemm::Impl {
   cublasLtHandle_t handle = nullptr;
+  cublasHandle_t blas = nullptr;  // for the cublasGemmEx candidate (plans without bias), made on first use
+  GemmTuning tuning = GemmTuning::kTimed;
   DeviceBuffer<std::byte> workspace;
   std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> plans;
+  cudaEvent_t start = nullptr, stop = nullptr;  // for timing candidates
 
-  const Plan& plan_for(const PlanKey& key, const GemmArgs& g, const std::source_location& loc) {
+  cublasStatus_t launch(const Plan& p, const cublasLtMatmulAlgo_t& algo, const GemmArgs& g, cudaStream_t stream) {
+    const float alpha = 1.0f, beta = 0.0f;
+    if (p.gemm_ex) return launch_gemm_ex(g, stream);
+    return cublasLtMatmul(handle, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, g.y, p.d, g.y, p.d, &algo, workspace.data(),
+                          workspace.bytes(), stream);
+  }
+
+  // The same product through cuBLAS's cublasGemmEx, which picks its kernel by its own rules; it
+  // shares the workspace. No bias epilogue there.
+  cublasStatus_t launch_gemm_ex(const GemmArgs& g, cudaStream_t stream) {
+    if (blas == nullptr) {
+      if (const cublasStatus_t st = cublasCreate(&blas); st != CUBLAS_STATUS_SUCCESS) return st;
+    }
+    if (const cublasStatus_t st = cublasSetStream(blas, stream); st != CUBLAS_STATUS_SUCCESS) return st;
+    if (const cublasStatus_t st = cublasSetWorkspace(blas, workspace.data(), workspace.bytes());
+        st != CUBLAS_STATUS_SUCCESS) {
+      return st;
+    }
+    const float alpha = 1.0f, beta = 0.0f;
+    return cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(g.N), static_cast<int>(g.M),
+                        static_cast<int>(g.K), &alpha, g.w, CUDA_R_16BF, static_cast<int>(g.ldw), g.x, CUDA_R_16BF,
+                        static_cast<int>(g.ldx), &beta, g.y, CUDA_R_16BF, static_cast<int>(g.ldy), CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT);
+  }
+
+  // Times every candidate on g (warm-up, then kTimedReps runs between two events) and keeps the
+  // fastest; a candidate that cuBLASLt refuses at launch is passed over. Synchronizes the stream.
+  void time_candidates(Plan& p, const GemmArgs& g, cudaStream_t stream) {
+    if (start == nullptr) {
+      CUDA_CHECK(cudaEventCreate(&start));
+      CUDA_CHECK(cudaEventCreate(&stop));
+    }
+    float best_ms = INFINITY;
+    bool best_ex = false;
+    // Candidate c < n_candidates: the heuristic's c-th algorithm; c = n_candidates: cublasGemmEx.
+    const int n = p.n_candidates + (p.has_bias ? 0 : 1);
+    for (int c = 0; c < n; ++c) {
+      p.gemm_ex = c == p.n_candidates;
+      const cublasLtMatmulAlgo_t& algo = p.candidates[p.gemm_ex ? 0 : c];
+      if (launch(p, algo, g, stream) != CUBLAS_STATUS_SUCCESS) continue;
+      CUDA_CHECK(cudaEventRecord(start, stream));
+      bool ok = true;
+      for (int i = 0; i < Gemm::kTimedReps && ok; ++i) ok = launch(p, algo, g, stream) == CUBLAS_STATUS_SUCCESS;
+      CUDA_CHECK(cudaEventRecord(stop, stream));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0.0f;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (ok && ms < best_ms) {
+        best_ms = ms;
+        best_ex = p.gemm_ex;
+        if (!p.gemm_ex) p.algo = algo;
+      }
+    }
+    p.gemm_ex = best_ex;
+    p.n_candidates = 0;
+    p.timed = true;
+  }
+
+  Plan& plan_for(const PlanKey& key, const GemmArgs& g, const std::source_location& loc) {
     if (auto it = plans.find(key); it != plans.end()) return *it->second;
     auto p = std::make_unique<Plan>();
+    p->has_bias = key.has_bias;
     check_cublas(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate", loc);
     const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
     check_cublas(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)),
@@ -108,10 +178,11 @@ struct Gemm::Impl {
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d));
-    cublasLtMatmulHeuristicResult_t result{};
+    cublasLtMatmulHeuristicResult_t results[kGemmCandidates]{};
+    const int wanted = tuning == GemmTuning::kTimed ? kGemmCandidates : 1;
     int found = 0;
     const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle, p->op, p->a, p->b, p->d, p->d, pref, 1, &result, &found);
+        cublasLtMatmulAlgoGetHeuristic(handle, p->op, p->a, p->b, p->d, p->d, pref, wanted, results, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     check_cublas(st, "cublasLtMatmulAlgoGetHeuristic", loc);
     if (found == 0) {
@@ -119,23 +190,35 @@ struct Gemm::Impl {
                               std::to_string(key.N) + " K=" + std::to_string(key.K),
                           loc);
     }
-    p->algo = result.algo;
+    p->algo = results[0].algo;
+    for (int i = 0; i < found; ++i) p->candidates[i] = results[i].algo;
+    p->n_candidates = found;
     return *plans.emplace(key, std::move(p)).first->second;
   }
 };
 
-Gemm::Gemm(size_t workspace_bytes) : impl_(std::make_unique<Impl>()) {
+Gemm::Gemm(size_t workspace_bytes, GemmTuning tuning) : impl_(std::make_unique<Impl>()) {
   const auto loc = std::source_location::current();
+  impl_->tuning = tuning;
   check_cublas(cublasLtCreate(&impl_->handle), "cublasLtCreate", loc);
   impl_->workspace = DeviceBuffer<std::byte>(workspace_bytes);
 }
 
 Gemm::~Gemm() {
   impl_->plans.clear();
+  if (impl_->start) (void)cudaEventDestroy(impl_->start);
+  if (impl_->stop) (void)cudaEventDestroy(impl_->stop);
+  if (impl_->blas) cublasDestroy(impl_->blas);
   if (impl_->handle) cublasLtDestroy(impl_->handle);
 }
 
 size_t Gemm::cached_plans() const { return impl_->plans.size(); }
+
+size_t Gemm::timed_plans() const {
+  size_t n = 0;
+  for (const auto& entry : impl_->plans) n += entry.second->timed ? 1 : 0;
+  return n;
+}
 
 void Gemm::run(const GemmArgs& args, cudaStream_t stream, std::source_location loc) {
   GemmArgs g = args;
@@ -166,15 +249,17 @@ void Gemm::run(const GemmArgs& args, cudaStream_t stream, std::source_location l
                     alignment_log2(g.w),
                     alignment_log2(g.y),
                     alignment_log2(g.bias)};
-  const Plan& plan = impl_->plan_for(key, g, loc);
+  Plan& plan = impl_->plan_for(key, g, loc);
   if (key.has_bias) {
     check_cublas(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias)),
                  "set BIAS_POINTER", loc);
   }
-  const float alpha = 1.0f, beta = 0.0f;
-  check_cublas(cublasLtMatmul(impl_->handle, plan.op, &alpha, g.w, plan.a, g.x, plan.b, &beta, g.y, plan.d, g.y,
-                              plan.d, &plan.algo, impl_->workspace.data(), impl_->workspace.bytes(), stream),
-               "cublasLtMatmul", loc);
+  if (!plan.timed && impl_->tuning == GemmTuning::kTimed) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture == cudaStreamCaptureStatusNone) impl_->time_candidates(plan, g, stream);
+  }
+  check_cublas(impl_->launch(plan, plan.algo, g, stream), "cublasLtMatmul", loc);
 }
 
 }  // namespace sparseserve::kernels::cuda

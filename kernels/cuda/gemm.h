@@ -27,17 +27,30 @@ struct GemmArgs {
   int64_t ldx = 0, ldw = 0, ldy = 0;    // 0 means dense (K, K, N)
 };
 
-// Owns a cuBLASLt handle, a workspace and the plans (descriptors + algorithm from the heuristic)
-// cached per shape, leading dimensions, bias presence and pointer alignment class. The first run of
-// a new shape queries the heuristic on the host; later runs only launch, so a shape seen before can
-// be captured into a CUDA graph. Not thread-safe, and the workspace is shared by every run: use one
-// Gemm per stream (or order the streams).
+// How a plan's algorithm is chosen.
+enum class GemmTuning {
+  kHeuristic,  // cuBLASLt's first heuristic answer
+  kTimed,      // the fastest of the heuristic's first kGemmCandidates answers and (no bias) of
+               // cublasGemmEx's own choice, timed on the first run
+};
+inline constexpr int kGemmCandidates = 32;
+
+// Owns a cuBLASLt handle, a workspace and the plans (descriptors + algorithm) cached per shape,
+// leading dimensions, bias presence and pointer alignment class. The first run of a new shape queries
+// the heuristic on the host; with GemmTuning::kTimed it also runs each candidate algorithm on the
+// caller's own arguments and stream (1 warm-up + kTimedReps timed runs each, CUDA events) and keeps
+// the fastest: that first run synchronizes the stream. Every candidate computes the same product, so
+// y is right whichever wins. A first run inside a CUDA graph capture cannot time: it takes the
+// heuristic's answer for the capture and tunes at the shape's next run outside a capture. Later runs
+// only launch, so a shape seen before can be captured. Not thread-safe, and the workspace is shared
+// by every run: use one Gemm per stream (or order the streams).
 class Gemm {
  public:
   static constexpr size_t kDefaultWorkspaceBytes = size_t{32} << 20;  // what cuBLAS suggests for Hopper
+  static constexpr int kTimedReps = 3;
 
   // Uses the current device. Throws InternalError when cuBLASLt or the allocation fails.
-  explicit Gemm(size_t workspace_bytes = kDefaultWorkspaceBytes);
+  explicit Gemm(size_t workspace_bytes = kDefaultWorkspaceBytes, GemmTuning tuning = GemmTuning::kTimed);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -47,8 +60,9 @@ class Gemm {
   // a no-op.
   void run(const GemmArgs& args, cudaStream_t stream, std::source_location loc = std::source_location::current());
 
-  // Number of cached plans (for tests).
+  // Number of cached plans, and of those whose algorithm was chosen by timing (for tests).
   size_t cached_plans() const;
+  size_t timed_plans() const;
 
  private:
   struct Impl;

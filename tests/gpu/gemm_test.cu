@@ -1,5 +1,6 @@
 // kernels/cuda/gemm (cuBLASLt) vs an fp32 CPU GEMM (kernels/cpu/matmul) on the same bf16-rounded
-// inputs; plan caching; shape checks naming the caller; replay under a CUDA graph.
+// inputs; plan caching; timed algorithm choice (outside and after a capture); shape checks naming the
+// caller; replay under a CUDA graph.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -99,6 +100,21 @@ TEST(GemmTest, PlansAreCachedPerShape) {
   EXPECT_EQ(gemm.cached_plans(), 3u);
 }
 
+TEST(GemmTest, TimedAndHeuristicChoicesBothMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(13);
+  const GemmCase c{256, 1024, 1024, 0, 0, 0, true};
+  cuda::Gemm timed;  // GemmTuning::kTimed is the default
+  run_case(timed, c, rng);
+  EXPECT_EQ(timed.timed_plans(), 1u) << "cuBLASLt offered one algorithm only for this shape";
+  run_case(timed, c, rng);  // the chosen algorithm, launched without timing
+  EXPECT_EQ(timed.timed_plans(), 1u);
+  cuda::Gemm heuristic(cuda::Gemm::kDefaultWorkspaceBytes, cuda::GemmTuning::kHeuristic);
+  run_case(heuristic, c, rng);
+  EXPECT_EQ(heuristic.cached_plans(), 1u);
+  EXPECT_EQ(heuristic.timed_plans(), 0u);
+}
+
 TEST(GemmTest, ShapeCheckNamesCaller) {
   SKIP_WITHOUT_GPU();
   cuda::Gemm gemm;
@@ -144,6 +160,43 @@ TEST(GemmTest, ReplaysUnderCudaGraph) {
   CUDA_CHECK(cudaGraphLaunch(exec, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
   const std::vector<float> want = reference(c, x, w, &bias);
+  EXPECT_TRUE(all_close(download_bf16(dy), want, 1e-2f, 1e-2f * rms(want)));
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// A shape first met inside a capture takes the heuristic's algorithm there (no timing can run) and
+// is timed at its next run outside the capture; both give the product.
+TEST(GemmTest, FirstRunInsideCaptureTimesLater) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(17);
+  cuda::Gemm gemm;
+  const GemmCase c{128, 1024, 512};
+  const Bf16Data x = random_bf16(size_t(c.M * c.K), rng, -1.0f, 1.0f);
+  const Bf16Data w = random_bf16(size_t(c.N * c.K), rng, -1.0f, 1.0f);
+  auto dx = to_device(x);
+  auto dw = to_device(w);
+  auto dy = poisoned<bf16>(size_t(c.M * c.N));
+  const cuda::GemmArgs args{.x = dx.data(), .w = dw.data(), .y = dy.data(), .M = c.M, .N = c.N, .K = c.K};
+  const std::vector<float> want = reference(c, x, w, nullptr);
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  gemm.run(args, stream);
+  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  EXPECT_EQ(gemm.cached_plans(), 1u);
+  EXPECT_EQ(gemm.timed_plans(), 0u);
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  EXPECT_TRUE(all_close(download_bf16(dy), want, 1e-2f, 1e-2f * rms(want)));
+  dy.fill_bytes(0xff, stream);
+  gemm.run(args, stream);
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  EXPECT_EQ(gemm.timed_plans(), 1u) << "cuBLASLt offered one algorithm only for this shape";
   EXPECT_TRUE(all_close(download_bf16(dy), want, 1e-2f, 1e-2f * rms(want)));
   CUDA_CHECK(cudaGraphExecDestroy(exec));
   CUDA_CHECK(cudaGraphDestroy(graph));
