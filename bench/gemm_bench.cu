@@ -9,7 +9,7 @@
 //   graph: --graph-calls calls (rotating) captured in one CUDA graph, each replay timed, median / calls
 //          (no launch overhead: what decode under CUDA graphs sees).
 // Reports TFLOP/s (2·M·N·K) and TB/s (bytes that must move: x, W and y once).
-// Usage: gemm_bench [--reps N] [--graph-calls N] [--csv]   (--csv: one machine-readable line per
+// Usage: gemm_bench [--reps N] [--graph-calls N] [--csv] [--only NAME:M]   (--csv: one machine-readable line per
 // shape, read by bench/gemm_peer.py)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -125,6 +125,7 @@ Timing time_shape(Gemm& gemm, const Shape& s, int reps, int graph_calls, size_t 
 int main(int argc, char** argv) {
   int reps = 100, graph_calls = 20;
   bool csv = false;
+  std::string only;  // "name:M", one shape
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--reps" && i + 1 < argc) {
@@ -133,8 +134,10 @@ int main(int argc, char** argv) {
       graph_calls = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--csv") {
       csv = true;
+    } else if (a == "--only" && i + 1 < argc) {
+      only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--graph-calls N] [--csv]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps N] [--graph-calls N] [--csv] [--only NAME:M]\n", argv[0]);
       return 2;
     }
   }
@@ -165,6 +168,7 @@ int main(int argc, char** argv) {
     for (const int64_t M : {1, 16, 4096}) {
       for (const auto& l : layers) {
         const Shape s{M, l.K, l.N, l.name};
+        if (!only.empty() && only != std::string(l.name) + ":" + std::to_string(M)) continue;
         const Timing t = time_shape(gemm, s, reps, graph_calls, l2, stream);
         const double flop = 2.0 * double(M) * double(l.N) * double(l.K);
         const double bytes = 2.0 * double(M * l.K + l.N * l.K + M * l.N);

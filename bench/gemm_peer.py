@@ -65,9 +65,9 @@ def time_torch(m, k, n, reps, graph_calls, l2_bytes):
     return statistics.median(eager), statistics.median(replays)
 
 
-def run_ours(path, reps, graph_calls):
-    out = subprocess.run([path, "--csv", "--reps", str(reps), "--graph-calls", str(graph_calls)], check=True,
-                         capture_output=True, text=True).stdout
+def run_ours(path, reps, graph_calls, only=None):
+    cmd = [path, "--csv", "--reps", str(reps), "--graph-calls", str(graph_calls)] + (["--only", only] if only else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = {}
     for r in csv.DictReader(io.StringIO(out)):
         rows[(r["name"], int(r["M"]))] = (float(r["eager_us"]), float(r["graph_us"]))
@@ -85,14 +85,16 @@ def main():
     l2 = getattr(props, "L2_cache_size", 60 << 20)
     print(f"# {props.name}, torch {torch.__version__}; median of {args.reps} calls (eager), "
           f"{args.graph_calls}-call graphs", flush=True)
-    ours = run_ours(args.ours, args.reps, args.graph_calls) if args.ours else {}
 
     head = (f"{'layer':8} {'M':>5} {'K':>6} {'N':>6} | {'torch us':>9} {'graph':>8} {'TFLOP/s':>8} {'TB/s':>6}"
             f" | {'ours us':>9} {'graph':>8} {'TFLOP/s':>8} {'TB/s':>6} | {'ours/torch':>10} {'graph':>6}")
     lines = [head, "-" * len(head)]
     for m in MS:
         for name, k, n in LAYERS:
+            # Each shape: torch, then ours in a fresh process right after it, so both meet the GPU in
+            # the same state (clocks under sustained load, L2).
             t_eager, t_graph = time_torch(m, k, n, args.reps, args.graph_calls, l2)
+            ours = run_ours(args.ours, args.reps, args.graph_calls, f"{name}:{m}") if args.ours else {}
             flop = 2.0 * m * n * k
             nbytes = 2.0 * (m * k + n * k + m * n)
             line = (f"{name:8} {m:5d} {k:6d} {n:6d} | {t_eager:9.2f} {t_graph:8.2f} {flop / t_graph * 1e-6:8.1f}"
