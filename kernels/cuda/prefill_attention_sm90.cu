@@ -216,6 +216,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   using Smem = Sm90Smem<D>;
   constexpr int kChunks = D / 8;
   extern __shared__ uint8_t smem_raw[];
+  // The work item is read together with the count (the grid never exceeds the plan), so the two
+  // loads overlap.
+  const PrefillWorkItem w = p.work[blockIdx.x];
   if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;
 
   const uint32_t raw = attn::smem_addr(smem_raw);
@@ -229,7 +232,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const auto k_stage = [&](int s) { return base + Smem::kStageOffset + s * 2 * Smem::kTileBytes; };
   const auto v_stage = [&](int s) { return k_stage(s) + Smem::kTileBytes; };
 
-  const PrefillWorkItem w = p.work[blockIdx.x];
   const PrefillRow row = p.rows[w.row];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int32_t G = p.group, total_m = row.n_tokens * G, m0 = w.m0;
@@ -246,12 +248,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     wgmma::mbar_init_fence();
   }
-  __syncthreads();
+  __syncthreads();  // the tile scan and the barriers are ready
   const bool skip = p.skip_tiles != 0;
-  if (warp == 0) {
-    const TileWalk wk = prefill::plan_walk<kBN>(s_ts, skip);
-    if (lane == 0) s_walk = wk;
-  }
   // Q: packed rows m0 .. m0+127 (rows past the chunk zero), row r in warpgroup r / 64's tile, copied
   // by that warpgroup, which waits for it alone: the producer starts on K/V meanwhile.
   for (int j = tid & 127; j < 64 * kChunks && tid < kConsumerThreads; j += 128) {
@@ -265,7 +263,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     attn::cp_async16(q_tile + off, valid ? src : p.q, valid);
   }
   attn::cp_async_commit();
-  __syncthreads();  // the tile scan and walk are ready
   const TileScan& ts = s_ts;
 
   if (tid >= kConsumerThreads) {
@@ -277,14 +274,22 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int ptid = tid - kConsumerThreads;
     const int P = src.page_tokens;
     const bool issuer = ptid < kBN / P;  // all in the producer's first warp (P ≥ 16)
-    int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip);
     const auto read_ahead = [&](int32_t tile, int32_t& position, BlockSource& block) {
       position = tile < ts.n_tiles ? slot_position(ts.rk, ts.shift, tile * kBN + ptid) : attn::kNoKey;
       if (issuer && tile < ts.n_tiles) block = block_source<D>(ts.rk, row, src, tile * kBN + ptid * P);
     };
+    // Tile 0's sources are read while the producer's first warp plans the walk (the first tile is
+    // tile 0 unless a block mask hides it or no key is visible; then they are read again).
     int32_t position = attn::kNoKey;
     BlockSource block{0, 0, false};
-    read_ahead(cur, position, block);
+    read_ahead(0, position, block);
+    if (ptid < 32) {
+      const TileWalk wk = prefill::plan_walk<kBN>(ts, skip);
+      if (ptid == 0) s_walk = wk;
+    }
+    wgmma::named_sync<kProducerThreads>(1);  // the walk is visible to the producer
+    int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip);
+    if (cur != 0) read_ahead(cur, position, block);
     for (int i = 0;; ++i) {
       const int st = i % kStages;
       const uint32_t phase = ((i / kStages) - 1) & 1;  // of the release being waited for
