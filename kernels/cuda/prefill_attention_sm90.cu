@@ -42,6 +42,7 @@ constexpr int kProducerThreads = 128;            // one producer warpgroup
 constexpr int kThreads = kConsumerThreads + kProducerThreads;
 constexpr int kBM = 128;       // packed query rows per CTA (64 per warpgroup)
 constexpr int kBN = 128;       // key slots per tile
+static_assert(kProducerThreads == kBN, "a producer thread per key slot of a tile");
 constexpr int kStages = 2;  // K and V released separately: K_{i+1} and V_{i+1} load during tile i
 // Registers per thread after the role split (setmaxnreg): the producer gives its share to the
 // consumers (128·56 + 256·224 ≤ 65536).
@@ -54,8 +55,10 @@ struct Sm90Smem {
   static constexpr int kStageOffset = kQBytes;  // stage s: K at + 2s·kTileBytes, V after it
   static constexpr int kPosOffset = kStageOffset + kStages * 2 * kTileBytes;  // [kStages][kBN] key positions
   static constexpr int kStageTileOffset = kPosOffset + kStages * kBN * 4;  // tile of each stage (−1: end)
+  // [kStages][4] int4 {min, max, all valid, 0} of the key positions in each producer warp's 32 slots
+  static constexpr int kBoundsOffset = kStageTileOffset + 16;
   // mbarriers: full_k, full_v, empty_k, empty_v, each [kStages].
-  static constexpr int kBarOffset = kStageTileOffset + 16;
+  static constexpr int kBarOffset = kBoundsOffset + kStages * 4 * 16;
   static constexpr int kBytes = kBarOffset + 32 * kStages + 1024;  // + slack to align the base to 1024
 };
 
@@ -226,6 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* const base_ptr = smem_raw + (base - raw);
   int32_t* pos = reinterpret_cast<int32_t*>(base_ptr + Smem::kPosOffset);
   volatile int32_t* stage_tile = reinterpret_cast<int32_t*>(base_ptr + Smem::kStageTileOffset);
+  int4* bounds = reinterpret_cast<int4*>(base_ptr + Smem::kBoundsOffset);
   const uint32_t full_k = base + Smem::kBarOffset, full_v = full_k + 8 * kStages;
   const uint32_t empty_k = full_v + 8 * kStages, empty_v = empty_k + 8 * kStages;
   const uint32_t q_tile = base;
@@ -300,6 +304,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         break;
       }
       pos[st * kBN + ptid] = position;
+      {  // this warp's slot bounds, so the consumers classify the tile without scanning it
+        const bool v = position != attn::kNoKey;
+        const int32_t lo = __reduce_min_sync(0xffffffffu, v ? position : INT_MAX);
+        const int32_t hi = __reduce_max_sync(0xffffffffu, v ? position : INT_MIN);
+        const bool all = __all_sync(0xffffffffu, v);
+        if ((ptid & 31) == 0) bounds[st * 4 + (ptid >> 5)] = make_int4(lo, hi, all ? 1 : 0, 0);
+      }
       if (ptid == 0) {
         stage_tile[st] = cur;
         wgmma::mbar_arrive_expect_tx(full_k + 8 * st, Smem::kTileBytes);
@@ -375,9 +386,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     float(&sf)[kBN / 2] = reinterpret_cast<float(&)[kBN / 2]>(s);
     uint32_t pa[kBN / 16][4];  // P of the tile in stage `pending`, whose P·V is next
     const auto scores = [&](int st) {
-      const int32_t* tp = pos + st * kBN;
-      const bool full = skip && prefill::classify_tile<kBN>(ts, tp, g_tlo, g_thi).full;
-      mask_scores(s, ts, tp, full, t);
+      bool full = false;
+      if (skip) {
+        const int4* bd = bounds + st * 4;
+        const int4 b0 = bd[0], b1 = bd[1], b2 = bd[2], b3 = bd[3];
+        full = prefill::classify_bounds(ts, min(min(b0.x, b1.x), min(b2.x, b3.x)), max(max(b0.y, b1.y), max(b2.y, b3.y)),
+                                        (b0.z & b1.z & b2.z & b3.z) != 0, g_tlo, g_thi)
+                   .full;
+      }
+      mask_scores(s, ts, pos + st * kBN, full, t);
     };
     int pending = 0;
     wgmma::mbar_wait(full_k, 0);

@@ -174,6 +174,25 @@ struct TileUse {
   bool skip, full;
 };
 
+// From the tile's key bounds: kmin / kmax over its slots that hold keys (INT_MAX / INT_MIN when none
+// does), all_valid: every slot holds a key. Any thread may call it.
+__device__ __forceinline__ TileUse classify_bounds(const TileScan& ts, int32_t kmin, int32_t kmax, bool all_valid,
+                                                   int32_t tlo, int32_t thi) {
+  if (kmax == INT_MIN || kmin > thi) return {true, false};  // no key, or every key after every row
+  const attn::MaskParams& mp = ts.mp;
+  bool none = false, all = kmax <= tlo && all_valid;
+  if (mp.kind == static_cast<int32_t>(MaskKind::kBand)) {
+    none = kmin >= mp.sink && static_cast<int64_t>(kmax) <= static_cast<int64_t>(tlo) - mp.local;
+    all = all && (kmax < mp.sink || static_cast<int64_t>(thi) - kmin < mp.local);
+  } else if (mp.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
+    const int32_t B = mp.block_tokens, qb0 = tlo / B - ts.first_qblock, qb1 = thi / B - ts.first_qblock;
+    none = !block_pairs(ts.blocks, mp.n_kblocks, qb0, qb1, kmin / B, min(kmax, thi) / B, false);
+    all = all && block_pairs(ts.blocks, mp.n_kblocks, qb0, qb1, kmin / B, kmax / B, true);
+  }
+  return {none, !none && all};
+}
+
+// From the slot positions themselves (one warp, cooperatively).
 template <int BN>
 __device__ __forceinline__ TileUse classify_tile(const TileScan& ts, const int32_t* tp, int32_t tlo, int32_t thi) {
   const int lane = threadIdx.x & 31;
@@ -187,21 +206,8 @@ __device__ __forceinline__ TileUse classify_tile(const TileScan& ts, const int32
     hi = v ? max(hi, x) : hi;
     valid = valid && v;
   }
-  const int32_t kmin = __reduce_min_sync(0xffffffffu, lo);
-  const int32_t kmax = __reduce_max_sync(0xffffffffu, hi);
-  const bool all_valid = __all_sync(0xffffffffu, valid);
-  if (kmax == INT_MIN || kmin > thi) return {true, false};  // no key, or every key after every row
-  const attn::MaskParams& mp = ts.mp;
-  bool none = false, all = kmax <= tlo && all_valid;
-  if (mp.kind == static_cast<int32_t>(MaskKind::kBand)) {
-    none = kmin >= mp.sink && static_cast<int64_t>(kmax) <= static_cast<int64_t>(tlo) - mp.local;
-    all = all && (kmax < mp.sink || static_cast<int64_t>(thi) - kmin < mp.local);
-  } else if (mp.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
-    const int32_t B = mp.block_tokens, qb0 = tlo / B - ts.first_qblock, qb1 = thi / B - ts.first_qblock;
-    none = !block_pairs(ts.blocks, mp.n_kblocks, qb0, qb1, kmin / B, min(kmax, thi) / B, false);
-    all = all && block_pairs(ts.blocks, mp.n_kblocks, qb0, qb1, kmin / B, kmax / B, true);
-  }
-  return {none, !none && all};
+  return classify_bounds(ts, __reduce_min_sync(0xffffffffu, lo), __reduce_max_sync(0xffffffffu, hi),
+                         __all_sync(0xffffffffu, valid), tlo, thi);
 }
 
 // The CTA's row and tile walk state for work item w (rows m0 .. m0 + BM − 1 of it). Call from one
