@@ -7,7 +7,7 @@
 //   - a producer walks the CTA's key tiles (128 slots; the same tile walk as the mma.sync kernel,
 //     prefill_tiles.cuh) and, per tile, writes each slot's key position and copies K and V by TMA
 //     (one thread per page of the tile, one box per page and 64-column block, 128-byte swizzled:
-//     the layout wgmma reads) into a double-buffered stage, K and V with their own full / empty
+//     the layout wgmma reads) into a 3-stage ring, K and V with their own full / empty
 //     mbarriers; the page-table reads for a tile happen one tile ahead;
 //   - two consumers own 64 query rows each, Q in shared memory. Per tile i a consumer issues
 //     S_i = Q·K_iᵀ (m64n128, both operands in shared memory) and O += P_{i−1}·V_{i−1} (P from
@@ -43,7 +43,9 @@ constexpr int kThreads = kConsumerThreads + kProducerThreads;
 constexpr int kBM = 128;       // packed query rows per CTA (64 per warpgroup)
 constexpr int kBN = 128;       // key slots per tile
 static_assert(kProducerThreads == kBN, "a producer thread per key slot of a tile");
-constexpr int kStages = 2;  // K and V released separately: K_{i+1} and V_{i+1} load during tile i
+// Stages of K/V (K and V released separately): tiles i+1 and i+2 load during tile i. Three fill the
+// 227 KB of shared memory at D = 128 (Q 32 KB + 3 × 64 KB + positions, bounds, barriers, alignment).
+constexpr int kStages = 3;
 // Registers per thread after the role split (setmaxnreg): the producer gives its share to the
 // consumers (128·56 + 256·224 ≤ 65536).
 [[maybe_unused]] constexpr int kProducerRegs = 56, kConsumerRegs = 224;
@@ -240,6 +242,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int32_t G = p.group, total_m = row.n_tokens * G, m0 = w.m0;
 
+  // Q: packed rows m0 .. m0+127 (rows past the chunk zero), row r in warpgroup r / 64's tile, copied
+  // by that warpgroup (before the tile scan), which waits for it alone: the producer starts on K/V
+  // meanwhile.
+  for (int j = tid & 127; j < 64 * kChunks && tid < kConsumerThreads; j += 128) {
+    const int r = 64 * (tid >> 7) + j / kChunks, c = j % kChunks;
+    const int32_t m = m0 + r;
+    const bool valid = m < total_m;
+    const int32_t tok = m / G, h = m - tok * G;
+    const bf16* src = p.q + static_cast<int64_t>(row.q_row0 + tok) * p.q_stride +
+                      static_cast<int64_t>(row.kv_head * G + h) * D + c * 8;
+    const uint32_t off = (r >> 6) * (Smem::kQBytes / 2) + attn::wgmma_tile_offset<D, 64>(r & 63, c);
+    attn::cp_async16(q_tile + off, valid ? src : p.q, valid);
+  }
+  attn::cp_async_commit();
+
   __shared__ TileScan s_ts;
   __shared__ TileWalk s_walk;
   if (tid == 0) {
@@ -254,19 +271,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();  // the tile scan and the barriers are ready
   const bool skip = p.skip_tiles != 0;
-  // Q: packed rows m0 .. m0+127 (rows past the chunk zero), row r in warpgroup r / 64's tile, copied
-  // by that warpgroup, which waits for it alone: the producer starts on K/V meanwhile.
-  for (int j = tid & 127; j < 64 * kChunks && tid < kConsumerThreads; j += 128) {
-    const int r = 64 * (tid >> 7) + j / kChunks, c = j % kChunks;
-    const int32_t m = m0 + r;
-    const bool valid = m < total_m;
-    const int32_t tok = m / G, h = m - tok * G;
-    const bf16* src = p.q + static_cast<int64_t>(row.q_row0 + tok) * p.q_stride +
-                      static_cast<int64_t>(row.kv_head * G + h) * D + c * 8;
-    const uint32_t off = (r >> 6) * (Smem::kQBytes / 2) + attn::wgmma_tile_offset<D, 64>(r & 63, c);
-    attn::cp_async16(q_tile + off, valid ? src : p.q, valid);
-  }
-  attn::cp_async_commit();
   const TileScan& ts = s_ts;
 
   if (tid >= kConsumerThreads) {
