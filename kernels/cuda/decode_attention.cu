@@ -155,7 +155,7 @@ __device__ __forceinline__ void merge_row(const DecodeParams& p, int32_t r, int 
   }
 }
 
-// Adds 1 with release and acquire semantics at GPU scope; returns the old value.
+// atomicAdd with release and acquire semantics at GPU scope; returns the old value.
 __device__ __forceinline__ int32_t atomic_add_acq_rel_gpu(int32_t* p, int32_t v) {
   int32_t old;
   asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");

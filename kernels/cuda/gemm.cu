@@ -62,7 +62,7 @@ struct Plan {
   cublasLtMatmulAlgo_t candidates[kGemmCandidates]{};  // the heuristic's answers, best first
   int n_candidates = 0;                                  // 0 once timed
   bool timed = false;
-  bool has_bias = false;
+  bool gemm_ex_ok = false;  // cublasGemmEx may stand in: no bias, leading dimensions within int
   Plan() = default;
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;
@@ -119,7 +119,7 @@ struct Gemm::Impl {
     float best_ms = INFINITY;
     bool best_ex = false;
     // Candidate c < n_candidates: the heuristic's c-th algorithm; c = n_candidates: cublasGemmEx.
-    const int n = p.n_candidates + (p.has_bias ? 0 : 1);
+    const int n = p.n_candidates + (p.gemm_ex_ok ? 1 : 0);
     for (int c = 0; c < n; ++c) {
       p.gemm_ex = c == p.n_candidates;
       const cublasLtMatmulAlgo_t& algo = p.candidates[p.gemm_ex ? 0 : c];
@@ -145,7 +145,7 @@ struct Gemm::Impl {
   Plan& plan_for(const PlanKey& key, const GemmArgs& g, const std::source_location& loc) {
     if (auto it = plans.find(key); it != plans.end()) return *it->second;
     auto p = std::make_unique<Plan>();
-    p->has_bias = key.has_bias;
+    p->gemm_ex_ok = !key.has_bias && std::max({key.ldx, key.ldw, key.ldy}) <= INT32_MAX;
     check_cublas(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate", loc);
     const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
     check_cublas(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)),
