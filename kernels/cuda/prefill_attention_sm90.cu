@@ -8,12 +8,14 @@
 //     prefill_tiles.cuh) and, per tile, writes each slot's key position and copies K and V by TMA
 //     (one thread per page of the tile, one box per page and 64-column block, 128-byte swizzled:
 //     the layout wgmma reads) into a 3-stage ring, K and V with their own full / empty
-//     mbarriers; the page-table reads for a tile happen one tile ahead;
+//     mbarriers. It plans the walk itself while tile 0's page-table reads are in flight, reads the
+//     page table one tile ahead of the copies, and publishes each tile's key bounds per warp;
 //   - two consumers own 64 query rows each, Q in shared memory. Per tile i a consumer issues
 //     S_i = Q·K_iᵀ (m64n128, both operands in shared memory) and O += P_{i−1}·V_{i−1} (P from
-//     registers, V read transposed), waits for S_i only, masks it exactly and runs the lazy online
-//     softmax of decode_attention.cuh while the P·V still runs, then waits for it, rescales O when
-//     the reference maximum moved, and releases K_i and V_{i−1}.
+//     registers, V read transposed), waits for S_i only, masks it exactly (unless the tile's
+//     bounds show every key visible to every row) and runs the lazy online softmax of
+//     decode_attention.cuh while the P·V still runs, then waits for it, rescales O when the
+//     reference maximum moved, and releases K_i and V_{i−1}.
 // The consumers take turns issuing their MMAs (ping-pong), so one warpgroup's softmax overlaps the
 // other's MMAs. The producer gives registers to the consumers (setmaxnreg). A tile some consumer's
 // rows cannot see is still multiplied (its scores mask to zero probabilities), so the MMAs sit on
