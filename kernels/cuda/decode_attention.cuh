@@ -246,10 +246,10 @@ __device__ __forceinline__ bool key_allowed(const MaskParams& m, const uint8_t* 
 // m = −inf, l = 0, o = 0.
 constexpr float kRescaleSlack = 8.0f;
 
-template <int NB, int DB>
-__device__ __forceinline__ void online_softmax_step(float (&s)[NB][4], float (&m)[2], float (&l)[2],
-                                                    float (&o)[DB][4]) {
-  float mx[2] = {m[0], m[1]};
+// Folds this thread's scores into mx (rows lane/4 and lane/4 + 8), then takes the maximum over the
+// lane quad that holds each row: every lane of the quad gets the row's maximum.
+template <int NB>
+__device__ __forceinline__ void quad_row_max(const float (&s)[NB][4], float (&mx)[2]) {
 #pragma unroll
   for (int j = 0; j < NB; ++j) {
     mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
@@ -260,6 +260,25 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[NB][4], float (&m
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
   }
+}
+
+// o's rows (mma accumulator layout: elements 0, 1 in row lane/4, 2, 3 in row lane/4 + 8) times alpha.
+template <int DB>
+__device__ __forceinline__ void rescale_rows(float (&o)[DB][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int d = 0; d < DB; ++d) {
+    o[d][0] *= alpha[0];
+    o[d][1] *= alpha[0];
+    o[d][2] *= alpha[1];
+    o[d][3] *= alpha[1];
+  }
+}
+
+template <int NB, int DB>
+__device__ __forceinline__ void online_softmax_step(float (&s)[NB][4], float (&m)[2], float (&l)[2],
+                                                    float (&o)[DB][4]) {
+  float mx[2] = {m[0], m[1]};
+  quad_row_max(s, mx);
   // Warp-uniform: keep every row's reference, or move every row's reference to its new maximum.
   const bool keep = __all_sync(0xffffffffu, mx[0] <= m[0] + kRescaleSlack && mx[1] <= m[1] + kRescaleSlack);
   if (!keep) {
@@ -270,13 +289,7 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[NB][4], float (&m
       m[r] = mx[r];
       l[r] *= alpha[r];
     }
-#pragma unroll
-    for (int d = 0; d < DB; ++d) {
-      o[d][0] *= alpha[0];
-      o[d][1] *= alpha[0];
-      o[d][2] *= alpha[1];
-      o[d][3] *= alpha[1];
-    }
+    rescale_rows(o, alpha);
   }
   const float base[2] = {m[0] == -INFINITY ? 0.0f : m[0], m[1] == -INFINITY ? 0.0f : m[1]};
 #pragma unroll

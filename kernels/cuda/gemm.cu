@@ -84,24 +84,26 @@ struct Gemm::Impl {
   std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> plans;
   cudaEvent_t start = nullptr, stop = nullptr;  // for timing candidates
 
-  cublasStatus_t launch(const Plan& p, const cublasLtMatmulAlgo_t& algo, const GemmArgs& g, cudaStream_t stream) {
+  // One product with algorithm `algo`, or through cublasGemmEx when gemm_ex.
+  cublasStatus_t launch(const Plan& p, bool gemm_ex, const cublasLtMatmulAlgo_t& algo, const GemmArgs& g,
+                        cudaStream_t stream) {
     const float alpha = 1.0f, beta = 0.0f;
-    if (p.gemm_ex) return launch_gemm_ex(g, stream);
+    if (gemm_ex) return launch_gemm_ex(g, stream);
     return cublasLtMatmul(handle, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, g.y, p.d, g.y, p.d, &algo, workspace.data(),
                           workspace.bytes(), stream);
   }
 
-  // The same product through cuBLAS's cublasGemmEx, which picks its kernel by its own rules; it
-  // shares the workspace. No bias epilogue there.
+  // The same product through cuBLAS's cublasGemmEx, which picks its kernel by its own rules; its
+  // handle gets the shared workspace once. No bias epilogue there.
   cublasStatus_t launch_gemm_ex(const GemmArgs& g, cudaStream_t stream) {
     if (blas == nullptr) {
       if (const cublasStatus_t st = cublasCreate(&blas); st != CUBLAS_STATUS_SUCCESS) return st;
+      if (const cublasStatus_t st = cublasSetWorkspace(blas, workspace.data(), workspace.bytes());
+          st != CUBLAS_STATUS_SUCCESS) {
+        return st;
+      }
     }
     if (const cublasStatus_t st = cublasSetStream(blas, stream); st != CUBLAS_STATUS_SUCCESS) return st;
-    if (const cublasStatus_t st = cublasSetWorkspace(blas, workspace.data(), workspace.bytes());
-        st != CUBLAS_STATUS_SUCCESS) {
-      return st;
-    }
     const float alpha = 1.0f, beta = 0.0f;
     return cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(g.N), static_cast<int>(g.M),
                         static_cast<int>(g.K), &alpha, g.w, CUDA_R_16BF, static_cast<int>(g.ldw), g.x, CUDA_R_16BF,
@@ -121,20 +123,20 @@ struct Gemm::Impl {
     // Candidate c < n_candidates: the heuristic's c-th algorithm; c = n_candidates: cublasGemmEx.
     const int n = p.n_candidates + (p.gemm_ex_ok ? 1 : 0);
     for (int c = 0; c < n; ++c) {
-      p.gemm_ex = c == p.n_candidates;
-      const cublasLtMatmulAlgo_t& algo = p.candidates[p.gemm_ex ? 0 : c];
-      if (launch(p, algo, g, stream) != CUBLAS_STATUS_SUCCESS) continue;
+      const bool ex = c == p.n_candidates;
+      const cublasLtMatmulAlgo_t& algo = p.candidates[ex ? 0 : c];
+      if (launch(p, ex, algo, g, stream) != CUBLAS_STATUS_SUCCESS) continue;
       CUDA_CHECK(cudaEventRecord(start, stream));
       bool ok = true;
-      for (int i = 0; i < Gemm::kTimedReps && ok; ++i) ok = launch(p, algo, g, stream) == CUBLAS_STATUS_SUCCESS;
+      for (int i = 0; i < Gemm::kTimedReps && ok; ++i) ok = launch(p, ex, algo, g, stream) == CUBLAS_STATUS_SUCCESS;
       CUDA_CHECK(cudaEventRecord(stop, stream));
       CUDA_CHECK(cudaEventSynchronize(stop));
       float ms = 0.0f;
       CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
       if (ok && ms < best_ms) {
         best_ms = ms;
-        best_ex = p.gemm_ex;
-        if (!p.gemm_ex) p.algo = algo;
+        best_ex = ex;
+        if (!ex) p.algo = algo;
       }
     }
     p.gemm_ex = best_ex;
@@ -259,7 +261,7 @@ void Gemm::run(const GemmArgs& args, cudaStream_t stream, std::source_location l
     CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
     if (capture == cudaStreamCaptureStatusNone) impl_->time_candidates(plan, g, stream);
   }
-  check_cublas(impl_->launch(plan, plan.algo, g, stream), "cublasLtMatmul", loc);
+  check_cublas(impl_->launch(plan, plan.gemm_ex, plan.algo, g, stream), "cublasLtMatmul", loc);
 }
 
 }  // namespace sparseserve::kernels::cuda

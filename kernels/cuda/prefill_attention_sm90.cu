@@ -129,17 +129,9 @@ __device__ __forceinline__ void mask_scores(float (&s)[kBN / 8][4], const TileSc
 __device__ __forceinline__ bool softmax_probs(float (&s)[kBN / 8][4], float scale_log2, float (&m)[2], float (&l)[2],
                                               float (&alpha)[2]) {
   float mx[2] = {-INFINITY, -INFINITY};
+  attn::quad_row_max(s, mx);
 #pragma unroll
-  for (int j = 0; j < kBN / 8; ++j) {
-    mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
-    mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
-  }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    mx[r] = fmaxf(m[r], mx[r] * scale_log2);  // scale > 0 keeps the order; −inf stays −inf
-  }
+  for (int r = 0; r < 2; ++r) mx[r] = fmaxf(m[r], mx[r] * scale_log2);  // scale > 0 keeps the order; −inf stays −inf
   const bool keep = __all_sync(0xffffffffu, mx[0] <= m[0] + attn::kRescaleSlack && mx[1] <= m[1] + attn::kRescaleSlack);
   if (!keep) {
 #pragma unroll
@@ -159,17 +151,6 @@ __device__ __forceinline__ bool softmax_probs(float (&s)[kBN / 8][4], float scal
     }
   }
   return !keep;
-}
-
-template <int D>
-__device__ __forceinline__ void rescale(float (&o)[D / 8][4], const float (&alpha)[2]) {
-#pragma unroll
-  for (int d = 0; d < D / 8; ++d) {
-    o[d][0] *= alpha[0];
-    o[d][1] *= alpha[0];
-    o[d][2] *= alpha[1];
-    o[d][3] *= alpha[1];
-  }
 }
 
 __device__ __forceinline__ void pack_probs(const float (&s)[kBN / 8][4], uint32_t (&pa)[kBN / 16][4]) {
@@ -444,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma::wait<0>();
         wgmma::fence_operands(of);
         wgmma::mbar_arrive(empty_v + 8 * pending);
-        if (rescale_o) rescale<D>(o, alpha);
+        if (rescale_o) attn::rescale_rows(o, alpha);
         pack_probs(s, pa);
         pending = st;
       }
