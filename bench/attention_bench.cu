@@ -5,13 +5,16 @@
 //   attention_bench --op prefill --seq 65536 [--batch 1] [--q-heads 32 --kv-heads 8 --dim 128]
 //                   [--page 64] [--streaming-kv-heads 4 --sink 128 --local 4096]
 //   attention_bench --op decode --seq 131072 --batch 16 [--budget 4096 --select gpu|host]
-//                   [--streaming-kv-heads 4 ...] [--graph 1]
+//                   [--streaming-kv-heads 4 ...] [--graph 1] [--graph-calls 8] [--pdl 1]
 //   common: --iters 50 --warmup 10 --rotate 0 (input sets to cycle through; 0: enough to exceed L2)
 //
 // Layouts are the engine's: q/o [tokens][q_heads·D], K/V in a page pool [pages][P][D] read through
 // CSR page lists (page ids shuffled), prefill streaming rows read the prompt's own K/V from a
 // contiguous [tokens][kv_heads·D] buffer (new_kv). Inputs are random (never zeros). Timing: CUDA
 // events around each launch (decode: around each CUDA graph replay), after warm-up; median of iters.
+// Decode --graph-calls N: each graph holds N calls on N rotation sets in a row, as an engine step's
+// graph holds one call per layer, and the time reported is per call (graph time / N): the event
+// and graph launch cost, paid once per step, is then spread as it is in the engine.
 // Decode with --budget: retrieval rows read only selected pages (page_select.h on the GPU, or a
 // fixed random list from the host with --select host); streaming rows read sink + ring pages.
 #include <cuda_bf16.h>
@@ -49,6 +52,8 @@ struct Options {
   std::string select = "gpu";
   int logical_page = 16;
   int iters = 50, warmup = 10, rotate = 0, graph = 1;
+  int graph_calls = 1;  // decode: calls per graph (layers of a step)
+  int pdl = 1;          // decode: programmatic dependent launch (DecodeConfig / PageSelectArgs)
   std::string kernel = "auto";  // prefill: auto | mma | wgmma
   int min_chunk = 0, target_ctas = 0;  // decode split (0: the library's defaults)
 };
@@ -77,6 +82,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--warmup") o.warmup = static_cast<int>(num());
     else if (a == "--rotate") o.rotate = static_cast<int>(num());
     else if (a == "--graph") o.graph = static_cast<int>(num());
+    else if (a == "--graph-calls") o.graph_calls = static_cast<int>(num());
+    else if (a == "--pdl") o.pdl = static_cast<int>(num());
     else if (a == "--kernel") o.kernel = v;
     else if (a == "--min-chunk") o.min_chunk = static_cast<int>(num());
     else if (a == "--target-ctas") o.target_ctas = static_cast<int>(num());
@@ -86,6 +93,7 @@ Options parse(int argc, char** argv) {
   if (o.q_heads % o.kv_heads != 0) throw std::invalid_argument("--q-heads must be a multiple of --kv-heads");
   if (o.streaming_kv_heads < 0 || o.streaming_kv_heads > o.kv_heads) throw std::invalid_argument("bad --streaming-kv-heads");
   if (o.select != "gpu" && o.select != "host") throw std::invalid_argument("--select must be gpu or host");
+  if (o.graph_calls < 1) throw std::invalid_argument("--graph-calls must be ≥ 1");
   if (o.kernel != "auto" && o.kernel != "mma" && o.kernel != "wgmma") throw std::invalid_argument("--kernel must be auto, mma or wgmma");
   return o;
 }
@@ -408,6 +416,7 @@ int run_decode(const Options& o) {
   cfg.page_tokens = o.page;
   cfg.max_rows = n_rows;
   cfg.cuda_graph = true;
+  cfg.programmatic_launch = o.pdl != 0;
   if (o.min_chunk > 0) cfg.min_chunk_tokens = o.min_chunk;
   if (o.target_ctas > 0) cfg.target_ctas = o.target_ctas;
   DecodeAttention attn(cfg);
@@ -446,6 +455,7 @@ int run_decode(const Options& o) {
     s.selected_pages = dread.ids.data();
     s.selected_pos0 = dread.pos0.data();  // the decode list's positions, written by page_select itself
     s.selected_len = dread.len.data();
+    s.programmatic_launch = o.pdl != 0;
     page_select(s, stream);
   };
   // Graphs per set: decode alone, and (gpu selection) selection alone and selection + decode.
@@ -459,6 +469,16 @@ int run_decode(const Options& o) {
     CUDA_CHECK(cudaGraphDestroy(g));
     return e;
   };
+  // Call j of graph i uses set (i + j) % R, as the layers of a step use their own caches.
+  const int N = o.graph_calls;
+  const auto calls = [&](int i, auto&& body) {
+    for (int j = 0; j < N; ++j) body((i + j) % R);
+  };
+  const auto decode_call = [&](int i) { attn.run(decode_args(i), stream); };
+  const auto both_call = [&](int i) {
+    select_call(i);
+    decode_call(i);
+  };
   std::vector<cudaGraphExec_t> g_decode, g_select, g_both;
   for (int i = 0; i < R; ++i) {
     if (gpu_select) {
@@ -466,39 +486,37 @@ int run_decode(const Options& o) {
       CUDA_CHECK(cudaStreamSynchronize(stream));
     }
     if (o.graph) {
-      g_decode.push_back(capture([&] { attn.run(decode_args(i), stream); }));
+      g_decode.push_back(capture([&] { calls(i, decode_call); }));
       if (gpu_select) {
-        g_select.push_back(capture([&] { select_call(i); }));
-        g_both.push_back(capture([&] {
-          select_call(i);
-          attn.run(decode_args(i), stream);
-        }));
+        g_select.push_back(capture([&] { calls(i, select_call); }));
+        g_both.push_back(capture([&] { calls(i, both_call); }));
       }
     }
   }
-  const auto timed = [&](std::vector<cudaGraphExec_t>& graphs, auto&& eager) {
-    return time_calls(
+  // Milliseconds per call.
+  const auto timed = [&](std::vector<cudaGraphExec_t>& graphs, auto&& call) {
+    std::vector<float> ms = time_calls(
         [&](int i) {
           if (o.graph) {
             CUDA_CHECK(cudaGraphLaunch(graphs[static_cast<size_t>(i)], stream));
           } else {
-            eager(i);
+            calls(i, call);
           }
         },
         o.warmup, o.iters, R, stream);
+    for (float& x : ms) x /= static_cast<float>(N);
+    return ms;
   };
-  const std::vector<float> ms = timed(g_decode, [&](int i) { attn.run(decode_args(i), stream); });
+  const std::vector<float> ms = timed(g_decode, decode_call);
   std::vector<float> ms_sel, ms_both;
   if (gpu_select) {
-    ms_sel = timed(g_select, [&](int i) { select_call(i); });
-    ms_both = timed(g_both, [&](int i) {
-      select_call(i);
-      attn.run(decode_args(i), stream);
-    });
+    ms_sel = timed(g_select, select_call);
+    ms_both = timed(g_both, both_call);
   }
   CUDA_CHECK(cudaDeviceSynchronize());
   const double med = median(ms);
   print_common(o, R);
+  std::printf(", \"graph_calls\": %d, \"pdl\": %d", N, o.pdl);
   std::printf(", \"budget\": %d, \"selection\": \"%s\", \"graph\": %d, \"median_ms\": %.5f, \"min_ms\": %.5f, "
               "\"p90_ms\": %.5f, \"kv_bytes\": %.6e, \"tbps\": %.3f, \"pieces\": %zu, \"selected_pages\": %d",
               o.budget, !select ? "none" : o.select.c_str(), o.graph, med, percentile(ms, 0.0), percentile(ms, 0.9), kv_bytes,

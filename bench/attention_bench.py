@@ -13,8 +13,10 @@ FlashAttention-2 backends. Shapes follow Llama-3-8B attention (32 query heads, 8
 
 Timing everywhere: CUDA events after warm-up, median of --iters, inputs rotated across copies when
 one set fits in L2, random data. Decode (ours and SDPA) is timed as CUDA graph replays: an eager
-launch costs 30-55 us here, more than a small decode step. The device-to-device copy bandwidth is
-measured in the same run as the memory-bound limit.
+launch costs 30-55 us here, more than a small decode step. Each decode case runs twice: one call per
+graph (the kernel with its launch and the events around it), and 8 calls per graph on the rotation
+sets in turn, as an engine step's graph holds one call per layer (time per call). The
+device-to-device copy bandwidth is measured in the same run as the memory-bound limit.
 
 Usage. Build on the development machine (ninja -C build-attn attention_bench, after
 cmake -S . -B build-attn -G Ninja -DSPARSESERVE_CUDA=ON), copy the binary and the libraries it needs
@@ -43,6 +45,7 @@ L2_BYTES = 60e6
 # Our prefill kernels, the default first (wgmma on the H200; mma.sync for comparison).
 PREFILL_KERNELS = ["wgmma", "mma"]
 RESELECT = 4  # decode: page selection every 4 steps (the issue's sparse decode case)
+LAYERS = 8  # decode: calls per graph in the engine-step timing
 
 
 def log(out_dir, msg):
@@ -117,28 +120,36 @@ def sdpa_prefill(backend, L, iters, warmup):
     return med, mn, note
 
 
-def sdpa_decode(backend, B, L, iters, warmup):
-    """SDPA decode step (one query token per sequence), replayed from a CUDA graph."""
+def sdpa_decode(backend, B, L, iters, warmup, calls=1):
+    """SDPA decode step (one query token per sequence), replayed from a CUDA graph. calls > 1: each
+    graph holds that many steps on the rotation sets in turn (as an engine step holds one per layer);
+    times are per call."""
     kv_bytes = 2 * B * HKV * L * D * 2
     rotate = max(1, min(8, math.ceil(4 * L2_BYTES / kv_bytes)))
-    graphs, note = [], ""
+    fns, sets, note = [], [], ""
     for _ in range(rotate):
         q = torch.randn(B, HQ, 1, D, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(B, HKV, L, D, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(B, HKV, L, D, device="cuda", dtype=torch.bfloat16)
         fn, note = sdpa_call(backend, q, k, v, False)
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
+        fns.append(fn)
+        sets.append((q, k, v))
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for fn in fns:
             for _ in range(2):
                 fn()
-        torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.current_stream().wait_stream(s)
+    graphs = []
+    for i in range(rotate):
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            fn()
-        graphs.append((g, q, k, v))
-    med, mn = timed_ms(lambda i: graphs[i][0].replay(), rotate, warmup, iters)
-    return med, mn, note + ", graph"
+            for j in range(calls):
+                fns[(i + j) % rotate]()
+        graphs.append(g)
+    med, mn = timed_ms(lambda i: graphs[i].replay(), rotate, warmup, iters)
+    return med / calls, mn / calls, note + f", graph of {calls}"
 
 
 def ours(binary, out_dir, args):
@@ -223,40 +234,50 @@ def main():
                          f"vs our dense: {fmt(dense and om and dense / om, '.2f')}x"])
             results.append({"case": "prefill_sparse", "L": L, "kernel": kernel, "ours": o})
     dense_decode_ms = {}
+    # Decode graphs hold one call (a lone kernel, its launch and events included) or LAYERS calls on
+    # the rotation sets in turn (an engine step's graph, one call per layer): times are per call.
+    graph_calls = [1] if a.quick else [1, LAYERS]
+    tag = lambda gc: "" if gc == 1 else f", {gc} per graph"  # noqa: E731
     if want("decode"):
-        for B in [1, 16]:
-            for L in decode_lens:
-                kv = 2 * B * HKV * L * D * 2
-                o = ours(a.bin, a.out, ["--op", "decode", "--seq", L, "--batch", B] + common)
-                c = peer(a.out, f"cuDNN decode B={B} L={L}", lambda: sdpa_decode(SDPBackend.CUDNN_ATTENTION, B, L, it, wu))
-                f2 = peer(a.out, f"FA2 decode B={B} L={L}", lambda: sdpa_decode(SDPBackend.FLASH_ATTENTION, B, L, it, wu))
-                om = o.get("median_ms")
-                dense_decode_ms[(B, L)] = om
-                tb = lambda ms: None if ms is None else kv / (ms * 1e-3) / 1e12  # noqa: E731
-                rows.append([f"decode dense B={B} L={L}", om, c and c[0], f2 and f2[0], "TB/s KV", tb(om),
-                             tb(c and c[0]), tb(f2 and f2[0])])
-                results.append({"case": "decode_dense", "B": B, "L": L, "ours": o, "cudnn": c, "fa2": f2})
+        for gc in graph_calls:
+            for B in [1, 16]:
+                for L in decode_lens:
+                    kv = 2 * B * HKV * L * D * 2
+                    o = ours(a.bin, a.out, ["--op", "decode", "--seq", L, "--batch", B, "--graph-calls", gc] + common)
+                    c = peer(a.out, f"cuDNN decode B={B} L={L}",
+                             lambda: sdpa_decode(SDPBackend.CUDNN_ATTENTION, B, L, it, wu, gc))
+                    f2 = peer(a.out, f"FA2 decode B={B} L={L}",
+                              lambda: sdpa_decode(SDPBackend.FLASH_ATTENTION, B, L, it, wu, gc))
+                    om = o.get("median_ms")
+                    dense_decode_ms[(B, L, gc)] = om
+                    tb = lambda ms: None if ms is None else kv / (ms * 1e-3) / 1e12  # noqa: E731
+                    rows.append([f"decode dense B={B} L={L}{tag(gc)}", om, c and c[0], f2 and f2[0], "TB/s KV", tb(om),
+                                 tb(c and c[0]), tb(f2 and f2[0])])
+                    results.append({"case": "decode_dense", "B": B, "L": L, "graph_calls": gc, "ours": o, "cudnn": c,
+                                    "fa2": f2})
     if want("sparse") or want("decode"):
         L = sparse_decode_len
-        for B in [1, 16]:
-            o = ours(a.bin, a.out, ["--op", "decode", "--seq", L, "--batch", B, "--streaming-kv-heads", HKV // 2,
-                                    "--sink", 128, "--local", 4096, "--budget", 4096, "--select", "gpu"] + common)
-            om = o.get("median_ms")
-            both = o.get("select_decode_median_ms")
-            dense = dense_decode_ms.get((B, L))
-            rows.append([f"decode sparse B={B} L={L} (attention only)", om, None, None, "TB/s KV read",
-                         o.get("tbps"), None, None, f"vs our dense: {fmt(dense and om and dense / om, '.2f')}x"])
-            rows.append([f"decode sparse B={B} L={L} (page_select + attention)", both, None, None, "select ms",
-                         o.get("select_median_ms"), None, None,
-                         f"vs our dense: {fmt(dense and both and dense / both, '.2f')}x"])
-            # Reselecting every RESELECT steps (the profile's reselect_interval): per step, the
-            # attention plus a RESELECT-th of one selection.
-            sel = o.get("select_median_ms")
-            step = None if (om is None or sel is None) else om + sel / RESELECT
-            rows.append([f"decode sparse B={B} L={L} (reselect every {RESELECT} steps)", step, None, None,
-                         "selection share", None if step is None else sel / RESELECT / step, None, None,
-                         f"vs our dense: {fmt(dense and step and dense / step, '.2f')}x"])
-            results.append({"case": "decode_sparse", "B": B, "L": L, "ours": o})
+        for gc in graph_calls:
+            for B in [1, 16]:
+                o = ours(a.bin, a.out, ["--op", "decode", "--seq", L, "--batch", B, "--streaming-kv-heads", HKV // 2,
+                                        "--sink", 128, "--local", 4096, "--budget", 4096, "--select", "gpu",
+                                        "--graph-calls", gc] + common)
+                om = o.get("median_ms")
+                both = o.get("select_decode_median_ms")
+                dense = dense_decode_ms.get((B, L, gc))
+                rows.append([f"decode sparse B={B} L={L}{tag(gc)} (attention only)", om, None, None, "TB/s KV read",
+                             o.get("tbps"), None, None, f"vs our dense: {fmt(dense and om and dense / om, '.2f')}x"])
+                rows.append([f"decode sparse B={B} L={L}{tag(gc)} (page_select + attention)", both, None, None,
+                             "select ms", o.get("select_median_ms"), None, None,
+                             f"vs our dense: {fmt(dense and both and dense / both, '.2f')}x"])
+                # Reselecting every RESELECT steps (the profile's reselect_interval): per step, the
+                # attention plus a RESELECT-th of one selection.
+                sel = o.get("select_median_ms")
+                step = None if (om is None or sel is None) else om + sel / RESELECT
+                rows.append([f"decode sparse B={B} L={L}{tag(gc)} (reselect every {RESELECT} steps)", step, None,
+                             None, "selection share", None if step is None else sel / RESELECT / step, None, None,
+                             f"vs our dense: {fmt(dense and step and dense / step, '.2f')}x"])
+                results.append({"case": "decode_sparse", "B": B, "L": L, "graph_calls": gc, "ours": o})
 
     with open(os.path.join(a.out, "attention_bench.json"), "w") as f:
         json.dump({"device": props.name, "torch": torch.__version__, "copy_tbps": copy_tbps, "results": results}, f,

@@ -9,7 +9,8 @@
 // shared memory; a row with one piece writes bf16 at once, otherwise each piece writes fp32 O/L
 // plus lse = m + log2(L), and the CTA that finishes a row's last piece (an atomic count per row,
 // reset by that CTA) merges the row's pieces: one launch per call. Work pieces are sized on the
-// host to fill one wave of resident CTAs (plan_decode_split).
+// host to fill one wave of resident CTAs (plan_decode_split). With programmatic launch the CTAs read
+// their work item while the previous kernel finishes (launch.cuh).
 #include "kernels/cuda/decode_attention.h"
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include <string>
 
 #include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace sparseserve::kernels::cuda {
 
@@ -172,6 +174,10 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   const DecodeWorkItem w = p.work[blockIdx.x];
   if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;  // surplus CTA of a capacity grid
   const DecodeRow row = p.rows[w.row];
+  // Programmatic launch (launch.cuh): the plan read above is the host's upload; everything below
+  // (q, the page list, the pool, the partials) may be the previous kernel's output or input.
+  pdl_launch_dependents();
+  pdl_wait();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int G = p.group;
 
@@ -574,12 +580,12 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
 
   const int grid = config_.cuda_graph ? work_capacity_ : static_cast<int>(split_.work.size());
   if (grid == 0) return;
+  const bool pdl = config_.programmatic_launch;
   if (D == 64) {
-    decode_attention_paged_kernel<64><<<grid, kThreads, DecodeSmem<64>::kBytes, stream>>>(p);
+    CUDA_CHECK(launch_kernel(decode_attention_paged_kernel<64>, grid, kThreads, DecodeSmem<64>::kBytes, stream, pdl, p));
   } else {
-    decode_attention_paged_kernel<128><<<grid, kThreads, DecodeSmem<128>::kBytes, stream>>>(p);
+    CUDA_CHECK(launch_kernel(decode_attention_paged_kernel<128>, grid, kThreads, DecodeSmem<128>::kBytes, stream, pdl, p));
   }
-  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace sparseserve::kernels::cuda

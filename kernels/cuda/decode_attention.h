@@ -132,6 +132,9 @@ struct DecodeConfig {
   bool cuda_graph = false;      // launch capacity-sized grids (surplus CTAs exit at once)
   int32_t min_chunk_tokens = 256;  // smallest piece (tests lower it to exercise the merge)
   int32_t target_ctas = 0;      // pieces to aim for; 0: SMs × resident CTAs per SM
+  // Programmatic dependent launch (sm_90): run() may start while the stream's previous kernel is
+  // still running, reading its plan; it waits for that kernel before touching anything else.
+  bool programmatic_launch = true;
 };
 
 class DecodeAttention {

@@ -1,7 +1,8 @@
 // Paged decode attention (kernels/cuda/decode_attention.h) against its CPU twin
 // (kernels/cpu/span_attention.h attend_spans) on fresh random bf16 inputs: retrieval rows over all
 // pages, selected page subsets, streaming rows over sink + ring pages (token-exact Λ, sink not a
-// multiple of the page), empty rows; split-KV with the merge; CUDA graph replay after a new plan.
+// multiple of the page), empty rows; split-KV with the merge; CUDA graph replay after a new plan;
+// programmatic launch after a late producer and back to back.
 // Outputs are poisoned (NaN) before every run. Skipped where no CUDA device exists, except the
 // host-only plan tests.
 #include <gtest/gtest.h>
@@ -16,6 +17,7 @@
 #include "kernels/cpu/span_attention.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode_attention.h"
+#include "late_copy.cuh"
 
 namespace sparseserve::kernels::cuda {
 namespace {
@@ -489,6 +491,48 @@ TEST(DecodeAttentionGpu, FillBlockPositionsFromSelectedBlocks) {
   CUDA_CHECK(cudaDeviceSynchronize());
   EXPECT_EQ(pos0.download(), (std::vector<int32_t>{0, 64, 128, 0, 0, 320}));
   EXPECT_EQ(len.download(), (std::vector<int32_t>{64, 64, 2, 64, 64, 1}));
+}
+
+// Programmatic launch (the default): run() waits for the kernel before it. A producer that lets it
+// start at once and writes q late must not be overtaken, and a second run straight after the first
+// (same plan, same partial buffers, other q and o) must not disturb the first's merge.
+TEST(DecodeAttentionGpu, ProgrammaticLaunchWaitsForThePreviousKernel) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(41);
+  const DecodeProblem pr = make_problem(128, 64, 4, 2, 3, 3000, {RowKind::kAll, RowKind::kSelected, RowKind::kStreaming},
+                                        rng, 1500);
+  DecodeProblem pr2 = pr;
+  pr2.q = random_bf16(pr.q.bits.size(), 1.0f, rng);
+  DecodeConfig cfg;
+  cfg.head_dim = 128;
+  cfg.group = 4;
+  cfg.page_tokens = 64;
+  cfg.max_rows = static_cast<int32_t>(pr.rows.size());
+  cfg.min_chunk_tokens = 64;  // every long row split: the merge runs
+  ASSERT_TRUE(cfg.programmatic_launch);
+  DecodeAttention attn(cfg);
+  DeviceProblem dp(pr);
+  const DeviceBuffer<bf16> q_late{std::span<const uint16_t>(pr.q.bits)}, q2{std::span<const uint16_t>(pr2.q.bits)};
+  DeviceBuffer<bf16> o2(dp.o.size());
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  attn.plan(pr.rows, dp.row_pages, stream);
+  ASSERT_GT(attn.split().num_partials, 0);
+  for (int rep = 0; rep < 3; ++rep) {
+    dp.q.fill_bytes(0xff, stream);
+    dp.o.fill_bytes(0xff, stream);
+    o2.fill_bytes(0xff, stream);
+    gpu_test::late_copy(q_late.data(), dp.q.data(), q_late.bytes(), stream);
+    attn.run(dp.args(pr), stream);
+    DecodeArgs a2 = dp.args(pr);
+    a2.q = q2.data();
+    a2.o = o2.data();
+    attn.run(a2, stream);
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    expect_close(dp.o.download<uint16_t>(), reference(pr), 128, "after the late producer");
+    expect_close(o2.download<uint16_t>(), reference(pr2), 128, "second run");
+  }
+  CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 // A graph captured once stays valid when later plans change the rows, lengths and split.

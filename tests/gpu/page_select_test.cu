@@ -8,6 +8,8 @@
 //    and unselected scores is wider than the tolerance (the test checks that this is the usual case).
 //  - Every run also checks the decode positions (selected_pos0 / selected_len) and, on every other
 //    case, leaves selected_blocks null (the blocks are then read back from the positions).
+//  - Every third case writes the queries by a late producer kernel just before the selection
+//    (tests/gpu/late_copy.cuh): the programmatic launch must wait for it.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 
 #include "kernels/cpu/page_select.h"
 #include "kernels/cuda/page_select.h"
+#include "late_copy.cuh"
 #include "ops_test_util.h"
 
 namespace sparseserve::gpu_test {
@@ -28,6 +31,7 @@ struct SelectCase {
   int32_t head_dim, group;
   std::vector<int32_t> seq_lens;
   bool with_blocks = true;  // request selected_blocks (else null: blocks from selected_pos0)
+  bool late_q = false;      // q written by late_copy right before page_select, on its stream
 };
 
 struct SelectResult {
@@ -119,7 +123,19 @@ SelectResult run_case(const SelectCase& c, bool exact, std::mt19937_64& rng) {
   a.selected_blocks = c.with_blocks ? dsel_blocks.data() : nullptr;
   a.selected_pos0 = dsel_pos0.data();
   a.selected_len = dsel_len.data();
-  cuda::page_select(a, nullptr);
+  cudaStream_t stream = nullptr;
+  DeviceBuffer<bf16> dq_src;
+  if (c.late_q) {
+    CUDA_CHECK(cudaStreamCreate(&stream));
+    dq_src = to_device(q);
+    dq.fill_bytes(0xff, stream);
+    late_copy(dq_src.data(), dq.data(), dq.bytes(), stream);
+  }
+  cuda::page_select(a, stream);
+  if (stream != nullptr) {
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    CUDA_CHECK(cudaStreamDestroy(stream));
+  }
   r.gpu_scores = dscores.download();
   r.gpu_scores.resize(size_t(total_pages));
   r.selected_pages = dsel_pages.download();
@@ -166,7 +182,7 @@ std::string describe(const SelectCase& c) {
   return "P " + std::to_string(c.config.page_tokens) + " LP " + std::to_string(c.config.logical_page_tokens) +
          " sink " + std::to_string(c.config.sink_tokens) + " budget " + std::to_string(c.config.token_budget) +
          " D " + std::to_string(c.head_dim) + " group " + std::to_string(c.group) +
-         (c.with_blocks ? "" : " (no selected_blocks)");
+         (c.with_blocks ? "" : " (no selected_blocks)") + (c.late_q ? " (late q)" : "");
 }
 
 std::vector<SelectCase> sweep(std::mt19937_64& rng, bool long_rows) {
@@ -183,6 +199,7 @@ std::vector<SelectCase> sweep(std::mt19937_64& rng, bool long_rows) {
       c.head_dim = (i % 2 == 0) ? 128 : 64;
       c.group = groups[size_t(i) % 7];
       c.with_blocks = (i / 2) % 2 == 0;
+      c.late_q = i % 3 == 0;
       ++i;
       c.seq_lens = {1, P - 1, P, P + 1, 3 * P, 1000, 2500};
       std::uniform_int_distribution<int32_t> len(1, long_rows ? 20000 : 6000);

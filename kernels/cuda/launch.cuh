@@ -1,0 +1,55 @@
+// Programmatic dependent launch (PDL, sm_90+), shared by the kernel families that use it. Include
+// from .cu files only.
+//
+// A kernel launched with `programmatic` set may be scheduled while the kernel before it in the stream
+// is still running: as soon as every CTA of that kernel has called pdl_launch_dependents() or exited.
+// Its CTAs then run up to pdl_wait(), which returns once the previous kernel has completed and its
+// writes are visible. The contract of every kernel launched this way:
+//   - before pdl_wait() it reads only data that no kernel of the stream writes (its own plan, which
+//     the host uploads by a copy the stream orders before the previous kernel), and writes nothing;
+//   - it calls pdl_wait() on every path that reads or writes anything else.
+// Kept transitively: a kernel completes only after its own wait, so kernel n+2 sees kernel n's writes.
+// Without the launch attribute (or before sm_90) pdl_wait() and pdl_launch_dependents() do nothing.
+#pragma once
+
+#ifndef __CUDACC__
+#error "launch.cuh holds device code: include it from .cu files only"
+#endif
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+namespace sparseserve::kernels::cuda {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization when
+// `programmatic`. Returns the launch's error (the caller checks it).
+template <class... Params, class... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          bool programmatic, Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+}  // namespace sparseserve::kernels::cuda
