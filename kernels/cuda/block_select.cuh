@@ -213,16 +213,23 @@ struct TopkScratch {
 
 // The top k members (measure 1 each) of items 0..n-1: topk_none() for k ≤ 0, topk_all() when there
 // are ≤ k members. item(i) returns TopkItem for i < n and must be a pure function (evaluated up to
-// four times per item; cheap when the keys are staged in shared memory). Call from all threads of
-// the block (blockDim.x a multiple of 32) with the same arguments; s in shared memory.
+// four times per item; cheap when the keys are staged in shared memory). lo ≤ hi: bounds of the
+// members' keys (0 and ~0 when unknown); the 8-bit digits above the highest bit where they differ
+// are shared by every member and get no pass. Call from all threads of the block (blockDim.x a
+// multiple of 32) with the same arguments; s in shared memory.
 template <class ItemFn>
-__device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const ItemFn& item, TopkScratch& s) {
+__device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const ItemFn& item, TopkScratch& s,
+                                                     uint32_t lo = 0, uint32_t hi = 0xffffffffu) {
   if (k <= 0) return topk_none();
   const unsigned target = static_cast<unsigned>(k);
   const unsigned lane = threadIdx.x & 31;
-  uint32_t prefix = 0, mask = 0;
+  // The first pass takes the digit holding the highest differing bit; all bits above it are known.
+  const int top = lo == hi ? 0 : 31 - __clz(lo ^ hi);
+  const int first_shift = top / 8 * 8;
+  uint32_t mask = first_shift == 24 ? 0u : ~((1u << (first_shift + 8)) - 1u);
+  uint32_t prefix = hi & mask;
   unsigned above = 0;  // members ranked before the current key prefix
-  for (int shift = 24; shift >= 0; shift -= 8) {
+  for (int shift = first_shift; shift >= 0; shift -= 8) {
     for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[d] = 0;
     __syncthreads();
     for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count in every lane: match_any
@@ -248,7 +255,7 @@ __device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const
     __syncthreads();
     const unsigned total = s.total, bin = s.bin;
     const uint32_t digit = static_cast<uint32_t>(s.digit);
-    if (shift == 24 && total <= target) return topk_all();
+    if (shift == first_shift && total <= target) return topk_all();
     above = s.above;
     prefix |= digit << shift;
     mask |= 255u << shift;

@@ -3,12 +3,14 @@
 // How it works. A CTA (4 warps) takes one work item: one (sequence, KV head) row and a range of its
 // page list. The group's query heads are the 16 rows of one mma m-tile (rows ≥ group are zero), held
 // as A fragments in registers for the whole CTA, so every K/V byte is read from memory once per
-// group. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline);
+// group. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline, the
+// copies marked L2 evict-first: K/V are read once, the small tables around them are not);
 // warp w computes keys 16w .. 16w+15 of each tile with its own online softmax (S = Q·Kᵀ and O += P·V
 // on mma.sync m16n8k16, fp32 accumulators, lazy rescaling). At the end the 4 warps merge through
 // shared memory; a row with one piece writes bf16 at once, otherwise each piece writes fp32 O/L
 // plus lse = m + log2(L), and the CTA that finishes a row's last piece (an atomic count per row,
-// reset by that CTA) merges the row's pieces: one launch per call. Work pieces are sized on the
+// reset by that CTA) merges the row's pieces, staged in shared memory by one batch of copies: one
+// launch per call. Work pieces are sized on the
 // host to fill one wave of resident CTAs (plan_decode_split). With programmatic launch the CTAs read
 // their work item while the previous kernel finishes (launch.cuh).
 #include "kernels/cuda/decode_attention.h"
@@ -56,35 +58,38 @@ struct DecodeParams {
   const int2* row_split;  // {pieces, first partial}
   const DecodeRow* rows;
   float* partial_o;    // [slot][group][D]
-  float* partial_lse;  // [slot][group]
+  float* partial_lse;  // [slot][lse_stride]: a slot's group values, 16-byte aligned
   int32_t* row_done;   // [max_rows] pieces of the row finished in this launch; 0 between launches
   int32_t group;
-  float scale_log2;  // softmax scale · log2(e)
+  int32_t lse_stride;  // group rounded up to 4
+  float scale_log2;    // softmax scale · log2(e)
 };
 
 template <int D>
 struct DecodeSmem {
   static constexpr int kTileBytes = kBN * D * 2;
   static constexpr int kPipeBytes = kStages * 2 * kTileBytes;                 // K and V per stage
-  static constexpr int kMergeBytes = kWarps * 16 * D * 4 + 2 * kWarps * 16 * 4;  // O, m, l per warp
+  static constexpr int kRedStride = D + 8;                                        // floats per O row
+  static constexpr int kMergeBytes = kWarps * 16 * kRedStride * 4 + 2 * kWarps * 16 * 4;  // O, m, l per warp
   static constexpr int kQOffset = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
   static constexpr int kPosOffset = kQOffset + 16 * D * 2;
   static constexpr int kBytes = kPosOffset + kStages * kBN * 4;
 };
 
-// Combines the pieces of split row r: O = Σ 2^(lse_i − M) O_i / Σ 2^(lse_i − M), bf16 out. Called by
-// the CTA that finishes the row's last piece (all threads); partials of other CTAs are read through
-// L2 (ld.cg). A thread owns 4 output columns of one head (a slot; G·D/4 of them) and a share of the
-// pieces, loading each piece's lse with its O so that one round trip brings everything (up to
-// kMergeBatch pieces per thread), and folds them in with a running maximum. When there are fewer
+// Combines the pieces of split row `row`: O = Σ 2^(lse_i − M) O_i / Σ 2^(lse_i − M), bf16 out. Called by
+// the CTA that finishes the row's last piece (all threads), with the idle pipeline buffers as `buf`.
+// The partials of the row's pieces are consecutive slots, so a chunk of pieces (as many as fit in
+// buf; usually all of them) is one contiguous block of O and one of lse: every thread issues its
+// share of the copies into shared memory at once (cp.async through L2), so the whole chunk costs
+// one round trip whatever the piece count. Then a thread owns 4 output columns of one head (a slot;
+// G·D/4 of them) and folds a share of the pieces in with a running maximum; when there are fewer
 // slots than threads, `groups` threads share a slot (every groups-th piece each) and combine through
-// scratch (kThreads × MergeAcc of shared memory, the idle pipeline buffers).
-constexpr int kMergeBatch = 16;
-
+// scratch in buf.
 struct MergeAcc {
   float4 o;
   float m, l;  // running maximum (log2 domain) and weight sum relative to it
 };
+constexpr int kMaxSlotPasses = 16 * 128 / 4 / kThreads;  // slots per thread at most (G = 16, D = 128)
 
 __device__ __forceinline__ void merge_fold(MergeAcc& a, const MergeAcc& b) {
   const float mx = fmaxf(a.m, b.m);
@@ -95,64 +100,73 @@ __device__ __forceinline__ void merge_fold(MergeAcc& a, const MergeAcc& b) {
   a.m = mx;
 }
 
-__device__ __forceinline__ void merge_row(const DecodeParams& p, int32_t r, int D, MergeAcc* scratch) {
-  const int2 sp = p.row_split[r];
-  const DecodeRow row = p.rows[r];
-  const int G = p.group, tid = static_cast<int>(threadIdx.x), threads = static_cast<int>(blockDim.x);
+template <int D>
+__device__ __forceinline__ void merge_row(const DecodeParams& p, const DecodeRow& row, int2 sp, uint8_t* buf,
+                                          int buf_bytes) {
+  const int G = p.group, tid = static_cast<int>(threadIdx.x);
   const int slots = G * D / 4;
-  const int groups = max(1, threads / slots), per_group = threads / groups;
-  const int64_t step = static_cast<int64_t>(G) * D;  // floats from one piece's partial O to the next
-  for (int slot0 = 0; slot0 < slots; slot0 += per_group) {
-    const int slot = slot0 + tid % per_group, grp = tid / per_group;
-    const bool active = slot < slots && grp < groups;
-    const int h = slot / (D / 4);
-    MergeAcc acc{make_float4(0.0f, 0.0f, 0.0f, 0.0f), -INFINITY, 0.0f};
-    if (active) {
-      const float4* o_base = reinterpret_cast<const float4*>(p.partial_o + static_cast<int64_t>(sp.y) * step) + slot;
-      const float* lse_base = p.partial_lse + static_cast<int64_t>(sp.y) * G + h;
-      for (int s0 = grp; s0 < sp.x; s0 += kMergeBatch * groups) {
-        float4 x[kMergeBatch];
-        float lse[kMergeBatch];
+  const int groups = max(1, kThreads / slots), per_group = kThreads / groups, grp = tid / per_group;
+  // buf: scratch [kThreads] MergeAcc, then lse [cap][LS], then O [cap][G][D] (LS = lse_stride).
+  MergeAcc* scratch = reinterpret_cast<MergeAcc*>(buf);
+  const int LS = p.lse_stride, piece_bytes = G * D * 4;
+  const int cap = (buf_bytes - kThreads * static_cast<int>(sizeof(MergeAcc))) / (piece_bytes + LS * 4);
+  float* lse_s = reinterpret_cast<float*>(buf + kThreads * sizeof(MergeAcc));
+  float* o_s = lse_s + cap * LS;
+  MergeAcc acc[kMaxSlotPasses];
 #pragma unroll
-        for (int u = 0; u < kMergeBatch; ++u) {
-          const int s = s0 + u * groups;
-          lse[u] = -INFINITY;
-          if (s < sp.x) {
-            x[u] = __ldcg(o_base + s * (step / 4));
-            lse[u] = __ldcg(lse_base + s * G);
-          }
-        }
-        MergeAcc batch{make_float4(0.0f, 0.0f, 0.0f, 0.0f), -INFINITY, 0.0f};
-#pragma unroll
-        for (int u = 0; u < kMergeBatch; ++u) batch.m = fmaxf(batch.m, lse[u]);
-        const float base = batch.m == -INFINITY ? 0.0f : batch.m;
-#pragma unroll
-        for (int u = 0; u < kMergeBatch; ++u) {
-          const int s = s0 + u * groups;
-          if (s < sp.x) {
-            const float wgt = attn::fast_exp2(lse[u] - base);
-            batch.o.x += wgt * x[u].x, batch.o.y += wgt * x[u].y, batch.o.z += wgt * x[u].z, batch.o.w += wgt * x[u].w;
-            batch.l += wgt;
-          }
-        }
-        merge_fold(acc, batch);
-      }
+  for (int k = 0; k < kMaxSlotPasses; ++k) acc[k] = MergeAcc{make_float4(0.0f, 0.0f, 0.0f, 0.0f), -INFINITY, 0.0f};
+  for (int c0 = 0; c0 < sp.x; c0 += cap) {
+    const int n = min(cap, sp.x - c0);
+    const float* o_src = p.partial_o + (static_cast<int64_t>(sp.y) + c0) * G * D;
+    const float* lse_src = p.partial_lse + (static_cast<int64_t>(sp.y) + c0) * LS;
+    for (int i = tid; i < n * piece_bytes / 16; i += kThreads) {
+      attn::cp_async16(attn::smem_addr(o_s + 4 * i), o_src + 4 * i, true);
     }
+    for (int i = tid; i < n * LS / 4; i += kThreads) attn::cp_async16(attn::smem_addr(lse_s + 4 * i), lse_src + 4 * i, true);
+    attn::cp_async_commit();
+    attn::cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kMaxSlotPasses; ++k) {
+      const int slot = k * per_group + tid % per_group, h = slot / (D / 4);
+      if (slot >= slots || grp >= groups) continue;
+      // Unrolled so that the shared-memory loads of several pieces are in flight together.
+      MergeAcc part{make_float4(0.0f, 0.0f, 0.0f, 0.0f), -INFINITY, 0.0f};
+#pragma unroll 8
+      for (int s = grp; s < n; s += groups) part.m = fmaxf(part.m, lse_s[s * LS + h]);
+      const float base = part.m == -INFINITY ? 0.0f : part.m;
+#pragma unroll 8
+      for (int s = grp; s < n; s += groups) {
+        const float wgt = attn::fast_exp2(lse_s[s * LS + h] - base);
+        const float4 x = reinterpret_cast<const float4*>(o_s + s * G * D)[slot];
+        part.o.x += wgt * x.x, part.o.y += wgt * x.y, part.o.z += wgt * x.z, part.o.w += wgt * x.w;
+        part.l += wgt;
+      }
+      merge_fold(acc[k], part);
+    }
+    __syncthreads();  // the chunk is read before the next one overwrites it
+  }
+#pragma unroll
+  for (int k = 0; k < kMaxSlotPasses; ++k) {
+    const int slot0 = k * per_group;
+    if (slot0 >= slots) break;
+    const int slot = slot0 + tid % per_group;
+    MergeAcc a = acc[k];
     if (groups > 1) {
-      if (active) scratch[grp * slots + slot] = acc;
+      if (slot < slots && grp < groups) scratch[grp * slots + slot] = a;
       __syncthreads();
       if (tid < slots) {
-        acc = scratch[tid];
-        for (int g = 1; g < groups; ++g) merge_fold(acc, scratch[g * slots + tid]);
+        a = scratch[tid];
+        for (int g = 1; g < groups; ++g) merge_fold(a, scratch[g * slots + tid]);
       }
     }
-    if (groups > 1 ? tid < slots : active) {
+    if (groups > 1 ? tid < slots : slot < slots) {
       const int out_slot = groups > 1 ? tid : slot;
-      const float inv = acc.l > 0.0f ? 1.0f / acc.l : 0.0f;
+      const float inv = a.l > 0.0f ? 1.0f / a.l : 0.0f;
       bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + out_slot / (D / 4)) * D +
                   4 * (out_slot % (D / 4));
-      *reinterpret_cast<uint2*>(dst) = make_uint2(attn::pack_bf16x2(acc.o.x * inv, acc.o.y * inv),
-                                                  attn::pack_bf16x2(acc.o.z * inv, acc.o.w * inv));
+      *reinterpret_cast<uint2*>(dst) = make_uint2(attn::pack_bf16x2(a.o.x * inv, a.o.y * inv),
+                                                  attn::pack_bf16x2(a.o.z * inv, a.o.w * inv));
     }
   }
 }
@@ -174,6 +188,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   const DecodeWorkItem w = p.work[blockIdx.x];
   if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;  // surplus CTA of a capacity grid
   const DecodeRow row = p.rows[w.row];
+  const int2 split = p.row_split[w.row];  // {pieces, first partial}
   // Programmatic launch (launch.cuh): the plan read above is the host's upload; everything below
   // (q, the page list, the pool, the partials) may be the previous kernel's output or input.
   pdl_launch_dependents();
@@ -206,14 +221,16 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   attn::cp_async_commit();
   // Page metadata is read one tile ahead of the copies that need it (tile_source), so its latency
   // overlaps the previous tile's math instead of stalling the copy issue.
+  // K/V are read once: evict them first, so the page lists, plan and partials stay in L2.
+  const uint64_t kv_policy = attn::make_l2_evict_first(1.0f);
   attn::TileSource src[kStages];
 #pragma unroll
   for (int s = 0; s < kStages; ++s) src[s] = attn::tile_source<D, kBN>(rk, p.pool, u_begin + s * kBN);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < n_tiles) {
-      attn::load_kv_tile<D, kBN, kThreads>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN,
-                                           src[s]);
+      attn::load_kv_tile<D, kBN, kThreads, false, true>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool,
+                                                        u_begin + s * kBN, src[s], kv_policy);
     }
     attn::cp_async_commit();
   }
@@ -241,8 +258,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
       const int nt = it + kStages - 1;
       if (nt < n_tiles) {
         const int st = nt % kStages;
-        attn::load_kv_tile<D, kBN, kThreads>(k_stage(st), v_stage(st), pos + st * kBN, rk, p.pool,
-                                             u_begin + nt * kBN, next);
+        attn::load_kv_tile<D, kBN, kThreads, false, true>(k_stage(st), v_stage(st), pos + st * kBN, rk, p.pool,
+                                                          u_begin + nt * kBN, next, kv_policy);
         next = attn::tile_source<D, kBN>(rk, p.pool, u_begin + (nt + 1) * kBN);
       }
       attn::cp_async_commit();
@@ -286,9 +303,11 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   attn::cp_async_wait<0>();
   __syncthreads();  // the pipeline buffers become the merge buffers
 
-  // Merge the 4 warps: red_o [warp][16][D] (unnormalised), red_m / red_l [warp][16].
+  // Merge the 4 warps: red_o [warp][16][RS] (unnormalised; rows < G only, RS = D + 8 so that the
+  // rows a store instruction writes fall on distinct banks), red_m / red_l [warp][16].
+  constexpr int RS = Smem::kRedStride;
   float* red_o = reinterpret_cast<float*>(smem);
-  float* red_m = red_o + kWarps * 16 * D;
+  float* red_m = red_o + kWarps * 16 * RS;
   float* red_l = red_m + kWarps * 16;
   const int g = lane >> 2, c2 = 2 * (lane & 3);
 #pragma unroll
@@ -298,8 +317,10 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   }
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) {
-    *reinterpret_cast<float2*>(red_o + (warp * 16 + g) * D + 8 * j + c2) = make_float2(o[j][0], o[j][1]);
-    *reinterpret_cast<float2*>(red_o + (warp * 16 + g + 8) * D + 8 * j + c2) = make_float2(o[j][2], o[j][3]);
+    if (g < G) *reinterpret_cast<float2*>(red_o + (warp * 16 + g) * RS + 8 * j + c2) = make_float2(o[j][0], o[j][1]);
+    if (g + 8 < G) {
+      *reinterpret_cast<float2*>(red_o + (warp * 16 + g + 8) * RS + 8 * j + c2) = make_float2(o[j][2], o[j][3]);
+    }
   }
   if ((lane & 3) == 0) {
     red_m[warp * 16 + g] = m[0];
@@ -320,7 +341,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
     for (int v = 0; v < kWarps; ++v) {
       const float f = attn::fast_exp2(red_m[v * 16 + h] - base);
       sum += f * red_l[v * 16 + h];
-      const float* src = red_o + (v * 16 + h) * D + 8 * c;
+      const float* src = red_o + (v * 16 + h) * RS + 8 * c;
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[e] += f * src[e];
     }
@@ -334,7 +355,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
       float* dst = p.partial_o + (static_cast<int64_t>(w.partial) * G + h) * D + 8 * c;
       reinterpret_cast<float4*>(dst)[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
       reinterpret_cast<float4*>(dst)[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
-      if (c == 0) p.partial_lse[w.partial * G + h] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
+      if (c == 0) p.partial_lse[w.partial * p.lse_stride + h] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
     }
   }
   if (w.partial < 0) return;
@@ -346,12 +367,13 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   __syncthreads();
   if (tid == 0) {
     const int done = atomic_add_acq_rel_gpu(p.row_done + w.row, 1) + 1;
-    merge_here = done == p.row_split[w.row].x;
+    merge_here = done == split.x;
   }
   __syncthreads();
   if (!merge_here) return;
-  static_assert(Smem::kPipeBytes >= kThreads * sizeof(MergeAcc), "merge_row's scratch is the pipeline buffer");
-  merge_row(p, w.row, D, reinterpret_cast<MergeAcc*>(smem));
+  static_assert(Smem::kPipeBytes >= kThreads * sizeof(MergeAcc) + 2 * (16 * D * 4 + 64),
+                "merge_row stages at least two pieces in the pipeline buffers");
+  merge_row<D>(p, row, split, smem, Smem::kPipeBytes);
   if (tid == 0) p.row_done[w.row] = 0;  // ready for the next launch (graph replays)
 }
 
@@ -469,7 +491,7 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   CUDA_CHECK(cudaEventCreateWithFlags(&plan_uploaded_, cudaEventDisableTiming));
   const auto slots = static_cast<size_t>(work_capacity_) * static_cast<size_t>(config.group);
   partial_o_ = DeviceBuffer<float>(slots * static_cast<size_t>(config.head_dim), loc);
-  partial_lse_ = DeviceBuffer<float>(slots, loc);
+  partial_lse_ = DeviceBuffer<float>(static_cast<size_t>(work_capacity_) * static_cast<size_t>((config.group + 3) / 4 * 4), loc);
   row_done_ = DeviceBuffer<int32_t>(static_cast<size_t>(config.max_rows), loc);
   CUDA_CHECK(cudaMemset(row_done_.data(), 0, row_done_.bytes()));
   // Counts start at zero, so a run before the first plan's upload does nothing.
@@ -576,6 +598,7 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
   p.partial_lse = const_cast<float*>(partial_lse_.data());
   p.row_done = const_cast<int32_t*>(row_done_.data());
   p.group = config_.group;
+  p.lse_stride = (config_.group + 3) / 4 * 4;
   p.scale_log2 = args.scale * kLog2e;
 
   const int grid = config_.cuda_graph ? work_capacity_ : static_cast<int>(split_.work.size());

@@ -35,6 +35,19 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool v
   const int n = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
 }
+// cp_async16 with an L2 cache policy (make_l2_evict_first): the copy's lines are the first to go.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid, uint64_t policy) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src), "r"(n),
+               "l"(policy)
+               : "memory");
+}
+// An L2 policy marking `fraction` of the lines it is used on evict-first (data read once).
+__device__ __forceinline__ uint64_t make_l2_evict_first(float fraction) {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, %1;\n" : "=l"(policy) : "f"(fraction));
+  return policy;
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -175,13 +188,22 @@ __device__ __forceinline__ TileSource tile_source(const RowKeys& rk, const PoolV
 // and writes each slot's key position (kNoKey for empty slots, whose K/V rows are zero-filled) to
 // pos[0..BN). All kThreads threads take part; the caller commits the group. src = tile_source(u0),
 // possibly read earlier. kWgmma: the tiles use wgmma_tile_offset<D, BN> instead of tile_offset<D>.
-template <int D, int BN, int kThreads, bool kWgmma = false>
+// kHint: the copies carry the L2 cache policy `policy` (decode: K/V read once, evict first).
+template <int D, int BN, int kThreads, bool kWgmma = false, bool kHint = false>
 __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const RowKeys& rk,
-                                             const PoolView& pool, int32_t u0, const TileSource& src) {
+                                             const PoolView& pool, int32_t u0, const TileSource& src,
+                                             uint64_t policy = 0) {
   constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks, kPasses = BN / kRowsPerPass;
   static_assert(kThreads % kChunks == 0 && BN % kRowsPerPass == 0);
   const int tid = static_cast<int>(threadIdx.x) % kThreads;  // the loading threads are kThreads in a row
   const int c = tid % kChunks, r0 = tid / kChunks;
+  const auto cp_async16 = [policy](uint32_t dst, const void* from, bool valid) {
+    if constexpr (kHint) {
+      attn::cp_async16(dst, from, valid, policy);
+    } else {
+      attn::cp_async16(dst, from, valid);
+    }
+  };
   if (src.one_entry) {
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {

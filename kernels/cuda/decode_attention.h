@@ -130,7 +130,7 @@ struct DecodeConfig {
   int32_t page_tokens = 64;     // 16, 32, 64 or 128
   int32_t max_rows = 0;         // rows per call at most (sizes the workspace)
   bool cuda_graph = false;      // launch capacity-sized grids (surplus CTAs exit at once)
-  int32_t min_chunk_tokens = 256;  // smallest piece (tests lower it to exercise the merge)
+  int32_t min_chunk_tokens = 128;  // smallest piece (tests lower it to exercise the merge)
   int32_t target_ctas = 0;      // pieces to aim for; 0: SMs × resident CTAs per SM
   // Programmatic dependent launch (sm_90): run() may start while the stream's previous kernel is
   // still running, reading its plan; it waits for that kernel before touching anything else.
@@ -170,7 +170,7 @@ class DecodeAttention {
   int32_t* plan_host_ = nullptr;  // pinned staging copy of the blob
   cudaEvent_t plan_uploaded_ = nullptr;
   DeviceBuffer<float> partial_o_;    // [capacity][group][D]
-  DeviceBuffer<float> partial_lse_;  // [capacity][group], log2 domain
+  DeviceBuffer<float> partial_lse_;  // [capacity][group rounded up to 4], log2 domain
   DeviceBuffer<int32_t> row_done_;   // [max_rows] finished pieces per split row, 0 between launches
   DecodeSplit split_;
   int32_t planned_rows_ = -1;

@@ -11,7 +11,8 @@
 //      then take a few shuffles per tile, and each lane keeps the score of its own block of the chunk.
 //   2. page_select_kernel: one CTA per row; the always-kept blocks are known from seq_len, the other
 //      blocks' top `take` comes from block_topk_cutoff over the scores as order keys (staged once in
-//      shared memory when the row has ≤ kStageKeys blocks, read from global otherwise), and one block
+//      shared memory with the page ids when the row has ≤ kStageKeys blocks, the radix passes then
+//      starting below the digits all candidates share; read from global otherwise), and one block
 //      scan over contiguous index ranges gives every selected block its output slot, ties at the
 //      cutoff key taken in block order. It writes the pages, and optionally the block indices and the
 //      positions (decode_attention.h's KeyPageList).
@@ -33,7 +34,7 @@ constexpr int kScoreWarps = 4;
 constexpr int kScoreMaxSpan = 32;  // blocks per warp chunk: one page index per lane
 constexpr int kScoreWarpsPerSm = 16;
 constexpr int kSelectThreads = 512;
-constexpr int32_t kStageKeys = 8192;  // 32 KB of shared memory
+constexpr int32_t kStageKeys = 8192;  // keys and page ids: 64 KB of shared memory
 
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -205,9 +206,12 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
 }
 
 __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectArgs a) {
-  __shared__ uint32_t keys[kStageKeys];
+  extern __shared__ uint32_t staging[];  // keys [kStageKeys], then page ids [kStageKeys]
+  uint32_t* keys = staging;
+  int32_t* ids = reinterpret_cast<int32_t*>(staging + kStageKeys);
   __shared__ TopkScratch scratch;
   __shared__ unsigned long long scan_totals[32];
+  __shared__ uint32_t key_lo, key_hi;  // the candidates' smallest and largest key
   pdl_launch_dependents();  // the decode kernel's CTAs may start reading their plan
   pdl_wait();               // the scores are page_score_kernel's output
   const int r = blockIdx.x;
@@ -224,19 +228,34 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
   const auto capacity = static_cast<uint32_t>(a.selected_indptr[r + 1] - out_first);
   const float* sc = a.scores + first;
 
+  const auto always = [=](int32_t i) { return i < sink_blocks || i == n - 1; };
+  // Staged rows: keys and page ids in shared memory (one round trip for both), and the candidates'
+  // key range, so that the radix select skips the leading digits they all share.
   const bool staged = n <= kStageKeys;
+  uint32_t key_min = 0, key_max = 0xffffffffu;
   if (staged) {
-    for (int32_t i = threadIdx.x; i < n; i += blockDim.x) keys[i] = order_key(sc[i]);
+    if (threadIdx.x == 0) key_lo = 0xffffffffu, key_hi = 0;
     __syncthreads();
+    uint32_t my_lo = 0xffffffffu, my_hi = 0;
+    for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const uint32_t k = order_key(sc[i]);
+      keys[i] = k;
+      ids[i] = a.page_indices[first + i];
+      if (!always(i)) my_lo = min(my_lo, k), my_hi = max(my_hi, k);
+    }
+    my_lo = __reduce_min_sync(kFull, my_lo);
+    my_hi = __reduce_max_sync(kFull, my_hi);
+    if ((threadIdx.x & 31) == 0) atomicMin(&key_lo, my_lo), atomicMax(&key_hi, my_hi);
+    __syncthreads();
+    key_min = key_lo, key_max = key_hi;
   }
   const auto key = [&](int32_t i) { return staged ? keys[i] : order_key(sc[i]); };
-  const auto always = [=](int32_t i) { return i < sink_blocks || i == n - 1; };
   // Candidates: the blocks that are neither sink blocks nor the newest one.
   const TopkCut cut = take <= 0      ? topk_none()
                       : take >= rest ? topk_all()
                                      : block_topk_cutoff(n, take, [&](int32_t i) {
                                          return TopkItem{key(i), !always(i)};
-                                       }, scratch);
+                                       }, scratch, key_min, key_max);
 
   // Thread i owns blocks lo .. hi - 1. Selected blocks before block b: the non-tied selected ones
   // (always kept, or key above the cutoff) plus the tied ones taken, min(cut.ties, ties before b).
@@ -274,14 +293,14 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
     }
     if (keep && pos < capacity) {  // capacity == selected_page_count by contract
       const int32_t e = out_first + static_cast<int32_t>(pos);
-      a.selected_pages[e] = a.page_indices[first + i];
+      a.selected_pages[e] = staged ? ids[i] : a.page_indices[first + i];
       if (a.selected_blocks != nullptr) a.selected_blocks[e] = i;
       if (a.selected_pos0 != nullptr) {
         a.selected_pos0[e] = i * P;
         a.selected_len[e] = static_cast<int32_t>(min(int64_t{P}, seq_len - int64_t{i} * P));
       }
     }
-  }
+  }  __syncthreads();
 }
 
 }  // namespace
@@ -330,8 +349,12 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   check_cuda(launch_kernel(a.head_dim == 128 ? page_score_kernel<128> : page_score_kernel<64>, grid, kScoreWarps * 32, 0,
                            stream, pdl, a, span, log2_subpages),
              "page_score_kernel launch", loc);
-  check_cuda(launch_kernel(page_select_kernel, a.rows, kSelectThreads, 0, stream, pdl, a), "page_select_kernel launch",
-             loc);
+  constexpr size_t kStagingBytes = 2 * sizeof(uint32_t) * kStageKeys;
+  static const cudaError_t attr_err =
+      cudaFuncSetAttribute(page_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagingBytes);
+  check_cuda(attr_err, "cudaFuncSetAttribute(page_select_kernel)", loc);
+  check_cuda(launch_kernel(page_select_kernel, a.rows, kSelectThreads, kStagingBytes, stream, pdl, a),
+             "page_select_kernel launch", loc);
 }
 
 }  // namespace sparseserve::kernels::cuda
