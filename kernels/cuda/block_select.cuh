@@ -10,7 +10,8 @@
 //   - block_select_cutoff: shortest prefix of the order whose measure reaches a target: measure 1 per
 //     item selects the top k, measure = probability in fixed point the top-p nucleus (sampling). A
 //     tied cutoff key is resolved by one more pass in index order (block scan).
-//   - block_topk_cutoff: the top k members, counts only (32-bit bins, warp-aggregated atomics, stops
+//   - block_topk_cutoff: the top k members, counts only (32-bit bins, warp-aggregated atomics, two
+//     histograms so a pass takes two barriers, no pass for leading digits every member shares, stops
 //     as soon as the boundary bin is taken whole); the tied cutoff key is returned as a number of ties
 //     to take, which the caller's ordered compaction resolves for free (page selection).
 #pragma once
@@ -206,7 +207,7 @@ struct TopkItem {
 };
 
 struct TopkScratch {
-  unsigned hist[256];
+  unsigned hist[2][256];  // the current pass's histogram and the next one's (zeroed meanwhile)
   int digit;
   unsigned above, bin, total;
 };
@@ -229,9 +230,12 @@ __device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const
   uint32_t mask = first_shift == 24 ? 0u : ~((1u << (first_shift + 8)) - 1u);
   uint32_t prefix = hi & mask;
   unsigned above = 0;  // members ranked before the current key prefix
-  for (int shift = first_shift; shift >= 0; shift -= 8) {
-    for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[d] = 0;
-    __syncthreads();
+  for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[0][d] = 0;
+  __syncthreads();
+  for (int shift = first_shift, pass = 0; shift >= 0; shift -= 8, ++pass) {
+    unsigned* hist = s.hist[pass & 1];
+    // The next pass's histogram: its last reader (the pick two passes back) is behind a barrier.
+    for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[(pass + 1) & 1][d] = 0;
     for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count in every lane: match_any
       const int32_t i = base + static_cast<int32_t>(threadIdx.x);
       unsigned digit = 256;  // not counted
@@ -240,11 +244,11 @@ __device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const
         if (it.member && (it.key & mask) == prefix) digit = (it.key >> shift) & 255u;
       }
       const unsigned peers = __match_any_sync(0xffffffffu, digit);
-      if (digit < 256 && static_cast<unsigned>(__ffs(peers) - 1) == lane) atomicAdd(&s.hist[digit], __popc(peers));
+      if (digit < 256 && static_cast<unsigned>(__ffs(peers) - 1) == lane) atomicAdd(&hist[digit], __popc(peers));
     }
     __syncthreads();
     if (threadIdx.x < 32) {
-      const DigitPick<unsigned> p = warp_pick_digit<unsigned>(s.hist, above, target);
+      const DigitPick<unsigned> p = warp_pick_digit<unsigned>(hist, above, target);
       if (threadIdx.x == 0) {
         s.digit = p.digit;
         s.above = p.above;

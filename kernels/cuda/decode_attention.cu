@@ -189,15 +189,16 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;  // surplus CTA of a capacity grid
   const DecodeRow row = p.rows[w.row];
   const int2 split = p.row_split[w.row];  // {pieces, first partial}
-  // Programmatic launch (launch.cuh): the plan read above is the host's upload; everything below
-  // (q, the page list, the pool, the partials) may be the previous kernel's output or input.
+  // Programmatic launch (launch.cuh): the plan and the list's indptr (plan-time data, see
+  // DecodeArgs) are read before the wait; everything else (q, the page list's entries, the pool, the
+  // partials) may be the previous kernel's output or input.
+  const int32_t first = p.indptr[w.row];
+  const int32_t n_entries = p.indptr[w.row + 1] - first;
   pdl_launch_dependents();
   pdl_wait();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int G = p.group;
 
-  const int32_t first = p.indptr[w.row];
-  const int32_t n_entries = p.indptr[w.row + 1] - first;
   const int32_t eb = min(w.page_begin, n_entries), ee = min(w.page_end, n_entries);
   const int shift = p.pool.page_shift;
   const attn::RowKeys rk{p.page_ids + first, p.page_pos0 + first, p.page_len + first, ee << shift, ee << shift,

@@ -82,7 +82,11 @@ struct DecodeArgs {
   __nv_bfloat16* o = nullptr;
   int64_t o_stride = 0;  // elements, multiple of 8
   PagedKvPool kv;
-  KeyPageList pages;  // one row per DecodeRow of the plan, same order
+  // One row per DecodeRow of the plan, same order. pages.indptr is plan-time data: with
+  // config.programmatic_launch it is read before waiting for the previous kernel, so it must not be
+  // written by the kernel launched just before run() (copies from the host, and page_select's
+  // selected_indptr, are fine). The entries may be.
+  KeyPageList pages;
   float scale = 0.0f;  // softmax scale (usually 1/√D)
 };
 
@@ -133,7 +137,8 @@ struct DecodeConfig {
   int32_t min_chunk_tokens = 128;  // smallest piece (tests lower it to exercise the merge)
   int32_t target_ctas = 0;      // pieces to aim for; 0: SMs × resident CTAs per SM
   // Programmatic dependent launch (sm_90): run() may start while the stream's previous kernel is
-  // still running, reading its plan; it waits for that kernel before touching anything else.
+  // still running, reading its plan and pages.indptr; it waits for that kernel before touching
+  // anything else.
   bool programmatic_launch = true;
 };
 

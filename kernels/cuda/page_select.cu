@@ -62,8 +62,9 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
   constexpr int J = D / 32;  // 32-dim slices
   constexpr int kThreads = kScoreWarps * 32;
   // Programmatic launch (launch.cuh): every input may be the previous kernel's output. No early
-  // pdl_launch_dependents() here: letting page_select_kernel's CTAs in while the scoring runs made
-  // the pair 7 us slower on the H200 (batch 1, 128K); they are let in as the scoring CTAs exit.
+  // pdl_launch_dependents() here: page_select_kernel reads the page tables before its own wait,
+  // relying on every scoring CTA having passed this wait (letting it in earlier also made the pair
+  // 7 us slower on the H200, batch 1, 128K).
   pdl_wait();
   const int r = blockIdx.y;
   const int G = a.group;
@@ -213,7 +214,9 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
   __shared__ unsigned long long scan_totals[32];
   __shared__ uint32_t key_lo, key_hi;  // the candidates' smallest and largest key
   pdl_launch_dependents();  // the decode kernel's CTAs may start reading their plan
-  pdl_wait();               // the scores are page_score_kernel's output
+  // Programmatic launch: page_select's own inputs (the row's geometry and page ids) are read before
+  // the wait. This kernel starts only once every scoring CTA has exited, past its own wait for their
+  // writer; only the scores are new.
   const int r = blockIdx.x;
   const int32_t first = a.page_indptr[r];
   const int32_t n = a.page_indptr[r + 1] - first;
@@ -229,18 +232,21 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
   const float* sc = a.scores + first;
 
   const auto always = [=](int32_t i) { return i < sink_blocks || i == n - 1; };
-  // Staged rows: keys and page ids in shared memory (one round trip for both), and the candidates'
+  // Staged rows: keys and page ids in shared memory (the ids before the wait), and the candidates'
   // key range, so that the radix select skips the leading digits they all share.
   const bool staged = n <= kStageKeys;
   uint32_t key_min = 0, key_max = 0xffffffffu;
   if (staged) {
+    for (int32_t i = threadIdx.x; i < n; i += blockDim.x) ids[i] = a.page_indices[first + i];
     if (threadIdx.x == 0) key_lo = 0xffffffffu, key_hi = 0;
+  }
+  pdl_wait();  // the scores are page_score_kernel's output
+  if (staged) {
     __syncthreads();
     uint32_t my_lo = 0xffffffffu, my_hi = 0;
     for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
       const uint32_t k = order_key(sc[i]);
       keys[i] = k;
-      ids[i] = a.page_indices[first + i];
       if (!always(i)) my_lo = min(my_lo, k), my_hi = max(my_hi, k);
     }
     my_lo = __reduce_min_sync(kFull, my_lo);

@@ -80,8 +80,9 @@ struct PageSelectArgs {
   int32_t* selected_blocks = nullptr;      // [selected_indptr[rows]] (output, optional)
   int32_t* selected_pos0 = nullptr;        // [selected_indptr[rows]] (output, optional, with selected_len)
   int32_t* selected_len = nullptr;         // [selected_indptr[rows]] (output, optional, with selected_pos0)
-  // Programmatic dependent launch (sm_90): each kernel may be scheduled while the stream's previous
-  // kernel runs and waits for it before reading anything.
+  // Programmatic dependent launch (sm_90): the scoring kernel may be scheduled while the stream's
+  // previous kernel runs and waits for it before reading anything; the selecting kernel reads the
+  // page tables before waiting for the scores.
   bool programmatic_launch = true;
 };
 

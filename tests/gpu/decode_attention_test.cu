@@ -396,7 +396,7 @@ TEST(DecodeAttentionGpu, MergeOfMorePiecesThanOneChunk) {
   std::mt19937 rng(2024);
   for (const int32_t D : {64, 128}) {
     for (const int32_t group : {16, 5, 1}) {
-      const DecodeProblem pr = make_problem(D, 16, group, 1, 2, 6000, {RowKind::kAll, RowKind::kStreaming}, rng, 4000);
+      const DecodeProblem pr = make_problem(D, 16, group, 1, 2, 6000, {RowKind::kAll}, rng, 4000);
       DecodeConfig cfg;
       cfg.head_dim = D;
       cfg.group = group;
