@@ -4,17 +4,18 @@
 //
 // Method (GPU.md "How to measure"): random inputs (never zeros); enough copies of (x, W, y) that one
 // round of them exceeds 2× L2, rotated every call, so weights come from HBM as in a real forward;
-// warm-up; then
+// warm-up (--warmup-ms: sustained load first, so that clocks have settled); then
 //   eager: each call timed with its own pair of CUDA events, median over --reps calls;
 //   graph: --graph-calls calls (rotating) captured in one CUDA graph, each replay timed, median / calls
 //          (no launch overhead: what decode under CUDA graphs sees).
 // Reports TFLOP/s (2·M·N·K) and TB/s (bytes that must move: x, W and y once).
-// Usage: gemm_bench [--reps N] [--graph-calls N] [--csv] [--only NAME:M]   (--csv: one machine-readable line per
+// Usage: gemm_bench [--reps N] [--graph-calls N] [--warmup-ms N] [--csv] [--only NAME:M]   (--csv: one line per
 // shape, read by bench/gemm_peer.py)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -62,7 +63,8 @@ double median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-Timing time_shape(Gemm& gemm, const Shape& s, int reps, int graph_calls, size_t l2_bytes, cudaStream_t stream) {
+Timing time_shape(Gemm& gemm, const Shape& s, int reps, int graph_calls, int warmup_ms, size_t l2_bytes,
+                  cudaStream_t stream) {
   const size_t set_bytes = 2 * size_t(s.M * s.K + s.N * s.K + s.M * s.N);
   const int copies = static_cast<int>(std::max<size_t>(1, (2 * l2_bytes + set_bytes - 1) / set_bytes));
   std::vector<DeviceBuffer<__nv_bfloat16>> xs, ws, ys;
@@ -79,6 +81,13 @@ Timing time_shape(Gemm& gemm, const Shape& s, int reps, int graph_calls, size_t 
                     .N = s.N, .K = s.K};
   };
   for (int i = 0; i < std::max(10, copies); ++i) gemm.run(args(i % copies), stream);  // warm-up + plans
+  // Sustained load before timing, so the clocks have settled where a peer measured the same way
+  // finds them (the H200 runs large GEMMs slower after a second of load than from idle).
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(warmup_ms); ++i) {
+    for (int j = 0; j < 4; ++j) gemm.run(args((4 * i + j) % copies), stream);
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
 
   cudaEvent_t start, stop;
   CUDA_CHECK(cudaEventCreate(&start));
@@ -123,7 +132,7 @@ Timing time_shape(Gemm& gemm, const Shape& s, int reps, int graph_calls, size_t 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int reps = 100, graph_calls = 20;
+  int reps = 100, graph_calls = 20, warmup_ms = 0;
   bool csv = false;
   std::string only;  // "name:M", one shape
   for (int i = 1; i < argc; ++i) {
@@ -132,12 +141,14 @@ int main(int argc, char** argv) {
       reps = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--graph-calls" && i + 1 < argc) {
       graph_calls = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--warmup-ms" && i + 1 < argc) {
+      warmup_ms = std::max(0, std::atoi(argv[++i]));
     } else if (a == "--csv") {
       csv = true;
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--graph-calls N] [--csv] [--only NAME:M]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps N] [--graph-calls N] [--warmup-ms N] [--csv] [--only NAME:M]\n", argv[0]);
       return 2;
     }
   }
@@ -169,7 +180,7 @@ int main(int argc, char** argv) {
       for (const auto& l : layers) {
         const Shape s{M, l.K, l.N, l.name};
         if (!only.empty() && only != std::string(l.name) + ":" + std::to_string(M)) continue;
-        const Timing t = time_shape(gemm, s, reps, graph_calls, l2, stream);
+        const Timing t = time_shape(gemm, s, reps, graph_calls, warmup_ms, l2, stream);
         const double flop = 2.0 * double(M) * double(l.N) * double(l.K);
         const double bytes = 2.0 * double(M * l.K + l.N * l.K + M * l.N);
         if (csv) {

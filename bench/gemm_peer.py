@@ -6,7 +6,7 @@ the ratio ours/torch (time; < 1 means ours is faster).
 
 Usage (GPU machine, from the repository root, nothing built there):
   LD_LIBRARY_PATH=build-cuda/bundle:/usr/local/cuda/lib64 \
-    python3 bench/gemm_peer.py --ours build-cuda/bin/gemm_bench [--reps 100] [--graph-calls 20]
+    python3 bench/gemm_peer.py --ours build-cuda/bin/gemm_bench [--reps 100] [--graph-calls 20] [--rounds 3]
 """
 import argparse
 import csv
@@ -14,6 +14,7 @@ import io
 import statistics
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -21,7 +22,7 @@ LAYERS = [("qo_proj", 4096, 4096), ("gate_up", 4096, 14336), ("down", 14336, 409
 MS = [1, 16, 4096]
 
 
-def time_torch(m, k, n, reps, graph_calls, l2_bytes):
+def time_torch(m, k, n, reps, graph_calls, l2_bytes, warmup_ms):
     set_bytes = 2 * (m * k + n * k + m * n)
     copies = max(1, -(-2 * l2_bytes // set_bytes))
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -37,6 +38,13 @@ def time_torch(m, k, n, reps, graph_calls, l2_bytes):
     with torch.cuda.stream(stream):
         for i in range(max(10, copies)):
             call(i)
+        # Sustained load first (as gemm_bench --warmup-ms): clocks settle before timing.
+        t0, i = time.monotonic(), 0
+        while time.monotonic() - t0 < warmup_ms / 1000.0:
+            for _ in range(4):
+                call(i)
+                i += 1
+            torch.cuda.synchronize()
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         eager = []
         for i in range(reps):
@@ -65,8 +73,9 @@ def time_torch(m, k, n, reps, graph_calls, l2_bytes):
     return statistics.median(eager), statistics.median(replays)
 
 
-def run_ours(path, reps, graph_calls, only=None):
-    cmd = [path, "--csv", "--reps", str(reps), "--graph-calls", str(graph_calls)] + (["--only", only] if only else [])
+def run_ours(path, reps, graph_calls, warmup_ms, only=None):
+    cmd = [path, "--csv", "--reps", str(reps), "--graph-calls", str(graph_calls), "--warmup-ms", str(warmup_ms)]
+    cmd += ["--only", only] if only else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = {}
     for r in csv.DictReader(io.StringIO(out)):
@@ -79,22 +88,36 @@ def main():
     ap.add_argument("--ours", help="path of build/bin/gemm_bench, run in the same command")
     ap.add_argument("--reps", type=int, default=100)
     ap.add_argument("--graph-calls", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="torch/ours alternations per shape (median kept)")
+    ap.add_argument("--warmup-ms", type=int, default=1000, help="sustained load before each timing (both sides)")
     args = ap.parse_args()
 
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 60 << 20)
     print(f"# {props.name}, torch {torch.__version__}; median of {args.reps} calls (eager), "
-          f"{args.graph_calls}-call graphs", flush=True)
+          f"{args.graph_calls}-call graphs, after {args.warmup_ms} ms of load; per shape torch and ours "
+          f"{args.rounds} times in turn, median",
+          flush=True)
 
     head = (f"{'layer':8} {'M':>5} {'K':>6} {'N':>6} | {'torch us':>9} {'graph':>8} {'TFLOP/s':>8} {'TB/s':>6}"
             f" | {'ours us':>9} {'graph':>8} {'TFLOP/s':>8} {'TB/s':>6} | {'ours/torch':>10} {'graph':>6}")
     lines = [head, "-" * len(head)]
     for m in MS:
         for name, k, n in LAYERS:
-            # Each shape: torch, then ours in a fresh process right after it, so both meet the GPU in
-            # the same state (clocks under sustained load, L2).
-            t_eager, t_graph = time_torch(m, k, n, args.reps, args.graph_calls, l2)
-            ours = run_ours(args.ours, args.reps, args.graph_calls, f"{name}:{m}") if args.ours else {}
+            # Each shape: torch, then ours in a fresh process right after it, `rounds` times in turn,
+            # each side's median over the rounds kept, so that both meet the GPU in the same states
+            # (clocks drift under sustained load; ours also times its candidates first), each timing
+            # after warmup_ms of the same GEMM so that both see settled clocks.
+            runs_t, runs_o = [], []
+            for _ in range(args.rounds):
+                runs_t.append(time_torch(m, k, n, args.reps, args.graph_calls, l2, args.warmup_ms))
+                if args.ours:
+                    runs_o.append(run_ours(args.ours, args.reps, args.graph_calls, args.warmup_ms, f"{name}:{m}").get((name, m)))
+            t_eager = statistics.median(r[0] for r in runs_t)
+            t_graph = statistics.median(r[1] for r in runs_t)
+            ours = {}
+            if runs_o and all(r is not None for r in runs_o):
+                ours[(name, m)] = (statistics.median(r[0] for r in runs_o), statistics.median(r[1] for r in runs_o))
             flop = 2.0 * m * n * k
             nbytes = 2.0 * (m * k + n * k + m * n)
             line = (f"{name:8} {m:5d} {k:6d} {n:6d} | {t_eager:9.2f} {t_graph:8.2f} {flop / t_graph * 1e-6:8.1f}"
