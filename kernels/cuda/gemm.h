@@ -38,8 +38,9 @@ inline constexpr int kGemmCandidates = 32;
 // Owns a cuBLASLt handle, a workspace and the plans (descriptors + algorithm) cached per shape,
 // leading dimensions, bias presence and pointer alignment class. The first run of a new shape queries
 // the heuristic on the host; with GemmTuning::kTimed it also runs each candidate algorithm on the
-// caller's own arguments and stream (1 warm-up + kTimedReps timed runs each, CUDA events) and keeps
-// the fastest: that first run synchronizes the stream. Every candidate computes the same product, so
+// caller's own arguments and stream (two sweeps, the second in reverse order, each 1 warm-up +
+// kTimedReps timed runs per candidate, CUDA events) and keeps the fastest: that first run
+// synchronizes the stream. Every candidate computes the same product, so
 // y is right whichever wins. A first run inside a CUDA graph capture cannot time: it takes the
 // heuristic's answer for the capture and tunes at the shape's next run outside a capture. Later runs
 // only launch, so a shape seen before can be captured. Not thread-safe, and the workspace is shared
