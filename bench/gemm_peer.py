@@ -112,7 +112,8 @@ def main():
             for _ in range(args.rounds):
                 runs_t.append(time_torch(m, k, n, args.reps, args.graph_calls, l2, args.warmup_ms))
                 if args.ours:
-                    runs_o.append(run_ours(args.ours, args.reps, args.graph_calls, args.warmup_ms, f"{name}:{m}").get((name, m)))
+                    rows = run_ours(args.ours, args.reps, args.graph_calls, args.warmup_ms, f"{name}:{m}")
+                    runs_o.append(rows.get((name, m)))
             t_eager = statistics.median(r[0] for r in runs_t)
             t_graph = statistics.median(r[1] for r in runs_t)
             ours = {}

@@ -122,7 +122,9 @@ __device__ __forceinline__ void merge_row(const DecodeParams& p, const DecodeRow
     for (int i = tid; i < n * piece_bytes / 16; i += kThreads) {
       attn::cp_async16(attn::smem_addr(o_s + 4 * i), o_src + 4 * i, true);
     }
-    for (int i = tid; i < n * LS / 4; i += kThreads) attn::cp_async16(attn::smem_addr(lse_s + 4 * i), lse_src + 4 * i, true);
+    for (int i = tid; i < n * LS / 4; i += kThreads) {
+      attn::cp_async16(attn::smem_addr(lse_s + 4 * i), lse_src + 4 * i, true);
+    }
     attn::cp_async_commit();
     attn::cp_async_wait<0>();
     __syncthreads();
@@ -492,7 +494,8 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   CUDA_CHECK(cudaEventCreateWithFlags(&plan_uploaded_, cudaEventDisableTiming));
   const auto slots = static_cast<size_t>(work_capacity_) * static_cast<size_t>(config.group);
   partial_o_ = DeviceBuffer<float>(slots * static_cast<size_t>(config.head_dim), loc);
-  partial_lse_ = DeviceBuffer<float>(static_cast<size_t>(work_capacity_) * static_cast<size_t>((config.group + 3) / 4 * 4), loc);
+  const auto lse_stride = static_cast<size_t>((config.group + 3) / 4 * 4);
+  partial_lse_ = DeviceBuffer<float>(static_cast<size_t>(work_capacity_) * lse_stride, loc);
   row_done_ = DeviceBuffer<int32_t>(static_cast<size_t>(config.max_rows), loc);
   CUDA_CHECK(cudaMemset(row_done_.data(), 0, row_done_.bytes()));
   // Counts start at zero, so a run before the first plan's upload does nothing.
@@ -606,9 +609,11 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
   if (grid == 0) return;
   const bool pdl = config_.programmatic_launch;
   if (D == 64) {
-    CUDA_CHECK(launch_kernel(decode_attention_paged_kernel<64>, grid, kThreads, DecodeSmem<64>::kBytes, stream, pdl, p));
+    CUDA_CHECK(launch_kernel(decode_attention_paged_kernel<64>, grid, kThreads, DecodeSmem<64>::kBytes, stream, pdl,
+                             p));
   } else {
-    CUDA_CHECK(launch_kernel(decode_attention_paged_kernel<128>, grid, kThreads, DecodeSmem<128>::kBytes, stream, pdl, p));
+    CUDA_CHECK(launch_kernel(decode_attention_paged_kernel<128>, grid, kThreads, DecodeSmem<128>::kBytes, stream, pdl,
+                             p));
   }
 }
 

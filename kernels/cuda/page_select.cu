@@ -352,8 +352,8 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   const int32_t log2_subpages = std::countr_zero(subpages);
   const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(a.rows));
   const bool pdl = a.programmatic_launch;
-  check_cuda(launch_kernel(a.head_dim == 128 ? page_score_kernel<128> : page_score_kernel<64>, grid, kScoreWarps * 32, 0,
-                           stream, pdl, a, span, log2_subpages),
+  const auto score_kernel = a.head_dim == 128 ? page_score_kernel<128> : page_score_kernel<64>;
+  check_cuda(launch_kernel(score_kernel, grid, kScoreWarps * 32, 0, stream, pdl, a, span, log2_subpages),
              "page_score_kernel launch", loc);
   constexpr size_t kStagingBytes = 2 * sizeof(uint32_t) * kStageKeys;
   static const cudaError_t attr_err =

@@ -369,13 +369,9 @@ TEST(DecodeAttentionGpu, MatchesCpuTwinOverShapes) {
         for (int rep = 0; rep < 2; ++rep) {
           const int32_t batch = rand_int(rng, 1, 8), heads = rand_int(rng, 1, 4);
           const DecodeProblem pr = make_problem(D, P, group, heads, batch, 1500, kinds, rng);
-          DecodeConfig cfg;
-          cfg.head_dim = D;
-          cfg.group = group;
-          cfg.page_tokens = P;
-          cfg.max_rows = batch * heads;
-          cfg.min_chunk_tokens = rep == 0 ? 16 : 256;  // rep 0: many pieces, exercising the merge
-          cfg.target_ctas = rep == 0 ? 97 : 0;
+          // rep 0: many pieces, exercising the merge.
+          DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = P, .max_rows = batch * heads,
+                           .min_chunk_tokens = rep == 0 ? 16 : 256, .target_ctas = rep == 0 ? 97 : 0};
           DecodeAttention attn(cfg);
           DeviceProblem dp(pr);
           const auto got = run_decode(attn, pr, dp);
@@ -398,13 +394,8 @@ TEST(DecodeAttentionGpu, SmallMergeOfMorePiecesThanOneChunk) {
   for (const int32_t D : {64, 128}) {
     for (const int32_t group : {16, 5, 1}) {
       const DecodeProblem pr = make_problem(D, 16, group, 1, 2, 2500, {RowKind::kAll}, rng, 2000);
-      DecodeConfig cfg;
-      cfg.head_dim = D;
-      cfg.group = group;
-      cfg.page_tokens = 16;
-      cfg.max_rows = 2;
-      cfg.min_chunk_tokens = 16;
-      cfg.target_ctas = 200;
+      DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = 16, .max_rows = 2, .min_chunk_tokens = 16,
+                       .target_ctas = 200};
       DecodeAttention attn(cfg);
       DeviceProblem dp(pr);
       const auto got = run_decode(attn, pr, dp);
@@ -423,11 +414,7 @@ TEST(DecodeAttentionGpu, LongContextSplitKv) {
   std::mt19937 rng(99);
   for (const int32_t P : {16, 64}) {
     const DecodeProblem pr = make_problem(128, P, 4, 2, 1, 24000, {RowKind::kAll, RowKind::kStreaming}, rng, 16000);
-    DecodeConfig cfg;
-    cfg.head_dim = 128;
-    cfg.group = 4;
-    cfg.page_tokens = P;
-    cfg.max_rows = 2;
+    DecodeConfig cfg{.head_dim = 128, .group = 4, .page_tokens = P, .max_rows = 2};
     DecodeAttention attn(cfg);
     DeviceProblem dp(pr);
     const auto got = run_decode(attn, pr, dp);
@@ -442,12 +429,7 @@ TEST(DecodeAttentionGpu, EmptyRowsAndEmptyBandGiveZeros) {
   pr.rows[0].mask = MaskKind::kBand;  // sink 0, local 0: no key at all
   pr.rows[0].sink = 0;
   pr.rows[0].local = 0;
-  DecodeConfig cfg;
-  cfg.head_dim = 64;
-  cfg.group = 2;
-  cfg.page_tokens = 16;
-  cfg.max_rows = 6;
-  cfg.min_chunk_tokens = 16;
+  DecodeConfig cfg{.head_dim = 64, .group = 2, .page_tokens = 16, .max_rows = 6, .min_chunk_tokens = 16};
   DecodeAttention attn(cfg);
   DeviceProblem dp(pr);
   const auto got = run_decode(attn, pr, dp);
@@ -491,11 +473,7 @@ TEST(DecodeAttentionGpu, RingListEqualsFullListUnderBand) {
       }
       full.pages[r] = fp;
     }
-    DecodeConfig cfg;
-    cfg.head_dim = 128;
-    cfg.group = 4;
-    cfg.page_tokens = P;
-    cfg.max_rows = 12;
+    DecodeConfig cfg{.head_dim = 128, .group = 4, .page_tokens = P, .max_rows = 12};
     DecodeAttention attn(cfg);
     DeviceProblem dr(ring), df(full);
     const auto got_ring = run_decode(attn, ring, dr);
@@ -533,12 +511,9 @@ TEST(DecodeAttentionGpu, SmallProgrammaticLaunchWaitsForThePreviousKernel) {
                                         rng, 1500);
   DecodeProblem pr2 = pr;
   pr2.q = random_bf16(pr.q.bits.size(), 1.0f, rng);
-  DecodeConfig cfg;
-  cfg.head_dim = 128;
-  cfg.group = 4;
-  cfg.page_tokens = 64;
-  cfg.max_rows = static_cast<int32_t>(pr.rows.size());
-  cfg.min_chunk_tokens = 64;  // every long row split: the merge runs
+  // Every long row split: the merge runs.
+  DecodeConfig cfg{.head_dim = 128, .group = 4, .page_tokens = 64, .max_rows = static_cast<int32_t>(pr.rows.size()),
+                   .min_chunk_tokens = 64};
   ASSERT_TRUE(cfg.programmatic_launch);
   DecodeAttention attn(cfg);
   DeviceProblem dp(pr);
@@ -570,13 +545,8 @@ TEST(DecodeAttentionGpu, CudaGraphReplayAfterReplan) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(77);
   const int32_t D = 128, P = 64, group = 4, heads = 2, batch = 4;
-  DecodeConfig cfg;
-  cfg.head_dim = D;
-  cfg.group = group;
-  cfg.page_tokens = P;
-  cfg.max_rows = batch * heads;
-  cfg.cuda_graph = true;
-  cfg.min_chunk_tokens = 64;
+  DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = P, .max_rows = batch * heads, .cuda_graph = true,
+                   .min_chunk_tokens = 64};
   DecodeAttention attn(cfg);
   // Fixed device buffers sized for the largest problem.
   const int32_t max_len = 6000, pool_pages = batch * heads * ((max_len + P - 1) / P + 16) + 16;
