@@ -7,6 +7,7 @@ the ratio ours/torch (time; < 1 means ours is faster).
 Usage (GPU machine, from the repository root, nothing built there):
   LD_LIBRARY_PATH=build-cuda/bundle:/usr/local/cuda/lib64 \
     python3 bench/gemm_peer.py --ours build-cuda/bin/gemm_bench [--reps 100] [--graph-calls 20] [--rounds 3]
+      [--warmup-ms 1000] [--only NAME:M]
 """
 import argparse
 import csv
@@ -90,6 +91,7 @@ def main():
     ap.add_argument("--graph-calls", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3, help="torch/ours alternations per shape (median kept)")
     ap.add_argument("--warmup-ms", type=int, default=1000, help="sustained load before each timing (both sides)")
+    ap.add_argument("--only", help="one shape, NAME:M (e.g. lm_head:4096)")
     args = ap.parse_args()
 
     props = torch.cuda.get_device_properties(0)
@@ -104,6 +106,8 @@ def main():
     lines = [head, "-" * len(head)]
     for m in MS:
         for name, k, n in LAYERS:
+            if args.only and args.only != f"{name}:{m}":
+                continue
             # Each shape: torch, then ours in a fresh process right after it, `rounds` times in turn,
             # each side's median over the rounds kept, so that both meet the GPU in the same states
             # (clocks drift under sustained load; ours also times its candidates first), each timing
