@@ -93,6 +93,10 @@ def main():
     ap.add_argument("--warmup-ms", type=int, default=1000, help="sustained load before each timing (both sides)")
     ap.add_argument("--only", help="one shape, NAME:M (e.g. lm_head:4096)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    if args.only and args.only not in {f"{name}:{m}" for m in MS for name, _, _ in LAYERS}:
+        ap.error(f"--only {args.only}: no such shape")
 
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 60 << 20)

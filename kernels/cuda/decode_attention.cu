@@ -188,7 +188,12 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   // The work item is read together with the count (the grid never exceeds the plan's capacity), so
   // the two loads overlap.
   const DecodeWorkItem w = p.work[blockIdx.x];
-  if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;  // surplus CTA of a capacity grid
+  if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) {  // surplus CTA of a capacity grid
+    // An empty plan still completes after the previous kernel (launch.cuh: kernels later in the
+    // stream rely on it); one waiting CTA is enough.
+    if (blockIdx.x == 0) pdl_wait();
+    return;
+  }
   const DecodeRow row = p.rows[w.row];
   const int2 split = p.row_split[w.row];  // {pieces, first partial}
   // Programmatic launch (launch.cuh): the plan and the list's indptr (plan-time data, see
@@ -498,6 +503,7 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   partial_lse_ = DeviceBuffer<float>(static_cast<size_t>(work_capacity_) * lse_stride, loc);
   row_done_ = DeviceBuffer<int32_t>(static_cast<size_t>(config.max_rows), loc);
   CUDA_CHECK(cudaMemset(row_done_.data(), 0, row_done_.bytes()));
+  CUDA_CHECK(cudaMemset(partial_lse_.data(), 0, partial_lse_.bytes()));  // the padding is copied, never read
   // Counts start at zero, so a run before the first plan's upload does nothing.
   CUDA_CHECK(cudaMemset(plan_dev_.data(), 0, plan_dev_.bytes()));
 }

@@ -5,10 +5,12 @@
 // is still running: as soon as every CTA of that kernel has called pdl_launch_dependents() or exited.
 // Its CTAs then run up to pdl_wait(), which returns once the previous kernel has completed and its
 // writes are visible. The contract of every kernel launched this way:
-//   - before pdl_wait() it reads only data the previous kernel does not write (its own plan, which
-//     the host uploads by a copy the stream orders before the previous kernel, or inputs its header
-//     names as such), and writes nothing;
-//   - it calls pdl_wait() on every path that reads or writes anything else.
+//   - before pdl_wait() it reads only data that no kernel still possibly running writes: not the
+//     previous kernel, nor an earlier one that let its successor start early (its own plan, which
+//     the host uploads by a copy the stream orders before those kernels, or inputs its header names
+//     as such), and writes nothing;
+//   - it calls pdl_wait() on every path that reads or writes anything else, and at least one of its
+//     CTAs calls it even when the launch has nothing to do.
 // Kept transitively: a kernel completes only after its own wait, so kernel n+2 sees kernel n's writes.
 // Without the launch attribute (or before sm_90) pdl_wait() and pdl_launch_dependents() do nothing.
 #pragma once

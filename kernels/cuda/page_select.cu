@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <bit>
+#include <mutex>
+#include <vector>
 
 #include "kernels/cuda/block_select.cuh"
 #include "kernels/cuda/cuda_check.h"
@@ -306,7 +308,25 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
         a.selected_len[e] = static_cast<int32_t>(min(int64_t{P}, seq_len - int64_t{i} * P));
       }
     }
-  }  __syncthreads();
+  }
+}
+
+constexpr size_t kStagingBytes = 2 * sizeof(uint32_t) * kStageKeys;
+
+// Opts page_select_kernel into kStagingBytes of dynamic shared memory on `device`, once per device.
+cudaError_t allow_staging_smem(int device) {
+  static std::mutex mu;
+  static std::vector<bool> done;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto d = static_cast<size_t>(device);
+  if (d < done.size() && done[d]) return cudaSuccess;
+  const cudaError_t err =
+      cudaFuncSetAttribute(page_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagingBytes);
+  if (err == cudaSuccess) {
+    if (done.size() <= d) done.resize(d + 1, false);
+    done[d] = true;
+  }
+  return err;
 }
 
 }  // namespace
@@ -355,10 +375,7 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   const auto score_kernel = a.head_dim == 128 ? page_score_kernel<128> : page_score_kernel<64>;
   check_cuda(launch_kernel(score_kernel, grid, kScoreWarps * 32, 0, stream, pdl, a, span, log2_subpages),
              "page_score_kernel launch", loc);
-  constexpr size_t kStagingBytes = 2 * sizeof(uint32_t) * kStageKeys;
-  static const cudaError_t attr_err =
-      cudaFuncSetAttribute(page_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagingBytes);
-  check_cuda(attr_err, "cudaFuncSetAttribute(page_select_kernel)", loc);
+  check_cuda(allow_staging_smem(device), "cudaFuncSetAttribute(page_select_kernel)", loc);
   check_cuda(launch_kernel(page_select_kernel, a.rows, kSelectThreads, kStagingBytes, stream, pdl, a),
              "page_select_kernel launch", loc);
 }
