@@ -10,9 +10,9 @@
 // shared memory; a row with one piece writes bf16 at once, otherwise each piece writes fp32 O/L
 // plus lse = m + log2(L), and the CTA that finishes a row's last piece (an atomic count per row,
 // reset by that CTA) merges the row's pieces, staged in shared memory by one batch of copies: one
-// launch per call. Work pieces are sized on the
-// host to fill one wave of resident CTAs (plan_decode_split). With programmatic launch the CTAs read
-// their work item while the previous kernel finishes (launch.cuh).
+// launch per call. Work pieces are sized on the host to fill one wave of resident CTAs
+// (plan_decode_split). With programmatic launch the CTAs read their work item while the previous
+// kernel finishes (launch.cuh).
 #include "kernels/cuda/decode_attention.h"
 
 #include <algorithm>
@@ -64,6 +64,10 @@ struct DecodeParams {
   int32_t lse_stride;  // group rounded up to 4
   float scale_log2;    // softmax scale · log2(e)
 };
+
+// Floats between two partial slots' lse values: the group rounded up to 4, so that every slot's
+// values start 16-byte aligned for the merge's copies.
+int32_t lse_stride(int32_t group) { return (group + 3) / 4 * 4; }
 
 template <int D>
 struct DecodeSmem {
@@ -227,10 +231,10 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
     attn::cp_async16(q_tile + attn::tile_offset<D>(r, c), valid ? q_src + r * D + c * 8 : p.q, valid);
   }
   attn::cp_async_commit();
+  // K/V are read once: evict them first, so the page lists, plan and partials stay in L2.
+  const uint64_t kv_policy = attn::l2_evict_first_policy();
   // Page metadata is read one tile ahead of the copies that need it (tile_source), so its latency
   // overlaps the previous tile's math instead of stalling the copy issue.
-  // K/V are read once: evict them first, so the page lists, plan and partials stay in L2.
-  const uint64_t kv_policy = attn::make_l2_evict_first(1.0f);
   attn::TileSource src[kStages];
 #pragma unroll
   for (int s = 0; s < kStages; ++s) src[s] = attn::tile_source<D, kBN>(rk, p.pool, u_begin + s * kBN);
@@ -402,7 +406,6 @@ void* decode_kernel() {
   return reinterpret_cast<void*>(&decode_attention_paged_kernel<D>);
 }
 
-
 }  // namespace
 
 DecodeSplit plan_decode_split(std::span<const int32_t> row_pages, int32_t page_tokens, int32_t target_ctas,
@@ -499,8 +502,8 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   CUDA_CHECK(cudaEventCreateWithFlags(&plan_uploaded_, cudaEventDisableTiming));
   const auto slots = static_cast<size_t>(work_capacity_) * static_cast<size_t>(config.group);
   partial_o_ = DeviceBuffer<float>(slots * static_cast<size_t>(config.head_dim), loc);
-  const auto lse_stride = static_cast<size_t>((config.group + 3) / 4 * 4);
-  partial_lse_ = DeviceBuffer<float>(static_cast<size_t>(work_capacity_) * lse_stride, loc);
+  const auto lse_slots = static_cast<size_t>(work_capacity_) * static_cast<size_t>(lse_stride(config.group));
+  partial_lse_ = DeviceBuffer<float>(lse_slots, loc);
   row_done_ = DeviceBuffer<int32_t>(static_cast<size_t>(config.max_rows), loc);
   CUDA_CHECK(cudaMemset(row_done_.data(), 0, row_done_.bytes()));
   CUDA_CHECK(cudaMemset(partial_lse_.data(), 0, partial_lse_.bytes()));  // the padding is copied, never read
@@ -608,7 +611,7 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
   p.partial_lse = const_cast<float*>(partial_lse_.data());
   p.row_done = const_cast<int32_t*>(row_done_.data());
   p.group = config_.group;
-  p.lse_stride = (config_.group + 3) / 4 * 4;
+  p.lse_stride = lse_stride(config_.group);
   p.scale_log2 = args.scale * kLog2e;
 
   const int grid = config_.cuda_graph ? work_capacity_ : static_cast<int>(split_.work.size());

@@ -83,9 +83,9 @@ struct DecodeArgs {
   int64_t o_stride = 0;  // elements, multiple of 8
   PagedKvPool kv;
   // One row per DecodeRow of the plan, same order. pages.indptr is plan-time data: with
-  // config.programmatic_launch it is read before waiting for the previous kernel, so it must not be
-  // written by the kernel launched just before run() (copies from the host, and page_select's
-  // selected_indptr, are fine). The entries may be.
+  // config.programmatic_launch it is read before waiting for the previous kernel, so no kernel that
+  // may still be running when run() starts may write it (launch.cuh; copies from the host, and
+  // page_select's selected_indptr, are fine). The entries may be the previous kernel's output.
   KeyPageList pages;
   float scale = 0.0f;  // softmax scale (usually 1/√D)
 };
