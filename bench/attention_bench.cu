@@ -6,10 +6,12 @@
 //                   [--page 64] [--streaming-kv-heads 4 --sink 128 --local 4096]
 //   attention_bench --op decode --seq 131072 --batch 16 [--budget 4096 --select gpu|host]
 //                   [--streaming-kv-heads 4 ...] [--graph 1] [--graph-calls 8] [--pdl 1]
+//                   [--page-order shuffled|sequential]
 //   common: --iters 50 --warmup 10 --rotate 0 (input sets to cycle through; 0: enough to exceed L2)
 //
 // Layouts are the engine's: q/o [tokens][q_heads·D], K/V in a page pool [pages][P][D] read through
-// CSR page lists (page ids shuffled), prefill streaming rows read the prompt's own K/V from a
+// CSR page lists (page ids shuffled; decode --page-order sequential: in list order, as a fresh pool
+// hands them out), prefill streaming rows read the prompt's own K/V from a
 // contiguous [tokens][kv_heads·D] buffer (new_kv). Inputs are random (never zeros). Timing: CUDA
 // events around each launch (decode: around each CUDA graph replay), after warm-up; median of iters.
 // Decode --graph-calls N: each graph holds N calls on N rotation sets in a row, as an engine step's
@@ -56,6 +58,7 @@ struct Options {
   int pdl = 1;          // decode: programmatic dependent launch (DecodeConfig / PageSelectArgs)
   std::string kernel = "auto";  // prefill: auto | mma | wgmma
   int min_chunk = 0, target_ctas = 0;  // decode split (0: the library's defaults)
+  std::string page_order = "shuffled";  // decode: pool pages of the lists shuffled, or in list order
 };
 
 Options parse(int argc, char** argv) {
@@ -87,12 +90,14 @@ Options parse(int argc, char** argv) {
     else if (a == "--kernel") o.kernel = v;
     else if (a == "--min-chunk") o.min_chunk = static_cast<int>(num());
     else if (a == "--target-ctas") o.target_ctas = static_cast<int>(num());
+    else if (a == "--page-order") o.page_order = v;
     else throw std::invalid_argument("unknown option " + a);
   }
   if (o.op != "prefill" && o.op != "decode") throw std::invalid_argument("--op must be prefill or decode");
   if (o.q_heads % o.kv_heads != 0) throw std::invalid_argument("--q-heads must be a multiple of --kv-heads");
   if (o.streaming_kv_heads < 0 || o.streaming_kv_heads > o.kv_heads) throw std::invalid_argument("bad --streaming-kv-heads");
   if (o.select != "gpu" && o.select != "host") throw std::invalid_argument("--select must be gpu or host");
+  if (o.page_order != "shuffled" && o.page_order != "sequential") throw std::invalid_argument("--page-order must be shuffled or sequential");
   if (o.graph_calls < 1) throw std::invalid_argument("--graph-calls must be ≥ 1");
   if (o.kernel != "auto" && o.kernel != "mma" && o.kernel != "wgmma") throw std::invalid_argument("--kernel must be auto, mma or wgmma");
   return o;
@@ -319,7 +324,7 @@ int run_decode(const Options& o) {
   }
   std::vector<int32_t> perm(static_cast<size_t>(pages));
   std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), std::mt19937(2));
+  if (o.page_order == "shuffled") std::shuffle(perm.begin(), perm.end(), std::mt19937(2));
   std::mt19937 rng(3);
   // All blocks of every retrieval row (what page_select scores), and the list the decode reads.
   Lists all, read;

@@ -7,7 +7,12 @@ the ratio ours/torch (time; < 1 means ours is faster).
 Usage (GPU machine, from the repository root, nothing built there):
   LD_LIBRARY_PATH=build-cuda/bundle:/usr/local/cuda/lib64 \
     python3 bench/gemm_peer.py --ours build-cuda/bin/gemm_bench [--reps 100] [--graph-calls 20] [--rounds 3]
-      [--warmup-ms 1000] [--only NAME:M]
+      [--warmup-ms 1000] [--only NAME:M] [--torch-inputs fp32|bf16]
+
+Inputs: both sides draw uniform values in fp32 and round them to bf16 (ours: a hash per element), so
+every mantissa bit varies as in real activations and weights. --torch-inputs bf16 draws torch's x with
+torch.rand in bf16 instead, whose values have few mantissa bits set: a compute-bound GEMM then draws
+less power and keeps higher clocks (the lm_head M=4096 case in bench/RESULTS.md).
 """
 import argparse
 import csv
@@ -23,12 +28,18 @@ LAYERS = [("qo_proj", 4096, 4096), ("gate_up", 4096, 14336), ("down", 14336, 409
 MS = [1, 16, 4096]
 
 
-def time_torch(m, k, n, reps, graph_calls, l2_bytes, warmup_ms):
+def uniform(rows, cols, scale, gen, draw_dtype):
+    """Uniform values in [-scale, scale), drawn in draw_dtype, returned as bf16."""
+    u = torch.rand(rows, cols, device="cuda", dtype=draw_dtype, generator=gen)
+    return ((u * 2 - 1) * scale).to(torch.bfloat16)
+
+
+def time_torch(m, k, n, reps, graph_calls, l2_bytes, warmup_ms, draw_dtype):
     set_bytes = 2 * (m * k + n * k + m * n)
     copies = max(1, -(-2 * l2_bytes // set_bytes))
     gen = torch.Generator(device="cuda").manual_seed(1)
-    xs = [torch.rand(m, k, device="cuda", dtype=torch.bfloat16, generator=gen) * 2 - 1 for _ in range(copies)]
-    ws = [(torch.rand(n, k, device="cuda", dtype=torch.bfloat16, generator=gen) * 2 - 1) * 0.02 for _ in range(copies)]
+    xs = [uniform(m, k, 1.0, gen, draw_dtype) for _ in range(copies)]
+    ws = [uniform(n, k, 0.02, gen, draw_dtype) for _ in range(copies)]
     ys = [torch.empty(m, n, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
 
     def call(i):
@@ -92,17 +103,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="torch/ours alternations per shape (median kept)")
     ap.add_argument("--warmup-ms", type=int, default=1000, help="sustained load before each timing (both sides)")
     ap.add_argument("--only", help="one shape, NAME:M (e.g. lm_head:4096)")
+    ap.add_argument("--torch-inputs", choices=["fp32", "bf16"], default="fp32",
+                    help="dtype torch draws its uniform inputs in (fp32: as ours, every mantissa bit varies)")
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     if args.only and args.only not in {f"{name}:{m}" for m in MS for name, _, _ in LAYERS}:
         ap.error(f"--only {args.only}: no such shape")
 
+    draw_dtype = torch.float32 if args.torch_inputs == "fp32" else torch.bfloat16
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 60 << 20)
     print(f"# {props.name}, torch {torch.__version__}; median of {args.reps} calls (eager), "
           f"{args.graph_calls}-call graphs, after {args.warmup_ms} ms of load; per shape torch and ours "
-          f"{args.rounds} times in turn, median",
+          f"{args.rounds} times in turn, median; torch inputs drawn in {args.torch_inputs}",
           flush=True)
 
     head = (f"{'layer':8} {'M':>5} {'K':>6} {'N':>6} | {'torch us':>9} {'graph':>8} {'TFLOP/s':>8} {'TB/s':>6}"
@@ -118,7 +132,7 @@ def main():
             # after warmup_ms of the same GEMM so that both see settled clocks.
             runs_t, runs_o = [], []
             for _ in range(args.rounds):
-                runs_t.append(time_torch(m, k, n, args.reps, args.graph_calls, l2, args.warmup_ms))
+                runs_t.append(time_torch(m, k, n, args.reps, args.graph_calls, l2, args.warmup_ms, draw_dtype))
                 if args.ours:
                     rows = run_ours(args.ours, args.reps, args.graph_calls, args.warmup_ms, f"{name}:{m}")
                     runs_o.append(rows.get((name, m)))

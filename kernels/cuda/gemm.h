@@ -39,8 +39,9 @@ inline constexpr int kGemmCandidates = 32;
 // leading dimensions, bias presence and pointer alignment class. The first run of a new shape queries
 // the heuristic on the host; with GemmTuning::kTimed it also runs each candidate algorithm on the
 // caller's own arguments and stream (two sweeps, the second in reverse order, each 1 warm-up +
-// kTimedReps timed runs per candidate, CUDA events) and keeps the fastest: that first run
-// synchronizes the stream. Every candidate computes the same product, so
+// kTimedReps timed runs per candidate, CUDA events; when x, W and y fit in L2, kColdReps runs each
+// after evicting L2, as a model's weights arrive from memory) and keeps the fastest: that first run
+// synchronizes the stream and briefly allocates twice L2's size of scratch. Every candidate computes the same product, so
 // y is right whichever wins. A first run inside a CUDA graph capture cannot time: it takes the
 // heuristic's answer for the capture and tunes at the shape's next run outside a capture. Later runs
 // only launch, so a shape seen before can be captured. Not thread-safe, and the workspace is shared
@@ -49,6 +50,7 @@ class Gemm {
  public:
   static constexpr size_t kDefaultWorkspaceBytes = size_t{32} << 20;  // what cuBLAS suggests for Hopper
   static constexpr int kTimedReps = 3;
+  static constexpr int kColdReps = 5;
 
   // Uses the current device. Throws InternalError when cuBLASLt or the allocation fails.
   explicit Gemm(size_t workspace_bytes = kDefaultWorkspaceBytes, GemmTuning tuning = GemmTuning::kTimed);
