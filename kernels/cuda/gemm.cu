@@ -141,13 +141,22 @@ struct Gemm::Impl {
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
     const auto operand_bytes = static_cast<size_t>(2 * (g.M * g.K + g.N * g.K + g.M * g.N));
-    const bool cold = operand_bytes <= static_cast<size_t>(l2);
+    bool cold = operand_bytes <= static_cast<size_t>(l2);
     DeviceBuffer<uint4> scratch;
     DeviceBuffer<uint32_t> sink;
+    if (cold) {
+      // Without the scratch (a serving process may hold nearly all memory) the shape is timed back to
+      // back instead.
+      try {
+        scratch = DeviceBuffer<uint4>(2 * static_cast<size_t>(l2) / sizeof(uint4));
+        sink = DeviceBuffer<uint32_t>(1);
+      } catch (const InternalError&) {
+        (void)cudaGetLastError();  // the failed allocation's error (not sticky)
+        cold = false;
+      }
+    }
     std::vector<cudaEvent_t> run_events;
     if (cold) {
-      scratch = DeviceBuffer<uint4>(2 * static_cast<size_t>(l2) / sizeof(uint4));
-      sink = DeviceBuffer<uint32_t>(1);
       CUDA_CHECK(cudaMemsetAsync(scratch.data(), 0, scratch.bytes(), stream));
       run_events.resize(2 * Gemm::kColdReps);
       for (cudaEvent_t& e : run_events) CUDA_CHECK(cudaEventCreate(&e));

@@ -41,7 +41,8 @@ inline constexpr int kGemmCandidates = 32;
 // caller's own arguments and stream (two sweeps, the second in reverse order, each 1 warm-up +
 // kTimedReps timed runs per candidate, CUDA events; when x, W and y fit in L2, kColdReps runs each
 // after evicting L2, as a model's weights arrive from memory) and keeps the fastest: that first run
-// synchronizes the stream and briefly allocates twice L2's size of scratch. Every candidate computes the same product, so
+// synchronizes the stream and briefly allocates twice L2's size of scratch (without it, such shapes
+// are timed back to back too). Every candidate computes the same product, so
 // y is right whichever wins. A first run inside a CUDA graph capture cannot time: it takes the
 // heuristic's answer for the capture and tunes at the shape's next run outside a capture. Later runs
 // only launch, so a shape seen before can be captured. Not thread-safe, and the workspace is shared

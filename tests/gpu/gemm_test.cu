@@ -115,6 +115,27 @@ TEST(GemmTest, TimedAndHeuristicChoicesBothMatchCpu) {
   EXPECT_EQ(heuristic.timed_plans(), 0u);
 }
 
+// A shape whose operands fit in L2 is timed after evicting L2 with scratch memory; on a device with no
+// room left for the scratch (a serving process holds most of it) the candidates are timed back to
+// back instead, and the product is still right.
+TEST(GemmTest, TimedChoiceWithoutRoomForScratch) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(17);
+  cuda::Gemm gemm;
+  run_case(gemm, {8, 256, 128}, rng);  // tuned with the scratch; cuBLASLt's modules are loaded
+  int device = 0, l2 = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  // Leave one L2's worth free: less than the scratch (twice L2), enough for this test's buffers.
+  ASSERT_GT(free_bytes, 3 * size_t(l2));
+  cuda::DeviceBuffer<std::byte> hog(free_bytes - 3 * size_t(l2) / 2);
+  run_case(gemm, {16, 512, 256, 0, 0, 0, true}, rng);
+  EXPECT_EQ(gemm.timed_plans(), 2u);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
 TEST(GemmTest, ShapeCheckNamesCaller) {
   SKIP_WITHOUT_GPU();
   cuda::Gemm gemm;
