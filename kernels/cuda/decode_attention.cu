@@ -5,8 +5,9 @@
 // as A fragments in registers for the whole CTA, so every K/V byte is read from memory once per
 // group. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline, the
 // copies marked L2 evict-first: K/V are read once, the small tables around them are not);
-// warp w computes keys 16w .. 16w+15 of each tile with its own online softmax (S = Q·Kᵀ and O += P·V
-// on mma.sync m16n8k16, fp32 accumulators, lazy rescaling). At the end the 4 warps merge through
+// warp w copies and computes keys 16w .. 16w+15 of each tile with its own online softmax (S = Q·Kᵀ
+// and O += P·V on mma.sync m16n8k16, fp32 accumulators, lazy rescaling): no warp reads another's
+// rows, so the warps run their pipelines without CTA barriers. At the end the 4 warps merge through
 // shared memory; a row with one piece writes bf16 at once, otherwise each piece writes fp32 O/L
 // plus lse = m + log2(L), and the CTA that finishes a row's last piece (an atomic count per row,
 // reset by that CTA) merges the row's pieces, staged in shared memory by one batch of copies: one
@@ -177,6 +178,37 @@ __device__ __forceinline__ void merge_row(const DecodeParams& p, const DecodeRow
   }
 }
 
+// Issues the cp.async copies of the 16 slots u0 + key0 .. u0 + key0 + 15 of a tile (the rows warp
+// key0 / 16 alone reads) into the K and V tiles ([kBN][D], swizzled) and writes their positions
+// (kNoKey for empty slots, whose rows are zero-filled); the warp's 32 lanes take part. src =
+// tile_source(u0). Each warp keeps its own rows of the ring, so no CTA barrier orders their reuse.
+template <int D>
+__device__ __forceinline__ void load_warp_rows(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const attn::RowKeys& rk,
+                                               const attn::PoolView& pool, int32_t u0, const attn::TileSource& src,
+                                               int key0, uint64_t policy) {
+  constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks, kPasses = 16 / kRowsPerPass;
+  const int lane = static_cast<int>(threadIdx.x) & 31, c = lane % kChunks, r0 = key0 + lane / kChunks;
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int s = r0 + i * kRowsPerPass;
+    const bf16* kp;
+    const bf16* vp;
+    int32_t position;
+    if (src.one_entry) {
+      position = s < src.valid ? src.pos0 + s : attn::kNoKey;
+      kp = position != attn::kNoKey ? src.k + s * D : pool.k;
+      vp = position != attn::kNoKey ? src.v + s * D : pool.v;
+    } else {
+      position = attn::locate_slot<D>(rk, pool, u0 + s, kp, vp);
+    }
+    const bool valid = position != attn::kNoKey;
+    const uint32_t off = attn::tile_offset<D>(s, c);
+    attn::cp_async16(k_tile + off, valid ? kp + c * 8 : kp, valid, policy);
+    attn::cp_async16(v_tile + off, valid ? vp + c * 8 : vp, valid, policy);
+    if (c == 0) pos[s] = position;
+  }
+}
+
 // atomicAdd with release and acquire semantics at GPU scope; returns the old value.
 __device__ __forceinline__ int32_t atomic_add_acq_rel_gpu(int32_t* p, int32_t v) {
   int32_t old;
@@ -238,11 +270,11 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   attn::TileSource src[kStages];
 #pragma unroll
   for (int s = 0; s < kStages; ++s) src[s] = attn::tile_source<D, kBN>(rk, p.pool, u_begin + s * kBN);
+  const int key0 = warp * 16;  // this warp's 16 slots of every tile
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < n_tiles) {
-      attn::load_kv_tile<D, kBN, kThreads, false, true>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool,
-                                                        u_begin + s * kBN, src[s], kv_policy);
+      load_warp_rows<D>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN, src[s], key0, kv_policy);
     }
     attn::cp_async_commit();
   }
@@ -261,17 +293,16 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
 #pragma unroll
   for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  const int key0 = warp * 16;
 
   for (int it = 0; it < n_tiles; ++it) {
     attn::cp_async_wait<kStages - 2>();
-    __syncthreads();  // tile `it` visible to all; everyone is done with the stage refilled next
+    __syncwarp();  // this warp's rows of tile `it` visible to its lanes; its rows of tile it − 1 read
     {
       const int nt = it + kStages - 1;
       if (nt < n_tiles) {
         const int st = nt % kStages;
-        attn::load_kv_tile<D, kBN, kThreads, false, true>(k_stage(st), v_stage(st), pos + st * kBN, rk, p.pool,
-                                                          u_begin + nt * kBN, next, kv_policy);
+        load_warp_rows<D>(k_stage(st), v_stage(st), pos + st * kBN, rk, p.pool, u_begin + nt * kBN, next, key0,
+                          kv_policy);
         next = attn::tile_source<D, kBN>(rk, p.pool, u_begin + (nt + 1) * kBN);
       }
       attn::cp_async_commit();

@@ -188,22 +188,13 @@ __device__ __forceinline__ TileSource tile_source(const RowKeys& rk, const PoolV
 // and writes each slot's key position (kNoKey for empty slots, whose K/V rows are zero-filled) to
 // pos[0..BN). All kThreads threads take part; the caller commits the group. src = tile_source(u0),
 // possibly read earlier. kWgmma: the tiles use wgmma_tile_offset<D, BN> instead of tile_offset<D>.
-// kHint: the copies carry the L2 cache policy `policy` (decode: K/V read once, evict first).
-template <int D, int BN, int kThreads, bool kWgmma = false, bool kHint = false>
+template <int D, int BN, int kThreads, bool kWgmma = false>
 __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const RowKeys& rk,
-                                             const PoolView& pool, int32_t u0, const TileSource& src,
-                                             uint64_t policy = 0) {
+                                             const PoolView& pool, int32_t u0, const TileSource& src) {
   constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks, kPasses = BN / kRowsPerPass;
   static_assert(kThreads % kChunks == 0 && BN % kRowsPerPass == 0);
   const int tid = static_cast<int>(threadIdx.x) % kThreads;  // the loading threads are kThreads in a row
   const int c = tid % kChunks, r0 = tid / kChunks;
-  const auto cp_async16 = [policy](uint32_t dst, const void* from, bool valid) {
-    if constexpr (kHint) {
-      attn::cp_async16(dst, from, valid, policy);
-    } else {
-      attn::cp_async16(dst, from, valid);
-    }
-  };
   if (src.one_entry) {
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
