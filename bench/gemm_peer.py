@@ -10,9 +10,9 @@ Usage (GPU machine, from the repository root, nothing built there):
       [--warmup-ms 1000] [--only NAME:M] [--torch-inputs fp32|bf16]
 
 Inputs: both sides draw uniform values in fp32 and round them to bf16 (ours: a hash per element), so
-every mantissa bit varies as in real activations and weights. --torch-inputs bf16 draws torch's x with
-torch.rand in bf16 instead, whose values have few mantissa bits set: a compute-bound GEMM then draws
-less power and keeps higher clocks (the lm_head M=4096 case in bench/RESULTS.md).
+every mantissa bit varies as in real activations and weights. --torch-inputs bf16 draws torch's inputs
+with torch.rand in bf16 instead (the earlier peer), whose values have few mantissa bits set; measured
+on lm_head M=4096 it made no difference (bench/RESULTS.md).
 """
 import argparse
 import csv
