@@ -228,25 +228,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int32_t G = p.group, total_m = row.n_tokens * G, m0 = w.m0;
 
-  // Q: packed rows m0 .. m0+127 (rows past the chunk zero), row r in warpgroup r / 64's tile, copied
-  // by that warpgroup (before the tile scan), which waits for it alone: the producer starts on K/V
-  // meanwhile.
-  for (int j = tid & 127; j < 64 * kChunks && tid < kConsumerThreads; j += 128) {
-    const int r = 64 * (tid >> 7) + j / kChunks, c = j % kChunks;
-    const int32_t m = m0 + r;
-    const bool valid = m < total_m;
-    const int32_t tok = m / G, h = m - tok * G;
-    const bf16* src = p.q + static_cast<int64_t>(row.q_row0 + tok) * p.q_stride +
-                      static_cast<int64_t>(row.kv_head * G + h) * D + c * 8;
-    const uint32_t off = (r >> 6) * (Smem::kQBytes / 2) + attn::wgmma_tile_offset<D, 64>(r & 63, c);
-    attn::cp_async16(q_tile + off, valid ? src : p.q, valid);
-  }
-  attn::cp_async_commit();
-
-  __shared__ TileScan s_ts;
+  // Prologue. The mbarriers need no loads, so the one CTA barrier comes at once; after it the
+  // producer's chain (tile scan, walk, first page-table reads, TMA copies) and the consumers' Q
+  // copies run side by side (each starts from the work item).
+  __shared__ TileScan s_ts;  // the producer's; the consumers read it after their first full_k wait
   __shared__ TileWalk s_walk;
   if (tid == 0) {
-    s_ts = prefill::make_tile_scan<kBN, kBM>(p, w, D);
     for (int s = 0; s < kStages; ++s) {
       wgmma::mbar_init(full_k + 8 * s, kProducerThreads);  // every producer thread (positions) + TMA bytes
       wgmma::mbar_init(full_v + 8 * s, 1);                 // the TMA issuer + TMA bytes
@@ -255,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     wgmma::mbar_init_fence();
   }
-  __syncthreads();  // the tile scan and the barriers are ready
+  __syncthreads();  // the barriers are ready
   const bool skip = p.skip_tiles != 0;
   const TileScan& ts = s_ts;
 
@@ -266,6 +253,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the page-table loads overlap the wait instead of delaying the copies.
     wgmma::set_max_regs_dec<kProducerRegs>();
     const int ptid = tid - kConsumerThreads;
+    // The tile scan. Thread 0 writes it before its first arrival on full_k (release), the consumers
+    // read it after their first wait there (acquire).
+    if (ptid == 0) s_ts = prefill::make_tile_scan<kBN, kBM>(p, w, D);
+    wgmma::named_sync<kProducerThreads>(1);  // the tile scan is visible to the producer
     const int P = src.page_tokens;
     const bool issuer = ptid < kBN / P;  // all in the producer's first warp (P ≥ 16)
     const auto read_ahead = [&](int32_t tile, int32_t& position, BlockSource& block) {
@@ -321,6 +312,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     return;
   }
+
+  // Q: packed rows m0 .. m0+127 (rows past the chunk zero), row r in warpgroup r / 64's tile, copied
+  // by that warpgroup, which waits for it alone: the producer starts on K/V meanwhile.
+  for (int j = tid & 127; j < 64 * kChunks; j += 128) {
+    const int r = 64 * (tid >> 7) + j / kChunks, c = j % kChunks;
+    const int32_t m = m0 + r;
+    const bool valid = m < total_m;
+    const int32_t tok = m / G, h = m - tok * G;
+    const bf16* src = p.q + static_cast<int64_t>(row.q_row0 + tok) * p.q_stride +
+                      static_cast<int64_t>(row.kv_head * G + h) * D + c * 8;
+    const uint32_t off = (r >> 6) * (Smem::kQBytes / 2) + attn::wgmma_tile_offset<D, 64>(r & 63, c);
+    attn::cp_async16(q_tile + off, valid ? src : p.q, valid);
+  }
+  attn::cp_async_commit();
 
   // Consumers: warpgroup wg owns packed rows m0 + 64wg .. + 63; this thread rows r0 and r0 + 8.
   // Software pipeline per tile i: issue S_i = Q·K_iᵀ and O += P_{i-1}·V_{i-1}, wait for S_i only,
