@@ -187,8 +187,8 @@ __device__ __forceinline__ TileSource tile_source(const RowKeys& rk, const PoolV
 // Issues the cp.async copies of slots u0 .. u0+BN-1 into a K tile and a V tile ([BN][D], swizzled)
 // and writes each slot's key position (kNoKey for empty slots, whose K/V rows are zero-filled) to
 // pos[0..BN). All kThreads threads take part; the caller commits the group. src = tile_source(u0),
-// possibly read earlier. kWgmma: the tiles use wgmma_tile_offset<D, BN> instead of tile_offset<D>.
-template <int D, int BN, int kThreads, bool kWgmma = false>
+// possibly read earlier.
+template <int D, int BN, int kThreads>
 __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const RowKeys& rk,
                                              const PoolView& pool, int32_t u0, const TileSource& src) {
   constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks, kPasses = BN / kRowsPerPass;
@@ -200,7 +200,7 @@ __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, i
     for (int i = 0; i < kPasses; ++i) {
       const int s = r0 + i * kRowsPerPass;
       const bool valid = s < src.valid;
-      const uint32_t off = kWgmma ? wgmma_tile_offset<D, BN>(s, c) : tile_offset<D>(s, c);
+      const uint32_t off = tile_offset<D>(s, c);
       cp_async16(k_tile + off, valid ? src.k + s * D + c * 8 : pool.k, valid);
       cp_async16(v_tile + off, valid ? src.v + s * D + c * 8 : pool.v, valid);
       if (c == 0) pos[s] = valid ? src.pos0 + s : kNoKey;
@@ -214,17 +214,17 @@ __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, i
     const bf16* vp;
     const int32_t p = locate_slot<D>(rk, pool, u0 + s, kp, vp);
     const bool valid = p != kNoKey;
-    const uint32_t off = kWgmma ? wgmma_tile_offset<D, BN>(s, c) : tile_offset<D>(s, c);
+    const uint32_t off = tile_offset<D>(s, c);
     cp_async16(k_tile + off, valid ? kp + c * 8 : kp, valid);
     cp_async16(v_tile + off, valid ? vp + c * 8 : vp, valid);
     if (c == 0) pos[s] = p;
   }
 }
 
-template <int D, int BN, int kThreads, bool kWgmma = false>
+template <int D, int BN, int kThreads>
 __device__ __forceinline__ void load_kv_tile(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const RowKeys& rk,
                                              const PoolView& pool, int32_t u0) {
-  load_kv_tile<D, BN, kThreads, kWgmma>(k_tile, v_tile, pos, rk, pool, u0, tile_source<D, BN>(rk, pool, u0));
+  load_kv_tile<D, BN, kThreads>(k_tile, v_tile, pos, rk, pool, u0, tile_source<D, BN>(rk, pool, u0));
 }
 
 // ---- masks ----------------------------------------------------------------------------------------
