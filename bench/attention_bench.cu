@@ -6,7 +6,7 @@
 //                   [--page 64] [--streaming-kv-heads 4 --sink 128 --local 4096]
 //   attention_bench --op decode --seq 131072 --batch 16 [--budget 4096 --select gpu|host]
 //                   [--streaming-kv-heads 4 ...] [--graph 1] [--graph-calls 8] [--pdl 1]
-//                   [--page-order shuffled|sequential]
+//                   [--page-order shuffled|sequential] [--read-ceiling 1]
 //   common: --iters 50 --warmup 10 --rotate 0 (input sets to cycle through; 0: enough to exceed L2)
 //
 // Layouts are the engine's: q/o [tokens][q_heads·D], K/V in a page pool [pages][P][D] read through
@@ -17,6 +17,8 @@
 // Decode --graph-calls N: each graph holds N calls on N rotation sets in a row, as an engine step's
 // graph holds one call per layer, and the time reported is per call (graph time / N): the event
 // and graph launch cost, paid once per step, is then spread as it is in the engine.
+// Decode --read-ceiling 1 also times reading the same list's K/V pages without any math (below): the
+// bound a paged decode can reach on this machine, reported as ceiling_median_ms / ceiling_tbps.
 // Decode with --budget: retrieval rows read only selected pages (page_select.h on the GPU, or a
 // fixed random list from the host with --select host); streaming rows read sink + ring pages.
 #include <cuda_bf16.h>
@@ -34,6 +36,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/page_select.h"
 #include "kernels/cuda/prefill_attention.h"
@@ -59,6 +62,7 @@ struct Options {
   std::string kernel = "auto";  // prefill: auto | mma | wgmma
   int min_chunk = 0, target_ctas = 0;  // decode split (0: the library's defaults)
   std::string page_order = "shuffled";  // decode: pool pages of the lists shuffled, or in list order
+  int read_ceiling = 0;                 // decode: also time the paged read ceiling
 };
 
 Options parse(int argc, char** argv) {
@@ -91,6 +95,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--min-chunk") o.min_chunk = static_cast<int>(num());
     else if (a == "--target-ctas") o.target_ctas = static_cast<int>(num());
     else if (a == "--page-order") o.page_order = v;
+    else if (a == "--read-ceiling") o.read_ceiling = static_cast<int>(num());
     else throw std::invalid_argument("unknown option " + a);
   }
   if (o.op != "prefill" && o.op != "decode") throw std::invalid_argument("--op must be prefill or decode");
@@ -139,6 +144,49 @@ __global__ void subpage_bounds_kernel(const bf16* k, int64_t pages, int P, int L
     kmin[i] = __float2bfloat16(lo);  // exact: min / max of bf16 values
     kmax[i] = __float2bfloat16(hi);
   }
+}
+
+// The paged read ceiling: copies every list entry's K and V rows (len · D bf16 each, contiguous in
+// the pool) into shared memory through a 3-stage cp.async ring and computes nothing. The grid fills
+// the GPU once (resident CTAs per SM × SMs: 2 × 132 at P = 64, D = 128, as the decode kernel), each
+// CTA a contiguous range of the entries, so a row's pages stay together as in a decode piece. It
+// reads exactly the bytes a dense decode reads, from the same pages, without the math, the merge or
+// the split: what a paged decode can at best reach on this machine. No L2 policy: with the decode
+// kernel's evict-first policy this kernel faulted with an illegal instruction at the cp.async (nvcc
+// 13.0; Triton disables fractional L2 policies on cp.async for a ptxas bug), and the decode kernel
+// measured the same with and without the policy.
+constexpr int kReadThreads = 128, kReadStages = 3;
+
+__global__ void __launch_bounds__(kReadThreads) paged_read_kernel(const bf16* k, const bf16* v, const int32_t* ids,
+                                                                  const int32_t* len, int32_t entries, int32_t P,
+                                                                  int32_t D) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int32_t per = (entries + static_cast<int32_t>(gridDim.x) - 1) / static_cast<int32_t>(gridDim.x);
+  const int32_t e0 = static_cast<int32_t>(blockIdx.x) * per, e1 = min(entries, e0 + per);
+  const int half = P * D * 2;  // bytes of one page's K (or V) in a stage
+  const uint32_t base = attn::smem_addr(smem);
+  const auto issue = [&](int32_t e) {
+    const uint32_t st = base + static_cast<uint32_t>(((e - e0) % kReadStages) * 2 * half);
+    const int64_t off = static_cast<int64_t>(ids[e]) * P * D;
+    const auto* kp = reinterpret_cast<const uint8_t*>(k + off);
+    const auto* vp = reinterpret_cast<const uint8_t*>(v + off);
+    const int bytes = len[e] * D * 2;
+    for (int b = static_cast<int>(threadIdx.x) * 16; b < bytes; b += kReadThreads * 16) {
+      attn::cp_async16(st + b, kp + b, true);
+      attn::cp_async16(st + half + b, vp + b, true);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kReadStages - 1; ++s) {
+    if (e0 + s < e1) issue(e0 + s);
+    attn::cp_async_commit();
+  }
+  for (int32_t e = e0; e < e1; ++e) {
+    if (e + kReadStages - 1 < e1) issue(e + kReadStages - 1);
+    attn::cp_async_commit();
+    attn::cp_async_wait<kReadStages - 1>();  // entry e has landed (nothing reads it)
+  }
+  attn::cp_async_wait<0>();
 }
 
 double median(std::vector<float> v) {
@@ -513,6 +561,27 @@ int run_decode(const Options& o) {
     return ms;
   };
   const std::vector<float> ms = timed(g_decode, decode_call);
+  std::vector<float> ms_ceiling;
+  if (o.read_ceiling) {
+    const int32_t entries = read.indptr[static_cast<size_t>(n_rows)];
+    const int smem = kReadStages * 2 * o.page * o.dim * 2;
+    CUDA_CHECK(cudaFuncSetAttribute(paged_read_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    int per_sm = 0, sms = 0, dev = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, paged_read_kernel, kReadThreads, smem));
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int grid = std::max(1, std::min(per_sm * sms, entries));
+    const auto read_call = [&](int i) {
+      Set& st = sets[static_cast<size_t>(i)];
+      paged_read_kernel<<<grid, kReadThreads, smem, stream>>>(st.k.data(), st.v.data(), dread.ids.data(),
+                                                              dread.len.data(), entries, o.page, o.dim);
+      CUDA_CHECK_LAUNCH();
+    };
+    std::vector<cudaGraphExec_t> g_read;
+    for (int i = 0; o.graph && i < R; ++i) g_read.push_back(capture([&] { calls(i, read_call); }));
+    ms_ceiling = timed(g_read, read_call);
+    for (cudaGraphExec_t e : g_read) CUDA_CHECK(cudaGraphExecDestroy(e));
+  }
   std::vector<float> ms_sel, ms_both;
   if (gpu_select) {
     ms_sel = timed(g_select, select_call);
@@ -526,6 +595,10 @@ int run_decode(const Options& o) {
               "\"p90_ms\": %.5f, \"kv_bytes\": %.6e, \"tbps\": %.3f, \"pieces\": %zu, \"selected_pages\": %d",
               o.budget, !select ? "none" : o.select.c_str(), o.graph, med, percentile(ms, 0.0), percentile(ms, 0.9), kv_bytes,
               kv_bytes / (med * 1e-3) / 1e12, attn.split().work.size(), n_selected);
+  if (o.read_ceiling) {
+    const double c = median(ms_ceiling);
+    std::printf(", \"ceiling_median_ms\": %.5f, \"ceiling_tbps\": %.3f", c, kv_bytes / (c * 1e-3) / 1e12);
+  }
   if (gpu_select) {
     std::printf(", \"select_median_ms\": %.5f, \"select_decode_median_ms\": %.5f", median(ms_sel), median(ms_both));
   }

@@ -16,7 +16,10 @@ one set fits in L2, random data. Decode (ours and SDPA) is timed as CUDA graph r
 launch costs 30-55 us here, more than a small decode step. Each decode case runs twice: one call per
 graph (the kernel with its launch and the events around it), and 8 calls per graph on the rotation
 sets in turn, as an engine step's graph holds one call per layer (time per call). The
-device-to-device copy bandwidth is measured in the same run as the memory-bound limit.
+device-to-device copy bandwidth is measured in the same run as the memory-bound limit, and for each
+dense decode case the paged read ceiling (attention_bench --read-ceiling: the same pages read
+without any math) with the pool's pages shuffled, as a long-running server's pool is, and in list
+order, as a fresh pool hands them out and as SDPA's contiguous cache lies.
 
 Usage. Build on the development machine (ninja -C build-attn attention_bench, after
 cmake -S . -B build-attn -G Ninja -DSPARSESERVE_CUDA=ON), copy the binary and the libraries it needs
@@ -234,6 +237,7 @@ def main():
                          f"vs our dense: {fmt(dense and om and dense / om, '.2f')}x"])
             results.append({"case": "prefill_sparse", "L": L, "kernel": kernel, "ours": o})
     dense_decode_ms = {}
+    ceilings = []  # [case, ours, ceiling, ours on sequential pages, its ceiling, cuDNN] TB/s
     # Decode graphs hold one call (a lone kernel, its launch and events included) or LAYERS calls on
     # the rotation sets in turn (an engine step's graph, one call per layer): times are per call.
     graph_calls = [1] if a.quick else [1, LAYERS]
@@ -243,7 +247,8 @@ def main():
             for B in [1, 16]:
                 for L in decode_lens:
                     kv = 2 * B * HKV * L * D * 2
-                    o = ours(a.bin, a.out, ["--op", "decode", "--seq", L, "--batch", B, "--graph-calls", gc] + common)
+                    o = ours(a.bin, a.out, ["--op", "decode", "--seq", L, "--batch", B, "--graph-calls", gc,
+                                            "--read-ceiling", 1] + common)
                     c = peer(a.out, f"cuDNN decode B={B} L={L}",
                              lambda: sdpa_decode(SDPBackend.CUDNN_ATTENTION, B, L, it, wu, gc))
                     f2 = peer(a.out, f"FA2 decode B={B} L={L}",
@@ -253,8 +258,14 @@ def main():
                     tb = lambda ms: None if ms is None else kv / (ms * 1e-3) / 1e12  # noqa: E731
                     rows.append([f"decode dense B={B} L={L}{tag(gc)}", om, c and c[0], f2 and f2[0], "TB/s KV", tb(om),
                                  tb(c and c[0]), tb(f2 and f2[0])])
+                    seq = {}
+                    if gc == graph_calls[-1]:  # the engine-step timing: also with pages in list order
+                        seq = ours(a.bin, a.out, ["--op", "decode", "--seq", L, "--batch", B, "--graph-calls", gc,
+                                                  "--read-ceiling", 1, "--page-order", "sequential"] + common)
+                        ceilings.append([f"B={B} L={L}{tag(gc)}", tb(om), o.get("ceiling_tbps"), tb(seq.get("median_ms")),
+                                         seq.get("ceiling_tbps"), tb(c and c[0])])
                     results.append({"case": "decode_dense", "B": B, "L": L, "graph_calls": gc, "ours": o, "cudnn": c,
-                                    "fa2": f2})
+                                    "fa2": f2, "ours_sequential_pages": seq})
     if want("sparse") or want("decode"):
         L = sparse_decode_len
         for gc in graph_calls:
@@ -295,6 +306,16 @@ def main():
                                  fmt(cv, ".1f" if "TFLOP" in metric else ".3f"),
                                  fmt(fv, ".1f" if "TFLOP" in metric else ".3f"), ratio_c, ratio_f]))
     lines.append(f"(copy limit {copy_tbps:.2f} TB/s read+write; ratios are peer time / our time: > 1 means ours is faster)")
+    if ceilings:
+        ratio = lambda x, y: fmt(x / y if (x and y) else None, ".3f")  # noqa: E731
+        hdr = ["dense decode, TB/s of K/V", "ours", "paged read ceiling", "ours / ceiling", "ours, pages in order",
+               "ceiling, pages in order", "ours / ceiling", "cuDNN (contiguous)", "cuDNN / ceiling in order"]
+        lines += ["", " | ".join(hdr), " | ".join("---" for _ in hdr)]
+        for case, ov, cl, sv, sl, cv in ceilings:
+            lines.append(" | ".join([case, fmt(ov), fmt(cl), ratio(ov, cl), fmt(sv), fmt(sl), ratio(sv, sl), fmt(cv),
+                                     ratio(cv, sl)]))
+        lines.append("(ceiling: the same K/V pages copied to shared memory without any math, attention_bench "
+                     "--read-ceiling; shuffled pool pages unless 'in order')")
     log(a.out, "\n".join(lines))
     return 0
 
