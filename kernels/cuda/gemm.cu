@@ -95,7 +95,6 @@ struct Gemm::Impl {
   GemmTuning tuning = GemmTuning::kTimed;
   DeviceBuffer<std::byte> workspace;
   std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> plans;
-  cudaEvent_t start = nullptr, stop = nullptr;  // for timing candidates
 
   // One product with algorithm `algo`, or through cublasGemmEx when gemm_ex.
   cublasStatus_t launch(const Plan& p, bool gemm_ex, const cublasLtMatmulAlgo_t& algo, const GemmArgs& g,
@@ -133,10 +132,6 @@ struct Gemm::Impl {
   // choice is the fastest from memory, not from L2. Larger shapes stream from memory anyway: a warm-up
   // run, then kTimedReps runs between two events. Synchronizes the stream.
   void time_candidates(Plan& p, const GemmArgs& g, cudaStream_t stream) {
-    if (start == nullptr) {
-      CUDA_CHECK(cudaEventCreate(&start));
-      CUDA_CHECK(cudaEventCreate(&stop));
-    }
     int dev = 0, l2 = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
@@ -155,12 +150,10 @@ struct Gemm::Impl {
         cold = false;
       }
     }
-    std::vector<cudaEvent_t> run_events;
-    if (cold) {
-      CUDA_CHECK(cudaMemsetAsync(scratch.data(), 0, scratch.bytes(), stream));
-      run_events.resize(2 * Gemm::kColdReps);
-      for (cudaEvent_t& e : run_events) CUDA_CHECK(cudaEventCreate(&e));
-    }
+    if (cold) CUDA_CHECK(cudaMemsetAsync(scratch.data(), 0, scratch.bytes(), stream));
+    // Start and stop of each timed run (cold), or of the back-to-back runs.
+    std::vector<cudaEvent_t> run_events(2 * static_cast<size_t>(cold ? Gemm::kColdReps : 1));
+    for (cudaEvent_t& e : run_events) CUDA_CHECK(cudaEventCreate(&e));
     const auto evict_l2 = [&] {
       l2_evict_kernel<<<1024, 256, 0, stream>>>(scratch.data(), scratch.size(), sink.data());
       CUDA_CHECK_LAUNCH();
@@ -184,11 +177,11 @@ struct Gemm::Impl {
           total += ms;
         }
       } else {
-        CUDA_CHECK(cudaEventRecord(start, stream));
+        CUDA_CHECK(cudaEventRecord(run_events[0], stream));
         for (int r = 0; r < Gemm::kTimedReps && ok; ++r) ok = launch(p, ex, algo, g, stream) == CUBLAS_STATUS_SUCCESS;
-        CUDA_CHECK(cudaEventRecord(stop, stream));
-        CUDA_CHECK(cudaEventSynchronize(stop));
-        CUDA_CHECK(cudaEventElapsedTime(&total, start, stop));
+        CUDA_CHECK(cudaEventRecord(run_events[1], stream));
+        CUDA_CHECK(cudaEventSynchronize(run_events[1]));
+        CUDA_CHECK(cudaEventElapsedTime(&total, run_events[0], run_events[1]));
       }
       return ok ? total : INFINITY;
     };
@@ -282,8 +275,6 @@ Gemm::Gemm(size_t workspace_bytes, GemmTuning tuning) : impl_(std::make_unique<I
 
 Gemm::~Gemm() {
   impl_->plans.clear();
-  if (impl_->start) (void)cudaEventDestroy(impl_->start);
-  if (impl_->stop) (void)cudaEventDestroy(impl_->stop);
   if (impl_->blas) cublasDestroy(impl_->blas);
   if (impl_->handle) cublasLtDestroy(impl_->handle);
 }
