@@ -1,19 +1,22 @@
 // Paged decode attention (see decode_attention.h for the contract).
 //
 // How it works. A CTA (4 warps) takes one work item: one (sequence, KV head) row and a range of its
-// page list. The group's query heads are the 16 rows of one mma m-tile (rows ≥ group are zero), held
-// as A fragments in registers for the whole CTA, so every K/V byte is read from memory once per
-// group. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline, the
-// copies marked L2 evict-first: K/V are read once, the small tables around them are not);
-// warp w copies and computes keys 16w .. 16w+15 of each tile with its own online softmax (S = Q·Kᵀ
-// and O += P·V on mma.sync m16n8k16, fp32 accumulators, lazy rescaling): no warp reads another's
-// rows, so the warps run their pipelines without CTA barriers. At the end the 4 warps merge through
-// shared memory; a row with one piece writes bf16 at once, otherwise each piece writes fp32 O/L
-// plus lse = m + log2(L), and the CTA that finishes a row's last piece (an atomic count per row,
-// reset by that CTA) merges the row's pieces, staged in shared memory by one batch of copies: one
-// launch per call. Work pieces are sized on the host to fill one wave of resident CTAs
-// (plan_decode_split). With programmatic launch the CTAs read their work item while the previous
-// kernel finishes (launch.cuh).
+// page list. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline, the
+// copies marked L2 evict-first: K/V are read once, the small tables around them are not); warp w
+// copies and computes keys 16w .. 16w+15 of each tile with its own online softmax, so no warp reads
+// another's rows and the warps run their pipelines without CTA barriers. The math is transposed
+// (GQA as the mma's narrow side): Sᵀ = K·Qᵀ and Oᵀ += Vᵀ·Pᵀ on mma.sync m16n8k16 with the warp's 16
+// keys or 16 dims as the m rows and the group's query heads as the n = 8 columns (two column blocks
+// for groups 9-16), fp32 accumulators, lazy rescaling. Qᵀ stays in registers for the whole CTA, so
+// every K/V byte is read from memory once per group; Pᵀ reaches the second mma by movmatrix. Against
+// heads as the m rows (16 rows, 12 of them empty at group 4) this halves the mma count and the
+// accumulators.
+// At the end the 4 warps merge through shared memory; a row with one piece writes bf16 at once,
+// otherwise each piece writes fp32 O/L plus lse = m + log2(L), and the CTA that finishes a row's last
+// piece (an atomic count per row, reset by that CTA) merges the row's pieces (merge_row): one launch
+// per call. Work pieces are sized on the host to fill one wave of resident CTAs (plan_decode_split).
+// With programmatic launch the CTAs read their work item while the previous kernel finishes
+// (launch.cuh).
 #include "kernels/cuda/decode_attention.h"
 
 #include <algorithm>
@@ -23,6 +26,7 @@
 
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace sparseserve::kernels::cuda {
 
@@ -81,100 +85,115 @@ struct DecodeSmem {
   static constexpr int kBytes = kPosOffset + kStages * kBN * 4;
 };
 
-// Combines the pieces of split row `row`: O = Σ 2^(lse_i − M) O_i / Σ 2^(lse_i − M), bf16 out. Called by
-// the CTA that finishes the row's last piece (all threads), with the idle pipeline buffers as `buf`.
-// The partials of the row's pieces are consecutive slots, so a chunk of pieces (as many as fit in
-// buf; usually all of them) is one contiguous block of O and one of lse: every thread issues its
-// share of the copies into shared memory at once (cp.async through L2), so the whole chunk costs
-// one round trip whatever the piece count. Then a thread owns 4 output columns of one head (a slot;
-// G·D/4 of them) and folds a share of the pieces in with a running maximum; when there are fewer
-// slots than threads, `groups` threads share a slot (every groups-th piece each) and combine through
-// scratch in buf.
-struct MergeAcc {
-  float4 o;
-  float m, l;  // running maximum (log2 domain) and weight sum relative to it
-};
-constexpr int kMaxSlotPasses = 16 * 128 / 4 / kThreads;  // slots per thread at most (G = 16, D = 128)
+// Pieces of one row at most (the merge keeps a weight per piece and head in shared memory, and a
+// lane's share of a head's lse values in registers): plan_decode_split never gives a row more
+// pieces than target_ctas, which is held to this.
+constexpr int kMaxRowPieces = 640;
+constexpr int kMaxSlotPasses = 16 * 128 / 4 / kThreads;  // 4-column slots per thread at most (G = 16, D = 128)
 
-__device__ __forceinline__ void merge_fold(MergeAcc& a, const MergeAcc& b) {
-  const float mx = fmaxf(a.m, b.m);
-  const float base = mx == -INFINITY ? 0.0f : mx;
-  const float fa = attn::fast_exp2(a.m - base), fb = attn::fast_exp2(b.m - base);
-  a.o = make_float4(fa * a.o.x + fb * b.o.x, fa * a.o.y + fb * b.o.y, fa * a.o.z + fb * b.o.z, fa * a.o.w + fb * b.o.w);
-  a.l = fa * a.l + fb * b.l;
-  a.m = mx;
-}
-
+// Combines the pieces of split row `row`: O = Σ_i w_i O_i with w_i = 2^(lse_i − M) / Σ_j 2^(lse_j − M)
+// per head (M: the head's largest lse), bf16 out. Called by the CTA that finishes the row's last
+// piece (all threads), with the idle pipeline buffers as `buf` and `bar` an mbarrier initialised
+// with count 1. The partials of the row's pieces are consecutive slots, so a chunk of pieces (as
+// many as fit in buf; usually all of them) is one contiguous block of O, staged by one bulk copy
+// (TMA) that is issued first. While it streams, warp w turns the lse values of heads w, w + 4, ...
+// into the weights (read from L2, reduced over the lanes). Then a thread owns 4 output columns of
+// one head (a slot; G·D/4 of them) and sums its pieces times their weights; with fewer slots than
+// threads, `groups` threads share a slot (every groups-th piece each) and add up through buf.
+// (Session 7, batch 1, 8K: staging O and lse by cp.async from every thread and folding with a
+// running maximum took ~4 us, a quarter of the call.)
 template <int D>
 __device__ __forceinline__ void merge_row(const DecodeParams& p, const DecodeRow& row, int2 sp, uint8_t* buf,
-                                          int buf_bytes) {
-  const int G = p.group, tid = static_cast<int>(threadIdx.x);
+                                          int buf_bytes, uint32_t bar) {
+  const int G = p.group, tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int n_pieces = sp.x, LS = p.lse_stride, piece_floats = G * D;
+  // buf: weights [n_pieces][G], then O [cap][G][D] (16-byte aligned).
+  float* w_s = reinterpret_cast<float*>(buf);
+  const int w_bytes = (n_pieces * G * 4 + 15) / 16 * 16;
+  float* o_s = reinterpret_cast<float*>(buf + w_bytes);
+  const int cap = (buf_bytes - w_bytes) / (piece_floats * 4);  // ≥ 1 while n_pieces ≤ kMaxRowPieces
+  const float* o_src = p.partial_o + static_cast<int64_t>(sp.y) * piece_floats;
+  // Thread 0: the other CTAs' partials (acquired through the row count) and this CTA's earlier
+  // generic accesses of buf (ordered by the barrier before) become visible to the bulk copy.
+  const auto copy_chunk = [&](int c0) {
+    wgmma::fence_proxy_async_global();
+    wgmma::fence_proxy_async();
+    const auto bytes = static_cast<uint32_t>(min(cap, n_pieces - c0) * piece_floats * 4);
+    wgmma::mbar_arrive_expect_tx(bar, bytes);
+    wgmma::bulk_load(attn::smem_addr(o_s), o_src + static_cast<int64_t>(c0) * piece_floats, bytes, bar);
+  };
+  if (tid == 0) copy_chunk(0);
+  constexpr int kPerLane = kMaxRowPieces / 32;
+  for (int h = warp; h < G; h += kWarps) {
+    const float* lse = p.partial_lse + static_cast<int64_t>(sp.y) * LS + h;
+    float v[kPerLane], mx = -INFINITY;  // pieces lane, lane + 32, ...: one round trip for all loads
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      v[j] = lane + 32 * j < n_pieces ? __ldcg(lse + (lane + 32 * j) * LS) : -INFINITY;
+      mx = fmaxf(mx, v[j]);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    const float base = mx == -INFINITY ? 0.0f : mx;
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      v[j] = attn::fast_exp2(v[j] - base);
+      sum += v[j];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      if (lane + 32 * j < n_pieces) w_s[(lane + 32 * j) * G + h] = v[j] * inv;
+    }
+  }
+  __syncthreads();  // the weights are complete
+
   const int slots = G * D / 4;
   const int groups = max(1, kThreads / slots), per_group = kThreads / groups, grp = tid / per_group;
-  // buf: scratch [kThreads] MergeAcc, then lse [cap][LS], then O [cap][G][D] (LS = lse_stride).
-  MergeAcc* scratch = reinterpret_cast<MergeAcc*>(buf);
-  const int LS = p.lse_stride, piece_bytes = G * D * 4;
-  const int cap = (buf_bytes - kThreads * static_cast<int>(sizeof(MergeAcc))) / (piece_bytes + LS * 4);
-  float* lse_s = reinterpret_cast<float*>(buf + kThreads * sizeof(MergeAcc));
-  float* o_s = lse_s + cap * LS;
-  MergeAcc acc[kMaxSlotPasses];
+  float4 acc[kMaxSlotPasses];
 #pragma unroll
-  for (int k = 0; k < kMaxSlotPasses; ++k) acc[k] = MergeAcc{make_float4(0.0f, 0.0f, 0.0f, 0.0f), -INFINITY, 0.0f};
-  for (int c0 = 0; c0 < sp.x; c0 += cap) {
-    const int n = min(cap, sp.x - c0);
-    const float* o_src = p.partial_o + (static_cast<int64_t>(sp.y) + c0) * G * D;
-    const float* lse_src = p.partial_lse + (static_cast<int64_t>(sp.y) + c0) * LS;
-    for (int i = tid; i < n * piece_bytes / 16; i += kThreads) {
-      attn::cp_async16(attn::smem_addr(o_s + 4 * i), o_src + 4 * i, true);
-    }
-    for (int i = tid; i < n * LS / 4; i += kThreads) {
-      attn::cp_async16(attn::smem_addr(lse_s + 4 * i), lse_src + 4 * i, true);
-    }
-    attn::cp_async_commit();
-    attn::cp_async_wait<0>();
-    __syncthreads();
+  for (int k = 0; k < kMaxSlotPasses; ++k) acc[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  uint32_t phase = 0;
+  for (int c0 = 0; c0 < n_pieces; c0 += cap) {
+    const int n = min(cap, n_pieces - c0);
+    wgmma::mbar_wait(bar, phase);
+    phase ^= 1;
 #pragma unroll
     for (int k = 0; k < kMaxSlotPasses; ++k) {
       const int slot = k * per_group + tid % per_group, h = slot / (D / 4);
       if (slot >= slots || grp >= groups) continue;
-      // Unrolled so that the shared-memory loads of several pieces are in flight together.
-      MergeAcc part{make_float4(0.0f, 0.0f, 0.0f, 0.0f), -INFINITY, 0.0f};
-#pragma unroll 8
-      for (int s = grp; s < n; s += groups) part.m = fmaxf(part.m, lse_s[s * LS + h]);
-      const float base = part.m == -INFINITY ? 0.0f : part.m;
-#pragma unroll 8
-      for (int s = grp; s < n; s += groups) {
-        const float wgt = attn::fast_exp2(lse_s[s * LS + h] - base);
-        const float4 x = reinterpret_cast<const float4*>(o_s + s * G * D)[slot];
-        part.o.x += wgt * x.x, part.o.y += wgt * x.y, part.o.z += wgt * x.z, part.o.w += wgt * x.w;
-        part.l += wgt;
+#pragma unroll 4
+      for (int i = grp; i < n; i += groups) {
+        const float wgt = w_s[(c0 + i) * G + h];
+        const float4 x = reinterpret_cast<const float4*>(o_s + i * piece_floats)[slot];
+        acc[k].x += wgt * x.x, acc[k].y += wgt * x.y, acc[k].z += wgt * x.z, acc[k].w += wgt * x.w;
       }
-      merge_fold(acc[k], part);
     }
     __syncthreads();  // the chunk is read before the next one overwrites it
+    if (tid == 0 && c0 + cap < n_pieces) copy_chunk(c0 + cap);
+  }
+  if (groups > 1) {  // then slots ≤ kThreads / 2: only pass 0 holds a slot
+    float4* part = reinterpret_cast<float4*>(o_s);
+    if (tid % per_group < slots && grp < groups) part[grp * slots + tid % per_group] = acc[0];
+    __syncthreads();
+    if (tid < slots) {
+      for (int g = 1; g < groups; ++g) {
+        const float4 x = part[g * slots + tid];
+        acc[0].x += x.x, acc[0].y += x.y, acc[0].z += x.z, acc[0].w += x.w;
+      }
+    }
   }
 #pragma unroll
   for (int k = 0; k < kMaxSlotPasses; ++k) {
-    const int slot0 = k * per_group;
-    if (slot0 >= slots) break;
-    const int slot = slot0 + tid % per_group;
-    MergeAcc a = acc[k];
-    if (groups > 1) {
-      if (slot < slots && grp < groups) scratch[grp * slots + slot] = a;
-      __syncthreads();
-      if (tid < slots) {
-        a = scratch[tid];
-        for (int g = 1; g < groups; ++g) merge_fold(a, scratch[g * slots + tid]);
-      }
-    }
-    if (groups > 1 ? tid < slots : slot < slots) {
-      const int out_slot = groups > 1 ? tid : slot;
-      const float inv = a.l > 0.0f ? 1.0f / a.l : 0.0f;
-      bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + out_slot / (D / 4)) * D +
-                  4 * (out_slot % (D / 4));
-      *reinterpret_cast<uint2*>(dst) = make_uint2(attn::pack_bf16x2(a.o.x * inv, a.o.y * inv),
-                                                  attn::pack_bf16x2(a.o.z * inv, a.o.w * inv));
-    }
+    const int slot = groups > 1 ? (k == 0 ? tid : slots) : k * per_group + tid;
+    if (slot >= slots) continue;
+    bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + slot / (D / 4)) * D +
+                4 * (slot % (D / 4));
+    *reinterpret_cast<uint2*>(dst) =
+        make_uint2(attn::pack_bf16x2(acc[k].x, acc[k].y), attn::pack_bf16x2(acc[k].z, acc[k].w));
   }
 }
 
@@ -211,6 +230,55 @@ __device__ __forceinline__ void load_warp_rows(uint32_t k_tile, uint32_t v_tile,
   }
 }
 
+// One online-softmax step over a warp's Sᵀ tile: its 16 keys (this thread: keys lane/4 and lane/4 + 8,
+// elements 0, 1 and 2, 3) × NB blocks of 8 heads (this thread: heads 8·nb + 2·(lane % 4) + j, elements
+// j and j + 2), scores in the log2 domain (−inf = masked). m[nb][j]: the head's running reference
+// maximum, the same in the 8 lanes that hold the head; l[nb][j]: this thread's share of the head's
+// sum (summed over the 8 lanes at the end); o: Oᵀ accumulators, heads as columns. On return s holds
+// exp2(s − m). Lazy rescaling as attn::online_softmax_step, but cheaper to test: each thread checks
+// its own scores against the references, and only when one exceeds its reference by more than
+// kRescaleSlack are the heads' maxima reduced over their lanes and o, l rescaled.
+template <int NB, int DP>
+__device__ __forceinline__ void online_softmax_cols(float (&s)[NB][4], float (&m)[NB][2], float (&l)[NB][2],
+                                                    float (&o)[DP][NB][4]) {
+  bool fits = true;
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) fits = fits && fmaxf(s[nb][j], s[nb][j + 2]) <= m[nb][j] + attn::kRescaleSlack;
+  }
+  if (!__all_sync(0xffffffffu, fits)) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float mx = fmaxf(m[nb][j], fmaxf(s[nb][j], s[nb][j + 2]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+        const float alpha = attn::fast_exp2(m[nb][j] - (mx == -INFINITY ? 0.0f : mx));  // 0 when m was −inf
+        m[nb][j] = mx;
+        l[nb][j] *= alpha;
+#pragma unroll
+        for (int dp = 0; dp < DP; ++dp) {
+          o[dp][nb][j] *= alpha;
+          o[dp][nb][j + 2] *= alpha;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const float base = m[nb][j] == -INFINITY ? 0.0f : m[nb][j];
+      s[nb][j] = attn::fast_exp2(s[nb][j] - base);
+      s[nb][j + 2] = attn::fast_exp2(s[nb][j + 2] - base);
+      l[nb][j] += s[nb][j] + s[nb][j + 2];
+    }
+  }
+}
+
 // atomicAdd with release and acquire semantics at GPU scope; returns the old value.
 __device__ __forceinline__ int32_t atomic_add_acq_rel_gpu(int32_t* p, int32_t v) {
   int32_t old;
@@ -218,7 +286,7 @@ __device__ __forceinline__ int32_t atomic_add_acq_rel_gpu(int32_t* p, int32_t v)
   return old;
 }
 
-template <int D>
+template <int D, int NB>
 __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const DecodeParams p) {
   using Smem = DecodeSmem<D>;
   constexpr int kChunks = D / 8;
@@ -257,6 +325,10 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   const auto k_stage = [&](int s) { return pipe + s * 2 * Smem::kTileBytes; };
   const auto v_stage = [&](int s) { return pipe + s * 2 * Smem::kTileBytes + Smem::kTileBytes; };
 
+  // The merge's mbarrier (merge_row), initialised here, off the end of the CTA's critical path; the
+  // barrier after the Q copies publishes it to the CTA, and merge_row's proxy fence to the bulk copy.
+  __shared__ __align__(8) uint64_t merge_bar;
+  if (tid == 0) wgmma::mbar_init(attn::smem_addr(&merge_bar), 1);
   // Q: rows 0..G-1 = the group's heads, rows G..15 zero.
   const bf16* q_src = p.q + row.q_row * p.q_stride + static_cast<int64_t>(row.kv_head) * G * D;
   for (int i = tid; i < 16 * kChunks; i += kThreads) {
@@ -283,18 +355,34 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   attn::TileSource next = src[kStages - 1];
   attn::cp_async_wait<kStages - 1>();  // the Q group
   __syncthreads();
-  uint32_t qf[D / 16][4];
+  // Qᵀ as mma B fragments (n = 8 heads per block, k = 16 dims): qb[ks][nb] holds heads 8·nb .. 8·nb+7
+  // (zero past G) × dims 16·ks .. 16·ks+15; an ldmatrix of the Q tile's rows delivers exactly that.
+  uint32_t qb[D / 16][NB][2];
 #pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    attn::ldmatrix_x4(qf[ks], q_tile + attn::tile_offset<D>((lane & 7) + ((lane >> 3) & 1) * 8, 2 * ks + (lane >> 4)));
+  for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+    for (int kp = 0; kp < D / 32; ++kp) {
+      uint32_t r[4];
+      attn::ldmatrix_x4(r, q_tile + attn::tile_offset<D>(8 * nb + (lane & 7), 4 * kp + (lane >> 3)));
+      qb[2 * kp][nb][0] = r[0];
+      qb[2 * kp][nb][1] = r[1];
+      qb[2 * kp + 1][nb][0] = r[2];
+      qb[2 * kp + 1][nb][1] = r[3];
+    }
   }
 
   const attn::MaskParams mp{static_cast<int32_t>(row.mask), row.sink, row.local, 1, 0};
   const int32_t t = row.q_pos;
-  float o[D / 8][4];
+  const int g = lane >> 2;  // this thread's keys of the warp's 16: g and g + 8
+  float o[D / 16][NB][4];   // Oᵀ: dims 16·dp + g (+ 8) × heads 8·nb + 2·(lane % 4) + {0, 1}
 #pragma unroll
-  for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  for (int dp = 0; dp < D / 16; ++dp) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) o[dp][nb][0] = o[dp][nb][1] = o[dp][nb][2] = o[dp][nb][3] = 0.0f;
+  }
+  float m[NB][2], l[NB][2];
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) m[nb][0] = m[nb][1] = -INFINITY, l[nb][0] = l[nb][1] = 0.0f;
 
   for (int it = 0; it < n_tiles; ++it) {
     attn::cp_async_wait<kStages - 2>();
@@ -315,63 +403,75 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
     const bool mine = lane < 16 && attn::key_allowed(mp, nullptr, t, tp[lane & 15]);
     if (__ballot_sync(0xffffffffu, mine) == 0) continue;
 
+    // Sᵀ = K·Qᵀ: the warp's 16 keys as the mma's m rows, the group's heads as its n columns; even and
+    // odd dim blocks accumulate apart, two chains of D/32 dependent mma instead of one of D/16.
     const uint32_t kt = k_stage(st), vt = v_stage(st);
-    float s[2][4] = {};
+    float s[NB][4] = {}, s_odd[NB][4] = {};
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t b[4];
-      attn::ldmatrix_x4(b, kt + attn::tile_offset<D>(key0 + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)));
-      attn::mma_bf16_16816(s[0], qf[ks], b[0], b[1]);
-      attn::mma_bf16_16816(s[1], qf[ks], b[2], b[3]);
+      uint32_t a[4];
+      attn::ldmatrix_x4(a, kt + attn::tile_offset<D>(key0 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * ks + (lane >> 4)));
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) attn::mma_bf16_16816(ks % 2 ? s_odd[nb] : s[nb], a, qb[ks][nb][0], qb[ks][nb][1]);
     }
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const bool ok = attn::key_allowed(mp, nullptr, t, tp[8 * j + 2 * (lane & 3) + h]);
-        s[j][h] = ok ? s[j][h] * p.scale_log2 : -INFINITY;
-        s[j][h + 2] = ok ? s[j][h + 2] * p.scale_log2 : -INFINITY;
-      }
+      for (int e = 0; e < 4; ++e) s[nb][e] += s_odd[nb][e];
     }
-    attn::online_softmax_step<2, D / 8>(s, m, l, o);
-    const uint32_t a[4] = {attn::pack_bf16x2(s[0][0], s[0][1]), attn::pack_bf16x2(s[0][2], s[0][3]),
-                           attn::pack_bf16x2(s[1][0], s[1][1]), attn::pack_bf16x2(s[1][2], s[1][3])};
+    const bool ok_lo = attn::key_allowed(mp, nullptr, t, tp[g]), ok_hi = attn::key_allowed(mp, nullptr, t, tp[g + 8]);
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      s[nb][0] = ok_lo ? s[nb][0] * p.scale_log2 : -INFINITY;
+      s[nb][1] = ok_lo ? s[nb][1] * p.scale_log2 : -INFINITY;
+      s[nb][2] = ok_hi ? s[nb][2] * p.scale_log2 : -INFINITY;
+      s[nb][3] = ok_hi ? s[nb][3] * p.scale_log2 : -INFINITY;
+    }
+    online_softmax_cols<NB, D / 16>(s, m, l, o);
+    // Pᵀ (keys × heads) as the B fragment of Oᵀ += Vᵀ·Pᵀ: the accumulator's 8×8 blocks transposed.
+    uint32_t pb[NB][2];
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      pb[nb][0] = attn::movmatrix_trans(attn::pack_bf16x2(s[nb][0], s[nb][1]));
+      pb[nb][1] = attn::movmatrix_trans(attn::pack_bf16x2(s[nb][2], s[nb][3]));
+    }
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
-      uint32_t b[4];
-      attn::ldmatrix_x4_trans(b, vt + attn::tile_offset<D>(key0 + (lane & 7) + (((lane >> 3) & 1) << 3),
-                                                           2 * dp + (lane >> 4)));
-      attn::mma_bf16_16816(o[2 * dp], a, b[0], b[1]);
-      attn::mma_bf16_16816(o[2 * dp + 1], a, b[2], b[3]);
+      uint32_t a[4];
+      attn::ldmatrix_x4_trans(a, vt + attn::tile_offset<D>(key0 + (lane & 7) + ((lane >> 4) << 3), 2 * dp + ((lane >> 3) & 1)));
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) attn::mma_bf16_16816(o[dp][nb], a, pb[nb][0], pb[nb][1]);
     }
   }
   attn::cp_async_wait<0>();
   __syncthreads();  // the pipeline buffers become the merge buffers
 
-  // Merge the 4 warps: red_o [warp][16][RS] (unnormalised; rows < G only, RS = D + 8 so that the
-  // rows a store instruction writes fall on distinct banks), red_m / red_l [warp][16].
+  // Merge the 4 warps: red_o [warp][16][RS] (unnormalised; rows < G only), red_m / red_l [warp][16].
   constexpr int RS = Smem::kRedStride;
   float* red_o = reinterpret_cast<float*>(smem);
   float* red_m = red_o + kWarps * 16 * RS;
   float* red_l = red_m + kWarps * 16;
-  const int g = lane >> 2, c2 = 2 * (lane & 3);
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
+  for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    if (g < G) *reinterpret_cast<float2*>(red_o + (warp * 16 + g) * RS + 8 * j + c2) = make_float2(o[j][0], o[j][1]);
-    if (g + 8 < G) {
-      *reinterpret_cast<float2*>(red_o + (warp * 16 + g + 8) * RS + 8 * j + c2) = make_float2(o[j][2], o[j][3]);
+    for (int j = 0; j < 2; ++j) {
+      float x = l[nb][j];
+      x += __shfl_xor_sync(0xffffffffu, x, 4);
+      x += __shfl_xor_sync(0xffffffffu, x, 8);
+      x += __shfl_xor_sync(0xffffffffu, x, 16);
+      const int h = 8 * nb + 2 * (lane & 3) + j;
+      if (h < G) {
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          red_o[(warp * 16 + h) * RS + 16 * dp + g] = o[dp][nb][j];
+          red_o[(warp * 16 + h) * RS + 16 * dp + 8 + g] = o[dp][nb][j + 2];
+        }
+        if (g == 0) {
+          red_m[warp * 16 + h] = m[nb][j];
+          red_l[warp * 16 + h] = x;
+        }
+      }
     }
-  }
-  if ((lane & 3) == 0) {
-    red_m[warp * 16 + g] = m[0];
-    red_m[warp * 16 + g + 8] = m[1];
-    red_l[warp * 16 + g] = l[0];
-    red_l[warp * 16 + g + 8] = l[1];
   }
   __syncthreads();
 
@@ -416,9 +516,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   }
   __syncthreads();
   if (!merge_here) return;
-  static_assert(Smem::kPipeBytes >= kThreads * sizeof(MergeAcc) + 2 * (16 * D * 4 + 64),
-                "merge_row stages at least two pieces in the pipeline buffers");
-  merge_row<D>(p, row, split, smem, Smem::kPipeBytes);
+  static_assert(Smem::kPipeBytes >= kMaxRowPieces * 16 * 4 + 16 * D * 4,
+                "merge_row holds the weights and at least one piece in the pipeline buffers");
+  merge_row<D>(p, row, split, smem, Smem::kPipeBytes, attn::smem_addr(&merge_bar));
   if (tid == 0) p.row_done[w.row] = 0;  // ready for the next launch (graph replays)
 }
 
@@ -434,10 +534,13 @@ __global__ void __launch_bounds__(kThreads) decode_fill_block_positions_kernel(c
   }
 }
 
-template <int D>
-void* decode_kernel() {
-  return reinterpret_cast<void*>(&decode_attention_paged_kernel<D>);
+// The kernel for a head dim and group: NB = 1 block of 8 heads up to G = 8, else 2.
+using DecodeKernel = void (*)(DecodeParams);
+DecodeKernel decode_kernel(int32_t head_dim, int32_t group) {
+  if (head_dim == 64) return group <= 8 ? decode_attention_paged_kernel<64, 1> : decode_attention_paged_kernel<64, 2>;
+  return group <= 8 ? decode_attention_paged_kernel<128, 1> : decode_attention_paged_kernel<128, 2>;
 }
+int decode_smem_bytes(int32_t head_dim) { return head_dim == 64 ? DecodeSmem<64>::kBytes : DecodeSmem<128>::kBytes; }
 
 }  // namespace
 
@@ -520,12 +623,13 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   int dev = 0, sms = 0, per_sm = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int smem = config.head_dim == 64 ? DecodeSmem<64>::kBytes : DecodeSmem<128>::kBytes;
-  const void* kernel = config.head_dim == 64 ? decode_kernel<64>() : decode_kernel<128>();
+  const int smem = decode_smem_bytes(config.head_dim);
+  const void* kernel = reinterpret_cast<const void*>(decode_kernel(config.head_dim, config.group));
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
   check(per_sm >= 1, "DecodeAttention: the kernel does not fit on this device", loc);
-  target_ctas_ = config.target_ctas > 0 ? config.target_ctas : sms * per_sm;
+  check(config.target_ctas <= kMaxRowPieces, "DecodeAttention: target_ctas must be at most 640", loc);
+  target_ctas_ = config.target_ctas > 0 ? config.target_ctas : std::min(sms * per_sm, kMaxRowPieces);
   work_capacity_ = config.max_rows + target_ctas_;
 
   const PlanLayout layout(work_capacity_, config.max_rows);
@@ -649,14 +753,8 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
 
   const int grid = config_.cuda_graph ? work_capacity_ : static_cast<int>(split_.work.size());
   if (grid == 0) return;
-  const bool pdl = config_.programmatic_launch;
-  if (D == 64) {
-    CUDA_CHECK(launch_kernel(decode_attention_paged_kernel<64>, grid, kThreads, DecodeSmem<64>::kBytes, stream, pdl,
-                             p));
-  } else {
-    CUDA_CHECK(launch_kernel(decode_attention_paged_kernel<128>, grid, kThreads, DecodeSmem<128>::kBytes, stream, pdl,
-                             p));
-  }
+  CUDA_CHECK(launch_kernel(decode_kernel(D, config_.group), grid, kThreads, decode_smem_bytes(D), stream,
+                           config_.programmatic_launch, p));
 }
 
 }  // namespace sparseserve::kernels::cuda

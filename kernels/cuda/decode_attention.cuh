@@ -65,6 +65,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
                : "r"(addr));
 }
 
+// Transposes an 8×8 b16 matrix held in mma fragment layout (this lane: row lane/4, columns
+// 2·(lane%4)+{0,1}): returns the same lane's elements of the transpose.
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
 // d += a · b for one m16n8k16 tile, bf16 inputs, fp32 accumulators (PTX fragment layouts: a row g =
 // lane/4 and g+8, columns 2·(lane%4)+{0,1} and +8; b column lane/4, rows 2·(lane%4)+{0,1} and +8;
 // d rows g, g+8, columns 2·(lane%4)+{0,1}).

@@ -135,7 +135,7 @@ struct DecodeConfig {
   int32_t max_rows = 0;         // rows per call at most (sizes the workspace)
   bool cuda_graph = false;      // launch capacity-sized grids (surplus CTAs exit at once)
   int32_t min_chunk_tokens = 128;  // smallest piece (tests lower it to exercise the merge)
-  int32_t target_ctas = 0;      // pieces to aim for; 0: SMs × resident CTAs per SM
+  int32_t target_ctas = 0;      // pieces to aim for, at most 640; 0: SMs × resident CTAs per SM (at most 640)
   // Programmatic dependent launch (sm_90): run() may start while the stream's previous kernel is
   // still running, reading its plan and pages.indptr; it waits for that kernel before touching
   // anything else.

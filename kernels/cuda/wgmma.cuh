@@ -97,6 +97,16 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int32
       "l"(map), "r"(col), "r"(row), "r"(bar)
       : "memory");
 }
+// Bulk copy (TMA, no tensor map) of `bytes` contiguous bytes global → shared; bytes, src and dst
+// multiples of 16. The bytes count against bar's expected transaction bytes.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+// Orders this thread's earlier generic-proxy accesses of global memory (and those it has acquired
+// from other threads) before its later async-proxy operations (bulk copies).
+__device__ __forceinline__ void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;\n" ::: "memory"); }
 // Waits until the phase with this parity has completed.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
