@@ -35,7 +35,7 @@ namespace {
 constexpr int kScoreWarps = 4;
 constexpr int kScoreMaxSpan = 32;  // blocks per warp chunk: one page index per lane
 constexpr int kScoreWarpsPerSm = 16;
-constexpr int kSelectThreads = 512;
+constexpr int kSelectThreads = 1024;  // 512: batch 1 / 16 selections 15.7 / 82.7 us, 1024: 14.9 / 75.4 (H200)
 constexpr int32_t kStageKeys = 8192;  // keys and page ids: 64 KB of shared memory
 
 constexpr unsigned kFull = 0xffffffffu;
