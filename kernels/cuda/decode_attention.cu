@@ -63,16 +63,11 @@ struct DecodeParams {
   const int2* row_split;  // {pieces, first partial}
   const DecodeRow* rows;
   float* partial_o;    // [slot][group][D]
-  float* partial_lse;  // [slot][lse_stride]: a slot's group values, 16-byte aligned
+  float* partial_lse;  // [slot][group], log2 domain
   int32_t* row_done;   // [max_rows] pieces of the row finished in this launch; 0 between launches
   int32_t group;
-  int32_t lse_stride;  // group rounded up to 4
   float scale_log2;    // softmax scale · log2(e)
 };
-
-// Floats between two partial slots' lse values: the group rounded up to 4, so that every slot's
-// values start 16-byte aligned for the merge's copies.
-int32_t lse_stride(int32_t group) { return (group + 3) / 4 * 4; }
 
 template <int D>
 struct DecodeSmem {
@@ -106,7 +101,7 @@ template <int D>
 __device__ __forceinline__ void merge_row(const DecodeParams& p, const DecodeRow& row, int2 sp, uint8_t* buf,
                                           int buf_bytes, uint32_t bar) {
   const int G = p.group, tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  const int n_pieces = sp.x, LS = p.lse_stride, piece_floats = G * D;
+  const int n_pieces = sp.x, piece_floats = G * D;
   // buf: weights [n_pieces][G], then O [cap][G][D] (16-byte aligned).
   float* w_s = reinterpret_cast<float*>(buf);
   const int w_bytes = (n_pieces * G * 4 + 15) / 16 * 16;
@@ -125,11 +120,11 @@ __device__ __forceinline__ void merge_row(const DecodeParams& p, const DecodeRow
   if (tid == 0) copy_chunk(0);
   constexpr int kPerLane = kMaxRowPieces / 32;
   for (int h = warp; h < G; h += kWarps) {
-    const float* lse = p.partial_lse + static_cast<int64_t>(sp.y) * LS + h;
+    const float* lse = p.partial_lse + static_cast<int64_t>(sp.y) * G + h;
     float v[kPerLane], mx = -INFINITY;  // pieces lane, lane + 32, ...: one round trip for all loads
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
-      v[j] = lane + 32 * j < n_pieces ? __ldcg(lse + (lane + 32 * j) * LS) : -INFINITY;
+      v[j] = lane + 32 * j < n_pieces ? __ldcg(lse + (lane + 32 * j) * G) : -INFINITY;
       mx = fmaxf(mx, v[j]);
     }
 #pragma unroll
@@ -499,7 +494,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
       float* dst = p.partial_o + (static_cast<int64_t>(w.partial) * G + h) * D + 8 * c;
       reinterpret_cast<float4*>(dst)[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
       reinterpret_cast<float4*>(dst)[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
-      if (c == 0) p.partial_lse[w.partial * p.lse_stride + h] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
+      if (c == 0) p.partial_lse[w.partial * G + h] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
     }
   }
   if (w.partial < 0) return;
@@ -638,11 +633,9 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   CUDA_CHECK(cudaEventCreateWithFlags(&plan_uploaded_, cudaEventDisableTiming));
   const auto slots = static_cast<size_t>(work_capacity_) * static_cast<size_t>(config.group);
   partial_o_ = DeviceBuffer<float>(slots * static_cast<size_t>(config.head_dim), loc);
-  const auto lse_slots = static_cast<size_t>(work_capacity_) * static_cast<size_t>(lse_stride(config.group));
-  partial_lse_ = DeviceBuffer<float>(lse_slots, loc);
+  partial_lse_ = DeviceBuffer<float>(slots, loc);
   row_done_ = DeviceBuffer<int32_t>(static_cast<size_t>(config.max_rows), loc);
   CUDA_CHECK(cudaMemset(row_done_.data(), 0, row_done_.bytes()));
-  CUDA_CHECK(cudaMemset(partial_lse_.data(), 0, partial_lse_.bytes()));  // the padding is copied, never read
   // Counts start at zero, so a run before the first plan's upload does nothing.
   CUDA_CHECK(cudaMemset(plan_dev_.data(), 0, plan_dev_.bytes()));
 }
@@ -747,7 +740,6 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
   p.partial_lse = const_cast<float*>(partial_lse_.data());
   p.row_done = const_cast<int32_t*>(row_done_.data());
   p.group = config_.group;
-  p.lse_stride = lse_stride(config_.group);
   p.scale_log2 = args.scale * kLog2e;
 
   const int grid = config_.cuda_graph ? work_capacity_ : static_cast<int>(split_.work.size());

@@ -175,7 +175,7 @@ class DecodeAttention {
   int32_t* plan_host_ = nullptr;  // pinned staging copy of the blob
   cudaEvent_t plan_uploaded_ = nullptr;
   DeviceBuffer<float> partial_o_;    // [capacity][group][D]
-  DeviceBuffer<float> partial_lse_;  // [capacity][group rounded up to 4], log2 domain
+  DeviceBuffer<float> partial_lse_;  // [capacity][group], log2 domain
   DeviceBuffer<int32_t> row_done_;   // [max_rows] finished pieces per split row, 0 between launches
   DecodeSplit split_;
   int32_t planned_rows_ = -1;
