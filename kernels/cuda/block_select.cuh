@@ -10,10 +10,10 @@
 //   - block_select_cutoff: shortest prefix of the order whose measure reaches a target: measure 1 per
 //     item selects the top k, measure = probability in fixed point the top-p nucleus (sampling). A
 //     tied cutoff key is resolved by one more pass in index order (block scan).
-//   - block_topk_cutoff: the top k members, counts only (32-bit bins, warp-aggregated atomics, two
-//     histograms so a pass takes two barriers, no pass for leading digits every member shares, stops
-//     as soon as the boundary bin is taken whole); the tied cutoff key is returned as a number of ties
-//     to take, which the caller's ordered compaction resolves for free (page selection).
+//   - block_topk_cutoff: the top k members, counts only (32-bit bins, one atomic per lane unless the
+//     whole warp shares a digit, two histograms so a pass takes two barriers, digits counted from the
+//     highest bit where the members differ, stops as soon as the boundary bin is taken whole); the tied cutoff key is returned as a
+//     number of ties to take, which the caller's ordered compaction resolves for free (page selection).
 #pragma once
 
 #include <cstdint>
@@ -215,36 +215,43 @@ struct TopkScratch {
 // The top k members (measure 1 each) of items 0..n-1: topk_none() for k ≤ 0, topk_all() when there
 // are ≤ k members. item(i) returns TopkItem for i < n and must be a pure function (evaluated up to
 // four times per item; cheap when the keys are staged in shared memory). lo ≤ hi: bounds of the
-// members' keys (0 and ~0 when unknown); the 8-bit digits above the highest bit where they differ
-// are shared by every member and get no pass. Call from all threads of the block (blockDim.x a
-// multiple of 32) with the same arguments; s in shared memory.
+// members' keys (0 and ~0 when unknown); the bits above the highest bit where they differ are shared
+// by every member and get no pass, and the digits are counted from that bit down (bits top .. top - 7,
+// then the next 8, the last digit narrower), so that the first pass spends all 8 bits where the
+// members differ. Call from all threads of the block (blockDim.x a multiple of 32) with the same
+// arguments; s in shared memory.
 template <class ItemFn>
 __device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const ItemFn& item, TopkScratch& s,
                                                      uint32_t lo = 0, uint32_t hi = 0xffffffffu) {
   if (k <= 0) return topk_none();
   const unsigned target = static_cast<unsigned>(k);
   const unsigned lane = threadIdx.x & 31;
-  // The first pass takes the digit holding the highest differing bit; all bits above it are known.
   const int top = lo == hi ? 0 : 31 - __clz(lo ^ hi);
-  const int first_shift = top / 8 * 8;
-  uint32_t mask = first_shift == 24 ? 0u : ~((1u << (first_shift + 8)) - 1u);
+  uint32_t mask = top == 31 ? 0u : ~((2u << top) - 1u);  // the known bits, above top
   uint32_t prefix = hi & mask;
   unsigned above = 0;  // members ranked before the current key prefix
   for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[0][d] = 0;
   __syncthreads();
-  for (int shift = first_shift, pass = 0; shift >= 0; shift -= 8, ++pass) {
+  for (int high = top, pass = 0; high >= 0; high -= 8, ++pass) {  // this pass's digit: bits shift .. high
+    const int shift = max(high - 7, 0);
+    const uint32_t digit_mask = (2u << (high - shift)) - 1u;
     unsigned* hist = s.hist[pass & 1];
     // The next pass's histogram: its last reader (the pick two passes back) is behind a barrier.
     for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[(pass + 1) & 1][d] = 0;
-    for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count in every lane: match_any
+    for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count in every lane: redux
       const int32_t i = base + static_cast<int32_t>(threadIdx.x);
       unsigned digit = 256;  // not counted
       if (i < n) {
         const TopkItem it = item(i);
-        if (it.member && (it.key & mask) == prefix) digit = (it.key >> shift) & 255u;
+        if (it.member && (it.key & mask) == prefix) digit = (it.key >> shift) & digit_mask;
       }
-      const unsigned peers = __match_any_sync(0xffffffffu, digit);
-      if (digit < 256 && static_cast<unsigned>(__ffs(peers) - 1) == lane) atomicAdd(&hist[digit], __popc(peers));
+      // One atomic per lane; a warp whose lanes all share one digit (ties, or a digit above the
+      // members' differing bits) adds once, so that equal keys do not serialise on one bin.
+      if (__reduce_min_sync(0xffffffffu, digit) == __reduce_max_sync(0xffffffffu, digit)) {
+        if (lane == 0 && digit < 256) atomicAdd(&hist[digit], 32u);
+      } else if (digit < 256) {
+        atomicAdd(&hist[digit], 1u);
+      }
     }
     __syncthreads();
     if (threadIdx.x < 32) {
@@ -259,10 +266,10 @@ __device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const
     __syncthreads();
     const unsigned total = s.total, bin = s.bin;
     const uint32_t digit = static_cast<uint32_t>(s.digit);
-    if (shift == first_shift && total <= target) return topk_all();
+    if (pass == 0 && total <= target) return topk_all();
     above = s.above;
     prefix |= digit << shift;
-    mask |= 255u << shift;
+    mask |= digit_mask << shift;
     // The members with this prefix are all inside when the boundary bin is taken whole.
     if (above + bin == target) return prefix == 0 ? topk_all() : TopkCut{prefix - 1, 0u};
   }

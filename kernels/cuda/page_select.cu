@@ -12,7 +12,7 @@
 //   2. page_select_kernel: one CTA per row; the always-kept blocks are known from seq_len, the other
 //      blocks' top `take` comes from block_topk_cutoff over the scores as order keys (staged once in
 //      shared memory with the page ids when the row has ≤ kStageKeys blocks, the radix passes then
-//      starting below the digits all candidates share; read from global otherwise), and one block
+//      starting at the highest bit where the candidates differ; read from global otherwise), and one block
 //      scan over contiguous index ranges gives every selected block its output slot, ties at the
 //      cutoff key taken in block order. It writes the pages, and optionally the block indices and the
 //      positions (decode_attention.h's KeyPageList).
@@ -65,8 +65,9 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
   constexpr int kThreads = kScoreWarps * 32;
   // Programmatic launch (launch.cuh): every input may be the previous kernel's output. No early
   // pdl_launch_dependents() here: page_select_kernel reads the page tables before its own wait,
-  // relying on every scoring CTA having passed this wait (letting it in earlier also made the pair
-  // 7 us slower on the H200, batch 1, 128K).
+  // relying on every scoring CTA having passed this wait. Letting it in right after the wait (it then
+  // stages its page ids while the scores are computed) measured inconsistently on the H200, batch 1,
+  // 128K: 1 us faster with the decode after it in 8-call graphs, 2.3 us slower in 1-call graphs.
   pdl_wait();
   const int r = blockIdx.y;
   const int G = a.group;
