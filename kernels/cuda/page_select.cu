@@ -37,6 +37,8 @@ constexpr int kScoreMaxSpan = 32;  // blocks per warp chunk: one page index per 
 constexpr int kScoreWarpsPerSm = 16;
 constexpr int kSelectThreads = 1024;  // 512: batch 1 / 16 selections 15.7 / 82.7 us, 1024: 14.9 / 75.4 (H200)
 constexpr int32_t kStageKeys = 8192;  // keys and page ids: 64 KB of shared memory
+constexpr int kStagePerThread = kStageKeys / kSelectThreads;
+static_assert(kStageKeys % kSelectThreads == 0);
 
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -235,22 +237,39 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
   const float* sc = a.scores + first;
 
   const auto always = [=](int32_t i) { return i < sink_blocks || i == n - 1; };
-  // Staged rows: keys and page ids in shared memory (the ids before the wait), and the candidates'
-  // key range, so that the radix select skips the leading digits they all share.
+  // Staged rows: keys and page ids in shared memory, and the candidates' key range, so that the radix
+  // select skips the leading bits they all share. A thread issues all its id loads (before the wait)
+  // and all its score loads before it uses any: one memory round trip, not one per item.
   const bool staged = n <= kStageKeys;
-  uint32_t key_min = 0, key_max = 0xffffffffu;
+  int32_t id[kStagePerThread];
   if (staged) {
-    for (int32_t i = threadIdx.x; i < n; i += blockDim.x) ids[i] = a.page_indices[first + i];
+#pragma unroll
+    for (int k = 0; k < kStagePerThread; ++k) {
+      const int32_t i = static_cast<int32_t>(threadIdx.x) + k * kSelectThreads;
+      if (i < n) id[k] = a.page_indices[first + i];
+    }
     if (threadIdx.x == 0) key_lo = 0xffffffffu, key_hi = 0;
   }
   pdl_wait();  // the scores are page_score_kernel's output
+  uint32_t key_min = 0, key_max = 0xffffffffu;
   if (staged) {
-    __syncthreads();
+    float score[kStagePerThread];
+#pragma unroll
+    for (int k = 0; k < kStagePerThread; ++k) {
+      const int32_t i = static_cast<int32_t>(threadIdx.x) + k * kSelectThreads;
+      if (i < n) score[k] = sc[i];
+    }
+    __syncthreads();  // key_lo / key_hi initialised
     uint32_t my_lo = 0xffffffffu, my_hi = 0;
-    for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
-      const uint32_t k = order_key(sc[i]);
-      keys[i] = k;
-      if (!always(i)) my_lo = min(my_lo, k), my_hi = max(my_hi, k);
+#pragma unroll
+    for (int k = 0; k < kStagePerThread; ++k) {
+      const int32_t i = static_cast<int32_t>(threadIdx.x) + k * kSelectThreads;
+      if (i < n) {
+        const uint32_t key = order_key(score[k]);
+        keys[i] = key;
+        ids[i] = id[k];
+        if (!always(i)) my_lo = min(my_lo, key), my_hi = max(my_hi, key);
+      }
     }
     my_lo = __reduce_min_sync(kFull, my_lo);
     my_hi = __reduce_max_sync(kFull, my_hi);
