@@ -238,6 +238,7 @@ __device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const
     unsigned* hist = s.hist[pass & 1];
     // The next pass's histogram: its last reader (the pick two passes back) is behind a barrier.
     for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[(pass + 1) & 1][d] = 0;
+#pragma unroll 4
     for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count in every lane: redux
       const int32_t i = base + static_cast<int32_t>(threadIdx.x);
       unsigned digit = 256;  // not counted

@@ -287,7 +287,7 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
 
   // Thread i owns blocks lo .. hi - 1. Selected blocks before block b: the non-tied selected ones
   // (always kept, or key above the cutoff) plus the tied ones taken, min(cut.ties, ties before b).
-  const int32_t per = (n + static_cast<int32_t>(blockDim.x) - 1) / static_cast<int32_t>(blockDim.x);
+  const int32_t per = (n + kSelectThreads - 1) / kSelectThreads;
   const int32_t lo = min(n, static_cast<int32_t>(threadIdx.x) * per), hi = min(n, lo + per);
   unsigned sure = 0, tied = 0;
   for (int32_t i = lo; i < hi; ++i) {
