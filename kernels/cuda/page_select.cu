@@ -9,18 +9,22 @@
 //      dims 32j + 8t .. +8 for every j, and the same permutation of the reduction dimension is used
 //      for A (the sum does not depend on the order of its terms). Maxima over heads and sub-pages
 //      then take a few shuffles per tile, and each lane keeps the score of its own block of the chunk.
-//   2. page_select_kernel: one CTA per row; the always-kept blocks are known from seq_len, the other
-//      blocks' top `take` comes from block_topk_cutoff over the scores as order keys (staged once in
-//      shared memory with the page ids when the row has ≤ kStageKeys blocks, the radix passes then
-//      starting at the highest bit where the candidates differ; read from global otherwise), and one block
-//      scan over contiguous index ranges gives every selected block its output slot, ties at the
-//      cutoff key taken in block order. It writes the pages, and optionally the block indices and the
-//      positions (decode_attention.h's KeyPageList).
+//   2. page_select_kernel<staged>: one CTA per row; the always-kept blocks are known from the row's
+//      length and the other blocks' count from the plan, their top `take` comes from
+//      block_topk_cutoff over the scores as order keys (staged once in shared memory with the page
+//      ids when every row has ≤ kStageKeys blocks, the radix passes then starting at the highest bit
+//      where the candidates differ; read from global otherwise), and one block scan over contiguous
+//      index ranges gives every selected block its output slot, ties at the cutoff key taken in block
+//      order. It writes the pages, and optionally the block indices and the positions
+//      (decode_attention.h's KeyPageList). Its header has no division and its loads are issued before
+//      the arithmetic that does not need them: a clock64 probe (H200, batch 1) found the CTA's first
+//      2400 cycles spent on the row's geometry, before the first score load.
 #include "kernels/cuda/page_select.h"
 
 #include <algorithm>
 #include <bit>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/block_select.cuh"
@@ -211,38 +215,31 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
   }
 }
 
-__global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectArgs a) {
+// kStaged: every row has ≤ kStageKeys blocks, and their keys and page ids are staged in shared memory
+// (then the block counts of the compaction's scan fit 16 bits); otherwise both are read from global
+// memory. sink_pages: ceil(sink_tokens / P), clamped to int32.
+template <bool kStaged>
+__global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectArgs a, int32_t sink_pages) {
+  using Counts = std::conditional_t<kStaged, uint32_t, unsigned long long>;  // (sure, tied) packed
+  constexpr int kTiedBits = kStaged ? 16 : 32;
   extern __shared__ uint32_t staging[];  // keys [kStageKeys], then page ids [kStageKeys]
   uint32_t* keys = staging;
   int32_t* ids = reinterpret_cast<int32_t*>(staging + kStageKeys);
   __shared__ TopkScratch scratch;
-  __shared__ unsigned long long scan_totals[32];
+  __shared__ Counts scan_totals[32];
   __shared__ uint32_t key_lo, key_hi;  // the candidates' smallest and largest key
   pdl_launch_dependents();  // the decode kernel's CTAs may start reading their plan
-  // Programmatic launch: page_select's own inputs (the row's geometry and page ids) are read before
-  // the wait. This kernel starts only once every scoring CTA has exited, past its own wait for their
-  // writer; only the scores are new.
+  // Programmatic launch: page_select's own inputs (the row's geometry and page ids, the output plan)
+  // are read before the wait. This kernel starts only once every scoring CTA has exited, past its
+  // own wait for their writer; only the scores are new. A thread issues all its id loads (before the
+  // wait) and all its score loads before it uses any: one memory round trip, not one per item.
   const int r = blockIdx.x;
   const int32_t first = a.page_indptr[r];
-  const int32_t n = a.page_indptr[r + 1] - first;
-  const int64_t seq_len = a.seq_lens[r];
-  const PageSelectConfig c = a.config;
-  const int32_t P = c.page_tokens;
-  const auto sink_blocks = static_cast<int32_t>(min((c.sink_tokens + P - 1) / P, int64_t{n}));
-  const int32_t kept = sink_blocks + (sink_blocks < n ? 1 : 0);
-  const int32_t rest = sink_blocks < n ? n - 1 - sink_blocks : 0;
-  const int32_t take = selected_page_count(seq_len, c) - kept;
-  const int32_t out_first = a.selected_indptr[r];
-  const auto capacity = static_cast<uint32_t>(a.selected_indptr[r + 1] - out_first);
+  // A row longer than max_blocks breaks the contract; staged, only its first kStageKeys blocks count.
+  const int32_t n = kStaged ? min(a.page_indptr[r + 1] - first, kStageKeys) : a.page_indptr[r + 1] - first;
   const float* sc = a.scores + first;
-
-  const auto always = [=](int32_t i) { return i < sink_blocks || i == n - 1; };
-  // Staged rows: keys and page ids in shared memory, and the candidates' key range, so that the radix
-  // select skips the leading bits they all share. A thread issues all its id loads (before the wait)
-  // and all its score loads before it uses any: one memory round trip, not one per item.
-  const bool staged = n <= kStageKeys;
   int32_t id[kStagePerThread];
-  if (staged) {
+  if constexpr (kStaged) {
 #pragma unroll
     for (int k = 0; k < kStagePerThread; ++k) {
       const int32_t i = static_cast<int32_t>(threadIdx.x) + k * kSelectThreads;
@@ -250,9 +247,23 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
     }
     if (threadIdx.x == 0) key_lo = 0xffffffffu, key_hi = 0;
   }
+  // The row's selection: the sink blocks and the newest one, and `take` others; the plan's count
+  // (capacity) is selected_page_count(seq_len) by contract, so take needs no division here.
+  const int32_t seq_len = a.seq_lens[r];
+  const int32_t P = a.config.page_tokens;
+  const int32_t out_first = a.selected_indptr[r];
+  const int32_t capacity = a.selected_indptr[r + 1] - out_first;
+  const int32_t sink_blocks = min(sink_pages, n);
+  const int32_t kept = sink_blocks + (sink_blocks < n ? 1 : 0);
+  const int32_t rest = sink_blocks < n ? n - 1 - sink_blocks : 0;
+  const int32_t take = capacity - kept;
+  const auto always = [=](int32_t i) { return i < sink_blocks || i == n - 1; };
+
   pdl_wait();  // the scores are page_score_kernel's output
+  // Staged rows: keys and page ids in shared memory, and the candidates' key range, so that the radix
+  // select skips the leading bits they all share.
   uint32_t key_min = 0, key_max = 0xffffffffu;
-  if (staged) {
+  if constexpr (kStaged) {
     float score[kStagePerThread];
 #pragma unroll
     for (int k = 0; k < kStagePerThread; ++k) {
@@ -277,7 +288,13 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
     __syncthreads();
     key_min = key_lo, key_max = key_hi;
   }
-  const auto key = [&](int32_t i) { return staged ? keys[i] : order_key(sc[i]); };
+  const auto key = [&](int32_t i) {
+    if constexpr (kStaged) {
+      return keys[i];
+    } else {
+      return order_key(sc[i]);
+    }
+  };
   // Candidates: the blocks that are neither sink blocks nor the newest one.
   const TopkCut cut = take <= 0      ? topk_none()
                       : take >= rest ? topk_all()
@@ -289,7 +306,7 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
   // (always kept, or key above the cutoff) plus the tied ones taken, min(cut.ties, ties before b).
   const int32_t per = (n + kSelectThreads - 1) / kSelectThreads;
   const int32_t lo = min(n, static_cast<int32_t>(threadIdx.x) * per), hi = min(n, lo + per);
-  unsigned sure = 0, tied = 0;
+  Counts sure = 0, tied = 0;
   for (int32_t i = lo; i < hi; ++i) {
     if (always(i)) {
       ++sure;
@@ -299,10 +316,11 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
       tied += k == cut.key ? 1u : 0u;
     }
   }
-  const unsigned long long mine = (static_cast<unsigned long long>(sure) << 32) | tied;
-  unsigned long long total = 0;
-  const unsigned long long before = block_inclusive_scan(mine, scan_totals, total) - mine;
-  unsigned sure_before = static_cast<unsigned>(before >> 32), tied_before = static_cast<unsigned>(before);
+  const Counts mine = (sure << kTiedBits) | tied;
+  Counts total = 0;
+  const Counts before = block_inclusive_scan(mine, scan_totals, total) - mine;
+  auto sure_before = static_cast<uint32_t>(before >> kTiedBits);
+  auto tied_before = static_cast<uint32_t>(before & ((Counts{1} << kTiedBits) - 1));
   for (int32_t i = lo; i < hi; ++i) {
     bool keep = true;
     uint32_t pos = 0;
@@ -319,13 +337,17 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
         tied_before += k == cut.key ? 1u : 0u;
       }
     }
-    if (keep && pos < capacity) {  // capacity == selected_page_count by contract
+    if (keep && pos < static_cast<uint32_t>(capacity)) {
       const int32_t e = out_first + static_cast<int32_t>(pos);
-      a.selected_pages[e] = staged ? ids[i] : a.page_indices[first + i];
+      if constexpr (kStaged) {
+        a.selected_pages[e] = ids[i];
+      } else {
+        a.selected_pages[e] = a.page_indices[first + i];
+      }
       if (a.selected_blocks != nullptr) a.selected_blocks[e] = i;
       if (a.selected_pos0 != nullptr) {
         a.selected_pos0[e] = i * P;
-        a.selected_len[e] = static_cast<int32_t>(min(int64_t{P}, seq_len - int64_t{i} * P));
+        a.selected_len[e] = min(P, seq_len - i * P);
       }
     }
   }
@@ -333,20 +355,21 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
 
 constexpr size_t kStagingBytes = 2 * sizeof(uint32_t) * kStageKeys;
 
-// Opts page_select_kernel into kStagingBytes of dynamic shared memory on `device`, once per device.
+// Opts both instances of page_select_kernel into kStagingBytes of dynamic shared memory on `device`,
+// once per device.
 cudaError_t allow_staging_smem(int device) {
   static std::mutex mu;
   static std::vector<bool> done;
   const std::lock_guard<std::mutex> lock(mu);
   const auto d = static_cast<size_t>(device);
   if (d < done.size() && done[d]) return cudaSuccess;
-  const cudaError_t err =
-      cudaFuncSetAttribute(page_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagingBytes);
-  if (err == cudaSuccess) {
-    if (done.size() <= d) done.resize(d + 1, false);
-    done[d] = true;
+  for (const auto kernel : {page_select_kernel<true>, page_select_kernel<false>}) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagingBytes);
+    if (err != cudaSuccess) return err;
   }
-  return err;
+  if (done.size() <= d) done.resize(d + 1, false);
+  done[d] = true;
+  return cudaSuccess;
 }
 
 }  // namespace
@@ -396,7 +419,10 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   check_cuda(launch_kernel(score_kernel, grid, kScoreWarps * 32, 0, stream, pdl, a, span, log2_subpages),
              "page_score_kernel launch", loc);
   check_cuda(allow_staging_smem(device), "cudaFuncSetAttribute(page_select_kernel)", loc);
-  check_cuda(launch_kernel(page_select_kernel, a.rows, kSelectThreads, kStagingBytes, stream, pdl, a),
+  const auto sink_pages =
+      static_cast<int32_t>(std::min<int64_t>((c.sink_tokens + c.page_tokens - 1) / c.page_tokens, INT32_MAX));
+  const auto select_kernel = a.max_blocks <= kStageKeys ? page_select_kernel<true> : page_select_kernel<false>;
+  check_cuda(launch_kernel(select_kernel, a.rows, kSelectThreads, kStagingBytes, stream, pdl, a, sink_pages),
              "page_select_kernel launch", loc);
 }
 
