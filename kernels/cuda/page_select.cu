@@ -80,12 +80,11 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int32_t first = a.page_indptr[r];
   const int32_t n = a.page_indptr[r + 1] - first;
-  const int32_t chunks = (n + span - 1) / span;
   const int32_t chunk_stride = static_cast<int32_t>(gridDim.x) * kScoreWarps;
   // Lane b's page in chunk c (blocks c·span + b), 0 past the row.
   const auto chunk_page = [&](int32_t c) {
     const int32_t b = c * span + lane;
-    return c < chunks && lane < span && b < n ? a.page_indices[first + b] : 0;
+    return lane < span && b < n ? a.page_indices[first + b] : 0;
   };
   int32_t c = static_cast<int32_t>(blockIdx.x) * kScoreWarps + warp;
   int32_t my_page = chunk_page(c);  // issued before the q staging so the two latencies overlap
@@ -136,19 +135,19 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
     }
   }
 
-  const int64_t seq_len = a.seq_lens[r];
+  const int32_t seq_len = a.seq_lens[r];
   const int P = a.config.page_tokens, LP = a.config.logical_page_tokens;
   const int lg = log2_subpages, SP = 1 << lg;
-  const int last_valid = n > 0 ? static_cast<int>((seq_len - int64_t{n - 1} * P + LP - 1) / LP) : 0;
+  const int32_t last_tokens = n > 0 ? seq_len - (n - 1) * P : 0;  // no division on the way to the first load
   const bool head_lo = g < G, head_hi = g + 8 < G;
-  for (; c < chunks; c += chunk_stride) {
+  for (; c * span < n; c += chunk_stride) {
     const int32_t c0 = c * span;
     const int cnt = min(span, n - c0);
     const int32_t next_page = chunk_page(c + chunk_stride);  // prefetch
     // Sub-page f of the chunk (block f >> lg, sub-page f & (SP - 1)) holds tokens.
     const auto col_valid = [&](int f) {
       const int b = f >> lg;
-      return b < cnt && (c0 + b < n - 1 || (f & (SP - 1)) < last_valid);
+      return b < cnt && (c0 + b < n - 1 || (f & (SP - 1)) * LP < last_tokens);
     };
     float mine = -INFINITY;  // score of block c0 + lane
     const int cols = cnt << lg;
