@@ -18,7 +18,8 @@
 // graph holds one call per layer, and the time reported is per call (graph time / N): the event
 // and graph launch cost, paid once per step, is then spread as it is in the engine.
 // Decode --read-ceiling 1 also times reading the same list's K/V pages without any math (below): the
-// bound a paged decode can reach on this machine, reported as ceiling_median_ms / ceiling_tbps.
+// bound a paged decode can reach on this machine, reported as ceiling_median_ms / ceiling_tbps (a
+// cp.async ring) and bulk_ceiling_median_ms / bulk_ceiling_tbps (bulk copies, TMA).
 // Decode with --budget: retrieval rows read only selected pages (page_select.h on the GPU, or a
 // fixed random list from the host with --select host); streaming rows read sink + ring pages.
 #include <cuda_bf16.h>
@@ -40,6 +41,7 @@
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/page_select.h"
 #include "kernels/cuda/prefill_attention.h"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace {
 
@@ -187,6 +189,38 @@ __global__ void __launch_bounds__(kReadThreads) paged_read_kernel(const bf16* k,
     attn::cp_async_wait<kReadStages - 1>();  // entry e has landed (nothing reads it)
   }
   attn::cp_async_wait<0>();
+}
+
+// The same read by bulk copies (TMA without a tensor map): one thread per CTA keeps kBulkStages
+// entries (K and V page each) in flight on one mbarrier per stage and reuses a stage once its copy
+// has landed; nothing reads the data. Is the paged read faster by TMA than by cp.async?
+constexpr int kBulkStages = 4;
+__global__ void __launch_bounds__(32) paged_bulk_read_kernel(const bf16* k, const bf16* v, const int32_t* ids,
+                                                             const int32_t* len, int32_t entries, int32_t P,
+                                                             int32_t D) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  __shared__ __align__(8) uint64_t bars[kBulkStages];
+  if (threadIdx.x != 0) return;
+  const int32_t per = (entries + static_cast<int32_t>(gridDim.x) - 1) / static_cast<int32_t>(gridDim.x);
+  const int32_t e0 = static_cast<int32_t>(blockIdx.x) * per, e1 = min(entries, e0 + per);
+  const uint32_t half = static_cast<uint32_t>(P * D * 2);
+  const uint32_t base = attn::smem_addr(smem), bar0 = attn::smem_addr(bars);
+  for (int s = 0; s < kBulkStages; ++s) wgmma::mbar_init(bar0 + 8 * s, 1);
+  wgmma::mbar_init_fence();
+  for (int32_t e = e0; e < e1; ++e) {
+    const int32_t i = e - e0, s = i % kBulkStages, use = i / kBulkStages;
+    const uint32_t bar = bar0 + 8 * static_cast<uint32_t>(s);
+    if (use > 0) wgmma::mbar_wait(bar, static_cast<uint32_t>(use - 1) & 1u);  // the stage's last copy landed
+    const int64_t off = static_cast<int64_t>(ids[e]) * P * D;
+    const auto bytes = static_cast<uint32_t>(len[e] * D * 2);
+    wgmma::mbar_arrive_expect_tx(bar, 2 * bytes);
+    const uint32_t st = base + static_cast<uint32_t>(s) * 2 * half;
+    wgmma::bulk_load(st, k + off, bytes, bar);
+    wgmma::bulk_load(st + half, v + off, bytes, bar);
+  }
+  for (int32_t i = max(0, e1 - e0 - kBulkStages); i < e1 - e0; ++i) {  // drain
+    wgmma::mbar_wait(bar0 + 8 * static_cast<uint32_t>(i % kBulkStages), static_cast<uint32_t>(i / kBulkStages) & 1u);
+  }
 }
 
 double median(std::vector<float> v) {
@@ -561,7 +595,7 @@ int run_decode(const Options& o) {
     return ms;
   };
   const std::vector<float> ms = timed(g_decode, decode_call);
-  std::vector<float> ms_ceiling;
+  std::vector<float> ms_ceiling, ms_bulk;
   if (o.read_ceiling) {
     const int32_t entries = read.indptr[static_cast<size_t>(n_rows)];
     const int smem = kReadStages * 2 * o.page * o.dim * 2;
@@ -581,6 +615,20 @@ int run_decode(const Options& o) {
     for (int i = 0; o.graph && i < R; ++i) g_read.push_back(capture([&] { calls(i, read_call); }));
     ms_ceiling = timed(g_read, read_call);
     for (cudaGraphExec_t e : g_read) CUDA_CHECK(cudaGraphExecDestroy(e));
+    const int bulk_smem = kBulkStages * 2 * o.page * o.dim * 2;
+    CUDA_CHECK(cudaFuncSetAttribute(paged_bulk_read_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bulk_smem));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, paged_bulk_read_kernel, 32, bulk_smem));
+    const int bulk_grid = std::max(1, std::min(per_sm * sms, entries));
+    const auto bulk_call = [&](int i) {
+      Set& st = sets[static_cast<size_t>(i)];
+      paged_bulk_read_kernel<<<bulk_grid, 32, bulk_smem, stream>>>(st.k.data(), st.v.data(), dread.ids.data(),
+                                                                  dread.len.data(), entries, o.page, o.dim);
+      CUDA_CHECK_LAUNCH();
+    };
+    std::vector<cudaGraphExec_t> g_bulk;
+    for (int i = 0; o.graph && i < R; ++i) g_bulk.push_back(capture([&] { calls(i, bulk_call); }));
+    ms_bulk = timed(g_bulk, bulk_call);
+    for (cudaGraphExec_t e : g_bulk) CUDA_CHECK(cudaGraphExecDestroy(e));
   }
   std::vector<float> ms_sel, ms_both;
   if (gpu_select) {
@@ -598,6 +646,8 @@ int run_decode(const Options& o) {
   if (o.read_ceiling) {
     const double c = median(ms_ceiling);
     std::printf(", \"ceiling_median_ms\": %.5f, \"ceiling_tbps\": %.3f", c, kv_bytes / (c * 1e-3) / 1e12);
+    const double cb = median(ms_bulk);
+    std::printf(", \"bulk_ceiling_median_ms\": %.5f, \"bulk_ceiling_tbps\": %.3f", cb, kv_bytes / (cb * 1e-3) / 1e12);
   }
   if (gpu_select) {
     std::printf(", \"select_median_ms\": %.5f, \"select_decode_median_ms\": %.5f", median(ms_sel), median(ms_both));
