@@ -12,8 +12,9 @@
 //     tied cutoff key is resolved by one more pass in index order (block scan).
 //   - block_topk_cutoff: the top k members, counts only (32-bit bins, one atomic per lane unless the
 //     whole warp shares a digit, two histograms so a pass takes two barriers, digits counted from the
-//     highest bit where the members differ, stops as soon as the boundary bin is taken whole); the tied cutoff key is returned as a
-//     number of ties to take, which the caller's ordered compaction resolves for free (page selection).
+//     highest bit where the members differ, stops as soon as the boundary bin is taken whole); the
+//     tied cutoff key is returned as a number of ties to take, which the caller's ordered compaction
+//     resolves for free (page selection).
 #pragma once
 
 #include <cstdint>

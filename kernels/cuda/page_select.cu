@@ -221,7 +221,7 @@ template <bool kStaged>
 __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectArgs a, int32_t sink_pages) {
   using Counts = std::conditional_t<kStaged, uint32_t, unsigned long long>;  // (sure, tied) packed
   constexpr int kTiedBits = kStaged ? 16 : 32;
-  extern __shared__ uint32_t staging[];  // keys [kStageKeys], then page ids [kStageKeys]
+  extern __shared__ uint32_t staging[];  // staged: keys [kStageKeys], then page ids [kStageKeys]
   uint32_t* keys = staging;
   int32_t* ids = reinterpret_cast<int32_t*>(staging + kStageKeys);
   __shared__ TopkScratch scratch;
@@ -354,21 +354,21 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
 
 constexpr size_t kStagingBytes = 2 * sizeof(uint32_t) * kStageKeys;
 
-// Opts both instances of page_select_kernel into kStagingBytes of dynamic shared memory on `device`,
-// once per device.
+// Opts page_select_kernel<true> into kStagingBytes of dynamic shared memory on `device`, once per
+// device.
 cudaError_t allow_staging_smem(int device) {
   static std::mutex mu;
   static std::vector<bool> done;
   const std::lock_guard<std::mutex> lock(mu);
   const auto d = static_cast<size_t>(device);
   if (d < done.size() && done[d]) return cudaSuccess;
-  for (const auto kernel : {page_select_kernel<true>, page_select_kernel<false>}) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagingBytes);
-    if (err != cudaSuccess) return err;
+  const cudaError_t err =
+      cudaFuncSetAttribute(page_select_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagingBytes);
+  if (err == cudaSuccess) {
+    if (done.size() <= d) done.resize(d + 1, false);
+    done[d] = true;
   }
-  if (done.size() <= d) done.resize(d + 1, false);
-  done[d] = true;
-  return cudaSuccess;
+  return err;
 }
 
 }  // namespace
@@ -420,8 +420,9 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   check_cuda(allow_staging_smem(device), "cudaFuncSetAttribute(page_select_kernel)", loc);
   const auto sink_pages =
       static_cast<int32_t>(std::min<int64_t>((c.sink_tokens + c.page_tokens - 1) / c.page_tokens, INT32_MAX));
-  const auto select_kernel = a.max_blocks <= kStageKeys ? page_select_kernel<true> : page_select_kernel<false>;
-  check_cuda(launch_kernel(select_kernel, a.rows, kSelectThreads, kStagingBytes, stream, pdl, a, sink_pages),
+  const bool staged = a.max_blocks <= kStageKeys;
+  check_cuda(launch_kernel(staged ? page_select_kernel<true> : page_select_kernel<false>, a.rows, kSelectThreads,
+                           staged ? kStagingBytes : 0, stream, pdl, a, sink_pages),
              "page_select_kernel launch", loc);
 }
 
