@@ -598,37 +598,40 @@ int run_decode(const Options& o) {
   std::vector<float> ms_ceiling, ms_bulk;
   if (o.read_ceiling) {
     const int32_t entries = read.indptr[static_cast<size_t>(n_rows)];
-    const int smem = kReadStages * 2 * o.page * o.dim * 2;
-    CUDA_CHECK(cudaFuncSetAttribute(paged_read_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    int per_sm = 0, sms = 0, dev = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, paged_read_kernel, kReadThreads, smem));
+    int sms = 0, dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    const int grid = std::max(1, std::min(per_sm * sms, entries));
-    const auto read_call = [&](int i) {
+    // One wave of `kernel`'s CTAs with this much dynamic shared memory, at most one per entry.
+    const auto one_wave = [&](auto kernel, int threads, int smem) {
+      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      int per_sm = 0;
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+      return std::max(1, std::min(per_sm * sms, entries));
+    };
+    // Times `call` as graph replays (one graph per rotation set), as the decode is timed.
+    const auto time_replays = [&](const auto& call) {
+      std::vector<cudaGraphExec_t> g;
+      for (int i = 0; o.graph && i < R; ++i) g.push_back(capture([&] { calls(i, call); }));
+      std::vector<float> t = timed(g, call);
+      for (cudaGraphExec_t e : g) CUDA_CHECK(cudaGraphExecDestroy(e));
+      return t;
+    };
+    const int smem = kReadStages * 2 * o.page * o.dim * 2;
+    const int grid = one_wave(paged_read_kernel, kReadThreads, smem);
+    ms_ceiling = time_replays([&](int i) {
       Set& st = sets[static_cast<size_t>(i)];
       paged_read_kernel<<<grid, kReadThreads, smem, stream>>>(st.k.data(), st.v.data(), dread.ids.data(),
                                                               dread.len.data(), entries, o.page, o.dim);
       CUDA_CHECK_LAUNCH();
-    };
-    std::vector<cudaGraphExec_t> g_read;
-    for (int i = 0; o.graph && i < R; ++i) g_read.push_back(capture([&] { calls(i, read_call); }));
-    ms_ceiling = timed(g_read, read_call);
-    for (cudaGraphExec_t e : g_read) CUDA_CHECK(cudaGraphExecDestroy(e));
+    });
     const int bulk_smem = kBulkStages * 2 * o.page * o.dim * 2;
-    CUDA_CHECK(cudaFuncSetAttribute(paged_bulk_read_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bulk_smem));
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, paged_bulk_read_kernel, 32, bulk_smem));
-    const int bulk_grid = std::max(1, std::min(per_sm * sms, entries));
-    const auto bulk_call = [&](int i) {
+    const int bulk_grid = one_wave(paged_bulk_read_kernel, 32, bulk_smem);
+    ms_bulk = time_replays([&](int i) {
       Set& st = sets[static_cast<size_t>(i)];
       paged_bulk_read_kernel<<<bulk_grid, 32, bulk_smem, stream>>>(st.k.data(), st.v.data(), dread.ids.data(),
                                                                   dread.len.data(), entries, o.page, o.dim);
       CUDA_CHECK_LAUNCH();
-    };
-    std::vector<cudaGraphExec_t> g_bulk;
-    for (int i = 0; o.graph && i < R; ++i) g_bulk.push_back(capture([&] { calls(i, bulk_call); }));
-    ms_bulk = timed(g_bulk, bulk_call);
-    for (cudaGraphExec_t e : g_bulk) CUDA_CHECK(cudaGraphExecDestroy(e));
+    });
   }
   std::vector<float> ms_sel, ms_both;
   if (gpu_select) {
