@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
 
 // kStaged: every row has ≤ kStageKeys blocks, and their keys and page ids are staged in shared memory
 // (then the block counts of the compaction's scan fit 16 bits); otherwise both are read from global
-// memory. sink_pages: ceil(sink_tokens / P), clamped to int32.
+// memory. sink_pages: sink_block_count(config), clamped to int32.
 template <bool kStaged>
 __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectArgs a, int32_t sink_pages) {
   using Counts = std::conditional_t<kStaged, uint32_t, unsigned long long>;  // (sure, tied) packed
@@ -418,8 +418,7 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   check_cuda(launch_kernel(score_kernel, grid, kScoreWarps * 32, 0, stream, pdl, a, span, log2_subpages),
              "page_score_kernel launch", loc);
   check_cuda(allow_staging_smem(device), "cudaFuncSetAttribute(page_select_kernel)", loc);
-  const auto sink_pages =
-      static_cast<int32_t>(std::min<int64_t>((c.sink_tokens + c.page_tokens - 1) / c.page_tokens, INT32_MAX));
+  const auto sink_pages = static_cast<int32_t>(std::min<int64_t>(sink_block_count(c), INT32_MAX));
   const bool staged = a.max_blocks <= kStageKeys;
   check_cuda(launch_kernel(staged ? page_select_kernel<true> : page_select_kernel<false>, a.rows, kSelectThreads,
                            staged ? kStagingBytes : 0, stream, pdl, a, sink_pages),

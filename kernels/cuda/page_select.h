@@ -43,12 +43,17 @@ struct PageSelectConfig {
   int64_t token_budget = 0;
 };
 
+// Blocks holding positions < sink_tokens in a sequence long enough: ceil(sink_tokens / P).
+__host__ __device__ inline int64_t sink_block_count(const PageSelectConfig& c) {
+  return (c.sink_tokens + c.page_tokens - 1) / c.page_tokens;
+}
+
 // Pages select_pages keeps for a sequence of seq_len tokens (the CPU twin's result size).
 __host__ __device__ inline int32_t selected_page_count(int64_t seq_len, const PageSelectConfig& c) {
   const int64_t P = c.page_tokens;
   const int64_t n = (seq_len + P - 1) / P;
   if (n <= 0) return 0;
-  const int64_t sink_blocks = (c.sink_tokens + P - 1) / P < n ? (c.sink_tokens + P - 1) / P : n;
+  const int64_t sink_blocks = sink_block_count(c) < n ? sink_block_count(c) : n;
   const bool newest_extra = sink_blocks < n;
   int64_t kept_tokens = sink_blocks * P < seq_len ? sink_blocks * P : seq_len;
   if (newest_extra) kept_tokens += seq_len - (n - 1) * P;
