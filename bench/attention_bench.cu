@@ -6,7 +6,7 @@
 //                   [--page 64] [--streaming-kv-heads 4 --sink 128 --local 4096]
 //   attention_bench --op decode --seq 131072 --batch 16 [--budget 4096 --select gpu|host]
 //                   [--streaming-kv-heads 4 ...] [--graph 1] [--graph-calls 8] [--pdl 1]
-//                   [--page-order shuffled|sequential] [--read-ceiling 1]
+//                   [--page-order shuffled|sequential] [--read-ceiling 1 [--ceiling-ctas N]]
 //   common: --iters 50 --warmup 10 --rotate 0 (input sets to cycle through; 0: enough to exceed L2)
 //
 // Layouts are the engine's: q/o [tokens][q_heads·D], K/V in a page pool [pages][P][D] read through
@@ -65,6 +65,7 @@ struct Options {
   int min_chunk = 0, target_ctas = 0;  // decode split (0: the library's defaults)
   std::string page_order = "shuffled";  // decode: pool pages of the lists shuffled, or in list order
   int read_ceiling = 0;                 // decode: also time the paged read ceiling
+  int ceiling_ctas = 0;                 // decode: the ceiling kernels' CTAs (0: one full wave)
 };
 
 Options parse(int argc, char** argv) {
@@ -98,6 +99,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--target-ctas") o.target_ctas = static_cast<int>(num());
     else if (a == "--page-order") o.page_order = v;
     else if (a == "--read-ceiling") o.read_ceiling = static_cast<int>(num());
+    else if (a == "--ceiling-ctas") o.ceiling_ctas = static_cast<int>(num());
     else throw std::invalid_argument("unknown option " + a);
   }
   if (o.op != "prefill" && o.op != "decode") throw std::invalid_argument("--op must be prefill or decode");
@@ -601,12 +603,14 @@ int run_decode(const Options& o) {
     int sms = 0, dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    // One wave of `kernel`'s CTAs with this much dynamic shared memory, at most one per entry.
+    // One wave of `kernel`'s CTAs with this much dynamic shared memory (or --ceiling-ctas, if fewer),
+    // at most one per entry.
     const auto one_wave = [&](auto kernel, int threads, int smem) {
       CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       int per_sm = 0;
       CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-      return std::max(1, std::min(per_sm * sms, entries));
+      const int wave = o.ceiling_ctas > 0 ? std::min(o.ceiling_ctas, per_sm * sms) : per_sm * sms;
+      return std::max(1, std::min(wave, entries));
     };
     // Times `call` as graph replays (one graph per rotation set), as the decode is timed.
     const auto time_replays = [&](const auto& call) {
