@@ -609,8 +609,8 @@ int run_decode(const Options& o) {
       CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       int per_sm = 0;
       CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-      const int wave = o.ceiling_ctas > 0 ? std::min(o.ceiling_ctas, per_sm * sms) : per_sm * sms;
-      return std::max(1, std::min(wave, entries));
+      const int wave = per_sm * sms;
+      return std::max(1, std::min({wave, entries, o.ceiling_ctas > 0 ? o.ceiling_ctas : wave}));
     };
     // Times `call` as graph replays (one graph per rotation set), as the decode is timed.
     const auto time_replays = [&](const auto& call) {
