@@ -63,6 +63,7 @@ struct Options {
   int pdl = 1;          // decode: programmatic dependent launch (DecodeConfig / PageSelectArgs)
   std::string kernel = "auto";  // prefill: auto | mma | wgmma
   int min_chunk = 0, target_ctas = 0;  // decode split (0: the library's defaults)
+  int cluster = 0;                     // decode: DecodeConfig::cluster_ctas (0: the library's default)
   std::string page_order = "shuffled";  // decode: pool pages of the lists shuffled, or in list order
   int read_ceiling = 0;                 // decode: also time the paged read ceiling
   int ceiling_ctas = 0;                 // decode: the ceiling kernels' CTAs (0: one full wave)
@@ -97,6 +98,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--kernel") o.kernel = v;
     else if (a == "--min-chunk") o.min_chunk = static_cast<int>(num());
     else if (a == "--target-ctas") o.target_ctas = static_cast<int>(num());
+    else if (a == "--cluster") o.cluster = static_cast<int>(num());
     else if (a == "--page-order") o.page_order = v;
     else if (a == "--read-ceiling") o.read_ceiling = static_cast<int>(num());
     else if (a == "--ceiling-ctas") o.ceiling_ctas = static_cast<int>(num());
@@ -508,6 +510,7 @@ int run_decode(const Options& o) {
   cfg.programmatic_launch = o.pdl != 0;
   if (o.min_chunk > 0) cfg.min_chunk_tokens = o.min_chunk;
   if (o.target_ctas > 0) cfg.target_ctas = o.target_ctas;
+  if (o.cluster > 0) cfg.cluster_ctas = o.cluster;
   DecodeAttention attn(cfg);
   attn.plan(rows, row_pages, stream);
   CUDA_CHECK(cudaStreamSynchronize(stream));

@@ -140,6 +140,13 @@ struct DecodeConfig {
   // still running, reading its plan and pages.indptr; it waits for that kernel before touching
   // anything else.
   bool programmatic_launch = true;
+  // Thread block clusters (sm_90): a plan whose rows have at most this many pieces each (1, 2, 4 or 8;
+  // 1: never) launches in clusters of this many CTAs. The pieces of a row that share a cluster then
+  // combine through distributed shared memory, and a row inside one cluster skips the global merge
+  // (its partials and the count). Plans with longer rows launch without clusters: there the cluster
+  // launch cost more than the smaller merge saved (H200, batch 1: +1 us). The default target_ctas
+  // is the clusters resident at once times this (2: every CTA slot).
+  int32_t cluster_ctas = 2;
 };
 
 class DecodeAttention {
@@ -163,12 +170,15 @@ class DecodeAttention {
 
   const DecodeSplit& split() const { return split_; }
   int32_t work_capacity() const { return work_capacity_; }
+  int32_t launch_cluster() const { return launch_cluster_; }  // CTAs per cluster of the planned launch
   const DecodeConfig& config() const { return config_; }
 
  private:
   DecodeConfig config_;
   int32_t target_ctas_ = 0;
-  int32_t work_capacity_ = 0;
+  int32_t cluster_ = 1;         // config.cluster_ctas (1 before sm_90)
+  int32_t launch_cluster_ = 1;  // CTAs per cluster of the planned launch: cluster_ or 1
+  int32_t work_capacity_ = 0;  // a multiple of cluster_
   // Device plan blob (int32): [0..4) counts {work items, rows}; work [capacity][4];
   // row_split [max_rows][2] {pieces, first partial}; rows [max_rows][6].
   DeviceBuffer<int32_t> plan_dev_;

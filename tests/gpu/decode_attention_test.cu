@@ -396,7 +396,7 @@ TEST(DecodeAttentionGpu, SmallMergeOfMorePiecesThanOneChunk) {
     for (const int32_t group : {16, 5, 4, 1}) {
       const DecodeProblem pr = make_problem(D, 16, group, 1, 2, 2500, {RowKind::kAll}, rng, 2000);
       DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = 16, .max_rows = 2, .min_chunk_tokens = 16,
-                       .target_ctas = 200};
+                       .target_ctas = 200, .cluster_ctas = 1};  // every piece a partial of the global merge
       DecodeAttention attn(cfg);
       DeviceProblem dp(pr);
       const auto got = run_decode(attn, pr, dp);
@@ -406,6 +406,45 @@ TEST(DecodeAttentionGpu, SmallMergeOfMorePiecesThanOneChunk) {
       const std::string what = "D=" + std::to_string(D) + " group=" + std::to_string(group) + " pieces/row=" +
                                std::to_string(most);
       expect_close(got, reference(pr), D, what.c_str());
+    }
+  }
+}
+
+// Thread block clusters of 2, 4 and 8 CTAs (and none). A plan launches in clusters when no row has
+// more pieces than a cluster holds, so each case takes the largest target_ctas whose split keeps to
+// that: rows of several pieces then start anywhere in a cluster, giving segments of every length,
+// rows inside one cluster (no global merge), rows across two (a global merge of two partials),
+// unsplit and empty rows sharing clusters with split ones, and (capacity grids) surplus CTAs in the
+// last cluster. Small: the GPU suite runs it under the sanitizers.
+TEST(DecodeAttentionGpu, SmallClusterSegmentsMatchCpuTwin) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(31337);
+  const std::vector<RowKind> kinds = {RowKind::kAll, RowKind::kSelected, RowKind::kStreaming, RowKind::kEmpty};
+  for (const int32_t cluster : {1, 2, 4, 8}) {
+    for (const int32_t D : {64, 128}) {
+      for (const int32_t group : {1, 4, 16}) {
+        const int32_t batch = rand_int(rng, 2, 6), heads = rand_int(rng, 1, 3), rows = batch * heads;
+        const DecodeProblem pr = make_problem(D, 16, group, heads, batch, 1200, kinds, rng, 200);
+        DeviceProblem dp(pr);
+        int32_t target = rows * std::max(cluster, 2);
+        for (; target > rows; --target) {
+          const DecodeSplit s = plan_decode_split(dp.row_pages, 16, target, rows + target, 16);
+          if (*std::max_element(s.row_splits.begin(), s.row_splits.end()) <= std::max(cluster, 2)) break;
+        }
+        DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = 16, .max_rows = rows,
+                         .cuda_graph = rand_int(rng, 0, 1) == 1, .min_chunk_tokens = 16, .target_ctas = target,
+                         .cluster_ctas = cluster};
+        DecodeAttention attn(cfg);
+        const auto got = run_decode(attn, pr, dp);
+        const std::string what = "cluster=" + std::to_string(cluster) + " D=" + std::to_string(D) + " group=" +
+                                 std::to_string(group) + " rows=" + std::to_string(rows) + " pieces=" +
+                                 std::to_string(attn.split().work.size());
+        ASSERT_EQ(attn.launch_cluster(), cluster) << what;
+        ASSERT_GT(static_cast<int32_t>(attn.split().work.size()), rows) << what << ": no row was split";
+        expect_close(got, reference(pr), D, what.c_str());
+        // Again on the same plan: the merges reset the row counts.
+        expect_close(run_decode(attn, pr, dp), reference(pr), D, (what + " again").c_str());
+      }
     }
   }
 }
