@@ -281,12 +281,15 @@ def main():
                 rows.append([f"decode sparse B={B} L={L}{tag(gc)} (page_select + attention)", both, None, None,
                              "select ms", o.get("select_median_ms"), None, None,
                              f"vs our dense: {fmt(dense and both and dense / both, '.2f')}x"])
-                # Reselecting every RESELECT steps (the profile's reselect_interval): per step, the
-                # attention plus a RESELECT-th of one selection.
-                sel = o.get("select_median_ms")
-                step = None if (om is None or sel is None) else om + sel / RESELECT
+                # Reselecting every RESELECT steps (the profile's reselect_interval): one step in
+                # RESELECT runs page_select and the attention in one graph (the row above), the others
+                # the attention alone, so a step carries one graph launch as the dense step does. The
+                # selection's share is what it adds to that step. (Sessions up to 9 added a
+                # RESELECT-th of the selection timed in a graph of its own: om + sel / RESELECT.)
+                step = None if (om is None or both is None) else (both + (RESELECT - 1) * om) / RESELECT
+                added = None if step is None else (both - om) / RESELECT
                 rows.append([f"decode sparse B={B} L={L}{tag(gc)} (reselect every {RESELECT} steps)", step, None,
-                             None, "selection share", None if step is None else sel / RESELECT / step, None, None,
+                             None, "selection share", None if step is None else added / step, None, None,
                              f"vs our dense: {fmt(dense and step and dense / step, '.2f')}x"])
                 results.append({"case": "decode_sparse", "B": B, "L": L, "graph_calls": gc, "ours": o})
 
