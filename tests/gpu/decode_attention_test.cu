@@ -581,13 +581,12 @@ TEST(DecodeAttentionGpu, SmallProgrammaticLaunchWaitsForThePreviousKernel) {
 }
 
 // A graph captured once stays valid when later plans change the rows, lengths and split.
+// A graph captured once replays later plans: short rows (at most two pieces each, so the captured
+// launch is in clusters of two) then long rows split into many pieces, and the other way round.
 TEST(DecodeAttentionGpu, CudaGraphReplayAfterReplan) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(77);
   const int32_t D = 128, P = 64, group = 4, heads = 2, batch = 4;
-  DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = P, .max_rows = batch * heads, .cuda_graph = true,
-                   .min_chunk_tokens = 64};
-  DecodeAttention attn(cfg);
   // Fixed device buffers sized for the largest problem.
   const int32_t max_len = 6000, pool_pages = batch * heads * ((max_len + P - 1) / P + 16) + 16;
   DeviceBuffer<bf16> k(static_cast<size_t>(pool_pages) * P * D), v(k.size()), q(static_cast<size_t>(batch) * heads * group * D + 16),
@@ -596,44 +595,55 @@ TEST(DecodeAttentionGpu, CudaGraphReplayAfterReplan) {
   DeviceBuffer<int32_t> indptr(batch * heads + 1), ids(list_cap), pos0(list_cap), len(list_cap);
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
-  cudaGraphExec_t exec = nullptr;
-  for (int step = 0; step < 3; ++step) {
-    DecodeProblem pr = make_problem(D, P, group, heads, batch, step == 0 ? 200 : max_len,
-                                    {RowKind::kAll, RowKind::kSelected, RowKind::kStreaming}, rng);
-    pr.q_stride = int64_t{heads} * group * D;
-    pr.q = random_bf16(static_cast<size_t>(batch) * pr.q_stride, 1.0f, rng);
-    ASSERT_LE(pr.num_pages, pool_pages);
-    DeviceProblem staging(pr);
-    CUDA_CHECK(cudaMemcpy(k.data(), staging.k.data(), staging.k.bytes(), cudaMemcpyDeviceToDevice));
-    CUDA_CHECK(cudaMemcpy(v.data(), staging.v.data(), staging.v.bytes(), cudaMemcpyDeviceToDevice));
-    CUDA_CHECK(cudaMemcpy(q.data(), staging.q.data(), staging.q.bytes(), cudaMemcpyDeviceToDevice));
-    CUDA_CHECK(cudaMemcpy(indptr.data(), staging.indptr.data(), sizeof(int32_t) * (batch * heads + 1), cudaMemcpyDeviceToDevice));
-    CUDA_CHECK(cudaMemcpy(ids.data(), staging.ids.data(), staging.ids.bytes(), cudaMemcpyDeviceToDevice));
-    CUDA_CHECK(cudaMemcpy(pos0.data(), staging.pos0.data(), staging.pos0.bytes(), cudaMemcpyDeviceToDevice));
-    CUDA_CHECK(cudaMemcpy(len.data(), staging.len.data(), staging.len.bytes(), cudaMemcpyDeviceToDevice));
-    DecodeArgs a;
-    a.q = q.data();
-    a.q_stride = pr.q_stride;
-    a.o = o.data();
-    a.o_stride = int64_t{heads} * group * D;
-    a.kv = {k.data(), v.data(), pool_pages, P, D};
-    a.pages = {indptr.data(), ids.data(), pos0.data(), len.data()};
-    a.scale = pr.scale;
-    attn.plan(pr.rows, staging.row_pages, stream);
-    if (exec == nullptr) {
-      cudaGraph_t graph;
-      CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-      attn.run(a, stream);
-      CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-      CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-      CUDA_CHECK(cudaGraphDestroy(graph));
+  for (const bool short_first : {true, false}) {
+    DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = P, .max_rows = batch * heads, .cuda_graph = true,
+                     .min_chunk_tokens = 64};
+    DecodeAttention attn(cfg);
+    cudaGraphExec_t exec = nullptr;
+    for (int step = 0; step < 3; ++step) {
+      const bool is_short = (step % 2 == 0) == short_first;
+      DecodeProblem pr = make_problem(D, P, group, heads, batch, is_short ? 128 : max_len,
+                                      {RowKind::kAll, RowKind::kSelected, RowKind::kStreaming}, rng,
+                                      is_short ? 1 : max_len / 2);
+      pr.q_stride = int64_t{heads} * group * D;
+      pr.q = random_bf16(static_cast<size_t>(batch) * pr.q_stride, 1.0f, rng);
+      ASSERT_LE(pr.num_pages, pool_pages);
+      DeviceProblem staging(pr);
+      CUDA_CHECK(cudaMemcpy(k.data(), staging.k.data(), staging.k.bytes(), cudaMemcpyDeviceToDevice));
+      CUDA_CHECK(cudaMemcpy(v.data(), staging.v.data(), staging.v.bytes(), cudaMemcpyDeviceToDevice));
+      CUDA_CHECK(cudaMemcpy(q.data(), staging.q.data(), staging.q.bytes(), cudaMemcpyDeviceToDevice));
+      CUDA_CHECK(cudaMemcpy(indptr.data(), staging.indptr.data(), sizeof(int32_t) * (batch * heads + 1),
+                            cudaMemcpyDeviceToDevice));
+      CUDA_CHECK(cudaMemcpy(ids.data(), staging.ids.data(), staging.ids.bytes(), cudaMemcpyDeviceToDevice));
+      CUDA_CHECK(cudaMemcpy(pos0.data(), staging.pos0.data(), staging.pos0.bytes(), cudaMemcpyDeviceToDevice));
+      CUDA_CHECK(cudaMemcpy(len.data(), staging.len.data(), staging.len.bytes(), cudaMemcpyDeviceToDevice));
+      DecodeArgs a;
+      a.q = q.data();
+      a.q_stride = pr.q_stride;
+      a.o = o.data();
+      a.o_stride = int64_t{heads} * group * D;
+      a.kv = {k.data(), v.data(), pool_pages, P, D};
+      a.pages = {indptr.data(), ids.data(), pos0.data(), len.data()};
+      a.scale = pr.scale;
+      attn.plan(pr.rows, staging.row_pages, stream);
+      const std::string what = std::string(short_first ? "short first" : "long first") + ", graph step " +
+                               std::to_string(step) + ", pieces " + std::to_string(attn.split().work.size());
+      EXPECT_EQ(attn.launch_cluster(), is_short ? 2 : 1) << what;
+      if (exec == nullptr) {
+        cudaGraph_t graph;
+        CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        attn.run(a, stream);
+        CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+        CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        CUDA_CHECK(cudaGraphDestroy(graph));
+      }
+      o.fill_bytes(0xff, stream);
+      CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      expect_close(o.download<uint16_t>(), reference(pr), D, what.c_str());
     }
-    o.fill_bytes(0xff, stream);
-    CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    expect_close(o.download<uint16_t>(), reference(pr), D, ("graph step " + std::to_string(step)).c_str());
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
   }
-  CUDA_CHECK(cudaGraphExecDestroy(exec));
   CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
