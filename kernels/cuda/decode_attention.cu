@@ -88,19 +88,16 @@ struct DecodeSmem {
 // ---- thread block clusters (sm_90) ----
 constexpr int kMaxCluster = 8;  // CTAs per cluster at most (DecodeConfig::cluster_ctas)
 
-__device__ __forceinline__ uint32_t cluster_size() {
-  uint32_t n = 1;
+// This CTA's rank in its thread block cluster and the cluster's CTA count (0 and 1 without clusters).
+struct ClusterPosition {
+  int32_t rank = 0, size = 1;
+};
+__device__ __forceinline__ ClusterPosition cluster_position() {
+  ClusterPosition c;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n\tmov.u32 %1, %%cluster_nctarank;\n" : "=r"(c.rank), "=r"(c.size));
 #endif
-  return n;
-}
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-#endif
-  return r;
+  return c;
 }
 // All non-exited threads of the cluster: arrive (release: this thread's earlier writes, shared memory
 // included, become visible to the threads whose wait follows) and wait (acquire).
@@ -398,7 +395,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   // cluster (a segment) combine first through distributed shared memory (combine_segment), so the
   // row's global merge sees n_seg partials, one per segment (slot first partial + seg); a row inside
   // one cluster needs no global merge at all. Without clusters every piece is its own segment.
-  const int32_t x = static_cast<int32_t>(blockIdx.x), C = static_cast<int32_t>(cluster_size());
+  const ClusterPosition cp = cluster_position();
+  const int32_t x = static_cast<int32_t>(blockIdx.x), C = cp.size;
   const bool clustered = C > 1 && w.partial >= 0;
   const int32_t f = x - (w.partial - split.y);
   const int32_t n_seg = (f + split.x - 1) / C - f / C + 1, seg = x / C - f / C;
@@ -613,7 +611,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   if (clustered) {
     cluster_arrive();  // every piece of the cluster staged
     cluster_wait();
-    const int32_t base = x - static_cast<int32_t>(cluster_rank());
+    const int32_t base = x - cp.rank;
     const int32_t s0 = max(f, base), s1 = min(f + split.x, base + C);
     combine_segment<D>(p, row, attn::smem_addr(stage_o), s0 - base, s1 - s0, x - s0, n_seg, split.y + seg);
     cluster_arrive();  // this CTA is done reading the others' stages (the wait is before it exits)
