@@ -580,9 +580,9 @@ TEST(DecodeAttentionGpu, SmallProgrammaticLaunchWaitsForThePreviousKernel) {
   CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
-// A graph captured once stays valid when later plans change the rows, lengths and split.
-// A graph captured once replays later plans: short rows (at most two pieces each, so the captured
-// launch is in clusters of two) then long rows split into many pieces, and the other way round.
+// A graph captured once stays valid when later plans change the rows, lengths and split: short rows
+// (at most two pieces each, so the captured launch is in clusters of two) then long rows split into
+// many pieces, and the other way round.
 TEST(DecodeAttentionGpu, CudaGraphReplayAfterReplan) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(77);
