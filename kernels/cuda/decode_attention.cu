@@ -765,8 +765,11 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
     lc.numAttrs = 1;
     int clusters = 0;
     CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &lc));
-    check(clusters >= 1, "DecodeAttention: no cluster of config.cluster_ctas CTAs fits on this device", loc);
-    resident = clusters * cluster_;
+    if (clusters >= 1) {
+      resident = clusters * cluster_;
+    } else {
+      cluster_ = 1;  // no cluster fits resident (a partitioned device): launch without clusters
+    }
   }
   target_ctas_ = config.target_ctas > 0 ? config.target_ctas : std::min(resident, kMaxRowPieces / cluster_ * cluster_);
   work_capacity_ = (config.max_rows + target_ctas_ + cluster_ - 1) / cluster_ * cluster_;

@@ -135,7 +135,7 @@ struct DecodeConfig {
   int32_t max_rows = 0;         // rows per call at most (sizes the workspace)
   bool cuda_graph = false;      // launch capacity-sized grids (surplus CTAs exit at once)
   int32_t min_chunk_tokens = 128;  // smallest piece (tests lower it to exercise the merge)
-  int32_t target_ctas = 0;      // pieces to aim for, at most 640; 0: SMs × resident CTAs per SM (at most 640)
+  int32_t target_ctas = 0;      // pieces to aim for, at most 640; 0: the CTAs resident at once (at most 640)
   // Programmatic dependent launch (sm_90): run() may start while the stream's previous kernel is
   // still running, reading its plan and pages.indptr; it waits for that kernel before touching
   // anything else.
@@ -145,8 +145,10 @@ struct DecodeConfig {
   // combine through distributed shared memory, and a row inside one cluster skips the global merge
   // (its partials and the count). Plans with longer rows launch without clusters: there combining
   // through distributed shared memory first cost more than the shorter global merge saved (H200,
-  // batch 1, 33 pieces a row, clusters of two: +1.1 us a call). The default target_ctas is the
-  // clusters resident at once times this (at 2: every CTA slot).
+  // batch 1, 33 pieces a row, clusters of two: +1.1 us a call), and a CUDA graph keeps the cluster
+  // size of the plan it was captured on (correct for any later plan, at that cost for long rows).
+  // The default target_ctas is the clusters resident at once times this (at 2: every CTA slot); a
+  // device where no cluster fits resident launches without clusters.
   int32_t cluster_ctas = 2;
 };
 

@@ -416,11 +416,40 @@ TEST(DecodeAttentionGpu, SmallMergeOfMorePiecesThanOneChunk) {
 // rows inside one cluster (no global merge), rows across two (a global merge of two partials),
 // unsplit and empty rows sharing clusters with split ones, and (capacity grids) surplus CTAs in the
 // last cluster. Small: the GPU suite runs it under the sanitizers.
+// Which cluster cases a split laid out in clusters of C produced (CTA i is work item i).
+struct ClusterCoverage {
+  bool inside = false;        // a split row inside one cluster
+  bool across = false;        // a split row across cluster boundaries
+  bool long_segment = false;  // three or more pieces of a row in one cluster
+  bool mixed = false;         // a cluster holding an unsplit row's CTA and a split row's
+  bool surplus = false;       // surplus CTAs of the grid in a cluster with working ones
+  void note(const DecodeSplit& s, int32_t C, int32_t grid) {
+    const auto work = static_cast<int32_t>(s.work.size());
+    for (int32_t base = 0; base < work; base += C) {
+      bool split_here = false, unsplit_here = false;
+      for (int32_t i = base; i < std::min(work, base + C); ++i) {
+        const bool split = s.row_splits[static_cast<size_t>(s.work[static_cast<size_t>(i)].row)] > 1;
+        (split ? split_here : unsplit_here) = true;
+        const auto row_of = [&](int32_t k) { return s.work[static_cast<size_t>(k)].row; };
+        long_segment = long_segment || (split && i - 2 >= base && row_of(i - 2) == row_of(i));
+      }
+      mixed = mixed || (split_here && unsplit_here);
+    }
+    int32_t f = 0;  // the row's first CTA
+    for (const int32_t n : s.row_splits) {
+      if (n > 1) (f / C == (f + n - 1) / C ? inside : across) = true;
+      f += n;
+    }
+    surplus = surplus || (grid > work && work % C != 0);
+  }
+};
+
 TEST(DecodeAttentionGpu, SmallClusterSegmentsMatchCpuTwin) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(31337);
   const std::vector<RowKind> kinds = {RowKind::kAll, RowKind::kSelected, RowKind::kStreaming, RowKind::kEmpty};
   for (const int32_t cluster : {1, 2, 4, 8}) {
+    ClusterCoverage cov;
     for (const int32_t D : {64, 128}) {
       for (const int32_t group : {1, 4, 16}) {
         const int32_t batch = rand_int(rng, 2, 6), heads = rand_int(rng, 1, 3), rows = batch * heads;
@@ -441,10 +470,16 @@ TEST(DecodeAttentionGpu, SmallClusterSegmentsMatchCpuTwin) {
                                  std::to_string(attn.split().work.size());
         ASSERT_EQ(attn.launch_cluster(), cluster) << what;
         ASSERT_GT(static_cast<int32_t>(attn.split().work.size()), rows) << what << ": no row was split";
+        const auto work = static_cast<int32_t>(attn.split().work.size());
+        cov.note(attn.split(), cluster, cfg.cuda_graph ? attn.work_capacity() : (work + cluster - 1) / cluster * cluster);
         expect_close(got, reference(pr), D, what.c_str());
         // Again on the same plan: the merges reset the row counts.
         expect_close(run_decode(attn, pr, dp), reference(pr), D, (what + " again").c_str());
       }
+    }
+    if (cluster > 1) {  // the cases the shapes are meant to produce did occur
+      EXPECT_TRUE(cov.inside && cov.across && cov.mixed && cov.surplus) << "cluster=" << cluster;
+      if (cluster > 2) EXPECT_TRUE(cov.long_segment) << "cluster=" << cluster;
     }
   }
 }
@@ -551,31 +586,36 @@ TEST(DecodeAttentionGpu, SmallProgrammaticLaunchWaitsForThePreviousKernel) {
                                         rng, 1500);
   DecodeProblem pr2 = pr;
   pr2.q = random_bf16(pr.q.bits.size(), 1.0f, rng);
-  // Every long row split: the merge runs.
-  DecodeConfig cfg{.head_dim = 128, .group = 4, .page_tokens = 64, .max_rows = static_cast<int32_t>(pr.rows.size()),
-                   .min_chunk_tokens = 64};
-  ASSERT_TRUE(cfg.programmatic_launch);
-  DecodeAttention attn(cfg);
+  const auto rows = static_cast<int32_t>(pr.rows.size());
   DeviceProblem dp(pr);
   const DeviceBuffer<bf16> q_late{std::span<const uint16_t>(pr.q.bits)}, q2{std::span<const uint16_t>(pr2.q.bits)};
   DeviceBuffer<bf16> o2(dp.o.size());
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
-  attn.plan(pr.rows, dp.row_pages, stream);
-  ASSERT_GT(attn.split().num_partials, 0);
-  for (int rep = 0; rep < 3; ++rep) {
-    dp.q.fill_bytes(0xff, stream);
-    dp.o.fill_bytes(0xff, stream);
-    o2.fill_bytes(0xff, stream);
-    gpu_test::late_copy(q_late.data(), dp.q.data(), q_late.bytes(), stream);
-    attn.run(dp.args(pr), stream);
-    DecodeArgs a2 = dp.args(pr);
-    a2.q = q2.data();
-    a2.o = o2.data();
-    attn.run(a2, stream);
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    expect_close(dp.o.download<uint16_t>(), reference(pr), 128, "after the late producer");
-    expect_close(o2.download<uint16_t>(), reference(pr2), 128, "second run");
+  // Every long row split: the global merge runs (many pieces a row, no clusters), then one or two
+  // pieces a row (clusters of two; rows after an unsplit one straddle two clusters).
+  for (const int32_t target : {0, 2 * rows - 1}) {
+    DecodeConfig cfg{.head_dim = 128, .group = 4, .page_tokens = 64, .max_rows = rows, .min_chunk_tokens = 64,
+                     .target_ctas = target};
+    ASSERT_TRUE(cfg.programmatic_launch);
+    DecodeAttention attn(cfg);
+    attn.plan(pr.rows, dp.row_pages, stream);
+    ASSERT_GT(attn.split().num_partials, 0);
+    ASSERT_EQ(attn.launch_cluster(), target == 0 ? 1 : 2);
+    for (int rep = 0; rep < 3; ++rep) {
+      dp.q.fill_bytes(0xff, stream);
+      dp.o.fill_bytes(0xff, stream);
+      o2.fill_bytes(0xff, stream);
+      gpu_test::late_copy(q_late.data(), dp.q.data(), q_late.bytes(), stream);
+      attn.run(dp.args(pr), stream);
+      DecodeArgs a2 = dp.args(pr);
+      a2.q = q2.data();
+      a2.o = o2.data();
+      attn.run(a2, stream);
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      expect_close(dp.o.download<uint16_t>(), reference(pr), 128, "after the late producer");
+      expect_close(o2.download<uint16_t>(), reference(pr2), 128, "second run");
+    }
   }
   CUDA_CHECK(cudaStreamDestroy(stream));
 }
