@@ -6,7 +6,7 @@
 //                   [--page 64] [--streaming-kv-heads 4 --sink 128 --local 4096]
 //   attention_bench --op decode --seq 131072 --batch 16 [--budget 4096 --select gpu|host]
 //                   [--streaming-kv-heads 4 ...] [--graph 1] [--graph-calls 8] [--pdl 1]
-//                   [--page-order shuffled|sequential] [--read-ceiling 1 [--ceiling-ctas N]]
+//                   [--page-order shuffled|sequential] [--read-ceiling 1 [--ceiling-ctas N]] [--early 0|1]
 //   common: --iters 50 --warmup 10 --rotate 0 (input sets to cycle through; 0: enough to exceed L2)
 //
 // Layouts are the engine's: q/o [tokens][q_heads·D], K/V in a page pool [pages][P][D] read through
@@ -64,6 +64,7 @@ struct Options {
   std::string kernel = "auto";  // prefill: auto | mma | wgmma
   int min_chunk = 0, target_ctas = 0;  // decode split (0: the library's defaults)
   int cluster = 0;                     // decode: DecodeConfig::cluster_ctas (0: the library's default)
+  int early = 1;                       // decode: DecodeArgs::pages_plan_time for lists the host uploads
   std::string page_order = "shuffled";  // decode: pool pages of the lists shuffled, or in list order
   int read_ceiling = 0;                 // decode: also time the paged read ceiling
   int ceiling_ctas = 0;                 // decode: the ceiling kernels' CTAs (0: one full wave)
@@ -99,6 +100,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--min-chunk") o.min_chunk = static_cast<int>(num());
     else if (a == "--target-ctas") o.target_ctas = static_cast<int>(num());
     else if (a == "--cluster") o.cluster = static_cast<int>(num());
+    else if (a == "--early") o.early = static_cast<int>(num());
     else if (a == "--page-order") o.page_order = v;
     else if (a == "--read-ceiling") o.read_ceiling = static_cast<int>(num());
     else if (a == "--ceiling-ctas") o.ceiling_ctas = static_cast<int>(num());
@@ -525,6 +527,9 @@ int run_decode(const Options& o) {
     a.kv = {st.k.data(), st.v.data(), pages, o.page, o.dim};
     a.pages = dread.view();
     a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    // The host uploads the lists, except those page_select writes on the GPU (in the same graph as the
+    // decode, or in an earlier step's graph: they count as written by a kernel that may still run).
+    a.pages_plan_time = o.early != 0 && !gpu_select;
     return a;
   };
   const auto select_call = [&](int i) {

@@ -4,21 +4,17 @@
 // page list. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline, the
 // copies marked L2 evict-first: K/V are read once, the small tables around them are not); warp w
 // copies and computes keys 16w .. 16w+15 of each tile with its own online softmax, so no warp reads
-// another's rows and the warps run their pipelines without CTA barriers. The math is transposed
-// (GQA as the mma's narrow side): Sᵀ = K·Qᵀ and Oᵀ += Vᵀ·Pᵀ on mma.sync m16n8k16 with the warp's 16
-// keys or 16 dims as the m rows and the group's query heads as the n = 8 columns (two column blocks
-// for groups 9-16), fp32 accumulators, lazy rescaling. Qᵀ stays in registers for the whole CTA, so
-// every K/V byte is read from memory once per group; Pᵀ reaches the second mma by movmatrix. Against
-// heads as the m rows (16 rows, 12 of them empty at group 4) this halves the mma count and the
-// accumulators.
+// another's rows and the warps run their pipelines without CTA barriers. The math (decode_tile.cuh)
+// is transposed, GQA as the mma's narrow side: Sᵀ = K·Qᵀ and Oᵀ += Vᵀ·Pᵀ on mma.sync with Qᵀ in
+// registers for the whole CTA, so every K/V byte is read from memory once per group.
 // At the end the 4 warps merge through shared memory; a row with one piece writes bf16 at once,
 // otherwise each piece writes fp32 O/L plus lse = m + log2(L), and the CTA that finishes a row's last
 // piece (an atomic count per row, reset by that CTA) merges the row's pieces (merge_row in
 // decode_merge.cuh): one launch per call. A plan whose rows have at most DecodeConfig::cluster_ctas
 // pieces launches in thread block clusters: the pieces of a row in one cluster first combine through
-// distributed shared memory (combine_segment), so a row inside one cluster writes its output there and skips the global merge
-// (batch 16 at 8K: +1.7% on the H200). Work pieces are sized on the host to fill one wave of
-// resident CTAs (plan_decode_split). With programmatic launch the CTAs read their work item while
+// distributed shared memory (combine_segment), so a row inside one cluster writes its output there
+// and skips the global merge (batch 16 at 8K: +1.7% on the H200). Work pieces are sized on the host
+// to fill one wave of resident CTAs (plan_decode_split). With programmatic launch the CTAs read their work item while
 // the previous kernel finishes (launch.cuh).
 #include "kernels/cuda/decode_attention.h"
 
@@ -29,6 +25,7 @@
 
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/decode_merge.cuh"
+#include "kernels/cuda/decode_tile.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -55,8 +52,7 @@ template <int D>
 struct DecodeSmem {
   static constexpr int kTileBytes = kBN * D * 2;
   static constexpr int kPipeBytes = kStages * 2 * kTileBytes;                 // K and V per stage
-  static constexpr int kRedStride = D + 8;                                        // floats per O row
-  static constexpr int kMergeBytes = kWarps * 16 * kRedStride * 4 + 2 * kWarps * 16 * 4;  // O, m, l per warp
+  static constexpr int kMergeBytes = WarpReduction<D, kWarps>::kBytes;
   static constexpr int kQOffset = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
   static constexpr int kPosOffset = kQOffset + 16 * D * 2;
   // A split piece's result for its cluster segment (cluster launch): O [16][D] fp32, lse [16].
@@ -97,55 +93,6 @@ __device__ __forceinline__ void load_warp_rows(uint32_t k_tile, uint32_t v_tile,
   }
 }
 
-// One online-softmax step over a warp's Sᵀ tile: its 16 keys (this thread: keys lane/4 and lane/4 + 8,
-// elements 0, 1 and 2, 3) × NB blocks of 8 heads (this thread: heads 8·nb + 2·(lane % 4) + j, elements
-// j and j + 2), scores in the log2 domain (−inf = masked). m[nb][j]: the head's running reference
-// maximum, the same in the 8 lanes that hold the head; l[nb][j]: this thread's share of the head's
-// sum (summed over the 8 lanes at the end); o: Oᵀ accumulators, heads as columns. On return s holds
-// exp2(s − m). Lazy rescaling as attn::online_softmax_step, but cheaper to test: each thread checks
-// its own scores against the references, and only when one exceeds its reference by more than
-// kRescaleSlack are the heads' maxima reduced over their lanes and o, l rescaled.
-template <int NB, int DP>
-__device__ __forceinline__ void online_softmax_cols(float (&s)[NB][4], float (&m)[NB][2], float (&l)[NB][2],
-                                                    float (&o)[DP][NB][4]) {
-  bool fits = true;
-#pragma unroll
-  for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) fits = fits && fmaxf(s[nb][j], s[nb][j + 2]) <= m[nb][j] + attn::kRescaleSlack;
-  }
-  if (!__all_sync(0xffffffffu, fits)) {
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        float mx = fmaxf(m[nb][j], fmaxf(s[nb][j], s[nb][j + 2]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-        const float alpha = attn::fast_exp2(m[nb][j] - (mx == -INFINITY ? 0.0f : mx));  // 0 when m was −inf
-        m[nb][j] = mx;
-        l[nb][j] *= alpha;
-#pragma unroll
-        for (int dp = 0; dp < DP; ++dp) {
-          o[dp][nb][j] *= alpha;
-          o[dp][nb][j + 2] *= alpha;
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const float base = m[nb][j] == -INFINITY ? 0.0f : m[nb][j];
-      s[nb][j] = attn::fast_exp2(s[nb][j] - base);
-      s[nb][j + 2] = attn::fast_exp2(s[nb][j + 2] - base);
-      l[nb][j] += s[nb][j] + s[nb][j + 2];
-    }
-  }
-}
-
 template <int D, int NB>
 __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const DecodeParams p) {
   using Smem = DecodeSmem<D>;
@@ -172,13 +119,13 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   const int32_t f = x - (w.partial - split.y);
   const int32_t n_seg = (f + split.x - 1) / C - f / C + 1, seg = x / C - f / C;
   // Programmatic launch (launch.cuh): the plan and the list's indptr (plan-time data, see
-  // DecodeArgs) are read before the wait; everything else (q, the page list's entries, the pool, the
-  // partials) may be the previous kernel's output or input.
+  // DecodeArgs) are read before the wait; so are the list's entries and the K/V of the piece's first
+  // tiles when p.early_copies says they are plan-time too (below). Everything else (q, the partials)
+  // may be the previous kernel's output or input.
   const int32_t first = p.indptr[w.row];
   const int32_t n_entries = p.indptr[w.row + 1] - first;
   pdl_launch_dependents();
-  pdl_wait();
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x, warp = tid >> 5;
   const int G = p.group;
 
   const int32_t eb = min(w.page_begin, n_entries), ee = min(w.page_end, n_entries);
@@ -194,6 +141,27 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   float* stage_o = reinterpret_cast<float*>(smem + Smem::kStageOffset);  // [16][D], then lse [16]
   const auto k_stage = [&](int s) { return pipe + s * 2 * Smem::kTileBytes; };
   const auto v_stage = [&](int s) { return pipe + s * 2 * Smem::kTileBytes + Smem::kTileBytes; };
+  // K/V are read once: evict them first, so the page lists, plan and partials stay in L2.
+  const uint64_t kv_policy = attn::l2_evict_first_policy();
+  const int key0 = warp * 16;  // this warp's 16 slots of every tile
+  // Page metadata is read one tile ahead of the copies that need it (tile_source), so its latency
+  // overlaps the previous tile's math instead of stalling the copy issue.
+  attn::TileSource src[kStages];
+  // Early copies: the first `early` tiles (at most the kStages − 1 the prologue fills), those wholly
+  // before the row's last list entry (whose page this step's append may still be writing), are
+  // copied before the wait, overlapping the previous kernel's tail (batch 1, 8 calls per graph:
+  // +1.4% at 128K, +7% at 8K on the H200). Each is its own copy group, as in the loop.
+  const int32_t early_slots = p.early_copies ? max(0, n_entries - 1) << shift : 0;
+  const int early = min(min(n_tiles, kStages - 1), max(0, (early_slots - u_begin) / kBN));
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < early) {
+      src[s] = attn::tile_source<D, kBN>(rk, p.pool, u_begin + s * kBN);
+      load_warp_rows<D>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN, src[s], key0, kv_policy);
+      attn::cp_async_commit();
+    }
+  }
+  pdl_wait();
 
   // The merge's mbarrier (merge_row), initialised here, off the end of the CTA's critical path; the
   // barrier after the Q copies publishes it to the CTA, and merge_row's proxy fence to the bulk copy.
@@ -207,52 +175,38 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
     attn::cp_async16(q_tile + attn::tile_offset<D>(r, c), valid ? q_src + r * D + c * 8 : p.q, valid);
   }
   attn::cp_async_commit();
-  // K/V are read once: evict them first, so the page lists, plan and partials stay in L2.
-  const uint64_t kv_policy = attn::l2_evict_first_policy();
-  // Page metadata is read one tile ahead of the copies that need it (tile_source), so its latency
-  // overlaps the previous tile's math instead of stalling the copy issue.
-  attn::TileSource src[kStages];
 #pragma unroll
-  for (int s = 0; s < kStages; ++s) src[s] = attn::tile_source<D, kBN>(rk, p.pool, u_begin + s * kBN);
-  const int key0 = warp * 16;  // this warp's 16 slots of every tile
+  for (int s = 0; s < kStages; ++s) {
+    if (s >= early) src[s] = attn::tile_source<D, kBN>(rk, p.pool, u_begin + s * kBN);
+  }
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_tiles) {
-      load_warp_rows<D>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN, src[s], key0, kv_policy);
+    if (s >= early) {
+      if (s < n_tiles) {
+        load_warp_rows<D>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN, src[s], key0,
+                          kv_policy);
+      }
+      attn::cp_async_commit();
     }
-    attn::cp_async_commit();
   }
   attn::TileSource next = src[kStages - 1];
-  attn::cp_async_wait<kStages - 1>();  // the Q group
-  __syncthreads();
-  // Qᵀ as mma B fragments (n = 8 heads per block, k = 16 dims): qb[ks][nb] holds heads 8·nb .. 8·nb+7
-  // (zero past G) × dims 16·ks .. 16·ks+15; an ldmatrix of the Q tile's rows delivers exactly that.
-  uint32_t qb[D / 16][NB][2];
-#pragma unroll
-  for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-    for (int kp = 0; kp < D / 32; ++kp) {
-      uint32_t r[4];
-      attn::ldmatrix_x4(r, q_tile + attn::tile_offset<D>(8 * nb + (lane & 7), 4 * kp + (lane >> 3)));
-      qb[2 * kp][nb][0] = r[0];
-      qb[2 * kp][nb][1] = r[1];
-      qb[2 * kp + 1][nb][0] = r[2];
-      qb[2 * kp + 1][nb][1] = r[3];
-    }
+  // The Q group, followed by the kStages − 1 − early tile groups committed after it.
+  static_assert(kStages == 3, "the wait below counts the groups after Q for three stages");
+  if (early == 0) {
+    attn::cp_async_wait<2>();
+  } else if (early == 1) {
+    attn::cp_async_wait<1>();
+  } else {
+    attn::cp_async_wait<0>();
   }
+  __syncthreads();
+  uint32_t qb[D / 16][NB][2];
+  load_q_fragments<D, NB>(qb, q_tile);
 
   const attn::MaskParams mp{static_cast<int32_t>(row.mask), row.sink, row.local, 1, 0};
   const int32_t t = row.q_pos;
-  const int g = lane >> 2;  // this thread's keys of the warp's 16: g and g + 8
-  float o[D / 16][NB][4];   // Oᵀ: dims 16·dp + g (+ 8) × heads 8·nb + 2·(lane % 4) + {0, 1}
-#pragma unroll
-  for (int dp = 0; dp < D / 16; ++dp) {
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) o[dp][nb][0] = o[dp][nb][1] = o[dp][nb][2] = o[dp][nb][3] = 0.0f;
-  }
-  float m[NB][2], l[NB][2];
-#pragma unroll
-  for (int nb = 0; nb < NB; ++nb) m[nb][0] = m[nb][1] = -INFINITY, l[nb][0] = l[nb][1] = 0.0f;
+  WarpState<D, NB> state;
+  state.init();
 
   for (int it = 0; it < n_tiles; ++it) {
     attn::cp_async_wait<kStages - 2>();
@@ -268,101 +222,21 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
       attn::cp_async_commit();
     }
     const int st = it % kStages;
-    const int32_t* tp = pos + st * kBN + key0;
-    // No skipping of a warp's fully masked rows: decode lists hold only visible keys, so such rows are
-    // rare (empty slots of a short page), and the test ahead of the math cost 0.7% at 128K.
-
-    // Sᵀ = K·Qᵀ: the warp's 16 keys as the mma's m rows, the group's heads as its n columns; even and
-    // odd dim blocks accumulate apart, two chains of D/32 dependent mma instead of one of D/16.
-    const uint32_t kt = k_stage(st), vt = v_stage(st);
-    float s[NB][4] = {}, s_odd[NB][4] = {};
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t a[4];
-      attn::ldmatrix_x4(a, kt + attn::tile_offset<D>(key0 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * ks + (lane >> 4)));
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) attn::mma_bf16_16816(ks % 2 ? s_odd[nb] : s[nb], a, qb[ks][nb][0], qb[ks][nb][1]);
-    }
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nb][e] += s_odd[nb][e];
-    }
-    const bool ok_lo = attn::key_allowed(mp, nullptr, t, tp[g]), ok_hi = attn::key_allowed(mp, nullptr, t, tp[g + 8]);
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-      s[nb][0] = ok_lo ? s[nb][0] * p.scale_log2 : -INFINITY;
-      s[nb][1] = ok_lo ? s[nb][1] * p.scale_log2 : -INFINITY;
-      s[nb][2] = ok_hi ? s[nb][2] * p.scale_log2 : -INFINITY;
-      s[nb][3] = ok_hi ? s[nb][3] * p.scale_log2 : -INFINITY;
-    }
-    online_softmax_cols<NB, D / 16>(s, m, l, o);
-    // Pᵀ (keys × heads) as the B fragment of Oᵀ += Vᵀ·Pᵀ: the accumulator's 8×8 blocks transposed.
-    uint32_t pb[NB][2];
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-      pb[nb][0] = attn::movmatrix_trans(attn::pack_bf16x2(s[nb][0], s[nb][1]));
-      pb[nb][1] = attn::movmatrix_trans(attn::pack_bf16x2(s[nb][2], s[nb][3]));
-    }
-#pragma unroll
-    for (int dp = 0; dp < D / 16; ++dp) {
-      uint32_t a[4];
-      attn::ldmatrix_x4_trans(a, vt + attn::tile_offset<D>(key0 + (lane & 7) + ((lane >> 4) << 3), 2 * dp + ((lane >> 3) & 1)));
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) attn::mma_bf16_16816(o[dp][nb], a, pb[nb][0], pb[nb][1]);
-    }
+    tile_step<D, NB>(state, k_stage(st), v_stage(st), pos + st * kBN + key0, key0, qb, mp, t, p.scale_log2);
   }
   attn::cp_async_wait<0>();
   __syncthreads();  // the pipeline buffers become the merge buffers
 
-  // Merge the 4 warps: red_o [warp][16][RS] (unnormalised; rows < G only), red_m / red_l [warp][16].
-  constexpr int RS = Smem::kRedStride;
-  float* red_o = reinterpret_cast<float*>(smem);
-  float* red_m = red_o + kWarps * 16 * RS;
-  float* red_l = red_m + kWarps * 16;
-#pragma unroll
-  for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      float x = l[nb][j];
-      x += __shfl_xor_sync(0xffffffffu, x, 4);
-      x += __shfl_xor_sync(0xffffffffu, x, 8);
-      x += __shfl_xor_sync(0xffffffffu, x, 16);
-      const int h = 8 * nb + 2 * (lane & 3) + j;
-      if (h < G) {
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          red_o[(warp * 16 + h) * RS + 16 * dp + g] = o[dp][nb][j];
-          red_o[(warp * 16 + h) * RS + 16 * dp + 8 + g] = o[dp][nb][j + 2];
-        }
-        if (g == 0) {
-          red_m[warp * 16 + h] = m[nb][j];
-          red_l[warp * 16 + h] = x;
-        }
-      }
-    }
-  }
+  // Merge the 4 warps through the idle pipeline buffers.
+  using Reduction = WarpReduction<D, kWarps>;
+  float* red = reinterpret_cast<float*>(smem);
+  Reduction::stage(red, state, G);
   __syncthreads();
 
   for (int idx = tid; idx < G * kChunks; idx += kThreads) {
     const int h = idx / kChunks, c = idx % kChunks;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, red_m[v * 16 + h]);
-    const float base = mx == -INFINITY ? 0.0f : mx;
-    float sum = 0.0f, acc[8] = {};
-#pragma unroll
-    for (int v = 0; v < kWarps; ++v) {
-      const float f = attn::fast_exp2(red_m[v * 16 + h] - base);
-      sum += f * red_l[v * 16 + h];
-      const float* src = red_o + (v * 16 + h) * RS + 8 * c;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[e] += f * src[e];
-    }
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[e] *= inv;
-    const float lse = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
+    float acc[8];
+    const float lse = Reduction::combine(red, h, c, acc);
     if (w.partial < 0) {
       bf16* dst = p.o + row.q_row * p.o_stride + static_cast<int64_t>(row.kv_head * G + h) * D + 8 * c;
       *reinterpret_cast<uint4*>(dst) = float_to_bf16x8(acc);
@@ -451,9 +325,10 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   check(config.max_rows >= 1, "DecodeAttention: max_rows must be positive", loc);
   check(config.min_chunk_tokens >= 1, "DecodeAttention: min_chunk_tokens must be positive", loc);
 
-  int dev = 0, sms = 0, per_sm = 0;
+  int dev = 0, sms = 0, per_sm = 0, major = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   const int smem = decode_smem_bytes(config.head_dim);
   const void* kernel = reinterpret_cast<const void*>(decode_kernel(config.head_dim, config.group));
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -462,8 +337,6 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   check(config.target_ctas <= kMaxRowPieces, "DecodeAttention: target_ctas must be at most 640", loc);
   const int32_t cl = config.cluster_ctas;
   check(cl == 1 || cl == 2 || cl == 4 || cl == kMaxCluster, "DecodeAttention: cluster_ctas must be 1, 2, 4 or 8", loc);
-  int major = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   cluster_ = major >= 9 ? cl : 1;
   int32_t resident = sms * per_sm;
   if (cluster_ > 1) {  // whole clusters only: a GPC's SMs may leave a few CTA slots unused
@@ -607,6 +480,7 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
   p.row_done = const_cast<int32_t*>(row_done_.data());
   p.group = config_.group;
   p.scale_log2 = args.scale * kLog2e;
+  p.early_copies = args.pages_plan_time ? 1 : 0;
 
   const int work = static_cast<int>(split_.work.size());
   // A captured graph keeps this launch's cluster size for later plans; the kernel is correct with any

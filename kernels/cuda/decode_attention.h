@@ -88,6 +88,13 @@ struct DecodeArgs {
   // page_select's selected_indptr, are fine). The entries may be the previous kernel's output.
   KeyPageList pages;
   float scale = 0.0f;  // softmax scale (usually 1/√D)
+  // The list's entries (page_ids, page_pos0, page_len) are plan-time data too, and so are the K/V
+  // rows of every row's entries but its last: no kernel that may still be running when run() starts
+  // writes them. True for lists the host uploads in a decode step, whose append writes each row's
+  // newest key only, into its last entry; not for lists page_select builds in the same stream. With
+  // config.programmatic_launch each piece then copies its first K/V tiles that lie before the row's
+  // last entry while the previous kernel finishes.
+  bool pages_plan_time = false;
 };
 
 // A piece of work: row `row`, its list entries [page_begin, page_end) (relative to the row's first

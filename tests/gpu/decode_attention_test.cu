@@ -385,6 +385,49 @@ TEST(DecodeAttentionGpu, MatchesCpuTwinOverShapes) {
   }
 }
 
+// The pool slots past each entry's page_len set to NaN in the copy the kernel reads: their bits must
+// not reach the output (the copies zero-fill such rows).
+void poison_empty_slots(DecodeProblem& pr) {
+  constexpr uint16_t kNaN = 0x7fc0;
+  for (const RowPages& rp : pr.pages) {
+    for (size_t e = 0; e < rp.ids.size(); ++e) {
+      for (int32_t s = rp.len[e]; s < pr.P; ++s) {
+        const size_t base = (static_cast<size_t>(rp.ids[e]) * pr.P + s) * pr.D;
+        std::fill_n(pr.k.bits.begin() + static_cast<std::ptrdiff_t>(base), pr.D, kNaN);
+        std::fill_n(pr.v.bits.begin() + static_cast<std::ptrdiff_t>(base), pr.D, kNaN);
+      }
+    }
+  }
+}
+
+// Every page size, both head dims, groups up to 16, with and without the split-row merge, on pools
+// whose empty slots hold NaN.
+TEST(DecodeAttentionGpu, MatchesCpuTwinWithNaNInEmptySlots) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(4321);
+  const std::vector<RowKind> kinds = {RowKind::kAll, RowKind::kSelected, RowKind::kStreaming};
+  for (const int32_t D : {64, 128}) {
+    for (const int32_t P : {16, 32, 64, 128}) {
+      for (const int32_t group : {1, 4, 8, 12, 16}) {
+        for (int rep = 0; rep < 2; ++rep) {  // rep 0: many pieces, exercising the merge
+          const int32_t batch = rand_int(rng, 1, 6), heads = rand_int(rng, 1, 3);
+          DecodeProblem pr = make_problem(D, P, group, heads, batch, 1200, kinds, rng);
+          poison_empty_slots(pr);
+          DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = P, .max_rows = batch * heads,
+                           .min_chunk_tokens = rep == 0 ? 16 : 256, .target_ctas = rep == 0 ? 61 : 0};
+          DecodeAttention attn(cfg);
+          DeviceProblem dp(pr);
+          const auto got = run_decode(attn, pr, dp);
+          const std::string what = "D=" + std::to_string(D) + " P=" + std::to_string(P) + " group=" +
+                                   std::to_string(group) + " batch=" + std::to_string(batch) +
+                                   " pieces=" + std::to_string(attn.split().work.size());
+          expect_close(got, reference(pr), D, what.c_str());
+        }
+      }
+    }
+  }
+}
+
 // Rows split into more pieces than the merge stages in shared memory at once (it then merges in
 // chunks: at most 10-47 pieces a chunk for groups 16, 5 and 4), with groups that give a thread
 // several output slots (16), one slot (5; 4 at D = 128) or a share of one (4 at D = 64, 1). Small:
@@ -615,6 +658,124 @@ TEST(DecodeAttentionGpu, SmallProgrammaticLaunchWaitsForThePreviousKernel) {
       CUDA_CHECK(cudaStreamSynchronize(stream));
       expect_close(dp.o.download<uint16_t>(), reference(pr), 128, "after the late producer");
       expect_close(o2.download<uint16_t>(), reference(pr2), 128, "second run");
+    }
+  }
+  CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// Renumbers the pool's pages so that every row's last list entry lies in the pool's top pages (the
+// data moves with the ids); returns the first of them.
+int32_t last_entries_to_top(DecodeProblem& pr) {
+  std::vector<char> is_last(static_cast<size_t>(pr.num_pages), 0);
+  for (const RowPages& rp : pr.pages) {
+    if (!rp.ids.empty()) is_last[static_cast<size_t>(rp.ids.back())] = 1;
+  }
+  std::vector<int32_t> new_id(static_cast<size_t>(pr.num_pages));
+  int32_t n = 0;
+  for (int32_t id = 0; id < pr.num_pages; ++id) {
+    if (!is_last[static_cast<size_t>(id)]) new_id[static_cast<size_t>(id)] = n++;
+  }
+  const int32_t top = n;
+  for (int32_t id = 0; id < pr.num_pages; ++id) {
+    if (is_last[static_cast<size_t>(id)]) new_id[static_cast<size_t>(id)] = n++;
+  }
+  const size_t page = static_cast<size_t>(pr.P) * pr.D;
+  for (Bf16Array* a : {&pr.k, &pr.v}) {
+    Bf16Array moved(a->bits.size());
+    for (int32_t id = 0; id < pr.num_pages; ++id) {
+      const size_t from = static_cast<size_t>(id) * page, to = static_cast<size_t>(new_id[static_cast<size_t>(id)]) * page;
+      std::copy_n(a->bits.begin() + static_cast<std::ptrdiff_t>(from), page, moved.bits.begin() + static_cast<std::ptrdiff_t>(to));
+      std::copy_n(a->f.begin() + static_cast<std::ptrdiff_t>(from), page, moved.f.begin() + static_cast<std::ptrdiff_t>(to));
+    }
+    *a = std::move(moved);
+  }
+  for (RowPages& rp : pr.pages) {
+    for (int32_t& id : rp.ids) id = new_id[static_cast<size_t>(id)];
+  }
+  return top;
+}
+
+// DecodeArgs::pages_plan_time: the kernel copies K/V before waiting for the previous kernel, but
+// never from a row's last list entry. Here the previous kernel writes q and the K/V of every row's
+// last entry late (both poisoned before), as a decode step's append writes the newest key; the
+// output must be exact, with rows split into many pieces (global merge) and into two (clusters), and
+// with several entries per tile (P = 16). Small: the GPU suite runs it under the sanitizers.
+TEST(DecodeAttentionGpu, SmallEarlyCopiesSkipEachRowsLastEntry) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(43);
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  for (const int32_t P : {16, 64}) {
+    DecodeProblem pr = make_problem(128, P, 4, 2, 3, 3000, {RowKind::kAll, RowKind::kSelected, RowKind::kStreaming},
+                                    rng, 1500);
+    const int32_t top = last_entries_to_top(pr);
+    const auto rows = static_cast<int32_t>(pr.rows.size());
+    DeviceProblem dp(pr);
+    const DeviceBuffer<bf16> q_late{std::span<const uint16_t>(pr.q.bits)};
+    const DeviceBuffer<bf16> k_late{std::span<const uint16_t>(pr.k.bits)}, v_late{std::span<const uint16_t>(pr.v.bits)};
+    const size_t off = static_cast<size_t>(top) * P * 128, bytes = (static_cast<size_t>(pr.num_pages - top) * P * 128) * 2;
+    for (const int32_t target : {0, 2 * rows - 1}) {
+      DecodeConfig cfg{.head_dim = 128, .group = 4, .page_tokens = P, .max_rows = rows, .min_chunk_tokens = 64,
+                       .target_ctas = target};
+      DecodeAttention attn(cfg);
+      attn.plan(pr.rows, dp.row_pages, stream);
+      DecodeArgs args = dp.args(pr);
+      args.pages_plan_time = true;
+      for (int rep = 0; rep < 2; ++rep) {
+        dp.q.fill_bytes(0xff, stream);
+        CUDA_CHECK(cudaMemsetAsync(dp.k.data() + off, 0xff, bytes, stream));
+        CUDA_CHECK(cudaMemsetAsync(dp.v.data() + off, 0xff, bytes, stream));
+        dp.o.fill_bytes(0xff, stream);
+        gpu_test::late_copy({{q_late.data(), dp.q.data(), q_late.bytes()},
+                             {k_late.data() + off, dp.k.data() + off, bytes},
+                             {v_late.data() + off, dp.v.data() + off, bytes}},
+                            stream);
+        attn.run(args, stream);
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        const std::string what = "P=" + std::to_string(P) + " target=" + std::to_string(target);
+        expect_close(dp.o.download<uint16_t>(), reference(pr), 128, what.c_str());
+      }
+    }
+  }
+  CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// The other side of the contract: without pages_plan_time the kernel reads no K/V before the
+// previous kernel completes (a late producer rewriting the whole pool leaves the output exact), and
+// with it the early copies do happen (on compute capability 9.0+, where launches overlap: the same
+// late pool then reaches the output as NaN). The latter is a timing check (the producer waits 200 us
+// before writing, the early copies are issued at launch), so the sanitizers do not run it.
+TEST(DecodeAttentionGpu, EarlyCopiesHappenOnlyWhenAllowed) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(47);
+  const DecodeProblem pr = make_problem(128, 64, 4, 2, 2, 3000, {RowKind::kAll}, rng, 2000);
+  const auto rows = static_cast<int32_t>(pr.rows.size());
+  DeviceProblem dp(pr);
+  const DeviceBuffer<bf16> k_late{std::span<const uint16_t>(pr.k.bits)}, v_late{std::span<const uint16_t>(pr.v.bits)};
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  DecodeConfig cfg{.head_dim = 128, .group = 4, .page_tokens = 64, .max_rows = rows, .min_chunk_tokens = 64};
+  DecodeAttention attn(cfg);
+  attn.plan(pr.rows, dp.row_pages, stream);
+  int dev = 0, major = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  for (const bool early : {false, true}) {
+    DecodeArgs args = dp.args(pr);
+    args.pages_plan_time = early;
+    dp.k.fill_bytes(0xff, stream);
+    dp.v.fill_bytes(0xff, stream);
+    dp.o.fill_bytes(0xff, stream);
+    gpu_test::late_copy({{k_late.data(), dp.k.data(), k_late.bytes()}, {v_late.data(), dp.v.data(), v_late.bytes()}},
+                        stream);
+    attn.run(args, stream);
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    const std::vector<uint16_t> got = dp.o.download<uint16_t>();
+    if (!early) {
+      expect_close(got, reference(pr), 128, "no early copies");
+    } else if (major >= 9) {
+      const auto nan = std::count_if(got.begin(), got.end(), [](uint16_t b) { return !std::isfinite(bf16_to_f32(b)); });
+      EXPECT_GT(nan, 0) << "early copies should have read the pool before the late producer wrote it";
     }
   }
   CUDA_CHECK(cudaStreamDestroy(stream));

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launch.cuh"
@@ -15,7 +16,16 @@
 namespace sparseserve::gpu_test {
 namespace {  // a kernel per test file that includes this
 
-__global__ void late_copy_kernel(const uint8_t* src, uint8_t* dst, size_t bytes, uint64_t delay_ns) {
+// Up to kMaxLateRanges byte ranges copied by one late_copy launch.
+constexpr int kMaxLateRanges = 4;
+struct LateRanges {
+  const uint8_t* src[kMaxLateRanges];
+  uint8_t* dst[kMaxLateRanges];
+  size_t bytes[kMaxLateRanges];
+  int n;
+};
+
+__global__ void late_copy_kernel(const LateRanges r, uint64_t delay_ns) {
   kernels::cuda::pdl_launch_dependents();
   uint64_t t0, t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
@@ -23,16 +33,36 @@ __global__ void late_copy_kernel(const uint8_t* src, uint8_t* dst, size_t bytes,
     __nanosleep(1000);
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   } while (t - t0 < delay_ns);
-  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < bytes; i += size_t{gridDim.x} * blockDim.x) {
-    dst[i] = src[i];
+  for (int k = 0; k < r.n; ++k) {
+    for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < r.bytes[k]; i += size_t{gridDim.x} * blockDim.x) {
+      r.dst[k][i] = r.src[k][i];
+    }
   }
+}
+
+// One range of a late copy: `bytes` from src to dst.
+struct LateRange {
+  const void* src;
+  void* dst;
+  size_t bytes;
+};
+
+// Copies each range on `stream`, about delay_us after the copy kernel starts (one launch).
+void late_copy(std::initializer_list<LateRange> ranges, cudaStream_t stream, int delay_us = 200) {
+  LateRanges r{};
+  check(ranges.size() <= kMaxLateRanges, "late_copy: too many ranges");
+  for (const LateRange& x : ranges) {
+    r.src[r.n] = static_cast<const uint8_t*>(x.src);
+    r.dst[r.n] = static_cast<uint8_t*>(x.dst);
+    r.bytes[r.n++] = x.bytes;
+  }
+  late_copy_kernel<<<64, 256, 0, stream>>>(r, uint64_t{1000} * static_cast<uint64_t>(delay_us));
+  CUDA_CHECK_LAUNCH();
 }
 
 // Copies `bytes` from src to dst on `stream`, about delay_us after the copy kernel starts.
 void late_copy(const void* src, void* dst, size_t bytes, cudaStream_t stream, int delay_us = 200) {
-  late_copy_kernel<<<64, 256, 0, stream>>>(static_cast<const uint8_t*>(src), static_cast<uint8_t*>(dst), bytes,
-                                           uint64_t{1000} * static_cast<uint64_t>(delay_us));
-  CUDA_CHECK_LAUNCH();
+  late_copy({{src, dst, bytes}}, stream, delay_us);
 }
 
 }  // namespace
