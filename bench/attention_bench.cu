@@ -64,7 +64,7 @@ struct Options {
   std::string kernel = "auto";  // prefill: auto | mma | wgmma
   int min_chunk = 0, target_ctas = 0;  // decode split (0: the library's defaults)
   int cluster = 0;                     // decode: DecodeConfig::cluster_ctas (0: the library's default)
-  int early = 1;                       // decode: DecodeArgs::pages_plan_time for lists the host uploads
+  int early = 1;                       // decode: DecodeRow::pages_plan_time for lists the host uploads
   std::string page_order = "shuffled";  // decode: pool pages of the lists shuffled, or in list order
   int read_ceiling = 0;                 // decode: also time the paged read ceiling
   int ceiling_ctas = 0;                 // decode: the ceiling kernels' CTAs (0: one full wave)
@@ -402,12 +402,18 @@ int run_decode(const Options& o) {
 
   // Rows: retrieval rows first (the selection's CSR is their prefix of the list), then streaming.
   std::vector<DecodeRow> rows;
+  // The host uploads the lists (DecodeRow::pages_plan_time), except those page_select writes on the
+  // GPU: in the same graph as the decode, or in an earlier step's graph (they then count as written
+  // by a kernel that may still run).
+  const bool early = o.early != 0;
   for (int s = 0; s < B; ++s) {
-    for (int h = 0; h < retrieval_heads; ++h) rows.push_back({s, h, static_cast<int32_t>(t), MaskKind::kCausal, 0, 0});
+    for (int h = 0; h < retrieval_heads; ++h) {
+      rows.push_back({s, h, static_cast<int32_t>(t), MaskKind::kCausal, 0, 0, early && !gpu_select});
+    }
   }
   for (int s = 0; s < B; ++s) {
     for (int h = retrieval_heads; h < o.kv_heads; ++h) {
-      rows.push_back({s, h, static_cast<int32_t>(t), MaskKind::kBand, o.sink, o.local});
+      rows.push_back({s, h, static_cast<int32_t>(t), MaskKind::kBand, o.sink, o.local, early});
     }
   }
   std::vector<int32_t> perm(static_cast<size_t>(pages));
@@ -527,9 +533,6 @@ int run_decode(const Options& o) {
     a.kv = {st.k.data(), st.v.data(), pages, o.page, o.dim};
     a.pages = dread.view();
     a.scale = 1.0f / std::sqrt(static_cast<float>(D));
-    // The host uploads the lists, except those page_select writes on the GPU (in the same graph as the
-    // decode, or in an earlier step's graph: they count as written by a kernel that may still run).
-    a.pages_plan_time = o.early != 0 && !gpu_select;
     return a;
   };
   const auto select_call = [&](int i) {

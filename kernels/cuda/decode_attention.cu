@@ -45,7 +45,8 @@ struct PlanLayout {
   int32_t work, row_split, rows, total;
   PlanLayout(int32_t capacity, int32_t max_rows)
       : work(4), row_split(4 + 4 * capacity), rows(4 + 4 * capacity + 2 * max_rows),
-        total(4 + 4 * capacity + 8 * max_rows) {}
+        total(4 + 4 * capacity + (2 + kRowInts) * max_rows) {}
+  static constexpr int32_t kRowInts = sizeof(DecodeRow) / 4;
 };
 
 template <int D>
@@ -120,8 +121,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   const int32_t n_seg = (f + split.x - 1) / C - f / C + 1, seg = x / C - f / C;
   // Programmatic launch (launch.cuh): the plan and the list's indptr (plan-time data, see
   // DecodeArgs) are read before the wait; so are the list's entries and the K/V of the piece's first
-  // tiles when p.early_copies says they are plan-time too (below). Everything else (q, the partials)
-  // may be the previous kernel's output or input.
+  // tiles when the row says they are plan-time too (DecodeRow::pages_plan_time, below). Everything
+  // else (q, the partials) may be the previous kernel's output or input.
   const int32_t first = p.indptr[w.row];
   const int32_t n_entries = p.indptr[w.row + 1] - first;
   pdl_launch_dependents();
@@ -151,7 +152,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   // before the row's last list entry (whose page this step's append may still be writing), are
   // copied before the wait, overlapping the previous kernel's tail (batch 1, 8 calls per graph:
   // +1.4% at 128K, +7% at 8K on the H200). Each is its own copy group, as in the loop.
-  const int32_t early_slots = p.early_copies ? max(0, n_entries - 1) << shift : 0;
+  const int32_t early_slots = row.pages_plan_time ? max(0, n_entries - 1) << shift : 0;
   const int early = min(min(n_tiles, kStages - 1), max(0, (early_slots - u_begin) / kBN));
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -481,7 +482,6 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
   p.row_done = const_cast<int32_t*>(row_done_.data());
   p.group = config_.group;
   p.scale_log2 = args.scale * kLog2e;
-  p.early_copies = args.pages_plan_time ? 1 : 0;
 
   const int work = static_cast<int>(split_.work.size());
   // A captured graph keeps this launch's cluster size for later plans; the kernel is correct with any

@@ -72,8 +72,15 @@ struct DecodeRow {
   MaskKind mask = MaskKind::kCausal;  // kCausal or kBand
   int32_t sink = 0;     // kBand only
   int32_t local = 0;    // kBand only
+  // The row's list entries (page_ids, page_pos0, page_len) are plan-time data too, and so are the K/V
+  // rows of its entries but the last: no kernel that may still be running when run() starts writes
+  // them. True for lists the host keeps (dense retrieval rows, streaming rows' sink + ring) in a
+  // decode step whose append writes each row's newest key only, into its last entry; not for lists
+  // page_select builds in the same stream. With config.programmatic_launch the row's pieces then copy
+  // their first K/V tiles before the row's last entry while the previous kernel finishes.
+  bool pages_plan_time = false;
 };
-static_assert(sizeof(DecodeRow) == 24);
+static_assert(sizeof(DecodeRow) == 28);  // the plan blob holds rows as 7 int32 each
 
 struct DecodeArgs {
   // q: bf16, token row i, query head h at q + i*q_stride + h*D; o likewise with o_stride (bf16).
@@ -88,13 +95,6 @@ struct DecodeArgs {
   // page_select's selected_indptr, are fine). The entries may be the previous kernel's output.
   KeyPageList pages;
   float scale = 0.0f;  // softmax scale (usually 1/√D)
-  // The list's entries (page_ids, page_pos0, page_len) are plan-time data too, and so are the K/V
-  // rows of every row's entries but its last: no kernel that may still be running when run() starts
-  // writes them. True for lists the host uploads in a decode step, whose append writes each row's
-  // newest key only, into its last entry; not for lists page_select builds in the same stream. With
-  // config.programmatic_launch each piece then copies its first K/V tiles that lie before the row's
-  // last entry while the previous kernel finishes.
-  bool pages_plan_time = false;
 };
 
 // A piece of work: row `row`, its list entries [page_begin, page_end) (relative to the row's first
@@ -190,7 +190,7 @@ class DecodeAttention {
   int32_t launch_cluster_ = 1;  // CTAs per cluster of the planned launch: cluster_ or 1
   int32_t work_capacity_ = 0;  // a multiple of cluster_
   // Device plan blob (int32): [0..4) counts {work items, rows}; work [capacity][4];
-  // row_split [max_rows][2] {pieces, first partial}; rows [max_rows][6].
+  // row_split [max_rows][2] {pieces, first partial}; rows [max_rows][7].
   DeviceBuffer<int32_t> plan_dev_;
   int32_t* plan_host_ = nullptr;  // pinned staging copy of the blob
   cudaEvent_t plan_uploaded_ = nullptr;

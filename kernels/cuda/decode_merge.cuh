@@ -46,7 +46,6 @@ struct DecodeParams {
   int32_t* row_done;   // [max_rows] pieces of the row finished in this launch; 0 between launches
   int32_t group;
   float scale_log2;    // softmax scale · log2(e)
-  int32_t early_copies;  // DecodeArgs::pages_plan_time: copy the first tiles before the programmatic wait
 };
 
 // ---- thread block clusters (sm_90) ----

@@ -695,8 +695,8 @@ int32_t last_entries_to_top(DecodeProblem& pr) {
   return top;
 }
 
-// DecodeArgs::pages_plan_time: the kernel copies K/V before waiting for the previous kernel, but
-// never from a row's last list entry. Here the previous kernel writes q and the K/V of every row's
+// DecodeRow::pages_plan_time: the kernel copies the row's K/V before waiting for the previous
+// kernel, but never from the row's last list entry. Here the previous kernel writes q and the K/V of every row's
 // last entry late (both poisoned before), as a decode step's append writes the newest key; the
 // output must be exact, with rows split into many pieces (global merge) and into two (clusters), and
 // with several entries per tile (P = 16). Small: the GPU suite runs it under the sanitizers.
@@ -708,6 +708,7 @@ TEST(DecodeAttentionGpu, SmallEarlyCopiesSkipEachRowsLastEntry) {
   for (const int32_t P : {16, 64}) {
     DecodeProblem pr = make_problem(128, P, 4, 2, 3, 3000, {RowKind::kAll, RowKind::kSelected, RowKind::kStreaming},
                                     rng, 1500);
+    for (DecodeRow& r : pr.rows) r.pages_plan_time = true;
     const int32_t top = last_entries_to_top(pr);
     const auto rows = static_cast<int32_t>(pr.rows.size());
     DeviceProblem dp(pr);
@@ -719,8 +720,7 @@ TEST(DecodeAttentionGpu, SmallEarlyCopiesSkipEachRowsLastEntry) {
                        .target_ctas = target};
       DecodeAttention attn(cfg);
       attn.plan(pr.rows, dp.row_pages, stream);
-      DecodeArgs args = dp.args(pr);
-      args.pages_plan_time = true;
+      const DecodeArgs args = dp.args(pr);
       for (int rep = 0; rep < 2; ++rep) {
         dp.q.fill_bytes(0xff, stream);
         CUDA_CHECK(cudaMemsetAsync(dp.k.data() + off, 0xff, bytes, stream));
@@ -740,15 +740,16 @@ TEST(DecodeAttentionGpu, SmallEarlyCopiesSkipEachRowsLastEntry) {
   CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
-// The other side of the contract: without pages_plan_time the kernel reads no K/V before the
-// previous kernel completes (a late producer rewriting the whole pool leaves the output exact), and
-// with it the early copies do happen (on compute capability 9.0+, where launches overlap: the same
-// late pool then reaches the output as NaN). The latter is a timing check (the producer waits 200 us
+// The other side of the contract, row by row: a row without pages_plan_time reads no K/V before the
+// previous kernel completes (a late producer rewriting the whole pool leaves its output exact), and
+// a row with it does copy early (on compute capability 9.0+, where launches overlap: the same late
+// pool then reaches its output as NaN). The latter is a timing check (the producer waits 200 us
 // before writing, the early copies are issued at launch), so the sanitizers do not run it.
-TEST(DecodeAttentionGpu, EarlyCopiesHappenOnlyWhenAllowed) {
+TEST(DecodeAttentionGpu, EarlyCopiesOnlyForRowsThatAllowThem) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(47);
-  const DecodeProblem pr = make_problem(128, 64, 4, 2, 2, 3000, {RowKind::kAll}, rng, 2000);
+  DecodeProblem pr = make_problem(128, 64, 4, 2, 2, 3000, {RowKind::kAll}, rng, 2000);
+  for (size_t r = 0; r < pr.rows.size(); ++r) pr.rows[r].pages_plan_time = r % 2 == 1;
   const auto rows = static_cast<int32_t>(pr.rows.size());
   DeviceProblem dp(pr);
   const DeviceBuffer<bf16> k_late{std::span<const uint16_t>(pr.k.bits)}, v_late{std::span<const uint16_t>(pr.v.bits)};
@@ -757,28 +758,34 @@ TEST(DecodeAttentionGpu, EarlyCopiesHappenOnlyWhenAllowed) {
   DecodeConfig cfg{.head_dim = 128, .group = 4, .page_tokens = 64, .max_rows = rows, .min_chunk_tokens = 64};
   DecodeAttention attn(cfg);
   attn.plan(pr.rows, dp.row_pages, stream);
+  dp.k.fill_bytes(0xff, stream);
+  dp.v.fill_bytes(0xff, stream);
+  dp.o.fill_bytes(0xff, stream);
+  gpu_test::late_copy({{k_late.data(), dp.k.data(), k_late.bytes()}, {v_late.data(), dp.v.data(), v_late.bytes()}},
+                      stream);
+  attn.run(dp.args(pr), stream);
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  CUDA_CHECK(cudaStreamDestroy(stream));
   int dev = 0, major = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  for (const bool early : {false, true}) {
-    DecodeArgs args = dp.args(pr);
-    args.pages_plan_time = early;
-    dp.k.fill_bytes(0xff, stream);
-    dp.v.fill_bytes(0xff, stream);
-    dp.o.fill_bytes(0xff, stream);
-    gpu_test::late_copy({{k_late.data(), dp.k.data(), k_late.bytes()}, {v_late.data(), dp.v.data(), v_late.bytes()}},
-                        stream);
-    attn.run(args, stream);
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    const std::vector<uint16_t> got = dp.o.download<uint16_t>();
-    if (!early) {
-      expect_close(got, reference(pr), 128, "no early copies");
+  const std::vector<uint16_t> got = dp.o.download<uint16_t>();
+  const std::vector<float> ref = reference(pr);
+  const size_t per_row = static_cast<size_t>(pr.group) * pr.D;  // a row's output: its group's heads
+  for (size_t r = 0; r < pr.rows.size(); ++r) {
+    const DecodeRow& row = pr.rows[r];
+    const size_t at = (static_cast<size_t>(row.q_row) * pr.n_q_heads() + static_cast<size_t>(row.kv_head) * pr.group) * pr.D;
+    const std::vector<uint16_t> got_row(got.begin() + static_cast<std::ptrdiff_t>(at),
+                                        got.begin() + static_cast<std::ptrdiff_t>(at + per_row));
+    if (!row.pages_plan_time) {
+      const std::vector<float> ref_row(ref.begin() + static_cast<std::ptrdiff_t>(at),
+                                       ref.begin() + static_cast<std::ptrdiff_t>(at + per_row));
+      expect_close(got_row, ref_row, pr.D, ("row " + std::to_string(r) + " without early copies").c_str());
     } else if (major >= 9) {
-      const auto nan = std::count_if(got.begin(), got.end(), [](uint16_t b) { return !std::isfinite(bf16_to_f32(b)); });
-      EXPECT_GT(nan, 0) << "early copies should have read the pool before the late producer wrote it";
+      const auto nan = std::count_if(got_row.begin(), got_row.end(), [](uint16_t b) { return !std::isfinite(bf16_to_f32(b)); });
+      EXPECT_GT(nan, 0) << "row " << r << ": early copies should have read the pool before the late producer wrote it";
     }
   }
-  CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 // A graph captured once stays valid when later plans change the rows, lengths and split: short rows
