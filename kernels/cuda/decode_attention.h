@@ -92,7 +92,8 @@ struct DecodeArgs {
   // One row per DecodeRow of the plan, same order. pages.indptr is plan-time data: with
   // config.programmatic_launch it is read before waiting for the previous kernel, so no kernel that
   // may still be running when run() starts may write it (launch.cuh; copies from the host, and
-  // page_select's selected_indptr, are fine). The entries may be the previous kernel's output.
+  // page_select's selected_indptr, are fine). The entries may be the previous kernel's output,
+  // except for rows marked DecodeRow::pages_plan_time.
   KeyPageList pages;
   float scale = 0.0f;  // softmax scale (usually 1/√D)
 };
