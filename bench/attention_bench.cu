@@ -402,9 +402,9 @@ int run_decode(const Options& o) {
 
   // Rows: retrieval rows first (the selection's CSR is their prefix of the list), then streaming.
   std::vector<DecodeRow> rows;
-  // The host uploads the lists (DecodeRow::pages_plan_time), except those page_select writes on the
-  // GPU: in the same graph as the decode, or in an earlier step's graph (they then count as written
-  // by a kernel that may still run).
+  // The host uploads the lists (DecodeRow::pages_plan_time), except the retrieval rows' lists that
+  // page_select writes on the GPU; not marked in the attention-only graphs either (the steps that
+  // reuse a selection), where an engine may update each row's newest entry by a kernel.
   const bool early = o.early != 0;
   for (int s = 0; s < B; ++s) {
     for (int h = 0; h < retrieval_heads; ++h) {

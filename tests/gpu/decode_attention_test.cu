@@ -359,32 +359,6 @@ TEST(DecodeSplitPlan, SplitsLongRowsOfSmallBatches) {
 
 // ---- against the CPU twin ------------------------------------------------------------------------
 
-TEST(DecodeAttentionGpu, MatchesCpuTwinOverShapes) {
-  SKIP_WITHOUT_GPU();
-  std::mt19937 rng(1234);
-  const std::vector<RowKind> kinds = {RowKind::kAll, RowKind::kSelected, RowKind::kStreaming};
-  for (const int32_t D : {64, 128}) {
-    for (const int32_t P : {16, 64}) {
-      for (const int32_t group : {1, 2, 3, 4, 8, 12}) {
-        for (int rep = 0; rep < 2; ++rep) {
-          const int32_t batch = rand_int(rng, 1, 8), heads = rand_int(rng, 1, 4);
-          const DecodeProblem pr = make_problem(D, P, group, heads, batch, 1500, kinds, rng);
-          // rep 0: many pieces, exercising the merge.
-          DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = P, .max_rows = batch * heads,
-                           .min_chunk_tokens = rep == 0 ? 16 : 256, .target_ctas = rep == 0 ? 97 : 0};
-          DecodeAttention attn(cfg);
-          DeviceProblem dp(pr);
-          const auto got = run_decode(attn, pr, dp);
-          const std::string what = "D=" + std::to_string(D) + " P=" + std::to_string(P) + " group=" +
-                                   std::to_string(group) + " batch=" + std::to_string(batch) + " rep=" +
-                                   std::to_string(rep) + " pieces=" + std::to_string(attn.split().work.size());
-          expect_close(got, reference(pr), D, what.c_str());
-        }
-      }
-    }
-  }
-}
-
 // The pool slots past each entry's page_len set to NaN in the copy the kernel reads: their bits must
 // not reach the output (the copies zero-fill such rows).
 void poison_empty_slots(DecodeProblem& pr) {
@@ -402,25 +376,26 @@ void poison_empty_slots(DecodeProblem& pr) {
 
 // Every page size, both head dims, groups up to 16, with and without the split-row merge, on pools
 // whose empty slots hold NaN.
-TEST(DecodeAttentionGpu, MatchesCpuTwinWithNaNInEmptySlots) {
+TEST(DecodeAttentionGpu, MatchesCpuTwinOverShapes) {
   SKIP_WITHOUT_GPU();
-  std::mt19937 rng(4321);
+  std::mt19937 rng(1234);
   const std::vector<RowKind> kinds = {RowKind::kAll, RowKind::kSelected, RowKind::kStreaming};
   for (const int32_t D : {64, 128}) {
     for (const int32_t P : {16, 32, 64, 128}) {
-      for (const int32_t group : {1, 4, 8, 12, 16}) {
-        for (int rep = 0; rep < 2; ++rep) {  // rep 0: many pieces, exercising the merge
-          const int32_t batch = rand_int(rng, 1, 6), heads = rand_int(rng, 1, 3);
-          DecodeProblem pr = make_problem(D, P, group, heads, batch, 1200, kinds, rng);
+      for (const int32_t group : {1, 2, 3, 4, 8, 12, 16}) {
+        for (int rep = 0; rep < 2; ++rep) {
+          const int32_t batch = rand_int(rng, 1, 8), heads = rand_int(rng, 1, 4);
+          DecodeProblem pr = make_problem(D, P, group, heads, batch, 1500, kinds, rng);
           poison_empty_slots(pr);
+          // rep 0: many pieces, exercising the merge.
           DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = P, .max_rows = batch * heads,
-                           .min_chunk_tokens = rep == 0 ? 16 : 256, .target_ctas = rep == 0 ? 61 : 0};
+                           .min_chunk_tokens = rep == 0 ? 16 : 256, .target_ctas = rep == 0 ? 97 : 0};
           DecodeAttention attn(cfg);
           DeviceProblem dp(pr);
           const auto got = run_decode(attn, pr, dp);
           const std::string what = "D=" + std::to_string(D) + " P=" + std::to_string(P) + " group=" +
-                                   std::to_string(group) + " batch=" + std::to_string(batch) +
-                                   " pieces=" + std::to_string(attn.split().work.size());
+                                   std::to_string(group) + " batch=" + std::to_string(batch) + " rep=" +
+                                   std::to_string(rep) + " pieces=" + std::to_string(attn.split().work.size());
           expect_close(got, reference(pr), D, what.c_str());
         }
       }
