@@ -6,7 +6,8 @@
 //                   [--page 64] [--streaming-kv-heads 4 --sink 128 --local 4096]
 //   attention_bench --op decode --seq 131072 --batch 16 [--budget 4096 --select gpu|host]
 //                   [--streaming-kv-heads 4 ...] [--graph 1] [--graph-calls 8] [--pdl 1]
-//                   [--page-order shuffled|sequential] [--read-ceiling 1 [--ceiling-ctas N]] [--early 0|1]
+//                   [--page-order shuffled|sequential|window:N|extents:N] [--read-ceiling 1 [--ceiling-ctas N]]
+//                   [--early 0|1]
 //   common: --iters 50 --warmup 10 --rotate 0 (input sets to cycle through; 0: enough to exceed L2)
 //
 // Layouts are the engine's: q/o [tokens][q_heads·D], K/V in a page pool [pages][P][D] read through
@@ -65,7 +66,9 @@ struct Options {
   int min_chunk = 0, target_ctas = 0;  // decode split (0: the library's defaults)
   int cluster = 0;                     // decode: DecodeConfig::cluster_ctas (0: the library's default)
   int early = 1;                       // decode: DecodeRow::pages_plan_time for lists the host uploads
-  std::string page_order = "shuffled";  // decode: pool pages of the lists shuffled, or in list order
+  // decode: pool pages of the lists shuffled, in list order, shuffled within runs of N (window:N), or
+  // in runs of N in list order placed at random (extents:N, as an allocator handing out runs would)
+  std::string page_order = "shuffled";
   int read_ceiling = 0;                 // decode: also time the paged read ceiling
   int ceiling_ctas = 0;                 // decode: the ceiling kernels' CTAs (0: one full wave)
 };
@@ -110,7 +113,11 @@ Options parse(int argc, char** argv) {
   if (o.q_heads % o.kv_heads != 0) throw std::invalid_argument("--q-heads must be a multiple of --kv-heads");
   if (o.streaming_kv_heads < 0 || o.streaming_kv_heads > o.kv_heads) throw std::invalid_argument("bad --streaming-kv-heads");
   if (o.select != "gpu" && o.select != "host") throw std::invalid_argument("--select must be gpu or host");
-  if (o.page_order != "shuffled" && o.page_order != "sequential") throw std::invalid_argument("--page-order must be shuffled or sequential");
+  const bool runs = o.page_order.rfind("window:", 0) == 0 || o.page_order.rfind("extents:", 0) == 0;
+  if ((o.page_order != "shuffled" && o.page_order != "sequential" && !runs) ||
+      (runs && std::stoll(o.page_order.substr(o.page_order.find(':') + 1)) < 1)) {
+    throw std::invalid_argument("--page-order must be shuffled, sequential, window:N or extents:N (N ≥ 1)");
+  }
   if (o.graph_calls < 1) throw std::invalid_argument("--graph-calls must be ≥ 1");
   if (o.kernel != "auto" && o.kernel != "mma" && o.kernel != "wgmma") throw std::invalid_argument("--kernel must be auto, mma or wgmma");
   return o;
@@ -419,6 +426,22 @@ int run_decode(const Options& o) {
   std::vector<int32_t> perm(static_cast<size_t>(pages));
   std::iota(perm.begin(), perm.end(), 0);
   if (o.page_order == "shuffled") std::shuffle(perm.begin(), perm.end(), std::mt19937(2));
+  if (o.page_order.find(':') != std::string::npos) {  // window:N or extents:N (checked in parse)
+    const bool window = o.page_order[0] == 'w';
+    const int64_t n = std::stoll(o.page_order.substr(o.page_order.find(':') + 1));
+    std::mt19937 g(2);
+    if (window) {
+      for (int64_t i = 0; i < pages; i += n) std::shuffle(perm.begin() + i, perm.begin() + std::min(pages, i + n), g);
+    } else {
+      std::vector<int64_t> runs;
+      for (int64_t i = 0; i < pages; i += n) runs.push_back(i);
+      std::shuffle(runs.begin(), runs.end(), g);
+      int64_t k = 0;
+      for (const int64_t r0 : runs) {
+        for (int64_t i = r0; i < std::min(pages, r0 + n); ++i) perm[static_cast<size_t>(k++)] = static_cast<int32_t>(i);
+      }
+    }
+  }
   std::mt19937 rng(3);
   // All blocks of every retrieval row (what page_select scores), and the list the decode reads.
   Lists all, read;
