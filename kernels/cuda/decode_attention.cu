@@ -68,7 +68,7 @@ struct DecodeSmem {
 // tile_source(u0). Each warp keeps its own rows of the ring, so no CTA barrier orders their reuse.
 // (attn::load_kv_tile on a 16-row slice of the tile does the same copies; compiled into this loop it
 // measured 0.5-1% slower on the H200, session 6, so decode keeps its own.)
-template <int D>
+template <int D, bool kL2Only = false>
 __device__ __forceinline__ void load_warp_rows(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const attn::RowKeys& rk,
                                                const attn::PoolView& pool, int32_t u0, const attn::TileSource& src,
                                                int key0, uint64_t policy) {
@@ -85,7 +85,7 @@ __device__ __forceinline__ void load_warp_rows(uint32_t k_tile, uint32_t v_tile,
       kp = position != attn::kNoKey ? src.k + s * D : pool.k;
       vp = position != attn::kNoKey ? src.v + s * D : pool.v;
     } else {
-      position = attn::locate_slot<D>(rk, pool, u0 + s, kp, vp);
+      position = attn::locate_slot<D, kL2Only>(rk, pool, u0 + s, kp, vp);
     }
     const bool valid = position != attn::kNoKey;
     const uint32_t off = attn::tile_offset<D>(s, c);
@@ -152,14 +152,16 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   // Early copies: the first `early` tiles (at most the kStages − 1 the prologue fills), those wholly
   // before the row's last list entry (whose page this step's append may still be writing), are
   // copied before the wait, overlapping the previous kernel's tail (H200, 8 calls per graph: batch 1
-  // +10% at 8K, +1.8% at 128K; batch 16 +2% at 8K). Each is its own copy group, as in the loop.
+  // +10% at 8K, +1.8% at 128K; batch 16 +2% at 8K). Each is its own copy group, as in the loop. Their
+  // list reads bypass L1 (attn::list_load).
   const int32_t early_slots = row.pages_plan_time ? max(0, n_entries - 1) << shift : 0;
   const int early = min(min(n_tiles, kStages - 1), max(0, (early_slots - u_begin) / kBN));
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < early) {
-      src[s] = attn::tile_source<D, kBN>(rk, p.pool, u_begin + s * kBN);
-      load_warp_rows<D>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN, src[s], key0, kv_policy);
+      src[s] = attn::tile_source<D, kBN, true>(rk, p.pool, u_begin + s * kBN);
+      load_warp_rows<D, true>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN, src[s], key0,
+                              kv_policy);
       attn::cp_async_commit();
     }
   }

@@ -146,9 +146,21 @@ PoolView check_attention_args(const char* who, const PagedKvPool& kv, int32_t he
                               const void* q, int64_t q_stride, const void* o, int64_t o_stride,
                               const KeyPageList& pages, bool rows_planned, float scale, std::source_location loc);
 
+// A read of a row's list entries: through L1 (__ldg), or for reads made before a programmatic wait
+// (kL2Only) from L2 alone (__ldcg), so that no L1 line can keep a value of the same cache line that
+// the previous kernel is still writing (another row's entries, read later through L1).
+template <bool kL2Only>
+__device__ __forceinline__ int32_t list_load(const int32_t* p) {
+  if constexpr (kL2Only) {
+    return __ldcg(p);
+  } else {
+    return __ldg(p);
+  }
+}
+
 // Where slot u's K/V rows are and the key's position; kNoKey (and the pool base as a harmless address
 // for the zero-filling copy) when the slot holds no key.
-template <int D>
+template <int D, bool kL2Only = false>
 __device__ __forceinline__ int32_t locate_slot(const RowKeys& rk, const PoolView& pool, int32_t u, const bf16*& kp,
                                                const bf16*& vp) {
   kp = pool.k;
@@ -156,11 +168,11 @@ __device__ __forceinline__ int32_t locate_slot(const RowKeys& rk, const PoolView
   if (u >= rk.end_slot) return kNoKey;
   if (u < rk.page_slots) {
     const int32_t e = u >> pool.page_shift, off = u & ((1 << pool.page_shift) - 1);
-    if (off >= __ldg(rk.page_len + e)) return kNoKey;
-    const int64_t prow = (static_cast<int64_t>(__ldg(rk.page_ids + e)) << pool.page_shift) + off;
+    if (off >= list_load<kL2Only>(rk.page_len + e)) return kNoKey;
+    const int64_t prow = (static_cast<int64_t>(list_load<kL2Only>(rk.page_ids + e)) << pool.page_shift) + off;
     kp = pool.k + prow * D;
     vp = pool.v + prow * D;
-    return __ldg(rk.page_pos0 + e) + off;
+    return list_load<kL2Only>(rk.page_pos0 + e) + off;
   }
   const int64_t i = u - rk.page_slots;
   kp = rk.k_new + i * rk.new_stride;
@@ -179,15 +191,15 @@ struct TileSource {
   bool one_entry;
 };
 
-template <int D, int BN>
+template <int D, int BN, bool kL2Only = false>
 __device__ __forceinline__ TileSource tile_source(const RowKeys& rk, const PoolView& pool, int32_t u0) {
   const int32_t pmask = (1 << pool.page_shift) - 1;
   TileSource ts{pool.k, pool.v, 0, 0, false};
   if (u0 + BN <= rk.page_slots && (u0 & pmask) + BN <= pmask + 1) {
     const int32_t e = u0 >> pool.page_shift, off0 = u0 & pmask;
-    const int64_t row0 = (static_cast<int64_t>(__ldg(rk.page_ids + e)) << pool.page_shift) + off0;
-    ts = TileSource{pool.k + row0 * D, pool.v + row0 * D, __ldg(rk.page_len + e) - off0, __ldg(rk.page_pos0 + e) + off0,
-                    true};
+    const int64_t row0 = (static_cast<int64_t>(list_load<kL2Only>(rk.page_ids + e)) << pool.page_shift) + off0;
+    ts = TileSource{pool.k + row0 * D, pool.v + row0 * D, list_load<kL2Only>(rk.page_len + e) - off0,
+                    list_load<kL2Only>(rk.page_pos0 + e) + off0, true};
   }
   return ts;
 }

@@ -160,11 +160,10 @@ __device__ __forceinline__ void tile_step(WarpState<D, NB>& st, uint32_t kt, uin
   }
 }
 
-// The cross-warp reduction of a piece's NW warp states through shared memory `red` (RedBytes<D, NW>
-// bytes; [warp][16][D + 8] floats of O, unnormalised, rows < G only, then m and l [warp][16]).
-// stage_warp_state: each warp writes its state (the caller then synchronises the warps);
-// combine_warps: head h's 8 output columns 8c .. 8c+7, normalised, and its lse (log2 domain, −inf
-// for a head without keys).
+// The cross-warp reduction of a piece's NW warp states through shared memory `red` (kBytes bytes;
+// [warp][16][D + 8] floats of O, unnormalised, rows < G only, then m and l [warp][16]). stage: each
+// warp writes its state (the caller then synchronises the warps); combine: head h's 8 output columns
+// 8c .. 8c+7, normalised, and its lse (log2 domain, −inf for a head without keys).
 template <int D, int NW>
 struct WarpReduction {
   static constexpr int kStride = D + 8;  // floats per O row (padding against bank conflicts)

@@ -375,7 +375,7 @@ void poison_empty_slots(DecodeProblem& pr) {
 }
 
 // Every page size, both head dims, groups up to 16, with and without the split-row merge, on pools
-// whose empty slots hold NaN.
+// whose empty slots hold NaN, with early copies on some rows.
 TEST(DecodeAttentionGpu, MatchesCpuTwinOverShapes) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(1234);
@@ -387,6 +387,8 @@ TEST(DecodeAttentionGpu, MatchesCpuTwinOverShapes) {
           const int32_t batch = rand_int(rng, 1, 8), heads = rand_int(rng, 1, 4);
           DecodeProblem pr = make_problem(D, P, group, heads, batch, 1500, kinds, rng);
           poison_empty_slots(pr);
+          // Early copies on some rows (nothing else writes the lists or the pool here).
+          for (DecodeRow& r : pr.rows) r.pages_plan_time = rand_int(rng, 0, 1) == 1;
           // rep 0: many pieces, exercising the merge.
           DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = P, .max_rows = batch * heads,
                            .min_chunk_tokens = rep == 0 ? 16 : 256, .target_ctas = rep == 0 ? 97 : 0};
@@ -701,6 +703,7 @@ TEST(DecodeAttentionGpu, SmallEarlyCopiesSkipEachRowsLastEntry) {
         CUDA_CHECK(cudaMemsetAsync(dp.k.data() + off, 0xff, bytes, stream));
         CUDA_CHECK(cudaMemsetAsync(dp.v.data() + off, 0xff, bytes, stream));
         dp.o.fill_bytes(0xff, stream);
+        gpu_test::hold_stream(stream);
         gpu_test::late_copy({{q_late.data(), dp.q.data(), q_late.bytes()},
                              {k_late.data() + off, dp.k.data() + off, bytes},
                              {v_late.data() + off, dp.v.data() + off, bytes}},
@@ -736,6 +739,7 @@ TEST(DecodeAttentionGpu, EarlyCopiesOnlyForRowsThatAllowThem) {
   dp.k.fill_bytes(0xff, stream);
   dp.v.fill_bytes(0xff, stream);
   dp.o.fill_bytes(0xff, stream);
+  gpu_test::hold_stream(stream);
   gpu_test::late_copy({{k_late.data(), dp.k.data(), k_late.bytes()}, {v_late.data(), dp.v.data(), v_late.bytes()}},
                       stream);
   attn.run(dp.args(pr), stream);

@@ -60,6 +60,11 @@ void late_copy(std::initializer_list<LateRange> ranges, cudaStream_t stream, int
   CUDA_CHECK_LAUNCH();
 }
 
+// Keeps `stream` busy for about us (a kernel that only waits, launched without the programmatic
+// attribute), so that the host queues what follows before it starts: a test of programmatic launch
+// then does not depend on the host enqueueing the consumer within late_copy's delay.
+void hold_stream(cudaStream_t stream, int us = 2000) { late_copy({}, stream, us); }
+
 // Copies `bytes` from src to dst on `stream`, about delay_us after the copy kernel starts.
 void late_copy(const void* src, void* dst, size_t bytes, cudaStream_t stream, int delay_us = 200) {
   late_copy({{src, dst, bytes}}, stream, delay_us);
