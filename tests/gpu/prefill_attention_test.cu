@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "attention_test_util.h"
 #include "common/half.h"
 #include "kernels/cpu/attention_block.h"
 #include "kernels/cpu/block_sparse.h"
@@ -28,37 +29,9 @@ namespace {
 namespace cpu = kernels::cpu;
 using bf16 = __nv_bfloat16;
 
-#define SKIP_WITHOUT_GPU() \
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device"
-
-struct Bf16Array {
-  std::vector<uint16_t> bits;
-  std::vector<float> f;
-  explicit Bf16Array(size_t n = 0) : bits(n), f(n) {}
-  void set(size_t i, float x) {
-    bits[i] = f32_to_bf16(x);
-    f[i] = bf16_to_f32(bits[i]);
-  }
-  void copy(size_t dst, const Bf16Array& from, size_t src) {
-    bits[dst] = from.bits[src];
-    f[dst] = from.f[src];
-  }
-};
-
-Bf16Array random_bf16(size_t n, float scale, std::mt19937& rng) {
-  std::uniform_real_distribution<float> u(-scale, scale);
-  Bf16Array a(n);
-  for (size_t i = 0; i < n; ++i) a.set(i, u(rng));
-  return a;
-}
-
-int rand_int(std::mt19937& rng, int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); }
+using namespace gpu_test;  // Bf16Array, RowPages, HostPageLists, random_bf16, rand_int, expect_close
 
 enum class Mode { kCausal, kCausalNewKv, kBand, kBlocks };
-
-struct RowPages {
-  std::vector<int32_t> ids, pos0, len;
-};
 
 // A prefill step: sequences with a history (already in pages) and a chunk of new tokens.
 struct PrefillProblem {
@@ -260,18 +233,12 @@ struct DeviceProblem {
     k_new = DeviceBuffer<bf16>(std::span<const uint16_t>(pr.k_new.bits));
     v_new = DeviceBuffer<bf16>(std::span<const uint16_t>(pr.v_new.bits));
     o = DeviceBuffer<bf16>(static_cast<size_t>(pr.tokens) * pr.n_q_heads() * pr.D);
-    std::vector<int32_t> ip{0}, id, p0, ln;
-    for (const RowPages& rp : pr.pages) {
-      id.insert(id.end(), rp.ids.begin(), rp.ids.end());
-      p0.insert(p0.end(), rp.pos0.begin(), rp.pos0.end());
-      ln.insert(ln.end(), rp.len.begin(), rp.len.end());
-      ip.push_back(static_cast<int32_t>(id.size()));
-    }
-    if (id.empty()) id = p0 = ln = {0};
-    indptr = DeviceBuffer<int32_t>(std::span<const int32_t>(ip));
-    ids = DeviceBuffer<int32_t>(std::span<const int32_t>(id));
-    pos0 = DeviceBuffer<int32_t>(std::span<const int32_t>(p0));
-    len = DeviceBuffer<int32_t>(std::span<const int32_t>(ln));
+    HostPageLists lists(pr.pages);
+    if (lists.ids.empty()) lists.ids = lists.pos0 = lists.len = {0};
+    indptr = DeviceBuffer<int32_t>(std::span<const int32_t>(lists.indptr));
+    ids = DeviceBuffer<int32_t>(std::span<const int32_t>(lists.ids));
+    pos0 = DeviceBuffer<int32_t>(std::span<const int32_t>(lists.pos0));
+    len = DeviceBuffer<int32_t>(std::span<const int32_t>(lists.len));
     std::vector<uint8_t> al = pr.allowed;
     if (al.empty()) al.push_back(0);
     allowed = DeviceBuffer<uint8_t>(std::span<const uint8_t>(al));
@@ -336,34 +303,6 @@ std::vector<float> reference(const PrefillProblem& pr) {
     }
   }
   return out;
-}
-
-void expect_close(const std::vector<uint16_t>& got_bits, const std::vector<float>& ref, int32_t D, const std::string& what) {
-  ASSERT_EQ(got_bits.size(), ref.size());
-  double err2 = 0.0, ref2 = 0.0;
-  int bad_rows = 0, non_finite = 0;
-  for (size_t r0 = 0; r0 < ref.size(); r0 += static_cast<size_t>(D)) {
-    double e2 = 0.0, n2 = 0.0;
-    for (size_t i = r0; i < r0 + static_cast<size_t>(D); ++i) {
-      const float g = bf16_to_f32(got_bits[i]);
-      if (!std::isfinite(g)) ++non_finite;
-      e2 += (static_cast<double>(g) - ref[i]) * (static_cast<double>(g) - ref[i]);
-      n2 += static_cast<double>(ref[i]) * ref[i];
-    }
-    err2 += e2;
-    ref2 += n2;
-    const double floor2 = 1e-4 * D;
-    if (e2 > 9e-4 * std::max(n2, floor2)) {
-      if (bad_rows < 5) {
-        ADD_FAILURE() << what << ": (token, head) row " << r0 / static_cast<size_t>(D) << " rel err "
-                      << std::sqrt(e2 / std::max(n2, floor2));
-      }
-      ++bad_rows;
-    }
-  }
-  EXPECT_EQ(non_finite, 0) << what << ": non-finite outputs (unwritten or NaN)";
-  EXPECT_EQ(bad_rows, 0) << what;
-  EXPECT_LE(std::sqrt(err2 / std::max(ref2, 1e-30)), 1e-2) << what;
 }
 
 // The kernels this device runs: mma.sync everywhere, wgmma on compute capability 9.0.
