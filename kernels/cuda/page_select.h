@@ -71,8 +71,9 @@ struct PageSelectArgs {
   int32_t rows = 0;
   int32_t head_dim = 0;      // 64 or 128
   int32_t group = 1;         // query heads per KV head, 1 .. kPageSelectMaxGroup
-  int32_t max_blocks = 0;    // ≥ ceil(seq_lens[r] / P) for every r (sizes the scoring grid; ≤ 8192:
-                             // the selection stages the rows in shared memory)
+  int32_t max_blocks = 0;    // ≥ ceil(seq_lens[r] / P) for every r (sizes the scoring grid; up to
+                             // 8192 the selection stages the rows in shared memory, beyond it reads
+                             // them from global memory)
   const __nv_bfloat16* q = nullptr;
   const int64_t* q_offset = nullptr;       // [rows]
   const __nv_bfloat16* kmin = nullptr;     // pool metadata

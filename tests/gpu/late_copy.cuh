@@ -16,12 +16,17 @@
 namespace sparseserve::gpu_test {
 namespace {  // a kernel per test file that includes this
 
-// Up to kMaxLateRanges byte ranges copied by one late_copy launch.
+// One range of a late copy: `bytes` from src to dst.
+struct LateRange {
+  const void* src;
+  void* dst;
+  size_t bytes;
+};
+
+// Up to kMaxLateRanges ranges copied by one late_copy launch.
 constexpr int kMaxLateRanges = 4;
 struct LateRanges {
-  const uint8_t* src[kMaxLateRanges];
-  uint8_t* dst[kMaxLateRanges];
-  size_t bytes[kMaxLateRanges];
+  LateRange range[kMaxLateRanges];
   int n;
 };
 
@@ -34,28 +39,20 @@ __global__ void late_copy_kernel(const LateRanges r, uint64_t delay_ns) {
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   } while (t - t0 < delay_ns);
   for (int k = 0; k < r.n; ++k) {
-    for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < r.bytes[k]; i += size_t{gridDim.x} * blockDim.x) {
-      r.dst[k][i] = r.src[k][i];
+    const auto* src = static_cast<const uint8_t*>(r.range[k].src);
+    auto* dst = static_cast<uint8_t*>(r.range[k].dst);
+    for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < r.range[k].bytes;
+         i += size_t{gridDim.x} * blockDim.x) {
+      dst[i] = src[i];
     }
   }
 }
-
-// One range of a late copy: `bytes` from src to dst.
-struct LateRange {
-  const void* src;
-  void* dst;
-  size_t bytes;
-};
 
 // Copies each range on `stream`, about delay_us after the copy kernel starts (one launch).
 void late_copy(std::initializer_list<LateRange> ranges, cudaStream_t stream, int delay_us = 200) {
   LateRanges r{};
   check(ranges.size() <= kMaxLateRanges, "late_copy: too many ranges");
-  for (const LateRange& x : ranges) {
-    r.src[r.n] = static_cast<const uint8_t*>(x.src);
-    r.dst[r.n] = static_cast<uint8_t*>(x.dst);
-    r.bytes[r.n++] = x.bytes;
-  }
+  for (const LateRange& x : ranges) r.range[r.n++] = x;
   late_copy_kernel<<<64, 256, 0, stream>>>(r, uint64_t{1000} * static_cast<uint64_t>(delay_us));
   CUDA_CHECK_LAUNCH();
 }
