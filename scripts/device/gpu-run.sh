@@ -3,7 +3,7 @@
 # GPU test suite (tests + compute-sanitizer), then the benchmarks named in $BENCH (gemm, attention,
 # attention-quick). Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 2
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT" /tmp/gpu && tar -xJf .devpkg/gpu.tar.xz -C /tmp/gpu
 P=/tmp/gpu/pkg
