@@ -166,10 +166,9 @@ __global__ void subpage_bounds_kernel(const bf16* k, int64_t pages, int P, int L
 // the GPU once (resident CTAs per SM × SMs: 2 × 132 at P = 64, D = 128, as the decode kernel), each
 // CTA a contiguous range of the entries, so a row's pages stay together as in a decode piece. It
 // reads exactly the bytes a dense decode reads, from the same pages, without the math, the merge or
-// the split: what a paged decode can at best reach on this machine. No L2 policy: with the decode
-// kernel's evict-first policy this kernel faulted with an illegal instruction at the cp.async (nvcc
-// 13.0; Triton disables fractional L2 policies on cp.async for a ptxas bug), and the decode kernel
-// measured the same with and without the policy.
+// the split: what a paged decode can at best reach on this machine. No L2 policy: with an evict-first
+// cache hint on the cp.async this kernel faulted with an illegal instruction (nvcc 13.0; Triton
+// disables fractional L2 policies on cp.async for a ptxas bug), as the decode kernel later did too.
 constexpr int kReadThreads = 128, kReadStages = 3;
 
 __global__ void __launch_bounds__(kReadThreads) paged_read_kernel(const bf16* k, const bf16* v, const int32_t* ids,

@@ -1,10 +1,12 @@
 // Paged decode attention (see decode_attention.h for the contract).
 //
 // How it works. A CTA (4 warps) takes one work item: one (sequence, KV head) row and a range of its
-// page list. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline, the
-// copies marked L2 evict-first: K/V are read once, the small tables around them are not); warp w
-// copies and computes keys 16w .. 16w+15 of each tile with its own online softmax, so no warp reads
-// another's rows and the warps run their pipelines without CTA barriers. The math (decode_tile.cuh)
+// page list. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline); warp
+// w copies and computes keys 16w .. 16w+15 of each tile with its own online softmax, so no warp reads
+// another's rows and the warps run their pipelines without CTA barriers. A warp's 16 slots lie in one
+// list entry (P ≥ 16), so one read of the list per warp and tile gives all their addresses (the
+// per-tile loop is ~250 instructions per warp, from 620 when each slot was located on its own: a CTA
+// alone was issue-bound). The math (decode_tile.cuh)
 // is transposed, GQA as the mma's narrow side: Sᵀ = K·Qᵀ and Oᵀ += Vᵀ·Pᵀ on mma.sync with Qᵀ in
 // registers for the whole CTA, so every K/V byte is read from memory once per group.
 // At the end the 4 warps merge through shared memory; a row with one piece writes bf16 at once,
@@ -56,43 +58,80 @@ struct DecodeSmem {
   static constexpr int kPipeBytes = kStages * 2 * kTileBytes;                 // K and V per stage
   static constexpr int kMergeBytes = WarpReduction<D, kWarps>::kBytes;
   static constexpr int kQOffset = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
-  static constexpr int kPosOffset = kQOffset + 16 * D * 2;
+  // Each stage's slices, [kStages][kWarps] int2 {first key position, keys} (WarpSlice pos0, valid).
+  static constexpr int kSliceOffset = kQOffset + 16 * D * 2;
   // A split piece's result for its cluster segment (cluster launch): O [16][D] fp32, lse [16].
-  static constexpr int kStageOffset = kPosOffset + kStages * kBN * 4;
+  static constexpr int kStageOffset = kSliceOffset + kStages * kWarps * 8;
   static constexpr int kBytes = kStageOffset + 16 * D * 4 + 16 * 4;
 };
 
-// Issues the cp.async copies of the 16 slots u0 + key0 .. u0 + key0 + 15 of a tile (the rows warp
-// key0 / 16 alone reads) into the K and V tiles ([kBN][D], swizzled) and writes their positions
-// (kNoKey for empty slots, whose rows are zero-filled); the warp's 32 lanes take part. src =
-// tile_source(u0). Each warp keeps its own rows of the ring, so no CTA barrier orders their reuse.
-// (attn::load_kv_tile on a 16-row slice of the tile does the same copies; compiled into this loop it
-// measured 0.5-1% slower on the H200, session 6, so decode keeps its own.)
+// Where one warp's 16 slots u .. u+15 of a tile come from. They lie in one list entry (P ≥ 16 and u a
+// multiple of 16): k / v point at slot u's rows and `valid` slots from there hold keys, the first at
+// position pos0. Past the piece's entries valid is 0 and k / v are the pool base. Either way the 16
+// rows from k / v are inside the pool, so the zero-filling copies of empty slots need no other
+// address. Read one tile ahead of the copies (the list loads' latency then overlaps a tile's math).
+struct WarpSlice {
+  const bf16* k;
+  const bf16* v;
+  int32_t valid, pos0;
+};
+
 template <int D, bool kL2Only = false>
-__device__ __forceinline__ void load_warp_rows(uint32_t k_tile, uint32_t v_tile, int32_t* pos, const attn::RowKeys& rk,
-                                               const attn::PoolView& pool, int32_t u0, const attn::TileSource& src,
-                                               int key0, uint64_t policy) {
-  constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks, kPasses = 16 / kRowsPerPass;
-  const int lane = static_cast<int>(threadIdx.x) & 31, c = lane % kChunks, r0 = key0 + lane / kChunks;
+__device__ __forceinline__ WarpSlice warp_slice(const attn::RowKeys& rk, const attn::PoolView& pool, int32_t u) {
+  if (u >= rk.page_slots) return {pool.k, pool.v, 0, 0};
+  const int32_t e = u >> pool.page_shift, off = u & ((1 << pool.page_shift) - 1);
+  const int64_t row = (static_cast<int64_t>(attn::list_load<kL2Only>(rk.page_ids + e)) << pool.page_shift) + off;
+  const int32_t valid = min(16, max(0, attn::list_load<kL2Only>(rk.page_len + e) - off));
+  return {pool.k + row * D, pool.v + row * D, valid, attn::list_load<kL2Only>(rk.page_pos0 + e) + off};
+}
+
+// A lane's part of the copies of its warp's 16 slots of every tile (load_warp_rows), computed once:
+// the lane copies chunk c of rows r, r + kRowsPerPass, ... of the slice. As key0 % 8 == 0 and
+// r < kRowsPerPass (a power of two), row key0 + r + i·kRowsPerPass has the swizzle (row & 7) =
+// r ^ ((i·kRowsPerPass) & 7): its chunk's offset in the tile is smem[i % kXors], the pass-0 offset
+// with the chunk XORed by that constant, plus i·kRowsPerPass rows.
+template <int D>
+struct CopyLane {
+  static constexpr int kChunks = D / 8, kRowsPerPass = 32 / kChunks, kPasses = 16 / kRowsPerPass;
+  static constexpr int kXors = 8 / kRowsPerPass;
+  static_assert(kRowsPerPass <= 8 && 8 % kRowsPerPass == 0);
+  int32_t src;  // elements from the slice's first row: r·D + 8c
+  int32_t r;
+  uint32_t smem[kXors];
+  __device__ __forceinline__ explicit CopyLane(int key0) {
+    const int lane = static_cast<int>(threadIdx.x) & 31, c = lane % kChunks;
+    r = lane / kChunks;
+    src = r * D + c * 8;
+    const uint32_t base = attn::tile_offset<D>(key0 + r, c);
 #pragma unroll
-  for (int i = 0; i < kPasses; ++i) {
-    const int s = r0 + i * kRowsPerPass;
-    const bf16* kp;
-    const bf16* vp;
-    int32_t position;
-    if (src.one_entry) {
-      position = s < src.valid ? src.pos0 + s : attn::kNoKey;
-      kp = position != attn::kNoKey ? src.k + s * D : pool.k;
-      vp = position != attn::kNoKey ? src.v + s * D : pool.v;
-    } else {
-      position = attn::locate_slot<D, kL2Only>(rk, pool, u0 + s, kp, vp);
-    }
-    const bool valid = position != attn::kNoKey;
-    const uint32_t off = attn::tile_offset<D>(s, c);
-    attn::cp_async16(k_tile + off, valid ? kp + c * 8 : kp, valid, policy);
-    attn::cp_async16(v_tile + off, valid ? vp + c * 8 : vp, valid, policy);
-    if (c == 0) pos[s] = position;
+    for (int x = 0; x < kXors; ++x) smem[x] = base ^ (((x * kRowsPerPass) & 7) << 4);
   }
+};
+
+// Issues the cp.async copies of the warp's 16 slots key0 .. key0 + 15 of a tile (the rows it alone
+// reads) into the K and V tiles ([kBN][D], swizzled; empty slots zero-filled) and records the slice's
+// first position and key count in *rec for the math; the warp's 32 lanes take part. src = warp_slice
+// of the slots. Each warp keeps its own rows of the ring, so no CTA barrier orders their reuse. Every
+// address is a per-lane constant (CopyLane) plus the slice's or the stage's base: locating each slot
+// on its own, as before, took 620 instructions per warp and tile, and one CTA a row was issue-bound
+// at 25 GB/s (H200, batch 16). No L2 cache hint on these copies: with `cp.async ...
+// L2::cache_hint` ptxas produced an illegal instruction for this loop (as for session 8's ceiling
+// kernel), and the hint measured 0.1-0.4%.
+template <int D>
+__device__ __forceinline__ void load_warp_rows(uint32_t k_tile, uint32_t v_tile, int2* rec, const WarpSlice& src,
+                                               const CopyLane<D>& cl) {
+  using CL = CopyLane<D>;
+  const bf16* kp = src.k + cl.src;
+  const bf16* vp = src.v + cl.src;
+  const int32_t rows = src.valid - cl.r;  // pass i copies a key iff i·kRowsPerPass < rows
+#pragma unroll
+  for (int i = 0; i < CL::kPasses; ++i) {
+    const uint32_t off = cl.smem[i % CL::kXors] + i * CL::kRowsPerPass * CL::kChunks * 16;
+    const bool valid = i * CL::kRowsPerPass < rows;
+    attn::cp_async16(k_tile + off, kp + i * CL::kRowsPerPass * D, valid);
+    attn::cp_async16(v_tile + off, vp + i * CL::kRowsPerPass * D, valid);
+  }
+  if ((threadIdx.x & 31) == 0) *rec = make_int2(src.pos0, src.valid);
 }
 
 template <int D, int NB>
@@ -139,16 +178,15 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
 
   const uint32_t pipe = attn::smem_addr(smem);
   const uint32_t q_tile = attn::smem_addr(smem + Smem::kQOffset);
-  int32_t* pos = reinterpret_cast<int32_t*>(smem + Smem::kPosOffset);
+  int2* slices = reinterpret_cast<int2*>(smem + Smem::kSliceOffset);  // [kStages][kWarps]
   float* stage_o = reinterpret_cast<float*>(smem + Smem::kStageOffset);  // [16][D], then lse [16]
   const auto k_stage = [&](int s) { return pipe + s * 2 * Smem::kTileBytes; };
   const auto v_stage = [&](int s) { return pipe + s * 2 * Smem::kTileBytes + Smem::kTileBytes; };
-  // K/V are read once: evict them first, so the page lists, plan and partials stay in L2.
-  const uint64_t kv_policy = attn::l2_evict_first_policy();
   const int key0 = warp * 16;  // this warp's 16 slots of every tile
-  // Page metadata is read one tile ahead of the copies that need it (tile_source), so its latency
+  const CopyLane<D> cl(key0);
+  // Page metadata is read one tile ahead of the copies that need it (warp_slice), so its latency
   // overlaps the previous tile's math instead of stalling the copy issue.
-  attn::TileSource src[kStages];
+  WarpSlice src[kStages];
   // Early copies: the first `early` tiles (at most the kStages − 1 the prologue fills), those wholly
   // before the row's last list entry (whose page this step's append may still be writing), are
   // copied before the wait, overlapping the previous kernel's tail (H200, 8 calls per graph: batch 1
@@ -159,9 +197,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < early) {
-      src[s] = attn::tile_source<D, kBN, true>(rk, p.pool, u_begin + s * kBN);
-      load_warp_rows<D, true>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN, src[s], key0,
-                              kv_policy);
+      src[s] = warp_slice<D, true>(rk, p.pool, u_begin + s * kBN + key0);
+      load_warp_rows<D>(k_stage(s), v_stage(s), slices + s * kWarps + warp, src[s], cl);
       attn::cp_async_commit();
     }
   }
@@ -186,19 +223,18 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   }
 #pragma unroll
   for (int s = 0; s < kStages; ++s) {
-    if (s >= early) src[s] = attn::tile_source<D, kBN>(rk, p.pool, u_begin + s * kBN);
+    if (s >= early) src[s] = warp_slice<D>(rk, p.pool, u_begin + s * kBN + key0);
   }
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s >= early) {
       if (s < n_tiles) {
-        load_warp_rows<D>(k_stage(s), v_stage(s), pos + s * kBN, rk, p.pool, u_begin + s * kBN, src[s], key0,
-                          kv_policy);
+        load_warp_rows<D>(k_stage(s), v_stage(s), slices + s * kWarps + warp, src[s], cl);
       }
       attn::cp_async_commit();
     }
   }
-  attn::TileSource next = src[kStages - 1];
+  WarpSlice next = src[kStages - 1];
 #pragma unroll
   for (int j = 0; j < kQPasses; ++j) {
     const int i = tid + j * kThreads;
@@ -212,22 +248,23 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   const int32_t t = row.q_pos;
   WarpState<D, NB> state;
   state.init();
+  const TileOffsets offs = tile_offsets<D>(key0);
 
-  for (int it = 0; it < n_tiles; ++it) {
+  // Stages of tile it (st) and of tile it + kStages − 1 (the one issued now: the stage tile it − 1 used).
+  for (int it = 0, st = 0, nst = kStages - 1; it < n_tiles; ++it) {
     attn::cp_async_wait<kStages - 2>();
     __syncwarp();  // this warp's rows of tile `it` visible to its lanes; its rows of tile it − 1 read
     {
       const int nt = it + kStages - 1;
       if (nt < n_tiles) {
-        const int st = nt % kStages;
-        load_warp_rows<D>(k_stage(st), v_stage(st), pos + st * kBN, rk, p.pool, u_begin + nt * kBN, next, key0,
-                          kv_policy);
-        next = attn::tile_source<D, kBN>(rk, p.pool, u_begin + (nt + 1) * kBN);
+        load_warp_rows<D>(k_stage(nst), v_stage(nst), slices + nst * kWarps + warp, next, cl);
+        next = warp_slice<D>(rk, p.pool, u_begin + (nt + 1) * kBN + key0);
       }
       attn::cp_async_commit();
     }
-    const int st = it % kStages;
-    tile_step<D, NB>(state, k_stage(st), v_stage(st), pos + st * kBN + key0, key0, qb, mp, t, p.scale_log2);
+    tile_step<D, NB>(state, k_stage(st), v_stage(st), slices[st * kWarps + warp], offs, qb, mp, t, p.scale_log2);
+    st = st + 1 == kStages ? 0 : st + 1;
+    nst = nst + 1 == kStages ? 0 : nst + 1;
   }
   attn::cp_async_wait<0>();
   __syncthreads();  // the pipeline buffers become the merge buffers

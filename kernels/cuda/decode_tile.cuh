@@ -109,14 +109,34 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qb)[D / 16][NB][2], 
   }
 }
 
+// A lane's ldmatrix addresses inside a K / V tile (attn::tile_offset layout), the same for every tile
+// of the warp: k[j] for the K rows of dim block j (Sᵀ = K·Qᵀ), v[j] for the V rows of dim block j
+// read transposed (Oᵀ += Vᵀ·Pᵀ). Dim block j + 4a (D = 128) lies 128·a bytes after block j: its
+// chunks 8a + b keep the row's swizzle (b ^ (row & 7) for b < 8).
+struct TileOffsets {
+  uint32_t k[4], v[4];
+};
+template <int D>
+__device__ __forceinline__ TileOffsets tile_offsets(int key0) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  TileOffsets o;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    o.k[j] = attn::tile_offset<D>(key0 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * j + (lane >> 4));
+    o.v[j] = attn::tile_offset<D>(key0 + (lane & 7) + ((lane >> 4) << 3), 2 * j + ((lane >> 3) & 1));
+  }
+  return o;
+}
+
 // One warp's step over keys key0 .. key0+15 of the K / V tiles kt, vt ([64][D], attn::tile_offset
-// layout) whose key positions are tp[0..16) (kNoKey: empty slot): Sᵀ = K·Qᵀ, the mask for query
-// position t, the online softmax, Oᵀ += Vᵀ·Pᵀ. An empty slot's V row must hold finite values (its
-// probability is 0; the copies zero-fill it).
+// layout): Sᵀ = K·Qᵀ, the mask for query position t, the online softmax, Oᵀ += Vᵀ·Pᵀ. slice = {x: the
+// first key's position, y: how many of the 16 slots hold keys} (consecutive positions from the
+// first; the others are empty, whose V rows must hold finite values: their probability is 0, and the
+// copies zero-fill them).
 template <int D, int NB>
-__device__ __forceinline__ void tile_step(WarpState<D, NB>& st, uint32_t kt, uint32_t vt, const int32_t* tp, int key0,
-                                          const uint32_t (&qb)[D / 16][NB][2], const attn::MaskParams& mp, int32_t t,
-                                          float scale_log2) {
+__device__ __forceinline__ void tile_step(WarpState<D, NB>& st, uint32_t kt, uint32_t vt, int2 slice,
+                                          const TileOffsets& off, const uint32_t (&qb)[D / 16][NB][2],
+                                          const attn::MaskParams& mp, int32_t t, float scale_log2) {
   const int lane = static_cast<int>(threadIdx.x) & 31, g = lane >> 2;
   // Sᵀ = K·Qᵀ: even and odd dim blocks accumulate apart, two chains of D/32 dependent mma instead of
   // one of D/16.
@@ -124,7 +144,7 @@ __device__ __forceinline__ void tile_step(WarpState<D, NB>& st, uint32_t kt, uin
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
     uint32_t a[4];
-    attn::ldmatrix_x4(a, kt + attn::tile_offset<D>(key0 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * ks + (lane >> 4)));
+    attn::ldmatrix_x4(a, kt + off.k[ks & 3] + (ks >> 2) * 128);
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) attn::mma_bf16_16816(ks % 2 ? s_odd[nb] : s[nb], a, qb[ks][nb][0], qb[ks][nb][1]);
   }
@@ -135,7 +155,11 @@ __device__ __forceinline__ void tile_step(WarpState<D, NB>& st, uint32_t kt, uin
   }
   // No skipping of a warp's fully masked rows: decode lists hold only visible keys, so such rows are
   // rare (empty slots of a short page), and the test ahead of the math cost 0.7% at 128K.
-  const bool ok_lo = attn::key_allowed(mp, nullptr, t, tp[g]), ok_hi = attn::key_allowed(mp, nullptr, t, tp[g + 8]);
+  // attn::key_allowed for the two mask kinds decode rows have (causal, band), without branches.
+  const bool band = mp.kind == static_cast<int32_t>(MaskKind::kBand);
+  const auto seen = [&](int32_t j) { return j <= t && (!band || j < mp.sink || t - j < mp.local); };
+  const bool ok_lo = g < slice.y && seen(slice.x + g);
+  const bool ok_hi = g + 8 < slice.y && seen(slice.x + g + 8);
 #pragma unroll
   for (int nb = 0; nb < NB; ++nb) {
     s[nb][0] = ok_lo ? s[nb][0] * scale_log2 : -INFINITY;
@@ -154,7 +178,7 @@ __device__ __forceinline__ void tile_step(WarpState<D, NB>& st, uint32_t kt, uin
 #pragma unroll
   for (int dp = 0; dp < D / 16; ++dp) {
     uint32_t a[4];
-    attn::ldmatrix_x4_trans(a, vt + attn::tile_offset<D>(key0 + (lane & 7) + ((lane >> 4) << 3), 2 * dp + ((lane >> 3) & 1)));
+    attn::ldmatrix_x4_trans(a, vt + off.v[dp & 3] + (dp >> 2) * 128);
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) attn::mma_bf16_16816(st.o[dp][nb], a, pb[nb][0], pb[nb][1]);
   }
