@@ -4,11 +4,12 @@
 // page list. Keys stream through shared memory in tiles of 64 slots (3-stage cp.async pipeline); warp
 // w copies and computes keys 16w .. 16w+15 of each tile with its own online softmax, so no warp reads
 // another's rows and the warps run their pipelines without CTA barriers. A warp's 16 slots lie in one
-// list entry (P ≥ 16), so one read of the list per warp and tile gives all their addresses (the
-// per-tile loop is ~250 instructions per warp, from 620 when each slot was located on its own: a CTA
-// alone was issue-bound). The math (decode_tile.cuh)
-// is transposed, GQA as the mma's narrow side: Sᵀ = K·Qᵀ and Oᵀ += Vᵀ·Pᵀ on mma.sync with Qᵀ in
-// registers for the whole CTA, so every K/V byte is read from memory once per group.
+// list entry (P ≥ 16), so one read of the list per warp and tile gives all their addresses, and every
+// other address in the loop is a per-lane constant plus a base: ~250 instructions per warp and tile
+// (620 when each slot was located on its own, which left a CTA alone issue-bound). The math
+// (decode_tile.cuh) is transposed, GQA as the mma's narrow side: Sᵀ = K·Qᵀ and Oᵀ += Vᵀ·Pᵀ on
+// mma.sync with Qᵀ in registers for the whole CTA, so every K/V byte is read from memory once per
+// group.
 // At the end the 4 warps merge through shared memory; a row with one piece writes bf16 at once,
 // otherwise each piece writes fp32 O/L plus lse = m + log2(L), and the CTA that finishes a row's last
 // piece (an atomic count per row, reset by that CTA) merges the row's pieces (merge_row in
@@ -112,11 +113,8 @@ struct CopyLane {
 // reads) into the K and V tiles ([kBN][D], swizzled; empty slots zero-filled) and records the slice's
 // first position and key count in *rec for the math; the warp's 32 lanes take part. src = warp_slice
 // of the slots. Each warp keeps its own rows of the ring, so no CTA barrier orders their reuse. Every
-// address is a per-lane constant (CopyLane) plus the slice's or the stage's base: locating each slot
-// on its own, as before, took 620 instructions per warp and tile, and one CTA a row was issue-bound
-// at 25 GB/s (H200, batch 16). No L2 cache hint on these copies: with `cp.async ...
-// L2::cache_hint` ptxas produced an illegal instruction for this loop (as for session 8's ceiling
-// kernel), and the hint measured 0.1-0.4%.
+// address is a per-lane constant (CopyLane) plus the slice's or the stage's base. No L2 cache hint
+// (decode_attention.cuh, cp_async16).
 template <int D>
 __device__ __forceinline__ void load_warp_rows(uint32_t k_tile, uint32_t v_tile, int2* rec, const WarpSlice& src,
                                                const CopyLane<D>& cl) {

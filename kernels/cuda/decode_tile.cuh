@@ -128,11 +128,11 @@ __device__ __forceinline__ TileOffsets tile_offsets(int key0) {
   return o;
 }
 
-// One warp's step over keys key0 .. key0+15 of the K / V tiles kt, vt ([64][D], attn::tile_offset
-// layout): Sᵀ = K·Qᵀ, the mask for query position t, the online softmax, Oᵀ += Vᵀ·Pᵀ. slice = {x: the
-// first key's position, y: how many of the 16 slots hold keys} (consecutive positions from the
-// first; the others are empty, whose V rows must hold finite values: their probability is 0, and the
-// copies zero-fill them).
+// One warp's step over its 16 keys key0 .. key0+15 of the K / V tiles kt, vt ([64][D],
+// attn::tile_offset layout; off = tile_offsets(key0)): Sᵀ = K·Qᵀ, the mask for query position t, the
+// online softmax, Oᵀ += Vᵀ·Pᵀ. slice = {x: the first key's position, y: how many of the 16 slots hold
+// keys} (consecutive positions from the first; the others are empty, whose V rows must hold finite
+// values: their probability is 0, and the copies zero-fill them).
 template <int D, int NB>
 __device__ __forceinline__ void tile_step(WarpState<D, NB>& st, uint32_t kt, uint32_t vt, int2 slice,
                                           const TileOffsets& off, const uint32_t (&qb)[D / 16][NB][2],
