@@ -71,6 +71,7 @@ struct DecodeSmem {
 // position pos0. Past the piece's entries valid is 0 and k / v are the pool base. Either way the 16
 // rows from k / v are inside the pool, so the zero-filling copies of empty slots need no other
 // address. Read one tile ahead of the copies (the list loads' latency then overlaps a tile's math).
+// Decode rows have page keys only (rk.end_slot == rk.page_slots: no "new" keys as in prefill).
 struct WarpSlice {
   const bf16* k;
   const bf16* v;
