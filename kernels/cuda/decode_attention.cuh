@@ -150,7 +150,7 @@ __device__ __forceinline__ int32_t list_load(const int32_t* p) {
 
 // Where slot u's K/V rows are and the key's position; kNoKey (and the pool base as a harmless address
 // for the zero-filling copy) when the slot holds no key.
-template <int D, bool kL2Only = false>
+template <int D>
 __device__ __forceinline__ int32_t locate_slot(const RowKeys& rk, const PoolView& pool, int32_t u, const bf16*& kp,
                                                const bf16*& vp) {
   kp = pool.k;
@@ -158,11 +158,11 @@ __device__ __forceinline__ int32_t locate_slot(const RowKeys& rk, const PoolView
   if (u >= rk.end_slot) return kNoKey;
   if (u < rk.page_slots) {
     const int32_t e = u >> pool.page_shift, off = u & ((1 << pool.page_shift) - 1);
-    if (off >= list_load<kL2Only>(rk.page_len + e)) return kNoKey;
-    const int64_t prow = (static_cast<int64_t>(list_load<kL2Only>(rk.page_ids + e)) << pool.page_shift) + off;
+    if (off >= __ldg(rk.page_len + e)) return kNoKey;
+    const int64_t prow = (static_cast<int64_t>(__ldg(rk.page_ids + e)) << pool.page_shift) + off;
     kp = pool.k + prow * D;
     vp = pool.v + prow * D;
-    return list_load<kL2Only>(rk.page_pos0 + e) + off;
+    return __ldg(rk.page_pos0 + e) + off;
   }
   const int64_t i = u - rk.page_slots;
   kp = rk.k_new + i * rk.new_stride;
@@ -181,15 +181,15 @@ struct TileSource {
   bool one_entry;
 };
 
-template <int D, int BN, bool kL2Only = false>
+template <int D, int BN>
 __device__ __forceinline__ TileSource tile_source(const RowKeys& rk, const PoolView& pool, int32_t u0) {
   const int32_t pmask = (1 << pool.page_shift) - 1;
   TileSource ts{pool.k, pool.v, 0, 0, false};
   if (u0 + BN <= rk.page_slots && (u0 & pmask) + BN <= pmask + 1) {
     const int32_t e = u0 >> pool.page_shift, off0 = u0 & pmask;
-    const int64_t row0 = (static_cast<int64_t>(list_load<kL2Only>(rk.page_ids + e)) << pool.page_shift) + off0;
-    ts = TileSource{pool.k + row0 * D, pool.v + row0 * D, list_load<kL2Only>(rk.page_len + e) - off0,
-                    list_load<kL2Only>(rk.page_pos0 + e) + off0, true};
+    const int64_t row0 = (static_cast<int64_t>(__ldg(rk.page_ids + e)) << pool.page_shift) + off0;
+    ts = TileSource{pool.k + row0 * D, pool.v + row0 * D, __ldg(rk.page_len + e) - off0,
+                    __ldg(rk.page_pos0 + e) + off0, true};
   }
   return ts;
 }
