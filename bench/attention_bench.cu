@@ -527,6 +527,8 @@ int run_decode(const Options& o) {
   const DeviceBuffer<int32_t> d_seq_lens{std::span<const int32_t>(seq_lens)};
   const DeviceBuffer<int64_t> d_q_offset{std::span<const int64_t>(q_offset)};
   DeviceBuffer<float> scores(std::max<size_t>(all.ids.size(), 1));
+  const std::vector<uint32_t> zeros(static_cast<size_t>(std::max(n_ret, 1)), 0u);
+  DeviceBuffer<uint32_t> row_ready{std::span<const uint32_t>(zeros)};  // page_select's workspace
   const int32_t n_selected = read.indptr[static_cast<size_t>(n_ret)];
 
   cudaStream_t stream;
@@ -573,6 +575,7 @@ int run_decode(const Options& o) {
     s.page_indices = dall.ids.data();
     s.seq_lens = d_seq_lens.data();
     s.scores = scores.data();
+    s.row_ready = row_ready.data();
     s.selected_indptr = dread.indptr.data();  // the retrieval rows' prefix of the decode list
     s.selected_pages = dread.ids.data();
     s.selected_pos0 = dread.pos0.data();  // the decode list's positions, written by page_select itself

@@ -207,20 +207,70 @@ struct TopkItem {
   bool member;
 };
 
+// A boundary bin of at most this many members, with more than one pass left, is ranked directly.
+inline constexpr unsigned kTopkRankKeys = 32;
+
 struct TopkScratch {
   unsigned hist[2][256];  // the current pass's histogram and the next one's (zeroed meanwhile)
   int digit;
   unsigned above, bin, total;
+  __align__(16) uint32_t rank_keys[kTopkRankKeys];  // the boundary bin's keys, in no order
+  unsigned gathered;
+  TopkCut ranked;
 };
+
+// Prepares s for block_topk_cutoff: call from all threads of the block, then pass a barrier before it.
+__device__ __forceinline__ void topk_reset(TopkScratch& s) {
+  for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[0][d] = 0;
+  if (threadIdx.x == 0) s.gathered = 0;
+}
+
+// block_topk_cutoff's last step: the `bin` members whose key matches prefix under mask (1 ≤ need ≤
+// bin ≤ kTopkRankKeys) hold the cutoff; the need-th of them in the order is it. Thread t < bin ranks
+// gathered key t: its order position is the keys above it plus the equal keys gathered before it
+// (ties between equal keys are resolved by the caller in index order, so any order of equal keys
+// gives the same cut). Exactly one thread holds position need - 1 and writes the cut.
+template <class ItemFn>
+__device__ __forceinline__ TopkCut topk_rank_bin(int32_t n, const ItemFn& item, TopkScratch& s, uint32_t prefix,
+                                                 uint32_t mask, unsigned bin, unsigned need) {
+  for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const TopkItem it = item(i);
+    if (it.member && (it.key & mask) == prefix) s.rank_keys[atomicAdd(&s.gathered, 1u)] = it.key;
+  }
+  // The vector reads below cover keys past bin up to the next multiple of 4: initialised, not counted.
+  if (threadIdx.x < (4 - bin % 4) % 4) s.rank_keys[bin + threadIdx.x] = 0;
+  __syncthreads();
+  if (threadIdx.x < bin) {
+    const uint32_t mine = s.rank_keys[threadIdx.x];
+    unsigned above = 0, before = 0;
+    for (unsigned j = 0; j < bin; j += 4) {
+      const uint4 k4 = *reinterpret_cast<const uint4*>(s.rank_keys + j);
+      const uint32_t k[4] = {k4.x, k4.y, k4.z, k4.w};
+#pragma unroll
+      for (unsigned e = 0; e < 4; ++e) {
+        const bool real = j + e < bin;
+        above += real && k[e] > mine ? 1u : 0u;
+        before += real && k[e] == mine && j + e < threadIdx.x ? 1u : 0u;
+      }
+    }
+    if (above + before == need - 1) s.ranked = TopkCut{mine, need - above};
+  }
+  __syncthreads();
+  return s.ranked;
+}
 
 // The top k members (measure 1 each) of items 0..n-1: topk_none() for k ≤ 0, topk_all() when there
 // are ≤ k members. item(i) returns TopkItem for i < n and must be a pure function (evaluated up to
-// four times per item; cheap when the keys are staged in shared memory). lo ≤ hi: bounds of the
+// five times per item; cheap when the keys are staged in shared memory). lo ≤ hi: bounds of the
 // members' keys (0 and ~0 when unknown); the bits above the highest bit where they differ are shared
 // by every member and get no pass, and the digits are counted from that bit down (bits top .. top - 7,
 // then the next 8, the last digit narrower), so that the first pass spends all 8 bits where the
-// members differ. Call from all threads of the block (blockDim.x a multiple of 32) with the same
-// arguments; s in shared memory.
+// members differ. When a pass leaves a boundary bin of ≤ kTopkRankKeys members and more than one
+// pass to go, its keys are gathered and each ranked against the others by one thread (the bin's
+// order position of every key: keys above it, equal keys gathered before it), which takes about one
+// pass's time in place of the rest. Call from all threads of the block (blockDim.x a multiple of 32,
+// ≥ kTopkRankKeys) with the same arguments; s in shared memory, prepared by topk_reset(s) behind a
+// barrier (the caller's own, saving one here).
 template <class ItemFn>
 __device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const ItemFn& item, TopkScratch& s,
                                                      uint32_t lo = 0, uint32_t hi = 0xffffffffu) {
@@ -231,8 +281,6 @@ __device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const
   uint32_t mask = top == 31 ? 0u : ~((2u << top) - 1u);  // the known bits, above top
   uint32_t prefix = hi & mask;
   unsigned above = 0;  // members ranked before the current key prefix
-  for (int d = threadIdx.x; d < 256; d += blockDim.x) s.hist[0][d] = 0;
-  __syncthreads();
   for (int high = top, pass = 0; high >= 0; high -= 8, ++pass) {  // this pass's digit: bits shift .. high
     const int shift = max(high - 7, 0);
     const uint32_t digit_mask = (2u << (high - shift)) - 1u;
@@ -274,6 +322,7 @@ __device__ __forceinline__ TopkCut block_topk_cutoff(int32_t n, int32_t k, const
     mask |= digit_mask << shift;
     // The members with this prefix are all inside when the boundary bin is taken whole.
     if (above + bin == target) return prefix == 0 ? topk_all() : TopkCut{prefix - 1, 0u};
+    if (shift > 8 && bin <= kTopkRankKeys) return topk_rank_bin(n, item, s, prefix, mask, bin, target - above);
   }
   return {prefix, target - above};
 }

@@ -9,22 +9,26 @@
 //      dims 32j + 8t .. +8 for every j, and the same permutation of the reduction dimension is used
 //      for A (the sum does not depend on the order of its terms). Maxima over heads and sub-pages
 //      then take a few shuffles per tile, and each lane keeps the score of its own block of the chunk.
-//   2. page_select_kernel<staged>: one CTA per row; the always-kept blocks are known from the row's
-//      length and the other blocks' count from the plan, their top `take` comes from
+//      When a CTA's scores are written it adds one to its row's count in row_ready (release).
+//   2. page_select_kernel<staged>: one CTA per row, let in by the scoring CTAs right after their
+//      programmatic wait; it stages its page ids while the scoring runs and waits for its row's count
+//      to be complete (acquire), not for the scoring kernel's exit. The always-kept blocks are known
+//      from the row's length and the other blocks' count from the plan, their top `take` comes from
 //      block_topk_cutoff over the scores as order keys (staged once in shared memory with the page
 //      ids when every row has ≤ kStageKeys blocks, the radix passes then starting at the highest bit
-//      where the candidates differ; read from global otherwise), and one block scan over contiguous
-//      index ranges gives every selected block its output slot, ties at the cutoff key taken in block
-//      order. It writes the pages, and optionally the block indices and the positions
+//      where the candidates differ; read from global otherwise), and an ordered compaction (ballots
+//      per warp over contiguous index ranges, one barrier) gives every selected block its output slot,
+//      ties at the cutoff key taken in block order. It writes the pages, and optionally the block indices and the positions
 //      (decode_attention.h's KeyPageList). Its header has no division and its loads are issued before
 //      the arithmetic that does not need them: a clock64 probe (H200, batch 1) found the CTA's first
 //      2400 cycles spent on the row's geometry, before the first score load.
 #include "kernels/cuda/page_select.h"
 
+#include <cuda/atomic>
+
 #include <algorithm>
 #include <bit>
 #include <mutex>
-#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/block_select.cuh"
@@ -42,9 +46,12 @@ constexpr int kScoreWarpsPerSm = 16;
 constexpr int kSelectThreads = 1024;  // 512: batch 1 / 16 selections 15.7 / 82.7 us, 1024: 14.9 / 75.4 (H200)
 constexpr int32_t kStageKeys = 8192;  // keys and page ids: 64 KB of shared memory
 constexpr int kStagePerThread = kStageKeys / kSelectThreads;
-static_assert(kStageKeys % kSelectThreads == 0);
+static_assert(kStageKeys % kSelectThreads == 0 && kSelectThreads == 1024);  // 32 warps: one per lane
 
 constexpr unsigned kFull = 0xffffffffu;
+
+// A row's count of finished scoring CTAs (PageSelectArgs::row_ready).
+using RowReady = ::cuda::atomic_ref<uint32_t, ::cuda::thread_scope_device>;
 
 // Splits 8 packed bf16 q values into q⁺ (negatives zeroed) and q⁻ (non-negatives zeroed).
 __device__ __forceinline__ void split_sign(const uint4& x, uint4& pos, uint4& neg) {
@@ -69,17 +76,18 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
   static_assert(D % 32 == 0);
   constexpr int J = D / 32;  // 32-dim slices
   constexpr int kThreads = kScoreWarps * 32;
-  // Programmatic launch (launch.cuh): every input may be the previous kernel's output. No early
-  // pdl_launch_dependents() here: page_select_kernel reads the page tables before its own wait,
-  // relying on every scoring CTA having passed this wait. Letting it in right after the wait (it then
-  // stages its page ids while the scores are computed) measured inconsistently on the H200, batch 1,
-  // 128K: 1 us faster with the decode after it in 8-call graphs, 2.3 us slower in 1-call graphs.
-  pdl_wait();
+  // Programmatic launch (launch.cuh): the plan-time inputs (PageSelectArgs: the row's page list and
+  // length, the query's offset) are read before the wait, overlapping the previous kernel's tail; q
+  // and the bounds may be its output. Right after the wait the CTA lets page_select_kernel in: its
+  // CTAs stage their page ids and wait on row_ready while the scoring runs (H200, batch 1, 128K, with
+  // the decode after it: 0.5 us faster than launching it at the scoring's exit).
   const int r = blockIdx.y;
   const int G = a.group;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int32_t first = a.page_indptr[r];
   const int32_t n = a.page_indptr[r + 1] - first;
+  const int64_t q_offset = a.q_offset[r];
+  const int32_t seq_len = a.seq_lens[r];
   const int32_t chunk_stride = static_cast<int32_t>(gridDim.x) * kScoreWarps;
   // Lane b's page in chunk c (blocks c·span + b), 0 past the row.
   const auto chunk_page = [&](int32_t c) {
@@ -87,11 +95,13 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
     return lane < span && b < n ? a.page_indices[first + b] : 0;
   };
   int32_t c = static_cast<int32_t>(blockIdx.x) * kScoreWarps + warp;
-  int32_t my_page = chunk_page(c);  // issued before the q staging so the two latencies overlap
+  int32_t my_page = chunk_page(c);
+  pdl_wait();
+  pdl_launch_dependents();
 
   // The group's query heads in shared memory: all loads of a thread issued before its stores.
   __shared__ __align__(16) __nv_bfloat16 qs[kPageSelectMaxGroup * D];
-  const __nv_bfloat16* q = a.q + a.q_offset[r];
+  const __nv_bfloat16* q = a.q + q_offset;
   if ((reinterpret_cast<uintptr_t>(q) & 15) == 0) {
     constexpr int kVecs = (kPageSelectMaxGroup * D / 8 + kThreads - 1) / kThreads;
     const int vecs = G * D / 8;
@@ -135,7 +145,6 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
     }
   }
 
-  const int32_t seq_len = a.seq_lens[r];
   const int P = a.config.page_tokens, LP = a.config.logical_page_tokens;
   const int lg = log2_subpages, SP = 1 << lg;
   const int32_t last_tokens = n > 0 ? seq_len - (n - 1) * P : 0;  // no division on the way to the first load
@@ -212,26 +221,33 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 4) page_score_kernel(PageSel
     if (lane < cnt) a.scores[first + c0 + lane] = mine;
     my_page = next_page;
   }
+  // The CTA's scores are written: one release of the row's count, after every thread's stores.
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    RowReady ready(a.row_ready[r]);
+    ready.fetch_add(1u, ::cuda::memory_order_release);
+  }
 }
 
-// kStaged: every row has ≤ kStageKeys blocks, and their keys and page ids are staged in shared memory
-// (then the block counts of the compaction's scan fit 16 bits); otherwise both are read from global
-// memory. sink_pages: sink_block_count(config), clamped to int32.
+// kStaged: every row has ≤ kStageKeys blocks, and their keys and page ids are staged in shared memory;
+// otherwise both are read from global memory. sink_pages: sink_block_count(config), clamped to int32.
 template <bool kStaged>
-__global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectArgs a, int32_t sink_pages) {
-  using Counts = std::conditional_t<kStaged, uint32_t, unsigned long long>;  // (sure, tied) packed
-  constexpr int kTiedBits = kStaged ? 16 : 32;
+__global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectArgs a, int32_t sink_pages,
+                                                                    uint32_t score_ctas) {
   extern __shared__ uint32_t staging[];  // staged: keys [kStageKeys], then page ids [kStageKeys]
   uint32_t* keys = staging;
   int32_t* ids = reinterpret_cast<int32_t*>(staging + kStageKeys);
   __shared__ TopkScratch scratch;
-  __shared__ Counts scan_totals[32];
-  __shared__ uint32_t key_lo, key_hi;  // the candidates' smallest and largest key
-  pdl_launch_dependents();  // the decode kernel's CTAs may start reading their plan
-  // Programmatic launch: page_select's own inputs (the row's geometry and page ids, the output plan)
-  // are read before the wait. This kernel starts only once every scoring CTA has exited, past its
-  // own wait for their writer; only the scores are new. A thread issues all its id loads (before the
-  // wait) and all its score loads before it uses any: one memory round trip, not one per item.
+  __shared__ uint2 warp_totals[kSelectThreads / 32];  // the compaction's (sure, tied) counts per warp
+  __shared__ uint2 warp_keys[32];  // staged: each warp's smallest and largest candidate key
+  // Programmatic launch: the scoring CTAs let this kernel in right after their own wait, so when it
+  // starts everything before the scoring in the stream has completed. Its plan (the row's geometry
+  // and page ids, the output plan) is read at once, and its outputs may be written (no kernel still
+  // running reads them). The scores are new: thread 0 waits until every scoring CTA of the row has
+  // released its count in row_ready (acquire), the block behind it at a barrier, and they are then
+  // read through L2. Its pdl_wait() comes last, so that it completes after the scoring kernel (what
+  // follows sees both). A thread issues all its id loads and all its score loads before it uses
+  // any: one memory round trip each, not one per item.
   const int r = blockIdx.x;
   const int32_t first = a.page_indptr[r];
   // A row longer than max_blocks breaks the contract; staged, only its first kStageKeys blocks count.
@@ -244,7 +260,6 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
       const int32_t i = static_cast<int32_t>(threadIdx.x) + k * kSelectThreads;
       if (i < n) id[k] = a.page_indices[first + i];
     }
-    if (threadIdx.x == 0) key_lo = 0xffffffffu, key_hi = 0;
   }
   // The row's selection: the sink blocks and the newest one, and `take` others; the plan's count
   // (capacity) is selected_page_count(seq_len) by contract, so take needs no division here.
@@ -258,7 +273,18 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
   const int32_t take = capacity - kept;
   const auto always = [=](int32_t i) { return i < sink_blocks || i == n - 1; };
 
-  pdl_wait();  // the scores are page_score_kernel's output
+  // The row's scores: every scoring CTA of the row has released its count. The count is reset for
+  // the next call, whose scoring starts only after this kernel has completed. The decode kernel is
+  // let in only now: launched at this kernel's start, its CTAs would take the SMs the last scoring
+  // CTAs free.
+  if (threadIdx.x == 0) {
+    RowReady ready(a.row_ready[r]);
+    while (ready.load(::cuda::memory_order_acquire) < score_ctas) __nanosleep(32);
+    ready.store(0u, ::cuda::memory_order_relaxed);
+  }
+  topk_reset(scratch);
+  __syncthreads();
+  pdl_launch_dependents();  // the decode kernel's CTAs may start reading their plan
   // Staged rows: keys and page ids in shared memory, and the candidates' key range, so that the radix
   // select skips the leading bits they all share.
   uint32_t key_min = 0, key_max = 0xffffffffu;
@@ -267,9 +293,8 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
 #pragma unroll
     for (int k = 0; k < kStagePerThread; ++k) {
       const int32_t i = static_cast<int32_t>(threadIdx.x) + k * kSelectThreads;
-      if (i < n) score[k] = sc[i];
+      if (i < n) score[k] = __ldcg(sc + i);
     }
-    __syncthreads();  // key_lo / key_hi initialised
     uint32_t my_lo = 0xffffffffu, my_hi = 0;
 #pragma unroll
     for (int k = 0; k < kStagePerThread; ++k) {
@@ -281,17 +306,20 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
         if (!always(i)) my_lo = min(my_lo, key), my_hi = max(my_hi, key);
       }
     }
+    // Each warp's range, then every warp reduces the warps' ranges itself (no atomics on one word).
     my_lo = __reduce_min_sync(kFull, my_lo);
     my_hi = __reduce_max_sync(kFull, my_hi);
-    if ((threadIdx.x & 31) == 0) atomicMin(&key_lo, my_lo), atomicMax(&key_hi, my_hi);
+    if ((threadIdx.x & 31) == 0) warp_keys[threadIdx.x >> 5] = make_uint2(my_lo, my_hi);
     __syncthreads();
-    key_min = key_lo, key_max = key_hi;
+    const uint2 w = warp_keys[threadIdx.x & 31];
+    key_min = __reduce_min_sync(kFull, w.x);
+    key_max = __reduce_max_sync(kFull, w.y);
   }
   const auto key = [&](int32_t i) {
     if constexpr (kStaged) {
       return keys[i];
     } else {
-      return order_key(sc[i]);
+      return order_key(__ldcg(sc + i));
     }
   };
   // Candidates: the blocks that are neither sink blocks nor the newest one.
@@ -301,41 +329,38 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
                                          return TopkItem{key(i), !always(i)};
                                        }, scratch, key_min, key_max);
 
-  // Thread i owns blocks lo .. hi - 1. Selected blocks before block b: the non-tied selected ones
-  // (always kept, or key above the cutoff) plus the tied ones taken, min(cut.ties, ties before b).
-  const int32_t per = (n + kSelectThreads - 1) / kSelectThreads;
-  const int32_t lo = min(n, static_cast<int32_t>(threadIdx.x) * per), hi = min(n, lo + per);
-  Counts sure = 0, tied = 0;
-  for (int32_t i = lo; i < hi; ++i) {
-    if (always(i)) {
-      ++sure;
-    } else {
-      const uint32_t k = key(i);
-      sure += k > cut.key ? 1u : 0u;
-      tied += k == cut.key ? 1u : 0u;
-    }
+  // The ordered compaction. Warp w owns blocks [w·span, (w + 1)·span) in groups of 32, a block per
+  // lane. Selected blocks before block b: the sure ones (always kept, or key above the cutoff) plus
+  // the tied ones taken, min(cut.ties, tied ones before b). A warp counts both kinds by ballots, one
+  // barrier publishes the warps' totals, and each warp sums those of the warps before it.
+  const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+  constexpr int32_t kGroupSpan = kSelectThreads;  // 32 warps × 32 lanes: one group per warp
+  const int32_t span = (n + kGroupSpan - 1) / kGroupSpan * 32;
+  const int32_t w0 = warp * span, w1 = min(n, w0 + span);
+  // (sure, tied) for block i; i < w1.
+  const auto classify = [&](int32_t i) {
+    if (always(i)) return make_uint2(1u, 0u);
+    const uint32_t k = key(i);
+    return make_uint2(k > cut.key ? 1u : 0u, k == cut.key ? 1u : 0u);
+  };
+  uint32_t sure_total = 0, tied_total = 0;
+  for (int32_t g = w0; g < w1; g += 32) {  // warp-uniform trip count
+    const uint2 f = g + lane < w1 ? classify(g + lane) : make_uint2(0u, 0u);
+    sure_total += __popc(__ballot_sync(kFull, f.x != 0));
+    tied_total += __popc(__ballot_sync(kFull, f.y != 0));
   }
-  const Counts mine = (sure << kTiedBits) | tied;
-  Counts total = 0;
-  const Counts before = block_inclusive_scan(mine, scan_totals, total) - mine;
-  auto sure_before = static_cast<uint32_t>(before >> kTiedBits);
-  auto tied_before = static_cast<uint32_t>(before & ((Counts{1} << kTiedBits) - 1));
-  for (int32_t i = lo; i < hi; ++i) {
-    bool keep = true;
-    uint32_t pos = 0;
-    if (always(i)) {
-      pos = sure_before++ + min(cut.ties, tied_before);
-    } else {
-      const uint32_t k = key(i);
-      if (k > cut.key) {
-        pos = sure_before++ + min(cut.ties, tied_before);
-      } else if (k == cut.key && tied_before < cut.ties) {
-        pos = sure_before + tied_before++;
-      } else {
-        keep = false;
-        tied_before += k == cut.key ? 1u : 0u;
-      }
-    }
+  if (lane == 0) warp_totals[warp] = make_uint2(sure_total, tied_total);
+  __syncthreads();
+  const uint2 t = lane < warp ? warp_totals[lane] : make_uint2(0u, 0u);
+  uint32_t sure_before = __reduce_add_sync(kFull, t.x), tied_before = __reduce_add_sync(kFull, t.y);
+  const uint32_t below = (1u << lane) - 1u;  // lanes before this one
+  for (int32_t g = w0; g < w1; g += 32) {
+    const int32_t i = g + lane;
+    const uint2 f = i < w1 ? classify(i) : make_uint2(0u, 0u);
+    const uint32_t sure_mask = __ballot_sync(kFull, f.x != 0), tied_mask = __ballot_sync(kFull, f.y != 0);
+    const uint32_t my_tied_before = tied_before + __popc(tied_mask & below);
+    const uint32_t pos = sure_before + __popc(sure_mask & below) + min(cut.ties, my_tied_before);
+    const bool keep = f.x != 0 || (f.y != 0 && my_tied_before < cut.ties);
     if (keep && pos < static_cast<uint32_t>(capacity)) {
       const int32_t e = out_first + static_cast<int32_t>(pos);
       if constexpr (kStaged) {
@@ -349,7 +374,10 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
         a.selected_len[e] = min(P, seq_len - i * P);
       }
     }
+    sure_before += __popc(sure_mask);
+    tied_before += __popc(tied_mask);
   }
+  pdl_wait();  // completes after the scoring kernel: what follows this kernel sees both
 }
 
 constexpr size_t kStagingBytes = 2 * sizeof(uint32_t) * kStageKeys;
@@ -393,7 +421,7 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   if (a.rows == 0) return;
   check(a.q != nullptr && a.q_offset != nullptr && a.kmin != nullptr && a.kmax != nullptr &&
             a.page_indptr != nullptr && a.page_indices != nullptr && a.seq_lens != nullptr && a.scores != nullptr &&
-            a.selected_indptr != nullptr && a.selected_pages != nullptr,
+            a.selected_indptr != nullptr && a.selected_pages != nullptr && a.row_ready != nullptr,
         "page_select: null pointer", loc);
   check((a.selected_pos0 == nullptr) == (a.selected_len == nullptr),
         "page_select: selected_pos0 and selected_len must both be set or both null", loc);
@@ -421,7 +449,7 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   const auto sink_pages = static_cast<int32_t>(std::min<int64_t>(sink_block_count(c), INT32_MAX));
   const bool staged = a.max_blocks <= kStageKeys;
   check_cuda(launch_kernel(staged ? page_select_kernel<true> : page_select_kernel<false>, a.rows, kSelectThreads,
-                           staged ? kStagingBytes : 0, stream, pdl, a, sink_pages),
+                           staged ? kStagingBytes : 0, stream, pdl, a, sink_pages, static_cast<uint32_t>(grid_x)),
              "page_select_kernel launch", loc);
 }
 

@@ -1,17 +1,20 @@
 // Paged decode attention (kernels/cuda/decode_attention.h) as it is launched: programmatic launch
 // after a late producer and back to back, the early K/V copies of rows whose page lists are
-// plan-time (DecodeRow::pages_plan_time) and their contract, and CUDA graph replay after a new plan.
+// plan-time (DecodeRow::pages_plan_time) and their contract, the decode right after page_select,
+// and CUDA graph replay after a new plan.
 // Outputs are poisoned (NaN) before every run; skipped where no CUDA device exists.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "decode_problem.h"
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/page_select.h"
 #include "late_copy.cuh"
 
 namespace sparseserve::kernels::cuda {
@@ -160,6 +163,134 @@ TEST(DecodeAttentionGpu, EarlyCopiesOnlyForRowsThatAllowThem) {
       EXPECT_GT(nan, 0) << "row " << r << ": early copies should have read the pool before the late producer wrote it";
     }
   }
+}
+
+// A sparse layer's decode step, every launch programmatic: a late producer writes q and the newest
+// K/V of every row (both poisoned before), page_select picks the retrieval rows' pages (its
+// selecting kernel lets the decode in before it writes them), and the decode reads them, its
+// streaming rows (plan-time lists) copying early. The output must equal the CPU twin over the
+// streaming rows' lists and the pages page_select chose. Small: the GPU suite runs it under the
+// sanitizers.
+TEST(DecodeAttentionGpu, SmallDecodeAfterPageSelectReadsTheSelection) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(53);
+  const int32_t D = 128, P = 64, LP = 16, group = 4;
+  DecodeProblem pr = make_problem(D, P, group, 4, 3, 6000, {RowKind::kAll, RowKind::kStreaming}, rng, 2000);
+  // Retrieval rows (every block listed, for page_select) first, streaming rows after.
+  std::vector<size_t> order(pr.rows.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_partition(order.begin(), order.end(), [&](size_t r) { return pr.rows[r].mask == MaskKind::kCausal; });
+  const auto n_ret = static_cast<int32_t>(
+      std::count_if(pr.rows.begin(), pr.rows.end(), [](const DecodeRow& r) { return r.mask == MaskKind::kCausal; }));
+  ASSERT_GT(n_ret, 0);
+  ASSERT_LT(n_ret, static_cast<int32_t>(pr.rows.size()));
+  {
+    std::vector<DecodeRow> rows;
+    std::vector<RowPages> pages;
+    for (const size_t r : order) rows.push_back(pr.rows[r]), pages.push_back(pr.pages[r]);
+    pr.rows = std::move(rows);
+    pr.pages = std::move(pages);
+  }
+  for (DecodeRow& r : pr.rows) r.pages_plan_time = r.mask == MaskKind::kBand;
+  const int32_t top = last_entries_to_top(pr);
+  const auto rows = static_cast<int32_t>(pr.rows.size());
+
+  // page_select's inputs: the retrieval rows' full lists, their queries, random sub-page bounds.
+  const PageSelectConfig sel{P, LP, 100, 1024};
+  std::vector<RowPages> full(pr.pages.begin(), pr.pages.begin() + n_ret);
+  const HostPageLists all(full);
+  std::vector<int32_t> seq_lens;
+  std::vector<int64_t> q_offset;
+  int32_t max_blocks = 0;
+  for (int32_t r = 0; r < n_ret; ++r) {
+    const DecodeRow& row = pr.rows[static_cast<size_t>(r)];
+    seq_lens.push_back(row.q_pos + 1);
+    q_offset.push_back(row.q_row * pr.q_stride + int64_t{row.kv_head} * group * D);
+    max_blocks = std::max(max_blocks, all.indptr[static_cast<size_t>(r) + 1] - all.indptr[static_cast<size_t>(r)]);
+  }
+  const std::vector<int32_t> sel_indptr = plan_selected_indptr(seq_lens, sel);
+  const int32_t n_sel = sel_indptr.back();
+  Bf16Array kmin = random_bf16(static_cast<size_t>(pr.num_pages) * (P / LP) * D, 1.0f, rng), kmax = kmin;
+  for (size_t i = 0; i < kmax.bits.size(); ++i) kmax.set(i, kmin.f[i] + 0.5f);
+
+  // The decode list: the selection (written by page_select), then the streaming rows' lists.
+  const std::vector<RowPages> streaming(pr.pages.begin() + n_ret, pr.pages.end());
+  const HostPageLists str(streaming);
+  std::vector<int32_t> indptr = sel_indptr, row_pages;
+  for (size_t i = 1; i < str.indptr.size(); ++i) indptr.push_back(n_sel + str.indptr[i]);
+  for (int32_t r = 0; r < rows; ++r) row_pages.push_back(indptr[static_cast<size_t>(r) + 1] - indptr[static_cast<size_t>(r)]);
+  DeviceProblem dp(pr, static_cast<size_t>(indptr.back()), static_cast<size_t>(rows));
+  dp.indptr.upload(indptr);
+  CUDA_CHECK(cudaMemcpy(dp.ids.data() + n_sel, str.ids.data(), str.ids.size() * 4, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dp.pos0.data() + n_sel, str.pos0.data(), str.pos0.size() * 4, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dp.len.data() + n_sel, str.len.data(), str.len.size() * 4, cudaMemcpyHostToDevice));
+  const DeviceBuffer<int32_t> d_all_indptr{std::span<const int32_t>(all.indptr)}, d_all_ids{std::span<const int32_t>(all.ids)},
+      d_seq{std::span<const int32_t>(seq_lens)}, d_sel_indptr{std::span<const int32_t>(sel_indptr)};
+  const DeviceBuffer<int64_t> d_q_offset{std::span<const int64_t>(q_offset)};
+  const DeviceBuffer<bf16> d_kmin{std::span<const uint16_t>(kmin.bits)}, d_kmax{std::span<const uint16_t>(kmax.bits)};
+  DeviceBuffer<float> scores(all.ids.size());
+  DeviceBuffer<uint32_t> row_ready{std::span<const uint32_t>(std::vector<uint32_t>(static_cast<size_t>(n_ret), 0u))};
+  PageSelectArgs sa;
+  sa.config = sel;
+  sa.rows = n_ret;
+  sa.head_dim = D;
+  sa.group = group;
+  sa.max_blocks = max_blocks;
+  sa.q = dp.q.data();
+  sa.q_offset = d_q_offset.data();
+  sa.kmin = d_kmin.data();
+  sa.kmax = d_kmax.data();
+  sa.page_indptr = d_all_indptr.data();
+  sa.page_indices = d_all_ids.data();
+  sa.seq_lens = d_seq.data();
+  sa.scores = scores.data();
+  sa.selected_indptr = d_sel_indptr.data();
+  sa.selected_pages = dp.ids.data();
+  sa.selected_pos0 = dp.pos0.data();
+  sa.selected_len = dp.len.data();
+  sa.row_ready = row_ready.data();
+
+  const DeviceBuffer<bf16> q_late{std::span<const uint16_t>(pr.q.bits)};
+  const DeviceBuffer<bf16> k_late{std::span<const uint16_t>(pr.k.bits)}, v_late{std::span<const uint16_t>(pr.v.bits)};
+  const size_t off = static_cast<size_t>(top) * P * D;  // elements
+  const size_t bytes = static_cast<size_t>(pr.num_pages - top) * P * D * sizeof(bf16);
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  for (const int32_t target : {0, 2 * rows - 1}) {  // many pieces a row (global merge), then clusters of two
+    DecodeConfig cfg{.head_dim = D, .group = group, .page_tokens = P, .max_rows = rows, .min_chunk_tokens = 64,
+                     .target_ctas = target};
+    DecodeAttention attn(cfg);
+    attn.plan(pr.rows, row_pages, stream);
+    dp.q.fill_bytes(0xff, stream);
+    CUDA_CHECK(cudaMemsetAsync(dp.k.data() + off, 0xff, bytes, stream));
+    CUDA_CHECK(cudaMemsetAsync(dp.v.data() + off, 0xff, bytes, stream));
+    CUDA_CHECK(cudaMemsetAsync(dp.ids.data(), 0xff, static_cast<size_t>(n_sel) * 4, stream));
+    dp.o.fill_bytes(0xff, stream);
+    gpu_test::hold_stream(stream);
+    gpu_test::late_copy({{q_late.data(), dp.q.data(), q_late.bytes()},
+                         {k_late.data() + off, dp.k.data() + off, bytes},
+                         {v_late.data() + off, dp.v.data() + off, bytes}},
+                        stream);
+    page_select(sa, stream);
+    attn.run(dp.args(pr), stream);
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    // The reference reads the pages page_select chose for the retrieval rows.
+    DecodeProblem chosen = pr;
+    const std::vector<int32_t> ids = dp.ids.download(), pos0 = dp.pos0.download(), len = dp.len.download();
+    for (int32_t r = 0; r < n_ret; ++r) {
+      RowPages& rp = chosen.pages[static_cast<size_t>(r)];
+      rp = RowPages{};
+      for (int32_t e = indptr[static_cast<size_t>(r)]; e < indptr[static_cast<size_t>(r) + 1]; ++e) {
+        rp.ids.push_back(ids[static_cast<size_t>(e)]);
+        rp.pos0.push_back(pos0[static_cast<size_t>(e)]);
+        rp.len.push_back(len[static_cast<size_t>(e)]);
+      }
+      ASSERT_LT(rp.ids.size(), full[static_cast<size_t>(r)].ids.size()) << "row " << r << ": nothing left out";
+    }
+    const std::string what = "target=" + std::to_string(target) + ", pieces " + std::to_string(attn.split().work.size());
+    expect_close(dp.o.download<uint16_t>(), reference(chosen), D, what.c_str());
+  }
+  CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 // A graph captured once stays valid when later plans change the rows, lengths and split: short rows

@@ -10,6 +10,8 @@
 //    case, leaves selected_blocks null (the blocks are then read back from the positions).
 //  - Every third case writes the queries by a late producer kernel just before the selection
 //    (tests/gpu/late_copy.cuh): the programmatic launch must wait for it.
+//  - Every case runs page_select twice on one workspace (row_ready), the outputs and scores poisoned
+//    in between, and checks that the workspace is left zero.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -123,6 +125,8 @@ SelectResult run_case(const SelectCase& c, bool exact, std::mt19937_64& rng) {
   a.selected_blocks = c.with_blocks ? dsel_blocks.data() : nullptr;
   a.selected_pos0 = dsel_pos0.data();
   a.selected_len = dsel_len.data();
+  auto drow_ready = to_device<uint32_t>(std::vector<uint32_t>(size_t(rows), 0u));
+  a.row_ready = drow_ready.data();
   cudaStream_t stream = nullptr;
   DeviceBuffer<bf16> dq_src;
   if (c.late_q) {
@@ -131,11 +135,17 @@ SelectResult run_case(const SelectCase& c, bool exact, std::mt19937_64& rng) {
     dq.fill_bytes(0xff, stream);
     late_copy(dq_src.data(), dq.data(), dq.bytes(), stream);
   }
+  // Twice, every output poisoned again in between: the second call finds the workspace as the first
+  // left it, and its selection must wait for its own scores.
+  cuda::page_select(a, stream);
+  for (auto* out : {&dsel_pages, &dsel_blocks, &dsel_pos0, &dsel_len}) out->fill_bytes(0xff, stream);
+  dscores.fill_bytes(0xff, stream);
   cuda::page_select(a, stream);
   if (stream != nullptr) {
     CUDA_CHECK(cudaStreamSynchronize(stream));
     CUDA_CHECK(cudaStreamDestroy(stream));
   }
+  for (const uint32_t v : drow_ready.download()) EXPECT_EQ(v, 0u) << "row_ready not left zero";
   r.gpu_scores = dscores.download();
   r.gpu_scores.resize(size_t(total_pages));
   r.selected_pages = dsel_pages.download();
