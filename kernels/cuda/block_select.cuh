@@ -3,7 +3,7 @@
 //
 // Order: items i < n carry a 32-bit key (order_key(float): larger key = larger value) and are ranked
 // by key descending, then index ascending ("ties go to the lower index", as the CPU twins' stable
-// sorts do). Two selects over that order, both radix selects with four 8-bit passes, each pass
+// sorts do). Two selects over that order, both radix selects with up to four 8-bit passes, each pass
 // building a 256-bin histogram (shared-memory integer atomics, so results are deterministic) of the
 // members whose key starts with the prefix chosen so far, then one warp picking the next digit with a
 // suffix scan over the bins (warp_pick_digit):
@@ -12,9 +12,10 @@
 //     tied cutoff key is resolved by one more pass in index order (block scan).
 //   - block_topk_cutoff: the top k members, counts only (32-bit bins, one atomic per lane unless the
 //     whole warp shares a digit, two histograms so a pass takes two barriers, digits counted from the
-//     highest bit where the members differ, stops as soon as the boundary bin is taken whole); the
-//     tied cutoff key is returned as a number of ties to take, which the caller's ordered compaction
-//     resolves for free (page selection).
+//     highest bit where the members differ, stops as soon as the boundary bin is taken whole, ranks a
+//     boundary bin of ≤ 32 keys directly instead of two or more further passes); the tied cutoff
+//     key is returned as a number of ties to take, which the caller's ordered compaction resolves
+//     for free (page selection).
 #pragma once
 
 #include <cstdint>
@@ -261,7 +262,7 @@ __device__ __forceinline__ TopkCut topk_rank_bin(int32_t n, const ItemFn& item, 
 
 // The top k members (measure 1 each) of items 0..n-1: topk_none() for k ≤ 0, topk_all() when there
 // are ≤ k members. item(i) returns TopkItem for i < n and must be a pure function (evaluated up to
-// five times per item; cheap when the keys are staged in shared memory). lo ≤ hi: bounds of the
+// four times per item; cheap when the keys are staged in shared memory). lo ≤ hi: bounds of the
 // members' keys (0 and ~0 when unknown); the bits above the highest bit where they differ are shared
 // by every member and get no pass, and the digits are counted from that bit down (bits top .. top - 7,
 // then the next 8, the last digit narrower), so that the first pass spends all 8 bits where the

@@ -12,6 +12,10 @@
 //   - it calls pdl_wait() on every path that reads or writes anything else, and at least one of its
 //     CTAs calls it even when the launch has nothing to do.
 // Kept transitively: a kernel completes only after its own wait, so kernel n+2 sees kernel n's writes.
+// One family departs from the first rule by design, with its own argument: page_select's selecting
+// kernel (page_select.cu) reads the scoring kernel's output and writes its own outputs before its
+// wait, gated by per-row counts the scoring CTAs release, and relying on those CTAs letting it in
+// only after their own wait.
 // Without the launch attribute (or before sm_90) pdl_wait() and pdl_launch_dependents() do nothing.
 #pragma once
 

@@ -274,7 +274,8 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
   const auto always = [=](int32_t i) { return i < sink_blocks || i == n - 1; };
 
   // The row's scores: every scoring CTA of the row has released its count. The count is reset for
-  // the next call, whose scoring starts only after this kernel has completed. The decode kernel is
+  // the next call, whose scoring CTAs add to it only past their own wait, after this kernel has
+  // completed. The decode kernel is
   // let in only now: launched at this kernel's start, its CTAs would take the SMs the last scoring
   // CTAs free.
   if (threadIdx.x == 0) {
@@ -443,14 +444,20 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(a.rows));
   const bool pdl = a.programmatic_launch;
   const auto score_kernel = a.head_dim == 128 ? page_score_kernel<128> : page_score_kernel<64>;
-  check_cuda(launch_kernel(score_kernel, grid, kScoreWarps * 32, 0, stream, pdl, a, span, log2_subpages),
-             "page_score_kernel launch", loc);
-  check_cuda(allow_staging_smem(device), "cudaFuncSetAttribute(page_select_kernel)", loc);
   const auto sink_pages = static_cast<int32_t>(std::min<int64_t>(sink_block_count(c), INT32_MAX));
   const bool staged = a.max_blocks <= kStageKeys;
-  check_cuda(launch_kernel(staged ? page_select_kernel<true> : page_select_kernel<false>, a.rows, kSelectThreads,
-                           staged ? kStagingBytes : 0, stream, pdl, a, sink_pages, static_cast<uint32_t>(grid_x)),
-             "page_select_kernel launch", loc);
+  // Everything that can fail on the host before the first launch: once the scoring is queued, its
+  // counts must be consumed by a selecting kernel or cleared.
+  check_cuda(allow_staging_smem(device), "cudaFuncSetAttribute(page_select_kernel)", loc);
+  check_cuda(launch_kernel(score_kernel, grid, kScoreWarps * 32, 0, stream, pdl, a, span, log2_subpages),
+             "page_score_kernel launch", loc);
+  const cudaError_t err =
+      launch_kernel(staged ? page_select_kernel<true> : page_select_kernel<false>, a.rows, kSelectThreads,
+                    staged ? kStagingBytes : 0, stream, pdl, a, sink_pages, static_cast<uint32_t>(grid_x));
+  if (err != cudaSuccess) {  // leave the workspace zero behind the scoring, for the next call
+    (void)cudaMemsetAsync(a.row_ready, 0, sizeof(uint32_t) * static_cast<size_t>(a.rows), stream);
+  }
+  check_cuda(err, "page_select_kernel launch", loc);
 }
 
 }  // namespace sparseserve::kernels::cuda

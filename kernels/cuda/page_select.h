@@ -88,14 +88,16 @@ struct PageSelectArgs {
   int32_t* selected_pos0 = nullptr;        // [selected_indptr[rows]] (output, optional, with selected_len)
   int32_t* selected_len = nullptr;         // [selected_indptr[rows]] (output, optional, with selected_pos0)
   // Workspace, [rows]: each row's count of scoring CTAs done, by which the selection learns that its
-  // row's scores are written. All zero before the first call; every call leaves it all zero. One
-  // call at a time per workspace (calls on one stream, or ordered by events).
+  // row's scores are written. All zero before the first call (a nonzero count would let the selection
+  // read scores not yet written); every call leaves it all zero, a failed launch included. One call at
+  // a time per workspace (calls on one stream, or ordered by events).
   uint32_t* row_ready = nullptr;
   // Programmatic dependent launch (sm_90): the scoring kernel may be scheduled while the stream's
-  // previous kernel runs. It reads the plan-time inputs (q_offset, page_indptr, page_indices,
-  // seq_lens, selected_indptr: uploaded by the host, written by no kernel) before waiting for that
-  // kernel, q and the bounds after. The selecting kernel starts while the scoring runs and reads each
-  // row's scores once row_ready says they are written.
+  // previous kernel runs. q_offset, page_indptr, page_indices, seq_lens and selected_indptr are
+  // plan-time inputs: uploaded by the host, written by no kernel (the kernels read them before
+  // waiting for the previous one); q and the bounds may be the previous kernel's output. The
+  // selecting kernel starts while the scoring runs and reads each row's scores once row_ready says
+  // they are written.
   bool programmatic_launch = true;
 };
 

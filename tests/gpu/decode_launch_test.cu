@@ -22,6 +22,36 @@ namespace {
 
 using namespace decode_test;
 
+// A decode step's late producer, as the step's append and the projections before it: q and the K/V
+// of the pool's pages from `top` on (every row's last list entry, after last_entries_to_top) are
+// poisoned, and o too, then written back by a kernel that lets the next one start at once and writes
+// ~200 us later (behind a held stream). A consumer that read them before its programmatic wait would
+// see NaN.
+struct LateProducer {
+  DeviceBuffer<bf16> q, k, v;  // the true values
+  size_t off = 0;              // elements before page `top`
+  size_t bytes = 0;            // bytes of the pages from `top` on, in k and in v
+
+  LateProducer(const DecodeProblem& pr, int32_t top)
+      : q(std::span<const uint16_t>(pr.q.bits)),
+        k(std::span<const uint16_t>(pr.k.bits)),
+        v(std::span<const uint16_t>(pr.v.bits)),
+        off(static_cast<size_t>(top) * pr.P * pr.D),
+        bytes(static_cast<size_t>(pr.num_pages - top) * pr.P * pr.D * sizeof(bf16)) {}
+
+  void run(DeviceProblem& dp, cudaStream_t stream) const {
+    dp.q.fill_bytes(0xff, stream);
+    CUDA_CHECK(cudaMemsetAsync(dp.k.data() + off, 0xff, bytes, stream));
+    CUDA_CHECK(cudaMemsetAsync(dp.v.data() + off, 0xff, bytes, stream));
+    dp.o.fill_bytes(0xff, stream);
+    gpu_test::hold_stream(stream);
+    gpu_test::late_copy({{q.data(), dp.q.data(), q.bytes()},
+                         {k.data() + off, dp.k.data() + off, bytes},
+                         {v.data() + off, dp.v.data() + off, bytes}},
+                        stream);
+  }
+};
+
 // Programmatic launch (the default): run() waits for the kernel before it. A producer that lets it
 // start at once and writes q late must not be overtaken, and a second run straight after the first
 // (same plan, same partial buffers, other q and o) must not disturb the first's merge. Small: also
@@ -84,10 +114,7 @@ TEST(DecodeAttentionGpu, SmallEarlyCopiesSkipEachRowsLastEntry) {
     const int32_t top = last_entries_to_top(pr);
     const auto rows = static_cast<int32_t>(pr.rows.size());
     DeviceProblem dp(pr);
-    const DeviceBuffer<bf16> q_late{std::span<const uint16_t>(pr.q.bits)};
-    const DeviceBuffer<bf16> k_late{std::span<const uint16_t>(pr.k.bits)}, v_late{std::span<const uint16_t>(pr.v.bits)};
-    const size_t off = static_cast<size_t>(top) * P * 128;  // elements
-    const size_t bytes = static_cast<size_t>(pr.num_pages - top) * P * 128 * sizeof(bf16);
+    const LateProducer late(pr, top);
     for (const int32_t target : {0, 2 * rows - 1}) {
       DecodeConfig cfg{.head_dim = 128, .group = 4, .page_tokens = P, .max_rows = rows, .min_chunk_tokens = 64,
                        .target_ctas = target};
@@ -95,15 +122,7 @@ TEST(DecodeAttentionGpu, SmallEarlyCopiesSkipEachRowsLastEntry) {
       attn.plan(pr.rows, dp.row_pages, stream);
       const DecodeArgs args = dp.args(pr);
       for (int rep = 0; rep < 2; ++rep) {
-        dp.q.fill_bytes(0xff, stream);
-        CUDA_CHECK(cudaMemsetAsync(dp.k.data() + off, 0xff, bytes, stream));
-        CUDA_CHECK(cudaMemsetAsync(dp.v.data() + off, 0xff, bytes, stream));
-        dp.o.fill_bytes(0xff, stream);
-        gpu_test::hold_stream(stream);
-        gpu_test::late_copy({{q_late.data(), dp.q.data(), q_late.bytes()},
-                             {k_late.data() + off, dp.k.data() + off, bytes},
-                             {v_late.data() + off, dp.v.data() + off, bytes}},
-                            stream);
+        late.run(dp, stream);
         attn.run(args, stream);
         CUDA_CHECK(cudaStreamSynchronize(stream));
         const std::string what = "P=" + std::to_string(P) + " target=" + std::to_string(target);
@@ -250,10 +269,7 @@ TEST(DecodeAttentionGpu, SmallDecodeAfterPageSelectReadsTheSelection) {
   sa.selected_len = dp.len.data();
   sa.row_ready = row_ready.data();
 
-  const DeviceBuffer<bf16> q_late{std::span<const uint16_t>(pr.q.bits)};
-  const DeviceBuffer<bf16> k_late{std::span<const uint16_t>(pr.k.bits)}, v_late{std::span<const uint16_t>(pr.v.bits)};
-  const size_t off = static_cast<size_t>(top) * P * D;  // elements
-  const size_t bytes = static_cast<size_t>(pr.num_pages - top) * P * D * sizeof(bf16);
+  const LateProducer late(pr, top);
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
   for (const int32_t target : {0, 2 * rows - 1}) {  // many pieces a row (global merge), then clusters of two
@@ -261,16 +277,10 @@ TEST(DecodeAttentionGpu, SmallDecodeAfterPageSelectReadsTheSelection) {
                      .target_ctas = target};
     DecodeAttention attn(cfg);
     attn.plan(pr.rows, row_pages, stream);
-    dp.q.fill_bytes(0xff, stream);
-    CUDA_CHECK(cudaMemsetAsync(dp.k.data() + off, 0xff, bytes, stream));
-    CUDA_CHECK(cudaMemsetAsync(dp.v.data() + off, 0xff, bytes, stream));
-    CUDA_CHECK(cudaMemsetAsync(dp.ids.data(), 0xff, static_cast<size_t>(n_sel) * 4, stream));
-    dp.o.fill_bytes(0xff, stream);
-    gpu_test::hold_stream(stream);
-    gpu_test::late_copy({{q_late.data(), dp.q.data(), q_late.bytes()},
-                         {k_late.data() + off, dp.k.data() + off, bytes},
-                         {v_late.data() + off, dp.v.data() + off, bytes}},
-                        stream);
+    for (DeviceBuffer<int32_t>* sel_out : {&dp.ids, &dp.pos0, &dp.len}) {  // page_select's part of the list
+      CUDA_CHECK(cudaMemsetAsync(sel_out->data(), 0xff, static_cast<size_t>(n_sel) * 4, stream));
+    }
+    late.run(dp, stream);
     page_select(sa, stream);
     attn.run(dp.args(pr), stream);
     CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -281,6 +291,7 @@ TEST(DecodeAttentionGpu, SmallDecodeAfterPageSelectReadsTheSelection) {
       RowPages& rp = chosen.pages[static_cast<size_t>(r)];
       rp = RowPages{};
       for (int32_t e = indptr[static_cast<size_t>(r)]; e < indptr[static_cast<size_t>(r) + 1]; ++e) {
+        ASSERT_TRUE(ids[static_cast<size_t>(e)] >= 0 && ids[static_cast<size_t>(e)] < pr.num_pages) << "entry " << e;
         rp.ids.push_back(ids[static_cast<size_t>(e)]);
         rp.pos0.push_back(pos0[static_cast<size_t>(e)]);
         rp.len.push_back(len[static_cast<size_t>(e)]);

@@ -11,7 +11,8 @@
 //  - Every third case writes the queries by a late producer kernel just before the selection
 //    (tests/gpu/late_copy.cuh): the programmatic launch must wait for it.
 //  - Every case runs page_select twice on one workspace (row_ready), the outputs and scores poisoned
-//    in between, and checks that the workspace is left zero.
+//    in between, and checks that the workspace is left zero; every fifth case launches without
+//    programmatic launch.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -34,6 +35,7 @@ struct SelectCase {
   std::vector<int32_t> seq_lens;
   bool with_blocks = true;  // request selected_blocks (else null: blocks from selected_pos0)
   bool late_q = false;      // q written by late_copy right before page_select, on its stream
+  bool pdl = true;          // PageSelectArgs::programmatic_launch
 };
 
 struct SelectResult {
@@ -127,6 +129,7 @@ SelectResult run_case(const SelectCase& c, bool exact, std::mt19937_64& rng) {
   a.selected_len = dsel_len.data();
   auto drow_ready = to_device<uint32_t>(std::vector<uint32_t>(size_t(rows), 0u));
   a.row_ready = drow_ready.data();
+  a.programmatic_launch = c.pdl;
   cudaStream_t stream = nullptr;
   DeviceBuffer<bf16> dq_src;
   if (c.late_q) {
@@ -192,7 +195,8 @@ std::string describe(const SelectCase& c) {
   return "P " + std::to_string(c.config.page_tokens) + " LP " + std::to_string(c.config.logical_page_tokens) +
          " sink " + std::to_string(c.config.sink_tokens) + " budget " + std::to_string(c.config.token_budget) +
          " D " + std::to_string(c.head_dim) + " group " + std::to_string(c.group) +
-         (c.with_blocks ? "" : " (no selected_blocks)") + (c.late_q ? " (late q)" : "");
+         (c.with_blocks ? "" : " (no selected_blocks)") + (c.late_q ? " (late q)" : "") +
+         (c.pdl ? "" : " (no programmatic launch)");
 }
 
 std::vector<SelectCase> sweep(std::mt19937_64& rng, bool long_rows) {
@@ -210,6 +214,7 @@ std::vector<SelectCase> sweep(std::mt19937_64& rng, bool long_rows) {
       c.group = groups[size_t(i) % 7];
       c.with_blocks = (i / 2) % 2 == 0;
       c.late_q = i % 3 == 0;
+      c.pdl = i % 5 != 4;
       ++i;
       c.seq_lens = {1, P - 1, P, P + 1, 3 * P, 1000, 2500};
       std::uniform_int_distribution<int32_t> len(1, long_rows ? 20000 : 6000);
