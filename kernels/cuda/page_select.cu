@@ -275,9 +275,8 @@ __global__ void __launch_bounds__(kSelectThreads) page_select_kernel(PageSelectA
 
   // The row's scores: every scoring CTA of the row has released its count. The count is reset for
   // the next call, whose scoring CTAs add to it only past their own wait, after this kernel has
-  // completed. The decode kernel is
-  // let in only now: launched at this kernel's start, its CTAs would take the SMs the last scoring
-  // CTAs free.
+  // completed. The decode kernel is let in only now: launched at this kernel's start, its CTAs would
+  // take the SMs the last scoring CTAs free.
   if (threadIdx.x == 0) {
     RowReady ready(a.row_ready[r]);
     while (ready.load(::cuda::memory_order_acquire) < score_ctas) __nanosleep(32);
