@@ -66,10 +66,17 @@ void Sampler::apply_penalties(std::span<float> logits) const {
 
 int32_t Sampler::sample(std::span<float> logits) {
   apply_penalties(logits);
+  // A NaN logit counts as −∞: it is never drawn, and the sort below needs a strict weak order. A row
+  // whose largest logit is not finite (+∞, or every logit −∞) takes the greedy token: the first
+  // index of the largest (kernels/cuda/sampling.h does the same).
+  for (float& l : logits) {
+    if (std::isnan(l)) l = -INFINITY;
+  }
   const auto V = static_cast<int32_t>(logits.size());
+  const auto largest = std::max_element(logits.begin(), logits.end());
   int32_t chosen;
-  if (params_.temperature == 0.0f || params_.top_k == 1) {
-    chosen = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  if (params_.temperature == 0.0f || params_.top_k == 1 || !std::isfinite(*largest)) {
+    chosen = static_cast<int32_t>(largest - logits.begin());
   } else {
     // Candidates sorted by logit (ties by id, so results never depend on sort stability).
     order_.resize(static_cast<size_t>(V));
@@ -87,7 +94,7 @@ int32_t Sampler::sample(std::span<float> logits) {
     }  // else: plain temperature sampling draws in id order, no sort needed
     // Softmax over the k candidates at the temperature (in double for stable sums).
     const double inv_t = 1.0 / params_.temperature;
-    const double top = filtered ? logits[static_cast<size_t>(order_[0])] : *std::max_element(logits.begin(), logits.end());
+    const double top = *largest;
     std::vector<double> p(static_cast<size_t>(k));
     double sum = 0.0;
     for (int32_t i = 0; i < k; ++i) {

@@ -17,7 +17,9 @@ class Sampler {
   // params must be validated. prompt: the request's prompt ids (for the repetition penalty).
   Sampler(SamplingParams params, std::span<const int32_t> prompt);
 
-  // Samples from logits (modified in place) and records the token as generated.
+  // Samples from logits (modified in place: penalties applied, NaN replaced by −∞) and records the
+  // token as generated. A row whose largest logit is +∞, or whose logits are all −∞ or NaN, gets the
+  // greedy token (the first index of the largest).
   int32_t sample(std::span<float> logits);
   // Records a token generated elsewhere (e.g. replayed after preemption).
   void accept(int32_t token);

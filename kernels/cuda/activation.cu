@@ -71,6 +71,8 @@ void silu_mul(const __nv_bfloat16* gate_up, __nv_bfloat16* out, int64_t rows, in
   check(rows >= 0 && width >= 1, "silu_mul: rows must be ≥ 0 and width ≥ 1", loc);
   if (rows == 0) return;
   check(gate_up != nullptr && out != nullptr, "silu_mul: null pointer", loc);
+  const auto out_bytes = static_cast<size_t>(rows * width) * 2;
+  check(!ranges_overlap(out, out_bytes, gate_up, 2 * out_bytes), "silu_mul: out overlaps gate_up", loc);
   const bool vec = width % 8 == 0 && is_aligned16(gate_up) && is_aligned16(out);
   const int64_t items = rows * (vec ? width / 8 : width);
   silu_mul_kernel<<<grid_for(items), kThreads, 0, stream>>>(gate_up, out, rows, width, vec);

@@ -7,6 +7,8 @@
 //   - CUDA_CHECK_LAUNCH(): checks the launch that was just issued (cudaGetLastError). It does not
 //     synchronise, so it is legal during CUDA graph capture.
 //   - DeviceBuffer<T>: one cudaMalloc'd array of T, move-only, freed on destruction.
+//   - PinnedBuffer<T>, CudaEvent: a page-locked host array and an event, owned the same way (so a
+//     constructor that throws half-way leaks neither).
 //   - cuda_device_count(): number of devices, 0 when there is no device or no driver (tests skip).
 // Device side (nvcc only): bf16x8 <-> float[8] for 16-byte loads and stores, warp reductions.
 //
@@ -19,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <source_location>
 #include <span>
 #include <string>
@@ -145,8 +148,86 @@ class DeviceBuffer {
   size_t size_ = 0;
 };
 
+// A page-locked host array of `size()` elements of T (zero-filled), owned: cudaFreeHost on destruction.
+// For staging buffers that cudaMemcpyAsync reads after the call returns: the owner makes sure (an
+// event) that no copy still reads the buffer before it is rewritten or freed.
+template <class T>
+class PinnedBuffer {
+  static_assert(std::is_trivially_copyable_v<T>);
+
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(size_t count, std::source_location loc = std::source_location::current()) {
+    if (count == 0) return;
+    check_cuda(cudaMallocHost(reinterpret_cast<void**>(&ptr_), count * sizeof(T)), "cudaMallocHost", loc);
+    size_ = count;
+    std::memset(static_cast<void*>(ptr_), 0, count * sizeof(T));
+  }
+  ~PinnedBuffer() { reset(); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+
+  T* data() { return ptr_; }
+  const T* data() const { return ptr_; }
+  size_t size() const { return size_; }
+
+  void reset() noexcept {
+    if (ptr_ != nullptr) (void)cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+  }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+// An owned CUDA event (cudaEventCreateWithFlags), destroyed on destruction. Destruction does not wait
+// for the event: an owner whose staging memory a recorded copy may still read synchronises first.
+class CudaEvent {
+ public:
+  CudaEvent() = default;
+  explicit CudaEvent(unsigned flags, std::source_location loc = std::source_location::current()) {
+    check_cuda(cudaEventCreateWithFlags(&event_, flags), "cudaEventCreateWithFlags", loc);
+  }
+  ~CudaEvent() {
+    if (event_ != nullptr) (void)cudaEventDestroy(event_);
+  }
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+  CudaEvent(CudaEvent&& o) noexcept : event_(std::exchange(o.event_, nullptr)) {}
+  CudaEvent& operator=(CudaEvent&& o) noexcept {
+    if (this != &o) {
+      if (event_ != nullptr) (void)cudaEventDestroy(event_);
+      event_ = std::exchange(o.event_, nullptr);
+    }
+    return *this;
+  }
+
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
 // True when p is 16-byte aligned (the vectorised kernels' fast path condition).
 inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// True when the byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte (the host checks of
+// "out must not overlap in" contracts).
+inline bool ranges_overlap(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
+  const auto x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
+  return a_bytes > 0 && b_bytes > 0 && x < y + b_bytes && y < x + a_bytes;
+}
 
 }  // namespace sparseserve::kernels::cuda
 

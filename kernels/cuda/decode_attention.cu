@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/decode_merge.cuh"
@@ -375,7 +376,8 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
   check(per_sm >= 1, "DecodeAttention: the kernel does not fit on this device", loc);
-  check(config.target_ctas <= kMaxRowPieces, "DecodeAttention: target_ctas must be at most 640", loc);
+  check(config.target_ctas >= 0 && config.target_ctas <= kMaxRowPieces, "DecodeAttention: target_ctas must be 0..640",
+        loc);
   const int32_t cl = config.cluster_ctas;
   check(cl == 1 || cl == 2 || cl == 4 || cl == kMaxCluster, "DecodeAttention: cluster_ctas must be 1, 2, 4 or 8", loc);
   cluster_ = major >= 9 ? cl : 1;
@@ -405,9 +407,8 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
 
   const PlanLayout layout(work_capacity_, config.max_rows);
   plan_dev_ = DeviceBuffer<int32_t>(static_cast<size_t>(layout.total), loc);
-  CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&plan_host_), sizeof(int32_t) * static_cast<size_t>(layout.total)));
-  std::memset(plan_host_, 0, sizeof(int32_t) * static_cast<size_t>(layout.total));
-  CUDA_CHECK(cudaEventCreateWithFlags(&plan_uploaded_, cudaEventDisableTiming));
+  plan_host_ = PinnedBuffer<int32_t>(static_cast<size_t>(layout.total), loc);
+  plan_uploaded_ = CudaEvent(cudaEventDisableTiming, loc);
   const auto slots = static_cast<size_t>(work_capacity_) * static_cast<size_t>(config.group);
   partial_o_ = DeviceBuffer<float>(slots * static_cast<size_t>(config.head_dim), loc);
   partial_lse_ = DeviceBuffer<float>(slots, loc);
@@ -418,11 +419,8 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
 }
 
 DecodeAttention::~DecodeAttention() {
-  if (plan_uploaded_ != nullptr) {
-    (void)cudaEventSynchronize(plan_uploaded_);
-    (void)cudaEventDestroy(plan_uploaded_);
-  }
-  if (plan_host_ != nullptr) (void)cudaFreeHost(plan_host_);
+  // The last upload may still read the staging buffer.
+  if (plan_uploaded_.get() != nullptr) (void)cudaEventSynchronize(plan_uploaded_.get());
 }
 
 void DecodeAttention::plan(std::span<const DecodeRow> rows, std::span<const int32_t> row_pages, cudaStream_t stream,
@@ -437,33 +435,38 @@ void DecodeAttention::plan(std::span<const DecodeRow> rows, std::span<const int3
     check(r.mask != MaskKind::kBand || (r.sink >= 0 && r.local >= 0),
           "DecodeAttention::plan: band sink/local must be ≥ 0", loc);
   }
-  split_ = plan_decode_split(row_pages, config_.page_tokens, target_ctas_, work_capacity_, config_.min_chunk_tokens);
-  const auto& splits = split_.row_splits;
+  DecodeSplit split =
+      plan_decode_split(row_pages, config_.page_tokens, target_ctas_, work_capacity_, config_.min_chunk_tokens);
+  const auto& splits = split.row_splits;
   const int32_t most = splits.empty() ? 1 : *std::max_element(splits.begin(), splits.end());
-  launch_cluster_ = most <= cluster_ ? cluster_ : 1;
 
+  // From here a failure leaves no plan: the device blob may hold part of the new one.
+  planned_rows_ = -1;
   // The previous upload must have left the staging buffer before it is rewritten.
-  CUDA_CHECK(cudaEventSynchronize(plan_uploaded_));
+  CUDA_CHECK(cudaEventSynchronize(plan_uploaded_.get()));
   const PlanLayout layout(work_capacity_, config_.max_rows);
-  const auto n_work = static_cast<int32_t>(split_.work.size());
-  plan_host_[0] = n_work;
-  plan_host_[1] = n_rows;
-  std::memcpy(plan_host_ + layout.work, split_.work.data(), sizeof(DecodeWorkItem) * split_.work.size());
+  const auto n_work = static_cast<int32_t>(split.work.size());
+  int32_t* host = plan_host_.data();
+  host[0] = n_work;
+  host[1] = n_rows;
+  std::memcpy(host + layout.work, split.work.data(), sizeof(DecodeWorkItem) * split.work.size());
   for (int32_t r = 0; r < n_rows; ++r) {
-    plan_host_[layout.row_split + 2 * r] = split_.row_splits[static_cast<size_t>(r)];
-    plan_host_[layout.row_split + 2 * r + 1] = split_.row_partial0[static_cast<size_t>(r)];
+    host[layout.row_split + 2 * r] = split.row_splits[static_cast<size_t>(r)];
+    host[layout.row_split + 2 * r + 1] = split.row_partial0[static_cast<size_t>(r)];
   }
-  std::memcpy(plan_host_ + layout.rows, rows.data(), sizeof(DecodeRow) * rows.size());
+  std::memcpy(host + layout.rows, rows.data(), sizeof(DecodeRow) * rows.size());
   int32_t* dev = plan_dev_.data();
-  CUDA_CHECK(cudaMemcpyAsync(dev, plan_host_, sizeof(int32_t) * static_cast<size_t>(layout.work + 4 * n_work),
+  CUDA_CHECK(cudaMemcpyAsync(dev, host, sizeof(int32_t) * static_cast<size_t>(layout.work + 4 * n_work),
                              cudaMemcpyHostToDevice, stream));
   if (n_rows > 0) {
-    CUDA_CHECK(cudaMemcpyAsync(dev + layout.row_split, plan_host_ + layout.row_split,
+    CUDA_CHECK(cudaMemcpyAsync(dev + layout.row_split, host + layout.row_split,
                                sizeof(int32_t) * 2 * static_cast<size_t>(n_rows), cudaMemcpyHostToDevice, stream));
-    CUDA_CHECK(cudaMemcpyAsync(dev + layout.rows, plan_host_ + layout.rows, sizeof(DecodeRow) * rows.size(),
+    CUDA_CHECK(cudaMemcpyAsync(dev + layout.rows, host + layout.rows, sizeof(DecodeRow) * rows.size(),
                                cudaMemcpyHostToDevice, stream));
   }
-  CUDA_CHECK(cudaEventRecord(plan_uploaded_, stream));
+  CUDA_CHECK(cudaEventRecord(plan_uploaded_.get(), stream));
+  split_ = std::move(split);
+  launch_cluster_ = most <= cluster_ ? cluster_ : 1;
   planned_rows_ = n_rows;
 }
 
@@ -477,6 +480,7 @@ PoolView check_attention_args(const char* who, const PagedKvPool& kv, int32_t he
   };
   require(kv.head_dim == head_dim, "kv.head_dim differs from config.head_dim");
   require(kv.page_tokens == page_tokens, "kv.page_tokens differs from the config");
+  require(kv.num_pages >= 1, "kv.num_pages must be ≥ 1");
   require(q != nullptr && o != nullptr && kv.k != nullptr && kv.v != nullptr, "null q, o or pool");
   require(is_aligned16(q) && is_aligned16(o) && is_aligned16(kv.k) && is_aligned16(kv.v),
           "q, o, k and v must be 16-byte aligned");
@@ -494,7 +498,7 @@ PoolView check_attention_args(const char* who, const PagedKvPool& kv, int32_t he
 }  // namespace attn
 
 void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::source_location loc) const {
-  check(planned_rows_ >= 0, "DecodeAttention::run: plan() was not called", loc);
+  check(planned_rows_ >= 0, "DecodeAttention::run: no plan (plan() was not called or failed)", loc);
   const int32_t D = config_.head_dim;
   const attn::PoolView pool =
       attn::check_attention_args("DecodeAttention::run", args.kv, D, config_.page_tokens, args.q, args.q_stride,

@@ -34,7 +34,7 @@ namespace sparseserve::kernels::cuda {
 struct PagedKvPool {
   const __nv_bfloat16* k = nullptr;
   const __nv_bfloat16* v = nullptr;
-  int64_t num_pages = 0;    // for host checks only
+  int64_t num_pages = 0;    // ≥ 1; every listed page id is below it (the Hopper prefill's TMA bounds)
   int32_t page_tokens = 0;  // P: 16, 32, 64 or 128
   int32_t head_dim = 0;     // D: 64 or 128
 };
@@ -143,7 +143,7 @@ struct DecodeConfig {
   int32_t max_rows = 0;         // rows per call at most (sizes the workspace)
   bool cuda_graph = false;      // launch capacity-sized grids (surplus CTAs exit at once)
   int32_t min_chunk_tokens = 128;  // smallest piece (tests lower it to exercise the merge)
-  int32_t target_ctas = 0;      // pieces to aim for, at most 640; 0: the CTAs resident at once (at most 640)
+  int32_t target_ctas = 0;      // pieces to aim for, 0..640; 0: the CTAs resident at once (at most 640)
   // Programmatic dependent launch (sm_90): run() may start while the stream's previous kernel is
   // still running, reading its plan and pages.indptr; it waits for that kernel before touching
   // anything else.
@@ -170,7 +170,10 @@ class DecodeAttention {
 
   // Computes the work split for rows (host) and uploads rows + split on `stream`. row_pages: see
   // plan_decode_split. Waits (host) only for the previous plan's upload to have left the staging
-  // buffer. Not capturable; call it before replaying a graph that contains run().
+  // buffer. Not capturable; call it before replaying a graph that contains run(). run() (or the
+  // graph) must come after it in stream order: on the same stream, or behind an event recorded there
+  // after plan(). If it throws after its argument checks, no plan remains (run() throws until the
+  // next plan() succeeds).
   void plan(std::span<const DecodeRow> rows, std::span<const int32_t> row_pages, cudaStream_t stream = nullptr,
             std::source_location loc = std::source_location::current());
 
@@ -193,13 +196,13 @@ class DecodeAttention {
   // Device plan blob (int32): [0..4) counts {work items, rows}; work [capacity][4];
   // row_split [max_rows][2] {pieces, first partial}; rows [max_rows][7].
   DeviceBuffer<int32_t> plan_dev_;
-  int32_t* plan_host_ = nullptr;  // pinned staging copy of the blob
-  cudaEvent_t plan_uploaded_ = nullptr;
+  PinnedBuffer<int32_t> plan_host_;  // staging copy of the blob
+  CudaEvent plan_uploaded_;          // the last upload from plan_host_
   DeviceBuffer<float> partial_o_;    // [capacity][group][D]
   DeviceBuffer<float> partial_lse_;  // [capacity][group], log2 domain
   DeviceBuffer<int32_t> row_done_;   // [max_rows] finished pieces per split row, 0 between launches
   DecodeSplit split_;
-  int32_t planned_rows_ = -1;
+  int32_t planned_rows_ = -1;  // −1: no plan (never planned, or the last plan() threw)
 };
 
 }  // namespace sparseserve::kernels::cuda

@@ -96,6 +96,16 @@ struct Gemm::Impl {
   DeviceBuffer<std::byte> workspace;
   std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> plans;
 
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  // The handles go with the Impl, so a Gemm constructor that throws after cublasLtCreate leaks none.
+  ~Impl() {
+    plans.clear();
+    if (blas != nullptr) cublasDestroy(blas);
+    if (handle != nullptr) cublasLtDestroy(handle);
+  }
+
   // One product with algorithm `algo`, or through cublasGemmEx when gemm_ex.
   cublasStatus_t launch(const Plan& p, bool gemm_ex, const cublasLtMatmulAlgo_t& algo, const GemmArgs& g,
                         cudaStream_t stream) {
@@ -152,8 +162,11 @@ struct Gemm::Impl {
     }
     if (cold) CUDA_CHECK(cudaMemsetAsync(scratch.data(), 0, scratch.bytes(), stream));
     // Start and stop of each timed run (cold), or of the back-to-back runs.
-    std::vector<cudaEvent_t> run_events(2 * static_cast<size_t>(cold ? Gemm::kColdReps : 1));
-    for (cudaEvent_t& e : run_events) CUDA_CHECK(cudaEventCreate(&e));
+    std::vector<cudaEvent_t> run_events;
+    std::vector<CudaEvent> owned;  // destroys the events on every exit, a thrown check included
+    for (size_t i = 0; i < 2 * static_cast<size_t>(cold ? Gemm::kColdReps : 1); ++i) {
+      run_events.push_back(owned.emplace_back(cudaEventDefault).get());
+    }
     const auto evict_l2 = [&] {
       l2_evict_kernel<<<1024, 256, 0, stream>>>(scratch.data(), scratch.size(), sink.data());
       CUDA_CHECK_LAUNCH();
@@ -196,7 +209,6 @@ struct Gemm::Impl {
         total_ms[c] += time_one(ex, p.candidates[ex ? 0 : c]);
       }
     }
-    for (cudaEvent_t e : run_events) CUDA_CHECK(cudaEventDestroy(e));
     float best_ms = INFINITY;
     bool best_ex = false;
     for (int c = 0; c < n; ++c) {
@@ -273,11 +285,7 @@ Gemm::Gemm(size_t workspace_bytes, GemmTuning tuning) : impl_(std::make_unique<I
   impl_->workspace = DeviceBuffer<std::byte>(workspace_bytes);
 }
 
-Gemm::~Gemm() {
-  impl_->plans.clear();
-  if (impl_->blas) cublasDestroy(impl_->blas);
-  if (impl_->handle) cublasLtDestroy(impl_->handle);
-}
+Gemm::~Gemm() = default;
 
 size_t Gemm::cached_plans() const { return impl_->plans.size(); }
 
@@ -305,6 +313,13 @@ void Gemm::run(const GemmArgs& args, cudaStream_t stream, std::source_location l
   if (g.ldy < g.N) fail("ldy < N");
   if (g.M == 0) return;
   if (g.x == nullptr || g.w == nullptr || g.y == nullptr) fail("null x, w or y");
+  // Bytes each matrix spans: (rows − 1) strides and one row.
+  const auto span = [](int64_t rows, int64_t ld, int64_t cols) { return static_cast<size_t>((rows - 1) * ld + cols) * 2; };
+  const size_t y_bytes = span(g.M, g.ldy, g.N);
+  if (ranges_overlap(g.y, y_bytes, g.x, span(g.M, g.ldx, g.K)) || ranges_overlap(g.y, y_bytes, g.w, span(g.N, g.ldw, g.K)) ||
+      (g.bias != nullptr && ranges_overlap(g.y, y_bytes, g.bias, static_cast<size_t>(g.N) * 2))) {
+    fail("y overlaps x, w or bias");
+  }
   const PlanKey key{g.M,
                     g.N,
                     g.K,

@@ -86,6 +86,14 @@ void launch(__nv_bfloat16* x, const __nv_bfloat16* delta, const __nv_bfloat16* w
   if (rows == 0) return;
   check(x != nullptr && weight != nullptr && out != nullptr && (!kAdd || delta != nullptr),
         "rmsnorm: null pointer", loc);
+  // out may be x itself (rmsnorm) or delta itself (add_rmsnorm): each row is read whole before it is
+  // written. Any other overlap lets one row's writes reach rows other blocks still read.
+  const auto bytes = static_cast<size_t>(rows * width) * 2;
+  check(!ranges_overlap(out, bytes, x, bytes) || (!kAdd && out == x),
+        kAdd ? "add_rmsnorm: out overlaps residual" : "rmsnorm: out overlaps x without being x", loc);
+  check(!kAdd || !ranges_overlap(out, bytes, delta, bytes) || out == delta,
+        "add_rmsnorm: out overlaps delta without being delta", loc);
+  check(!ranges_overlap(out, bytes, weight, static_cast<size_t>(width) * 2), "rmsnorm: out overlaps weight", loc);
   const bool vec = width % 8 == 0 && is_aligned16(x) && is_aligned16(weight) && is_aligned16(out) &&
                    (!kAdd || is_aligned16(delta));
   const int64_t units = vec ? width / 8 : width;
@@ -105,7 +113,6 @@ void rmsnorm(const __nv_bfloat16* x, const __nv_bfloat16* weight, __nv_bfloat16*
 void add_rmsnorm(__nv_bfloat16* residual, const __nv_bfloat16* delta, const __nv_bfloat16* weight,
                  __nv_bfloat16* out, int64_t rows, int64_t width, float eps, cudaStream_t stream,
                  std::source_location loc) {
-  check(out != residual, "add_rmsnorm: out must not alias residual", loc);
   launch<true>(residual, delta, weight, out, rows, width, eps, stream, loc);
 }
 

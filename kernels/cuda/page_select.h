@@ -63,8 +63,10 @@ __host__ __device__ inline int32_t selected_page_count(int64_t seq_len, const Pa
   return static_cast<int32_t>(sink_blocks + (newest_extra ? 1 : 0) + take);
 }
 
-// selected_indptr for rows with these sequence lengths: [rows + 1], starting at 0.
-std::vector<int32_t> plan_selected_indptr(std::span<const int32_t> seq_lens, const PageSelectConfig& config);
+// selected_indptr for rows with these sequence lengths: [rows + 1], starting at 0. Checks the config as
+// page_select does, every length ≥ 0 and the total within int32 (InternalError naming loc).
+std::vector<int32_t> plan_selected_indptr(std::span<const int32_t> seq_lens, const PageSelectConfig& config,
+                                          std::source_location loc = std::source_location::current());
 
 struct PageSelectArgs {
   PageSelectConfig config;   // P / LP a power of two

@@ -21,6 +21,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "kernels/cuda/prefill_tiles.cuh"
 
@@ -316,75 +317,85 @@ PrefillAttention::PrefillAttention(const PrefillConfig& config, std::source_loca
     const void* kernel = config.head_dim == 64 ? prefill_kernel<64>() : prefill_kernel<128>();
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   }
-  CUDA_CHECK(cudaEventCreateWithFlags(&plan_uploaded_, cudaEventDisableTiming));
+  plan_uploaded_ = CudaEvent(cudaEventDisableTiming, loc);
 }
 
 PrefillAttention::~PrefillAttention() {
-  if (plan_uploaded_ != nullptr) {
-    (void)cudaEventSynchronize(plan_uploaded_);
-    (void)cudaEventDestroy(plan_uploaded_);
-  }
-  if (plan_host_ != nullptr) (void)cudaFreeHost(plan_host_);
+  // The last upload may still read the staging buffer.
+  if (plan_uploaded_.get() != nullptr) (void)cudaEventSynchronize(plan_uploaded_.get());
 }
 
 void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t stream, std::source_location loc) {
-  bool new_kv = false, blocks = false;
-  int64_t new_rows = 0;
+  check(rows.size() < INT32_MAX, "PrefillAttention::plan: too many rows", loc);
+  Planned next;
+  next.rows = static_cast<int32_t>(rows.size());
+  next.max_block_tokens = INT32_MAX;
   for (const PrefillRow& r : rows) {
     check(r.q_row0 >= 0 && r.n_tokens >= 0 && r.q_pos0 >= 0 && r.kv_head >= 0,
           "PrefillAttention::plan: negative row field", loc);
     check(int64_t{r.q_pos0} + r.n_tokens < INT32_MAX, "PrefillAttention::plan: positions past int32", loc);
+    check(int64_t{r.n_tokens} * config_.group < INT32_MAX, "PrefillAttention::plan: n_tokens · group past int32", loc);
     check(r.mask == MaskKind::kCausal || r.mask == MaskKind::kBand || r.mask == MaskKind::kBlocks,
           "PrefillAttention::plan: unknown mask kind", loc);
     check(r.mask != MaskKind::kBand || (r.sink >= 0 && r.local >= 0),
           "PrefillAttention::plan: band sink/local must be ≥ 0", loc);
     check(r.mask != MaskKind::kBlocks || (r.n_kblocks > 0 && r.block_offset >= 0 && r.first_qblock >= 0),
-          "PrefillAttention::plan: block mask rows need n_kblocks > 0", loc);
-    new_kv = new_kv || r.new_kv != 0;
-    if (r.new_kv != 0) new_rows = std::max<int64_t>(new_rows, int64_t{r.q_row0} + r.n_tokens);
-    blocks = blocks || r.mask == MaskKind::kBlocks;
+          "PrefillAttention::plan: block mask rows need n_kblocks > 0, block_offset ≥ 0 and first_qblock ≥ 0", loc);
+    if (r.new_kv != 0) {
+      next.new_kv = true;
+      next.new_rows = std::max<int64_t>(next.new_rows, int64_t{r.q_row0} + r.n_tokens);
+      next.new_kv_heads = std::max(next.new_kv_heads, r.kv_head + 1);
+    }
+    if (r.mask == MaskKind::kBlocks) {
+      next.blocks = true;
+      // The first query's block q_pos0 / B must be ≥ first_qblock: B ≤ q_pos0 / first_qblock.
+      if (r.first_qblock > 0) next.max_block_tokens = std::min<int64_t>(next.max_block_tokens, r.q_pos0 / r.first_qblock);
+    }
   }
-  work_ = plan_prefill_tiles(rows, config_.group);
+  std::vector<PrefillWorkItem> work = plan_prefill_tiles(rows, config_.group);
 
-  const auto n_work = work_.size();
+  const auto n_work = work.size();
   const size_t rows_off = 4 + 2 * n_work;  // even: PrefillRow is 8-byte aligned
   const size_t total = rows_off + kRowInts * rows.size();
-  CUDA_CHECK(cudaEventSynchronize(plan_uploaded_));
-  if (total > plan_host_ints_) {
-    const size_t cap = std::max(total, plan_host_ints_ * 2);
-    if (plan_host_ != nullptr) CUDA_CHECK(cudaFreeHost(plan_host_));
-    plan_host_ = nullptr;
-    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&plan_host_), sizeof(int32_t) * cap));
-    plan_host_ints_ = cap;
+  // From here a failure leaves no plan: the device blob may hold part of the new one.
+  planned_.rows = -1;
+  CUDA_CHECK(cudaEventSynchronize(plan_uploaded_.get()));
+  if (total > plan_host_.size()) {
+    const size_t cap = std::max(total, plan_host_.size() * 2);
+    plan_host_.reset();  // before the new allocation: at most one staging buffer at a time
+    plan_host_ = PinnedBuffer<int32_t>(cap, loc);
   }
   if (total > plan_dev_.size()) {
     CUDA_CHECK(cudaDeviceSynchronize());  // a running kernel may still read the old plan
     plan_dev_ = DeviceBuffer<int32_t>(std::max(total, plan_dev_.size() * 2), loc);
   }
-  plan_host_[0] = static_cast<int32_t>(n_work);
-  plan_host_[1] = static_cast<int32_t>(rows.size());
-  plan_host_[2] = plan_host_[3] = 0;
-  std::memcpy(plan_host_ + 4, work_.data(), sizeof(PrefillWorkItem) * n_work);
-  std::memcpy(plan_host_ + rows_off, rows.data(), sizeof(PrefillRow) * rows.size());
-  CUDA_CHECK(cudaMemcpyAsync(plan_dev_.data(), plan_host_, sizeof(int32_t) * total, cudaMemcpyHostToDevice, stream));
-  CUDA_CHECK(cudaEventRecord(plan_uploaded_, stream));
-  planned_rows_ = static_cast<int32_t>(rows.size());
-  planned_new_kv_ = new_kv;
-  planned_new_rows_ = new_rows;
-  planned_blocks_ = blocks;
+  int32_t* host = plan_host_.data();
+  host[0] = static_cast<int32_t>(n_work);
+  host[1] = static_cast<int32_t>(rows.size());
+  host[2] = host[3] = 0;
+  std::memcpy(host + 4, work.data(), sizeof(PrefillWorkItem) * n_work);
+  std::memcpy(host + rows_off, rows.data(), sizeof(PrefillRow) * rows.size());
+  CUDA_CHECK(cudaMemcpyAsync(plan_dev_.data(), host, sizeof(int32_t) * total, cudaMemcpyHostToDevice, stream));
+  CUDA_CHECK(cudaEventRecord(plan_uploaded_.get(), stream));
+  work_ = std::move(work);
+  planned_ = next;
 }
 
 void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::source_location loc) const {
-  check(planned_rows_ >= 0, "PrefillAttention::run: plan() was not called", loc);
+  check(planned_.rows >= 0, "PrefillAttention::run: no plan (plan() was not called or failed)", loc);
   const int32_t D = config_.head_dim;
   const attn::PoolView pool =
       attn::check_attention_args("PrefillAttention::run", args.kv, D, config_.page_tokens, args.q, args.q_stride,
-                                 args.o, args.o_stride, args.pages, planned_rows_ > 0, args.scale, loc);
-  check(!planned_new_kv_ || (args.k_new != nullptr && args.v_new != nullptr && is_aligned16(args.k_new) &&
+                                 args.o, args.o_stride, args.pages, planned_.rows > 0, args.scale, loc);
+  check(!planned_.new_kv || (args.k_new != nullptr && args.v_new != nullptr && is_aligned16(args.k_new) &&
                              is_aligned16(args.v_new) && args.kv_new_stride > 0 && args.kv_new_stride % 8 == 0),
         "PrefillAttention::run: rows with new_kv need aligned k_new / v_new and a stride multiple of 8", loc);
-  check(!planned_blocks_ || (args.block_allowed != nullptr && args.block_tokens > 0),
+  check(!planned_.new_kv || args.kv_new_stride >= int64_t{planned_.new_kv_heads} * D,
+        "PrefillAttention::run: kv_new_stride is shorter than the planned rows' KV heads", loc);
+  check(!planned_.blocks || (args.block_allowed != nullptr && args.block_tokens > 0),
         "PrefillAttention::run: kBlocks rows need block_allowed and block_tokens > 0", loc);
+  check(!planned_.blocks || args.block_tokens <= planned_.max_block_tokens,
+        "PrefillAttention::run: block_tokens puts a kBlocks row's first query before its first_qblock", loc);
 
   const int grid = static_cast<int>(work_.size());
   if (grid == 0) return;
@@ -414,8 +425,8 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   if (kernel_ == PrefillKernel::kWgmma) {
     check(args.kv.num_pages * config_.page_tokens < INT32_MAX, "PrefillAttention::run: pool rows past int32", loc);
     const prefill::Sm90Tensors t{args.kv.k,  args.kv.v,          args.kv.num_pages, config_.page_tokens,
-                                 args.k_new, args.v_new,         args.kv_new_stride, planned_new_rows_};
-    prefill::launch_sm90(p, grid, D, t, stream);
+                                 args.k_new, args.v_new,         args.kv_new_stride, planned_.new_rows};
+    prefill::launch_sm90(p, grid, D, t, stream, loc);
     return;
   }
   if (D == 64) {

@@ -37,7 +37,8 @@ struct PrefillRow {
   int32_t new_kv = 0;
   // kBlocks: rows of allowed bytes [n_qblocks][n_kblocks] at PrefillArgs::block_allowed +
   // block_offset, query block b (= position / block_tokens) at row b − first_qblock
-  // (kernels/cpu/block_sparse.h BlockMask). A query's block row must exist.
+  // (kernels/cpu/block_sparse.h BlockMask). A query's block row must exist: run() checks that
+  // first_qblock ≤ q_pos0 / block_tokens; the rows up to the last query's block are the caller's.
   int64_t block_offset = 0;
   int32_t first_qblock = 0;
   int32_t n_kblocks = 0;
@@ -50,8 +51,8 @@ struct PrefillArgs {
   int64_t q_stride = 0;  // elements, multiple of 8
   __nv_bfloat16* o = nullptr;
   int64_t o_stride = 0;
-  // The chunk's own K/V (rows with new_kv): token row i, KV head h at k_new + i*kv_new_stride + h*D.
-  // May be null when no row sets new_kv.
+  // The chunk's own K/V (rows with new_kv): token row i, KV head h at k_new + i*kv_new_stride + h*D,
+  // so kv_new_stride ≥ (largest such h + 1)·D. May be null when no row sets new_kv.
   const __nv_bfloat16* k_new = nullptr;
   const __nv_bfloat16* v_new = nullptr;
   int64_t kv_new_stride = 0;
@@ -102,7 +103,8 @@ class PrefillAttention {
   PrefillAttention& operator=(const PrefillAttention&) = delete;
 
   // Tiles for rows (host) and their upload on `stream`; grows the device workspace when needed
-  // (then it synchronises the device).
+  // (then it synchronises the device). run() must come after it in stream order (the same stream, or
+  // behind an event recorded there). If it throws after its argument checks, no plan remains.
   void plan(std::span<const PrefillRow> rows, cudaStream_t stream = nullptr,
             std::source_location loc = std::source_location::current());
 
@@ -119,13 +121,18 @@ class PrefillAttention {
   PrefillKernel kernel_ = PrefillKernel::kMmaSync;
   // Device plan blob (int32): [0..4) {work items}; work [n][2]; rows [n_rows][12].
   DeviceBuffer<int32_t> plan_dev_;
-  int32_t* plan_host_ = nullptr;  // pinned staging copy
-  size_t plan_host_ints_ = 0;
-  cudaEvent_t plan_uploaded_ = nullptr;
+  PinnedBuffer<int32_t> plan_host_;  // staging copy of the blob
+  CudaEvent plan_uploaded_;          // the last upload from plan_host_
   std::vector<PrefillWorkItem> work_;
-  int32_t planned_rows_ = -1;
-  bool planned_new_kv_ = false, planned_blocks_ = false;
-  int64_t planned_new_rows_ = 0;  // rows of k_new / v_new the plan reads
+  // What run() checks its arguments against (planned_rows_ −1: no plan, never planned or the last
+  // plan() threw after its argument checks).
+  struct Planned {
+    int32_t rows = -1;
+    bool new_kv = false, blocks = false;
+    int64_t new_rows = 0;          // rows of k_new / v_new the plan reads
+    int32_t new_kv_heads = 0;      // 1 + the largest kv_head of a new_kv row
+    int64_t max_block_tokens = 0;  // kBlocks: the largest block_tokens that gives every query a block row
+  } planned_;
 };
 
 }  // namespace sparseserve::kernels::cuda

@@ -483,7 +483,8 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 
 // A [rows][cols] bf16 matrix (row stride in elements) read in boxes of box_rows × 64 columns,
 // 128-byte swizzled (the wgmma layout), zeros outside.
-CUtensorMap tensor_map(const void* base, uint64_t cols, uint64_t rows, uint64_t stride, uint32_t box_rows) {
+CUtensorMap tensor_map(const void* base, uint64_t cols, uint64_t rows, uint64_t stride, uint32_t box_rows,
+                       const std::source_location& loc) {
   CUtensorMap map;
   const cuuint64_t dims[2] = {cols, rows};
   const cuuint64_t strides[1] = {stride * 2};
@@ -493,23 +494,25 @@ CUtensorMap tensor_map(const void* base, uint64_t cols, uint64_t rows, uint64_t 
                                           box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
-    throw InternalError("PrefillAttention: cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r)) + ")");
+    throw InternalError("PrefillAttention: cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r)) + ")",
+                        loc);
   }
   return map;
 }
 
 }  // namespace
 
-void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const Sm90Tensors& t, cudaStream_t stream) {
+void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const Sm90Tensors& t, cudaStream_t stream,
+                 const std::source_location& loc) {
   Sm90Maps maps;
   const uint64_t pool_rows = static_cast<uint64_t>(t.num_pages) * t.page_tokens;
-  maps.k = tensor_map(t.k, head_dim, pool_rows, head_dim, t.page_tokens);
-  maps.v = tensor_map(t.v, head_dim, pool_rows, head_dim, t.page_tokens);
+  maps.k = tensor_map(t.k, head_dim, pool_rows, head_dim, t.page_tokens, loc);
+  maps.v = tensor_map(t.v, head_dim, pool_rows, head_dim, t.page_tokens, loc);
   maps.k_new = maps.k;  // unused unless some row reads new keys
   maps.v_new = maps.v;
   if (t.k_new != nullptr && t.new_rows > 0) {
-    maps.k_new = tensor_map(t.k_new, t.new_stride, t.new_rows, t.new_stride, t.page_tokens);
-    maps.v_new = tensor_map(t.v_new, t.new_stride, t.new_rows, t.new_stride, t.page_tokens);
+    maps.k_new = tensor_map(t.k_new, t.new_stride, t.new_rows, t.new_stride, t.page_tokens, loc);
+    maps.v_new = tensor_map(t.v_new, t.new_stride, t.new_rows, t.new_stride, t.page_tokens, loc);
   }
   const Sm90Sources src{static_cast<int32_t>(pool_rows), t.page_tokens};
   if (head_dim == 64) {

@@ -13,6 +13,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <source_location>
 
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/prefill_attention.h"
@@ -287,8 +288,9 @@ struct Sm90Sources {
   int32_t pool_rows;    // num_pages · page_tokens: a row coordinate past the pool (reads zeros)
   int32_t page_tokens;
 };
-// Shared-memory opt-in once, then launches.
+// Shared-memory opt-in once, then launches (InternalError naming loc when a tensor map fails).
 void prepare_sm90(int32_t head_dim);
-void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const Sm90Tensors& t, cudaStream_t stream);
+void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const Sm90Tensors& t, cudaStream_t stream,
+                 const std::source_location& loc);
 
 }  // namespace sparseserve::kernels::cuda::prefill

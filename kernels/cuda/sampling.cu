@@ -69,9 +69,16 @@ __device__ Best block_best(Best b, Best* scratch) {
   return b;
 }
 
+// Logit i of a row as the sampler sees it: NaN counts as −∞ (sampling.h).
+__device__ __forceinline__ float logit_at(const float* row, int32_t i) {
+  const float l = row[i];
+  return l != l ? -INFINITY : l;
+}
+
+// The largest logit and its first index; every logit −∞ or NaN: (−∞, 0).
 __device__ Best row_argmax(const float* row, int32_t vocab, Best* scratch) {
   Best b{-INFINITY, INT32_MAX};
-  for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) b = better(b, Best{row[i], i});
+  for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) b = better(b, Best{logit_at(row, i), i});
   return block_best(b, scratch);
 }
 
@@ -98,20 +105,26 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
   const bool top_p = p.top_p < 1.0f;
   const bool min_p = p.min_p > 0.0f;
 
-  // Weights and Gumbel scores use l - l_max (≤ 0), so no temperature overflows them.
-  const float l_max = row_argmax(row, vocab, scratch).v;
+  // Weights and Gumbel scores use l - l_max (≤ 0), so no temperature overflows them. A row whose
+  // largest logit is not finite takes the greedy token (the block agrees on it: uniform exit).
+  const Best top = row_argmax(row, vocab, scratch);
+  if (!isfinite(top.v)) {
+    if (threadIdx.x == 0) tokens[blockIdx.x] = top.i;
+    return;
+  }
+  const float l_max = top.v;
   const auto weight = [&](float l) { return expf((l - l_max) * inv_t); };
 
   Cutoff cut_k = cutoff_all();
   if (top_k) {
-    const auto count_item = [&](int32_t i) { return SelectItem{order_key(row[i]), 1ull}; };
+    const auto count_item = [&](int32_t i) { return SelectItem{order_key(logit_at(row, i)), 1ull}; };
     cut_k = block_select_cutoff(vocab, static_cast<uint64_t>(p.top_k), count_item, select);
   }
 
   Cutoff cut_p = cutoff_all();
   if (top_p) {
     const auto mass_item = [&](int32_t i) {
-      const float l = row[i];
+      const float l = logit_at(row, i);
       const uint32_t key = order_key(l);
       const bool in_k = cut_k.inside(key, i);
       return SelectItem{key, in_k ? static_cast<uint64_t>(static_cast<double>(weight(l)) * kFixedOne + 0.5) : 0ull};
@@ -126,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
 
   Best b{-INFINITY, INT32_MAX};
   for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float l = row[i];
+    const float l = logit_at(row, i);
     const uint32_t key = order_key(l);
     if (!cut_k.inside(key, i) || !cut_p.inside(key, i)) continue;
     if (min_p && weight(l) < p.min_p) continue;

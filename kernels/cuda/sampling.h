@@ -4,6 +4,8 @@
 // kernel). Layout: logits row r at logits + r * ld (ld ≥ vocab), tokens[r] receives row r's token.
 //
 // Semantics, per row (the CPU twin's, in distribution):
+//   - a NaN logit counts as −∞; a row whose largest logit is not finite (+∞, or all −∞) takes the
+//     greedy token whatever its parameters, so every token is in [0, vocab);
 //   - greedy: the first index of the maximum logit;
 //   - otherwise candidates are ranked by logit descending, ties by lower id; top-k keeps the first
 //     k (top_k ≤ 0 or ≥ vocab: all); p_i ∝ exp((l_i - l_max) / T) over them; top-p keeps the shortest

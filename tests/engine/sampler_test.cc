@@ -41,6 +41,33 @@ TEST(Sampler, TopK1IsGreedyAtAnyTemperature) {
   }
 }
 
+TEST(Sampler, NanAndInfiniteLogitsGiveInRangeTokens) {
+  for (const float temperature : {0.0f, 0.7f}) {
+    for (const int32_t top_k : {0, 5}) {
+      SamplingParams p;
+      p.temperature = temperature;
+      p.top_k = top_k;
+      p.top_p = 0.9f;
+      p.min_p = 0.05f;
+      Sampler s(p, {});
+      SCOPED_TRACE("temperature " + std::to_string(temperature) + " top_k " + std::to_string(top_k));
+      std::vector<float> all_nan(50, NAN);
+      EXPECT_EQ(s.sample(all_nan), 0);  // every logit −∞ after the NaNs: the first index
+      std::vector<float> all_neg_inf(50, -INFINITY);
+      EXPECT_EQ(s.sample(all_neg_inf), 0);
+      auto with_inf = random_logits(50, 3);
+      with_inf[17] = with_inf[31] = INFINITY;
+      EXPECT_EQ(s.sample(with_inf), 17);  // the first +∞
+      for (unsigned seed = 0; seed < 20; ++seed) {  // NaNs among finite logits are never drawn
+        auto mixed = random_logits(50, seed);
+        for (size_t i = 0; i < mixed.size(); i += 3) mixed[i] = NAN;
+        const int32_t t = s.sample(mixed);
+        ASSERT_TRUE(t >= 0 && t < 50 && t % 3 != 0) << t;
+      }
+    }
+  }
+}
+
 TEST(Sampler, SameSeedSameTokensDifferentSeedDiffers) {
   SamplingParams p;
   p.temperature = 1.0f;

@@ -37,6 +37,20 @@ TEST(ActivationTest, SmallSiluMulMatchesCpu) {
   }
 }
 
+// Host-only: the check comes before any CUDA call, so these pointers are never dereferenced.
+TEST(ActivationChecks, SiluMulRejectsOutOverlappingGateUp) {
+  const auto at = [](uintptr_t bytes) { return reinterpret_cast<bf16*>(uintptr_t{1} << 20 | bytes); };
+  // gate_up [2][16] bf16 = 64 bytes; out [2][8] = 32 bytes.
+  for (const uintptr_t out : {uintptr_t{0}, uintptr_t{32}, uintptr_t{48}}) {
+    try {
+      cuda::silu_mul(at(0), at(out), 2, 8, nullptr);
+      ADD_FAILURE() << "no exception for out at byte " << out;
+    } catch (const InternalError& e) {
+      EXPECT_NE(std::string(e.what()).find("out overlaps gate_up"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(ActivationTest, CheckTokenIds) {
   const std::vector<int32_t> good{0, 5, 9};
   EXPECT_NO_THROW(cuda::check_token_ids(good, 10));

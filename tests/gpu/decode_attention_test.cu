@@ -278,6 +278,29 @@ TEST(DecodeAttentionGpu, RingListEqualsFullListUnderBand) {
 }
 
 // page_select's output (block indices per row) turned into the positions the decode kernel reads.
+TEST(DecodeAttentionGpu, ConfigChecksNameTheField) {
+  SKIP_WITHOUT_GPU();
+  const auto rejected = [](const DecodeConfig& c, const char* what) {
+    try {
+      DecodeAttention attn(c);
+      ADD_FAILURE() << "no exception: " << what;
+    } catch (const InternalError& e) {
+      EXPECT_NE(std::string(e.what()).find("decode_attention_test.cu"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  rejected({.head_dim = 128, .group = 4, .page_tokens = 64, .max_rows = 4, .target_ctas = -1}, "target_ctas");
+  rejected({.head_dim = 128, .group = 4, .page_tokens = 64, .max_rows = 4, .target_ctas = 641}, "target_ctas");
+  rejected({.head_dim = 96, .group = 4, .page_tokens = 64, .max_rows = 4}, "head_dim");
+  DecodeAttention attn({.head_dim = 128, .group = 4, .page_tokens = 64, .max_rows = 4});
+  try {
+    attn.run(DecodeArgs{}, nullptr);
+    ADD_FAILURE() << "no exception";
+  } catch (const InternalError& e) {
+    EXPECT_NE(std::string(e.what()).find("no plan"), std::string::npos) << e.what();
+  }
+}
+
 TEST(DecodeAttentionGpu, FillBlockPositionsFromSelectedBlocks) {
   SKIP_WITHOUT_GPU();
   const std::vector<int32_t> indptr{0, 3, 4, 4, 6}, blocks{0, 1, 2, 0, 0, 5}, seq_lens{130, 64, 7, 321};

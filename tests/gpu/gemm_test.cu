@@ -153,6 +153,30 @@ TEST(GemmTest, ShapeCheckNamesCaller) {
   EXPECT_NO_THROW(gemm.run({.M = 0, .N = 4, .K = 8}, nullptr));  // M = 0: nothing to do
 }
 
+TEST(GemmTest, RejectsOutputOverlappingAnInput) {
+  SKIP_WITHOUT_GPU();
+  cuda::Gemm gemm;
+  DeviceBuffer<bf16> buf(1024);
+  bf16* x = buf.data();            // [2][8]: elements 0 .. 15
+  bf16* w = buf.data() + 64;       // [4][8]: 64 .. 95
+  bf16* bias = buf.data() + 128;   // [4]: 128 .. 131
+  const auto rejected = [&](bf16* y, const bf16* b) {
+    try {
+      gemm.run({.x = x, .w = w, .y = y, .bias = b, .M = 2, .N = 4, .K = 8}, nullptr);
+      return false;
+    } catch (const InternalError& e) {
+      EXPECT_NE(std::string(e.what()).find("overlaps"), std::string::npos) << e.what();
+      return true;
+    }
+  };
+  EXPECT_TRUE(rejected(x + 8, nullptr));       // y's first row is x's second
+  EXPECT_TRUE(rejected(w + 24, nullptr));      // y's first row is w's last
+  EXPECT_TRUE(rejected(bias - 6, bias));       // y's last two elements are the bias's first
+  EXPECT_FALSE(rejected(x + 16, nullptr));     // y right after x: no overlap
+  EXPECT_FALSE(rejected(bias + 4, bias));      // right after the bias
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 TEST(GemmTest, ReplaysUnderCudaGraph) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(11);

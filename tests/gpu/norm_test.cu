@@ -106,9 +106,25 @@ TEST(NormTest, SmallAddRmsnormMatchesCpu) {
   }
 }
 
-TEST(NormTest, AddRmsnormRejectsOutAliasingResidual) {
-  bf16* p = reinterpret_cast<bf16*>(uintptr_t{256});  // never dereferenced: the check comes first
-  EXPECT_THROW(cuda::add_rmsnorm(p, p, p, p, 1, 8, 1e-5f, nullptr), InternalError);
+// Host-only: the overlap checks come before any CUDA call, so these pointers are never dereferenced.
+TEST(NormChecks, RejectOverlappingOut) {
+  const auto at = [](uintptr_t bytes) { return reinterpret_cast<bf16*>(uintptr_t{1} << 20 | bytes); };
+  const auto rejected = [](auto&& call, const char* what) {
+    try {
+      call();
+      ADD_FAILURE() << "no exception: " << what;
+    } catch (const InternalError& e) {
+      EXPECT_NE(std::string(e.what()).find("norm_test.cu"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  // [2][8] bf16 arrays: 32 bytes each; the weight 16 bytes.
+  bf16 *x = at(0), *delta = at(1024), *w = at(2048);
+  rejected([&] { cuda::add_rmsnorm(x, delta, w, x, 2, 8, 1e-5f, nullptr); }, "out overlaps residual");
+  rejected([&] { cuda::add_rmsnorm(x, delta, w, at(16), 2, 8, 1e-5f, nullptr); }, "out overlaps residual");
+  rejected([&] { cuda::add_rmsnorm(x, delta, w, at(1024 + 16), 2, 8, 1e-5f, nullptr); }, "overlaps delta");
+  rejected([&] { cuda::rmsnorm(x, w, at(16), 2, 8, 1e-5f, nullptr); }, "overlaps x without being x");
+  rejected([&] { cuda::rmsnorm(x, w, at(2048 - 16), 2, 8, 1e-5f, nullptr); }, "out overlaps weight");
 }
 
 }  // namespace

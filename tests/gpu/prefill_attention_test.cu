@@ -485,6 +485,79 @@ TEST(PrefillAttentionGpu, MatchesAttendBlockTwin) {
 }
 
 // A one-token chunk through the prefill kernel equals the decode kernel over the same pages.
+// run() checks its arguments against the plan before any launch (a kBlocks row's first block row, the
+// stride of the new keys, the pool's page count), and plan() rejects n_tokens · group past int32.
+// The accepted calls launch on zero inputs and must finish cleanly.
+TEST(PrefillAttentionGpu, SmallRunChecksArgumentsAgainstThePlan) {
+  SKIP_WITHOUT_GPU();
+  constexpr int32_t D = 128, P = 64, G = 4, kKvHeads = 4, kTokens = 8;
+  PrefillAttention attn({.head_dim = D, .group = G, .page_tokens = P, .kernel = PrefillKernel::kMmaSync});
+  const auto zeros = [](size_t n) {
+    DeviceBuffer<bf16> b(n);
+    b.fill_bytes(0);
+    return b;
+  };
+  DeviceBuffer<bf16> q = zeros(size_t{kTokens} * kKvHeads * G * D), o = zeros(q.size());
+  DeviceBuffer<bf16> k = zeros(size_t{P} * D), v = zeros(k.size());
+  DeviceBuffer<bf16> k_new = zeros(size_t{kTokens} * kKvHeads * D), v_new = zeros(k_new.size());
+  const std::vector<int32_t> indptr{0, 1}, ids{0}, pos0{0}, len{P};
+  const DeviceBuffer<int32_t> d_indptr{std::span<const int32_t>(indptr)}, d_ids{std::span<const int32_t>(ids)},
+      d_pos0{std::span<const int32_t>(pos0)}, d_len{std::span<const int32_t>(len)};
+  DeviceBuffer<uint8_t> allowed(64);
+  allowed.fill_bytes(0);
+  PrefillArgs a;
+  a.q = q.data();
+  a.q_stride = int64_t{kKvHeads} * G * D;
+  a.o = o.data();
+  a.o_stride = a.q_stride;
+  a.k_new = k_new.data();
+  a.v_new = v_new.data();
+  a.kv_new_stride = int64_t{kKvHeads} * D;
+  a.kv = {k.data(), v.data(), 1, P, D};
+  a.pages = {d_indptr.data(), d_ids.data(), d_pos0.data(), d_len.data()};
+  a.block_allowed = allowed.data();
+  a.scale = 0.088f;
+  const auto rejected = [&](const PrefillArgs& args, const char* what) {
+    try {
+      attn.run(args, nullptr);
+      ADD_FAILURE() << "no exception: " << what;
+    } catch (const InternalError& e) {
+      EXPECT_NE(std::string(e.what()).find("prefill_attention_test.cu"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+
+  // Queries at 100..103 of a block mask whose first row is block 2: block_tokens ≤ 50.
+  const PrefillRow blocks{.q_row0 = 0, .n_tokens = 4, .q_pos0 = 100, .kv_head = 0, .mask = MaskKind::kBlocks,
+                          .block_offset = 0, .first_qblock = 2, .n_kblocks = 4};
+  attn.plan(std::span<const PrefillRow>(&blocks, 1));
+  a.block_tokens = 64;
+  rejected(a, "first_qblock");
+  a.block_tokens = 50;
+  EXPECT_NO_THROW(attn.run(a, nullptr));
+  PrefillArgs no_pages = a;
+  no_pages.kv.num_pages = 0;
+  rejected(no_pages, "num_pages");
+
+  // New keys of KV head 3: the stride must hold 4 heads.
+  const PrefillRow fresh{.q_row0 = 0, .n_tokens = 4, .q_pos0 = 64, .kv_head = 3, .new_kv = 1};
+  attn.plan(std::span<const PrefillRow>(&fresh, 1));
+  PrefillArgs short_stride = a;
+  short_stride.kv_new_stride = 2 * D;
+  rejected(short_stride, "kv_new_stride");
+  EXPECT_NO_THROW(attn.run(a, nullptr));
+  CUDA_CHECK(cudaDeviceSynchronize());
+
+  PrefillAttention wide({.head_dim = D, .group = 64, .page_tokens = P});
+  const PrefillRow long_row{.q_row0 = 0, .n_tokens = 40'000'000, .q_pos0 = 0, .kv_head = 0};
+  try {
+    wide.plan(std::span<const PrefillRow>(&long_row, 1));
+    ADD_FAILURE() << "no exception";
+  } catch (const InternalError& e) {
+    EXPECT_NE(std::string(e.what()).find("n_tokens · group"), std::string::npos) << e.what();
+  }
+}
+
 TEST(PrefillAttentionGpu, OneTokenChunkEqualsDecode) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(15);

@@ -122,6 +122,53 @@ std::vector<int32_t> sample(const std::vector<float>& logits, int64_t ld, int32_
   return dtokens.download();
 }
 
+// NaN logits count as −∞, and a row whose largest logit is not finite takes the greedy token, on
+// the GPU as in the CPU twin (Sampler): every token is in range, never a NaN's.
+TEST(SamplingTest, SmallNanAndInfiniteLogitsMatchCpuTwin) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(5);
+  const int32_t vocab = 1000;
+  std::vector<std::vector<float>> rows;
+  rows.push_back(std::vector<float>(vocab, NAN));
+  rows.push_back(std::vector<float>(vocab, -INFINITY));
+  rows.push_back(random_logits(vocab, rng, 3.0f, false));
+  rows.back()[417] = rows.back()[631] = INFINITY;
+  for (int i = 0; i < 8; ++i) {  // finite rows with a NaN at every third id
+    rows.push_back(random_logits(vocab, rng, 3.0f, false));
+    for (size_t j = 0; j < rows.back().size(); j += 3) rows.back()[j] = NAN;
+  }
+  const auto n = static_cast<int32_t>(rows.size());
+  std::vector<float> logits;
+  for (const auto& r : rows) logits.insert(logits.end(), r.begin(), r.end());
+  const std::vector<cuda::SamplingRow> kinds = {
+      {.temperature = 0.0f}, {.temperature = 0.8f}, {.temperature = 0.8f, .top_k = 5, .top_p = 0.9f, .min_p = 0.05f}};
+  for (const cuda::SamplingRow& kind : kinds) {
+    SCOPED_TRACE("temperature " + std::to_string(kind.temperature) + " top_k " + std::to_string(kind.top_k));
+    std::vector<cuda::SamplingRow> params(static_cast<size_t>(n), kind);
+    for (int32_t r = 0; r < n; ++r) params[size_t(r)].seed = uint64_t(r);
+    const std::vector<int32_t> got = sample(logits, vocab, n, vocab, params);
+    SamplingParams sp;
+    sp.temperature = kind.temperature;
+    sp.top_k = kind.top_k;
+    sp.top_p = kind.top_p;
+    sp.min_p = kind.min_p;
+    for (int32_t r = 0; r < n; ++r) {
+      std::vector<float> row = rows[size_t(r)];
+      const int32_t cpu = Sampler(sp, {}).sample(row);
+      const int32_t t = got[size_t(r)];
+      ASSERT_TRUE(t >= 0 && t < vocab) << "row " << r << ": " << t;
+      if (r < 3 || kind.temperature == 0.0f) {
+        EXPECT_EQ(t, cpu) << "row " << r;  // greedy: the same token
+      } else {
+        EXPECT_NE(t % 3, 0) << "row " << r << " drew a NaN's id " << t;
+      }
+    }
+    EXPECT_EQ(got[0], 0);
+    EXPECT_EQ(got[1], 0);
+    EXPECT_EQ(got[2], 417);
+  }
+}
+
 TEST(SamplingTest, SmallArgmaxMatchesCpuExactly) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = test_seed();
