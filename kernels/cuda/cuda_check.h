@@ -59,30 +59,26 @@ inline int cuda_device_count() {
   return n;
 }
 
-// A device array of `size()` elements of T (uninitialised), owned: cudaFree on destruction.
-// Copies are synchronous (cudaMemcpy) unless a stream is given (then the host memory must stay alive
-// until the stream reaches the copy). U in the copy functions must have T's size (e.g. uint16_t
-// bit patterns for __nv_bfloat16).
-template <class T>
-class DeviceBuffer {
+namespace detail {
+
+// An owned array of `size()` elements of T from one CUDA allocator: Alloc::allocate(bytes, loc)
+// returns the memory (or throws InternalError naming loc), Alloc::release(p) frees it. Move-only.
+template <class T, class Alloc>
+class OwnedArray {
   static_assert(std::is_trivially_copyable_v<T>);
 
  public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t count, std::source_location loc = std::source_location::current()) : size_(count) {
-    if (count > 0) check_cuda(cudaMalloc(reinterpret_cast<void**>(&ptr_), count * sizeof(T)), "cudaMalloc", loc);
+  OwnedArray() = default;
+  explicit OwnedArray(size_t count, std::source_location loc = std::source_location::current()) {
+    if (count == 0) return;
+    ptr_ = static_cast<T*>(Alloc::allocate(count * sizeof(T), loc));
+    size_ = count;
   }
-  // Allocates and uploads host data.
-  template <class U>
-  explicit DeviceBuffer(std::span<const U> host, std::source_location loc = std::source_location::current())
-      : DeviceBuffer(host.size(), loc) {
-    upload(host, nullptr, loc);
-  }
-  ~DeviceBuffer() { reset(); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+  ~OwnedArray() { reset(); }
+  OwnedArray(const OwnedArray&) = delete;
+  OwnedArray& operator=(const OwnedArray&) = delete;
+  OwnedArray(OwnedArray&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  OwnedArray& operator=(OwnedArray&& o) noexcept {
     if (this != &o) {
       reset();
       ptr_ = std::exchange(o.ptr_, nullptr);
@@ -99,9 +95,56 @@ class DeviceBuffer {
 
   // Frees the memory (errors ignored: destructors must not throw; a fault shows at the next check).
   void reset() noexcept {
-    if (ptr_ != nullptr) (void)cudaFree(ptr_);
+    if (ptr_ != nullptr) Alloc::release(ptr_);
     ptr_ = nullptr;
     size_ = 0;
+  }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+struct DeviceAlloc {
+  static void* allocate(size_t bytes, const std::source_location& loc) {
+    void* p = nullptr;
+    check_cuda(cudaMalloc(&p, bytes), "cudaMalloc", loc);
+    return p;
+  }
+  static void release(void* p) noexcept { (void)cudaFree(p); }
+};
+
+struct PinnedAlloc {  // page-locked host memory, zero-filled
+  static void* allocate(size_t bytes, const std::source_location& loc) {
+    void* p = nullptr;
+    check_cuda(cudaMallocHost(&p, bytes), "cudaMallocHost", loc);
+    std::memset(p, 0, bytes);
+    return p;
+  }
+  static void release(void* p) noexcept { (void)cudaFreeHost(p); }
+};
+
+}  // namespace detail
+
+// A device array of `size()` elements of T (uninitialised), owned: cudaFree on destruction.
+// Copies are synchronous (cudaMemcpy) unless a stream is given (then the host memory must stay alive
+// until the stream reaches the copy). U in the copy functions must have T's size (e.g. uint16_t
+// bit patterns for __nv_bfloat16).
+template <class T>
+class DeviceBuffer : public detail::OwnedArray<T, detail::DeviceAlloc> {
+  using Base = detail::OwnedArray<T, detail::DeviceAlloc>;
+
+ public:
+  using Base::Base;
+  DeviceBuffer() = default;
+  using Base::bytes;
+  using Base::data;
+  using Base::size;
+  // Allocates and uploads host data.
+  template <class U>
+  explicit DeviceBuffer(std::span<const U> host, std::source_location loc = std::source_location::current())
+      : Base(host.size(), loc) {
+    upload(host, nullptr, loc);
   }
 
   // Copies host[0 .. host.size()) to the front of the buffer. Precondition: host.size() ≤ size().
@@ -109,12 +152,12 @@ class DeviceBuffer {
   void upload(std::span<const U> host, cudaStream_t stream = nullptr,
               std::source_location loc = std::source_location::current()) {
     static_assert(sizeof(U) == sizeof(T) && std::is_trivially_copyable_v<U>);
-    check(host.size() <= size_, "DeviceBuffer::upload: host data larger than the buffer", loc);
+    check(host.size() <= size(), "DeviceBuffer::upload: host data larger than the buffer", loc);
     if (host.empty()) return;
     if (stream == nullptr) {
-      check_cuda(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy", loc);
+      check_cuda(cudaMemcpy(data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy", loc);
     } else {
-      check_cuda(cudaMemcpyAsync(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, stream),
+      check_cuda(cudaMemcpyAsync(data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, stream),
                  "cudaMemcpyAsync", loc);
     }
   }
@@ -128,9 +171,9 @@ class DeviceBuffer {
   template <class U = T>
   std::vector<U> download(std::source_location loc = std::source_location::current()) const {
     static_assert(sizeof(U) == sizeof(T) && std::is_trivially_copyable_v<U>);
-    std::vector<U> host(size_);
-    if (size_ > 0) {
-      check_cuda(cudaMemcpy(host.data(), ptr_, bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy", loc);
+    std::vector<U> host(size());
+    if (size() > 0) {
+      check_cuda(cudaMemcpy(host.data(), data(), bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy", loc);
     }
     return host;
   }
@@ -139,57 +182,16 @@ class DeviceBuffer {
   // outputs with it).
   void fill_bytes(int byte, cudaStream_t stream = nullptr,
                   std::source_location loc = std::source_location::current()) {
-    if (size_ == 0) return;
-    check_cuda(cudaMemsetAsync(ptr_, byte, bytes(), stream), "cudaMemsetAsync", loc);
+    if (size() == 0) return;
+    check_cuda(cudaMemsetAsync(data(), byte, bytes(), stream), "cudaMemsetAsync", loc);
   }
-
- private:
-  T* ptr_ = nullptr;
-  size_t size_ = 0;
 };
 
 // A page-locked host array of `size()` elements of T (zero-filled), owned: cudaFreeHost on destruction.
 // For staging buffers that cudaMemcpyAsync reads after the call returns: the owner makes sure (an
 // event) that no copy still reads the buffer before it is rewritten or freed.
 template <class T>
-class PinnedBuffer {
-  static_assert(std::is_trivially_copyable_v<T>);
-
- public:
-  PinnedBuffer() = default;
-  explicit PinnedBuffer(size_t count, std::source_location loc = std::source_location::current()) {
-    if (count == 0) return;
-    check_cuda(cudaMallocHost(reinterpret_cast<void**>(&ptr_), count * sizeof(T)), "cudaMallocHost", loc);
-    size_ = count;
-    std::memset(static_cast<void*>(ptr_), 0, count * sizeof(T));
-  }
-  ~PinnedBuffer() { reset(); }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
-  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-    if (this != &o) {
-      reset();
-      ptr_ = std::exchange(o.ptr_, nullptr);
-      size_ = std::exchange(o.size_, 0);
-    }
-    return *this;
-  }
-
-  T* data() { return ptr_; }
-  const T* data() const { return ptr_; }
-  size_t size() const { return size_; }
-
-  void reset() noexcept {
-    if (ptr_ != nullptr) (void)cudaFreeHost(ptr_);
-    ptr_ = nullptr;
-    size_ = 0;
-  }
-
- private:
-  T* ptr_ = nullptr;
-  size_t size_ = 0;
-};
+using PinnedBuffer = detail::OwnedArray<T, detail::PinnedAlloc>;
 
 // An owned CUDA event (cudaEventCreateWithFlags), destroyed on destruction. Destruction does not wait
 // for the event: an owner whose staging memory a recorded copy may still read synchronises first.
