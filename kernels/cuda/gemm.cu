@@ -162,11 +162,8 @@ struct Gemm::Impl {
     }
     if (cold) CUDA_CHECK(cudaMemsetAsync(scratch.data(), 0, scratch.bytes(), stream));
     // Start and stop of each timed run (cold), or of the back-to-back runs.
-    std::vector<cudaEvent_t> run_events;
-    std::vector<CudaEvent> owned;  // destroys the events on every exit, a thrown check included
-    for (size_t i = 0; i < 2 * static_cast<size_t>(cold ? Gemm::kColdReps : 1); ++i) {
-      run_events.push_back(owned.emplace_back(cudaEventDefault).get());
-    }
+    std::vector<CudaEvent> run_events;  // destroyed on every exit, a thrown check included
+    for (int i = 0; i < 2 * (cold ? Gemm::kColdReps : 1); ++i) run_events.emplace_back(cudaEventDefault);
     const auto evict_l2 = [&] {
       l2_evict_kernel<<<1024, 256, 0, stream>>>(scratch.data(), scratch.size(), sink.data());
       CUDA_CHECK_LAUNCH();
@@ -179,22 +176,22 @@ struct Gemm::Impl {
       if (cold) {
         for (int r = 0; r < Gemm::kColdReps && ok; ++r) {
           evict_l2();
-          CUDA_CHECK(cudaEventRecord(run_events[2 * r], stream));
+          CUDA_CHECK(cudaEventRecord(run_events[2 * r].get(), stream));
           ok = launch(p, ex, algo, g, stream) == CUBLAS_STATUS_SUCCESS;
-          CUDA_CHECK(cudaEventRecord(run_events[2 * r + 1], stream));
+          CUDA_CHECK(cudaEventRecord(run_events[2 * r + 1].get(), stream));
         }
-        CUDA_CHECK(cudaEventSynchronize(run_events.back()));
+        CUDA_CHECK(cudaEventSynchronize(run_events.back().get()));
         for (int r = 0; r < Gemm::kColdReps && ok; ++r) {
           float ms = 0.0f;
-          CUDA_CHECK(cudaEventElapsedTime(&ms, run_events[2 * r], run_events[2 * r + 1]));
+          CUDA_CHECK(cudaEventElapsedTime(&ms, run_events[2 * r].get(), run_events[2 * r + 1].get()));
           total += ms;
         }
       } else {
-        CUDA_CHECK(cudaEventRecord(run_events[0], stream));
+        CUDA_CHECK(cudaEventRecord(run_events[0].get(), stream));
         for (int r = 0; r < Gemm::kTimedReps && ok; ++r) ok = launch(p, ex, algo, g, stream) == CUBLAS_STATUS_SUCCESS;
-        CUDA_CHECK(cudaEventRecord(run_events[1], stream));
-        CUDA_CHECK(cudaEventSynchronize(run_events[1]));
-        CUDA_CHECK(cudaEventElapsedTime(&total, run_events[0], run_events[1]));
+        CUDA_CHECK(cudaEventRecord(run_events[1].get(), stream));
+        CUDA_CHECK(cudaEventSynchronize(run_events[1].get()));
+        CUDA_CHECK(cudaEventElapsedTime(&total, run_events[0].get(), run_events[1].get()));
       }
       return ok ? total : INFINITY;
     };
@@ -314,9 +311,12 @@ void Gemm::run(const GemmArgs& args, cudaStream_t stream, std::source_location l
   if (g.M == 0) return;
   if (g.x == nullptr || g.w == nullptr || g.y == nullptr) fail("null x, w or y");
   // Bytes each matrix spans: (rows − 1) strides and one row.
-  const auto span = [](int64_t rows, int64_t ld, int64_t cols) { return static_cast<size_t>((rows - 1) * ld + cols) * 2; };
+  const auto span = [](int64_t rows, int64_t ld, int64_t cols) {
+    return static_cast<size_t>((rows - 1) * ld + cols) * 2;
+  };
   const size_t y_bytes = span(g.M, g.ldy, g.N);
-  if (ranges_overlap(g.y, y_bytes, g.x, span(g.M, g.ldx, g.K)) || ranges_overlap(g.y, y_bytes, g.w, span(g.N, g.ldw, g.K)) ||
+  if (ranges_overlap(g.y, y_bytes, g.x, span(g.M, g.ldx, g.K)) ||
+      ranges_overlap(g.y, y_bytes, g.w, span(g.N, g.ldw, g.K)) ||
       (g.bias != nullptr && ranges_overlap(g.y, y_bytes, g.bias, static_cast<size_t>(g.N) * 2))) {
     fail("y overlaps x, w or bias");
   }

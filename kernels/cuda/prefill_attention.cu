@@ -349,7 +349,9 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
     if (r.mask == MaskKind::kBlocks) {
       next.blocks = true;
       // The first query's block q_pos0 / B must be ≥ first_qblock: B ≤ q_pos0 / first_qblock.
-      if (r.first_qblock > 0) next.max_block_tokens = std::min<int64_t>(next.max_block_tokens, r.q_pos0 / r.first_qblock);
+      if (r.first_qblock > 0) {
+        next.max_block_tokens = std::min<int64_t>(next.max_block_tokens, r.q_pos0 / r.first_qblock);
+      }
     }
   }
   std::vector<PrefillWorkItem> work = plan_prefill_tiles(rows, config_.group);
