@@ -13,6 +13,7 @@
 
 #include "common/errors.h"
 #include "engine/engine.h"
+#include "server/client_connection.h"
 #include "server/metrics_text.h"
 #include "server/openai_protocol.h"
 
@@ -99,7 +100,7 @@ bool same_secret(const std::string& a, const std::string& b) {  // constant time
 json parse_body(const httplib::Request& req) {
   try {
     return json::parse(req.body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers past a double's range (out_of_range)
     throw openai::bad_request(std::string("Invalid JSON in the request body: ") + e.what(), "", "invalid_json");
   }
 }
@@ -162,6 +163,13 @@ class GenerationSession {
   // The response is on its way (JSON sent or stream started): the session logs the request when
   // it ends. Before that, errors are logged where they are answered.
   void set_responded() { responded_ = true; }
+  // The client of a non-streaming request left before its answer: cancel, and log it as 499 (the
+  // status nginx gives a request its client closed).
+  void client_gone() {
+    status_ = 499;
+    responded_ = true;
+    cancel_all();
+  }
 
  private:
   std::optional<std::vector<json>> take(size_t i, std::optional<RequestOutput> out) {
@@ -174,8 +182,8 @@ class GenerationSession {
   // One line per request, when it ends.
   void log() const {
     if (!responded_) return;
-    spdlog::info("{} {} 200 n={} prompt_tokens={} completion_tokens={} ttft={:.3f}s e2e={:.3f}s finish={}{}", path_, id_,
-                 job_.num_choices(), builder_.prompt_tokens(), builder_.completion_tokens(),
+    spdlog::info("{} {} {} n={} prompt_tokens={} completion_tokens={} ttft={:.3f}s e2e={:.3f}s finish={}{}", path_, id_,
+                 status_, job_.num_choices(), builder_.prompt_tokens(), builder_.completion_tokens(),
                  first_token_ ? std::chrono::duration<double>(*first_token_ - start_).count() : 0.0, seconds_since(start_),
                  builder_.finish_reasons(), cancelled_ ? " (cancelled: client gone)" : "");
   }
@@ -188,6 +196,7 @@ class GenerationSession {
   size_t cursor_ = 0;
   bool cancelled_ = false;
   bool responded_ = false;
+  int status_ = 200;
   const clock_type::time_point start_ = clock_type::now();
   std::optional<clock_type::time_point> first_token_;
 };
@@ -265,7 +274,17 @@ struct OpenAiHttpServer::Impl {
     session->submit(c.engine);  // a throw cancels what was submitted (session destructor)
 
     if (!session->job().stream) {
-      while (!session->all_done()) session->pump(std::chrono::milliseconds(500));
+      // Nothing is written before the answer, so a client that leaves is noticed on its socket.
+      const ClientConnection client(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
+      while (!session->all_done()) {
+        session->pump(std::chrono::milliseconds(500));
+        if (!session->all_done() && client.gone()) {
+          session->client_gone();
+          send_error(res, ApiError(499, "invalid_request_error", "The client closed the connection.", "",
+                                   "client_closed_request"));
+          return;
+        }
+      }
       auto& b = session->builder();
       if (const std::string err = b.error(); !err.empty()) throw std::runtime_error("generation failed: " + err);
       send_json(res, 200, b.response());

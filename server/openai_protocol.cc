@@ -274,9 +274,9 @@ void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
     if (max_tokens_given && n + job.params.max_tokens > ctx) {
       throw bad_request("This model's maximum context length is " + std::to_string(ctx) +
                             " tokens. However, you requested " + std::to_string(n + job.params.max_tokens) +
-                            " tokens (" + std::to_string(n) + " in the messages, " +
-                            std::to_string(job.params.max_tokens) +
-                            " in the completion). Please reduce the length of the messages or completion.",
+                            " tokens (" + std::to_string(n) + " in the " + what + ", " +
+                            std::to_string(job.params.max_tokens) + " in the completion). Please reduce the length of the " +
+                            what + " or completion.",
                         what, "context_length_exceeded");
     }
   }

@@ -36,6 +36,8 @@ CASES = [
     ("body-not-object", C, b"[1, 2]", 400, None),
     ("empty-body", C, b"", 400, None),
     ("invalid-utf8", C, b'{"prompt": "\xff\xfe abc", "max_tokens": 1}', 400, None),
+    ("number-past-double", C, b'{"prompt": "x", "max_tokens": 1, "temperature": 1e400}', 400, None),
+    ("number-past-double-unknown-field", C, b'{"prompt": "x", "max_tokens": 1, "extra": -1e309}', 400, None),
     ("prompt-missing", C, without(OK_C, "prompt"), 400, "prompt"),
     ("prompt-number", C, c(prompt=5), 400, "prompt"),
     ("prompt-object", C, c(prompt={"text": "x"}), 400, "prompt"),
@@ -159,6 +161,14 @@ def test_context_overflow_names_the_numbers(http):
                               f"{n + 8190} tokens ({n} in the messages, 8190 in the completion). Please reduce "
                               f"the length of the messages or completion.")
     assert err["code"] == "context_length_exceeded"
+
+
+def test_completion_context_overflow_names_the_prompt(http):
+    n = http.post("/tokenize", json={"prompt": OK_C["prompt"]}).json()["count"]
+    err = check_error(http.post(C, json=c(max_tokens=8192)), 400, "prompt")
+    assert err["message"] == (f"This model's maximum context length is 8192 tokens. However, you requested "
+                              f"{n + 8192} tokens ({n} in the prompt, 8192 in the completion). Please reduce "
+                              f"the length of the prompt or completion.")
 
 
 def test_body_over_limit_is_413(http):

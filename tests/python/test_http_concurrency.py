@@ -5,6 +5,7 @@
 import asyncio
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -98,6 +99,24 @@ def test_client_disconnect_cancels_request(server, model_name):
     m = wait_for(lambda: (lambda m: m if m["sparseserve:num_requests_running"] == 0
                           and m["sparseserve:kv_pages_in_use"] == before["sparseserve:kv_pages_in_use"] else None)(
         server.metrics()), 20, "the cancelled request to free its pages")
+    assert m['sparseserve:request_success_total{finished_reason="abort"}'] == aborted_before + 1
+    assert m["sparseserve:generation_tokens_total"] < before["sparseserve:generation_tokens_total"] + 4000
+
+
+def test_client_disconnect_cancels_non_streaming_request(server, model_name):
+    # A non-streaming request writes nothing until its answer: the server notices the closed socket.
+    before = server.metrics()
+    aborted_before = before['sparseserve:request_success_total{finished_reason="abort"}']
+    body = json.dumps({"model": model_name, "prompt": "Tell me a very long story.", "max_tokens": 4000,
+                       "temperature": 0, "ignore_eos": True}).encode()
+    host, port = server.base_url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        wait_for(lambda: server.metrics()["sparseserve:num_requests_running"] >= 1, 20, "the request to start")
+    m = wait_for(lambda: (lambda m: m if m["sparseserve:num_requests_running"] == 0
+                          and m["sparseserve:kv_pages_in_use"] == before["sparseserve:kv_pages_in_use"] else None)(
+        server.metrics()), 20, "the abandoned request to free its pages")
     assert m['sparseserve:request_success_total{finished_reason="abort"}'] == aborted_before + 1
     assert m["sparseserve:generation_tokens_total"] < before["sparseserve:generation_tokens_total"] + 4000
 
