@@ -195,6 +195,11 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   if (auto v = f.integer("best_of", 1, limits_.max_n); v && *v != job.n) {
     throw bad_request("best_of other than n is not supported", "best_of");
   }
+  // vLLM's min_tokens (no stop token or stop string before that many tokens): not implemented, so
+  // refused rather than ignored.
+  if (auto v = f.integer("min_tokens", 0, std::numeric_limits<int32_t>::max()); v && *v > 0) {
+    throw bad_request("min_tokens is not supported", "min_tokens");
+  }
   if (const json* stop = f.get("stop")) {
     if (stop->is_string()) {
       r.stop.push_back(stop->get<std::string>());

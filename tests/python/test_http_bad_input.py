@@ -86,6 +86,8 @@ CASES = [
     ("response-format-string", C, c(response_format="text"), 400, "response_format"),
     ("echo-unsupported", C, c(echo=True), 400, "echo"),
     ("best-of-unsupported", C, c(best_of=3), 400, "best_of"),
+    ("min-tokens-unsupported", C, c(min_tokens=5), 400, "min_tokens"),
+    ("min-tokens-negative", H, h(min_tokens=-1), 400, "min_tokens"),
     ("user-number", C, c(user=5), 400, "user"),
     ("messages-missing", H, without(OK_H, "messages"), 400, "messages"),
     ("messages-empty", H, h(messages=[]), 400, "messages"),
