@@ -156,21 +156,14 @@ def test_prompt_over_server_limit(http):
     assert str(n) in err["message"] and "2048" in err["message"] and err["code"] == "context_length_exceeded"
 
 
-def test_context_overflow_names_the_numbers(http):
-    n = http.post("/tokenize", json={"messages": OK_H["messages"]}).json()["count"]
-    err = check_error(http.post(H, json=h(max_tokens=8190)), 400, "messages")
+@pytest.mark.parametrize("path, body, what", [(H, OK_H, "messages"), (C, OK_C, "prompt")], ids=["chat", "completions"])
+def test_context_overflow_names_the_numbers(http, path, body, what):
+    n = http.post("/tokenize", json={what: body[what]}).json()["count"]
+    err = check_error(http.post(path, json={**body, "max_tokens": 8192}), 400, what)
     assert err["message"] == (f"This model's maximum context length is 8192 tokens. However, you requested "
-                              f"{n + 8190} tokens ({n} in the messages, 8190 in the completion). Please reduce "
-                              f"the length of the messages or completion.")
+                              f"{n + 8192} tokens ({n} in the {what}, 8192 in the completion). Please reduce "
+                              f"the length of the {what} or completion.")
     assert err["code"] == "context_length_exceeded"
-
-
-def test_completion_context_overflow_names_the_prompt(http):
-    n = http.post("/tokenize", json={"prompt": OK_C["prompt"]}).json()["count"]
-    err = check_error(http.post(C, json=c(max_tokens=8192)), 400, "prompt")
-    assert err["message"] == (f"This model's maximum context length is 8192 tokens. However, you requested "
-                              f"{n + 8192} tokens ({n} in the prompt, 8192 in the completion). Please reduce "
-                              f"the length of the prompt or completion.")
 
 
 def test_body_over_limit_is_413(http):
