@@ -4,6 +4,7 @@
 #include "engine/engine.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -117,7 +118,21 @@ Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c)
 
 Engine::Engine(const Model& model, ModelProfiles profiles, EngineConfig config) {
   config.validate();
-  impl_ = std::make_unique<Impl>(model, std::move(profiles), std::move(config));
+  // The CPU engine's KV cache lives in host memory: a budget past the machine's memory would be
+  // granted lazily and end in the OOM killer under load, so it is refused at start.
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page_size = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page_size > 0) {
+    const double machine = static_cast<double>(pages) * static_cast<double>(page_size);
+    if (static_cast<double>(config.kv_cache_bytes) > machine) {
+      throw InvalidArgument(fmt::format("kv_cache_bytes: {:.1f} GiB is more than this machine's memory ({:.1f} GiB)",
+                                        static_cast<double>(config.kv_cache_bytes) / (1 << 30), machine / (1 << 30)));
+    }
+  }
+  try {
+    impl_ = std::make_unique<Impl>(model, std::move(profiles), std::move(config));
+  } catch (const std::bad_alloc&) {
+    throw InvalidArgument("kv_cache_bytes: the KV cache (and the engine's buffers) could not be allocated");
+  }
   impl_->thread = std::thread([this] { impl_->loop(); });
 }
 

@@ -145,7 +145,8 @@ std::unique_ptr<Model> load_gguf(const std::string& path, const std::string& tmp
 std::unique_ptr<Model> load_model(const std::string& path, const std::string& chat_template_override) {
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<Model> m;
-  if (std::filesystem::is_directory(path)) {
+  std::error_code ec;  // a path the OS cannot look up (too long, a link loop, no permission) is no folder
+  if (std::filesystem::is_directory(path, ec)) {
     auto st = std::make_shared<SafetensorsSet>(SafetensorsSet::open_dir(path));
     const std::string tok = (std::filesystem::path(path) / "tokenizer.json").string();
     m = std::make_unique<Model>(Model{path, "hf", load_hf_config(path), {}, Tokenizer::from_hf_json(tok), std::nullopt, {}, st});

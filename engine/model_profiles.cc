@@ -18,6 +18,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "common/errors.h"
+#include "common/mapped_file.h"
 #include "kvcache/head_pattern.h"
 
 namespace sparseserve {
@@ -186,10 +187,9 @@ ModelProfiles Loader::load() {
                           std::to_string(n_layers_) + " and " + std::to_string(n_kv_heads_));
   }
   YAML::Node root;
+  const std::string text = read_config_file(path_);  // a folder, a FIFO, an unreadable file: ModelFileError
   try {
-    root = YAML::LoadFile(path_);
-  } catch (const YAML::BadFile&) {
-    throw ModelFileError(path_, "cannot open");
+    root = YAML::Load(text);
   } catch (const YAML::ParserException& e) {
     fail(e.mark, "not valid YAML: " + e.msg);
   }
@@ -451,7 +451,8 @@ std::string ModelProfiles::find_for_model(const std::string& model_path, const s
   if (const size_t dot = name.rfind(".Q"); dot != std::string::npos) name.resize(dot);  // quantization suffix
   std::transform(name.begin(), name.end(), name.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
   const std::filesystem::path yaml = std::filesystem::path(configs_dir) / (name + ".yaml");
-  return std::filesystem::exists(yaml) ? yaml.string() : std::string();
+  std::error_code ec;  // a name the OS cannot look up (too long for a file name) has no profile file
+  return std::filesystem::exists(yaml, ec) ? yaml.string() : std::string();
 }
 
 }  // namespace sparseserve

@@ -12,6 +12,7 @@
 #include <system_error>
 
 #include "common/errors.h"
+#include "common/mapped_file.h"
 
 namespace sparseserve::kvcache {
 namespace {
@@ -85,17 +86,6 @@ int32_t retrieval_count(double ratio, int64_t n) {
   return static_cast<int32_t>(std::clamp<int64_t>(k, 1, n));
 }
 
-std::string read_text(const std::string& path) {
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) throw ModelFileError(path, "is a directory, not a head pattern");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ModelFileError(path, "cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw ModelFileError(path, "read error");
-  return ss.str();
-}
-
 }  // namespace
 
 HeadGates parse_head_pattern(std::string_view text, const std::string& source) {
@@ -136,7 +126,7 @@ HeadGates parse_head_pattern(std::string_view text, const std::string& source) {
 }
 
 HeadGates read_head_pattern(const std::string& path) {
-  return parse_head_pattern(read_text(path), path);
+  return parse_head_pattern(read_config_file(path), path);
 }
 
 HeadGates read_head_pattern(const std::string& path, int32_t n_layers, int32_t n_kv_heads) {

@@ -28,7 +28,9 @@ int main(int argc, char** argv) {
   CLI::App app{"sparseserve: an LLM inference server with a sparse KV cache"};
   app.require_subcommand(1);
   std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off (serve: the config's log_level)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
   app.parse_complete_callback([&] { sparseserve::init_logging(log_level); });
 
   sparseserve::cli::InfoArgs info;

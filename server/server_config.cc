@@ -10,6 +10,7 @@
 #include <map>
 
 #include "common/errors.h"
+#include "common/mapped_file.h"
 #include "kvcache/capacity.h"
 
 namespace sparseserve {
@@ -56,11 +57,15 @@ std::string known_keys() {
 }
 
 void read_yaml(const std::string& path, std::map<std::string, Raw>& raw) {
+  std::string text;
+  try {
+    text = read_config_file(path);
+  } catch (const ModelFileError& e) {  // missing, unreadable, a folder, a FIFO, too large
+    throw InvalidArgument(e.what());
+  }
   YAML::Node root;
   try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    throw InvalidArgument(path + ": cannot read the file");
+    root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     throw InvalidArgument(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
   }
@@ -68,6 +73,7 @@ void read_yaml(const std::string& path, std::map<std::string, Raw>& raw) {
   const auto where = [&](const YAML::Node& n) { return path + ":" + std::to_string(n.Mark().line + 1); };
   if (!root.IsMap()) throw InvalidArgument(where(root) + ": expected a mapping of settings");
   for (const auto& kv : root) {
+    if (!kv.first.IsScalar()) throw InvalidArgument(where(kv.first) + ": keys must be plain names");
     const std::string key = kv.first.as<std::string>();
     if (!known_key(key)) {
       throw InvalidArgument(where(kv.first) + ": unknown key '" + key + "' (known: " + known_keys() + ")");

@@ -149,5 +149,16 @@ TEST_F(EngineTest, BadRequestsAreRejectedAtSubmit) {
   drain(*ok);
 }
 
+TEST_F(EngineTest, KvBudgetPastTheMachinesMemoryIsRefusedAtStart) {
+  EngineConfig huge;
+  huge.kv_cache_bytes = size_t{1} << 50;  // 1 PiB: no machine this runs on has it
+  try {
+    Engine e(*model_, profiles(), huge);
+    FAIL() << "an engine with a 1 PiB KV cache started";
+  } catch (const InvalidArgument& ex) {
+    EXPECT_NE(std::string(ex.what()).find("more than this machine's memory"), std::string::npos) << ex.what();
+  }
+}
+
 }  // namespace
 }  // namespace sparseserve

@@ -41,3 +41,18 @@ def test_calibrate_rejects_unknown_method(tool, model_path, tmp_path):
     assert r.returncode != 0
     assert "--method" in r.stderr + r.stdout and "ablation" in r.stderr + r.stdout
     assert not out.exists()
+
+
+def test_calibrate_checks_out_and_needles_before_working(tool, model_path, tmp_path):
+    # Both were reported only after the whole calibration (minutes with ablation); now at once.
+    cases = [
+        (tmp_path, ["--method", "output-change"], "is a folder"),
+        (tmp_path / "no" / "such" / "x.tsv", [], "cannot write next to"),
+        (tmp_path / "x.tsv", ["--needles", "2147483647"], "--needles: must be in [1, --context / 8]"),
+        (tmp_path / "x.tsv", ["--needles", "0"], "--needles"),
+    ]
+    for out, extra, message in cases:
+        r = calibrate(tool, model_path, out, *extra)
+        assert r.returncode == 1, (out, extra, r.stderr)
+        assert message in r.stderr + r.stdout, (out, extra, r.stderr)
+        assert "calibrating" not in r.stderr + r.stdout  # refused before the model loaded

@@ -4,6 +4,8 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -122,8 +124,28 @@ TEST_F(ServerConfigTest, MissingFileIsNamed) {
     ServerConfig::load("/nonexistent/server.yaml", {});
     FAIL() << "loaded a missing file";
   } catch (const InvalidArgument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("/nonexistent/server.yaml: cannot read the file"));
+    EXPECT_THAT(e.what(), HasSubstr("/nonexistent/server.yaml: cannot open: No such file or directory"));
   }
+}
+
+TEST_F(ServerConfigTest, FoldersFifosAndComplexKeysAreNamed) {
+  const auto error_for = [](const std::string& path) {
+    try {
+      ServerConfig::load(path, {});
+      return std::string("loaded");
+    } catch (const InvalidArgument& e) {
+      return std::string(e.what());
+    }
+  };
+  const std::string dir = ::testing::TempDir() + "/server_config_test_dir";
+  ::mkdir(dir.c_str(), 0700);
+  EXPECT_THAT(error_for(dir), HasSubstr(dir + ": a folder, not a file"));
+  const std::string fifo = dir + "/fifo.yaml";
+  ::unlink(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_THAT(error_for(fifo), HasSubstr(fifo + ": not a regular file"));  // refused at once, no blocking read
+  ::unlink(fifo.c_str());
+  EXPECT_THAT(error_of("[a, b]: 1\n"), HasSubstr(":1: keys must be plain names"));
 }
 
 TEST_F(ServerConfigTest, EverySettingHasAFlagHelp) {
