@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off (serve: the config's log_level)")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))  // the server config's names
       ->capture_default_str();
   app.parse_complete_callback([&] { sparseserve::init_logging(log_level); });
 
