@@ -1,5 +1,7 @@
 #include "engine/model_config.h"
 
+#include <climits>
+
 #include "common/errors.h"
 
 namespace sparseserve {
@@ -20,7 +22,7 @@ void ModelConfig::validate(const std::string& source) const {
           "rope dimension must be even and at most the head dimension");
   require(intermediate > 0, "intermediate (MLP) size must be positive");
   require(vocab_size > 0, "vocabulary size must be positive");
-  require(max_context > 0, "context length must be positive");
+  require(max_context > 0 && max_context < INT32_MAX, "context length must be in [1, 2^31 − 1) (positions are int32)");
   require(rms_eps > 0.0f, "RMSNorm epsilon must be positive");
   require(rope_theta > 0.0f, "RoPE theta must be positive");
 }

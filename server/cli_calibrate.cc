@@ -31,7 +31,7 @@ void add_calibrate_command(CLI::App& app, CalibrateArgs& a) {
   cmd->add_option("--needles", a.options.needles, "Passkeys per prompt")->capture_default_str();
   cmd->add_option("--sink", a.options.window.sink_tokens, "Streaming sink tokens")->capture_default_str();
   cmd->add_option("--local", a.options.window.local_tokens, "Streaming local tokens")->capture_default_str();
-  cmd->add_option("--seed", a.options.seed)->capture_default_str();
+  cmd->add_option("--seed", a.options.seed)->check(CLI::NonNegativeNumber)->capture_default_str();
 }
 
 namespace {

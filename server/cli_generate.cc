@@ -32,12 +32,12 @@ void add_generate_command(CLI::App& app, GenerateArgs& a) {
   cmd->add_option("--top-k", a.top_k, "0 = off")->capture_default_str();
   cmd->add_option("--min-p", a.min_p)->capture_default_str();
   cmd->add_option("--repetition-penalty", a.repetition_penalty)->capture_default_str();
-  cmd->add_option("--seed", a.seed, "RNG seed (same seed and input: same output)");
+  cmd->add_option("--seed", a.seed, "RNG seed (same seed and input: same output)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--stats", a.stats, "Print timings to stderr at the end");
 }
 
 int run_generate(const GenerateArgs& a) {
-  if (a.prompt.empty() && a.chat.empty()) throw InvalidArgument("give --prompt or --chat");
+  if (a.prompt.empty() && a.chat.empty()) throw InvalidArgument("give a non-empty --prompt or --chat");
   const auto model = load_model(a.model, a.chat_template);
   const auto n_layers = static_cast<int32_t>(model->config.n_layers);
   const auto n_kv = static_cast<int32_t>(model->config.n_kv_heads);

@@ -11,7 +11,7 @@
 //   served_model_name       STRING      the `model` clients name; default: the model YAML's `name`,
 //                                       else the model file's stem
 //   backend                 auto|cpu|cuda  default auto (= cpu in this build; cuda is an error)
-//   kv_cache_bytes          BYTES       default 2GiB (kvcache::parse_bytes: "2GiB", "512MiB", "1e6"...)
+//   kv_cache_bytes          BYTES       default 2GiB (kvcache::parse_bytes: "2GiB", "512MiB", "1000000"...)
 //   max_num_seqs            ≥ 1         default 64
 //   max_num_batched_tokens  ≥ 1         default 2048
 //   max_waiting             ≥ 1         default 1024: more waiting requests are answered 429

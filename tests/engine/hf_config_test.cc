@@ -285,6 +285,8 @@ TEST_F(HfConfigTest, Rejections) {
   expect_error(cfg, "multiple of key/value heads");
   with("eos_token_id", "</s>");
   expect_error(cfg, "'eos_token_id'");
+  with("max_position_embeddings", int64_t{1} << 32);  // positions are int32
+  expect_error(cfg, "context length must be in [1, 2^31");
   with("rope_scaling", json::parse(R"({"rope_type": "yarn", "factor": 4.0})"));
   expect_error(cfg, "'yarn' is not supported");
   with("rope_scaling", json::parse(R"({"rope_type": "llama3", "factor": 8.0,

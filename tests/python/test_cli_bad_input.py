@@ -37,3 +37,8 @@ def test_fifos_and_folders_are_refused_without_blocking(tool, tmp_path):
         r = run(tool, "serve", "--config", config, timeout=20)
         assert r.returncode == 1, (config, r.stderr)
         assert message in r.stderr and "unexpected error" not in r.stderr, r.stderr
+
+
+def test_negative_seed_is_refused(tool, model_path):
+    r = run(tool, "generate", "--model", model_path, "--prompt", "hi", "--max-tokens", "1", "--seed", "-1")
+    assert r.returncode != 0 and "--seed" in r.stderr, r.stderr
