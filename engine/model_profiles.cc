@@ -186,13 +186,15 @@ ModelProfiles Loader::load() {
     throw InvalidArgument("model profiles need n_layers ≥ 1 and n_kv_heads ≥ 1, got " +
                           std::to_string(n_layers_) + " and " + std::to_string(n_kv_heads_));
   }
-  YAML::Node root;
   const std::string text = read_config_file(path_);  // a folder, a FIFO, an unreadable file: ModelFileError
+  std::vector<YAML::Node> docs;
   try {
-    root = YAML::Load(text);
+    docs = YAML::LoadAll(text);
   } catch (const YAML::ParserException& e) {
     fail(e.mark, "not valid YAML: " + e.msg);
   }
+  if (docs.size() > 1) fail(docs[1].Mark(), "a second YAML document (---): one file describes one model");
+  const YAML::Node root = docs.empty() ? YAML::Node() : docs.front();
   if (!root.IsMap()) fail(root.Mark(), "the top level must be a mapping with at least 'name'");
   const Section top(*this, root, root.Mark(), "the model file",
                     {"name", "chat_template", "kv_cache", "default_profile", "profiles"});

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <vector>
 
 #include "common/errors.h"
 #include "common/mapped_file.h"
@@ -63,12 +64,14 @@ void read_yaml(const std::string& path, std::map<std::string, Raw>& raw) {
   } catch (const ModelFileError& e) {  // missing, unreadable, a folder, a FIFO, too large
     throw InvalidArgument(e.what());
   }
-  YAML::Node root;
+  std::vector<YAML::Node> docs;
   try {
-    root = YAML::Load(text);
+    docs = YAML::LoadAll(text);
   } catch (const YAML::Exception& e) {
     throw InvalidArgument(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
   }
+  if (docs.size() > 1) throw InvalidArgument(path + ": several YAML documents (---); the settings are one mapping");
+  const YAML::Node root = docs.empty() ? YAML::Node() : docs.front();
   if (root.IsNull()) return;  // an empty file: defaults
   const auto where = [&](const YAML::Node& n) { return path + ":" + std::to_string(n.Mark().line + 1); };
   if (!root.IsMap()) throw InvalidArgument(where(root) + ": expected a mapping of settings");

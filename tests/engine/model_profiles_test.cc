@@ -222,6 +222,7 @@ TEST_F(ModelProfilesTest, FileLevelErrors) {
   expect_error("name: x\nprofile: {}\n", 2, "unknown key 'profile' in the model file");
   expect_error("name: x\nname: y\n", 2, "duplicate key 'name'");
   expect_error("name: [x\n", 2, "not valid YAML");
+  expect_error("name: x\n---\nname: y\n", 3, "a second YAML document");
   expect_error("name: x\nchat_template: jinja\n", 2,
                "chat_template must be auto, chatml or llama3");
   expect_error("name: [x]\n", 1, "name must be a single value");

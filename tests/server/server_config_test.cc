@@ -146,6 +146,7 @@ TEST_F(ServerConfigTest, FoldersFifosAndComplexKeysAreNamed) {
   EXPECT_THAT(error_for(fifo), HasSubstr(fifo + ": not a regular file"));  // refused at once, no blocking read
   ::unlink(fifo.c_str());
   EXPECT_THAT(error_of("[a, b]: 1\n"), HasSubstr(":1: keys must be plain names"));
+  EXPECT_THAT(error_of("model: a.gguf\n---\nhttp_port: 1\n"), HasSubstr("several YAML documents"));
 }
 
 TEST_F(ServerConfigTest, EverySettingHasAFlagHelp) {
