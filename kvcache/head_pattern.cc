@@ -8,7 +8,6 @@
 #include <fstream>
 #include <limits>
 #include <numeric>
-#include <sstream>
 #include <system_error>
 
 #include "common/errors.h"
