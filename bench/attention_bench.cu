@@ -7,6 +7,7 @@
 //   attention_bench --op decode --seq 131072 --batch 16 [--budget 4096 --select gpu|host]
 //                   [--streaming-kv-heads 4 ...] [--graph 1] [--graph-calls 8] [--pdl 1]
 //                   [--page-order shuffled|sequential|window:N|extents:N] [--read-ceiling 1 [--ceiling-ctas N]]
+//                   [--v-offset BYTES]
 //                   [--early 0|1]
 //   common: --iters 50 --warmup 10 --rotate 0 (input sets to cycle through; 0: enough to exceed L2)
 //
@@ -21,6 +22,9 @@
 // Decode --read-ceiling 1 also times reading the same list's K/V pages without any math (below): the
 // bound a paged decode can reach on this machine, reported as ceiling_median_ms / ceiling_tbps (a
 // cp.async ring) and bulk_ceiling_median_ms / bulk_ceiling_tbps (bulk copies, TMA).
+// Decode --v-offset BYTES places the V pool that many bytes past its allocation's start (K and V are
+// otherwise two equal allocations, often an exact power of two apart): does the distance between a
+// page's K and its V matter to DRAM? (It did not on the H200: RESULTS.md §3, session 16.)
 // Decode with --budget: retrieval rows read only selected pages (page_select.h on the GPU, or a
 // fixed random list from the host with --select host); streaming rows read sink + ring pages.
 #include <cuda_bf16.h>
@@ -71,6 +75,7 @@ struct Options {
   std::string page_order = "shuffled";
   int read_ceiling = 0;                 // decode: also time the paged read ceiling
   int ceiling_ctas = 0;                 // decode: the ceiling kernels' CTAs (0: one full wave)
+  int64_t v_offset = 0;                 // decode: bytes between the V allocation's start and the V pool
 };
 
 Options parse(int argc, char** argv) {
@@ -107,6 +112,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--page-order") o.page_order = v;
     else if (a == "--read-ceiling") o.read_ceiling = static_cast<int>(num());
     else if (a == "--ceiling-ctas") o.ceiling_ctas = static_cast<int>(num());
+    else if (a == "--v-offset") o.v_offset = num();
     else throw std::invalid_argument("unknown option " + a);
   }
   if (o.op != "prefill" && o.op != "decode") throw std::invalid_argument("--op must be prefill or decode");
@@ -118,6 +124,7 @@ Options parse(int argc, char** argv) {
       (runs && std::stoll(o.page_order.substr(o.page_order.find(':') + 1)) < 1)) {
     throw std::invalid_argument("--page-order must be shuffled, sequential, window:N or extents:N (N ≥ 1)");
   }
+  if (o.v_offset < 0 || o.v_offset % 16 != 0) throw std::invalid_argument("--v-offset must be a multiple of 16 bytes");
   if (o.graph_calls < 1) throw std::invalid_argument("--graph-calls must be ≥ 1");
   if (o.kernel != "auto" && o.kernel != "mma" && o.kernel != "wgmma") throw std::invalid_argument("--kernel must be auto, mma or wgmma");
   return o;
@@ -502,7 +509,7 @@ int run_decode(const Options& o) {
   for (int i = 0; i < R; ++i) {
     Set& st = sets[static_cast<size_t>(i)];
     st.k = DeviceBuffer<bf16>(static_cast<size_t>(pages * P * D));
-    st.v = DeviceBuffer<bf16>(st.k.size());
+    st.v = DeviceBuffer<bf16>(st.k.size() + static_cast<size_t>(o.v_offset / 2));
     st.q = DeviceBuffer<bf16>(static_cast<size_t>(int64_t{B} * o.q_heads * D));
     st.o = DeviceBuffer<bf16>(st.q.size());
     fill_uniform(st.k, 10 * i + 1, 1.0f);
@@ -554,7 +561,7 @@ int run_decode(const Options& o) {
     a.q_stride = int64_t{o.q_heads} * D;
     a.o = st.o.data();
     a.o_stride = a.q_stride;
-    a.kv = {st.k.data(), st.v.data(), pages, o.page, o.dim};
+    a.kv = {st.k.data(), st.v.data() + o.v_offset / 2, pages, o.page, o.dim};
     a.pages = dread.view();
     a.scale = 1.0f / std::sqrt(static_cast<float>(D));
     return a;
@@ -660,7 +667,7 @@ int run_decode(const Options& o) {
     const int grid = one_wave(paged_read_kernel, kReadThreads, smem);
     ms_ceiling = time_replays([&](int i) {
       Set& st = sets[static_cast<size_t>(i)];
-      paged_read_kernel<<<grid, kReadThreads, smem, stream>>>(st.k.data(), st.v.data(), dread.ids.data(),
+      paged_read_kernel<<<grid, kReadThreads, smem, stream>>>(st.k.data(), st.v.data() + o.v_offset / 2, dread.ids.data(),
                                                               dread.len.data(), entries, o.page, o.dim);
       CUDA_CHECK_LAUNCH();
     });
@@ -668,7 +675,7 @@ int run_decode(const Options& o) {
     const int bulk_grid = one_wave(paged_bulk_read_kernel, 32, bulk_smem);
     ms_bulk = time_replays([&](int i) {
       Set& st = sets[static_cast<size_t>(i)];
-      paged_bulk_read_kernel<<<bulk_grid, 32, bulk_smem, stream>>>(st.k.data(), st.v.data(), dread.ids.data(),
+      paged_bulk_read_kernel<<<bulk_grid, 32, bulk_smem, stream>>>(st.k.data(), st.v.data() + o.v_offset / 2, dread.ids.data(),
                                                                   dread.len.data(), entries, o.page, o.dim);
       CUDA_CHECK_LAUNCH();
     });
