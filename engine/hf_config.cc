@@ -12,14 +12,13 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <optional>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
+#include "engine/json_file.h"
 #include "engine/hf_model.h"
 
 namespace sparseserve {
@@ -32,16 +31,7 @@ constexpr const char* kConfigFile = "config.json";
 constexpr const char* kGenerationFile = "generation_config.json";
 
 json read_json_object(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ModelFileError(path, "cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(ss.str());
-  } catch (const json::exception& e) {
-    throw ModelFileError(path, std::string("not valid JSON: ") + e.what());
-  }
+  json j = read_json_file(path, kJsonConfigMaxBytes);
   if (!j.is_object()) throw ModelFileError(path, "top level is not a JSON object");
   return j;
 }

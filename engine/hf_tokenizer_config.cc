@@ -1,30 +1,28 @@
 #include "engine/hf_tokenizer_config.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
+#include <system_error>
 
-#include "common/errors.h"
+#include "common/mapped_file.h"
+#include "engine/json_file.h"
 
 namespace sparseserve {
 
 std::optional<std::string> read_hf_chat_template(const std::string& dir) {
   const std::filesystem::path base(dir);
-  if (std::ifstream jinja(base / "chat_template.jinja"); jinja) {
-    std::stringstream ss;
-    ss << jinja.rdbuf();
-    return ss.str();
+  // A file that is there but cannot be read is an error (ModelFileError), not a missing template.
+  const auto present = [](const std::filesystem::path& p) {
+    std::error_code ec;
+    return std::filesystem::exists(std::filesystem::symlink_status(p, ec)) && !ec;
+  };
+  if (const auto jinja = base / "chat_template.jinja"; present(jinja)) {
+    return read_config_file(jinja.string());
   }
   const std::filesystem::path p = base / "tokenizer_config.json";
-  std::ifstream in(p);
-  if (!in) return std::nullopt;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw ModelFileError(p.string(), std::string("invalid JSON: ") + e.what());
-  }
+  if (!present(p)) return std::nullopt;
+  const nlohmann::json j = read_json_file(p.string(), kJsonTokenizerConfigMaxBytes);
+  if (!j.is_object()) return std::nullopt;
   const auto it = j.find("chat_template");
   if (it == j.end() || !it->is_string()) return std::nullopt;
   return it->get<std::string>();

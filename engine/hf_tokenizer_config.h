@@ -7,7 +7,8 @@
 namespace sparseserve {
 
 // The "chat_template" string of dir/tokenizer_config.json (or dir/chat_template.jinja), when present.
-// Throws ModelFileError when the file exists but is not valid JSON.
+// Throws ModelFileError when the file exists but cannot be read (a folder, a FIFO, no permission, a
+// broken link, past the size caps of json_file.h) or is not valid JSON.
 std::optional<std::string> read_hf_chat_template(const std::string& dir);
 
 }  // namespace sparseserve

@@ -18,15 +18,14 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <set>
-#include <sstream>
 #include <utility>
 
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
+#include "engine/json_file.h"
 #include "engine/hf_model.h"
 
 namespace sparseserve {
@@ -214,18 +213,6 @@ std::vector<TensorView> parse_file(const MappedFile& mf) {
   return views;
 }
 
-json read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ModelFileError(path, "cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::exception& e) {
-    throw ModelFileError(path, std::string("not valid JSON: ") + e.what());
-  }
-}
-
 // A shard name from an index must be a plain relative path that stays inside the directory.
 bool is_safe_shard_name(const std::string& name) {
   if (name.empty()) return false;
@@ -262,7 +249,7 @@ SafetensorsSet SafetensorsSet::open_dir(const std::string& dir) {
 
   if (fs::exists(index_path, ec)) {
     const std::string index_file = index_path.string();
-    const json index = read_json_file(index_file);
+    const json index = read_json_file(index_file, kJsonTokenizerConfigMaxBytes);
     const auto wm = index.is_object() ? index.find("weight_map") : index.end();
     if (wm == index.end() || !wm->is_object()) {
       throw ModelFileError(index_file, "missing \"weight_map\" object");

@@ -6,12 +6,11 @@
 // Sequence of those. BOS/EOS texts also come from a sibling tokenizer_config.json when present.
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
+#include "engine/json_file.h"
 #include "engine/tokenizer.h"
 #include "engine/tokenizer_impl.h"
 
@@ -47,18 +46,6 @@ class JsonReader {
  private:
   std::string file_;
 };
-
-json read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ModelFileError(path, "cannot open file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::exception& e) {
-    throw ModelFileError(path, std::string("invalid JSON: ") + e.what());
-  }
-}
 
 PreTokenizer::Behavior parse_behavior(const JsonReader& r, const std::string& s,
                                       const std::string& key) {
@@ -158,7 +145,7 @@ std::string config_token(const json& cfg, const char* name) {
 }  // namespace
 
 Tokenizer Tokenizer::from_hf_json(const std::string& path) {
-  const json doc = read_json_file(path);
+  const json doc = read_json_file(path, kJsonTokenizerMaxBytes);
   const JsonReader r(path);
   auto impl = std::make_unique<Impl>();
   impl->source = path;
@@ -261,7 +248,7 @@ Tokenizer Tokenizer::from_hf_json(const std::string& path) {
   }
   const auto cfg_path = std::filesystem::path(path).parent_path() / "tokenizer_config.json";
   if (std::filesystem::exists(cfg_path)) {
-    const json cfg = read_json_file(cfg_path.string());
+    const json cfg = read_json_file(cfg_path.string(), kJsonTokenizerConfigMaxBytes);
     if (impl->bos < 0) impl->bos = impl->bpe->find(config_token(cfg, "bos_token"));
     impl->eos = impl->bpe->find(config_token(cfg, "eos_token"));
   }

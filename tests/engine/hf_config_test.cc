@@ -1,16 +1,19 @@
 // load_hf_config / load_generation_config over config.json files shaped like real checkpoints
 // (Llama-3.1-8B, Qwen2.5-0.5B-Instruct, Mistral-7B, SmolLM2-135M) and their failure modes.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
 #include "engine/hf_model.h"
+#include "engine/hf_tokenizer_config.h"
 
 namespace sparseserve {
 namespace {
@@ -262,6 +265,12 @@ INSTANTIATE_TEST_SUITE_P(Required, HfConfigMissingField,
 TEST_F(HfConfigTest, Rejections) {
   const std::string cfg = config_path();
   expect_error(cfg, "cannot open");  // no config.json at all
+  fs::create_directory(dir_ / "config.json");
+  expect_error(cfg, "a folder, not a file");
+  fs::remove(dir_ / "config.json");
+  ASSERT_EQ(::mkfifo(cfg.c_str(), 0600), 0);  // read at once, not waited on for a writer
+  expect_error(cfg, "not a regular file");
+  fs::remove(dir_ / "config.json");
 
   write("config.json", "not an object");
   expect_error(cfg, "not a JSON object");
@@ -304,6 +313,34 @@ TEST_F(HfConfigTest, Rejections) {
   expect_error((dir_ / "generation_config.json").string(), "'eos_token_id'");
   write("generation_config.json", json::parse(R"({"top_p": 1.5})"));
   EXPECT_THROW(load_generation_config(dir()), ModelFileError);
+}
+
+// The chat template: chat_template.jinja first, else tokenizer_config.json's "chat_template" string;
+// absent files give none, files that are there but unreadable or malformed an error naming them.
+TEST_F(HfConfigTest, ChatTemplateFiles) {
+  const auto expect_error_in = [&](const std::string& name, const std::string& phrase) {
+    try {
+      read_hf_chat_template(dir());
+      ADD_FAILURE() << "no error; expected '" << phrase << "'";
+    } catch (const ModelFileError& e) {
+      EXPECT_EQ(e.file(), (dir_ / name).string());
+      EXPECT_NE(e.problem().find(phrase), std::string::npos) << e.what();
+    }
+  };
+  EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);
+  write("tokenizer_config.json", json{{"chat_template", "{{ messages }}"}});
+  EXPECT_EQ(read_hf_chat_template(dir()), "{{ messages }}");
+  write("tokenizer_config.json", json{{"chat_template", json::array({json{{"name", "default"}}})}});
+  EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);  // named templates: not supported, none
+  write("tokenizer_config.json", json::array({1, 2}));
+  EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);
+  std::ofstream(dir_ / "tokenizer_config.json") << "{\"chat_template\": ";
+  expect_error_in("tokenizer_config.json", "not valid JSON");
+  std::ofstream(dir_ / "chat_template.jinja") << "{{ jinja }}";
+  EXPECT_EQ(read_hf_chat_template(dir()), "{{ jinja }}");  // preferred over tokenizer_config.json
+  fs::remove(dir_ / "chat_template.jinja");
+  fs::create_directory(dir_ / "chat_template.jinja");
+  expect_error_in("chat_template.jinja", "a folder, not a file");
 }
 
 }  // namespace

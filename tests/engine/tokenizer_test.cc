@@ -2,6 +2,7 @@
 // ids were checked against Hugging Face `tokenizers` 0.20.3), and on small synthetic vocabularies
 // written as in-memory GGUF images and tokenizer.json files (loader rules and errors).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -448,7 +449,7 @@ TEST_F(HfJsonTest, ErrorsNameFileAndKey) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
-  expect_error("{not json", "invalid JSON");
+  expect_error("{not json", "not valid JSON");
   expect_error(R"({"version": "1.0"})", "model");
   expect_error(tokenizer_json(R"({"type": "Whitespace"})", "null"), "pre_tokenizer");
   expect_error(tokenizer_json("null", "null"), "ByteLevel");
@@ -456,6 +457,20 @@ TEST_F(HfJsonTest, ErrorsNameFileAndKey) {
                               "null"),
                "pre_tokenizer");
   EXPECT_THROW(Tokenizer::from_hf_json((dir_ / "absent.json").string()), ModelFileError);
+  // Only regular files are read: a folder or a FIFO is named at once (a FIFO is not waited on).
+  const auto expect_open_error = [&](const std::filesystem::path& p, const std::string& needle) {
+    try {
+      Tokenizer::from_hf_json(p.string());
+      ADD_FAILURE() << "no error; expected one mentioning " << needle;
+    } catch (const ModelFileError& e) {
+      EXPECT_EQ(e.file(), p.string());
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  std::filesystem::create_directory(dir_ / "folder.json");
+  expect_open_error(dir_ / "folder.json", "a folder, not a file");
+  ASSERT_EQ(::mkfifo((dir_ / "fifo.json").c_str(), 0600), 0);
+  expect_open_error(dir_ / "fifo.json", "not a regular file");
 }
 
 }  // namespace

@@ -1,0 +1,23 @@
+// Reads the JSON files of a model folder (config.json, tokenizer.json, tokenizer_config.json, a
+// safetensors index) through read_config_file: only a regular file is read (a folder, FIFO or device
+// gets a clear error instead of a hang), at most max_bytes of it. Errors are ModelFileError naming
+// the file: "cannot open: <reason>", "a folder, not a file", "larger than N KiB", "not valid JSON:
+// <parser message>".
+#pragma once
+
+#include <cstddef>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace sparseserve {
+
+// Caps by kind of file: config and generation configs are kilobytes; a tokenizer.json holds the
+// whole vocabulary and merges (SmolLM2 2 MB, Llama-3 9 MB, Gemma 17 MB); a tokenizer_config.json
+// may list every added token.
+inline constexpr size_t kJsonConfigMaxBytes = size_t{1} << 20;
+inline constexpr size_t kJsonTokenizerMaxBytes = size_t{256} << 20;
+inline constexpr size_t kJsonTokenizerConfigMaxBytes = size_t{64} << 20;
+
+nlohmann::json read_json_file(const std::string& path, size_t max_bytes);
+
+}  // namespace sparseserve
