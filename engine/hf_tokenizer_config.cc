@@ -21,7 +21,7 @@ std::optional<std::string> read_hf_chat_template(const std::string& dir) {
   }
   const std::filesystem::path p = base / "tokenizer_config.json";
   if (!present(p)) return std::nullopt;
-  const nlohmann::json j = read_json_file(p.string(), kJsonTokenizerConfigMaxBytes);
+  const nlohmann::json j = read_json_file(p.string(), kJsonListingMaxBytes);
   if (!j.is_object()) return std::nullopt;
   const auto it = j.find("chat_template");
   if (it == j.end() || !it->is_string()) return std::nullopt;

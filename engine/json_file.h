@@ -11,12 +11,13 @@
 
 namespace sparseserve {
 
-// Caps by kind of file: config and generation configs are kilobytes; a tokenizer.json holds the
-// whole vocabulary and merges (SmolLM2 2 MB, Llama-3 9 MB, Gemma 17 MB); a tokenizer_config.json
-// may list every added token.
+// Caps by kind of file: config.json and generation_config.json are kilobytes; a tokenizer.json
+// holds the whole vocabulary and merges (SmolLM2 2 MB, Llama-3 9 MB, Gemma 17 MB); listings, a
+// tokenizer_config.json with every added token or a safetensors index naming every tensor, stay
+// within a few MB.
 inline constexpr size_t kJsonConfigMaxBytes = size_t{1} << 20;
 inline constexpr size_t kJsonTokenizerMaxBytes = size_t{256} << 20;
-inline constexpr size_t kJsonTokenizerConfigMaxBytes = size_t{64} << 20;
+inline constexpr size_t kJsonListingMaxBytes = size_t{64} << 20;
 
 nlohmann::json read_json_file(const std::string& path, size_t max_bytes);
 

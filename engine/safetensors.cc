@@ -249,7 +249,7 @@ SafetensorsSet SafetensorsSet::open_dir(const std::string& dir) {
 
   if (fs::exists(index_path, ec)) {
     const std::string index_file = index_path.string();
-    const json index = read_json_file(index_file, kJsonTokenizerConfigMaxBytes);
+    const json index = read_json_file(index_file, kJsonListingMaxBytes);
     const auto wm = index.is_object() ? index.find("weight_map") : index.end();
     if (wm == index.end() || !wm->is_object()) {
       throw ModelFileError(index_file, "missing \"weight_map\" object");

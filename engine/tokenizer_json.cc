@@ -248,7 +248,7 @@ Tokenizer Tokenizer::from_hf_json(const std::string& path) {
   }
   const auto cfg_path = std::filesystem::path(path).parent_path() / "tokenizer_config.json";
   if (std::filesystem::exists(cfg_path)) {
-    const json cfg = read_json_file(cfg_path.string(), kJsonTokenizerConfigMaxBytes);
+    const json cfg = read_json_file(cfg_path.string(), kJsonListingMaxBytes);
     if (impl->bos < 0) impl->bos = impl->bpe->find(config_token(cfg, "bos_token"));
     impl->eos = impl->bpe->find(config_token(cfg, "eos_token"));
   }
