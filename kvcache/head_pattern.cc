@@ -4,19 +4,17 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <filesystem>
-#include <fstream>
 #include <limits>
 #include <numeric>
 #include <system_error>
 
+#include "common/atomic_write.h"
 #include "common/errors.h"
 #include "common/mapped_file.h"
 
 namespace sparseserve::kvcache {
 namespace {
 
-namespace fs = std::filesystem;
 
 [[noreturn]] void fail(const std::string& source, int64_t line, const std::string& problem) {
   throw ModelFileError(source, "line " + std::to_string(line) + ": " + problem);
@@ -173,26 +171,7 @@ std::string format_head_pattern(const HeadGates& gates) {
 }
 
 void write_head_pattern(const std::string& path, const HeadGates& gates) {
-  const std::string text = format_head_pattern(gates);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw ModelFileError(path, "cannot write (opening " + tmp + ")");
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    out.close();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw ModelFileError(path, "cannot write (writing " + tmp + ")");
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    std::error_code ignored;
-    fs::remove(tmp, ignored);
-    throw ModelFileError(path, "cannot write (rename: " + ec.message() + ")");
-  }
+  write_file_atomically(path, format_head_pattern(gates));
 }
 
 HeadRoles roles_by_retrieval_ratio(const HeadGates& gates, double ratio) {

@@ -4,9 +4,9 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <string>
 
+#include "common/atomic_write.h"
 #include "common/errors.h"
 #include "engine/model.h"
 #include "kvcache/head_pattern.h"
@@ -37,18 +37,18 @@ void add_calibrate_command(CLI::App& app, CalibrateArgs& a) {
 namespace {
 
 // Checks before the model loads what would otherwise fail only after the whole calibration (up to
-// tens of minutes): that --out can be written (a probe file next to it, removed again) and that
+// tens of minutes): that --out can be written (a temporary file of a new name next to it, removed
+// again; no existing file is touched) and that
 // --needles fits its prompts (each passkey sentence takes about 20 tokens).
 void check_calibrate_args(const CalibrateArgs& a) {
   if (a.out.empty()) throw InvalidArgument("--out: empty path");
   std::error_code ec;
   if (std::filesystem::is_directory(a.out, ec)) throw InvalidArgument("--out: " + a.out + " is a folder");
-  const std::string probe = a.out + ".tmp";
-  {
-    std::ofstream f(probe, std::ios::binary | std::ios::trunc);
-    if (!f) throw InvalidArgument("--out: cannot write next to " + a.out + " (opening " + probe + " failed)");
+  try {
+    check_can_write_next_to(a.out);
+  } catch (const ModelFileError& e) {
+    throw InvalidArgument("--out: " + e.problem());
   }
-  std::filesystem::remove(probe, ec);
   if (a.options.context_tokens < 1) throw InvalidArgument("--context: must be at least 1");
   if (a.options.needles < 1 || a.options.needles > a.options.context_tokens / 8) {
     throw InvalidArgument("--needles: must be in [1, --context / 8] (" + std::to_string(a.options.context_tokens / 8) +

@@ -47,12 +47,16 @@ def test_calibrate_checks_out_and_needles_before_working(tool, model_path, tmp_p
     # Both were reported only after the whole calibration (minutes with ablation); now at once.
     cases = [
         (tmp_path, ["--method", "output-change"], "is a folder"),
-        (tmp_path / "no" / "such" / "x.tsv", [], "cannot write next to"),
+        (tmp_path / "no" / "such" / "x.tsv", [], "--out: cannot write (creating"),
         (tmp_path / "x.tsv", ["--needles", "2147483647"], "--needles: must be in [1, --context / 8]"),
         (tmp_path / "x.tsv", ["--needles", "0"], "--needles"),
     ]
+    # The --out check writes a file of a new name, never an existing one (it once truncated <out>.tmp).
+    (tmp_path / "x.tsv.tmp").write_text("keep")
     for out, extra, message in cases:
         r = calibrate(tool, model_path, out, *extra)
         assert r.returncode == 1, (out, extra, r.stderr)
         assert message in r.stderr + r.stdout, (out, extra, r.stderr)
         assert "calibrating" not in r.stderr + r.stdout  # refused before the model loaded
+    assert (tmp_path / "x.tsv.tmp").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tsv.tmp"]

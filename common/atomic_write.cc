@@ -1,0 +1,72 @@
+#include "common/atomic_write.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+
+#include "common/errors.h"
+
+namespace sparseserve {
+
+namespace {
+
+// A new file path + ".tmp.<pid>.<n>", created exclusively (O_EXCL: never an existing file) with the
+// mode a plain create gives (0666 less the umask); returns its descriptor and fills name.
+int create_temporary(const std::string& path, std::string& name) {
+  static std::atomic<uint64_t> counter{0};
+  const uint64_t salt = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  int err = 0;
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    name = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string((salt + counter++) % 1000000007u);
+    const int fd = ::open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) return fd;
+    err = errno;
+    if (err != EEXIST) break;
+  }
+  throw ModelFileError(path, "cannot write (creating " + name + ": " + std::strerror(err) + ")");
+}
+
+}  // namespace
+
+void write_file_atomically(const std::string& path, std::string_view text) {
+  std::string tmp;
+  const int fd = create_temporary(path, tmp);
+  const auto fail = [&](int err, const char* what) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw ModelFileError(path, std::string("cannot write (") + what + " " + tmp + ": " + std::strerror(err) + ")");
+  };
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail(n < 0 ? errno : ENOSPC, "writing");
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) fail(errno, "syncing");
+  if (::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw ModelFileError(path, "cannot write (closing " + tmp + ": " + std::strerror(err) + ")");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw ModelFileError(path, std::string("cannot write (rename: ") + std::strerror(err) + ")");
+  }
+}
+
+void check_can_write_next_to(const std::string& path) {
+  std::string tmp;
+  const int fd = create_temporary(path, tmp);
+  ::close(fd);
+  ::unlink(tmp.c_str());
+}
+
+}  // namespace sparseserve
