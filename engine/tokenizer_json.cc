@@ -6,6 +6,7 @@
 // Sequence of those. BOS/EOS texts also come from a sibling tokenizer_config.json when present.
 #include <algorithm>
 #include <filesystem>
+#include <system_error>
 
 #include <nlohmann/json.hpp>
 
@@ -247,7 +248,8 @@ Tokenizer Tokenizer::from_hf_json(const std::string& path) {
     impl->add_bos = true;
   }
   const auto cfg_path = std::filesystem::path(path).parent_path() / "tokenizer_config.json";
-  if (std::filesystem::exists(cfg_path)) {
+  std::error_code ec;
+  if (std::filesystem::exists(cfg_path, ec)) {
     const json cfg = read_json_file(cfg_path.string(), kJsonListingMaxBytes);
     if (impl->bos < 0) impl->bos = impl->bpe->find(config_token(cfg, "bos_token"));
     impl->eos = impl->bpe->find(config_token(cfg, "eos_token"));
