@@ -38,7 +38,7 @@ std::string read_config_file(const std::string& path, size_t max_bytes) {
   const int fd = open_regular(path, size);
   if (size > max_bytes) {
     ::close(fd);
-    throw ModelFileError(path, "larger than " + std::to_string(max_bytes >> 10) + " KiB: not a config file");
+    throw ModelFileError(path, "larger than " + std::to_string(max_bytes >> 10) + " KiB, the most this file may hold");
   }
   std::string text(size, '\0');
   size_t got = 0;
