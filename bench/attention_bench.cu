@@ -688,7 +688,9 @@ int run_decode(const Options& o) {
   CUDA_CHECK(cudaDeviceSynchronize());
   const double med = median(ms);
   print_common(o, R);
-  std::printf(", \"graph_calls\": %d, \"pdl\": %d", N, o.pdl);
+  // pdl: the config's flag; programmatic / cluster: how this plan launched (DecodeConfig).
+  std::printf(", \"graph_calls\": %d, \"pdl\": %d, \"programmatic\": %d, \"cluster\": %d", N, o.pdl,
+              attn.launch_programmatic() ? 1 : 0, attn.launch_cluster());
   std::printf(", \"budget\": %d, \"selection\": \"%s\", \"graph\": %d, \"median_ms\": %.5f, \"min_ms\": %.5f, "
               "\"p90_ms\": %.5f, \"kv_bytes\": %.6e, \"tbps\": %.3f, \"pieces\": %zu, \"selected_pages\": %d",
               o.budget, !select ? "none" : o.select.c_str(), o.graph, med, percentile(ms, 0.0), percentile(ms, 0.9), kv_bytes,

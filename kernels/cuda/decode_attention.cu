@@ -165,7 +165,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   // else (q, the partials) may be the previous kernel's output or input.
   const int32_t first = p.indptr[w.row];
   const int32_t n_entries = p.indptr[w.row + 1] - first;
+#ifndef SPARSESERVE_DECODE_LATE_TRIGGER
   pdl_launch_dependents();
+#endif
   const int tid = threadIdx.x, warp = tid >> 5;
   const int G = p.group;
 
@@ -267,6 +269,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
     nst = nst + 1 == kStages ? 0 : nst + 1;
   }
   attn::cp_async_wait<0>();
+#ifdef SPARSESERVE_DECODE_LATE_TRIGGER
+  pdl_launch_dependents();
+#endif
   __syncthreads();  // the pipeline buffers become the merge buffers
 
   // Merge the 4 warps through the idle pipeline buffers.
@@ -439,6 +444,12 @@ void DecodeAttention::plan(std::span<const DecodeRow> rows, std::span<const int3
       plan_decode_split(row_pages, config_.page_tokens, target_ctas_, work_capacity_, config_.min_chunk_tokens);
   const auto& splits = split.row_splits;
   const int32_t most = splits.empty() ? 1 : *std::max_element(splits.begin(), splits.end());
+  int32_t longest = 0;  // list entries of the longest piece
+  for (const DecodeWorkItem& w : split.work) {  // the last piece of a row ends at INT32_MAX
+    longest = std::max(longest, std::min(w.page_end, row_pages[static_cast<size_t>(w.row)]) - w.page_begin);
+  }
+  const int64_t longest_bytes =
+      int64_t{longest} * config_.page_tokens * config_.head_dim * 2 * static_cast<int64_t>(sizeof(uint16_t));
 
   // From here a failure leaves no plan: the device blob may hold part of the new one.
   planned_rows_ = -1;
@@ -467,6 +478,8 @@ void DecodeAttention::plan(std::span<const DecodeRow> rows, std::span<const int3
   CUDA_CHECK(cudaEventRecord(plan_uploaded_.get(), stream));
   split_ = std::move(split);
   launch_cluster_ = most <= cluster_ ? cluster_ : 1;
+  launch_programmatic_ =
+      config_.programmatic_launch && (launch_cluster_ == 1 || longest_bytes <= kProgrammaticClusterMaxPieceBytes);
   planned_rows_ = n_rows;
 }
 
@@ -527,13 +540,13 @@ void DecodeAttention::run(const DecodeArgs& args, cudaStream_t stream, std::sour
   p.scale_log2 = args.scale * kLog2e;
 
   const int work = static_cast<int>(split_.work.size());
-  // A captured graph keeps this launch's cluster size for later plans; the kernel is correct with any
-  // (it reads its cluster's size), only the merge's cost differs.
+  // A captured graph keeps this launch's cluster size and mode for later plans; the kernel is correct
+  // with any (it reads its cluster's size), only the cost differs.
   const int32_t cl = launch_cluster_;
   const int grid = config_.cuda_graph ? work_capacity_ : (work + cl - 1) / cl * cl;
   if (grid == 0) return;
   CUDA_CHECK(launch_kernel_clustered(decode_kernel(D, config_.group), grid, kThreads, decode_smem_bytes(D), stream,
-                                     config_.programmatic_launch, static_cast<unsigned>(cl), p));
+                                     launch_programmatic_, static_cast<unsigned>(cl), p));
 }
 
 }  // namespace sparseserve::kernels::cuda

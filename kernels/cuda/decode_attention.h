@@ -136,6 +136,10 @@ void fill_block_positions(const int32_t* indptr, const int32_t* blocks, const in
                           int32_t page_tokens, int32_t* page_pos0, int32_t* page_len, cudaStream_t stream = nullptr,
                           std::source_location loc = std::source_location::current());
 
+// DecodeConfig::programmatic_launch: the longest piece of a clustered plan launched programmatically
+// (H200: batch 16, 16K tokens, 4 MiB a piece, +0.4% with it; 20K, 5 MiB, -0.3%).
+inline constexpr int64_t kProgrammaticClusterMaxPieceBytes = int64_t{4} << 20;
+
 struct DecodeConfig {
   int32_t head_dim = 128;       // 64 or 128
   int32_t group = 1;            // query heads per KV head, 1..16
@@ -146,7 +150,12 @@ struct DecodeConfig {
   int32_t target_ctas = 0;      // pieces to aim for, 0..640; 0: the CTAs resident at once (at most 640)
   // Programmatic dependent launch (sm_90): run() may start while the stream's previous kernel is
   // still running, reading its plan and pages.indptr; it waits for that kernel before touching
-  // anything else.
+  // anything else. Used for every plan except clustered ones (see cluster_ctas) whose longest piece
+  // reads more than kProgrammaticClusterMaxPieceBytes of K/V: a clustered grid launched
+  // programmatically, its clusters placed as the previous kernel's CTAs leave, read 1-1.4% slower
+  // there (H200, batch 16, 20K-256K tokens, two machines), more than the launch overlap saves; a
+  // grid without clusters or with short pieces gains from it (batch 1, 8K: +30%). A CUDA graph keeps
+  // the launch mode of the plan it was captured with (correct for any later plan).
   bool programmatic_launch = true;
   // Thread block clusters (sm_90): a plan whose rows have at most this many pieces each (1, 2, 4 or 8;
   // 1: never) launches in clusters of this many CTAs. The pieces of a row that share a cluster then
@@ -185,6 +194,7 @@ class DecodeAttention {
   const DecodeSplit& split() const { return split_; }
   int32_t work_capacity() const { return work_capacity_; }
   int32_t launch_cluster() const { return launch_cluster_; }  // CTAs per cluster of the planned launch
+  bool launch_programmatic() const { return launch_programmatic_; }  // the planned launch's mode
   const DecodeConfig& config() const { return config_; }
 
  private:
@@ -192,6 +202,7 @@ class DecodeAttention {
   int32_t target_ctas_ = 0;
   int32_t cluster_ = 1;         // config.cluster_ctas (1 before sm_90)
   int32_t launch_cluster_ = 1;  // CTAs per cluster of the planned launch: cluster_ or 1
+  bool launch_programmatic_ = false;  // the planned launch is programmatic (DecodeConfig::programmatic_launch)
   int32_t work_capacity_ = 0;  // a multiple of cluster_
   // Device plan blob (int32): [0..4) counts {work items, rows}; work [capacity][4];
   // row_split [max_rows][2] {pieces, first partial}; rows [max_rows][7].

@@ -301,6 +301,45 @@ TEST(DecodeAttentionGpu, ConfigChecksNameTheField) {
   }
 }
 
+// The launch mode follows the plan (DecodeConfig::programmatic_launch): a clustered plan whose longest
+// piece reads more than kProgrammaticClusterMaxPieceBytes launches without programmatic launch, every
+// other plan with it, and none with the config's flag off.
+TEST(DecodeAttentionGpu, LaunchModeFollowsThePlan) {
+  SKIP_WITHOUT_GPU();
+  constexpr int32_t kRows = 16, P = 64, D = 128;
+  constexpr int64_t kPageBytes = int64_t{P} * D * 2 * 2;  // K and V of one page
+  std::vector<DecodeRow> rows;
+  for (int32_t r = 0; r < kRows; ++r) rows.push_back({r, 0, 100000, MaskKind::kCausal, 0, 0, false});
+  const auto longest_bytes = [&](const DecodeAttention& a, int32_t pages) {
+    int64_t most = 0;
+    for (const DecodeWorkItem& w : a.split().work) most = std::max<int64_t>(most, std::min(w.page_end, pages) - w.page_begin);
+    return most * kPageBytes;
+  };
+  // Two pieces a row: clusters of two where the device has them.
+  DecodeAttention two({.head_dim = D, .group = 4, .page_tokens = P, .max_rows = kRows, .target_ctas = 2 * kRows});
+  const auto at_limit = static_cast<int32_t>(2 * (kProgrammaticClusterMaxPieceBytes / kPageBytes));
+  for (const int32_t pages : {at_limit, at_limit + 2}) {
+    two.plan(rows, std::vector<int32_t>(kRows, pages));
+    ASSERT_EQ(two.split().work.size(), 2u * kRows);
+    const int64_t longest = longest_bytes(two, pages);
+    EXPECT_EQ(longest <= kProgrammaticClusterMaxPieceBytes, pages == at_limit) << longest;
+    EXPECT_EQ(two.launch_programmatic(), two.launch_cluster() == 1 || pages == at_limit) << pages;
+    if (two.launch_cluster() == 1) std::printf("(no clusters on this device: the long case launches programmatically)\n");
+  }
+  // Many pieces a row: no clusters, programmatic however long the pieces.
+  DecodeAttention many({.head_dim = D, .group = 4, .page_tokens = P, .max_rows = 2, .target_ctas = 64});
+  const std::vector<DecodeRow> two_rows(rows.begin(), rows.begin() + 2);
+  many.plan(two_rows, std::vector<int32_t>(2, 40 * at_limit));
+  EXPECT_EQ(many.launch_cluster(), 1);
+  EXPECT_GT(longest_bytes(many, 40 * at_limit), kProgrammaticClusterMaxPieceBytes);
+  EXPECT_TRUE(many.launch_programmatic());
+  // The flag off: never.
+  DecodeAttention off({.head_dim = D, .group = 4, .page_tokens = P, .max_rows = kRows, .target_ctas = 2 * kRows,
+                       .programmatic_launch = false});
+  off.plan(rows, std::vector<int32_t>(kRows, 4));
+  EXPECT_FALSE(off.launch_programmatic());
+}
+
 TEST(DecodeAttentionGpu, FillBlockPositionsFromSelectedBlocks) {
   SKIP_WITHOUT_GPU();
   const std::vector<int32_t> indptr{0, 3, 4, 4, 6}, blocks{0, 1, 2, 0, 0, 5}, seq_lens{130, 64, 7, 321};

@@ -79,6 +79,7 @@ TEST(DecodeAttentionGpu, SmallProgrammaticLaunchWaitsForThePreviousKernel) {
     attn.plan(pr.rows, dp.row_pages, stream);
     ASSERT_GT(attn.split().num_partials, 0);
     ASSERT_EQ(attn.launch_cluster(), target == 0 ? 1 : 2);
+    ASSERT_TRUE(attn.launch_programmatic());  // short pieces: programmatic in clusters too
     for (int rep = 0; rep < 3; ++rep) {
       dp.q.fill_bytes(0xff, stream);
       dp.o.fill_bytes(0xff, stream);
