@@ -2,30 +2,53 @@
 
 #include <fmt/format.h>
 
+#include <bit>
+
 #include "common/errors.h"
 
 namespace sparseserve::kvcache {
 
-// ref_[p] == 0 exactly when p is on the free stack; free_ holds each free id once, and its capacity
-// is num_pages, so release never allocates.
+// ref_[p] == 0 exactly when bit p of free_ is set; nonempty_ mirrors which words of free_ have a bit.
 PagePool::PagePool(int32_t num_pages) {
   if (num_pages < 0) throw InvalidArgument(fmt::format("page pool: {} pages", num_pages));
   ref_.assign(static_cast<size_t>(num_pages), 0);
-  free_.reserve(static_cast<size_t>(num_pages));
-  // Highest id at the bottom: a fresh pool hands out 0, 1, 2, ...
-  for (int32_t p = num_pages - 1; p >= 0; --p) free_.push_back(p);
+  const auto words = (static_cast<size_t>(num_pages) + 63) / 64;
+  free_.assign(words, 0);
+  nonempty_.assign((words + 63) / 64, 0);
+  for (int32_t p = 0; p < num_pages; ++p) mark_free(p);
+}
+
+void PagePool::mark_free(int32_t page) {
+  const auto w = static_cast<size_t>(page) / 64;
+  free_[w] |= uint64_t{1} << (page % 64);
+  nonempty_[w / 64] |= uint64_t{1} << (w % 64);
+  ++num_free_;
 }
 
 std::vector<int32_t> PagePool::allocate(int32_t n) {
   if (!can_allocate(n)) {
     throw InternalError(fmt::format("page pool: allocate({}) with {} free pages", n, num_free()));
   }
-  std::vector<int32_t> out(static_cast<size_t>(n));
-  for (auto& p : out) {
-    p = free_.back();
-    free_.pop_back();
-    ref_[static_cast<size_t>(p)] = 1;
+  std::vector<int32_t> out;
+  out.reserve(static_cast<size_t>(n));
+  // Words with free ids in ascending order (through nonempty_), their ids lowest bit first.
+  for (size_t s = 0; out.size() < static_cast<size_t>(n); ++s) {
+    uint64_t words = nonempty_[s];
+    while (words != 0 && out.size() < static_cast<size_t>(n)) {
+      const size_t w = s * 64 + static_cast<size_t>(std::countr_zero(words));
+      uint64_t bits = free_[w];
+      while (bits != 0 && out.size() < static_cast<size_t>(n)) {
+        const auto p = static_cast<int32_t>(w * 64 + static_cast<size_t>(std::countr_zero(bits)));
+        bits &= bits - 1;
+        ref_[static_cast<size_t>(p)] = 1;
+        out.push_back(p);
+      }
+      free_[w] = bits;
+      if (bits == 0) nonempty_[s] &= ~(uint64_t{1} << (w % 64));
+      words &= words - 1;
+    }
   }
+  num_free_ -= n;
   return out;
 }
 
@@ -36,17 +59,21 @@ void PagePool::retain(int32_t page) {
   ++ref_[static_cast<size_t>(page)];
 }
 
-// All or nothing: on a bad entry the references already dropped are restored before throwing.
+// All or nothing: on a bad entry the references already dropped are restored before throwing; pages
+// become free only once every entry has been checked.
 void PagePool::release(std::span<const int32_t> pages) {
-  const size_t free_before = free_.size();
   for (size_t i = 0; i < pages.size(); ++i) {
     const int32_t p = pages[i];
     if (p < 0 || p >= num_pages() || ref_[static_cast<size_t>(p)] == 0) {
       for (size_t k = 0; k < i; ++k) ++ref_[static_cast<size_t>(pages[k])];
-      free_.resize(free_before);
       throw InternalError(fmt::format("page pool: release of page {}, which is free or unknown", p));
     }
-    if (--ref_[static_cast<size_t>(p)] == 0) free_.push_back(p);
+    --ref_[static_cast<size_t>(p)];
+  }
+  for (const int32_t p : pages) {
+    // A page listed twice reaches zero once; its second entry finds its bit already set.
+    const auto w = static_cast<size_t>(p) / 64;
+    if (ref_[static_cast<size_t>(p)] == 0 && (free_[w] & (uint64_t{1} << (p % 64))) == 0) mark_free(p);
   }
 }
 

@@ -65,7 +65,7 @@ TEST(PagePool, DoubleReleaseThrowsAndChangesNothing) {
   EXPECT_THROW(pool.release(std::vector<int32_t>{-1}), InternalError);
   EXPECT_EQ(refs(pool), before);
   EXPECT_EQ(pool.num_free(), 3);
-  // The free stack was not disturbed: the three free pages come out once each.
+  // The free set was not disturbed: the three free pages come out once each.
   auto again = pool.allocate(3);
   std::sort(again.begin(), again.end());
   EXPECT_EQ(std::adjacent_find(again.begin(), again.end()), again.end());
@@ -100,24 +100,54 @@ TEST(PagePool, RetainOfFreeOrUnknownPageThrows) {
   EXPECT_EQ(pool.ref_count(0), 0);
 }
 
+// The lowest free ids first, ascending: a fresh pool hands out 0, 1, 2, ...; released ids are taken
+// again before higher ones, so a run of pages freed together comes back as a run.
+TEST(PagePool, HandsOutTheLowestFreeIdsAscending) {
+  PagePool pool(5000);  // past one word of the bitmap's upper level (4096 ids)
+  EXPECT_EQ(pool.allocate(3), (std::vector<int32_t>{0, 1, 2}));
+  const std::vector<int32_t> run = pool.allocate(200);
+  for (int32_t i = 0; i < 200; ++i) EXPECT_EQ(run[static_cast<size_t>(i)], 3 + i);
+  const std::vector<int32_t> rest = pool.allocate(4797);
+  EXPECT_EQ(rest.front(), 203);
+  EXPECT_EQ(rest.back(), 4999);
+  EXPECT_EQ(pool.num_free(), 0);
+  // Free a run in the middle and a few scattered ids, in no order: they come back ascending.
+  std::vector<int32_t> gap;
+  for (int32_t p = 4100; p < 4164; ++p) gap.push_back(p);
+  std::reverse(gap.begin(), gap.end());
+  pool.release(gap);
+  pool.release(std::vector<int32_t>{4999, 7, 64});
+  EXPECT_EQ(pool.allocate(2), (std::vector<int32_t>{7, 64}));
+  const std::vector<int32_t> again = pool.allocate(64);
+  for (int32_t i = 0; i < 64; ++i) EXPECT_EQ(again[static_cast<size_t>(i)], 4100 + i);
+  EXPECT_EQ(pool.allocate(1), std::vector<int32_t>{4999});
+}
+
 // Random allocate/retain/release against a reference-count model.
 TEST(PagePool, RandomOperationsMatchModel) {
   std::mt19937 rng(11);
-  constexpr int32_t kPages = 64;
+  constexpr int32_t kPages = 300;  // several bitmap words, the last one partial
   PagePool pool(kPages);
   std::vector<int32_t> model(kPages, 0);
   std::vector<int32_t> held;  // one entry per reference
   for (int step = 0; step < 20000; ++step) {
     const unsigned op = rng() % 3;
     if (op == 0) {
-      const auto n = static_cast<int32_t>(rng() % 8);
+      const auto n = static_cast<int32_t>(rng() % 24);
       const int32_t free_model = static_cast<int32_t>(std::count(model.begin(), model.end(), 0));
       ASSERT_EQ(pool.can_allocate(n), n <= free_model);
       if (n > free_model) {
         EXPECT_THROW(pool.allocate(n), InternalError);
         continue;
       }
-      for (const int32_t p : pool.allocate(n)) {
+      // The n lowest free ids, ascending.
+      std::vector<int32_t> lowest;
+      for (int32_t p = 0; p < kPages && static_cast<int32_t>(lowest.size()) < n; ++p) {
+        if (model[static_cast<size_t>(p)] == 0) lowest.push_back(p);
+      }
+      const std::vector<int32_t> got = pool.allocate(n);
+      ASSERT_EQ(got, lowest);
+      for (const int32_t p : got) {
         ASSERT_EQ(model[static_cast<size_t>(p)], 0) << "handed out a used page";
         model[static_cast<size_t>(p)] = 1;
         held.push_back(p);

@@ -59,6 +59,34 @@ TEST(SequenceKv, RetrievalSlotsTakeOnePagePerBlock) {
   EXPECT_EQ(all_pages(s).size(), 9u);
 }
 
+// A grow hands each slot a consecutive run of the pool's ids (the paged decode reads runs faster
+// than scattered pages), also in the gap a released sequence left.
+TEST(SequenceKv, GrowGivesEachSlotARun) {
+  PagePool pool(1000);
+  SequenceKv a(64, 4, 0, std::nullopt), b(64, 4, 0, std::nullopt), c(64, 4, 0, std::nullopt);
+  const auto runs = [](const SequenceKv& s, size_t from) {
+    for (int32_t k = 0; k < s.retrieval_slots(); ++k) {
+      const auto pages = s.retrieval_pages(k);
+      for (size_t i = from + 1; i < pages.size(); ++i) {
+        if (pages[i] != pages[i - 1] + 1) return false;
+      }
+    }
+    return true;
+  };
+  a.grow(64 * 32, pool);  // a prefill chunk of 2048 tokens: 32 pages a slot
+  b.grow(64 * 50, pool);
+  EXPECT_TRUE(runs(a, 0) && runs(b, 0));
+  EXPECT_EQ(a.retrieval_pages(0).front(), 0);
+  EXPECT_EQ(a.retrieval_pages(1).front(), 32);
+  a.release(pool);  // leaves a gap of 128 pages before b's
+  c.grow(64 * 20, pool);
+  EXPECT_TRUE(runs(c, 0));
+  EXPECT_EQ(c.retrieval_pages(3).back(), 79);  // inside the gap
+  c.grow(64 * 30, pool);  // the next chunk: runs again, from the gap's rest
+  EXPECT_TRUE(runs(c, 20));
+  EXPECT_EQ(c.retrieval_pages(0)[20], 80);
+}
+
 TEST(SequenceKv, GrowIsAllOrNothing) {
   PagePool pool(10);
   const StreamingGeometry g(16, {4, 20});  // 1 sink + 3 ring pages per slot
