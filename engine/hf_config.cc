@@ -18,8 +18,8 @@
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
-#include "engine/json_file.h"
 #include "engine/hf_model.h"
+#include "engine/json_file.h"
 
 namespace sparseserve {
 namespace {

@@ -1,8 +1,8 @@
 // Reads the JSON files of a model folder (config.json, tokenizer.json, tokenizer_config.json, a
 // safetensors index) through read_config_file: only a regular file is read (a folder, FIFO or device
 // gets a clear error instead of a hang), at most max_bytes of it. Errors are ModelFileError naming
-// the file: "cannot open: <reason>", "a folder, not a file", "larger than N KiB, the most ...", "not valid JSON:
-// <parser message>".
+// the file: "cannot open: <reason>", "a folder, not a file", "larger than N KiB, ...", "not valid
+// JSON: <parser message>".
 #pragma once
 
 #include <cstddef>

@@ -165,9 +165,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
   // else (q, the partials) may be the previous kernel's output or input.
   const int32_t first = p.indptr[w.row];
   const int32_t n_entries = p.indptr[w.row + 1] - first;
-#ifndef SPARSESERVE_DECODE_LATE_TRIGGER
   pdl_launch_dependents();
-#endif
   const int tid = threadIdx.x, warp = tid >> 5;
   const int G = p.group;
 
@@ -269,9 +267,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_paged_kernel(const 
     nst = nst + 1 == kStages ? 0 : nst + 1;
   }
   attn::cp_async_wait<0>();
-#ifdef SPARSESERVE_DECODE_LATE_TRIGGER
-  pdl_launch_dependents();
-#endif
   __syncthreads();  // the pipeline buffers become the merge buffers
 
   // Merge the 4 warps through the idle pipeline buffers.
