@@ -76,8 +76,9 @@ struct DecodeRow {
   // rows of its entries but the last: no kernel that may still be running when run() starts writes
   // them. True for lists the host keeps (dense retrieval rows, streaming rows' sink + ring) in a
   // decode step whose append writes each row's newest key only, into its last entry; not for lists
-  // page_select builds in the same stream. With config.programmatic_launch the row's pieces then copy
-  // their first K/V tiles before the row's last entry while the previous kernel finishes.
+  // page_select builds in the same stream. When the launch is programmatic (launch_programmatic())
+  // the row's pieces then copy their first K/V tiles before the row's last entry while the previous
+  // kernel finishes.
   bool pages_plan_time = false;
 };
 static_assert(sizeof(DecodeRow) == 28);  // the plan blob holds rows as 7 int32 each
@@ -151,11 +152,11 @@ struct DecodeConfig {
   // Programmatic dependent launch (sm_90): run() may start while the stream's previous kernel is
   // still running, reading its plan and pages.indptr; it waits for that kernel before touching
   // anything else. Used for every plan except clustered ones (see cluster_ctas) whose longest piece
-  // reads more than kProgrammaticClusterMaxPieceBytes of K/V: a clustered grid launched
-  // programmatically, its clusters placed as the previous kernel's CTAs leave, read 1-1.4% slower
-  // there (H200, batch 16, 20K-256K tokens, two machines), more than the launch overlap saves; a
-  // grid without clusters or with short pieces gains from it (batch 1, 8K: +30%). A CUDA graph keeps
-  // the launch mode of the plan it was captured with (correct for any later plan).
+  // reads more than kProgrammaticClusterMaxPieceBytes of K/V: such a grid launched programmatically
+  // read 1-1.4% slower (H200, batch 16, 20K-256K tokens, two machines; likely because its clusters
+  // are then placed as the previous kernel's CTAs leave, not on an idle GPU), more than the launch
+  // overlap saves; a grid without clusters or with short pieces gains from it (batch 1, 8K: +30%).
+  // A CUDA graph keeps the launch mode of the plan it was captured with (correct for any later plan).
   bool programmatic_launch = true;
   // Thread block clusters (sm_90): a plan whose rows have at most this many pieces each (1, 2, 4 or 8;
   // 1: never) launches in clusters of this many CTAs. The pieces of a row that share a cluster then
