@@ -439,10 +439,10 @@ void DecodeAttention::plan(std::span<const DecodeRow> rows, std::span<const int3
       plan_decode_split(row_pages, config_.page_tokens, target_ctas_, work_capacity_, config_.min_chunk_tokens);
   const auto& splits = split.row_splits;
   const int32_t most = splits.empty() ? 1 : *std::max_element(splits.begin(), splits.end());
-  int32_t longest = 0;  // list entries of the longest piece
-  for (const DecodeWorkItem& w : split.work) {  // the last piece of a row ends at INT32_MAX
-    longest = std::max(longest, std::min(w.page_end, row_pages[static_cast<size_t>(w.row)]) - w.page_begin);
-  }
+  // List entries of the longest piece: a split row's pieces hold at most chunk_pages each, an unsplit
+  // row (row_pages ≤ chunk_pages) its whole list.
+  const int32_t longest =
+      row_pages.empty() ? 0 : std::min(split.chunk_pages, *std::max_element(row_pages.begin(), row_pages.end()));
   const int64_t longest_bytes =
       int64_t{longest} * config_.page_tokens * config_.head_dim * 2 * static_cast<int64_t>(sizeof(uint16_t));
 

@@ -1,11 +1,11 @@
 #include "common/atomic_write.h"
 
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -22,19 +22,10 @@ class AtomicWriteTest : public ::testing::Test {
     dir_ = ::testing::TempDir() + "/atomic_write_test_" + std::to_string(::getpid());
     ::mkdir(dir_.c_str(), 0700);
   }
-  void TearDown() override {
-    for (const std::string& n : names()) ::unlink((dir_ + "/" + n).c_str());
-    ::rmdir(dir_.c_str());
-  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
   std::vector<std::string> names() const {
     std::vector<std::string> out;
-    if (DIR* d = ::opendir(dir_.c_str())) {
-      while (const dirent* e = ::readdir(d)) {
-        const std::string n = e->d_name;
-        if (n != "." && n != "..") out.push_back(n);
-      }
-      ::closedir(d);
-    }
+    for (const auto& e : std::filesystem::directory_iterator(dir_)) out.push_back(e.path().filename().string());
     std::sort(out.begin(), out.end());
     return out;
   }
