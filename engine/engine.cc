@@ -61,6 +61,8 @@ struct LiveRequest {
   std::shared_ptr<RequestStreamImpl> stream;
   clock_type::time_point arrival, first_token, last_token;
   bool bound = false;           // registered with the KV backend
+  bool stop_matched = false;    // a stop string matched: the output ends where it began
+  int64_t prompt_counted = 0;   // prompt tokens counted in metrics.prompt_tokens (not again on recompute)
 };
 
 struct Engine::Impl {
@@ -80,7 +82,9 @@ struct Engine::Impl {
   std::mutex mu;
   std::condition_variable wake;
   std::deque<std::unique_ptr<LiveRequest>> incoming;
-  std::vector<std::string> abort_ids;
+  // Aborts by key, not by request id: an abort queued for a request that finishes before the loop
+  // sees it must not hit a later request that reuses the id.
+  std::vector<uint64_t> abort_keys;
   std::unordered_map<std::string, uint64_t> live_ids;  // request id -> key
   bool accepting = true, stopping = false;
   uint64_t next_key = 1;
@@ -88,6 +92,7 @@ struct Engine::Impl {
 
   // Loop-only state.
   std::unordered_map<uint64_t, std::unique_ptr<LiveRequest>> live;
+  std::vector<uint64_t> step_keys;  // the requests the current step's plan names (the loop fails them if it throws)
   std::thread thread;
 
   void loop();
@@ -96,6 +101,7 @@ struct Engine::Impl {
   void step();
   void finish(LiveRequest& r, FinishReason reason, const std::string& stop_reason, const std::string& error = {});
   void release(uint64_t key);
+  void fail(uint64_t key, const std::string& error);
   void update_gauges();
 };
 
@@ -178,7 +184,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
 
   auto r = std::make_unique<LiveRequest>(LiveRequest{
       0, std::move(request), &profile, {}, n, 0, Sampler(SamplingParams{}, {}),
-      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, nullptr, clock_type::now(), {}, {}, false});
+      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, nullptr, clock_type::now(), {}, {}, false, false, 0});
   r->tokens = r->req.prompt;
   r->max_new = std::min<int64_t>(r->req.max_tokens, c.max_context - n);
   r->sampler = Sampler(r->req.sampling, r->req.prompt);
@@ -196,11 +202,12 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
     throw QueueFull("the request queue is full (" + std::to_string(e.config.max_waiting) + " waiting); retry later");
   }
   r->key = e.next_key++;
-  r->stream = std::make_shared<RequestStreamImpl>(r->req.id, static_cast<size_t>(e.config.output_buffer), [&e](const std::string& id) {
-    std::lock_guard l(e.mu);
-    e.abort_ids.push_back(id);
-    e.wake.notify_one();
-  });
+  r->stream = std::make_shared<RequestStreamImpl>(r->req.id, static_cast<size_t>(e.config.output_buffer),
+                                                  [&e, key = r->key](const std::string&) {
+                                                    std::lock_guard l(e.mu);
+                                                    e.abort_keys.push_back(key);
+                                                    e.wake.notify_one();
+                                                  });
   e.live_ids.emplace(r->req.id, r->key);
   auto stream = r->stream;
   e.incoming.push_back(std::move(r));
@@ -211,8 +218,9 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
 
 bool Engine::abort_request(const std::string& id) {
   std::lock_guard lock(impl_->mu);
-  if (!impl_->live_ids.contains(id)) return false;
-  impl_->abort_ids.push_back(id);
+  const auto it = impl_->live_ids.find(id);
+  if (it == impl_->live_ids.end()) return false;
+  impl_->abort_keys.push_back(it->second);
   impl_->wake.notify_one();
   return true;
 }
@@ -233,7 +241,7 @@ void Engine::shutdown(std::chrono::milliseconds grace) {
   }
   {
     std::lock_guard lock(e.mu);
-    for (const auto& [id, key] : e.live_ids) e.abort_ids.push_back(id);
+    for (const auto& [id, key] : e.live_ids) e.abort_keys.push_back(key);
     e.stopping = true;
     e.wake.notify_one();
   }
@@ -245,7 +253,7 @@ void Engine::Impl::loop() {
     {
       std::unique_lock lock(mu);
       wake.wait_for(lock, std::chrono::milliseconds(50), [&] {
-        return stopping || !incoming.empty() || !abort_ids.empty() || scheduler.has_work();
+        return stopping || !incoming.empty() || !abort_keys.empty() || scheduler.has_work();
       });
     }
     apply_aborts();
@@ -258,17 +266,18 @@ void Engine::Impl::loop() {
       update_gauges();
       continue;
     }
+    step_keys.clear();
     try {
       step();
     } catch (const std::exception& ex) {
-      // A broken invariant inside the step: fail the requests it touched, keep serving.
+      // A broken invariant inside the step: fail the requests its plan named (every live request
+      // when the plan itself failed), keep serving.
       spdlog::error("engine step failed: {}", ex.what());
-      std::vector<uint64_t> keys;
-      for (const auto& [key, r] : live) keys.push_back(key);
-      for (uint64_t key : keys) {
-        auto it = live.find(key);
-        if (it != live.end()) finish(*it->second, FinishReason::kError, "", std::string("internal error: ") + ex.what());
+      std::vector<uint64_t> keys = step_keys;
+      if (keys.empty()) {
+        for (const auto& [key, r] : live) keys.push_back(key);
       }
+      for (uint64_t key : keys) fail(key, std::string("internal error: ") + ex.what());
     }
     update_gauges();
   }
@@ -289,33 +298,23 @@ void Engine::Impl::admit_incoming() {
 }
 
 void Engine::Impl::apply_aborts() {
-  std::vector<std::string> ids;
+  std::vector<uint64_t> keys;
   {
     std::lock_guard lock(mu);
-    ids.swap(abort_ids);
+    keys.swap(abort_keys);
   }
-  for (const std::string& id : ids) {
-    uint64_t key = 0;
-    {
-      std::lock_guard lock(mu);
-      const auto it = live_ids.find(id);
-      if (it == live_ids.end()) continue;
-      key = it->second;
-    }
-    auto it = live.find(key);
-    if (it == live.end()) {  // still in `incoming`: admit first so it is released uniformly
-      admit_incoming();
-      it = live.find(key);
-      if (it == live.end()) continue;
-    }
-    finish(*it->second, FinishReason::kAbort, "");
+  if (keys.empty()) return;
+  admit_incoming();  // a request aborted while still in `incoming` is released like any other
+  for (const uint64_t key : keys) {
+    const auto it = live.find(key);
+    if (it != live.end()) finish(*it->second, FinishReason::kAbort, "");  // else it has finished already
   }
 }
 
 void Engine::Impl::release(uint64_t key) {
   auto it = live.find(key);
   if (it == live.end()) return;
-  if (!scheduler.cancel(key)) scheduler.finish(key);
+  scheduler.cancel(key);  // false when the scheduler has dropped it already (plan().unservable)
   if (it->second->bound) backend.release(key);
   {
     std::lock_guard lock(mu);
@@ -326,12 +325,11 @@ void Engine::Impl::release(uint64_t key) {
 
 void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string& stop_reason, const std::string& error) {
   RequestOutput out;
-  if (reason != FinishReason::kAbort && reason != FinishReason::kError) {
-    out.text = r.detok.flush();
-    if (reason != FinishReason::kStop || stop_reason.empty()) {
-      const auto res = r.stops.push(out.text);
-      out.text = res.text + (res.stopped ? "" : r.stops.flush());
-    }
+  if (reason != FinishReason::kAbort && reason != FinishReason::kError && !r.stop_matched) {
+    // The text still held back: the bytes of an incomplete character, then what the stop filter
+    // kept as a possible start of a stop string. After a stop-string match nothing follows it.
+    const auto res = r.stops.push(r.detok.flush());
+    out.text = res.text + (res.stopped ? "" : r.stops.flush());
   }
   out.finished = true;
   out.finish_reason = reason;
@@ -356,11 +354,57 @@ void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string
   stream->close();
 }
 
+// Ends a request with an error, even when finish() itself throws part-way: the request then leaves
+// the loop's tables by hand and its client still gets the error, so nothing is lost.
+void Engine::Impl::fail(uint64_t key, const std::string& error) {
+  const auto it = live.find(key);
+  if (it == live.end()) return;
+  const std::shared_ptr<RequestStreamImpl> stream = it->second->stream;
+  try {
+    finish(*it->second, FinishReason::kError, "", error);
+    return;
+  } catch (const std::exception& ex) {
+    spdlog::error("engine: ending request {} failed too: {}", it->second->req.id, ex.what());
+  }
+  try {
+    scheduler.cancel(key);
+  } catch (const std::exception& ex) {
+    spdlog::error("engine: dropping request {} from the scheduler: {}", key, ex.what());
+  }
+  if (const auto left = live.find(key); left != live.end()) {
+    {
+      std::lock_guard lock(mu);
+      live_ids.erase(left->second->req.id);
+    }
+    live.erase(left);
+  }
+  RequestOutput out;
+  out.finished = true;
+  out.finish_reason = FinishReason::kError;
+  out.error = error;
+  stream->push(std::move(out));
+  stream->close();
+}
+
 void Engine::Impl::step() {
   const StepPlan plan = scheduler.plan();
+  for (const ScheduledSeq& s : plan.seqs) step_keys.push_back(s.id);
+  step_keys.insert(step_keys.end(), plan.unservable.begin(), plan.unservable.end());
+  step_keys.insert(step_keys.end(), plan.preempted.begin(), plan.preempted.end());
   for (uint64_t key : plan.unservable) {
     auto it = live.find(key);
-    if (it != live.end()) finish(*it->second, FinishReason::kError, "", "the request does not fit the KV cache");
+    if (it == live.end()) continue;
+    LiveRequest& r = *it->second;
+    if (static_cast<int64_t>(r.tokens.size()) > r.prompt_len) {
+      // Its prompt fitted, then its generated tokens outgrew the whole KV cache: the cache's size is
+      // its context limit, so it ends by length with everything it generated (llama.cpp stops a
+      // sequence whose context is full the same way).
+      spdlog::warn("request {}: {} tokens fill the whole KV cache ({} pages); it ends by length", r.req.id,
+                   r.tokens.size(), kv.num_pages());
+      finish(r, FinishReason::kLength, "");
+    } else {
+      finish(r, FinishReason::kError, "", "the request does not fit the KV cache");
+    }
   }
   for (uint64_t key : plan.preempted) {
     metrics.num_preemptions += 1;
@@ -387,7 +431,10 @@ void Engine::Impl::step() {
     f.no_logits = !s.sample;
     f.prompt_len = r.prompt_len;
     batch.push_back(f);
-    if (s.start < r.prompt_len) metrics.prompt_tokens += std::min<int64_t>(s.count, r.prompt_len - s.start);
+    if (const int64_t end = std::min<int64_t>(s.start + s.count, r.prompt_len); end > r.prompt_counted) {
+      metrics.prompt_tokens += end - std::max<int64_t>(s.start, r.prompt_counted);  // a recompute counts no more
+      r.prompt_counted = end;
+    }
   }
   const SelectionStats before = backend.selection_stats();
   std::vector<float> logits;
@@ -450,7 +497,7 @@ void Engine::Impl::step() {
       // The stop token itself is not part of the text (it is special or an explicit stop id).
       r.tokens.pop_back();
       out.completion_tokens = gen - 1;
-      finish(r, FinishReason::kStop, model.tokenizer.token_text(tok));
+      finish(r, FinishReason::kStop, model.tokenizer.decode(std::span<const int32_t>(&tok, 1)));
       continue;
     }
     out.token_ids.push_back(tok);
@@ -458,6 +505,7 @@ void Engine::Impl::step() {
     const auto res = r.stops.push(r.detok.push(tok));
     out.text = res.text;
     if (res.stopped) {
+      r.stop_matched = true;
       r.stream->push(std::move(out));
       finish(r, FinishReason::kStop, res.matched);
       continue;

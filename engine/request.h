@@ -42,7 +42,7 @@ struct RequestOutput {
   std::vector<TokenLogprob> logprobs;  // per new token, when requested
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
-  std::string stop_reason;             // the stop string or token text that ended it, if any
+  std::string stop_reason;             // the stop string, or the stop token decoded, that ended it, if any
   std::string error;                   // kError: what went wrong (an internal error message)
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;       // total so far

@@ -7,6 +7,7 @@
 
 #include "tests/engine/default_model_fixture.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <thread>
 
@@ -98,6 +99,8 @@ TEST_F(EngineTest, PreemptedRequestsResumeToTheSameTokens) {
   }
   for (auto& st : streams) EXPECT_EQ(drain(*st).tokens, reference.tokens);
   EXPECT_GT(e.metrics().num_preemptions.load(), 0);
+  // Each prompt token is counted once, however often a preempted request recomputes it.
+  EXPECT_EQ(e.metrics().prompt_tokens.load(), 4 * static_cast<int64_t>(model_->tokenizer.encode(prompt, false, false).size()));
   for (int i = 0; i < 100 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(e.kv_pages_in_use(), 0);
 }
@@ -126,6 +129,66 @@ TEST_F(EngineTest, StopStringIsCutAndAbortAndCancelReturnPages) {
   for (int i = 0; i < 200 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(e.kv_pages_in_use(), 0);
   EXPECT_FALSE(e.abort_request("long1"));
+}
+
+TEST_F(EngineTest, ARequestOutgrowingTheWholeKvCacheEndsByLengthAndTheEngineKeepsServing) {
+  // 200 pages hold two 64-token blocks of the dense profile's lanes (one per layer and KV head):
+  // a short prompt fits, its generation outgrows the whole cache. The request preempts itself, the
+  // scheduler drops it as unservable, and it must end by length with every token it generated (it
+  // used to end the engine thread: std::terminate).
+  const std::string prompt = "Tell me a long story about dragons.";
+  const int64_t lanes = model_->config.n_layers * model_->config.n_kv_heads, page_tokens = 64;
+  EngineConfig tight;
+  tight.kv_cache_bytes = 200 * 34816;  // pages of 64 tokens × 64 dims fp32 + metadata
+  Engine e(*model_, profiles(), tight);
+  Request r = request("x", prompt, 400, std::nullopt, 0.0f);
+  r.sparsity = "dense";
+  const auto prompt_len = static_cast<int64_t>(r.prompt.size());
+  const Result out = drain(*e.submit(r));
+  EXPECT_EQ(out.last.finish_reason, FinishReason::kLength) << out.last.error;
+  // Every token whose sequence the cache holds, plus the one sampled from the last of them.
+  const int64_t capacity = 200 / lanes * page_tokens;
+  ASSERT_EQ(static_cast<int64_t>(out.tokens.size()), capacity + 1 - prompt_len);
+  EXPECT_EQ(out.last.completion_tokens, capacity + 1 - prompt_len);
+  {
+    Engine roomy(*model_, profiles(), EngineConfig{});
+    Request ref = r;
+    ref.max_tokens = capacity + 1 - prompt_len;
+    const Result reference = drain(*roomy.submit(ref));
+    EXPECT_EQ(out.tokens, reference.tokens);
+    EXPECT_EQ(out.text, reference.text);
+  }
+  const Result after = drain(*e.submit(request("after", "Hello", 3, std::nullopt, 0.0f)));
+  EXPECT_EQ(after.last.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(after.tokens.size(), 3u);
+  for (int i = 0; i < 100 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(e.kv_pages_in_use(), 0);
+}
+
+TEST_F(EngineTest, AStopTokenReleasesTheTextHeldForAStopString) {
+  Engine e(*model_, profiles(), EngineConfig{});
+  const std::string prompt = "The days of the week are Monday, Tuesday,";
+  const Result full = drain(*e.submit(request("full", prompt, 20, std::nullopt, 0.0f)));
+  // The first token from the fourth on that did not occur before: a stop token id there ends the
+  // greedy text right before it.
+  size_t k = 0;
+  for (size_t i = 3; i < full.tokens.size() && k == 0; ++i) {
+    if (std::find(full.tokens.begin(), full.tokens.begin() + static_cast<std::ptrdiff_t>(i), full.tokens[i]) ==
+        full.tokens.begin() + static_cast<std::ptrdiff_t>(i)) {
+      k = i;
+    }
+  }
+  ASSERT_GT(k, 0u) << "no new token in the greedy text";
+  const std::string before = model_->tokenizer.decode(std::span<const int32_t>(full.tokens.data(), k), true);
+  ASSERT_FALSE(before.empty());
+  Request r = request("cut", prompt, 20, std::nullopt, 0.0f);
+  r.stop_token_ids = {full.tokens[k]};
+  // Starts with the text's last byte, never matches: the filter holds that byte back to the end.
+  r.stop = {before.substr(before.size() - 1) + "\x01never"};
+  const Result cut = drain(*e.submit(r));
+  EXPECT_EQ(cut.last.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(cut.text, before);
+  EXPECT_EQ(cut.last.stop_reason, model_->tokenizer.decode(std::span<const int32_t>(&full.tokens[k], 1)));
 }
 
 TEST_F(EngineTest, BadRequestsAreRejectedAtSubmit) {
