@@ -91,15 +91,32 @@ void send_json(httplib::Response& res, int status, const json& body) {
 
 void send_error(httplib::Response& res, const ApiError& e) { send_json(res, e.status(), e.to_json()); }
 
+// A request whose body was left partly unread: the connection must end after the response, or the
+// rest of the body would be read as the next request. httplib 0.11 keeps a connection open by the
+// request's own headers alone (a handler's "Connection: close" does not end it); a content provider
+// that fails after its last chunk does: the client gets the whole response, then the close.
+struct BodyRefused : ApiError {
+  using ApiError::ApiError;
+};
+void send_error_and_close(httplib::Response& res, const ApiError& e) {
+  res.status = e.status();
+  res.set_header("Connection", "close");
+  res.set_chunked_content_provider("application/json", [body = dump(e.to_json())](size_t, httplib::DataSink& sink) {
+    sink.write(body.data(), body.size());
+    sink.done();
+    return false;
+  });
+}
+
 bool same_secret(const std::string& a, const std::string& b) {  // constant time in the content
   unsigned char diff = a.size() == b.size() ? 0 : 1;
   for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
   return diff == 0 && !b.empty();
 }
 
-json parse_body(const httplib::Request& req) {
+json parse_body(const std::string& body) {
   try {
-    return json::parse(req.body);
+    return json::parse(body);
   } catch (const json::exception& e) {  // parse errors, and numbers past a double's range (out_of_range)
     throw openai::bad_request(std::string("Invalid JSON in the request body: ") + e.what(), "", "invalid_json");
   }
@@ -240,33 +257,80 @@ struct OpenAiHttpServer::Impl {
     return *c;
   }
 
+  // Reads a request body under max_body_bytes, counting the bytes as they arrive after any
+  // Transfer-Encoding and Content-Encoding: httplib 0.11 checks its own limit against Content-Length
+  // alone, so a chunked body, or a gzip body it inflates, would be read whole whatever its size. A
+  // body refused here may be partly unread: its response ends the connection (BodyRefused).
+  std::string read_body(httplib::Response& res, const httplib::ContentReader& reader) const {
+    std::string body;
+    bool too_large = false;
+    const bool ok = reader([&](const char* data, size_t n) {
+      if (n > options.max_body_bytes - body.size()) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    if (ok && !too_large) return body;
+    if (too_large || res.status == 413) {
+      throw BodyRefused(413, "invalid_request_error", "The request body is larger than this server accepts.", "",
+                        "request_too_large");
+    }
+    if (res.status == 415) {
+      throw BodyRefused(415, "invalid_request_error", "The request body's Content-Encoding is not supported.", "",
+                        "unsupported_content_encoding");
+    }
+    throw BodyRefused(400, "invalid_request_error", "The request body could not be read.", "", "unreadable_body");
+  }
+
   // Every API handler: errors of any kind become the OpenAI error object; the server serves on.
   template <typename F>
   httplib::Server::Handler api(F f, bool needs_auth = true) {
     return [this, f, needs_auth](const httplib::Request& req, httplib::Response& res) {
-      try {
-        if (needs_auth) check_auth(req);
-        f(req, res, serving());
-        return;
-      } catch (const ApiError& e) {
-        send_error(res, e);
-      } catch (const QueueFull& e) {
-        send_error(res, ApiError(429, "rate_limit_error", std::string("The server is overloaded: ") + e.what(), "",
-                                 "queue_full"));
-      } catch (const EngineUnavailable& e) {
-        send_error(res, ApiError(503, "service_unavailable", e.what(), "", "engine_unavailable"));
-      } catch (const InvalidArgument& e) {
-        send_error(res, openai::bad_request(e.what()));
-      } catch (const std::exception& e) {
-        spdlog::error("{} {}: internal error: {}", req.method, req.path, e.what());
-        send_error(res, ApiError(500, "internal_error", std::string("Internal error: ") + e.what(), "", "internal_error"));
-      }
-      if (req.path != "/health") spdlog::info("{} {} {}: {}", req.method, req.path, res.status, res.body.substr(0, 300));
+      guarded(req, res, needs_auth, [&] { f(req, res, serving()); });
     };
   }
+  // The same for a POST route whose JSON body f(req, body, res, ctx) takes: the body is read first
+  // (read_body), as httplib reads one before an ordinary handler, so a refused request leaves none
+  // of it on the connection.
+  template <typename F>
+  httplib::Server::HandlerWithContentReader api_with_body(F f) {
+    return [this, f](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+      guarded(req, res, /*needs_auth=*/false, [&] {
+        const std::string body = read_body(res, reader);
+        check_auth(req);
+        const ServingContext& c = serving();
+        f(req, parse_body(body), res, c);
+      });
+    };
+  }
+  template <typename F>
+  void guarded(const httplib::Request& req, httplib::Response& res, bool needs_auth, F&& run) {
+    try {
+      if (needs_auth) check_auth(req);
+      run();
+      return;
+    } catch (const BodyRefused& e) {
+      send_error_and_close(res, e);
+    } catch (const ApiError& e) {
+      send_error(res, e);
+    } catch (const QueueFull& e) {
+      send_error(res, ApiError(429, "rate_limit_error", std::string("The server is overloaded: ") + e.what(), "",
+                               "queue_full"));
+    } catch (const EngineUnavailable& e) {
+      send_error(res, ApiError(503, "service_unavailable", e.what(), "", "engine_unavailable"));
+    } catch (const InvalidArgument& e) {
+      send_error(res, openai::bad_request(e.what()));
+    } catch (const std::exception& e) {
+      spdlog::error("{} {}: internal error: {}", req.method, req.path, e.what());
+      send_error(res, ApiError(500, "internal_error", std::string("Internal error: ") + e.what(), "", "internal_error"));
+    }
+    if (req.path != "/health") spdlog::info("{} {} {}: {}", req.method, req.path, res.status, res.body.substr(0, 300));
+  }
 
-  void generate(Endpoint endpoint, const httplib::Request& req, httplib::Response& res, const ServingContext& c) {
-    const json body = parse_body(req);
+  void generate(Endpoint endpoint, const httplib::Request& req, const json& body, httplib::Response& res,
+                const ServingContext& c) {
     const openai::Protocol& p = c.protocol;
     auto session = std::make_shared<GenerationSession>(
         endpoint == Endpoint::kChat ? p.parse_chat(body) : p.parse_completion(body), p,
@@ -335,11 +399,11 @@ struct OpenAiHttpServer::Impl {
   }
 
   void routes() {
-    svr.Post("/v1/completions", api([this](const auto& req, auto& res, const ServingContext& c) {
-      generate(Endpoint::kCompletions, req, res, c);
+    svr.Post("/v1/completions", api_with_body([this](const auto& req, const json& body, auto& res, const ServingContext& c) {
+      generate(Endpoint::kCompletions, req, body, res, c);
     }));
-    svr.Post("/v1/chat/completions", api([this](const auto& req, auto& res, const ServingContext& c) {
-      generate(Endpoint::kChat, req, res, c);
+    svr.Post("/v1/chat/completions", api_with_body([this](const auto& req, const json& body, auto& res, const ServingContext& c) {
+      generate(Endpoint::kChat, req, body, res, c);
     }));
     svr.Get("/v1/models", api([this](const auto&, auto& res, const ServingContext& c) {
       send_json(res, 200, c.protocol.models(created));
@@ -351,11 +415,11 @@ struct OpenAiHttpServer::Impl {
       }
       send_json(res, 200, c.protocol.models(created)["data"][0]);
     }));
-    svr.Post("/tokenize", api([](const auto& req, auto& res, const ServingContext& c) {
-      send_json(res, 200, c.protocol.tokenize(parse_body(req)));
+    svr.Post("/tokenize", api_with_body([](const auto&, const json& body, auto& res, const ServingContext& c) {
+      send_json(res, 200, c.protocol.tokenize(body));
     }));
-    svr.Post("/detokenize", api([](const auto& req, auto& res, const ServingContext& c) {
-      send_json(res, 200, c.protocol.detokenize(parse_body(req)));
+    svr.Post("/detokenize", api_with_body([](const auto&, const json& body, auto& res, const ServingContext& c) {
+      send_json(res, 200, c.protocol.detokenize(body));
     }));
     svr.Get("/health", api([](const auto&, auto& res, const ServingContext&) { send_json(res, 200, json::object()); },
                            /*needs_auth=*/false));

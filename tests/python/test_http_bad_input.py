@@ -2,7 +2,9 @@
 {"error": {"message", "type", "param", "code"}}, and the server still serves afterwards.
 
 Unknown fields follow vLLM and OpenAI: ignored, at the top level and inside known objects."""
+import gzip
 import json
+import socket
 
 import httpx
 import pytest
@@ -169,6 +171,61 @@ def test_context_overflow_names_the_numbers(http, path, body, what):
 def test_body_over_limit_is_413(http):
     big = json.dumps(c(prompt="x" * (1 << 20) + "y" * 1000)).encode()  # over the fixture's 1 MiB
     check_error(http.post(C, content=big, headers={"content-type": "application/json"}), 413)
+
+
+def raw_exchange(server, head: bytes, body_parts, tail: bytes = b"") -> bytes:
+    """Sends a request over a raw socket (head, then the body parts, then tail) and returns all the
+    server sends until it closes the connection (or 10 s pass)."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        try:
+            s.sendall(head)
+            for part in body_parts:
+                s.sendall(part)
+            s.sendall(tail)
+        except OSError:  # the server may close before it has read everything
+            pass
+        out = b""
+        try:
+            while d := s.recv(65536):
+                out += d
+        except (ConnectionResetError, socket.timeout):
+            pass
+        return out
+
+
+def chunked(data: bytes, step: int = 65536):
+    for i in range(0, len(data), step):
+        part = data[i:i + step]
+        yield b"%x\r\n" % len(part) + part + b"\r\n"
+    yield b"0\r\n\r\n"
+
+
+def test_chunked_body_over_limit_is_413_and_ends_the_connection(server):
+    # httplib checks its limit against Content-Length alone: a chunked body used to be read whole.
+    # The rest of a refused body must not be read as a next request, so the connection ends after
+    # the one response; the request written after the body is never answered.
+    big = json.dumps(c(pad="x" * (3 << 20))).encode()
+    head = (f"POST {C} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    out = raw_exchange(server, head, chunked(big), b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 413 "), out[:300]
+    assert out.count(b"HTTP/1.1 ") == 1, out[:2000]
+    assert b'"code":"request_too_large"' in out
+    small = json.dumps(c()).encode()
+    out = raw_exchange(server, head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), chunked(small))
+    assert out.startswith(b"HTTP/1.1 200 "), out[:300]
+
+
+def test_compressed_body_over_limit_is_413(http):
+    # 4 MiB of JSON that gzip packs into a few KB: the limit counts the inflated bytes.
+    bomb = gzip.compress(json.dumps(c(pad="x" * (4 << 20))).encode())
+    assert len(bomb) < 64 << 10
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    err = check_error(http.post(C, content=bomb, headers=headers), 413)
+    assert err["code"] == "request_too_large"
+    r = http.post(C, content=gzip.compress(json.dumps(c()).encode()), headers=headers)
+    assert r.status_code == 200, r.text
 
 
 def test_unknown_fields_are_ignored(http):
