@@ -131,7 +131,8 @@ class ResponseBuilder {
   struct Choice {
     std::string text;
     std::vector<TokenLogprob> logprobs;
-    std::vector<size_t> text_offsets;  // per logprob: offset of its token's text in `text`
+    std::vector<size_t> text_offsets;  // per logprob: characters of `text` before its token
+    size_t token_chars = 0;            // characters the tokens so far begin (the next text_offset)
     bool role_sent = false;
     bool finished = false;
     FinishReason finish = FinishReason::kNone;

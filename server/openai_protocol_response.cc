@@ -1,8 +1,10 @@
 // Response side of the OpenAI protocol: RequestOutputs → response objects and SSE chunks
 // (ResponseBuilder in openai_protocol.h).
 #include <algorithm>
+#include <cstdio>
 #include <span>
 
+#include "engine/utf8.h"
 #include "server/openai_protocol.h"
 
 namespace sparseserve::openai {
@@ -16,6 +18,29 @@ json bytes_of(const std::string& s) {
   json out = json::array();
   for (unsigned char ch : s) out.push_back(static_cast<int>(ch));
   return out;
+}
+
+// A token as logprobs name it: its text, or, when its bytes are no valid UTF-8 on their own (a
+// piece of a character), "bytes:" and the bytes as \xNN, as OpenAI names such tokens. Distinct
+// tokens so get distinct names (as replacement characters, several would share one key of a
+// completions top_logprobs object, and a JSON reader keeps only one of them).
+std::string token_name(const std::string& bytes) {
+  if (utf8::is_valid(bytes)) return bytes;
+  std::string out = "bytes:";
+  for (const unsigned char b : bytes) {
+    char hex[5];
+    std::snprintf(hex, sizeof hex, "\\x%02x", b);
+    out += hex;
+  }
+  return out;
+}
+
+// Characters that start in these bytes: a code point starts at every byte but a continuation byte
+// (10xxxxxx), and an invalid byte becomes one U+FFFD in the text.
+size_t characters_begun(const std::string& bytes) {
+  return static_cast<size_t>(std::count_if(bytes.begin(), bytes.end(), [](char b) {
+    return (static_cast<unsigned char>(b) & 0xC0) != 0x80;
+  }));
 }
 
 }  // namespace
@@ -36,28 +61,30 @@ json ResponseBuilder::chunk_base() const {
 }
 
 json ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const {
-  const auto text_of = [&](int32_t id) { return tok_.decode(std::span(&id, 1), /*skip_special=*/false); };
+  const auto name_of = [&](int32_t id) { return token_name(tok_.decode(std::span(&id, 1), /*skip_special=*/false)); };
+  const auto bytes_of_token = [&](int32_t id) { return bytes_of(tok_.decode(std::span(&id, 1), /*skip_special=*/false)); };
   if (job_.endpoint == Endpoint::kChat) {
     json content = json::array();
     for (const auto& lp : lps) {
-      const std::string t = text_of(lp.token);
       json top = json::array();
       for (const auto& [id, l] : lp.top) {
-        const std::string tt = text_of(id);
-        top.push_back({{"token", tt}, {"logprob", finite_logprob(l)}, {"bytes", bytes_of(tt)}});
+        top.push_back({{"token", name_of(id)}, {"logprob", finite_logprob(l)}, {"bytes", bytes_of_token(id)}});
       }
-      content.push_back({{"token", t}, {"logprob", finite_logprob(lp.logprob)}, {"bytes", bytes_of(t)}, {"top_logprobs", top}});
+      content.push_back({{"token", name_of(lp.token)},
+                         {"logprob", finite_logprob(lp.logprob)},
+                         {"bytes", bytes_of_token(lp.token)},
+                         {"top_logprobs", top}});
     }
     return {{"content", content}};
   }
   // Completions (legacy shape): parallel lists; top_logprobs holds the top k plus the sampled token.
   json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array();
   for (const auto& lp : lps) {
-    const std::string t = text_of(lp.token);
+    const std::string t = name_of(lp.token);
     tokens.push_back(t);
     token_logprobs.push_back(finite_logprob(lp.logprob));
     json top = json::object();
-    for (const auto& [id, l] : lp.top) top[text_of(id)] = finite_logprob(l);
+    for (const auto& [id, l] : lp.top) top[name_of(id)] = finite_logprob(l);
     if (!top.contains(t)) top[t] = finite_logprob(lp.logprob);
     top_logprobs.push_back(std::move(top));
   }
@@ -71,11 +98,12 @@ json ResponseBuilder::finish_json(const Choice& c) const {
 
 std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& out) {
   Choice& c = choices_.at(static_cast<size_t>(choice));
+  // text_offset counts characters, as vLLM and OpenAI do, and follows the tokens, not the text
+  // sent so far (which the stop filter and an unfinished character may still hold back).
   std::vector<size_t> offsets;
-  size_t off = c.text.size();
   for (const auto& lp : out.logprobs) {
-    offsets.push_back(off);
-    off += tok_.decode(std::span(&lp.token, 1), false).size();
+    offsets.push_back(c.token_chars);
+    c.token_chars += characters_begun(tok_.decode(std::span(&lp.token, 1), /*skip_special=*/true));
   }
   c.text += out.text;
   c.logprobs.insert(c.logprobs.end(), out.logprobs.begin(), out.logprobs.end());

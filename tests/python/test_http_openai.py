@@ -1,6 +1,8 @@
 """The OpenAI HTTP API through the official `openai` SDK against the real `sparseserve serve`:
 completions, chat, streaming (same text as non-streamed), usage in streams, n, logprobs, stop strings,
 seeds, sparsity profiles, error classes, /v1/models, /tokenize, /detokenize, /metrics."""
+import json
+
 import httpx
 import openai
 import pytest
@@ -124,6 +126,44 @@ def test_completion_logprobs(client, model_name):
         assert l == pytest.approx(max(top.values()), abs=1e-5)  # greedy: the sampled token is the best
 
 
+def token_bytes(name: str) -> bytes:
+    """The bytes of a token as logprobs name it: its text, or "bytes:\\xNN..." for a piece of a character."""
+    if name.startswith("bytes:"):
+        return bytes(int(h, 16) for h in name[len("bytes:"):].split("\\x")[1:])
+    return name.encode()
+
+
+def unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), f"repeated keys: {keys}"
+    return dict(pairs)
+
+
+@pytest.mark.parametrize("prompt,stop", [("中文：我爱北京天安门，天安门上", None),
+                                         ("Le café est très bon, et le thé", None),
+                                         ("Le café est très bon, et le thé", [", et le XYZ"])])
+def test_completion_logprobs_count_characters_and_name_pieces_by_bytes(http, prompt, stop):
+    # text_offset counts characters (vLLM, OpenAI), from the tokens, not from the text sent so far
+    # (which a stop string's possible start holds back); a token holding a piece of a character is
+    # named by its bytes, so no two alternatives of top_logprobs share a key.
+    r = http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 3,
+                                           "stop": stop})
+    assert r.status_code == 200, r.text
+    choice = json.loads(r.text, object_pairs_hook=unique_keys)["choices"][0]
+    lp, text = choice["logprobs"], choice["text"]
+    raw = [token_bytes(t) for t in lp["tokens"]]
+    if stop is None:
+        assert b"".join(raw).decode("utf-8", errors="replace") == text
+    offsets = lp["text_offset"]
+    assert offsets[0] == 0 and offsets == sorted(offsets)
+    if all(not t.startswith("bytes:") for t in lp["tokens"]):
+        assert offsets == [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(raw))]
+    else:
+        for off, b in zip(offsets, raw):  # a token that starts a character points at it
+            if b[0] & 0xC0 != 0x80:
+                assert text[off].encode().startswith(b[:len(text[off].encode())]), (off, b, text)
+
+
 def test_chat_logprobs(client, model_name):
     r = client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=5, temperature=0,
                                        logprobs=True, top_logprobs=3)
@@ -132,7 +172,7 @@ def test_chat_logprobs(client, model_name):
     for entry in content:
         assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
         assert entry.top_logprobs[0].token == entry.token
-        assert bytes(entry.bytes).decode("utf-8", errors="replace") == entry.token
+        assert bytes(entry.bytes) == token_bytes(entry.token)
     plain = client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=5, temperature=0)
     assert plain.choices[0].logprobs is None
 
