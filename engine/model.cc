@@ -156,6 +156,10 @@ std::unique_ptr<Model> load_model(const std::string& path, const std::string& ch
   } else {
     m = load_gguf(path, chat_template_override);
   }
+  if (const int32_t n = m->tokenizer.vocab_size(); n < m->config.vocab_size) {
+    spdlog::info("tokenizer: {} tokens for {} output rows: the other ids decode to nothing", n, m->config.vocab_size);
+    m->tokenizer.pad_vocab(static_cast<int32_t>(m->config.vocab_size));
+  }
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   spdlog::info("loaded {} ({}, {} layers, {:.1f} MiB of weights) in {:.0f} ms", path, m->config.architecture,
                m->config.n_layers, static_cast<double>(m->weights.bytes) / (1 << 20), ms);

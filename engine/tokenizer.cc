@@ -118,6 +118,14 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
 }
 
 int32_t Tokenizer::vocab_size() const { return static_cast<int32_t>(impl_->tokens.size()); }
+
+void Tokenizer::pad_vocab(int32_t n) {
+  for (int32_t id = vocab_size(); id < n; ++id) {
+    impl_->tokens.emplace_back();  // no text: token_id never finds it, encode never produces it
+    impl_->kinds.push_back(TokenKind::kUnused);
+    impl_->decoded.emplace_back();
+  }
+}
 int32_t Tokenizer::bos_id() const { return impl_->bos; }
 int32_t Tokenizer::eos_id() const { return impl_->eos; }
 bool Tokenizer::add_bos() const { return impl_->add_bos; }

@@ -36,6 +36,10 @@ class Tokenizer {
   std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
 
   int32_t vocab_size() const;
+  // Ids vocab_size() .. n − 1 become unused tokens that decode to nothing and that encode never
+  // produces. For a model whose output layer has more rows than its tokenizer has tokens (Qwen2.5:
+  // 151936 rows, 151665 tokens): it may sample those ids, and HF tokenizers drops them in decoding.
+  void pad_vocab(int32_t n);
   int32_t bos_id() const;            // -1 when none
   int32_t eos_id() const;            // -1 when none
   bool add_bos() const;

@@ -427,6 +427,23 @@ TEST_F(HfJsonTest, LoadsBpeAddedTokensAndBos) {
   EXPECT_EQ(tok.token_id("<t>"), 261);
 }
 
+TEST_F(HfJsonTest, PaddedIdsDecodeToNothing) {
+  Tokenizer tok = Tokenizer::from_hf_json(write("tokenizer.json", tokenizer_json(kLlama3Pre, kBosPost)));
+  const Ids before = tok.encode(" abc<t><s>", false);
+  tok.pad_vocab(270);
+  EXPECT_EQ(tok.vocab_size(), 270);
+  EXPECT_EQ(tok.encode(" abc<t><s>", false), before);
+  EXPECT_EQ(tok.decode(Ids{byte_id('a'), 262, 269, byte_id('b')}), "ab");
+  EXPECT_EQ(tok.decode(Ids{265}, /*skip_special=*/true), "");
+  EXPECT_FALSE(tok.is_special(265));
+  EXPECT_EQ(tok.token_id(""), -1);
+  EXPECT_THROW(tok.decode(Ids{270}), InvalidArgument);
+  IncrementalDetokenizer detok(tok);
+  EXPECT_EQ(detok.push(byte_id('a')) + detok.push(266) + detok.push(byte_id('c')) + detok.flush(), "ac");
+  tok.pad_vocab(100);  // never shrinks
+  EXPECT_EQ(tok.vocab_size(), 270);
+}
+
 TEST_F(HfJsonTest, ReadsEosFromTokenizerConfig) {
   write("tokenizer_config.json", R"({"eos_token": {"content": "<t>"}, "bos_token": "<s>"})");
   const Tokenizer tok = Tokenizer::from_hf_json(

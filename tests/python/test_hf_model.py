@@ -46,3 +46,38 @@ def test_info_reports_the_same_model(tool, build_dir, model_path, hf_model_dir):
     assert g["rope_layout"] == "interleaved" and h["rope_layout"] == "half"
     assert g["tensor_types"] == {"Q4_1": 210, "Q8_0": 1, "F32": 61}
     assert h["tensor_types"] == {"F32": 272}
+
+
+def test_ids_past_the_tokenizer_decode_to_nothing(tmp_path, build_dir, hf_model_dir):
+    """A model with more output rows than its tokenizer has tokens (Qwen2.5: 151936 rows, 151665
+    tokens) may sample the extra ids: they decode to nothing, as HF tokenizers drops them. Here the
+    fixture's highest token leaves tokenizer.json and logit_bias forces it (a 500 before)."""
+    import httpx
+    from conftest_server import ServerProcess
+
+    d = tmp_path / "hf"
+    d.mkdir()
+    for f in hf_model_dir.iterdir():
+        if f.name != "tokenizer.json":
+            (d / f.name).symlink_to(f)
+    tj = json.loads((hf_model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = tj["model"]["vocab"]
+    text, top = max(vocab.items(), key=lambda kv: kv[1])
+    assert top == max(vocab.values()) and all(a["id"] < top for a in tj["added_tokens"])
+    del vocab[text]
+    tj["model"]["merges"] = [m for m in tj["model"]["merges"]
+                             if (m.replace(" ", "", 1) if isinstance(m, str) else "".join(m)) != text]
+    (d / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+
+    srv = ServerProcess(build_dir / "bin" / "sparseserve", d, tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        r = httpx.post(srv.base_url + "/v1/completions", timeout=120,
+                       json={"prompt": "Hello", "max_tokens": 3, "temperature": 0, "logprobs": 1,
+                             "logit_bias": {str(top): 100}})
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert choice["text"] == "" and choice["logprobs"]["tokens"] == ["", "", ""]
+        assert r.json()["usage"]["completion_tokens"] == 3
+    finally:
+        assert srv.terminate() == 0, srv.log_tail()
