@@ -64,7 +64,8 @@ class Fields {
     if (!v) return std::nullopt;
     if (!v->is_number()) throw wrong_type(key, "a number");
     const double x = v->get<double>();
-    if (!std::isfinite(x) || x < lo || x > hi || (lo_open && x == lo)) {
+    // The engine takes these as floats: a value that rounds to an open bound is the bound.
+    if (!std::isfinite(x) || x < lo || x > hi || (lo_open && static_cast<float>(x) == static_cast<float>(lo))) {
       throw bad_request(name(key) + " must be in " + std::string(lo_open ? "(" : "[") + fmt(lo) + ", " + fmt(hi) +
                             "], got " + v->dump(),
                         name(key));

@@ -115,6 +115,8 @@ CASES = [
     ("detokenize-not-ids", "/detokenize", {"tokens": "abc"}, 400, "tokens"),
     ("detokenize-out-of-vocab", "/detokenize", {"tokens": [999999]}, 400, "tokens"),
     ("tokenize-nothing", "/tokenize", {}, 400, None),
+    ("top-p-zero-as-float", C, c(top_p=1e-46), 400, "top_p"),  # > 0 as a double, 0 as the float the engine takes
+    ("repetition-penalty-zero-as-float", C, c(repetition_penalty=1e-300), 400, "repetition_penalty"),
 ]
 
 
