@@ -1,8 +1,10 @@
 #include "engine/chat_template.h"
 
+#include <ctime>
 #include <optional>
 
 #include "common/errors.h"
+#include "engine/utf8.h"
 
 namespace sparseserve {
 
@@ -62,16 +64,63 @@ std::string find_default_system(std::string_view jinja, const FamilyTokens& t) {
   return {};
 }
 
+// Llama 3.1-3.3's system block ("Cutting Knowledge Date" in the template): the string literal that
+// holds the knowledge date line, and the date the template prints, a fixed date_string or, when it
+// calls strftime_now, today's (3.2 and 3.3 under transformers, so under vLLM too).
+std::optional<ChatTemplate::DatedSystem> find_dated_system(std::string_view jinja) {
+  const size_t k = jinja.find("Cutting Knowledge Date:");
+  if (k == std::string_view::npos || k == 0 || (jinja[k - 1] != '"' && jinja[k - 1] != '\'')) return std::nullopt;
+  const auto knowledge = read_string_literal(jinja, k - 1);
+  if (!knowledge) return std::nullopt;
+  ChatTemplate::DatedSystem d{.knowledge = *knowledge, .fixed_date = "26 Jul 2024",
+                              .today = jinja.find("strftime_now") != std::string_view::npos};
+  constexpr std::string_view kSet = "date_string = ";
+  for (size_t pos = jinja.find(kSet); pos != std::string_view::npos; pos = jinja.find(kSet, pos + 1)) {
+    const size_t q = pos + kSet.size();
+    if (q < jinja.size() && (jinja[q] == '"' || jinja[q] == '\'')) {
+      if (const auto date = read_string_literal(jinja, q)) d.fixed_date = *date;
+      break;
+    }
+  }
+  return d;
+}
+
 bool known_role(const std::string& role) {
   return role == "system" || role == "user" || role == "assistant";
 }
 
-// Jinja's `trim` on ASCII whitespace.
+// Length of the whitespace character at the start of s, 0 when there is none: Python's
+// str.isspace, what Jinja's `trim` (str.strip) removes.
+size_t space_at(std::string_view s) {
+  const int n = s.empty() ? 0 : utf8::classify(s);
+  if (n <= 0) return 0;
+  const uint32_t cp = utf8::decode(s, n);
+  const bool space = (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
+                     cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
+                     cp == 0x202F || cp == 0x205F || cp == 0x3000;
+  return space ? static_cast<size_t>(n) : 0;
+}
+
+// Jinja's `trim`: leading and trailing whitespace as Python's str.strip() sees it.
 std::string_view trim(std::string_view s) {
-  constexpr std::string_view ws = " \t\n\r\f\v";
-  const size_t b = s.find_first_not_of(ws);
-  if (b == std::string_view::npos) return {};
-  return s.substr(b, s.find_last_not_of(ws) - b + 1);
+  while (const size_t n = space_at(s)) s.remove_prefix(n);
+  while (!s.empty()) {
+    size_t start = s.size() - 1;  // the last character's first byte
+    while (start > 0 && s.size() - start < 4 && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) --start;
+    const size_t n = space_at(s.substr(start));
+    if (n == 0 || start + n != s.size()) break;
+    s.remove_suffix(n);
+  }
+  return s;
+}
+
+// Today's date as strftime("%d %b %Y") gives it in the C locale: "30 Nov 2026".
+std::string today_date() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char buf[32];
+  return std::string(buf, std::strftime(buf, sizeof buf, "%d %b %Y", &tm));
 }
 
 }  // namespace
@@ -86,7 +135,9 @@ ChatTemplate ChatTemplate::detect(std::string_view jinja_text, const std::string
     throw ModelFileError(source, "chat template is neither ChatML (<|im_start|>) nor Llama-3 "
                                  "(<|start_header_id|>); set chat_template in the model YAML");
   }
-  return ChatTemplate(kind, find_default_system(jinja_text, tokens_of(kind)));
+  ChatTemplate t(kind, find_default_system(jinja_text, tokens_of(kind)));
+  if (kind == ChatTemplateKind::kLlama3) t.dated_ = find_dated_system(jinja_text);
+  return t;
 }
 
 ChatTemplate ChatTemplate::by_name(std::string_view name) {
@@ -102,8 +153,8 @@ std::string ChatTemplate::name() const {
 
 std::string ChatTemplate::end_of_turn() const { return std::string(tokens_of(kind_).end_of_turn); }
 
-std::string ChatTemplate::render(const std::vector<ChatMessage>& messages,
-                                 bool add_generation_prompt) const {
+std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                                 std::string_view today) const {
   if (messages.empty()) throw InvalidArgument("the conversation has no messages");
   for (size_t i = 0; i < messages.size(); ++i) {
     if (!known_role(messages[i].role)) {
@@ -126,8 +177,20 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages,
       out.append(trim(content)).append("<|eot_id|>");
     };
     out.append("<|begin_of_text|>");
-    if (inject_system) message("system", default_system_);
-    for (const ChatMessage& m : messages) message(m.role, m.content);
+    size_t first = 0;
+    if (dated_) {  // the system block is always there; a leading system message goes into it
+      std::string_view system;
+      if (messages.front().role == "system") {
+        system = trim(messages.front().content);
+        first = 1;
+      }
+      const std::string date = !dated_->today ? dated_->fixed_date : today.empty() ? today_date() : std::string(today);
+      out.append("<|start_header_id|>system<|end_header_id|>\n\n").append(dated_->knowledge);
+      out.append("Today Date: ").append(date).append("\n\n").append(system).append("<|eot_id|>");
+    } else if (inject_system) {
+      message("system", default_system_);
+    }
+    for (size_t i = first; i < messages.size(); ++i) message(messages[i].role, messages[i].content);
     if (add_generation_prompt) out.append("<|start_header_id|>assistant<|end_header_id|>\n\n");
   }
   return out;

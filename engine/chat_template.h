@@ -2,6 +2,7 @@
 // (tokenizer.chat_template) or chosen by name in the model YAML.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -36,18 +37,32 @@ class ChatTemplate {
   // first when the conversation has none; generation prompt "<|im_start|>assistant\n".
   // Llama-3: "<|begin_of_text|>", then "<|start_header_id|>{role}<|end_header_id|>\n\n
   // {content, whitespace-trimmed}<|eot_id|>" per message; generation prompt
-  // "<|start_header_id|>assistant<|end_header_id|>\n\n".
-  std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+  // "<|start_header_id|>assistant<|end_header_id|>\n\n". Llama 3.1-3.3 (dated_system()): a system
+  // block always comes first, "{knowledge}Today Date: {date}\n\n{the leading system message,
+  // trimmed, or nothing}", and that message is not repeated; {date} is the template's date_string
+  // or, for a template that calls strftime_now, `today` ("%d %b %Y"; empty: the local date now).
+  // "Whitespace" is Python's str.isspace, as Jinja's trim strips it.
+  std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                     std::string_view today = {}) const;
   // Text of the end-of-turn token ("<|im_end|>", "<|eot_id|>"): a stop token for generation.
   std::string end_of_turn() const;
   // The system prompt the template injects when the conversation has none ("" when none).
   const std::string& default_system() const { return default_system_; }
+
+  // Llama 3.1-3.3's system block, found in the template text by detect().
+  struct DatedSystem {
+    std::string knowledge;   // "Cutting Knowledge Date: December 2023\n", as the template writes it
+    std::string fixed_date;  // the template's date_string ("26 Jul 2024")
+    bool today = false;      // the template prints today's date (strftime_now) instead
+  };
+  const std::optional<DatedSystem>& dated_system() const { return dated_; }
 
  private:
   ChatTemplate(ChatTemplateKind kind, std::string default_system)
       : kind_(kind), default_system_(std::move(default_system)) {}
   ChatTemplateKind kind_;
   std::string default_system_;  // empty when the template injects none
+  std::optional<DatedSystem> dated_;
 };
 
 }  // namespace sparseserve

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -127,6 +128,71 @@ TEST(ChatTemplate, DetectsLlama3) {
   EXPECT_EQ(d.render({{"user", "Hi"}}, false),
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nAnswer in French."
             "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
+}
+
+// The statements of Llama 3.1's template that matter here (no tools): a date_string default, the
+// leading system message taken out and trimmed, a system block that is always written. The expected
+// prompts below are what Jinja2 3.1.6 renders from this text (checked once by hand, outside CI, which
+// has no Jinja2), as are the trim results.
+std::string llama31_like(std::string_view date_setup) {
+  return "{{- bos_token }}\n{%- if not date_string is defined %}" + std::string(date_setup) +
+         "{%- endif %}\n{%- if messages[0]['role'] == 'system' %}\n"
+         "    {%- set system_message = messages[0]['content']|trim %}\n    {%- set messages = messages[1:] %}\n"
+         "{%- else %}\n    {%- set system_message = \"\" %}\n{%- endif %}\n"
+         "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n"
+         "{{- \"Cutting Knowledge Date: December 2023\\n\" }}\n"
+         "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}\n{{- system_message }}\n{{- \"<|eot_id|>\" }}\n"
+         "{%- for message in messages %}\n    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ "
+         "message['content'] | trim + '<|eot_id|>' }}\n{%- endfor %}\n"
+         "{%- if add_generation_prompt %}\n    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n{%- endif %}\n";
+}
+
+TEST(ChatTemplate, Llama31SystemBlockWithTheKnowledgeDateIsAlwaysThere) {
+  const ChatTemplate t = ChatTemplate::detect(llama31_like("{%- set date_string = \"26 Jul 2024\" %}"), "x");
+  EXPECT_EQ(t.kind(), ChatTemplateKind::kLlama3);
+  ASSERT_TRUE(t.dated_system().has_value());
+  EXPECT_FALSE(t.dated_system()->today);
+  const std::string block = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: "
+                            "December 2023\nToday Date: 26 Jul 2024\n\n";
+  EXPECT_EQ(t.render(kConversation, true),
+            block + "Be brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|><|start_header_id|>user"
+                    "<|end_header_id|>\n\n2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(t.render({{"user", "Hi"}}, false),
+            block + "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
+  // Only a leading system message goes into the block; a later one stays where it is.
+  EXPECT_EQ(t.render({{"system", "  S  "}, {"user", "u"}, {"system", "T"}}, false),
+            block + "S<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nu<|eot_id|>"
+                    "<|start_header_id|>system<|end_header_id|>\n\nT<|eot_id|>");
+}
+
+TEST(ChatTemplate, Llama32PrintsTodaysDateWhenTheTemplateAsksForStrftimeNow) {
+  const ChatTemplate t = ChatTemplate::detect(
+      llama31_like("{%- if strftime_now is defined %}{%- set date_string = strftime_now(\"%d %b %Y\") %}"
+                   "{%- else %}{%- set date_string = \"26 Jul 2024\" %}{%- endif %}"),
+      "x");
+  ASSERT_TRUE(t.dated_system().has_value());
+  EXPECT_TRUE(t.dated_system()->today);
+  EXPECT_NE(t.render({{"user", "Hi"}}, false, "05 Dec 2026").find("\nToday Date: 05 Dec 2026\n\n<|eot_id|>"),
+            std::string::npos);
+  const std::string now = t.render({{"user", "Hi"}}, false);
+  const size_t at = now.find("Today Date: ");
+  ASSERT_NE(at, std::string::npos);
+  const std::string date = now.substr(at + 12, 11);  // "DD Mon YYYY"
+  EXPECT_TRUE(std::isdigit(date[0]) && std::isdigit(date[1]) && date[2] == ' ' && std::isupper(date[3]) &&
+              date[6] == ' ' && std::isdigit(date[7]) && now.substr(at + 23, 2) == "\n\n")
+      << date;
+}
+
+TEST(ChatTemplate, Llama3TrimsWhitespaceAsPythonStrips) {
+  const ChatTemplate t = ChatTemplate::by_name("llama3");
+  // U+00A0, U+3000, U+2028, U+0085 and \x1c are str.isspace; U+200B (zero width space) is not.
+  EXPECT_EQ(t.render({{"user", "\u00a0 \x1c hi there\u3000\n\u2028\u0085"}}, false),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi there<|eot_id|>");
+  EXPECT_EQ(t.render({{"user", "\u200bhi\u200b"}}, false),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n\u200bhi\u200b<|eot_id|>");
+  EXPECT_EQ(t.render({{"user", " \xff "}}, false),  // invalid UTF-8 is no whitespace, and stays
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n\xff<|eot_id|>");
 }
 
 TEST(ChatTemplate, Errors) {
