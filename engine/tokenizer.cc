@@ -5,6 +5,7 @@
 
 #include "common/errors.h"
 #include "engine/gguf.h"
+#include "engine/nfc.h"
 #include "engine/tokenizer_impl.h"
 #include "engine/utf8.h"
 
@@ -56,8 +57,13 @@ void Tokenizer::Impl::finish() {
 
 void Tokenizer::Impl::encode_plain(std::string_view text, std::vector<int32_t>& out) const {
   std::vector<std::string> pieces;
+  std::string normalized;
   auto encode_valid = [&](std::string_view run) {
     if (run.empty()) return;
+    if (nfc) {
+      normalized = to_nfc(run);
+      run = normalized;
+    }
     pieces.clear();
     pre.split(run, pieces);
     for (const std::string& p : pieces) bpe->encode_word(p, out);

@@ -59,6 +59,7 @@ struct Tokenizer::Impl {
   int32_t bos = -1;
   int32_t eos = -1;
   bool add_bos = false;
+  bool nfc = false;                  // NFC before pre-tokenizing (tokenizer.json normalizer NFC)
 
   // Fills `decoded` and the added-token matcher from tokens/kinds. Call once loading is done.
   void finish();

@@ -1,6 +1,6 @@
 // Tokenizer::from_hf_json: a Hugging Face tokenizer.json with a byte-level BPE model.
 // Supported: model BPE (merges as "a b" or ["a", "b"], ignore_merges, unk_token); added_tokens;
-// normalizer null (NFC is accepted but not applied: input is taken as already NFC);
+// normalizer null or NFC (applied to the text between added tokens, as HF applies it: engine/nfc.h);
 // pre_tokenizer Sequence / Split (Regex or String pattern, every behavior, invert) / Digits /
 // ByteLevel; post_processor TemplateProcessing (a leading special token is the BOS), ByteLevel,
 // Sequence of those. BOS/EOS texts also come from a sibling tokenizer_config.json when present.
@@ -219,6 +219,7 @@ Tokenizer Tokenizer::from_hf_json(const std::string& path) {
   if (doc.contains("normalizer") && !doc.at("normalizer").is_null()) {
     const std::string type = r.string_field(doc.at("normalizer"), "type", "normalizer");
     if (type != "NFC") r.fail("normalizer", "unsupported normalizer type '" + type + "'");
+    impl->nfc = true;
   }
   parse_pre_tokenizer(r, doc.contains("pre_tokenizer") ? doc.at("pre_tokenizer") : json(),
                       "pre_tokenizer", impl->pre);

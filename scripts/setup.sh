@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config clang libclang-rt-14-dev
   libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcpp-httplib-dev
-  libpcre2-dev libcli11-dev libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libpcre2-dev libicu-dev libcli11-dev libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   python3-venv
 )

@@ -18,6 +18,7 @@
 
 #include "common/errors.h"
 #include "engine/gguf.h"
+#include "engine/nfc.h"
 #include "engine/tokenizer.h"
 #include "engine/utf8.h"
 
@@ -442,6 +443,16 @@ TEST_F(HfJsonTest, PaddedIdsDecodeToNothing) {
   EXPECT_EQ(detok.push(byte_id('a')) + detok.push(266) + detok.push(byte_id('c')) + detok.flush(), "ac");
   tok.pad_vocab(100);  // never shrinks
   EXPECT_EQ(tok.vocab_size(), 270);
+}
+
+TEST(Nfc, ComposesAndLeavesComposedTextAlone) {
+  EXPECT_EQ(to_nfc("cafe\xCC\x81"), "caf\xC3\xA9");                // e + U+0301 -> U+00E9
+  EXPECT_EQ(to_nfc("\xE2\x84\xAB"), "\xC3\x85");                    // U+212B ANGSTROM SIGN -> U+00C5
+  EXPECT_EQ(to_nfc("\xE1\x84\x80\xE1\x85\xA1"), "\xEA\xB0\x80");  // Hangul jamo -> U+AC00
+  const std::string composed = "plain ASCII, caf\xC3\xA9, \xE4\xB8\xAD\xE6\x96\x87";
+  EXPECT_EQ(to_nfc(composed), composed);
+  EXPECT_EQ(to_nfc(std::string("a\0e\xCC\x81", 5)), std::string("a\0\xC3\xA9", 4));  // NUL is text
+  EXPECT_EQ(to_nfc(""), "");
 }
 
 TEST_F(HfJsonTest, ReadsEosFromTokenizerConfig) {

@@ -298,3 +298,26 @@ def test_invalid_utf8_round_trips(family_files, loader):
 def test_unrepresentable_bytes_do_not_fail(family_files):
     ids = run_tool(["--model", str(MODEL)], [json.dumps({"hex": "ff41c0fe04"})])
     assert ids[0] == family_files["smollm"][2].encode("A\x04").ids
+
+
+# Text that NFC changes: decomposed accents, a singleton (U+212B, U+2126), Hangul jamo, stacked and
+# reordered combining marks, and composed text NFC leaves alone.
+NFC_TEXTS = ["cafe\u0301 au lait", "\u212b and \u2126", "e\u0301\u0301", "\u1100\u1161\u11a8\u1100\u1161",
+             "a\u0308o\u0308u\u0308 vs \u00e4\u00f6\u00fc", "x\u0327\u0301 x\u0301\u0327", "\ufb01 ligature",
+             "Ame\u0301lie<|im_end|>\u0301", "\u0958\u0959 devanagari", "\u00c5ngstr\u00f6m"]
+
+
+def test_nfc_normalizer_matches_hf(family_files, tmp_path):
+    """A tokenizer.json whose normalizer is NFC (Qwen2's): the text between added tokens is composed
+    before pre-tokenizing, as HF tokenizers composes it."""
+    tj = json.loads(family_files["qwen2"][1].read_text(encoding="utf-8"))
+    tj["normalizer"] = {"type": "NFC"}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(tj), encoding="utf-8")
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    texts = NFC_TEXTS + CORPUS
+    ours = run_tool(["--hf-json", str(path)], encode_lines(texts))
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
+    assert_same(texts, ours, theirs)
+    without = run_tool(["--hf-json", str(family_files["qwen2"][1])], encode_lines(NFC_TEXTS))
+    assert sum(a != b for a, b in zip(without, ours)) >= 6  # NFC changed most of these
