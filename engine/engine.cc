@@ -188,6 +188,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   r->tokens = r->req.prompt;
   r->max_new = std::min<int64_t>(r->req.max_tokens, c.max_context - n);
   r->sampler = Sampler(r->req.sampling, r->req.prompt);
+  r->detok = IncrementalDetokenizer(e.model.tokenizer, r->req.skip_special_tokens);
   r->stops = StopStringFilter(r->req.stop);
   r->stop_ids = r->req.stop_token_ids;
   if (!r->req.ignore_eos) r->stop_ids.insert(r->stop_ids.end(), c.eos_ids.begin(), c.eos_ids.end());
@@ -506,6 +507,7 @@ void Engine::Impl::step() {
     out.text = res.text;
     if (res.stopped) {
       r.stop_matched = true;
+      if (r.req.include_stop_str_in_output) out.text += res.matched;
       r.stream->push(std::move(out));
       finish(r, FinishReason::kStop, res.matched);
       continue;

@@ -17,7 +17,9 @@ struct Request {
   std::vector<int32_t> prompt;         // token ids (front ends tokenize / apply the chat template)
   SamplingParams sampling;
   int64_t max_tokens = 256;            // ≥ 0; capped by the context left after the prompt
-  std::vector<std::string> stop;       // stop strings (not included in the output)
+  std::vector<std::string> stop;       // stop strings (in the output only with include_stop_str_in_output)
+  bool include_stop_str_in_output = false;
+  bool skip_special_tokens = true;     // special tokens (other than the stop token) left out of the text
   std::vector<int32_t> stop_token_ids; // extra stop ids (EOS and end-of-turn are implicit)
   bool ignore_eos = false;
   std::string sparsity;                // profile name; empty = the model's default profile

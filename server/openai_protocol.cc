@@ -227,6 +227,8 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
     r.stop_token_ids.insert(r.stop_token_ids.end(), list.begin(), list.end());
   }
   if (auto v = f.boolean("ignore_eos")) r.ignore_eos = *v;
+  if (auto v = f.boolean("skip_special_tokens")) r.skip_special_tokens = *v;
+  if (auto v = f.boolean("include_stop_str_in_output")) r.include_stop_str_in_output = *v;
   if (auto v = f.integer("priority", std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max())) {
     r.priority = static_cast<int32_t>(*v);
   }

@@ -2,7 +2,8 @@
 // HTTP in sight: request bodies of /v1/completions and /v1/chat/completions become engine
 // Requests (tokenized, chat template applied, every field checked); RequestOutputs become
 // response objects and SSE chunks in OpenAI's shapes (vLLM's where OpenAI has none: top_k, min_p,
-// repetition_penalty, ignore_eos, stop_token_ids, stop_reason, finish_reason "abort").
+// repetition_penalty, ignore_eos, stop_token_ids, skip_special_tokens, include_stop_str_in_output,
+// stop_reason, finish_reason "abort").
 //
 // Input rules: unknown fields are ignored (as OpenAI and vLLM do), `null` means "not given", every
 // known field has its type and range checked and a bad one is a 400 naming it (ApiError::param).

@@ -195,6 +195,35 @@ def test_stop_string_not_leaked(client, model_name, stream):
     assert stop not in text
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_include_stop_str_in_output(client, model_name, stream):
+    # vLLM's include_stop_str_in_output: the text ends with the stop string instead of before it.
+    full = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=16, temperature=0).choices[0].text
+    stop = full.split()[2]
+    kw = dict(model=model_name, prompt=PROMPT, max_tokens=16, temperature=0, stop=[stop],
+              extra_body={"include_stop_str_in_output": True})
+    if stream:
+        texts, finish, _ = stream_text(client.completions.create(stream=True, **kw))
+        text, reason = texts.get(0, ""), finish[0]
+    else:
+        c = client.completions.create(**kw).choices[0]
+        text, reason = c.text, c.finish_reason
+    assert reason == "stop"
+    assert text == full[:full.index(stop) + len(stop)]
+
+
+def test_skip_special_tokens(http, model_name):
+    # vLLM's skip_special_tokens (default true): special tokens the model samples are left out of the
+    # text unless it is false. logit_bias forces <|im_start|>, a special token that is no stop token.
+    im_start = 1  # the default model's <|im_start|>
+    assert http.post("/detokenize", json={"tokens": [im_start]}).json()["prompt"] == "<|im_start|>"
+    body = {"model": model_name, "prompt": "Hi", "max_tokens": 2, "temperature": 0,
+            "logit_bias": {str(im_start): 100}}
+    assert http.post("/v1/completions", json=body).json()["choices"][0]["text"] == ""
+    kept = http.post("/v1/completions", json={**body, "skip_special_tokens": False}).json()
+    assert kept["choices"][0]["text"] == "<|im_start|><|im_start|>", kept
+
+
 def test_seed_reproducible(client, model_name):
     kw = dict(model=model_name, prompt="Once upon a time", max_tokens=10, temperature=1.0, top_p=0.95)
     a = client.completions.create(seed=1234, **kw).choices[0].text
