@@ -57,12 +57,14 @@ struct LiveRequest {
   Sampler sampler;
   IncrementalDetokenizer detok;
   StopStringFilter stops;
-  std::vector<int32_t> stop_ids;
+  std::vector<int32_t> stop_ids;      // req.stop_token_ids: reported as stop_token
+  std::vector<int32_t> implicit_stops;  // EOS (unless ignore_eos) and the end of turn: no stop reason
   std::shared_ptr<RequestStreamImpl> stream;
   clock_type::time_point arrival, first_token, last_token;
   bool bound = false;           // registered with the KV backend
   bool stop_matched = false;    // a stop string matched: the output ends where it began
   int64_t prompt_counted = 0;   // prompt tokens counted in metrics.prompt_tokens (not again on recompute)
+  int32_t stop_token = -1;      // the stop_token_ids entry that ended it
 };
 
 struct Engine::Impl {
@@ -168,6 +170,9 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   for (int32_t t : request.stop_token_ids) {
     if (t < 0 || t >= c.vocab_size) throw InvalidArgument("stop token id " + std::to_string(t) + " is outside the vocabulary");
   }
+  if (request.end_of_turn < -1 || request.end_of_turn >= c.vocab_size) {
+    throw InvalidArgument("end-of-turn token id " + std::to_string(request.end_of_turn) + " is outside the vocabulary");
+  }
   const kvcache::SparsityProfile& profile =
       e.profiles.get(request.sparsity.empty() ? e.profiles.default_profile : request.sparsity);
   const auto layout = kvcache::SequenceLayout::from_roles(profile.roles, profile.streaming);
@@ -184,14 +189,15 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
 
   auto r = std::make_unique<LiveRequest>(LiveRequest{
       0, std::move(request), &profile, {}, n, 0, Sampler(SamplingParams{}, {}),
-      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, nullptr, clock_type::now(), {}, {}, false, false, 0});
+      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1});
   r->tokens = r->req.prompt;
   r->max_new = std::min<int64_t>(r->req.max_tokens, c.max_context - n);
   r->sampler = Sampler(r->req.sampling, r->req.prompt);
   r->detok = IncrementalDetokenizer(e.model.tokenizer, r->req.skip_special_tokens);
   r->stops = StopStringFilter(r->req.stop);
   r->stop_ids = r->req.stop_token_ids;
-  if (!r->req.ignore_eos) r->stop_ids.insert(r->stop_ids.end(), c.eos_ids.begin(), c.eos_ids.end());
+  if (!r->req.ignore_eos) r->implicit_stops = c.eos_ids;
+  if (r->req.end_of_turn >= 0) r->implicit_stops.push_back(r->req.end_of_turn);
 
   std::lock_guard lock(e.mu);
   if (!e.accepting) throw EngineUnavailable("the server is shutting down");
@@ -335,6 +341,7 @@ void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string
   out.finished = true;
   out.finish_reason = reason;
   out.stop_reason = stop_reason;
+  out.stop_token = r.stop_token;
   out.error = error;
   out.prompt_tokens = r.prompt_len;
   out.completion_tokens = static_cast<int64_t>(r.tokens.size()) - r.prompt_len;
@@ -493,12 +500,14 @@ void Engine::Impl::step() {
     RequestOutput out;
     out.prompt_tokens = r.prompt_len;
     out.completion_tokens = gen;
-    const bool stop_token = std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
-    if (stop_token) {
-      // The stop token itself is not part of the text (it is special or an explicit stop id).
+    const bool requested_stop = std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
+    if (requested_stop || std::find(r.implicit_stops.begin(), r.implicit_stops.end(), tok) != r.implicit_stops.end()) {
+      // The stop token itself is not part of the text (it is special or an explicit stop id). As in
+      // vLLM, a stop_token_ids entry is the stop reason; EOS and the end of turn leave none.
       r.tokens.pop_back();
       out.completion_tokens = gen - 1;
-      finish(r, FinishReason::kStop, model.tokenizer.decode(std::span<const int32_t>(&tok, 1)));
+      if (requested_stop) r.stop_token = tok;
+      finish(r, FinishReason::kStop, requested_stop ? model.tokenizer.decode(std::span<const int32_t>(&tok, 1)) : "");
       continue;
     }
     out.token_ids.push_back(tok);

@@ -20,8 +20,10 @@ struct Request {
   std::vector<std::string> stop;       // stop strings (in the output only with include_stop_str_in_output)
   bool include_stop_str_in_output = false;
   bool skip_special_tokens = true;     // special tokens (other than the stop token) left out of the text
-  std::vector<int32_t> stop_token_ids; // extra stop ids (EOS and end-of-turn are implicit)
+  std::vector<int32_t> stop_token_ids; // extra stop ids; one that stops the request is its stop_token
   bool ignore_eos = false;
+  int32_t end_of_turn = -1;            // chat: the template's end-of-turn token, a stop like EOS (not
+                                       // ignored by ignore_eos, not reported as stop_token); -1: none
   std::string sparsity;                // profile name; empty = the model's default profile
   int32_t logprobs = -1;               // -1: none; k ≥ 0: the sampled token's logprob + k top
   int32_t priority = 0;                // lower runs first when the scheduler uses priorities
@@ -44,7 +46,8 @@ struct RequestOutput {
   std::vector<TokenLogprob> logprobs;  // per new token, when requested
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
-  std::string stop_reason;             // the stop string, or the stop token decoded, that ended it, if any
+  std::string stop_reason;             // the stop string, or the stop_token_ids entry decoded, that ended it
+  int32_t stop_token = -1;             // the stop_token_ids entry that ended it, else -1 (EOS: -1, no reason)
   std::string error;                   // kError: what went wrong (an internal error message)
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;       // total so far

@@ -51,6 +51,7 @@ class RequestStreamImpl final : public RequestStream {
         last.finished = out.finished;
         last.finish_reason = out.finish_reason;
         last.stop_reason = out.stop_reason;
+        last.stop_token = out.stop_token;
         last.error = out.error;
         last.completion_tokens = out.completion_tokens;
       } else {

@@ -347,7 +347,7 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
       for (const pb::ChatMessage& m : g.chat().messages()) messages.push_back({m.role(), m.content()});
       ChatPrompt chat = encode_chat(model, std::move(messages));
       r.prompt = std::move(chat.ids);
-      if (chat.end_of_turn >= 0) r.stop_token_ids.push_back(chat.end_of_turn);
+      r.end_of_turn = chat.end_of_turn;
       break;
     }
     case pb::GenerateRequest::INPUT_NOT_SET:

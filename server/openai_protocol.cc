@@ -425,7 +425,7 @@ GenerationJob Protocol::parse_chat(const json& body) const {
   if (!max_tokens) max_tokens = f.integer("max_tokens", 1, std::numeric_limits<int32_t>::max());
   if (max_tokens) job.params.max_tokens = *max_tokens;
   // Stop at the end of the assistant's turn as well as at EOS (implicit in the engine).
-  if (chat.end_of_turn >= 0) job.params.stop_token_ids.push_back(chat.end_of_turn);
+  job.params.end_of_turn = chat.end_of_turn;
   check_lengths(job, max_tokens.has_value());
   job.want_logprobs = job.params.logprobs >= 0;
   return job;

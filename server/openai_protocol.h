@@ -138,6 +138,7 @@ class ResponseBuilder {
     bool finished = false;
     FinishReason finish = FinishReason::kNone;
     std::string stop_reason;
+    int32_t stop_token = -1;  // a stop_token_ids entry ended it: vLLM reports the id as stop_reason
     std::string error;
     int64_t prompt_tokens = 0;
     int64_t completion_tokens = 0;
@@ -145,6 +146,7 @@ class ResponseBuilder {
   json chunk_base() const;
   json logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const;
   json finish_json(const Choice& c) const;
+  static json stop_reason_json(const Choice& c);
 
   const GenerationJob& job_;
   const Tokenizer& tok_;

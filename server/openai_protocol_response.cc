@@ -91,6 +91,13 @@ json ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const 
   return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top_logprobs}, {"text_offset", offsets}};
 }
 
+// vLLM's stop_reason: the stop_token_ids entry (an integer) or the stop string that ended the
+// choice; null otherwise (EOS, the end of turn, length).
+json ResponseBuilder::stop_reason_json(const Choice& c) {
+  if (c.stop_token >= 0) return c.stop_token;
+  return c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+}
+
 json ResponseBuilder::finish_json(const Choice& c) const {
   if (!c.finished) return nullptr;
   return finish_reason_name(c.finish);
@@ -114,6 +121,7 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& out)
     c.finished = true;
     c.finish = out.finish_reason;
     c.stop_reason = out.stop_reason;
+    c.stop_token = out.stop_token;
     c.error = out.error;
   }
   if (!job_.stream) return {};
@@ -140,7 +148,7 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& out)
   }
   ch["logprobs"] = job_.want_logprobs && !out.logprobs.empty() ? logprobs_json(out.logprobs, offsets) : json(nullptr);
   ch["finish_reason"] = finish_json(c);
-  if (c.finished) ch["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+  if (c.finished) ch["stop_reason"] = stop_reason_json(c);
   json chunk = chunk_base();
   chunk["choices"].push_back(std::move(ch));
   chunks.push_back(std::move(chunk));
@@ -203,7 +211,7 @@ json ResponseBuilder::response() const {
     }
     ch["logprobs"] = job_.want_logprobs ? logprobs_json(c.logprobs, c.text_offsets) : json(nullptr);
     ch["finish_reason"] = finish_json(c);
-    ch["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+    ch["stop_reason"] = stop_reason_json(c);
     choices.push_back(std::move(ch));
   }
   return {{"id", id_},

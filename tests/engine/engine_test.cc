@@ -189,6 +189,7 @@ TEST_F(EngineTest, AStopTokenReleasesTheTextHeldForAStopString) {
   EXPECT_EQ(cut.last.finish_reason, FinishReason::kStop);
   EXPECT_EQ(cut.text, before);
   EXPECT_EQ(cut.last.stop_reason, model_->tokenizer.decode(std::span<const int32_t>(&full.tokens[k], 1)));
+  EXPECT_EQ(cut.last.stop_token, full.tokens[k]);
 }
 
 TEST_F(EngineTest, BadRequestsAreRejectedAtSubmit) {

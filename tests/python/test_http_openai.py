@@ -224,6 +224,25 @@ def test_skip_special_tokens(http, model_name):
     assert kept["choices"][0]["text"] == "<|im_start|><|im_start|>", kept
 
 
+def test_stop_reason_as_vllm_reports_it(http, model_name):
+    # A stop_token_ids entry is reported as the token id (an integer), a stop string as the string,
+    # and EOS or the chat end of turn as null. logit_bias forces the token.
+    im_end = 2  # the default model's <|im_end|>: its end of turn and EOS
+    assert http.post("/detokenize", json={"tokens": [im_end]}).json()["prompt"] == "<|im_end|>"
+    comma = http.post("/tokenize", json={"prompt": ","}).json()["tokens"]
+    assert len(comma) == 1
+    body = {"model": model_name, "prompt": "Hi", "max_tokens": 4, "temperature": 0,
+            "logit_bias": {str(comma[0]): 100}, "stop_token_ids": comma}
+    c = http.post("/v1/completions", json=body).json()["choices"][0]
+    assert (c["finish_reason"], c["stop_reason"], c["text"]) == ("stop", comma[0], "")
+    c = http.post("/v1/completions", json={**body, "stop_token_ids": [], "stop": [",,"]}).json()["choices"][0]
+    assert (c["finish_reason"], c["stop_reason"], c["text"]) == ("stop", ",,", "")
+    chat = {"model": model_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+            "temperature": 0, "logit_bias": {str(im_end): 100}}
+    c = http.post("/v1/chat/completions", json=chat).json()["choices"][0]
+    assert (c["finish_reason"], c["stop_reason"], c["message"]["content"]) == ("stop", None, "")
+
+
 def test_seed_reproducible(client, model_name):
     kw = dict(model=model_name, prompt="Once upon a time", max_tokens=10, temperature=1.0, top_p=0.95)
     a = client.completions.create(seed=1234, **kw).choices[0].text
