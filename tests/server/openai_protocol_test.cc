@@ -135,7 +135,8 @@ TEST_F(ProtocolTest, ChatAppliesTheTemplateAndStopsAtEndOfTurn) {
   const std::string text = model_->chat_template->render({{"system", "Be brief."}, {"user", "a\nb"}}, true);
   ASSERT_EQ(job.prompts.size(), 1u);
   EXPECT_EQ(job.prompts[0], tok().encode(text, /*add_special=*/false, /*parse_special=*/true));
-  EXPECT_THAT(job.params.stop_token_ids, ElementsAre(tok().token_id(model_->chat_template->end_of_turn())));
+  EXPECT_EQ(job.params.end_of_turn, tok().token_id(model_->chat_template->end_of_turn()));
+  EXPECT_TRUE(job.params.stop_token_ids.empty());  // the end of turn is an implicit stop, reported like EOS
   EXPECT_EQ(job.params.max_tokens, model_->config.max_context - static_cast<int64_t>(job.prompts[0].size()));
   EXPECT_EQ(job.params.logprobs, 2);
   EXPECT_EQ(protocol_->parse_chat({{"messages", body["messages"]}, {"max_completion_tokens", 7}, {"max_tokens", 9}})
