@@ -34,6 +34,11 @@ class EngineTest : public DefaultModelTest {
     std::string text;
     RequestOutput last;
   };
+  // The loop frees a request's pages right before its last delta; they are all back soon after.
+  static void expect_all_pages_returned(const Engine& e) {
+    for (int i = 0; i < 200 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(e.kv_pages_in_use(), 0);
+  }
   static Result drain(RequestStream& s) {
     Result r;
     for (int i = 0; i < 100000; ++i) {
@@ -75,8 +80,7 @@ TEST_F(EngineTest, SeededAndGreedyTokensAreTheSameAloneOrInABusyBatch) {
   EXPECT_EQ(seeded_alone.tokens, seeded_busy.tokens);
   EXPECT_EQ(greedy_alone.tokens.size(), 24u);
   EXPECT_EQ(greedy_alone.last.finish_reason, FinishReason::kLength);
-  for (int i = 0; i < 100 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
-  EXPECT_EQ(e.kv_pages_in_use(), 0);
+  expect_all_pages_returned(e);
 }
 
 TEST_F(EngineTest, PreemptedRequestsResumeToTheSameTokens) {
@@ -101,8 +105,7 @@ TEST_F(EngineTest, PreemptedRequestsResumeToTheSameTokens) {
   EXPECT_GT(e.metrics().num_preemptions.load(), 0);
   // Each prompt token is counted once, however often a preempted request recomputes it.
   EXPECT_EQ(e.metrics().prompt_tokens.load(), 4 * static_cast<int64_t>(model_->tokenizer.encode(prompt, false, false).size()));
-  for (int i = 0; i < 100 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
-  EXPECT_EQ(e.kv_pages_in_use(), 0);
+  expect_all_pages_returned(e);
 }
 
 TEST_F(EngineTest, StopStringIsCutAndAbortAndCancelReturnPages) {
@@ -126,8 +129,7 @@ TEST_F(EngineTest, StopStringIsCutAndAbortAndCancelReturnPages) {
   b->cancel();
   EXPECT_EQ(drain(*a).last.finish_reason, FinishReason::kAbort);
   EXPECT_EQ(drain(*b).last.finish_reason, FinishReason::kAbort);
-  for (int i = 0; i < 200 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
-  EXPECT_EQ(e.kv_pages_in_use(), 0);
+  expect_all_pages_returned(e);
   EXPECT_FALSE(e.abort_request("long1"));
 }
 
@@ -161,8 +163,7 @@ TEST_F(EngineTest, ARequestOutgrowingTheWholeKvCacheEndsByLengthAndTheEngineKeep
   const Result after = drain(*e.submit(request("after", "Hello", 3, std::nullopt, 0.0f)));
   EXPECT_EQ(after.last.finish_reason, FinishReason::kLength);
   EXPECT_EQ(after.tokens.size(), 3u);
-  for (int i = 0; i < 100 && e.kv_pages_in_use() != 0; ++i) std::this_thread::sleep_for(10ms);
-  EXPECT_EQ(e.kv_pages_in_use(), 0);
+  expect_all_pages_returned(e);
 }
 
 TEST_F(EngineTest, AStopTokenReleasesTheTextHeldForAStopString) {

@@ -177,13 +177,17 @@ def test_chat_logprobs(client, model_name):
     assert plain.choices[0].logprobs is None
 
 
+@pytest.mark.parametrize("include", [False, True])
 @pytest.mark.parametrize("stream", [False, True])
-def test_stop_string_not_leaked(client, model_name, stream):
+def test_stop_string_not_leaked(client, model_name, stream, include):
+    # The text ends right before the stop string, or with vLLM's include_stop_str_in_output right
+    # after it; never a piece of it either way.
     full = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=16, temperature=0).choices[0].text
     words = full.split()
     assert len(words) >= 3, full
     stop = words[2]  # a stop string from the middle of the greedy text
-    kw = dict(model=model_name, prompt=PROMPT, max_tokens=16, temperature=0, stop=[stop, "unlikely-stop-xyz"])
+    kw = dict(model=model_name, prompt=PROMPT, max_tokens=16, temperature=0, stop=[stop, "unlikely-stop-xyz"],
+              extra_body={"include_stop_str_in_output": include})
     if stream:
         texts, finish, _ = stream_text(client.completions.create(stream=True, **kw))
         text, reason = texts.get(0, ""), finish[0]
@@ -191,25 +195,7 @@ def test_stop_string_not_leaked(client, model_name, stream):
         c = client.completions.create(**kw).choices[0]
         text, reason = c.text, c.finish_reason
     assert reason == "stop"
-    assert text == full[:full.index(stop)]
-    assert stop not in text
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_include_stop_str_in_output(client, model_name, stream):
-    # vLLM's include_stop_str_in_output: the text ends with the stop string instead of before it.
-    full = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=16, temperature=0).choices[0].text
-    stop = full.split()[2]
-    kw = dict(model=model_name, prompt=PROMPT, max_tokens=16, temperature=0, stop=[stop],
-              extra_body={"include_stop_str_in_output": True})
-    if stream:
-        texts, finish, _ = stream_text(client.completions.create(stream=True, **kw))
-        text, reason = texts.get(0, ""), finish[0]
-    else:
-        c = client.completions.create(**kw).choices[0]
-        text, reason = c.text, c.finish_reason
-    assert reason == "stop"
-    assert text == full[:full.index(stop) + len(stop)]
+    assert text == full[:full.index(stop) + (len(stop) if include else 0)]
 
 
 def test_skip_special_tokens(http, model_name):
