@@ -163,7 +163,10 @@ int run_serve(const ServeArgs& a) {
   }
   const openai::Protocol protocol(*model, engine.profiles(), name, limits);
   std::unique_ptr<GrpcServer> grpc;
-  if (cfg.grpc_port != 0) grpc = start_grpc_server(engine, cfg.host, cfg.grpc_port, cfg.api_key);
+  if (cfg.grpc_port != 0) {
+    grpc = start_grpc_server(engine, cfg.host, cfg.grpc_port, cfg.api_key,
+                             GrpcLimits{.max_prompt_tokens = cfg.max_prompt_tokens, .max_request_bytes = cfg.max_body_bytes});
+  }
 
   const ServingContext serving{engine, protocol};
   http.set_ready(serving);

@@ -18,8 +18,8 @@
 namespace sparseserve {
 namespace {
 
-// Largest message either side may send: a prompt of a few hundred thousand tokens as text or ids
-// fits with room to spare.
+// Largest response message (requests: GrpcLimits::max_request_bytes): a Tokenize answer for a
+// prompt of a few hundred thousand tokens fits with room to spare.
 constexpr int kMaxMessageBytes = 64 << 20;
 
 // "host:port", with an IPv6 literal in brackets.
@@ -30,11 +30,12 @@ std::string listen_address(const std::string& host, int port) {
 
 class GrpcServerImpl final : public GrpcServer {
  public:
-  GrpcServerImpl(Engine& engine, const std::string& host, int port, std::optional<std::string> api_key) {
+  GrpcServerImpl(Engine& engine, const std::string& host, int port, std::optional<std::string> api_key,
+                 GrpcLimits limits) {
     if (host.empty()) throw InvalidArgument("gRPC host is empty");
     if (port < 0 || port > 65535) throw InvalidArgument(fmt::format("gRPC port {} is outside [0, 65535]", port));
     const std::string address = listen_address(host, port);
-    service_ = make_grpc_service(engine, std::move(api_key), ready_);
+    service_ = make_grpc_service(engine, std::move(api_key), ready_, limits);
 
     // The standard grpc.health.v1 service (for probes that speak it) and server reflection (for
     // grpcurl and similar tools) come with the SparseServe service.
@@ -43,7 +44,7 @@ class GrpcServerImpl final : public GrpcServer {
     grpc::ServerBuilder builder;
     builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(service_.get());
-    builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+    builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<size_t>(limits.max_request_bytes, INT32_MAX)));
     builder.SetMaxSendMessageSize(kMaxMessageBytes);
     // Without this a second server on the same port would share it silently (SO_REUSEPORT).
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -94,8 +95,8 @@ class GrpcServerImpl final : public GrpcServer {
 }  // namespace
 
 std::unique_ptr<GrpcServer> start_grpc_server(Engine& engine, const std::string& host, int port,
-                                              std::optional<std::string> api_key) {
-  return std::make_unique<GrpcServerImpl>(engine, host, port, std::move(api_key));
+                                              std::optional<std::string> api_key, GrpcLimits limits) {
+  return std::make_unique<GrpcServerImpl>(engine, host, port, std::move(api_key), limits);
 }
 
 }  // namespace sparseserve

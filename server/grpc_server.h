@@ -16,6 +16,8 @@
 #include <optional>
 #include <string>
 
+#include "server/grpc_limits.h"
+
 namespace sparseserve {
 
 class Engine;
@@ -45,7 +47,8 @@ class GrpcServer {
 // `authorization: Bearer <key>` or `x-api-key: <key>` (else UNAUTHENTICATED).
 // Throws InvalidArgument for an empty host or a port outside [0, 65535], sparseserve::Error naming
 // the address when it cannot be bound.
+// limits: the longest prompt and the largest request message, as on the HTTP side.
 std::unique_ptr<GrpcServer> start_grpc_server(Engine& engine, const std::string& host, int port,
-                                              std::optional<std::string> api_key);
+                                              std::optional<std::string> api_key, GrpcLimits limits = {});
 
 }  // namespace sparseserve

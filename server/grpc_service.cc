@@ -156,8 +156,9 @@ class CancelUnlessFinished {
 
 class SparseServeService final : public pb::SparseServe::Service {
  public:
-  SparseServeService(Engine& engine, std::optional<std::string> api_key, const std::atomic<bool>& ready)
-      : engine_(engine), api_key_(std::move(api_key)), ready_(ready) {
+  SparseServeService(Engine& engine, std::optional<std::string> api_key, const std::atomic<bool>& ready,
+                     GrpcLimits limits)
+      : engine_(engine), api_key_(std::move(api_key)), ready_(ready), limits_(limits) {
     if (api_key_ && api_key_->empty()) api_key_.reset();
   }
 
@@ -172,11 +173,16 @@ class SparseServeService final : public pb::SparseServe::Service {
           throw InvalidArgument(fmt::format("request_id is {} bytes; at most {} are allowed",
                                             req->request_id().size(), kMaxRequestIdBytes));
         }
+        // It goes back as the x-request-id header, and gRPC aborts the whole process on a metadata
+        // value that is not printable ASCII.
+        if (!std::all_of(req->request_id().begin(), req->request_id().end(), [](char c) { return c >= 0x20 && c <= 0x7e; })) {
+          throw InvalidArgument("request_id must be printable ASCII (it is sent back as the x-request-id header)");
+        }
         id = req->request_id();
       } else {
         id = make_grpc_request_id();
       }
-      std::shared_ptr<RequestStream> stream = engine_.submit(to_engine_request(*req, engine_.model(), id));
+      std::shared_ptr<RequestStream> stream = engine_.submit(to_engine_request(*req, engine_.model(), id, limits_));
       return stream_outputs(*ctx, *stream, *writer);
     });
   }
@@ -323,11 +329,12 @@ class SparseServeService final : public pb::SparseServe::Service {
   Engine& engine_;
   std::optional<std::string> api_key_;  // never empty when set
   const std::atomic<bool>& ready_;
+  GrpcLimits limits_;
 };
 
 }  // namespace
 
-Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std::string id) {
+Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std::string id, const GrpcLimits& limits) {
   Request r;
   r.id = std::move(id);
   const Tokenizer& tok = model.tokenizer;
@@ -369,12 +376,16 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   // Prompt + completion must fit the context, as on the HTTP side (and in vLLM).
   const int64_t context = model.config.max_context;
   const auto n = static_cast<int64_t>(r.prompt.size());
+  if (limits.max_prompt_tokens > 0 && limits.max_prompt_tokens < context && n > limits.max_prompt_tokens) {
+    throw InvalidArgument(fmt::format("The prompt has {} tokens, more than this server accepts ({} tokens). Please "
+                                      "reduce the length of the prompt.", n, limits.max_prompt_tokens));
+  }
   if (g.has_max_tokens()) {
     if (g.max_tokens() < 0) throw InvalidArgument(fmt::format("max_tokens must be ≥ 0 (got {})", g.max_tokens()));
-    if (n + g.max_tokens() > context) {
+    if (g.max_tokens() > context - n) {  // not n + max_tokens: that overflows for max_tokens near 2^63
       throw InvalidArgument(fmt::format("This model's maximum context length is {} tokens. However, you requested {} "
                                         "tokens ({} in the prompt, {} in the completion). Please reduce the length "
-                                        "of the prompt or max_tokens.", context, n + g.max_tokens(), n, g.max_tokens()));
+                                        "of the prompt or max_tokens.", context, n + std::min(g.max_tokens(), INT64_MAX - n), n, g.max_tokens()));
     }
     r.max_tokens = g.max_tokens();
   } else {
@@ -425,8 +436,8 @@ std::string make_grpc_request_id() {
 }
 
 std::unique_ptr<grpc::Service> make_grpc_service(Engine& engine, std::optional<std::string> api_key,
-                                                 const std::atomic<bool>& ready) {
-  return std::make_unique<SparseServeService>(engine, std::move(api_key), ready);
+                                                 const std::atomic<bool>& ready, GrpcLimits limits) {
+  return std::make_unique<SparseServeService>(engine, std::move(api_key), ready, limits);
 }
 
 }  // namespace sparseserve

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "engine/request.h"
+#include "server/grpc_limits.h"
 
 namespace grpc {
 class Service;
@@ -40,15 +41,17 @@ inline constexpr int kMaxStopStrings = 16;
 //  - token_ids: used as they are (the engine checks the ids);
 //  - chat: rendered with the model's chat template plus the generation prompt ("developer" is
 //    the system role), encoded without adding BOS and with special tokens parsed; the template's
-//    end-of-turn id joins stop_token_ids;
-//  - prompt + max_tokens must fit the context; unset max_tokens takes what the context leaves.
+//    end-of-turn id is the request's end_of_turn;
+//  - the prompt must fit limits.max_prompt_tokens; prompt + max_tokens must fit the context;
+//    unset max_tokens takes what the context leaves.
 // Other unset optional fields keep the engine's defaults (SamplingParams). Range checks on the
 // sampling parameters and the profile name are the engine's (Engine::submit).
 // Throws InvalidArgument naming the field for what is checked here: a missing or empty input, a
-// chat without a model template, max_tokens < 0, a context overflow, logprobs outside
+// chat without a model template, max_tokens < 0, a prompt over the limit, a context overflow, logprobs outside
 // [0, kMaxTopLogprobs], more than kMaxStopStrings or an empty stop string, a stop token id outside
 // the vocabulary.
-Request to_engine_request(const v1::GenerateRequest& req, const Model& model, std::string id);
+Request to_engine_request(const v1::GenerateRequest& req, const Model& model, std::string id,
+                          const GrpcLimits& limits = {});
 
 // A new request id: "grpc-" followed by 32 random hex digits.
 std::string make_grpc_request_id();
@@ -56,6 +59,6 @@ std::string make_grpc_request_id();
 // The service over `engine`. `ready` (owned by the caller, outliving the service) gates Generate
 // and answers Health. api_key: when set and non-empty, every call but Health must present it.
 std::unique_ptr<grpc::Service> make_grpc_service(Engine& engine, std::optional<std::string> api_key,
-                                                 const std::atomic<bool>& ready);
+                                                 const std::atomic<bool>& ready, GrpcLimits limits = {});
 
 }  // namespace sparseserve

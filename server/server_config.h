@@ -17,7 +17,8 @@
 //   max_waiting             ≥ 1         default 1024: more waiting requests are answered 429
 //   api_key                 STRING|null default null; when set, HTTP /v1/* and /tokenize,
 //                                       /detokenize need `Authorization: Bearer KEY` (and gRPC)
-//   max_body_bytes          BYTES       default 8MiB: larger request bodies are answered 413
+//   max_body_bytes          BYTES       default 8MiB: larger request bodies are answered 413 (HTTP),
+//                                       RESOURCE_EXHAUSTED (gRPC)
 //   max_prompt_tokens       ≥ 0         default 0 = the model's context length
 //   shutdown_grace_seconds  ≥ 0         default 20: in-flight requests may finish this long after
 //                                       SIGTERM/SIGINT before they are aborted

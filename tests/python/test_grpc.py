@@ -365,6 +365,7 @@ def test_request_id_is_echoed_and_generated(stub, pb):
     "no_input", "unknown_token_id", "context_overflow", "completion_over_context", "logprobs_too_many",
     "negative_logprobs", "empty_stop", "too_many_stops",
     "bad_stop_token_id", "bad_logit_bias_id", "bad_chat_role", "long_request_id",
+    "non_ascii_request_id", "newline_request_id", "max_tokens_near_int64_max",
 ])
 def test_bad_inputs_are_invalid_argument(stub, pb, model_info, case):
     V, C = model_info.vocab_size, model_info.context_length
@@ -389,9 +390,30 @@ def test_bad_inputs_are_invalid_argument(stub, pb, model_info, case):
         "bad_chat_role": (pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="wizard", content="x")])),
                           ["wizard"]),
         "long_request_id": (greedy(pb, request_id="x" * 300), ["request_id"]),
+        # The id goes back as a header: gRPC aborted the whole server on a value not printable ASCII.
+        "non_ascii_request_id": (greedy(pb, request_id="caf\u00e9"), ["request_id", "ASCII"]),
+        "newline_request_id": (greedy(pb, request_id="a\nb"), ["request_id", "ASCII"]),
+        # prompt + max_tokens overflowed int64 and passed the context check.
+        "max_tokens_near_int64_max": (greedy(pb, max_tokens=2**63 - 1), [str(C), "max_tokens"]),
     }
     req, needles = reqs[case]
     expect_invalid(stub, req, *needles)
+
+
+def test_server_limits_hold_for_grpc_too(build_dir, model_path, repo_root, tmp_path_factory, api):
+    # max_prompt_tokens and max_body_bytes, which the HTTP side enforces, hold for gRPC as well.
+    s = launch_server(build_dir, model_path, repo_root, tmp_path_factory, api, max_prompt_tokens=100,
+                      max_body_bytes="1MiB")
+    try:
+        pb = s.pb
+        expect_invalid(s.stub, pb.GenerateRequest(text="hello " * 300, max_tokens=1), "more than this server accepts",
+                       "100 tokens")
+        with pytest.raises(grpc.RpcError) as e:
+            collect(s.stub, pb.GenerateRequest(text="x" * (2 << 20), max_tokens=1))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+        assert tokens_of(collect(s.stub, pb.GenerateRequest(text="hello " * 50, max_tokens=1)))
+    finally:
+        s.stop()
 
 
 def test_server_survives_bad_inputs(stub, pb):
