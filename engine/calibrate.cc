@@ -149,7 +149,7 @@ std::vector<double> score_heads(const Model& model, const CalibrationOptions& op
                                 const std::function<void(const CalibrationProgress&)>& progress) {
   if (opts.prompts < 1 || opts.needles < 1) throw InvalidArgument("calibration needs at least one prompt and one needle");
   if (opts.context_tokens < 256) throw InvalidArgument("calibration prompts need at least 256 tokens");
-  if (opts.context_tokens + 16 > model.config.max_context) throw InvalidArgument("calibration context exceeds the model's");
+  if (opts.context_tokens > model.config.max_context - 16) throw InvalidArgument("calibration context exceeds the model's");
   if (opts.window.sink_tokens < 0 || opts.window.local_tokens < 1) {
     throw InvalidArgument("calibration window needs sink ≥ 0 and local ≥ 1 tokens");
   }

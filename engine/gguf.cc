@@ -5,7 +5,8 @@
 //   n_tensors x { string name | u32 n_dims | u64 ne[n_dims] | u32 ggml_type | u64 offset }
 //   padding to general.alignment (default 32) | data section; tensor offsets are relative to it.
 // Version 1 (u32 counts) is rejected. Every count is checked against the bytes that remain before
-// anything is allocated for it, so no untrusted count can cause a large allocation.
+// anything is allocated for it, and metadata array elements are capped in all (kMaxArrayElements),
+// so no untrusted count can cause a large allocation.
 #include "engine/gguf.h"
 
 #include <fmt/format.h>
@@ -23,6 +24,10 @@ namespace {
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read as a little-endian u32
 constexpr int kMaxDims = 4;              // GGML_MAX_DIMS
 constexpr int kMaxArrayDepth = 16;       // arrays of arrays nest at most this deep
+// Metadata array elements in all: each becomes a GgufValue (~48 bytes) whatever its encoded size, so
+// counts bounded by the file alone could still cost 48 times a (sparse) file. The largest real
+// metadata (a 262K vocabulary: tokens, types, scores, merges) holds about 1.5M.
+constexpr uint64_t kMaxArrayElements = uint64_t{1} << 23;
 constexpr uint64_t kMaxAlignment = uint64_t{1} << 30;
 
 using VType = GgufValue::Type;
@@ -102,6 +107,15 @@ class Reader {
     return s;
   }
 
+  // Counts array elements against kMaxArrayElements, for the whole file.
+  void count_array_elements(uint64_t count, const std::string& what) {
+    array_elements_ += count;
+    if (array_elements_ > kMaxArrayElements) {
+      fail(fmt::format("{}: metadata arrays hold more than {} elements in all, more than this reader accepts", what,
+                       kMaxArrayElements));
+    }
+  }
+
   // Rejects a count of items, each at least min_size bytes, that cannot fit in what remains.
   void check_count(uint64_t count, uint64_t min_size, const std::string& what) const {
     if (count > remaining() / min_size) {
@@ -114,6 +128,7 @@ class Reader {
   std::span<const std::byte> bytes_;
   const std::string& name_;
   size_t pos_ = 0;
+  uint64_t array_elements_ = 0;
 };
 
 GgufValue read_value(Reader& r, VType type, const std::string& what, int depth) {
@@ -150,6 +165,7 @@ GgufValue read_value(Reader& r, VType type, const std::string& what, int depth) 
       const auto elem = static_cast<VType>(raw);
       const auto count = r.read<uint64_t>(what + " element count");
       r.check_count(count, min_encoded_size(elem), what + " element");
+      r.count_array_elements(count, what);
       std::vector<GgufValue> items;
       items.reserve(static_cast<size_t>(count));
       for (uint64_t i = 0; i < count; ++i) {

@@ -52,7 +52,7 @@ class Fields {
   std::optional<int64_t> opt_int(const char* key) const {
     const json* v = get(key);
     if (v == nullptr) return std::nullopt;
-    if (!v->is_number_integer()) fail(key, "must be an integer, got " + v->dump());
+    if (!v->is_number_integer()) fail(key, "must be an integer, got " + json_excerpt(*v));
     return v->get<int64_t>();
   }
   int64_t req_int(const char* key) const {
@@ -63,7 +63,7 @@ class Fields {
   std::optional<double> opt_float(const char* key) const {
     const json* v = get(key);
     if (v == nullptr) return std::nullopt;
-    if (!v->is_number()) fail(key, "must be a number, got " + v->dump());
+    if (!v->is_number()) fail(key, "must be a number, got " + json_excerpt(*v));
     return v->get<double>();
   }
   double req_float(const char* key) const {
@@ -74,13 +74,13 @@ class Fields {
   std::optional<bool> opt_bool(const char* key) const {
     const json* v = get(key);
     if (v == nullptr) return std::nullopt;
-    if (!v->is_boolean()) fail(key, "must be true or false, got " + v->dump());
+    if (!v->is_boolean()) fail(key, "must be true or false, got " + json_excerpt(*v));
     return v->get<bool>();
   }
   std::optional<std::string> opt_string(const char* key) const {
     const json* v = get(key);
     if (v == nullptr) return std::nullopt;
-    if (!v->is_string()) fail(key, "must be a string, got " + v->dump());
+    if (!v->is_string()) fail(key, "must be a string, got " + json_excerpt(*v));
     return v->get<std::string>();
   }
   // A token id field: an integer, or a list of integers (eos_token_id often is one).
@@ -91,7 +91,7 @@ class Fields {
     const auto add = [&](const json& x) {
       if (!x.is_number_integer() || x.get<int64_t>() < 0 ||
           x.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
-        fail(key, "must be a token id or a list of token ids, got " + v->dump());
+        fail(key, "must be a token id or a list of token ids, got " + json_excerpt(*v));
       }
       ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
     };
@@ -123,7 +123,7 @@ std::string architecture_of(const Fields& f) {
   const json* archs = f.get("architectures");
   if (archs == nullptr) f.fail("model_type", "is missing (and so is 'architectures')");
   if (!archs->is_array() || archs->empty() || !(*archs)[0].is_string()) {
-    f.fail("architectures", "must be a non-empty list of class names, got " + archs->dump());
+    f.fail("architectures", "must be a non-empty list of class names, got " + json_excerpt(*archs));
   }
   const std::string arch = (*archs)[0].get<std::string>();
   if (arch == "LlamaForCausalLM") return "llama";
@@ -139,7 +139,7 @@ RopeScaling parse_rope_scaling(const Fields& f) {
   RopeScaling rs;
   const json* v = f.get("rope_scaling");
   if (v == nullptr) return rs;
-  if (!v->is_object()) f.fail("rope_scaling", "must be an object, got " + v->dump());
+  if (!v->is_object()) f.fail("rope_scaling", "must be an object, got " + json_excerpt(*v));
   const Fields s(*v, f.file(), "rope_scaling.");
   auto kind = s.opt_string("rope_type");
   if (!kind) kind = s.opt_string("type");

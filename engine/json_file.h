@@ -21,4 +21,9 @@ inline constexpr size_t kJsonListingMaxBytes = size_t{64} << 20;
 
 nlohmann::json read_json_file(const std::string& path, size_t max_bytes);
 
+// A value for an error message, bounded: a scalar as JSON (at most 80 characters), an array or
+// object by its size only. Never recursive: nlohmann's dump() recurses once per nesting level, and a
+// 100,000-deep value (200 KB) overflows the stack.
+std::string json_excerpt(const nlohmann::json& v);
+
 }  // namespace sparseserve

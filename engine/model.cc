@@ -26,12 +26,19 @@ class Binder {
   Binder(std::string source, TensorLookup lookup, Model& m) : source_(std::move(source)), lookup_(std::move(lookup)), m_(m) {}
 
   const TensorView* find(const std::string& name) const { return lookup_(name); }
+  void check_present(const std::string& name) const {
+    if (lookup_(name) == nullptr) throw ModelFileError(source_, "missing tensor '" + name + "'");
+  }
 
   const TensorView& require(const std::string& name, std::vector<int64_t> shape) {
     const TensorView* t = lookup_(name);
     if (t == nullptr) throw ModelFileError(source_, "missing tensor '" + name + "'");
     if (t->shape != shape) {
       throw ModelFileError(source_, "tensor '" + name + "' has shape " + fmt_shape(t->shape) + ", expected " + fmt_shape(shape));
+    }
+    if (!kernels::type_traits(t->type).dequantizable) {  // checked here: the matmuls would throw inside OpenMP
+      throw ModelFileError(source_, "tensor '" + name + "' has type " + std::string(kernels::type_traits(t->type).name) +
+                                        ", which no kernel reads as weights");
     }
     m_.weights.bytes += t->nbytes;
     m_.tensor_types[std::string(kernels::type_traits(t->type).name)] += 1;
@@ -96,6 +103,8 @@ void bind_weights(Binder& b, const TensorNames& n, Model& m) {
   w.embed = b.matrix(n.embed, c.vocab_size, c.hidden);
   w.lm_head = c.tied_embeddings ? w.embed : b.matrix(n.lm_head, c.vocab_size, c.hidden);
   w.final_norm = b.vector(n.final_norm, c.hidden);
+  // The last layer's first tensor, before anything is sized by the layer count the file claims.
+  b.check_present(n.layer(c.n_layers - 1, "attn_norm.weight"));
   w.layers.resize(static_cast<size_t>(c.n_layers));
   for (int64_t i = 0; i < c.n_layers; ++i) {
     LayerWeights& l = w.layers[static_cast<size_t>(i)];

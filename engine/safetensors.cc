@@ -53,12 +53,23 @@ bool lookup_dtype(const std::string& dtype, DtypeInfo* out) {
   return true;
 }
 
+// A shape or data_offsets array for an error message: its integers, anything else as "?" (never
+// recursive: a deeply nested element would overflow the stack in dump()).
+std::string int_list(const json& a) {
+  std::string s = "[";
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += a[i].is_number_integer() ? a[i].dump() : "?";
+  }
+  return s + "]";
+}
+
 // A non-negative JSON integer, or an error naming the tensor and field.
 uint64_t as_count(const json& v, const std::string& file, const std::string& tensor,
                   const char* field) {
   if (!v.is_number_unsigned()) {
     throw ModelFileError(file, "tensor '" + tensor + "': " + field +
-                                   " must hold non-negative integers, got " + v.dump());
+                                   " must hold non-negative integers, got " + json_excerpt(v));
   }
   return v.get<uint64_t>();
 }
@@ -97,13 +108,13 @@ Entry parse_entry(const std::string& file, const std::string& name, const json& 
     const uint64_t dim = as_count(d, file, name, "shape");
     if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
         __builtin_mul_overflow(numel, dim, &numel)) {
-      throw ModelFileError(file, "tensor '" + name + "': shape " + sh->dump() + " overflows");
+      throw ModelFileError(file, "tensor '" + name + "': shape " + int_list(*sh) + " overflows");
     }
     e.shape.push_back(static_cast<int64_t>(dim));
   }
   uint64_t nbytes = 0;
   if (__builtin_mul_overflow(numel, e.dtype.bytes, &nbytes)) {
-    throw ModelFileError(file, "tensor '" + name + "': shape " + sh->dump() + " overflows");
+    throw ModelFileError(file, "tensor '" + name + "': shape " + int_list(*sh) + " overflows");
   }
 
   const auto off = v.find("data_offsets");
@@ -113,18 +124,18 @@ Entry parse_entry(const std::string& file, const std::string& name, const json& 
   const uint64_t begin = as_count((*off)[0], file, name, "data_offsets");
   const uint64_t end = as_count((*off)[1], file, name, "data_offsets");
   if (begin > end) {
-    throw ModelFileError(file, "tensor '" + name + "': data_offsets " + off->dump() +
+    throw ModelFileError(file, "tensor '" + name + "': data_offsets " + int_list(*off) +
                                    " has begin after end");
   }
   if (end > data_size) {
-    throw ModelFileError(file, "tensor '" + name + "': data_offsets " + off->dump() +
+    throw ModelFileError(file, "tensor '" + name + "': data_offsets " + int_list(*off) +
                                    " run past the end of the file (data section is " +
                                    std::to_string(data_size) + " bytes)");
   }
   if (end - begin != nbytes) {
-    throw ModelFileError(file, "tensor '" + name + "': data_offsets " + off->dump() + " span " +
+    throw ModelFileError(file, "tensor '" + name + "': data_offsets " + int_list(*off) + " span " +
                                    std::to_string(end - begin) + " bytes but shape " +
-                                   sh->dump() + " of " + dtype + " needs " +
+                                   int_list(*sh) + " of " + dtype + " needs " +
                                    std::to_string(nbytes));
   }
   e.begin = data_start + begin;
@@ -245,7 +256,7 @@ SafetensorsSet SafetensorsSet::open_dir(const std::string& dir) {
   const fs::path index_path = root / "model.safetensors.index.json";
   const fs::path single_path = root / "model.safetensors";
   std::vector<std::string> shards;  // file names relative to dir, in load order
-  json weight_map = json::object();  // tensor name -> shard name (index only)
+  std::map<std::string, std::string> weight_map;  // tensor name -> shard name (index only)
 
   if (fs::exists(index_path, ec)) {
     const std::string index_file = index_path.string();
@@ -254,13 +265,13 @@ SafetensorsSet SafetensorsSet::open_dir(const std::string& dir) {
     if (wm == index.end() || !wm->is_object()) {
       throw ModelFileError(index_file, "missing \"weight_map\" object");
     }
-    weight_map = *wm;
     std::set<std::string> listed;
-    for (const auto& [tensor, shard] : weight_map.items()) {
+    for (const auto& [tensor, shard] : wm->items()) {
       if (!shard.is_string() || !is_safe_shard_name(shard.get<std::string>())) {
         throw ModelFileError(index_file, "tensor '" + tensor + "' maps to an invalid shard name " +
-                                             shard.dump());
+                                             json_excerpt(shard));
       }
+      weight_map.emplace(tensor, shard.get<std::string>());
       if (listed.insert(shard.get<std::string>()).second) shards.push_back(shard.get<std::string>());
     }
     if (shards.empty()) throw ModelFileError(index_file, "\"weight_map\" lists no tensors");
@@ -302,12 +313,11 @@ SafetensorsSet SafetensorsSet::open_dir(const std::string& dir) {
   }
 
   // Every tensor the index names must be in the shard it names.
-  for (const auto& [tensor, shard] : weight_map.items()) {
+  for (const auto& [tensor, shard] : weight_map) {
     const auto it = owner.find(tensor);
-    if (it == owner.end() || it->second != shard.get<std::string>()) {
+    if (it == owner.end() || it->second != shard) {
       throw ModelFileError(index_path.string(),
-                           "tensor '" + tensor + "' is mapped to shard '" +
-                               shard.get<std::string>() + "', which does not contain it");
+                           "tensor '" + tensor + "' is mapped to shard '" + shard + "', which does not contain it");
     }
   }
   return set;

@@ -51,7 +51,7 @@ int run_info(const InfoArgs& args) {
       {"kv_bytes_full_context_bf16", kv_elems_per_token * 2 * c.max_context},
   };
   if (args.json) {
-    std::cout << j.dump(2) << "\n";
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";  // names may be bytes
     return 0;
   }
   const double mib = 1 << 20;

@@ -517,6 +517,22 @@ TEST(Gguf, NestingDepthIsBounded) {
             "deeper than 16");
 }
 
+TEST(Gguf, MetadataArrayElementsAreCappedInAll) {
+  // Every element becomes a ~48-byte value whatever its encoded size: 2^23 u8 elements in all parse,
+  // one more is refused before anything is allocated for it, in one array or spread over two.
+  const auto u8s = [](uint64_t n) { return array(VType::U8, n, [n](Image& w) { w.bytes.resize(w.bytes.size() + n); }); };
+  Builder ok;
+  ok.kvs = {{"a", u8s((uint64_t{1} << 23) - 1)}, {"b", u8s(1)}};
+  EXPECT_EQ(problem_of(ok.build().bytes), "");
+  Builder one;
+  one.kvs = {{"a", u8s((uint64_t{1} << 23) + 1)}};
+  EXPECT_THAT(problem_of(one.build().bytes),
+              HasSubstr("metadata key 'a': metadata arrays hold more than 8388608 elements in all"));
+  Builder two;
+  two.kvs = {{"a", u8s(uint64_t{1} << 22)}, {"b", u8s((uint64_t{1} << 22) + 1)}};
+  EXPECT_THAT(problem_of(two.build().bytes), HasSubstr("metadata key 'b': metadata arrays hold more than"));
+}
+
 TEST(Gguf, OpenNamesTheFile) {
   try {
     GgufFile::open("/nonexistent/model.gguf");

@@ -296,11 +296,27 @@ TEST_F(HfConfigTest, Rejections) {
   expect_error(cfg, "'eos_token_id'");
   with("max_position_embeddings", int64_t{1} << 32);  // positions are int32
   expect_error(cfg, "context length must be in [1, 2^31");
+  with("num_hidden_layers", int64_t{1} << 40);  // refused before anything is sized by it
+  expect_error(cfg, "number of layers must be in [1, 65536]");
+  with("head_dim", int64_t{1} << 40);  // n_heads · head_dim would overflow int64
+  expect_error(cfg, "head dimension must be even and in [2, 65536]");
+  with("rms_norm_eps", 1e300);  // inf as the float it is kept in
+  expect_error(cfg, "RMSNorm epsilon must be positive and finite");
+  with("rope_scaling", json::parse(R"({"rope_type": "linear", "factor": 0.0})"));
+  expect_error(cfg, "rope_scaling");
   with("rope_scaling", json::parse(R"({"rope_type": "yarn", "factor": 4.0})"));
   expect_error(cfg, "'yarn' is not supported");
   with("rope_scaling", json::parse(R"({"rope_type": "llama3", "factor": 8.0,
                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0})"));
   expect_error(cfg, "'rope_scaling.original_max_position_embeddings' is missing");
+
+  {  // A value nested 100,000 deep: named by its size, not dumped (dump() recursed off the stack).
+    std::string deep = smollm2_135m().dump();
+    deep.pop_back();
+    deep += ", \"hidden_size\": " + std::string(100000, '[') + std::string(100000, ']') + "}";
+    std::ofstream(dir_ / "config.json") << deep;
+    expect_error(cfg, "'hidden_size' must be an integer, got an array of 1 element");
+  }
 
   json no_arch = smollm2_135m();
   no_arch.erase("model_type");

@@ -1,8 +1,11 @@
 """Bad command lines and files: each is refused at once with a clear one-line error naming the option
 or file and exit status 1 (CLI11's own parse errors keep its codes), never "unexpected error" or a
 hang. Nothing here loads a model for long or starts a server."""
+import json
 import os
 import subprocess
+
+import pytest
 
 
 def run(tool, *args, timeout=60):
@@ -42,3 +45,43 @@ def test_fifos_and_folders_are_refused_without_blocking(tool, tmp_path):
 def test_negative_seed_is_refused(tool, model_path):
     r = run(tool, "generate", "--model", model_path, "--prompt", "hi", "--max-tokens", "1", "--seed", "-1")
     assert r.returncode != 0 and "--seed" in r.stderr, r.stderr
+
+
+# Models whose metadata or weights lie: refused at load with the file and the problem named, at once
+# (no buffer sized by the lie first), instead of crashing or allocating gigabytes.
+BAD_MODELS = {
+    # Sized the per-layer tables before any tensor was looked up: 3.9 GB, or bad_alloc.
+    "layer_count": ({"llama.block_count": ("UINT32", 10_000_000)}, None, "number of layers must be in [1, 65536]"),
+    "layer_past_the_tensors": ({"llama.block_count": ("UINT32", 31)}, None, "missing tensor 'blk.30.attn_norm.weight'"),
+    # Loaded, then aborted the server at the first forward pass (a throw inside OpenMP).
+    "weight_type": (None, {"blk.0.attn_q.weight": "I32"}, "tensor 'blk.0.attn_q.weight' has type I32"),
+    "rope_scaling_factor": ({"llama.rope.scaling.type": ("STRING", "linear"), "llama.rope.scaling.factor": ("FLOAT32", 0.0)},
+                            None, "RoPE scaling factor must be positive and finite"),
+    "rms_eps": ({"llama.attention.layer_norm_rms_epsilon": ("FLOAT32", float("inf"))}, None,
+                "RMSNorm epsilon must be positive and finite"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MODELS))
+def test_lying_models_are_refused_at_load(tool, model_path, tmp_path, case):
+    from gguf import GGMLQuantizationType, GGUFValueType
+    from gguf_rewrite import rewrite_gguf
+
+    metadata, types, needle = BAD_MODELS[case]
+    metadata = {k: (GGUFValueType[t], v) for k, (t, v) in (metadata or {}).items()}
+    types = {k: GGMLQuantizationType[t] for k, t in (types or {}).items()}
+    bad = rewrite_gguf(model_path, tmp_path / "bad.gguf", metadata, types)
+    r = run(tool, "info", "--model", bad, timeout=30)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert needle in r.stderr and "bad.gguf" in r.stderr, r.stderr
+
+
+def test_info_json_survives_bytes_that_are_not_utf8(tool, model_path, tmp_path):
+    # general.name is bytes, not always UTF-8: `info --json` replaces what is not (it exited 2).
+    from gguf import GGUFValueType
+    from gguf_rewrite import rewrite_gguf
+
+    bad = rewrite_gguf(model_path, tmp_path / "name.gguf", {"general.name": (GGUFValueType.STRING, b"A\xffB")})
+    r = run(tool, "info", "--json", "--model", bad, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["name"] == "A\ufffdB"
