@@ -362,7 +362,13 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   }
 
   const pb::SamplingParams& s = g.sampling();
-  if (s.has_temperature()) r.sampling.temperature = s.temperature();
+  if (s.has_temperature()) {
+    // OpenAI's range, as the HTTP side checks it (the engine itself allows up to 100).
+    if (!(s.temperature() >= 0.0f && s.temperature() <= 2.0f)) {
+      throw InvalidArgument(fmt::format("temperature must be in [0, 2], got {}", s.temperature()));
+    }
+    r.sampling.temperature = s.temperature();
+  }
   if (s.has_top_p()) r.sampling.top_p = s.top_p();
   r.sampling.top_k = s.top_k();
   r.sampling.min_p = s.min_p();

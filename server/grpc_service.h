@@ -45,11 +45,12 @@ inline constexpr int kMaxStopStrings = 16;
 //  - the prompt must fit limits.max_prompt_tokens; prompt + max_tokens must fit the context;
 //    unset max_tokens takes what the context leaves.
 // Other unset optional fields keep the engine's defaults (SamplingParams). Range checks on the
-// sampling parameters and the profile name are the engine's (Engine::submit).
+// sampling parameters and the profile name are the engine's (Engine::submit), but temperature's:
+// [0, 2], OpenAI's, as on the HTTP side.
 // Throws InvalidArgument naming the field for what is checked here: a missing or empty input, a
-// chat without a model template, max_tokens < 0, a prompt over the limit, a context overflow, logprobs outside
-// [0, kMaxTopLogprobs], more than kMaxStopStrings or an empty stop string, a stop token id outside
-// the vocabulary.
+// chat without a model template, a temperature outside [0, 2], max_tokens < 0, a prompt over the
+// limit, a context overflow, logprobs outside [0, kMaxTopLogprobs], more than kMaxStopStrings or an
+// empty stop string, a stop token id outside the vocabulary.
 Request to_engine_request(const v1::GenerateRequest& req, const Model& model, std::string id,
                           const GrpcLimits& limits = {});
 

@@ -365,7 +365,7 @@ def test_request_id_is_echoed_and_generated(stub, pb):
     "no_input", "unknown_token_id", "context_overflow", "completion_over_context", "logprobs_too_many",
     "negative_logprobs", "empty_stop", "too_many_stops",
     "bad_stop_token_id", "bad_logit_bias_id", "bad_chat_role", "long_request_id",
-    "non_ascii_request_id", "newline_request_id", "max_tokens_near_int64_max",
+    "non_ascii_request_id", "newline_request_id", "max_tokens_near_int64_max", "temperature_over_two",
 ])
 def test_bad_inputs_are_invalid_argument(stub, pb, model_info, case):
     V, C = model_info.vocab_size, model_info.context_length
@@ -395,6 +395,9 @@ def test_bad_inputs_are_invalid_argument(stub, pb, model_info, case):
         "newline_request_id": (greedy(pb, request_id="a\nb"), ["request_id", "ASCII"]),
         # prompt + max_tokens overflowed int64 and passed the context check.
         "max_tokens_near_int64_max": (greedy(pb, max_tokens=2**63 - 1), [str(C), "max_tokens"]),
+        # As over HTTP (OpenAI's range); the engine alone allowed up to 100.
+        "temperature_over_two": (pb.GenerateRequest(text=PROMPT, sampling=pb.SamplingParams(temperature=50)),
+                                 ["temperature", "[0, 2]"]),
     }
     req, needles = reqs[case]
     expect_invalid(stub, req, *needles)
