@@ -61,19 +61,21 @@ json ResponseBuilder::chunk_base() const {
 }
 
 json ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const {
-  const auto name_of = [&](int32_t id) { return token_name(tok_.decode(std::span(&id, 1), /*skip_special=*/false)); };
-  const auto bytes_of_token = [&](int32_t id) { return bytes_of(tok_.decode(std::span(&id, 1), /*skip_special=*/false)); };
+  const auto bytes_of_id = [&](int32_t id) { return tok_.decode(std::span(&id, 1), /*skip_special=*/false); };
+  const auto name_of = [&](int32_t id) { return token_name(bytes_of_id(id)); };
   if (job_.endpoint == Endpoint::kChat) {
+    // One entry: the token's name, logprob and bytes (one decode for both).
+    const auto entry = [&](int32_t id, float logprob) {
+      const std::string b = bytes_of_id(id);
+      return json{{"token", token_name(b)}, {"logprob", finite_logprob(logprob)}, {"bytes", bytes_of(b)}};
+    };
     json content = json::array();
     for (const auto& lp : lps) {
       json top = json::array();
-      for (const auto& [id, l] : lp.top) {
-        top.push_back({{"token", name_of(id)}, {"logprob", finite_logprob(l)}, {"bytes", bytes_of_token(id)}});
-      }
-      content.push_back({{"token", name_of(lp.token)},
-                         {"logprob", finite_logprob(lp.logprob)},
-                         {"bytes", bytes_of_token(lp.token)},
-                         {"top_logprobs", top}});
+      for (const auto& [id, l] : lp.top) top.push_back(entry(id, l));
+      json e = entry(lp.token, lp.logprob);
+      e["top_logprobs"] = std::move(top);
+      content.push_back(std::move(e));
     }
     return {{"content", content}};
   }
