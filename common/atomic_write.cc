@@ -1,6 +1,7 @@
 #include "common/atomic_write.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 
 #include "common/errors.h"
 
@@ -32,9 +34,18 @@ int create_temporary(const std::string& path, std::string& name) {
   throw ModelFileError(path, "cannot write (creating " + name + ": " + std::strerror(err) + ")");
 }
 
+// The file a write to `path` replaces: a symbolic link's target (followed to the end), not the link.
+std::string replaced_file(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_symlink(path, ec)) return path;
+  const std::filesystem::path target = std::filesystem::weakly_canonical(path, ec);
+  return ec ? path : target.string();
+}
+
 }  // namespace
 
-void write_file_atomically(const std::string& path, std::string_view text) {
+void write_file_atomically(const std::string& link_or_path, std::string_view text) {
+  const std::string path = replaced_file(link_or_path);
   std::string tmp;
   const int fd = create_temporary(path, tmp);
   const auto fail = [&](int err, const char* what) {
@@ -42,6 +53,9 @@ void write_file_atomically(const std::string& path, std::string_view text) {
     ::unlink(tmp.c_str());
     throw ModelFileError(path, std::string("cannot write (") + what + " " + tmp + ": " + std::strerror(err) + ")");
   };
+  // An existing file keeps its permission bits.
+  struct stat old {};
+  if (::stat(path.c_str(), &old) == 0 && ::fchmod(fd, old.st_mode & 07777) != 0) fail(errno, "setting the mode of");
   size_t done = 0;
   while (done < text.size()) {
     const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
@@ -64,7 +78,7 @@ void write_file_atomically(const std::string& path, std::string_view text) {
 
 void check_can_write_next_to(const std::string& path) {
   std::string tmp;
-  const int fd = create_temporary(path, tmp);
+  const int fd = create_temporary(replaced_file(path), tmp);
   ::close(fd);
   ::unlink(tmp.c_str());
 }

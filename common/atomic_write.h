@@ -1,6 +1,7 @@
 // Writing a file all or nothing: the text goes to a new temporary file next to the target (a unique
 // name, created exclusively, so no other file is ever truncated and two writers never share one),
-// which is then renamed over the target. Errors are ModelFileError naming the target.
+// which is then renamed over the target. The target keeps its permission bits, and a symbolic link
+// is followed: its target is replaced, the link stays. Errors are ModelFileError naming the target.
 #pragma once
 
 #include <string>

@@ -65,6 +65,23 @@ TEST_F(AtomicWriteTest, NeverTouchesAnotherFile) {
   EXPECT_EQ(names(), (std::vector<std::string>{"heads.tsv", "heads.tsv.tmp"}));
 }
 
+// Replacing a file keeps its permission bits; through a symbolic link, the link's target is
+// replaced and the link stays a link.
+TEST_F(AtomicWriteTest, KeepsTheModeAndFollowsLinks) {
+  const std::string p = dir_ + "/heads.tsv", link = dir_ + "/link.tsv";
+  write_file_atomically(p, "old");
+  ASSERT_EQ(::chmod(p.c_str(), 0600), 0);
+  ASSERT_EQ(::symlink("heads.tsv", link.c_str()), 0);
+  write_file_atomically(link, "new");
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  EXPECT_EQ(content(p), "new");
+  struct stat st {};
+  ASSERT_EQ(::stat(p.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  check_can_write_next_to(link);
+  EXPECT_EQ(names(), (std::vector<std::string>{"heads.tsv", "link.tsv"}));
+}
+
 TEST_F(AtomicWriteTest, FailuresNameTheTargetAndLeaveNothing) {
   const auto problem_of = [](auto&& f) -> std::string {
     try {
