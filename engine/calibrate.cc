@@ -124,6 +124,12 @@ std::vector<double> score_ablation(const Model& model, const CalibrationOptions&
 
 }  // namespace
 
+std::string streaming_window_too_long(const CalibrationOptions& opts) {
+  return "the streaming window (sink " + std::to_string(opts.window.sink_tokens) + " + local " +
+         std::to_string(opts.window.local_tokens) + " tokens) must be shorter than the " +
+         std::to_string(opts.context_tokens) + "-token prompts: a band covering the whole prompt is dense attention";
+}
+
 std::string_view calibration_method_name(CalibrationMethod m) {
   return m == CalibrationMethod::kAblation ? "ablation" : "output-change";
 }
@@ -153,6 +159,9 @@ std::vector<double> score_heads(const Model& model, const CalibrationOptions& op
   if (opts.window.sink_tokens < 0 || opts.window.local_tokens < 1) {
     throw InvalidArgument("calibration window needs sink ≥ 0 and local ≥ 1 tokens");
   }
+  if (opts.window.sink_tokens + opts.window.local_tokens >= opts.context_tokens) {
+    throw InvalidArgument(streaming_window_too_long(opts));
+  }
   return opts.method == CalibrationMethod::kAblation ? score_ablation(model, opts, progress)
                                                       : score_output_change(model, opts, progress);
 }
@@ -161,6 +170,9 @@ kvcache::HeadGates calibrate_heads(const Model& model, const CalibrationOptions&
                                    const std::function<void(const CalibrationProgress&)>& progress) {
   const std::vector<double> score = score_heads(model, opts, progress);
   const double mx = *std::max_element(score.begin(), score.end());
+  // All zero: streaming changed nothing for any head (the needles all in the band), so the scores
+  // rank nothing and a pattern from them would be arbitrary.
+  if (!(mx > 0)) throw Error("calibration: no head's score is above zero; use longer prompts or a shorter window");
   kvcache::HeadGates g{static_cast<int32_t>(model.config.n_layers), static_cast<int32_t>(model.config.n_kv_heads), {}};
   for (double s : score) g.values.push_back(static_cast<float>(mx > 0 ? std::clamp(s / mx, 0.0, 1.0) : 0.0));
   return g;

@@ -44,6 +44,9 @@ struct CalibrationOptions {
   uint64_t seed = 1;
 };
 
+// The message for a streaming window that is not shorter than the prompts.
+std::string streaming_window_too_long(const CalibrationOptions& opts);
+
 struct CalibrationProgress {
   int32_t prompt = 0;       // prompt being scored, 1-based
   int32_t prompts = 0;
@@ -66,11 +69,13 @@ std::vector<CalibrationPrompt> calibration_prompts(const Model& model, const Cal
 // Raw score of opts.method per (layer, KV head), row-major [n_layers][n_kv_heads], averaged over
 // the prompts (kAblation: nats, may be negative). progress is called after each prompt and, for
 // kAblation, after each layer of a prompt. InvalidArgument for options out of range (no prompt or
-// needle, a context under 256 tokens or over the model's, a window with local < 1 or sink < 0).
+// needle, a context under 256 tokens or over the model's, a window with local < 1 or sink < 0, or
+// one of sink + local ≥ the context: streaming_window_too_long).
 std::vector<double> score_heads(const Model& model, const CalibrationOptions& opts,
                                 const std::function<void(const CalibrationProgress&)>& progress = {});
 
-// Gates from score_heads: clamp(score / max score, 0, 1) (all 0 when no score is positive).
+// Gates from score_heads: clamp(score / max score, 0, 1). Error when no score is positive (nothing
+// to rank the heads by).
 kvcache::HeadGates calibrate_heads(const Model& model, const CalibrationOptions& opts,
                                    const std::function<void(const CalibrationProgress&)>& progress = {});
 

@@ -3,12 +3,14 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <string>
 
 #include "common/atomic_write.h"
 #include "common/errors.h"
 #include "engine/model.h"
+#include "server/cli_seed.h"
 #include "kvcache/head_pattern.h"
 
 namespace sparseserve::cli {
@@ -31,15 +33,17 @@ void add_calibrate_command(CLI::App& app, CalibrateArgs& a) {
   cmd->add_option("--needles", a.options.needles, "Passkeys per prompt")->capture_default_str();
   cmd->add_option("--sink", a.options.window.sink_tokens, "Streaming sink tokens")->capture_default_str();
   cmd->add_option("--local", a.options.window.local_tokens, "Streaming local tokens")->capture_default_str();
-  cmd->add_option("--seed", a.options.seed)->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--seed", a.options.seed)
+      ->check(seed_value())
+      ->capture_default_str();
 }
 
 namespace {
 
 // Checks before the model loads what would otherwise fail only after the whole calibration (up to
 // tens of minutes): that --out can be written (a temporary file of a new name next to it, removed
-// again; no existing file is touched) and that
-// --needles fits its prompts (each passkey sentence takes about 20 tokens).
+// again; no existing file is touched), that the streaming window is shorter than the prompts and
+// that --needles fits them (each passkey sentence takes about 20 tokens).
 void check_calibrate_args(const CalibrateArgs& a) {
   if (a.out.empty()) throw InvalidArgument("--out: empty path");
   std::error_code ec;
@@ -50,6 +54,9 @@ void check_calibrate_args(const CalibrateArgs& a) {
     throw InvalidArgument("--out: " + e.problem());
   }
   if (a.options.context_tokens < 1) throw InvalidArgument("--context: must be at least 1");
+  if (a.options.window.sink_tokens + a.options.window.local_tokens >= a.options.context_tokens) {
+    throw InvalidArgument("--local: " + streaming_window_too_long(a.options));
+  }
   if (a.options.needles < 1 || a.options.needles > a.options.context_tokens / 8) {
     throw InvalidArgument("--needles: must be in [1, --context / 8] (" + std::to_string(a.options.context_tokens / 8) +
                           " for --context " + std::to_string(a.options.context_tokens) + ")");

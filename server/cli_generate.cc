@@ -1,17 +1,35 @@
 #include "server/cli_generate.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
 #include <iostream>
 
 #include "common/errors.h"
 #include "engine/chat_prompt.h"
 #include "engine/generate.h"
 #include "engine/model.h"
+#include "server/cli_seed.h"
 #include "engine/model_profiles.h"
 
 namespace sparseserve::cli {
+
+namespace {
+
+// Where --model-config auto looks for <model name>.yaml: configs/models under the working folder,
+// then under the source tree the binary was built in (<tree>/build*/bin/sparseserve), so that the
+// lookup does not depend on where the command runs from.
+std::vector<std::string> model_config_dirs() {
+  std::vector<std::string> dirs{"configs/models"};
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) dirs.push_back((exe.parent_path().parent_path().parent_path() / "configs" / "models").string());
+  return dirs;
+}
+
+}  // namespace
 
 void add_generate_command(CLI::App& app, GenerateArgs& a) {
   auto* cmd = app.add_subcommand("generate", "Generate text from a prompt or a chat message on the CPU");
@@ -20,10 +38,14 @@ void add_generate_command(CLI::App& app, GenerateArgs& a) {
   auto* c = cmd->add_option("--chat", a.chat, "A user message, wrapped in the model's chat template");
   p->excludes(c);
   c->excludes(p);
-  cmd->add_option("--system", a.system, "System message (with --chat)");
-  cmd->add_option("--chat-template", a.chat_template, "auto | chatml | llama3")->capture_default_str();
+  cmd->add_option("--system", a.system, "System message (with --chat)")->needs(c);
+  cmd->add_option("--chat-template", a.chat_template,
+                  "auto | chatml | llama3 (auto: the model YAML's chat_template, else the model's own)")
+      ->capture_default_str()
+      ->needs(c);
   cmd->add_option("--model-config", a.model_config,
-                  "Model YAML with sparsity profiles (auto: configs/models/<model name>.yaml if present; none: dense only)")
+                  "Model YAML with sparsity profiles and chat template (auto: configs/models/<model name>.yaml, from the "
+                  "working folder or the source tree, if present; none: dense only)")
       ->capture_default_str();
   cmd->add_option("--sparsity", a.sparsity, "Sparsity profile name (default: the model YAML's default_profile)");
   cmd->add_option("--max-tokens", a.max_tokens, "Most tokens to generate")->capture_default_str();
@@ -32,7 +54,8 @@ void add_generate_command(CLI::App& app, GenerateArgs& a) {
   cmd->add_option("--top-k", a.top_k, "0 = off")->capture_default_str();
   cmd->add_option("--min-p", a.min_p)->capture_default_str();
   cmd->add_option("--repetition-penalty", a.repetition_penalty)->capture_default_str();
-  cmd->add_option("--seed", a.seed, "RNG seed (same seed and input: same output)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", a.seed, "RNG seed (same seed and input: same output)")
+      ->check(seed_value());
   cmd->add_flag("--stats", a.stats, "Print timings to stderr at the end");
 }
 
@@ -41,9 +64,21 @@ int run_generate(const GenerateArgs& a) {
   const auto model = load_model(a.model, a.chat_template);
   const auto n_layers = static_cast<int32_t>(model->config.n_layers);
   const auto n_kv = static_cast<int32_t>(model->config.n_kv_heads);
-  std::string yaml = a.model_config == "auto" ? ModelProfiles::find_for_model(a.model, "configs/models") : a.model_config;
+  std::string yaml = a.model_config;
+  if (yaml == "auto") {
+    const std::vector<std::string> dirs = model_config_dirs();
+    yaml.clear();
+    for (const std::string& dir : dirs) {
+      if (yaml.empty()) yaml = ModelProfiles::find_for_model(a.model, dir);
+    }
+    if (yaml.empty()) spdlog::info("no model YAML for {} in {}: dense attention only", a.model, fmt::join(dirs, " or "));
+  }
   if (yaml == "none") yaml.clear();
   const ModelProfiles profiles = yaml.empty() ? ModelProfiles::defaults_for(n_layers, n_kv) : ModelProfiles::load(yaml, n_layers, n_kv);
+  // As `serve` does: the YAML's chat template unless the command line names one.
+  if (a.chat_template == "auto" && profiles.chat_template != "auto") {
+    model->chat_template = ChatTemplate::by_name(profiles.chat_template);
+  }
   const kvcache::SparsityProfile& profile = profiles.get(a.sparsity.empty() ? profiles.default_profile : a.sparsity);
   spdlog::info("sparsity profile '{}'{}", profile.name, yaml.empty() ? "" : " from " + yaml);
   std::vector<int32_t> ids;

@@ -112,6 +112,10 @@ TEST_F(CalibrateTest, GatesAreNormalizedScores) {
   }
   opts.window.local_tokens = 0;
   EXPECT_THROW(score_heads(*model_, opts), InvalidArgument);
+  // A band as long as the prompt is dense attention: nothing to score.
+  opts.window.local_tokens = opts.context_tokens - opts.window.sink_tokens;
+  EXPECT_THROW(score_heads(*model_, opts), InvalidArgument);
+  EXPECT_THROW(calibrate_heads(*model_, opts), InvalidArgument);
 }
 
 }  // namespace

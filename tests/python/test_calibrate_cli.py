@@ -60,3 +60,15 @@ def test_calibrate_checks_out_and_needles_before_working(tool, model_path, tmp_p
         assert "calibrating" not in r.stderr + r.stdout  # refused before the model loaded
     assert (tmp_path / "x.tsv.tmp").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tsv.tmp"]
+
+
+def test_calibrate_refuses_a_window_as_long_as_the_prompts(tool, model_path, tmp_path):
+    # sink 64 + local 192 = the whole 256-token prompt: every band is dense attention and every score
+    # ~0; it once wrote gates normalised from rounding noise (output-change) or all zeros (ablation).
+    out = tmp_path / "x.tsv"
+    r = subprocess.run([str(tool("sparseserve")), "calibrate", "--model", str(model_path), "--out", str(out),
+                        "--prompts", "1", "--context", "256", "--sink", "64", "--local", "192"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr
+    assert "--local: the streaming window (sink 64 + local 192 tokens) must be shorter" in r.stderr + r.stdout
+    assert "calibrating" not in r.stderr + r.stdout and not out.exists()

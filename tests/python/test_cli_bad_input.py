@@ -42,9 +42,19 @@ def test_fifos_and_folders_are_refused_without_blocking(tool, tmp_path):
         assert message in r.stderr and "unexpected error" not in r.stderr, r.stderr
 
 
-def test_negative_seed_is_refused(tool, model_path):
-    r = run(tool, "generate", "--model", model_path, "--prompt", "hi", "--max-tokens", "1", "--seed", "-1")
-    assert r.returncode != 0 and "--seed" in r.stderr, r.stderr
+@pytest.mark.parametrize("seed", ["-1", "18446744073709551616", "1x"])
+def test_seeds_outside_uint64_are_refused(tool, model_path, seed):
+    # CLI11 alone wrapped -1 to 2^64 - 1 and saturated 2^64; the message was a 300-digit range.
+    for cmd in (["generate", "--prompt", "hi", "--max-tokens", "1"], ["calibrate", "--out", "x.tsv"]):
+        r = run(tool, cmd[0], "--model", model_path, *cmd[1:], "--seed", seed)
+        assert r.returncode != 0 and "--seed: must be an integer in [0, 2^64)" in r.stderr, (cmd, r.stderr)
+
+
+def test_chat_options_without_chat_are_refused(tool, model_path):
+    # --system and --chat-template were silently dropped with --prompt.
+    for extra in (["--system", "be brief"], ["--chat-template", "llama3"]):
+        r = run(tool, "generate", "--model", model_path, "--prompt", "hi", "--max-tokens", "1", *extra)
+        assert r.returncode != 0 and f"{extra[0]} requires --chat" in r.stderr, r.stderr
 
 
 # Models whose metadata or weights lie: refused at load with the file and the problem named, at once
