@@ -152,6 +152,34 @@ const EngineConfig& Engine::config() const { return impl_->config; }
 const EngineMetrics& Engine::metrics() const { return impl_->metrics; }
 int64_t Engine::kv_pages_in_use() const { return impl_->pages_in_use.load(); }
 
+namespace {
+
+// The pages one sequence of `profile` takes at each length, in a cache of the engine's page size.
+kvcache::SequenceKv sequence_probe(int32_t page_tokens, const kvcache::SparsityProfile& profile) {
+  const auto layout = kvcache::SequenceLayout::from_roles(profile.roles, profile.streaming);
+  return kvcache::SequenceKv(page_tokens, layout.retrieval_slots, layout.streaming_slots,
+                             layout.streaming ? std::optional(kvcache::StreamingGeometry(page_tokens, *layout.streaming))
+                                              : std::nullopt);
+}
+
+}  // namespace
+
+int64_t Engine::max_sequence_tokens(const std::string& profile_name) const {
+  const Impl& e = *impl_;
+  const kvcache::SequenceKv probe = sequence_probe(e.kv.config().page_tokens, e.profiles.get(profile_name));
+  // pages_needed grows with the length: the longest length whose pages fit, by bisection.
+  int64_t lo = 0, hi = e.model.config.max_context;
+  while (lo < hi) {
+    const int64_t mid = hi - (hi - lo) / 2;
+    if (probe.pages_needed(mid) <= e.kv.num_pages()) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
 std::shared_ptr<RequestStream> Engine::submit(Request request) {
   Impl& e = *impl_;
   const ModelConfig& c = e.model.config;
@@ -175,15 +203,13 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   }
   const kvcache::SparsityProfile& profile =
       e.profiles.get(request.sparsity.empty() ? e.profiles.default_profile : request.sparsity);
-  const auto layout = kvcache::SequenceLayout::from_roles(profile.roles, profile.streaming);
   {
-    const kvcache::SequenceKv probe(e.kv.config().page_tokens, layout.retrieval_slots, layout.streaming_slots,
-                                    layout.streaming ? std::optional(kvcache::StreamingGeometry(e.kv.config().page_tokens, *layout.streaming))
-                                                     : std::nullopt);
-    const int32_t need = probe.pages_needed(n + 1);
+    const int32_t need = sequence_probe(e.kv.config().page_tokens, profile).pages_needed(n + 1);
     if (need > e.kv.num_pages()) {
       throw InvalidArgument("the prompt needs " + std::to_string(need) + " KV cache pages but the cache holds " +
-                            std::to_string(e.kv.num_pages()));
+                            std::to_string(e.kv.num_pages()) + ": this server's KV cache holds sequences of at most " +
+                            std::to_string(max_sequence_tokens(profile.name)) + " tokens under sparsity profile '" +
+                            profile.name + "'");
     }
   }
 

@@ -73,6 +73,10 @@ class Engine {
   // KV pages in use by live requests (0 when idle: every finished, aborted or cancelled request
   // has returned its pages).
   int64_t kv_pages_in_use() const;
+  // The longest sequence (prompt + output tokens) the whole KV cache holds under the named profile,
+  // at most the model's context: longer prompts are refused (InvalidArgument). Throws for an unknown
+  // profile.
+  int64_t max_sequence_tokens(const std::string& profile) const;
 
  private:
   struct Impl;

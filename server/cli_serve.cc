@@ -1,7 +1,9 @@
 #include "server/cli_serve.h"
 
 #include <fcntl.h>
+#include <netdb.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <spdlog/spdlog.h>
 
@@ -89,6 +91,11 @@ class ShutdownSignals {
     state_->cv.wait(lock, [&] { return state_->signal != 0; });
     return state_->signal;
   }
+  // The first signal, if one has come (0: none).
+  int received() const {
+    std::lock_guard lock(state_->mu);
+    return state_->signal;
+  }
 
  private:
   struct State {
@@ -98,6 +105,37 @@ class ShutdownSignals {
   };
   std::shared_ptr<State> state_;
 };
+
+// Throws Error when no socket can bind host:port (in use, or an address not on this machine): the
+// gRPC server binds only once the engine exists, so a taken port would otherwise be found after the
+// model has loaded. The socket is closed again at once (a port taken in between still fails later).
+void check_port_free(const std::string& host, int port, const char* what) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  const std::string service = std::to_string(port);
+  if (const int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found); rc != 0) {
+    throw Error(std::string(what) + ": cannot resolve " + host + ": " + ::gai_strerror(rc));
+  }
+  int err = 0;
+  bool bound = false;
+  for (const addrinfo* a = found; a != nullptr && !bound; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as the servers bind
+    bound = ::bind(fd, a->ai_addr, a->ai_addrlen) == 0;
+    if (!bound) err = errno;
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  if (!bound) throw Error(std::string(what) + ": cannot listen on " + host + ":" + service + " (" + std::strerror(err) + ")");
+}
 
 std::string default_model_name(const ServerConfig& c, const ModelProfiles& profiles) {
   if (!c.served_model_name.empty()) return c.served_model_name;
@@ -143,10 +181,23 @@ int run_serve(const ServeArgs& a) {
   OpenAiHttpServer http(http_options);
   http.start();
   spdlog::info("HTTP listening on {}:{} (503 until the model is loaded)", cfg.host, cfg.http_port);
+  if (cfg.grpc_port != 0) check_port_free(cfg.host, cfg.grpc_port, "gRPC");
+  // A signal during the loading (minutes for a large model) ends the command once the current step
+  // is done, before anything is announced as serving.
+  const auto stop_early = [&](const char* step) {
+    if (const int sig = signals.received(); sig != 0) {
+      spdlog::info("{} during {}: stopping before serving", sig == SIGINT ? "SIGINT" : "SIGTERM", step);
+      http.stop();
+      return true;
+    }
+    return false;
+  };
 
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<Model> model = load_model(cfg.model);
+  if (stop_early("model loading")) return 0;
   const auto& mc = model->config;
+  if (cfg.model_config.empty()) spdlog::info("no model_config: the dense profile only, the model's own chat template");
   ModelProfiles profiles =
       cfg.model_config.empty()
           ? ModelProfiles::defaults_for(static_cast<int32_t>(mc.n_layers), static_cast<int32_t>(mc.n_kv_heads))
@@ -155,6 +206,21 @@ int run_serve(const ServeArgs& a) {
   const std::string name = default_model_name(cfg, profiles);
 
   Engine engine(*model, std::move(profiles), cfg.engine_config());
+  if (stop_early("start-up")) return 0;
+  // A KV cache too small for one sequence of the whole context: said at start, not first learnt
+  // from a refused request (vLLM refuses to start; here the cache is the operator's choice).
+  const std::string& default_profile = engine.profiles().default_profile;
+  const int64_t fits = engine.max_sequence_tokens(default_profile);
+  if (fits < 2) {
+    throw InvalidArgument("kv_cache_bytes " + std::to_string(cfg.kv_cache_bytes) +
+                          " holds no sequence of two tokens under the default profile '" + default_profile +
+                          "': every request would be refused");
+  }
+  if (fits < mc.max_context) {
+    spdlog::warn("kv_cache_bytes {} holds one sequence of at most {} tokens under the default profile '{}', "
+                 "under the model's context of {}: longer prompts are refused (raise kv_cache_bytes)",
+                 cfg.kv_cache_bytes, fits, default_profile, mc.max_context);
+  }
   openai::ProtocolLimits limits;
   limits.max_prompt_tokens = cfg.max_prompt_tokens;
   if (cfg.max_prompt_tokens > mc.max_context) {

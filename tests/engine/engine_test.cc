@@ -163,6 +163,22 @@ TEST_F(EngineTest, ARequestOutgrowingTheWholeKvCacheEndsByLengthAndTheEngineKeep
   const Result after = drain(*e.submit(request("after", "Hello", 3, std::nullopt, 0.0f)));
   EXPECT_EQ(after.last.finish_reason, FinishReason::kLength);
   EXPECT_EQ(after.tokens.size(), 3u);
+  // The longest sequence the cache holds: a prompt one shorter is taken, one of that length is
+  // refused with the limit named.
+  EXPECT_EQ(e.max_sequence_tokens("dense"), capacity);
+  Request at_limit = r;
+  at_limit.prompt.assign(static_cast<size_t>(capacity - 1), r.prompt.back());
+  at_limit.max_tokens = 1;
+  EXPECT_EQ(drain(*e.submit(at_limit)).last.finish_reason, FinishReason::kLength);
+  at_limit.prompt.push_back(r.prompt.back());
+  try {
+    e.submit(at_limit);
+    ADD_FAILURE() << "a prompt the whole cache cannot hold was accepted";
+  } catch (const InvalidArgument& err) {
+    EXPECT_NE(std::string(err.what()).find("holds sequences of at most 128 tokens under sparsity profile 'dense'"),
+              std::string::npos)
+        << err.what();
+  }
   expect_all_pages_returned(e);
 }
 

@@ -3,6 +3,8 @@ or file and exit status 1 (CLI11's own parse errors keep its codes), never "unex
 hang. Nothing here loads a model for long or starts a server."""
 import json
 import os
+import signal
+import socket
 import subprocess
 
 import pytest
@@ -95,3 +97,43 @@ def test_info_json_survives_bytes_that_are_not_utf8(tool, model_path, tmp_path):
     r = run(tool, "info", "--json", "--model", bad, timeout=30)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["name"] == "A\ufffdB"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_finds_a_taken_grpc_port_and_a_useless_kv_cache_before_serving(tool, model_path):
+    # A taken gRPC port was found only after the model had loaded (gRPC binds with the engine), with
+    # gRPC's own error dump; a KV cache holding no sequence made a server that refused every request.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run(tool, "serve", "--model", model_path, "--host", "127.0.0.1", "--http-port", free_port(), "--grpc-port", port)
+    assert r.returncode == 1, r.stderr
+    assert f"gRPC: cannot listen on 127.0.0.1:{port}" in r.stderr and "] loaded " not in r.stderr, r.stderr
+    r = run(tool, "serve", "--model", model_path, "--host", "127.0.0.1", "--http-port", free_port(), "--grpc-port", "0",
+            "--kv-cache-bytes", "100KiB")
+    assert r.returncode == 1 and "holds no sequence of two tokens under the default profile 'dense'" in r.stderr, r.stderr
+
+
+def test_serve_says_at_start_when_the_kv_cache_holds_less_than_the_context(tool, model_path):
+    # 8 MiB: 240 pages of the dense profile's 90 lanes, two 64-token blocks.
+    p = subprocess.Popen([str(tool("sparseserve")), "serve", "--model", str(model_path), "--host", "127.0.0.1",
+                          "--http-port", str(free_port()), "--grpc-port", "0", "--kv-cache-bytes", "8MiB"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = ""
+        for line in p.stdout:
+            log += line
+            if "serving model" in line:
+                break
+        assert "holds one sequence of at most 128 tokens under the default profile 'dense', under the model's " \
+               "context of 8192" in log, log
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
