@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/model.h"
+#include "kvcache/capacity.h"
 
 namespace sparseserve::cli {
 
@@ -20,6 +21,15 @@ int run_info(const InfoArgs& args) {
   const ModelConfig& c = m->config;
   // KV bytes per token for dense fp32 (CPU) and bf16 (GPU) caches: K and V, every layer and KV head.
   const int64_t kv_elems_per_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim;
+  // What the serving engine (the CPU backend) holds for one dense full-context sequence: pages of
+  // the default geometry (kvcache/geometry.h), fp32 K/V plus the sub-page min/max metadata, one page
+  // per 64 tokens of every (layer, KV head) lane.
+  const kvcache::KvCacheConfig geometry;
+  const kvcache::PageShape cpu_page{static_cast<int32_t>(c.head_dim), geometry.page_tokens,
+                                    geometry.logical_page_tokens, 4, true};
+  const int64_t lanes = c.n_layers * c.n_kv_heads;
+  const int64_t cpu_full_context =
+      lanes * ((c.max_context + geometry.page_tokens - 1) / geometry.page_tokens) * static_cast<int64_t>(cpu_page.page_bytes());
   nlohmann::json j = {
       {"path", m->path},
       {"format", m->format},
@@ -49,6 +59,7 @@ int run_info(const InfoArgs& args) {
       {"kv_bytes_per_token_fp32", kv_elems_per_token * 4},
       {"kv_bytes_per_token_bf16", kv_elems_per_token * 2},
       {"kv_bytes_full_context_bf16", kv_elems_per_token * 2 * c.max_context},
+      {"kv_bytes_full_context_cpu_engine", cpu_full_context},
   };
   if (args.json) {
     std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";  // names may be bytes
@@ -64,11 +75,15 @@ int run_info(const InfoArgs& args) {
             << fmt::format("tensor types   {}\n", j["tensor_types"].dump())
             << fmt::format("chat template  {}\n", j["chat_template"].get<std::string>())
             << fmt::format("weights        {:.1f} MiB\n", static_cast<double>(m->weights.bytes) / mib)
-            << fmt::format("KV cache       {} B/token bf16 ({} B fp32); full context {:.1f} MiB bf16\n",
+            << fmt::format("KV cache       {} B/token bf16 ({} B fp32); full context {:.1f} MiB bf16, {:.1f} MiB in the "
+                           "CPU engine's pages (fp32 and page metadata)\n",
                            kv_elems_per_token * 2, kv_elems_per_token * 4,
-                           static_cast<double>(kv_elems_per_token * 2 * c.max_context) / mib)
-            << fmt::format("memory needed  {:.1f} MiB (weights + one full-context bf16 KV cache)\n",
-                           (static_cast<double>(m->weights.bytes) + static_cast<double>(kv_elems_per_token * 2 * c.max_context)) / mib);
+                           static_cast<double>(kv_elems_per_token * 2 * c.max_context) / mib,
+                           static_cast<double>(cpu_full_context) / mib)
+            << fmt::format("memory needed  {:.1f} MiB on the CPU engine (weights + one dense full-context sequence's KV "
+                           "pages; kv_cache_bytes ≥ {:.1f} MiB)\n",
+                           (static_cast<double>(m->weights.bytes) + static_cast<double>(cpu_full_context)) / mib,
+                           static_cast<double>(cpu_full_context) / mib);
   return 0;
 }
 
