@@ -261,10 +261,16 @@ struct OpenAiHttpServer::Impl {
   // Transfer-Encoding and Content-Encoding: httplib 0.11 checks its own limit against Content-Length
   // alone, so a chunked body, or a gzip body it inflates, would be read whole whatever its size. A
   // body refused here may be partly unread: its response ends the connection (BodyRefused).
+  // A body still arriving when the server starts draining is refused at its next piece (503), so a
+  // client that sends slowly cannot hold the shutdown past one read timeout.
   std::string read_body(httplib::Response& res, const httplib::ContentReader& reader) const {
     std::string body;
-    bool too_large = false;
+    bool too_large = false, draining = false;
     const bool ok = reader([&](const char* data, size_t n) {
+      if (state.load() == State::kDraining) {
+        draining = true;
+        return false;
+      }
       if (n > options.max_body_bytes - body.size()) {
         too_large = true;
         return false;
@@ -272,7 +278,8 @@ struct OpenAiHttpServer::Impl {
       body.append(data, n);
       return true;
     });
-    if (ok && !too_large) return body;
+    if (ok && !too_large && !draining) return body;
+    if (draining) throw BodyRefused(503, "service_unavailable", "The server is shutting down.", "", "shutting_down");
     if (too_large || res.status == 413) {
       throw BodyRefused(413, "invalid_request_error", "The request body is larger than this server accepts.", "",
                         "request_too_large");

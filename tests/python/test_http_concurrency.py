@@ -1,7 +1,8 @@
 """Many clients at once, clients that leave, and shutdown, against the real `sparseserve serve`:
   - 64 concurrent streaming clients (greedy) get the same text as the same requests run one at a time;
   - a client that closes its connection mid-stream has its request cancelled and its KV pages freed;
-  - SIGTERM lets a request in flight end within the grace period and the process exits 0."""
+  - SIGTERM lets a request in flight end within the grace period and the process exits 0, and a body
+    still arriving does not hold it longer."""
 import asyncio
 import json
 import signal
@@ -185,3 +186,39 @@ def test_queue_full_is_429(start_server, model_name):
                 err = r.json()["error"]
                 assert set(err) == {"message", "type", "param", "code"} and err["code"] == "queue_full"
     assert srv.terminate() == 0, srv.log_tail()
+
+
+def test_a_body_still_arriving_does_not_hold_the_shutdown(start_server, model_name):
+    # A client sending its body a byte every 0.2 s held stop() for as long as it kept sending (each
+    # read has its own 30 s timeout); now the body's next piece after SIGTERM ends it with a 503.
+    srv = start_server(shutdown_grace_seconds=1)
+    body = json.dumps({"model": model_name, "prompt": "x" * 400, "max_tokens": 1}).encode()
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+    stop = threading.Event()
+
+    def trickle():
+        for i in range(10, len(body)):
+            if stop.wait(0.2):
+                return
+            try:
+                sock.sendall(body[i:i + 1])
+            except OSError:
+                return
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        time.sleep(1)
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        rc = srv.proc.wait(timeout=30)
+        elapsed = time.monotonic() - t0
+        assert rc == 0, srv.log_tail()
+        assert elapsed < 6, f"exit took {elapsed:.1f} s with a grace of 1 s"
+        sock.settimeout(5)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 503"), srv.log_tail()
+    finally:
+        stop.set()
+        t.join(5)
+        sock.close()
