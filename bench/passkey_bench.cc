@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "common/logging.h"
 #include "engine/cpu_forward.h"
@@ -91,7 +92,9 @@ int main(int argc, char** argv) {
   }
 
   CpuForward fwd(*model);
-  const std::string hay = default_haystack();
+  const Haystack haystack = default_haystack();
+  const std::string& hay = haystack.text;
+  spdlog::info("haystack: {}, {} bytes", haystack.source, hay.size());
   std::map<std::string, std::map<int64_t, int>> hits;
   std::map<std::string, int64_t> pages_at_max;
   const auto t_start = std::chrono::steady_clock::now();

@@ -137,7 +137,7 @@ std::string_view calibration_method_name(CalibrationMethod m) {
 std::vector<CalibrationPrompt> calibration_prompts(const Model& model, const CalibrationOptions& opts) {
   std::mt19937_64 rng(opts.seed);
   std::uniform_real_distribution<double> depth(0.05, 0.6);  // needles far enough back to leave the window
-  const std::string hay = default_haystack();
+  const std::string hay = opts.haystack.empty() ? default_haystack().text : opts.haystack;
   std::vector<CalibrationPrompt> out;
   for (int p = 0; p < opts.prompts; ++p) {
     std::vector<double> depths;

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -42,6 +43,7 @@ struct CalibrationOptions {
   int32_t needles = 3;               // passkeys per prompt (the first is asked for)
   kvcache::StreamingWindow window{64, 256};
   uint64_t seed = 1;
+  std::string haystack;  // text the prompts are cut from; empty: default_haystack()
 };
 
 // The message for a streaming window that is not shorter than the prompts.
@@ -63,7 +65,8 @@ struct CalibrationPrompt {
   int64_t first_row = 0, last_row = 0;
 };
 
-// The opts.prompts synthetic prompts (deterministic in opts.seed).
+// The opts.prompts synthetic prompts (deterministic in opts.seed and the haystack: the default one
+// depends on the host, see passkey.h).
 std::vector<CalibrationPrompt> calibration_prompts(const Model& model, const CalibrationOptions& opts);
 
 // Raw score of opts.method per (layer, KV head), row-major [n_layers][n_kv_heads], averaged over

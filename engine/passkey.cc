@@ -9,9 +9,10 @@
 
 namespace sparseserve {
 
-std::string default_haystack() {
+Haystack default_haystack() {
   std::string text;
   const std::filesystem::path dir = "/usr/share/common-licenses";
+  size_t n_files = 0;
   if (std::filesystem::is_directory(dir)) {
     std::vector<std::filesystem::path> files;
     for (const auto& e : std::filesystem::directory_iterator(dir)) {
@@ -23,22 +24,26 @@ std::string default_haystack() {
       std::stringstream ss;
       ss << in.rdbuf();
       text += ss.str() + "\n";
+      ++n_files;
     }
   }
-  if (text.size() < 100000) {
+  if (text.size() >= 100000) return {text, dir.string() + " (" + std::to_string(n_files) + " files)"};
+  {
     const std::string para =
         "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
         "The town council met on a quiet Tuesday evening to discuss the repairs to the old bridge, "
         "and after a long debate about costs the members agreed to ask the county for help. ";
+    text.clear();
     while (text.size() < 300000) text += para;
   }
-  return text;
+  return {text, "the built-in paragraph"};
 }
 
 PasskeyPrompt make_passkey_prompt(const Tokenizer& tok, const std::string& haystack, int64_t tokens,
                                   const std::vector<double>& depths, std::mt19937_64& rng) {
   if (tokens < 256) throw InvalidArgument("passkey prompts need at least 256 tokens");
   if (depths.empty()) throw InvalidArgument("passkey prompts need at least one needle");
+  if (haystack.empty()) throw InvalidArgument("passkey prompts need a haystack text");
   static const char* kNames[] = {"Alice", "Bruno", "Chen", "Dara", "Emeka", "Farah", "Goran", "Hana"};
   PasskeyPrompt p;
   std::uniform_int_distribution<int> digit(10000, 99999);

@@ -20,8 +20,15 @@ struct PasskeyPrompt {
   std::vector<int64_t> needle_positions;  // first token of each needle
 };
 
-// Haystack text: the concatenated license texts, or a built-in paragraph repeated.
-std::string default_haystack();
+// Haystack text and where it came from (for logs: prompts, and so calibrations, depend on it).
+struct Haystack {
+  std::string text;
+  std::string source;
+};
+
+// The concatenated license texts of this host (Debian 12's on the development machines: another
+// host's set gives other prompts), or a built-in paragraph repeated where there are none.
+Haystack default_haystack();
 
 // A prompt of exactly `tokens` tokens (≥ 256) with `needles` keys (the first one is asked for)
 // placed at `depths` (fractions of the haystack, one per needle; clamped to [0, 1]).

@@ -5,11 +5,14 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "common/atomic_write.h"
 #include "common/errors.h"
 #include "engine/model.h"
+#include "engine/passkey.h"
 #include "server/cli_seed.h"
 #include "kvcache/head_pattern.h"
 
@@ -33,6 +36,10 @@ void add_calibrate_command(CLI::App& app, CalibrateArgs& a) {
   cmd->add_option("--needles", a.options.needles, "Passkeys per prompt")->capture_default_str();
   cmd->add_option("--sink", a.options.window.sink_tokens, "Streaming sink tokens")->capture_default_str();
   cmd->add_option("--local", a.options.window.local_tokens, "Streaming local tokens")->capture_default_str();
+  cmd->add_option("--haystack", a.haystack,
+                  "Text file the prompts are cut from (default: this host's /usr/share/common-licenses, which "
+                  "differs between systems, or a built-in paragraph; the same model, options, seed and haystack "
+                  "give the same result)");
   cmd->add_option("--seed", a.options.seed)
       ->check(seed_value())
       ->capture_default_str();
@@ -63,17 +70,46 @@ void check_calibrate_args(const CalibrateArgs& a) {
   }
 }
 
+// The --haystack file's text: at least kMinHaystackBytes, so that prompts cut from random offsets
+// differ.
+constexpr size_t kMinHaystackBytes = 1024;
+std::string read_haystack(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) throw InvalidArgument("--haystack: " + path + " is not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (!in.good() && !in.eof()) throw InvalidArgument("--haystack: cannot read " + path);
+  std::string text = ss.str();
+  if (text.size() < kMinHaystackBytes) {
+    throw InvalidArgument("--haystack: " + path + " holds " + std::to_string(text.size()) + " bytes; at least " +
+                          std::to_string(kMinHaystackBytes) + " are needed");
+  }
+  return text;
+}
+
 }  // namespace
 
 int run_calibrate(const CalibrateArgs& a) {
   check_calibrate_args(a);
+  CalibrationOptions options = a.options;
+  std::string haystack_source;
+  if (a.haystack.empty()) {
+    Haystack h = default_haystack();
+    options.haystack = std::move(h.text);
+    haystack_source = std::move(h.source);
+  } else {
+    options.haystack = read_haystack(a.haystack);
+    haystack_source = a.haystack;
+  }
   const auto model = load_model(a.model);
   const auto t0 = std::chrono::steady_clock::now();
-  spdlog::info("calibrating {} layers x {} KV heads by {} on {} prompts of {} tokens ({} needles, sink {}, local {})",
-               model->config.n_layers, model->config.n_kv_heads, calibration_method_name(a.options.method),
-               a.options.prompts, a.options.context_tokens, a.options.needles, a.options.window.sink_tokens,
-               a.options.window.local_tokens);
-  const kvcache::HeadGates gates = calibrate_heads(*model, a.options, [&](const CalibrationProgress& p) {
+  spdlog::info("calibrating {} layers x {} KV heads by {} on {} prompts of {} tokens ({} needles, sink {}, local {}, "
+               "seed {}; haystack {}, {} bytes)",
+               model->config.n_layers, model->config.n_kv_heads, calibration_method_name(options.method),
+               options.prompts, options.context_tokens, options.needles, options.window.sink_tokens,
+               options.window.local_tokens, options.seed, haystack_source, options.haystack.size());
+  const kvcache::HeadGates gates = calibrate_heads(*model, options, [&](const CalibrationProgress& p) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double left = s / p.fraction * (1.0 - p.fraction);
     if (p.layers_done == p.n_layers) {

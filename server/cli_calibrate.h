@@ -12,6 +12,7 @@ namespace sparseserve::cli {
 struct CalibrateArgs {
   std::string model;
   std::string out;
+  std::string haystack;  // --haystack FILE; empty: default_haystack()
   CalibrationOptions options;
 };
 

@@ -72,3 +72,26 @@ def test_calibrate_refuses_a_window_as_long_as_the_prompts(tool, model_path, tmp
     assert r.returncode == 1, r.stderr
     assert "--local: the streaming window (sink 64 + local 192 tokens) must be shorter" in r.stderr + r.stdout
     assert "calibrating" not in r.stderr + r.stdout and not out.exists()
+
+
+def test_calibrate_haystack_makes_the_result_the_same_on_any_host(tool, model_path, tmp_path):
+    # The default haystack is this host's /usr/share/common-licenses (other systems: other prompts,
+    # other gates); --haystack FILE pins it: same file and seed, same TSV; another text, other gates.
+    words = "river stone lantern orchard copper meadow harbour violin quiet thunder".split()
+    a = tmp_path / "a.txt"
+    a.write_text(" ".join(words[(i * 7) % 10] for i in range(3000)) + ".")
+    b = tmp_path / "b.txt"
+    b.write_text("The town council met on a quiet evening to discuss the old bridge. " * 60)
+    outs = []
+    for name, hay in (("a1", a), ("a2", a), ("b", b)):
+        out = tmp_path / f"{name}.tsv"
+        r = calibrate(tool, model_path, out, "--method", "output-change", "--haystack", hay)
+        assert r.returncode == 0, r.stderr
+        assert f"haystack {hay}, {hay.stat().st_size} bytes" in r.stderr + r.stdout
+        outs.append(out.read_text())
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    r = calibrate(tool, model_path, tmp_path / "x.tsv", "--haystack", short)
+    assert r.returncode == 1 and "--haystack: " in r.stderr and "at least 1024 are needed" in r.stderr, r.stderr
+    assert "] loaded " not in r.stderr
