@@ -102,19 +102,9 @@ int32_t Sampler::sample(std::span<float> logits) {
       sum += p[static_cast<size_t>(i)];
     }
     for (double& x : p) x /= sum;
-    // top-p: smallest prefix whose mass reaches top_p (at least one token).
+    // min-p, as vLLM V1 applies it before top-k / top-p: drop tokens below min_p times the most
+    // likely one's probability (a suffix of the ranking, so with top-k the shorter prefix stays).
     int32_t n = k;
-    if (params_.top_p < 1.0f) {
-      double cum = 0.0;
-      for (int32_t i = 0; i < k; ++i) {
-        cum += p[static_cast<size_t>(i)];
-        if (cum >= params_.top_p) {
-          n = i + 1;
-          break;
-        }
-      }
-    }
-    // min-p: drop tokens below min_p times the most likely one's probability.
     if (params_.min_p > 0.0f) {
       const double floor = params_.min_p * p[0];
       int32_t m = 1;
@@ -123,6 +113,20 @@ int32_t Sampler::sample(std::span<float> logits) {
     }
     double mass = 0.0;
     for (int32_t i = 0; i < n; ++i) mass += p[static_cast<size_t>(i)];
+    // top-p over what is left, renormalised: the smallest prefix whose share of it reaches top_p (at
+    // least one token).
+    if (params_.top_p < 1.0f) {
+      const double target = params_.top_p * mass;
+      double cum = 0.0;
+      for (int32_t i = 0; i < n; ++i) {
+        cum += p[static_cast<size_t>(i)];
+        if (cum >= target) {
+          n = i + 1;
+          mass = cum;
+          break;
+        }
+      }
+    }
     // Uniform in [0, mass) from 53 random bits: identical across platforms for the same seed.
     const double u = static_cast<double>(rng_() >> 11) * (1.0 / 9007199254740992.0) * mass;
     double cum = 0.0;

@@ -1,5 +1,6 @@
 // Turns one row of logits into a token: logit bias → repetition/presence/frequency penalties →
-// temperature → top-k → top-p → min-p → draw from a seeded RNG (greedy when temperature is 0).
+// temperature → min-p → top-k → top-p (over the tokens min-p and top-k keep, renormalised; vLLM V1's
+// order) → draw from a seeded RNG (greedy when temperature is 0).
 #pragma once
 
 #include <cstdint>

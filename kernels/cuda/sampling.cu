@@ -1,9 +1,9 @@
 // Sampling kernels: one thread block per row; the passes over the row (L2-resident for a few rows):
 //   greedy:   one argmax pass;
 //   sampled:  max logit (weights w_i = exp((l_i - l_max) / T)); if top-k, its cutoff
-//             (block_select_cutoff, measure 1); Z = Σ w over top-k in 2^-40 fixed point and the
-//             top-p cutoff (block_select_cutoff, measure w); then one Gumbel-max pass over the
-//             kept set (inside both cutoffs and w ≥ min_p).
+//             (block_select_cutoff, measure 1); Z = Σ w over top-k and w ≥ min_p in 2^-40 fixed
+//             point and the top-p cutoff (block_select_cutoff, measure w); then one Gumbel-max pass
+//             over the kept set (inside both cutoffs and w ≥ min_p).
 // Plain temperature sampling needs only the max and the Gumbel-max passes.
 #include "kernels/cuda/sampling.h"
 
@@ -126,8 +126,9 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
     const auto mass_item = [&](int32_t i) {
       const float l = logit_at(row, i);
       const uint32_t key = order_key(l);
-      const bool in_k = cut_k.inside(key, i);
-      return SelectItem{key, in_k ? static_cast<uint64_t>(static_cast<double>(weight(l)) * kFixedOne + 0.5) : 0ull};
+      const float w = weight(l);
+      const bool kept = cut_k.inside(key, i) && (!min_p || w >= p.min_p);  // min-p before top-p (vLLM V1)
+      return SelectItem{key, kept ? static_cast<uint64_t>(static_cast<double>(w) * kFixedOne + 0.5) : 0ull};
     };
     unsigned long long z = 0;
     for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) z += mass_item(i).measure;

@@ -1,5 +1,5 @@
 // Token sampling over a batch of fp32 logits rows (CUDA); twin: engine/sampler.h Sampler::sample
-// (temperature → top-k → top-p → min-p → draw; greedy when temperature is 0 or top_k is 1).
+// (temperature → min-p → top-k → top-p → draw; greedy when temperature is 0 or top_k is 1).
 // Penalties and logit bias are not applied here: apply them to the logits first (host or another
 // kernel). Layout: logits row r at logits + r * ld (ld ≥ vocab), tokens[r] receives row r's token.
 //
@@ -8,9 +8,9 @@
 //     greedy token whatever its parameters, so every token is in [0, vocab);
 //   - greedy: the first index of the maximum logit;
 //   - otherwise candidates are ranked by logit descending, ties by lower id; top-k keeps the first
-//     k (top_k ≤ 0 or ≥ vocab: all); p_i ∝ exp((l_i - l_max) / T) over them; top-p keeps the shortest
-//     prefix whose probability reaches top_p; min-p drops p_i < min_p · p_max; the token is drawn
-//     from the kept set with probabilities renormalised.
+//     k (top_k ≤ 0 or ≥ vocab: all); p_i ∝ exp((l_i - l_max) / T) over them; min-p drops p_i <
+//     min_p · p_max; top-p keeps the shortest prefix of what is left whose probability, renormalised
+//     over it, reaches top_p; the token is drawn from the kept set with probabilities renormalised.
 // The draw uses the Gumbel-max trick (argmax of l_i / T + g_i over the kept set, g_i Gumbel noise
 // from Philox4x32-10 keyed by the row's seed, counter (i, step)), which samples exactly that
 // distribution: same (seed, step, logits) → same token, on any batch position. Draws differ from the

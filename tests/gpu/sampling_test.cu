@@ -49,20 +49,7 @@ Allowed allowed_set(std::span<const float> logits, const cuda::SamplingRow& p) {
   }
   for (double& x : pr) x /= sum;
   int32_t n = k;
-  if (p.top_p < 1.0f) {
-    double cum = 0.0;
-    for (int32_t i = 0; i < k; ++i) {
-      const double before = cum;
-      cum += pr[size_t(i)];
-      out.margin = std::min(out.margin, std::fabs(cum - p.top_p));
-      if (cum >= p.top_p) {
-        n = i + 1;
-        out.margin = std::min(out.margin, std::fabs(p.top_p - before));
-        break;
-      }
-    }
-  }
-  if (p.min_p > 0.0f) {
+  if (p.min_p > 0.0f) {  // before top-p (vLLM V1)
     const double floor = p.min_p * pr[0];
     int32_t m = 1;
     while (m < n && pr[size_t(m)] >= floor) ++m;
@@ -72,6 +59,20 @@ Allowed allowed_set(std::span<const float> logits, const cuda::SamplingRow& p) {
   }
   double mass = 0.0;
   for (int32_t i = 0; i < n; ++i) mass += pr[size_t(i)];
+  if (p.top_p < 1.0f) {  // over the tokens left, renormalised
+    double cum = 0.0;
+    for (int32_t i = 0; i < n; ++i) {
+      const double before = cum / mass;
+      cum += pr[size_t(i)];
+      out.margin = std::min(out.margin, std::fabs(cum / mass - p.top_p));
+      if (cum / mass >= p.top_p) {
+        n = i + 1;
+        out.margin = std::min(out.margin, std::fabs(p.top_p - before));
+        mass = cum;
+        break;
+      }
+    }
+  }
   for (int32_t i = 0; i < n; ++i) {
     out.ids.push_back(order[size_t(i)]);
     out.probs.push_back(pr[size_t(i)] / mass);
