@@ -223,7 +223,9 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   r->stops = StopStringFilter(r->req.stop);
   r->stop_ids = r->req.stop_token_ids;
   if (!r->req.ignore_eos) r->implicit_stops = c.eos_ids;
-  if (r->req.end_of_turn >= 0) r->implicit_stops.push_back(r->req.end_of_turn);
+  // The end of turn stops as EOS does, and like it not under ignore_eos (vLLM: every EOS id of the
+  // generation config, the chat end of turn among them, is ignored then).
+  if (r->req.end_of_turn >= 0 && !r->req.ignore_eos) r->implicit_stops.push_back(r->req.end_of_turn);
 
   std::lock_guard lock(e.mu);
   if (!e.accepting) throw EngineUnavailable("the server is shutting down");

@@ -22,8 +22,9 @@ struct Request {
   bool skip_special_tokens = true;     // special tokens (other than the stop token) left out of the text
   std::vector<int32_t> stop_token_ids; // extra stop ids; one that stops the request is its stop_token
   bool ignore_eos = false;
-  int32_t end_of_turn = -1;            // chat: the template's end-of-turn token, a stop like EOS (not
-                                       // ignored by ignore_eos, not reported as stop_token); -1: none
+  int32_t end_of_turn = -1;            // chat: the template's end-of-turn token, a stop like EOS (also
+                                       // ignored under ignore_eos, as vLLM ignores every EOS id of the
+                                       // generation config; not reported as stop_token); -1: none
   std::string sparsity;                // profile name; empty = the model's default profile
   int32_t logprobs = -1;               // -1: none; k ≥ 0: the sampled token's logprob + k top
   int32_t priority = 0;                // lower runs first when the scheduler uses priorities

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <random>
 
 #include "common/errors.h"
@@ -177,6 +178,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   }
   if (const json* lb = f.get("logit_bias")) {
     if (!lb->is_object()) throw f.wrong_type("logit_bias", "an object mapping token ids to biases");
+    std::map<int64_t, std::string> named;  // id -> the key that named it ("4528" and "04528" are one token)
     for (const auto& [key, bias] : lb->items()) {
       int64_t id = -1;
       const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
@@ -187,6 +189,11 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
       }
       if (!bias.is_number() || !(bias.get<double>() >= -100 && bias.get<double>() <= 100)) {
         throw bad_request("logit_bias: the bias of token " + key + " must be a number in [-100, 100]", "logit_bias");
+      }
+      if (const auto [it, fresh] = named.emplace(id, key); !fresh) {  // the biases would add up past ±100
+        throw bad_request("logit_bias: token " + std::to_string(id) + " is named twice ('" + it->second + "' and '" +
+                              key + "')",
+                          "logit_bias");
       }
       s.logit_bias.emplace_back(static_cast<int32_t>(id), bias.get<float>());
     }
@@ -200,6 +207,21 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   // refused rather than ignored.
   if (auto v = f.integer("min_tokens", 0, std::numeric_limits<int32_t>::max()); v && *v > 0) {
     throw bad_request("min_tokens is not supported", "min_tokens");
+  }
+  // The other vLLM extensions that change what is generated or returned, not implemented: refused
+  // when given anything but their default, never silently dropped.
+  for (const char* key : {"allowed_token_ids", "prompt_logprobs", "logits_processors", "truncate_prompt_tokens",
+                          "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
+    if (f.get(key) != nullptr) throw bad_request(std::string(key) + " is not supported", key);
+  }
+  if (const json* bad_words = f.get("bad_words"); bad_words != nullptr && !(bad_words->is_array() && bad_words->empty())) {
+    throw bad_request("bad_words is not supported", "bad_words");
+  }
+  for (const char* key : {"use_beam_search", "return_tokens_as_token_ids"}) {
+    if (f.boolean(key).value_or(false)) throw bad_request(std::string(key) + " is not supported", key);
+  }
+  if (auto v = f.number("length_penalty", -1e9, 1e9); v && *v != 1.0) {
+    throw bad_request("length_penalty is not supported (it applies to beam search)", "length_penalty");
   }
   if (const json* stop = f.get("stop")) {
     if (stop->is_string()) {

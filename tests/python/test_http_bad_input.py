@@ -90,6 +90,19 @@ CASES = [
     ("best-of-unsupported", C, c(best_of=3), 400, "best_of"),
     ("min-tokens-unsupported", C, c(min_tokens=5), 400, "min_tokens"),
     ("min-tokens-negative", H, h(min_tokens=-1), 400, "min_tokens"),
+    # vLLM extensions not implemented: refused, not silently ignored (their defaults pass: below)
+    ("allowed-token-ids", C, c(allowed_token_ids=[11]), 400, "allowed_token_ids"),
+    ("bad-words", C, c(bad_words=[" Paris"]), 400, "bad_words"),
+    ("prompt-logprobs", C, c(prompt_logprobs=1), 400, "prompt_logprobs"),
+    ("use-beam-search", H, h(use_beam_search=True), 400, "use_beam_search"),
+    ("length-penalty", C, c(length_penalty=0.5), 400, "length_penalty"),
+    ("guided-choice", H, h(guided_choice=["a", "b"]), 400, "guided_choice"),
+    ("structured-outputs", C, c(structured_outputs={"choice": ["a"]}), 400, "structured_outputs"),
+    ("return-tokens-as-token-ids", C, c(return_tokens_as_token_ids=True), 400, "return_tokens_as_token_ids"),
+    ("truncate-prompt-tokens", C, c(truncate_prompt_tokens=10), 400, "truncate_prompt_tokens"),
+    ("logits-processors", C, c(logits_processors=["x"]), 400, "logits_processors"),
+    # one token named twice: the biases added up past 100
+    ("logit-bias-one-token-twice", C, c(logit_bias={"4528": 100, "04528": 100}), 400, "logit_bias"),
     ("user-number", C, c(user=5), 400, "user"),
     ("messages-missing", H, without(OK_H, "messages"), 400, "messages"),
     ("messages-empty", H, h(messages=[]), 400, "messages"),
@@ -140,6 +153,16 @@ def test_bad_input(http, case):
     else:
         r = http.post(path, json=body)
     check_error(r, status, param)
+
+
+def test_vllm_extensions_at_their_defaults_are_accepted(http):
+    # Clients that send every field (vLLM's own, for instance) pass their defaults.
+    defaults = dict(allowed_token_ids=None, bad_words=[], prompt_logprobs=None, use_beam_search=False,
+                    length_penalty=1.0, guided_choice=None, structured_outputs=None, return_tokens_as_token_ids=False,
+                    truncate_prompt_tokens=None, logits_processors=None, min_tokens=0)
+    for path, body in ((C, c(**defaults)), (H, h(**defaults))):
+        r = http.post(path, json=body)
+        assert r.status_code == 200, r.text
 
 
 def test_unknown_model_is_404(http):

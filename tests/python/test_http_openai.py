@@ -227,6 +227,9 @@ def test_stop_reason_as_vllm_reports_it(http, model_name):
             "temperature": 0, "logit_bias": {str(im_end): 100}}
     c = http.post("/v1/chat/completions", json=chat).json()["choices"][0]
     assert (c["finish_reason"], c["stop_reason"], c["message"]["content"]) == ("stop", None, "")
+    # ignore_eos ignores the end of turn too (here it is EOS itself); it once stopped chat anyway.
+    r = http.post("/v1/chat/completions", json={**chat, "ignore_eos": True}).json()
+    assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == 4, r
 
 
 def test_seed_reproducible(client, model_name):
