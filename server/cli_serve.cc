@@ -153,6 +153,7 @@ void add_serve_command(CLI::App& app, ServeArgs& a) {
     std::string flag = std::string("--") + s.key;
     std::replace(flag.begin(), flag.end(), '_', '-');
     CLI::Option* opt = cmd->add_option(flag, a.values[s.key], s.help);
+    if (s.default_text != nullptr) opt->default_str(s.default_text);  // shown in --help, not applied
     if (std::string(s.key) == "api_key") opt->envname("SPARSESERVE_API_KEY");
     a.options[s.key] = opt;
   }

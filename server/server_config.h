@@ -56,6 +56,8 @@ struct ServerConfig {
   double shutdown_grace_seconds = 20.0;    // seconds
   std::string log_level = "info";
 
+  bool operator==(const ServerConfig&) const = default;
+
   // The engine's slice.
   EngineConfig engine_config() const;
 
@@ -74,6 +76,7 @@ struct ServerConfig {
 struct ServerSetting {
   const char* key;
   const char* help;
+  const char* default_text;  // the default as a flag would give it (ServerConfig's); nullptr: none
 };
 std::span<const ServerSetting> server_settings();
 

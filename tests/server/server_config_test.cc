@@ -81,6 +81,16 @@ TEST_F(ServerConfigTest, FlagsAloneWork) {
   EXPECT_EQ(c.http_port, 8000);
 }
 
+// The defaults `serve --help` shows are the defaults: each given as a flag changes nothing.
+TEST_F(ServerConfigTest, ShownDefaultsAreTheDefaults) {
+  const ServerConfig plain = ServerConfig::load("", {{"model", "m.gguf", "--model"}});
+  for (const ServerSetting& s : server_settings()) {
+    if (s.default_text == nullptr) continue;
+    const ServerConfig c = ServerConfig::load("", {{"model", "m.gguf", "--model"}, {s.key, s.default_text, "--x"}});
+    EXPECT_TRUE(c == plain) << s.key << " = " << s.default_text;
+  }
+}
+
 TEST_F(ServerConfigTest, UnknownKeyNamesFileAndLine) {
   const std::string msg = error_of("model: a.gguf\nhttp_prot: 8000\n");
   EXPECT_THAT(msg, HasSubstr(".yaml:2: unknown key 'http_prot'"));
