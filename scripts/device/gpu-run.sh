@@ -5,7 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 OUT=${OUT:-/tmp/gpu-out}
-mkdir -p "$OUT" /tmp/gpu && tar -xJf .devpkg/gpu.tar.xz -C /tmp/gpu
+rm -rf /tmp/gpu/pkg  # never a package left from an earlier call
+mkdir -p "$OUT" /tmp/gpu && tar -xJf .devpkg/gpu.tar.xz -C /tmp/gpu || { echo "gpu-run: cannot unpack .devpkg/gpu.tar.xz (carry .devpkg)" >&2; exit 2; }
 P=/tmp/gpu/pkg
 export LD_LIBRARY_PATH="$P/bundle:/usr/local/cuda/lib64"
 status=0
@@ -21,9 +22,10 @@ if [[ ${SUITE:-1} == 1 ]]; then
 fi
 for b in ${BENCH:-}; do
   case $b in
-    gemm) python3 bench/gemm_peer.py --ours "$P/bin/gemm_bench" > "$OUT/gemm.txt" 2>&1; tail -20 "$OUT/gemm.txt" ;;
-    attention) python3 bench/attention_bench.py --bin "$P/bin/attention_bench" --out "$OUT" > "$OUT/attention.txt" 2>&1; tail -30 "$OUT/attention.txt" ;;
-    attention-quick) python3 bench/attention_bench.py --quick --bin "$P/bin/attention_bench" --out "$OUT" > "$OUT/attention.txt" 2>&1; tail -30 "$OUT/attention.txt" ;;
+    gemm) python3 bench/gemm_peer.py --ours "$P/bin/gemm_bench" > "$OUT/gemm.txt" 2>&1 || status=1; tail -20 "$OUT/gemm.txt" ;;
+    attention) python3 bench/attention_bench.py --bin "$P/bin/attention_bench" --out "$OUT" > "$OUT/attention.txt" 2>&1 || status=1; tail -30 "$OUT/attention.txt" ;;
+    attention-quick) python3 bench/attention_bench.py --quick --bin "$P/bin/attention_bench" --out "$OUT" > "$OUT/attention.txt" 2>&1 || status=1; tail -30 "$OUT/attention.txt" ;;
+    *) echo "gpu-run: unknown benchmark '$b'" >&2; status=1 ;;
   esac
 done
 exit $status

@@ -12,7 +12,9 @@ rm -rf .devpkg && mkdir -p .devpkg/pkg/bin
 for b in gpu_tests "$@"; do cp "$B/bin/$b" .devpkg/pkg/bin/ && strip .devpkg/pkg/bin/"$b"; done
 # bundle-libs.sh fails on a binary that needs no bundled library (its grep finds nothing): bundle
 # one binary at a time and accept that case.
-for b in .devpkg/pkg/bin/*; do bash ../shared/tools/bundle-libs.sh .devpkg/pkg/bundle "$b" >/dev/null || true; done
+BUNDLE=../shared/tools/bundle-libs.sh  # the workplace's tool, next to the repository
+[ -f "$BUNDLE" ] || { echo "pack: $BUNDLE not found (it bundles the binaries' libraries)" >&2; exit 1; }
+for b in .devpkg/pkg/bin/*; do bash "$BUNDLE" .devpkg/pkg/bundle "$b" >/dev/null || true; done
 du -sh .devpkg/pkg/bundle
 tar -C .devpkg -cf - pkg | xz -T2 -6 > .devpkg/gpu.tar.xz
 rm -rf .devpkg/pkg
