@@ -97,7 +97,7 @@ class Loader {
   SparsityProfile profile(const Entry& e);  // not const: heads() caches patterns
   HeadRoles heads(const Section& s);
   kvcache::StreamingWindow streaming(const Section& s) const;
-  kvcache::DecodeSelection decode(const Section& s) const;
+  kvcache::DecodeSelection decode(const Section& s, int32_t sink_tokens) const;
   kvcache::PrefillSparsity prefill(const Section& s) const;
 
   std::string path_;
@@ -277,17 +277,15 @@ SparsityProfile Loader::profile(const Entry& e) {
                    : heads(Section(*this, h->value, h->mark, ctx + " heads",
                                    {"pattern", "retrieval_ratio", "threshold", "global_ratio"}));
   std::optional<kvcache::StreamingWindow> window;
-  if (h != nullptr) {
-    const kvcache::StreamingWindow w =
-        st == nullptr ? kvcache::StreamingWindow{}
-                      : streaming(Section(*this, st->value, st->mark, ctx + " streaming",
-                                          {"sink_tokens", "local_tokens"}));
-    if (roles.count(HeadRole::kStreaming) > 0) window = w;
-  }
+  const kvcache::StreamingWindow w =
+      st == nullptr ? kvcache::StreamingWindow{}
+                    : streaming(Section(*this, st->value, st->mark, ctx + " streaming", {"sink_tokens", "local_tokens"}));
+  if (h != nullptr && roles.count(HeadRole::kStreaming) > 0) window = w;
   kvcache::DecodeSelection dec;
   if (const Entry* d = s.find("decode")) {
     dec = decode(Section(*this, d->value, d->mark, ctx + " decode",
-                         {"selection", "token_budget", "reselect_interval", "dense_layers"}));
+                         {"selection", "token_budget", "sink_tokens", "reselect_interval", "dense_layers"}),
+                 w.sink_tokens);
   }
   kvcache::PrefillSparsity pre;
   if (const Entry* p = s.find("prefill")) {
@@ -327,7 +325,8 @@ HeadRoles Loader::heads(const Section& s) {
   if (it == patterns_.end()) {
     std::error_code ec;
     if (!fs::is_regular_file(resolved, ec)) {
-      fail(pattern->mark, s.what() + ": head pattern file '" + resolved + "' not found");
+      fail(pattern->mark, s.what() + ": head pattern file '" + resolved +
+                              (fs::exists(resolved, ec) ? "' is not a regular file" : "' not found"));
     }
     // Shape or cell errors name the TSV and its line.
     it = patterns_.emplace(resolved, kvcache::read_head_pattern(resolved, n_layers_, n_kv_heads_))
@@ -349,10 +348,12 @@ kvcache::StreamingWindow Loader::streaming(const Section& s) const {
   return w;
 }
 
-kvcache::DecodeSelection Loader::decode(const Section& s) const {
+kvcache::DecodeSelection Loader::decode(const Section& s, int32_t sink_tokens) const {
   kvcache::DecodeSelection d;
   d.enabled = true;
+  d.sink_tokens = sink_tokens;
   if (const Entry* e = s.find("selection")) d.enabled = on_off(*e, s.what() + ".selection");
+  if (const Entry* e = s.find("sink_tokens")) d.sink_tokens = int_in(*e, s.what() + ".sink_tokens", 0, kInt32Max);
   if (const Entry* e = s.find("token_budget")) {
     const std::string what = s.what() + ".token_budget";
     const int64_t v = integer(*e, what);
@@ -365,6 +366,17 @@ kvcache::DecodeSelection Loader::decode(const Section& s) const {
   } else if (d.token_budget < out_.kv_cache.page_tokens) {
     fail(s.mark(), s.what() + ": the default token_budget (" + std::to_string(d.token_budget) +
                        ") is below page_tokens; set token_budget");
+  }
+  // The sink pages and the newest page are always kept: a budget below them would be broken at every
+  // selection.
+  const int64_t P = out_.kv_cache.page_tokens;
+  const int64_t kept = ((int64_t{d.sink_tokens} + P - 1) / P + 1) * P;
+  if (d.enabled && d.token_budget < kept) {
+    const Entry* e = s.find("token_budget");
+    fail(e != nullptr ? e->mark : s.mark(),
+         s.what() + ".token_budget (" + std::to_string(d.token_budget) + ") must hold the pages always kept: " +
+             std::to_string((int64_t{d.sink_tokens} + P - 1) / P) + " sink page(s) for sink_tokens " +
+             std::to_string(d.sink_tokens) + " and the newest page, " + std::to_string(kept) + " tokens");
   }
   if (const Entry* e = s.find("reselect_interval")) {
     d.reselect_interval = int_in(*e, s.what() + ".reselect_interval", 1, kInt32Max);
@@ -406,6 +418,8 @@ kvcache::PrefillSparsity Loader::prefill(const Section& s) const {
   }
   if (const Entry* e = s.find("threshold")) {
     p.threshold = static_cast<float>(fraction(*e, s.what() + ".threshold"));
+    // A double in (0, 1] can still be 0 as the float the kernels take (1e-60).
+    if (!(p.threshold > 0.0f)) fail(e->mark, s.what() + ".threshold is 0 as a float; give at least 1e-30");
   }
   if (const Entry* e = s.find("min_prompt_tokens")) {
     p.min_prompt_tokens = int_in(*e, s.what() + ".min_prompt_tokens", 0, kInt32Max);

@@ -14,9 +14,12 @@
 //              exactly one rule (kvcache/head_pattern.h): R, G, T in (0, 1].
 //              Without `heads` every head is retrieval.
 //       streaming: { sink_tokens ≥ 0, local_tokens ≥ 1 }   default 64 / 256. Only with `heads`;
-//              kept only when some head streams.
+//              kept only when some head streams (its sink_tokens is decode's default either way).
 //       decode: { selection: on|off (default on: the section's presence enables selection),
-//                 token_budget ≥ page_tokens (default 1024), reselect_interval ≥ 1 (default 4),
+//                 token_budget (default 1024) ≥ the pages always kept: ceil(sink_tokens / page_tokens)
+//                 sink pages and the newest page, and ≥ page_tokens,
+//                 sink_tokens ≥ 0 (default: streaming's sink_tokens, else 64),
+//                 reselect_interval ≥ 1 (default 4),
 //                 dense_layers: [distinct layers in [0, n_layers)] (default none) }
 //       prefill: { dynamic: on|off (required), block_tokens ∈ {16,32,64,128} (default 64),
 //                  stride in [1, block_tokens] (default 8), threshold in (0, 1] (default 0.9),

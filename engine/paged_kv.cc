@@ -148,8 +148,7 @@ std::vector<int32_t> PagedKvBackend::decode_blocks(int64_t layer, int32_t head, 
       scores[static_cast<size_t>(b)] = cpu::page_score(q, config_.head_dim, group, storage_.kmin(page),
                                                        storage_.kmax(page), valid, config_.head_dim);
     }
-    const int64_t sink = st.profile->streaming.value_or(kvcache::StreamingWindow{}).sink_tokens;
-    sel = cpu::select_pages(scores, end, static_cast<int32_t>(P), sink, dec.token_budget);
+    sel = cpu::select_pages(scores, end, static_cast<int32_t>(P), dec.sink_tokens, dec.token_budget);
     st.selected_at_blocks[idx] = nb;
     fresh = true;
     return sel;

@@ -15,6 +15,7 @@ namespace sparseserve::kvcache {
 struct DecodeSelection {
   bool enabled = false;
   int32_t token_budget = 1024;      // selected tokens per (sequence, retrieval KV head) ≤ budget
+  int32_t sink_tokens = 64;         // the pages holding the first sink_tokens tokens are always kept
   int32_t reselect_interval = 4;    // decode steps between selections
   std::vector<int32_t> dense_layers;  // layers that never select
 };

@@ -222,6 +222,14 @@ TEST(HeadRolesFromGates, GlobalRatioRanksAllHeadsTogether) {
             (std::vector<std::string>{"01", "", ""}));
   EXPECT_EQ(roles_by_global_ratio(g, 0.01).count(HeadRole::kRetrieval), 1);
   EXPECT_TRUE(roles_by_global_ratio(g, 1.0).all_retrieval());
+  // Halves round up though the decimal is a hair under it as a double: 0.35 · 90 = 31.5 → 32 (it
+  // gave 31); 0.45 · 10 = 4.5 → 5.
+  std::vector<float> many(90);
+  for (size_t i = 0; i < many.size(); ++i) many[i] = static_cast<float>(i) / 90.0f;
+  EXPECT_EQ(roles_by_global_ratio(gates_of(30, 3, many), 0.35).count(HeadRole::kRetrieval), 32);
+  std::vector<float> ten(10, 0.5f);
+  EXPECT_EQ(roles_by_global_ratio(gates_of(5, 2, ten), 0.45).count(HeadRole::kRetrieval), 5);
+  EXPECT_EQ(roles_by_retrieval_ratio(gates_of(1, 10, ten), 0.45).count(HeadRole::kRetrieval), 5);
 }
 
 }  // namespace

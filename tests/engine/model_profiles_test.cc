@@ -56,7 +56,7 @@ profiles:
   by-global:
     heads: { pattern: sub/../p.tsv, global_ratio: 0.25 }
   quest:
-    decode: { token_budget: 32 }
+    decode: { token_budget: 32, sink_tokens: 0 }
   split-only:
     heads: { pattern: p.tsv, retrieval_ratio: 0.5 }
     decode: { selection: off }
@@ -155,6 +155,8 @@ TEST_F(ModelProfilesTest, GoodYamlLoadsEveryField) {
   EXPECT_FALSE(q.streaming.has_value());
   EXPECT_TRUE(q.decode.enabled);
   EXPECT_EQ(q.decode.token_budget, 32);
+  EXPECT_EQ(q.decode.sink_tokens, 0);  // no head streams: only decode can set selection's sink
+  EXPECT_EQ(m.get("balanced").decode.sink_tokens, 32);  // the streaming window's, by default
   EXPECT_EQ(q.decode.reselect_interval, 4);
   EXPECT_TRUE(q.decode.dense_layers.empty());
   // `selection: off` keeps the section but disables selection.
@@ -254,6 +256,15 @@ TEST_F(ModelProfilesTest, ProfileErrorsNameTheLine) {
   expect_error(head + "    decode: {token_budget: 512.5}\n", 4, "must be an integer");
   expect_error(head + "    decode: {token_budget: 32}\n", 4, "must be ≥ page_tokens (64), got 32");
   expect_error(head + "    decode: {reselect_interval: 0}\n", 4, "reselect_interval must be ≥ 1");
+  // The sink pages and the newest page are always kept: a budget below them was accepted and
+  // broken at every selection (sink 100: two 64-token sink pages and the newest, 192 tokens).
+  expect_error(head + "    heads: {pattern: p.tsv, retrieval_ratio: 0.5}\n"
+                      "    streaming: {sink_tokens: 100}\n"
+                      "    decode: {token_budget: 128}\n", 6,
+               "token_budget (128) must hold the pages always kept: 2 sink page(s) for sink_tokens 100 and the "
+               "newest page, 192 tokens");
+  expect_error(head + "    decode: {sink_tokens: 2000}\n", 4, "token_budget (1024) must hold the pages always kept");
+  expect_error(head + "    decode: {sink_tokens: -1}\n", 4, "sink_tokens must be ≥ 0");
   expect_error(head + "    decode:\n      dense_layers:\n        - 0\n        - 7\n", 7,
                "dense_layers item must be in [0, 3], got 7");
   expect_error(head + "    decode: {dense_layers: 3}\n", 4, "dense_layers must be a list");
@@ -267,6 +278,7 @@ TEST_F(ModelProfilesTest, ProfileErrorsNameTheLine) {
   expect_error(head + "    prefill: {dynamic: on, threshold: 0}\n", 4,
                "threshold must be in (0, 1]");
   expect_error(head + "    prefill: {dynamic: on, threshold: 1.5}\n", 4, "(0, 1], got 1.5");
+  expect_error(head + "    prefill: {dynamic: on, threshold: 1e-60}\n", 4, "threshold is 0 as a float");
   expect_error(head + "    prefill: {dynamic: on, stride: 0}\n", 4, "stride must be in [1, 64]");
   expect_error(head + "    prefill: {dynamic: on, block_tokens: 48}\n", 4,
                "block_tokens must be 16, 32, 64 or 128, got 48");
@@ -285,6 +297,7 @@ TEST_F(ModelProfilesTest, ProfileErrorsNameTheLine) {
                "threshold must be in (0, 1]");
   expect_error(head + "    heads:\n      pattern: nope.tsv\n      retrieval_ratio: 0.5\n", 5,
                "head pattern file '" + (dir_ / "nope.tsv").string() + "' not found");
+  expect_error(head + "    heads: {pattern: ., retrieval_ratio: 0.5}\n", 4, "' is not a regular file");
 }
 
 TEST_F(ModelProfilesTest, BadPatternIsReportedInItsOwnFile) {

@@ -103,7 +103,7 @@ TEST_P(PagedKvTest, MatchesMaskedReference) {
   prof.name = "test";
   prof.roles = kvcache::HeadRoles(2, 2, {HeadRole::kRetrieval, HeadRole::kStreaming, HeadRole::kStreaming, HeadRole::kRetrieval});
   prof.streaming = kvcache::StreamingWindow{sc.sink, sc.local};
-  prof.decode = {sc.selection, sc.budget, sc.reselect, {}};
+  prof.decode = {sc.selection, sc.budget, static_cast<int32_t>(sc.sink), sc.reselect, {}};
 
   kvcache::KvCacheManager mgr(kvcache::KvCacheConfig{sc.page_tokens, sc.logical}, 400);
   mgr.add_sequence(7, kvcache::SequenceLayout::from_roles(prof.roles, prof.streaming));
