@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include "common/errors.h"
@@ -190,6 +191,8 @@ ModelProfiles Loader::load() {
   std::vector<YAML::Node> docs;
   try {
     docs = YAML::LoadAll(text);
+  } catch (const YAML::DeepRecursion& e) {  // yaml-cpp's own message for it is "bad file"
+    fail(e.mark, "not valid YAML: nested too deeply (" + std::to_string(e.depth()) + " levels)");
   } catch (const YAML::ParserException& e) {
     fail(e.mark, "not valid YAML: " + e.msg);
   }

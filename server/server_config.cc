@@ -1,5 +1,6 @@
 #include "server/server_config.h"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -70,6 +71,9 @@ void read_yaml(const std::string& path, std::map<std::string, Raw>& raw) {
   std::vector<YAML::Node> docs;
   try {
     docs = YAML::LoadAll(text);
+  } catch (const YAML::DeepRecursion& e) {  // yaml-cpp's own message for it is "bad file"
+    throw InvalidArgument(path + ":" + std::to_string(e.mark.line + 1) + ": nested too deeply (" +
+                          std::to_string(e.depth()) + " levels)");
   } catch (const YAML::Exception& e) {
     throw InvalidArgument(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
   }

@@ -219,6 +219,9 @@ TEST_F(ModelProfilesTest, DefaultsWithoutYaml) {
 
 TEST_F(ModelProfilesTest, FileLevelErrors) {
   expect_error("", 1, "top level must be a mapping");
+  // yaml-cpp stops deep nesting with the message "bad file".
+  expect_error("name: x\nprofiles: " + std::string(1000, '[') + std::string(1000, ']') + "\n", 2,
+               "not valid YAML: nested too deeply");
   expect_error("- name: x\n", 1, "top level must be a mapping");
   expect_error("chat_template: auto\n", 1, "'name' is missing");
   expect_error("name: x\nprofile: {}\n", 2, "unknown key 'profile' in the model file");

@@ -91,6 +91,12 @@ TEST_F(ServerConfigTest, ShownDefaultsAreTheDefaults) {
   }
 }
 
+// yaml-cpp stops deep nesting with the message "bad file".
+TEST_F(ServerConfigTest, DeepNestingIsNamed) {
+  EXPECT_THAT(error_of("model: a\nhost: " + std::string(1000, '[') + std::string(1000, ']') + "\n"),
+              HasSubstr(".yaml:2: nested too deeply"));
+}
+
 TEST_F(ServerConfigTest, UnknownKeyNamesFileAndLine) {
   const std::string msg = error_of("model: a.gguf\nhttp_prot: 8000\n");
   EXPECT_THAT(msg, HasSubstr(".yaml:2: unknown key 'http_prot'"));
