@@ -62,7 +62,7 @@ struct LiveRequest {
   std::shared_ptr<RequestStreamImpl> stream;
   clock_type::time_point arrival, first_token, last_token;
   bool bound = false;           // registered with the KV backend
-  bool stop_matched = false;    // a stop string matched: the output ends where it began
+  bool text_complete = false;   // a stop string or stop token ended it: every text delta is sent
   int64_t prompt_counted = 0;   // prompt tokens counted in metrics.prompt_tokens (not again on recompute)
   int32_t stop_token = -1;      // the stop_token_ids entry that ended it
 };
@@ -360,7 +360,7 @@ void Engine::Impl::release(uint64_t key) {
 
 void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string& stop_reason, const std::string& error) {
   RequestOutput out;
-  if (reason != FinishReason::kAbort && reason != FinishReason::kError && !r.stop_matched) {
+  if (reason != FinishReason::kAbort && reason != FinishReason::kError && !r.text_complete) {
     // The text still held back: the bytes of an incomplete character, then what the stop filter
     // kept as a possible start of a stop string. After a stop-string match nothing follows it.
     const auto res = r.stops.push(r.detok.flush());
@@ -530,10 +530,18 @@ void Engine::Impl::step() {
     out.completion_tokens = gen;
     const bool requested_stop = std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
     if (requested_stop || std::find(r.implicit_stops.begin(), r.implicit_stops.end(), tok) != r.implicit_stops.end()) {
-      // The stop token itself is not part of the text (it is special or an explicit stop id). As in
-      // vLLM, a stop_token_ids entry is the stop reason; EOS and the end of turn leave none.
-      r.tokens.pop_back();
-      out.completion_tokens = gen - 1;
+      // As in vLLM: the stop token counts as generated and keeps its logprob, but its text is left
+      // out unless include_stop_str_in_output; a stop_token_ids entry is the stop reason, EOS and
+      // the end of turn leave none. The text held back comes first, and is then complete.
+      out.token_ids.push_back(tok);
+      if (lp) out.logprobs.push_back(*lp);
+      const auto held = r.stops.push(r.detok.flush());
+      out.text = held.text + (held.stopped ? "" : r.stops.flush());
+      if (r.req.include_stop_str_in_output && !held.stopped) {
+        out.text += model.tokenizer.decode(std::span<const int32_t>(&tok, 1), r.req.skip_special_tokens);
+      }
+      r.text_complete = true;  // finish() adds no text
+      r.stream->push(std::move(out));
       if (requested_stop) r.stop_token = tok;
       finish(r, FinishReason::kStop, requested_stop ? model.tokenizer.decode(std::span<const int32_t>(&tok, 1)) : "");
       continue;
@@ -543,7 +551,7 @@ void Engine::Impl::step() {
     const auto res = r.stops.push(r.detok.push(tok));
     out.text = res.text;
     if (res.stopped) {
-      r.stop_matched = true;
+      r.text_complete = true;
       if (r.req.include_stop_str_in_output) out.text += res.matched;
       r.stream->push(std::move(out));
       finish(r, FinishReason::kStop, res.matched);

@@ -18,8 +18,8 @@ struct Request {
   SamplingParams sampling;
   int64_t max_tokens = 256;            // ≥ 0; capped by the context left after the prompt
   std::vector<std::string> stop;       // stop strings (in the output only with include_stop_str_in_output)
-  bool include_stop_str_in_output = false;
-  bool skip_special_tokens = true;     // special tokens (other than the stop token) left out of the text
+  bool include_stop_str_in_output = false;  // also the text of a stop token (EOS included, as vLLM)
+  bool skip_special_tokens = true;     // special tokens left out of the text
   std::vector<int32_t> stop_token_ids; // extra stop ids; one that stops the request is its stop_token
   bool ignore_eos = false;
   int32_t end_of_turn = -1;            // chat: the template's end-of-turn token, a stop like EOS (also
@@ -42,7 +42,7 @@ const char* finish_reason_name(FinishReason r);  // "", "stop", "length", "abort
 
 // One delta of a request's output. The last one has finished = true.
 struct RequestOutput {
-  std::vector<int32_t> token_ids;      // new tokens in this delta
+  std::vector<int32_t> token_ids;      // new tokens in this delta (a stop token included, as in vLLM)
   std::string text;                    // new text (complete UTF-8, stop strings held back/cut)
   std::vector<TokenLogprob> logprobs;  // per new token, when requested
   bool finished = false;
@@ -51,7 +51,7 @@ struct RequestOutput {
   int32_t stop_token = -1;             // the stop_token_ids entry that ended it, else -1 (EOS: -1, no reason)
   std::string error;                   // kError: what went wrong (an internal error message)
   int64_t prompt_tokens = 0;
-  int64_t completion_tokens = 0;       // total so far
+  int64_t completion_tokens = 0;       // total so far, a stop token included
 };
 
 }  // namespace sparseserve

@@ -227,6 +227,13 @@ def test_stop_reason_as_vllm_reports_it(http, model_name):
             "temperature": 0, "logit_bias": {str(im_end): 100}}
     c = http.post("/v1/chat/completions", json=chat).json()["choices"][0]
     assert (c["finish_reason"], c["stop_reason"], c["message"]["content"]) == ("stop", None, "")
+    # The stop token counts as generated and keeps its logprob, its text left out (vLLM); it was
+    # dropped from both. With include_stop_str_in_output a stop_token_ids entry's text is kept.
+    r = http.post("/v1/chat/completions", json={**chat, "logprobs": True, "top_logprobs": 1}).json()
+    assert r["usage"]["completion_tokens"] == 1 and r["choices"][0]["message"]["content"] == "", r
+    assert [e["token"] for e in r["choices"][0]["logprobs"]["content"]] == ["<|im_end|>"], r
+    c = http.post("/v1/completions", json={**body, "include_stop_str_in_output": True}).json()
+    assert (c["choices"][0]["text"], c["usage"]["completion_tokens"]) == (",", 1), c
     # ignore_eos ignores the end of turn too (here it is EOS itself); it once stopped chat anyway.
     r = http.post("/v1/chat/completions", json={**chat, "ignore_eos": True}).json()
     assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == 4, r
