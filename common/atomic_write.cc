@@ -34,12 +34,18 @@ int create_temporary(const std::string& path, std::string& name) {
   throw ModelFileError(path, "cannot write (creating " + name + ": " + std::strerror(err) + ")");
 }
 
-// The file a write to `path` replaces: a symbolic link's target (followed to the end), not the link.
+// The file a write to `path` replaces: a symbolic link's target, followed link by link (relative
+// targets from their link's folder) to a path that is not a link, which may not exist yet.
 std::string replaced_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path p = path;
   std::error_code ec;
-  if (!std::filesystem::is_symlink(path, ec)) return path;
-  const std::filesystem::path target = std::filesystem::weakly_canonical(path, ec);
-  return ec ? path : target.string();
+  for (int hops = 0; hops < 40 && fs::is_symlink(p, ec); ++hops) {  // 40: the kernel's own limit
+    const fs::path target = fs::read_symlink(p, ec);
+    if (ec) break;
+    p = target.is_absolute() ? target : p.parent_path() / target;
+  }
+  return p.string();
 }
 
 }  // namespace

@@ -159,7 +159,7 @@ std::vector<double> score_heads(const Model& model, const CalibrationOptions& op
   if (opts.window.sink_tokens < 0 || opts.window.local_tokens < 1) {
     throw InvalidArgument("calibration window needs sink ≥ 0 and local ≥ 1 tokens");
   }
-  if (opts.window.sink_tokens + opts.window.local_tokens >= opts.context_tokens) {
+  if (int64_t{opts.window.sink_tokens} + opts.window.local_tokens >= opts.context_tokens) {
     throw InvalidArgument(streaming_window_too_long(opts));
   }
   return opts.method == CalibrationMethod::kAblation ? score_ablation(model, opts, progress)

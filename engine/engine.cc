@@ -58,7 +58,7 @@ struct LiveRequest {
   IncrementalDetokenizer detok;
   StopStringFilter stops;
   std::vector<int32_t> stop_ids;      // req.stop_token_ids: reported as stop_token
-  std::vector<int32_t> implicit_stops;  // EOS (unless ignore_eos) and the end of turn: no stop reason
+  std::vector<int32_t> implicit_stops;  // EOS and the end of turn (neither under ignore_eos): no stop reason
   std::shared_ptr<RequestStreamImpl> stream;
   clock_type::time_point arrival, first_token, last_token;
   bool bound = false;           // registered with the KV backend
@@ -536,11 +536,17 @@ void Engine::Impl::step() {
       out.token_ids.push_back(tok);
       if (lp) out.logprobs.push_back(*lp);
       const auto held = r.stops.push(r.detok.flush());
-      out.text = held.text + (held.stopped ? "" : r.stops.flush());
-      if (r.req.include_stop_str_in_output && !held.stopped) {
+      r.text_complete = true;  // finish() adds no text
+      if (held.stopped) {  // the last bytes held back complete a stop string: it is the reason
+        out.text = held.text + (r.req.include_stop_str_in_output ? held.matched : "");
+        r.stream->push(std::move(out));
+        finish(r, FinishReason::kStop, held.matched);
+        continue;
+      }
+      out.text = held.text + r.stops.flush();
+      if (r.req.include_stop_str_in_output) {
         out.text += model.tokenizer.decode(std::span<const int32_t>(&tok, 1), r.req.skip_special_tokens);
       }
-      r.text_complete = true;  // finish() adds no text
       r.stream->push(std::move(out));
       if (requested_stop) r.stop_token = tok;
       finish(r, FinishReason::kStop, requested_stop ? model.tokenizer.decode(std::span<const int32_t>(&tok, 1)) : "");

@@ -8,7 +8,7 @@ args=()
 path_flag=""
 for a in "$@"; do
   if [ -n "$path_flag" ]; then
-    [[ $a == /* ]] || a="$caller/$a"
+    [[ -z $a || $a == /* ]] || a="$caller/$a"
     path_flag=""
   else
     case $a in

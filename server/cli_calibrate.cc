@@ -61,7 +61,7 @@ void check_calibrate_args(const CalibrateArgs& a) {
     throw InvalidArgument("--out: " + e.problem());
   }
   if (a.options.context_tokens < 1) throw InvalidArgument("--context: must be at least 1");
-  if (a.options.window.sink_tokens + a.options.window.local_tokens >= a.options.context_tokens) {
+  if (int64_t{a.options.window.sink_tokens} + a.options.window.local_tokens >= a.options.context_tokens) {
     throw InvalidArgument("--local: " + streaming_window_too_long(a.options));
   }
   if (a.options.needles < 1 || a.options.needles > a.options.context_tokens / 8) {

@@ -80,6 +80,12 @@ TEST_F(AtomicWriteTest, KeepsTheModeAndFollowsLinks) {
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   check_can_write_next_to(link);
   EXPECT_EQ(names(), (std::vector<std::string>{"heads.tsv", "link.tsv"}));
+  // A link whose target does not exist yet: the target is created, the link stays.
+  const std::string dangling = dir_ + "/dangling.tsv";
+  ASSERT_EQ(::symlink("new.tsv", dangling.c_str()), 0);
+  write_file_atomically(dangling, "fresh");
+  EXPECT_TRUE(std::filesystem::is_symlink(dangling));
+  EXPECT_EQ(content(dir_ + "/new.tsv"), "fresh");
 }
 
 TEST_F(AtomicWriteTest, FailuresNameTheTargetAndLeaveNothing) {

@@ -1,7 +1,7 @@
 // kernels/cuda/sampling vs the CPU twin's rules (engine/sampler.cc):
 //  - argmax: exact, first index of the maximum (ties included);
-//  - stochastic: every sampled token lies in the allowed set the CPU rules give (top-k → top-p →
-//    min-p over the tokens ranked by logit, ties by lower id), and the frequencies over many seeds
+//  - stochastic: every sampled token lies in the allowed set the CPU rules give (min-p, top-k, then
+//    top-p over what is left, over the tokens ranked by logit, ties by lower id), and the frequencies over many seeds
 //    match the renormalised probabilities (chi-square bound). allowed_set below restates the rules
 //    for the test; it is itself checked against the real Sampler's draws.
 #include <gtest/gtest.h>

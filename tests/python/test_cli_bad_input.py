@@ -1,11 +1,13 @@
 """Bad command lines and files: each is refused at once with a clear one-line error naming the option
 or file and exit status 1 (CLI11's own parse errors keep its codes), never "unexpected error" or a
-hang. Nothing here loads a model for long or starts a server."""
+hang. Nothing here loads a model for long; the serve tests start servers only up to their first
+"serving model" line."""
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 
 import pytest
 
@@ -121,19 +123,24 @@ def test_serve_finds_a_taken_grpc_port_and_a_useless_kv_cache_before_serving(too
     assert r.returncode == 1 and "holds no sequence of two tokens under the default profile 'dense'" in r.stderr, r.stderr
 
 
-def serve_start_log(tool, model_path, kv_cache_bytes):
-    """The log of `serve` up to its "serving model" line; the server is then stopped."""
+def serve_start_log(tool, model_path, kv_cache_bytes, timeout=60):
+    """The log of `serve` up to its "serving model" line, which must come within timeout s; the
+    server is then stopped."""
     p = subprocess.Popen([str(tool("sparseserve")), "serve", "--model", str(model_path), "--host", "127.0.0.1",
                           "--http-port", str(free_port()), "--grpc-port", "0", "--kv-cache-bytes", str(kv_cache_bytes)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(timeout, p.kill)  # a server that never gets there ends the read
+    timer.start()
     try:
         log = ""
         for line in p.stdout:
             log += line
             if "serving model" in line:
                 break
+        assert "serving model" in log, log
         return log
     finally:
+        timer.cancel()
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=30)
 
