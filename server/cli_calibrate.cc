@@ -5,12 +5,11 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "common/atomic_write.h"
 #include "common/errors.h"
+#include "common/mapped_file.h"
 #include "engine/model.h"
 #include "engine/passkey.h"
 #include "server/cli_seed.h"
@@ -70,17 +69,16 @@ void check_calibrate_args(const CalibrateArgs& a) {
   }
 }
 
-// The --haystack file's text: at least kMinHaystackBytes, so that prompts cut from random offsets
-// differ.
-constexpr size_t kMinHaystackBytes = 1024;
+// The --haystack file's text (read_config_file: a regular file, no FIFO, at most kMaxHaystackBytes),
+// at least kMinHaystackBytes so that prompts cut from random offsets differ.
+constexpr size_t kMinHaystackBytes = 1024, kMaxHaystackBytes = size_t{256} << 20;
 std::string read_haystack(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) throw InvalidArgument("--haystack: " + path + " is not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (!in.good() && !in.eof()) throw InvalidArgument("--haystack: cannot read " + path);
-  std::string text = ss.str();
+  std::string text;
+  try {
+    text = read_config_file(path, kMaxHaystackBytes);
+  } catch (const ModelFileError& e) {
+    throw InvalidArgument(std::string("--haystack: ") + e.what());
+  }
   if (text.size() < kMinHaystackBytes) {
     throw InvalidArgument("--haystack: " + path + " holds " + std::to_string(text.size()) + " bytes; at least " +
                           std::to_string(kMinHaystackBytes) + " are needed");

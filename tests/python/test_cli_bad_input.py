@@ -10,6 +10,7 @@ import subprocess
 import threading
 
 import pytest
+from conftest_server import free_port
 
 
 def run(tool, *args, timeout=60):
@@ -99,12 +100,6 @@ def test_info_json_survives_bytes_that_are_not_utf8(tool, model_path, tmp_path):
     r = run(tool, "info", "--json", "--model", bad, timeout=30)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["name"] == "A\ufffdB"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_finds_a_taken_grpc_port_and_a_useless_kv_cache_before_serving(tool, model_path):
