@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,12 +37,6 @@ DEFAULT_FLAGS = {
     "shutdown_grace_seconds": "5",
     "log_level": "info",
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:

@@ -10,7 +10,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest_server import free_port
+from ports import free_port
 
 
 def run(tool, *args, timeout=60):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("grpc_tools")
@@ -45,12 +45,6 @@ def api(repo_root, tmp_path_factory):
     finally:
         sys.path.remove(str(out))
     return pb, rpc
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
