@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 
 #include "common/errors.h"
 #include "engine/cpu_forward.h"
@@ -166,16 +167,24 @@ std::vector<double> score_heads(const Model& model, const CalibrationOptions& op
                                                       : score_output_change(model, opts, progress);
 }
 
+kvcache::HeadGates gates_from_scores(const std::vector<double>& score, int32_t n_layers, int32_t n_kv_heads) {
+  if (score.empty() || score.size() != static_cast<size_t>(n_layers) * static_cast<size_t>(n_kv_heads)) {
+    throw InvalidArgument("calibration: " + std::to_string(score.size()) + " scores for " + std::to_string(n_layers) +
+                          " layers of " + std::to_string(n_kv_heads) + " KV heads");
+  }
+  const double mx = *std::max_element(score.begin(), score.end());
+  // None positive (or NaN): streaming changed nothing for any head (the needles all in the band),
+  // so the scores rank nothing and a pattern from them would be arbitrary.
+  if (!(mx > 0)) throw Error("calibration: no head's score is above zero; use longer prompts or a shorter window");
+  kvcache::HeadGates g{n_layers, n_kv_heads, {}};
+  for (double s : score) g.values.push_back(static_cast<float>(std::clamp(s / mx, 0.0, 1.0)));
+  return g;
+}
+
 kvcache::HeadGates calibrate_heads(const Model& model, const CalibrationOptions& opts,
                                    const std::function<void(const CalibrationProgress&)>& progress) {
-  const std::vector<double> score = score_heads(model, opts, progress);
-  const double mx = *std::max_element(score.begin(), score.end());
-  // All zero: streaming changed nothing for any head (the needles all in the band), so the scores
-  // rank nothing and a pattern from them would be arbitrary.
-  if (!(mx > 0)) throw Error("calibration: no head's score is above zero; use longer prompts or a shorter window");
-  kvcache::HeadGates g{static_cast<int32_t>(model.config.n_layers), static_cast<int32_t>(model.config.n_kv_heads), {}};
-  for (double s : score) g.values.push_back(static_cast<float>(mx > 0 ? std::clamp(s / mx, 0.0, 1.0) : 0.0));
-  return g;
+  return gates_from_scores(score_heads(model, opts, progress), static_cast<int32_t>(model.config.n_layers),
+                           static_cast<int32_t>(model.config.n_kv_heads));
 }
 
 }  // namespace sparseserve

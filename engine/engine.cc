@@ -528,39 +528,34 @@ void Engine::Impl::step() {
     RequestOutput out;
     out.prompt_tokens = r.prompt_len;
     out.completion_tokens = gen;
+    out.token_ids.push_back(tok);
+    if (lp) out.logprobs.push_back(*lp);
     const bool requested_stop = std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
-    if (requested_stop || std::find(r.implicit_stops.begin(), r.implicit_stops.end(), tok) != r.implicit_stops.end()) {
+    const bool stop_token =
+        requested_stop || std::find(r.implicit_stops.begin(), r.implicit_stops.end(), tok) != r.implicit_stops.end();
+    // A stop token's own text is not searched for stop strings: the bytes held back are flushed
+    // instead, and may still complete one, which is then the reason.
+    const auto res = r.stops.push(stop_token ? r.detok.flush() : r.detok.push(tok));
+    out.text = res.text;
+    if (res.stopped) {
+      r.text_complete = true;  // finish() adds no text
+      if (r.req.include_stop_str_in_output) out.text += res.matched;
+      r.stream->push(std::move(out));
+      finish(r, FinishReason::kStop, res.matched);
+      continue;
+    }
+    if (stop_token) {
       // As in vLLM: the stop token counts as generated and keeps its logprob, but its text is left
       // out unless include_stop_str_in_output; a stop_token_ids entry is the stop reason, EOS and
       // the end of turn leave none. The text held back comes first, and is then complete.
-      out.token_ids.push_back(tok);
-      if (lp) out.logprobs.push_back(*lp);
-      const auto held = r.stops.push(r.detok.flush());
-      r.text_complete = true;  // finish() adds no text
-      if (held.stopped) {  // the last bytes held back complete a stop string: it is the reason
-        out.text = held.text + (r.req.include_stop_str_in_output ? held.matched : "");
-        r.stream->push(std::move(out));
-        finish(r, FinishReason::kStop, held.matched);
-        continue;
-      }
-      out.text = held.text + r.stops.flush();
+      r.text_complete = true;
+      out.text += r.stops.flush();
       if (r.req.include_stop_str_in_output) {
         out.text += model.tokenizer.decode(std::span<const int32_t>(&tok, 1), r.req.skip_special_tokens);
       }
       r.stream->push(std::move(out));
       if (requested_stop) r.stop_token = tok;
       finish(r, FinishReason::kStop, requested_stop ? model.tokenizer.decode(std::span<const int32_t>(&tok, 1)) : "");
-      continue;
-    }
-    out.token_ids.push_back(tok);
-    if (lp) out.logprobs.push_back(*lp);
-    const auto res = r.stops.push(r.detok.push(tok));
-    out.text = res.text;
-    if (res.stopped) {
-      r.text_complete = true;
-      if (r.req.include_stop_str_in_output) out.text += res.matched;
-      r.stream->push(std::move(out));
-      finish(r, FinishReason::kStop, res.matched);
       continue;
     }
     r.stream->push(std::move(out));

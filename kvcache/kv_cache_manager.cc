@@ -131,29 +131,16 @@ PageTable KvCacheManager::retrieval_table(std::span<const uint64_t> ids) const {
 PageTable KvCacheManager::streaming_table(std::span<const uint64_t> ids) const {
   PageTable t;
   t.page_tokens = config_.page_tokens;
-  const StreamingGeometry* geometry = nullptr;
-  for (const uint64_t id : ids) {
-    const SequenceKv& s = sequence(id);
-    if (s.streaming_slots() == 0) continue;
-    t.slots = std::max(t.slots, s.streaming_slots());
-    const StreamingGeometry& g = *s.streaming_geometry();
-    if (geometry == nullptr) {
-      geometry = &g;
-    } else if (g.window().sink_tokens != geometry->window().sink_tokens ||
-               g.window().local_tokens != geometry->window().local_tokens) {
-      throw InternalError(fmt::format("KV cache: streaming table mixes windows (sink {}, local {}) and (sink {}, local {})",
-                                      geometry->window().sink_tokens, geometry->window().local_tokens,
-                                      g.window().sink_tokens, g.window().local_tokens));
-    }
-  }
-  if (geometry != nullptr) {
-    t.sink_tokens = geometry->window().sink_tokens;
-    t.local_tokens = geometry->window().local_tokens;
-    t.sink_pages = geometry->sink_pages();
-    t.ring_pages = geometry->ring_pages();
-  }
   std::vector<const SequenceKv*> seqs;
-  for (const uint64_t id : ids) seqs.push_back(&sequence(id));
+  for (const uint64_t id : ids) {
+    const SequenceKv& s = *seqs.emplace_back(&sequence(id));
+    t.slots = std::max(t.slots, s.streaming_slots());
+    const StreamingGeometry* g = s.streaming_slots() > 0 ? &*s.streaming_geometry() : nullptr;
+    t.sink_tokens.push_back(g != nullptr ? g->window().sink_tokens : 0);
+    t.local_tokens.push_back(g != nullptr ? g->window().local_tokens : 0);
+    t.sink_pages.push_back(g != nullptr ? g->sink_pages() : 0);
+    t.ring_pages.push_back(g != nullptr ? g->ring_pages() : 0);
+  }
   append_rows(
       t, seqs,
       [](const SequenceKv& s, int32_t slot) { return slot < s.streaming_slots() ? &s.streaming_pages(slot) : nullptr; },

@@ -44,8 +44,8 @@ class KvCacheManager {
   void release(uint64_t id);
   const SequenceKv& sequence(uint64_t id) const;
 
-  // CSR tables for a batch (sequences in order; layout in page_table.h). Streaming: every sequence
-  // with streaming slots must share one window (else InternalError).
+  // CSR tables for a batch (sequences in order; layout in page_table.h). The streaming table
+  // carries each sequence's own window, so a batch may mix profiles.
   PageTable retrieval_table(std::span<const uint64_t> ids) const;
   PageTable streaming_table(std::span<const uint64_t> ids) const;
 

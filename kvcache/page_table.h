@@ -20,8 +20,9 @@ struct PageTable {
   // streaming: P (unused: positions come from locate). 0 for an empty row.
   std::vector<int32_t> last_page_len;
   std::vector<int64_t> seq_len;        // [batch]: tokens in the sequence after this step
-  // Streaming only: the Λ window and page split, identical for every row.
-  int32_t sink_tokens = 0, local_tokens = 0, sink_pages = 0, ring_pages = 0;
+  // Streaming only, [batch]: each sequence's Λ window and page split (sequences of different
+  // profiles may differ; all 0 for a sequence without streaming slots). Empty for retrieval.
+  std::vector<int32_t> sink_tokens, local_tokens, sink_pages, ring_pages;
 
   int32_t rows() const { return static_cast<int32_t>(indptr.empty() ? 0 : indptr.size() - 1); }
 };

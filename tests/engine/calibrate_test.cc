@@ -118,5 +118,18 @@ TEST_F(CalibrateTest, GatesAreNormalizedScores) {
   EXPECT_THROW(calibrate_heads(*model_, opts), InvalidArgument);
 }
 
+TEST(GatesFromScores, NormaliseByTheLargestAndRefuseScoresThatRankNothing) {
+  const kvcache::HeadGates g = gates_from_scores({0.5, -0.25, 2.0, 1.0, 0.0, 4.0}, 2, 3);
+  EXPECT_EQ(g.n_layers, 2);
+  EXPECT_EQ(g.n_kv_heads, 3);
+  EXPECT_EQ(g.values, (std::vector<float>{0.125f, 0.0f, 0.5f, 0.25f, 0.0f, 1.0f}));
+  // Streaming changed nothing for any head: no ranking, no pattern.
+  EXPECT_THROW(gates_from_scores({0.0, 0.0, 0.0, 0.0}, 2, 2), Error);
+  EXPECT_THROW(gates_from_scores({-1.0, -0.5, 0.0, -2.0}, 2, 2), Error);
+  EXPECT_THROW(gates_from_scores({std::nan(""), 1.0, 2.0, 3.0}, 2, 2), Error);
+  EXPECT_THROW(gates_from_scores({1.0, 2.0, 3.0}, 2, 2), InvalidArgument);
+  EXPECT_THROW(gates_from_scores({}, 0, 0), InvalidArgument);
+}
+
 }  // namespace
 }  // namespace sparseserve

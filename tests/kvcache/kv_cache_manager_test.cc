@@ -119,10 +119,10 @@ TEST(KvCacheManager, TablesForMixedBatch) {
   EXPECT_EQ(st.last_page_len, (std::vector<int32_t>{0, 0, 16, 16, 16, 16, 0, 0}));
   EXPECT_EQ(st.seq_len, (std::vector<int64_t>{40, 100, 1, 0}));
   EXPECT_EQ(st.indices, concat({b.streaming_pages(0), b.streaming_pages(1), c.streaming_pages(0), c.streaming_pages(1)}));
-  EXPECT_EQ(st.sink_tokens, 4);
-  EXPECT_EQ(st.local_tokens, 20);
-  EXPECT_EQ(st.sink_pages, 1);
-  EXPECT_EQ(st.ring_pages, 3);
+  EXPECT_EQ(st.sink_tokens, (std::vector<int32_t>{0, 4, 4, 0}));
+  EXPECT_EQ(st.local_tokens, (std::vector<int32_t>{0, 20, 20, 0}));
+  EXPECT_EQ(st.sink_pages, (std::vector<int32_t>{0, 1, 1, 0}));
+  EXPECT_EQ(st.ring_pages, (std::vector<int32_t>{0, 3, 3, 0}));
 
   // Every page appears once across both tables: no page is shared between rows.
   std::vector<int32_t> every = rt.indices;
@@ -144,14 +144,23 @@ TEST(KvCacheManager, TablesForMixedBatch) {
   EXPECT_THROW(m.retrieval_table(std::vector<uint64_t>{10, 99}), InternalError);
 }
 
-TEST(KvCacheManager, StreamingTableRejectsMixedWindows) {
+TEST(KvCacheManager, StreamingTableCarriesEachSequencesWindow) {
   KvCacheManager m(KvCacheConfig{16, 16}, 100);
   m.add_sequence(1, kBalanced);
-  m.add_sequence(2, SequenceLayout{2, 2, StreamingWindow{4, 40}});
+  m.add_sequence(2, SequenceLayout{2, 2, StreamingWindow{40, 40}});
   m.allocate(1, 10);
-  m.allocate(2, 10);
-  const std::vector<uint64_t> ids{1, 2};
-  EXPECT_THROW(m.streaming_table(ids), InternalError);
+  m.allocate(2, 100);
+  const std::vector<uint64_t> ids{2, 1};
+  const PageTable st = m.streaming_table(ids);
+  const auto& a = m.sequence(1);
+  const auto& b = m.sequence(2);
+  EXPECT_EQ(st.slots, 2);
+  EXPECT_EQ(st.sink_tokens, (std::vector<int32_t>{40, 4}));
+  EXPECT_EQ(st.local_tokens, (std::vector<int32_t>{40, 20}));
+  EXPECT_EQ(st.sink_pages, (std::vector<int32_t>{3, 1}));  // ceil(40 / 16), ceil(4 / 16)
+  EXPECT_EQ(st.ring_pages, (std::vector<int32_t>{4, 3}));  // ceil(local / 16) + 1
+  EXPECT_EQ(st.indices, concat({b.streaming_pages(0), b.streaming_pages(1), a.streaming_pages(0), a.streaming_pages(1)}));
+  EXPECT_EQ(st.indptr[2], static_cast<int32_t>(b.streaming_pages(0).size() + b.streaming_pages(1).size()));
   EXPECT_NO_THROW(m.retrieval_table(ids));
 }
 
