@@ -94,16 +94,30 @@ void Scheduler::age_and_sort() {
 }
 
 void Scheduler::schedule_running(StepPlan& plan, int64_t& budget) {
-  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
     Entry& e = *running_[i];
     if (e.computed >= e.total) {
       throw InternalError(fmt::format("scheduler: request {} sampled but was neither appended to nor finished", e.id));
     }
     const int64_t count = std::min(e.total - e.computed, budget);
+    if (outgrows_pool(e, e.computed + count)) {
+      // No preemption could make room: the others keep their pages and e is reported instead.
+      const uint64_t id = e.id;
+      remove(e);
+      plan.unservable.push_back(id);
+      continue;  // running_[i] is now the next request
+    }
     if (!make_room(e, count, plan)) return;  // e was preempted: it was the last running request
     schedule(e, count, plan);
     budget -= count;
+    ++i;
   }
+}
+
+bool Scheduler::outgrows_pool(const Entry& e, int64_t new_len) const {
+  const kvcache::SequenceKv& s = kv_.sequence(e.id);
+  const int32_t held = s.pages_held(kvcache::HeadRole::kRetrieval) + s.pages_held(kvcache::HeadRole::kStreaming);
+  return kv_.pages_needed(e.id, new_len) > kv_.num_pages() - held;
 }
 
 // Preempts from the back of running_ until e's chunk fits. False when e itself had to go.
@@ -129,10 +143,14 @@ Scheduler::Entry& Scheduler::preempt_last(StepPlan& plan) {
 }
 
 void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
+  // Pages the running requests still need to reach their `total` (the rest of a chunked prefill or
+  // recompute): promised to them, so an admission cannot take them and force a preemption later.
+  int64_t promised = 0;
+  for (const Entry* r : running_) promised += kv_.pages_needed(r->id, r->total);
   while (!waiting_.empty() && budget > 0 && std::ssize(running_) < config_.max_num_seqs) {
     Entry& e = *waiting_.front();
     const int64_t count = std::min(e.total, budget);
-    const Admission admission = try_admit(e, count);
+    const Admission admission = try_admit(e, promised);
     if (admission == Admission::kBlocked) return;  // the head is never skipped
     waiting_.pop_front();
     if (admission == Admission::kUnservable) {
@@ -145,17 +163,22 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
     running_.push_back(&e);
     schedule(e, count, plan);
     budget -= count;
+    promised += kv_.pages_needed(e.id, e.total);
   }
 }
 
 // Registers e with the manager and keeps it registered only when admitted. Unservable: even the
 // whole, empty pool could not hold the prompt plus one generated token (or all e already holds).
-Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t count) {
+// Blocked: the free pages, less those promised to running requests, cannot hold all of e's
+// `total` tokens. Admitting on the first chunk alone (as vLLM V1 does without prefix caching) lets
+// a long prompt beside a long decode prefill, run out of pages, preempt itself as the newest
+// request and start over, step after step; vLLM V0 also admitted whole prompts.
+Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t promised) {
   kv_.add_sequence(e.id, e.layout);
   Admission admission = Admission::kAdmitted;
   if (kv_.pages_needed(e.id, std::max(e.total, e.prompt + 1)) > kv_.num_pages()) {
     admission = Admission::kUnservable;
-  } else if (!kv_.can_allocate(e.id, count)) {
+  } else if (kv_.pages_needed(e.id, e.total) + promised > kv_.free_pages()) {
     admission = Admission::kBlocked;
   }
   if (admission != Admission::kAdmitted) kv_.release(e.id);

@@ -11,12 +11,16 @@
 //      allocate). When pages run out, the last running request in that order (the newest, or the
 //      lowest priority) is preempted (pages released, computed = 0, back to the front of the
 //      waiting queue), repeatedly, until the chunk fits or the request itself was the one preempted.
+//      A request whose next tokens need more pages than the whole pool outside its own (a decode
+//      that outgrew the cache) is reported as unservable instead, and nothing is preempted for it.
 //   2. unless step 1 preempted, waiting requests are admitted in order (FCFS, or priority with
 //      aging: effective priority = priority - steps spent waiting / aging_steps) while seats
-//      (max_num_seqs), token budget and pages allow; admission registers the sequence with the
-//      manager (a preempted one was released: it re-registers and recomputes all `total` tokens).
-//      The head of the queue is never skipped for a later request (no starvation); a request whose
-//      max(total, prompt + 1) tokens need more pages than the whole pool is reported as unservable.
+//      (max_num_seqs), token budget and pages allow: the free pages, less those the running
+//      requests still need to reach their `total`, must hold all `total` tokens of the request,
+//      not only its first chunk. Admission registers the sequence with the manager (a preempted
+//      one was released: it re-registers and recomputes all `total` tokens). The head of the queue
+//      is never skipped for a later request (no starvation); a request whose max(total,
+//      prompt + 1) tokens need more pages than the whole pool is reported as unservable.
 // Running and waiting stay sorted by that order, so the last running request is the preemption
 // victim and is never one already scheduled in the step.
 // The plan is a value (StepPlan) the executor runs without asking back.
@@ -104,10 +108,11 @@ class Scheduler {
   bool before(const Entry& a, const Entry& b) const;  // policy order
   void age_and_sort();
   void schedule_running(StepPlan& plan, int64_t& budget);
+  bool outgrows_pool(const Entry& e, int64_t new_len) const;  // more pages than all but e's own
   bool make_room(Entry& e, int64_t count, StepPlan& plan);
   Entry& preempt_last(StepPlan& plan);
   void admit_waiting(StepPlan& plan, int64_t& budget);
-  Admission try_admit(const Entry& e, int64_t count);
+  Admission try_admit(const Entry& e, int64_t promised);
   void schedule(Entry& e, int64_t count, StepPlan& plan);
   Entry* find(uint64_t id);
   void remove(Entry& e);

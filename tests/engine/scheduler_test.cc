@@ -288,8 +288,53 @@ TEST(Scheduler, ARequestOutgrowingThePoolIsReportedUnservable) {
   h.add(1, 30, 10);  // the pool holds 32 tokens of it
   ASSERT_TRUE(h.run(10));
   EXPECT_EQ(h.unservable, std::vector<uint64_t>{1});
-  EXPECT_EQ(h.sched.num_preemptions(), 1);  // preempted itself when alone, then reported
+  EXPECT_EQ(h.sched.num_preemptions(), 0);  // reported as its next token outgrew the pool
   EXPECT_EQ(h.kv.free_pages(), 4);
+}
+
+// A decode whose next token needs more than the pool outside its own pages is reported at once;
+// the others are not preempted for it first (they keep their pages and their work).
+TEST(Scheduler, AnOutgrowingRequestPreemptsNoBystander) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 64}, 9);
+  h.add(1, 63, 10);  // 64 tokens: 8 pages; 65: 10 pages, more than the pool
+  h.add(2, 4, 30, {.retrieval_slots = 1, .streaming_slots = 0, .streaming = std::nullopt});  // 1 page
+  ASSERT_TRUE(h.run(100));
+  EXPECT_EQ(h.unservable, std::vector<uint64_t>{1});
+  EXPECT_EQ(h.sched.num_preemptions(), 0);
+  EXPECT_EQ(h.finished, std::vector<uint64_t>{2});
+}
+
+// A prompt that fits the pool but not beside a long decode waits for the whole prompt's pages.
+// Admitted on its first chunk, it would prefill until the pages ran out, preempt itself (the
+// newest) and start over, for as long as the decode held its pages.
+TEST(Scheduler, APromptIsAdmittedOnlyWhenAllOfItFits) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 16}, 9);
+  h.add(1, 4, 400, streaming_layout());  // 3 pages for as long as it runs (a full ring)
+  for (int i = 0; i < 40; ++i) h.step();
+  h.add(2, 56, 1);                       // 8 pages: fits only the whole pool
+  h.add(3, 4, 1, streaming_layout());    // fits beside the decode, but may not pass the head
+  ASSERT_TRUE(h.run(2000));
+  EXPECT_EQ(h.sched.num_preemptions(), 0);
+  int64_t ran = 0;
+  for (const ScheduledSeq& s : h.history[2]) ran += s.count;
+  EXPECT_EQ(ran, 56) << "the prompt ran once";
+  EXPECT_GT(h.first_step[2], h.first_step[1] + 399) << "it waited for the decode's pages";
+}
+
+// Two prompts admitted in one plan: the second is admitted only when the pages left after the
+// first's whole prompt hold it.
+TEST(Scheduler, AdmissionsInOnePlanLeaveEachOthersPagesAlone) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 32}, 8);
+  h.add(1, 48, 1);  // 6 pages, prefilled over two steps
+  h.add(2, 16, 1);  // 2 pages: fits
+  h.add(3, 16, 1);  // 2 more: does not fit beside 1 and 2 until one finishes
+  const StepPlan first = h.step();
+  ASSERT_EQ(first.seqs.size(), 1u);  // 1's first chunk takes the whole budget
+  const StepPlan second = h.step();
+  ASSERT_EQ(second.seqs.size(), 2u);  // 1's last 16 tokens and 2
+  EXPECT_EQ(second.seqs[1].id, 2u);
+  ASSERT_TRUE(h.run(100));
+  EXPECT_EQ(h.sched.num_preemptions(), 0);
 }
 
 TEST(Scheduler, FcfsHeadIsAdmittedWhileShortRequestsKeepArriving) {
