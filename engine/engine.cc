@@ -325,8 +325,14 @@ void Engine::Impl::admit_incoming() {
     batch.swap(incoming);
   }
   for (auto& r : batch) {
-    const auto layout = kvcache::SequenceLayout::from_roles(r->profile->roles, r->profile->streaming);
-    scheduler.add(r->key, r->prompt_len, layout, r->req.priority);
+    const kvcache::SparsityProfile& p = *r->profile;
+    const auto layout = kvcache::SequenceLayout::from_roles(p.roles, p.streaming);
+    ChunkRule rule;
+    if (p.prefill.dynamic && r->prompt_len >= p.prefill.min_prompt_tokens) rule.prompt_block = p.prefill.block_tokens;
+    // Positions first decoded under page selection, or outside a dynamic prefill's masks, come
+    // back the same way after a preemption.
+    rule.recompute_as_decode = p.decode.enabled || p.prefill.dynamic;
+    scheduler.add(r->key, r->prompt_len, layout, r->req.priority, rule);
     const uint64_t key = r->key;
     live.emplace(key, std::move(r));
   }
@@ -408,6 +414,13 @@ void Engine::Impl::fail(uint64_t key, const std::string& error) {
     spdlog::error("engine: dropping request {} from the scheduler: {}", key, ex.what());
   }
   if (const auto left = live.find(key); left != live.end()) {
+    if (left->second->bound) {
+      try {
+        backend.release(key);
+      } catch (const std::exception& ex) {
+        spdlog::error("engine: releasing request {}'s attention state: {}", key, ex.what());
+      }
+    }
     {
       std::lock_guard lock(mu);
       live_ids.erase(left->second->req.id);
@@ -426,7 +439,7 @@ void Engine::Impl::step() {
   const StepPlan plan = scheduler.plan();
   for (const ScheduledSeq& s : plan.seqs) step_keys.push_back(s.id);
   step_keys.insert(step_keys.end(), plan.unservable.begin(), plan.unservable.end());
-  step_keys.insert(step_keys.end(), plan.preempted.begin(), plan.preempted.end());
+  // Preempted requests did not run: a failed step names one only while its release runs.
   for (uint64_t key : plan.unservable) {
     auto it = live.find(key);
     if (it == live.end()) continue;
@@ -446,8 +459,10 @@ void Engine::Impl::step() {
     metrics.num_preemptions += 1;
     auto it = live.find(key);
     if (it != live.end() && it->second->bound) {
+      step_keys.push_back(key);
       backend.release(key);
       it->second->bound = false;
+      step_keys.pop_back();
     }
   }
   if (plan.empty()) return;

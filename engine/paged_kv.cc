@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "common/errors.h"
+#include "common/parallel_errors.h"
 #include "kernels/cpu/attention_block.h"
 #include "kernels/cpu/block_sparse.h"
 #include "kernels/cpu/page_select.h"
@@ -183,8 +184,9 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
 
   // 1. Retrieval K/V go into their pages first (append-only: nothing the step reads is overwritten).
   // 2. Each task's keys (spans) and mask.
+  ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (size_t ti = 0; ti < tasks.size(); ++ti) {
+  for (size_t ti = 0; ti < tasks.size(); ++ti) errors.run([&] {
     HeadTask& t = tasks[ti];
     const ForwardSeq& s = batch[t.seq];
     SeqState& st = state(s.id);
@@ -272,7 +274,8 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
       }
       t.mask = cpu::AttentionMask::band(g.window().sink_tokens, g.window().local_tokens);
     }
-  }
+  });
+  errors.rethrow();
 
   // 3. Attention: blocked tasks by 64-query blocks, the others per (query row, head of the group).
   struct Work {
@@ -288,7 +291,7 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
   {
     std::vector<float> scratch;
 #pragma omp for schedule(dynamic, 1)
-    for (size_t w = 0; w < work.size(); ++w) {
+    for (size_t w = 0; w < work.size(); ++w) errors.run([&] {
       const HeadTask& t = tasks[work[w].task];
       const int64_t i = work[w].row;
       const ForwardSeq& s = batch[t.seq];
@@ -300,7 +303,7 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
                           s.start + i, t.keys.data(), t.values.data(), D, t.key_pos.empty() ? nullptr : t.key_pos.data(),
                           L, t.mask, t.blocks ? &*t.blocks : nullptr, D, scale, out + row * q_dim + t.head * group * D,
                           q_dim);
-        continue;
+        return;
       }
       const int64_t pos = s.start + i;
       const cpu::AttentionMask mask =
@@ -310,17 +313,19 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
         cpu::attend_spans(qkv + row * qkv_stride + qh * D, pos, t.spans, mask, D, scale, out + row * q_dim + qh * D,
                           scratch);
       }
-    }
+    });
   }
+  errors.rethrow();
 
   // 4. Streaming K/V enter the ring after the attention that still needed the old contents.
 #pragma omp parallel for schedule(dynamic, 1)
-  for (size_t ti = 0; ti < tasks.size(); ++ti) {
+  for (size_t ti = 0; ti < tasks.size(); ++ti) errors.run([&] {
     const HeadTask& t = tasks[ti];
-    if (t.role != HeadRole::kStreaming) continue;
+    if (t.role != HeadRole::kStreaming) return;
     const ForwardSeq& s = batch[t.seq];
     write_streaming(layer, s, manager_.sequence(s.id), t.slot, t.head, qkv, qkv_stride, t.row0);
-  }
+  });
+  errors.rethrow();
   for (const HeadTask& t : tasks) {
     stats_.selected_tokens += t.selected_tokens;
     stats_.context_tokens += t.context_tokens;

@@ -20,7 +20,8 @@ Scheduler::Scheduler(SchedulerConfig config, kvcache::KvCacheManager& kv) : conf
   config_.validate();
 }
 
-void Scheduler::add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority) {
+void Scheduler::add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority,
+                    ChunkRule rule) {
   if (entries_.contains(id)) throw InternalError(fmt::format("scheduler: request {} already exists", id));
   if (prompt_len < 1) throw InternalError(fmt::format("scheduler: request {} has prompt_len {}", id, prompt_len));
   // The manager is the judge of a layout: register and drop the sequence now, so a bad layout
@@ -30,6 +31,8 @@ void Scheduler::add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayo
   Entry& e = entries_[id];
   e.id = id;
   e.layout = layout;
+  e.rule = rule;
+  if (e.rule.prompt_block < 1 || e.rule.prompt_block > config_.max_num_batched_tokens) e.rule.prompt_block = 1;
   e.prompt = prompt_len;
   e.total = prompt_len;
   e.priority = priority;
@@ -99,7 +102,11 @@ void Scheduler::schedule_running(StepPlan& plan, int64_t& budget) {
     if (e.computed >= e.total) {
       throw InternalError(fmt::format("scheduler: request {} sampled but was neither appended to nor finished", e.id));
     }
-    const int64_t count = std::min(e.total - e.computed, budget);
+    const int64_t count = chunk(e, budget);
+    if (count == 0) {  // its next aligned prompt chunk does not fit what is left of the budget
+      ++i;
+      continue;
+    }
     if (outgrows_pool(e, e.computed + count)) {
       // No preemption could make room: the others keep their pages and e is reported instead.
       const uint64_t id = e.id;
@@ -112,6 +119,17 @@ void Scheduler::schedule_running(StepPlan& plan, int64_t& budget) {
     budget -= count;
     ++i;
   }
+}
+
+int64_t Scheduler::chunk(const Entry& e, int64_t budget) const {
+  int64_t end = e.total;
+  if (e.rule.recompute_as_decode) end = e.computed < e.prompt ? e.prompt : e.computed + 1;
+  const int64_t count = std::min(end - e.computed, budget);
+  const int64_t stop = e.computed + count;
+  if (stop >= std::min(e.prompt, end) || e.rule.prompt_block == 1) return count;
+  // Inside the prompt: back to the last block boundary (computed is on one: every earlier chunk
+  // that stopped inside the prompt stopped on one).
+  return std::max<int64_t>(0, stop / e.rule.prompt_block * e.rule.prompt_block - e.computed);
 }
 
 bool Scheduler::outgrows_pool(const Entry& e, int64_t new_len) const {
@@ -149,7 +167,8 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
   for (const Entry* r : running_) promised += kv_.pages_needed(r->id, r->total);
   while (!waiting_.empty() && budget > 0 && std::ssize(running_) < config_.max_num_seqs) {
     Entry& e = *waiting_.front();
-    const int64_t count = std::min(e.total, budget);
+    const int64_t count = chunk(e, budget);
+    if (count == 0) return;  // its first aligned chunk needs more of the budget: the head waits
     const Admission admission = try_admit(e, promised);
     if (admission == Admission::kBlocked) return;  // the head is never skipped
     waiting_.pop_front();

@@ -3,7 +3,8 @@
 // One progress model per request: `computed` tokens (whose K/V are cached) vs `total` tokens
 // (prompt + generated so far). A step runs tokens [computed, computed + count) of each scheduled
 // request; when that reaches `total`, the step samples one new token for it. Chunked prefill,
-// decode and recompute after preemption are all the same rule — no phases.
+// decode and recompute after preemption are all the same rule — no phases — within the request's
+// ChunkRule (prompt chunks aligned to blocks; generated positions recomputed one per step).
 //
 // Per step (iteration-level batching, vLLM-style):
 //   1. running requests in arrival order (or priority order): decode ones take 1 token, prefill ones
@@ -45,6 +46,17 @@ struct SchedulerConfig {
   void validate() const;
 };
 
+// How a request's tokens may be cut into a step's chunks, from its sparsity profile. Both keep a
+// request's output independent of how it was chunked and of preemption.
+struct ChunkRule {
+  // A prompt chunk that ends inside the prompt ends on a multiple of this many tokens (dynamic
+  // prefill estimates its mask per query block of block_tokens, so a block must not be split).
+  int32_t prompt_block = 1;
+  // A recompute after preemption runs the generated positions one per step, as they were first
+  // computed (decode page selection: as a prefill chunk they would see all their context).
+  bool recompute_as_decode = false;
+};
+
 struct ScheduledSeq {
   uint64_t id = 0;
   int64_t start = 0;      // == computed before the step
@@ -70,7 +82,9 @@ class Scheduler {
 
   // Queues a new request with prompt_len ≥ 1 tokens. InternalError for a duplicate id, a
   // prompt_len < 1 or a layout the KvCacheManager rejects (checked here, not in a later plan()).
-  void add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority = 0);
+  // A prompt_block over max_num_batched_tokens could never be scheduled whole: it is taken as 1.
+  void add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority = 0,
+           ChunkRule rule = {});
   // Removes a request wherever it is; its pages are released at once. False if unknown.
   bool cancel(uint64_t id);
   // Removes a finished (running) request and releases its pages. InternalError otherwise.
@@ -97,6 +111,7 @@ class Scheduler {
   struct Entry {
     uint64_t id = 0;
     kvcache::SequenceLayout layout;
+    ChunkRule rule;
     int64_t prompt = 0, computed = 0, total = 0;  // tokens
     int32_t priority = 0;
     uint64_t arrival = 0;      // add() order
@@ -108,6 +123,7 @@ class Scheduler {
   bool before(const Entry& a, const Entry& b) const;  // policy order
   void age_and_sort();
   void schedule_running(StepPlan& plan, int64_t& budget);
+  int64_t chunk(const Entry& e, int64_t budget) const;  // tokens e runs next (0: none this step)
   bool outgrows_pool(const Entry& e, int64_t new_len) const;  // more pages than all but e's own
   bool make_room(Entry& e, int64_t count, StepPlan& plan);
   Entry& preempt_last(StepPlan& plan);

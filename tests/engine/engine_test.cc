@@ -108,6 +108,75 @@ TEST_F(EngineTest, PreemptedRequestsResumeToTheSameTokens) {
   expect_all_pages_returned(e);
 }
 
+// The same greedy request, its tokens and logprobs, under profiles whose attention depends on how
+// positions were computed: page selection at every decode step (token budget 128, far below the
+// context) and dynamic prefill (block masks per 64-token query block).
+class EngineRecomputeTest : public EngineTest {
+ protected:
+  static ModelProfiles recompute_profiles() {
+    return ModelProfiles::load(SPARSESERVE_SOURCE_DIR "/tests/engine/data/recompute-profiles.yaml",
+                               static_cast<int32_t>(model_->config.n_layers),
+                               static_cast<int32_t>(model_->config.n_kv_heads));
+  }
+  static Request greedy(const std::string& id, int64_t prompt_tokens, int64_t max_tokens, const std::string& profile) {
+    std::string text;
+    for (int i = 0; text.size() < 8000; ++i) {
+      text += "Item " + std::to_string(i * 7919 % 1000) + " is stored in box " + std::to_string(i % 37) + ". ";
+    }
+    Request r = request(id, text, max_tokens, std::nullopt, 0.0f);
+    r.prompt.resize(static_cast<size_t>(prompt_tokens));
+    r.sparsity = profile;
+    r.logprobs = 0;
+    return r;
+  }
+  static std::vector<float> logprobs_of(RequestStream& s) {
+    std::vector<float> lps;
+    for (int i = 0; i < 100000; ++i) {
+      auto out = s.next(200ms);
+      if (!out) continue;
+      for (const auto& lp : out->logprobs) lps.push_back(lp.logprob);
+      if (out->finished) return lps;
+    }
+    ADD_FAILURE() << "stream never finished";
+    return lps;
+  }
+};
+
+// A preempted request recomputes its generated positions as they were first computed (one decode
+// step each, selecting pages), so it resumes to the very logprobs of an uninterrupted run.
+TEST_F(EngineRecomputeTest, APreemptedRequestUnderPageSelectionResumesExactly) {
+  for (const std::string profile : {"select-128", "dense"}) {
+    std::vector<float> reference;
+    {
+      Engine e(*model_, recompute_profiles(), EngineConfig{});
+      reference = logprobs_of(*e.submit(greedy("ref", 130, 110, profile)));
+    }
+    EngineConfig tight;
+    tight.kv_cache_bytes = 630 * 34816;  // two such requests cannot both reach 240 tokens
+    Engine e(*model_, recompute_profiles(), tight);
+    auto a = e.submit(greedy("a", 130, 110, profile));
+    auto b = e.submit(greedy("b", 130, 110, profile));
+    EXPECT_EQ(logprobs_of(*a), reference) << profile;
+    EXPECT_EQ(logprobs_of(*b), reference) << profile << ": after preemption";
+    EXPECT_GT(e.metrics().num_preemptions.load(), 0) << profile;
+    expect_all_pages_returned(e);
+  }
+}
+
+// Dynamic prefill estimates a mask per query block: prompt chunks end on block boundaries, so the
+// output does not depend on the token budget that cut the prompt (nor on what shared the step).
+TEST_F(EngineRecomputeTest, DynamicPrefillIsIndependentOfChunking) {
+  std::vector<float> whole, chunked;
+  for (const int32_t budget : {4096, 100}) {
+    EngineConfig cfg;
+    cfg.max_num_batched_tokens = budget;
+    Engine e(*model_, recompute_profiles(), cfg);
+    (budget == 4096 ? whole : chunked) = logprobs_of(*e.submit(greedy("x", 400, 8, "dynamic")));
+  }
+  ASSERT_EQ(whole.size(), 8u);
+  EXPECT_EQ(chunked, whole);
+}
+
 TEST_F(EngineTest, StopStringIsCutAndAbortAndCancelReturnPages) {
   Engine e(*model_, profiles(), EngineConfig{});
   // Greedy text first, then ask to stop at a piece of it.

@@ -44,8 +44,9 @@ struct Harness {
       : config(c), kv(kvcache::KvCacheConfig{.page_tokens = kPageTokens, .logical_page_tokens = 16}, num_pages),
         sched(c, kv) {}
 
-  void add(uint64_t id, int64_t prompt, int64_t output, SequenceLayout layout = dense_layout(), int32_t priority = 0) {
-    sched.add(id, prompt, layout, priority);
+  void add(uint64_t id, int64_t prompt, int64_t output, SequenceLayout layout = dense_layout(), int32_t priority = 0,
+           ChunkRule rule = {}) {
+    sched.add(id, prompt, layout, priority, rule);
     live[id] = Model{.prompt = prompt, .output = output, .computed = 0, .total = prompt, .generated = 0, .layout = layout};
   }
 
@@ -335,6 +336,51 @@ TEST(Scheduler, AdmissionsInOnePlanLeaveEachOthersPagesAlone) {
   EXPECT_EQ(second.seqs[1].id, 2u);
   ASSERT_TRUE(h.run(100));
   EXPECT_EQ(h.sched.num_preemptions(), 0);
+}
+
+TEST(Scheduler, ChunkRulesAlignPromptChunksAndRecomputeGeneratedPositionsOneByOne) {
+  // Prompt chunks that end inside the prompt end on a multiple of 64; the last one reaches it.
+  {
+    KvCacheManager kv(kvcache::KvCacheConfig{.page_tokens = kPageTokens, .logical_page_tokens = 16}, 64);
+    Scheduler s({.max_num_seqs = 4, .max_num_batched_tokens = 100}, kv);
+    s.add(1, 300, dense_layout(), 0, ChunkRule{.prompt_block = 64});
+    std::vector<int64_t> counts;
+    for (int i = 0; i < 5; ++i) {
+      const StepPlan p = s.plan();
+      ASSERT_EQ(p.seqs.size(), 1u);
+      counts.push_back(p.seqs[0].count);
+      s.on_step_done(p, p.seqs[0].sample ? std::vector<uint64_t>{1} : std::vector<uint64_t>{});
+    }
+    EXPECT_EQ(counts, (std::vector<int64_t>{64, 64, 64, 64, 44}));  // then 1 per decode step
+  }
+  // A budget left smaller than a block waits for the next step; a block over the whole budget
+  // could never be scheduled and is not kept.
+  {
+    KvCacheManager kv(kvcache::KvCacheConfig{.page_tokens = kPageTokens, .logical_page_tokens = 16}, 64);
+    Scheduler s({.max_num_seqs = 4, .max_num_batched_tokens = 100}, kv);
+    s.add(1, 30, dense_layout());
+    s.add(2, 200, dense_layout(), 0, ChunkRule{.prompt_block = 64});
+    s.add(3, 200, dense_layout(), 0, ChunkRule{.prompt_block = 128});
+    const StepPlan p = s.plan();
+    ASSERT_EQ(p.seqs.size(), 3u);
+    EXPECT_EQ(p.seqs[1].count, 64);  // 70 of the budget left
+    EXPECT_EQ(p.seqs[2].count, 6);   // prompt_block 128 > 100: taken as 1
+  }
+  // After a preemption, generated positions come back one per step, the prompt as chunks.
+  {
+    Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 64}, 8);
+    h.add(1, 16, 40);
+    h.add(2, 20, 40, dense_layout(), 0, ChunkRule{.recompute_as_decode = true});  // the newer: the victim
+    while (h.sched.num_preemptions() == 0 && h.sched.has_work()) h.step();
+    ASSERT_EQ(h.sched.num_preemptions(), 1);
+    const size_t before = h.history[2].size();
+    ASSERT_TRUE(h.run(500));
+    const std::vector<ScheduledSeq> after(h.history[2].begin() + static_cast<std::ptrdiff_t>(before), h.history[2].end());
+    ASSERT_FALSE(after.empty());
+    EXPECT_EQ(after[0].start, 0);
+    EXPECT_EQ(after[0].count, 20);  // the prompt in one chunk
+    for (size_t i = 1; i < after.size(); ++i) EXPECT_EQ(after[i].count, 1) << i;
+  }
 }
 
 TEST(Scheduler, FcfsHeadIsAdmittedWhileShortRequestsKeepArriving) {
