@@ -8,6 +8,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <chrono>
 #include <condition_variable>
 #include <cerrno>
@@ -178,7 +180,10 @@ int run_serve(const ServeArgs& a) {
   http_options.port = cfg.http_port;
   http_options.api_key = cfg.api_key;
   http_options.max_body_bytes = cfg.max_body_bytes;
-  http_options.max_threads = cfg.max_num_seqs + cfg.max_waiting + 64;
+  // A thread per request in flight (running or waiting) on either front end, plus some for the rest.
+  const auto max_threads = static_cast<int32_t>(
+      std::min<int64_t>(std::numeric_limits<int32_t>::max(), int64_t{cfg.max_num_seqs} + cfg.max_waiting + 64));
+  http_options.max_threads = max_threads;
   OpenAiHttpServer http(http_options);
   http.start();
   spdlog::info("HTTP listening on {}:{} (503 until the model is loaded)", cfg.host, cfg.http_port);
@@ -232,7 +237,10 @@ int run_serve(const ServeArgs& a) {
   std::unique_ptr<GrpcServer> grpc;
   if (cfg.grpc_port != 0) {
     grpc = start_grpc_server(engine, cfg.host, cfg.grpc_port, cfg.api_key,
-                             GrpcLimits{.max_prompt_tokens = cfg.max_prompt_tokens, .max_request_bytes = cfg.max_body_bytes});
+                             GrpcLimits{.max_prompt_tokens = cfg.max_prompt_tokens,
+                                        .max_request_bytes = cfg.max_body_bytes,
+                                        .max_threads = max_threads,
+                                        .write_stall_ms = std::llround(cfg.grpc_write_stall_seconds * 1000)});
   }
 
   const ServingContext serving{engine, protocol};

@@ -10,6 +10,9 @@ namespace sparseserve {
 struct GrpcLimits {
   int64_t max_prompt_tokens = 0;                // tokens; 0 or over the model's context: the context
   size_t max_request_bytes = size_t{64} << 20;  // largest request message (server.yaml max_body_bytes)
+  int32_t max_threads = 0;                      // server threads, one per call in flight (0: gRPC's default, unbounded)
+  int32_t max_streams_per_connection = 100;     // calls in flight on one connection
+  int64_t write_stall_ms = 60000;               // a Generate write waiting longer cancels the call
 };
 
 }  // namespace sparseserve

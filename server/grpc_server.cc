@@ -48,12 +48,24 @@ class GrpcServerImpl final : public GrpcServer {
     builder.SetMaxSendMessageSize(kMaxMessageBytes);
     // Without this a second server on the same port would share it silently (SO_REUSEPORT).
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    // Bounded resources: each call in flight holds a thread (a client that never reads holds it
+    // until the service's write watchdog cancels the call), so threads are capped as the HTTP
+    // front end caps its own (over the cap: RESOURCE_EXHAUSTED), and so are one connection's
+    // calls. Keepalive pings find peers that vanished without closing their connection.
+    if (limits.max_threads > 0) {
+      grpc::ResourceQuota quota("sparseserve-grpc");
+      quota.SetMaxThreads(limits.max_threads);
+      builder.SetResourceQuota(quota);
+    }
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, limits.max_streams_per_connection);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
     server_ = builder.BuildAndStart();
     if (!server_ || port_ == 0) {
       server_.reset();
       throw Error(fmt::format("gRPC: cannot listen on {} (address in use or not available?)", address));
     }
-    if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) health->SetServingStatus(true);
+    set_health(true);
     spdlog::info("gRPC listening on {}", listen_address(host, port_));
   }
 
@@ -65,7 +77,7 @@ class GrpcServerImpl final : public GrpcServer {
     std::lock_guard<std::mutex> lock(mu_);
     ready_.store(ready);
     if (stopped_) return;
-    if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) health->SetServingStatus(ready);
+    set_health(ready);
   }
 
   bool ready() const override { return ready_.load(); }
@@ -83,6 +95,15 @@ class GrpcServerImpl final : public GrpcServer {
   }
 
  private:
+  // grpc.health.v1 answers for the server ("") and for the service by its full name, as probes
+  // configured with either ask.
+  void set_health(bool serving) {
+    if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+      health->SetServingStatus(serving);
+      health->SetServingStatus(grpc_service_name(), serving);
+    }
+  }
+
   std::mutex mu_;        // serializes set_ready and shutdown
   bool stopped_ = false;
   std::atomic<bool> ready_{true};

@@ -22,6 +22,7 @@
 #include "engine/model.h"
 #include "engine/utf8.h"
 #include "proto/sparseserve.grpc.pb.h"
+#include "server/stall_watchdog.h"
 
 namespace sparseserve {
 namespace {
@@ -158,7 +159,8 @@ class SparseServeService final : public pb::SparseServe::Service {
  public:
   SparseServeService(Engine& engine, std::optional<std::string> api_key, const std::atomic<bool>& ready,
                      GrpcLimits limits)
-      : engine_(engine), api_key_(std::move(api_key)), ready_(ready), limits_(limits) {
+      : engine_(engine), api_key_(std::move(api_key)), ready_(ready), limits_(limits),
+        stalls_(std::chrono::milliseconds(limits.write_stall_ms)) {
     if (api_key_ && api_key_->empty()) api_key_.reset();
   }
 
@@ -318,7 +320,12 @@ class SparseServeService final : public pb::SparseServe::Service {
       }
       pb::GenerateResponse msg;
       fill_response(*out, stream.id(), tok, msg);
-      if (!writer.Write(msg)) {
+      bool written;
+      {
+        const StallWatchdog::Guard watched(stalls_, ctx);
+        written = writer.Write(msg);
+      }
+      if (!written) {
         return out->finished ? grpc::Status::OK
                              : grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
       }
@@ -330,6 +337,7 @@ class SparseServeService final : public pb::SparseServe::Service {
   std::optional<std::string> api_key_;  // never empty when set
   const std::atomic<bool>& ready_;
   GrpcLimits limits_;
+  StallWatchdog stalls_;  // cancels a call whose client stopped reading
 };
 
 }  // namespace
@@ -440,6 +448,8 @@ std::string make_grpc_request_id() {
   }
   return fmt::format("grpc-{:016x}{:016x}", hi, lo);
 }
+
+const char* grpc_service_name() { return pb::SparseServe::service_full_name(); }
 
 std::unique_ptr<grpc::Service> make_grpc_service(Engine& engine, std::optional<std::string> api_key,
                                                  const std::atomic<bool>& ready, GrpcLimits limits) {

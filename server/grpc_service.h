@@ -59,6 +59,9 @@ std::string make_grpc_request_id();
 
 // The service over `engine`. `ready` (owned by the caller, outliving the service) gates Generate
 // and answers Health. api_key: when set and non-empty, every call but Health must present it.
+// "sparseserve.v1.SparseServe": the service's full name (grpc.health.v1 answers for it).
+const char* grpc_service_name();
+
 std::unique_ptr<grpc::Service> make_grpc_service(Engine& engine, std::optional<std::string> api_key,
                                                  const std::atomic<bool>& ready, GrpcLimits limits = {});
 

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "common/errors.h"
@@ -40,10 +41,14 @@ class ElasticTaskQueue final : public httplib::TaskQueue {
     std::lock_guard lock(mu_);
     jobs_.push_back(std::move(fn));
     if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
-      threads_.emplace_back([this] { work(); });
-    } else {
-      cv_.notify_one();
+      try {
+        threads_.emplace_back([this] { work(); });
+        return;
+      } catch (const std::system_error& e) {  // out of threads (a pids limit): a busy one takes it later
+        spdlog::warn("HTTP: cannot start a connection thread ({}); the connection waits for a free one", e.what());
+      }
     }
+    cv_.notify_one();
   }
   void shutdown() override {
     {

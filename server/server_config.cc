@@ -38,6 +38,7 @@ constexpr std::array kSettings = {
     ServerSetting{"max_body_bytes", "Largest request body, e.g. 8MiB (larger: 413)", "8MiB"},
     ServerSetting{"max_prompt_tokens", "Longest prompt in tokens; 0 = the model's context", "0"},
     ServerSetting{"shutdown_grace_seconds", "Seconds in-flight requests may finish after SIGTERM", "20"},
+    ServerSetting{"grpc_write_stall_seconds", "Seconds a gRPC reply may wait for the client to read it", "60"},
     ServerSetting{"log_level", "trace | debug | info | warn | error | off", "info"},
 };
 
@@ -195,6 +196,9 @@ void apply(ServerConfig& c, const std::string& key, const Raw& raw) {
     c.max_prompt_tokens = parse_int<int64_t>(raw, key, 0, kIntMax);
   } else if (key == "shutdown_grace_seconds") {
     c.shutdown_grace_seconds = parse_seconds(raw, key);
+  } else if (key == "grpc_write_stall_seconds") {
+    c.grpc_write_stall_seconds = parse_seconds(raw, key);
+    if (c.grpc_write_stall_seconds <= 0) fail(raw, key, "must be > 0");
   } else if (key == "log_level") {
     c.log_level = parse_choice(raw, key, {"trace", "debug", "info", "warn", "error", "off"});
   } else {

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -195,6 +197,9 @@ def test_standard_health_and_reflection_services(grpc_server):
     raw = dict(request_serializer=lambda b: b, response_deserializer=lambda b: b)
     check = grpc_server.channel.unary_unary("/grpc.health.v1.Health/Check", **raw)
     assert check(b"", timeout=5) == b"\x08\x01"
+    # By the service's full name too (HealthCheckRequest{service: name}, field 1), as probes ask.
+    name = b"sparseserve.v1.SparseServe"
+    assert check(b"\x0a" + bytes([len(name)]) + name, timeout=5) == b"\x08\x01"
     info = grpc_server.channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", **raw)
     listing = b"".join(info(iter([b"\x3a\x00"]), timeout=5))
     assert b"sparseserve.v1.SparseServe" in listing
@@ -456,6 +461,55 @@ def test_client_cancel_frees_the_request(stub, pb):
         list(it)
     assert e.value.code() == grpc.StatusCode.CANCELLED
     wait_idle(stub, pb)
+
+
+class NeverReadingClient:
+    """A bare HTTP/2 connection that grants no flow-control window (SETTINGS_INITIAL_WINDOW_SIZE 0):
+    a client that never reads its replies, which no gRPC library lets one write."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        settings = struct.pack(">HI", 4, 0) + struct.pack(">HI", 2, 0)  # window 0, no push
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self._frame(4, 0, 0, settings))
+
+    @staticmethod
+    def _frame(kind, flags, stream, payload):
+        return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+    @staticmethod
+    def _header(name, value):  # HPACK literal without indexing, names and values under 127 bytes
+        return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+    def generate(self, request, stream=1):
+        block = b"".join(self._header(k, v) for k, v in [
+            (":method", "POST"), (":scheme", "http"), (":path", "/sparseserve.v1.SparseServe/Generate"),
+            (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers")])
+        body = request.SerializeToString()
+        self.sock.sendall(self._frame(1, 4, stream, block) +  # HEADERS, END_HEADERS
+                          self._frame(0, 1, stream, b"\x00" + struct.pack(">I", len(body)) + body))  # DATA, END_STREAM
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_client_that_stops_reading_is_cancelled(build_dir, model_path, repo_root, tmp_path_factory, api):
+    # The server's writes to a client that reads nothing block; the watchdog cancels the call after
+    # grpc_write_stall_seconds, which frees the request and the server thread blocked in the write.
+    pb = api[0]
+    s = launch_server(build_dir, model_path, repo_root, tmp_path_factory, api, grpc_write_stall_seconds=1)
+    client = NeverReadingClient(s.grpc_port)
+    try:
+        client.generate(long_request(pb))
+        deadline = time.monotonic() + 10
+        while s.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=5).requests_running == 0:
+            assert time.monotonic() < deadline, "the unread call never started"
+            time.sleep(0.05)
+        wait_idle(s.stub, pb, timeout=20)  # cancelled, though its connection is still open
+        assert "cancelling its call" in s.log.read_text(errors="replace")
+        collect(s.stub, greedy(pb, max_tokens=2))  # the server goes on serving
+    finally:
+        client.close()
+        s.stop()
 
 
 def test_client_deadline_frees_the_request(stub, pb):

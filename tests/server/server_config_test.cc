@@ -55,6 +55,7 @@ TEST_F(ServerConfigTest, ShippedFileLoads) {
   EXPECT_EQ(c.max_body_bytes, size_t{8} << 20);
   EXPECT_EQ(c.max_prompt_tokens, 0);
   EXPECT_DOUBLE_EQ(c.shutdown_grace_seconds, 20.0);
+  EXPECT_DOUBLE_EQ(c.grpc_write_stall_seconds, 60.0);
   EXPECT_EQ(c.log_level, "info");
   const EngineConfig e = c.engine_config();
   EXPECT_EQ(e.max_num_seqs, 64);
@@ -112,6 +113,7 @@ TEST_F(ServerConfigTest, BadValuesNameFileLineAndKey) {
   EXPECT_THAT(error_of("model: a\nbackend: tpu\n"), HasSubstr(".yaml:2: backend: expected one of auto | cpu | cuda"));
   EXPECT_THAT(error_of("model: a\nlog_level: loud\n"), HasSubstr("log_level"));
   EXPECT_THAT(error_of("model: a\nshutdown_grace_seconds: -1\n"), HasSubstr("shutdown_grace_seconds"));
+  EXPECT_THAT(error_of("model: a\ngrpc_write_stall_seconds: 0\n"), HasSubstr("grpc_write_stall_seconds: must be > 0"));
   EXPECT_THAT(error_of("model: a\nhost: [a, b]\n"), HasSubstr(".yaml:2: host: expected a single value"));
   EXPECT_THAT(error_of("model: a\nhttp_port: null\n"), HasSubstr("http_port: must not be null"));
   EXPECT_THAT(error_of("model: a\napi_key: ''\n"), HasSubstr("api_key: must not be empty"));
