@@ -18,6 +18,9 @@ struct ChatPrompt {
 // parsed and no BOS added (the rendered text carries every special token it needs). The role
 // "developer" (OpenAI) is the system role. Throws InvalidArgument when the model has no chat
 // template, the conversation is empty or a role is unknown.
-ChatPrompt encode_chat(const Model& model, std::vector<ChatMessage> messages, bool add_generation_prompt = true);
+// continue_final_message: the final message is left open instead (ChatTemplate::render_continuing);
+// it excludes add_generation_prompt (InvalidArgument when both are set).
+ChatPrompt encode_chat(const Model& model, std::vector<ChatMessage> messages, bool add_generation_prompt = true,
+                       bool continue_final_message = false);
 
 }  // namespace sparseserve

@@ -153,6 +153,19 @@ std::string ChatTemplate::name() const {
 
 std::string ChatTemplate::end_of_turn() const { return std::string(tokens_of(kind_).end_of_turn); }
 
+std::string ChatTemplate::render_continuing(const std::vector<ChatMessage>& messages, std::string_view today) const {
+  std::string text = render(messages, /*add_generation_prompt=*/false, today);
+  const std::string& content = messages.back().content;
+  for (const std::string_view c : {std::string_view(content), trim(content)}) {
+    if (c.empty()) break;
+    if (const size_t at = text.rfind(c); at != std::string::npos) {
+      text.resize(at + c.size());
+      return text;
+    }
+  }
+  throw InvalidArgument("continue_final_message: the final message has no content to continue");
+}
+
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                                  std::string_view today) const {
   if (messages.empty()) throw InvalidArgument("the conversation has no messages");

@@ -44,6 +44,11 @@ class ChatTemplate {
   // "Whitespace" is Python's str.isspace, as Jinja's trim strips it.
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                      std::string_view today = {}) const;
+  // The conversation with its final message left open for the model to continue (transformers'
+  // and vLLM's continue_final_message): render(messages, false, today) cut right after the final
+  // message's content, or after its whitespace-trimmed content where the template trims it
+  // (Llama-3). Throws InvalidArgument as render() does, and when that content is empty.
+  std::string render_continuing(const std::vector<ChatMessage>& messages, std::string_view today = {}) const;
   // Text of the end-of-turn token ("<|im_end|>", "<|eot_id|>"): a stop token for generation.
   std::string end_of_turn() const;
   // The system prompt the template injects when the conversation has none ("" when none).

@@ -229,6 +229,9 @@ int run_serve(const ServeArgs& a) {
   }
   openai::ProtocolLimits limits;
   limits.max_prompt_tokens = cfg.max_prompt_tokens;
+  for (const auto& [profile_name, profile] : engine.profiles().profiles) {
+    if (const int64_t n = engine.max_sequence_tokens(profile_name); n < mc.max_context) limits.sequence_tokens[profile_name] = n;
+  }
   if (cfg.max_prompt_tokens > mc.max_context) {
     spdlog::warn("max_prompt_tokens {} is over the model's context; prompts are limited to {} tokens",
                  cfg.max_prompt_tokens, mc.max_context);

@@ -31,6 +31,28 @@ double seconds_since(clock_type::time_point t) { return std::chrono::duration<do
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
+// The routes' paths and methods (as routes() registers them): a path served under other methods
+// gets 405 with Allow, as FastAPI servers (vLLM) answer, not 404. "/v1/models/" is a prefix.
+struct RouteMethod {
+  std::string_view path;
+  std::string_view method;
+};
+constexpr RouteMethod kRouteMethods[] = {
+    {"/v1/completions", "POST"}, {"/v1/chat/completions", "POST"}, {"/v1/models", "GET"}, {"/v1/models/", "GET"},
+    {"/tokenize", "POST"},       {"/detokenize", "POST"},          {"/health", "GET"},    {"/metrics", "GET"},
+};
+
+// "GET, HEAD" / "POST" for a path some route serves; "" for none.
+std::string allowed_methods(std::string_view path) {
+  for (const RouteMethod& r : kRouteMethods) {
+    const bool prefix = r.path.ends_with('/');
+    if (prefix ? (path.size() > r.path.size() && path.starts_with(r.path)) : path == r.path) {
+      return r.method == "GET" ? "GET, HEAD" : std::string(r.method);
+    }
+  }
+  return "";
+}
+
 // httplib's own pool has a fixed size; a streaming response holds its thread for the whole stream,
 // so connections get threads on demand, up to `max_threads`, and keep them for later connections.
 class ElasticTaskQueue final : public httplib::TaskQueue {
@@ -450,7 +472,17 @@ struct OpenAiHttpServer::Impl {
     svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty() || res.is_chunked_content_provider_) return httplib::Server::HandlerResponse::Unhandled;
       if (res.status == 404) {
-        send_error(res, ApiError(404, "invalid_request_error", "No route " + req.method + " " + req.path, "", "not_found"));
+        // No handler read the body this request may carry: the connection closes after the
+        // answer, or those bytes would be parsed as the next request.
+        res.set_header("Connection", "close");
+        if (const std::string allow = allowed_methods(req.path); !allow.empty()) {
+          res.set_header("Allow", allow);
+          send_error(res, ApiError(405, "invalid_request_error",
+                                   "Method " + req.method + " is not allowed on " + req.path + " (allowed: " + allow + ")",
+                                   "", "method_not_allowed"));
+        } else {
+          send_error(res, ApiError(404, "invalid_request_error", "No route " + req.method + " " + req.path, "", "not_found"));
+        }
       } else if (res.status == 413) {
         send_error(res, ApiError(413, "invalid_request_error", "The request body is larger than this server accepts.",
                                  "", "request_too_large"));

@@ -283,8 +283,22 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
 
 // Prompt + completion must fit the context; without max_tokens the completion takes what is left
 // (chat) or 16 tokens (completions), as vLLM does.
-void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
+int64_t Protocol::max_sequence_tokens(std::string_view profile) const {
   const int64_t ctx = model_.config.max_context;
+  const auto it = limits_.sequence_tokens.find(profile.empty() ? std::string_view(profiles_.default_profile) : profile);
+  return it == limits_.sequence_tokens.end() ? ctx : std::min(ctx, it->second);
+}
+
+void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
+  // The context, or what the KV cache holds of one sequence under the request's profile: vLLM
+  // never accepts a request its cache cannot finish, and it names that limit max_model_len.
+  const int64_t ctx = max_sequence_tokens(job.params.sparsity);
+  const std::string limit =
+      ctx < model_.config.max_context
+          ? "This server's maximum context length is " + std::to_string(ctx) + " tokens (what its KV cache holds of one "
+                "sequence under sparsity profile '" + (job.params.sparsity.empty() ? profiles_.default_profile : job.params.sparsity) +
+                "'; the model's is " + std::to_string(model_.config.max_context) + ")."
+          : "This model's maximum context length is " + std::to_string(ctx) + " tokens.";
   for (const auto& p : job.prompts) {
     const int64_t n = static_cast<int64_t>(p.size());
     const char* what = job.endpoint == Endpoint::kChat ? "messages" : "prompt";
@@ -296,14 +310,12 @@ void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
                         what, "context_length_exceeded");
     }
     if (n >= ctx && !max_tokens_given) {
-      throw bad_request("This model's maximum context length is " + std::to_string(ctx) +
-                            " tokens. However, your request has " + std::to_string(n) +
+      throw bad_request(limit + " However, your request has " + std::to_string(n) +
                             " input tokens. Please reduce the length of the " + what + ".",
                         what, "context_length_exceeded");
     }
     if (max_tokens_given && n + job.params.max_tokens > ctx) {
-      throw bad_request("This model's maximum context length is " + std::to_string(ctx) +
-                            " tokens. However, you requested " + std::to_string(n + job.params.max_tokens) +
+      throw bad_request(limit + " However, you requested " + std::to_string(n + job.params.max_tokens) +
                             " tokens (" + std::to_string(n) + " in the " + what + ", " +
                             std::to_string(job.params.max_tokens) + " in the completion). Please reduce the length of the " +
                             what + " or completion.",
@@ -362,7 +374,21 @@ GenerationJob Protocol::parse_completion(const json& body) const {
   return job;
 }
 
-ChatPrompt Protocol::render_chat(const json& messages, bool add_generation_prompt) const {
+// The body's chat rendering fields, checked as vLLM checks them.
+ChatRendering chat_rendering(const Fields& f) {
+  ChatRendering how;
+  how.continue_final_message = f.boolean("continue_final_message").value_or(false);
+  how.add_generation_prompt = f.boolean("add_generation_prompt").value_or(true);
+  how.add_special_tokens = f.boolean("add_special_tokens").value_or(false);
+  if (how.continue_final_message && how.add_generation_prompt) {
+    throw bad_request("continue_final_message and add_generation_prompt cannot both be true (set add_generation_prompt "
+                      "to false to continue the final message)",
+                      "continue_final_message");
+  }
+  return how;
+}
+
+ChatPrompt Protocol::render_chat(const json& messages, const ChatRendering& how) const {
   if (!messages.is_array()) {
     throw bad_request("messages must be a list of messages, got " + Fields::type_name(messages), "messages");
   }
@@ -414,11 +440,17 @@ ChatPrompt Protocol::render_chat(const json& messages, bool add_generation_promp
     }
     msgs.push_back(std::move(cm));
   }
+  ChatPrompt chat;
   try {
-    return encode_chat(model_, std::move(msgs), add_generation_prompt);
+    chat = encode_chat(model_, std::move(msgs), how.add_generation_prompt, how.continue_final_message);
   } catch (const InvalidArgument& e) {
     throw bad_request(e.what(), "messages");
   }
+  const Tokenizer& tok = model_.tokenizer;
+  if (how.add_special_tokens && tok.add_bos() && tok.bos_id() >= 0 && (chat.ids.empty() || chat.ids.front() != tok.bos_id())) {
+    chat.ids.insert(chat.ids.begin(), tok.bos_id());
+  }
+  return chat;
 }
 
 GenerationJob Protocol::parse_chat(const json& body) const {
@@ -429,9 +461,22 @@ GenerationJob Protocol::parse_chat(const json& body) const {
   const Fields f(body);
   const json* messages = f.get("messages");
   if (!messages) throw bad_request("messages is required", "messages");
-  ChatPrompt chat = render_chat(*messages, true);
+  ChatPrompt chat = render_chat(*messages, chat_rendering(f));
   job.prompts.push_back(std::move(chat.ids));
   parse_common(body, job);
+  // vLLM's echo prepends the final message to the reply; a request template replaces the model's.
+  if (f.boolean("echo").value_or(false)) throw bad_request("echo is not supported", "echo");
+  if (auto v = f.string("chat_template")) {
+    throw bad_request("chat_template is not supported: the model's template (or its YAML's chat_template) is used",
+                      "chat_template");
+  }
+  if (const json* kw = f.get("chat_template_kwargs")) {
+    if (!kw->is_object()) throw f.wrong_type("chat_template_kwargs", "an object");
+    if (!kw->empty()) throw bad_request("chat_template_kwargs is not supported", "chat_template_kwargs");
+  }
+  if (const json* docs = f.get("documents"); docs && !docs->empty()) {
+    throw bad_request("documents are not supported", "documents");
+  }
   if (const json* tools = f.get("tools"); tools && !tools->empty()) throw bad_request("tools are not supported", "tools");
   if (const json* fns = f.get("functions"); fns && !fns->empty()) {
     throw bad_request("functions are not supported", "functions");
@@ -459,18 +504,13 @@ json Protocol::tokenize(const json& body) const {
   const Fields f(body);
   std::vector<int32_t> ids;
   if (const json* messages = f.get("messages")) {
-    const bool gen = f.boolean("add_generation_prompt").value_or(true);
-    ids = render_chat(*messages, gen).ids;
-    if (f.boolean("add_special_tokens").value_or(false) && model_.tokenizer.add_bos() && model_.tokenizer.bos_id() >= 0 &&
-        (ids.empty() || ids.front() != model_.tokenizer.bos_id())) {
-      ids.insert(ids.begin(), model_.tokenizer.bos_id());
-    }
+    ids = render_chat(*messages, chat_rendering(f)).ids;
   } else if (auto prompt = f.string("prompt")) {
     ids = model_.tokenizer.encode(*prompt, f.boolean("add_special_tokens").value_or(true), /*parse_special=*/false);
   } else {
     throw bad_request("give prompt (a string) or messages", f.get("prompt") ? "prompt" : "");
   }
-  json out = {{"count", ids.size()}, {"max_model_len", model_.config.max_context}, {"tokens", ids}};
+  json out = {{"count", ids.size()}, {"max_model_len", max_sequence_tokens("")}, {"tokens", ids}};
   if (f.boolean("return_token_strs").value_or(false)) {
     json strs = json::array();
     for (int32_t id : ids) strs.push_back(model_.tokenizer.token_text(id));
@@ -500,7 +540,7 @@ json Protocol::models(int64_t created) const {
                          {"owned_by", "sparseserve"},
                          {"root", model_.path},
                          {"parent", nullptr},
-                         {"max_model_len", model_.config.max_context}}})}};
+                         {"max_model_len", max_sequence_tokens("")}}})}};
 }
 
 }  // namespace sparseserve::openai

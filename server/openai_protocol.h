@@ -15,6 +15,8 @@
 
 #include <cstdint>
 #include <exception>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -49,12 +51,22 @@ ApiError bad_request(std::string message, std::string param = "", std::string co
 
 enum class Endpoint { kCompletions, kChat };
 
+// How a conversation becomes the prompt (chat and /tokenize): the body's vLLM fields of these names.
+struct ChatRendering {
+  bool add_generation_prompt = true;
+  bool continue_final_message = false;  // the final message left open (excludes add_generation_prompt)
+  bool add_special_tokens = false;      // a BOS first, for a model that uses one
+};
+
 struct ProtocolLimits {
   int64_t max_prompt_tokens = 0;  // tokens; ≤ the model's context (0: the context)
   int32_t max_n = 16;             // choices per prompt
   int32_t max_choices = 64;       // prompts × n per request
   int32_t max_stop = 16;          // stop strings
   int32_t max_logprobs = 20;      // completions `logprobs`, chat `top_logprobs`
+  // Per sparsity profile: the longest sequence (prompt + completion) the KV cache holds, when that
+  // is under the model's context (Engine::max_sequence_tokens). Absent: the context.
+  std::map<std::string, int64_t, std::less<>> sequence_tokens;
 };
 
 // One parsed generation call: its prompts (token ids) and the engine parameters they share.
@@ -97,8 +109,11 @@ class Protocol {
  private:
   void check_model(const json& body) const;
   void parse_common(const json& body, GenerationJob& job) const;
-  ChatPrompt render_chat(const json& messages, bool add_generation_prompt) const;
+  ChatPrompt render_chat(const json& messages, const ChatRendering& how) const;
   void check_lengths(GenerationJob& job, bool max_tokens_given) const;
+  // The longest prompt + completion under `profile` ("": the default): the model's context, or
+  // less where the KV cache holds less.
+  int64_t max_sequence_tokens(std::string_view profile) const;
 
   const Model& model_;
   const ModelProfiles& profiles_;

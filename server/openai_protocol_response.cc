@@ -107,12 +107,13 @@ json ResponseBuilder::finish_json(const Choice& c) const {
 
 std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& out) {
   Choice& c = choices_.at(static_cast<size_t>(choice));
-  // text_offset counts characters, as vLLM and OpenAI do, and follows the tokens, not the text
-  // sent so far (which the stop filter and an unfinished character may still hold back).
+  // text_offset counts characters, as vLLM and OpenAI do, and follows the tokens (a special token's
+  // text counts unless skip_special_tokens), not the text sent so far (which the stop filter and an
+  // unfinished character may still hold back).
   std::vector<size_t> offsets;
   for (const auto& lp : out.logprobs) {
     offsets.push_back(c.token_chars);
-    c.token_chars += characters_begun(tok_.decode(std::span(&lp.token, 1), /*skip_special=*/true));
+    c.token_chars += characters_begun(tok_.decode(std::span(&lp.token, 1), job_.params.skip_special_tokens));
   }
   c.text += out.text;
   c.logprobs.insert(c.logprobs.end(), out.logprobs.begin(), out.logprobs.end());

@@ -62,6 +62,22 @@ TEST(ChatTemplate, Llama3Exact) {
             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx y<|eot_id|>");
 }
 
+// transformers' continue_final_message: the render without a generation prompt, cut after the
+// final message's content (its trimmed content where the template trims).
+TEST(ChatTemplate, ContinuingLeavesTheFinalMessageOpen) {
+  const std::vector<ChatMessage> open{{"user", "Capital of France?"}, {"assistant", "It is "}};
+  EXPECT_EQ(ChatTemplate::by_name("chatml").render_continuing(open),
+            "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\nIt is ");
+  EXPECT_EQ(ChatTemplate::by_name("llama3").render_continuing(open),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nCapital of France?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nIt is");
+  // The last occurrence is cut at, so content repeated earlier in the conversation is no trap.
+  EXPECT_EQ(ChatTemplate::by_name("chatml").render_continuing({{"user", "Say A"}, {"assistant", "A"}}),
+            "<|im_start|>user\nSay A<|im_end|>\n<|im_start|>assistant\nA");
+  EXPECT_THROW(ChatTemplate::by_name("chatml").render_continuing({{"user", "x"}, {"assistant", ""}}), InvalidArgument);
+  EXPECT_THROW(ChatTemplate::by_name("llama3").render_continuing({{"user", "x"}, {"assistant", " \n"}}), InvalidArgument);
+}
+
 TEST(ChatTemplate, DetectsSmolLM2TemplateAndDefaultSystemPrompt) {
   if (!std::filesystem::exists(model_path())) GTEST_SKIP() << "missing " << model_path();
   const GgufFile gguf = GgufFile::open(model_path());

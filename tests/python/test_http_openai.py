@@ -208,6 +208,73 @@ def test_skip_special_tokens(http, model_name):
     assert http.post("/v1/completions", json=body).json()["choices"][0]["text"] == ""
     kept = http.post("/v1/completions", json={**body, "skip_special_tokens": False}).json()
     assert kept["choices"][0]["text"] == "<|im_start|><|im_start|>", kept
+    # text_offset follows the text the request gets: the special tokens' text counts when kept.
+    offsets = http.post("/v1/completions", json={**body, "skip_special_tokens": False, "logprobs": 0}).json()
+    assert offsets["choices"][0]["logprobs"]["text_offset"] == [0, 12]
+    skipped = http.post("/v1/completions", json={**body, "logprobs": 0}).json()
+    assert skipped["choices"][0]["logprobs"]["text_offset"] == [0, 0]
+
+
+def test_chat_generation_prompt_and_continue_final_message(http, model_name):
+    # vLLM's add_generation_prompt / continue_final_message, for /v1/chat/completions as for /tokenize.
+    open_turn = [{"role": "user", "content": "What is the capital of France?"},
+                 {"role": "assistant", "content": "The capital of France is"}]
+    cont = {"messages": open_turn, "add_generation_prompt": False, "continue_final_message": True}
+    ids = http.post("/tokenize", json=cont).json()["tokens"]
+    text = http.post("/detokenize", json={"tokens": ids}).json()["prompt"]
+    assert text.endswith("<|im_start|>assistant\nThe capital of France is"), text
+    reply = http.post("/v1/chat/completions", json={"model": model_name, **cont, "max_tokens": 3,
+                                                     "temperature": 0}).json()
+    assert reply["usage"]["prompt_tokens"] == len(ids)
+    assert reply["choices"][0]["message"]["content"].strip().startswith("Paris"), reply
+    # Without the generation prompt the conversation ends after the last turn.
+    closed = {"messages": open_turn[:1], "add_generation_prompt": False}
+    n_closed = http.post("/tokenize", json=closed).json()["count"]
+    r = http.post("/v1/chat/completions", json={"model": model_name, **closed, "max_tokens": 1}).json()
+    assert r["usage"]["prompt_tokens"] == n_closed
+    both = http.post("/v1/chat/completions", json={"model": model_name, "messages": open_turn,
+                                                    "continue_final_message": True})
+    assert both.status_code == 400 and both.json()["error"]["param"] == "continue_final_message"
+    for field, value in (("echo", True), ("chat_template", "{{ messages }}"), ("chat_template_kwargs", {"x": 1})):
+        bad = http.post("/v1/chat/completions", json={"model": model_name, "messages": open_turn[:1], field: value})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == field, bad.text
+
+
+def test_wrong_method_is_405_with_allow(http):
+    for method, path, allow in (("GET", "/v1/chat/completions", "POST"), ("PUT", "/v1/completions", "POST"),
+                                ("POST", "/v1/models", "GET, HEAD"), ("DELETE", "/v1/models/x", "GET, HEAD")):
+        r = http.request(method, path, json={})
+        assert r.status_code == 405, (method, path, r.status_code)
+        assert r.headers["allow"] == allow
+        assert r.json()["error"]["code"] == "method_not_allowed"
+    assert http.get("/v1/nothing").status_code == 404
+    assert http.head("/v1/models").status_code == 200
+    # Those requests carried bodies no handler read: the connection closed after each answer, so
+    # the next request on this client is not parsed from their leftovers.
+    assert http.post("/tokenize", json={"prompt": "Hello"}).status_code == 200
+
+
+def test_a_kv_cache_under_the_context_is_the_servers_context_length(start_server, model_name):
+    # 8 MiB holds one sequence of 128 tokens under the dense profile (more under the default one,
+    # whose streaming heads keep a bounded window): /v1/models says so, and longer requests are
+    # refused as context overflows, as vLLM refuses what its cache cannot finish.
+    srv = start_server(kv_cache_bytes="8MiB")
+    try:
+        with httpx.Client(base_url=srv.base_url, timeout=60) as c:
+            limit = c.get("/v1/models").json()["data"][0]["max_model_len"]
+            assert 128 <= limit < 8192
+            for body in ({"prompt": "word " * 3000, "max_tokens": 1, "sparsity": "dense"},
+                         {"prompt": "Story 1:", "max_tokens": 150, "sparsity": "dense"}):
+                r = c.post("/v1/completions", json={"model": model_name, **body})
+                assert r.status_code == 400, r.text
+                err = r.json()["error"]
+                assert (err["param"], err["code"]) == ("prompt", "context_length_exceeded"), err
+                assert "maximum context length is 128 tokens" in err["message"] and "'dense'" in err["message"]
+            ok = c.post("/v1/completions", json={"model": model_name, "prompt": "Story 1:", "max_tokens": 100,
+                                                   "sparsity": "dense", "ignore_eos": True}).json()
+            assert ok["usage"]["completion_tokens"] == 100 and ok["choices"][0]["finish_reason"] == "length"
+    finally:
+        srv.terminate()
 
 
 def test_stop_reason_as_vllm_reports_it(http, model_name):
