@@ -72,7 +72,7 @@ bool byte_level_to_bytes(std::string_view text, std::string& out) {
 
 BpeModel::BpeModel(const std::vector<std::string>& tokens,
                    const std::vector<std::pair<std::string, std::string>>& merges,
-                   bool ignore_merges, int32_t unk_id)
+                   bool ignore_merges, int32_t unk_id, RepeatedMerge repeated)
     : ignore_merges_(ignore_merges), unk_id_(unk_id) {
   vocab_.reserve(tokens.size());
   for (size_t id = 0; id < tokens.size(); ++id) {
@@ -94,8 +94,12 @@ BpeModel::BpeModel(const std::vector<std::string>& tokens,
       throw std::invalid_argument("merge " + std::to_string(rank) + " ('" + a + "' '" + b +
                                   "') refers to a token that is not in the vocabulary");
     }
-    // The first (highest-priority) occurrence of a pair wins.
-    merges_.try_emplace(pair_key(ia, ib), Merge{static_cast<int32_t>(rank), ir});
+    const Merge m{static_cast<int32_t>(rank), ir};
+    if (repeated == RepeatedMerge::kFirstRankWins) {
+      merges_.try_emplace(pair_key(ia, ib), m);
+    } else {
+      merges_.insert_or_assign(pair_key(ia, ib), m);
+    }
   }
 }
 

@@ -35,10 +35,13 @@ class BpeModel {
   // vocabulary entry becomes that token without merging (HF `ignore_merges`, Llama-3).
   // unk_id: token for a byte whose character is not in the vocabulary (-1: such bytes are dropped,
   // as HF BPE does without an unk token).
+  // A pair listed twice keeps one rank: the first (llama.cpp, for GGUF files) or the last (HF
+  // tokenizers, which collect the merges into a map, for tokenizer.json).
   // Throws std::invalid_argument naming a merge whose parts or result are not in the vocabulary.
+  enum class RepeatedMerge { kFirstRankWins, kLastRankWins };
   BpeModel(const std::vector<std::string>& tokens,
            const std::vector<std::pair<std::string, std::string>>& merges, bool ignore_merges,
-           int32_t unk_id);
+           int32_t unk_id, RepeatedMerge repeated = RepeatedMerge::kFirstRankWins);
 
   // Encodes one pre-tokenized piece of raw bytes; appends its ids to `out`. Thread-safe.
   void encode_word(std::string_view word, std::vector<int32_t>& out) const;

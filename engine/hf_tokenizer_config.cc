@@ -1,7 +1,9 @@
 #include "engine/hf_tokenizer_config.h"
 
-#include <filesystem>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
 #include <system_error>
 
 #include "common/mapped_file.h"
@@ -24,8 +26,19 @@ std::optional<std::string> read_hf_chat_template(const std::string& dir) {
   const nlohmann::json j = read_json_file(p.string(), kJsonListingMaxBytes);
   if (!j.is_object()) return std::nullopt;
   const auto it = j.find("chat_template");
-  if (it == j.end() || !it->is_string()) return std::nullopt;
-  return it->get<std::string>();
+  if (it == j.end()) return std::nullopt;
+  if (it->is_string()) return it->get<std::string>();
+  // A list of named templates (Hermes 2 Pro, Hermes 3): transformers uses the one named "default".
+  if (it->is_array()) {
+    for (const auto& entry : *it) {
+      if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
+          entry.at("template").is_string()) {
+        return entry.at("template").get<std::string>();
+      }
+    }
+    spdlog::warn("{}: chat_template lists no template named 'default'; the model has no chat template", p.string());
+  }
+  return std::nullopt;
 }
 
 }  // namespace sparseserve

@@ -68,16 +68,21 @@ std::string escape_literal(const std::string& s) {
   return out;
 }
 
-void parse_pre_tokenizer(const JsonReader& r, const json& node, const std::string& key,
-                         PreTokenizer& pre) {
+// Sequences nest in real files one or two deep; a bound keeps a hostile file from recursing the
+// parser off its stack (HF's JSON reader stops at 128 levels of any kind).
+constexpr int kMaxSequenceDepth = 16;
+
+void parse_pre_tokenizer(const JsonReader& r, const json& node, const std::string& key, PreTokenizer& pre,
+                         int depth = 0) {
   if (node.is_null()) return;
   const std::string type = r.string_field(node, "type", key);
   try {
     if (type == "Sequence") {
+      if (depth >= kMaxSequenceDepth) r.fail(key, "Sequences nested more than " + std::to_string(kMaxSequenceDepth) + " deep");
       const json& list = r.field(node, "pretokenizers", key);
       if (!list.is_array()) r.fail(key + ".pretokenizers", "expected an array");
       for (size_t i = 0; i < list.size(); ++i) {
-        parse_pre_tokenizer(r, list[i], key + ".pretokenizers[" + std::to_string(i) + "]", pre);
+        parse_pre_tokenizer(r, list[i], key + ".pretokenizers[" + std::to_string(i) + "]", pre, depth + 1);
       }
     } else if (type == "Split") {
       const json& pattern = r.field(node, "pattern", key);
@@ -105,15 +110,16 @@ void parse_pre_tokenizer(const JsonReader& r, const json& node, const std::strin
 }
 
 // A BOS the post-processor prepends to a single sequence: the token text, or empty.
-std::string parse_post_processor(const JsonReader& r, const json& node, const std::string& key) {
+std::string parse_post_processor(const JsonReader& r, const json& node, const std::string& key, int depth = 0) {
   if (node.is_null()) return {};
   const std::string type = r.string_field(node, "type", key);
   if (type == "ByteLevel") return {};  // offsets only
   if (type == "Sequence") {
+    if (depth >= kMaxSequenceDepth) r.fail(key, "Sequences nested more than " + std::to_string(kMaxSequenceDepth) + " deep");
     const json& list = r.field(node, "processors", key);
     std::string bos;
     for (size_t i = 0; list.is_array() && i < list.size(); ++i) {
-      std::string b = parse_post_processor(r, list[i], key + ".processors[" + std::to_string(i) + "]");
+      std::string b = parse_post_processor(r, list[i], key + ".processors[" + std::to_string(i) + "]", depth + 1);
       if (!b.empty()) bos = std::move(b);
     }
     return bos;
@@ -221,8 +227,8 @@ Tokenizer Tokenizer::from_hf_json(const std::string& path) {
     if (type != "NFC") r.fail("normalizer", "unsupported normalizer type '" + type + "'");
     impl->nfc = true;
   }
-  parse_pre_tokenizer(r, doc.contains("pre_tokenizer") ? doc.at("pre_tokenizer") : json(),
-                      "pre_tokenizer", impl->pre);
+  static const json kNull;  // an absent section; the present ones are read in place, never copied
+  parse_pre_tokenizer(r, doc.contains("pre_tokenizer") ? doc.at("pre_tokenizer") : kNull, "pre_tokenizer", impl->pre);
   if (!impl->pre.has_byte_level()) {
     r.fail("pre_tokenizer", "no ByteLevel step: not a byte-level BPE tokenizer");
   }
@@ -236,13 +242,14 @@ Tokenizer Tokenizer::from_hf_json(const std::string& path) {
   impl->kinds = std::move(kinds);
   try {
     impl->bpe = std::make_unique<BpeModel>(
-        impl->tokens, merges, r.bool_field(model, "ignore_merges", false, "model"), unk);
+        impl->tokens, merges, r.bool_field(model, "ignore_merges", false, "model"), unk,
+        BpeModel::RepeatedMerge::kLastRankWins);
   } catch (const std::invalid_argument& e) {
     r.fail("model.merges", e.what());
   }
 
-  const std::string bos_text = parse_post_processor(
-      r, doc.contains("post_processor") ? doc.at("post_processor") : json(), "post_processor");
+  const std::string bos_text =
+      parse_post_processor(r, doc.contains("post_processor") ? doc.at("post_processor") : kNull, "post_processor");
   if (!bos_text.empty()) {
     impl->bos = impl->bpe->find(bos_text);
     if (impl->bos < 0) r.fail("post_processor", "BOS token '" + bos_text + "' is not in the vocabulary");

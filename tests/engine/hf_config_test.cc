@@ -331,7 +331,8 @@ TEST_F(HfConfigTest, Rejections) {
   EXPECT_THROW(load_generation_config(dir()), ModelFileError);
 }
 
-// The chat template: chat_template.jinja first, else tokenizer_config.json's "chat_template" string;
+// The chat template: chat_template.jinja first, else tokenizer_config.json's "chat_template" (a
+// string, or the "default" entry of a list of named templates);
 // absent files give none, files that are there but unreadable or malformed an error naming them.
 TEST_F(HfConfigTest, ChatTemplateFiles) {
   const auto expect_error_in = [&](const std::string& name, const std::string& phrase) {
@@ -346,8 +347,15 @@ TEST_F(HfConfigTest, ChatTemplateFiles) {
   EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);
   write("tokenizer_config.json", json{{"chat_template", "{{ messages }}"}});
   EXPECT_EQ(read_hf_chat_template(dir()), "{{ messages }}");
+  // Named templates (Hermes 2 Pro, Hermes 3): the one named "default", as transformers picks it.
+  write("tokenizer_config.json",
+        json{{"chat_template", json::array({json{{"name", "tool_use"}, {"template", "{{ tools }}"}},
+                                            json{{"name", "default"}, {"template", "{{ messages }}!"}}})}});
+  EXPECT_EQ(read_hf_chat_template(dir()), "{{ messages }}!");
   write("tokenizer_config.json", json{{"chat_template", json::array({json{{"name", "default"}}})}});
-  EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);  // named templates: not supported, none
+  EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);  // no template text: none
+  write("tokenizer_config.json", json{{"chat_template", json::array({json{{"name", "tool_use"}, {"template", "x"}}})}});
+  EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);  // no default: none
   write("tokenizer_config.json", json::array({1, 2}));
   EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);
   std::ofstream(dir_ / "tokenizer_config.json") << "{\"chat_template\": ";

@@ -389,7 +389,7 @@ class HfJsonTest : public ::testing::Test {
   }
   // Vocabulary and merges as synthetic_gguf, merges in both formats; added tokens past the BPE
   // vocabulary, as Llama-3 stores them.
-  std::string tokenizer_json(const std::string& pre, const std::string& post) {
+  std::string tokenizer_json(const std::string& pre, const std::string& post, const std::string& more_merges = "") {
     std::string vocab;
     const auto alphabet = byte_level_alphabet();
     for (size_t i = 0; i < alphabet.size(); ++i) {
@@ -402,7 +402,7 @@ class HfJsonTest : public ::testing::Test {
              {"id": 260, "content": "<s>", "special": true},
              {"id": 261, "content": "<t>", "special": false}],
            "model": {"type": "BPE", "vocab": {)" + vocab +
-           R"(}, "merges": ["b c", ["a", "b"], "ab c", ["Ġ", "ab"]]}})";
+           R"(}, "merges": ["b c", ["a", "b"], "ab c", ["Ġ", "ab"])" + more_merges + "]}}";
   }
   std::filesystem::path dir_;
 };
@@ -426,6 +426,39 @@ TEST_F(HfJsonTest, LoadsBpeAddedTokensAndBos) {
   EXPECT_EQ(tok.encode(" ab<t>", false), (Ids{259, 261}));
   EXPECT_EQ(tok.encode("12345", false).size(), 5u);
   EXPECT_EQ(tok.token_id("<t>"), 261);
+}
+
+// HF tokenizers collect merges into a map, so a pair listed again takes its last rank: here "b c"
+// moves behind "a b", and "abc" merges as ab + c (GGUF files keep the first rank, as llama.cpp).
+TEST_F(HfJsonTest, ARepeatedMergeTakesItsLastRank) {
+  const Tokenizer once = Tokenizer::from_hf_json(write("once.json", tokenizer_json(kLlama3Pre, "null")));
+  EXPECT_EQ(once.encode("abc", false), (Ids{byte_id('a'), 257}));
+  const Tokenizer twice = Tokenizer::from_hf_json(write("twice.json", tokenizer_json(kLlama3Pre, "null", R"(, "b c")")));
+  EXPECT_EQ(twice.encode("abc", false), (Ids{258}));
+}
+
+// Sequences nested past any real file's depth are refused, not recursed into off the stack.
+TEST_F(HfJsonTest, DeeplyNestedSequencesAreRefused) {
+  auto nested = [](const std::string& list_key, const std::string& leaf, int depth) {
+    std::string open, close;
+    for (int i = 0; i < depth; ++i) {
+      open += R"({"type": "Sequence", ")" + list_key + R"(": [)";
+      close += "]}";
+    }
+    return open + leaf + close;
+  };
+  const std::string byte_level = R"({"type": "ByteLevel", "add_prefix_space": false})";
+  EXPECT_NO_THROW(Tokenizer::from_hf_json(write("ok.json", tokenizer_json(nested("pretokenizers", byte_level, 3), "null"))));
+  for (const auto& [name, pre, post] :
+       {std::tuple{"pre.json", nested("pretokenizers", byte_level, 100000), std::string("null")},
+        std::tuple{"post.json", byte_level, nested("processors", R"({"type": "ByteLevel"})", 100000)}}) {
+    try {
+      Tokenizer::from_hf_json(write(name, tokenizer_json(pre, post)));
+      ADD_FAILURE() << name << " loaded";
+    } catch (const ModelFileError& e) {
+      EXPECT_NE(std::string(e.what()).find("nested more than 16 deep"), std::string::npos) << name << ": " << e.what();
+    }
+  }
 }
 
 TEST_F(HfJsonTest, PaddedIdsDecodeToNothing) {
