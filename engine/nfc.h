@@ -1,5 +1,6 @@
 // Unicode NFC (canonical composition) of UTF-8 text, for tokenizer.json files whose normalizer is
-// NFC (Qwen2 and Qwen2.5 declare it), through ICU: HF tokenizers normalizes before pre-tokenizing.
+// NFC (Qwen2 and Qwen2.5 declare it), through ICU: HF tokenizers normalizes before pre-tokenizing,
+// with Unicode 9.0's tables, which to_nfc follows (code points assigned since are left alone).
 #pragma once
 
 #include <string>
