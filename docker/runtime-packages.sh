@@ -18,7 +18,7 @@ owner() {  # the package owning a library path; dpkg knows /usr-merged files by 
 for bin in "$@"; do
   ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'
 done | sort -u | while read -r lib; do
-  pkg=$(owner "$lib")
+  pkg=$(owner "$lib") || pkg=""
   [ -n "$pkg" ] || { echo "runtime-packages: no Debian package holds $lib" >&2; exit 1; }
   echo "$pkg"
 done | sort -u

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 image=sparseserve:smoke
 name=sparseserve-smoke-$$
 docker build --network host -f docker/Dockerfile -t "$image" "$@" .
-docker run -d --name "$name" --network host "$image" >/dev/null
+docker run -d --name "$name" --network host --stop-timeout 30 "$image" >/dev/null
 trap 'docker rm -f "$name" >/dev/null 2>&1 || true' EXIT
 
 for _ in $(seq 60); do

@@ -172,9 +172,12 @@ kvcache::HeadGates gates_from_scores(const std::vector<double>& score, int32_t n
     throw InvalidArgument("calibration: " + std::to_string(score.size()) + " scores for " + std::to_string(n_layers) +
                           " layers of " + std::to_string(n_kv_heads) + " KV heads");
   }
+  for (size_t i = 0; i < score.size(); ++i) {
+    if (!std::isfinite(score[i])) throw Error("calibration: the score of head " + std::to_string(i) + " is not finite");
+  }
   const double mx = *std::max_element(score.begin(), score.end());
-  // None positive (or NaN): streaming changed nothing for any head (the needles all in the band),
-  // so the scores rank nothing and a pattern from them would be arbitrary.
+  // None positive: streaming changed nothing for any head (the needles all in the band), so the
+  // scores rank nothing and a pattern from them would be arbitrary.
   if (!(mx > 0)) throw Error("calibration: no head's score is above zero; use longer prompts or a shorter window");
   kvcache::HeadGates g{n_layers, n_kv_heads, {}};
   for (double s : score) g.values.push_back(static_cast<float>(std::clamp(s / mx, 0.0, 1.0)));

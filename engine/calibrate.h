@@ -78,8 +78,8 @@ std::vector<double> score_heads(const Model& model, const CalibrationOptions& op
                                 const std::function<void(const CalibrationProgress&)>& progress = {});
 
 // Gates from raw scores ([n_layers][n_kv_heads], as score_heads returns them): clamp(score / max
-// score, 0, 1). InvalidArgument when the count does not match the shape; Error when no score is
-// positive (nothing to rank the heads by).
+// score, 0, 1). InvalidArgument when the count does not match the shape; Error when a score is not
+// finite or none is positive (nothing to rank the heads by).
 kvcache::HeadGates gates_from_scores(const std::vector<double>& score, int32_t n_layers, int32_t n_kv_heads);
 
 // gates_from_scores(score_heads(model, opts, progress), the model's layers and KV heads).

@@ -155,15 +155,19 @@ std::string ChatTemplate::end_of_turn() const { return std::string(tokens_of(kin
 
 std::string ChatTemplate::render_continuing(const std::vector<ChatMessage>& messages, std::string_view today) const {
   std::string text = render(messages, /*add_generation_prompt=*/false, today);
-  const std::string& content = messages.back().content;
-  for (const std::string_view c : {std::string_view(content), trim(content)}) {
-    if (c.empty()) break;
-    if (const size_t at = text.rfind(c); at != std::string::npos) {
-      text.resize(at + c.size());
-      return text;
-    }
+  // transformers' rule: find the last occurrence of the trimmed content, then keep the content's
+  // trailing whitespace where the render kept it too (ChatML), else end at the trimmed content.
+  const std::string_view content = messages.back().content;
+  const std::string_view trimmed = trim(content);
+  const size_t at = trimmed.empty() ? std::string::npos : text.rfind(trimmed);
+  if (at == std::string::npos) {
+    throw InvalidArgument("continue_final_message: the final message has no content to continue");
   }
-  throw InvalidArgument("continue_final_message: the final message has no content to continue");
+  std::string_view lstripped = content;
+  while (const size_t n = space_at(lstripped)) lstripped.remove_prefix(n);
+  const bool kept = std::string_view(text).substr(at, lstripped.size()) == content;
+  text.resize(at + (kept ? lstripped.size() : trimmed.size()));
+  return text;
 }
 
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,

@@ -416,6 +416,12 @@ kvcache::PrefillSparsity Loader::prefill(const Section& s) const {
   }
   if (const Entry* e = s.find("stride")) {
     p.stride = int_in(*e, s.what() + ".stride", 1, p.block_tokens);
+    // Antidiagonal samples group rows by stride: a group inside one query block keeps the
+    // estimate (and the output) independent of where prompt chunks end, which is on blocks.
+    if (p.block_tokens % p.stride != 0) {
+      fail(e->mark, s.what() + ".stride must divide block_tokens (" + std::to_string(p.block_tokens) + "), got " +
+                        std::to_string(p.stride));
+    }
   } else if (p.stride > p.block_tokens) {
     fail(s.mark(), s.what() + ": the default stride exceeds block_tokens; set stride");
   }

@@ -22,7 +22,7 @@
 //                 reselect_interval ≥ 1 (default 4),
 //                 dense_layers: [distinct layers in [0, n_layers)] (default none) }
 //       prefill: { dynamic: on|off (required), block_tokens ∈ {16,32,64,128} (default 64),
-//                  stride in [1, block_tokens] (default 8), threshold in (0, 1] (default 0.9),
+//                  stride dividing block_tokens (default 8), threshold in (0, 1] (default 0.9),
 //                  min_prompt_tokens ≥ 0 (default 2048) }
 // Errors throw ModelFileError(file, "line N: problem"); N is 1-based, from the YAML node at fault.
 // A head pattern with the wrong shape or bad cells is reported with the TSV's own file and line.

@@ -97,16 +97,30 @@ void Scheduler::age_and_sort() {
 }
 
 void Scheduler::schedule_running(StepPlan& plan, int64_t& budget) {
+  // The first starved aligned chunk in the order (running, then the head of the queue) has a block
+  // of the budget reserved: the requests before it get the rest.
+  const Entry* reserved_for = nullptr;
+  for (const Entry* e : running_) {
+    if (e->chunk_starved) {
+      reserved_for = e;
+      break;
+    }
+  }
+  if (reserved_for == nullptr && !waiting_.empty() && waiting_.front()->chunk_starved) reserved_for = waiting_.front();
+  int64_t reserve = reserved_for != nullptr ? reserved_for->rule.prompt_block : 0;
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Entry& e = *running_[i];
     if (e.computed >= e.total) {
       throw InternalError(fmt::format("scheduler: request {} sampled but was neither appended to nor finished", e.id));
     }
-    const int64_t count = chunk(e, budget);
-    if (count == 0) {  // its next aligned prompt chunk does not fit what is left of the budget
+    if (&e == reserved_for) reserve = 0;
+    const int64_t count = chunk(e, budget - reserve);
+    if (count == 0) {  // its next aligned prompt chunk does not fit what is left, or the reserve
+      e.chunk_starved = aligned_prefill(e);
       ++i;
       continue;
     }
+    e.chunk_starved = false;
     if (outgrows_pool(e, e.computed + count)) {
       // No preemption could make room: the others keep their pages and e is reported instead.
       const uint64_t id = e.id;
@@ -122,6 +136,7 @@ void Scheduler::schedule_running(StepPlan& plan, int64_t& budget) {
 }
 
 int64_t Scheduler::chunk(const Entry& e, int64_t budget) const {
+  if (budget <= 0) return 0;
   int64_t end = e.total;
   if (e.rule.recompute_as_decode) end = e.computed < e.prompt ? e.prompt : e.computed + 1;
   const int64_t count = std::min(end - e.computed, budget);
@@ -168,7 +183,10 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
   while (!waiting_.empty() && budget > 0 && std::ssize(running_) < config_.max_num_seqs) {
     Entry& e = *waiting_.front();
     const int64_t count = chunk(e, budget);
-    if (count == 0) return;  // its first aligned chunk needs more of the budget: the head waits
+    if (count == 0) {  // its first aligned chunk needs more of the budget: the head waits, and has
+      e.chunk_starved = aligned_prefill(e);  // a block reserved next step
+      return;
+    }
     const Admission admission = try_admit(e, promised);
     if (admission == Admission::kBlocked) return;  // the head is never skipped
     waiting_.pop_front();
@@ -179,6 +197,7 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
       continue;
     }
     e.running = true;
+    e.chunk_starved = false;
     running_.push_back(&e);
     schedule(e, count, plan);
     budget -= count;

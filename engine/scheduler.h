@@ -4,7 +4,10 @@
 // (prompt + generated so far). A step runs tokens [computed, computed + count) of each scheduled
 // request; when that reaches `total`, the step samples one new token for it. Chunked prefill,
 // decode and recompute after preemption are all the same rule — no phases — within the request's
-// ChunkRule (prompt chunks aligned to blocks; generated positions recomputed one per step).
+// ChunkRule (prompt chunks aligned to blocks; generated positions recomputed one per step). An
+// aligned chunk that found less than a block of budget left gets a block reserved in the next step:
+// the requests before it leave it that much (they may wait a step), so no stream of earlier or
+// higher-priority decodes can starve it.
 //
 // Per step (iteration-level batching, vLLM-style):
 //   1. running requests in arrival order (or priority order): decode ones take 1 token, prefill ones
@@ -117,12 +120,14 @@ class Scheduler {
     uint64_t arrival = 0;      // add() order
     int64_t waited_steps = 0;  // plan() calls spent waiting (aging); kept across preemptions
     bool running = false;
+    bool chunk_starved = false;  // its aligned prompt chunk found less than a block of budget
   };
   enum class Admission { kAdmitted, kBlocked, kUnservable };
 
   bool before(const Entry& a, const Entry& b) const;  // policy order
   void age_and_sort();
   void schedule_running(StepPlan& plan, int64_t& budget);
+  bool aligned_prefill(const Entry& e) const { return e.rule.prompt_block > 1 && e.computed < e.prompt; }
   int64_t chunk(const Entry& e, int64_t budget) const;  // tokens e runs next (0: none this step)
   bool outgrows_pool(const Entry& e, int64_t new_len) const;  // more pages than all but e's own
   bool make_room(Entry& e, int64_t count, StepPlan& plan);

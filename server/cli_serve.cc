@@ -29,6 +29,7 @@
 #include "server/grpc_server.h"
 #include "server/openai_http.h"
 #include "server/openai_protocol.h"
+#include "server/sequence_limits.h"
 #include "server/server_config.h"
 
 namespace sparseserve::cli {
@@ -229,9 +230,8 @@ int run_serve(const ServeArgs& a) {
   }
   openai::ProtocolLimits limits;
   limits.max_prompt_tokens = cfg.max_prompt_tokens;
-  for (const auto& [profile_name, profile] : engine.profiles().profiles) {
-    if (const int64_t n = engine.max_sequence_tokens(profile_name); n < mc.max_context) limits.sequence_tokens[profile_name] = n;
-  }
+  const SequenceLimits sequences = SequenceLimits::of(engine);
+  limits.sequences = sequences;
   if (cfg.max_prompt_tokens > mc.max_context) {
     spdlog::warn("max_prompt_tokens {} is over the model's context; prompts are limited to {} tokens",
                  cfg.max_prompt_tokens, mc.max_context);
@@ -243,7 +243,8 @@ int run_serve(const ServeArgs& a) {
                              GrpcLimits{.max_prompt_tokens = cfg.max_prompt_tokens,
                                         .max_request_bytes = cfg.max_body_bytes,
                                         .max_threads = max_threads,
-                                        .write_stall_ms = std::llround(cfg.grpc_write_stall_seconds * 1000)});
+                                        .write_stall_ms = std::llround(cfg.grpc_write_stall_seconds * 1000),
+                                        .sequences = sequences});
   }
 
   const ServingContext serving{engine, protocol};

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "server/sequence_limits.h"
+
 namespace sparseserve {
 
 struct GrpcLimits {
@@ -13,6 +15,7 @@ struct GrpcLimits {
   int32_t max_threads = 0;                      // server threads, one per call in flight (0: gRPC's default, unbounded)
   int32_t max_streams_per_connection = 100;     // calls in flight on one connection
   int64_t write_stall_ms = 60000;               // a Generate write waiting longer cancels the call
+  SequenceLimits sequences;                     // prompt + completion per profile (empty: the context)
 };
 
 }  // namespace sparseserve

@@ -60,14 +60,23 @@ class ElasticTaskQueue final : public httplib::TaskQueue {
   explicit ElasticTaskQueue(size_t max_threads) : max_threads_(max_threads) {}
 
   void enqueue(std::function<void()> fn) override {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     jobs_.push_back(std::move(fn));
     if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
       try {
         threads_.emplace_back([this] { work(); });
         return;
-      } catch (const std::system_error& e) {  // out of threads (a pids limit): a busy one takes it later
-        spdlog::warn("HTTP: cannot start a connection thread ({}); the connection waits for a free one", e.what());
+      } catch (const std::system_error& e) {  // out of threads (a pids limit)
+        if (threads_.empty()) {
+          // No thread will ever take it: the listener serves this connection itself.
+          spdlog::warn("HTTP: cannot start a connection thread ({}); serving the connection on the listener", e.what());
+          auto job = std::move(jobs_.back());
+          jobs_.pop_back();
+          lock.unlock();
+          job();
+          return;
+        }
+        spdlog::warn("HTTP: cannot start a connection thread ({}); the connection waits for a busy one", e.what());
       }
     }
     cv_.notify_one();

@@ -284,9 +284,8 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
 // Prompt + completion must fit the context; without max_tokens the completion takes what is left
 // (chat) or 16 tokens (completions), as vLLM does.
 int64_t Protocol::max_sequence_tokens(std::string_view profile) const {
-  const int64_t ctx = model_.config.max_context;
-  const auto it = limits_.sequence_tokens.find(profile.empty() ? std::string_view(profiles_.default_profile) : profile);
-  return it == limits_.sequence_tokens.end() ? ctx : std::min(ctx, it->second);
+  return limits_.sequences.tokens(profile.empty() ? std::string_view(profiles_.default_profile) : profile,
+                                  model_.config.max_context);
 }
 
 void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
@@ -309,7 +308,7 @@ void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
                             what + ".",
                         what, "context_length_exceeded");
     }
-    if (n >= ctx && !max_tokens_given) {
+    if (n >= ctx) {  // no room for a token: the engine needs pages for n + 1
       throw bad_request(limit + " However, your request has " + std::to_string(n) +
                             " input tokens. Please reduce the length of the " + what + ".",
                         what, "context_length_exceeded");

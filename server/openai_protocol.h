@@ -15,8 +15,6 @@
 
 #include <cstdint>
 #include <exception>
-#include <functional>
-#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,6 +22,7 @@
 #include "engine/model.h"
 #include "engine/model_profiles.h"
 #include "engine/request.h"
+#include "server/sequence_limits.h"
 
 namespace sparseserve::openai {
 
@@ -64,9 +63,7 @@ struct ProtocolLimits {
   int32_t max_choices = 64;       // prompts × n per request
   int32_t max_stop = 16;          // stop strings
   int32_t max_logprobs = 20;      // completions `logprobs`, chat `top_logprobs`
-  // Per sparsity profile: the longest sequence (prompt + completion) the KV cache holds, when that
-  // is under the model's context (Engine::max_sequence_tokens). Absent: the context.
-  std::map<std::string, int64_t, std::less<>> sequence_tokens;
+  SequenceLimits sequences;        // prompt + completion per profile (empty: the model's context)
 };
 
 // One parsed generation call: its prompts (token ids) and the engine parameters they share.

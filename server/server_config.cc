@@ -198,7 +198,7 @@ void apply(ServerConfig& c, const std::string& key, const Raw& raw) {
     c.shutdown_grace_seconds = parse_seconds(raw, key);
   } else if (key == "grpc_write_stall_seconds") {
     c.grpc_write_stall_seconds = parse_seconds(raw, key);
-    if (c.grpc_write_stall_seconds <= 0) fail(raw, key, "must be > 0");
+    if (c.grpc_write_stall_seconds < 0.001) fail(raw, key, "must be at least 0.001 (a millisecond)");
   } else if (key == "log_level") {
     c.log_level = parse_choice(raw, key, {"trace", "debug", "info", "warn", "error", "off"});
   } else {

@@ -22,7 +22,7 @@
 //   max_prompt_tokens       ≥ 0         default 0 = the model's context length
 //   shutdown_grace_seconds  ≥ 0         default 20: in-flight requests may finish this long after
 //                                       SIGTERM/SIGINT before they are aborted
-//   grpc_write_stall_seconds > 0        default 60: a Generate reply the client has not taken for
+//   grpc_write_stall_seconds ≥ 0.001    default 60: a Generate reply the client has not taken for
 //                                       this long cancels the call (a client that stopped reading)
 //   log_level               trace|debug|info|warn|error|off   default info
 // Errors throw InvalidArgument "FILE:LINE: KEY: problem" (or "--flag: problem" for a flag);
@@ -56,7 +56,7 @@ struct ServerConfig {
   size_t max_body_bytes = size_t{8} << 20;  // bytes
   int64_t max_prompt_tokens = 0;           // tokens; 0: the model's context length
   double shutdown_grace_seconds = 20.0;    // seconds
-  double grpc_write_stall_seconds = 60.0;  // seconds, > 0
+  double grpc_write_stall_seconds = 60.0;  // seconds, ≥ 0.001
   std::string log_level = "info";
 
   bool operator==(const ServerConfig&) const = default;

@@ -127,6 +127,8 @@ TEST(GatesFromScores, NormaliseByTheLargestAndRefuseScoresThatRankNothing) {
   EXPECT_THROW(gates_from_scores({0.0, 0.0, 0.0, 0.0}, 2, 2), Error);
   EXPECT_THROW(gates_from_scores({-1.0, -0.5, 0.0, -2.0}, 2, 2), Error);
   EXPECT_THROW(gates_from_scores({std::nan(""), 1.0, 2.0, 3.0}, 2, 2), Error);
+  EXPECT_THROW(gates_from_scores({1.0, std::nan(""), 2.0, 3.0}, 2, 2), Error);  // max_element skips it there
+  EXPECT_THROW(gates_from_scores({1.0, 2.0, INFINITY, 3.0}, 2, 2), Error);
   EXPECT_THROW(gates_from_scores({1.0, 2.0, 3.0}, 2, 2), InvalidArgument);
   EXPECT_THROW(gates_from_scores({}, 0, 0), InvalidArgument);
 }

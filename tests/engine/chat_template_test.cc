@@ -71,9 +71,18 @@ TEST(ChatTemplate, ContinuingLeavesTheFinalMessageOpen) {
   EXPECT_EQ(ChatTemplate::by_name("llama3").render_continuing(open),
             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nCapital of France?<|eot_id|>"
             "<|start_header_id|>assistant<|end_header_id|>\n\nIt is");
-  // The last occurrence is cut at, so content repeated earlier in the conversation is no trap.
+  // The last occurrence of the trimmed content is cut at, so content repeated earlier in the
+  // conversation is no trap, trailing whitespace or not.
   EXPECT_EQ(ChatTemplate::by_name("chatml").render_continuing({{"user", "Say A"}, {"assistant", "A"}}),
             "<|im_start|>user\nSay A<|im_end|>\n<|im_start|>assistant\nA");
+  EXPECT_EQ(ChatTemplate::by_name("llama3").render_continuing(
+                {{"user", "Complete: The answer is 42"}, {"assistant", "The answer is "}}),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nComplete: The answer is 42<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nThe answer is");
+  // Leading whitespace the template trimmed: the trimmed content is where it ends.
+  EXPECT_EQ(ChatTemplate::by_name("llama3").render_continuing({{"user", "x"}, {"assistant", "  It is"}}),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nIt is");
   EXPECT_THROW(ChatTemplate::by_name("chatml").render_continuing({{"user", "x"}, {"assistant", ""}}), InvalidArgument);
   EXPECT_THROW(ChatTemplate::by_name("llama3").render_continuing({{"user", "x"}, {"assistant", " \n"}}), InvalidArgument);
 }

@@ -283,6 +283,7 @@ TEST_F(ModelProfilesTest, ProfileErrorsNameTheLine) {
   expect_error(head + "    prefill: {dynamic: on, threshold: 1.5}\n", 4, "(0, 1], got 1.5");
   expect_error(head + "    prefill: {dynamic: on, threshold: 1e-60}\n", 4, "threshold is 0 as a float");
   expect_error(head + "    prefill: {dynamic: on, stride: 0}\n", 4, "stride must be in [1, 64]");
+  expect_error(head + "    prefill: {dynamic: on, stride: 24}\n", 4, "stride must divide block_tokens (64), got 24");
   expect_error(head + "    prefill: {dynamic: on, block_tokens: 48}\n", 4,
                "block_tokens must be 16, 32, 64 or 128, got 48");
   expect_error(head + "    prefill: {block_tokens: 64}\n", 4, "'dynamic' (on or off) is missing");

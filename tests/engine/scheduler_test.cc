@@ -322,20 +322,33 @@ TEST(Scheduler, APromptIsAdmittedOnlyWhenAllOfItFits) {
   EXPECT_GT(h.first_step[2], h.first_step[1] + 399) << "it waited for the decode's pages";
 }
 
-// Two prompts admitted in one plan: the second is admitted only when the pages left after the
-// first's whole prompt hold it.
+// Prompts admitted in one plan: each later one is admitted only when the pages left also hold what
+// the earlier ones still need for their whole prompts. Request 1's first chunk is a partial one
+// (32 of 48 tokens, aligned to 16), so 2 more of its pages are promised; request 3 would take them.
 TEST(Scheduler, AdmissionsInOnePlanLeaveEachOthersPagesAlone) {
-  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 32}, 8);
-  h.add(1, 48, 1);  // 6 pages, prefilled over two steps
-  h.add(2, 16, 1);  // 2 pages: fits
-  h.add(3, 16, 1);  // 2 more: does not fit beside 1 and 2 until one finishes
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 44}, 8);
+  h.add(1, 48, 1, dense_layout(), 0, ChunkRule{.prompt_block = 16});  // 6 pages in all
+  h.add(2, 4, 1);  // 2 pages
+  h.add(3, 4, 1);  // 2 pages: only 2 are free, and they are promised to 1
   const StepPlan first = h.step();
-  ASSERT_EQ(first.seqs.size(), 1u);  // 1's first chunk takes the whole budget
-  const StepPlan second = h.step();
-  ASSERT_EQ(second.seqs.size(), 2u);  // 1's last 16 tokens and 2
-  EXPECT_EQ(second.seqs[1].id, 2u);
+  ASSERT_EQ(first.seqs.size(), 2u);
+  EXPECT_EQ(first.seqs[0].count, 32);
+  EXPECT_EQ(first.seqs[1].id, 2u);
   ASSERT_TRUE(h.run(100));
   EXPECT_EQ(h.sched.num_preemptions(), 0);
+}
+
+// Higher-priority decodes leave less than a block of budget every step: the aligned prefill gets a
+// block reserved the step after it was short, so it still advances.
+TEST(Scheduler, AnAlignedChunkIsNotStarvedByHigherPriorityDecodes) {
+  Harness h({.max_num_seqs = 8, .max_num_batched_tokens = 20, .priority = true, .aging_steps = 1 << 20}, 64);
+  for (uint64_t id = 1; id <= 6; ++id) h.add(id, 1, 200, dense_layout(), 0);  // 6 decodes a step
+  h.step();
+  h.add(9, 64, 1, dense_layout(), 5, ChunkRule{.prompt_block = 16});  // 14 tokens left: under a block
+  for (int i = 0; i < 40 && !std::count(h.finished.begin(), h.finished.end(), 9); ++i) h.step();
+  EXPECT_TRUE(std::count(h.finished.begin(), h.finished.end(), 9)) << "the aligned prefill starved";
+  for (const ScheduledSeq& s : h.history[9]) EXPECT_TRUE(s.count == 16 || s.start + s.count == 64) << s.count;
+  ASSERT_TRUE(h.run(2000));
 }
 
 TEST(Scheduler, ChunkRulesAlignPromptChunksAndRecomputeGeneratedPositionsOneByOne) {

@@ -418,6 +418,24 @@ def test_server_limits_hold_for_grpc_too(build_dir, model_path, repo_root, tmp_p
         s.stop()
 
 
+def test_a_kv_cache_under_the_context_limits_grpc_as_http(build_dir, model_path, repo_root, tmp_path_factory, api):
+    # 8 MiB holds one dense sequence of 128 tokens: prompt + max_tokens over it is refused, as over
+    # HTTP, and GetModelInfo's context_length is the default profile's limit (HTTP's max_model_len).
+    s = launch_server(build_dir, model_path, repo_root, tmp_path_factory, api, kv_cache_bytes="8MiB")
+    try:
+        pb = s.pb
+        info = s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+        assert 128 <= info.context_length < 8192
+        expect_invalid(s.stub, pb.GenerateRequest(text="Story 1:", max_tokens=150, sparsity="dense"),
+                       "maximum context length is 128 tokens", "'dense'")
+        expect_invalid(s.stub, pb.GenerateRequest(text="word " * 200, max_tokens=0, sparsity="dense"),
+                       "maximum context length is 128 tokens")
+        out = collect(s.stub, pb.GenerateRequest(text="Story 1:", max_tokens=100, sparsity="dense", ignore_eos=True))
+        assert len(tokens_of(out)) == 100
+    finally:
+        s.stop()
+
+
 def test_server_survives_bad_inputs(stub, pb):
     # After every rejection above, ordinary calls still work and nothing is left running.
     assert tokens_of(collect(stub, greedy(pb, max_tokens=2)))

@@ -113,7 +113,8 @@ TEST_F(ServerConfigTest, BadValuesNameFileLineAndKey) {
   EXPECT_THAT(error_of("model: a\nbackend: tpu\n"), HasSubstr(".yaml:2: backend: expected one of auto | cpu | cuda"));
   EXPECT_THAT(error_of("model: a\nlog_level: loud\n"), HasSubstr("log_level"));
   EXPECT_THAT(error_of("model: a\nshutdown_grace_seconds: -1\n"), HasSubstr("shutdown_grace_seconds"));
-  EXPECT_THAT(error_of("model: a\ngrpc_write_stall_seconds: 0\n"), HasSubstr("grpc_write_stall_seconds: must be > 0"));
+  EXPECT_THAT(error_of("model: a\ngrpc_write_stall_seconds: 0\n"), HasSubstr("grpc_write_stall_seconds: must be at least 0.001"));
+  EXPECT_THAT(error_of("model: a\ngrpc_write_stall_seconds: 0.0001\n"), HasSubstr("grpc_write_stall_seconds"));
   EXPECT_THAT(error_of("model: a\nhost: [a, b]\n"), HasSubstr(".yaml:2: host: expected a single value"));
   EXPECT_THAT(error_of("model: a\nhttp_port: null\n"), HasSubstr("http_port: must not be null"));
   EXPECT_THAT(error_of("model: a\napi_key: ''\n"), HasSubstr("api_key: must not be empty"));

@@ -1,0 +1,27 @@
+// The longest sequence (prompt + completion) a request may ask for, the same on every front end:
+// the model's context, or less where the server's KV cache holds less of one sequence under the
+// request's sparsity profile (Engine::max_sequence_tokens). vLLM never accepts a request its cache
+// cannot finish, and calls that limit max_model_len.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+
+namespace sparseserve {
+
+class Engine;
+
+struct SequenceLimits {
+  std::string default_profile;                             // for a request that names none
+  std::map<std::string, int64_t, std::less<>> kv_tokens;   // per profile, where under the context
+
+  // min(context, kv_tokens of `profile`, or of the default profile for "").
+  int64_t tokens(std::string_view profile, int64_t context) const;
+  // From the engine's KV cache and profiles.
+  static SequenceLimits of(const Engine& engine);
+};
+
+}  // namespace sparseserve
