@@ -610,7 +610,7 @@ void Engine::Impl::update_gauges() {
     if (!p) continue;
     const int64_t dense = model.config.n_layers * model.config.n_kv_heads * ((p->computed + P - 1) / P);
     const auto& seq = kv.sequence(key);
-    saved += dense - seq.pages_held(kvcache::HeadRole::kRetrieval) - seq.pages_held(kvcache::HeadRole::kStreaming);
+    saved += dense - seq.pages_held();
   }
   metrics.kv_bytes_saved = saved * metrics.kv_bytes_per_page;
 }

@@ -148,9 +148,7 @@ int64_t Scheduler::chunk(const Entry& e, int64_t budget) const {
 }
 
 bool Scheduler::outgrows_pool(const Entry& e, int64_t new_len) const {
-  const kvcache::SequenceKv& s = kv_.sequence(e.id);
-  const int32_t held = s.pages_held(kvcache::HeadRole::kRetrieval) + s.pages_held(kvcache::HeadRole::kStreaming);
-  return kv_.pages_needed(e.id, new_len) > kv_.num_pages() - held;
+  return kv_.pages_needed(e.id, new_len) > kv_.num_pages() - kv_.sequence(e.id).pages_held();
 }
 
 // Preempts from the back of running_ until e's chunk fits. False when e itself had to go.

@@ -40,6 +40,7 @@ class SequenceKv {
   const std::optional<StreamingGeometry>& streaming_geometry() const { return geometry_; }
 
   int32_t pages_held(HeadRole role) const;  // pages this sequence holds for the role
+  int32_t pages_held() const { return pages_held(HeadRole::kRetrieval) + pages_held(HeadRole::kStreaming); }
 
  private:
   int32_t page_tokens_;

@@ -390,13 +390,7 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   // Prompt + completion must fit the context, or what the KV cache holds of one sequence under the
   // request's profile, as on the HTTP side (and in vLLM).
   const int64_t context = limits.sequences.tokens(g.sparsity(), model.config.max_context);
-  const std::string limit =
-      context < model.config.max_context
-          ? fmt::format("This server's maximum context length is {} tokens (what its KV cache holds of one sequence "
-                        "under sparsity profile '{}'; the model's is {}).",
-                        context, g.sparsity().empty() ? limits.sequences.default_profile : g.sparsity(),
-                        model.config.max_context)
-          : fmt::format("This model's maximum context length is {} tokens.", context);
+  const auto limit = [&] { return limits.sequences.describe(g.sparsity(), model.config.max_context); };
   const auto n = static_cast<int64_t>(r.prompt.size());
   if (limits.max_prompt_tokens > 0 && limits.max_prompt_tokens < context && n > limits.max_prompt_tokens) {
     throw InvalidArgument(fmt::format("The prompt has {} tokens, more than this server accepts ({} tokens). Please "
@@ -404,14 +398,14 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   }
   if (n >= context) {  // no room for a token, whatever max_tokens: the engine needs pages for n + 1
     throw InvalidArgument(fmt::format("{} However, your request has {} input tokens. Please reduce the length of "
-                                      "the prompt.", limit, n));
+                                      "the prompt.", limit(), n));
   }
   if (g.has_max_tokens()) {
     if (g.max_tokens() < 0) throw InvalidArgument(fmt::format("max_tokens must be ≥ 0 (got {})", g.max_tokens()));
     if (g.max_tokens() > context - n) {  // not n + max_tokens: that overflows for max_tokens near 2^63
       throw InvalidArgument(fmt::format("{} However, you requested {} tokens ({} in the prompt, {} in the completion). "
                                         "Please reduce the length of the prompt or max_tokens.",
-                                        limit, n + std::min(g.max_tokens(), INT64_MAX - n), n, g.max_tokens()));
+                                        limit(), n + std::min(g.max_tokens(), INT64_MAX - n), n, g.max_tokens()));
     }
     r.max_tokens = g.max_tokens();
   } else {

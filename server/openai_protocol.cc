@@ -283,21 +283,11 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
 
 // Prompt + completion must fit the context; without max_tokens the completion takes what is left
 // (chat) or 16 tokens (completions), as vLLM does.
-int64_t Protocol::max_sequence_tokens(std::string_view profile) const {
-  return limits_.sequences.tokens(profile.empty() ? std::string_view(profiles_.default_profile) : profile,
-                                  model_.config.max_context);
-}
-
 void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
   // The context, or what the KV cache holds of one sequence under the request's profile: vLLM
   // never accepts a request its cache cannot finish, and it names that limit max_model_len.
-  const int64_t ctx = max_sequence_tokens(job.params.sparsity);
-  const std::string limit =
-      ctx < model_.config.max_context
-          ? "This server's maximum context length is " + std::to_string(ctx) + " tokens (what its KV cache holds of one "
-                "sequence under sparsity profile '" + (job.params.sparsity.empty() ? profiles_.default_profile : job.params.sparsity) +
-                "'; the model's is " + std::to_string(model_.config.max_context) + ")."
-          : "This model's maximum context length is " + std::to_string(ctx) + " tokens.";
+  const int64_t ctx = limits_.sequences.tokens(job.params.sparsity, model_.config.max_context);
+  const auto limit = [&] { return limits_.sequences.describe(job.params.sparsity, model_.config.max_context); };
   for (const auto& p : job.prompts) {
     const int64_t n = static_cast<int64_t>(p.size());
     const char* what = job.endpoint == Endpoint::kChat ? "messages" : "prompt";
@@ -309,12 +299,12 @@ void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
                         what, "context_length_exceeded");
     }
     if (n >= ctx) {  // no room for a token: the engine needs pages for n + 1
-      throw bad_request(limit + " However, your request has " + std::to_string(n) +
+      throw bad_request(limit() + " However, your request has " + std::to_string(n) +
                             " input tokens. Please reduce the length of the " + what + ".",
                         what, "context_length_exceeded");
     }
     if (max_tokens_given && n + job.params.max_tokens > ctx) {
-      throw bad_request(limit + " However, you requested " + std::to_string(n + job.params.max_tokens) +
+      throw bad_request(limit() + " However, you requested " + std::to_string(n + job.params.max_tokens) +
                             " tokens (" + std::to_string(n) + " in the " + what + ", " +
                             std::to_string(job.params.max_tokens) + " in the completion). Please reduce the length of the " +
                             what + " or completion.",
@@ -509,7 +499,9 @@ json Protocol::tokenize(const json& body) const {
   } else {
     throw bad_request("give prompt (a string) or messages", f.get("prompt") ? "prompt" : "");
   }
-  json out = {{"count", ids.size()}, {"max_model_len", max_sequence_tokens("")}, {"tokens", ids}};
+  json out = {{"count", ids.size()},
+              {"max_model_len", limits_.sequences.tokens("", model_.config.max_context)},
+              {"tokens", ids}};
   if (f.boolean("return_token_strs").value_or(false)) {
     json strs = json::array();
     for (int32_t id : ids) strs.push_back(model_.tokenizer.token_text(id));
@@ -539,7 +531,7 @@ json Protocol::models(int64_t created) const {
                          {"owned_by", "sparseserve"},
                          {"root", model_.path},
                          {"parent", nullptr},
-                         {"max_model_len", max_sequence_tokens("")}}})}};
+                         {"max_model_len", limits_.sequences.tokens("", model_.config.max_context)}}})}};
 }
 
 }  // namespace sparseserve::openai

@@ -108,9 +108,6 @@ class Protocol {
   void parse_common(const json& body, GenerationJob& job) const;
   ChatPrompt render_chat(const json& messages, const ChatRendering& how) const;
   void check_lengths(GenerationJob& job, bool max_tokens_given) const;
-  // The longest prompt + completion under `profile` ("": the default): the model's context, or
-  // less where the KV cache holds less.
-  int64_t max_sequence_tokens(std::string_view profile) const;
 
   const Model& model_;
   const ModelProfiles& profiles_;

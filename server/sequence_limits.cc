@@ -11,6 +11,15 @@ int64_t SequenceLimits::tokens(std::string_view profile, int64_t context) const 
   return it == kv_tokens.end() ? context : std::min(context, it->second);
 }
 
+std::string SequenceLimits::describe(std::string_view profile, int64_t context) const {
+  const int64_t n = tokens(profile, context);
+  if (n >= context) return "This model's maximum context length is " + std::to_string(context) + " tokens.";
+  return "This server's maximum context length is " + std::to_string(n) +
+         " tokens (what its KV cache holds of one sequence under sparsity profile '" +
+         std::string(profile.empty() ? std::string_view(default_profile) : profile) + "'; the model's is " +
+         std::to_string(context) + ").";
+}
+
 SequenceLimits SequenceLimits::of(const Engine& engine) {
   SequenceLimits l;
   l.default_profile = engine.profiles().default_profile;

@@ -20,6 +20,9 @@ struct SequenceLimits {
 
   // min(context, kv_tokens of `profile`, or of the default profile for "").
   int64_t tokens(std::string_view profile, int64_t context) const;
+  // The sentence an error opens with: "This model's maximum context length is N tokens." or, where
+  // the KV cache holds less, "This server's maximum context length is N tokens (...)".
+  std::string describe(std::string_view profile, int64_t context) const;
   // From the engine's KV cache and profiles.
   static SequenceLimits of(const Engine& engine);
 };
