@@ -21,6 +21,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace sparseserve::kernels::cuda {
@@ -52,14 +53,6 @@ struct KeyPageList {
   const int32_t* page_ids = nullptr;   // [indptr[rows]]
   const int32_t* page_pos0 = nullptr;  // [indptr[rows]]
   const int32_t* page_len = nullptr;   // [indptr[rows]]
-};
-
-// Which keys j a query at position t sees (DESIGN.md §5; kernels/cpu/span_attention.h AttentionMask).
-// Every kind also requires j ≤ t.
-enum class MaskKind : int32_t {
-  kCausal = 0,  // all j ≤ t
-  kBand = 1,    // streaming Λ: j < sink or t − j < local (token-exact at both edges)
-  kBlocks = 2,  // block mask rows (prefill only): allowed[t / B][j / B]
 };
 
 // ---- Decode ----------------------------------------------------------------------------------
@@ -98,36 +91,6 @@ struct DecodeArgs {
   KeyPageList pages;
   float scale = 0.0f;  // softmax scale (usually 1/√D)
 };
-
-// A piece of work: row `row`, its list entries [page_begin, page_end) (relative to the row's first
-// entry, clipped at run time to the row's actual count). partial ≥ 0: the CTA writes an fp32
-// partial result to slot `partial` for the merge; −1: the row has one piece, written as bf16.
-struct DecodeWorkItem {
-  int32_t row = 0;
-  int32_t page_begin = 0;
-  int32_t page_end = 0;
-  int32_t partial = -1;
-};
-static_assert(sizeof(DecodeWorkItem) == 16);
-
-// The host-side work split. A row with several pieces is merged (log-sum-exp) by the CTA that
-// finishes its last piece.
-struct DecodeSplit {
-  int32_t chunk_pages = 0;              // pages per piece (the last piece of a row takes the rest)
-  std::vector<DecodeWorkItem> work;     // in row order
-  std::vector<int32_t> row_splits;      // [rows]: pieces of each row (≥ 1)
-  std::vector<int32_t> row_partial0;    // [rows]: first partial slot of rows with > 1 piece, else −1
-  int32_t num_partials = 0;
-};
-
-// Splits rows into pieces of chunk_pages pages: the smallest chunk (≥ min_chunk_tokens / page_tokens
-// pages) whose pieces fit in target_ctas (one wave), no split when rows ≥ target_ctas; never more
-// than max_work pieces, always at least one per row.
-// row_pages[r]: the row's page count, or an upper bound when the list is built on the device (the
-// last piece of each row covers everything after its start, so a wrong hint costs balance, not
-// keys). Pure host function.
-DecodeSplit plan_decode_split(std::span<const int32_t> row_pages, int32_t page_tokens, int32_t target_ctas,
-                              int32_t max_work, int32_t min_chunk_tokens);
 
 // Positions of page lists given as block indices (page_select.h's selected_blocks): for each row
 // r < rows and list entry e in indptr[r] .. indptr[r+1]: page_pos0[e] = blocks[e] · P and

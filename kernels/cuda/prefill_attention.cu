@@ -37,6 +37,7 @@ using prefill::TileWalk;
 constexpr int kThreads = 128;
 constexpr int kMT = 2;                  // m16 tiles per warp (each K/V fragment feeds kMT mma)
 constexpr int kBM = kThreads / 32 * kMT * 16;  // packed query rows per CTA: 128
+static_assert(kBM == kPrefillTileRows, "plan_prefill_tiles cuts the tiles this kernel takes");
 constexpr int kBN = 64;  // key slots per tile
 constexpr int kStages = 2;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -260,41 +261,6 @@ void* prefill_kernel() {
 
 
 }  // namespace
-
-std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows, int32_t group) {
-  check(group >= 1, "plan_prefill_tiles: group must be positive");
-  struct Tile {
-    PrefillWorkItem item;
-    int64_t cost;
-  };
-  std::vector<Tile> tiles;
-  for (size_t r = 0; r < rows.size(); ++r) {
-    const PrefillRow& row = rows[r];
-    const int64_t total_m = int64_t{row.n_tokens} * group;
-    for (int64_t m0 = 0; m0 < total_m; m0 += kBM) {
-      const int64_t tfirst = row.q_pos0 + m0 / group;
-      const int64_t tlast = row.q_pos0 + std::min(m0 + kBM - 1, total_m - 1) / group;
-      int64_t keys = tlast + 1;
-      if (row.mask == MaskKind::kBand) keys = std::min(keys, int64_t{row.sink} + row.local + (tlast - tfirst) + 1);
-      tiles.push_back({{static_cast<int32_t>(r), static_cast<int32_t>(m0)}, keys});
-    }
-  }
-  // Rows by their most expensive tile, each row's tiles together, most expensive first.
-  std::vector<int64_t> row_cost(rows.size(), 0);
-  for (const Tile& t : tiles) {
-    auto& c = row_cost[static_cast<size_t>(t.item.row)];
-    c = std::max(c, t.cost);
-  }
-  std::stable_sort(tiles.begin(), tiles.end(), [&](const Tile& a, const Tile& b) {
-    const int64_t ra = row_cost[static_cast<size_t>(a.item.row)], rb = row_cost[static_cast<size_t>(b.item.row)];
-    if (ra != rb) return ra > rb;
-    if (a.item.row != b.item.row) return a.item.row < b.item.row;
-    return a.cost > b.cost;
-  });
-  std::vector<PrefillWorkItem> work(tiles.size());
-  for (size_t i = 0; i < tiles.size(); ++i) work[i] = tiles[i].item;
-  return work;
-}
 
 PrefillAttention::PrefillAttention(const PrefillConfig& config, std::source_location loc) : config_(config) {
   check(config.head_dim == 64 || config.head_dim == 128, "PrefillAttention: head_dim must be 64 or 128", loc);

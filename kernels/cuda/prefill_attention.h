@@ -23,28 +23,6 @@
 
 namespace sparseserve::kernels::cuda {
 
-// One (sequence, KV head) row: the chunk's queries for the query heads of one GQA group.
-struct PrefillRow {
-  int32_t q_row0 = 0;    // token row of the chunk's first query in q / o (and in k_new / v_new)
-  int32_t n_tokens = 0;  // queries at positions q_pos0 .. q_pos0 + n_tokens − 1
-  int32_t q_pos0 = 0;
-  int32_t kv_head = 0;   // query heads kv_head*group .. kv_head*group + group − 1
-  MaskKind mask = MaskKind::kCausal;
-  int32_t sink = 0;      // kBand
-  int32_t local = 0;     // kBand
-  // 1: after its pages the row also sees the chunk's own keys, token i at k_new/v_new row q_row0 + i,
-  // position q_pos0 + i (the row's page positions must all be < q_pos0). 0: pages only.
-  int32_t new_kv = 0;
-  // kBlocks: rows of allowed bytes [n_qblocks][n_kblocks] at PrefillArgs::block_allowed +
-  // block_offset, query block b (= position / block_tokens) at row b − first_qblock
-  // (kernels/cpu/block_sparse.h BlockMask). A query's block row must exist: run() checks that
-  // first_qblock ≤ q_pos0 / block_tokens; the rows up to the last query's block are the caller's.
-  int64_t block_offset = 0;
-  int32_t first_qblock = 0;
-  int32_t n_kblocks = 0;
-};
-static_assert(sizeof(PrefillRow) == 48);
-
 struct PrefillArgs {
   // q: bf16, token row i, query head h at q + i*q_stride + h*D; o likewise (bf16).
   const __nv_bfloat16* q = nullptr;
@@ -62,19 +40,6 @@ struct PrefillArgs {
   int32_t block_tokens = 0;                // kBlocks block size (tokens)
   float scale = 0.0f;                      // softmax scale (usually 1/√D)
 };
-
-// A CTA's work: row `row`, packed query rows m0 .. m0+127 of it (packed row m = token m / group,
-// head m % group of the group: the group's heads share every K/V tile).
-struct PrefillWorkItem {
-  int32_t row = 0;
-  int32_t m0 = 0;
-};
-
-// Query tiles of the rows (cost: estimated keys per tile): rows in order of their most expensive
-// tile, a row's tiles together and most expensive first. The CTAs running at once then read one
-// row's K/V, which stays in L2 (a 64K-token row of one KV head is 32 MB; all rows together are
-// not), and the last wave holds short tiles. Pure host function.
-std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows, int32_t group);
 
 // Which kernel computes the attention. kAuto: kWgmma on compute capability 9.0 (H100/H200, built
 // for sm_90a), kMmaSync elsewhere. Both compute the same function (tests compare them).

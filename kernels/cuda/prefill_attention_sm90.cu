@@ -43,6 +43,7 @@ constexpr int kConsumerThreads = 256;            // two consumer warpgroups
 constexpr int kProducerThreads = 128;            // one producer warpgroup
 constexpr int kThreads = kConsumerThreads + kProducerThreads;
 constexpr int kBM = 128;       // packed query rows per CTA (64 per warpgroup)
+static_assert(kBM == kPrefillTileRows, "plan_prefill_tiles cuts the tiles this kernel takes");
 constexpr int kBN = 128;       // key slots per tile
 static_assert(kProducerThreads == kBN, "a producer thread per key slot of a tile");
 // Stages of K/V (K and V released separately): tiles i+1 and i+2 load during tile i. Three fill the

@@ -3,8 +3,8 @@
 // pages, selected page subsets, streaming rows over sink + ring pages (token-exact Λ, sink not a
 // multiple of the page), empty rows; split-KV with the merge and in thread block clusters. The
 // launch tests (programmatic launch, early copies, graph replay) are in decode_launch_test.cu.
-// Outputs are poisoned (NaN) before every run. Skipped where no CUDA device exists, except the
-// host-only plan tests.
+// Outputs are poisoned (NaN) before every run. Skipped where no CUDA device exists. The work split's
+// own tests are host-only: tests/kernels/attention_plan_test.cc.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -19,55 +19,6 @@ namespace sparseserve::kernels::cuda {
 namespace {
 
 using namespace decode_test;
-
-// ---- host-only -------------------------------------------------------------------------------------
-
-TEST(DecodeSplitPlan, CoversEveryPageOnceAndRespectsCapacity) {
-  std::mt19937 rng(7);
-  for (int iter = 0; iter < 200; ++iter) {
-    const int rows = rand_int(rng, 0, 40);
-    std::vector<int32_t> pages(static_cast<size_t>(rows));
-    for (int32_t& p : pages) p = rand_int(rng, 0, 3000);
-    const int32_t target = rand_int(rng, 1, 300), max_work = rows + target;
-    const DecodeSplit s = plan_decode_split(pages, 16, target, max_work, rand_int(rng, 1, 512));
-    ASSERT_LE(static_cast<int32_t>(s.work.size()), max_work);
-    ASSERT_EQ(s.row_splits.size(), pages.size());
-    int32_t partials = 0;
-    size_t w = 0;
-    for (int r = 0; r < rows; ++r) {
-      const int32_t n = s.row_splits[static_cast<size_t>(r)];
-      ASSERT_GE(n, 1);
-      int32_t expect_begin = 0;
-      for (int32_t i = 0; i < n; ++i, ++w) {
-        const DecodeWorkItem& it = s.work[w];
-        EXPECT_EQ(it.row, r);
-        EXPECT_EQ(it.page_begin, expect_begin);
-        if (i + 1 == n) {
-          EXPECT_EQ(it.page_end, INT32_MAX);  // the last piece takes the rest
-        } else {
-          EXPECT_EQ(it.page_end - it.page_begin, s.chunk_pages);
-        }
-        EXPECT_EQ(it.partial, n > 1 ? s.row_partial0[static_cast<size_t>(r)] + i : -1);
-        expect_begin = it.page_end;
-      }
-      if (n > 1) {
-        EXPECT_LT(int64_t{n - 1} * s.chunk_pages, pages[static_cast<size_t>(r)]);
-        partials += n;
-      }
-    }
-    EXPECT_EQ(w, s.work.size());
-    EXPECT_EQ(partials, s.num_partials);
-  }
-}
-
-TEST(DecodeSplitPlan, SplitsLongRowsOfSmallBatches) {
-  const std::vector<int32_t> pages(8, 2048);  // batch 1, 8 KV heads, 128K tokens in 64-token pages
-  const DecodeSplit s = plan_decode_split(pages, 64, 264, 8 + 264, 256);
-  EXPECT_GE(s.work.size(), 200u);
-  EXPECT_LE(s.work.size(), 272u);
-  const std::vector<int32_t> many(512, 128);  // many rows: no split
-  EXPECT_EQ(plan_decode_split(many, 64, 264, 512 + 264, 256).work.size(), 512u);
-}
 
 // ---- against the CPU twin ------------------------------------------------------------------------
 

@@ -349,39 +349,6 @@ void check_problem(const PrefillProblem& pr, const std::string& what) {
   }
 }
 
-// ---- host-only -------------------------------------------------------------------------------------
-
-TEST(PrefillTilePlan, CoversEveryTileOnceLongestFirst) {
-  std::vector<PrefillRow> rows(3);
-  rows[0].n_tokens = 100;
-  rows[0].q_pos0 = 0;
-  rows[1].n_tokens = 10;
-  rows[1].q_pos0 = 5000;
-  rows[2].n_tokens = 300;
-  rows[2].q_pos0 = 4000;
-  rows[2].mask = MaskKind::kBand;
-  rows[2].sink = 4;
-  rows[2].local = 16;
-  const auto work = plan_prefill_tiles(rows, 3);
-  // Tiles are equal runs of packed rows (token × head of the group) starting at 0.
-  ASSERT_FALSE(work.empty());
-  int32_t tile = INT32_MAX;
-  for (const PrefillWorkItem& w : work) {
-    if (w.m0 > 0) tile = std::min(tile, w.m0);
-  }
-  ASSERT_GE(tile, 16);
-  const int32_t packed[3] = {300, 30, 900};
-  std::vector<std::vector<int32_t>> starts(3);
-  for (const PrefillWorkItem& w : work) starts[static_cast<size_t>(w.row)].push_back(w.m0);
-  for (size_t r = 0; r < 3; ++r) {
-    std::sort(starts[r].begin(), starts[r].end());
-    ASSERT_EQ(static_cast<int32_t>(starts[r].size()), (packed[r] + tile - 1) / tile) << "row " << r;
-    for (size_t i = 0; i < starts[r].size(); ++i) EXPECT_EQ(starts[r][i], static_cast<int32_t>(i) * tile);
-  }
-  EXPECT_EQ(work.front().row, 1);  // the tile after 5000 tokens of history first
-  EXPECT_TRUE(plan_prefill_tiles({}, 4).empty());
-}
-
 // ---- against the CPU twins ------------------------------------------------------------------------
 
 TEST(PrefillAttentionGpu, MatchesCpuTwinOverShapes) {

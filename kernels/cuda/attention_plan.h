@@ -1,0 +1,91 @@
+// The host side of the attention kernels' plans: the mask kinds both families share, decode's
+// split-KV pieces and prefill's query tiles. Pure C++ (no CUDA header), so the plans build and are
+// tested everywhere, CI without nvcc included; decode_attention.h and prefill_attention.h include it.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace sparseserve::kernels::cuda {
+
+// Which keys j a query at position t sees (DESIGN.md §5; kernels/cpu/span_attention.h AttentionMask).
+// Every kind also requires j ≤ t.
+enum class MaskKind : int32_t {
+  kCausal = 0,  // all j ≤ t
+  kBand = 1,    // streaming Λ: j < sink or t − j < local (token-exact at both edges)
+  kBlocks = 2,  // block mask rows (prefill only): allowed[t / B][j / B]
+};
+
+// ---- Decode ----------------------------------------------------------------------------------
+
+// A piece of work: row `row`, its list entries [page_begin, page_end) (relative to the row's first
+// entry, clipped at run time to the row's actual count). partial ≥ 0: the CTA writes an fp32
+// partial result to slot `partial` for the merge; −1: the row has one piece, written as bf16.
+struct DecodeWorkItem {
+  int32_t row = 0;
+  int32_t page_begin = 0;
+  int32_t page_end = 0;
+  int32_t partial = -1;
+};
+static_assert(sizeof(DecodeWorkItem) == 16);
+
+// The host-side work split. A row with several pieces is merged (log-sum-exp) by the CTA that
+// finishes its last piece.
+struct DecodeSplit {
+  int32_t chunk_pages = 0;              // pages per piece (the last piece of a row takes the rest)
+  std::vector<DecodeWorkItem> work;     // in row order
+  std::vector<int32_t> row_splits;      // [rows]: pieces of each row (≥ 1)
+  std::vector<int32_t> row_partial0;    // [rows]: first partial slot of rows with > 1 piece, else −1
+  int32_t num_partials = 0;
+};
+
+// Splits rows into pieces of chunk_pages pages: the smallest chunk (≥ min_chunk_tokens / page_tokens
+// pages) whose pieces fit in target_ctas (one wave), no split when rows ≥ target_ctas; never more
+// than max_work pieces, always at least one per row.
+// row_pages[r]: the row's page count, or an upper bound when the list is built on the device (the
+// last piece of each row covers everything after its start, so a wrong hint costs balance, not
+// keys).
+DecodeSplit plan_decode_split(std::span<const int32_t> row_pages, int32_t page_tokens, int32_t target_ctas,
+                              int32_t max_work, int32_t min_chunk_tokens);
+
+// ---- Prefill ---------------------------------------------------------------------------------
+
+// One (sequence, KV head) row: the chunk's queries for the query heads of one GQA group.
+struct PrefillRow {
+  int32_t q_row0 = 0;    // token row of the chunk's first query in q / o (and in k_new / v_new)
+  int32_t n_tokens = 0;  // queries at positions q_pos0 .. q_pos0 + n_tokens − 1
+  int32_t q_pos0 = 0;
+  int32_t kv_head = 0;   // query heads kv_head*group .. kv_head*group + group − 1
+  MaskKind mask = MaskKind::kCausal;
+  int32_t sink = 0;      // kBand
+  int32_t local = 0;     // kBand
+  // 1: after its pages the row also sees the chunk's own keys, token i at k_new/v_new row q_row0 + i,
+  // position q_pos0 + i (the row's page positions must all be < q_pos0). 0: pages only.
+  int32_t new_kv = 0;
+  // kBlocks: rows of allowed bytes [n_qblocks][n_kblocks] at PrefillArgs::block_allowed +
+  // block_offset, query block b (= position / block_tokens) at row b − first_qblock
+  // (kernels/cpu/block_sparse.h BlockMask). A query's block row must exist: run() checks that
+  // first_qblock ≤ q_pos0 / block_tokens; the rows up to the last query's block are the caller's.
+  int64_t block_offset = 0;
+  int32_t first_qblock = 0;
+  int32_t n_kblocks = 0;
+};
+static_assert(sizeof(PrefillRow) == 48);
+
+// A CTA's work: row `row`, packed query rows m0 .. m0 + kPrefillTileRows − 1 of it (packed row m = token m / group,
+// head m % group of the group: the group's heads share every K/V tile).
+inline constexpr int32_t kPrefillTileRows = 128;  // packed query rows per CTA, both prefill kernels
+
+struct PrefillWorkItem {
+  int32_t row = 0;
+  int32_t m0 = 0;
+};
+
+// Query tiles of the rows (cost: estimated keys per tile): rows in order of their most expensive
+// tile, a row's tiles together and most expensive first. The CTAs running at once then read one
+// row's K/V, which stays in L2 (a 64K-token row of one KV head is 32 MB; all rows together are
+// not), and the last wave holds short tiles.
+std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows, int32_t group);
+
+}  // namespace sparseserve::kernels::cuda

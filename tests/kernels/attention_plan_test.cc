@@ -1,0 +1,96 @@
+// The attention kernels' host-side plans (kernels/cuda/attention_plan.h): decode's split-KV pieces
+// and prefill's query tiles. Pure host code: runs everywhere, CI without a GPU included.
+#include "kernels/cuda/attention_plan.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <climits>
+#include <random>
+#include <vector>
+
+namespace sparseserve::kernels::cuda {
+namespace {
+
+int rand_int(std::mt19937& rng, int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); }
+
+TEST(DecodeSplitPlan, CoversEveryPageOnceAndRespectsCapacity) {
+  std::mt19937 rng(7);
+  for (int iter = 0; iter < 200; ++iter) {
+    const int rows = rand_int(rng, 0, 40);
+    std::vector<int32_t> pages(static_cast<size_t>(rows));
+    for (int32_t& p : pages) p = rand_int(rng, 0, 3000);
+    const int32_t target = rand_int(rng, 1, 300), max_work = rows + target;
+    const DecodeSplit s = plan_decode_split(pages, 16, target, max_work, rand_int(rng, 1, 512));
+    ASSERT_LE(static_cast<int32_t>(s.work.size()), max_work);
+    ASSERT_EQ(s.row_splits.size(), pages.size());
+    int32_t partials = 0;
+    size_t w = 0;
+    for (int r = 0; r < rows; ++r) {
+      const int32_t n = s.row_splits[static_cast<size_t>(r)];
+      ASSERT_GE(n, 1);
+      int32_t expect_begin = 0;
+      for (int32_t i = 0; i < n; ++i, ++w) {
+        const DecodeWorkItem& it = s.work[w];
+        EXPECT_EQ(it.row, r);
+        EXPECT_EQ(it.page_begin, expect_begin);
+        if (i + 1 == n) {
+          EXPECT_EQ(it.page_end, INT32_MAX);  // the last piece takes the rest
+        } else {
+          EXPECT_EQ(it.page_end - it.page_begin, s.chunk_pages);
+        }
+        EXPECT_EQ(it.partial, n > 1 ? s.row_partial0[static_cast<size_t>(r)] + i : -1);
+        expect_begin = it.page_end;
+      }
+      if (n > 1) {
+        EXPECT_LT(int64_t{n - 1} * s.chunk_pages, pages[static_cast<size_t>(r)]);
+        partials += n;
+      }
+    }
+    EXPECT_EQ(w, s.work.size());
+    EXPECT_EQ(partials, s.num_partials);
+  }
+}
+
+TEST(DecodeSplitPlan, SplitsLongRowsOfSmallBatches) {
+  const std::vector<int32_t> pages(8, 2048);  // batch 1, 8 KV heads, 128K tokens in 64-token pages
+  const DecodeSplit s = plan_decode_split(pages, 64, 264, 8 + 264, 256);
+  EXPECT_GE(s.work.size(), 200u);
+  EXPECT_LE(s.work.size(), 272u);
+  const std::vector<int32_t> many(512, 128);  // many rows: no split
+  EXPECT_EQ(plan_decode_split(many, 64, 264, 512 + 264, 256).work.size(), 512u);
+}
+
+TEST(PrefillTilePlan, CoversEveryTileOnceLongestFirst) {
+  std::vector<PrefillRow> rows(3);
+  rows[0].n_tokens = 100;
+  rows[0].q_pos0 = 0;
+  rows[1].n_tokens = 10;
+  rows[1].q_pos0 = 5000;
+  rows[2].n_tokens = 300;
+  rows[2].q_pos0 = 4000;
+  rows[2].mask = MaskKind::kBand;
+  rows[2].sink = 4;
+  rows[2].local = 16;
+  const auto work = plan_prefill_tiles(rows, 3);
+  // Tiles are equal runs of packed rows (token × head of the group) starting at 0.
+  ASSERT_FALSE(work.empty());
+  int32_t tile = INT32_MAX;
+  for (const PrefillWorkItem& w : work) {
+    if (w.m0 > 0) tile = std::min(tile, w.m0);
+  }
+  ASSERT_GE(tile, 16);
+  const int32_t packed[3] = {300, 30, 900};
+  std::vector<std::vector<int32_t>> starts(3);
+  for (const PrefillWorkItem& w : work) starts[static_cast<size_t>(w.row)].push_back(w.m0);
+  for (size_t r = 0; r < 3; ++r) {
+    std::sort(starts[r].begin(), starts[r].end());
+    ASSERT_EQ(static_cast<int32_t>(starts[r].size()), (packed[r] + tile - 1) / tile) << "row " << r;
+    for (size_t i = 0; i < starts[r].size(); ++i) EXPECT_EQ(starts[r][i], static_cast<int32_t>(i) * tile);
+  }
+  EXPECT_EQ(work.front().row, 1);  // the tile after 5000 tokens of history first
+  EXPECT_TRUE(plan_prefill_tiles({}, 4).empty());
+}
+
+}  // namespace
+}  // namespace sparseserve::kernels::cuda
