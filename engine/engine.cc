@@ -193,6 +193,10 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
     if (t < 0 || t >= c.vocab_size) throw InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary");
   }
   if (request.max_tokens < 0) throw InvalidArgument("max_tokens must be non-negative");
+  if (request.min_tokens < 0 || request.min_tokens > request.max_tokens) {
+    throw InvalidArgument("min_tokens must be between 0 and max_tokens (" + std::to_string(request.max_tokens) +
+                          "), got " + std::to_string(request.min_tokens));
+  }
   if (request.logprobs > 20) throw InvalidArgument("logprobs must be at most 20");
   request.sampling.validate(c.vocab_size);
   for (int32_t t : request.stop_token_ids) {
@@ -508,6 +512,15 @@ void Engine::Impl::step() {
       done.push_back(s.id);
       continue;
     }
+    // vLLM's min_tokens: the token sampled now is number gen + 1; before the minimum no stop token
+    // can be drawn (its logit is −∞ for sampling; logprobs stay the model's) and no stop string ends.
+    const bool may_stop = static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.req.min_tokens;
+    const auto suppress_stops = [&] {
+      if (may_stop) return;
+      for (const auto* ids : {&r.stop_ids, &r.implicit_stops}) {
+        for (int32_t id : *ids) lrow[static_cast<size_t>(id)] = -INFINITY;
+      }
+    };
     std::optional<TokenLogprob> lp;
     if (r.req.logprobs >= 0) {  // log-softmax of the model's own distribution (before sampling transforms)
       double mx = -INFINITY, sum = 0;
@@ -522,11 +535,13 @@ void Engine::Impl::step() {
                         [&](int32_t a, int32_t b) { return lrow[static_cast<size_t>(a)] > lrow[static_cast<size_t>(b)]; });
       for (size_t i = 0; i < k; ++i) lp->top.emplace_back(idx[i], static_cast<float>(lrow[static_cast<size_t>(idx[i])] - lse));
       std::vector<float> raw(lrow.begin(), lrow.end());
+      suppress_stops();
       const int32_t tok = r.sampler.sample(lrow);
       lp->token = tok;
       lp->logprob = static_cast<float>(raw[static_cast<size_t>(tok)] - lse);
       r.tokens.push_back(tok);
     } else {
+      suppress_stops();
       r.tokens.push_back(r.sampler.sample(lrow));
     }
     const int32_t tok = r.tokens.back();
@@ -545,12 +560,13 @@ void Engine::Impl::step() {
     out.completion_tokens = gen;
     out.token_ids.push_back(tok);
     if (lp) out.logprobs.push_back(*lp);
-    const bool requested_stop = std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
-    const bool stop_token =
-        requested_stop || std::find(r.implicit_stops.begin(), r.implicit_stops.end(), tok) != r.implicit_stops.end();
+    // (A suppressed stop id drawn anyway, from a row with no finite logit left, is an ordinary token.)
+    const bool requested_stop = may_stop && std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
+    const bool stop_token = requested_stop || (may_stop && std::find(r.implicit_stops.begin(), r.implicit_stops.end(),
+                                                                     tok) != r.implicit_stops.end());
     // A stop token's own text is not searched for stop strings: the bytes held back are flushed
     // instead, and may still complete one, which is then the reason.
-    const auto res = r.stops.push(stop_token ? r.detok.flush() : r.detok.push(tok));
+    const auto res = r.stops.push(stop_token ? r.detok.flush() : r.detok.push(tok), may_stop);
     out.text = res.text;
     if (res.stopped) {
       r.text_complete = true;  // finish() adds no text

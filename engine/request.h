@@ -17,6 +17,8 @@ struct Request {
   std::vector<int32_t> prompt;         // token ids (front ends tokenize / apply the chat template)
   SamplingParams sampling;
   int64_t max_tokens = 256;            // ≥ 0; capped by the context left after the prompt
+  int64_t min_tokens = 0;              // 0 .. max_tokens: no stop (EOS, end of turn, stop_token_ids, stop
+                                       // strings) before this many generated tokens (vLLM's min_tokens)
   std::vector<std::string> stop;       // stop strings (in the output only with include_stop_str_in_output)
   bool include_stop_str_in_output = false;  // also the text of a stop token (EOS included, as vLLM)
   bool skip_special_tokens = true;     // special tokens left out of the text

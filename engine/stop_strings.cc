@@ -8,7 +8,7 @@ StopStringFilter::StopStringFilter(std::vector<std::string> stops) : stops_(std:
   std::erase_if(stops_, [](const std::string& s) { return s.empty(); });
 }
 
-StopStringFilter::Result StopStringFilter::push(std::string_view piece) {
+StopStringFilter::Result StopStringFilter::push(std::string_view piece, bool may_stop) {
   held_ += piece;
   Result r;
   if (stops_.empty()) {
@@ -16,20 +16,26 @@ StopStringFilter::Result StopStringFilter::push(std::string_view piece) {
     held_.clear();
     return r;
   }
-  // Earliest full match wins (ties: the longer stop string).
-  size_t best = std::string::npos;
-  for (const std::string& s : stops_) {
-    const size_t at = held_.find(s);
-    if (at != std::string::npos && (at < best || (at == best && s.size() > r.matched.size()))) {
-      best = at;
-      r.matched = s;
+  if (!may_stop) {
+    unchecked_ = held_.size();
+  } else {
+    // Earliest full match ending past the unchecked bytes wins (ties: the longer stop string).
+    size_t best = std::string::npos;
+    for (const std::string& s : stops_) {
+      const size_t from = unchecked_ >= s.size() ? unchecked_ - s.size() + 1 : 0;
+      const size_t at = held_.find(s, from);
+      if (at != std::string::npos && (at < best || (at == best && s.size() > r.matched.size()))) {
+        best = at;
+        r.matched = s;
+      }
     }
-  }
-  if (best != std::string::npos) {
-    r.text = held_.substr(0, best);
-    r.stopped = true;
-    held_.clear();
-    return r;
+    if (best != std::string::npos) {
+      r.text = held_.substr(0, best);
+      r.stopped = true;
+      held_.clear();
+      unchecked_ = 0;
+      return r;
+    }
   }
   // Hold back the longest suffix that is a proper prefix of some stop string.
   size_t keep = 0;
@@ -41,14 +47,17 @@ StopStringFilter::Result StopStringFilter::push(std::string_view piece) {
       }
     }
   }
-  r.text = held_.substr(0, held_.size() - keep);
-  held_.erase(0, held_.size() - keep);
+  const size_t emitted = held_.size() - keep;
+  r.text = held_.substr(0, emitted);
+  held_.erase(0, emitted);
+  unchecked_ = unchecked_ > emitted ? unchecked_ - emitted : 0;
   return r;
 }
 
 std::string StopStringFilter::flush() {
   std::string out = std::move(held_);
   held_.clear();
+  unchecked_ = 0;
   return out;
 }
 

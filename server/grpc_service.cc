@@ -411,6 +411,11 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   } else {
     r.max_tokens = context - n;
   }
+  if (g.min_tokens() < 0 || g.min_tokens() > r.max_tokens) {
+    throw InvalidArgument(
+        fmt::format("min_tokens must be in [0, max_tokens = {}] (got {})", r.max_tokens, g.min_tokens()));
+  }
+  r.min_tokens = g.min_tokens();
   if (g.stop_size() > kMaxStopStrings) {
     throw InvalidArgument(fmt::format("stop has {} strings; at most {} are allowed", g.stop_size(), kMaxStopStrings));
   }

@@ -203,11 +203,9 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   if (auto v = f.integer("best_of", 1, limits_.max_n); v && *v != job.n) {
     throw bad_request("best_of other than n is not supported", "best_of");
   }
-  // vLLM's min_tokens (no stop token or stop string before that many tokens): not implemented, so
-  // refused rather than ignored.
-  if (auto v = f.integer("min_tokens", 0, std::numeric_limits<int32_t>::max()); v && *v > 0) {
-    throw bad_request("min_tokens is not supported", "min_tokens");
-  }
+  // vLLM's min_tokens: no stop token or stop string before that many tokens (≤ max_tokens:
+  // check_lengths, once max_tokens is known).
+  if (auto v = f.integer("min_tokens", 0, std::numeric_limits<int32_t>::max())) r.min_tokens = *v;
   // The other vLLM extensions that change what is generated or returned, not implemented: refused
   // when given anything but their default, never silently dropped.
   for (const char* key : {"allowed_token_ids", "prompt_logprobs", "logits_processors", "truncate_prompt_tokens",
@@ -315,6 +313,11 @@ void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
     int64_t left = ctx;
     for (const auto& p : job.prompts) left = std::min<int64_t>(left, ctx - static_cast<int64_t>(p.size()));
     job.params.max_tokens = job.endpoint == Endpoint::kChat ? left : std::min<int64_t>(16, left);
+  }
+  if (job.params.min_tokens > job.params.max_tokens) {
+    throw bad_request("min_tokens must be less than or equal to max_tokens=" + std::to_string(job.params.max_tokens) +
+                          ", got " + std::to_string(job.params.min_tokens) + ".",
+                      "min_tokens");
   }
 }
 

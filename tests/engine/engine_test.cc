@@ -278,6 +278,55 @@ TEST_F(EngineTest, AStopTokenReleasesTheTextHeldForAStopString) {
   EXPECT_EQ(cut.last.stop_token, full.tokens[k]);
 }
 
+TEST_F(EngineTest, MinTokensHoldsOffEveryStop) {
+  // Greedy chat answers end with the end of turn after a few tokens; with min_tokens the same
+  // request runs on: no EOS, end of turn, stop_token_ids entry or stop string before the minimum,
+  // and its first tokens are the unconstrained run's (only stop ids are suppressed, and greedy
+  // never picked one before the end). The logprobs stay the model's own.
+  Engine e(*model_, profiles(), EngineConfig{});
+  Request base = request("free", "", 64, std::nullopt, 0.0f);
+  base.prompt = model_->tokenizer.encode("<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n", false, true);
+  base.ignore_eos = false;
+  base.end_of_turn = model_->tokenizer.token_id("<|im_end|>");
+  ASSERT_GE(base.end_of_turn, 0);
+  base.logprobs = 0;
+  const Result free_run = drain(*e.submit(base));
+  ASSERT_EQ(free_run.last.finish_reason, FinishReason::kStop);
+  const int64_t natural = free_run.last.completion_tokens;  // the end of turn included
+  ASSERT_LT(natural, 40) << "the greedy answer should end early";
+
+  Request held = base;
+  held.id = "held";
+  held.min_tokens = natural + 8;
+  held.stop_token_ids = {free_run.tokens.back()};
+  held.stop = {free_run.text.empty() ? std::string("\x01") : free_run.text.substr(0, 1)};
+  const Result out = drain(*e.submit(held));
+  EXPECT_GE(out.last.completion_tokens, held.min_tokens);
+  for (int64_t i = 0; i < held.min_tokens; ++i) {
+    const int32_t t = out.tokens[static_cast<size_t>(i)];
+    EXPECT_NE(t, base.end_of_turn) << "token " << i;
+    for (int32_t eos : model_->config.eos_ids) EXPECT_NE(t, eos) << "token " << i;
+  }
+  ASSERT_GE(out.tokens.size(), static_cast<size_t>(natural - 1));
+  EXPECT_TRUE(std::equal(free_run.tokens.begin(), free_run.tokens.end() - 1, out.tokens.begin()));
+  // The stop string (the answer's first character) was in the text from the start: matched only in
+  // text from after the minimum, if at all.
+  if (out.last.finish_reason == FinishReason::kStop && !out.last.stop_reason.empty()) {
+    EXPECT_GE(out.last.completion_tokens, held.min_tokens + 1);
+  }
+  if (out.last.finish_reason == FinishReason::kLength) {
+    EXPECT_EQ(out.last.completion_tokens, held.max_tokens);
+  }
+
+  Request bad = base;
+  bad.id = "bad";
+  bad.min_tokens = bad.max_tokens + 1;
+  EXPECT_THROW(e.submit(bad), InvalidArgument);
+  bad.min_tokens = -1;
+  EXPECT_THROW(e.submit(bad), InvalidArgument);
+  expect_all_pages_returned(e);
+}
+
 TEST_F(EngineTest, BadRequestsAreRejectedAtSubmit) {
   Engine e(*model_, profiles(), EngineConfig{});
   Request empty = request("e", "x", 4, std::nullopt, 0.0f);

@@ -49,6 +49,29 @@ TEST(StopStrings, EarliestMatchWins) {
   EXPECT_EQ(matched, "lo w");
 }
 
+TEST(StopStrings, NoStringEndsInTextPushedBeforeStopsMayEnd) {
+  // vLLM's min_tokens: a stop string wholly inside the text pushed with may_stop false never
+  // matches, not even once stops may end; one that begins there and ends later does.
+  StopStringFilter f({"cat", "a"});
+  auto r1 = f.push("a cat ca", /*may_stop=*/false);
+  EXPECT_FALSE(r1.stopped);
+  EXPECT_EQ(r1.text, "a cat ");  // "ca" may begin "cat": held back
+  auto r2 = f.push("t!");
+  EXPECT_TRUE(r2.stopped);
+  EXPECT_EQ(r2.matched, "cat");  // the held "ca" + "t": ends in checked text
+  EXPECT_EQ(r2.text, "");
+
+  StopStringFilter g({"a", "ab"});
+  EXPECT_EQ(g.push("xa", false).text, "x");  // "a" held: it begins "ab"
+  auto r3 = g.push("c");                     // "a" ended in unchecked text: no match
+  EXPECT_FALSE(r3.stopped);
+  EXPECT_EQ(r3.text, "ac");
+  auto r4 = g.push("zab");  // both begin at the same byte, in checked text: the longer wins
+  EXPECT_TRUE(r4.stopped);
+  EXPECT_EQ(r4.matched, "ab");
+  EXPECT_EQ(r4.text, "z");
+}
+
 TEST(StopStrings, NoStopsPassesThrough) {
   StopStringFilter f({});
   EXPECT_EQ(f.push("abc").text, "abc");

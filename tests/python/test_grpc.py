@@ -299,6 +299,20 @@ def test_stop_string_cuts_the_output(stub, pb):
     assert final.stop_reason == stop
 
 
+def test_min_tokens_holds_off_stops(stub, pb):
+    # A stop_token_ids entry forced by logit_bias at every step ends the stream only once min_tokens
+    # tokens are out; min_tokens past max_tokens is refused.
+    comma = list(stub.Tokenize(pb.TokenizeRequest(text=","), timeout=10).token_ids)
+    assert len(comma) == 1
+    forced = pb.SamplingParams(temperature=0, logit_bias={comma[0]: 100})
+    msgs = collect(stub, pb.GenerateRequest(text="Hi", max_tokens=8, sampling=forced, stop_token_ids=comma,
+                                            min_tokens=3))
+    tokens = tokens_of(msgs)
+    assert len(tokens) == 4 and tokens[3] == comma[0] and comma[0] not in tokens[:3], tokens
+    assert msgs[-1].final.finish_reason == pb.FINISH_REASON_STOP
+    expect_invalid(stub, pb.GenerateRequest(text="Hi", max_tokens=4, min_tokens=5), "min_tokens")
+
+
 def test_max_tokens_finishes_with_length(stub, pb):
     msgs = collect(stub, greedy(pb, max_tokens=5, ignore_eos=True))
     assert len(tokens_of(msgs)) == 5

@@ -88,7 +88,8 @@ CASES = [
     ("response-format-string", C, c(response_format="text"), 400, "response_format"),
     ("echo-unsupported", C, c(echo=True), 400, "echo"),
     ("best-of-unsupported", C, c(best_of=3), 400, "best_of"),
-    ("min-tokens-unsupported", C, c(min_tokens=5), 400, "min_tokens"),
+    ("min-tokens-above-default-max-tokens", C, without(c(min_tokens=17), "max_tokens"), 400, "min_tokens"),
+    ("min-tokens-above-max-tokens", H, h(max_tokens=4, min_tokens=5), 400, "min_tokens"),
     ("min-tokens-negative", H, h(min_tokens=-1), 400, "min_tokens"),
     # vLLM extensions not implemented: refused, not silently ignored (their defaults pass: below)
     ("allowed-token-ids", C, c(allowed_token_ids=[11]), 400, "allowed_token_ids"),

@@ -306,6 +306,28 @@ def test_stop_reason_as_vllm_reports_it(http, model_name):
     assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == 4, r
 
 
+def test_min_tokens_holds_off_every_stop(http, model_name):
+    # vLLM's min_tokens: logit_bias forces a stop token at every step; before the minimum it cannot
+    # be drawn (EOS and the end of turn, stop_token_ids) and no stop string ends.
+    im_end = 2
+    comma = http.post("/tokenize", json={"prompt": ","}).json()["tokens"]
+    chat = {"model": model_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8,
+            "temperature": 0, "logit_bias": {str(im_end): 100}, "min_tokens": 3}
+    r = http.post("/v1/chat/completions", json=chat).json()
+    assert (r["choices"][0]["finish_reason"], r["usage"]["completion_tokens"]) == ("stop", 4), r
+    body = {"model": model_name, "prompt": "Hi", "max_tokens": 8, "temperature": 0,
+            "logit_bias": {str(comma[0]): 100}, "min_tokens": 2, "stop_token_ids": comma}
+    c = http.post("/v1/completions", json=body).json()
+    assert (c["choices"][0]["stop_reason"], c["usage"]["completion_tokens"]) == (comma[0], 3), c
+    # A stop string is not suppressed, only held off: ",," is in the text from the second comma on,
+    # but ends past the minimum only with the fourth; the text is cut where that match begins.
+    c = http.post("/v1/completions", json={**body, "stop_token_ids": [], "stop": [",,"], "min_tokens": 3}).json()
+    assert (c["choices"][0]["text"], c["choices"][0]["stop_reason"], c["usage"]["completion_tokens"]) == \
+        (",,", ",,", 4), c
+    c = http.post("/v1/completions", json={**body, "stop_token_ids": [], "stop": [",,"], "min_tokens": 0}).json()
+    assert (c["choices"][0]["text"], c["usage"]["completion_tokens"]) == ("", 2), c
+
+
 def test_seed_reproducible(client, model_name):
     kw = dict(model=model_name, prompt="Once upon a time", max_tokens=10, temperature=1.0, top_p=0.95)
     a = client.completions.create(seed=1234, **kw).choices[0].text
