@@ -202,6 +202,11 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   for (int32_t t : request.stop_token_ids) {
     if (t < 0 || t >= c.vocab_size) throw InvalidArgument("stop token id " + std::to_string(t) + " is outside the vocabulary");
   }
+  for (int32_t t : request.allowed_token_ids) {
+    if (t < 0 || t >= c.vocab_size) {
+      throw InvalidArgument("allowed token id " + std::to_string(t) + " is outside the vocabulary");
+    }
+  }
   if (request.end_of_turn < -1 || request.end_of_turn >= c.vocab_size) {
     throw InvalidArgument("end-of-turn token id " + std::to_string(request.end_of_turn) + " is outside the vocabulary");
   }
@@ -512,10 +517,19 @@ void Engine::Impl::step() {
       done.push_back(s.id);
       continue;
     }
-    // vLLM's min_tokens: the token sampled now is number gen + 1; before the minimum no stop token
-    // can be drawn (its logit is −∞ for sampling; logprobs stay the model's) and no stop string ends.
+    // Logits processors, applied for sampling only (logprobs stay the model's, as vLLM reports them):
+    //  - allowed_token_ids: every other id gets −∞;
+    //  - min_tokens: the token sampled now is number gen + 1; before the minimum no stop id can be
+    //    drawn and no stop string ends.
     const bool may_stop = static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.req.min_tokens;
-    const auto suppress_stops = [&] {
+    const auto apply_processors = [&] {
+      if (!r.req.allowed_token_ids.empty()) {
+        std::vector<float> kept;
+        kept.reserve(r.req.allowed_token_ids.size());
+        for (int32_t id : r.req.allowed_token_ids) kept.push_back(lrow[static_cast<size_t>(id)]);
+        std::fill(lrow.begin(), lrow.end(), -INFINITY);
+        for (size_t i = 0; i < kept.size(); ++i) lrow[static_cast<size_t>(r.req.allowed_token_ids[i])] = kept[i];
+      }
       if (may_stop) return;
       for (const auto* ids : {&r.stop_ids, &r.implicit_stops}) {
         for (int32_t id : *ids) lrow[static_cast<size_t>(id)] = -INFINITY;
@@ -535,13 +549,13 @@ void Engine::Impl::step() {
                         [&](int32_t a, int32_t b) { return lrow[static_cast<size_t>(a)] > lrow[static_cast<size_t>(b)]; });
       for (size_t i = 0; i < k; ++i) lp->top.emplace_back(idx[i], static_cast<float>(lrow[static_cast<size_t>(idx[i])] - lse));
       std::vector<float> raw(lrow.begin(), lrow.end());
-      suppress_stops();
+      apply_processors();
       const int32_t tok = r.sampler.sample(lrow);
       lp->token = tok;
       lp->logprob = static_cast<float>(raw[static_cast<size_t>(tok)] - lse);
       r.tokens.push_back(tok);
     } else {
-      suppress_stops();
+      apply_processors();
       r.tokens.push_back(r.sampler.sample(lrow));
     }
     const int32_t tok = r.tokens.back();

@@ -368,6 +368,10 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
     case pb::GenerateRequest::INPUT_NOT_SET:
       throw InvalidArgument("no input: set one of text, token_ids or chat");
   }
+  if (g.has_truncate_prompt_tokens() && (g.truncate_prompt_tokens() == 0 || g.truncate_prompt_tokens() < -1)) {
+    throw InvalidArgument(
+        fmt::format("truncate_prompt_tokens must be ≥ 1 or -1 (got {})", g.truncate_prompt_tokens()));
+  }
 
   const pb::SamplingParams& s = g.sampling();
   if (s.has_temperature()) {
@@ -391,6 +395,10 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   // request's profile, as on the HTTP side (and in vLLM).
   const int64_t context = limits.sequences.tokens(g.sparsity(), model.config.max_context);
   const auto limit = [&] { return limits.sequences.describe(g.sparsity(), model.config.max_context); };
+  if (g.has_truncate_prompt_tokens()) {
+    const int64_t keep = g.truncate_prompt_tokens() < 0 ? context : g.truncate_prompt_tokens();
+    if (static_cast<int64_t>(r.prompt.size()) > keep) r.prompt.erase(r.prompt.begin(), r.prompt.end() - keep);
+  }
   const auto n = static_cast<int64_t>(r.prompt.size());
   if (limits.max_prompt_tokens > 0 && limits.max_prompt_tokens < context && n > limits.max_prompt_tokens) {
     throw InvalidArgument(fmt::format("The prompt has {} tokens, more than this server accepts ({} tokens). Please "
@@ -430,6 +438,14 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
                                         tok.vocab_size()));
     }
     r.stop_token_ids.push_back(t);
+  }
+  for (int i = 0; i < g.allowed_token_ids_size(); ++i) {
+    const int32_t t = g.allowed_token_ids(i);
+    if (t < 0 || t >= tok.vocab_size()) {
+      throw InvalidArgument(fmt::format("allowed_token_ids[{}] = {} is outside the vocabulary [0, {})", i, t,
+                                        tok.vocab_size()));
+    }
+    r.allowed_token_ids.push_back(t);
   }
   r.ignore_eos = g.ignore_eos();
   r.sparsity = g.sparsity();

@@ -206,9 +206,20 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   // vLLM's min_tokens: no stop token or stop string before that many tokens (≤ max_tokens:
   // check_lengths, once max_tokens is known).
   if (auto v = f.integer("min_tokens", 0, std::numeric_limits<int32_t>::max())) r.min_tokens = *v;
+  if (const json* ids = f.get("allowed_token_ids")) {  // vLLM: only these ids may be sampled
+    if (!is_token_list(*ids) || ids->empty()) {
+      throw bad_request("allowed_token_ids must be a non-empty list of token ids", "allowed_token_ids");
+    }
+    r.allowed_token_ids = token_list(*ids, model_.config.vocab_size, "allowed_token_ids");
+  }
+  // vLLM's left truncation (applied in check_lengths).
+  if (auto k = f.integer("truncate_prompt_tokens", -1, std::numeric_limits<int32_t>::max())) {
+    if (*k == 0) throw bad_request("truncate_prompt_tokens must be an integer ≥ 1 or -1", "truncate_prompt_tokens");
+    job.truncate_prompt_tokens = *k;
+  }
   // The other vLLM extensions that change what is generated or returned, not implemented: refused
   // when given anything but their default, never silently dropped.
-  for (const char* key : {"allowed_token_ids", "prompt_logprobs", "logits_processors", "truncate_prompt_tokens",
+  for (const char* key : {"prompt_logprobs", "logits_processors",
                           "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
     if (f.get(key) != nullptr) throw bad_request(std::string(key) + " is not supported", key);
   }
@@ -286,6 +297,12 @@ void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
   // never accepts a request its cache cannot finish, and it names that limit max_model_len.
   const int64_t ctx = limits_.sequences.tokens(job.params.sparsity, model_.config.max_context);
   const auto limit = [&] { return limits_.sequences.describe(job.params.sparsity, model_.config.max_context); };
+  if (job.truncate_prompt_tokens != 0) {
+    const int64_t keep = job.truncate_prompt_tokens < 0 ? ctx : job.truncate_prompt_tokens;
+    for (auto& p : job.prompts) {
+      if (static_cast<int64_t>(p.size()) > keep) p.erase(p.begin(), p.end() - keep);
+    }
+  }
   for (const auto& p : job.prompts) {
     const int64_t n = static_cast<int64_t>(p.size());
     const char* what = job.endpoint == Endpoint::kChat ? "messages" : "prompt";

@@ -75,6 +75,8 @@ struct GenerationJob {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool want_logprobs = false;  // params.logprobs ≥ 0
+  int64_t truncate_prompt_tokens = 0;  // vLLM's: k ≥ 1 keeps each prompt's last k tokens, −1 as many as
+                                       // the request's context limit; 0 none
 
   int32_t num_choices() const { return static_cast<int32_t>(prompts.size()) * n; }
   // Choice i (prompt i / n, sample i % n) as an engine Request with id "<response_id>-<i>";

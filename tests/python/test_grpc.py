@@ -313,6 +313,19 @@ def test_min_tokens_holds_off_stops(stub, pb):
     expect_invalid(stub, pb.GenerateRequest(text="Hi", max_tokens=4, min_tokens=5), "min_tokens")
 
 
+def test_allowed_token_ids_and_truncate_prompt_tokens(stub, pb):
+    comma = list(stub.Tokenize(pb.TokenizeRequest(text=","), timeout=10).token_ids)
+    msgs = collect(stub, greedy(pb, max_tokens=5, ignore_eos=True, allowed_token_ids=comma))
+    assert tokens_of(msgs) == comma * 5
+    ids = list(stub.Tokenize(pb.TokenizeRequest(text="One two three four five six seven eight"), timeout=10).token_ids)
+    cut = collect(stub, greedy(pb, token_ids=pb.TokenIds(ids=ids), truncate_prompt_tokens=3))
+    alone = collect(stub, greedy(pb, token_ids=pb.TokenIds(ids=ids[-3:])))
+    assert cut[-1].final.usage.prompt_tokens == 3
+    assert tokens_of(cut) == tokens_of(alone)
+    expect_invalid(stub, greedy(pb, truncate_prompt_tokens=0), "truncate_prompt_tokens")
+    expect_invalid(stub, greedy(pb, allowed_token_ids=[-1]), "allowed_token_ids")
+
+
 def test_max_tokens_finishes_with_length(stub, pb):
     msgs = collect(stub, greedy(pb, max_tokens=5, ignore_eos=True))
     assert len(tokens_of(msgs)) == 5

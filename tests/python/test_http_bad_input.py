@@ -91,8 +91,12 @@ CASES = [
     ("min-tokens-above-default-max-tokens", C, without(c(min_tokens=17), "max_tokens"), 400, "min_tokens"),
     ("min-tokens-above-max-tokens", H, h(max_tokens=4, min_tokens=5), 400, "min_tokens"),
     ("min-tokens-negative", H, h(min_tokens=-1), 400, "min_tokens"),
+    ("allowed-token-ids-empty", C, c(allowed_token_ids=[]), 400, "allowed_token_ids"),
+    ("allowed-token-ids-out-of-vocab", H, h(allowed_token_ids=[11, 999999]), 400, "allowed_token_ids"),
+    ("allowed-token-ids-strings", C, c(allowed_token_ids=["a"]), 400, "allowed_token_ids"),
+    ("truncate-prompt-tokens-zero", C, c(truncate_prompt_tokens=0), 400, "truncate_prompt_tokens"),
+    ("truncate-prompt-tokens-minus-two", H, h(truncate_prompt_tokens=-2), 400, "truncate_prompt_tokens"),
     # vLLM extensions not implemented: refused, not silently ignored (their defaults pass: below)
-    ("allowed-token-ids", C, c(allowed_token_ids=[11]), 400, "allowed_token_ids"),
     ("bad-words", C, c(bad_words=[" Paris"]), 400, "bad_words"),
     ("prompt-logprobs", C, c(prompt_logprobs=1), 400, "prompt_logprobs"),
     ("use-beam-search", H, h(use_beam_search=True), 400, "use_beam_search"),
@@ -100,7 +104,6 @@ CASES = [
     ("guided-choice", H, h(guided_choice=["a", "b"]), 400, "guided_choice"),
     ("structured-outputs", C, c(structured_outputs={"choice": ["a"]}), 400, "structured_outputs"),
     ("return-tokens-as-token-ids", C, c(return_tokens_as_token_ids=True), 400, "return_tokens_as_token_ids"),
-    ("truncate-prompt-tokens", C, c(truncate_prompt_tokens=10), 400, "truncate_prompt_tokens"),
     ("logits-processors", C, c(logits_processors=["x"]), 400, "logits_processors"),
     # one token named twice: the biases added up past 100
     ("logit-bias-one-token-twice", C, c(logit_bias={"4528": 100, "04528": 100}), 400, "logit_bias"),

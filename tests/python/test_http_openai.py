@@ -328,6 +328,29 @@ def test_min_tokens_holds_off_every_stop(http, model_name):
     assert (c["choices"][0]["text"], c["usage"]["completion_tokens"]) == ("", 2), c
 
 
+def test_allowed_token_ids_and_truncate_prompt_tokens(http, model_name):
+    # allowed_token_ids: only those ids are sampled (greedy or not); the logprobs stay the model's.
+    comma = http.post("/tokenize", json={"prompt": ","}).json()["tokens"]
+    dot = http.post("/tokenize", json={"prompt": "."}).json()["tokens"]
+    body = {"model": model_name, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0,
+            "ignore_eos": True}
+    c = http.post("/v1/completions", json={**body, "allowed_token_ids": comma}).json()["choices"][0]
+    assert c["text"] == ",,,,,,", c
+    chat = {"model": model_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6,
+            "temperature": 1.0, "seed": 7, "allowed_token_ids": comma + dot, "logprobs": True}
+    r = http.post("/v1/chat/completions", json=chat).json()
+    assert set(r["choices"][0]["message"]["content"]) <= {",", "."} and r["usage"]["completion_tokens"] == 6, r
+    assert any(e["logprob"] < 0 for e in r["choices"][0]["logprobs"]["content"]), r
+    # truncate_prompt_tokens keeps the last k tokens: the same as sending those tokens.
+    ids = http.post("/tokenize", json={"prompt": "One two three four five six seven eight nine ten"}).json()["tokens"]
+    cut = http.post("/v1/completions", json={**body, "prompt": ids, "truncate_prompt_tokens": 4}).json()
+    alone = http.post("/v1/completions", json={**body, "prompt": ids[-4:]}).json()
+    assert cut["usage"]["prompt_tokens"] == 4, cut
+    assert cut["choices"][0]["text"] == alone["choices"][0]["text"]
+    same = http.post("/v1/completions", json={**body, "prompt": ids, "truncate_prompt_tokens": -1}).json()
+    assert same["usage"]["prompt_tokens"] == len(ids), same
+
+
 def test_seed_reproducible(client, model_name):
     kw = dict(model=model_name, prompt="Once upon a time", max_tokens=10, temperature=1.0, top_p=0.95)
     a = client.completions.create(seed=1234, **kw).choices[0].text
