@@ -13,6 +13,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "engine/bad_words.h"
 #include "engine/cpu_forward.h"
 #include "engine/paged_kv.h"
 #include "engine/request_stream.h"
@@ -201,6 +202,12 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   request.sampling.validate(c.vocab_size);
   for (int32_t t : request.stop_token_ids) {
     if (t < 0 || t >= c.vocab_size) throw InvalidArgument("stop token id " + std::to_string(t) + " is outside the vocabulary");
+  }
+  for (const auto& seq : request.bad_words) {
+    if (seq.empty()) throw InvalidArgument("a bad_words token sequence is empty");
+    for (int32_t t : seq) {
+      if (t < 0 || t >= c.vocab_size) throw InvalidArgument("bad_words token id " + std::to_string(t) + " is outside the vocabulary");
+    }
   }
   for (int32_t t : request.allowed_token_ids) {
     if (t < 0 || t >= c.vocab_size) {
@@ -518,7 +525,8 @@ void Engine::Impl::step() {
       continue;
     }
     // Logits processors, applied for sampling only (logprobs stay the model's, as vLLM reports them):
-    //  - allowed_token_ids: every other id gets −∞;
+    //  - allowed_token_ids: every other id gets −∞; bad_words: a banned sequence's last token, where
+    //    the generated tokens end with the rest of it;
     //  - min_tokens: the token sampled now is number gen + 1; before the minimum no stop id can be
     //    drawn and no stop string ends.
     const bool may_stop = static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.req.min_tokens;
@@ -529,6 +537,10 @@ void Engine::Impl::step() {
         for (int32_t id : r.req.allowed_token_ids) kept.push_back(lrow[static_cast<size_t>(id)]);
         std::fill(lrow.begin(), lrow.end(), -INFINITY);
         for (size_t i = 0; i < kept.size(); ++i) lrow[static_cast<size_t>(r.req.allowed_token_ids[i])] = kept[i];
+      }
+      if (!r.req.bad_words.empty()) {
+        ban_bad_words(r.req.bad_words, std::span<const int32_t>(r.tokens).subspan(static_cast<size_t>(r.prompt_len)),
+                      lrow);
       }
       if (may_stop) return;
       for (const auto* ids : {&r.stop_ids, &r.implicit_stops}) {

@@ -24,6 +24,7 @@ struct Request {
   bool skip_special_tokens = true;     // special tokens left out of the text
   std::vector<int32_t> stop_token_ids; // extra stop ids; one that stops the request is its stop_token
   std::vector<int32_t> allowed_token_ids;  // non-empty: only these ids may be sampled (vLLM); empty: all
+  std::vector<std::vector<int32_t>> bad_words;  // banned token sequences (engine/bad_words.h), each non-empty
   bool ignore_eos = false;
   int32_t end_of_turn = -1;            // chat: the template's end-of-turn token, a stop like EOS (also
                                        // ignored under ignore_eos, as vLLM ignores every EOS id of the

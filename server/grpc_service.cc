@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "engine/bad_words.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/utf8.h"
@@ -438,6 +439,13 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
                                         tok.vocab_size()));
     }
     r.stop_token_ids.push_back(t);
+  }
+  if (g.bad_words_size() > kMaxStopStrings) {
+    throw InvalidArgument(fmt::format("bad_words has {} entries; at most {} are allowed", g.bad_words_size(), kMaxStopStrings));
+  }
+  if (g.bad_words_size() > 0) {
+    const std::vector<std::string> words(g.bad_words().begin(), g.bad_words().end());
+    r.bad_words = bad_words_token_ids(tok, words);
   }
   for (int i = 0; i < g.allowed_token_ids_size(); ++i) {
     const int32_t t = g.allowed_token_ids(i);

@@ -1,8 +1,7 @@
 // Request side of the OpenAI protocol: JSON bodies → GenerationJob (openai_protocol.h).
 #include "server/openai_protocol.h"
 
-#include "engine/chat_prompt.h"
-
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -10,6 +9,8 @@
 #include <random>
 
 #include "common/errors.h"
+#include "engine/bad_words.h"
+#include "engine/chat_prompt.h"
 
 namespace sparseserve::openai {
 
@@ -223,8 +224,21 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
                           "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
     if (f.get(key) != nullptr) throw bad_request(std::string(key) + " is not supported", key);
   }
-  if (const json* bad_words = f.get("bad_words"); bad_words != nullptr && !(bad_words->is_array() && bad_words->empty())) {
-    throw bad_request("bad_words is not supported", "bad_words");
+  if (const json* bad = f.get("bad_words")) {  // vLLM: words the output must not contain
+    if (!bad->is_array() || !std::all_of(bad->begin(), bad->end(), [](const json& w) { return w.is_string(); })) {
+      throw bad_request("bad_words must be a list of strings", "bad_words");
+    }
+    if (bad->size() > static_cast<size_t>(limits_.max_stop)) {
+      throw bad_request("bad_words has " + std::to_string(bad->size()) + " entries; at most " +
+                            std::to_string(limits_.max_stop) + " are allowed",
+                        "bad_words");
+    }
+    const auto words = bad->get<std::vector<std::string>>();
+    try {
+      r.bad_words = bad_words_token_ids(model_.tokenizer, words);
+    } catch (const InvalidArgument& e) {
+      throw bad_request(e.what(), "bad_words");
+    }
   }
   for (const char* key : {"use_beam_search", "return_tokens_as_token_ids"}) {
     if (f.boolean(key).value_or(false)) throw bad_request(std::string(key) + " is not supported", key);

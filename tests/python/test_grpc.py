@@ -326,6 +326,14 @@ def test_allowed_token_ids_and_truncate_prompt_tokens(stub, pb):
     expect_invalid(stub, greedy(pb, allowed_token_ids=[-1]), "allowed_token_ids")
 
 
+def test_bad_words(stub, pb):
+    free = text_of(collect(stub, greedy(pb, max_tokens=12)))
+    assert "Paris" in free, free
+    banned = text_of(collect(stub, greedy(pb, max_tokens=12, bad_words=["Paris"])))
+    assert "Paris" not in banned, banned
+    expect_invalid(stub, greedy(pb, bad_words=[" "]), "bad_words")
+
+
 def test_max_tokens_finishes_with_length(stub, pb):
     msgs = collect(stub, greedy(pb, max_tokens=5, ignore_eos=True))
     assert len(tokens_of(msgs)) == 5

@@ -97,7 +97,10 @@ CASES = [
     ("truncate-prompt-tokens-zero", C, c(truncate_prompt_tokens=0), 400, "truncate_prompt_tokens"),
     ("truncate-prompt-tokens-minus-two", H, h(truncate_prompt_tokens=-2), 400, "truncate_prompt_tokens"),
     # vLLM extensions not implemented: refused, not silently ignored (their defaults pass: below)
-    ("bad-words", C, c(bad_words=[" Paris"]), 400, "bad_words"),
+    ("bad-words-string", C, c(bad_words=" Paris"), 400, "bad_words"),
+    ("bad-words-blank", H, h(bad_words=["ok", "  "]), 400, "bad_words"),
+    ("bad-words-numbers", C, c(bad_words=[1, 2]), 400, "bad_words"),
+    ("bad-words-too-many", C, c(bad_words=[f"w{i}" for i in range(17)]), 400, "bad_words"),
     ("prompt-logprobs", C, c(prompt_logprobs=1), 400, "prompt_logprobs"),
     ("use-beam-search", H, h(use_beam_search=True), 400, "use_beam_search"),
     ("length-penalty", C, c(length_penalty=0.5), 400, "length_penalty"),

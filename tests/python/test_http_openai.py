@@ -351,6 +351,21 @@ def test_allowed_token_ids_and_truncate_prompt_tokens(http, model_name):
     assert same["usage"]["prompt_tokens"] == len(ids), same
 
 
+def test_bad_words(http, model_name):
+    # The greedy answer names Paris; banned, it names something else (mid-text, after a space, and
+    # at the start of a text: both forms are banned).
+    body = {"model": model_name, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0}
+    free = http.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    assert "Paris" in free, free
+    banned = http.post("/v1/completions", json={**body, "bad_words": ["Paris"]}).json()
+    assert "Paris" not in banned["choices"][0]["text"], banned
+    chat = {"model": model_name, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 24, "temperature": 0}
+    assert "Paris" in http.post("/v1/chat/completions", json=chat).json()["choices"][0]["message"]["content"]
+    r = http.post("/v1/chat/completions", json={**chat, "bad_words": ["Paris"]}).json()
+    assert "Paris" not in r["choices"][0]["message"]["content"], r
+
+
 def test_seed_reproducible(client, model_name):
     kw = dict(model=model_name, prompt="Once upon a time", max_tokens=10, temperature=1.0, top_p=0.95)
     a = client.completions.create(seed=1234, **kw).choices[0].text
