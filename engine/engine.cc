@@ -66,7 +66,37 @@ struct LiveRequest {
   bool text_complete = false;   // a stop string or stop token ended it: every text delta is sent
   int64_t prompt_counted = 0;   // prompt tokens counted in metrics.prompt_tokens (not again on recompute)
   int32_t stop_token = -1;      // the stop_token_ids entry that ended it
+  // req.prompt_logprobs: the entries so far (prompt tokens 1 .. prompt_lp_next), sent with the first
+  // delta; a recompute after preemption does not collect them again.
+  std::vector<TokenLogprob> prompt_lps;
+  int64_t prompt_lp_next = 0;   // the next position whose logits give a prompt token's logprob
+  bool prompt_lps_sent = false;
 };
+
+// Moves the prompt logprobs collected so far into the request's first delta (once).
+void take_prompt_logprobs(LiveRequest& r, RequestOutput& out) {
+  if (r.req.prompt_logprobs < 0 || r.prompt_lps_sent) return;
+  out.prompt_logprobs = std::move(r.prompt_lps);
+  r.prompt_lps.clear();
+  r.prompt_lps_sent = true;
+}
+
+// The log-softmax of a logits row: the k most likely ids (best first, ties to the lower id) with
+// their logprobs in top, and lse, the row's log-sum-exp (an id's logprob is row[id] − lse).
+TokenLogprob top_logprobs(std::span<const float> row, int32_t k, double& lse) {
+  double mx = -INFINITY, sum = 0;
+  for (float x : row) mx = std::max<double>(mx, x);
+  for (float x : row) sum += std::exp(x - mx);
+  lse = mx + std::log(sum);
+  TokenLogprob lp;
+  std::vector<int32_t> idx(row.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  const auto kk = static_cast<size_t>(k);
+  std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(kk), idx.end(),
+                    [&](int32_t a, int32_t b) { return row[static_cast<size_t>(a)] > row[static_cast<size_t>(b)]; });
+  for (size_t i = 0; i < kk; ++i) lp.top.emplace_back(idx[i], static_cast<float>(row[static_cast<size_t>(idx[i])] - lse));
+  return lp;
+}
 
 struct Engine::Impl {
   Impl(const Model& m, ModelProfiles p, EngineConfig c);
@@ -199,6 +229,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
                           "), got " + std::to_string(request.min_tokens));
   }
   if (request.logprobs > 20) throw InvalidArgument("logprobs must be at most 20");
+  if (request.prompt_logprobs > 20) throw InvalidArgument("prompt_logprobs must be at most 20");
   request.sampling.validate(c.vocab_size);
   for (int32_t t : request.stop_token_ids) {
     if (t < 0 || t >= c.vocab_size) throw InvalidArgument("stop token id " + std::to_string(t) + " is outside the vocabulary");
@@ -231,7 +262,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
 
   auto r = std::make_unique<LiveRequest>(LiveRequest{
       0, std::move(request), &profile, {}, n, 0, Sampler(SamplingParams{}, {}),
-      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1});
+      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, {}, 0, false});
   r->tokens = r->req.prompt;
   r->max_new = std::min<int64_t>(r->req.max_tokens, c.max_context - n);
   r->sampler = Sampler(r->req.sampling, r->req.prompt);
@@ -348,6 +379,9 @@ void Engine::Impl::admit_incoming() {
     // Positions first decoded under page selection, or outside a dynamic prefill's masks, come
     // back the same way after a preemption.
     rule.recompute_as_decode = p.decode.enabled || p.prefill.dynamic;
+    // Prompt logprobs need logits at every prompt position: chunks of at most 256 tokens keep them
+    // to 256 × vocabulary floats.
+    if (r->req.prompt_logprobs >= 0) rule.max_prompt_chunk = (256 + rule.prompt_block - 1) / rule.prompt_block * rule.prompt_block;
     scheduler.add(r->key, r->prompt_len, layout, r->req.priority, rule);
     const uint64_t key = r->key;
     live.emplace(key, std::move(r));
@@ -388,6 +422,7 @@ void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string
     const auto res = r.stops.push(r.detok.flush());
     out.text = res.text + (res.stopped ? "" : r.stops.flush());
   }
+  take_prompt_logprobs(r, out);
   out.finished = true;
   out.finish_reason = reason;
   out.stop_reason = stop_reason;
@@ -495,7 +530,9 @@ void Engine::Impl::step() {
     f.id = s.id;
     f.start = s.start;
     f.tokens = std::span<const int32_t>(r.tokens).subspan(static_cast<size_t>(s.start), static_cast<size_t>(s.count));
-    f.no_logits = !s.sample;
+    // Logits at every position of a chunk holding positions whose prompt logprobs are still due.
+    f.all_logits = r.req.prompt_logprobs >= 0 && s.start + s.count > r.prompt_lp_next && r.prompt_lp_next < r.prompt_len - 1;
+    f.no_logits = !s.sample && !f.all_logits;
     f.prompt_len = r.prompt_len;
     batch.push_back(f);
     if (const int64_t end = std::min<int64_t>(s.start + s.count, r.prompt_len); end > r.prompt_counted) {
@@ -513,13 +550,29 @@ void Engine::Impl::step() {
   const int64_t V = model.config.vocab_size;
   std::vector<uint64_t> appended;
   std::vector<uint64_t> done;
-  size_t row = 0;
+  int64_t rows = 0;  // logits rows of the sequences before this one (forward's layout)
   const auto now = clock_type::now();
-  for (const ScheduledSeq& s : plan.seqs) {
-    if (!s.sample) continue;
+  for (size_t si = 0; si < plan.seqs.size(); ++si) {
+    const ScheduledSeq& s = plan.seqs[si];
+    const ForwardSeq& f = batch[si];
+    const int64_t first_row = rows;
+    rows += f.no_logits ? 0 : f.all_logits ? s.count : 1;
     LiveRequest& r = *live.at(s.id);
-    std::span<float> lrow(logits.data() + row * V, static_cast<size_t>(V));
-    ++row;
+    if (f.all_logits) {  // prompt logprobs: position p's logits give prompt token p + 1
+      for (int64_t i = 0; i < s.count; ++i) {
+        const int64_t p = s.start + i;
+        if (p != r.prompt_lp_next || p + 1 >= r.prompt_len) continue;
+        const std::span<const float> prow(logits.data() + (first_row + i) * V, static_cast<size_t>(V));
+        double lse = 0;
+        TokenLogprob lp = top_logprobs(prow, r.req.prompt_logprobs, lse);
+        lp.token = r.tokens[static_cast<size_t>(p + 1)];
+        lp.logprob = static_cast<float>(prow[static_cast<size_t>(lp.token)] - lse);
+        r.prompt_lps.push_back(std::move(lp));
+        ++r.prompt_lp_next;
+      }
+    }
+    if (!s.sample) continue;
+    std::span<float> lrow(logits.data() + (first_row + (f.all_logits ? s.count - 1 : 0)) * V, static_cast<size_t>(V));
     if (static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.max_new) {  // max_tokens = 0
       done.push_back(s.id);
       continue;
@@ -549,17 +602,8 @@ void Engine::Impl::step() {
     };
     std::optional<TokenLogprob> lp;
     if (r.req.logprobs >= 0) {  // log-softmax of the model's own distribution (before sampling transforms)
-      double mx = -INFINITY, sum = 0;
-      for (float x : lrow) mx = std::max<double>(mx, x);
-      for (float x : lrow) sum += std::exp(x - mx);
-      const double lse = mx + std::log(sum);
-      lp = TokenLogprob{};
-      std::vector<int32_t> idx(static_cast<size_t>(V));
-      std::iota(idx.begin(), idx.end(), 0);
-      const auto k = static_cast<size_t>(r.req.logprobs);
-      std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
-                        [&](int32_t a, int32_t b) { return lrow[static_cast<size_t>(a)] > lrow[static_cast<size_t>(b)]; });
-      for (size_t i = 0; i < k; ++i) lp->top.emplace_back(idx[i], static_cast<float>(lrow[static_cast<size_t>(idx[i])] - lse));
+      double lse = 0;
+      lp = top_logprobs(lrow, r.req.logprobs, lse);
       std::vector<float> raw(lrow.begin(), lrow.end());
       apply_processors();
       const int32_t tok = r.sampler.sample(lrow);
@@ -582,6 +626,7 @@ void Engine::Impl::step() {
     metrics.generation_tokens += 1;
 
     RequestOutput out;
+    take_prompt_logprobs(r, out);
     out.prompt_tokens = r.prompt_len;
     out.completion_tokens = gen;
     out.token_ids.push_back(tok);

@@ -31,6 +31,8 @@ struct Request {
                                        // generation config; not reported as stop_token); -1: none
   std::string sparsity;                // profile name; empty = the model's default profile
   int32_t logprobs = -1;               // -1: none; k ≥ 0: the sampled token's logprob + k top
+  int32_t prompt_logprobs = -1;        // -1: none; k ≥ 0: each prompt token after the first, its logprob
+                                       // given the tokens before it + k top (vLLM's prompt_logprobs)
   int32_t priority = 0;                // lower runs first when the scheduler uses priorities
   bool stream = true;                  // informational (every request produces deltas)
 };
@@ -49,6 +51,7 @@ struct RequestOutput {
   std::vector<int32_t> token_ids;      // new tokens in this delta (a stop token included, as in vLLM)
   std::string text;                    // new text (complete UTF-8, stop strings held back/cut)
   std::vector<TokenLogprob> logprobs;  // per new token, when requested
+  std::vector<TokenLogprob> prompt_logprobs;  // the first delta, when requested: prompt tokens 1 .. n − 1
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;             // the stop string, or the stop_token_ids entry decoded, that ended it

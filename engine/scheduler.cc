@@ -139,7 +139,8 @@ int64_t Scheduler::chunk(const Entry& e, int64_t budget) const {
   if (budget <= 0) return 0;
   int64_t end = e.total;
   if (e.rule.recompute_as_decode) end = e.computed < e.prompt ? e.prompt : e.computed + 1;
-  const int64_t count = std::min(end - e.computed, budget);
+  int64_t count = std::min(end - e.computed, budget);
+  if (e.rule.max_prompt_chunk > 0 && e.computed < e.prompt) count = std::min(count, e.rule.max_prompt_chunk);
   const int64_t stop = e.computed + count;
   if (stop >= std::min(e.prompt, end) || e.rule.prompt_block == 1) return count;
   // Inside the prompt: back to the last block boundary (computed is on one: every earlier chunk

@@ -58,6 +58,9 @@ struct ChunkRule {
   // A recompute after preemption runs the generated positions one per step, as they were first
   // computed (decode page selection: as a prefill chunk they would see all their context).
   bool recompute_as_decode = false;
+  // > 0: a chunk that starts inside the prompt takes at most this many tokens (a multiple of
+  // prompt_block), so a chunk whose every position needs logits stays small.
+  int64_t max_prompt_chunk = 0;
 };
 
 struct ScheduledSeq {

@@ -104,8 +104,7 @@ void fill_response(const RequestOutput& out, const std::string& id, const Tokeni
   msg.set_request_id(id);
   msg.mutable_token_ids()->Add(out.token_ids.begin(), out.token_ids.end());
   msg.set_text(valid_utf8(out.text));
-  for (const TokenLogprob& lp : out.logprobs) {
-    pb::TokenLogprob* p = msg.add_logprobs();
+  const auto fill = [&](const TokenLogprob& lp, pb::TokenLogprob* p) {
     p->set_token_id(lp.token);
     p->set_token(token_bytes(tok, lp.token));
     p->set_logprob(lp.logprob);
@@ -115,7 +114,9 @@ void fill_response(const RequestOutput& out, const std::string& id, const Tokeni
       t->set_token(token_bytes(tok, top_id));
       t->set_logprob(top_logprob);
     }
-  }
+  };
+  for (const TokenLogprob& lp : out.logprobs) fill(lp, msg.add_logprobs());
+  for (const TokenLogprob& lp : out.prompt_logprobs) fill(lp, msg.add_prompt_logprobs());
   if (out.finished) {
     pb::Final* f = msg.mutable_final();
     f->set_finish_reason(to_proto(out.finish_reason));
@@ -462,6 +463,13 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
       throw InvalidArgument(fmt::format("logprobs must be in [0, {}] (got {})", kMaxTopLogprobs, g.logprobs()));
     }
     r.logprobs = g.logprobs();
+  }
+  if (g.has_prompt_logprobs()) {
+    if (g.prompt_logprobs() < 0 || g.prompt_logprobs() > kMaxTopLogprobs) {
+      throw InvalidArgument(
+          fmt::format("prompt_logprobs must be in [0, {}] (got {})", kMaxTopLogprobs, g.prompt_logprobs()));
+    }
+    r.prompt_logprobs = g.prompt_logprobs();
   }
   r.priority = g.priority();
   r.stream = true;

@@ -313,8 +313,11 @@ void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
   const auto limit = [&] { return limits_.sequences.describe(job.params.sparsity, model_.config.max_context); };
   if (job.truncate_prompt_tokens != 0) {
     const int64_t keep = job.truncate_prompt_tokens < 0 ? ctx : job.truncate_prompt_tokens;
-    for (auto& p : job.prompts) {
-      if (static_cast<int64_t>(p.size()) > keep) p.erase(p.begin(), p.end() - keep);
+    for (size_t i = 0; i < job.prompts.size(); ++i) {
+      auto& p = job.prompts[i];
+      if (static_cast<int64_t>(p.size()) <= keep) continue;
+      p.erase(p.begin(), p.end() - keep);
+      if (i < job.prompt_texts.size()) job.prompt_texts[i] = model_.tokenizer.decode(p, /*skip_special=*/false);
     }
   }
   for (const auto& p : job.prompts) {
@@ -362,16 +365,24 @@ GenerationJob Protocol::parse_completion(const json& body) const {
   if (!prompt) throw bad_request("prompt is required", "prompt");
   const auto& tok = model_.tokenizer;
   const int64_t vocab = model_.config.vocab_size;
+  const auto add_text = [&](const std::string& text) {
+    job.prompts.push_back(tok.encode(text, /*add_special=*/true, /*parse_special=*/false));
+    job.prompt_texts.push_back(text);
+  };
+  const auto add_ids = [&](const json& ids) {
+    job.prompts.push_back(token_list(ids, vocab, "prompt"));
+    job.prompt_texts.push_back(tok.decode(job.prompts.back(), /*skip_special=*/false));
+  };
   if (prompt->is_string()) {
-    job.prompts.push_back(tok.encode(prompt->get<std::string>(), /*add_special=*/true, /*parse_special=*/false));
+    add_text(prompt->get<std::string>());
   } else if (is_token_list(*prompt)) {
-    job.prompts.push_back(token_list(*prompt, vocab, "prompt"));
+    add_ids(*prompt);
   } else if (prompt->is_array() && !prompt->empty()) {
     for (const auto& p : *prompt) {
       if (p.is_string()) {
-        job.prompts.push_back(tok.encode(p.get<std::string>(), true, false));
+        add_text(p.get<std::string>());
       } else if (is_token_list(p)) {
-        job.prompts.push_back(token_list(p, vocab, "prompt"));
+        add_ids(p);
       } else {
         throw bad_request("prompt must be a string, a list of strings, a list of token ids or a list of lists of "
                           "token ids",
@@ -388,7 +399,10 @@ GenerationJob Protocol::parse_completion(const json& body) const {
     throw bad_request("prompts × n must be at most " + std::to_string(limits_.max_choices), "n");
   }
   if (auto v = f.integer("logprobs", 0, limits_.max_logprobs)) job.params.logprobs = static_cast<int32_t>(*v);
-  if (f.boolean("echo").value_or(false)) throw bad_request("echo is not supported", "echo");
+  // echo: the prompt comes back before the completion, with its tokens' logprobs when logprobs
+  // are asked for (the first token has none: null), as OpenAI's legacy API and vLLM do.
+  job.echo = f.boolean("echo").value_or(false);
+  if (job.echo) job.params.prompt_logprobs = job.params.logprobs;
   if (auto v = f.string("suffix"); v && !v->empty()) throw bad_request("suffix is not supported", "suffix");
   const auto max_tokens = f.integer("max_tokens", 1, std::numeric_limits<int32_t>::max());
   if (max_tokens) job.params.max_tokens = *max_tokens;

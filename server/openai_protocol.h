@@ -75,6 +75,10 @@ struct GenerationJob {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool want_logprobs = false;  // params.logprobs ≥ 0
+  // Completions' echo: each choice's text (and logprobs, with the prompt's) starts with its prompt,
+  // prompt_texts[i] for prompt i (the string sent, or the ids decoded).
+  bool echo = false;
+  std::vector<std::string> prompt_texts;
   int64_t truncate_prompt_tokens = 0;  // vLLM's: k ≥ 1 keeps each prompt's last k tokens, −1 as many as
                                        // the request's context limit; 0 none
 
@@ -146,6 +150,7 @@ class ResponseBuilder {
     std::vector<size_t> text_offsets;  // per logprob: characters of `text` before its token
     size_t token_chars = 0;            // characters the tokens so far begin (the next text_offset)
     bool role_sent = false;
+    bool echoed = false;  // echo: the prompt went out with the first delta
     bool finished = false;
     FinishReason finish = FinishReason::kNone;
     std::string stop_reason;

@@ -1,7 +1,9 @@
 // Response side of the OpenAI protocol: RequestOutputs → response objects and SSE chunks
 // (ResponseBuilder in openai_protocol.h).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <span>
 
 #include "engine/utf8.h"
@@ -84,6 +86,11 @@ json ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const 
   for (const auto& lp : lps) {
     const std::string t = name_of(lp.token);
     tokens.push_back(t);
+    if (std::isnan(lp.logprob)) {  // echo: the prompt's first token, which nothing predicts
+      token_logprobs.push_back(nullptr);
+      top_logprobs.push_back(nullptr);
+      continue;
+    }
     token_logprobs.push_back(finite_logprob(lp.logprob));
     json top = json::object();
     for (const auto& [id, l] : lp.top) top[name_of(id)] = finite_logprob(l);
@@ -105,8 +112,25 @@ json ResponseBuilder::finish_json(const Choice& c) const {
   return finish_reason_name(c.finish);
 }
 
-std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& out) {
+std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delta) {
   Choice& c = choices_.at(static_cast<size_t>(choice));
+  // echo: the choice's first delta carries its prompt in front, text and (with logprobs) tokens;
+  // the prompt's first token has no logprob (NaN here, null on the wire).
+  RequestOutput echoed;
+  const bool first_echo = job_.echo && !c.echoed;
+  if (first_echo) {
+    c.echoed = true;
+    const auto prompt = static_cast<size_t>(choice / job_.n);
+    echoed = delta;
+    echoed.text = job_.prompt_texts.at(prompt) + delta.text;
+    if (job_.want_logprobs) {
+      const std::vector<int32_t>& ids = job_.prompts.at(prompt);
+      echoed.logprobs = {TokenLogprob{ids.front(), std::numeric_limits<float>::quiet_NaN(), {}}};
+      echoed.logprobs.insert(echoed.logprobs.end(), delta.prompt_logprobs.begin(), delta.prompt_logprobs.end());
+      echoed.logprobs.insert(echoed.logprobs.end(), delta.logprobs.begin(), delta.logprobs.end());
+    }
+  }
+  const RequestOutput& out = first_echo ? echoed : delta;
   // text_offset counts characters, as vLLM and OpenAI do, and follows the tokens (a special token's
   // text counts unless skip_special_tokens), not the text sent so far (which the stop filter and an
   // unfinished character may still hold back).

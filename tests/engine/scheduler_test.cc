@@ -366,6 +366,21 @@ TEST(Scheduler, ChunkRulesAlignPromptChunksAndRecomputeGeneratedPositionsOneByOn
     }
     EXPECT_EQ(counts, (std::vector<int64_t>{64, 64, 64, 64, 44}));  // then 1 per decode step
   }
+  // max_prompt_chunk (prompt logprobs: logits at every position) caps chunks that start inside the
+  // prompt, whatever the budget.
+  {
+    KvCacheManager kv(kvcache::KvCacheConfig{.page_tokens = kPageTokens, .logical_page_tokens = 16}, 64);
+    Scheduler s({.max_num_seqs = 4, .max_num_batched_tokens = 1000}, kv);
+    s.add(1, 300, dense_layout(), 0, ChunkRule{.max_prompt_chunk = 128});
+    std::vector<int64_t> counts;
+    for (int i = 0; i < 4; ++i) {
+      const StepPlan p = s.plan();
+      ASSERT_EQ(p.seqs.size(), 1u);
+      counts.push_back(p.seqs[0].count);
+      s.on_step_done(p, p.seqs[0].sample ? std::vector<uint64_t>{1} : std::vector<uint64_t>{});
+    }
+    EXPECT_EQ(counts, (std::vector<int64_t>{128, 128, 44, 1}));
+  }
   // A budget left smaller than a block waits for the next step; a block over the whole budget
   // could never be scheduled and is not kept.
   {

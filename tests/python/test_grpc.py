@@ -334,6 +334,25 @@ def test_bad_words(stub, pb):
     expect_invalid(stub, greedy(pb, bad_words=[" "]), "bad_words")
 
 
+def test_prompt_logprobs(stub, pb):
+    # In the first message: one entry per prompt token after the first, its id the prompt token's,
+    # with the asked-for top tokens; the same values greedy decoding reports for those tokens when
+    # they are generated (position 1's prediction is the logprob of prompt token 1).
+    ids = list(stub.Tokenize(pb.TokenizeRequest(text=PROMPT), timeout=10).token_ids)
+    msgs = collect(stub, greedy(pb, max_tokens=2, prompt_logprobs=3))
+    first = msgs[0].prompt_logprobs
+    assert [e.token_id for e in first] == ids[1:]
+    assert all(len(e.top) == 3 and e.logprob <= 0 for e in first)
+    assert not any(m.prompt_logprobs for m in msgs[1:])
+    # The logprob of the first generated token given the whole prompt equals the prompt logprob of
+    # that token when it ends a longer prompt.
+    gen = collect(stub, greedy(pb, max_tokens=1, logprobs=0))
+    tok = tokens_of(gen)[0]
+    longer = collect(stub, greedy(pb, token_ids=pb.TokenIds(ids=ids + [tok]), max_tokens=1, prompt_logprobs=0))
+    assert abs(longer[0].prompt_logprobs[-1].logprob - gen[0].logprobs[0].logprob) < 1e-4
+    expect_invalid(stub, greedy(pb, prompt_logprobs=21), "prompt_logprobs")
+
+
 def test_max_tokens_finishes_with_length(stub, pb):
     msgs = collect(stub, greedy(pb, max_tokens=5, ignore_eos=True))
     assert len(tokens_of(msgs)) == 5

@@ -86,7 +86,7 @@ CASES = [
     ("sparsity-number", C, c(sparsity=5), 400, "sparsity"),
     ("response-format-json-object", C, c(response_format={"type": "json_object"}), 400, "response_format"),
     ("response-format-string", C, c(response_format="text"), 400, "response_format"),
-    ("echo-unsupported", C, c(echo=True), 400, "echo"),
+    ("echo-string", C, c(echo="yes"), 400, "echo"),
     ("best-of-unsupported", C, c(best_of=3), 400, "best_of"),
     ("min-tokens-above-default-max-tokens", C, without(c(min_tokens=17), "max_tokens"), 400, "min_tokens"),
     ("min-tokens-above-max-tokens", H, h(max_tokens=4, min_tokens=5), 400, "min_tokens"),

@@ -4,6 +4,7 @@ seeds, sparsity profiles, error classes, /v1/models, /tokenize, /detokenize, /me
 import json
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -364,6 +365,65 @@ def test_bad_words(http, model_name):
     assert "Paris" in http.post("/v1/chat/completions", json=chat).json()["choices"][0]["message"]["content"]
     r = http.post("/v1/chat/completions", json={**chat, "bad_words": ["Paris"]}).json()
     assert "Paris" not in r["choices"][0]["message"]["content"], r
+
+
+@pytest.fixture(scope="module")
+def numpy_reference(model_path):
+    from numpy_llama import NumpyLlama
+    return NumpyLlama(str(model_path))
+
+
+def log_softmax(x):
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("repeats", [1, 30])  # 30: 331 tokens, prompt chunks of at most 256
+def test_echo_returns_the_prompt_with_its_logprobs(http, model_name, numpy_reference, repeats):
+    # echo with logprobs (how lm-evaluation-harness scores loglikelihoods): the prompt's tokens come
+    # back first, the first with null, the others with their logprob given the tokens before, which
+    # must match the independent numpy forward pass of the same weights.
+    prompt = "The quick brown fox jumps over the lazy dog. " * repeats
+    ids = http.post("/tokenize", json={"prompt": prompt}).json()["tokens"]
+    body = {"model": model_name, "prompt": prompt, "max_tokens": 2, "temperature": 0, "echo": True, "logprobs": 2,
+            "sparsity": "dense"}
+    r = http.post("/v1/completions", json=body).json()
+    c = r["choices"][0]
+    lp = c["logprobs"]
+    assert c["text"].startswith(prompt), c["text"][:200]
+    assert r["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 2, "total_tokens": len(ids) + 2}
+    assert len(lp["tokens"]) == len(ids) + 2
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["text_offset"][0] == 0 and lp["text_offset"][len(ids)] == len(prompt)
+    assert lp["text_offset"] == sorted(lp["text_offset"])
+    ref = log_softmax(numpy_reference.logits(ids))
+    want = np.array([ref[p - 1][ids[p]] for p in range(1, len(ids))])
+    got = np.array(lp["token_logprobs"][1:len(ids)])
+    assert np.abs(got - want).max() < 5e-3, f"worst at {int(np.abs(got - want).argmax()) + 1}"
+    for p in range(1, len(ids)):  # top 2, plus the prompt token itself when it is not among them
+        assert 2 <= len(lp["top_logprobs"][p]) <= 3
+    # Streamed, the same text and logprobs; without logprobs, the text alone.
+    chunks = []
+    with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[6:])["choices"][0])
+    assert "".join(ch["text"] for ch in chunks) == c["text"]
+    assert [t for ch in chunks if ch["logprobs"] for t in ch["logprobs"]["tokens"]] == lp["tokens"]
+    plain = http.post("/v1/completions", json={**body, "logprobs": None}).json()["choices"][0]
+    assert plain["text"] == c["text"] and plain["logprobs"] is None
+
+
+def test_echo_per_prompt_and_choice(http, model_name):
+    body = {"model": model_name, "prompt": ["Hello there", [11, 12, 13]], "n": 2, "max_tokens": 3,
+            "temperature": 0.7, "seed": 1, "echo": True, "logprobs": 0}
+    choices = sorted(http.post("/v1/completions", json=body).json()["choices"], key=lambda ch: ch["index"])
+    decoded = http.post("/detokenize", json={"tokens": [11, 12, 13]}).json()["prompt"]
+    for ch in choices:
+        start = "Hello there" if ch["index"] < 2 else decoded
+        assert ch["text"].startswith(start), ch
+        n_prompt = 3 if ch["index"] >= 2 else len(http.post("/tokenize", json={"prompt": "Hello there"}).json()["tokens"])
+        assert len(ch["logprobs"]["tokens"]) == n_prompt + 3
 
 
 def test_seed_reproducible(client, model_name):

@@ -5,7 +5,8 @@ deadlines, refused requests). Afterwards:
   - every request got a well-formed answer of its kind (a complete stream, a 4xx error object, a gRPC
     status), and none ended in an internal error;
   - the engine is idle and holds no KV page, with preemptions on the way (the cache really was short);
-  - every greedy request that ran to its end produced the same tokens as when it runs alone;
+  - every greedy request that ran to its end produced the same tokens (and, echoed, the same prompt
+    logprob tokens: none collected twice across a preemption) as when it runs alone;
   - the server still answers and exits 0 on SIGTERM.
 """
 from __future__ import annotations
@@ -56,9 +57,12 @@ class Load:
 
     def completion_body(self, rng: random.Random, stream: bool) -> dict:
         ignore_eos = rng.random() < 0.5  # then it runs to max_tokens: decodes that grow into the cache
-        return {"model": self.model, "prompt": prompt_of(rng, rng.randint(5, 300)), "stream": stream,
+        body = {"model": self.model, "prompt": prompt_of(rng, rng.randint(5, 300)), "stream": stream,
                 "max_tokens": rng.randint(60, 160) if ignore_eos else rng.randint(1, 40), "temperature": 0,
                 "sparsity": rng.choice(PROFILES), "ignore_eos": ignore_eos}
+        if rng.random() < 0.3:  # the prompt back with its logprobs: every prompt position's logits
+            body.update(echo=True, logprobs=1)
+        return body
 
     def pressure(self, rng):
         """A long dense request run to max_tokens: the first PRESSURE jobs start together and outgrow
@@ -71,7 +75,7 @@ class Load:
 
     def http_stream(self, rng, body=None):
         body = body or self.completion_body(rng, stream=True)
-        text, finish = "", None
+        text, finish, tokens = "", None, []
         with self.http.stream("POST", "/v1/completions", json=body) as r:
             assert r.status_code == 200, r.read()
             for ev in sse_events(r):
@@ -79,9 +83,10 @@ class Load:
                     break
                 choice = ev["choices"][0]
                 text += choice["text"]
+                tokens += choice["logprobs"]["tokens"] if choice.get("logprobs") else []
                 finish = choice["finish_reason"] or finish
         assert finish in ("stop", "length"), finish
-        return {"kind": "http_stream", "replay": ("http", body), "text": text}
+        return {"kind": "http_stream", "replay": ("http", body), "text": (text, tokens)}
 
     def http_disconnect(self, rng):
         body = self.completion_body(rng, stream=True)
@@ -174,7 +179,8 @@ class Load:
             body = {**req, "stream": False}
             r = self.http.post("/v1/completions", json=body)
             assert r.status_code == 200, r.text
-            return r.json()["choices"][0]["text"]
+            choice = r.json()["choices"][0]
+            return choice["text"], choice["logprobs"]["tokens"] if choice["logprobs"] else []
         return [t for m in self.stub.Generate(req, timeout=300) for t in m.token_ids]
 
 
