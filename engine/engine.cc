@@ -566,7 +566,9 @@ void Engine::Impl::step() {
         double lse = 0;
         TokenLogprob lp = top_logprobs(prow, r.req.prompt_logprobs, lse);
         lp.token = r.tokens[static_cast<size_t>(p + 1)];
-        lp.logprob = static_cast<float>(prow[static_cast<size_t>(lp.token)] - lse);
+        const float x = prow[static_cast<size_t>(lp.token)];
+        lp.logprob = static_cast<float>(x - lse);
+        lp.rank = 1 + static_cast<int32_t>(std::count_if(prow.begin(), prow.end(), [x](float y) { return y > x; }));
         r.prompt_lps.push_back(std::move(lp));
         ++r.prompt_lp_next;
       }

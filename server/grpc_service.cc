@@ -108,6 +108,7 @@ void fill_response(const RequestOutput& out, const std::string& id, const Tokeni
     p->set_token_id(lp.token);
     p->set_token(token_bytes(tok, lp.token));
     p->set_logprob(lp.logprob);
+    p->set_rank(lp.rank);
     for (const auto& [top_id, top_logprob] : lp.top) {
       pb::TopLogprob* t = p->add_top();
       t->set_token_id(top_id);

@@ -220,7 +220,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   }
   // The other vLLM extensions that change what is generated or returned, not implemented: refused
   // when given anything but their default, never silently dropped.
-  for (const char* key : {"prompt_logprobs", "logits_processors",
+  for (const char* key : {"logits_processors",
                           "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
     if (f.get(key) != nullptr) throw bad_request(std::string(key) + " is not supported", key);
   }
@@ -288,6 +288,14 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   f.string("user");  // accepted (type-checked), not used
 
   if (auto v = f.boolean("stream")) job.stream = *v;
+  // vLLM's prompt_logprobs: per prompt token after the first, its logprob, rank and the k most
+  // likely tokens, in the response (a choice's field in completions, the response's in chat);
+  // refused with streaming, as vLLM refuses it.
+  if (auto v = f.integer("prompt_logprobs", 0, limits_.max_logprobs)) {
+    if (job.stream) throw bad_request("prompt_logprobs is not available when stream is enabled", "prompt_logprobs");
+    job.want_prompt_logprobs = true;
+    r.prompt_logprobs = static_cast<int32_t>(*v);
+  }
   if (const json* so = f.get("stream_options")) {
     if (!so->is_object()) throw f.wrong_type("stream_options", "an object");
     if (!job.stream) throw bad_request("stream_options can only be given when stream is true", "stream_options");
@@ -402,7 +410,13 @@ GenerationJob Protocol::parse_completion(const json& body) const {
   // echo: the prompt comes back before the completion, with its tokens' logprobs when logprobs
   // are asked for (the first token has none: null), as OpenAI's legacy API and vLLM do.
   job.echo = f.boolean("echo").value_or(false);
-  if (job.echo) job.params.prompt_logprobs = job.params.logprobs;
+  if (job.echo && job.params.logprobs >= 0) {
+    if (job.want_prompt_logprobs && job.params.prompt_logprobs != job.params.logprobs) {
+      throw bad_request("with echo and logprobs, prompt_logprobs must equal logprobs (one list serves both)",
+                        "prompt_logprobs");
+    }
+    job.params.prompt_logprobs = job.params.logprobs;
+  }
   if (auto v = f.string("suffix"); v && !v->empty()) throw bad_request("suffix is not supported", "suffix");
   const auto max_tokens = f.integer("max_tokens", 1, std::numeric_limits<int32_t>::max());
   if (max_tokens) job.params.max_tokens = *max_tokens;

@@ -78,6 +78,7 @@ struct GenerationJob {
   // Completions' echo: each choice's text (and logprobs, with the prompt's) starts with its prompt,
   // prompt_texts[i] for prompt i (the string sent, or the ids decoded).
   bool echo = false;
+  bool want_prompt_logprobs = false;  // vLLM's prompt_logprobs field in the response
   std::vector<std::string> prompt_texts;
   int64_t truncate_prompt_tokens = 0;  // vLLM's: k ≥ 1 keeps each prompt's last k tokens, −1 as many as
                                        // the request's context limit; 0 none
@@ -147,6 +148,7 @@ class ResponseBuilder {
   struct Choice {
     std::string text;
     std::vector<TokenLogprob> logprobs;
+    std::vector<TokenLogprob> prompt_logprobs;  // the engine's, for vLLM's prompt_logprobs field
     std::vector<size_t> text_offsets;  // per logprob: characters of `text` before its token
     size_t token_chars = 0;            // characters the tokens so far begin (the next text_offset)
     bool role_sent = false;
@@ -161,6 +163,7 @@ class ResponseBuilder {
   };
   json chunk_base() const;
   json logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const;
+  json prompt_logprobs_json(const Choice& c) const;
   json finish_json(const Choice& c) const;
   static json stop_reason_json(const Choice& c);
 

@@ -125,7 +125,7 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
     echoed.text = job_.prompt_texts.at(prompt) + delta.text;
     if (job_.want_logprobs) {
       const std::vector<int32_t>& ids = job_.prompts.at(prompt);
-      echoed.logprobs = {TokenLogprob{ids.front(), std::numeric_limits<float>::quiet_NaN(), {}}};
+      echoed.logprobs = {TokenLogprob{ids.front(), std::numeric_limits<float>::quiet_NaN(), {}, 0}};
       echoed.logprobs.insert(echoed.logprobs.end(), delta.prompt_logprobs.begin(), delta.prompt_logprobs.end());
       echoed.logprobs.insert(echoed.logprobs.end(), delta.logprobs.begin(), delta.logprobs.end());
     }
@@ -141,6 +141,7 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
   }
   c.text += out.text;
   c.logprobs.insert(c.logprobs.end(), out.logprobs.begin(), out.logprobs.end());
+  c.prompt_logprobs.insert(c.prompt_logprobs.end(), delta.prompt_logprobs.begin(), delta.prompt_logprobs.end());
   c.text_offsets.insert(c.text_offsets.end(), offsets.begin(), offsets.end());
   c.prompt_tokens = out.prompt_tokens;
   c.completion_tokens = std::max(c.completion_tokens, out.completion_tokens);
@@ -225,6 +226,25 @@ json ResponseBuilder::usage_chunk() const {
   return c;
 }
 
+// vLLM's prompt_logprobs: null for the first prompt token, then per token {id: {logprob, rank,
+// decoded_token}} for the token itself and the top k (ranks 1 .. k).
+json ResponseBuilder::prompt_logprobs_json(const Choice& c) const {
+  json list = json::array({nullptr});
+  const auto entry = [&](int32_t id, float logprob, int32_t rank) {
+    return json{{"logprob", finite_logprob(logprob)}, {"rank", rank},
+                {"decoded_token", tok_.decode(std::span(&id, 1), /*skip_special=*/false)}};
+  };
+  for (const TokenLogprob& lp : c.prompt_logprobs) {
+    json at = json::object();
+    for (size_t i = 0; i < lp.top.size(); ++i) {
+      at[std::to_string(lp.top[i].first)] = entry(lp.top[i].first, lp.top[i].second, static_cast<int32_t>(i) + 1);
+    }
+    at[std::to_string(lp.token)] = entry(lp.token, lp.logprob, lp.rank);
+    list.push_back(std::move(at));
+  }
+  return list;
+}
+
 json ResponseBuilder::response() const {
   const bool chat = job_.endpoint == Endpoint::kChat;
   json choices = json::array();
@@ -239,14 +259,17 @@ json ResponseBuilder::response() const {
     ch["logprobs"] = job_.want_logprobs ? logprobs_json(c.logprobs, c.text_offsets) : json(nullptr);
     ch["finish_reason"] = finish_json(c);
     ch["stop_reason"] = stop_reason_json(c);
+    if (job_.want_prompt_logprobs && !chat) ch["prompt_logprobs"] = prompt_logprobs_json(c);
     choices.push_back(std::move(ch));
   }
-  return {{"id", id_},
-          {"object", chat ? "chat.completion" : "text_completion"},
-          {"created", created_},
-          {"model", model_},
-          {"choices", std::move(choices)},
-          {"usage", usage()}};
+  json out = {{"id", id_},
+              {"object", chat ? "chat.completion" : "text_completion"},
+              {"created", created_},
+              {"model", model_},
+              {"choices", std::move(choices)},
+              {"usage", usage()}};
+  if (job_.want_prompt_logprobs && chat) out["prompt_logprobs"] = prompt_logprobs_json(choices_.front());
+  return out;
 }
 
 }  // namespace sparseserve::openai

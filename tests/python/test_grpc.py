@@ -342,7 +342,8 @@ def test_prompt_logprobs(stub, pb):
     msgs = collect(stub, greedy(pb, max_tokens=2, prompt_logprobs=3))
     first = msgs[0].prompt_logprobs
     assert [e.token_id for e in first] == ids[1:]
-    assert all(len(e.top) == 3 and e.logprob <= 0 for e in first)
+    assert all(len(e.top) == 3 and e.logprob <= 0 and e.rank >= 1 for e in first)
+    assert all((e.rank <= 3) == (e.token_id in [t.token_id for t in e.top]) for e in first)
     assert not any(m.prompt_logprobs for m in msgs[1:])
     # The logprob of the first generated token given the whole prompt equals the prompt logprob of
     # that token when it ends a longer prompt.

@@ -414,6 +414,30 @@ def test_echo_returns_the_prompt_with_its_logprobs(http, model_name, numpy_refer
     assert plain["text"] == c["text"] and plain["logprobs"] is None
 
 
+def test_prompt_logprobs_as_vllm_returns_them(http, model_name):
+    # A choice's prompt_logprobs (completions) or the response's (chat): null, then per prompt token
+    # {id: {logprob, rank, decoded_token}} for the token and the top k; the values are echo's.
+    prompt = "The capital of France is Paris, and the capital of Italy is"
+    ids = http.post("/tokenize", json={"prompt": prompt}).json()["tokens"]
+    body = {"model": model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    c = http.post("/v1/completions", json={**body, "prompt_logprobs": 2}).json()["choices"][0]
+    echoed = http.post("/v1/completions", json={**body, "echo": True, "logprobs": 2}).json()["choices"][0]
+    plp = c["prompt_logprobs"]
+    assert len(plp) == len(ids) and plp[0] is None
+    for p in range(1, len(ids)):
+        entry = plp[p]
+        own = entry[str(ids[p])]
+        assert own["logprob"] == pytest.approx(echoed["logprobs"]["token_logprobs"][p], abs=1e-6)
+        assert own["decoded_token"] == http.post("/detokenize", json={"tokens": [ids[p]]}).json()["prompt"]
+        ranked = sorted(entry.values(), key=lambda e: -e["logprob"])
+        assert [e["rank"] for e in ranked][:2] == [1, 2] and own["rank"] >= 1
+        assert len(entry) in (2, 3) and (own["rank"] <= 2) == (len(entry) == 2)
+    chat = {"model": model_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "prompt_logprobs": 0}
+    r = http.post("/v1/chat/completions", json=chat).json()
+    assert r["prompt_logprobs"][0] is None and len(r["prompt_logprobs"]) == r["usage"]["prompt_tokens"], r
+    assert all(len(e) == 1 or len(e) == 2 for e in r["prompt_logprobs"][1:])
+
+
 def test_echo_per_prompt_and_choice(http, model_name):
     body = {"model": model_name, "prompt": ["Hello there", [11, 12, 13]], "n": 2, "max_tokens": 3,
             "temperature": 0.7, "seed": 1, "echo": True, "logprobs": 0}
