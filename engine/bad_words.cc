@@ -16,11 +16,13 @@ std::vector<std::vector<int32_t>> bad_words_token_ids(const Tokenizer& tok, std:
       throw InvalidArgument("bad_words[" + std::to_string(i) + "] is empty (or only whitespace)");
     }
     const std::string word = w.substr(first);
-    std::vector<int32_t> plain = tok.encode(word, /*add_special=*/false, /*parse_special=*/false);
+    // Special tokens written in a word are parsed, as vLLM's tokenizer.encode does: "<|im_end|>" bans
+    // the end of turn.
+    std::vector<int32_t> plain = tok.encode(word, /*add_special=*/false, /*parse_special=*/true);
     if (plain.empty()) {
       throw InvalidArgument("bad_words[" + std::to_string(i) + "] has no token in this model's vocabulary");
     }
-    std::vector<int32_t> spaced = tok.encode(" " + word, false, false);
+    std::vector<int32_t> spaced = tok.encode(" " + word, false, true);
     const bool mid_text_differs = spaced.size() == plain.size() && spaced.front() != plain.front();
     out.push_back(std::move(plain));
     if (mid_text_differs) out.push_back(std::move(spaced));

@@ -81,7 +81,7 @@ void take_prompt_logprobs(LiveRequest& r, RequestOutput& out) {
   r.prompt_lps_sent = true;
 }
 
-// The log-softmax of a logits row: the k most likely ids (best first, ties to the lower id) with
+// The log-softmax of a logits row: the k most likely ids (best first; ties in no set order) with
 // their logprobs in top, and lse, the row's log-sum-exp (an id's logprob is row[id] − lse).
 TokenLogprob top_logprobs(std::span<const float> row, int32_t k, double& lse) {
   double mx = -INFINITY, sum = 0;
@@ -245,6 +245,18 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
       throw InvalidArgument("allowed token id " + std::to_string(t) + " is outside the vocabulary");
     }
   }
+  if (request.min_tokens > 0 && !request.allowed_token_ids.empty()) {
+    // Before min_tokens no stop id may be drawn: some allowed id must be none.
+    std::vector<int32_t> stops = request.stop_token_ids;
+    if (!request.ignore_eos) {
+      stops.insert(stops.end(), c.eos_ids.begin(), c.eos_ids.end());
+      if (request.end_of_turn >= 0) stops.push_back(request.end_of_turn);
+    }
+    if (std::all_of(request.allowed_token_ids.begin(), request.allowed_token_ids.end(),
+                    [&](int32_t t) { return std::find(stops.begin(), stops.end(), t) != stops.end(); })) {
+      throw InvalidArgument("min_tokens with allowed_token_ids that are all stop tokens leaves nothing to sample");
+    }
+  }
   if (request.end_of_turn < -1 || request.end_of_turn >= c.vocab_size) {
     throw InvalidArgument("end-of-turn token id " + std::to_string(request.end_of_turn) + " is outside the vocabulary");
   }
@@ -379,8 +391,9 @@ void Engine::Impl::admit_incoming() {
     // Positions first decoded under page selection, or outside a dynamic prefill's masks, come
     // back the same way after a preemption.
     rule.recompute_as_decode = p.decode.enabled || p.prefill.dynamic;
-    // Prompt logprobs need logits at every prompt position: chunks of at most 256 tokens keep them
-    // to 256 × vocabulary floats.
+    // Prompt logprobs need logits at every prompt position: a chunk of at most 256 tokens holds
+    // 256 × vocabulary floats of them (a step of several such chunks holds up to
+    // max_num_batched_tokens rows, as vLLM's prompt logprobs do).
     if (r->req.prompt_logprobs >= 0) rule.max_prompt_chunk = (256 + rule.prompt_block - 1) / rule.prompt_block * rule.prompt_block;
     scheduler.add(r->key, r->prompt_len, layout, r->req.priority, rule);
     const uint64_t key = r->key;

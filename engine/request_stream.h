@@ -48,6 +48,7 @@ class RequestStreamImpl final : public RequestStream {
         last.token_ids.insert(last.token_ids.end(), out.token_ids.begin(), out.token_ids.end());
         last.text += out.text;
         last.logprobs.insert(last.logprobs.end(), out.logprobs.begin(), out.logprobs.end());
+        last.prompt_logprobs.insert(last.prompt_logprobs.end(), out.prompt_logprobs.begin(), out.prompt_logprobs.end());
         last.finished = out.finished;
         last.finish_reason = out.finish_reason;
         last.stop_reason = out.stop_reason;

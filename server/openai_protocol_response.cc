@@ -134,10 +134,14 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
   // text_offset counts characters, as vLLM and OpenAI do, and follows the tokens (a special token's
   // text counts unless skip_special_tokens), not the text sent so far (which the stop filter and an
   // unfinished character may still hold back).
+  // The echoed prompt's tokens count as the echoed text shows them, special tokens included.
+  const size_t echoed_prompt = first_echo && job_.want_logprobs ? 1 + delta.prompt_logprobs.size() : 0;
   std::vector<size_t> offsets;
-  for (const auto& lp : out.logprobs) {
+  for (size_t i = 0; i < out.logprobs.size(); ++i) {
+    const TokenLogprob& lp = out.logprobs[i];
     offsets.push_back(c.token_chars);
-    c.token_chars += characters_begun(tok_.decode(std::span(&lp.token, 1), job_.params.skip_special_tokens));
+    const bool skip = i >= echoed_prompt && job_.params.skip_special_tokens;
+    c.token_chars += characters_begun(tok_.decode(std::span(&lp.token, 1), skip));
   }
   c.text += out.text;
   c.logprobs.insert(c.logprobs.end(), out.logprobs.begin(), out.logprobs.end());

@@ -438,6 +438,32 @@ def test_prompt_logprobs_as_vllm_returns_them(http, model_name):
     assert all(len(e) == 1 or len(e) == 2 for e in r["prompt_logprobs"][1:])
 
 
+def test_echo_offsets_count_special_tokens_as_the_echo_shows_them(http, model_name):
+    ids = [1, 4093, 198, 26843, 665, 2, 198]  # <|im_start|>user\n ... <|im_end|>\n: two special tokens
+    assert http.post("/detokenize", json={"tokens": [1, 2]}).json()["prompt"] == "<|im_start|><|im_end|>"
+    c = http.post("/v1/completions", json={"model": model_name, "prompt": ids, "echo": True, "logprobs": 0,
+                                           "max_tokens": 2, "temperature": 0}).json()["choices"][0]
+    offsets, tokens = c["logprobs"]["text_offset"], c["logprobs"]["tokens"]
+    for i in range(len(ids)):  # each prompt token's text sits at its offset in the echoed text
+        piece = http.post("/detokenize", json={"tokens": [ids[i]]}).json()["prompt"]
+        assert c["text"][offsets[i]:offsets[i] + len(piece)] == piece, (i, tokens[i], offsets)
+    assert offsets[len(ids)] == len(http.post("/detokenize", json={"tokens": ids}).json()["prompt"])
+
+
+def test_special_bad_words_and_unsamplable_allowed_ids(http, model_name):
+    chat = {"model": model_name, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 80,
+            "temperature": 0}
+    free = http.post("/v1/chat/completions", json=chat).json()
+    assert free["choices"][0]["finish_reason"] == "stop", free
+    banned = http.post("/v1/chat/completions", json={**chat, "bad_words": ["<|im_end|>"]}).json()
+    # The end of turn is banned: the same greedy answer runs past where it ended.
+    assert banned["usage"]["completion_tokens"] > free["usage"]["completion_tokens"], (free, banned)
+    assert banned["choices"][0]["message"]["content"].startswith(free["choices"][0]["message"]["content"])
+    r = http.post("/v1/completions", json={"model": model_name, "prompt": "Hi", "max_tokens": 5, "min_tokens": 3,
+                                           "allowed_token_ids": [2]})
+    assert r.status_code == 400 and r.json()["error"]["message"], r.text
+
+
 def test_echo_per_prompt_and_choice(http, model_name):
     body = {"model": model_name, "prompt": ["Hello there", [11, 12, 13]], "n": 2, "max_tokens": 3,
             "temperature": 0.7, "seed": 1, "echo": True, "logprobs": 0}

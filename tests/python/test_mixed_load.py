@@ -66,9 +66,10 @@ class Load:
 
     def pressure(self, rng):
         """A long dense request run to max_tokens: the first PRESSURE jobs start together and outgrow
-        the cache (each fits alone, two do not), so preemption happens whatever the timing."""
+        the cache (each fits alone, two do not), so preemption happens whatever the timing. Echoed
+        with logprobs: their prompt logprobs are collected across the preemptions, once."""
         body = {"model": self.model, "prompt": prompt_of(rng, 300), "stream": True, "max_tokens": 160,
-                "temperature": 0, "sparsity": "dense", "ignore_eos": True}
+                "temperature": 0, "sparsity": "dense", "ignore_eos": True, "echo": True, "logprobs": 1}
         return self.http_stream(rng, body)
 
     # -- HTTP --------------------------------------------------------------------------------------
@@ -83,7 +84,8 @@ class Load:
                     break
                 choice = ev["choices"][0]
                 text += choice["text"]
-                tokens += choice["logprobs"]["tokens"] if choice.get("logprobs") else []
+                if choice.get("logprobs"):
+                    tokens += list(zip(choice["logprobs"]["tokens"], choice["logprobs"]["token_logprobs"]))
                 finish = choice["finish_reason"] or finish
         assert finish in ("stop", "length"), finish
         return {"kind": "http_stream", "replay": ("http", body), "text": (text, tokens)}
@@ -180,7 +182,8 @@ class Load:
             r = self.http.post("/v1/completions", json=body)
             assert r.status_code == 200, r.text
             choice = r.json()["choices"][0]
-            return choice["text"], choice["logprobs"]["tokens"] if choice["logprobs"] else []
+            lp = choice["logprobs"]
+            return choice["text"], list(zip(lp["tokens"], lp["token_logprobs"])) if lp else []
         return [t for m in self.stub.Generate(req, timeout=300) for t in m.token_ids]
 
 
