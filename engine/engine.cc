@@ -231,31 +231,16 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   if (request.logprobs > 20) throw InvalidArgument("logprobs must be at most 20");
   if (request.prompt_logprobs > 20) throw InvalidArgument("prompt_logprobs must be at most 20");
   request.sampling.validate(c.vocab_size);
-  for (int32_t t : request.stop_token_ids) {
-    if (t < 0 || t >= c.vocab_size) throw InvalidArgument("stop token id " + std::to_string(t) + " is outside the vocabulary");
-  }
+  const auto check_ids = [&](std::span<const int32_t> ids, const char* what) {
+    for (int32_t t : ids) {
+      if (t < 0 || t >= c.vocab_size) throw InvalidArgument(std::string(what) + " " + std::to_string(t) + " is outside the vocabulary");
+    }
+  };
+  check_ids(request.stop_token_ids, "stop token id");
+  check_ids(request.allowed_token_ids, "allowed token id");
   for (const auto& seq : request.bad_words) {
     if (seq.empty()) throw InvalidArgument("a bad_words token sequence is empty");
-    for (int32_t t : seq) {
-      if (t < 0 || t >= c.vocab_size) throw InvalidArgument("bad_words token id " + std::to_string(t) + " is outside the vocabulary");
-    }
-  }
-  for (int32_t t : request.allowed_token_ids) {
-    if (t < 0 || t >= c.vocab_size) {
-      throw InvalidArgument("allowed token id " + std::to_string(t) + " is outside the vocabulary");
-    }
-  }
-  if (request.min_tokens > 0 && !request.allowed_token_ids.empty()) {
-    // Before min_tokens no stop id may be drawn: some allowed id must be none.
-    std::vector<int32_t> stops = request.stop_token_ids;
-    if (!request.ignore_eos) {
-      stops.insert(stops.end(), c.eos_ids.begin(), c.eos_ids.end());
-      if (request.end_of_turn >= 0) stops.push_back(request.end_of_turn);
-    }
-    if (std::all_of(request.allowed_token_ids.begin(), request.allowed_token_ids.end(),
-                    [&](int32_t t) { return std::find(stops.begin(), stops.end(), t) != stops.end(); })) {
-      throw InvalidArgument("min_tokens with allowed_token_ids that are all stop tokens leaves nothing to sample");
-    }
+    check_ids(seq, "bad_words token id");
   }
   if (request.end_of_turn < -1 || request.end_of_turn >= c.vocab_size) {
     throw InvalidArgument("end-of-turn token id " + std::to_string(request.end_of_turn) + " is outside the vocabulary");
@@ -285,6 +270,16 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   // The end of turn stops as EOS does, and like it not under ignore_eos (vLLM: every EOS id of the
   // generation config, the chat end of turn among them, is ignored then).
   if (r->req.end_of_turn >= 0 && !r->req.ignore_eos) r->implicit_stops.push_back(r->req.end_of_turn);
+  if (r->req.min_tokens > 0 && !r->req.allowed_token_ids.empty()) {
+    // Before min_tokens no stop id may be drawn: some allowed id must be none.
+    const auto is_stop = [&](int32_t t) {
+      return std::find(r->stop_ids.begin(), r->stop_ids.end(), t) != r->stop_ids.end() ||
+             std::find(r->implicit_stops.begin(), r->implicit_stops.end(), t) != r->implicit_stops.end();
+    };
+    if (std::all_of(r->req.allowed_token_ids.begin(), r->req.allowed_token_ids.end(), is_stop)) {
+      throw InvalidArgument("min_tokens with allowed_token_ids that are all stop tokens leaves nothing to sample");
+    }
+  }
 
   std::lock_guard lock(e.mu);
   if (!e.accepting) throw EngineUnavailable("the server is shutting down");
