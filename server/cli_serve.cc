@@ -39,7 +39,9 @@ namespace {
 // SIGTERM / SIGINT: the handler only writes the signal and its sender into a pipe (async-signal-safe; it
 // runs on whichever thread the kernel picks, including threads libraries started before main);
 // a watcher thread reads the pipe. The first signal asks for a graceful shutdown; a second one
-// exits at once.
+// exits at once. Once the ShutdownSignals object is gone (run_serve returning: static destructors,
+// spdlog's registry among them, may run next) the default actions are back and the watcher neither
+// logs nor acts on a record it still finds in the pipe. One object per process (run_serve's).
 int g_signal_pipe[2] = {-1, -1};
 
 // What the handler writes: one record per signal (smaller than PIPE_BUF, so writes are atomic).
@@ -68,26 +70,36 @@ class ShutdownSignals {
     ::sigaction(SIGTERM, &sa, nullptr);
     ::sigaction(SIGINT, &sa, nullptr);
     std::signal(SIGPIPE, SIG_IGN);  // a client that left is a failed write, not a dead process
-    // Detached: it may outlive run_serve (a late second signal); it touches only `state`.
+    // Detached: it may outlive run_serve; it touches only `state`, and logs only under its mutex
+    // while `closed` is false, so never after the destructor has returned.
     std::thread([state = state_] {
       for (int count = 0;;) {
         pollfd pfd{g_signal_pipe[0], POLLIN, 0};
         SignalRecord r{};
         if (::poll(&pfd, 1, -1) <= 0 || ::read(g_signal_pipe[0], &r, sizeof(r)) != sizeof(r)) continue;
         const char* name = r.sig == SIGINT ? "SIGINT" : "SIGTERM";
-        if (count++ > 0) {
-          spdlog::warn("second {} (from pid {}): exiting now", name, r.sender);
-          spdlog::default_logger()->flush();
-          std::_Exit(1);
-        }
-        spdlog::info("{} from pid {}", name, r.sender);
         {
           std::lock_guard lock(state->mu);
+          if (state->closed) return;
+          if (count++ > 0) {
+            spdlog::warn("second {} (from pid {}): exiting now", name, r.sender);
+            spdlog::default_logger()->flush();
+            std::_Exit(1);
+          }
+          spdlog::info("{} from pid {}", name, r.sender);
           state->signal = r.sig;
         }
         state->cv.notify_all();
       }
     }).detach();
+  }
+  ShutdownSignals(const ShutdownSignals&) = delete;
+  ShutdownSignals& operator=(const ShutdownSignals&) = delete;
+  ~ShutdownSignals() {
+    std::signal(SIGTERM, SIG_DFL);
+    std::signal(SIGINT, SIG_DFL);
+    std::lock_guard lock(state_->mu);  // waits out a watcher that is logging
+    state_->closed = true;
   }
   int wait() const {
     std::unique_lock lock(state_->mu);
@@ -105,6 +117,7 @@ class ShutdownSignals {
     std::mutex mu;
     std::condition_variable cv;
     int signal = 0;
+    bool closed = false;  // the object is gone: records still in the pipe are dropped
   };
   std::shared_ptr<State> state_;
 };

@@ -171,6 +171,25 @@ def test_sigterm_lets_requests_end_and_exits_zero(start_server, model_name):
     assert got.get("done") and got.get("finish") == "abort", got
 
 
+def test_second_sigterm_exits_at_once(start_server, model_name):
+    # The first SIGTERM drains (here a 60 s grace a running stream could use); a second one exits
+    # now, with status 1, and says so.
+    srv = start_server(shutdown_grace_seconds=60)
+    body = {"model": model_name, "prompt": "Count to a thousand:", "max_tokens": 4000, "temperature": 0,
+            "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", srv.base_url + "/v1/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: {"))
+        srv.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "SIGTERM: shutting down" in srv.log_tail(10000), 10, "the drain to start")
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        rc = srv.proc.wait(timeout=10)
+    assert rc == 1, srv.log_tail()
+    assert time.monotonic() - t0 < 5
+    assert "second SIGTERM" in srv.log_tail(10000) and "exiting now" in srv.log_tail(10000)
+
+
 def test_queue_full_is_429(start_server, model_name):
     srv = start_server(max_num_seqs=1, max_waiting=1)
     body = {"model": model_name, "prompt": "Count to a thousand:", "max_tokens": 4000, "temperature": 0,
