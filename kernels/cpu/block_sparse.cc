@@ -17,19 +17,29 @@ BlockMask xattention_block_mask(const float* q, int64_t q_row_stride, int32_t gr
   m.n_qblocks = (L - 1) / B - m.first_qblock + 1;
   m.n_kblocks = (L + B - 1) / B;
   m.allowed.assign(static_cast<size_t>(m.n_qblocks * m.n_kblocks), 0);
-  std::vector<double> mass(static_cast<size_t>(m.n_qblocks * m.n_kblocks), 0.0);
   const double inv_sqrt_d = 1.0 / std::sqrt(static_cast<double>(D));
 
   // Row groups a cover positions [aS, aS+S); key groups c likewise; only positions that exist count.
+  // Each row group writes its share of block mass into its own row of `group_mass` (key blocks
+  // 0..its query block), and the rows are summed below in row-group order: the mask does not depend
+  // on the thread count or the schedule.
   const int64_t a_first = q0 / S, a_last = (L - 1) / S;
+  const int64_t n_groups = a_last - a_first + 1;
+  std::vector<double> group_mass(static_cast<size_t>(n_groups * m.n_kblocks), 0.0);
+  const auto group_qblock = [&](int64_t a) {
+    // A row group may straddle two query blocks only if S does not divide B; it counts for the
+    // block of its last existing row.
+    return std::min(L - 1, a * S + S - 1) / B - m.first_qblock;
+  };
 #pragma omp parallel
   {
-    std::vector<double> s;
-    std::vector<double> local_mass(mass.size(), 0.0);
+    std::vector<double> s, p;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t a = a_first; a <= a_last; ++a) {
       const int64_t n_c = a + 1;  // key groups 0..a (causal)
+      double* out = group_mass.data() + (a - a_first) * m.n_kblocks;
       s.assign(static_cast<size_t>(n_c), 0.0);
+      p.resize(static_cast<size_t>(n_c));
       for (int32_t g = 0; g < group; ++g) {
         for (int64_t c = 0; c < n_c; ++c) {
           double sum = 0.0;
@@ -46,19 +56,16 @@ BlockMask xattention_block_mask(const float* q, int64_t q_row_stride, int32_t gr
         for (double v : s) mx = std::max(mx, v);
         if (!std::isfinite(mx)) continue;
         double tot = 0.0;
-        std::vector<double> p(s.size());
         for (size_t c = 0; c < s.size(); ++c) tot += (p[c] = std::exp(s[c] - mx));
-        // A row group may straddle two query blocks only if S does not divide B; attribute it to the
-        // block of its last existing row.
-        const int64_t qb = std::min(L - 1, a * S + S - 1) / B - m.first_qblock;
-        for (int64_t c = 0; c < n_c; ++c) {
-          const int64_t kb = c * S / B;
-          local_mass[static_cast<size_t>(qb * m.n_kblocks + kb)] += p[static_cast<size_t>(c)] / tot;
-        }
+        for (int64_t c = 0; c < n_c; ++c) out[c * S / B] += p[static_cast<size_t>(c)] / tot;
       }
     }
-#pragma omp critical
-    for (size_t i = 0; i < mass.size(); ++i) mass[i] += local_mass[i];
+  }
+  std::vector<double> mass(static_cast<size_t>(m.n_qblocks * m.n_kblocks), 0.0);
+  for (int64_t a = a_first; a <= a_last; ++a) {
+    const double* from = group_mass.data() + (a - a_first) * m.n_kblocks;
+    double* to = mass.data() + group_qblock(a) * m.n_kblocks;
+    for (int64_t kb = 0; kb < m.n_kblocks; ++kb) to[kb] += from[kb];
   }
 
   std::vector<int64_t> order;
