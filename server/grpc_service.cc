@@ -400,7 +400,8 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   const auto limit = [&] { return limits.sequences.describe(g.sparsity(), model.config.max_context); };
   if (g.has_truncate_prompt_tokens()) {
     const int64_t keep = g.truncate_prompt_tokens() < 0 ? context : g.truncate_prompt_tokens();
-    if (static_cast<int64_t>(r.prompt.size()) > keep) r.prompt.erase(r.prompt.begin(), r.prompt.end() - keep);
+    const bool as_ids = g.input_case() == pb::GenerateRequest::kTokenIds;
+    truncate_prompt(r.prompt, keep, as_ids || !tok.add_bos() ? -1 : tok.bos_id());
   }
   const auto n = static_cast<int64_t>(r.prompt.size());
   if (limits.max_prompt_tokens > 0 && limits.max_prompt_tokens < context && n > limits.max_prompt_tokens) {

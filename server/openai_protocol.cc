@@ -321,10 +321,13 @@ void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
   const auto limit = [&] { return limits_.sequences.describe(job.params.sparsity, model_.config.max_context); };
   if (job.truncate_prompt_tokens != 0) {
     const int64_t keep = job.truncate_prompt_tokens < 0 ? ctx : job.truncate_prompt_tokens;
+    const Tokenizer& tok = model_.tokenizer;
+    const int32_t added_bos = tok.add_bos() ? tok.bos_id() : -1;
     for (size_t i = 0; i < job.prompts.size(); ++i) {
       auto& p = job.prompts[i];
       if (static_cast<int64_t>(p.size()) <= keep) continue;
-      p.erase(p.begin(), p.end() - keep);
+      const bool as_ids = i < job.prompt_given_as_ids.size() && job.prompt_given_as_ids[i];
+      truncate_prompt(p, keep, as_ids ? -1 : added_bos);
       if (i < job.prompt_texts.size()) job.prompt_texts[i] = model_.tokenizer.decode(p, /*skip_special=*/false);
     }
   }
@@ -376,10 +379,12 @@ GenerationJob Protocol::parse_completion(const json& body) const {
   const auto add_text = [&](const std::string& text) {
     job.prompts.push_back(tok.encode(text, /*add_special=*/true, /*parse_special=*/false));
     job.prompt_texts.push_back(text);
+    job.prompt_given_as_ids.push_back(false);
   };
   const auto add_ids = [&](const json& ids) {
     job.prompts.push_back(token_list(ids, vocab, "prompt"));
     job.prompt_texts.push_back(tok.decode(job.prompts.back(), /*skip_special=*/false));
+    job.prompt_given_as_ids.push_back(true);
   };
   if (prompt->is_string()) {
     add_text(prompt->get<std::string>());
@@ -514,6 +519,7 @@ GenerationJob Protocol::parse_chat(const json& body) const {
   if (!messages) throw bad_request("messages is required", "messages");
   ChatPrompt chat = render_chat(*messages, chat_rendering(f));
   job.prompts.push_back(std::move(chat.ids));
+  job.prompt_given_as_ids.push_back(false);
   parse_common(body, job);
   // vLLM's echo prepends the final message to the reply; a request template replaces the model's.
   if (f.boolean("echo").value_or(false)) throw bad_request("echo is not supported", "echo");

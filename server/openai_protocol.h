@@ -80,6 +80,9 @@ struct GenerationJob {
   bool echo = false;
   bool want_prompt_logprobs = false;  // vLLM's prompt_logprobs field in the response
   std::vector<std::string> prompt_texts;
+  // prompt_given_as_ids[i]: prompt i came as token ids (truncation cuts it as given); else the
+  // server encoded it, and a BOS the tokenizer adds stays in front.
+  std::vector<bool> prompt_given_as_ids;
   int64_t truncate_prompt_tokens = 0;  // vLLM's: k ≥ 1 keeps each prompt's last k tokens, −1 as many as
                                        // the request's context limit; 0 none
 

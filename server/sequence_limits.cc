@@ -20,6 +20,14 @@ std::string SequenceLimits::describe(std::string_view profile, int64_t context) 
          std::to_string(context) + ").";
 }
 
+void truncate_prompt(std::vector<int32_t>& prompt, int64_t keep, int32_t bos) {
+  const auto n = static_cast<int64_t>(prompt.size());
+  if (n <= keep) return;
+  const bool keep_bos = bos >= 0 && prompt.front() == bos;
+  // [bos] + the last keep - 1 tokens, or the last keep tokens.
+  prompt.erase(prompt.begin() + (keep_bos ? 1 : 0), prompt.end() - (keep_bos ? keep - 1 : keep));
+}
+
 SequenceLimits SequenceLimits::of(const Engine& engine) {
   SequenceLimits l;
   l.default_profile = engine.profiles().default_profile;

@@ -9,6 +9,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace sparseserve {
 
@@ -26,5 +27,11 @@ struct SequenceLimits {
   // From the engine's KV cache and profiles.
   static SequenceLimits of(const Engine& engine);
 };
+
+// vLLM's truncate_prompt_tokens: keeps the last `keep` (≥ 1) tokens of `prompt`. `bos` ≥ 0: a
+// prompt that starts with it keeps it in front, and it counts toward `keep` (HF's left truncation
+// keeps the special tokens the tokenizer adds); pass the BOS the tokenizer adds to the prompts it
+// encodes, -1 for a prompt of token ids, which is cut as given.
+void truncate_prompt(std::vector<int32_t>& prompt, int64_t keep, int32_t bos);
 
 }  // namespace sparseserve
