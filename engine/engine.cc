@@ -15,6 +15,7 @@
 
 #include "engine/bad_words.h"
 #include "engine/cpu_forward.h"
+#include "engine/json_constraint.h"
 #include "engine/paged_kv.h"
 #include "engine/request_stream.h"
 #include "engine/sampler.h"
@@ -71,6 +72,7 @@ struct LiveRequest {
   std::vector<TokenLogprob> prompt_lps;
   int64_t prompt_lp_next = 0;   // the next position whose logits give a prompt token's logprob
   bool prompt_lps_sent = false;
+  std::optional<JsonPrefix> json;  // req.json_object: the generated text so far, while it constrains
 };
 
 // Moves the prompt logprobs collected so far into the request's first delta (once).
@@ -125,6 +127,7 @@ struct Engine::Impl {
 
   // Loop-only state.
   std::unordered_map<uint64_t, std::unique_ptr<LiveRequest>> live;
+  std::unique_ptr<JsonVocabulary> json_vocab;  // built at the first json_object request
   std::vector<uint64_t> step_keys;  // the requests the current step's plan names (the loop fails them if it throws)
   std::thread thread;
 
@@ -259,12 +262,13 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
 
   auto r = std::make_unique<LiveRequest>(LiveRequest{
       0, std::move(request), &profile, {}, n, 0, Sampler(SamplingParams{}, {}),
-      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, {}, 0, false});
+      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, {}, 0, false, {}});
   r->tokens = r->req.prompt;
   r->max_new = std::min<int64_t>(r->req.max_tokens, c.max_context - n);
   r->sampler = Sampler(r->req.sampling, r->req.prompt);
   r->detok = IncrementalDetokenizer(e.model.tokenizer, r->req.skip_special_tokens);
   r->stops = StopStringFilter(r->req.stop);
+  if (r->req.json_object) r->json.emplace(/*root_object=*/true);
   r->stop_ids = r->req.stop_token_ids;
   if (!r->req.ignore_eos) r->implicit_stops = c.eos_ids;
   // The end of turn stops as EOS does, and like it not under ignore_eos (vLLM: every EOS id of the
@@ -605,6 +609,12 @@ void Engine::Impl::step() {
         ban_bad_words(r.req.bad_words, std::span<const int32_t>(r.tokens).subspan(static_cast<size_t>(r.prompt_len)),
                       lrow);
       }
+      if (r.json) {
+        if (!json_vocab) json_vocab = std::make_unique<JsonVocabulary>(model.tokenizer, static_cast<int32_t>(V));
+        std::vector<int32_t> stops = r.stop_ids;
+        stops.insert(stops.end(), r.implicit_stops.begin(), r.implicit_stops.end());
+        constrain_json(*r.json, *json_vocab, stops, may_stop, lrow);
+      }
       if (may_stop) return;
       for (const auto* ids : {&r.stop_ids, &r.implicit_stops}) {
         for (int32_t id : *ids) lrow[static_cast<size_t>(id)] = -INFINITY;
@@ -645,6 +655,12 @@ void Engine::Impl::step() {
     const bool requested_stop = may_stop && std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
     const bool stop_token = requested_stop || (may_stop && std::find(r.implicit_stops.begin(), r.implicit_stops.end(),
                                                                      tok) != r.implicit_stops.end());
+    if (r.json && !stop_token && !advance_json(*r.json, json_vocab->text(tok))) {
+      // Only from a row the other processors (allowed_token_ids, bad_words) left without a JSON
+      // continuation: the rest is sampled unconstrained.
+      spdlog::warn("request {}: token {} cannot continue its JSON output; no longer constrained", r.req.id, tok);
+      r.json.reset();
+    }
     // A stop token's own text is not searched for stop strings: the bytes held back are flushed
     // instead, and may still complete one, which is then the reason.
     const auto res = r.stops.push(stop_token ? r.detok.flush() : r.detok.push(tok), may_stop);

@@ -25,6 +25,8 @@ struct Request {
   std::vector<int32_t> stop_token_ids; // extra stop ids; one that stops the request is its stop_token
   std::vector<int32_t> allowed_token_ids;  // non-empty: only these ids may be sampled (vLLM); empty: all
   std::vector<std::vector<int32_t>> bad_words;  // banned token sequences (engine/bad_words.h), each non-empty
+  bool json_object = false;            // the output is one JSON object (OpenAI's JSON mode: response_format
+                                       // json_object; engine/json_constraint.h); max_tokens may still cut it
   bool ignore_eos = false;
   int32_t end_of_turn = -1;            // chat: the template's end-of-turn token, a stop like EOS (also
                                        // ignored under ignore_eos, as vLLM ignores every EOS id of the

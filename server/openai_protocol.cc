@@ -305,8 +305,11 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
     if (!rf->is_object()) throw f.wrong_type("response_format", "an object");
     const auto type = Fields(*rf, "response_format.").string("type");
     if (!type) throw bad_request("response_format.type is required", "response_format.type");
-    if (*type != "text") {
-      throw bad_request("response_format '" + *type + "' is not supported (only 'text')", "response_format");
+    if (*type == "json_object") {
+      r.json_object = true;  // OpenAI's JSON mode: one JSON object
+    } else if (*type != "text") {
+      throw bad_request("response_format '" + *type + "' is not supported (only 'text' and 'json_object')",
+                        "response_format");
     }
   }
   r.stream = job.stream;

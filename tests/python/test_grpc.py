@@ -8,6 +8,7 @@ is stopped mid-stream. SPARSESERVE_BUILD / SPARSESERVE_MODEL choose the binary a
 from __future__ import annotations
 
 import importlib
+import json
 import signal
 import socket
 import struct
@@ -332,6 +333,25 @@ def test_bad_words(stub, pb):
     banned = text_of(collect(stub, greedy(pb, max_tokens=12, bad_words=["Paris"])))
     assert "Paris" not in banned, banned
     expect_invalid(stub, greedy(pb, bad_words=[" "]), "bad_words")
+
+
+def test_json_object(stub, pb):
+    # Each answer that ends by itself is one JSON object (Python's json module reads it); the rest
+    # are cut by max_tokens, inside one.
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="Describe a dog as a JSON object.")])
+    stopped = 0
+    for seed in range(4):
+        req = pb.GenerateRequest(chat=chat, max_tokens=160, json_object=True,
+                                 sampling=pb.SamplingParams(temperature=1.0, seed=seed))
+        msgs = collect(stub, req)
+        text = text_of(msgs)
+        assert text.lstrip().startswith("{"), text
+        if msgs[-1].final.finish_reason == pb.FINISH_REASON_STOP:
+            assert isinstance(json.loads(text), dict), text
+            stopped += 1
+        else:
+            assert msgs[-1].final.finish_reason == pb.FINISH_REASON_LENGTH
+    assert stopped >= 1
 
 
 def test_prompt_logprobs(stub, pb):

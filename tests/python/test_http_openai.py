@@ -367,6 +367,40 @@ def test_bad_words(http, model_name):
     assert "Paris" not in r["choices"][0]["message"]["content"], r
 
 
+def test_json_object_mode(client, http, model_name):
+    # OpenAI's JSON mode: every answer that ends by itself (finish_reason stop) is one JSON object,
+    # as Python's json module reads it; greedy, sampled (n=4), streamed, and on completions. Without
+    # the mode the same greedy request does not answer in JSON.
+    ask = [{"role": "user", "content": "Describe a dog as a JSON object with name, breed and age."}]
+    free = client.chat.completions.create(model=model_name, messages=ask, max_tokens=160, temperature=0)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(free.choices[0].message.content)
+    answers = []
+    greedy = client.chat.completions.create(model=model_name, messages=ask, max_tokens=160, temperature=0,
+                                            response_format={"type": "json_object"})
+    answers += [(c.message.content, c.finish_reason) for c in greedy.choices]
+    sampled = client.chat.completions.create(model=model_name, messages=ask, max_tokens=160, temperature=1.0, n=4,
+                                             seed=3, response_format={"type": "json_object"})
+    answers += [(c.message.content, c.finish_reason) for c in sampled.choices]
+    streamed, reason = "", None
+    for chunk in client.chat.completions.create(model=model_name, messages=ask, max_tokens=160, temperature=0,
+                                                response_format={"type": "json_object"}, stream=True):
+        if chunk.choices:
+            streamed += chunk.choices[0].delta.content or ""
+            reason = chunk.choices[0].finish_reason or reason
+    assert (streamed, reason) == answers[0]
+    body = {"model": model_name, "prompt": "A JSON object for a car:", "max_tokens": 120, "temperature": 0,
+            "response_format": {"type": "json_object"}}
+    completion = http.post("/v1/completions", json=body).json()["choices"][0]
+    answers.append((completion["text"], completion["finish_reason"]))
+    stopped = [text for text, why in answers if why == "stop"]
+    assert len(stopped) >= 4, answers
+    for text in stopped:
+        assert isinstance(json.loads(text), dict), text
+    for text, why in answers:
+        assert why in ("stop", "length") and text.lstrip().startswith("{"), (text, why)
+
+
 @pytest.fixture(scope="module")
 def numpy_reference(model_path):
     from numpy_llama import NumpyLlama
@@ -510,8 +544,10 @@ def test_sdk_error_classes(client, model_name, server):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=8192)
     assert "maximum context length is 8192 tokens" in e.value.body["message"]
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=model_name, messages=QUESTION, response_format={"type": "json_object"})
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model_name, messages=QUESTION,
+                                       response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+    assert e.value.body["param"] == "response_format" and "json_object" in e.value.body["message"]
 
 
 def test_api_key(keyed_server, model_name):

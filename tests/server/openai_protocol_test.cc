@@ -70,6 +70,15 @@ TEST_F(ProtocolTest, CompletionPromptIsEncodedWithBosAndSpecialTextAsText) {
   EXPECT_TRUE(job.params.stop_token_ids.empty());
 }
 
+TEST_F(ProtocolTest, JsonObjectResponseFormatTurnsOnJsonMode) {
+  const json format = {{"type", "json_object"}};
+  EXPECT_TRUE(protocol_->parse_completion({{"prompt", "x"}, {"response_format", format}}).params.json_object);
+  EXPECT_TRUE(protocol_->parse_chat({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"response_format", format}})
+                  .params.json_object);
+  EXPECT_FALSE(protocol_->parse_completion({{"prompt", "x"}, {"response_format", {{"type", "text"}}}}).params.json_object);
+  EXPECT_FALSE(protocol_->parse_completion({{"prompt", "x"}}).params.json_object);
+}
+
 TEST_F(ProtocolTest, CompletionPromptForms) {
   const auto ids = tok().encode("a b c", true, false);
   EXPECT_EQ(protocol_->parse_completion({{"prompt", {"x", "y"}}}).prompts.size(), 2u);
@@ -161,7 +170,7 @@ TEST_F(ProtocolTest, BadFieldsAreNamed) {
       {{{"prompt", "x"}, {"stop", json::array({""})}}, false, 400, "stop"},
       {{{"prompt", "x"}, {"sparsity", "nope"}}, false, 400, "sparsity"},
       {{{"prompt", "x"}, {"logit_bias", {{"-1", 1}}}}, false, 400, "logit_bias"},
-      {{{"prompt", "x"}, {"response_format", {{"type", "json_object"}}}}, false, 400, "response_format"},
+      {{{"prompt", "x"}, {"response_format", {{"type", "json_schema"}}}}, false, 400, "response_format"},
       {{{"prompt", "x"}, {"model", "other"}}, false, 404, "model"},
       {{{"prompt", json::array()}}, false, 400, "prompt"},
       {{{"prompt", {1, 99999999}}}, false, 400, "prompt"},

@@ -1,0 +1,50 @@
+// Constrained decoding to one JSON object (OpenAI's JSON mode: response_format json_object): before
+// each sampled token, every id whose bytes cannot continue the text so far gets −∞, and stop ids
+// may end the text only once it is a whole object. The text is tracked by a JsonPrefix (its
+// grammar and its two limits: nesting depth, whitespace runs) fed each sampled token's bytes.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/json_prefix.h"
+#include "engine/tokenizer.h"
+
+namespace sparseserve {
+
+// Each id's bytes as the detokenizer emits them (a byte-level token may hold part of a UTF-8
+// character), for ids 0 .. vocab_size − 1; special tokens (control and added) and ids that decode
+// to nothing are never JSON text.
+class JsonVocabulary {
+ public:
+  JsonVocabulary(const Tokenizer& tok, int32_t vocab_size);
+  int32_t size() const { return static_cast<int32_t>(offsets_.size()) - 1; }
+  // Empty for an id that is never text.
+  std::string_view text(int32_t id) const {
+    return std::string_view(bytes_).substr(offsets_[id], offsets_[id + 1] - offsets_[id]);
+  }
+
+ private:
+  std::string bytes_;              // every text id's bytes, in id order
+  std::vector<uint32_t> offsets_;  // id's bytes: [offsets_[id], offsets_[id + 1])
+};
+
+// Sets logits[id] = −∞ for every id that may not come next after `text`:
+//   - an id in `stops` stays when the text is complete and may_stop (else it is judged as text);
+//   - a text id stays when `text` accepts its bytes, or when the text is complete, stops are not
+//     allowed yet (min_tokens) and the id is whitespace only: the whitespace limit then yields, so
+//     a row never loses every id while the minimum holds stops off.
+// Ids already at −∞ are not tried. logits.size() must be vocab.size().
+void constrain_json(const JsonPrefix& text, const JsonVocabulary& vocab, std::span<const int32_t> stops, bool may_stop,
+                    std::span<float> logits);
+
+// Feeds a sampled token's bytes to `text`. Whitespace after a complete text that the whitespace
+// limit refuses leaves the text as it is (constrain_json let it through under min_tokens). False,
+// with `text` unchanged, when the bytes cannot continue it (a token drawn from a row that had no
+// id left, or a stop token that is also text).
+bool advance_json(JsonPrefix& text, std::string_view bytes);
+
+}  // namespace sparseserve

@@ -1,0 +1,258 @@
+#include "engine/json_prefix.h"
+
+namespace sparseserve {
+
+namespace {
+
+bool is_digit(uint8_t c) { return c >= '0' && c <= '9'; }
+
+int hex_value(uint8_t c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+JsonPrefix::JsonPrefix(bool root_object, int32_t max_whitespace_run)
+    : max_ws_(max_whitespace_run), root_object_(root_object) {}
+
+bool JsonPrefix::push(std::string_view bytes) {
+  for (char c : bytes) {
+    if (!push(static_cast<uint8_t>(c))) return false;
+  }
+  return true;
+}
+
+bool JsonPrefix::complete() const {
+  return mode_ == Mode::kDone || (!root_object_ && depth_ == 0 && number_may_end(mode_));
+}
+
+bool JsonPrefix::push(uint8_t c) {
+  switch (mode_) {
+    case Mode::kValue:
+    case Mode::kValueOrClose:
+    case Mode::kKeyOrClose:
+    case Mode::kKey:
+    case Mode::kColon:
+    case Mode::kCommaOrClose:
+    case Mode::kDone:
+      return structural(c);
+
+    case Mode::kString:
+      if (high_surrogate_ && c != '\\') return false;
+      if (c == '"') {
+        if (key_) {
+          mode_ = Mode::kColon;
+        } else {
+          end_value();
+        }
+        return true;
+      }
+      if (c == '\\') {
+        mode_ = Mode::kEscape;
+        return true;
+      }
+      if (c < 0x20) return false;
+      if (c < 0x80) return true;
+      // A UTF-8 lead byte: how many continuation bytes follow, and the first one's range (which
+      // excludes overlong forms, surrogates and code points over U+10FFFF).
+      lo_ = 0x80;
+      hi_ = 0xBF;
+      if (c >= 0xC2 && c <= 0xDF) {
+        utf8_left_ = 1;
+      } else if (c == 0xE0) {
+        utf8_left_ = 2, lo_ = 0xA0;
+      } else if (c == 0xED) {
+        utf8_left_ = 2, hi_ = 0x9F;
+      } else if (c >= 0xE1 && c <= 0xEF) {
+        utf8_left_ = 2;
+      } else if (c == 0xF0) {
+        utf8_left_ = 3, lo_ = 0x90;
+      } else if (c >= 0xF1 && c <= 0xF3) {
+        utf8_left_ = 3;
+      } else if (c == 0xF4) {
+        utf8_left_ = 3, hi_ = 0x8F;
+      } else {
+        return false;
+      }
+      mode_ = Mode::kUtf8;
+      return true;
+
+    case Mode::kUtf8:
+      if (c < lo_ || c > hi_) return false;
+      lo_ = 0x80;
+      hi_ = 0xBF;
+      if (--utf8_left_ == 0) mode_ = Mode::kString;
+      return true;
+
+    case Mode::kEscape:
+      if (high_surrogate_ && c != 'u') return false;
+      switch (c) {
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+          mode_ = Mode::kString;
+          return true;
+        case 'u':
+          mode_ = Mode::kHex;
+          hex_left_ = 4;
+          code_ = 0;
+          return true;
+        default:
+          return false;
+      }
+
+    case Mode::kHex: {
+      const int v = hex_value(c);
+      if (v < 0) return false;
+      code_ = static_cast<uint16_t>(code_ << 4 | v);
+      if (--hex_left_ > 0) return true;
+      mode_ = Mode::kString;
+      const bool high = code_ >= 0xD800 && code_ <= 0xDBFF;
+      const bool low = code_ >= 0xDC00 && code_ <= 0xDFFF;
+      if (high_surrogate_) {
+        high_surrogate_ = false;
+        return low;
+      }
+      high_surrogate_ = high;
+      return !low;
+    }
+
+    case Mode::kLiteral:
+      if (c != static_cast<uint8_t>(*literal_)) return false;
+      if (*++literal_ == '\0') end_value();
+      return true;
+
+    case Mode::kNumMinus:
+      if (c == '0') {
+        mode_ = Mode::kNumZero;
+      } else if (is_digit(c)) {
+        mode_ = Mode::kNumInt;
+      } else {
+        return false;
+      }
+      return true;
+
+    case Mode::kNumZero:
+    case Mode::kNumInt:
+    case Mode::kNumFrac:
+      if (is_digit(c) && mode_ != Mode::kNumZero) return true;
+      if (c == '.' && mode_ != Mode::kNumFrac) {
+        mode_ = Mode::kNumDot;
+        return true;
+      }
+      if (c == 'e' || c == 'E') {
+        mode_ = Mode::kNumExpMark;
+        return true;
+      }
+      end_value();  // the number ended before this byte
+      return structural(c);
+
+    case Mode::kNumDot:
+      if (!is_digit(c)) return false;
+      mode_ = Mode::kNumFrac;
+      return true;
+
+    case Mode::kNumExpMark:
+      if (c == '+' || c == '-') {
+        mode_ = Mode::kNumExpSign;
+        return true;
+      }
+      [[fallthrough]];
+    case Mode::kNumExpSign:
+      if (!is_digit(c)) return false;
+      mode_ = Mode::kNumExp;
+      return true;
+
+    case Mode::kNumExp:
+      if (is_digit(c)) return true;
+      end_value();
+      return structural(c);
+  }
+  return false;
+}
+
+bool JsonPrefix::structural(uint8_t c) {
+  if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+    if (ws_run_ >= max_ws_) return false;
+    ++ws_run_;
+    return true;
+  }
+  ws_run_ = 0;
+  switch (mode_) {
+    case Mode::kValue:
+      return start_value(c);
+    case Mode::kValueOrClose:
+      return c == ']' ? close(false) : start_value(c);
+    case Mode::kKeyOrClose:
+      if (c == '}') return close(true);
+      [[fallthrough]];
+    case Mode::kKey:
+      if (c != '"') return false;
+      mode_ = Mode::kString;
+      key_ = true;
+      return true;
+    case Mode::kColon:
+      if (c != ':') return false;
+      mode_ = Mode::kValue;
+      return true;
+    case Mode::kCommaOrClose:
+      if (c == ',') {
+        mode_ = top_is_object() ? Mode::kKey : Mode::kValue;
+        return true;
+      }
+      if (c == '}' || c == ']') return close(c == '}');
+      return false;
+    default:  // kDone
+      return false;
+  }
+}
+
+bool JsonPrefix::start_value(uint8_t c) {
+  if (depth_ == 0 && root_object_ && c != '{') return false;
+  switch (c) {
+    case '{': return open(true);
+    case '[': return open(false);
+    case '"':
+      mode_ = Mode::kString;
+      key_ = false;
+      return true;
+    case 't': literal_ = "rue"; break;
+    case 'f': literal_ = "alse"; break;
+    case 'n': literal_ = "ull"; break;
+    case '-':
+      mode_ = Mode::kNumMinus;
+      return true;
+    case '0':
+      mode_ = Mode::kNumZero;
+      return true;
+    default:
+      if (!is_digit(c)) return false;
+      mode_ = Mode::kNumInt;
+      return true;
+  }
+  mode_ = Mode::kLiteral;
+  return true;
+}
+
+bool JsonPrefix::open(bool object) {
+  if (depth_ == kMaxDepth) return false;
+  const uint64_t bit = uint64_t{1} << (depth_ % 64);
+  if (object) {
+    stack_[depth_ / 64] |= bit;
+  } else {
+    stack_[depth_ / 64] &= ~bit;
+  }
+  ++depth_;
+  mode_ = object ? Mode::kKeyOrClose : Mode::kValueOrClose;
+  return true;
+}
+
+bool JsonPrefix::close(bool object) {
+  if (depth_ == 0 || top_is_object() != object) return false;
+  --depth_;
+  end_value();
+  return true;
+}
+
+}  // namespace sparseserve
