@@ -72,7 +72,7 @@ struct LiveRequest {
   std::vector<TokenLogprob> prompt_lps;
   int64_t prompt_lp_next = 0;   // the next position whose logits give a prompt token's logprob
   bool prompt_lps_sent = false;
-  std::optional<JsonPrefix> json;  // req.json_object: the generated text so far, while it constrains
+  std::optional<JsonPrefix> json;  // req.json_object / json_schema: the generated text so far, while it constrains
 };
 
 // Moves the prompt logprobs collected so far into the request's first delta (once).
@@ -245,6 +245,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
     if (seq.empty()) throw InvalidArgument("a bad_words token sequence is empty");
     check_ids(seq, "bad_words token id");
   }
+  if (request.json_object && request.json_schema) throw InvalidArgument("json_object and a json_schema exclude each other");
   if (request.end_of_turn < -1 || request.end_of_turn >= c.vocab_size) {
     throw InvalidArgument("end-of-turn token id " + std::to_string(request.end_of_turn) + " is outside the vocabulary");
   }
@@ -269,6 +270,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   r->detok = IncrementalDetokenizer(e.model.tokenizer, r->req.skip_special_tokens);
   r->stops = StopStringFilter(r->req.stop);
   if (r->req.json_object) r->json.emplace(/*root_object=*/true);
+  if (r->req.json_schema) r->json.emplace(*r->req.json_schema);
   r->stop_ids = r->req.stop_token_ids;
   if (!r->req.ignore_eos) r->implicit_stops = c.eos_ids;
   // The end of turn stops as EOS does, and like it not under ignore_eos (vLLM: every EOS id of the

@@ -1,6 +1,7 @@
 #include "engine/json_constraint.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "common/errors.h"
@@ -28,19 +29,24 @@ void constrain_json(const JsonPrefix& text, const JsonVocabulary& vocab, std::sp
                     std::span<float> logits) {
   check(static_cast<int64_t>(logits.size()) == vocab.size(), "constrain_json: logits and vocabulary sizes differ");
   const bool complete = text.complete();
+  const bool stops_now = complete && may_stop && !stops.empty();
   // Stops allowed now keep their logits, whatever their bytes (one may also be a text token).
   std::vector<std::pair<int32_t, float>> kept_stops;
-  if (complete && may_stop) {
+  if (stops_now) {
     for (int32_t id : stops) kept_stops.emplace_back(id, logits[static_cast<size_t>(id)]);
   }
+  // Whether the text takes each first byte, found once per byte: most ids fail there.
+  std::array<int8_t, 256> first{};  // 0: not tried yet, 1: taken, -1: refused
   for (int32_t id = 0; id < vocab.size(); ++id) {
     float& l = logits[static_cast<size_t>(id)];
     if (l == -INFINITY) continue;
     const std::string_view bytes = vocab.text(id);
     bool ok = false;
-    if (!bytes.empty()) {
-      JsonPrefix next = text;
-      ok = next.push(bytes) || (complete && !may_stop && whitespace_only(bytes));
+    if (!bytes.empty() && !(stops_now && text.done())) {
+      int8_t& f = first[static_cast<uint8_t>(bytes[0])];
+      if (f == 0) f = JsonPrefix(text).push(static_cast<uint8_t>(bytes[0])) ? 1 : -1;
+      if (f > 0) ok = JsonPrefix(text).push(bytes);
+      if (!ok && complete && !stops_now) ok = whitespace_only(bytes);
     }
     if (!ok) l = -INFINITY;
   }

@@ -34,9 +34,11 @@ class JsonVocabulary {
 
 // Sets logits[id] = −∞ for every id that may not come next after `text`:
 //   - an id in `stops` stays when the text is complete and may_stop (else it is judged as text);
-//   - a text id stays when `text` accepts its bytes, or when the text is complete, stops are not
-//     allowed yet (min_tokens) and the id is whitespace only: the whitespace limit then yields, so
-//     a row never loses every id while the minimum holds stops off.
+//   - once the root value has ended (text.done()) and a stop may come, nothing else stays: the
+//     answer ends there rather than trail whitespace;
+//   - a text id stays when `text` accepts its bytes, or when the text is complete, no stop may come
+//     (min_tokens, or no stop ids) and the id is whitespace only: the whitespace limit then yields,
+//     so a row never loses every id.
 // Ids already at −∞ are not tried. logits.size() must be vocab.size().
 void constrain_json(const JsonPrefix& text, const JsonVocabulary& vocab, std::span<const int32_t> stops, bool may_stop,
                     std::span<float> logits);

@@ -18,6 +18,9 @@ int hex_value(uint8_t c) {
 JsonPrefix::JsonPrefix(bool root_object, int32_t max_whitespace_run)
     : max_ws_(max_whitespace_run), root_object_(root_object) {}
 
+JsonPrefix::JsonPrefix(const JsonSchema& schema, int32_t max_whitespace_run)
+    : schema_(&schema), expect_(schema.root()), max_ws_(max_whitespace_run), root_object_(false) {}
+
 bool JsonPrefix::push(std::string_view bytes) {
   for (char c : bytes) {
     if (!push(static_cast<uint8_t>(c))) return false;
@@ -26,7 +29,8 @@ bool JsonPrefix::push(std::string_view bytes) {
 }
 
 bool JsonPrefix::complete() const {
-  return mode_ == Mode::kDone || (!root_object_ && depth_ == 0 && number_may_end(mode_));
+  return mode_ == Mode::kDone || (!root_object_ && depth_ == 0 && number_may_end(mode_)) ||
+         (mode_ == Mode::kMatch && depth_ == 0 && literal_complete());
 }
 
 bool JsonPrefix::push(uint8_t c) {
@@ -118,6 +122,11 @@ bool JsonPrefix::push(uint8_t c) {
       return !low;
     }
 
+    case Mode::kMatch:
+      return match(c);
+    case Mode::kKeyMatch:
+      return match_key(c);
+
     case Mode::kLiteral:
       if (c != static_cast<uint8_t>(*literal_)) return false;
       if (*++literal_ == '\0') end_value();
@@ -137,11 +146,11 @@ bool JsonPrefix::push(uint8_t c) {
     case Mode::kNumInt:
     case Mode::kNumFrac:
       if (is_digit(c) && mode_ != Mode::kNumZero) return true;
-      if (c == '.' && mode_ != Mode::kNumFrac) {
+      if (c == '.' && mode_ != Mode::kNumFrac && !integer_) {
         mode_ = Mode::kNumDot;
         return true;
       }
-      if (c == 'e' || c == 'E') {
+      if ((c == 'e' || c == 'E') && !integer_) {
         mode_ = Mode::kNumExpMark;
         return true;
       }
@@ -183,22 +192,48 @@ bool JsonPrefix::structural(uint8_t c) {
     case Mode::kValue:
       return start_value(c);
     case Mode::kValueOrClose:
-      return c == ']' ? close(false) : start_value(c);
+      if (c == ']') return close(false);
+      if (schema_ != nullptr && frames_[depth_ - 1].node >= 0 && schema_->node(frames_[depth_ - 1].node).max_items == 0) {
+        return false;
+      }
+      return start_value(c);
     case Mode::kKeyOrClose:
       if (c == '}') return close(true);
       [[fallthrough]];
     case Mode::kKey:
       if (c != '"') return false;
+      if (const JsonSchema::Node* n = object_schema()) {
+        alive_ = all_properties(*n) & ~frames_[depth_ - 1].seen;
+        if (alive_ == 0) return false;
+        pos_ = 0;
+        mode_ = Mode::kKeyMatch;
+        return true;
+      }
       mode_ = Mode::kString;
       key_ = true;
       return true;
     case Mode::kColon:
       if (c != ':') return false;
       mode_ = Mode::kValue;
+      if (schema_ != nullptr) {
+        const JsonSchema::Node* n = object_schema();
+        expect_ = n != nullptr ? n->properties[static_cast<size_t>(property_)].node : -1;
+      }
       return true;
     case Mode::kCommaOrClose:
       if (c == ',') {
-        mode_ = top_is_object() ? Mode::kKey : Mode::kValue;
+        if (top_is_object()) {
+          const JsonSchema::Node* n = object_schema();
+          if (n != nullptr && (all_properties(*n) & ~frames_[depth_ - 1].seen) == 0) return false;
+          mode_ = Mode::kKey;
+          return true;
+        }
+        mode_ = Mode::kValue;
+        if (schema_ != nullptr) {
+          const Frame& f = frames_[depth_ - 1];
+          if (f.node >= 0 && f.items >= schema_->node(f.node).max_items) return false;
+          expect_ = f.node >= 0 ? schema_->node(f.node).items : -1;
+        }
         return true;
       }
       if (c == '}' || c == ']') return close(c == '}');
@@ -209,10 +244,40 @@ bool JsonPrefix::structural(uint8_t c) {
 }
 
 bool JsonPrefix::start_value(uint8_t c) {
+  if (schema_ != nullptr) return start_schema_value(c);
   if (depth_ == 0 && root_object_ && c != '{') return false;
+  return start_plain(c, -1);
+}
+
+bool JsonPrefix::start_schema_value(uint8_t c) {
+  integer_ = false;
+  if (expect_ < 0) return start_plain(c, -1);  // inside an unconstrained value
+  const int32_t id = schema_->resolve(expect_, c);
+  if (id < 0) return false;
+  const JsonSchema::Node& n = schema_->node(id);
+  if (n.any) return start_plain(c, -1);
+  if (!n.literals.empty()) {
+    alive_ = 0;
+    bool all_whole = true;
+    for (size_t i = 0; i < n.literals.size(); ++i) {
+      if (static_cast<uint8_t>(n.literals[i][0]) != c) continue;
+      alive_ |= uint64_t{1} << i;
+      all_whole = all_whole && n.literals[i].size() == 1;
+    }
+    match_node_ = id;
+    pos_ = 1;
+    mode_ = Mode::kMatch;
+    if (all_whole) end_value();
+    return true;
+  }
+  integer_ = (n.types & JsonSchema::kInteger) != 0 && (n.types & JsonSchema::kNumber) == 0;
+  return start_plain(c, id);
+}
+
+bool JsonPrefix::start_plain(uint8_t c, int32_t node) {
   switch (c) {
-    case '{': return open(true);
-    case '[': return open(false);
+    case '{': return open(true, node);
+    case '[': return open(false, node);
     case '"':
       mode_ = Mode::kString;
       key_ = false;
@@ -235,13 +300,17 @@ bool JsonPrefix::start_value(uint8_t c) {
   return true;
 }
 
-bool JsonPrefix::open(bool object) {
-  if (depth_ == kMaxDepth) return false;
+bool JsonPrefix::open(bool object, int32_t node) {
+  if (depth_ == (schema_ != nullptr ? kMaxSchemaDepth : kMaxDepth)) return false;
   const uint64_t bit = uint64_t{1} << (depth_ % 64);
   if (object) {
     stack_[depth_ / 64] |= bit;
   } else {
     stack_[depth_ / 64] &= ~bit;
+  }
+  if (schema_ != nullptr) {
+    frames_[depth_] = Frame{node, 0, 0};
+    if (!object) expect_ = node >= 0 ? schema_->node(node).items : -1;
   }
   ++depth_;
   mode_ = object ? Mode::kKeyOrClose : Mode::kValueOrClose;
@@ -250,8 +319,86 @@ bool JsonPrefix::open(bool object) {
 
 bool JsonPrefix::close(bool object) {
   if (depth_ == 0 || top_is_object() != object) return false;
+  if (schema_ != nullptr && frames_[depth_ - 1].node >= 0) {
+    const Frame& f = frames_[depth_ - 1];
+    const JsonSchema::Node& n = schema_->node(f.node);
+    if (object ? (n.required & ~f.seen) != 0 : f.items < n.min_items) return false;
+  }
   --depth_;
   end_value();
+  return true;
+}
+
+void JsonPrefix::end_value() {
+  if (depth_ == 0) {
+    mode_ = Mode::kDone;
+    return;
+  }
+  if (schema_ != nullptr && !top_is_object()) ++frames_[depth_ - 1].items;
+  mode_ = Mode::kCommaOrClose;
+}
+
+const JsonSchema::Node* JsonPrefix::object_schema() const {
+  if (schema_ == nullptr || depth_ == 0 || frames_[depth_ - 1].node < 0) return nullptr;
+  return &schema_->node(frames_[depth_ - 1].node);
+}
+
+bool JsonPrefix::literal_complete() const {
+  const auto& literals = schema_->node(match_node_).literals;
+  for (size_t i = 0; i < literals.size(); ++i) {
+    if ((alive_ >> i & 1) && literals[i].size() == pos_) return true;
+  }
+  return false;
+}
+
+bool JsonPrefix::match(uint8_t c) {
+  const auto& literals = schema_->node(match_node_).literals;
+  uint64_t next = 0;
+  bool whole = false, all_whole = true;
+  for (size_t i = 0; i < literals.size(); ++i) {
+    if (!(alive_ >> i & 1)) continue;
+    const std::string& l = literals[i];
+    if (l.size() > pos_ && static_cast<uint8_t>(l[pos_]) == c) {
+      next |= uint64_t{1} << i;
+      all_whole = all_whole && l.size() == pos_ + 1;
+    } else if (l.size() == pos_) {
+      whole = true;
+    }
+  }
+  if (next != 0) {
+    alive_ = next;
+    ++pos_;
+    if (all_whole) end_value();
+    return true;
+  }
+  if (!whole) return false;
+  end_value();  // a whole literal (one that a longer one began like) ended before this byte
+  return structural(c);
+}
+
+bool JsonPrefix::match_key(uint8_t c) {
+  const auto& properties = object_schema()->properties;
+  uint64_t next = 0;
+  int32_t whole = -1;
+  for (size_t i = 0; i < properties.size(); ++i) {
+    if (!(alive_ >> i & 1)) continue;
+    const std::string& key = properties[i].key;
+    if (key.size() > pos_ && static_cast<uint8_t>(key[pos_]) == c) {
+      next |= uint64_t{1} << i;
+    } else if (key.size() == pos_) {
+      whole = static_cast<int32_t>(i);
+    }
+  }
+  if (c == '"' && next == 0) {  // the closing quote (a key's own quotes are escaped, so matched above)
+    if (whole < 0) return false;
+    property_ = whole;
+    frames_[depth_ - 1].seen |= uint64_t{1} << whole;
+    mode_ = Mode::kColon;
+    return true;
+  }
+  if (next == 0) return false;
+  alive_ = next;
+  ++pos_;
   return true;
 }
 

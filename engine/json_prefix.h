@@ -10,6 +10,9 @@
 //   - at most `max_whitespace_run` whitespace bytes in a row (a model may otherwise emit spaces or
 //     newlines until max_tokens; after a complete text, the run limit is what leaves it nothing
 //     but a stop token).
+// With a JsonSchema (engine/json_schema.h) the text must also be a value of the schema: its types,
+// exactly its properties (each once, the required ones all), its item counts, its enum texts, its
+// anyOf alternatives; containers then nest at most kMaxSchemaDepth deep.
 // The state is a small trivially copyable value: copying it and pushing a token's bytes is how a
 // token is tried.
 #pragma once
@@ -17,14 +20,19 @@
 #include <cstdint>
 #include <string_view>
 
+#include "engine/json_schema.h"
+
 namespace sparseserve {
 
 class JsonPrefix {
  public:
   static constexpr int32_t kMaxDepth = 128;
+  static constexpr int32_t kMaxSchemaDepth = 32;
 
   // root_object: the text must be an object (OpenAI's JSON mode); otherwise any value.
   explicit JsonPrefix(bool root_object = true, int32_t max_whitespace_run = 32);
+  // The text must be a value of `schema`, which must outlive this state and its copies.
+  explicit JsonPrefix(const JsonSchema& schema, int32_t max_whitespace_run = 32);
 
   // Feeds bytes. False when they cannot continue any JSON text (the state is then unspecified).
   bool push(std::string_view bytes);
@@ -32,6 +40,8 @@ class JsonPrefix {
   // The bytes so far are a whole JSON text (trailing whitespace allowed; a root number counts as
   // whole where it may end).
   bool complete() const;
+  // The root value has ended (its closing byte was read): only whitespace may follow.
+  bool done() const { return mode_ == Mode::kDone; }
   int32_t depth() const { return depth_; }
 
  private:
@@ -48,6 +58,8 @@ class JsonPrefix {
     kHex,           // in \uXXXX: hex_left digits to go, code_ so far
     kUtf8,          // inside a multi-byte character: utf8_left bytes to go, the next in [lo_, hi_]
     kLiteral,       // inside true / false / null: literal_ is the rest
+    kMatch,         // a schema enum value: alive_ are the node's literals that match the pos_ bytes so far
+    kKeyMatch,      // a schema object's key after its quote: alive_ are the properties it may still be
     kNumMinus,      // '-'
     kNumZero,       // a leading 0
     kNumInt,        // integer digits
@@ -57,17 +69,41 @@ class JsonPrefix {
     kNumExpSign,    // the exponent's sign
     kNumExp,        // exponent digits
   };
+  // A schema container's progress: node -1 for one inside an unconstrained value.
+  struct Frame {
+    int32_t node = -1;
+    uint32_t items = 0;  // arrays: items completed
+    uint64_t seen = 0;   // objects: bit i, properties[i] was written
+  };
   bool structural(uint8_t c);  // a byte between tokens (modes kValue .. kDone)
   bool start_value(uint8_t c);
-  void end_value() { mode_ = depth_ == 0 ? Mode::kDone : Mode::kCommaOrClose; }
-  bool open(bool object);
+  bool start_schema_value(uint8_t c);
+  bool start_plain(uint8_t c, int32_t node);  // a value's first byte; node: its container's schema (-1: none)
+  void end_value();
+  bool open(bool object, int32_t node);
   bool close(bool object);
+  bool match(uint8_t c);      // kMatch
+  bool match_key(uint8_t c);  // kKeyMatch
+  bool literal_complete() const;  // kMatch: an alive literal is whole
+  // The schema object the current container follows, or null (no schema, or inside an
+  // unconstrained value).
+  const JsonSchema::Node* object_schema() const;
+  uint64_t all_properties(const JsonSchema::Node& n) const {
+    return n.properties.size() == 64 ? ~uint64_t{0} : (uint64_t{1} << n.properties.size()) - 1;
+  }
   bool top_is_object() const { return (stack_[(depth_ - 1) / 64] >> ((depth_ - 1) % 64)) & 1; }
   static bool number_may_end(Mode m) {
     return m == Mode::kNumZero || m == Mode::kNumInt || m == Mode::kNumFrac || m == Mode::kNumExp;
   }
 
   uint64_t stack_[kMaxDepth / 64] = {};  // bit d: the container at depth d is an object
+  const JsonSchema* schema_ = nullptr;
+  Frame frames_[kMaxSchemaDepth];        // with a schema: frame d is the container at depth d
+  int32_t expect_ = -1;                  // with a schema: the node the next value follows (-1: any)
+  int32_t match_node_ = -1;              // kMatch: the node whose literals match
+  uint64_t alive_ = 0;                   // kMatch / kKeyMatch: candidates still matching
+  uint32_t pos_ = 0;                     // kMatch / kKeyMatch: bytes matched
+  int32_t property_ = -1;                // after a schema key: the property it named
   const char* literal_ = nullptr;
   int32_t depth_ = 0;
   int32_t max_ws_;
@@ -78,6 +114,7 @@ class JsonPrefix {
   bool root_object_;
   bool key_ = false;
   bool high_surrogate_ = false;  // a \uD800-\uDBFF was read: a low one must follow at once
+  bool integer_ = false;         // the number being read must be an integer (schema type)
 };
 
 }  // namespace sparseserve

@@ -4,10 +4,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "engine/json_schema.h"
 #include "engine/sampling_params.h"
 
 namespace sparseserve {
@@ -27,6 +29,8 @@ struct Request {
   std::vector<std::vector<int32_t>> bad_words;  // banned token sequences (engine/bad_words.h), each non-empty
   bool json_object = false;            // the output is one JSON object (OpenAI's JSON mode: response_format
                                        // json_object; engine/json_constraint.h); max_tokens may still cut it
+  std::shared_ptr<const JsonSchema> json_schema;  // non-null: the output is one value of this schema
+                                       // (response_format json_schema, vLLM's guided_json); not with json_object
   bool ignore_eos = false;
   int32_t end_of_turn = -1;            // chat: the template's end-of-turn token, a stop like EOS (also
                                        // ignored under ignore_eos, as vLLM ignores every EOS id of the

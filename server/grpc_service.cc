@@ -399,6 +399,10 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   const int64_t context = limits.sequences.tokens(g.sparsity(), model.config.max_context);
   const auto limit = [&] { return limits.sequences.describe(g.sparsity(), model.config.max_context); };
   r.json_object = g.json_object();
+  if (!g.json_schema().empty()) {
+    if (g.json_object()) throw InvalidArgument("json_object and json_schema exclude each other");
+    r.json_schema = std::make_shared<const JsonSchema>(JsonSchema::compile(g.json_schema()));
+  }
   if (g.has_truncate_prompt_tokens()) {
     const int64_t keep = g.truncate_prompt_tokens() < 0 ? context : g.truncate_prompt_tokens();
     const bool as_ids = g.input_case() == pb::GenerateRequest::kTokenIds;

@@ -44,6 +44,15 @@ Request GenerationJob::request_for_choice(int32_t choice, const std::string& res
 
 namespace {
 
+// A schema from a request, compiled for the engine; 400 naming `param` when outside the subset.
+std::shared_ptr<const JsonSchema> compile_schema(const json& schema, const std::string& param) {
+  try {
+    return std::make_shared<const JsonSchema>(JsonSchema::compile(schema.dump()));
+  } catch (const InvalidArgument& e) {
+    throw bad_request(e.what(), param);
+  }
+}
+
 // Typed access to optional fields of a JSON object: absent and null read as "not given".
 class Fields {
  public:
@@ -220,8 +229,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   }
   // The other vLLM extensions that change what is generated or returned, not implemented: refused
   // when given anything but their default, never silently dropped.
-  for (const char* key : {"logits_processors",
-                          "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
+  for (const char* key : {"logits_processors", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
     if (f.get(key) != nullptr) throw bad_request(std::string(key) + " is not supported", key);
   }
   if (const json* bad = f.get("bad_words")) {  // vLLM: words the output must not contain
@@ -307,9 +315,28 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
     if (!type) throw bad_request("response_format.type is required", "response_format.type");
     if (*type == "json_object") {
       r.json_object = true;  // OpenAI's JSON mode: one JSON object
+    } else if (*type == "json_schema") {  // OpenAI's structured outputs: {"json_schema": {"name", "schema", ...}}
+      const json* js = rf->contains("json_schema") ? &(*rf)["json_schema"] : nullptr;
+      if (js == nullptr || !js->is_object()) {
+        throw bad_request("response_format.json_schema must be an object with the schema", "response_format.json_schema");
+      }
+      if (!js->contains("schema")) {
+        throw bad_request("response_format.json_schema.schema is required", "response_format.json_schema.schema");
+      }
+      r.json_schema = compile_schema((*js)["schema"], "response_format.json_schema.schema");
     } else if (*type != "text") {
-      throw bad_request("response_format '" + *type + "' is not supported (only 'text' and 'json_object')",
+      throw bad_request("response_format '" + *type + "' is not supported (only 'text', 'json_object' and 'json_schema')",
                         "response_format");
+    }
+  }
+  if (const json* g = f.get("guided_json")) {  // vLLM's: the schema, as an object or its JSON text
+    if (r.json_object || r.json_schema) throw bad_request("guided_json and response_format exclude each other", "guided_json");
+    if (g->is_string()) {
+      const json parsed = json::parse(g->get<std::string>(), nullptr, /*allow_exceptions=*/false);
+      if (parsed.is_discarded()) throw bad_request("guided_json is not valid JSON", "guided_json");
+      r.json_schema = compile_schema(parsed, "guided_json");
+    } else {
+      r.json_schema = compile_schema(*g, "guided_json");
     }
   }
   r.stream = job.stream;

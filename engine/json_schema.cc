@@ -1,0 +1,342 @@
+#include "engine/json_schema.h"
+
+#include <algorithm>
+#include <bitset>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "common/errors.h"
+
+namespace sparseserve {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr int32_t kMaxNesting = 64;  // schema levels below the root
+
+const std::set<std::string, std::less<>> kAnnotations = {
+    "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly",
+    "writeOnly", "$defs", "definitions"};
+const std::set<std::string, std::less<>> kKeywords = {
+    "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
+    "enum", "const", "anyOf", "oneOf", "$ref"};
+
+uint8_t type_bit(const json& name, const std::string& at) {
+  if (!name.is_string()) throw InvalidArgument("json_schema: 'type' must be a name or a list of names (at " + at + ")");
+  const std::string& n = name.get_ref<const std::string&>();
+  if (n == "object") return JsonSchema::kObject;
+  if (n == "array") return JsonSchema::kArray;
+  if (n == "string") return JsonSchema::kString;
+  if (n == "integer") return JsonSchema::kInteger;
+  if (n == "number") return JsonSchema::kNumber;
+  if (n == "boolean") return JsonSchema::kBoolean;
+  if (n == "null") return JsonSchema::kNull;
+  throw InvalidArgument("json_schema: unknown type '" + n + "' (at " + at + ")");
+}
+
+uint8_t type_of(const json& v) {
+  switch (v.type()) {
+    case json::value_t::object: return JsonSchema::kObject;
+    case json::value_t::array: return JsonSchema::kArray;
+    case json::value_t::string: return JsonSchema::kString;
+    case json::value_t::boolean: return JsonSchema::kBoolean;
+    case json::value_t::null: return JsonSchema::kNull;
+    case json::value_t::number_float: return JsonSchema::kNumber;
+    default: return JsonSchema::kInteger | JsonSchema::kNumber;  // integers
+  }
+}
+
+uint32_t item_count(const json& v, const char* key, const std::string& at) {
+  if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > UINT32_MAX - 1) {
+    throw InvalidArgument(std::string("json_schema: '") + key + "' must be a non-negative integer (at " + at + ")");
+  }
+  return static_cast<uint32_t>(v.get<int64_t>());
+}
+
+// The bytes a value of each kind may begin with.
+std::bitset<256> first_bytes_of_types(uint8_t types) {
+  std::bitset<256> f;
+  if (types & JsonSchema::kObject) f.set('{');
+  if (types & JsonSchema::kArray) f.set('[');
+  if (types & JsonSchema::kString) f.set('"');
+  if (types & (JsonSchema::kInteger | JsonSchema::kNumber)) {
+    f.set('-');
+    for (char c = '0'; c <= '9'; ++c) f.set(static_cast<uint8_t>(c));
+  }
+  if (types & JsonSchema::kBoolean) f.set('t').set('f');
+  if (types & JsonSchema::kNull) f.set('n');
+  return f;
+}
+
+}  // namespace
+
+class JsonSchemaCompiler {
+ public:
+  explicit JsonSchemaCompiler(const json& root) : root_(root) {}
+
+  JsonSchema run() {
+    const int32_t root = compile(root_, "#", 0);
+    if (root != 0) {  // the root was a $ref: node 0 is still the first one made, so swap in a copy
+      out_.nodes_.insert(out_.nodes_.begin(), out_.nodes_[static_cast<size_t>(root)]);
+      for (JsonSchema::Node& n : out_.nodes_) shift(n);
+    }
+    first_bytes();
+    return std::move(out_);
+  }
+
+ private:
+  // After inserting a copy of the root at 0, every node index moves up by one.
+  static void shift(JsonSchema::Node& n) {
+    for (int32_t& a : n.alternatives) ++a;
+    for (JsonSchema::Property& p : n.properties) ++p.node;
+    if (n.items >= 0) ++n.items;
+  }
+
+  int32_t add(const std::string& at) {
+    out_.nodes_.emplace_back();
+    const auto id = static_cast<int32_t>(out_.nodes_.size()) - 1;
+    made_.emplace(at, id);
+    return id;
+  }
+  JsonSchema::Node& node(int32_t id) { return out_.nodes_[static_cast<size_t>(id)]; }
+
+  int32_t compile(const json& s, const std::string& at, int32_t level) {
+    if (level > kMaxNesting) throw InvalidArgument("json_schema: nested more than 64 levels deep (at " + at + ")");
+    if (s.is_boolean()) {
+      if (!s.get<bool>()) throw InvalidArgument("json_schema: the schema false allows no value (at " + at + ")");
+      const int32_t id = add(at);
+      node(id).any = true;
+      return id;
+    }
+    if (!s.is_object()) throw InvalidArgument("json_schema: a schema must be an object or a boolean (at " + at + ")");
+    for (const auto& [key, value] : s.items()) {
+      if (!kAnnotations.contains(key) && !kKeywords.contains(key)) {
+        throw InvalidArgument("json_schema: keyword '" + key + "' is not supported (at " + at + ")");
+      }
+    }
+    const auto has = [&](const char* k) { return s.contains(k); };
+    const auto others = [&](std::initializer_list<const char*> allowed) {
+      for (const auto& [key, value] : s.items()) {
+        if (kKeywords.contains(key) && std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; })) {
+          return key;
+        }
+      }
+      return std::string();
+    };
+    if (has("$ref")) {
+      if (const std::string k = others({"$ref"}); !k.empty()) {
+        throw InvalidArgument("json_schema: '$ref' beside '" + k + "' is not supported (at " + at + ")");
+      }
+      return ref(s["$ref"], at, level);
+    }
+    if (has("anyOf") || has("oneOf")) {
+      const char* key = has("anyOf") ? "anyOf" : "oneOf";
+      if (const std::string k = others({key}); !k.empty()) {
+        throw InvalidArgument(std::string("json_schema: '") + key + "' beside '" + k + "' is not supported (at " + at + ")");
+      }
+      const json& alts = s[key];
+      if (!alts.is_array() || alts.empty()) {
+        throw InvalidArgument(std::string("json_schema: '") + key + "' must be a non-empty list (at " + at + ")");
+      }
+      const int32_t id = add(at);
+      for (size_t i = 0; i < alts.size(); ++i) {
+        const int32_t alt = compile(alts[i], at + "/" + key + "/" + std::to_string(i), level + 1);
+        node(id).alternatives.push_back(alt);
+      }
+      return id;
+    }
+
+    const int32_t id = add(at);
+    uint8_t types = 0;
+    if (has("type")) {
+      const json& t = s["type"];
+      if (t.is_array()) {
+        if (t.empty()) throw InvalidArgument("json_schema: 'type' lists no type (at " + at + ")");
+        for (const json& name : t) types |= type_bit(name, at);
+      } else {
+        types = type_bit(t, at);
+      }
+    }
+    if (has("enum") || has("const")) {
+      if (has("enum") && has("const")) throw InvalidArgument("json_schema: both 'enum' and 'const' (at " + at + ")");
+      const json values = has("const") ? json::array({s["const"]}) : s["enum"];
+      if (!values.is_array() || values.empty() || values.size() > JsonSchema::kMaxLiterals) {
+        throw InvalidArgument("json_schema: 'enum' must list 1 to 64 values (at " + at + ")");
+      }
+      std::vector<std::string> literals;
+      for (const json& v : values) {
+        if (types != 0 && (type_of(v) & types) == 0) {
+          throw InvalidArgument("json_schema: enum value " + v.dump() + " is not of the schema's type (at " + at + ")");
+        }
+        std::string text = v.dump(-1, ' ', /*ensure_ascii=*/false);
+        if (std::find(literals.begin(), literals.end(), text) == literals.end()) literals.push_back(std::move(text));
+      }
+      if (const std::string k = others({"enum", "const", "type"}); !k.empty()) {
+        throw InvalidArgument("json_schema: 'enum' beside '" + k + "' is not supported (at " + at + ")");
+      }
+      node(id).literals = std::move(literals);
+      return id;
+    }
+    if (types == 0) {
+      if (has("properties") || has("required") || has("additionalProperties")) types |= JsonSchema::kObject;
+      if (has("items") || has("minItems") || has("maxItems")) types |= JsonSchema::kArray;
+    }
+    if (types == 0) {
+      node(id).any = true;
+      return id;
+    }
+    node(id).types = types;
+    if (types & JsonSchema::kObject) object(s, id, at, level);
+    if (types & JsonSchema::kArray) array(s, id, at, level);
+    return id;
+  }
+
+  void object(const json& s, int32_t id, const std::string& at, int32_t level) {
+    if (s.contains("additionalProperties")) {
+      const json& a = s["additionalProperties"];
+      if (!a.is_boolean() || a.get<bool>()) {
+        throw InvalidArgument("json_schema: only 'additionalProperties': false is supported (at " + at + ")");
+      }
+    }
+    if (s.contains("properties")) {
+      const json& props = s["properties"];
+      if (!props.is_object()) throw InvalidArgument("json_schema: 'properties' must be an object (at " + at + ")");
+      if (props.size() > static_cast<size_t>(JsonSchema::kMaxProperties)) {
+        throw InvalidArgument("json_schema: more than 64 properties (at " + at + ")");
+      }
+      for (const auto& [name, sub] : props.items()) {
+        const std::string quoted = json(name).dump(-1, ' ', /*ensure_ascii=*/false);
+        const int32_t child = compile(sub, at + "/properties/" + name, level + 1);
+        node(id).properties.push_back({quoted.substr(1, quoted.size() - 2), child});
+      }
+    }
+    if (s.contains("required")) {
+      const json& req = s["required"];
+      if (!req.is_array()) throw InvalidArgument("json_schema: 'required' must be a list of names (at " + at + ")");
+      const json props = s.value("properties", json::object());
+      for (const json& name : req) {
+        if (!name.is_string() || !props.contains(name.get<std::string>())) {
+          throw InvalidArgument("json_schema: required " + name.dump() + " is not in 'properties' (at " + at + ")");
+        }
+        size_t i = 0;
+        for (const auto& [key, sub] : props.items()) {
+          if (key == name.get<std::string>()) break;
+          ++i;
+        }
+        node(id).required |= uint64_t{1} << i;
+      }
+    }
+  }
+
+  void array(const json& s, int32_t id, const std::string& at, int32_t level) {
+    if (s.contains("items")) {
+      const json& items = s["items"];
+      if (items.is_array()) throw InvalidArgument("json_schema: 'items' as a list is not supported (at " + at + ")");
+      const int32_t child = compile(items, at + "/items", level + 1);
+      node(id).items = child;
+    } else {
+      const int32_t any = add(at + "/items");
+      node(any).any = true;
+      node(id).items = any;
+    }
+    if (s.contains("minItems")) node(id).min_items = item_count(s["minItems"], "minItems", at);
+    if (s.contains("maxItems")) node(id).max_items = item_count(s["maxItems"], "maxItems", at);
+    if (node(id).min_items > node(id).max_items) {
+      throw InvalidArgument("json_schema: 'minItems' is over 'maxItems' (at " + at + ")");
+    }
+  }
+
+  int32_t ref(const json& target, const std::string& at, int32_t level) {
+    if (!target.is_string()) throw InvalidArgument("json_schema: '$ref' must be a string (at " + at + ")");
+    const std::string& t = target.get_ref<const std::string&>();
+    if (const auto it = made_.find(t); it != made_.end()) return it->second;
+    const json* s = nullptr;
+    for (const char* defs : {"#/$defs/", "#/definitions/"}) {
+      const std::string prefix(defs);
+      if (t.rfind(prefix, 0) == 0) {
+        const std::string name = t.substr(prefix.size());
+        const std::string key = prefix.substr(2, prefix.size() - 3);  // "$defs" / "definitions"
+        if (root_.contains(key) && root_[key].is_object() && root_[key].contains(name)) s = &root_[key][name];
+      }
+    }
+    if (s == nullptr) {
+      throw InvalidArgument("json_schema: '$ref' " + t + " is not supported or not found (only \"#\", \"#/$defs/NAME\" and "
+                            "\"#/definitions/NAME\"; at " + at + ")");
+    }
+    if (!following_.insert(t).second) throw InvalidArgument("json_schema: '$ref' " + t + " refers to itself (at " + at + ")");
+    const int32_t id = compile(*s, t, level + 1);
+    following_.erase(t);
+    made_.emplace(t, id);
+    return id;
+  }
+
+  // Each node's first bytes, to a fixed point (alternatives may refer back through $ref); then
+  // anyOf alternatives must not share one.
+  void first_bytes() {
+    auto& nodes = out_.nodes_;
+    std::vector<std::bitset<256>> f(nodes.size());
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (size_t i = 0; i < nodes.size(); ++i) {
+        const JsonSchema::Node& n = nodes[i];
+        std::bitset<256> b;
+        if (n.any) {
+          b = first_bytes_of_types(0x7f);
+        } else if (!n.literals.empty()) {
+          for (const std::string& l : n.literals) b.set(static_cast<uint8_t>(l[0]));
+        } else if (!n.alternatives.empty()) {
+          for (int32_t a : n.alternatives) b |= f[static_cast<size_t>(a)];
+        } else {
+          b = first_bytes_of_types(n.types);
+        }
+        if (b != f[i]) {
+          f[i] = b;
+          changed = true;
+        }
+      }
+    }
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      const auto& alts = nodes[i].alternatives;
+      for (size_t a = 0; a < alts.size(); ++a) {
+        for (size_t b = a + 1; b < alts.size(); ++b) {
+          if ((f[static_cast<size_t>(alts[a])] & f[static_cast<size_t>(alts[b])]).any()) {
+            throw InvalidArgument("json_schema: anyOf alternatives " + std::to_string(a) + " and " + std::to_string(b) +
+                                  " could begin with the same character; only alternatives of different kinds (an "
+                                  "object, an array, a string, a number, a boolean, null) are supported");
+          }
+        }
+      }
+    }
+    out_.first_.assign(f.begin(), f.end());
+  }
+
+  const json& root_;
+  JsonSchema out_;
+  std::map<std::string, int32_t> made_;  // JSON pointer -> node
+  std::set<std::string> following_;      // $refs being compiled (a cycle of bare $refs)
+};
+
+JsonSchema JsonSchema::compile(std::string_view schema_json) {
+  const json s = json::parse(schema_json, nullptr, /*allow_exceptions=*/false);
+  if (s.is_discarded()) throw InvalidArgument("json_schema: the schema is not valid JSON");
+  return JsonSchemaCompiler(s).run();
+}
+
+int32_t JsonSchema::resolve(int32_t node, uint8_t c) const {
+  for (int guard = 0; guard <= size(); ++guard) {
+    if (!first_[static_cast<size_t>(node)].test(c)) return -1;
+    const Node& n = nodes_[static_cast<size_t>(node)];
+    if (n.alternatives.empty()) return node;
+    for (int32_t a : n.alternatives) {
+      if (first_[static_cast<size_t>(a)].test(c)) {
+        node = a;
+        break;
+      }
+    }
+  }
+  return -1;
+}
+
+}  // namespace sparseserve

@@ -1,0 +1,66 @@
+// A JSON Schema compiled for constrained decoding (response_format json_schema, vLLM's guided_json):
+// the subset that structured-output schemas use (OpenAI's strict schemas, Pydantic's), each node a
+// value the recognizer (engine/json_prefix.h) can follow byte by byte.
+//
+// Supported: "type" (a name or a list of them), "properties" + "required", "additionalProperties"
+// false (absent is taken as false too, as vLLM's default xgrammar backend does), "items" with
+// "minItems" / "maxItems", "enum" / "const" (values written compactly, as JSON serializers write
+// them), "anyOf" / "oneOf" whose alternatives begin with different bytes (an object, a string, null,
+// ...), "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion included), and the
+// annotations (title, description, default, examples, ...), which constrain nothing. `true` or {}
+// is any JSON value. Any other keyword (pattern, format, minimum, additionalProperties true, ...)
+// is refused, never ignored: the output could not be promised to validate.
+#pragma once
+
+#include <bitset>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sparseserve {
+
+class JsonSchema {
+ public:
+  enum Type : uint8_t {
+    kObject = 1, kArray = 2, kString = 4, kInteger = 8, kNumber = 16, kBoolean = 32, kNull = 64,
+  };
+  static constexpr int32_t kMaxProperties = 64;  // per object
+  static constexpr int32_t kMaxLiterals = 64;    // per enum
+
+  struct Property {
+    std::string key;  // as the text writes it between the quotes (JSON-escaped)
+    int32_t node = -1;
+  };
+  struct Node {
+    bool any = false;                  // any JSON value (nothing else below applies)
+    uint8_t types = 0;                 // Type bits a value may have
+    std::vector<std::string> literals;  // enum / const: the value is one of these texts exactly
+    std::vector<int32_t> alternatives;  // anyOf / oneOf: the value is one of these nodes
+    // Objects: exactly these keys, each at most once, the required ones all.
+    std::vector<Property> properties;
+    uint64_t required = 0;             // bit i: properties[i] is required
+    // Arrays.
+    int32_t items = -1;                // node of every item; -1: any value
+    uint32_t min_items = 0, max_items = UINT32_MAX;
+  };
+
+  // Compiles a schema given as JSON text. Throws InvalidArgument naming the keyword and where it is
+  // (a JSON pointer) for text that is not JSON, a keyword outside the subset, a bad value, or
+  // anyOf alternatives that could begin with the same byte.
+  static JsonSchema compile(std::string_view schema_json);
+
+  const Node& node(int32_t i) const { return nodes_[static_cast<size_t>(i)]; }
+  int32_t root() const { return 0; }
+  int32_t size() const { return static_cast<int32_t>(nodes_.size()); }
+  // The node whose constraints a value of `node` obeys once it begins with byte c (its anyOf
+  // alternative), or -1 when no value of `node` begins with c.
+  int32_t resolve(int32_t node, uint8_t c) const;
+
+ private:
+  friend class JsonSchemaCompiler;
+  std::vector<Node> nodes_;
+  std::vector<std::bitset<256>> first_;  // per node: the bytes its values may begin with
+};
+
+}  // namespace sparseserve
