@@ -354,6 +354,27 @@ def test_json_object(stub, pb):
     assert stopped >= 1
 
 
+def test_json_schema(stub, pb):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "kind": {"enum": ["dog", "cat"]},
+                                               "legs": {"type": "integer"}},
+              "required": ["name", "kind", "legs"]}
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="Describe a pet as JSON.")])
+    stopped = 0
+    for seed in range(3):
+        msgs = collect(stub, pb.GenerateRequest(chat=chat, max_tokens=120, json_schema=json.dumps(schema),
+                                                sampling=pb.SamplingParams(temperature=1.0, seed=seed)))
+        if msgs[-1].final.finish_reason == pb.FINISH_REASON_STOP:
+            value = json.loads(text_of(msgs))
+            jsonschema.validate(value, schema)
+            assert set(value) == {"name", "kind", "legs"}  # no other key
+            stopped += 1
+    assert stopped >= 2
+    expect_invalid(stub, greedy(pb, json_schema='{"type": "string", "pattern": "x"}'), "'pattern' is not supported")
+    expect_invalid(stub, greedy(pb, json_schema="{", json_object=False), "not valid JSON")
+    expect_invalid(stub, greedy(pb, json_schema='{"type": "object"}', json_object=True), "exclude each other")
+
+
 def test_prompt_logprobs(stub, pb):
     # In the first message: one entry per prompt token after the first, its id the prompt token's,
     # with the asked-for top tokens; the same values greedy decoding reports for those tokens when

@@ -546,8 +546,9 @@ def test_sdk_error_classes(client, model_name, server):
     assert "maximum context length is 8192 tokens" in e.value.body["message"]
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model_name, messages=QUESTION,
-                                       response_format={"type": "json_schema", "json_schema": {"name": "x"}})
-    assert e.value.body["param"] == "response_format" and "json_object" in e.value.body["message"]
+                                       response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "x", "schema": {"format": "date"}}})
+    assert e.value.body["param"] == "response_format.json_schema.schema" and "'format'" in e.value.body["message"]
 
 
 def test_api_key(keyed_server, model_name):

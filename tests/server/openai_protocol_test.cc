@@ -170,7 +170,7 @@ TEST_F(ProtocolTest, BadFieldsAreNamed) {
       {{{"prompt", "x"}, {"stop", json::array({""})}}, false, 400, "stop"},
       {{{"prompt", "x"}, {"sparsity", "nope"}}, false, 400, "sparsity"},
       {{{"prompt", "x"}, {"logit_bias", {{"-1", 1}}}}, false, 400, "logit_bias"},
-      {{{"prompt", "x"}, {"response_format", {{"type", "json_schema"}}}}, false, 400, "response_format"},
+      {{{"prompt", "x"}, {"response_format", {{"type", "json_schema"}}}}, false, 400, "response_format.json_schema"},
       {{{"prompt", "x"}, {"model", "other"}}, false, 404, "model"},
       {{{"prompt", json::array()}}, false, 400, "prompt"},
       {{{"prompt", {1, 99999999}}}, false, 400, "prompt"},

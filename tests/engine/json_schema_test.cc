@@ -1,0 +1,155 @@
+// engine/json_schema and JsonPrefix under a schema: what compiles (and what is refused, naming the
+// keyword), and which texts a schema takes, refuses at which byte, and counts as whole.
+// tests/python/test_json_schema.py checks the same recognizer against the jsonschema library.
+#include "engine/json_schema.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/errors.h"
+#include "engine/json_prefix.h"
+
+namespace sparseserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string refusal(std::string_view schema) {
+  try {
+    JsonSchema::compile(schema);
+  } catch (const InvalidArgument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// -1: the whole text is taken; else the byte refused.
+int64_t first_refused(const JsonSchema& s, std::string_view text) {
+  JsonPrefix p(s);
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (!p.push(static_cast<uint8_t>(text[i]))) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+bool whole(const JsonSchema& s, std::string_view text) {
+  JsonPrefix p(s);
+  return p.push(text) && p.complete();
+}
+
+TEST(JsonSchema, RefusesWhatItCannotPromiseNamingTheKeyword) {
+  EXPECT_THAT(refusal(R"({"type": "string", "pattern": "a+"})"), HasSubstr("'pattern' is not supported (at #)"));
+  EXPECT_THAT(refusal(R"({"properties": {"a": {"type": "integer", "minimum": 0}}})"),
+              HasSubstr("'minimum' is not supported (at #/properties/a)"));
+  EXPECT_THAT(refusal(R"({"type": "object", "additionalProperties": true})"), HasSubstr("additionalProperties"));
+  EXPECT_THAT(refusal(R"({"type": "object", "additionalProperties": {"type": "integer"}})"),
+              HasSubstr("additionalProperties"));
+  EXPECT_THAT(refusal(R"({"properties": {"a": {}}, "required": ["b"]})"), HasSubstr("\"b\" is not in 'properties'"));
+  EXPECT_THAT(refusal(R"({"anyOf": [{"type": "object"}, {"properties": {"a": {}}}]})"), HasSubstr("same character"));
+  EXPECT_THAT(refusal(R"({"anyOf": [{"type": "integer"}, {"enum": [1, 2]}]})"), HasSubstr("same character"));
+  EXPECT_THAT(refusal(R"({"$ref": "#/$defs/Missing"})"), HasSubstr("not supported or not found"));
+  EXPECT_THAT(refusal(R"({"$ref": "http://example.com/s.json"})"), HasSubstr("not supported or not found"));
+  EXPECT_THAT(refusal(R"({"$defs": {"A": {"$ref": "#/$defs/A"}}, "$ref": "#/$defs/A"})"), HasSubstr("refers to itself"));
+  EXPECT_THAT(refusal(R"({"type": "string", "enum": [1]})"), HasSubstr("not of the schema's type"));
+  EXPECT_THAT(refusal(R"({"type": "thing"})"), HasSubstr("unknown type 'thing'"));
+  EXPECT_THAT(refusal(R"({"type": "array", "items": [{}]})"), HasSubstr("'items' as a list"));
+  EXPECT_THAT(refusal(R"({"type": "array", "minItems": 3, "maxItems": 2})"), HasSubstr("'minItems' is over"));
+  EXPECT_THAT(refusal("false"), HasSubstr("allows no value"));
+  EXPECT_THAT(refusal("{"), HasSubstr("not valid JSON"));
+  EXPECT_EQ(refusal(R"({"title": "T", "description": "d", "type": "object", "properties": {}})"), "");
+}
+
+TEST(JsonSchema, AnObjectHasExactlyItsPropertiesEachOnceAndTheRequiredOnes) {
+  const JsonSchema s = JsonSchema::compile(R"({
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "nick": {"type": ["string", "null"]},
+                   "q\"uote": {"type": "boolean"}},
+    "required": ["name", "age"]})");
+  EXPECT_TRUE(whole(s, R"({"name": "Al", "age": 3})"));
+  EXPECT_TRUE(whole(s, R"( { "age" : -30 , "nick":null, "name":"x", "q\"uote": true } )"));
+  EXPECT_TRUE(whole(s, R"({"name": "Al", "age": 0, "nick": "A"})"));
+  EXPECT_EQ(first_refused(s, R"({"name": "Al"})"), 13);            // '}' before "age"
+  EXPECT_EQ(first_refused(s, R"({"nam": 1})"), 5);                  // no property is "nam"
+  EXPECT_EQ(first_refused(s, R"({"names": 1})"), 6);
+  EXPECT_EQ(first_refused(s, R"({"name": "a", "name": "b"})"), 16);  // each key once ("n" may begin "nick")
+  EXPECT_EQ(first_refused(s, R"({"age": 3.5})"), 9);                // an integer
+  EXPECT_EQ(first_refused(s, R"({"age": 1e3})"), 9);
+  EXPECT_EQ(first_refused(s, R"({"name": 5})"), 9);                 // a string
+  EXPECT_EQ(first_refused(s, R"({"nick": true})"), 9);
+  EXPECT_EQ(first_refused(s, R"([])"), 0);
+  // With every property written, no comma may follow.
+  EXPECT_EQ(first_refused(s, R"({"name": "", "age": 1, "nick": null, "q\"uote": false,)"), 53);
+}
+
+TEST(JsonSchema, ArraysCountTheirItems) {
+  const JsonSchema s = JsonSchema::compile(
+      R"({"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 3})");
+  EXPECT_TRUE(whole(s, "[1]"));
+  EXPECT_TRUE(whole(s, "[1, 2, 3]"));
+  EXPECT_EQ(first_refused(s, "[]"), 1);
+  EXPECT_EQ(first_refused(s, "[1, 2, 3, 4]"), 8);
+  EXPECT_EQ(first_refused(s, "[\"a\"]"), 1);
+  const JsonSchema none = JsonSchema::compile(R"({"type": "array", "maxItems": 0})");
+  EXPECT_TRUE(whole(none, "[ ]"));
+  EXPECT_EQ(first_refused(none, "[1]"), 1);
+  const JsonSchema any_items = JsonSchema::compile(R"({"type": "array"})");
+  EXPECT_TRUE(whole(any_items, R"([1, "a", {"b": [null]}, []])"));
+}
+
+TEST(JsonSchema, EnumsAndConstsAreMatchedAsWritten) {
+  const JsonSchema s = JsonSchema::compile(R"({"enum": ["red", "green", 1, 12, null, {"a": [1]}]})");
+  EXPECT_TRUE(whole(s, "\"red\""));
+  EXPECT_TRUE(whole(s, "1"));   // 1, or the start of 12
+  EXPECT_TRUE(whole(s, "12"));
+  EXPECT_TRUE(whole(s, "null"));
+  EXPECT_TRUE(whole(s, "{\"a\":[1]}"));  // compact, as serializers write it
+  EXPECT_FALSE(whole(s, "\"gre"));
+  EXPECT_EQ(first_refused(s, "13"), 1);
+  EXPECT_EQ(first_refused(s, "\"blue\""), 1);
+  EXPECT_EQ(first_refused(s, "{\"a\": [1]}"), 5);
+  const JsonSchema in_object = JsonSchema::compile(
+      R"({"type": "object", "properties": {"n": {"enum": [1, 12]}, "c": {"const": "x"}}, "required": ["n", "c"]})");
+  EXPECT_TRUE(whole(in_object, R"({"n": 1, "c": "x"})"));
+  EXPECT_TRUE(whole(in_object, R"({"n": 12 ,"c":"x"})"));
+  EXPECT_EQ(first_refused(in_object, R"({"n": 2)"), 6);
+  EXPECT_EQ(first_refused(in_object, R"({"c": "y")"), 7);
+}
+
+TEST(JsonSchema, AnyOfPicksTheAlternativeByItsFirstByte) {
+  const JsonSchema s = JsonSchema::compile(
+      R"({"anyOf": [{"type": "string"}, {"type": "null"}, {"type": "array", "items": {"type": "boolean"}}]})");
+  EXPECT_TRUE(whole(s, "\"x\""));
+  EXPECT_TRUE(whole(s, "null"));
+  EXPECT_TRUE(whole(s, "[true, false]"));
+  EXPECT_EQ(first_refused(s, "[1]"), 1);
+  EXPECT_EQ(first_refused(s, "1"), 0);
+}
+
+TEST(JsonSchema, RefsIntoDefsAndRecursion) {
+  // Pydantic's shape: the root refers into $defs, and a model refers to itself.
+  const JsonSchema s = JsonSchema::compile(R"({
+    "$defs": {"Node": {"type": "object", "title": "Node",
+                       "properties": {"v": {"type": "integer"},
+                                      "kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}},
+                       "required": ["v"]}},
+    "$ref": "#/$defs/Node"})");
+  EXPECT_TRUE(whole(s, R"({"v": 1, "kids": [{"v": 2}, {"v": 3, "kids": [{"v": 4, "kids": []}]}]})"));
+  EXPECT_EQ(first_refused(s, R"({"v": 1, "kids": [{"w": 2}]})"), 20);
+  const JsonSchema root = JsonSchema::compile(R"({"type": "object", "properties": {"next": {"$ref": "#"}}})");
+  EXPECT_TRUE(whole(root, R"({"next": {"next": {}}})"));
+  EXPECT_EQ(first_refused(root, R"({"next": 1})"), 9);
+}
+
+TEST(JsonSchema, AnyValueAndTheDepthLimit) {
+  const JsonSchema any = JsonSchema::compile("{}");
+  EXPECT_TRUE(whole(any, R"([{"a": 1.5e3}, "x", true])"));
+  EXPECT_TRUE(whole(any, "7"));
+  const JsonSchema loose = JsonSchema::compile(R"({"type": "object", "properties": {"x": true}})");
+  EXPECT_TRUE(whole(loose, R"({"x": {"deep": [[{"k": null}]]}})"));
+  JsonPrefix p(any);
+  EXPECT_TRUE(p.push(std::string(JsonPrefix::kMaxSchemaDepth, '[')));
+  EXPECT_FALSE(p.push("["));
+}
+
+}  // namespace
+}  // namespace sparseserve
