@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "engine/bad_words.h"
+#include "engine/choice_constraint.h"
 #include "engine/cpu_forward.h"
 #include "engine/json_constraint.h"
 #include "engine/paged_kv.h"
@@ -73,6 +74,7 @@ struct LiveRequest {
   int64_t prompt_lp_next = 0;   // the next position whose logits give a prompt token's logprob
   bool prompt_lps_sent = false;
   std::optional<JsonPrefix> json;  // req.json_object / json_schema: the generated text so far, while it constrains
+  std::optional<ChoiceText> choice;  // req.choices: likewise
 };
 
 // Moves the prompt logprobs collected so far into the request's first delta (once).
@@ -127,7 +129,11 @@ struct Engine::Impl {
 
   // Loop-only state.
   std::unordered_map<uint64_t, std::unique_ptr<LiveRequest>> live;
-  std::unique_ptr<JsonVocabulary> json_vocab;  // built at the first json_object request
+  std::unique_ptr<VocabularyBytes> vocab_bytes;  // built at the first constrained request
+  const VocabularyBytes& token_bytes() {
+    if (!vocab_bytes) vocab_bytes = std::make_unique<VocabularyBytes>(model.tokenizer, static_cast<int32_t>(model.config.vocab_size));
+    return *vocab_bytes;
+  }
   std::vector<uint64_t> step_keys;  // the requests the current step's plan names (the loop fails them if it throws)
   std::thread thread;
 
@@ -245,7 +251,10 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
     if (seq.empty()) throw InvalidArgument("a bad_words token sequence is empty");
     check_ids(seq, "bad_words token id");
   }
-  if (request.json_object && request.json_schema) throw InvalidArgument("json_object and a json_schema exclude each other");
+  if (request.json_object + (request.json_schema != nullptr) + (request.choices != nullptr) > 1) {
+    throw InvalidArgument("json_object, a json_schema and choices exclude each other");
+  }
+  if (request.choices && request.choices->empty()) throw InvalidArgument("the list of choices is empty");
   if (request.end_of_turn < -1 || request.end_of_turn >= c.vocab_size) {
     throw InvalidArgument("end-of-turn token id " + std::to_string(request.end_of_turn) + " is outside the vocabulary");
   }
@@ -263,7 +272,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
 
   auto r = std::make_unique<LiveRequest>(LiveRequest{
       0, std::move(request), &profile, {}, n, 0, Sampler(SamplingParams{}, {}),
-      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, {}, 0, false, {}});
+      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, {}, 0, false, {}, {}});
   r->tokens = r->req.prompt;
   r->max_new = std::min<int64_t>(r->req.max_tokens, c.max_context - n);
   r->sampler = Sampler(r->req.sampling, r->req.prompt);
@@ -271,6 +280,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   r->stops = StopStringFilter(r->req.stop);
   if (r->req.json_object) r->json.emplace(/*root_object=*/true);
   if (r->req.json_schema) r->json.emplace(*r->req.json_schema);
+  if (r->req.choices) r->choice.emplace(r->req.choices);
   r->stop_ids = r->req.stop_token_ids;
   if (!r->req.ignore_eos) r->implicit_stops = c.eos_ids;
   // The end of turn stops as EOS does, and like it not under ignore_eos (vLLM: every EOS id of the
@@ -611,11 +621,11 @@ void Engine::Impl::step() {
         ban_bad_words(r.req.bad_words, std::span<const int32_t>(r.tokens).subspan(static_cast<size_t>(r.prompt_len)),
                       lrow);
       }
-      if (r.json) {
-        if (!json_vocab) json_vocab = std::make_unique<JsonVocabulary>(model.tokenizer, static_cast<int32_t>(V));
+      if (r.json || r.choice) {
         std::vector<int32_t> stops = r.stop_ids;
         stops.insert(stops.end(), r.implicit_stops.begin(), r.implicit_stops.end());
-        constrain_json(*r.json, *json_vocab, stops, may_stop, lrow);
+        if (r.json) constrain_json(*r.json, token_bytes(), stops, may_stop, lrow);
+        if (r.choice) constrain_choice(*r.choice, token_bytes(), stops, may_stop, lrow);
       }
       if (may_stop) return;
       for (const auto* ids : {&r.stop_ids, &r.implicit_stops}) {
@@ -657,11 +667,17 @@ void Engine::Impl::step() {
     const bool requested_stop = may_stop && std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
     const bool stop_token = requested_stop || (may_stop && std::find(r.implicit_stops.begin(), r.implicit_stops.end(),
                                                                      tok) != r.implicit_stops.end());
-    if (r.json && !stop_token && !advance_json(*r.json, json_vocab->text(tok))) {
+    if (r.json && !stop_token && !advance_json(*r.json, token_bytes().text(tok))) {
       // Only from a row the other processors (allowed_token_ids, bad_words) left without a JSON
       // continuation: the rest is sampled unconstrained.
       spdlog::warn("request {}: token {} cannot continue its JSON output; no longer constrained", r.req.id, tok);
       r.json.reset();
+    }
+    if (r.choice && !stop_token && !r.choice->push(token_bytes().text(tok))) {
+      // A whole choice held open by min_tokens (or without stop ids), or a row other processors
+      // emptied: what follows is not constrained.
+      if (!r.choice->complete()) spdlog::warn("request {}: token {} leaves every choice; no longer constrained", r.req.id, tok);
+      r.choice.reset();
     }
     // A stop token's own text is not searched for stop strings: the bytes held back are flushed
     // instead, and may still complete one, which is then the reason.

@@ -16,16 +16,7 @@ bool whitespace_only(std::string_view s) {
 
 }  // namespace
 
-JsonVocabulary::JsonVocabulary(const Tokenizer& tok, int32_t vocab_size) {
-  offsets_.reserve(static_cast<size_t>(vocab_size) + 1);
-  offsets_.push_back(0);
-  for (int32_t id = 0; id < vocab_size; ++id) {
-    if (!tok.is_special(id)) bytes_ += tok.decode(std::span<const int32_t>(&id, 1), /*skip_special=*/false);
-    offsets_.push_back(static_cast<uint32_t>(bytes_.size()));
-  }
-}
-
-void constrain_json(const JsonPrefix& text, const JsonVocabulary& vocab, std::span<const int32_t> stops, bool may_stop,
+void constrain_json(const JsonPrefix& text, const VocabularyBytes& vocab, std::span<const int32_t> stops, bool may_stop,
                     std::span<float> logits) {
   check(static_cast<int64_t>(logits.size()) == vocab.size(), "constrain_json: logits and vocabulary sizes differ");
   const bool complete = text.complete();

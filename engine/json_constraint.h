@@ -11,26 +11,9 @@
 #include <vector>
 
 #include "engine/json_prefix.h"
-#include "engine/tokenizer.h"
+#include "engine/vocabulary_bytes.h"
 
 namespace sparseserve {
-
-// Each id's bytes as the detokenizer emits them (a byte-level token may hold part of a UTF-8
-// character), for ids 0 .. vocab_size − 1; special tokens (control and added) and ids that decode
-// to nothing are never JSON text.
-class JsonVocabulary {
- public:
-  JsonVocabulary(const Tokenizer& tok, int32_t vocab_size);
-  int32_t size() const { return static_cast<int32_t>(offsets_.size()) - 1; }
-  // Empty for an id that is never text.
-  std::string_view text(int32_t id) const {
-    return std::string_view(bytes_).substr(offsets_[id], offsets_[id + 1] - offsets_[id]);
-  }
-
- private:
-  std::string bytes_;              // every text id's bytes, in id order
-  std::vector<uint32_t> offsets_;  // id's bytes: [offsets_[id], offsets_[id + 1])
-};
 
 // Sets logits[id] = −∞ for every id that may not come next after `text`:
 //   - an id in `stops` stays when the text is complete and may_stop (else it is judged as text);
@@ -40,7 +23,7 @@ class JsonVocabulary {
 //     (min_tokens, or no stop ids) and the id is whitespace only: the whitespace limit then yields,
 //     so a row never loses every id.
 // Ids already at −∞ are not tried. logits.size() must be vocab.size().
-void constrain_json(const JsonPrefix& text, const JsonVocabulary& vocab, std::span<const int32_t> stops, bool may_stop,
+void constrain_json(const JsonPrefix& text, const VocabularyBytes& vocab, std::span<const int32_t> stops, bool may_stop,
                     std::span<float> logits);
 
 // Feeds a sampled token's bytes to `text`. Whitespace after a complete text that the whitespace

@@ -31,6 +31,8 @@ struct Request {
                                        // json_object; engine/json_constraint.h); max_tokens may still cut it
   std::shared_ptr<const JsonSchema> json_schema;  // non-null: the output is one value of this schema
                                        // (response_format json_schema, vLLM's guided_json); not with json_object
+  std::shared_ptr<const std::vector<std::string>> choices;  // non-null: the output is exactly one of these
+                                       // (vLLM's guided_choice; ChoiceText::sorted); not with the JSON modes
   bool ignore_eos = false;
   int32_t end_of_turn = -1;            // chat: the template's end-of-turn token, a stop like EOS (also
                                        // ignored under ignore_eos, as vLLM ignores every EOS id of the

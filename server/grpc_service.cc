@@ -19,6 +19,7 @@
 
 #include "common/errors.h"
 #include "engine/bad_words.h"
+#include "engine/choice_constraint.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/utf8.h"
@@ -402,6 +403,11 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   if (!g.json_schema().empty()) {
     if (g.json_object()) throw InvalidArgument("json_object and json_schema exclude each other");
     r.json_schema = std::make_shared<const JsonSchema>(JsonSchema::compile(g.json_schema()));
+  }
+  if (g.choices_size() > 0) {
+    if (g.json_object() || !g.json_schema().empty()) throw InvalidArgument("choices exclude json_object and json_schema");
+    if (g.choices_size() > 1024) throw InvalidArgument(fmt::format("{} choices; at most 1024", g.choices_size()));
+    r.choices = ChoiceText::sorted({g.choices().begin(), g.choices().end()});
   }
   if (g.has_truncate_prompt_tokens()) {
     const int64_t keep = g.truncate_prompt_tokens() < 0 ? context : g.truncate_prompt_tokens();

@@ -11,6 +11,7 @@
 #include "common/errors.h"
 #include "engine/bad_words.h"
 #include "engine/chat_prompt.h"
+#include "engine/choice_constraint.h"
 
 namespace sparseserve::openai {
 
@@ -43,6 +44,8 @@ Request GenerationJob::request_for_choice(int32_t choice, const std::string& res
 }
 
 namespace {
+
+constexpr size_t kMaxChoices = 1024;  // guided_choice entries
 
 // A schema from a request, compiled for the engine; 400 naming `param` when outside the subset.
 std::shared_ptr<const JsonSchema> compile_schema(const json& schema, const std::string& param) {
@@ -229,7 +232,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   }
   // The other vLLM extensions that change what is generated or returned, not implemented: refused
   // when given anything but their default, never silently dropped.
-  for (const char* key : {"logits_processors", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
+  for (const char* key : {"logits_processors", "guided_regex", "guided_grammar", "structured_outputs"}) {
     if (f.get(key) != nullptr) throw bad_request(std::string(key) + " is not supported", key);
   }
   if (const json* bad = f.get("bad_words")) {  // vLLM: words the output must not contain
@@ -329,8 +332,19 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
                         "response_format");
     }
   }
+  if (const json* g = f.get("guided_choice")) {  // vLLM's: the output is exactly one of these strings
+    if (!g->is_array() || g->empty() || g->size() > kMaxChoices ||
+        !std::all_of(g->begin(), g->end(), [](const json& c) { return c.is_string() && !c.get_ref<const std::string&>().empty(); })) {
+      throw bad_request("guided_choice must be a list of 1 to " + std::to_string(kMaxChoices) + " non-empty strings",
+                        "guided_choice");
+    }
+    if (r.json_object || r.json_schema) throw bad_request("guided_choice and response_format exclude each other", "guided_choice");
+    r.choices = ChoiceText::sorted(g->get<std::vector<std::string>>());
+  }
   if (const json* g = f.get("guided_json")) {  // vLLM's: the schema, as an object or its JSON text
-    if (r.json_object || r.json_schema) throw bad_request("guided_json and response_format exclude each other", "guided_json");
+    if (r.json_object || r.json_schema || r.choices) {
+      throw bad_request("guided_json, guided_choice and response_format exclude each other", "guided_json");
+    }
     if (g->is_string()) {
       const json parsed = json::parse(g->get<std::string>(), nullptr, /*allow_exceptions=*/false);
       if (parsed.is_discarded()) throw bad_request("guided_json is not valid JSON", "guided_json");

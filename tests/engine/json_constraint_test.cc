@@ -21,11 +21,11 @@ class JsonConstraintTest : public DefaultModelTest {
  protected:
   void SetUp() override {
     DefaultModelTest::SetUp();
-    if (model_ != nullptr && !vocab_) vocab_ = std::make_unique<JsonVocabulary>(model_->tokenizer, vocab_size());
+    if (model_ != nullptr && !vocab_) vocab_ = std::make_unique<VocabularyBytes>(model_->tokenizer, vocab_size());
   }
   static int32_t vocab_size() { return static_cast<int32_t>(model_->config.vocab_size); }
   static std::vector<float> zeros() { return std::vector<float>(static_cast<size_t>(vocab_size()), 0.0f); }
-  static inline std::unique_ptr<JsonVocabulary> vocab_;
+  static inline std::unique_ptr<VocabularyBytes> vocab_;
 };
 
 TEST_F(JsonConstraintTest, TheVocabularyHoldsEachTextTokensBytes) {

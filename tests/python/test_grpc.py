@@ -375,6 +375,17 @@ def test_json_schema(stub, pb):
     expect_invalid(stub, greedy(pb, json_schema='{"type": "object"}', json_object=True), "exclude each other")
 
 
+def test_choices(stub, pb):
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="What is the capital of Germany?")])
+    choices = ["Paris", "London", "Berlin"]
+    for seed in range(3):
+        msgs = collect(stub, pb.GenerateRequest(chat=chat, max_tokens=20, choices=choices,
+                                                sampling=pb.SamplingParams(temperature=1.0, seed=seed)))
+        assert text_of(msgs) in choices and msgs[-1].final.finish_reason == pb.FINISH_REASON_STOP, text_of(msgs)
+    expect_invalid(stub, greedy(pb, choices=["a", ""]), "empty choice")
+    expect_invalid(stub, greedy(pb, choices=["a"], json_object=True), "exclude")
+
+
 def test_prompt_logprobs(stub, pb):
     # In the first message: one entry per prompt token after the first, its id the prompt token's,
     # with the asked-for top tokens; the same values greedy decoding reports for those tokens when

@@ -401,6 +401,21 @@ def test_json_object_mode(client, http, model_name):
         assert why in ("stop", "length") and text.lstrip().startswith("{"), (text, why)
 
 
+def test_guided_choice(http, model_name):
+    # vLLM's guided_choice: the answer is exactly one of the strings, greedy or sampled, in chat and
+    # completions.
+    choices = ["Paris", "London", "Berlin", "a city in Spain"]
+    chat = {"model": model_name, "messages": [{"role": "user", "content": "What is the capital of Germany?"}],
+            "max_tokens": 20, "guided_choice": choices}
+    r = http.post("/v1/chat/completions", json={**chat, "temperature": 0}).json()
+    assert r["choices"][0]["message"]["content"] in choices and r["choices"][0]["finish_reason"] == "stop", r
+    r = http.post("/v1/chat/completions", json={**chat, "temperature": 1.0, "n": 4, "seed": 5}).json()
+    assert all(c["message"]["content"] in choices for c in r["choices"]), r
+    r = http.post("/v1/completions", json={"model": model_name, "prompt": "The sky is", "max_tokens": 10,
+                                           "temperature": 0, "guided_choice": ["blue", "green"]}).json()
+    assert r["choices"][0]["text"] in ("blue", "green"), r
+
+
 @pytest.fixture(scope="module")
 def numpy_reference(model_path):
     from numpy_llama import NumpyLlama

@@ -1,0 +1,16 @@
+#include "engine/vocabulary_bytes.h"
+
+#include <span>
+
+namespace sparseserve {
+
+VocabularyBytes::VocabularyBytes(const Tokenizer& tok, int32_t vocab_size) {
+  offsets_.reserve(static_cast<size_t>(vocab_size) + 1);
+  offsets_.push_back(0);
+  for (int32_t id = 0; id < vocab_size; ++id) {
+    if (!tok.is_special(id)) bytes_ += tok.decode(std::span<const int32_t>(&id, 1), /*skip_special=*/false);
+    offsets_.push_back(static_cast<uint32_t>(bytes_.size()));
+  }
+}
+
+}  // namespace sparseserve
