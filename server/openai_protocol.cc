@@ -48,12 +48,23 @@ namespace {
 constexpr size_t kMaxChoices = 1024;  // guided_choice entries
 
 // A schema from a request, compiled for the engine; 400 naming `param` when outside the subset.
+// vLLM also takes the schema as its JSON text.
 std::shared_ptr<const JsonSchema> compile_schema(const json& schema, const std::string& param) {
   try {
-    return std::make_shared<const JsonSchema>(JsonSchema::compile(schema.dump()));
+    return std::make_shared<const JsonSchema>(JsonSchema::compile(schema.is_string() ? schema.get<std::string>()
+                                                                                     : schema.dump()));
   } catch (const InvalidArgument& e) {
     throw bad_request(e.what(), param);
   }
+}
+
+std::shared_ptr<const std::vector<std::string>> parse_choices(const json& choices, const std::string& param) {
+  if (!choices.is_array() || choices.empty() || choices.size() > kMaxChoices ||
+      !std::all_of(choices.begin(), choices.end(),
+                   [](const json& c) { return c.is_string() && !c.get_ref<const std::string&>().empty(); })) {
+    throw bad_request(param + " must be a list of 1 to " + std::to_string(kMaxChoices) + " non-empty strings", param);
+  }
+  return ChoiceText::sorted(choices.get<std::vector<std::string>>());
 }
 
 // Typed access to optional fields of a JSON object: absent and null read as "not given".
@@ -174,6 +185,74 @@ void Protocol::check_model(const json& body) const {
   }
 }
 
+namespace {
+
+// Structured outputs in each of their spellings, at most one per request: OpenAI's response_format
+// (json_object, json_schema), vLLM's guided_json / guided_choice and its newer structured_outputs
+// ({"json": ...}, {"choice": [...]}, {"json_object": true}).
+void parse_structured_output(const Fields& f, Request& r) {
+  std::string given;  // the field that set one
+  const auto take = [&](const std::string& param) {
+    if (!given.empty()) throw bad_request(param + " and " + given + " both constrain the output; give one", param);
+    given = param;
+  };
+  if (const json* rf = f.get("response_format")) {
+    if (!rf->is_object()) throw f.wrong_type("response_format", "an object");
+    const auto type = Fields(*rf, "response_format.").string("type");
+    if (!type) throw bad_request("response_format.type is required", "response_format.type");
+    if (*type == "json_object") {
+      take("response_format");
+      r.json_object = true;  // OpenAI's JSON mode: one JSON object
+    } else if (*type == "json_schema") {  // OpenAI's structured outputs: {"json_schema": {"name", "schema", ...}}
+      const json* js = rf->contains("json_schema") ? &(*rf)["json_schema"] : nullptr;
+      if (js == nullptr || !js->is_object()) {
+        throw bad_request("response_format.json_schema must be an object with the schema", "response_format.json_schema");
+      }
+      if (!js->contains("schema")) {
+        throw bad_request("response_format.json_schema.schema is required", "response_format.json_schema.schema");
+      }
+      take("response_format");
+      r.json_schema = compile_schema((*js)["schema"], "response_format.json_schema.schema");
+    } else if (*type != "text") {
+      throw bad_request("response_format '" + *type + "' is not supported (only 'text', 'json_object' and 'json_schema')",
+                        "response_format");
+    }
+  }
+  if (const json* g = f.get("guided_json")) {
+    take("guided_json");
+    r.json_schema = compile_schema(*g, "guided_json");
+  }
+  if (const json* g = f.get("guided_choice")) {
+    take("guided_choice");
+    r.choices = parse_choices(*g, "guided_choice");
+  }
+  if (const json* so = f.get("structured_outputs")) {
+    if (!so->is_object()) throw f.wrong_type("structured_outputs", "an object");
+    for (const auto& [key, value] : so->items()) {
+      const std::string param = "structured_outputs." + key;
+      if (value.is_null()) continue;
+      if (key == "json") {
+        take(param);
+        r.json_schema = compile_schema(value, param);
+      } else if (key == "choice") {
+        take(param);
+        r.choices = parse_choices(value, param);
+      } else if (key == "json_object") {
+        if (!value.is_boolean()) throw bad_request(param + " must be a boolean", param);
+        if (!value.get<bool>()) continue;
+        take(param);
+        r.json_object = true;
+      } else if (key == "disable_fallback" || (value.is_boolean() && !value.get<bool>())) {
+        continue;  // no fallback backend here; an option left off changes nothing
+      } else {
+        throw bad_request(param + " is not supported", param);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 // Fields both endpoints share; the endpoint-specific ones are parsed by the callers.
 void Protocol::parse_common(const json& body, GenerationJob& job) const {
   const Fields f(body);
@@ -232,7 +311,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   }
   // The other vLLM extensions that change what is generated or returned, not implemented: refused
   // when given anything but their default, never silently dropped.
-  for (const char* key : {"logits_processors", "guided_regex", "guided_grammar", "structured_outputs"}) {
+  for (const char* key : {"logits_processors", "guided_regex", "guided_grammar"}) {
     if (f.get(key) != nullptr) throw bad_request(std::string(key) + " is not supported", key);
   }
   if (const json* bad = f.get("bad_words")) {  // vLLM: words the output must not contain
@@ -312,47 +391,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
     if (!job.stream) throw bad_request("stream_options can only be given when stream is true", "stream_options");
     if (auto v = Fields(*so, "stream_options.").boolean("include_usage")) job.include_usage = *v;
   }
-  if (const json* rf = f.get("response_format")) {
-    if (!rf->is_object()) throw f.wrong_type("response_format", "an object");
-    const auto type = Fields(*rf, "response_format.").string("type");
-    if (!type) throw bad_request("response_format.type is required", "response_format.type");
-    if (*type == "json_object") {
-      r.json_object = true;  // OpenAI's JSON mode: one JSON object
-    } else if (*type == "json_schema") {  // OpenAI's structured outputs: {"json_schema": {"name", "schema", ...}}
-      const json* js = rf->contains("json_schema") ? &(*rf)["json_schema"] : nullptr;
-      if (js == nullptr || !js->is_object()) {
-        throw bad_request("response_format.json_schema must be an object with the schema", "response_format.json_schema");
-      }
-      if (!js->contains("schema")) {
-        throw bad_request("response_format.json_schema.schema is required", "response_format.json_schema.schema");
-      }
-      r.json_schema = compile_schema((*js)["schema"], "response_format.json_schema.schema");
-    } else if (*type != "text") {
-      throw bad_request("response_format '" + *type + "' is not supported (only 'text', 'json_object' and 'json_schema')",
-                        "response_format");
-    }
-  }
-  if (const json* g = f.get("guided_choice")) {  // vLLM's: the output is exactly one of these strings
-    if (!g->is_array() || g->empty() || g->size() > kMaxChoices ||
-        !std::all_of(g->begin(), g->end(), [](const json& c) { return c.is_string() && !c.get_ref<const std::string&>().empty(); })) {
-      throw bad_request("guided_choice must be a list of 1 to " + std::to_string(kMaxChoices) + " non-empty strings",
-                        "guided_choice");
-    }
-    if (r.json_object || r.json_schema) throw bad_request("guided_choice and response_format exclude each other", "guided_choice");
-    r.choices = ChoiceText::sorted(g->get<std::vector<std::string>>());
-  }
-  if (const json* g = f.get("guided_json")) {  // vLLM's: the schema, as an object or its JSON text
-    if (r.json_object || r.json_schema || r.choices) {
-      throw bad_request("guided_json, guided_choice and response_format exclude each other", "guided_json");
-    }
-    if (g->is_string()) {
-      const json parsed = json::parse(g->get<std::string>(), nullptr, /*allow_exceptions=*/false);
-      if (parsed.is_discarded()) throw bad_request("guided_json is not valid JSON", "guided_json");
-      r.json_schema = compile_schema(parsed, "guided_json");
-    } else {
-      r.json_schema = compile_schema(*g, "guided_json");
-    }
-  }
+  parse_structured_output(f, r);
   r.stream = job.stream;
 }
 

@@ -121,7 +121,12 @@ CASES = [
     ("use-beam-search", H, h(use_beam_search=True), 400, "use_beam_search"),
     ("length-penalty", C, c(length_penalty=0.5), 400, "length_penalty"),
     ("guided-regex", H, h(guided_regex="a+"), 400, "guided_regex"),
-    ("structured-outputs", C, c(structured_outputs={"choice": ["a"]}), 400, "structured_outputs"),
+    ("structured-outputs-regex", C, c(structured_outputs={"regex": "a+"}), 400, "structured_outputs.regex"),
+    ("structured-outputs-whitespace", C, c(structured_outputs={"json_object": True, "disable_any_whitespace": True}),
+     400, "structured_outputs.disable_any_whitespace"),
+    ("structured-outputs-two", C, c(structured_outputs={"choice": ["a"], "json_object": True}), 400,
+     "structured_outputs.json_object"),
+    ("structured-outputs-list", C, c(structured_outputs=["a"]), 400, "structured_outputs"),
     ("return-tokens-as-token-ids", C, c(return_tokens_as_token_ids=True), 400, "return_tokens_as_token_ids"),
     ("logits-processors", C, c(logits_processors=["x"]), 400, "logits_processors"),
     # one token named twice: the biases added up past 100

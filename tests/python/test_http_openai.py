@@ -414,6 +414,14 @@ def test_guided_choice(http, model_name):
     r = http.post("/v1/completions", json={"model": model_name, "prompt": "The sky is", "max_tokens": 10,
                                            "temperature": 0, "guided_choice": ["blue", "green"]}).json()
     assert r["choices"][0]["text"] in ("blue", "green"), r
+    # vLLM's newer spelling: structured_outputs {"choice": ...} / {"json": ...}.
+    r = http.post("/v1/completions", json={"model": model_name, "prompt": "The sky is", "max_tokens": 10,
+                                           "temperature": 0, "structured_outputs": {"choice": ["red", "grey"]}}).json()
+    assert r["choices"][0]["text"] in ("red", "grey"), r
+    schema = {"type": "object", "properties": {"colour": {"enum": ["blue", "grey"]}}, "required": ["colour"]}
+    r = http.post("/v1/chat/completions", json={**chat, "guided_choice": None, "temperature": 0, "max_tokens": 40,
+                                                "structured_outputs": {"json": schema}}).json()
+    assert json.loads(r["choices"][0]["message"]["content"])["colour"] in ("blue", "grey"), r
 
 
 @pytest.fixture(scope="module")
