@@ -1,6 +1,7 @@
 #include "engine/scheduler.h"
 
 #include <algorithm>
+#include <limits>
 
 #include <fmt/format.h>
 
@@ -14,6 +15,7 @@ void SchedulerConfig::validate() const {
     throw InvalidArgument(fmt::format("max_num_batched_tokens is {}; it must be ≥ 1", max_num_batched_tokens));
   }
   if (aging_steps < 1) throw InvalidArgument(fmt::format("aging_steps is {}; it must be ≥ 1", aging_steps));
+  if (max_logit_rows < 1) throw InvalidArgument(fmt::format("max_logit_rows is {}; it must be ≥ 1", max_logit_rows));
 }
 
 Scheduler::Scheduler(SchedulerConfig config, kvcache::KvCacheManager& kv) : config_(config), kv_(kv) {
@@ -83,6 +85,7 @@ StepPlan Scheduler::plan() {
   StepPlan plan;
   age_and_sort();
   int64_t budget = config_.max_num_batched_tokens;
+  logit_rows_ = 0;
   schedule_running(plan, budget);
   // Pages were short this step: admitting now would only take them from the preempted requests.
   if (plan.preempted.empty()) admit_waiting(plan, budget);
@@ -114,7 +117,12 @@ void Scheduler::schedule_running(StepPlan& plan, int64_t& budget) {
       throw InternalError(fmt::format("scheduler: request {} sampled but was neither appended to nor finished", e.id));
     }
     if (&e == reserved_for) reserve = 0;
-    const int64_t count = chunk(e, budget - reserve);
+    const int64_t rows_left = logit_rows_left(e);
+    if (rows_left == 0) {  // the step's logits rows are taken: next step
+      ++i;
+      continue;
+    }
+    const int64_t count = chunk(e, std::min(budget - reserve, rows_left));
     if (count == 0) {  // its next aligned prompt chunk does not fit what is left, or the reserve
       e.chunk_starved = aligned_prefill(e);
       ++i;
@@ -146,6 +154,14 @@ int64_t Scheduler::chunk(const Entry& e, int64_t budget) const {
   // Inside the prompt: back to the last block boundary (computed is on one: every earlier chunk
   // that stopped inside the prompt stopped on one).
   return std::max<int64_t>(0, stop / e.rule.prompt_block * e.rule.prompt_block - e.computed);
+}
+
+int64_t Scheduler::logit_rows_left(const Entry& e) const {
+  constexpr int64_t kNoLimit = std::numeric_limits<int64_t>::max();
+  if (!needs_logit_rows(e) || logit_rows_ == 0) return kNoLimit;
+  const int64_t left = config_.max_logit_rows - logit_rows_;
+  // An aligned chunk needs a whole block of rows.
+  return left >= (e.rule.prompt_block > 1 ? e.rule.prompt_block : 1) ? left : 0;
 }
 
 bool Scheduler::outgrows_pool(const Entry& e, int64_t new_len) const {
@@ -181,7 +197,9 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
   for (const Entry* r : running_) promised += kv_.pages_needed(r->id, r->total);
   while (!waiting_.empty() && budget > 0 && std::ssize(running_) < config_.max_num_seqs) {
     Entry& e = *waiting_.front();
-    const int64_t count = chunk(e, budget);
+    const int64_t rows_left = logit_rows_left(e);
+    if (rows_left == 0) return;  // the head waits for the next step's logits rows
+    const int64_t count = chunk(e, std::min(budget, rows_left));
     if (count == 0) {  // its first aligned chunk needs more of the budget: the head waits, and has
       e.chunk_starved = aligned_prefill(e);  // a block reserved next step
       return;
@@ -224,6 +242,7 @@ Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t promised) {
 
 void Scheduler::schedule(Entry& e, int64_t count, StepPlan& plan) {
   kv_.allocate(e.id, e.computed + count);
+  if (needs_logit_rows(e)) logit_rows_ += count;
   plan.seqs.push_back(ScheduledSeq{.id = e.id,
                                    .start = e.computed,
                                    .count = count,

@@ -45,7 +45,11 @@ struct SchedulerConfig {
   int32_t max_num_batched_tokens = 2048;
   bool priority = false;        // lower value first; FCFS among equals
   int32_t aging_steps = 64;     // with priority: a waiting request gains one level per this many steps
-  // Throws InvalidArgument naming the field (each of the three counts must be ≥ 1).
+  // Per step, at most this many prompt positions from chunks whose every position needs logits
+  // (ChunkRule::max_prompt_chunk): each holds a row of vocabulary size. The first such chunk of a
+  // step is never held back by it, so every request progresses.
+  int32_t max_logit_rows = 512;
+  // Throws InvalidArgument naming the field (each of the counts must be ≥ 1).
   void validate() const;
 };
 
@@ -59,7 +63,8 @@ struct ChunkRule {
   // computed (decode page selection: as a prefill chunk they would see all their context).
   bool recompute_as_decode = false;
   // > 0: a chunk that starts inside the prompt takes at most this many tokens (a multiple of
-  // prompt_block), so a chunk whose every position needs logits stays small.
+  // prompt_block), so a chunk whose every position needs logits stays small; such chunks also
+  // share SchedulerConfig::max_logit_rows per step.
   int64_t max_prompt_chunk = 0;
 };
 
@@ -132,6 +137,10 @@ class Scheduler {
   void schedule_running(StepPlan& plan, int64_t& budget);
   bool aligned_prefill(const Entry& e) const { return e.rule.prompt_block > 1 && e.computed < e.prompt; }
   int64_t chunk(const Entry& e, int64_t budget) const;  // tokens e runs next (0: none this step)
+  bool needs_logit_rows(const Entry& e) const { return e.rule.max_prompt_chunk > 0 && e.computed < e.prompt; }
+  // What max_logit_rows leaves e this step: the budget it may take (kNoLimit when it needs none or
+  // is the step's first), or 0 when it must wait for the next step.
+  int64_t logit_rows_left(const Entry& e) const;
   bool outgrows_pool(const Entry& e, int64_t new_len) const;  // more pages than all but e's own
   bool make_room(Entry& e, int64_t count, StepPlan& plan);
   Entry& preempt_last(StepPlan& plan);
@@ -144,6 +153,7 @@ class Scheduler {
   SchedulerConfig config_;
   kvcache::KvCacheManager& kv_;
   int64_t preemptions_ = 0;
+  int64_t logit_rows_ = 0;  // this step's positions from chunks that need every logits row
   uint64_t next_arrival_ = 0;
   std::unordered_map<uint64_t, Entry> entries_;  // every live request (node addresses are stable)
   std::vector<Entry*> running_;  // policy order: the last one is the preemption victim

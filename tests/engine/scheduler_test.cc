@@ -381,6 +381,31 @@ TEST(Scheduler, ChunkRulesAlignPromptChunksAndRecomputeGeneratedPositionsOneByOn
     }
     EXPECT_EQ(counts, (std::vector<int64_t>{128, 128, 44, 1}));
   }
+  // Such chunks share max_logit_rows per step (each row is a vocabulary of logits); the step's
+  // first is never held back, a later one takes what is left or waits, and other requests do not
+  // count.
+  {
+    KvCacheManager kv(kvcache::KvCacheConfig{.page_tokens = kPageTokens, .logical_page_tokens = 16}, 256);
+    Scheduler s({.max_num_seqs = 8, .max_num_batched_tokens = 2048, .max_logit_rows = 300}, kv);
+    s.add(1, 600, dense_layout(), 0, ChunkRule{.max_prompt_chunk = 256});
+    s.add(2, 600, dense_layout(), 0, ChunkRule{.max_prompt_chunk = 256});
+    s.add(3, 600, dense_layout());
+    s.add(4, 600, dense_layout(), 0, ChunkRule{.max_prompt_chunk = 256});
+    StepPlan p = s.plan();
+    ASSERT_EQ(p.seqs.size(), 3u);  // 4 waits for the next step's rows
+    EXPECT_EQ(p.seqs[0].count, 256);
+    EXPECT_EQ(p.seqs[1].count, 44);   // 300 - 256
+    EXPECT_EQ(p.seqs[2].count, 600);  // needs no rows
+    s.on_step_done(p, {3});
+    p = s.plan();
+    ASSERT_EQ(p.seqs.size(), 3u);
+    EXPECT_EQ(p.seqs[0].count, 256);
+    EXPECT_EQ(p.seqs[1].count, 44);
+    EXPECT_EQ(p.seqs[2].id, 3u);
+    Scheduler big({.max_num_seqs = 1, .max_num_batched_tokens = 64, .max_logit_rows = 1}, kv);
+    big.add(9, 600, dense_layout(), 0, ChunkRule{.max_prompt_chunk = 256});
+    EXPECT_EQ(big.plan().seqs.at(0).count, 64);  // the first chunk of a step: only the budget limits it
+  }
   // A budget left smaller than a block waits for the next step; a block over the whole budget
   // could never be scheduled and is not kept.
   {
