@@ -32,6 +32,7 @@ WORDS = ("river stone lantern orchard copper meadow violet harbor thunder candle
 JOBS = 32
 WORKERS = 8
 PRESSURE = 4  # the first jobs: see Load.pressure
+CHOICES = ["alpha", "beta gamma", "delta"]  # gRPC jobs that answer with one of these
 
 
 def prompt_of(rng: random.Random, words: int) -> str:
@@ -62,6 +63,8 @@ class Load:
                 "sparsity": rng.choice(PROFILES), "ignore_eos": ignore_eos}
         if rng.random() < 0.3:  # the prompt back with its logprobs: every prompt position's logits
             body.update(echo=True, logprobs=1)
+        elif rng.random() < 0.25:  # JSON mode: its state lives across the preemptions
+            body["response_format"] = {"type": "json_object"}
         return body
 
     def pressure(self, rng):
@@ -88,6 +91,8 @@ class Load:
                     tokens += list(zip(choice["logprobs"]["tokens"], choice["logprobs"]["token_logprobs"]))
                 finish = choice["finish_reason"] or finish
         assert finish in ("stop", "length"), finish
+        if "response_format" in body and finish == "stop":
+            assert isinstance(json.loads(text), dict), text
         return {"kind": "http_stream", "replay": ("http", body), "text": (text, tokens)}
 
     def http_disconnect(self, rng):
@@ -137,6 +142,8 @@ class Load:
         kw = {"text": prompt_of(rng, rng.randint(5, 300)), "ignore_eos": ignore_eos,
               "max_tokens": rng.randint(60, 160) if ignore_eos else rng.randint(1, 40),
               "sampling": pb.SamplingParams(temperature=0), "sparsity": rng.choice(PROFILES)}
+        if rng.random() < 0.2:
+            kw["choices"] = CHOICES
         kw.update(over)
         return pb.GenerateRequest(**kw)
 
@@ -144,6 +151,8 @@ class Load:
         req = self.grpc_request(rng)
         msgs = list(self.stub.Generate(req, timeout=300))
         assert msgs and msgs[-1].HasField("final")
+        if req.choices and msgs[-1].final.finish_reason == self.pb.FINISH_REASON_STOP:
+            assert "".join(m.text for m in msgs) in CHOICES
         return {"kind": "grpc_full", "replay": ("grpc", req), "tokens": [t for m in msgs for t in m.token_ids]}
 
     def grpc_cancel(self, rng):
