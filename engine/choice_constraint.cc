@@ -49,7 +49,9 @@ bool ChoiceText::extendable() const {
 void constrain_choice(const ChoiceText& text, const VocabularyBytes& vocab, std::span<const int32_t> stops,
                       bool may_stop, std::span<float> logits) {
   check(static_cast<int64_t>(logits.size()) == vocab.size(), "constrain_choice: logits and vocabulary sizes differ");
-  const bool stops_now = text.complete() && may_stop && !stops.empty();
+  const bool stops_now = text.complete() && may_stop && std::any_of(stops.begin(), stops.end(), [&](int32_t id) {
+                           return logits[static_cast<size_t>(id)] != -INFINITY;
+                         });
   if (!stops_now && !text.extendable()) return;  // a whole choice held open: nothing to steer
   std::vector<std::pair<int32_t, float>> kept_stops;
   if (stops_now) {

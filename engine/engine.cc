@@ -663,10 +663,14 @@ void Engine::Impl::step() {
     out.completion_tokens = gen;
     out.token_ids.push_back(tok);
     if (lp) out.logprobs.push_back(*lp);
-    // (A suppressed stop id drawn anyway, from a row with no finite logit left, is an ordinary token.)
-    const bool requested_stop = may_stop && std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
-    const bool stop_token = requested_stop || (may_stop && std::find(r.implicit_stops.begin(), r.implicit_stops.end(),
-                                                                     tok) != r.implicit_stops.end());
+    // (A suppressed stop id drawn anyway, from a row with no finite logit left, is an ordinary token;
+    // so is one under a structured output that is not whole yet, which let it through as text.)
+    const bool constrained_open = (r.json && !r.json->complete()) || (r.choice && !r.choice->complete());
+    const bool may_stop_here = may_stop && !constrained_open;
+    const bool requested_stop =
+        may_stop_here && std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
+    const bool stop_token = requested_stop || (may_stop_here && std::find(r.implicit_stops.begin(),
+                                                                          r.implicit_stops.end(), tok) != r.implicit_stops.end());
     if (r.json && !stop_token && !advance_json(*r.json, token_bytes().text(tok))) {
       // Only from a row the other processors (allowed_token_ids, bad_words) left without a JSON
       // continuation: the rest is sampled unconstrained.

@@ -20,7 +20,11 @@ void constrain_json(const JsonPrefix& text, const VocabularyBytes& vocab, std::s
                     std::span<float> logits) {
   check(static_cast<int64_t>(logits.size()) == vocab.size(), "constrain_json: logits and vocabulary sizes differ");
   const bool complete = text.complete();
-  const bool stops_now = complete && may_stop && !stops.empty();
+  // A stop may end the text now: it is whole, the minimum is reached, and some stop id is still
+  // finite (other processors may have removed them all; then whitespace keeps the row open).
+  const bool stops_now = complete && may_stop && std::any_of(stops.begin(), stops.end(), [&](int32_t id) {
+                           return logits[static_cast<size_t>(id)] != -INFINITY;
+                         });
   // Stops allowed now keep their logits, whatever their bytes (one may also be a text token).
   std::vector<std::pair<int32_t, float>> kept_stops;
   if (stops_now) {

@@ -203,7 +203,7 @@ bool JsonPrefix::structural(uint8_t c) {
     case Mode::kKey:
       if (c != '"') return false;
       if (const JsonSchema::Node* n = object_schema()) {
-        alive_ = all_properties(*n) & ~frames_[depth_ - 1].seen;
+        alive_ = open_properties(*n);
         if (alive_ == 0) return false;
         pos_ = 0;
         mode_ = Mode::kKeyMatch;
@@ -224,7 +224,7 @@ bool JsonPrefix::structural(uint8_t c) {
       if (c == ',') {
         if (top_is_object()) {
           const JsonSchema::Node* n = object_schema();
-          if (n != nullptr && (all_properties(*n) & ~frames_[depth_ - 1].seen) == 0) return false;
+          if (n != nullptr && open_properties(*n) == 0) return false;
           mode_ = Mode::kKey;
           return true;
         }
@@ -233,6 +233,7 @@ bool JsonPrefix::structural(uint8_t c) {
           const Frame& f = frames_[depth_ - 1];
           if (f.node >= 0 && f.items >= schema_->node(f.node).max_items) return false;
           expect_ = f.node >= 0 ? schema_->node(f.node).items : -1;
+          if (!fits(expect_)) return false;
         }
         return true;
       }
@@ -275,6 +276,10 @@ bool JsonPrefix::start_schema_value(uint8_t c) {
 }
 
 bool JsonPrefix::start_plain(uint8_t c, int32_t node) {
+  if (node >= 0 && (c == '{' || c == '[')) {  // a container whose least nesting must fit
+    const JsonSchema::Node& n = schema_->node(node);
+    if (static_cast<int64_t>(depth_) + (c == '{' ? n.min_object_depth : n.min_array_depth) > kMaxSchemaDepth) return false;
+  }
   switch (c) {
     case '{': return open(true, node);
     case '[': return open(false, node);
@@ -336,6 +341,14 @@ void JsonPrefix::end_value() {
   }
   if (schema_ != nullptr && !top_is_object()) ++frames_[depth_ - 1].items;
   mode_ = Mode::kCommaOrClose;
+}
+
+uint64_t JsonPrefix::open_properties(const JsonSchema::Node& n) const {
+  uint64_t open = 0;
+  for (size_t i = 0; i < n.properties.size(); ++i) {
+    if (!(frames_[depth_ - 1].seen >> i & 1) && fits(n.properties[i].node)) open |= uint64_t{1} << i;
+  }
+  return open;
 }
 
 const JsonSchema::Node* JsonPrefix::object_schema() const {

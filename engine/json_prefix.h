@@ -27,7 +27,7 @@ namespace sparseserve {
 class JsonPrefix {
  public:
   static constexpr int32_t kMaxDepth = 128;
-  static constexpr int32_t kMaxSchemaDepth = 32;
+  static constexpr int32_t kMaxSchemaDepth = JsonSchema::kMaxDepth;
 
   // root_object: the text must be an object (OpenAI's JSON mode); otherwise any value.
   explicit JsonPrefix(bool root_object = true, int32_t max_whitespace_run = 32);
@@ -88,8 +88,11 @@ class JsonPrefix {
   // The schema object the current container follows, or null (no schema, or inside an
   // unconstrained value).
   const JsonSchema::Node* object_schema() const;
-  uint64_t all_properties(const JsonSchema::Node& n) const {
-    return n.properties.size() == 64 ? ~uint64_t{0} : (uint64_t{1} << n.properties.size()) - 1;
+  // The properties of `n` a key may still name: unseen, with a value that fits under the depth limit.
+  uint64_t open_properties(const JsonSchema::Node& n) const;
+  // A value of `node` may begin inside the current container without passing kMaxSchemaDepth.
+  bool fits(int32_t node) const {
+    return node < 0 || static_cast<int64_t>(depth_) + schema_->node(node).min_depth <= kMaxSchemaDepth;
   }
   bool top_is_object() const { return (stack_[(depth_ - 1) / 64] >> ((depth_ - 1) % 64)) & 1; }
   static bool number_may_end(Mode m) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bitset>
+#include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -14,7 +15,8 @@ namespace {
 
 using nlohmann::json;
 
-constexpr int32_t kMaxNesting = 64;  // schema levels below the root
+constexpr int32_t kMaxNesting = 64;     // schema levels below the root
+constexpr int32_t kMaxTextDepth = 256;  // JSON nesting of the schema's text
 
 const std::set<std::string, std::less<>> kAnnotations = {
     "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly",
@@ -77,36 +79,28 @@ class JsonSchemaCompiler {
   explicit JsonSchemaCompiler(const json& root) : root_(root) {}
 
   JsonSchema run() {
-    const int32_t root = compile(root_, "#", 0);
-    if (root != 0) {  // the root was a $ref: node 0 is still the first one made, so swap in a copy
-      out_.nodes_.insert(out_.nodes_.begin(), out_.nodes_[static_cast<size_t>(root)]);
-      for (JsonSchema::Node& n : out_.nodes_) shift(n);
-    }
+    out_.root_ = compile(root_, "#", 0, "#");
     first_bytes();
+    min_depths();
     return std::move(out_);
   }
 
  private:
-  // After inserting a copy of the root at 0, every node index moves up by one.
-  static void shift(JsonSchema::Node& n) {
-    for (int32_t& a : n.alternatives) ++a;
-    for (JsonSchema::Property& p : n.properties) ++p.node;
-    if (n.items >= 0) ++n.items;
-  }
-
-  int32_t add(const std::string& at) {
+  // A new node; `target` (a $ref target it is, or "") finds it again, so a schema can refer to
+  // itself through it.
+  int32_t add(const std::string& target) {
     out_.nodes_.emplace_back();
     const auto id = static_cast<int32_t>(out_.nodes_.size()) - 1;
-    made_.emplace(at, id);
+    if (!target.empty()) made_.emplace(target, id);
     return id;
   }
   JsonSchema::Node& node(int32_t id) { return out_.nodes_[static_cast<size_t>(id)]; }
 
-  int32_t compile(const json& s, const std::string& at, int32_t level) {
+  int32_t compile(const json& s, const std::string& at, int32_t level, const std::string& target = "") {
     if (level > kMaxNesting) throw InvalidArgument("json_schema: nested more than 64 levels deep (at " + at + ")");
     if (s.is_boolean()) {
       if (!s.get<bool>()) throw InvalidArgument("json_schema: the schema false allows no value (at " + at + ")");
-      const int32_t id = add(at);
+      const int32_t id = add(target);
       node(id).any = true;
       return id;
     }
@@ -140,7 +134,7 @@ class JsonSchemaCompiler {
       if (!alts.is_array() || alts.empty()) {
         throw InvalidArgument(std::string("json_schema: '") + key + "' must be a non-empty list (at " + at + ")");
       }
-      const int32_t id = add(at);
+      const int32_t id = add(target);
       for (size_t i = 0; i < alts.size(); ++i) {
         const int32_t alt = compile(alts[i], at + "/" + key + "/" + std::to_string(i), level + 1);
         node(id).alternatives.push_back(alt);
@@ -148,7 +142,7 @@ class JsonSchemaCompiler {
       return id;
     }
 
-    const int32_t id = add(at);
+    const int32_t id = add(target);
     uint8_t types = 0;
     if (has("type")) {
       const json& t = s["type"];
@@ -167,6 +161,9 @@ class JsonSchemaCompiler {
       }
       std::vector<std::string> literals;
       for (const json& v : values) {
+        if (v.is_number_float() && std::fabs(v.get<double>()) >= 9007199254740992.0) {  // 2^53
+          throw InvalidArgument("json_schema: enum value " + v.dump() + " is too large to be matched as written (at " + at + ")");
+        }
         if (types != 0 && (type_of(v) & types) == 0) {
           throw InvalidArgument("json_schema: enum value " + v.dump() + " is not of the schema's type (at " + at + ")");
         }
@@ -237,7 +234,7 @@ class JsonSchemaCompiler {
       const int32_t child = compile(items, at + "/items", level + 1);
       node(id).items = child;
     } else {
-      const int32_t any = add(at + "/items");
+      const int32_t any = add("");
       node(any).any = true;
       node(id).items = any;
     }
@@ -248,25 +245,33 @@ class JsonSchemaCompiler {
     }
   }
 
-  int32_t ref(const json& target, const std::string& at, int32_t level) {
-    if (!target.is_string()) throw InvalidArgument("json_schema: '$ref' must be a string (at " + at + ")");
-    const std::string& t = target.get_ref<const std::string&>();
+  // "#", "#/$defs/NAME" or "#/definitions/NAME" (NAME with ~1 for '/' and ~0 for '~'), each compiled
+  // once; "#" of a root that is itself a $ref is the schema that one names.
+  int32_t ref(const json& value, const std::string& at, int32_t level) {
+    if (!value.is_string()) throw InvalidArgument("json_schema: '$ref' must be a string (at " + at + ")");
+    std::string t = value.get<std::string>();
+    if (t == "#" && root_.contains("$ref") && root_["$ref"].is_string()) t = root_["$ref"].get<std::string>();
     if (const auto it = made_.find(t); it != made_.end()) return it->second;
     const json* s = nullptr;
-    for (const char* defs : {"#/$defs/", "#/definitions/"}) {
-      const std::string prefix(defs);
-      if (t.rfind(prefix, 0) == 0) {
-        const std::string name = t.substr(prefix.size());
-        const std::string key = prefix.substr(2, prefix.size() - 3);  // "$defs" / "definitions"
-        if (root_.contains(key) && root_[key].is_object() && root_[key].contains(name)) s = &root_[key][name];
+    for (const std::string key : {"$defs", "definitions"}) {
+      const std::string prefix = "#/" + key + "/";
+      if (t.rfind(prefix, 0) != 0 || t.find('/', prefix.size()) != std::string::npos) continue;
+      std::string name;
+      for (size_t i = prefix.size(); i < t.size(); ++i) {
+        if (t[i] == '~' && i + 1 < t.size() && (t[i + 1] == '0' || t[i + 1] == '1')) {
+          name += t[++i] == '0' ? '~' : '/';
+        } else {
+          name += t[i];
+        }
       }
+      if (root_.contains(key) && root_[key].is_object() && root_[key].contains(name)) s = &root_[key][name];
     }
     if (s == nullptr) {
       throw InvalidArgument("json_schema: '$ref' " + t + " is not supported or not found (only \"#\", \"#/$defs/NAME\" and "
                             "\"#/definitions/NAME\"; at " + at + ")");
     }
     if (!following_.insert(t).second) throw InvalidArgument("json_schema: '$ref' " + t + " refers to itself (at " + at + ")");
-    const int32_t id = compile(*s, t, level + 1);
+    const int32_t id = compile(*s, t, level + 1, t);
     following_.erase(t);
     made_.emplace(t, id);
     return id;
@@ -298,6 +303,9 @@ class JsonSchemaCompiler {
       }
     }
     for (size_t i = 0; i < nodes.size(); ++i) {
+      if (f[i].none()) throw InvalidArgument("json_schema: a schema allows no value (anyOf of only itself)");
+    }
+    for (size_t i = 0; i < nodes.size(); ++i) {
       const auto& alts = nodes[i].alternatives;
       for (size_t a = 0; a < alts.size(); ++a) {
         for (size_t b = a + 1; b < alts.size(); ++b) {
@@ -312,6 +320,50 @@ class JsonSchemaCompiler {
     out_.first_.assign(f.begin(), f.end());
   }
 
+  // Each node's least container nesting a value of it needs (JsonSchema::Node::min_depth), to a fixed
+  // point from "none"; a node left at none has only values nested without end (an object that
+  // requires itself) and is refused.
+  void min_depths() {
+    auto& nodes = out_.nodes_;
+    constexpr int32_t kNone = JsonSchema::kNoDepth;
+    for (JsonSchema::Node& n : nodes) n.min_depth = n.min_object_depth = n.min_array_depth = kNone;
+    const auto plus_one = [](int32_t d) { return d >= kNone - 1 ? kNone : d + 1; };
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (JsonSchema::Node& n : nodes) {
+        int32_t object = kNone, array = kNone, least = kNone;
+        if (n.any || !n.literals.empty()) {
+          least = 0;  // a scalar (any), or a literal matched as text (it opens no frame)
+        } else if (!n.alternatives.empty()) {
+          for (int32_t a : n.alternatives) least = std::min(least, nodes[static_cast<size_t>(a)].min_depth);
+        } else {
+          if (n.types & ~(JsonSchema::kObject | JsonSchema::kArray)) least = 0;
+          if (n.types & JsonSchema::kObject) {
+            int32_t inner = 0;
+            for (size_t i = 0; i < n.properties.size(); ++i) {
+              if (n.required >> i & 1) inner = std::max(inner, nodes[static_cast<size_t>(n.properties[i].node)].min_depth);
+            }
+            object = plus_one(inner);
+          }
+          if (n.types & JsonSchema::kArray) {
+            array = plus_one(n.min_items > 0 ? nodes[static_cast<size_t>(n.items)].min_depth : 0);
+          }
+          least = std::min({least, object, array});
+        }
+        if (least != n.min_depth || object != n.min_object_depth || array != n.min_array_depth) {
+          n.min_depth = least, n.min_object_depth = object, n.min_array_depth = array;
+          changed = true;
+        }
+      }
+    }
+    for (const JsonSchema::Node& n : nodes) {
+      if (n.min_depth == kNone) throw InvalidArgument("json_schema: a schema allows only values nested without end");
+    }
+    if (nodes[static_cast<size_t>(out_.root_)].min_depth > JsonSchema::kMaxDepth) {
+      throw InvalidArgument("json_schema: its values nest containers deeper than " + std::to_string(JsonSchema::kMaxDepth));
+    }
+  }
+
   const json& root_;
   JsonSchema out_;
   std::map<std::string, int32_t> made_;  // JSON pointer -> node
@@ -319,7 +371,19 @@ class JsonSchemaCompiler {
 };
 
 JsonSchema JsonSchema::compile(std::string_view schema_json) {
-  const json s = json::parse(schema_json, nullptr, /*allow_exceptions=*/false);
+  // Parsing is iterative; copying or writing a value is recursive: deeper texts are refused first.
+  bool too_deep = false;
+  const json s = json::parse(
+      schema_json,
+      [&](int depth, json::parse_event_t event, json&) {
+        if (depth > kMaxTextDepth && (event == json::parse_event_t::object_start || event == json::parse_event_t::array_start)) {
+          too_deep = true;
+          return false;
+        }
+        return true;
+      },
+      /*allow_exceptions=*/false);
+  if (too_deep) throw InvalidArgument("json_schema: the schema nests deeper than " + std::to_string(kMaxTextDepth) + " levels");
   if (s.is_discarded()) throw InvalidArgument("json_schema: the schema is not valid JSON");
   return JsonSchemaCompiler(s).run();
 }

@@ -26,6 +26,7 @@ class JsonSchema {
     kObject = 1, kArray = 2, kString = 4, kInteger = 8, kNumber = 16, kBoolean = 32, kNull = 64,
   };
   static constexpr int32_t kMaxProperties = 64;  // per object
+  static constexpr int32_t kMaxDepth = 32;       // containers a value of a schema nests (JsonPrefix's limit)
   static constexpr int32_t kMaxLiterals = 64;    // per enum
 
   struct Property {
@@ -41,9 +42,14 @@ class JsonSchema {
     std::vector<Property> properties;
     uint64_t required = 0;             // bit i: properties[i] is required
     // Arrays.
-    int32_t items = -1;                // node of every item; -1: any value
+    int32_t items = -1;                // node of every item
     uint32_t min_items = 0, max_items = UINT32_MAX;
+    // The least container nesting a value needs (its own container counted): overall, as an object,
+    // as an array (kNoDepth: it cannot be one). A recognizer with a depth limit opens a container
+    // only where this still fits, so it never reaches a text it cannot finish.
+    int32_t min_depth = 0, min_object_depth = 0, min_array_depth = 0;
   };
+  static constexpr int32_t kNoDepth = INT32_MAX;
 
   // Compiles a schema given as JSON text. Throws InvalidArgument naming the keyword and where it is
   // (a JSON pointer) for text that is not JSON, a keyword outside the subset, a bad value, or
@@ -51,7 +57,7 @@ class JsonSchema {
   static JsonSchema compile(std::string_view schema_json);
 
   const Node& node(int32_t i) const { return nodes_[static_cast<size_t>(i)]; }
-  int32_t root() const { return 0; }
+  int32_t root() const { return root_; }
   int32_t size() const { return static_cast<int32_t>(nodes_.size()); }
   // The node whose constraints a value of `node` obeys once it begins with byte c (its anyOf
   // alternative), or -1 when no value of `node` begins with c.
@@ -60,6 +66,7 @@ class JsonSchema {
  private:
   friend class JsonSchemaCompiler;
   std::vector<Node> nodes_;
+  int32_t root_ = 0;
   std::vector<std::bitset<256>> first_;  // per node: the bytes its values may begin with
 };
 

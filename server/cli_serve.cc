@@ -40,7 +40,7 @@ namespace {
 // runs on whichever thread the kernel picks, including threads libraries started before main);
 // a watcher thread reads the pipe. The first signal asks for a graceful shutdown; a second one
 // exits at once. Once the ShutdownSignals object is gone (run_serve returning: static destructors,
-// spdlog's registry among them, may run next) the default actions are back and the watcher neither
+// spdlog's registry among them, may run next) the actions from before are back and the watcher neither
 // logs nor acts on a record it still finds in the pipe. One object per process (run_serve's).
 int g_signal_pipe[2] = {-1, -1};
 
@@ -67,8 +67,8 @@ class ShutdownSignals {
     sa.sa_sigaction = on_shutdown_signal;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART | SA_SIGINFO;
-    ::sigaction(SIGTERM, &sa, nullptr);
-    ::sigaction(SIGINT, &sa, nullptr);
+    ::sigaction(SIGTERM, &sa, &old_term_);
+    ::sigaction(SIGINT, &sa, &old_int_);
     std::signal(SIGPIPE, SIG_IGN);  // a client that left is a failed write, not a dead process
     // Detached: it may outlive run_serve; it touches only `state`, and logs only under its mutex
     // while `closed` is false, so never after the destructor has returned.
@@ -96,8 +96,8 @@ class ShutdownSignals {
   ShutdownSignals(const ShutdownSignals&) = delete;
   ShutdownSignals& operator=(const ShutdownSignals&) = delete;
   ~ShutdownSignals() {
-    std::signal(SIGTERM, SIG_DFL);
-    std::signal(SIGINT, SIG_DFL);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+    ::sigaction(SIGINT, &old_int_, nullptr);
     std::lock_guard lock(state_->mu);  // waits out a watcher that is logging
     state_->closed = true;
   }
@@ -120,6 +120,7 @@ class ShutdownSignals {
     bool closed = false;  // the object is gone: records still in the pipe are dropped
   };
   std::shared_ptr<State> state_;
+  struct sigaction old_term_ = {}, old_int_ = {};  // the actions before, back once the object is gone
 };
 
 // Throws Error when no socket can bind host:port (in use, or an address not on this machine): the

@@ -150,12 +150,29 @@ bool same_secret(const std::string& a, const std::string& b) {  // constant time
   return diff == 0 && !b.empty();
 }
 
+// Bodies nest at most this deep: parsing is iterative, but copying or writing a value is recursive
+// and a deep enough one (a ~200 KB body) would overflow a handler thread's stack.
+constexpr int kMaxBodyDepth = 256;
+
 json parse_body(const std::string& body) {
+  bool too_deep = false;
+  json parsed;
   try {
-    return json::parse(body);
+    parsed = json::parse(body, [&](int depth, json::parse_event_t event, json&) {
+      if (depth > kMaxBodyDepth && (event == json::parse_event_t::object_start || event == json::parse_event_t::array_start)) {
+        too_deep = true;
+        return false;  // skipped, not built
+      }
+      return true;
+    });
   } catch (const json::exception& e) {  // parse errors, and numbers past a double's range (out_of_range)
     throw openai::bad_request(std::string("Invalid JSON in the request body: ") + e.what(), "", "invalid_json");
   }
+  if (too_deep) {
+    throw openai::bad_request("The request body nests deeper than " + std::to_string(kMaxBodyDepth) + " levels", "",
+                              "invalid_json");
+  }
+  return parsed;
 }
 
 // The engine requests of one generation call, read together; RAII: whatever is still running when

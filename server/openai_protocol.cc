@@ -311,7 +311,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   }
   // The other vLLM extensions that change what is generated or returned, not implemented: refused
   // when given anything but their default, never silently dropped.
-  for (const char* key : {"logits_processors", "guided_regex", "guided_grammar"}) {
+  for (const char* key : {"logits_processors", "guided_regex", "guided_grammar", "guided_whitespace_pattern"}) {
     if (f.get(key) != nullptr) throw bad_request(std::string(key) + " is not supported", key);
   }
   if (const json* bad = f.get("bad_words")) {  // vLLM: words the output must not contain

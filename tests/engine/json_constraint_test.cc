@@ -108,7 +108,52 @@ TEST_F(JsonConstraintTest, StopsEndOnlyAWholeObjectAndMinTokensKeepsWhitespaceOp
   EXPECT_TRUE(kept.complete());
 }
 
+TEST_F(JsonConstraintTest, AWholeTextWhoseStopsAreGoneKeepsWhitespace) {
+  // allowed_token_ids or bad_words may have removed every stop: the row keeps whitespace rather
+  // than lose every id.
+  const Tokenizer& tok = model_->tokenizer;
+  const int32_t eos = tok.eos_id(), space = tok.token_id("Ġ");
+  JsonPrefix done(true, 1);
+  ASSERT_TRUE(done.push("{} "));
+  std::vector<float> logits = zeros();
+  logits[static_cast<size_t>(eos)] = -INFINITY;
+  constrain_json(done, *vocab_, std::vector<int32_t>{eos}, /*may_stop=*/true, logits);
+  EXPECT_TRUE(std::isfinite(logits[static_cast<size_t>(space)]));
+  EXPECT_FALSE(std::isfinite(logits[static_cast<size_t>(tok.token_id("{"))]));
+}
+
 class JsonModeEngineTest : public DefaultModelTest {};
+
+TEST_F(JsonModeEngineTest, AStopIdThatIsTextDoesNotEndAnUnfinishedObject) {
+  // "}" as a stop id, and a bias that makes "{" then "}" the greedy picks: the first "}" closes
+  // the object as text; only then may the stop id end it.
+  Engine e(*model_, profiles(), EngineConfig{});
+  const Tokenizer& tok = model_->tokenizer;
+  const int32_t open = tok.token_id("{"), close = tok.token_id("}");
+  ASSERT_GE(open, 0);
+  ASSERT_GE(close, 0);
+  Request r;
+  r.id = "json-stop";
+  r.prompt = tok.encode("Write JSON:", false, false);
+  r.max_tokens = 8;
+  r.sampling.temperature = 0;
+  r.sampling.logit_bias = {{open, 100.0f}, {close, 50.0f}};
+  std::sort(r.sampling.logit_bias.begin(), r.sampling.logit_bias.end());
+  r.stop_token_ids = {close};
+  r.json_object = true;
+  auto stream = e.submit(r);
+  std::string text;
+  RequestOutput last;
+  for (int k = 0; k < 100000 && !last.finished; ++k) {
+    if (auto out = stream->next(200ms)) {
+      text += out->text;
+      if (out->finished) last = *out;
+    }
+  }
+  EXPECT_EQ(text, "{}");
+  EXPECT_EQ(last.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(last.stop_token, close);
+}
 
 TEST_F(JsonModeEngineTest, GreedyAndSampledOutputsAreJsonObjects) {
   Engine e(*model_, profiles(), EngineConfig{});

@@ -140,6 +140,64 @@ TEST(JsonSchema, RefsIntoDefsAndRecursion) {
   EXPECT_EQ(first_refused(root, R"({"next": 1})"), 9);
 }
 
+TEST(JsonSchema, RefusesSchemasNoTextCouldFinish) {
+  const std::string deep = R"({"enum": [)" + std::string(300, '[') + std::string(300, ']') + "]}";
+  EXPECT_THAT(refusal(deep), HasSubstr("nests deeper than 256"));
+  EXPECT_THAT(refusal(R"({"anyOf": [{"$ref": "#"}]})"), HasSubstr("allows no value"));
+  EXPECT_THAT(refusal(R"({"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]})"),
+              HasSubstr("nested without end"));
+  std::string nested = R"({"type": "integer"})";
+  for (int i = 0; i < 33; ++i) nested = R"({"type": "array", "minItems": 1, "items": )" + nested + "}";
+  EXPECT_THAT(refusal(nested), HasSubstr("deeper than 32"));
+  EXPECT_THAT(refusal(R"({"const": 12345678901234567890123})"), HasSubstr("too large"));
+}
+
+TEST(JsonSchema, RefsResolveByTargetOnly) {
+  // A $def whose name holds '/' is reached by its escaped pointer; an unescaped one is refused
+  // (it would name a path into another def), and so is a pointer into properties.
+  const JsonSchema s = JsonSchema::compile(R"({
+    "type": "object",
+    "properties": {"p": {"$ref": "#/$defs/A~1x"}, "q": {"$ref": "#/$defs/A"}},
+    "$defs": {"A": {"type": "object", "properties": {"x": {"type": "integer"}}}, "A/x": {"type": "string"}}})");
+  EXPECT_TRUE(whole(s, R"({"p": "s", "q": {"x": 1}})"));
+  EXPECT_EQ(first_refused(s, R"({"p": 1)"), 6);
+  EXPECT_THAT(refusal(R"({"properties": {"a": {"type": "string"}, "b": {"$ref": "#/properties/a"}}})"),
+              HasSubstr("not supported or not found"));
+  EXPECT_THAT(refusal(R"({"properties": {"b": {"$ref": "#/$defs/A/x"}}, "$defs": {"A": {}}})"),
+              HasSubstr("not supported or not found"));
+  // "#" of a root that is itself a $ref: the schema it names.
+  const JsonSchema root_ref = JsonSchema::compile(
+      R"({"$ref": "#/$defs/A", "$defs": {"A": {"type": "object", "properties": {"x": {"$ref": "#"}}}}})");
+  EXPECT_TRUE(whole(root_ref, R"({"x": {"x": {}}})"));
+  EXPECT_EQ(first_refused(root_ref, R"({"x": 1})"), 6);
+}
+
+TEST(JsonSchema, ContainersOpenOnlyWhereTheirLeastNestingFits) {
+  // An optional self (or null) and a required array: deep in, the self can only be null, and the
+  // array still fits.
+  const JsonSchema s = JsonSchema::compile(R"({"type": "object",
+    "properties": {"kid": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}, "tags": {"type": "array", "items": {"type": "string"}}},
+    "required": ["kid", "tags"]})");
+  std::string prefix;
+  for (int i = 0; i < 31; ++i) prefix += R"({"kid": )";
+  JsonPrefix p(s);
+  ASSERT_TRUE(p.push(prefix));
+  EXPECT_FALSE(JsonPrefix(p).push("{"));
+  std::string text = prefix + R"(null, "tags": [])" + "}";
+  for (int i = 1; i < 31; ++i) text += R"(, "tags": []})";
+  EXPECT_TRUE(whole(s, text)) << text;
+  // An optional property whose value cannot fit any more is not offered.
+  std::string nest;
+  for (int i = 0; i < 30; ++i) nest += "[";
+  const JsonSchema in_arrays = JsonSchema::compile(
+      std::string(R"({"type": "array", "items": {"anyOf": [{"$ref": "#"}, )") + R"({"type": "object", "properties": {
+    "deep": {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "items": {}}}, "n": {"type": "null"}}}]}})");
+  JsonPrefix q(in_arrays);
+  ASSERT_TRUE(q.push(nest + "{"));  // depth 31: "deep" needs two more levels
+  EXPECT_FALSE(JsonPrefix(q).push("\"d"));
+  EXPECT_TRUE(q.push("\"n\": null}"));
+}
+
 TEST(JsonSchema, AnyValueAndTheDepthLimit) {
   const JsonSchema any = JsonSchema::compile("{}");
   EXPECT_TRUE(whole(any, R"([{"a": 1.5e3}, "x", true])"));

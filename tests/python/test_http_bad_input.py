@@ -193,6 +193,20 @@ def test_vllm_extensions_at_their_defaults_are_accepted(http):
         assert r.status_code == 200, r.text
 
 
+def test_deeply_nested_bodies_are_400(http):
+    # Written out, a value this deep (a ~600 KB body) would overflow a handler's stack: refused at
+    # parsing, in any field, and the server keeps serving.
+    deep = b"[" * 300_000 + b"]" * 300_000
+    for field in (b"guided_json", b"temperature"):
+        body = b'{"prompt": "x", "' + field + b'": ' + deep + b"}"
+        r = http.post(C, content=body, headers={"content-type": "application/json"})
+        err = check_error(r, 400)
+        assert err["code"] == "invalid_json" and "deeper than 256" in err["message"], err
+    r = http.post(C, json=c(guided_json=json.dumps({"enum": [json.loads("[" * 300 + "]" * 300)]})))
+    check_error(r, 400, "guided_json")
+    assert http.get("/health").status_code == 200
+
+
 def test_unknown_model_is_404(http):
     err = check_error(http.post(C, json=c(model="gpt-5")), 404, "model")
     assert err["code"] == "model_not_found"
