@@ -17,6 +17,7 @@ using nlohmann::json;
 
 constexpr int32_t kMaxNesting = 64;     // schema levels below the root
 constexpr int32_t kMaxTextDepth = 256;  // JSON nesting of the schema's text
+constexpr size_t kMaxNodes = 4096;      // schemas (nodes) in one compiled schema
 
 const std::set<std::string, std::less<>> kAnnotations = {
     "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly",
@@ -89,6 +90,7 @@ class JsonSchemaCompiler {
   // A new node; `target` (a $ref target it is, or "") finds it again, so a schema can refer to
   // itself through it.
   int32_t add(const std::string& target) {
+    if (out_.nodes_.size() >= kMaxNodes) throw InvalidArgument("json_schema: more than 4096 schemas in all");
     out_.nodes_.emplace_back();
     const auto id = static_cast<int32_t>(out_.nodes_.size()) - 1;
     if (!target.empty()) made_.emplace(target, id);
@@ -282,9 +284,10 @@ class JsonSchemaCompiler {
   void first_bytes() {
     auto& nodes = out_.nodes_;
     std::vector<std::bitset<256>> f(nodes.size());
+    // Children are made after their parents: from the back, an acyclic schema settles in one pass.
     for (bool changed = true; changed;) {
       changed = false;
-      for (size_t i = 0; i < nodes.size(); ++i) {
+      for (size_t i = nodes.size(); i-- > 0;) {
         const JsonSchema::Node& n = nodes[i];
         std::bitset<256> b;
         if (n.any) {
@@ -330,7 +333,8 @@ class JsonSchemaCompiler {
     const auto plus_one = [](int32_t d) { return d >= kNone - 1 ? kNone : d + 1; };
     for (bool changed = true; changed;) {
       changed = false;
-      for (JsonSchema::Node& n : nodes) {
+      for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {  // children first, as above
+        JsonSchema::Node& n = *it;
         int32_t object = kNone, array = kNone, least = kNone;
         if (n.any || !n.literals.empty()) {
           least = 0;  // a scalar (any), or a literal matched as text (it opens no frame)
