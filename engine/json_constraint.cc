@@ -32,11 +32,13 @@ void constrain_json(const JsonPrefix& text, const VocabularyBytes& vocab, std::s
   }
   // Whether the text takes each first byte, found once per byte: most ids fail there.
   std::array<int8_t, 256> first{};  // 0: not tried yet, 1: taken, -1: refused
+  const bool plain_string = text.in_plain_string();
   for (int32_t id = 0; id < vocab.size(); ++id) {
     float& l = logits[static_cast<size_t>(id)];
     if (l == -INFINITY) continue;
     const std::string_view bytes = vocab.text(id);
     bool ok = false;
+    if (plain_string && vocab.plain(id)) continue;  // stays inside the string
     if (!bytes.empty() && !(stops_now && text.done())) {
       int8_t& f = first[static_cast<uint8_t>(bytes[0])];
       if (f == 0) f = JsonPrefix(text).push(static_cast<uint8_t>(bytes[0])) ? 1 : -1;

@@ -40,6 +40,9 @@ class JsonPrefix {
   // The bytes so far are a whole JSON text (trailing whitespace allowed; a root number counts as
   // whole where it may end).
   bool complete() const;
+  // Inside a string's characters (not a schema key, an escape or a multi-byte character): printable
+  // ASCII other than '"' and '\\' keeps it there, whatever follows.
+  bool in_plain_string() const { return mode_ == Mode::kString && !high_surrogate_; }
   // The root value has ended (its closing byte was read): only whitespace may follow.
   bool done() const { return mode_ == Mode::kDone; }
   int32_t depth() const { return depth_; }

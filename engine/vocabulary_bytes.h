@@ -21,10 +21,14 @@ class VocabularyBytes {
   std::string_view text(int32_t id) const {
     return std::string_view(bytes_).substr(offsets_[id], offsets_[id + 1] - offsets_[id]);
   }
+  // id's bytes are non-empty printable ASCII without '"' and '\\': text that stays inside a JSON
+  // string as it is (most of a vocabulary; constrained decoding takes them there without trying).
+  bool plain(int32_t id) const { return plain_[static_cast<size_t>(id)] != 0; }
 
  private:
   std::string bytes_;              // every text id's bytes, in id order
   std::vector<uint32_t> offsets_;  // id's bytes: [offsets_[id], offsets_[id + 1])
+  std::vector<uint8_t> plain_;     // per id
 };
 
 }  // namespace sparseserve
