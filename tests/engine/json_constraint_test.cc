@@ -73,7 +73,10 @@ TEST_F(JsonConstraintTest, KeepsExactlyTheTokensThatContinueTheText) {
   JsonPrefix after_value;
   ASSERT_TRUE(after_value.push(R"({"a": 1)"));
   logits = zeros();
+  const auto t1 = std::chrono::steady_clock::now();
   constrain_json(after_value, *vocab_, std::vector<int32_t>{eos}, true, logits);
+  RecordProperty("constrain_after_value_ms",
+                 std::to_string(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count()));
   EXPECT_TRUE(std::isfinite(logits[static_cast<size_t>(comma)]));
   EXPECT_TRUE(std::isfinite(logits[static_cast<size_t>(tok.token_id("}"))]));
   EXPECT_TRUE(std::isfinite(logits[static_cast<size_t>(tok.token_id("0"))]));  // 10, 100, ...
