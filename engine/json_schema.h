@@ -4,8 +4,8 @@
 //
 // Supported: "type" (a name or a list of them), "properties" + "required", "additionalProperties"
 // false (absent is taken as false too, as vLLM's default xgrammar backend does), "items" with
-// "minItems" / "maxItems", "enum" / "const" (values written compactly, as JSON serializers write
-// them), "anyOf" / "oneOf" whose alternatives begin with different bytes (an object, a string, null,
+// "minItems" / "maxItems", "enum" / "const" (values written compactly, object keys sorted, as
+// nlohmann::json writes them), "anyOf" / "oneOf" whose alternatives begin with different bytes (an object, a string, null,
 // ...), "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion included), and the
 // annotations (title, description, default, examples, ...), which constrain nothing. `true` or {}
 // is any JSON value. Any other keyword (pattern, format, minimum, additionalProperties true, ...)
