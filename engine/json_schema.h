@@ -5,8 +5,9 @@
 // Supported: "type" (a name or a list of them), "properties" + "required", "additionalProperties"
 // false (absent is taken as false too, as vLLM's default xgrammar backend does), "items" with
 // "minItems" / "maxItems", "enum" / "const" (values written compactly, object keys sorted, as
-// nlohmann::json writes them), "anyOf" / "oneOf" whose alternatives begin with different bytes (an object, a string, null,
-// ...), "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion included), and the
+// nlohmann::json writes them), "anyOf" / "oneOf" whose alternatives begin with different bytes (an
+// object, a string, null, ...), "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion
+// included; at most 4096 schemas in all, values nesting at most kMaxDepth containers), and the
 // annotations (title, description, default, examples, ...), which constrain nothing. `true` or {}
 // is any JSON value. Any other keyword (pattern, format, minimum, additionalProperties true, ...)
 // is refused, never ignored: the output could not be promised to validate.
