@@ -94,6 +94,8 @@ class JsonSchemaCompiler {
     out_.nodes_.emplace_back();
     const auto id = static_cast<int32_t>(out_.nodes_.size()) - 1;
     if (!target.empty()) made_.emplace(target, id);
+    for (const std::string& a : aliases_) made_.emplace(a, id);
+    aliases_.clear();
     return id;
   }
   JsonSchema::Node& node(int32_t id) { return out_.nodes_[static_cast<size_t>(id)]; }
@@ -248,13 +250,37 @@ class JsonSchemaCompiler {
   }
 
   // "#", "#/$defs/NAME" or "#/definitions/NAME" (NAME with ~1 for '/' and ~0 for '~'), each compiled
-  // once; "#" of a root that is itself a $ref is the schema that one names.
+  // once. A target that is itself only a $ref (an alias, as "#" of a root $ref) is followed to the
+  // schema at the end of the chain, and every name on the way refers to that one node, so recursion
+  // through any of them finds it whatever the compile order.
   int32_t ref(const json& value, const std::string& at, int32_t level) {
     if (!value.is_string()) throw InvalidArgument("json_schema: '$ref' must be a string (at " + at + ")");
     std::string t = value.get<std::string>();
-    if (t == "#" && root_.contains("$ref") && root_["$ref"].is_string()) t = root_["$ref"].get<std::string>();
-    if (const auto it = made_.find(t); it != made_.end()) return it->second;
-    const json* s = nullptr;
+    std::vector<std::string> aliases;  // names met on the way
+    std::set<std::string> seen;
+    for (;;) {
+      if (const auto it = made_.find(t); it != made_.end()) {
+        for (const std::string& a : aliases) made_.emplace(a, it->second);
+        return it->second;
+      }
+      if (!seen.insert(t).second) throw InvalidArgument("json_schema: '$ref' " + t + " refers to itself (at " + at + ")");
+      const json* s = t == "#" ? &root_ : target(t, at);
+      const bool alias = s->is_object() && s->contains("$ref") &&
+                         std::all_of(s->items().begin(), s->items().end(),
+                                     [](const auto& kv) { return kv.key() == "$ref" || kAnnotations.contains(kv.key()); });
+      if (!alias) {
+        aliases_.insert(aliases_.end(), aliases.begin(), aliases.end());  // registered by the node's add()
+        return compile(*s, t, level + 1, t);
+      }
+      aliases.push_back(t);
+      const json& next = (*s)["$ref"];
+      if (!next.is_string()) throw InvalidArgument("json_schema: '$ref' must be a string (at " + t + ")");
+      t = next.get<std::string>();
+    }
+  }
+
+  // The schema a "#/$defs/NAME" or "#/definitions/NAME" pointer names.
+  const json* target(const std::string& t, const std::string& at) const {
     for (const std::string key : {"$defs", "definitions"}) {
       const std::string prefix = "#/" + key + "/";
       if (t.rfind(prefix, 0) != 0 || t.find('/', prefix.size()) != std::string::npos) continue;
@@ -266,17 +292,10 @@ class JsonSchemaCompiler {
           name += t[i];
         }
       }
-      if (root_.contains(key) && root_[key].is_object() && root_[key].contains(name)) s = &root_[key][name];
+      if (root_.contains(key) && root_[key].is_object() && root_[key].contains(name)) return &root_[key][name];
     }
-    if (s == nullptr) {
-      throw InvalidArgument("json_schema: '$ref' " + t + " is not supported or not found (only \"#\", \"#/$defs/NAME\" and "
-                            "\"#/definitions/NAME\"; at " + at + ")");
-    }
-    if (!following_.insert(t).second) throw InvalidArgument("json_schema: '$ref' " + t + " refers to itself (at " + at + ")");
-    const int32_t id = compile(*s, t, level + 1, t);
-    following_.erase(t);
-    made_.emplace(t, id);
-    return id;
+    throw InvalidArgument("json_schema: '$ref' " + t + " is not supported or not found (only \"#\", \"#/$defs/NAME\" and "
+                          "\"#/definitions/NAME\"; at " + at + ")");
   }
 
   // Each node's first bytes, to a fixed point (alternatives may refer back through $ref); then
@@ -371,7 +390,7 @@ class JsonSchemaCompiler {
   const json& root_;
   JsonSchema out_;
   std::map<std::string, int32_t> made_;  // JSON pointer -> node
-  std::set<std::string> following_;      // $refs being compiled (a cycle of bare $refs)
+  std::vector<std::string> aliases_;     // $ref names the next node made is also found by
 };
 
 JsonSchema JsonSchema::compile(std::string_view schema_json) {

@@ -172,6 +172,30 @@ TEST(JsonSchema, RefsResolveByTargetOnly) {
   EXPECT_EQ(first_refused(root_ref, R"({"x": 1})"), 6);
 }
 
+TEST(JsonSchema, AliasDefsAreOneSchemaWhateverTheCompileOrder) {
+  // m is only a $ref to n, and n refers back through m (or through "#" of a root $ref to m).
+  for (const char* root : {"#/$defs/m", "#/$defs/n"}) {
+    const JsonSchema s = JsonSchema::compile(std::string(R"({"$defs": {"m": {"$ref": "#/$defs/n"},
+      "n": {"type": "object", "properties": {"a": {"$ref": "#/$defs/m"}}}}, "$ref": ")") + root + "\"}");
+    EXPECT_TRUE(whole(s, R"({"a": {"a": {}}})")) << root;
+    EXPECT_EQ(first_refused(s, R"({"a": 1})"), 6) << root;
+  }
+  const JsonSchema hash = JsonSchema::compile(R"({"$defs": {"m": {"$ref": "#/$defs/n"},
+    "n": {"type": "object", "properties": {"a": {"$ref": "#"}}}}, "$ref": "#/$defs/m"})");
+  EXPECT_TRUE(whole(hash, R"({"a": {"a": {}}})"));
+  // Property names decide the compile order (nlohmann sorts keys): both orders compile.
+  for (const char* props : {R"("k1": {"$ref": "#/$defs/a"}, "k2": {"$ref": "#/$defs/b"})",
+                            R"("k1": {"$ref": "#/$defs/b"}, "k2": {"$ref": "#/$defs/a"})"}) {
+    const JsonSchema s = JsonSchema::compile(std::string(R"({"$defs": {"a": {"$ref": "#/$defs/b"},
+      "b": {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}}}, "type": "object", "properties": {)") +
+                                             props + "}}");
+    EXPECT_TRUE(whole(s, R"({"k1": {"x": {}}, "k2": {"x": {"x": {}}}})")) << props;
+  }
+  EXPECT_THAT(refusal(R"({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"})"),
+              HasSubstr("refers to itself"));
+  EXPECT_THAT(refusal(R"({"$ref": "#"})"), HasSubstr("refers to itself"));
+}
+
 TEST(JsonSchema, ContainersOpenOnlyWhereTheirLeastNestingFits) {
   // An optional self (or null) and a required array: deep in, the self can only be null, and the
   // array still fits.
