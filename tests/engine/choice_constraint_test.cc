@@ -88,15 +88,7 @@ TEST_F(ChoiceConstraintTest, TheEngineAnswersWithOneOfTheChoices) {
     r.sampling.temperature = temperature;
     r.sampling.seed = ++i;
     r.choices = sorted;
-    auto stream = e.submit(r);
-    std::string text;
-    RequestOutput last;
-    for (int k = 0; k < 100000 && !last.finished; ++k) {
-      if (auto out = stream->next(200ms)) {
-        text += out->text;
-        if (out->finished) last = *out;
-      }
-    }
+    const auto [text, last] = drain_stream(*e.submit(r));
     ASSERT_TRUE(last.finished);
     EXPECT_EQ(last.finish_reason, FinishReason::kStop) << text;
     EXPECT_THAT(text, AnyOfArray(choices));

@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
+#include <string>
 
+#include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/model_profiles.h"
 
@@ -32,5 +35,21 @@ class DefaultModelTest : public ::testing::Test {
   }
   static inline Model* model_ = nullptr;
 };
+
+// A request's whole text and its last delta (finished = false if it never ended).
+struct StreamResult {
+  std::string text;
+  RequestOutput last;
+};
+inline StreamResult drain_stream(RequestStream& stream) {
+  StreamResult r;
+  for (int k = 0; k < 100000 && !r.last.finished; ++k) {
+    if (auto out = stream.next(std::chrono::milliseconds(200))) {
+      r.text += out->text;
+      if (out->finished) r.last = *out;
+    }
+  }
+  return r;
+}
 
 }  // namespace sparseserve

@@ -144,15 +144,7 @@ TEST_F(JsonModeEngineTest, AStopIdThatIsTextDoesNotEndAnUnfinishedObject) {
   std::sort(r.sampling.logit_bias.begin(), r.sampling.logit_bias.end());
   r.stop_token_ids = {close};
   r.json_object = true;
-  auto stream = e.submit(r);
-  std::string text;
-  RequestOutput last;
-  for (int k = 0; k < 100000 && !last.finished; ++k) {
-    if (auto out = stream->next(200ms)) {
-      text += out->text;
-      if (out->finished) last = *out;
-    }
-  }
+  const auto [text, last] = drain_stream(*e.submit(r));
   EXPECT_EQ(text, "{}");
   EXPECT_EQ(last.finish_reason, FinishReason::kStop);
   EXPECT_EQ(last.stop_token, close);
@@ -175,18 +167,7 @@ TEST_F(JsonModeEngineTest, GreedyAndSampledOutputsAreJsonObjects) {
       r.sampling.temperature = temperature;
       r.sampling.seed = 7;
       r.json_object = true;
-      auto stream = e.submit(r);
-      std::string text;
-      RequestOutput last;
-      for (int k = 0; k < 100000; ++k) {
-        auto out = stream->next(200ms);
-        if (!out) continue;
-        text += out->text;
-        if (out->finished) {
-          last = *out;
-          break;
-        }
-      }
+      const auto [text, last] = drain_stream(*e.submit(r));
       ASSERT_TRUE(last.finished) << ask;
       JsonPrefix check;
       EXPECT_TRUE(check.push(text)) << "not a JSON prefix: " << text;
