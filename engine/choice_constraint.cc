@@ -9,6 +9,10 @@ namespace sparseserve {
 
 std::shared_ptr<const std::vector<std::string>> ChoiceText::sorted(std::vector<std::string> choices) {
   if (choices.empty()) throw InvalidArgument("guided_choice lists no choice");
+  if (choices.size() > kMaxChoices) {
+    throw InvalidArgument("guided_choice lists " + std::to_string(choices.size()) + " choices; at most " +
+                          std::to_string(kMaxChoices));
+  }
   if (std::any_of(choices.begin(), choices.end(), [](const std::string& c) { return c.empty(); })) {
     throw InvalidArgument("guided_choice has an empty choice");
   }

@@ -17,7 +17,8 @@ namespace sparseserve {
 // The text so far against the choices (kept sorted, shared by the requests of one call).
 class ChoiceText {
  public:
-  // Throws InvalidArgument for an empty list or an empty choice.
+  static constexpr size_t kMaxChoices = 1024;
+  // Throws InvalidArgument for an empty list, more than kMaxChoices or an empty choice.
   static std::shared_ptr<const std::vector<std::string>> sorted(std::vector<std::string> choices);
   explicit ChoiceText(std::shared_ptr<const std::vector<std::string>> sorted_choices);
 

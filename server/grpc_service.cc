@@ -406,7 +406,6 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   }
   if (g.choices_size() > 0) {
     if (g.json_object() || !g.json_schema().empty()) throw InvalidArgument("choices exclude json_object and json_schema");
-    if (g.choices_size() > 1024) throw InvalidArgument(fmt::format("{} choices; at most 1024", g.choices_size()));
     r.choices = ChoiceText::sorted({g.choices().begin(), g.choices().end()});
   }
   if (g.has_truncate_prompt_tokens()) {

@@ -45,8 +45,6 @@ Request GenerationJob::request_for_choice(int32_t choice, const std::string& res
 
 namespace {
 
-constexpr size_t kMaxChoices = 1024;  // guided_choice entries
-
 // A schema from a request, compiled for the engine; 400 naming `param` when outside the subset.
 // vLLM also takes the schema as its JSON text.
 std::shared_ptr<const JsonSchema> compile_schema(const json& schema, const std::string& param) {
@@ -59,10 +57,10 @@ std::shared_ptr<const JsonSchema> compile_schema(const json& schema, const std::
 }
 
 std::shared_ptr<const std::vector<std::string>> parse_choices(const json& choices, const std::string& param) {
-  if (!choices.is_array() || choices.empty() || choices.size() > kMaxChoices ||
+  if (!choices.is_array() || choices.empty() || choices.size() > ChoiceText::kMaxChoices ||
       !std::all_of(choices.begin(), choices.end(),
                    [](const json& c) { return c.is_string() && !c.get_ref<const std::string&>().empty(); })) {
-    throw bad_request(param + " must be a list of 1 to " + std::to_string(kMaxChoices) + " non-empty strings", param);
+    throw bad_request(param + " must be a list of 1 to " + std::to_string(ChoiceText::kMaxChoices) + " non-empty strings", param);
   }
   return ChoiceText::sorted(choices.get<std::vector<std::string>>());
 }
