@@ -1,7 +1,6 @@
 #include "engine/choice_constraint.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "common/errors.h"
 
@@ -48,26 +47,6 @@ bool ChoiceText::complete() const { return std::binary_search(choices_->begin(),
 bool ChoiceText::extendable() const {
   const auto it = std::upper_bound(choices_->begin(), choices_->end(), text_);
   return it != choices_->end() && std::string_view(*it).substr(0, text_.size()) == text_;
-}
-
-void constrain_choice(const ChoiceText& text, const VocabularyBytes& vocab, std::span<const int32_t> stops,
-                      bool may_stop, std::span<float> logits) {
-  check(static_cast<int64_t>(logits.size()) == vocab.size(), "constrain_choice: logits and vocabulary sizes differ");
-  const bool stops_now = text.complete() && may_stop && std::any_of(stops.begin(), stops.end(), [&](int32_t id) {
-                           return logits[static_cast<size_t>(id)] != -INFINITY;
-                         });
-  if (!stops_now && !text.extendable()) return;  // a whole choice held open: nothing to steer
-  std::vector<std::pair<int32_t, float>> kept_stops;
-  if (stops_now) {
-    for (int32_t id : stops) kept_stops.emplace_back(id, logits[static_cast<size_t>(id)]);
-  }
-  for (int32_t id = 0; id < vocab.size(); ++id) {
-    float& l = logits[static_cast<size_t>(id)];
-    if (l == -INFINITY) continue;
-    const std::string_view bytes = vocab.text(id);
-    if (bytes.empty() || !text.accepts(bytes)) l = -INFINITY;
-  }
-  for (const auto& [id, l] : kept_stops) logits[static_cast<size_t>(id)] = l;
 }
 
 }  // namespace sparseserve

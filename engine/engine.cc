@@ -15,6 +15,8 @@
 
 #include "engine/bad_words.h"
 #include "engine/choice_constraint.h"
+#include "engine/regex_dfa.h"
+#include "engine/text_constraint.h"
 #include "engine/cpu_forward.h"
 #include "engine/json_constraint.h"
 #include "engine/paged_kv.h"
@@ -74,7 +76,7 @@ struct LiveRequest {
   int64_t prompt_lp_next = 0;   // the next position whose logits give a prompt token's logprob
   bool prompt_lps_sent = false;
   std::optional<JsonPrefix> json;  // req.json_object / json_schema: the generated text so far, while it constrains
-  std::optional<ChoiceText> choice;  // req.choices: likewise
+  std::unique_ptr<TextLanguage> language;  // req.choices / regex: likewise
 };
 
 // Moves the prompt logprobs collected so far into the request's first delta (once).
@@ -251,8 +253,9 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
     if (seq.empty()) throw InvalidArgument("a bad_words token sequence is empty");
     check_ids(seq, "bad_words token id");
   }
-  if (request.json_object + (request.json_schema != nullptr) + (request.choices != nullptr) > 1) {
-    throw InvalidArgument("json_object, a json_schema and choices exclude each other");
+  if (request.json_object + (request.json_schema != nullptr) + (request.choices != nullptr) + (request.regex != nullptr) >
+      1) {
+    throw InvalidArgument("json_object, a json_schema, choices and a regex exclude each other");
   }
   if (request.choices && request.choices->empty()) throw InvalidArgument("the list of choices is empty");
   if (request.end_of_turn < -1 || request.end_of_turn >= c.vocab_size) {
@@ -280,7 +283,8 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   r->stops = StopStringFilter(r->req.stop);
   if (r->req.json_object) r->json.emplace(/*root_object=*/true);
   if (r->req.json_schema) r->json.emplace(*r->req.json_schema);
-  if (r->req.choices) r->choice.emplace(r->req.choices);
+  if (r->req.choices) r->language = std::make_unique<ChoiceText>(r->req.choices);
+  if (r->req.regex) r->language = std::make_unique<RegexText>(r->req.regex);
   r->stop_ids = r->req.stop_token_ids;
   if (!r->req.ignore_eos) r->implicit_stops = c.eos_ids;
   // The end of turn stops as EOS does, and like it not under ignore_eos (vLLM: every EOS id of the
@@ -621,11 +625,11 @@ void Engine::Impl::step() {
         ban_bad_words(r.req.bad_words, std::span<const int32_t>(r.tokens).subspan(static_cast<size_t>(r.prompt_len)),
                       lrow);
       }
-      if (r.json || r.choice) {
+      if (r.json || r.language) {
         std::vector<int32_t> stops = r.stop_ids;
         stops.insert(stops.end(), r.implicit_stops.begin(), r.implicit_stops.end());
         if (r.json) constrain_json(*r.json, token_bytes(), stops, may_stop, lrow);
-        if (r.choice) constrain_choice(*r.choice, token_bytes(), stops, may_stop, lrow);
+        if (r.language) constrain_text(*r.language, token_bytes(), stops, may_stop, lrow);
       }
       if (may_stop) return;
       for (const auto* ids : {&r.stop_ids, &r.implicit_stops}) {
@@ -665,7 +669,7 @@ void Engine::Impl::step() {
     if (lp) out.logprobs.push_back(*lp);
     // (A suppressed stop id drawn anyway, from a row with no finite logit left, is an ordinary token;
     // so is one under a structured output that is not whole yet, which let it through as text.)
-    const bool constrained_open = (r.json && !r.json->complete()) || (r.choice && !r.choice->complete());
+    const bool constrained_open = (r.json && !r.json->complete()) || (r.language && !r.language->complete());
     const bool may_stop_here = may_stop && !constrained_open;
     const bool requested_stop =
         may_stop_here && std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
@@ -677,11 +681,13 @@ void Engine::Impl::step() {
       spdlog::warn("request {}: token {} cannot continue its JSON output; no longer constrained", r.req.id, tok);
       r.json.reset();
     }
-    if (r.choice && !stop_token && !r.choice->push(token_bytes().text(tok))) {
-      // A whole choice held open by min_tokens (or without stop ids), or a row other processors
+    if (r.language && !stop_token && !r.language->push(token_bytes().text(tok))) {
+      // A whole text held open by min_tokens (or without stop ids), or a row other processors
       // emptied: what follows is not constrained.
-      if (!r.choice->complete()) spdlog::warn("request {}: token {} leaves every choice; no longer constrained", r.req.id, tok);
-      r.choice.reset();
+      if (!r.language->complete()) {
+        spdlog::warn("request {}: token {} leaves its choices or regex; no longer constrained", r.req.id, tok);
+      }
+      r.language.reset();
     }
     // A stop token's own text is not searched for stop strings: the bytes held back are flushed
     // instead, and may still complete one, which is then the reason.

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "common/errors.h"
+#include "engine/text_constraint.h"
 
 namespace sparseserve {
 
@@ -16,20 +17,12 @@ bool whitespace_only(std::string_view s) {
 
 }  // namespace
 
-void constrain_json(const JsonPrefix& text, const VocabularyBytes& vocab, std::span<const int32_t> stops, bool may_stop,
+void constrain_json(const JsonPrefix& text, const VocabularyBytes& vocab, std::span<const int32_t> stop_ids, bool may_stop,
                     std::span<float> logits) {
   check(static_cast<int64_t>(logits.size()) == vocab.size(), "constrain_json: logits and vocabulary sizes differ");
   const bool complete = text.complete();
-  // A stop may end the text now: it is whole, the minimum is reached, and some stop id is still
-  // finite (other processors may have removed them all; then whitespace keeps the row open).
-  const bool stops_now = complete && may_stop && std::any_of(stops.begin(), stops.end(), [&](int32_t id) {
-                           return logits[static_cast<size_t>(id)] != -INFINITY;
-                         });
-  // Stops allowed now keep their logits, whatever their bytes (one may also be a text token).
-  std::vector<std::pair<int32_t, float>> kept_stops;
-  if (stops_now) {
-    for (int32_t id : stops) kept_stops.emplace_back(id, logits[static_cast<size_t>(id)]);
-  }
+  const StopsNow stops(complete, may_stop, stop_ids, logits);
+  const bool stops_now = stops.allowed();
   // Whether the text takes each first byte, found once per byte: most ids fail there.
   std::array<int8_t, 256> first{};  // 0: not tried yet, 1: taken, -1: refused
   const bool plain_string = text.in_plain_string();
@@ -47,7 +40,7 @@ void constrain_json(const JsonPrefix& text, const VocabularyBytes& vocab, std::s
     }
     if (!ok) l = -INFINITY;
   }
-  for (const auto& [id, l] : kept_stops) logits[static_cast<size_t>(id)] = l;
+  stops.restore(logits);
 }
 
 bool advance_json(JsonPrefix& text, std::string_view bytes) {

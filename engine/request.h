@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/json_schema.h"
+#include "engine/regex_dfa.h"
 #include "engine/sampling_params.h"
 
 namespace sparseserve {
@@ -33,6 +34,8 @@ struct Request {
                                        // (response_format json_schema, vLLM's guided_json); not with json_object
   std::shared_ptr<const std::vector<std::string>> choices;  // non-null: the output is exactly one of these
                                        // (vLLM's guided_choice; ChoiceText::sorted); not with the JSON modes
+  std::shared_ptr<const RegexDfa> regex;  // non-null: the output is one whole match of this regex (vLLM's
+                                       // guided_regex; engine/regex_dfa.h); not with the modes above
   bool ignore_eos = false;
   int32_t end_of_turn = -1;            // chat: the template's end-of-turn token, a stop like EOS (also
                                        // ignored under ignore_eos, as vLLM ignores every EOS id of the

@@ -20,6 +20,7 @@
 #include "common/errors.h"
 #include "engine/bad_words.h"
 #include "engine/choice_constraint.h"
+#include "engine/regex_dfa.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/utf8.h"
@@ -407,6 +408,12 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   if (g.choices_size() > 0) {
     if (g.json_object() || !g.json_schema().empty()) throw InvalidArgument("choices exclude json_object and json_schema");
     r.choices = ChoiceText::sorted({g.choices().begin(), g.choices().end()});
+  }
+  if (!g.regex().empty()) {
+    if (g.json_object() || !g.json_schema().empty() || g.choices_size() > 0) {
+      throw InvalidArgument("regex excludes json_object, json_schema and choices");
+    }
+    r.regex = std::make_shared<const RegexDfa>(RegexDfa::compile(g.regex()));
   }
   if (g.has_truncate_prompt_tokens()) {
     const int64_t keep = g.truncate_prompt_tokens() < 0 ? context : g.truncate_prompt_tokens();

@@ -12,6 +12,7 @@
 #include "engine/bad_words.h"
 #include "engine/chat_prompt.h"
 #include "engine/choice_constraint.h"
+#include "engine/regex_dfa.h"
 
 namespace sparseserve::openai {
 
@@ -63,6 +64,15 @@ std::shared_ptr<const std::vector<std::string>> parse_choices(const json& choice
     throw bad_request(param + " must be a list of 1 to " + std::to_string(ChoiceText::kMaxChoices) + " non-empty strings", param);
   }
   return ChoiceText::sorted(choices.get<std::vector<std::string>>());
+}
+
+std::shared_ptr<const RegexDfa> compile_regex(const json& pattern, const std::string& param) {
+  if (!pattern.is_string()) throw bad_request(param + " must be a string (a regular expression)", param);
+  try {
+    return std::make_shared<const RegexDfa>(RegexDfa::compile(pattern.get_ref<const std::string&>()));
+  } catch (const InvalidArgument& e) {
+    throw bad_request(param + ": " + e.what(), param);
+  }
 }
 
 // Typed access to optional fields of a JSON object: absent and null read as "not given".
@@ -186,8 +196,8 @@ void Protocol::check_model(const json& body) const {
 namespace {
 
 // Structured outputs in each of their spellings, at most one per request: OpenAI's response_format
-// (json_object, json_schema), vLLM's guided_json / guided_choice and its newer structured_outputs
-// ({"json": ...}, {"choice": [...]}, {"json_object": true}).
+// (json_object, json_schema), vLLM's guided_json / guided_choice / guided_regex and its newer
+// structured_outputs ({"json": ...}, {"choice": [...]}, {"regex": "..."}, {"json_object": true}).
 void parse_structured_output(const Fields& f, Request& r) {
   std::string given;  // the field that set one
   const auto take = [&](const std::string& param) {
@@ -224,6 +234,10 @@ void parse_structured_output(const Fields& f, Request& r) {
     take("guided_choice");
     r.choices = parse_choices(*g, "guided_choice");
   }
+  if (const json* g = f.get("guided_regex")) {
+    take("guided_regex");
+    r.regex = compile_regex(*g, "guided_regex");
+  }
   if (const json* so = f.get("structured_outputs")) {
     if (!so->is_object()) throw f.wrong_type("structured_outputs", "an object");
     for (const auto& [key, value] : so->items()) {
@@ -235,6 +249,9 @@ void parse_structured_output(const Fields& f, Request& r) {
       } else if (key == "choice") {
         take(param);
         r.choices = parse_choices(value, param);
+      } else if (key == "regex") {
+        take(param);
+        r.regex = compile_regex(value, param);
       } else if (key == "json_object") {
         if (!value.is_boolean()) throw bad_request(param + " must be a boolean", param);
         if (!value.get<bool>()) continue;
@@ -309,7 +326,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   }
   // The other vLLM extensions that change what is generated or returned, not implemented: refused
   // when given anything but their default, never silently dropped.
-  for (const char* key : {"logits_processors", "guided_regex", "guided_grammar", "guided_whitespace_pattern"}) {
+  for (const char* key : {"logits_processors", "guided_grammar", "guided_whitespace_pattern"}) {
     if (f.get(key) != nullptr) throw bad_request(std::string(key) + " is not supported", key);
   }
   if (const json* bad = f.get("bad_words")) {  // vLLM: words the output must not contain

@@ -1,6 +1,7 @@
-// engine/choice_constraint: vLLM's guided_choice, by hand-written cases, on the default model's
+// engine/choice_constraint + text_constraint: vLLM's guided_choice, by hand-written cases, on the default model's
 // vocabulary, and through the engine.
 #include "engine/choice_constraint.h"
+#include "engine/text_constraint.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -50,7 +51,7 @@ TEST_F(ChoiceConstraintTest, KeepsTheContinuingTokensAndStopsOnlyAWholeChoice) {
   const std::vector<int32_t> stops{eos};
   ChoiceText t(ChoiceText::sorted({"Paris", "Pa", "London", "Lyon"}));
   std::vector<float> logits(static_cast<size_t>(V), 0.0f);
-  constrain_choice(t, vocab, stops, /*may_stop=*/true, logits);
+  constrain_text(t, vocab, stops, /*may_stop=*/true, logits);
   int64_t kept = 0;
   for (int32_t id = 0; id < V; ++id) {
     const std::string_view b = vocab.text(id);
@@ -62,12 +63,12 @@ TEST_F(ChoiceConstraintTest, KeepsTheContinuingTokensAndStopsOnlyAWholeChoice) {
   EXPECT_FALSE(std::isfinite(logits[static_cast<size_t>(eos)]));
   ASSERT_TRUE(t.push("Pa"));  // whole ("Pa") and extendable ("Paris")
   std::fill(logits.begin(), logits.end(), 1.0f);
-  constrain_choice(t, vocab, stops, true, logits);
+  constrain_text(t, vocab, stops, true, logits);
   EXPECT_EQ(logits[static_cast<size_t>(eos)], 1.0f);
   EXPECT_TRUE(std::isfinite(logits[static_cast<size_t>(tok.token_id("ris"))]));
   ASSERT_TRUE(t.push("ris"));  // whole and final: only the stop
   std::fill(logits.begin(), logits.end(), 1.0f);
-  constrain_choice(t, vocab, stops, true, logits);
+  constrain_text(t, vocab, stops, true, logits);
   EXPECT_EQ(std::count_if(logits.begin(), logits.end(), [](float l) { return std::isfinite(l); }), 1);
   EXPECT_EQ(logits[static_cast<size_t>(eos)], 1.0f);
 }
