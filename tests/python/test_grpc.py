@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import signal
 import socket
 import struct
@@ -386,6 +387,18 @@ def test_choices(stub, pb):
         assert text_of(msgs) in choices and msgs[-1].final.finish_reason == pb.FINISH_REASON_STOP, text_of(msgs)
     expect_invalid(stub, greedy(pb, choices=["a", ""]), "empty choice")
     expect_invalid(stub, greedy(pb, choices=["a"], json_object=True), "exclude")
+
+
+def test_regex(stub, pb):
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="Give me a version number.")])
+    pattern = r"v\d{1,2}\.\d{1,2}\.\d{1,3}(-(alpha|beta|rc)\d?)?"
+    for seed in range(3):
+        msgs = collect(stub, pb.GenerateRequest(chat=chat, max_tokens=30, regex=pattern,
+                                                sampling=pb.SamplingParams(temperature=1.0, seed=seed)))
+        assert re.fullmatch(pattern, text_of(msgs)) and msgs[-1].final.finish_reason == pb.FINISH_REASON_STOP, \
+            text_of(msgs)
+    expect_invalid(stub, greedy(pb, regex=r"(a)\1"), "backreferences")
+    expect_invalid(stub, greedy(pb, regex="a", choices=["a"]), "exclude")
 
 
 def test_prompt_logprobs(stub, pb):

@@ -2,6 +2,7 @@
 completions, chat, streaming (same text as non-streamed), usage in streams, n, logprobs, stop strings,
 seeds, sparsity profiles, error classes, /v1/models, /tokenize, /detokenize, /metrics."""
 import json
+import re
 
 import httpx
 import numpy as np
@@ -422,6 +423,27 @@ def test_guided_choice(http, model_name):
     r = http.post("/v1/chat/completions", json={**chat, "guided_choice": None, "temperature": 0, "max_tokens": 40,
                                                 "structured_outputs": {"json": schema}}).json()
     assert json.loads(r["choices"][0]["message"]["content"])["colour"] in ("blue", "grey"), r
+
+
+def test_guided_regex(http, client, model_name):
+    # vLLM's guided_regex: the whole answer matches, greedy or sampled, in chat and completions.
+    pattern = r"(Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day, [1-9]\d? (January|March|May) 20\d\d"
+    chat = {"model": model_name, "messages": [{"role": "user", "content": "Name a date."}], "max_tokens": 40,
+            "guided_regex": pattern}
+    r = http.post("/v1/chat/completions", json={**chat, "temperature": 0}).json()
+    assert re.fullmatch(pattern, r["choices"][0]["message"]["content"]), r
+    assert r["choices"][0]["finish_reason"] == "stop", r
+    r = http.post("/v1/chat/completions", json={**chat, "temperature": 1.2, "n": 4, "seed": 3}).json()
+    assert all(re.fullmatch(pattern, c["message"]["content"]) for c in r["choices"]), r
+    phone = r"\(\d{3}\) \d{3}-\d{4}"
+    r = http.post("/v1/completions", json={"model": model_name, "prompt": "Call us at", "max_tokens": 20,
+                                           "temperature": 0, "structured_outputs": {"regex": phone}}).json()
+    assert re.fullmatch(phone, r["choices"][0]["text"]) and r["choices"][0]["finish_reason"] == "stop", r
+    # Streamed through the SDK (vLLM's fields go in extra_body): the deltas join into one match.
+    texts, finish, _ = stream_text(client.completions.create(
+        model=model_name, prompt="Call us at", max_tokens=20, temperature=0.8, seed=1, stream=True,
+        extra_body={"guided_regex": phone}))
+    assert re.fullmatch(phone, texts[0]) and finish[0] == "stop", texts
 
 
 @pytest.fixture(scope="module")

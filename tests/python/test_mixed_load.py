@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ JOBS = 32
 WORKERS = 8
 PRESSURE = 4  # the first jobs: see Load.pressure
 CHOICES = ["alpha", "beta gamma", "delta"]  # gRPC jobs that answer with one of these
+REGEX = r"[a-z]+( [a-z]+){0,3}\."  # or with a match of this
 
 
 def prompt_of(rng: random.Random, words: int) -> str:
@@ -144,6 +146,8 @@ class Load:
               "sampling": pb.SamplingParams(temperature=0), "sparsity": rng.choice(PROFILES)}
         if rng.random() < 0.2:
             kw["choices"] = CHOICES
+        elif rng.random() < 0.2:
+            kw["regex"] = REGEX
         kw.update(over)
         return pb.GenerateRequest(**kw)
 
@@ -153,6 +157,8 @@ class Load:
         assert msgs and msgs[-1].HasField("final")
         if req.choices and msgs[-1].final.finish_reason == self.pb.FINISH_REASON_STOP:
             assert "".join(m.text for m in msgs) in CHOICES
+        if req.regex and msgs[-1].final.finish_reason == self.pb.FINISH_REASON_STOP:
+            assert re.fullmatch(REGEX, "".join(m.text for m in msgs))
         return {"kind": "grpc_full", "replay": ("grpc", req), "tokens": [t for m in msgs for t in m.token_ids]}
 
     def grpc_cancel(self, rng):
