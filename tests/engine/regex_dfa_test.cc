@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <random>
 
@@ -139,12 +140,16 @@ TEST_F(RegexConstraintTest, TheMaskKeepsExactlyTheIdsThatStayOnAMatchsWay) {
   RegexText t(dfa);
   std::mt19937 rng(7);
   std::vector<float> logits(static_cast<size_t>(V));
+  int step = 0;
   for (const std::string_view piece : {"", "ye", "s, ", "4", "2", " points"}) {
     ASSERT_TRUE(t.push(piece)) << piece;
     std::normal_distribution<float> n;
     for (float& l : logits) l = n(rng);
     const std::vector<float> before = logits;
+    const auto t0 = std::chrono::steady_clock::now();
     constrain_text(t, vocab, stops, /*may_stop=*/true, logits);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    RecordProperty("constrain_ms_after_" + std::to_string(++step), std::to_string(ms));  // bench/RESULTS.md §2
     for (int32_t id = 0; id < V; ++id) {
       const std::string_view b = vocab.text(id);
       const bool stop_ok = id == eos && t.complete();
