@@ -1,5 +1,7 @@
 #include "engine/json_prefix.h"
 
+#include "engine/regex_dfa.h"
+
 namespace sparseserve {
 
 namespace {
@@ -47,6 +49,10 @@ bool JsonPrefix::push(uint8_t c) {
     case Mode::kString:
       if (high_surrogate_ && c != '\\') return false;
       if (c == '"') {
+        if (text_state_ >= 0) {
+          if (!schema_->node(text_node_).text->accepting(text_state_)) return false;
+          text_state_ = -1;
+        }
         if (key_) {
           mode_ = Mode::kColon;
         } else {
@@ -56,9 +62,13 @@ bool JsonPrefix::push(uint8_t c) {
       }
       if (c == '\\') {
         mode_ = Mode::kEscape;
-        return true;
+        if (text_state_ < 0) return true;
+        for (uint8_t b : {'"', '\\', '/', '\b', '\f', '\n', '\r', '\t'}) {  // some short escape continues
+          if (schema_->node(text_node_).text->next(text_state_, b) != RegexDfa::kDead) return true;
+        }
+        return false;
       }
-      if (c < 0x20) return false;
+      if (c < 0x20 || !text_step(c)) return false;
       if (c < 0x80) return true;
       // A UTF-8 lead byte: how many continuation bytes follow, and the first one's range (which
       // excludes overlong forms, surrogates and code points over U+10FFFF).
@@ -85,7 +95,7 @@ bool JsonPrefix::push(uint8_t c) {
       return true;
 
     case Mode::kUtf8:
-      if (c < lo_ || c > hi_) return false;
+      if (c < lo_ || c > hi_ || !text_step(c)) return false;
       lo_ = 0x80;
       hi_ = 0xBF;
       if (--utf8_left_ == 0) mode_ = Mode::kString;
@@ -94,10 +104,13 @@ bool JsonPrefix::push(uint8_t c) {
     case Mode::kEscape:
       if (high_surrogate_ && c != 'u') return false;
       switch (c) {
-        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't': {
+          static constexpr std::string_view kFrom = "\"\\/bfnrt", kTo = "\"\\/\b\f\n\r\t";
           mode_ = Mode::kString;
-          return true;
+          return text_step(static_cast<uint8_t>(kTo[kFrom.find(static_cast<char>(c))]));
+        }
         case 'u':
+          if (text_state_ >= 0) return false;  // not in a string with a pattern, format or length
           mode_ = Mode::kHex;
           hex_left_ = 4;
           code_ = 0;
@@ -244,6 +257,12 @@ bool JsonPrefix::structural(uint8_t c) {
   }
 }
 
+bool JsonPrefix::text_step(uint8_t b) {
+  if (text_state_ < 0) return true;
+  text_state_ = schema_->node(text_node_).text->next(text_state_, b);
+  return text_state_ != RegexDfa::kDead;
+}
+
 bool JsonPrefix::start_value(uint8_t c) {
   if (schema_ != nullptr) return start_schema_value(c);
   if (depth_ == 0 && root_object_ && c != '{') return false;
@@ -286,6 +305,8 @@ bool JsonPrefix::start_plain(uint8_t c, int32_t node) {
     case '"':
       mode_ = Mode::kString;
       key_ = false;
+      text_node_ = node;
+      text_state_ = node >= 0 && schema_->node(node).text ? RegexDfa::start() : -1;
       return true;
     case 't': literal_ = "rue"; break;
     case 'f': literal_ = "alse"; break;

@@ -12,7 +12,8 @@
 //     but a stop token).
 // With a JsonSchema (engine/json_schema.h) the text must also be a value of the schema: its types,
 // exactly its properties (each once, the required ones all), its item counts, its enum texts, its
-// anyOf alternatives; containers then nest at most kMaxSchemaDepth deep.
+// anyOf alternatives, its strings' patterns, formats and lengths (such a string is written without
+// \u escapes); containers then nest at most kMaxSchemaDepth deep.
 // The state is a small trivially copyable value: copying it and pushing a token's bytes is how a
 // token is tried.
 #pragma once
@@ -42,7 +43,7 @@ class JsonPrefix {
   bool complete() const;
   // Inside a string's characters (not a schema key, an escape or a multi-byte character): printable
   // ASCII other than '"' and '\\' keeps it there, whatever follows.
-  bool in_plain_string() const { return mode_ == Mode::kString && !high_surrogate_; }
+  bool in_plain_string() const { return mode_ == Mode::kString && !high_surrogate_ && text_state_ < 0; }
   // The root value has ended (its closing byte was read): only whitespace may follow.
   bool done() const { return mode_ == Mode::kDone; }
   int32_t depth() const { return depth_; }
@@ -88,6 +89,8 @@ class JsonPrefix {
   bool match(uint8_t c);      // kMatch
   bool match_key(uint8_t c);  // kKeyMatch
   bool literal_complete() const;  // kMatch: an alive literal is whole
+  // A constrained string's text (text_state_ ≥ 0) takes the decoded byte b; true for any other string.
+  bool text_step(uint8_t b);
   // The schema object the current container follows, or null (no schema, or inside an
   // unconstrained value).
   const JsonSchema::Node* object_schema() const;
@@ -118,6 +121,10 @@ class JsonPrefix {
   Mode mode_ = Mode::kValue;
   uint8_t hex_left_ = 0, utf8_left_ = 0, lo_ = 0, hi_ = 0;
   bool root_object_;
+  // A string whose schema has a Node::text: its node, and the automaton's state after the decoded
+  // characters so far (-1: the string is unconstrained, or none is open).
+  int32_t text_node_ = -1;
+  int32_t text_state_ = -1;
   bool key_ = false;
   bool high_surrogate_ = false;  // a \uD800-\uDBFF was read: a low one must follow at once
   bool integer_ = false;         // the number being read must be an integer (schema type)

@@ -4,10 +4,12 @@
 #include <bitset>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "common/errors.h"
+#include "engine/regex_dfa.h"
 
 namespace sparseserve {
 
@@ -24,7 +26,28 @@ const std::set<std::string, std::less<>> kAnnotations = {
     "writeOnly", "$defs", "definitions"};
 const std::set<std::string, std::less<>> kKeywords = {
     "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
-    "enum", "const", "anyOf", "oneOf", "$ref"};
+    "enum", "const", "anyOf", "oneOf", "$ref", "pattern", "format", "minLength", "maxLength"};
+constexpr size_t kMaxTextRules = 64;  // strings with a pattern, format or length in one schema
+
+// "format" values as regexes over the whole string (RFC 3339 dates and times with real month
+// lengths and leap years, no leap second; RFC 4122 UUIDs; dotted-quad IPv4 without leading zeros; an
+// address with one '@' and a dotted domain).
+const std::map<std::string, std::string, std::less<>> kFormats = [] {
+  const std::string year = R"((\d{3}[1-9]|\d\d[1-9]\d|\d[1-9]\d\d|[1-9]\d{3}))";
+  const std::string leap = R"((\d\d(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00))";
+  const std::string date = "(" + year + R"(-((0[13578]|1[02])-(0[1-9]|[12]\d|3[01])|(0[469]|11)-(0[1-9]|[12]\d|30)|02-(0[1-9]|1\d|2[0-8]))|)" +
+                           leap + "-02-29)";
+  const std::string time = R"(([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d))";
+  const std::string octet = R"((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))";
+  return std::map<std::string, std::string, std::less<>>{
+      {"date", date},
+      {"time", time},
+      {"date-time", date + "[Tt]" + time},
+      {"uuid", R"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"},
+      {"ipv4", "(" + octet + R"(\.){3})" + octet},
+      {"email", R"([A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"},
+  };
+}();
 
 uint8_t type_bit(const json& name, const std::string& at) {
   if (!name.is_string()) throw InvalidArgument("json_schema: 'type' must be a name or a list of names (at " + at + ")");
@@ -183,6 +206,7 @@ class JsonSchemaCompiler {
     if (types == 0) {
       if (has("properties") || has("required") || has("additionalProperties")) types |= JsonSchema::kObject;
       if (has("items") || has("minItems") || has("maxItems")) types |= JsonSchema::kArray;
+      if (has("pattern") || has("format") || has("minLength") || has("maxLength")) types |= JsonSchema::kString;
     }
     if (types == 0) {
       node(id).any = true;
@@ -191,7 +215,60 @@ class JsonSchemaCompiler {
     node(id).types = types;
     if (types & JsonSchema::kObject) object(s, id, at, level);
     if (types & JsonSchema::kArray) array(s, id, at, level);
+    if (types & JsonSchema::kString) string(s, id, at);
     return id;
+  }
+
+  // Strings: "pattern" (searched for, as JSON Schema's patterns are), "format" (kFormats),
+  // "minLength" / "maxLength" (code points), as one automaton over the string's decoded text (Node::
+  // text). It is intersected with the characters a JSON string writes without a \u escape, which
+  // the recognizer then never takes in such a string.
+  void string(const json& s, int32_t id, const std::string& at) {
+    const bool pattern = s.contains("pattern"), format = s.contains("format");
+    const bool lengths = s.contains("minLength") || s.contains("maxLength");
+    if (!pattern && !format && !lengths) return;
+    if (++text_rules_ > kMaxTextRules) {
+      throw InvalidArgument("json_schema: more than " + std::to_string(kMaxTextRules) +
+                            " strings with a pattern, format or length (at " + at + ")");
+    }
+    std::string key = "\x01";  // the rules, for the cache of identical ones (Pydantic repeats them)
+    for (const char* k : {"pattern", "format", "minLength", "maxLength"}) key += s.contains(k) ? s[k].dump() + "\x01" : "\x01";
+    if (const auto it = text_cache_.find(key); it != text_cache_.end()) {
+      node(id).text = it->second;
+      return;
+    }
+    const auto fail = [&](const std::string& what) { throw InvalidArgument("json_schema: " + what + " (at " + at + ")"); };
+    try {
+      // Raw characters and the short escapes (\b \t \n \f \r): everything but other control characters.
+      RegexDfa text = RegexDfa::compile(R"([^\x00-\x07\x0b\x0e-\x1f]*)");
+      if (pattern) {
+        if (!s["pattern"].is_string()) fail("'pattern' must be a string");
+        text = RegexDfa::intersect(text, RegexDfa::compile(s["pattern"].get<std::string>(), RegexMode::kSearch));
+      }
+      if (format) {
+        const json& f = s["format"];
+        const auto it = f.is_string() ? kFormats.find(f.get<std::string>()) : kFormats.end();
+        if (it == kFormats.end()) {
+          fail("'format' " + f.dump() + " is not supported (date, time, date-time, uuid, ipv4, email)");
+        }
+        text = RegexDfa::intersect(text, RegexDfa::compile(it->second));
+      }
+      if (lengths) {
+        const uint32_t lo = s.contains("minLength") ? item_count(s["minLength"], "minLength", at) : 0;
+        const uint32_t hi = s.contains("maxLength") ? item_count(s["maxLength"], "maxLength", at) : UINT32_MAX;
+        if (lo > hi) fail("'minLength' is over 'maxLength'");
+        if (lo > static_cast<uint32_t>(kMaxRepeat) || (hi != UINT32_MAX && hi > static_cast<uint32_t>(kMaxRepeat))) {
+          fail("'minLength' and 'maxLength' above " + std::to_string(kMaxRepeat) + " are not supported");
+        }
+        const std::string count = "{" + std::to_string(lo) + "," + (hi == UINT32_MAX ? "" : std::to_string(hi)) + "}";
+        text = RegexDfa::intersect(text, RegexDfa::compile(R"([\s\S])" + count));
+      }
+      node(id).text = text_cache_.emplace(key, std::make_shared<const RegexDfa>(std::move(text))).first->second;
+    } catch (const InvalidArgument& e) {
+      const std::string what = e.what();
+      if (what.starts_with("json_schema:")) throw;
+      fail(what == "the regex matches no text" ? "its pattern, format and lengths allow no string" : "'pattern': " + what);
+    }
   }
 
   void object(const json& s, int32_t id, const std::string& at, int32_t level) {
@@ -391,6 +468,8 @@ class JsonSchemaCompiler {
   JsonSchema out_;
   std::map<std::string, int32_t> made_;  // JSON pointer -> node
   std::vector<std::string> aliases_;     // $ref names the next node made is also found by
+  size_t text_rules_ = 0;                // strings with a Node::text
+  std::map<std::string, std::shared_ptr<const RegexDfa>> text_cache_;  // rules -> their automaton
 };
 
 JsonSchema JsonSchema::compile(std::string_view schema_json) {

@@ -9,17 +9,22 @@
 // object, a string, null, ...), "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion
 // included; at most 4096 schemas in all, values nesting at most kMaxDepth containers), and the
 // annotations (title, description, default, examples, ...), which constrain nothing. `true` or {}
-// is any JSON value. Any other keyword (pattern, format, minimum, additionalProperties true, ...)
-// is refused, never ignored: the output could not be promised to validate.
+// is any JSON value. Strings may carry "pattern" (the syntax of engine/regex_parse.h, searched for
+// as JSON Schema says), "format" (date, time, date-time, uuid, ipv4, email) and "minLength" /
+// "maxLength". Any other keyword (minimum, multipleOf, additionalProperties true, another format,
+// ...) is refused, never ignored: the output could not be promised to validate.
 #pragma once
 
 #include <bitset>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace sparseserve {
+
+class RegexDfa;
 
 class JsonSchema {
  public:
@@ -42,6 +47,9 @@ class JsonSchema {
     // Objects: exactly these keys, each at most once, the required ones all.
     std::vector<Property> properties;
     uint64_t required = 0;             // bit i: properties[i] is required
+    // Strings: non-null when "pattern", "format" or "minLength"/"maxLength" constrain the decoded
+    // text, which is then written without \u escapes (the automaton has no character that needs one).
+    std::shared_ptr<const RegexDfa> text;
     // Arrays.
     int32_t items = -1;                // node of every item
     uint32_t min_items = 0, max_items = UINT32_MAX;

@@ -234,32 +234,74 @@ class DfaBuilder {
 
 }  // namespace
 
-RegexDfa RegexDfa::compile(std::string_view pattern) {
-  const RegexTree tree = parse_regex(pattern);
+RegexDfa RegexDfa::compile(std::string_view pattern, RegexMode mode) {
+  const RegexTree tree = parse_regex(pattern, mode);
   NfaBuilder nfa(tree);
   const int32_t accept = nfa.add();
   const int32_t entry = nfa.compile(tree.root, accept);
 
-  RegexDfa d;
+  std::array<uint16_t, 256> class_of{};
+  size_t num_classes = 0;
   DfaBuilder b(nfa.states, accept);
-  b.classes(d.class_of_, d.num_classes_);
-  b.build(entry, d.class_of_, d.num_classes_);
-  const size_t n = b.sets.size(), C = d.num_classes_;
+  b.classes(class_of, num_classes);
+  b.build(entry, class_of, num_classes);
+  std::vector<uint8_t> accepting;
+  for (const auto& set : b.sets) accepting.push_back(std::binary_search(set.begin(), set.end(), accept) ? 1 : 0);
+  return trimmed(class_of, num_classes, b.table, accepting);
+}
 
+RegexDfa RegexDfa::intersect(const RegexDfa& a, const RegexDfa& b) {
+  // A byte's class is the pair of its classes in a and b.
+  std::array<uint16_t, 256> class_of{};
+  std::map<std::pair<uint16_t, uint16_t>, uint16_t> pair_class;
+  std::vector<std::pair<uint16_t, uint16_t>> classes;
+  for (size_t x = 0; x < 256; ++x) {
+    const std::pair<uint16_t, uint16_t> k{a.class_of_[x], b.class_of_[x]};
+    const auto [it, fresh] = pair_class.emplace(k, static_cast<uint16_t>(classes.size()));
+    if (fresh) classes.push_back(k);
+    class_of[x] = it->second;
+  }
+  const size_t C = classes.size();
+  std::map<std::pair<int32_t, int32_t>, int32_t> ids;
+  std::vector<std::pair<int32_t, int32_t>> states{{start(), start()}};
+  ids[states[0]] = 0;
+  std::vector<int32_t> table;
+  std::vector<uint8_t> accepting;
+  for (size_t i = 0; i < states.size(); ++i) {
+    const auto [sa, sb] = states[i];
+    accepting.push_back(a.accepting(sa) && b.accepting(sb) ? 1 : 0);
+    for (size_t c = 0; c < C; ++c) {
+      const int32_t ta = a.table_[static_cast<size_t>(sa) * a.num_classes_ + classes[c].first];
+      const int32_t tb = b.table_[static_cast<size_t>(sb) * b.num_classes_ + classes[c].second];
+      if (ta == kDead || tb == kDead) {
+        table.push_back(kDead);
+        continue;
+      }
+      const auto [it, fresh] = ids.emplace(std::pair{ta, tb}, static_cast<int32_t>(states.size()));
+      if (fresh) {
+        if (states.size() >= static_cast<size_t>(kMaxStates)) too_complex((std::to_string(kMaxStates) + " automaton states").c_str());
+        states.emplace_back(ta, tb);
+      }
+      table.push_back(it->second);
+    }
+  }
+  return trimmed(class_of, C, table, accepting);
+}
+
+RegexDfa RegexDfa::trimmed(const std::array<uint16_t, 256>& class_of, size_t num_classes,
+                           const std::vector<int32_t>& raw_table, const std::vector<uint8_t>& raw_accepting) {
+  const size_t n = raw_accepting.size(), C = num_classes;
   // Live: some path reaches an accepting state (backwards from them).
   std::vector<std::vector<int32_t>> into(n);
   for (size_t i = 0; i < n; ++i) {
     for (size_t c = 0; c < C; ++c) {
-      if (const int32_t j = b.table[i * C + c]; j != kDead) into[static_cast<size_t>(j)].push_back(static_cast<int32_t>(i));
+      if (const int32_t j = raw_table[i * C + c]; j != kDead) into[static_cast<size_t>(j)].push_back(static_cast<int32_t>(i));
     }
   }
-  std::vector<uint8_t> live(n, 0);
+  std::vector<uint8_t> live(raw_accepting);
   std::vector<int32_t> stack;
   for (size_t i = 0; i < n; ++i) {
-    if (std::binary_search(b.sets[i].begin(), b.sets[i].end(), accept)) {
-      live[i] = 1;
-      stack.push_back(static_cast<int32_t>(i));
-    }
+    if (live[i]) stack.push_back(static_cast<int32_t>(i));
   }
   while (!stack.empty()) {
     const int32_t j = stack.back();
@@ -274,6 +316,9 @@ RegexDfa RegexDfa::compile(std::string_view pattern) {
   if (n == 0 || !live[0]) throw InvalidArgument("the regex matches no text");  // n = 0: not even a start
 
   // Renumber the live states (the start stays 0); edges into dropped states become kDead.
+  RegexDfa d;
+  d.class_of_ = class_of;
+  d.num_classes_ = C;
   std::vector<int32_t> renumber(n, kDead);
   int32_t kept = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -284,12 +329,12 @@ RegexDfa RegexDfa::compile(std::string_view pattern) {
     if (!live[i]) continue;
     bool any = false;
     for (size_t c = 0; c < C; ++c) {
-      const int32_t j = b.table[i * C + c];
+      const int32_t j = raw_table[i * C + c];
       const int32_t to = j == kDead ? kDead : renumber[static_cast<size_t>(j)];
       d.table_.push_back(to);
       any = any || to != kDead;
     }
-    d.accepting_.push_back(std::binary_search(b.sets[i].begin(), b.sets[i].end(), accept) ? 1 : 0);
+    d.accepting_.push_back(raw_accepting[i]);
     d.extendable_.push_back(any ? 1 : 0);
   }
   return d;

@@ -17,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/regex_parse.h"
 #include "engine/text_language.h"
 
 namespace sparseserve {
@@ -30,7 +31,10 @@ class RegexDfa {
 
   // Throws InvalidArgument for a pattern parse_regex refuses, one past the limits above (naming
   // which), or one that matches no text at all.
-  static RegexDfa compile(std::string_view pattern);
+  static RegexDfa compile(std::string_view pattern, RegexMode mode = RegexMode::kFullMatch);
+  // The texts both match (a product automaton, trimmed the same way). InvalidArgument when it would
+  // pass kMaxStates or no text matches both.
+  static RegexDfa intersect(const RegexDfa& a, const RegexDfa& b);
 
   static constexpr int32_t start() { return 0; }
   int32_t num_states() const { return static_cast<int32_t>(accepting_.size()); }
@@ -46,6 +50,11 @@ class RegexDfa {
   bool matches(std::string_view text) const;
 
  private:
+  // From an automaton whose states are all reachable from state 0 (raw_table: [state][class], kDead
+  // for none): the states that reach an accepting one, renumbered in order (0 stays the start).
+  static RegexDfa trimmed(const std::array<uint16_t, 256>& class_of, size_t num_classes,
+                          const std::vector<int32_t>& raw_table, const std::vector<uint8_t>& raw_accepting);
+
   std::array<uint16_t, 256> class_of_{};
   size_t num_classes_ = 0;
   std::vector<int32_t> table_;  // [state][class]: the next state or kDead

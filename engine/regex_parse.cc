@@ -68,7 +68,7 @@ struct Escape {
 
 class Parser {
  public:
-  explicit Parser(std::string_view pattern) {
+  Parser(std::string_view pattern, RegexMode mode) : search_(mode == RegexMode::kSearch) {
     if (pattern.size() > kMaxRegexBytes) {
       throw InvalidArgument("the regex has " + std::to_string(pattern.size()) + " bytes; at most " +
                             std::to_string(kMaxRegexBytes));
@@ -124,11 +124,13 @@ class Parser {
 
   int32_t concatenation() {
     std::vector<int32_t> parts;
+    bool starts = false, ends = false;  // anchored by '^' / '$'
     while (more() && peek() != '|' && peek() != ')') {
       const uint32_t c = peek();
       if (c == '^' || c == '$') {
         const bool ok = depth_ == 0 && (c == '^' ? parts.empty() : (!more(1) || peek(1) == '|'));
         if (!ok) fail(std::string("'") + static_cast<char>(c) + "' is supported only at the start ('^') or the end ('$') of the pattern or of a top-level alternative", pos_);
+        (c == '^' ? starts : ends) = true;
         ++pos_;  // a quantifier after it is "nothing to repeat", below
         continue;
       }
@@ -148,7 +150,18 @@ class Parser {
       }
       parts.push_back(item);
     }
+    if (search_ && depth_ == 0) {  // any text before and after an unanchored alternative
+      if (!starts) parts.insert(parts.begin(), any_text());
+      if (!ends) parts.push_back(any_text());
+    }
     return add_list(RegexNode::Kind::kConcat, std::move(parts));
+  }
+  int32_t any_text() {
+    RegexNode n;
+    n.kind = RegexNode::Kind::kRepeat;
+    n.kids = {add_set({{0, kMaxCode}})};
+    n.max = -1;
+    return add(std::move(n));
   }
 
   // A counted quantifier at p: '{' digits* (',' digits*)? '}', not "{}" (Python's rule; any other
@@ -322,6 +335,7 @@ class Parser {
     return code(c);  // escaped punctuation, space or any non-ASCII character: itself
   }
 
+  bool search_;
   std::vector<uint32_t> cp_;
   size_t pos_ = 0;
   int depth_ = 0;
@@ -330,6 +344,6 @@ class Parser {
 
 }  // namespace
 
-RegexTree parse_regex(std::string_view pattern) { return Parser(pattern).run(); }
+RegexTree parse_regex(std::string_view pattern, RegexMode mode) { return Parser(pattern, mode).run(); }
 
 }  // namespace sparseserve

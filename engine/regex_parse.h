@@ -41,7 +41,12 @@ struct RegexTree {
 inline constexpr int32_t kMaxRepeat = 10000;        // a quantifier's largest count
 inline constexpr size_t kMaxRegexBytes = 16 * 1024;  // a pattern's largest size
 
+// How a pattern meets a text: kFullMatch, the whole text is one match (guided_regex, re.fullmatch);
+// kSearch, some part of it is (JSON Schema's "pattern", re.search): a top-level alternative without
+// '^' may begin, and one without '$' may end, anywhere in the text.
+enum class RegexMode : uint8_t { kFullMatch, kSearch };
+
 // Throws InvalidArgument naming the problem and its character offset.
-RegexTree parse_regex(std::string_view pattern);
+RegexTree parse_regex(std::string_view pattern, RegexMode mode = RegexMode::kFullMatch);
 
 }  // namespace sparseserve

@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "common/errors.h"
 #include "engine/json_prefix.h"
 
@@ -38,7 +40,12 @@ bool whole(const JsonSchema& s, std::string_view text) {
 }
 
 TEST(JsonSchema, RefusesWhatItCannotPromiseNamingTheKeyword) {
-  EXPECT_THAT(refusal(R"({"type": "string", "pattern": "a+"})"), HasSubstr("'pattern' is not supported (at #)"));
+  EXPECT_THAT(refusal(R"({"type": "integer", "minimum": 0})"), HasSubstr("'minimum' is not supported (at #)"));
+  EXPECT_THAT(refusal(R"({"type": "string", "format": "uri"})"), HasSubstr(R"('format' "uri" is not supported)"));
+  EXPECT_THAT(refusal(R"({"properties": {"a": {"pattern": "(a)\\1"}}})"), HasSubstr("backreferences"));
+  EXPECT_THAT(refusal(R"({"type": "string", "pattern": "^\\d{4}$", "maxLength": 3})"),
+              HasSubstr("allow no string (at #)"));
+  EXPECT_THAT(refusal(R"({"type": "string", "minLength": 3, "maxLength": 2})"), HasSubstr("'minLength' is over"));
   EXPECT_THAT(refusal(R"({"properties": {"a": {"type": "integer", "minimum": 0}}})"),
               HasSubstr("'minimum' is not supported (at #/properties/a)"));
   EXPECT_THAT(refusal(R"({"type": "object", "additionalProperties": true})"), HasSubstr("additionalProperties"));
@@ -231,6 +238,81 @@ TEST(JsonSchema, AnyValueAndTheDepthLimit) {
   JsonPrefix p(any);
   EXPECT_TRUE(p.push(std::string(JsonPrefix::kMaxSchemaDepth, '[')));
   EXPECT_FALSE(p.push("["));
+}
+
+}  // namespace
+}  // namespace sparseserve
+
+namespace sparseserve {
+namespace {
+
+TEST(JsonSchema, StringsFollowTheirPatternFormatAndLengths) {
+  const JsonSchema code = JsonSchema::compile(R"({"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"})");
+  EXPECT_TRUE(whole(code, R"("AB-123")"));
+  EXPECT_FALSE(whole(code, R"("AB-12")"));
+  EXPECT_EQ(first_refused(code, R"("ab-123")"), 1);
+  EXPECT_EQ(first_refused(code, R"("AB-1234")"), 7);  // the fourth digit
+  EXPECT_EQ(first_refused(code, R"("AB-12)"), -1);    // a prefix: taken
+  EXPECT_EQ(first_refused(code, R"("AB-12")"), 6);    // not whole: its end is refused
+  // Unanchored: searched for anywhere; the escapes decode first ("\u" is never taken here).
+  const JsonSchema search = JsonSchema::compile(R"({"type": "string", "pattern": "b\n+c"})");
+  EXPECT_TRUE(whole(search, R"("xxb\n\ncyy")"));
+  EXPECT_TRUE(whole(search, R"("b\nc")"));
+  EXPECT_FALSE(whole(search, R"("bc")"));
+  EXPECT_EQ(first_refused(search, R"("b\u000ac")"), 3);
+  EXPECT_EQ(first_refused(search, "\"a\x01"), 2);  // a control character would need \u: never
+  const JsonSchema date = JsonSchema::compile(R"({"type": "string", "format": "date"})");
+  EXPECT_TRUE(whole(date, R"("2024-02-29")"));
+  EXPECT_TRUE(whole(date, R"("2000-02-29")"));
+  EXPECT_FALSE(whole(date, R"("1900-02-29")"));
+  EXPECT_FALSE(whole(date, R"("2023-04-31")"));
+  EXPECT_FALSE(whole(date, R"("0000-01-01")"));
+  const JsonSchema dt = JsonSchema::compile(R"({"type": "string", "format": "date-time"})");
+  EXPECT_TRUE(whole(dt, R"("2024-01-31T23:59:59.5+05:30")"));
+  EXPECT_FALSE(whole(dt, R"("2024-01-31T23:59:59")"));  // RFC 3339 wants the offset
+  const JsonSchema len = JsonSchema::compile(R"({"type": "string", "minLength": 2, "maxLength": 3})");
+  EXPECT_FALSE(whole(len, "\"\xc3\xa9\""));  // one code point, two bytes
+  EXPECT_TRUE(whole(len, "\"\xc3\xa9\xe4\xb8\xad\""));
+  EXPECT_TRUE(whole(len, R"("a\"b")"));       // \" is one character
+  EXPECT_EQ(first_refused(len, R"("abcd")"), 4);
+  // Nested, with types inferred from the keywords, and the same rules compiled once.
+  const JsonSchema obj = JsonSchema::compile(
+      R"({"properties": {"id": {"format": "uuid"}, "ips": {"items": {"format": "ipv4"}}, "id2": {"format": "uuid"}},
+          "required": ["id"]})");
+  EXPECT_TRUE(whole(obj, R"({"id": "123e4567-E89B-12d3-a456-426614174000", "ips": ["10.0.0.1", "255.255.255.255"]})"));
+  EXPECT_FALSE(whole(obj, R"({"id": "123e4567-e89b-12d3-a456-42661417400", "ips": []})"));
+  EXPECT_NE(first_refused(obj, R"({"id": "123e4567-e89b-12d3-a456-426614174000", "ips": ["01.2.3.4"]})"), -1);
+  const auto& props = obj.node(obj.root()).properties;  // id, id2, ips (sorted)
+  ASSERT_EQ(props[1].key, "id2");
+  EXPECT_EQ(obj.node(props[0].node).text, obj.node(props[1].node).text);
+}
+
+// From every prefix a random walk reaches, some byte continues or the text is whole: a string rule
+// never strands the recognizer (the automaton is trimmed and holds only characters written without
+// \u escapes).
+TEST(JsonSchema, StringRulesNeverStrandAText) {
+  const std::vector<std::string> schemas{
+      R"({"type": "string", "pattern": "^(\\d{3}|[a-f]+x)$", "maxLength": 4})",
+      R"({"type": "string", "format": "email", "maxLength": 12})",
+      R"({"type": "string", "pattern": "[\u0001-\u0003]|\\n\"", "minLength": 2})",
+      R"({"type": "array", "items": {"type": "string", "format": "time"}, "maxItems": 2})",
+  };
+  std::mt19937 rng(11);
+  for (const std::string& text : schemas) {
+    const JsonSchema s = JsonSchema::compile(text);
+    for (int walk = 0; walk < 200; ++walk) {
+      JsonPrefix p(s);
+      for (int step = 0; step < 80 && !p.done(); ++step) {
+        std::vector<uint8_t> next;
+        for (int b = 0; b < 256; ++b) {
+          if (JsonPrefix(p).push(static_cast<uint8_t>(b))) next.push_back(static_cast<uint8_t>(b));
+        }
+        ASSERT_TRUE(!next.empty() || p.complete()) << text << " walk " << walk << " step " << step;
+        if (next.empty()) break;
+        ASSERT_TRUE(p.push(next[std::uniform_int_distribution<size_t>(0, next.size() - 1)(rng)]));
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -87,7 +87,7 @@ CASES = [
     ("response-format-json-schema-missing", C, c(response_format={"type": "json_schema", "json_schema": {}}), 400,
      "response_format.json_schema.schema"),
     ("response-format-json-schema-pattern", C,
-     c(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"pattern": "a"}}}), 400,
+     c(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"pattern": "(a)\\1"}}}), 400,
      "response_format.json_schema.schema"),
     ("guided-json-with-response-format", C,
      c(response_format={"type": "json_object"}, guided_json={"type": "object"}), 400, "guided_json"),

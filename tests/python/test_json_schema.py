@@ -235,13 +235,108 @@ def test_recognizer_agrees_with_jsonschema(name):
     assert agreed_invalid > 100
 
 
+STRING_RULES = {  # schema -> hand-written strings, valid and not (random ones are added)
+    "code": ({"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"}, ["AB-123", "AB-12", "ab-123", "AB-1234", "XY-000"]),
+    "search": ({"type": "string", "pattern": "b\n+c|^q"}, ["b\nc", "xb\n\ncx", "bc", "q", "aq", "qq"]),
+    "lengths": ({"type": "string", "minLength": 2, "maxLength": 4}, ["", "a", "ab", "\u00e9\u4e2d", "abcde", "a\"b"]),
+    "unicode": ({"type": "string", "pattern": "^[\u00e0-\u00ff]+\\d?$", "maxLength": 3},
+                ["\u00e9", "\u00e9\u00e87", "\u00e97", "e", "\u00e9\u00e9\u00e9\u00e9"]),
+    "date": ({"type": "string", "format": "date"},
+             ["2024-02-29", "2023-02-29", "1900-02-29", "2000-02-29", "2023-04-31", "2023-12-31", "0000-01-01",
+              "0001-01-01", "2023-1-01", "2023-13-01"]),
+    "uuid": ({"type": "string", "format": "uuid"},
+             ["123e4567-e89b-12d3-a456-426614174000", "123E4567-E89B-12D3-A456-426614174000",
+              "123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-42661417400g"]),
+    "ipv4": ({"type": "string", "format": "ipv4"},
+             ["0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3", "10.0.0.10"]),
+    "email": ({"type": "string", "format": "email"}, ["a@b.io", "first.last+x@mail.example.org", "a@b", "@b.io"]),
+    "time": ({"type": "string", "format": "time"}, ["12:00:00Z", "23:59:59.123456+05:30", "24:00:00Z", "12:00:00"]),
+    "date-time": ({"type": "string", "format": "date-time"},
+                  ["2024-02-29T12:00:00Z", "2024-02-29t12:00:00.5-01:00", "2023-02-29T12:00:00Z", "2024-01-01T12:00"]),
+}
+FORMAT_CHECKER = jsonschema.FormatChecker()
+STRING_ALPHABET = ["A", "B", "a", "b", "c", "e", "f", "q", "x", "0", "1", "2", "5", "9", "-", ".", ":", "@", "T", "Z",
+                   "+", "\n", "\"", "\\", " ", "\u00e9", "\u00ff", "\u4e2d", "\x01"]
+
+
+def oracle(name, schema, s):
+    """Whether jsonschema (with its format checks) takes s; for the formats it checks loosely or not at
+    all, None (then ours is only checked to be a subset of a stricter reading). A pattern's final '$'
+    is ECMA-262's (the text's end), not Python's (also before a final newline): read as \\Z."""
+    if name in ("time", "date-time", "email"):
+        return None
+    if schema.get("pattern", "").endswith("$"):
+        schema = dict(schema, pattern=schema["pattern"][:-1] + "\\Z")
+    return VALIDATOR(schema, format_checker=FORMAT_CHECKER).is_valid(s)
+
+
+def stricter(name, s):
+    """The readings ours must imply for the loosely checked formats."""
+    import datetime
+    if name == "email":
+        return s.count("@") == 1 and "." in s.split("@")[1]
+    try:
+        if name == "time":
+            return (s[-1] in "Zz" or s[-6] in "+-") and bool(datetime.time.fromisoformat(s.upper()))
+        return (s[-1] in "Zz" or s[-6] in "+-") and bool(datetime.datetime.fromisoformat(s.upper()))
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("name", sorted(STRING_RULES))
+def test_string_rules_agree_with_jsonschema(name):
+    # pattern (searched for), format and minLength/maxLength: a string written without \u escapes is
+    # whole exactly when jsonschema takes it; one with a \u escape is never taken (such strings are
+    # written raw); a taken text's every prefix is taken.
+    schema, hand = STRING_RULES[name]
+    rng = random.Random(name)
+    strings = set(hand)
+    for _ in range(400):
+        base = rng.choice(hand)
+        chars = list(base)
+        for _ in range(rng.randint(0, 2)):
+            pos = rng.randint(0, len(chars))
+            op = rng.random()
+            if op < 0.4:
+                chars.insert(pos, rng.choice(STRING_ALPHABET))
+            elif chars and op < 0.7:
+                del chars[min(pos, len(chars) - 1)]
+            elif chars:
+                chars[min(pos, len(chars) - 1)] = rng.choice(STRING_ALPHABET)
+        strings.add("".join(chars))
+        strings.add("".join(rng.choice(STRING_ALPHABET) for _ in range(rng.randint(0, 6))))
+    strings = sorted(strings)
+    raw = [json.dumps(s, ensure_ascii=False) for s in strings]
+    escaped = [json.dumps(s, ensure_ascii=True) for s in strings]
+    [res] = run_tool([{"schema": schema, "texts": raw + escaped}])
+    assert "error" not in res, res
+    ours_raw, ours_escaped = res["results"][:len(raw)], res["results"][len(raw):]
+    accepted = 0
+    for s, text, (taken, complete), (_, complete_escaped) in zip(strings, raw, ours_raw, ours_escaped):
+        expected = oracle(name, schema, s)
+        if expected is None:
+            assert not complete or stricter(name, s), (name, s)
+        elif "\x01" in s:  # a control character other than \b \f \n \r \t needs \u: never written
+            assert not complete, (name, s)
+        else:
+            assert complete == expected, (name, s)
+        if "\\u" in json.dumps(s, ensure_ascii=True) and json.dumps(s, ensure_ascii=True) != text:
+            assert not complete_escaped, (name, s)
+        accepted += complete
+    assert accepted >= 2, name
+    positives = [t for t, (_, c) in zip(raw, ours_raw) if c]
+    prefixes = sorted({t.encode()[:i].decode("utf-8", "ignore") for t in positives for i in range(len(t.encode()))})
+    [res] = run_tool([{"schema": schema, "texts": prefixes}])
+    assert all(taken for taken, _ in res["results"]), name
+
+
 def test_refused_schemas_name_the_keyword():
     results = run_tool([{"schema": s, "texts": []} for s in (
-        {"type": "string", "format": "date"},
+        {"type": "string", "format": "uri"},
         {"type": "object", "properties": {"a": {"type": "integer", "maximum": 3}}},
         {"type": "object", "additionalProperties": {"type": "string"}},
     )])
-    assert "'format' is not supported" in results[0]["error"]
+    assert "'format' \"uri\" is not supported" in results[0]["error"]
     assert "'maximum' is not supported (at #/properties/a)" in results[1]["error"]
     assert "additionalProperties" in results[2]["error"]
 
@@ -255,16 +350,19 @@ def test_server_outputs_validate(start_server, model_name):
               "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
                              "kind": {"enum": ["dog", "cat", "bird"]},
                              "owner": {"anyOf": [{"$ref": "#/$defs/Owner"}, {"type": "null"}]},
-                             "toys": {"type": "array", "items": {"type": "string"}, "maxItems": 2}},
-              "required": ["name", "age", "kind", "owner", "toys"],
+                             "toys": {"type": "array", "items": {"type": "string"}, "maxItems": 2},
+                             "chip": {"type": "string", "pattern": "^[A-Z]{3}-\\d{4}$"},
+                             "born": {"type": "string", "format": "date"},
+                             "nick": {"type": "string", "minLength": 2, "maxLength": 8}},
+              "required": ["name", "age", "kind", "owner", "toys", "chip", "born", "nick"],
               "$defs": {"Owner": {"type": "object", "properties": {"first": {"type": "string"}}, "required": ["first"]}}}
     ask = [{"role": "user", "content": "Describe a pet as JSON."}]
     stopped = 0
     with httpx.Client(base_url=srv.base_url, timeout=300) as http:
-        bodies = [{"model": model_name, "messages": ask, "max_tokens": 200, "temperature": 1.0, "seed": s, "n": 2,
+        bodies = [{"model": model_name, "messages": ask, "max_tokens": 300, "temperature": 1.0, "seed": s, "n": 2,
                    "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}}
                   for s in (0, 2, 4)]  # choice k samples with seed + k
-        bodies.append({"model": model_name, "messages": ask, "max_tokens": 200, "temperature": 0,
+        bodies.append({"model": model_name, "messages": ask, "max_tokens": 300, "temperature": 0,
                        "guided_json": json.dumps(schema)})
         for body in bodies:
             r = http.post("/v1/chat/completions", json=body)
@@ -272,18 +370,18 @@ def test_server_outputs_validate(start_server, model_name):
             for choice in r.json()["choices"]:
                 text, why = choice["message"]["content"], choice["finish_reason"]
                 if why == "stop":
-                    VALIDATOR(schema).validate(json.loads(text))
+                    VALIDATOR(schema, format_checker=FORMAT_CHECKER).validate(json.loads(text))
                     stopped += 1
                 else:
                     assert why == "length", choice
         assert stopped >= 3
         r = http.post("/v1/chat/completions", json={
             "model": model_name, "messages": ask,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string",
-                                                                                              "minLength": 2}}}})
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "number",
+                                                                                              "multipleOf": 2}}}})
         assert r.status_code == 400
         err = r.json()["error"]
-        assert err["param"] == "response_format.json_schema.schema" and "'minLength'" in err["message"], err
+        assert err["param"] == "response_format.json_schema.schema" and "'multipleOf'" in err["message"], err
         r = http.post("/v1/completions", json={"model": model_name, "prompt": "x", "guided_json": "{"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "guided_json"
     assert srv.terminate() == 0
