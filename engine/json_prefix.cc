@@ -32,6 +32,7 @@ bool JsonPrefix::push(std::string_view bytes) {
 
 bool JsonPrefix::complete() const {
   return mode_ == Mode::kDone || (!root_object_ && depth_ == 0 && number_may_end(mode_)) ||
+         (mode_ == Mode::kNumText && depth_ == 0 && schema_->node(text_node_).number->accepting(text_state_)) ||
          (mode_ == Mode::kMatch && depth_ == 0 && literal_complete());
 }
 
@@ -190,6 +191,18 @@ bool JsonPrefix::push(uint8_t c) {
       if (is_digit(c)) return true;
       end_value();
       return structural(c);
+
+    case Mode::kNumText: {
+      const RegexDfa& d = *schema_->node(text_node_).number;
+      if (const int32_t t = d.next(text_state_, c); t != RegexDfa::kDead) {
+        text_state_ = t;
+        return true;
+      }
+      if (!d.accepting(text_state_)) return false;
+      text_state_ = -1;
+      end_value();  // the integer ended before this byte
+      return structural(c);
+    }
   }
   return false;
 }
@@ -298,6 +311,12 @@ bool JsonPrefix::start_plain(uint8_t c, int32_t node) {
   if (node >= 0 && (c == '{' || c == '[')) {  // a container whose least nesting must fit
     const JsonSchema::Node& n = schema_->node(node);
     if (static_cast<int64_t>(depth_) + (c == '{' ? n.min_object_depth : n.min_array_depth) > kMaxSchemaDepth) return false;
+  }
+  if (node >= 0 && schema_->node(node).number && (c == '-' || is_digit(c))) {  // a bounded integer
+    text_node_ = node;
+    text_state_ = schema_->node(node).number->next(RegexDfa::start(), c);
+    mode_ = Mode::kNumText;
+    return text_state_ != RegexDfa::kDead;
   }
   switch (c) {
     case '{': return open(true, node);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -26,7 +27,8 @@ const std::set<std::string, std::less<>> kAnnotations = {
     "writeOnly", "$defs", "definitions"};
 const std::set<std::string, std::less<>> kKeywords = {
     "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
-    "enum", "const", "anyOf", "oneOf", "$ref", "pattern", "format", "minLength", "maxLength"};
+    "enum", "const", "anyOf", "oneOf", "$ref", "pattern", "format", "minLength", "maxLength",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
 constexpr size_t kMaxTextRules = 64;  // strings with a pattern, format or length in one schema
 
 // "format" values as regexes over the whole string (RFC 3339 dates and times with real month
@@ -94,6 +96,60 @@ std::bitset<256> first_bytes_of_types(uint8_t types) {
   if (types & JsonSchema::kBoolean) f.set('t').set('f');
   if (types & JsonSchema::kNull) f.set('n');
   return f;
+}
+
+// Digit strings of one length from x to y (x ≤ y as numbers), as a regex: the first digit's
+// branches at most once each way, so the size is linear in the length.
+std::string same_length_range(const std::string& x, const std::string& y) {
+  const size_t n = x.size(), rest = n - 1;
+  const auto all = [](std::string_view t, char c) { return t.find_first_not_of(c) == std::string_view::npos; };
+  const std::string any = rest == 0 ? "" : "\\d{" + std::to_string(rest) + "}";
+  if (x == y) return x;
+  if (n == 1 || (all(x.substr(1), '0') && all(y.substr(1), '9'))) {
+    return std::string("[") + x[0] + "-" + y[0] + "]" + any;
+  }
+  if (x[0] == y[0]) return x.substr(0, 1) + "(" + same_length_range(x.substr(1), y.substr(1)) + ")";
+  std::vector<std::string> parts;
+  char lo = x[0], hi = y[0];
+  if (!all(x.substr(1), '0')) {  // x's first digit with the rest from x's up
+    parts.push_back(x.substr(0, 1) + "(" + same_length_range(x.substr(1), std::string(rest, '9')) + ")");
+    ++lo;
+  }
+  std::string last;
+  if (!all(y.substr(1), '9')) {  // y's first digit with the rest up to y's
+    last = y.substr(0, 1) + "(" + same_length_range(std::string(rest, '0'), y.substr(1)) + ")";
+    --hi;
+  }
+  if (lo <= hi) parts.push_back(std::string("[") + lo + "-" + hi + "]" + any);
+  if (!last.empty()) parts.push_back(last);
+  std::string r;
+  for (const std::string& p : parts) r += (r.empty() ? "" : "|") + p;
+  return r;
+}
+
+// Non-negative integers a..b (b < 0: no end), written as JSON writes them (no leading zero).
+std::string natural_range(int64_t a, int64_t b) {
+  std::string r;
+  const auto digits = [](int64_t v) { return static_cast<int>(std::to_string(v).size()); };
+  int64_t low = 1;  // 10^(d-1)
+  for (int d = 1; d < digits(a); ++d) low *= 10;
+  for (int d = digits(a); b < 0 ? d == digits(a) : d <= digits(b); ++d, low *= 10) {
+    const int64_t x = std::max(a, d == 1 ? int64_t{0} : low), y = b < 0 ? low * 10 - 1 : std::min(b, low * 10 - 1);
+    if (x > y) continue;
+    r += (r.empty() ? "(" : "|(") + same_length_range(std::to_string(x), std::to_string(y)) + ")";
+  }
+  if (b < 0) r += "|[1-9]\\d{" + std::to_string(digits(a)) + ",}";  // every longer one
+  return r;
+}
+
+// The integers from lo to hi (absent: no bound), as a regex of their JSON texts (no "-0").
+std::string integer_range(std::optional<int64_t> lo, std::optional<int64_t> hi) {
+  std::vector<std::string> alts;
+  if (!hi || *hi >= 0) alts.push_back(natural_range(lo && *lo > 0 ? *lo : 0, hi ? *hi : -1));
+  if (!lo || *lo < 0) alts.push_back("-(" + natural_range(hi && *hi < 0 ? -*hi : 1, lo ? -*lo : -1) + ")");
+  std::string r;
+  for (const std::string& a : alts) r += (r.empty() ? "(" : "|(") + a + ")";
+  return r;
 }
 
 }  // namespace
@@ -207,6 +263,9 @@ class JsonSchemaCompiler {
       if (has("properties") || has("required") || has("additionalProperties")) types |= JsonSchema::kObject;
       if (has("items") || has("minItems") || has("maxItems")) types |= JsonSchema::kArray;
       if (has("pattern") || has("format") || has("minLength") || has("maxLength")) types |= JsonSchema::kString;
+      if (has("minimum") || has("maximum") || has("exclusiveMinimum") || has("exclusiveMaximum")) {
+        types |= JsonSchema::kInteger;
+      }
     }
     if (types == 0) {
       node(id).any = true;
@@ -216,7 +275,36 @@ class JsonSchemaCompiler {
     if (types & JsonSchema::kObject) object(s, id, at, level);
     if (types & JsonSchema::kArray) array(s, id, at, level);
     if (types & JsonSchema::kString) string(s, id, at);
+    if (types & (JsonSchema::kInteger | JsonSchema::kNumber)) bounds(s, id, at);
     return id;
+  }
+
+  // Integers: "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum" (numbers, at most 10^15
+  // in size) as an automaton over the integer's text (Node::number). Bounds on "number" are refused.
+  void bounds(const json& s, int32_t id, const std::string& at) {
+    std::optional<int64_t> lo, hi;
+    for (const char* key : {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"}) {
+      if (!s.contains(key)) continue;
+      const json& v = s[key];
+      if (!v.is_number() || !(std::fabs(v.get<double>()) <= 1e15)) {
+        throw InvalidArgument(std::string("json_schema: '") + key + "' must be a number of size at most 10^15 (at " + at + ")");
+      }
+      if (node(id).types & JsonSchema::kNumber) {
+        throw InvalidArgument(std::string("json_schema: '") + key + "' is supported on 'integer' only, not 'number' (at " + at + ")");
+      }
+      const double x = v.get<double>();
+      const std::string k = key;
+      if (k == "minimum" || k == "exclusiveMinimum") {
+        const auto b = static_cast<int64_t>(k == "minimum" ? std::ceil(x) : std::floor(x) + 1);
+        lo = lo ? std::max(*lo, b) : b;
+      } else {
+        const auto b = static_cast<int64_t>(k == "maximum" ? std::floor(x) : std::ceil(x) - 1);
+        hi = hi ? std::min(*hi, b) : b;
+      }
+    }
+    if (!lo && !hi) return;
+    if (lo && hi && *lo > *hi) throw InvalidArgument("json_schema: its bounds allow no integer (at " + at + ")");
+    node(id).number = std::make_shared<const RegexDfa>(RegexDfa::compile(integer_range(lo, hi)));
   }
 
   // Strings: "pattern" (searched for, as JSON Schema's patterns are), "format" (kFormats),

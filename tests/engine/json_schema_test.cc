@@ -40,14 +40,18 @@ bool whole(const JsonSchema& s, std::string_view text) {
 }
 
 TEST(JsonSchema, RefusesWhatItCannotPromiseNamingTheKeyword) {
-  EXPECT_THAT(refusal(R"({"type": "integer", "minimum": 0})"), HasSubstr("'minimum' is not supported (at #)"));
+  EXPECT_THAT(refusal(R"({"type": "integer", "multipleOf": 2})"), HasSubstr("'multipleOf' is not supported (at #)"));
+  EXPECT_THAT(refusal(R"({"type": "number", "minimum": 0})"), HasSubstr("'minimum' is supported on 'integer' only"));
+  EXPECT_THAT(refusal(R"({"type": "integer", "minimum": 3, "exclusiveMaximum": 3})"), HasSubstr("allow no integer"));
+  EXPECT_THAT(refusal(R"({"type": "integer", "maximum": 1e16})"), HasSubstr("at most 10^15"));
+  EXPECT_THAT(refusal(R"({"type": "integer", "exclusiveMinimum": true})"), HasSubstr("'exclusiveMinimum' must be a number"));
   EXPECT_THAT(refusal(R"({"type": "string", "format": "uri"})"), HasSubstr(R"('format' "uri" is not supported)"));
   EXPECT_THAT(refusal(R"({"properties": {"a": {"pattern": "(a)\\1"}}})"), HasSubstr("backreferences"));
   EXPECT_THAT(refusal(R"({"type": "string", "pattern": "^\\d{4}$", "maxLength": 3})"),
               HasSubstr("allow no string (at #)"));
   EXPECT_THAT(refusal(R"({"type": "string", "minLength": 3, "maxLength": 2})"), HasSubstr("'minLength' is over"));
-  EXPECT_THAT(refusal(R"({"properties": {"a": {"type": "integer", "minimum": 0}}})"),
-              HasSubstr("'minimum' is not supported (at #/properties/a)"));
+  EXPECT_THAT(refusal(R"({"properties": {"a": {"type": "integer", "multipleOf": 2}}})"),
+              HasSubstr("'multipleOf' is not supported (at #/properties/a)"));
   EXPECT_THAT(refusal(R"({"type": "object", "additionalProperties": true})"), HasSubstr("additionalProperties"));
   EXPECT_THAT(refusal(R"({"type": "object", "additionalProperties": {"type": "integer"}})"),
               HasSubstr("additionalProperties"));
@@ -287,6 +291,27 @@ TEST(JsonSchema, StringsFollowTheirPatternFormatAndLengths) {
   EXPECT_EQ(obj.node(props[0].node).text, obj.node(props[1].node).text);
 }
 
+TEST(JsonSchema, BoundedIntegersAreWrittenInRange) {
+  const JsonSchema s = JsonSchema::compile(R"({"type": "integer", "minimum": -12, "exclusiveMaximum": 103.5})");
+  for (int v = -30; v <= 130; ++v) EXPECT_EQ(whole(s, std::to_string(v)), v >= -12 && v <= 103) << v;
+  EXPECT_FALSE(whole(s, "-0"));   // as JSON writes 0: "0"
+  EXPECT_FALSE(whole(s, "007"));
+  EXPECT_FALSE(whole(s, "1.0"));
+  EXPECT_EQ(first_refused(s, "104"), 2);
+  EXPECT_EQ(first_refused(s, "-2"), -1);   // -2 or the start of -12
+  const JsonSchema open = JsonSchema::compile(R"({"properties": {"n": {"exclusiveMinimum": 99}}, "required": ["n"]})");
+  EXPECT_TRUE(whole(open, R"({"n": 100})"));
+  EXPECT_TRUE(whole(open, R"({"n": 123456789012})"));
+  EXPECT_FALSE(whole(open, R"({"n": 99})"));
+  EXPECT_EQ(first_refused(open, R"({"n": -1)"), 6);
+  const JsonSchema neg = JsonSchema::compile(R"({"type": ["integer", "null"], "maximum": -7})");
+  EXPECT_TRUE(whole(neg, "-7"));
+  EXPECT_TRUE(whole(neg, "-1000"));
+  EXPECT_TRUE(whole(neg, "null"));
+  EXPECT_FALSE(whole(neg, "-6"));
+  EXPECT_EQ(first_refused(neg, "0"), 0);
+}
+
 // From every prefix a random walk reaches, some byte continues or the text is whole: a string rule
 // never strands the recognizer (the automaton is trimmed and holds only characters written without
 // \u escapes).
@@ -296,6 +321,8 @@ TEST(JsonSchema, StringRulesNeverStrandAText) {
       R"({"type": "string", "format": "email", "maxLength": 12})",
       R"({"type": "string", "pattern": "[\u0001-\u0003]|\\n\"", "minLength": 2})",
       R"({"type": "array", "items": {"type": "string", "format": "time"}, "maxItems": 2})",
+      R"({"type": "array", "items": {"type": "integer", "minimum": 95, "maximum": 1005}, "maxItems": 3})",
+      R"({"type": "integer", "minimum": -40, "maximum": -3})",
   };
   std::mt19937 rng(11);
   for (const std::string& text : schemas) {

@@ -330,14 +330,48 @@ def test_string_rules_agree_with_jsonschema(name):
     assert all(taken for taken, _ in res["results"]), name
 
 
+def test_integer_bounds_agree_with_jsonschema():
+    # minimum / maximum / exclusiveMinimum / exclusiveMaximum (integers and fractions as bounds, either
+    # side absent): an integer's text is whole exactly when jsonschema takes it; fractions, exponents,
+    # "-0" and leading zeros are never written.
+    rng = random.Random(5)
+    requests, cases = [], []
+    for _ in range(300):
+        schema = {"type": "integer"}
+        for key in rng.sample(["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"], rng.randint(1, 3)):
+            scale = rng.choice([1, 10, 1000, 10 ** 6, 10 ** 15])
+            schema[key] = rng.randint(-scale, scale) + rng.choice([0, 0, 0.5, -0.25])
+        values = {0, 1, -1, 9, 10, 99, 100, -10, 10 ** 15, -(10 ** 15)}
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            if key in schema:
+                b = int(schema[key])
+                values.update(b + d for d in range(-2, 3))
+        values.update(rng.randint(-(10 ** 16), 10 ** 16) for _ in range(20))
+        texts = sorted(str(v) for v in values) + ["-0", "00", "01", "1.0", "1e2", "-"]
+        requests.append({"schema": schema, "texts": texts})
+        cases.append((schema, texts))
+    refused = 0
+    for (schema, texts), res in zip(cases, run_tool(requests)):
+        if "error" in res:  # bounds that allow no integer
+            assert "allow no integer" in res["error"], (schema, res)
+            assert not any(VALIDATOR(schema).is_valid(v) for v in range(-(10 ** 6), 10 ** 6, 997)), schema
+            refused += 1
+            continue
+        for text, (taken, complete) in zip(texts, res["results"]):
+            canonical = text.lstrip("-").isdigit() and str(int(text)) == text and text != "-0"
+            expected = canonical and VALIDATOR(schema).is_valid(int(text))
+            assert complete == expected, (schema, text)
+    assert refused < 100
+
+
 def test_refused_schemas_name_the_keyword():
     results = run_tool([{"schema": s, "texts": []} for s in (
         {"type": "string", "format": "uri"},
-        {"type": "object", "properties": {"a": {"type": "integer", "maximum": 3}}},
+        {"type": "object", "properties": {"a": {"type": "number", "multipleOf": 3}}},
         {"type": "object", "additionalProperties": {"type": "string"}},
     )])
     assert "'format' \"uri\" is not supported" in results[0]["error"]
-    assert "'maximum' is not supported (at #/properties/a)" in results[1]["error"]
+    assert "'multipleOf' is not supported (at #/properties/a)" in results[1]["error"]
     assert "additionalProperties" in results[2]["error"]
 
 
@@ -353,8 +387,9 @@ def test_server_outputs_validate(start_server, model_name):
                              "toys": {"type": "array", "items": {"type": "string"}, "maxItems": 2},
                              "chip": {"type": "string", "pattern": "^[A-Z]{3}-\\d{4}$"},
                              "born": {"type": "string", "format": "date"},
-                             "nick": {"type": "string", "minLength": 2, "maxLength": 8}},
-              "required": ["name", "age", "kind", "owner", "toys", "chip", "born", "nick"],
+                             "nick": {"type": "string", "minLength": 2, "maxLength": 8},
+                             "legs": {"type": "integer", "minimum": 0, "maximum": 8}},
+              "required": ["name", "age", "kind", "owner", "toys", "chip", "born", "nick", "legs"],
               "$defs": {"Owner": {"type": "object", "properties": {"first": {"type": "string"}}, "required": ["first"]}}}
     ask = [{"role": "user", "content": "Describe a pet as JSON."}]
     stopped = 0
