@@ -312,7 +312,7 @@ bool JsonPrefix::start_plain(uint8_t c, int32_t node) {
     const JsonSchema::Node& n = schema_->node(node);
     if (static_cast<int64_t>(depth_) + (c == '{' ? n.min_object_depth : n.min_array_depth) > kMaxSchemaDepth) return false;
   }
-  if (node >= 0 && schema_->node(node).number && (c == '-' || is_digit(c))) {  // a bounded integer
+  if (node >= 0 && schema_->node(node).number && (c == '-' || is_digit(c))) {  // a bounded number
     text_node_ = node;
     text_state_ = schema_->node(node).number->next(RegexDfa::start(), c);
     mode_ = Mode::kNumText;

@@ -72,7 +72,7 @@ class JsonPrefix {
     kNumExpMark,    // 'e' / 'E'
     kNumExpSign,    // the exponent's sign
     kNumExp,        // exponent digits
-    kNumText,       // an integer with schema bounds: text_state_ in its node's Node::number
+    kNumText,       // a number with schema bounds: text_state_ in its node's Node::number
   };
   // A schema container's progress: node -1 for one inside an unconstrained value.
   struct Frame {
@@ -122,7 +122,7 @@ class JsonPrefix {
   Mode mode_ = Mode::kValue;
   uint8_t hex_left_ = 0, utf8_left_ = 0, lo_ = 0, hi_ = 0;
   bool root_object_;
-  // A string whose schema has a Node::text (or in kNumText, a bounded integer's Node::number): its
+  // A string whose schema has a Node::text (or in kNumText, a bounded number's Node::number): its
   // node, and the automaton's state after the decoded characters so far (-1: the string is
   // unconstrained, or none is open).
   int32_t text_node_ = -1;

@@ -152,6 +152,102 @@ std::string integer_range(std::optional<int64_t> lo, std::optional<int64_t> hi) 
   return r;
 }
 
+// A bound's exact decimal value, digits × 10^exponent (read from the shortest text of the number,
+// so 0.1 is 1 × 10^-1, not the binary double's expansion), and whether it is exclusive.
+struct Bound {
+  int64_t digits = 0;
+  int32_t exponent = 0;
+  bool exclusive = false;
+};
+
+// v: a number of size at most 10^15 (checked by the caller).
+Bound bound_of(const json& v, bool exclusive) {
+  Bound b{0, 0, exclusive};
+  if (v.is_number_integer()) {
+    b.digits = v.get<int64_t>();
+    return b;
+  }
+  const std::string t = v.dump();  // e.g. "-0.30000000000000004", "1e-07", "2.5"
+  size_t i = t[0] == '-' ? 1 : 0;
+  int32_t fraction = 0;
+  bool dot = false;
+  for (; i < t.size() && t[i] != 'e' && t[i] != 'E'; ++i) {
+    if (t[i] == '.') {
+      dot = true;
+    } else if (b.digits < INT64_MAX / 10) {  // the shortest text has at most 17 significant digits
+      b.digits = b.digits * 10 + (t[i] - '0');
+      fraction += dot ? 1 : 0;
+    } else {
+      fraction -= dot ? 0 : 1;  // a digit dropped before the point (not reached for these sizes)
+    }
+  }
+  b.exponent = (i < t.size() ? std::stoi(t.substr(i + 1)) : 0) - fraction;
+  if (t[0] == '-') b.digits = -b.digits;
+  return b;
+}
+
+__extension__ typedef __int128 Int128;  // 10^15 bounds on a 10^-7 grid, and 17-digit mantissas
+
+// The least (lower) or greatest (upper) integer n with n × 10^-f inside the bound (|bound| ≤ 10^15,
+// f ≤ 7: |n| ≤ 10^22).
+Int128 scaled_limit(const Bound& b, int f, bool lower) {
+  const int32_t e = b.exponent + f;
+  Int128 floor = 0;
+  bool exact = true;
+  if (e >= 0) {
+    floor = b.digits;
+    for (int32_t k = 0; k < e; ++k) floor *= 10;
+  } else if (e < -18) {
+    floor = b.digits < 0 ? -1 : 0;
+    exact = b.digits == 0;
+  } else {
+    int64_t div = 1;
+    for (int32_t k = 0; k < -e; ++k) div *= 10;
+    floor = b.digits / div;
+    const int64_t r = b.digits % div;
+    if (r < 0) --floor;
+    exact = r == 0;
+  }
+  if (lower) return exact && !b.exclusive ? floor : floor + 1;
+  return exact && b.exclusive ? floor - 1 : floor;
+}
+
+// Non-negative numbers with exactly f fraction digits whose value × 10^f is in a..b (0 ≤ a ≤ b).
+std::string fixed_point_range(int64_t a, int64_t b, int f) {
+  if (f == 0) return natural_range(a, b);
+  int64_t p = 1;
+  for (int k = 0; k < f; ++k) p *= 10;
+  const auto pad = [&](int64_t r) {
+    const std::string t = std::to_string(r);
+    return std::string(static_cast<size_t>(f) - t.size(), '0') + t;
+  };
+  const int64_t qa = a / p, ra = a % p, qb = b / p, rb = b % p;
+  if (qa == qb) return std::to_string(qa) + "\\.(" + same_length_range(pad(ra), pad(rb)) + ")";
+  std::string r = std::to_string(qa) + "\\.(" + same_length_range(pad(ra), pad(p - 1)) + ")";
+  if (qb - qa >= 2) r += "|(" + natural_range(qa + 1, qb - 1) + ")\\.\\d{" + std::to_string(f) + "}";
+  return r + "|" + std::to_string(qb) + "\\.(" + same_length_range(pad(0), pad(rb)) + ")";
+}
+
+// "number" texts between the bounds: no exponent, at most kBoundedFraction fraction digits and
+// kBoundedIntegerDigits integer digits (so at most 15 significant digits: comparing the text's
+// exact value with the bound's gives what comparing their doubles gives), no "-0".
+constexpr int kBoundedFraction = 6, kBoundedIntegerDigits = 9;
+std::string number_range(const std::optional<Bound>& lo, const std::optional<Bound>& hi) {
+  std::string r;
+  int64_t cap = 1;  // 10^(integer digits + f)
+  for (int k = 0; k < kBoundedIntegerDigits; ++k) cap *= 10;
+  for (int f = 0; f <= kBoundedFraction; ++f, cap *= 10) {
+    const auto least = static_cast<int64_t>(lo ? std::max<Int128>(scaled_limit(*lo, f, true), -(cap - 1)) : -(cap - 1));
+    const auto most = static_cast<int64_t>(hi ? std::min<Int128>(scaled_limit(*hi, f, false), cap - 1) : cap - 1);
+    if (least > most) continue;
+    if (most >= 0) r += (r.empty() ? "(" : "|(") + fixed_point_range(std::max<int64_t>(least, 0), most, f) + ")";
+    if (least < 0) {  // -m for m in max(1, -most) .. -least
+      r += (r.empty() ? "-(" : "|-(") + fixed_point_range(std::max<int64_t>(1, -most), -least, f) + ")";
+    }
+  }
+  return r;
+}
+
 }  // namespace
 
 class JsonSchemaCompiler {
@@ -279,32 +375,42 @@ class JsonSchemaCompiler {
     return id;
   }
 
-  // Integers: "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum" (numbers, at most 10^15
-  // in size) as an automaton over the integer's text (Node::number). Bounds on "number" are refused.
+  // Numbers: "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum" (at most 10^15 in size)
+  // as an automaton over the value's JSON text (Node::number): an integer's without a bound on its
+  // size; a "number"'s as number_range writes them.
   void bounds(const json& s, int32_t id, const std::string& at) {
-    std::optional<int64_t> lo, hi;
+    std::optional<Bound> lo, hi;
+    const auto tighter = [](const Bound& a, const Bound& b, bool lower) {  // on 10^-7 steps, exact below that
+      const Int128 x = scaled_limit(a, kBoundedFraction + 1, lower), y = scaled_limit(b, kBoundedFraction + 1, lower);
+      return lower ? (x > y ? a : b) : (x < y ? a : b);
+    };
     for (const char* key : {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"}) {
       if (!s.contains(key)) continue;
       const json& v = s[key];
       if (!v.is_number() || !(std::fabs(v.get<double>()) <= 1e15)) {
         throw InvalidArgument(std::string("json_schema: '") + key + "' must be a number of size at most 10^15 (at " + at + ")");
       }
-      if (node(id).types & JsonSchema::kNumber) {
-        throw InvalidArgument(std::string("json_schema: '") + key + "' is supported on 'integer' only, not 'number' (at " + at + ")");
-      }
-      const double x = v.get<double>();
       const std::string k = key;
+      const Bound b = bound_of(v, k.starts_with("exclusive"));
       if (k == "minimum" || k == "exclusiveMinimum") {
-        const auto b = static_cast<int64_t>(k == "minimum" ? std::ceil(x) : std::floor(x) + 1);
-        lo = lo ? std::max(*lo, b) : b;
+        lo = lo ? tighter(*lo, b, true) : b;
       } else {
-        const auto b = static_cast<int64_t>(k == "maximum" ? std::floor(x) : std::ceil(x) - 1);
-        hi = hi ? std::min(*hi, b) : b;
+        hi = hi ? tighter(*hi, b, false) : b;
       }
     }
     if (!lo && !hi) return;
-    if (lo && hi && *lo > *hi) throw InvalidArgument("json_schema: its bounds allow no integer (at " + at + ")");
-    node(id).number = std::make_shared<const RegexDfa>(RegexDfa::compile(integer_range(lo, hi)));
+    std::string texts;
+    if (node(id).types & JsonSchema::kNumber) {
+      texts = number_range(lo, hi);
+    } else {
+      const auto limit = [](const std::optional<Bound>& b, bool lower) {  // |bound| ≤ 10^15: fits
+        return b ? std::optional(static_cast<int64_t>(scaled_limit(*b, 0, lower))) : std::nullopt;
+      };
+      const std::optional<int64_t> least = limit(lo, true), most = limit(hi, false);
+      if (!least || !most || *least <= *most) texts = integer_range(least, most);
+    }
+    if (texts.empty()) throw InvalidArgument("json_schema: its bounds allow no number (at " + at + ")");
+    node(id).number = std::make_shared<const RegexDfa>(RegexDfa::compile(texts));
   }
 
   // Strings: "pattern" (searched for, as JSON Schema's patterns are), "format" (kFormats),

@@ -11,9 +11,10 @@
 // annotations (title, description, default, examples, ...), which constrain nothing. `true` or {}
 // is any JSON value. Strings may carry "pattern" (the syntax of engine/regex_parse.h, searched for
 // as JSON Schema says), "format" (date, time, date-time, uuid, ipv4, email) and "minLength" /
-// "maxLength"; integers "minimum", "maximum", "exclusiveMinimum" and "exclusiveMaximum". Any other
-// keyword (multipleOf, bounds on "number", additionalProperties true, another format, ...) is
-// refused, never ignored: the output could not be promised to validate.
+// "maxLength"; numbers "minimum", "maximum", "exclusiveMinimum" and "exclusiveMaximum" (a bounded
+// "number" is written without exponent, with at most 6 fraction and 9 integer digits). Any other
+// keyword (multipleOf, additionalProperties true, another format, ...) is refused, never ignored:
+// the output could not be promised to validate.
 #pragma once
 
 #include <bitset>
@@ -51,7 +52,7 @@ class JsonSchema {
     // Strings: non-null when "pattern", "format" or "minLength"/"maxLength" constrain the decoded
     // text, which is then written without \u escapes (the automaton has no character that needs one).
     std::shared_ptr<const RegexDfa> text;
-    // Integers: non-null when "minimum" / "maximum" (or the exclusive ones) bound them: the JSON
+    // Numbers: non-null when "minimum" / "maximum" (or the exclusive ones) bound them: the JSON
     // texts of the allowed values.
     std::shared_ptr<const RegexDfa> number;
     // Arrays.

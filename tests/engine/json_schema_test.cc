@@ -41,8 +41,8 @@ bool whole(const JsonSchema& s, std::string_view text) {
 
 TEST(JsonSchema, RefusesWhatItCannotPromiseNamingTheKeyword) {
   EXPECT_THAT(refusal(R"({"type": "integer", "multipleOf": 2})"), HasSubstr("'multipleOf' is not supported (at #)"));
-  EXPECT_THAT(refusal(R"({"type": "number", "minimum": 0})"), HasSubstr("'minimum' is supported on 'integer' only"));
-  EXPECT_THAT(refusal(R"({"type": "integer", "minimum": 3, "exclusiveMaximum": 3})"), HasSubstr("allow no integer"));
+  EXPECT_THAT(refusal(R"({"type": "integer", "minimum": 3, "exclusiveMaximum": 3})"), HasSubstr("allow no number"));
+  EXPECT_THAT(refusal(R"({"type": "number", "minimum": 0.5, "maximum": 0.4999999})"), HasSubstr("allow no number"));
   EXPECT_THAT(refusal(R"({"type": "integer", "maximum": 1e16})"), HasSubstr("at most 10^15"));
   EXPECT_THAT(refusal(R"({"type": "integer", "exclusiveMinimum": true})"), HasSubstr("'exclusiveMinimum' must be a number"));
   EXPECT_THAT(refusal(R"({"type": "string", "format": "uri"})"), HasSubstr(R"('format' "uri" is not supported)"));
@@ -312,6 +312,25 @@ TEST(JsonSchema, BoundedIntegersAreWrittenInRange) {
   EXPECT_EQ(first_refused(neg, "0"), 0);
 }
 
+TEST(JsonSchema, BoundedNumbersAreWrittenInRange) {
+  // Decimals without exponent, at most 6 fraction digits: compared exactly with the bounds' shortest
+  // texts (0.1 is one tenth, not its double).
+  const JsonSchema unit = JsonSchema::compile(R"({"type": "number", "minimum": 0, "exclusiveMaximum": 1})");
+  for (const char* yes : {"0", "0.5", "0.999999", "0.000001", "0.10", "0.0"}) EXPECT_TRUE(whole(unit, yes)) << yes;
+  for (const char* no : {"1", "1.0", "-0.5", "-0", "-0.0", "0.9999999", "1e-3", "00.5", "0."}) {
+    EXPECT_FALSE(whole(unit, no)) << no;
+  }
+  const JsonSchema tenths = JsonSchema::compile(R"({"type": ["number", "null"], "exclusiveMinimum": -0.1, "maximum": 0.3})");
+  for (const char* yes : {"-0.09", "-0.099999", "0", "0.3", "0.300000", "0.2999", "null"}) EXPECT_TRUE(whole(tenths, yes)) << yes;
+  for (const char* no : {"-0.1", "-0.100000", "-1", "0.300001", "0.31"}) EXPECT_FALSE(whole(tenths, no)) << no;
+  const JsonSchema big = JsonSchema::compile(R"({"type": "number", "minimum": -2.5e3})");
+  EXPECT_TRUE(whole(big, "-2500"));
+  EXPECT_TRUE(whole(big, "-2499.5"));
+  EXPECT_TRUE(whole(big, "999999999.5"));
+  EXPECT_FALSE(whole(big, "1000000000"));  // at most 9 integer digits
+  EXPECT_FALSE(whole(big, "-2500.01"));
+}
+
 // From every prefix a random walk reaches, some byte continues or the text is whole: a string rule
 // never strands the recognizer (the automaton is trimmed and holds only characters written without
 // \u escapes).
@@ -323,6 +342,7 @@ TEST(JsonSchema, StringRulesNeverStrandAText) {
       R"({"type": "array", "items": {"type": "string", "format": "time"}, "maxItems": 2})",
       R"({"type": "array", "items": {"type": "integer", "minimum": 95, "maximum": 1005}, "maxItems": 3})",
       R"({"type": "integer", "minimum": -40, "maximum": -3})",
+      R"({"type": "number", "exclusiveMinimum": -1.25, "maximum": 0.5})",
   };
   std::mt19937 rng(11);
   for (const std::string& text : schemas) {

@@ -14,6 +14,7 @@ also counts 1.0 and 1e5; the server writes integers without a fraction or expone
 
 import json
 import random
+import re
 import subprocess
 
 import pytest
@@ -353,7 +354,7 @@ def test_integer_bounds_agree_with_jsonschema():
     refused = 0
     for (schema, texts), res in zip(cases, run_tool(requests)):
         if "error" in res:  # bounds that allow no integer
-            assert "allow no integer" in res["error"], (schema, res)
+            assert "allow no number" in res["error"], (schema, res)
             assert not any(VALIDATOR(schema).is_valid(v) for v in range(-(10 ** 6), 10 ** 6, 997)), schema
             refused += 1
             continue
@@ -362,6 +363,41 @@ def test_integer_bounds_agree_with_jsonschema():
             expected = canonical and VALIDATOR(schema).is_valid(int(text))
             assert complete == expected, (schema, text)
     assert refused < 100
+
+
+def test_number_bounds_agree_with_jsonschema():
+    # On "number": every text the recognizer calls whole is valid for jsonschema (which compares
+    # doubles); and one written as the server writes bounded numbers (no exponent, at most 6 fraction
+    # and 9 integer digits, no "-0") is whole exactly when it is valid.
+    rng = random.Random(6)
+    requests, cases = [], []
+    for _ in range(300):
+        schema = {"type": "number"}
+        for key in rng.sample(["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"], rng.randint(1, 2)):
+            scale = rng.choice([1, 10, 1000, 10 ** 6, 10 ** 12])
+            schema[key] = round(rng.uniform(-scale, scale), rng.choice([0, 1, 2, 3, 7]))
+        texts = {"0", "-0", "0.5", "1", "-1", "1e2", "1.5e-3", "0.1234567", "1000000000", "999999999.999999"}
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            if key in schema:
+                b = schema[key]
+                for d in (0, 1e-6, -1e-6, 1e-3, -1e-3, 0.5, -0.5, 1, -1):
+                    texts.add(repr(round(b + d, 6)))
+                texts.add(json.dumps(b))
+        texts.update(repr(round(rng.uniform(-2e6, 2e6), rng.randint(0, 7))) for _ in range(20))
+        texts = sorted(texts)
+        requests.append({"schema": schema, "texts": texts})
+        cases.append((schema, texts))
+    for (schema, texts), res in zip(cases, run_tool(requests)):
+        if "error" in res:
+            assert "allow no number" in res["error"], (schema, res)
+            continue
+        for text, (taken, complete) in zip(texts, res["results"]):
+            valid = VALIDATOR(schema).is_valid(json.loads(text))
+            if complete:
+                assert valid, (schema, text)
+            ours = re.fullmatch(r"-?(0|[1-9]\d{0,8})(\.\d{1,6})?", text) and not re.fullmatch(r"-0(\.0*)?", text)
+            if ours:
+                assert complete == valid, (schema, text)
 
 
 def test_refused_schemas_name_the_keyword():
@@ -388,8 +424,9 @@ def test_server_outputs_validate(start_server, model_name):
                              "chip": {"type": "string", "pattern": "^[A-Z]{3}-\\d{4}$"},
                              "born": {"type": "string", "format": "date"},
                              "nick": {"type": "string", "minLength": 2, "maxLength": 8},
-                             "legs": {"type": "integer", "minimum": 0, "maximum": 8}},
-              "required": ["name", "age", "kind", "owner", "toys", "chip", "born", "nick", "legs"],
+                             "legs": {"type": "integer", "minimum": 0, "maximum": 8},
+                             "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 99.5}},
+              "required": ["name", "age", "kind", "owner", "toys", "chip", "born", "nick", "legs", "weight"],
               "$defs": {"Owner": {"type": "object", "properties": {"first": {"type": "string"}}, "required": ["first"]}}}
     ask = [{"role": "user", "content": "Describe a pet as JSON."}]
     stopped = 0
