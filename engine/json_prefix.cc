@@ -1,5 +1,7 @@
 #include "engine/json_prefix.h"
 
+#include <bit>
+
 #include "engine/regex_dfa.h"
 
 namespace sparseserve {
@@ -49,7 +51,9 @@ bool JsonPrefix::push(uint8_t c) {
 
     case Mode::kString:
       if (high_surrogate_ && c != '\\') return false;
+      if (c == '\\' && free_key_) return false;  // a free key is written raw (it must not spell a property's)
       if (c == '"') {
+        free_key_ = false;
         if (text_state_ >= 0) {
           if (!schema_->node(text_node_).text->accepting(text_state_)) return false;
           text_state_ = -1;
@@ -230,7 +234,9 @@ bool JsonPrefix::structural(uint8_t c) {
       if (c != '"') return false;
       if (const JsonSchema::Node* n = object_schema()) {
         alive_ = open_properties(*n);
-        if (alive_ == 0) return false;
+        if (alive_ == 0 && !free_keys(*n)) return false;
+        const size_t np = n->properties.size();  // ≤ JsonSchema::kMaxProperties = 64
+        named_ = !free_keys(*n) ? alive_ : np == 64 ? ~uint64_t{0} : (uint64_t{1} << np) - 1;
         pos_ = 0;
         mode_ = Mode::kKeyMatch;
         return true;
@@ -243,14 +249,16 @@ bool JsonPrefix::structural(uint8_t c) {
       mode_ = Mode::kValue;
       if (schema_ != nullptr) {
         const JsonSchema::Node* n = object_schema();
-        expect_ = n != nullptr ? n->properties[static_cast<size_t>(property_)].node : -1;
+        expect_ = n == nullptr           ? -1
+                  : property_ == kFreeKey ? n->additional
+                                          : n->properties[static_cast<size_t>(property_)].node;
       }
       return true;
     case Mode::kCommaOrClose:
       if (c == ',') {
         if (top_is_object()) {
           const JsonSchema::Node* n = object_schema();
-          if (n != nullptr && open_properties(*n) == 0) return false;
+          if (n != nullptr && open_properties(*n) == 0 && !free_keys(*n)) return false;
           mode_ = Mode::kKey;
           return true;
         }
@@ -430,29 +438,57 @@ bool JsonPrefix::match(uint8_t c) {
 }
 
 bool JsonPrefix::match_key(uint8_t c) {
-  const auto& properties = object_schema()->properties;
-  uint64_t next = 0;
-  int32_t whole = -1;
+  const JsonSchema::Node& n = *object_schema();
+  const auto& properties = n.properties;
+  uint64_t next = 0, next_named = 0;
+  int32_t whole = -1;  // an open property whose whole key the text is
+  bool named = false;  // the text is the whole key of some property, open or not
   for (size_t i = 0; i < properties.size(); ++i) {
-    if (!(alive_ >> i & 1)) continue;
+    if (!(named_ >> i & 1)) continue;
     const std::string& key = properties[i].key;
     if (key.size() > pos_ && static_cast<uint8_t>(key[pos_]) == c) {
-      next |= uint64_t{1} << i;
+      next_named |= uint64_t{1} << i;
+      if (alive_ >> i & 1) next |= uint64_t{1} << i;
     } else if (key.size() == pos_) {
-      whole = static_cast<int32_t>(i);
+      named = true;
+      if (alive_ >> i & 1) whole = static_cast<int32_t>(i);
     }
   }
-  if (c == '"' && next == 0) {  // the closing quote (a key's own quotes are escaped, so matched above)
-    if (whole < 0) return false;
-    property_ = whole;
-    frames_[depth_ - 1].seen |= uint64_t{1} << whole;
+  if (c == '"' && next_named == 0) {  // the closing quote (a key's own quotes are escaped, so matched above)
+    if (whole >= 0) {
+      property_ = whole;
+      frames_[depth_ - 1].seen |= uint64_t{1} << whole;
+    } else if (named || !free_keys(n)) {
+      return false;
+    } else {
+      property_ = kFreeKey;
+    }
     mode_ = Mode::kColon;
     return true;
   }
-  if (next == 0) return false;
+  if (next_named == 0) {  // the text leaves every property's key: a free key from here on
+    if (!free_keys(n)) return false;
+    // The bytes matched so far, from any key that matched them: an unfinished UTF-8 character at
+    // their end is fed again to the string reader, which then takes c.
+    std::string_view matched;
+    if (named_ != 0) matched = std::string_view(properties[static_cast<size_t>(std::countr_zero(named_))].key).substr(0, pos_);
+    size_t start = matched.size();
+    while (start > 0 && matched.size() - start < 3 && (static_cast<uint8_t>(matched[start - 1]) & 0xC0) == 0x80) --start;
+    if (start > 0 && static_cast<uint8_t>(matched[start - 1]) >= 0xC0) --start;  // the lead byte
+    mode_ = Mode::kString;
+    key_ = true;
+    free_key_ = true;
+    property_ = kFreeKey;
+    for (size_t i = start; i < matched.size(); ++i) push(static_cast<uint8_t>(matched[i]));
+    return push(c);
+  }
+  if (next == 0 && !free_keys(n)) return false;
   alive_ = next;
+  named_ = next_named;
   ++pos_;
   return true;
 }
+
+bool JsonPrefix::free_keys(const JsonSchema::Node& n) const { return n.additional >= 0 && fits(n.additional); }
 
 }  // namespace sparseserve

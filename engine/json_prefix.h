@@ -97,6 +97,8 @@ class JsonPrefix {
   const JsonSchema::Node* object_schema() const;
   // The properties of `n` a key may still name: unseen, with a value that fits under the depth limit.
   uint64_t open_properties(const JsonSchema::Node& n) const;
+  // `n` takes keys other than its properties' (additionalProperties), with values that fit.
+  bool free_keys(const JsonSchema::Node& n) const;
   // A value of `node` may begin inside the current container without passing kMaxSchemaDepth.
   bool fits(int32_t node) const {
     return node < 0 || static_cast<int64_t>(depth_) + schema_->node(node).min_depth <= kMaxSchemaDepth;
@@ -112,8 +114,10 @@ class JsonPrefix {
   int32_t expect_ = -1;                  // with a schema: the node the next value follows (-1: any)
   int32_t match_node_ = -1;              // kMatch: the node whose literals match
   uint64_t alive_ = 0;                   // kMatch / kKeyMatch: candidates still matching
+  uint64_t named_ = 0;                   // kKeyMatch: every property (open or not) whose key still matches
   uint32_t pos_ = 0;                     // kMatch / kKeyMatch: bytes matched
-  int32_t property_ = -1;                // after a schema key: the property it named
+  int32_t property_ = -1;                // after a schema key: the property it named, or kFreeKey
+  static constexpr int32_t kFreeKey = -2;  // a key no property has: its value follows Node::additional
   const char* literal_ = nullptr;
   int32_t depth_ = 0;
   int32_t max_ws_;
@@ -128,6 +132,7 @@ class JsonPrefix {
   int32_t text_node_ = -1;
   int32_t text_state_ = -1;
   bool key_ = false;
+  bool free_key_ = false;        // kString, key_: a free key (no escapes)
   bool high_surrogate_ = false;  // a \uD800-\uDBFF was read: a low one must follow at once
   bool integer_ = false;         // the number being read must be an integer (schema type)
 };

@@ -469,7 +469,8 @@ class JsonSchemaCompiler {
     if (s.contains("additionalProperties")) {
       const json& a = s["additionalProperties"];
       if (!a.is_boolean() || a.get<bool>()) {
-        throw InvalidArgument("json_schema: only 'additionalProperties': false is supported (at " + at + ")");
+        const int32_t other = compile(a, at + "/additionalProperties", level + 1);
+        node(id).additional = other;
       }
     }
     if (s.contains("properties")) {

@@ -3,7 +3,8 @@
 // value the recognizer (engine/json_prefix.h) can follow byte by byte.
 //
 // Supported: "type" (a name or a list of them), "properties" + "required", "additionalProperties"
-// false (absent is taken as false too, as vLLM's default xgrammar backend does), "items" with
+// false (absent is taken as false too, as vLLM's default xgrammar backend does), true or a schema
+// (Pydantic's dict fields; such keys are written without escapes and never as a property's), "items" with
 // "minItems" / "maxItems", "enum" / "const" (values written compactly, object keys sorted, as
 // nlohmann::json writes them), "anyOf" / "oneOf" whose alternatives begin with different bytes (an
 // object, a string, null, ...), "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion
@@ -13,7 +14,7 @@
 // as JSON Schema says), "format" (date, time, date-time, uuid, ipv4, email) and "minLength" /
 // "maxLength"; numbers "minimum", "maximum", "exclusiveMinimum" and "exclusiveMaximum" (a bounded
 // "number" is written without exponent, with at most 6 fraction and 9 integer digits). Any other
-// keyword (multipleOf, additionalProperties true, another format, ...) is refused, never ignored:
+// keyword (multipleOf, patternProperties, another format, ...) is refused, never ignored:
 // the output could not be promised to validate.
 #pragma once
 
@@ -46,9 +47,11 @@ class JsonSchema {
     uint8_t types = 0;                 // Type bits a value may have
     std::vector<std::string> literals;  // enum / const: the value is one of these texts exactly
     std::vector<int32_t> alternatives;  // anyOf / oneOf: the value is one of these nodes
-    // Objects: exactly these keys, each at most once, the required ones all.
+    // Objects: these keys, each at most once, the required ones all; other keys only with
+    // `additional` (additionalProperties true or a schema), written without escapes.
     std::vector<Property> properties;
     uint64_t required = 0;             // bit i: properties[i] is required
+    int32_t additional = -1;           // node of the values of other keys; -1: no other key
     // Strings: non-null when "pattern", "format" or "minLength"/"maxLength" constrain the decoded
     // text, which is then written without \u escapes (the automaton has no character that needs one).
     std::shared_ptr<const RegexDfa> text;

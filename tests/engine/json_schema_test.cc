@@ -52,9 +52,9 @@ TEST(JsonSchema, RefusesWhatItCannotPromiseNamingTheKeyword) {
   EXPECT_THAT(refusal(R"({"type": "string", "minLength": 3, "maxLength": 2})"), HasSubstr("'minLength' is over"));
   EXPECT_THAT(refusal(R"({"properties": {"a": {"type": "integer", "multipleOf": 2}}})"),
               HasSubstr("'multipleOf' is not supported (at #/properties/a)"));
-  EXPECT_THAT(refusal(R"({"type": "object", "additionalProperties": true})"), HasSubstr("additionalProperties"));
-  EXPECT_THAT(refusal(R"({"type": "object", "additionalProperties": {"type": "integer"}})"),
-              HasSubstr("additionalProperties"));
+  EXPECT_THAT(refusal(R"({"type": "object", "additionalProperties": {"type": "integer", "multipleOf": 3}})"),
+              HasSubstr("'multipleOf' is not supported (at #/additionalProperties)"));
+  EXPECT_THAT(refusal(R"({"type": "object", "patternProperties": {"a": {}}})"), HasSubstr("'patternProperties'"));
   EXPECT_THAT(refusal(R"({"properties": {"a": {}}, "required": ["b"]})"), HasSubstr("\"b\" is not in 'properties'"));
   EXPECT_THAT(refusal(R"({"anyOf": [{"type": "object"}, {"properties": {"a": {}}}]})"), HasSubstr("same character"));
   EXPECT_THAT(refusal(R"({"anyOf": [{"type": "integer"}, {"enum": [1, 2]}]})"), HasSubstr("same character"));
@@ -291,6 +291,25 @@ TEST(JsonSchema, StringsFollowTheirPatternFormatAndLengths) {
   EXPECT_EQ(obj.node(props[0].node).text, obj.node(props[1].node).text);
 }
 
+TEST(JsonSchema, AdditionalPropertiesTakeOtherKeysRaw) {
+  // Pydantic's Dict[str, int] beside two properties: other keys, any number of them, with integer
+  // values; a property's own key is that property (once), and an escaped key is never written.
+  const JsonSchema s = JsonSchema::compile(
+      R"({"properties": {"name": {"type": "string"}, "n\u00e9": {"type": "null"}}, "required": ["name"],
+          "additionalProperties": {"type": "integer"}})");
+  EXPECT_TRUE(whole(s, R"({"name": "x"})"));
+  EXPECT_TRUE(whole(s, R"({"nam": 1, "names": 2, "name": "x", "": 3, "naïve": 4})"));
+  EXPECT_TRUE(whole(s, "{\"n\xc3\xa8\": 5, \"n\xc3\xa9\": null, \"name\": \"y\"}"));  // è free, é the property
+  EXPECT_FALSE(whole(s, R"({"nam": "x", "name": "x"})"));     // a free key's value is an integer
+  EXPECT_FALSE(whole(s, R"({"name": "x", "name": "y"})"));    // a property once
+  EXPECT_FALSE(whole(s, R"({"other": 1})"));                  // name is required
+  EXPECT_EQ(first_refused(s, R"({"a\u0062": 1)"), 3);           // free keys are written raw
+  EXPECT_EQ(first_refused(s, R"({"name": "x", "name")"), 19);  // the closing quote of a seen property's key
+  const JsonSchema any = JsonSchema::compile(R"({"type": "object", "additionalProperties": true})");
+  EXPECT_TRUE(whole(any, R"({"a": [1, {"b": null}], "c": "d"})"));
+  EXPECT_TRUE(whole(any, "{}"));
+}
+
 TEST(JsonSchema, BoundedIntegersAreWrittenInRange) {
   const JsonSchema s = JsonSchema::compile(R"({"type": "integer", "minimum": -12, "exclusiveMaximum": 103.5})");
   for (int v = -30; v <= 130; ++v) EXPECT_EQ(whole(s, std::to_string(v)), v >= -12 && v <= 103) << v;
@@ -343,6 +362,8 @@ TEST(JsonSchema, StringRulesNeverStrandAText) {
       R"({"type": "array", "items": {"type": "integer", "minimum": 95, "maximum": 1005}, "maxItems": 3})",
       R"({"type": "integer", "minimum": -40, "maximum": -3})",
       R"({"type": "number", "exclusiveMinimum": -1.25, "maximum": 0.5})",
+      R"({"properties": {"ab": {"type": "null"}, "\u00e9\u00e8": {"type": "null"}},
+          "additionalProperties": {"type": "integer", "maximum": 3}, "maxItems": 1})",
   };
   std::mt19937 rng(11);
   for (const std::string& text : schemas) {

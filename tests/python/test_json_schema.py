@@ -63,13 +63,16 @@ SCHEMAS = {
     "rows": {"type": "array", "items": {"type": "object", "properties": {"k": {"const": "id"}, "n": {"type": "number"}},
                                         "required": ["k", "n"], "additionalProperties": False}, "maxItems": 4},
     "choice": {"enum": ["yes", "no", 1, 12, True, None]},
+    "dict": {"type": "object", "properties": {"id": {"type": "integer"}, "idé": {"type": "null"}}, "required": ["id"],
+             "additionalProperties": {"type": "array", "items": {"type": "number"}, "maxItems": 2}},
+    "free": {"type": "object", "additionalProperties": True},
     "matrix": {"type": "array", "minItems": 2,
                "items": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 2}},
 }
 
 
 def resolve(schema, root):
-    while "$ref" in schema:
+    while isinstance(schema, dict) and "$ref" in schema:
         ref = schema["$ref"]
         schema = root if ref == "#" else root["$defs"][ref.split("/")[-1]]
     return schema
@@ -125,7 +128,14 @@ def generate(schema, root, rng, depth=0):
     required = set(schema.get("required", []))
     keys = [k for k in props if k in required or (depth < 3 and rng.random() < 0.5)]
     rng.shuffle(keys)
-    return {k: generate(props[k], root, rng, depth + 1) for k in keys}
+    value = {k: generate(props[k], root, rng, depth + 1) for k in keys}
+    other = schema.get("additionalProperties", False)
+    if other is not False:  # free keys, raw text (never a property's name)
+        for _ in range(rng.randrange(3)):
+            key = rng.choice(["x", "yz", "i", "idè", "", "é€"]) + str(rng.randrange(3))
+            if key not in props:
+                value[key] = generate(other, root, rng, depth + 1)
+    return value
 
 
 def break_value(value, rng):
@@ -404,11 +414,11 @@ def test_refused_schemas_name_the_keyword():
     results = run_tool([{"schema": s, "texts": []} for s in (
         {"type": "string", "format": "uri"},
         {"type": "object", "properties": {"a": {"type": "number", "multipleOf": 3}}},
-        {"type": "object", "additionalProperties": {"type": "string"}},
+        {"type": "object", "patternProperties": {"^a": {"type": "string"}}},
     )])
     assert "'format' \"uri\" is not supported" in results[0]["error"]
     assert "'multipleOf' is not supported (at #/properties/a)" in results[1]["error"]
-    assert "additionalProperties" in results[2]["error"]
+    assert "'patternProperties' is not supported" in results[2]["error"]
 
 
 def test_server_outputs_validate(start_server, model_name):
@@ -425,8 +435,9 @@ def test_server_outputs_validate(start_server, model_name):
                              "born": {"type": "string", "format": "date"},
                              "nick": {"type": "string", "minLength": 2, "maxLength": 8},
                              "legs": {"type": "integer", "minimum": 0, "maximum": 8},
-                             "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 99.5}},
-              "required": ["name", "age", "kind", "owner", "toys", "chip", "born", "nick", "legs", "weight"],
+                             "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 99.5},
+                             "scores": {"type": "object", "additionalProperties": {"type": "integer", "maximum": 10}}},
+              "required": ["name", "age", "kind", "owner", "toys", "chip", "born", "nick", "legs", "weight", "scores"],
               "$defs": {"Owner": {"type": "object", "properties": {"first": {"type": "string"}}, "required": ["first"]}}}
     ask = [{"role": "user", "content": "Describe a pet as JSON."}]
     stopped = 0
