@@ -204,7 +204,7 @@ bool JsonPrefix::push(uint8_t c) {
       }
       if (!d.accepting(text_state_)) return false;
       text_state_ = -1;
-      end_value();  // the integer ended before this byte
+      end_value();  // the number ended before this byte
       return structural(c);
     }
   }

@@ -20,6 +20,7 @@ import subprocess
 import pytest
 
 from conftest import build_dir_path
+from text_mutation import mutate
 
 pytest_plugins = ["conftest_server"]
 
@@ -303,18 +304,7 @@ def test_string_rules_agree_with_jsonschema(name):
     rng = random.Random(name)
     strings = set(hand)
     for _ in range(400):
-        base = rng.choice(hand)
-        chars = list(base)
-        for _ in range(rng.randint(0, 2)):
-            pos = rng.randint(0, len(chars))
-            op = rng.random()
-            if op < 0.4:
-                chars.insert(pos, rng.choice(STRING_ALPHABET))
-            elif chars and op < 0.7:
-                del chars[min(pos, len(chars) - 1)]
-            elif chars:
-                chars[min(pos, len(chars) - 1)] = rng.choice(STRING_ALPHABET)
-        strings.add("".join(chars))
+        strings.add(mutate(rng, rng.choice(hand), STRING_ALPHABET, edits=(0, 2)))
         strings.add("".join(rng.choice(STRING_ALPHABET) for _ in range(rng.randint(0, 6))))
     strings = sorted(strings)
     raw = [json.dumps(s, ensure_ascii=False) for s in strings]

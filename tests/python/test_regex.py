@@ -18,6 +18,7 @@ import subprocess
 import pytest
 
 from conftest import build_dir_path
+from text_mutation import mutate
 
 TOOL = build_dir_path() / "bin" / "regex_tool"
 pytestmark = pytest.mark.skipif(not TOOL.exists(), reason=f"{TOOL} not built")
@@ -73,20 +74,6 @@ def gen(rng, depth):
     return pat, lambda r, s=s, lo=lo, top=top: "".join(s(r) for _ in range(r.randint(lo, top)))
 
 
-def mutate(rng, text):
-    chars = list(text)
-    for _ in range(rng.randint(1, 2)):
-        op = rng.random()
-        pos = rng.randint(0, len(chars))
-        if op < 0.4:
-            chars.insert(pos, rng.choice(ALPHABET))
-        elif chars and op < 0.7:
-            del chars[min(pos, len(chars) - 1)]
-        elif chars:
-            chars[min(pos, len(chars) - 1)] = rng.choice(ALPHABET)
-    return "".join(chars)
-
-
 def latin1(b):
     return b.decode("latin-1")
 
@@ -109,7 +96,7 @@ def test_random_patterns_agree_with_python_re():
             if sampler is not None:
                 t = sampler(rng)[:16]
                 texts.add(t)
-                texts.add(mutate(rng, t))
+                texts.add(mutate(rng, t, ALPHABET))
             texts.add("".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 6))))
         byte_texts = set()
         for t in texts:
