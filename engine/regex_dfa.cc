@@ -85,6 +85,9 @@ class NfaBuilder {
   }
 
   int32_t compile(int32_t node, int32_t next) {
+    // Each call is counted: a repeated body that adds no state ("(?:){10000}" nested) would otherwise
+    // never meet the state limit and recurse without end.
+    if (++calls_ > kMaxCalls) too_complex((std::to_string(kMaxCalls) + " steps to build its NFA").c_str());
     const RegexNode& n = tree_.nodes[static_cast<size_t>(node)];
     switch (n.kind) {
       case RegexNode::Kind::kEmpty: return next;
@@ -146,7 +149,9 @@ class NfaBuilder {
   }
 
  private:
+  static constexpr int64_t kMaxCalls = 10 * int64_t{RegexDfa::kMaxNfaStates};
   const RegexTree& tree_;
+  int64_t calls_ = 0;
 };
 
 // Subset construction over byte classes, then the states that reach no match dropped.

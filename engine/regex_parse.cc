@@ -322,7 +322,10 @@ class Parser {
           if (!is_hex(peek())) fail(std::string("\\") + static_cast<char>(c) + " needs " + std::to_string(n) + " hex digits", at);
           v = v * 16 + hex_value(cp_[pos_++]);
         }
-        if (v > kMaxCode || (v >= kSurrogateLo && v <= kSurrogateHi)) fail("the escape is not a Unicode scalar value", at);
+        // A surrogate only bounds a class's range (normalize cuts surrogates out): "[^\ud800-\udfff]".
+        if (v > kMaxCode || (!in_class && v >= kSurrogateLo && v <= kSurrogateHi)) {
+          fail("the escape is not a Unicode scalar value", at);
+        }
         return code(v);
       }
       default: break;

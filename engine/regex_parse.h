@@ -13,7 +13,9 @@
 //   - '^' at the start and '$' at the end of a top-level branch (the whole output is one match, as
 //     re.fullmatch, so they add nothing).
 // Refused by name, with the character offset: backreferences, lookaround, word boundaries, \A \Z,
-// inline flags, atomic groups and possessive quantifiers, \p classes, anchors elsewhere, and
+// \N{...}, inline flags, comments (?#...), atomic groups and possessive quantifiers, \p classes,
+// anchors elsewhere (one '$' ends a branch: "a$$" is refused), surrogate escapes outside a class
+// (inside one they may bound a range, "[^\ud800-\udfff]", and match nothing themselves), and
 // repetition counts above kMaxRepeat.
 #pragma once
 

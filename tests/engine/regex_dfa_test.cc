@@ -56,6 +56,7 @@ TEST(RegexDfa, ReadsTheSyntaxPythonAndEcmaScriptShare) {
       {"(a|)+|^b$", {"", "aaa", "b"}, {"ab"}},
       {"\xe4\xb8\xad+[\xc3\xa0-\xc3\xbf]", {"\xe4\xb8\xad\xe4\xb8\xad\xc3\xa9"}, {"\xe4\xb8\xad" "e"}},
       {"a*?b+?c??", {"b", "aabbc"}, {"c"}},
+      {R"([^\ud800-\udfff]x[\u0000-\udfff])", {"\xe4\xb8\xadx\xed\x9f\xbf", "axb"}, {"ax\xee\x80\x80"}},
   };
   for (const Case& c : cases) {
     const RegexDfa d = RegexDfa::compile(c.pattern);
@@ -106,6 +107,8 @@ TEST(RegexDfa, RefusesWhatItDoesNotSupportByName) {
       {"[^\\x00-\\U0010FFFF]", "matches no text"},
       {"(a|b)*a(a|b){16}", "too complex"},
       {"(((a{100}){100}){100})", "too complex"},
+      {"(?:(?:(?:){10000}){10000}){10000}", "too complex"},  // bodies that add no state
+      {"(?:(?:a{0}){10000}){10000}", "too complex"},
   };
   for (const auto& [pattern, what] : refused) {
     try {
