@@ -1,8 +1,10 @@
 #include "engine/json_prefix.h"
 
+#include <algorithm>
 #include <bit>
 
 #include "engine/regex_dfa.h"
+#include "engine/utf8.h"
 
 namespace sparseserve {
 
@@ -454,39 +456,49 @@ bool JsonPrefix::match_key(uint8_t c) {
       if (alive_ >> i & 1) whole = static_cast<int32_t>(i);
     }
   }
-  if (c == '"' && next_named == 0) {  // the closing quote (a key's own quotes are escaped, so matched above)
-    if (whole >= 0) {
-      property_ = whole;
-      frames_[depth_ - 1].seen |= uint64_t{1} << whole;
-    } else if (named || !free_keys(n)) {
-      return false;
-    } else {
-      property_ = kFreeKey;
-    }
+  if (next_named != 0) {  // still on some property's key (a key's own quotes are escaped: matched here)
+    if (next == 0 && !free_keys(n)) return false;
+    alive_ = next;
+    named_ = next_named;
+    ++pos_;
+    return true;
+  }
+  if (c == '"' && whole >= 0) {  // the closing quote of an open property's key
+    property_ = whole;
+    frames_[depth_ - 1].seen |= uint64_t{1} << whole;
     mode_ = Mode::kColon;
     return true;
   }
-  if (next_named == 0) {  // the text leaves every property's key: a free key from here on
-    if (!free_keys(n)) return false;
-    // The bytes matched so far, from any key that matched them: an unfinished UTF-8 character at
-    // their end is fed again to the string reader, which then takes c.
-    std::string_view matched;
-    if (named_ != 0) matched = std::string_view(properties[static_cast<size_t>(std::countr_zero(named_))].key).substr(0, pos_);
-    size_t start = matched.size();
-    while (start > 0 && matched.size() - start < 3 && (static_cast<uint8_t>(matched[start - 1]) & 0xC0) == 0x80) --start;
-    if (start > 0 && static_cast<uint8_t>(matched[start - 1]) >= 0xC0) --start;  // the lead byte
-    mode_ = Mode::kString;
-    key_ = true;
-    free_key_ = true;
-    property_ = kFreeKey;
-    for (size_t i = start; i < matched.size(); ++i) push(static_cast<uint8_t>(matched[i]));
-    return push(c);
+  // A free key from here, if the object takes them: not a property's whole key, and parting from the
+  // property keys only outside an escape (it writes none of its own, so it never spells a property's
+  // name another way). An unfinished UTF-8 character is fed again to the string reader.
+  if (!free_keys(n) || (c == '"' && named)) return false;
+  std::string_view matched;  // the bytes so far, from any key that matched them
+  if (named_ != 0) matched = std::string_view(properties[static_cast<size_t>(std::countr_zero(named_))].key).substr(0, pos_);
+  size_t resume = matched.size();  // the start of an unfinished character, else the end
+  for (size_t i = 0; i < matched.size();) {
+    const bool escape = matched[i] == '\\';
+    const size_t len = escape ? (i + 1 < matched.size() && matched[i + 1] == 'u' ? 6 : 2)
+                              : static_cast<size_t>(std::max(1, utf8::sequence_length(static_cast<uint8_t>(matched[i]))));
+    if (i + len > matched.size()) {
+      if (escape) return false;
+      resume = i;
+      break;
+    }
+    i += len;
   }
-  if (next == 0 && !free_keys(n)) return false;
-  alive_ = next;
-  named_ = next_named;
-  ++pos_;
-  return true;
+  if (c == '"') {
+    if (resume != matched.size()) return false;  // inside a character
+    property_ = kFreeKey;
+    mode_ = Mode::kColon;
+    return true;
+  }
+  mode_ = Mode::kString;
+  key_ = true;
+  free_key_ = true;
+  property_ = kFreeKey;
+  for (size_t i = resume; i < matched.size(); ++i) push(static_cast<uint8_t>(matched[i]));
+  return push(c);
 }
 
 bool JsonPrefix::free_keys(const JsonSchema::Node& n) const { return n.additional >= 0 && fits(n.additional); }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bitset>
+#include <charconv>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -29,22 +30,23 @@ const std::set<std::string, std::less<>> kKeywords = {
     "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
     "enum", "const", "anyOf", "oneOf", "$ref", "pattern", "format", "minLength", "maxLength",
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
-constexpr size_t kMaxTextRules = 64;  // strings with a pattern, format or length in one schema
+constexpr size_t kMaxTextRules = 16;  // distinct pattern / format / length rules in one schema (each
+                                      // compile is bounded by RegexDfa's limits; 16 bound the sum)
 
 // "format" values as regexes over the whole string (RFC 3339 dates and times with real month
-// lengths and leap years, no leap second; RFC 4122 UUIDs; dotted-quad IPv4 without leading zeros; an
+// lengths and leap years, no leap second, upper-case T and Z as every ISO 8601 reader takes them; RFC 4122 UUIDs; dotted-quad IPv4 without leading zeros; an
 // address with one '@' and a dotted domain).
 const std::map<std::string, std::string, std::less<>> kFormats = [] {
   const std::string year = R"((\d{3}[1-9]|\d\d[1-9]\d|\d[1-9]\d\d|[1-9]\d{3}))";
   const std::string leap = R"((\d\d(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00))";
   const std::string date = "(" + year + R"(-((0[13578]|1[02])-(0[1-9]|[12]\d|3[01])|(0[469]|11)-(0[1-9]|[12]\d|30)|02-(0[1-9]|1\d|2[0-8]))|)" +
                            leap + "-02-29)";
-  const std::string time = R"(([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d))";
+  const std::string time = R"(([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d))";
   const std::string octet = R"((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))";
   return std::map<std::string, std::string, std::less<>>{
       {"date", date},
       {"time", time},
-      {"date-time", date + "[Tt]" + time},
+      {"date-time", date + "T" + time},
       {"uuid", R"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"},
       {"ipv4", "(" + octet + R"(\.){3})" + octet},
       {"email", R"([A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"},
@@ -167,7 +169,8 @@ Bound bound_of(const json& v, bool exclusive) {
     b.digits = v.get<int64_t>();
     return b;
   }
-  const std::string t = v.dump();  // e.g. "-0.30000000000000004", "1e-07", "2.5"
+  char buf[64];  // std::to_chars: the shortest text that reads back as the double (dump() may be longer)
+  const std::string t(buf, std::to_chars(buf, buf + sizeof buf, v.get<double>()).ptr);  // "-0.3", "1e-07"
   size_t i = t[0] == '-' ? 1 : 0;
   int32_t fraction = 0;
   bool dot = false;
@@ -237,8 +240,10 @@ std::string number_range(const std::optional<Bound>& lo, const std::optional<Bou
   int64_t cap = 1;  // 10^(integer digits + f)
   for (int k = 0; k < kBoundedIntegerDigits; ++k) cap *= 10;
   for (int f = 0; f <= kBoundedFraction; ++f, cap *= 10) {
-    const auto least = static_cast<int64_t>(lo ? std::max<Int128>(scaled_limit(*lo, f, true), -(cap - 1)) : -(cap - 1));
-    const auto most = static_cast<int64_t>(hi ? std::min<Int128>(scaled_limit(*hi, f, false), cap - 1) : cap - 1);
+    // Clamped to the written range on both sides before narrowing (a bound may be ~10^21 here).
+    const auto clamp = [&](Int128 v) { return static_cast<int64_t>(std::clamp<Int128>(v, -cap, cap)); };
+    const int64_t least = std::max(lo ? clamp(scaled_limit(*lo, f, true)) : -(cap - 1), -(cap - 1));
+    const int64_t most = std::min(hi ? clamp(scaled_limit(*hi, f, false)) : cap - 1, cap - 1);
     if (least > most) continue;
     if (most >= 0) r += (r.empty() ? "(" : "|(") + fixed_point_range(std::max<int64_t>(least, 0), most, f) + ")";
     if (least < 0) {  // -m for m in max(1, -most) .. -least
@@ -409,8 +414,19 @@ class JsonSchemaCompiler {
       const std::optional<int64_t> least = limit(lo, true), most = limit(hi, false);
       if (!least || !most || *least <= *most) texts = integer_range(least, most);
     }
-    if (texts.empty()) throw InvalidArgument("json_schema: its bounds allow no number (at " + at + ")");
+    if (texts.empty()) {
+      throw InvalidArgument(std::string("json_schema: its bounds allow no number") +
+                            (node(id).types & JsonSchema::kNumber ? " written with at most 9 integer and 6 fraction digits" : "") +
+                            " (at " + at + ")");
+    }
     node(id).number = std::make_shared<const RegexDfa>(RegexDfa::compile(texts));
+  }
+
+  // The string rules of s, for the cache of identical ones (Pydantic repeats them).
+  static std::string key_of(const json& s) {
+    std::string key;
+    for (const char* k : {"pattern", "format", "minLength", "maxLength"}) key += (s.contains(k) ? s[k].dump() : "") + "\x01";
+    return key;
   }
 
   // Strings: "pattern" (searched for, as JSON Schema's patterns are), "format" (kFormats),
@@ -421,12 +437,11 @@ class JsonSchemaCompiler {
     const bool pattern = s.contains("pattern"), format = s.contains("format");
     const bool lengths = s.contains("minLength") || s.contains("maxLength");
     if (!pattern && !format && !lengths) return;
-    if (++text_rules_ > kMaxTextRules) {
+    if (text_cache_.size() >= kMaxTextRules && !text_cache_.contains(key_of(s))) {
       throw InvalidArgument("json_schema: more than " + std::to_string(kMaxTextRules) +
-                            " strings with a pattern, format or length (at " + at + ")");
+                            " different string rules (pattern, format, lengths) (at " + at + ")");
     }
-    std::string key = "\x01";  // the rules, for the cache of identical ones (Pydantic repeats them)
-    for (const char* k : {"pattern", "format", "minLength", "maxLength"}) key += s.contains(k) ? s[k].dump() + "\x01" : "\x01";
+    const std::string key = key_of(s);
     if (const auto it = text_cache_.find(key); it != text_cache_.end()) {
       node(id).text = it->second;
       return;
@@ -461,7 +476,9 @@ class JsonSchemaCompiler {
     } catch (const InvalidArgument& e) {
       const std::string what = e.what();
       if (what.starts_with("json_schema:")) throw;
-      fail(what == "the regex matches no text" ? "its pattern, format and lengths allow no string" : "'pattern': " + what);
+      fail(what == "the regex matches no text" ? "its pattern, format and lengths allow no string"
+           : pattern                         ? "'pattern' (with its format and lengths): " + what
+                                             : "its format and lengths: " + what);
     }
   }
 
@@ -663,7 +680,6 @@ class JsonSchemaCompiler {
   JsonSchema out_;
   std::map<std::string, int32_t> made_;  // JSON pointer -> node
   std::vector<std::string> aliases_;     // $ref names the next node made is also found by
-  size_t text_rules_ = 0;                // strings with a Node::text
   std::map<std::string, std::shared_ptr<const RegexDfa>> text_cache_;  // rules -> their automaton
 };
 

@@ -26,7 +26,7 @@ class RegexDfa {
  public:
   static constexpr int32_t kMaxNfaStates = 100'000;
   static constexpr int32_t kMaxStates = 32'768;
-  static constexpr int64_t kMaxWork = 50'000'000;  // NFA states visited while building the DFA
+  static constexpr int64_t kMaxWork = 20'000'000;  // NFA states visited while building the DFA
   static constexpr int32_t kDead = -1;
 
   // Throws InvalidArgument for a pattern parse_regex refuses, one past the limits above (naming

@@ -46,14 +46,26 @@ Ranges complement(const Ranges& r) {
   return normalize(std::move(out));
 }
 
-Ranges class_escape(uint32_t c) {  // \d \w \s and their complements, ASCII
+// Within ASCII: what a negated \d \w \s means in every dialect (Python's and Rust's Unicode
+// classes hold more digits, letters and spaces than ECMAScript's or re.ASCII's).
+Ranges ascii_complement(const Ranges& r) {
+  Ranges out;
+  for (const auto& [lo, hi] : complement(r)) {
+    if (lo <= 0x7F) out.emplace_back(lo, std::min<uint32_t>(hi, 0x7F));
+  }
+  return out;
+}
+
+// \d \w \s (ASCII) and their complements: all other code points, or in kSearch mode (JSON Schema,
+// whose validators differ) only the other ASCII ones.
+Ranges class_escape(uint32_t c, bool search) {
   Ranges r;
   switch (c | 0x20) {  // lower case
     case 'd': r = {{'0', '9'}}; break;
     case 'w': r = {{'0', '9'}, {'A', 'Z'}, {'_', '_'}, {'a', 'z'}}; break;
     default: r = {{'\t', '\r'}, {' ', ' '}}; break;  // s: \t \n \v \f \r and space
   }
-  return c >= 'a' ? r : complement(r);
+  return c >= 'a' ? r : search ? ascii_complement(r) : complement(r);
 }
 
 bool is_hex(uint32_t c) { return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f'); }
@@ -264,6 +276,7 @@ class Parser {
 
   Ranges class_body(size_t at) {
     Ranges r;
+    bool has_class_escape = false;  // \d \w \s or their complements inside
     const bool negate = peek() == '^';
     if (negate) ++pos_;
     for (bool first = true;; first = false) {
@@ -277,6 +290,7 @@ class Parser {
       const bool range = peek() == '-' && more(1) && peek(1) != ']';
       if (lo.is_set) {
         if (range) fail("bad character range", item_at);
+        has_class_escape = true;
         r.insert(r.end(), lo.set.begin(), lo.set.end());
         continue;
       }
@@ -290,6 +304,7 @@ class Parser {
       r.emplace_back(lo.code, hi.code);
     }
     r = normalize(std::move(r));
+    if (negate && search_ && has_class_escape) return ascii_complement(r);  // as \D above
     return negate ? complement(r) : r;
   }
   Escape class_item() {
@@ -305,7 +320,7 @@ class Parser {
     const uint32_t c = cp_[pos_++];
     const auto code = [](uint32_t v) { return Escape{false, v, {}}; };
     switch (c) {
-      case 'd': case 'D': case 'w': case 'W': case 's': case 'S': return Escape{true, 0, class_escape(c)};
+      case 'd': case 'D': case 'w': case 'W': case 's': case 'S': return Escape{true, 0, class_escape(c, search_)};
       case 'n': return code('\n');
       case 't': return code('\t');
       case 'r': return code('\r');

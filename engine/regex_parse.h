@@ -45,7 +45,9 @@ inline constexpr size_t kMaxRegexBytes = 16 * 1024;  // a pattern's largest size
 
 // How a pattern meets a text: kFullMatch, the whole text is one match (guided_regex, re.fullmatch);
 // kSearch, some part of it is (JSON Schema's "pattern", re.search): a top-level alternative without
-// '^' may begin, and one without '$' may end, anywhere in the text.
+// '^' may begin, and one without '$' may end, anywhere in the text. Validators read a schema's
+// pattern in their own dialects, whose \d \w \s differ beyond ASCII; kSearch keeps to what they
+// all agree on: \D \W \S, and a negated class holding \d \w \s, match ASCII characters only.
 enum class RegexMode : uint8_t { kFullMatch, kSearch };
 
 // Throws InvalidArgument naming the problem and its character offset.

@@ -385,3 +385,53 @@ TEST(JsonSchema, StringRulesNeverStrandAText) {
 
 }  // namespace
 }  // namespace sparseserve
+
+namespace sparseserve {
+namespace {
+
+// The second review's cases (session 22).
+TEST(JsonSchema, FreeKeysPartFromPropertyKeysOnlyBetweenWholeCharacters) {
+  const JsonSchema esc = JsonSchema::compile(R"({"properties": {"a\nb": {}}, "additionalProperties": true})");
+  EXPECT_NE(first_refused(esc, R"({"a\z": 1})"), -1);  // inside the property key's escape \n
+  EXPECT_FALSE(whole(esc, R"({"a\": 1})"));
+  EXPECT_TRUE(whole(esc, R"({"a\nc": 1, "ab": 2})"));   // after a whole escape, or before it
+  const JsonSchema slash = JsonSchema::compile(
+      R"({"properties": {"x\"": {"type": "integer"}, "x/": {"type": "integer"}}, "additionalProperties": {"type": "string"}})");
+  EXPECT_FALSE(whole(slash, R"({"x\/": "s"})"));  // "x/" in disguise
+  const JsonSchema utf8 = JsonSchema::compile("{\"properties\": {\"\xc3\xa9\": {}}, \"additionalProperties\": true}");
+  EXPECT_FALSE(whole(utf8, "{\"\xc3\": 1}"));        // a key ending inside a character
+  EXPECT_TRUE(whole(utf8, "{\"\xc3\xa8\": 1, \"\xc3\xa9\": 2}"));
+  // Free keys are not tracked: one may repeat (JSON allows it; readers keep the last).
+  EXPECT_TRUE(whole(utf8, R"({"k": 1, "k": 2})"));
+}
+
+TEST(JsonSchema, BoundsReadAsTheirShortestTextAndFarBoundsAllowNoWrittenNumber) {
+  const JsonSchema above = JsonSchema::compile(R"({"type": "number", "exclusiveMinimum": 0.002877})");
+  EXPECT_FALSE(whole(above, "0.002877"));
+  EXPECT_TRUE(whole(above, "0.002878"));
+  const JsonSchema at = JsonSchema::compile(R"({"type": "number", "minimum": 2.432199, "maximum": 2.432199})");
+  EXPECT_TRUE(whole(at, "2.432199"));
+  for (const char* far : {R"({"type": "number", "maximum": -1e13})", R"({"type": "number", "minimum": 1e13})",
+                          R"({"type": "number", "exclusiveMinimum": 1e15})"}) {
+    EXPECT_THAT(refusal(far), HasSubstr("allow no number written with at most 9 integer")) << far;
+  }
+  const JsonSchema wide = JsonSchema::compile(R"({"type": "number", "minimum": -1e15, "maximum": 1e15})");
+  EXPECT_TRUE(whole(wide, "-999999999.5"));
+  EXPECT_FALSE(whole(wide, "1000000000"));
+}
+
+TEST(JsonSchema, SchemaPatternsKeepNegatedClassesToAscii) {
+  // Validators read \W \D \S by their own Unicode tables: beyond ASCII only what all of them agree on.
+  const JsonSchema w = JsonSchema::compile(R"({"type": "string", "pattern": "^\\W[^\\s]$"})");
+  EXPECT_TRUE(whole(w, R"("!x")"));
+  EXPECT_FALSE(whole(w, "\"\xc3\xa9x\""));
+  EXPECT_FALSE(whole(w, "\"!\xe2\x80\x83\""));   // U+2003, a space to Python
+  const JsonSchema plain = JsonSchema::compile(R"({"type": "string", "pattern": "^[^a]$"})");
+  EXPECT_TRUE(whole(plain, "\"\xc3\xa9\""));     // a negated class without \d \w \s: all of Unicode
+  const JsonSchema t = JsonSchema::compile(R"({"type": "string", "format": "date-time"})");
+  EXPECT_TRUE(whole(t, R"("2024-01-31T23:59:59Z")"));
+  EXPECT_FALSE(whole(t, R"("2024-01-31t23:59:59z")"));  // upper case, as every ISO 8601 reader takes
+}
+
+}  // namespace
+}  // namespace sparseserve
