@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <bitset>
-#include <charconv>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -12,6 +11,7 @@
 
 #include "common/errors.h"
 #include "engine/regex_dfa.h"
+#include "engine/value_regex.h"
 
 namespace sparseserve {
 
@@ -33,25 +33,6 @@ const std::set<std::string, std::less<>> kKeywords = {
 constexpr size_t kMaxTextRules = 16;  // distinct pattern / format / length rules in one schema (each
                                       // compile is bounded by RegexDfa's limits; 16 bound the sum)
 
-// "format" values as regexes over the whole string (RFC 3339 dates and times with real month
-// lengths and leap years, no leap second, upper-case T and Z as every ISO 8601 reader takes them; RFC 4122 UUIDs; dotted-quad IPv4 without leading zeros; an
-// address with one '@' and a dotted domain).
-const std::map<std::string, std::string, std::less<>> kFormats = [] {
-  const std::string year = R"((\d{3}[1-9]|\d\d[1-9]\d|\d[1-9]\d\d|[1-9]\d{3}))";
-  const std::string leap = R"((\d\d(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00))";
-  const std::string date = "(" + year + R"(-((0[13578]|1[02])-(0[1-9]|[12]\d|3[01])|(0[469]|11)-(0[1-9]|[12]\d|30)|02-(0[1-9]|1\d|2[0-8]))|)" +
-                           leap + "-02-29)";
-  const std::string time = R"(([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d))";
-  const std::string octet = R"((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))";
-  return std::map<std::string, std::string, std::less<>>{
-      {"date", date},
-      {"time", time},
-      {"date-time", date + "T" + time},
-      {"uuid", R"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"},
-      {"ipv4", "(" + octet + R"(\.){3})" + octet},
-      {"email", R"([A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"},
-  };
-}();
 
 uint8_t type_bit(const json& name, const std::string& at) {
   if (!name.is_string()) throw InvalidArgument("json_schema: 'type' must be a name or a list of names (at " + at + ")");
@@ -98,159 +79,6 @@ std::bitset<256> first_bytes_of_types(uint8_t types) {
   if (types & JsonSchema::kBoolean) f.set('t').set('f');
   if (types & JsonSchema::kNull) f.set('n');
   return f;
-}
-
-// Digit strings of one length from x to y (x ≤ y as numbers), as a regex: the first digit's
-// branches at most once each way, so the size is linear in the length.
-std::string same_length_range(const std::string& x, const std::string& y) {
-  const size_t n = x.size(), rest = n - 1;
-  const auto all = [](std::string_view t, char c) { return t.find_first_not_of(c) == std::string_view::npos; };
-  const std::string any = rest == 0 ? "" : "\\d{" + std::to_string(rest) + "}";
-  if (x == y) return x;
-  if (n == 1 || (all(x.substr(1), '0') && all(y.substr(1), '9'))) {
-    return std::string("[") + x[0] + "-" + y[0] + "]" + any;
-  }
-  if (x[0] == y[0]) return x.substr(0, 1) + "(" + same_length_range(x.substr(1), y.substr(1)) + ")";
-  std::vector<std::string> parts;
-  char lo = x[0], hi = y[0];
-  if (!all(x.substr(1), '0')) {  // x's first digit with the rest from x's up
-    parts.push_back(x.substr(0, 1) + "(" + same_length_range(x.substr(1), std::string(rest, '9')) + ")");
-    ++lo;
-  }
-  std::string last;
-  if (!all(y.substr(1), '9')) {  // y's first digit with the rest up to y's
-    last = y.substr(0, 1) + "(" + same_length_range(std::string(rest, '0'), y.substr(1)) + ")";
-    --hi;
-  }
-  if (lo <= hi) parts.push_back(std::string("[") + lo + "-" + hi + "]" + any);
-  if (!last.empty()) parts.push_back(last);
-  std::string r;
-  for (const std::string& p : parts) r += (r.empty() ? "" : "|") + p;
-  return r;
-}
-
-// Non-negative integers a..b (b < 0: no end), written as JSON writes them (no leading zero).
-std::string natural_range(int64_t a, int64_t b) {
-  std::string r;
-  const auto digits = [](int64_t v) { return static_cast<int>(std::to_string(v).size()); };
-  int64_t low = 1;  // 10^(d-1)
-  for (int d = 1; d < digits(a); ++d) low *= 10;
-  for (int d = digits(a); b < 0 ? d == digits(a) : d <= digits(b); ++d, low *= 10) {
-    const int64_t x = std::max(a, d == 1 ? int64_t{0} : low), y = b < 0 ? low * 10 - 1 : std::min(b, low * 10 - 1);
-    if (x > y) continue;
-    r += (r.empty() ? "(" : "|(") + same_length_range(std::to_string(x), std::to_string(y)) + ")";
-  }
-  if (b < 0) r += "|[1-9]\\d{" + std::to_string(digits(a)) + ",}";  // every longer one
-  return r;
-}
-
-// The integers from lo to hi (absent: no bound), as a regex of their JSON texts (no "-0").
-std::string integer_range(std::optional<int64_t> lo, std::optional<int64_t> hi) {
-  std::vector<std::string> alts;
-  if (!hi || *hi >= 0) alts.push_back(natural_range(lo && *lo > 0 ? *lo : 0, hi ? *hi : -1));
-  if (!lo || *lo < 0) alts.push_back("-(" + natural_range(hi && *hi < 0 ? -*hi : 1, lo ? -*lo : -1) + ")");
-  std::string r;
-  for (const std::string& a : alts) r += (r.empty() ? "(" : "|(") + a + ")";
-  return r;
-}
-
-// A bound's exact decimal value, digits × 10^exponent (read from the shortest text of the number,
-// so 0.1 is 1 × 10^-1, not the binary double's expansion), and whether it is exclusive.
-struct Bound {
-  int64_t digits = 0;
-  int32_t exponent = 0;
-  bool exclusive = false;
-};
-
-// v: a number of size at most 10^15 (checked by the caller).
-Bound bound_of(const json& v, bool exclusive) {
-  Bound b{0, 0, exclusive};
-  if (v.is_number_integer()) {
-    b.digits = v.get<int64_t>();
-    return b;
-  }
-  char buf[64];  // std::to_chars: the shortest text that reads back as the double (dump() may be longer)
-  const std::string t(buf, std::to_chars(buf, buf + sizeof buf, v.get<double>()).ptr);  // "-0.3", "1e-07"
-  size_t i = t[0] == '-' ? 1 : 0;
-  int32_t fraction = 0;
-  bool dot = false;
-  for (; i < t.size() && t[i] != 'e' && t[i] != 'E'; ++i) {
-    if (t[i] == '.') {
-      dot = true;
-    } else if (b.digits < INT64_MAX / 10) {  // the shortest text has at most 17 significant digits
-      b.digits = b.digits * 10 + (t[i] - '0');
-      fraction += dot ? 1 : 0;
-    } else {
-      fraction -= dot ? 0 : 1;  // a digit dropped before the point (not reached for these sizes)
-    }
-  }
-  b.exponent = (i < t.size() ? std::stoi(t.substr(i + 1)) : 0) - fraction;
-  if (t[0] == '-') b.digits = -b.digits;
-  return b;
-}
-
-__extension__ typedef __int128 Int128;  // 10^15 bounds on a 10^-7 grid, and 17-digit mantissas
-
-// The least (lower) or greatest (upper) integer n with n × 10^-f inside the bound (|bound| ≤ 10^15,
-// f ≤ 7: |n| ≤ 10^22).
-Int128 scaled_limit(const Bound& b, int f, bool lower) {
-  const int32_t e = b.exponent + f;
-  Int128 floor = 0;
-  bool exact = true;
-  if (e >= 0) {
-    floor = b.digits;
-    for (int32_t k = 0; k < e; ++k) floor *= 10;
-  } else if (e < -18) {
-    floor = b.digits < 0 ? -1 : 0;
-    exact = b.digits == 0;
-  } else {
-    int64_t div = 1;
-    for (int32_t k = 0; k < -e; ++k) div *= 10;
-    floor = b.digits / div;
-    const int64_t r = b.digits % div;
-    if (r < 0) --floor;
-    exact = r == 0;
-  }
-  if (lower) return exact && !b.exclusive ? floor : floor + 1;
-  return exact && b.exclusive ? floor - 1 : floor;
-}
-
-// Non-negative numbers with exactly f fraction digits whose value × 10^f is in a..b (0 ≤ a ≤ b).
-std::string fixed_point_range(int64_t a, int64_t b, int f) {
-  if (f == 0) return natural_range(a, b);
-  int64_t p = 1;
-  for (int k = 0; k < f; ++k) p *= 10;
-  const auto pad = [&](int64_t r) {
-    const std::string t = std::to_string(r);
-    return std::string(static_cast<size_t>(f) - t.size(), '0') + t;
-  };
-  const int64_t qa = a / p, ra = a % p, qb = b / p, rb = b % p;
-  if (qa == qb) return std::to_string(qa) + "\\.(" + same_length_range(pad(ra), pad(rb)) + ")";
-  std::string r = std::to_string(qa) + "\\.(" + same_length_range(pad(ra), pad(p - 1)) + ")";
-  if (qb - qa >= 2) r += "|(" + natural_range(qa + 1, qb - 1) + ")\\.\\d{" + std::to_string(f) + "}";
-  return r + "|" + std::to_string(qb) + "\\.(" + same_length_range(pad(0), pad(rb)) + ")";
-}
-
-// "number" texts between the bounds: no exponent, at most kBoundedFraction fraction digits and
-// kBoundedIntegerDigits integer digits (so at most 15 significant digits: comparing the text's
-// exact value with the bound's gives what comparing their doubles gives), no "-0".
-constexpr int kBoundedFraction = 6, kBoundedIntegerDigits = 9;
-std::string number_range(const std::optional<Bound>& lo, const std::optional<Bound>& hi) {
-  std::string r;
-  int64_t cap = 1;  // 10^(integer digits + f)
-  for (int k = 0; k < kBoundedIntegerDigits; ++k) cap *= 10;
-  for (int f = 0; f <= kBoundedFraction; ++f, cap *= 10) {
-    // Clamped to the written range on both sides before narrowing (a bound may be ~10^21 here).
-    const auto clamp = [&](Int128 v) { return static_cast<int64_t>(std::clamp<Int128>(v, -cap, cap)); };
-    const int64_t least = std::max(lo ? clamp(scaled_limit(*lo, f, true)) : -(cap - 1), -(cap - 1));
-    const int64_t most = std::min(hi ? clamp(scaled_limit(*hi, f, false)) : cap - 1, cap - 1);
-    if (least > most) continue;
-    if (most >= 0) r += (r.empty() ? "(" : "|(") + fixed_point_range(std::max<int64_t>(least, 0), most, f) + ")";
-    if (least < 0) {  // -m for m in max(1, -most) .. -least
-      r += (r.empty() ? "-(" : "|-(") + fixed_point_range(std::max<int64_t>(1, -most), -least, f) + ")";
-    }
-  }
-  return r;
 }
 
 }  // namespace
@@ -381,14 +209,9 @@ class JsonSchemaCompiler {
   }
 
   // Numbers: "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum" (at most 10^15 in size)
-  // as an automaton over the value's JSON text (Node::number): an integer's without a bound on its
-  // size; a "number"'s as number_range writes them.
+  // as an automaton over the value's JSON text (Node::number; engine/value_regex.h).
   void bounds(const json& s, int32_t id, const std::string& at) {
-    std::optional<Bound> lo, hi;
-    const auto tighter = [](const Bound& a, const Bound& b, bool lower) {  // on 10^-7 steps, exact below that
-      const Int128 x = scaled_limit(a, kBoundedFraction + 1, lower), y = scaled_limit(b, kBoundedFraction + 1, lower);
-      return lower ? (x > y ? a : b) : (x < y ? a : b);
-    };
+    std::optional<DecimalBound> lo, hi;
     for (const char* key : {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"}) {
       if (!s.contains(key)) continue;
       const json& v = s[key];
@@ -396,28 +219,18 @@ class JsonSchemaCompiler {
         throw InvalidArgument(std::string("json_schema: '") + key + "' must be a number of size at most 10^15 (at " + at + ")");
       }
       const std::string k = key;
-      const Bound b = bound_of(v, k.starts_with("exclusive"));
-      if (k == "minimum" || k == "exclusiveMinimum") {
-        lo = lo ? tighter(*lo, b, true) : b;
-      } else {
-        hi = hi ? tighter(*hi, b, false) : b;
-      }
+      const bool exclusive = k.starts_with("exclusive");
+      const DecimalBound b = v.is_number_integer() ? DecimalBound::of(v.get<int64_t>(), exclusive)
+                                                   : DecimalBound::of(v.get<double>(), exclusive);
+      std::optional<DecimalBound>& side = k == "minimum" || k == "exclusiveMinimum" ? lo : hi;
+      side = side ? tighter(*side, b, &side == &lo) : b;
     }
     if (!lo && !hi) return;
-    std::string texts;
-    if (node(id).types & JsonSchema::kNumber) {
-      texts = number_range(lo, hi);
-    } else {
-      const auto limit = [](const std::optional<Bound>& b, bool lower) {  // |bound| ≤ 10^15: fits
-        return b ? std::optional(static_cast<int64_t>(scaled_limit(*b, 0, lower))) : std::nullopt;
-      };
-      const std::optional<int64_t> least = limit(lo, true), most = limit(hi, false);
-      if (!least || !most || *least <= *most) texts = integer_range(least, most);
-    }
+    const bool number = node(id).types & JsonSchema::kNumber;
+    const std::string texts = number ? number_texts(lo, hi) : integer_texts(lo, hi);
     if (texts.empty()) {
       throw InvalidArgument(std::string("json_schema: its bounds allow no number") +
-                            (node(id).types & JsonSchema::kNumber ? " written with at most 9 integer and 6 fraction digits" : "") +
-                            " (at " + at + ")");
+                            (number ? " written with at most 9 integer and 6 fraction digits" : "") + " (at " + at + ")");
     }
     node(id).number = std::make_shared<const RegexDfa>(RegexDfa::compile(texts));
   }
@@ -429,7 +242,7 @@ class JsonSchemaCompiler {
     return key;
   }
 
-  // Strings: "pattern" (searched for, as JSON Schema's patterns are), "format" (kFormats),
+  // Strings: "pattern" (searched for, as JSON Schema's patterns are), "format" (format_regex),
   // "minLength" / "maxLength" (code points), as one automaton over the string's decoded text (Node::
   // text). It is intersected with the characters a JSON string writes without a \u escape, which
   // the recognizer then never takes in such a string.
@@ -456,11 +269,11 @@ class JsonSchemaCompiler {
       }
       if (format) {
         const json& f = s["format"];
-        const auto it = f.is_string() ? kFormats.find(f.get<std::string>()) : kFormats.end();
-        if (it == kFormats.end()) {
+        const std::string* regex = f.is_string() ? format_regex(f.get<std::string>()) : nullptr;
+        if (regex == nullptr) {
           fail("'format' " + f.dump() + " is not supported (date, time, date-time, uuid, ipv4, email)");
         }
-        text = RegexDfa::intersect(text, RegexDfa::compile(it->second));
+        text = RegexDfa::intersect(text, RegexDfa::compile(*regex));
       }
       if (lengths) {
         const uint32_t lo = s.contains("minLength") ? item_count(s["minLength"], "minLength", at) : 0;
