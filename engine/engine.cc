@@ -15,15 +15,15 @@
 
 #include "engine/bad_words.h"
 #include "engine/choice_constraint.h"
-#include "engine/regex_dfa.h"
-#include "engine/text_constraint.h"
 #include "engine/cpu_forward.h"
 #include "engine/json_constraint.h"
 #include "engine/paged_kv.h"
+#include "engine/regex_dfa.h"
 #include "engine/request_stream.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "engine/stop_strings.h"
+#include "engine/text_constraint.h"
 #include "kvcache/capacity.h"
 
 namespace sparseserve {
