@@ -592,7 +592,7 @@ def test_sdk_error_classes(client, model_name, server):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model_name, messages=QUESTION,
                                        response_format={"type": "json_schema",
-                                                        "json_schema": {"name": "x", "schema": {"format": "date"}}})
+                                                        "json_schema": {"name": "x", "schema": {"format": "uri"}}})
     assert e.value.body["param"] == "response_format.json_schema.schema" and "'format'" in e.value.body["message"]
 
 
