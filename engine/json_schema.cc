@@ -261,8 +261,10 @@ class JsonSchemaCompiler {
     }
     const auto fail = [&](const std::string& what) { throw InvalidArgument("json_schema: " + what + " (at " + at + ")"); };
     try {
-      // Raw characters and the short escapes (\b \t \n \f \r): everything but other control characters.
-      RegexDfa text = RegexDfa::compile(R"([^\x00-\x07\x0b\x0e-\x1f]*)");
+      // Raw characters and the short escapes (\b \t \n \f \r): everything but other control
+      // characters. Compiled once for every schema.
+      static const RegexDfa kWritable = RegexDfa::compile(R"([^\x00-\x07\x0b\x0e-\x1f]*)");
+      RegexDfa text = kWritable;
       if (pattern) {
         if (!s["pattern"].is_string()) fail("'pattern' must be a string");
         text = RegexDfa::intersect(text, RegexDfa::compile(s["pattern"].get<std::string>(), RegexMode::kSearch));

@@ -196,15 +196,14 @@ class DfaBuilder {
 
   // sets[i]: DFA state i's NFA states; table: [state][class] → state or kDead.
   void build(int32_t start, const std::array<uint16_t, 256>& class_of, size_t num_classes) {
-    std::map<std::vector<int32_t>, int32_t> ids;
     const auto id_of = [&](std::vector<int32_t> set) {
       if (set.empty()) return RegexDfa::kDead;
-      const auto [it, fresh] = ids.emplace(std::move(set), static_cast<int32_t>(sets.size()));
+      const auto [it, fresh] = ids_.emplace(std::move(set), static_cast<int32_t>(sets.size()));
       if (fresh) {
         if (sets.size() >= static_cast<size_t>(RegexDfa::kMaxStates)) {
           too_complex((std::to_string(RegexDfa::kMaxStates) + " automaton states").c_str());
         }
-        sets.push_back(it->first);
+        sets.push_back(&it->first);
       }
       return it->second;
     };
@@ -212,7 +211,7 @@ class DfaBuilder {
     std::vector<std::vector<int32_t>> buckets(num_classes);
     for (size_t i = 0; i < sets.size(); ++i) {
       for (auto& b : buckets) b.clear();
-      for (int32_t s : sets[i]) {
+      for (int32_t s : *sets[i]) {
         const NfaState& st = nfa_[static_cast<size_t>(s)];
         if (st.lo > st.hi) continue;
         for (size_t c = class_of[static_cast<size_t>(st.lo)]; c <= class_of[static_cast<size_t>(st.hi)]; ++c) {
@@ -226,10 +225,11 @@ class DfaBuilder {
     }
   }
 
-  std::vector<std::vector<int32_t>> sets;
+  std::vector<const std::vector<int32_t>*> sets;  // keys of ids_ (std::map keys stay put)
   std::vector<int32_t> table;
 
  private:
+  std::map<std::vector<int32_t>, int32_t> ids_;  // a DFA state's NFA states -> its number
   const std::vector<NfaState>& nfa_;
   int32_t accept_;
   std::vector<uint32_t> mark_;
@@ -251,7 +251,7 @@ RegexDfa RegexDfa::compile(std::string_view pattern, RegexMode mode) {
   b.classes(class_of, num_classes);
   b.build(entry, class_of, num_classes);
   std::vector<uint8_t> accepting;
-  for (const auto& set : b.sets) accepting.push_back(std::binary_search(set.begin(), set.end(), accept) ? 1 : 0);
+  for (const auto* set : b.sets) accepting.push_back(std::binary_search(set->begin(), set->end(), accept) ? 1 : 0);
   return trimmed(class_of, num_classes, b.table, accepting);
 }
 
