@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "engine/chat_template.h"
@@ -20,7 +22,8 @@ struct ChatPrompt {
 // template, the conversation is empty or a role is unknown.
 // continue_final_message: the final message is left open instead (ChatTemplate::render_continuing);
 // it excludes add_generation_prompt (InvalidArgument when both are set).
+// tools: function definitions on offer (ChatTemplate::render).
 ChatPrompt encode_chat(const Model& model, std::vector<ChatMessage> messages, bool add_generation_prompt = true,
-                       bool continue_final_message = false);
+                       bool continue_final_message = false, std::span<const std::string> tools = {});
 
 }  // namespace sparseserve

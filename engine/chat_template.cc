@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "common/errors.h"
+#include "engine/tool_calls.h"
 #include "engine/utf8.h"
 
 namespace sparseserve {
@@ -86,7 +87,7 @@ std::optional<ChatTemplate::DatedSystem> find_dated_system(std::string_view jinj
 }
 
 bool known_role(const std::string& role) {
-  return role == "system" || role == "user" || role == "assistant";
+  return role == "system" || role == "user" || role == "assistant" || role == "tool";
 }
 
 // Length of the whitespace character at the start of s, 0 when there is none: Python's
@@ -153,8 +154,9 @@ std::string ChatTemplate::name() const {
 
 std::string ChatTemplate::end_of_turn() const { return std::string(tokens_of(kind_).end_of_turn); }
 
-std::string ChatTemplate::render_continuing(const std::vector<ChatMessage>& messages, std::string_view today) const {
-  std::string text = render(messages, /*add_generation_prompt=*/false, today);
+std::string ChatTemplate::render_continuing(const std::vector<ChatMessage>& messages, std::string_view today,
+                                           std::span<const std::string> tools) const {
+  std::string text = render(messages, /*add_generation_prompt=*/false, today, tools);
   // transformers' rule: find the last occurrence of the trimmed content, then keep the content's
   // trailing whitespace where the render kept it too (ChatML), else end at the trimmed content.
   const std::string_view content = messages.back().content;
@@ -171,22 +173,55 @@ std::string ChatTemplate::render_continuing(const std::vector<ChatMessage>& mess
 }
 
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
-                                 std::string_view today) const {
+                                 std::string_view today, std::span<const std::string> tools) const {
   if (messages.empty()) throw InvalidArgument("the conversation has no messages");
   for (size_t i = 0; i < messages.size(); ++i) {
     if (!known_role(messages[i].role)) {
       throw InvalidArgument("message " + std::to_string(i) + ": unknown role '" +
-                            messages[i].role + "' (expected system, user or assistant)");
+                            messages[i].role + "' (expected system, user, assistant or tool)");
     }
   }
-  const bool inject_system = !default_system_.empty() && messages.front().role != "system";
+  const bool leading_system = messages.front().role == "system";
+  const bool inject_system = !default_system_.empty() && !leading_system;
+  // The system text with the tools on offer after it.
+  const std::string offer = tools.empty() ? std::string() : tools_system_text(kind_, tools);
+  const auto with_offer = [&](std::string_view system) {
+    return offer.empty() ? std::string(system) : system.empty() ? offer : std::string(system) + "\n\n" + offer;
+  };
+  // An assistant message's text: its content, then its calls.
+  const auto assistant_text = [&](const ChatMessage& m) {
+    std::string text = m.content;
+    for (size_t c = 0; c < m.tool_calls.size(); ++c) {
+      if (!text.empty()) text += kind_ == ChatTemplateKind::kChatML || c == 0 ? "\n" : "; ";
+      text += tool_call_text(kind_, m.tool_calls[c]);
+    }
+    return text;
+  };
   std::string out;
+  size_t first = 0;
   if (kind_ == ChatTemplateKind::kChatML) {
     auto message = [&](std::string_view role, std::string_view content) {
       out.append("<|im_start|>").append(role).append("\n").append(content).append("<|im_end|>\n");
     };
-    if (inject_system) message("system", default_system_);
-    for (const ChatMessage& m : messages) message(m.role, m.content);
+    if (!offer.empty()) {
+      first = leading_system ? 1 : 0;
+      message("system", with_offer(leading_system ? messages.front().content : default_system_));
+    } else if (inject_system) {
+      message("system", default_system_);
+    }
+    for (size_t i = first; i < messages.size(); ++i) {
+      const ChatMessage& m = messages[i];
+      if (m.role == "tool") {  // a run of results is one user turn
+        out.append("<|im_start|>user");
+        for (; i < messages.size() && messages[i].role == "tool"; ++i) {
+          out.append("\n<tool_response>\n").append(messages[i].content).append("\n</tool_response>");
+        }
+        --i;
+        out.append("<|im_end|>\n");
+      } else {
+        message(m.role, m.role == "assistant" ? assistant_text(m) : m.content);
+      }
+    }
     if (add_generation_prompt) out.append("<|im_start|>assistant\n");
   } else {
     auto message = [&](std::string_view role, std::string_view content) {
@@ -194,20 +229,29 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
       out.append(trim(content)).append("<|eot_id|>");
     };
     out.append("<|begin_of_text|>");
-    size_t first = 0;
     if (dated_) {  // the system block is always there; a leading system message goes into it
       std::string_view system;
-      if (messages.front().role == "system") {
+      if (leading_system) {
         system = trim(messages.front().content);
         first = 1;
       }
       const std::string date = !dated_->today ? dated_->fixed_date : today.empty() ? today_date() : std::string(today);
       out.append("<|start_header_id|>system<|end_header_id|>\n\n").append(dated_->knowledge);
-      out.append("Today Date: ").append(date).append("\n\n").append(system).append("<|eot_id|>");
+      out.append("Today Date: ").append(date).append("\n\n").append(with_offer(system)).append("<|eot_id|>");
+    } else if (!offer.empty()) {
+      first = leading_system ? 1 : 0;
+      message("system", with_offer(leading_system ? trim(messages.front().content) : default_system_));
     } else if (inject_system) {
       message("system", default_system_);
     }
-    for (size_t i = first; i < messages.size(); ++i) message(messages[i].role, messages[i].content);
+    for (size_t i = first; i < messages.size(); ++i) {
+      const ChatMessage& m = messages[i];
+      if (m.role == "tool") {
+        message("ipython", m.content);
+      } else {
+        message(m.role, m.role == "assistant" ? assistant_text(m) : m.content);
+      }
+    }
     if (add_generation_prompt) out.append("<|start_header_id|>assistant<|end_header_id|>\n\n");
   }
   return out;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -10,9 +11,20 @@
 
 namespace sparseserve {
 
+// A function call an assistant message made (OpenAI's tool_calls entry).
+struct ChatToolCall {
+  std::string id;
+  std::string name;
+  std::string arguments;  // the JSON text of an object
+};
+
 struct ChatMessage {
-  std::string role;     // "system" | "user" | "assistant"
+  ChatMessage() = default;
+  ChatMessage(std::string r, std::string c, std::vector<ChatToolCall> calls = {})
+      : role(std::move(r)), content(std::move(c)), tool_calls(std::move(calls)) {}
+  std::string role;     // "system" | "user" | "assistant" | "tool" (a call's result)
   std::string content;
+  std::vector<ChatToolCall> tool_calls;  // assistant only: the calls, written after the content
 };
 
 enum class ChatTemplateKind { kChatML, kLlama3 };
@@ -30,6 +42,10 @@ class ChatTemplate {
   std::string name() const;
   // Renders the conversation; with add_generation_prompt the assistant header follows.
   // Throws InvalidArgument for an unknown role or an empty conversation.
+  // tools: function definitions on offer (compact JSON, see engine/tool_calls.h), written into the
+  // system message after its text (ChatML: a system message is added when there is none); an
+  // assistant's tool_calls follow its content, and "tool" messages are rendered as the family's
+  // results (tool_calls.h). With no tools and no tool messages the output is as described below.
   // Contract: the text carries every special token the prompt needs, including Llama-3's
   // <|begin_of_text|> BOS. Encode it with add_special = false and parse_special = true (as
   // transformers' apply_chat_template does), so a BOS is never doubled.
@@ -43,12 +59,13 @@ class ChatTemplate {
   // or, for a template that calls strftime_now, `today` ("%d %b %Y"; empty: the local date now).
   // "Whitespace" is Python's str.isspace, as Jinja's trim strips it.
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
-                     std::string_view today = {}) const;
+                     std::string_view today = {}, std::span<const std::string> tools = {}) const;
   // The conversation with its final message left open for the model to continue (transformers'
   // and vLLM's continue_final_message): render(messages, false, today) cut right after the final
   // message's content, or after its whitespace-trimmed content where the template trims it
   // (Llama-3). Throws InvalidArgument as render() does, and when that content is empty.
-  std::string render_continuing(const std::vector<ChatMessage>& messages, std::string_view today = {}) const;
+  std::string render_continuing(const std::vector<ChatMessage>& messages, std::string_view today = {},
+                                std::span<const std::string> tools = {}) const;
   // Text of the end-of-turn token ("<|im_end|>", "<|eot_id|>"): a stop token for generation.
   std::string end_of_turn() const;
   // The system prompt the template injects when the conversation has none ("" when none).

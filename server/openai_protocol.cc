@@ -13,6 +13,8 @@
 #include "engine/chat_prompt.h"
 #include "engine/choice_constraint.h"
 #include "engine/regex_dfa.h"
+#include "server/openai_fields.h"
+#include "server/openai_tools.h"
 
 namespace sparseserve::openai {
 
@@ -36,6 +38,15 @@ std::string make_response_id(const char* prefix) {
   return id;
 }
 
+std::shared_ptr<const JsonSchema> compile_schema(const json& schema, const std::string& param) {
+  try {
+    return std::make_shared<const JsonSchema>(JsonSchema::compile(schema.is_string() ? schema.get<std::string>()
+                                                                                     : schema.dump()));
+  } catch (const InvalidArgument& e) {
+    throw bad_request(e.what(), param);
+  }
+}
+
 Request GenerationJob::request_for_choice(int32_t choice, const std::string& response_id) const {
   Request r = params;
   r.id = response_id + "-" + std::to_string(choice);
@@ -45,17 +56,6 @@ Request GenerationJob::request_for_choice(int32_t choice, const std::string& res
 }
 
 namespace {
-
-// A schema from a request, compiled for the engine; 400 naming `param` when outside the subset.
-// vLLM also takes the schema as its JSON text.
-std::shared_ptr<const JsonSchema> compile_schema(const json& schema, const std::string& param) {
-  try {
-    return std::make_shared<const JsonSchema>(JsonSchema::compile(schema.is_string() ? schema.get<std::string>()
-                                                                                     : schema.dump()));
-  } catch (const InvalidArgument& e) {
-    throw bad_request(e.what(), param);
-  }
-}
 
 std::shared_ptr<const std::vector<std::string>> parse_choices(const json& choices, const std::string& param) {
   if (!choices.is_array() || choices.empty() || choices.size() > ChoiceText::kMaxChoices ||
@@ -75,79 +75,6 @@ std::shared_ptr<const RegexDfa> compile_regex(const json& pattern, const std::st
   }
 }
 
-// Typed access to optional fields of a JSON object: absent and null read as "not given".
-class Fields {
- public:
-  explicit Fields(const json& obj, std::string prefix = "") : obj_(obj), prefix_(std::move(prefix)) {}
-
-  const json* get(const char* key) const {
-    const auto it = obj_.find(key);
-    return it == obj_.end() || it->is_null() ? nullptr : &*it;
-  }
-  std::string name(const char* key) const { return prefix_ + key; }
-
-  std::optional<bool> boolean(const char* key) const {
-    const json* v = get(key);
-    if (!v) return std::nullopt;
-    if (!v->is_boolean()) throw wrong_type(key, "a boolean");
-    return v->get<bool>();
-  }
-  std::optional<double> number(const char* key, double lo, double hi, bool lo_open = false) const {
-    const json* v = get(key);
-    if (!v) return std::nullopt;
-    if (!v->is_number()) throw wrong_type(key, "a number");
-    const double x = v->get<double>();
-    // The engine takes these as floats: a value that rounds to an open bound is the bound.
-    if (!std::isfinite(x) || x < lo || x > hi || (lo_open && static_cast<float>(x) == static_cast<float>(lo))) {
-      throw bad_request(name(key) + " must be in " + std::string(lo_open ? "(" : "[") + fmt(lo) + ", " + fmt(hi) +
-                            "], got " + v->dump(),
-                        name(key));
-    }
-    return x;
-  }
-  std::optional<int64_t> integer(const char* key, int64_t lo, int64_t hi) const {
-    const json* v = get(key);
-    if (!v) return std::nullopt;
-    if (!v->is_number_integer()) throw wrong_type(key, "an integer");
-    if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(hi)) throw out_of_range(key, lo, hi, *v);
-    const int64_t x = v->get<int64_t>();
-    if (x < lo || x > hi) throw out_of_range(key, lo, hi, *v);
-    return x;
-  }
-  std::optional<std::string> string(const char* key) const {
-    const json* v = get(key);
-    if (!v) return std::nullopt;
-    if (!v->is_string()) throw wrong_type(key, "a string");
-    return v->get<std::string>();
-  }
-  ApiError wrong_type(const char* key, const char* what) const {
-    return bad_request(name(key) + " must be " + what + ", got " + type_name(*get(key)), name(key));
-  }
-
-  static std::string type_name(const json& v) {
-    if (v.is_number_integer()) return "an integer";
-    if (v.is_number()) return "a number";
-    if (v.is_string()) return "a string";
-    if (v.is_boolean()) return "a boolean";
-    if (v.is_array()) return "an array";
-    if (v.is_object()) return "an object";
-    return "null";
-  }
-
- private:
-  static std::string fmt(double x) {
-    std::string s = std::to_string(x);
-    s.erase(s.find_last_not_of('0') + 1);
-    if (!s.empty() && s.back() == '.') s.pop_back();
-    return s;
-  }
-  ApiError out_of_range(const char* key, int64_t lo, int64_t hi, const json& v) const {
-    return bad_request(name(key) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + v.dump(),
-                       name(key));
-  }
-  const json& obj_;
-  std::string prefix_;
-};
 
 void require_object(const json& body) {
   if (!body.is_object()) throw bad_request("the request body must be a JSON object, got " + Fields::type_name(body));
@@ -542,7 +469,8 @@ ChatRendering chat_rendering(const Fields& f) {
   return how;
 }
 
-ChatPrompt Protocol::render_chat(const json& messages, const ChatRendering& how) const {
+ChatPrompt Protocol::render_chat(const json& messages, const ChatRendering& how,
+                                 std::span<const std::string> tools) const {
   if (!messages.is_array()) {
     throw bad_request("messages must be a list of messages, got " + Fields::type_name(messages), "messages");
   }
@@ -559,10 +487,10 @@ ChatPrompt Protocol::render_chat(const json& messages, const ChatRendering& how)
     ChatMessage cm;
     if (*role == "system" || *role == "developer") {
       cm.role = "system";
-    } else if (*role == "user" || *role == "assistant") {
+    } else if (*role == "user" || *role == "assistant" || *role == "tool") {
       cm.role = *role;
     } else {
-      throw bad_request(at + ".role '" + *role + "' is not supported (system, developer, user, assistant)",
+      throw bad_request(at + ".role '" + *role + "' is not supported (system, developer, user, assistant, tool)",
                         at + ".role");
     }
     const json* content = f.get("content");
@@ -589,14 +517,15 @@ ChatPrompt Protocol::render_chat(const json& messages, const ChatRendering& how)
     } else {
       throw f.wrong_type("content", "a string or a list of content parts");
     }
-    if (f.get("tool_calls") && !f.get("tool_calls")->empty()) {
-      throw bad_request(at + ".tool_calls are not supported", at + ".tool_calls");
+    if (const json* calls = f.get("tool_calls")) {
+      if (cm.role != "assistant") throw bad_request(at + ".tool_calls is for assistant messages", at + ".tool_calls");
+      cm.tool_calls = parse_message_tool_calls(*calls, at + ".tool_calls");
     }
     msgs.push_back(std::move(cm));
   }
   ChatPrompt chat;
   try {
-    chat = encode_chat(model_, std::move(msgs), how.add_generation_prompt, how.continue_final_message);
+    chat = encode_chat(model_, std::move(msgs), how.add_generation_prompt, how.continue_final_message, tools);
   } catch (const InvalidArgument& e) {
     throw bad_request(e.what(), "messages");
   }
@@ -615,10 +544,22 @@ GenerationJob Protocol::parse_chat(const json& body) const {
   const Fields f(body);
   const json* messages = f.get("messages");
   if (!messages) throw bad_request("messages is required", "messages");
-  ChatPrompt chat = render_chat(*messages, chat_rendering(f));
+  if (!model_.chat_template) throw bad_request("this model has no chat template; use /v1/completions", "messages");
+  ToolRequest tools = parse_tools(body, model_.chat_template->kind());
+  ChatPrompt chat = render_chat(*messages, chat_rendering(f), tools.definitions);
   job.prompts.push_back(std::move(chat.ids));
   job.prompt_given_as_ids.push_back(false);
   parse_common(body, job);
+  job.tools = tools.use;
+  if (tools.schema) {
+    const Request& r = job.params;
+    if (r.json_object || r.json_schema || r.choices || r.regex) {
+      throw bad_request("tool_choice '" + std::string(tools.use.choice == ToolUse::Choice::kNamed ? "function" : "required") +
+                            "' constrains the output, and so does a structured-output field; give one",
+                        "tool_choice");
+    }
+    job.params.json_schema = std::move(tools.schema);
+  }
   // vLLM's echo prepends the final message to the reply; a request template replaces the model's.
   if (f.boolean("echo").value_or(false)) throw bad_request("echo is not supported", "echo");
   if (auto v = f.string("chat_template")) {
@@ -632,12 +573,8 @@ GenerationJob Protocol::parse_chat(const json& body) const {
   if (const json* docs = f.get("documents"); docs && !docs->empty()) {
     throw bad_request("documents are not supported", "documents");
   }
-  if (const json* tools = f.get("tools"); tools && !tools->empty()) throw bad_request("tools are not supported", "tools");
   if (const json* fns = f.get("functions"); fns && !fns->empty()) {
     throw bad_request("functions are not supported", "functions");
-  }
-  if (const json* tc = f.get("tool_choice"); tc && *tc != "none" && *tc != "auto") {
-    throw bad_request("tool_choice is not supported", "tool_choice");
   }
   const bool logprobs = f.boolean("logprobs").value_or(false);
   const auto top = f.integer("top_logprobs", 0, limits_.max_logprobs);
@@ -659,7 +596,8 @@ json Protocol::tokenize(const json& body) const {
   const Fields f(body);
   std::vector<int32_t> ids;
   if (const json* messages = f.get("messages")) {
-    ids = render_chat(*messages, chat_rendering(f)).ids;
+    if (!model_.chat_template) throw bad_request("this model has no chat template", "messages");
+    ids = render_chat(*messages, chat_rendering(f), parse_tools(body, model_.chat_template->kind()).definitions).ids;
   } else if (auto prompt = f.string("prompt")) {
     ids = model_.tokenizer.encode(*prompt, f.boolean("add_special_tokens").value_or(true), /*parse_special=*/false);
   } else {

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <exception>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,15 @@ struct ProtocolLimits {
   SequenceLimits sequences;        // prompt + completion per profile (empty: the model's context)
 };
 
+// Tool calling on a chat request (server/openai_tools.h): how its reply is read back.
+struct ToolUse {
+  enum class Choice { kNone, kAuto, kRequired, kNamed };
+  Choice choice = Choice::kNone;
+  std::string function;  // kNamed: the function the reply calls
+  bool parallel = true;  // parallel_tool_calls; false: one call at most
+  ChatTemplateKind format = ChatTemplateKind::kChatML;  // kAuto: how the model writes calls
+};
+
 // One parsed generation call: its prompts (token ids) and the engine parameters they share.
 struct GenerationJob {
   Endpoint endpoint = Endpoint::kCompletions;
@@ -83,6 +93,7 @@ struct GenerationJob {
   // prompt_given_as_ids[i]: prompt i came as token ids (truncation cuts it as given); else the
   // server encoded it, and a BOS the tokenizer adds stays in front.
   std::vector<bool> prompt_given_as_ids;
+  ToolUse tools;  // chat only
   int64_t truncate_prompt_tokens = 0;  // vLLM's: k ≥ 1 keeps each prompt's last k tokens, −1 as many as
                                        // the request's context limit; 0 none
 
@@ -116,7 +127,7 @@ class Protocol {
  private:
   void check_model(const json& body) const;
   void parse_common(const json& body, GenerationJob& job) const;
-  ChatPrompt render_chat(const json& messages, const ChatRendering& how) const;
+  ChatPrompt render_chat(const json& messages, const ChatRendering& how, std::span<const std::string> tools) const;
   void check_lengths(GenerationJob& job, bool max_tokens_given) const;
 
   const Model& model_;
@@ -163,7 +174,14 @@ class ResponseBuilder {
     std::string error;
     int64_t prompt_tokens = 0;
     int64_t completion_tokens = 0;
+    // Streaming under tool calling: bytes of `text` sent as content, and the kNamed call's id once
+    // its first delta went out.
+    size_t content_sent = 0;
+    std::string call_id;
   };
+  // Streaming under tool calling: the chunks for a delta (`out`) of choice `index`.
+  void add_tool_chunks(int32_t index, Choice& c, const RequestOutput& out, json logprobs, std::vector<json>& chunks) const;
+  bool tool_calling() const { return job_.endpoint == Endpoint::kChat && job_.tools.choice != ToolUse::Choice::kNone; }
   json chunk_base() const;
   json logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const;
   json prompt_logprobs_json(const Choice& c) const;

@@ -8,6 +8,7 @@
 
 #include "engine/utf8.h"
 #include "server/openai_protocol.h"
+#include "server/openai_tools.h"
 
 namespace sparseserve::openai {
 
@@ -171,6 +172,11 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
     chunks.push_back(ApiError(500, "internal_error", "generation failed: " + out.error, "", "internal_error").to_json());
     return chunks;
   }
+  if (tool_calling()) {
+    json lp = job_.want_logprobs && !out.logprobs.empty() ? logprobs_json(out.logprobs, offsets) : json(nullptr);
+    add_tool_chunks(choice, c, out, std::move(lp), chunks);
+    return chunks;
+  }
   if (out.text.empty() && out.logprobs.empty() && !out.finished) return chunks;
   json ch = {{"index", choice}};
   if (chat) {
@@ -185,6 +191,54 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
   chunk["choices"].push_back(std::move(ch));
   chunks.push_back(std::move(chunk));
   return chunks;
+}
+
+void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOutput& out, json logprobs,
+                                      std::vector<json>& chunks) const {
+  using ToolChoice = ToolUse::Choice;
+  const auto push = [&](json delta, json finish) {
+    json ch = {{"index", index}, {"delta", std::move(delta)}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish}};
+    logprobs = nullptr;  // the delta's logprobs ride on its first chunk
+    if (!finish.is_null()) ch["stop_reason"] = stop_reason_json(c);
+    json chunk = chunk_base();
+    chunk["choices"].push_back(std::move(ch));
+    chunks.push_back(std::move(chunk));
+  };
+  if (job_.tools.choice == ToolChoice::kNamed) {  // the output is the call's arguments, streamed as they come
+    json delta = json::object();
+    if (!out.text.empty()) {
+      json call = {{"index", 0}, {"function", {{"arguments", out.text}}}};
+      if (c.call_id.empty()) {
+        c.call_id = make_response_id("call_");
+        call["id"] = c.call_id;
+        call["type"] = "function";
+        call["function"]["name"] = job_.tools.function;
+      }
+      delta["tool_calls"] = json::array({std::move(call)});
+    }
+    if (!out.text.empty() || !logprobs.is_null() || out.finished) push(std::move(delta), finish_json(c));
+    return;
+  }
+  const auto content_delta = [&](size_t upto) {
+    json d = json::object();
+    if (upto > c.content_sent) d["content"] = c.text.substr(c.content_sent, upto - c.content_sent);
+    c.content_sent = std::max(c.content_sent, upto);
+    return d;
+  };
+  if (!c.finished) {  // content that cannot begin a call goes out now, the rest waits for the end
+    const size_t safe = job_.tools.choice == ToolChoice::kAuto ? tool_free_prefix(job_.tools.format, c.text) : 0;
+    json d = content_delta(safe);
+    if (!d.empty() || !logprobs.is_null()) push(std::move(d), nullptr);
+    return;
+  }
+  ParsedReply reply = read_tool_reply(job_.tools, c.text);
+  if (reply.calls.empty()) {
+    push(content_delta(c.text.size()), finish_json(c));
+    return;
+  }
+  if (reply.content.size() > c.content_sent) push(content_delta(reply.content.size()), nullptr);
+  for (ChatToolCall& call : reply.calls) call.id = make_response_id("call_");
+  push(json{{"tool_calls", tool_calls_json(reply.calls, /*with_index=*/true)}}, "tool_calls");
 }
 
 bool ResponseBuilder::all_finished() const {
@@ -255,13 +309,23 @@ json ResponseBuilder::response() const {
   for (size_t i = 0; i < choices_.size(); ++i) {
     const Choice& c = choices_[i];
     json ch = {{"index", i}};
+    json finish = finish_json(c);
     if (chat) {
       ch["message"] = {{"role", "assistant"}, {"content", c.text}};
+      if (tool_calling() && c.finish != FinishReason::kError) {
+        ParsedReply reply = read_tool_reply(job_.tools, c.text);
+        if (!reply.calls.empty()) {
+          for (ChatToolCall& call : reply.calls) call.id = make_response_id("call_");
+          ch["message"]["content"] = reply.content.empty() ? json(nullptr) : json(reply.content);
+          ch["message"]["tool_calls"] = tool_calls_json(reply.calls, /*with_index=*/false);
+          if (job_.tools.choice != ToolUse::Choice::kNamed) finish = "tool_calls";
+        }
+      }
     } else {
       ch["text"] = c.text;
     }
     ch["logprobs"] = job_.want_logprobs ? logprobs_json(c.logprobs, c.text_offsets) : json(nullptr);
-    ch["finish_reason"] = finish_json(c);
+    ch["finish_reason"] = std::move(finish);
     ch["stop_reason"] = stop_reason_json(c);
     if (job_.want_prompt_logprobs && !chat) ch["prompt_logprobs"] = prompt_logprobs_json(c);
     choices.push_back(std::move(ch));

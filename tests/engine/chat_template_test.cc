@@ -232,7 +232,7 @@ TEST(ChatTemplate, Errors) {
   for (const char* name : {"chatml", "llama3"}) {
     const ChatTemplate t = ChatTemplate::by_name(name);
     EXPECT_THROW(t.render({}, true), InvalidArgument);
-    EXPECT_THROW(t.render({{"user", "a"}, {"tool", "b"}}, true), InvalidArgument);
+    EXPECT_THROW(t.render({{"user", "a"}, {"robot", "b"}}, true), InvalidArgument);
     EXPECT_THROW(t.render({{"User", "a"}}, true), InvalidArgument);
   }
 }

@@ -271,6 +271,204 @@ TEST_F(ProtocolTest, ChatStreamChunks) {
   EXPECT_EQ(b.usage_chunk()["usage"]["completion_tokens"], 2);
 }
 
+// Tool calling: tools offered in the prompt, tool_choice mapped to the engine's constraint, every
+// bad field named.
+json weather_tools(int n = 1) {
+  json tools = json::array();
+  for (int i = 0; i < n; ++i) {
+    tools.push_back({{"type", "function"},
+                     {"function",
+                      {{"name", i == 0 ? std::string("get_weather") : std::string("f").append(std::to_string(i))},
+                       {"description", "Weather now"},
+                       {"parameters",
+                        {{"type", "object"},
+                         {"properties", {{"city", {{"type", "string"}}}}},
+                         {"required", {"city"}}}}}}});
+  }
+  return tools;
+}
+
+TEST_F(ProtocolTest, ToolChoiceMapsToTheOutputConstraint) {
+  const json msgs = json::array({{{"role", "user"}, {"content", "Weather in Paris?"}}});
+  // Tools alone: "auto", offered in the prompt, nothing constrained.
+  GenerationJob job = protocol_->parse_chat({{"messages", msgs}, {"tools", weather_tools()}});
+  EXPECT_EQ(job.tools.choice, ToolUse::Choice::kAuto);
+  EXPECT_EQ(job.tools.format, ChatTemplateKind::kChatML);
+  EXPECT_FALSE(job.params.json_schema);
+  const std::string prompt = tok().decode(job.prompts[0], false);
+  EXPECT_NE(prompt.find("<tools>\n{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":"
+                        "\"Weather now\",\"parameters\":"),
+            std::string::npos)
+      << prompt;
+  EXPECT_EQ(protocol_->parse_chat({{"messages", msgs}}).tools.choice, ToolUse::Choice::kNone);
+  job = protocol_->parse_chat({{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", "none"}});
+  EXPECT_EQ(job.tools.choice, ToolUse::Choice::kNone);
+  EXPECT_NE(tok().decode(job.prompts[0], false).find("<tools>"), std::string::npos);  // still offered (vLLM)
+  // A named function: its parameters constrain the output.
+  job = protocol_->parse_chat({{"messages", msgs},
+                               {"tools", weather_tools(2)},
+                               {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}});
+  EXPECT_EQ(job.tools.choice, ToolUse::Choice::kNamed);
+  EXPECT_EQ(job.tools.function, "get_weather");
+  ASSERT_TRUE(job.params.json_schema);
+  EXPECT_EQ(job.params.json_schema->node(job.params.json_schema->root()).types, JsonSchema::kObject);
+  // "required" with one tool: an array of calls, one at most without parallel calls.
+  job = protocol_->parse_chat(
+      {{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", "required"}, {"parallel_tool_calls", false}});
+  EXPECT_EQ(job.tools.choice, ToolUse::Choice::kRequired);
+  ASSERT_TRUE(job.params.json_schema);
+  const JsonSchema::Node& root = job.params.json_schema->node(job.params.json_schema->root());
+  EXPECT_EQ(root.types, JsonSchema::kArray);
+  EXPECT_EQ(root.min_items, 1u);
+  EXPECT_EQ(root.max_items, 1u);
+  // Earlier calls and their results are part of the conversation.
+  const json turn = json::array(
+      {{{"role", "user"}, {"content", "Weather?"}},
+       {{"role", "assistant"},
+        {"content", nullptr},
+        {"tool_calls",
+         {{{"id", "c1"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", "{\"city\": \"Oslo\"}"}}}}}}},
+       {{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "3 C"}}});
+  const std::string text = tok().decode(protocol_->parse_chat({{"messages", turn}, {"tools", weather_tools()}}).prompts[0], false);
+  EXPECT_NE(text.find("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Oslo\"}}\n"
+                      "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n3 C\n</tool_response><|im_end|>\n"
+                      "<|im_start|>assistant\n"),
+            std::string::npos)
+      << text;
+}
+
+TEST_F(ProtocolTest, BadToolFieldsAreNamed) {
+  const json msgs = json::array({{{"role", "user"}, {"content", "hi"}}});
+  const json named = {{"type", "function"}, {"function", {{"name", "get_weather"}}}};
+  json bad_name = weather_tools();
+  bad_name[0]["function"]["name"] = "get weather";
+  json bad_params = weather_tools();
+  bad_params[0]["function"]["parameters"] = "x";
+  json unsupported = weather_tools();
+  unsupported[0]["function"]["parameters"]["properties"]["city"]["multipleOf"] = 2;
+  const auto call = [](json args) {
+    return json::array({{{"role", "assistant"},
+                         {"tool_calls", {{{"id", "c"}, {"type", "function"}, {"function", {{"name", "f"}, {"arguments", args}}}}}}}});
+  };
+  struct Case {
+    json body;
+    std::string param;
+  };
+  const std::vector<Case> cases = {
+      {{{"messages", msgs}, {"tools", "x"}}, "tools"},
+      {{{"messages", msgs}, {"tools", {{{"type", "code"}}}}}, "tools[0].type"},
+      {{{"messages", msgs}, {"tools", {{{"type", "function"}}}}}, "tools[0].function"},
+      {{{"messages", msgs}, {"tools", bad_name}}, "tools[0].function.name"},
+      {{{"messages", msgs}, {"tools", {weather_tools()[0], weather_tools()[0]}}}, "tools[1].function.name"},
+      {{{"messages", msgs}, {"tools", bad_params}}, "tools[0].function.parameters"},
+      {{{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", "always"}}, "tool_choice"},
+      {{{"messages", msgs}, {"tool_choice", "required"}}, "tool_choice"},
+      {{{"messages", msgs}, {"tool_choice", named}}, "tool_choice"},
+      {{{"messages", msgs}, {"tools", weather_tools(2)}, {"tool_choice", "required"}}, "tool_choice"},
+      {{{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "nope"}}}}}},
+       "tool_choice.function.name"},
+      {{{"messages", msgs}, {"tools", unsupported}, {"tool_choice", named}}, "tools[0].function.parameters"},
+      {{{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", named}, {"guided_regex", "a"}}, "tool_choice"},
+      {{{"messages", msgs}, {"tools", weather_tools()}, {"parallel_tool_calls", 1}}, "parallel_tool_calls"},
+      {{{"messages", call("{")}}, "messages[0].tool_calls[0].function.arguments"},
+      {{{"messages", call("[1]")}}, "messages[0].tool_calls[0].function.arguments"},
+      {{{"messages", call(json::object())}}, "messages[0].tool_calls[0].function.arguments"},
+      {{{"messages", {{{"role", "user"}, {"content", "x"}, {"tool_calls", json::array()}}}}}, "messages[0].tool_calls"},
+      {{{"messages", {{{"role", "tool"}}}}}, "messages[0].content"},
+  };
+  for (const Case& c : cases) {
+    const ApiError e = error_of(c.body, true);
+    EXPECT_EQ(e.status(), 400) << c.body.dump();
+    EXPECT_EQ(e.param(), c.param) << c.body.dump() << ": " << e.what();
+  }
+}
+
+TEST_F(ProtocolTest, RepliesBecomeToolCalls) {
+  const json msgs = json::array({{{"role", "user"}, {"content", "hi"}}});
+  const std::string call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+  // auto: a call in the reply's text.
+  GenerationJob job = protocol_->parse_chat({{"messages", msgs}, {"tools", weather_tools()}});
+  ResponseBuilder b(job, tok(), "chatcmpl-t", "smol", 5);
+  b.add(0, delta({1, 2}, std::string("Checking.\n").append(call), true, FinishReason::kStop));
+  json m = b.response()["choices"][0];
+  EXPECT_EQ(m["finish_reason"], "tool_calls");
+  EXPECT_EQ(m["message"]["content"], "Checking.");
+  ASSERT_EQ(m["message"]["tool_calls"].size(), 1u);
+  EXPECT_EQ(m["message"]["tool_calls"][0]["type"], "function");
+  EXPECT_EQ(m["message"]["tool_calls"][0]["function"], json({{"name", "get_weather"}, {"arguments", "{\"city\":\"Oslo\"}"}}));
+  EXPECT_TRUE(m["message"]["tool_calls"][0]["id"].get<std::string>().starts_with("call_"));
+  // auto without a call: plain text.
+  ResponseBuilder plain(job, tok(), "chatcmpl-t", "smol", 5);
+  plain.add(0, delta({1}, "No <tool", true, FinishReason::kStop));
+  m = plain.response()["choices"][0];
+  EXPECT_EQ(m["finish_reason"], "stop");
+  EXPECT_EQ(m["message"]["content"], "No <tool");
+  EXPECT_FALSE(m["message"].contains("tool_calls"));
+  // named: the output is the arguments; finish_reason as the engine ended.
+  job = protocol_->parse_chat({{"messages", msgs},
+                               {"tools", weather_tools()},
+                               {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}});
+  ResponseBuilder named(job, tok(), "chatcmpl-t", "smol", 5);
+  named.add(0, delta({1}, "{\"city\": \"Rome\"}", true, FinishReason::kStop));
+  m = named.response()["choices"][0];
+  EXPECT_EQ(m["finish_reason"], "stop");
+  EXPECT_TRUE(m["message"]["content"].is_null());
+  EXPECT_EQ(m["message"]["tool_calls"][0]["function"], json({{"name", "get_weather"}, {"arguments", "{\"city\": \"Rome\"}"}}));
+  // required: the array's items become the calls.
+  job = protocol_->parse_chat({{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", "required"}});
+  ResponseBuilder req(job, tok(), "chatcmpl-t", "smol", 5);
+  req.add(0, delta({1}, "[{\"name\": \"get_weather\", \"parameters\": {\"city\": \"A\"}}, {\"name\": \"get_weather\", "
+                        "\"parameters\": {\"city\": \"B\"}}]",
+                   true, FinishReason::kStop));
+  m = req.response()["choices"][0];
+  EXPECT_EQ(m["finish_reason"], "tool_calls");
+  ASSERT_EQ(m["message"]["tool_calls"].size(), 2u);
+  EXPECT_EQ(m["message"]["tool_calls"][1]["function"]["arguments"], "{\"city\":\"B\"}");
+  EXPECT_NE(m["message"]["tool_calls"][0]["id"], m["message"]["tool_calls"][1]["id"]);
+}
+
+TEST_F(ProtocolTest, ToolCallStreams) {
+  const json msgs = json::array({{{"role", "user"}, {"content", "hi"}}});
+  // auto: content streams until a call may begin; the calls come whole at the end.
+  GenerationJob job = protocol_->parse_chat({{"messages", msgs}, {"tools", weather_tools()}, {"stream", true}});
+  ResponseBuilder b(job, tok(), "chatcmpl-s", "smol", 5);
+  auto chunks = b.add(0, delta({1}, "Sure <tool"));
+  ASSERT_EQ(chunks.size(), 2u);  // the role, then "Sure " (the "<tool" is held back)
+  EXPECT_EQ(chunks[1]["choices"][0]["delta"], json({{"content", "Sure "}}));
+  chunks = b.add(0, delta({2}, "_call>{\"name\": \"get_weather\", \"arguments\": {}}"));
+  EXPECT_TRUE(chunks.empty());
+  chunks = b.add(0, delta({3}, "</tool_call>", true, FinishReason::kStop));
+  ASSERT_EQ(chunks.size(), 1u);
+  const json& last = chunks[0]["choices"][0];
+  EXPECT_EQ(last["finish_reason"], "tool_calls");
+  ASSERT_EQ(last["delta"]["tool_calls"].size(), 1u);
+  EXPECT_EQ(last["delta"]["tool_calls"][0]["index"], 0);
+  EXPECT_EQ(last["delta"]["tool_calls"][0]["function"], json({{"name", "get_weather"}, {"arguments", "{}"}}));
+  // auto, held text that was not a call after all goes out at the end.
+  ResponseBuilder p(job, tok(), "chatcmpl-s", "smol", 5);
+  p.add(0, delta({1}, "a <tool"));
+  chunks = p.add(0, delta({2}, "", true, FinishReason::kLength));
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0]["choices"][0]["delta"], json({{"content", "<tool"}}));
+  EXPECT_EQ(chunks[0]["choices"][0]["finish_reason"], "length");
+  // named: the arguments stream as they come, the first delta with the call's id and name.
+  job = protocol_->parse_chat({{"messages", msgs},
+                               {"tools", weather_tools()},
+                               {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}},
+                               {"stream", true}});
+  ResponseBuilder n(job, tok(), "chatcmpl-s", "smol", 5);
+  chunks = n.add(0, delta({1}, "{\"ci"));
+  ASSERT_EQ(chunks.size(), 2u);
+  const json first = chunks[1]["choices"][0]["delta"]["tool_calls"][0];
+  EXPECT_EQ(first["function"], json({{"name", "get_weather"}, {"arguments", "{\"ci"}}));
+  EXPECT_EQ(first["type"], "function");
+  chunks = n.add(0, delta({2}, "ty\": \"X\"}", true, FinishReason::kStop));
+  ASSERT_EQ(chunks.size(), 1u);
+  const json next = chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+  EXPECT_EQ(next, json({{"index", 0}, {"function", {{"arguments", "ty\": \"X\"}"}}}}));
+  EXPECT_EQ(chunks[0]["choices"][0]["finish_reason"], "stop");
+}
+
 TEST_F(ProtocolTest, InternalErrorBecomesAnErrorChunk) {
   const GenerationJob job = protocol_->parse_completion({{"prompt", "x"}, {"stream", true}});
   ResponseBuilder b(job, tok(), "cmpl-2", "smol", 5);

@@ -1,0 +1,140 @@
+#include "engine/tool_calls.h"
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+
+namespace sparseserve {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr std::string_view kCallOpen = "<tool_call>";
+constexpr std::string_view kCallClose = "</tool_call>";
+constexpr std::string_view kSpaces = " \t\r\n";
+
+std::string_view trim(std::string_view s) {
+  const size_t b = s.find_first_not_of(kSpaces);
+  if (b == std::string_view::npos) return {};
+  return s.substr(b, s.find_last_not_of(kSpaces) - b + 1);
+}
+
+// A call's JSON: an object with a non-empty string "name" and an object "arguments" (or
+// "parameters"; absent: no arguments). Arguments given as a string holding an object are taken too.
+std::optional<ChatToolCall> read_call(std::string_view text) {
+  const json j = json::parse(trim(text), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return std::nullopt;
+  const auto name = j.find("name");
+  if (name == j.end() || !name->is_string() || name->get_ref<const std::string&>().empty()) return std::nullopt;
+  auto args = j.find("arguments");
+  if (args == j.end()) args = j.find("parameters");
+  json value = args == j.end() ? json::object() : *args;
+  if (value.is_string()) value = json::parse(value.get_ref<const std::string&>(), nullptr, false);
+  if (!value.is_object()) return std::nullopt;
+  return ChatToolCall{.id = {}, .name = name->get<std::string>(), .arguments = value.dump()};
+}
+
+ParsedReply parse_hermes(std::string_view reply) {
+  ParsedReply out;
+  const size_t first = reply.find(kCallOpen);
+  if (first == std::string_view::npos) return {std::string(reply), {}};
+  for (size_t at = first; at != std::string_view::npos; at = reply.find(kCallOpen, at)) {
+    const size_t body = at + kCallOpen.size();
+    const size_t end = reply.find(kCallClose, body);
+    auto call = read_call(reply.substr(body, end == std::string_view::npos ? std::string_view::npos : end - body));
+    if (!call) return {std::string(reply), {}};
+    out.calls.push_back(std::move(*call));
+    if (end == std::string_view::npos) break;
+    at = end + kCallClose.size();
+  }
+  const std::string_view before = reply.substr(0, first);
+  const size_t last = before.find_last_not_of(kSpaces);
+  out.content = last == std::string_view::npos ? "" : std::string(before.substr(0, last + 1));
+  return out;
+}
+
+// Splits text at the ';' outside JSON strings and brackets.
+std::vector<std::string_view> split_calls(std::string_view text) {
+  std::vector<std::string_view> parts;
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  size_t from = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      ++depth;
+    } else if (c == '}' || c == ']') {
+      --depth;
+    } else if (c == ';' && depth == 0) {
+      parts.push_back(text.substr(from, i - from));
+      from = i + 1;
+    }
+  }
+  parts.push_back(text.substr(from));
+  return parts;
+}
+
+ParsedReply parse_llama3(std::string_view reply) {
+  const std::string_view body = trim(reply);
+  if (!body.starts_with('{')) return {std::string(reply), {}};
+  ParsedReply out;
+  for (std::string_view part : split_calls(body)) {
+    auto call = read_call(part);
+    if (!call) return {std::string(reply), {}};
+    out.calls.push_back(std::move(*call));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string tools_system_text(ChatTemplateKind kind, std::span<const std::string> tools) {
+  std::string out;
+  if (kind == ChatTemplateKind::kChatML) {
+    out = "# Tools\n\nYou may call one or more of the functions below to help with the user's request. Their "
+          "definitions, one per line in JSON, are inside <tools></tools>:\n<tools>";
+    for (const std::string& t : tools) out.append("\n").append(t);
+    out += "\n</tools>\n\nTo call a function, write a JSON object with its name and arguments inside "
+           "<tool_call></tool_call> tags, one block per call:\n<tool_call>\n"
+           "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>";
+  } else {
+    out = "You have access to the functions below. To call one, reply with nothing but a JSON object of the form "
+          "{\"name\": function name, \"parameters\": object of argument names and values}; to call several, "
+          "separate the objects with \"; \".";
+    for (const std::string& t : tools) out.append("\n\n").append(t);
+  }
+  return out;
+}
+
+std::string tool_call_text(ChatTemplateKind kind, const ChatToolCall& call) {
+  const std::string name = json(call.name).dump();
+  if (kind == ChatTemplateKind::kChatML) {
+    return "<tool_call>\n{\"name\": " + name + ", \"arguments\": " + call.arguments + "}\n</tool_call>";
+  }
+  return "{\"name\": " + name + ", \"parameters\": " + call.arguments + "}";
+}
+
+ParsedReply parse_tool_calls(ChatTemplateKind kind, std::string_view reply) {
+  return kind == ChatTemplateKind::kChatML ? parse_hermes(reply) : parse_llama3(reply);
+}
+
+size_t tool_free_prefix(ChatTemplateKind kind, std::string_view reply) {
+  if (kind == ChatTemplateKind::kChatML) {
+    if (const size_t at = reply.find(kCallOpen); at != std::string_view::npos) return at;
+    for (size_t k = std::min(kCallOpen.size() - 1, reply.size()); k > 0; --k) {
+      if (reply.ends_with(kCallOpen.substr(0, k))) return reply.size() - k;
+    }
+    return reply.size();
+  }
+  const size_t b = reply.find_first_not_of(kSpaces);
+  return b == std::string_view::npos || reply[b] == '{' ? 0 : reply.size();
+}
+
+}  // namespace sparseserve

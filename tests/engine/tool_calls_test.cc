@@ -1,0 +1,143 @@
+// engine/tool_calls: calls read out of replies in each family's convention, the streaming hold-back,
+// and the prompt's tools block, calls and results (ChatTemplate::render with tools).
+#include "engine/tool_calls.h"
+
+#include <gtest/gtest.h>
+
+#include "engine/chat_template.h"
+
+namespace sparseserve {
+namespace {
+
+constexpr ChatTemplateKind kChatML = ChatTemplateKind::kChatML;
+constexpr ChatTemplateKind kLlama3 = ChatTemplateKind::kLlama3;
+
+TEST(ToolCalls, HermesBlocksBecomeCalls) {
+  const ParsedReply r = parse_tool_calls(
+      kChatML, "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n"
+               "</tool_call>\n<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": [1, 2]}\"}</tool_call>");
+  EXPECT_EQ(r.content, "Let me check.");
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[0].name, "get_weather");
+  EXPECT_EQ(r.calls[0].arguments, "{\"city\":\"Paris\"}");
+  EXPECT_EQ(r.calls[1].name, "f");
+  EXPECT_EQ(r.calls[1].arguments, "{\"x\":[1,2]}");  // arguments given as a string holding an object
+  EXPECT_TRUE(r.calls[0].id.empty());
+}
+
+TEST(ToolCalls, HermesEdgeCases) {
+  // No block: all content, untouched.
+  EXPECT_EQ(parse_tool_calls(kChatML, " plain\n").content, " plain\n");
+  // The last block cut before its closing tag still counts; a missing arguments field is {}.
+  ParsedReply r = parse_tool_calls(kChatML, "<tool_call>\n{\"name\": \"ping\"}\n");
+  EXPECT_EQ(r.content, "");
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.calls[0].arguments, "{}");
+  // "parameters" is read as the arguments.
+  r = parse_tool_calls(kChatML, "<tool_call>{\"name\": \"a\", \"parameters\": {\"k\": null}}</tool_call>");
+  ASSERT_EQ(r.calls.size(), 1u);
+  EXPECT_EQ(r.calls[0].arguments, "{\"k\":null}");
+  // One bad block makes the whole reply content (vLLM's parsers do the same).
+  for (const char* bad : {"<tool_call>{\"name\": \"a\"}</tool_call><tool_call>{oops}</tool_call>",
+                          "<tool_call>{\"name\": \"\"}</tool_call>", "<tool_call>{\"arguments\": {}}</tool_call>",
+                          "<tool_call>{\"name\": \"a\", \"arguments\": [1]}</tool_call>",
+                          "<tool_call>{\"name\": 3}</tool_call>", "<tool_call>[]</tool_call>"}) {
+    r = parse_tool_calls(kChatML, bad);
+    EXPECT_TRUE(r.calls.empty()) << bad;
+    EXPECT_EQ(r.content, bad);
+  }
+}
+
+TEST(ToolCalls, Llama3JsonReplies) {
+  ParsedReply r = parse_tool_calls(kLlama3, "  {\"name\": \"f\", \"parameters\": {\"s\": \"a;b}\"}} ; {\"name\": \"g\"}");
+  EXPECT_EQ(r.content, "");
+  ASSERT_EQ(r.calls.size(), 2u);
+  EXPECT_EQ(r.calls[0].name, "f");
+  EXPECT_EQ(r.calls[0].arguments, "{\"s\":\"a;b}\"}");  // ';' and '}' inside a string do not split
+  EXPECT_EQ(r.calls[1].name, "g");
+  EXPECT_EQ(r.calls[1].arguments, "{}");
+  for (const char* text : {"The answer is {x}.", "{\"name\": \"f\"} trailing", "{\"nam\": \"f\"}", ""}) {
+    r = parse_tool_calls(kLlama3, text);
+    EXPECT_TRUE(r.calls.empty()) << text;
+    EXPECT_EQ(r.content, text);
+  }
+}
+
+TEST(ToolCalls, StreamingHoldsBackWhatMayBeginACall) {
+  EXPECT_EQ(tool_free_prefix(kChatML, "Hello"), 5u);
+  EXPECT_EQ(tool_free_prefix(kChatML, "Hello <"), 6u);
+  EXPECT_EQ(tool_free_prefix(kChatML, "Hello <tool_ca"), 6u);
+  EXPECT_EQ(tool_free_prefix(kChatML, "Hello <tool_cx"), 14u);  // cannot be the tag any more
+  EXPECT_EQ(tool_free_prefix(kChatML, "Hi\n<tool_call>\n{\"na"), 3u);
+  EXPECT_EQ(tool_free_prefix(kChatML, ""), 0u);
+  EXPECT_EQ(tool_free_prefix(kLlama3, " \n"), 0u);
+  EXPECT_EQ(tool_free_prefix(kLlama3, " {\"name"), 0u);
+  EXPECT_EQ(tool_free_prefix(kLlama3, " Sure"), 5u);
+  // The prefix never shrinks as the text grows.
+  const std::string reply = "ok <tool <tool_call>{\"name\": \"f\"}</tool_call>";
+  size_t last = 0;
+  for (size_t n = 0; n <= reply.size(); ++n) {
+    const size_t p = tool_free_prefix(kChatML, std::string_view(reply).substr(0, n));
+    EXPECT_GE(p, last) << n;
+    EXPECT_LE(p, n);
+    last = p;
+  }
+  EXPECT_EQ(last, 9u);
+}
+
+TEST(ToolCalls, CallsRoundTripThroughTheirPromptText) {
+  const ChatToolCall call{.id = "c1", .name = "get_weather", .arguments = "{\"city\":\"Paris\"}"};
+  EXPECT_EQ(tool_call_text(kChatML, call),
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call>");
+  EXPECT_EQ(tool_call_text(kLlama3, call), "{\"name\": \"get_weather\", \"parameters\": {\"city\":\"Paris\"}}");
+  for (ChatTemplateKind kind : {kChatML, kLlama3}) {
+    const ParsedReply r = parse_tool_calls(kind, tool_call_text(kind, call));
+    ASSERT_EQ(r.calls.size(), 1u);
+    EXPECT_EQ(r.calls[0].name, call.name);
+    EXPECT_EQ(r.calls[0].arguments, call.arguments);
+  }
+}
+
+TEST(ToolCalls, ChatMLRendersToolsCallsAndResults) {
+  const ChatTemplate t = ChatTemplate::by_name("chatml");
+  const std::vector<std::string> tools = {"{\"type\":\"function\",\"function\":{\"name\":\"f\"}}",
+                                          "{\"type\":\"function\",\"function\":{\"name\":\"g\"}}"};
+  const std::string offer = tools_system_text(kChatML, tools);
+  EXPECT_NE(offer.find("<tools>\n" + tools[0] + "\n" + tools[1] + "\n</tools>"), std::string::npos);
+  const std::vector<ChatMessage> conv = {
+      {"user", "Q"},
+      {"assistant", "", {{"c1", "f", "{}"}, {"c2", "g", "{\"a\":1}"}}},
+      {"tool", "R1"},
+      {"tool", "R2"},
+      {"assistant", "Done"}};
+  EXPECT_EQ(t.render(conv, true, {}, tools),
+            "<|im_start|>system\n" + offer + "<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n" +
+                tool_call_text(kChatML, conv[1].tool_calls[0]) + "\n" + tool_call_text(kChatML, conv[1].tool_calls[1]) +
+                "<|im_end|>\n<|im_start|>user\n<tool_response>\nR1\n</tool_response>\n<tool_response>\nR2\n"
+                "</tool_response><|im_end|>\n<|im_start|>assistant\nDone<|im_end|>\n<|im_start|>assistant\n");
+  // A leading system message carries the offer after its text; without tools nothing changes.
+  EXPECT_EQ(t.render({{"system", "S"}, {"user", "Q"}}, false, {}, tools),
+            "<|im_start|>system\nS\n\n" + offer + "<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n");
+  EXPECT_EQ(t.render({{"system", "S"}, {"user", "Q"}}, false), "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n");
+  // An assistant's content comes before its calls.
+  EXPECT_EQ(t.render({{"assistant", "Hm.", {{"c", "f", "{}"}}}}, false),
+            "<|im_start|>assistant\nHm.\n" + tool_call_text(kChatML, {"c", "f", "{}"}) + "<|im_end|>\n");
+}
+
+TEST(ToolCalls, Llama3RendersToolsCallsAndResults) {
+  const ChatTemplate t = ChatTemplate::by_name("llama3");
+  const std::vector<std::string> tools = {"{\"type\":\"function\",\"function\":{\"name\":\"f\"}}"};
+  const std::string offer = tools_system_text(kLlama3, tools);
+  EXPECT_NE(offer.find("\n\n" + tools[0]), std::string::npos);
+  const std::vector<ChatMessage> conv = {
+      {"system", " S "}, {"user", "Q"}, {"assistant", "", {{"c1", "f", "{}"}, {"c2", "f", "{\"a\":1}"}}}, {"tool", "R"}};
+  EXPECT_EQ(t.render(conv, true, {}, tools),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS\n\n" + offer +
+                "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nQ<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"f\", \"parameters\": {}}; "
+                "{\"name\": \"f\", \"parameters\": {\"a\":1}}<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n"
+                "R<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+}  // namespace
+}  // namespace sparseserve
