@@ -145,7 +145,7 @@ std::vector<ChatToolCall> parse_message_tool_calls(const json& calls, const std:
     if (!parsed.is_object()) {
       throw bad_request(ai + ".function.arguments must be the JSON text of an object", ai + ".function.arguments");
     }
-    call.arguments = parsed.dump();
+    call.arguments = *args;  // as given: its keys' order is the client's
     out.push_back(std::move(call));
   }
   return out;

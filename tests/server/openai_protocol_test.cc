@@ -330,7 +330,7 @@ TEST_F(ProtocolTest, ToolChoiceMapsToTheOutputConstraint) {
          {{{"id", "c1"}, {"type", "function"}, {"function", {{"name", "get_weather"}, {"arguments", "{\"city\": \"Oslo\"}"}}}}}}},
        {{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "3 C"}}});
   const std::string text = tok().decode(protocol_->parse_chat({{"messages", turn}, {"tools", weather_tools()}}).prompts[0], false);
-  EXPECT_NE(text.find("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Oslo\"}}\n"
+  EXPECT_NE(text.find("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n"
                       "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n3 C\n</tool_response><|im_end|>\n"
                       "<|im_start|>assistant\n"),
             std::string::npos)

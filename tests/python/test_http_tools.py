@@ -1,0 +1,166 @@
+"""Tool calling through the official `openai` SDK against the real `sparseserve serve` (the default
+SmolLM2 model, ChatML: the Hermes convention): a named function's arguments always validate against its
+parameters schema (checked by `jsonschema`, an independent validator), sampled or greedy, streamed or
+not; "required" gives a list of calls; earlier calls and their results render into the prompt; the
+tools' errors are 400s naming the field."""
+import json
+
+import httpx
+import openai
+import pytest
+
+pytest_plugins = ["conftest_server"]
+jsonschema = pytest.importorskip("jsonschema")
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "minLength": 1, "maxLength": 24},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "unit", "days"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "The weather forecast for a city",
+                                      "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "get_time", "description": "The local time in a city",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                     "required": ["city"]}}},
+]
+ASK = [{"role": "user", "content": "What will the weather be in Paris for the next three days?"}]
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def stream_calls(chunks):
+    """Assembles streamed tool-call deltas: ({index: {"id", "name", "arguments"}}, content, finish_reason)."""
+    calls, content, finish = {}, "", None
+    for ch in chunks:
+        for c in ch.choices:
+            content += c.delta.content or ""
+            for tc in c.delta.tool_calls or []:
+                call = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": ""})
+                if tc.id:
+                    assert call["id"] is None, "a call's id comes once"
+                    call["id"] = tc.id
+                if tc.function and tc.function.name:
+                    call["name"] = tc.function.name
+                if tc.function and tc.function.arguments:
+                    call["arguments"] += tc.function.arguments
+            finish = c.finish_reason or finish
+    return calls, content, finish
+
+
+def test_named_function_arguments_follow_the_schema(client, model_name):
+    r = client.chat.completions.create(model=model_name, messages=ASK, tools=TOOLS, tool_choice=NAMED,
+                                       temperature=0, max_tokens=80)
+    c = r.choices[0]
+    assert c.finish_reason == "stop"
+    assert c.message.content is None
+    [call] = c.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    # The same call streamed: the same arguments, in pieces.
+    calls, content, finish = stream_calls(client.chat.completions.create(
+        model=model_name, messages=ASK, tools=TOOLS, tool_choice=NAMED, temperature=0, max_tokens=80, stream=True))
+    assert finish == "stop" and content == ""
+    assert list(calls) == [0]
+    assert calls[0]["name"] == "get_weather" and calls[0]["id"].startswith("call_")
+    assert calls[0]["arguments"] == call.function.arguments
+
+
+def test_sampled_named_calls_validate(client, model_name):
+    r = client.chat.completions.create(model=model_name, messages=ASK, tools=TOOLS, tool_choice=NAMED, n=6,
+                                       temperature=1.3, seed=11, max_tokens=120)
+    for c in r.choices:
+        assert c.finish_reason == "stop", c
+        jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments), WEATHER)
+
+
+def test_required_gives_a_list_of_calls(client, model_name):
+    tools = TOOLS[:1]
+    r = client.chat.completions.create(model=model_name, messages=ASK, tools=tools, tool_choice="required",
+                                       parallel_tool_calls=False, temperature=0, max_tokens=120)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls"
+    [call] = c.message.tool_calls
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    calls, _, finish = stream_calls(client.chat.completions.create(
+        model=model_name, messages=ASK, tools=tools, tool_choice="required", parallel_tool_calls=False,
+        temperature=0, max_tokens=120, stream=True))
+    assert finish == "tool_calls"
+    assert [(v["name"], json.loads(v["arguments"])) for v in calls.values()] == \
+        [("get_weather", json.loads(call.function.arguments))]
+
+
+def test_auto_answers_in_text_or_calls(client, model_name):
+    # Whatever the model chooses, the reply is well formed: text, or calls whose arguments are JSON
+    # objects; streamed, the same.
+    kwargs = dict(model=model_name, messages=ASK, tools=TOOLS, temperature=0, max_tokens=60)
+    c = client.chat.completions.create(**kwargs).choices[0]
+    calls, content, finish = stream_calls(client.chat.completions.create(**kwargs, stream=True))
+    if c.message.tool_calls:
+        assert c.finish_reason == finish == "tool_calls"
+        assert [(t.function.name, t.function.arguments) for t in c.message.tool_calls] == \
+            [(v["name"], v["arguments"]) for v in calls.values()]
+    else:
+        assert c.message.content == content and c.finish_reason == finish and not calls
+
+
+def test_calls_and_results_render_into_the_prompt(server, client, model_name):
+    args = '{"city": "Oslo", "unit": "celsius", "days": 1}'
+    conv = ASK + [
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "3 C, snow"},
+    ]
+    ids = httpx.post(server.base_url + "/tokenize", json={"messages": conv, "tools": TOOLS}).json()["tokens"]
+    text = httpx.post(server.base_url + "/detokenize", json={"tokens": ids}).json()["prompt"]
+    # Each definition on its line, OpenAI's field order outside the parameters (whose keys the server's
+    # JSON reader keeps sorted).
+    def line(t):
+        f = t["function"]
+        return ('{"type":"function","function":{"name":%s,"description":%s,"parameters":%s}}'
+                % (json.dumps(f["name"]), json.dumps(f["description"]),
+                   json.dumps(f["parameters"], separators=(",", ":"), sort_keys=True)))
+    assert "<tools>\n" + "\n".join(line(t) for t in TOOLS) + "\n</tools>" in text
+    assert text.endswith(
+        "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+        + args + "}\n</tool_call><|im_end|>\n"
+        "<|im_start|>user\n<tool_response>\n3 C, snow\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    r = client.chat.completions.create(model=model_name, messages=conv, tools=TOOLS, tool_choice="none",
+                                       temperature=0, max_tokens=16)
+    assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
+    ({"tools": TOOLS + TOOLS[:1]}, "tools[2].function.name"),
+    ({"tools": TOOLS, "tool_choice": "always"}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": "required"}, "tool_choice"),  # two tools: no anyOf of objects
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
+    ({"tool_choice": NAMED}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": NAMED, "response_format": {"type": "json_object"}}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "x": {"type": "number", "multipleOf": 2}}}}}], "tool_choice": {"type": "function", "function": {"name": "f"}}},
+     "tools[0].function.parameters"),
+])
+def test_bad_tool_fields_are_400s(client, model_name, extra, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model_name, messages=ASK, max_tokens=4, **extra)
+    assert e.value.status_code == 400
+    assert e.value.body["param"] == param, e.value.body
+
+
+def test_bad_tool_messages_are_400s(http):
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+    for messages, param in [
+        (ASK + [{"role": "assistant", "tool_calls": [call]}], "messages[1].tool_calls[0].function.arguments"),
+        (ASK + [{"role": "tool", "tool_call_id": "c"}], "messages[1].content"),
+        ([{"role": "user", "content": "x", "tool_calls": [call]}], "messages[0].tool_calls"),
+    ]:
+        r = http.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 4})
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == param, r.json()
