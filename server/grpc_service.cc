@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include "engine/model.h"
 #include "engine/utf8.h"
 #include "proto/sparseserve.grpc.pb.h"
+#include "server/openai_tools.h"
 #include "server/stall_watchdog.h"
 
 namespace sparseserve {
@@ -362,10 +364,35 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
       break;
     case pb::GenerateRequest::kChat: {
       if (g.chat().messages().empty()) throw InvalidArgument("chat.messages is empty");
+      if (!model.chat_template) throw InvalidArgument("chat: the model has no chat template");
+      // Tools and calls are checked as the HTTP API checks them (server/openai_tools.h).
       std::vector<ChatMessage> messages;
-      messages.reserve(static_cast<size_t>(g.chat().messages_size()));
-      for (const pb::ChatMessage& m : g.chat().messages()) messages.push_back({m.role(), m.content()});
-      ChatPrompt chat = encode_chat(model, std::move(messages));
+      std::vector<std::string> tools;
+      try {
+        messages.reserve(static_cast<size_t>(g.chat().messages_size()));
+        for (int i = 0; i < g.chat().messages_size(); ++i) {
+          const pb::ChatMessage& m = g.chat().messages(i);
+          nlohmann::json calls = nlohmann::json::array();
+          for (const pb::ChatToolCall& c : m.tool_calls()) {
+            calls.push_back({{"id", c.id()}, {"type", "function"}, {"function", {{"name", c.name()}, {"arguments", c.arguments()}}}});
+          }
+          if (!calls.empty() && m.role() != "assistant") {
+            throw InvalidArgument(fmt::format("chat.messages[{}].tool_calls is for assistant messages", i));
+          }
+          messages.push_back({m.role(), m.content(),
+                              openai::parse_message_tool_calls(calls, fmt::format("chat.messages[{}].tool_calls", i))});
+        }
+        nlohmann::json offered = nlohmann::json::array();
+        for (int i = 0; i < g.chat().tools_size(); ++i) {
+          offered.push_back(nlohmann::json::parse(g.chat().tools(i), nullptr, /*allow_exceptions=*/false));
+          if (offered.back().is_discarded()) throw InvalidArgument(fmt::format("chat.tools[{}] is not JSON", i));
+        }
+        tools = openai::parse_tools({{"tools", std::move(offered)}, {"tool_choice", "none"}}, model.chat_template->kind())
+                    .definitions;
+      } catch (const openai::ApiError& e) {
+        throw InvalidArgument(std::string(e.param().starts_with("tools") ? "chat." : "") + e.what());
+      }
+      ChatPrompt chat = encode_chat(model, std::move(messages), true, false, tools);
       r.prompt = std::move(chat.ids);
       r.end_of_turn = chat.end_of_turn;
       break;

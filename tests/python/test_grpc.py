@@ -714,3 +714,34 @@ def test_sigterm_drains_then_aborts_running_streams(build_dir, model_path, repo_
         assert s.proc.wait(timeout=30) == 0
     finally:
         s.stop()
+
+
+def test_chat_tools_render_as_over_http(grpc_server, stub, pb):
+    """Tools, earlier calls and their results render as the HTTP API renders them: a call constrained to
+    the function's parameters (json_schema) gives the greedy arguments HTTP's named tool_choice gives."""
+    httpx = pytest.importorskip("httpx")
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
+    tool = {"type": "function", "function": {"name": "get_time", "description": "Local time", "parameters": params}}
+    args = '{"city": "Oslo"}'
+    conv = [{"role": "user", "content": "What time is it in Oslo, and then in Rome?"},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": args}}]},
+            {"role": "tool", "content": "10:02"}]
+    chat = pb.ChatMessages(messages=[
+        pb.ChatMessage(role=m["role"], content=m["content"],
+                       tool_calls=[pb.ChatToolCall(id=c["id"], name=c["function"]["name"],
+                                                   arguments=c["function"]["arguments"]) for c in m.get("tool_calls", [])])
+        for m in conv], tools=[json.dumps(tool)])
+    msgs = collect(stub, pb.GenerateRequest(chat=chat, max_tokens=40, json_schema=json.dumps(params),
+                                            sampling=pb.SamplingParams(temperature=0)))
+    r = httpx.post(f"http://127.0.0.1:{grpc_server.http_port}/v1/chat/completions", timeout=120, json={
+        "messages": conv, "tools": [tool], "max_tokens": 40, "temperature": 0,
+        "tool_choice": {"type": "function", "function": {"name": "get_time"}}}).json()
+    assert r["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == text_of(msgs)
+    assert msgs[-1].final.usage.prompt_tokens == r["usage"]["prompt_tokens"]
+    bad_call = pb.ChatMessage(role="assistant", tool_calls=[pb.ChatToolCall(name="f", arguments="[1]")])
+    expect_invalid(stub, pb.GenerateRequest(chat=pb.ChatMessages(messages=[bad_call])), "JSON text of an object")
+    expect_invalid(stub, pb.GenerateRequest(chat=pb.ChatMessages(
+        messages=[pb.ChatMessage(role="user", content="x")], tools=['{"type": "function"}'])), "tools[0].function")
+    expect_invalid(stub, pb.GenerateRequest(chat=pb.ChatMessages(
+        messages=[pb.ChatMessage(role="user", content="x")], tools=["{"])), "not JSON")
