@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 namespace sparseserve {
 
@@ -25,5 +26,13 @@ nlohmann::json read_json_file(const std::string& path, size_t max_bytes);
 // object by its size only. Never recursive: nlohmann's dump() recurses once per nesting level, and a
 // 100,000-deep value (200 KB) overflows the stack.
 std::string json_excerpt(const nlohmann::json& v);
+
+// Values nest at most this deep where text from outside is parsed and then copied or written
+// (recursively, once per level): the HTTP body's limit.
+inline constexpr int kMaxJsonDepth = 256;
+
+// `text` parsed, or a discarded value (is_discarded()) when it is not JSON or nests deeper than
+// max_depth. Never throws.
+nlohmann::json parse_json_bounded(std::string_view text, int max_depth = kMaxJsonDepth);
 
 }  // namespace sparseserve

@@ -4,6 +4,8 @@
 
 #include <optional>
 
+#include "engine/json_file.h"
+
 namespace sparseserve {
 
 namespace {
@@ -21,16 +23,17 @@ std::string_view trim(std::string_view s) {
 }
 
 // A call's JSON: an object with a non-empty string "name" and an object "arguments" (or
-// "parameters"; absent: no arguments). Arguments given as a string holding an object are taken too.
+// "parameters"). Arguments given as a string holding an object are taken too. Values nesting deeper
+// than kMaxJsonDepth are not calls (copying and writing them recurses per level).
 std::optional<ChatToolCall> read_call(std::string_view text) {
-  const json j = json::parse(trim(text), nullptr, /*allow_exceptions=*/false);
+  const json j = parse_json_bounded(trim(text));
   if (!j.is_object()) return std::nullopt;
   const auto name = j.find("name");
   if (name == j.end() || !name->is_string() || name->get_ref<const std::string&>().empty()) return std::nullopt;
   auto args = j.find("arguments");
   if (args == j.end()) args = j.find("parameters");
-  json value = args == j.end() ? json::object() : *args;
-  if (value.is_string()) value = json::parse(value.get_ref<const std::string&>(), nullptr, false);
+  if (args == j.end()) return std::nullopt;
+  const json value = args->is_string() ? parse_json_bounded(args->get_ref<const std::string&>()) : *args;
   if (!value.is_object()) return std::nullopt;
   return ChatToolCall{.id = {}, .name = name->get<std::string>(), .arguments = value.dump()};
 }
@@ -127,11 +130,15 @@ ParsedReply parse_tool_calls(ChatTemplateKind kind, std::string_view reply) {
 
 size_t tool_free_prefix(ChatTemplateKind kind, std::string_view reply) {
   if (kind == ChatTemplateKind::kChatML) {
-    if (const size_t at = reply.find(kCallOpen); at != std::string_view::npos) return at;
-    for (size_t k = std::min(kCallOpen.size() - 1, reply.size()); k > 0; --k) {
-      if (reply.ends_with(kCallOpen.substr(0, k))) return reply.size() - k;
+    // Up to the tag or a tail that may begin it, less the whitespace before (parse_tool_calls drops
+    // it from the content when a call follows).
+    size_t safe = reply.find(kCallOpen);
+    for (size_t k = std::min(kCallOpen.size() - 1, reply.size()); safe == std::string_view::npos && k > 0; --k) {
+      if (reply.ends_with(kCallOpen.substr(0, k))) safe = reply.size() - k;
     }
-    return reply.size();
+    const std::string_view text = reply.substr(0, safe);
+    const size_t last = text.find_last_not_of(kSpaces);
+    return last == std::string_view::npos ? 0 : last + 1;
   }
   const size_t b = reply.find_first_not_of(kSpaces);
   return b == std::string_view::npos || reply[b] == '{' ? 0 : reply.size();

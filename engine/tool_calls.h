@@ -32,16 +32,17 @@ struct ParsedReply {
 };
 
 // The calls in a finished reply. A reply whose call blocks do not all hold a JSON object with a
-// string "name" and an object "arguments" (or "parameters") is all content, as vLLM's parsers
-// read it. ChatML: content is the text before the first <tool_call>, trailing whitespace removed;
+// string "name" and an object "arguments" (or "parameters"), nesting at most kMaxJsonDepth, is all
+// content, as vLLM's parsers read it. ChatML: content is the text before the first <tool_call>, trailing whitespace removed;
 // a last block may lack its </tool_call> (max_tokens or a stop string cut it after the JSON).
 // Llama-3: a reply whose first non-space character is '{' is one or more calls separated by ';'.
 ParsedReply parse_tool_calls(ChatTemplateKind kind, std::string_view reply);
 
 // Streaming: the length of the longest prefix of `reply` (what was generated so far) that is
 // content whatever comes next; the rest is held back until parse_tool_calls reads the finished
-// reply. ChatML: up to a <tool_call> tag, or to a tail that may begin one; Llama-3: nothing while
-// the reply is blank or starts with '{', everything otherwise.
+// reply. ChatML: up to a <tool_call> tag, or to a tail that may begin one, less the whitespace
+// before it; Llama-3: nothing while the reply is blank or starts with '{', everything otherwise.
+// It never shrinks as the reply grows.
 size_t tool_free_prefix(ChatTemplateKind kind, std::string_view reply);
 
 }  // namespace sparseserve

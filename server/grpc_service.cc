@@ -23,6 +23,7 @@
 #include "engine/choice_constraint.h"
 #include "engine/regex_dfa.h"
 #include "engine/engine.h"
+#include "engine/json_file.h"
 #include "engine/model.h"
 #include "engine/utf8.h"
 #include "proto/sparseserve.grpc.pb.h"
@@ -384,8 +385,10 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
         }
         nlohmann::json offered = nlohmann::json::array();
         for (int i = 0; i < g.chat().tools_size(); ++i) {
-          offered.push_back(nlohmann::json::parse(g.chat().tools(i), nullptr, /*allow_exceptions=*/false));
-          if (offered.back().is_discarded()) throw InvalidArgument(fmt::format("chat.tools[{}] is not JSON", i));
+          offered.push_back(parse_json_bounded(g.chat().tools(i)));
+          if (offered.back().is_discarded()) {
+            throw InvalidArgument(fmt::format("chat.tools[{}] is not JSON or nests deeper than {}", i, kMaxJsonDepth));
+          }
         }
         tools = openai::parse_tools({{"tools", std::move(offered)}, {"tool_choice", "none"}}, model.chat_template->kind())
                     .definitions;

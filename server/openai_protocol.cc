@@ -517,9 +517,12 @@ ChatPrompt Protocol::render_chat(const json& messages, const ChatRendering& how,
     } else {
       throw f.wrong_type("content", "a string or a list of content parts");
     }
-    if (const json* calls = f.get("tool_calls")) {
+    if (const json* calls = f.get("tool_calls"); calls && !(calls->is_array() && calls->empty())) {
       if (cm.role != "assistant") throw bad_request(at + ".tool_calls is for assistant messages", at + ".tool_calls");
       cm.tool_calls = parse_message_tool_calls(*calls, at + ".tool_calls");
+      if (how.continue_final_message && i + 1 == messages.size()) {
+        throw bad_request("continue_final_message cannot continue a message with tool_calls", at + ".tool_calls");
+      }
     }
     msgs.push_back(std::move(cm));
   }

@@ -74,6 +74,7 @@ struct ToolUse {
   std::string function;  // kNamed: the function the reply calls
   bool parallel = true;  // parallel_tool_calls; false: one call at most
   ChatTemplateKind format = ChatTemplateKind::kChatML;  // kAuto: how the model writes calls
+  std::vector<std::string> offered;  // the tools' names (kAuto: a call to another name is text)
 };
 
 // One parsed generation call: its prompts (token ids) and the engine parameters they share.
@@ -181,6 +182,7 @@ class ResponseBuilder {
   };
   // Streaming under tool calling: the chunks for a delta (`out`) of choice `index`.
   void add_tool_chunks(int32_t index, Choice& c, const RequestOutput& out, json logprobs, std::vector<json>& chunks) const;
+  json tool_finish(const Choice& c) const;
   bool tool_calling() const { return job_.endpoint == Endpoint::kChat && job_.tools.choice != ToolUse::Choice::kNone; }
   json chunk_base() const;
   json logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const;

@@ -206,7 +206,7 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
   };
   if (job_.tools.choice == ToolChoice::kNamed) {  // the output is the call's arguments, streamed as they come
     json delta = json::object();
-    if (!out.text.empty()) {
+    if (!out.text.empty() || (out.finished && c.call_id.empty())) {  // an empty call still goes out, as unstreamed
       json call = {{"index", 0}, {"function", {{"arguments", out.text}}}};
       if (c.call_id.empty()) {
         c.call_id = make_response_id("call_");
@@ -216,7 +216,7 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
       }
       delta["tool_calls"] = json::array({std::move(call)});
     }
-    if (!out.text.empty() || !logprobs.is_null() || out.finished) push(std::move(delta), finish_json(c));
+    if (!delta.empty() || !logprobs.is_null() || out.finished) push(std::move(delta), finish_json(c));
     return;
   }
   const auto content_delta = [&](size_t upto) {
@@ -238,7 +238,12 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
   }
   if (reply.content.size() > c.content_sent) push(content_delta(reply.content.size()), nullptr);
   for (ChatToolCall& call : reply.calls) call.id = make_response_id("call_");
-  push(json{{"tool_calls", tool_calls_json(reply.calls, /*with_index=*/true)}}, "tool_calls");
+  push(json{{"tool_calls", tool_calls_json(reply.calls, /*with_index=*/true)}}, tool_finish(c));
+}
+
+// A reply read as calls ends with "tool_calls" when the model ended it; "length" and "abort" stay.
+json ResponseBuilder::tool_finish(const Choice& c) const {
+  return c.finish == FinishReason::kStop ? json("tool_calls") : finish_json(c);
 }
 
 bool ResponseBuilder::all_finished() const {
@@ -318,7 +323,7 @@ json ResponseBuilder::response() const {
           for (ChatToolCall& call : reply.calls) call.id = make_response_id("call_");
           ch["message"]["content"] = reply.content.empty() ? json(nullptr) : json(reply.content);
           ch["message"]["tool_calls"] = tool_calls_json(reply.calls, /*with_index=*/false);
-          if (job_.tools.choice != ToolUse::Choice::kNamed) finish = "tool_calls";
+          if (job_.tools.choice != ToolUse::Choice::kNamed) finish = tool_finish(c);
         }
       }
     } else {

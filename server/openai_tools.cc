@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "engine/json_file.h"
 #include "server/openai_fields.h"
 
 namespace sparseserve::openai {
@@ -18,8 +19,49 @@ bool valid_function_name(const std::string& name) {
 
 struct Tool {
   std::string name;
-  json parameters;  // null when not given
+  json parameters;  // an object schema ("type": "object" added where absent)
+  std::string param;  // where the parameters are, for errors
 };
+
+// Every "$ref" value in a schema (nesting is bounded by the body's depth limit).
+void collect_refs(const json& s, std::vector<std::string>& out) {
+  if (s.is_object()) {
+    for (const auto& [key, value] : s.items()) {
+      if (key == "$ref" && value.is_string()) out.push_back(value.get<std::string>());
+      collect_refs(value, out);
+    }
+  } else if (s.is_array()) {
+    for (const json& v : s) collect_refs(v, out);
+  }
+}
+
+// "required"'s schema: an array of {"name": the tool, "parameters": its schema}. The parameters'
+// $defs / definitions move to the root, where their "#/$defs/..." references still find them; a
+// reference to anything else (the parameters' own root "#") would point into the array instead.
+json required_schema(const Tool& t, bool parallel) {
+  json params = t.parameters;
+  json root = {{"type", "array"}, {"minItems", 1}};
+  for (const char* defs : {"$defs", "definitions"}) {
+    if (params.contains(defs)) {
+      root[defs] = std::move(params[defs]);
+      params.erase(defs);
+    }
+  }
+  std::vector<std::string> refs;
+  collect_refs(t.parameters, refs);
+  for (const std::string& r : refs) {
+    if (!r.starts_with("#/$defs/") && !r.starts_with("#/definitions/")) {
+      throw bad_request("tool_choice 'required' takes parameters whose $ref point into $defs or definitions only, "
+                        "got '" + r + "'; name the function in tool_choice",
+                        t.param);
+    }
+  }
+  root["items"] = {{"type", "object"},
+                   {"properties", {{"name", {{"const", t.name}}}, {"parameters", std::move(params)}}},
+                   {"required", {"name", "parameters"}}};
+  if (!parallel) root["maxItems"] = 1;
+  return root;
+}
 
 }  // namespace
 
@@ -53,14 +95,20 @@ ToolRequest parse_tools(const json& body, ChatTemplateKind format) {
       // description, parameters).
       nlohmann::ordered_json def = {{"name", *name}};
       if (const auto d = ff.string("description")) def["description"] = *d;
-      Tool tool{*name, nullptr};
+      // No parameters: a function without arguments (OpenAI's rule); the arguments are an object.
+      Tool tool{*name, {{"type", "object"}, {"properties", json::object()}}, ff.name("parameters")};
       if (const json* p = ff.get("parameters")) {
         if (!p->is_object()) throw ff.wrong_type("parameters", "an object (a JSON Schema)");
+        if (const auto type = p->find("type"); type != p->end() && *type != "object") {
+          throw bad_request(tool.param + ".type must be 'object': a function's arguments are an object", tool.param);
+        }
         def["parameters"] = *p;
         tool.parameters = *p;
+        tool.parameters["type"] = "object";
       }
       (void)ff.boolean("strict");  // type-checked; the constrained modes are strict anyway
       out.definitions.push_back(nlohmann::ordered_json{{"type", "function"}, {"function", std::move(def)}}.dump());
+      out.use.offered.push_back(tool.name);
       tools.push_back(std::move(tool));
     }
   }
@@ -79,7 +127,8 @@ ToolRequest parse_tools(const json& body, ChatTemplateKind format) {
       const Fields cf(*tc, "tool_choice.");
       if (cf.string("type") != "function") throw bad_request("tool_choice.type must be 'function'", "tool_choice.type");
       const json* fn = cf.get("function");
-      const auto name = fn && fn->is_object() ? Fields(*fn, "tool_choice.function.").string("name") : std::nullopt;
+      if (!fn || !fn->is_object()) throw bad_request("tool_choice.function must be an object", "tool_choice.function");
+      const auto name = Fields(*fn, "tool_choice.function.").string("name");
       if (!name) throw bad_request("tool_choice.function.name is required", "tool_choice.function.name");
       out.use.choice = Choice::kNamed;
       out.use.function = *name;
@@ -98,24 +147,14 @@ ToolRequest parse_tools(const json& body, ChatTemplateKind format) {
       throw bad_request("tool_choice names the function '" + out.use.function + "', which is not among the tools",
                         "tool_choice.function.name");
     }
-    const json schema = it->parameters.is_null() ? json{{"type", "object"}, {"properties", json::object()}} : it->parameters;
-    out.schema = compile_schema(schema, "tools[" + std::to_string(it - tools.begin()) + "].function.parameters");
+    out.schema = compile_schema(it->parameters, it->param);
   } else if (out.use.choice == Choice::kRequired) {
     if (tools.size() > 1) {
       throw bad_request("tool_choice 'required' takes a single tool here (the output's schema would need anyOf of "
                         "objects); name the function in tool_choice or use 'auto'",
                         "tool_choice");
     }
-    const Tool& t = tools.front();
-    json item = {{"type", "object"},
-                 {"properties",
-                  {{"name", {{"const", t.name}}},
-                   {"parameters", t.parameters.is_null() ? json{{"type", "object"}, {"properties", json::object()}}
-                                                         : t.parameters}}},
-                 {"required", {"name", "parameters"}}};
-    json schema = {{"type", "array"}, {"minItems", 1}, {"items", std::move(item)}};
-    if (!out.use.parallel) schema["maxItems"] = 1;
-    out.schema = compile_schema(schema, "tools[0].function.parameters");
+    out.schema = compile_schema(required_schema(tools.front(), out.use.parallel), tools.front().param);
   }
   return out;
 }
@@ -141,7 +180,7 @@ std::vector<ChatToolCall> parse_message_tool_calls(const json& calls, const std:
     call.name = *name;
     const auto args = ff.string("arguments");
     if (!args) throw bad_request(ai + ".function.arguments is required (a JSON string)", ai + ".function.arguments");
-    const json parsed = json::parse(*args, nullptr, /*allow_exceptions=*/false);
+    const json parsed = parse_json_bounded(*args);
     if (!parsed.is_object()) {
       throw bad_request(ai + ".function.arguments must be the JSON text of an object", ai + ".function.arguments");
     }
@@ -162,7 +201,7 @@ ParsedReply read_tool_reply(const ToolUse& use, std::string_view text) {
       r.calls.push_back(ChatToolCall{.id = {}, .name = use.function, .arguments = std::string(text)});
       return r;
     case Choice::kRequired: {
-      const json list = json::parse(text, nullptr, /*allow_exceptions=*/false);
+      const json list = parse_json_bounded(text);
       if (!list.is_array() || list.empty()) return {std::string(text), {}};
       for (const json& c : list) {
         if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains("parameters")) {
@@ -174,6 +213,9 @@ ParsedReply read_tool_reply(const ToolUse& use, std::string_view text) {
     }
     case Choice::kAuto:
       r = parse_tool_calls(use.format, text);
+      for (const ChatToolCall& c : r.calls) {  // a call to a function not on offer is text
+        if (std::find(use.offered.begin(), use.offered.end(), c.name) == use.offered.end()) return {std::string(text), {}};
+      }
       if (!use.parallel && r.calls.size() > 1) r.calls.resize(1);
       return r;
   }

@@ -28,8 +28,8 @@ TEST(ToolCalls, HermesBlocksBecomeCalls) {
 TEST(ToolCalls, HermesEdgeCases) {
   // No block: all content, untouched.
   EXPECT_EQ(parse_tool_calls(kChatML, " plain\n").content, " plain\n");
-  // The last block cut before its closing tag still counts; a missing arguments field is {}.
-  ParsedReply r = parse_tool_calls(kChatML, "<tool_call>\n{\"name\": \"ping\"}\n");
+  // The last block cut before its closing tag still counts.
+  ParsedReply r = parse_tool_calls(kChatML, "<tool_call>\n{\"name\": \"ping\", \"arguments\": {}}\n");
   EXPECT_EQ(r.content, "");
   ASSERT_EQ(r.calls.size(), 1u);
   EXPECT_EQ(r.calls[0].arguments, "{}");
@@ -39,7 +39,8 @@ TEST(ToolCalls, HermesEdgeCases) {
   EXPECT_EQ(r.calls[0].arguments, "{\"k\":null}");
   // One bad block makes the whole reply content (vLLM's parsers do the same).
   for (const char* bad : {"<tool_call>{\"name\": \"a\"}</tool_call><tool_call>{oops}</tool_call>",
-                          "<tool_call>{\"name\": \"\"}</tool_call>", "<tool_call>{\"arguments\": {}}</tool_call>",
+                          "<tool_call>{\"name\": \"\", \"arguments\": {}}</tool_call>", "<tool_call>{\"arguments\": {}}</tool_call>",
+                          "<tool_call>{\"name\": \"a\"}</tool_call>",  // no arguments: not a call
                           "<tool_call>{\"name\": \"a\", \"arguments\": [1]}</tool_call>",
                           "<tool_call>{\"name\": 3}</tool_call>", "<tool_call>[]</tool_call>"}) {
     r = parse_tool_calls(kChatML, bad);
@@ -49,14 +50,16 @@ TEST(ToolCalls, HermesEdgeCases) {
 }
 
 TEST(ToolCalls, Llama3JsonReplies) {
-  ParsedReply r = parse_tool_calls(kLlama3, "  {\"name\": \"f\", \"parameters\": {\"s\": \"a;b}\"}} ; {\"name\": \"g\"}");
+  ParsedReply r = parse_tool_calls(kLlama3, "  {\"name\": \"f\", \"parameters\": {\"s\": \"a;b}\"}} ; {\"name\": \"g\", \"arguments\": {}}");
   EXPECT_EQ(r.content, "");
   ASSERT_EQ(r.calls.size(), 2u);
   EXPECT_EQ(r.calls[0].name, "f");
   EXPECT_EQ(r.calls[0].arguments, "{\"s\":\"a;b}\"}");  // ';' and '}' inside a string do not split
   EXPECT_EQ(r.calls[1].name, "g");
   EXPECT_EQ(r.calls[1].arguments, "{}");
-  for (const char* text : {"The answer is {x}.", "{\"name\": \"f\"} trailing", "{\"nam\": \"f\"}", ""}) {
+  // Not calls: text, a trailing word, a misspelt key, a JSON answer that merely has a "name".
+  for (const char* text : {"The answer is {x}.", "{\"name\": \"f\", \"parameters\": {}} trailing",
+                           "{\"nam\": \"f\", \"parameters\": {}}", "", "{\"name\": \"Alice\", \"age\": 30}"}) {
     r = parse_tool_calls(kLlama3, text);
     EXPECT_TRUE(r.calls.empty()) << text;
     EXPECT_EQ(r.content, text);
@@ -65,16 +68,17 @@ TEST(ToolCalls, Llama3JsonReplies) {
 
 TEST(ToolCalls, StreamingHoldsBackWhatMayBeginACall) {
   EXPECT_EQ(tool_free_prefix(kChatML, "Hello"), 5u);
-  EXPECT_EQ(tool_free_prefix(kChatML, "Hello <"), 6u);
-  EXPECT_EQ(tool_free_prefix(kChatML, "Hello <tool_ca"), 6u);
+  EXPECT_EQ(tool_free_prefix(kChatML, "Hello <"), 5u);  // the space too: it goes if a call follows
+  EXPECT_EQ(tool_free_prefix(kChatML, "Hello <tool_ca"), 5u);
   EXPECT_EQ(tool_free_prefix(kChatML, "Hello <tool_cx"), 14u);  // cannot be the tag any more
-  EXPECT_EQ(tool_free_prefix(kChatML, "Hi\n<tool_call>\n{\"na"), 3u);
+  EXPECT_EQ(tool_free_prefix(kChatML, "Hi\n<tool_call>\n{\"na"), 2u);
+  EXPECT_EQ(tool_free_prefix(kChatML, "Hi \n"), 2u);
   EXPECT_EQ(tool_free_prefix(kChatML, ""), 0u);
   EXPECT_EQ(tool_free_prefix(kLlama3, " \n"), 0u);
   EXPECT_EQ(tool_free_prefix(kLlama3, " {\"name"), 0u);
   EXPECT_EQ(tool_free_prefix(kLlama3, " Sure"), 5u);
   // The prefix never shrinks as the text grows.
-  const std::string reply = "ok <tool <tool_call>{\"name\": \"f\"}</tool_call>";
+  const std::string reply = "ok <tool <tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>";
   size_t last = 0;
   for (size_t n = 0; n <= reply.size(); ++n) {
     const size_t p = tool_free_prefix(kChatML, std::string_view(reply).substr(0, n));
@@ -82,7 +86,18 @@ TEST(ToolCalls, StreamingHoldsBackWhatMayBeginACall) {
     EXPECT_LE(p, n);
     last = p;
   }
-  EXPECT_EQ(last, 9u);
+  EXPECT_EQ(last, 8u);
+  // What streams is a prefix of the content the finished reply is read as.
+  EXPECT_EQ(parse_tool_calls(kChatML, reply).content, reply.substr(0, last));
+}
+
+TEST(ToolCalls, DeepValuesAreNotCalls) {
+  // Copying or writing a value recurses per level: a reply nesting past kMaxJsonDepth is text.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const std::string reply = "<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": " + deep + "}}</tool_call>";
+  const ParsedReply r = parse_tool_calls(kChatML, reply);
+  EXPECT_TRUE(r.calls.empty());
+  EXPECT_EQ(r.content.size(), reply.size());
 }
 
 TEST(ToolCalls, CallsRoundTripThroughTheirPromptText) {

@@ -745,3 +745,6 @@ def test_chat_tools_render_as_over_http(grpc_server, stub, pb):
         messages=[pb.ChatMessage(role="user", content="x")], tools=['{"type": "function"}'])), "tools[0].function")
     expect_invalid(stub, pb.GenerateRequest(chat=pb.ChatMessages(
         messages=[pb.ChatMessage(role="user", content="x")], tools=["{"])), "not JSON")
+    deep = '{"type": "function", "function": {"name": "f", "parameters": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}}"
+    expect_invalid(stub, pb.GenerateRequest(chat=pb.ChatMessages(
+        messages=[pb.ChatMessage(role="user", content="x")], tools=[deep])), "nests deeper than 256")

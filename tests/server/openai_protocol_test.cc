@@ -321,6 +321,17 @@ TEST_F(ProtocolTest, ToolChoiceMapsToTheOutputConstraint) {
   EXPECT_EQ(root.types, JsonSchema::kArray);
   EXPECT_EQ(root.min_items, 1u);
   EXPECT_EQ(root.max_items, 1u);
+  // Parameters without "type" (or none at all) still describe an object; $defs work under "required".
+  json untyped = weather_tools();
+  untyped[0]["function"]["parameters"] = json::object();
+  job = protocol_->parse_chat({{"messages", msgs}, {"tools", untyped}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}});
+  EXPECT_EQ(job.params.json_schema->node(job.params.json_schema->root()).types, JsonSchema::kObject);
+  json with_defs = weather_tools();
+  with_defs[0]["function"]["parameters"] = {{"type", "object"},
+                                            {"$defs", {{"Loc", {{"type", "object"}, {"properties", {{"city", {{"type", "string"}}}}}}}}},
+                                            {"properties", {{"loc", {{"$ref", "#/$defs/Loc"}}}}}};
+  EXPECT_EQ(protocol_->parse_chat({{"messages", msgs}, {"tools", with_defs}, {"tool_choice", "required"}}).tools.choice,
+            ToolUse::Choice::kRequired);
   // Earlier calls and their results are part of the conversation.
   const json turn = json::array(
       {{{"role", "user"}, {"content", "Weather?"}},
@@ -361,6 +372,12 @@ TEST_F(ProtocolTest, BadToolFieldsAreNamed) {
       {{{"messages", msgs}, {"tools", bad_name}}, "tools[0].function.name"},
       {{{"messages", msgs}, {"tools", {weather_tools()[0], weather_tools()[0]}}}, "tools[1].function.name"},
       {{{"messages", msgs}, {"tools", bad_params}}, "tools[0].function.parameters"},
+      {{{"messages", msgs}, {"tools", {{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", {{"type", "array"}}}}}}}}},
+       "tools[0].function.parameters"},
+      {{{"messages", msgs},
+        {"tools", {{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", {{"properties", {{"x", {{"$ref", "#"}}}}}}}}}}}},
+        {"tool_choice", "required"}},
+       "tools[0].function.parameters"},
       {{{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", "always"}}, "tool_choice"},
       {{{"messages", msgs}, {"tool_choice", "required"}}, "tool_choice"},
       {{{"messages", msgs}, {"tool_choice", named}}, "tool_choice"},
@@ -373,7 +390,10 @@ TEST_F(ProtocolTest, BadToolFieldsAreNamed) {
       {{{"messages", call("{")}}, "messages[0].tool_calls[0].function.arguments"},
       {{{"messages", call("[1]")}}, "messages[0].tool_calls[0].function.arguments"},
       {{{"messages", call(json::object())}}, "messages[0].tool_calls[0].function.arguments"},
-      {{{"messages", {{{"role", "user"}, {"content", "x"}, {"tool_calls", json::array()}}}}}, "messages[0].tool_calls"},
+      {{{"messages", {{{"role", "user"}, {"content", "x"}, {"tool_calls", call("{}")[0]["tool_calls"]}}}}}, "messages[0].tool_calls"},
+      {{{"messages", call("{}")}, {"continue_final_message", true}, {"add_generation_prompt", false}}, "messages[0].tool_calls"},
+      {{{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", {{"type", "function"}, {"function", "get_weather"}}}},
+       "tool_choice.function"},
       {{{"messages", {{{"role", "tool"}}}}}, "messages[0].content"},
   };
   for (const Case& c : cases) {
@@ -414,6 +434,17 @@ TEST_F(ProtocolTest, RepliesBecomeToolCalls) {
   EXPECT_EQ(m["finish_reason"], "stop");
   EXPECT_TRUE(m["message"]["content"].is_null());
   EXPECT_EQ(m["message"]["tool_calls"][0]["function"], json({{"name", "get_weather"}, {"arguments", "{\"city\": \"Rome\"}"}}));
+  // auto: a call the model cut short keeps "length"; a call to a function not on offer is text.
+  job = protocol_->parse_chat({{"messages", msgs}, {"tools", weather_tools()}});
+  ResponseBuilder cut(job, tok(), "chatcmpl-t", "smol", 5);
+  cut.add(0, delta({1}, "<tool_call>{\"name\": \"get_weather\", \"arguments\": {}}", true, FinishReason::kLength));
+  EXPECT_EQ(cut.response()["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(cut.response()["choices"][0]["message"]["tool_calls"].size(), 1u);
+  ResponseBuilder other(job, tok(), "chatcmpl-t", "smol", 5);
+  const std::string rm = "<tool_call>{\"name\": \"rm_rf\", \"arguments\": {}}</tool_call>";
+  other.add(0, delta({1}, rm, true, FinishReason::kStop));
+  EXPECT_EQ(other.response()["choices"][0]["message"]["content"], rm);
+  EXPECT_EQ(other.response()["choices"][0]["finish_reason"], "stop");
   // required: the array's items become the calls.
   job = protocol_->parse_chat({{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", "required"}});
   ResponseBuilder req(job, tok(), "chatcmpl-t", "smol", 5);
@@ -433,8 +464,8 @@ TEST_F(ProtocolTest, ToolCallStreams) {
   GenerationJob job = protocol_->parse_chat({{"messages", msgs}, {"tools", weather_tools()}, {"stream", true}});
   ResponseBuilder b(job, tok(), "chatcmpl-s", "smol", 5);
   auto chunks = b.add(0, delta({1}, "Sure <tool"));
-  ASSERT_EQ(chunks.size(), 2u);  // the role, then "Sure " (the "<tool" is held back)
-  EXPECT_EQ(chunks[1]["choices"][0]["delta"], json({{"content", "Sure "}}));
+  ASSERT_EQ(chunks.size(), 2u);  // the role, then "Sure" (" <tool" is held back)
+  EXPECT_EQ(chunks[1]["choices"][0]["delta"], json({{"content", "Sure"}}));
   chunks = b.add(0, delta({2}, "_call>{\"name\": \"get_weather\", \"arguments\": {}}"));
   EXPECT_TRUE(chunks.empty());
   chunks = b.add(0, delta({3}, "</tool_call>", true, FinishReason::kStop));
@@ -449,7 +480,7 @@ TEST_F(ProtocolTest, ToolCallStreams) {
   p.add(0, delta({1}, "a <tool"));
   chunks = p.add(0, delta({2}, "", true, FinishReason::kLength));
   ASSERT_EQ(chunks.size(), 1u);
-  EXPECT_EQ(chunks[0]["choices"][0]["delta"], json({{"content", "<tool"}}));
+  EXPECT_EQ(chunks[0]["choices"][0]["delta"], json({{"content", " <tool"}}));
   EXPECT_EQ(chunks[0]["choices"][0]["finish_reason"], "length");
   // named: the arguments stream as they come, the first delta with the call's id and name.
   job = protocol_->parse_chat({{"messages", msgs},
