@@ -22,7 +22,9 @@ using ::testing::HasSubstr;
 class ServerConfigTest : public ::testing::Test {
  protected:
   std::string write(const std::string& text) {
-    const fs::path p = fs::path(::testing::TempDir()) / ("server_config_" + std::to_string(counter_++) + ".yaml");
+    // The process id in the name: ctest runs this binary's tests in parallel processes.
+    const fs::path p = fs::path(::testing::TempDir()) /
+                       ("server_config_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++) + ".yaml");
     std::ofstream(p) << text;
     return p.string();
   }
@@ -156,7 +158,7 @@ TEST_F(ServerConfigTest, FoldersFifosAndComplexKeysAreNamed) {
       return std::string(e.what());
     }
   };
-  const std::string dir = ::testing::TempDir() + "/server_config_test_dir";
+  const std::string dir = ::testing::TempDir() + "/server_config_test_dir_" + std::to_string(::getpid());
   ::mkdir(dir.c_str(), 0700);
   EXPECT_THAT(error_for(dir), HasSubstr(dir + ": a folder, not a file"));
   const std::string fifo = dir + "/fifo.yaml";
