@@ -75,7 +75,7 @@ struct LiveRequest {
   std::vector<TokenLogprob> prompt_lps;
   int64_t prompt_lp_next = 0;   // the next position whose logits give a prompt token's logprob
   bool prompt_lps_sent = false;
-  std::optional<JsonPrefix> json;  // req.json_object / json_schema: the generated text so far, while it constrains
+  std::optional<JsonText> json;  // req.json_object / json_schema: the generated text so far, while it constrains
   std::unique_ptr<TextLanguage> language;  // req.choices / regex: likewise
 };
 
@@ -281,8 +281,8 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   r->sampler = Sampler(r->req.sampling, r->req.prompt);
   r->detok = IncrementalDetokenizer(e.model.tokenizer, r->req.skip_special_tokens);
   r->stops = StopStringFilter(r->req.stop);
-  if (r->req.json_object) r->json.emplace(/*root_object=*/true);
-  if (r->req.json_schema) r->json.emplace(*r->req.json_schema);
+  if (r->req.json_object) r->json.emplace(JsonPrefix(/*root_object=*/true));
+  if (r->req.json_schema) r->json.emplace(JsonPrefix(*r->req.json_schema));
   if (r->req.choices) r->language = std::make_unique<ChoiceText>(r->req.choices);
   if (r->req.regex) r->language = std::make_unique<RegexText>(r->req.regex);
   r->stop_ids = r->req.stop_token_ids;

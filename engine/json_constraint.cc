@@ -17,7 +17,7 @@ bool whitespace_only(std::string_view s) {
 
 }  // namespace
 
-void constrain_json(const JsonPrefix& text, const VocabularyBytes& vocab, std::span<const int32_t> stop_ids, bool may_stop,
+void constrain_json(const JsonText& text, const VocabularyBytes& vocab, std::span<const int32_t> stop_ids, bool may_stop,
                     std::span<float> logits) {
   check(static_cast<int64_t>(logits.size()) == vocab.size(), "constrain_json: logits and vocabulary sizes differ");
   const bool complete = text.complete();
@@ -34,8 +34,8 @@ void constrain_json(const JsonPrefix& text, const VocabularyBytes& vocab, std::s
     if (plain_string && vocab.plain(id)) continue;  // stays inside the string
     if (!bytes.empty() && !(stops_now && text.done())) {
       int8_t& f = first[static_cast<uint8_t>(bytes[0])];
-      if (f == 0) f = JsonPrefix(text).push(static_cast<uint8_t>(bytes[0])) ? 1 : -1;
-      if (f > 0) ok = JsonPrefix(text).push(bytes);
+      if (f == 0) f = text.accepts(bytes.substr(0, 1)) ? 1 : -1;
+      if (f > 0) ok = text.accepts(bytes);
       if (!ok && complete && !stops_now) ok = whitespace_only(bytes);
     }
     if (!ok) l = -INFINITY;
@@ -43,14 +43,9 @@ void constrain_json(const JsonPrefix& text, const VocabularyBytes& vocab, std::s
   stops.restore(logits);
 }
 
-bool advance_json(JsonPrefix& text, std::string_view bytes) {
+bool advance_json(JsonText& text, std::string_view bytes) {
   if (bytes.empty()) return false;
-  JsonPrefix next = text;
-  if (next.push(bytes)) {
-    text = next;
-    return true;
-  }
-  return text.complete() && whitespace_only(bytes);
+  return text.push(bytes) || (text.complete() && whitespace_only(bytes));
 }
 
 }  // namespace sparseserve

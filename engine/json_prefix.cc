@@ -41,6 +41,7 @@ bool JsonPrefix::complete() const {
 }
 
 bool JsonPrefix::push(uint8_t c) {
+  forks_ = 0;
   switch (mode_) {
     case Mode::kValue:
     case Mode::kValueOrClose:
@@ -295,8 +296,14 @@ bool JsonPrefix::start_value(uint8_t c) {
 bool JsonPrefix::start_schema_value(uint8_t c) {
   integer_ = false;
   if (expect_ < 0) return start_plain(c, -1);  // inside an unconstrained value
-  const int32_t id = schema_->resolve(expect_, c);
-  if (id < 0) return false;
+  const int32_t ways = schema_->resolutions(expect_, c);
+  if (ways == 0) return false;
+  if (ways > 1) {
+    forks_ = static_cast<uint8_t>(ways);
+    forked_ = true;
+  }
+  const int32_t id = schema_->resolve(expect_, c, pick_ < ways ? pick_ : 0);
+  pick_ = 0;
   const JsonSchema::Node& n = schema_->node(id);
   if (n.any) return start_plain(c, -1);
   if (!n.literals.empty()) {

@@ -47,6 +47,14 @@ class JsonPrefix {
   // The root value has ended (its closing byte was read): only whitespace may follow.
   bool done() const { return mode_ == Mode::kDone; }
   int32_t depth() const { return depth_; }
+  // anyOf alternatives that begin alike (engine/json_text.h follows them side by side): after
+  // push(byte), forks() is how many alternatives the value that byte began may follow (0 when it
+  // began none or only one could), and the state took alternative k of pick(k) called before that
+  // push (else the first). forked(): some byte pushed since clear_forked() had forks() > 1.
+  int32_t forks() const { return forks_; }
+  void pick(int32_t k) { pick_ = static_cast<uint8_t>(k); }
+  bool forked() const { return forked_; }
+  void clear_forked() { forked_ = false; }
 
  private:
   enum class Mode : uint8_t {
@@ -135,6 +143,8 @@ class JsonPrefix {
   bool free_key_ = false;        // kString, key_: a free key (no escapes)
   bool high_surrogate_ = false;  // a \uD800-\uDBFF was read: a low one must follow at once
   bool integer_ = false;         // the number being read must be an integer (schema type)
+  uint8_t forks_ = 0, pick_ = 0;  // see forks() and pick()
+  bool forked_ = false;
 };
 
 }  // namespace sparseserve

@@ -1,6 +1,7 @@
 #include "engine/json_schema.h"
 
 #include <algorithm>
+#include <bit>
 #include <bitset>
 #include <cmath>
 #include <map>
@@ -25,7 +26,10 @@ constexpr size_t kMaxNodes = 4096;      // schemas (nodes) in one compiled schem
 
 const std::set<std::string, std::less<>> kAnnotations = {
     "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly",
-    "writeOnly", "$defs", "definitions"};
+    "writeOnly", "$defs", "definitions",
+    // OpenAPI's hint (Pydantic's discriminated unions): the alternatives' own const / enum values
+    // already tell them apart.
+    "discriminator"};
 const std::set<std::string, std::less<>> kKeywords = {
     "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
     "enum", "const", "anyOf", "oneOf", "$ref", "pattern", "format", "minLength", "maxLength",
@@ -431,19 +435,43 @@ class JsonSchemaCompiler {
     for (size_t i = 0; i < nodes.size(); ++i) {
       if (f[i].none()) throw InvalidArgument("json_schema: a schema allows no value (anyOf of only itself)");
     }
+    out_.first_.assign(f.begin(), f.end());
     for (size_t i = 0; i < nodes.size(); ++i) {
-      const auto& alts = nodes[i].alternatives;
-      for (size_t a = 0; a < alts.size(); ++a) {
-        for (size_t b = a + 1; b < alts.size(); ++b) {
-          if ((f[static_cast<size_t>(alts[a])] & f[static_cast<size_t>(alts[b])]).any()) {
-            throw InvalidArgument("json_schema: anyOf alternatives " + std::to_string(a) + " and " + std::to_string(b) +
-                                  " could begin with the same character; only alternatives of different kinds (an "
-                                  "object, an array, a string, a number, a boolean, null) are supported");
-          }
-        }
+      if (!nodes[i].alternatives.empty()) flatten(static_cast<int32_t>(i));
+    }
+  }
+
+  // An anyOf node's leaves (Node::leaves, by_byte): its alternatives with nested anyOf resolved,
+  // in order, each once; an anyOf reached again through $ref adds nothing new.
+  void flatten(int32_t id) {
+    auto& nodes = out_.nodes_;
+    std::vector<int32_t> leaves, stack = {id};
+    std::vector<bool> seen(nodes.size());
+    while (!stack.empty()) {
+      const int32_t n = stack.back();
+      stack.pop_back();
+      if (seen[static_cast<size_t>(n)]) continue;
+      seen[static_cast<size_t>(n)] = true;
+      const auto& alts = nodes[static_cast<size_t>(n)].alternatives;
+      if (alts.empty()) {
+        leaves.push_back(n);
+        continue;
+      }
+      for (auto a = alts.rbegin(); a != alts.rend(); ++a) stack.push_back(*a);  // first alternative first
+    }
+    if (leaves.size() > static_cast<size_t>(JsonSchema::kMaxAlternatives)) {
+      throw InvalidArgument("json_schema: an anyOf / oneOf has more than " + std::to_string(JsonSchema::kMaxAlternatives) +
+                            " alternatives in all");
+    }
+    JsonSchema::Node& node = nodes[static_cast<size_t>(id)];
+    node.by_byte.assign(256, 0);
+    for (size_t i = 0; i < leaves.size(); ++i) {
+      const auto& f = out_.first_[static_cast<size_t>(leaves[i])];
+      for (int c = 0; c < 256; ++c) {
+        if (f.test(static_cast<size_t>(c))) node.by_byte[static_cast<size_t>(c)] |= uint64_t{1} << i;
       }
     }
-    out_.first_.assign(f.begin(), f.end());
+    node.leaves = std::move(leaves);
   }
 
   // Each node's least container nesting a value of it needs (JsonSchema::Node::min_depth), to a fixed
@@ -516,17 +544,18 @@ JsonSchema JsonSchema::compile(std::string_view schema_json) {
   return JsonSchemaCompiler(s).run();
 }
 
-int32_t JsonSchema::resolve(int32_t node, uint8_t c) const {
-  for (int guard = 0; guard <= size(); ++guard) {
-    if (!first_[static_cast<size_t>(node)].test(c)) return -1;
-    const Node& n = nodes_[static_cast<size_t>(node)];
-    if (n.alternatives.empty()) return node;
-    for (int32_t a : n.alternatives) {
-      if (first_[static_cast<size_t>(a)].test(c)) {
-        node = a;
-        break;
-      }
-    }
+int32_t JsonSchema::resolutions(int32_t node, uint8_t c) const {
+  const Node& n = nodes_[static_cast<size_t>(node)];
+  if (n.alternatives.empty()) return first_[static_cast<size_t>(node)].test(c) ? 1 : 0;
+  return std::popcount(n.by_byte[c]);
+}
+
+int32_t JsonSchema::resolve(int32_t node, uint8_t c, int32_t k) const {
+  const Node& n = nodes_[static_cast<size_t>(node)];
+  if (n.alternatives.empty()) return first_[static_cast<size_t>(node)].test(c) && k == 0 ? node : -1;
+  uint64_t bits = n.by_byte[c];
+  for (; bits != 0; bits &= bits - 1, --k) {
+    if (k == 0) return n.leaves[static_cast<size_t>(std::countr_zero(bits))];
   }
   return -1;
 }

@@ -6,8 +6,9 @@
 // false (absent is taken as false too, as vLLM's default xgrammar backend does), true or a schema
 // (Pydantic's dict fields; such keys are written without escapes and never as a property's), "items" with
 // "minItems" / "maxItems", "enum" / "const" (values written compactly, object keys sorted, as
-// nlohmann::json writes them), "anyOf" / "oneOf" whose alternatives begin with different bytes (an
-// object, a string, null, ...), "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion
+// nlohmann::json writes them), "anyOf" / "oneOf" (at most kMaxAlternatives alternatives in all once
+// nested ones are flattened; alternatives that begin alike are followed side by side, JsonText; a
+// value matching two "oneOf" alternatives is not refused, as xgrammar does not), "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion
 // included; at most 4096 schemas in all, values nesting at most kMaxDepth containers), and the
 // annotations (title, description, default, examples, ...), which constrain nothing. `true` or {}
 // is any JSON value. Strings may carry "pattern" (the syntax of engine/regex_parse.h, searched for
@@ -37,6 +38,7 @@ class JsonSchema {
   static constexpr int32_t kMaxProperties = 64;  // per object
   static constexpr int32_t kMaxDepth = 32;       // containers a value of a schema nests (JsonPrefix's limit)
   static constexpr int32_t kMaxLiterals = 64;    // per enum
+  static constexpr int32_t kMaxAlternatives = 64;  // per anyOf / oneOf, nested ones flattened
 
   struct Property {
     std::string key;  // as the text writes it between the quotes (JSON-escaped)
@@ -47,6 +49,10 @@ class JsonSchema {
     uint8_t types = 0;                 // Type bits a value may have
     std::vector<std::string> literals;  // enum / const: the value is one of these texts exactly
     std::vector<int32_t> alternatives;  // anyOf / oneOf: the value is one of these nodes
+    // anyOf / oneOf flattened: the alternatives that have none of their own (nested anyOf resolved,
+    // each once), and per first byte c, bit i of by_byte[c]: a value of leaves[i] may begin with c.
+    std::vector<int32_t> leaves;
+    std::vector<uint64_t> by_byte;
     // Objects: these keys, each at most once, the required ones all; other keys only with
     // `additional` (additionalProperties true or a schema), written without escapes.
     std::vector<Property> properties;
@@ -69,16 +75,18 @@ class JsonSchema {
   static constexpr int32_t kNoDepth = INT32_MAX;
 
   // Compiles a schema given as JSON text. Throws InvalidArgument naming the keyword and where it is
-  // (a JSON pointer) for text that is not JSON, a keyword outside the subset, a bad value, or
-  // anyOf alternatives that could begin with the same byte.
+  // (a JSON pointer) for text that is not JSON, a keyword outside the subset, or a bad value.
   static JsonSchema compile(std::string_view schema_json);
 
   const Node& node(int32_t i) const { return nodes_[static_cast<size_t>(i)]; }
   int32_t root() const { return root_; }
   int32_t size() const { return static_cast<int32_t>(nodes_.size()); }
-  // The node whose constraints a value of `node` obeys once it begins with byte c (its anyOf
-  // alternative), or -1 when no value of `node` begins with c.
-  int32_t resolve(int32_t node, uint8_t c) const;
+  // How many nodes a value of `node` may follow once it begins with byte c: 0 (none begins with c),
+  // 1, or more for anyOf alternatives that begin alike.
+  int32_t resolutions(int32_t node, uint8_t c) const;
+  // The k-th of them (k < resolutions(node, c)): `node` itself, or an anyOf alternative that has
+  // none of its own.
+  int32_t resolve(int32_t node, uint8_t c, int32_t k = 0) const;
 
  private:
   friend class JsonSchemaCompiler;

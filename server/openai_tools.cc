@@ -23,42 +23,59 @@ struct Tool {
   std::string param;  // where the parameters are, for errors
 };
 
-// Every "$ref" value in a schema (nesting is bounded by the body's depth limit).
-void collect_refs(const json& s, std::vector<std::string>& out) {
+// Rewrites a tool's "#/$defs/NAME" (and "#/definitions/NAME") references to "#/$defs/<prefix>NAME",
+// collecting every other reference in `others` (nesting is bounded by the body's depth limit).
+void prefix_refs(json& s, const std::string& prefix, std::vector<std::string>& others) {
   if (s.is_object()) {
-    for (const auto& [key, value] : s.items()) {
-      if (key == "$ref" && value.is_string()) out.push_back(value.get<std::string>());
-      collect_refs(value, out);
+    for (auto& [key, value] : s.items()) {
+      if (key == "$ref" && value.is_string()) {
+        const std::string r = value.get<std::string>();
+        bool local = false;
+        for (const char* defs : {"#/$defs/", "#/definitions/"}) {
+          if (r.starts_with(defs)) {
+            value = std::string(defs) + prefix + r.substr(std::string_view(defs).size());
+            local = true;
+          }
+        }
+        if (!local) others.push_back(r);
+      } else {
+        prefix_refs(value, prefix, others);
+      }
     }
   } else if (s.is_array()) {
-    for (const json& v : s) collect_refs(v, out);
+    for (json& v : s) prefix_refs(v, prefix, others);
   }
 }
 
-// "required"'s schema: an array of {"name": the tool, "parameters": its schema}. The parameters'
-// $defs / definitions move to the root, where their "#/$defs/..." references still find them; a
-// reference to anything else (the parameters' own root "#") would point into the array instead.
-json required_schema(const Tool& t, bool parallel) {
-  json params = t.parameters;
+// "required"'s schema: an array of calls, each {"name": a tool, "parameters": its schema} (anyOf
+// over the tools). The parameters' $defs / definitions move to the root, renamed per tool, where
+// their references still find them; a reference to anything else (the parameters' own root "#")
+// would point into the array instead, and is refused.
+json required_schema(const std::vector<Tool>& tools, bool parallel) {
   json root = {{"type", "array"}, {"minItems", 1}};
-  for (const char* defs : {"$defs", "definitions"}) {
-    if (params.contains(defs)) {
-      root[defs] = std::move(params[defs]);
+  json calls = json::array();
+  for (size_t i = 0; i < tools.size(); ++i) {
+    json params = tools[i].parameters;
+    const std::string prefix = "tool" + std::to_string(i) + "_";
+    std::vector<std::string> others;
+    prefix_refs(params, prefix, others);
+    if (!others.empty()) {
+      throw bad_request("tool_choice 'required' takes parameters whose $ref point into $defs or definitions only, "
+                        "got '" + others.front() + "'; name the function in tool_choice",
+                        tools[i].param);
+    }
+    for (const char* defs : {"$defs", "definitions"}) {
+      if (!params.contains(defs)) continue;
+      if (params[defs].is_object()) {
+        for (auto& [name, schema] : params[defs].items()) root[defs][prefix + name] = std::move(schema);
+      }
       params.erase(defs);
     }
+    calls.push_back({{"type", "object"},
+                     {"properties", {{"name", {{"const", tools[i].name}}}, {"parameters", std::move(params)}}},
+                     {"required", {"name", "parameters"}}});
   }
-  std::vector<std::string> refs;
-  collect_refs(t.parameters, refs);
-  for (const std::string& r : refs) {
-    if (!r.starts_with("#/$defs/") && !r.starts_with("#/definitions/")) {
-      throw bad_request("tool_choice 'required' takes parameters whose $ref point into $defs or definitions only, "
-                        "got '" + r + "'; name the function in tool_choice",
-                        t.param);
-    }
-  }
-  root["items"] = {{"type", "object"},
-                   {"properties", {{"name", {{"const", t.name}}}, {"parameters", std::move(params)}}},
-                   {"required", {"name", "parameters"}}};
+  root["items"] = calls.size() == 1 ? std::move(calls[0]) : json{{"anyOf", std::move(calls)}};
   if (!parallel) root["maxItems"] = 1;
   return root;
 }
@@ -149,12 +166,7 @@ ToolRequest parse_tools(const json& body, ChatTemplateKind format) {
     }
     out.schema = compile_schema(it->parameters, it->param);
   } else if (out.use.choice == Choice::kRequired) {
-    if (tools.size() > 1) {
-      throw bad_request("tool_choice 'required' takes a single tool here (the output's schema would need anyOf of "
-                        "objects); name the function in tool_choice or use 'auto'",
-                        "tool_choice");
-    }
-    out.schema = compile_schema(required_schema(tools.front(), out.use.parallel), tools.front().param);
+    out.schema = compile_schema(required_schema(tools, out.use.parallel), tools.size() == 1 ? tools[0].param : "tools");
   }
   return out;
 }

@@ -104,7 +104,7 @@ TEST_F(JsonConstraintTest, StopsEndOnlyAWholeObjectAndMinTokensKeepsWhitespaceOp
   EXPECT_EQ(logits[static_cast<size_t>(eos)], -INFINITY);
   EXPECT_TRUE(std::isfinite(logits[static_cast<size_t>(space)]));  // whitespace past the run limit
   EXPECT_FALSE(std::isfinite(logits[static_cast<size_t>(tok.token_id("{"))]));
-  JsonPrefix kept = done;
+  JsonText kept(done);
   EXPECT_TRUE(advance_json(kept, " "));
   EXPECT_TRUE(kept.complete());
   EXPECT_FALSE(advance_json(kept, "x"));

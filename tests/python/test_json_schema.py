@@ -1,4 +1,4 @@
-"""Structured outputs: our schema-following recognizer (bin/json_schema_tool, engine/json_prefix.h)
+"""Structured outputs: our schema-following recognizer (bin/json_schema_tool, engine/json_text.h)
 against the `jsonschema` library, an independent validator, and the server's json_schema outputs
 validated by it.
 
@@ -67,6 +67,16 @@ SCHEMAS = {
     "dict": {"type": "object", "properties": {"id": {"type": "integer"}, "idé": {"type": "null"}}, "required": ["id"],
              "additionalProperties": {"type": "array", "items": {"type": "number"}, "maxItems": 2}},
     "free": {"type": "object", "additionalProperties": True},
+    # anyOf alternatives that begin alike (a tagged union of objects, overlapping scalars): followed
+    # side by side.
+    "union": {"type": "array", "maxItems": 3, "items": {"anyOf": [
+        {"type": "object", "properties": {"kind": {"const": "cat"}, "lives": {"type": "integer"}},
+         "required": ["kind"], "additionalProperties": False},
+        {"type": "object", "properties": {"kind": {"const": "dog"}, "name": {"type": "string"}},
+         "required": ["kind", "name"], "additionalProperties": False},
+        {"type": "object", "properties": {"kind": {"enum": ["cat", "cow"]}, "moo": {"type": "boolean"}},
+         "required": ["moo"], "additionalProperties": False},
+        {"type": "integer"}, {"enum": [7, "x", 2.5]}, {"type": "string"}]}},
     "matrix": {"type": "array", "minItems": 2,
                "items": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 2}},
 }

@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "common/errors.h"
+#include "engine/json_text.h"
 
 namespace sparseserve::openai {
 namespace {
@@ -332,6 +333,18 @@ TEST_F(ProtocolTest, ToolChoiceMapsToTheOutputConstraint) {
                                             {"properties", {{"loc", {{"$ref", "#/$defs/Loc"}}}}}};
   EXPECT_EQ(protocol_->parse_chat({{"messages", msgs}, {"tools", with_defs}, {"tool_choice", "required"}}).tools.choice,
             ToolUse::Choice::kRequired);
+  // "required" with several tools: each call follows its own tool's parameters (anyOf of objects),
+  // their $defs kept apart.
+  json two = {with_defs[0], weather_tools(2)[1]};
+  two[1]["function"]["parameters"]["$defs"] = {{"Loc", {{"type", "integer"}}}};
+  two[1]["function"]["parameters"]["properties"]["n"] = {{"$ref", "#/$defs/Loc"}};
+  job = protocol_->parse_chat({{"messages", msgs}, {"tools", two}, {"tool_choice", "required"}});
+  JsonText calls(JsonPrefix{*job.params.json_schema});
+  EXPECT_TRUE(calls.push(R"([{"name": "get_weather", "parameters": {"loc": {"city": "A"}}}, )"
+                         R"({"parameters": {"city": "B", "n": 3}, "name": "f1"}])"));
+  EXPECT_TRUE(calls.complete());
+  JsonText wrong(JsonPrefix{*job.params.json_schema});
+  EXPECT_FALSE(wrong.push(R"([{"name": "f1", "parameters": {"loc": )"));  // get_weather's argument
   // Earlier calls and their results are part of the conversation.
   const json turn = json::array(
       {{{"role", "user"}, {"content", "Weather?"}},
@@ -381,7 +394,6 @@ TEST_F(ProtocolTest, BadToolFieldsAreNamed) {
       {{{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", "always"}}, "tool_choice"},
       {{{"messages", msgs}, {"tool_choice", "required"}}, "tool_choice"},
       {{{"messages", msgs}, {"tool_choice", named}}, "tool_choice"},
-      {{{"messages", msgs}, {"tools", weather_tools(2)}, {"tool_choice", "required"}}, "tool_choice"},
       {{{"messages", msgs}, {"tools", weather_tools()}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "nope"}}}}}},
        "tool_choice.function.name"},
       {{{"messages", msgs}, {"tools", unsupported}, {"tool_choice", named}}, "tools[0].function.parameters"},

@@ -1,4 +1,4 @@
-// Runs texts through JsonPrefix under a schema, for tests/python/test_json_schema.py to compare
+// Runs texts through JsonText (JsonPrefix, anyOf alternatives side by side) under a schema, for tests/python/test_json_schema.py to compare
 // with the jsonschema library. One JSON object per input line:
 //   in:  {"schema": <a JSON Schema>, "texts": ["...", ...]}   (or "schema": null for JSON mode)
 //   out: {"results": [[taken, complete], ...]}  or  {"error": "<why the schema is refused>"}
@@ -10,6 +10,7 @@
 #include "common/errors.h"
 #include "engine/json_prefix.h"
 #include "engine/json_schema.h"
+#include "engine/json_text.h"
 
 int main() {
   using nlohmann::json;
@@ -22,8 +23,8 @@ int main() {
       if (!in["schema"].is_null()) schema = sparseserve::JsonSchema::compile(in["schema"].dump());
       json results = json::array();
       for (const json& t : in["texts"]) {
-        sparseserve::JsonPrefix p = schema ? sparseserve::JsonPrefix(*schema, 1 << 30)
-                                           : sparseserve::JsonPrefix(/*root_object=*/true, 1 << 30);
+        sparseserve::JsonText p(schema ? sparseserve::JsonPrefix(*schema, 1 << 30)
+                                       : sparseserve::JsonPrefix(/*root_object=*/true, 1 << 30));
         const bool taken = p.push(t.get<std::string>());
         results.push_back({taken, taken && p.complete()});
       }
