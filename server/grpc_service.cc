@@ -393,7 +393,13 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
         tools = openai::parse_tools({{"tools", std::move(offered)}, {"tool_choice", "none"}}, model.chat_template->kind())
                     .definitions;
       } catch (const openai::ApiError& e) {
-        throw InvalidArgument(std::string(e.param().starts_with("tools") ? "chat." : "") + e.what());
+        // The HTTP checks name OpenAI's fields: a call's name and arguments sit under "function" there.
+        std::string message = e.what();
+        for (const char* field : {".function.name", ".function.arguments"}) {
+          if (!e.param().starts_with("chat.messages")) break;
+          for (size_t at; (at = message.find(field)) != std::string::npos;) message.erase(at, 9);  // ".function"
+        }
+        throw InvalidArgument((e.param().starts_with("tools") ? "chat." : "") + message);
       }
       ChatPrompt chat = encode_chat(model, std::move(messages), true, false, tools);
       r.prompt = std::move(chat.ids);

@@ -740,7 +740,8 @@ def test_chat_tools_render_as_over_http(grpc_server, stub, pb):
     assert r["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == text_of(msgs)
     assert msgs[-1].final.usage.prompt_tokens == r["usage"]["prompt_tokens"]
     bad_call = pb.ChatMessage(role="assistant", tool_calls=[pb.ChatToolCall(name="f", arguments="[1]")])
-    expect_invalid(stub, pb.GenerateRequest(chat=pb.ChatMessages(messages=[bad_call])), "JSON text of an object")
+    expect_invalid(stub, pb.GenerateRequest(chat=pb.ChatMessages(messages=[bad_call])), "JSON text of an object",
+                   "chat.messages[0].tool_calls[0].arguments")
     expect_invalid(stub, pb.GenerateRequest(chat=pb.ChatMessages(
         messages=[pb.ChatMessage(role="user", content="x")], tools=['{"type": "function"}'])), "tools[0].function")
     expect_invalid(stub, pb.GenerateRequest(chat=pb.ChatMessages(
