@@ -331,7 +331,9 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   if (const json* so = f.get("stream_options")) {
     if (!so->is_object()) throw f.wrong_type("stream_options", "an object");
     if (!job.stream) throw bad_request("stream_options can only be given when stream is true", "stream_options");
-    if (auto v = Fields(*so, "stream_options.").boolean("include_usage")) job.include_usage = *v;
+    const Fields sf(*so, "stream_options.");
+    if (auto v = sf.boolean("include_usage")) job.include_usage = *v;
+    if (auto v = sf.boolean("continuous_usage_stats")) job.continuous_usage = *v && job.include_usage;
   }
   parse_structured_output(f, r);
   r.stream = job.stream;

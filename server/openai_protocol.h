@@ -85,6 +85,7 @@ struct GenerationJob {
   int32_t n = 1;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  bool continuous_usage = false;  // vLLM's stream_options.continuous_usage_stats (with include_usage)
   bool want_logprobs = false;  // params.logprobs ≥ 0
   // Completions' echo: each choice's text (and logprobs, with the prompt's) starts with its prompt,
   // prompt_texts[i] for prompt i (the string sent, or the ids decoded).

@@ -59,7 +59,9 @@ json ResponseBuilder::chunk_base() const {
             {"created", created_},
             {"model", model_},
             {"choices", json::array()}};
-  if (job_.include_usage) c["usage"] = nullptr;  // as OpenAI: null on every chunk but the last
+  // As OpenAI: null on every chunk but the last; vLLM's continuous_usage_stats: the counts so far
+  // (the whole request's) on every chunk.
+  if (job_.include_usage) c["usage"] = job_.continuous_usage ? usage() : json(nullptr);
   return c;
 }
 

@@ -270,6 +270,14 @@ TEST_F(ProtocolTest, ChatStreamChunks) {
   EXPECT_EQ(last[0]["choices"][0]["finish_reason"], "abort");
   EXPECT_EQ(b.usage_chunk()["choices"], json::array());
   EXPECT_EQ(b.usage_chunk()["usage"]["completion_tokens"], 2);
+  // vLLM's continuous_usage_stats: the counts so far on every chunk.
+  const GenerationJob cont = protocol_->parse_chat(
+      {{"messages", msgs}, {"stream", true}, {"stream_options", {{"include_usage", true}, {"continuous_usage_stats", true}}}});
+  ResponseBuilder c(cont, tok(), "chatcmpl-2", "smol", 5);
+  const auto chunks = c.add(0, delta({1}, "Hi"));
+  ASSERT_EQ(chunks.size(), 2u);
+  EXPECT_EQ(chunks[1]["usage"], json({{"prompt_tokens", cont.prompts[0].size()}, {"completion_tokens", 2},
+                                      {"total_tokens", cont.prompts[0].size() + 2}}));
 }
 
 // Tool calling: tools offered in the prompt, tool_choice mapped to the engine's constraint, every
