@@ -77,6 +77,10 @@ bool JsonText::complete() const {
   return std::any_of(states_.begin(), states_.end(), [](const JsonPrefix& s) { return s.complete(); });
 }
 
+bool JsonText::done() const {
+  return std::all_of(states_.begin(), states_.end(), [](const JsonPrefix& s) { return s.done(); });
+}
+
 bool JsonText::in_plain_string() const {
   return std::all_of(states_.begin(), states_.end(), [](const JsonPrefix& s) { return s.in_plain_string(); });
 }

@@ -1,8 +1,8 @@
 // The text a JSON constraint follows (JsonPrefix), through anyOf / oneOf alternatives that begin
 // alike: one JsonPrefix per alternative the bytes so far still fit, each a parse of the same bytes
 // that some continuation completes. A byte that begins a value of several alternatives forks the
-// state (one copy per alternative); a copy that refuses a byte is dropped. JSON's syntax is the same
-// in every copy; only the schema node each follows differs.
+// state (one copy per alternative); a copy that refuses a byte is dropped. The copies nest the same
+// containers; they differ in the schema node each follows, and so in where a scalar may end.
 //
 // At most kMaxStates copies are kept (those found first): dropping one only
 // narrows what may come next, and every copy kept can still be completed, so the text never strands.
@@ -29,8 +29,9 @@ class JsonText {
   bool push(std::string_view bytes);
   // Some copy is a whole value.
   bool complete() const;
-  // The root value has ended (the same in every copy).
-  bool done() const { return states_.front().done(); }
+  // The root value has ended in every copy (in one it may still go on: "1" is the whole literal 1
+  // of an enum and the start of 10 .. 99).
+  bool done() const;
   // Every copy is inside a string's plain characters (JsonPrefix::in_plain_string).
   bool in_plain_string() const;
   size_t states() const { return states_.size(); }

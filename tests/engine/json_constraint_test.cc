@@ -84,6 +84,48 @@ TEST_F(JsonConstraintTest, KeepsExactlyTheTokensThatContinueTheText) {
   EXPECT_FALSE(std::isfinite(logits[static_cast<size_t>(tok.token_id("]"))]));
 }
 
+// A union whose alternatives begin alike (two objects, a number and an enum that overlap): the mask
+// keeps exactly the ids that some alternative, compiled and followed on its own, takes.
+TEST_F(JsonConstraintTest, AUnionsMaskIsTheUnionOfItsAlternativesMasks) {
+  const std::vector<std::string> alts = {
+      R"({"type": "object", "properties": {"kind": {"const": "cat"}, "lives": {"type": "integer"}}, "required": ["kind"]})",
+      R"({"type": "object", "properties": {"kind": {"const": "dog"}, "name": {"type": "string"}}, "required": ["kind", "name"]})",
+      R"({"type": "integer", "minimum": 10, "maximum": 99})",
+      R"({"enum": [1, 7.5, "x"]})"};
+  std::string all = R"({"anyOf": [)";
+  for (size_t i = 0; i < alts.size(); ++i) all += (i ? ", " : "") + alts[i];
+  const JsonSchema union_schema = JsonSchema::compile(all + "]}");
+  std::vector<JsonSchema> each;
+  for (const std::string& a : alts) each.push_back(JsonSchema::compile(a));
+  const int32_t eos = model_->tokenizer.eos_id();
+  const std::vector<std::string> prefixes = {"", "{", R"({"kind": ")", R"({"kind": "cat", )", "1", "7"};
+  for (size_t k = 0; k < prefixes.size(); ++k) {
+    const std::string& prefix = prefixes[k];
+    JsonText text(JsonPrefix{union_schema});
+    ASSERT_TRUE(text.push(prefix)) << prefix;
+    std::vector<JsonPrefix> refs;  // the alternatives that take the prefix, each alone
+    for (const JsonSchema& s : each) {
+      JsonPrefix p(s);
+      if (p.push(prefix)) refs.push_back(p);
+    }
+    std::vector<float> logits = zeros();
+    const auto t0 = std::chrono::steady_clock::now();
+    constrain_json(text, *vocab_, std::vector<int32_t>{eos}, /*may_stop=*/true, logits);
+    RecordProperty("union_constrain_ms_" + std::to_string(k),
+                   std::to_string(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
+    int64_t kept = 0;
+    for (int32_t id = 0; id < vocab_size(); ++id) {
+      if (id == eos) continue;  // the stop: kept where the text is whole (another test's subject)
+      const std::string_view bytes = vocab_->text(id);
+      bool want = false;
+      for (const JsonPrefix& r : refs) want = want || (!bytes.empty() && JsonPrefix(r).push(bytes));
+      ASSERT_EQ(std::isfinite(logits[static_cast<size_t>(id)]), want) << "after '" << prefix << "': " << id << " '" << bytes << "'";
+      kept += want;
+    }
+    EXPECT_GT(kept, 0) << prefix;
+  }
+}
+
 TEST_F(JsonConstraintTest, StopsEndOnlyAWholeObjectAndMinTokensKeepsWhitespaceOpen) {
   const Tokenizer& tok = model_->tokenizer;
   const int32_t eos = tok.eos_id(), space = tok.token_id("Ġ");
