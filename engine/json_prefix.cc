@@ -40,6 +40,53 @@ bool JsonPrefix::complete() const {
          (mode_ == Mode::kMatch && depth_ == 0 && literal_complete());
 }
 
+bool JsonPrefix::same_state(const JsonPrefix& o) const {
+  if (mode_ != o.mode_ || depth_ != o.depth_ || schema_ != o.schema_ || root_object_ != o.root_object_ ||
+      max_ws_ != o.max_ws_ || ws_run_ != o.ws_run_ || expect_ != o.expect_ || text_state_ != o.text_state_ ||
+      high_surrogate_ != o.high_surrogate_) {
+    return false;
+  }
+  if (text_state_ >= 0 && text_node_ != o.text_node_) return false;
+  for (int32_t d = 0; d < depth_; ++d) {
+    if (((stack_[d / 64] ^ o.stack_[d / 64]) >> (d % 64)) & 1) return false;
+    if (d < kMaxSchemaDepth && (frames_[d].node != o.frames_[d].node || frames_[d].items != o.frames_[d].items ||
+                                frames_[d].seen != o.frames_[d].seen)) {
+      return false;
+    }
+  }
+  switch (mode_) {
+    case Mode::kString:
+    case Mode::kEscape:
+    case Mode::kHex:
+    case Mode::kUtf8:
+      if (key_ != o.key_ || free_key_ != o.free_key_ || property_ != o.property_) return false;
+      if (mode_ == Mode::kHex && (code_ != o.code_ || hex_left_ != o.hex_left_)) return false;
+      if (mode_ == Mode::kUtf8 && (utf8_left_ != o.utf8_left_ || lo_ != o.lo_ || hi_ != o.hi_)) return false;
+      return true;
+    case Mode::kColon:
+      return property_ == o.property_;
+    case Mode::kMatch:
+      return match_node_ == o.match_node_ && alive_ == o.alive_ && pos_ == o.pos_;
+    case Mode::kKeyMatch:
+      return alive_ == o.alive_ && named_ == o.named_ && pos_ == o.pos_ && property_ == o.property_ &&
+             key_ == o.key_ && free_key_ == o.free_key_;
+    case Mode::kLiteral:
+      return literal_ == o.literal_;
+    case Mode::kNumMinus:
+    case Mode::kNumZero:
+    case Mode::kNumInt:
+    case Mode::kNumDot:
+    case Mode::kNumFrac:
+    case Mode::kNumExpMark:
+    case Mode::kNumExpSign:
+    case Mode::kNumExp:
+    case Mode::kNumText:
+      return integer_ == o.integer_;
+    default:  // between tokens: the frames, expect_ and the whitespace run say it all
+      return true;
+  }
+}
+
 bool JsonPrefix::push(uint8_t c) {
   forks_ = 0;
   switch (mode_) {
@@ -130,6 +177,9 @@ bool JsonPrefix::push(uint8_t c) {
     case Mode::kHex: {
       const int v = hex_value(c);
       if (v < 0) return false;
+      // After a high surrogate only a low one (\uDC00-\uDFFF) may come: refused at its first two
+      // digits, so no prefix is taken that no byte can finish.
+      if (high_surrogate_ && ((hex_left_ == 4 && v != 0xD) || (hex_left_ == 3 && v < 0xC))) return false;
       code_ = static_cast<uint16_t>(code_ << 4 | v);
       if (--hex_left_ > 0) return true;
       mode_ = Mode::kString;

@@ -55,6 +55,9 @@ class JsonPrefix {
   void pick(int32_t k) { pick_ = static_cast<uint8_t>(k); }
   bool forked() const { return forked_; }
   void clear_forked() { forked_ = false; }
+  // Both states take exactly the same continuations (JsonText merges such copies): equal in every
+  // field the current mode may still read; fields a finished value left behind are not compared.
+  bool same_state(const JsonPrefix& o) const;
 
  private:
   enum class Mode : uint8_t {

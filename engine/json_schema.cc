@@ -151,6 +151,7 @@ class JsonSchemaCompiler {
         throw InvalidArgument(std::string("json_schema: '") + key + "' must be a non-empty list (at " + at + ")");
       }
       const int32_t id = add(target);
+      if (key == std::string_view("oneOf")) one_of_.emplace_back(id, at);
       for (size_t i = 0; i < alts.size(); ++i) {
         const int32_t alt = compile(alts[i], at + "/" + key + "/" + std::to_string(i), level + 1);
         node(id).alternatives.push_back(alt);
@@ -439,6 +440,53 @@ class JsonSchemaCompiler {
     for (size_t i = 0; i < nodes.size(); ++i) {
       if (!nodes[i].alternatives.empty()) flatten(static_cast<int32_t>(i));
     }
+    for (const auto& [id, at] : one_of_) exclusive_or_refused(id, at);
+  }
+
+  // A oneOf whose alternatives may begin alike is taken only when a tag tells them apart, as in
+  // Pydantic's discriminated unions: each alternative an object requiring a property of one name
+  // whose const / enum values no other alternative's share. Then no value matches two of them, and
+  // following them side by side (as anyOf) keeps oneOf's meaning.
+  void exclusive_or_refused(int32_t id, const std::string& at) {
+    const auto& nodes = out_.nodes_;
+    const auto& alts = nodes[static_cast<size_t>(id)].alternatives;
+    bool overlap = false;
+    for (size_t a = 0; a < alts.size() && !overlap; ++a) {
+      for (size_t b = a + 1; b < alts.size() && !overlap; ++b) {
+        overlap = (out_.first_[static_cast<size_t>(alts[a])] & out_.first_[static_cast<size_t>(alts[b])]).any();
+      }
+    }
+    if (!overlap) return;
+    const auto refuse = [&] {
+      throw InvalidArgument("json_schema: 'oneOf' alternatives that may begin alike must be told apart by a "
+                            "required property whose const / enum values differ (a discriminator); use 'anyOf' "
+                            "for a value that may match several (at " + at + ")");
+    };
+    const JsonSchema::Node& first = nodes[static_cast<size_t>(alts[0])];
+    for (const JsonSchema::Property& tag : first.properties) {
+      std::set<std::string> seen;
+      bool ok = true;
+      for (int32_t a : alts) {
+        const JsonSchema::Node& n = nodes[static_cast<size_t>(a)];
+        if (n.any || !n.alternatives.empty() || n.types != JsonSchema::kObject) refuse();
+        const auto p = std::find_if(n.properties.begin(), n.properties.end(),
+                                    [&](const JsonSchema::Property& q) { return q.key == tag.key; });
+        const auto i = static_cast<size_t>(p - n.properties.begin());
+        if (p == n.properties.end() || !(n.required >> i & 1)) {
+          ok = false;
+          break;
+        }
+        const auto& literals = nodes[static_cast<size_t>(p->node)].literals;
+        if (literals.empty()) {
+          ok = false;
+          break;
+        }
+        for (const std::string& l : literals) ok = ok && seen.insert(l).second;
+        if (!ok) break;
+      }
+      if (ok) return;
+    }
+    refuse();
   }
 
   // An anyOf node's leaves (Node::leaves, by_byte): its alternatives with nested anyOf resolved,
@@ -522,6 +570,7 @@ class JsonSchemaCompiler {
   const json& root_;
   JsonSchema out_;
   std::map<std::string, int32_t> made_;  // JSON pointer -> node
+  std::vector<std::pair<int32_t, std::string>> one_of_;  // oneOf nodes and where they are
   std::vector<std::string> aliases_;     // $ref names the next node made is also found by
   std::map<std::string, std::shared_ptr<const RegexDfa>> text_cache_;  // rules -> their automaton
 };

@@ -8,7 +8,8 @@
 // "minItems" / "maxItems", "enum" / "const" (values written compactly, object keys sorted, as
 // nlohmann::json writes them), "anyOf" / "oneOf" (at most kMaxAlternatives alternatives in all once
 // nested ones are flattened; alternatives that begin alike are followed side by side, JsonText; a
-// value matching two "oneOf" alternatives is not refused, as xgrammar does not), "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion
+// "oneOf" whose alternatives may begin alike must be a tagged union, objects told apart by a
+// required const / enum property, so that no value matches two), "$ref" to "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion
 // included; at most 4096 schemas in all, values nesting at most kMaxDepth containers), and the
 // annotations (title, description, default, examples, ...), which constrain nothing. `true` or {}
 // is any JSON value. Strings may carry "pattern" (the syntax of engine/regex_parse.h, searched for

@@ -6,70 +6,72 @@ namespace sparseserve {
 
 namespace {
 
-// Appends to `out` (up to JsonText::kMaxStates) every state `s` becomes after `bytes`, forking
-// where a byte begins a value of several alternatives.
-void walk(JsonPrefix s, std::string_view bytes, std::vector<JsonPrefix>& out) {
-  // Most texts never fork: one pass along the first alternatives says so.
-  s.clear_forked();
-  JsonPrefix t = s;
-  const bool taken = t.push(bytes);
-  if (!t.forked()) {
-    if (taken) out.push_back(t);
-    return;
-  }
-  for (size_t i = 0; i < bytes.size(); ++i) {
-    const auto b = static_cast<uint8_t>(bytes[i]);
-    JsonPrefix next = s;
-    const bool ok = next.push(b);  // the first alternative (forks() is set even when it fails)
-    for (int32_t k = 1; k < next.forks(); ++k) {
-      JsonPrefix other = s;
-      other.pick(k);
-      if (other.push(b)) walk(other, bytes.substr(i + 1), out);
-      if (out.size() >= JsonText::kMaxStates) return;
-    }
-    if (!ok) return;
-    s = next;
+// Adds `s` unless an equal state is there already, or `out` is full (the later parses are dropped).
+void add(std::vector<JsonPrefix>& out, const JsonPrefix& s) {
+  for (const JsonPrefix& o : out) {
+    if (o.same_state(s)) return;
   }
   if (out.size() < JsonText::kMaxStates) out.push_back(s);
 }
 
-// Whether some path of `s` takes all of `bytes` (walk's question without the states: no allocation,
-// as the mask asks it of every vocabulary id).
-bool reaches(const JsonPrefix& from, std::string_view bytes) {
-  JsonPrefix t = from;
-  t.clear_forked();
-  const bool taken = t.push(bytes);
-  if (!t.forked()) return taken;
-  JsonPrefix s = from;
-  for (size_t i = 0; i < bytes.size(); ++i) {
-    const auto b = static_cast<uint8_t>(bytes[i]);
-    JsonPrefix next = s;
-    const bool ok = next.push(b);
-    for (int32_t k = 1; k < next.forks(); ++k) {
-      JsonPrefix other = s;
-      other.pick(k);
-      if (other.push(b) && reaches(other, bytes.substr(i + 1))) return true;
+// Every state of `from` after byte b, each alternative a value may begin with in declared order,
+// equal states once.
+void step(const std::vector<JsonPrefix>& from, uint8_t b, std::vector<JsonPrefix>& to) {
+  to.clear();
+  for (const JsonPrefix& s : from) {
+    JsonPrefix t = s;
+    const bool ok = t.push(b);  // the first alternative (forks() is set even when it fails)
+    const int32_t ways = t.forks();
+    if (ok) add(to, t);
+    for (int32_t k = 1; k < ways; ++k) {
+      JsonPrefix u = s;
+      u.pick(k);
+      if (u.push(b)) add(to, u);
     }
-    if (!ok) return false;
-    s = next;
   }
-  return true;
+}
+
+// The states `from` becomes after `bytes`, byte by byte (a breadth-first walk: the work is bounded
+// by the states kept, however often values fork). `tmp` is scratch.
+void walk(std::vector<JsonPrefix>& states, std::string_view bytes, std::vector<JsonPrefix>& tmp) {
+  for (char c : bytes) {
+    step(states, static_cast<uint8_t>(c), tmp);
+    states.swap(tmp);
+    if (states.empty()) return;
+  }
 }
 
 }  // namespace
 
 bool JsonText::accepts(std::string_view bytes) const {
-  return std::any_of(states_.begin(), states_.end(), [&](const JsonPrefix& s) { return reaches(s, bytes); });
+  bool forked = false;
+  for (const JsonPrefix& s : states_) {  // most texts never fork: one pass along the first alternatives
+    JsonPrefix t = s;
+    t.clear_forked();
+    const bool taken = t.push(bytes);
+    if (!t.forked() && taken) return true;
+    forked = forked || t.forked();
+  }
+  if (!forked) return false;
+  scratch_ = states_;
+  walk(scratch_, bytes, scratch2_);
+  return !scratch_.empty();
 }
 
 bool JsonText::push(std::string_view bytes) {
-  std::vector<JsonPrefix> next;
-  for (const JsonPrefix& s : states_) {
-    if (next.size() >= kMaxStates) break;
-    walk(s, bytes, next);
+  if (states_.size() == 1) {
+    JsonPrefix t = states_.front();
+    t.clear_forked();
+    const bool taken = t.push(bytes);
+    if (!t.forked()) {
+      if (taken) states_.front() = t;
+      return taken;
+    }
   }
-  if (next.empty()) return false;
-  states_ = std::move(next);
+  scratch_ = states_;
+  walk(scratch_, bytes, scratch2_);
+  if (scratch_.empty()) return false;
+  states_.swap(scratch_);
   return true;
 }
 

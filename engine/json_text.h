@@ -4,8 +4,11 @@
 // state (one copy per alternative); a copy that refuses a byte is dropped. The copies nest the same
 // containers; they differ in the schema node each follows, and so in where a scalar may end.
 //
-// At most kMaxStates copies are kept (those found first): dropping one only
-// narrows what may come next, and every copy kept can still be completed, so the text never strands.
+// Bytes are followed one at a time for all copies together, and copies that take the same
+// continuations (JsonPrefix::same_state: e.g. "1" read as an integer and as a number, once it has
+// ended) are merged, so the work stays bounded by the copies kept. At most kMaxStates copies are
+// kept, the first alternatives first: dropping one only narrows what may come next, and every copy
+// kept can still be completed, so the text never strands.
 #pragma once
 
 #include <string_view>
@@ -17,7 +20,7 @@ namespace sparseserve {
 
 class JsonText {
  public:
-  static constexpr size_t kMaxStates = 16;
+  static constexpr size_t kMaxStates = 64;
 
   // A text that follows `start` (one state, forking as it goes); implicit: a JsonPrefix is a
   // JsonText of one state.
@@ -38,6 +41,7 @@ class JsonText {
 
  private:
   std::vector<JsonPrefix> states_;
+  mutable std::vector<JsonPrefix> scratch_, scratch2_;  // accepts' and push's walks (one thread)
 };
 
 }  // namespace sparseserve

@@ -24,26 +24,34 @@ struct Tool {
 };
 
 // Rewrites a tool's "#/$defs/NAME" (and "#/definitions/NAME") references to "#/$defs/<prefix>NAME",
-// collecting every other reference in `others` (nesting is bounded by the body's depth limit).
+// collecting every other reference in `others`. Only schemas are walked (the subschemas under
+// properties, items, additionalProperties, anyOf / oneOf and the definitions), not values such as a
+// const, an enum or a default, which may hold any JSON (nesting is bounded by the body's limit).
 void prefix_refs(json& s, const std::string& prefix, std::vector<std::string>& others) {
-  if (s.is_object()) {
-    for (auto& [key, value] : s.items()) {
-      if (key == "$ref" && value.is_string()) {
-        const std::string r = value.get<std::string>();
-        bool local = false;
-        for (const char* defs : {"#/$defs/", "#/definitions/"}) {
-          if (r.starts_with(defs)) {
-            value = std::string(defs) + prefix + r.substr(std::string_view(defs).size());
-            local = true;
-          }
-        }
-        if (!local) others.push_back(r);
-      } else {
-        prefix_refs(value, prefix, others);
+  if (!s.is_object()) return;
+  if (auto r = s.find("$ref"); r != s.end() && r->is_string()) {
+    const std::string ref = r->get<std::string>();
+    bool local = false;
+    for (const char* defs : {"#/$defs/", "#/definitions/"}) {
+      if (ref.starts_with(defs)) {
+        *r = std::string(defs) + prefix + ref.substr(std::string_view(defs).size());
+        local = true;
       }
     }
-  } else if (s.is_array()) {
-    for (json& v : s) prefix_refs(v, prefix, others);
+    if (!local) others.push_back(ref);
+  }
+  for (const char* key : {"properties", "$defs", "definitions"}) {
+    if (auto m = s.find(key); m != s.end() && m->is_object()) {
+      for (auto& [name, sub] : m->items()) prefix_refs(sub, prefix, others);
+    }
+  }
+  for (const char* key : {"items", "additionalProperties"}) {
+    if (auto m = s.find(key); m != s.end()) prefix_refs(*m, prefix, others);
+  }
+  for (const char* key : {"anyOf", "oneOf"}) {
+    if (auto m = s.find(key); m != s.end() && m->is_array()) {
+      for (json& sub : *m) prefix_refs(sub, prefix, others);
+    }
   }
 }
 

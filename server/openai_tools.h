@@ -3,8 +3,8 @@
 //   tool_choice "none"      the tools are offered in the prompt, the reply is text;
 //   "auto" (the default     the reply is read with the model family's parser (engine/tool_calls.h);
 //   when tools are given)   calls found → message.tool_calls, finish_reason "tool_calls";
-//   "required"              the output is constrained to a JSON array of {"name", "parameters"}
-//                           (one tool only: the schema subset has no anyOf of objects);
+//   "required"              the output is constrained to a JSON array of {"name", "parameters"},
+//                           each call following its tool's parameters (an anyOf of the tools);
 //   {"type": "function",    the output is constrained to that function's parameters schema and is
 //    "function": {"name"}}  returned as its arguments; finish_reason stays "stop" / "length".
 #pragma once

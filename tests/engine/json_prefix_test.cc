@@ -64,8 +64,10 @@ TEST(JsonPrefix, RefusesAtTheFirstByteNoContinuationCanMend) {
       {R"({"a": "x\q"})", 9},      // unknown escape
       {R"({"a": "\u12G4"})", 11},
       {R"({"a": "\ud800x"})", 13}, // a high surrogate needs a low one at once
-      {R"({"a": "\ud800\u0041"})", 18},
+      {R"({"a": "\ud800\u0041"})", 15},
       {R"({"a": "\udc00"})", 12},  // a lone low surrogate
+      {R"({"a": "\ud800\u4"})", 15},   // after a high surrogate, a \u must begin a low one (DC00-DFFF)
+      {R"({"a": "\ud800\uDb"})", 16},
       {R"({"a": 1]})", 7},         // mismatched close
       {R"({} {})", 3},             // one text only
       {"{\"a\": \"\x01\"}", 7},    // raw control character

@@ -60,6 +60,16 @@ TEST(JsonSchema, RefusesWhatItCannotPromiseNamingTheKeyword) {
   std::string many = R"({"anyOf": [)";
   for (int i = 0; i < 65; ++i) many += (i ? ", " : "") + std::string(R"({"const": )") + std::to_string(i) + "}";
   EXPECT_THAT(refusal(many + "]}"), HasSubstr("more than 64 alternatives"));
+  // oneOf: alternatives that may begin alike only as a tagged union (no value may match two).
+  EXPECT_THAT(refusal(R"({"oneOf": [{"type": "integer"}, {"type": "number"}]})"), HasSubstr("discriminator"));
+  EXPECT_THAT(refusal(R"({"oneOf": [{"type": "object", "properties": {"k": {"const": "a"}}},
+                                    {"type": "object", "properties": {"k": {"const": "b"}}}]})"),
+              HasSubstr("(at #)"));  // the tag is not required
+  EXPECT_THAT(refusal(R"({"oneOf": [{"type": "object", "properties": {"k": {"enum": ["a", "b"]}}, "required": ["k"]},
+                                    {"type": "object", "properties": {"k": {"const": "b"}}, "required": ["k"]}]})"),
+              HasSubstr("discriminator"));  // "b" tags both
+  EXPECT_EQ(refusal(R"({"oneOf": [{"type": "string"}, {"type": "null"}]})"), "");
+  EXPECT_EQ(refusal(R"({"anyOf": [{"type": "integer"}, {"type": "number"}]})"), "");
   EXPECT_THAT(refusal(R"({"$ref": "#/$defs/Missing"})"), HasSubstr("not supported or not found"));
   EXPECT_THAT(refusal(R"({"$ref": "http://example.com/s.json"})"), HasSubstr("not supported or not found"));
   EXPECT_THAT(refusal(R"({"$defs": {"A": {"$ref": "#/$defs/A"}}, "$ref": "#/$defs/A"})"), HasSubstr("refers to itself"));
@@ -500,6 +510,55 @@ TEST(JsonSchema, OverlappingAlternativesNeverStrandAText) {
       }
     }
   }
+}
+
+}  // namespace
+}  // namespace sparseserve
+
+namespace sparseserve {
+namespace {
+
+// The second review's cases (session 23): copies that parse alike merge, the first alternatives are
+// kept, and the walk stays bounded where values fork inside values.
+TEST(JsonSchema, CopiesThatParseAlikeMergeAndTheFirstAlternativesStay) {
+  // int | number items: "1" forks two ways, and once the item has ended the two copies are one.
+  const JsonSchema nums = JsonSchema::compile(
+      R"({"type": "array", "items": {"anyOf": [{"type": "integer"}, {"type": "number"}]}})");
+  JsonText list(JsonPrefix{nums});
+  ASSERT_TRUE(list.push("["));
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(list.push(i ? "," : "")) << i;
+    for (char c : std::string("12")) ASSERT_TRUE(list.push(std::string_view(&c, 1))) << i;
+    EXPECT_LE(list.states(), 2u) << i;
+  }
+  ASSERT_TRUE(list.push(", 2.5]"));
+  EXPECT_TRUE(list.complete());
+  // 64 tagged alternatives that begin alike (as many as JsonText keeps): each is followed, byte by
+  // byte, until its tag decides, the first and the last included.
+  std::string tools = R"({"type": "array", "items": {"anyOf": [)";
+  for (int i = 0; i < 64; ++i) {
+    tools += (i ? ", " : "") + std::string(R"({"type": "object", "properties": {"name": {"const": "f)") +
+             std::to_string(i) + R"("}, "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}, "required": ["name", "parameters"]})";
+  }
+  const JsonSchema calls = JsonSchema::compile(tools + "]}}");
+  for (int i : {0, 1, 17, 63}) {
+    JsonText t(JsonPrefix{calls});
+    const std::string text = R"([{"name": "f)" + std::to_string(i) + R"(", "parameters": {"q": "x"}}])";
+    for (char c : text) ASSERT_TRUE(t.push(std::string_view(&c, 1))) << i << ": " << text;
+    EXPECT_TRUE(t.complete()) << i;
+  }
+  // Values that fork inside values that fork (recursive arrays of 16 overlapping kinds): the walk is
+  // breadth-first over merged copies, so a deep text that fails late is refused at once.
+  std::string deep = R"({"anyOf": [{"type": "integer"})";
+  for (int i = 1; i <= 16; ++i) deep += R"(, {"type": "array", "maxItems": )" + std::to_string(i) + R"(, "items": {"$ref": "#"}})";
+  const JsonSchema rec = JsonSchema::compile(deep + "]}");
+  JsonText r(JsonPrefix{rec});
+  const std::string opens(24, '[');
+  EXPECT_TRUE(r.accepts(opens));
+  ASSERT_TRUE(r.push(opens));
+  EXPECT_LE(r.states(), JsonText::kMaxStates);
+  EXPECT_FALSE(r.accepts("[[[[x"));
+  EXPECT_TRUE(r.accepts("1]]"));
 }
 
 }  // namespace

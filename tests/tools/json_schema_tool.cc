@@ -6,6 +6,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 #include "common/errors.h"
 #include "engine/json_prefix.h"
@@ -25,7 +26,11 @@ int main() {
       for (const json& t : in["texts"]) {
         sparseserve::JsonText p(schema ? sparseserve::JsonPrefix(*schema, 1 << 30)
                                        : sparseserve::JsonPrefix(/*root_object=*/true, 1 << 30));
-        const bool taken = p.push(t.get<std::string>());
+        // Byte by byte, as a decoder feeds it (a whole text in one push walks the same states).
+        bool taken = true;
+        for (const char c : t.get_ref<const std::string&>()) {
+          if (!(taken = p.push(std::string_view(&c, 1)))) break;
+        }
         results.push_back({taken, taken && p.complete()});
       }
       out["results"] = results;
