@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "engine/forward_step.h"
 #include "engine/rope_freqs.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
@@ -42,19 +43,7 @@ void CpuForward::run(int64_t first_layer, std::span<const float> residual, std::
   const int64_t qkv_w = q_dim + 2 * kv_dim;
 
   // Validate the whole batch before touching any cache.
-  int64_t rows = 0, out_rows = 0;
-  for (const ForwardSeq& s : batch) {
-    const auto n = static_cast<int64_t>(s.tokens.size());
-    if (s.start + n > c.max_context) {
-      throw InvalidArgument("context of " + std::to_string(s.start + n) + " tokens exceeds the model's " +
-                            std::to_string(c.max_context));
-    }
-    for (int32_t t : s.tokens) {
-      if (t < 0 || t >= c.vocab_size) throw InvalidArgument("token id " + std::to_string(t) + " outside the vocabulary");
-    }
-    rows += n;
-    out_rows += s.no_logits ? 0 : s.all_logits ? n : (n > 0 ? 1 : 0);
-  }
+  const auto [rows, out_rows] = check_step(c, batch);
   if (first_layer < 0 || first_layer > c.n_layers) {
     throw InvalidArgument("first layer " + std::to_string(first_layer) + " outside [0, " + std::to_string(c.n_layers) + "]");
   }
@@ -122,8 +111,7 @@ void CpuForward::run(int64_t first_layer, std::span<const float> residual, std::
   int64_t o = 0;
   for (const ForwardSeq& s : batch) {
     const auto n = static_cast<int64_t>(s.tokens.size());
-    const int64_t first = s.no_logits ? n : s.all_logits ? 0 : n - 1;
-    for (int64_t i = std::max<int64_t>(first, 0); i < n; ++i, ++o) {
+    for (int64_t i = first_logit_row(s); i < n; ++i, ++o) {
       std::memcpy(sel + o * H, h + (r + i) * H, sizeof(float) * static_cast<size_t>(H));
     }
     r += n;

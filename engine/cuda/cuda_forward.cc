@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "engine/forward_step.h"
 #include "engine/rope_freqs.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cuda/activation.h"
@@ -153,22 +154,13 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
   const int32_t P = manager.config().page_tokens;
 
   // Checks first: nothing is written for a bad batch.
-  int64_t rows = 0, out_rows = 0;
+  const auto [rows, out_rows] = check_step(c, batch);
   for (const ForwardSeq& s : batch) {
-    const auto n = static_cast<int64_t>(s.tokens.size());
-    if (s.start + n > c.max_context) {
-      throw InvalidArgument("context of " + std::to_string(s.start + n) + " tokens exceeds the model's " +
-                            std::to_string(c.max_context));
-    }
-    for (int32_t t : s.tokens) {
-      if (t < 0 || t >= V) throw InvalidArgument("token id " + std::to_string(t) + " outside the vocabulary");
-    }
     const kvcache::SequenceKv& kv = manager.sequence(s.id);
     check(kv.retrieval_slots() == roles.slots(kvcache::HeadRole::kRetrieval) && kv.streaming_slots() == 0,
           "CudaForward: the sequence's layout is not the dense (all-retrieval) one");
-    check(kv.length() >= s.start + n, "CudaForward: KV pages for the step were not allocated");
-    rows += n;
-    out_rows += s.no_logits ? 0 : s.all_logits ? n : (n > 0 ? 1 : 0);
+    check(kv.length() >= s.start + static_cast<int64_t>(s.tokens.size()),
+          "CudaForward: KV pages for the step were not allocated");
   }
   out.assign(static_cast<size_t>(out_rows * V), 0.0f);
   if (rows == 0) return;
@@ -206,8 +198,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
           }
         }
       }
-      const int64_t first = s.no_logits ? n : s.all_logits ? 0 : n - 1;
-      for (int64_t i = std::max<int64_t>(first, 0); i < n; ++i) host[sel + static_cast<size_t>(o++)] = static_cast<int32_t>(r + i);
+      for (int64_t i = first_logit_row(s); i < n; ++i) host[sel + static_cast<size_t>(o++)] = static_cast<int32_t>(r + i);
       const int64_t end = s.start + n;
       for (int64_t hd = 0; hd < KV && n > 0; ++hd) {
         cuda::PrefillRow pr;
