@@ -82,7 +82,7 @@ struct RandomModel {
   }
 };
 
-TEST(CudaForwardTest, StepsMatchTheCpuForward) {
+TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = test_seed();
   SCOPED_TRACE(seed_trace(seed));
