@@ -180,6 +180,8 @@ bool JsonPrefix::push(uint8_t c) {
       // After a high surrogate only a low one (\uDC00-\uDFFF) may come: refused at its first two
       // digits, so no prefix is taken that no byte can finish.
       if (high_surrogate_ && ((hex_left_ == 4 && v != 0xD) || (hex_left_ == 3 && v < 0xC))) return false;
+      // And a lone low surrogate (\uDC00-\uDFFF) is refused at its second digit, not its fourth.
+      if (!high_surrogate_ && hex_left_ == 3 && code_ == 0xD && v >= 0xC) return false;
       code_ = static_cast<uint16_t>(code_ << 4 | v);
       if (--hex_left_ > 0) return true;
       mode_ = Mode::kString;

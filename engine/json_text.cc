@@ -8,10 +8,11 @@ namespace {
 
 // Adds `s` unless an equal state is there already, or `out` is full (the later parses are dropped).
 void add(std::vector<JsonPrefix>& out, const JsonPrefix& s) {
+  if (out.size() >= JsonText::kMaxStates) return;
   for (const JsonPrefix& o : out) {
     if (o.same_state(s)) return;
   }
-  if (out.size() < JsonText::kMaxStates) out.push_back(s);
+  out.push_back(s);
 }
 
 // Every state of `from` after byte b, each alternative a value may begin with in declared order,
@@ -19,6 +20,7 @@ void add(std::vector<JsonPrefix>& out, const JsonPrefix& s) {
 void step(const std::vector<JsonPrefix>& from, uint8_t b, std::vector<JsonPrefix>& to) {
   to.clear();
   for (const JsonPrefix& s : from) {
+    if (to.size() >= JsonText::kMaxStates) return;  // full: the later parses are dropped anyway
     JsonPrefix t = s;
     const bool ok = t.push(b);  // the first alternative (forks() is set even when it fails)
     const int32_t ways = t.forks();
@@ -44,15 +46,18 @@ void walk(std::vector<JsonPrefix>& states, std::string_view bytes, std::vector<J
 }  // namespace
 
 bool JsonText::accepts(std::string_view bytes) const {
-  bool forked = false;
-  for (const JsonPrefix& s : states_) {  // most texts never fork: one pass along the first alternatives
+  // Most texts never fork: one pass along the first alternatives decides, when no copy forked
+  // (then push keeps every copy that takes the bytes). Otherwise the walk push takes, cap included,
+  // so accepts and push never disagree.
+  bool forked = false, taken = false;
+  for (const JsonPrefix& s : states_) {
     JsonPrefix t = s;
     t.clear_forked();
-    const bool taken = t.push(bytes);
-    if (!t.forked() && taken) return true;
+    taken = t.push(bytes) || taken;
     forked = forked || t.forked();
+    if (forked) break;
   }
-  if (!forked) return false;
+  if (!forked) return taken;
   scratch_ = states_;
   walk(scratch_, bytes, scratch2_);
   return !scratch_.empty();

@@ -20,7 +20,7 @@ namespace sparseserve {
 
 class JsonText {
  public:
-  static constexpr size_t kMaxStates = 64;
+  static constexpr size_t kMaxStates = 128;
 
   // A text that follows `start` (one state, forking as it goes); implicit: a JsonPrefix is a
   // JsonText of one state.

@@ -65,7 +65,7 @@ TEST(JsonPrefix, RefusesAtTheFirstByteNoContinuationCanMend) {
       {R"({"a": "\u12G4"})", 11},
       {R"({"a": "\ud800x"})", 13}, // a high surrogate needs a low one at once
       {R"({"a": "\ud800\u0041"})", 15},
-      {R"({"a": "\udc00"})", 12},  // a lone low surrogate
+      {R"({"a": "\udc00"})", 10},  // a lone low surrogate, at its second digit (no digit could finish it)
       {R"({"a": "\ud800\u4"})", 15},   // after a high surrogate, a \u must begin a low one (DC00-DFFF)
       {R"({"a": "\ud800\uDb"})", 16},
       {R"({"a": 1]})", 7},         // mismatched close

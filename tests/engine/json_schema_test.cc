@@ -559,6 +559,26 @@ TEST(JsonSchema, CopiesThatParseAlikeMergeAndTheFirstAlternativesStay) {
   EXPECT_LE(r.states(), JsonText::kMaxStates);
   EXPECT_FALSE(r.accepts("[[[[x"));
   EXPECT_TRUE(r.accepts("1]]"));
+  // The third review's cases: 33 tools whose argument is int | number (66 copies while "1" is
+  // read), the last one written with its name last; a recursive union of three kinds; accepts and
+  // push agree.
+  std::string many = R"({"type": "array", "items": {"anyOf": [)";
+  for (int i = 0; i < 33; ++i) {
+    many += (i ? ", " : "") + std::string(R"({"type": "object", "properties": {"name": {"const": "t)") + std::to_string(i) +
+            R"("}, "arguments": {"type": "object", "properties": {"v": {"anyOf": [{"type": "integer"}, {"type": "number"}]}}, "required": ["v"]}}, "required": ["name", "arguments"]})";
+  }
+  const JsonSchema tools33 = JsonSchema::compile(many + "]}}");
+  JsonText t33(JsonPrefix{tools33});
+  for (char c : std::string(R"([{"arguments": {"v": 1}, "name": "t32"}])")) {
+    ASSERT_EQ(t33.accepts(std::string_view(&c, 1)), true) << c;
+    ASSERT_TRUE(t33.push(std::string_view(&c, 1))) << c;
+  }
+  EXPECT_TRUE(t33.complete());
+  const JsonSchema three = JsonSchema::compile(
+      R"({"anyOf": [{"type": "integer"}, {"type": "array", "maxItems": 1, "items": {"$ref": "#"}}, {"type": "array", "maxItems": 2, "items": {"$ref": "#"}}]})");
+  JsonText t3(JsonPrefix{three});
+  for (char c : std::string("[[[[[[[1]]]]]],1]")) ASSERT_TRUE(t3.push(std::string_view(&c, 1))) << c;
+  EXPECT_TRUE(t3.complete());
 }
 
 }  // namespace
