@@ -14,7 +14,7 @@ nlohmann::json read_json_file(const std::string& path, size_t max_bytes) {
   }
 }
 
-nlohmann::json parse_json_bounded(std::string_view text, int max_depth) {
+nlohmann::json parse_json_bounded(std::string_view text, int max_depth, bool* too_deep_out) {
   bool too_deep = false;
   nlohmann::json v = nlohmann::json::parse(
       text,
@@ -27,6 +27,7 @@ nlohmann::json parse_json_bounded(std::string_view text, int max_depth) {
         return true;
       },
       /*allow_exceptions=*/false);
+  if (too_deep_out != nullptr) *too_deep_out = too_deep;
   return too_deep ? nlohmann::json(nlohmann::json::value_t::discarded) : v;
 }
 

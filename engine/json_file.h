@@ -32,7 +32,7 @@ std::string json_excerpt(const nlohmann::json& v);
 inline constexpr int kMaxJsonDepth = 256;
 
 // `text` parsed, or a discarded value (is_discarded()) when it is not JSON or nests deeper than
-// max_depth. Never throws.
-nlohmann::json parse_json_bounded(std::string_view text, int max_depth = kMaxJsonDepth);
+// max_depth (then *too_deep, when given, is set). Never throws.
+nlohmann::json parse_json_bounded(std::string_view text, int max_depth = kMaxJsonDepth, bool* too_deep = nullptr);
 
 }  // namespace sparseserve

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "common/errors.h"
+#include "engine/json_file.h"
 #include "engine/regex_dfa.h"
 #include "engine/value_regex.h"
 
@@ -578,16 +579,7 @@ class JsonSchemaCompiler {
 JsonSchema JsonSchema::compile(std::string_view schema_json) {
   // Parsing is iterative; copying or writing a value is recursive: deeper texts are refused first.
   bool too_deep = false;
-  const json s = json::parse(
-      schema_json,
-      [&](int depth, json::parse_event_t event, json&) {
-        if (depth > kMaxTextDepth && (event == json::parse_event_t::object_start || event == json::parse_event_t::array_start)) {
-          too_deep = true;
-          return false;
-        }
-        return true;
-      },
-      /*allow_exceptions=*/false);
+  const json s = parse_json_bounded(schema_json, kMaxTextDepth, &too_deep);
   if (too_deep) throw InvalidArgument("json_schema: the schema nests deeper than " + std::to_string(kMaxTextDepth) + " levels");
   if (s.is_discarded()) throw InvalidArgument("json_schema: the schema is not valid JSON");
   return JsonSchemaCompiler(s).run();

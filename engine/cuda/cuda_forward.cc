@@ -2,12 +2,14 @@
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <string>
 
 #include "common/errors.h"
+#include "common/half.h"
 #include "engine/forward_step.h"
 #include "engine/rope_freqs.h"
 #include "kernels/cpu/matmul.h"
@@ -28,15 +30,6 @@ using cuda::DeviceBuffer;
 
 namespace {
 
-// fp32 → bf16 bits, rounding to nearest even (NaN stays NaN).
-uint16_t bf16_bits(float x) {
-  uint32_t u = 0;
-  std::memcpy(&u, &x, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
 // Matrices with the same columns stacked by rows (Q|K|V, gate|up), dequantized, as one bf16 device
 // matrix [Σ rows][cols].
 DeviceBuffer<bf16> upload_rows(std::initializer_list<const kernels::cpu::WeightMatrix*> parts) {
@@ -52,7 +45,7 @@ DeviceBuffer<bf16> upload_rows(std::initializer_list<const kernels::cpu::WeightM
   for (const auto* p : parts) {
     for (int64_t i = 0; i < p->rows; ++i, ++r) {
       kernels::cpu::dequantize_weight_row(*p, i, row.data());
-      for (int64_t c = 0; c < cols; ++c) host[static_cast<size_t>(r * cols + c)] = bf16_bits(row[static_cast<size_t>(c)]);
+      for (int64_t c = 0; c < cols; ++c) host[static_cast<size_t>(r * cols + c)] = f32_to_bf16(row[static_cast<size_t>(c)]);
     }
   }
   return DeviceBuffer<bf16>(std::span<const uint16_t>(host));
@@ -62,7 +55,7 @@ DeviceBuffer<bf16> upload_rows(std::initializer_list<const kernels::cpu::WeightM
 DeviceBuffer<bf16> upload_vectors(std::initializer_list<const std::vector<float>*> parts) {
   std::vector<uint16_t> host;
   for (const auto* p : parts) {
-    for (float x : *p) host.push_back(bf16_bits(x));
+    for (float x : *p) host.push_back(f32_to_bf16(x));
   }
   if (host.empty()) return {};
   return DeviceBuffer<bf16>(std::span<const uint16_t>(host));
@@ -310,10 +303,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
     std::vector<uint16_t> bits(static_cast<size_t>(out_rows * V));
     CUDA_CHECK(cudaMemcpyAsync(bits.data(), lp, bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    for (size_t i = 0; i < bits.size(); ++i) {
-      const uint32_t u = uint32_t{bits[i]} << 16;
-      std::memcpy(&out[i], &u, sizeof(float));
-    }
+    std::transform(bits.begin(), bits.end(), out.begin(), bf16_to_f32);
   } else {
     CUDA_CHECK(cudaStreamSynchronize(stream));
   }
