@@ -1,10 +1,9 @@
 // Engine: the request lifecycle around one loop thread.
-//   submit() validates and queues → loop: admit, plan (Scheduler), run (CpuForward + PagedKvBackend),
+//   submit() validates and queues → loop: admit, plan (Scheduler), run (the backend's StepRunner),
 //   sample, detokenize, stop checks, emit deltas → finish/abort releases pages at once.
 #include "engine/engine.h"
 
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -15,9 +14,7 @@
 
 #include "engine/bad_words.h"
 #include "engine/choice_constraint.h"
-#include "engine/cpu_forward.h"
 #include "engine/json_constraint.h"
-#include "engine/paged_kv.h"
 #include "engine/regex_dfa.h"
 #include "engine/request_stream.h"
 #include "engine/sampler.h"
@@ -105,17 +102,17 @@ TokenLogprob top_logprobs(std::span<const float> row, int32_t k, double& lse) {
 }
 
 struct Engine::Impl {
-  Impl(const Model& m, ModelProfiles p, EngineConfig c);
+  Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend b);
 
   const Model& model;
   const ModelProfiles profiles;
   const EngineConfig config;
+  const StepBackend step_backend;
   EngineMetrics metrics;
   kvcache::PageShape shape;
   kvcache::KvCacheManager kv;
   Scheduler scheduler;
-  PagedKvBackend backend;
-  CpuForward forward;
+  std::unique_ptr<StepRunner> backend;
 
   // Shared with submitters (guarded by mu).
   std::mutex mu;
@@ -149,37 +146,32 @@ struct Engine::Impl {
   void update_gauges();
 };
 
-Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c)
+Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend b)
     : model(m),
       profiles(std::move(p)),
       config(std::move(c)),
+      step_backend(std::move(b)),
       shape{static_cast<int32_t>(m.config.head_dim), profiles.kv_cache.page_tokens,
-            profiles.kv_cache.logical_page_tokens, 4, true},
+            profiles.kv_cache.logical_page_tokens, step_backend.bytes_per_element, step_backend.with_metadata},
       kv(profiles.kv_cache, kvcache::pages_for_budget(config.kv_cache_bytes, shape)),
-      scheduler(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens, config.priority_scheduling, 64}, kv),
-      backend(m.config, kv, kernels::cpu::Numerics::kBatchInvariant),
-      forward(m, kernels::cpu::Numerics::kBatchInvariant) {
+      scheduler(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens, config.priority_scheduling, 64}, kv) {
+  const size_t bytes = shape.page_bytes() * static_cast<size_t>(kv.num_pages());
+  backend = step_backend.make(model, kv);
   metrics.kv_pages_total = kv.num_pages();
   metrics.kv_bytes_per_page = static_cast<int64_t>(shape.page_bytes());
-  spdlog::info("engine: {} KV pages of {} tokens ({:.1f} MiB), profiles: {}, default {}", kv.num_pages(),
-               profiles.kv_cache.page_tokens, static_cast<double>(shape.page_bytes()) * kv.num_pages() / (1 << 20),
+  spdlog::info("engine ({}): {} KV pages of {} tokens ({:.1f} MiB), profiles: {}, default {}", step_backend.name,
+               kv.num_pages(), profiles.kv_cache.page_tokens, static_cast<double>(bytes) / (1 << 20),
                profiles.profiles.size(), profiles.default_profile);
 }
 
-Engine::Engine(const Model& model, ModelProfiles profiles, EngineConfig config) {
+Engine::Engine(const Model& model, ModelProfiles profiles, EngineConfig config, StepBackend backend) {
   config.validate();
-  // The CPU engine's KV cache lives in host memory: a budget past the machine's memory would be
-  // granted lazily and end in the OOM killer under load, so it is refused at start.
-  const long pages = ::sysconf(_SC_PHYS_PAGES), page_size = ::sysconf(_SC_PAGESIZE);
-  if (pages > 0 && page_size > 0) {
-    const double machine = static_cast<double>(pages) * static_cast<double>(page_size);
-    if (static_cast<double>(config.kv_cache_bytes) > machine) {
-      throw InvalidArgument(fmt::format("kv_cache_bytes: {:.1f} GiB is more than this machine's memory ({:.1f} GiB)",
-                                        static_cast<double>(config.kv_cache_bytes) / (1 << 30), machine / (1 << 30)));
-    }
+  if (const std::string why = backend.unsupported(profiles.get(profiles.default_profile)); !why.empty()) {
+    throw InvalidArgument("default sparsity profile '" + profiles.default_profile + "': " + why);
   }
+  backend.check_kv_bytes(model, config.kv_cache_bytes);
   try {
-    impl_ = std::make_unique<Impl>(model, std::move(profiles), std::move(config));
+    impl_ = std::make_unique<Impl>(model, std::move(profiles), std::move(config), std::move(backend));
   } catch (const std::bad_alloc&) {
     throw InvalidArgument("kv_cache_bytes: the KV cache (and the engine's buffers) could not be allocated");
   }
@@ -192,6 +184,7 @@ const Model& Engine::model() const { return impl_->model; }
 const ModelProfiles& Engine::profiles() const { return impl_->profiles; }
 const EngineConfig& Engine::config() const { return impl_->config; }
 const EngineMetrics& Engine::metrics() const { return impl_->metrics; }
+const std::string& Engine::backend() const { return impl_->step_backend.name; }
 int64_t Engine::kv_pages_in_use() const { return impl_->pages_in_use.load(); }
 
 namespace {
@@ -263,6 +256,9 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   }
   const kvcache::SparsityProfile& profile =
       e.profiles.get(request.sparsity.empty() ? e.profiles.default_profile : request.sparsity);
+  if (const std::string why = e.step_backend.unsupported(profile); !why.empty()) {
+    throw InvalidArgument("sparsity profile '" + profile.name + "': " + why);
+  }
   {
     const int32_t need = sequence_probe(e.kv.config().page_tokens, profile).pages_needed(n + 1);
     if (need > e.kv.num_pages()) {
@@ -434,7 +430,7 @@ void Engine::Impl::release(uint64_t key) {
   auto it = live.find(key);
   if (it == live.end()) return;
   scheduler.cancel(key);  // false when the scheduler has dropped it already (plan().unservable)
-  if (it->second->bound) backend.release(key);
+  if (it->second->bound) backend->release(key);
   {
     std::lock_guard lock(mu);
     live_ids.erase(it->second->req.id);
@@ -495,7 +491,7 @@ void Engine::Impl::fail(uint64_t key, const std::string& error) {
   if (const auto left = live.find(key); left != live.end()) {
     if (left->second->bound) {
       try {
-        backend.release(key);
+        backend->release(key);
       } catch (const std::exception& ex) {
         spdlog::error("engine: releasing request {}'s attention state: {}", key, ex.what());
       }
@@ -539,7 +535,7 @@ void Engine::Impl::step() {
     auto it = live.find(key);
     if (it != live.end() && it->second->bound) {
       step_keys.push_back(key);
-      backend.release(key);
+      backend->release(key);
       it->second->bound = false;
       step_keys.pop_back();
     }
@@ -551,7 +547,7 @@ void Engine::Impl::step() {
   for (const ScheduledSeq& s : plan.seqs) {
     LiveRequest& r = *live.at(s.id);
     if (!r.bound) {
-      backend.add_sequence(s.id, *r.profile);
+      backend->add_sequence(s.id, *r.profile);
       r.bound = true;
     }
     ForwardSeq f;
@@ -568,10 +564,10 @@ void Engine::Impl::step() {
       r.prompt_counted = end;
     }
   }
-  const SelectionStats before = backend.selection_stats();
+  const SelectionStats before = backend->selection_stats();
   std::vector<float> logits;
-  forward.forward(batch, backend, logits);
-  const SelectionStats after = backend.selection_stats();
+  backend->forward(batch, logits);
+  const SelectionStats after = backend->selection_stats();
   metrics.selected_tokens += after.selected_tokens - before.selected_tokens;
   metrics.selectable_tokens += after.context_tokens - before.context_tokens;
 

@@ -1,5 +1,6 @@
-// The serving engine: a thread running iteration-level continuous batching over the CPU backend.
-// Front ends call submit() from any thread and read each request's deltas from its stream.
+// The serving engine: a thread running iteration-level continuous batching over one backend (the
+// CPU's, or the GPU's: engine/step_runner.h). Front ends call submit() from any thread and read each
+// request's deltas from its stream.
 #pragma once
 
 #include <chrono>
@@ -13,6 +14,7 @@
 #include "engine/model.h"
 #include "engine/model_profiles.h"
 #include "engine/request.h"
+#include "engine/step_runner.h"
 
 namespace sparseserve {
 
@@ -51,14 +53,16 @@ class RequestStream {
 
 class Engine {
  public:
-  // Starts the engine thread. The model must outlive the engine.
-  Engine(const Model& model, ModelProfiles profiles, EngineConfig config);
+  // Starts the engine thread over `backend` (default: the CPU's). The model must outlive the engine.
+  // InvalidArgument for a bad config, a KV cache the backend's memory cannot hold, or a default
+  // profile the backend does not run.
+  Engine(const Model& model, ModelProfiles profiles, EngineConfig config, StepBackend backend = cpu_step_backend());
   ~Engine();  // aborts what is left and joins the thread
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
   // Validates and queues a request. Throws InvalidArgument (empty prompt, prompt + 1 over the
-  // context, unknown profile, bad sampling parameters, bad token id, duplicate live id), QueueFull,
+  // context, unknown profile or one the backend does not run, bad sampling parameters, bad token id, duplicate live id), QueueFull,
   // or EngineUnavailable after shutdown began.
   std::shared_ptr<RequestStream> submit(Request request);
   // Aborts a live request by id; false when unknown or already finished.
@@ -70,6 +74,7 @@ class Engine {
   const ModelProfiles& profiles() const;
   const EngineConfig& config() const;
   const EngineMetrics& metrics() const;
+  const std::string& backend() const;  // StepBackend::name
   // KV pages in use by live requests (0 when idle: every finished, aborted or cancelled request
   // has returned its pages).
   int64_t kv_pages_in_use() const;

@@ -18,6 +18,13 @@ struct ForwardSeq {
   bool no_logits = false;            // no logits at all (a prefill chunk that samples nothing)
 };
 
+// Decode-time selection figures, summed over retrieval (layer, KV head) pairs and decode steps.
+struct SelectionStats {
+  int64_t selected_tokens = 0;  // tokens attended by retrieval heads in decode
+  int64_t context_tokens = 0;   // tokens those heads would attend densely
+  int64_t selections = 0;       // page selections computed (not reused)
+};
+
 class KvBackend {
  public:
   virtual ~KvBackend() = default;

@@ -23,13 +23,6 @@
 
 namespace sparseserve {
 
-// Decode-time selection figures, summed over retrieval (layer, KV head) pairs and decode steps.
-struct SelectionStats {
-  int64_t selected_tokens = 0;  // tokens attended by retrieval heads in decode
-  int64_t context_tokens = 0;   // tokens those heads would attend densely
-  int64_t selections = 0;       // page selections computed (not reused)
-};
-
 class PagedKvBackend final : public KvBackend {
  public:
   // numerics: kFast attends prefill chunks in sgemm query blocks; kBatchInvariant attends every

@@ -27,10 +27,11 @@ logs=${OUT:-$build/gpu-suite-logs}
 mkdir -p "$logs"
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 san_filter=${SANITIZER_FILTER:-'*Small*:*ShapeCheck*'}
-# racecheck leaves out the GEMM tests and the forward pass (which runs its GEMMs through cuBLASLt):
+# racecheck leaves out the GEMM tests and the forward pass and engine (which run their GEMMs through
+# cuBLASLt):
 # the hazards it reports there are inside cuBLASLt's own kernels (nvjet_sm90_*_splitK,
 # warp-specialised TMA code racecheck does not model), not ours.
-race_filter=${RACECHECK_FILTER:-"${san_filter}:-Gemm*:CudaForward*"}
+race_filter=${RACECHECK_FILTER:-"${san_filter}:-Gemm*:CudaForward*:CudaEngine*"}
 all_filter=${GPU_TESTS_FILTER:-'*'}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/# GPU: /'

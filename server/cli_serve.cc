@@ -31,10 +31,22 @@
 #include "server/openai_protocol.h"
 #include "server/sequence_limits.h"
 #include "server/server_config.h"
+#ifdef SPARSESERVE_SERVER_CUDA
+#include "engine/cuda/cuda_step_runner.h"
+#endif
 
 namespace sparseserve::cli {
 
 namespace {
+
+// The engine backend `backend` names ("cpu" or "cuda", as ServerConfig resolved it).
+StepBackend step_backend(const std::string& backend) {
+#ifdef SPARSESERVE_SERVER_CUDA
+  if (backend == "cuda") return cuda_step_backend(0);
+#endif
+  if (backend != "cpu") throw InvalidArgument("backend: '" + backend + "' is not available in this build");
+  return cpu_step_backend();
+}
 
 // SIGTERM / SIGINT: the handler only writes the signal and its sender into a pipe (async-signal-safe; it
 // runs on whichever thread the kernel picks, including threads libraries started before main);
@@ -225,8 +237,16 @@ int run_serve(const ServeArgs& a) {
           : ModelProfiles::load(cfg.model_config, static_cast<int32_t>(mc.n_layers), static_cast<int32_t>(mc.n_kv_heads));
   if (profiles.chat_template != "auto") model->chat_template = ChatTemplate::by_name(profiles.chat_template);
   const std::string name = default_model_name(cfg, profiles);
+  if (!cfg.default_profile.empty()) {
+    try {
+      profiles.get(cfg.default_profile);
+    } catch (const InvalidArgument& ex) {
+      throw InvalidArgument(std::string("default_profile: ") + ex.what());
+    }
+    profiles.default_profile = cfg.default_profile;
+  }
 
-  Engine engine(*model, std::move(profiles), cfg.engine_config());
+  Engine engine(*model, std::move(profiles), cfg.engine_config(), step_backend(cfg.backend));
   if (stop_early("start-up")) return 0;
   // A KV cache too small for one sequence of the whole context: said at start, not first learnt
   // from a refused request (vLLM refuses to start; here the cache is the operator's choice).

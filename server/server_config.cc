@@ -29,7 +29,9 @@ constexpr std::array kSettings = {
                   nullptr},
     ServerSetting{"served_model_name", "Model name clients use (default: the model YAML's name, else the file's stem)",
                   nullptr},
-    ServerSetting{"backend", "auto | cpu | cuda", "auto"},
+    ServerSetting{"default_profile",
+                  "Sparsity profile of requests that name none (default: the model YAML's default_profile)", nullptr},
+    ServerSetting{"backend", "auto | cpu | cuda (auto: cpu; cuda runs the dense profile only so far)", "auto"},
     ServerSetting{"kv_cache_bytes", "KV cache budget, e.g. 2GiB", "2GiB"},
     ServerSetting{"max_num_seqs", "Running sequences per step", "64"},
     ServerSetting{"max_num_batched_tokens", "Tokens per engine step", "2048"},
@@ -157,6 +159,8 @@ void apply(ServerConfig& c, const std::string& key, const Raw& raw) {
       c.model_config.clear();
     } else if (key == "served_model_name") {
       c.served_model_name.clear();
+    } else if (key == "default_profile") {
+      c.default_profile.clear();
     } else {
       fail(raw, key, "must not be null");
     }
@@ -177,9 +181,13 @@ void apply(ServerConfig& c, const std::string& key, const Raw& raw) {
     c.served_model_name = parse_text(raw, key);
   } else if (key == "backend") {
     const std::string b = parse_choice(raw, key, {"auto", "cpu", "cuda"});
-    // Only the CPU engine exists today; `auto` resolves to it.
-    if (b == "cuda") fail(raw, key, "the CUDA backend is not available in this build");
-    c.backend = "cpu";
+    // `auto` is the CPU engine: it runs every sparsity profile, the GPU path the dense one only so far.
+#ifndef SPARSESERVE_SERVER_CUDA
+    if (b == "cuda") fail(raw, key, "the CUDA backend is not available in this build (built without CUDA)");
+#endif
+    c.backend = b == "cuda" ? "cuda" : "cpu";
+  } else if (key == "default_profile") {
+    c.default_profile = parse_text(raw, key);
   } else if (key == "kv_cache_bytes") {
     c.kv_cache_bytes = parse_size(raw, key);
   } else if (key == "max_num_seqs") {

@@ -10,7 +10,11 @@
 //   model_config            PATH        model YAML (sparsity profiles); null = dense only
 //   served_model_name       STRING      the `model` clients name; default: the model YAML's `name`,
 //                                       else the model file's stem
-//   backend                 auto|cpu|cuda  default auto (= cpu in this build; cuda is an error)
+//   default_profile         NAME        sparsity profile of requests naming none; default: the model
+//                                       YAML's default_profile (must name one of its profiles)
+//   backend                 auto|cpu|cuda  default auto (= cpu). cuda: only in a build with CUDA (else
+//                                       an error); runs the dense profile only so far
+//                                       (engine/cuda/cuda_step_runner.h), on device 0
 //   kv_cache_bytes          BYTES       default 2GiB (kvcache::parse_bytes: "2GiB", "512MiB", "1000000"...)
 //   max_num_seqs            ≥ 1         default 64
 //   max_num_batched_tokens  ≥ 1         default 2048
@@ -47,7 +51,8 @@ struct ServerConfig {
   std::string model;                       // path, required
   std::string model_config;                // path; empty: ModelProfiles::defaults_for
   std::string served_model_name;           // empty: resolved at start (see above)
-  std::string backend = "cpu";             // resolved: "cpu" (auto → cpu)
+  std::string default_profile;             // empty: the model YAML's
+  std::string backend = "cpu";             // resolved: "cpu" (auto → cpu) or "cuda"
   size_t kv_cache_bytes = size_t{2} << 30;  // bytes
   int32_t max_num_seqs = 64;
   int32_t max_num_batched_tokens = 2048;

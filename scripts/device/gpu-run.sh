@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: unpacks .devpkg/gpu.tar.xz (scripts/device/pack.sh) and runs, in one go, the
 # GPU test suite (tests + compute-sanitizer), then the benchmarks named in $BENCH (gemm, attention,
-# attention-quick). Logs go to $OUT (the device tool brings them back).
+# attention-quick), then, when the package holds a model (pack.sh's MODEL_BLOCKS), the server end to
+# end on both backends (serve-check.py). Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 OUT=${OUT:-/tmp/gpu-out}
@@ -28,4 +29,15 @@ for b in ${BENCH:-}; do
     *) echo "gpu-run: unknown benchmark '$b'" >&2; status=1 ;;
   esac
 done
+if [[ -f .devpkg/model.gguf.xz && ${SERVE_CHECK:-1} == 1 ]]; then
+  # The model name must not match configs/models/*.yaml (those profiles are for all 30 blocks).
+  if xz -dc .devpkg/model.gguf.xz > /tmp/gpu/smollm2-cut.gguf; then
+    python3 scripts/device/serve-check.py --bin "$P/bin/sparseserve" --model /tmp/gpu/smollm2-cut.gguf --out "$OUT" \
+      > "$OUT/serve-check.txt" 2>&1 || status=1
+    tail -40 "$OUT/serve-check.txt"
+  else
+    echo "gpu-run: cannot unpack .devpkg/model.gguf.xz" >&2
+    status=1
+  fi
+fi
 exit $status

@@ -3,6 +3,8 @@
 # .devpkg/gpu.tar.xz (binaries stripped, their non-system libraries bundled): the GPU machine has
 # no grpc/spdlog/yaml-cpp/OpenBLAS, and a call carries at most 64 MiB.
 # Usage: scripts/device/pack.sh [extra binaries in build-cuda/bin ...]
+#   MODEL_BLOCKS=N: also pack the default model cut to its first N blocks (truncate-gguf.py) as
+#   .devpkg/model.gguf.xz, for scripts/device/serve-check.py (the whole model is over 64 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=build-cuda
@@ -18,4 +20,9 @@ for b in .devpkg/pkg/bin/*; do bash "$BUNDLE" .devpkg/pkg/bundle "$b" >/dev/null
 du -sh .devpkg/pkg/bundle
 tar -C .devpkg -cf - pkg | xz -T2 -6 > .devpkg/gpu.tar.xz
 rm -rf .devpkg/pkg
-ls -la .devpkg/gpu.tar.xz
+if [[ -n ${MODEL_BLOCKS:-} ]]; then
+  .venv/bin/python scripts/device/truncate-gguf.py models/SmolLM2-135M-Instruct.Q4_1.gguf .devpkg/model.gguf \
+    --blocks "$MODEL_BLOCKS"
+  xz -T2 -3 .devpkg/model.gguf
+fi
+ls -la .devpkg/

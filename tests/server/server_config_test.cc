@@ -82,6 +82,10 @@ TEST_F(ServerConfigTest, FlagsAloneWork) {
   EXPECT_EQ(c.model, "m.gguf");
   EXPECT_EQ(c.backend, "cpu");
   EXPECT_EQ(c.http_port, 8000);
+  EXPECT_EQ(c.default_profile, "");
+  EXPECT_EQ(ServerConfig::load("", {{"model", "m", "--model"}, {"default_profile", "dense", "--default-profile"}})
+                .default_profile,
+            "dense");
 }
 
 // The defaults `serve --help` shows are the defaults: each given as a flag changes nothing.
@@ -120,13 +124,19 @@ TEST_F(ServerConfigTest, BadValuesNameFileLineAndKey) {
   EXPECT_THAT(error_of("model: a\nhost: [a, b]\n"), HasSubstr(".yaml:2: host: expected a single value"));
   EXPECT_THAT(error_of("model: a\nhttp_port: null\n"), HasSubstr("http_port: must not be null"));
   EXPECT_THAT(error_of("model: a\napi_key: ''\n"), HasSubstr("api_key: must not be empty"));
+  EXPECT_THAT(error_of("model: a\ndefault_profile: ''\n"), HasSubstr("default_profile: must not be empty"));
   EXPECT_THAT(error_of("model: a\nmodel: b\n"), HasSubstr(".yaml:2: duplicate key 'model'"));
   EXPECT_THAT(error_of("model: [unclosed\n"), HasSubstr(".yaml:"));
   EXPECT_THAT(error_of("- a\n- b\n"), HasSubstr("expected a mapping"));
 }
 
-TEST_F(ServerConfigTest, CudaIsRejectedClearly) {
+// `backend: cuda` is accepted only where the server was built with the GPU backend.
+TEST_F(ServerConfigTest, CudaOnlyInABuildWithCuda) {
+#ifdef SPARSESERVE_SERVER_CUDA
+  EXPECT_EQ(ServerConfig::load("", {{"model", "m.gguf", "--model"}, {"backend", "cuda", "--backend"}}).backend, "cuda");
+#else
   EXPECT_THAT(error_of("model: a\nbackend: cuda\n"), HasSubstr("the CUDA backend is not available in this build"));
+#endif
 }
 
 TEST_F(ServerConfigTest, FlagErrorsNameTheFlag) {

@@ -1,0 +1,124 @@
+#include "engine/cuda/cuda_step_runner.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <unordered_set>
+#include <vector>
+
+#include "common/errors.h"
+#include "engine/cuda/cuda_forward.h"
+#include "kernels/cuda/cuda_check.h"
+
+namespace sparseserve {
+
+namespace {
+
+// Room kept free next to the weights and the KV cache: cuBLASLt's workspace, the step's activation
+// and logits buffers (a 2048-token step of an 8B model needs about 0.2 GiB), the CUDA context's own
+// allocations after start.
+constexpr size_t kStepHeadroomBytes = size_t{512} << 20;
+
+// A non-blocking stream on `device`, destroyed with the runner.
+class Stream {
+ public:
+  Stream() { CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+  ~Stream() { (void)cudaStreamDestroy(s_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+class CudaStepRunner final : public StepRunner {
+ public:
+  CudaStepRunner(const Model& model, kvcache::KvCacheManager& manager, int device)
+      : device_(device), forward_(model, manager, stream_.get()) {}
+
+  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) override {
+    if (const std::string why = cuda_unsupported_profile(profile); !why.empty()) {
+      throw InternalError("CudaStepRunner: sequence " + std::to_string(id) + ": " + why);
+    }
+    if (!bound_.insert(id).second) throw InternalError("CudaStepRunner: sequence " + std::to_string(id) + " is already bound");
+  }
+  void release(uint64_t id) override { bound_.erase(id); }
+  void forward(std::span<const ForwardSeq> batch, std::vector<float>& logits) override {
+    for (const ForwardSeq& s : batch) {
+      if (!bound_.contains(s.id)) throw InternalError("CudaStepRunner: sequence " + std::to_string(s.id) + " is not bound");
+    }
+    // The engine's loop thread calls this; the current device is per thread.
+    CUDA_CHECK(cudaSetDevice(device_));
+    forward_.forward(batch, logits);
+  }
+  SelectionStats selection_stats() const override { return {}; }
+
+ private:
+  int device_;
+  Stream stream_;  // declared before forward_: destroyed after it
+  CudaForward forward_;
+  std::unordered_set<uint64_t> bound_;
+};
+
+}  // namespace
+
+std::string cuda_unsupported_profile(const kvcache::SparsityProfile& p) {
+  if (p.is_dense()) return {};
+  std::vector<std::string> what;
+  if (!p.roles.all_retrieval()) what.emplace_back("streaming heads");
+  if (p.decode.enabled) what.emplace_back("decode page selection");
+  if (p.prefill.dynamic) what.emplace_back("dynamic prefill sparsity");
+  return fmt::format("it uses {}, which the CUDA backend does not run yet (it runs dense attention; backend: cpu runs "
+                     "every profile)",
+                     fmt::join(what, " and "));
+}
+
+size_t cuda_weight_bytes(const ModelConfig& c, bool tied) {
+  const int64_t q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
+  const int64_t per_layer = (q + 2 * kv) * c.hidden + (c.qkv_bias ? q + 2 * kv : 0) + q * c.hidden +
+                            3 * c.intermediate * c.hidden + 2 * c.hidden;
+  const int64_t params = per_layer * c.n_layers + c.vocab_size * c.hidden * (tied ? 1 : 2) + c.hidden;
+  return static_cast<size_t>(params) * 2;
+}
+
+StepBackend cuda_step_backend(int device) {
+  StepBackend b;
+  b.name = "cuda";
+  b.bytes_per_element = 2;
+  b.with_metadata = false;
+  b.unsupported = cuda_unsupported_profile;
+  b.check_kv_bytes = [device](const Model& model, size_t kv_bytes) {
+    const int n = kernels::cuda::cuda_device_count();
+    if (device < 0 || device >= n) {
+      throw InvalidArgument(fmt::format("backend cuda: no CUDA device {} ({} visible)", device, n));
+    }
+    CUDA_CHECK(cudaSetDevice(device));
+    size_t free = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    const bool tied = model.weights.lm_head.data == model.weights.embed.data;
+    const size_t weights = cuda_weight_bytes(model.config, tied);
+    const size_t need = weights + kv_bytes + kStepHeadroomBytes;
+    constexpr double GiB = 1 << 30;
+    if (need > free) {
+      throw InvalidArgument(fmt::format(
+          "kv_cache_bytes: {:.2f} GiB of KV cache, {:.2f} GiB of bf16 weights and {:.2f} GiB for the steps need {:.2f} "
+          "GiB, but CUDA device {} has {:.2f} GiB free (of {:.2f})",
+          static_cast<double>(kv_bytes) / GiB, static_cast<double>(weights) / GiB,
+          static_cast<double>(kStepHeadroomBytes) / GiB, static_cast<double>(need) / GiB, device,
+          static_cast<double>(free) / GiB, static_cast<double>(total) / GiB));
+    }
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    spdlog::info("backend cuda: device {} ({}), {:.1f} GiB free; weights {:.2f} GiB, KV cache {:.2f} GiB", device,
+                 prop.name, static_cast<double>(free) / GiB, static_cast<double>(weights) / GiB,
+                 static_cast<double>(kv_bytes) / GiB);
+  };
+  b.make = [device](const Model& model, kvcache::KvCacheManager& manager) -> std::unique_ptr<StepRunner> {
+    CUDA_CHECK(cudaSetDevice(device));
+    return std::make_unique<CudaStepRunner>(model, manager, device);
+  };
+  return b;
+}
+
+}  // namespace sparseserve

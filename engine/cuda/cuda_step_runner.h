@@ -1,0 +1,23 @@
+// The GPU backend of the engine's step seam (engine/step_runner.h): CudaForward on one device, bf16
+// pages without min/max metadata. It runs the dense profile (every head retrieval, no decode page
+// selection, no dynamic prefill); requests for other profiles are refused with the reason.
+#pragma once
+
+#include <string>
+
+#include "engine/step_runner.h"
+
+namespace sparseserve {
+
+// The backend on CUDA device `device`. Building the engine with it throws InvalidArgument when the
+// device does not exist or its free memory cannot hold the weights, the KV cache and the step
+// buffers.
+StepBackend cuda_step_backend(int device = 0);
+
+// Why the CUDA backend does not run `profile` (empty when it does).
+std::string cuda_unsupported_profile(const kvcache::SparsityProfile& profile);
+
+// Device memory the model's weights take as CudaForward holds them (bf16, Q|K|V and gate|up fused).
+size_t cuda_weight_bytes(const ModelConfig& config, bool tied_embeddings);
+
+}  // namespace sparseserve

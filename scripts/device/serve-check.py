@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""The server end to end on the GPU: `sparseserve serve --backend cuda` against `--backend cpu` on the
+same model, over HTTP (standard library only: the GPU machine has no test venv).
+
+Both servers get the same greedy requests (completions and chat, short and long prompts, 16 at once,
+streamed and not). Each reply of the CUDA server is compared with the CPU server's token by token:
+  - where the tokens agree, the logprobs must agree within --tol (bf16 against fp32);
+  - where they first differ, the CPU must rate the CUDA server's token within --tie of its own
+    choice (a near tie that rounding decided); after that the texts are different and not compared.
+Then: a streamed reply equals the unstreamed one, every KV page is back (kv_pages_in_use 0), and a
+request for an unknown profile is a 400 with the OpenAI error object.
+
+Usage: serve-check.py --bin sparseserve --model M.gguf [--out DIR]
+Exit status 0 when every check passed; the figures are printed and written to DIR/serve-check.json.
+"""
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def post(port, path, body, timeout=300):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        return r.read().decode()
+
+
+def start(binary, model, backend, port, out):
+    log = open(os.path.join(out, f"serve-{backend}-{port}.log"), "w")
+    p = subprocess.Popen([binary, "serve", "--model", model, "--backend", backend, "--http-port", str(port),
+                          "--grpc-port", "0", "--kv-cache-bytes", "2GiB", "--max-num-seqs", "32"],
+                         stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(600):
+        if p.poll() is not None:
+            raise SystemExit(f"serve-check: the {backend} server exited ({p.returncode}); see serve-{backend}-{port}.log")
+        try:
+            if get(port, "/health") is not None:
+                return p
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"serve-check: the {backend} server did not come up")
+
+
+def completion_tokens(reply):
+    """(tokens, logprobs, top) of a /v1/completions or /v1/chat/completions reply."""
+    choice = reply["choices"][0]
+    lp = choice["logprobs"]
+    if "content" in lp:  # chat
+        return ([e["token"] for e in lp["content"]], [e["logprob"] for e in lp["content"]],
+                [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in lp["content"]])
+    return lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]
+
+
+def compare(cpu, gpu):
+    ct, cl, ctop = completion_tokens(cpu)
+    gt, gl, _ = completion_tokens(gpu)
+    errors = []
+    for i, (a, b) in enumerate(zip(ct, gt)):
+        if a != b:
+            gap = cl[i] - ctop[i].get(b, float("-inf"))  # how much less likely the CPU rates the GPU's token
+            return {"agree": i, "of": len(ct), "errors": errors, "tie_gap": gap}
+        errors.append(abs(cl[i] - gl[i]))
+    return {"agree": min(len(ct), len(gt)), "of": len(ct), "errors": errors, "tie_gap": 0.0}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", default="/tmp/serve-check")
+    ap.add_argument("--tol", type=float, default=0.15, help="largest |logprob difference| where tokens agree")
+    ap.add_argument("--tie", type=float, default=0.5, help="largest CPU logprob gap at the first differing token")
+    ap.add_argument("--backend", default="cuda", help="the backend checked against cpu (cpu: the script's own check)")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    cpu_port, gpu_port = 8101, 8102
+    servers = [start(a.bin, a.model, "cpu", cpu_port, a.out), start(a.bin, a.model, a.backend, gpu_port, a.out)]
+    failures = []
+    try:
+        texts = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,",
+                 "1, 2, 3, 4, 5,", "Water boils at a temperature of", "The quick brown fox"]
+        long_text = " ".join(["The history of the region spans many centuries of trade, war and migration."] * 120)
+        bodies = [{"prompt": t, "max_tokens": 32, "temperature": 0, "logprobs": 5} for t in texts]
+        bodies.append({"prompt": long_text + " In summary,", "max_tokens": 32, "temperature": 0, "logprobs": 5})
+        bodies += [{"prompt": f"Item {i}: a list of {i} things to remember is", "max_tokens": 24, "temperature": 0,
+                    "logprobs": 5} for i in range(16)]
+        chats = [{"messages": [{"role": "user", "content": q}], "max_tokens": 32, "temperature": 0, "logprobs": True,
+                  "top_logprobs": 5} for q in ["What is the capital of France?", "Write a haiku about the sea."]]
+        jobs = [("/v1/completions", b) for b in bodies] + [("/v1/chat/completions", c) for c in chats]
+
+        def both(job):
+            path, body = job
+            results = []
+            for port in (cpu_port, gpu_port):
+                status, text = post(port, path, body)
+                if status != 200:
+                    raise RuntimeError(f"{path} on port {port}: {status} {text[:300]}")
+                results.append(json.loads(text))
+            return results
+
+        t0 = time.time()
+        with cf.ThreadPoolExecutor(16) as pool:  # the 16 "Item" prompts run concurrently on each server
+            pairs = list(pool.map(both, jobs))
+        wall = time.time() - t0
+        rows, all_errors = [], []
+        for (path, body), (cpu, gpu) in zip(jobs, pairs):
+            c = compare(cpu, gpu)
+            all_errors += c["errors"]
+            worst = max(c["errors"], default=0.0)
+            ok = worst <= a.tol and c["tie_gap"] <= a.tie
+            rows.append({"path": path, "prompt": (body.get("prompt") or body["messages"][0]["content"])[:40],
+                         "agree": c["agree"], "of": c["of"], "worst_error": worst, "tie_gap": c["tie_gap"], "ok": ok})
+            if not ok:
+                failures.append(f"{path} {rows[-1]['prompt']!r}: worst logprob error {worst:.3f}, tie gap {c['tie_gap']:.3f}")
+        for r in rows:
+            print(f"{'ok ' if r['ok'] else 'BAD'} {r['path']:22s} {r['prompt']!r:44s} agree {r['agree']:2d}/{r['of']:2d}  "
+                  f"worst |dlp| {r['worst_error']:.4f}  tie gap {r['tie_gap']:.3f}")
+        full = sum(r["agree"] == r["of"] for r in rows)
+        mean = sum(all_errors) / max(1, len(all_errors))
+        print(f"{len(rows)} requests in {wall:.1f} s: {full} identical to the CPU's; logprobs over {len(all_errors)} "
+              f"agreeing tokens: mean |dlp| {mean:.4f}, worst {max(all_errors, default=0):.4f}")
+
+        # A streamed reply carries the same text as the unstreamed one.
+        body = {"prompt": texts[0], "max_tokens": 32, "temperature": 0, "stream": True}
+        status, sse = post(gpu_port, "/v1/completions", body)
+        streamed = "".join(json.loads(line[6:])["choices"][0]["text"] for line in sse.splitlines()
+                           if line.startswith("data: {"))
+        plain = json.loads(post(gpu_port, "/v1/completions", dict(body, stream=False))[1])["choices"][0]["text"]
+        if status != 200 or streamed != plain:
+            failures.append(f"streamed text {streamed!r} != unstreamed {plain!r} (status {status})")
+        # An unknown profile is refused with the OpenAI error object.
+        status, text = post(gpu_port, "/v1/completions", {"prompt": "x", "max_tokens": 1, "sparsity": "balanced"})
+        if status != 400 or "error" not in json.loads(text):
+            failures.append(f"unknown profile: {status} {text[:200]}")
+        metrics = get(gpu_port, "/metrics")
+        in_use = [ln for ln in metrics.splitlines() if ln.startswith("sparseserve:kv_pages_in_use")]
+        if not in_use or float(in_use[0].split()[-1]) != 0:
+            failures.append(f"KV pages not all back: {in_use}")
+        json.dump({"rows": rows, "mean_error": mean, "identical": full, "wall_s": wall, "failures": failures},
+                  open(os.path.join(a.out, "serve-check.json"), "w"), indent=1)
+    finally:
+        for p in servers:
+            p.terminate()
+        for p in servers:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    for f in failures:
+        print("FAIL:", f)
+    print("serve-check:", "PASS" if not failures else f"{len(failures)} failure(s)")
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
