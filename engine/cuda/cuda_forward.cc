@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <numeric>
 #include <string>
+#include <unordered_map>
 
 #include "common/errors.h"
 #include "common/half.h"
@@ -18,6 +20,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/norm.h"
+#include "kernels/cuda/page_select.h"
 #include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/rope.h"
 #include "kvcache/head_roles.h"
@@ -74,28 +77,45 @@ struct CudaForward::Impl {
   struct Layer {
     DeviceBuffer<bf16> attn_norm, w_qkv, b_qkv, wo, ffn_norm, w_gate_up, w_down;
   };
+  // A bound sequence (PagedKvBackend::SeqState).
+  struct Seq {
+    const kvcache::SparsityProfile* profile = nullptr;
+    int64_t length = 0;        // tokens whose K/V are stored
+    int64_t decode_steps = 0;  // decode steps run so far
+    // Per (layer, KV head): the selected blocks (ascending) and the block count when they were chosen.
+    std::vector<std::vector<int32_t>> selected;
+    std::vector<int32_t> selected_at_blocks;
+  };
 
   Impl(const Model& m, const kvcache::KvCacheManager& kv, cudaStream_t s)
-      : model(m), manager(kv), stream(s),
-        roles(kvcache::HeadRoles::all_retrieval(static_cast<int32_t>(m.config.n_layers),
-                                                static_cast<int32_t>(m.config.n_kv_heads))),
-        gemm(cuda::Gemm::kDefaultWorkspaceBytes, cuda::GemmTuning::kHeuristic) {}
+      : model(m), manager(kv), stream(s), gemm(cuda::Gemm::kDefaultWorkspaceBytes, cuda::GemmTuning::kHeuristic) {}
 
   const Model& model;
   const kvcache::KvCacheManager& manager;
   cudaStream_t stream;
-  kvcache::HeadRoles roles;
   std::vector<Layer> layers;
   DeviceBuffer<bf16> embed, lm_head, final_norm;
   bool tied = false;
   DeviceBuffer<float> inv_freq;
-  DeviceBuffer<bf16> k_pool, v_pool;
+  DeviceBuffer<bf16> k_pool, v_pool, kmin_pool, kmax_pool;
   cuda::Gemm gemm;
-  std::unique_ptr<cuda::PrefillAttention> prefill;
-  // Step buffers, grown as needed: activations [rows][width] bf16, the step's int32 tables.
+  std::vector<std::unique_ptr<cuda::PrefillAttention>> prefill;  // one plan per layer
+  std::unordered_map<uint64_t, Seq> seqs;
+  SelectionStats stats;
+  // Step buffers, grown as needed: activations [rows][width] bf16, the step's int32 tables, the
+  // selection's int64 query offsets, scores and selected blocks, and its row counters (zero between
+  // calls).
   DeviceBuffer<bf16> h, xn, qkv, att, proj, gate_up, act, sel, logits;
-  DeviceBuffer<int32_t> tables;
+  DeviceBuffer<int32_t> tables, picked;
+  DeviceBuffer<int64_t> q_offsets;
+  DeviceBuffer<float> scores;
+  DeviceBuffer<uint32_t> row_ready;
 
+  Seq& seq(uint64_t id) {
+    const auto it = seqs.find(id);
+    if (it == seqs.end()) throw InternalError("CudaForward: sequence " + std::to_string(id) + " is not bound");
+    return it->second;
+  }
   void run(std::span<const ForwardSeq> batch, std::vector<float>& out);
 };
 
@@ -122,114 +142,292 @@ CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& mana
   if (!m.tied) m.lm_head = upload_rows({&w.lm_head});
   m.final_norm = upload_vectors({&w.final_norm});
   m.inv_freq = DeviceBuffer<float>(std::span<const float>(rope_inv_freq(c, w.rope_freq_factors)));
-  const auto pool_elems = static_cast<size_t>(manager.num_pages()) * static_cast<size_t>(manager.config().page_tokens) *
-                          static_cast<size_t>(c.head_dim);
-  m.k_pool = DeviceBuffer<bf16>(std::max<size_t>(pool_elems, 1));
-  m.v_pool = DeviceBuffer<bf16>(std::max<size_t>(pool_elems, 1));
-  m.k_pool.fill_bytes(0, stream);  // every slot finite (PagedKvPool's contract)
-  m.v_pool.fill_bytes(0, stream);
+  const auto pages = static_cast<size_t>(std::max<int32_t>(manager.num_pages(), 1));
+  const int32_t P = manager.config().page_tokens, LP = manager.config().logical_page_tokens;
+  const auto D = static_cast<size_t>(c.head_dim);
+  m.k_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P) * D);
+  m.v_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P) * D);
+  m.kmin_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P / LP) * D);
+  m.kmax_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P / LP) * D);
+  for (auto* b : {&m.k_pool, &m.v_pool, &m.kmin_pool, &m.kmax_pool}) b->fill_bytes(0, stream);  // every slot finite
   cuda::PrefillConfig pc;
   pc.head_dim = static_cast<int32_t>(c.head_dim);
   pc.group = static_cast<int32_t>(c.n_heads / c.n_kv_heads);
-  pc.page_tokens = manager.config().page_tokens;
-  m.prefill = std::make_unique<cuda::PrefillAttention>(pc);
+  pc.page_tokens = P;
+  for (int64_t l = 0; l < c.n_layers; ++l) m.prefill.push_back(std::make_unique<cuda::PrefillAttention>(pc));
   CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 CudaForward::~CudaForward() = default;
 
+void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.model.config;
+  check(m.manager.has_sequence(id), "CudaForward: sequence not registered with the KV cache manager");
+  check(!m.seqs.contains(id), "CudaForward: sequence already bound");
+  check(profile.roles.n_layers() == c.n_layers && profile.roles.n_kv_heads() == c.n_kv_heads,
+        "CudaForward: profile head roles do not match the model");
+  check(!profile.prefill.dynamic, "CudaForward: dynamic prefill sparsity is not run on the GPU");
+  const kvcache::SequenceKv& kv = m.manager.sequence(id);
+  check(kv.retrieval_slots() == profile.roles.slots(kvcache::HeadRole::kRetrieval) &&
+            kv.streaming_slots() == profile.roles.slots(kvcache::HeadRole::kStreaming),
+        "CudaForward: the sequence's layout is not its profile's");
+  Impl::Seq st;
+  st.profile = &profile;
+  const auto pairs = static_cast<size_t>(c.n_layers * c.n_kv_heads);
+  st.selected.resize(pairs);
+  st.selected_at_blocks.assign(pairs, 0);
+  m.seqs.emplace(id, std::move(st));
+}
+
+void CudaForward::release(uint64_t id) { impl_->seqs.erase(id); }
+
+const SelectionStats& CudaForward::selection_stats() const { return impl_->stats; }
+
 void CudaForward::forward(std::span<const ForwardSeq> batch, std::vector<float>& logits) { impl_->run(batch, logits); }
 
+namespace {
+
+// The step's int32 tables, packed into one upload; each table is an offset into `data`.
+struct Blob {
+  std::vector<int32_t> data;
+  size_t take(size_t n) {
+    const size_t at = data.size();
+    data.resize(at + n);
+    return at;
+  }
+  size_t append(std::span<const int32_t> v) {
+    const size_t at = take(v.size());
+    std::copy(v.begin(), v.end(), data.begin() + static_cast<std::ptrdiff_t>(at));
+    return at;
+  }
+};
+
+// One layer's attention rows and key lists, built on the host. Rows whose selection is computed on
+// the device come last (`fresh_from`): their list entries are reserved, page_select fills them.
+struct LayerPlan {
+  std::vector<cuda::PrefillRow> rows;
+  std::vector<int32_t> indptr{0}, pages, pos0, len;
+  size_t fresh_from = 0;  // rows[fresh_from ..] select on the device
+  // The fresh rows' page_select inputs: all blocks of their lane, their lengths, the selection's
+  // CSR (plan_selected_indptr), query offsets in the qkv buffer, and (for the stats) the
+  // (sequence, layer head) each belongs to.
+  std::vector<int32_t> sel_indptr{0}, sel_pages, sel_lens, sel_out_indptr;
+  std::vector<int64_t> sel_q;
+  std::vector<std::pair<uint64_t, int32_t>> sel_owner;
+  size_t ip = 0, pg = 0, p0 = 0, ln = 0, s_ip = 0, s_pg = 0, s_len = 0, s_out = 0;  // Blob offsets
+  size_t q_at = 0, picked_at = 0;  // offsets into the step's q offsets and picked blocks
+};
+
+}  // namespace
+
 void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float>& out) {
+  using kvcache::HeadRole;
   const ModelConfig& c = model.config;
   const int64_t H = c.hidden, D = c.head_dim, L = c.n_layers, KV = c.n_kv_heads, I = c.intermediate, V = c.vocab_size;
+  const int64_t group = c.n_heads / KV;
   const int64_t q_dim = c.n_heads * D, kv_dim = KV * D, qkv_w = q_dim + 2 * kv_dim;
-  const int32_t P = manager.config().page_tokens;
+  const int32_t P = manager.config().page_tokens, LP = manager.config().logical_page_tokens;
 
   // Checks first: nothing is written for a bad batch.
   const auto [rows, out_rows] = check_step(c, batch);
-  for (const ForwardSeq& s : batch) {
-    const kvcache::SequenceKv& kv = manager.sequence(s.id);
-    check(kv.retrieval_slots() == roles.slots(kvcache::HeadRole::kRetrieval) && kv.streaming_slots() == 0,
-          "CudaForward: the sequence's layout is not the dense (all-retrieval) one");
-    check(kv.length() >= s.start + static_cast<int64_t>(s.tokens.size()),
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const ForwardSeq& s = batch[i];
+    check(seq(s.id).length == s.start, "CudaForward: step start differs from the stored length");
+    check(manager.sequence(s.id).length() >= s.start + static_cast<int64_t>(s.tokens.size()),
           "CudaForward: KV pages for the step were not allocated");
+    for (size_t j = 0; j < i; ++j) check(batch[j].id != s.id, "CudaForward: sequence twice in one step");
   }
   out.assign(static_cast<size_t>(out_rows * V), 0.0f);
   if (rows == 0) return;
 
-  // The step's tables, packed into one upload (offsets into `host`):
+  // ---- Host tables ----
   //   ids, pos, off [rows]: token, position, slot within its page;  sel [out_rows]: rows needing logits;
-  //   app [L][KV][rows]: the page each token's K/V goes to, per lane;
-  //   indptr [B·KV + 1], pos0 / len [E]: the attention rows' key pages (the same in every layer);
-  //   pages [L][E]: their page ids per layer.
-  std::vector<int32_t> host;
-  const auto take = [&](size_t n) {
-    const size_t at = host.size();
-    host.resize(at + n);
-    return at;
-  };
+  //   app_r, app_s [L][KV][rows]: the page each token's K/V goes to in retrieval lanes (before the
+  //   attention) and streaming lanes (after it), −1 for none (kv_append skips the row);
+  //   per layer: the attention's CSR lists and page_select's inputs (LayerPlan).
+  Blob blob;
   const auto R = static_cast<size_t>(rows);
-  const size_t ids = take(R), pos = take(R), off = take(R), sel = take(static_cast<size_t>(out_rows));
-  const size_t app = take(static_cast<size_t>(L * KV) * R);
-  std::vector<cuda::PrefillRow> prows;
-  std::vector<int32_t> indptr{0}, pos0, len;
+  const size_t ids = blob.take(R), pos = blob.take(R), off = blob.take(R), selr = blob.take(static_cast<size_t>(out_rows));
+  const size_t app_r = blob.take(static_cast<size_t>(L * KV) * R), app_s = blob.take(static_cast<size_t>(L * KV) * R);
+  std::fill(blob.data.begin() + static_cast<std::ptrdiff_t>(app_r), blob.data.end(), -1);
+  std::vector<LayerPlan> plans(static_cast<size_t>(L));
+  std::vector<uint8_t> has_streaming(static_cast<size_t>(L), 0);
+  std::vector<int64_t> step_q;  // all layers' selection query offsets
+  int64_t picked_total = 0;
+  int32_t max_blocks = 1;
   {
     int64_t r = 0, o = 0;
     for (const ForwardSeq& s : batch) {
       const auto n = static_cast<int64_t>(s.tokens.size());
       const kvcache::SequenceKv& kv = manager.sequence(s.id);
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t p = s.start + i;
-        host[ids + static_cast<size_t>(r + i)] = s.tokens[static_cast<size_t>(i)];
-        host[pos + static_cast<size_t>(r + i)] = static_cast<int32_t>(p);
-        host[off + static_cast<size_t>(r + i)] = static_cast<int32_t>(p % P);
-        for (int64_t l = 0; l < L; ++l) {
-          for (int64_t hd = 0; hd < KV; ++hd) {
-            const auto& pages = kv.retrieval_pages(roles.slot(static_cast<int32_t>(l), static_cast<int32_t>(hd)));
-            host[app + static_cast<size_t>((l * KV + hd) * rows + r + i)] = pages[static_cast<size_t>(p / P)];
-          }
-        }
-      }
-      for (int64_t i = first_logit_row(s); i < n; ++i) host[sel + static_cast<size_t>(o++)] = static_cast<int32_t>(r + i);
+      Seq& st = seq(s.id);
+      const kvcache::HeadRoles& roles = st.profile->roles;
+      const kvcache::DecodeSelection& dec = st.profile->decode;
       const int64_t end = s.start + n;
-      for (int64_t hd = 0; hd < KV && n > 0; ++hd) {
-        cuda::PrefillRow pr;
-        pr.q_row0 = static_cast<int32_t>(r);
-        pr.n_tokens = static_cast<int32_t>(n);
-        pr.q_pos0 = static_cast<int32_t>(s.start);
-        pr.kv_head = static_cast<int32_t>(hd);
-        prows.push_back(pr);
-        for (int64_t b = 0; b * P < end; ++b) {
-          pos0.push_back(static_cast<int32_t>(b * P));
-          len.push_back(static_cast<int32_t>(std::min<int64_t>(P, end - b * P)));
+      const bool decode = n == 1 && s.start >= s.prompt_len;
+      for (int64_t i = 0; i < n; ++i) {
+        blob.data[ids + static_cast<size_t>(r + i)] = s.tokens[static_cast<size_t>(i)];
+        blob.data[pos + static_cast<size_t>(r + i)] = static_cast<int32_t>(s.start + i);
+        blob.data[off + static_cast<size_t>(r + i)] = static_cast<int32_t>((s.start + i) % P);
+      }
+      for (int64_t i = first_logit_row(s); i < n; ++i) blob.data[selr + static_cast<size_t>(o++)] = static_cast<int32_t>(r + i);
+      for (int64_t l = 0; l < L; ++l) {
+        LayerPlan& lp = plans[static_cast<size_t>(l)];
+        for (int64_t hd = 0; hd < KV; ++hd) {
+          const auto li = static_cast<int32_t>(l), hi = static_cast<int32_t>(hd);
+          const int32_t slot = roles.slot(li, hi);
+          int32_t* dest = blob.data.data() + static_cast<size_t>((l * KV + hd) * rows + r);
+          cuda::PrefillRow pr;
+          pr.q_row0 = static_cast<int32_t>(r);
+          pr.n_tokens = static_cast<int32_t>(n);
+          pr.q_pos0 = static_cast<int32_t>(s.start);
+          pr.kv_head = hi;
+          const auto add_entry = [&](int32_t page, int64_t p0, int64_t count) {
+            lp.pages.push_back(page);
+            lp.pos0.push_back(static_cast<int32_t>(p0));
+            lp.len.push_back(static_cast<int32_t>(count));
+          };
+          if (roles.role(li, hi) == HeadRole::kRetrieval) {
+            const auto& pages = kv.retrieval_pages(slot);
+            for (int64_t i = 0; i < n; ++i) dest[app_r + i] = pages[static_cast<size_t>((s.start + i) / P)];
+            const auto nb = static_cast<int32_t>((end + P - 1) / P);
+            const bool dense_layer =
+                std::find(dec.dense_layers.begin(), dec.dense_layers.end(), li) != dec.dense_layers.end();
+            const bool selects = decode && dec.enabled && !dense_layer && end > dec.token_budget;
+            const auto pair = static_cast<size_t>(l * KV + hd);
+            if (decode) {
+              stats.context_tokens += end;
+            }
+            if (selects && (st.selected[pair].empty() || st.decode_steps % dec.reselect_interval == 0)) {
+              continue;  // a fresh selection: planned below, after the rows with host lists
+            }
+            std::vector<int32_t> blocks;
+            if (selects) {  // the previous set plus every block appended since
+              blocks = st.selected[pair];
+              for (int32_t b = st.selected_at_blocks[pair]; b < nb; ++b) blocks.push_back(b);
+            } else {
+              blocks.resize(static_cast<size_t>(nb));
+              std::iota(blocks.begin(), blocks.end(), 0);
+            }
+            for (int32_t b : blocks) {
+              const int64_t count = std::min<int64_t>(P, end - int64_t{b} * P);
+              add_entry(pages[static_cast<size_t>(b)], int64_t{b} * P, count);
+              if (decode) stats.selected_tokens += count;
+            }
+          } else {
+            has_streaming[static_cast<size_t>(l)] = 1;
+            const kvcache::StreamingGeometry& g = *kv.streaming_geometry();
+            const auto& pages = kv.streaming_pages(slot);
+            // The chunk enters sink and ring after the attention; only positions the ring still
+            // holds after the chunk (and sink blocks) are written.
+            const int64_t keep_from = std::max<int64_t>(s.start, end - int64_t{g.ring_pages()} * P);
+            for (int64_t i = 0; i < n; ++i) {
+              const int64_t p = s.start + i;
+              if (p < keep_from && p >= int64_t{g.sink_pages()} * P) continue;
+              dest[app_s + i] = pages[static_cast<size_t>(g.locate(p).index)];
+            }
+            // Keys: sink blocks, then the ring's blocks before the chunk (oldest first), then the
+            // chunk's own (new_kv).
+            const int64_t last_block = s.start > 0 ? (s.start - 1) / P : -1;
+            for (int64_t b = 0; b < g.sink_pages() && b <= last_block; ++b) {
+              add_entry(pages[static_cast<size_t>(b)], b * P, std::min<int64_t>(P, s.start - b * P));
+            }
+            for (int64_t b = std::max<int64_t>(g.sink_pages(), last_block - g.ring_pages() + 1); b <= last_block; ++b) {
+              add_entry(pages[static_cast<size_t>(g.locate(b * P).index)], b * P, std::min<int64_t>(P, s.start - b * P));
+            }
+            pr.mask = cuda::MaskKind::kBand;
+            pr.sink = g.window().sink_tokens;
+            pr.local = g.window().local_tokens;
+            pr.new_kv = 1;
+          }
+          lp.rows.push_back(pr);
+          lp.indptr.push_back(static_cast<int32_t>(lp.pages.size()));
         }
-        indptr.push_back(static_cast<int32_t>(pos0.size()));
       }
       r += n;
     }
-  }
-  const size_t E = pos0.size();
-  const size_t ip = take(indptr.size()), p0 = take(E), ln = take(E), pg = take(static_cast<size_t>(L) * E);
-  std::copy(indptr.begin(), indptr.end(), host.begin() + static_cast<std::ptrdiff_t>(ip));
-  std::copy(pos0.begin(), pos0.end(), host.begin() + static_cast<std::ptrdiff_t>(p0));
-  std::copy(len.begin(), len.end(), host.begin() + static_cast<std::ptrdiff_t>(ln));
-  for (int64_t l = 0; l < L; ++l) {  // list entries in the order built above: sequences, heads, blocks
-    size_t e = 0;
-    for (const ForwardSeq& s : batch) {
-      if (s.tokens.empty()) continue;
-      const kvcache::SequenceKv& kv = manager.sequence(s.id);
-      const int64_t end = s.start + static_cast<int64_t>(s.tokens.size());
-      for (int64_t hd = 0; hd < KV; ++hd) {
-        const auto& pages = kv.retrieval_pages(roles.slot(static_cast<int32_t>(l), static_cast<int32_t>(hd)));
-        for (int64_t b = 0; b * P < end; ++b) host[pg + static_cast<size_t>(l) * E + e++] = pages[static_cast<size_t>(b)];
+    // Fresh selections: rows appended after each layer's host-listed rows, entries reserved.
+    for (int64_t l = 0; l < L; ++l) {
+      LayerPlan& lp = plans[static_cast<size_t>(l)];
+      lp.fresh_from = lp.rows.size();
+      int64_t r0 = 0;
+      for (const ForwardSeq& s : batch) {
+        const auto n = static_cast<int64_t>(s.tokens.size());
+        Seq& st = seq(s.id);
+        const kvcache::HeadRoles& roles = st.profile->roles;
+        const kvcache::DecodeSelection& dec = st.profile->decode;
+        const int64_t end = s.start + n;
+        const bool decode = n == 1 && s.start >= s.prompt_len;
+        const bool dense_layer = std::find(dec.dense_layers.begin(), dec.dense_layers.end(), l) != dec.dense_layers.end();
+        for (int64_t hd = 0; hd < KV && decode && dec.enabled && !dense_layer && end > dec.token_budget; ++hd) {
+          const auto li = static_cast<int32_t>(l), hi = static_cast<int32_t>(hd);
+          const auto pair = static_cast<size_t>(l * KV + hd);
+          if (roles.role(li, hi) != HeadRole::kRetrieval) continue;
+          if (!st.selected[pair].empty() && st.decode_steps % dec.reselect_interval != 0) continue;
+          const auto& pages = manager.sequence(s.id).retrieval_pages(roles.slot(li, hi));
+          const auto nb = static_cast<int32_t>((end + P - 1) / P);
+          const cuda::PageSelectConfig cfg{P, LP, dec.sink_tokens, dec.token_budget};
+          const int32_t count = cuda::selected_page_count(end, cfg);
+          cuda::PrefillRow pr;
+          pr.q_row0 = static_cast<int32_t>(r0);
+          pr.n_tokens = 1;
+          pr.q_pos0 = static_cast<int32_t>(s.start);
+          pr.kv_head = hi;
+          lp.rows.push_back(pr);
+          lp.pages.resize(lp.pages.size() + static_cast<size_t>(count));
+          lp.pos0.resize(lp.pages.size());
+          lp.len.resize(lp.pages.size());
+          lp.indptr.push_back(static_cast<int32_t>(lp.pages.size()));
+          lp.sel_pages.insert(lp.sel_pages.end(), pages.begin(), pages.begin() + nb);
+          lp.sel_indptr.push_back(static_cast<int32_t>(lp.sel_pages.size()));
+          lp.sel_lens.push_back(static_cast<int32_t>(end));
+          lp.sel_out_indptr.push_back(lp.sel_out_indptr.empty() ? count : lp.sel_out_indptr.back() + count);
+          lp.sel_q.push_back(r0 * qkv_w + hd * group * D);
+          lp.sel_owner.emplace_back(s.id, hi);
+          max_blocks = std::max(max_blocks, nb);
+        }
+        r0 += n;
       }
+      if (lp.sel_out_indptr.empty()) continue;
+      lp.sel_out_indptr.insert(lp.sel_out_indptr.begin(), 0);
+      lp.q_at = step_q.size();
+      step_q.insert(step_q.end(), lp.sel_q.begin(), lp.sel_q.end());
+      lp.picked_at = static_cast<size_t>(picked_total);
+      picked_total += lp.sel_out_indptr.back();
+    }
+    for (LayerPlan& lp : plans) {
+      lp.ip = blob.append(lp.indptr);
+      lp.pg = blob.append(lp.pages);
+      lp.p0 = blob.append(lp.pos0);
+      lp.ln = blob.append(lp.len);
+      if (lp.sel_owner.empty()) continue;
+      lp.s_ip = blob.append(lp.sel_indptr);
+      lp.s_pg = blob.append(lp.sel_pages);
+      lp.s_len = blob.append(lp.sel_lens);
+      lp.s_out = blob.append(lp.sel_out_indptr);
     }
   }
-  int32_t* t = sized(tables, static_cast<int64_t>(host.size()));
-  tables.upload(host, stream);
-  prefill->plan(prows, stream);
+  int32_t* t = sized(tables, static_cast<int64_t>(blob.data.size()));
+  tables.upload(blob.data, stream);
+  if (!step_q.empty()) {
+    sized(q_offsets, static_cast<int64_t>(step_q.size()));
+    q_offsets.upload(step_q, stream);
+    sized(picked, picked_total);
+    int64_t most_rows = 0, most_entries = 0;
+    for (const LayerPlan& lp : plans) {
+      most_rows = std::max<int64_t>(most_rows, static_cast<int64_t>(lp.sel_owner.size()));
+      most_entries = std::max<int64_t>(most_entries, static_cast<int64_t>(lp.sel_pages.size()));
+    }
+    sized(scores, most_entries);
+    if (static_cast<int64_t>(row_ready.size()) < most_rows) {
+      row_ready = DeviceBuffer<uint32_t>(static_cast<size_t>(most_rows));
+      row_ready.fill_bytes(0, stream);  // page_select's contract: zero before the first call
+    }
+  }
+  for (int64_t l = 0; l < L; ++l) prefill[static_cast<size_t>(l)]->plan(plans[static_cast<size_t>(l)].rows, stream);
 
+  // ---- Device work ----
   bf16* hp = sized(h, rows * H);
   bf16* xp = sized(xn, rows * H);
   bf16* qp = sized(qkv, rows * qkv_w);
@@ -249,17 +447,34 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
   };
   const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
   const cuda::PagedKvPool pool{k_pool.data(), v_pool.data(), manager.num_pages(), P, static_cast<int32_t>(D)};
-  cuda::KvPoolView view;
-  view.k = k_pool.data();
-  view.v = v_pool.data();
-  view.num_pages = manager.num_pages();
-  view.page_tokens = P;
-  view.logical_page_tokens = P;
-  view.head_dim = static_cast<int32_t>(D);
+  cuda::KvPoolView with_bounds;  // retrieval lanes: K/V and the sub-page bounds
+  with_bounds.k = k_pool.data();
+  with_bounds.v = v_pool.data();
+  with_bounds.kmin = kmin_pool.data();
+  with_bounds.kmax = kmax_pool.data();
+  with_bounds.num_pages = manager.num_pages();
+  with_bounds.page_tokens = P;
+  with_bounds.logical_page_tokens = LP;
+  with_bounds.head_dim = static_cast<int32_t>(D);
+  cuda::KvPoolView no_bounds = with_bounds;  // streaming lanes keep no bounds
+  no_bounds.kmin = no_bounds.kmax = nullptr;
+  const auto append = [&](const cuda::KvPoolView& view, size_t table, int64_t l) {
+    for (int64_t hd = 0; hd < KV; ++hd) {
+      cuda::KvAppendRows a;
+      a.k_new = qp + q_dim + hd * D;
+      a.v_new = qp + q_dim + kv_dim + hd * D;
+      a.k_stride = a.v_stride = qkv_w;
+      a.page_ids = t + table + static_cast<size_t>((l * KV + hd) * rows);
+      a.offsets = t + off;
+      a.rows = rows;
+      cuda::kv_append(view, a, stream);
+    }
+  };
 
   cuda::embedding_gather(embed.data(), V, H, t + ids, rows, hp, stream);
   for (int64_t l = 0; l < L; ++l) {
     const Layer& lw = layers[static_cast<size_t>(l)];
+    const LayerPlan& lp = plans[static_cast<size_t>(l)];
     if (l == 0) {
       cuda::rmsnorm(hp, lw.attn_norm.data(), xp, rows, H, c.rms_eps, stream);
     } else {  // h += the previous layer's MLP output, then norm
@@ -268,44 +483,110 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
     gemm_run(xp, lw.w_qkv, qp, rows, qkv_w, H, lw.b_qkv.size() > 0 ? lw.b_qkv.data() : nullptr);
     cuda::rope(qp, qkv_w, t + pos, rows, c.n_heads, D, c.rope_dim, inv_freq.data(), interleaved, stream);
     cuda::rope(qp + q_dim, qkv_w, t + pos, rows, KV, D, c.rope_dim, inv_freq.data(), interleaved, stream);
-    for (int64_t hd = 0; hd < KV; ++hd) {
-      cuda::KvAppendRows a;
-      a.k_new = qp + q_dim + hd * D;
-      a.v_new = qp + q_dim + kv_dim + hd * D;
-      a.k_stride = a.v_stride = qkv_w;
-      a.page_ids = t + app + static_cast<size_t>((l * KV + hd) * rows);
-      a.offsets = t + off;
-      a.rows = rows;
-      cuda::kv_append(view, a, stream);
+    append(with_bounds, app_r, l);
+    if (!lp.sel_owner.empty()) {
+      cuda::PageSelectArgs ps;
+      ps.rows = static_cast<int32_t>(lp.sel_owner.size());
+      ps.head_dim = static_cast<int32_t>(D);
+      ps.group = static_cast<int32_t>(group);
+      ps.max_blocks = max_blocks;
+      ps.q = qp;
+      ps.q_offset = q_offsets.data() + lp.q_at;
+      ps.kmin = kmin_pool.data();
+      ps.kmax = kmax_pool.data();
+      ps.page_indptr = t + lp.s_ip;
+      ps.page_indices = t + lp.s_pg;
+      ps.seq_lens = t + lp.s_len;
+      ps.scores = scores.data();
+      ps.selected_indptr = t + lp.s_out;
+      const size_t region = static_cast<size_t>(lp.indptr[lp.fresh_from]);
+      ps.selected_pages = t + lp.pg + region;
+      ps.selected_pos0 = t + lp.p0 + region;
+      ps.selected_len = t + lp.ln + region;
+      ps.selected_blocks = picked.data() + lp.picked_at;
+      ps.row_ready = row_ready.data();
+      // The fresh rows of a layer may come from profiles of different budgets; page_select takes
+      // one geometry a call: one call per run of rows sharing sink_tokens and token_budget. The
+      // CSR offsets are absolute, so a run's indptr pointers move and its entry pointers do not.
+      const auto& owner = lp.sel_owner;
+      size_t a = 0;
+      while (a < owner.size()) {
+        const kvcache::DecodeSelection& d = seq(owner[a].first).profile->decode;
+        size_t b = a + 1;
+        while (b < owner.size()) {
+          const kvcache::DecodeSelection& e = seq(owner[b].first).profile->decode;
+          if (e.sink_tokens != d.sink_tokens || e.token_budget != d.token_budget) break;
+          ++b;
+        }
+        cuda::PageSelectArgs part = ps;
+        part.config = cuda::PageSelectConfig{P, LP, d.sink_tokens, d.token_budget};
+        part.rows = static_cast<int32_t>(b - a);
+        part.q_offset = ps.q_offset + a;
+        part.page_indptr = ps.page_indptr + a;
+        part.seq_lens = ps.seq_lens + a;
+        part.selected_indptr = ps.selected_indptr + a;
+        cuda::page_select(part, stream);
+        a = b;
+      }
     }
     cuda::PrefillArgs pa;
     pa.q = qp;
     pa.q_stride = qkv_w;
     pa.o = ap;
     pa.o_stride = q_dim;
+    pa.k_new = qp + q_dim;
+    pa.v_new = qp + q_dim + kv_dim;
+    pa.kv_new_stride = qkv_w;
     pa.kv = pool;
-    pa.pages = cuda::KeyPageList{t + ip, t + pg + static_cast<size_t>(l) * E, t + p0, t + ln};
+    pa.pages = cuda::KeyPageList{t + lp.ip, t + lp.pg, t + lp.p0, t + lp.ln};
     pa.scale = 1.0f / std::sqrt(static_cast<float>(D));
-    prefill->run(pa, stream);
+    prefill[static_cast<size_t>(l)]->run(pa, stream);
+    if (has_streaming[static_cast<size_t>(l)]) append(no_bounds, app_s, l);
     gemm_run(ap, lw.wo, pp, rows, H, q_dim);
     cuda::add_rmsnorm(hp, pp, lw.ffn_norm.data(), xp, rows, H, c.rms_eps, stream);
     gemm_run(xp, lw.w_gate_up, gp, rows, 2 * I, H);
     cuda::silu_mul(gp, cp, rows, I, stream);
     gemm_run(cp, lw.w_down, pp, rows, H, I);
   }
+  std::vector<uint16_t> bits;
   if (out_rows > 0) {
     // h += the last MLP output; the final norm; the rows that need logits gathered; the LM head.
     cuda::add_rmsnorm(hp, pp, final_norm.data(), xp, rows, H, c.rms_eps, stream);
     bf16* sp = sized(this->sel, out_rows * H);
-    cuda::embedding_gather(xp, rows, H, t + sel, out_rows, sp, stream);
-    bf16* lp = sized(logits, out_rows * V);
-    gemm_run(sp, tied ? embed : lm_head, lp, out_rows, V, H);
-    std::vector<uint16_t> bits(static_cast<size_t>(out_rows * V));
-    CUDA_CHECK(cudaMemcpyAsync(bits.data(), lp, bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost, stream));
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    std::transform(bits.begin(), bits.end(), out.begin(), bf16_to_f32);
-  } else {
-    CUDA_CHECK(cudaStreamSynchronize(stream));
+    cuda::embedding_gather(xp, rows, H, t + selr, out_rows, sp, stream);
+    bf16* lgp = sized(logits, out_rows * V);
+    gemm_run(sp, tied ? embed : lm_head, lgp, out_rows, V, H);
+    bits.resize(static_cast<size_t>(out_rows * V));
+    CUDA_CHECK(cudaMemcpyAsync(bits.data(), lgp, bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost, stream));
+  }
+  std::vector<int32_t> chosen(static_cast<size_t>(picked_total));
+  if (picked_total > 0) {
+    CUDA_CHECK(cudaMemcpyAsync(chosen.data(), picked.data(), chosen.size() * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                               stream));
+  }
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::transform(bits.begin(), bits.end(), out.begin(), bf16_to_f32);
+
+  // ---- The step is stored: selections, lengths, decode steps ----
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerPlan& lp = plans[static_cast<size_t>(l)];
+    for (size_t k = 0; k < lp.sel_owner.size(); ++k) {
+      const auto [id, hd] = lp.sel_owner[k];
+      Seq& st = seq(id);
+      const auto pair = static_cast<size_t>(l * KV + hd);
+      const auto* first = chosen.data() + lp.picked_at + static_cast<size_t>(lp.sel_out_indptr[k]);
+      st.selected[pair].assign(first, first + (lp.sel_out_indptr[k + 1] - lp.sel_out_indptr[k]));
+      const int64_t end = lp.sel_lens[k];
+      st.selected_at_blocks[pair] = static_cast<int32_t>((end + P - 1) / P);
+      for (int32_t b : st.selected[pair]) stats.selected_tokens += std::min<int64_t>(P, end - int64_t{b} * P);
+      stats.selections += 1;
+    }
+  }
+  for (const ForwardSeq& s : batch) {
+    Seq& st = seq(s.id);
+    const auto n = static_cast<int64_t>(s.tokens.size());
+    if (n == 1 && s.start >= s.prompt_len) ++st.decode_steps;
+    st.length = s.start + n;
   }
 }
 

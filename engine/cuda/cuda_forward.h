@@ -1,14 +1,18 @@
-// The Llama-family forward pass of engine/cpu_forward.h on the GPU, for the dense profile (every KV
-// head a retrieval head attending all j ≤ t): weights bf16 on the device, activations bf16 with fp32
-// accumulation, GEMMs through cuBLASLt (Q|K|V and gate|up fused), RMSNorm fused with the residual
-// add, RoPE, SiLU-and-multiply, K/V appended into one device page pool ([num_pages][P][D] bf16 K and
-// V, the kvcache page model: one page = P tokens of one (layer, KV head) lane), attention by the
-// paged prefill kernel for every sequence of the step (a decode token is a chunk of one), logits of
-// the rows that need them copied back as fp32.
-//
-// The KvCacheManager owns the bookkeeping, as for the CPU engine: each sequence is registered with
-// HeadRoles::all_retrieval's layout and has its pages allocated for the step before forward().
-// Streaming heads, decode page selection and dynamic prefill are not run on this path yet.
+// The Llama-family forward pass of engine/cpu_forward.h on the GPU, with the attention of
+// engine/paged_kv.h (DESIGN.md §5) per (layer, KV head) role of each sequence's sparsity profile:
+// weights bf16 on the device, activations bf16 with fp32 accumulation, GEMMs through cuBLASLt (Q|K|V
+// and gate|up fused), RMSNorm fused with the residual add, RoPE, SiLU-and-multiply, logits of the
+// rows that need them copied back as fp32. K/V live in one device page pool ([num_pages][P][D] bf16 K
+// and V, and K's min/max per logical sub-page for page selection: kv_append.h), one page = P tokens
+// of one (layer, KV head) lane, as the KvCacheManager hands them out. Per layer:
+//   1. retrieval lanes append the step's K/V (and fold them into the min/max bounds);
+//   2. decode page selection (page_select.h) for the retrieval rows whose selection is due;
+//   3. one paged prefill attention launch for every (sequence, KV head) row, a decode token being a
+//      chunk of one: retrieval rows causal over their blocks (a decode row with selection over the
+//      selected blocks: the fresh selection, or the previous one plus every block since), streaming
+//      rows the Λ band over sink and ring pages plus the chunk's own K/V;
+//   4. streaming lanes write the chunk into sink and ring (after the attention that read the ring).
+// Dynamic prefill sparsity (XAttention) is not run on this path (cuda_step_runner refuses it).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,13 +25,14 @@
 #include "engine/kv_backend.h"
 #include "engine/model.h"
 #include "kvcache/kv_cache_manager.h"
+#include "kvcache/sparsity_profile.h"
 
 namespace sparseserve {
 
 class CudaForward {
  public:
   // Uploads the weights (dequantized to bf16) and allocates the page pool for manager.num_pages()
-  // pages of every (layer, KV head) lane, zeroed. The model and the manager must outlive this.
+  // pages (K, V and the sub-page bounds), zeroed. The model and the manager must outlive this.
   // InternalError when the device lacks the memory or the shapes are outside the kernels' (head_dim
   // 64 or 128).
   CudaForward(const Model& model, const kvcache::KvCacheManager& manager, cudaStream_t stream = nullptr);
@@ -35,12 +40,21 @@ class CudaForward {
   CudaForward(const CudaForward&) = delete;
   CudaForward& operator=(const CudaForward&) = delete;
 
-  // As CpuForward::forward with dense attention: stores each sequence's chunk K/V (positions start ..
-  // start + n − 1) in its pages and fills logits [rows needing them][vocab] in batch order.
-  // InvalidArgument for a token outside the vocabulary or a context over max_context; InternalError
-  // for a sequence the manager does not hold pages for, or one whose layout is not all-retrieval.
-  // Synchronises the stream (the logits are on the host when it returns).
+  // Binds a sequence the manager holds with profile's layout (PagedKvBackend::add_sequence); the
+  // profile must outlive it. InternalError for an unknown or bound id, roles of another shape, or
+  // dynamic prefill sparsity.
+  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile);
+  void release(uint64_t id);  // forgets the sequence here (the caller releases its pages)
+
+  // As CpuForward::forward with PagedKvBackend's attention: stores each sequence's chunk K/V
+  // (positions start .. start + n − 1) in its pages and fills logits [rows needing them][vocab] in
+  // batch order. InvalidArgument for a token outside the vocabulary or a context over max_context;
+  // InternalError for an unbound sequence, a start other than its stored length, a sequence twice,
+  // or pages not allocated for the step; nothing is written then. Synchronises the stream (the
+  // logits are on the host when it returns).
   void forward(std::span<const ForwardSeq> batch, std::vector<float>& logits);
+
+  const SelectionStats& selection_stats() const;
 
  private:
   struct Impl;

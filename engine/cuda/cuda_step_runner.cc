@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <unordered_set>
 #include <vector>
 
 #include "common/errors.h"
@@ -41,37 +40,27 @@ class CudaStepRunner final : public StepRunner {
     if (const std::string why = cuda_unsupported_profile(profile); !why.empty()) {
       throw InternalError("CudaStepRunner: sequence " + std::to_string(id) + ": " + why);
     }
-    if (!bound_.insert(id).second) throw InternalError("CudaStepRunner: sequence " + std::to_string(id) + " is already bound");
+    forward_.add_sequence(id, profile);
   }
-  void release(uint64_t id) override { bound_.erase(id); }
+  void release(uint64_t id) override { forward_.release(id); }
   void forward(std::span<const ForwardSeq> batch, std::vector<float>& logits) override {
-    for (const ForwardSeq& s : batch) {
-      if (!bound_.contains(s.id)) throw InternalError("CudaStepRunner: sequence " + std::to_string(s.id) + " is not bound");
-    }
     // The engine's loop thread calls this; the current device is per thread.
     CUDA_CHECK(cudaSetDevice(device_));
     forward_.forward(batch, logits);
   }
-  SelectionStats selection_stats() const override { return {}; }
+  SelectionStats selection_stats() const override { return forward_.selection_stats(); }
 
  private:
   int device_;
   Stream stream_;  // declared before forward_: destroyed after it
   CudaForward forward_;
-  std::unordered_set<uint64_t> bound_;
 };
 
 }  // namespace
 
 std::string cuda_unsupported_profile(const kvcache::SparsityProfile& p) {
-  if (p.is_dense()) return {};
-  std::vector<std::string> what;
-  if (!p.roles.all_retrieval()) what.emplace_back("streaming heads");
-  if (p.decode.enabled) what.emplace_back("decode page selection");
-  if (p.prefill.dynamic) what.emplace_back("dynamic prefill sparsity");
-  return fmt::format("it uses {}, which the CUDA backend does not run yet (it runs dense attention; backend: cpu runs "
-                     "every profile)",
-                     fmt::join(what, " and "));
+  if (!p.prefill.dynamic) return {};
+  return "it uses dynamic prefill sparsity, which the CUDA backend does not run yet (backend: cpu runs every profile)";
 }
 
 size_t cuda_weight_bytes(const ModelConfig& c, bool tied) {
@@ -86,7 +75,7 @@ StepBackend cuda_step_backend(int device) {
   StepBackend b;
   b.name = "cuda";
   b.bytes_per_element = 2;
-  b.with_metadata = false;
+  b.with_metadata = true;  // K's min/max per sub-page, bf16, for decode page selection
   b.unsupported = cuda_unsupported_profile;
   b.check_kv_bytes = [device](const Model& model, size_t kv_bytes) {
     const int n = kernels::cuda::cuda_device_count();

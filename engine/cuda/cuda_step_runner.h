@@ -1,6 +1,6 @@
 // The GPU backend of the engine's step seam (engine/step_runner.h): CudaForward on one device, bf16
-// pages without min/max metadata. It runs the dense profile (every head retrieval, no decode page
-// selection, no dynamic prefill); requests for other profiles are refused with the reason.
+// pages with K's min/max per sub-page. It runs every profile but those with dynamic prefill sparsity
+// (XAttention has no GPU kernel yet): requests for those are refused with the reason.
 #pragma once
 
 #include <string>

@@ -40,6 +40,8 @@ TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
     const kvcache::HeadRoles roles =
         kvcache::HeadRoles::all_retrieval(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
     CudaForward gpu(model, manager);
+    const kvcache::SparsityProfile dense_profile =
+        kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
     CpuForward cpu(model);
     DenseKvBackend dense(c);
     // Three sequences: prompts of 37, 80 and 5 tokens, prefilled in chunks (≤ 29 tokens a step),
@@ -50,6 +52,7 @@ TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
     std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
     for (size_t i = 0; i < prompt.size(); ++i) {
       manager.add_sequence(i, kvcache::SequenceLayout::from_roles(roles, std::nullopt));
+      gpu.add_sequence(i, dense_profile);
       dense.add_sequence(i);
       for (int64_t t = 0; t < prompt[i]; ++t) tokens[i].push_back(tok(rng));
     }
