@@ -49,6 +49,10 @@ struct StepBackend {
   // metadata included, take at most that) cannot be allocated in this backend's memory next to the
   // model. Called before anything is allocated.
   std::function<void(const Model&, size_t bytes)> check_kv_bytes;
+  // Device backends: the KV cache budget `utilization` ∈ (0, 1] of the device memory free after the
+  // model's weights and the steps' headroom gives (vLLM's gpu_memory_utilization). InvalidArgument
+  // when nothing is left. Empty on the CPU (its budget is kv_cache_bytes).
+  std::function<size_t(const Model&, double utilization)> device_kv_bytes;
   // Builds the runner over the engine's manager (both outlive it).
   std::function<std::unique_ptr<StepRunner>(const Model&, kvcache::KvCacheManager&)> make;
 };

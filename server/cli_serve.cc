@@ -33,18 +33,36 @@
 #include "server/server_config.h"
 #ifdef SPARSESERVE_SERVER_CUDA
 #include "engine/cuda/cuda_step_runner.h"
+#include "kernels/cuda/cuda_check.h"
 #endif
 
 namespace sparseserve::cli {
 
 namespace {
 
-// The engine backend `backend` names ("cpu" or "cuda", as ServerConfig resolved it).
-StepBackend step_backend(const std::string& backend) {
+// The engine backend `backend` names. auto: the GPU where this build has it, a device is visible and
+// it runs the default profile; else the CPU (said in the log either way).
+StepBackend step_backend(const std::string& backend, const ModelProfiles& profiles) {
 #ifdef SPARSESERVE_SERVER_CUDA
   if (backend == "cuda") return cuda_step_backend(0);
+  if (backend == "auto") {
+    StepBackend gpu = cuda_step_backend(0);
+    const std::string why = gpu.unsupported(profiles.get(profiles.default_profile));
+    if (kernels::cuda::cuda_device_count() == 0) {
+      spdlog::info("backend auto: no CUDA device visible, serving on the CPU");
+    } else if (!why.empty()) {
+      spdlog::info("backend auto: serving on the CPU: the default profile '{}': {}", profiles.default_profile, why);
+    } else {
+      spdlog::info("backend auto: serving on the GPU");
+      return gpu;
+    }
+  }
+#else
+  (void)profiles;
 #endif
-  if (backend != "cpu") throw InvalidArgument("backend: '" + backend + "' is not available in this build");
+  if (backend != "cpu" && backend != "auto") {
+    throw InvalidArgument("backend: '" + backend + "' is not available in this build");
+  }
   return cpu_step_backend();
 }
 
@@ -246,21 +264,27 @@ int run_serve(const ServeArgs& a) {
     profiles.default_profile = cfg.default_profile;
   }
 
-  Engine engine(*model, std::move(profiles), cfg.engine_config(), step_backend(cfg.backend));
+  StepBackend backend = step_backend(cfg.backend, profiles);
+  EngineConfig engine_config = cfg.engine_config();
+  if (!cfg.kv_cache_bytes && backend.device_kv_bytes) {
+    engine_config.kv_cache_bytes = backend.device_kv_bytes(*model, cfg.gpu_memory_utilization);
+  }
+  const size_t kv_bytes = engine_config.kv_cache_bytes;
+  Engine engine(*model, std::move(profiles), engine_config, std::move(backend));
   if (stop_early("start-up")) return 0;
   // A KV cache too small for one sequence of the whole context: said at start, not first learnt
   // from a refused request (vLLM refuses to start; here the cache is the operator's choice).
   const std::string& default_profile = engine.profiles().default_profile;
   const int64_t fits = engine.max_sequence_tokens(default_profile);
   if (fits < 2) {
-    throw InvalidArgument("kv_cache_bytes " + std::to_string(cfg.kv_cache_bytes) +
+    throw InvalidArgument("kv_cache_bytes " + std::to_string(kv_bytes) +
                           " holds no sequence of two tokens under the default profile '" + default_profile +
                           "': every request would be refused");
   }
   if (fits < mc.max_context) {
     spdlog::warn("kv_cache_bytes {} holds one sequence of at most {} tokens under the default profile '{}', "
                  "under the model's context of {}: longer prompts are refused (raise kv_cache_bytes)",
-                 cfg.kv_cache_bytes, fits, default_profile, mc.max_context);
+                 kv_bytes, fits, default_profile, mc.max_context);
   }
   openai::ProtocolLimits limits;
   limits.max_prompt_tokens = cfg.max_prompt_tokens;

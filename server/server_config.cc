@@ -31,8 +31,12 @@ constexpr std::array kSettings = {
                   nullptr},
     ServerSetting{"default_profile",
                   "Sparsity profile of requests that name none (default: the model YAML's default_profile)", nullptr},
-    ServerSetting{"backend", "auto | cpu | cuda (auto: cpu; cuda runs the dense profile only so far)", "auto"},
-    ServerSetting{"kv_cache_bytes", "KV cache budget, e.g. 2GiB", "2GiB"},
+    ServerSetting{"backend", "auto | cpu | cuda (auto: cuda where this build has it and a GPU is visible)", "auto"},
+    ServerSetting{"kv_cache_bytes",
+                  "KV cache budget, e.g. 2GiB (default: 2GiB on the CPU; on the GPU gpu_memory_utilization)", nullptr},
+    ServerSetting{"gpu_memory_utilization",
+                  "Share of the GPU memory free after the weights that the KV cache takes (without kv_cache_bytes)",
+                  "0.9"},
     ServerSetting{"max_num_seqs", "Running sequences per step", "64"},
     ServerSetting{"max_num_batched_tokens", "Tokens per engine step", "2048"},
     ServerSetting{"max_waiting", "Waiting requests before new ones get 429", "1024"},
@@ -126,6 +130,16 @@ double parse_seconds(const Raw& raw, const std::string& key) {
   return v;
 }
 
+double parse_fraction(const Raw& raw, const std::string& key) {
+  const std::string& s = *raw.text;
+  double v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || !(v > 0 && v <= 1)) {
+    fail(raw, key, "expected a number in (0, 1], got '" + s + "'");
+  }
+  return v;
+}
+
 size_t parse_size(const Raw& raw, const std::string& key) {
   size_t v = 0;
   try {
@@ -161,6 +175,8 @@ void apply(ServerConfig& c, const std::string& key, const Raw& raw) {
       c.served_model_name.clear();
     } else if (key == "default_profile") {
       c.default_profile.clear();
+    } else if (key == "kv_cache_bytes") {
+      c.kv_cache_bytes.reset();
     } else {
       fail(raw, key, "must not be null");
     }
@@ -181,15 +197,16 @@ void apply(ServerConfig& c, const std::string& key, const Raw& raw) {
     c.served_model_name = parse_text(raw, key);
   } else if (key == "backend") {
     const std::string b = parse_choice(raw, key, {"auto", "cpu", "cuda"});
-    // `auto` is the CPU engine: it runs every sparsity profile, the GPU path the dense one only so far.
 #ifndef SPARSESERVE_SERVER_CUDA
     if (b == "cuda") fail(raw, key, "the CUDA backend is not available in this build (built without CUDA)");
 #endif
-    c.backend = b == "cuda" ? "cuda" : "cpu";
+    c.backend = b;  // `auto` is resolved at start, where the devices are known
   } else if (key == "default_profile") {
     c.default_profile = parse_text(raw, key);
   } else if (key == "kv_cache_bytes") {
     c.kv_cache_bytes = parse_size(raw, key);
+  } else if (key == "gpu_memory_utilization") {
+    c.gpu_memory_utilization = parse_fraction(raw, key);
   } else if (key == "max_num_seqs") {
     c.max_num_seqs = parse_int<int32_t>(raw, key, 1, 65536);
   } else if (key == "max_num_batched_tokens") {
@@ -222,7 +239,7 @@ EngineConfig ServerConfig::engine_config() const {
   EngineConfig e;
   e.max_num_seqs = max_num_seqs;
   e.max_num_batched_tokens = max_num_batched_tokens;
-  e.kv_cache_bytes = kv_cache_bytes;
+  e.kv_cache_bytes = kv_cache_bytes.value_or(size_t{2} << 30);
   e.max_waiting = max_waiting;
   return e;
 }

@@ -12,10 +12,16 @@
 //                                       else the model file's stem
 //   default_profile         NAME        sparsity profile of requests naming none; default: the model
 //                                       YAML's default_profile (must name one of its profiles)
-//   backend                 auto|cpu|cuda  default auto (= cpu). cuda: only in a build with CUDA (else
-//                                       an error); runs the dense profile only so far
-//                                       (engine/cuda/cuda_step_runner.h), on device 0
-//   kv_cache_bytes          BYTES       default 2GiB (kvcache::parse_bytes: "2GiB", "512MiB", "1000000"...)
+//   backend                 auto|cpu|cuda  default auto: cuda where this build has the GPU backend, a
+//                                       device is visible and it runs the default profile, else cpu.
+//                                       cuda: only in a build with CUDA (else an error), device 0; runs
+//                                       every profile but dynamic prefill (engine/cuda/cuda_step_runner.h)
+//   kv_cache_bytes          BYTES|null  the KV cache's budget (kvcache::parse_bytes: "2GiB", "512MiB",
+//                                       "1000000"...); null (default): 2GiB on the CPU, on the GPU
+//                                       gpu_memory_utilization of the memory free after the weights
+//   gpu_memory_utilization  (0, 1]      default 0.9: the share of the GPU's free memory (after the
+//                                       weights and the steps' headroom) the KV cache takes when
+//                                       kv_cache_bytes is null
 //   max_num_seqs            ≥ 1         default 64
 //   max_num_batched_tokens  ≥ 1         default 2048
 //   max_waiting             ≥ 1         default 1024: more waiting requests are answered 429
@@ -52,8 +58,9 @@ struct ServerConfig {
   std::string model_config;                // path; empty: ModelProfiles::defaults_for
   std::string served_model_name;           // empty: resolved at start (see above)
   std::string default_profile;             // empty: the model YAML's
-  std::string backend = "cpu";             // resolved: "cpu" (auto → cpu) or "cuda"
-  size_t kv_cache_bytes = size_t{2} << 30;  // bytes
+  std::string backend = "auto";            // "auto" | "cpu" | "cuda"
+  std::optional<size_t> kv_cache_bytes;    // bytes; nullopt: see above
+  double gpu_memory_utilization = 0.9;
   int32_t max_num_seqs = 64;
   int32_t max_num_batched_tokens = 2048;
   int32_t max_waiting = 1024;
@@ -67,6 +74,8 @@ struct ServerConfig {
   bool operator==(const ServerConfig&) const = default;
 
   // The engine's slice.
+  // kv_cache_bytes: the given budget, else the CPU's default (2 GiB): on the GPU the server replaces
+  // it by gpu_memory_utilization's share when none was given.
   EngineConfig engine_config() const;
 
   // A setting given on the command line: key (YAML name), its text, and where it came from

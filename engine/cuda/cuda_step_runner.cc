@@ -31,6 +31,23 @@ class Stream {
   cudaStream_t s_ = nullptr;
 };
 
+// {free, total} bytes of `device` (which becomes the thread's current device); InvalidArgument when
+// there is no such device.
+std::pair<size_t, size_t> device_memory(int device) {
+  const int n = kernels::cuda::cuda_device_count();
+  if (device < 0 || device >= n) {
+    throw InvalidArgument(fmt::format("backend cuda: no CUDA device {} ({} visible)", device, n));
+  }
+  CUDA_CHECK(cudaSetDevice(device));
+  size_t free = 0, total = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return {free, total};
+}
+
+size_t model_weight_bytes(const Model& model) {
+  return cuda_weight_bytes(model.config, model.weights.lm_head.data == model.weights.embed.data);
+}
+
 class CudaStepRunner final : public StepRunner {
  public:
   CudaStepRunner(const Model& model, kvcache::KvCacheManager& manager, int device)
@@ -77,16 +94,26 @@ StepBackend cuda_step_backend(int device) {
   b.bytes_per_element = 2;
   b.with_metadata = true;  // K's min/max per sub-page, bf16, for decode page selection
   b.unsupported = cuda_unsupported_profile;
-  b.check_kv_bytes = [device](const Model& model, size_t kv_bytes) {
-    const int n = kernels::cuda::cuda_device_count();
-    if (device < 0 || device >= n) {
-      throw InvalidArgument(fmt::format("backend cuda: no CUDA device {} ({} visible)", device, n));
+  b.device_kv_bytes = [device](const Model& model, double utilization) {
+    const auto [free, total] = device_memory(device);
+    const size_t weights = model_weight_bytes(model);
+    constexpr double GiB = 1 << 30;
+    const double left = static_cast<double>(free) - static_cast<double>(weights + kStepHeadroomBytes);
+    if (left <= 0) {
+      throw InvalidArgument(fmt::format("backend cuda: CUDA device {} has {:.2f} GiB free, not more than the {:.2f} GiB "
+                                        "of bf16 weights and {:.2f} GiB for the steps: no room for a KV cache",
+                                        device, static_cast<double>(free) / GiB, static_cast<double>(weights) / GiB,
+                                        static_cast<double>(kStepHeadroomBytes) / GiB));
     }
-    CUDA_CHECK(cudaSetDevice(device));
-    size_t free = 0, total = 0;
-    CUDA_CHECK(cudaMemGetInfo(&free, &total));
-    const bool tied = model.weights.lm_head.data == model.weights.embed.data;
-    const size_t weights = cuda_weight_bytes(model.config, tied);
+    const auto bytes = static_cast<size_t>(left * utilization);
+    spdlog::info("backend cuda: KV cache {:.2f} GiB = gpu_memory_utilization {} of the {:.2f} GiB left after the "
+                 "weights and the steps' headroom",
+                 static_cast<double>(bytes) / GiB, utilization, left / GiB);
+    return bytes;
+  };
+  b.check_kv_bytes = [device](const Model& model, size_t kv_bytes) {
+    const auto [free, total] = device_memory(device);
+    const size_t weights = model_weight_bytes(model);
     const size_t need = weights + kv_bytes + kStepHeadroomBytes;
     constexpr double GiB = 1 << 30;
     if (need > free) {

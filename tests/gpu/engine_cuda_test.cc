@@ -292,7 +292,7 @@ TEST(CudaEngineTest, SmallModelConcurrentGreedyRequestsMatchTheCpuForward) {
 
 // Streaming heads (the ring wraps: prompts past sink + local + a page) and decode page selection
 // (contexts past the budget), in steps that mix the three profiles.
-TEST(CudaEngineTest, SparseProfilesMatchTheCpuPagedAttention) {
+TEST(CudaEngineTest, SmallModelSparseProfilesMatchTheCpuPagedAttention) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = test_seed();
   SCOPED_TRACE(seed_trace(seed));

@@ -48,8 +48,9 @@ TEST_F(ServerConfigTest, ShippedFileLoads) {
   EXPECT_EQ(c.model, "models/SmolLM2-135M-Instruct.Q4_1.gguf");
   EXPECT_EQ(c.model_config, "configs/models/smollm2-135m-instruct.yaml");
   EXPECT_EQ(c.served_model_name, "");
-  EXPECT_EQ(c.backend, "cpu");
-  EXPECT_EQ(c.kv_cache_bytes, size_t{2} << 30);
+  EXPECT_EQ(c.backend, "auto");
+  EXPECT_FALSE(c.kv_cache_bytes.has_value());
+  EXPECT_DOUBLE_EQ(c.gpu_memory_utilization, 0.9);
   EXPECT_EQ(c.max_num_seqs, 64);
   EXPECT_EQ(c.max_num_batched_tokens, 2048);
   EXPECT_EQ(c.max_waiting, 1024);
@@ -73,14 +74,16 @@ TEST_F(ServerConfigTest, FlagsOverrideTheFile) {
   EXPECT_EQ(c.model, "a.gguf");
   EXPECT_EQ(c.http_port, 8080);
   EXPECT_EQ(c.api_key.value_or(""), "secret");
-  EXPECT_EQ(c.kv_cache_bytes, size_t{1} << 30);
+  EXPECT_EQ(c.kv_cache_bytes.value_or(0), size_t{1} << 30);
+  EXPECT_EQ(c.engine_config().kv_cache_bytes, size_t{1} << 30);
   EXPECT_EQ(c.max_body_bytes, size_t{1} << 20);
 }
 
 TEST_F(ServerConfigTest, FlagsAloneWork) {
   const ServerConfig c = ServerConfig::load("", {{"model", "m.gguf", "--model"}, {"backend", "auto", "--backend"}});
   EXPECT_EQ(c.model, "m.gguf");
-  EXPECT_EQ(c.backend, "cpu");
+  EXPECT_EQ(c.backend, "auto");
+  EXPECT_EQ(ServerConfig::load("", {{"model", "m", "--model"}, {"backend", "cpu", "--backend"}}).backend, "cpu");
   EXPECT_EQ(c.http_port, 8000);
   EXPECT_EQ(c.default_profile, "");
   EXPECT_EQ(ServerConfig::load("", {{"model", "m", "--model"}, {"default_profile", "dense", "--default-profile"}})
@@ -116,6 +119,9 @@ TEST_F(ServerConfigTest, BadValuesNameFileLineAndKey) {
   EXPECT_THAT(error_of("model: a\nmax_num_seqs: 0\n"), HasSubstr(".yaml:2: max_num_seqs"));
   EXPECT_THAT(error_of("model: a\n\nkv_cache_bytes: 2 GiB\n"), HasSubstr(".yaml:3: kv_cache_bytes"));
   EXPECT_THAT(error_of("model: a\nkv_cache_bytes: 0\n"), HasSubstr(".yaml:2: kv_cache_bytes"));
+  EXPECT_THAT(error_of("model: a\ngpu_memory_utilization: 0\n"), HasSubstr("gpu_memory_utilization: expected a number in (0, 1]"));
+  EXPECT_THAT(error_of("model: a\ngpu_memory_utilization: 1.5\n"), HasSubstr("gpu_memory_utilization"));
+  EXPECT_THAT(error_of("model: a\ngpu_memory_utilization: nan\n"), HasSubstr("gpu_memory_utilization"));
   EXPECT_THAT(error_of("model: a\nbackend: tpu\n"), HasSubstr(".yaml:2: backend: expected one of auto | cpu | cuda"));
   EXPECT_THAT(error_of("model: a\nlog_level: loud\n"), HasSubstr("log_level"));
   EXPECT_THAT(error_of("model: a\nshutdown_grace_seconds: -1\n"), HasSubstr("shutdown_grace_seconds"));
