@@ -21,7 +21,10 @@ class CpuStepRunner final : public StepRunner {
 
   void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) override { backend_.add_sequence(id, profile); }
   void release(uint64_t id) override { backend_.release(id); }
-  void forward(std::span<const ForwardSeq> batch, std::vector<float>& logits) override {
+  void forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& logits,
+               std::vector<int32_t>& drawn) override {
+    check(draws.empty(), "CpuStepRunner: the CPU backend draws no tokens itself");
+    drawn.clear();
     forward_.forward(batch, backend_, logits);
   }
   SelectionStats selection_stats() const override { return backend_.selection_stats(); }

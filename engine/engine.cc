@@ -9,6 +9,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <random>
 #include <thread>
 #include <unordered_map>
 
@@ -74,7 +75,19 @@ struct LiveRequest {
   bool prompt_lps_sent = false;
   std::optional<JsonText> json;  // req.json_object / json_schema: the generated text so far, while it constrains
   std::unique_ptr<TextLanguage> language;  // req.choices / regex: likewise
+  uint64_t draw_seed = 0;  // the seed of tokens drawn on the device: req.sampling.seed, else random
 };
+
+// Whether a token of r may be drawn by the backend on the device (StepBackend's DeviceDraw): nothing
+// in the request reads or changes the logits row on the host, and its sampler's parameters are the
+// device sampler's (no penalty, no bias).
+bool drawn_on_device(const LiveRequest& r) {
+  const SamplingParams& p = r.req.sampling;
+  const bool may_stop = static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.req.min_tokens;
+  return r.req.logprobs < 0 && r.req.allowed_token_ids.empty() && r.req.bad_words.empty() && !r.json && !r.language &&
+         (may_stop || (r.stop_ids.empty() && r.implicit_stops.empty())) && p.presence_penalty == 0.0f &&
+         p.frequency_penalty == 0.0f && p.repetition_penalty == 1.0f && p.logit_bias.empty();
+}
 
 // Moves the prompt logprobs collected so far into the request's first delta (once).
 void take_prompt_logprobs(LiveRequest& r, RequestOutput& out) {
@@ -134,6 +147,7 @@ struct Engine::Impl {
     return *vocab_bytes;
   }
   std::vector<uint64_t> step_keys;  // the requests the current step's plan names (the loop fails them if it throws)
+  std::vector<float> step_logits;   // the step's logits rows, reused (the backend sizes it)
   std::thread thread;
 
   void loop();
@@ -271,10 +285,11 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
 
   auto r = std::make_unique<LiveRequest>(LiveRequest{
       0, std::move(request), &profile, {}, n, 0, Sampler(SamplingParams{}, {}),
-      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, {}, 0, false, {}, {}});
+      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, {}, 0, false, {}, {}, 0});
   r->tokens = r->req.prompt;
   r->max_new = std::min<int64_t>(r->req.max_tokens, c.max_context - n);
   r->sampler = Sampler(r->req.sampling, r->req.prompt);
+  r->draw_seed = r->req.sampling.seed ? *r->req.sampling.seed : std::random_device{}();
   r->detok = IncrementalDetokenizer(e.model.tokenizer, r->req.skip_special_tokens);
   r->stops = StopStringFilter(r->req.stop);
   if (r->req.json_object) r->json.emplace(JsonPrefix(/*root_object=*/true));
@@ -564,9 +579,36 @@ void Engine::Impl::step() {
       r.prompt_counted = end;
     }
   }
+  // Rows whose token the backend may draw itself (the GPU's): the request reads nothing of the row
+  // on the host. draw_index[si]: the sequence's entry in draws, or -1.
+  std::vector<DeviceDraw> draws;
+  std::vector<int32_t> draw_index(plan.seqs.size(), -1);
+  if (backend->draws_on_device()) {
+    int64_t rows = 0;
+    for (size_t si = 0; si < plan.seqs.size(); ++si) {
+      const ScheduledSeq& s = plan.seqs[si];
+      const ForwardSeq& f = batch[si];
+      const int64_t first_row = rows;
+      rows += f.no_logits ? 0 : f.all_logits ? s.count : 1;
+      if (!s.sample || f.all_logits) continue;
+      const LiveRequest& r = *live.at(s.id);
+      if (!drawn_on_device(r)) continue;
+      draw_index[si] = static_cast<int32_t>(draws.size());
+      DeviceDraw d;
+      d.row = first_row;
+      d.temperature = r.req.sampling.temperature;
+      d.top_k = r.req.sampling.top_k;
+      d.top_p = r.req.sampling.top_p;
+      d.min_p = r.req.sampling.min_p;
+      d.seed = r.draw_seed;
+      d.step = static_cast<uint64_t>(static_cast<int64_t>(r.tokens.size()) - r.prompt_len);
+      draws.push_back(d);
+    }
+  }
   const SelectionStats before = backend->selection_stats();
-  std::vector<float> logits;
-  backend->forward(batch, logits);
+  std::vector<float>& logits = step_logits;
+  std::vector<int32_t> drawn;
+  backend->forward(batch, draws, logits, drawn);
   const SelectionStats after = backend->selection_stats();
   metrics.selected_tokens += after.selected_tokens - before.selected_tokens;
   metrics.selectable_tokens += after.context_tokens - before.context_tokens;
@@ -603,6 +645,7 @@ void Engine::Impl::step() {
       done.push_back(s.id);
       continue;
     }
+    const bool on_device = draw_index[si] >= 0;
     // Logits processors, applied for sampling only (logprobs stay the model's, as vLLM reports them):
     //  - allowed_token_ids: every other id gets −∞; bad_words: a banned sequence's last token, where
     //    the generated tokens end with the rest of it;
@@ -641,6 +684,10 @@ void Engine::Impl::step() {
       const int32_t tok = r.sampler.sample(lrow);
       lp->token = tok;
       lp->logprob = static_cast<float>(raw[static_cast<size_t>(tok)] - lse);
+      r.tokens.push_back(tok);
+    } else if (on_device) {  // drawn by the backend; nothing applies to the row
+      const int32_t tok = drawn[static_cast<size_t>(draw_index[si])];
+      r.sampler.accept(tok);
       r.tokens.push_back(tok);
     } else {
       apply_processors();

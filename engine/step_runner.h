@@ -20,6 +20,20 @@
 
 namespace sparseserve {
 
+// A logits row whose token the runner draws on the device (StepRunner::draws_on_device): its request
+// needs nothing of the row on the host (no logits processor, penalty, bias or logprobs). The draw
+// follows kernels/cuda/sampling.h: greedy at temperature 0, else temperature → min-p → top-k →
+// top-p with Philox noise keyed by (seed, step), so a seeded request repeats on this backend.
+struct DeviceDraw {
+  int64_t row = 0;  // the logits row (forward's layout)
+  float temperature = 1.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  uint64_t seed = 0;
+  uint64_t step = 0;  // the request's draw number (tokens generated so far)
+};
+
 class StepRunner {
  public:
   virtual ~StepRunner() = default;
@@ -28,10 +42,14 @@ class StepRunner {
   virtual void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) = 0;
   // Forgets the sequence (the caller releases its pages).
   virtual void release(uint64_t id) = 0;
-  // Runs the batch (CpuForward::forward's contract): stores each chunk's K/V and fills logits
-  // [rows needing them][vocab] in batch order. InvalidArgument for a bad token or context; the
-  // cache is unchanged then.
-  virtual void forward(std::span<const ForwardSeq> batch, std::vector<float>& logits) = 0;
+  // Runs the batch (CpuForward::forward's contract): stores each chunk's K/V and sizes logits to
+  // [rows needing them][vocab] in batch order, filling every row but those in `draws` (ascending
+  // rows; only where draws_on_device()), whose tokens go to drawn[i]. InvalidArgument for a bad
+  // token or context; the cache is unchanged then.
+  virtual void forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& logits,
+                       std::vector<int32_t>& drawn) = 0;
+  // Whether forward() draws tokens on the device (else `draws` must be empty).
+  virtual bool draws_on_device() const { return false; }
   // Totals since construction (zero where the runner does not select pages).
   virtual SelectionStats selection_stats() const = 0;
 };

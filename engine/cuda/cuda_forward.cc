@@ -23,6 +23,7 @@
 #include "kernels/cuda/page_select.h"
 #include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/rope.h"
+#include "kernels/cuda/sampling.h"
 #include "kvcache/head_roles.h"
 
 namespace sparseserve {
@@ -106,6 +107,10 @@ struct CudaForward::Impl {
   // selection's int64 query offsets, scores and selected blocks, and its row counters (zero between
   // calls).
   DeviceBuffer<bf16> h, xn, qkv, att, proj, gate_up, act, sel, logits;
+  DeviceBuffer<float> logits_f32;
+  cuda::PinnedBuffer<float> staged;  // the logits rows the host reads
+  DeviceBuffer<cuda::SamplingRow> draw_params;
+  DeviceBuffer<int32_t> draw_tokens;
   DeviceBuffer<int32_t> tables, picked;
   DeviceBuffer<int64_t> q_offsets;
   DeviceBuffer<float> scores;
@@ -116,7 +121,8 @@ struct CudaForward::Impl {
     if (it == seqs.end()) throw InternalError("CudaForward: sequence " + std::to_string(id) + " is not bound");
     return it->second;
   }
-  void run(std::span<const ForwardSeq> batch, std::vector<float>& out);
+  void run(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& out,
+           std::vector<int32_t>& drawn);
 };
 
 CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& manager, cudaStream_t stream)
@@ -184,7 +190,10 @@ void CudaForward::release(uint64_t id) { impl_->seqs.erase(id); }
 
 const SelectionStats& CudaForward::selection_stats() const { return impl_->stats; }
 
-void CudaForward::forward(std::span<const ForwardSeq> batch, std::vector<float>& logits) { impl_->run(batch, logits); }
+void CudaForward::forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws,
+                          std::vector<float>& logits, std::vector<int32_t>& drawn) {
+  impl_->run(batch, draws, logits, drawn);
+}
 
 namespace {
 
@@ -221,7 +230,8 @@ struct LayerPlan {
 
 }  // namespace
 
-void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float>& out) {
+void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws,
+                            std::vector<float>& out, std::vector<int32_t>& drawn) {
   using kvcache::HeadRole;
   const ModelConfig& c = model.config;
   const int64_t H = c.hidden, D = c.head_dim, L = c.n_layers, KV = c.n_kv_heads, I = c.intermediate, V = c.vocab_size;
@@ -238,7 +248,12 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
           "CudaForward: KV pages for the step were not allocated");
     for (size_t j = 0; j < i; ++j) check(batch[j].id != s.id, "CudaForward: sequence twice in one step");
   }
-  out.assign(static_cast<size_t>(out_rows * V), 0.0f);
+  for (size_t i = 0; i < draws.size(); ++i) {
+    check(draws[i].row >= 0 && draws[i].row < out_rows && (i == 0 || draws[i].row > draws[i - 1].row),
+          "CudaForward: draws must name distinct logits rows in ascending order");
+  }
+  out.resize(static_cast<size_t>(out_rows * V));
+  drawn.assign(draws.size(), 0);
   if (rows == 0) return;
 
   // ---- Host tables ----
@@ -254,10 +269,11 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
   std::vector<LayerPlan> plans(static_cast<size_t>(L));
   std::vector<uint8_t> has_streaming(static_cast<size_t>(L), 0);
   std::vector<int64_t> step_q;  // all layers' selection query offsets
+  std::vector<int32_t> logit_rows;  // the token row of each logits row, batch order
   int64_t picked_total = 0;
   int32_t max_blocks = 1;
   {
-    int64_t r = 0, o = 0;
+    int64_t r = 0;
     for (const ForwardSeq& s : batch) {
       const auto n = static_cast<int64_t>(s.tokens.size());
       const kvcache::SequenceKv& kv = manager.sequence(s.id);
@@ -271,7 +287,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
         blob.data[pos + static_cast<size_t>(r + i)] = static_cast<int32_t>(s.start + i);
         blob.data[off + static_cast<size_t>(r + i)] = static_cast<int32_t>((s.start + i) % P);
       }
-      for (int64_t i = first_logit_row(s); i < n; ++i) blob.data[selr + static_cast<size_t>(o++)] = static_cast<int32_t>(r + i);
+      for (int64_t i = first_logit_row(s); i < n; ++i) logit_rows.push_back(static_cast<int32_t>(r + i));
       for (int64_t l = 0; l < L; ++l) {
         LayerPlan& lp = plans[static_cast<size_t>(l)];
         for (int64_t hd = 0; hd < KV; ++hd) {
@@ -395,6 +411,16 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
       step_q.insert(step_q.end(), lp.sel_q.begin(), lp.sel_q.end());
       lp.picked_at = static_cast<size_t>(picked_total);
       picked_total += lp.sel_out_indptr.back();
+    }
+    // The LM head's rows: those the host reads first, then the drawn ones (one contiguous block each).
+    size_t k = 0, at = selr, at_drawn = selr + static_cast<size_t>(out_rows) - draws.size();
+    for (size_t j = 0; j < logit_rows.size(); ++j) {
+      if (k < draws.size() && draws[k].row == static_cast<int64_t>(j)) {
+        blob.data[at_drawn++] = logit_rows[j];
+        ++k;
+      } else {
+        blob.data[at++] = logit_rows[j];
+      }
     }
     for (LayerPlan& lp : plans) {
       lp.ip = blob.append(lp.indptr);
@@ -548,16 +574,34 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
     cuda::silu_mul(gp, cp, rows, I, stream);
     gemm_run(cp, lw.w_down, pp, rows, H, I);
   }
-  std::vector<uint16_t> bits;
+  const int64_t n_drawn = static_cast<int64_t>(draws.size()), n_host = out_rows - n_drawn;
   if (out_rows > 0) {
-    // h += the last MLP output; the final norm; the rows that need logits gathered; the LM head.
+    // h += the last MLP output; the final norm; the rows that need logits gathered; the LM head; fp32.
     cuda::add_rmsnorm(hp, pp, final_norm.data(), xp, rows, H, c.rms_eps, stream);
     bf16* sp = sized(this->sel, out_rows * H);
     cuda::embedding_gather(xp, rows, H, t + selr, out_rows, sp, stream);
     bf16* lgp = sized(logits, out_rows * V);
     gemm_run(sp, tied ? embed : lm_head, lgp, out_rows, V, H);
-    bits.resize(static_cast<size_t>(out_rows * V));
-    CUDA_CHECK(cudaMemcpyAsync(bits.data(), lgp, bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost, stream));
+    float* lf = sized(logits_f32, out_rows * V);
+    cuda::widen_bf16(lgp, lf, out_rows * V, stream);
+    if (n_host > 0) {
+      if (static_cast<int64_t>(staged.size()) < n_host * V) staged = cuda::PinnedBuffer<float>(static_cast<size_t>(n_host * V));
+      CUDA_CHECK(cudaMemcpyAsync(staged.data(), lf, static_cast<size_t>(n_host * V) * sizeof(float),
+                                 cudaMemcpyDeviceToHost, stream));
+    }
+    if (n_drawn > 0) {
+      std::vector<cuda::SamplingRow> params(draws.size());
+      for (size_t i = 0; i < draws.size(); ++i) {
+        const DeviceDraw& d = draws[i];
+        params[i] = cuda::SamplingRow{d.temperature, d.top_k, d.top_p, d.min_p, d.seed, d.step};
+      }
+      sized(draw_params, n_drawn);
+      draw_params.upload(params, stream);
+      int32_t* tk = sized(draw_tokens, n_drawn);
+      cuda::sample_rows(lf + n_host * V, V, static_cast<int32_t>(n_drawn), static_cast<int32_t>(V), draw_params.data(),
+                        tk, stream);
+      CUDA_CHECK(cudaMemcpyAsync(drawn.data(), tk, drawn.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+    }
   }
   std::vector<int32_t> chosen(static_cast<size_t>(picked_total));
   if (picked_total > 0) {
@@ -565,7 +609,17 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::vector<float
                                stream));
   }
   CUDA_CHECK(cudaStreamSynchronize(stream));
-  std::transform(bits.begin(), bits.end(), out.begin(), bf16_to_f32);
+  {  // the host's rows back to their places in batch order
+    size_t k = 0;
+    int64_t h_row = 0;
+    for (int64_t j = 0; j < out_rows; ++j) {
+      if (k < draws.size() && draws[k].row == j) {
+        ++k;
+        continue;
+      }
+      std::copy_n(staged.data() + h_row++ * V, V, out.data() + j * V);
+    }
+  }
 
   // ---- The step is stored: selections, lengths, decode steps ----
   for (int64_t l = 0; l < L; ++l) {

@@ -24,6 +24,7 @@
 
 #include "engine/kv_backend.h"
 #include "engine/model.h"
+#include "engine/step_runner.h"
 #include "kvcache/kv_cache_manager.h"
 #include "kvcache/sparsity_profile.h"
 
@@ -52,7 +53,15 @@ class CudaForward {
   // InternalError for an unbound sequence, a start other than its stored length, a sequence twice,
   // or pages not allocated for the step; nothing is written then. Synchronises the stream (the
   // logits are on the host when it returns).
-  void forward(std::span<const ForwardSeq> batch, std::vector<float>& logits);
+  void forward(std::span<const ForwardSeq> batch, std::vector<float>& logits) {
+    std::vector<int32_t> none;
+    forward(batch, {}, logits, none);
+  }
+  // The same, drawing the tokens of the logits rows in `draws` (StepRunner's contract: ascending
+  // rows; their logits rows are left unwritten, their tokens go to drawn[i]) on the device
+  // (kernels/cuda/sampling.h sample_rows over the fp32 logits).
+  void forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& logits,
+               std::vector<int32_t>& drawn);
 
   const SelectionStats& selection_stats() const;
 

@@ -60,11 +60,13 @@ class CudaStepRunner final : public StepRunner {
     forward_.add_sequence(id, profile);
   }
   void release(uint64_t id) override { forward_.release(id); }
-  void forward(std::span<const ForwardSeq> batch, std::vector<float>& logits) override {
+  void forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& logits,
+               std::vector<int32_t>& drawn) override {
     // The engine's loop thread calls this; the current device is per thread.
     CUDA_CHECK(cudaSetDevice(device_));
-    forward_.forward(batch, logits);
+    forward_.forward(batch, draws, logits, drawn);
   }
+  bool draws_on_device() const override { return true; }
   SelectionStats selection_stats() const override { return forward_.selection_stats(); }
 
  private:

@@ -64,6 +64,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+__global__ void __launch_bounds__(kThreads)
+    widen_bf16_kernel(const __nv_bfloat16* __restrict__ in, float* __restrict__ out, int64_t n) {
+  for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < n; t += int64_t{gridDim.x} * blockDim.x) {
+    out[t] = __bfloat162float(in[t]);
+  }
+}
+
 }  // namespace
 
 void silu_mul(const __nv_bfloat16* gate_up, __nv_bfloat16* out, int64_t rows, int64_t width, cudaStream_t stream,
@@ -97,6 +104,16 @@ void embedding_gather(const __nv_bfloat16* table, int64_t vocab, int64_t width, 
   const int64_t items = rows * (vec ? width / 8 : width);
   embedding_gather_kernel<<<grid_for(items), kThreads, 0, stream>>>(table, vocab, width, ids, rows, out, vec);
   check_cuda(cudaGetLastError(), "embedding_gather_kernel launch", loc);
+}
+
+void widen_bf16(const __nv_bfloat16* in, float* out, int64_t n, cudaStream_t stream, std::source_location loc) {
+  check(n >= 0, "widen_bf16: n must be ≥ 0", loc);
+  if (n == 0) return;
+  check(in != nullptr && out != nullptr, "widen_bf16: null pointer", loc);
+  check(!ranges_overlap(out, static_cast<size_t>(n) * 4, in, static_cast<size_t>(n) * 2), "widen_bf16: out overlaps in",
+        loc);
+  widen_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(in, out, n);
+  check_cuda(cudaGetLastError(), "widen_bf16_kernel launch", loc);
 }
 
 }  // namespace sparseserve::kernels::cuda

@@ -1,5 +1,5 @@
-// Element-wise ops on bf16 activations (CUDA): SiLU-and-multiply (twin: kernels/cpu/ops.h silu_mul)
-// and the token-embedding gather. Arithmetic in fp32, one rounding to bf16 per output element.
+// Element-wise ops on bf16 activations (CUDA): SiLU-and-multiply (twin: kernels/cpu/ops.h silu_mul),
+// the token-embedding gather, and bf16 → fp32 widening (twin: common/half.h bf16_to_f32). Arithmetic in fp32, one rounding to bf16 per output element.
 // Layouts are row-major and contiguous; any width ≥ 1 works, width % 8 == 0 with 16-byte aligned
 // pointers takes the 16-byte load path. Stream-ordered, no host synchronisation (CUDA graph safe).
 #pragma once
@@ -28,5 +28,10 @@ void check_token_ids(std::span<const int32_t> ids, int64_t vocab);
 void embedding_gather(const __nv_bfloat16* table, int64_t vocab, int64_t width, const int32_t* ids, int64_t rows,
                       __nv_bfloat16* out, cudaStream_t stream,
                       std::source_location loc = std::source_location::current());
+
+// out[i] = in[i] as fp32 (exact), i < n. Logits rows for sampling (kernels/cuda/sampling.h reads fp32).
+// out must not overlap in.
+void widen_bf16(const __nv_bfloat16* in, float* out, int64_t n, cudaStream_t stream,
+                std::source_location loc = std::source_location::current());
 
 }  // namespace sparseserve::kernels::cuda

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: unpacks .devpkg/gpu.tar.xz (scripts/device/pack.sh) and runs, in one go, the
 # GPU test suite (tests + compute-sanitizer), then the benchmarks named in $BENCH (gemm, attention,
-# attention-quick), then, when the package holds a model (pack.sh's MODEL_BLOCKS), the server end to
+# attention-quick, engine), then, when the package holds a model (pack.sh's MODEL_BLOCKS), the server end to
 # end on both backends (serve-check.py). Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
@@ -26,6 +26,14 @@ for b in ${BENCH:-}; do
     gemm) python3 bench/gemm_peer.py --ours "$P/bin/gemm_bench" > "$OUT/gemm.txt" 2>&1 || status=1; tail -20 "$OUT/gemm.txt" ;;
     attention) python3 bench/attention_bench.py --bin "$P/bin/attention_bench" --out "$OUT" > "$OUT/attention.txt" 2>&1 || status=1; tail -30 "$OUT/attention.txt" ;;
     attention-quick) python3 bench/attention_bench.py --quick --bin "$P/bin/attention_bench" --out "$OUT" > "$OUT/attention.txt" 2>&1 || status=1; tail -30 "$OUT/attention.txt" ;;
+    engine)  # needs the packed model (MODEL_BLOCKS), engine_bench and sparseserve
+      xz -dc .devpkg/model.gguf.xz > /tmp/gpu/smollm2-cut.gguf &&
+        cut_yaml=$(python3 scripts/device/model_cut.py --blocks "$("$P/bin/sparseserve" info --model /tmp/gpu/smollm2-cut.gguf --json |
+          python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"])')" --out /tmp/gpu) &&
+        PYTHONPATH="$P/python${PYTHONPATH:+:$PYTHONPATH}" python3 bench/engine_bench.py --bin "$P/bin/engine_bench" \
+          --model /tmp/gpu/smollm2-cut.gguf --model-config "$cut_yaml" --profiles dense,balanced --out "$OUT" \
+          ${ENGINE_BENCH_ARGS:-} > "$OUT/engine.txt" 2>&1 || status=1
+      tail -30 "$OUT/engine.txt" ;;
     *) echo "gpu-run: unknown benchmark '$b'" >&2; status=1 ;;
   esac
 done

@@ -18,6 +18,12 @@ BUNDLE=../shared/tools/bundle-libs.sh  # the workplace's tool, next to the repos
 [ -f "$BUNDLE" ] || { echo "pack: $BUNDLE not found (it bundles the binaries' libraries)" >&2; exit 1; }
 for b in .devpkg/pkg/bin/*; do bash "$BUNDLE" .devpkg/pkg/bundle "$b" >/dev/null || true; done
 du -sh .devpkg/pkg/bundle
+# The gguf package (pure Python) for bench/engine_bench.py's peer: transformers reads GGUF with it and
+# the GPU machine's Python lacks it.
+gguf_py=$(ls -d .venv/lib/python3*/site-packages/gguf 2>/dev/null | head -1)
+if [[ -n $gguf_py ]]; then
+  mkdir -p .devpkg/pkg/python && cp -r "$gguf_py" "$(dirname "$gguf_py")"/gguf-*.dist-info .devpkg/pkg/python/  # transformers checks its version
+fi
 tar -C .devpkg -cf - pkg | xz -T2 -6 > .devpkg/gpu.tar.xz
 rm -rf .devpkg/pkg
 if [[ -n ${MODEL_BLOCKS:-} ]]; then

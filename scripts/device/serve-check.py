@@ -23,12 +23,14 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_cut import cut_model_config  # noqa: E402
 
 
 def post(port, path, body, timeout=300):
@@ -44,22 +46,6 @@ def post(port, path, body, timeout=300):
 def get(port, path):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
         return r.read().decode()
-
-
-SHIPPED_YAML = "configs/models/smollm2-135m-instruct.yaml"
-
-
-def cut_model_config(blocks, out):
-    """The shipped model YAML with its head pattern cut to the first `blocks` layers (one TSV line each)."""
-    folder = os.path.dirname(SHIPPED_YAML)
-    text = open(SHIPPED_YAML).read()
-    tsv_name = re.search(r"pattern: (\S+?)[,}\s]", text).group(1)
-    lines = open(os.path.join(folder, tsv_name)).read().splitlines()[:blocks]
-    tsv = os.path.join(out, "heads-cut.tsv")
-    open(tsv, "w").write("\n".join(lines) + "\n")
-    path = os.path.join(out, "model-cut.yaml")
-    open(path, "w").write(text.replace(f"pattern: {tsv_name}", f"pattern: {tsv}"))
-    return path
 
 
 def start(binary, model, model_config, backend, port, out):
@@ -191,6 +177,14 @@ def main():
         plain = json.loads(post(gpu_port, "/v1/completions", dict(body, stream=False))[1])["choices"][0]["text"]
         if status != 200 or streamed != plain:
             failures.append(f"streamed text {streamed!r} != unstreamed {plain!r} (status {status})")
+        # Tokens drawn on the device (no logprobs, nothing for the host to apply) are the host sampler's
+        # greedy tokens over the same logits: each request alone, with and without logprobs.
+        for t in texts[:3]:
+            body = {"prompt": t, "max_tokens": 32, "temperature": 0, "sparsity": "balanced"}
+            plain = json.loads(post(gpu_port, "/v1/completions", body)[1])["choices"][0]["text"]
+            with_lp = json.loads(post(gpu_port, "/v1/completions", dict(body, logprobs=1))[1])["choices"][0]["text"]
+            if plain != with_lp:
+                failures.append(f"greedy drawn on the device {plain!r} != sampled on the host {with_lp!r}")
         # An unknown profile is refused with the OpenAI error object.
         status, text = post(gpu_port, "/v1/completions", {"prompt": "x", "max_tokens": 1, "sparsity": "no-such"})
         if status != 400 or "error" not in json.loads(text):

@@ -89,6 +89,34 @@ TEST(ActivationTest, SmallEmbeddingGatherCopiesRows) {
   }
 }
 
+// Widening is exact: every element equals common/half.h's bf16_to_f32 bit for bit (NaN and ±∞
+// included), over sizes that end mid-block.
+TEST(ActivationTest, SmallWidenBf16IsExact) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  for (const int64_t n : {1, 255, 257, 49152 * 3 + 5}) {
+    std::vector<uint16_t> bits(static_cast<size_t>(n));
+    std::uniform_int_distribution<uint32_t> any(0, 0xffff);
+    for (auto& b : bits) b = static_cast<uint16_t>(any(rng));
+    bits[0] = 0x7f80;  // +∞
+    auto din = to_device<bf16>(bits);
+    auto dout = poisoned<float>(static_cast<size_t>(n));
+    cuda::widen_bf16(din.data(), dout.data(), n, nullptr);
+    const std::vector<float> got = dout.download();
+    for (int64_t i = 0; i < n; ++i) {
+      const float want = bf16_to_f32(bits[static_cast<size_t>(i)]);
+      ASSERT_EQ(0, std::memcmp(&got[static_cast<size_t>(i)], &want, 4)) << "n " << n << " element " << i;
+    }
+  }
+}
+
+TEST(ActivationChecks, WidenBf16RejectsOverlap) {
+  auto* p = reinterpret_cast<bf16*>(uintptr_t{4096});
+  EXPECT_THROW(cuda::widen_bf16(p, reinterpret_cast<float*>(p), 8, nullptr), InternalError);
+}
+
 TEST(ActivationTest, SmallEmbeddingGatherOutOfRangeIdGivesNanRow) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(1);

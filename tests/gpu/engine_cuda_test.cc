@@ -338,6 +338,51 @@ TEST(CudaEngineTest, PreemptedAndCancelledRequestsStayRightAndReturnTheirPages) 
   wait_for_pages_back(engine);
 }
 
+// Tokens the GPU backend draws itself (requests without logprobs or logits processors) against the
+// host's sampler on the same logits: a request and its twin with logprobs (sampled on the host) run
+// in the same steps, so their rows hold the same values. Greedy twins agree token for token; seeded
+// twins drawn on the device repeat each other, and another seed draws another text.
+TEST(CudaEngineTest, SmallModelTokensDrawnOnTheDeviceMatchTheHostSampler) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  RandomModel rm(kShape, rng);
+  EngineConfig config;
+  config.kv_cache_bytes = size_t{64} << 20;
+  Engine engine(*rm.model, test_profiles(rm.model->config), config, cuda_step_backend());
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(rm.model->config.vocab_size - 1));
+  for (const std::string profile : {"", "stream", "select"}) {
+    SCOPED_TRACE("profile '" + profile + "'");
+    std::vector<int32_t> prompt(90);
+    for (int32_t& t : prompt) t = tok(rng);
+    // Greedy: drawn on the device (no logprobs) and on the host (logprobs).
+    Request device = greedy_request("device", prompt, 40, profile);
+    device.logprobs = -1;
+    device.prompt_logprobs = -1;
+    const Request host = greedy_request("host", prompt, 40, profile);
+    // Sampled at temperature 0.8, top-p 0.9: two with seed 11, one with seed 12, all on the device.
+    Request hot = device;
+    hot.sampling.temperature = 0.8f;
+    hot.sampling.top_p = 0.9f;
+    hot.sampling.seed = 11;
+    Request a = hot, b = hot, other = hot;
+    a.id = "a", b.id = "b", other.id = "other";
+    other.sampling.seed = 12;
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (const Request* r : std::initializer_list<const Request*>{&device, &host, &a, &b, &other}) {
+      streams.push_back(engine.submit(*r));
+    }
+    std::vector<Finished> f;
+    for (auto& st : streams) f.push_back(drain(*st, prompt));
+    EXPECT_EQ(f[0].generated, f[1].generated) << "greedy drawn on the device differs from the host's";
+    EXPECT_EQ(f[2].generated, f[3].generated) << "the same seed drew different tokens";
+    EXPECT_NE(f[2].generated, f[4].generated) << "another seed drew the same 40 tokens";
+    EXPECT_EQ(f[2].generated.size(), 40u);
+  }
+  wait_for_pages_back(engine);
+}
+
 TEST(CudaEngineTest, ProfilesItDoesNotRunAreRefusedPerRequest) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(7);

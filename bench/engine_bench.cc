@@ -1,0 +1,159 @@
+// Whole-engine throughput: B concurrent greedy requests of P prompt tokens and G generated tokens each
+// through the serving engine (scheduler, forward pass, sampling, detokenizing), on the CPU or GPU
+// backend. Phases, as bench/engine_bench.py times the peer (HF transformers generate):
+//   prefill: from submitting all B requests until every one has its first token: B·P / that time;
+//   decode:  from then until the last token: B·(G − 1) / that time (requests that got their first
+//            token earlier have decoded a little before it: a slight favour to the engine, < 1 step
+//            per request).
+//   engine_bench --model M [--backend cuda] [--batch 1,16] [--prompt-tokens 512] [--decode-tokens 128]
+//                [--model-config YAML --profile NAME] [--kv-cache-bytes 8GiB] [--repeats 3]
+// Prompts are random token ids (fixed seed). Prints one JSON line per batch size (medians over the
+// repeats, after one warm-up round).
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "common/logging.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "engine/model_profiles.h"
+#include "kvcache/capacity.h"
+#ifdef SPARSESERVE_BENCH_CUDA
+#include "engine/cuda/cuda_step_runner.h"
+#endif
+
+using namespace sparseserve;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Round {
+  double prefill_s = 0, decode_s = 0;
+};
+
+// One round: B requests at once; the time until all have a first token, then until all are done.
+Round run_round(Engine& engine, int64_t batch, int64_t prompt_tokens, int64_t decode_tokens, const std::string& profile,
+                std::mt19937_64& rng) {
+  std::uniform_int_distribution<int32_t> tok(100, static_cast<int32_t>(engine.model().config.vocab_size - 1));
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  const auto t0 = clock_type::now();
+  static int64_t serial = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    Request r;
+    r.id = fmt::format("bench-{}", serial++);
+    r.prompt.resize(static_cast<size_t>(prompt_tokens));
+    for (int32_t& t : r.prompt) t = tok(rng);
+    r.max_tokens = decode_tokens;
+    r.sampling.temperature = 0.0f;
+    r.ignore_eos = true;
+    r.sparsity = profile;
+    streams.push_back(engine.submit(std::move(r)));
+  }
+  std::vector<clock_type::time_point> first(streams.size()), last(streams.size());
+  std::vector<int64_t> got(streams.size(), 0);
+  size_t done = 0;
+  std::vector<bool> finished(streams.size(), false);
+  while (done < streams.size()) {
+    for (size_t i = 0; i < streams.size(); ++i) {
+      if (finished[i]) continue;
+      while (auto out = streams[i]->next(std::chrono::milliseconds(0))) {
+        const auto now = clock_type::now();
+        if (got[i] == 0 && !out->token_ids.empty()) first[i] = now;
+        got[i] += static_cast<int64_t>(out->token_ids.size());
+        if (out->finished) {
+          if (!out->error.empty()) throw std::runtime_error("request failed: " + out->error);
+          last[i] = now;
+          finished[i] = true;
+          ++done;
+          break;
+        }
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  const auto all_first = *std::max_element(first.begin(), first.end());
+  const auto all_last = *std::max_element(last.begin(), last.end());
+  Round r;
+  r.prefill_s = std::chrono::duration<double>(all_first - t0).count();
+  r.decode_s = std::chrono::duration<double>(all_last - all_first).count();
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"engine_bench"};
+  std::string model_path, model_config, profile, backend = "cpu", kv_bytes = "4GiB", batches = "1,16";
+  int64_t prompt_tokens = 512, decode_tokens = 128, repeats = 3;
+  app.add_option("--model", model_path)->required();
+  app.add_option("--backend", backend, "cpu | cuda")->capture_default_str();
+  app.add_option("--model-config", model_config, "model YAML (profiles); default: dense only");
+  app.add_option("--profile", profile, "sparsity profile of the requests; default: the YAML's default");
+  app.add_option("--kv-cache-bytes", kv_bytes)->capture_default_str();
+  app.add_option("--batch", batches, "comma-separated batch sizes")->capture_default_str();
+  app.add_option("--prompt-tokens", prompt_tokens)->capture_default_str();
+  app.add_option("--decode-tokens", decode_tokens)->capture_default_str();
+  app.add_option("--repeats", repeats)->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  init_logging("warn");
+  try {
+    const auto model = load_model(model_path);
+    const auto& mc = model->config;
+    ModelProfiles profiles =
+        model_config.empty()
+            ? ModelProfiles::defaults_for(static_cast<int32_t>(mc.n_layers), static_cast<int32_t>(mc.n_kv_heads))
+            : ModelProfiles::load(model_config, static_cast<int32_t>(mc.n_layers), static_cast<int32_t>(mc.n_kv_heads));
+    std::vector<int64_t> sizes;
+    std::stringstream ss(batches);
+    for (std::string item; std::getline(ss, item, ',');) sizes.push_back(std::stoll(item));
+    const int64_t most = *std::max_element(sizes.begin(), sizes.end());
+    EngineConfig config;
+    config.kv_cache_bytes = kvcache::parse_bytes(kv_bytes.c_str());
+    config.max_num_seqs = static_cast<int32_t>(std::max<int64_t>(most, 1));
+    config.max_num_batched_tokens = 8192;
+    StepBackend step = cpu_step_backend();
+    if (backend == "cuda") {
+#ifdef SPARSESERVE_BENCH_CUDA
+      step = cuda_step_backend(0);
+#else
+      throw std::runtime_error("this build has no CUDA backend");
+#endif
+    } else if (backend != "cpu") {
+      throw std::runtime_error("--backend: cpu or cuda");
+    }
+    Engine engine(*model, std::move(profiles), config, std::move(step));
+    const std::string used = profile.empty() ? engine.profiles().default_profile : profile;
+    std::mt19937_64 rng(1234);
+    for (int64_t batch : sizes) {
+      std::vector<double> prefill, decode;
+      for (int64_t r = 0; r <= repeats; ++r) {
+        const Round round = run_round(engine, batch, prompt_tokens, decode_tokens, profile, rng);
+        if (r == 0) continue;  // warm-up
+        prefill.push_back(static_cast<double>(batch * prompt_tokens) / round.prefill_s);
+        decode.push_back(static_cast<double>(batch * (decode_tokens - 1)) / round.decode_s);
+      }
+      std::cout << fmt::format(
+                       "{{\"engine\": \"sparseserve\", \"backend\": \"{}\", \"profile\": \"{}\", \"batch\": {}, "
+                       "\"prompt_tokens\": {}, \"decode_tokens\": {}, \"prefill_tok_s\": {:.1f}, \"decode_tok_s\": "
+                       "{:.1f}}}",
+                       backend, used, batch, prompt_tokens, decode_tokens, median(prefill), median(decode))
+                << std::endl;
+    }
+    engine.shutdown(std::chrono::milliseconds(0));
+  } catch (const std::exception& ex) {
+    std::cerr << "engine_bench: " << ex.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
