@@ -104,9 +104,12 @@ int main(int argc, char** argv) {
   app.add_option("--batch", batches, "comma-separated batch sizes")->capture_default_str();
   app.add_option("--prompt-tokens", prompt_tokens)->capture_default_str();
   app.add_option("--decode-tokens", decode_tokens)->capture_default_str();
+  std::string log_level = "warn";
   app.add_option("--repeats", repeats)->capture_default_str();
+  app.add_option("--log-level", log_level, "info shows the GPU's step times with SPARSESERVE_STEP_TIMES=1")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  init_logging("warn");
+  init_logging(log_level);
   try {
     const auto model = load_model(model_path);
     const auto& mc = model->config;

@@ -53,7 +53,7 @@ StepBackend cpu_step_backend() {
                                         static_cast<double>(bytes) / (1 << 30), machine / (1 << 30)));
     }
   };
-  b.make = [](const Model& model, kvcache::KvCacheManager& manager) -> std::unique_ptr<StepRunner> {
+  b.make = [](const Model& model, kvcache::KvCacheManager& manager, const StepLimits&) -> std::unique_ptr<StepRunner> {
     return std::make_unique<CpuStepRunner>(model, manager);
   };
   return b;

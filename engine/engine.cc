@@ -170,7 +170,7 @@ Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend 
       kv(profiles.kv_cache, kvcache::pages_for_budget(config.kv_cache_bytes, shape)),
       scheduler(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens, config.priority_scheduling, 64}, kv) {
   const size_t bytes = shape.page_bytes() * static_cast<size_t>(kv.num_pages());
-  backend = step_backend.make(model, kv);
+  backend = step_backend.make(model, kv, StepLimits{config.max_num_batched_tokens, config.max_num_seqs});
   metrics.kv_pages_total = kv.num_pages();
   metrics.kv_bytes_per_page = static_cast<int64_t>(shape.page_bytes());
   spdlog::info("engine ({}): {} KV pages of {} tokens ({:.1f} MiB), profiles: {}, default {}", step_backend.name,

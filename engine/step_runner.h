@@ -54,6 +54,13 @@ class StepRunner {
   virtual SelectionStats selection_stats() const = 0;
 };
 
+// The most a step holds (EngineConfig's limits): runners may prepare for it (the GPU's warms its
+// GEMM shapes up to it at start).
+struct StepLimits {
+  int64_t max_tokens = 0;     // rows of a step (max_num_batched_tokens)
+  int64_t max_sequences = 0;  // sequences of a step (max_num_seqs)
+};
+
 // A backend as the engine builds it: how its pages are sized and how its runner is made.
 struct StepBackend {
   std::string name;  // "cpu" | "cuda": logs and metrics
@@ -72,7 +79,7 @@ struct StepBackend {
   // when nothing is left. Empty on the CPU (its budget is kv_cache_bytes).
   std::function<size_t(const Model&, double utilization)> device_kv_bytes;
   // Builds the runner over the engine's manager (both outlive it).
-  std::function<std::unique_ptr<StepRunner>(const Model&, kvcache::KvCacheManager&)> make;
+  std::function<std::unique_ptr<StepRunner>(const Model&, kvcache::KvCacheManager&, const StepLimits&)> make;
 };
 
 // The CPU backend: PagedKvBackend's fp32 pages and CpuForward, both batch-invariant, every profile.

@@ -1,8 +1,11 @@
 #include "engine/cuda/cuda_forward.h"
 
 #include <cuda_bf16.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -72,6 +75,17 @@ T* sized(DeviceBuffer<T>& buf, int64_t n) {
   return buf.data();
 }
 
+// Rows a GEMM runs on for `rows` rows of activations, rounded up to a bucket (multiples of 8 up to
+// 128, of 64 up to 1024, then of 512): a serving engine's step sizes change every step, and each new
+// GEMM shape costs a cuBLASLt heuristic query and, the first time, loading its kernels (H200: up to
+// tens of milliseconds a step). The rows past `rows` compute on whatever the buffers hold; nothing
+// reads their results.
+int64_t gemm_rows(int64_t rows) {
+  if (rows <= 128) return (rows + 7) / 8 * 8;
+  if (rows <= 1024) return (rows + 63) / 64 * 64;
+  return (rows + 511) / 512 * 512;
+}
+
 }  // namespace
 
 struct CudaForward::Impl {
@@ -112,6 +126,9 @@ struct CudaForward::Impl {
   DeviceBuffer<cuda::SamplingRow> draw_params;
   DeviceBuffer<int32_t> draw_tokens;
   DeviceBuffer<int32_t> tables, picked;
+  // SPARSESERVE_STEP_TIMES=1: each step logs where its time went (host tables, attention, the rest).
+  bool trace = std::getenv("SPARSESERVE_STEP_TIMES") != nullptr;
+  std::vector<cuda::CudaEvent> marks;  // [0] start, then per layer {before, after} the attention, then the end
   DeviceBuffer<int64_t> q_offsets;
   DeviceBuffer<float> scores;
   DeviceBuffer<uint32_t> row_ready;
@@ -123,6 +140,17 @@ struct CudaForward::Impl {
   }
   void run(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& out,
            std::vector<int32_t>& drawn);
+  // y = x · Wᵀ (+ bias) on gemm_rows(M) rows.
+  void gemm_run(const bf16* x, const DeviceBuffer<bf16>& w, bf16* y, int64_t M, int64_t N, int64_t K,
+                const bf16* bias = nullptr) {
+    cuda::GemmArgs g;
+    g.x = x;
+    g.w = w.data();
+    g.y = y;
+    g.bias = bias;
+    g.M = gemm_rows(M), g.N = N, g.K = K;
+    gemm.run(g, stream);
+  }
 };
 
 CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& manager, cudaStream_t stream)
@@ -165,6 +193,45 @@ CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& mana
 }
 
 CudaForward::~CudaForward() = default;
+
+void CudaForward::warm_up(int64_t max_rows, int64_t max_logit_rows) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.model.config;
+  const int64_t H = c.hidden, D = c.head_dim, I = c.intermediate, V = c.vocab_size;
+  const int64_t q_dim = c.n_heads * D, qkv_w = q_dim + 2 * c.n_kv_heads * D;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t top = gemm_rows(std::max<int64_t>(max_rows, 1));
+  const int64_t top_logits = gemm_rows(std::max<int64_t>(max_logit_rows, 1));
+  bf16* xp = sized(m.xn, top * H);
+  bf16* qp = sized(m.qkv, top * qkv_w);
+  bf16* ap = sized(m.att, top * q_dim);
+  bf16* pp = sized(m.proj, top * H);
+  bf16* gp = sized(m.gate_up, top * 2 * I);
+  bf16* cp = sized(m.act, top * I);
+  sized(m.h, top * H);
+  bf16* sp = sized(m.sel, top_logits * H);
+  bf16* lp = sized(m.logits, top_logits * V);
+  sized(m.logits_f32, top_logits * V);
+  // Nothing reads these results; the inputs are zeroed so that they are finite numbers.
+  for (auto* b : {&m.xn, &m.att, &m.act, &m.sel}) b->fill_bytes(0, m.stream);
+  const Impl::Layer& l0 = m.layers.front();
+  int shapes = 0;
+  for (int64_t rows = 1; rows <= top; rows = gemm_rows(rows) + 1) {
+    const int64_t M = gemm_rows(rows);
+    m.gemm_run(xp, l0.w_qkv, qp, M, qkv_w, H, l0.b_qkv.size() > 0 ? l0.b_qkv.data() : nullptr);
+    m.gemm_run(ap, l0.wo, pp, M, H, q_dim);
+    m.gemm_run(xp, l0.w_gate_up, gp, M, 2 * I, H);
+    m.gemm_run(cp, l0.w_down, pp, M, H, I);
+    shapes += 4;
+    if (M <= top_logits) {
+      m.gemm_run(sp, m.tied ? m.embed : m.lm_head, lp, M, V, H);
+      ++shapes;
+    }
+  }
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  spdlog::info("CUDA forward: {} GEMM shapes ready for steps of up to {} tokens and {} logits rows in {:.2f} s", shapes,
+               max_rows, max_logit_rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
 
 void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) {
   Impl& m = *impl_;
@@ -256,6 +323,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   drawn.assign(draws.size(), 0);
   if (rows == 0) return;
 
+  const auto host_t0 = std::chrono::steady_clock::now();
   // ---- Host tables ----
   //   ids, pos, off [rows]: token, position, slot within its page;  sel [out_rows]: rows needing logits;
   //   app_r, app_s [L][KV][rows]: the page each token's K/V goes to in retrieval lanes (before the
@@ -452,25 +520,24 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     }
   }
   for (int64_t l = 0; l < L; ++l) prefill[static_cast<size_t>(l)]->plan(plans[static_cast<size_t>(l)].rows, stream);
+  const double host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0).count();
+  if (trace) {
+    while (marks.size() < static_cast<size_t>(2 * L + 2)) marks.emplace_back(cudaEventDefault);
+    CUDA_CHECK(cudaEventRecord(marks[0].get(), stream));
+  }
+  const auto mark = [&](size_t i) {
+    if (trace) CUDA_CHECK(cudaEventRecord(marks[i].get(), stream));
+  };
 
   // ---- Device work ----
-  bf16* hp = sized(h, rows * H);
-  bf16* xp = sized(xn, rows * H);
-  bf16* qp = sized(qkv, rows * qkv_w);
-  bf16* ap = sized(att, rows * q_dim);
-  bf16* pp = sized(proj, rows * H);
-  bf16* gp = sized(gate_up, rows * 2 * I);
-  bf16* cp = sized(act, rows * I);
-  const auto gemm_run = [&](const bf16* x, const DeviceBuffer<bf16>& w, bf16* y, int64_t M, int64_t N, int64_t K,
-                            const bf16* bias = nullptr, int64_t ldy = 0) {
-    cuda::GemmArgs g;
-    g.x = x;
-    g.w = w.data();
-    g.y = y;
-    g.bias = bias;
-    g.M = M, g.N = N, g.K = K, g.ldy = ldy;
-    gemm.run(g, stream);
-  };
+  const int64_t padded = gemm_rows(rows);
+  bf16* hp = sized(h, padded * H);
+  bf16* xp = sized(xn, padded * H);
+  bf16* qp = sized(qkv, padded * qkv_w);
+  bf16* ap = sized(att, padded * q_dim);
+  bf16* pp = sized(proj, padded * H);
+  bf16* gp = sized(gate_up, padded * 2 * I);
+  bf16* cp = sized(act, padded * I);
   const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
   const cuda::PagedKvPool pool{k_pool.data(), v_pool.data(), manager.num_pages(), P, static_cast<int32_t>(D)};
   cuda::KvPoolView with_bounds;  // retrieval lanes: K/V and the sub-page bounds
@@ -566,7 +633,9 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     pa.kv = pool;
     pa.pages = cuda::KeyPageList{t + lp.ip, t + lp.pg, t + lp.p0, t + lp.ln};
     pa.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    mark(static_cast<size_t>(1 + 2 * l));
     prefill[static_cast<size_t>(l)]->run(pa, stream);
+    mark(static_cast<size_t>(2 + 2 * l));
     if (has_streaming[static_cast<size_t>(l)]) append(no_bounds, app_s, l);
     gemm_run(ap, lw.wo, pp, rows, H, q_dim);
     cuda::add_rmsnorm(hp, pp, lw.ffn_norm.data(), xp, rows, H, c.rms_eps, stream);
@@ -578,9 +647,9 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   if (out_rows > 0) {
     // h += the last MLP output; the final norm; the rows that need logits gathered; the LM head; fp32.
     cuda::add_rmsnorm(hp, pp, final_norm.data(), xp, rows, H, c.rms_eps, stream);
-    bf16* sp = sized(this->sel, out_rows * H);
+    bf16* sp = sized(this->sel, gemm_rows(out_rows) * H);
     cuda::embedding_gather(xp, rows, H, t + selr, out_rows, sp, stream);
-    bf16* lgp = sized(logits, out_rows * V);
+    bf16* lgp = sized(logits, gemm_rows(out_rows) * V);
     gemm_run(sp, tied ? embed : lm_head, lgp, out_rows, V, H);
     float* lf = sized(logits_f32, out_rows * V);
     cuda::widen_bf16(lgp, lf, out_rows * V, stream);
@@ -608,7 +677,19 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     CUDA_CHECK(cudaMemcpyAsync(chosen.data(), picked.data(), chosen.size() * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                stream));
   }
+  mark(static_cast<size_t>(2 * L + 1));
   CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (trace) {
+    const auto ms = [&](size_t a, size_t b) {
+      float t = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&t, marks[a].get(), marks[b].get()));
+      return static_cast<double>(t);
+    };
+    double attention = 0;
+    for (int64_t l = 0; l < L; ++l) attention += ms(static_cast<size_t>(1 + 2 * l), static_cast<size_t>(2 + 2 * l));
+    spdlog::info("step: {} rows ({} sequences), host tables + plans {:.3f} ms, device {:.3f} ms (attention {:.3f})", rows,
+                 batch.size(), host_ms, ms(0, static_cast<size_t>(2 * L + 1)), attention);
+  }
   {  // the host's rows back to their places in batch order
     size_t k = 0;
     int64_t h_row = 0;

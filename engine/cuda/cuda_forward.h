@@ -65,6 +65,12 @@ class CudaForward {
 
   const SelectionStats& selection_stats() const;
 
+  // Prepares for steps of up to max_rows tokens and max_logit_rows logits rows: sizes the step
+  // buffers and runs each GEMM shape such steps use once (the GEMMs run on rows rounded up to a
+  // bucket, gemm_rows, so the shapes are few), so that no step pays for a first cuBLASLt plan or
+  // kernel load. Synchronises; logs what it did.
+  void warm_up(int64_t max_rows, int64_t max_logit_rows);
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

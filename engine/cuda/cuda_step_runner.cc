@@ -50,8 +50,10 @@ size_t model_weight_bytes(const Model& model) {
 
 class CudaStepRunner final : public StepRunner {
  public:
-  CudaStepRunner(const Model& model, kvcache::KvCacheManager& manager, int device)
-      : device_(device), forward_(model, manager, stream_.get()) {}
+  CudaStepRunner(const Model& model, kvcache::KvCacheManager& manager, int device, const StepLimits& limits)
+      : device_(device), forward_(model, manager, stream_.get()) {
+    forward_.warm_up(limits.max_tokens, limits.max_sequences);
+  }
 
   void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) override {
     if (const std::string why = cuda_unsupported_profile(profile); !why.empty()) {
@@ -132,9 +134,10 @@ StepBackend cuda_step_backend(int device) {
                  prop.name, static_cast<double>(free) / GiB, static_cast<double>(weights) / GiB,
                  static_cast<double>(kv_bytes) / GiB);
   };
-  b.make = [device](const Model& model, kvcache::KvCacheManager& manager) -> std::unique_ptr<StepRunner> {
+  b.make = [device](const Model& model, kvcache::KvCacheManager& manager,
+                    const StepLimits& limits) -> std::unique_ptr<StepRunner> {
     CUDA_CHECK(cudaSetDevice(device));
-    return std::make_unique<CudaStepRunner>(model, manager, device);
+    return std::make_unique<CudaStepRunner>(model, manager, device, limits);
   };
   return b;
 }
