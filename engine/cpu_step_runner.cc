@@ -41,8 +41,8 @@ StepBackend cpu_step_backend() {
   b.name = "cpu";
   b.bytes_per_element = 4;
   b.with_metadata = true;
-  b.unsupported = [](const kvcache::SparsityProfile&) { return std::string(); };
-  b.check_kv_bytes = [](const Model&, size_t bytes) {
+  b.unsupported = [](const Model&, const kvcache::SparsityProfile&) { return std::string(); };
+  b.check_kv_bytes = [](const Model&, size_t bytes, const StepLimits&) {
     // Host memory is granted lazily: a cache past the machine's memory would end in the OOM killer
     // under load, so it is refused at start.
     const long pages = ::sysconf(_SC_PHYS_PAGES), page_size = ::sysconf(_SC_PAGESIZE);

@@ -170,7 +170,7 @@ Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend 
       kv(profiles.kv_cache, kvcache::pages_for_budget(config.kv_cache_bytes, shape)),
       scheduler(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens, config.priority_scheduling, 64}, kv) {
   const size_t bytes = shape.page_bytes() * static_cast<size_t>(kv.num_pages());
-  backend = step_backend.make(model, kv, StepLimits{config.max_num_batched_tokens, config.max_num_seqs});
+  backend = step_backend.make(model, kv, config.step_limits());
   metrics.kv_pages_total = kv.num_pages();
   metrics.kv_bytes_per_page = static_cast<int64_t>(shape.page_bytes());
   spdlog::info("engine ({}): {} KV pages of {} tokens ({:.1f} MiB), profiles: {}, default {}", step_backend.name,
@@ -180,10 +180,15 @@ Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend 
 
 Engine::Engine(const Model& model, ModelProfiles profiles, EngineConfig config, StepBackend backend) {
   config.validate();
-  if (const std::string why = backend.unsupported(profiles.get(profiles.default_profile)); !why.empty()) {
+  if (backend.unsupported_model) {
+    if (const std::string why = backend.unsupported_model(model, profiles.kv_cache); !why.empty()) {
+      throw InvalidArgument("backend " + backend.name + ": " + why);
+    }
+  }
+  if (const std::string why = backend.unsupported(model, profiles.get(profiles.default_profile)); !why.empty()) {
     throw InvalidArgument("default sparsity profile '" + profiles.default_profile + "': " + why);
   }
-  backend.check_kv_bytes(model, config.kv_cache_bytes);
+  backend.check_kv_bytes(model, config.kv_cache_bytes, config.step_limits());
   try {
     impl_ = std::make_unique<Impl>(model, std::move(profiles), std::move(config), std::move(backend));
   } catch (const std::bad_alloc&) {
@@ -270,7 +275,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   }
   const kvcache::SparsityProfile& profile =
       e.profiles.get(request.sparsity.empty() ? e.profiles.default_profile : request.sparsity);
-  if (const std::string why = e.step_backend.unsupported(profile); !why.empty()) {
+  if (const std::string why = e.step_backend.unsupported(e.model, profile); !why.empty()) {
     throw InvalidArgument("sparsity profile '" + profile.name + "': " + why);
   }
   {
@@ -612,6 +617,8 @@ void Engine::Impl::step() {
   const SelectionStats after = backend->selection_stats();
   metrics.selected_tokens += after.selected_tokens - before.selected_tokens;
   metrics.selectable_tokens += after.context_tokens - before.context_tokens;
+  metrics.page_selections += after.selections - before.selections;
+  metrics.device_drawn_tokens += static_cast<int64_t>(draws.size());
 
   const int64_t V = model.config.vocab_size;
   std::vector<uint64_t> appended;

@@ -27,6 +27,7 @@ struct EngineConfig {
   int32_t output_buffer = 4096;          // deltas buffered per request before the engine waits
   // Throws InvalidArgument naming the field.
   void validate() const;
+  StepLimits step_limits() const { return {max_num_batched_tokens, max_num_seqs}; }
 };
 
 // The waiting queue is full (HTTP 429, gRPC RESOURCE_EXHAUSTED).

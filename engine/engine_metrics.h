@@ -51,6 +51,9 @@ struct EngineMetrics {
   // Decode page selection: tokens read by retrieval heads vs what dense decode would read.
   std::atomic<int64_t> selected_tokens{0};
   std::atomic<int64_t> selectable_tokens{0};
+  std::atomic<int64_t> page_selections{0};  // selections computed (per retrieval layer and KV head)
+  // Generated tokens the backend drew on the device (StepRunner::draws_on_device).
+  std::atomic<int64_t> device_drawn_tokens{0};
 };
 
 }  // namespace sparseserve

@@ -68,16 +68,21 @@ struct StepBackend {
   // engine): sizes the cache from kv_cache_bytes.
   int32_t bytes_per_element = 4;
   bool with_metadata = true;
-  // Empty when the backend runs `profile`, else why not (requests naming it are refused with this).
-  std::function<std::string(const kvcache::SparsityProfile&)> unsupported;
+  // Empty when the backend runs the model with these page sizes, else why not (the engine refuses
+  // to start; the server's backend auto falls back to the CPU). Null: every model.
+  std::function<std::string(const Model&, const kvcache::KvCacheConfig&)> unsupported_model;
+  // Empty when the backend runs `profile` for the model, else why not (requests naming it are
+  // refused with this).
+  std::function<std::string(const Model&, const kvcache::SparsityProfile&)> unsupported;
   // Throws InvalidArgument when a KV cache budget of `bytes` (kv_cache_bytes: the pages it buys,
   // metadata included, take at most that) cannot be allocated in this backend's memory next to the
-  // model. Called before anything is allocated.
-  std::function<void(const Model&, size_t bytes)> check_kv_bytes;
+  // model and the buffers of steps up to `limits`. Called before anything is allocated.
+  std::function<void(const Model&, size_t bytes, const StepLimits& limits)> check_kv_bytes;
   // Device backends: the KV cache budget `utilization` ∈ (0, 1] of the device memory free after the
-  // model's weights and the steps' headroom gives (vLLM's gpu_memory_utilization). InvalidArgument
-  // when nothing is left. Empty on the CPU (its budget is kv_cache_bytes).
-  std::function<size_t(const Model&, double utilization)> device_kv_bytes;
+  // model's weights and the buffers of steps up to `limits` (as vLLM's gpu_memory_utilization, but
+  // a share of what is left, not of the whole device). InvalidArgument when nothing is left. Empty
+  // on the CPU (its budget is kv_cache_bytes).
+  std::function<size_t(const Model&, double utilization, const StepLimits& limits)> device_kv_bytes;
   // Builds the runner over the engine's manager (both outlive it).
   std::function<std::unique_ptr<StepRunner>(const Model&, kvcache::KvCacheManager&, const StepLimits&)> make;
 };

@@ -42,14 +42,17 @@ namespace {
 
 // The engine backend `backend` names. auto: the GPU where this build has it, a device is visible and
 // it runs the default profile; else the CPU (said in the log either way).
-StepBackend step_backend(const std::string& backend, const ModelProfiles& profiles) {
+StepBackend step_backend(const std::string& backend, const Model& model, const ModelProfiles& profiles) {
 #ifdef SPARSESERVE_SERVER_CUDA
   if (backend == "cuda") return cuda_step_backend(0);
   if (backend == "auto") {
     StepBackend gpu = cuda_step_backend(0);
-    const std::string why = gpu.unsupported(profiles.get(profiles.default_profile));
+    const std::string model_why = gpu.unsupported_model(model, profiles.kv_cache);
+    const std::string why = gpu.unsupported(model, profiles.get(profiles.default_profile));
     if (kernels::cuda::cuda_device_count() == 0) {
       spdlog::info("backend auto: no CUDA device visible, serving on the CPU");
+    } else if (!model_why.empty()) {
+      spdlog::info("backend auto: serving on the CPU: {}", model_why);
     } else if (!why.empty()) {
       spdlog::info("backend auto: serving on the CPU: the default profile '{}': {}", profiles.default_profile, why);
     } else {
@@ -58,7 +61,7 @@ StepBackend step_backend(const std::string& backend, const ModelProfiles& profil
     }
   }
 #else
-  (void)profiles;
+  (void)model, (void)profiles;
 #endif
   if (backend != "cpu" && backend != "auto") {
     throw InvalidArgument("backend: '" + backend + "' is not available in this build");
@@ -264,10 +267,11 @@ int run_serve(const ServeArgs& a) {
     profiles.default_profile = cfg.default_profile;
   }
 
-  StepBackend backend = step_backend(cfg.backend, profiles);
+  StepBackend backend = step_backend(cfg.backend, *model, profiles);
   EngineConfig engine_config = cfg.engine_config();
   if (!cfg.kv_cache_bytes && backend.device_kv_bytes) {
-    engine_config.kv_cache_bytes = backend.device_kv_bytes(*model, cfg.gpu_memory_utilization);
+    engine_config.kv_cache_bytes =
+        backend.device_kv_bytes(*model, cfg.gpu_memory_utilization, engine_config.step_limits());
   }
   const size_t kv_bytes = engine_config.kv_cache_bytes;
   Engine engine(*model, std::move(profiles), engine_config, std::move(backend));

@@ -3,20 +3,21 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common/errors.h"
 #include "engine/cuda/cuda_forward.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/page_select.h"
 
 namespace sparseserve {
 
 namespace {
 
-// Room kept free next to the weights and the KV cache: cuBLASLt's workspace, the step's activation
-// and logits buffers (a 2048-token step of an 8B model needs about 0.2 GiB), the CUDA context's own
-// allocations after start.
-constexpr size_t kStepHeadroomBytes = size_t{512} << 20;
+// Room kept free next to the weights and the KV cache besides the step buffers: cuBLASLt's
+// workspace and the CUDA context's own allocations after start.
+constexpr size_t kFixedHeadroomBytes = size_t{384} << 20;
 
 // A non-blocking stream on `device`, destroyed with the runner.
 class Stream {
@@ -51,12 +52,12 @@ size_t model_weight_bytes(const Model& model) {
 class CudaStepRunner final : public StepRunner {
  public:
   CudaStepRunner(const Model& model, kvcache::KvCacheManager& manager, int device, const StepLimits& limits)
-      : device_(device), forward_(model, manager, stream_.get()) {
+      : model_(model), device_(device), forward_(model, manager, stream_.get()) {
     forward_.warm_up(limits.max_tokens, limits.max_sequences);
   }
 
   void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) override {
-    if (const std::string why = cuda_unsupported_profile(profile); !why.empty()) {
+    if (const std::string why = cuda_unsupported_profile(model_.config, profile); !why.empty()) {
       throw InternalError("CudaStepRunner: sequence " + std::to_string(id) + ": " + why);
     }
     forward_.add_sequence(id, profile);
@@ -72,6 +73,7 @@ class CudaStepRunner final : public StepRunner {
   SelectionStats selection_stats() const override { return forward_.selection_stats(); }
 
  private:
+  const Model& model_;
   int device_;
   Stream stream_;  // declared before forward_: destroyed after it
   CudaForward forward_;
@@ -79,9 +81,40 @@ class CudaStepRunner final : public StepRunner {
 
 }  // namespace
 
-std::string cuda_unsupported_profile(const kvcache::SparsityProfile& p) {
-  if (!p.prefill.dynamic) return {};
-  return "it uses dynamic prefill sparsity, which the CUDA backend does not run yet (backend: cpu runs every profile)";
+std::string cuda_unsupported_model(const ModelConfig& c, const kvcache::KvCacheConfig& kv) {
+  if (c.head_dim != 64 && c.head_dim != 128) {
+    return fmt::format("head_dim {}: the GPU's attention kernels take 64 or 128", c.head_dim);
+  }
+  if (kv.page_tokens != 16 && kv.page_tokens != 32 && kv.page_tokens != 64 && kv.page_tokens != 128) {
+    return fmt::format("page_tokens {}: the GPU's attention kernels take 16, 32, 64 or 128", kv.page_tokens);
+  }
+  if (c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads != 0 || c.n_heads / c.n_kv_heads > 64) {
+    return fmt::format("{} query heads over {} KV heads: the GPU's attention takes groups of 1 to 64", c.n_heads,
+                       c.n_kv_heads);
+  }
+  return {};
+}
+
+std::string cuda_unsupported_profile(const ModelConfig& c, const kvcache::SparsityProfile& p) {
+  if (p.prefill.dynamic) {
+    return "it uses dynamic prefill sparsity, which the CUDA backend does not run yet (backend: cpu runs every profile)";
+  }
+  if (p.decode.enabled && c.n_kv_heads > 0 && c.n_heads / c.n_kv_heads > kernels::cuda::kPageSelectMaxGroup) {
+    return fmt::format("it uses decode page selection, which the GPU runs for at most {} query heads per KV head "
+                       "(this model has {})",
+                       kernels::cuda::kPageSelectMaxGroup, c.n_heads / c.n_kv_heads);
+  }
+  return {};
+}
+
+size_t cuda_step_bytes(const ModelConfig& c, const StepLimits& limits) {
+  const int64_t q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
+  // Per row: h, xn, proj (hidden each), Q|K|V, attention output, gate|up, the activation (bf16).
+  const int64_t row_bytes = 2 * (3 * c.hidden + q + 2 * kv + q + 3 * c.intermediate);
+  // Logits rows (bf16 and fp32, and the host's pinned copy is not device memory): at most one per
+  // token of a step (prompt logprobs), plus the gathered hidden rows.
+  const int64_t logit_bytes = 6 * c.vocab_size + 2 * c.hidden;
+  return kFixedHeadroomBytes + static_cast<size_t>(std::max<int64_t>(limits.max_tokens, 1) * (row_bytes + logit_bytes));
 }
 
 size_t cuda_weight_bytes(const ModelConfig& c, bool tied) {
@@ -97,17 +130,22 @@ StepBackend cuda_step_backend(int device) {
   b.name = "cuda";
   b.bytes_per_element = 2;
   b.with_metadata = true;  // K's min/max per sub-page, bf16, for decode page selection
-  b.unsupported = cuda_unsupported_profile;
-  b.device_kv_bytes = [device](const Model& model, double utilization) {
+  b.unsupported_model = [](const Model& model, const kvcache::KvCacheConfig& kv) {
+    return cuda_unsupported_model(model.config, kv);
+  };
+  b.unsupported = [](const Model& model, const kvcache::SparsityProfile& profile) {
+    return cuda_unsupported_profile(model.config, profile);
+  };
+  b.device_kv_bytes = [device](const Model& model, double utilization, const StepLimits& limits) {
     const auto [free, total] = device_memory(device);
-    const size_t weights = model_weight_bytes(model);
+    const size_t weights = model_weight_bytes(model), steps = cuda_step_bytes(model.config, limits);
     constexpr double GiB = 1 << 30;
-    const double left = static_cast<double>(free) - static_cast<double>(weights + kStepHeadroomBytes);
+    const double left = static_cast<double>(free) - static_cast<double>(weights + steps);
     if (left <= 0) {
       throw InvalidArgument(fmt::format("backend cuda: CUDA device {} has {:.2f} GiB free, not more than the {:.2f} GiB "
                                         "of bf16 weights and {:.2f} GiB for the steps: no room for a KV cache",
                                         device, static_cast<double>(free) / GiB, static_cast<double>(weights) / GiB,
-                                        static_cast<double>(kStepHeadroomBytes) / GiB));
+                                        static_cast<double>(steps) / GiB));
     }
     const auto bytes = static_cast<size_t>(left * utilization);
     spdlog::info("backend cuda: KV cache {:.2f} GiB = gpu_memory_utilization {} of the {:.2f} GiB left after the "
@@ -115,17 +153,17 @@ StepBackend cuda_step_backend(int device) {
                  static_cast<double>(bytes) / GiB, utilization, left / GiB);
     return bytes;
   };
-  b.check_kv_bytes = [device](const Model& model, size_t kv_bytes) {
+  b.check_kv_bytes = [device](const Model& model, size_t kv_bytes, const StepLimits& limits) {
     const auto [free, total] = device_memory(device);
-    const size_t weights = model_weight_bytes(model);
-    const size_t need = weights + kv_bytes + kStepHeadroomBytes;
+    const size_t weights = model_weight_bytes(model), steps = cuda_step_bytes(model.config, limits);
+    const size_t need = weights + kv_bytes + steps;
     constexpr double GiB = 1 << 30;
     if (need > free) {
       throw InvalidArgument(fmt::format(
           "kv_cache_bytes: {:.2f} GiB of KV cache, {:.2f} GiB of bf16 weights and {:.2f} GiB for the steps need {:.2f} "
           "GiB, but CUDA device {} has {:.2f} GiB free (of {:.2f})",
           static_cast<double>(kv_bytes) / GiB, static_cast<double>(weights) / GiB,
-          static_cast<double>(kStepHeadroomBytes) / GiB, static_cast<double>(need) / GiB, device,
+          static_cast<double>(steps) / GiB, static_cast<double>(need) / GiB, device,
           static_cast<double>(free) / GiB, static_cast<double>(total) / GiB));
     }
     cudaDeviceProp prop{};

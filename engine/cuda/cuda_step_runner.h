@@ -14,8 +14,17 @@ namespace sparseserve {
 // buffers.
 StepBackend cuda_step_backend(int device = 0);
 
-// Why the CUDA backend does not run `profile` (empty when it does).
-std::string cuda_unsupported_profile(const kvcache::SparsityProfile& profile);
+// Why the CUDA backend does not run the model with these page sizes (empty when it does): head_dim
+// 64 or 128, pages of 16-128 tokens, GQA groups of 1-64.
+std::string cuda_unsupported_model(const ModelConfig& config, const kvcache::KvCacheConfig& kv);
+// Why the CUDA backend does not run `profile` for the model (empty when it does): dynamic prefill
+// sparsity; decode page selection with more than 16 query heads per KV head.
+std::string cuda_unsupported_profile(const ModelConfig& config, const kvcache::SparsityProfile& profile);
+
+// Device memory the buffers of steps up to `limits` may take besides weights and KV cache: the
+// activations of max_tokens rows, logits rows for each (prompt logprobs), cuBLASLt's workspace and
+// the context's own allocations.
+size_t cuda_step_bytes(const ModelConfig& config, const StepLimits& limits);
 
 // Device memory the model's weights take as CudaForward holds them (bf16, Q|K|V and gate|up fused).
 size_t cuda_weight_bytes(const ModelConfig& config, bool tied_embeddings);

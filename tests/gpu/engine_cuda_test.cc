@@ -48,7 +48,8 @@ ModelProfiles small_page_profiles(const ModelConfig& c) {
 // Streaming heads in every layer (and two streaming lanes in the last), a window that the test's
 // sequences outgrow (the ring wraps); with `select`, decode page selection on the retrieval heads of
 // layers 1 and 2 (layer 0 dense) under a 64-token budget, reselected every 3 steps.
-kvcache::SparsityProfile sparse_profile(const ModelConfig& c, const std::string& name, bool select) {
+kvcache::SparsityProfile sparse_profile(const ModelConfig& c, const std::string& name, bool select,
+                                        int32_t budget = 64, int32_t sink = 16, int32_t interval = 3) {
   using kvcache::HeadRole;
   kvcache::SparsityProfile p = kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
   p.name = name;
@@ -58,9 +59,9 @@ kvcache::SparsityProfile sparse_profile(const ModelConfig& c, const std::string&
   p.streaming = kvcache::StreamingWindow{16, 40};
   if (select) {
     p.decode.enabled = true;
-    p.decode.token_budget = 64;
-    p.decode.sink_tokens = 16;
-    p.decode.reselect_interval = 3;
+    p.decode.token_budget = budget;
+    p.decode.sink_tokens = sink;
+    p.decode.reselect_interval = interval;
     p.decode.dense_layers = {0};
   }
   return p;
@@ -74,11 +75,13 @@ kvcache::SparsityProfile dynamic_profile(const ModelConfig& c) {
   return p;
 }
 
-// The model's profiles for these tests: dense, `stream`, `select`, and the extra ones given.
+// The model's profiles for these tests: dense, `stream`, `select`, `select2` (another budget, sink and
+// interval: page_select runs once per geometry), and the extra ones given.
 ModelProfiles test_profiles(const ModelConfig& c, std::vector<kvcache::SparsityProfile> extra = {}) {
   ModelProfiles p = small_page_profiles(c);
   extra.push_back(sparse_profile(c, "stream", false));
   extra.push_back(sparse_profile(c, "select", true));
+  extra.push_back(sparse_profile(c, "select2", true, 96, 32, 2));
   for (auto& e : extra) p.profiles.emplace(e.name, std::move(e));
   return p;
 }
@@ -231,6 +234,7 @@ void run_and_check(Engine& engine, const Model& model, std::mt19937_64& rng, con
     const Agreement a = replay_on_cpu(model, engine.profiles(), profile, f);
     replayed.selected_tokens += a.selection.selected_tokens;
     replayed.context_tokens += a.selection.context_tokens;
+    replayed.selections += a.selection.selections;
     // bf16 weights and activations against fp32: the forward test sees logits within 0.05 of the
     // row's largest; a logprob's error stays under kTokenBound, a generated token at most 0.3 under
     // the CPU's best (a near tie the rounding decided). With page selection a flipped near-tie page
@@ -265,6 +269,7 @@ void run_and_check(Engine& engine, const Model& model, std::mt19937_64& rng, con
   if (!same_schedule) return;
   EXPECT_EQ(engine.metrics().selected_tokens.load(), replayed.selected_tokens);
   EXPECT_EQ(engine.metrics().selectable_tokens.load(), replayed.context_tokens);
+  EXPECT_EQ(engine.metrics().page_selections.load(), replayed.selections);
 }
 
 void wait_for_pages_back(const Engine& engine) {
@@ -272,19 +277,30 @@ void wait_for_pages_back(const Engine& engine) {
   EXPECT_EQ(engine.kv_pages_in_use(), 0);
 }
 
+// A test's random model, from a fresh seed (SPARSESERVE_TEST_SEED=<seed> replays it).
+struct Fixture {
+  uint64_t seed = test_seed();
+  std::mt19937_64 rng{seed};
+  RandomModel rm{kShape, rng};
+  const Model& model() const { return *rm.model; }
+};
+
+EngineConfig engine_config(int32_t max_seqs, int32_t max_step_tokens, size_t kv_bytes = size_t{64} << 20) {
+  EngineConfig config;
+  config.max_num_seqs = max_seqs;
+  config.max_num_batched_tokens = max_step_tokens;
+  config.kv_cache_bytes = kv_bytes;
+  return config;
+}
+
 TEST(CudaEngineTest, SmallModelConcurrentGreedyRequestsMatchTheCpuForward) {
   SKIP_WITHOUT_GPU();
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE(seed_trace(seed));
-  std::mt19937_64 rng(seed);
-  RandomModel rm(kShape, rng);
-  EngineConfig config;
-  config.max_num_seqs = 4;             // more requests than slots: some wait
-  config.max_num_batched_tokens = 48;  // prompts prefill in chunks, next to other sequences' decode
-  config.kv_cache_bytes = size_t{64} << 20;
-  Engine engine(*rm.model, test_profiles(rm.model->config), config, cuda_step_backend());
+  Fixture fx;
+  SCOPED_TRACE(seed_trace(fx.seed));
+  // More requests than slots (some wait); prompts prefill in chunks, next to other sequences' decode.
+  Engine engine(fx.model(), test_profiles(fx.model().config), engine_config(4, 48), cuda_step_backend());
   EXPECT_EQ(engine.backend(), "cuda");
-  run_and_check(engine, *rm.model, rng, {{3, ""}, {17, ""}, {64, ""}, {65, ""}, {150, ""}, {31, ""}, {200, ""}, {1, ""}},
+  run_and_check(engine, fx.model(), fx.rng, {{3, ""}, {17, ""}, {64, ""}, {65, ""}, {150, ""}, {31, ""}, {200, ""}, {1, ""}},
                 24);
   wait_for_pages_back(engine);
   EXPECT_EQ(engine.metrics().num_preemptions, 0);
@@ -294,18 +310,13 @@ TEST(CudaEngineTest, SmallModelConcurrentGreedyRequestsMatchTheCpuForward) {
 // (contexts past the budget), in steps that mix the three profiles.
 TEST(CudaEngineTest, SmallModelSparseProfilesMatchTheCpuPagedAttention) {
   SKIP_WITHOUT_GPU();
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE(seed_trace(seed));
-  std::mt19937_64 rng(seed);
-  RandomModel rm(kShape, rng);
-  EngineConfig config;
-  config.max_num_seqs = 5;
-  config.max_num_batched_tokens = 40;  // chunks that end inside the window and the ring
-  config.kv_cache_bytes = size_t{64} << 20;
-  Engine engine(*rm.model, test_profiles(rm.model->config), config, cuda_step_backend());
-  run_and_check(engine, *rm.model, rng,
+  Fixture fx;
+  SCOPED_TRACE(seed_trace(fx.seed));
+  // Chunks that end inside the window and the ring.
+  Engine engine(fx.model(), test_profiles(fx.model().config), engine_config(6, 40), cuda_step_backend());
+  run_and_check(engine, fx.model(), fx.rng,
                 {{2, "stream"}, {39, "stream"}, {57, "stream"}, {120, "stream"}, {201, "stream"}, {70, "select"},
-                 {130, "select"}, {260, "select"}, {90, ""}, {33, "select"}},
+                 {130, "select2"}, {260, "select"}, {90, ""}, {33, "select"}, {150, "select2"}, {99, "select2"}},
                 30);
   wait_for_pages_back(engine);
   EXPECT_EQ(engine.metrics().num_preemptions, 0);  // a recompute would restart the selection schedule
@@ -314,71 +325,70 @@ TEST(CudaEngineTest, SmallModelSparseProfilesMatchTheCpuPagedAttention) {
 
 TEST(CudaEngineTest, PreemptedAndCancelledRequestsStayRightAndReturnTheirPages) {
   SKIP_WITHOUT_GPU();
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE(seed_trace(seed));
-  std::mt19937_64 rng(seed);
-  RandomModel rm(kShape, rng);
-  const ModelConfig& c = rm.model->config;
-  EngineConfig config;
-  config.max_num_seqs = 6;
-  config.max_num_batched_tokens = 64;
+  Fixture fx;
+  SCOPED_TRACE(seed_trace(fx.seed));
+  const ModelConfig& c = fx.model().config;
   // 30 pages of 16 tokens per lane: six sequences growing to 85-110 tokens need about 40, so the
   // newest are preempted (and recomputed) as the others grow; any one alone needs at most 7.
   const kvcache::PageShape page{static_cast<int32_t>(c.head_dim), 16, 16, 2, true};
-  config.kv_cache_bytes = page.page_bytes() * 30 * static_cast<size_t>(c.n_layers * c.n_kv_heads);
-  Engine engine(*rm.model, test_profiles(c), config, cuda_step_backend());
+  Engine engine(fx.model(), test_profiles(c),
+                engine_config(6, 64, page.page_bytes() * 30 * static_cast<size_t>(c.n_layers * c.n_kv_heads)),
+                cuda_step_backend());
   // A request cancelled mid-stream gives its pages back too.
   std::vector<int32_t> p(40, 7);
   auto cancelled = engine.submit(greedy_request("cancel-me", p, 1000));
   ASSERT_TRUE(cancelled->next(std::chrono::seconds(30)).has_value());
   cancelled->cancel();
-  run_and_check(engine, *rm.model, rng, {{60, ""}, {50, "stream"}, {70, ""}, {45, "stream"}, {66, ""}, {58, ""}}, 40,
+  run_and_check(engine, fx.model(), fx.rng, {{60, ""}, {50, "stream"}, {70, ""}, {45, "stream"}, {66, ""}, {58, ""}}, 40,
                 /*same_schedule=*/false);
   EXPECT_GT(engine.metrics().num_preemptions, 0);
   wait_for_pages_back(engine);
 }
 
 // Tokens the GPU backend draws itself (requests without logprobs or logits processors) against the
-// host's sampler on the same logits: a request and its twin with logprobs (sampled on the host) run
-// in the same steps, so their rows hold the same values. Greedy twins agree token for token; seeded
-// twins drawn on the device repeat each other, and another seed draws another text.
+// host's sampler on the same logits. Each request runs alone, so a request and its twin meet the
+// same steps and shapes and their logits rows hold the same values: a greedy request drawn on the
+// device and its twin with logprobs (sampled on the host) agree token for token; two requests with
+// one seed drawn on the device at temperature 0.8 repeat each other, and another seed draws another
+// text. The engine's counter shows which tokens were drawn on the device.
 TEST(CudaEngineTest, SmallModelTokensDrawnOnTheDeviceMatchTheHostSampler) {
   SKIP_WITHOUT_GPU();
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE(seed_trace(seed));
-  std::mt19937_64 rng(seed);
-  RandomModel rm(kShape, rng);
-  EngineConfig config;
-  config.kv_cache_bytes = size_t{64} << 20;
-  Engine engine(*rm.model, test_profiles(rm.model->config), config, cuda_step_backend());
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(rm.model->config.vocab_size - 1));
+  Fixture fx;
+  SCOPED_TRACE(seed_trace(fx.seed));
+  Engine engine(fx.model(), test_profiles(fx.model().config), engine_config(64, 2048), cuda_step_backend());
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(fx.model().config.vocab_size - 1));
+  const auto alone = [&](const Request& r) {
+    const int64_t drawn_before = engine.metrics().device_drawn_tokens.load();
+    Finished f = drain(*engine.submit(r), r.prompt);
+    return std::pair(f.generated, engine.metrics().device_drawn_tokens.load() - drawn_before);
+  };
   for (const std::string profile : {"", "stream", "select"}) {
     SCOPED_TRACE("profile '" + profile + "'");
     std::vector<int32_t> prompt(90);
-    for (int32_t& t : prompt) t = tok(rng);
-    // Greedy: drawn on the device (no logprobs) and on the host (logprobs).
+    for (int32_t& t : prompt) t = tok(fx.rng);
     Request device = greedy_request("device", prompt, 40, profile);
     device.logprobs = -1;
     device.prompt_logprobs = -1;
-    const Request host = greedy_request("host", prompt, 40, profile);
-    // Sampled at temperature 0.8, top-p 0.9: two with seed 11, one with seed 12, all on the device.
+    Request host = device;  // the same, but its logprobs need the row on the host
+    host.id = "host";
+    host.logprobs = 0;
+    const auto [greedy_device, drawn_greedy] = alone(device);
+    const auto [greedy_host, drawn_host] = alone(host);
+    EXPECT_EQ(drawn_greedy, 40);
+    EXPECT_EQ(drawn_host, 0);
+    EXPECT_EQ(greedy_device, greedy_host) << "greedy drawn on the device differs from the host's";
     Request hot = device;
     hot.sampling.temperature = 0.8f;
     hot.sampling.top_p = 0.9f;
     hot.sampling.seed = 11;
-    Request a = hot, b = hot, other = hot;
-    a.id = "a", b.id = "b", other.id = "other";
-    other.sampling.seed = 12;
-    std::vector<std::shared_ptr<RequestStream>> streams;
-    for (const Request* r : std::initializer_list<const Request*>{&device, &host, &a, &b, &other}) {
-      streams.push_back(engine.submit(*r));
-    }
-    std::vector<Finished> f;
-    for (auto& st : streams) f.push_back(drain(*st, prompt));
-    EXPECT_EQ(f[0].generated, f[1].generated) << "greedy drawn on the device differs from the host's";
-    EXPECT_EQ(f[2].generated, f[3].generated) << "the same seed drew different tokens";
-    EXPECT_NE(f[2].generated, f[4].generated) << "another seed drew the same 40 tokens";
-    EXPECT_EQ(f[2].generated.size(), 40u);
+    const auto [first, drawn_first] = alone(hot);
+    const auto [again, drawn_again] = alone(hot);
+    hot.sampling.seed = 12;
+    const auto [other, drawn_other] = alone(hot);
+    EXPECT_EQ(drawn_first + drawn_again + drawn_other, 120);
+    EXPECT_EQ(first, again) << "the same seed drew different tokens";
+    EXPECT_NE(first, other) << "another seed drew the same 40 tokens";
+    EXPECT_NE(first, greedy_device) << "temperature 0.8 drew the greedy text";
   }
   wait_for_pages_back(engine);
 }
@@ -404,16 +414,46 @@ TEST(CudaEngineTest, ProfilesItDoesNotRunAreRefusedPerRequest) {
 }
 
 TEST(CudaStepRunnerChecks, NamesWhatAProfileUsesThatItDoesNotRun) {
+  ModelConfig c;
+  c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 64;
   const kvcache::SparsityProfile dense = kvcache::SparsityProfile::dense(2, 2);
-  EXPECT_EQ(cuda_unsupported_profile(dense), "");
+  EXPECT_EQ(cuda_unsupported_profile(c, dense), "");
   kvcache::SparsityProfile p = dense;
   p.decode.enabled = true;
   p.roles = kvcache::HeadRoles(2, 2, {kvcache::HeadRole::kRetrieval, kvcache::HeadRole::kStreaming,
                                       kvcache::HeadRole::kRetrieval, kvcache::HeadRole::kRetrieval});
   p.streaming = kvcache::StreamingWindow{};
-  EXPECT_EQ(cuda_unsupported_profile(p), "");  // streaming heads and page selection run on the GPU
+  EXPECT_EQ(cuda_unsupported_profile(c, p), "");  // streaming heads and page selection run on the GPU
+  c.n_heads = 34;  // 17 query heads per KV head: past page selection's 16
+  EXPECT_NE(cuda_unsupported_profile(c, p).find("at most 16 query heads per KV head (this model has 17)"),
+            std::string::npos);
+  EXPECT_EQ(cuda_unsupported_profile(c, dense), "");  // without selection the group is fine
   p.prefill.dynamic = true;
-  EXPECT_NE(cuda_unsupported_profile(p).find("dynamic prefill sparsity"), std::string::npos);
+  EXPECT_NE(cuda_unsupported_profile(c, p).find("dynamic prefill sparsity"), std::string::npos);
+}
+
+TEST(CudaStepRunnerChecks, NamesTheModelShapesItDoesNotRun) {
+  ModelConfig c;
+  c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 128;
+  const kvcache::KvCacheConfig pages{.page_tokens = 64, .logical_page_tokens = 16};
+  EXPECT_EQ(cuda_unsupported_model(c, pages), "");
+  c.head_dim = 96;
+  EXPECT_NE(cuda_unsupported_model(c, pages).find("head_dim 96"), std::string::npos);
+  c.head_dim = 64;
+  EXPECT_NE(cuda_unsupported_model(c, {.page_tokens = 256, .logical_page_tokens = 16}).find("page_tokens 256"),
+            std::string::npos);
+  c.n_heads = 12, c.n_kv_heads = 8;
+  EXPECT_NE(cuda_unsupported_model(c, pages).find("12 query heads over 8 KV heads"), std::string::npos);
+}
+
+// Step buffers grow with the step's tokens: every token may need a logits row (prompt logprobs).
+TEST(CudaStepRunnerChecks, StepBytesCoverEachTokensActivationsAndLogits) {
+  ModelConfig c;
+  c.n_layers = 2, c.hidden = 8, c.n_heads = 2, c.n_kv_heads = 1, c.head_dim = 4, c.intermediate = 16, c.vocab_size = 10;
+  // Per token: 2 · (3·8 + 8 + 8 + 8 + 3·16) = 192 bytes of activations, 6·10 + 2·8 = 76 of logits.
+  const size_t one = cuda_step_bytes(c, {1, 1}), many = cuda_step_bytes(c, {1001, 1});
+  EXPECT_EQ(many - one, size_t{1000} * (192 + 76));
+  EXPECT_GE(one, size_t{256} << 20);  // cuBLASLt's workspace and the context besides
 }
 
 // The engine refuses a default profile the backend does not run before it touches a device.
