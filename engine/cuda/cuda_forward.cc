@@ -20,6 +20,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/norm.h"
@@ -115,6 +116,7 @@ struct CudaForward::Impl {
   DeviceBuffer<bf16> k_pool, v_pool, kmin_pool, kmax_pool;
   cuda::Gemm gemm;
   std::vector<std::unique_ptr<cuda::PrefillAttention>> prefill;  // one plan per layer
+  std::vector<std::unique_ptr<cuda::DecodeAttention>> decoders;  // one plan per layer, made as needed
   std::unordered_map<uint64_t, Seq> seqs;
   SelectionStats stats;
   // Step buffers, grown as needed: activations [rows][width] bf16, the step's int32 tables, the
@@ -128,10 +130,27 @@ struct CudaForward::Impl {
   DeviceBuffer<int32_t> tables, picked;
   // SPARSESERVE_STEP_TIMES=1: each step logs where its time went (host tables, attention, the rest).
   bool trace = std::getenv("SPARSESERVE_STEP_TIMES") != nullptr;
+  // SPARSESERVE_DECODE_WITH_PREFILL=1: one-token rows go to the prefill kernel too (A/B measurements).
+  bool decode_with_prefill = std::getenv("SPARSESERVE_DECODE_WITH_PREFILL") != nullptr;
   std::vector<cuda::CudaEvent> marks;  // [0] start, then per layer {before, after} the attention, then the end
   DeviceBuffer<int64_t> q_offsets;
   DeviceBuffer<float> scores;
   DeviceBuffer<uint32_t> row_ready;
+
+  // Layer l's decode attention, with room for `rows` rows (remade larger when a step needs more).
+  cuda::DecodeAttention& decoder(int64_t l, int32_t rows) {
+    auto& d = decoders[static_cast<size_t>(l)];
+    if (!d || d->config().max_rows < rows) {
+      const ModelConfig& c = model.config;
+      cuda::DecodeConfig dc;
+      dc.head_dim = static_cast<int32_t>(c.head_dim);
+      dc.group = static_cast<int32_t>(c.n_heads / c.n_kv_heads);
+      dc.page_tokens = manager.config().page_tokens;
+      dc.max_rows = std::max({rows, d ? 2 * d->config().max_rows : 0, 64});
+      d = std::make_unique<cuda::DecodeAttention>(dc);
+    }
+    return *d;
+  }
 
   Seq& seq(uint64_t id) {
     const auto it = seqs.find(id);
@@ -189,6 +208,7 @@ CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& mana
   pc.group = static_cast<int32_t>(c.n_heads / c.n_kv_heads);
   pc.page_tokens = P;
   for (int64_t l = 0; l < c.n_layers; ++l) m.prefill.push_back(std::make_unique<cuda::PrefillAttention>(pc));
+  m.decoders.resize(static_cast<size_t>(c.n_layers));
   CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
@@ -228,6 +248,8 @@ void CudaForward::warm_up(int64_t max_rows, int64_t max_logit_rows) {
       ++shapes;
     }
   }
+  const int32_t decode_rows = static_cast<int32_t>(std::max<int64_t>(max_logit_rows, 1) * c.n_kv_heads);
+  for (int64_t l = 0; l < c.n_layers; ++l) m.decoder(l, decode_rows);
   CUDA_CHECK(cudaStreamSynchronize(m.stream));
   spdlog::info("CUDA forward: {} GEMM shapes ready for steps of up to {} tokens and {} logits rows in {:.2f} s", shapes,
                max_rows, max_logit_rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -279,19 +301,52 @@ struct Blob {
   }
 };
 
-// One layer's attention rows and key lists, built on the host. Rows whose selection is computed on
-// the device come last (`fresh_from`): their list entries are reserved, page_select fills them.
-struct LayerPlan {
-  std::vector<cuda::PrefillRow> rows;
+// Key lists of one kernel's rows (decode_attention.h KeyPageList) and their Blob offsets.
+struct KeyLists {
   std::vector<int32_t> indptr{0}, pages, pos0, len;
-  size_t fresh_from = 0;  // rows[fresh_from ..] select on the device
+  size_t ip = 0, pg = 0, p0 = 0, ln = 0;
+  void add(int32_t page, int64_t first, int64_t count) {
+    pages.push_back(page);
+    pos0.push_back(static_cast<int32_t>(first));
+    len.push_back(static_cast<int32_t>(count));
+  }
+  int32_t close_row() {  // the row's entry count
+    indptr.push_back(static_cast<int32_t>(pages.size()));
+    return indptr.back() - indptr[indptr.size() - 2];
+  }
+  void reserve_row(int32_t count) {  // entries a kernel writes (page_select)
+    pages.resize(pages.size() + static_cast<size_t>(count));
+    pos0.resize(pages.size());
+    len.resize(pages.size());
+    close_row();
+  }
+  void upload_to(Blob& blob) {
+    ip = blob.append(indptr);
+    pg = blob.append(pages);
+    p0 = blob.append(pos0);
+    ln = blob.append(len);
+  }
+};
+
+// One layer's attention rows and key lists, built on the host: chunks of more than one token go to
+// the prefill kernel, one-token rows (decode steps) to the split-KV decode kernel. Decode rows whose
+// selection is computed on the device come last (`fresh_from`): their entries are reserved, and
+// page_select fills them.
+struct LayerPlan {
+  std::vector<cuda::PrefillRow> prefill_rows;
+  KeyLists prefill_keys;
+  std::vector<cuda::DecodeRow> decode_rows;
+  std::vector<int32_t> decode_entries;  // each decode row's entry count (its plan's hint)
+  KeyLists decode_keys;
+  size_t fresh_from = 0;  // decode_rows[fresh_from ..] select on the device
+  bool streaming_before = false, streaming_after = false;  // streaming lanes append before / after
   // The fresh rows' page_select inputs: all blocks of their lane, their lengths, the selection's
   // CSR (plan_selected_indptr), query offsets in the qkv buffer, and (for the stats) the
   // (sequence, layer head) each belongs to.
   std::vector<int32_t> sel_indptr{0}, sel_pages, sel_lens, sel_out_indptr;
   std::vector<int64_t> sel_q;
   std::vector<std::pair<uint64_t, int32_t>> sel_owner;
-  size_t ip = 0, pg = 0, p0 = 0, ln = 0, s_ip = 0, s_pg = 0, s_len = 0, s_out = 0;  // Blob offsets
+  size_t s_ip = 0, s_pg = 0, s_len = 0, s_out = 0;  // Blob offsets
   size_t q_at = 0, picked_at = 0;  // offsets into the step's q offsets and picked blocks
 };
 
@@ -326,16 +381,17 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   const auto host_t0 = std::chrono::steady_clock::now();
   // ---- Host tables ----
   //   ids, pos, off [rows]: token, position, slot within its page;  sel [out_rows]: rows needing logits;
-  //   app_r, app_s [L][KV][rows]: the page each token's K/V goes to in retrieval lanes (before the
-  //   attention) and streaming lanes (after it), −1 for none (kv_append skips the row);
+  //   app_r, app_sb, app_s [L][KV][rows]: the page each token's K/V goes to in retrieval lanes
+  //   (before the attention) and streaming lanes (one-token rows before it: their decode row reads
+  //   the new key from the ring; longer chunks after it), −1 for none (kv_append skips the row);
   //   per layer: the attention's CSR lists and page_select's inputs (LayerPlan).
   Blob blob;
   const auto R = static_cast<size_t>(rows);
   const size_t ids = blob.take(R), pos = blob.take(R), off = blob.take(R), selr = blob.take(static_cast<size_t>(out_rows));
-  const size_t app_r = blob.take(static_cast<size_t>(L * KV) * R), app_s = blob.take(static_cast<size_t>(L * KV) * R);
+  const size_t app_r = blob.take(static_cast<size_t>(L * KV) * R), app_sb = blob.take(static_cast<size_t>(L * KV) * R),
+               app_s = blob.take(static_cast<size_t>(L * KV) * R);
   std::fill(blob.data.begin() + static_cast<std::ptrdiff_t>(app_r), blob.data.end(), -1);
   std::vector<LayerPlan> plans(static_cast<size_t>(L));
-  std::vector<uint8_t> has_streaming(static_cast<size_t>(L), 0);
   std::vector<int64_t> step_q;  // all layers' selection query offsets
   std::vector<int32_t> logit_rows;  // the token row of each logits row, batch order
   int64_t picked_total = 0;
@@ -362,16 +418,18 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
           const auto li = static_cast<int32_t>(l), hi = static_cast<int32_t>(hd);
           const int32_t slot = roles.slot(li, hi);
           int32_t* dest = blob.data.data() + static_cast<size_t>((l * KV + hd) * rows + r);
+          const bool one = n == 1 && !decode_with_prefill;  // a one-token row: the decode kernel
+          KeyLists& keys = one ? lp.decode_keys : lp.prefill_keys;
           cuda::PrefillRow pr;
           pr.q_row0 = static_cast<int32_t>(r);
           pr.n_tokens = static_cast<int32_t>(n);
           pr.q_pos0 = static_cast<int32_t>(s.start);
           pr.kv_head = hi;
-          const auto add_entry = [&](int32_t page, int64_t p0, int64_t count) {
-            lp.pages.push_back(page);
-            lp.pos0.push_back(static_cast<int32_t>(p0));
-            lp.len.push_back(static_cast<int32_t>(count));
-          };
+          cuda::DecodeRow dr;
+          dr.q_row = static_cast<int32_t>(r);
+          dr.kv_head = hi;
+          dr.q_pos = static_cast<int32_t>(s.start);
+          dr.pages_plan_time = true;  // host lists; the append writes only the newest key, in the last entry
           if (roles.role(li, hi) == HeadRole::kRetrieval) {
             const auto& pages = kv.retrieval_pages(slot);
             for (int64_t i = 0; i < n; ++i) dest[app_r + i] = pages[static_cast<size_t>((s.start + i) / P)];
@@ -396,37 +454,50 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
             }
             for (int32_t b : blocks) {
               const int64_t count = std::min<int64_t>(P, end - int64_t{b} * P);
-              add_entry(pages[static_cast<size_t>(b)], int64_t{b} * P, count);
+              keys.add(pages[static_cast<size_t>(b)], int64_t{b} * P, count);
               if (decode) stats.selected_tokens += count;
             }
           } else {
-            has_streaming[static_cast<size_t>(l)] = 1;
             const kvcache::StreamingGeometry& g = *kv.streaming_geometry();
             const auto& pages = kv.streaming_pages(slot);
-            // The chunk enters sink and ring after the attention; only positions the ring still
-            // holds after the chunk (and sink blocks) are written.
-            const int64_t keep_from = std::max<int64_t>(s.start, end - int64_t{g.ring_pages()} * P);
-            for (int64_t i = 0; i < n; ++i) {
-              const int64_t p = s.start + i;
-              if (p < keep_from && p >= int64_t{g.sink_pages()} * P) continue;
-              dest[app_s + i] = pages[static_cast<size_t>(g.locate(p).index)];
+            // Keys seen: sink blocks, then the ring's blocks oldest first. A one-token row writes its
+            // key into the ring first (the slot it takes held position t − ring_pages·P, outside the
+            // window) and reads it from there; a longer chunk reads the keys before it from the
+            // ring, its own from the step's buffer (new_kv), and enters the ring after the
+            // attention: only positions the ring still holds after the chunk (and sink blocks).
+            int64_t seen = s.start;
+            if (one) {
+              lp.streaming_before = true;
+              dest[app_sb] = pages[static_cast<size_t>(g.locate(s.start).index)];
+              seen = end;
+            } else {
+              lp.streaming_after = true;
+              const int64_t keep_from = std::max<int64_t>(s.start, end - int64_t{g.ring_pages()} * P);
+              for (int64_t i = 0; i < n; ++i) {
+                const int64_t p = s.start + i;
+                if (p < keep_from && p >= int64_t{g.sink_pages()} * P) continue;
+                dest[app_s + i] = pages[static_cast<size_t>(g.locate(p).index)];
+              }
             }
-            // Keys: sink blocks, then the ring's blocks before the chunk (oldest first), then the
-            // chunk's own (new_kv).
-            const int64_t last_block = s.start > 0 ? (s.start - 1) / P : -1;
+            const int64_t last_block = seen > 0 ? (seen - 1) / P : -1;
             for (int64_t b = 0; b < g.sink_pages() && b <= last_block; ++b) {
-              add_entry(pages[static_cast<size_t>(b)], b * P, std::min<int64_t>(P, s.start - b * P));
+              keys.add(pages[static_cast<size_t>(b)], b * P, std::min<int64_t>(P, seen - b * P));
             }
             for (int64_t b = std::max<int64_t>(g.sink_pages(), last_block - g.ring_pages() + 1); b <= last_block; ++b) {
-              add_entry(pages[static_cast<size_t>(g.locate(b * P).index)], b * P, std::min<int64_t>(P, s.start - b * P));
+              keys.add(pages[static_cast<size_t>(g.locate(b * P).index)], b * P, std::min<int64_t>(P, seen - b * P));
             }
-            pr.mask = cuda::MaskKind::kBand;
-            pr.sink = g.window().sink_tokens;
-            pr.local = g.window().local_tokens;
+            pr.mask = dr.mask = cuda::MaskKind::kBand;
+            pr.sink = dr.sink = g.window().sink_tokens;
+            pr.local = dr.local = g.window().local_tokens;
             pr.new_kv = 1;
           }
-          lp.rows.push_back(pr);
-          lp.indptr.push_back(static_cast<int32_t>(lp.pages.size()));
+          const int32_t entries = keys.close_row();
+          if (one) {
+            lp.decode_rows.push_back(dr);
+            lp.decode_entries.push_back(entries);
+          } else {
+            lp.prefill_rows.push_back(pr);
+          }
         }
       }
       r += n;
@@ -434,7 +505,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     // Fresh selections: rows appended after each layer's host-listed rows, entries reserved.
     for (int64_t l = 0; l < L; ++l) {
       LayerPlan& lp = plans[static_cast<size_t>(l)];
-      lp.fresh_from = lp.rows.size();
+      lp.fresh_from = lp.decode_rows.size();
       int64_t r0 = 0;
       for (const ForwardSeq& s : batch) {
         const auto n = static_cast<int64_t>(s.tokens.size());
@@ -453,16 +524,14 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
           const auto nb = static_cast<int32_t>((end + P - 1) / P);
           const cuda::PageSelectConfig cfg{P, LP, dec.sink_tokens, dec.token_budget};
           const int32_t count = cuda::selected_page_count(end, cfg);
-          cuda::PrefillRow pr;
-          pr.q_row0 = static_cast<int32_t>(r0);
-          pr.n_tokens = 1;
-          pr.q_pos0 = static_cast<int32_t>(s.start);
-          pr.kv_head = hi;
-          lp.rows.push_back(pr);
-          lp.pages.resize(lp.pages.size() + static_cast<size_t>(count));
-          lp.pos0.resize(lp.pages.size());
-          lp.len.resize(lp.pages.size());
-          lp.indptr.push_back(static_cast<int32_t>(lp.pages.size()));
+          cuda::DecodeRow dr;
+          dr.q_row = static_cast<int32_t>(r0);
+          dr.kv_head = hi;
+          dr.q_pos = static_cast<int32_t>(s.start);
+          dr.pages_plan_time = false;  // page_select writes its entries in the same stream
+          lp.decode_rows.push_back(dr);
+          lp.decode_entries.push_back(count);
+          lp.decode_keys.reserve_row(count);
           lp.sel_pages.insert(lp.sel_pages.end(), pages.begin(), pages.begin() + nb);
           lp.sel_indptr.push_back(static_cast<int32_t>(lp.sel_pages.size()));
           lp.sel_lens.push_back(static_cast<int32_t>(end));
@@ -491,10 +560,8 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       }
     }
     for (LayerPlan& lp : plans) {
-      lp.ip = blob.append(lp.indptr);
-      lp.pg = blob.append(lp.pages);
-      lp.p0 = blob.append(lp.pos0);
-      lp.ln = blob.append(lp.len);
+      lp.prefill_keys.upload_to(blob);
+      lp.decode_keys.upload_to(blob);
       if (lp.sel_owner.empty()) continue;
       lp.s_ip = blob.append(lp.sel_indptr);
       lp.s_pg = blob.append(lp.sel_pages);
@@ -519,7 +586,13 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       row_ready.fill_bytes(0, stream);  // page_select's contract: zero before the first call
     }
   }
-  for (int64_t l = 0; l < L; ++l) prefill[static_cast<size_t>(l)]->plan(plans[static_cast<size_t>(l)].rows, stream);
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerPlan& lp = plans[static_cast<size_t>(l)];
+    if (!lp.prefill_rows.empty()) prefill[static_cast<size_t>(l)]->plan(lp.prefill_rows, stream);
+    if (!lp.decode_rows.empty()) {
+      decoder(l, static_cast<int32_t>(lp.decode_rows.size())).plan(lp.decode_rows, lp.decode_entries, stream);
+    }
+  }
   const double host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0).count();
   if (trace) {
     while (marks.size() < static_cast<size_t>(2 * L + 2)) marks.emplace_back(cudaEventDefault);
@@ -577,6 +650,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     cuda::rope(qp, qkv_w, t + pos, rows, c.n_heads, D, c.rope_dim, inv_freq.data(), interleaved, stream);
     cuda::rope(qp + q_dim, qkv_w, t + pos, rows, KV, D, c.rope_dim, inv_freq.data(), interleaved, stream);
     append(with_bounds, app_r, l);
+    if (lp.streaming_before) append(no_bounds, app_sb, l);
     if (!lp.sel_owner.empty()) {
       cuda::PageSelectArgs ps;
       ps.rows = static_cast<int32_t>(lp.sel_owner.size());
@@ -592,10 +666,11 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       ps.seq_lens = t + lp.s_len;
       ps.scores = scores.data();
       ps.selected_indptr = t + lp.s_out;
-      const size_t region = static_cast<size_t>(lp.indptr[lp.fresh_from]);
-      ps.selected_pages = t + lp.pg + region;
-      ps.selected_pos0 = t + lp.p0 + region;
-      ps.selected_len = t + lp.ln + region;
+      const KeyLists& keys = lp.decode_keys;
+      const size_t region = static_cast<size_t>(keys.indptr[lp.fresh_from]);
+      ps.selected_pages = t + keys.pg + region;
+      ps.selected_pos0 = t + keys.p0 + region;
+      ps.selected_len = t + keys.ln + region;
       ps.selected_blocks = picked.data() + lp.picked_at;
       ps.row_ready = row_ready.data();
       // The fresh rows of a layer may come from profiles of different budgets; page_select takes
@@ -622,21 +697,37 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
         a = b;
       }
     }
-    cuda::PrefillArgs pa;
-    pa.q = qp;
-    pa.q_stride = qkv_w;
-    pa.o = ap;
-    pa.o_stride = q_dim;
-    pa.k_new = qp + q_dim;
-    pa.v_new = qp + q_dim + kv_dim;
-    pa.kv_new_stride = qkv_w;
-    pa.kv = pool;
-    pa.pages = cuda::KeyPageList{t + lp.ip, t + lp.pg, t + lp.p0, t + lp.ln};
-    pa.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     mark(static_cast<size_t>(1 + 2 * l));
-    prefill[static_cast<size_t>(l)]->run(pa, stream);
+    if (!lp.prefill_rows.empty()) {
+      cuda::PrefillArgs pa;
+      pa.q = qp;
+      pa.q_stride = qkv_w;
+      pa.o = ap;
+      pa.o_stride = q_dim;
+      pa.k_new = qp + q_dim;
+      pa.v_new = qp + q_dim + kv_dim;
+      pa.kv_new_stride = qkv_w;
+      pa.kv = pool;
+      const KeyLists& keys = lp.prefill_keys;
+      pa.pages = cuda::KeyPageList{t + keys.ip, t + keys.pg, t + keys.p0, t + keys.ln};
+      pa.scale = scale;
+      prefill[static_cast<size_t>(l)]->run(pa, stream);
+    }
+    if (!lp.decode_rows.empty()) {
+      cuda::DecodeArgs da;
+      da.q = qp;
+      da.q_stride = qkv_w;
+      da.o = ap;
+      da.o_stride = q_dim;
+      da.kv = pool;
+      const KeyLists& keys = lp.decode_keys;
+      da.pages = cuda::KeyPageList{t + keys.ip, t + keys.pg, t + keys.p0, t + keys.ln};
+      da.scale = scale;
+      decoders[static_cast<size_t>(l)]->run(da, stream);
+    }
     mark(static_cast<size_t>(2 + 2 * l));
-    if (has_streaming[static_cast<size_t>(l)]) append(no_bounds, app_s, l);
+    if (lp.streaming_after) append(no_bounds, app_s, l);
     gemm_run(ap, lw.wo, pp, rows, H, q_dim);
     cuda::add_rmsnorm(hp, pp, lw.ffn_norm.data(), xp, rows, H, c.rms_eps, stream);
     gemm_run(xp, lw.w_gate_up, gp, rows, 2 * I, H);

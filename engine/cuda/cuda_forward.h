@@ -5,13 +5,16 @@
 // rows that need them copied back as fp32. K/V live in one device page pool ([num_pages][P][D] bf16 K
 // and V, and K's min/max per logical sub-page for page selection: kv_append.h), one page = P tokens
 // of one (layer, KV head) lane, as the KvCacheManager hands them out. Per layer:
-//   1. retrieval lanes append the step's K/V (and fold them into the min/max bounds);
+//   1. retrieval lanes append the step's K/V (and fold them into the min/max bounds), streaming lanes
+//      the K/V of one-token rows;
 //   2. decode page selection (page_select.h) for the retrieval rows whose selection is due;
-//   3. one paged prefill attention launch for every (sequence, KV head) row, a decode token being a
-//      chunk of one: retrieval rows causal over their blocks (a decode row with selection over the
-//      selected blocks: the fresh selection, or the previous one plus every block since), streaming
-//      rows the Λ band over sink and ring pages plus the chunk's own K/V;
-//   4. streaming lanes write the chunk into sink and ring (after the attention that read the ring).
+//   3. the attention of every (sequence, KV head) row: chunks of more than one token in one paged
+//      prefill launch, one-token rows (decode steps) in one split-KV decode launch. Retrieval rows are
+//      causal over their blocks (a decode row with selection over the selected blocks: the fresh
+//      selection, or the previous one plus every block since); streaming rows take the Λ band over
+//      sink and ring pages, plus the chunk's own K/V for a longer chunk;
+//   4. streaming lanes write a longer chunk into sink and ring after the attention that read the
+//      ring (a one-token row writes its key before, step 1: the slot it takes is outside the window).
 // Dynamic prefill sparsity (XAttention) is not run on this path (cuda_step_runner refuses it).
 #pragma once
 

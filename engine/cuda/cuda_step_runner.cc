@@ -88,8 +88,8 @@ std::string cuda_unsupported_model(const ModelConfig& c, const kvcache::KvCacheC
   if (kv.page_tokens != 16 && kv.page_tokens != 32 && kv.page_tokens != 64 && kv.page_tokens != 128) {
     return fmt::format("page_tokens {}: the GPU's attention kernels take 16, 32, 64 or 128", kv.page_tokens);
   }
-  if (c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads != 0 || c.n_heads / c.n_kv_heads > 64) {
-    return fmt::format("{} query heads over {} KV heads: the GPU's attention takes groups of 1 to 64", c.n_heads,
+  if (c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads != 0 || c.n_heads / c.n_kv_heads > 16) {
+    return fmt::format("{} query heads over {} KV heads: the GPU's attention takes groups of 1 to 16", c.n_heads,
                        c.n_kv_heads);
   }
   return {};

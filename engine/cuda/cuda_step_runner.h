@@ -15,10 +15,10 @@ namespace sparseserve {
 StepBackend cuda_step_backend(int device = 0);
 
 // Why the CUDA backend does not run the model with these page sizes (empty when it does): head_dim
-// 64 or 128, pages of 16-128 tokens, GQA groups of 1-64.
+// 64 or 128, pages of 16-128 tokens, GQA groups of 1-16 (the decode kernel's).
 std::string cuda_unsupported_model(const ModelConfig& config, const kvcache::KvCacheConfig& kv);
 // Why the CUDA backend does not run `profile` for the model (empty when it does): dynamic prefill
-// sparsity; decode page selection with more than 16 query heads per KV head.
+// sparsity (decode page selection needs groups of at most 16, as every model the backend runs has).
 std::string cuda_unsupported_profile(const ModelConfig& config, const kvcache::SparsityProfile& profile);
 
 // Device memory the buffers of steps up to `limits` may take besides weights and KV cache: the

@@ -444,6 +444,8 @@ TEST(CudaStepRunnerChecks, NamesTheModelShapesItDoesNotRun) {
             std::string::npos);
   c.n_heads = 12, c.n_kv_heads = 8;
   EXPECT_NE(cuda_unsupported_model(c, pages).find("12 query heads over 8 KV heads"), std::string::npos);
+  c.n_heads = 34, c.n_kv_heads = 2;  // 17 query heads per KV head: past the decode kernel's 16
+  EXPECT_NE(cuda_unsupported_model(c, pages).find("groups of 1 to 16"), std::string::npos);
 }
 
 // Step buffers grow with the step's tokens: every token may need a logits row (prompt logprobs).
