@@ -698,6 +698,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       }
     }
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const auto on_device = [&](const KeyLists& k) { return cuda::KeyPageList{t + k.ip, t + k.pg, t + k.p0, t + k.ln}; };
     mark(static_cast<size_t>(1 + 2 * l));
     if (!lp.prefill_rows.empty()) {
       cuda::PrefillArgs pa;
@@ -709,8 +710,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       pa.v_new = qp + q_dim + kv_dim;
       pa.kv_new_stride = qkv_w;
       pa.kv = pool;
-      const KeyLists& keys = lp.prefill_keys;
-      pa.pages = cuda::KeyPageList{t + keys.ip, t + keys.pg, t + keys.p0, t + keys.ln};
+      pa.pages = on_device(lp.prefill_keys);
       pa.scale = scale;
       prefill[static_cast<size_t>(l)]->run(pa, stream);
     }
@@ -721,8 +721,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       da.o = ap;
       da.o_stride = q_dim;
       da.kv = pool;
-      const KeyLists& keys = lp.decode_keys;
-      da.pages = cuda::KeyPageList{t + keys.ip, t + keys.pg, t + keys.p0, t + keys.ln};
+      da.pages = on_device(lp.decode_keys);
       da.scale = scale;
       decoders[static_cast<size_t>(l)]->run(da, stream);
     }
