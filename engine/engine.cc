@@ -16,6 +16,7 @@
 #include "engine/bad_words.h"
 #include "engine/choice_constraint.h"
 #include "engine/json_constraint.h"
+#include "engine/logprobs.h"
 #include "engine/regex_dfa.h"
 #include "engine/request_stream.h"
 #include "engine/sampler.h"
@@ -95,23 +96,6 @@ void take_prompt_logprobs(LiveRequest& r, RequestOutput& out) {
   out.prompt_logprobs = std::move(r.prompt_lps);
   r.prompt_lps.clear();
   r.prompt_lps_sent = true;
-}
-
-// The log-softmax of a logits row: the k most likely ids (best first; ties in no set order) with
-// their logprobs in top, and lse, the row's log-sum-exp (an id's logprob is row[id] − lse).
-TokenLogprob top_logprobs(std::span<const float> row, int32_t k, double& lse) {
-  double mx = -INFINITY, sum = 0;
-  for (float x : row) mx = std::max<double>(mx, x);
-  for (float x : row) sum += std::exp(x - mx);
-  lse = mx + std::log(sum);
-  TokenLogprob lp;
-  std::vector<int32_t> idx(row.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  const auto kk = static_cast<size_t>(k);
-  std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(kk), idx.end(),
-                    [&](int32_t a, int32_t b) { return row[static_cast<size_t>(a)] > row[static_cast<size_t>(b)]; });
-  for (size_t i = 0; i < kk; ++i) lp.top.emplace_back(idx[i], static_cast<float>(row[static_cast<size_t>(idx[i])] - lse));
-  return lp;
 }
 
 struct Engine::Impl {

@@ -44,22 +44,17 @@ void PagedKvBackend::add_sequence(uint64_t id, const kvcache::SparsityProfile& p
   check(!seqs_.contains(id), "PagedKvBackend: sequence already bound");
   check(profile.roles.n_layers() == config_.n_layers && profile.roles.n_kv_heads() == config_.n_kv_heads,
         "PagedKvBackend: profile head roles do not match the model");
-  SeqState st;
-  st.profile = &profile;
-  const auto pairs = static_cast<size_t>(config_.n_layers * config_.n_kv_heads);
-  st.selected.resize(pairs);
-  st.selected_at_blocks.assign(pairs, 0);
-  seqs_.emplace(id, std::move(st));
+  seqs_.emplace(id, SeqState(profile, config_.n_layers, config_.n_kv_heads));
 }
 
 void PagedKvBackend::release(uint64_t id) { seqs_.erase(id); }
 
 void PagedKvBackend::rewind(uint64_t id, int64_t length, const kvcache::SparsityProfile& profile) {
   SeqState& st = state(id);
-  check(length >= 0 && length <= st.length, "PagedKvBackend::rewind: length beyond the stored tokens");
-  check(st.length - length < storage_.page_tokens(), "PagedKvBackend::rewind: would drop a page or more of tokens");
+  check(length >= 0 && length <= st.length(), "PagedKvBackend::rewind: length beyond the stored tokens");
+  check(st.length() - length < storage_.page_tokens(), "PagedKvBackend::rewind: would drop a page or more of tokens");
   check(length % storage_.logical_page_tokens() == 0, "PagedKvBackend::rewind: length not on a sub-page boundary");
-  const kvcache::HeadRoles& a = st.profile->roles;
+  const kvcache::HeadRoles& a = st.profile().roles;
   const kvcache::HeadRoles& b = profile.roles;
   for (int32_t l = 0; l < a.n_layers(); ++l) {
     for (int32_t h = 0; h < a.n_kv_heads(); ++h) check(a.role(l, h) == b.role(l, h), "PagedKvBackend::rewind: head roles differ");
@@ -67,12 +62,8 @@ void PagedKvBackend::rewind(uint64_t id, int64_t length, const kvcache::Sparsity
   const auto window = [](const kvcache::SparsityProfile& p) {
     return p.streaming ? std::pair(p.streaming->sink_tokens, p.streaming->local_tokens) : std::pair(-1, -1);
   };
-  check(window(*st.profile) == window(profile), "PagedKvBackend::rewind: streaming windows differ");
-  st.profile = &profile;
-  st.length = length;
-  st.decode_steps = 0;
-  for (auto& sel : st.selected) sel.clear();
-  std::fill(st.selected_at_blocks.begin(), st.selected_at_blocks.end(), 0);
+  check(window(st.profile()) == window(profile), "PagedKvBackend::rewind: streaming windows differ");
+  st.restart(length, profile);
 }
 
 PagedKvBackend::SeqState& PagedKvBackend::state(uint64_t id) {
@@ -84,7 +75,7 @@ PagedKvBackend::SeqState& PagedKvBackend::state(uint64_t id) {
 void PagedKvBackend::begin_step(std::span<const ForwardSeq> batch) {
   for (size_t i = 0; i < batch.size(); ++i) {
     const ForwardSeq& s = batch[i];
-    check(state(s.id).length == s.start, "PagedKvBackend: step start differs from the stored length");
+    check(state(s.id).length() == s.start, "PagedKvBackend: step start differs from the stored length");
     check(manager_.sequence(s.id).length() >= s.start + static_cast<int64_t>(s.tokens.size()),
           "PagedKvBackend: KV pages for the step were not allocated");
     for (size_t j = 0; j < i; ++j) check(batch[j].id != s.id, "PagedKvBackend: sequence twice in one step");
@@ -128,35 +119,34 @@ std::vector<int32_t> PagedKvBackend::decode_blocks(int64_t layer, int32_t head, 
                                                    const kvcache::SequenceKv& kv, int32_t slot, const float* q,
                                                    int64_t end, bool& fresh) {
   fresh = false;
-  const kvcache::DecodeSelection& dec = st.profile->decode;
+  const kvcache::DecodeSelection& dec = st.profile().decode;
   const int64_t P = storage_.page_tokens(), LP = storage_.logical_page_tokens();
   const auto nb = static_cast<int32_t>((end + P - 1) / P);
-  const bool dense_layer = std::find(dec.dense_layers.begin(), dec.dense_layers.end(), layer) != dec.dense_layers.end();
-  std::vector<int32_t> all(static_cast<size_t>(nb));
-  std::iota(all.begin(), all.end(), 0);
-  if (!dec.enabled || dense_layer || end <= dec.token_budget) return all;
-
-  const auto idx = static_cast<size_t>(layer * config_.n_kv_heads + head);
-  std::vector<int32_t>& sel = st.selected[idx];
-  if (sel.empty() || st.decode_steps % dec.reselect_interval == 0) {
-    const auto& pages = kv.retrieval_pages(slot);
-    const int32_t group = static_cast<int32_t>(config_.n_heads / config_.n_kv_heads);
-    std::vector<float> scores(static_cast<size_t>(nb));
-    for (int32_t b = 0; b < nb; ++b) {
-      const int64_t tokens = std::min<int64_t>(P, end - int64_t{b} * P);
-      const auto valid = static_cast<int32_t>((tokens + LP - 1) / LP);
-      const int32_t page = pages[static_cast<size_t>(b)];
-      scores[static_cast<size_t>(b)] = cpu::page_score(q, config_.head_dim, group, storage_.kmin(page),
-                                                       storage_.kmax(page), valid, config_.head_dim);
+  switch (st.decode_keys(layer, head, end)) {
+    case SequenceAttention::DecodeKeys::kAll: {
+      std::vector<int32_t> all(static_cast<size_t>(nb));
+      std::iota(all.begin(), all.end(), 0);
+      return all;
     }
-    sel = cpu::select_pages(scores, end, static_cast<int32_t>(P), dec.sink_tokens, dec.token_budget);
-    st.selected_at_blocks[idx] = nb;
-    fresh = true;
-    return sel;
+    case SequenceAttention::DecodeKeys::kPrevious:
+      return st.previous_blocks(layer, head, end, static_cast<int32_t>(P));
+    case SequenceAttention::DecodeKeys::kFresh:
+      break;
   }
-  std::vector<int32_t> out = sel;  // previous set plus every page appended since
-  for (int32_t b = st.selected_at_blocks[idx]; b < nb; ++b) out.push_back(b);
-  return out;
+  const auto& pages = kv.retrieval_pages(slot);
+  const int32_t group = static_cast<int32_t>(config_.n_heads / config_.n_kv_heads);
+  std::vector<float> scores(static_cast<size_t>(nb));
+  for (int32_t b = 0; b < nb; ++b) {
+    const int64_t tokens = std::min<int64_t>(P, end - int64_t{b} * P);
+    const auto valid = static_cast<int32_t>((tokens + LP - 1) / LP);
+    const int32_t page = pages[static_cast<size_t>(b)];
+    scores[static_cast<size_t>(b)] =
+        cpu::page_score(q, config_.head_dim, group, storage_.kmin(page), storage_.kmax(page), valid, config_.head_dim);
+  }
+  std::vector<int32_t> sel = cpu::select_pages(scores, end, static_cast<int32_t>(P), dec.sink_tokens, dec.token_budget);
+  st.record_selection(layer, head, sel, end, static_cast<int32_t>(P));
+  fresh = true;
+  return sel;
 }
 
 void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, const float* qkv, int64_t qkv_stride,
@@ -169,7 +159,7 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
   std::vector<HeadTask> tasks;
   int64_t row0 = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
-    const kvcache::HeadRoles& roles = state(batch[i].id).profile->roles;
+    const kvcache::HeadRoles& roles = state(batch[i].id).profile().roles;
     for (int32_t h = 0; h < config_.n_kv_heads; ++h) {
       HeadTask t;
       t.seq = i;
@@ -206,7 +196,7 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
         std::iota(blocks.begin(), blocks.end(), 0);
       }
       t.blocked = numerics_ == cpu::Numerics::kFast && !decode && n >= cpu::kBlockedMinRows;
-      const kvcache::PrefillSparsity& pf = st.profile->prefill;
+      const kvcache::PrefillSparsity& pf = st.profile().prefill;
       const bool dynamic = !decode && n > 1 && pf.dynamic && s.prompt_len >= pf.min_prompt_tokens;
       if (t.blocked || dynamic) {  // keys in position order, contiguous
         t.keys.resize(static_cast<size_t>(end * D));
@@ -335,10 +325,7 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
 
 void PagedKvBackend::end_step(std::span<const ForwardSeq> batch) {
   for (const ForwardSeq& s : batch) {
-    SeqState& st = state(s.id);
-    const auto n = static_cast<int64_t>(s.tokens.size());
-    if (n == 1 && s.start >= s.prompt_len) ++st.decode_steps;
-    st.length = s.start + n;
+    state(s.id).end_step(s);
   }
 }
 

@@ -16,6 +16,7 @@
 
 #include "engine/cpu_kv_storage.h"
 #include "engine/kv_backend.h"
+#include "engine/sequence_attention.h"
 #include "engine/model_config.h"
 #include "kernels/cpu/numerics.h"
 #include "kvcache/kv_cache_manager.h"
@@ -50,14 +51,7 @@ class PagedKvBackend final : public KvBackend {
   const CpuKvStorage& storage() const { return storage_; }
 
  private:
-  struct SeqState {
-    const kvcache::SparsityProfile* profile = nullptr;
-    int64_t length = 0;        // tokens whose K/V are stored
-    int64_t decode_steps = 0;  // decode steps run so far
-    // Per (layer, KV head): selected blocks (ascending) and the block count when they were chosen.
-    std::vector<std::vector<int32_t>> selected;
-    std::vector<int32_t> selected_at_blocks;
-  };
+  using SeqState = SequenceAttention;
   struct HeadTask;  // one (sequence, KV head) of a layer step
 
   SeqState& state(uint64_t id);

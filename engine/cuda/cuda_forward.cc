@@ -17,6 +17,7 @@
 #include "common/half.h"
 #include "engine/forward_step.h"
 #include "engine/rope_freqs.h"
+#include "engine/sequence_attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/cuda_check.h"
@@ -93,16 +94,6 @@ struct CudaForward::Impl {
   struct Layer {
     DeviceBuffer<bf16> attn_norm, w_qkv, b_qkv, wo, ffn_norm, w_gate_up, w_down;
   };
-  // A bound sequence (PagedKvBackend::SeqState).
-  struct Seq {
-    const kvcache::SparsityProfile* profile = nullptr;
-    int64_t length = 0;        // tokens whose K/V are stored
-    int64_t decode_steps = 0;  // decode steps run so far
-    // Per (layer, KV head): the selected blocks (ascending) and the block count when they were chosen.
-    std::vector<std::vector<int32_t>> selected;
-    std::vector<int32_t> selected_at_blocks;
-  };
-
   Impl(const Model& m, const kvcache::KvCacheManager& kv, cudaStream_t s)
       : model(m), manager(kv), stream(s), gemm(cuda::Gemm::kDefaultWorkspaceBytes, cuda::GemmTuning::kHeuristic) {}
 
@@ -117,7 +108,7 @@ struct CudaForward::Impl {
   cuda::Gemm gemm;
   std::vector<std::unique_ptr<cuda::PrefillAttention>> prefill;  // one plan per layer
   std::vector<std::unique_ptr<cuda::DecodeAttention>> decoders;  // one plan per layer, made as needed
-  std::unordered_map<uint64_t, Seq> seqs;
+  std::unordered_map<uint64_t, SequenceAttention> seqs;  // the bound sequences
   SelectionStats stats;
   // Step buffers, grown as needed: activations [rows][width] bf16, the step's int32 tables, the
   // selection's int64 query offsets, scores and selected blocks, and its row counters (zero between
@@ -152,7 +143,7 @@ struct CudaForward::Impl {
     return *d;
   }
 
-  Seq& seq(uint64_t id) {
+  SequenceAttention& seq(uint64_t id) {
     const auto it = seqs.find(id);
     if (it == seqs.end()) throw InternalError("CudaForward: sequence " + std::to_string(id) + " is not bound");
     return it->second;
@@ -267,12 +258,7 @@ void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& prof
   check(kv.retrieval_slots() == profile.roles.slots(kvcache::HeadRole::kRetrieval) &&
             kv.streaming_slots() == profile.roles.slots(kvcache::HeadRole::kStreaming),
         "CudaForward: the sequence's layout is not its profile's");
-  Impl::Seq st;
-  st.profile = &profile;
-  const auto pairs = static_cast<size_t>(c.n_layers * c.n_kv_heads);
-  st.selected.resize(pairs);
-  st.selected_at_blocks.assign(pairs, 0);
-  m.seqs.emplace(id, std::move(st));
+  m.seqs.emplace(id, SequenceAttention(profile, c.n_layers, c.n_kv_heads));
 }
 
 void CudaForward::release(uint64_t id) { impl_->seqs.erase(id); }
@@ -343,7 +329,9 @@ struct LayerPlan {
   // The fresh rows' page_select inputs: all blocks of their lane, their lengths, the selection's
   // CSR (plan_selected_indptr), query offsets in the qkv buffer, and (for the stats) the
   // (sequence, layer head) each belongs to.
-  std::vector<int32_t> sel_indptr{0}, sel_pages, sel_lens, sel_out_indptr;
+  std::vector<cuda::DecodeRow> fresh_rows;  // their decode rows and entry counts, in sel_owner's order
+  std::vector<int32_t> fresh_entries;
+  std::vector<int32_t> sel_indptr{0}, sel_pages, sel_lens, sel_out_indptr{0};
   std::vector<int64_t> sel_q;
   std::vector<std::pair<uint64_t, int32_t>> sel_owner;
   size_t s_ip = 0, s_pg = 0, s_len = 0, s_out = 0;  // Blob offsets
@@ -365,7 +353,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   const auto [rows, out_rows] = check_step(c, batch);
   for (size_t i = 0; i < batch.size(); ++i) {
     const ForwardSeq& s = batch[i];
-    check(seq(s.id).length == s.start, "CudaForward: step start differs from the stored length");
+    check(seq(s.id).length() == s.start, "CudaForward: step start differs from the stored length");
     check(manager.sequence(s.id).length() >= s.start + static_cast<int64_t>(s.tokens.size()),
           "CudaForward: KV pages for the step were not allocated");
     for (size_t j = 0; j < i; ++j) check(batch[j].id != s.id, "CudaForward: sequence twice in one step");
@@ -401,9 +389,9 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     for (const ForwardSeq& s : batch) {
       const auto n = static_cast<int64_t>(s.tokens.size());
       const kvcache::SequenceKv& kv = manager.sequence(s.id);
-      Seq& st = seq(s.id);
-      const kvcache::HeadRoles& roles = st.profile->roles;
-      const kvcache::DecodeSelection& dec = st.profile->decode;
+      SequenceAttention& st = seq(s.id);
+      const kvcache::HeadRoles& roles = st.profile().roles;
+      const kvcache::DecodeSelection& dec = st.profile().decode;
       const int64_t end = s.start + n;
       const bool decode = n == 1 && s.start >= s.prompt_len;
       for (int64_t i = 0; i < n; ++i) {
@@ -434,20 +422,27 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
             const auto& pages = kv.retrieval_pages(slot);
             for (int64_t i = 0; i < n; ++i) dest[app_r + i] = pages[static_cast<size_t>((s.start + i) / P)];
             const auto nb = static_cast<int32_t>((end + P - 1) / P);
-            const bool dense_layer =
-                std::find(dec.dense_layers.begin(), dec.dense_layers.end(), li) != dec.dense_layers.end();
-            const bool selects = decode && dec.enabled && !dense_layer && end > dec.token_budget;
-            const auto pair = static_cast<size_t>(l * KV + hd);
-            if (decode) {
-              stats.context_tokens += end;
-            }
-            if (selects && (st.selected[pair].empty() || st.decode_steps % dec.reselect_interval == 0)) {
-              continue;  // a fresh selection: planned below, after the rows with host lists
+            const auto rule = decode ? st.decode_keys(l, hd, end) : SequenceAttention::DecodeKeys::kAll;
+            if (decode) stats.context_tokens += end;
+            if (rule == SequenceAttention::DecodeKeys::kFresh) {
+              // Selected on the device: a decode row after the layer's host-listed ones (below), its
+              // entries reserved for page_select, which reads every block of the lane.
+              const int32_t count = cuda::selected_page_count(end, {P, LP, dec.sink_tokens, dec.token_budget});
+              dr.pages_plan_time = false;  // page_select writes its entries in the same stream
+              lp.fresh_rows.push_back(dr);
+              lp.fresh_entries.push_back(count);
+              lp.sel_pages.insert(lp.sel_pages.end(), pages.begin(), pages.begin() + nb);
+              lp.sel_indptr.push_back(static_cast<int32_t>(lp.sel_pages.size()));
+              lp.sel_lens.push_back(static_cast<int32_t>(end));
+              lp.sel_out_indptr.push_back(lp.sel_out_indptr.back() + count);
+              lp.sel_q.push_back(r * qkv_w + hd * group * D);
+              lp.sel_owner.emplace_back(s.id, hi);
+              max_blocks = std::max(max_blocks, nb);
+              continue;
             }
             std::vector<int32_t> blocks;
-            if (selects) {  // the previous set plus every block appended since
-              blocks = st.selected[pair];
-              for (int32_t b = st.selected_at_blocks[pair]; b < nb; ++b) blocks.push_back(b);
+            if (rule == SequenceAttention::DecodeKeys::kPrevious) {
+              blocks = st.previous_blocks(l, hd, end, P);
             } else {
               blocks.resize(static_cast<size_t>(nb));
               std::iota(blocks.begin(), blocks.end(), 0);
@@ -502,48 +497,15 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       }
       r += n;
     }
-    // Fresh selections: rows appended after each layer's host-listed rows, entries reserved.
-    for (int64_t l = 0; l < L; ++l) {
-      LayerPlan& lp = plans[static_cast<size_t>(l)];
+    // Fresh selections: decode rows after each layer's host-listed ones.
+    for (LayerPlan& lp : plans) {
       lp.fresh_from = lp.decode_rows.size();
-      int64_t r0 = 0;
-      for (const ForwardSeq& s : batch) {
-        const auto n = static_cast<int64_t>(s.tokens.size());
-        Seq& st = seq(s.id);
-        const kvcache::HeadRoles& roles = st.profile->roles;
-        const kvcache::DecodeSelection& dec = st.profile->decode;
-        const int64_t end = s.start + n;
-        const bool decode = n == 1 && s.start >= s.prompt_len;
-        const bool dense_layer = std::find(dec.dense_layers.begin(), dec.dense_layers.end(), l) != dec.dense_layers.end();
-        for (int64_t hd = 0; hd < KV && decode && dec.enabled && !dense_layer && end > dec.token_budget; ++hd) {
-          const auto li = static_cast<int32_t>(l), hi = static_cast<int32_t>(hd);
-          const auto pair = static_cast<size_t>(l * KV + hd);
-          if (roles.role(li, hi) != HeadRole::kRetrieval) continue;
-          if (!st.selected[pair].empty() && st.decode_steps % dec.reselect_interval != 0) continue;
-          const auto& pages = manager.sequence(s.id).retrieval_pages(roles.slot(li, hi));
-          const auto nb = static_cast<int32_t>((end + P - 1) / P);
-          const cuda::PageSelectConfig cfg{P, LP, dec.sink_tokens, dec.token_budget};
-          const int32_t count = cuda::selected_page_count(end, cfg);
-          cuda::DecodeRow dr;
-          dr.q_row = static_cast<int32_t>(r0);
-          dr.kv_head = hi;
-          dr.q_pos = static_cast<int32_t>(s.start);
-          dr.pages_plan_time = false;  // page_select writes its entries in the same stream
-          lp.decode_rows.push_back(dr);
-          lp.decode_entries.push_back(count);
-          lp.decode_keys.reserve_row(count);
-          lp.sel_pages.insert(lp.sel_pages.end(), pages.begin(), pages.begin() + nb);
-          lp.sel_indptr.push_back(static_cast<int32_t>(lp.sel_pages.size()));
-          lp.sel_lens.push_back(static_cast<int32_t>(end));
-          lp.sel_out_indptr.push_back(lp.sel_out_indptr.empty() ? count : lp.sel_out_indptr.back() + count);
-          lp.sel_q.push_back(r0 * qkv_w + hd * group * D);
-          lp.sel_owner.emplace_back(s.id, hi);
-          max_blocks = std::max(max_blocks, nb);
-        }
-        r0 += n;
+      for (size_t k = 0; k < lp.fresh_rows.size(); ++k) {
+        lp.decode_rows.push_back(lp.fresh_rows[k]);
+        lp.decode_entries.push_back(lp.fresh_entries[k]);
+        lp.decode_keys.reserve_row(lp.fresh_entries[k]);
       }
-      if (lp.sel_out_indptr.empty()) continue;
-      lp.sel_out_indptr.insert(lp.sel_out_indptr.begin(), 0);
+      if (lp.sel_owner.empty()) continue;
       lp.q_at = step_q.size();
       step_q.insert(step_q.end(), lp.sel_q.begin(), lp.sel_q.end());
       lp.picked_at = static_cast<size_t>(picked_total);
@@ -679,10 +641,10 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       const auto& owner = lp.sel_owner;
       size_t a = 0;
       while (a < owner.size()) {
-        const kvcache::DecodeSelection& d = seq(owner[a].first).profile->decode;
+        const kvcache::DecodeSelection& d = seq(owner[a].first).profile().decode;
         size_t b = a + 1;
         while (b < owner.size()) {
-          const kvcache::DecodeSelection& e = seq(owner[b].first).profile->decode;
+          const kvcache::DecodeSelection& e = seq(owner[b].first).profile().decode;
           if (e.sink_tokens != d.sink_tokens || e.token_budget != d.token_budget) break;
           ++b;
         }
@@ -797,22 +759,15 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     const LayerPlan& lp = plans[static_cast<size_t>(l)];
     for (size_t k = 0; k < lp.sel_owner.size(); ++k) {
       const auto [id, hd] = lp.sel_owner[k];
-      Seq& st = seq(id);
-      const auto pair = static_cast<size_t>(l * KV + hd);
       const auto* first = chosen.data() + lp.picked_at + static_cast<size_t>(lp.sel_out_indptr[k]);
-      st.selected[pair].assign(first, first + (lp.sel_out_indptr[k + 1] - lp.sel_out_indptr[k]));
+      std::vector<int32_t> blocks(first, first + (lp.sel_out_indptr[k + 1] - lp.sel_out_indptr[k]));
       const int64_t end = lp.sel_lens[k];
-      st.selected_at_blocks[pair] = static_cast<int32_t>((end + P - 1) / P);
-      for (int32_t b : st.selected[pair]) stats.selected_tokens += std::min<int64_t>(P, end - int64_t{b} * P);
+      for (int32_t b : blocks) stats.selected_tokens += std::min<int64_t>(P, end - int64_t{b} * P);
       stats.selections += 1;
+      seq(id).record_selection(l, hd, std::move(blocks), end, P);
     }
   }
-  for (const ForwardSeq& s : batch) {
-    Seq& st = seq(s.id);
-    const auto n = static_cast<int64_t>(s.tokens.size());
-    if (n == 1 && s.start >= s.prompt_len) ++st.decode_steps;
-    st.length = s.start + n;
-  }
+  for (const ForwardSeq& s : batch) seq(s.id).end_step(s);
 }
 
 }  // namespace sparseserve

@@ -1,0 +1,16 @@
+// Logprobs of a logits row as the OpenAI API reports them (the model's own distribution, before any
+// sampling transform).
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "engine/request.h"
+
+namespace sparseserve {
+
+// The log-softmax of a logits row: the k most likely ids (best first; ties in no set order) with
+// their logprobs in top, and lse, the row's log-sum-exp (an id's logprob is row[id] − lse).
+TokenLogprob top_logprobs(std::span<const float> row, int32_t k, double& lse);
+
+}  // namespace sparseserve
