@@ -5,7 +5,7 @@
 //   decode:  from then until the last token: B·(G − 1) / that time (requests that got their first
 //            token earlier have decoded a little before it: a slight favour to the engine, < 1 step
 //            per request).
-//   engine_bench --model M [--backend cuda] [--batch 1,16] [--prompt-tokens 512] [--decode-tokens 128]
+//   engine_bench --model M [--load-format dummy] [--backend cuda] [--batch 1,16] [--prompt-tokens 512] [--decode-tokens 128]
 //                [--model-config YAML --profile NAME] [--kv-cache-bytes 8GiB] [--repeats 3]
 // Prompts are random token ids (fixed seed). Prints one JSON line per batch size (medians over the
 // repeats, after one warm-up round).
@@ -94,9 +94,13 @@ Round run_round(Engine& engine, int64_t batch, int64_t prompt_tokens, int64_t de
 
 int main(int argc, char** argv) {
   CLI::App app{"engine_bench"};
-  std::string model_path, model_config, profile, backend = "cpu", kv_bytes = "4GiB", batches = "1,16";
+  std::string model_path, load_format = "auto", model_config, profile, backend = "cpu", kv_bytes = "4GiB",
+      batches = "1,16";
   int64_t prompt_tokens = 512, decode_tokens = 128, repeats = 3;
   app.add_option("--model", model_path)->required();
+  app.add_option("--load-format", load_format, "auto | dummy (made-up weights of the model's shapes)")
+      ->check(CLI::IsMember({"auto", "dummy"}))
+      ->capture_default_str();
   app.add_option("--backend", backend, "cpu | cuda")->capture_default_str();
   app.add_option("--model-config", model_config, "model YAML (profiles); default: dense only");
   app.add_option("--profile", profile, "sparsity profile of the requests; default: the YAML's default");
@@ -111,7 +115,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   init_logging(log_level);
   try {
-    const auto model = load_model(model_path);
+    const auto model = load_model(model_path, "auto", parse_load_format(load_format));
     const auto& mc = model->config;
     ModelProfiles profiles =
         model_config.empty()

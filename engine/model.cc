@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "common/errors.h"
+#include "engine/dummy_weights.h"
 #include "engine/gguf.h"
 #include "engine/gguf_config.h"
 #include "engine/hf_model.h"
@@ -20,18 +21,19 @@ using kernels::GgmlType;
 using kernels::cpu::WeightMatrix;
 using TensorLookup = std::function<const TensorView*(const std::string&)>;
 
-// Binds tensors by name, checking shapes against the config; counts bytes and types.
+// Binds tensors by name, checking shapes against the config; counts bytes and types. With `dummy`,
+// every tensor is made up there instead of looked up.
 class Binder {
  public:
-  Binder(std::string source, TensorLookup lookup, Model& m) : source_(std::move(source)), lookup_(std::move(lookup)), m_(m) {}
+  Binder(std::string source, TensorLookup lookup, Model& m, DummyTensors* dummy = nullptr)
+      : source_(std::move(source)), lookup_(std::move(lookup)), m_(m), dummy_(dummy) {}
 
-  const TensorView* find(const std::string& name) const { return lookup_(name); }
   void check_present(const std::string& name) const {
-    if (lookup_(name) == nullptr) throw ModelFileError(source_, "missing tensor '" + name + "'");
+    if (dummy_ == nullptr && lookup_(name) == nullptr) throw ModelFileError(source_, "missing tensor '" + name + "'");
   }
 
-  const TensorView& require(const std::string& name, std::vector<int64_t> shape) {
-    const TensorView* t = lookup_(name);
+  const TensorView& require(const std::string& name, std::vector<int64_t> shape, DummyFill fill = DummyFill::kMatrix) {
+    const TensorView* t = dummy_ != nullptr ? &dummy_->make(name, shape, fill) : lookup_(name);
     if (t == nullptr) throw ModelFileError(source_, "missing tensor '" + name + "'");
     if (t->shape != shape) {
       throw ModelFileError(source_, "tensor '" + name + "' has shape " + fmt_shape(t->shape) + ", expected " + fmt_shape(shape));
@@ -53,8 +55,8 @@ class Binder {
     return WeightMatrix{t.type, rows, cols, t.data, kernels::row_bytes(t.type, cols)};
   }
 
-  std::vector<float> vector(const std::string& name, int64_t n) {
-    const TensorView& t = require(name, {n});
+  std::vector<float> vector(const std::string& name, int64_t n, DummyFill fill) {
+    const TensorView& t = require(name, {n}, fill);
     std::vector<float> out(static_cast<size_t>(n));
     kernels::dequantize_row(t.type, t.data, out.data(), n);
     return out;
@@ -69,6 +71,7 @@ class Binder {
   std::string source_;
   TensorLookup lookup_;
   Model& m_;
+  DummyTensors* dummy_;
 };
 
 struct TensorNames {
@@ -102,23 +105,23 @@ void bind_weights(Binder& b, const TensorNames& n, Model& m) {
   const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
   w.embed = b.matrix(n.embed, c.vocab_size, c.hidden);
   w.lm_head = c.tied_embeddings ? w.embed : b.matrix(n.lm_head, c.vocab_size, c.hidden);
-  w.final_norm = b.vector(n.final_norm, c.hidden);
+  w.final_norm = b.vector(n.final_norm, c.hidden, DummyFill::kGain);
   // The last layer's first tensor, before anything is sized by the layer count the file claims.
   b.check_present(n.layer(c.n_layers - 1, "attn_norm.weight"));
   w.layers.resize(static_cast<size_t>(c.n_layers));
   for (int64_t i = 0; i < c.n_layers; ++i) {
     LayerWeights& l = w.layers[static_cast<size_t>(i)];
-    l.attn_norm = b.vector(n.layer(i, "attn_norm.weight"), c.hidden);
+    l.attn_norm = b.vector(n.layer(i, "attn_norm.weight"), c.hidden, DummyFill::kGain);
     l.wq = b.matrix(n.layer(i, "attn_q.weight"), q_dim, c.hidden);
     l.wk = b.matrix(n.layer(i, "attn_k.weight"), kv_dim, c.hidden);
     l.wv = b.matrix(n.layer(i, "attn_v.weight"), kv_dim, c.hidden);
     if (c.qkv_bias) {
-      l.bq = b.vector(n.layer(i, "attn_q.bias"), q_dim);
-      l.bk = b.vector(n.layer(i, "attn_k.bias"), kv_dim);
-      l.bv = b.vector(n.layer(i, "attn_v.bias"), kv_dim);
+      l.bq = b.vector(n.layer(i, "attn_q.bias"), q_dim, DummyFill::kBias);
+      l.bk = b.vector(n.layer(i, "attn_k.bias"), kv_dim, DummyFill::kBias);
+      l.bv = b.vector(n.layer(i, "attn_v.bias"), kv_dim, DummyFill::kBias);
     }
     l.wo = b.matrix(n.layer(i, "attn_output.weight"), c.hidden, q_dim);
-    l.ffn_norm = b.vector(n.layer(i, "ffn_norm.weight"), c.hidden);
+    l.ffn_norm = b.vector(n.layer(i, "ffn_norm.weight"), c.hidden, DummyFill::kGain);
     l.w_gate = b.matrix(n.layer(i, "ffn_gate.weight"), c.intermediate, c.hidden);
     l.w_up = b.matrix(n.layer(i, "ffn_up.weight"), c.intermediate, c.hidden);
     l.w_down = b.matrix(n.layer(i, "ffn_down.weight"), c.hidden, c.intermediate);
@@ -137,41 +140,68 @@ std::optional<ChatTemplate> pick_template(const std::string& override_name, cons
   }
 }
 
-std::unique_ptr<Model> load_gguf(const std::string& path, const std::string& tmpl) {
+// Made-up weights kept alive by Model::storage.
+std::shared_ptr<DummyTensors> dummy_storage(Model& m, LoadFormat format) {
+  if (format != LoadFormat::kDummy) return nullptr;
+  auto dummy = std::make_shared<DummyTensors>();
+  m.storage = dummy;
+  m.load_format = LoadFormat::kDummy;
+  return dummy;
+}
+
+std::unique_ptr<Model> load_gguf(const std::string& path, const std::string& tmpl, LoadFormat format) {
   auto gguf = std::make_shared<GgufFile>(GgufFile::open(path));
   auto m = std::make_unique<Model>(Model{path, "gguf", config_from_gguf(*gguf), {}, Tokenizer::from_gguf(*gguf), std::nullopt, {}, gguf});
-  Binder b(path, [g = gguf.get()](const std::string& name) { return g->find_tensor(name); }, *m);
-  bind_weights(b, gguf_names(), *m);
-  if (b.find("rope_freqs.weight") != nullptr) {
-    m->weights.rope_freq_factors = b.vector("rope_freqs.weight", m->config.rope_dim / 2);
+  const TensorLookup lookup = [g = gguf.get()](const std::string& name) { return g->find_tensor(name); };
+  const std::shared_ptr<DummyTensors> dummy = dummy_storage(*m, format);
+  Binder weights(path, lookup, *m, dummy.get());
+  bind_weights(weights, gguf_names(), *m);
+  // llama3 rope scaling's per-frequency factors: part of the config, read from the file either way.
+  if (lookup("rope_freqs.weight") != nullptr) {
+    Binder stored(path, lookup, *m);
+    m->weights.rope_freq_factors = stored.vector("rope_freqs.weight", m->config.rope_dim / 2, DummyFill::kGain);
   }
   m->chat_template = pick_template(tmpl, gguf->opt_string("tokenizer.chat_template"), path);
   return m;
 }
 
+std::unique_ptr<Model> load_hf(const std::string& dir, const std::string& tmpl, LoadFormat format) {
+  const std::string tok = (std::filesystem::path(dir) / "tokenizer.json").string();
+  auto m = std::make_unique<Model>(Model{dir, "hf", load_hf_config(dir), {}, Tokenizer::from_hf_json(tok), std::nullopt, {}, nullptr});
+  const std::shared_ptr<DummyTensors> dummy = dummy_storage(*m, format);
+  std::shared_ptr<SafetensorsSet> st;
+  if (!dummy) {
+    st = std::make_shared<SafetensorsSet>(SafetensorsSet::open_dir(dir));
+    m->storage = st;
+  }
+  Binder b(dir, [s = st.get()](const std::string& name) { return s->find(name); }, *m, dummy.get());
+  bind_weights(b, hf_names(), *m);
+  m->chat_template = pick_template(tmpl, read_hf_chat_template(dir), dir);
+  return m;
+}
+
 }  // namespace
 
-std::unique_ptr<Model> load_model(const std::string& path, const std::string& chat_template_override) {
+LoadFormat parse_load_format(const std::string& name) {
+  if (name == "auto") return LoadFormat::kAuto;
+  if (name == "dummy") return LoadFormat::kDummy;
+  throw InvalidArgument("load_format '" + name + "' is not one of: auto, dummy");
+}
+
+std::unique_ptr<Model> load_model(const std::string& path, const std::string& chat_template_override,
+                                  LoadFormat load_format) {
   const auto t0 = std::chrono::steady_clock::now();
-  std::unique_ptr<Model> m;
   std::error_code ec;  // a path the OS cannot look up (too long, a link loop, no permission) is no folder
-  if (std::filesystem::is_directory(path, ec)) {
-    auto st = std::make_shared<SafetensorsSet>(SafetensorsSet::open_dir(path));
-    const std::string tok = (std::filesystem::path(path) / "tokenizer.json").string();
-    m = std::make_unique<Model>(Model{path, "hf", load_hf_config(path), {}, Tokenizer::from_hf_json(tok), std::nullopt, {}, st});
-    Binder b(path, [s = st.get()](const std::string& name) { return s->find(name); }, *m);
-    bind_weights(b, hf_names(), *m);
-    m->chat_template = pick_template(chat_template_override, read_hf_chat_template(path), path);
-  } else {
-    m = load_gguf(path, chat_template_override);
-  }
+  std::unique_ptr<Model> m = std::filesystem::is_directory(path, ec) ? load_hf(path, chat_template_override, load_format)
+                                                                      : load_gguf(path, chat_template_override, load_format);
   if (const int32_t n = m->tokenizer.vocab_size(); n < m->config.vocab_size) {
     spdlog::info("tokenizer: {} tokens for {} output rows: the other ids decode to nothing", n, m->config.vocab_size);
     m->tokenizer.pad_vocab(static_cast<int32_t>(m->config.vocab_size));
   }
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  spdlog::info("loaded {} ({}, {} layers, {:.1f} MiB of weights) in {:.0f} ms", path, m->config.architecture,
-               m->config.n_layers, static_cast<double>(m->weights.bytes) / (1 << 20), ms);
+  spdlog::info("loaded {} ({}, {} layers, {:.1f} MiB of {}weights) in {:.0f} ms", path, m->config.architecture,
+               m->config.n_layers, static_cast<double>(m->weights.bytes) / (1 << 20),
+               m->load_format == LoadFormat::kDummy ? "made-up (load_format dummy) " : "", ms);
   return m;
 }
 

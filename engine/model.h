@@ -1,5 +1,6 @@
 // A loaded model: config, weights bound to the mapped file(s), tokenizer and chat template.
-// Loads a GGUF file or a Hugging Face directory (config.json + safetensors + tokenizer.json).
+// Loads a GGUF file or a Hugging Face directory (config.json + safetensors + tokenizer.json), or
+// (load_format dummy) only their metadata, with made-up weights.
 #pragma once
 
 #include <map>
@@ -14,6 +15,18 @@
 
 namespace sparseserve {
 
+// Where the weights come from:
+//   kAuto:  the model's file(s);
+//   kDummy: made up (engine/dummy_weights.h: seeded, BF16) for the shapes of the model's config, as
+//           vLLM's `load_format: dummy`. Only the metadata is read: a GGUF file's header (config,
+//           tokenizer, chat template, rope_freqs) or a directory's config.json, tokenizer.json and
+//           tokenizer_config.json; no safetensors are needed. For benchmarks of shapes whose
+//           weights are not at hand; replies mean nothing.
+enum class LoadFormat { kAuto, kDummy };
+
+// "auto" | "dummy"; throws InvalidArgument naming the accepted values.
+LoadFormat parse_load_format(const std::string& name);
+
 struct Model {
   std::string path;
   std::string format;  // "gguf" | "hf"
@@ -22,11 +35,13 @@ struct Model {
   Tokenizer tokenizer;
   std::optional<ChatTemplate> chat_template;  // absent when the model declares none we recognise
   std::map<std::string, int> tensor_types;    // type name -> number of tensors (for `info`)
-  std::shared_ptr<const void> storage;        // keeps the mapped files alive
+  std::shared_ptr<const void> storage;        // keeps the mapped files (or the made-up weights) alive
+  LoadFormat load_format = LoadFormat::kAuto;
 };
 
 // Throws ModelFileError naming the file and the problem (missing tensor, wrong shape, bad metadata).
 // chat_template_override: "auto" (detect from the model) or a family name ("chatml", "llama3").
-std::unique_ptr<Model> load_model(const std::string& path, const std::string& chat_template_override = "auto");
+std::unique_ptr<Model> load_model(const std::string& path, const std::string& chat_template_override = "auto",
+                                  LoadFormat load_format = LoadFormat::kAuto);
 
 }  // namespace sparseserve

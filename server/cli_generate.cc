@@ -34,6 +34,9 @@ std::vector<std::string> model_config_dirs() {
 void add_generate_command(CLI::App& app, GenerateArgs& a) {
   auto* cmd = app.add_subcommand("generate", "Generate text from a prompt or a chat message on the CPU");
   cmd->add_option("--model", a.model, "GGUF file or Hugging Face directory")->required();
+  cmd->add_option("--load-format", a.load_format, "auto | dummy (made-up weights of the model's shapes)")
+      ->check(CLI::IsMember({"auto", "dummy"}))
+      ->capture_default_str();
   auto* p = cmd->add_option("--prompt", a.prompt, "Raw prompt text (no chat template)");
   auto* c = cmd->add_option("--chat", a.chat, "A user message, wrapped in the model's chat template");
   p->excludes(c);
@@ -61,7 +64,7 @@ void add_generate_command(CLI::App& app, GenerateArgs& a) {
 
 int run_generate(const GenerateArgs& a) {
   if (a.prompt.empty() && a.chat.empty()) throw InvalidArgument("give a non-empty --prompt or --chat");
-  const auto model = load_model(a.model, a.chat_template);
+  const auto model = load_model(a.model, a.chat_template, parse_load_format(a.load_format));
   const auto n_layers = static_cast<int32_t>(model->config.n_layers);
   const auto n_kv = static_cast<int32_t>(model->config.n_kv_heads);
   std::string yaml = a.model_config;

@@ -10,6 +10,7 @@ namespace sparseserve::cli {
 
 struct GenerateArgs {
   std::string model;
+  std::string load_format = "auto";  // auto | dummy (engine/model.h)
   std::string prompt;
   std::string chat;
   std::string system;

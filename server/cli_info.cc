@@ -13,11 +13,14 @@ namespace sparseserve::cli {
 void add_info_command(CLI::App& app, InfoArgs& args) {
   auto* cmd = app.add_subcommand("info", "Describe a model: architecture, shapes, types, memory");
   cmd->add_option("--model", args.model, "GGUF file or Hugging Face directory")->required();
+  cmd->add_option("--load-format", args.load_format, "auto | dummy (made-up weights of the model's shapes)")
+      ->check(CLI::IsMember({"auto", "dummy"}))
+      ->capture_default_str();
   cmd->add_flag("--json", args.json, "Print JSON");
 }
 
 int run_info(const InfoArgs& args) {
-  const auto m = load_model(args.model);
+  const auto m = load_model(args.model, "auto", parse_load_format(args.load_format));
   const ModelConfig& c = m->config;
   // KV bytes per token for dense fp32 (CPU) and bf16 (GPU) caches: K and V, every layer and KV head.
   const int64_t kv_elems_per_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim;
@@ -33,6 +36,7 @@ int run_info(const InfoArgs& args) {
   nlohmann::json j = {
       {"path", m->path},
       {"format", m->format},
+      {"load_format", m->load_format == LoadFormat::kDummy ? "dummy" : "auto"},
       {"architecture", c.architecture},
       {"name", c.name},
       {"layers", c.n_layers},
@@ -66,7 +70,8 @@ int run_info(const InfoArgs& args) {
     return 0;
   }
   const double mib = 1 << 20;
-  std::cout << fmt::format("model          {} ({})\n", m->path, m->format)
+  std::cout << fmt::format("model          {} ({}{})\n", m->path, m->format,
+                           m->load_format == LoadFormat::kDummy ? ", made-up weights: load_format dummy" : "")
             << fmt::format("architecture   {} \"{}\"\n", c.architecture, c.name)
             << fmt::format("shape          {} layers, hidden {}, {} heads / {} KV heads × {}, MLP {}, vocab {}\n",
                            c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim, c.intermediate, c.vocab_size)

@@ -8,6 +8,7 @@ namespace sparseserve::cli {
 
 struct InfoArgs {
   std::string model;
+  std::string load_format = "auto";  // auto | dummy (engine/model.h)
   bool json = false;
 };
 

@@ -248,7 +248,7 @@ int run_serve(const ServeArgs& a) {
   };
 
   const auto t0 = std::chrono::steady_clock::now();
-  std::unique_ptr<Model> model = load_model(cfg.model);
+  std::unique_ptr<Model> model = load_model(cfg.model, "auto", parse_load_format(cfg.load_format));
   if (stop_early("model loading")) return 0;
   const auto& mc = model->config;
   if (cfg.model_config.empty()) spdlog::info("no model_config: the dense profile only, the model's own chat template");

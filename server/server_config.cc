@@ -24,6 +24,7 @@ constexpr std::array kSettings = {
     ServerSetting{"http_port", "HTTP port (OpenAI API)", "8000"},
     ServerSetting{"grpc_port", "gRPC port; 0 = no gRPC front end", "50051"},
     ServerSetting{"model", "GGUF file or Hugging Face directory", nullptr},
+    ServerSetting{"load_format", "auto | dummy (dummy: made-up weights of the model's shapes, for benchmarks)", "auto"},
     ServerSetting{"model_config",
                   "Model YAML with sparsity profiles and chat template (configs/models/NAME.yaml); unset: dense only",
                   nullptr},
@@ -191,6 +192,8 @@ void apply(ServerConfig& c, const std::string& key, const Raw& raw) {
     c.grpc_port = parse_int<int32_t>(raw, key, 0, 65535);
   } else if (key == "model") {
     c.model = parse_text(raw, key);
+  } else if (key == "load_format") {
+    c.load_format = parse_choice(raw, key, {"auto", "dummy"});
   } else if (key == "model_config") {
     c.model_config = parse_text(raw, key);
   } else if (key == "served_model_name") {

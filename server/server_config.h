@@ -7,6 +7,8 @@
 //   http_port               1..65535    default 8000
 //   grpc_port               0..65535    default 50051; 0 = no gRPC front end
 //   model                   PATH        required: GGUF file or Hugging Face directory
+//   load_format             auto|dummy  default auto: the weights from the model's files; dummy:
+//                                       made-up weights of the model's shapes (engine/model.h)
 //   model_config            PATH        model YAML (sparsity profiles); null = dense only
 //   served_model_name       STRING      the `model` clients name; default: the model YAML's `name`,
 //                                       else the model file's stem
@@ -55,6 +57,7 @@ struct ServerConfig {
   int32_t http_port = 8000;
   int32_t grpc_port = 50051;               // 0: no gRPC front end
   std::string model;                       // path, required
+  std::string load_format = "auto";        // "auto" | "dummy" (parse_load_format)
   std::string model_config;                // path; empty: ModelProfiles::defaults_for
   std::string served_model_name;           // empty: resolved at start (see above)
   std::string default_profile;             // empty: the model YAML's

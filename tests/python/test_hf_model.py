@@ -81,3 +81,43 @@ def test_ids_past_the_tokenizer_decode_to_nothing(tmp_path, build_dir, hf_model_
         assert r.json()["usage"]["completion_tokens"] == 3
     finally:
         assert srv.terminate() == 0, srv.log_tail()
+
+
+def test_dummy_load_format_needs_no_weights(tmp_path, build_dir, hf_model_dir):
+    """load_format dummy (as vLLM's): a directory with config.json and the tokenizer files only loads
+    with made-up BF16 weights of the config's shapes, and the server answers on them; without dummy
+    the same directory is refused, naming the missing weights."""
+    import httpx
+    from conftest_server import ServerProcess
+
+    d = tmp_path / "config_only"
+    d.mkdir()
+    for f in hf_model_dir.iterdir():
+        if not f.name.endswith(".safetensors") and not f.name.endswith(".safetensors.index.json"):
+            (d / f.name).symlink_to(f)
+    binary = build_dir / "bin" / "sparseserve"
+
+    def info(*extra):
+        return subprocess.run([str(binary), "info", "--json", "--model", str(d), *extra],
+                              capture_output=True, text=True, timeout=120)
+    refused = info()
+    assert refused.returncode != 0 and "safetensors" in refused.stderr, refused.stderr
+    got = json.loads(info("--load-format", "dummy").stdout)
+    full = json.loads(subprocess.run([str(binary), "info", "--json", "--model", str(hf_model_dir)],
+                                     check=True, capture_output=True, text=True, timeout=120).stdout)
+    assert got["load_format"] == "dummy" and full["load_format"] == "auto"
+    for key in ("layers", "hidden", "heads", "kv_heads", "intermediate", "vocab_size", "chat_template"):
+        assert got[key] == full[key], key
+    assert got["tensor_types"] == {"BF16": 272}
+    assert got["weights_bytes"] * 2 == full["weights_bytes"]  # the fixture's F32, halved
+
+    srv = ServerProcess(binary, d, tmp_path / "server.log", load_format="dummy")
+    try:
+        srv.wait_ready()
+        r = httpx.post(srv.base_url + "/v1/completions", timeout=120,
+                       json={"prompt": "Hello", "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 4
+        assert "made-up" in srv.log_tail(200)
+    finally:
+        assert srv.terminate() == 0, srv.log_tail()
