@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Whole-model throughput on the GPU: sparseserve's engine (bench/engine_bench.cc, the CUDA backend)
-next to HF transformers' generate on the same GGUF weights, in the same run.
+next to HF transformers' generate on the same GGUF weights, in the same run; or, with --load-format
+dummy, on made-up weights of a Hugging Face directory's shapes (ours: engine/dummy_weights.h; HF:
+from_config's random initialisation, bf16): greedy decoding without EOS runs the same work whatever
+the weights.
 
 Both get B sequences of P random prompt tokens and generate G tokens greedily (no EOS stop):
   prefill tok/s = B·P / the time until every sequence has its first token;
@@ -9,7 +12,7 @@ HF: AutoModelForCausalLM from the GGUF (dequantized by transformers, bf16, SDPA 
 dynamic cache), generate(max_new_tokens=1) timed for the prefill and generate(max_new_tokens=G) for
 both phases (decode = the difference), medians over --repeats after a warm-up.
 
-Usage: engine_bench.py --bin build-cuda/bin/engine_bench --model M.gguf [--batch 1,16,64]
+Usage: engine_bench.py --bin build-cuda/bin/engine_bench --model M.gguf|DIR [--load-format dummy] [--batch 1,16,64]
        [--prompt-tokens 512] [--decode-tokens 128] [--model-config Y --profiles dense,balanced]
 Needs torch and transformers (and the gguf package transformers reads GGUF with: put the test venv's
 on PYTHONPATH where it is missing). Prints a table; --out DIR also writes engine_bench.json there.
@@ -24,7 +27,7 @@ import time
 
 
 def ours(a, profile):
-    cmd = [a.bin, "--model", a.model, "--backend", "cuda", "--batch", a.batch, "--prompt-tokens",
+    cmd = [a.bin, "--model", a.model, "--load-format", a.load_format, "--backend", "cuda", "--batch", a.batch, "--prompt-tokens",
            str(a.prompt_tokens), "--decode-tokens", str(a.decode_tokens), "--repeats", str(a.repeats),
            "--kv-cache-bytes", a.kv_cache_bytes]
     if a.model_config:
@@ -41,8 +44,13 @@ def hf(a):
     import torch
     from transformers import AutoModelForCausalLM
 
-    folder, name = os.path.split(os.path.abspath(a.model))
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16).cuda().eval()
+    if a.load_format == "dummy":
+        from transformers import AutoConfig
+        with torch.device("cuda"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(a.model), dtype=torch.bfloat16).eval()
+    else:
+        folder, name = os.path.split(os.path.abspath(a.model))
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16).cuda().eval()
     vocab = model.config.vocab_size
     g = torch.Generator(device="cuda").manual_seed(1234)
     rows = {}
@@ -70,6 +78,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--model", required=True)
+    ap.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     ap.add_argument("--batch", default="1,16,64")
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--decode-tokens", type=int, default=128)
@@ -84,7 +93,7 @@ def main():
         for r in rows.values():
             print(json.dumps(r), flush=True)
     peer = hf(a)
-    print(f"model {os.path.basename(a.model)}, prompt {a.prompt_tokens}, generate {a.decode_tokens}, greedy; "
+    print(f"model {os.path.basename(a.model.rstrip('/'))}{' (dummy weights)' if a.load_format == 'dummy' else ''}, prompt {a.prompt_tokens}, generate {a.decode_tokens}, greedy; "
           f"tok/s (ratio = ours / HF, > 1 = ours faster)")
     print("batch | ours profile | ours prefill | HF prefill | prefill ratio | ours decode | HF decode | decode ratio")
     print("--- | --- | --- | --- | --- | --- | --- | ---")

@@ -33,7 +33,8 @@ const TensorView& DummyTensors::make(const std::string& name, const std::vector<
     n *= d;
   }
   const int64_t cols = shape.empty() ? 1 : shape.back();
-  auto buffer = std::make_unique<std::byte[]>(static_cast<size_t>(n) * sizeof(uint16_t));
+  // Not zero-filled first: every element is written below (by the threads that fill it).
+  std::unique_ptr<std::byte[]> buffer(new std::byte[static_cast<size_t>(n) * sizeof(uint16_t)]);
   auto* out = reinterpret_cast<uint16_t*>(buffer.get());
   // Uniform on [-a, a] has standard deviation a / sqrt(3).
   const float a = fill == DummyFill::kMatrix ? std::sqrt(3.0f / static_cast<float>(cols)) : 0.02f * std::sqrt(3.0f);
@@ -42,11 +43,15 @@ const TensorView& DummyTensors::make(const std::string& name, const std::vector<
     const uint16_t one = f32_to_bf16(1.0f);
     for (int64_t i = 0; i < n; ++i) out[i] = one;
   } else {
+    // One hash per 4 elements, 16 bits each: a uniform on 65536 levels (BF16 keeps 8 bits).
+    const int64_t groups = (n + 3) / 4;
 #pragma omp parallel for schedule(static) if (n > (1 << 20))
-    for (int64_t i = 0; i < n; ++i) {
-      // The top 24 bits as a uniform in [0, 1), mapped onto [-a, a).
-      const float u = static_cast<float>(mix(key + static_cast<uint64_t>(i)) >> 40) * (1.0f / 16777216.0f);
-      out[i] = f32_to_bf16((2.0f * u - 1.0f) * a);
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint64_t h = mix(key + static_cast<uint64_t>(g));
+      for (int64_t j = 0; j < 4 && 4 * g + j < n; ++j) {
+        const float u = (static_cast<float>((h >> (16 * j)) & 0xffffu) + 0.5f) * (1.0f / 65536.0f);  // in (0, 1)
+        out[4 * g + j] = f32_to_bf16((2.0f * u - 1.0f) * a);
+      }
     }
   }
   TensorView& v = views_.emplace_back();

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstdlib>
 #include <cmath>
@@ -15,6 +16,7 @@
 
 #include "common/errors.h"
 #include "common/half.h"
+#include "engine/cuda/step_graphs.h"
 #include "engine/forward_step.h"
 #include "engine/rope_freqs.h"
 #include "engine/sequence_attention.h"
@@ -40,7 +42,7 @@ using cuda::DeviceBuffer;
 namespace {
 
 // Matrices with the same columns stacked by rows (Q|K|V, gate|up), dequantized, as one bf16 device
-// matrix [Σ rows][cols].
+// matrix [Σ rows][cols]. Rows are converted in parallel (OpenMP): a Llama-3-8B holds 7.5e9 weights.
 DeviceBuffer<bf16> upload_rows(std::initializer_list<const kernels::cpu::WeightMatrix*> parts) {
   const int64_t cols = (*parts.begin())->cols;
   int64_t rows = 0;
@@ -49,13 +51,19 @@ DeviceBuffer<bf16> upload_rows(std::initializer_list<const kernels::cpu::WeightM
     rows += p->rows;
   }
   std::vector<uint16_t> host(static_cast<size_t>(rows * cols));
-  std::vector<float> row(static_cast<size_t>(cols));
-  int64_t r = 0;
+  int64_t first = 0;  // the part's first row in `host`
   for (const auto* p : parts) {
-    for (int64_t i = 0; i < p->rows; ++i, ++r) {
-      kernels::cpu::dequantize_weight_row(*p, i, row.data());
-      for (int64_t c = 0; c < cols; ++c) host[static_cast<size_t>(r * cols + c)] = f32_to_bf16(row[static_cast<size_t>(c)]);
+#pragma omp parallel
+    {
+      std::vector<float> row(static_cast<size_t>(cols));
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < p->rows; ++i) {
+        kernels::cpu::dequantize_weight_row(*p, i, row.data());
+        uint16_t* out = host.data() + static_cast<size_t>((first + i) * cols);
+        for (int64_t c = 0; c < cols; ++c) out[c] = f32_to_bf16(row[static_cast<size_t>(c)]);
+      }
     }
+    first += p->rows;
   }
   return DeviceBuffer<bf16>(std::span<const uint16_t>(host));
 }
@@ -88,6 +96,85 @@ int64_t gemm_rows(int64_t rows) {
   return (rows + 511) / 512 * 512;
 }
 
+// Offsets (in the step's table blob) of one kernel's CSR key lists.
+struct ListOffsets {
+  size_t ip = 0, pg = 0, p0 = 0, ln = 0;
+};
+
+// A layer's page_select inputs: blob offsets, offsets into the step's query offsets and picked
+// blocks, and where the fresh rows' entries start in the decode key lists.
+struct SelectOffsets {
+  size_t indptr = 0, pages = 0, lens = 0, out_indptr = 0, q_at = 0, picked_at = 0, region = 0;
+};
+
+// One page_select call: `rows` fresh rows from row `first` of the layer's, sharing a geometry.
+struct SelectRun {
+  int64_t first = 0, rows = 0;
+  int32_t sink_tokens = 0, token_budget = 0;
+};
+
+// What one layer launches, beyond the launches every layer makes.
+struct LayerLaunch {
+  const cuda::PrefillAttention* prefill = nullptr;  // planned for this step; nullptr: no prefill rows
+  const cuda::DecodeAttention* decode = nullptr;    // planned for this step; nullptr: no decode rows
+  ListOffsets prefill_keys, decode_keys;
+  bool streaming_before = false, streaming_after = false;  // streaming lanes append before / after
+  SelectOffsets sel;
+  std::vector<SelectRun> select_runs;  // empty: no selection this step
+};
+
+// Every value the device work of a step takes (CudaForward::Impl::enqueue reads nothing else that
+// changes between steps): equal steps launch the same kernels with the same arguments, so a CUDA
+// graph captured for one replays another (StepGraphs). The tables' contents differ; they are
+// uploaded before.
+struct DeviceStep {
+  int64_t rows = 0, out_rows = 0, n_host = 0, n_drawn = 0;
+  int32_t* t = nullptr;  // the step's tables; the offsets below index it
+  size_t ids = 0, pos = 0, off = 0, selr = 0, app_r = 0, app_sb = 0, app_s = 0;
+  int32_t max_blocks = 1;  // page_select's bound on a lane's blocks
+  bf16 *h = nullptr, *xn = nullptr, *qkv = nullptr, *att = nullptr, *proj = nullptr, *gate_up = nullptr,
+       *act = nullptr, *sel = nullptr, *logits = nullptr;
+  float* logits_f32 = nullptr;
+  const cuda::SamplingRow* draw_params = nullptr;
+  int32_t* draw_tokens = nullptr;
+  const int64_t* q_offsets = nullptr;
+  int32_t* picked = nullptr;
+  float* scores = nullptr;
+  uint32_t* row_ready = nullptr;
+  std::vector<LayerLaunch> layers;
+
+  // shape: what fixes a graph's topology (which launches are made); key: every value (shape
+  // included). Values as int64 (addresses too).
+  void describe(std::vector<int64_t>& shape, std::vector<int64_t>& key) const {
+    const auto addr = [](const void* p) { return static_cast<int64_t>(reinterpret_cast<uintptr_t>(p)); };
+    shape = {rows, out_rows, n_host, n_drawn};
+    for (const LayerLaunch& l : layers) {
+      shape.insert(shape.end(), {l.prefill != nullptr, l.decode != nullptr, l.streaming_before, l.streaming_after,
+                                 static_cast<int64_t>(l.select_runs.size())});
+    }
+    key = shape;
+    for (const size_t v : {ids, pos, off, selr, app_r, app_sb, app_s}) key.push_back(static_cast<int64_t>(v));
+    key.push_back(max_blocks);
+    for (const void* p : std::initializer_list<const void*>{t, h, xn, qkv, att, proj, gate_up, act, sel, logits,
+                                                            logits_f32, draw_params, draw_tokens, q_offsets, picked,
+                                                            scores,
+                                                            row_ready}) {
+      key.push_back(addr(p));
+    }
+    for (const LayerLaunch& l : layers) {
+      key.insert(key.end(), {addr(l.prefill), addr(l.decode)});
+      for (const ListOffsets& o : {l.prefill_keys, l.decode_keys}) {
+        for (const size_t v : {o.ip, o.pg, o.p0, o.ln}) key.push_back(static_cast<int64_t>(v));
+      }
+      const SelectOffsets& s = l.sel;
+      for (const size_t v : {s.indptr, s.pages, s.lens, s.out_indptr, s.q_at, s.picked_at, s.region}) {
+        key.push_back(static_cast<int64_t>(v));
+      }
+      for (const SelectRun& r : l.select_runs) key.insert(key.end(), {r.first, r.rows, r.sink_tokens, r.token_budget});
+    }
+  }
+};
+
 }  // namespace
 
 struct CudaForward::Impl {
@@ -95,10 +182,19 @@ struct CudaForward::Impl {
     DeviceBuffer<bf16> attn_norm, w_qkv, b_qkv, wo, ffn_norm, w_gate_up, w_down;
   };
   Impl(const Model& m, const kvcache::KvCacheManager& kv, cudaStream_t s)
-      : model(m), manager(kv), stream(s), gemm(cuda::Gemm::kDefaultWorkspaceBytes, cuda::GemmTuning::kHeuristic) {}
+      : model(m), manager(kv), own_stream(s == nullptr ? std::make_unique<OwnedStream>() : nullptr),
+        stream(own_stream ? own_stream->s : s),
+        gemm(cuda::Gemm::kDefaultWorkspaceBytes, cuda::GemmTuning::kHeuristic) {}
 
+  // A stream of its own when given none: the legacy default stream cannot be captured into a graph.
+  struct OwnedStream {
+    cudaStream_t s = nullptr;
+    OwnedStream() { CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+    ~OwnedStream() { cudaStreamDestroy(s); }
+  };
   const Model& model;
   const kvcache::KvCacheManager& manager;
+  std::unique_ptr<OwnedStream> own_stream;
   cudaStream_t stream;
   std::vector<Layer> layers;
   DeviceBuffer<bf16> embed, lm_head, final_norm;
@@ -127,6 +223,13 @@ struct CudaForward::Impl {
   DeviceBuffer<int64_t> q_offsets;
   DeviceBuffer<float> scores;
   DeviceBuffer<uint32_t> row_ready;
+  // Decode steps (no prefill rows) run from CUDA graphs unless SPARSESERVE_CUDA_GRAPHS=0 (A/B
+  // measurements). The decode attention then launches capacity-sized grids (DecodeConfig::cuda_graph).
+  bool use_graphs = [] {
+    const char* v = std::getenv("SPARSESERVE_CUDA_GRAPHS");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  StepGraphs graphs;
 
   // Layer l's decode attention, with room for `rows` rows (remade larger when a step needs more).
   cuda::DecodeAttention& decoder(int64_t l, int32_t rows) {
@@ -138,6 +241,7 @@ struct CudaForward::Impl {
       dc.group = static_cast<int32_t>(c.n_heads / c.n_kv_heads);
       dc.page_tokens = manager.config().page_tokens;
       dc.max_rows = std::max({rows, d ? 2 * d->config().max_rows : 0, 64});
+      dc.cuda_graph = use_graphs;
       d = std::make_unique<cuda::DecodeAttention>(dc);
     }
     return *d;
@@ -150,6 +254,10 @@ struct CudaForward::Impl {
   }
   void run(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& out,
            std::vector<int32_t>& drawn);
+  // The step's device work on `stream`, from the embedding gather to the drawn tokens: launches
+  // only (no allocation, upload or sync), reading nothing that changes between steps but `s` and the
+  // device tables it points to. marks: record the trace's per-layer attention events.
+  void enqueue(const DeviceStep& s, bool marks);
   // y = x · Wᵀ (+ bias) on gemm_rows(M) rows.
   void gemm_run(const bf16* x, const DeviceBuffer<bf16>& w, bf16* y, int64_t M, int64_t N, int64_t K,
                 const bf16* bias = nullptr) {
@@ -265,6 +373,8 @@ void CudaForward::release(uint64_t id) { impl_->seqs.erase(id); }
 
 const SelectionStats& CudaForward::selection_stats() const { return impl_->stats; }
 
+const StepGraphStats& CudaForward::graph_stats() const { return impl_->graphs.stats(); }
+
 void CudaForward::forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws,
                           std::vector<float>& logits, std::vector<int32_t>& drawn) {
   impl_->run(batch, draws, logits, drawn);
@@ -272,12 +382,18 @@ void CudaForward::forward(std::span<const ForwardSeq> batch, std::span<const Dev
 
 namespace {
 
+// Room a table of n entries takes in the step's blob: n rounded up to a power of two (at least 16),
+// so that tables whose lengths grow by a page now and then (key lists as contexts grow) keep their
+// offsets for many steps, and so does the CUDA graph of the steps (StepGraphs: offsets are part of
+// a step's key).
+size_t table_room(size_t n) { return std::bit_ceil(std::max<size_t>(n, 16)); }
+
 // The step's int32 tables, packed into one upload; each table is an offset into `data`.
 struct Blob {
   std::vector<int32_t> data;
   size_t take(size_t n) {
     const size_t at = data.size();
-    data.resize(at + n);
+    data.resize(at + table_room(n));
     return at;
   }
   size_t append(std::span<const int32_t> v) {
@@ -531,7 +647,20 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       lp.s_out = blob.append(lp.sel_out_indptr);
     }
   }
-  int32_t* t = sized(tables, static_cast<int64_t>(blob.data.size()));
+  // ---- Device buffers sized, tables uploaded, attention planned (all before the device work, which
+  // then allocates and uploads nothing: it may be captured in a CUDA graph) ----
+  const double tables_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0).count();
+  const int64_t n_drawn = static_cast<int64_t>(draws.size()), n_host = out_rows - n_drawn;
+  DeviceStep step;
+  step.rows = rows;
+  step.out_rows = out_rows;
+  step.n_host = n_host;
+  step.n_drawn = n_drawn;
+  step.ids = ids, step.pos = pos, step.off = off, step.selr = selr;
+  step.app_r = app_r, step.app_sb = app_sb, step.app_s = app_s;
+  step.max_blocks = std::bit_ceil(static_cast<uint32_t>(max_blocks));  // ≥ every lane's blocks
+  step.t = sized(tables, static_cast<int64_t>(blob.data.size()));
   tables.upload(blob.data, stream);
   if (!step_q.empty()) {
     sized(q_offsets, static_cast<int64_t>(step_q.size()));
@@ -548,167 +677,57 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       row_ready.fill_bytes(0, stream);  // page_select's contract: zero before the first call
     }
   }
+  bool any_prefill = false;
+  step.layers.resize(static_cast<size_t>(L));
   for (int64_t l = 0; l < L; ++l) {
     const LayerPlan& lp = plans[static_cast<size_t>(l)];
-    if (!lp.prefill_rows.empty()) prefill[static_cast<size_t>(l)]->plan(lp.prefill_rows, stream);
-    if (!lp.decode_rows.empty()) {
-      decoder(l, static_cast<int32_t>(lp.decode_rows.size())).plan(lp.decode_rows, lp.decode_entries, stream);
-    }
-  }
-  const double host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0).count();
-  if (trace) {
-    while (marks.size() < static_cast<size_t>(2 * L + 2)) marks.emplace_back(cudaEventDefault);
-    CUDA_CHECK(cudaEventRecord(marks[0].get(), stream));
-  }
-  const auto mark = [&](size_t i) {
-    if (trace) CUDA_CHECK(cudaEventRecord(marks[i].get(), stream));
-  };
-
-  // ---- Device work ----
-  const int64_t padded = gemm_rows(rows);
-  bf16* hp = sized(h, padded * H);
-  bf16* xp = sized(xn, padded * H);
-  bf16* qp = sized(qkv, padded * qkv_w);
-  bf16* ap = sized(att, padded * q_dim);
-  bf16* pp = sized(proj, padded * H);
-  bf16* gp = sized(gate_up, padded * 2 * I);
-  bf16* cp = sized(act, padded * I);
-  const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
-  const cuda::PagedKvPool pool{k_pool.data(), v_pool.data(), manager.num_pages(), P, static_cast<int32_t>(D)};
-  cuda::KvPoolView with_bounds;  // retrieval lanes: K/V and the sub-page bounds
-  with_bounds.k = k_pool.data();
-  with_bounds.v = v_pool.data();
-  with_bounds.kmin = kmin_pool.data();
-  with_bounds.kmax = kmax_pool.data();
-  with_bounds.num_pages = manager.num_pages();
-  with_bounds.page_tokens = P;
-  with_bounds.logical_page_tokens = LP;
-  with_bounds.head_dim = static_cast<int32_t>(D);
-  cuda::KvPoolView no_bounds = with_bounds;  // streaming lanes keep no bounds
-  no_bounds.kmin = no_bounds.kmax = nullptr;
-  const auto append = [&](const cuda::KvPoolView& view, size_t table, int64_t l) {
-    for (int64_t hd = 0; hd < KV; ++hd) {
-      cuda::KvAppendRows a;
-      a.k_new = qp + q_dim + hd * D;
-      a.v_new = qp + q_dim + kv_dim + hd * D;
-      a.k_stride = a.v_stride = qkv_w;
-      a.page_ids = t + table + static_cast<size_t>((l * KV + hd) * rows);
-      a.offsets = t + off;
-      a.rows = rows;
-      cuda::kv_append(view, a, stream);
-    }
-  };
-
-  cuda::embedding_gather(embed.data(), V, H, t + ids, rows, hp, stream);
-  for (int64_t l = 0; l < L; ++l) {
-    const Layer& lw = layers[static_cast<size_t>(l)];
-    const LayerPlan& lp = plans[static_cast<size_t>(l)];
-    if (l == 0) {
-      cuda::rmsnorm(hp, lw.attn_norm.data(), xp, rows, H, c.rms_eps, stream);
-    } else {  // h += the previous layer's MLP output, then norm
-      cuda::add_rmsnorm(hp, pp, lw.attn_norm.data(), xp, rows, H, c.rms_eps, stream);
-    }
-    gemm_run(xp, lw.w_qkv, qp, rows, qkv_w, H, lw.b_qkv.size() > 0 ? lw.b_qkv.data() : nullptr);
-    cuda::rope(qp, qkv_w, t + pos, rows, c.n_heads, D, c.rope_dim, inv_freq.data(), interleaved, stream);
-    cuda::rope(qp + q_dim, qkv_w, t + pos, rows, KV, D, c.rope_dim, inv_freq.data(), interleaved, stream);
-    append(with_bounds, app_r, l);
-    if (lp.streaming_before) append(no_bounds, app_sb, l);
-    if (!lp.sel_owner.empty()) {
-      cuda::PageSelectArgs ps;
-      ps.rows = static_cast<int32_t>(lp.sel_owner.size());
-      ps.head_dim = static_cast<int32_t>(D);
-      ps.group = static_cast<int32_t>(group);
-      ps.max_blocks = max_blocks;
-      ps.q = qp;
-      ps.q_offset = q_offsets.data() + lp.q_at;
-      ps.kmin = kmin_pool.data();
-      ps.kmax = kmax_pool.data();
-      ps.page_indptr = t + lp.s_ip;
-      ps.page_indices = t + lp.s_pg;
-      ps.seq_lens = t + lp.s_len;
-      ps.scores = scores.data();
-      ps.selected_indptr = t + lp.s_out;
-      const KeyLists& keys = lp.decode_keys;
-      const size_t region = static_cast<size_t>(keys.indptr[lp.fresh_from]);
-      ps.selected_pages = t + keys.pg + region;
-      ps.selected_pos0 = t + keys.p0 + region;
-      ps.selected_len = t + keys.ln + region;
-      ps.selected_blocks = picked.data() + lp.picked_at;
-      ps.row_ready = row_ready.data();
-      // The fresh rows of a layer may come from profiles of different budgets; page_select takes
-      // one geometry a call: one call per run of rows sharing sink_tokens and token_budget. The
-      // CSR offsets are absolute, so a run's indptr pointers move and its entry pointers do not.
-      const auto& owner = lp.sel_owner;
-      size_t a = 0;
-      while (a < owner.size()) {
-        const kvcache::DecodeSelection& d = seq(owner[a].first).profile().decode;
-        size_t b = a + 1;
-        while (b < owner.size()) {
-          const kvcache::DecodeSelection& e = seq(owner[b].first).profile().decode;
-          if (e.sink_tokens != d.sink_tokens || e.token_budget != d.token_budget) break;
-          ++b;
-        }
-        cuda::PageSelectArgs part = ps;
-        part.config = cuda::PageSelectConfig{P, LP, d.sink_tokens, d.token_budget};
-        part.rows = static_cast<int32_t>(b - a);
-        part.q_offset = ps.q_offset + a;
-        part.page_indptr = ps.page_indptr + a;
-        part.seq_lens = ps.seq_lens + a;
-        part.selected_indptr = ps.selected_indptr + a;
-        cuda::page_select(part, stream);
-        a = b;
-      }
-    }
-    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-    const auto on_device = [&](const KeyLists& k) { return cuda::KeyPageList{t + k.ip, t + k.pg, t + k.p0, t + k.ln}; };
-    mark(static_cast<size_t>(1 + 2 * l));
+    LayerLaunch& ll = step.layers[static_cast<size_t>(l)];
     if (!lp.prefill_rows.empty()) {
-      cuda::PrefillArgs pa;
-      pa.q = qp;
-      pa.q_stride = qkv_w;
-      pa.o = ap;
-      pa.o_stride = q_dim;
-      pa.k_new = qp + q_dim;
-      pa.v_new = qp + q_dim + kv_dim;
-      pa.kv_new_stride = qkv_w;
-      pa.kv = pool;
-      pa.pages = on_device(lp.prefill_keys);
-      pa.scale = scale;
-      prefill[static_cast<size_t>(l)]->run(pa, stream);
+      prefill[static_cast<size_t>(l)]->plan(lp.prefill_rows, stream);
+      ll.prefill = prefill[static_cast<size_t>(l)].get();
+      any_prefill = true;
     }
     if (!lp.decode_rows.empty()) {
-      cuda::DecodeArgs da;
-      da.q = qp;
-      da.q_stride = qkv_w;
-      da.o = ap;
-      da.o_stride = q_dim;
-      da.kv = pool;
-      da.pages = on_device(lp.decode_keys);
-      da.scale = scale;
-      decoders[static_cast<size_t>(l)]->run(da, stream);
+      cuda::DecodeAttention& d = decoder(l, static_cast<int32_t>(lp.decode_rows.size()));
+      d.plan(lp.decode_rows, lp.decode_entries, stream);
+      ll.decode = &d;
     }
-    mark(static_cast<size_t>(2 + 2 * l));
-    if (lp.streaming_after) append(no_bounds, app_s, l);
-    gemm_run(ap, lw.wo, pp, rows, H, q_dim);
-    cuda::add_rmsnorm(hp, pp, lw.ffn_norm.data(), xp, rows, H, c.rms_eps, stream);
-    gemm_run(xp, lw.w_gate_up, gp, rows, 2 * I, H);
-    cuda::silu_mul(gp, cp, rows, I, stream);
-    gemm_run(cp, lw.w_down, pp, rows, H, I);
+    ll.prefill_keys = {lp.prefill_keys.ip, lp.prefill_keys.pg, lp.prefill_keys.p0, lp.prefill_keys.ln};
+    ll.decode_keys = {lp.decode_keys.ip, lp.decode_keys.pg, lp.decode_keys.p0, lp.decode_keys.ln};
+    ll.streaming_before = lp.streaming_before;
+    ll.streaming_after = lp.streaming_after;
+    if (lp.sel_owner.empty()) continue;
+    ll.sel = {lp.s_ip, lp.s_pg, lp.s_len, lp.s_out, lp.q_at, lp.picked_at,
+              static_cast<size_t>(lp.decode_keys.indptr[lp.fresh_from])};
+    // The fresh rows of a layer may come from profiles of different budgets; page_select takes one
+    // geometry a call: one call per run of rows sharing sink_tokens and token_budget.
+    const auto& owner = lp.sel_owner;
+    for (size_t a = 0; a < owner.size();) {
+      const kvcache::DecodeSelection& d = seq(owner[a].first).profile().decode;
+      size_t b = a + 1;
+      while (b < owner.size()) {
+        const kvcache::DecodeSelection& e = seq(owner[b].first).profile().decode;
+        if (e.sink_tokens != d.sink_tokens || e.token_budget != d.token_budget) break;
+        ++b;
+      }
+      ll.select_runs.push_back({static_cast<int64_t>(a), static_cast<int64_t>(b - a), d.sink_tokens, d.token_budget});
+      a = b;
+    }
   }
-  const int64_t n_drawn = static_cast<int64_t>(draws.size()), n_host = out_rows - n_drawn;
+  const int64_t padded = gemm_rows(rows);
+  step.h = sized(h, padded * H);
+  step.xn = sized(xn, padded * H);
+  step.qkv = sized(qkv, padded * qkv_w);
+  step.att = sized(att, padded * q_dim);
+  step.proj = sized(proj, padded * H);
+  step.gate_up = sized(gate_up, padded * 2 * I);
+  step.act = sized(act, padded * I);
   if (out_rows > 0) {
-    // h += the last MLP output; the final norm; the rows that need logits gathered; the LM head; fp32.
-    cuda::add_rmsnorm(hp, pp, final_norm.data(), xp, rows, H, c.rms_eps, stream);
-    bf16* sp = sized(this->sel, gemm_rows(out_rows) * H);
-    cuda::embedding_gather(xp, rows, H, t + selr, out_rows, sp, stream);
-    bf16* lgp = sized(logits, gemm_rows(out_rows) * V);
-    gemm_run(sp, tied ? embed : lm_head, lgp, out_rows, V, H);
-    float* lf = sized(logits_f32, out_rows * V);
-    cuda::widen_bf16(lgp, lf, out_rows * V, stream);
-    if (n_host > 0) {
-      if (static_cast<int64_t>(staged.size()) < n_host * V) staged = cuda::PinnedBuffer<float>(static_cast<size_t>(n_host * V));
-      CUDA_CHECK(cudaMemcpyAsync(staged.data(), lf, static_cast<size_t>(n_host * V) * sizeof(float),
-                                 cudaMemcpyDeviceToHost, stream));
+    step.sel = sized(sel, gemm_rows(out_rows) * H);
+    step.logits = sized(logits, gemm_rows(out_rows) * V);
+    step.logits_f32 = sized(logits_f32, out_rows * V);
+    if (n_host > 0 && static_cast<int64_t>(staged.size()) < n_host * V) {
+      staged = cuda::PinnedBuffer<float>(static_cast<size_t>(n_host * V));
     }
     if (n_drawn > 0) {
       std::vector<cuda::SamplingRow> params(draws.size());
@@ -718,18 +737,43 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       }
       sized(draw_params, n_drawn);
       draw_params.upload(params, stream);
-      int32_t* tk = sized(draw_tokens, n_drawn);
-      cuda::sample_rows(lf + n_host * V, V, static_cast<int32_t>(n_drawn), static_cast<int32_t>(V), draw_params.data(),
-                        tk, stream);
-      CUDA_CHECK(cudaMemcpyAsync(drawn.data(), tk, drawn.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+      step.draw_params = draw_params.data();
+      step.draw_tokens = sized(draw_tokens, n_drawn);
     }
+  }
+  step.q_offsets = q_offsets.data();
+  step.picked = picked.data();
+  step.scores = scores.data();
+  step.row_ready = row_ready.data();
+  const double host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0).count();
+
+  // ---- Device work: from a CUDA graph for decode steps (StepGraphs), else launched here ----
+  const bool graph = use_graphs && !any_prefill;
+  if (trace) {
+    while (marks.size() < static_cast<size_t>(2 * L + 2)) marks.emplace_back(cudaEventDefault);
+    CUDA_CHECK(cudaEventRecord(marks[0].get(), stream));
+  }
+  if (graph) {
+    std::vector<int64_t> shape, key;
+    step.describe(shape, key);
+    graphs.run(shape, key, stream, [&] { enqueue(step, false); });
+  } else {
+    enqueue(step, trace);
+  }
+  if (n_host > 0) {
+    CUDA_CHECK(cudaMemcpyAsync(staged.data(), step.logits_f32, static_cast<size_t>(n_host * V) * sizeof(float),
+                               cudaMemcpyDeviceToHost, stream));
+  }
+  if (n_drawn > 0) {
+    CUDA_CHECK(cudaMemcpyAsync(drawn.data(), step.draw_tokens, drawn.size() * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                               stream));
   }
   std::vector<int32_t> chosen(static_cast<size_t>(picked_total));
   if (picked_total > 0) {
     CUDA_CHECK(cudaMemcpyAsync(chosen.data(), picked.data(), chosen.size() * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                stream));
   }
-  mark(static_cast<size_t>(2 * L + 1));
+  if (trace) CUDA_CHECK(cudaEventRecord(marks[static_cast<size_t>(2 * L + 1)].get(), stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
   if (trace) {
     const auto ms = [&](size_t a, size_t b) {
@@ -738,9 +782,15 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       return static_cast<double>(t);
     };
     double attention = 0;
-    for (int64_t l = 0; l < L; ++l) attention += ms(static_cast<size_t>(1 + 2 * l), static_cast<size_t>(2 + 2 * l));
-    spdlog::info("step: {} rows ({} sequences), host tables + plans {:.3f} ms, device {:.3f} ms (attention {:.3f})", rows,
-                 batch.size(), host_ms, ms(0, static_cast<size_t>(2 * L + 1)), attention);
+    if (!graph) {
+      for (int64_t l = 0; l < L; ++l) attention += ms(static_cast<size_t>(1 + 2 * l), static_cast<size_t>(2 + 2 * l));
+    }
+    const StepGraphStats& g = graphs.stats();
+    spdlog::info("step: {} rows ({} sequences), host {:.3f} ms (tables {:.3f}), device {:.3f} ms ({})", rows,
+                 batch.size(), host_ms, tables_ms, ms(0, static_cast<size_t>(2 * L + 1)),
+                 graph ? fmt::format("CUDA graph; so far {} replays, {} updates, {} captures", g.replays, g.updates,
+                                     g.instantiations)
+                       : fmt::format("attention {:.3f} ms", attention));
   }
   {  // the host's rows back to their places in batch order
     size_t k = 0;
@@ -768,6 +818,131 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     }
   }
   for (const ForwardSeq& s : batch) seq(s.id).end_step(s);
+}
+
+void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {
+  const ModelConfig& c = model.config;
+  const int64_t H = c.hidden, D = c.head_dim, L = c.n_layers, KV = c.n_kv_heads, I = c.intermediate, V = c.vocab_size;
+  const int64_t group = c.n_heads / KV;
+  const int64_t q_dim = c.n_heads * D, kv_dim = KV * D, qkv_w = q_dim + 2 * kv_dim;
+  const int32_t P = manager.config().page_tokens, LP = manager.config().logical_page_tokens;
+  const int64_t rows = s.rows;
+  int32_t* const t = s.t;
+  const bool interleaved = c.rope_layout == RopeLayout::kInterleaved;
+  const cuda::PagedKvPool pool{k_pool.data(), v_pool.data(), manager.num_pages(), P, static_cast<int32_t>(D)};
+  cuda::KvPoolView with_bounds;  // retrieval lanes: K/V and the sub-page bounds
+  with_bounds.k = k_pool.data();
+  with_bounds.v = v_pool.data();
+  with_bounds.kmin = kmin_pool.data();
+  with_bounds.kmax = kmax_pool.data();
+  with_bounds.num_pages = manager.num_pages();
+  with_bounds.page_tokens = P;
+  with_bounds.logical_page_tokens = LP;
+  with_bounds.head_dim = static_cast<int32_t>(D);
+  cuda::KvPoolView no_bounds = with_bounds;  // streaming lanes keep no bounds
+  no_bounds.kmin = no_bounds.kmax = nullptr;
+  const auto append = [&](const cuda::KvPoolView& view, size_t table, int64_t l) {  // all KV heads at once
+    cuda::KvAppendRows a;
+    a.k_new = s.qkv + q_dim;
+    a.v_new = s.qkv + q_dim + kv_dim;
+    a.k_stride = a.v_stride = qkv_w;
+    a.page_ids = t + table + static_cast<size_t>(l * KV * rows);  // [KV][rows]
+    a.offsets = t + s.off;
+    a.rows = rows;
+    a.heads = static_cast<int32_t>(KV);
+    cuda::kv_append(view, a, stream);
+  };
+  const auto mark = [&](size_t i) {
+    if (with_marks) CUDA_CHECK(cudaEventRecord(marks[i].get(), stream));
+  };
+  const auto on_device = [&](const ListOffsets& k) { return cuda::KeyPageList{t + k.ip, t + k.pg, t + k.p0, t + k.ln}; };
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+
+  cuda::embedding_gather(embed.data(), V, H, t + s.ids, rows, s.h, stream);
+  for (int64_t l = 0; l < L; ++l) {
+    const Layer& lw = layers[static_cast<size_t>(l)];
+    const LayerLaunch& ll = s.layers[static_cast<size_t>(l)];
+    if (l == 0) {
+      cuda::rmsnorm(s.h, lw.attn_norm.data(), s.xn, rows, H, c.rms_eps, stream);
+    } else {  // h += the previous layer's MLP output, then norm
+      cuda::add_rmsnorm(s.h, s.proj, lw.attn_norm.data(), s.xn, rows, H, c.rms_eps, stream);
+    }
+    gemm_run(s.xn, lw.w_qkv, s.qkv, rows, qkv_w, H, lw.b_qkv.size() > 0 ? lw.b_qkv.data() : nullptr);
+    // Q's heads and K's follow each other in a qkv row: one launch rotates both.
+    cuda::rope(s.qkv, qkv_w, t + s.pos, rows, c.n_heads + KV, D, c.rope_dim, inv_freq.data(), interleaved, stream);
+    append(with_bounds, s.app_r, l);
+    if (ll.streaming_before) append(no_bounds, s.app_sb, l);
+    for (const SelectRun& run : ll.select_runs) {
+      // The CSR offsets are absolute, so a run's indptr pointers move and its entry pointers do not.
+      const SelectOffsets& so = ll.sel;
+      const auto a = static_cast<size_t>(run.first);
+      cuda::PageSelectArgs ps;
+      ps.config = cuda::PageSelectConfig{P, LP, run.sink_tokens, run.token_budget};
+      ps.rows = static_cast<int32_t>(run.rows);
+      ps.head_dim = static_cast<int32_t>(D);
+      ps.group = static_cast<int32_t>(group);
+      ps.max_blocks = s.max_blocks;
+      ps.q = s.qkv;
+      ps.q_offset = s.q_offsets + so.q_at + a;
+      ps.kmin = kmin_pool.data();
+      ps.kmax = kmax_pool.data();
+      ps.page_indptr = t + so.indptr + a;
+      ps.page_indices = t + so.pages;
+      ps.seq_lens = t + so.lens + a;
+      ps.scores = s.scores;
+      ps.selected_indptr = t + so.out_indptr + a;
+      ps.selected_pages = t + ll.decode_keys.pg + so.region;
+      ps.selected_pos0 = t + ll.decode_keys.p0 + so.region;
+      ps.selected_len = t + ll.decode_keys.ln + so.region;
+      ps.selected_blocks = s.picked + so.picked_at;
+      ps.row_ready = s.row_ready;
+      cuda::page_select(ps, stream);
+    }
+    mark(static_cast<size_t>(1 + 2 * l));
+    if (ll.prefill != nullptr) {
+      cuda::PrefillArgs pa;
+      pa.q = s.qkv;
+      pa.q_stride = qkv_w;
+      pa.o = s.att;
+      pa.o_stride = q_dim;
+      pa.k_new = s.qkv + q_dim;
+      pa.v_new = s.qkv + q_dim + kv_dim;
+      pa.kv_new_stride = qkv_w;
+      pa.kv = pool;
+      pa.pages = on_device(ll.prefill_keys);
+      pa.scale = scale;
+      ll.prefill->run(pa, stream);
+    }
+    if (ll.decode != nullptr) {
+      cuda::DecodeArgs da;
+      da.q = s.qkv;
+      da.q_stride = qkv_w;
+      da.o = s.att;
+      da.o_stride = q_dim;
+      da.kv = pool;
+      da.pages = on_device(ll.decode_keys);
+      da.scale = scale;
+      ll.decode->run(da, stream);
+    }
+    mark(static_cast<size_t>(2 + 2 * l));
+    if (ll.streaming_after) append(no_bounds, s.app_s, l);
+    gemm_run(s.att, lw.wo, s.proj, rows, H, q_dim);
+    cuda::add_rmsnorm(s.h, s.proj, lw.ffn_norm.data(), s.xn, rows, H, c.rms_eps, stream);
+    gemm_run(s.xn, lw.w_gate_up, s.gate_up, rows, 2 * I, H);
+    cuda::silu_mul(s.gate_up, s.act, rows, I, stream);
+    gemm_run(s.act, lw.w_down, s.proj, rows, H, I);
+  }
+  if (s.out_rows == 0) return;
+  // h += the last MLP output; the final norm; the rows that need logits gathered (the host's, then
+  // the drawn ones); the LM head; fp32; the drawn rows sampled.
+  cuda::add_rmsnorm(s.h, s.proj, final_norm.data(), s.xn, rows, H, c.rms_eps, stream);
+  cuda::embedding_gather(s.xn, rows, H, t + s.selr, s.out_rows, s.sel, stream);
+  gemm_run(s.sel, tied ? embed : lm_head, s.logits, s.out_rows, V, H);
+  cuda::widen_bf16(s.logits, s.logits_f32, s.out_rows * V, stream);
+  if (s.n_drawn > 0) {
+    cuda::sample_rows(s.logits_f32 + s.n_host * V, V, static_cast<int32_t>(s.n_drawn), static_cast<int32_t>(V),
+                      s.draw_params, s.draw_tokens, stream);
+  }
 }
 
 }  // namespace sparseserve

@@ -25,6 +25,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/cuda/step_graphs.h"
 #include "engine/kv_backend.h"
 #include "engine/model.h"
 #include "engine/step_runner.h"
@@ -39,6 +40,8 @@ class CudaForward {
   // pages (K, V and the sub-page bounds), zeroed. The model and the manager must outlive this.
   // InternalError when the device lacks the memory or the shapes are outside the kernels' (head_dim
   // 64 or 128).
+  // stream: where every step runs (and is synchronised); nullptr: a stream of this object's own
+  // (the legacy default stream cannot be captured into the decode steps' CUDA graphs).
   CudaForward(const Model& model, const kvcache::KvCacheManager& manager, cudaStream_t stream = nullptr);
   ~CudaForward();
   CudaForward(const CudaForward&) = delete;
@@ -67,6 +70,10 @@ class CudaForward {
                std::vector<int32_t>& drawn);
 
   const SelectionStats& selection_stats() const;
+  // Decode steps (every row a one-token row) run from CUDA graphs (engine/cuda/step_graphs.h)
+  // unless the environment holds SPARSESERVE_CUDA_GRAPHS=0 when this object is made; other steps
+  // launch their kernels one by one.
+  const StepGraphStats& graph_stats() const;
 
   // Prepares for steps of up to max_rows tokens and max_logit_rows logits rows: sizes the step
   // buffers and runs each GEMM shape such steps use once (the GEMMs run on rows rounded up to a

@@ -66,13 +66,14 @@ __device__ __forceinline__ int64_t meta_index(const KvPoolView& pool, int32_t pa
   return (int64_t{page} * subpages + offset / pool.logical_page_tokens) * pool.head_dim;
 }
 
+// Both kernels run over (head, row) pairs i = h * rows + r: page_ids[i], offsets[r].
 __global__ void __launch_bounds__(kThreads) kv_reset_subpages_kernel(KvPoolView pool, KvAppendRows rows) {
-  const int64_t total = rows.rows * pool.head_dim;
+  const int64_t total = rows.rows * rows.heads * pool.head_dim;
   for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < total; t += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t n = t / pool.head_dim, d = t % pool.head_dim;
-    const int32_t page = rows.page_ids[n], offset = rows.offsets[n];
+    const int64_t i = t / pool.head_dim, d = t % pool.head_dim, r = i % rows.rows;
+    const int32_t page = rows.page_ids[i], offset = rows.offsets[r];
     if (!row_in_range(pool, page, offset) || offset % pool.logical_page_tokens != 0) continue;
-    if (!row_has_metadata(pool, rows, n)) continue;
+    if (!row_has_metadata(pool, rows, r)) continue;
     const int64_t m = meta_index(pool, page, offset) + d;
     pool.kmin[m] = __ushort_as_bfloat16(0x7f80);  // +inf
     pool.kmax[m] = __ushort_as_bfloat16(0xff80);  // -inf
@@ -82,16 +83,16 @@ __global__ void __launch_bounds__(kThreads) kv_reset_subpages_kernel(KvPoolView 
 __global__ void __launch_bounds__(kThreads) kv_append_kernel(KvPoolView pool, KvAppendRows rows, bool vec) {
   const int D = pool.head_dim;
   const int units = vec ? D / 8 : D;
-  const int64_t total = rows.rows * units;
+  const int64_t total = rows.rows * rows.heads * units;
   for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < total; t += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t n = t / units;
+    const int64_t i = t / units, h = i / rows.rows, r = i - h * rows.rows;
     const int j = static_cast<int>(t % units);
-    const int32_t page = rows.page_ids[n], offset = rows.offsets[n];
+    const int32_t page = rows.page_ids[i], offset = rows.offsets[r];
     if (!row_in_range(pool, page, offset)) continue;
     const int64_t slot = (int64_t{page} * pool.page_tokens + offset) * D;
-    const __nv_bfloat16* key = rows.k_new + n * rows.k_stride;
-    const __nv_bfloat16* value = rows.v_new + n * rows.v_stride;
-    const bool meta = row_has_metadata(pool, rows, n);
+    const __nv_bfloat16* key = rows.k_new + r * rows.k_stride + h * D;
+    const __nv_bfloat16* value = rows.v_new + r * rows.v_stride + h * D;
+    const bool meta = row_has_metadata(pool, rows, r);
     const int64_t m = meta ? meta_index(pool, page, offset) : 0;
     if (vec) {
       const uint4 kraw = reinterpret_cast<const uint4*>(key)[j];
@@ -124,8 +125,9 @@ void kv_append(const KvPoolView& pool, const KvAppendRows& rows, cudaStream_t st
   check(pool.k != nullptr && pool.v != nullptr, "kv_append: null K or V pool", loc);
   check((pool.kmin == nullptr) == (pool.kmax == nullptr), "kv_append: kmin and kmax must both be set or both null",
         loc);
-  check(rows.rows >= 0 && rows.k_stride >= pool.head_dim && rows.v_stride >= pool.head_dim,
-        "kv_append: rows ≥ 0 and row strides ≥ head_dim", loc);
+  check(rows.rows >= 0 && rows.heads >= 1, "kv_append: rows ≥ 0 and heads ≥ 1", loc);
+  const int64_t width = int64_t{rows.heads} * pool.head_dim;
+  check(rows.k_stride >= width && rows.v_stride >= width, "kv_append: row strides ≥ heads × head_dim", loc);
   if (rows.rows == 0) return;
   check(rows.k_new != nullptr && rows.v_new != nullptr && rows.page_ids != nullptr && rows.offsets != nullptr,
         "kv_append: null row pointer", loc);
@@ -134,10 +136,10 @@ void kv_append(const KvPoolView& pool, const KvAppendRows& rows, cudaStream_t st
                    is_aligned16(rows.v_new) && is_aligned16(pool.k) && is_aligned16(pool.v) &&
                    (pool.kmin == nullptr || (is_aligned16(pool.kmin) && is_aligned16(pool.kmax)));
   if (pool.kmin != nullptr) {
-    kv_reset_subpages_kernel<<<grid_for(rows.rows * D), kThreads, 0, stream>>>(pool, rows);
+    kv_reset_subpages_kernel<<<grid_for(rows.rows * rows.heads * D), kThreads, 0, stream>>>(pool, rows);
     check_cuda(cudaGetLastError(), "kv_reset_subpages_kernel launch", loc);
   }
-  kv_append_kernel<<<grid_for(rows.rows * (vec ? D / 8 : D)), kThreads, 0, stream>>>(pool, rows, vec);
+  kv_append_kernel<<<grid_for(rows.rows * rows.heads * (vec ? D / 8 : D)), kThreads, 0, stream>>>(pool, rows, vec);
   check_cuda(cudaGetLastError(), "kv_append_kernel launch", loc);
 }
 

@@ -24,11 +24,13 @@ struct KvPoolView {
   int32_t head_dim = 0;             // D
 };
 
-// The rows to append, all device arrays of `rows` entries:
-//   key row n at k_new + n * k_stride, value row n at v_new + n * v_stride (head_dim values each;
-//   strides in elements, ≥ head_dim, e.g. one KV head's slice of fused qkv rows);
-//   page_ids[n], offsets[n]: destination page and token offset (< P) in it;
-//   with_metadata[n] (optional; null = every row): fold row n's key into kmin/kmax (retrieval lanes).
+// The rows to append, all device arrays of `rows` entries, each row holding `heads` KV heads (one
+// launch for all KV heads of a layer):
+//   head h's key of row n at k_new + n * k_stride + h * head_dim, its value at v_new + n * v_stride +
+//   h * head_dim (head_dim values each; strides in elements, ≥ heads * head_dim, e.g. fused qkv rows);
+//   page_ids[h * rows + n]: head h's destination page ([heads][rows]); offsets[n]: the token offset
+//   (< P) in it, the same for every head;
+//   with_metadata[n] (optional; null = every row): fold row n's keys into kmin/kmax (retrieval lanes).
 // Contract (as for CpuKvStorage, where pages fill in order): the rows of a batch go to distinct
 // (page, offset) slots, and a sub-page that receives its first token (offset % LP == 0) in this batch
 // receives its later tokens after it, in this batch or later ones. Then kmin/kmax equal the sequential
@@ -44,6 +46,7 @@ struct KvAppendRows {
   const int32_t* offsets = nullptr;
   const uint8_t* with_metadata = nullptr;
   int64_t rows = 0;
+  int32_t heads = 1;  // ≥ 1
 };
 
 // Two stream-ordered launches (reset the sub-pages that start in the batch, then write and fold):

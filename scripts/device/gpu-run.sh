@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: unpacks .devpkg/gpu.tar.xz (scripts/device/pack.sh) and runs, in one go, the
 # GPU test suite (tests + compute-sanitizer), then the benchmarks named in $BENCH (gemm, attention,
-# attention-quick, engine), then, when the package holds a model (pack.sh's MODEL_BLOCKS), the server end to
+# attention-quick, engine, engine-dummy), then, when the package holds a model (pack.sh's MODEL_BLOCKS), the server end to
 # end on both backends (serve-check.py). Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
@@ -34,6 +34,11 @@ for b in ${BENCH:-}; do
           --model /tmp/gpu/smollm2-cut.gguf --model-config "$cut_yaml" --profiles dense,balanced --out "$OUT" \
           ${ENGINE_BENCH_ARGS:-} > "$OUT/engine.txt" 2>&1 || status=1
       tail -30 "$OUT/engine.txt" ;;
+    engine-dummy)  # needs a directory packed by pack.sh's DUMMY=NAME (default llama-3-8b), dense profile
+      PYTHONPATH="$P/python${PYTHONPATH:+:$PYTHONPATH}" python3 bench/engine_bench.py --bin "$P/bin/engine_bench" \
+        --model ".devpkg/${DUMMY:-llama-3-8b}" --load-format dummy --kv-cache-bytes 40GiB --out "$OUT" \
+        ${ENGINE_BENCH_ARGS:-} > "$OUT/engine-dummy.txt" 2>&1 || status=1
+      tail -30 "$OUT/engine-dummy.txt" ;;
     *) echo "gpu-run: unknown benchmark '$b'" >&2; status=1 ;;
   esac
 done

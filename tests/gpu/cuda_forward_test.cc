@@ -2,13 +2,16 @@
 // reference) on a random Llama-shaped model: a varlen batch over several steps (chunked prefill of
 // unequal sequences, then decode steps), pages handed out interleaved across sequences so no
 // sequence's pages are contiguous. Each step's logits agree within bf16 rounding and pick the same
-// token where the CPU's top two are apart.
+// token where the CPU's top two are apart. Decode steps replayed from CUDA graphs equal the same
+// steps launched kernel by kernel, bit for bit, under dense, streaming and selecting profiles.
 #include "engine/cuda/cuda_forward.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <random>
 
@@ -105,6 +108,91 @@ TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
                 static_cast<long long>(shape.head_dim), static_cast<long long>(shape.heads / shape.kv_heads), compared,
                 static_cast<double>(worst), top1_checked);
   }
+}
+
+
+// Streaming lanes in every layer and, in layers 1 and 2, decode page selection on the retrieval
+// lanes (64-token budget, reselected every 3 steps): every optional launch of a decode step.
+kvcache::SparsityProfile selecting_profile(const ModelConfig& c) {
+  using kvcache::HeadRole;
+  kvcache::SparsityProfile p = kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
+  p.name = "select";
+  p.roles = kvcache::HeadRoles(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads),
+                               {HeadRole::kRetrieval, HeadRole::kStreaming, HeadRole::kRetrieval, HeadRole::kStreaming,
+                                HeadRole::kRetrieval, HeadRole::kStreaming});
+  p.streaming = kvcache::StreamingWindow{16, 40};
+  p.decode.enabled = true;
+  p.decode.token_budget = 64;
+  p.decode.sink_tokens = 16;
+  p.decode.reselect_interval = 3;
+  p.decode.dense_layers = {0};
+  return p;
+}
+
+TEST(CudaForwardTest, DecodeStepsFromCudaGraphsEqualStepsLaunchedKernelByKernel) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  RandomModel rm({3, 256, 8, 2, 64, 512, 600, RopeLayout::kHalf, false}, rng);
+  const Model& model = *rm.model;
+  const ModelConfig& c = model.config;
+  const kvcache::KvCacheConfig geometry{.page_tokens = 16, .logical_page_tokens = 16};
+  kvcache::KvCacheManager graph_pages(geometry, 2048), eager_pages(geometry, 2048);
+  CudaForward graphs(model, graph_pages);
+  ASSERT_EQ(setenv("SPARSESERVE_CUDA_GRAPHS", "0", 1), 0);
+  CudaForward eager(model, eager_pages);
+  unsetenv("SPARSESERVE_CUDA_GRAPHS");
+  const kvcache::SparsityProfile dense =
+      kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
+  const kvcache::SparsityProfile select = selecting_profile(c);
+  const kvcache::SparsityProfile* profiles[] = {&dense, &select, &select};
+  const std::vector<int64_t> prompt = {70, 45, 100};
+  std::vector<std::vector<int32_t>> tokens(prompt.size());
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
+  for (uint64_t i = 0; i < prompt.size(); ++i) {
+    for (kvcache::KvCacheManager* m : {&graph_pages, &eager_pages}) {
+      m->add_sequence(i, kvcache::SequenceLayout::from_roles(profiles[i]->roles, profiles[i]->streaming));
+    }
+    graphs.add_sequence(i, *profiles[i]);
+    eager.add_sequence(i, *profiles[i]);
+    for (int64_t t = 0; t < prompt[i]; ++t) tokens[i].push_back(tok(rng));
+  }
+  // Prefill (launched in both), then decode steps: all three sequences, then sequence 1 paused (a
+  // new graph shape), then all three again (the first shape's graph, updated). Row 0's token is
+  // drawn on the device (seeded sampling inside the graph).
+  int64_t decode_steps = 0;
+  for (int step = 0; step < 75; ++step) {
+    std::vector<ForwardSeq> batch;
+    for (uint64_t i = 0; i < prompt.size(); ++i) {
+      if (step > 0 && i == 1 && step >= 40 && step < 60) continue;
+      const int64_t start = static_cast<int64_t>(tokens[i].size()) - (step == 0 ? prompt[i] : 0);
+      if (step > 0) tokens[i].push_back(tok(rng));
+      const int64_t n = static_cast<int64_t>(tokens[i].size()) - start;
+      for (kvcache::KvCacheManager* m : {&graph_pages, &eager_pages}) m->allocate(i, start + n);
+      batch.push_back(ForwardSeq{i, start, std::span(tokens[i]).subspan(static_cast<size_t>(start)), false, prompt[i]});
+    }
+    const DeviceDraw draw{.row = 0, .temperature = 0.8f, .top_k = 20, .top_p = 0.9f, .min_p = 0.0f, .seed = 7,
+                          .step = static_cast<uint64_t>(step)};
+    std::vector<float> got, want;
+    std::vector<int32_t> got_drawn, want_drawn;
+    graphs.forward(batch, std::span(&draw, 1), got, got_drawn);
+    eager.forward(batch, std::span(&draw, 1), want, want_drawn);
+    ASSERT_EQ(got.size(), want.size());
+    ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "step " << step;
+    ASSERT_EQ(got_drawn, want_drawn) << "step " << step;
+    decode_steps += step > 0;
+  }
+  const StepGraphStats& g = graphs.graph_stats();
+  EXPECT_EQ(g.replays + g.updates + g.instantiations, decode_steps);
+  EXPECT_GE(g.instantiations, 2);  // two shapes
+  EXPECT_GT(g.replays, g.updates);  // most steps launch an unchanged graph
+  EXPECT_EQ(eager.graph_stats().replays + eager.graph_stats().updates + eager.graph_stats().instantiations, 0);
+  EXPECT_EQ(graphs.selection_stats().selections, eager.selection_stats().selections);
+  EXPECT_GT(graphs.selection_stats().selections, 0);
+  std::printf("%lld decode steps: %lld replays, %lld updates, %lld captures into new graphs\n",
+              static_cast<long long>(decode_steps), static_cast<long long>(g.replays), static_cast<long long>(g.updates),
+              static_cast<long long>(g.instantiations));
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // kernels/cuda/kv_append vs engine/cpu_kv_storage (CpuKvStorage::write) on a simulated batch of lanes:
 // a prefill chunk then decode steps per lane, rows of a batch in random order, some lanes without
-// metadata (streaming), plus rows out of range that must be skipped. Pools start poisoned, so slots
-// never written must stay NaN. kmin/kmax are bf16 on the device and must equal the CPU's fp32 values
+// metadata (streaming), plus rows out of range that must be skipped; with several KV heads a row
+// (one launch for all heads of a layer) the lanes come in groups that share positions. Pools start
+// poisoned, so slots never written must stay NaN. kmin/kmax are bf16 on the device and must equal the CPU's fp32 values
 // exactly (min/max of bf16 keys).
 #include <gtest/gtest.h>
 
@@ -19,23 +20,25 @@ namespace cuda = kernels::cuda;
 
 struct KvCase {
   int32_t P, LP, D;
-  int64_t extra_stride;  // row stride = D + extra (≥ 0; odd → unaligned rows, scalar path)
+  int64_t extra_stride;  // row stride = heads · D + extra (≥ 0; odd → unaligned rows, scalar path)
+  int32_t heads = 1;     // KV heads a row (divides the 6 lanes)
 };
 
 struct Row {
-  int32_t lane, pos;
+  int32_t group, pos;  // lanes group·heads .. group·heads + heads − 1
 };
 
 void run_case(const KvCase& c, std::mt19937_64& rng) {
   SCOPED_TRACE("P " + std::to_string(c.P) + " LP " + std::to_string(c.LP) + " D " + std::to_string(c.D) +
-               " stride +" + std::to_string(c.extra_stride));
-  const int32_t num_pages = 96, lanes = 6, pages_per_lane = 12, SP = c.P / c.LP;
-  const int64_t stride = c.D + c.extra_stride;
+               " stride +" + std::to_string(c.extra_stride) + " heads " + std::to_string(c.heads));
+  const int32_t num_pages = 96, lanes = 6, pages_per_lane = 12, SP = c.P / c.LP, H = c.heads, groups = lanes / H;
+  const int64_t stride = int64_t{H} * c.D + c.extra_stride;
   std::vector<int32_t> pool_pages(static_cast<size_t>(num_pages));
   std::iota(pool_pages.begin(), pool_pages.end(), 0);
   std::shuffle(pool_pages.begin(), pool_pages.end(), rng);
   auto page_of = [&](int32_t lane, int32_t pos) { return pool_pages[size_t(lane * pages_per_lane + pos / c.P)]; };
-  auto has_meta = [](int32_t lane) { return lane < 4; };  // lanes 4, 5: streaming, no metadata
+  // The last group (lanes 4, 5 with one head a row): streaming, no metadata.
+  auto has_meta = [&](int32_t group) { return groups == 1 || group < groups - 1; };
 
   CpuKvStorage cpu(num_pages, c.P, c.LP, c.D);
   auto dk = poisoned<bf16>(size_t(num_pages) * c.P * c.D);
@@ -45,16 +48,16 @@ void run_case(const KvCase& c, std::mt19937_64& rng) {
   const cuda::KvPoolView pool{dk.data(), dv.data(), dmin.data(), dmax.data(), num_pages, c.P, c.LP, c.D};
   std::vector<uint8_t> slot_written(size_t(num_pages) * c.P, 0), sub_written(size_t(num_pages) * SP, 0);
 
-  std::vector<int32_t> len(size_t(lanes), 0);
+  std::vector<int32_t> len(size_t(groups), 0);
   const int32_t capacity = pages_per_lane * c.P;
   for (int round = 0; round < 6; ++round) {
     std::vector<Row> rows;
-    for (int32_t lane = 0; lane < lanes; ++lane) {
+    for (int32_t g = 0; g < groups; ++g) {
       const int32_t want = round == 0 ? std::uniform_int_distribution<int32_t>(1, 2 * c.P + 7)(rng)
                                       : std::uniform_int_distribution<int32_t>(0, 3)(rng);
-      const int32_t n = std::min(want, capacity - len[size_t(lane)]);
-      for (int32_t i = 0; i < n; ++i) rows.push_back({lane, len[size_t(lane)] + i});
-      len[size_t(lane)] += n;
+      const int32_t n = std::min(want, capacity - len[size_t(g)]);
+      for (int32_t i = 0; i < n; ++i) rows.push_back({g, len[size_t(g)] + i});
+      len[size_t(g)] += n;
     }
     std::shuffle(rows.begin(), rows.end(), rng);
     const size_t n_valid = rows.size();
@@ -64,20 +67,22 @@ void run_case(const KvCase& c, std::mt19937_64& rng) {
       keys.f[i] = (i / 13) % 2 == 0 ? -0.0f : 0.0f;
     }
     const Bf16Data values = random_bf16(keys.size(), rng, -3.0f, 3.0f);
-    std::vector<int32_t> page_ids, offsets;
+    // page_ids [heads][R] over the R = n_valid + 2 rows; the last two rows out of range: skipped by
+    // the kernel, never written anywhere.
+    const size_t R = n_valid + 2;
+    std::vector<int32_t> page_ids(size_t(H) * R), offsets;
     std::vector<uint8_t> meta;
-    for (const Row& r : rows) {
-      page_ids.push_back(page_of(r.lane, r.pos));
-      offsets.push_back(r.pos % c.P);
-      meta.push_back(has_meta(r.lane) ? 1 : 0);
+    for (size_t i = 0; i < n_valid; ++i) {
+      for (int32_t h = 0; h < H; ++h) page_ids[size_t(h) * R + i] = page_of(rows[i].group * H + h, rows[i].pos);
+      offsets.push_back(rows[i].pos % c.P);
+      meta.push_back(has_meta(rows[i].group) ? 1 : 0);
     }
-    // Two rows out of range: skipped by the kernel, never written anywhere.
-    page_ids.push_back(num_pages);
-    offsets.push_back(0);
-    meta.push_back(1);
-    page_ids.push_back(0);
-    offsets.push_back(c.P);
-    meta.push_back(1);
+    for (int32_t h = 0; h < H; ++h) {
+      page_ids[size_t(h) * R + n_valid] = num_pages;
+      page_ids[size_t(h) * R + n_valid + 1] = 0;
+    }
+    offsets.insert(offsets.end(), {0, c.P});
+    meta.insert(meta.end(), {1, 1});
 
     auto dkeys = to_device(keys);
     auto dvalues = to_device(values);
@@ -85,19 +90,23 @@ void run_case(const KvCase& c, std::mt19937_64& rng) {
     auto doffsets = to_device<int32_t>(offsets);
     auto dmeta = to_device<uint8_t>(meta);
     const cuda::KvAppendRows append{dkeys.data(), dvalues.data(), stride, stride, dpages.data(), doffsets.data(),
-                                    dmeta.data(), int64_t(page_ids.size())};
+                                    dmeta.data(), int64_t(R), H};
     cuda::kv_append(pool, append, nullptr);
 
     // CPU twin: the same rows in position order within each lane.
     std::vector<size_t> order(n_valid);
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      return rows[a].lane != rows[b].lane ? rows[a].lane < rows[b].lane : rows[a].pos < rows[b].pos;
+      return rows[a].group != rows[b].group ? rows[a].group < rows[b].group : rows[a].pos < rows[b].pos;
     });
     for (size_t i : order) {
-      cpu.write(page_ids[i], offsets[i], &keys.f[i * size_t(stride)], &values.f[i * size_t(stride)], meta[i] != 0);
-      slot_written[size_t(page_ids[i]) * c.P + size_t(offsets[i])] = 1;
-      if (meta[i]) sub_written[size_t(page_ids[i]) * SP + size_t(offsets[i] / c.LP)] = 1;
+      for (int32_t h = 0; h < H; ++h) {
+        const int32_t page = page_ids[size_t(h) * R + i];
+        const size_t at = i * size_t(stride) + size_t(h) * size_t(c.D);
+        cpu.write(page, offsets[i], &keys.f[at], &values.f[at], meta[i] != 0);
+        slot_written[size_t(page) * c.P + size_t(offsets[i])] = 1;
+        if (meta[i]) sub_written[size_t(page) * SP + size_t(offsets[i] / c.LP)] = 1;
+      }
     }
 
     const std::vector<float> gk = download_bf16(dk), gv = download_bf16(dv);
@@ -139,8 +148,9 @@ TEST(KvAppendTest, SmallBatchesMatchCpuStorage) {
   const uint64_t seed = test_seed();
   SCOPED_TRACE(seed_trace(seed));
   std::mt19937_64 rng(seed);
-  const KvCase cases[] = {{64, 16, 128, 0}, {16, 16, 64, 3 * 64}, {32, 8, 128, 256}, {64, 16, 64, 0},
-                          {16, 4, 64, 1},   {8, 8, 40, 0}};
+  const KvCase cases[] = {{64, 16, 128, 0},    {16, 16, 64, 3 * 64}, {32, 8, 128, 256}, {64, 16, 64, 0},
+                          {16, 4, 64, 1},      {8, 8, 40, 0},        {64, 16, 128, 0, 2}, {16, 16, 64, 8, 3},
+                          {32, 8, 64, 1, 6},   {16, 4, 40, 0, 3}};
   for (const KvCase& c : cases) run_case(c, rng);
 }
 
