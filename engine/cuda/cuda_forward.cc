@@ -11,13 +11,13 @@
 #include <cstring>
 #include <exception>
 #include <initializer_list>
-#include <numeric>
 #include <string>
 #include <unordered_map>
 
 #include "common/errors.h"
 #include "common/half.h"
 #include "engine/cuda/step_graphs.h"
+#include "engine/cuda/step_tables.h"
 #include "engine/forward_step.h"
 #include "engine/rope_freqs.h"
 #include "engine/sequence_attention.h"
@@ -381,94 +381,12 @@ void CudaForward::forward(std::span<const ForwardSeq> batch, std::span<const Dev
   impl_->run(batch, draws, logits, drawn);
 }
 
-namespace {
-
-// Room a table of n entries takes in the step's blob: n rounded up to a power of two (at least 16),
-// so that tables whose lengths grow by a page now and then (key lists as contexts grow) keep their
-// offsets for many steps, and so does the CUDA graph of the steps (StepGraphs: offsets are part of
-// a step's key).
-size_t table_room(size_t n) { return std::bit_ceil(std::max<size_t>(n, 16)); }
-
-// The step's int32 tables, packed into one upload; each table is an offset into `data`.
-struct Blob {
-  std::vector<int32_t> data;
-  size_t take(size_t n) {
-    const size_t at = data.size();
-    data.resize(at + table_room(n));
-    return at;
-  }
-  size_t append(std::span<const int32_t> v) {
-    const size_t at = take(v.size());
-    std::copy(v.begin(), v.end(), data.begin() + static_cast<std::ptrdiff_t>(at));
-    return at;
-  }
-};
-
-// Key lists of one kernel's rows (decode_attention.h KeyPageList) and their Blob offsets.
-struct KeyLists {
-  std::vector<int32_t> indptr{0}, pages, pos0, len;
-  size_t ip = 0, pg = 0, p0 = 0, ln = 0;
-  void add(int32_t page, int64_t first, int64_t count) {
-    pages.push_back(page);
-    pos0.push_back(static_cast<int32_t>(first));
-    len.push_back(static_cast<int32_t>(count));
-  }
-  int32_t close_row() {  // the row's entry count
-    indptr.push_back(static_cast<int32_t>(pages.size()));
-    return indptr.back() - indptr[indptr.size() - 2];
-  }
-  void reserve_row(int32_t count) {  // entries a kernel writes (page_select)
-    pages.resize(pages.size() + static_cast<size_t>(count));
-    pos0.resize(pages.size());
-    len.resize(pages.size());
-    close_row();
-  }
-  void upload_to(Blob& blob) {
-    ip = blob.append(indptr);
-    pg = blob.append(pages);
-    p0 = blob.append(pos0);
-    ln = blob.append(len);
-  }
-};
-
-// One layer's attention rows and key lists, built on the host: chunks of more than one token go to
-// the prefill kernel, one-token rows (decode steps) to the split-KV decode kernel. Decode rows whose
-// selection is computed on the device come last (`fresh_from`): their entries are reserved, and
-// page_select fills them.
-struct LayerPlan {
-  std::vector<cuda::PrefillRow> prefill_rows;
-  KeyLists prefill_keys;
-  std::vector<cuda::DecodeRow> decode_rows;
-  std::vector<int32_t> decode_entries;  // each decode row's entry count (its plan's hint)
-  KeyLists decode_keys;
-  size_t fresh_from = 0;  // decode_rows[fresh_from ..] select on the device
-  bool streaming_before = false, streaming_after = false;  // streaming lanes append before / after
-  // The fresh rows' page_select inputs: all blocks of their lane, their lengths, the selection's
-  // CSR (plan_selected_indptr), query offsets in the qkv buffer, and (for the stats) the
-  // (sequence, layer head) each belongs to.
-  std::vector<cuda::DecodeRow> fresh_rows;  // their decode rows and entry counts, in sel_owner's order
-  std::vector<int32_t> fresh_entries;
-  std::vector<int32_t> sel_indptr{0}, sel_pages, sel_lens, sel_out_indptr{0};
-  std::vector<int64_t> sel_q;
-  std::vector<std::pair<uint64_t, int32_t>> sel_owner;
-  size_t s_ip = 0, s_pg = 0, s_len = 0, s_out = 0;  // Blob offsets
-  size_t q_at = 0, picked_at = 0;  // offsets into the step's q offsets and picked blocks
-  // The layer's share of the step's figures: decode context and host-listed selected tokens
-  // (SelectionStats), and the most blocks of a lane that page_select reads.
-  int64_t context_tokens = 0, selected_tokens = 0;
-  int32_t max_blocks = 1;
-};
-
-}  // namespace
-
 void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws,
                             std::vector<float>& out, std::vector<int32_t>& drawn) {
-  using kvcache::HeadRole;
   const ModelConfig& c = model.config;
   const int64_t H = c.hidden, D = c.head_dim, L = c.n_layers, KV = c.n_kv_heads, I = c.intermediate, V = c.vocab_size;
-  const int64_t group = c.n_heads / KV;
   const int64_t q_dim = c.n_heads * D, kv_dim = KV * D, qkv_w = q_dim + 2 * kv_dim;
-  const int32_t P = manager.config().page_tokens, LP = manager.config().logical_page_tokens;
+  const int32_t P = manager.config().page_tokens;
 
   // Checks first: nothing is written for a bad batch.
   const auto [rows, out_rows] = check_step(c, batch);
@@ -488,195 +406,11 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   if (rows == 0) return;
 
   const auto host_t0 = std::chrono::steady_clock::now();
-  // ---- Host tables ----
-  //   ids, pos, off [rows]: token, position, slot within its page;  sel [out_rows]: rows needing logits;
-  //   app_r, app_sb, app_s [L][KV][rows]: the page each token's K/V goes to in retrieval lanes
-  //   (before the attention) and streaming lanes (one-token rows before it: their decode row reads
-  //   the new key from the ring; longer chunks after it), −1 for none (kv_append skips the row);
-  //   per layer: the attention's CSR lists and page_select's inputs (LayerPlan).
-  Blob blob;
-  const auto R = static_cast<size_t>(rows);
-  const size_t ids = blob.take(R), pos = blob.take(R), off = blob.take(R), selr = blob.take(static_cast<size_t>(out_rows));
-  const size_t app_r = blob.take(static_cast<size_t>(L * KV) * R), app_sb = blob.take(static_cast<size_t>(L * KV) * R),
-               app_s = blob.take(static_cast<size_t>(L * KV) * R);
-  std::fill(blob.data.begin() + static_cast<std::ptrdiff_t>(app_r), blob.data.end(), -1);
-  std::vector<LayerPlan> plans(static_cast<size_t>(L));
-  std::vector<int64_t> step_q;  // all layers' selection query offsets
-  std::vector<int32_t> logit_rows;  // the token row of each logits row, batch order
-  int64_t picked_total = 0;
-  int32_t max_blocks = 1;
-  {
-    // Per sequence: token rows, and the rows that need logits.
-    std::vector<int64_t> row0(batch.size());
-    int64_t r_next = 0;
-    for (size_t bi = 0; bi < batch.size(); ++bi) {
-      const ForwardSeq& s = batch[bi];
-      const auto n = static_cast<int64_t>(s.tokens.size());
-      const int64_t r = row0[bi] = r_next;
-      for (int64_t i = 0; i < n; ++i) {
-        blob.data[ids + static_cast<size_t>(r + i)] = s.tokens[static_cast<size_t>(i)];
-        blob.data[pos + static_cast<size_t>(r + i)] = static_cast<int32_t>(s.start + i);
-        blob.data[off + static_cast<size_t>(r + i)] = static_cast<int32_t>((s.start + i) % P);
-      }
-      for (int64_t i = first_logit_row(s); i < n; ++i) logit_rows.push_back(static_cast<int32_t>(r + i));
-      r_next += n;
-    }
-    // Per layer, each (sequence, KV head) lane: its append destinations and attention row. Layers are
-    // independent (each writes its own LayerPlan and blob regions and reads the sequences' state):
-    // large steps build them in parallel (a 64-sequence decode step of Llama-3-8B has 16384 lanes).
-    // An exception leaves its layer's loop and is rethrown after the parallel region.
-    std::vector<std::exception_ptr> failed(static_cast<size_t>(L));
-#pragma omp parallel for schedule(dynamic) if (rows * L * KV >= 4096)
-    for (int64_t l = 0; l < L; ++l) {
-      LayerPlan& lp = plans[static_cast<size_t>(l)];
-      try {
-        for (size_t bi = 0; bi < batch.size(); ++bi) {
-          const ForwardSeq& s = batch[bi];
-          const int64_t r = row0[bi];
-          const auto n = static_cast<int64_t>(s.tokens.size());
-          const kvcache::SequenceKv& kv = manager.sequence(s.id);
-          const SequenceAttention& st = seqs.at(s.id);
-          const kvcache::HeadRoles& roles = st.profile().roles;
-          const kvcache::DecodeSelection& dec = st.profile().decode;
-          const int64_t end = s.start + n;
-          const bool decode = n == 1 && s.start >= s.prompt_len;
-          for (int64_t hd = 0; hd < KV; ++hd) {
-            const auto li = static_cast<int32_t>(l), hi = static_cast<int32_t>(hd);
-            const int32_t slot = roles.slot(li, hi);
-            int32_t* dest = blob.data.data() + static_cast<size_t>((l * KV + hd) * rows + r);
-            const bool one = n == 1 && !decode_with_prefill;  // a one-token row: the decode kernel
-            KeyLists& keys = one ? lp.decode_keys : lp.prefill_keys;
-            cuda::PrefillRow pr;
-            pr.q_row0 = static_cast<int32_t>(r);
-            pr.n_tokens = static_cast<int32_t>(n);
-            pr.q_pos0 = static_cast<int32_t>(s.start);
-            pr.kv_head = hi;
-            cuda::DecodeRow dr;
-            dr.q_row = static_cast<int32_t>(r);
-            dr.kv_head = hi;
-            dr.q_pos = static_cast<int32_t>(s.start);
-            dr.pages_plan_time = true;  // host lists; the append writes only the newest key, in the last entry
-            if (roles.role(li, hi) == HeadRole::kRetrieval) {
-              const auto& pages = kv.retrieval_pages(slot);
-              for (int64_t i = 0; i < n; ++i) dest[app_r + i] = pages[static_cast<size_t>((s.start + i) / P)];
-              const auto nb = static_cast<int32_t>((end + P - 1) / P);
-              const auto rule = decode ? st.decode_keys(l, hd, end) : SequenceAttention::DecodeKeys::kAll;
-              if (decode) lp.context_tokens += end;
-              if (rule == SequenceAttention::DecodeKeys::kFresh) {
-                // Selected on the device: a decode row after the layer's host-listed ones (below), its
-                // entries reserved for page_select, which reads every block of the lane.
-                const int32_t count = cuda::selected_page_count(end, {P, LP, dec.sink_tokens, dec.token_budget});
-                dr.pages_plan_time = false;  // page_select writes its entries in the same stream
-                lp.fresh_rows.push_back(dr);
-                lp.fresh_entries.push_back(count);
-                lp.sel_pages.insert(lp.sel_pages.end(), pages.begin(), pages.begin() + nb);
-                lp.sel_indptr.push_back(static_cast<int32_t>(lp.sel_pages.size()));
-                lp.sel_lens.push_back(static_cast<int32_t>(end));
-                lp.sel_out_indptr.push_back(lp.sel_out_indptr.back() + count);
-                lp.sel_q.push_back(r * qkv_w + hd * group * D);
-                lp.sel_owner.emplace_back(s.id, hi);
-                lp.max_blocks = std::max(lp.max_blocks, nb);
-                continue;
-              }
-              const auto add_block = [&](int32_t b) {
-                const int64_t count = std::min<int64_t>(P, end - int64_t{b} * P);
-                keys.add(pages[static_cast<size_t>(b)], int64_t{b} * P, count);
-                if (decode) lp.selected_tokens += count;
-              };
-              if (rule == SequenceAttention::DecodeKeys::kPrevious) {
-                for (const int32_t b : st.previous_blocks(l, hd, end, P)) add_block(b);
-              } else {
-                for (int32_t b = 0; b < nb; ++b) add_block(b);
-              }
-            } else {
-              const kvcache::StreamingGeometry& g = *kv.streaming_geometry();
-              const auto& pages = kv.streaming_pages(slot);
-              // Keys seen: sink blocks, then the ring's blocks oldest first. A one-token row writes its
-              // key into the ring first (the slot it takes held position t − ring_pages·P, outside the
-              // window) and reads it from there; a longer chunk reads the keys before it from the
-              // ring, its own from the step's buffer (new_kv), and enters the ring after the
-              // attention: only positions the ring still holds after the chunk (and sink blocks).
-              int64_t seen = s.start;
-              if (one) {
-                lp.streaming_before = true;
-                dest[app_sb] = pages[static_cast<size_t>(g.locate(s.start).index)];
-                seen = end;
-              } else {
-                lp.streaming_after = true;
-                const int64_t keep_from = std::max<int64_t>(s.start, end - int64_t{g.ring_pages()} * P);
-                for (int64_t i = 0; i < n; ++i) {
-                  const int64_t p = s.start + i;
-                  if (p < keep_from && p >= int64_t{g.sink_pages()} * P) continue;
-                  dest[app_s + i] = pages[static_cast<size_t>(g.locate(p).index)];
-                }
-              }
-              const int64_t last_block = seen > 0 ? (seen - 1) / P : -1;
-              for (int64_t b = 0; b < g.sink_pages() && b <= last_block; ++b) {
-                keys.add(pages[static_cast<size_t>(b)], b * P, std::min<int64_t>(P, seen - b * P));
-              }
-              for (int64_t b = std::max<int64_t>(g.sink_pages(), last_block - g.ring_pages() + 1); b <= last_block; ++b) {
-                keys.add(pages[static_cast<size_t>(g.locate(b * P).index)], b * P, std::min<int64_t>(P, seen - b * P));
-              }
-              pr.mask = dr.mask = cuda::MaskKind::kBand;
-              pr.sink = dr.sink = g.window().sink_tokens;
-              pr.local = dr.local = g.window().local_tokens;
-              pr.new_kv = 1;
-            }
-            const int32_t entries = keys.close_row();
-            if (one) {
-              lp.decode_rows.push_back(dr);
-              lp.decode_entries.push_back(entries);
-            } else {
-              lp.prefill_rows.push_back(pr);
-            }
-          }
-        }
-      } catch (...) {
-        failed[static_cast<size_t>(l)] = std::current_exception();
-      }
-    }
-    for (const std::exception_ptr& e : failed) {
-      if (e) std::rethrow_exception(e);
-    }
-    for (const LayerPlan& lp : plans) {
-      stats.context_tokens += lp.context_tokens;
-      stats.selected_tokens += lp.selected_tokens;
-      max_blocks = std::max(max_blocks, lp.max_blocks);
-    }
-    // Fresh selections: decode rows after each layer's host-listed ones.
-    for (LayerPlan& lp : plans) {
-      lp.fresh_from = lp.decode_rows.size();
-      for (size_t k = 0; k < lp.fresh_rows.size(); ++k) {
-        lp.decode_rows.push_back(lp.fresh_rows[k]);
-        lp.decode_entries.push_back(lp.fresh_entries[k]);
-        lp.decode_keys.reserve_row(lp.fresh_entries[k]);
-      }
-      if (lp.sel_owner.empty()) continue;
-      lp.q_at = step_q.size();
-      step_q.insert(step_q.end(), lp.sel_q.begin(), lp.sel_q.end());
-      lp.picked_at = static_cast<size_t>(picked_total);
-      picked_total += lp.sel_out_indptr.back();
-    }
-    // The LM head's rows: those the host reads first, then the drawn ones (one contiguous block each).
-    size_t k = 0, at = selr, at_drawn = selr + static_cast<size_t>(out_rows) - draws.size();
-    for (size_t j = 0; j < logit_rows.size(); ++j) {
-      if (k < draws.size() && draws[k].row == static_cast<int64_t>(j)) {
-        blob.data[at_drawn++] = logit_rows[j];
-        ++k;
-      } else {
-        blob.data[at++] = logit_rows[j];
-      }
-    }
-    for (LayerPlan& lp : plans) {
-      lp.prefill_keys.upload_to(blob);
-      lp.decode_keys.upload_to(blob);
-      if (lp.sel_owner.empty()) continue;
-      lp.s_ip = blob.append(lp.sel_indptr);
-      lp.s_pg = blob.append(lp.sel_pages);
-      lp.s_len = blob.append(lp.sel_lens);
-      lp.s_out = blob.append(lp.sel_out_indptr);
-    }
-  }
+  // ---- Host tables (engine/cuda/step_tables.h) ----
+  StepTables tab = build_step_tables(c, manager, seqs, batch, draws, rows, out_rows, decode_with_prefill);
+  stats.context_tokens += tab.context_tokens;
+  stats.selected_tokens += tab.selected_tokens;
+  const std::vector<LayerPlan>& plans = tab.plans;
   // ---- Device buffers sized, tables uploaded, attention planned (all before the device work, which
   // then allocates and uploads nothing: it may be captured in a CUDA graph) ----
   const double tables_ms =
@@ -687,15 +421,15 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   step.out_rows = out_rows;
   step.n_host = n_host;
   step.n_drawn = n_drawn;
-  step.ids = ids, step.pos = pos, step.off = off, step.selr = selr;
-  step.app_r = app_r, step.app_sb = app_sb, step.app_s = app_s;
-  step.max_blocks = std::bit_ceil(static_cast<uint32_t>(max_blocks));  // ≥ every lane's blocks
-  step.t = sized(tables, static_cast<int64_t>(blob.data.size()));
-  tables.upload(blob.data, stream);
-  if (!step_q.empty()) {
-    sized(q_offsets, static_cast<int64_t>(step_q.size()));
-    q_offsets.upload(step_q, stream);
-    sized(picked, picked_total);
+  step.ids = tab.ids, step.pos = tab.pos, step.off = tab.off, step.selr = tab.selr;
+  step.app_r = tab.app_r, step.app_sb = tab.app_sb, step.app_s = tab.app_s;
+  step.max_blocks = std::bit_ceil(static_cast<uint32_t>(tab.max_blocks));  // ≥ every lane's blocks
+  step.t = sized(tables, static_cast<int64_t>(tab.blob.data.size()));
+  tables.upload(tab.blob.data, stream);
+  if (!tab.step_q.empty()) {
+    sized(q_offsets, static_cast<int64_t>(tab.step_q.size()));
+    q_offsets.upload(tab.step_q, stream);
+    sized(picked, tab.picked_total);
     int64_t most_rows = 0, most_entries = 0;
     for (const LayerPlan& lp : plans) {
       most_rows = std::max<int64_t>(most_rows, static_cast<int64_t>(lp.sel_owner.size()));
@@ -798,8 +532,8 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     CUDA_CHECK(cudaMemcpyAsync(drawn.data(), step.draw_tokens, drawn.size() * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                stream));
   }
-  std::vector<int32_t> chosen(static_cast<size_t>(picked_total));
-  if (picked_total > 0) {
+  std::vector<int32_t> chosen(static_cast<size_t>(tab.picked_total));
+  if (tab.picked_total > 0) {
     CUDA_CHECK(cudaMemcpyAsync(chosen.data(), picked.data(), chosen.size() * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                stream));
   }

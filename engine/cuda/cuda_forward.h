@@ -15,7 +15,9 @@
 //      sink and ring pages, plus the chunk's own K/V for a longer chunk;
 //   4. streaming lanes write a longer chunk into sink and ring after the attention that read the
 //      ring (a one-token row writes its key before, step 1: the slot it takes is outside the window).
-// Dynamic prefill sparsity (XAttention) is not run on this path (cuda_step_runner refuses it).
+// A step is planned on the host (engine/cuda/step_tables.h: every table in one upload, the attention
+// plans), then run: decode steps from CUDA graphs (engine/cuda/step_graphs.h), other steps kernel by
+// kernel. Dynamic prefill sparsity (XAttention) is not run on this path (cuda_step_runner refuses it).
 #pragma once
 
 #include <cuda_runtime.h>
