@@ -244,6 +244,7 @@ struct CudaForward::Impl {
       dc.max_rows = std::max({rows, d ? 2 * d->config().max_rows : 0, 64});
       dc.cuda_graph = use_graphs;
       d = std::make_unique<cuda::DecodeAttention>(dc);
+      graphs.clear();  // graphs may hold the old plan's buffers; a key holds only its address
     }
     return *d;
   }

@@ -34,8 +34,11 @@ struct GraphOwner {
 
 }  // namespace
 
-StepGraphs::~StepGraphs() {
+StepGraphs::~StepGraphs() { clear(); }
+
+void StepGraphs::clear() {
   for (Entry& e : entries_) cudaGraphExecDestroy(e.exec);
+  entries_.clear();
 }
 
 void StepGraphs::run(std::span<const int64_t> shape, std::span<const int64_t> key, cudaStream_t stream,

@@ -45,6 +45,10 @@ class StepGraphs {
   void run(std::span<const int64_t> shape, std::span<const int64_t> key, cudaStream_t stream,
            const std::function<void()>& enqueue);
 
+  // Drops every graph. For when an object whose device buffers graphs captured (an attention plan)
+  // is replaced: a later one at the same address would otherwise match their keys.
+  void clear();
+
   const StepGraphStats& stats() const { return stats_; }
 
  private:
