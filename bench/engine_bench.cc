@@ -2,15 +2,19 @@
 // through the serving engine (scheduler, forward pass, sampling, detokenizing), on the CPU or GPU
 // backend. Phases, as bench/engine_bench.py times the peer (HF transformers generate):
 //   prefill: from submitting all B requests until every one has its first token: B·P / that time;
-//   decode:  from then until the last token: B·(G − 1) / that time (requests that got their first
-//            token earlier have decoded a little before it: a slight favour to the engine, < 1 step
-//            per request).
+//   decode:  the tokens all B requests received while every one of them was decoding (from the last
+//            first token until the first request finished) / that time. When the prompts fit in one
+//            step this is B·(G − 1) over the decode phase; when their prefill takes many steps (long
+//            prompts), requests that started decoding early are not counted while others still
+//            prefill, so the figure stays that of B sequences decoding together. The window must
+//            hold decode steps: raise --decode-tokens when it is reported empty.
 //   engine_bench --model M [--load-format dummy] [--backend cuda] [--batch 1,16] [--prompt-tokens 512] [--decode-tokens 128]
 //                [--model-config YAML --profile NAME] [--kv-cache-bytes 8GiB] [--repeats 3]
 // Prompts are random token ids (fixed seed). Prints one JSON line per batch size (medians over the
 // repeats, after one warm-up round).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
@@ -39,7 +43,8 @@ double median(std::vector<double> v) {
 }
 
 struct Round {
-  double prefill_s = 0, decode_s = 0;
+  double prefill_s = 0;
+  double decode_tok_s = 0;  // 0: no step had every request decoding
 };
 
 // One round: B requests at once; the time until all have a first token, then until all are done.
@@ -62,6 +67,7 @@ Round run_round(Engine& engine, int64_t batch, int64_t prompt_tokens, int64_t de
   }
   std::vector<clock_type::time_point> first(streams.size()), last(streams.size());
   std::vector<int64_t> got(streams.size(), 0);
+  std::vector<std::pair<clock_type::time_point, int64_t>> arrivals;  // (when, tokens) of every delivery
   size_t done = 0;
   std::vector<bool> finished(streams.size(), false);
   while (done < streams.size()) {
@@ -71,6 +77,7 @@ Round run_round(Engine& engine, int64_t batch, int64_t prompt_tokens, int64_t de
         const auto now = clock_type::now();
         if (got[i] == 0 && !out->token_ids.empty()) first[i] = now;
         got[i] += static_cast<int64_t>(out->token_ids.size());
+        arrivals.emplace_back(now, static_cast<int64_t>(out->token_ids.size()));
         if (out->finished) {
           if (!out->error.empty()) throw std::runtime_error("request failed: " + out->error);
           last[i] = now;
@@ -83,10 +90,13 @@ Round run_round(Engine& engine, int64_t batch, int64_t prompt_tokens, int64_t de
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
   const auto all_first = *std::max_element(first.begin(), first.end());
-  const auto all_last = *std::max_element(last.begin(), last.end());
+  const auto first_done = *std::min_element(last.begin(), last.end());
   Round r;
   r.prefill_s = std::chrono::duration<double>(all_first - t0).count();
-  r.decode_s = std::chrono::duration<double>(all_last - all_first).count();
+  int64_t tokens = 0;
+  for (const auto& [when, n] : arrivals) tokens += when > all_first && when <= first_done ? n : 0;
+  const double window = std::chrono::duration<double>(first_done - all_first).count();
+  if (window > 0 && tokens > 0) r.decode_tok_s = static_cast<double>(tokens) / window;
   return r;
 }
 
@@ -143,18 +153,24 @@ int main(int argc, char** argv) {
     const std::string used = profile.empty() ? engine.profiles().default_profile : profile;
     std::mt19937_64 rng(1234);
     for (int64_t batch : sizes) {
-      std::vector<double> prefill, decode;
+      std::vector<double> prefill, decode;  // decode: rounds with an all-decoding window
       for (int64_t r = 0; r <= repeats; ++r) {
         const Round round = run_round(engine, batch, prompt_tokens, decode_tokens, profile, rng);
         if (r == 0) continue;  // warm-up
         prefill.push_back(static_cast<double>(batch * prompt_tokens) / round.prefill_s);
-        decode.push_back(static_cast<double>(batch * (decode_tokens - 1)) / round.decode_s);
+        if (round.decode_tok_s > 0) decode.push_back(round.decode_tok_s);
+      }
+      if (decode.empty()) {
+        spdlog::warn("batch {}: no step had all {} requests decoding (their prefill outlasted the first one's "
+                     "{} tokens): raise --decode-tokens; decode_tok_s is 0",
+                     batch, batch, decode_tokens);
       }
       std::cout << fmt::format(
                        "{{\"engine\": \"sparseserve\", \"backend\": \"{}\", \"profile\": \"{}\", \"batch\": {}, "
                        "\"prompt_tokens\": {}, \"decode_tokens\": {}, \"prefill_tok_s\": {:.1f}, \"decode_tok_s\": "
                        "{:.1f}}}",
-                       backend, used, batch, prompt_tokens, decode_tokens, median(prefill), median(decode))
+                       backend, used, batch, prompt_tokens, decode_tokens, median(prefill),
+                       decode.empty() ? 0.0 : median(decode))
                 << std::endl;
     }
     engine.shutdown(std::chrono::milliseconds(0));

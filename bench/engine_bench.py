@@ -7,7 +7,10 @@ the weights.
 
 Both get B sequences of P random prompt tokens and generate G tokens greedily (no EOS stop):
   prefill tok/s = B·P / the time until every sequence has its first token;
-  decode tok/s  = B·(G − 1) / the time from then until the last token.
+  decode tok/s  = the tokens generated while all B sequences decode together / that time (ours:
+                  bench/engine_bench.cc, from the last first token until the first sequence is done, so
+                  that long prompts prefilled over many steps do not count early starters; HF decodes
+                  the batch together: B·(G − 1) / the time after the first token).
 HF: AutoModelForCausalLM from the GGUF (dequantized by transformers, bf16, SDPA attention, its default
 dynamic cache), generate(max_new_tokens=1) timed for the prefill and generate(max_new_tokens=G) for
 both phases (decode = the difference), medians over --repeats after a warm-up.
