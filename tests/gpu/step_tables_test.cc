@@ -1,0 +1,284 @@
+// engine/cuda/step_tables (the host half of a GPU step) against the layouts its header and the
+// kernels' key lists define, on a small model of 3 layers × 2 KV heads: a dense lane lists every
+// block of its context in order; a streaming lane its sink blocks, then its ring's blocks oldest
+// first, and its new key's ring page; a selecting lane whose selection is due is a fresh row after
+// the layer's host-listed ones with its entries reserved; a prefill chunk is one prefill row per lane;
+// the logits rows put the host's first, then the drawn ones; offsets stay put from one decode step
+// to the next. Plain host code: runs without a device (suite *Checks, labelled unit).
+#include "engine/cuda/step_tables.h"
+
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <numeric>
+
+#include "engine/forward_step.h"
+#include "kernels/cuda/page_select_plan.h"
+
+namespace sparseserve {
+namespace {
+
+namespace cuda = kernels::cuda;
+using kvcache::HeadRole;
+
+constexpr int32_t P = 16;
+
+ModelConfig small_config() {
+  ModelConfig c;
+  c.n_layers = 3, c.n_kv_heads = 2, c.n_heads = 4, c.head_dim = 64, c.hidden = 256;
+  c.intermediate = 512, c.vocab_size = 300, c.max_context = 4096;
+  return c;
+}
+
+// Layer by layer: (retrieval, streaming); decode selection on layers 1 and 2 (64-token budget, 16
+// sink tokens, reselected every 3 steps), streaming window sink 16 + local 40.
+kvcache::SparsityProfile selecting_profile() {
+  kvcache::SparsityProfile p = kvcache::SparsityProfile::dense(3, 2);
+  p.name = "select";
+  p.roles = kvcache::HeadRoles(3, 2, {HeadRole::kRetrieval, HeadRole::kStreaming, HeadRole::kRetrieval,
+                                      HeadRole::kStreaming, HeadRole::kRetrieval, HeadRole::kStreaming});
+  p.streaming = kvcache::StreamingWindow{16, 40};
+  p.decode.enabled = true;
+  p.decode.token_budget = 64;
+  p.decode.sink_tokens = 16;
+  p.decode.reselect_interval = 3;
+  p.decode.dense_layers = {0};
+  return p;
+}
+
+struct Fixture {
+  ModelConfig c = small_config();
+  kvcache::KvCacheManager manager{kvcache::KvCacheConfig{.page_tokens = P, .logical_page_tokens = P}, 512};
+  kvcache::SparsityProfile dense = kvcache::SparsityProfile::dense(3, 2);
+  kvcache::SparsityProfile select = selecting_profile();
+  std::unordered_map<uint64_t, SequenceAttention> seqs;
+  std::vector<std::vector<int32_t>> tokens = std::vector<std::vector<int32_t>>(4);
+
+  // Sequence `id` with `stored` tokens already in its pages (a prefill step that the attention state
+  // has seen), pages allocated for `stored + extra`.
+  void add(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored, int64_t extra) {
+    manager.add_sequence(id, kvcache::SequenceLayout::from_roles(profile.roles, profile.streaming));
+    manager.allocate(id, stored + extra);
+    seqs.emplace(id, SequenceAttention(profile, c.n_layers, c.n_kv_heads));
+    auto& t = tokens[id];
+    for (int64_t i = 0; i < stored + extra; ++i) t.push_back(static_cast<int32_t>((id * 37 + i * 11) % 300));
+    if (stored > 0) seqs.at(id).end_step(ForwardSeq{id, 0, std::span(t).first(static_cast<size_t>(stored)), false, stored});
+  }
+  ForwardSeq step(uint64_t id, int64_t start, int64_t n, int64_t prompt_len) const {
+    return ForwardSeq{id, start, std::span(tokens[id]).subspan(static_cast<size_t>(start), static_cast<size_t>(n)),
+                      false, prompt_len};
+  }
+  StepTables build(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws = {}) const {
+    const StepRows sr = check_step(c, batch);
+    return build_step_tables(c, manager, seqs, batch, draws, sr.rows, sr.logit_rows, false);
+  }
+};
+
+// The list entries (page, pos0, len) of row `row` of a kernel's key lists, read back from the blob.
+struct Entry {
+  int32_t page, pos0, len;
+  bool operator==(const Entry&) const = default;
+};
+std::vector<Entry> entries(const StepTables& t, const KeyLists& k, size_t row) {
+  const int32_t* d = t.blob.data.data();
+  std::vector<Entry> out;
+  for (int32_t e = d[k.ip + row]; e < d[k.ip + row + 1]; ++e) {
+    out.push_back({d[k.pg + static_cast<size_t>(e)], d[k.p0 + static_cast<size_t>(e)], d[k.ln + static_cast<size_t>(e)]});
+  }
+  return out;
+}
+
+TEST(StepTablesChecks, DenseDecodeRowsListEveryBlockInOrder) {
+  Fixture f;
+  f.add(1, f.dense, 40, 1);
+  const ForwardSeq s = f.step(1, 40, 1, 40);
+  const StepTables t = f.build(std::span(&s, 1));
+  const int32_t* d = t.blob.data.data();
+  EXPECT_EQ(d[t.ids], f.tokens[1][40]);
+  EXPECT_EQ(d[t.pos], 40);
+  EXPECT_EQ(d[t.off], 40 % P);
+  EXPECT_EQ(d[t.selr], 0);
+  const kvcache::SequenceKv& kv = f.manager.sequence(1);
+  for (int32_t l = 0; l < 3; ++l) {
+    const LayerPlan& lp = t.plans[static_cast<size_t>(l)];
+    ASSERT_EQ(lp.decode_rows.size(), 2u);
+    EXPECT_TRUE(lp.prefill_rows.empty());
+    EXPECT_FALSE(lp.streaming_before || lp.streaming_after);
+    EXPECT_TRUE(lp.sel_owner.empty());
+    for (int32_t hd = 0; hd < 2; ++hd) {
+      const auto& pages = kv.retrieval_pages(f.dense.roles.slot(l, hd));
+      EXPECT_EQ(d[t.app_r + static_cast<size_t>(l * 2 + hd)], pages[2]) << "the new key's page: block 40 / 16";
+      EXPECT_EQ(d[t.app_sb + static_cast<size_t>(l * 2 + hd)], -1);
+      const cuda::DecodeRow& row = lp.decode_rows[static_cast<size_t>(hd)];
+      EXPECT_EQ(row.q_row, 0);
+      EXPECT_EQ(row.kv_head, hd);
+      EXPECT_EQ(row.q_pos, 40);
+      EXPECT_EQ(row.mask, cuda::MaskKind::kCausal);
+      EXPECT_TRUE(row.pages_plan_time);
+      EXPECT_EQ(entries(t, lp.decode_keys, static_cast<size_t>(hd)),
+                (std::vector<Entry>{{pages[0], 0, 16}, {pages[1], 16, 16}, {pages[2], 32, 9}}));
+      EXPECT_EQ(lp.decode_entries[static_cast<size_t>(hd)], 3);
+    }
+  }
+  EXPECT_EQ(t.context_tokens, 3 * 2 * 41);
+  EXPECT_EQ(t.selected_tokens, 3 * 2 * 41);
+  EXPECT_EQ(t.picked_total, 0);
+}
+
+TEST(StepTablesChecks, StreamingLanesReadSinkThenRingAndSelectionsDueAreFreshRows) {
+  Fixture f;
+  f.add(2, f.select, 100, 1);
+  const ForwardSeq s = f.step(2, 100, 1, 100);
+  const StepTables t = f.build(std::span(&s, 1));
+  const int32_t* d = t.blob.data.data();
+  const kvcache::SequenceKv& kv = f.manager.sequence(2);
+  const kvcache::StreamingGeometry& g = *kv.streaming_geometry();
+  const int64_t qkv_w = (4 + 2 * 2) * 64;
+  const int32_t fresh_count = cuda::selected_page_count(101, {P, P, 16, 64});
+  int64_t picked = 0;
+  for (int32_t l = 0; l < 3; ++l) {
+    const LayerPlan& lp = t.plans[static_cast<size_t>(l)];
+    // Head 1 streams: its new key goes into the ring before the attention; it reads the sink block,
+    // then ring blocks 3..6 (ring of ceil(40/16) + 1 = 4 pages), the last one 5 tokens long.
+    const auto& ring = kv.streaming_pages(f.select.roles.slot(l, 1));
+    EXPECT_TRUE(lp.streaming_before);
+    EXPECT_EQ(d[t.app_sb + static_cast<size_t>(l * 2 + 1)], ring[static_cast<size_t>(g.locate(100).index)]);
+    EXPECT_EQ(d[t.app_r + static_cast<size_t>(l * 2 + 1)], -1);
+    // Rows in head order, except that fresh rows come after the host-listed ones: in layer 0 the
+    // dense head 0, then head 1; in layers 1 and 2 head 1, then head 0's fresh row.
+    ASSERT_EQ(lp.decode_rows.size(), 2u);
+    const size_t band_row = l == 0 ? 1 : 0;
+    const cuda::DecodeRow& band = lp.decode_rows[band_row];
+    EXPECT_EQ(band.kv_head, 1);
+    EXPECT_EQ(band.mask, cuda::MaskKind::kBand);
+    EXPECT_EQ(band.sink, 16);
+    EXPECT_EQ(band.local, 40);
+    std::vector<Entry> want{{ring[0], 0, 16}};
+    for (int32_t b = 3; b <= 6; ++b) {
+      want.push_back({ring[static_cast<size_t>(g.locate(int64_t{b} * P).index)], b * P, b == 6 ? 5 : 16});
+    }
+    EXPECT_EQ(entries(t, lp.decode_keys, band_row), want) << "layer " << l;
+    // Head 0 retrieves: layer 0 is dense (every block); in layers 1 and 2 the context (101) is past
+    // the budget and no selection exists yet: a fresh row, after the host-listed one, its entries
+    // reserved for page_select, which reads all 7 blocks of the lane.
+    const auto& pages = kv.retrieval_pages(f.select.roles.slot(l, 0));
+    EXPECT_EQ(d[t.app_r + static_cast<size_t>(l * 2)], pages[6]);
+    if (l == 0) {
+      EXPECT_TRUE(lp.sel_owner.empty());
+      EXPECT_EQ(entries(t, lp.decode_keys, 0).size(), 7u);
+      continue;
+    }
+    EXPECT_EQ(lp.fresh_from, 1u);
+    EXPECT_FALSE(lp.decode_rows[1].pages_plan_time);
+    EXPECT_EQ(lp.decode_entries[1], fresh_count);
+    EXPECT_EQ(d[lp.decode_keys.ip + 2] - d[lp.decode_keys.ip + 1], fresh_count);
+    ASSERT_EQ(lp.sel_owner.size(), 1u);
+    EXPECT_EQ(lp.sel_owner[0], (std::pair<uint64_t, int32_t>{2, 0}));
+    EXPECT_EQ(std::vector<int32_t>(pages.begin(), pages.begin() + 7), lp.sel_pages);
+    EXPECT_EQ(lp.sel_lens, std::vector<int32_t>{101});
+    EXPECT_EQ(lp.sel_out_indptr, (std::vector<int32_t>{0, fresh_count}));
+    EXPECT_EQ(t.step_q[lp.q_at], 0 * qkv_w + 0);  // row 0, head group 0
+    EXPECT_EQ(static_cast<int64_t>(lp.picked_at), picked);
+    picked += fresh_count;
+  }
+  EXPECT_EQ(t.picked_total, picked);
+  EXPECT_GE(t.max_blocks, 7);
+}
+
+TEST(StepTablesChecks, PrefillChunksAreOneRowPerLaneAndStreamingLanesWriteAfter) {
+  Fixture f;
+  f.add(2, f.select, 0, 30);
+  const ForwardSeq s = f.step(2, 0, 30, 30);
+  const StepTables t = f.build(std::span(&s, 1));
+  const int32_t* d = t.blob.data.data();
+  const kvcache::SequenceKv& kv = f.manager.sequence(2);
+  for (int32_t l = 0; l < 3; ++l) {
+    const LayerPlan& lp = t.plans[static_cast<size_t>(l)];
+    EXPECT_TRUE(lp.decode_rows.empty());
+    EXPECT_TRUE(lp.streaming_after);
+    EXPECT_FALSE(lp.streaming_before);
+    ASSERT_EQ(lp.prefill_rows.size(), 2u);
+    const cuda::PrefillRow& r = lp.prefill_rows[0];
+    EXPECT_EQ(r.n_tokens, 30);
+    EXPECT_EQ(r.q_pos0, 0);
+    EXPECT_EQ(r.mask, cuda::MaskKind::kCausal);
+    const auto& pages = kv.retrieval_pages(f.select.roles.slot(l, 0));
+    EXPECT_EQ(entries(t, lp.prefill_keys, 0), (std::vector<Entry>{{pages[0], 0, 16}, {pages[1], 16, 14}}));
+    const cuda::PrefillRow& band = lp.prefill_rows[1];
+    EXPECT_EQ(band.mask, cuda::MaskKind::kBand);
+    EXPECT_EQ(band.new_kv, 1);
+    EXPECT_TRUE(entries(t, lp.prefill_keys, 1).empty()) << "nothing stored before the chunk";
+    const auto& ring = kv.streaming_pages(f.select.roles.slot(l, 1));
+    for (int32_t i = 0; i < 30; ++i) {
+      EXPECT_EQ(d[t.app_r + static_cast<size_t>(l * 2 * 30 + i)], pages[static_cast<size_t>(i / P)]);
+      EXPECT_EQ(d[t.app_s + static_cast<size_t>((l * 2 + 1) * 30 + i)],
+                ring[static_cast<size_t>(kv.streaming_geometry()->locate(i).index)]);
+    }
+  }
+  EXPECT_EQ(d[t.selr], 29) << "the chunk's last row needs logits";
+}
+
+// 700 rows × 3 layers × 2 KV heads: the layers are built in parallel (OpenMP); each still lists
+// exactly its own lanes.
+TEST(StepTablesChecks, LargeStepsBuiltInParallelListEveryLane) {
+  Fixture f;
+  f.add(1, f.dense, 0, 700);
+  f.add(3, f.dense, 20, 1);
+  const ForwardSeq batch[] = {f.step(1, 0, 700, 700), f.step(3, 20, 1, 20)};
+  const StepTables t = f.build(batch);
+  const int32_t* d = t.blob.data.data();
+  const int64_t rows = 701;
+  for (int32_t l = 0; l < 3; ++l) {
+    const LayerPlan& lp = t.plans[static_cast<size_t>(l)];
+    ASSERT_EQ(lp.prefill_rows.size(), 2u);
+    ASSERT_EQ(lp.decode_rows.size(), 2u);
+    for (int32_t hd = 0; hd < 2; ++hd) {
+      const auto& pages = f.manager.sequence(1).retrieval_pages(f.dense.roles.slot(l, hd));
+      const std::vector<Entry> got = entries(t, lp.prefill_keys, static_cast<size_t>(hd));
+      ASSERT_EQ(got.size(), 44u);  // ceil(700 / 16)
+      for (int32_t b = 0; b < 44; ++b) {
+        EXPECT_EQ(got[static_cast<size_t>(b)], (Entry{pages[static_cast<size_t>(b)], b * P, b == 43 ? 12 : 16}));
+      }
+      for (int64_t i = 0; i < 700; ++i) {
+        ASSERT_EQ(d[t.app_r + static_cast<size_t>((l * 2 + hd) * rows + i)], pages[static_cast<size_t>(i / P)]);
+      }
+      const auto& other = f.manager.sequence(3).retrieval_pages(f.dense.roles.slot(l, hd));
+      EXPECT_EQ(d[t.app_r + static_cast<size_t>((l * 2 + hd) * rows + 700)], other[1]);
+      EXPECT_EQ(entries(t, lp.decode_keys, static_cast<size_t>(hd)).size(), 2u);
+    }
+  }
+}
+
+TEST(StepTablesChecks, HostRowsThenDrawnRowsAndOffsetsThatStayPut) {
+  Fixture f;
+  f.add(1, f.dense, 40, 2);
+  f.add(3, f.dense, 70, 2);
+  const ForwardSeq first[] = {f.step(1, 40, 1, 40), f.step(3, 70, 1, 70)};
+  const DeviceDraw draw{.row = 0};
+  const StepTables a = f.build(first, std::span(&draw, 1));
+  const int32_t* d = a.blob.data.data();
+  EXPECT_EQ(d[a.selr], 1) << "sequence 3's row, read by the host";
+  EXPECT_EQ(d[a.selr + 1], 0) << "sequence 1's row, drawn on the device";
+  for (const ForwardSeq& s : first) f.seqs.at(s.id).end_step(s);
+  const ForwardSeq second[] = {f.step(1, 41, 1, 40), f.step(3, 71, 1, 70)};
+  const StepTables b = f.build(second, std::span(&draw, 1));
+  // Lists grew (sequence 3 crosses into block 4) but stay within their rooms: every offset is the
+  // same, so a CUDA graph of the first step replays the second.
+  for (const auto& [x, y] : {std::pair{a.ids, b.ids}, {a.pos, b.pos}, {a.off, b.off}, {a.selr, b.selr},
+                             {a.app_r, b.app_r}, {a.app_sb, b.app_sb}, {a.app_s, b.app_s}}) {
+    EXPECT_EQ(x, y);
+  }
+  for (size_t l = 0; l < 3; ++l) {
+    const KeyLists &ka = a.plans[l].decode_keys, &kb = b.plans[l].decode_keys;
+    EXPECT_EQ(std::vector<size_t>({ka.ip, ka.pg, ka.p0, ka.ln}), std::vector<size_t>({kb.ip, kb.pg, kb.p0, kb.ln}));
+    EXPECT_EQ(entries(b, kb, 2).size(), 5u);  // sequence 3, head 0: 72 tokens
+  }
+  EXPECT_EQ(a.blob.data.size(), b.blob.data.size());
+  for (const size_t n : {0, 1, 15, 16, 17, 100, 1024, 1025}) {
+    EXPECT_TRUE(std::has_single_bit(table_room(n)));
+    EXPECT_GE(table_room(n), std::max<size_t>(n, 16));
+  }
+}
+
+}  // namespace
+}  // namespace sparseserve
