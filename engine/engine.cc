@@ -603,6 +603,10 @@ void Engine::Impl::step() {
   metrics.selectable_tokens += after.context_tokens - before.context_tokens;
   metrics.page_selections += after.selections - before.selections;
   metrics.device_drawn_tokens += static_cast<int64_t>(draws.size());
+  const StepGraphStats graphs = backend->graph_stats();
+  metrics.graph_replays = graphs.replays;
+  metrics.graph_updates = graphs.updates;
+  metrics.graph_captures = graphs.instantiations;
 
   const int64_t V = model.config.vocab_size;
   std::vector<uint64_t> appended;

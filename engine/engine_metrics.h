@@ -54,6 +54,11 @@ struct EngineMetrics {
   std::atomic<int64_t> page_selections{0};  // selections computed (per retrieval layer and KV head)
   // Generated tokens the backend drew on the device (StepRunner::draws_on_device).
   std::atomic<int64_t> device_drawn_tokens{0};
+  // Steps run from CUDA graphs (StepRunner::graph_stats): replayed as captured, captured and updated
+  // in place, captured into a new graph.
+  std::atomic<int64_t> graph_replays{0};
+  std::atomic<int64_t> graph_updates{0};
+  std::atomic<int64_t> graph_captures{0};
 };
 
 }  // namespace sparseserve

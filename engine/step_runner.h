@@ -34,6 +34,13 @@ struct DeviceDraw {
   uint64_t step = 0;  // the request's draw number (tokens generated so far)
 };
 
+// How a runner's steps ran from CUDA graphs (engine/cuda/step_graphs.h), totals since construction.
+struct StepGraphStats {
+  int64_t replays = 0;         // steps launched from an unchanged graph
+  int64_t updates = 0;         // steps captured and updated into an existing graph
+  int64_t instantiations = 0;  // steps captured into a new graph
+};
+
 class StepRunner {
  public:
   virtual ~StepRunner() = default;
@@ -52,6 +59,8 @@ class StepRunner {
   virtual bool draws_on_device() const { return false; }
   // Totals since construction (zero where the runner does not select pages).
   virtual SelectionStats selection_stats() const = 0;
+  // Totals since construction (zero where the runner runs no CUDA graphs).
+  virtual StepGraphStats graph_stats() const { return {}; }
 };
 
 // The most a step holds (EngineConfig's limits): runners may prepare for it (the GPU's warms its

@@ -111,6 +111,14 @@ std::string render_metrics(const EngineMetrics& m, const MetricsContext& ctx) {
   w.counter("decode_selectable_tokens_total", "Tokens dense decode would have read on the same heads.", selectable);
   w.gauge("decode_selected_ratio", "decode_selected_tokens_total / decode_selectable_tokens_total (1 when none).",
           selectable > 0 ? selected / selectable : 1.0);
+  w.counter("decode_page_selections_total", "Page selections computed (one per retrieval layer and KV head).",
+            get(m.page_selections));
+  w.counter("device_drawn_tokens_total", "Generated tokens drawn on the GPU.", get(m.device_drawn_tokens));
+  w.header("cuda_graph_steps_total", "counter",
+           "Decode steps run from CUDA graphs: replayed as captured, updated in place, or captured anew.");
+  w.sample("cuda_graph_steps_total", get(m.graph_replays), "mode=\"replay\"");
+  w.sample("cuda_graph_steps_total", get(m.graph_updates), "mode=\"update\"");
+  w.sample("cuda_graph_steps_total", get(m.graph_captures), "mode=\"capture\"");
   return w.take();
 }
 

@@ -71,6 +71,7 @@ class CudaStepRunner final : public StepRunner {
   }
   bool draws_on_device() const override { return true; }
   SelectionStats selection_stats() const override { return forward_.selection_stats(); }
+  StepGraphStats graph_stats() const override { return forward_.graph_stats(); }
 
  private:
   const Model& model_;

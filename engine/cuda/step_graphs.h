@@ -23,13 +23,9 @@
 #include <span>
 #include <vector>
 
-namespace sparseserve {
+#include "engine/step_runner.h"  // StepGraphStats
 
-struct StepGraphStats {
-  int64_t replays = 0;       // steps launched from an unchanged graph
-  int64_t updates = 0;       // steps captured and updated into an existing graph
-  int64_t instantiations = 0;  // steps captured into a new graph
-};
+namespace sparseserve {
 
 class StepGraphs {
  public:

@@ -29,6 +29,8 @@ TEST(MetricsText, RendersEverySeries) {
   m.requests_finished[static_cast<int>(FinishReason::kAbort)] = 1;
   m.selected_tokens = 30;
   m.selectable_tokens = 120;
+  m.graph_replays = 40;
+  m.graph_captures = 2;
   const std::string text = render_metrics(m, {"my \"model\"", 25});
 
   const std::string l = "{model_name=\"my \\\"model\\\"\"";
@@ -45,9 +47,12 @@ TEST(MetricsText, RendersEverySeries) {
   EXPECT_THAT(text, HasSubstr("sparseserve:request_success_total" + l + ",finished_reason=\"stop\"} 7\n"));
   EXPECT_THAT(text, HasSubstr("sparseserve:request_success_total" + l + ",finished_reason=\"abort\"} 1\n"));
   EXPECT_THAT(text, HasSubstr("sparseserve:decode_selected_ratio" + l + "} 0.25\n"));
+  EXPECT_THAT(text, HasSubstr("sparseserve:cuda_graph_steps_total" + l + ",mode=\"replay\"} 40\n"));
+  EXPECT_THAT(text, HasSubstr("sparseserve:cuda_graph_steps_total" + l + ",mode=\"capture\"} 2\n"));
   for (const char* name : {"inter_token_latency_seconds_sum", "e2e_request_latency_seconds_count",
                            "num_preemptions_total", "prompt_tokens_total", "generation_tokens_total", "kv_bytes_saved",
-                           "kv_pages_total", "decode_selected_tokens_total"}) {
+                           "kv_pages_total", "decode_selected_tokens_total", "decode_page_selections_total",
+                           "device_drawn_tokens_total"}) {
     EXPECT_THAT(text, HasSubstr(std::string("sparseserve:") + name + "{")) << name;
   }
 
