@@ -20,6 +20,7 @@
 #include "kernels/cpu/ggml_types.h"
 #include "ops_test_util.h"
 #include "random_model.h"
+#include "selecting_profile.h"
 
 namespace sparseserve::gpu_test {
 namespace {
@@ -111,24 +112,6 @@ TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
 }
 
 
-// Streaming lanes in every layer and, in layers 1 and 2, decode page selection on the retrieval
-// lanes (64-token budget, reselected every 3 steps): every optional launch of a decode step.
-kvcache::SparsityProfile selecting_profile(const ModelConfig& c) {
-  using kvcache::HeadRole;
-  kvcache::SparsityProfile p = kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
-  p.name = "select";
-  p.roles = kvcache::HeadRoles(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads),
-                               {HeadRole::kRetrieval, HeadRole::kStreaming, HeadRole::kRetrieval, HeadRole::kStreaming,
-                                HeadRole::kRetrieval, HeadRole::kStreaming});
-  p.streaming = kvcache::StreamingWindow{16, 40};
-  p.decode.enabled = true;
-  p.decode.token_budget = 64;
-  p.decode.sink_tokens = 16;
-  p.decode.reselect_interval = 3;
-  p.decode.dense_layers = {0};
-  return p;
-}
-
 TEST(CudaForwardTest, DecodeStepsFromCudaGraphsEqualStepsLaunchedKernelByKernel) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = test_seed();
@@ -145,7 +128,8 @@ TEST(CudaForwardTest, DecodeStepsFromCudaGraphsEqualStepsLaunchedKernelByKernel)
   unsetenv("SPARSESERVE_CUDA_GRAPHS");
   const kvcache::SparsityProfile dense =
       kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
-  const kvcache::SparsityProfile select = selecting_profile(c);
+  const kvcache::SparsityProfile select =
+      selecting_profile(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
   const kvcache::SparsityProfile* profiles[] = {&dense, &select, &select};
   const std::vector<int64_t> prompt = {70, 45, 100};
   std::vector<std::vector<int32_t>> tokens(prompt.size());

@@ -14,12 +14,12 @@
 
 #include "engine/forward_step.h"
 #include "kernels/cuda/page_select_plan.h"
+#include "selecting_profile.h"
 
 namespace sparseserve {
 namespace {
 
 namespace cuda = kernels::cuda;
-using kvcache::HeadRole;
 
 constexpr int32_t P = 16;
 
@@ -30,27 +30,11 @@ ModelConfig small_config() {
   return c;
 }
 
-// Layer by layer: (retrieval, streaming); decode selection on layers 1 and 2 (64-token budget, 16
-// sink tokens, reselected every 3 steps), streaming window sink 16 + local 40.
-kvcache::SparsityProfile selecting_profile() {
-  kvcache::SparsityProfile p = kvcache::SparsityProfile::dense(3, 2);
-  p.name = "select";
-  p.roles = kvcache::HeadRoles(3, 2, {HeadRole::kRetrieval, HeadRole::kStreaming, HeadRole::kRetrieval,
-                                      HeadRole::kStreaming, HeadRole::kRetrieval, HeadRole::kStreaming});
-  p.streaming = kvcache::StreamingWindow{16, 40};
-  p.decode.enabled = true;
-  p.decode.token_budget = 64;
-  p.decode.sink_tokens = 16;
-  p.decode.reselect_interval = 3;
-  p.decode.dense_layers = {0};
-  return p;
-}
-
 struct Fixture {
   ModelConfig c = small_config();
   kvcache::KvCacheManager manager{kvcache::KvCacheConfig{.page_tokens = P, .logical_page_tokens = P}, 512};
   kvcache::SparsityProfile dense = kvcache::SparsityProfile::dense(3, 2);
-  kvcache::SparsityProfile select = selecting_profile();
+  kvcache::SparsityProfile select = selecting_profile(3, 2);
   std::unordered_map<uint64_t, SequenceAttention> seqs;
   std::vector<std::vector<int32_t>> tokens = std::vector<std::vector<int32_t>>(4);
 
