@@ -17,6 +17,7 @@
 #include "engine/choice_constraint.h"
 #include "engine/json_constraint.h"
 #include "engine/logprobs.h"
+#include "engine/grammar.h"
 #include "engine/regex_dfa.h"
 #include "engine/request_stream.h"
 #include "engine/sampler.h"
@@ -75,7 +76,7 @@ struct LiveRequest {
   int64_t prompt_lp_next = 0;   // the next position whose logits give a prompt token's logprob
   bool prompt_lps_sent = false;
   std::optional<JsonText> json;  // req.json_object / json_schema: the generated text so far, while it constrains
-  std::unique_ptr<TextLanguage> language;  // req.choices / regex: likewise
+  std::unique_ptr<TextLanguage> language;  // req.choices / regex / grammar: likewise
   uint64_t draw_seed = 0;  // the seed of tokens drawn on the device: req.sampling.seed, else random
 };
 
@@ -249,9 +250,10 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
     if (seq.empty()) throw InvalidArgument("a bad_words token sequence is empty");
     check_ids(seq, "bad_words token id");
   }
-  if (request.json_object + (request.json_schema != nullptr) + (request.choices != nullptr) + (request.regex != nullptr) >
+  if (request.json_object + (request.json_schema != nullptr) + (request.choices != nullptr) + (request.regex != nullptr) +
+          (request.grammar != nullptr) >
       1) {
-    throw InvalidArgument("json_object, a json_schema, choices and a regex exclude each other");
+    throw InvalidArgument("json_object, a json_schema, choices, a regex and a grammar exclude each other");
   }
   if (request.choices && request.choices->empty()) throw InvalidArgument("the list of choices is empty");
   if (request.end_of_turn < -1 || request.end_of_turn >= c.vocab_size) {
@@ -285,6 +287,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   if (r->req.json_schema) r->json.emplace(JsonPrefix(*r->req.json_schema));
   if (r->req.choices) r->language = std::make_unique<ChoiceText>(r->req.choices);
   if (r->req.regex) r->language = std::make_unique<RegexText>(r->req.regex);
+  if (r->req.grammar) r->language = std::make_unique<GrammarText>(r->req.grammar);
   r->stop_ids = r->req.stop_token_ids;
   if (!r->req.ignore_eos) r->implicit_stops = c.eos_ids;
   // The end of turn stops as EOS does, and like it not under ignore_eos (vLLM: every EOS id of the
@@ -723,7 +726,7 @@ void Engine::Impl::step() {
       // A whole text held open by min_tokens (or without stop ids), or a row other processors
       // emptied: what follows is not constrained.
       if (!r.language->complete()) {
-        spdlog::warn("request {}: token {} leaves its choices or regex; no longer constrained", r.req.id, tok);
+        spdlog::warn("request {}: token {} leaves its choices, regex or grammar; no longer constrained", r.req.id, tok);
       }
       r.language.reset();
     }

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/grammar.h"
 #include "engine/json_schema.h"
 #include "engine/regex_dfa.h"
 #include "engine/sampling_params.h"
@@ -36,6 +37,8 @@ struct Request {
                                        // (vLLM's guided_choice; ChoiceText::sorted); not with the JSON modes
   std::shared_ptr<const RegexDfa> regex;  // non-null: the output is one whole match of this regex (vLLM's
                                        // guided_regex; engine/regex_dfa.h); not with the modes above
+  std::shared_ptr<const Grammar> grammar;  // non-null: the output is one derivation of its root (vLLM's
+                                       // guided_grammar; engine/grammar.h); not with the modes above
   bool ignore_eos = false;
   int32_t end_of_turn = -1;            // chat: the template's end-of-turn token, a stop like EOS (also
                                        // ignored under ignore_eos, as vLLM ignores every EOS id of the

@@ -1,6 +1,6 @@
 // A language of whole outputs seen through the text generated so far, for constrained decoding
-// (engine/text_constraint.h): vLLM's guided_choice (engine/choice_constraint.h) and guided_regex
-// (engine/regex_dfa.h). Implementations never hold a text no whole output begins with.
+// (engine/text_constraint.h): vLLM's guided_choice (engine/choice_constraint.h), guided_regex
+// (engine/regex_dfa.h) and guided_grammar (engine/grammar.h). Implementations never hold a text no whole output begins with.
 #pragma once
 
 #include <string_view>

@@ -21,6 +21,7 @@
 #include "common/errors.h"
 #include "engine/bad_words.h"
 #include "engine/choice_constraint.h"
+#include "engine/grammar.h"
 #include "engine/regex_dfa.h"
 #include "engine/engine.h"
 #include "engine/json_file.h"
@@ -450,6 +451,12 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
       throw InvalidArgument("regex excludes json_object, json_schema and choices");
     }
     r.regex = std::make_shared<const RegexDfa>(RegexDfa::compile(g.regex()));
+  }
+  if (!g.grammar().empty()) {
+    if (g.json_object() || !g.json_schema().empty() || g.choices_size() > 0 || !g.regex().empty()) {
+      throw InvalidArgument("grammar excludes json_object, json_schema, choices and regex");
+    }
+    r.grammar = std::make_shared<const Grammar>(Grammar::parse(g.grammar()));
   }
   if (g.has_truncate_prompt_tokens()) {
     const int64_t keep = g.truncate_prompt_tokens() < 0 ? context : g.truncate_prompt_tokens();

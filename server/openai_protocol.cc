@@ -12,6 +12,7 @@
 #include "engine/bad_words.h"
 #include "engine/chat_prompt.h"
 #include "engine/choice_constraint.h"
+#include "engine/grammar.h"
 #include "engine/regex_dfa.h"
 #include "server/openai_fields.h"
 #include "server/openai_tools.h"
@@ -76,6 +77,15 @@ std::shared_ptr<const RegexDfa> compile_regex(const json& pattern, const std::st
 }
 
 
+std::shared_ptr<const Grammar> compile_grammar(const json& text, const std::string& param) {
+  if (!text.is_string()) throw bad_request(param + " must be a string (a GBNF grammar)", param);
+  try {
+    return std::make_shared<const Grammar>(Grammar::parse(text.get_ref<const std::string&>()));
+  } catch (const InvalidArgument& e) {
+    throw bad_request(param + ": " + e.what(), param);
+  }
+}
+
 void require_object(const json& body) {
   if (!body.is_object()) throw bad_request("the request body must be a JSON object, got " + Fields::type_name(body));
 }
@@ -123,8 +133,9 @@ void Protocol::check_model(const json& body) const {
 namespace {
 
 // Structured outputs in each of their spellings, at most one per request: OpenAI's response_format
-// (json_object, json_schema), vLLM's guided_json / guided_choice / guided_regex and its newer
-// structured_outputs ({"json": ...}, {"choice": [...]}, {"regex": "..."}, {"json_object": true}).
+// (json_object, json_schema), vLLM's guided_json / guided_choice / guided_regex / guided_grammar and
+// its newer structured_outputs ({"json": ...}, {"choice": [...]}, {"regex": "..."}, {"grammar": "..."},
+// {"json_object": true}).
 void parse_structured_output(const Fields& f, Request& r) {
   std::string given;  // the field that set one
   const auto take = [&](const std::string& param) {
@@ -165,6 +176,10 @@ void parse_structured_output(const Fields& f, Request& r) {
     take("guided_regex");
     r.regex = compile_regex(*g, "guided_regex");
   }
+  if (const json* g = f.get("guided_grammar")) {
+    take("guided_grammar");
+    r.grammar = compile_grammar(*g, "guided_grammar");
+  }
   if (const json* so = f.get("structured_outputs")) {
     if (!so->is_object()) throw f.wrong_type("structured_outputs", "an object");
     for (const auto& [key, value] : so->items()) {
@@ -179,6 +194,9 @@ void parse_structured_output(const Fields& f, Request& r) {
       } else if (key == "regex") {
         take(param);
         r.regex = compile_regex(value, param);
+      } else if (key == "grammar") {
+        take(param);
+        r.grammar = compile_grammar(value, param);
       } else if (key == "json_object") {
         if (!value.is_boolean()) throw bad_request(param + " must be a boolean", param);
         if (!value.get<bool>()) continue;
@@ -253,7 +271,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   }
   // The other vLLM extensions that change what is generated or returned, not implemented: refused
   // when given anything but their default, never silently dropped.
-  for (const char* key : {"logits_processors", "guided_grammar", "guided_whitespace_pattern"}) {
+  for (const char* key : {"logits_processors", "guided_whitespace_pattern"}) {
     if (f.get(key) != nullptr) throw bad_request(std::string(key) + " is not supported", key);
   }
   if (const json* bad = f.get("bad_words")) {  // vLLM: words the output must not contain

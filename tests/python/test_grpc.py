@@ -401,6 +401,30 @@ def test_regex(stub, pb):
     expect_invalid(stub, greedy(pb, regex="a", choices=["a"]), "exclude")
 
 
+def test_grammar(stub, pb):
+    # GBNF (vLLM's guided_grammar; engine/grammar.h): nested parentheses around digits, which no regex
+    # states; the check below counts depth independently.
+    grammar = ('root ::= item (" " item){0,3}\nitem ::= [0-9] | "(" inner (" " inner)? ")"\n'
+               'inner ::= [0-9] | "(" [0-9] (" " [0-9])? ")"\n')  # at most two levels: short answers
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="Group some digits.")])
+
+    def well_formed(text):
+        depth = 0
+        for ch in text:
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth < 0 or not (ch.isdigit() or ch in "() "):
+                return False
+        return depth == 0 and text != "" and "  " not in text and text == text.strip()
+
+    for seed in range(3):
+        msgs = collect(stub, pb.GenerateRequest(chat=chat, max_tokens=60, grammar=grammar,
+                                                sampling=pb.SamplingParams(temperature=1.0, seed=seed)))
+        assert well_formed(text_of(msgs)) and msgs[-1].final.finish_reason == pb.FINISH_REASON_STOP, text_of(msgs)
+    expect_invalid(stub, greedy(pb, grammar="root ::= root \"a\" | \"a\""), "left-recursive")
+    expect_invalid(stub, greedy(pb, grammar="root ::= \"a\"", regex="a"), "exclude")
+
+
 def test_prompt_logprobs(stub, pb):
     # In the first message: one entry per prompt token after the first, its id the prompt token's,
     # with the asked-for top tokens; the same values greedy decoding reports for those tokens when

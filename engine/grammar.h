@@ -1,0 +1,122 @@
+// Context-free grammars in llama.cpp's GBNF (the notation vLLM's guided_grammar and xgrammar's EBNF
+// share) for constrained decoding: the output must be one whole derivation of the rule `root`.
+//
+// Notation (llama.cpp grammars/README.md):
+//   name ::= alternatives          a rule; names are letters, digits, '-' and '_'; `root` is required
+//   a b c                          a sequence;  a | b  alternatives;  ( ... )  a group
+//   "text"                         a literal (escapes \n \r \t \\ \" \[ \] \xHH \uHHHH \UHHHHHHHH)
+//   [a-z_]  [^"\\]                 a character class, or its complement;  .  any character
+//   x*  x+  x?  x{m}  x{m,}  x{m,n}  repetition
+//   # ...                          a comment to the end of the line
+// A rule's body ends at a line break outside parentheses, unless the next line starts with '|' (a
+// break right after `::=` is allowed).
+// Matching is over Unicode code points of the UTF-8 output.
+//
+// How this works: repetitions and groups become generated rules, so a rule is a list of
+// alternatives, each a sequence of character sets and rule references. The text generated so far is
+// a set of stacks, as in llama.cpp: a stack holds the positions still to be matched, the top first,
+// and its top is always a character set (references are expanded until they are); a code point keeps
+// the stacks whose top admits it, each advanced past it. The text is whole when some stack is empty.
+// Left-recursive grammars are refused (the expansion would not end).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "engine/text_language.h"
+
+namespace sparseserve {
+
+class Grammar {
+ public:
+  static constexpr size_t kMaxElements = 100'000;  // after repetitions are written out
+  static constexpr int32_t kMaxRepeat = 1'000;     // the largest m or n of x{m,n}
+  static constexpr size_t kMaxStacks = 4'096;      // distinct stacks a text may have (else an error)
+
+  // Throws InvalidArgument naming the problem and its line: a syntax error, an undefined rule, no
+  // `root`, a rule defined twice, left recursion, or a grammar past the limits above.
+  static Grammar parse(std::string_view text);
+
+  // One element of a sequence: a set of code points (ranges, inclusive; `negated`: all others), or
+  // a reference to a rule.
+  struct Element {
+    int32_t rule = -1;  // ≥ 0: a rule reference; −1: a character set
+    bool negated = false;
+    std::vector<std::pair<uint32_t, uint32_t>> ranges;
+    bool admits(uint32_t cp) const;
+    bool admits_any(uint32_t lo, uint32_t hi) const;  // some code point in [lo, hi]
+  };
+  using Sequence = std::vector<Element>;
+
+  int32_t root() const { return root_; }
+  const std::vector<Sequence>& alternatives(int32_t rule) const { return rules_[static_cast<size_t>(rule)]; }
+  // The whole text is one derivation of root (tests and checks).
+  bool matches(std::string_view text) const;
+
+ private:
+  std::vector<std::vector<Sequence>> rules_;  // [rule][alternative]: a sequence (empty: ε)
+  int32_t root_ = -1;
+  friend class GrammarParser;
+};
+
+// The text generated so far under a grammar. Bytes after which the text would have more than
+// Grammar::kMaxStacks parses are not accepted (the constructor throws InvalidArgument when the
+// empty text already has). accepts() is const but works in scratch space of this object: one
+// thread at a time per object.
+//
+// accepts() is asked for every id of the vocabulary each step, so it does not build stack sets: it
+// searches depth first for one way to consume the bytes, its stacks sharing their tails (nodes that
+// point to their parent, the committed stacks' nodes built once per push), and stops at the first.
+// Past kMaxSearchNodes nodes (a grammar ambiguous within one token) it falls back to the sets.
+class GrammarText final : public TextLanguage {
+ public:
+  explicit GrammarText(std::shared_ptr<const Grammar> grammar);
+  bool accepts(std::string_view bytes) const override;
+  bool push(std::string_view bytes) override;
+  bool complete() const override;
+  bool extendable() const override;
+
+  // A position in a rule: alternative `alt` of rule `rule`, element `index`.
+  struct Pos {
+    int32_t rule, alt, index;
+    auto operator<=>(const Pos&) const = default;
+  };
+  using Stack = std::vector<Pos>;  // the top is the back
+
+ private:
+  static constexpr size_t kMaxSearchNodes = 20'000;
+
+  // The stacks after `bytes`, or false when some code point (or the text's last, unfinished UTF-8
+  // sequence) is admitted by no stack. `partial` holds the bytes of an unfinished sequence.
+  bool run(std::string_view bytes, std::vector<Stack>& stacks, std::string& partial) const;
+  bool try_accepts(std::string_view bytes) const;  // accepts() without its catch
+  // The depth-first search of accepts(): 1 consumed, 0 not, −1 past kMaxSearchNodes.
+  int search(std::string_view bytes) const;
+  int consume(int32_t node, size_t i) const;  // code point i onwards from a stack whose top is a set
+  int expand_consume(int32_t node, size_t i) const;  // the same from a stack still to be expanded
+  int32_t push_node(Pos pos, int32_t parent) const;
+  void rebuild_nodes();  // nodes_ and tops_ from stacks_
+
+  struct Node {
+    Pos pos;
+    int32_t parent;  // −1: the bottom
+  };
+
+  std::shared_ptr<const Grammar> grammar_;
+  std::vector<Stack> stacks_;  // sorted, distinct
+  std::string partial_;        // an unfinished UTF-8 sequence at the end of the text (≤ 3 bytes)
+  // The committed stacks as nodes: nodes_[0 .. base_) and their tops (−1: an empty stack); a search
+  // appends after base_ and cuts back. cps_/range_ hold the code points a search consumes.
+  mutable std::vector<Node> nodes_;
+  size_t base_ = 0;
+  std::vector<int32_t> tops_;
+  mutable std::vector<uint32_t> cps_;
+  mutable bool has_range_ = false;
+  mutable uint32_t range_lo_ = 0, range_hi_ = 0;
+};
+
+}  // namespace sparseserve
