@@ -103,6 +103,7 @@ class GrammarParser {
     return it->second;
   }
   int32_t add_rule(int32_t line) {
+    if (g_.rules_.size() >= Grammar::kMaxRules) fail("more than " + std::to_string(Grammar::kMaxRules) + " rules");
     g_.rules_.emplace_back();
     defined_.push_back(false);
     first_use_.push_back(line);
@@ -176,11 +177,13 @@ class GrammarParser {
         seq.push_back(std::move(any));
         count(1);
       } else if (c == '(') {
+        if (++depth_ > Grammar::kMaxNesting) fail("parentheses nested deeper than " + std::to_string(Grammar::kMaxNesting));
         ++pos_;
         skip_space(true);
         std::vector<Grammar::Sequence> alts = parse_alternatives(true);
         if (pos_ >= src_.size() || src_[pos_] != ')') fail("expected ')'");
         ++pos_;
+        --depth_;
         seq.push_back(ref(generated(std::move(alts))));
         count(1);
       } else if (is_name_char(c)) {
@@ -389,6 +392,7 @@ class GrammarParser {
   std::vector<bool> defined_;
   std::vector<int32_t> first_use_;
   size_t elements_ = 0;
+  int32_t depth_ = 0;  // parentheses open
 };
 
 Grammar Grammar::parse(std::string_view text) { return GrammarParser(text).run(); }
@@ -414,10 +418,14 @@ void step_past_top(const Grammar& g, Stack& s) {
 }
 
 // Expands rule references at the top until each stack's top is a character set (or it is empty).
-void expand(const Grammar& g, Stack s, std::vector<Stack>& out) {
+void expand(const Grammar& g, Stack s, std::vector<Stack>& out, int32_t depth = 0) {
   if (s.empty() || element(g, s.back()).rule < 0) {
     out.push_back(std::move(s));
     return;
+  }
+  if (depth > Grammar::kMaxExpansion) {
+    throw InvalidArgument("grammar: more than " + std::to_string(Grammar::kMaxExpansion) +
+                          " rule references expanded at one position");
   }
   const int32_t rule = element(g, s.back()).rule;
   step_past_top(g, s);
@@ -425,7 +433,7 @@ void expand(const Grammar& g, Stack s, std::vector<Stack>& out) {
   for (size_t a = 0; a < alts.size(); ++a) {
     Stack next = s;
     if (!alts[a].empty()) next.push_back({rule, static_cast<int32_t>(a), 0});
-    expand(g, std::move(next), out);
+    expand(g, std::move(next), out, depth + 1);
   }
 }
 
@@ -536,8 +544,9 @@ int GrammarText::consume(int32_t node, size_t i) const {
   return expand_consume(more ? push_node({p.rule, p.alt, p.index + 1}, parent) : parent, i + 1);
 }
 
-int GrammarText::expand_consume(int32_t node, size_t i) const {
+int GrammarText::expand_consume(int32_t node, size_t i, int32_t depth) const {
   if (node < 0) return consume(node, i);
+  if (depth > Grammar::kMaxExpansion) return -1;  // the sets' expansion refuses it
   const Pos p = nodes_[static_cast<size_t>(node)].pos;
   const int32_t parent = nodes_[static_cast<size_t>(node)].parent;
   const int32_t rule = element(*grammar_, p).rule;
@@ -547,7 +556,7 @@ int GrammarText::expand_consume(int32_t node, size_t i) const {
   const auto& alts = grammar_->alternatives(rule);
   for (size_t a = 0; a < alts.size(); ++a) {
     const int32_t top = alts[a].empty() ? below : push_node({rule, static_cast<int32_t>(a), 0}, below);
-    if (const int r = expand_consume(top, i); r != 0) return r;
+    if (const int r = expand_consume(top, i, depth + 1); r != 0) return r;
   }
   return 0;
 }

@@ -36,9 +36,13 @@ class Grammar {
   static constexpr size_t kMaxElements = 100'000;  // after repetitions are written out
   static constexpr int32_t kMaxRepeat = 1'000;     // the largest m or n of x{m,n}
   static constexpr size_t kMaxStacks = 4'096;      // distinct stacks a text may have (else an error)
+  static constexpr size_t kMaxRules = 10'000;      // rules, those groups and repetitions make included
+  static constexpr int32_t kMaxNesting = 256;      // parentheses inside parentheses
+  static constexpr int32_t kMaxExpansion = 4'096;  // rule references expanded at one position
 
   // Throws InvalidArgument naming the problem and its line: a syntax error, an undefined rule, no
-  // `root`, a rule defined twice, left recursion, or a grammar past the limits above.
+  // `root`, a rule defined twice, left recursion, or a grammar past the limits above (which also
+  // bound the recursion of parsing and matching).
   static Grammar parse(std::string_view text);
 
   // One element of a sequence: a set of code points (ranges, inclusive; `negated`: all others), or
@@ -97,7 +101,7 @@ class GrammarText final : public TextLanguage {
   // The depth-first search of accepts(): 1 consumed, 0 not, −1 past kMaxSearchNodes.
   int search(std::string_view bytes) const;
   int consume(int32_t node, size_t i) const;  // code point i onwards from a stack whose top is a set
-  int expand_consume(int32_t node, size_t i) const;  // the same from a stack still to be expanded
+  int expand_consume(int32_t node, size_t i, int32_t depth = 0) const;  // the same, a stack still to expand
   int32_t push_node(Pos pos, int32_t parent) const;
   void rebuild_nodes();  // nodes_ and tops_ from stacks_
 

@@ -6,6 +6,7 @@
 // each id's verdict (accepts: a depth-first search) equal to pushing it (stack sets), timed.
 #include "engine/grammar.h"
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -49,6 +50,17 @@ TEST(GrammarTest, BadGrammarsAreRefusedWithTheLineAndTheProblem) {
   EXPECT_THAT(error_of("root ::= a\na ::= b? a \"x\"\nb ::= \"y\"\n"), HasSubstr("left-recursive"));
   EXPECT_THAT(error_of("root ::= \"" + std::string(100, 'x') + "\"{1000}\n"), HasSubstr("too large"));
   EXPECT_THAT(error_of("root ::= \"a\" )\n"), HasSubstr("line 1: unexpected ')'"));
+  // Limits that keep parsing and matching from recursing without bound.
+  EXPECT_THAT(error_of("root ::= " + std::string(300, '(') + "\"a\"" + std::string(300, ')') + "\n"),
+              HasSubstr("nested deeper than 256"));
+  std::string chain = "root ::= r0\n";
+  for (int i = 0; i < 5000; ++i) chain += fmt::format("r{} ::= r{}\n", i, i + 1);
+  chain += "r5000 ::= \"a\"\n";
+  const Grammar deep = Grammar::parse(chain);  // 5002 rules: parsed, but no text can be expanded
+  EXPECT_THROW(GrammarText(std::make_shared<const Grammar>(deep)), InvalidArgument);
+  std::string many = "root ::= \"a\"\n";
+  for (int i = 0; i < 10000; ++i) many += fmt::format("r{} ::= \"b\"\n", i);
+  EXPECT_THAT(error_of(many), HasSubstr("more than 10000 rules"));
 }
 
 // Regular grammars and the equivalent ECMAScript regexes: every text over the alphabet up to length
