@@ -3,10 +3,61 @@
 #include <algorithm>
 #include <functional>
 #include <map>
+#include <set>
 
 #include "common/errors.h"
 
 namespace sparseserve {
+
+// ---- UTF-8 -------------------------------------------------------------------------------------
+
+namespace {
+
+// The length a lead byte announces (0: not a lead byte), and the smallest code point of that length
+// (shorter encodings are overlong).
+int utf8_length(unsigned char b) {
+  return b < 0x80 ? 1 : b >= 0xC2 && b <= 0xDF ? 2 : b >= 0xE0 && b <= 0xEF ? 3 : b >= 0xF0 && b <= 0xF4 ? 4 : 0;
+}
+uint32_t utf8_min(int n) { return n == 2 ? 0x80 : n == 3 ? 0x800 : n == 4 ? 0x10000 : 0; }
+
+}  // namespace
+
+bool utf8_range(std::string_view seq, uint32_t& lo, uint32_t& hi) {
+  if (seq.empty()) return false;
+  const auto lead = static_cast<unsigned char>(seq[0]);
+  const int n = utf8_length(lead);
+  if (n == 0 || seq.size() > static_cast<size_t>(n)) return false;
+  uint32_t v = n == 1 ? lead : lead & (0xFFu >> (n + 1));
+  for (size_t k = 1; k < seq.size(); ++k) {
+    const auto b = static_cast<unsigned char>(seq[k]);
+    if ((b & 0xC0) != 0x80) return false;
+    v = (v << 6) | (b & 0x3Fu);
+  }
+  const int rest = 6 * (n - static_cast<int>(seq.size()));  // bits still to come (≤ 18)
+  lo = std::max(v << rest, utf8_min(n));
+  hi = std::min((v << rest) | ((1u << rest) - 1), 0x10FFFFu);
+  if (lo >= 0xD800 && hi <= 0xDFFF) return false;        // only surrogates
+  if (lo < 0xD800 && hi >= 0xD800 && hi <= 0xDFFF) hi = 0xD7FF;  // ED alone: D000..DFFF
+  return lo <= hi;
+}
+
+bool decode_utf8(std::string_view text, std::vector<uint32_t>& cps, Utf8Tail& tail) {
+  tail = Utf8Tail{};
+  size_t i = 0;
+  while (i < text.size()) {
+    const int n = utf8_length(static_cast<unsigned char>(text[i]));
+    const size_t have = std::min(text.size() - i, static_cast<size_t>(std::max(n, 1)));
+    uint32_t lo = 0, hi = 0;
+    if (!utf8_range(text.substr(i, have), lo, hi)) return false;
+    if (have < static_cast<size_t>(n)) {
+      tail = Utf8Tail{true, i, lo, hi};
+      return true;
+    }
+    cps.push_back(lo);
+    i += have;
+  }
+  return true;
+}
 
 // ---- Character sets ----------------------------------------------------------------------------
 
@@ -59,6 +110,7 @@ class GrammarParser {
     const auto root = ids_.find("root");
     if (root == ids_.end()) throw InvalidArgument("grammar: no rule 'root'");
     g_.root_ = root->second;
+    drop_unfinishable();
     check_left_recursion();
     return std::move(g_);
   }
@@ -311,13 +363,10 @@ class GrammarParser {
         default: fail(std::string("unknown escape '\\") + c + "'");
       }
     }
-    int n = byte < 0x80 ? 1 : byte >= 0xF0 ? 4 : byte >= 0xE0 ? 3 : byte >= 0xC0 ? 2 : 0;
-    if (n == 0 || pos_ + static_cast<size_t>(n) > src_.size()) fail("invalid UTF-8 in the grammar");
-    uint32_t cp = n == 1 ? byte : byte & (0xFFu >> (n + 1));
-    for (int i = 1; i < n; ++i) {
-      const auto b = static_cast<unsigned char>(src_[pos_ + static_cast<size_t>(i)]);
-      if ((b & 0xC0) != 0x80) fail("invalid UTF-8 in the grammar");
-      cp = (cp << 6) | (b & 0x3Fu);
+    const int n = utf8_length(byte);
+    uint32_t cp = 0, hi = 0;
+    if (n == 0 || pos_ + static_cast<size_t>(n) > src_.size() || !utf8_range(src_.substr(pos_, static_cast<size_t>(n)), cp, hi)) {
+      fail("invalid UTF-8 in the grammar");
     }
     pos_ += static_cast<size_t>(n);
     return cp;
@@ -333,6 +382,28 @@ class GrammarParser {
     }
     if (v > 0x10FFFF) fail("an escape past U+10FFFF");
     return v;
+  }
+
+  // Drops the alternatives that no text completes: those holding a set without a valid code point
+  // ([], a surrogate) or a reference to a rule none of whose alternatives finishes (a rule that
+  // only recurses). Every position the matcher reaches can then be completed.
+  void drop_unfinishable() {
+    auto& rules = g_.rules_;
+    const auto set_ok = [](const Grammar::Element& e) { return e.admits_any(0, 0xD7FF) || e.admits_any(0xE000, 0x10FFFF); };
+    std::vector<bool> finishes(rules.size(), false);
+    const auto sequence_ok = [&](const Grammar::Sequence& seq) {
+      return std::all_of(seq.begin(), seq.end(), [&](const Grammar::Element& e) {
+        return e.rule >= 0 ? finishes[static_cast<size_t>(e.rule)] : set_ok(e);
+      });
+    };
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (size_t r = 0; r < rules.size(); ++r) {
+        if (!finishes[r] && std::any_of(rules[r].begin(), rules[r].end(), sequence_ok)) finishes[r] = changed = true;
+      }
+    }
+    if (!finishes[static_cast<size_t>(g_.root_)]) throw InvalidArgument("grammar: 'root' derives no text");
+    for (auto& alts : rules) std::erase_if(alts, [&](const Grammar::Sequence& seq) { return !sequence_ok(seq); });
   }
 
   // A rule that may begin with itself (through rules that may match nothing) is refused: the
@@ -408,32 +479,42 @@ const Grammar::Element& element(const Grammar& g, const Pos& p) {
   return g.alternatives(p.rule)[static_cast<size_t>(p.alt)][static_cast<size_t>(p.index)];
 }
 
+bool last_in_sequence(const Grammar& g, const Pos& p) {
+  return static_cast<size_t>(p.index) + 1 == g.alternatives(p.rule)[static_cast<size_t>(p.alt)].size();
+}
+
 // The stack past its top element (the next element of the same sequence, or the caller's).
 void step_past_top(const Grammar& g, Stack& s) {
   const Pos p = s.back();
   s.pop_back();
-  if (static_cast<size_t>(p.index) + 1 < g.alternatives(p.rule)[static_cast<size_t>(p.alt)].size()) {
-    s.push_back({p.rule, p.alt, p.index + 1});
-  }
+  if (!last_in_sequence(g, p)) s.push_back({p.rule, p.alt, p.index + 1});
 }
 
-// Expands rule references at the top until each stack's top is a character set (or it is empty).
-void expand(const Grammar& g, Stack s, std::vector<Stack>& out, int32_t depth = 0) {
-  if (s.empty() || element(g, s.back()).rule < 0) {
-    out.push_back(std::move(s));
-    return;
-  }
-  if (depth > Grammar::kMaxExpansion) {
-    throw InvalidArgument("grammar: more than " + std::to_string(Grammar::kMaxExpansion) +
-                          " rule references expanded at one position");
-  }
-  const int32_t rule = element(g, s.back()).rule;
-  step_past_top(g, s);
-  const auto& alts = g.alternatives(rule);
-  for (size_t a = 0; a < alts.size(); ++a) {
-    Stack next = s;
-    if (!alts[a].empty()) next.push_back({rule, static_cast<int32_t>(a), 0});
-    expand(g, std::move(next), out, depth + 1);
+// Expands rule references at the top of `s` until each stack's top is a character set (or it is
+// empty), adding those to `out`. Each intermediate stack is expanded once (`seen`): alternatives
+// that reach the same stack by different paths (nullable rules) do not multiply the work.
+void expand(const Grammar& g, Stack s, std::set<Stack>& seen, std::vector<Stack>& out) {
+  std::vector<Stack> todo{std::move(s)};
+  while (!todo.empty()) {
+    Stack cur = std::move(todo.back());
+    todo.pop_back();
+    if (!seen.insert(cur).second) continue;
+    if (seen.size() > Grammar::kMaxExpansion) {
+      throw InvalidArgument("grammar: more than " + std::to_string(Grammar::kMaxExpansion) +
+                            " stacks expanded at one position (the grammar is too ambiguous)");
+    }
+    if (cur.empty() || element(g, cur.back()).rule < 0) {
+      out.push_back(std::move(cur));
+      continue;
+    }
+    const int32_t rule = element(g, cur.back()).rule;
+    step_past_top(g, cur);
+    const auto& alts = g.alternatives(rule);
+    for (size_t a = 0; a < alts.size(); ++a) {
+      Stack next = cur;
+      if (!alts[a].empty()) next.push_back({rule, static_cast<int32_t>(a), 0});
+      todo.push_back(std::move(next));
+    }
   }
 }
 
@@ -448,11 +529,12 @@ void normalize(std::vector<Stack>& stacks) {
 
 std::vector<Stack> initial(const Grammar& g) {
   std::vector<Stack> out;
+  std::set<Stack> seen;
   const auto& alts = g.alternatives(g.root());
   for (size_t a = 0; a < alts.size(); ++a) {
     Stack s;
     if (!alts[a].empty()) s.push_back({g.root(), static_cast<int32_t>(a), 0});
-    expand(g, std::move(s), out);
+    expand(g, std::move(s), seen, out);
   }
   normalize(out);
   return out;
@@ -461,11 +543,12 @@ std::vector<Stack> initial(const Grammar& g) {
 // The stacks after code point cp (empty: no stack admits it).
 std::vector<Stack> advance(const Grammar& g, const std::vector<Stack>& stacks, uint32_t cp) {
   std::vector<Stack> out;
+  std::set<Stack> seen;
   for (const Stack& s : stacks) {
     if (s.empty() || !element(g, s.back()).admits(cp)) continue;
     Stack next = s;
     step_past_top(g, next);
-    expand(g, std::move(next), out);
+    expand(g, std::move(next), seen, out);
   }
   normalize(out);
   return out;
@@ -476,30 +559,16 @@ bool any_admits(const Grammar& g, const std::vector<Stack>& stacks, uint32_t lo,
                      [&](const Stack& s) { return !s.empty() && element(g, s.back()).admits_any(lo, hi); });
 }
 
-// UTF-8: the length a lead byte announces (0: not a lead byte), and the smallest code point of that
-// length (shorter encodings are overlong).
-int utf8_length(unsigned char b) { return b < 0x80 ? 1 : b >= 0xC2 && b <= 0xDF ? 2 : b >= 0xE0 && b <= 0xEF ? 3 : b >= 0xF0 && b <= 0xF4 ? 4 : 0; }
-uint32_t utf8_min(int n) { return n == 2 ? 0x80 : n == 3 ? 0x800 : n == 4 ? 0x10000 : 0; }
-
 }  // namespace
 
 bool Grammar::matches(std::string_view text) const {
+  std::vector<uint32_t> cps;
+  Utf8Tail tail;
+  if (!decode_utf8(text, cps, tail) || tail.partial) return false;
   std::vector<Stack> stacks = initial(*this);
-  size_t i = 0;
-  while (i < text.size()) {
-    const auto lead = static_cast<unsigned char>(text[i]);
-    const int n = utf8_length(lead);
-    if (n == 0 || i + static_cast<size_t>(n) > text.size()) return false;
-    uint32_t cp = n == 1 ? lead : lead & (0xFFu >> (n + 1));
-    for (int k = 1; k < n; ++k) {
-      const auto b = static_cast<unsigned char>(text[i + static_cast<size_t>(k)]);
-      if ((b & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (b & 0x3Fu);
-    }
-    if (cp < utf8_min(n) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+  for (const uint32_t cp : cps) {
     stacks = advance(*this, stacks, cp);
     if (stacks.empty()) return false;
-    i += static_cast<size_t>(n);
   }
   return std::any_of(stacks.begin(), stacks.end(), [](const Stack& s) { return s.empty(); });
 }
@@ -531,69 +600,41 @@ int32_t GrammarText::push_node(Pos pos, int32_t parent) const {
 }
 
 int GrammarText::consume(int32_t node, size_t i) const {
-  if (nodes_.size() > base_ + kMaxSearchNodes) return -1;
+  if (++steps_ > kMaxSearchSteps) return -1;
   if (i == cps_.size()) {
-    if (!has_range_) return 1;
-    return node >= 0 && element(*grammar_, nodes_[static_cast<size_t>(node)].pos).admits_any(range_lo_, range_hi_) ? 1 : 0;
+    if (!tail_.partial) return 1;
+    return node >= 0 && element(*grammar_, nodes_[static_cast<size_t>(node)].pos).admits_any(tail_.lo, tail_.hi) ? 1 : 0;
   }
   if (node < 0) return 0;  // the text is whole; more follows
   const Pos p = nodes_[static_cast<size_t>(node)].pos;
   const int32_t parent = nodes_[static_cast<size_t>(node)].parent;
   if (!element(*grammar_, p).admits(cps_[i])) return 0;
-  const bool more = static_cast<size_t>(p.index) + 1 < grammar_->alternatives(p.rule)[static_cast<size_t>(p.alt)].size();
-  return expand_consume(more ? push_node({p.rule, p.alt, p.index + 1}, parent) : parent, i + 1);
+  return expand_consume(last_in_sequence(*grammar_, p) ? parent : push_node({p.rule, p.alt, p.index + 1}, parent),
+                        i + 1);
 }
 
-int GrammarText::expand_consume(int32_t node, size_t i, int32_t depth) const {
+int GrammarText::expand_consume(int32_t node, size_t i) const {
   if (node < 0) return consume(node, i);
-  if (depth > Grammar::kMaxExpansion) return -1;  // the sets' expansion refuses it
+  if (++steps_ > kMaxSearchSteps) return -1;
   const Pos p = nodes_[static_cast<size_t>(node)].pos;
   const int32_t parent = nodes_[static_cast<size_t>(node)].parent;
   const int32_t rule = element(*grammar_, p).rule;
   if (rule < 0) return consume(node, i);
-  const bool more = static_cast<size_t>(p.index) + 1 < grammar_->alternatives(p.rule)[static_cast<size_t>(p.alt)].size();
-  const int32_t below = more ? push_node({p.rule, p.alt, p.index + 1}, parent) : parent;
+  const int32_t below = last_in_sequence(*grammar_, p) ? parent : push_node({p.rule, p.alt, p.index + 1}, parent);
   const auto& alts = grammar_->alternatives(rule);
   for (size_t a = 0; a < alts.size(); ++a) {
     const int32_t top = alts[a].empty() ? below : push_node({rule, static_cast<int32_t>(a), 0}, below);
-    if (const int r = expand_consume(top, i, depth + 1); r != 0) return r;
+    if (const int r = expand_consume(top, i); r != 0) return r;
   }
   return 0;
 }
 
 int GrammarText::search(std::string_view bytes) const {
-  // The code points the text would gain, and the range an unfinished last sequence may become.
   cps_.clear();
-  has_range_ = false;
   std::string joined;  // only when an unfinished sequence waits: most calls allocate nothing
   if (!partial_.empty()) joined = partial_ + std::string(bytes);
-  const std::string_view buf = partial_.empty() ? bytes : std::string_view(joined);
-  size_t i = 0;
-  while (i < buf.size()) {
-    const auto lead = static_cast<unsigned char>(buf[i]);
-    const int n = utf8_length(lead);
-    if (n == 0) return 0;
-    uint32_t v = n == 1 ? lead : lead & (0xFFu >> (n + 1));
-    int have = 1;
-    for (; have < n && i + static_cast<size_t>(have) < buf.size(); ++have) {
-      const auto b = static_cast<unsigned char>(buf[i + static_cast<size_t>(have)]);
-      if ((b & 0xC0) != 0x80) return 0;
-      v = (v << 6) | (b & 0x3Fu);
-    }
-    if (have < n) {
-      const int rest = 6 * (n - have);
-      range_lo_ = std::max(v << rest, utf8_min(n));
-      range_hi_ = std::min((v << rest) | ((1u << rest) - 1), 0x10FFFFu);
-      if (lead == 0xED && have >= 2) return 0;
-      if (lead == 0xED) range_hi_ = std::min(range_hi_, 0xD7FFu);
-      if (range_lo_ > range_hi_) return 0;
-      has_range_ = true;
-      break;
-    }
-    if (v < utf8_min(n) || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
-    cps_.push_back(v);
-    i += static_cast<size_t>(n);
-  }
+  if (!decode_utf8(partial_.empty() ? bytes : std::string_view(joined), cps_, tail_)) return 0;
+  steps_ = 0;
   int result = 0;
   for (const int32_t top : tops_) {
     result = consume(top, 0);
@@ -605,35 +646,17 @@ int GrammarText::search(std::string_view bytes) const {
 
 bool GrammarText::run(std::string_view bytes, std::vector<Stack>& stacks, std::string& partial) const {
   const Grammar& g = *grammar_;
-  std::string buf = partial + std::string(bytes);
-  size_t i = 0;
-  while (i < buf.size()) {
-    const auto lead = static_cast<unsigned char>(buf[i]);
-    const int n = utf8_length(lead);
-    if (n == 0) return false;
-    uint32_t v = n == 1 ? lead : lead & (0xFFu >> (n + 1));
-    int have = 1;
-    for (; have < n && i + static_cast<size_t>(have) < buf.size(); ++have) {
-      const auto b = static_cast<unsigned char>(buf[i + static_cast<size_t>(have)]);
-      if ((b & 0xC0) != 0x80) return false;
-      v = (v << 6) | (b & 0x3Fu);
-    }
-    if (have < n) {  // an unfinished sequence ends the text: some stack must admit a code point it may become
-      const int rest = 6 * (n - have);
-      uint32_t lo = std::max(v << rest, utf8_min(n)), hi = std::min((v << rest) | ((1u << rest) - 1), 0x10FFFFu);
-      if (lead == 0xED && have >= 2) return false;  // only a surrogate can follow ED A0..BF
-      if (lead == 0xED) hi = std::min(hi, 0xD7FFu);
-      if (lo > hi || !any_admits(g, stacks, lo, hi)) return false;
-      partial = buf.substr(i);
-      return true;
-    }
-    if (v < utf8_min(n) || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return false;
-    std::vector<Stack> next = advance(g, stacks, v);
+  const std::string buf = partial + std::string(bytes);
+  std::vector<uint32_t> cps;
+  Utf8Tail tail;
+  if (!decode_utf8(buf, cps, tail)) return false;
+  for (const uint32_t cp : cps) {
+    std::vector<Stack> next = advance(g, stacks, cp);
     if (next.empty()) return false;
     stacks = std::move(next);
-    i += static_cast<size_t>(n);
   }
-  partial.clear();
+  if (tail.partial && !any_admits(g, stacks, tail.lo, tail.hi)) return false;
+  partial = tail.partial ? buf.substr(tail.at) : std::string();
   return true;
 }
 
@@ -641,24 +664,19 @@ bool GrammarText::accepts(std::string_view bytes) const {
   if (bytes.empty()) return true;
   try {
     return try_accepts(bytes);
-  } catch (const InvalidArgument&) {  // past kMaxStacks: not taken
+  } catch (const InvalidArgument&) {  // past kMaxStacks or kMaxExpansion: not taken
     return false;
   }
 }
 
 bool GrammarText::try_accepts(std::string_view bytes) const {
-  // Most ids fail on their first byte: try that against the stacks' tops before copying them.
+  // Most ids fail on their first byte: try that against the stacks' tops before anything else.
   if (partial_.empty()) {
-    const auto lead = static_cast<unsigned char>(bytes[0]);
-    const int n = utf8_length(lead);
-    if (n == 0) return false;
-    const uint32_t v = n == 1 ? lead : lead & (0xFFu >> (n + 1));
-    const int rest = 6 * (n - 1);
-    const uint32_t lo = std::max(v << rest, utf8_min(n)), hi = std::min((v << rest) | ((1u << rest) - 1), 0x10FFFFu);
-    if (lo > hi || !any_admits(*grammar_, stacks_, lo, hi)) return false;
+    uint32_t lo = 0, hi = 0;
+    if (!utf8_range(bytes.substr(0, 1), lo, hi) || !any_admits(*grammar_, stacks_, lo, hi)) return false;
   }
   if (const int found = search(bytes); found >= 0) return found == 1;
-  std::vector<Stack> stacks = stacks_;  // ambiguous within these bytes: the sets, deduplicated
+  std::vector<Stack> stacks = stacks_;  // past the search's budget: the deduplicated sets decide
   std::string partial = partial_;
   return run(bytes, stacks, partial);
 }
@@ -668,7 +686,7 @@ bool GrammarText::push(std::string_view bytes) {
   std::string partial = partial_;
   try {
     if (!run(bytes, stacks, partial)) return false;
-  } catch (const InvalidArgument&) {  // past kMaxStacks (accepts() refused these bytes too)
+  } catch (const InvalidArgument&) {  // past kMaxStacks or kMaxExpansion (accepts() refused these bytes too)
     return false;
   }
   stacks_ = std::move(stacks);

@@ -31,6 +31,22 @@
 
 namespace sparseserve {
 
+// UTF-8 as the output is read: the code points a sequence that begins with `seq` (its lead byte
+// first, 1 to 4 bytes) may be, [lo, hi] (lo == hi when whole); false when no valid code point
+// (not overlong, no surrogate, at most U+10FFFF) begins so.
+bool utf8_range(std::string_view seq, uint32_t& lo, uint32_t& hi);
+
+// The unfinished sequence a text may end with.
+struct Utf8Tail {
+  bool partial = false;
+  size_t at = 0;           // where its bytes begin
+  uint32_t lo = 0, hi = 0;  // what it may become (utf8_range)
+};
+
+// Appends text's whole code points to cps and describes an unfinished last sequence in `tail`;
+// false when the text is not valid UTF-8 (or its tail cannot become a code point).
+bool decode_utf8(std::string_view text, std::vector<uint32_t>& cps, Utf8Tail& tail);
+
 class Grammar {
  public:
   static constexpr size_t kMaxElements = 100'000;  // after repetitions are written out
@@ -38,11 +54,13 @@ class Grammar {
   static constexpr size_t kMaxStacks = 4'096;      // distinct stacks a text may have (else an error)
   static constexpr size_t kMaxRules = 10'000;      // rules, those groups and repetitions make included
   static constexpr int32_t kMaxNesting = 256;      // parentheses inside parentheses
-  static constexpr int32_t kMaxExpansion = 4'096;  // rule references expanded at one position
+  static constexpr size_t kMaxExpansion = 4'096;   // stacks expanded at one position
 
   // Throws InvalidArgument naming the problem and its line: a syntax error, an undefined rule, no
-  // `root`, a rule defined twice, left recursion, or a grammar past the limits above (which also
-  // bound the recursion of parsing and matching).
+  // `root`, a rule defined twice, left recursion, a root that derives no text, or a grammar past
+  // the limits above (which also bound the recursion of parsing and matching). Alternatives that
+  // can never finish (through a rule that only recurses, a class that admits nothing, a surrogate)
+  // are dropped, so that every text the matcher accepts can be completed.
   static Grammar parse(std::string_view text);
 
   // One element of a sequence: a set of code points (ranges, inclusive; `negated`: all others), or
@@ -75,7 +93,10 @@ class Grammar {
 // accepts() is asked for every id of the vocabulary each step, so it does not build stack sets: it
 // searches depth first for one way to consume the bytes, its stacks sharing their tails (nodes that
 // point to their parent, the committed stacks' nodes built once per push), and stops at the first.
-// Past kMaxSearchNodes nodes (a grammar ambiguous within one token) it falls back to the sets.
+// Past kMaxSearchSteps steps (a grammar ambiguous within one token) it falls back to the sets.
+// The sets' limits (kMaxStacks, kMaxExpansion) do not bound the search: with a grammar that reaches
+// them, push() may refuse bytes accepts() took; the engine then stops constraining that request
+// and logs it.
 class GrammarText final : public TextLanguage {
  public:
   explicit GrammarText(std::shared_ptr<const Grammar> grammar);
@@ -92,16 +113,16 @@ class GrammarText final : public TextLanguage {
   using Stack = std::vector<Pos>;  // the top is the back
 
  private:
-  static constexpr size_t kMaxSearchNodes = 20'000;
+  static constexpr int64_t kMaxSearchSteps = 20'000;
 
   // The stacks after `bytes`, or false when some code point (or the text's last, unfinished UTF-8
   // sequence) is admitted by no stack. `partial` holds the bytes of an unfinished sequence.
   bool run(std::string_view bytes, std::vector<Stack>& stacks, std::string& partial) const;
   bool try_accepts(std::string_view bytes) const;  // accepts() without its catch
-  // The depth-first search of accepts(): 1 consumed, 0 not, −1 past kMaxSearchNodes.
+  // The depth-first search of accepts(): 1 consumed, 0 not, −1 past kMaxSearchSteps.
   int search(std::string_view bytes) const;
   int consume(int32_t node, size_t i) const;  // code point i onwards from a stack whose top is a set
-  int expand_consume(int32_t node, size_t i, int32_t depth = 0) const;  // the same, a stack still to expand
+  int expand_consume(int32_t node, size_t i) const;  // the same from a stack still to be expanded
   int32_t push_node(Pos pos, int32_t parent) const;
   void rebuild_nodes();  // nodes_ and tops_ from stacks_
 
@@ -119,8 +140,8 @@ class GrammarText final : public TextLanguage {
   size_t base_ = 0;
   std::vector<int32_t> tops_;
   mutable std::vector<uint32_t> cps_;
-  mutable bool has_range_ = false;
-  mutable uint32_t range_lo_ = 0, range_hi_ = 0;
+  mutable Utf8Tail tail_;
+  mutable int64_t steps_ = 0;
 };
 
 }  // namespace sparseserve

@@ -47,7 +47,7 @@ TEST(GrammarTest, BadGrammarsAreRefusedWithTheLineAndTheProblem) {
   EXPECT_THAT(error_of("root ::= \"a\"{3,1}\n"), HasSubstr("n < m"));
   EXPECT_THAT(error_of("root ::= \"a\"{5000}\n"), HasSubstr("repetition count over 1000"));
   EXPECT_THAT(error_of("root ::= expr\nexpr ::= expr \"+\" \"1\" | \"1\"\n"), HasSubstr("'expr' is left-recursive"));
-  EXPECT_THAT(error_of("root ::= a\na ::= b? a \"x\"\nb ::= \"y\"\n"), HasSubstr("left-recursive"));
+  EXPECT_THAT(error_of("root ::= a\na ::= b? a \"x\" | \"z\"\nb ::= \"y\"\n"), HasSubstr("left-recursive"));
   EXPECT_THAT(error_of("root ::= \"" + std::string(100, 'x') + "\"{1000}\n"), HasSubstr("too large"));
   EXPECT_THAT(error_of("root ::= \"a\" )\n"), HasSubstr("line 1: unexpected ')'"));
   // Limits that keep parsing and matching from recursing without bound.
@@ -61,6 +61,10 @@ TEST(GrammarTest, BadGrammarsAreRefusedWithTheLineAndTheProblem) {
   std::string many = "root ::= \"a\"\n";
   for (int i = 0; i < 10000; ++i) many += fmt::format("r{} ::= \"b\"\n", i);
   EXPECT_THAT(error_of(many), HasSubstr("more than 10000 rules"));
+  EXPECT_THAT(error_of("root ::= \"\xC0\x80\"\n"), HasSubstr("invalid UTF-8"));  // overlong
+  EXPECT_THAT(error_of("root ::= \"\xF8\x80\x80\x80\"\n"), HasSubstr("invalid UTF-8"));
+  EXPECT_THAT(error_of("root ::= loop\nloop ::= \"c\" loop\n"), HasSubstr("'root' derives no text"));
+  EXPECT_THAT(error_of("root ::= [] | \"\\uD800\"\n"), HasSubstr("'root' derives no text"));
 }
 
 // Regular grammars and the equivalent ECMAScript regexes: every text over the alphabet up to length
@@ -104,6 +108,39 @@ TEST(GrammarTest, RegularGrammarsMatchWhatTheEquivalentRegexMatches) {
     }
     EXPECT_GT(matched, 5);
   }
+}
+
+// Alternatives no text can finish are dropped, so nothing the text accepts leads to a dead end.
+TEST(GrammarTest, AlternativesThatCannotFinishAreDropped) {
+  const auto g = std::make_shared<const Grammar>(
+      Grammar::parse("root ::= \"a\" [] | \"b\" loop | \"b\" \"x\" | \"c\" \"\\uD800\"\nloop ::= \"c\" loop\n"));
+  GrammarText t(g);
+  EXPECT_FALSE(t.accepts("a"));
+  EXPECT_FALSE(t.accepts("c"));
+  EXPECT_FALSE(t.accepts("bc"));
+  EXPECT_TRUE(t.accepts("bx"));
+  EXPECT_TRUE(g->matches("bx"));
+}
+
+// Nullable alternatives reached by many paths expand once each: these took seconds (and
+// gigabytes) while every path was expanded.
+TEST(GrammarTest, AmbiguousNullableGrammarsStayCheap) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto g = std::make_shared<const Grammar>(Grammar::parse("root ::= (\"a\"? | \"b\"?){0,40} \"c\"\n"));
+  GrammarText t(g);
+  EXPECT_TRUE(t.accepts("abba"));
+  ASSERT_TRUE(t.push("abbac"));
+  EXPECT_TRUE(t.complete());
+  std::string chain = "root ::= r0\n";
+  for (int i = 0; i < 30; ++i) chain += fmt::format("r{} ::= r{} | r{}\n", i, i + 1, i + 1);
+  chain += "r30 ::= \"z\"\n";
+  EXPECT_TRUE(Grammar::parse(chain).matches("z"));
+  const auto e = std::make_shared<const Grammar>(Grammar::parse("root ::= s\ns ::= \"a\" s e | \"x\"\ne ::= \"\" | \"\"\n"));
+  GrammarText u(e);
+  ASSERT_TRUE(u.push(std::string(40, 'a')));
+  EXPECT_TRUE(u.accepts("x"));
+  EXPECT_FALSE(u.accepts("xy"));
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
 }
 
 TEST(GrammarTest, ContextFreeLanguages) {
@@ -204,6 +241,16 @@ TEST(GrammarTest, Utf8CutInsideACodePoint) {
   EXPECT_FALSE(t.extendable());
   EXPECT_TRUE(g->matches("é中文😀"));
   EXPECT_FALSE(g->matches("é😀"));
+
+  // Hangul from U+D000 begins with ED, as surrogates do: ED 80..9F is text, ED A0..BF never.
+  const auto hangul = std::make_shared<const Grammar>(Grammar::parse("root ::= [가-힣]+\n"));
+  GrammarText h(hangul);
+  EXPECT_TRUE(h.accepts("\xED"));
+  EXPECT_TRUE(h.accepts("\xED\x95"));  // the first two bytes of 한 (U+D55C)
+  EXPECT_FALSE(h.accepts("\xED\xA0"));
+  ASSERT_TRUE(h.push("\xED"));
+  ASSERT_TRUE(h.push("\x95\x9C"));
+  EXPECT_TRUE(h.complete());
 }
 
 
