@@ -554,6 +554,17 @@ std::vector<Stack> advance(const Grammar& g, const std::vector<Stack>& stacks, u
   return out;
 }
 
+// Advances `stacks` through every code point; false (stacks left as they were mid-way) when one is
+// admitted by no stack.
+bool advance_all(const Grammar& g, std::vector<Stack>& stacks, const std::vector<uint32_t>& cps) {
+  for (const uint32_t cp : cps) {
+    std::vector<Stack> next = advance(g, stacks, cp);
+    if (next.empty()) return false;
+    stacks = std::move(next);
+  }
+  return true;
+}
+
 bool any_admits(const Grammar& g, const std::vector<Stack>& stacks, uint32_t lo, uint32_t hi) {
   return std::any_of(stacks.begin(), stacks.end(),
                      [&](const Stack& s) { return !s.empty() && element(g, s.back()).admits_any(lo, hi); });
@@ -566,10 +577,7 @@ bool Grammar::matches(std::string_view text) const {
   Utf8Tail tail;
   if (!decode_utf8(text, cps, tail) || tail.partial) return false;
   std::vector<Stack> stacks = initial(*this);
-  for (const uint32_t cp : cps) {
-    stacks = advance(*this, stacks, cp);
-    if (stacks.empty()) return false;
-  }
+  if (!advance_all(*this, stacks, cps)) return false;
   return std::any_of(stacks.begin(), stacks.end(), [](const Stack& s) { return s.empty(); });
 }
 
@@ -649,12 +657,7 @@ bool GrammarText::run(std::string_view bytes, std::vector<Stack>& stacks, std::s
   const std::string buf = partial + std::string(bytes);
   std::vector<uint32_t> cps;
   Utf8Tail tail;
-  if (!decode_utf8(buf, cps, tail)) return false;
-  for (const uint32_t cp : cps) {
-    std::vector<Stack> next = advance(g, stacks, cp);
-    if (next.empty()) return false;
-    stacks = std::move(next);
-  }
+  if (!decode_utf8(buf, cps, tail) || !advance_all(g, stacks, cps)) return false;
   if (tail.partial && !any_admits(g, stacks, tail.lo, tail.hi)) return false;
   partial = tail.partial ? buf.substr(tail.at) : std::string();
   return true;

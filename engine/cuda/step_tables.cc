@@ -32,12 +32,17 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
   plans.resize(static_cast<size_t>(L));
   std::vector<int32_t> logit_rows;  // the token row of each logits row, batch order
   // Per sequence: token rows, and the rows that need logits.
+  // Looked up once here, read by every layer below.
   std::vector<int64_t> row0(batch.size());
+  std::vector<const kvcache::SequenceKv*> kvs(batch.size());
+  std::vector<const SequenceAttention*> states(batch.size());
   int64_t r_next = 0;
   for (size_t bi = 0; bi < batch.size(); ++bi) {
     const ForwardSeq& s = batch[bi];
     const auto n = static_cast<int64_t>(s.tokens.size());
     const int64_t r = row0[bi] = r_next;
+    kvs[bi] = &manager.sequence(s.id);
+    states[bi] = &seqs.at(s.id);
     for (int64_t i = 0; i < n; ++i) {
       blob.data[ids + static_cast<size_t>(r + i)] = s.tokens[static_cast<size_t>(i)];
       blob.data[pos + static_cast<size_t>(r + i)] = static_cast<int32_t>(s.start + i);
@@ -59,8 +64,8 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
         const ForwardSeq& s = batch[bi];
         const int64_t r = row0[bi];
         const auto n = static_cast<int64_t>(s.tokens.size());
-        const kvcache::SequenceKv& kv = manager.sequence(s.id);
-        const SequenceAttention& st = seqs.at(s.id);
+        const kvcache::SequenceKv& kv = *kvs[bi];
+        const SequenceAttention& st = *states[bi];
         const kvcache::HeadRoles& roles = st.profile().roles;
         const kvcache::DecodeSelection& dec = st.profile().decode;
         const int64_t end = s.start + n;
