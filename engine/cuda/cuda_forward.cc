@@ -16,6 +16,7 @@
 
 #include "common/errors.h"
 #include "common/half.h"
+#include "engine/cuda/block_store.h"
 #include "engine/cuda/step_graphs.h"
 #include "engine/cuda/step_tables.h"
 #include "engine/forward_step.h"
@@ -28,6 +29,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/norm.h"
+#include "kernels/cuda/page_lists.h"
 #include "kernels/cuda/page_select.h"
 #include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/rope.h"
@@ -97,13 +99,13 @@ int64_t gemm_rows(int64_t rows) {
   return (rows + 511) / 512 * 512;
 }
 
-// Offsets (in the step's table blob) of one kernel's CSR key lists.
+// Offsets of one kernel's CSR key lists: ip in the step's tables, pg, p0, ln in its lists.
 struct ListOffsets {
   size_t ip = 0, pg = 0, p0 = 0, ln = 0;
 };
 
-// A layer's page_select inputs: blob offsets, offsets into the step's query offsets and picked
-// blocks, and where the fresh rows' entries start in the decode key lists.
+// A layer's page_select inputs: offsets in the tables (pages: in the lists), offsets into the step's
+// query offsets and picked blocks, and where the fresh rows' entries start in the decode key lists.
 struct SelectOffsets {
   size_t indptr = 0, pages = 0, lens = 0, out_indptr = 0, q_at = 0, picked_at = 0, region = 0;
 };
@@ -131,7 +133,10 @@ struct LayerLaunch {
 struct DeviceStep {
   int64_t rows = 0, out_rows = 0, n_host = 0, n_drawn = 0;
   int32_t* t = nullptr;  // the step's tables; the offsets below index it
-  size_t ids = 0, pos = 0, off = 0, selr = 0, app_r = 0, app_sb = 0, app_s = 0;
+  int32_t* lists = nullptr;  // the step's device-filled lists (step_tables.h ListSpace)
+  const int32_t* store = nullptr;  // the block tables (BlockStore)
+  size_t ids = 0, pos = 0, off = 0, selr = 0, app_r = 0, app_sb = 0, app_s = 0, runs = 0;
+  int32_t n_runs = 0;
   int32_t max_blocks = 1;  // page_select's bound on a lane's blocks
   bf16 *h = nullptr, *xn = nullptr, *qkv = nullptr, *att = nullptr, *proj = nullptr, *gate_up = nullptr,
        *act = nullptr, *sel = nullptr, *logits = nullptr;
@@ -148,15 +153,16 @@ struct DeviceStep {
   // included). Values as int64 (addresses too).
   void describe(std::vector<int64_t>& shape, std::vector<int64_t>& key) const {
     const auto addr = [](const void* p) { return static_cast<int64_t>(reinterpret_cast<uintptr_t>(p)); };
-    shape = {rows, out_rows, n_host, n_drawn};
+    shape = {rows, out_rows, n_host, n_drawn, n_runs > 0};
     for (const LayerLaunch& l : layers) {
       shape.insert(shape.end(), {l.prefill != nullptr, l.decode != nullptr, l.streaming_before, l.streaming_after,
                                  static_cast<int64_t>(l.select_runs.size())});
     }
     key = shape;
-    for (const size_t v : {ids, pos, off, selr, app_r, app_sb, app_s}) key.push_back(static_cast<int64_t>(v));
+    for (const size_t v : {ids, pos, off, selr, app_r, app_sb, app_s, runs}) key.push_back(static_cast<int64_t>(v));
+    key.push_back(n_runs);
     key.push_back(max_blocks);
-    for (const void* p : std::initializer_list<const void*>{t, h, xn, qkv, att, proj, gate_up, act, sel, logits,
+    for (const void* p : std::initializer_list<const void*>{t, lists, store, h, xn, qkv, att, proj, gate_up, act, sel, logits,
                                                             logits_f32, draw_params, draw_tokens, q_offsets, picked,
                                                             scores,
                                                             row_ready}) {
@@ -185,7 +191,10 @@ struct CudaForward::Impl {
   Impl(const Model& m, const kvcache::KvCacheManager& kv, cudaStream_t s)
       : model(m), manager(kv), own_stream(s == nullptr ? std::make_unique<OwnedStream>() : nullptr),
         stream(own_stream ? own_stream->s : s),
-        gemm(cuda::Gemm::kDefaultWorkspaceBytes, cuda::GemmTuning::kHeuristic) {}
+        gemm(cuda::Gemm::kDefaultWorkspaceBytes, cuda::GemmTuning::kHeuristic),
+        block_store(static_cast<int32_t>(m.config.n_layers * m.config.n_kv_heads),
+                    static_cast<int32_t>((m.config.max_context + kv.config().page_tokens - 1) /
+                                         kv.config().page_tokens)) {}
 
   // A stream of its own when given none: the legacy default stream cannot be captured into a graph.
   struct OwnedStream {
@@ -206,6 +215,10 @@ struct CudaForward::Impl {
   std::vector<std::unique_ptr<cuda::PrefillAttention>> prefill;  // one plan per layer
   std::vector<std::unique_ptr<cuda::DecodeAttention>> decoders;  // one plan per layer, made as needed
   std::unordered_map<uint64_t, SequenceAttention> seqs;  // the bound sequences
+  // Their retrieval block tables on the device (kernels/cpu/page_lists.h): where each lives and
+  // what is there (host), the store itself, the pairs of a step's appends; the step's lists.
+  BlockStore block_store;
+  DeviceBuffer<int32_t> store, store_pairs, lists;
   SelectionStats stats;
   // Step buffers, grown as needed: activations [rows][width] bf16, the step's int32 tables, the
   // selection's int64 query offsets, scores and selected blocks, and its row counters (zero between
@@ -256,6 +269,9 @@ struct CudaForward::Impl {
   }
   void run(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& out,
            std::vector<int32_t>& drawn);
+  // Appends the batch's new blocks to the device store (grown, its contents kept, when a sequence
+  // takes a new region) on `stream`.
+  void sync_store(std::span<const ForwardSeq> batch);
   // The step's device work on `stream`, from the embedding gather to the drawn tokens: launches
   // only (no allocation, upload or sync), reading nothing that changes between steps but `s` and the
   // device tables it points to. marks: record the trace's per-layer attention events.
@@ -368,10 +384,14 @@ void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& prof
   check(kv.retrieval_slots() == profile.roles.slots(kvcache::HeadRole::kRetrieval) &&
             kv.streaming_slots() == profile.roles.slots(kvcache::HeadRole::kStreaming),
         "CudaForward: the sequence's layout is not its profile's");
+  m.block_store.bind(id);
   m.seqs.emplace(id, SequenceAttention(profile, c.n_layers, c.n_kv_heads));
 }
 
-void CudaForward::release(uint64_t id) { impl_->seqs.erase(id); }
+void CudaForward::release(uint64_t id) {
+  impl_->seqs.erase(id);
+  impl_->block_store.unbind(id);
+}
 
 const SelectionStats& CudaForward::selection_stats() const { return impl_->stats; }
 
@@ -407,8 +427,10 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   if (rows == 0) return;
 
   const auto host_t0 = std::chrono::steady_clock::now();
-  // ---- Host tables (engine/cuda/step_tables.h) ----
-  StepTables tab = build_step_tables(c, manager, seqs, batch, draws, rows, out_rows, decode_with_prefill);
+  // ---- The block store takes the step's new blocks (before the step's device work, outside its
+  // graph), then the host tables (engine/cuda/step_tables.h) ----
+  sync_store(batch);
+  StepTables tab = build_step_tables(c, manager, block_store, seqs, batch, draws, rows, out_rows, decode_with_prefill);
   stats.context_tokens += tab.context_tokens;
   stats.selected_tokens += tab.selected_tokens;
   const std::vector<LayerPlan>& plans = tab.plans;
@@ -427,6 +449,10 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   step.max_blocks = std::bit_ceil(static_cast<uint32_t>(tab.max_blocks));  // ≥ every lane's blocks
   step.t = sized(tables, static_cast<int64_t>(tab.blob.data.size()));
   tables.upload(tab.blob.data, stream);
+  step.lists = sized(lists, static_cast<int64_t>(tab.lists.size));
+  step.store = store.data();
+  step.runs = tab.runs;
+  step.n_runs = tab.n_runs;
   if (!tab.step_q.empty()) {
     sized(q_offsets, static_cast<int64_t>(tab.step_q.size()));
     q_offsets.upload(tab.step_q, stream);
@@ -434,7 +460,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     int64_t most_rows = 0, most_entries = 0;
     for (const LayerPlan& lp : plans) {
       most_rows = std::max<int64_t>(most_rows, static_cast<int64_t>(lp.sel_owner.size()));
-      most_entries = std::max<int64_t>(most_entries, static_cast<int64_t>(lp.sel_pages.size()));
+      most_entries = std::max<int64_t>(most_entries, lp.sel_indptr.back());
     }
     sized(scores, most_entries);
     if (static_cast<int64_t>(row_ready.size()) < most_rows) {
@@ -585,6 +611,23 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   for (const ForwardSeq& s : batch) seq(s.id).end_step(s);
 }
 
+void CudaForward::Impl::sync_store(std::span<const ForwardSeq> batch) {
+  std::vector<int32_t> pairs;
+  for (const ForwardSeq& s : batch) block_store.sync(s.id, manager.sequence(s.id), pairs);
+  if (static_cast<int64_t>(store.size()) < block_store.size()) {
+    DeviceBuffer<int32_t> grown(static_cast<size_t>(std::max<int64_t>(block_store.size(), 2 * int64_t(store.size()))));
+    if (store.size() > 0) {
+      CUDA_CHECK(cudaMemcpyAsync(grown.data(), store.data(), store.bytes(), cudaMemcpyDeviceToDevice, stream));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream));  // the copy has read the old store before it is freed
+    store = std::move(grown);
+  }
+  if (pairs.empty()) return;
+  sized(store_pairs, static_cast<int64_t>(pairs.size()));
+  store_pairs.upload(pairs, stream);
+  cuda::scatter_pairs(store_pairs.data(), static_cast<int32_t>(pairs.size() / 2), store.data(), stream);
+}
+
 void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {
   const ModelConfig& c = model.config;
   const int64_t H = c.hidden, D = c.head_dim, L = c.n_layers, KV = c.n_kv_heads, I = c.intermediate, V = c.vocab_size;
@@ -620,9 +663,15 @@ void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {
   const auto mark = [&](size_t i) {
     if (with_marks) CUDA_CHECK(cudaEventRecord(marks[i].get(), stream));
   };
-  const auto on_device = [&](const ListOffsets& k) { return cuda::KeyPageList{t + k.ip, t + k.pg, t + k.p0, t + k.ln}; };
+  int32_t* const lists = s.lists;
+  const auto on_device = [&](const ListOffsets& k) {
+    return cuda::KeyPageList{t + k.ip, lists + k.pg, lists + k.p0, lists + k.ln};
+  };
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
 
+  // The step's lists from the block store and the staged entries: a plain launch, so every later
+  // kernel may read them as plan-time data.
+  cuda::expand_key_runs(reinterpret_cast<const cuda::KeyRun*>(t + s.runs), s.n_runs, s.store, t, P, lists, stream);
   cuda::embedding_gather(embed.data(), V, H, t + s.ids, rows, s.h, stream);
   for (int64_t l = 0; l < L; ++l) {
     const Layer& lw = layers[static_cast<size_t>(l)];
@@ -652,13 +701,13 @@ void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {
       ps.kmin = kmin_pool.data();
       ps.kmax = kmax_pool.data();
       ps.page_indptr = t + so.indptr + a;
-      ps.page_indices = t + so.pages;
+      ps.page_indices = lists + so.pages;
       ps.seq_lens = t + so.lens + a;
       ps.scores = s.scores;
       ps.selected_indptr = t + so.out_indptr + a;
-      ps.selected_pages = t + ll.decode_keys.pg + so.region;
-      ps.selected_pos0 = t + ll.decode_keys.p0 + so.region;
-      ps.selected_len = t + ll.decode_keys.ln + so.region;
+      ps.selected_pages = lists + ll.decode_keys.pg + so.region;
+      ps.selected_pos0 = lists + ll.decode_keys.p0 + so.region;
+      ps.selected_len = lists + ll.decode_keys.ln + so.region;
       ps.selected_blocks = s.picked + so.picked_at;
       ps.row_ready = s.row_ready;
       cuda::page_select(ps, stream);

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstring>
 #include <exception>
+#include <limits>
 
+#include "common/errors.h"
 #include "engine/forward_step.h"
 #include "kernels/cuda/page_select_plan.h"
 
@@ -11,7 +14,7 @@ namespace sparseserve {
 
 namespace cuda = kernels::cuda;
 
-StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& manager,
+StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& manager, const BlockStore& store,
                              const std::unordered_map<uint64_t, SequenceAttention>& seqs,
                              std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, int64_t rows,
                              int64_t out_rows, bool decode_with_prefill) {
@@ -36,6 +39,8 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
   std::vector<int64_t> row0(batch.size());
   std::vector<const kvcache::SequenceKv*> kvs(batch.size());
   std::vector<const SequenceAttention*> states(batch.size());
+  std::vector<int32_t> region(batch.size());  // the store's block tables of the sequence
+  const int32_t lane_blocks = store.blocks_per_lane();
   int64_t r_next = 0;
   for (size_t bi = 0; bi < batch.size(); ++bi) {
     const ForwardSeq& s = batch[bi];
@@ -43,6 +48,7 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
     const int64_t r = row0[bi] = r_next;
     kvs[bi] = &manager.sequence(s.id);
     states[bi] = &seqs.at(s.id);
+    region[bi] = store.region(s.id);
     for (int64_t i = 0; i < n; ++i) {
       blob.data[ids + static_cast<size_t>(r + i)] = s.tokens[static_cast<size_t>(i)];
       blob.data[pos + static_cast<size_t>(r + i)] = static_cast<int32_t>(s.start + i);
@@ -85,11 +91,14 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
           dr.q_row = static_cast<int32_t>(r);
           dr.kv_head = hi;
           dr.q_pos = static_cast<int32_t>(s.start);
-          dr.pages_plan_time = true;  // host lists; the append writes only the newest key, in the last entry
+          // Lists expand_key_runs writes at the step's start; the append writes only the newest key, in
+          // the last entry.
+          dr.pages_plan_time = true;
           if (roles.role(li, hi) == HeadRole::kRetrieval) {
             const auto& pages = kv.retrieval_pages(slot);
             for (int64_t i = 0; i < n; ++i) dest[app_r + i] = pages[static_cast<size_t>((s.start + i) / P)];
             const auto nb = static_cast<int32_t>((end + P - 1) / P);
+            const int32_t table = region[bi] + slot * lane_blocks;  // the lane's block table in the store
             const auto rule = decode ? st.decode_keys(l, hd, end) : SequenceAttention::DecodeKeys::kAll;
             if (decode) lp.context_tokens += end;
             if (rule == SequenceAttention::DecodeKeys::kFresh) {
@@ -99,8 +108,10 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
               dr.pages_plan_time = false;  // page_select writes its entries in the same stream
               lp.fresh_rows.push_back(dr);
               lp.fresh_entries.push_back(count);
-              lp.sel_pages.insert(lp.sel_pages.end(), pages.begin(), pages.begin() + nb);
-              lp.sel_indptr.push_back(static_cast<int32_t>(lp.sel_pages.size()));
+              lp.sel_runs.push_back(kernels::cpu::KeyRun{.count = nb, .src = table, .src_step = 0, .first = 0,
+                                                         .end = static_cast<int32_t>(end),
+                                                         .pages_at = lp.sel_indptr.back()});
+              lp.sel_indptr.push_back(lp.sel_indptr.back() + nb);
               lp.sel_lens.push_back(static_cast<int32_t>(end));
               lp.sel_out_indptr.push_back(lp.sel_out_indptr.back() + count);
               lp.sel_q.push_back(r * qkv_w + hd * group * D);
@@ -108,15 +119,15 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
               lp.max_blocks = std::max(lp.max_blocks, nb);
               continue;
             }
-            const auto add_block = [&](int32_t b) {
-              const int64_t count = std::min<int64_t>(P, end - int64_t{b} * P);
-              keys.add(pages[static_cast<size_t>(b)], int64_t{b} * P, count);
-              if (decode) lp.selected_tokens += count;
-            };
             if (rule == SequenceAttention::DecodeKeys::kPrevious) {
-              for (const int32_t b : st.previous_blocks(l, hd, end, P)) add_block(b);
-            } else {
-              for (int32_t b = 0; b < nb; ++b) add_block(b);
+              for (const int32_t b : st.previous_blocks(l, hd, end, P)) {
+                const int64_t count = std::min<int64_t>(P, end - int64_t{b} * P);
+                keys.add(pages[static_cast<size_t>(b)], int64_t{b} * P, count);
+                lp.selected_tokens += count;
+              }
+            } else {  // every block, from the store
+              keys.add_blocks(table, 0, nb, end);
+              if (decode) lp.selected_tokens += end;
             }
           } else {
             const kvcache::StreamingGeometry& g = *kv.streaming_geometry();
@@ -197,15 +208,26 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
       blob.data[at++] = logit_rows[j];
     }
   }
+  std::vector<kernels::cpu::KeyRun> runs;
   for (LayerPlan& lp : plans) {
-    lp.prefill_keys.upload_to(blob);
-    lp.decode_keys.upload_to(blob);
+    lp.prefill_keys.place(blob, tab.lists, runs);
+    lp.decode_keys.place(blob, tab.lists, runs);
     if (lp.sel_owner.empty()) continue;
     lp.s_ip = blob.append(lp.sel_indptr);
-    lp.s_pg = blob.append(lp.sel_pages);
+    lp.s_pg = tab.lists.take(static_cast<size_t>(lp.sel_indptr.back()));
+    for (kernels::cpu::KeyRun r : lp.sel_runs) {
+      r.pages_at += static_cast<int32_t>(lp.s_pg);  // page ids only
+      runs.push_back(r);
+    }
     lp.s_len = blob.append(lp.sel_lens);
     lp.s_out = blob.append(lp.sel_out_indptr);
   }
+  check(tab.lists.size <= static_cast<size_t>(std::numeric_limits<int32_t>::max()) &&
+            blob.data.size() + runs.size() * 8 <= static_cast<size_t>(std::numeric_limits<int32_t>::max()),
+        "build_step_tables: a step's tables past int32 offsets");
+  tab.n_runs = static_cast<int32_t>(runs.size());
+  tab.runs = blob.take(runs.size() * 8);
+  std::memcpy(blob.data.data() + tab.runs, runs.data(), runs.size() * sizeof(kernels::cpu::KeyRun));
   return tab;
 }
 

@@ -18,6 +18,8 @@
 #include "engine/model_config.h"
 #include "engine/sequence_attention.h"
 #include "engine/step_runner.h"
+#include "engine/cuda/block_store.h"
+#include "kernels/cpu/page_lists.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/prefill_attention.h"
 #include "kvcache/kv_cache_manager.h"
@@ -45,30 +47,78 @@ struct Blob {
   }
 };
 
-// Key lists of one kernel's rows (decode_attention.h KeyPageList) and their Blob offsets.
+// The step's device-filled lists (kernels/cpu/page_lists.h): regions handed out like Blob's
+// tables (padded the same way, so they keep their offsets), never uploaded; expand_key_runs and
+// page_select write them on the device.
+struct ListSpace {
+  size_t size = 0;
+  size_t take(size_t n) {
+    const size_t at = size;
+    size += table_room(n);
+    return at;
+  }
+};
+
+// Key lists of one kernel's rows (decode_attention.h KeyPageList): indptr in the step's Blob, the
+// entries in its ListSpace, filled on the device from runs: store runs for rows that read every
+// block of a lane (in BlockStore's device store), staged runs for the rows the host lists (sink and
+// ring pages, previous selections: staged in the Blob), nothing for rows page_select fills.
 struct KeyLists {
-  std::vector<int32_t> indptr{0}, pages, pos0, len;
-  size_t ip = 0, pg = 0, p0 = 0, ln = 0;
+  using KeyRun = kernels::cpu::KeyRun;
+  std::vector<int32_t> indptr{0};
+  std::vector<int32_t> pages, pos0, len;  // the staged entries, rows in order
+  std::vector<KeyRun> runs;               // pages_at: entry index; staged src: index into pages
+  int32_t entries = 0;
+  size_t ip = 0, pg = 0, p0 = 0, ln = 0;  // ip: Blob offset; pg, p0, ln: ListSpace offsets
+  // A staged entry of the open row.
   void add(int32_t page, int64_t first, int64_t count) {
+    const auto staged = static_cast<int32_t>(pages.size());
+    if (runs.empty() || runs.back().src_step == 0 || runs.back().pages_at + runs.back().count != entries) {
+      runs.push_back(KeyRun{.count = 0, .src = staged, .src_step = 1, .pages_at = entries});
+    }
+    ++runs.back().count;
+    ++entries;
     pages.push_back(page);
     pos0.push_back(static_cast<int32_t>(first));
     len.push_back(static_cast<int32_t>(count));
   }
+  // Entries of the open row for blocks first .. first + blocks − 1 of the block table at `table` in
+  // the store, the row's keys being the positions < end.
+  void add_blocks(int32_t table, int32_t first, int32_t blocks, int64_t end) {
+    if (blocks <= 0) return;
+    runs.push_back(KeyRun{.count = blocks, .src = table, .src_step = 0, .first = first,
+                          .end = static_cast<int32_t>(end), .pages_at = entries});
+    entries += blocks;
+  }
   int32_t close_row() {  // the row's entry count
-    indptr.push_back(static_cast<int32_t>(pages.size()));
+    indptr.push_back(entries);
     return indptr.back() - indptr[indptr.size() - 2];
   }
   void reserve_row(int32_t count) {  // entries a kernel writes (page_select)
-    pages.resize(pages.size() + static_cast<size_t>(count));
-    pos0.resize(pages.size());
-    len.resize(pages.size());
+    entries += count;
     close_row();
   }
-  void upload_to(Blob& blob) {
+  // Places indptr and the staged entries in the Blob and the entries in `lists`, and appends the
+  // runs, their offsets made absolute, to `step_runs`.
+  void place(Blob& blob, ListSpace& lists, std::vector<KeyRun>& step_runs) {
     ip = blob.append(indptr);
-    pg = blob.append(pages);
-    p0 = blob.append(pos0);
-    ln = blob.append(len);
+    const auto n = static_cast<size_t>(entries);
+    pg = lists.take(n);
+    p0 = lists.take(n);
+    ln = lists.take(n);
+    const size_t s_pg = blob.append(pages), s_p0 = blob.append(pos0);
+    blob.append(len);  // at s_p0 + (s_p0 - s_pg): the same room
+    for (KeyRun r : runs) {
+      const int32_t at = r.pages_at;
+      r.pages_at = static_cast<int32_t>(pg) + at;
+      r.pos0_at = static_cast<int32_t>(p0) + at;
+      r.len_at = static_cast<int32_t>(ln) + at;
+      if (r.src_step != 0) {
+        r.src += static_cast<int32_t>(s_pg);
+        r.src_step = static_cast<int32_t>(s_p0 - s_pg);
+      }
+      step_runs.push_back(r);
+    }
   }
 };
 
@@ -84,15 +134,18 @@ struct LayerPlan {
   KeyLists decode_keys;
   size_t fresh_from = 0;  // decode_rows[fresh_from ..] select on the device
   bool streaming_before = false, streaming_after = false;  // streaming lanes append before / after
-  // The fresh rows' page_select inputs: all blocks of their lane, their lengths, the selection's
-  // CSR (plan_selected_indptr), query offsets in the qkv buffer, and (for the stats) the
-  // (sequence, layer head) each belongs to.
+  // The fresh rows' page_select inputs: all blocks of their lane (CSR sel_indptr over page ids in
+  // the ListSpace at s_pg, filled by store runs), their lengths, the selection's CSR
+  // (plan_selected_indptr), query offsets in the qkv buffer, and (for the stats) the (sequence,
+  // layer head) each belongs to.
   std::vector<kernels::cuda::DecodeRow> fresh_rows;  // their decode rows and entry counts, in sel_owner's order
   std::vector<int32_t> fresh_entries;
-  std::vector<int32_t> sel_indptr{0}, sel_pages, sel_lens, sel_out_indptr{0};
+  std::vector<int32_t> sel_indptr{0}, sel_lens, sel_out_indptr{0};
+  std::vector<kernels::cpu::KeyRun> sel_runs;  // pages_at: index in the lane lists (pages only)
   std::vector<int64_t> sel_q;
   std::vector<std::pair<uint64_t, int32_t>> sel_owner;
-  size_t s_ip = 0, s_pg = 0, s_len = 0, s_out = 0;  // Blob offsets
+  size_t s_ip = 0, s_len = 0, s_out = 0;  // Blob offsets
+  size_t s_pg = 0;                         // ListSpace offset
   size_t q_at = 0, picked_at = 0;  // offsets into the step's q offsets and picked blocks
   // The layer's share of the step's figures: decode context and host-listed selected tokens
   // (SelectionStats), and the most blocks of a lane that page_select reads.
@@ -106,10 +159,17 @@ struct LayerPlan {
 //   app_r, app_sb, app_s [L][KV][rows]: the page each token's K/V goes to in retrieval lanes
 //   (before the attention) and streaming lanes (one-token rows before it: their decode row reads
 //   the new key from the ring; longer chunks after it), −1 for none (kv_append skips the row);
-//   per layer: the attention's CSR lists and page_select's inputs (LayerPlan's offsets).
+//   per layer: the attention's CSR lists and page_select's inputs (LayerPlan's offsets: indptr and
+//   staged entries in the Blob, the entries themselves in the ListSpace);
+//   runs [n_runs]: the KeyRuns (8 int32 each) that fill the ListSpace, every layer's, last.
+// The Blob is uploaded; the ListSpace is device memory of lists.size int32 that expand_key_runs (at
+// the step's start) and page_select fill.
 struct StepTables {
   Blob blob;
+  ListSpace lists;
   size_t ids = 0, pos = 0, off = 0, selr = 0, app_r = 0, app_sb = 0, app_s = 0;
+  size_t runs = 0;
+  int32_t n_runs = 0;
   std::vector<LayerPlan> plans;  // [L]
   std::vector<int64_t> step_q;   // all layers' selection query offsets (LayerPlan::q_at)
   int64_t picked_total = 0;      // blocks page_select picks in all layers (LayerPlan::picked_at)
@@ -118,9 +178,10 @@ struct StepTables {
 };
 
 // Builds the tables of a checked step (rows, out_rows: check_step's). Every sequence is bound in
-// `seqs` and holds its step's pages in `manager`. decode_with_prefill: one-token rows go to the
+// `seqs` and in `store`, holds its step's pages in `manager`, and its block tables are synced to
+// the store (BlockStore::sync). decode_with_prefill: one-token rows go to the
 // prefill kernel too. Large steps build their layers in parallel (OpenMP).
-StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& manager,
+StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& manager, const BlockStore& store,
                              const std::unordered_map<uint64_t, SequenceAttention>& seqs,
                              std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, int64_t rows,
                              int64_t out_rows, bool decode_with_prefill);

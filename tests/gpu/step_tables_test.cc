@@ -30,9 +30,16 @@ ModelConfig small_config() {
   return c;
 }
 
+// A step's tables with its lists expanded as the device does (the CPU twin of expand_key_runs).
+struct Step : StepTables {
+  std::vector<int32_t> expanded;  // the ListSpace's contents
+};
+
 struct Fixture {
   ModelConfig c = small_config();
   kvcache::KvCacheManager manager{kvcache::KvCacheConfig{.page_tokens = P, .logical_page_tokens = P}, 512};
+  BlockStore store{3 * 2, 4096 / P};
+  std::vector<int32_t> device_store;  // what the device's store holds: BlockStore::sync's pairs applied
   kvcache::SparsityProfile dense = kvcache::SparsityProfile::dense(3, 2);
   kvcache::SparsityProfile select = selecting_profile(3, 2);
   std::unordered_map<uint64_t, SequenceAttention> seqs;
@@ -44,6 +51,7 @@ struct Fixture {
     manager.add_sequence(id, kvcache::SequenceLayout::from_roles(profile.roles, profile.streaming));
     manager.allocate(id, stored + extra);
     seqs.emplace(id, SequenceAttention(profile, c.n_layers, c.n_kv_heads));
+    store.bind(id);
     auto& t = tokens[id];
     for (int64_t i = 0; i < stored + extra; ++i) t.push_back(static_cast<int32_t>((id * 37 + i * 11) % 300));
     if (stored > 0) seqs.at(id).end_step(ForwardSeq{id, 0, std::span(t).first(static_cast<size_t>(stored)), false, stored});
@@ -52,9 +60,18 @@ struct Fixture {
     return ForwardSeq{id, start, std::span(tokens[id]).subspan(static_cast<size_t>(start), static_cast<size_t>(n)),
                       false, prompt_len};
   }
-  StepTables build(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws = {}) const {
+  Step build(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws = {}) {
+    std::vector<int32_t> pairs;
+    for (const ForwardSeq& s : batch) store.sync(s.id, manager.sequence(s.id), pairs);
+    device_store.resize(static_cast<size_t>(store.size()), -7);
+    kernels::cpu::scatter_pairs(pairs, device_store);
     const StepRows sr = check_step(c, batch);
-    return build_step_tables(c, manager, seqs, batch, draws, sr.rows, sr.logit_rows, false);
+    Step t{build_step_tables(c, manager, store, seqs, batch, draws, sr.rows, sr.logit_rows, false), {}};
+    t.expanded.assign(t.lists.size, -9);  // entries no run writes stay -9 (page_select's)
+    const auto* runs = reinterpret_cast<const kernels::cpu::KeyRun*>(t.blob.data.data() + t.runs);
+    kernels::cpu::expand_key_runs(std::span(runs, static_cast<size_t>(t.n_runs)), device_store, t.blob.data, P,
+                                  t.expanded);
+    return t;
   }
 };
 
@@ -63,11 +80,12 @@ struct Entry {
   int32_t page, pos0, len;
   bool operator==(const Entry&) const = default;
 };
-std::vector<Entry> entries(const StepTables& t, const KeyLists& k, size_t row) {
+std::vector<Entry> entries(const Step& t, const KeyLists& k, size_t row) {
   const int32_t* d = t.blob.data.data();
+  const int32_t* x = t.expanded.data();
   std::vector<Entry> out;
   for (int32_t e = d[k.ip + row]; e < d[k.ip + row + 1]; ++e) {
-    out.push_back({d[k.pg + static_cast<size_t>(e)], d[k.p0 + static_cast<size_t>(e)], d[k.ln + static_cast<size_t>(e)]});
+    out.push_back({x[k.pg + static_cast<size_t>(e)], x[k.p0 + static_cast<size_t>(e)], x[k.ln + static_cast<size_t>(e)]});
   }
   return out;
 }
@@ -76,7 +94,7 @@ TEST(StepTablesChecks, DenseDecodeRowsListEveryBlockInOrder) {
   Fixture f;
   f.add(1, f.dense, 40, 1);
   const ForwardSeq s = f.step(1, 40, 1, 40);
-  const StepTables t = f.build(std::span(&s, 1));
+  const Step t = f.build(std::span(&s, 1));
   const int32_t* d = t.blob.data.data();
   EXPECT_EQ(d[t.ids], f.tokens[1][40]);
   EXPECT_EQ(d[t.pos], 40);
@@ -113,7 +131,7 @@ TEST(StepTablesChecks, StreamingLanesReadSinkThenRingAndSelectionsDueAreFreshRow
   Fixture f;
   f.add(2, f.select, 100, 1);
   const ForwardSeq s = f.step(2, 100, 1, 100);
-  const StepTables t = f.build(std::span(&s, 1));
+  const Step t = f.build(std::span(&s, 1));
   const int32_t* d = t.blob.data.data();
   const kvcache::SequenceKv& kv = f.manager.sequence(2);
   const kvcache::StreamingGeometry& g = *kv.streaming_geometry();
@@ -158,7 +176,10 @@ TEST(StepTablesChecks, StreamingLanesReadSinkThenRingAndSelectionsDueAreFreshRow
     EXPECT_EQ(d[lp.decode_keys.ip + 2] - d[lp.decode_keys.ip + 1], fresh_count);
     ASSERT_EQ(lp.sel_owner.size(), 1u);
     EXPECT_EQ(lp.sel_owner[0], (std::pair<uint64_t, int32_t>{2, 0}));
-    EXPECT_EQ(std::vector<int32_t>(pages.begin(), pages.begin() + 7), lp.sel_pages);
+    EXPECT_EQ(std::vector<int32_t>(pages.begin(), pages.begin() + 7),
+              std::vector<int32_t>(t.expanded.begin() + static_cast<std::ptrdiff_t>(lp.s_pg),
+                                   t.expanded.begin() + static_cast<std::ptrdiff_t>(lp.s_pg) + 7));
+    EXPECT_EQ(lp.sel_indptr, (std::vector<int32_t>{0, 7}));
     EXPECT_EQ(lp.sel_lens, std::vector<int32_t>{101});
     EXPECT_EQ(lp.sel_out_indptr, (std::vector<int32_t>{0, fresh_count}));
     EXPECT_EQ(t.step_q[lp.q_at], 0 * qkv_w + 0);  // row 0, head group 0
@@ -173,7 +194,7 @@ TEST(StepTablesChecks, PrefillChunksAreOneRowPerLaneAndStreamingLanesWriteAfter)
   Fixture f;
   f.add(2, f.select, 0, 30);
   const ForwardSeq s = f.step(2, 0, 30, 30);
-  const StepTables t = f.build(std::span(&s, 1));
+  const Step t = f.build(std::span(&s, 1));
   const int32_t* d = t.blob.data.data();
   const kvcache::SequenceKv& kv = f.manager.sequence(2);
   for (int32_t l = 0; l < 3; ++l) {
@@ -209,7 +230,7 @@ TEST(StepTablesChecks, LargeStepsBuiltInParallelListEveryLane) {
   f.add(1, f.dense, 0, 700);
   f.add(3, f.dense, 20, 1);
   const ForwardSeq batch[] = {f.step(1, 0, 700, 700), f.step(3, 20, 1, 20)};
-  const StepTables t = f.build(batch);
+  const Step t = f.build(batch);
   const int32_t* d = t.blob.data.data();
   const int64_t rows = 701;
   for (int32_t l = 0; l < 3; ++l) {
@@ -239,13 +260,13 @@ TEST(StepTablesChecks, HostRowsThenDrawnRowsAndOffsetsThatStayPut) {
   f.add(3, f.dense, 70, 2);
   const ForwardSeq first[] = {f.step(1, 40, 1, 40), f.step(3, 70, 1, 70)};
   const DeviceDraw draw{.row = 0};
-  const StepTables a = f.build(first, std::span(&draw, 1));
+  const Step a = f.build(first, std::span(&draw, 1));
   const int32_t* d = a.blob.data.data();
   EXPECT_EQ(d[a.selr], 1) << "sequence 3's row, read by the host";
   EXPECT_EQ(d[a.selr + 1], 0) << "sequence 1's row, drawn on the device";
   for (const ForwardSeq& s : first) f.seqs.at(s.id).end_step(s);
   const ForwardSeq second[] = {f.step(1, 41, 1, 40), f.step(3, 71, 1, 70)};
-  const StepTables b = f.build(second, std::span(&draw, 1));
+  const Step b = f.build(second, std::span(&draw, 1));
   // Lists grew (sequence 3 crosses into block 4) but stay within their rooms: every offset is the
   // same, so a CUDA graph of the first step replays the second.
   for (const auto& [x, y] : {std::pair{a.ids, b.ids}, {a.pos, b.pos}, {a.off, b.off}, {a.selr, b.selr},
@@ -258,10 +279,102 @@ TEST(StepTablesChecks, HostRowsThenDrawnRowsAndOffsetsThatStayPut) {
     EXPECT_EQ(entries(b, kb, 2).size(), 5u);  // sequence 3, head 0: 72 tokens
   }
   EXPECT_EQ(a.blob.data.size(), b.blob.data.size());
+  EXPECT_EQ(a.lists.size, b.lists.size);
+  EXPECT_EQ(a.runs, b.runs);
+  EXPECT_EQ(a.n_runs, b.n_runs);
   for (const size_t n : {0, 1, 15, 16, 17, 100, 1024, 1025}) {
     EXPECT_TRUE(std::has_single_bit(table_room(n)));
     EXPECT_GE(table_room(n), std::max<size_t>(n, 16));
   }
+}
+
+// The block store's bookkeeping: regions handed out and reused, only new blocks synced, and the
+// broken invariants refused.
+TEST(BlockStoreChecks, RegionsAreReusedAndOnlyNewBlocksAreSynced) {
+  kvcache::KvCacheManager manager{kvcache::KvCacheConfig{.page_tokens = P, .logical_page_tokens = P}, 512};
+  const kvcache::SparsityProfile dense = kvcache::SparsityProfile::dense(3, 2);
+  const auto layout = kvcache::SequenceLayout::from_roles(dense.roles, dense.streaming);
+  BlockStore store(6, 8);  // 6 lanes of 8 blocks: regions of 48
+  EXPECT_THROW(BlockStore(0, 8), InvalidArgument);
+  manager.add_sequence(1, layout);
+  manager.add_sequence(2, layout);
+  store.bind(1);
+  store.bind(2);
+  EXPECT_THROW(store.bind(1), InternalError);
+  EXPECT_EQ(store.region(1), 0);
+  EXPECT_EQ(store.region(2), 48);
+  EXPECT_EQ(store.size(), 96);
+  std::vector<int32_t> pairs;
+  manager.allocate(2, 20);  // 2 blocks a lane
+  store.sync(2, manager.sequence(2), pairs);
+  ASSERT_EQ(pairs.size(), 6u * 2 * 2);
+  std::vector<int32_t> device(96, -1);
+  kernels::cpu::scatter_pairs(pairs, device);
+  for (int32_t slot = 0; slot < 6; ++slot) {
+    for (int32_t b = 0; b < 2; ++b) {
+      EXPECT_EQ(device[static_cast<size_t>(48 + slot * 8 + b)], manager.sequence(2).retrieval_pages(slot)[static_cast<size_t>(b)]);
+    }
+  }
+  pairs.clear();
+  manager.allocate(2, 32);  // still 2 blocks: nothing new
+  store.sync(2, manager.sequence(2), pairs);
+  EXPECT_TRUE(pairs.empty());
+  manager.allocate(2, 33);  // block 2 of every lane
+  store.sync(2, manager.sequence(2), pairs);
+  ASSERT_EQ(pairs.size(), 6u * 2);
+  for (size_t i = 0; i < pairs.size(); i += 2) EXPECT_EQ((pairs[i] - 48) % 8, 2);
+  // Unbound and bound again: the region is reused and the sequence starts from an empty region.
+  store.unbind(1);
+  store.unbind(1);  // no-op
+  EXPECT_THROW(store.region(1), InternalError);
+  store.bind(3);
+  EXPECT_EQ(store.region(3), 0);
+  EXPECT_EQ(store.size(), 96);
+  store.unbind(2);
+  store.bind(2);
+  pairs.clear();
+  store.sync(2, manager.sequence(2), pairs);
+  EXPECT_EQ(pairs.size(), 6u * 3 * 2) << "every block again";
+  // Too long for a lane, or shrunk while bound: refused.
+  pairs.clear();
+  manager.allocate(2, 9 * P);
+  EXPECT_THROW(store.sync(2, manager.sequence(2), pairs), InternalError);
+  manager.release(2);
+  manager.add_sequence(2, layout);
+  EXPECT_THROW(store.sync(2, manager.sequence(2), pairs), InternalError);
+  EXPECT_THROW(store.sync(9, manager.sequence(2), pairs), InternalError);
+}
+
+// Dense lanes read their blocks from the store as it grows step by step; a sequence bound again after
+// another took its region reads its own pages.
+TEST(StepTablesChecks, DenseListsFollowTheStoreAcrossStepsAndRebinds) {
+  Fixture f;
+  f.add(1, f.dense, 31, 40);
+  f.add(3, f.dense, 10, 5);
+  for (int64_t pos = 31; pos < 36; ++pos) {  // sequence 1 crosses into block 2 at position 32
+    const ForwardSeq batch[] = {f.step(1, pos, 1, 31), f.step(3, 10 + (pos - 31), 1, 10)};
+    const Step t = f.build(batch);
+    for (int32_t l = 0; l < 3; ++l) {
+      for (int32_t hd = 0; hd < 2; ++hd) {
+        const auto& pages = f.manager.sequence(1).retrieval_pages(f.dense.roles.slot(l, hd));
+        std::vector<Entry> want;
+        for (int64_t b = 0; b * P <= pos; ++b) {
+          want.push_back({pages[static_cast<size_t>(b)], static_cast<int32_t>(b * P),
+                          static_cast<int32_t>(std::min<int64_t>(P, pos + 1 - b * P))});
+        }
+        EXPECT_EQ(entries(t, t.plans[static_cast<size_t>(l)].decode_keys, static_cast<size_t>(hd)), want) << pos;
+      }
+    }
+    for (const ForwardSeq& s : batch) f.seqs.at(s.id).end_step(s);
+  }
+  // Sequence 3 leaves; sequence 2 takes its region; its lists are its own pages.
+  f.store.unbind(3);
+  f.add(2, f.dense, 20, 1);
+  EXPECT_EQ(f.store.region(2), f.store.blocks_per_lane() * 6);
+  const ForwardSeq s = f.step(2, 20, 1, 20);
+  const Step t = f.build(std::span(&s, 1));
+  const auto& pages = f.manager.sequence(2).retrieval_pages(f.dense.roles.slot(2, 1));
+  EXPECT_EQ(entries(t, t.plans[2].decode_keys, 1), (std::vector<Entry>{{pages[0], 0, 16}, {pages[1], 16, 5}}));
 }
 
 }  // namespace
