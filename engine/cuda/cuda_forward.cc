@@ -479,9 +479,21 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       any_prefill = true;
     }
     if (!lp.decode_rows.empty()) {
-      cuda::DecodeAttention& d = decoder(l, static_cast<int32_t>(lp.decode_rows.size()));
-      d.plan(lp.decode_rows, lp.decode_entries, stream);
-      ll.decode = &d;
+      // A layer whose rows and entry counts equal an earlier layer's runs on that layer's plan (a
+      // plan is read only by its runs; under a dense profile every layer shares layer 0's).
+      for (int64_t j = 0; j < l && ll.decode == nullptr; ++j) {
+        const LayerPlan& other = plans[static_cast<size_t>(j)];
+        const LayerLaunch& planned = step.layers[static_cast<size_t>(j)];
+        if (planned.decode == decoders[static_cast<size_t>(j)].get() && other.decode_rows == lp.decode_rows &&
+            other.decode_entries == lp.decode_entries) {
+          ll.decode = planned.decode;
+        }
+      }
+      if (ll.decode == nullptr) {
+        cuda::DecodeAttention& d = decoder(l, static_cast<int32_t>(lp.decode_rows.size()));
+        d.plan(lp.decode_rows, lp.decode_entries, stream);
+        ll.decode = &d;
+      }
     }
     ll.prefill_keys = {lp.prefill_keys.ip, lp.prefill_keys.pg, lp.prefill_keys.p0, lp.prefill_keys.ln};
     ll.decode_keys = {lp.decode_keys.ip, lp.decode_keys.pg, lp.decode_keys.p0, lp.decode_keys.ln};

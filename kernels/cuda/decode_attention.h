@@ -73,6 +73,7 @@ struct DecodeRow {
   // the row's pieces then copy their first K/V tiles before the row's last entry while the previous
   // kernel finishes.
   bool pages_plan_time = false;
+  bool operator==(const DecodeRow&) const = default;
 };
 static_assert(sizeof(DecodeRow) == 28);  // the plan blob holds rows as 7 int32 each
 
