@@ -11,6 +11,9 @@
 // Reports TFLOP/s (2·M·N·K) and TB/s (bytes that must move: x, W and y once).
 // Usage: gemm_bench [--reps N] [--graph-calls N] [--warmup-ms N] [--csv] [--only NAME:M]   (--csv: one line per
 // shape, read by bench/gemm_peer.py)
+//        [--tuning timed|heuristic] (GemmTuning; default timed) [--m 1,8,...] (rows; default 1,16,4096)
+//        [--engine-shapes] (the forward pass's fused shapes instead: qkv 4096→6144, o 4096→4096,
+//        gate_up 4096→28672, down 14336→4096, lm_head 4096→128256)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -135,6 +138,9 @@ int main(int argc, char** argv) {
   int reps = 100, graph_calls = 20, warmup_ms = 0;
   bool csv = false;
   std::string only;  // "name:M", one shape
+  auto tuning = sparseserve::kernels::cuda::GemmTuning::kTimed;
+  std::vector<int64_t> ms{1, 16, 4096};
+  bool engine_shapes = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--reps" && i + 1 < argc) {
@@ -147,8 +153,24 @@ int main(int argc, char** argv) {
       csv = true;
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
+    } else if (a == "--tuning" && i + 1 < argc) {
+      const std::string t = argv[++i];
+      tuning = t == "heuristic" ? sparseserve::kernels::cuda::GemmTuning::kHeuristic
+                                : sparseserve::kernels::cuda::GemmTuning::kTimed;
+    } else if (a == "--m" && i + 1 < argc) {
+      ms.clear();
+      for (const char* p = argv[++i]; *p != 0;) {
+        char* end = nullptr;
+        ms.push_back(std::max<int64_t>(1, std::strtoll(p, &end, 10)));
+        p = *end == ',' ? end + 1 : end;
+      }
+    } else if (a == "--engine-shapes") {
+      engine_shapes = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--graph-calls N] [--warmup-ms N] [--csv] [--only NAME:M]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--reps N] [--graph-calls N] [--warmup-ms N] [--csv] [--only NAME:M] "
+                   "[--tuning timed|heuristic] [--m 1,8,...] [--engine-shapes]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -162,12 +184,22 @@ int main(int argc, char** argv) {
     const size_t l2 = size_t(prop.l2CacheSize);
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    Gemm gemm;
+    Gemm gemm(Gemm::kDefaultWorkspaceBytes, tuning);
 
-    const struct {
+    struct Layer {
       int64_t K, N;
       const char* name;
-    } layers[] = {{4096, 4096, "qo_proj"}, {4096, 14336, "gate_up"}, {14336, 4096, "down"}, {4096, 128256, "lm_head"}};
+    };
+    const std::vector<Layer> layers =
+        engine_shapes ? std::vector<Layer>{{4096, 6144, "qkv"},
+                                           {4096, 4096, "o_proj"},
+                                           {4096, 28672, "gate_up"},
+                                           {14336, 4096, "down"},
+                                           {4096, 128256, "lm_head"}}
+                      : std::vector<Layer>{{4096, 4096, "qo_proj"},
+                                           {4096, 14336, "gate_up"},
+                                           {14336, 4096, "down"},
+                                           {4096, 128256, "lm_head"}};
     if (csv) {
       std::printf("name,M,K,N,eager_us,graph_us\n");
     } else {
@@ -176,7 +208,7 @@ int main(int argc, char** argv) {
       std::printf("%-8s %5s %6s %6s | %10s %8s %7s | %10s %8s %7s\n", "layer", "M", "K", "N", "eager us", "TFLOP/s",
                   "TB/s", "graph us", "TFLOP/s", "TB/s");
     }
-    for (const int64_t M : {1, 16, 4096}) {
+    for (const int64_t M : ms) {
       for (const auto& l : layers) {
         const Shape s{M, l.K, l.N, l.name};
         if (!only.empty() && only != std::string(l.name) + ":" + std::to_string(M)) continue;
