@@ -219,6 +219,7 @@ struct CudaForward::Impl {
   // what is there (host), the store itself, the pairs of a step's appends; the step's lists.
   BlockStore block_store;
   DeviceBuffer<int32_t> store, store_pairs, lists;
+  StepTables step_tables;  // rebuilt every step in place (its capacity kept)
   SelectionStats stats;
   // Step buffers, grown as needed: activations [rows][width] bf16, the step's int32 tables, the
   // selection's int64 query offsets, scores and selected blocks, and its row counters (zero between
@@ -430,7 +431,8 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   // ---- The block store takes the step's new blocks (before the step's device work, outside its
   // graph), then the host tables (engine/cuda/step_tables.h) ----
   sync_store(batch);
-  StepTables tab = build_step_tables(c, manager, block_store, seqs, batch, draws, rows, out_rows, decode_with_prefill);
+  StepTables& tab = step_tables;
+  build_step_tables(c, manager, block_store, seqs, batch, draws, rows, out_rows, decode_with_prefill, tab);
   stats.context_tokens += tab.context_tokens;
   stats.selected_tokens += tab.selected_tokens;
   const std::vector<LayerPlan>& plans = tab.plans;

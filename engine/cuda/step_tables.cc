@@ -14,15 +14,15 @@ namespace sparseserve {
 
 namespace cuda = kernels::cuda;
 
-StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& manager, const BlockStore& store,
-                             const std::unordered_map<uint64_t, SequenceAttention>& seqs,
-                             std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, int64_t rows,
-                             int64_t out_rows, bool decode_with_prefill) {
+void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& manager, const BlockStore& store,
+                       const std::unordered_map<uint64_t, SequenceAttention>& seqs, std::span<const ForwardSeq> batch,
+                       std::span<const DeviceDraw> draws, int64_t rows, int64_t out_rows, bool decode_with_prefill,
+                       StepTables& tab) {
   using kvcache::HeadRole;
   const int64_t D = c.head_dim, L = c.n_layers, KV = c.n_kv_heads, group = c.n_heads / KV;
   const int64_t qkv_w = (c.n_heads + 2 * KV) * D;
   const int32_t P = manager.config().page_tokens, LP = manager.config().logical_page_tokens;
-  StepTables tab;
+  tab.reset(static_cast<size_t>(L));
   Blob& blob = tab.blob;
   const auto R = static_cast<size_t>(rows);
   const size_t ids = tab.ids = blob.take(R), pos = tab.pos = blob.take(R), off = tab.off = blob.take(R);
@@ -32,7 +32,6 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
   const size_t app_s = tab.app_s = blob.take(static_cast<size_t>(L * KV) * R);
   std::fill(blob.data.begin() + static_cast<std::ptrdiff_t>(app_r), blob.data.end(), -1);
   std::vector<LayerPlan>& plans = tab.plans;
-  plans.resize(static_cast<size_t>(L));
   std::vector<int32_t> logit_rows;  // the token row of each logits row, batch order
   // Per sequence: token rows, and the rows that need logits.
   // Looked up once here, read by every layer below.
@@ -208,7 +207,7 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
       blob.data[at++] = logit_rows[j];
     }
   }
-  std::vector<kernels::cpu::KeyRun> runs;
+  std::vector<kernels::cpu::KeyRun>& runs = tab.all_runs;
   for (LayerPlan& lp : plans) {
     lp.prefill_keys.place(blob, tab.lists, runs);
     lp.decode_keys.place(blob, tab.lists, runs);
@@ -228,7 +227,6 @@ StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager
   tab.n_runs = static_cast<int32_t>(runs.size());
   tab.runs = blob.take(runs.size() * 8);
   std::memcpy(blob.data.data() + tab.runs, runs.data(), runs.size() * sizeof(kernels::cpu::KeyRun));
-  return tab;
 }
 
 }  // namespace sparseserve

@@ -70,6 +70,12 @@ struct KeyLists {
   std::vector<KeyRun> runs;               // pages_at: entry index; staged src: index into pages
   int32_t entries = 0;
   size_t ip = 0, pg = 0, p0 = 0, ln = 0;  // ip: Blob offset; pg, p0, ln: ListSpace offsets
+  void reset() {  // empty, keeping the vectors' capacity (StepTables::reset)
+    indptr.assign(1, 0);
+    pages.clear(), pos0.clear(), len.clear(), runs.clear();
+    entries = 0;
+    ip = pg = p0 = ln = 0;
+  }
   // A staged entry of the open row.
   void add(int32_t page, int64_t first, int64_t count) {
     const auto staged = static_cast<int32_t>(pages.size());
@@ -151,6 +157,17 @@ struct LayerPlan {
   // (SelectionStats), and the most blocks of a lane that page_select reads.
   int64_t context_tokens = 0, selected_tokens = 0;
   int32_t max_blocks = 1;
+  void reset() {  // every field as constructed, keeping the vectors' capacity (StepTables::reset)
+    prefill_rows.clear(), decode_rows.clear(), decode_entries.clear(), fresh_rows.clear(), fresh_entries.clear();
+    prefill_keys.reset(), decode_keys.reset();
+    fresh_from = 0;
+    streaming_before = streaming_after = false;
+    sel_indptr.assign(1, 0), sel_out_indptr.assign(1, 0);
+    sel_lens.clear(), sel_runs.clear(), sel_q.clear(), sel_owner.clear();
+    s_ip = s_len = s_out = s_pg = q_at = picked_at = 0;
+    context_tokens = selected_tokens = 0;
+    max_blocks = 1;
+  }
 };
 
 // The step's tables. Blob layout (int32; offsets into blob.data):
@@ -175,15 +192,32 @@ struct StepTables {
   int64_t picked_total = 0;      // blocks page_select picks in all layers (LayerPlan::picked_at)
   int32_t max_blocks = 1;        // the most blocks of a lane page_select reads
   int64_t context_tokens = 0, selected_tokens = 0;  // SelectionStats' share of the host-listed rows
+  std::vector<kernels::cpu::KeyRun> all_runs;  // scratch: the runs before they go to the Blob
+  // Every field as constructed, with plans for n_layers, keeping the vectors' capacity: a step's
+  // tables are rebuilt every step, and fresh allocations of their size (a megabyte at batch 64) cost
+  // more in page faults than the build itself.
+  void reset(size_t n_layers) {
+    blob.data.clear();
+    lists = {};
+    ids = pos = off = selr = app_r = app_sb = app_s = runs = 0;
+    n_runs = 0;
+    plans.resize(n_layers);
+    for (LayerPlan& lp : plans) lp.reset();
+    step_q.clear(), all_runs.clear();
+    picked_total = 0;
+    max_blocks = 1;
+    context_tokens = selected_tokens = 0;
+  }
 };
 
 // Builds the tables of a checked step (rows, out_rows: check_step's). Every sequence is bound in
 // `seqs` and in `store`, holds its step's pages in `manager`, and its block tables are synced to
 // the store (BlockStore::sync). decode_with_prefill: one-token rows go to the
-// prefill kernel too. Large steps build their layers in parallel (OpenMP).
-StepTables build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& manager, const BlockStore& store,
-                             const std::unordered_map<uint64_t, SequenceAttention>& seqs,
-                             std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, int64_t rows,
-                             int64_t out_rows, bool decode_with_prefill);
+// prefill kernel too. Large steps build their layers in parallel (OpenMP). Into `tab`, reset first
+// (its capacity reused: keep one StepTables across steps).
+void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& manager, const BlockStore& store,
+                       const std::unordered_map<uint64_t, SequenceAttention>& seqs, std::span<const ForwardSeq> batch,
+                       std::span<const DeviceDraw> draws, int64_t rows, int64_t out_rows, bool decode_with_prefill,
+                       StepTables& tab);
 
 }  // namespace sparseserve

@@ -61,17 +61,22 @@ struct Fixture {
                       false, prompt_len};
   }
   Step build(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws = {}) {
+    Step t;
+    build_into(t, batch, draws);
+    return t;
+  }
+  // Into tables that may hold an earlier step's (CudaForward reuses one StepTables).
+  void build_into(Step& t, std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws = {}) {
     std::vector<int32_t> pairs;
     for (const ForwardSeq& s : batch) store.sync(s.id, manager.sequence(s.id), pairs);
     device_store.resize(static_cast<size_t>(store.size()), -7);
     kernels::cpu::scatter_pairs(pairs, device_store);
     const StepRows sr = check_step(c, batch);
-    Step t{build_step_tables(c, manager, store, seqs, batch, draws, sr.rows, sr.logit_rows, false), {}};
+    build_step_tables(c, manager, store, seqs, batch, draws, sr.rows, sr.logit_rows, false, t);
     t.expanded.assign(t.lists.size, -9);  // entries no run writes stay -9 (page_select's)
     const auto* runs = reinterpret_cast<const kernels::cpu::KeyRun*>(t.blob.data.data() + t.runs);
     kernels::cpu::expand_key_runs(std::span(runs, static_cast<size_t>(t.n_runs)), device_store, t.blob.data, P,
                                   t.expanded);
-    return t;
   }
 };
 
@@ -282,6 +287,30 @@ TEST(StepTablesChecks, HostRowsThenDrawnRowsAndOffsetsThatStayPut) {
   EXPECT_EQ(a.lists.size, b.lists.size);
   EXPECT_EQ(a.runs, b.runs);
   EXPECT_EQ(a.n_runs, b.n_runs);
+  // Built into the first step's tables, as CudaForward reuses them, the second step's come out the
+  // same as built fresh; so do a prefill step's after them (other rows, lists and plans).
+  Step reused = a;
+  f.build_into(reused, second, std::span(&draw, 1));
+  EXPECT_EQ(reused.blob.data, b.blob.data);
+  EXPECT_EQ(reused.expanded, b.expanded);
+  for (size_t l = 0; l < 3; ++l) {
+    EXPECT_EQ(reused.plans[l].decode_rows, b.plans[l].decode_rows);
+    EXPECT_EQ(reused.plans[l].decode_entries, b.plans[l].decode_entries);
+  }
+  for (const ForwardSeq& s : second) f.seqs.at(s.id).end_step(s);
+  f.add(2, f.select, 0, 30);
+  const ForwardSeq chunk = f.step(2, 0, 30, 30);
+  const Step fresh = f.build(std::span(&chunk, 1));
+  f.build_into(reused, std::span(&chunk, 1));
+  EXPECT_EQ(reused.blob.data, fresh.blob.data);
+  EXPECT_EQ(reused.expanded, fresh.expanded);
+  EXPECT_EQ(reused.lists.size, fresh.lists.size);
+  for (size_t l = 0; l < 3; ++l) {
+    EXPECT_TRUE(reused.plans[l].decode_rows.empty());
+    EXPECT_EQ(reused.plans[l].prefill_rows.size(), fresh.plans[l].prefill_rows.size());
+    EXPECT_EQ(reused.plans[l].streaming_after, fresh.plans[l].streaming_after);
+    EXPECT_EQ(reused.plans[l].sel_indptr, fresh.plans[l].sel_indptr);
+  }
   for (const size_t n : {0, 1, 15, 16, 17, 100, 1024, 1025}) {
     EXPECT_TRUE(std::has_single_bit(table_room(n)));
     EXPECT_GE(table_room(n), std::max<size_t>(n, 16));
