@@ -115,7 +115,11 @@ size_t cuda_step_bytes(const ModelConfig& c, const StepLimits& limits) {
   // Logits rows (bf16 and fp32, and the host's pinned copy is not device memory): at most one per
   // token of a step (prompt logprobs), plus the gathered hidden rows.
   const int64_t logit_bytes = 6 * c.vocab_size + 2 * c.hidden;
-  return kFixedHeadroomBytes + static_cast<size_t>(std::max<int64_t>(limits.max_tokens, 1) * (row_bytes + logit_bytes));
+  // Per sequence: its region of the block store (engine/cuda/block_store.h), every KV head of every
+  // layer with the whole context's blocks, int32, counted at the smallest page size (16 tokens).
+  const int64_t store_bytes = 4 * c.n_layers * c.n_kv_heads * ((c.max_context + 15) / 16);
+  return kFixedHeadroomBytes + static_cast<size_t>(std::max<int64_t>(limits.max_tokens, 1) * (row_bytes + logit_bytes) +
+                                                   std::max<int64_t>(limits.max_sequences, 1) * store_bytes);
 }
 
 size_t cuda_weight_bytes(const ModelConfig& c, bool tied) {

@@ -22,8 +22,9 @@ std::string cuda_unsupported_model(const ModelConfig& config, const kvcache::KvC
 std::string cuda_unsupported_profile(const ModelConfig& config, const kvcache::SparsityProfile& profile);
 
 // Device memory the buffers of steps up to `limits` may take besides weights and KV cache: the
-// activations of max_tokens rows, logits rows for each (prompt logprobs), cuBLASLt's workspace and
-// the context's own allocations.
+// activations of max_tokens rows, logits rows for each (prompt logprobs), max_sequences regions of
+// the block store (the device's copy of their page tables), cuBLASLt's workspace and the context's
+// own allocations.
 size_t cuda_step_bytes(const ModelConfig& config, const StepLimits& limits);
 
 // Device memory the model's weights take as CudaForward holds them (bf16, Q|K|V and gate|up fused).

@@ -449,12 +449,15 @@ TEST(CudaStepRunnerChecks, NamesTheModelShapesItDoesNotRun) {
 }
 
 // Step buffers grow with the step's tokens: every token may need a logits row (prompt logprobs).
-TEST(CudaStepRunnerChecks, StepBytesCoverEachTokensActivationsAndLogits) {
+TEST(CudaStepRunnerChecks, StepBytesCoverEachTokensActivationsLogitsAndEachSequencesBlockTables) {
   ModelConfig c;
   c.n_layers = 2, c.hidden = 8, c.n_heads = 2, c.n_kv_heads = 1, c.head_dim = 4, c.intermediate = 16, c.vocab_size = 10;
   // Per token: 2 · (3·8 + 8 + 8 + 8 + 3·16) = 192 bytes of activations, 6·10 + 2·8 = 76 of logits.
+  c.max_context = 150;
   const size_t one = cuda_step_bytes(c, {1, 1}), many = cuda_step_bytes(c, {1001, 1});
   EXPECT_EQ(many - one, size_t{1000} * (192 + 76));
+  // Per sequence its block store region: 2 layers × 1 KV head × ceil(150 / 16) blocks, int32.
+  EXPECT_EQ(cuda_step_bytes(c, {1, 4}) - one, size_t{3} * 2 * 1 * 10 * 4);
   EXPECT_GE(one, size_t{256} << 20);  // cuBLASLt's workspace and the context besides
 }
 
