@@ -3,11 +3,12 @@
 // A step's key lists (decode_attention.h KeyPageList: page ids, first positions, lengths) are not
 // uploaded entry by entry. Each sequence's retrieval block tables live in a device store that only
 // ever grows by appends (scatter_pairs writes the new blocks' pages), and the step's lists are
-// expanded from runs: a run is a range of one row's entries whose pages are
-//   - consecutive blocks of one block table in the store (a dense lane: every block in order), the
-//     first positions and lengths following from the blocks and the row's end, or
+// expanded from runs: a run is a range of list entries whose pages are
+//   - consecutive blocks of one block table in the store (a store run lies within one row: a dense
+//     lane's every block in order), the first positions and lengths following from the blocks and
+//     the row's end, or
 //   - staged by the host in the step's table upload (sink and ring pages of a streaming lane, a
-//     previous selection), copied as they are.
+//     previous selection; one staged run may cover consecutive rows), copied as they are.
 // Every run writes entries [pages_at, pages_at + count) of `out`, and the same count at pos0_at and
 // len_at unless pos0_at < 0 (page ids only: page_select's input lists).
 #pragma once
