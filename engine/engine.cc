@@ -78,6 +78,7 @@ struct LiveRequest {
   std::optional<JsonText> json;  // req.json_object / json_schema: the generated text so far, while it constrains
   std::unique_ptr<TextLanguage> language;  // req.choices / regex / grammar: likewise
   uint64_t draw_seed = 0;  // the seed of tokens drawn on the device: req.sampling.seed, else random
+  MaskCache language_masks;  // `language`'s masks per state (a grammar's states come back)
 };
 
 // Whether a token of r may be drawn by the backend on the device (StepBackend's DeviceDraw): nothing
@@ -276,7 +277,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
 
   auto r = std::make_unique<LiveRequest>(LiveRequest{
       0, std::move(request), &profile, {}, n, 0, Sampler(SamplingParams{}, {}),
-      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, {}, 0, false, {}, {}, 0});
+      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, {}, 0, false, {}, {}, 0, {}});
   r->tokens = r->req.prompt;
   r->max_new = std::min<int64_t>(r->req.max_tokens, c.max_context - n);
   r->sampler = Sampler(r->req.sampling, r->req.prompt);
@@ -666,7 +667,7 @@ void Engine::Impl::step() {
         std::vector<int32_t> stops = r.stop_ids;
         stops.insert(stops.end(), r.implicit_stops.begin(), r.implicit_stops.end());
         if (r.json) constrain_json(*r.json, token_bytes(), stops, may_stop, lrow);
-        if (r.language) constrain_text(*r.language, token_bytes(), stops, may_stop, lrow);
+        if (r.language) constrain_text(*r.language, token_bytes(), stops, may_stop, lrow, &r.language_masks);
       }
       if (may_stop) return;
       for (const auto* ids : {&r.stop_ids, &r.implicit_stops}) {

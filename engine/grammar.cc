@@ -702,6 +702,18 @@ bool GrammarText::complete() const {
   return partial_.empty() && std::any_of(stacks_.begin(), stacks_.end(), [](const Stack& s) { return s.empty(); });
 }
 
+std::string GrammarText::state_key() const {
+  // The unfinished UTF-8 bytes, then each stack (sorted, distinct): its length and positions.
+  std::string key(1, static_cast<char>(partial_.size()));
+  key += partial_;
+  const auto put = [&](int32_t v) { key.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  for (const Stack& st : stacks_) {
+    put(static_cast<int32_t>(st.size()));
+    for (const Pos& p : st) put(p.rule), put(p.alt), put(p.index);
+  }
+  return key;
+}
+
 bool GrammarText::extendable() const {
   return !partial_.empty() || std::any_of(stacks_.begin(), stacks_.end(), [](const Stack& s) { return !s.empty(); });
 }

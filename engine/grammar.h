@@ -104,6 +104,8 @@ class GrammarText final : public TextLanguage {
   bool push(std::string_view bytes) override;
   bool complete() const override;
   bool extendable() const override;
+  // The stack set and the unfinished UTF-8 bytes: what accepts() depends on.
+  std::string state_key() const override;
 
   // A position in a rule: alternative `alt` of rule `rule`, element `index`.
   struct Pos {

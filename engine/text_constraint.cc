@@ -18,11 +18,54 @@ void StopsNow::restore(std::span<float> logits) const {
   for (const auto& [id, l] : kept_) logits[static_cast<size_t>(id)] = l;
 }
 
+const std::vector<uint64_t>* MaskCache::find(const std::string& key) {
+  const auto it = index_.find(key);
+  if (it == index_.end()) {
+    ++misses_;
+    return nullptr;
+  }
+  ++hits_;
+  entries_.splice(entries_.begin(), entries_, it->second);
+  return &it->second->second;
+}
+
+const std::vector<uint64_t>& MaskCache::insert(std::string key, std::vector<uint64_t> accepted) {
+  if (const auto it = index_.find(key); it != index_.end()) {
+    entries_.splice(entries_.begin(), entries_, it->second);
+    it->second->second = std::move(accepted);
+    return it->second->second;
+  }
+  entries_.emplace_front(std::move(key), std::move(accepted));
+  index_.emplace(entries_.front().first, entries_.begin());
+  while (entries_.size() > std::max<size_t>(capacity_, 1)) {
+    index_.erase(entries_.back().first);
+    entries_.pop_back();
+  }
+  return entries_.front().second;
+}
+
 void constrain_text(const TextLanguage& text, const VocabularyBytes& vocab, std::span<const int32_t> stops,
-                    bool may_stop, std::span<float> logits) {
+                    bool may_stop, std::span<float> logits, MaskCache* cache) {
   check(static_cast<int64_t>(logits.size()) == vocab.size(), "constrain_text: logits and vocabulary sizes differ");
   const StopsNow stops_now(text.complete(), may_stop, stops, logits);
   if (!stops_now.allowed() && !text.extendable()) return;  // a whole text held open: nothing to steer
+  std::string key = cache != nullptr ? text.state_key() : std::string();
+  if (!key.empty()) {
+    const std::vector<uint64_t>* accepted = cache->find(key);
+    if (accepted == nullptr) {
+      std::vector<uint64_t> bits((static_cast<size_t>(vocab.size()) + 63) / 64, 0);
+      for (int32_t id = 0; id < vocab.size(); ++id) {
+        const std::string_view bytes = vocab.text(id);
+        if (!bytes.empty() && text.accepts(bytes)) bits[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
+      }
+      accepted = &cache->insert(std::move(key), std::move(bits));
+    }
+    for (int32_t id = 0; id < vocab.size(); ++id) {
+      if (((*accepted)[static_cast<size_t>(id) / 64] >> (id % 64) & 1) == 0) logits[static_cast<size_t>(id)] = -INFINITY;
+    }
+    stops_now.restore(logits);
+    return;
+  }
   for (int32_t id = 0; id < vocab.size(); ++id) {
     float& l = logits[static_cast<size_t>(id)];
     if (l == -INFINITY) continue;

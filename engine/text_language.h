@@ -3,6 +3,7 @@
 // (engine/regex_dfa.h) and guided_grammar (engine/grammar.h). Implementations never hold a text no whole output begins with.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 namespace sparseserve {
@@ -16,6 +17,10 @@ class TextLanguage {
   virtual bool push(std::string_view bytes) = 0;
   virtual bool complete() const = 0;    // the text is a whole output
   virtual bool extendable() const = 0;  // a longer whole output begins with the text
+  // A key of the state the text is in: at two moments of one object's text, equal non-empty keys
+  // mean accepts() takes the same bytes (constrain_text then reuses its verdicts: MaskCache).
+  // Empty: no key.
+  virtual std::string state_key() const { return {}; }
 };
 
 }  // namespace sparseserve

@@ -292,5 +292,63 @@ ws ::= | " " | "\n" [ \t]{0,20}
   }
 }
 
+// Masks from MaskCache equal the masks made id by id, step after step through a JSON document
+// written token by token (its states inside strings and between elements come back: hits), and the
+// cache keeps at most its capacity. Times of a miss and of a hit inside a string are recorded
+// (bench/RESULTS.md §2).
+TEST_F(GrammarMaskTest, CachedMasksEqualMasksMadeIdById) {
+  const VocabularyBytes vocab(model_->tokenizer, static_cast<int32_t>(model_->config.vocab_size));
+  const auto g = std::make_shared<const Grammar>(Grammar::parse(R"G(root ::= "{" ws (pair ("," ws pair)*)? "}"
+pair ::= string ":" ws value
+value ::= string | number | "[" ws (value ("," ws value)*)? "]" ws
+string ::= "\"" [^"\\]* "\"" ws
+number ::= "-"? [0-9]+ ws
+ws ::= " "?
+)G"));
+  const std::string doc = R"({"name": "Ada Lovelace", "born": 1815, "tags": ["math", "poetry", "engines"], "id": 7})";
+  const std::vector<int32_t> ids = model_->tokenizer.encode(doc, false);
+  GrammarText t(g);
+  MaskCache cache(8);
+  std::string so_far;
+  double hit_ms = 0, miss_ms = 0;
+  for (const int32_t id : ids) {
+    SCOPED_TRACE(so_far);
+    std::vector<float> plain(static_cast<size_t>(vocab.size()), 0.0f), cached = plain;
+    constrain_text(t, vocab, {}, false, plain);
+    const int64_t hits = cache.hits();
+    const auto t0 = std::chrono::steady_clock::now();
+    constrain_text(t, vocab, {}, false, cached, &cache);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    (cache.hits() > hits ? hit_ms : miss_ms) = ms;
+    ASSERT_EQ(plain, cached);
+    ASSERT_NE(plain[static_cast<size_t>(id)], -INFINITY) << "the document's own token";
+    ASSERT_TRUE(t.push(vocab.text(id)));
+    so_far += vocab.text(id);
+  }
+  EXPECT_EQ(so_far, doc);
+  EXPECT_GT(cache.hits(), 0);
+  EXPECT_GT(cache.misses(), 0);
+  RecordProperty("cached_mask_hit_ms", std::to_string(hit_ms));
+  RecordProperty("cached_mask_miss_ms", std::to_string(miss_ms));
+  std::printf("%zu tokens: %lld hits, %lld misses; last hit %.2f ms, last miss %.2f ms\n", ids.size(),
+              static_cast<long long>(cache.hits()), static_cast<long long>(cache.misses()), hit_ms, miss_ms);
+}
+
+TEST(MaskCacheTest, KeepsTheMostRecentlyUsedStates) {
+  MaskCache cache(2);
+  cache.insert("a", {1});
+  cache.insert("b", {2});
+  ASSERT_NE(cache.find("a"), nullptr);  // a is now the most recent
+  cache.insert("c", {3});               // drops b
+  EXPECT_EQ(cache.find("b"), nullptr);
+  ASSERT_NE(cache.find("a"), nullptr);
+  EXPECT_EQ(*cache.find("c"), std::vector<uint64_t>{3});
+  cache.insert("c", {4});  // replaced, not added
+  EXPECT_EQ(*cache.find("c"), std::vector<uint64_t>{4});
+  EXPECT_NE(cache.find("a"), nullptr);
+  EXPECT_EQ(cache.hits(), 5);
+  EXPECT_EQ(cache.misses(), 1);
+}
+
 }  // namespace
 }  // namespace sparseserve
