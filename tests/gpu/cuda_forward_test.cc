@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <cmath>
+#include <map>
 #include <random>
 
 #include "engine/cpu_forward.h"
@@ -24,6 +25,35 @@
 
 namespace sparseserve::gpu_test {
 namespace {
+
+// Logits rows of the GPU against the CPU's: within bf16 rounding of the row's largest logit, finite,
+// and the same top token where the CPU's top two are clearly apart.
+struct LogitsTally {
+  int compared = 0, top1_checked = 0;
+  float worst = 0.0f;  // largest error over the row's largest logit
+  void compare(const std::vector<float>& got, const std::vector<float>& want, int64_t V) {
+    ASSERT_EQ(got.size(), want.size());
+    for (int64_t r = 0; r < static_cast<int64_t>(want.size()) / V; ++r) {
+      const std::span<const float> g(got.data() + r * V, static_cast<size_t>(V)), w(want.data() + r * V, static_cast<size_t>(V));
+      float scale = 0.0f, err = 0.0f;
+      for (int64_t v = 0; v < V; ++v) {
+        scale = std::max(scale, std::abs(w[v]));
+        err = std::max(err, std::abs(g[v] - w[v]));
+        ASSERT_TRUE(std::isfinite(g[v])) << "row " << r;
+      }
+      EXPECT_LT(err, 0.08f * scale + 0.05f) << "row " << r;  // seen: ≤ 0.04 · scale
+      worst = std::max(worst, err / scale);
+      std::vector<int64_t> order(static_cast<size_t>(V));
+      for (int64_t v = 0; v < V; ++v) order[static_cast<size_t>(v)] = v;
+      std::partial_sort(order.begin(), order.begin() + 2, order.end(), [&](int64_t a, int64_t b) { return w[a] > w[b]; });
+      if (w[order[0]] - w[order[1]] > 4 * err + 1e-3f) {  // a clear winner must win on the GPU too
+        EXPECT_EQ(std::max_element(g.begin(), g.end()) - g.begin(), order[0]) << "row " << r;
+        ++top1_checked;
+      }
+      ++compared;
+    }
+  }
+};
 
 TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
   SKIP_WITHOUT_GPU();
@@ -61,8 +91,7 @@ TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
       for (int64_t t = 0; t < prompt[i]; ++t) tokens[i].push_back(tok(rng));
     }
     std::vector<int64_t> done(prompt.size(), 0);
-    int compared = 0, top1_checked = 0;
-    float worst = 0.0f;  // largest error over the row's largest logit
+    LogitsTally tally;
     for (int step = 0; step < 12; ++step) {
       std::vector<ForwardSeq> batch;
       for (size_t i = 0; i < prompt.size(); ++i) {
@@ -81,36 +110,89 @@ TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
       cpu.forward(batch, dense, want);
       gpu.forward(batch, got);
       ASSERT_EQ(got.size(), want.size());
-      const int64_t V = c.vocab_size, rows = static_cast<int64_t>(want.size()) / V;
-      for (int64_t r = 0; r < rows; ++r) {
-        const std::span<const float> g(got.data() + r * V, static_cast<size_t>(V)), w(want.data() + r * V, static_cast<size_t>(V));
-        float scale = 0.0f, err = 0.0f;
-        for (int64_t v = 0; v < V; ++v) {
-          scale = std::max(scale, std::abs(w[v]));
-          err = std::max(err, std::abs(g[v] - w[v]));
-          ASSERT_TRUE(std::isfinite(g[v])) << "step " << step << " row " << r;
-        }
-        EXPECT_LT(err, 0.08f * scale + 0.05f) << "step " << step << " row " << r;  // seen: ≤ 0.04 · scale
-        worst = std::max(worst, err / scale);
-        std::vector<int64_t> order(static_cast<size_t>(V));
-        for (int64_t v = 0; v < V; ++v) order[static_cast<size_t>(v)] = v;
-        std::partial_sort(order.begin(), order.begin() + 2, order.end(), [&](int64_t a, int64_t b) { return w[a] > w[b]; });
-        if (w[order[0]] - w[order[1]] > 4 * err + 1e-3f) {  // a clear winner must win on the GPU too
-          EXPECT_EQ(std::max_element(g.begin(), g.end()) - g.begin(), order[0]) << "step " << step << " row " << r;
-          ++top1_checked;
-        }
-        ++compared;
-      }
+      SCOPED_TRACE("step " + std::to_string(step));
+      tally.compare(got, want, c.vocab_size);
       for (const ForwardSeq& s : batch) done[s.id] += static_cast<int64_t>(s.tokens.size());
     }
-    EXPECT_GT(compared, 40);
-    EXPECT_GT(top1_checked, compared / 3);
+    EXPECT_GT(tally.compared, 40);
+    EXPECT_GT(tally.top1_checked, tally.compared / 3);
     std::printf("head_dim %lld group %lld: %d rows, worst error %.4f of the largest logit, %d top-1 checks\n",
-                static_cast<long long>(shape.head_dim), static_cast<long long>(shape.heads / shape.kv_heads), compared,
-                static_cast<double>(worst), top1_checked);
+                static_cast<long long>(shape.head_dim), static_cast<long long>(shape.heads / shape.kv_heads),
+                tally.compared, static_cast<double>(tally.worst), tally.top1_checked);
   }
 }
 
+// Sequences leave and join between decode steps (from CUDA graphs): a newcomer takes a leaver's
+// region of the device's block store (its stale pages past the newcomer's blocks), and more
+// sequences than the store held grow it (a new buffer, the old regions copied, every graph's store
+// address changed). Every step's logits still match the CPU's.
+TEST(CudaForwardTest, SequencesLeavingAndJoiningReadTheirOwnPages) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  RandomModel rm({2, 256, 8, 2, 64, 512, 600, RopeLayout::kHalf, false}, rng);
+  const Model& model = *rm.model;
+  const ModelConfig& c = model.config;
+  kvcache::KvCacheManager manager(kvcache::KvCacheConfig{.page_tokens = 16, .logical_page_tokens = 16}, 2048);
+  const kvcache::SparsityProfile dense =
+      kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
+  CudaForward gpu(model, manager);
+  CpuForward cpu(model);
+  DenseKvBackend reference(c);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
+  std::map<uint64_t, std::vector<int32_t>> tokens;
+  std::map<uint64_t, int64_t> done;
+  const auto join = [&](uint64_t id, int64_t prompt) {
+    manager.add_sequence(id, kvcache::SequenceLayout::from_roles(dense.roles, dense.streaming));
+    gpu.add_sequence(id, dense);
+    reference.add_sequence(id);
+    for (int64_t t = 0; t < prompt; ++t) tokens[id].push_back(tok(rng));
+    done[id] = 0;
+  };
+  const auto leave = [&](uint64_t id) {
+    gpu.release(id);
+    manager.release(id);
+    reference.release(id);
+    tokens.erase(id);
+    done.erase(id);
+  };
+  LogitsTally tally;
+  // One step for every sequence: its whole prompt, or one decode token.
+  const auto step = [&](int k) {
+    std::vector<ForwardSeq> batch;
+    for (auto& [id, t] : tokens) {
+      if (done[id] == static_cast<int64_t>(t.size())) t.push_back(tok(rng));
+      const int64_t n = static_cast<int64_t>(t.size()) - done[id];
+      manager.allocate(id, done[id] + n);
+      batch.push_back(ForwardSeq{id, done[id], std::span(t).subspan(static_cast<size_t>(done[id])), false,
+                                 done[id] == 0 ? n : done[id]});
+    }
+    std::vector<float> want, got;
+    cpu.forward(batch, reference, want);
+    gpu.forward(batch, got);
+    SCOPED_TRACE("step " + std::to_string(k));
+    tally.compare(got, want, c.vocab_size);
+    for (const ForwardSeq& s : batch) done[s.id] += static_cast<int64_t>(s.tokens.size());
+  };
+  join(0, 90);
+  join(1, 40);
+  int k = 0;
+  for (; k < 6; ++k) step(k);
+  leave(0);
+  join(2, 20);  // region 0: sequence 0's 6 blocks a lane there, sequence 2's 2
+  for (; k < 12; ++k) step(k);
+  for (uint64_t id = 3; id < 9; ++id) join(id, 17 + static_cast<int64_t>(id));  // the store grows
+  for (; k < 18; ++k) step(k);
+  leave(1);
+  for (; k < 22; ++k) step(k);
+  EXPECT_GT(gpu.graph_stats().replays, 0);
+  EXPECT_GT(tally.top1_checked, tally.compared / 3);
+  std::printf("%d rows, worst error %.4f of the largest logit; graphs: %lld replays, %lld updates, %lld captures\n",
+              tally.compared, static_cast<double>(tally.worst), static_cast<long long>(gpu.graph_stats().replays),
+              static_cast<long long>(gpu.graph_stats().updates),
+              static_cast<long long>(gpu.graph_stats().instantiations));
+}
 
 TEST(CudaForwardTest, DecodeStepsFromCudaGraphsEqualStepsLaunchedKernelByKernel) {
   SKIP_WITHOUT_GPU();
