@@ -96,6 +96,104 @@ ParsedReply parse_llama3(std::string_view reply) {
   return out;
 }
 
+// A cursor over an unfinished reply for call_prefixes. Each reader returns kDone (read, the cursor
+// past it), kMore (the text ends first) or kStop (something else is there).
+enum Scan { kDone, kMore, kStop };
+
+struct Cursor {
+  std::string_view s;
+  size_t i = 0;
+  bool end() const { return i >= s.size(); }
+  void spaces() {
+    while (!end() && kSpaces.find(s[i]) != std::string_view::npos) ++i;
+  }
+  Scan literal(std::string_view word) {  // word, or the text ending inside it
+    const std::string_view rest = s.substr(i);
+    if (rest.starts_with(word)) {
+      i += word.size();
+      return kDone;
+    }
+    return word.starts_with(rest) ? kMore : kStop;
+  }
+  // A JSON string, decoded into out.
+  Scan string(std::string& out) {
+    if (end()) return kMore;
+    if (s[i] != '"') return kStop;
+    bool escaped = false;
+    for (size_t k = i + 1; k < s.size(); ++k) {
+      if (escaped) {
+        escaped = false;
+      } else if (s[k] == '\\') {
+        escaped = true;
+      } else if (s[k] == '"') {
+        const json v = json::parse(s.substr(i, k + 1 - i), nullptr, false);
+        if (!v.is_string()) return kStop;
+        out = v.get<std::string>();
+        i = k + 1;
+        return kDone;
+      }
+    }
+    return kMore;
+  }
+  // An object's raw text from its '{' to the matching '}' (strings skipped); `raw` gets what there is.
+  Scan object(std::string_view& raw) {
+    if (end()) return kMore;
+    if (s[i] != '{') return kStop;
+    int depth = 0;
+    bool in_string = false, escaped = false;
+    for (size_t k = i; k < s.size(); ++k) {
+      const char c = s[k];
+      if (in_string) {
+        if (escaped) {
+          escaped = false;
+        } else if (c == '\\') {
+          escaped = true;
+        } else if (c == '"') {
+          in_string = false;
+        }
+      } else if (c == '"') {
+        in_string = true;
+      } else if (c == '{' || c == '[') {
+        if (++depth > kMaxJsonDepth) return kStop;
+      } else if ((c == '}' || c == ']') && --depth == 0) {
+        raw = s.substr(i, k + 1 - i);
+        i = k + 1;
+        return kDone;
+      }
+    }
+    raw = s.substr(i);
+    i = s.size();
+    return kMore;
+  }
+  // One call object {"name": ..., "arguments" | "parameters": {...}}; `named` once its name is read.
+  Scan call(CallPrefix& out, bool& named) {
+    named = false;
+    Scan r = kDone;
+    // Reads one piece and the spaces after it; false (r saying why) when it is not there whole.
+    const auto next = [&](Scan step) {
+      r = step;
+      if (r == kDone) spaces();
+      return r == kDone;
+    };
+    std::string key;
+    if (!next(literal("{")) || !next(string(key))) return r;
+    if (key != "name") return kStop;
+    if (!next(literal(":")) || !next(string(out.name))) return r;
+    if (out.name.empty()) return kStop;
+    named = true;
+    if (!next(literal(",")) || !next(string(key))) return r;
+    if (key != "arguments" && key != "parameters") return kStop;
+    if (!next(literal(":"))) return r;
+    std::string_view raw;
+    r = object(raw);
+    out.arguments = std::string(raw);
+    if (r != kDone) return r;
+    out.closed = true;
+    spaces();
+    return literal("}");
+  }
+};
+
 }  // namespace
 
 std::string tools_system_text(ChatTemplateKind kind, std::span<const std::string> tools) {
@@ -142,6 +240,44 @@ size_t tool_free_prefix(ChatTemplateKind kind, std::string_view reply) {
   }
   const size_t b = reply.find_first_not_of(kSpaces);
   return b == std::string_view::npos || reply[b] == '{' ? 0 : reply.size();
+}
+
+std::vector<CallPrefix> call_prefixes(ChatTemplateKind kind, bool list, std::string_view reply) {
+  std::vector<CallPrefix> out;
+  Cursor c{reply};
+  // Reads calls until the text ends or stops being calls; `between` reads what separates two.
+  const auto calls = [&](const auto& between) {
+    while (true) {
+      CallPrefix p;
+      bool named = false;
+      const Scan r = c.call(p, named);
+      if (named) out.push_back(std::move(p));
+      if (r != kDone) return;
+      c.spaces();
+      if (!between()) return;
+      c.spaces();
+    }
+  };
+  if (list) {
+    c.spaces();
+    if (c.literal("[") != kDone) return out;
+    c.spaces();
+    calls([&] { return c.literal(",") == kDone; });
+  } else if (kind == ChatTemplateKind::kChatML) {
+    const size_t first = reply.find(kCallOpen);
+    if (first == std::string_view::npos) return out;
+    c.i = first + kCallOpen.size();
+    c.spaces();
+    calls([&] {
+      if (c.literal(kCallClose) != kDone) return false;
+      c.spaces();
+      return c.literal(kCallOpen) == kDone;
+    });
+  } else {
+    c.spaces();
+    calls([&] { return c.literal(";") == kDone; });
+  }
+  return out;
 }
 
 }  // namespace sparseserve

@@ -45,4 +45,19 @@ ParsedReply parse_tool_calls(ChatTemplateKind kind, std::string_view reply);
 // It never shrinks as the reply grows.
 size_t tool_free_prefix(ChatTemplateKind kind, std::string_view reply);
 
+// Streaming: the calls of an unfinished reply as far as they can go out before it ends (vLLM's
+// parsers stream calls the same way). `list`: the reply is a JSON array of call objects (tool_choice
+// "required"); else the family's format above. A call is listed once its object has given its
+// "name" first and the name's string is whole, with the raw text of its arguments object so far
+// ("arguments" or "parameters", from its '{'; `closed` once its matching '}' came). The scan stops at
+// the first thing it cannot follow: another key first, arguments that are not an object, another key
+// after them, anything but the format's separators between calls. Only parse_tool_calls (the
+// finished reply) says whether the reply holds calls.
+struct CallPrefix {
+  std::string name;
+  std::string arguments;
+  bool closed = false;
+};
+std::vector<CallPrefix> call_prefixes(ChatTemplateKind kind, bool list, std::string_view reply);
+
 }  // namespace sparseserve

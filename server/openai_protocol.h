@@ -176,10 +176,12 @@ class ResponseBuilder {
     std::string error;
     int64_t prompt_tokens = 0;
     int64_t completion_tokens = 0;
-    // Streaming under tool calling: bytes of `text` sent as content, and the kNamed call's id once
-    // its first delta went out.
+    // Streaming under tool calling: bytes of `text` sent as content, the kNamed call's id once its
+    // first delta went out, and (kAuto, kRequired) per call streamed so far the bytes of its
+    // arguments sent.
     size_t content_sent = 0;
     std::string call_id;
+    std::vector<size_t> args_sent;
   };
   // Streaming under tool calling: the chunks for a delta (`out`) of choice `index`.
   void add_tool_chunks(int32_t index, Choice& c, const RequestOutput& out, json logprobs, std::vector<json>& chunks) const;

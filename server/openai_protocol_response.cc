@@ -6,6 +6,7 @@
 #include <limits>
 #include <span>
 
+#include "engine/tool_calls.h"
 #include "engine/utf8.h"
 #include "server/openai_protocol.h"
 #include "server/openai_tools.h"
@@ -227,20 +228,56 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
     c.content_sent = std::max(c.content_sent, upto);
     return d;
   };
+  // Calls stream as they are written (engine/tool_calls.h call_prefixes): a call's first delta, with
+  // its id and name, once its name is whole (kAuto: a function on offer), then its arguments' raw
+  // text as it comes. The finished reply is read as a whole (read_tool_reply), as without streaming.
+  const std::vector<CallPrefix> prefixes =
+      call_prefixes(job_.tools.format, job_.tools.choice == ToolChoice::kRequired, c.text);
+  const auto& offered = job_.tools.offered;
+  json calls = json::array();
+  for (size_t i = 0; i < prefixes.size() && (job_.tools.parallel || i == 0); ++i) {
+    const CallPrefix& p = prefixes[i];
+    if (i == c.args_sent.size()) {
+      if (job_.tools.choice == ToolChoice::kAuto && std::find(offered.begin(), offered.end(), p.name) == offered.end()) {
+        break;
+      }
+      calls.push_back({{"index", i},
+                       {"id", make_response_id("call_")},
+                       {"type", "function"},
+                       {"function", {{"name", p.name}, {"arguments", p.arguments}}}});
+      c.args_sent.push_back(p.arguments.size());
+    } else if (p.arguments.size() > c.args_sent[i]) {
+      calls.push_back({{"index", i}, {"function", {{"arguments", p.arguments.substr(c.args_sent[i])}}}});
+      c.args_sent[i] = p.arguments.size();
+    }
+  }
   if (!c.finished) {  // content that cannot begin a call goes out now, the rest waits for the end
     const size_t safe = job_.tools.choice == ToolChoice::kAuto ? tool_free_prefix(job_.tools.format, c.text) : 0;
     json d = content_delta(safe);
+    if (!calls.empty()) d["tool_calls"] = std::move(calls);
     if (!d.empty() || !logprobs.is_null()) push(std::move(d), nullptr);
     return;
   }
   ParsedReply reply = read_tool_reply(job_.tools, c.text);
-  if (reply.calls.empty()) {
+  if (reply.calls.empty()) {  // not calls after all: the text is content (calls already sent stay sent)
     push(content_delta(c.text.size()), finish_json(c));
     return;
   }
   if (reply.content.size() > c.content_sent) push(content_delta(reply.content.size()), nullptr);
-  for (ChatToolCall& call : reply.calls) call.id = make_response_id("call_");
-  push(json{{"tool_calls", tool_calls_json(reply.calls, /*with_index=*/true)}}, tool_finish(c));
+  // Besides what the last text added to calls begun (above): the arguments of a call begun without
+  // any (given as a string), and the calls not begun, whole.
+  for (size_t i = 0; i < reply.calls.size(); ++i) {
+    ChatToolCall& call = reply.calls[i];
+    if (i >= c.args_sent.size()) {
+      call.id = make_response_id("call_");
+      json whole = tool_calls_json({call}, /*with_index=*/true)[0];
+      whole["index"] = i;
+      calls.push_back(std::move(whole));
+    } else if (c.args_sent[i] == 0) {
+      calls.push_back({{"index", i}, {"function", {{"arguments", call.arguments}}}});
+    }
+  }
+  push(calls.empty() ? json::object() : json{{"tool_calls", std::move(calls)}}, tool_finish(c));
 }
 
 // A reply read as calls ends with "tool_calls" when the model ended it; "length" and "abort" stay.

@@ -156,3 +156,75 @@ TEST(ToolCalls, Llama3RendersToolsCallsAndResults) {
 
 }  // namespace
 }  // namespace sparseserve
+
+namespace sparseserve {
+namespace {
+
+// call_prefixes over every prefix of a finished reply: calls appear in order once their names are
+// whole, each call's arguments only grow (each a prefix of the finished raw text), and the finished
+// reply gives every call closed with exactly its raw arguments object.
+void expect_streams(ChatTemplateKind kind, bool list, std::string_view reply,
+                    const std::vector<std::pair<std::string, std::string>>& calls) {
+  std::vector<CallPrefix> before;
+  for (size_t n = 0; n <= reply.size(); ++n) {
+    SCOPED_TRACE(std::string(reply.substr(0, n)));
+    const std::vector<CallPrefix> now = call_prefixes(kind, list, reply.substr(0, n));
+    ASSERT_GE(now.size(), before.size());
+    ASSERT_LE(now.size(), calls.size());
+    for (size_t i = 0; i < now.size(); ++i) {
+      EXPECT_EQ(now[i].name, calls[i].first);
+      EXPECT_TRUE(calls[i].second.starts_with(now[i].arguments)) << now[i].arguments;
+      EXPECT_EQ(now[i].closed, now[i].arguments == calls[i].second);
+      if (i < before.size()) {
+        EXPECT_TRUE(now[i].arguments.starts_with(before[i].arguments));
+      }
+    }
+    before = now;
+  }
+  ASSERT_EQ(before.size(), calls.size());
+  for (const CallPrefix& p : before) EXPECT_TRUE(p.closed);
+}
+
+TEST(ToolCallStreaming, PrefixesGrowIntoTheFinishedCalls) {
+  expect_streams(ChatTemplateKind::kChatML, false,
+                 "Let me check. <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa}ris\", "
+                 "\"days\": [1, {\"x\": \"\\\"\"}]}}\n</tool_call>\n<tool_call>{\"name\":\"get_time\",\"arguments\":{}}"
+                 "</tool_call>",
+                 {{"get_weather", "{\"city\": \"Pa}ris\", \"days\": [1, {\"x\": \"\\\"\"}]}"}, {"get_time", "{}"}});
+  expect_streams(ChatTemplateKind::kLlama3, false,
+                 " {\"name\": \"f\\u00e9\", \"parameters\": {\"a\": 1}}; {\"name\": \"g\", \"parameters\": {}}",
+                 {{"f\xC3\xA9", "{\"a\": 1}"}, {"g", "{}"}});
+  expect_streams(ChatTemplateKind::kChatML, true,
+                 "[{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}, {\"name\": \"get_time\", "
+                 "\"parameters\": {\"city\": \"Rome\"}}]",
+                 {{"get_weather", "{\"city\": \"Oslo\"}"}, {"get_time", "{\"city\": \"Rome\"}"}});
+}
+
+TEST(ToolCallStreaming, StopsAtWhatItCannotFollow) {
+  const auto names = [](std::string_view reply, bool list = false,
+                        ChatTemplateKind kind = ChatTemplateKind::kChatML) {
+    std::vector<std::string> out;
+    for (const CallPrefix& p : call_prefixes(kind, list, reply)) out.push_back(p.name + (p.closed ? "" : "…"));
+    return out;
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(names("no calls here"), V{});
+  EXPECT_EQ(names("<tool_call>{\"arguments\": {}, \"name\": \"f\"}</tool_call>"), V{}) << "arguments first";
+  EXPECT_EQ(names("<tool_call>{\"name\": \"f\", \"arguments\": \"{}\"}</tool_call>"), V{"f…"}) << "a string";
+  EXPECT_EQ(names("<tool_call>{\"name\": \"\", \"arguments\": {}}"), V{}) << "no name";
+  EXPECT_EQ(names("<tool_call>{\"name\": \"f\", \"arguments\": {}, \"id\": 1}</tool_call><tool_call>"
+                  "{\"name\": \"g\", \"arguments\": {}}"),
+            V{"f"}) << "a key after the arguments: the next call is not followed";
+  EXPECT_EQ(names("<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call> and <tool_call>{\"name\": \"g\""), V{"f"});
+  EXPECT_EQ(names("<tool_call>{\"name\": \"f\", \"argu"), V{"f…"}) << "named before its arguments";
+  EXPECT_EQ(names("<tool_call>{\"name\": \"f"), V{}) << "the name still open";
+  EXPECT_EQ(names("{\"name\": \"f\", \"parameters\": {}} {\"name\": \"g\"", false, ChatTemplateKind::kLlama3), V{"f"});
+  EXPECT_EQ(names("[{\"name\": \"f\", \"parameters\": {}}][", true), V{"f"});
+  EXPECT_EQ(names("{\"name\": \"f\", \"parameters\": {}}", true), V{}) << "a list must open with [";
+  std::string deep = "<tool_call>{\"name\": \"f\", \"arguments\": ";
+  for (int i = 0; i < 300; ++i) deep += "{\"a\": ";
+  EXPECT_EQ(names(deep), V{"f…"});
+}
+
+}  // namespace
+}  // namespace sparseserve

@@ -1,8 +1,9 @@
 """Tool calling through the official `openai` SDK against the real `sparseserve serve` (the default
 SmolLM2 model, ChatML: the Hermes convention): a named function's arguments always validate against its
 parameters schema (checked by `jsonschema`, an independent validator), sampled or greedy, streamed or
-not; "required" gives a list of calls, each following its own tool's schema; earlier calls and their results render into the prompt; the
-tools' errors are 400s naming the field."""
+not; "required" gives a list of calls, each following its own tool's schema, streamed as they are
+written; earlier calls and their results render into the prompt; the tools' errors are 400s naming
+the field."""
 import json
 
 import httpx
@@ -40,7 +41,7 @@ def stream_calls(chunks):
         for c in ch.choices:
             content += c.delta.content or ""
             for tc in c.delta.tool_calls or []:
-                call = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": ""})
+                call = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": "", "pieces": 0})
                 if tc.id:
                     assert call["id"] is None, "a call's id comes once"
                     call["id"] = tc.id
@@ -48,6 +49,7 @@ def stream_calls(chunks):
                     call["name"] = tc.function.name
                 if tc.function and tc.function.arguments:
                     call["arguments"] += tc.function.arguments
+                    call["pieces"] += 1
             finish = c.finish_reason or finish
     return calls, content, finish
 
@@ -93,6 +95,8 @@ def test_required_gives_a_list_of_calls(client, model_name):
     assert finish == "tool_calls"
     assert [(v["name"], json.loads(v["arguments"])) for v in calls.values()] == \
         [("get_weather", json.loads(call.function.arguments))]
+    assert calls[0]["id"].startswith("call_")
+    assert calls[0]["pieces"] > 3, "the arguments stream as they are written"
 
 
 def test_required_with_several_tools_follows_each_tools_schema(client, model_name):
@@ -121,8 +125,8 @@ def test_auto_answers_in_text_or_calls(client, model_name):
     calls, content, finish = stream_calls(client.chat.completions.create(**kwargs, stream=True))
     if c.message.tool_calls:
         assert c.finish_reason == finish == "tool_calls"
-        assert [(t.function.name, t.function.arguments) for t in c.message.tool_calls] == \
-            [(v["name"], v["arguments"]) for v in calls.values()]
+        assert [(t.function.name, json.loads(t.function.arguments)) for t in c.message.tool_calls] == \
+            [(v["name"], json.loads(v["arguments"])) for v in calls.values()]
     else:
         assert c.message.content == content and c.finish_reason == finish and not calls
 

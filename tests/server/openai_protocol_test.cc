@@ -480,21 +480,73 @@ TEST_F(ProtocolTest, RepliesBecomeToolCalls) {
 
 TEST_F(ProtocolTest, ToolCallStreams) {
   const json msgs = json::array({{{"role", "user"}, {"content", "hi"}}});
-  // auto: content streams until a call may begin; the calls come whole at the end.
+  // auto: content streams until a call may begin; a call's first delta (id, name) once its name is
+  // whole, then its arguments as they come; the finished reply ends with "tool_calls".
   GenerationJob job = protocol_->parse_chat({{"messages", msgs}, {"tools", weather_tools()}, {"stream", true}});
   ResponseBuilder b(job, tok(), "chatcmpl-s", "smol", 5);
   auto chunks = b.add(0, delta({1}, "Sure <tool"));
   ASSERT_EQ(chunks.size(), 2u);  // the role, then "Sure" (" <tool" is held back)
   EXPECT_EQ(chunks[1]["choices"][0]["delta"], json({{"content", "Sure"}}));
-  chunks = b.add(0, delta({2}, "_call>{\"name\": \"get_weather\", \"arguments\": {}}"));
-  EXPECT_TRUE(chunks.empty());
-  chunks = b.add(0, delta({3}, "</tool_call>", true, FinishReason::kStop));
+  chunks = b.add(0, delta({2}, "_call>{\"name\": \"get_wea"));
+  EXPECT_TRUE(chunks.empty()) << "the name is not whole yet";
+  chunks = b.add(0, delta({3}, "ther\", \"arguments\": {\"ci"));
+  ASSERT_EQ(chunks.size(), 1u);
+  const json begun = chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+  EXPECT_EQ(begun["index"], 0);
+  EXPECT_EQ(begun["type"], "function");
+  EXPECT_TRUE(begun["id"].get<std::string>().starts_with("call_"));
+  EXPECT_EQ(begun["function"], json({{"name", "get_weather"}, {"arguments", "{\"ci"}}));
+  chunks = b.add(0, delta({4}, "ty\": \"Oslo\"}}\n</tool_call>\n<tool_call>{\"name\": \"get_weather\", \"arguments\": {}}"));
+  ASSERT_EQ(chunks.size(), 1u);
+  const json more = chunks[0]["choices"][0]["delta"]["tool_calls"];
+  ASSERT_EQ(more.size(), 2u);
+  EXPECT_EQ(more[0], json({{"index", 0}, {"function", {{"arguments", "ty\": \"Oslo\"}"}}}}));
+  EXPECT_EQ(more[1]["index"], 1);
+  EXPECT_EQ(more[1]["function"], json({{"name", "get_weather"}, {"arguments", "{}"}}));
+  EXPECT_NE(more[1]["id"], begun["id"]);
+  chunks = b.add(0, delta({5}, "</tool_call>", true, FinishReason::kStop));
   ASSERT_EQ(chunks.size(), 1u);
   const json& last = chunks[0]["choices"][0];
   EXPECT_EQ(last["finish_reason"], "tool_calls");
-  ASSERT_EQ(last["delta"]["tool_calls"].size(), 1u);
-  EXPECT_EQ(last["delta"]["tool_calls"][0]["index"], 0);
-  EXPECT_EQ(last["delta"]["tool_calls"][0]["function"], json({{"name", "get_weather"}, {"arguments", "{}"}}));
+  EXPECT_EQ(last["delta"], json::object()) << "every call went out already";
+  // A call whose arguments are a string holding an object: begun with its name, its arguments (the
+  // object's compact text) at the end; a call to a function not on offer is held, then is content.
+  ResponseBuilder str(job, tok(), "chatcmpl-s", "smol", 5);
+  str.add(0, delta({1}, "<tool_call>{\"name\": \"get_weather\", \"arguments\": \"{\\\"a\\\": 1}\"}"));
+  chunks = str.add(0, delta({2}, "</tool_call>", true, FinishReason::kStop));
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0]["choices"][0]["delta"]["tool_calls"],
+            json::array({{{"index", 0}, {"function", {{"arguments", "{\"a\":1}"}}}}}));
+  ResponseBuilder other(job, tok(), "chatcmpl-s", "smol", 5);
+  chunks = other.add(0, delta({1}, "<tool_call>{\"name\": \"nope\", \"arguments\": {}}"));
+  ASSERT_EQ(chunks.size(), 1u);  // the role alone
+  chunks = other.add(0, delta({2}, "</tool_call>", true, FinishReason::kStop));
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0]["choices"][0]["delta"]["content"], "<tool_call>{\"name\": \"nope\", \"arguments\": {}}</tool_call>");
+  EXPECT_EQ(chunks[0]["choices"][0]["finish_reason"], "stop");
+  // required: the list's calls stream the same way. Then parallel_tool_calls false: the first call alone.
+  GenerationJob list = protocol_->parse_chat({{"messages", msgs},
+                                              {"tools", weather_tools(2)},
+                                              {"tool_choice", "required"},
+                                              {"stream", true}});
+  ResponseBuilder req(list, tok(), "chatcmpl-s", "smol", 5);
+  req.add(0, delta({1}, "[{\"name\": \"get_weather\", \"parameters\": {\"city\""));
+  chunks = req.add(0, delta({2}, ": \"Rome\"}}]", true, FinishReason::kStop));
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0]["choices"][0]["delta"]["tool_calls"],
+            json::array({{{"index", 0}, {"function", {{"arguments", ": \"Rome\"}"}}}}}));
+  EXPECT_EQ(chunks[0]["choices"][0]["finish_reason"], "tool_calls");
+  GenerationJob one = protocol_->parse_chat(
+      {{"messages", msgs}, {"tools", weather_tools()}, {"parallel_tool_calls", false}, {"stream", true}});
+  ResponseBuilder single(one, tok(), "chatcmpl-s", "smol", 5);
+  chunks = single.add(0, delta({1}, "<tool_call>{\"name\": \"get_weather\", \"arguments\": {}}</tool_call>"
+                                    "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"x\": 2}}</tool_call>",
+                               true, FinishReason::kStop));
+  ASSERT_EQ(chunks.size(), 2u);  // the role, then the first call alone
+  const json& only = chunks[1]["choices"][0];
+  ASSERT_EQ(only["delta"]["tool_calls"].size(), 1u);
+  EXPECT_EQ(only["delta"]["tool_calls"][0]["function"], json({{"name", "get_weather"}, {"arguments", "{}"}}));
+  EXPECT_EQ(only["finish_reason"], "tool_calls");
   // auto, held text that was not a call after all goes out at the end.
   ResponseBuilder p(job, tok(), "chatcmpl-s", "smol", 5);
   p.add(0, delta({1}, "a <tool"));
