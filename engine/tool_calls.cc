@@ -165,7 +165,8 @@ struct Cursor {
     i = s.size();
     return kMore;
   }
-  // One call object {"name": ..., "arguments" | "parameters": {...}}; `named` once its name is read.
+  // One call object {"name": ..., "arguments" | "parameters": {...}}; `named` once its name is read
+  // and its arguments object has begun.
   Scan call(CallPrefix& out, bool& named) {
     named = false;
     Scan r = kDone;
@@ -180,13 +181,13 @@ struct Cursor {
     if (key != "name") return kStop;
     if (!next(literal(":")) || !next(string(out.name))) return r;
     if (out.name.empty()) return kStop;
-    named = true;
     if (!next(literal(",")) || !next(string(key))) return r;
     if (key != "arguments" && key != "parameters") return kStop;
     if (!next(literal(":"))) return r;
     std::string_view raw;
     r = object(raw);
     out.arguments = std::string(raw);
+    named = !raw.empty();  // the arguments object has begun
     if (r != kDone) return r;
     out.closed = true;
     spaces();

@@ -48,8 +48,8 @@ size_t tool_free_prefix(ChatTemplateKind kind, std::string_view reply);
 // Streaming: the calls of an unfinished reply as far as they can go out before it ends (vLLM's
 // parsers stream calls the same way). `list`: the reply is a JSON array of call objects (tool_choice
 // "required"); else the family's format above. A call is listed once its object has given its
-// "name" first and the name's string is whole, with the raw text of its arguments object so far
-// ("arguments" or "parameters", from its '{'; `closed` once its matching '}' came). The scan stops at
+// "name" first and its arguments object has begun ("arguments" or "parameters"), with the raw text of
+// that object so far (from its '{'; `closed` once its matching '}' came). The scan stops at
 // the first thing it cannot follow: another key first, arguments that are not an object, another key
 // after them, anything but the format's separators between calls. Only parse_tool_calls (the
 // finished reply) says whether the reply holds calls.

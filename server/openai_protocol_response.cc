@@ -229,8 +229,9 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
     return d;
   };
   // Calls stream as they are written (engine/tool_calls.h call_prefixes): a call's first delta, with
-  // its id and name, once its name is whole (kAuto: a function on offer), then its arguments' raw
-  // text as it comes. The finished reply is read as a whole (read_tool_reply), as without streaming.
+  // its id and name, once its arguments object has begun (kAuto: a function on offer), then the
+  // object's raw text as it comes. The finished reply is read as a whole (read_tool_reply), as
+  // without streaming.
   const std::vector<CallPrefix> prefixes =
       call_prefixes(job_.tools.format, job_.tools.choice == ToolChoice::kRequired, c.text);
   const auto& offered = job_.tools.offered;
@@ -264,8 +265,7 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
     return;
   }
   if (reply.content.size() > c.content_sent) push(content_delta(reply.content.size()), nullptr);
-  // Besides what the last text added to calls begun (above): the arguments of a call begun without
-  // any (given as a string), and the calls not begun, whole.
+  // Besides what the last text added to calls begun (above): the calls not begun, whole.
   for (size_t i = 0; i < reply.calls.size(); ++i) {
     ChatToolCall& call = reply.calls[i];
     if (i >= c.args_sent.size()) {
@@ -273,8 +273,6 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
       json whole = tool_calls_json({call}, /*with_index=*/true)[0];
       whole["index"] = i;
       calls.push_back(std::move(whole));
-    } else if (c.args_sent[i] == 0) {
-      calls.push_back({{"index", i}, {"function", {{"arguments", call.arguments}}}});
     }
   }
   push(calls.empty() ? json::object() : json{{"tool_calls", std::move(calls)}}, tool_finish(c));

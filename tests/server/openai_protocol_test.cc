@@ -487,9 +487,9 @@ TEST_F(ProtocolTest, ToolCallStreams) {
   auto chunks = b.add(0, delta({1}, "Sure <tool"));
   ASSERT_EQ(chunks.size(), 2u);  // the role, then "Sure" (" <tool" is held back)
   EXPECT_EQ(chunks[1]["choices"][0]["delta"], json({{"content", "Sure"}}));
-  chunks = b.add(0, delta({2}, "_call>{\"name\": \"get_wea"));
-  EXPECT_TRUE(chunks.empty()) << "the name is not whole yet";
-  chunks = b.add(0, delta({3}, "ther\", \"arguments\": {\"ci"));
+  chunks = b.add(0, delta({2}, "_call>{\"name\": \"get_weather\", \"argu"));
+  EXPECT_TRUE(chunks.empty()) << "its arguments have not begun";
+  chunks = b.add(0, delta({3}, "ments\": {\"ci"));
   ASSERT_EQ(chunks.size(), 1u);
   const json begun = chunks[0]["choices"][0]["delta"]["tool_calls"][0];
   EXPECT_EQ(begun["index"], 0);
@@ -509,14 +509,17 @@ TEST_F(ProtocolTest, ToolCallStreams) {
   const json& last = chunks[0]["choices"][0];
   EXPECT_EQ(last["finish_reason"], "tool_calls");
   EXPECT_EQ(last["delta"], json::object()) << "every call went out already";
-  // A call whose arguments are a string holding an object: begun with its name, its arguments (the
-  // object's compact text) at the end; a call to a function not on offer is held, then is content.
+  // A call whose arguments are a string holding an object goes out whole at the end (its arguments the
+  // object's compact text); a call to a function not on offer is held, then is content.
   ResponseBuilder str(job, tok(), "chatcmpl-s", "smol", 5);
-  str.add(0, delta({1}, "<tool_call>{\"name\": \"get_weather\", \"arguments\": \"{\\\"a\\\": 1}\"}"));
+  chunks = str.add(0, delta({1}, "<tool_call>{\"name\": \"get_weather\", \"arguments\": \"{\\\"a\\\": 1}\"}"));
+  ASSERT_EQ(chunks.size(), 1u);  // the role alone
   chunks = str.add(0, delta({2}, "</tool_call>", true, FinishReason::kStop));
   ASSERT_EQ(chunks.size(), 1u);
-  EXPECT_EQ(chunks[0]["choices"][0]["delta"]["tool_calls"],
-            json::array({{{"index", 0}, {"function", {{"arguments", "{\"a\":1}"}}}}}));
+  const json whole = chunks[0]["choices"][0]["delta"]["tool_calls"];
+  ASSERT_EQ(whole.size(), 1u);
+  EXPECT_EQ(whole[0]["function"], json({{"name", "get_weather"}, {"arguments", "{\"a\":1}"}}));
+  EXPECT_TRUE(whole[0]["id"].get<std::string>().starts_with("call_"));
   ResponseBuilder other(job, tok(), "chatcmpl-s", "smol", 5);
   chunks = other.add(0, delta({1}, "<tool_call>{\"name\": \"nope\", \"arguments\": {}}"));
   ASSERT_EQ(chunks.size(), 1u);  // the role alone
