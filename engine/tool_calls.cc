@@ -22,8 +22,8 @@ std::string_view trim(std::string_view s) {
   return s.substr(b, s.find_last_not_of(kSpaces) - b + 1);
 }
 
-// A call's JSON: an object with a non-empty string "name" and an object "arguments" (or
-// "parameters"). Arguments given as a string holding an object are taken too. Values nesting deeper
+// A call's JSON: an object with a non-empty string "name" and an object "arguments" or "parameters"
+// (not both). Arguments given as a string holding an object are taken too. Values nesting deeper
 // than kMaxJsonDepth are not calls (copying and writing them recurses per level).
 std::optional<ChatToolCall> read_call(std::string_view text) {
   const json j = parse_json_bounded(trim(text));
@@ -32,7 +32,7 @@ std::optional<ChatToolCall> read_call(std::string_view text) {
   if (name == j.end() || !name->is_string() || name->get_ref<const std::string&>().empty()) return std::nullopt;
   auto args = j.find("arguments");
   if (args == j.end()) args = j.find("parameters");
-  if (args == j.end()) return std::nullopt;
+  if (args == j.end() || (j.contains("arguments") && j.contains("parameters"))) return std::nullopt;
   const json value = args->is_string() ? parse_json_bounded(args->get_ref<const std::string&>()) : *args;
   if (!value.is_object()) return std::nullopt;
   return ChatToolCall{.id = {}, .name = name->get<std::string>(), .arguments = value.dump()};

@@ -32,7 +32,7 @@ struct ParsedReply {
 };
 
 // The calls in a finished reply. A reply whose call blocks do not all hold a JSON object with a
-// string "name" and an object "arguments" (or "parameters"), nesting at most kMaxJsonDepth, is all
+// string "name" and an object "arguments" or "parameters" (not both), nesting at most kMaxJsonDepth, is all
 // content, as vLLM's parsers read it. ChatML: content is the text before the first <tool_call>, trailing whitespace removed;
 // a last block may lack its </tool_call> (max_tokens or a stop string cut it after the JSON).
 // Llama-3: a reply whose first non-space character is '{' is one or more calls separated by ';'.
@@ -51,8 +51,9 @@ size_t tool_free_prefix(ChatTemplateKind kind, std::string_view reply);
 // "name" first and its arguments object has begun ("arguments" or "parameters"), with the raw text of
 // that object so far (from its '{'; `closed` once its matching '}' came). The scan stops at
 // the first thing it cannot follow: another key first, arguments that are not an object, another key
-// after them, anything but the format's separators between calls. Only parse_tool_calls (the
-// finished reply) says whether the reply holds calls.
+// after them, anything but the format's separators between calls. The finished reply is read by
+// parse_tool_calls; a stream in which a call began stays a reply of calls (server/openai_protocol:
+// the calls sent are not taken back).
 struct CallPrefix {
   std::string name;
   std::string arguments;

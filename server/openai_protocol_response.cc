@@ -259,13 +259,18 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
     if (!d.empty() || !logprobs.is_null()) push(std::move(d), nullptr);
     return;
   }
+  // The finished reply, read whole. A stream in which a call began is a reply of calls whatever that
+  // reading says: the calls begun stay what they were sent as, and no more text goes out as content
+  // (what came before the first call went out already).
   ParsedReply reply = read_tool_reply(job_.tools, c.text);
-  if (reply.calls.empty()) {  // not calls after all: the text is content (calls already sent stay sent)
-    push(content_delta(c.text.size()), finish_json(c));
-    return;
+  if (c.args_sent.empty()) {
+    if (reply.calls.empty()) {
+      push(content_delta(c.text.size()), finish_json(c));
+      return;
+    }
+    if (reply.content.size() > c.content_sent) push(content_delta(reply.content.size()), nullptr);
   }
-  if (reply.content.size() > c.content_sent) push(content_delta(reply.content.size()), nullptr);
-  // Besides what the last text added to calls begun (above): the calls not begun, whole.
+  // Besides what the last text added to calls begun (above): the later calls the reading found, whole.
   for (size_t i = 0; i < reply.calls.size(); ++i) {
     ChatToolCall& call = reply.calls[i];
     if (i >= c.args_sent.size()) {

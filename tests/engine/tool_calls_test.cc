@@ -42,7 +42,9 @@ TEST(ToolCalls, HermesEdgeCases) {
                           "<tool_call>{\"name\": \"\", \"arguments\": {}}</tool_call>", "<tool_call>{\"arguments\": {}}</tool_call>",
                           "<tool_call>{\"name\": \"a\"}</tool_call>",  // no arguments: not a call
                           "<tool_call>{\"name\": \"a\", \"arguments\": [1]}</tool_call>",
-                          "<tool_call>{\"name\": 3}</tool_call>", "<tool_call>[]</tool_call>"}) {
+                          "<tool_call>{\"name\": 3}</tool_call>", "<tool_call>[]</tool_call>",
+                          // both keys: which one would be the arguments is not clear
+                          "<tool_call>{\"name\": \"a\", \"parameters\": {}, \"arguments\": {\"b\": 2}}</tool_call>"}) {
     r = parse_tool_calls(kChatML, bad);
     EXPECT_TRUE(r.calls.empty()) << bad;
     EXPECT_EQ(r.content, bad);

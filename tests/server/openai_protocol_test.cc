@@ -12,6 +12,7 @@
 
 #include "common/errors.h"
 #include "engine/json_text.h"
+#include "server/openai_tools.h"
 
 namespace sparseserve::openai {
 namespace {
@@ -527,6 +528,23 @@ TEST_F(ProtocolTest, ToolCallStreams) {
   ASSERT_EQ(chunks.size(), 1u);
   EXPECT_EQ(chunks[0]["choices"][0]["delta"]["content"], "<tool_call>{\"name\": \"nope\", \"arguments\": {}}</tool_call>");
   EXPECT_EQ(chunks[0]["choices"][0]["finish_reason"], "stop");
+  // A call begun commits the stream to calls: text after it that makes the finished reply content
+  // (unstreamed, read_tool_reply) does not go out; a cut inside the arguments ends with "length".
+  ResponseBuilder after(job, tok(), "chatcmpl-s", "smol", 5);
+  after.add(0, delta({1}, "Hi. <tool_call>{\"name\": \"get_weather\", \"arguments\": {\"a\": 1}} trailing"));
+  chunks = after.add(0, delta({2}, "</tool_call>", true, FinishReason::kStop));
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0]["choices"][0]["delta"], json::object());
+  EXPECT_EQ(chunks[0]["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_TRUE(read_tool_reply(job.tools, "<tool_call>{\"name\": \"get_weather\", \"arguments\": {}} x</tool_call>")
+                  .calls.empty());
+  ResponseBuilder cut(job, tok(), "chatcmpl-s", "smol", 5);
+  cut.add(0, delta({1}, "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"a\""));
+  chunks = cut.add(0, delta({2}, ": 1", true, FinishReason::kLength));
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"], ": 1");
+  EXPECT_EQ(chunks[0]["choices"][0]["finish_reason"], "length");
+  EXPECT_FALSE(chunks[0]["choices"][0]["delta"].contains("content"));
   // required: the list's calls stream the same way. Then parallel_tool_calls false: the first call alone.
   GenerationJob list = protocol_->parse_chat({{"messages", msgs},
                                               {"tools", weather_tools(2)},
