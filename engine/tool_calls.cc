@@ -96,6 +96,35 @@ ParsedReply parse_llama3(std::string_view reply) {
   return out;
 }
 
+}  // namespace
+
+size_t ObjectScan::feed(std::string_view more) {
+  for (size_t k = 0; k < more.size(); ++k) {
+    const char c = more[k];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > kMaxJsonDepth) {
+        too_deep = true;
+        return std::string_view::npos;
+      }
+    } else if ((c == '}' || c == ']') && --depth == 0) {
+      return k + 1;
+    }
+  }
+  return std::string_view::npos;
+}
+
+namespace {
+
 // A cursor over an unfinished reply for call_prefixes. Each reader returns kDone (read, the cursor
 // past it), kMore (the text ends first) or kStop (something else is there).
 enum Scan { kDone, kMore, kStop };
@@ -136,30 +165,16 @@ struct Cursor {
     return kMore;
   }
   // An object's raw text from its '{' to the matching '}' (strings skipped); `raw` gets what there is.
-  Scan object(std::string_view& raw) {
+  Scan object(std::string_view& raw, ObjectScan& scan) {
     if (end()) return kMore;
     if (s[i] != '{') return kStop;
-    int depth = 0;
-    bool in_string = false, escaped = false;
-    for (size_t k = i; k < s.size(); ++k) {
-      const char c = s[k];
-      if (in_string) {
-        if (escaped) {
-          escaped = false;
-        } else if (c == '\\') {
-          escaped = true;
-        } else if (c == '"') {
-          in_string = false;
-        }
-      } else if (c == '"') {
-        in_string = true;
-      } else if (c == '{' || c == '[') {
-        if (++depth > kMaxJsonDepth) return kStop;
-      } else if ((c == '}' || c == ']') && --depth == 0) {
-        raw = s.substr(i, k + 1 - i);
-        i = k + 1;
-        return kDone;
-      }
+    scan = ObjectScan{};
+    const size_t n = scan.feed(s.substr(i));
+    if (scan.too_deep) return kStop;
+    if (n != std::string_view::npos) {
+      raw = s.substr(i, n);
+      i += n;
+      return kDone;
     }
     raw = s.substr(i);
     i = s.size();
@@ -185,7 +200,7 @@ struct Cursor {
     if (key != "arguments" && key != "parameters") return kStop;
     if (!next(literal(":"))) return r;
     std::string_view raw;
-    r = object(raw);
+    r = object(raw, out.scan);
     out.arguments = std::string(raw);
     named = !raw.empty();  // the arguments object has begun
     if (r != kDone) return r;

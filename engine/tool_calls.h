@@ -54,10 +54,22 @@ size_t tool_free_prefix(ChatTemplateKind kind, std::string_view reply);
 // after them, anything but the format's separators between calls. The finished reply is read by
 // parse_tool_calls; a stream in which a call began stays a reply of calls (server/openai_protocol:
 // the calls sent are not taken back).
+// Scanning a JSON value's raw text for the end of its outermost object or array: bracket depth and
+// whether inside a string (after a backslash), so that a text arriving in pieces is scanned once.
+struct ObjectScan {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  bool too_deep = false;  // nested past kMaxJsonDepth: not followed further
+  // Scans `more`, the text after what was fed before: the bytes of it up to and including the
+  // closing bracket, npos while still open (or too deep).
+  size_t feed(std::string_view more);
+};
+
 struct CallPrefix {
   std::string name;
   std::string arguments;
   bool closed = false;
+  ObjectScan scan;  // the arguments' scan where the text ends (when not closed)
 };
 std::vector<CallPrefix> call_prefixes(ChatTemplateKind kind, bool list, std::string_view reply);
 

@@ -23,6 +23,7 @@
 #include "engine/model.h"
 #include "engine/model_profiles.h"
 #include "engine/request.h"
+#include "engine/tool_calls.h"
 #include "server/sequence_limits.h"
 
 namespace sparseserve::openai {
@@ -182,6 +183,12 @@ class ResponseBuilder {
     size_t content_sent = 0;
     std::string call_id;
     std::vector<size_t> args_sent;
+    // When the text so far ended inside the arguments of call `open_call` (begun, sent as far as the
+    // text went): the arguments' scan there and the text's length, so that the next delta is scanned
+    // alone while it does not close them. −1: the next delta scans the whole reply.
+    int64_t open_call = -1;
+    ObjectScan open_scan;
+    size_t scanned = 0;
   };
   // Streaming under tool calling: the chunks for a delta (`out`) of choice `index`.
   void add_tool_chunks(int32_t index, Choice& c, const RequestOutput& out, json logprobs, std::vector<json>& chunks) const;

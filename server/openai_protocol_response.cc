@@ -232,6 +232,23 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
   // its id and name, once its arguments object has begun (kAuto: a function on offer), then the
   // object's raw text as it comes. The finished reply is read as a whole (read_tool_reply), as
   // without streaming.
+  if (!c.finished && c.open_call >= 0) {  // inside a call's arguments: the new text alone, unless it closes them
+    const std::string_view more = std::string_view(c.text).substr(c.scanned);
+    ObjectScan scan = c.open_scan;
+    if (scan.feed(more) == std::string_view::npos && !scan.too_deep) {
+      const auto i = static_cast<size_t>(c.open_call);
+      c.open_scan = scan;
+      c.scanned = c.text.size();
+      c.args_sent[i] += more.size();
+      json d = json::object();
+      if (!more.empty()) {
+        d["tool_calls"] = json::array({{{"index", i}, {"function", {{"arguments", std::string(more)}}}}});
+      }
+      if (!d.empty() || !logprobs.is_null()) push(std::move(d), nullptr);
+      return;
+    }
+  }
+  c.open_call = -1;
   const std::vector<CallPrefix> prefixes =
       call_prefixes(job_.tools.format, job_.tools.choice == ToolChoice::kRequired, c.text);
   const auto& offered = job_.tools.offered;
@@ -250,6 +267,11 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
     } else if (p.arguments.size() > c.args_sent[i]) {
       calls.push_back({{"index", i}, {"function", {{"arguments", p.arguments.substr(c.args_sent[i])}}}});
       c.args_sent[i] = p.arguments.size();
+    }
+    if (!p.closed && i + 1 == prefixes.size()) {  // the text ends inside these arguments, all sent
+      c.open_call = static_cast<int64_t>(i);
+      c.open_scan = p.scan;
+      c.scanned = c.text.size();
     }
   }
   if (!c.finished) {  // content that cannot begin a call goes out now, the rest waits for the end

@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <memory>
 
 #include "common/errors.h"
@@ -545,6 +546,25 @@ TEST_F(ProtocolTest, ToolCallStreams) {
   EXPECT_EQ(chunks[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"], ": 1");
   EXPECT_EQ(chunks[0]["choices"][0]["finish_reason"], "length");
   EXPECT_FALSE(chunks[0]["choices"][0]["delta"].contains("content"));
+  // Arguments arriving a few bytes at a time (strings with brackets, quotes and backslashes cut
+  // anywhere; each delta inside them scanned alone): their pieces join to exactly the written text,
+  // and the call after them still begins on time.
+  const std::string args = R"({"path": "a/b}.txt", "text": "x\"}{[\\", "n": [1, {"k": "]"}]})";
+  const std::string reply = "<tool_call>{\"name\": \"get_weather\", \"arguments\": " + args +
+                            "}</tool_call><tool_call>{\"name\": \"get_weather\", \"arguments\": {}}</tool_call>";
+  for (size_t step : {1, 2, 3, 7}) {
+    ResponseBuilder pieces(job, tok(), "chatcmpl-s", "smol", 5);
+    std::map<int, std::string> got;
+    for (size_t at = 0; at < reply.size(); at += step) {
+      const bool last = at + step >= reply.size();
+      for (const json& ch : pieces.add(0, delta({1}, reply.substr(at, step), last, last ? FinishReason::kStop : FinishReason::kNone))) {
+        for (const json& tc : ch["choices"][0]["delta"].value("tool_calls", json::array())) {
+          got[tc["index"].get<int>()] += tc["function"].value("arguments", "");
+        }
+      }
+    }
+    EXPECT_EQ(got, (std::map<int, std::string>{{0, args}, {1, "{}"}})) << "step " << step;
+  }
   // required: the list's calls stream the same way. Then parallel_tool_calls false: the first call alone.
   GenerationJob list = protocol_->parse_chat({{"messages", msgs},
                                               {"tools", weather_tools(2)},
