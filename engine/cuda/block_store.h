@@ -36,9 +36,9 @@ class BlockStore {
   int32_t blocks_per_lane() const { return blocks_per_lane_; }
   // Entries the store spans: every region handed out so far.
   int64_t size() const { return int64_t{regions_} * region_size(); }
+  int64_t region_size() const { return int64_t{lanes_} * blocks_per_lane_; }  // entries a sequence takes
 
  private:
-  int64_t region_size() const { return int64_t{lanes_} * blocks_per_lane_; }
   struct Seq {
     int32_t region = 0;
     int64_t blocks = 0;  // blocks of each slot the store holds

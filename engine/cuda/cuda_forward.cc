@@ -11,6 +11,7 @@
 #include <cstring>
 #include <exception>
 #include <initializer_list>
+#include <limits>
 #include <string>
 #include <unordered_map>
 
@@ -371,6 +372,25 @@ void CudaForward::warm_up(int64_t max_rows, int64_t max_logit_rows) {
   CUDA_CHECK(cudaStreamSynchronize(m.stream));
   spdlog::info("CUDA forward: {} GEMM shapes ready for steps of up to {} tokens and {} logits rows in {:.2f} s", shapes,
                max_rows, max_logit_rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+
+void CudaForward::reserve_sequences(int64_t n) {
+  Impl& m = *impl_;
+  const int64_t entries = std::max<int64_t>(n, 1) * m.block_store.region_size();
+  if (entries > std::numeric_limits<int32_t>::max()) {
+    throw InvalidArgument(fmt::format(
+        "max_num_seqs {}: the block tables of {} sequences of up to {} tokens take {} entries, past the 2^31 a "
+        "step's int32 tables address; lower max_num_seqs or the model's context",
+        n, n, m.model.config.max_context, entries));
+  }
+  if (static_cast<int64_t>(m.store.size()) < entries) {
+    CUDA_CHECK(cudaStreamSynchronize(m.stream));  // nothing reads the old store any more
+    DeviceBuffer<int32_t> grown(static_cast<size_t>(entries));
+    if (m.store.size() > 0) {
+      CUDA_CHECK(cudaMemcpy(grown.data(), m.store.data(), m.store.bytes(), cudaMemcpyDeviceToDevice));
+    }
+    m.store = std::move(grown);
+  }
 }
 
 void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) {

@@ -77,6 +77,11 @@ class CudaForward {
   // launch their kernels one by one.
   const StepGraphStats& graph_stats() const;
 
+  // Allocates the device's copy of the block tables for n sequences bound at once (more still fit:
+  // it grows, between steps). InvalidArgument when n sequences' tables at the model's max_context
+  // would pass int32 offsets.
+  void reserve_sequences(int64_t n);
+
   // Prepares for steps of up to max_rows tokens and max_logit_rows logits rows: sizes the step
   // buffers and runs each GEMM shape such steps use once (the GEMMs run on rows rounded up to a
   // bucket, gemm_rows, so the shapes are few), so that no step pays for a first cuBLASLt plan or

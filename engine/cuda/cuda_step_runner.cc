@@ -53,6 +53,7 @@ class CudaStepRunner final : public StepRunner {
  public:
   CudaStepRunner(const Model& model, kvcache::KvCacheManager& manager, int device, const StepLimits& limits)
       : model_(model), device_(device), forward_(model, manager, stream_.get()) {
+    forward_.reserve_sequences(limits.max_sequences);
     forward_.warm_up(limits.max_tokens, limits.max_sequences);
   }
 

@@ -124,7 +124,7 @@ TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
 
 // Sequences leave and join between decode steps (from CUDA graphs): a newcomer takes a leaver's
 // region of the device's block store (its stale pages past the newcomer's blocks), and more
-// sequences than the store held grow it (a new buffer, the old regions copied, every graph's store
+// sequences than it was reserved for grow it (a new buffer, the old regions copied, every graph's store
 // address changed). Every step's logits still match the CPU's.
 TEST(CudaForwardTest, SequencesLeavingAndJoiningReadTheirOwnPages) {
   SKIP_WITHOUT_GPU();
@@ -138,6 +138,8 @@ TEST(CudaForwardTest, SequencesLeavingAndJoiningReadTheirOwnPages) {
   const kvcache::SparsityProfile dense =
       kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
   CudaForward gpu(model, manager);
+  EXPECT_THROW(gpu.reserve_sequences(int64_t{1} << 40), InvalidArgument) << "past int32 offsets";
+  gpu.reserve_sequences(3);  // room for 3: the 9 below still grow it
   CpuForward cpu(model);
   DenseKvBackend reference(c);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
