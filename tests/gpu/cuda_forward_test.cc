@@ -16,6 +16,7 @@
 #include <map>
 #include <random>
 
+#include "common/errors.h"
 #include "engine/cpu_forward.h"
 #include "engine/dense_kv.h"
 #include "kernels/cpu/ggml_types.h"
