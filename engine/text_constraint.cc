@@ -18,24 +18,15 @@ void StopsNow::restore(std::span<float> logits) const {
   for (const auto& [id, l] : kept_) logits[static_cast<size_t>(id)] = l;
 }
 
-const std::vector<uint64_t>* MaskCache::find(const std::string& key) {
-  const auto it = index_.find(key);
-  if (it == index_.end()) {
-    ++misses_;
-    return nullptr;
-  }
-  ++hits_;
-  entries_.splice(entries_.begin(), entries_, it->second);
-  return &it->second->second;
-}
-
-const std::vector<uint64_t>& MaskCache::insert(std::string key, std::vector<uint64_t> accepted) {
+MaskCache::Verdicts& MaskCache::lookup(std::string key, int32_t ids) {
   if (const auto it = index_.find(key); it != index_.end()) {
+    ++hits_;
     entries_.splice(entries_.begin(), entries_, it->second);
-    it->second->second = std::move(accepted);
     return it->second->second;
   }
-  entries_.emplace_front(std::move(key), std::move(accepted));
+  ++misses_;
+  const size_t words = (static_cast<size_t>(std::max(ids, 0)) + 63) / 64;
+  entries_.emplace_front(std::move(key), Verdicts{std::vector<uint64_t>(words, 0), std::vector<uint64_t>(words, 0)});
   index_.emplace(entries_.front().first, entries_.begin());
   while (entries_.size() > std::max<size_t>(capacity_, 1)) {
     index_.erase(entries_.back().first);
@@ -51,17 +42,19 @@ void constrain_text(const TextLanguage& text, const VocabularyBytes& vocab, std:
   if (!stops_now.allowed() && !text.extendable()) return;  // a whole text held open: nothing to steer
   std::string key = cache != nullptr ? text.state_key() : std::string();
   if (!key.empty()) {
-    const std::vector<uint64_t>* accepted = cache->find(key);
-    if (accepted == nullptr) {
-      std::vector<uint64_t> bits((static_cast<size_t>(vocab.size()) + 63) / 64, 0);
-      for (int32_t id = 0; id < vocab.size(); ++id) {
-        const std::string_view bytes = vocab.text(id);
-        if (!bytes.empty() && text.accepts(bytes)) bits[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
-      }
-      accepted = &cache->insert(std::move(key), std::move(bits));
-    }
+    MaskCache::Verdicts& v = cache->lookup(std::move(key), vocab.size());
+    check(v.known.size() * 64 >= static_cast<size_t>(vocab.size()), "constrain_text: a cache made for another vocabulary");
     for (int32_t id = 0; id < vocab.size(); ++id) {
-      if (((*accepted)[static_cast<size_t>(id) / 64] >> (id % 64) & 1) == 0) logits[static_cast<size_t>(id)] = -INFINITY;
+      float& l = logits[static_cast<size_t>(id)];
+      if (l == -INFINITY) continue;
+      const size_t w = static_cast<size_t>(id) / 64;
+      const uint64_t bit = uint64_t{1} << (id % 64);
+      if ((v.known[w] & bit) == 0) {
+        v.known[w] |= bit;
+        const std::string_view bytes = vocab.text(id);
+        if (!bytes.empty() && text.accepts(bytes)) v.accepted[w] |= bit;
+      }
+      if ((v.accepted[w] & bit) == 0) l = -INFINITY;
     }
     stops_now.restore(logits);
     return;

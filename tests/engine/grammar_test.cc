@@ -336,18 +336,35 @@ ws ::= " "?
 
 TEST(MaskCacheTest, KeepsTheMostRecentlyUsedStates) {
   MaskCache cache(2);
-  cache.insert("a", {1});
-  cache.insert("b", {2});
-  ASSERT_NE(cache.find("a"), nullptr);  // a is now the most recent
-  cache.insert("c", {3});               // drops b
-  EXPECT_EQ(cache.find("b"), nullptr);
-  ASSERT_NE(cache.find("a"), nullptr);
-  EXPECT_EQ(*cache.find("c"), std::vector<uint64_t>{3});
-  cache.insert("c", {4});  // replaced, not added
-  EXPECT_EQ(*cache.find("c"), std::vector<uint64_t>{4});
-  EXPECT_NE(cache.find("a"), nullptr);
-  EXPECT_EQ(cache.hits(), 5);
-  EXPECT_EQ(cache.misses(), 1);
+  cache.lookup("a", 100).accepted[1] = 7;
+  cache.lookup("b", 100);
+  EXPECT_EQ(cache.lookup("a", 100).accepted[1], 7u) << "a is now the most recent";
+  cache.lookup("c", 100);  // drops b
+  EXPECT_EQ(cache.misses(), 3);
+  EXPECT_EQ(cache.lookup("a", 100).accepted[1], 7u);
+  cache.lookup("b", 100);  // made again, empty; drops c
+  EXPECT_EQ(cache.lookup("b", 100).known, std::vector<uint64_t>(2, 0));
+  EXPECT_EQ(cache.hits(), 3);
+  EXPECT_EQ(cache.misses(), 4);
+}
+
+// Verdicts are made only for ids asked about: an id at −∞ in one step and finite in a later one in
+// the same state is judged then (the mask still equals the id-by-id one).
+TEST_F(GrammarMaskTest, VerdictsAreMadeAsIdsAreAskedAbout) {
+  const VocabularyBytes vocab(model_->tokenizer, static_cast<int32_t>(model_->config.vocab_size));
+  const auto g = std::make_shared<const Grammar>(Grammar::parse(R"G(root ::= "[" [0-9]+ ("," [0-9]+)* "]")G"));
+  GrammarText t(g);
+  ASSERT_TRUE(t.push("[1"));
+  MaskCache cache;
+  std::vector<float> half(static_cast<size_t>(vocab.size()), 0.0f);
+  for (size_t id = 0; id < half.size(); id += 2) half[id] = -INFINITY;  // odd ids only
+  constrain_text(t, vocab, {}, false, half, &cache);
+  std::vector<float> all(static_cast<size_t>(vocab.size()), 0.0f), plain = all;
+  constrain_text(t, vocab, {}, false, all, &cache);  // the same state: even ids judged now
+  constrain_text(t, vocab, {}, false, plain);
+  EXPECT_EQ(all, plain);
+  EXPECT_EQ(cache.hits(), 1);
+  for (size_t id = 1; id < half.size(); id += 2) ASSERT_EQ(half[id], plain[id]) << id;
 }
 
 }  // namespace
