@@ -290,9 +290,11 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
       throw bad_request(e.what(), "bad_words");
     }
   }
-  for (const char* key : {"use_beam_search", "return_tokens_as_token_ids"}) {
-    if (f.boolean(key).value_or(false)) throw bad_request(std::string(key) + " is not supported", key);
-  }
+  if (f.boolean("use_beam_search").value_or(false)) throw bad_request("use_beam_search is not supported", "use_beam_search");
+  // vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:ID" (bytes of that name), so
+  // that tokens whose text is not their identity (pieces of a character, ids sharing a text) can be
+  // mapped back exactly.
+  job.tokens_as_ids = f.boolean("return_tokens_as_token_ids").value_or(false);
   if (auto v = f.number("length_penalty", -1e9, 1e9); v && *v != 1.0) {
     throw bad_request("length_penalty is not supported (it applies to beam search)", "length_penalty");
   }

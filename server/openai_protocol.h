@@ -88,6 +88,7 @@ struct GenerationJob {
   bool include_usage = false;  // stream_options.include_usage
   bool continuous_usage = false;  // vLLM's stream_options.continuous_usage_stats (with include_usage)
   bool want_logprobs = false;  // params.logprobs ≥ 0
+  bool tokens_as_ids = false;  // vLLM's return_tokens_as_token_ids: logprobs' tokens as "token_id:ID"
   // Completions' echo: each choice's text (and logprobs, with the prompt's) starts with its prompt,
   // prompt_texts[i] for prompt i (the string sent, or the ids decoded).
   bool echo = false;

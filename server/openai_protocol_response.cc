@@ -67,7 +67,11 @@ json ResponseBuilder::chunk_base() const {
 }
 
 json ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const {
-  const auto bytes_of_id = [&](int32_t id) { return tok_.decode(std::span(&id, 1), /*skip_special=*/false); };
+  const auto bytes_of_id = [&](int32_t id) {
+    // return_tokens_as_token_ids: the name is "token_id:ID", and its bytes are the name's (vLLM's).
+    if (job_.tokens_as_ids) return "token_id:" + std::to_string(id);
+    return tok_.decode(std::span(&id, 1), /*skip_special=*/false);
+  };
   const auto name_of = [&](int32_t id) { return token_name(bytes_of_id(id)); };
   if (job_.endpoint == Endpoint::kChat) {
     // One entry: the token's name, logprob and bytes (one decode for both).

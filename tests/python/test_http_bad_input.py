@@ -138,7 +138,7 @@ CASES = [
     ("structured-outputs-two", C, c(structured_outputs={"choice": ["a"], "json_object": True}), 400,
      "structured_outputs.json_object"),
     ("structured-outputs-list", C, c(structured_outputs=["a"]), 400, "structured_outputs"),
-    ("return-tokens-as-token-ids", C, c(return_tokens_as_token_ids=True), 400, "return_tokens_as_token_ids"),
+    ("return-tokens-as-token-ids-not-a-bool", C, c(return_tokens_as_token_ids="yes"), 400, "return_tokens_as_token_ids"),
     ("logits-processors", C, c(logits_processors=["x"]), 400, "logits_processors"),
     # one token named twice: the biases added up past 100
     ("logit-bias-one-token-twice", C, c(logit_bias={"4528": 100, "04528": 100}), 400, "logit_bias"),

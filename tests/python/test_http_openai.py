@@ -179,6 +179,30 @@ def test_chat_logprobs(client, model_name):
     assert plain.choices[0].logprobs is None
 
 
+def test_logprobs_name_tokens_by_id_on_request(http, model_name):
+    # vLLM's return_tokens_as_token_ids: every token of logprobs is "token_id:ID" (chat: bytes of that
+    # name); the ids are the ones the plain request names by text (the same greedy tokens), and
+    # /detokenize turns them back into the text.
+    body = {"model": model_name, "prompt": "中文：我爱北京", "max_tokens": 6, "temperature": 0, "logprobs": 2}
+    plain = http.post("/v1/completions", json=body).json()["choices"][0]
+    by_id = http.post("/v1/completions", json={**body, "return_tokens_as_token_ids": True}).json()["choices"][0]
+    assert by_id["text"] == plain["text"]
+    lp = by_id["logprobs"]
+    assert all(t.startswith("token_id:") for t in lp["tokens"])
+    ids = [int(t[len("token_id:"):]) for t in lp["tokens"]]
+    assert http.post("/detokenize", json={"tokens": ids}).json()["prompt"] == by_id["text"]
+    assert lp["token_logprobs"] == plain["logprobs"]["token_logprobs"]
+    assert lp["text_offset"] == plain["logprobs"]["text_offset"]
+    for top, tok in zip(lp["top_logprobs"], lp["tokens"]):
+        assert tok in top and all(k.startswith("token_id:") for k in top)
+    chat = http.post("/v1/chat/completions", json={
+        "model": model_name, "messages": QUESTION, "max_tokens": 4, "temperature": 0, "logprobs": True,
+        "top_logprobs": 2, "return_tokens_as_token_ids": True}).json()["choices"][0]
+    for entry in chat["logprobs"]["content"]:
+        assert entry["token"].startswith("token_id:") and bytes(entry["bytes"]) == entry["token"].encode()
+        assert all(t["token"].startswith("token_id:") for t in entry["top_logprobs"])
+
+
 @pytest.mark.parametrize("include", [False, True])
 @pytest.mark.parametrize("stream", [False, True])
 def test_stop_string_not_leaked(client, model_name, stream, include):
