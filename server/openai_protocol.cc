@@ -295,6 +295,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   // that tokens whose text is not their identity (pieces of a character, ids sharing a text) can be
   // mapped back exactly.
   job.tokens_as_ids = f.boolean("return_tokens_as_token_ids").value_or(false);
+  job.return_token_ids = f.boolean("return_token_ids").value_or(false);
   if (auto v = f.number("length_penalty", -1e9, 1e9); v && *v != 1.0) {
     throw bad_request("length_penalty is not supported (it applies to beam search)", "length_penalty");
   }

@@ -89,6 +89,9 @@ struct GenerationJob {
   bool continuous_usage = false;  // vLLM's stream_options.continuous_usage_stats (with include_usage)
   bool want_logprobs = false;  // params.logprobs ≥ 0
   bool tokens_as_ids = false;  // vLLM's return_tokens_as_token_ids: logprobs' tokens as "token_id:ID"
+  // vLLM's return_token_ids: the prompt's ids and each choice's generated ids (a stop token
+  // included) beside the text; streamed, each chunk's new ids.
+  bool return_token_ids = false;
   // Completions' echo: each choice's text (and logprobs, with the prompt's) starts with its prompt,
   // prompt_texts[i] for prompt i (the string sent, or the ids decoded).
   bool echo = false;
@@ -170,6 +173,8 @@ class ResponseBuilder {
     std::vector<size_t> text_offsets;  // per logprob: characters of `text` before its token
     size_t token_chars = 0;            // characters the tokens so far begin (the next text_offset)
     bool role_sent = false;
+    std::vector<int32_t> token_ids;  // generated so far, a stop token included
+    bool prompt_ids_sent = false;    // streamed completions: the first chunk carried the prompt's ids
     bool echoed = false;  // echo: the prompt went out with the first delta
     bool finished = false;
     FinishReason finish = FinishReason::kNone;

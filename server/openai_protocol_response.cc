@@ -152,6 +152,7 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
     c.token_chars += characters_begun(tok_.decode(std::span(&lp.token, 1), skip));
   }
   c.text += out.text;
+  c.token_ids.insert(c.token_ids.end(), delta.token_ids.begin(), delta.token_ids.end());
   c.logprobs.insert(c.logprobs.end(), out.logprobs.begin(), out.logprobs.end());
   c.prompt_logprobs.insert(c.prompt_logprobs.end(), delta.prompt_logprobs.begin(), delta.prompt_logprobs.end());
   c.text_offsets.insert(c.text_offsets.end(), offsets.begin(), offsets.end());
@@ -173,19 +174,37 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
     json first = chunk_base();
     first["choices"].push_back(
         {{"index", choice}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
+    if (job_.return_token_ids) first["prompt_token_ids"] = job_.prompts.front();
     chunks.push_back(std::move(first));
   }
   if (out.finished && out.finish_reason == FinishReason::kError) {
     chunks.push_back(ApiError(500, "internal_error", "generation failed: " + out.error, "", "internal_error").to_json());
     return chunks;
   }
+  const bool new_ids = job_.return_token_ids && !delta.token_ids.empty();
   if (tool_calling()) {
     json lp = job_.want_logprobs && !out.logprobs.empty() ? logprobs_json(out.logprobs, offsets) : json(nullptr);
+    const size_t before = chunks.size();
     add_tool_chunks(choice, c, out, std::move(lp), chunks);
+    if (new_ids) {  // the delta's ids ride on its first chunk, or on one of their own
+      if (chunks.size() == before) {
+        json chunk = chunk_base();
+        chunk["choices"].push_back({{"index", choice}, {"delta", json::object()}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
+        chunks.push_back(std::move(chunk));
+      }
+      chunks[before]["choices"][0]["token_ids"] = delta.token_ids;
+    }
     return chunks;
   }
-  if (out.text.empty() && out.logprobs.empty() && !out.finished) return chunks;
+  if (out.text.empty() && out.logprobs.empty() && !out.finished && !new_ids) return chunks;
   json ch = {{"index", choice}};
+  if (job_.return_token_ids) {
+    ch["token_ids"] = delta.token_ids;
+    if (!chat && !c.prompt_ids_sent) {
+      c.prompt_ids_sent = true;
+      ch["prompt_token_ids"] = job_.prompts.at(static_cast<size_t>(choice / job_.n));
+    }
+  }
   if (chat) {
     ch["delta"] = out.text.empty() ? json::object() : json{{"content", out.text}};
   } else {
@@ -401,6 +420,10 @@ json ResponseBuilder::response() const {
     ch["finish_reason"] = std::move(finish);
     ch["stop_reason"] = stop_reason_json(c);
     if (job_.want_prompt_logprobs && !chat) ch["prompt_logprobs"] = prompt_logprobs_json(c);
+    if (job_.return_token_ids) {
+      ch["token_ids"] = c.token_ids;
+      if (!chat) ch["prompt_token_ids"] = job_.prompts.at(i / static_cast<size_t>(job_.n));
+    }
     choices.push_back(std::move(ch));
   }
   json out = {{"id", id_},
@@ -410,6 +433,7 @@ json ResponseBuilder::response() const {
               {"choices", std::move(choices)},
               {"usage", usage()}};
   if (job_.want_prompt_logprobs && chat) out["prompt_logprobs"] = prompt_logprobs_json(choices_.front());
+  if (job_.return_token_ids && chat) out["prompt_token_ids"] = job_.prompts.front();
   return out;
 }
 

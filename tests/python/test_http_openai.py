@@ -203,6 +203,38 @@ def test_logprobs_name_tokens_by_id_on_request(http, model_name):
         assert all(t["token"].startswith("token_id:") for t in entry["top_logprobs"])
 
 
+def sse_chunks(http, path, body):
+    """The data chunks of a streamed response, parsed."""
+    with http.stream("POST", path, json={**body, "stream": True}) as s:
+        return [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+
+
+def test_return_token_ids_as_vllm(http, model_name):
+    # vLLM's return_token_ids: completions give each choice its prompt's ids and its generated ids
+    # (a stop token included), chat the prompt's ids on the response and each choice's ids;
+    # streamed, the first chunk carries the prompt's ids and each chunk its new ids, which join to
+    # the unstreamed list. Off by default.
+    body = {"model": model_name, "prompt": PROMPT, "max_tokens": 12, "temperature": 0, "return_token_ids": True}
+    c = http.post("/v1/completions", json=body).json()["choices"][0]
+    assert c["prompt_token_ids"] == http.post("/tokenize", json={"prompt": PROMPT}).json()["tokens"]
+    assert http.post("/detokenize", json={"tokens": c["token_ids"]}).json()["prompt"].startswith(c["text"])
+    chunks = [ch["choices"][0] for ch in sse_chunks(http, "/v1/completions", body)]
+    assert chunks[0]["prompt_token_ids"] == c["prompt_token_ids"]
+    assert all("prompt_token_ids" not in ch for ch in chunks[1:])
+    assert [t for ch in chunks for t in ch["token_ids"]] == c["token_ids"]
+    plain = http.post("/v1/completions", json={**body, "return_token_ids": False}).json()["choices"][0]
+    assert "token_ids" not in plain and "prompt_token_ids" not in plain
+
+    chat = {"model": model_name, "messages": QUESTION, "max_tokens": 12, "temperature": 0, "return_token_ids": True}
+    r = http.post("/v1/chat/completions", json=chat).json()
+    assert r["prompt_token_ids"] == http.post("/tokenize", json={"messages": QUESTION}).json()["tokens"]
+    ids = r["choices"][0]["token_ids"]
+    assert http.post("/detokenize", json={"tokens": ids}).json()["prompt"].startswith(r["choices"][0]["message"]["content"])
+    streamed = sse_chunks(http, "/v1/chat/completions", chat)
+    assert streamed[0]["prompt_token_ids"] == r["prompt_token_ids"]
+    assert [t for ch in streamed if ch["choices"] for t in ch["choices"][0].get("token_ids", [])] == ids
+
+
 @pytest.mark.parametrize("include", [False, True])
 @pytest.mark.parametrize("stream", [False, True])
 def test_stop_string_not_leaked(client, model_name, stream, include):

@@ -99,6 +99,23 @@ def test_required_gives_a_list_of_calls(client, model_name):
     assert calls[0]["pieces"] > 3, "the arguments stream as they are written"
 
 
+def test_streamed_calls_carry_their_token_ids(server, model_name):
+    # return_token_ids under tool calling: every delta's ids go out (on the chunk of its call
+    # deltas, or on one of their own while text is held back) and join to the unstreamed list.
+    body = {"model": model_name, "messages": ASK, "tools": TOOLS[:1], "tool_choice": "required",
+            "parallel_tool_calls": False, "temperature": 0, "max_tokens": 120, "return_token_ids": True}
+    whole = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=60).json()
+    ids = whole["choices"][0]["token_ids"]
+    assert whole["choices"][0]["finish_reason"] == "tool_calls" and ids
+    streamed = []
+    with httpx.stream("POST", server.base_url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                for ch in json.loads(line[6:])["choices"]:
+                    streamed += ch.get("token_ids", [])
+    assert streamed == ids
+
+
 def test_required_with_several_tools_follows_each_tools_schema(client, model_name):
     # Sampled lists of calls: each call names an offered tool and its arguments validate against
     # that tool's parameters (the output's schema is an anyOf of the tools' call objects).
