@@ -8,15 +8,14 @@
 
 namespace sparseserve::kernels::cpu {
 
-BlockMask xattention_block_mask(const float* q, int64_t q_row_stride, int32_t group, int64_t q0, int64_t T,
-                                const float* keys, int64_t D, int32_t block_tokens, int32_t stride, float threshold) {
+BlockMass xattention_block_mass(const float* q, int64_t q_row_stride, int32_t group, int64_t q0, int64_t T,
+                                const float* keys, int64_t D, int32_t block_tokens, int32_t stride) {
   const int64_t B = block_tokens, S = stride, L = q0 + T;
-  BlockMask m;
+  BlockMass m;
   m.block_tokens = B;
   m.first_qblock = q0 / B;
   m.n_qblocks = (L - 1) / B - m.first_qblock + 1;
   m.n_kblocks = (L + B - 1) / B;
-  m.allowed.assign(static_cast<size_t>(m.n_qblocks * m.n_kblocks), 0);
   const double inv_sqrt_d = 1.0 / std::sqrt(static_cast<double>(D));
 
   // Row groups a cover positions [aS, aS+S); key groups c likewise; only positions that exist count.
@@ -61,18 +60,27 @@ BlockMask xattention_block_mask(const float* q, int64_t q_row_stride, int32_t gr
       }
     }
   }
-  std::vector<double> mass(static_cast<size_t>(m.n_qblocks * m.n_kblocks), 0.0);
+  m.mass.assign(static_cast<size_t>(m.n_qblocks * m.n_kblocks), 0.0);
   for (int64_t a = a_first; a <= a_last; ++a) {
     const double* from = group_mass.data() + (a - a_first) * m.n_kblocks;
-    double* to = mass.data() + group_qblock(a) * m.n_kblocks;
+    double* to = m.mass.data() + group_qblock(a) * m.n_kblocks;
     for (int64_t kb = 0; kb < m.n_kblocks; ++kb) to[kb] += from[kb];
   }
+  return m;
+}
 
+BlockMask select_blocks(const BlockMass& mass, float threshold) {
+  BlockMask m;
+  m.block_tokens = mass.block_tokens;
+  m.first_qblock = mass.first_qblock;
+  m.n_qblocks = mass.n_qblocks;
+  m.n_kblocks = mass.n_kblocks;
+  m.allowed.assign(static_cast<size_t>(m.n_qblocks * m.n_kblocks), 0);
   std::vector<int64_t> order;
   for (int64_t qi = 0; qi < m.n_qblocks; ++qi) {
     const int64_t qb = m.first_qblock + qi;
     uint8_t* row = m.allowed.data() + qi * m.n_kblocks;
-    const double* mrow = mass.data() + qi * m.n_kblocks;
+    const double* mrow = mass.mass.data() + qi * m.n_kblocks;
     double total = 0.0;
     for (int64_t kb = 0; kb <= qb; ++kb) total += mrow[kb];
     row[0] = 1;
@@ -88,6 +96,11 @@ BlockMask xattention_block_mask(const float* q, int64_t q_row_stride, int32_t gr
     }
   }
   return m;
+}
+
+BlockMask xattention_block_mask(const float* q, int64_t q_row_stride, int32_t group, int64_t q0, int64_t T,
+                                const float* keys, int64_t D, int32_t block_tokens, int32_t stride, float threshold) {
+  return select_blocks(xattention_block_mass(q, q_row_stride, group, q0, T, keys, D, block_tokens, stride), threshold);
 }
 
 }  // namespace sparseserve::kernels::cpu
