@@ -40,6 +40,10 @@ void constrain_text(const TextLanguage& text, const VocabularyBytes& vocab, std:
   check(static_cast<int64_t>(logits.size()) == vocab.size(), "constrain_text: logits and vocabulary sizes differ");
   const StopsNow stops_now(text.complete(), may_stop, stops, logits);
   if (!stops_now.allowed() && !text.extendable()) return;  // a whole text held open: nothing to steer
+  const auto accepted = [&](int32_t id) {
+    const std::string_view bytes = vocab.text(id);
+    return !bytes.empty() && text.accepts(bytes);
+  };
   std::string key = cache != nullptr ? text.state_key() : std::string();
   if (!key.empty()) {
     MaskCache::Verdicts& v = cache->lookup(std::move(key), vocab.size());
@@ -51,8 +55,7 @@ void constrain_text(const TextLanguage& text, const VocabularyBytes& vocab, std:
       const uint64_t bit = uint64_t{1} << (id % 64);
       if ((v.known[w] & bit) == 0) {
         v.known[w] |= bit;
-        const std::string_view bytes = vocab.text(id);
-        if (!bytes.empty() && text.accepts(bytes)) v.accepted[w] |= bit;
+        if (accepted(id)) v.accepted[w] |= bit;
       }
       if ((v.accepted[w] & bit) == 0) l = -INFINITY;
     }
@@ -61,9 +64,7 @@ void constrain_text(const TextLanguage& text, const VocabularyBytes& vocab, std:
   }
   for (int32_t id = 0; id < vocab.size(); ++id) {
     float& l = logits[static_cast<size_t>(id)];
-    if (l == -INFINITY) continue;
-    const std::string_view bytes = vocab.text(id);
-    if (bytes.empty() || !text.accepts(bytes)) l = -INFINITY;
+    if (l != -INFINITY && !accepted(id)) l = -INFINITY;
   }
   stops_now.restore(logits);
 }

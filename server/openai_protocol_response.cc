@@ -275,6 +275,11 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
   const std::vector<CallPrefix> prefixes =
       call_prefixes(job_.tools.format, job_.tools.choice == ToolChoice::kRequired, c.text);
   const auto& offered = job_.tools.offered;
+  const auto call_json = [](size_t i, const ChatToolCall& call) {  // a call's first delta, at index i
+    json j = tool_calls_json({call}, /*with_index=*/true)[0];
+    j["index"] = i;
+    return j;
+  };
   json calls = json::array();
   for (size_t i = 0; i < prefixes.size() && (job_.tools.parallel || i == 0); ++i) {
     const CallPrefix& p = prefixes[i];
@@ -282,10 +287,7 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
       if (job_.tools.choice == ToolChoice::kAuto && std::find(offered.begin(), offered.end(), p.name) == offered.end()) {
         break;
       }
-      calls.push_back({{"index", i},
-                       {"id", make_response_id("call_")},
-                       {"type", "function"},
-                       {"function", {{"name", p.name}, {"arguments", p.arguments}}}});
+      calls.push_back(call_json(i, ChatToolCall{.id = make_response_id("call_"), .name = p.name, .arguments = p.arguments}));
       c.args_sent.push_back(p.arguments.size());
     } else if (p.arguments.size() > c.args_sent[i]) {
       calls.push_back({{"index", i}, {"function", {{"arguments", p.arguments.substr(c.args_sent[i])}}}});
@@ -320,9 +322,7 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
     ChatToolCall& call = reply.calls[i];
     if (i >= c.args_sent.size()) {
       call.id = make_response_id("call_");
-      json whole = tool_calls_json({call}, /*with_index=*/true)[0];
-      whole["index"] = i;
-      calls.push_back(std::move(whole));
+      calls.push_back(call_json(i, call));
     }
   }
   push(calls.empty() ? json::object() : json{{"tool_calls", std::move(calls)}}, tool_finish(c));

@@ -274,6 +274,8 @@ struct CudaForward::Impl {
   // Appends the batch's new blocks to the device store (grown, its contents kept, when a sequence
   // takes a new region) on `stream`.
   void sync_store(std::span<const ForwardSeq> batch);
+  // Replaces the store by one of `entries` (more than it holds) with its contents; synchronises.
+  void grow_store(int64_t entries);
   // The step's device work on `stream`, from the embedding gather to the drawn tokens: launches
   // only (no allocation, upload or sync), reading nothing that changes between steps but `s` and the
   // device tables it points to. marks: record the trace's per-layer attention events.
@@ -383,14 +385,7 @@ void CudaForward::reserve_sequences(int64_t n) {
         "step's int32 tables address; lower max_num_seqs or the model's context",
         n, n, m.model.config.max_context, entries));
   }
-  if (static_cast<int64_t>(m.store.size()) < entries) {
-    CUDA_CHECK(cudaStreamSynchronize(m.stream));  // nothing reads the old store any more
-    DeviceBuffer<int32_t> grown(static_cast<size_t>(entries));
-    if (m.store.size() > 0) {
-      CUDA_CHECK(cudaMemcpy(grown.data(), m.store.data(), m.store.bytes(), cudaMemcpyDeviceToDevice));
-    }
-    m.store = std::move(grown);
-  }
+  if (static_cast<int64_t>(m.store.size()) < entries) m.grow_store(entries);
 }
 
 void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) {
@@ -645,16 +640,20 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   for (const ForwardSeq& s : batch) seq(s.id).end_step(s);
 }
 
+void CudaForward::Impl::grow_store(int64_t entries) {
+  DeviceBuffer<int32_t> grown(static_cast<size_t>(entries));
+  if (store.size() > 0) {
+    CUDA_CHECK(cudaMemcpyAsync(grown.data(), store.data(), store.bytes(), cudaMemcpyDeviceToDevice, stream));
+  }
+  CUDA_CHECK(cudaStreamSynchronize(stream));  // the copy has read the old store before it is freed
+  store = std::move(grown);
+}
+
 void CudaForward::Impl::sync_store(std::span<const ForwardSeq> batch) {
   std::vector<int32_t> pairs;
   for (const ForwardSeq& s : batch) block_store.sync(s.id, manager.sequence(s.id), pairs);
   if (static_cast<int64_t>(store.size()) < block_store.size()) {
-    DeviceBuffer<int32_t> grown(static_cast<size_t>(std::max<int64_t>(block_store.size(), 2 * int64_t(store.size()))));
-    if (store.size() > 0) {
-      CUDA_CHECK(cudaMemcpyAsync(grown.data(), store.data(), store.bytes(), cudaMemcpyDeviceToDevice, stream));
-    }
-    CUDA_CHECK(cudaStreamSynchronize(stream));  // the copy has read the old store before it is freed
-    store = std::move(grown);
+    grow_store(std::max<int64_t>(block_store.size(), 2 * static_cast<int64_t>(store.size())));
   }
   if (pairs.empty()) return;
   sized(store_pairs, static_cast<int64_t>(pairs.size()));
