@@ -25,6 +25,7 @@
 #include "engine/sequence_attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cuda/activation.h"
+#include "kernels/cuda/block_sparse.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/gemm.h"
@@ -120,6 +121,7 @@ struct SelectRun {
 // What one layer launches, beyond the launches every layer makes.
 struct LayerLaunch {
   const cuda::PrefillAttention* prefill = nullptr;  // planned for this step; nullptr: no prefill rows
+  const cuda::XAttentionSelect* masks = nullptr;    // planned for this step; nullptr: no dynamic rows
   const cuda::DecodeAttention* decode = nullptr;    // planned for this step; nullptr: no decode rows
   ListOffsets prefill_keys, decode_keys;
   bool streaming_before = false, streaming_after = false;  // streaming lanes append before / after
@@ -148,6 +150,8 @@ struct DeviceStep {
   int32_t* picked = nullptr;
   float* scores = nullptr;
   uint32_t* row_ready = nullptr;
+  float* mask_workspace = nullptr;   // XAttention's, shared by the layers
+  uint8_t* block_allowed = nullptr;  // the layer's dynamic block masks (rewritten per layer)
   std::vector<LayerLaunch> layers;
 
   // shape: what fixes a graph's topology (which launches are made); key: every value (shape
@@ -215,6 +219,7 @@ struct CudaForward::Impl {
   cuda::Gemm gemm;
   std::vector<std::unique_ptr<cuda::PrefillAttention>> prefill;  // one plan per layer
   std::vector<std::unique_ptr<cuda::DecodeAttention>> decoders;  // one plan per layer, made as needed
+  std::vector<std::unique_ptr<cuda::XAttentionSelect>> masks;    // one plan per layer, made as needed
   std::unordered_map<uint64_t, SequenceAttention> seqs;  // the bound sequences
   // Their retrieval block tables on the device (kernels/cpu/page_lists.h): where each lives and
   // what is there (host), the store itself, the pairs of a step's appends; the step's lists.
@@ -239,6 +244,8 @@ struct CudaForward::Impl {
   DeviceBuffer<int64_t> q_offsets;
   DeviceBuffer<float> scores;
   DeviceBuffer<uint32_t> row_ready;
+  DeviceBuffer<float> mask_workspace;
+  DeviceBuffer<uint8_t> block_allowed;
   // Decode steps (no prefill rows) run from CUDA graphs unless SPARSESERVE_CUDA_GRAPHS=0 (A/B
   // measurements). The decode attention then launches capacity-sized grids (DecodeConfig::cuda_graph).
   bool use_graphs = [] {
@@ -330,6 +337,7 @@ CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& mana
   pc.page_tokens = P;
   for (int64_t l = 0; l < c.n_layers; ++l) m.prefill.push_back(std::make_unique<cuda::PrefillAttention>(pc));
   m.decoders.resize(static_cast<size_t>(c.n_layers));
+  m.masks.resize(static_cast<size_t>(c.n_layers));
   CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
@@ -395,7 +403,6 @@ void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& prof
   check(!m.seqs.contains(id), "CudaForward: sequence already bound");
   check(profile.roles.n_layers() == c.n_layers && profile.roles.n_kv_heads() == c.n_kv_heads,
         "CudaForward: profile head roles do not match the model");
-  check(!profile.prefill.dynamic, "CudaForward: dynamic prefill sparsity is not run on the GPU");
   const kvcache::SequenceKv& kv = m.manager.sequence(id);
   check(kv.retrieval_slots() == profile.roles.slots(kvcache::HeadRole::kRetrieval) &&
             kv.streaming_slots() == profile.roles.slots(kvcache::HeadRole::kStreaming),
@@ -450,7 +457,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   build_step_tables(c, manager, block_store, seqs, batch, draws, rows, out_rows, decode_with_prefill, tab);
   stats.context_tokens += tab.context_tokens;
   stats.selected_tokens += tab.selected_tokens;
-  const std::vector<LayerPlan>& plans = tab.plans;
+  std::vector<LayerPlan>& plans = tab.plans;
   // ---- Device buffers sized, tables uploaded, attention planned (all before the device work, which
   // then allocates and uploads nothing: it may be captured in a CUDA graph) ----
   const double tables_ms =
@@ -486,10 +493,29 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     }
   }
   bool any_prefill = false;
+  int64_t mask_floats = 0, mask_bytes = 0;  // the most any layer's dynamic masks take
   step.layers.resize(static_cast<size_t>(L));
   for (int64_t l = 0; l < L; ++l) {
-    const LayerPlan& lp = plans[static_cast<size_t>(l)];
+    LayerPlan& lp = plans[static_cast<size_t>(l)];
     LayerLaunch& ll = step.layers[static_cast<size_t>(l)];
+    if (!lp.mass_rows.empty()) {  // dynamic block masks first: their geometry goes into the prefill rows
+      auto& x = masks[static_cast<size_t>(l)];
+      if (!x) {
+        x = std::make_unique<cuda::XAttentionSelect>(cuda::XAttentionConfig{
+            static_cast<int32_t>(D), static_cast<int32_t>(c.n_heads / KV), P});
+      }
+      x->plan(lp.mass_rows, stream);
+      for (size_t i = 0; i < lp.mass_rows.size(); ++i) {
+        const cuda::BlockMaskGeometry& g = x->geometry()[i];
+        cuda::PrefillRow& pr = lp.prefill_rows[static_cast<size_t>(lp.mass_rows[i].list_row)];
+        pr.block_offset = g.offset;
+        pr.first_qblock = g.first_qblock;
+        pr.n_kblocks = g.n_kblocks;
+      }
+      mask_floats = std::max(mask_floats, x->workspace_floats());
+      mask_bytes = std::max(mask_bytes, x->mask_bytes());
+      ll.masks = x.get();
+    }
     if (!lp.prefill_rows.empty()) {
       prefill[static_cast<size_t>(l)]->plan(lp.prefill_rows, stream);
       ll.prefill = prefill[static_cast<size_t>(l)].get();
@@ -565,6 +591,14 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   step.picked = picked.data();
   step.scores = scores.data();
   step.row_ready = row_ready.data();
+  if (mask_floats > 0) {
+    if (static_cast<int64_t>(mask_workspace.size()) < mask_floats) {
+      spdlog::info("CUDA forward: dynamic prefill sparsity's workspace grows to {:.1f} MiB",
+                   static_cast<double>(mask_floats) * 4 / (1 << 20));
+    }
+    step.mask_workspace = sized(mask_workspace, mask_floats);
+    step.block_allowed = sized(block_allowed, mask_bytes);
+  }
   const double host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0).count();
 
   // ---- Device work: from a CUDA graph for decode steps (StepGraphs), else launched here ----
@@ -746,6 +780,17 @@ void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {
       cuda::page_select(ps, stream);
     }
     mark(static_cast<size_t>(1 + 2 * l));
+    if (ll.masks != nullptr) {  // the dynamic rows' block masks, from this layer's queries and keys
+      cuda::XAttentionArgs xa;
+      xa.q = s.qkv;
+      xa.q_stride = qkv_w;
+      xa.kv = pool;
+      xa.pages = on_device(ll.prefill_keys);
+      xa.scale = scale;
+      xa.workspace = s.mask_workspace;
+      xa.allowed = s.block_allowed;
+      ll.masks->run(xa, stream);
+    }
     if (ll.prefill != nullptr) {
       cuda::PrefillArgs pa;
       pa.q = s.qkv;
@@ -757,6 +802,7 @@ void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {
       pa.kv_new_stride = qkv_w;
       pa.kv = pool;
       pa.pages = on_device(ll.prefill_keys);
+      pa.block_allowed = s.block_allowed;
       pa.scale = scale;
       ll.prefill->run(pa, stream);
     }

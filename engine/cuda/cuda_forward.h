@@ -9,7 +9,8 @@
 //      the K/V of one-token rows;
 //   2. decode page selection (page_select.h) for the retrieval rows whose selection is due;
 //   3. the attention of every (sequence, KV head) row: chunks of more than one token in one paged
-//      prefill launch, one-token rows (decode steps) in one split-KV decode launch. Retrieval rows are
+//      prefill launch (retrieval chunks under dynamic prefill sparsity over the block masks that
+//      XAttentionSelect estimates just before, kernels/cuda/block_sparse.h), one-token rows (decode steps) in one split-KV decode launch. Retrieval rows are
 //      causal over their blocks (a decode row with selection over the selected blocks: the fresh
 //      selection, or the previous one plus every block since); streaming rows take the Λ band over
 //      sink and ring pages, plus the chunk's own K/V for a longer chunk;
@@ -17,7 +18,7 @@
 //      ring (a one-token row writes its key before, step 1: the slot it takes is outside the window).
 // A step is planned on the host (engine/cuda/step_tables.h: every table in one upload, the attention
 // plans), then run: decode steps from CUDA graphs (engine/cuda/step_graphs.h), other steps kernel by
-// kernel. Dynamic prefill sparsity (XAttention) is not run on this path (cuda_step_runner refuses it).
+// kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -50,8 +51,7 @@ class CudaForward {
   CudaForward& operator=(const CudaForward&) = delete;
 
   // Binds a sequence the manager holds with profile's layout (PagedKvBackend::add_sequence); the
-  // profile must outlive it. InternalError for an unknown or bound id, roles of another shape, or
-  // dynamic prefill sparsity.
+  // profile must outlive it. InternalError for an unknown or bound id, or roles of another shape.
   void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile);
   void release(uint64_t id);  // forgets the sequence here (the caller releases its pages)
 

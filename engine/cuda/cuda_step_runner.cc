@@ -98,9 +98,6 @@ std::string cuda_unsupported_model(const ModelConfig& c, const kvcache::KvCacheC
 }
 
 std::string cuda_unsupported_profile(const ModelConfig& c, const kvcache::SparsityProfile& p) {
-  if (p.prefill.dynamic) {
-    return "it uses dynamic prefill sparsity, which the CUDA backend does not run yet (backend: cpu runs every profile)";
-  }
   if (p.decode.enabled && c.n_kv_heads > 0 && c.n_heads / c.n_kv_heads > kernels::cuda::kPageSelectMaxGroup) {
     return fmt::format("it uses decode page selection, which the GPU runs for at most {} query heads per KV head "
                        "(this model has {})",

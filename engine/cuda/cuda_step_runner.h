@@ -1,6 +1,5 @@
 // The GPU backend of the engine's step seam (engine/step_runner.h): CudaForward on one device, bf16
-// pages with K's min/max per sub-page. It runs every profile but those with dynamic prefill sparsity
-// (XAttention has no GPU kernel yet): requests for those are refused with the reason.
+// pages with K's min/max per sub-page. It runs every profile of the models it takes.
 #pragma once
 
 #include <string>
@@ -17,8 +16,8 @@ StepBackend cuda_step_backend(int device = 0);
 // Why the CUDA backend does not run the model with these page sizes (empty when it does): head_dim
 // 64 or 128, pages of 16-128 tokens, GQA groups of 1-16 (the decode kernel's).
 std::string cuda_unsupported_model(const ModelConfig& config, const kvcache::KvCacheConfig& kv);
-// Why the CUDA backend does not run `profile` for the model (empty when it does): dynamic prefill
-// sparsity (decode page selection needs groups of at most 16, as every model the backend runs has).
+// Why the CUDA backend does not run `profile` for the model (empty when it does): decode page
+// selection needs groups of at most kPageSelectMaxGroup.
 std::string cuda_unsupported_profile(const ModelConfig& config, const kvcache::SparsityProfile& profile);
 
 // Device memory the buffers of steps up to `limits` may take besides weights and KV cache: the

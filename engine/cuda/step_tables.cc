@@ -130,6 +130,21 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
               keys.add_blocks(table, 0, nb, end);
               if (decode) lp.selected_tokens += end;
             }
+            // A prompt chunk under dynamic prefill sparsity (the CPU's rule, engine/paged_kv.cc):
+            // its block mask is estimated on the device from the chunk's queries and these keys.
+            const kvcache::PrefillSparsity& pf = st.profile().prefill;
+            if (n > 1 && pf.dynamic && s.prompt_len >= pf.min_prompt_tokens) {
+              pr.mask = cuda::MaskKind::kBlocks;
+              pr.block_tokens = pf.block_tokens;
+              lp.mass_rows.push_back({.q_row0 = pr.q_row0,
+                                      .n_tokens = pr.n_tokens,
+                                      .q_pos0 = pr.q_pos0,
+                                      .kv_head = hi,
+                                      .list_row = static_cast<int32_t>(lp.prefill_rows.size()),
+                                      .block_tokens = pf.block_tokens,
+                                      .stride = pf.stride,
+                                      .threshold = pf.threshold});
+            }
           } else {
             const kvcache::StreamingGeometry& g = *kv.streaming_geometry();
             const auto& pages = kv.streaming_pages(slot);

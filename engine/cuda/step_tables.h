@@ -20,6 +20,7 @@
 #include "engine/step_runner.h"
 #include "engine/cuda/block_store.h"
 #include "kernels/cpu/page_lists.h"
+#include "kernels/cuda/block_sparse.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/prefill_attention.h"
 #include "kvcache/kv_cache_manager.h"
@@ -135,6 +136,10 @@ struct KeyLists {
 struct LayerPlan {
   std::vector<kernels::cuda::PrefillRow> prefill_rows;
   KeyLists prefill_keys;
+  // Dynamic prefill sparsity (XAttention, kernels/cuda/block_sparse.h): one row per retrieval chunk
+  // whose block mask the device estimates; its list_row is its row in prefill_rows (kBlocks, the mask
+  // geometry filled in once the estimate is planned) and in prefill_keys (every block of the lane).
+  std::vector<kernels::cuda::BlockMassRow> mass_rows;
   std::vector<kernels::cuda::DecodeRow> decode_rows;
   std::vector<int32_t> decode_entries;  // each decode row's entry count (its plan's hint)
   KeyLists decode_keys;
@@ -158,7 +163,7 @@ struct LayerPlan {
   int64_t context_tokens = 0, selected_tokens = 0;
   int32_t max_blocks = 1;
   void reset() {  // every field as constructed, keeping the vectors' capacity (StepTables::reset)
-    prefill_rows.clear(), decode_rows.clear(), decode_entries.clear(), fresh_rows.clear(), fresh_entries.clear();
+    prefill_rows.clear(), mass_rows.clear(), decode_rows.clear(), decode_entries.clear(), fresh_rows.clear(), fresh_entries.clear();
     prefill_keys.reset(), decode_keys.reset();
     fresh_from = 0;
     streaming_before = streaming_after = false;

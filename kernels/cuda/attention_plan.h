@@ -65,13 +65,14 @@ struct PrefillRow {
   int32_t new_kv = 0;
   // kBlocks: rows of allowed bytes [n_qblocks][n_kblocks] at PrefillArgs::block_allowed +
   // block_offset, query block b (= position / block_tokens) at row b − first_qblock
-  // (kernels/cpu/block_sparse.h BlockMask). A query's block row must exist: run() checks that
+  // (kernels/cpu/block_sparse.h BlockMask). A query's block row must exist: plan() checks that
   // first_qblock ≤ q_pos0 / block_tokens; the rows up to the last query's block are the caller's.
   int64_t block_offset = 0;
   int32_t first_qblock = 0;
   int32_t n_kblocks = 0;
+  int32_t block_tokens = 0;  // kBlocks: the mask's block size (tokens), > 0
 };
-static_assert(sizeof(PrefillRow) == 48);
+static_assert(sizeof(PrefillRow) == 56);
 
 // A CTA's work: row `row`, packed query rows m0 .. m0 + kPrefillTileRows − 1 of it (packed row m = token m / group,
 // head m % group of the group: the group's heads share every K/V tile).

@@ -295,7 +295,6 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
   check(rows.size() < INT32_MAX, "PrefillAttention::plan: too many rows", loc);
   Planned next;
   next.rows = static_cast<int32_t>(rows.size());
-  next.max_block_tokens = INT32_MAX;
   for (const PrefillRow& r : rows) {
     check(r.q_row0 >= 0 && r.n_tokens >= 0 && r.q_pos0 >= 0 && r.kv_head >= 0,
           "PrefillAttention::plan: negative row field", loc);
@@ -305,20 +304,19 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
           "PrefillAttention::plan: unknown mask kind", loc);
     check(r.mask != MaskKind::kBand || (r.sink >= 0 && r.local >= 0),
           "PrefillAttention::plan: band sink/local must be ≥ 0", loc);
-    check(r.mask != MaskKind::kBlocks || (r.n_kblocks > 0 && r.block_offset >= 0 && r.first_qblock >= 0),
-          "PrefillAttention::plan: block mask rows need n_kblocks > 0, block_offset ≥ 0 and first_qblock ≥ 0", loc);
+    check(r.mask != MaskKind::kBlocks ||
+              (r.n_kblocks > 0 && r.block_offset >= 0 && r.first_qblock >= 0 && r.block_tokens > 0),
+          "PrefillAttention::plan: block mask rows need n_kblocks > 0, block_offset ≥ 0, first_qblock ≥ 0 and "
+          "block_tokens > 0",
+          loc);
+    check(r.mask != MaskKind::kBlocks || r.first_qblock <= r.q_pos0 / r.block_tokens,
+          "PrefillAttention::plan: a block mask row's first query lies before its first_qblock", loc);
     if (r.new_kv != 0) {
       next.new_kv = true;
       next.new_rows = std::max<int64_t>(next.new_rows, int64_t{r.q_row0} + r.n_tokens);
       next.new_kv_heads = std::max(next.new_kv_heads, r.kv_head + 1);
     }
-    if (r.mask == MaskKind::kBlocks) {
-      next.blocks = true;
-      // The first query's block q_pos0 / B must be ≥ first_qblock: B ≤ q_pos0 / first_qblock.
-      if (r.first_qblock > 0) {
-        next.max_block_tokens = std::min<int64_t>(next.max_block_tokens, r.q_pos0 / r.first_qblock);
-      }
-    }
+    next.blocks = next.blocks || r.mask == MaskKind::kBlocks;
   }
   std::vector<PrefillWorkItem> work = plan_prefill_tiles(rows, config_.group);
 
@@ -360,10 +358,8 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
         "PrefillAttention::run: rows with new_kv need aligned k_new / v_new and a stride multiple of 8", loc);
   check(!planned_.new_kv || args.kv_new_stride >= int64_t{planned_.new_kv_heads} * D,
         "PrefillAttention::run: kv_new_stride is shorter than the planned rows' KV heads", loc);
-  check(!planned_.blocks || (args.block_allowed != nullptr && args.block_tokens > 0),
-        "PrefillAttention::run: kBlocks rows need block_allowed and block_tokens > 0", loc);
-  check(!planned_.blocks || args.block_tokens <= planned_.max_block_tokens,
-        "PrefillAttention::run: block_tokens puts a kBlocks row's first query before its first_qblock", loc);
+  check(!planned_.blocks || args.block_allowed != nullptr, "PrefillAttention::run: kBlocks rows need block_allowed",
+        loc);
 
   const int grid = static_cast<int>(work_.size());
   if (grid == 0) return;
@@ -383,7 +379,6 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   p.page_pos0 = args.pages.page_pos0;
   p.page_len = args.pages.page_len;
   p.block_allowed = args.block_allowed;
-  p.block_tokens = args.block_tokens;
   p.counts = blob;
   p.work = reinterpret_cast<const PrefillWorkItem*>(blob + 4);
   p.rows = reinterpret_cast<const PrefillRow*>(blob + rows_off);

@@ -37,7 +37,6 @@ struct PrefillArgs {
   PagedKvPool kv;
   KeyPageList pages;  // one row per PrefillRow of the plan, same order
   const uint8_t* block_allowed = nullptr;  // kBlocks rows (device), see PrefillRow
-  int32_t block_tokens = 0;                // kBlocks block size (tokens)
   float scale = 0.0f;                      // softmax scale (usually 1/√D)
 };
 
@@ -94,9 +93,8 @@ class PrefillAttention {
   struct Planned {
     int32_t rows = -1;
     bool new_kv = false, blocks = false;
-    int64_t new_rows = 0;          // rows of k_new / v_new the plan reads
-    int32_t new_kv_heads = 0;      // 1 + the largest kv_head of a new_kv row
-    int64_t max_block_tokens = 0;  // kBlocks: the largest block_tokens that gives every query a block row
+    int64_t new_rows = 0;      // rows of k_new / v_new the plan reads
+    int32_t new_kv_heads = 0;  // 1 + the largest kv_head of a new_kv row
   } planned_;
 };
 

@@ -36,7 +36,6 @@ struct PrefillParams {
   const int32_t* page_pos0;
   const int32_t* page_len;
   const uint8_t* block_allowed;
-  int32_t block_tokens;
   const int32_t* counts;  // {work items}
   const PrefillWorkItem* work;
   const PrefillRow* rows;
@@ -231,7 +230,7 @@ __device__ __forceinline__ TileScan make_tile_scan(const PrefillParams& p, const
                          row.new_kv ? p.k_new + new_off : nullptr,
                          row.new_kv ? p.v_new + new_off : nullptr,
                          p.new_stride};
-  const attn::MaskParams mp{static_cast<int32_t>(row.mask), row.sink, row.local, max(p.block_tokens, 1),
+  const attn::MaskParams mp{static_cast<int32_t>(row.mask), row.sink, row.local, max(row.block_tokens, 1),
                             row.n_kblocks};
   const uint8_t* blocks = row.mask == MaskKind::kBlocks ? p.block_allowed + row.block_offset : nullptr;
   return TileScan{rk,

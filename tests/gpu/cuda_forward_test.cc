@@ -2,8 +2,10 @@
 // reference) on a random Llama-shaped model: a varlen batch over several steps (chunked prefill of
 // unequal sequences, then decode steps), pages handed out interleaved across sequences so no
 // sequence's pages are contiguous. Each step's logits agree within bf16 rounding and pick the same
-// token where the CPU's top two are apart. Decode steps replayed from CUDA graphs equal the same
-// steps launched kernel by kernel, bit for bit, under dense, streaming and selecting profiles.
+// token where the CPU's top two are apart. Dynamic prefill sparsity (XAttention block masks
+// estimated on the device) against the CPU's paged backend under the same profile. Decode steps
+// replayed from CUDA graphs equal the same steps launched kernel by kernel, bit for bit, under dense,
+// streaming and selecting profiles.
 #include "engine/cuda/cuda_forward.h"
 
 #include <gtest/gtest.h>
@@ -19,6 +21,7 @@
 #include "common/errors.h"
 #include "engine/cpu_forward.h"
 #include "engine/dense_kv.h"
+#include "engine/paged_kv.h"
 #include "kernels/cpu/ggml_types.h"
 #include "ops_test_util.h"
 #include "random_model.h"
@@ -195,6 +198,71 @@ TEST(CudaForwardTest, SequencesLeavingAndJoiningReadTheirOwnPages) {
               tally.compared, static_cast<double>(tally.worst), static_cast<long long>(gpu.graph_stats().replays),
               static_cast<long long>(gpu.graph_stats().updates),
               static_cast<long long>(gpu.graph_stats().instantiations));
+}
+
+// Dynamic prefill sparsity: the GPU estimates each retrieval chunk's block mask (XAttentionSelect)
+// where the CPU's paged backend runs the twin. At a threshold of 1e-30 a query block keeps key block 0
+// and its own only (no mass decides anything, so both masks are equal whatever the rounding), at 1.0
+// every block whose mass counts; chunks start and end off the block grid, streaming heads beside.
+TEST(CudaForwardTest, DynamicPrefillMatchesTheCpuPagedBackend) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  RandomModel rm({2, 256, 8, 2, 64, 512, 600, RopeLayout::kHalf, false}, rng);
+  const Model& model = *rm.model;
+  const ModelConfig& c = model.config;
+  const auto L = static_cast<int32_t>(c.n_layers), KV = static_cast<int32_t>(c.n_kv_heads);
+  const kvcache::KvCacheConfig geometry{.page_tokens = 16, .logical_page_tokens = 16};
+  for (const float threshold : {1e-30f, 1.0f}) {
+    SCOPED_TRACE("threshold " + std::to_string(threshold));
+    kvcache::SparsityProfile sparse = kvcache::SparsityProfile::dense(L, KV);
+    sparse.name = "xattn";
+    sparse.prefill = {.dynamic = true, .block_tokens = 16, .stride = 4, .threshold = threshold, .min_prompt_tokens = 40};
+    kvcache::SparsityProfile mixed = selecting_profile(L, KV);  // streaming heads and decode selection too
+    mixed.decode.enabled = false;
+    mixed.prefill = {.dynamic = true, .block_tokens = 32, .stride = 8, .threshold = threshold, .min_prompt_tokens = 40};
+    const kvcache::SparsityProfile* profiles[] = {&sparse, &mixed, &sparse};
+    kvcache::KvCacheManager gpu_pages(geometry, 2048), cpu_pages(geometry, 2048);
+    CudaForward gpu(model, gpu_pages);
+    CpuForward cpu(model);
+    PagedKvBackend reference(c, cpu_pages);
+    // Prompts of 150, 97 and 30 tokens (the last under min_prompt_tokens: dense), in chunks of up to
+    // 37, then decode steps.
+    const std::vector<int64_t> prompt = {150, 97, 30};
+    std::vector<std::vector<int32_t>> tokens(prompt.size());
+    std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
+    for (uint64_t i = 0; i < prompt.size(); ++i) {
+      for (kvcache::KvCacheManager* m : {&gpu_pages, &cpu_pages}) {
+        m->add_sequence(i, kvcache::SequenceLayout::from_roles(profiles[i]->roles, profiles[i]->streaming));
+      }
+      gpu.add_sequence(i, *profiles[i]);
+      reference.add_sequence(i, *profiles[i]);
+      for (int64_t t = 0; t < prompt[i]; ++t) tokens[i].push_back(tok(rng));
+    }
+    std::vector<int64_t> done(prompt.size(), 0);
+    LogitsTally tally;
+    for (int step = 0; step < 8; ++step) {
+      std::vector<ForwardSeq> batch;
+      for (uint64_t i = 0; i < prompt.size(); ++i) {
+        const bool prefill = done[i] < prompt[i];
+        const int64_t n = prefill ? std::min<int64_t>(37, prompt[i] - done[i]) : 1;
+        if (!prefill && done[i] == static_cast<int64_t>(tokens[i].size())) tokens[i].push_back(tok(rng));
+        for (kvcache::KvCacheManager* m : {&gpu_pages, &cpu_pages}) m->allocate(i, done[i] + n);
+        batch.push_back(ForwardSeq{i, done[i], std::span(tokens[i]).subspan(static_cast<size_t>(done[i]), static_cast<size_t>(n)),
+                                   /*all_logits=*/true, prompt[i]});
+      }
+      std::vector<float> want, got;
+      cpu.forward(batch, reference, want);
+      gpu.forward(batch, got);
+      SCOPED_TRACE("step " + std::to_string(step));
+      tally.compare(got, want, c.vocab_size);
+      for (const ForwardSeq& s : batch) done[s.id] += static_cast<int64_t>(s.tokens.size());
+    }
+    EXPECT_GT(tally.top1_checked, tally.compared / 3);
+    std::printf("threshold %g: %d rows, worst error %.4f of the largest logit, %d top-1 checks\n",
+                static_cast<double>(threshold), tally.compared, static_cast<double>(tally.worst), tally.top1_checked);
+  }
 }
 
 TEST(CudaForwardTest, DecodeStepsFromCudaGraphsEqualStepsLaunchedKernelByKernel) {

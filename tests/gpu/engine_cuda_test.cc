@@ -67,12 +67,22 @@ kvcache::SparsityProfile sparse_profile(const ModelConfig& c, const std::string&
   return p;
 }
 
-// A profile the CUDA backend does not run: dynamic prefill sparsity.
+// Dynamic prefill sparsity (XAttention block masks) on every head, from prompts of 32 tokens.
 kvcache::SparsityProfile dynamic_profile(const ModelConfig& c) {
   kvcache::SparsityProfile p = kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
   p.name = "xattn";
-  p.prefill.dynamic = true;
+  p.prefill = {.dynamic = true, .block_tokens = 16, .stride = 4, .threshold = 0.9f, .min_prompt_tokens = 32};
   return p;
+}
+
+// The CUDA backend refusing one more profile, by name: the engine's refusal paths (per request, and
+// the default profile at start) with a real device behind them.
+StepBackend refusing_backend(const std::string& name) {
+  StepBackend b = cuda_step_backend();
+  b.unsupported = [name](const Model& model, const kvcache::SparsityProfile& p) {
+    return p.name == name ? "it is refused by this test" : cuda_unsupported_profile(model.config, p);
+  };
+  return b;
 }
 
 // The model's profiles for these tests: dense, `stream`, `select`, `select2` (another budget, sink and
@@ -224,7 +234,10 @@ void run_and_check(Engine& engine, const Model& model, std::mt19937_64& rng, con
   for (size_t i = 0; i < done.size(); ++i) {
     const Finished& f = done[i];
     const std::string profile = jobs[i].profile.empty() ? "dense" : jobs[i].profile;
-    const bool selects = engine.profiles().get(profile).decode.enabled;
+    // Decode page selection and dynamic prefill masks choose blocks by estimates: a near tie the
+    // rounding flips moves the logprobs further than bf16 alone.
+    const bool selects =
+        engine.profiles().get(profile).decode.enabled || engine.profiles().get(profile).prefill.dynamic;
     SCOPED_TRACE("request " + std::to_string(i) + ", prompt " + std::to_string(f.prompt.size()) + ", profile " + profile);
     EXPECT_EQ(f.reason, FinishReason::kLength);
     EXPECT_EQ(static_cast<int64_t>(f.generated.size()), max_tokens);
@@ -323,6 +336,20 @@ TEST(CudaEngineTest, SmallModelSparseProfilesMatchTheCpuPagedAttention) {
   EXPECT_GT(engine.metrics().selected_tokens.load(), 0);
 }
 
+// Dynamic prefill sparsity: XAttention block masks estimated on the device for prompts from 32
+// tokens (shorter ones dense), chunks cut on the 16-token blocks by the scheduler, beside dense
+// requests in the same steps.
+TEST(CudaEngineTest, SmallModelDynamicPrefillMatchesTheCpuPagedAttention) {
+  SKIP_WITHOUT_GPU();
+  Fixture fx;
+  SCOPED_TRACE(seed_trace(fx.seed));
+  Engine engine(fx.model(), test_profiles(fx.model().config, {dynamic_profile(fx.model().config)}),
+                engine_config(4, 40), cuda_step_backend());
+  run_and_check(engine, fx.model(), fx.rng, {{20, "xattn"}, {45, "xattn"}, {130, "xattn"}, {70, ""}, {210, "xattn"}},
+                16);
+  wait_for_pages_back(engine);
+}
+
 TEST(CudaEngineTest, PreemptedAndCancelledRequestsStayRightAndReturnTheirPages) {
   SKIP_WITHOUT_GPU();
   Fixture fx;
@@ -400,13 +427,13 @@ TEST(CudaEngineTest, ProfilesItDoesNotRunAreRefusedPerRequest) {
   EngineConfig config;
   config.kv_cache_bytes = size_t{16} << 20;
   Engine engine(*rm.model, test_profiles(rm.model->config, {dynamic_profile(rm.model->config)}), config,
-                cuda_step_backend());
+                refusing_backend("xattn"));
   Request r = greedy_request("sparse", {1, 2, 3}, 4, "xattn");
   try {
     engine.submit(r);
-    FAIL() << "a request for a dynamic-prefill profile was queued on the CUDA backend";
+    FAIL() << "a request for a refused profile was queued";
   } catch (const InvalidArgument& ex) {
-    EXPECT_NE(std::string(ex.what()).find("sparsity profile 'xattn': it uses dynamic prefill sparsity"), std::string::npos)
+    EXPECT_NE(std::string(ex.what()).find("sparsity profile 'xattn': it is refused by this test"), std::string::npos)
         << ex.what();
   }
   const Finished f = drain(*engine.submit(greedy_request("dense", {1, 2, 3}, 4)), {1, 2, 3});
@@ -428,8 +455,9 @@ TEST(CudaStepRunnerChecks, NamesWhatAProfileUsesThatItDoesNotRun) {
   EXPECT_NE(cuda_unsupported_profile(c, p).find("at most 16 query heads per KV head (this model has 17)"),
             std::string::npos);
   EXPECT_EQ(cuda_unsupported_profile(c, dense), "");  // without selection the group is fine
-  p.prefill.dynamic = true;
-  EXPECT_NE(cuda_unsupported_profile(c, p).find("dynamic prefill sparsity"), std::string::npos);
+  kvcache::SparsityProfile dynamic = dense;
+  dynamic.prefill.dynamic = true;
+  EXPECT_EQ(cuda_unsupported_profile(c, dynamic), "");  // XAttention runs on the GPU
 }
 
 TEST(CudaStepRunnerChecks, NamesTheModelShapesItDoesNotRun) {
@@ -468,8 +496,8 @@ TEST(CudaStepRunnerChecks, DefaultProfileItDoesNotRunStopsTheEngine) {
   ModelProfiles profiles = test_profiles(rm.model->config, {dynamic_profile(rm.model->config)});
   profiles.default_profile = "xattn";
   try {
-    Engine engine(*rm.model, std::move(profiles), EngineConfig{}, cuda_step_backend());
-    FAIL() << "the engine started with a default profile the CUDA backend does not run";
+    Engine engine(*rm.model, std::move(profiles), EngineConfig{}, refusing_backend("xattn"));
+    FAIL() << "the engine started with a default profile its backend does not run";
   } catch (const InvalidArgument& ex) {
     EXPECT_NE(std::string(ex.what()).find("default sparsity profile 'xattn'"), std::string::npos) << ex.what();
   }

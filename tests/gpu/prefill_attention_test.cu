@@ -136,6 +136,7 @@ PrefillProblem make_problem(const ProblemShape& sh, std::mt19937& rng) {
         pd.upto = h;
       } else {
         row.mask = mode == Mode::kBlocks ? MaskKind::kBlocks : MaskKind::kCausal;
+        row.block_tokens = mode == Mode::kBlocks ? B : 0;
         row.new_kv = mode == Mode::kCausalNewKv || (mode == Mode::kBlocks && rand_int(rng, 0, 1) == 1);
         pd.upto = row.new_kv ? h : h + n;  // without new_kv the chunk's K/V are in the pages too
         for (int32_t b = 0; b * P < pd.upto; ++b) {
@@ -256,7 +257,6 @@ struct DeviceProblem {
     a.kv = {k.data(), v.data(), pr.num_pages, pr.P, pr.D};
     a.pages = {indptr.data(), ids.data(), pos0.data(), len.data()};
     a.block_allowed = allowed.data();
-    a.block_tokens = pr.block_tokens;
     a.scale = pr.scale;
     return a;
   }
@@ -452,8 +452,9 @@ TEST(PrefillAttentionGpu, MatchesAttendBlockTwin) {
 }
 
 // A one-token chunk through the prefill kernel equals the decode kernel over the same pages.
-// run() checks its arguments against the plan before any launch (a kBlocks row's first block row, the
-// stride of the new keys, the pool's page count), and plan() rejects n_tokens · group past int32.
+// run() checks its arguments against the plan before any launch (the stride of the new keys, the
+// pool's page count), and plan() rejects a kBlocks row's missing first block row and n_tokens · group
+// past int32.
 // The accepted calls launch on zero inputs and must finish cleanly.
 TEST(PrefillAttentionGpu, SmallRunChecksArgumentsAgainstThePlan) {
   SKIP_WITHOUT_GPU();
@@ -495,12 +496,16 @@ TEST(PrefillAttentionGpu, SmallRunChecksArgumentsAgainstThePlan) {
   };
 
   // Queries at 100..103 of a block mask whose first row is block 2: block_tokens ≤ 50.
-  const PrefillRow blocks{.q_row0 = 0, .n_tokens = 4, .q_pos0 = 100, .kv_head = 0, .mask = MaskKind::kBlocks,
-                          .block_offset = 0, .first_qblock = 2, .n_kblocks = 4};
+  PrefillRow blocks{.q_row0 = 0, .n_tokens = 4, .q_pos0 = 100, .kv_head = 0, .mask = MaskKind::kBlocks,
+                    .block_offset = 0, .first_qblock = 2, .n_kblocks = 4, .block_tokens = 64};
+  try {
+    attn.plan(std::span<const PrefillRow>(&blocks, 1));
+    ADD_FAILURE() << "no exception: first_qblock";
+  } catch (const InternalError& e) {
+    EXPECT_NE(std::string(e.what()).find("first_qblock"), std::string::npos) << e.what();
+  }
+  blocks.block_tokens = 50;
   attn.plan(std::span<const PrefillRow>(&blocks, 1));
-  a.block_tokens = 64;
-  rejected(a, "first_qblock");
-  a.block_tokens = 50;
   EXPECT_NO_THROW(attn.run(a, nullptr));
   PrefillArgs no_pages = a;
   no_pages.kv.num_pages = 0;

@@ -11,6 +11,7 @@
 
 #include <bit>
 #include <numeric>
+#include <tuple>
 
 #include "engine/forward_step.h"
 #include "kernels/cuda/page_select_plan.h"
@@ -226,6 +227,42 @@ TEST(StepTablesChecks, PrefillChunksAreOneRowPerLaneAndStreamingLanesWriteAfter)
     }
   }
   EXPECT_EQ(d[t.selr], 29) << "the chunk's last row needs logits";
+}
+
+// Dynamic prefill sparsity: a prompt chunk's retrieval rows become kBlocks rows with a mass row each
+// (its list row, block size, stride, threshold); streaming rows, a one-token row and a prompt below
+// min_prompt_tokens do not.
+TEST(StepTablesChecks, DynamicPrefillChunksGetAMassRowPerRetrievalLane) {
+  Fixture f;
+  kvcache::SparsityProfile dynamic = f.select;
+  dynamic.decode.enabled = false;
+  dynamic.prefill = {.dynamic = true, .block_tokens = 32, .stride = 8, .threshold = 0.75f, .min_prompt_tokens = 50};
+  f.add(1, dynamic, 32, 40);  // prompt 72: the chunk 32..71 is dynamic
+  f.add(2, dynamic, 0, 30);   // prompt 30: under min_prompt_tokens
+  f.add(3, dynamic, 80, 1);   // a decode step
+  const ForwardSeq batch[] = {f.step(1, 32, 40, 72), f.step(2, 0, 30, 30), f.step(3, 80, 1, 80)};
+  const Step t = f.build(batch);
+  for (int32_t l = 0; l < 3; ++l) {
+    const LayerPlan& lp = t.plans[static_cast<size_t>(l)];
+    ASSERT_EQ(lp.prefill_rows.size(), 4u);  // two lanes each of sequences 1 and 2
+    ASSERT_EQ(lp.mass_rows.size(), 1u);     // sequence 1's retrieval lane
+    const cuda::BlockMassRow& m = lp.mass_rows[0];
+    const cuda::PrefillRow& r = lp.prefill_rows[static_cast<size_t>(m.list_row)];
+    EXPECT_EQ(m.list_row, 0);
+    EXPECT_EQ(r.mask, cuda::MaskKind::kBlocks);
+    EXPECT_EQ(r.block_tokens, 32);
+    EXPECT_EQ((std::tuple{m.q_row0, m.n_tokens, m.q_pos0, m.kv_head}), (std::tuple{r.q_row0, r.n_tokens, r.q_pos0, 0}));
+    EXPECT_EQ((std::tuple{m.block_tokens, m.stride, m.threshold}), (std::tuple{32, 8, 0.75f}));
+    const auto& pages = f.manager.sequence(1).retrieval_pages(dynamic.roles.slot(l, 0));
+    const std::vector<Entry> keys = entries(t, lp.prefill_keys, static_cast<size_t>(m.list_row));
+    ASSERT_EQ(keys.size(), 5u) << "every block of the lane, the chunk's own included";
+    for (size_t b = 0; b < 5; ++b) {
+      const auto pos0 = static_cast<int32_t>(16 * b);
+      EXPECT_EQ(keys[b], (Entry{pages[b], pos0, std::min(16, 72 - pos0)}));
+    }
+    EXPECT_EQ(lp.prefill_rows[1].mask, cuda::MaskKind::kBand);
+    EXPECT_EQ(lp.prefill_rows[2].mask, cuda::MaskKind::kCausal) << "a prompt under min_prompt_tokens runs dense";
+  }
 }
 
 // 700 rows × 3 layers × 2 KV heads: the layers are built in parallel (OpenMP); each still lists

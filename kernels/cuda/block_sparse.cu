@@ -1,0 +1,602 @@
+// XAttention block selection on the GPU (see block_sparse.h for the contract).
+//
+// How it works. Row group a holds query positions aS .. aS+S−1, key group c key positions cS ..
+// cS+S−1; the estimate of (a, c) is Σ_r q_{aS+S−1−r}·k_{cS+r} over the existing rows r, divided by
+// their count, times the scale: a dot product of two S·D vectors, so a (row groups × key groups)
+// tile is a GEMM with inner dimension S·D, accumulated as S products of D, one per r (Q rows of
+// one r at stride S, keys likewise).
+//   1. xattention_bins_kernel (mma.sync m16n8k16, FlashAttention-2 layout as prefill_attention.cu):
+//      a CTA takes 128 packed rows m = (row group, head) of one row and walks the key-group tiles
+//      of 64 up to its last row group (causal); per tile and r it copies the Q rows and key rows
+//      (cp.async, two stages) and accumulates. The diagonal pair (c = a) counts only its causal
+//      pairs (key ≤ row): it is computed beforehand, per row, by plain dot products. At a tile's end
+//      each packed row's online softmax moves to the tile's maximum, and the exponentials are
+//      summed per key block part (the "bins": one per key block, or per tile when a key block spans
+//      several); bins, the tile's maximum and finally the row's maximum and sum go to the workspace.
+//   2. xattention_select_kernel, one CTA per query block: the block's masses (Σ over its row groups
+//      and heads of each bin rescaled to the row's maximum and divided by its sum), then the
+//      selection: blocks 1 .. qb−1 sorted by descending mass (ties: the lower block first) by a
+//      bitonic sort of (mass bits, ~block) keys in shared memory, kept in that order by one thread
+//      in double, as the twin does, until the kept mass reaches threshold · total.
+#include "kernels/cuda/block_sparse.h"
+
+#include <algorithm>
+#include <bit>
+#include <climits>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cuda/decode_attention.cuh"
+
+namespace sparseserve::kernels::cuda {
+
+namespace {
+
+using attn::bf16;
+
+constexpr int kThreads = 128;
+constexpr int kMT = 2;                         // m16 tiles per warp
+constexpr int kBM = kThreads / 32 * kMT * 16;  // packed rows per CTA: 128
+constexpr int kBC = 64;                        // key groups per tile
+constexpr int kSelectThreads = 256;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// A planned row as the kernels read it (the plan blob, int32 units).
+struct XRow {
+  int32_t q_row0, n_tokens, q_pos0, kv_head, list_row;
+  int32_t block_tokens, stride;
+  float threshold;
+  int32_t a_first;       // first row group: q_pos0 / S
+  int32_t pad_;          // (ws is 8-byte aligned)
+  int32_t n_groups;      // row groups a_first .. a_first + n_groups − 1
+  int32_t n_ctiles;      // key-group tiles of the last row group
+  int32_t n_bins;        // bins per packed row: n_ctiles · bins per tile
+  int32_t first_qblock, n_qblocks, n_kblocks;
+  int64_t ws;            // the row's workspace (floats): bins, then tile maxima, then {max, sum}
+  int64_t out;           // the row's mass / allowed rows
+};
+static_assert(sizeof(XRow) == 80);
+constexpr int kXRowInts = static_cast<int>(sizeof(XRow) / 4);
+
+struct Params {
+  const bf16* q;
+  int64_t q_stride;
+  attn::PoolView pool;
+  const int32_t* indptr;
+  const int32_t* page_ids;
+  const int32_t* page_pos0;
+  const int32_t* page_len;
+  const int32_t* counts;  // {bins items, select items}
+  const XRow* rows;
+  const int2* bins_work;    // {row, first packed row}
+  const int2* select_work;  // {row, query block − first_qblock}
+  float* ws;
+  float* mass;
+  uint8_t* allowed;
+  int32_t group;
+  float scale_log2;
+};
+
+// Key-group columns per bin (cpb = B / S, at most a tile) and bins per tile.
+__host__ __device__ __forceinline__ int32_t bins_per_tile(int32_t cpb) { return cpb >= kBC ? 1 : kBC / cpb; }
+
+template <int D>
+struct BinsSmem {
+  static constexpr int kQBytes = kBM * D * 2;
+  static constexpr int kKBytes = kBC * D * 2;
+  static constexpr int kStageBytes = kQBytes + kKBytes;
+  static constexpr int kBytes = 2 * kStageBytes;
+};
+
+__device__ __forceinline__ attn::RowKeys row_keys(const Params& p, int32_t r) {
+  const int32_t first = p.indptr[r], n = p.indptr[r + 1] - first;
+  const int32_t slots = n << p.pool.page_shift;
+  return attn::RowKeys{p.page_ids + first, p.page_pos0 + first, p.page_len + first, slots, slots, 0,
+                       nullptr, nullptr, 0};
+}
+
+// Writes the sums of p over each bin of one packed row (this thread's half h of an m16 tile: columns
+// 8j + 2·(lane % 4) + {0, 1}). Every lane of the warp calls it (shuffles); `write` gates the stores.
+__device__ __forceinline__ void store_bins(const float (&pr)[kBC / 8][4], int h, int32_t cpb, float* dst, bool write) {
+  const int lane = threadIdx.x & 31, q = lane & 3;
+  if (cpb == 1) {
+#pragma unroll
+    for (int j = 0; j < kBC / 8; ++j) {
+      if (write) {
+        dst[8 * j + 2 * q] = pr[j][2 * h];
+        dst[8 * j + 2 * q + 1] = pr[j][2 * h + 1];
+      }
+    }
+    return;
+  }
+  if (cpb == 2 || cpb == 4) {
+#pragma unroll
+    for (int j = 0; j < kBC / 8; ++j) {
+      float x = pr[j][2 * h] + pr[j][2 * h + 1];
+      if (cpb == 4) x += __shfl_xor_sync(0xffffffffu, x, 1);
+      const int col = 8 * j + 2 * q;
+      if (write && (cpb == 2 || (q & 1) == 0)) dst[col / cpb] = x;
+    }
+    return;
+  }
+  // cpb ≥ 8: sums of 8 columns (every quad lane gets them), then cpb / 8 of those per bin.
+  const int per = min(cpb, kBC) / 8;
+  float acc = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kBC / 8; ++j) {
+    float x = pr[j][2 * h] + pr[j][2 * h + 1];
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    acc += x;
+    if ((j + 1) % per == 0) {
+      const int b = j / per;
+      if (write && (b & 3) == q) dst[b] = acc;
+      acc = 0.0f;
+    }
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 2) xattention_bins_kernel(const Params p) {
+  using Smem = BinsSmem<D>;
+  constexpr int kChunks = D / 8;
+  extern __shared__ __align__(128) uint8_t smem[];
+  if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;
+  const int2 w = p.bins_work[blockIdx.x];
+  const XRow row = p.rows[w.x];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int32_t G = p.group, S = row.stride, m0 = w.y, total_m = row.n_groups * G;
+  const int32_t L = row.q_pos0 + row.n_tokens, cpb = row.block_tokens / S;
+  const attn::RowKeys rk = row_keys(p, row.list_row);
+  const int32_t last_m = min(m0 + kBM, total_m) - 1;
+  const int32_t n_ct = (row.a_first + last_m / G) / kBC + 1;  // tiles up to the CTA's last row group
+  float* bins = p.ws + row.ws;
+  float* tile_max = bins + static_cast<int64_t>(total_m) * row.n_bins;
+  float* stats = tile_max + static_cast<int64_t>(total_m) * row.n_ctiles;
+
+  // This thread's rows (m-tile mt, half h): packed row, row group, valid rows of the group → scale.
+  const int32_t wm0 = m0 + kMT * 16 * warp;
+  const bool warp_active = wm0 < total_m;
+  const int32_t warp_last_a = row.a_first + min(wm0 + kMT * 16, total_m) / G;  // ≥ the warp's last group
+  int32_t pm[kMT][2], ga[kMT][2];
+  float inv[kMT][2], diag[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t m = wm0 + 16 * mt + 8 * h + (lane >> 2);
+      pm[mt][h] = m;
+      const int32_t a = row.a_first + min(m, total_m - 1) / G, g = min(m, total_m - 1) % G;
+      ga[mt][h] = a;
+      // Rows of the group that exist: positions in [max(aS, q_pos0), min(aS + S, L)).
+      const int32_t lo = max(a * S, row.q_pos0), hi = min(a * S + S, L);
+      inv[mt][h] = p.scale_log2 / static_cast<float>(max(hi - lo, 1));
+      // The diagonal pair: r with key aS + r ≤ row aS + S − 1 − r, each quad lane a quarter of D.
+      float sum = 0.0f;
+      int32_t cnt = 0;
+      for (int32_t r = 0; 2 * r <= S - 1; ++r) {
+        const int32_t pos = a * S + S - 1 - r;
+        if (pos < row.q_pos0 || pos >= L) continue;
+        ++cnt;
+        const bf16* kp;
+        const bf16* vp;
+        (void)attn::locate_slot<D>(rk, p.pool, a * S + r, kp, vp);
+        const bf16* qp = p.q + static_cast<int64_t>(row.q_row0 + pos - row.q_pos0) * p.q_stride +
+                         static_cast<int64_t>(row.kv_head * G + g) * D;
+#pragma unroll 4
+        for (int d = (lane & 3) * (D / 4); d < (lane & 3) * (D / 4) + D / 4; d += 2) {
+          const float2 qf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(qp + d));
+          const float2 kf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(kp + d));
+          sum = fmaf(qf.x, kf.x, fmaf(qf.y, kf.y, sum));
+        }
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      diag[mt][h] = cnt > 0 ? sum / static_cast<float>(cnt) * p.scale_log2 : -INFINITY;
+    }
+  }
+
+  const uint32_t base = attn::smem_addr(smem);
+  const auto q_stage = [&](int st) { return base + st * Smem::kStageBytes; };
+  const auto k_stage = [&](int st) { return base + st * Smem::kStageBytes + Smem::kQBytes; };
+  // Q rows of r for the CTA's packed rows (rows outside the chunk zero), keys of r for tile ct.
+  const auto load = [&](int st, int32_t ct, int32_t r) {
+    for (int i = tid; i < kBM * kChunks; i += kThreads) {
+      const int rr = i / kChunks, c = i % kChunks;
+      const int32_t m = m0 + rr;
+      const int32_t a = row.a_first + m / G, g = m % G;
+      const int32_t tok = a * S + S - 1 - r - row.q_pos0;
+      const bool valid = m < total_m && tok >= 0 && tok < row.n_tokens;
+      const bf16* src = p.q + static_cast<int64_t>(row.q_row0 + tok) * p.q_stride +
+                        static_cast<int64_t>(row.kv_head * G + g) * D + c * 8;
+      attn::cp_async16(q_stage(st) + attn::tile_offset<D>(rr, c), valid ? src : p.q, valid);
+    }
+    for (int i = tid; i < kBC * kChunks; i += kThreads) {
+      const int j = i / kChunks, c = i % kChunks;
+      const bf16* kp;
+      const bf16* vp;
+      const int32_t pos = attn::locate_slot<D>(rk, p.pool, (ct * kBC + j) * S + r, kp, vp);
+      const bool valid = pos != attn::kNoKey && pos < L;
+      attn::cp_async16(k_stage(st) + attn::tile_offset<D>(j, c), valid ? kp + c * 8 : p.pool.k, valid);
+    }
+  };
+
+  float s[kMT][kBC / 8][4];
+  float mrun[kMT][2], lrun[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int j = 0; j < kBC / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
+    mrun[mt][0] = mrun[mt][1] = -INFINITY;
+    lrun[mt][0] = lrun[mt][1] = 0.0f;
+  }
+
+  const int32_t n_it = n_ct * S;
+  load(0, 0, 0);
+  attn::cp_async_commit();
+  for (int32_t it = 0; it < n_it; ++it) {
+    attn::cp_async_wait<0>();
+    __syncthreads();  // stage `it` visible; the other stage is free
+    const int st = it & 1;
+    if (it + 1 < n_it) load(st ^ 1, (it + 1) / S, (it + 1) % S);
+    attn::cp_async_commit();
+    const int32_t ct = it / S, r = it - ct * S;
+    // A warp whose row groups all precede the tile has nothing in it (the reduction reads no bin of it).
+    const bool busy = warp_active && ct * kBC <= warp_last_a;
+    if (busy) {
+      const uint32_t qt = q_stage(st), kt = k_stage(st);
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t qa[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          attn::ldmatrix_x4(qa[mt], qt + attn::tile_offset<D>(kMT * 16 * warp + 16 * mt + (lane & 7) +
+                                                                  ((lane >> 3) & 1) * 8,
+                                                              2 * ks + (lane >> 4)));
+        }
+#pragma unroll
+        for (int np = 0; np < kBC / 16; ++np) {
+          uint32_t b[4];
+          attn::ldmatrix_x4(b, kt + attn::tile_offset<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                                         2 * ks + ((lane >> 3) & 1)));
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            attn::mma_bf16_16816(s[mt][2 * np], qa[mt], b[0], b[1]);
+            attn::mma_bf16_16816(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
+          }
+        }
+      }
+    }
+    if (r != S - 1) continue;
+    if (busy) {
+      // The tile's scores: scaled below the diagonal, the diagonal's own value, −inf above.
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+        for (int j = 0; j < kBC / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int h = e >> 1;
+            const int32_t c = ct * kBC + 8 * j + 2 * (lane & 3) + (e & 1);
+            const int32_t a = ga[mt][h];
+            s[mt][j][e] = c < a ? s[mt][j][e] * inv[mt][h] : (c == a ? diag[mt][h] : -INFINITY);
+          }
+        }
+        float mx[2] = {mrun[mt][0], mrun[mt][1]};
+        attn::quad_row_max<kBC / 8>(s[mt], mx);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float ref = mx[h] == -INFINITY ? 0.0f : mx[h];
+          lrun[mt][h] *= attn::fast_exp2(mrun[mt][h] - ref);
+          mrun[mt][h] = mx[h];
+#pragma unroll
+          for (int j = 0; j < kBC / 8; ++j) {
+            s[mt][j][2 * h] = attn::fast_exp2(s[mt][j][2 * h] - ref);
+            s[mt][j][2 * h + 1] = attn::fast_exp2(s[mt][j][2 * h + 1] - ref);
+            lrun[mt][h] += s[mt][j][2 * h] + s[mt][j][2 * h + 1];
+          }
+          const int32_t m = pm[mt][h];
+          const bool write = m < total_m && ct * kBC <= ga[mt][h];
+          store_bins(s[mt], h, cpb, bins + static_cast<int64_t>(min(m, total_m - 1)) * row.n_bins +
+                                        ct * bins_per_tile(cpb), write);
+          if (write && (lane & 3) == 0) tile_max[static_cast<int64_t>(m) * row.n_ctiles + ct] = mx[h];
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int j = 0; j < kBC / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
+    }
+  }
+  attn::cp_async_wait<0>();
+  if (!warp_active) return;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float l = lrun[mt][h];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int32_t m = pm[mt][h];
+      if (m < total_m && (lane & 3) == 0) {
+        stats[2 * static_cast<int64_t>(m)] = mrun[mt][h];
+        stats[2 * static_cast<int64_t>(m) + 1] = l;
+      }
+    }
+  }
+}
+
+// Shared memory of the selection: masses [n_kblocks] (float), then sort keys [next pow2] (uint64).
+__host__ __device__ __forceinline__ int64_t select_keys_offset(int32_t n_kblocks) {
+  return (static_cast<int64_t>(n_kblocks) * 4 + 7) / 8 * 8;
+}
+
+__global__ void __launch_bounds__(kSelectThreads) xattention_select_kernel(const Params p) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  if (static_cast<int32_t>(blockIdx.x) >= p.counts[1]) return;
+  const int2 w = p.select_work[blockIdx.x];
+  const XRow row = p.rows[w.x];
+  const int tid = threadIdx.x;
+  const int32_t G = p.group, S = row.stride, nk = row.n_kblocks, qb = row.first_qblock + w.y;
+  const int32_t per = row.block_tokens / S;  // row groups per query block = key groups per key block
+  const int32_t a_lo = max(row.a_first, qb * per), a_hi = min(row.a_first + row.n_groups, qb * per + per) - 1;
+  const int32_t total_m = row.n_groups * G;
+  const float* bins = p.ws + row.ws;
+  const float* tile_max = bins + static_cast<int64_t>(total_m) * row.n_bins;
+  const float* stats = tile_max + static_cast<int64_t>(total_m) * row.n_ctiles;
+  float* mass_s = reinterpret_cast<float*>(smem);
+  auto* keys = reinterpret_cast<unsigned long long*>(smem + select_keys_offset(nk));
+  float* mass_out = p.mass != nullptr ? p.mass + row.out + static_cast<int64_t>(w.y) * nk : nullptr;
+
+  // 1. Masses of key blocks 0 .. qb (later blocks 0).
+  for (int32_t kb = tid; kb < nk; kb += kSelectThreads) {
+    float acc = 0.0f;
+    for (int32_t a = a_lo; kb <= qb && a <= a_hi; ++a) {
+      for (int32_t g = 0; g < G; ++g) {
+        const int64_t m = static_cast<int64_t>(a - row.a_first) * G + g;
+        const float mfin = __ldg(stats + 2 * m), l = __ldg(stats + 2 * m + 1);
+        if (!(l > 0.0f)) continue;
+        const float inv_l = 1.0f / l;
+        const float* mb = bins + m * row.n_bins;
+        const float* mm = tile_max + m * row.n_ctiles;
+        if (per <= kBC) {
+          const int32_t t = kb * per / kBC;
+          if (t * kBC > a) continue;
+          acc += __ldg(mb + kb) * exp2f(__ldg(mm + t) - mfin) * inv_l;
+        } else {
+          for (int32_t i = 0; i < per / kBC; ++i) {
+            const int32_t t = kb * (per / kBC) + i;
+            if (t * kBC > a) break;
+            acc += __ldg(mb + t) * exp2f(__ldg(mm + t) - mfin) * inv_l;
+          }
+        }
+      }
+    }
+    mass_s[kb] = acc;
+    if (mass_out != nullptr) mass_out[kb] = acc;
+  }
+  // 2. Sort blocks 1 .. qb − 1 by descending mass, the lower block first on ties: keys (mass bits,
+  // ~block) in descending order (masses are ≥ 0, so their bits order as the values); 0 pads.
+  const int32_t n_sort = max(qb - 1, 0);
+  const int32_t n_pow = n_sort <= 1 ? 1 : 1 << (32 - __clz(n_sort - 1));
+  __syncthreads();
+  for (int32_t i = tid; i < n_pow; i += kSelectThreads) {
+    keys[i] = i < n_sort ? (static_cast<unsigned long long>(__float_as_uint(mass_s[i + 1])) << 32) |
+                               (0xffffffffu - static_cast<uint32_t>(i + 1))
+                         : 0ull;
+  }
+  __syncthreads();
+  for (int32_t k = 2; k <= n_pow; k <<= 1) {
+    for (int32_t j = k >> 1; j > 0; j >>= 1) {
+      for (int32_t i = tid; i < n_pow; i += kSelectThreads) {
+        const int32_t ij = i ^ j;
+        if (ij <= i) continue;
+        const unsigned long long x = keys[i], y = keys[ij];
+        if ((i & k) == 0 ? x < y : x > y) {
+          keys[i] = y;
+          keys[ij] = x;
+        }
+      }
+      __syncthreads();
+    }
+  }
+  // 3. The mask row: 0 and qb, then blocks in sorted order while kept < threshold · total.
+  uint8_t* out = p.allowed + row.out + static_cast<int64_t>(w.y) * nk;
+  for (int32_t kb = tid; kb < nk; kb += kSelectThreads) out[kb] = kb == 0 || kb == qb ? 1 : 0;
+  __syncthreads();
+  if (tid != 0) return;
+  double total = 0.0;
+  for (int32_t kb = 0; kb <= qb; ++kb) total += static_cast<double>(mass_s[kb]);
+  double kept = static_cast<double>(mass_s[0]) + (qb > 0 ? static_cast<double>(mass_s[qb]) : 0.0);
+  const double want = static_cast<double>(row.threshold) * total;
+  for (int32_t i = 0; i < n_sort; ++i) {
+    if (total <= 0.0 || kept >= want) break;
+    const auto kb = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(keys[i] & 0xffffffffull));
+    out[kb] = 1;
+    kept += static_cast<double>(mass_s[kb]);
+  }
+}
+
+template <int D>
+void* bins_kernel() {
+  return reinterpret_cast<void*>(&xattention_bins_kernel<D>);
+}
+
+int64_t select_smem_bytes(int32_t n_kblocks) {
+  const int64_t n_pow = std::bit_ceil(static_cast<uint64_t>(std::max(n_kblocks, 1)));
+  return select_keys_offset(n_kblocks) + 8 * n_pow;
+}
+
+// Per row: the device row (without offsets) and its workspace floats.
+struct RowPlan {
+  XRow x;
+  int64_t ws_floats;
+};
+
+RowPlan plan_row(const BlockMassRow& r, int32_t group, const std::source_location& loc) {
+  const int32_t B = r.block_tokens, S = r.stride;
+  check(r.n_tokens >= 1 && r.q_pos0 >= 0 && r.q_row0 >= 0 && r.kv_head >= 0 && r.list_row >= 0,
+        "XAttentionSelect::plan: rows need n_tokens ≥ 1 and non-negative q_row0, q_pos0, kv_head, list_row", loc);
+  check(B == 16 || B == 32 || B == 64 || B == 128, "XAttentionSelect::plan: block_tokens must be 16, 32, 64 or 128",
+        loc);
+  check(S >= 1 && std::has_single_bit(static_cast<uint32_t>(S)) && B % S == 0,
+        "XAttentionSelect::plan: stride must be a power of two dividing block_tokens", loc);
+  check(r.threshold > 0.0f && r.threshold <= 1.0f, "XAttentionSelect::plan: threshold must be in (0, 1]", loc);
+  const int64_t L = int64_t{r.q_pos0} + r.n_tokens;
+  check(L + int64_t{kBC} * S < INT32_MAX, "XAttentionSelect::plan: positions past int32", loc);
+  XRow x{};
+  x.q_row0 = r.q_row0;
+  x.n_tokens = r.n_tokens;
+  x.q_pos0 = r.q_pos0;
+  x.kv_head = r.kv_head;
+  x.list_row = r.list_row;
+  x.block_tokens = B;
+  x.stride = S;
+  x.threshold = r.threshold;
+  x.a_first = r.q_pos0 / S;
+  const auto a_last = static_cast<int32_t>((L - 1) / S);
+  x.n_groups = a_last - x.a_first + 1;
+  x.n_ctiles = a_last / kBC + 1;
+  x.n_bins = x.n_ctiles * bins_per_tile(B / S);
+  x.first_qblock = r.q_pos0 / B;
+  x.n_qblocks = static_cast<int32_t>((L - 1) / B) - x.first_qblock + 1;
+  x.n_kblocks = static_cast<int32_t>((L + B - 1) / B);
+  check(x.n_kblocks <= kMaxMaskKeyBlocks, "XAttentionSelect::plan: a row has more key blocks than kMaxMaskKeyBlocks",
+        loc);
+  const int64_t packed = int64_t{x.n_groups} * group;
+  return {x, packed * (x.n_bins + x.n_ctiles + 2)};
+}
+
+}  // namespace
+
+XAttentionSelect::XAttentionSelect(const XAttentionConfig& config, std::source_location loc) : config_(config) {
+  check(config.head_dim == 64 || config.head_dim == 128, "XAttentionSelect: head_dim must be 64 or 128", loc);
+  check(config.group >= 1 && config.group <= 64, "XAttentionSelect: group must be 1..64", loc);
+  const int32_t P = config.page_tokens;
+  check(P == 16 || P == 32 || P == 64 || P == 128, "XAttentionSelect: page_tokens must be 16, 32, 64 or 128", loc);
+  const int smem = config.head_dim == 64 ? BinsSmem<64>::kBytes : BinsSmem<128>::kBytes;
+  CUDA_CHECK(cudaFuncSetAttribute(config.head_dim == 64 ? bins_kernel<64>() : bins_kernel<128>(),
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&xattention_select_kernel),
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(select_smem_bytes(kMaxMaskKeyBlocks))));
+  plan_uploaded_ = CudaEvent(cudaEventDisableTiming, loc);
+}
+
+XAttentionSelect::~XAttentionSelect() {
+  if (plan_uploaded_.get() != nullptr) (void)cudaEventSynchronize(plan_uploaded_.get());
+}
+
+void XAttentionSelect::plan(std::span<const BlockMassRow> rows, cudaStream_t stream, std::source_location loc) {
+  check(rows.size() < INT32_MAX / kXRowInts, "XAttentionSelect::plan: too many rows", loc);
+  const int32_t G = config_.group;
+  std::vector<XRow> xs;
+  std::vector<BlockMaskGeometry> geometry;
+  xs.reserve(rows.size());
+  geometry.reserve(rows.size());
+  // Bins items, the most expensive first (cost: tiles up to the item's last row group).
+  struct Item {
+    int32_t cost, row, m0;
+  };
+  std::vector<Item> items;
+  std::vector<int32_t> select;  // {row, query block index} pairs
+  int64_t ws = 0, out = 0;
+  int32_t max_kb = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    RowPlan rp = plan_row(rows[i], G, loc);
+    rp.x.ws = ws;
+    rp.x.out = out;
+    ws += rp.ws_floats;
+    geometry.push_back({out, rp.x.first_qblock, rp.x.n_qblocks, rp.x.n_kblocks});
+    out += int64_t{rp.x.n_qblocks} * rp.x.n_kblocks;
+    max_kb = std::max(max_kb, rp.x.n_kblocks);
+    const int64_t packed = int64_t{rp.x.n_groups} * G;
+    check(packed < INT32_MAX, "XAttentionSelect::plan: row groups · group past int32", loc);
+    for (int64_t m0 = 0; m0 < packed; m0 += kBM) {
+      const int64_t last = std::min<int64_t>(m0 + kBM, packed) - 1;
+      items.push_back({static_cast<int32_t>((rp.x.a_first + last / G) / kBC), static_cast<int32_t>(i),
+                       static_cast<int32_t>(m0)});
+    }
+    for (int32_t qi = 0; qi < rp.x.n_qblocks; ++qi) {
+      select.push_back(static_cast<int32_t>(i));
+      select.push_back(qi);
+    }
+    xs.push_back(rp.x);
+  }
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
+  check(items.size() + select.size() / 2 < INT32_MAX / 4, "XAttentionSelect::plan: too many work items", loc);
+
+  const size_t rows_off = 4, bins_off = rows_off + kXRowInts * xs.size();
+  const size_t select_off = bins_off + 2 * items.size(), total = select_off + select.size();
+  planned_rows_ = -1;  // from here a failure leaves no plan
+  CUDA_CHECK(cudaEventSynchronize(plan_uploaded_.get()));
+  if (total > plan_host_.size()) {
+    const size_t cap = std::max(total, plan_host_.size() * 2);
+    plan_host_.reset();
+    plan_host_ = PinnedBuffer<int32_t>(cap, loc);
+  }
+  if (total > plan_dev_.size()) {
+    CUDA_CHECK(cudaDeviceSynchronize());  // a running kernel may still read the old plan
+    plan_dev_ = DeviceBuffer<int32_t>(std::max(total, plan_dev_.size() * 2), loc);
+  }
+  int32_t* host = plan_host_.data();
+  host[0] = static_cast<int32_t>(items.size());
+  host[1] = static_cast<int32_t>(select.size() / 2);
+  host[2] = host[3] = 0;
+  std::memcpy(host + rows_off, xs.data(), sizeof(XRow) * xs.size());
+  for (size_t k = 0; k < items.size(); ++k) {
+    host[bins_off + 2 * k] = items[k].row;
+    host[bins_off + 2 * k + 1] = items[k].m0;
+  }
+  std::memcpy(host + select_off, select.data(), sizeof(int32_t) * select.size());
+  CUDA_CHECK(cudaMemcpyAsync(plan_dev_.data(), host, sizeof(int32_t) * total, cudaMemcpyHostToDevice, stream));
+  CUDA_CHECK(cudaEventRecord(plan_uploaded_.get(), stream));
+  geometry_ = std::move(geometry);
+  bins_items_ = static_cast<int32_t>(items.size());
+  select_items_ = static_cast<int32_t>(select.size() / 2);
+  max_kblocks_ = max_kb;
+  mask_bytes_ = out;
+  workspace_floats_ = ws;
+  planned_rows_ = static_cast<int32_t>(rows.size());
+}
+
+void XAttentionSelect::run(const XAttentionArgs& args, cudaStream_t stream, std::source_location loc) const {
+  check(planned_rows_ >= 0, "XAttentionSelect::run: no plan (plan() was not called or failed)", loc);
+  const int32_t D = config_.head_dim;
+  // check_attention_args wants an output: q stands in for it (nothing is written through it).
+  const attn::PoolView pool =
+      attn::check_attention_args("XAttentionSelect::run", args.kv, D, config_.page_tokens, args.q, args.q_stride,
+                                 args.q, args.q_stride, args.pages, planned_rows_ > 0, args.scale, loc);
+  check(planned_rows_ == 0 || (args.workspace != nullptr && args.allowed != nullptr),
+        "XAttentionSelect::run: null workspace or allowed", loc);
+  if (planned_rows_ == 0) return;
+  const int32_t* blob = plan_dev_.data();
+  Params p;
+  p.q = args.q;
+  p.q_stride = args.q_stride;
+  p.pool = pool;
+  p.indptr = args.pages.indptr;
+  p.page_ids = args.pages.page_ids;
+  p.page_pos0 = args.pages.page_pos0;
+  p.page_len = args.pages.page_len;
+  p.counts = blob;
+  p.rows = reinterpret_cast<const XRow*>(blob + 4);
+  p.bins_work = reinterpret_cast<const int2*>(blob + 4 + kXRowInts * planned_rows_);
+  p.select_work = p.bins_work + bins_items_;
+  p.ws = args.workspace;
+  p.mass = args.mass;
+  p.allowed = args.allowed;
+  p.group = config_.group;
+  p.scale_log2 = args.scale * kLog2e;
+  if (D == 64) {
+    xattention_bins_kernel<64><<<bins_items_, kThreads, BinsSmem<64>::kBytes, stream>>>(p);
+  } else {
+    xattention_bins_kernel<128><<<bins_items_, kThreads, BinsSmem<128>::kBytes, stream>>>(p);
+  }
+  CUDA_CHECK_LAUNCH();
+  xattention_select_kernel<<<select_items_, kSelectThreads, select_smem_bytes(max_kblocks_), stream>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace sparseserve::kernels::cuda
