@@ -4,6 +4,7 @@
 //
 //   attention_bench --op prefill --seq 65536 [--batch 1] [--q-heads 32 --kv-heads 8 --dim 128]
 //                   [--page 64] [--streaming-kv-heads 4 --sink 128 --local 4096]
+//                   [--xattn-threshold 0.9 [--xattn-block 128 --xattn-stride 16]]
 //   attention_bench --op decode --seq 131072 --batch 16 [--budget 4096 --select gpu|host]
 //                   [--streaming-kv-heads 4 ...] [--graph 1] [--graph-calls 8] [--pdl 1]
 //                   [--page-order shuffled|sequential|window:N|extents:N] [--read-ceiling 1 [--ceiling-ctas N]]
@@ -25,6 +26,10 @@
 // Decode --v-offset BYTES places the V pool that many bytes past its allocation's start (K and V are
 // otherwise two equal allocations, often an exact power of two apart): does the distance between a
 // page's K and its V matter to DRAM? (It did not on the H200: RESULTS.md §3, session 16.)
+// Prefill --xattn-threshold T: the retrieval rows take block masks that XAttentionSelect estimates
+// (kernels/cuda/block_sparse.h) from the same q and keys in the same call, as the engine runs dynamic
+// prefill sparsity; reported: the estimate alone (xattn_ms, its strided-GEMM TFLOP/s), the whole
+// call (median_ms), and the share of causal blocks kept (density, from the last call's masks).
 // Decode with --budget: retrieval rows read only selected pages (page_select.h on the GPU, or a
 // fixed random list from the host with --select host); streaming rows read sink + ring pages.
 #include <cuda_bf16.h>
@@ -41,6 +46,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/block_sparse.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/decode_attention.h"
@@ -76,6 +82,8 @@ struct Options {
   int read_ceiling = 0;                 // decode: also time the paged read ceiling
   int ceiling_ctas = 0;                 // decode: the ceiling kernels' CTAs (0: one full wave)
   int64_t v_offset = 0;                 // decode: bytes between the V allocation's start and the V pool
+  double xattn_threshold = 0.0;         // prefill: > 0 estimates block masks for the retrieval rows
+  int xattn_block = 128, xattn_stride = 16;
 };
 
 Options parse(int argc, char** argv) {
@@ -113,6 +121,9 @@ Options parse(int argc, char** argv) {
     else if (a == "--read-ceiling") o.read_ceiling = static_cast<int>(num());
     else if (a == "--ceiling-ctas") o.ceiling_ctas = static_cast<int>(num());
     else if (a == "--v-offset") o.v_offset = num();
+    else if (a == "--xattn-threshold") o.xattn_threshold = std::stod(v);
+    else if (a == "--xattn-block") o.xattn_block = static_cast<int>(num());
+    else if (a == "--xattn-stride") o.xattn_stride = static_cast<int>(num());
     else throw std::invalid_argument("unknown option " + a);
   }
   if (o.op != "prefill" && o.op != "decode") throw std::invalid_argument("--op must be prefill or decode");
@@ -315,7 +326,9 @@ int run_prefill(const Options& o) {
   const int R = rotation(o, set_bytes);
 
   // Rows: retrieval heads read all blocks from pages; streaming heads read the prompt's own K/V.
+  const bool xattn = o.xattn_threshold > 0.0;
   std::vector<PrefillRow> rows;
+  std::vector<BlockMassRow> mass_rows;
   Lists lists;
   std::vector<int32_t> perm(static_cast<size_t>(pages));
   std::iota(perm.begin(), perm.end(), 0);
@@ -337,6 +350,13 @@ int run_prefill(const Options& o) {
       } else {
         for (int64_t b = 0; b < nb; ++b) lists.add(perm[static_cast<size_t>(next++)], static_cast<int32_t>(b * P), static_cast<int32_t>(std::min(P, L - b * P)));
         needed_pairs += static_cast<double>(L) * static_cast<double>(L + 1) / 2.0;
+        if (xattn) {
+          r.mask = MaskKind::kBlocks;
+          r.block_tokens = o.xattn_block;
+          mass_rows.push_back({.q_row0 = r.q_row0, .n_tokens = r.n_tokens, .q_pos0 = 0, .kv_head = h,
+                               .list_row = static_cast<int32_t>(rows.size()), .block_tokens = o.xattn_block,
+                               .stride = o.xattn_stride, .threshold = static_cast<float>(o.xattn_threshold)});
+        }
       }
       lists.close_row();
       rows.push_back(r);
@@ -369,9 +389,36 @@ int run_prefill(const Options& o) {
   cfg.page_tokens = o.page;
   cfg.kernel = o.kernel == "mma" ? PrefillKernel::kMmaSync : o.kernel == "wgmma" ? PrefillKernel::kWgmma : PrefillKernel::kAuto;
   PrefillAttention attn(cfg);
+  XAttentionSelect sel({o.dim, group, o.page});
+  DeviceBuffer<float> mask_ws;
+  DeviceBuffer<uint8_t> allowed;
+  if (xattn) {
+    sel.plan(mass_rows, stream);
+    for (size_t i = 0; i < mass_rows.size(); ++i) {
+      PrefillRow& r = rows[static_cast<size_t>(mass_rows[i].list_row)];
+      r.block_offset = sel.geometry()[i].offset;
+      r.first_qblock = sel.geometry()[i].first_qblock;
+      r.n_kblocks = sel.geometry()[i].n_kblocks;
+    }
+    mask_ws = DeviceBuffer<float>(static_cast<size_t>(sel.workspace_floats()));
+    allowed = DeviceBuffer<uint8_t>(static_cast<size_t>(sel.mask_bytes()));
+  }
   attn.plan(rows, stream);
+  const auto estimate = [&](int i) {
+    Set& st = sets[static_cast<size_t>(i)];
+    XAttentionArgs x;
+    x.q = st.q.data();
+    x.q_stride = int64_t{o.q_heads} * D;
+    x.kv = {st.k.data(), st.v.data(), pages, o.page, o.dim};
+    x.pages = dl.view();
+    x.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    x.workspace = mask_ws.data();
+    x.allowed = allowed.data();
+    sel.run(x, stream);
+  };
   const auto launch = [&](int i) {
     Set& st = sets[static_cast<size_t>(i)];
+    if (xattn) estimate(i);
     PrefillArgs a;
     a.q = st.q.data();
     a.q_stride = int64_t{o.q_heads} * D;
@@ -382,20 +429,53 @@ int run_prefill(const Options& o) {
     a.kv_new_stride = int64_t{o.kv_heads} * D;
     a.kv = {st.k.data(), st.v.data(), pages, o.page, o.dim};
     a.pages = dl.view();
+    a.block_allowed = allowed.data();
     a.scale = 1.0f / std::sqrt(static_cast<float>(D));
     attn.run(a, stream);
   };
   const std::vector<float> ms = time_calls(launch, o.warmup, o.iters, R, stream);
   CUDA_CHECK(cudaDeviceSynchronize());
   const double med = median(ms);
+  double xattn_ms = 0.0, density = 1.0;
+  if (xattn) {
+    // The last call's masks: kept (query block, key block) pairs, and the pairs they let through.
+    const std::vector<uint8_t> mask = allowed.download();
+    double kept = 0.0, causal = 0.0, masked_pairs = 0.0;
+    const double Bt = o.xattn_block;
+    for (const BlockMaskGeometry& g : sel.geometry()) {
+      for (int32_t qi = 0; qi < g.n_qblocks; ++qi) {
+        const int32_t qb = g.first_qblock + qi;
+        for (int32_t kb = 0; kb <= qb; ++kb) {
+          causal += 1.0;
+          if (mask[static_cast<size_t>(g.offset + int64_t{qi} * g.n_kblocks + kb)] == 0) continue;
+          kept += 1.0;
+          masked_pairs += kb < qb ? Bt * Bt : Bt * (Bt + 1) / 2;
+        }
+      }
+    }
+    density = kept / causal;
+    needed_pairs -= static_cast<double>(mass_rows.size()) * static_cast<double>(L) * static_cast<double>(L + 1) / 2.0;
+    needed_pairs += masked_pairs;
+    xattn_ms = median(time_calls(estimate, o.warmup, o.iters, R, stream));
+  }
   const double dense_flops = 4.0 * static_cast<double>(L) * static_cast<double>(L) * static_cast<double>(D) * o.q_heads / 2.0 * B;
   const double needed_flops = 4.0 * needed_pairs * static_cast<double>(D) * group;
   print_common(o, R);
   std::printf(", \"median_ms\": %.5f, \"min_ms\": %.5f, \"p90_ms\": %.5f, \"dense_flops\": %.6e, \"needed_flops\": %.6e, "
-              "\"tflops_dense_equiv\": %.2f, \"tflops_needed\": %.2f, \"ctas\": %zu, \"kernel\": \"%s\"}\n",
+              "\"tflops_dense_equiv\": %.2f, \"tflops_needed\": %.2f, \"ctas\": %zu, \"kernel\": \"%s\"",
               med, percentile(ms, 0.0), percentile(ms, 0.9), dense_flops, needed_flops, dense_flops / (med * 1e-3) / 1e12,
               needed_flops / (med * 1e-3) / 1e12, attn.work().size(),
               attn.kernel() == PrefillKernel::kWgmma ? "wgmma" : "mma.sync");
+  if (xattn) {
+    // The estimate's strided GEMM: per retrieval query head, (L/S)·(L/S + 1)/2 dot products of S·D.
+    const double groups = static_cast<double>(L) / o.xattn_stride;
+    const double est_flops = 2.0 * groups * (groups + 1) / 2.0 * o.xattn_stride * static_cast<double>(D) *
+                             static_cast<double>(mass_rows.size()) * group;
+    std::printf(", \"xattn_threshold\": %.3f, \"xattn_block\": %d, \"xattn_stride\": %d, \"xattn_ms\": %.5f, "
+                "\"xattn_tflops\": %.2f, \"density\": %.4f",
+                o.xattn_threshold, o.xattn_block, o.xattn_stride, xattn_ms, est_flops / (xattn_ms * 1e-3) / 1e12, density);
+  }
+  std::printf("}\n");
   CUDA_CHECK(cudaStreamDestroy(stream));
   return 0;
 }

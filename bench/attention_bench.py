@@ -7,6 +7,8 @@ FlashAttention-2 backends. Shapes follow Llama-3-8B attention (32 query heads, 8
 
   prefill, dense causal, 4K / 16K / 64K tokens          TFLOP/s (causal FLOPs = 4·L²·d·heads/2)
   prefill, half the KV heads streaming (sink 128, local 4096), 64K: time and speed-up over dense
+  prefill, every head's XAttention block mask estimated on the GPU (block 128, stride 16,
+  threshold 0.9 and 0.5) and attended, 16K and 64K: time next to dense, the estimate's share
   decode, dense, batch 1 and 16, 8K / 32K / 128K context          TB/s of K/V read
   decode at 128K, half the KV heads streaming, retrieval heads reading a 4096-token selection made
   by page_select on the GPU (timed alone, and with the selection in the same graph)
@@ -26,7 +28,7 @@ cmake -S . -B build-attn -G Ninja -DSPARSESERVE_CUDA=ON), copy the binary and th
 (../shared/tools/bundle-libs.sh LIBDIR BINARY) with the tree, then on the GPU machine:
   LD_LIBRARY_PATH=LIBDIR:/usr/local/cuda/lib64 \
     python3 bench/attention_bench.py --bin PATH/attention_bench --out "$OUT"
-Options: --quick (small shapes, few iterations: a smoke run), --only prefill|decode|sparse.
+Options: --quick (small shapes, few iterations: a smoke run), --only prefill|decode|sparse|xattn.
 Full log and JSON go to --out; the table is printed last.
 """
 import argparse
@@ -187,7 +189,7 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["prefill", "decode", "sparse"])
+    ap.add_argument("--only", choices=["prefill", "decode", "sparse", "xattn"])
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     it, wu = (5, 2) if a.quick else (a.iters, a.warmup)
@@ -236,6 +238,27 @@ def main():
                          None if om is None else flops / (om * 1e-3) / 1e12, None, None,
                          f"vs our dense: {fmt(dense and om and dense / om, '.2f')}x"])
             results.append({"case": "prefill_sparse", "L": L, "kernel": kernel, "ours": o})
+    if want("xattn") or want("prefill"):
+        # Dynamic prefill sparsity: every head's block mask estimated (XAttentionSelect, block 128,
+        # stride 16, XAttention's Llama settings) and the prefill over it, in one call, against the
+        # dense cuDNN prefill. Random inputs spread attention evenly, so the threshold sets the density.
+        for L in [16384] if a.quick else [16384, 65536]:
+            flops = 4 * L * L * D * HQ / 2
+            dense, cudnn_dense = dense_prefill_ms.get(L), None
+            for r in results:
+                if r["case"] == "prefill_dense" and r["L"] == L and r.get("cudnn"):
+                    cudnn_dense = r["cudnn"][0]
+            for threshold in [0.9, 0.5]:
+                o = ours(a.bin, a.out, ["--op", "prefill", "--seq", L, "--xattn-threshold", threshold,
+                                        "--xattn-block", 128, "--xattn-stride", 16] + common)
+                om, xm = o.get("median_ms"), o.get("xattn_ms")
+                rows.append([f"prefill XAttention t={threshold} L={L}, density {fmt(o.get('density'), '.3f')}", om,
+                             cudnn_dense, None, "dense-equiv TFLOP/s",
+                             None if om is None else flops / (om * 1e-3) / 1e12, None, None,
+                             f"vs our dense: {fmt(dense and om and dense / om, '.2f')}x"])
+                rows.append([f"  its estimate alone (share {fmt(om and xm and xm / om, '.2f')})", xm, None, None,
+                             "TFLOP/s", o.get("xattn_tflops"), None, None])
+                results.append({"case": "prefill_xattn", "L": L, "threshold": threshold, "ours": o})
     dense_decode_ms = {}
     ceilings = []  # [case, ours, ceiling, ours on sequential pages, its ceiling, cuDNN] TB/s
     # Decode graphs hold one call (a lone kernel, its launch and events included) or LAYERS calls on
