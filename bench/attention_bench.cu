@@ -389,7 +389,7 @@ int run_prefill(const Options& o) {
   cfg.page_tokens = o.page;
   cfg.kernel = o.kernel == "mma" ? PrefillKernel::kMmaSync : o.kernel == "wgmma" ? PrefillKernel::kWgmma : PrefillKernel::kAuto;
   PrefillAttention attn(cfg);
-  XAttentionSelect sel({o.dim, group, o.page});
+  XAttentionSelect sel({.head_dim = o.dim, .group = group, .page_tokens = o.page});
   DeviceBuffer<float> mask_ws;
   DeviceBuffer<uint8_t> allowed;
   if (xattn) {

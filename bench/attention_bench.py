@@ -8,7 +8,7 @@ FlashAttention-2 backends. Shapes follow Llama-3-8B attention (32 query heads, 8
   prefill, dense causal, 4K / 16K / 64K tokens          TFLOP/s (causal FLOPs = 4·L²·d·heads/2)
   prefill, half the KV heads streaming (sink 128, local 4096), 64K: time and speed-up over dense
   prefill, every head's XAttention block mask estimated on the GPU (block 128, stride 16,
-  threshold 0.9 and 0.5) and attended, 16K and 64K: time next to dense, the estimate's share
+  threshold 1, 0.9 and 0.5) and attended, 16K and 64K: time next to dense, the estimate's share
   decode, dense, batch 1 and 16, 8K / 32K / 128K context          TB/s of K/V read
   decode at 128K, half the KV heads streaming, retrieval heads reading a 4096-token selection made
   by page_select on the GPU (timed alone, and with the selection in the same graph)
@@ -248,7 +248,7 @@ def main():
             for r in results:
                 if r["case"] == "prefill_dense" and r["L"] == L and r.get("cudnn"):
                     cudnn_dense = r["cudnn"][0]
-            for threshold in [0.9, 0.5]:
+            for threshold in [1.0, 0.9, 0.5]:
                 o = ours(a.bin, a.out, ["--op", "prefill", "--seq", L, "--xattn-threshold", threshold,
                                         "--xattn-block", 128, "--xattn-stride", 16] + common)
                 om, xm = o.get("median_ms"), o.get("xattn_ms")

@@ -502,7 +502,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       auto& x = masks[static_cast<size_t>(l)];
       if (!x) {
         x = std::make_unique<cuda::XAttentionSelect>(cuda::XAttentionConfig{
-            static_cast<int32_t>(D), static_cast<int32_t>(c.n_heads / KV), P});
+            .head_dim = static_cast<int32_t>(D), .group = static_cast<int32_t>(c.n_heads / KV), .page_tokens = P});
       }
       x->plan(lp.mass_rows, stream);
       for (size_t i = 0; i < lp.mass_rows.size(); ++i) {

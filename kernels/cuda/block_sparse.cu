@@ -6,15 +6,17 @@
 // tile is a GEMM with inner dimension S·D, accumulated as S products of D, one per r (Q rows of
 // one r at stride S, keys likewise).
 //   1. xattention_bins_kernel (mma.sync m16n8k16, FlashAttention-2 layout as prefill_attention.cu):
-//      a CTA takes 128 packed rows m = (row group, head) of one row and walks the key-group tiles
-//      of 64 up to its last row group (causal); per tile and r it copies the Q rows and key rows
-//      (cp.async, two stages) and accumulates. The diagonal pair (c = a) counts only its causal
+//      a CTA takes 128 packed rows m = (row group, head) of one row and a run of the key-group tiles
+//      of 64 (a row's tiles end at its last row group, causal; runs of split_tiles even out the
+//      CTAs' work); per tile and r it copies the Q rows and key rows (cp.async, two
+//      stages) and accumulates. The diagonal pair (c = a) counts only its causal
 //      pairs (key ≤ row): it is computed beforehand, per row, by plain dot products. At a tile's end
 //      each packed row's online softmax moves to the tile's maximum, and the exponentials are
 //      summed per key block part (the "bins": one per key block, or per tile when a key block spans
-//      several); bins, the tile's maximum and finally the row's maximum and sum go to the workspace.
-//   2. xattention_select_kernel, one CTA per query block: the block's masses (Σ over its row groups
-//      and heads of each bin rescaled to the row's maximum and divided by its sum), then the
+//      several); bins, the tile's maximum and finally the run's maximum and sum go to the workspace.
+//   2. xattention_select_kernel, one CTA per query block: each of its packed rows' runs folded into
+//      one maximum and sum, the block's masses (Σ over its row groups and heads of each bin rescaled
+//      to the row's maximum and divided by its sum), then the
 //      selection: blocks 1 .. qb−1 sorted by descending mass (ties: the lower block first) by a
 //      bitonic sort of (mass bits, ~block) keys in shared memory, kept in that order by one thread
 //      in double, as the twin does, until the kept mass reaches threshold · total.
@@ -39,6 +41,7 @@ constexpr int kMT = 2;                         // m16 tiles per warp
 constexpr int kBM = kThreads / 32 * kMT * 16;  // packed rows per CTA: 128
 constexpr int kBC = 64;                        // key groups per tile
 constexpr int kSelectThreads = 256;
+constexpr int kMinSplitTiles = 4;  // the shortest run of key-group tiles a CTA takes
 constexpr float kLog2e = 1.4426950408889634f;
 
 // A planned row as the kernels read it (the plan blob, int32 units).
@@ -47,15 +50,17 @@ struct XRow {
   int32_t block_tokens, stride;
   float threshold;
   int32_t a_first;       // first row group: q_pos0 / S
-  int32_t pad_;          // (ws is 8-byte aligned)
+  int32_t split_tiles;   // key-group tiles per run (the plan's, the same in every row)
+  int32_t n_splits;      // runs of the last row group's tiles
   int32_t n_groups;      // row groups a_first .. a_first + n_groups − 1
   int32_t n_ctiles;      // key-group tiles of the last row group
   int32_t n_bins;        // bins per packed row: n_ctiles · bins per tile
   int32_t first_qblock, n_qblocks, n_kblocks;
-  int64_t ws;            // the row's workspace (floats): bins, then tile maxima, then {max, sum}
+  int32_t pad_;          // (ws 8-byte aligned)
+  int64_t ws;            // the row's workspace (floats): bins, tile maxima, then {max, sum} per run
   int64_t out;           // the row's mass / allowed rows
 };
-static_assert(sizeof(XRow) == 80);
+static_assert(sizeof(XRow) == 88);
 constexpr int kXRowInts = static_cast<int>(sizeof(XRow) / 4);
 
 struct Params {
@@ -68,7 +73,7 @@ struct Params {
   const int32_t* page_len;
   const int32_t* counts;  // {bins items, select items}
   const XRow* rows;
-  const int2* bins_work;    // {row, first packed row}
+  const int4* bins_work;    // {row, first packed row, first tile, end tile}
   const int2* select_work;  // {row, query block − first_qblock}
   float* ws;
   float* mass;
@@ -142,14 +147,13 @@ __global__ void __launch_bounds__(kThreads, 2) xattention_bins_kernel(const Para
   constexpr int kChunks = D / 8;
   extern __shared__ __align__(128) uint8_t smem[];
   if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;
-  const int2 w = p.bins_work[blockIdx.x];
+  const int4 w = p.bins_work[blockIdx.x];
   const XRow row = p.rows[w.x];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int32_t G = p.group, S = row.stride, m0 = w.y, total_m = row.n_groups * G;
+  const int32_t G = p.group, S = row.stride, m0 = w.y, ct0 = w.z, total_m = row.n_groups * G;
   const int32_t L = row.q_pos0 + row.n_tokens, cpb = row.block_tokens / S;
   const attn::RowKeys rk = row_keys(p, row.list_row);
-  const int32_t last_m = min(m0 + kBM, total_m) - 1;
-  const int32_t n_ct = (row.a_first + last_m / G) / kBC + 1;  // tiles up to the CTA's last row group
+  const int32_t n_ct = w.w - ct0;  // tiles ct0 .. w.w − 1, none past the CTA's last row group
   float* bins = p.ws + row.ws;
   float* tile_max = bins + static_cast<int64_t>(total_m) * row.n_bins;
   float* stats = tile_max + static_cast<int64_t>(total_m) * row.n_ctiles;
@@ -232,15 +236,15 @@ __global__ void __launch_bounds__(kThreads, 2) xattention_bins_kernel(const Para
   }
 
   const int32_t n_it = n_ct * S;
-  load(0, 0, 0);
+  load(0, ct0, 0);
   attn::cp_async_commit();
   for (int32_t it = 0; it < n_it; ++it) {
     attn::cp_async_wait<0>();
     __syncthreads();  // stage `it` visible; the other stage is free
     const int st = it & 1;
-    if (it + 1 < n_it) load(st ^ 1, (it + 1) / S, (it + 1) % S);
+    if (it + 1 < n_it) load(st ^ 1, ct0 + (it + 1) / S, (it + 1) % S);
     attn::cp_async_commit();
-    const int32_t ct = it / S, r = it - ct * S;
+    const int32_t ct = ct0 + it / S, r = it % S;
     // A warp whose row groups all precede the tile has nothing in it (the reduction reads no bin of it).
     const bool busy = warp_active && ct * kBC <= warp_last_a;
     if (busy) {
@@ -320,8 +324,9 @@ __global__ void __launch_bounds__(kThreads, 2) xattention_bins_kernel(const Para
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       const int32_t m = pm[mt][h];
       if (m < total_m && (lane & 3) == 0) {
-        stats[2 * static_cast<int64_t>(m)] = mrun[mt][h];
-        stats[2 * static_cast<int64_t>(m) + 1] = l;
+        float* run = stats + 2 * (static_cast<int64_t>(m) * row.n_splits + ct0 / row.split_tiles);
+        run[0] = mrun[mt][h];
+        run[1] = l;
       }
     }
   }
@@ -344,18 +349,31 @@ __global__ void __launch_bounds__(kSelectThreads) xattention_select_kernel(const
   const int32_t total_m = row.n_groups * G;
   const float* bins = p.ws + row.ws;
   const float* tile_max = bins + static_cast<int64_t>(total_m) * row.n_bins;
-  const float* stats = tile_max + static_cast<int64_t>(total_m) * row.n_ctiles;
+  float* stats = p.ws + row.ws + static_cast<int64_t>(total_m) * (row.n_bins + row.n_ctiles);
   float* mass_s = reinterpret_cast<float*>(smem);
   auto* keys = reinterpret_cast<unsigned long long*>(smem + select_keys_offset(nk));
   float* mass_out = p.mass != nullptr ? p.mass + row.out + static_cast<int64_t>(w.y) * nk : nullptr;
 
+  // 0. Each packed row of the block: its runs' maxima and sums folded into its first run's (read
+  // below by plain loads: this CTA wrote them).
+  for (int32_t i = tid; i < (a_hi - a_lo + 1) * G; i += kSelectThreads) {
+    const int32_t a = a_lo + i / G;
+    float* run = stats + 2 * (static_cast<int64_t>(a - row.a_first) * G + i % G) * row.n_splits;
+    const int32_t n_runs = a / kBC / row.split_tiles + 1;  // the runs holding the row group's tiles
+    float mx = -INFINITY, sum = 0.0f;
+    for (int32_t k = 0; k < n_runs; ++k) mx = fmaxf(mx, run[2 * k]);
+    for (int32_t k = 0; mx > -INFINITY && k < n_runs; ++k) sum += run[2 * k + 1] * exp2f(run[2 * k] - mx);
+    run[0] = mx;
+    run[1] = sum;
+  }
+  __syncthreads();
   // 1. Masses of key blocks 0 .. qb (later blocks 0).
   for (int32_t kb = tid; kb < nk; kb += kSelectThreads) {
     float acc = 0.0f;
     for (int32_t a = a_lo; kb <= qb && a <= a_hi; ++a) {
       for (int32_t g = 0; g < G; ++g) {
         const int64_t m = static_cast<int64_t>(a - row.a_first) * G + g;
-        const float mfin = __ldg(stats + 2 * m), l = __ldg(stats + 2 * m + 1);
+        const float mfin = stats[2 * m * row.n_splits], l = stats[2 * m * row.n_splits + 1];
         if (!(l > 0.0f)) continue;
         const float inv_l = 1.0f / l;
         const float* mb = bins + m * row.n_bins;
@@ -434,7 +452,13 @@ struct RowPlan {
   int64_t ws_floats;
 };
 
-RowPlan plan_row(const BlockMassRow& r, int32_t group, const std::source_location& loc) {
+// Key-group tiles of the packed-row chunk starting at m0 (up to its last row group).
+int32_t chunk_tiles(const XRow& x, int64_t m0, int32_t group) {
+  const int64_t last = std::min<int64_t>(m0 + kBM, int64_t{x.n_groups} * group) - 1;
+  return static_cast<int32_t>((x.a_first + last / group) / kBC + 1);
+}
+
+RowPlan plan_row(const BlockMassRow& r, int32_t group, int32_t split_tiles, const std::source_location& loc) {
   const int32_t B = r.block_tokens, S = r.stride;
   check(r.n_tokens >= 1 && r.q_pos0 >= 0 && r.q_row0 >= 0 && r.kv_head >= 0 && r.list_row >= 0,
         "XAttentionSelect::plan: rows need n_tokens ≥ 1 and non-negative q_row0, q_pos0, kv_head, list_row", loc);
@@ -459,13 +483,15 @@ RowPlan plan_row(const BlockMassRow& r, int32_t group, const std::source_locatio
   x.n_groups = a_last - x.a_first + 1;
   x.n_ctiles = a_last / kBC + 1;
   x.n_bins = x.n_ctiles * bins_per_tile(B / S);
+  x.split_tiles = split_tiles;
+  x.n_splits = (x.n_ctiles + split_tiles - 1) / split_tiles;
   x.first_qblock = r.q_pos0 / B;
   x.n_qblocks = static_cast<int32_t>((L - 1) / B) - x.first_qblock + 1;
   x.n_kblocks = static_cast<int32_t>((L + B - 1) / B);
   check(x.n_kblocks <= kMaxMaskKeyBlocks, "XAttentionSelect::plan: a row has more key blocks than kMaxMaskKeyBlocks",
         loc);
   const int64_t packed = int64_t{x.n_groups} * group;
-  return {x, packed * (x.n_bins + x.n_ctiles + 2)};
+  return {x, packed * (x.n_bins + x.n_ctiles + 2 * x.n_splits)};
 }
 
 }  // namespace
@@ -475,6 +501,15 @@ XAttentionSelect::XAttentionSelect(const XAttentionConfig& config, std::source_l
   check(config.group >= 1 && config.group <= 64, "XAttentionSelect: group must be 1..64", loc);
   const int32_t P = config.page_tokens;
   check(P == 16 || P == 32 || P == 64 || P == 128, "XAttentionSelect: page_tokens must be 16, 32, 64 or 128", loc);
+  check(config.max_ctas >= 0, "XAttentionSelect: max_ctas must be ≥ 0", loc);
+  if (config.max_ctas > 0) {
+    max_ctas_ = config.max_ctas;
+  } else {
+    int device = 0, sms = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    max_ctas_ = 8 * sms;  // four waves of two resident CTAs a multiprocessor
+  }
   const int smem = config.head_dim == 64 ? BinsSmem<64>::kBytes : BinsSmem<128>::kBytes;
   CUDA_CHECK(cudaFuncSetAttribute(config.head_dim == 64 ? bins_kernel<64>() : bins_kernel<128>(),
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -495,16 +530,28 @@ void XAttentionSelect::plan(std::span<const BlockMassRow> rows, cudaStream_t str
   std::vector<BlockMaskGeometry> geometry;
   xs.reserve(rows.size());
   geometry.reserve(rows.size());
-  // Bins items, the most expensive first (cost: tiles up to the item's last row group).
+  // Bins items, the most expensive first (cost: their tiles).
   struct Item {
-    int32_t cost, row, m0;
+    int32_t cost, row, m0, ct0, ct1;
   };
   std::vector<Item> items;
   std::vector<int32_t> select;  // {row, query block index} pairs
   int64_t ws = 0, out = 0;
   int32_t max_kb = 0;
+  // Runs of split_tiles tiles: the shortest (kMinSplitTiles, doubled) that keeps the bins kernel
+  // within max_ctas CTAs; long runs cost less per tile, short runs balance the causal triangle.
+  std::vector<RowPlan> plans;
+  for (const BlockMassRow& r : rows) plans.push_back(plan_row(r, G, kMinSplitTiles, loc));
+  int32_t split = kMinSplitTiles;
+  for (;; split *= 2) {
+    int64_t n = 0;
+    for (const RowPlan& rp : plans) {
+      for (int64_t m0 = 0; m0 < int64_t{rp.x.n_groups} * G; m0 += kBM) n += (chunk_tiles(rp.x, m0, G) + split - 1) / split;
+    }
+    if (n <= max_ctas_ || split >= (1 << 20)) break;
+  }
   for (size_t i = 0; i < rows.size(); ++i) {
-    RowPlan rp = plan_row(rows[i], G, loc);
+    RowPlan rp = plan_row(rows[i], G, split, loc);
     rp.x.ws = ws;
     rp.x.out = out;
     ws += rp.ws_floats;
@@ -514,9 +561,11 @@ void XAttentionSelect::plan(std::span<const BlockMassRow> rows, cudaStream_t str
     const int64_t packed = int64_t{rp.x.n_groups} * G;
     check(packed < INT32_MAX, "XAttentionSelect::plan: row groups · group past int32", loc);
     for (int64_t m0 = 0; m0 < packed; m0 += kBM) {
-      const int64_t last = std::min<int64_t>(m0 + kBM, packed) - 1;
-      items.push_back({static_cast<int32_t>((rp.x.a_first + last / G) / kBC), static_cast<int32_t>(i),
-                       static_cast<int32_t>(m0)});
+      const int32_t tiles = chunk_tiles(rp.x, m0, G);
+      for (int32_t ct0 = 0; ct0 < tiles; ct0 += split) {
+        const int32_t ct1 = std::min(tiles, ct0 + split);
+        items.push_back({ct1 - ct0, static_cast<int32_t>(i), static_cast<int32_t>(m0), ct0, ct1});
+      }
     }
     for (int32_t qi = 0; qi < rp.x.n_qblocks; ++qi) {
       select.push_back(static_cast<int32_t>(i));
@@ -527,8 +576,8 @@ void XAttentionSelect::plan(std::span<const BlockMassRow> rows, cudaStream_t str
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
   check(items.size() + select.size() / 2 < INT32_MAX / 4, "XAttentionSelect::plan: too many work items", loc);
 
-  const size_t rows_off = 4, bins_off = rows_off + kXRowInts * xs.size();
-  const size_t select_off = bins_off + 2 * items.size(), total = select_off + select.size();
+  const size_t rows_off = 4, bins_off = (rows_off + kXRowInts * xs.size() + 3) / 4 * 4;  // int4 items
+  const size_t select_off = bins_off + 4 * items.size(), total = select_off + select.size();
   planned_rows_ = -1;  // from here a failure leaves no plan
   CUDA_CHECK(cudaEventSynchronize(plan_uploaded_.get()));
   if (total > plan_host_.size()) {
@@ -546,8 +595,11 @@ void XAttentionSelect::plan(std::span<const BlockMassRow> rows, cudaStream_t str
   host[2] = host[3] = 0;
   std::memcpy(host + rows_off, xs.data(), sizeof(XRow) * xs.size());
   for (size_t k = 0; k < items.size(); ++k) {
-    host[bins_off + 2 * k] = items[k].row;
-    host[bins_off + 2 * k + 1] = items[k].m0;
+    int32_t* item = host + bins_off + 4 * k;
+    item[0] = items[k].row;
+    item[1] = items[k].m0;
+    item[2] = items[k].ct0;
+    item[3] = items[k].ct1;
   }
   std::memcpy(host + select_off, select.data(), sizeof(int32_t) * select.size());
   CUDA_CHECK(cudaMemcpyAsync(plan_dev_.data(), host, sizeof(int32_t) * total, cudaMemcpyHostToDevice, stream));
@@ -582,8 +634,8 @@ void XAttentionSelect::run(const XAttentionArgs& args, cudaStream_t stream, std:
   p.page_len = args.pages.page_len;
   p.counts = blob;
   p.rows = reinterpret_cast<const XRow*>(blob + 4);
-  p.bins_work = reinterpret_cast<const int2*>(blob + 4 + kXRowInts * planned_rows_);
-  p.select_work = p.bins_work + bins_items_;
+  p.bins_work = reinterpret_cast<const int4*>(blob + (4 + kXRowInts * planned_rows_ + 3) / 4 * 4);
+  p.select_work = reinterpret_cast<const int2*>(p.bins_work + bins_items_);
   p.ws = args.workspace;
   p.mass = args.mass;
   p.allowed = args.allowed;

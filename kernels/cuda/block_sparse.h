@@ -68,6 +68,9 @@ struct XAttentionConfig {
   int32_t head_dim = 128;    // 64 or 128
   int32_t group = 1;         // query heads per KV head, 1..64
   int32_t page_tokens = 64;  // 16, 32, 64 or 128
+  // CTAs the estimate aims at most for (longer key ranges per CTA beyond); 0: four waves of the
+  // device's. Tests lower it to cover long ranges on small inputs.
+  int32_t max_ctas = 0;
 };
 
 // Key blocks a row may have at most (the selection sorts a row's blocks in shared memory).
@@ -104,6 +107,7 @@ class XAttentionSelect {
   int32_t planned_rows_ = -1;  // −1: no plan
   int32_t bins_items_ = 0, select_items_ = 0;
   int32_t max_kblocks_ = 0;
+  int32_t max_ctas_ = 0;
   int64_t mask_bytes_ = 0;
   int64_t workspace_floats_ = 0;  // per (row group, head): tile sums, tile maxima, max and sum
 };

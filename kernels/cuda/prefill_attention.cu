@@ -217,10 +217,11 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_paged_kernel(co
   }
   attn::cp_async_commit();
 
-  int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip);
+  prefill::BlockWindow win;
+  int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip, win);
   if (cur < ts.n_tiles) attn::load_kv_tile<D, kBN, kThreads>(k_stage(0), v_stage(0), pos, ts.rk, p.pool, cur * kBN);
   attn::cp_async_commit();
-  int32_t nxt = cur < ts.n_tiles ? prefill::next_tile<kBN>(ts, s_walk, cur + 1, skip) : ts.n_tiles;
+  int32_t nxt = cur < ts.n_tiles ? prefill::next_tile<kBN>(ts, s_walk, cur + 1, skip, win) : ts.n_tiles;
 
   float o[kMT][D / 8][4];
   float m[kMT][2], l[kMT][2];
@@ -245,7 +246,7 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_paged_kernel(co
       attend_tile<D>(p, ts, q_tile, k_stage(st), v_stage(st), pos + st * kBN, wr, m, l, o);
     }
     cur = nxt;
-    nxt = nxt < ts.n_tiles ? prefill::next_tile<kBN>(ts, s_walk, nxt + 1, skip) : ts.n_tiles;
+    nxt = nxt < ts.n_tiles ? prefill::next_tile<kBN>(ts, s_walk, nxt + 1, skip, win) : ts.n_tiles;
   }
   attn::cp_async_wait<0>();
 

@@ -60,7 +60,9 @@ struct Sm90Smem {
   static constexpr int kStageOffset = kQBytes;  // stage s: K at + 2s·kTileBytes, V after it
   static constexpr int kPosOffset = kStageOffset + kStages * 2 * kTileBytes;  // [kStages][kBN] key positions
   static constexpr int kStageTileOffset = kPosOffset + kStages * kBN * 4;  // tile of each stage (−1: end)
-  // [kStages][4] int4 {min, max, all valid, 0} of the key positions in each producer warp's 32 slots
+  // [kStages][4] int4 {min, max, all valid, w} of the key positions in each producer warp's 32 slots;
+  // w of warp 1 (block masks): bit g set when every (query block, key block) pair of consumer
+  // warpgroup g's queries and the tile's key range is allowed (zero otherwise)
   static constexpr int kBoundsOffset = kStageTileOffset + 16;
   // mbarriers: full_k, full_v, empty_k, empty_v, each [kStages].
   static constexpr int kBarOffset = kBoundsOffset + kStages * 4 * 16;
@@ -274,7 +276,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (ptid == 0) s_walk = wk;
     }
     wgmma::named_sync<kProducerThreads>(1);  // the walk is visible to the producer
-    int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip);
+    prefill::BlockWindow win;
+    int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip, win);
     if (cur != 0) read_ahead(cur, position, block);
     for (int i = 0;; ++i) {
       const int st = i % kStages;
@@ -291,7 +294,22 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int32_t lo = __reduce_min_sync(0xffffffffu, v ? position : INT_MAX);
         const int32_t hi = __reduce_max_sync(0xffffffffu, v ? position : INT_MIN);
         const bool all = __all_sync(0xffffffffu, v);
-        if ((ptid & 31) == 0) bounds[st * 4 + (ptid >> 5)] = make_int4(lo, hi, all ? 1 : 0, 0);
+        int32_t blocks_all = 0;
+        if (ptid == 32 && ts.blocks != nullptr) {
+          // Block masks: the mask rows are read here, kStages tiles ahead of the consumers, not on
+          // their path. The tile's key range from the page positions holds every key in it.
+          int32_t kmin, kmax;
+          prefill::tile_bounds<kBN>(ts, cur, kmin, kmax);
+          const int32_t B = ts.mp.block_tokens;
+          for (int g = 0; g < 2; ++g) {
+            const int32_t tlo = row.q_pos0 + min(m0 + 64 * g, total_m - 1) / G;
+            const int32_t thi = row.q_pos0 + min(m0 + 64 * g + 63, total_m - 1) / G;
+            const bool ok = prefill::block_pairs(ts.blocks, ts.mp.n_kblocks, tlo / B - ts.first_qblock,
+                                                 thi / B - ts.first_qblock, kmin / B, kmax / B, true);
+            blocks_all |= ok ? 1 << g : 0;
+          }
+        }
+        if ((ptid & 31) == 0) bounds[st * 4 + (ptid >> 5)] = make_int4(lo, hi, all ? 1 : 0, blocks_all);
       }
       if (ptid == 0) {
         stage_tile[st] = cur;
@@ -308,7 +326,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         __syncwarp();
         if (issuer) tma_block<D>(v_stage(st), &maps.v, &maps.v_new, block, ptid * P, full_v + 8 * st);
       }
-      cur = prefill::next_tile<kBN>(ts, s_walk, cur + 1, skip);
+      cur = prefill::next_tile<kBN>(ts, s_walk, cur + 1, skip, win);
       read_ahead(cur, position, block);
     }
     return;
@@ -386,9 +404,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (skip) {
         const int4* bd = bounds + st * 4;
         const int4 b0 = bd[0], b1 = bd[1], b2 = bd[2], b3 = bd[3];
-        full = prefill::classify_bounds(ts, min(min(b0.x, b1.x), min(b2.x, b3.x)), max(max(b0.y, b1.y), max(b2.y, b3.y)),
-                                        (b0.z & b1.z & b2.z & b3.z) != 0, g_tlo, g_thi)
-                   .full;
+        const int32_t kmin = min(min(b0.x, b1.x), min(b2.x, b3.x)), kmax = max(max(b0.y, b1.y), max(b2.y, b3.y));
+        const bool all_valid = (b0.z & b1.z & b2.z & b3.z) != 0;
+        if (ts.blocks != nullptr) {
+          // classify_bounds' `full` with the mask rows' answer the producer found (bit wg of b1.w):
+          // every key valid and before the first query, every block pair allowed.
+          full = kmax != INT_MIN && kmax <= g_tlo && all_valid && ((b1.w >> wg) & 1) != 0;
+        } else {
+          full = prefill::classify_bounds(ts, kmin, kmax, all_valid, g_tlo, g_thi).full;
+        }
       }
       mask_scores(s, ts, pos + st * kBN, full, t);
     };

@@ -149,17 +149,31 @@ __device__ __forceinline__ bool tile_in_block_mask(const TileScan& ts, int32_t k
                      min(kmax, ts.thi) / B, false);
 }
 
-// The first tile ≥ k that the CTA must visit, or n_tiles. Every lane of every warp gets the same
-// answer (block masks: a warp-cooperative scan).
+// Under a block mask, which of the 32 tiles from `base` the CTA must visit (bit i: tile base + i),
+// kept between next_tile calls: a walk tests each tile once, not once per call (base −1: none yet).
+struct BlockWindow {
+  int32_t base = -1;
+  unsigned visit = 0;
+};
+
+// The first tile ≥ k that the CTA must visit, or n_tiles; k does not decrease from call to call.
+// Every lane of every warp gets the same answer (block masks: a warp-cooperative scan, 32 tiles a
+// step, remembered in `win`).
 template <int BN>
-__device__ __forceinline__ int32_t next_tile(const TileScan& ts, const TileWalk& w, int32_t k, bool skip_tiles) {
+__device__ __forceinline__ int32_t next_tile(const TileScan& ts, const TileWalk& w, int32_t k, bool skip_tiles,
+                                             BlockWindow& win) {
   if (!skip_tiles) return min(k, ts.n_tiles);
   if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBand) && k >= w.sink_end) k = max(k, w.window);
   if (ts.mp.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
     const int lane = threadIdx.x & 31;
-    for (; k < w.end; k += 32) {
-      const unsigned a = __ballot_sync(0xffffffffu, k + lane < w.end && tile_in_block_mask<BN>(ts, k + lane));
-      if (a != 0) return k + __ffs(a) - 1;
+    while (k < w.end) {
+      if (win.base < 0 || k >= win.base + 32) {
+        win.base = k;
+        win.visit = __ballot_sync(0xffffffffu, k + lane < w.end && tile_in_block_mask<BN>(ts, k + lane));
+      }
+      const unsigned ahead = win.visit & (0xffffffffu << (k - win.base));  // tiles k .. base + 31
+      if (ahead != 0) return win.base + __ffs(ahead) - 1;
+      k = win.base + 32;
     }
   }
   return k < w.end ? k : ts.n_tiles;

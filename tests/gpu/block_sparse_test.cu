@@ -28,12 +28,13 @@ struct Shape {
   int32_t max_history = 600, max_chunk = 300;
   int32_t block_tokens = 64, stride = 8;
   float threshold = 0.9f;
+  int32_t max_ctas = 0;  // XAttentionConfig::max_ctas (small: long key-tile runs per CTA)
 };
 
 std::string describe(const Shape& s) {
   return "D=" + std::to_string(s.D) + " P=" + std::to_string(s.P) + " G=" + std::to_string(s.group) +
          " B=" + std::to_string(s.block_tokens) + " S=" + std::to_string(s.stride) +
-         " threshold=" + std::to_string(s.threshold);
+         " threshold=" + std::to_string(s.threshold) + " max_ctas=" + std::to_string(s.max_ctas);
 }
 
 // Runs one random problem of `sh` on the GPU and checks it against the twin.
@@ -98,7 +99,7 @@ void check_problem(const Shape& sh, std::mt19937& rng) {
   // Rows in a shuffled order: list_row, not the plan's order, finds each row's keys.
   std::vector<cuda::BlockMassRow> planned = rows;
   std::shuffle(planned.begin(), planned.end(), rng);
-  cuda::XAttentionSelect sel({D, G, P});
+  cuda::XAttentionSelect sel({D, G, P, sh.max_ctas});
   sel.plan(planned);
   ASSERT_EQ(sel.geometry().size(), rows.size());
   ASSERT_GT(sel.mask_bytes(), 0);
@@ -176,6 +177,7 @@ Shape random_shape(std::mt19937& rng) {
   sh.stride = 1 << rand_int(rng, 0, log_b);
   const float thresholds[] = {1e-30f, 0.5f, 0.9f, 0.95f, 1.0f};
   sh.threshold = thresholds[rand_int(rng, 0, 4)];
+  sh.max_ctas = rand_int(rng, 0, 1) ? 0 : 3;
   return sh;
 }
 
@@ -215,12 +217,14 @@ TEST(XAttentionGpu, LongRowsMatchCpu) {
     sh.max_history = 3000;
     sh.max_chunk = 2500;
     check_problem(sh, rng);
+    sh.max_ctas = 2;  // each CTA a long run of key-group tiles
+    check_problem(sh, rng);
   }
 }
 
 TEST(XAttentionGpu, ShapeCheckRefusesBadRows) {
   SKIP_WITHOUT_GPU();
-  cuda::XAttentionSelect sel({128, 4, 64});
+  cuda::XAttentionSelect sel({128, 4, 64, 0});
   const auto refuses = [&](cuda::BlockMassRow r) {
     EXPECT_THROW(sel.plan(std::vector<cuda::BlockMassRow>{r}), InternalError);
   };
@@ -249,7 +253,8 @@ TEST(XAttentionGpu, ShapeCheckRefusesBadRows) {
   // run refuses arguments without q, pool or page list.
   cuda::XAttentionArgs args;
   EXPECT_THROW(sel.run(args), InternalError);
-  EXPECT_THROW(cuda::XAttentionSelect({96, 4, 64}), InternalError);
+  EXPECT_THROW(cuda::XAttentionSelect({96, 4, 64, 0}), InternalError);
+  EXPECT_THROW(cuda::XAttentionSelect({128, 4, 64, -1}), InternalError);
 }
 
 }  // namespace

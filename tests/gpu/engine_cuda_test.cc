@@ -67,11 +67,14 @@ kvcache::SparsityProfile sparse_profile(const ModelConfig& c, const std::string&
   return p;
 }
 
-// Dynamic prefill sparsity (XAttention block masks) on every head, from prompts of 32 tokens.
+// Dynamic prefill sparsity (XAttention block masks) on every head, from prompts of 32 tokens. At a
+// threshold of 1e-30 each query block keeps key block 0 and its own, whatever the estimated masses:
+// the GPU's masks equal the CPU's exactly (at 0.9 this random model's nearly even masses flip blocks
+// between bf16 and fp32 inputs; kernels/cuda/block_sparse's own test checks the selection there).
 kvcache::SparsityProfile dynamic_profile(const ModelConfig& c) {
   kvcache::SparsityProfile p = kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
   p.name = "xattn";
-  p.prefill = {.dynamic = true, .block_tokens = 16, .stride = 4, .threshold = 0.9f, .min_prompt_tokens = 32};
+  p.prefill = {.dynamic = true, .block_tokens = 16, .stride = 4, .threshold = 1e-30f, .min_prompt_tokens = 32};
   return p;
 }
 
@@ -234,10 +237,7 @@ void run_and_check(Engine& engine, const Model& model, std::mt19937_64& rng, con
   for (size_t i = 0; i < done.size(); ++i) {
     const Finished& f = done[i];
     const std::string profile = jobs[i].profile.empty() ? "dense" : jobs[i].profile;
-    // Decode page selection and dynamic prefill masks choose blocks by estimates: a near tie the
-    // rounding flips moves the logprobs further than bf16 alone.
-    const bool selects =
-        engine.profiles().get(profile).decode.enabled || engine.profiles().get(profile).prefill.dynamic;
+    const bool selects = engine.profiles().get(profile).decode.enabled;
     SCOPED_TRACE("request " + std::to_string(i) + ", prompt " + std::to_string(f.prompt.size()) + ", profile " + profile);
     EXPECT_EQ(f.reason, FinishReason::kLength);
     EXPECT_EQ(static_cast<int64_t>(f.generated.size()), max_tokens);
@@ -338,7 +338,8 @@ TEST(CudaEngineTest, SmallModelSparseProfilesMatchTheCpuPagedAttention) {
 
 // Dynamic prefill sparsity: XAttention block masks estimated on the device for prompts from 32
 // tokens (shorter ones dense), chunks cut on the 16-token blocks by the scheduler, beside dense
-// requests in the same steps.
+// requests in the same steps. (No prompt is 1 mod 16: a last chunk of one token runs dense, and the
+// CPU's replay may chunk the prompt otherwise.)
 TEST(CudaEngineTest, SmallModelDynamicPrefillMatchesTheCpuPagedAttention) {
   SKIP_WITHOUT_GPU();
   Fixture fx;
