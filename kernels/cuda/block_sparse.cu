@@ -247,30 +247,7 @@ __global__ void __launch_bounds__(kThreads, 2) xattention_bins_kernel(const Para
     const int32_t ct = ct0 + it / S, r = it % S;
     // A warp whose row groups all precede the tile has nothing in it (the reduction reads no bin of it).
     const bool busy = warp_active && ct * kBC <= warp_last_a;
-    if (busy) {
-      const uint32_t qt = q_stage(st), kt = k_stage(st);
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        uint32_t qa[kMT][4];
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          attn::ldmatrix_x4(qa[mt], qt + attn::tile_offset<D>(kMT * 16 * warp + 16 * mt + (lane & 7) +
-                                                                  ((lane >> 3) & 1) * 8,
-                                                              2 * ks + (lane >> 4)));
-        }
-#pragma unroll
-        for (int np = 0; np < kBC / 16; ++np) {
-          uint32_t b[4];
-          attn::ldmatrix_x4(b, kt + attn::tile_offset<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                                         2 * ks + ((lane >> 3) & 1)));
-#pragma unroll
-          for (int mt = 0; mt < kMT; ++mt) {
-            attn::mma_bf16_16816(s[mt][2 * np], qa[mt], b[0], b[1]);
-            attn::mma_bf16_16816(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
-          }
-        }
-      }
-    }
+    if (busy) attn::warp_qk<D, kMT, kBC>(s, q_stage(st), kMT * 16 * warp, k_stage(st));
     if (r != S - 1) continue;
     if (busy) {
       // The tile's scores: scaled below the diagonal, the diagonal's own value, −inf above.

@@ -105,6 +105,32 @@ __device__ __forceinline__ uint32_t wgmma_tile_offset(int row, int chunk) {
   return static_cast<uint32_t>(((chunk >> 3) * ROWS + row) * 128 + (((chunk & 7) ^ (row & 7)) * 16));
 }
 
+// s += Q·Kᵀ for one warp: MT m16 tiles of query rows row0 + 16·mt .. of a [rows][D] tile against the
+// BN key rows of a [BN][D] tile (both laid out by tile_offset); s[mt][j] is the mma accumulator of
+// keys 8j .. 8j + 7.
+template <int D, int MT, int BN>
+__device__ __forceinline__ void warp_qk(float (&s)[MT][BN / 8][4], uint32_t q_tile, int row0, uint32_t k_tile) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    uint32_t qa[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      ldmatrix_x4(qa[mt], q_tile + tile_offset<D>(row0 + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * ks + (lane >> 4)));
+    }
+#pragma unroll
+    for (int np = 0; np < BN / 16; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, k_tile + tile_offset<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)));
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_bf16_16816(s[mt][2 * np], qa[mt], b[0], b[1]);
+        mma_bf16_16816(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
 // ---- the keys of one row --------------------------------------------------------------------------
 
 // A row's keys as slots: slot u < page_slots is slot u % P of list entry u / P; slots page_slots ..

@@ -82,26 +82,7 @@ __device__ __forceinline__ void attend_tile(const PrefillParams& p, const TileSc
 #pragma unroll
     for (int j = 0; j < kBN / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
   }
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    uint32_t qa[kMT][4];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-      attn::ldmatrix_x4(qa[mt], q_tile + attn::tile_offset<D>(wr.first + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                                              2 * ks + (lane >> 4)));
-    }
-#pragma unroll
-    for (int np = 0; np < kBN / 16; ++np) {
-      uint32_t b[4];
-      attn::ldmatrix_x4(b, kt + attn::tile_offset<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                                     2 * ks + ((lane >> 3) & 1)));
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        attn::mma_bf16_16816(s[mt][2 * np], qa[mt], b[0], b[1]);
-        attn::mma_bf16_16816(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
-      }
-    }
-  }
+  attn::warp_qk<D, kMT, kBN>(s, q_tile, wr.first, kt);
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
     if (full) {
