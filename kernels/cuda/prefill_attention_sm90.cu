@@ -404,15 +404,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (skip) {
         const int4* bd = bounds + st * 4;
         const int4 b0 = bd[0], b1 = bd[1], b2 = bd[2], b3 = bd[3];
-        const int32_t kmin = min(min(b0.x, b1.x), min(b2.x, b3.x)), kmax = max(max(b0.y, b1.y), max(b2.y, b3.y));
-        const bool all_valid = (b0.z & b1.z & b2.z & b3.z) != 0;
-        if (ts.blocks != nullptr) {
-          // classify_bounds' `full` with the mask rows' answer the producer found (bit wg of b1.w):
-          // every key valid and before the first query, every block pair allowed.
-          full = kmax != INT_MIN && kmax <= g_tlo && all_valid && ((b1.w >> wg) & 1) != 0;
-        } else {
-          full = prefill::classify_bounds(ts, kmin, kmax, all_valid, g_tlo, g_thi).full;
-        }
+        // Block masks: the producer's answer for this warpgroup's block pairs (bit wg of b1.w).
+        full = prefill::classify_bounds(ts, min(min(b0.x, b1.x), min(b2.x, b3.x)), max(max(b0.y, b1.y), max(b2.y, b3.y)),
+                                        (b0.z & b1.z & b2.z & b3.z) != 0, g_tlo, g_thi, (b1.w >> wg) & 1)
+                   .full;
       }
       mask_scores(s, ts, pos + st * kBN, full, t);
     };

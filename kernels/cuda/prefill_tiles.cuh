@@ -189,15 +189,19 @@ struct TileUse {
 };
 
 // From the tile's key bounds: kmin / kmax over its slots that hold keys (INT_MAX / INT_MIN when none
-// does), all_valid: every slot holds a key. Any thread may call it.
+// does), all_valid: every slot holds a key. Any thread may call it. blocks_all (block masks): −1 reads
+// the mask rows; 0 / 1 is what the caller already knows of "every block pair of these queries and
+// the tile's key range is allowed" (then `skip` is left false: for callers that compute every tile).
 __device__ __forceinline__ TileUse classify_bounds(const TileScan& ts, int32_t kmin, int32_t kmax, bool all_valid,
-                                                   int32_t tlo, int32_t thi) {
+                                                   int32_t tlo, int32_t thi, int32_t blocks_all = -1) {
   if (kmax == INT_MIN || kmin > thi) return {true, false};  // no key, or every key after every row
   const attn::MaskParams& mp = ts.mp;
   bool none = false, all = kmax <= tlo && all_valid;
   if (mp.kind == static_cast<int32_t>(MaskKind::kBand)) {
     none = kmin >= mp.sink && static_cast<int64_t>(kmax) <= static_cast<int64_t>(tlo) - mp.local;
     all = all && (kmax < mp.sink || static_cast<int64_t>(thi) - kmin < mp.local);
+  } else if (mp.kind == static_cast<int32_t>(MaskKind::kBlocks) && blocks_all >= 0) {
+    all = all && blocks_all != 0;
   } else if (mp.kind == static_cast<int32_t>(MaskKind::kBlocks)) {
     const int32_t B = mp.block_tokens, qb0 = tlo / B - ts.first_qblock, qb1 = thi / B - ts.first_qblock;
     none = !block_pairs(ts.blocks, mp.n_kblocks, qb0, qb1, kmin / B, min(kmax, thi) / B, false);
