@@ -10,8 +10,8 @@
 //   2. decode page selection (page_select.h) for the retrieval rows whose selection is due;
 //   3. the attention of every (sequence, KV head) row: chunks of more than one token in one paged
 //      prefill launch (retrieval chunks under dynamic prefill sparsity over the block masks that
-//      XAttentionSelect estimates just before, kernels/cuda/block_sparse.h), one-token rows (decode steps) in one split-KV decode launch. Retrieval rows are
-//      causal over their blocks (a decode row with selection over the selected blocks: the fresh
+//      XAttentionSelect estimates just before, kernels/cuda/block_sparse.h), one-token rows (decode
+//      steps) in one split-KV decode launch. Retrieval rows are causal over their blocks (a decode row with selection over the selected blocks: the fresh
 //      selection, or the previous one plus every block since); streaming rows take the Λ band over
 //      sink and ring pages, plus the chunk's own K/V for a longer chunk;
 //   4. streaming lanes write a longer chunk into sink and ring after the attention that read the

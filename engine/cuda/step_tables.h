@@ -163,7 +163,8 @@ struct LayerPlan {
   int64_t context_tokens = 0, selected_tokens = 0;
   int32_t max_blocks = 1;
   void reset() {  // every field as constructed, keeping the vectors' capacity (StepTables::reset)
-    prefill_rows.clear(), mass_rows.clear(), decode_rows.clear(), decode_entries.clear(), fresh_rows.clear(), fresh_entries.clear();
+    prefill_rows.clear(), mass_rows.clear(), decode_rows.clear(), decode_entries.clear();
+    fresh_rows.clear(), fresh_entries.clear();
     prefill_keys.reset(), decode_keys.reset();
     fresh_from = 0;
     streaming_before = streaming_after = false;

@@ -8,18 +8,18 @@
 //   1. xattention_bins_kernel (mma.sync m16n8k16, FlashAttention-2 layout as prefill_attention.cu):
 //      a CTA takes 128 packed rows m = (row group, head) of one row and a run of the key-group tiles
 //      of 64 (a row's tiles end at its last row group, causal; runs of split_tiles even out the
-//      CTAs' work); per tile and r it copies the Q rows and key rows (cp.async, two
-//      stages) and accumulates. The diagonal pair (c = a) counts only its causal
-//      pairs (key ≤ row): it is computed beforehand, per row, by plain dot products. At a tile's end
-//      each packed row's online softmax moves to the tile's maximum, and the exponentials are
-//      summed per key block part (the "bins": one per key block, or per tile when a key block spans
-//      several); bins, the tile's maximum and finally the run's maximum and sum go to the workspace.
+//      CTAs' work); per tile and r it copies the Q rows and key rows (cp.async, two stages) and
+//      accumulates. The diagonal pair (c = a) counts only its causal pairs (key ≤ row): it is
+//      computed beforehand, per row, by plain dot products. At a tile's end each packed row's online
+//      softmax moves to the tile's maximum, and the exponentials are summed per key block part (the
+//      "bins": one per key block, or per tile when a key block spans several); bins, the tile's
+//      maximum and finally the run's maximum and sum go to the workspace.
 //   2. xattention_select_kernel, one CTA per query block: each of its packed rows' runs folded into
 //      one maximum and sum, the block's masses (Σ over its row groups and heads of each bin rescaled
-//      to the row's maximum and divided by its sum), then the
-//      selection: blocks 1 .. qb−1 sorted by descending mass (ties: the lower block first) by a
-//      bitonic sort of (mass bits, ~block) keys in shared memory, kept in that order by one thread
-//      in double, as the twin does, until the kept mass reaches threshold · total.
+//      to the row's maximum and divided by its sum), then the selection: blocks 1 .. qb−1 sorted by
+//      descending mass (ties: the lower block first) by a bitonic sort of (mass bits, ~block) keys
+//      in shared memory, kept in that order by one thread in double, as the twin does, until the
+//      kept mass reaches threshold · total.
 #include "kernels/cuda/block_sparse.h"
 
 #include <algorithm>
@@ -523,7 +523,9 @@ void XAttentionSelect::plan(std::span<const BlockMassRow> rows, cudaStream_t str
   for (;; split *= 2) {
     int64_t n = 0;
     for (const RowPlan& rp : plans) {
-      for (int64_t m0 = 0; m0 < int64_t{rp.x.n_groups} * G; m0 += kBM) n += (chunk_tiles(rp.x, m0, G) + split - 1) / split;
+      for (int64_t m0 = 0; m0 < int64_t{rp.x.n_groups} * G; m0 += kBM) {
+        n += (chunk_tiles(rp.x, m0, G) + split - 1) / split;
+      }
     }
     if (n <= max_ctas_ || split >= (1 << 20)) break;
   }

@@ -116,7 +116,8 @@ __device__ __forceinline__ void warp_qk(float (&s)[MT][BN / 8][4], uint32_t q_ti
     uint32_t qa[MT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      ldmatrix_x4(qa[mt], q_tile + tile_offset<D>(row0 + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * ks + (lane >> 4)));
+      ldmatrix_x4(qa[mt],
+                  q_tile + tile_offset<D>(row0 + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * ks + (lane >> 4)));
     }
 #pragma unroll
     for (int np = 0; np < BN / 16; ++np) {

@@ -103,7 +103,8 @@ void check_problem(const Shape& sh, std::mt19937& rng) {
   sel.plan(planned);
   ASSERT_EQ(sel.geometry().size(), rows.size());
   ASSERT_GT(sel.mask_bytes(), 0);
-  DeviceBuffer<float> workspace(static_cast<size_t>(sel.workspace_floats())), dmass(static_cast<size_t>(sel.mask_bytes()));
+  DeviceBuffer<float> workspace(static_cast<size_t>(sel.workspace_floats()));
+  DeviceBuffer<float> dmass(static_cast<size_t>(sel.mask_bytes()));
   DeviceBuffer<uint8_t> dallowed(static_cast<size_t>(sel.mask_bytes()));
   workspace.fill_bytes(0xff);
   dmass.fill_bytes(0xff);
