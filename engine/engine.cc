@@ -13,23 +13,20 @@
 #include <thread>
 #include <unordered_map>
 
-#include "engine/bad_words.h"
 #include "engine/choice_constraint.h"
 #include "engine/json_constraint.h"
+#include "engine/live_request.h"
 #include "engine/logprobs.h"
 #include "engine/grammar.h"
 #include "engine/regex_dfa.h"
-#include "engine/request_stream.h"
-#include "engine/sampler.h"
 #include "engine/scheduler.h"
-#include "engine/stop_strings.h"
 #include "engine/text_constraint.h"
 #include "kvcache/capacity.h"
 
 namespace sparseserve {
 
 namespace {
-using clock_type = std::chrono::steady_clock;
+using clock_type = EngineClock;
 double seconds(clock_type::duration d) { return std::chrono::duration<double>(d).count(); }
 }  // namespace
 
@@ -49,55 +46,6 @@ void EngineConfig::validate() const {
   if (max_num_batched_tokens < 1) throw InvalidArgument("max_num_batched_tokens must be at least 1");
   if (max_waiting < 1) throw InvalidArgument("max_waiting must be at least 1");
   if (output_buffer < 1) throw InvalidArgument("output_buffer must be at least 1");
-}
-
-// One live request as the loop sees it.
-struct LiveRequest {
-  uint64_t key = 0;
-  Request req;
-  const kvcache::SparsityProfile* profile = nullptr;
-  std::vector<int32_t> tokens;  // prompt, then generated
-  int64_t prompt_len = 0;
-  int64_t max_new = 0;          // max_tokens capped by the context left
-  Sampler sampler;
-  IncrementalDetokenizer detok;
-  StopStringFilter stops;
-  std::vector<int32_t> stop_ids;      // req.stop_token_ids: reported as stop_token
-  std::vector<int32_t> implicit_stops;  // EOS and the end of turn (neither under ignore_eos): no stop reason
-  std::shared_ptr<RequestStreamImpl> stream;
-  clock_type::time_point arrival, first_token, last_token;
-  bool bound = false;           // registered with the KV backend
-  bool text_complete = false;   // a stop string or stop token ended it: every text delta is sent
-  int64_t prompt_counted = 0;   // prompt tokens counted in metrics.prompt_tokens (not again on recompute)
-  int32_t stop_token = -1;      // the stop_token_ids entry that ended it
-  // req.prompt_logprobs: the entries so far (prompt tokens 1 .. prompt_lp_next), sent with the first
-  // delta; a recompute after preemption does not collect them again.
-  std::vector<TokenLogprob> prompt_lps;
-  int64_t prompt_lp_next = 0;   // the next position whose logits give a prompt token's logprob
-  bool prompt_lps_sent = false;
-  std::optional<JsonText> json;  // req.json_object / json_schema: the generated text so far, while it constrains
-  std::unique_ptr<TextLanguage> language;  // req.choices / regex / grammar: likewise
-  uint64_t draw_seed = 0;  // the seed of tokens drawn on the device: req.sampling.seed, else random
-  MaskCache language_masks;  // `language`'s masks per state (a grammar's states come back)
-};
-
-// Whether a token of r may be drawn by the backend on the device (StepBackend's DeviceDraw): nothing
-// in the request reads or changes the logits row on the host, and its sampler's parameters are the
-// device sampler's (no penalty, no bias).
-bool drawn_on_device(const LiveRequest& r) {
-  const SamplingParams& p = r.req.sampling;
-  const bool may_stop = static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.req.min_tokens;
-  return r.req.logprobs < 0 && r.req.allowed_token_ids.empty() && r.req.bad_words.empty() && !r.json && !r.language &&
-         (may_stop || (r.stop_ids.empty() && r.implicit_stops.empty())) && p.presence_penalty == 0.0f &&
-         p.frequency_penalty == 0.0f && p.repetition_penalty == 1.0f && p.logit_bias.empty();
-}
-
-// Moves the prompt logprobs collected so far into the request's first delta (once).
-void take_prompt_logprobs(LiveRequest& r, RequestOutput& out) {
-  if (r.req.prompt_logprobs < 0 || r.prompt_lps_sent) return;
-  out.prompt_logprobs = std::move(r.prompt_lps);
-  r.prompt_lps.clear();
-  r.prompt_lps_sent = true;
 }
 
 struct Engine::Impl {
@@ -623,21 +571,7 @@ void Engine::Impl::step() {
     const int64_t first_row = rows;
     rows += f.no_logits ? 0 : f.all_logits ? s.count : 1;
     LiveRequest& r = *live.at(s.id);
-    if (f.all_logits) {  // prompt logprobs: position p's logits give prompt token p + 1
-      for (int64_t i = 0; i < s.count; ++i) {
-        const int64_t p = s.start + i;
-        if (p != r.prompt_lp_next || p + 1 >= r.prompt_len) continue;
-        const std::span<const float> prow(logits.data() + (first_row + i) * V, static_cast<size_t>(V));
-        double lse = 0;
-        TokenLogprob lp = top_logprobs(prow, r.req.prompt_logprobs, lse);
-        lp.token = r.tokens[static_cast<size_t>(p + 1)];
-        const float x = prow[static_cast<size_t>(lp.token)];
-        lp.logprob = static_cast<float>(x - lse);
-        lp.rank = 1 + static_cast<int32_t>(std::count_if(prow.begin(), prow.end(), [x](float y) { return y > x; }));
-        r.prompt_lps.push_back(std::move(lp));
-        ++r.prompt_lp_next;
-      }
-    }
+    if (f.all_logits) collect_prompt_logprobs(r, logits.data() + first_row * V, V, s.start, s.count);
     if (!s.sample) continue;
     std::span<float> lrow(logits.data() + (first_row + (f.all_logits ? s.count - 1 : 0)) * V, static_cast<size_t>(V));
     if (static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.max_new) {  // max_tokens = 0
@@ -645,35 +579,10 @@ void Engine::Impl::step() {
       continue;
     }
     const bool on_device = draw_index[si] >= 0;
-    // Logits processors, applied for sampling only (logprobs stay the model's, as vLLM reports them):
-    //  - allowed_token_ids: every other id gets −∞; bad_words: a banned sequence's last token, where
-    //    the generated tokens end with the rest of it;
-    //  - min_tokens: the token sampled now is number gen + 1; before the minimum no stop id can be
-    //    drawn and no stop string ends.
+    // min_tokens: the token sampled now is number gen + 1; before the minimum no stop id can be drawn
+    // and no stop string ends.
     const bool may_stop = static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.req.min_tokens;
-    const auto apply_processors = [&] {
-      if (!r.req.allowed_token_ids.empty()) {
-        std::vector<float> kept;
-        kept.reserve(r.req.allowed_token_ids.size());
-        for (int32_t id : r.req.allowed_token_ids) kept.push_back(lrow[static_cast<size_t>(id)]);
-        std::fill(lrow.begin(), lrow.end(), -INFINITY);
-        for (size_t i = 0; i < kept.size(); ++i) lrow[static_cast<size_t>(r.req.allowed_token_ids[i])] = kept[i];
-      }
-      if (!r.req.bad_words.empty()) {
-        ban_bad_words(r.req.bad_words, std::span<const int32_t>(r.tokens).subspan(static_cast<size_t>(r.prompt_len)),
-                      lrow);
-      }
-      if (r.json || r.language) {
-        std::vector<int32_t> stops = r.stop_ids;
-        stops.insert(stops.end(), r.implicit_stops.begin(), r.implicit_stops.end());
-        if (r.json) constrain_json(*r.json, token_bytes(), stops, may_stop, lrow);
-        if (r.language) constrain_text(*r.language, token_bytes(), stops, may_stop, lrow, &r.language_masks);
-      }
-      if (may_stop) return;
-      for (const auto* ids : {&r.stop_ids, &r.implicit_stops}) {
-        for (int32_t id : *ids) lrow[static_cast<size_t>(id)] = -INFINITY;
-      }
-    };
+    const auto apply_processors = [&] { apply_logits_processors(r, token_bytes(), may_stop, lrow); };
     std::optional<TokenLogprob> lp;
     if (r.req.logprobs >= 0) {  // log-softmax of the model's own distribution (before sampling transforms)
       double lse = 0;
