@@ -1,10 +1,12 @@
 // Passkey retrieval accuracy of sparsity profiles on the CPU engine, plus KV memory per profile.
 //   passkey_bench --model M --model-config Y [--contexts 1024,2048,4096,8192] [--trials 20]
-//                 [--random-seed 7] [--json out.json]
+//                 [--random-seed 7] [--json out.json] [--profiles NAME,...]
 // Per context and trial: one needle at depth (trial + 0.5) / trials in real prose; greedy decode of
 // 8 tokens; a hit when the 5-digit key appears in the output. Each distinct prefill (dense, the
 // YAML's 50% head split, a random 50% head split) runs once per trial; decode policies that share
 // it (streaming-only, page selection at 512 / 1024) restart from the same cache (rewind).
+// --profiles: dense and the named profiles of the YAML instead, each with its own prefill (for
+// profiles whose prefill differs, such as dynamic prefill sparsity).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <fstream>
@@ -59,6 +61,8 @@ int main(int argc, char** argv) {
   app.add_option("--decode", decode)->capture_default_str();
   app.add_option("--random-seed", random_seed)->capture_default_str();
   app.add_option("--json", json_out);
+  std::string only_csv;
+  app.add_option("--profiles", only_csv, "dense and these YAML profiles (comma-separated), each its own prefill");
   CLI11_PARSE(app, argc, argv);
   init_logging("warn");
 
@@ -77,12 +81,19 @@ int main(int argc, char** argv) {
   random_only.name = "random-streaming-only";
   random_only.roles = kvcache::roles_by_global_ratio(rnd, ratio);
 
-  const std::vector<Prefill> prefills = {
+  std::vector<Prefill> prefills = {
       {"dense", {{"dense", &dense}}},
       {"calibrated 50%", {{"streaming-only (calibrated)", &s_only}, {"select-512", &profiles.get("select-512")},
                           {"select-1024", &profiles.get("select-1024")}}},
       {"random 50%", {{"streaming-only (random heads)", &random_only}}},
   };
+  if (!only_csv.empty()) {
+    prefills.resize(1);
+    std::stringstream names(only_csv);
+    for (std::string name; std::getline(names, name, ',');) {
+      if (name != "dense") prefills.push_back({name, {{name, &profiles.get(name)}}});
+    }
+  }
 
   std::vector<int64_t> contexts;
   std::stringstream ss(contexts_csv);
