@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/errors.h"
@@ -323,7 +324,7 @@ TEST(ShippedModelProfiles, SmolLM2LoadsForTheDefaultModel) {
   EXPECT_EQ(m.kv_cache.page_tokens, 64);
   EXPECT_EQ(m.kv_cache.logical_page_tokens, 16);
   EXPECT_EQ(m.default_profile, "balanced");
-  EXPECT_EQ(m.profiles.size(), 5u);
+  EXPECT_EQ(m.profiles.size(), 7u);
   EXPECT_TRUE(m.get("dense").is_dense());
   for (const char* name : {"balanced", "streaming-only", "select-512", "select-1024"}) {
     SCOPED_TRACE(name);
@@ -343,6 +344,17 @@ TEST(ShippedModelProfiles, SmolLM2LoadsForTheDefaultModel) {
   EXPECT_EQ(m.get("select-512").decode.token_budget, 512);
   EXPECT_EQ(m.get("select-1024").decode.token_budget, 1024);
   EXPECT_TRUE(m.get("select-512").decode.enabled);
+  // Dynamic prefill sparsity, per request: on every head (xattn) and with the head split.
+  for (const char* name : {"xattn", "balanced-xattn"}) {
+    SCOPED_TRACE(name);
+    const kvcache::PrefillSparsity& pf = m.get(name).prefill;
+    EXPECT_TRUE(pf.dynamic);
+    EXPECT_EQ((std::tuple{pf.block_tokens, pf.stride, pf.threshold, pf.min_prompt_tokens}),
+              (std::tuple{64, 8, 0.9f, 1024}));
+    EXPECT_FALSE(m.get(name).decode.enabled);
+  }
+  EXPECT_EQ(m.get("xattn").roles.count(HeadRole::kStreaming), 0);
+  EXPECT_EQ(m.get("balanced-xattn").roles.count(HeadRole::kStreaming), 45);
 }
 
 }  // namespace
