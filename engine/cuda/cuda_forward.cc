@@ -18,6 +18,7 @@
 #include "common/errors.h"
 #include "common/half.h"
 #include "engine/cuda/block_store.h"
+#include "engine/cuda/device_step.h"
 #include "engine/cuda/step_graphs.h"
 #include "engine/cuda/step_tables.h"
 #include "engine/forward_step.h"
@@ -100,92 +101,6 @@ int64_t gemm_rows(int64_t rows) {
   if (rows <= 1024) return (rows + 63) / 64 * 64;
   return (rows + 511) / 512 * 512;
 }
-
-// Offsets of one kernel's CSR key lists: ip in the step's tables, pg, p0, ln in its lists.
-struct ListOffsets {
-  size_t ip = 0, pg = 0, p0 = 0, ln = 0;
-};
-
-// A layer's page_select inputs: offsets in the tables (pages: in the lists), offsets into the step's
-// query offsets and picked blocks, and where the fresh rows' entries start in the decode key lists.
-struct SelectOffsets {
-  size_t indptr = 0, pages = 0, lens = 0, out_indptr = 0, q_at = 0, picked_at = 0, region = 0;
-};
-
-// One page_select call: `rows` fresh rows from row `first` of the layer's, sharing a geometry.
-struct SelectRun {
-  int64_t first = 0, rows = 0;
-  int32_t sink_tokens = 0, token_budget = 0;
-};
-
-// What one layer launches, beyond the launches every layer makes.
-struct LayerLaunch {
-  const cuda::PrefillAttention* prefill = nullptr;  // planned for this step; nullptr: no prefill rows
-  const cuda::XAttentionSelect* masks = nullptr;    // planned for this step; nullptr: no dynamic rows
-  const cuda::DecodeAttention* decode = nullptr;    // planned for this step; nullptr: no decode rows
-  ListOffsets prefill_keys, decode_keys;
-  bool streaming_before = false, streaming_after = false;  // streaming lanes append before / after
-  SelectOffsets sel;
-  std::vector<SelectRun> select_runs;  // empty: no selection this step
-};
-
-// Every value the device work of a step takes (CudaForward::Impl::enqueue reads nothing else that
-// changes between steps): equal steps launch the same kernels with the same arguments, so a CUDA
-// graph captured for one replays another (StepGraphs). The tables' contents differ; they are
-// uploaded before.
-struct DeviceStep {
-  int64_t rows = 0, out_rows = 0, n_host = 0, n_drawn = 0;
-  int32_t* t = nullptr;  // the step's tables; the offsets below index it
-  int32_t* lists = nullptr;  // the step's device-filled lists (step_tables.h ListSpace)
-  const int32_t* store = nullptr;  // the block tables (BlockStore)
-  size_t ids = 0, pos = 0, off = 0, selr = 0, app_r = 0, app_sb = 0, app_s = 0, runs = 0;
-  int32_t n_runs = 0;
-  int32_t max_blocks = 1;  // page_select's bound on a lane's blocks
-  bf16 *h = nullptr, *xn = nullptr, *qkv = nullptr, *att = nullptr, *proj = nullptr, *gate_up = nullptr,
-       *act = nullptr, *sel = nullptr, *logits = nullptr;
-  float* logits_f32 = nullptr;
-  const cuda::SamplingRow* draw_params = nullptr;
-  int32_t* draw_tokens = nullptr;
-  const int64_t* q_offsets = nullptr;
-  int32_t* picked = nullptr;
-  float* scores = nullptr;
-  uint32_t* row_ready = nullptr;
-  float* mask_workspace = nullptr;   // XAttention's, shared by the layers
-  uint8_t* block_allowed = nullptr;  // the layer's dynamic block masks (rewritten per layer)
-  std::vector<LayerLaunch> layers;
-
-  // shape: what fixes a graph's topology (which launches are made); key: every value (shape
-  // included). Values as int64 (addresses too).
-  void describe(std::vector<int64_t>& shape, std::vector<int64_t>& key) const {
-    const auto addr = [](const void* p) { return static_cast<int64_t>(reinterpret_cast<uintptr_t>(p)); };
-    shape = {rows, out_rows, n_host, n_drawn, n_runs > 0};
-    for (const LayerLaunch& l : layers) {
-      shape.insert(shape.end(), {l.prefill != nullptr, l.decode != nullptr, l.streaming_before, l.streaming_after,
-                                 static_cast<int64_t>(l.select_runs.size())});
-    }
-    key = shape;
-    for (const size_t v : {ids, pos, off, selr, app_r, app_sb, app_s, runs}) key.push_back(static_cast<int64_t>(v));
-    key.push_back(n_runs);
-    key.push_back(max_blocks);
-    for (const void* p : std::initializer_list<const void*>{t, lists, store, h, xn, qkv, att, proj, gate_up, act, sel, logits,
-                                                            logits_f32, draw_params, draw_tokens, q_offsets, picked,
-                                                            scores,
-                                                            row_ready}) {
-      key.push_back(addr(p));
-    }
-    for (const LayerLaunch& l : layers) {
-      key.insert(key.end(), {addr(l.prefill), addr(l.decode)});
-      for (const ListOffsets& o : {l.prefill_keys, l.decode_keys}) {
-        for (const size_t v : {o.ip, o.pg, o.p0, o.ln}) key.push_back(static_cast<int64_t>(v));
-      }
-      const SelectOffsets& s = l.sel;
-      for (const size_t v : {s.indptr, s.pages, s.lens, s.out_indptr, s.q_at, s.picked_at, s.region}) {
-        key.push_back(static_cast<int64_t>(v));
-      }
-      for (const SelectRun& r : l.select_runs) key.insert(key.end(), {r.first, r.rows, r.sink_tokens, r.token_budget});
-    }
-  }
-};
 
 }  // namespace
 
