@@ -20,9 +20,10 @@
 // Decode --graph-calls N: each graph holds N calls on N rotation sets in a row, as an engine step's
 // graph holds one call per layer, and the time reported is per call (graph time / N): the event
 // and graph launch cost, paid once per step, is then spread as it is in the engine.
-// Decode --read-ceiling 1 also times reading the same list's K/V pages without any math (paged_read_ceiling.cuh): the
-// bound a paged decode can reach on this machine, reported as ceiling_median_ms / ceiling_tbps (a
-// cp.async ring) and bulk_ceiling_median_ms / bulk_ceiling_tbps (bulk copies, TMA).
+// Decode --read-ceiling 1 also times reading the same list's K/V pages without any math
+// (paged_read_ceiling.cuh): the bound a paged decode can reach on this machine, reported as
+// ceiling_median_ms / ceiling_tbps (a cp.async ring) and bulk_ceiling_median_ms / bulk_ceiling_tbps
+// (bulk copies, TMA).
 // Decode --v-offset BYTES places the V pool that many bytes past its allocation's start (K and V are
 // otherwise two equal allocations, often an exact power of two apart): does the distance between a
 // page's K and its V matter to DRAM? (It did not on the H200: RESULTS.md §3, session 16.)
