@@ -4,7 +4,7 @@
 //
 //   attention_bench --op prefill --seq 65536 [--batch 1] [--q-heads 32 --kv-heads 8 --dim 128]
 //                   [--page 64] [--streaming-kv-heads 4 --sink 128 --local 4096]
-//                   [--xattn-threshold 0.9 [--xattn-block 128 --xattn-stride 16]]
+//                   [--xattn-threshold 0.9 [--xattn-block 128 --xattn-stride 16 --xattn-max-ctas N]]
 //   attention_bench --op decode --seq 131072 --batch 16 [--budget 4096 --select gpu|host]
 //                   [--streaming-kv-heads 4 ...] [--graph 1] [--graph-calls 8] [--pdl 1]
 //                   [--page-order shuffled|sequential|window:N|extents:N] [--read-ceiling 1 [--ceiling-ctas N]]
@@ -30,7 +30,8 @@
 // Prefill --xattn-threshold T: the retrieval rows take block masks that XAttentionSelect estimates
 // (kernels/cuda/block_sparse.h) from the same q and keys in the same call, as the engine runs dynamic
 // prefill sparsity; reported: the estimate alone (xattn_ms, its strided-GEMM TFLOP/s), the whole
-// call (median_ms), and the share of causal blocks kept (density, from the last call's masks).
+// call (median_ms), and the share of causal blocks kept (density, from the last call's masks);
+// --xattn-max-ctas sets XAttentionConfig::max_ctas (0: the default).
 // Decode with --budget: retrieval rows read only selected pages (page_select.h on the GPU, or a
 // fixed random list from the host with --select host); streaming rows read sink + ring pages.
 #include <cuda_bf16.h>
@@ -86,7 +87,7 @@ struct Options {
   int ceiling_ctas = 0;                 // decode: the ceiling kernels' CTAs (0: one full wave)
   int64_t v_offset = 0;                 // decode: bytes between the V allocation's start and the V pool
   double xattn_threshold = 0.0;         // prefill: > 0 estimates block masks for the retrieval rows
-  int xattn_block = 128, xattn_stride = 16;
+  int xattn_block = 128, xattn_stride = 16, xattn_max_ctas = 0;
 };
 
 Options parse(int argc, char** argv) {
@@ -127,6 +128,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--xattn-threshold") o.xattn_threshold = std::stod(v);
     else if (a == "--xattn-block") o.xattn_block = static_cast<int>(num());
     else if (a == "--xattn-stride") o.xattn_stride = static_cast<int>(num());
+    else if (a == "--xattn-max-ctas") o.xattn_max_ctas = static_cast<int>(num());
     else throw std::invalid_argument("unknown option " + a);
   }
   if (o.op != "prefill" && o.op != "decode") throw std::invalid_argument("--op must be prefill or decode");
@@ -318,7 +320,7 @@ int run_prefill(const Options& o) {
   cfg.page_tokens = o.page;
   cfg.kernel = o.kernel == "mma" ? PrefillKernel::kMmaSync : o.kernel == "wgmma" ? PrefillKernel::kWgmma : PrefillKernel::kAuto;
   PrefillAttention attn(cfg);
-  XAttentionSelect sel({.head_dim = o.dim, .group = group, .page_tokens = o.page});
+  XAttentionSelect sel({.head_dim = o.dim, .group = group, .page_tokens = o.page, .max_ctas = o.xattn_max_ctas});
   DeviceBuffer<float> mask_ws;
   DeviceBuffer<uint8_t> allowed;
   if (xattn) {

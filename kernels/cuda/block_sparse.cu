@@ -6,13 +6,14 @@
 // tile is a GEMM with inner dimension S·D, accumulated as S products of D, one per r (Q rows of
 // one r at stride S, keys likewise).
 //   1. xattention_bins_kernel (mma.sync m16n8k16, FlashAttention-2 layout as prefill_attention.cu):
-//      a CTA takes 128 packed rows m = (row group, head) of one row and a run of the key-group tiles
-//      of 64 (a row's tiles end at its last row group, causal; runs of split_tiles even out the
-//      CTAs' work); per tile and r it copies the Q rows and key rows (cp.async, two stages) and
-//      accumulates. The diagonal pair (c = a) counts only its causal pairs (key ≤ row): it is
+//      a CTA of 8 warps takes 128 packed rows m = (row group, head) of one row (16 a warp) and a run
+//      of the key-group tiles of 128 (a row's tiles end at its last row group, causal; runs of
+//      split_tiles even out the CTAs' work, and the CTAs running at once share their rows' Q through
+//      L2); per tile and r it copies the Q rows and key rows (cp.async, three stages; addresses
+//      worked out once per CTA and per tile) and accumulates. The diagonal pair (c = a) counts only its causal pairs (key ≤ row): it is
 //      computed beforehand, per row, by plain dot products. At a tile's end each packed row's online
-//      softmax moves to the tile's maximum, and the exponentials are summed per key block part (the
-//      "bins": one per key block, or per tile when a key block spans several); bins, the tile's
+//      softmax moves to the tile's maximum, and the exponentials are summed per key block (the
+//      "bins"; a key block of B ≤ 128 tokens never spans two tiles); bins, the tile's
 //      maximum and finally the run's maximum and sum go to the workspace.
 //   2. xattention_select_kernel, one CTA per query block: each of its packed rows' runs folded into
 //      one maximum and sum, the block's masses (Σ over its row groups and heads of each bin rescaled
@@ -36,10 +37,10 @@ namespace {
 
 using attn::bf16;
 
-constexpr int kThreads = 128;
-constexpr int kMT = 2;                         // m16 tiles per warp
+constexpr int kThreads = 256;
+constexpr int kMT = 1;                         // m16 tiles per warp
 constexpr int kBM = kThreads / 32 * kMT * 16;  // packed rows per CTA: 128
-constexpr int kBC = 64;                        // key groups per tile
+constexpr int kBC = 128;                       // key groups per tile
 constexpr int kSelectThreads = 256;
 constexpr int kMinSplitTiles = 4;  // the shortest run of key-group tiles a CTA takes
 constexpr float kLog2e = 1.4426950408889634f;
@@ -82,15 +83,17 @@ struct Params {
   float scale_log2;
 };
 
-// Key-group columns per bin (cpb = B / S, at most a tile) and bins per tile.
-__host__ __device__ __forceinline__ int32_t bins_per_tile(int32_t cpb) { return cpb >= kBC ? 1 : kBC / cpb; }
+// Key-group columns per bin (cpb = B / S ≤ 128 = kBC: one bin per key block) and bins per tile.
+static_assert(kBC >= 128, "a key block (B ≤ 128 tokens, S ≥ 1) must fit in one key-group tile");
+__host__ __device__ __forceinline__ int32_t bins_per_tile(int32_t cpb) { return kBC / cpb; }
 
 template <int D>
 struct BinsSmem {
+  static constexpr int kStages = 3;  // copies of steps it + 1 and it + 2 in flight during step it
   static constexpr int kQBytes = kBM * D * 2;
   static constexpr int kKBytes = kBC * D * 2;
   static constexpr int kStageBytes = kQBytes + kKBytes;
-  static constexpr int kBytes = 2 * kStageBytes;
+  static constexpr int kBytes = kStages * kStageBytes;  // 192 KB at D = 128: one CTA a multiprocessor
 };
 
 __device__ __forceinline__ attn::RowKeys row_keys(const Params& p, int32_t r) {
@@ -125,7 +128,7 @@ __device__ __forceinline__ void store_bins(const float (&pr)[kBC / 8][4], int h,
     return;
   }
   // cpb ≥ 8: sums of 8 columns (every quad lane gets them), then cpb / 8 of those per bin.
-  const int per = min(cpb, kBC) / 8;
+  const int per = cpb / 8;
   float acc = 0.0f;
 #pragma unroll
   for (int j = 0; j < kBC / 8; ++j) {
@@ -142,7 +145,7 @@ __device__ __forceinline__ void store_bins(const float (&pr)[kBC / 8][4], int h,
 }
 
 template <int D>
-__global__ void __launch_bounds__(kThreads, 2) xattention_bins_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, 1) xattention_bins_kernel(const Params p) {
   using Smem = BinsSmem<D>;
   constexpr int kChunks = D / 8;
   extern __shared__ __align__(128) uint8_t smem[];
@@ -203,20 +206,63 @@ __global__ void __launch_bounds__(kThreads, 2) xattention_bins_kernel(const Para
   const uint32_t base = attn::smem_addr(smem);
   const auto q_stage = [&](int st) { return base + st * Smem::kStageBytes; };
   const auto k_stage = [&](int st) { return base + st * Smem::kStageBytes + Smem::kQBytes; };
+  // The copies' addresses, worked out once: a thread always copies chunk c of the same Q rows
+  // (packed rows tid / kChunks + k·kRowStep) and of the same tile rows j (likewise).
+  constexpr int kRowStep = kThreads / kChunks;
+  constexpr int kQCopies = kBM / kRowStep, kKCopies = kBC / kRowStep;
+  const int c = tid % kChunks, row_in = tid / kChunks;
+  // Q: the token of packed row m's group at r = 0 (aS + S − 1, relative to the chunk; far below 0
+  // for rows past the chunk) and the element offset of its head's chunk.
+  int32_t q_tok[kQCopies], q_col[kQCopies];
+#pragma unroll
+  for (int k = 0; k < kQCopies; ++k) {
+    const int32_t m = m0 + row_in + k * kRowStep;
+    q_tok[k] = m < total_m ? (row.a_first + m / G) * S + S - 1 - row.q_pos0 : INT32_MIN / 2;
+    q_col[k] = (row.kv_head * G + m % G) * D + c * 8;
+  }
+  // Keys: when a key group never crosses a page (S ≤ P), the group's S keys are consecutive rows of
+  // one page, so per tile each copied row j needs one lookup: the row of key r = 0 and how many of
+  // the group's keys exist (slot u holds position u < L). Otherwise every copy locates its slot.
+  const bool group_in_page = S <= (1 << p.pool.page_shift);
+  const bf16* k_src[kKCopies];
+  int32_t k_cnt[kKCopies];
+  int32_t k_tile_ready = -1;
+  const auto locate_groups = [&](int32_t ct) {
+#pragma unroll
+    for (int k = 0; k < kKCopies; ++k) {
+      const bf16* kp;
+      const bf16* vp;
+      const int32_t u = (ct * kBC + row_in + k * kRowStep) * S;
+      const int32_t pos = attn::locate_slot<D>(rk, p.pool, u, kp, vp);
+      const int32_t in_page = pos == attn::kNoKey ? 0 : __ldg(rk.page_len + (u >> p.pool.page_shift)) -
+                                                            (u & ((1 << p.pool.page_shift) - 1));
+      k_src[k] = kp + c * 8;
+      k_cnt[k] = pos == attn::kNoKey ? 0 : min(in_page, L - pos);
+    }
+    k_tile_ready = ct;
+  };
   // Q rows of r for the CTA's packed rows (rows outside the chunk zero), keys of r for tile ct.
   const auto load = [&](int st, int32_t ct, int32_t r) {
-    for (int i = tid; i < kBM * kChunks; i += kThreads) {
-      const int rr = i / kChunks, c = i % kChunks;
-      const int32_t m = m0 + rr;
-      const int32_t a = row.a_first + m / G, g = m % G;
-      const int32_t tok = a * S + S - 1 - r - row.q_pos0;
-      const bool valid = m < total_m && tok >= 0 && tok < row.n_tokens;
-      const bf16* src = p.q + static_cast<int64_t>(row.q_row0 + tok) * p.q_stride +
-                        static_cast<int64_t>(row.kv_head * G + g) * D + c * 8;
-      attn::cp_async16(q_stage(st) + attn::tile_offset<D>(rr, c), valid ? src : p.q, valid);
+#pragma unroll
+    for (int k = 0; k < kQCopies; ++k) {
+      const int32_t tok = q_tok[k] - r;
+      const bool valid = static_cast<uint32_t>(tok) < static_cast<uint32_t>(row.n_tokens);
+      const bf16* src = p.q + static_cast<int64_t>(row.q_row0 + tok) * p.q_stride + q_col[k];
+      attn::cp_async16(q_stage(st) + attn::tile_offset<D>(row_in + k * kRowStep, c), valid ? src : p.q, valid);
     }
-    for (int i = tid; i < kBC * kChunks; i += kThreads) {
-      const int j = i / kChunks, c = i % kChunks;
+    if (group_in_page) {
+      if (ct != k_tile_ready) locate_groups(ct);
+#pragma unroll
+      for (int k = 0; k < kKCopies; ++k) {
+        const bool valid = r < k_cnt[k];
+        attn::cp_async16(k_stage(st) + attn::tile_offset<D>(row_in + k * kRowStep, c),
+                         valid ? k_src[k] + r * D : p.pool.k, valid);
+      }
+      return;
+    }
+#pragma unroll
+    for (int k = 0; k < kKCopies; ++k) {
+      const int j = row_in + k * kRowStep;
       const bf16* kp;
       const bf16* vp;
       const int32_t pos = attn::locate_slot<D>(rk, p.pool, (ct * kBC + j) * S + r, kp, vp);
@@ -235,16 +281,23 @@ __global__ void __launch_bounds__(kThreads, 2) xattention_bins_kernel(const Para
     lrun[mt][0] = lrun[mt][1] = 0.0f;
   }
 
-  const int32_t n_it = n_ct * S;
-  load(0, ct0, 0);
-  attn::cp_async_commit();
-  for (int32_t it = 0; it < n_it; ++it) {
-    attn::cp_async_wait<0>();
-    __syncthreads();  // stage `it` visible; the other stage is free
-    const int st = it & 1;
-    if (it + 1 < n_it) load(st ^ 1, ct0 + (it + 1) / S, (it + 1) % S);
+  // Step it = (tile ct0 + it / S, r = it % S); kStages − 1 steps' copies in flight ahead of it.
+  constexpr int kStages = Smem::kStages;
+  const int lg_s = __ffs(S) - 1;  // S is a power of two
+  const int32_t n_it = n_ct << lg_s;
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < n_it) load(st, ct0 + (st >> lg_s), st & (S - 1));
     attn::cp_async_commit();
-    const int32_t ct = ct0 + it / S, r = it % S;
+  }
+  for (int32_t it = 0; it < n_it; ++it) {
+    attn::cp_async_wait<kStages - 2>();
+    __syncthreads();  // step it's stage visible to all; step it − 1's stage free
+    const int32_t next = it + kStages - 1;
+    if (next < n_it) load(next % kStages, ct0 + (next >> lg_s), next & (S - 1));
+    attn::cp_async_commit();
+    const int st = it % kStages;
+    const int32_t ct = ct0 + (it >> lg_s), r = it & (S - 1);
     // A warp whose row groups all precede the tile has nothing in it (the reduction reads no bin of it).
     const bool busy = warp_active && ct * kBC <= warp_last_a;
     if (busy) attn::warp_qk<D, kMT, kBC>(s, q_stage(st), kMT * 16 * warp, k_stage(st));
@@ -355,17 +408,9 @@ __global__ void __launch_bounds__(kSelectThreads) xattention_select_kernel(const
         const float inv_l = 1.0f / l;
         const float* mb = bins + m * row.n_bins;
         const float* mm = tile_max + m * row.n_ctiles;
-        if (per <= kBC) {
-          const int32_t t = kb * per / kBC;
-          if (t * kBC > a) continue;
-          acc += __ldg(mb + kb) * exp2f(__ldg(mm + t) - mfin) * inv_l;
-        } else {
-          for (int32_t i = 0; i < per / kBC; ++i) {
-            const int32_t t = kb * (per / kBC) + i;
-            if (t * kBC > a) break;
-            acc += __ldg(mb + t) * exp2f(__ldg(mm + t) - mfin) * inv_l;
-          }
-        }
+        const int32_t t = kb * per / kBC;  // the key block's tile (a key block never spans two)
+        if (t * kBC > a) continue;
+        acc += __ldg(mb + kb) * exp2f(__ldg(mm + t) - mfin) * inv_l;
       }
     }
     mass_s[kb] = acc;
@@ -435,7 +480,16 @@ int32_t chunk_tiles(const XRow& x, int64_t m0, int32_t group) {
   return static_cast<int32_t>((x.a_first + last / group) / kBC + 1);
 }
 
-RowPlan plan_row(const BlockMassRow& r, int32_t group, int32_t split_tiles, const std::source_location& loc) {
+// Sets the row's runs of split_tiles key-group tiles and its workspace floats.
+void set_split(RowPlan& plan, int32_t group, int32_t split_tiles) {
+  XRow& x = plan.x;
+  x.split_tiles = split_tiles;
+  x.n_splits = (x.n_ctiles + split_tiles - 1) / split_tiles;
+  plan.ws_floats = int64_t{x.n_groups} * group * (x.n_bins + x.n_ctiles + 2 * x.n_splits);
+}
+
+// The row's plan with runs of kMinSplitTiles tiles (plan() may lengthen them: set_split).
+RowPlan plan_row(const BlockMassRow& r, int32_t group, const std::source_location& loc) {
   const int32_t B = r.block_tokens, S = r.stride;
   check(r.n_tokens >= 1 && r.q_pos0 >= 0 && r.q_row0 >= 0 && r.kv_head >= 0 && r.list_row >= 0,
         "XAttentionSelect::plan: rows need n_tokens ≥ 1 and non-negative q_row0, q_pos0, kv_head, list_row", loc);
@@ -460,15 +514,14 @@ RowPlan plan_row(const BlockMassRow& r, int32_t group, int32_t split_tiles, cons
   x.n_groups = a_last - x.a_first + 1;
   x.n_ctiles = a_last / kBC + 1;
   x.n_bins = x.n_ctiles * bins_per_tile(B / S);
-  x.split_tiles = split_tiles;
-  x.n_splits = (x.n_ctiles + split_tiles - 1) / split_tiles;
   x.first_qblock = r.q_pos0 / B;
   x.n_qblocks = static_cast<int32_t>((L - 1) / B) - x.first_qblock + 1;
   x.n_kblocks = static_cast<int32_t>((L + B - 1) / B);
   check(x.n_kblocks <= kMaxMaskKeyBlocks, "XAttentionSelect::plan: a row has more key blocks than kMaxMaskKeyBlocks",
         loc);
-  const int64_t packed = int64_t{x.n_groups} * group;
-  return {x, packed * (x.n_bins + x.n_ctiles + 2 * x.n_splits)};
+  RowPlan plan{x, 0};
+  set_split(plan, group, kMinSplitTiles);
+  return plan;
 }
 
 }  // namespace
@@ -485,7 +538,7 @@ XAttentionSelect::XAttentionSelect(const XAttentionConfig& config, std::source_l
     int device = 0, sms = 0;
     CUDA_CHECK(cudaGetDevice(&device));
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    max_ctas_ = 8 * sms;  // four waves of two resident CTAs a multiprocessor
+    max_ctas_ = 8 * sms;  // eight waves of one resident CTA a multiprocessor (longer runs: no faster)
   }
   const int smem = config.head_dim == 64 ? BinsSmem<64>::kBytes : BinsSmem<128>::kBytes;
   CUDA_CHECK(cudaFuncSetAttribute(config.head_dim == 64 ? bins_kernel<64>() : bins_kernel<128>(),
@@ -518,7 +571,7 @@ void XAttentionSelect::plan(std::span<const BlockMassRow> rows, cudaStream_t str
   // Runs of split_tiles tiles: the shortest (kMinSplitTiles, doubled) that keeps the bins kernel
   // within max_ctas CTAs; long runs cost less per tile, short runs balance the causal triangle.
   std::vector<RowPlan> plans;
-  for (const BlockMassRow& r : rows) plans.push_back(plan_row(r, G, kMinSplitTiles, loc));
+  for (const BlockMassRow& r : rows) plans.push_back(plan_row(r, G, loc));
   int32_t split = kMinSplitTiles;
   for (;; split *= 2) {
     int64_t n = 0;
@@ -530,7 +583,8 @@ void XAttentionSelect::plan(std::span<const BlockMassRow> rows, cudaStream_t str
     if (n <= max_ctas_ || split >= (1 << 20)) break;
   }
   for (size_t i = 0; i < rows.size(); ++i) {
-    RowPlan rp = plan_row(rows[i], G, split, loc);
+    RowPlan& rp = plans[i];
+    set_split(rp, G, split);
     rp.x.ws = ws;
     rp.x.out = out;
     ws += rp.ws_floats;

@@ -68,8 +68,8 @@ struct XAttentionConfig {
   int32_t head_dim = 128;    // 64 or 128
   int32_t group = 1;         // query heads per KV head, 1..64
   int32_t page_tokens = 64;  // 16, 32, 64 or 128
-  // CTAs the estimate aims at most for (longer key ranges per CTA beyond); 0: four waves of the
-  // device's. Tests lower it to cover long ranges on small inputs.
+  // CTAs the estimate aims at most for (longer key ranges per CTA beyond); 0: eight waves (one CTA
+  // a multiprocessor). Tests lower it to cover long ranges on small inputs.
   int32_t max_ctas = 0;
 };
 

@@ -191,13 +191,21 @@ TEST(XAttentionGpu, SmallRandomRowsMatchCpu) {
     check_problem(random_shape(rng), rng);
     if (HasFatalFailure()) return;
   }
-  // Strides 1 and 2 with the largest block: a key block spans several key-group tiles.
+  // Strides 1 and 2 with the largest block: a key block fills a whole key-group tile or half of it.
   for (const int32_t S : {1, 2}) {
     Shape sh;
     sh.block_tokens = 128;
     sh.stride = S;
     sh.max_history = 300;
     sh.max_chunk = 200;
+    check_problem(sh, rng);
+  }
+  // A stride longer than a page: a key group's keys lie on several pages.
+  for (const int32_t S : {32, 64}) {
+    Shape sh;
+    sh.P = 16;
+    sh.block_tokens = 64;
+    sh.stride = S;
     check_problem(sh, rng);
   }
 }
