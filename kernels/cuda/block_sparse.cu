@@ -30,6 +30,7 @@
 #include <cstring>
 
 #include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace sparseserve::kernels::cuda {
 
@@ -93,7 +94,8 @@ struct BinsSmem {
   static constexpr int kQBytes = kBM * D * 2;
   static constexpr int kKBytes = kBC * D * 2;
   static constexpr int kStageBytes = kQBytes + kKBytes;
-  static constexpr int kBytes = kStages * kStageBytes;  // 192 KB at D = 128: one CTA a multiprocessor
+  // 192 KB at D = 128 (one CTA a multiprocessor), + slack to align the stages to 1024 bytes (wgmma)
+  static constexpr int kBytes = kStages * kStageBytes + 1024;
 };
 
 __device__ __forceinline__ attn::RowKeys row_keys(const Params& p, int32_t r) {
@@ -144,11 +146,38 @@ __device__ __forceinline__ void store_bins(const float (&pr)[kBC / 8][4], int h,
   }
 }
 
+// Where chunk c of row `row` of a stage's Q or key tile ([128][D] bf16) lies: on sm_90a the layout
+// wgmma reads (128-byte swizzle), otherwise the one warp_qk's ldmatrix reads.
+template <int D>
+__device__ __forceinline__ uint32_t stage_offset(int row, int chunk) {
+#ifdef SPARSESERVE_SM90A
+  static_assert(kBM == 128 && kBC == 128);
+  return attn::wgmma_tile_offset<D, 128>(row, chunk);
+#else
+  return attn::tile_offset<D>(row, chunk);
+#endif
+}
+
+#ifdef SPARSESERVE_SM90A
+// s += Q·Kᵀ for warpgroup wg's 64 packed rows against the stage's 128 key rows (fp32 accumulators in
+// the mma.sync layout of the warp's 16 rows); issued, not waited for.
+template <int D>
+__device__ __forceinline__ void issue_qk(float (&s)[kBC / 8][4], uint32_t q_tile, int wg, uint32_t k_tile) {
+  float(&sf)[kBC / 2] = reinterpret_cast<float(&)[kBC / 2]>(s);
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    const uint32_t qa = q_tile + wg * (64 * 128) + (ks >> 2) * (kBM * 128) + (ks & 3) * 32;
+    const uint32_t kb = k_tile + (ks >> 2) * (kBC * 128) + (ks & 3) * 32;
+    wgmma::mma_m64n128k16_ss(sf, wgmma::desc_kmajor(qa), wgmma::desc_kmajor(kb), 1);
+  }
+}
+#endif
+
 template <int D>
 __global__ void __launch_bounds__(kThreads, 1) xattention_bins_kernel(const Params p) {
   using Smem = BinsSmem<D>;
   constexpr int kChunks = D / 8;
-  extern __shared__ __align__(128) uint8_t smem[];
+  extern __shared__ __align__(16) uint8_t smem[];  // stages aligned to 1024 bytes below
   if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;
   const int4 w = p.bins_work[blockIdx.x];
   const XRow row = p.rows[w.x];
@@ -203,7 +232,7 @@ __global__ void __launch_bounds__(kThreads, 1) xattention_bins_kernel(const Para
     }
   }
 
-  const uint32_t base = attn::smem_addr(smem);
+  const uint32_t base = (attn::smem_addr(smem) + 1023u) & ~1023u;
   const auto q_stage = [&](int st) { return base + st * Smem::kStageBytes; };
   const auto k_stage = [&](int st) { return base + st * Smem::kStageBytes + Smem::kQBytes; };
   // The copies' addresses, worked out once: a thread always copies chunk c of the same Q rows
@@ -248,14 +277,14 @@ __global__ void __launch_bounds__(kThreads, 1) xattention_bins_kernel(const Para
       const int32_t tok = q_tok[k] - r;
       const bool valid = static_cast<uint32_t>(tok) < static_cast<uint32_t>(row.n_tokens);
       const bf16* src = p.q + static_cast<int64_t>(row.q_row0 + tok) * p.q_stride + q_col[k];
-      attn::cp_async16(q_stage(st) + attn::tile_offset<D>(row_in + k * kRowStep, c), valid ? src : p.q, valid);
+      attn::cp_async16(q_stage(st) + stage_offset<D>(row_in + k * kRowStep, c), valid ? src : p.q, valid);
     }
     if (group_in_page) {
       if (ct != k_tile_ready) locate_groups(ct);
 #pragma unroll
       for (int k = 0; k < kKCopies; ++k) {
         const bool valid = r < k_cnt[k];
-        attn::cp_async16(k_stage(st) + attn::tile_offset<D>(row_in + k * kRowStep, c),
+        attn::cp_async16(k_stage(st) + stage_offset<D>(row_in + k * kRowStep, c),
                          valid ? k_src[k] + r * D : p.pool.k, valid);
       }
       return;
@@ -267,7 +296,7 @@ __global__ void __launch_bounds__(kThreads, 1) xattention_bins_kernel(const Para
       const bf16* vp;
       const int32_t pos = attn::locate_slot<D>(rk, p.pool, (ct * kBC + j) * S + r, kp, vp);
       const bool valid = pos != attn::kNoKey && pos < L;
-      attn::cp_async16(k_stage(st) + attn::tile_offset<D>(j, c), valid ? kp + c * 8 : p.pool.k, valid);
+      attn::cp_async16(k_stage(st) + stage_offset<D>(j, c), valid ? kp + c * 8 : p.pool.k, valid);
     }
   };
 
@@ -292,15 +321,32 @@ __global__ void __launch_bounds__(kThreads, 1) xattention_bins_kernel(const Para
   }
   for (int32_t it = 0; it < n_it; ++it) {
     attn::cp_async_wait<kStages - 2>();
+#ifdef SPARSESERVE_SM90A
+    wgmma::fence_proxy_async();  // this thread's copies of step it, visible to wgmma
+#endif
     __syncthreads();  // step it's stage visible to all; step it − 1's stage free
-    const int32_t next = it + kStages - 1;
-    if (next < n_it) load(next % kStages, ct0 + (next >> lg_s), next & (S - 1));
-    attn::cp_async_commit();
     const int st = it % kStages;
     const int32_t ct = ct0 + (it >> lg_s), r = it & (S - 1);
     // A warp whose row groups all precede the tile has nothing in it (the reduction reads no bin of it).
     const bool busy = warp_active && ct * kBC <= warp_last_a;
+#ifdef SPARSESERVE_SM90A
+    // wgmma (per warpgroup, on every step: a branch around it would serialize the MMAs) runs while
+    // the copies of step it + kStages − 1 are issued; rows without work in the tile are not read.
+    float(&sf)[kBC / 2] = reinterpret_cast<float(&)[kBC / 2]>(s[0]);
+    wgmma::fence_operands(sf);
+    wgmma::fence();
+    issue_qk<D>(s[0], q_stage(st), warp >> 2, k_stage(st));
+    wgmma::commit();
+#endif
+    const int32_t next = it + kStages - 1;
+    if (next < n_it) load(next % kStages, ct0 + (next >> lg_s), next & (S - 1));
+    attn::cp_async_commit();
+#ifdef SPARSESERVE_SM90A
+    wgmma::wait<0>();
+    wgmma::fence_operands(sf);
+#else
     if (busy) attn::warp_qk<D, kMT, kBC>(s, q_stage(st), kMT * 16 * warp, k_stage(st));
+#endif
     if (r != S - 1) continue;
     if (busy) {
       // The tile's scores: scaled below the diagonal, the diagonal's own value, −inf above.
