@@ -62,7 +62,10 @@ run_stage() {
   else
     statuses+=("FAIL (rc $rc)")
     overall=1
-    grep -E '^\[  FAILED  \]|^/.*Failure|ERROR SUMMARY|Invalid|Race reported|Barrier error' "$log" | head -20
+    # Each failure with the lines after it: the values compared and the SCOPED_TRACE lines, which
+    # name the seed (SPARSESERVE_TEST_SEED=...) that reproduces a random case.
+    grep -E -A8 '^/.*Failure' "$log" | head -60
+    grep -E '^\[  FAILED  \]|ERROR SUMMARY|Invalid|Race reported|Barrier error' "$log" | head -20
   fi
   tail -3 "$log"
 }
