@@ -5,16 +5,17 @@
 // their count, times the scale: a dot product of two S·D vectors, so a (row groups × key groups)
 // tile is a GEMM with inner dimension S·D, accumulated as S products of D, one per r (Q rows of
 // one r at stride S, keys likewise).
-//   1. xattention_bins_kernel (mma.sync m16n8k16, FlashAttention-2 layout as prefill_attention.cu):
-//      a CTA of 8 warps takes 128 packed rows m = (row group, head) of one row (16 a warp) and a run
-//      of the key-group tiles of 128 (a row's tiles end at its last row group, causal; runs of
-//      split_tiles even out the CTAs' work, and the CTAs running at once share their rows' Q through
-//      L2); per tile and r it copies the Q rows and key rows (cp.async, three stages; addresses
-//      worked out once per CTA and per tile) and accumulates. The diagonal pair (c = a) counts only its causal pairs (key ≤ row): it is
-//      computed beforehand, per row, by plain dot products. At a tile's end each packed row's online
-//      softmax moves to the tile's maximum, and the exponentials are summed per key block (the
-//      "bins"; a key block of B ≤ 128 tokens never spans two tiles); bins, the tile's
-//      maximum and finally the run's maximum and sum go to the workspace.
+//   1. xattention_bins_kernel (on sm_90a wgmma, each warpgroup 64 packed rows against the stage's
+//      128 key groups straight from shared memory; elsewhere mma.sync m16n8k16 in the
+//      FlashAttention-2 layout of prefill_attention.cu): a CTA of 8 warps takes 128 packed rows
+//      m = (row group, head) of one row and a run of the key-group tiles of 128 (a row's tiles end at
+//      its last row group, causal; runs of split_tiles even out the CTAs' work); per tile and r it
+//      copies the Q rows and key rows (cp.async, three stages; addresses worked out once per CTA and
+//      per tile) and accumulates. The diagonal pair (c = a) counts only its causal pairs (key ≤ row):
+//      it is computed beforehand, per row, by plain dot products. At a tile's end each packed row's
+//      online softmax moves to the tile's maximum, and the exponentials are summed per key block (the
+//      "bins"; a key block of B ≤ 128 tokens never spans two tiles); bins, the tile's maximum and
+//      finally the run's maximum and sum go to the workspace.
 //   2. xattention_select_kernel, one CTA per query block: each of its packed rows' runs folded into
 //      one maximum and sum, the block's masses (Σ over its row groups and heads of each bin rescaled
 //      to the row's maximum and divided by its sum), then the selection: blocks 1 .. qb−1 sorted by
