@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -192,20 +193,16 @@ TEST(XAttentionGpu, SmallRandomRowsMatchCpu) {
     if (HasFatalFailure()) return;
   }
   // Strides 1 and 2 with the largest block: a key block fills a whole key-group tile or half of it.
-  for (const int32_t S : {1, 2}) {
+  // Strides longer than a page: a key group's keys lie on several pages.
+  for (const auto& [P, B, S, history, chunk] :
+       {std::array{64, 128, 1, 300, 200}, std::array{64, 128, 2, 300, 200}, std::array{16, 64, 32, 600, 300},
+        std::array{16, 64, 64, 600, 300}}) {
     Shape sh;
-    sh.block_tokens = 128;
+    sh.P = P;
+    sh.block_tokens = B;
     sh.stride = S;
-    sh.max_history = 300;
-    sh.max_chunk = 200;
-    check_problem(sh, rng);
-  }
-  // A stride longer than a page: a key group's keys lie on several pages.
-  for (const int32_t S : {32, 64}) {
-    Shape sh;
-    sh.P = 16;
-    sh.block_tokens = 64;
-    sh.stride = S;
+    sh.max_history = history;
+    sh.max_chunk = chunk;
     check_problem(sh, rng);
   }
 }
