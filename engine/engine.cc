@@ -48,6 +48,14 @@ void EngineConfig::validate() const {
   if (output_buffer < 1) throw InvalidArgument("output_buffer must be at least 1");
 }
 
+StepLimits EngineConfig::step_limits(const ModelProfiles& profiles) const {
+  StepLimits limits{max_num_batched_tokens, max_num_seqs, {}};
+  for (const auto& [name, profile] : profiles.profiles) {
+    if (profile.prefill.dynamic) limits.dynamic_prefill.emplace_back(profile.prefill.block_tokens, profile.prefill.stride);
+  }
+  return limits;
+}
+
 struct Engine::Impl {
   Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend b);
 
@@ -104,7 +112,7 @@ Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend 
       kv(profiles.kv_cache, kvcache::pages_for_budget(config.kv_cache_bytes, shape)),
       scheduler(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens, config.priority_scheduling, 64}, kv) {
   const size_t bytes = shape.page_bytes() * static_cast<size_t>(kv.num_pages());
-  backend = step_backend.make(model, kv, config.step_limits());
+  backend = step_backend.make(model, kv, config.step_limits(profiles));
   metrics.kv_pages_total = kv.num_pages();
   metrics.kv_bytes_per_page = static_cast<int64_t>(shape.page_bytes());
   spdlog::info("engine ({}): {} KV pages of {} tokens ({:.1f} MiB), profiles: {}, default {}", step_backend.name,
@@ -122,7 +130,7 @@ Engine::Engine(const Model& model, ModelProfiles profiles, EngineConfig config, 
   if (const std::string why = backend.unsupported(model, profiles.get(profiles.default_profile)); !why.empty()) {
     throw InvalidArgument("default sparsity profile '" + profiles.default_profile + "': " + why);
   }
-  backend.check_kv_bytes(model, config.kv_cache_bytes, config.step_limits());
+  backend.check_kv_bytes(model, config.kv_cache_bytes, config.step_limits(profiles));
   try {
     impl_ = std::make_unique<Impl>(model, std::move(profiles), std::move(config), std::move(backend));
   } catch (const std::bad_alloc&) {

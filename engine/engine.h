@@ -27,7 +27,8 @@ struct EngineConfig {
   int32_t output_buffer = 4096;          // deltas buffered per request before the engine waits
   // Throws InvalidArgument naming the field.
   void validate() const;
-  StepLimits step_limits() const { return {max_num_batched_tokens, max_num_seqs}; }
+  // This config's limits for a model's profiles.
+  StepLimits step_limits(const ModelProfiles& profiles) const;
 };
 
 // The waiting queue is full (HTTP 429, gRPC RESOURCE_EXHAUSTED).

@@ -10,6 +10,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/kv_backend.h"
@@ -68,6 +69,9 @@ class StepRunner {
 struct StepLimits {
   int64_t max_tokens = 0;     // rows of a step (max_num_batched_tokens)
   int64_t max_sequences = 0;  // sequences of a step (max_num_seqs)
+  // {block_tokens, stride} of each profile with dynamic prefill sparsity (the GPU sizes the estimate's
+  // workspace for them).
+  std::vector<std::pair<int32_t, int32_t>> dynamic_prefill;
 };
 
 // A backend as the engine builds it: how its pages are sized and how its runner is made.

@@ -271,7 +271,7 @@ int run_serve(const ServeArgs& a) {
   EngineConfig engine_config = cfg.engine_config();
   if (!cfg.kv_cache_bytes && backend.device_kv_bytes) {
     engine_config.kv_cache_bytes =
-        backend.device_kv_bytes(*model, cfg.gpu_memory_utilization, engine_config.step_limits());
+        backend.device_kv_bytes(*model, cfg.gpu_memory_utilization, engine_config.step_limits(profiles));
   }
   const size_t kv_bytes = engine_config.kv_cache_bytes;
   Engine engine(*model, std::move(profiles), engine_config, std::move(backend));

@@ -8,7 +8,9 @@
 
 #include "common/errors.h"
 #include "engine/cuda/cuda_forward.h"
+#include "kernels/cuda/block_sparse.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/page_select.h"
 
 namespace sparseserve {
@@ -116,8 +118,25 @@ size_t cuda_step_bytes(const ModelConfig& c, const StepLimits& limits) {
   // Per sequence: its region of the block store (engine/cuda/block_store.h), every KV head of every
   // layer with the whole context's blocks, int32, counted at the smallest page size (16 tokens).
   const int64_t store_bytes = 4 * c.n_layers * c.n_kv_heads * ((c.max_context + 15) / 16);
-  return kFixedHeadroomBytes + static_cast<size_t>(std::max<int64_t>(limits.max_tokens, 1) * (row_bytes + logit_bytes) +
-                                                   std::max<int64_t>(limits.max_sequences, 1) * store_bytes);
+  const int64_t tokens = std::max<int64_t>(limits.max_tokens, 1), seqs = std::max<int64_t>(limits.max_sequences, 1);
+  // Each layer's decode attention, made at warm-up for a row per sequence and KV head (CudaForward).
+  const auto group = static_cast<int32_t>(c.n_heads / std::max<int64_t>(c.n_kv_heads, 1));
+  kernels::cuda::DecodeConfig dc;
+  dc.head_dim = static_cast<int32_t>(c.head_dim);
+  dc.group = group;
+  dc.max_rows = static_cast<int32_t>(std::max<int64_t>(seqs * c.n_kv_heads, 64));
+  const auto decode_bytes = static_cast<size_t>(c.n_layers) * kernels::cuda::DecodeAttention::device_bytes_bound(dc);
+  // The estimate of dynamic prefill sparsity, one row per sequence's chunk and KV head at most.
+  int64_t mask_bytes = 0;
+  for (const auto& [block, stride] : limits.dynamic_prefill) {
+    using kernels::cuda::XAttentionSelect;
+    const int64_t rows = seqs * c.n_kv_heads, row_tokens = tokens * c.n_kv_heads;
+    mask_bytes = std::max(mask_bytes, 4 * XAttentionSelect::workspace_floats_bound(group, block, stride, rows, row_tokens,
+                                                                                   c.max_context) +
+                                          XAttentionSelect::mask_bytes_bound(block, rows, row_tokens, c.max_context));
+  }
+  return kFixedHeadroomBytes + decode_bytes +
+         static_cast<size_t>(tokens * (row_bytes + logit_bytes) + seqs * store_bytes + mask_bytes);
 }
 
 size_t cuda_weight_bytes(const ModelConfig& c, bool tied) {

@@ -22,11 +22,11 @@ std::string cuda_unsupported_profile(const ModelConfig& config, const kvcache::S
 
 // Device memory the buffers of steps up to `limits` may take besides weights and KV cache: the
 // activations of max_tokens rows, logits rows for each (prompt logprobs), max_sequences regions of
-// the block store (the device's copy of their page tables), cuBLASLt's workspace and the context's
-// own allocations. Not counted: dynamic prefill sparsity's workspace and masks (profiles are not
-// known here), allocated at the first step that needs them, from the memory gpu_memory_utilization
-// leaves (a chunk of T tokens at context L, stride S, block B: about 4·(T/S)·heads·(L/B + L/(64·S))
-// bytes, shared by the layers).
+// the block store (the device's copy of their page tables), each layer's decode attention (its
+// split rows' partials for max_sequences · n_kv_heads rows), the dynamic prefill sparsity estimate's
+// workspace and masks for the profiles in limits.dynamic_prefill (shared by the layers: a chunk of T
+// tokens at context L, stride S, block B takes about 4·(T/S)·heads·group·(L/B + 3·L/(128·S)) bytes),
+// cuBLASLt's workspace and the context's own allocations.
 size_t cuda_step_bytes(const ModelConfig& config, const StepLimits& limits);
 
 // Device memory the model's weights take as CudaForward holds them (bf16, Q|K|V and gate|up fused).

@@ -596,6 +596,24 @@ XAttentionSelect::XAttentionSelect(const XAttentionConfig& config, std::source_l
   plan_uploaded_ = CudaEvent(cudaEventDisableTiming, loc);
 }
 
+// A row of n tokens ending at L ≤ max_len has ⌈n / S⌉ + 1 row groups at most, n_ctiles ≤ T = (max_len −
+// 1) / S / kBC + 1, n_bins = n_ctiles · bins_per_tile and n_splits ≤ n_ctiles (set_split); so the
+// rows' groups add up to at most tokens / S + 2 · rows, each with T · (bins_per_tile + 3) floats.
+int64_t XAttentionSelect::workspace_floats_bound(int32_t group, int32_t block_tokens, int32_t stride, int64_t rows,
+                                                 int64_t tokens, int64_t max_len) {
+  if (rows <= 0 || tokens <= 0 || max_len <= 0) return 0;
+  const int64_t S = stride, T = (max_len - 1) / S / kBC + 1;
+  const int64_t groups = (tokens + S - 1) / S + 2 * rows;
+  return int64_t{group} * groups * T * (bins_per_tile(block_tokens / stride) + 3);
+}
+
+// n_qblocks ≤ ⌈n / B⌉ + 1 and n_kblocks ≤ ⌈max_len / B⌉ per row.
+int64_t XAttentionSelect::mask_bytes_bound(int32_t block_tokens, int64_t rows, int64_t tokens, int64_t max_len) {
+  if (rows <= 0 || tokens <= 0 || max_len <= 0) return 0;
+  const int64_t B = block_tokens;
+  return ((tokens + B - 1) / B + 2 * rows) * ((max_len + B - 1) / B);
+}
+
 XAttentionSelect::~XAttentionSelect() {
   if (plan_uploaded_.get() != nullptr) (void)cudaEventSynchronize(plan_uploaded_.get());
 }

@@ -98,6 +98,14 @@ class XAttentionSelect {
   int64_t mask_bytes() const { return mask_bytes_; }              // of the plan's masks
   int64_t workspace_floats() const { return workspace_floats_; }  // the plan's workspace
 
+  // The most workspace_floats() and mask_bytes() of any plan (this group) of at most `rows` rows of
+  // block_tokens B and stride S whose n_tokens add up to at most `tokens`, each ending at or before
+  // position max_len: what a caller reserves before knowing its rows (the engine's step memory).
+  // Host arithmetic; needs no device. B and S must be valid (plan's checks).
+  static int64_t workspace_floats_bound(int32_t group, int32_t block_tokens, int32_t stride, int64_t rows,
+                                        int64_t tokens, int64_t max_len);
+  static int64_t mask_bytes_bound(int32_t block_tokens, int64_t rows, int64_t tokens, int64_t max_len);
+
  private:
   XAttentionConfig config_;
   DeviceBuffer<int32_t> plan_dev_;   // rows, then the two kernels' work items

@@ -418,6 +418,16 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   CUDA_CHECK(cudaMemset(plan_dev_.data(), 0, plan_dev_.bytes()));
 }
 
+size_t DecodeAttention::device_bytes_bound(const DecodeConfig& config) {
+  const int32_t target = config.target_ctas > 0 ? config.target_ctas : kMaxRowPieces;
+  const int32_t capacity = config.max_rows + target + kMaxCluster - 1;  // rounded up to whole clusters
+  const PlanLayout layout(capacity, config.max_rows);
+  const auto slots = static_cast<size_t>(capacity) * static_cast<size_t>(config.group);
+  return sizeof(int32_t) * static_cast<size_t>(layout.total) +
+         sizeof(float) * slots * (static_cast<size_t>(config.head_dim) + 1) +
+         sizeof(int32_t) * static_cast<size_t>(config.max_rows);
+}
+
 DecodeAttention::~DecodeAttention() {
   // The last upload may still read the staging buffer.
   if (plan_uploaded_.get() != nullptr) (void)cudaEventSynchronize(plan_uploaded_.get());

@@ -156,6 +156,11 @@ class DecodeAttention {
   void run(const DecodeArgs& args, cudaStream_t stream = nullptr,
            std::source_location loc = std::source_location::current()) const;
 
+  // Device memory a DecodeAttention of `config` allocates (plan blob, partials, row counts) on any
+  // device: its work capacity counted at the largest target_ctas when config leaves it to the device.
+  // Host arithmetic; needs no device.
+  static size_t device_bytes_bound(const DecodeConfig& config);
+
   const DecodeSplit& split() const { return split_; }
   int32_t work_capacity() const { return work_capacity_; }
   int32_t launch_cluster() const { return launch_cluster_; }  // CTAs per cluster of the planned launch

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -225,6 +226,38 @@ TEST(XAttentionGpu, LongRowsMatchCpu) {
     check_problem(sh, rng);
     sh.max_ctas = 2;  // each CTA a long run of key-group tiles
     check_problem(sh, rng);
+  }
+}
+
+// The bounds a caller reserves memory by (the engine's step memory) hold for every plan: random rows
+// of every block size and stride, chunks anywhere up to max_len (the plan needs a device; no kernel
+// runs).
+TEST(XAttentionGpu, PlansStayWithinTheWorkspaceBounds) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(4242);
+  for (const int32_t G : {1, 4, 8}) {
+    cuda::XAttentionSelect sel(cuda::XAttentionConfig{.head_dim = 128, .group = G, .page_tokens = 64});
+    for (int trial = 0; trial < 60; ++trial) {
+      const int32_t B = 16 << rand_int(rng, 0, 3), S = 1 << rand_int(rng, 0, std::countr_zero(static_cast<uint32_t>(B)));
+      const int32_t max_len = rand_int(rng, 1, trial % 2 == 0 ? 3000 : 200000);
+      std::vector<cuda::BlockMassRow> rows(static_cast<size_t>(rand_int(rng, 1, 12)));
+      int64_t tokens = 0;
+      for (cuda::BlockMassRow& r : rows) {
+        r.n_tokens = rand_int(rng, 1, std::min(max_len, rand_int(rng, 0, 1) == 0 ? 40 : 5000));
+        r.q_pos0 = rand_int(rng, 0, max_len - r.n_tokens);
+        r.block_tokens = B;
+        r.stride = S;
+        tokens += r.n_tokens;
+      }
+      sel.plan(rows);
+      const auto n = static_cast<int64_t>(rows.size());
+      const std::string what = "G=" + std::to_string(G) + " B=" + std::to_string(B) + " S=" + std::to_string(S) +
+                               " rows=" + std::to_string(n) + " tokens=" + std::to_string(tokens) +
+                               " max_len=" + std::to_string(max_len);
+      EXPECT_LE(sel.workspace_floats(), cuda::XAttentionSelect::workspace_floats_bound(G, B, S, n, tokens, max_len))
+          << what;
+      EXPECT_LE(sel.mask_bytes(), cuda::XAttentionSelect::mask_bytes_bound(B, n, tokens, max_len)) << what;
+    }
   }
 }
 

@@ -229,6 +229,26 @@ TEST(DecodeAttentionGpu, RingListEqualsFullListUnderBand) {
 }
 
 // page_select's output (block indices per row) turned into the positions the decode kernel reads.
+// device_bytes_bound (the engine's step memory counts it per layer) covers what the constructor
+// allocates: measured as the device's free memory before and after, for workspaces large enough that
+// the allocation granularity (2 MiB) does not hide them.
+TEST(DecodeAttentionGpu, DeviceBytesBoundCoversTheAllocation) {
+  SKIP_WITHOUT_GPU();
+  for (const auto& [group, rows] : {std::pair{4, 100000}, std::pair{16, 30000}, std::pair{1, 200000}}) {
+    const DecodeConfig cfg{.head_dim = 128, .group = group, .page_tokens = 64, .max_rows = rows};
+    size_t before = 0, after = 0, total = 0;
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemGetInfo(&before, &total));
+    {
+      DecodeAttention attn(cfg);
+      CUDA_CHECK(cudaMemGetInfo(&after, &total));
+    }
+    const size_t used = before - after, bound = DecodeAttention::device_bytes_bound(cfg);
+    EXPECT_LE(used, bound + (size_t{6} << 20)) << "group " << group << " rows " << rows;  // 3 allocations, 2 MiB pages
+    EXPECT_GE(used + (size_t{64} << 20), bound) << "the bound is not far above the allocation";
+  }
+}
+
 TEST(DecodeAttentionGpu, ConfigChecksNameTheField) {
   SKIP_WITHOUT_GPU();
   const auto rejected = [](const DecodeConfig& c, const char* what) {

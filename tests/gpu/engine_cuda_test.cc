@@ -30,6 +30,8 @@
 #include "engine/engine.h"
 #include "engine/model_profiles.h"
 #include "engine/paged_kv.h"
+#include "kernels/cuda/block_sparse.h"
+#include "kernels/cuda/decode_attention.h"
 #include "ops_test_util.h"
 #include "random_model.h"
 
@@ -477,17 +479,50 @@ TEST(CudaStepRunnerChecks, NamesTheModelShapesItDoesNotRun) {
   EXPECT_NE(cuda_unsupported_model(c, pages).find("groups of 1 to 16"), std::string::npos);
 }
 
+StepLimits limits(int64_t tokens, int64_t sequences, std::vector<std::pair<int32_t, int32_t>> dynamic_prefill = {}) {
+  StepLimits l;
+  l.max_tokens = tokens;
+  l.max_sequences = sequences;
+  l.dynamic_prefill = std::move(dynamic_prefill);
+  return l;
+}
+
 // Step buffers grow with the step's tokens: every token may need a logits row (prompt logprobs).
 TEST(CudaStepRunnerChecks, StepBytesCoverEachTokensActivationsLogitsAndEachSequencesBlockTables) {
   ModelConfig c;
   c.n_layers = 2, c.hidden = 8, c.n_heads = 2, c.n_kv_heads = 1, c.head_dim = 4, c.intermediate = 16, c.vocab_size = 10;
   // Per token: 2 · (3·8 + 8 + 8 + 8 + 3·16) = 192 bytes of activations, 6·10 + 2·8 = 76 of logits.
   c.max_context = 150;
-  const size_t one = cuda_step_bytes(c, {1, 1}), many = cuda_step_bytes(c, {1001, 1});
+  const size_t one = cuda_step_bytes(c, limits(1, 1)), many = cuda_step_bytes(c, limits(1001, 1));
   EXPECT_EQ(many - one, size_t{1000} * (192 + 76));
   // Per sequence its block store region: 2 layers × 1 KV head × ceil(150 / 16) blocks, int32.
-  EXPECT_EQ(cuda_step_bytes(c, {1, 4}) - one, size_t{3} * 2 * 1 * 10 * 4);
+  EXPECT_EQ(cuda_step_bytes(c, limits(1, 4)) - one, size_t{3} * 2 * 1 * 10 * 4);
   EXPECT_GE(one, size_t{256} << 20);  // cuBLASLt's workspace and the context besides
+}
+
+// Each layer's decode attention (a row per sequence and KV head, 64 at least) and, for profiles with
+// dynamic prefill sparsity, the estimate's workspace and masks at the largest of their bounds.
+TEST(CudaStepRunnerChecks, StepBytesCoverTheDecodeAttentionAndTheEstimate) {
+  namespace cuda = kernels::cuda;
+  ModelConfig c;
+  c.n_layers = 3, c.hidden = 64, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 32, c.intermediate = 128;
+  c.vocab_size = 100, c.max_context = 40000;
+  const auto decode = [&](int32_t rows) {
+    return 3 * cuda::DecodeAttention::device_bytes_bound({.head_dim = 32, .group = 4, .max_rows = rows});
+  };
+  const size_t one = cuda_step_bytes(c, limits(256, 1));
+  // 40 sequences: 80 rows (past the 64 every layer gets); the store regions besides.
+  const size_t store = size_t{4} * 3 * 2 * ((40000 + 15) / 16);
+  EXPECT_EQ(cuda_step_bytes(c, limits(256, 40)) - one, decode(80) - decode(64) + 39 * store);
+  EXPECT_GT(decode(80), decode(64));
+  // Dynamic prefill: the bound of the profile that needs most (smaller blocks and strides), once.
+  const auto estimate = [&](int32_t block, int32_t stride) {
+    return static_cast<size_t>(4 * cuda::XAttentionSelect::workspace_floats_bound(4, block, stride, 2, 512, 40000) +
+                               cuda::XAttentionSelect::mask_bytes_bound(block, 2, 512, 40000));
+  };
+  EXPECT_EQ(cuda_step_bytes(c, limits(256, 1, {{128, 16}})) - one, estimate(128, 16));
+  EXPECT_EQ(cuda_step_bytes(c, limits(256, 1, {{128, 16}, {64, 8}, {128, 16}})) - one, estimate(64, 8));
+  EXPECT_GT(estimate(64, 8), estimate(128, 16));
 }
 
 // The engine refuses a default profile the backend does not run before it touches a device.
