@@ -370,7 +370,8 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   if (kernel_ == PrefillKernel::kWgmma) {
     check(args.kv.num_pages * config_.page_tokens < INT32_MAX, "PrefillAttention::run: pool rows past int32", loc);
     const prefill::Sm90Tensors t{args.kv.k,  args.kv.v,          args.kv.num_pages, config_.page_tokens,
-                                 args.k_new, args.v_new,         args.kv_new_stride, planned_.new_rows};
+                                 args.k_new, args.v_new,         args.kv_new_stride, planned_.new_rows,
+                                 planned_.blocks};
     prefill::launch_sm90(p, grid, D, t, stream, loc);
     return;
   }

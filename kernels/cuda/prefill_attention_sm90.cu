@@ -125,6 +125,22 @@ __device__ __forceinline__ void mask_scores(float (&s)[kBN / 8][4], const TileSc
   }
 }
 
+// Causality alone on raw scores: keys after the row's position become −inf (the block mask of a
+// tile whose every block pair the warpgroup's queries may see, the tile's other keys all allowed).
+__device__ __forceinline__ void mask_causal(float (&s)[kBN / 8][4], const int32_t* tp, const int32_t (&t)[2]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < kBN / 8; ++j) {
+    const int2 kp = *reinterpret_cast<const int2*>(tp + 8 * j + 2 * (lane & 3));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t jp = h == 0 ? kp.x : kp.y;
+      if (jp > t[0]) s[j][h] = -INFINITY;
+      if (jp > t[1]) s[j][h + 2] = -INFINITY;
+    }
+  }
+}
+
 // The online-softmax step of attn::online_softmax_step split around the P·V still in flight, on raw
 // scores s (scale_log2 · s is the log2-domain score, applied inside the exponent by one FFMA): the
 // reference maxima m (log2 domain) and sums l are updated and s becomes the probabilities now; the
@@ -202,7 +218,11 @@ __device__ __forceinline__ void tma_block(uint32_t tile, const CUtensorMap* pool
 }
 #endif  // SPARSESERVE_SM90A
 
-template <int D>
+// kBlocks: the launch holds kBlocks rows (the instance without it is the dense and streaming one,
+// whose code the block-mask paths below do not touch). With it the producer takes each tile's
+// "every block pair allowed" answers from its walk's 32-tile window scan (next_tile_bits) instead of
+// loading the mask rows per tile, and the consumers mask such tiles by causality alone.
+template <int D, bool kBlocks>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_attention_sm90_kernel(const PrefillParams p, const __grid_constant__ prefill::Sm90Maps maps,
                                   const Sm90Sources src) {
@@ -277,7 +297,23 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     wgmma::named_sync<kProducerThreads>(1);  // the walk is visible to the producer
     prefill::BlockWindow win;
-    int32_t cur = prefill::next_tile<kBN>(ts, s_walk, 0, skip, win);
+    // kBlocks rows walked with skip_tiles: the window scan also answers blocks_all (next_tile_bits).
+    const bool window_bits = kBlocks && skip && ts.blocks != nullptr;
+    prefill::BlockWindowBits wbits;
+    if (window_bits) {
+      const int32_t B = ts.mp.block_tokens;
+      for (int g = 0; g < 2; ++g) {
+        wbits.qb0[g] = (row.q_pos0 + min(m0 + 64 * g, total_m - 1) / G) / B - ts.first_qblock;
+        wbits.qb1[g] = (row.q_pos0 + min(m0 + 64 * g + 63, total_m - 1) / G) / B - ts.first_qblock;
+      }
+    }
+    const auto walk = [&](int32_t k) {
+      if constexpr (kBlocks) {
+        if (window_bits) return prefill::next_tile_bits<kBN>(ts, s_walk, k, wbits);
+      }
+      return prefill::next_tile<kBN>(ts, s_walk, k, skip, win);
+    };
+    int32_t cur = walk(0);
     if (cur != 0) read_ahead(cur, position, block);
     for (int i = 0;; ++i) {
       const int st = i % kStages;
@@ -295,7 +331,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int32_t hi = __reduce_max_sync(0xffffffffu, v ? position : INT_MIN);
         const bool all = __all_sync(0xffffffffu, v);
         int32_t blocks_all = 0;
-        if (ptid == 32 && ts.blocks != nullptr) {
+        if (window_bits) {
+          blocks_all = wbits.all_bits(cur);
+        } else if (ptid == 32 && ts.blocks != nullptr) {
           // Block masks: the mask rows are read here, kStages tiles ahead of the consumers, not on
           // their path. The tile's key range from the page positions holds every key in it.
           int32_t kmin, kmax;
@@ -326,7 +364,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         __syncwarp();
         if (issuer) tma_block<D>(v_stage(st), &maps.v, &maps.v_new, block, ptid * P, full_v + 8 * st);
       }
-      cur = prefill::next_tile<kBN>(ts, s_walk, cur + 1, skip, win);
+      cur = walk(cur + 1);
       read_ahead(cur, position, block);
     }
     return;
@@ -408,6 +446,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         full = prefill::classify_bounds(ts, min(min(b0.x, b1.x), min(b2.x, b3.x)), max(max(b0.y, b1.y), max(b2.y, b3.y)),
                                         (b0.z & b1.z & b2.z & b3.z) != 0, g_tlo, g_thi, (b1.w >> wg) & 1)
                    .full;
+        if constexpr (kBlocks) {
+          if (!full && ts.blocks != nullptr && ((b1.w >> wg) & 1) != 0) {
+            mask_causal(s, pos + st * kBN, t);
+            return;
+          }
+        }
       }
       mask_scores(s, ts, pos + st * kBN, full, t);
     };
@@ -479,10 +523,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 namespace prefill {
 
 void prepare_sm90(int32_t head_dim) {
-  const void* kernel = head_dim == 64 ? reinterpret_cast<const void*>(&prefill_attention_sm90_kernel<64>)
-                                      : reinterpret_cast<const void*>(&prefill_attention_sm90_kernel<128>);
   const int smem = head_dim == 64 ? Sm90Smem<64>::kBytes : Sm90Smem<128>::kBytes;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  for (const bool blocks : {false, true}) {
+    const void* kernel =
+        head_dim == 64
+            ? (blocks ? reinterpret_cast<const void*>(&prefill_attention_sm90_kernel<64, true>)
+                      : reinterpret_cast<const void*>(&prefill_attention_sm90_kernel<64, false>))
+            : (blocks ? reinterpret_cast<const void*>(&prefill_attention_sm90_kernel<128, true>)
+                      : reinterpret_cast<const void*>(&prefill_attention_sm90_kernel<128, false>));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  }
 }
 
 namespace {
@@ -535,10 +585,13 @@ void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const S
     maps.v_new = tensor_map(t.v_new, t.new_stride, t.new_rows, t.new_stride, t.page_tokens, loc);
   }
   const Sm90Sources src{static_cast<int32_t>(pool_rows), t.page_tokens};
+  const auto launch = [&](auto kernel, int smem) { kernel<<<grid, kThreads, smem, stream>>>(p, maps, src); };
   if (head_dim == 64) {
-    prefill_attention_sm90_kernel<64><<<grid, kThreads, Sm90Smem<64>::kBytes, stream>>>(p, maps, src);
+    launch(t.blocks ? prefill_attention_sm90_kernel<64, true> : prefill_attention_sm90_kernel<64, false>,
+           Sm90Smem<64>::kBytes);
   } else {
-    prefill_attention_sm90_kernel<128><<<grid, kThreads, Sm90Smem<128>::kBytes, stream>>>(p, maps, src);
+    launch(t.blocks ? prefill_attention_sm90_kernel<128, true> : prefill_attention_sm90_kernel<128, false>,
+           Sm90Smem<128>::kBytes);
   }
   CUDA_CHECK_LAUNCH();
 }

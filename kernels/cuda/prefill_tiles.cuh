@@ -179,6 +179,51 @@ __device__ __forceinline__ int32_t next_tile(const TileScan& ts, const TileWalk&
   return k < w.end ? k : ts.n_tiles;
 }
 
+// Under a block mask, next_tile's window together with, per tile of the window, whether every block
+// pair of a consumer group's queries (query block rows qb0[g] .. qb1[g], relative to first_qblock)
+// and the tile's key range is allowed (bit i of all[g]: tile base + i), from the same scan: the
+// Hopper kernel's producer reads a tile's answer from here instead of loading the mask rows per
+// tile. Only for kBlocks rows with skip_tiles.
+struct BlockWindowBits {
+  int32_t base = -1;
+  unsigned visit = 0;
+  unsigned all[2] = {0, 0};
+  int32_t qb0[2] = {0, 0}, qb1[2] = {0, 0};
+  // Bit g: every block pair of group g and tile k (in this window) is allowed.
+  __device__ __forceinline__ int32_t all_bits(int32_t k) const {
+    return static_cast<int32_t>(((all[0] >> (k - base)) & 1u) | (((all[1] >> (k - base)) & 1u) << 1));
+  }
+};
+
+template <int BN>
+__device__ __forceinline__ int32_t next_tile_bits(const TileScan& ts, const TileWalk& w, int32_t k,
+                                                  BlockWindowBits& win) {
+  const int lane = threadIdx.x & 31;
+  const int32_t B = ts.mp.block_tokens;
+  while (k < w.end) {
+    if (win.base < 0 || k >= win.base + 32) {
+      win.base = k;
+      const int32_t t = k + lane;
+      bool visit = false, all0 = false, all1 = false;
+      if (t < w.end) {
+        int32_t kmin, kmax;
+        tile_bounds<BN>(ts, t, kmin, kmax);
+        visit = block_pairs(ts.blocks, ts.mp.n_kblocks, ts.tlo / B - ts.first_qblock, ts.thi / B - ts.first_qblock,
+                            kmin / B, min(kmax, ts.thi) / B, false);
+        all0 = visit && block_pairs(ts.blocks, ts.mp.n_kblocks, win.qb0[0], win.qb1[0], kmin / B, kmax / B, true);
+        all1 = visit && block_pairs(ts.blocks, ts.mp.n_kblocks, win.qb0[1], win.qb1[1], kmin / B, kmax / B, true);
+      }
+      win.visit = __ballot_sync(0xffffffffu, visit);
+      win.all[0] = __ballot_sync(0xffffffffu, all0);
+      win.all[1] = __ballot_sync(0xffffffffu, all1);
+    }
+    const unsigned ahead = win.visit & (0xffffffffu << (k - win.base));  // tiles k .. base + 31
+    if (ahead != 0) return win.base + __ffs(ahead) - 1;
+    k = win.base + 32;
+  }
+  return ts.n_tiles;
+}
+
 
 // How a group of query rows (positions tlo .. thi, in order) meets one loaded key tile (slot
 // positions tp[0 .. BN), kNoKey for empty slots): skip (no row sees any key), full (every row sees
@@ -297,6 +342,7 @@ struct Sm90Tensors {
   const bf16* v_new;
   int64_t new_stride;  // elements
   int64_t new_rows;    // rows of k_new / v_new the plan reads
+  bool blocks;         // the plan holds kBlocks rows (the kernel instance with block-mask paths)
 };
 struct Sm90Maps {  // CUtensorMap is 64-byte aligned
   CUtensorMap k, v, k_new, v_new;
