@@ -141,6 +141,38 @@ __device__ __forceinline__ void mask_causal(float (&s)[kBN / 8][4], const int32_
   }
 }
 
+// A block-mask row's tile whose block pairs are not all allowed (kmin .. kmax: its key range): each
+// of this thread's two rows reads its allowed key blocks among the tile's once, as bits from the
+// tile's first key block, then a key is masked by causality and a bit test (mask_scores divides and
+// reads a mask byte per key). False (nothing done) when the block size is not a power of two or the
+// tile spans more than 32 key blocks.
+__device__ __forceinline__ bool mask_block_bits(float (&s)[kBN / 8][4], const TileScan& ts, const int32_t* tp,
+                                                const int32_t (&t)[2], int32_t kmin, int32_t kmax) {
+  const int32_t B = ts.mp.block_tokens;
+  if ((B & (B - 1)) != 0 || kmin > kmax) return false;
+  const int sh = __ffs(B) - 1;
+  const int32_t kb0 = kmin >> sh, nb = min((kmax >> sh) - kb0 + 1, ts.mp.n_kblocks - kb0);
+  if (nb > 32) return false;
+  uint32_t bits[2] = {0u, 0u};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const uint8_t* brow = ts.blocks + static_cast<int64_t>((t[r] >> sh) - ts.first_qblock) * ts.mp.n_kblocks + kb0;
+    for (int32_t i = 0; i < nb; ++i) bits[r] |= brow[i] != 0 ? 1u << i : 0u;
+  }
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < kBN / 8; ++j) {
+    const int2 kp = *reinterpret_cast<const int2*>(tp + 8 * j + 2 * (lane & 3));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t jp = h == 0 ? kp.x : kp.y;  // kNoKey > every row: masked by causality
+      if (jp > t[0] || ((bits[0] >> ((jp >> sh) - kb0)) & 1u) == 0) s[j][h] = -INFINITY;
+      if (jp > t[1] || ((bits[1] >> ((jp >> sh) - kb0)) & 1u) == 0) s[j][h + 2] = -INFINITY;
+    }
+  }
+  return true;
+}
+
 // The online-softmax step of attn::online_softmax_step split around the P·V still in flight, on raw
 // scores s (scale_log2 · s is the log2-domain score, applied inside the exponent by one FFMA): the
 // reference maxima m (log2 domain) and sums l are updated and s becomes the probabilities now; the
@@ -443,13 +475,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int4* bd = bounds + st * 4;
         const int4 b0 = bd[0], b1 = bd[1], b2 = bd[2], b3 = bd[3];
         // Block masks: the producer's answer for this warpgroup's block pairs (bit wg of b1.w).
-        full = prefill::classify_bounds(ts, min(min(b0.x, b1.x), min(b2.x, b3.x)), max(max(b0.y, b1.y), max(b2.y, b3.y)),
-                                        (b0.z & b1.z & b2.z & b3.z) != 0, g_tlo, g_thi, (b1.w >> wg) & 1)
+        const int32_t kmin = min(min(b0.x, b1.x), min(b2.x, b3.x)), kmax = max(max(b0.y, b1.y), max(b2.y, b3.y));
+        full = prefill::classify_bounds(ts, kmin, kmax, (b0.z & b1.z & b2.z & b3.z) != 0, g_tlo, g_thi, (b1.w >> wg) & 1)
                    .full;
         if constexpr (kBlocks) {
-          if (!full && ts.blocks != nullptr && ((b1.w >> wg) & 1) != 0) {
-            mask_causal(s, pos + st * kBN, t);
-            return;
+          if (!full && ts.blocks != nullptr) {
+            if (((b1.w >> wg) & 1) != 0) {
+              mask_causal(s, pos + st * kBN, t);
+              return;
+            }
+            if (mask_block_bits(s, ts, pos + st * kBN, t, kmin, kmax)) return;
           }
         }
       }

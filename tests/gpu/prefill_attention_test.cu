@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -360,7 +361,7 @@ TEST(PrefillAttentionGpu, MatchesCpuTwinOverShapes) {
         const int32_t heads = rand_int(rng, 1, 3), batch = rand_int(rng, 1, 3);
         ProblemShape sh = shape(D, P, group, heads, batch, 700, 260);
         sh.modes = {Mode::kCausal, Mode::kCausalNewKv, Mode::kBand, Mode::kBlocks};
-        sh.block_tokens = rand_int(rng, 0, 1) ? 64 : 48;
+        sh.block_tokens = std::array<int32_t, 5>{16, 32, 48, 64, 128}[static_cast<size_t>(rand_int(rng, 0, 4))];
         const PrefillProblem pr = make_problem(sh, rng);
         check_problem(pr, "D=" + std::to_string(D) + " P=" + std::to_string(P) + " group=" + std::to_string(group) +
                               " B=" + std::to_string(sh.block_tokens));
