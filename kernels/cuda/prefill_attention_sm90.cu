@@ -100,12 +100,29 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 8][4], const uint32_t (&
   }
 }
 
+// Masks this thread's raw scores of a tile (rows t[0] = lane/4 of its warp's 16 and t[1] = lane/4 + 8;
+// the key of slot j at tp[j], kNoKey when none): a key becomes −inf unless allowed(r, position) for
+// row r.
+template <class Allowed>
+__device__ __forceinline__ void mask_keys(float (&s)[kBN / 8][4], const int32_t* tp, const Allowed& allowed) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < kBN / 8; ++j) {
+    const int2 kp = *reinterpret_cast<const int2*>(tp + 8 * j + 2 * (lane & 3));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t jp = h == 0 ? kp.x : kp.y;
+      if (!allowed(0, jp)) s[j][h] = -INFINITY;
+      if (!allowed(1, jp)) s[j][h + 2] = -INFINITY;
+    }
+  }
+}
+
 // The exact mask on raw scores (DESIGN.md §5): disallowed keys become −inf (full: every key is
-// allowed, nothing to do), for this thread's rows t[0] (lane/4 of its warp's 16) and t[1] (lane/4 + 8).
+// allowed, nothing to do).
 __device__ __forceinline__ void mask_scores(float (&s)[kBN / 8][4], const TileScan& ts, const int32_t* tp, bool full,
                                             const int32_t (&t)[2]) {
   if (full) return;
-  const int lane = threadIdx.x & 31;
   const attn::MaskParams& mp = ts.mp;
   const uint8_t* brow0 = nullptr;
   const uint8_t* brow1 = nullptr;
@@ -113,32 +130,12 @@ __device__ __forceinline__ void mask_scores(float (&s)[kBN / 8][4], const TileSc
     brow0 = ts.blocks + static_cast<int64_t>(t[0] / mp.block_tokens - ts.first_qblock) * mp.n_kblocks;
     brow1 = ts.blocks + static_cast<int64_t>(t[1] / mp.block_tokens - ts.first_qblock) * mp.n_kblocks;
   }
-#pragma unroll
-  for (int j = 0; j < kBN / 8; ++j) {
-    const int2 kp = *reinterpret_cast<const int2*>(tp + 8 * j + 2 * (lane & 3));
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int32_t jp = h == 0 ? kp.x : kp.y;
-      if (!attn::key_allowed(mp, brow0, t[0], jp)) s[j][h] = -INFINITY;
-      if (!attn::key_allowed(mp, brow1, t[1], jp)) s[j][h + 2] = -INFINITY;
-    }
-  }
+  mask_keys(s, tp, [&](int r, int32_t jp) { return attn::key_allowed(mp, r == 0 ? brow0 : brow1, t[r], jp); });
 }
 
-// Causality alone on raw scores: keys after the row's position become −inf (the block mask of a
-// tile whose every block pair the warpgroup's queries may see, the tile's other keys all allowed).
+// Causality alone (the block mask of a tile whose every block pair the warpgroup's queries may see).
 __device__ __forceinline__ void mask_causal(float (&s)[kBN / 8][4], const int32_t* tp, const int32_t (&t)[2]) {
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int j = 0; j < kBN / 8; ++j) {
-    const int2 kp = *reinterpret_cast<const int2*>(tp + 8 * j + 2 * (lane & 3));
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int32_t jp = h == 0 ? kp.x : kp.y;
-      if (jp > t[0]) s[j][h] = -INFINITY;
-      if (jp > t[1]) s[j][h + 2] = -INFINITY;
-    }
-  }
+  mask_keys(s, tp, [&](int r, int32_t jp) { return jp <= t[r]; });
 }
 
 // A block-mask row's tile whose block pairs are not all allowed (kmin .. kmax: its key range): each
@@ -159,17 +156,8 @@ __device__ __forceinline__ bool mask_block_bits(float (&s)[kBN / 8][4], const Ti
     const uint8_t* brow = ts.blocks + static_cast<int64_t>((t[r] >> sh) - ts.first_qblock) * ts.mp.n_kblocks + kb0;
     for (int32_t i = 0; i < nb; ++i) bits[r] |= brow[i] != 0 ? 1u << i : 0u;
   }
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int j = 0; j < kBN / 8; ++j) {
-    const int2 kp = *reinterpret_cast<const int2*>(tp + 8 * j + 2 * (lane & 3));
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int32_t jp = h == 0 ? kp.x : kp.y;  // kNoKey > every row: masked by causality
-      if (jp > t[0] || ((bits[0] >> ((jp >> sh) - kb0)) & 1u) == 0) s[j][h] = -INFINITY;
-      if (jp > t[1] || ((bits[1] >> ((jp >> sh) - kb0)) & 1u) == 0) s[j][h + 2] = -INFINITY;
-    }
-  }
+  // kNoKey lies after every row: causality masks it before its block is looked at.
+  mask_keys(s, tp, [&](int r, int32_t jp) { return jp <= t[r] && ((bits[r] >> ((jp >> sh) - kb0)) & 1u) != 0; });
   return true;
 }
 
