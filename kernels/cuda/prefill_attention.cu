@@ -299,6 +299,7 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
       next.new_kv_heads = std::max(next.new_kv_heads, r.kv_head + 1);
     }
     next.blocks = next.blocks || r.mask == MaskKind::kBlocks;
+    next.small_blocks = next.small_blocks || (r.mask == MaskKind::kBlocks && r.block_tokens < prefill::kSm90KeyTile);
   }
   std::vector<PrefillWorkItem> work = plan_prefill_tiles(rows, config_.group);
 
@@ -369,9 +370,14 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   p.skip_tiles = config_.skip_tiles ? 1 : 0;
   if (kernel_ == PrefillKernel::kWgmma) {
     check(args.kv.num_pages * config_.page_tokens < INT32_MAX, "PrefillAttention::run: pool rows past int32", loc);
+    prefill::BlockWalk walk = prefill::BlockWalk::kNone;
+    if (planned_.blocks) {
+      const bool gather = planned_.small_blocks && config_.page_tokens < prefill::kSm90KeyTile;
+      walk = gather ? prefill::BlockWalk::kUnits : prefill::BlockWalk::kTiles;
+    }
     const prefill::Sm90Tensors t{args.kv.k,  args.kv.v,          args.kv.num_pages, config_.page_tokens,
                                  args.k_new, args.v_new,         args.kv_new_stride, planned_.new_rows,
-                                 planned_.blocks};
+                                 walk};
     prefill::launch_sm90(p, grid, D, t, stream, loc);
     return;
   }

@@ -46,6 +46,7 @@ constexpr int kBM = 128;       // packed query rows per CTA (64 per warpgroup)
 static_assert(kBM == kPrefillTileRows, "plan_prefill_tiles cuts the tiles this kernel takes");
 constexpr int kBN = 128;       // key slots per tile
 static_assert(kProducerThreads == kBN, "a producer thread per key slot of a tile");
+static_assert(kBN == prefill::kSm90KeyTile, "PrefillAttention picks the walk by this tile");
 // Stages of K/V (K and V released separately): tiles i+1 and i+2 load during tile i. Three fill the
 // 227 KB of shared memory at D = 128 (Q 32 KB + 3 × 64 KB + positions, bounds, barriers, alignment).
 constexpr int kStages = 3;
@@ -101,8 +102,8 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 8][4], const uint32_t (&
 }
 
 // Masks this thread's raw scores of a tile (rows t[0] = lane/4 of its warp's 16 and t[1] = lane/4 + 8;
-// the key of slot j at tp[j], kNoKey when none): a key becomes −inf unless allowed(r, position) for
-// row r.
+// the key of slot u at tp[u], kNoKey when none): a key becomes −inf unless allowed(r, position, j)
+// for row r, j its group of 8 slots (8j .. 8j + 7).
 template <class Allowed>
 __device__ __forceinline__ void mask_keys(float (&s)[kBN / 8][4], const int32_t* tp, const Allowed& allowed) {
   const int lane = threadIdx.x & 31;
@@ -112,8 +113,8 @@ __device__ __forceinline__ void mask_keys(float (&s)[kBN / 8][4], const int32_t*
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int32_t jp = h == 0 ? kp.x : kp.y;
-      if (!allowed(0, jp)) s[j][h] = -INFINITY;
-      if (!allowed(1, jp)) s[j][h + 2] = -INFINITY;
+      if (!allowed(0, jp, j)) s[j][h] = -INFINITY;
+      if (!allowed(1, jp, j)) s[j][h + 2] = -INFINITY;
     }
   }
 }
@@ -130,12 +131,12 @@ __device__ __forceinline__ void mask_scores(float (&s)[kBN / 8][4], const TileSc
     brow0 = ts.blocks + static_cast<int64_t>(t[0] / mp.block_tokens - ts.first_qblock) * mp.n_kblocks;
     brow1 = ts.blocks + static_cast<int64_t>(t[1] / mp.block_tokens - ts.first_qblock) * mp.n_kblocks;
   }
-  mask_keys(s, tp, [&](int r, int32_t jp) { return attn::key_allowed(mp, r == 0 ? brow0 : brow1, t[r], jp); });
+  mask_keys(s, tp, [&](int r, int32_t jp, int) { return attn::key_allowed(mp, r == 0 ? brow0 : brow1, t[r], jp); });
 }
 
 // Causality alone (the block mask of a tile whose every block pair the warpgroup's queries may see).
 __device__ __forceinline__ void mask_causal(float (&s)[kBN / 8][4], const int32_t* tp, const int32_t (&t)[2]) {
-  mask_keys(s, tp, [&](int r, int32_t jp) { return jp <= t[r]; });
+  mask_keys(s, tp, [&](int r, int32_t jp, int) { return jp <= t[r]; });
 }
 
 // A block-mask row's tile whose block pairs are not all allowed (kmin .. kmax: its key range): each
@@ -157,8 +158,32 @@ __device__ __forceinline__ bool mask_block_bits(float (&s)[kBN / 8][4], const Ti
     for (int32_t i = 0; i < nb; ++i) bits[r] |= brow[i] != 0 ? 1u << i : 0u;
   }
   // kNoKey lies after every row: causality masks it before its block is looked at.
-  mask_keys(s, tp, [&](int r, int32_t jp) { return jp <= t[r] && ((bits[r] >> ((jp >> sh) - kb0)) & 1u) != 0; });
+  mask_keys(s, tp, [&](int r, int32_t jp, int) {
+    return jp <= t[r] && ((bits[r] >> ((jp >> sh) - kb0)) & 1u) != 0;
+  });
   return true;
+}
+
+// A gathered tile (prefill::next_unit_tile) whose units each hold keys of one key block: each of this
+// thread's two rows reads the allowed bit of every unit's block once (from the unit's first key; page
+// entries hold at least one key, so an empty first slot means an empty unit), then a key is masked
+// by causality and its unit's bit (mask_scores divides and reads a mask byte per key).
+__device__ __forceinline__ void mask_unit_bits(float (&s)[kBN / 8][4], const TileScan& ts, const int32_t* tp,
+                                               const int32_t (&t)[2]) {
+  const int32_t B = ts.mp.block_tokens, ushift = prefill::unit_shift<kBN>(ts), n = kBN >> ushift;
+  uint32_t bits[2] = {0u, 0u};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const uint8_t* brow = ts.blocks + static_cast<int64_t>(t[r] / B - ts.first_qblock) * ts.mp.n_kblocks;
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t j0 = tp[i << ushift], kb = j0 / B;
+      bits[r] |= j0 != attn::kNoKey && kb < ts.mp.n_kblocks && brow[kb] != 0 ? 1u << i : 0u;
+    }
+  }
+  // A group of 8 slots lies in one unit (U ≥ 16).
+  mask_keys(s, tp, [&](int r, int32_t jp, int j) {
+    return jp <= t[r] && ((bits[r] >> ((8 * j) >> ushift)) & 1u) != 0;
+  });
 }
 
 // The online-softmax step of attn::online_softmax_step split around the P·V still in flight, on raw
@@ -238,11 +263,14 @@ __device__ __forceinline__ void tma_block(uint32_t tile, const CUtensorMap* pool
 }
 #endif  // SPARSESERVE_SM90A
 
-// kBlocks: the launch holds kBlocks rows (the instance without it is the dense and streaming one,
-// whose code the block-mask paths below do not touch). With it the producer takes each tile's
-// "every block pair allowed" answers from its walk's 32-tile window scan (next_tile_bits) instead of
-// loading the mask rows per tile, and the consumers mask such tiles by causality alone.
-template <int D, bool kBlocks>
+// kWalk (prefill::BlockWalk): how block-mask rows are walked; kNone is the dense and streaming
+// instance, whose code the block-mask paths below do not touch. With kTiles the producer takes each
+// tile's "every block pair allowed" answers from its walk's 32-tile window scan (next_tile_bits)
+// instead of loading the mask rows per tile; with kUnits it walks the rows' keys by units and gathers
+// the visible ones into tiles (next_unit_tile), passing on per tile the same answers and whether
+// each unit lies in one key block. Consumers mask a tile whose block pairs are all allowed by
+// causality alone, others by bits: per key block (kTiles) or per unit (kUnits).
+template <int D, prefill::BlockWalk kWalk>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_attention_sm90_kernel(const PrefillParams p, const __grid_constant__ prefill::Sm90Maps maps,
                                   const Sm90Sources src) {
@@ -317,8 +345,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     wgmma::named_sync<kProducerThreads>(1);  // the walk is visible to the producer
     prefill::BlockWindow win;
-    // kBlocks rows walked with skip_tiles: the window scan also answers blocks_all (next_tile_bits).
-    const bool window_bits = kBlocks && skip && ts.blocks != nullptr;
+    // kTiles: kBlocks rows walked with skip_tiles take blocks_all from the window scan.
+    const bool window_bits = kWalk == prefill::BlockWalk::kTiles && skip && ts.blocks != nullptr;
     prefill::BlockWindowBits wbits;
     if (window_bits) {
       const int32_t B = ts.mp.block_tokens;
@@ -328,13 +356,40 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
     const auto walk = [&](int32_t k) {
-      if constexpr (kBlocks) {
+      if constexpr (kWalk == prefill::BlockWalk::kTiles) {
         if (window_bits) return prefill::next_tile_bits<kBN>(ts, s_walk, k, wbits);
       }
       return prefill::next_tile<kBN>(ts, s_walk, k, skip, win);
     };
-    int32_t cur = walk(0);
-    if (cur != 0) read_ahead(cur, position, block);
+    // kUnits: kBlocks rows walked with skip_tiles gather their units; cur is then 0 while a tile is
+    // found (n_tiles: the walk is over) and unit_flags holds the tile's UnitTile::flags. The first
+    // gathered tile keeps what read_ahead(0) read for the slots it shares with tile 0.
+    int32_t cur = 0;
+    [[maybe_unused]] const bool gather = kWalk == prefill::BlockWalk::kUnits && skip && ts.blocks != nullptr;
+    [[maybe_unused]] prefill::UnitWalk uw;
+    [[maybe_unused]] int32_t unit_flags = 0;
+    [[maybe_unused]] const auto next_gathered = [&](bool first) {
+      const prefill::UnitTile ut = prefill::next_unit_tile<kBN>(ts, uw, ptid, ptid * P);
+      cur = ut.any ? 0 : ts.n_tiles;
+      unit_flags = ut.flags;
+      if (!first || ut.mine != ptid) {
+        position = ut.mine >= 0 ? slot_position(ts.rk, ts.shift, ut.mine) : attn::kNoKey;
+      }
+      if (issuer && (!first || ut.issue != ptid * P)) {
+        block = ut.issue >= 0 ? block_source<D>(ts.rk, row, src, ut.issue) : BlockSource{src.pool_rows, 0, false};
+      }
+    };
+    if constexpr (kWalk == prefill::BlockWalk::kUnits) {
+      if (gather) {
+        uw = prefill::plan_unit_walk<kBN>(ts, s_walk, row.q_pos0 + min(m0 + 63, total_m - 1) / G,
+                                          row.q_pos0 + min(m0 + 64, total_m - 1) / G);
+        next_gathered(true);
+      }
+    }
+    if (!gather) {
+      cur = walk(0);
+      if (cur != 0) read_ahead(cur, position, block);
+    }
     for (int i = 0;; ++i) {
       const int st = i % kStages;
       const uint32_t phase = ((i / kStages) - 1) & 1;  // of the release being waited for
@@ -351,7 +406,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int32_t hi = __reduce_max_sync(0xffffffffu, v ? position : INT_MIN);
         const bool all = __all_sync(0xffffffffu, v);
         int32_t blocks_all = 0;
-        if (window_bits) {
+        if (gather) {
+          blocks_all = unit_flags;
+        } else if (window_bits) {
           blocks_all = wbits.all_bits(cur);
         } else if (ptid == 32 && ts.blocks != nullptr) {
           // Block masks: the mask rows are read here, kStages tiles ahead of the consumers, not on
@@ -378,14 +435,21 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (issuer) tma_block<D>(k_stage(st), &maps.k, &maps.k_new, block, ptid * P, full_k + 8 * st);
       }
       if (ptid != 0) wgmma::mbar_arrive(full_k + 8 * st);
+      // The next tile is found and its sources read before the wait for this stage's V slot, which
+      // the consumers free a tile later than its K slot: the walk's latency hides behind that wait.
+      const BlockSource v_block = block;
+      if (gather) {
+        if constexpr (kWalk == prefill::BlockWalk::kUnits) next_gathered(false);
+      } else {
+        cur = walk(cur + 1);
+        read_ahead(cur, position, block);
+      }
       if (ptid < 32) {
         if (issuer && i >= kStages) wgmma::mbar_wait(empty_v + 8 * st, phase);
         if (ptid == 0) wgmma::mbar_arrive_expect_tx(full_v + 8 * st, Smem::kTileBytes);
         __syncwarp();
-        if (issuer) tma_block<D>(v_stage(st), &maps.v, &maps.v_new, block, ptid * P, full_v + 8 * st);
+        if (issuer) tma_block<D>(v_stage(st), &maps.v, &maps.v_new, v_block, ptid * P, full_v + 8 * st);
       }
-      cur = walk(cur + 1);
-      read_ahead(cur, position, block);
     }
     return;
   }
@@ -466,13 +530,18 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int32_t kmin = min(min(b0.x, b1.x), min(b2.x, b3.x)), kmax = max(max(b0.y, b1.y), max(b2.y, b3.y));
         full = prefill::classify_bounds(ts, kmin, kmax, (b0.z & b1.z & b2.z & b3.z) != 0, g_tlo, g_thi, (b1.w >> wg) & 1)
                    .full;
-        if constexpr (kBlocks) {
+        if constexpr (kWalk != prefill::BlockWalk::kNone) {
           if (!full && ts.blocks != nullptr) {
             if (((b1.w >> wg) & 1) != 0) {
               mask_causal(s, pos + st * kBN, t);
               return;
             }
-            if (mask_block_bits(s, ts, pos + st * kBN, t, kmin, kmax)) return;
+            if constexpr (kWalk == prefill::BlockWalk::kTiles) {
+              if (mask_block_bits(s, ts, pos + st * kBN, t, kmin, kmax)) return;
+            } else if (((b1.w >> 2) & 1) != 0) {
+              mask_unit_bits(s, ts, pos + st * kBN, t);
+              return;
+            }
           }
         }
       }
@@ -545,16 +614,25 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 namespace prefill {
 
+// The kernel instance for a head dimension and walk.
+template <int D>
+auto sm90_kernel(BlockWalk walk) {
+  switch (walk) {
+    case BlockWalk::kTiles: return prefill_attention_sm90_kernel<D, BlockWalk::kTiles>;
+    case BlockWalk::kUnits: return prefill_attention_sm90_kernel<D, BlockWalk::kUnits>;
+    default: return prefill_attention_sm90_kernel<D, BlockWalk::kNone>;
+  }
+}
+
 void prepare_sm90(int32_t head_dim) {
-  const int smem = head_dim == 64 ? Sm90Smem<64>::kBytes : Sm90Smem<128>::kBytes;
-  for (const bool blocks : {false, true}) {
-    const void* kernel =
-        head_dim == 64
-            ? (blocks ? reinterpret_cast<const void*>(&prefill_attention_sm90_kernel<64, true>)
-                      : reinterpret_cast<const void*>(&prefill_attention_sm90_kernel<64, false>))
-            : (blocks ? reinterpret_cast<const void*>(&prefill_attention_sm90_kernel<128, true>)
-                      : reinterpret_cast<const void*>(&prefill_attention_sm90_kernel<128, false>));
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  for (const BlockWalk walk : {BlockWalk::kNone, BlockWalk::kTiles, BlockWalk::kUnits}) {
+    if (head_dim == 64) {
+      CUDA_CHECK(cudaFuncSetAttribute(sm90_kernel<64>(walk), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      Sm90Smem<64>::kBytes));
+    } else {
+      CUDA_CHECK(cudaFuncSetAttribute(sm90_kernel<128>(walk), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      Sm90Smem<128>::kBytes));
+    }
   }
 }
 
@@ -610,11 +688,9 @@ void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const S
   const Sm90Sources src{static_cast<int32_t>(pool_rows), t.page_tokens};
   const auto launch = [&](auto kernel, int smem) { kernel<<<grid, kThreads, smem, stream>>>(p, maps, src); };
   if (head_dim == 64) {
-    launch(t.blocks ? prefill_attention_sm90_kernel<64, true> : prefill_attention_sm90_kernel<64, false>,
-           Sm90Smem<64>::kBytes);
+    launch(sm90_kernel<64>(t.walk), Sm90Smem<64>::kBytes);
   } else {
-    launch(t.blocks ? prefill_attention_sm90_kernel<128, true> : prefill_attention_sm90_kernel<128, false>,
-           Sm90Smem<128>::kBytes);
+    launch(sm90_kernel<128>(t.walk), Sm90Smem<128>::kBytes);
   }
   CUDA_CHECK_LAUNCH();
 }

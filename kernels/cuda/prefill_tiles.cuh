@@ -75,15 +75,22 @@ struct TileScan {
   int32_t first_qblock;
 };
 
-// Bounds of the key positions in tile k: kmin ≤ every key ≤ kmax (page entries hold ascending,
-// non-overlapping positions, new keys follow the pages). Both are nondecreasing in k.
-template <int BN>
-__device__ __forceinline__ void tile_bounds(const TileScan& ts, int32_t k, int32_t& kmin, int32_t& kmax) {
+// Bounds of the key positions in slots u0 .. u1 (u0 ≤ u1 < end_slot, u0 a multiple of P in the pages):
+// kmin ≤ every key ≤ kmax (page entries hold ascending, non-overlapping positions, new keys follow
+// the pages).
+__device__ __forceinline__ void slot_bounds(const TileScan& ts, int32_t u0, int32_t u1, int32_t& kmin,
+                                            int32_t& kmax) {
   const attn::RowKeys& rk = ts.rk;
-  const int32_t u0 = k * BN, u1 = min(u0 + BN, rk.end_slot) - 1;
   kmin = u0 < rk.page_slots ? __ldg(rk.page_pos0 + (u0 >> ts.shift)) : rk.new_pos0 + (u0 - rk.page_slots);
   kmax = u1 < rk.page_slots ? __ldg(rk.page_pos0 + (u1 >> ts.shift)) + (u1 & ((1 << ts.shift) - 1))
                             : rk.new_pos0 + (u1 - rk.page_slots);
+}
+
+// Bounds of the key positions in tile k. Both are nondecreasing in k.
+template <int BN>
+__device__ __forceinline__ void tile_bounds(const TileScan& ts, int32_t k, int32_t& kmin, int32_t& kmax) {
+  const int32_t u0 = k * BN;
+  slot_bounds(ts, u0, min(u0 + BN, ts.rk.end_slot) - 1, kmin, kmax);
 }
 
 // Smallest k in [lo, hi) with pred(k), or hi, for a monotone pred (false ... false true ... true).
@@ -183,7 +190,7 @@ __device__ __forceinline__ int32_t next_tile(const TileScan& ts, const TileWalk&
 // pair of a consumer group's queries (query block rows qb0[g] .. qb1[g], relative to first_qblock)
 // and the tile's key range is allowed (bit i of all[g]: tile base + i), from the same scan: the
 // Hopper kernel's producer reads a tile's answer from here instead of loading the mask rows per
-// tile. Only for kBlocks rows with skip_tiles.
+// tile. Only for kBlocks rows with skip_tiles (the kTiles instance).
 struct BlockWindowBits {
   int32_t base = -1;
   unsigned visit = 0;
@@ -224,6 +231,119 @@ __device__ __forceinline__ int32_t next_tile_bits(const TileScan& ts, const Tile
   return ts.n_tiles;
 }
 
+
+// ---- The gathered walk of block-mask rows (the Hopper kernel's kUnits instance) -------------------
+// With blocks smaller than a tile, a tile of consecutive keys mostly holds blocks that no query of
+// the CTA may see next to ones it must. So the producer walks *units* instead: runs of U = 2^ushift
+// slots (the largest power of two ≤ the block size, within P .. BN), each of whole pages or P-row
+// runs of new keys (one TMA box each), and gathers the units some query of the CTA may see, BN / U
+// to a tile, in key order. The consumers mask by position, so a tile's keys need not be contiguous.
+
+// log2 of the unit: floor(log2(block_tokens)) within log2(P) .. log2(BN).
+template <int BN>
+__device__ __forceinline__ int32_t unit_shift(const TileScan& ts) {
+  return min(max(31 - __clz(ts.mp.block_tokens), ts.shift), 31 - __clz(BN));
+}
+
+// The walk's state, per producer warp (every lane holds the same): which units are left, and a
+// window of 32 units from `base` (−1: none yet) with, per unit (bit i: unit base + i), whether some
+// query of the CTA may see a key of it (visit), whether every block pair of consumer group g's
+// queries and its key range is allowed (all[g]), and whether its keys lie in one key block (single).
+// (unit_shift, qb0 and qb1 are recomputed where needed: the producer has no registers to spare.)
+struct UnitWalk {
+  int32_t end;           // units from `end` on hold no key a query of the CTA may see
+  int32_t cursor;        // the next unit to consider
+  // Query block rows (relative to first_qblock): the CTA's are qb0 .. qb1 (from ts.tlo, ts.thi),
+  // consumer group 0's qb0 .. mid0, group 1's mid1 .. qb1.
+  int32_t mid0, mid1;
+  int32_t base;
+  unsigned visit, all[2], single;
+};
+
+// Walk state for a CTA whose producer planned `w` (skip_tiles); consumer group 0's last query is at
+// position thi0, group 1's first at tlo1 (the CTA's first and last: ts.tlo, ts.thi).
+template <int BN>
+__device__ __forceinline__ UnitWalk plan_unit_walk(const TileScan& ts, const TileWalk& w, int32_t thi0,
+                                                   int32_t tlo1) {
+  const int32_t B = ts.mp.block_tokens, ushift = unit_shift<BN>(ts);
+  UnitWalk uw;
+  uw.end = min((ts.rk.end_slot + (1 << ushift) - 1) >> ushift, (w.end * BN) >> ushift);
+  uw.cursor = 0;
+  uw.mid0 = thi0 / B - ts.first_qblock;
+  uw.mid1 = tlo1 / B - ts.first_qblock;
+  uw.base = -1;
+  uw.visit = uw.all[0] = uw.all[1] = uw.single = 0u;
+  return uw;
+}
+
+// The first unit ≥ k some query of the CTA may see, or uw.end (a warp-cooperative scan, 32 units a
+// step, remembered in the window). k does not decrease from call to call.
+template <int BN>
+__device__ __forceinline__ int32_t next_unit(const TileScan& ts, UnitWalk& uw, int32_t k) {
+  const int lane = threadIdx.x & 31;
+  const int32_t B = ts.mp.block_tokens;
+  while (k < uw.end) {
+    if (uw.base < 0 || k >= uw.base + 32) {
+      uw.base = k;
+      const int32_t c = k + lane, ushift = unit_shift<BN>(ts);
+      const int32_t qb0 = ts.tlo / B - ts.first_qblock, qb1 = ts.thi / B - ts.first_qblock;
+      bool visit = false, all0 = false, all1 = false, single = false;
+      if (c < uw.end) {
+        int32_t kmin, kmax;
+        slot_bounds(ts, c << ushift, min((c + 1) << ushift, ts.rk.end_slot) - 1, kmin, kmax);
+        const int32_t kb0 = kmin / B, kb1 = kmax / B, kbv = min(kmax, ts.thi) / B;
+        single = kb0 == kb1;
+        if (kmin <= ts.thi && qb0 == qb1 && single && kb0 < ts.mp.n_kblocks) {
+          // The common case (the CTA's queries in one query block, the unit in one key block): one
+          // mask byte answers all three.
+          visit = all0 = all1 = ts.blocks[static_cast<int64_t>(qb0) * ts.mp.n_kblocks + kb0] != 0;
+        } else if (kmin <= ts.thi) {
+          visit = block_pairs(ts.blocks, ts.mp.n_kblocks, qb0, qb1, kb0, kbv, false);
+          all0 = visit && block_pairs(ts.blocks, ts.mp.n_kblocks, qb0, uw.mid0, kb0, kb1, true);
+          all1 = visit && block_pairs(ts.blocks, ts.mp.n_kblocks, uw.mid1, qb1, kb0, kb1, true);
+        }
+      }
+      uw.visit = __ballot_sync(0xffffffffu, visit);
+      uw.all[0] = __ballot_sync(0xffffffffu, all0);
+      uw.all[1] = __ballot_sync(0xffffffffu, all1);
+      uw.single = __ballot_sync(0xffffffffu, single);
+    }
+    const unsigned ahead = uw.visit & (0xffffffffu << (k - uw.base));  // units k .. base + 31
+    if (ahead != 0) return uw.base + __ffs(ahead) - 1;
+    k = uw.base + 32;
+  }
+  return uw.end;
+}
+
+// The next gathered tile, for the producer thread of tile slot `slot` whose TMA block (issuers)
+// starts at tile slot `block_slot`.
+struct UnitTile {
+  bool any;         // false: the walk is over
+  int32_t mine;     // the row's slot that this thread's tile slot holds (−1: none, the slot stays empty)
+  int32_t issue;    // the row's slot where the thread's TMA block starts (−1: none, zeros are copied)
+  // Bit g: every block pair of consumer group g's queries and the tile's units is allowed; bit 2:
+  // every unit's keys lie in one key block.
+  int32_t flags;
+};
+
+template <int BN>
+__device__ __forceinline__ UnitTile next_unit_tile(const TileScan& ts, UnitWalk& uw, int32_t slot,
+                                                   int32_t block_slot) {
+  UnitTile t{false, -1, -1, 7};
+  const int32_t ushift = unit_shift<BN>(ts), n = BN >> ushift, mine = slot >> ushift, issue = block_slot >> ushift;
+  for (int32_t i = 0; i < n; ++i) {
+    const int32_t c = next_unit<BN>(ts, uw, uw.cursor);
+    if (c >= uw.end) break;
+    uw.cursor = c + 1;
+    t.any = true;
+    if (i == mine) t.mine = (c << ushift) + (slot & ((1 << ushift) - 1));
+    if (i == issue) t.issue = (c << ushift) + (block_slot & ((1 << ushift) - 1));
+    const int32_t b = c - uw.base;  // next_unit leaves c inside the window
+    const unsigned f = ((uw.all[0] >> b) & 1u) | (((uw.all[1] >> b) & 1u) << 1) | (((uw.single >> b) & 1u) << 2);
+    t.flags &= static_cast<int32_t>(f);
+  }
+  return t;
+}
 
 // How a group of query rows (positions tlo .. thi, in order) meets one loaded key tile (slot
 // positions tp[0 .. BN), kNoKey for empty slots): skip (no row sees any key), full (every row sees
@@ -331,6 +451,14 @@ __device__ __forceinline__ void store_rows(const PrefillParams& p, const Prefill
   }
 }
 
+// How the Hopper kernel walks block-mask rows' keys (its instance): not at all (no kBlocks row), by
+// tiles (next_tile_bits) or by gathered units (next_unit_tile).
+// kUnits only when some block and the pages hold fewer keys than a tile (kSm90KeyTile): otherwise
+// its units are the tiles themselves, which kTiles finds faster (3-4% less time in the masked
+// prefill at blocks of 128 in session 30's A/B; the cause was not found).
+enum class BlockWalk : int32_t { kNone = 0, kTiles = 1, kUnits = 2 };
+constexpr int32_t kSm90KeyTile = 128;
+
 // The Hopper kernel (prefill_attention_sm90.cu) reads K/V by TMA: tensor maps of the pool and of the
 // new keys, made per launch.
 struct Sm90Tensors {
@@ -342,7 +470,9 @@ struct Sm90Tensors {
   const bf16* v_new;
   int64_t new_stride;  // elements
   int64_t new_rows;    // rows of k_new / v_new the plan reads
-  bool blocks;         // the plan holds kBlocks rows (the kernel instance with block-mask paths)
+  // The kernel instance: kNone (no kBlocks row), kTiles (kBlocks rows, every one with blocks of 128
+  // keys or more), kUnits (some kBlocks row has smaller blocks).
+  BlockWalk walk;
 };
 struct Sm90Maps {  // CUtensorMap is 64-byte aligned
   CUtensorMap k, v, k_new, v_new;
