@@ -5,7 +5,9 @@
 // How it works. A CTA takes the same 128 packed query rows as the mma.sync kernel
 // (prefill_attention.cu) with three warpgroups:
 //   - a producer walks the CTA's key tiles (128 slots; the same tile walk as the mma.sync kernel,
-//     prefill_tiles.cuh) and, per tile, writes each slot's key position and copies K and V by TMA
+//     prefill_tiles.cuh, except that the kUnits instance gathers a tile from the block-mask row's
+//     visible units, not consecutive slots) and, per tile, writes each slot's key position and
+//     copies K and V by TMA
 //     (one thread per page of the tile, one box per page and 64-column block, 128-byte swizzled:
 //     the layout wgmma reads) into a 3-stage ring, K and V with their own full / empty
 //     mbarriers. It plans the walk itself while tile 0's page-table reads are in flight, reads the
@@ -62,8 +64,9 @@ struct Sm90Smem {
   static constexpr int kPosOffset = kStageOffset + kStages * 2 * kTileBytes;  // [kStages][kBN] key positions
   static constexpr int kStageTileOffset = kPosOffset + kStages * kBN * 4;  // tile of each stage (−1: end)
   // [kStages][4] int4 {min, max, all valid, w} of the key positions in each producer warp's 32 slots;
-  // w of warp 1 (block masks): bit g set when every (query block, key block) pair of consumer
-  // warpgroup g's queries and the tile's key range is allowed (zero otherwise)
+  // w of warp 1 (block masks; the consumers read no other): bit g set when every (query block, key
+  // block) pair of consumer warpgroup g's queries and the tile's keys is allowed, bit 2 (kUnits) when
+  // each of the tile's units lies in one key block (zero otherwise)
   static constexpr int kBoundsOffset = kStageTileOffset + 16;
   // mbarriers: full_k, full_v, empty_k, empty_v, each [kStages].
   static constexpr int kBarOffset = kBoundsOffset + kStages * 4 * 16;

@@ -470,8 +470,8 @@ struct Sm90Tensors {
   const bf16* v_new;
   int64_t new_stride;  // elements
   int64_t new_rows;    // rows of k_new / v_new the plan reads
-  // The kernel instance: kNone (no kBlocks row), kTiles (kBlocks rows, every one with blocks of 128
-  // keys or more), kUnits (some kBlocks row has smaller blocks).
+  // The kernel instance: kNone (no kBlocks row), kUnits (some kBlocks row has blocks under 128 keys
+  // and pages hold under 128 tokens), else kTiles.
   BlockWalk walk;
 };
 struct Sm90Maps {  // CUtensorMap is 64-byte aligned
