@@ -59,6 +59,21 @@ struct LogitsTally {
   }
 };
 
+// Two page managers of one geometry given the same calls, so that two engines under comparison each
+// read their own pages, laid out alike.
+struct TwinPages {
+  kvcache::KvCacheManager first, second;
+  TwinPages(const kvcache::KvCacheConfig& geometry, int64_t pages) : first(geometry, pages), second(geometry, pages) {}
+  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) {
+    for (kvcache::KvCacheManager* m : {&first, &second}) {
+      m->add_sequence(id, kvcache::SequenceLayout::from_roles(profile.roles, profile.streaming));
+    }
+  }
+  void allocate(uint64_t id, int64_t tokens) {
+    for (kvcache::KvCacheManager* m : {&first, &second}) m->allocate(id, tokens);
+  }
+};
+
 TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = test_seed();
@@ -223,19 +238,17 @@ TEST(CudaForwardTest, DynamicPrefillMatchesTheCpuPagedBackend) {
     mixed.decode.enabled = false;
     mixed.prefill = {.dynamic = true, .block_tokens = 32, .stride = 8, .threshold = threshold, .min_prompt_tokens = 40};
     const kvcache::SparsityProfile* profiles[] = {&sparse, &mixed, &sparse};
-    kvcache::KvCacheManager gpu_pages(geometry, 2048), cpu_pages(geometry, 2048);
-    CudaForward gpu(model, gpu_pages);
+    TwinPages pages(geometry, 2048);
+    CudaForward gpu(model, pages.first);
     CpuForward cpu(model);
-    PagedKvBackend reference(c, cpu_pages);
+    PagedKvBackend reference(c, pages.second);
     // Prompts of 150, 97 and 30 tokens (the last under min_prompt_tokens: dense), in chunks of up to
     // 37, then decode steps.
     const std::vector<int64_t> prompt = {150, 97, 30};
     std::vector<std::vector<int32_t>> tokens(prompt.size());
     std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
     for (uint64_t i = 0; i < prompt.size(); ++i) {
-      for (kvcache::KvCacheManager* m : {&gpu_pages, &cpu_pages}) {
-        m->add_sequence(i, kvcache::SequenceLayout::from_roles(profiles[i]->roles, profiles[i]->streaming));
-      }
+      pages.add_sequence(i, *profiles[i]);
       gpu.add_sequence(i, *profiles[i]);
       reference.add_sequence(i, *profiles[i]);
       for (int64_t t = 0; t < prompt[i]; ++t) tokens[i].push_back(tok(rng));
@@ -248,7 +261,7 @@ TEST(CudaForwardTest, DynamicPrefillMatchesTheCpuPagedBackend) {
         const bool prefill = done[i] < prompt[i];
         const int64_t n = prefill ? std::min<int64_t>(37, prompt[i] - done[i]) : 1;
         if (!prefill && done[i] == static_cast<int64_t>(tokens[i].size())) tokens[i].push_back(tok(rng));
-        for (kvcache::KvCacheManager* m : {&gpu_pages, &cpu_pages}) m->allocate(i, done[i] + n);
+        pages.allocate(i, done[i] + n);
         batch.push_back(ForwardSeq{i, done[i], std::span(tokens[i]).subspan(static_cast<size_t>(done[i]), static_cast<size_t>(n)),
                                    /*all_logits=*/true, prompt[i]});
       }
@@ -274,10 +287,10 @@ TEST(CudaForwardTest, DecodeStepsFromCudaGraphsEqualStepsLaunchedKernelByKernel)
   const Model& model = *rm.model;
   const ModelConfig& c = model.config;
   const kvcache::KvCacheConfig geometry{.page_tokens = 16, .logical_page_tokens = 16};
-  kvcache::KvCacheManager graph_pages(geometry, 2048), eager_pages(geometry, 2048);
-  CudaForward graphs(model, graph_pages);
+  TwinPages pages(geometry, 2048);
+  CudaForward graphs(model, pages.first);
   ASSERT_EQ(setenv("SPARSESERVE_CUDA_GRAPHS", "0", 1), 0);
-  CudaForward eager(model, eager_pages);
+  CudaForward eager(model, pages.second);
   unsetenv("SPARSESERVE_CUDA_GRAPHS");
   const kvcache::SparsityProfile dense =
       kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
@@ -288,9 +301,7 @@ TEST(CudaForwardTest, DecodeStepsFromCudaGraphsEqualStepsLaunchedKernelByKernel)
   std::vector<std::vector<int32_t>> tokens(prompt.size());
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
   for (uint64_t i = 0; i < prompt.size(); ++i) {
-    for (kvcache::KvCacheManager* m : {&graph_pages, &eager_pages}) {
-      m->add_sequence(i, kvcache::SequenceLayout::from_roles(profiles[i]->roles, profiles[i]->streaming));
-    }
+    pages.add_sequence(i, *profiles[i]);
     graphs.add_sequence(i, *profiles[i]);
     eager.add_sequence(i, *profiles[i]);
     for (int64_t t = 0; t < prompt[i]; ++t) tokens[i].push_back(tok(rng));
@@ -306,7 +317,7 @@ TEST(CudaForwardTest, DecodeStepsFromCudaGraphsEqualStepsLaunchedKernelByKernel)
       const int64_t start = static_cast<int64_t>(tokens[i].size()) - (step == 0 ? prompt[i] : 0);
       if (step > 0) tokens[i].push_back(tok(rng));
       const int64_t n = static_cast<int64_t>(tokens[i].size()) - start;
-      for (kvcache::KvCacheManager* m : {&graph_pages, &eager_pages}) m->allocate(i, start + n);
+      pages.allocate(i, start + n);
       batch.push_back(ForwardSeq{i, start, std::span(tokens[i]).subspan(static_cast<size_t>(start)), false, prompt[i]});
     }
     const DeviceDraw draw{.row = 0, .temperature = 0.8f, .top_k = 20, .top_p = 0.9f, .min_p = 0.0f, .seed = 7,

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -37,7 +38,7 @@ enum class Mode { kCausal, kCausalNewKv, kBand, kBlocks };
 
 // A prefill step: sequences with a history (already in pages) and a chunk of new tokens.
 struct PrefillProblem {
-  int32_t D = 128, P = 64, group = 1, n_kv_heads = 1, block_tokens = 64;
+  int32_t D = 128, P = 64, group = 1, n_kv_heads = 1;
   std::vector<int32_t> history, chunk, row0;  // per sequence; row0 = first token row of the chunk
   int32_t tokens = 0;
   int64_t q_stride = 0, kv_stride = 0;
@@ -60,7 +61,11 @@ struct ProblemShape {
   std::vector<Mode> modes;
   int32_t sink = -1, local = -1;  // −1: random per row
   int32_t block_tokens = 64;
+  std::vector<int32_t> block_choices;  // non-empty: the kBlocks rows' block sizes, in turn
   double block_density = 0.3;
+  // Lists of causal and kBlocks rows with gaps and partial pages (shifted within the page) among the
+  // entries wholly before the chunk, as the list contract allows (KeyPageList); entry 0 stays whole.
+  bool ragged_history = false;
   bool xattention_blocks = false;  // kBlocks rows from cpu::xattention_block_mask on the row's q / k
 };
 
@@ -83,9 +88,8 @@ PrefillProblem make_problem(const ProblemShape& sh, std::mt19937& rng) {
   pr.P = sh.P;
   pr.group = sh.group;
   pr.n_kv_heads = sh.n_kv_heads;
-  pr.block_tokens = sh.block_tokens;
   pr.scale = 1.0f / std::sqrt(static_cast<float>(sh.D));
-  const int32_t D = sh.D, P = sh.P, B = sh.block_tokens;
+  const int32_t D = sh.D, P = sh.P;
   for (int32_t s = 0; s < sh.batch; ++s) {
     pr.history.push_back(rand_int(rng, sh.min_history, sh.max_history));
     pr.chunk.push_back(rand_int(rng, sh.min_chunk, sh.max_chunk));
@@ -102,10 +106,12 @@ PrefillProblem make_problem(const ProblemShape& sh, std::mt19937& rng) {
   struct Pending {
     std::vector<int32_t> blocks;  // logical block of each list entry
     std::vector<int32_t> slot;    // pool slot index (before permutation) of each entry
-    int32_t upto = 0;             // positions < upto are stored in the pages
+    std::vector<int32_t> first, count;  // ragged entries: the slots held (else 0 and P, cut at upto)
+    int32_t upto = 0;                   // positions < upto are stored in the pages
   };
   std::vector<Pending> pend;
   int32_t next_slot = 0;
+  size_t blocks_rows = 0;
   for (int32_t s = 0; s < sh.batch; ++s) {
     const int32_t h = pr.history[static_cast<size_t>(s)], n = pr.chunk[static_cast<size_t>(s)];
     for (int32_t kvh = 0; kvh < sh.n_kv_heads; ++kvh) {
@@ -138,12 +144,26 @@ PrefillProblem make_problem(const ProblemShape& sh, std::mt19937& rng) {
         pd.upto = h;
       } else {
         row.mask = mode == Mode::kBlocks ? MaskKind::kBlocks : MaskKind::kCausal;
-        row.block_tokens = mode == Mode::kBlocks ? B : 0;
+        if (mode == Mode::kBlocks) {  // with block_choices, kBlocks rows take them in turn
+          row.block_tokens = sh.block_choices.empty() ? sh.block_tokens
+                                                      : sh.block_choices[blocks_rows++ % sh.block_choices.size()];
+        }
         row.new_kv = mode == Mode::kCausalNewKv || (mode == Mode::kBlocks && rand_int(rng, 0, 1) == 1);
         pd.upto = row.new_kv ? h : h + n;  // without new_kv the chunk's K/V are in the pages too
         for (int32_t b = 0; b * P < pd.upto; ++b) {
+          int32_t first = 0, count = std::min(P, pd.upto - b * P);
+          if (sh.ragged_history && b > 0 && (b + 1) * P <= h) {
+            const int pick = rand_int(rng, 0, 5);
+            if (pick == 0) continue;  // a gap: the page is not listed
+            if (pick == 1) {          // a partial page, its keys anywhere in it
+              first = rand_int(rng, 0, P - 1);
+              count = rand_int(rng, 1, P - first);
+            }
+          }
           pd.blocks.push_back(b);
           pd.slot.push_back(next_slot++);
+          pd.first.push_back(first);
+          pd.count.push_back(count);
         }
       }
       pr.rows.push_back(row);
@@ -163,11 +183,16 @@ PrefillProblem make_problem(const ProblemShape& sh, std::mt19937& rng) {
     for (size_t e = 0; e < pd.blocks.size(); ++e) {
       const int32_t b = pd.blocks[e], id = perm[static_cast<size_t>(pd.slot[e])];
       rp.ids.push_back(id);
-      rp.pos0.push_back(b * P);
-      rp.len.push_back(std::min(P, pd.upto - b * P));
+      if (pd.first.empty()) {  // band rows: whole pages up to upto
+        rp.pos0.push_back(b * P);
+        rp.len.push_back(std::min(P, pd.upto - b * P));
+      } else {
+        rp.pos0.push_back(b * P + pd.first[e]);
+        rp.len.push_back(pd.count[e]);
+      }
       // Chunk positions stored in pages hold the chunk's own K/V (as the engine writes them).
       for (int32_t i = 0; i < rp.len.back(); ++i) {
-        const int32_t pos = b * P + i;
+        const int32_t pos = rp.pos0.back() + i;
         if (pos < row.q_pos0) continue;
         const size_t src = static_cast<size_t>(row.q_row0 + pos - row.q_pos0) * pr.kv_stride + static_cast<size_t>(row.kv_head) * D;
         const size_t dst = (static_cast<size_t>(id) * P + i) * D;
@@ -184,7 +209,7 @@ PrefillProblem make_problem(const ProblemShape& sh, std::mt19937& rng) {
   for (size_t r = 0; r < pr.rows.size(); ++r) {
     PrefillRow& row = pr.rows[r];
     if (row.mask != MaskKind::kBlocks) continue;
-    const int32_t h = row.q_pos0, n = row.n_tokens, L = h + n;
+    const int32_t h = row.q_pos0, n = row.n_tokens, L = h + n, B = row.block_tokens;
     row.block_offset = static_cast<int64_t>(pr.allowed.size());
     row.first_qblock = h / B;
     row.n_kblocks = (L + B - 1) / B;
@@ -293,8 +318,8 @@ std::vector<float> reference(const PrefillProblem& pr) {
       if (row.mask == MaskKind::kBand) mask = cpu::AttentionMask::band(row.sink, row.local);
       if (row.mask == MaskKind::kBlocks) {
         const uint8_t* brow = pr.allowed.data() + row.block_offset +
-                              static_cast<size_t>(t / pr.block_tokens - row.first_qblock) * row.n_kblocks;
-        mask = cpu::AttentionMask::blocks(brow, pr.block_tokens);
+                              static_cast<size_t>(t / row.block_tokens - row.first_qblock) * row.n_kblocks;
+        mask = cpu::AttentionMask::blocks(brow, row.block_tokens);
       }
       for (int32_t g = 0; g < pr.group; ++g) {
         const int32_t hd = row.kv_head * pr.group + g;
@@ -335,10 +360,12 @@ std::vector<uint16_t> run_prefill(const PrefillProblem& pr, DeviceProblem& dp, b
   return dp.o.download<uint16_t>();
 }
 
-// Whether each output element belongs to a kBlocks row with blocks smaller than the Hopper kernel's
-// 128-key tiles (larger blocks make its gathered units whole tiles, in the dense run's order).
+// Whether each output element belongs to a kBlocks row whose visible units the Hopper kernel gathers
+// into tiles: blocks smaller than its 128-key tiles, in pages smaller than a tile (larger blocks make
+// the gathered units whole tiles, in the dense run's order; 128-token pages are walked by tiles).
 std::vector<bool> gathered_outputs(const PrefillProblem& pr) {
   std::vector<bool> in(static_cast<size_t>(pr.tokens) * pr.n_q_heads() * pr.D, false);
+  if (pr.P >= 128) return in;
   for (const PrefillRow& row : pr.rows) {
     if (row.mask != MaskKind::kBlocks || row.block_tokens >= 128) continue;
     for (int32_t i = 0; i < row.n_tokens; ++i) {
@@ -387,12 +414,13 @@ TEST(PrefillAttentionGpu, MatchesCpuTwinOverShapes) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(2024);
   for (const int32_t D : {64, 128}) {
-    for (const int32_t P : {16, 64}) {
+    for (const int32_t P : {16, 32, 64, 128}) {
       for (const int32_t group : {1, 2, 3, 4, 8}) {
         const int32_t heads = rand_int(rng, 1, 3), batch = rand_int(rng, 1, 3);
         ProblemShape sh = shape(D, P, group, heads, batch, 700, 260);
         sh.modes = {Mode::kCausal, Mode::kCausalNewKv, Mode::kBand, Mode::kBlocks};
         sh.block_tokens = std::array<int32_t, 5>{16, 32, 48, 64, 128}[static_cast<size_t>(rand_int(rng, 0, 4))];
+        sh.ragged_history = rand_int(rng, 0, 1) == 1;
         const PrefillProblem pr = make_problem(sh, rng);
         check_problem(pr, "D=" + std::to_string(D) + " P=" + std::to_string(P) + " group=" + std::to_string(group) +
                               " B=" + std::to_string(sh.block_tokens));
@@ -456,6 +484,46 @@ TEST(PrefillAttentionGpu, BlockMasksByUnitsAndByTiles) {
     sh.block_density = 0.15;
     check_problem(make_problem(sh, rng), "blocks P=" + std::to_string(P) + " B=" + std::to_string(B) +
                                              " group=" + std::to_string(group) + " D=" + std::to_string(sh.D));
+  }
+}
+
+// Small enough for the sanitizers: block masks over every page size, with several block sizes in one
+// launch (both walks' choice is per launch), lists with gaps and partial pages, blocks smaller than a
+// page or a unit (units straddling blocks), and units of several pages. Per page size (P: B choices):
+// 16: units of one page (B=16), of four (B=64), whole tiles (B=256); 32: a unit over two blocks (B=16),
+// of two pages (B=64), tiles (B=128); 64: blocks of 8, 48 and 100 keys in 64-key units; 128: blocks of
+// 64 and 128 keys walked by tiles (two blocks per page).
+TEST(PrefillAttentionGpu, SmallBlockMasksOverPageSizesGapsAndMixedBlocks) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(17);
+  const std::vector<std::pair<int32_t, std::vector<int32_t>>> cases{
+      {16, {16, 64, 256}}, {32, {16, 64, 128}}, {64, {8, 48, 100}}, {128, {64, 128}}};
+  for (const auto& [P, blocks] : cases) {
+    for (const int32_t D : {64, 128}) {
+      ProblemShape sh = shape(D, P, D == 64 ? 3 : 4, 3, 2, 520, 260);
+      sh.min_history = std::min(3 * P, 400);  // entries wholly before the chunk, to leave out or cut
+      sh.min_chunk = 40;
+      sh.modes = {Mode::kBlocks, Mode::kBlocks, Mode::kCausal};
+      sh.block_choices = blocks;
+      sh.block_density = 0.4;
+      sh.ragged_history = true;
+      const PrefillProblem pr = make_problem(sh, rng);
+      // The shapes this test is for did come out of the draw.
+      int gaps = 0, partial = 0;
+      std::set<int32_t> sizes;
+      for (size_t r = 0; r < pr.rows.size(); ++r) {
+        const RowPages& rp = pr.pages[r];
+        for (size_t e = 0; e + 1 < rp.ids.size(); ++e) {
+          gaps += rp.pos0[e + 1] / P > rp.pos0[e] / P + 1;
+          partial += rp.len[e] < P;
+        }
+        if (pr.rows[r].mask == MaskKind::kBlocks) sizes.insert(pr.rows[r].block_tokens);
+      }
+      EXPECT_GT(gaps, 0);
+      EXPECT_GT(partial, 0);
+      EXPECT_GE(sizes.size(), 2u) << "block sizes in one launch";
+      check_problem(pr, "small blocks P=" + std::to_string(P) + " D=" + std::to_string(D));
+    }
   }
 }
 
