@@ -438,21 +438,28 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (issuer) tma_block<D>(k_stage(st), &maps.k, &maps.k_new, block, ptid * P, full_k + 8 * st);
       }
       if (ptid != 0) wgmma::mbar_arrive(full_k + 8 * st);
-      // The next tile is found and its sources read before the wait for this stage's V slot, which
-      // the consumers free a tile later than its K slot: the walk's latency hides behind that wait.
+      // Where the next tile is found and its sources read: in the dense and streaming instance
+      // before the wait for this stage's V slot, which the consumers free a tile later than its K
+      // slot, so the walk's latency hides behind that wait; in the block-mask instances, whose walk
+      // is longer, after this tile's V copy, so the V copy is not held back by the walk (measured
+      // 1-2.5% faster at B = 64, bench/RESULTS.md §3 session 31).
       const BlockSource v_block = block;
-      if (gather) {
-        if constexpr (kWalk == prefill::BlockWalk::kUnits) next_gathered(false);
-      } else {
-        cur = walk(cur + 1);
-        read_ahead(cur, position, block);
-      }
+      const auto advance = [&] {
+        if (gather) {
+          if constexpr (kWalk == prefill::BlockWalk::kUnits) next_gathered(false);
+        } else {
+          cur = walk(cur + 1);
+          read_ahead(cur, position, block);
+        }
+      };
+      if constexpr (kWalk == prefill::BlockWalk::kNone) advance();
       if (ptid < 32) {
         if (issuer && i >= kStages) wgmma::mbar_wait(empty_v + 8 * st, phase);
         if (ptid == 0) wgmma::mbar_arrive_expect_tx(full_v + 8 * st, Smem::kTileBytes);
         __syncwarp();
         if (issuer) tma_block<D>(v_stage(st), &maps.v, &maps.v_new, v_block, ptid * P, full_v + 8 * st);
       }
+      if constexpr (kWalk != prefill::BlockWalk::kNone) advance();
     }
     return;
   }
