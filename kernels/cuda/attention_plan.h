@@ -78,6 +78,15 @@ static_assert(sizeof(PrefillRow) == 56);
 // head m % group of the group: the group's heads share every K/V tile).
 inline constexpr int32_t kPrefillTileRows = 128;  // packed query rows per CTA, both prefill kernels
 
+// Keys per tile of the Hopper prefill kernel. It walks a launch's block-mask rows by gathered units
+// (prefill::BlockWalk::kUnits) when some row's blocks are smaller than a tile (sm90_small_blocks)
+// and so are the pool's pages; otherwise by tiles (kTiles), whose order the units would only repeat.
+inline constexpr int32_t kSm90KeyTile = 128;
+inline constexpr bool sm90_small_blocks(int32_t block_tokens) { return block_tokens < kSm90KeyTile; }
+inline constexpr bool sm90_gathers_units(bool any_small_blocks, int32_t page_tokens) {
+  return any_small_blocks && page_tokens < kSm90KeyTile;
+}
+
 struct PrefillWorkItem {
   int32_t row = 0;
   int32_t m0 = 0;

@@ -299,7 +299,7 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
       next.new_kv_heads = std::max(next.new_kv_heads, r.kv_head + 1);
     }
     next.blocks = next.blocks || r.mask == MaskKind::kBlocks;
-    next.small_blocks = next.small_blocks || (r.mask == MaskKind::kBlocks && r.block_tokens < prefill::kSm90KeyTile);
+    next.small_blocks = next.small_blocks || (r.mask == MaskKind::kBlocks && sm90_small_blocks(r.block_tokens));
   }
   std::vector<PrefillWorkItem> work = plan_prefill_tiles(rows, config_.group);
 
@@ -372,8 +372,8 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
     check(args.kv.num_pages * config_.page_tokens < INT32_MAX, "PrefillAttention::run: pool rows past int32", loc);
     prefill::BlockWalk walk = prefill::BlockWalk::kNone;
     if (planned_.blocks) {
-      const bool gather = planned_.small_blocks && config_.page_tokens < prefill::kSm90KeyTile;
-      walk = gather ? prefill::BlockWalk::kUnits : prefill::BlockWalk::kTiles;
+      walk = sm90_gathers_units(planned_.small_blocks, config_.page_tokens) ? prefill::BlockWalk::kUnits
+                                                                            : prefill::BlockWalk::kTiles;
     }
     const prefill::Sm90Tensors t{args.kv.k,  args.kv.v,          args.kv.num_pages, config_.page_tokens,
                                  args.k_new, args.v_new,         args.kv_new_stride, planned_.new_rows,

@@ -440,9 +440,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (ptid != 0) wgmma::mbar_arrive(full_k + 8 * st);
       // Where the next tile is found and its sources read: in the dense and streaming instance
       // before the wait for this stage's V slot, which the consumers free a tile later than its K
-      // slot, so the walk's latency hides behind that wait; in the block-mask instances, whose walk
-      // is longer, after this tile's V copy, so the V copy is not held back by the walk (measured
-      // 1-2.5% faster at B = 64, bench/RESULTS.md §3 session 31).
+      // slot, so the walk's latency hides behind that wait; in the block-mask instances (every row
+      // of their launches), whose walk is longer, after this tile's V copy, so the V copy is not
+      // held back by the walk (kUnits about 1.5% faster at B = 64, kTiles the same within noise:
+      // bench/RESULTS.md §3 session 31).
       const BlockSource v_block = block;
       const auto advance = [&] {
         if (gather) {

@@ -453,11 +453,11 @@ __device__ __forceinline__ void store_rows(const PrefillParams& p, const Prefill
 
 // How the Hopper kernel walks block-mask rows' keys (its instance): not at all (no kBlocks row), by
 // tiles (next_tile_bits) or by gathered units (next_unit_tile).
-// kUnits only when some block and the pages hold fewer keys than a tile (kSm90KeyTile): otherwise
-// its units are the tiles themselves, which kTiles finds faster (3-4% less time in the masked
-// prefill at blocks of 128 in session 30's A/B; the cause was not found).
+// kUnits only when some block and the pages hold fewer keys than a tile (sm90_gathers_units,
+// attention_plan.h): otherwise its units are the tiles themselves, which kTiles finds faster (3-4%
+// less time in the masked prefill at blocks of 128 in session 30's A/B).
 enum class BlockWalk : int32_t { kNone = 0, kTiles = 1, kUnits = 2 };
-constexpr int32_t kSm90KeyTile = 128;
+using cuda::kSm90KeyTile;
 
 // The Hopper kernel (prefill_attention_sm90.cu) reads K/V by TMA: tensor maps of the pool and of the
 // new keys, made per launch.

@@ -2,7 +2,8 @@
 // (kernels/cpu/span_attention.h attend_spans per query; kernels/cpu/attention_block.h attend_block
 // over gathered keys) on fresh random bf16 inputs: varlen batches of chunks after a history, per
 // (sequence, KV head) rows dense causal / streaming band (sink + ring pages + the chunk's own K/V)
-// / block masks (random and XAttention's), GQA packing, page sizes 16 and 64, head dims 64 and 128.
+// / block masks (random and XAttention's, several block sizes in one launch), GQA packing, page
+// sizes 16, 32, 64 and 128, page lists with gaps and partial pages, head dims 64 and 128.
 // The tile-skipping run must equal the dense run under the expanded mask bit for bit (within the bf16
 // tolerance for rows whose key units the Hopper kernel gathers); a one-token chunk must agree with
 // the decode kernel. Outputs are poisoned (NaN) before every run.
@@ -106,7 +107,9 @@ PrefillProblem make_problem(const ProblemShape& sh, std::mt19937& rng) {
   struct Pending {
     std::vector<int32_t> blocks;  // logical block of each list entry
     std::vector<int32_t> slot;    // pool slot index (before permutation) of each entry
-    std::vector<int32_t> first, count;  // ragged entries: the slots held (else 0 and P, cut at upto)
+    // Causal and kBlocks rows, per entry: its first position's offset in logical page b, and its
+    // length (whole pages: 0 and min(P, upto − b·P)); empty for band rows.
+    std::vector<int32_t> first, count;
     int32_t upto = 0;                   // positions < upto are stored in the pages
   };
   std::vector<Pending> pend;
@@ -150,10 +153,14 @@ PrefillProblem make_problem(const ProblemShape& sh, std::mt19937& rng) {
         }
         row.new_kv = mode == Mode::kCausalNewKv || (mode == Mode::kBlocks && rand_int(rng, 0, 1) == 1);
         pd.upto = row.new_kv ? h : h + n;  // without new_kv the chunk's K/V are in the pages too
-        for (int32_t b = 0; b * P < pd.upto; ++b) {
+        // Ragged lists: the first two entries that may be (past entry 0, wholly before the chunk)
+        // are a gap and a partial page, in a random order; later ones are either with odds 1/6.
+        const int first_kind = rand_int(rng, 0, 1);
+        for (int32_t b = 0, eligible = 0; b * P < pd.upto; ++b) {
           int32_t first = 0, count = std::min(P, pd.upto - b * P);
           if (sh.ragged_history && b > 0 && (b + 1) * P <= h) {
-            const int pick = rand_int(rng, 0, 5);
+            const int pick = eligible < 2 ? (eligible + first_kind) % 2 : rand_int(rng, 0, 5);
+            ++eligible;
             if (pick == 0) continue;  // a gap: the page is not listed
             if (pick == 1) {          // a partial page, its keys anywhere in it
               first = rand_int(rng, 0, P - 1);
@@ -361,13 +368,12 @@ std::vector<uint16_t> run_prefill(const PrefillProblem& pr, DeviceProblem& dp, b
 }
 
 // Whether each output element belongs to a kBlocks row whose visible units the Hopper kernel gathers
-// into tiles: blocks smaller than its 128-key tiles, in pages smaller than a tile (larger blocks make
-// the gathered units whole tiles, in the dense run's order; 128-token pages are walked by tiles).
+// into tiles (sm90_gathers_units): blocks smaller than its key tiles, in pages smaller than a tile
+// (larger blocks make the gathered units whole tiles, in the dense run's order).
 std::vector<bool> gathered_outputs(const PrefillProblem& pr) {
   std::vector<bool> in(static_cast<size_t>(pr.tokens) * pr.n_q_heads() * pr.D, false);
-  if (pr.P >= 128) return in;
   for (const PrefillRow& row : pr.rows) {
-    if (row.mask != MaskKind::kBlocks || row.block_tokens >= 128) continue;
+    if (row.mask != MaskKind::kBlocks || !sm90_gathers_units(sm90_small_blocks(row.block_tokens), pr.P)) continue;
     for (int32_t i = 0; i < row.n_tokens; ++i) {
       const size_t head0 = static_cast<size_t>(row.kv_head) * pr.group;
       const size_t at = (static_cast<size_t>(row.q_row0 + i) * pr.n_q_heads() + head0) * pr.D;
@@ -378,9 +384,10 @@ std::vector<bool> gathered_outputs(const PrefillProblem& pr) {
 }
 
 // Checks one problem: against the CPU twin, and skipping vs the dense run under the expanded mask:
-// bit for bit, except the Hopper kernel's kBlocks rows with blocks under 128 keys, whose visible key
-// units it gathers into tiles (prefill::next_unit_tile), so that their keys meet the online softmax in
-// other groups: those are compared within the tolerance. Every kernel of the device is checked.
+// bit for bit, except the Hopper kernel's kBlocks rows with blocks and pages under its 128-key tiles,
+// whose visible key units it gathers into tiles (prefill::next_unit_tile), so that their keys meet
+// the online softmax in other groups: those are compared within the tolerance. Every kernel of the
+// device is checked.
 void check_problem(const PrefillProblem& pr, const std::string& what) {
   DeviceProblem dp(pr);
   const std::vector<float> ref = reference(pr);
@@ -423,7 +430,7 @@ TEST(PrefillAttentionGpu, MatchesCpuTwinOverShapes) {
         sh.ragged_history = rand_int(rng, 0, 1) == 1;
         const PrefillProblem pr = make_problem(sh, rng);
         check_problem(pr, "D=" + std::to_string(D) + " P=" + std::to_string(P) + " group=" + std::to_string(group) +
-                              " B=" + std::to_string(sh.block_tokens));
+                              " B=" + std::to_string(sh.block_tokens) + (sh.ragged_history ? " ragged" : ""));
       }
     }
   }
@@ -492,7 +499,7 @@ TEST(PrefillAttentionGpu, BlockMasksByUnitsAndByTiles) {
 // page or a unit (units straddling blocks), and units of several pages. Per page size (P: B choices):
 // 16: units of one page (B=16), of four (B=64), whole tiles (B=256); 32: a unit over two blocks (B=16),
 // of two pages (B=64), tiles (B=128); 64: blocks of 8, 48 and 100 keys in 64-key units; 128: blocks of
-// 64 and 128 keys walked by tiles (two blocks per page).
+// 64 and 128 keys walked by tiles (B=64: two blocks per page).
 TEST(PrefillAttentionGpu, SmallBlockMasksOverPageSizesGapsAndMixedBlocks) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(17);
@@ -508,7 +515,7 @@ TEST(PrefillAttentionGpu, SmallBlockMasksOverPageSizesGapsAndMixedBlocks) {
       sh.block_density = 0.4;
       sh.ragged_history = true;
       const PrefillProblem pr = make_problem(sh, rng);
-      // The shapes this test is for did come out of the draw.
+      // The shapes this test is for are in the problem.
       int gaps = 0, partial = 0;
       std::set<int32_t> sizes;
       for (size_t r = 0; r < pr.rows.size(); ++r) {
