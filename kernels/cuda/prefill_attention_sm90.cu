@@ -301,6 +301,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const PrefillRow row = p.rows[w.row];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int32_t G = p.group, total_m = row.n_tokens * G, m0 = w.m0;
+  // Position of packed row m's query (rows past the chunk: its last query's).
+  const auto pos_of = [&](int32_t m) { return row.q_pos0 + min(m, total_m - 1) / G; };
 
   // Prologue. The mbarriers need no loads, so the one CTA barrier comes at once; after it the
   // producer's chain (tile scan, walk, first page-table reads, TMA copies) and the consumers' Q
@@ -348,14 +350,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     wgmma::named_sync<kProducerThreads>(1);  // the walk is visible to the producer
     prefill::BlockWindow win;
+    // Position of consumer warpgroup g's packed row r (0 .. 63).
+    const auto group_pos = [&](int g, int r) { return pos_of(m0 + 64 * g + r); };
     // kTiles: kBlocks rows walked with skip_tiles take blocks_all from the window scan.
     const bool window_bits = kWalk == prefill::BlockWalk::kTiles && skip && ts.blocks != nullptr;
     prefill::BlockWindowBits wbits;
     if (window_bits) {
       const int32_t B = ts.mp.block_tokens;
       for (int g = 0; g < 2; ++g) {
-        wbits.qb0[g] = (row.q_pos0 + min(m0 + 64 * g, total_m - 1) / G) / B - ts.first_qblock;
-        wbits.qb1[g] = (row.q_pos0 + min(m0 + 64 * g + 63, total_m - 1) / G) / B - ts.first_qblock;
+        wbits.qb0[g] = group_pos(g, 0) / B - ts.first_qblock;
+        wbits.qb1[g] = group_pos(g, 63) / B - ts.first_qblock;
       }
     }
     const auto walk = [&](int32_t k) {
@@ -384,8 +388,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
     if constexpr (kWalk == prefill::BlockWalk::kUnits) {
       if (gather) {
-        uw = prefill::plan_unit_walk<kBN>(ts, s_walk, row.q_pos0 + min(m0 + 63, total_m - 1) / G,
-                                          row.q_pos0 + min(m0 + 64, total_m - 1) / G);
+        uw = prefill::plan_unit_walk<kBN>(ts, s_walk, group_pos(0, 63), group_pos(1, 0));
         next_gathered(true);
       }
     }
@@ -420,8 +423,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           prefill::tile_bounds<kBN>(ts, cur, kmin, kmax);
           const int32_t B = ts.mp.block_tokens;
           for (int g = 0; g < 2; ++g) {
-            const int32_t tlo = row.q_pos0 + min(m0 + 64 * g, total_m - 1) / G;
-            const int32_t thi = row.q_pos0 + min(m0 + 64 * g + 63, total_m - 1) / G;
+            const int32_t tlo = group_pos(g, 0), thi = group_pos(g, 63);
             const bool ok = prefill::block_pairs(ts.blocks, ts.mp.n_kblocks, tlo / B - ts.first_qblock,
                                                  thi / B - ts.first_qblock, kmin / B, kmax / B, true);
             blocks_all |= ok ? 1 << g : 0;
@@ -487,12 +489,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   attn::cp_async_wait<0>();
   wgmma::fence_proxy_async();  // this thread's Q copies, visible to wgmma
   wgmma::named_sync<128>(4 + wg);  // the warpgroup's Q rows are in place
-  const auto tok_of = [&](int32_t m) { return min(m, total_m - 1) / G; };
   const int32_t gm0 = m0 + 64 * wg;
   const bool wg_active = gm0 < total_m;
-  const int32_t g_tlo = row.q_pos0 + tok_of(gm0), g_thi = row.q_pos0 + tok_of(gm0 + 63);
+  const int32_t g_tlo = pos_of(gm0), g_thi = pos_of(gm0 + 63);
   const int32_t r0 = gm0 + 16 * (warp & 3) + (lane >> 2);
-  const int32_t t[2] = {row.q_pos0 + tok_of(r0), row.q_pos0 + tok_of(r0 + 8)};
+  const int32_t t[2] = {pos_of(r0), pos_of(r0 + 8)};
   const uint32_t q_wg = q_tile + wg * (Smem::kQBytes / 2);
 
   float o[D / 8][4];
