@@ -325,8 +325,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid >= kConsumerThreads) {
     // Producer warpgroup: tile i of the walk into stage i % kStages once the consumers have released
     // it; a stage with tile −1 ends the walk. What a tile's copies need (each thread's slot position;
-    // for the first kBN / P threads, the issuers, their block's source) is read one tile ahead, so
-    // the page-table loads overlap the wait instead of delaying the copies.
+    // for the first kBN / P lanes of the K and V issuing warps, their block's source) is read one
+    // tile ahead, so the page-table loads overlap the wait instead of delaying the copies.
+    // The K copies come from the first warp. The V copies come from the same warp in the dense and
+    // streaming instance; in the block-mask instances from another, so that the next tile's K copy
+    // does not queue behind this tile's V slot and the longer walk (kUnits 4% faster, kTiles up to 1%;
+    // the dense instance 0.8% slower that way: bench/RESULTS.md §3 session 32).
+    constexpr int kVWarp = kWalk == prefill::BlockWalk::kNone ? 0 : 2;
     wgmma::set_max_regs_dec<kProducerRegs>();
     const int ptid = tid - kConsumerThreads;
     // The tile scan. Thread 0 writes it before its first arrival on full_k (release), the consumers
@@ -334,10 +339,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (ptid == 0) s_ts = prefill::make_tile_scan<kBN, kBM>(p, w, D);
     wgmma::named_sync<kProducerThreads>(1);  // the tile scan is visible to the producer
     const int P = src.page_tokens;
-    const bool issuer = ptid < kBN / P;  // all in the producer's first warp (P ≥ 16)
+    const int pwarp = ptid >> 5, block_slot = (ptid & 31) * P;
+    const bool issuer = (pwarp == 0 || pwarp == kVWarp) && block_slot < kBN;
     const auto read_ahead = [&](int32_t tile, int32_t& position, BlockSource& block) {
       position = tile < ts.n_tiles ? slot_position(ts.rk, ts.shift, tile * kBN + ptid) : attn::kNoKey;
-      if (issuer && tile < ts.n_tiles) block = block_source<D>(ts.rk, row, src, tile * kBN + ptid * P);
+      if (issuer && tile < ts.n_tiles) block = block_source<D>(ts.rk, row, src, tile * kBN + block_slot);
     };
     // Tile 0's sources are read while the producer's first warp plans the walk (the first tile is
     // tile 0 unless a block mask hides it or no key is visible; then they are read again).
@@ -376,13 +382,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     [[maybe_unused]] prefill::UnitWalk uw;
     [[maybe_unused]] int32_t unit_flags = 0;
     [[maybe_unused]] const auto next_gathered = [&](bool first) {
-      const prefill::UnitTile ut = prefill::next_unit_tile<kBN>(ts, uw, ptid, ptid * P);
+      const prefill::UnitTile ut = prefill::next_unit_tile<kBN>(ts, uw, ptid, block_slot);
       cur = ut.any ? 0 : ts.n_tiles;
       unit_flags = ut.flags;
       if (!first || ut.mine != ptid) {
         position = ut.mine >= 0 ? slot_position(ts.rk, ts.shift, ut.mine) : attn::kNoKey;
       }
-      if (issuer && (!first || ut.issue != ptid * P)) {
+      if (issuer && (!first || ut.issue != block_slot)) {
         block = ut.issue >= 0 ? block_source<D>(ts.rk, row, src, ut.issue) : BlockSource{src.pool_rows, 0, false};
       }
     };
@@ -437,15 +443,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       if (ptid < 32) {
         __syncwarp();  // the byte count is expected before any block's copy lands
-        if (issuer) tma_block<D>(k_stage(st), &maps.k, &maps.k_new, block, ptid * P, full_k + 8 * st);
+        if (issuer) tma_block<D>(k_stage(st), &maps.k, &maps.k_new, block, block_slot, full_k + 8 * st);
       }
       if (ptid != 0) wgmma::mbar_arrive(full_k + 8 * st);
       // Where the next tile is found and its sources read: in the dense and streaming instance
       // before the wait for this stage's V slot, which the consumers free a tile later than its K
       // slot, so the walk's latency hides behind that wait; in the block-mask instances (every row
-      // of their launches), whose walk is longer, after this tile's V copy, so the V copy is not
-      // held back by the walk (kUnits about 1.5% faster at B = 64, kTiles the same within noise:
-      // bench/RESULTS.md §3 session 31).
+      // of their launches), whose walk is longer, after this tile's V copy on the V warp, so the V
+      // copy is not held back by the walk (kUnits about 1.5% faster at B = 64 when one warp issued
+      // both: bench/RESULTS.md §3 session 31); the K warp has no V copy to wait for.
       const BlockSource v_block = block;
       const auto advance = [&] {
         if (gather) {
@@ -456,11 +462,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       };
       if constexpr (kWalk == prefill::BlockWalk::kNone) advance();
-      if (ptid < 32) {
+      if (pwarp == kVWarp) {
         if (issuer && i >= kStages) wgmma::mbar_wait(empty_v + 8 * st, phase);
-        if (ptid == 0) wgmma::mbar_arrive_expect_tx(full_v + 8 * st, Smem::kTileBytes);
+        if (block_slot == 0) wgmma::mbar_arrive_expect_tx(full_v + 8 * st, Smem::kTileBytes);
         __syncwarp();
-        if (issuer) tma_block<D>(v_stage(st), &maps.v, &maps.v_new, v_block, ptid * P, full_v + 8 * st);
+        if (issuer) tma_block<D>(v_stage(st), &maps.v, &maps.v_new, v_block, block_slot, full_v + 8 * st);
       }
       if constexpr (kWalk != prefill::BlockWalk::kNone) advance();
     }
