@@ -167,25 +167,26 @@ __device__ __forceinline__ bool mask_block_bits(float (&s)[kBN / 8][4], const Ti
   return true;
 }
 
-// A gathered tile (prefill::next_unit_tile) whose units each hold keys of one key block: each of this
-// thread's two rows reads the allowed bit of every unit's block once (from the unit's first key; page
-// entries hold at least one key, so an empty first slot means an empty unit), then a key is masked
-// by causality and its unit's bit (mask_scores divides and reads a mask byte per key).
+// A gathered tile (prefill::next_unit_tile) whose runs (prefill::run_shift: a unit, or a part of one
+// when blocks are smaller) each hold keys of one key block: each of this thread's two rows reads the
+// allowed bit of every run's block once (from the run's first key; page entries hold at least one
+// key from their first slot on, so an empty first slot means an empty run), then a key is masked by
+// causality and its run's bit (mask_scores divides and reads a mask byte per key).
 __device__ __forceinline__ void mask_unit_bits(float (&s)[kBN / 8][4], const TileScan& ts, const int32_t* tp,
                                                const int32_t (&t)[2]) {
-  const int32_t B = ts.mp.block_tokens, ushift = prefill::unit_shift<kBN>(ts), n = kBN >> ushift;
+  const int32_t B = ts.mp.block_tokens, rshift = prefill::run_shift<kBN>(ts), n = kBN >> rshift;
   uint32_t bits[2] = {0u, 0u};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const uint8_t* brow = ts.blocks + static_cast<int64_t>(t[r] / B - ts.first_qblock) * ts.mp.n_kblocks;
     for (int32_t i = 0; i < n; ++i) {
-      const int32_t j0 = tp[i << ushift], kb = j0 / B;
+      const int32_t j0 = tp[i << rshift], kb = j0 / B;
       bits[r] |= j0 != attn::kNoKey && kb < ts.mp.n_kblocks && brow[kb] != 0 ? 1u << i : 0u;
     }
   }
-  // A group of 8 slots lies in one unit (U ≥ 16).
+  // A group of 8 slots lies in one run (runs of 8 slots or more).
   mask_keys(s, tp, [&](int r, int32_t jp, int j) {
-    return jp <= t[r] && ((bits[r] >> ((8 * j) >> ushift)) & 1u) != 0;
+    return jp <= t[r] && ((bits[r] >> ((8 * j) >> rshift)) & 1u) != 0;
   });
 }
 

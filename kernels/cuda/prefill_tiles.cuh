@@ -75,9 +75,9 @@ struct TileScan {
   int32_t first_qblock;
 };
 
-// Bounds of the key positions in slots u0 .. u1 (u0 ≤ u1 < end_slot, u0 a multiple of P in the pages):
-// kmin ≤ every key ≤ kmax (page entries hold ascending, non-overlapping positions, new keys follow
-// the pages).
+// Bounds of the key positions in slots u0 .. u1 (u0 ≤ u1 < end_slot): kmin ≤ every key ≤ kmax (page
+// entries hold ascending, non-overlapping positions, new keys follow the pages). kmin is u0's
+// position when u0 is a multiple of P or past the pages, else the start of u0's page.
 __device__ __forceinline__ void slot_bounds(const TileScan& ts, int32_t u0, int32_t u1, int32_t& kmin,
                                             int32_t& kmax) {
   const attn::RowKeys& rk = ts.rk;
@@ -245,10 +245,20 @@ __device__ __forceinline__ int32_t unit_shift(const TileScan& ts) {
   return min(max(31 - __clz(ts.mp.block_tokens), ts.shift), 31 - __clz(BN));
 }
 
+// log2 of a unit's runs whose mask bits the consumers read (UnitTile::flags bit 2): the largest power
+// of two dividing block_tokens, within 8 .. the unit. With pages of contiguous positions from a
+// multiple of it (as a prompt's history lies), each run then holds keys of one key block, also when
+// blocks are smaller than a unit (then a unit holds several runs).
+template <int BN>
+__device__ __forceinline__ int32_t run_shift(const TileScan& ts) {
+  return min(max(__ffs(ts.mp.block_tokens) - 1, 3), unit_shift<BN>(ts));
+}
+
 // The walk's state, per producer warp (every lane holds the same): which units are left, and a
 // window of 32 units from `base` (−1: none yet) with, per unit (bit i: unit base + i), whether some
 // query of the CTA may see a key of it (visit), whether every block pair of consumer group g's
-// queries and its key range is allowed (all[g]), and whether its keys lie in one key block (single).
+// queries and its key range is allowed (all[g]), and whether the keys of each of its runs
+// (run_shift) lie in one key block (single).
 // (unit_shift, qb0 and qb1 are recomputed where needed: the producer has no registers to spare.)
 struct UnitWalk {
   int32_t end;           // units from `end` on hold no key a query of the CTA may see
@@ -293,7 +303,18 @@ __device__ __forceinline__ int32_t next_unit(const TileScan& ts, UnitWalk& uw, i
         slot_bounds(ts, c << ushift, min((c + 1) << ushift, ts.rk.end_slot) - 1, kmin, kmax);
         const int32_t kb0 = kmin / B, kb1 = kmax / B, kbv = min(kmax, ts.thi) / B;
         single = kb0 == kb1;
-        if (kmin <= ts.thi && qb0 == qb1 && single && kb0 < ts.mp.n_kblocks) {
+        const int32_t rshift = run_shift<BN>(ts);
+        if (!single && rshift < ushift) {  // a unit over several blocks: one run at a time
+          const int32_t u_end = min((c + 1) << ushift, ts.rk.end_slot);
+          single = true;
+          for (int32_t u = c << ushift; u < u_end; u += 1 << rshift) {
+            int32_t rmin, rmax;
+            slot_bounds(ts, u, min(u + (1 << rshift), u_end) - 1, rmin, rmax);
+            if (u < ts.rk.page_slots) rmin += u & ((1 << ts.shift) - 1);  // slot_bounds gives the page's start
+            single = single && rmin / B == rmax / B;
+          }
+        }
+        if (kmin <= ts.thi && qb0 == qb1 && kb0 == kb1 && kb0 < ts.mp.n_kblocks) {
           // The common case (the CTA's queries in one query block, the unit in one key block): one
           // mask byte answers all three.
           visit = all0 = all1 = ts.blocks[static_cast<int64_t>(qb0) * ts.mp.n_kblocks + kb0] != 0;
@@ -322,7 +343,7 @@ struct UnitTile {
   int32_t mine;     // the row's slot that this thread's tile slot holds (−1: none, the slot stays empty)
   int32_t issue;    // the row's slot where the thread's TMA block starts (−1: none, zeros are copied)
   // Bit g: every block pair of consumer group g's queries and the tile's units is allowed; bit 2:
-  // every unit's keys lie in one key block.
+  // the keys of every run (run_shift) of the tile lie in one key block.
   int32_t flags;
 };
 
