@@ -555,12 +555,15 @@ __global__ void __launch_bounds__(kThreads, 1)
               mask_causal(s, pos + st * kBN, t);
               return;
             }
-            if constexpr (kWalk == prefill::BlockWalk::kTiles) {
-              if (mask_block_bits(s, ts, pos + st * kBN, t, kmin, kmax)) return;
-            } else if (((b1.w >> 2) & 1) != 0) {
-              mask_unit_bits(s, ts, pos + st * kBN, t);
-              return;
+            if constexpr (kWalk == prefill::BlockWalk::kUnits) {
+              if (((b1.w >> 2) & 1) != 0) {
+                mask_unit_bits(s, ts, pos + st * kBN, t);
+                return;
+              }
             }
+            // kUnits: a tile with a run over two blocks (new keys after a partial page, shifted
+            // pages), whose key range then mostly spans few blocks.
+            if (mask_block_bits(s, ts, pos + st * kBN, t, kmin, kmax)) return;
           }
         }
       }
