@@ -8,9 +8,9 @@
 //     prefill_tiles.cuh, except that the kUnits instance gathers a tile from the block-mask row's
 //     visible units, not consecutive slots) and, per tile, writes each slot's key position and
 //     copies K and V by TMA
-//     (one thread per page of the tile, one box per page and 64-column block, 128-byte swizzled:
-//     the layout wgmma reads) into a 3-stage ring, K and V with their own full / empty
-//     mbarriers. It plans the walk itself while tile 0's page-table reads are in flight, reads the
+//     (per page of the tile one thread, in the block-mask instances one for K and one for V; one box
+//     per page and 64-column block, 128-byte swizzled: the layout wgmma reads) into a 3-stage ring,
+//     K and V with their own full / empty mbarriers. It plans the walk itself while tile 0's page-table reads are in flight, reads the
 //     page table one tile ahead of the copies, and publishes each tile's key bounds per warp;
 //   - two consumers own 64 query rows each, Q in shared memory. Per tile i a consumer issues
 //     S_i = Q·K_iᵀ (m64n128, both operands in shared memory) and O += P_{i−1}·V_{i−1} (P from
@@ -66,7 +66,7 @@ struct Sm90Smem {
   // [kStages][4] int4 {min, max, all valid, w} of the key positions in each producer warp's 32 slots;
   // w of warp 1 (block masks; the consumers read no other): bit g set when every (query block, key
   // block) pair of consumer warpgroup g's queries and the tile's keys is allowed, bit 2 (kUnits) when
-  // each of the tile's units lies in one key block (zero otherwise)
+  // each run (prefill::run_shift) of the tile's units lies in one key block (zero otherwise)
   static constexpr int kBoundsOffset = kStageTileOffset + 16;
   // mbarriers: full_k, full_v, empty_k, empty_v, each [kStages].
   static constexpr int kBarOffset = kBoundsOffset + kStages * 4 * 16;
@@ -167,12 +167,12 @@ __device__ __forceinline__ bool mask_block_bits(float (&s)[kBN / 8][4], const Ti
   return true;
 }
 
-// A gathered tile (prefill::next_unit_tile) whose runs (prefill::run_shift: a unit, or a part of one
-// when blocks are smaller) each hold keys of one key block: each of this thread's two rows reads the
+// A gathered tile (prefill::next_unit_tile) whose runs (prefill::run_shift: a unit or a part of one)
+// each hold keys of one key block: each of this thread's two rows reads the
 // allowed bit of every run's block once (from the run's first key; page entries hold at least one
 // key from their first slot on, so an empty first slot means an empty run), then a key is masked by
 // causality and its run's bit (mask_scores divides and reads a mask byte per key).
-__device__ __forceinline__ void mask_unit_bits(float (&s)[kBN / 8][4], const TileScan& ts, const int32_t* tp,
+__device__ __forceinline__ void mask_run_bits(float (&s)[kBN / 8][4], const TileScan& ts, const int32_t* tp,
                                                const int32_t (&t)[2]) {
   const int32_t B = ts.mp.block_tokens, rshift = prefill::run_shift<kBN>(ts), n = kBN >> rshift;
   uint32_t bits[2] = {0u, 0u};
@@ -272,8 +272,9 @@ __device__ __forceinline__ void tma_block(uint32_t tile, const CUtensorMap* pool
 // tile's "every block pair allowed" answers from its walk's 32-tile window scan (next_tile_bits)
 // instead of loading the mask rows per tile; with kUnits it walks the rows' keys by units and gathers
 // the visible ones into tiles (next_unit_tile), passing on per tile the same answers and whether
-// each unit lies in one key block. Consumers mask a tile whose block pairs are all allowed by
-// causality alone, others by bits: per key block (kTiles) or per unit (kUnits).
+// each run of its units lies in one key block. Consumers mask a tile whose block pairs are all
+// allowed by causality alone, others by bits: per run (kUnits, when its runs pass) or per key block
+// of the tile's key range (both, at most 32 blocks); only what is left, per key.
 template <int D, prefill::BlockWalk kWalk>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_attention_sm90_kernel(const PrefillParams p, const __grid_constant__ prefill::Sm90Maps maps,
@@ -330,8 +331,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // tile ahead, so the page-table loads overlap the wait instead of delaying the copies.
     // The K copies come from the first warp. The V copies come from the same warp in the dense and
     // streaming instance; in the block-mask instances from another, so that the next tile's K copy
-    // does not queue behind this tile's V slot and the longer walk (kUnits 4% faster, kTiles up to 1%;
-    // the dense instance 0.8% slower that way: bench/RESULTS.md §3 session 32).
+    // waits for neither this tile's V slot nor its V copy, only for the walk (kUnits 4% faster,
+    // kTiles up to 1%; the dense instance 0.8% slower that way: bench/RESULTS.md §3 session 32).
     constexpr int kVWarp = kWalk == prefill::BlockWalk::kNone ? 0 : 2;
     wgmma::set_max_regs_dec<kProducerRegs>();
     const int ptid = tid - kConsumerThreads;
@@ -557,12 +558,12 @@ __global__ void __launch_bounds__(kThreads, 1)
             }
             if constexpr (kWalk == prefill::BlockWalk::kUnits) {
               if (((b1.w >> 2) & 1) != 0) {
-                mask_unit_bits(s, ts, pos + st * kBN, t);
+                mask_run_bits(s, ts, pos + st * kBN, t);
                 return;
               }
             }
             // kUnits: a tile with a run over two blocks (new keys after a partial page, shifted
-            // pages), whose key range then mostly spans few blocks.
+            // pages, block sizes not a multiple of 8): its key range may span few blocks.
             if (mask_block_bits(s, ts, pos + st * kBN, t, kmin, kmax)) return;
           }
         }

@@ -234,10 +234,10 @@ __device__ __forceinline__ int32_t next_tile_bits(const TileScan& ts, const Tile
 
 // ---- The gathered walk of block-mask rows (the Hopper kernel's kUnits instance) -------------------
 // With blocks smaller than a tile, a tile of consecutive keys mostly holds blocks that no query of
-// the CTA may see next to ones it must. So the producer walks *units* instead: runs of U = 2^ushift
-// slots (the largest power of two ≤ the block size, within P .. BN), each of whole pages or P-row
-// runs of new keys (one TMA box each), and gathers the units some query of the CTA may see, BN / U
-// to a tile, in key order. The consumers mask by position, so a tile's keys need not be contiguous.
+// the CTA may see next to ones it must. So the producer walks *units* instead: U = 2^ushift
+// consecutive slots (the largest power of two ≤ the block size, within P .. BN), each of whole pages
+// or P-row spans of new keys (one TMA box each), and gathers the units some query of the CTA may see,
+// BN / U to a tile, in key order. The consumers mask by position, so a tile's keys need not be contiguous.
 
 // log2 of the unit: floor(log2(block_tokens)) within log2(P) .. log2(BN).
 template <int BN>
@@ -248,7 +248,8 @@ __device__ __forceinline__ int32_t unit_shift(const TileScan& ts) {
 // log2 of a unit's runs whose mask bits the consumers read (UnitTile::flags bit 2): the largest power
 // of two dividing block_tokens, within 8 .. the unit. With pages of contiguous positions from a
 // multiple of it (as a prompt's history lies), each run then holds keys of one key block, also when
-// blocks are smaller than a unit (then a unit holds several runs).
+// a unit spans several blocks (blocks under a page, or sizes not a power of two: B = 48 has units
+// of 32 and runs of 16).
 template <int BN>
 __device__ __forceinline__ int32_t run_shift(const TileScan& ts) {
   return min(max(__ffs(ts.mp.block_tokens) - 1, 3), unit_shift<BN>(ts));
@@ -304,7 +305,7 @@ __device__ __forceinline__ int32_t next_unit(const TileScan& ts, UnitWalk& uw, i
         const int32_t kb0 = kmin / B, kb1 = kmax / B, kbv = min(kmax, ts.thi) / B;
         single = kb0 == kb1;
         const int32_t rshift = run_shift<BN>(ts);
-        if (!single && rshift < ushift) {  // a unit over several blocks: one run at a time
+        if (!single && rshift < ushift && kmin <= ts.thi) {  // a visible unit over several blocks: per run
           const int32_t u_end = min((c + 1) << ushift, ts.rk.end_slot);
           single = true;
           for (int32_t u = c << ushift; u < u_end; u += 1 << rshift) {
