@@ -79,12 +79,20 @@ static_assert(sizeof(PrefillRow) == 56);
 inline constexpr int32_t kPrefillTileRows = 128;  // packed query rows per CTA, both prefill kernels
 
 // Keys per tile of the Hopper prefill kernel. It walks a launch's block-mask rows by gathered units
-// (prefill::BlockWalk::kUnits) when some row's blocks are smaller than a tile (sm90_small_blocks)
-// and so are the pool's pages; otherwise by tiles (kTiles), whose order the units would only repeat.
+// (prefill::BlockWalk::kUnits) when some row's blocks are smaller than a tile (sm90_small_blocks);
+// otherwise by tiles (kTiles), whose order the units would only repeat.
 inline constexpr int32_t kSm90KeyTile = 128;
 inline constexpr bool sm90_small_blocks(int32_t block_tokens) { return block_tokens < kSm90KeyTile; }
-inline constexpr bool sm90_gathers_units(bool any_small_blocks, int32_t page_tokens) {
-  return any_small_blocks && page_tokens < kSm90KeyTile;
+
+// Rows per TMA box of a Hopper prefill launch, the smallest unit its walk may gather: the page, or in
+// a kUnits launch whose smallest block (min_block_tokens) holds fewer keys than a page, the largest
+// power of two within that block, at least 16 (so a block under a page is read alone, not with its
+// page's other blocks).
+inline constexpr int32_t sm90_box_tokens(bool gathers_units, int32_t min_block_tokens, int32_t page_tokens) {
+  if (!gathers_units || min_block_tokens >= page_tokens) return page_tokens;
+  int32_t box = 16;
+  while (box * 2 <= min_block_tokens) box *= 2;
+  return box;
 }
 
 struct PrefillWorkItem {

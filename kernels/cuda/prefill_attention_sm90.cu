@@ -8,9 +8,10 @@
 //     prefill_tiles.cuh, except that the kUnits instance gathers a tile from the block-mask row's
 //     visible units, not consecutive slots) and, per tile, writes each slot's key position and
 //     copies K and V by TMA
-//     (per page of the tile one thread, in the block-mask instances one for K and one for V; one box
-//     per page and 64-column block, 128-byte swizzled: the layout wgmma reads) into a 3-stage ring,
-//     K and V with their own full / empty mbarriers. It plans the walk itself while tile 0's page-table reads are in flight, reads the
+//     (per box of the tile one thread, in the block-mask instances one for K and one for V; a box
+//     per page, or per part of one when a kUnits launch reads blocks under a page alone, and 64-column
+//     block, 128-byte swizzled: the layout wgmma reads) into a 3-stage ring, K and V with their own
+//     full / empty mbarriers. It plans the walk itself while tile 0's page-table reads are in flight, reads the
 //     page table one tile ahead of the copies, and publishes each tile's key bounds per warp;
 //   - two consumers own 64 query rows each, Q in shared memory. Per tile i a consumer issues
 //     S_i = Q·K_iᵀ (m64n128, both operands in shared memory) and O += P_{i−1}·V_{i−1} (P from
@@ -22,6 +23,7 @@
 // other's MMAs. The producer gives registers to the consumers (setmaxnreg). A tile some consumer's
 // rows cannot see is still multiplied (its scores mask to zero probabilities), so the MMAs sit on
 // one straight path.
+#include <bit>
 #include <cmath>
 #include <mutex>
 #include <string>
@@ -241,9 +243,10 @@ __device__ __forceinline__ int32_t slot_position(const attn::RowKeys& rk, int sh
   return rk.new_pos0 + (u - rk.page_slots);
 }
 
-// The TMA source of one P-slot block of a tile (slot u its first): a pool page, the row's new keys, or
-// (past the row's keys) rows outside the pool, read as zeros. Slots past a page's length hold the
-// page's earlier content (finite: the pool is written only with K/V), masked by their position.
+// The TMA source of one box of a tile (box_tokens slots, slot u its first): a pool page or part of
+// one, the row's new keys, or (past the row's keys) rows outside the pool, read as zeros. Slots past
+// a page's length hold the page's earlier content (finite: the pool is written only with K/V),
+// masked by their position.
 struct BlockSource {
   int32_t row, col0;
   bool is_new;  // from the new-keys map, else from the pool map
@@ -252,7 +255,10 @@ struct BlockSource {
 template <int D>
 __device__ __forceinline__ BlockSource block_source(const attn::RowKeys& rk, const PrefillRow& row,
                                                     const Sm90Sources& src, int32_t u) {
-  if (u < rk.page_slots) return BlockSource{__ldg(rk.page_ids + (u / src.page_tokens)) * src.page_tokens, 0, false};
+  if (u < rk.page_slots) {
+    return BlockSource{(__ldg(rk.page_ids + (u >> src.page_shift)) << src.page_shift) + (u & ((1 << src.page_shift) - 1)),
+                       0, false};
+  }
   if (u < rk.end_slot) return BlockSource{row.q_row0 + (u - rk.page_slots), row.kv_head * D, true};
   return BlockSource{src.pool_rows, 0, false};
 }
@@ -327,7 +333,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid >= kConsumerThreads) {
     // Producer warpgroup: tile i of the walk into stage i % kStages once the consumers have released
     // it; a stage with tile −1 ends the walk. What a tile's copies need (each thread's slot position;
-    // for the first kBN / P lanes of the K and V issuing warps, their block's source) is read one
+    // for the first kBN / box lanes of the K and V issuing warps, their box's source) is read one
     // tile ahead, so the page-table loads overlap the wait instead of delaying the copies.
     // The K copies come from the first warp. The V copies come from the same warp in the dense and
     // streaming instance; in the block-mask instances from another, so that the next tile's K copy
@@ -338,10 +344,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int ptid = tid - kConsumerThreads;
     // The tile scan. Thread 0 writes it before its first arrival on full_k (release), the consumers
     // read it after their first wait there (acquire).
-    if (ptid == 0) s_ts = prefill::make_tile_scan<kBN, kBM>(p, w, D);
+    if (ptid == 0) {
+      s_ts = prefill::make_tile_scan<kBN, kBM>(p, w, D);
+      s_ts.unit_floor = __ffs(src.box_tokens) - 1;  // units of whole TMA boxes
+    }
     wgmma::named_sync<kProducerThreads>(1);  // the tile scan is visible to the producer
-    const int P = src.page_tokens;
-    const int pwarp = ptid >> 5, block_slot = (ptid & 31) * P;
+    const int pwarp = ptid >> 5, block_slot = (ptid & 31) * src.box_tokens;
     const bool issuer = (pwarp == 0 || pwarp == kVWarp) && block_slot < kBN;
     const auto read_ahead = [&](int32_t tile, int32_t& position, BlockSource& block) {
       position = tile < ts.n_tiles ? slot_position(ts.rk, ts.shift, tile * kBN + ptid) : attn::kNoKey;
@@ -700,15 +708,18 @@ void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const S
                  const std::source_location& loc) {
   Sm90Maps maps;
   const uint64_t pool_rows = static_cast<uint64_t>(t.num_pages) * t.page_tokens;
-  maps.k = tensor_map(t.k, head_dim, pool_rows, head_dim, t.page_tokens, loc);
-  maps.v = tensor_map(t.v, head_dim, pool_rows, head_dim, t.page_tokens, loc);
+  maps.k = tensor_map(t.k, head_dim, pool_rows, head_dim, t.box_tokens, loc);
+  maps.v = tensor_map(t.v, head_dim, pool_rows, head_dim, t.box_tokens, loc);
   maps.k_new = maps.k;  // unused unless some row reads new keys
   maps.v_new = maps.v;
   if (t.k_new != nullptr && t.new_rows > 0) {
-    maps.k_new = tensor_map(t.k_new, t.new_stride, t.new_rows, t.new_stride, t.page_tokens, loc);
-    maps.v_new = tensor_map(t.v_new, t.new_stride, t.new_rows, t.new_stride, t.page_tokens, loc);
+    maps.k_new = tensor_map(t.k_new, t.new_stride, t.new_rows, t.new_stride, t.box_tokens, loc);
+    maps.v_new = tensor_map(t.v_new, t.new_stride, t.new_rows, t.new_stride, t.box_tokens, loc);
   }
-  const Sm90Sources src{static_cast<int32_t>(pool_rows), t.page_tokens};
+  check(t.box_tokens >= 16 && t.page_tokens % t.box_tokens == 0 && (t.box_tokens & (t.box_tokens - 1)) == 0,
+        "PrefillAttention: TMA box rows must be a power of two ≥ 16 dividing page_tokens", loc);
+  const Sm90Sources src{static_cast<int32_t>(pool_rows), std::countr_zero(static_cast<uint32_t>(t.page_tokens)),
+                        t.box_tokens};
   const auto launch = [&](auto kernel, int smem) { kernel<<<grid, kThreads, smem, stream>>>(p, maps, src); };
   if (head_dim == 64) {
     launch(sm90_kernel<64>(t.walk), Sm90Smem<64>::kBytes);

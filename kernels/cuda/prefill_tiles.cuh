@@ -73,6 +73,8 @@ struct TileScan {
   attn::MaskParams mp;
   const uint8_t* blocks;  // the row's block rows (row 0 = first_qblock), kBlocks only
   int32_t first_qblock;
+  int32_t unit_floor;     // log2 of the smallest unit a gathered walk takes: log2(P), or the Hopper
+                          // kernel's TMA box rows when a launch reads blocks under a page alone
 };
 
 // Bounds of the key positions in slots u0 .. u1 (u0 ≤ u1 < end_slot): kmin ≤ every key ≤ kmax (page
@@ -84,6 +86,13 @@ __device__ __forceinline__ void slot_bounds(const TileScan& ts, int32_t u0, int3
   kmin = u0 < rk.page_slots ? __ldg(rk.page_pos0 + (u0 >> ts.shift)) : rk.new_pos0 + (u0 - rk.page_slots);
   kmax = u1 < rk.page_slots ? __ldg(rk.page_pos0 + (u1 >> ts.shift)) + (u1 & ((1 << ts.shift) - 1))
                             : rk.new_pos0 + (u1 - rk.page_slots);
+}
+
+// slot_bounds with kmin u0's own position wherever u0 lies (a unit or run under a page).
+__device__ __forceinline__ void exact_slot_bounds(const TileScan& ts, int32_t u0, int32_t u1, int32_t& kmin,
+                                                  int32_t& kmax) {
+  slot_bounds(ts, u0, u1, kmin, kmax);
+  if (u0 < ts.rk.page_slots) kmin += u0 & ((1 << ts.shift) - 1);
 }
 
 // Bounds of the key positions in tile k. Both are nondecreasing in k.
@@ -235,14 +244,15 @@ __device__ __forceinline__ int32_t next_tile_bits(const TileScan& ts, const Tile
 // ---- The gathered walk of block-mask rows (the Hopper kernel's kUnits instance) -------------------
 // With blocks smaller than a tile, a tile of consecutive keys mostly holds blocks that no query of
 // the CTA may see next to ones it must. So the producer walks *units* instead: U = 2^ushift
-// consecutive slots (the largest power of two ≤ the block size, within P .. BN), each of whole pages
-// or P-row spans of new keys (one TMA box each), and gathers the units some query of the CTA may see,
-// BN / U to a tile, in key order. The consumers mask by position, so a tile's keys need not be contiguous.
+// consecutive slots (the largest power of two ≤ the block size, within the launch's TMA box rows ..
+// BN; the box is the page unless blocks are smaller), each of whole boxes of pages or of new keys,
+// and gathers the units some query of the CTA may see, BN / U to a tile, in key order. The consumers
+// mask by position, so a tile's keys need not be contiguous.
 
-// log2 of the unit: floor(log2(block_tokens)) within log2(P) .. log2(BN).
+// log2 of the unit: floor(log2(block_tokens)) within unit_floor .. log2(BN).
 template <int BN>
 __device__ __forceinline__ int32_t unit_shift(const TileScan& ts) {
-  return min(max(31 - __clz(ts.mp.block_tokens), ts.shift), 31 - __clz(BN));
+  return min(max(31 - __clz(ts.mp.block_tokens), ts.unit_floor), 31 - __clz(BN));
 }
 
 // log2 of a unit's runs whose mask bits the consumers read (UnitTile::flags bit 2): the largest power
@@ -301,7 +311,7 @@ __device__ __forceinline__ int32_t next_unit(const TileScan& ts, UnitWalk& uw, i
       bool visit = false, all0 = false, all1 = false, single = false;
       if (c < uw.end) {
         int32_t kmin, kmax;
-        slot_bounds(ts, c << ushift, min((c + 1) << ushift, ts.rk.end_slot) - 1, kmin, kmax);
+        exact_slot_bounds(ts, c << ushift, min((c + 1) << ushift, ts.rk.end_slot) - 1, kmin, kmax);
         const int32_t kb0 = kmin / B, kb1 = kmax / B, kbv = min(kmax, ts.thi) / B;
         single = kb0 == kb1;
         const int32_t rshift = run_shift<BN>(ts);
@@ -310,8 +320,7 @@ __device__ __forceinline__ int32_t next_unit(const TileScan& ts, UnitWalk& uw, i
           single = true;
           for (int32_t u = c << ushift; u < u_end; u += 1 << rshift) {
             int32_t rmin, rmax;
-            slot_bounds(ts, u, min(u + (1 << rshift), u_end) - 1, rmin, rmax);
-            if (u < ts.rk.page_slots) rmin += u & ((1 << ts.shift) - 1);  // slot_bounds gives the page's start
+            exact_slot_bounds(ts, u, min(u + (1 << rshift), u_end) - 1, rmin, rmax);
             single = single && rmin / B == rmax / B;
           }
         }
@@ -445,7 +454,8 @@ __device__ __forceinline__ TileScan make_tile_scan(const PrefillParams& p, const
                   row.q_pos0 + tok_of(w.m0 + BM - 1),
                   mp,
                   blocks,
-                  row.first_qblock};
+                  row.first_qblock,
+                  shift};
 }
 
 // Normalises and stores, as bf16, the two output rows this thread holds in mma accumulator layout:
@@ -475,9 +485,9 @@ __device__ __forceinline__ void store_rows(const PrefillParams& p, const Prefill
 
 // How the Hopper kernel walks block-mask rows' keys (its instance): not at all (no kBlocks row), by
 // tiles (next_tile_bits) or by gathered units (next_unit_tile).
-// kUnits only when some block and the pages hold fewer keys than a tile (sm90_gathers_units,
-// attention_plan.h): otherwise its units are the tiles themselves, which kTiles finds faster (3-4%
-// less time in the masked prefill at blocks of 128 in session 30's A/B).
+// kUnits only when some block holds fewer keys than a tile (sm90_small_blocks, attention_plan.h):
+// otherwise its units are the tiles themselves, which kTiles finds faster (3-4% less time in the
+// masked prefill at blocks of 128 in session 30's A/B).
 enum class BlockWalk : int32_t { kNone = 0, kTiles = 1, kUnits = 2 };
 using cuda::kSm90KeyTile;
 
@@ -492,16 +502,18 @@ struct Sm90Tensors {
   const bf16* v_new;
   int64_t new_stride;  // elements
   int64_t new_rows;    // rows of k_new / v_new the plan reads
-  // The kernel instance: kNone (no kBlocks row), kUnits (some kBlocks row has blocks under 128 keys
-  // and pages hold under 128 tokens), else kTiles.
+  // The kernel instance: kNone (no kBlocks row), kUnits (some kBlocks row has blocks under 128 keys),
+  // else kTiles.
   BlockWalk walk;
+  int32_t box_tokens;  // rows per TMA box (sm90_box_tokens): page_tokens, or a power of two under it
 };
 struct Sm90Maps {  // CUtensorMap is 64-byte aligned
   CUtensorMap k, v, k_new, v_new;
 };
 struct Sm90Sources {
   int32_t pool_rows;    // num_pages · page_tokens: a row coordinate past the pool (reads zeros)
-  int32_t page_tokens;
+  int32_t page_shift;   // log2(page_tokens)
+  int32_t box_tokens;   // rows per TMA box: divides page_tokens
 };
 // Shared-memory opt-in once, then launches (InternalError naming loc when a tensor map fails).
 void prepare_sm90(int32_t head_dim);

@@ -32,6 +32,10 @@ namespace {
 
 // Logits rows of the GPU against the CPU's: within bf16 rounding of the row's largest logit, finite,
 // and the same top token where the CPU's top two are clearly apart.
+// Rows with a clear top-1 winner vary with the seed (31-60 of 93 rows seen in one model's steps):
+// a quarter of the rows keeps the top-1 check from being vacuous without failing on a draw.
+constexpr int kTop1Share = 4;
+
 struct LogitsTally {
   int compared = 0, top1_checked = 0;
   float worst = 0.0f;  // largest error over the row's largest logit
@@ -134,7 +138,7 @@ TEST(CudaForwardTest, SmallModelStepsMatchTheCpuForward) {
       for (const ForwardSeq& s : batch) done[s.id] += static_cast<int64_t>(s.tokens.size());
     }
     EXPECT_GT(tally.compared, 40);
-    EXPECT_GT(tally.top1_checked, tally.compared / 3);
+    EXPECT_GT(tally.top1_checked, tally.compared / kTop1Share);
     std::printf("head_dim %lld group %lld: %d rows, worst error %.4f of the largest logit, %d top-1 checks\n",
                 static_cast<long long>(shape.head_dim), static_cast<long long>(shape.heads / shape.kv_heads),
                 tally.compared, static_cast<double>(tally.worst), tally.top1_checked);
@@ -208,7 +212,7 @@ TEST(CudaForwardTest, SequencesLeavingAndJoiningReadTheirOwnPages) {
   leave(1);
   for (; k < 22; ++k) step(k);
   EXPECT_GT(gpu.graph_stats().replays, 0);
-  EXPECT_GT(tally.top1_checked, tally.compared / 3);
+  EXPECT_GT(tally.top1_checked, tally.compared / kTop1Share);
   std::printf("%d rows, worst error %.4f of the largest logit; graphs: %lld replays, %lld updates, %lld captures\n",
               tally.compared, static_cast<double>(tally.worst), static_cast<long long>(gpu.graph_stats().replays),
               static_cast<long long>(gpu.graph_stats().updates),
@@ -272,7 +276,7 @@ TEST(CudaForwardTest, DynamicPrefillMatchesTheCpuPagedBackend) {
       tally.compare(got, want, c.vocab_size);
       for (const ForwardSeq& s : batch) done[s.id] += static_cast<int64_t>(s.tokens.size());
     }
-    EXPECT_GT(tally.top1_checked, tally.compared / 3);
+    EXPECT_GT(tally.top1_checked, tally.compared / kTop1Share);
     std::printf("threshold %g: %d rows, worst error %.4f of the largest logit, %d top-1 checks\n",
                 static_cast<double>(threshold), tally.compared, static_cast<double>(tally.worst), tally.top1_checked);
   }

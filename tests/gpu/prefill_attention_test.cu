@@ -368,12 +368,12 @@ std::vector<uint16_t> run_prefill(const PrefillProblem& pr, DeviceProblem& dp, b
 }
 
 // Whether each output element belongs to a kBlocks row whose visible units the Hopper kernel gathers
-// into tiles (sm90_gathers_units): blocks smaller than its key tiles, in pages smaller than a tile
-// (larger blocks make the gathered units whole tiles, in the dense run's order).
+// into tiles: blocks smaller than its key tiles (sm90_small_blocks; larger blocks make the gathered
+// units whole tiles, in the dense run's order).
 std::vector<bool> gathered_outputs(const PrefillProblem& pr) {
   std::vector<bool> in(static_cast<size_t>(pr.tokens) * pr.n_q_heads() * pr.D, false);
   for (const PrefillRow& row : pr.rows) {
-    if (row.mask != MaskKind::kBlocks || !sm90_gathers_units(sm90_small_blocks(row.block_tokens), pr.P)) continue;
+    if (row.mask != MaskKind::kBlocks || !sm90_small_blocks(row.block_tokens)) continue;
     for (int32_t i = 0; i < row.n_tokens; ++i) {
       const size_t head0 = static_cast<size_t>(row.kv_head) * pr.group;
       const size_t at = (static_cast<size_t>(row.q_row0 + i) * pr.n_q_heads() + head0) * pr.D;
@@ -384,8 +384,8 @@ std::vector<bool> gathered_outputs(const PrefillProblem& pr) {
 }
 
 // Checks one problem: against the CPU twin, and skipping vs the dense run under the expanded mask:
-// bit for bit, except the Hopper kernel's kBlocks rows with blocks and pages under its 128-key tiles,
-// whose visible key units it gathers into tiles (prefill::next_unit_tile), so that their keys meet
+// bit for bit, except the Hopper kernel's kBlocks rows with blocks under its 128-key tiles, whose
+// visible key units it gathers into tiles (prefill::next_unit_tile), so that their keys meet
 // the online softmax in other groups: those are compared within the tolerance. Every kernel of the
 // device is checked.
 void check_problem(const PrefillProblem& pr, const std::string& what) {
