@@ -706,6 +706,8 @@ CUtensorMap tensor_map(const void* base, uint64_t cols, uint64_t rows, uint64_t 
 
 void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const Sm90Tensors& t, cudaStream_t stream,
                  const std::source_location& loc) {
+  check(t.box_tokens >= 16 && t.page_tokens % t.box_tokens == 0 && (t.box_tokens & (t.box_tokens - 1)) == 0,
+        "PrefillAttention: TMA box rows must be a power of two ≥ 16 dividing page_tokens", loc);
   Sm90Maps maps;
   const uint64_t pool_rows = static_cast<uint64_t>(t.num_pages) * t.page_tokens;
   maps.k = tensor_map(t.k, head_dim, pool_rows, head_dim, t.box_tokens, loc);
@@ -716,8 +718,6 @@ void launch_sm90(const PrefillParams& p, int32_t grid, int32_t head_dim, const S
     maps.k_new = tensor_map(t.k_new, t.new_stride, t.new_rows, t.new_stride, t.box_tokens, loc);
     maps.v_new = tensor_map(t.v_new, t.new_stride, t.new_rows, t.new_stride, t.box_tokens, loc);
   }
-  check(t.box_tokens >= 16 && t.page_tokens % t.box_tokens == 0 && (t.box_tokens & (t.box_tokens - 1)) == 0,
-        "PrefillAttention: TMA box rows must be a power of two ≥ 16 dividing page_tokens", loc);
   const Sm90Sources src{static_cast<int32_t>(pool_rows), std::countr_zero(static_cast<uint32_t>(t.page_tokens)),
                         t.box_tokens};
   const auto launch = [&](auto kernel, int smem) { kernel<<<grid, kThreads, smem, stream>>>(p, maps, src); };

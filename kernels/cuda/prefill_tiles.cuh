@@ -73,8 +73,8 @@ struct TileScan {
   attn::MaskParams mp;
   const uint8_t* blocks;  // the row's block rows (row 0 = first_qblock), kBlocks only
   int32_t first_qblock;
-  int32_t unit_floor;     // log2 of the smallest unit a gathered walk takes: log2(P), or the Hopper
-                          // kernel's TMA box rows when a launch reads blocks under a page alone
+  int32_t unit_floor;     // log2 of the smallest unit a gathered walk takes: log2(P), or log2 of the
+                          // Hopper kernel's TMA box rows when a launch reads blocks under a page alone
 };
 
 // Bounds of the key positions in slots u0 .. u1 (u0 ≤ u1 < end_slot): kmin ≤ every key ≤ kmax (page
@@ -258,8 +258,8 @@ __device__ __forceinline__ int32_t unit_shift(const TileScan& ts) {
 // log2 of a unit's runs whose mask bits the consumers read (UnitTile::flags bit 2): the largest power
 // of two dividing block_tokens, within 8 .. the unit. With pages of contiguous positions from a
 // multiple of it (as a prompt's history lies), each run then holds keys of one key block, also when
-// a unit spans several blocks (blocks under a page, or sizes not a power of two: B = 48 has units
-// of 32 and runs of 16).
+// a unit spans several blocks (blocks under 16 keys, under a page in a launch whose boxes are pages,
+// or sizes not a power of two: B = 48 has units of 32 and runs of 16).
 template <int BN>
 __device__ __forceinline__ int32_t run_shift(const TileScan& ts) {
   return min(max(__ffs(ts.mp.block_tokens) - 1, 3), unit_shift<BN>(ts));

@@ -30,12 +30,13 @@
 namespace sparseserve::gpu_test {
 namespace {
 
-// Logits rows of the GPU against the CPU's: within bf16 rounding of the row's largest logit, finite,
-// and the same top token where the CPU's top two are clearly apart.
-// Rows with a clear top-1 winner vary with the seed (31-60 of 93 rows seen in one model's steps):
-// a quarter of the rows keeps the top-1 check from being vacuous without failing on a draw.
+// Rows with a clear top-1 winner vary with the seed (head_dim 64 group 4: 31, 35, 35, 36, 45, 56 of
+// 93 rows over six seeds, the dense path unchanged): more than a quarter of the rows keeps the top-1
+// check from being vacuous without failing on a draw.
 constexpr int kTop1Share = 4;
 
+// Logits rows of the GPU against the CPU's: within bf16 rounding of the row's largest logit, finite,
+// and the same top token where the CPU's top two are clearly apart.
 struct LogitsTally {
   int compared = 0, top1_checked = 0;
   float worst = 0.0f;  // largest error over the row's largest logit

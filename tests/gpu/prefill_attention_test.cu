@@ -445,7 +445,7 @@ TEST(PrefillAttentionGpu, SmallEveryMaskBothKernels) {
     for (const int32_t P : {16, 64}) {
       ProblemShape sh = shape(D, P, 4, 2, 2, 300, 200);
       sh.modes = {Mode::kCausal, Mode::kCausalNewKv, Mode::kBand, Mode::kBlocks};
-      sh.block_tokens = P == 16 ? 128 : 64;  // the Hopper kernel's both block walks (tiles, units)
+      sh.block_tokens = P == 16 ? 128 : 64;  // the Hopper kernel's two walks (tiles; units of a page)
       check_problem(make_problem(sh, rng), "small D=" + std::to_string(D) + " P=" + std::to_string(P));
     }
   }
@@ -495,11 +495,12 @@ TEST(PrefillAttentionGpu, BlockMasksByUnitsAndByTiles) {
 }
 
 // Small enough for the sanitizers: block masks over every page size, with several block sizes in one
-// launch (both walks' choice is per launch), lists with gaps and partial pages, blocks smaller than a
-// page or a unit (units straddling blocks), and units of several pages. Per page size (P: B choices):
-// 16: units of one page (B=16), of four (B=64), whole tiles (B=256); 32: a unit over two blocks (B=16),
-// of two pages (B=64), tiles (B=128); 64: blocks of 8, 48 and 100 keys in 64-key units; 128: blocks of
-// 64 and 128 keys walked by tiles (B=64: two blocks per page).
+// launch (the walk and the TMA box rows are chosen per launch: sm90_small_blocks, sm90_box_tokens),
+// lists with gaps and partial pages, blocks smaller than a page or a unit (units straddling blocks),
+// and units of several pages. Per page size (P: B choices): 16: units of one page (B=16), of four
+// (B=64), whole tiles (B=256); 32: 16-row boxes, units of one block (B=16), of two pages (B=64),
+// tiles (B=128); 64: 16-row boxes, blocks of 8 (two per unit), 48 (units of 32, runs of 16) and 100
+// keys (units of 64, runs of 8); 128: 64-row boxes, blocks of 64 gathered by units, of 128 in tiles.
 TEST(PrefillAttentionGpu, SmallBlockMasksOverPageSizesGapsAndMixedBlocks) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(17);
