@@ -84,12 +84,12 @@ inline constexpr int32_t kPrefillTileRows = 128;  // packed query rows per CTA, 
 inline constexpr int32_t kSm90KeyTile = 128;
 inline constexpr bool sm90_small_blocks(int32_t block_tokens) { return block_tokens < kSm90KeyTile; }
 
-// Rows per TMA box of a Hopper prefill launch, the smallest unit its walk may gather: the page, or in
-// a kUnits launch whose smallest block (min_block_tokens) holds fewer keys than a page, the largest
-// power of two within that block, at least 16 (so a block under a page is read alone, not with its
-// page's other blocks).
-inline constexpr int32_t sm90_box_tokens(bool gathers_units, int32_t min_block_tokens, int32_t page_tokens) {
-  if (!gathers_units || min_block_tokens >= page_tokens) return page_tokens;
+// Rows per TMA box of a Hopper prefill launch whose smallest kBlocks block is min_block_tokens
+// (INT32_MAX: none), the smallest unit its walk may gather: the page, or when that block holds fewer
+// keys than a page (a kUnits launch: pages hold at most a tile), the largest power of two within it,
+// at least 16 (so a block under a page is read alone, not with its page's other blocks).
+inline constexpr int32_t sm90_box_tokens(int32_t min_block_tokens, int32_t page_tokens) {
+  if (min_block_tokens >= page_tokens) return page_tokens;
   int32_t box = 16;
   while (box * 2 <= min_block_tokens) box *= 2;
   return box;

@@ -299,7 +299,6 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
       next.new_kv_heads = std::max(next.new_kv_heads, r.kv_head + 1);
     }
     next.blocks = next.blocks || r.mask == MaskKind::kBlocks;
-    next.small_blocks = next.small_blocks || (r.mask == MaskKind::kBlocks && sm90_small_blocks(r.block_tokens));
     if (r.mask == MaskKind::kBlocks) next.min_block = std::min(next.min_block, r.block_tokens);
   }
   std::vector<PrefillWorkItem> work = plan_prefill_tiles(rows, config_.group);
@@ -372,8 +371,10 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   if (kernel_ == PrefillKernel::kWgmma) {
     check(args.kv.num_pages * config_.page_tokens < INT32_MAX, "PrefillAttention::run: pool rows past int32", loc);
     prefill::BlockWalk walk = prefill::BlockWalk::kNone;
-    if (planned_.blocks) walk = planned_.small_blocks ? prefill::BlockWalk::kUnits : prefill::BlockWalk::kTiles;
-    const int32_t box = sm90_box_tokens(walk == prefill::BlockWalk::kUnits, planned_.min_block, config_.page_tokens);
+    if (planned_.blocks) {
+      walk = sm90_small_blocks(planned_.min_block) ? prefill::BlockWalk::kUnits : prefill::BlockWalk::kTiles;
+    }
+    const int32_t box = sm90_box_tokens(planned_.min_block, config_.page_tokens);
     const prefill::Sm90Tensors t{args.kv.k,  args.kv.v,          args.kv.num_pages, config_.page_tokens,
                                  args.k_new, args.v_new,         args.kv_new_stride, planned_.new_rows,
                                  walk,       box};

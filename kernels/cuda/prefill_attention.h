@@ -93,8 +93,7 @@ class PrefillAttention {
   struct Planned {
     int32_t rows = -1;
     bool new_kv = false, blocks = false;
-    bool small_blocks = false;  // a kBlocks row's blocks hold fewer keys than the Hopper kernel's tile
-    int32_t min_block = INT32_MAX;  // the smallest block_tokens of a kBlocks row
+    int32_t min_block = INT32_MAX;  // the smallest block_tokens of a kBlocks row (the Hopper kernel's walk)
     int64_t new_rows = 0;      // rows of k_new / v_new the plan reads
     int32_t new_kv_heads = 0;  // 1 + the largest kv_head of a new_kv row
   } planned_;

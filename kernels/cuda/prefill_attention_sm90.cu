@@ -11,8 +11,9 @@
 //     (per box of the tile one thread, in the block-mask instances one for K and one for V; a box
 //     per page, or per part of one when a kUnits launch reads blocks under a page alone, and 64-column
 //     block, 128-byte swizzled: the layout wgmma reads) into a 3-stage ring, K and V with their own
-//     full / empty mbarriers. It plans the walk itself while tile 0's page-table reads are in flight, reads the
-//     page table one tile ahead of the copies, and publishes each tile's key bounds per warp;
+//     full / empty mbarriers. It plans the walk itself while tile 0's page-table reads are in
+//     flight, reads the page table one tile ahead of the copies, and publishes each tile's key bounds
+//     per warp;
 //   - two consumers own 64 query rows each, Q in shared memory. Per tile i a consumer issues
 //     S_i = Q·K_iᵀ (m64n128, both operands in shared memory) and O += P_{i−1}·V_{i−1} (P from
 //     registers, V read transposed), waits for S_i only, masks it exactly (unless the tile's
@@ -170,12 +171,12 @@ __device__ __forceinline__ bool mask_block_bits(float (&s)[kBN / 8][4], const Ti
 }
 
 // A gathered tile (prefill::next_unit_tile) whose runs (prefill::run_shift: a unit or a part of one)
-// each hold keys of one key block: each of this thread's two rows reads the
-// allowed bit of every run's block once (from the run's first key; page entries hold at least one
-// key from their first slot on, so an empty first slot means an empty run), then a key is masked by
-// causality and its run's bit (mask_scores divides and reads a mask byte per key).
+// each hold keys of one key block: each of this thread's two rows reads the allowed bit of every
+// run's block once (from the run's first key; page entries hold at least one key from their first
+// slot on, so an empty first slot means an empty run), then a key is masked by causality and its
+// run's bit (mask_scores divides and reads a mask byte per key).
 __device__ __forceinline__ void mask_run_bits(float (&s)[kBN / 8][4], const TileScan& ts, const int32_t* tp,
-                                               const int32_t (&t)[2]) {
+                                              const int32_t (&t)[2]) {
   const int32_t B = ts.mp.block_tokens, rshift = prefill::run_shift<kBN>(ts), n = kBN >> rshift;
   uint32_t bits[2] = {0u, 0u};
 #pragma unroll
@@ -256,8 +257,8 @@ template <int D>
 __device__ __forceinline__ BlockSource block_source(const attn::RowKeys& rk, const PrefillRow& row,
                                                     const Sm90Sources& src, int32_t u) {
   if (u < rk.page_slots) {
-    return BlockSource{(__ldg(rk.page_ids + (u >> src.page_shift)) << src.page_shift) + (u & ((1 << src.page_shift) - 1)),
-                       0, false};
+    const int32_t page_row0 = __ldg(rk.page_ids + (u >> src.page_shift)) << src.page_shift;
+    return BlockSource{page_row0 + (u & ((1 << src.page_shift) - 1)), 0, false};
   }
   if (u < rk.end_slot) return BlockSource{row.q_row0 + (u - rk.page_slots), row.kv_head * D, true};
   return BlockSource{src.pool_rows, 0, false};

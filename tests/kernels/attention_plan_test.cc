@@ -92,22 +92,23 @@ TEST(PrefillTilePlan, CoversEveryTileOnceLongestFirst) {
   EXPECT_TRUE(plan_prefill_tiles({}, 4).empty());
 }
 
-// The Hopper prefill's TMA box: the page, unless a kUnits launch has blocks under a page; then the
+// The Hopper prefill's TMA box: the page, unless a launch has blocks under a page; then the
 // largest power of two within its smallest block, 16 at least, and always dividing the page.
 TEST(Sm90BoxTokens, PageUnlessBlocksUnderAPage) {
-  EXPECT_EQ(sm90_box_tokens(false, 16, 64), 64);   // no gathered walk: pages
-  EXPECT_EQ(sm90_box_tokens(true, 64, 64), 64);    // blocks of a page
-  EXPECT_EQ(sm90_box_tokens(true, 100, 64), 64);
-  EXPECT_EQ(sm90_box_tokens(true, 32, 64), 32);
-  EXPECT_EQ(sm90_box_tokens(true, 48, 64), 32);    // the power of two within the block
-  EXPECT_EQ(sm90_box_tokens(true, 16, 128), 16);
-  EXPECT_EQ(sm90_box_tokens(true, 8, 64), 16);     // 16 at least
-  EXPECT_EQ(sm90_box_tokens(true, 8, 16), 16);
-  EXPECT_EQ(sm90_box_tokens(true, 64, 128), 64);
-  EXPECT_EQ(sm90_box_tokens(true, INT32_MAX, 32), 32);  // no kBlocks row
+  EXPECT_EQ(sm90_box_tokens(128, 64), 64);         // no gathered walk (blocks of a tile): pages
+  EXPECT_EQ(sm90_box_tokens(256, 128), 128);
+  EXPECT_EQ(sm90_box_tokens(64, 64), 64);    // blocks of a page
+  EXPECT_EQ(sm90_box_tokens(100, 64), 64);
+  EXPECT_EQ(sm90_box_tokens(32, 64), 32);
+  EXPECT_EQ(sm90_box_tokens(48, 64), 32);    // the power of two within the block
+  EXPECT_EQ(sm90_box_tokens(16, 128), 16);
+  EXPECT_EQ(sm90_box_tokens(8, 64), 16);     // 16 at least
+  EXPECT_EQ(sm90_box_tokens(8, 16), 16);
+  EXPECT_EQ(sm90_box_tokens(64, 128), 64);
+  EXPECT_EQ(sm90_box_tokens(INT32_MAX, 32), 32);  // no kBlocks row
   for (const int32_t P : {16, 32, 64, 128}) {
     for (int32_t B = 1; B <= 300; ++B) {
-      const int32_t box = sm90_box_tokens(true, B, P);
+      const int32_t box = sm90_box_tokens(B, P);
       EXPECT_TRUE(box >= 16 && box <= P && P % box == 0 && (box & (box - 1)) == 0) << "B " << B << " P " << P;
       EXPECT_TRUE(box == P || box <= std::max(B, 16)) << "B " << B << " P " << P;
     }
