@@ -109,7 +109,12 @@ void Scheduler::schedule_running(StepPlan& plan, int64_t& budget) {
       break;
     }
   }
-  if (reserved_for == nullptr && !waiting_.empty() && waiting_.front()->chunk_starved) reserved_for = waiting_.front();
+  // The queue's head only while a seat is free for it: with every seat taken, admit_waiting would not
+  // look at it, and a block as large as the budget would stop every running request.
+  if (reserved_for == nullptr && !waiting_.empty() && waiting_.front()->chunk_starved &&
+      std::ssize(running_) < config_.max_num_seqs) {
+    reserved_for = waiting_.front();
+  }
   int64_t reserve = reserved_for != nullptr ? reserved_for->rule.prompt_block : 0;
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Entry& e = *running_[i];
@@ -201,11 +206,17 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
     if (rows_left == 0) return;  // the head waits for the next step's logits rows
     const int64_t count = chunk(e, std::min(budget, rows_left));
     if (count == 0) {  // its first aligned chunk needs more of the budget: the head waits, and has
-      e.chunk_starved = aligned_prefill(e);  // a block reserved next step
+      // a block reserved next step, unless the pages block it: a head the pages block keeps
+      // no reservation, which would hold back the running requests whose progress frees the pages
+      // (with a block as large as the budget, all of them: no plan would ever hold a token).
+      e.chunk_starved = aligned_prefill(e) && !pages_block(e, promised);
       return;
     }
     const Admission admission = try_admit(e, promised);
-    if (admission == Admission::kBlocked) return;  // the head is never skipped
+    if (admission == Admission::kBlocked) {  // the head is never skipped
+      e.chunk_starved = false;  // pages hold it, not the budget: no reservation (above)
+      return;
+    }
     waiting_.pop_front();
     if (admission == Admission::kUnservable) {
       plan.unservable.push_back(e.id);
@@ -238,6 +249,12 @@ Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t promised) {
   }
   if (admission != Admission::kAdmitted) kv_.release(e.id);
   return admission;
+}
+
+bool Scheduler::pages_block(const Entry& e, int64_t promised) {
+  const Admission admission = try_admit(e, promised);
+  if (admission == Admission::kAdmitted) kv_.release(e.id);  // a question, not an admission
+  return admission == Admission::kBlocked;
 }
 
 void Scheduler::schedule(Entry& e, int64_t count, StepPlan& plan) {

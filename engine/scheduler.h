@@ -146,6 +146,8 @@ class Scheduler {
   Entry& preempt_last(StepPlan& plan);
   void admit_waiting(StepPlan& plan, int64_t& budget);
   Admission try_admit(const Entry& e, int64_t promised);
+  // try_admit would say kBlocked (e is left unregistered either way).
+  bool pages_block(const Entry& e, int64_t promised);
   void schedule(Entry& e, int64_t count, StepPlan& plan);
   Entry* find(uint64_t id);
   void remove(Entry& e);

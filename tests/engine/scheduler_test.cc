@@ -351,6 +351,25 @@ TEST(Scheduler, AnAlignedChunkIsNotStarvedByHigherPriorityDecodes) {
   ASSERT_TRUE(h.run(2000));
 }
 
+// The queue's head has a prompt block as large as the whole budget, so a decode beside it leaves
+// it short, and a reserved block then leaves the decode nothing. The head also needs pages the
+// decode holds. The reservation must not outlive the pages' veto, or no plan would ever hold a
+// token again.
+TEST(Scheduler, AReservedBlockAsLargeAsTheBudgetDoesNotStallTheRunningRequests) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 32}, 16);
+  h.add(1, 48, 20);  // 6 pages, then 20 decode steps (9 pages in all)
+  for (int i = 0; i < 3; ++i) h.step();
+  h.add(2, 96, 1, dense_layout(), 0, ChunkRule{.prompt_block = 32});  // 12 pages: waits for request 1
+  for (int i = 0; i < 40; ++i) {
+    const StepPlan plan = h.step();
+    if (!h.live.contains(1)) break;
+    EXPECT_FALSE(plan.seqs.empty()) << "step " << h.steps << ": nothing ran while request 1 decodes";
+  }
+  ASSERT_TRUE(h.run(500));
+  EXPECT_EQ(h.finished.size(), 2u);
+  EXPECT_EQ(h.finished.front(), 1u);
+}
+
 TEST(Scheduler, ChunkRulesAlignPromptChunksAndRecomputeGeneratedPositionsOneByOne) {
   // Prompt chunks that end inside the prompt end on a multiple of 64; the last one reaches it.
   {
@@ -498,7 +517,12 @@ int64_t stress(bool priority, uint32_t seed) {
   while ((added < kRequests || h.sched.has_work()) && h.steps < 20000) {
     if (added < kRequests && uniform(0, 9) < 3) {
       const SequenceLayout layout = uniform(0, 2) == 0 ? mixed_layout() : dense_layout();
-      h.add(++added, uniform(1, 80), uniform(1, 40), layout, static_cast<int32_t>(uniform(0, 3)));
+      // Some prompts prefill in aligned blocks (dynamic prefill sparsity), up to the whole budget.
+      const int32_t budget = config.max_num_batched_tokens;
+      const ChunkRule rule{.prompt_block = uniform(0, 2) != 0 ? 1
+                                           : uniform(0, 1) == 0 ? budget
+                                                                : static_cast<int32_t>(uniform(2, budget))};
+      h.add(++added, uniform(1, 80), uniform(1, 40), layout, static_cast<int32_t>(uniform(0, 3)), rule);
     }
     if (!h.live.empty() && uniform(0, 99) == 0) {
       auto it = h.live.begin();
