@@ -316,21 +316,33 @@ struct OpenAiHttpServer::Impl {
   // body refused here may be partly unread: its response ends the connection (BodyRefused).
   // A body still arriving when the server starts draining is refused at its next piece (503), so a
   // client that sends slowly cannot hold the shutdown past one read timeout.
-  std::string read_body(httplib::Response& res, const httplib::ContentReader& reader) const {
+  std::string read_body(const httplib::Request& req, httplib::Response& res,
+                        const httplib::ContentReader& reader) const {
+    // httplib reads a multipart body only through part callbacks (none here: it would throw), and
+    // the API takes JSON alone.
+    if (req.is_multipart_form_data()) {
+      throw BodyRefused(415, "invalid_request_error", "The request body must be JSON, not multipart/form-data.", "",
+                        "unsupported_media_type");
+    }
     std::string body;
     bool too_large = false, draining = false;
-    const bool ok = reader([&](const char* data, size_t n) {
-      if (state.load() == State::kDraining) {
-        draining = true;
-        return false;
-      }
-      if (n > options.max_body_bytes - body.size()) {
-        too_large = true;
-        return false;
-      }
-      body.append(data, n);
-      return true;
-    });
+    bool ok = false;
+    try {
+      ok = reader([&](const char* data, size_t n) {
+        if (state.load() == State::kDraining) {
+          draining = true;
+          return false;
+        }
+        if (n > options.max_body_bytes - body.size()) {
+          too_large = true;
+          return false;
+        }
+        body.append(data, n);
+        return true;
+      });
+    } catch (const std::exception&) {  // a failure inside httplib's reader: the body is partly unread
+      ok = false;
+    }
     if (ok && !too_large && !draining) return body;
     if (draining) throw BodyRefused(503, "service_unavailable", "The server is shutting down.", "", "shutting_down");
     if (too_large || res.status == 413) {
@@ -358,7 +370,7 @@ struct OpenAiHttpServer::Impl {
   httplib::Server::HandlerWithContentReader api_with_body(F f) {
     return [this, f](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
       guarded(req, res, /*needs_auth=*/false, [&] {
-        const std::string body = read_body(res, reader);
+        const std::string body = read_body(req, res, reader);
         check_auth(req);
         const ServingContext& c = serving();
         f(req, parse_body(body), res, c);
@@ -553,6 +565,13 @@ OpenAiHttpServer::OpenAiHttpServer(HttpServerOptions options) : impl_(std::make_
   s.set_socket_options([](socket_t sock) {
     const int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  // Range requests are not part of the API: httplib 0.11 would apply a Range header to every
+  // response after its handler (a JSON body cut short, or copied once per range, without bound),
+  // so the header is dropped before routing. The request object is the server's own (non-const).
+  s.set_pre_routing_handler([](const httplib::Request& req, httplib::Response&) {
+    const_cast<httplib::Request&>(req).ranges.clear();
+    return httplib::Server::HandlerResponse::Unhandled;
   });
   impl_->routes();
   const std::string& host = impl_->options.host;
