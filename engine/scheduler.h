@@ -7,7 +7,9 @@
 // ChunkRule (prompt chunks aligned to blocks; generated positions recomputed one per step). An
 // aligned chunk that found less than a block of budget left gets a block reserved in the next step:
 // the requests before it leave it that much (they may wait a step), so no stream of earlier or
-// higher-priority decodes can starve it.
+// higher-priority decodes can starve it. A waiting one gets it only while a seat is free and the KV
+// pages would admit it: otherwise the reservation would only hold back the running requests, whose
+// progress frees the pages (with a block as large as the budget, every one of them).
 //
 // Per step (iteration-level batching, vLLM-style):
 //   1. running requests in arrival order (or priority order): decode ones take 1 token, prefill ones

@@ -508,6 +508,10 @@ struct OpenAiHttpServer::Impl {
     // Statuses httplib sets itself (404 route, 413 body too large, 400 unreadable request) get
     // the error object too; responses that already carry a body are left alone.
     svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+      // httplib applies the request's ranges to the answer after this handler; a Range header it
+      // refused (416, before routing: the pre-routing handler never ran) may still hold the ranges
+      // parsed before the bad one. The request object is the server's own (non-const).
+      const_cast<httplib::Request&>(req).ranges.clear();
       if (!res.body.empty() || res.is_chunked_content_provider_) return httplib::Server::HandlerResponse::Unhandled;
       if (res.status == 404) {
         // No handler read the body this request may carry: the connection closes after the
@@ -524,8 +528,10 @@ struct OpenAiHttpServer::Impl {
       } else if (res.status == 413) {
         send_error(res, ApiError(413, "invalid_request_error", "The request body is larger than this server accepts.",
                                  "", "request_too_large"));
-      } else {
-        send_error(res, ApiError(res.status, "invalid_request_error", "Bad request (HTTP " + std::to_string(res.status) + ")"));
+      } else {  // refused by httplib before any handler (a bad request line or header: 400, 414, 416): a
+                // body it may carry is unread, so the connection ends after the answer
+        send_error_and_close(res, ApiError(res.status, "invalid_request_error",
+                                           "Bad request (HTTP " + std::to_string(res.status) + ")"));
       }
       return httplib::Server::HandlerResponse::Handled;
     }));
