@@ -306,15 +306,21 @@ def test_chunked_body_over_limit_is_413_and_ends_the_connection(server):
     assert out.startswith(b"HTTP/1.1 200 "), out[:300]
 
 
+def refused_once(server, headers: str, body: bytes, status: int) -> bytes:
+    """POSTs body to /tokenize with the extra header lines, then a GET on the same connection:
+    the POST must be answered `status` and the connection end there (the GET never answered)."""
+    head = (f"POST /tokenize HTTP/1.1\r\nHost: x\r\n{headers}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    out = raw_exchange(server, head, [body], b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 %d " % status), out[:300]
+    assert out.count(b"HTTP/1.1 ") == 1, out[:2000]
+    return out
+
+
 def test_multipart_body_is_415_and_ends_the_connection(server):
     # httplib reads a multipart body only through part callbacks: the body was left half-read (a 500)
     # and its rest taken for the next request on the connection. Now: 415, and the connection ends.
-    part = (b'--xyz\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nHello\r\n--xyz--\r\n')
-    head = (f"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xyz\r\n"
-            f"Content-Length: {len(part)}\r\n\r\n").encode()
-    out = raw_exchange(server, head, [part], b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert out.startswith(b"HTTP/1.1 415 "), out[:300]
-    assert out.count(b"HTTP/1.1 ") == 1, out[:2000]
+    part = b'--xyz\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nHello\r\n--xyz--\r\n'
+    out = refused_once(server, "Content-Type: multipart/form-data; boundary=xyz", part, 415)
     assert b'"code":"unsupported_media_type"' in out
 
 
@@ -330,11 +336,7 @@ def test_range_headers_are_ignored(server, http):
     # A Range header httplib refuses (416, before routing): the whole error object, and the body
     # sent with it is not read as a next request.
     body = json.dumps({"prompt": "Hello"}).encode()
-    head = (f"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nRange: bytes=0-0,5-1\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    out = raw_exchange(server, head, [body], b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert out.startswith(b"HTTP/1.1 416 "), out[:300]
-    assert out.count(b"HTTP/1.1 ") == 1, out[:2000]
+    out = refused_once(server, "Content-Type: application/json\r\nRange: bytes=0-0,5-1", body, 416)
     assert b'"error":{' in out
 
 
