@@ -292,6 +292,9 @@ int run_serve(const ServeArgs& a) {
   }
   openai::ProtocolLimits limits;
   limits.max_prompt_tokens = cfg.max_prompt_tokens;
+  // A request's choices wait in the queue side by side: more of them than max_waiting could never
+  // all be queued (a 429 on every retry), so they are a bad request.
+  limits.max_choices = std::min(limits.max_choices, cfg.max_waiting);
   const SequenceLimits sequences = SequenceLimits::of(engine);
   limits.sequences = sequences;
   if (cfg.max_prompt_tokens > mc.max_context) {

@@ -204,6 +204,12 @@ def test_queue_full_is_429(start_server, model_name):
                 assert r.status_code == 429, r.text
                 err = r.json()["error"]
                 assert set(err) == {"message", "type", "param", "code"} and err["code"] == "queue_full"
+    # More choices than the queue holds could never all be queued: 400 naming n, not 429 on every retry.
+    r = httpx.post(srv.base_url + "/v1/completions", json={"prompt": "x", "max_tokens": 1, "n": 2}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "n"
+    r = httpx.post(srv.base_url + "/v1/completions", json={"prompt": "x", "max_tokens": 1, "n": 1}, timeout=30)
+    assert r.status_code == 200, r.text
     assert srv.terminate() == 0, srv.log_tail()
 
 
