@@ -26,7 +26,8 @@
 //                                       kv_cache_bytes is null
 //   max_num_seqs            ≥ 1         default 64
 //   max_num_batched_tokens  ≥ 1         default 2048
-//   max_waiting             ≥ 1         default 1024: more waiting requests are answered 429
+//   max_waiting             ≥ 1         default 1024: more waiting requests are answered 429; an
+//                                       HTTP request of more choices (prompts × n) is a 400
 //   api_key                 STRING|null default null; when set, HTTP /v1/* and /tokenize,
 //                                       /detokenize need `Authorization: Bearer KEY` (and gRPC)
 //   max_body_bytes          BYTES       default 8MiB: larger request bodies are answered 413 (HTTP),
