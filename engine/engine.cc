@@ -207,9 +207,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
     if (seq.empty()) throw InvalidArgument("a bad_words token sequence is empty");
     check_ids(seq, "bad_words token id");
   }
-  if (request.json_object + (request.json_schema != nullptr) + (request.choices != nullptr) + (request.regex != nullptr) +
-          (request.grammar != nullptr) >
-      1) {
+  if (request.output_constraints() > 1) {
     throw InvalidArgument("json_object, a json_schema, choices, a regex and a grammar exclude each other");
   }
   if (request.choices && request.choices->empty()) throw InvalidArgument("the list of choices is empty");

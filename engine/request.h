@@ -49,6 +49,12 @@ struct Request {
                                        // given the tokens before it + k top (vLLM's prompt_logprobs)
   int32_t priority = 0;                // lower runs first when the scheduler uses priorities
   bool stream = true;                  // informational (every request produces deltas)
+
+  // How many output constraints are set (json_object, json_schema, choices, regex, grammar): at most
+  // one may be.
+  int32_t output_constraints() const {
+    return json_object + (json_schema != nullptr) + (choices != nullptr) + (regex != nullptr) + (grammar != nullptr);
+  }
 };
 
 struct TokenLogprob {

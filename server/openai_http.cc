@@ -144,6 +144,13 @@ void send_error_and_close(httplib::Response& res, const ApiError& e) {
   });
 }
 
+// Range requests are not part of the API, but httplib 0.11 applies a request's Range header to any
+// response after its handler: a JSON body cut short, or copied once per range without bound. The
+// server drops the ranges before routing, and again in the error handler for a Range header httplib
+// refused before routing (416: ranges parsed before the bad one stay). The request object is the
+// server's own (non-const); handlers see it as const.
+void drop_ranges(const httplib::Request& req) { const_cast<httplib::Request&>(req).ranges.clear(); }
+
 bool same_secret(const std::string& a, const std::string& b) {  // constant time in the content
   unsigned char diff = a.size() == b.size() ? 0 : 1;
   for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
@@ -508,10 +515,7 @@ struct OpenAiHttpServer::Impl {
     // Statuses httplib sets itself (404 route, 413 body too large, 400 unreadable request) get
     // the error object too; responses that already carry a body are left alone.
     svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
-      // httplib applies the request's ranges to the answer after this handler; a Range header it
-      // refused (416, before routing: the pre-routing handler never ran) may still hold the ranges
-      // parsed before the bad one. The request object is the server's own (non-const).
-      const_cast<httplib::Request&>(req).ranges.clear();
+      drop_ranges(req);  // a refused Range header (416) never reached the pre-routing handler
       if (!res.body.empty() || res.is_chunked_content_provider_) return httplib::Server::HandlerResponse::Unhandled;
       if (res.status == 404) {
         // No handler read the body this request may carry: the connection closes after the
@@ -572,11 +576,8 @@ OpenAiHttpServer::OpenAiHttpServer(HttpServerOptions options) : impl_(std::make_
     const int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
-  // Range requests are not part of the API: httplib 0.11 would apply a Range header to every
-  // response after its handler (a JSON body cut short, or copied once per range, without bound),
-  // so the header is dropped before routing. The request object is the server's own (non-const).
   s.set_pre_routing_handler([](const httplib::Request& req, httplib::Response&) {
-    const_cast<httplib::Request&>(req).ranges.clear();
+    drop_ranges(req);
     return httplib::Server::HandlerResponse::Unhandled;
   });
   impl_->routes();

@@ -579,7 +579,7 @@ GenerationJob Protocol::parse_chat(const json& body) const {
   job.tools = tools.use;
   if (tools.schema) {
     const Request& r = job.params;
-    if (r.json_object || r.json_schema || r.choices || r.regex || r.grammar) {
+    if (r.output_constraints() > 0) {
       throw bad_request("tool_choice '" + std::string(tools.use.choice == ToolUse::Choice::kNamed ? "function" : "required") +
                             "' constrains the output, and so does a structured-output field; give one",
                         "tool_choice");
