@@ -94,7 +94,7 @@ int run_generate(const GenerateArgs& a) {
     ids = std::move(chat.ids);
     end_of_turn = chat.end_of_turn;
   } else {
-    ids = model->tokenizer.encode(a.prompt, /*add_special=*/true, /*parse_special=*/false);
+    ids = model->tokenizer.encode(a.prompt, /*add_special=*/true, /*parse_special=*/true);
   }
 
   GenerateOptions opts;

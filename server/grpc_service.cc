@@ -211,7 +211,8 @@ class SparseServeService final : public pb::SparseServe::Service {
     return guarded("Tokenize", [&]() -> grpc::Status {
       if (grpc::Status st = authorize(*ctx); !st.ok()) return st;
       const bool add_special = req->has_add_special() ? req->add_special() : true;
-      const std::vector<int32_t> ids = engine_.model().tokenizer.encode(req->text(), add_special, req->parse_special());
+      const bool parse_special = req->has_parse_special() ? req->parse_special() : true;
+      const std::vector<int32_t> ids = engine_.model().tokenizer.encode(req->text(), add_special, parse_special);
       resp->mutable_token_ids()->Add(ids.begin(), ids.end());
       return grpc::Status::OK;
     });
@@ -358,7 +359,7 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   switch (g.input_case()) {
     case pb::GenerateRequest::kText:
       if (g.text().empty()) throw InvalidArgument("text is empty");
-      r.prompt = tok.encode(g.text(), /*add_special=*/true, /*parse_special=*/false);
+      r.prompt = tok.encode(g.text(), /*add_special=*/true, /*parse_special=*/true);
       break;
     case pb::GenerateRequest::kTokenIds:
       if (g.token_ids().ids().empty()) throw InvalidArgument("token_ids is empty");
@@ -384,9 +385,9 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
           messages.push_back({m.role(), m.content(),
                               openai::parse_message_tool_calls(calls, fmt::format("chat.messages[{}].tool_calls", i))});
         }
-        nlohmann::json offered = nlohmann::json::array();
+        openai::json offered = openai::json::array();  // keys in the client's order, as HTTP keeps them
         for (int i = 0; i < g.chat().tools_size(); ++i) {
-          offered.push_back(parse_json_bounded(g.chat().tools(i)));
+          offered.push_back(parse_json_bounded<openai::json>(g.chat().tools(i)));
           if (offered.back().is_discarded()) {
             throw InvalidArgument(fmt::format("chat.tools[{}] is not JSON or nests deeper than {}", i, kMaxJsonDepth));
           }

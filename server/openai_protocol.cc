@@ -425,7 +425,7 @@ GenerationJob Protocol::parse_completion(const json& body) const {
   const auto& tok = model_.tokenizer;
   const int64_t vocab = model_.config.vocab_size;
   const auto add_text = [&](const std::string& text) {
-    job.prompts.push_back(tok.encode(text, /*add_special=*/true, /*parse_special=*/false));
+    job.prompts.push_back(tok.encode(text, /*add_special=*/true, /*parse_special=*/true));
     job.prompt_texts.push_back(text);
     job.prompt_given_as_ids.push_back(false);
   };
@@ -625,7 +625,7 @@ json Protocol::tokenize(const json& body) const {
     if (!model_.chat_template) throw bad_request("this model has no chat template", "messages");
     ids = render_chat(*messages, chat_rendering(f), parse_tools(body, model_.chat_template->kind()).definitions).ids;
   } else if (auto prompt = f.string("prompt")) {
-    ids = model_.tokenizer.encode(*prompt, f.boolean("add_special_tokens").value_or(true), /*parse_special=*/false);
+    ids = model_.tokenizer.encode(*prompt, f.boolean("add_special_tokens").value_or(true), /*parse_special=*/true);
   } else {
     throw bad_request("give prompt (a string) or messages", f.get("prompt") ? "prompt" : "");
   }

@@ -61,11 +61,16 @@ class ProtocolTest : public ::testing::Test {
   std::unique_ptr<Protocol> protocol_;
 };
 
-TEST_F(ProtocolTest, CompletionPromptIsEncodedWithBosAndSpecialTextAsText) {
+TEST_F(ProtocolTest, CompletionPromptIsEncodedWithBosAndSpecialTextAsSpecialTokens) {
+  // As vLLM and llama.cpp encode prompts: a prompt already in the chat format keeps its markers.
   const std::string text = "Hello <|im_start|> world";
   const GenerationJob job = protocol_->parse_completion({{"prompt", text}, {"model", "smol"}});
   ASSERT_EQ(job.prompts.size(), 1u);
-  EXPECT_EQ(job.prompts[0], tok().encode(text, /*add_special=*/true, /*parse_special=*/false));
+  EXPECT_EQ(job.prompts[0], tok().encode(text, /*add_special=*/true, /*parse_special=*/true));
+  const std::vector<int32_t> as_text = tok().encode(text, /*add_special=*/true, /*parse_special=*/false);
+  EXPECT_LT(job.prompts[0].size(), as_text.size());
+  EXPECT_NE(std::find(job.prompts[0].begin(), job.prompts[0].end(), tok().token_id("<|im_start|>")),
+            job.prompts[0].end());
   EXPECT_EQ(job.params.max_tokens, 16);  // the completions default, as OpenAI and vLLM
   EXPECT_EQ(job.n, 1);
   EXPECT_FALSE(job.stream);
