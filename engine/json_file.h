@@ -32,7 +32,24 @@ std::string json_excerpt(const nlohmann::json& v);
 inline constexpr int kMaxJsonDepth = 256;
 
 // `text` parsed, or a discarded value (is_discarded()) when it is not JSON or nests deeper than
-// max_depth (then *too_deep, when given, is set). Never throws.
-nlohmann::json parse_json_bounded(std::string_view text, int max_depth = kMaxJsonDepth, bool* too_deep = nullptr);
+// max_depth (then *too_deep, when given, is set). Never throws. Json: nlohmann::json (objects' keys
+// sorted) or nlohmann::ordered_json (kept in the text's order, for values written back out).
+template <class Json = nlohmann::json>
+Json parse_json_bounded(std::string_view text, int max_depth = kMaxJsonDepth, bool* too_deep_out = nullptr) {
+  bool too_deep = false;
+  Json v = Json::parse(
+      text,
+      [&](int depth, typename Json::parse_event_t event, Json&) {
+        if (depth > max_depth &&
+            (event == Json::parse_event_t::object_start || event == Json::parse_event_t::array_start)) {
+          too_deep = true;
+          return false;  // skipped, not built
+        }
+        return true;
+      },
+      /*allow_exceptions=*/false);
+  if (too_deep_out != nullptr) *too_deep_out = too_deep;
+  return too_deep ? Json(Json::value_t::discarded) : v;
+}
 
 }  // namespace sparseserve

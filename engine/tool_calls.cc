@@ -10,7 +10,7 @@ namespace sparseserve {
 
 namespace {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;  // arguments keep the order the model wrote their keys in
 
 constexpr std::string_view kCallOpen = "<tool_call>";
 constexpr std::string_view kCallClose = "</tool_call>";
@@ -26,14 +26,14 @@ std::string_view trim(std::string_view s) {
 // (not both). Arguments given as a string holding an object are taken too. Values nesting deeper
 // than kMaxJsonDepth are not calls (copying and writing them recurses per level).
 std::optional<ChatToolCall> read_call(std::string_view text) {
-  const json j = parse_json_bounded(trim(text));
+  const json j = parse_json_bounded<json>(trim(text));
   if (!j.is_object()) return std::nullopt;
   const auto name = j.find("name");
   if (name == j.end() || !name->is_string() || name->get_ref<const std::string&>().empty()) return std::nullopt;
   auto args = j.find("arguments");
   if (args == j.end()) args = j.find("parameters");
   if (args == j.end() || (j.contains("arguments") && j.contains("parameters"))) return std::nullopt;
-  const json value = args->is_string() ? parse_json_bounded(args->get_ref<const std::string&>()) : *args;
+  const json value = args->is_string() ? parse_json_bounded<json>(args->get_ref<const std::string&>()) : *args;
   if (!value.is_object()) return std::nullopt;
   return ChatToolCall{.id = {}, .name = name->get<std::string>(), .arguments = value.dump()};
 }

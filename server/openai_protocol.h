@@ -28,7 +28,7 @@
 
 namespace sparseserve::openai {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;  // objects keep insertion order (top_logprobs rank order, field order)
 
 // A request the server answers with an error: HTTP status plus OpenAI's error object.
 class ApiError : public std::exception {

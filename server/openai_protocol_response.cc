@@ -233,12 +233,14 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
   if (job_.tools.choice == ToolChoice::kNamed) {  // the output is the call's arguments, streamed as they come
     json delta = json::object();
     if (!out.text.empty() || (out.finished && c.call_id.empty())) {  // an empty call still goes out, as unstreamed
-      json call = {{"index", 0}, {"function", {{"arguments", out.text}}}};
-      if (c.call_id.empty()) {
+      json call = {{"index", 0}};
+      if (c.call_id.empty()) {  // the first delta names the call (OpenAI's field order)
         c.call_id = make_response_id("call_");
         call["id"] = c.call_id;
         call["type"] = "function";
-        call["function"]["name"] = job_.tools.function;
+        call["function"] = {{"name", job_.tools.function}, {"arguments", out.text}};
+      } else {
+        call["function"] = {{"arguments", out.text}};
       }
       delta["tool_calls"] = json::array({std::move(call)});
     }

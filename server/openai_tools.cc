@@ -200,7 +200,7 @@ std::vector<ChatToolCall> parse_message_tool_calls(const json& calls, const std:
     call.name = *name;
     const auto args = ff.string("arguments");
     if (!args) throw bad_request(ai + ".function.arguments is required (a JSON string)", ai + ".function.arguments");
-    const json parsed = parse_json_bounded(*args);
+    const json parsed = parse_json_bounded<json>(*args);
     if (!parsed.is_object()) {
       throw bad_request(ai + ".function.arguments must be the JSON text of an object", ai + ".function.arguments");
     }
@@ -221,7 +221,7 @@ ParsedReply read_tool_reply(const ToolUse& use, std::string_view text) {
       r.calls.push_back(ChatToolCall{.id = {}, .name = use.function, .arguments = std::string(text)});
       return r;
     case Choice::kRequired: {
-      const json list = parse_json_bounded(text);
+      const json list = parse_json_bounded<json>(text);
       if (!list.is_array() || list.empty()) return {std::string(text), {}};
       for (const json& c : list) {
         if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains("parameters")) {

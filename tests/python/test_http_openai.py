@@ -126,6 +126,8 @@ def test_completion_logprobs(client, model_name):
     for tok, l, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
         assert l <= 0 and 2 <= len(top) <= 3 and tok in top
         assert l == pytest.approx(max(top.values()), abs=1e-5)  # greedy: the sampled token is the best
+        # The most likely first, as OpenAI and vLLM list them (greedy: the sampled token is among them).
+        assert list(top) == sorted(top, key=lambda t: -top[t]) and list(top)[0] == tok
 
 
 def token_bytes(name: str) -> bytes:
@@ -602,8 +604,7 @@ def test_prompt_logprobs_as_vllm_returns_them(http, model_name):
         own = entry[str(ids[p])]
         assert own["logprob"] == pytest.approx(echoed["logprobs"]["token_logprobs"][p], abs=1e-6)
         assert own["decoded_token"] == http.post("/detokenize", json={"tokens": [ids[p]]}).json()["prompt"]
-        ranked = sorted(entry.values(), key=lambda e: -e["logprob"])
-        assert [e["rank"] for e in ranked][:2] == [1, 2] and own["rank"] >= 1
+        assert [e["rank"] for e in entry.values()][:2] == [1, 2] and own["rank"] >= 1  # in rank order, as vLLM
         assert len(entry) in (2, 3) and (own["rank"] <= 2) == (len(entry) == 2)
     chat = {"model": model_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "prompt_logprobs": 0}
     r = http.post("/v1/chat/completions", json=chat).json()
@@ -710,6 +711,20 @@ def test_tokenize_detokenize(http, model_name):
     chat = http.post("/tokenize", json={"messages": QUESTION}).json()
     assert chat["count"] > t["count"]
     assert "<|im_start|>assistant" in http.post("/detokenize", json={"tokens": chat["tokens"]}).json()["prompt"]
+
+
+def test_special_token_text_in_a_prompt_is_the_special_token(http, model_name):
+    # As vLLM and llama.cpp encode prompts: a prompt already in the chat format keeps its markers as
+    # the special tokens (the default model's <|im_start|> = 1, <|im_end|> = 2), in /tokenize and in
+    # what /v1/completions feeds the model.
+    prompt = "<|im_start|>user\nSay yes<|im_end|>\n<|im_start|>assistant\n"
+    t = http.post("/tokenize", json={"model": model_name, "prompt": prompt}).json()
+    assert t["tokens"].count(1) == 2 and t["tokens"].count(2) == 1, t
+    assert http.post("/detokenize", json={"tokens": t["tokens"]}).json()["prompt"] == prompt
+    r = http.post("/v1/completions", json={"model": model_name, "prompt": prompt, "max_tokens": 1,
+                                            "temperature": 0, "echo": True, "logprobs": 0}).json()
+    assert r["usage"]["prompt_tokens"] == t["count"], r
+    assert r["choices"][0]["logprobs"]["tokens"][:2] == ["<|im_start|>", "user"], r
 
 
 def test_metrics_exposition(client, model_name, server):
