@@ -194,7 +194,11 @@ std::unique_ptr<Model> load_model(const std::string& path, const std::string& ch
   std::error_code ec;  // a path the OS cannot look up (too long, a link loop, no permission) is no folder
   std::unique_ptr<Model> m = std::filesystem::is_directory(path, ec) ? load_hf(path, chat_template_override, load_format)
                                                                       : load_gguf(path, chat_template_override, load_format);
-  if (const int32_t n = m->tokenizer.vocab_size(); n < m->config.vocab_size) {
+  if (const int32_t n = m->tokenizer.vocab_size(); n > m->config.vocab_size) {
+    // Ids past the output rows could be fed to the model or named as stops, and index past its tables.
+    throw ModelFileError(path, "the tokenizer has " + std::to_string(n) + " tokens, more than the model's " +
+                                   std::to_string(m->config.vocab_size) + " embedding rows");
+  } else if (n < m->config.vocab_size) {
     spdlog::info("tokenizer: {} tokens for {} output rows: the other ids decode to nothing", n, m->config.vocab_size);
     m->tokenizer.pad_vocab(static_cast<int32_t>(m->config.vocab_size));
   }

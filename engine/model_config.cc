@@ -25,6 +25,13 @@ void ModelConfig::validate(const std::string& source) const {
           "rope dimension must be even and at most the head dimension");
   require(intermediate > 0 && intermediate <= (1 << 24), "intermediate (MLP) size must be in [1, 2^24]");
   require(vocab_size > 0 && vocab_size < INT32_MAX, "vocabulary size must be in [1, 2^31 − 1) (token ids are int32)");
+  // Special ids index logit rows (stop masks, constraints): each must name a row.
+  require(bos_id == -1 || (bos_id >= 0 && bos_id < vocab_size),
+          "BOS token id " + std::to_string(bos_id) + " is outside the vocabulary of " + std::to_string(vocab_size));
+  for (const int32_t id : eos_ids) {
+    require(id >= 0 && id < vocab_size,
+            "end-of-sequence token id " + std::to_string(id) + " is outside the vocabulary of " + std::to_string(vocab_size));
+  }
   require(max_context > 0 && max_context < INT32_MAX, "context length must be in [1, 2^31 − 1) (positions are int32)");
   require(std::isfinite(rms_eps) && rms_eps > 0.0f, "RMSNorm epsilon must be positive and finite");
   require(std::isfinite(rope_theta) && rope_theta > 0.0f, "RoPE theta must be positive and finite");

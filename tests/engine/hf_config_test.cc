@@ -327,6 +327,11 @@ TEST_F(HfConfigTest, Rejections) {
   write("config.json", smollm2_135m());
   write("generation_config.json", json::parse(R"({"eos_token_id": [2, -1]})"));
   expect_error((dir_ / "generation_config.json").string(), "'eos_token_id'");
+  // Special ids past the vocabulary (49152 rows) would index past the logits: refused at load.
+  write("generation_config.json", json::parse(R"({"eos_token_id": [2, 2000000000]})"));
+  expect_error(cfg, "end-of-sequence token id 2000000000 is outside the vocabulary of 49152");
+  write("generation_config.json", json::parse(R"({"bos_token_id": 49152})"));
+  expect_error(cfg, "BOS token id 49152 is outside the vocabulary");
   write("generation_config.json", json::parse(R"({"top_p": 1.5})"));
   EXPECT_THROW(load_generation_config(dir()), ModelFileError);
 }

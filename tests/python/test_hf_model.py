@@ -83,6 +83,27 @@ def test_ids_past_the_tokenizer_decode_to_nothing(tmp_path, build_dir, hf_model_
         assert srv.terminate() == 0, srv.log_tail()
 
 
+def test_a_tokenizer_past_the_models_rows_is_refused(tmp_path, build_dir, hf_model_dir):
+    """A tokenizer with more tokens than the model has embedding rows: its extra ids could be fed to
+    the model or named as stops and index past its tables. Refused at load, naming the counts."""
+    d = tmp_path / "hf"
+    d.mkdir()
+    for f in hf_model_dir.iterdir():
+        if f.name != "tokenizer.json":
+            (d / f.name).symlink_to(f)
+    tj = json.loads((hf_model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    rows = json.loads((hf_model_dir / "config.json").read_text())["vocab_size"]
+    n = max(max(tj["model"]["vocab"].values()), max(a["id"] for a in tj["added_tokens"])) + 1
+    assert n == rows
+    tj["added_tokens"].append({"id": n, "content": "<|extra|>", "single_word": False, "lstrip": False,
+                               "rstrip": False, "normalized": False, "special": True})
+    (d / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    r = subprocess.run([str(build_dir / "bin" / "sparseserve"), "info", "--model", str(d)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert f"the tokenizer has {n + 1} tokens, more than the model's {rows} embedding rows" in r.stderr, r.stderr
+
+
 def test_dummy_load_format_needs_no_weights(tmp_path, build_dir, hf_model_dir):
     """load_format dummy (as vLLM's): a directory with config.json and the tokenizer files only loads
     with made-up BF16 weights of the config's shapes, and the server answers on them; without dummy
