@@ -154,6 +154,14 @@ std::string ChatTemplate::name() const {
 
 std::string ChatTemplate::end_of_turn() const { return std::string(tokens_of(kind_).end_of_turn); }
 
+std::span<const std::string_view> ChatTemplate::special_tokens() const {
+  static constexpr std::string_view kChatML[] = {"<|im_start|>", "<|im_end|>"};
+  static constexpr std::string_view kLlama3[] = {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                                                 "<|eot_id|>"};
+  if (kind_ == ChatTemplateKind::kChatML) return kChatML;
+  return kLlama3;
+}
+
 std::string ChatTemplate::render_continuing(const std::vector<ChatMessage>& messages, std::string_view today,
                                            std::span<const std::string> tools) const {
   std::string text = render(messages, /*add_generation_prompt=*/false, today, tools);

@@ -68,6 +68,9 @@ class ChatTemplate {
                                 std::span<const std::string> tools = {}) const;
   // Text of the end-of-turn token ("<|im_end|>", "<|eot_id|>"): a stop token for generation.
   std::string end_of_turn() const;
+  // The special tokens render() writes (ChatML: <|im_start|> <|im_end|>; Llama-3: <|begin_of_text|>
+  // <|start_header_id|> <|end_header_id|> <|eot_id|>): each must be a token of the model's vocabulary.
+  std::span<const std::string_view> special_tokens() const;
   // The system prompt the template injects when the conversation has none ("" when none).
   const std::string& default_system() const { return default_system_; }
 

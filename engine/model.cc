@@ -128,15 +128,29 @@ void bind_weights(Binder& b, const TensorNames& n, Model& m) {
   }
 }
 
-std::optional<ChatTemplate> pick_template(const std::string& override_name, const std::optional<std::string>& jinja,
-                                          const std::string& source) {
-  if (override_name != "auto") return ChatTemplate::by_name(override_name);
-  if (!jinja) return std::nullopt;
+// The special tokens of `t` that `tok` lacks, space-separated ("" when it has them all).
+std::string missing_tokens(const ChatTemplate& t, const Tokenizer& tok) {
+  std::string missing;
+  for (const std::string_view s : t.special_tokens()) {
+    if (tok.token_id(s) < 0) missing.append(missing.empty() ? "" : " ").append(s);
+  }
+  return missing;
+}
+
+void pick_template(Model& m, const std::string& override_name, const std::optional<std::string>& jinja,
+                   const std::string& source) {
+  if (override_name != "auto") return use_chat_template(m, override_name);
+  if (!jinja) return;
   try {
-    return ChatTemplate::detect(*jinja, source);
+    ChatTemplate t = ChatTemplate::detect(*jinja, source);
+    if (const std::string missing = missing_tokens(t, m.tokenizer); !missing.empty()) {
+      spdlog::warn("{}: the chat template looks like {} but the tokenizer has no {}; chat requests need "
+                   "chat_template set in the model YAML", source, t.name(), missing);
+      return;
+    }
+    m.chat_template = std::move(t);
   } catch (const ModelFileError& e) {
     spdlog::warn("{}; chat requests need chat_template set in the model YAML", e.what());
-    return std::nullopt;
   }
 }
 
@@ -161,7 +175,7 @@ std::unique_ptr<Model> load_gguf(const std::string& path, const std::string& tmp
     Binder stored(path, lookup, *m);
     m->weights.rope_freq_factors = stored.vector("rope_freqs.weight", m->config.rope_dim / 2, DummyFill::kGain);
   }
-  m->chat_template = pick_template(tmpl, gguf->opt_string("tokenizer.chat_template"), path);
+  pick_template(*m, tmpl, gguf->opt_string("tokenizer.chat_template"), path);
   return m;
 }
 
@@ -176,11 +190,19 @@ std::unique_ptr<Model> load_hf(const std::string& dir, const std::string& tmpl, 
   }
   Binder b(dir, [s = st.get()](const std::string& name) { return s->find(name); }, *m, dummy.get());
   bind_weights(b, hf_names(), *m);
-  m->chat_template = pick_template(tmpl, read_hf_chat_template(dir), dir);
+  pick_template(*m, tmpl, read_hf_chat_template(dir), dir);
   return m;
 }
 
 }  // namespace
+
+void use_chat_template(Model& model, std::string_view name) {
+  ChatTemplate t = ChatTemplate::by_name(name);
+  if (const std::string missing = missing_tokens(t, model.tokenizer); !missing.empty()) {
+    throw InvalidArgument("chat_template " + std::string(name) + ": the model's tokenizer has no " + missing);
+  }
+  model.chat_template = std::move(t);
+}
 
 LoadFormat parse_load_format(const std::string& name) {
   if (name == "auto") return LoadFormat::kAuto;

@@ -40,8 +40,16 @@ struct Model {
 };
 
 // Throws ModelFileError naming the file and the problem (missing tensor, wrong shape, bad metadata).
-// chat_template_override: "auto" (detect from the model) or a family name ("chatml", "llama3").
+// chat_template_override: "auto" (detect from the model) or a family name ("chatml", "llama3"; see
+// use_chat_template). A detected template whose special tokens the tokenizer lacks is dropped with a
+// warning: chat requests then need a template set in the model YAML.
 std::unique_ptr<Model> load_model(const std::string& path, const std::string& chat_template_override = "auto",
                                   LoadFormat load_format = LoadFormat::kAuto);
+
+// Sets the model's chat template to the family named ("chatml" | "llama3"), as the model YAML or the
+// command line asks. Throws InvalidArgument for another name, or when the tokenizer lacks one of the
+// family's special tokens (its prompts would spell the markers out as text and never stop at the
+// end of a turn).
+void use_chat_template(Model& model, std::string_view name);
 
 }  // namespace sparseserve

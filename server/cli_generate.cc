@@ -80,7 +80,7 @@ int run_generate(const GenerateArgs& a) {
   const ModelProfiles profiles = yaml.empty() ? ModelProfiles::defaults_for(n_layers, n_kv) : ModelProfiles::load(yaml, n_layers, n_kv);
   // As `serve` does: the YAML's chat template unless the command line names one.
   if (a.chat_template == "auto" && profiles.chat_template != "auto") {
-    model->chat_template = ChatTemplate::by_name(profiles.chat_template);
+    use_chat_template(*model, profiles.chat_template);
   }
   const kvcache::SparsityProfile& profile = profiles.get(a.sparsity.empty() ? profiles.default_profile : a.sparsity);
   spdlog::info("sparsity profile '{}'{}", profile.name, yaml.empty() ? "" : " from " + yaml);

@@ -256,7 +256,7 @@ int run_serve(const ServeArgs& a) {
       cfg.model_config.empty()
           ? ModelProfiles::defaults_for(static_cast<int32_t>(mc.n_layers), static_cast<int32_t>(mc.n_kv_heads))
           : ModelProfiles::load(cfg.model_config, static_cast<int32_t>(mc.n_layers), static_cast<int32_t>(mc.n_kv_heads));
-  if (profiles.chat_template != "auto") model->chat_template = ChatTemplate::by_name(profiles.chat_template);
+  if (profiles.chat_template != "auto") use_chat_template(*model, profiles.chat_template);
   const std::string name = default_model_name(cfg, profiles);
   if (!cfg.default_profile.empty()) {
     try {

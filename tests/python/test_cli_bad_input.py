@@ -62,6 +62,17 @@ def test_chat_options_without_chat_are_refused(tool, model_path):
         assert r.returncode != 0 and f"{extra[0]} requires --chat" in r.stderr, r.stderr
 
 
+def test_a_chat_template_whose_tokens_the_model_lacks_is_refused(tool, model_path, tmp_path):
+    # Llama-3's markers are not SmolLM2 tokens: prompts spelled them out as text and never stopped.
+    r = run(tool, "generate", "--model", model_path, "--chat", "hi", "--max-tokens", "1", "--chat-template", "llama3")
+    assert r.returncode == 1, r.stderr
+    assert "chat_template llama3: the model's tokenizer has no <|begin_of_text|> <|start_header_id|>" in r.stderr, r.stderr
+    yaml = tmp_path / "model.yaml"
+    yaml.write_text("name: t\nchat_template: llama3\n")
+    r = run(tool, "generate", "--model", model_path, "--chat", "hi", "--max-tokens", "1", "--model-config", yaml)
+    assert r.returncode == 1 and "chat_template llama3: the model's tokenizer has no" in r.stderr, r.stderr
+
+
 # Models whose metadata or weights lie: refused at load with the file and the problem named, at once
 # (no buffer sized by the lie first), instead of crashing or allocating gigabytes.
 BAD_MODELS = {
@@ -74,6 +85,9 @@ BAD_MODELS = {
                             None, "RoPE scaling factor must be positive and finite"),
     "rms_eps": ({"llama.attention.layer_norm_rms_epsilon": ("FLOAT32", float("inf"))}, None,
                 "RMSNorm epsilon must be positive and finite"),
+    # A stop id past the vocabulary: the first request that masked stops wrote past the logits (SIGSEGV).
+    "eot_id": ({"tokenizer.ggml.eot_token_id": ("UINT32", 5_000_000)}, None,
+               "end-of-sequence token id 5000000 is outside the vocabulary of 49152"),
 }
 
 
