@@ -81,7 +81,12 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
           const auto li = static_cast<int32_t>(l), hi = static_cast<int32_t>(hd);
           const int32_t slot = roles.slot(li, hi);
           int32_t* dest = blob.data.data() + static_cast<size_t>((l * KV + hd) * rows + r);
-          const bool one = n == 1 && !decode_with_prefill;  // a one-token row: the decode kernel
+          // A prompt chunk under dynamic prefill sparsity (the CPU's rule, engine/paged_kv.cc), one
+          // token long too: its block mask is estimated on the device from the chunk's queries.
+          const kvcache::PrefillSparsity& pf = st.profile().prefill;
+          const bool dynamic = !decode && roles.role(li, hi) == HeadRole::kRetrieval && pf.dynamic &&
+                               s.prompt_len >= pf.min_prompt_tokens;
+          const bool one = n == 1 && !decode_with_prefill && !dynamic;  // a one-token row: the decode kernel
           KeyLists& keys = one ? lp.decode_keys : lp.prefill_keys;
           cuda::PrefillRow pr;
           pr.q_row0 = static_cast<int32_t>(r);
@@ -130,10 +135,7 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
               keys.add_blocks(table, 0, nb, end);
               if (decode) lp.selected_tokens += end;
             }
-            // A prompt chunk under dynamic prefill sparsity (the CPU's rule, engine/paged_kv.cc):
-            // its block mask is estimated on the device from the chunk's queries and these keys.
-            const kvcache::PrefillSparsity& pf = st.profile().prefill;
-            if (n > 1 && pf.dynamic && s.prompt_len >= pf.min_prompt_tokens) {
+            if (dynamic) {  // the block mask, estimated from the chunk's queries and these keys
               pr.mask = cuda::MaskKind::kBlocks;
               pr.block_tokens = pf.block_tokens;
               lp.mass_rows.push_back({.q_row0 = pr.q_row0,

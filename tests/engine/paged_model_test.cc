@@ -189,5 +189,40 @@ TEST_F(PagedModelTest, BatchInvariantNumericsGiveIdenticalLogitsAloneOrBatched) 
   EXPECT_EQ(std::memcmp(alone.data(), batched.data(), alone.size() * sizeof(float)), 0);
 }
 
+// Dynamic prefill sparsity masks every prompt chunk, a one-token chunk too: a prompt one token past
+// a multiple of block_tokens, split before its last token (by the step budget, a prompt_logprobs cap
+// or a recompute), gives the logits it gives in one chunk. (A one-token chunk attended densely.)
+TEST_F(PagedModelTest, DynamicPrefillOfAOneTokenChunkIsMaskedAsInAWholePrompt) {
+  using kernels::cpu::Numerics;
+  const ModelProfiles p = profiles();
+  const kvcache::SparsityProfile& xattn = p.get("xattn");
+  ASSERT_TRUE(xattn.prefill.dynamic);
+  const int64_t n = 16 * int64_t{xattn.prefill.block_tokens} + 1;
+  ASSERT_GE(n, xattn.prefill.min_prompt_tokens);
+  const auto ids = prompt(n);
+  const auto V = model_->config.vocab_size;
+  const auto layout = kvcache::SequenceLayout::from_roles(xattn.roles, xattn.streaming);
+  CpuForward fwd(*model_, Numerics::kBatchInvariant);
+  const auto last_logits = [&](std::span<const int64_t> cuts) {
+    kvcache::KvCacheManager mgr(p.kv_cache, 8192);
+    mgr.add_sequence(1, layout);
+    PagedKvBackend kv(model_->config, mgr, Numerics::kBatchInvariant);
+    kv.add_sequence(1, xattn);
+    std::vector<float> logits;
+    for (size_t c = 0; c + 1 < cuts.size(); ++c) {
+      mgr.allocate(1, cuts[c + 1]);
+      const ForwardSeq s{1, cuts[c],
+                         std::span(ids).subspan(static_cast<size_t>(cuts[c]), static_cast<size_t>(cuts[c + 1] - cuts[c])),
+                         false, n};
+      fwd.forward(std::span(&s, 1), kv, logits);
+    }
+    return std::vector<float>(logits.end() - V, logits.end());
+  };
+  const int64_t whole[] = {0, n}, split[] = {0, n - 1, n};
+  const std::vector<float> a = last_logits(whole), b = last_logits(split);
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
 }  // namespace
 }  // namespace sparseserve

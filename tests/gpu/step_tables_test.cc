@@ -265,6 +265,31 @@ TEST(StepTablesChecks, DynamicPrefillChunksGetAMassRowPerRetrievalLane) {
   }
 }
 
+// A prompt's last token alone in its chunk (the step budget or a recompute cut it there) is masked as
+// inside a whole-prompt chunk: its retrieval lane a kBlocks prefill row with a mass row, not a dense
+// decode row; its streaming lane stays a decode row.
+TEST(StepTablesChecks, AOneTokenDynamicPromptChunkIsABlockMaskedPrefillRow) {
+  Fixture f;
+  kvcache::SparsityProfile dynamic = f.select;
+  dynamic.decode.enabled = false;
+  dynamic.prefill = {.dynamic = true, .block_tokens = 32, .stride = 8, .threshold = 0.75f, .min_prompt_tokens = 50};
+  f.add(1, dynamic, 64, 1);  // prompt 65: the chunk 64..64
+  const ForwardSeq batch[] = {f.step(1, 64, 1, 65)};
+  const Step t = f.build(batch);
+  for (int32_t l = 0; l < 3; ++l) {
+    const LayerPlan& lp = t.plans[static_cast<size_t>(l)];
+    ASSERT_EQ(lp.prefill_rows.size(), 1u);
+    ASSERT_EQ(lp.mass_rows.size(), 1u);
+    const cuda::PrefillRow& r = lp.prefill_rows[0];
+    EXPECT_EQ(r.mask, cuda::MaskKind::kBlocks);
+    EXPECT_EQ((std::tuple{r.n_tokens, r.q_pos0, r.kv_head}), (std::tuple{1, 64, 0}));
+    EXPECT_EQ((std::tuple{lp.mass_rows[0].list_row, lp.mass_rows[0].n_tokens}), (std::tuple{0, 1}));
+    EXPECT_EQ(entries(t, lp.prefill_keys, 0).size(), 5u) << "every block of the lane, the chunk's own included";
+    ASSERT_EQ(lp.decode_rows.size(), 1u) << "the streaming lane: the decode kernel";
+    EXPECT_EQ(lp.decode_rows[0].mask, cuda::MaskKind::kBand);
+  }
+}
+
 // 700 rows × 3 layers × 2 KV heads: the layers are built in parallel (OpenMP); each still lists
 // exactly its own lanes.
 TEST(StepTablesChecks, LargeStepsBuiltInParallelListEveryLane) {
