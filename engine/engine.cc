@@ -96,7 +96,9 @@ struct Engine::Impl {
   void admit_incoming();
   void apply_aborts();
   void step();
-  void finish(LiveRequest& r, FinishReason reason, const std::string& stop_reason, const std::string& error = {});
+  // error: kError's message; request_error: the request's own settings caused it (RequestOutput).
+  void finish(LiveRequest& r, FinishReason reason, const std::string& stop_reason, const std::string& error = {},
+              bool request_error = false);
   void release(uint64_t key);
   void fail(uint64_t key, const std::string& error);
   void update_gauges();
@@ -400,7 +402,8 @@ void Engine::Impl::release(uint64_t key) {
   live.erase(it);
 }
 
-void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string& stop_reason, const std::string& error) {
+void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string& stop_reason, const std::string& error,
+                          bool request_error) {
   RequestOutput out;
   if (reason != FinishReason::kAbort && reason != FinishReason::kError && !r.text_complete) {
     // The text still held back: the bytes of an incomplete character, then what the stop filter
@@ -414,6 +417,7 @@ void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string
   out.stop_reason = stop_reason;
   out.stop_token = r.stop_token;
   out.error = error;
+  out.request_error = request_error;
   out.prompt_tokens = r.prompt_len;
   out.completion_tokens = static_cast<int64_t>(r.tokens.size()) - r.prompt_len;
 
@@ -588,24 +592,46 @@ void Engine::Impl::step() {
     // min_tokens: the token sampled now is number gen + 1; before the minimum no stop id can be drawn
     // and no stop string ends.
     const bool may_stop = static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.req.min_tokens;
-    const auto apply_processors = [&] { apply_logits_processors(r, token_bytes(), may_stop, lrow); };
+    // A structured output whose text is whole and admits nothing more (a choice made, a regex or a
+    // grammar at its end): the choice ends here, min_tokens and ignore_eos notwithstanding (as vLLM
+    // ends a request whose grammar has terminated). Reached before sampling only when the language
+    // admits the empty text alone.
+    if (r.language && r.language->complete() && !r.language->extendable()) {
+      finish(r, FinishReason::kStop, "");
+      continue;
+    }
+    // The processors (allowed_token_ids, bad_words, the structured output) may leave no token, or
+    // refuse a grammar they cannot follow: that ends the request with an error of its own (400),
+    // not with a token nothing allowed.
+    const auto apply_processors = [&] {
+      apply_logits_processors(r, token_bytes(), may_stop, lrow);
+      if (std::all_of(lrow.begin(), lrow.end(), [](float l) { return l == -INFINITY; })) {
+        throw InvalidArgument("no token is left to sample: allowed_token_ids, bad_words, the stop rules and the "
+                              "structured output exclude every one");
+      }
+    };
     std::optional<TokenLogprob> lp;
-    if (r.req.logprobs >= 0) {  // log-softmax of the model's own distribution (before sampling transforms)
-      double lse = 0;
-      lp = top_logprobs(lrow, r.req.logprobs, lse);
-      std::vector<float> raw(lrow.begin(), lrow.end());
-      apply_processors();
-      const int32_t tok = r.sampler.sample(lrow);
-      lp->token = tok;
-      lp->logprob = static_cast<float>(raw[static_cast<size_t>(tok)] - lse);
-      r.tokens.push_back(tok);
-    } else if (on_device) {  // drawn by the backend; nothing applies to the row
-      const int32_t tok = drawn[static_cast<size_t>(draw_index[si])];
-      r.sampler.accept(tok);
-      r.tokens.push_back(tok);
-    } else {
-      apply_processors();
-      r.tokens.push_back(r.sampler.sample(lrow));
+    try {
+      if (r.req.logprobs >= 0) {  // log-softmax of the model's own distribution (before sampling transforms)
+        double lse = 0;
+        lp = top_logprobs(lrow, r.req.logprobs, lse);
+        std::vector<float> raw(lrow.begin(), lrow.end());
+        apply_processors();
+        const int32_t tok = r.sampler.sample(lrow);
+        lp->token = tok;
+        lp->logprob = static_cast<float>(raw[static_cast<size_t>(tok)] - lse);
+        r.tokens.push_back(tok);
+      } else if (on_device) {  // drawn by the backend; nothing applies to the row
+        const int32_t tok = drawn[static_cast<size_t>(draw_index[si])];
+        r.sampler.accept(tok);
+        r.tokens.push_back(tok);
+      } else {
+        apply_processors();
+        r.tokens.push_back(r.sampler.sample(lrow));
+      }
+    } catch (const InvalidArgument& ex) {
+      finish(r, FinishReason::kError, "", ex.what(), /*request_error=*/true);
+      continue;
     }
     const int32_t tok = r.tokens.back();
     const int64_t gen = static_cast<int64_t>(r.tokens.size()) - r.prompt_len;
@@ -632,20 +658,20 @@ void Engine::Impl::step() {
         may_stop_here && std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
     const bool stop_token = requested_stop || (may_stop_here && std::find(r.implicit_stops.begin(),
                                                                           r.implicit_stops.end(), tok) != r.implicit_stops.end());
+    // The masks let only continuations through, so a refused token means the two disagree (a grammar
+    // too ambiguous for push() to follow what accepts() took): the request ends with an error rather
+    // than go on unconstrained.
     if (r.json && !stop_token && !advance_json(*r.json, token_bytes().text(tok))) {
-      // Only from a row the other processors (allowed_token_ids, bad_words) left without a JSON
-      // continuation: the rest is sampled unconstrained.
-      spdlog::warn("request {}: token {} cannot continue its JSON output; no longer constrained", r.req.id, tok);
-      r.json.reset();
+      finish(r, FinishReason::kError, "", "the sampled token cannot continue the JSON output", /*request_error=*/true);
+      continue;
     }
     if (r.language && !stop_token && !r.language->push(token_bytes().text(tok))) {
-      // A whole text held open by min_tokens (or without stop ids), or a row other processors
-      // emptied: what follows is not constrained.
-      if (!r.language->complete()) {
-        spdlog::warn("request {}: token {} leaves its choices, regex or grammar; no longer constrained", r.req.id, tok);
-      }
-      r.language.reset();
+      finish(r, FinishReason::kError, "",
+             "the grammar is too ambiguous to follow: the text so far has more parses than it can track",
+             /*request_error=*/true);
+      continue;
     }
+    const bool language_done = r.language && !stop_token && r.language->complete() && !r.language->extendable();
     // A stop token's own text is not searched for stop strings: the bytes held back are flushed
     // instead, and may still complete one, which is then the reason.
     const auto res = r.stops.push(stop_token ? r.detok.flush() : r.detok.push(tok), may_stop);
@@ -672,6 +698,10 @@ void Engine::Impl::step() {
       continue;
     }
     r.stream->push(std::move(out));
+    if (language_done) {
+      finish(r, FinishReason::kStop, "");
+      continue;
+    }
     if (gen >= r.max_new) {
       finish(r, FinishReason::kLength, "");
       continue;

@@ -665,6 +665,11 @@ bool GrammarText::run(std::string_view bytes, std::vector<Stack>& stacks, std::s
 
 bool GrammarText::accepts(std::string_view bytes) const {
   if (bytes.empty()) return true;
+  if (mask_steps_ > kMaxMaskSteps) {
+    throw InvalidArgument("grammar: masking one token took more than " + std::to_string(kMaxMaskSteps) +
+                          " search steps; the grammar is too ambiguous to follow (e.g. alternatives that "
+                          "match the same text, or nested repetitions of rules that may be empty)");
+  }
   try {
     return try_accepts(bytes);
   } catch (const InvalidArgument&) {  // past kMaxStacks or kMaxExpansion: not taken
@@ -678,7 +683,9 @@ bool GrammarText::try_accepts(std::string_view bytes) const {
     uint32_t lo = 0, hi = 0;
     if (!utf8_range(bytes.substr(0, 1), lo, hi) || !any_admits(*grammar_, stacks_, lo, hi)) return false;
   }
-  if (const int found = search(bytes); found >= 0) return found == 1;
+  const int found = search(bytes);
+  mask_steps_ += found >= 0 ? steps_ : 2 * kMaxSearchSteps;
+  if (found >= 0) return found == 1;
   std::vector<Stack> stacks = stacks_;  // past the search's budget: the deduplicated sets decide
   std::string partial = partial_;
   return run(bytes, stacks, partial);
@@ -695,6 +702,7 @@ bool GrammarText::push(std::string_view bytes) {
   stacks_ = std::move(stacks);
   partial_ = std::move(partial);
   rebuild_nodes();
+  mask_steps_ = 0;
   return true;
 }
 

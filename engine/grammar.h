@@ -95,8 +95,10 @@ class Grammar {
 // point to their parent, the committed stacks' nodes built once per push), and stops at the first.
 // Past kMaxSearchSteps steps (a grammar ambiguous within one token) it falls back to the sets.
 // The sets' limits (kMaxStacks, kMaxExpansion) do not bound the search: with a grammar that reaches
-// them, push() may refuse bytes accepts() took; the engine then stops constraining that request
-// and logs it.
+// them, push() may refuse bytes accepts() took; the engine then ends that request with an error.
+// The searches between two pushes (one step's mask) share a budget, kMaxMaskSteps, a fallback
+// counting as kMaxSearchSteps: past it accepts() throws InvalidArgument, so a grammar ambiguous
+// within every token cannot hold the engine for seconds a step.
 class GrammarText final : public TextLanguage {
  public:
   explicit GrammarText(std::shared_ptr<const Grammar> grammar);
@@ -116,6 +118,7 @@ class GrammarText final : public TextLanguage {
 
  private:
   static constexpr int64_t kMaxSearchSteps = 20'000;
+  static constexpr int64_t kMaxMaskSteps = 10'000'000;  // ~0.1 s on one core
 
   // The stacks after `bytes`, or false when some code point (or the text's last, unfinished UTF-8
   // sequence) is admitted by no stack. `partial` holds the bytes of an unfinished sequence.
@@ -144,6 +147,7 @@ class GrammarText final : public TextLanguage {
   mutable std::vector<uint32_t> cps_;
   mutable Utf8Tail tail_;
   mutable int64_t steps_ = 0;
+  mutable int64_t mask_steps_ = 0;  // search steps since the last push
 };
 
 }  // namespace sparseserve

@@ -77,7 +77,10 @@ struct RequestOutput {
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;             // the stop string, or the stop_token_ids entry decoded, that ended it
   int32_t stop_token = -1;             // the stop_token_ids entry that ended it, else -1 (EOS: -1, no reason)
-  std::string error;                   // kError: what went wrong (an internal error message)
+  std::string error;                   // kError: what went wrong
+  bool request_error = false;          // kError caused by the request's own settings (a structured output
+                                       // it cannot follow, no token left to sample), not an internal
+                                       // failure: front ends answer 400 / INVALID_ARGUMENT
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;       // total so far, a stop token included
 };

@@ -325,6 +325,7 @@ class SparseServeService final : public pb::SparseServe::Service {
       if (!out) continue;
       if (out->finished) cancel_guard.finished();
       if (out->finish_reason == FinishReason::kError) {
+        if (out->request_error) return {grpc::StatusCode::INVALID_ARGUMENT, fmt::format("generation stopped: {}", out->error)};
         spdlog::error("gRPC Generate {}: {}", stream.id(), out->error);
         return {grpc::StatusCode::INTERNAL, fmt::format("generation failed: {}", out->error)};
       }

@@ -429,7 +429,10 @@ struct OpenAiHttpServer::Impl {
         }
       }
       auto& b = session->builder();
-      if (const std::string err = b.error(); !err.empty()) throw std::runtime_error("generation failed: " + err);
+      if (const std::string err = b.error(); !err.empty()) {
+        if (b.request_error()) throw openai::bad_request("generation stopped: " + err);
+        throw std::runtime_error("generation failed: " + err);
+      }
       send_json(res, 200, b.response());
       session->set_responded();
       return;

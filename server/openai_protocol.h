@@ -154,8 +154,10 @@ class ResponseBuilder {
   // (possibly none: a delta with no text, logprobs or finish).
   std::vector<json> add(int32_t choice, const RequestOutput& out);
   bool all_finished() const;
-  // The first internal error among the finished choices ("" when none).
+  // The first error among the finished choices ("" when none).
   std::string error() const;
+  // The error() of a choice is the request's own (RequestOutput::request_error): answered as a 400.
+  bool request_error() const;
 
   json usage() const;
   json usage_chunk() const;  // streaming: {"choices": [], "usage": {...}}
@@ -181,6 +183,7 @@ class ResponseBuilder {
     std::string stop_reason;
     int32_t stop_token = -1;  // a stop_token_ids entry ended it: vLLM reports the id as stop_reason
     std::string error;
+    bool request_error = false;  // RequestOutput::request_error: a 400, not a 500
     int64_t prompt_tokens = 0;
     int64_t completion_tokens = 0;
     // Streaming under tool calling: bytes of `text` sent as content, the kNamed call's id once its

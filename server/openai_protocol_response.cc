@@ -164,6 +164,7 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
     c.stop_reason = out.stop_reason;
     c.stop_token = out.stop_token;
     c.error = out.error;
+    c.request_error = out.request_error;
   }
   if (!job_.stream) return {};
 
@@ -178,7 +179,9 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
     chunks.push_back(std::move(first));
   }
   if (out.finished && out.finish_reason == FinishReason::kError) {
-    chunks.push_back(ApiError(500, "internal_error", "generation failed: " + out.error, "", "internal_error").to_json());
+    chunks.push_back((out.request_error ? bad_request("generation stopped: " + out.error)
+                                        : ApiError(500, "internal_error", "generation failed: " + out.error, "", "internal_error"))
+                         .to_json());
     return chunks;
   }
   const bool new_ids = job_.return_token_ids && !delta.token_ids.empty();
@@ -344,6 +347,13 @@ std::string ResponseBuilder::error() const {
     if (c.finished && c.finish == FinishReason::kError) return c.error.empty() ? "internal error" : c.error;
   }
   return "";
+}
+
+bool ResponseBuilder::request_error() const {
+  for (const auto& c : choices_) {
+    if (c.finished && c.finish == FinishReason::kError) return c.request_error;
+  }
+  return false;
 }
 
 int64_t ResponseBuilder::prompt_tokens() const {

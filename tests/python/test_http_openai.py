@@ -542,6 +542,48 @@ def test_guided_grammar(http, client, model_name):
     assert nested_list_ok(texts[0]) and finish[0] == "stop", texts
 
 
+def test_a_whole_structured_output_ends_the_choice(http, model_name):
+    # A choice made or a regex at its end admits nothing more: the choice ends there ("stop"), as vLLM
+    # ends a request whose grammar terminated, even when min_tokens or ignore_eos would hold it open
+    # (the rest was sampled unconstrained: "yes\n*The sky is...", "10000000000000000000").
+    base = {"model": model_name, "prompt": "Is the sky blue? Answer:", "max_tokens": 12, "temperature": 0}
+    for extra in ({"min_tokens": 5}, {"ignore_eos": True}):
+        r = http.post("/v1/completions", json={**base, **extra, "guided_choice": ["yes", "no"]}).json()
+        assert r["choices"][0]["text"] in ("yes", "no") and r["choices"][0]["finish_reason"] == "stop", (extra, r)
+        r = http.post("/v1/completions", json={**base, **extra, "guided_regex": "[0-9]{2}"}).json()
+        assert re.fullmatch("[0-9]{2}", r["choices"][0]["text"]), (extra, r)
+        assert r["choices"][0]["finish_reason"] == "stop", (extra, r)
+
+
+def test_structured_outputs_that_cannot_be_followed_are_400s(http, model_name):
+    base = {"model": model_name, "prompt": "Is the sky blue? Answer:", "max_tokens": 10, "temperature": 0}
+    # allowed_token_ids leaving no token the choice takes: no token is left (it drew EOS as text 10 times).
+    maybe = http.post("/tokenize", json={"prompt": " maybe", "add_special_tokens": False}).json()["tokens"]
+    assert len(maybe) == 1
+    r = http.post("/v1/completions", json={**base, "guided_choice": ["yes", "no"], "allowed_token_ids": maybe})
+    assert r.status_code == 400 and "no token is left to sample" in r.json()["error"]["message"], r.text
+    # A grammar ambiguous inside every token: refused within one step's budget of search steps (it
+    # slowed the whole engine ~35x, seconds per token, for every request).
+    r = http.post("/v1/completions", timeout=120, json={
+        **base, "max_tokens": 8,
+        "guided_grammar": 'root ::= w{900}\nw ::= e e e e e e e e e e e e e e e e [a-z ]\ne ::= "" | ""\n'})
+    assert r.status_code == 400 and "too ambiguous" in r.json()["error"]["message"], r.text
+    # More parses than the stack sets track: an error, not the rest unconstrained (14 a's where 13 fit).
+    rules = ['root ::= p13', 'p0 ::= "d"'] + [f'p{i} ::= "a" p{i - 1} "b" | "a" p{i - 1} "c"' for i in range(1, 14)]
+    r = http.post("/v1/completions", json={**base, "max_tokens": 40, "guided_grammar": "\n".join(rules) + "\n"})
+    if r.status_code == 200:
+        text = r.json()["choices"][0]["text"]
+        assert re.fullmatch("a{13}d[bc]{13}", text) or (r.json()["choices"][0]["finish_reason"] == "length"
+                                                        and re.fullmatch("a{0,13}(d[bc]*)?", text)), text
+    else:
+        assert r.status_code == 400 and "too ambiguous" in r.json()["error"]["message"], r.text
+    # Streamed, the error chunk is a 400's object.
+    with http.stream("POST", "/v1/completions", json={**base, "stream": True, "guided_choice": ["yes", "no"],
+                                                       "allowed_token_ids": maybe}) as s:
+        body = "".join(s.iter_text())
+    assert '"invalid_request_error"' in body and "no token is left to sample" in body, body
+
+
 @pytest.fixture(scope="module")
 def numpy_reference(model_path):
     from numpy_llama import NumpyLlama
