@@ -129,7 +129,8 @@ ToolRequest parse_tools(const json& body, ChatTemplateKind format) {
         }
         def["parameters"] = *p;
         tool.parameters = *p;
-        tool.parameters["type"] = "object";
+        // An object's schema; a root $ref or union (Pydantic's recursive models) names its own type.
+        if (!p->contains("$ref") && !p->contains("anyOf") && !p->contains("oneOf")) tool.parameters["type"] = "object";
       }
       (void)ff.boolean("strict");  // type-checked; the constrained modes are strict anyway
       out.definitions.push_back(nlohmann::ordered_json{{"type", "function"}, {"function", std::move(def)}}.dump());

@@ -68,6 +68,12 @@ TEST(JsonSchema, RefusesWhatItCannotPromiseNamingTheKeyword) {
   EXPECT_THAT(refusal(R"({"oneOf": [{"type": "object", "properties": {"k": {"enum": ["a", "b"]}}, "required": ["k"]},
                                     {"type": "object", "properties": {"k": {"const": "b"}}, "required": ["k"]}]})"),
               HasSubstr("discriminator"));  // "b" tags both
+  EXPECT_THAT(refusal(R"({"oneOf": [{"type": "object", "properties": {"t": {"const": 1}}, "required": ["t"]},
+                                    {"type": "object", "properties": {"t": {"const": 1.0}}, "required": ["t"]}]})"),
+              HasSubstr("discriminator"));  // 1 and 1.0 are one value: {"t": 1} matches both
+  EXPECT_THAT(refusal(R"({"oneOf": [{"type": "object", "properties": {"t": {"enum": [0, "x"]}}, "required": ["t"]},
+                                    {"type": "object", "properties": {"t": {"const": -0.0}}, "required": ["t"]}]})"),
+              HasSubstr("discriminator"));
   EXPECT_EQ(refusal(R"({"oneOf": [{"type": "string"}, {"type": "null"}]})"), "");
   EXPECT_EQ(refusal(R"({"anyOf": [{"type": "integer"}, {"type": "number"}]})"), "");
   EXPECT_THAT(refusal(R"({"$ref": "#/$defs/Missing"})"), HasSubstr("not supported or not found"));

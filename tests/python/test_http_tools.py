@@ -72,6 +72,25 @@ def test_named_function_arguments_follow_the_schema(client, model_name):
     assert calls[0]["arguments"] == call.function.arguments
 
 
+def test_a_recursive_pydantic_schema_as_parameters(client, model_name):
+    # Pydantic's model_json_schema() of a recursive model: a root $ref into $defs. It was refused
+    # ("'$ref' beside 'type'") as parameters while response_format took it.
+    node = {"$defs": {"Node": {"type": "object", "title": "Node", "required": ["name"],
+                               "properties": {"name": {"type": "string", "maxLength": 12},
+                                              "children": {"type": "array", "maxItems": 2,
+                                                           "items": {"$ref": "#/$defs/Node"}}}}},
+            "$ref": "#/$defs/Node"}
+    tools = [{"type": "function", "function": {"name": "make_tree", "parameters": node}}]
+    r = client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "A small tree."}],
+                                       tools=tools, tool_choice={"type": "function", "function": {"name": "make_tree"}},
+                                       temperature=0, max_tokens=120)
+    c = r.choices[0]
+    if c.finish_reason == "stop":
+        jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments), node)
+    else:
+        assert c.finish_reason == "length" and c.message.tool_calls[0].function.name == "make_tree", c
+
+
 def test_sampled_named_calls_validate(client, model_name):
     r = client.chat.completions.create(model=model_name, messages=ASK, tools=TOOLS, tool_choice=NAMED, n=6,
                                        temperature=1.3, seed=11, max_tokens=120)
