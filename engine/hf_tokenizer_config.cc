@@ -31,7 +31,7 @@ std::optional<std::string> read_hf_chat_template(const std::string& dir) {
   // A list of named templates (Hermes 2 Pro, Hermes 3): transformers uses the one named "default".
   if (it->is_array()) {
     for (const auto& entry : *it) {
-      if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
+      if (entry.is_object() && entry.contains("name") && entry.at("name") == "default" && entry.contains("template") &&
           entry.at("template").is_string()) {
         return entry.at("template").get<std::string>();
       }

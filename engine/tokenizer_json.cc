@@ -167,12 +167,20 @@ Tokenizer Tokenizer::from_hf_json(const std::string& path) {
   const json& vocab = r.field(model, "vocab", "model");
   if (!vocab.is_object()) r.fail("model.vocab", "expected an object");
 
-  // id -> text over the model vocabulary and the added tokens; ids must be dense.
+  // id -> text over the model vocabulary and the added tokens; ids must be dense. A few holes are
+  // taken (ids never produced); ids far past the entries' count are refused before anything is sized
+  // by them (a 150-byte file naming id 2^24 - 1 took 1.2 GB).
+  const size_t entries = vocab.size() + (doc.contains("added_tokens") && doc.at("added_tokens").is_array()
+                                              ? doc.at("added_tokens").size() : 0);
+  const int64_t id_limit = std::min<int64_t>(int64_t{1} << 24, 2 * static_cast<int64_t>(entries) + 1024);
   std::vector<std::string> tokens;
   std::vector<bool> present;
   std::vector<TokenKind> kinds;
   auto place = [&](int64_t id, const std::string& text, TokenKind kind, const std::string& key) {
-    if (id < 0 || id >= (int64_t{1} << 24)) r.fail(key, "token id " + std::to_string(id) + " out of range");
+    if (id < 0 || id >= id_limit) {
+      r.fail(key, "token id " + std::to_string(id) + " out of range (the file lists " + std::to_string(entries) +
+                      " tokens)");
+    }
     const auto i = static_cast<size_t>(id);
     if (i >= tokens.size()) {
       tokens.resize(i + 1);

@@ -363,6 +363,9 @@ TEST_F(HfConfigTest, ChatTemplateFiles) {
   EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);  // no default: none
   write("tokenizer_config.json", json::array({1, 2}));
   EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);
+  // An entry whose name is no string is not "default" (it threw a bare JSON type error: "unexpected error").
+  write("tokenizer_config.json", json{{"chat_template", json::array({json{{"name", 5}, {"template", "x"}}})}});
+  EXPECT_EQ(read_hf_chat_template(dir()), std::nullopt);
   std::ofstream(dir_ / "tokenizer_config.json") << "{\"chat_template\": ";
   expect_error_in("tokenizer_config.json", "not valid JSON");
   std::ofstream(dir_ / "chat_template.jinja") << "{{ jinja }}";

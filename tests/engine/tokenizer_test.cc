@@ -403,6 +403,19 @@ TEST_F(HfJsonTest, DeeplyNestedSequencesAreRefused) {
   }
 }
 
+TEST_F(HfJsonTest, IdsFarPastTheEntriesAreRefusedBeforeAnythingIsSized) {
+  // One entry naming id 2^24 - 1 sized the tables by it (1.2 GB from a 150-byte file).
+  const std::string doc = R"({"model": {"type": "BPE", "vocab": {"a": 16777215}, "merges": []},
+                              "pre_tokenizer": {"type": "ByteLevel"}})";
+  try {
+    Tokenizer::from_hf_json(write("far.json", doc));
+    ADD_FAILURE() << "loaded";
+  } catch (const ModelFileError& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 16777215 out of range (the file lists 1 tokens)"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST_F(HfJsonTest, PaddedIdsDecodeToNothing) {
   Tokenizer tok = Tokenizer::from_hf_json(write("tokenizer.json", tokenizer_json(kLlama3Pre, kBosPost)));
   const Ids before = tok.encode(" abc<t><s>", false);
