@@ -44,7 +44,16 @@ ParsedReply parse_hermes(std::string_view reply) {
   if (first == std::string_view::npos) return {std::string(reply), {}};
   for (size_t at = first; at != std::string_view::npos; at = reply.find(kCallOpen, at)) {
     const size_t body = at + kCallOpen.size();
-    const size_t end = reply.find(kCallClose, body);
+    // The close tag after the call's object: its strings may hold "</tool_call>" themselves (as the
+    // streaming reader, call_prefixes, follows them).
+    size_t end = std::string_view::npos;
+    if (const size_t open = reply.find_first_not_of(kSpaces, body); open != std::string_view::npos && reply[open] == '{') {
+      ObjectScan scan;
+      if (const size_t n = scan.feed(reply.substr(open)); n != std::string_view::npos) {
+        end = reply.find(kCallClose, open + n);
+      }
+    }
+    if (end == std::string_view::npos) end = reply.find(kCallClose, body);
     auto call = read_call(reply.substr(body, end == std::string_view::npos ? std::string_view::npos : end - body));
     if (!call) return {std::string(reply), {}};
     out.calls.push_back(std::move(*call));

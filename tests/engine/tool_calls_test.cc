@@ -37,6 +37,14 @@ TEST(ToolCalls, HermesEdgeCases) {
   r = parse_tool_calls(kChatML, "<tool_call>{\"name\": \"a\", \"parameters\": {\"k\": null}}</tool_call>");
   ASSERT_EQ(r.calls.size(), 1u);
   EXPECT_EQ(r.calls[0].arguments, "{\"k\":null}");
+  // A closing tag inside the arguments' strings is text: the block ends after the object (as the
+  // streaming reader follows it); it made the whole reply content.
+  r = parse_tool_calls(kChatML,
+                       "<tool_call>\n{\"name\": \"echo\", \"arguments\": {\"text\": \"</tool_call>\"}}\n</tool_call>\n"
+                       "<tool_call>{\"name\": \"ping\", \"arguments\": {}}</tool_call>");
+  ASSERT_EQ(r.calls.size(), 2u) << r.content;
+  EXPECT_EQ(r.calls[0].arguments, "{\"text\":\"</tool_call>\"}");
+  EXPECT_EQ(r.calls[1].name, "ping");
   // One bad block makes the whole reply content (vLLM's parsers do the same).
   for (const char* bad : {"<tool_call>{\"name\": \"a\"}</tool_call><tool_call>{oops}</tool_call>",
                           "<tool_call>{\"name\": \"\", \"arguments\": {}}</tool_call>", "<tool_call>{\"arguments\": {}}</tool_call>",
