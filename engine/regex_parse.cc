@@ -197,6 +197,8 @@ class Parser {
       digits(q, b, has_b);
     }
     if (q >= cp_.size() || cp_[q] != '}' || (!has_a && !comma)) return false;
+    // "{,m}": Python's {0,m}, ECMAScript's literal text; a JSON Schema pattern is read both ways.
+    if (search_ && !has_a) fail("'{,m}' is a quantifier in Python but text in ECMAScript: write {0,m}", p);
     if (!comma) b = a, has_b = true;
     if (a > kMaxRepeat || (has_b && b > kMaxRepeat)) {
       fail("a repetition count above " + std::to_string(kMaxRepeat), p);
@@ -235,7 +237,9 @@ class Parser {
     switch (c) {
       case '(': return group(at);
       case '[': return add_set(class_body(at));
-      case '.': return add_set({{0, '\n' - 1}, {'\n' + 1, kMaxCode}});
+      case '.':  // Python: all but \n; ECMAScript (JSON Schema) also leaves out \r, U+2028, U+2029
+        if (search_) return add_set({{0, '\n' - 1}, {'\n' + 1, '\r' - 1}, {'\r' + 1, 0x2027}, {0x202A, kMaxCode}});
+        return add_set({{0, '\n' - 1}, {'\n' + 1, kMaxCode}});
       case '\\': {
         Escape e = escape(/*in_class=*/false);
         return e.is_set ? add_set(std::move(e.set)) : add_set({{e.code, e.code}});
@@ -279,6 +283,8 @@ class Parser {
     bool has_class_escape = false;  // \d \w \s or their complements inside
     const bool negate = peek() == '^';
     if (negate) ++pos_;
+    // "[]...]": Python's ']' first in the class, ECMAScript's empty class "[]" (or "[^]": any).
+    if (search_ && peek() == ']') fail("a class starting with ']' is read differently by Python and ECMAScript: escape it as '\\]'", at);
     for (bool first = true;; first = false) {
       if (!more()) fail("unterminated character set", at);
       if (peek() == ']' && !first) {

@@ -47,7 +47,9 @@ inline constexpr size_t kMaxRegexBytes = 16 * 1024;  // a pattern's largest size
 // kSearch, some part of it is (JSON Schema's "pattern", re.search): a top-level alternative without
 // '^' may begin, and one without '$' may end, anywhere in the text. Validators read a schema's
 // pattern in their own dialects, whose \d \w \s differ beyond ASCII; kSearch keeps to what they
-// all agree on: \D \W \S, and a negated class holding \d \w \s, match ASCII characters only.
+// all agree on: \D \W \S, and a negated class holding \d \w \s, match ASCII characters only; '.'
+// leaves out \r, U+2028 and U+2029 as ECMAScript's does; "{,m}" (Python's {0,m}, ECMAScript's text)
+// and a class starting with ']' (ECMAScript's "[]" is empty) are refused.
 enum class RegexMode : uint8_t { kFullMatch, kSearch };
 
 // Throws InvalidArgument naming the problem and its character offset.

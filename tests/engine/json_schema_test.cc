@@ -446,6 +446,17 @@ TEST(JsonSchema, SchemaPatternsKeepNegatedClassesToAscii) {
   EXPECT_FALSE(whole(w, "\"!\xe2\x80\x83\""));   // U+2003, a space to Python
   const JsonSchema plain = JsonSchema::compile(R"({"type": "string", "pattern": "^[^a]$"})");
   EXPECT_TRUE(whole(plain, "\"\xc3\xa9\""));     // a negated class without \d \w \s: all of Unicode
+  // '.' as ECMAScript reads it (JSON Schema's dialect): not \r, U+2028, U+2029 (Python takes them).
+  const JsonSchema dot = JsonSchema::compile(R"({"type": "string", "pattern": "^a.b$"})");
+  EXPECT_TRUE(whole(dot, R"("a-b")"));
+  EXPECT_FALSE(whole(dot, R"("a\rb")"));
+  EXPECT_FALSE(whole(dot, "\"a\xe2\x80\xa8" "b\""));
+  EXPECT_FALSE(whole(dot, "\"a\xe2\x80\xa9" "b\""));
+  // What the two read apart is refused: "{,2}" (a quantifier to Python, text to ECMAScript), a class
+  // starting with ']' (ECMAScript's "[]" is empty).
+  EXPECT_THAT(refusal(R"({"type": "string", "pattern": "^x{,2}$"})"), HasSubstr("{0,m}"));
+  EXPECT_THAT(refusal(R"({"type": "string", "pattern": "^[]a]$"})"), HasSubstr("escape it"));
+  EXPECT_EQ(refusal(R"({"type": "string", "pattern": "^x{0,2}[\\]a]$"})"), "");
   const JsonSchema t = JsonSchema::compile(R"({"type": "string", "format": "date-time"})");
   EXPECT_TRUE(whole(t, R"("2024-01-31T23:59:59Z")"));
   EXPECT_FALSE(whole(t, R"("2024-01-31t23:59:59z")"));  // upper case, as every ISO 8601 reader takes
