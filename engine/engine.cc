@@ -76,7 +76,12 @@ struct Engine::Impl {
   // Aborts by key, not by request id: an abort queued for a request that finishes before the loop
   // sees it must not hit a later request that reuses the id.
   std::vector<uint64_t> abort_keys;
-  std::unordered_map<std::string, uint64_t> live_ids;  // request id -> key
+  std::unordered_map<std::string, uint64_t> live_ids;  // request id -> key (guarded by mu)
+  // Drops id's entry if it still names request `key` (a cancelled request's id may have been taken
+  // again by a newer request). Called with mu held.
+  void forget_id(const std::string& id, uint64_t key) {
+    if (const auto it = live_ids.find(id); it != live_ids.end() && it->second == key) live_ids.erase(it);
+  }
   bool accepting = true, stopping = false;
   uint64_t next_key = 1;
   std::atomic<int64_t> pages_in_use{0};
@@ -271,9 +276,12 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
     throw QueueFull("the request queue is full (" + std::to_string(e.config.max_waiting) + " waiting); retry later");
   }
   r->key = e.next_key++;
+  // A cancel (the client left) frees the request's id and its place in the queue at once: the loop
+  // may be inside a long step before it drops the request.
   r->stream = std::make_shared<RequestStreamImpl>(r->req.id, static_cast<size_t>(e.config.output_buffer),
-                                                  [&e, key = r->key](const std::string&) {
+                                                  [&e, key = r->key](const std::string& id) {
                                                     std::lock_guard l(e.mu);
+                                                    e.forget_id(id, key);
                                                     e.abort_keys.push_back(key);
                                                     e.wake.notify_one();
                                                   });
@@ -290,6 +298,7 @@ bool Engine::abort_request(const std::string& id) {
   const auto it = impl_->live_ids.find(id);
   if (it == impl_->live_ids.end()) return false;
   impl_->abort_keys.push_back(it->second);
+  impl_->live_ids.erase(it);  // free at once, as a cancel
   impl_->wake.notify_one();
   return true;
 }
@@ -397,7 +406,7 @@ void Engine::Impl::release(uint64_t key) {
   if (it->second->bound) backend->release(key);
   {
     std::lock_guard lock(mu);
-    live_ids.erase(it->second->req.id);
+    forget_id(it->second->req.id, key);
   }
   live.erase(it);
 }
@@ -464,7 +473,7 @@ void Engine::Impl::fail(uint64_t key, const std::string& error) {
     }
     {
       std::lock_guard lock(mu);
-      live_ids.erase(left->second->req.id);
+      forget_id(left->second->req.id, key);
     }
     live.erase(left);
   }
@@ -478,6 +487,8 @@ void Engine::Impl::fail(uint64_t key, const std::string& error) {
 
 void Engine::Impl::step() {
   const StepPlan plan = scheduler.plan();
+  // The queue's count of waiting requests (submit) reads this; a step may be long (a CPU prefill).
+  metrics.requests_running = static_cast<int64_t>(scheduler.num_running());
   for (const ScheduledSeq& s : plan.seqs) step_keys.push_back(s.id);
   step_keys.insert(step_keys.end(), plan.unservable.begin(), plan.unservable.end());
   // Preempted requests did not run: a failed step names one only while its release runs.

@@ -202,6 +202,32 @@ TEST_F(EngineTest, StopStringIsCutAndAbortAndCancelReturnPages) {
   EXPECT_FALSE(e.abort_request("long1"));
 }
 
+// A cancelled (or aborted) request's id and its place in the queue are free at once, not when the
+// loop, inside a long step, gets to drop it (a retry with the same id was refused, the queue stayed
+// full for the whole step).
+TEST_F(EngineTest, ACancelledRequestsIdAndQueuePlaceAreFreeAtOnce) {
+  EngineConfig cfg;
+  cfg.max_num_seqs = 1;
+  cfg.max_waiting = 1;
+  Engine e(*model_, profiles(), cfg);
+  std::string text;
+  while (model_->tokenizer.encode(text, false, false).size() < 2000) text += "The committee met to review the budget. ";
+  auto busy = e.submit(request("busy", text, 2, std::nullopt, 0.0f));  // its prefill: a long step
+  for (int i = 0; i < 100 && e.metrics().requests_running.load() == 0; ++i) std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(e.metrics().requests_running.load(), 1) << "the long request is running";
+  const std::string prompt = "The days of the week are";
+  auto x = e.submit(request("x", prompt, 2, std::nullopt, 0.0f));  // the one waiting place
+  x->cancel();
+  auto again = e.submit(request("x", prompt, 2, std::nullopt, 0.0f));  // the same id, at once
+  EXPECT_TRUE(e.abort_request("x"));
+  auto y = e.submit(request("y", prompt, 2, std::nullopt, 0.0f));  // the place, at once
+  EXPECT_EQ(drain(*x).last.finish_reason, FinishReason::kAbort);
+  EXPECT_EQ(drain(*again).last.finish_reason, FinishReason::kAbort);
+  EXPECT_EQ(drain(*y).last.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(drain(*busy).last.finish_reason, FinishReason::kLength);
+  expect_all_pages_returned(e);
+}
+
 TEST_F(EngineTest, ARequestOutgrowingTheWholeKvCacheEndsByLengthAndTheEngineKeepsServing) {
   // 200 pages hold two 64-token blocks of the dense profile's lanes (one per layer and KV head):
   // a short prompt fits, its generation outgrows the whole cache. The request preempts itself, the
