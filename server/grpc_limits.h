@@ -9,6 +9,11 @@
 
 namespace sparseserve {
 
+// Largest response message (requests: GrpcLimits::max_request_bytes): a Tokenize answer for a
+// prompt of a few hundred thousand tokens fits with room to spare; a longer Detokenize text is
+// INVALID_ARGUMENT.
+inline constexpr size_t kMaxResponseBytes = size_t{64} << 20;
+
 struct GrpcLimits {
   int64_t max_prompt_tokens = 0;                // tokens; 0 or over the model's context: the context
   size_t max_request_bytes = size_t{64} << 20;  // largest request message (server.yaml max_body_bytes)

@@ -18,10 +18,6 @@
 namespace sparseserve {
 namespace {
 
-// Largest response message (requests: GrpcLimits::max_request_bytes): a Tokenize answer for a
-// prompt of a few hundred thousand tokens fits with room to spare.
-constexpr int kMaxMessageBytes = 64 << 20;
-
 // "host:port", with an IPv6 literal in brackets.
 std::string listen_address(const std::string& host, int port) {
   const bool ipv6_literal = host.find(':') != std::string::npos && host.front() != '[';
@@ -45,7 +41,7 @@ class GrpcServerImpl final : public GrpcServer {
     builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(service_.get());
     builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<size_t>(limits.max_request_bytes, INT32_MAX)));
-    builder.SetMaxSendMessageSize(kMaxMessageBytes);
+    builder.SetMaxSendMessageSize(static_cast<int>(kMaxResponseBytes));
     // Without this a second server on the same port would share it silently (SO_REUSEPORT).
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     // Bounded resources: each call in flight holds a thread (a client that never reads holds it

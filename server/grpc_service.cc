@@ -230,8 +230,13 @@ class SparseServeService final : public pb::SparseServe::Service {
                                             tok.vocab_size()));
         }
       }
-      resp->set_text(utf8::to_lossy(tok.decode(std::span<const int32_t>(ids.data(), static_cast<size_t>(ids.size())),
-                                               req->skip_special())));
+      std::string text =
+          utf8::to_lossy(tok.decode(std::span<const int32_t>(ids.data(), static_cast<size_t>(ids.size())), req->skip_special()));
+      if (text.size() + 64 > kMaxResponseBytes) {  // room for the message's framing
+        throw InvalidArgument(fmt::format("the text of these token_ids is {} bytes, over the {} MiB a reply may hold",
+                                          text.size(), kMaxResponseBytes >> 20));
+      }
+      resp->set_text(std::move(text));
       return grpc::Status::OK;
     });
   }

@@ -564,6 +564,24 @@ def test_server_limits_hold_for_grpc_too(build_dir, model_path, repo_root, tmp_p
         s.stop()
 
 
+def test_a_detokenize_text_past_the_reply_limit_is_invalid_argument(build_dir, model_path, repo_root,
+                                                                    tmp_path_factory, api):
+    # 1.1M tokens of 64 spaces: 70 MB of text, past the 64 MiB a reply holds. It was gRPC's own
+    # RESOURCE_EXHAUSTED ("Sent message larger than max"), which the schema gives for "retry later".
+    s = launch_server(build_dir, model_path, repo_root, tmp_path_factory, api, max_body_bytes="8MiB")
+    try:
+        pb = s.pb
+        spaces = list(s.stub.Tokenize(pb.TokenizeRequest(text=" " * 64, add_special=False), timeout=5).token_ids)
+        assert len(spaces) == 1
+        with pytest.raises(grpc.RpcError) as e:
+            s.stub.Detokenize(pb.DetokenizeRequest(token_ids=spaces * 1_100_000), timeout=120)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
+        assert "over the 64 MiB a reply may hold" in e.value.details(), e.value.details()
+        assert len(s.stub.Detokenize(pb.DetokenizeRequest(token_ids=spaces * 1000), timeout=30).text) == 64000
+    finally:
+        s.stop()
+
+
 def test_a_kv_cache_under_the_context_limits_grpc_as_http(build_dir, model_path, repo_root, tmp_path_factory, api):
     # 8 MiB holds one dense sequence of 128 tokens: prompt + max_tokens over it is refused, as over
     # HTTP, and GetModelInfo's context_length is the default profile's limit (HTTP's max_model_len).
