@@ -379,8 +379,24 @@ void Engine::Impl::admit_incoming() {
     // 256 × vocabulary floats of them (a step of several such chunks holds up to
     // max_num_batched_tokens rows, as vLLM's prompt logprobs do).
     if (r->req.prompt_logprobs >= 0) rule.max_prompt_chunk = (256 + rule.prompt_block - 1) / rule.prompt_block * rule.prompt_block;
-    scheduler.add(r->key, r->prompt_len, layout, r->req.priority, rule);
     const uint64_t key = r->key;
+    try {
+      scheduler.add(key, r->prompt_len, layout, r->req.priority, rule);
+    } catch (const std::exception& ex) {  // a broken invariant: this request ends, the others go on
+      spdlog::error("engine: admitting request {} failed: {}", r->req.id, ex.what());
+      scheduler.cancel(key);
+      {
+        std::lock_guard lock(mu);
+        forget_id(r->req.id, key);
+      }
+      RequestOutput out;
+      out.finished = true;
+      out.finish_reason = FinishReason::kError;
+      out.error = std::string("internal error: ") + ex.what();
+      r->stream->push(std::move(out));
+      r->stream->close();
+      continue;
+    }
     live.emplace(key, std::move(r));
   }
 }
@@ -395,7 +411,12 @@ void Engine::Impl::apply_aborts() {
   admit_incoming();  // a request aborted while still in `incoming` is released like any other
   for (const uint64_t key : keys) {
     const auto it = live.find(key);
-    if (it != live.end()) finish(*it->second, FinishReason::kAbort, "");  // else it has finished already
+    if (it == live.end()) continue;  // it has finished already
+    try {
+      finish(*it->second, FinishReason::kAbort, "");
+    } catch (const std::exception& ex) {
+      fail(key, std::string("internal error while aborting: ") + ex.what());
+    }
   }
 }
 
@@ -732,26 +753,30 @@ void Engine::Impl::step() {
 }
 
 void Engine::Impl::update_gauges() {
-  metrics.requests_running = static_cast<int64_t>(scheduler.num_running());
-  {
-    std::lock_guard lock(mu);
-    metrics.requests_waiting = static_cast<int64_t>(scheduler.num_waiting() + incoming.size());
+  try {  // informational: a failure here is logged, never ends the loop
+    metrics.requests_running = static_cast<int64_t>(scheduler.num_running());
+    {
+      std::lock_guard lock(mu);
+      metrics.requests_waiting = static_cast<int64_t>(scheduler.num_waiting() + incoming.size());
+    }
+    metrics.kv_pages_used_retrieval = kv.used_pages(kvcache::HeadRole::kRetrieval);
+    metrics.kv_pages_used_streaming = kv.used_pages(kvcache::HeadRole::kStreaming);
+    pages_in_use = kv.num_pages() - kv.free_pages();
+    // Savings against the dense profile: one page per (layer, KV head) per block of history.
+    int64_t saved = 0;
+    const int64_t P = kv.config().page_tokens;
+    for (const auto& [key, r] : live) {
+      if (!r->bound) continue;
+      const auto p = scheduler.progress(key);
+      if (!p) continue;
+      const int64_t dense = model.config.n_layers * model.config.n_kv_heads * ((p->computed + P - 1) / P);
+      const auto& seq = kv.sequence(key);
+      saved += dense - seq.pages_held();
+    }
+    metrics.kv_bytes_saved = saved * metrics.kv_bytes_per_page;
+  } catch (const std::exception& ex) {
+    spdlog::error("engine: updating the gauges failed: {}", ex.what());
   }
-  metrics.kv_pages_used_retrieval = kv.used_pages(kvcache::HeadRole::kRetrieval);
-  metrics.kv_pages_used_streaming = kv.used_pages(kvcache::HeadRole::kStreaming);
-  pages_in_use = kv.num_pages() - kv.free_pages();
-  // Savings against the dense profile: one page per (layer, KV head) per block of history.
-  int64_t saved = 0;
-  const int64_t P = kv.config().page_tokens;
-  for (const auto& [key, r] : live) {
-    if (!r->bound) continue;
-    const auto p = scheduler.progress(key);
-    if (!p) continue;
-    const int64_t dense = model.config.n_layers * model.config.n_kv_heads * ((p->computed + P - 1) / P);
-    const auto& seq = kv.sequence(key);
-    saved += dense - seq.pages_held();
-  }
-  metrics.kv_bytes_saved = saved * metrics.kv_bytes_per_page;
 }
 
 }  // namespace sparseserve
