@@ -48,6 +48,17 @@ def test_info_reports_the_same_model(tool, build_dir, model_path, hf_model_dir):
     assert h["tensor_types"] == {"F32": 272}
 
 
+def with_tokenizer(tmp_path, hf_model_dir, tokenizer_json):
+    """A copy of the fixture's directory (links) with `tokenizer_json` as its tokenizer.json."""
+    d = tmp_path / "hf"
+    d.mkdir()
+    for f in hf_model_dir.iterdir():
+        if f.name != "tokenizer.json":
+            (d / f.name).symlink_to(f)
+    (d / "tokenizer.json").write_text(json.dumps(tokenizer_json), encoding="utf-8")
+    return d
+
+
 def test_ids_past_the_tokenizer_decode_to_nothing(tmp_path, build_dir, hf_model_dir):
     """A model with more output rows than its tokenizer has tokens (Qwen2.5: 151936 rows, 151665
     tokens) may sample the extra ids: they decode to nothing, as HF tokenizers drops them. Here the
@@ -55,11 +66,6 @@ def test_ids_past_the_tokenizer_decode_to_nothing(tmp_path, build_dir, hf_model_
     import httpx
     from conftest_server import ServerProcess
 
-    d = tmp_path / "hf"
-    d.mkdir()
-    for f in hf_model_dir.iterdir():
-        if f.name != "tokenizer.json":
-            (d / f.name).symlink_to(f)
     tj = json.loads((hf_model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     vocab = tj["model"]["vocab"]
     text, top = max(vocab.items(), key=lambda kv: kv[1])
@@ -67,7 +73,7 @@ def test_ids_past_the_tokenizer_decode_to_nothing(tmp_path, build_dir, hf_model_
     del vocab[text]
     tj["model"]["merges"] = [m for m in tj["model"]["merges"]
                              if (m.replace(" ", "", 1) if isinstance(m, str) else "".join(m)) != text]
-    (d / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    d = with_tokenizer(tmp_path, hf_model_dir, tj)
 
     srv = ServerProcess(build_dir / "bin" / "sparseserve", d, tmp_path / "server.log")
     try:
@@ -86,18 +92,13 @@ def test_ids_past_the_tokenizer_decode_to_nothing(tmp_path, build_dir, hf_model_
 def test_a_tokenizer_past_the_models_rows_is_refused(tmp_path, build_dir, hf_model_dir):
     """A tokenizer with more tokens than the model has embedding rows: its extra ids could be fed to
     the model or named as stops and index past its tables. Refused at load, naming the counts."""
-    d = tmp_path / "hf"
-    d.mkdir()
-    for f in hf_model_dir.iterdir():
-        if f.name != "tokenizer.json":
-            (d / f.name).symlink_to(f)
     tj = json.loads((hf_model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     rows = json.loads((hf_model_dir / "config.json").read_text())["vocab_size"]
     n = max(max(tj["model"]["vocab"].values()), max(a["id"] for a in tj["added_tokens"])) + 1
     assert n == rows
     tj["added_tokens"].append({"id": n, "content": "<|extra|>", "single_word": False, "lstrip": False,
                                "rstrip": False, "normalized": False, "special": True})
-    (d / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    d = with_tokenizer(tmp_path, hf_model_dir, tj)
     r = subprocess.run([str(build_dir / "bin" / "sparseserve"), "info", "--model", str(d)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
