@@ -682,8 +682,8 @@ void Engine::Impl::step() {
     out.completion_tokens = gen;
     out.token_ids.push_back(tok);
     if (lp) out.logprobs.push_back(*lp);
-    // (A suppressed stop id drawn anyway, from a row with no finite logit left, is an ordinary token;
-    // so is one under a structured output that is not whole yet, which let it through as text.)
+    // (A stop id drawn under a structured output that is not whole yet is an ordinary token: the
+    // mask let it through as text.)
     const bool constrained_open = (r.json && !r.json->complete()) || (r.language && !r.language->complete());
     const bool may_stop_here = may_stop && !constrained_open;
     const bool requested_stop =
@@ -699,7 +699,8 @@ void Engine::Impl::step() {
     }
     if (r.language && !stop_token && !r.language->push(token_bytes().text(tok))) {
       finish(r, FinishReason::kError, "",
-             "the grammar is too ambiguous to follow: the text so far has more parses than it can track",
+             "the sampled token cannot continue the structured output (a grammar too ambiguous to follow: "
+             "the text so far has more parses than can be tracked)",
              /*request_error=*/true);
       continue;
     }
