@@ -3,13 +3,22 @@
 #include <ctime>
 #include <optional>
 
+#include <nlohmann/json.hpp>
+
 #include "common/errors.h"
+#include "engine/json_file.h"
 #include "engine/tool_calls.h"
 #include "engine/utf8.h"
 
 namespace sparseserve {
 
 namespace {
+
+// Llama 3.1-3.3's templates: the guidance before the tools in the first user message.
+constexpr std::string_view kLlama31ToolsPreamble =
+    "Given the following functions, please respond with a JSON for a function call with its proper arguments "
+    "that best answers the given prompt.\n\nRespond in the format {\"name\": function name, \"parameters\": "
+    "dictionary of argument name and its value}.Do not use variables.\n\n";
 
 struct FamilyTokens {
   std::string_view system_open;  // text opening a system message in the rendered prompt
@@ -100,6 +109,25 @@ size_t space_at(std::string_view s) {
                      cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
                      cp == 0x202F || cp == 0x205F || cp == 0x3000;
   return space ? static_cast<size_t>(n) : 0;
+}
+
+// Python's json.dumps(v) (what transformers' tojson writes): ", " and ": " between items, UTF-8
+// kept. Values nest at most kMaxJsonDepth deep (the calls' arguments were read bounded).
+std::string python_json(const nlohmann::ordered_json& v) {
+  if (v.is_object()) {
+    std::string out = "{";
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      if (it != v.begin()) out += ", ";
+      out += nlohmann::ordered_json(it.key()).dump() + ": " + python_json(it.value());
+    }
+    return out + "}";
+  }
+  if (v.is_array()) {
+    std::string out = "[";
+    for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + python_json(v[i]);
+    return out + "]";
+  }
+  return v.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 // Jinja's `trim`: leading and trailing whitespace as Python's str.strip() sees it.
@@ -244,8 +272,19 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
         first = 1;
       }
       const std::string date = !dated_->today ? dated_->fixed_date : today.empty() ? today_date() : std::string(today);
-      out.append("<|start_header_id|>system<|end_header_id|>\n\n").append(dated_->knowledge);
-      out.append("Today Date: ").append(date).append("\n\n").append(with_offer(system)).append("<|eot_id|>");
+      out.append("<|start_header_id|>system<|end_header_id|>\n\n");
+      if (!tools.empty()) out.append("Environment: ipython\n");
+      out.append(dated_->knowledge);
+      out.append("Today Date: ").append(date).append("\n\n").append(system).append("<|eot_id|>");
+      if (!tools.empty()) {  // the template's tools_in_user_message: the first message after the system one
+        if (first >= messages.size()) {
+          throw InvalidArgument("tools need a message after the system one: Llama 3.1's template writes them into it");
+        }
+        out.append("<|start_header_id|>user<|end_header_id|>\n\n").append(kLlama31ToolsPreamble);
+        for (const std::string& t : tools) out.append(nlohmann::ordered_json::parse(t).dump(4)).append("\n\n");
+        out.append(trim(messages[first].content)).append("<|eot_id|>");
+        ++first;
+      }
     } else if (!offer.empty()) {
       first = leading_system ? 1 : 0;
       message("system", with_offer(leading_system ? trim(messages.front().content) : default_system_));
@@ -254,7 +293,19 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
     }
     for (size_t i = first; i < messages.size(); ++i) {
       const ChatMessage& m = messages[i];
-      if (m.role == "tool") {
+      if (dated_ && m.role == "tool") {  // the template's `content | tojson`: a JSON string
+        out.append("<|start_header_id|>ipython<|end_header_id|>\n\n").append(nlohmann::ordered_json(m.content).dump());
+        out.append("<|eot_id|>");
+      } else if (dated_ && !m.tool_calls.empty()) {  // the calls alone, arguments as tojson writes them
+        out.append("<|start_header_id|>assistant<|end_header_id|>\n\n");
+        for (size_t c = 0; c < m.tool_calls.size(); ++c) {
+          const ChatToolCall& call = m.tool_calls[c];
+          out.append(c ? "; " : "").append("{\"name\": ").append(nlohmann::ordered_json(call.name).dump());
+          const auto args = parse_json_bounded<nlohmann::ordered_json>(call.arguments);  // an object (checked)
+          out.append(", \"parameters\": ").append(args.is_discarded() ? call.arguments : python_json(args)).append("}");
+        }
+        out.append("<|eot_id|>");
+      } else if (m.role == "tool") {
         message("ipython", m.content);
       } else {
         message(m.role, m.role == "assistant" ? assistant_text(m) : m.content);

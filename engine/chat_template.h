@@ -57,6 +57,11 @@ class ChatTemplate {
   // block always comes first, "{knowledge}Today Date: {date}\n\n{the leading system message,
   // trimmed, or nothing}", and that message is not repeated; {date} is the template's date_string
   // or, for a template that calls strftime_now, `today` ("%d %b %Y"; empty: the local date now).
+  // With tools, Llama 3.1-3.3 as their template writes them (tools_in_user_message): "Environment:
+  // ipython\n" opens the system block; the tools (JSON, indented by 4) and its guidance go into the
+  // first message after the system one, as a user turn; an assistant message with calls is the calls
+  // alone ({"name": ..., "parameters": <arguments as json.dumps writes them>}, several joined by "; ");
+  // a tool result is its content as a JSON string.
   // "Whitespace" is Python's str.isspace, as Jinja's trim strips it.
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                      std::string_view today = {}, std::span<const std::string> tools = {}) const;

@@ -191,6 +191,33 @@ TEST(ChatTemplate, Llama31SystemBlockWithTheKnowledgeDateIsAlwaysThere) {
                     "<|start_header_id|>system<|end_header_id|>\n\nT<|eot_id|>");
 }
 
+// Tools as Llama 3.2's template writes them (tools_in_user_message): the expected prompt is what
+// Jinja2 3.1 renders from Meta's template with transformers' settings and tojson (checked outside CI,
+// which has no Jinja2), the call's arguments given to it as a dict (as vLLM passes them).
+TEST(ChatTemplate, Llama31ToolsGoIntoTheFirstUserMessageAsTheTemplateWritesThem) {
+  const ChatTemplate t = ChatTemplate::detect(llama31_like("{%- set date_string = \"26 Jul 2024\" %}"), "x");
+  const std::vector<std::string> tools = {
+      R"({"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"a":{"type":"string"}}}}})"};
+  const std::vector<ChatMessage> conv = {{"system", "S"},
+                                         {"user", " Q "},
+                                         {"assistant", "", {{"c1", "f", "{\"a\":\"x\u00e9\",\"b\":[1,{\"c\":null}]}"}}},
+                                         {"tool", "R \"q\""}};
+  EXPECT_EQ(t.render(conv, true, {}, tools),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\nCutting Knowledge "
+            "Date: December 2023\nToday Date: 26 Jul 2024\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+            "Given the following functions, please respond with a JSON for a function call with its proper arguments "
+            "that best answers the given prompt.\n\nRespond in the format {\"name\": function name, \"parameters\": "
+            "dictionary of argument name and its value}.Do not use variables.\n\n{\n    \"type\": \"function\",\n"
+            "    \"function\": {\n        \"name\": \"f\",\n        \"parameters\": {\n            \"type\": "
+            "\"object\",\n            \"properties\": {\n                \"a\": {\n                    \"type\": "
+            "\"string\"\n                }\n            }\n        }\n    }\n}\n\nQ<|eot_id|><|start_header_id|>"
+            "assistant<|end_header_id|>\n\n{\"name\": \"f\", \"parameters\": {\"a\": \"x\u00e9\", \"b\": "
+            "[1, {\"c\": null}]}}<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n\"R \\\"q\\\"\"<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  // Tools need a message to go into.
+  EXPECT_THROW(t.render({{"system", "S"}}, true, {}, tools), InvalidArgument);
+}
+
 TEST(ChatTemplate, Llama32PrintsTodaysDateWhenTheTemplateAsksForStrftimeNow) {
   const ChatTemplate t = ChatTemplate::detect(
       llama31_like("{%- if strftime_now is defined %}{%- set date_string = strftime_now(\"%d %b %Y\") %}"
