@@ -191,6 +191,14 @@ std::unique_ptr<Model> load_hf(const std::string& dir, const std::string& tmpl, 
   Binder b(dir, [s = st.get()](const std::string& name) { return s->find(name); }, *m, dummy.get());
   bind_weights(b, hf_names(), *m);
   pick_template(*m, tmpl, read_hf_chat_template(dir), dir);
+  try {
+    const GenerationDefaults g = load_generation_config(dir);
+    if (g.temperature >= 0.0f) m->sampling_defaults.temperature = g.temperature;
+    if (g.top_p > 0.0f) m->sampling_defaults.top_p = g.top_p;
+    if (g.top_k >= 0) m->sampling_defaults.top_k = g.top_k;
+  } catch (const ModelFileError& e) {  // eos ids were read from it already; its sampling values are optional
+    spdlog::warn("{}; requests sample with the API's defaults", e.what());
+  }
   return m;
 }
 

@@ -11,6 +11,7 @@
 #include "engine/chat_template.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
+#include "engine/sampling_params.h"
 #include "engine/tokenizer.h"
 
 namespace sparseserve {
@@ -37,6 +38,9 @@ struct Model {
   std::map<std::string, int> tensor_types;    // type name -> number of tensors (for `info`)
   std::shared_ptr<const void> storage;        // keeps the mapped files (or the made-up weights) alive
   LoadFormat load_format = LoadFormat::kAuto;
+  // What a request's sampling starts from: the model's generation_config.json (temperature, top_p,
+  // top_k; a Hugging Face directory's, as vLLM's generation_config auto), else SamplingParams{}.
+  SamplingParams sampling_defaults = {};
 };
 
 // Throws ModelFileError naming the file and the problem (missing tensor, wrong shape, bad metadata).

@@ -423,6 +423,7 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   }
 
   const pb::SamplingParams& s = g.sampling();
+  r.sampling = model.sampling_defaults;  // what the request leaves out (generation_config)
   if (s.has_temperature()) {
     // OpenAI's range, as the HTTP side checks it (the engine itself allows up to 100).
     if (!(s.temperature() >= 0.0f && s.temperature() <= 2.0f)) {
@@ -431,7 +432,7 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
     r.sampling.temperature = s.temperature();
   }
   if (s.has_top_p()) r.sampling.top_p = s.top_p();
-  r.sampling.top_k = s.top_k();
+  if (s.top_k() != 0) r.sampling.top_k = s.top_k();  // 0: unset
   r.sampling.min_p = s.min_p();
   r.sampling.presence_penalty = s.presence_penalty();
   r.sampling.frequency_penalty = s.frequency_penalty();

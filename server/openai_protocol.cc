@@ -218,6 +218,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   const Fields f(body);
   Request& r = job.params;
   SamplingParams& s = r.sampling;
+  s = model_.sampling_defaults;  // what the request leaves out (generation_config)
   if (auto v = f.number("temperature", 0, 2)) s.temperature = static_cast<float>(*v);
   if (auto v = f.number("top_p", 0, 1, /*lo_open=*/true)) s.top_p = static_cast<float>(*v);
   if (auto v = f.integer("top_k", -1, std::numeric_limits<int32_t>::max())) s.top_k = static_cast<int32_t>(*v);

@@ -25,6 +25,10 @@ constexpr std::array kSettings = {
     ServerSetting{"grpc_port", "gRPC port; 0 = no gRPC front end", "50051"},
     ServerSetting{"model", "GGUF file or Hugging Face directory", nullptr},
     ServerSetting{"load_format", "auto | dummy (dummy: made-up weights of the model's shapes, for benchmarks)", "auto"},
+    ServerSetting{"generation_config",
+                  "auto | vllm (auto: requests that leave temperature, top_p or top_k out take the model's "
+                  "generation_config.json values, as vLLM; vllm: the API's defaults)",
+                  "auto"},
     ServerSetting{"model_config",
                   "Model YAML with sparsity profiles and chat template (configs/models/NAME.yaml); unset: dense only",
                   nullptr},
@@ -194,6 +198,8 @@ void apply(ServerConfig& c, const std::string& key, const Raw& raw) {
     c.model = parse_text(raw, key);
   } else if (key == "load_format") {
     c.load_format = parse_choice(raw, key, {"auto", "dummy"});
+  } else if (key == "generation_config") {
+    c.generation_config = parse_choice(raw, key, {"auto", "vllm"});
   } else if (key == "model_config") {
     c.model_config = parse_text(raw, key);
   } else if (key == "served_model_name") {

@@ -9,6 +9,9 @@
 //   model                   PATH        required: GGUF file or Hugging Face directory
 //   load_format             auto|dummy  default auto: the weights from the model's files; dummy:
 //                                       made-up weights of the model's shapes (engine/model.h)
+//   generation_config       auto|vllm   default auto: sampling fields a request leaves out take the
+//                                       model's generation_config.json values (vLLM's default); vllm:
+//                                       the API's defaults (temperature 1, top_p 1, top_k off)
 //   model_config            PATH        model YAML (sparsity profiles); null = dense only
 //   served_model_name       STRING      the `model` clients name; default: the model YAML's `name`,
 //                                       else the model file's stem
@@ -59,6 +62,7 @@ struct ServerConfig {
   int32_t grpc_port = 50051;               // 0: no gRPC front end
   std::string model;                       // path, required
   std::string load_format = "auto";        // "auto" | "dummy" (parse_load_format)
+  std::string generation_config = "auto";  // "auto" | "vllm": Model::sampling_defaults kept or reset
   std::string model_config;                // path; empty: ModelProfiles::defaults_for
   std::string served_model_name;           // empty: resolved at start (see above)
   std::string default_profile;             // empty: the model YAML's

@@ -105,6 +105,38 @@ def test_a_tokenizer_past_the_models_rows_is_refused(tmp_path, build_dir, hf_mod
     assert f"the tokenizer has {n + 1} tokens, more than the model's {rows} embedding rows" in r.stderr, r.stderr
 
 
+def test_generation_config_sampling_defaults(tmp_path, build_dir, hf_model_dir):
+    """generation_config auto (vLLM's default): what a request leaves out of temperature, top_p and
+    top_k comes from the model's generation_config.json; generation_config vllm: the API's defaults."""
+    import httpx
+    from conftest_server import ServerProcess
+
+    d = tmp_path / "hf"
+    d.mkdir()
+    for f in hf_model_dir.iterdir():
+        if f.name != "generation_config.json":
+            (d / f.name).symlink_to(f)
+    gen = json.loads((hf_model_dir / "generation_config.json").read_text())
+    (d / "generation_config.json").write_text(json.dumps({**gen, "temperature": 0.0}))
+    body = {"prompt": "The sea is", "max_tokens": 8, "ignore_eos": True, "seed": 7}
+
+    def texts(mode):
+        srv = ServerProcess(build_dir / "bin" / "sparseserve", d, tmp_path / f"server-{mode}.log", generation_config=mode)
+        try:
+            srv.wait_ready()
+            post = lambda extra: httpx.post(srv.base_url + "/v1/completions", json={**body, **extra},
+                                            timeout=120).json()["choices"][0]["text"]
+            return post({}), post({"temperature": 0.0}), post({"temperature": 1.0})
+        finally:
+            assert srv.terminate() == 0, srv.log_tail()
+
+    left_out, greedy, sampled = texts("auto")
+    assert left_out == greedy, (left_out, greedy)
+    left_out, greedy, sampled = texts("vllm")
+    assert left_out == sampled, (left_out, sampled)
+    assert greedy != sampled  # the seed draws another text at temperature 1 (else the test shows nothing)
+
+
 def test_dummy_load_format_needs_no_weights(tmp_path, build_dir, hf_model_dir):
     """load_format dummy (as vLLM's): a directory with config.json and the tokenizer files only loads
     with made-up BF16 weights of the config's shapes, and the server answers on them; without dummy

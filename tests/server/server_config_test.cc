@@ -50,6 +50,7 @@ TEST_F(ServerConfigTest, ShippedFileLoads) {
   EXPECT_EQ(c.served_model_name, "");
   EXPECT_EQ(c.backend, "auto");
   EXPECT_EQ(c.load_format, "auto");
+  EXPECT_EQ(c.generation_config, "auto");
   EXPECT_FALSE(c.kv_cache_bytes.has_value());
   EXPECT_DOUBLE_EQ(c.gpu_memory_utilization, 0.9);
   EXPECT_EQ(c.max_num_seqs, 64);
@@ -127,6 +128,8 @@ TEST_F(ServerConfigTest, BadValuesNameFileLineAndKey) {
   EXPECT_THAT(error_of("model: a\ngpu_memory_utilization: nan\n"), HasSubstr("gpu_memory_utilization"));
   EXPECT_THAT(error_of("model: a\nbackend: tpu\n"), HasSubstr(".yaml:2: backend: expected one of auto | cpu | cuda"));
   EXPECT_THAT(error_of("model: a\nload_format: pt\n"), HasSubstr(".yaml:2: load_format: expected one of auto | dummy, got 'pt'"));
+  EXPECT_THAT(error_of("model: a\ngeneration_config: hf\n"),
+              HasSubstr(".yaml:2: generation_config: expected one of auto | vllm, got 'hf'"));
   EXPECT_THAT(error_of("model: a\nlog_level: loud\n"), HasSubstr("log_level"));
   EXPECT_THAT(error_of("model: a\nshutdown_grace_seconds: -1\n"), HasSubstr("shutdown_grace_seconds"));
   EXPECT_THAT(error_of("model: a\ngrpc_write_stall_seconds: 0\n"), HasSubstr("grpc_write_stall_seconds: must be at least 0.001"));
