@@ -137,6 +137,15 @@ Engine::Engine(const Model& model, ModelProfiles profiles, EngineConfig config, 
   if (const std::string why = backend.unsupported(model, profiles.get(profiles.default_profile)); !why.empty()) {
     throw InvalidArgument("default sparsity profile '" + profiles.default_profile + "': " + why);
   }
+  // A dynamic prefill's prompt chunks follow its blocks so that its masks do not depend on how a
+  // prompt is chunked: a block must fit in a step.
+  for (const auto& [name, profile] : profiles.profiles) {
+    if (profile.prefill.dynamic && profile.prefill.block_tokens > config.max_num_batched_tokens) {
+      throw InvalidArgument("sparsity profile '" + name + "': prefill block_tokens " +
+                            std::to_string(profile.prefill.block_tokens) + " is over max_num_batched_tokens " +
+                            std::to_string(config.max_num_batched_tokens) + ": its prompt chunks could not follow its blocks");
+    }
+  }
   backend.check_kv_bytes(model, config.kv_cache_bytes, config.step_limits(profiles));
   try {
     impl_ = std::make_unique<Impl>(model, std::move(profiles), std::move(config), std::move(backend));

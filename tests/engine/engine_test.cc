@@ -374,6 +374,20 @@ TEST_F(EngineTest, BadRequestsAreRejectedAtSubmit) {
   drain(*ok);
 }
 
+// A dynamic prefill block over the step budget: the scheduler could not cut prompts on its blocks,
+// so a prompt's masks would depend on how it was chunked. Refused at start, naming the profile.
+TEST_F(EngineTest, ADynamicPrefillBlockOverTheStepBudgetIsRefusedAtStart) {
+  EngineConfig small;
+  small.max_num_batched_tokens = 32;  // the default model's xattn profiles: blocks of 64
+  try {
+    Engine e(*model_, profiles(), small);
+    FAIL() << "started";
+  } catch (const InvalidArgument& ex) {
+    EXPECT_NE(std::string(ex.what()).find("prefill block_tokens 64 is over max_num_batched_tokens 32"), std::string::npos)
+        << ex.what();
+  }
+}
+
 TEST_F(EngineTest, KvBudgetPastTheMachinesMemoryIsRefusedAtStart) {
   EngineConfig huge;
   huge.kv_cache_bytes = size_t{1} << 50;  // 1 PiB: no machine this runs on has it
