@@ -326,6 +326,10 @@ def test_allowed_token_ids_and_truncate_prompt_tokens(stub, pb):
     assert tokens_of(cut) == tokens_of(alone)
     expect_invalid(stub, greedy(pb, truncate_prompt_tokens=0), "truncate_prompt_tokens")
     expect_invalid(stub, greedy(pb, allowed_token_ids=[-1]), "allowed_token_ids")
+    # Choices no allowed id can write: the request stops with INVALID_ARGUMENT (it drew EOS as text).
+    maybe = list(stub.Tokenize(pb.TokenizeRequest(text=" maybe", add_special=False), timeout=10).token_ids)
+    assert len(maybe) == 1
+    expect_invalid(stub, greedy(pb, choices=["yes", "no"], allowed_token_ids=maybe), "no token is left to sample")
 
 
 def test_bad_words(stub, pb):
