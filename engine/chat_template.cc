@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
-#include "engine/json_file.h"
+#include "engine/json_file.h"  // kMaxJsonDepth
 #include "engine/tool_calls.h"
 #include "engine/utf8.h"
 
@@ -111,23 +111,75 @@ size_t space_at(std::string_view s) {
   return space ? static_cast<size_t>(n) : 0;
 }
 
-// Python's json.dumps(v) (what transformers' tojson writes): ", " and ": " between items, UTF-8
-// kept. Values nest at most kMaxJsonDepth deep (the calls' arguments were read bounded).
-std::string python_json(const nlohmann::ordered_json& v) {
-  if (v.is_object()) {
-    std::string out = "{";
-    for (auto it = v.begin(); it != v.end(); ++it) {
-      if (it != v.begin()) out += ", ";
-      out += nlohmann::ordered_json(it.key()).dump() + ": " + python_json(it.value());
+// JSON text written again as Python's json.dumps writes it (transformers' tojson): indent < 0, ", "
+// and ": " between items; indent ≥ 0, one item a line, `indent` spaces a level, "," and ": ". Keys
+// keep the text's order, UTF-8 is kept. One streaming (SAX) pass that builds no value: O(n) in the
+// text. nullopt when the text is not JSON or nests deeper than kMaxJsonDepth.
+class PythonDumps {
+ public:
+  using J = nlohmann::json;
+  explicit PythonDumps(int indent) : indent_(indent) {}
+  const std::string& text() const { return out_; }
+
+  bool null() { return put("null"); }
+  bool boolean(bool v) { return put(v ? "true" : "false"); }
+  bool number_integer(J::number_integer_t v) { return put(std::to_string(v)); }
+  bool number_unsigned(J::number_unsigned_t v) { return put(std::to_string(v)); }
+  bool number_float(J::number_float_t v, const J::string_t&) { return put(J(v).dump()); }
+  bool string(J::string_t& v) { return put(quoted(v)); }
+  bool binary(J::binary_t&) { return false; }
+  bool start_object(std::size_t) { return open('{'); }
+  bool end_object() { return close('}'); }
+  bool start_array(std::size_t) { return open('['); }
+  bool end_array() { return close(']'); }
+  bool key(J::string_t& k) {
+    separate();
+    out_ += quoted(k) + ": ";
+    after_key_ = true;
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
+
+ private:
+  static std::string quoted(const std::string& s) { return J(s).dump(-1, ' ', false, J::error_handler_t::replace); }
+  // Before an item of the open container (a key, or a value not after its key).
+  void separate() {
+    if (after_key_) {
+      after_key_ = false;
+      return;
     }
-    return out + "}";
+    if (items_.empty()) return;
+    if (items_.back()++ > 0) out_ += indent_ < 0 ? ", " : ",";
+    if (indent_ >= 0) out_.append("\n").append(items_.size() * static_cast<size_t>(indent_), ' ');
   }
-  if (v.is_array()) {
-    std::string out = "[";
-    for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + python_json(v[i]);
-    return out + "]";
+  bool put(const std::string& v) {
+    separate();
+    out_ += v;
+    return true;
   }
-  return v.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  bool open(char c) {
+    separate();
+    out_ += c;
+    items_.push_back(0);
+    return items_.size() <= static_cast<size_t>(kMaxJsonDepth);
+  }
+  bool close(char c) {
+    const int n = items_.back();
+    items_.pop_back();
+    if (indent_ >= 0 && n > 0) out_.append("\n").append(items_.size() * static_cast<size_t>(indent_), ' ');
+    out_ += c;
+    return true;
+  }
+
+  int indent_;
+  std::string out_;
+  std::vector<int> items_;  // per open container: its items so far
+  bool after_key_ = false;
+};
+std::optional<std::string> python_dumps(std::string_view text, int indent = -1) {
+  PythonDumps w(indent);
+  if (!nlohmann::json::sax_parse(text, &w)) return std::nullopt;
+  return w.text();
 }
 
 // Jinja's `trim`: leading and trailing whitespace as Python's str.strip() sees it.
@@ -281,7 +333,7 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
           throw InvalidArgument("tools need a message after the system one: Llama 3.1's template writes them into it");
         }
         out.append("<|start_header_id|>user<|end_header_id|>\n\n").append(kLlama31ToolsPreamble);
-        for (const std::string& t : tools) out.append(nlohmann::ordered_json::parse(t).dump(4)).append("\n\n");
+        for (const std::string& t : tools) out.append(python_dumps(t, 4).value_or(t)).append("\n\n");
         out.append(trim(messages[first].content)).append("<|eot_id|>");
         ++first;
       }
@@ -301,8 +353,7 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
         for (size_t c = 0; c < m.tool_calls.size(); ++c) {
           const ChatToolCall& call = m.tool_calls[c];
           out.append(c ? "; " : "").append("{\"name\": ").append(nlohmann::ordered_json(call.name).dump());
-          const auto args = parse_json_bounded<nlohmann::ordered_json>(call.arguments);  // an object (checked)
-          out.append(", \"parameters\": ").append(args.is_discarded() ? call.arguments : python_json(args)).append("}");
+          out.append(", \"parameters\": ").append(python_dumps(call.arguments).value_or(call.arguments)).append("}");
         }
         out.append("<|eot_id|>");
       } else if (m.role == "tool") {

@@ -279,7 +279,9 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
   if (!e.accepting) throw EngineUnavailable("the server is shutting down");
   if (e.live_ids.contains(r->req.id)) throw InvalidArgument("request id '" + r->req.id + "' is already in use");
   // Waiting = live requests not running (in `incoming` or the scheduler's queue). Counted from
-  // state guarded by mu; the running count lags admission by at most a step, erring towards 429.
+  // state guarded by mu and the running count taken when the step was planned: a request admitted
+  // since still counts as waiting (towards 429), one running and cancelled since as running (towards
+  // admitting, by the cancelled ones, until the next step).
   const int64_t waiting = static_cast<int64_t>(e.live_ids.size()) - e.metrics.requests_running.load();
   if (waiting >= e.config.max_waiting) {
     throw QueueFull("the request queue is full (" + std::to_string(e.config.max_waiting) + " waiting); retry later");

@@ -282,6 +282,14 @@ GenerationDefaults load_generation_config(const std::string& dir) {
     if (*k < 0 || *k > std::numeric_limits<int>::max()) g.fail("top_k", "must be >= 0");
     d.top_k = static_cast<int>(*k);
   }
+  if (const auto m = g.opt_float("min_p")) {
+    if (!(*m >= 0.0 && *m <= 1.0)) g.fail("min_p", "must be in [0, 1]");
+    d.min_p = static_cast<float>(*m);
+  }
+  if (const auto r = g.opt_float("repetition_penalty")) {
+    if (!(*r > 0.0 && *r <= 10.0)) g.fail("repetition_penalty", "must be in (0, 10]");
+    d.repetition_penalty = static_cast<float>(*r);
+  }
   return d;
 }
 

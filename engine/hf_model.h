@@ -41,6 +41,8 @@ struct GenerationDefaults {
   float temperature = -1.0f;  // < 0: unset
   float top_p = -1.0f;
   int top_k = -1;
+  float min_p = -1.0f;
+  float repetition_penalty = -1.0f;
 };
 GenerationDefaults load_generation_config(const std::string& dir);
 

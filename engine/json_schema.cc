@@ -465,7 +465,7 @@ class JsonSchemaCompiler {
     };
     const JsonSchema::Node& first = nodes[static_cast<size_t>(alts[0])];
     for (const JsonSchema::Property& tag : first.properties) {
-      std::vector<json> seen;  // by JSON value: 1 and 1.0, 0 and -0.0 are one tag
+      std::set<json> seen;  // by JSON value (json's <): 1 and 1.0, 0 and -0.0 are one tag
       bool ok = true;
       for (int32_t a : alts) {
         const JsonSchema::Node& n = nodes[static_cast<size_t>(a)];
@@ -482,11 +482,7 @@ class JsonSchemaCompiler {
           ok = false;
           break;
         }
-        for (const std::string& l : literals) {
-          json v = json::parse(l);
-          ok = ok && std::find(seen.begin(), seen.end(), v) == seen.end();
-          seen.push_back(std::move(v));
-        }
+        for (const std::string& l : literals) ok = ok && seen.insert(json::parse(l)).second;
         if (!ok) break;
       }
       if (ok) return;

@@ -39,7 +39,8 @@ struct Model {
   std::shared_ptr<const void> storage;        // keeps the mapped files (or the made-up weights) alive
   LoadFormat load_format = LoadFormat::kAuto;
   // What a request's sampling starts from: the model's generation_config.json (temperature, top_p,
-  // top_k; a Hugging Face directory's, as vLLM's generation_config auto), else SamplingParams{}.
+  // top_k, min_p, repetition_penalty; a Hugging Face directory's, as vLLM's generation_config auto),
+  // else SamplingParams{}.
   SamplingParams sampling_defaults = {};
 };
 

@@ -54,6 +54,7 @@ class RequestStreamImpl final : public RequestStream {
         last.stop_reason = out.stop_reason;
         last.stop_token = out.stop_token;
         last.error = out.error;
+        last.request_error = out.request_error;
         last.completion_tokens = out.completion_tokens;
       } else {
         queue_.push_back(std::move(out));

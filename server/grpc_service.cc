@@ -432,8 +432,8 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
     r.sampling.temperature = s.temperature();
   }
   if (s.has_top_p()) r.sampling.top_p = s.top_p();
-  if (s.top_k() != 0) r.sampling.top_k = s.top_k();  // 0: unset
-  r.sampling.min_p = s.min_p();
+  if (s.has_top_k()) r.sampling.top_k = s.top_k();
+  if (s.has_min_p()) r.sampling.min_p = s.min_p();
   r.sampling.presence_penalty = s.presence_penalty();
   r.sampling.frequency_penalty = s.frequency_penalty();
   if (s.has_repetition_penalty()) r.sampling.repetition_penalty = s.repetition_penalty();

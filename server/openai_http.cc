@@ -25,11 +25,15 @@ namespace {
 using openai::ApiError;
 using openai::Endpoint;
 using openai::json;
+using openai::ojson;
 using clock_type = std::chrono::steady_clock;
 
 double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+template <class Json>  // openai::json or ojson
+std::string dump(const Json& j) {
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
 
 // The routes' paths and methods (as routes() registers them): a path served under other methods
 // gets 405 with Allow, as FastAPI servers (vLLM) answer, not 404. "/v1/models/" is a prefix.
@@ -120,7 +124,8 @@ class Listener final : public httplib::Server {
   void widen_backlog() { ::listen(svr_sock_, 1024); }  // Linux: listen() again updates the backlog
 };
 
-void send_json(httplib::Response& res, int status, const json& body) {
+template <class Json>  // openai::json or ojson
+void send_json(httplib::Response& res, int status, const Json& body) {
   res.status = status;
   res.set_content(dump(body), "application/json");
 }
@@ -209,7 +214,7 @@ class GenerationSession {
 
   // Waits up to `timeout` for a delta of any unfinished choice (round-robin); records it and
   // returns its stream chunks; nullopt on timeout.
-  std::optional<std::vector<json>> pump(std::chrono::milliseconds timeout) {
+  std::optional<std::vector<ojson>> pump(std::chrono::milliseconds timeout) {
     const auto deadline = clock_type::now() + timeout;
     for (;;) {
       std::vector<size_t> live;
@@ -249,7 +254,7 @@ class GenerationSession {
   }
 
  private:
-  std::optional<std::vector<json>> take(size_t i, std::optional<RequestOutput> out) {
+  std::optional<std::vector<ojson>> take(size_t i, std::optional<RequestOutput> out) {
     if (!out) return std::nullopt;
     cursor_ = i + 1;
     if (!out->token_ids.empty() && !first_token_) first_token_ = clock_type::now();
@@ -467,7 +472,7 @@ struct OpenAiHttpServer::Impl {
       if (session.all_done()) return false;  // not reached: done() ends the calls below
       return write(": ping\n\n");           // a second of silence: notices a client that left
     }
-    for (const json& chunk : *chunks) {
+    for (const ojson& chunk : *chunks) {
       if (!write("data: " + dump(chunk) + "\n\n")) return false;
     }
     if (session.all_done()) {

@@ -18,8 +18,8 @@ namespace {
 // OpenAI's logprobs are finite; -inf (a token masked out) is reported as -9999 as vLLM does.
 double finite_logprob(float lp) { return std::max(static_cast<double>(lp), -9999.0); }
 
-json bytes_of(const std::string& s) {
-  json out = json::array();
+ojson bytes_of(const std::string& s) {
+  ojson out = ojson::array();
   for (unsigned char ch : s) out.push_back(static_cast<int>(ch));
   return out;
 }
@@ -54,19 +54,19 @@ ResponseBuilder::ResponseBuilder(const GenerationJob& job, const Tokenizer& toke
     : job_(job), tok_(tokenizer), id_(std::move(id)), model_(std::move(model)), created_(created),
       choices_(static_cast<size_t>(job.num_choices())) {}
 
-json ResponseBuilder::chunk_base() const {
-  json c = {{"id", id_},
+ojson ResponseBuilder::chunk_base() const {
+  ojson c = {{"id", id_},
             {"object", job_.endpoint == Endpoint::kChat ? "chat.completion.chunk" : "text_completion"},
             {"created", created_},
             {"model", model_},
-            {"choices", json::array()}};
+            {"choices", ojson::array()}};
   // As OpenAI: null on every chunk but the last; vLLM's continuous_usage_stats: the counts so far
   // (the whole request's) on every chunk.
-  if (job_.include_usage) c["usage"] = job_.continuous_usage ? usage() : json(nullptr);
+  if (job_.include_usage) c["usage"] = job_.continuous_usage ? usage() : ojson(nullptr);
   return c;
 }
 
-json ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const {
+ojson ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets) const {
   const auto bytes_of_id = [&](int32_t id) {
     // return_tokens_as_token_ids: the name is "token_id:ID", and its bytes are the name's (vLLM's).
     if (job_.tokens_as_ids) return "token_id:" + std::to_string(id);
@@ -77,20 +77,20 @@ json ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const 
     // One entry: the token's name, logprob and bytes (one decode for both).
     const auto entry = [&](int32_t id, float logprob) {
       const std::string b = bytes_of_id(id);
-      return json{{"token", token_name(b)}, {"logprob", finite_logprob(logprob)}, {"bytes", bytes_of(b)}};
+      return ojson{{"token", token_name(b)}, {"logprob", finite_logprob(logprob)}, {"bytes", bytes_of(b)}};
     };
-    json content = json::array();
+    ojson content = ojson::array();
     for (const auto& lp : lps) {
-      json top = json::array();
+      ojson top = ojson::array();
       for (const auto& [id, l] : lp.top) top.push_back(entry(id, l));
-      json e = entry(lp.token, lp.logprob);
+      ojson e = entry(lp.token, lp.logprob);
       e["top_logprobs"] = std::move(top);
       content.push_back(std::move(e));
     }
     return {{"content", content}};
   }
   // Completions (legacy shape): parallel lists; top_logprobs holds the top k plus the sampled token.
-  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array();
+  ojson tokens = ojson::array(), token_logprobs = ojson::array(), top_logprobs = ojson::array();
   for (const auto& lp : lps) {
     const std::string t = name_of(lp.token);
     tokens.push_back(t);
@@ -100,7 +100,7 @@ json ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const 
       continue;
     }
     token_logprobs.push_back(finite_logprob(lp.logprob));
-    json top = json::object();
+    ojson top = ojson::object();
     for (const auto& [id, l] : lp.top) top[name_of(id)] = finite_logprob(l);
     if (!top.contains(t)) top[t] = finite_logprob(lp.logprob);
     top_logprobs.push_back(std::move(top));
@@ -110,17 +110,17 @@ json ResponseBuilder::logprobs_json(const std::vector<TokenLogprob>& lps, const 
 
 // vLLM's stop_reason: the stop_token_ids entry (an integer) or the stop string that ended the
 // choice; null otherwise (EOS, the end of turn, length).
-json ResponseBuilder::stop_reason_json(const Choice& c) {
+ojson ResponseBuilder::stop_reason_json(const Choice& c) {
   if (c.stop_token >= 0) return c.stop_token;
-  return c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+  return c.stop_reason.empty() ? ojson(nullptr) : ojson(c.stop_reason);
 }
 
-json ResponseBuilder::finish_json(const Choice& c) const {
+ojson ResponseBuilder::finish_json(const Choice& c) const {
   if (!c.finished) return nullptr;
   return finish_reason_name(c.finish);
 }
 
-std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delta) {
+std::vector<ojson> ResponseBuilder::add(int32_t choice, const RequestOutput& delta) {
   Choice& c = choices_.at(static_cast<size_t>(choice));
   // echo: the choice's first delta carries its prompt in front, text and (with logprobs) tokens;
   // the prompt's first token has no logprob (NaN here, null on the wire).
@@ -168,11 +168,11 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
   }
   if (!job_.stream) return {};
 
-  std::vector<json> chunks;
+  std::vector<ojson> chunks;
   const bool chat = job_.endpoint == Endpoint::kChat;
   if (chat && !c.role_sent) {  // the first chunk of a chat choice names the role
     c.role_sent = true;
-    json first = chunk_base();
+    ojson first = chunk_base();
     first["choices"].push_back(
         {{"index", choice}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
     if (job_.return_token_ids) first["prompt_token_ids"] = job_.prompts.front();
@@ -186,13 +186,13 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
   }
   const bool new_ids = job_.return_token_ids && !delta.token_ids.empty();
   if (tool_calling()) {
-    json lp = job_.want_logprobs && !out.logprobs.empty() ? logprobs_json(out.logprobs, offsets) : json(nullptr);
+    ojson lp = job_.want_logprobs && !out.logprobs.empty() ? logprobs_json(out.logprobs, offsets) : ojson(nullptr);
     const size_t before = chunks.size();
     add_tool_chunks(choice, c, out, std::move(lp), chunks);
     if (new_ids) {  // the delta's ids ride on its first chunk, or on one of their own
       if (chunks.size() == before) {
-        json chunk = chunk_base();
-        chunk["choices"].push_back({{"index", choice}, {"delta", json::object()}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
+        ojson chunk = chunk_base();
+        chunk["choices"].push_back({{"index", choice}, {"delta", ojson::object()}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
         chunks.push_back(std::move(chunk));
       }
       chunks[before]["choices"][0]["token_ids"] = delta.token_ids;
@@ -200,7 +200,7 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
     return chunks;
   }
   if (out.text.empty() && out.logprobs.empty() && !out.finished && !new_ids) return chunks;
-  json ch = {{"index", choice}};
+  ojson ch = {{"index", choice}};
   if (job_.return_token_ids) {
     ch["token_ids"] = delta.token_ids;
     if (!chat && !c.prompt_ids_sent) {
@@ -209,34 +209,34 @@ std::vector<json> ResponseBuilder::add(int32_t choice, const RequestOutput& delt
     }
   }
   if (chat) {
-    ch["delta"] = out.text.empty() ? json::object() : json{{"content", out.text}};
+    ch["delta"] = out.text.empty() ? ojson::object() : ojson{{"content", out.text}};
   } else {
     ch["text"] = out.text;
   }
-  ch["logprobs"] = job_.want_logprobs && !out.logprobs.empty() ? logprobs_json(out.logprobs, offsets) : json(nullptr);
+  ch["logprobs"] = job_.want_logprobs && !out.logprobs.empty() ? logprobs_json(out.logprobs, offsets) : ojson(nullptr);
   ch["finish_reason"] = finish_json(c);
   if (c.finished) ch["stop_reason"] = stop_reason_json(c);
-  json chunk = chunk_base();
+  ojson chunk = chunk_base();
   chunk["choices"].push_back(std::move(ch));
   chunks.push_back(std::move(chunk));
   return chunks;
 }
 
-void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOutput& out, json logprobs,
-                                      std::vector<json>& chunks) const {
+void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOutput& out, ojson logprobs,
+                                      std::vector<ojson>& chunks) const {
   using ToolChoice = ToolUse::Choice;
-  const auto push = [&](json delta, json finish) {
-    json ch = {{"index", index}, {"delta", std::move(delta)}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish}};
+  const auto push = [&](ojson delta, ojson finish) {
+    ojson ch = {{"index", index}, {"delta", std::move(delta)}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish}};
     logprobs = nullptr;  // the delta's logprobs ride on its first chunk
     if (!finish.is_null()) ch["stop_reason"] = stop_reason_json(c);
-    json chunk = chunk_base();
+    ojson chunk = chunk_base();
     chunk["choices"].push_back(std::move(ch));
     chunks.push_back(std::move(chunk));
   };
   if (job_.tools.choice == ToolChoice::kNamed) {  // the output is the call's arguments, streamed as they come
-    json delta = json::object();
+    ojson delta = ojson::object();
     if (!out.text.empty() || (out.finished && c.call_id.empty())) {  // an empty call still goes out, as unstreamed
-      json call = {{"index", 0}};
+      ojson call = {{"index", 0}};
       if (c.call_id.empty()) {  // the first delta names the call (OpenAI's field order)
         c.call_id = make_response_id("call_");
         call["id"] = c.call_id;
@@ -245,13 +245,13 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
       } else {
         call["function"] = {{"arguments", out.text}};
       }
-      delta["tool_calls"] = json::array({std::move(call)});
+      delta["tool_calls"] = ojson::array({std::move(call)});
     }
     if (!delta.empty() || !logprobs.is_null() || out.finished) push(std::move(delta), finish_json(c));
     return;
   }
   const auto content_delta = [&](size_t upto) {
-    json d = json::object();
+    ojson d = ojson::object();
     if (upto > c.content_sent) d["content"] = c.text.substr(c.content_sent, upto - c.content_sent);
     c.content_sent = std::max(c.content_sent, upto);
     return d;
@@ -268,9 +268,9 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
       c.open_scan = scan;
       c.scanned = c.text.size();
       c.args_sent[i] += more.size();
-      json d = json::object();
+      ojson d = ojson::object();
       if (!more.empty()) {
-        d["tool_calls"] = json::array({{{"index", i}, {"function", {{"arguments", std::string(more)}}}}});
+        d["tool_calls"] = ojson::array({{{"index", i}, {"function", {{"arguments", std::string(more)}}}}});
       }
       if (!d.empty() || !logprobs.is_null()) push(std::move(d), nullptr);
       return;
@@ -281,11 +281,11 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
       call_prefixes(job_.tools.format, job_.tools.choice == ToolChoice::kRequired, c.text);
   const auto& offered = job_.tools.offered;
   const auto call_json = [](size_t i, const ChatToolCall& call) {  // a call's first delta, at index i
-    json j = tool_calls_json({call}, /*with_index=*/true)[0];
+    ojson j = tool_calls_json({call}, /*with_index=*/true)[0];
     j["index"] = i;
     return j;
   };
-  json calls = json::array();
+  ojson calls = ojson::array();
   for (size_t i = 0; i < prefixes.size() && (job_.tools.parallel || i == 0); ++i) {
     const CallPrefix& p = prefixes[i];
     if (i == c.args_sent.size()) {
@@ -306,7 +306,7 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
   }
   if (!c.finished) {  // content that cannot begin a call goes out now, the rest waits for the end
     const size_t safe = job_.tools.choice == ToolChoice::kAuto ? tool_free_prefix(job_.tools.format, c.text) : 0;
-    json d = content_delta(safe);
+    ojson d = content_delta(safe);
     if (!calls.empty()) d["tool_calls"] = std::move(calls);
     if (!d.empty() || !logprobs.is_null()) push(std::move(d), nullptr);
     return;
@@ -330,12 +330,12 @@ void ResponseBuilder::add_tool_chunks(int32_t index, Choice& c, const RequestOut
       calls.push_back(call_json(i, call));
     }
   }
-  push(calls.empty() ? json::object() : json{{"tool_calls", std::move(calls)}}, tool_finish(c));
+  push(calls.empty() ? ojson::object() : ojson{{"tool_calls", std::move(calls)}}, tool_finish(c));
 }
 
 // A reply read as calls ends with "tool_calls" when the model ended it; "length" and "abort" stay.
-json ResponseBuilder::tool_finish(const Choice& c) const {
-  return c.finish == FinishReason::kStop ? json("tool_calls") : finish_json(c);
+ojson ResponseBuilder::tool_finish(const Choice& c) const {
+  return c.finish == FinishReason::kStop ? ojson("tool_calls") : finish_json(c);
 }
 
 bool ResponseBuilder::all_finished() const {
@@ -377,27 +377,27 @@ std::string ResponseBuilder::finish_reasons() const {
   return out;
 }
 
-json ResponseBuilder::usage() const {
+ojson ResponseBuilder::usage() const {
   const int64_t p = prompt_tokens(), g = completion_tokens();
   return {{"prompt_tokens", p}, {"completion_tokens", g}, {"total_tokens", p + g}};
 }
 
-json ResponseBuilder::usage_chunk() const {
-  json c = chunk_base();
+ojson ResponseBuilder::usage_chunk() const {
+  ojson c = chunk_base();
   c["usage"] = usage();
   return c;
 }
 
 // vLLM's prompt_logprobs: null for the first prompt token, then per token {id: {logprob, rank,
 // decoded_token}} for the token itself and the top k (ranks 1 .. k).
-json ResponseBuilder::prompt_logprobs_json(const Choice& c) const {
-  json list = json::array({nullptr});
+ojson ResponseBuilder::prompt_logprobs_json(const Choice& c) const {
+  ojson list = ojson::array({nullptr});
   const auto entry = [&](int32_t id, float logprob, int32_t rank) {
-    return json{{"logprob", finite_logprob(logprob)}, {"rank", rank},
+    return ojson{{"logprob", finite_logprob(logprob)}, {"rank", rank},
                 {"decoded_token", tok_.decode(std::span(&id, 1), /*skip_special=*/false)}};
   };
   for (const TokenLogprob& lp : c.prompt_logprobs) {
-    json at = json::object();
+    ojson at = ojson::object();
     for (size_t i = 0; i < lp.top.size(); ++i) {
       at[std::to_string(lp.top[i].first)] = entry(lp.top[i].first, lp.top[i].second, static_cast<int32_t>(i) + 1);
     }
@@ -407,20 +407,20 @@ json ResponseBuilder::prompt_logprobs_json(const Choice& c) const {
   return list;
 }
 
-json ResponseBuilder::response() const {
+ojson ResponseBuilder::response() const {
   const bool chat = job_.endpoint == Endpoint::kChat;
-  json choices = json::array();
+  ojson choices = ojson::array();
   for (size_t i = 0; i < choices_.size(); ++i) {
     const Choice& c = choices_[i];
-    json ch = {{"index", i}};
-    json finish = finish_json(c);
+    ojson ch = {{"index", i}};
+    ojson finish = finish_json(c);
     if (chat) {
       ch["message"] = {{"role", "assistant"}, {"content", c.text}};
       if (tool_calling() && c.finish != FinishReason::kError) {
         ParsedReply reply = read_tool_reply(job_.tools, c.text);
         if (!reply.calls.empty()) {
           for (ChatToolCall& call : reply.calls) call.id = make_response_id("call_");
-          ch["message"]["content"] = reply.content.empty() ? json(nullptr) : json(reply.content);
+          ch["message"]["content"] = reply.content.empty() ? ojson(nullptr) : ojson(reply.content);
           ch["message"]["tool_calls"] = tool_calls_json(reply.calls, /*with_index=*/false);
           if (job_.tools.choice != ToolUse::Choice::kNamed) finish = tool_finish(c);
         }
@@ -428,7 +428,7 @@ json ResponseBuilder::response() const {
     } else {
       ch["text"] = c.text;
     }
-    ch["logprobs"] = job_.want_logprobs ? logprobs_json(c.logprobs, c.text_offsets) : json(nullptr);
+    ch["logprobs"] = job_.want_logprobs ? logprobs_json(c.logprobs, c.text_offsets) : ojson(nullptr);
     ch["finish_reason"] = std::move(finish);
     ch["stop_reason"] = stop_reason_json(c);
     if (job_.want_prompt_logprobs && !chat) ch["prompt_logprobs"] = prompt_logprobs_json(c);
@@ -438,7 +438,7 @@ json ResponseBuilder::response() const {
     }
     choices.push_back(std::move(ch));
   }
-  json out = {{"id", id_},
+  ojson out = {{"id", id_},
               {"object", chat ? "chat.completion" : "text_completion"},
               {"created", created_},
               {"model", model_},

@@ -19,7 +19,7 @@ bool valid_function_name(const std::string& name) {
 
 struct Tool {
   std::string name;
-  json parameters;  // an object schema ("type": "object" added where absent)
+  json parameters;  // an object schema ("type": "object" added where absent), or a root $ref to one
   std::string param;  // where the parameters are, for errors
 };
 
@@ -129,8 +129,27 @@ ToolRequest parse_tools(const json& body, ChatTemplateKind format) {
         }
         def["parameters"] = *p;
         tool.parameters = *p;
-        // An object's schema; a root $ref or union (Pydantic's recursive models) names its own type.
-        if (!p->contains("$ref") && !p->contains("anyOf") && !p->contains("oneOf")) tool.parameters["type"] = "object";
+        // An object's schema. A root $ref (Pydantic's recursive models) must name an object schema
+        // of its own document ("type" beside a $ref is refused by the schema compiler).
+        if (const auto ref = p->find("$ref"); ref != p->end()) {
+          const json* target = nullptr;
+          if (ref->is_string()) {
+            const std::string r = ref->get<std::string>();
+            for (const std::string defs : {"$defs", "definitions"}) {
+              const std::string prefix = "#/" + defs + "/";
+              const auto d = p->find(defs);
+              if (r.starts_with(prefix) && d != p->end() && d->is_object()) {
+                if (const auto t = d->find(r.substr(prefix.size())); t != d->end()) target = &*t;
+              }
+            }
+          }
+          if (target == nullptr || !target->is_object() || target->value("type", json()) != "object") {
+            throw bad_request(tool.param + ".$ref must name an object schema in its $defs: a function's arguments are "
+                              "an object", tool.param);
+          }
+        } else {
+          tool.parameters["type"] = "object";
+        }
       }
       (void)ff.boolean("strict");  // type-checked; the constrained modes are strict anyway
       out.definitions.push_back(nlohmann::ordered_json{{"type", "function"}, {"function", std::move(def)}}.dump());
@@ -222,9 +241,9 @@ ParsedReply read_tool_reply(const ToolUse& use, std::string_view text) {
       r.calls.push_back(ChatToolCall{.id = {}, .name = use.function, .arguments = std::string(text)});
       return r;
     case Choice::kRequired: {
-      const json list = parse_json_bounded<json>(text);
+      const ojson list = parse_json_bounded<ojson>(text);  // the model's reply: its keys' order kept
       if (!list.is_array() || list.empty()) return {std::string(text), {}};
-      for (const json& c : list) {
+      for (const ojson& c : list) {
         if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains("parameters")) {
           return {std::string(text), {}};
         }
@@ -243,13 +262,14 @@ ParsedReply read_tool_reply(const ToolUse& use, std::string_view text) {
   return r;
 }
 
-json tool_calls_json(const std::vector<ChatToolCall>& calls, bool with_index) {
-  json out = json::array();
+ojson tool_calls_json(const std::vector<ChatToolCall>& calls, bool with_index) {
+  ojson out = ojson::array();
   for (size_t i = 0; i < calls.size(); ++i) {
-    json c = {{"id", calls[i].id},
-              {"type", "function"},
-              {"function", {{"name", calls[i].name}, {"arguments", calls[i].arguments}}}};
-    if (with_index) c["index"] = i;
+    ojson c = ojson::object();
+    if (with_index) c["index"] = i;  // a streamed delta's: first, as OpenAI writes it
+    c["id"] = calls[i].id;
+    c["type"] = "function";
+    c["function"] = {{"name", calls[i].name}, {"arguments", calls[i].arguments}};
     out.push_back(std::move(c));
   }
   return out;

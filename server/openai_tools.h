@@ -39,6 +39,6 @@ ParsedReply read_tool_reply(const ToolUse& use, std::string_view text);
 
 // OpenAI's tool_calls list: [{"index"?, "id", "type": "function", "function": {"name", "arguments"}}];
 // with_index for stream deltas.
-json tool_calls_json(const std::vector<ChatToolCall>& calls, bool with_index);
+ojson tool_calls_json(const std::vector<ChatToolCall>& calls, bool with_index);
 
 }  // namespace sparseserve::openai

@@ -26,8 +26,8 @@ constexpr std::array kSettings = {
     ServerSetting{"model", "GGUF file or Hugging Face directory", nullptr},
     ServerSetting{"load_format", "auto | dummy (dummy: made-up weights of the model's shapes, for benchmarks)", "auto"},
     ServerSetting{"generation_config",
-                  "auto | vllm (auto: requests that leave temperature, top_p or top_k out take the model's "
-                  "generation_config.json values, as vLLM; vllm: the API's defaults)",
+                  "auto | vllm (auto: requests that leave temperature, top_p, top_k, min_p or repetition_penalty "
+                  "out take the model's generation_config.json values, as vLLM; vllm: the API's defaults)",
                   "auto"},
     ServerSetting{"model_config",
                   "Model YAML with sparsity profiles and chat template (configs/models/NAME.yaml); unset: dense only",

@@ -9,9 +9,10 @@
 //   model                   PATH        required: GGUF file or Hugging Face directory
 //   load_format             auto|dummy  default auto: the weights from the model's files; dummy:
 //                                       made-up weights of the model's shapes (engine/model.h)
-//   generation_config       auto|vllm   default auto: sampling fields a request leaves out take the
-//                                       model's generation_config.json values (vLLM's default); vllm:
-//                                       the API's defaults (temperature 1, top_p 1, top_k off)
+//   generation_config       auto|vllm   default auto: sampling fields a request leaves out (temperature,
+//                                       top_p, top_k, min_p, repetition_penalty) take the model's
+//                                       generation_config.json values (vLLM's default); vllm: the API's
+//                                       defaults
 //   model_config            PATH        model YAML (sparsity profiles); null = dense only
 //   served_model_name       STRING      the `model` clients name; default: the model YAML's `name`,
 //                                       else the model file's stem

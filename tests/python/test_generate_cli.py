@@ -29,11 +29,12 @@ def test_auto_model_config_does_not_depend_on_the_working_folder(tool, model_pat
 def test_model_yaml_chat_template_is_used(tool, model_path, repo_root, tmp_path):
     yaml = (repo_root / "configs/models/smollm2-135m-instruct.yaml").read_text()
     assert "chat_template: auto" in yaml
-    (tmp_path / "llama3.yaml").write_text(yaml.replace("chat_template: auto", "chat_template: llama3"))
+    # "chatml" by name: ChatML without the default system prompt SmolLM2's own template injects.
+    (tmp_path / "chatml.yaml").write_text(yaml.replace("chat_template: auto", "chat_template: chatml"))
     shutil.copyfile(repo_root / "configs/models/smollm2-135m-instruct.heads.tsv",
                     tmp_path / "smollm2-135m-instruct.heads.tsv")
-    chat = ["--chat", "What is the capital of France?"]
-    from_yaml = generate(tool, model_path, *chat, "--model-config", tmp_path / "llama3.yaml", cwd=tmp_path).stdout
-    named = generate(tool, model_path, *chat, "--model-config", "none", "--chat-template", "llama3", cwd=tmp_path).stdout
+    chat = ["--chat", "Who made you?"]  # the default system prompt changes the answer
+    from_yaml = generate(tool, model_path, *chat, "--model-config", tmp_path / "chatml.yaml", cwd=tmp_path).stdout
+    named = generate(tool, model_path, *chat, "--model-config", "none", "--chat-template", "chatml", cwd=tmp_path).stdout
     own = generate(tool, model_path, *chat, "--model-config", "none", cwd=tmp_path).stdout
     assert from_yaml == named and from_yaml != own, (from_yaml, named, own)

@@ -20,6 +20,9 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+// The responses' objects keep their fields' order (ResponseBuilder builds ojson): the test's values
+// are written in that order. Request bodies are read as openai::json (converted on the call).
+using json = ojson;
 
 std::string model_path() {
   if (const char* env = std::getenv("SPARSESERVE_MODEL")) {
