@@ -56,6 +56,20 @@ StepLimits EngineConfig::step_limits(const ModelProfiles& profiles) const {
   return limits;
 }
 
+namespace {
+
+// The last delta of a request the loop no longer holds: an error, then the stream closes.
+void end_with_error(RequestStreamImpl& stream, const std::string& error) {
+  RequestOutput out;
+  out.finished = true;
+  out.finish_reason = FinishReason::kError;
+  out.error = error;
+  stream.push(std::move(out));
+  stream.close();
+}
+
+}  // namespace
+
 struct Engine::Impl {
   Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend b);
 
@@ -400,12 +414,7 @@ void Engine::Impl::admit_incoming() {
         std::lock_guard lock(mu);
         forget_id(r->req.id, key);
       }
-      RequestOutput out;
-      out.finished = true;
-      out.finish_reason = FinishReason::kError;
-      out.error = std::string("internal error: ") + ex.what();
-      r->stream->push(std::move(out));
-      r->stream->close();
+      end_with_error(*r->stream, std::string("internal error: ") + ex.what());
       continue;
     }
     live.emplace(key, std::move(r));
@@ -509,12 +518,7 @@ void Engine::Impl::fail(uint64_t key, const std::string& error) {
     }
     live.erase(left);
   }
-  RequestOutput out;
-  out.finished = true;
-  out.finish_reason = FinishReason::kError;
-  out.error = error;
-  stream->push(std::move(out));
-  stream->close();
+  end_with_error(*stream, error);
 }
 
 void Engine::Impl::step() {
