@@ -31,25 +31,21 @@ std::string json_excerpt(const nlohmann::json& v);
 // (recursively, once per level): the HTTP body's limit.
 inline constexpr int kMaxJsonDepth = 256;
 
-// `text` parsed, or a discarded value (is_discarded()) when it is not JSON or nests deeper than
-// max_depth (then *too_deep, when given, is set). Never throws. Json: nlohmann::json (objects' keys
-// sorted) or nlohmann::ordered_json (kept in the text's order, for values written back out).
+// `text` parsed, or a discarded value (is_discarded()) when it is not JSON (then *error, when given,
+// is the parser's message) or nests deeper than max_depth (then *too_deep is set). Never throws but
+// for memory. Json: nlohmann::json (objects' keys sorted) or nlohmann::ordered_json (kept in the
+// text's order, for values written back out). A key given twice keeps its last value (and, ordered,
+// its first place), as Json::parse does.
+// Time is linear in the text's length for both: nlohmann's own parse with a callback (its way to bound
+// depth) rescans an object's members each time one of them that is an object ends, and
+// ordered_json's parse looks each key up among the object's earlier ones: an object of n objects or
+// n keys costs n²/2 (60,000 of them in 800 KB: seconds).
 template <class Json = nlohmann::json>
-Json parse_json_bounded(std::string_view text, int max_depth = kMaxJsonDepth, bool* too_deep_out = nullptr) {
-  bool too_deep = false;
-  Json v = Json::parse(
-      text,
-      [&](int depth, typename Json::parse_event_t event, Json&) {
-        if (depth > max_depth &&
-            (event == Json::parse_event_t::object_start || event == Json::parse_event_t::array_start)) {
-          too_deep = true;
-          return false;  // skipped, not built
-        }
-        return true;
-      },
-      /*allow_exceptions=*/false);
-  if (too_deep_out != nullptr) *too_deep_out = too_deep;
-  return too_deep ? Json(Json::value_t::discarded) : v;
-}
+Json parse_json_bounded(std::string_view text, int max_depth = kMaxJsonDepth, bool* too_deep_out = nullptr,
+                        std::string* error_out = nullptr);
+
+extern template nlohmann::json parse_json_bounded<nlohmann::json>(std::string_view, int, bool*, std::string*);
+extern template nlohmann::ordered_json parse_json_bounded<nlohmann::ordered_json>(std::string_view, int, bool*,
+                                                                                  std::string*);
 
 }  // namespace sparseserve

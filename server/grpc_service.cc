@@ -391,15 +391,15 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
           messages.push_back({m.role(), m.content(),
                               openai::parse_message_tool_calls(calls, fmt::format("chat.messages[{}].tool_calls", i))});
         }
-        openai::json offered = openai::json::array();  // keys in the client's order, as HTTP keeps them
+        openai::ojson in_order = openai::ojson::array();  // keys in the client's order, as HTTP keeps them
         for (int i = 0; i < g.chat().tools_size(); ++i) {
-          offered.push_back(parse_json_bounded<openai::json>(g.chat().tools(i)));
-          if (offered.back().is_discarded()) {
+          in_order.push_back(parse_json_bounded<openai::ojson>(g.chat().tools(i)));
+          if (in_order.back().is_discarded()) {
             throw InvalidArgument(fmt::format("chat.tools[{}] is not JSON or nests deeper than {}", i, kMaxJsonDepth));
           }
         }
-        tools = openai::parse_tools({{"tools", std::move(offered)}, {"tool_choice", "none"}}, model.chat_template->kind())
-                    .definitions;
+        const openai::json body = {{"tools", openai::json(in_order)}, {"tool_choice", "none"}};
+        tools = openai::parse_tools(body, model.chat_template->kind(), &in_order).definitions;
       } catch (const openai::ApiError& e) {
         // The HTTP checks name OpenAI's fields: a call's name and arguments sit under "function" there.
         std::string message = e.what();

@@ -9,11 +9,13 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <system_error>
 #include <thread>
 
 #include "common/errors.h"
 #include "engine/engine.h"
+#include "engine/json_file.h"
 #include "server/client_connection.h"
 #include "server/metrics_text.h"
 #include "server/openai_protocol.h"
@@ -168,24 +170,32 @@ constexpr int kMaxBodyDepth = 256;
 
 json parse_body(const std::string& body) {
   bool too_deep = false;
-  json parsed;
-  try {
-    parsed = json::parse(body, [&](int depth, json::parse_event_t event, json&) {
-      if (depth > kMaxBodyDepth && (event == json::parse_event_t::object_start || event == json::parse_event_t::array_start)) {
-        too_deep = true;
-        return false;  // skipped, not built
-      }
-      return true;
-    });
-  } catch (const json::exception& e) {  // parse errors, and numbers past a double's range (out_of_range)
-    throw openai::bad_request(std::string("Invalid JSON in the request body: ") + e.what(), "", "invalid_json");
-  }
+  std::string error;
+  json parsed = parse_json_bounded<json>(body, kMaxBodyDepth, &too_deep, &error);
   if (too_deep) {
     throw openai::bad_request("The request body nests deeper than " + std::to_string(kMaxBodyDepth) + " levels", "",
                               "invalid_json");
   }
+  if (parsed.is_discarded()) {  // parse errors, and numbers past a double's range
+    throw openai::bad_request("Invalid JSON in the request body: " + error, "", "invalid_json");
+  }
   return parsed;
 }
+
+// A request body as read: its value (keys sorted: every field is read from it) and its text.
+struct RequestBody {
+  json value;
+  std::string_view text;
+
+  // value["tools"] again, its keys in the text's order (they reach the prompt); none without tools.
+  std::optional<ojson> tools_in_order() const {
+    const auto tools = value.find("tools");
+    if (tools == value.end() || !tools->is_array() || tools->empty()) return std::nullopt;
+    ojson ordered = parse_json_bounded<ojson>(text, kMaxBodyDepth);  // the text parsed above
+    if (!ordered.is_object() || !ordered.contains("tools")) return std::nullopt;
+    return std::move(ordered["tools"]);
+  }
+};
 
 // The engine requests of one generation call, read together; RAII: whatever is still running when
 // the session goes away (client gone, error, exception) is cancelled.
@@ -375,7 +385,7 @@ struct OpenAiHttpServer::Impl {
       guarded(req, res, needs_auth, [&] { f(req, res, serving()); });
     };
   }
-  // The same for a POST route whose JSON body f(req, body, res, ctx) takes: the body is read first
+  // The same for a POST route whose JSON body (RequestBody) f(req, body, res, ctx) takes: the body is read first
   // (read_body), as httplib reads one before an ordinary handler, so a refused request leaves none
   // of it on the connection.
   template <typename F>
@@ -385,7 +395,7 @@ struct OpenAiHttpServer::Impl {
         const std::string body = read_body(req, res, reader);
         check_auth(req);
         const ServingContext& c = serving();
-        f(req, parse_body(body), res, c);
+        f(req, RequestBody{parse_body(body), body}, res, c);
       });
     };
   }
@@ -413,11 +423,12 @@ struct OpenAiHttpServer::Impl {
     if (req.path != "/health") spdlog::info("{} {} {}: {}", req.method, req.path, res.status, res.body.substr(0, 300));
   }
 
-  void generate(Endpoint endpoint, const httplib::Request& req, const json& body, httplib::Response& res,
+  void generate(Endpoint endpoint, const httplib::Request& req, const RequestBody& body, httplib::Response& res,
                 const ServingContext& c) {
     const openai::Protocol& p = c.protocol;
+    const std::optional<ojson> tools = endpoint == Endpoint::kChat ? body.tools_in_order() : std::nullopt;
     auto session = std::make_shared<GenerationSession>(
-        endpoint == Endpoint::kChat ? p.parse_chat(body) : p.parse_completion(body), p,
+        endpoint == Endpoint::kChat ? p.parse_chat(body.value, tools ? &*tools : nullptr) : p.parse_completion(body.value), p,
         openai::make_response_id(endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-"), req.path);
     session->submit(c.engine);  // a throw cancels what was submitted (session destructor)
 
@@ -486,10 +497,10 @@ struct OpenAiHttpServer::Impl {
   }
 
   void routes() {
-    svr.Post("/v1/completions", api_with_body([this](const auto& req, const json& body, auto& res, const ServingContext& c) {
+    svr.Post("/v1/completions", api_with_body([this](const auto& req, const RequestBody& body, auto& res, const ServingContext& c) {
       generate(Endpoint::kCompletions, req, body, res, c);
     }));
-    svr.Post("/v1/chat/completions", api_with_body([this](const auto& req, const json& body, auto& res, const ServingContext& c) {
+    svr.Post("/v1/chat/completions", api_with_body([this](const auto& req, const RequestBody& body, auto& res, const ServingContext& c) {
       generate(Endpoint::kChat, req, body, res, c);
     }));
     svr.Get("/v1/models", api([this](const auto&, auto& res, const ServingContext& c) {
@@ -502,11 +513,12 @@ struct OpenAiHttpServer::Impl {
       }
       send_json(res, 200, c.protocol.models(created)["data"][0]);
     }));
-    svr.Post("/tokenize", api_with_body([](const auto&, const json& body, auto& res, const ServingContext& c) {
-      send_json(res, 200, c.protocol.tokenize(body));
+    svr.Post("/tokenize", api_with_body([](const auto&, const RequestBody& body, auto& res, const ServingContext& c) {
+      const std::optional<ojson> tools = body.value.contains("messages") ? body.tools_in_order() : std::nullopt;
+      send_json(res, 200, c.protocol.tokenize(body.value, tools ? &*tools : nullptr));
     }));
-    svr.Post("/detokenize", api_with_body([](const auto&, const json& body, auto& res, const ServingContext& c) {
-      send_json(res, 200, c.protocol.detokenize(body));
+    svr.Post("/detokenize", api_with_body([](const auto&, const RequestBody& body, auto& res, const ServingContext& c) {
+      send_json(res, 200, c.protocol.detokenize(body.value));
     }));
     svr.Get("/health", api([](const auto&, auto& res, const ServingContext&) { send_json(res, 200, json::object()); },
                            /*needs_auth=*/false));

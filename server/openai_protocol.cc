@@ -563,7 +563,7 @@ ChatPrompt Protocol::render_chat(const json& messages, const ChatRendering& how,
   return chat;
 }
 
-GenerationJob Protocol::parse_chat(const json& body) const {
+GenerationJob Protocol::parse_chat(const json& body, const ojson* tools_in_order) const {
   require_object(body);
   check_model(body);
   GenerationJob job;
@@ -572,7 +572,7 @@ GenerationJob Protocol::parse_chat(const json& body) const {
   const json* messages = f.get("messages");
   if (!messages) throw bad_request("messages is required", "messages");
   if (!model_.chat_template) throw bad_request("this model has no chat template; use /v1/completions", "messages");
-  ToolRequest tools = parse_tools(body, model_.chat_template->kind());
+  ToolRequest tools = parse_tools(body, model_.chat_template->kind(), tools_in_order);
   ChatPrompt chat = render_chat(*messages, chat_rendering(f), tools.definitions);
   job.prompts.push_back(std::move(chat.ids));
   job.prompt_given_as_ids.push_back(false);
@@ -617,14 +617,14 @@ GenerationJob Protocol::parse_chat(const json& body) const {
   return job;
 }
 
-json Protocol::tokenize(const json& body) const {
+json Protocol::tokenize(const json& body, const ojson* tools_in_order) const {
   require_object(body);
   check_model(body);
   const Fields f(body);
   std::vector<int32_t> ids;
   if (const json* messages = f.get("messages")) {
     if (!model_.chat_template) throw bad_request("this model has no chat template", "messages");
-    ids = render_chat(*messages, chat_rendering(f), parse_tools(body, model_.chat_template->kind()).definitions).ids;
+    ids = render_chat(*messages, chat_rendering(f), parse_tools(body, model_.chat_template->kind(), tools_in_order).definitions).ids;
   } else if (auto prompt = f.string("prompt")) {
     ids = model_.tokenizer.encode(*prompt, f.boolean("add_special_tokens").value_or(true), /*parse_special=*/true);
   } else {

@@ -126,11 +126,12 @@ class Protocol {
 
   // Throws ApiError (400 for bad input, 404 model_not_found for another model's name).
   GenerationJob parse_completion(const json& body) const;
-  GenerationJob parse_chat(const json& body) const;
+  // tools_in_order: body["tools"] with its keys in the text's order (parse_tools), or null.
+  GenerationJob parse_chat(const json& body, const ojson* tools_in_order = nullptr) const;
 
   // /tokenize (vLLM): {"prompt", "add_special_tokens"?} or {"messages", "add_generation_prompt"?,
-  // "add_special_tokens"?} → {"count", "max_model_len", "tokens"}.
-  json tokenize(const json& body) const;
+  // "add_special_tokens"?, "tools"?} → {"count", "max_model_len", "tokens"}.
+  json tokenize(const json& body, const ojson* tools_in_order = nullptr) const;
   // /detokenize (vLLM): {"tokens": [ids]} → {"prompt": text}.
   json detokenize(const json& body) const;
   // /v1/models.

@@ -90,7 +90,7 @@ json required_schema(const std::vector<Tool>& tools, bool parallel) {
 
 }  // namespace
 
-ToolRequest parse_tools(const json& body, ChatTemplateKind format) {
+ToolRequest parse_tools(const json& body, ChatTemplateKind format, const ojson* tools_in_order) {
   const Fields f(body);
   ToolRequest out;
   out.use.format = format;
@@ -128,6 +128,7 @@ ToolRequest parse_tools(const json& body, ChatTemplateKind format) {
           throw bad_request(tool.param + ".type must be 'object': a function's arguments are an object", tool.param);
         }
         def["parameters"] = *p;
+        if (tools_in_order != nullptr) def["parameters"] = tools_in_order->at(i).at("function").at("parameters");
         tool.parameters = *p;
         // An object's schema. A root $ref (Pydantic's recursive models) must name an object schema
         // of its own document ("type" beside a $ref is refused by the schema compiler).

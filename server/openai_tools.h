@@ -27,8 +27,11 @@ struct ToolRequest {
   ToolUse use;
   std::shared_ptr<const JsonSchema> schema;  // kRequired / kNamed: the output's schema
 };
-// format: the model's chat family (how its replies write calls).
-ToolRequest parse_tools(const json& body, ChatTemplateKind format);
+// format: the model's chat family (how its replies write calls). tools_in_order: body["tools"] again
+// with its keys in the client's order (parse_json_bounded<ojson>), which the definitions keep, as vLLM's
+// templates write the client's dicts; null: the definitions' parameter schemas list their keys sorted,
+// as `json` holds them.
+ToolRequest parse_tools(const json& body, ChatTemplateKind format, const ojson* tools_in_order = nullptr);
 
 // An assistant message's tool_calls ([{"id", "type": "function", "function": {"name", "arguments"}}],
 // arguments the JSON text of an object); `at` names the field in errors.

@@ -785,6 +785,12 @@ def test_chat_tools_render_as_over_http(grpc_server, stub, pb):
         "tool_choice": {"type": "function", "function": {"name": "get_time"}}}).json()
     assert r["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == text_of(msgs)
     assert msgs[-1].final.usage.prompt_tokens == r["usage"]["prompt_tokens"]
+    # Token for token the prompt HTTP renders, the parameters' keys in the client's order (not sorted).
+    http = f"http://127.0.0.1:{grpc_server.http_port}"
+    ids = httpx.post(http + "/tokenize", json={"messages": conv, "tools": [tool]}).json()["tokens"]
+    assert json.dumps(params, separators=(",", ":")) in httpx.post(http + "/detokenize", json={"tokens": ids}).json()["prompt"]
+    scored = collect(stub, pb.GenerateRequest(chat=chat, max_tokens=1, prompt_logprobs=0))
+    assert [e.token_id for e in scored[0].prompt_logprobs] == ids[1:]
     bad_call = pb.ChatMessage(role="assistant", tool_calls=[pb.ChatToolCall(name="f", arguments="[1]")])
     expect_invalid(stub, pb.GenerateRequest(chat=pb.ChatMessages(messages=[bad_call])), "JSON text of an object",
                    "chat.messages[0].tool_calls[0].arguments")

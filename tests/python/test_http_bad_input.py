@@ -5,6 +5,7 @@ Unknown fields follow vLLM and OpenAI: ignored, at the top level and inside know
 import gzip
 import json
 import socket
+import time
 
 import httpx
 import pytest
@@ -233,12 +234,28 @@ def test_objects_of_many_keys_parse_in_time(http):
     # 80,000 logit_bias keys (~1 MB): a reader whose objects look keys up linearly (ordered_json)
     # took 12 s to parse it, before any check; sorted maps take well under a second. Then the ids
     # past the vocabulary are a 400.
-    import time
     body = c(logit_bias={str(i): 0.5 for i in range(80_000)})
     t0 = time.monotonic()
     r = http.post(C, json=body, timeout=60)
     check_error(r, 400, "logit_bias")
     assert time.monotonic() - t0 < 5, "parsing an object of 80,000 keys took seconds"
+    # An object of 70,000 objects in an ignored field: nlohmann's parse with a callback rescanned the
+    # object's members each time one ended (20 s).
+    t0 = time.monotonic()
+    r = http.post(C, json=c(max_tokens=1, metadata={str(i): {} for i in range(70_000)}), timeout=60)
+    assert r.status_code == 200, r.text
+    assert time.monotonic() - t0 < 5, "parsing an object of 70,000 objects took seconds"
+
+
+def test_tools_of_many_keys_parse_in_time(http):
+    # The tools are read a second time keeping their keys' order (they reach the prompt): that reader
+    # too must be linear in an object's keys. 60,000 properties in one tool's parameters (ordered_json's
+    # own parse: ~7 s); the prompt they make is over the server's limit.
+    params = {"type": "object", "properties": {str(i): {} for i in range(60_000)}}
+    body = h(tools=[{"type": "function", "function": {"name": "f", "parameters": params}}])
+    t0 = time.monotonic()
+    check_error(http.post(H, json=body, timeout=60), 400, "messages")
+    assert time.monotonic() - t0 < 3, "reading tools of 60,000 keys took seconds"
 
 
 def test_unknown_model_is_404(http):
