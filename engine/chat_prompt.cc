@@ -18,6 +18,8 @@ ChatPrompt encode_chat(const Model& model, std::vector<ChatMessage> messages, bo
                                                   : t.render(messages, add_generation_prompt, {}, tools);
   ChatPrompt p;
   p.ids = model.tokenizer.encode(text, /*add_special=*/false, /*parse_special=*/true);
+  const int32_t bos = model.tokenizer.bos_id();
+  if (t.writes_bos() && bos >= 0) p.ids.insert(p.ids.begin(), bos);  // the text never holds it: no double
   p.end_of_turn = model.tokenizer.token_id(model.chat_template->end_of_turn());
   return p;
 }

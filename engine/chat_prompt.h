@@ -17,7 +17,8 @@ struct ChatPrompt {
 };
 
 // Renders `messages` with the model's chat template and encodes the text with special tokens
-// parsed and no BOS added (the rendered text carries every special token it needs). The role
+// parsed and no BOS added (the rendered text carries every special token it needs), but the BOS id
+// first where the template writes bos_token (ChatTemplate::writes_bos, as HF renders it). The role
 // "developer" (OpenAI) is the system role. Throws InvalidArgument when the model has no chat
 // template, the conversation is empty or a role is unknown.
 // continue_final_message: the final message is left open instead (ChatTemplate::render_continuing);

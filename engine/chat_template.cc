@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
-#include "engine/json_file.h"  // kMaxJsonDepth
+#include "engine/python_json.h"
 #include "engine/tool_calls.h"
 #include "engine/utf8.h"
 
@@ -95,6 +95,18 @@ std::optional<ChatTemplate::DatedSystem> find_dated_system(std::string_view jinj
   return d;
 }
 
+// Whether an expression that prints bos_token ("{{ bos_token }}", "{{- bos_token + ... }}") opens
+// before the template's first turn marker.
+bool writes_bos_first(std::string_view jinja, std::string_view turn_marker) {
+  const size_t first_turn = jinja.find(turn_marker);
+  for (size_t at = jinja.find("{{"); at != std::string_view::npos && at < first_turn; at = jinja.find("{{", at + 2)) {
+    const size_t end = jinja.find("}}", at);
+    if (end == std::string_view::npos) return false;
+    if (jinja.substr(at, end - at).find("bos_token") != std::string_view::npos) return true;
+  }
+  return false;
+}
+
 bool known_role(const std::string& role) {
   return role == "system" || role == "user" || role == "assistant" || role == "tool";
 }
@@ -109,77 +121,6 @@ size_t space_at(std::string_view s) {
                      cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
                      cp == 0x202F || cp == 0x205F || cp == 0x3000;
   return space ? static_cast<size_t>(n) : 0;
-}
-
-// JSON text written again as Python's json.dumps writes it (transformers' tojson): indent < 0, ", "
-// and ": " between items; indent ≥ 0, one item a line, `indent` spaces a level, "," and ": ". Keys
-// keep the text's order, UTF-8 is kept. One streaming (SAX) pass that builds no value: O(n) in the
-// text. nullopt when the text is not JSON or nests deeper than kMaxJsonDepth.
-class PythonDumps {
- public:
-  using J = nlohmann::json;
-  explicit PythonDumps(int indent) : indent_(indent) {}
-  const std::string& text() const { return out_; }
-
-  bool null() { return put("null"); }
-  bool boolean(bool v) { return put(v ? "true" : "false"); }
-  bool number_integer(J::number_integer_t v) { return put(std::to_string(v)); }
-  bool number_unsigned(J::number_unsigned_t v) { return put(std::to_string(v)); }
-  bool number_float(J::number_float_t v, const J::string_t&) { return put(J(v).dump()); }
-  bool string(J::string_t& v) { return put(quoted(v)); }
-  bool binary(J::binary_t&) { return false; }
-  bool start_object(std::size_t) { return open('{'); }
-  bool end_object() { return close('}'); }
-  bool start_array(std::size_t) { return open('['); }
-  bool end_array() { return close(']'); }
-  bool key(J::string_t& k) {
-    separate();
-    out_ += quoted(k) + ": ";
-    after_key_ = true;
-    return true;
-  }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
-
- private:
-  static std::string quoted(const std::string& s) { return J(s).dump(-1, ' ', false, J::error_handler_t::replace); }
-  // Before an item of the open container (a key, or a value not after its key).
-  void separate() {
-    if (after_key_) {
-      after_key_ = false;
-      return;
-    }
-    if (items_.empty()) return;
-    if (items_.back()++ > 0) out_ += indent_ < 0 ? ", " : ",";
-    if (indent_ >= 0) out_.append("\n").append(items_.size() * static_cast<size_t>(indent_), ' ');
-  }
-  bool put(const std::string& v) {
-    separate();
-    out_ += v;
-    return true;
-  }
-  bool open(char c) {
-    separate();
-    out_ += c;
-    items_.push_back(0);
-    return items_.size() <= static_cast<size_t>(kMaxJsonDepth);
-  }
-  bool close(char c) {
-    const int n = items_.back();
-    items_.pop_back();
-    if (indent_ >= 0 && n > 0) out_.append("\n").append(items_.size() * static_cast<size_t>(indent_), ' ');
-    out_ += c;
-    return true;
-  }
-
-  int indent_;
-  std::string out_;
-  std::vector<int> items_;  // per open container: its items so far
-  bool after_key_ = false;
-};
-std::optional<std::string> python_dumps(std::string_view text, int indent = -1) {
-  PythonDumps w(indent);
-  if (!nlohmann::json::sax_parse(text, &w)) return std::nullopt;
-  return w.text();
 }
 
 // Jinja's `trim`: leading and trailing whitespace as Python's str.strip() sees it.
@@ -218,6 +159,7 @@ ChatTemplate ChatTemplate::detect(std::string_view jinja_text, const std::string
   }
   ChatTemplate t(kind, find_default_system(jinja_text, tokens_of(kind)));
   if (kind == ChatTemplateKind::kLlama3) t.dated_ = find_dated_system(jinja_text);
+  if (kind == ChatTemplateKind::kChatML) t.writes_bos_ = writes_bos_first(jinja_text, "<|im_start|>");
   return t;
 }
 
@@ -350,11 +292,7 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
         out.append("<|eot_id|>");
       } else if (dated_ && !m.tool_calls.empty()) {  // the calls alone, arguments as tojson writes them
         out.append("<|start_header_id|>assistant<|end_header_id|>\n\n");
-        for (size_t c = 0; c < m.tool_calls.size(); ++c) {
-          const ChatToolCall& call = m.tool_calls[c];
-          out.append(c ? "; " : "").append("{\"name\": ").append(nlohmann::ordered_json(call.name).dump());
-          out.append(", \"parameters\": ").append(python_dumps(call.arguments).value_or(call.arguments)).append("}");
-        }
+        for (size_t c = 0; c < m.tool_calls.size(); ++c) out.append(c ? "; " : "").append(tool_call_text(kind_, m.tool_calls[c]));
         out.append("<|eot_id|>");
       } else if (m.role == "tool") {
         message("ipython", m.content);

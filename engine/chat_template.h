@@ -47,7 +47,7 @@ class ChatTemplate {
   // assistant's tool_calls follow its content, and "tool" messages are rendered as the family's
   // results (tool_calls.h). With no tools and no tool messages the output is as described below.
   // Contract: the text carries every special token the prompt needs, including Llama-3's
-  // <|begin_of_text|> BOS. Encode it with add_special = false and parse_special = true (as
+  // <|begin_of_text|> BOS, but a ChatML template's bos_token (writes_bos()). Encode it with add_special = false and parse_special = true (as
   // transformers' apply_chat_template does), so a BOS is never doubled.
   // ChatML: "<|im_start|>{role}\n{content}<|im_end|>\n" per message, the default system message
   // first when the conversation has none; generation prompt "<|im_start|>assistant\n".
@@ -87,12 +87,18 @@ class ChatTemplate {
   };
   const std::optional<DatedSystem>& dated_system() const { return dated_; }
 
+  // A ChatML template that writes the tokenizer's bos_token before its first turn ("{{ bos_token }}"
+  // first: Hermes 2 Pro, Hermes 3). render() does not write it (the template does not know the
+  // token's text): encode_chat prepends the BOS id. Llama-3's render writes <|begin_of_text|> itself.
+  bool writes_bos() const { return writes_bos_; }
+
  private:
   ChatTemplate(ChatTemplateKind kind, std::string default_system)
       : kind_(kind), default_system_(std::move(default_system)) {}
   ChatTemplateKind kind_;
   std::string default_system_;  // empty when the template injects none
   std::optional<DatedSystem> dated_;
+  bool writes_bos_ = false;
 };
 
 }  // namespace sparseserve

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "engine/json_file.h"
+#include "engine/python_json.h"
 
 namespace sparseserve {
 
@@ -241,10 +242,10 @@ std::string tools_system_text(ChatTemplateKind kind, std::span<const std::string
 
 std::string tool_call_text(ChatTemplateKind kind, const ChatToolCall& call) {
   const std::string name = json(call.name).dump();
-  if (kind == ChatTemplateKind::kChatML) {
-    return "<tool_call>\n{\"name\": " + name + ", \"arguments\": " + call.arguments + "}\n</tool_call>";
-  }
-  return "{\"name\": " + name + ", \"parameters\": " + call.arguments + "}";
+  // The arguments as the templates' `tojson` writes them (vLLM loads the client's text first).
+  const std::string arguments = python_dumps(call.arguments).value_or(call.arguments);
+  if (kind == ChatTemplateKind::kChatML) return "<tool_call>\n{\"name\": " + name + ", \"arguments\": " + arguments + "}\n</tool_call>";
+  return "{\"name\": " + name + ", \"parameters\": " + arguments + "}";
 }
 
 ParsedReply parse_tool_calls(ChatTemplateKind kind, std::string_view reply) {

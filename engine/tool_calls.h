@@ -23,7 +23,8 @@ namespace sparseserve {
 // {"type": "function", "function": {"name", "description", "parameters"}}) and says how to call them.
 std::string tools_system_text(ChatTemplateKind kind, std::span<const std::string> tools);
 
-// An assistant's call as the family writes it in a prompt (arguments: the JSON text of an object).
+// An assistant's call as the family writes it in a prompt (arguments: the JSON text of an object,
+// written again as json.dumps writes it: python_json.h).
 std::string tool_call_text(ChatTemplateKind kind, const ChatToolCall& call);
 
 struct ParsedReply {

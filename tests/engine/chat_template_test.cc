@@ -6,12 +6,15 @@
 #include <cctype>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/errors.h"
+#include "engine/chat_prompt.h"
 #include "engine/chat_template.h"
 #include "engine/gguf.h"
+#include "engine/model.h"
 #include "engine/tokenizer.h"
 
 namespace sparseserve {
@@ -245,6 +248,35 @@ TEST(ChatTemplate, Llama3TrimsWhitespaceAsPythonStrips) {
             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n\u200bhi\u200b<|eot_id|>");
   EXPECT_EQ(t.render({{"user", " \xff "}}, false),  // invalid UTF-8 is no whitespace, and stays
             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n\xff<|eot_id|>");
+}
+
+TEST(ChatTemplate, AChatMLTemplateThatWritesBosTokenFirstGetsTheBosId) {
+  const std::string hermes =
+      "{{bos_token}}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+      "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+  const std::string smol =
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
+      "'\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+  EXPECT_TRUE(ChatTemplate::detect(hermes, "t").writes_bos());
+  EXPECT_TRUE(ChatTemplate::detect("{%- if true %}{{- bos_token + '<|im_start|>system\nX<|im_end|>\n' }}{% endif %}" + smol, "t")
+                  .writes_bos());
+  EXPECT_FALSE(ChatTemplate::detect(smol, "t").writes_bos());
+  EXPECT_FALSE(ChatTemplate::detect(smol + "{{ bos_token }}", "t").writes_bos());  // not before the first turn
+  EXPECT_FALSE(ChatTemplate::detect("{% set b = 'bos_token' %}" + smol, "t").writes_bos());  // not printed
+  EXPECT_FALSE(ChatTemplate::by_name("chatml").writes_bos());
+
+  if (!std::filesystem::exists(model_path())) GTEST_SKIP() << "missing " << model_path();
+  std::unique_ptr<Model> model = load_model(model_path());
+  const int32_t bos = model->tokenizer.bos_id();
+  ASSERT_GE(bos, 0);
+  const Messages hi = {{"user", "Hi"}};
+  model->chat_template = ChatTemplate::detect(smol, "t");
+  const std::vector<int32_t> without = encode_chat(*model, hi).ids;
+  model->chat_template = ChatTemplate::detect(hermes, "t");
+  const std::vector<int32_t> with = encode_chat(*model, hi).ids;
+  ASSERT_EQ(with.size(), without.size() + 1);
+  EXPECT_EQ(with.front(), bos);
+  EXPECT_TRUE(std::equal(without.begin(), without.end(), with.begin() + 1));
 }
 
 TEST(ChatTemplate, Errors) {

@@ -111,10 +111,21 @@ TEST(ToolCalls, DeepValuesAreNotCalls) {
 }
 
 TEST(ToolCalls, CallsRoundTripThroughTheirPromptText) {
+  // The arguments as the templates' tojson (json.dumps) writes them, whatever the client's spacing,
+  // escapes or key order (kept), as vLLM renders them.
+  for (const char* args : {"{\"city\":\"S\u00e3o Paulo\",\"days\":3}", "{\n  \"city\": \"São Paulo\",\n  \"days\": 3\n}"}) {
+    const ChatToolCall call{.id = "c1", .name = "get_weather", .arguments = args};
+    EXPECT_EQ(tool_call_text(kChatML, call),
+              "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"São Paulo\", \"days\": 3}}\n</tool_call>");
+    EXPECT_EQ(tool_call_text(kLlama3, call),
+              "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"São Paulo\", \"days\": 3}}");
+  }
+  // Integers keep their digits past 64 bits (Python's int); other numbers are written shortest.
+  EXPECT_EQ(tool_call_text(kLlama3, {.id = "c", .name = "f", .arguments = "{\"n\":123456789012345678901234567890,"
+                                                                            "\"m\":-9223372036854775809,\"x\":1E5,\"y\":0.1}"}),
+            "{\"name\": \"f\", \"parameters\": {\"n\": 123456789012345678901234567890, \"m\": -9223372036854775809, "
+            "\"x\": 100000.0, \"y\": 0.1}}");
   const ChatToolCall call{.id = "c1", .name = "get_weather", .arguments = "{\"city\":\"Paris\"}"};
-  EXPECT_EQ(tool_call_text(kChatML, call),
-            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call>");
-  EXPECT_EQ(tool_call_text(kLlama3, call), "{\"name\": \"get_weather\", \"parameters\": {\"city\":\"Paris\"}}");
   for (ChatTemplateKind kind : {kChatML, kLlama3}) {
     const ParsedReply r = parse_tool_calls(kind, tool_call_text(kind, call));
     ASSERT_EQ(r.calls.size(), 1u);
@@ -160,7 +171,7 @@ TEST(ToolCalls, Llama3RendersToolsCallsAndResults) {
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS\n\n" + offer +
                 "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nQ<|eot_id|>"
                 "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"f\", \"parameters\": {}}; "
-                "{\"name\": \"f\", \"parameters\": {\"a\":1}}<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n"
+                "{\"name\": \"f\", \"parameters\": {\"a\": 1}}<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n"
                 "R<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
