@@ -594,7 +594,7 @@ void Engine::Impl::step() {
       draw_index[si] = static_cast<int32_t>(draws.size());
       DeviceDraw d;
       d.row = first_row;
-      d.temperature = r.req.sampling.temperature;
+      d.temperature = r.req.sampling.sampling_temperature();
       d.top_k = r.req.sampling.top_k;
       d.top_p = r.req.sampling.top_p;
       d.min_p = r.req.sampling.min_p;

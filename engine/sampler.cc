@@ -93,7 +93,7 @@ int32_t Sampler::sample(std::span<float> logits) {
       std::sort(order_.begin(), order_.end(), by_logit);
     }  // else: plain temperature sampling draws in id order, no sort needed
     // Softmax over the k candidates at the temperature (in double for stable sums).
-    const double inv_t = 1.0 / params_.temperature;
+    const double inv_t = 1.0 / params_.sampling_temperature();
     const double top = *largest;
     std::vector<double> p(static_cast<size_t>(k));
     double sum = 0.0;

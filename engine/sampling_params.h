@@ -9,7 +9,7 @@
 namespace sparseserve {
 
 struct SamplingParams {
-  float temperature = 1.0f;          // 0 = greedy
+  float temperature = 1.0f;          // 0 = greedy; see sampling_temperature()
   float top_p = 1.0f;                // (0, 1]
   int32_t top_k = 0;                 // 0 or -1 = off
   float min_p = 0.0f;                // [0, 1]: drop tokens with p < min_p · p_max
@@ -22,6 +22,14 @@ struct SamplingParams {
   // Throws InvalidArgument naming the parameter when a value is out of range (vocab_size bounds
   // the logit_bias ids).
   void validate(int64_t vocab_size) const;
+
+  // The temperature both samplers (engine/sampler.h, kernels/cuda/sampling.h) draw at: 0, or at least
+  // kMinTemperature. vLLM's floor: a smaller one scales logits past what float math holds (the
+  // GPU's 1/T of a denormal T is +inf, and its draw then NaN).
+  static constexpr float kMinTemperature = 0.01f;
+  float sampling_temperature() const {
+    return temperature > 0.0f && temperature < kMinTemperature ? kMinTemperature : temperature;
+  }
 };
 
 }  // namespace sparseserve

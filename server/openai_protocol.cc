@@ -227,7 +227,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   if (auto v = f.number("frequency_penalty", -2, 2)) s.frequency_penalty = static_cast<float>(*v);
   if (auto v = f.number("repetition_penalty", 0, 10, /*lo_open=*/true)) s.repetition_penalty = static_cast<float>(*v);
   if (auto v = f.integer("seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
-    s.seed = static_cast<uint64_t>(*v);
+    if (*v != -1) s.seed = static_cast<uint64_t>(*v);  // -1: no seed, as vLLM reads it
   }
   if (const json* lb = f.get("logit_bias")) {
     if (!lb->is_object()) throw f.wrong_type("logit_bias", "an object mapping token ids to biases");

@@ -105,6 +105,13 @@ std::string cuda_unsupported_profile(const ModelConfig& c, const kvcache::Sparsi
                        "(this model has {})",
                        kernels::cuda::kPageSelectMaxGroup, c.n_heads / c.n_kv_heads);
   }
+  if (p.prefill.dynamic && p.prefill.block_tokens > 0 &&
+      (c.max_context + p.prefill.block_tokens - 1) / p.prefill.block_tokens > kernels::cuda::kMaxMaskKeyBlocks) {
+    return fmt::format("it uses dynamic prefill sparsity with {}-token blocks, which the GPU runs for contexts of at "
+                       "most {} blocks ({} tokens; this model's context is {})",
+                       p.prefill.block_tokens, kernels::cuda::kMaxMaskKeyBlocks,
+                       int64_t{kernels::cuda::kMaxMaskKeyBlocks} * p.prefill.block_tokens, c.max_context);
+  }
   return {};
 }
 

@@ -27,7 +27,7 @@ namespace sparseserve::kernels::cuda {
 
 // Per-row parameters, validated on the host (SamplingParams::validate) before upload.
 struct SamplingRow {
-  float temperature = 1.0f;  // 0 = greedy
+  float temperature = 1.0f;  // 0 = greedy, else ≥ 0.01 (SamplingParams::sampling_temperature)
   int32_t top_k = 0;         // ≤ 0 = off
   float top_p = 1.0f;        // (0, 1]
   float min_p = 0.0f;        // [0, 1]

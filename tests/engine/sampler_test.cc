@@ -41,6 +41,27 @@ TEST(Sampler, TopK1IsGreedyAtAnyTemperature) {
   }
 }
 
+TEST(Sampler, ATinyTemperatureSamplesAtTheFloor) {
+  // 0 < T < 0.01 draws at 0.01 (vLLM's floor), on both samplers (the engine hands the GPU rows
+  // sampling_temperature()): logits a unit apart are then 100 nats apart, so the draw is the argmax.
+  for (const float t : {1e-40f, 2.9e-39f, 1e-30f, 0.005f}) {
+    SamplingParams p;
+    p.temperature = t;
+    EXPECT_EQ(p.sampling_temperature(), SamplingParams::kMinTemperature) << t;
+    for (uint64_t seed = 0; seed < 50; ++seed) {
+      p.seed = seed;
+      Sampler s(p, {});
+      std::vector<float> l = {0.0f, 1.0f, 2.0f, 5.0f, 3.0f, 4.0f, -1.0f, 2.0f};
+      EXPECT_EQ(s.sample(l), 3) << t << " seed " << seed;
+    }
+  }
+  SamplingParams p;
+  for (const float t : {0.0f, 0.01f, 0.7f, 2.0f}) {
+    p.temperature = t;
+    EXPECT_EQ(p.sampling_temperature(), t);
+  }
+}
+
 TEST(Sampler, NanAndInfiniteLogitsGiveInRangeTokens) {
   for (const float temperature : {0.0f, 0.7f}) {
     for (const int32_t top_k : {0, 5}) {

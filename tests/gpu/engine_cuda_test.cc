@@ -419,6 +419,14 @@ TEST(CudaEngineTest, SmallModelTokensDrawnOnTheDeviceMatchTheHostSampler) {
     EXPECT_EQ(first, again) << "the same seed drew different tokens";
     EXPECT_NE(first, other) << "another seed drew the same 40 tokens";
     EXPECT_NE(first, greedy_device) << "temperature 0.8 drew the greedy text";
+    // A temperature whose inverse overflows a float draws at SamplingParams::kMinTemperature: not
+    // token 0 every time (1/T = inf made every score NaN or -inf).
+    Request tiny = device;
+    tiny.sampling.temperature = 1e-40f;
+    tiny.sampling.seed = 3;
+    const auto [cold, drawn_cold] = alone(tiny);
+    EXPECT_EQ(drawn_cold, 40);
+    EXPECT_NE(cold, std::vector<int32_t>(40, 0));
   }
   wait_for_pages_back(engine);
 }
@@ -461,6 +469,17 @@ TEST(CudaStepRunnerChecks, NamesWhatAProfileUsesThatItDoesNotRun) {
   kvcache::SparsityProfile dynamic = dense;
   dynamic.prefill.dynamic = true;
   EXPECT_EQ(cuda_unsupported_profile(c, dynamic), "");  // XAttention runs on the GPU
+  // ... for contexts of at most kMaxMaskKeyBlocks key blocks (16,384: 262,144 tokens at 16-token blocks).
+  dynamic.prefill.block_tokens = 16;
+  c.max_context = 16384 * 16;
+  EXPECT_EQ(cuda_unsupported_profile(c, dynamic), "");
+  c.max_context += 1;
+  EXPECT_NE(cuda_unsupported_profile(c, dynamic).find("contexts of at most 16384 blocks (262144 tokens; this model's "
+                                                      "context is 262145)"),
+            std::string::npos)
+      << cuda_unsupported_profile(c, dynamic);
+  dynamic.prefill.block_tokens = 32;
+  EXPECT_EQ(cuda_unsupported_profile(c, dynamic), "");
 }
 
 TEST(CudaStepRunnerChecks, NamesTheModelShapesItDoesNotRun) {

@@ -143,6 +143,12 @@ TEST_F(ProtocolTest, ChoicesFanOutWithSeedPlusIndex) {
   }
   const GenerationJob unseeded = protocol_->parse_completion({{"prompt", "a"}, {"n", 2}});
   EXPECT_FALSE(unseeded.request_for_choice(1, "c").sampling.seed.has_value());
+  // -1 is no seed (vLLM), for every choice; -2 is a seed.
+  const GenerationJob minus_one = protocol_->parse_completion({{"prompt", "a"}, {"n", 2}, {"seed", -1}});
+  EXPECT_FALSE(minus_one.request_for_choice(0, "c").sampling.seed.has_value());
+  EXPECT_FALSE(minus_one.request_for_choice(1, "c").sampling.seed.has_value());
+  EXPECT_EQ(protocol_->parse_completion({{"prompt", "a"}, {"seed", -2}}).request_for_choice(0, "c").sampling.seed,
+            std::optional<uint64_t>(static_cast<uint64_t>(-2)));
 }
 
 TEST_F(ProtocolTest, ChatAppliesTheTemplateAndStopsAtEndOfTurn) {
