@@ -34,7 +34,7 @@ void collect_prompt_logprobs(LiveRequest& r, const float* rows, int64_t V, int64
     lp.token = r.tokens[static_cast<size_t>(p + 1)];
     const float x = prow[static_cast<size_t>(lp.token)];
     lp.logprob = static_cast<float>(x - lse);
-    lp.rank = 1 + static_cast<int32_t>(std::count_if(prow.begin(), prow.end(), [x](float y) { return y > x; }));
+    lp.rank = logprob_rank(prow, lp.token);
     r.prompt_lps.push_back(std::move(lp));
     ++r.prompt_lp_next;
   }

@@ -22,4 +22,9 @@ TokenLogprob top_logprobs(std::span<const float> row, int32_t k, double& lse) {
   return lp;
 }
 
+int32_t logprob_rank(std::span<const float> row, int32_t token) {
+  const float x = row[static_cast<size_t>(token)];
+  return static_cast<int32_t>(std::count_if(row.begin(), row.end(), [x](float y) { return y >= x; }));
+}
+
 }  // namespace sparseserve

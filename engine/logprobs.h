@@ -13,4 +13,8 @@ namespace sparseserve {
 // their logprobs in top, and lse, the row's log-sum-exp (an id's logprob is row[id] − lse).
 TokenLogprob top_logprobs(std::span<const float> row, int32_t k, double& lse);
 
+// vLLM's rank of `token` in a logits row: the ids at least as likely as it, itself included (ties
+// count ahead of it).
+int32_t logprob_rank(std::span<const float> row, int32_t token);
+
 }  // namespace sparseserve

@@ -61,7 +61,7 @@ struct TokenLogprob {
   int32_t token = 0;
   float logprob = 0.0f;
   std::vector<std::pair<int32_t, float>> top;  // most likely tokens at that step, best first
-  int32_t rank = 0;  // prompt logprobs: 1 + the ids more likely than token (vLLM's rank); else 0
+  int32_t rank = 0;  // prompt logprobs: logprob_rank (vLLM's: ids at least as likely, itself included); else 0
 };
 
 enum class FinishReason { kNone, kStop, kLength, kAbort, kError };

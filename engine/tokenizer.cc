@@ -158,13 +158,14 @@ const std::string& Tokenizer::token_text(int32_t id) const {
 
 namespace {
 
-// Pre-tokenizer of a GGUF `tokenizer.ggml.pre` kind, as llama.cpp and HF define it.
-// Returns false for an unknown kind.
-bool configure_pre(std::string_view pre, PreTokenizer& p, bool& ignore_merges,
-                   bool& default_add_bos) {
+// Pre-tokenizer of a GGUF `tokenizer.ggml.pre` kind, as llama.cpp and HF define it, and whether the
+// family's tokenizer.json normalizes to NFC first (Qwen2's does; transformers' GGUF converter, so
+// vLLM serving the GGUF, keeps it; llama.cpp does not). Returns false for an unknown kind.
+bool configure_pre(std::string_view pre, PreTokenizer& p, bool& ignore_merges, bool& default_add_bos, bool& nfc) {
   using B = PreTokenizer::Behavior;
   ignore_merges = false;
   default_add_bos = false;
+  nfc = false;
   if (pre.empty() || pre == "default" || pre == "gpt2" || pre == "gpt-2") {
     p.add_byte_level(false, true);
   } else if (pre == "smollm" || pre == "starcoder" || pre == "refact") {
@@ -178,6 +179,7 @@ bool configure_pre(std::string_view pre, PreTokenizer& p, bool& ignore_merges,
   } else if (pre == "qwen2" || pre == "deepseek-r1-qwen") {
     p.add_split(kQwen2Pattern, B::kIsolated, false);
     p.add_byte_level(false, false);
+    nfc = true;
   } else {
     return false;
   }
@@ -281,7 +283,7 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& gguf) {
   }
   bool ignore_merges = false;
   bool default_add_bos = false;
-  if (!configure_pre(pre, impl->pre, ignore_merges, default_add_bos)) {
+  if (!configure_pre(pre, impl->pre, ignore_merges, default_add_bos, impl->nfc)) {
     throw ModelFileError(file, "tokenizer.ggml.pre: unsupported pre-tokenizer '" + pre + "'");
   }
 

@@ -1,3 +1,4 @@
+#include "engine/logprobs.h"
 #include "engine/sampler.h"
 
 #include <gtest/gtest.h>
@@ -60,6 +61,20 @@ TEST(Sampler, ATinyTemperatureSamplesAtTheFloor) {
     p.temperature = t;
     EXPECT_EQ(p.sampling_temperature(), t);
   }
+}
+
+TEST(Logprobs, RankCountsTheIdsAtLeastAsLikelyAsVllmDoes) {
+  const std::vector<float> row = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f, 2.0f};
+  EXPECT_EQ(logprob_rank(row, 1), 2);  // tied with id 3: both count
+  EXPECT_EQ(logprob_rank(row, 3), 2);
+  EXPECT_EQ(logprob_rank(row, 2), 4);
+  EXPECT_EQ(logprob_rank(row, 0), 5);
+  EXPECT_EQ(logprob_rank(row, 4), 6);
+  double lse = 0;
+  const TokenLogprob top = top_logprobs(row, 2, lse);
+  ASSERT_EQ(top.top.size(), 2u);
+  EXPECT_EQ(top.top[0].second, top.top[1].second);  // the two 3s
+  EXPECT_NEAR(lse, std::log(std::exp(1.0) + 2 * std::exp(3.0) + 2 * std::exp(2.0) + std::exp(-1.0)), 1e-9);
 }
 
 TEST(Sampler, NanAndInfiniteLogitsGiveInRangeTokens) {

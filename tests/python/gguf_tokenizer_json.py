@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from gguf import GGUFReader
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 # Token types of tokenizer.ggml.token_type.
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 2, 3, 4
@@ -99,6 +99,8 @@ def build_tokenizer_json(gguf_path: str, pre: str | None = None) -> str:
     bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=(family == "llama3"))
     tok = Tokenizer(bpe)
     tok.pre_tokenizer = _pre_tokenizer(family)
+    if family == "qwen2":
+        tok.normalizer = normalizers.NFC()  # Qwen2's tokenizer.json (and transformers' Qwen2Converter)
     tok.decoder = decoders.ByteLevel()
     special = [AddedToken(t, special=True, normalized=False)
                for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL]

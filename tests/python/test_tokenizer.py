@@ -311,17 +311,20 @@ NFC_TEXTS = ["cafe\u0301 au lait", "\u212b and \u2126", "e\u0301\u0301", "\u1100
              "\u0628\u08d4\u0650"]
 
 
-def test_nfc_normalizer_matches_hf(family_files, tmp_path):
-    """A tokenizer.json whose normalizer is NFC (Qwen2's): the text between added tokens is composed
-    before pre-tokenizing, as HF tokenizers composes it."""
+@pytest.mark.parametrize("loader", ["gguf", "hf-json"])
+def test_nfc_normalizer_matches_hf(family_files, tmp_path, loader):
+    """Qwen2's tokenizer normalizes to NFC (its tokenizer.json's normalizer; for a GGUF whose pre is
+    qwen2, transformers' converter, which vLLM uses, adds it too): the text between added tokens is
+    composed before pre-tokenizing, as HF tokenizers composes it."""
     tj = json.loads(family_files["qwen2"][1].read_text(encoding="utf-8"))
-    tj["normalizer"] = {"type": "NFC"}
-    path = tmp_path / "tokenizer.json"
-    path.write_text(json.dumps(tj), encoding="utf-8")
-    hf = tokenizers.Tokenizer.from_file(str(path))
+    assert tj["normalizer"] == {"type": "NFC"}
+    hf = family_files["qwen2"][2]
     texts = NFC_TEXTS + CORPUS
-    ours = run_tool(["--hf-json", str(path)], encode_lines(texts))
+    ours = run_tool(loader_args(family_files, "qwen2", loader), encode_lines(texts))
     theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
     assert_same(texts, ours, theirs)
-    without = run_tool(["--hf-json", str(family_files["qwen2"][1])], encode_lines(NFC_TEXTS))
+    tj["normalizer"] = None
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(tj), encoding="utf-8")
+    without = run_tool(["--hf-json", str(path)], encode_lines(NFC_TEXTS))
     assert sum(a != b for a, b in zip(without, ours)) >= 6  # NFC changed most of these
