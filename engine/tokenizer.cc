@@ -25,6 +25,41 @@ void AddedTokenMatcher::build(std::vector<Entry> entries) {
   }
 }
 
+namespace {
+
+// Unicode White_Space (Rust's char::is_whitespace, which HF's strip uses).
+bool white_space(uint32_t cp) {
+  return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+}
+
+// Bytes of the whitespace run that starts at `at` (invalid UTF-8 ends it).
+size_t white_space_after(std::string_view text, size_t at) {
+  size_t end = at;
+  while (end < text.size()) {
+    const int n = utf8::classify(text.substr(end));
+    if (n <= 0 || !white_space(utf8::decode(text.substr(end), n))) break;
+    end += static_cast<size_t>(n);
+  }
+  return end - at;
+}
+
+// Where the whitespace run that ends at `at` starts, no earlier than `from`.
+size_t white_space_before(std::string_view text, size_t from, size_t at) {
+  size_t start = at;
+  while (start > from) {
+    size_t c = start - 1;  // the previous character's first byte
+    while (c > from && start - c < 4 && (static_cast<unsigned char>(text[c]) & 0xC0) == 0x80) --c;
+    const std::string_view ch = text.substr(c, start - c);
+    const int n = utf8::classify(ch);
+    if (n <= 0 || static_cast<size_t>(n) != ch.size() || !white_space(utf8::decode(ch, n))) break;
+    start = c;
+  }
+  return start;
+}
+
+}  // namespace
+
 std::optional<AddedTokenMatcher::Match> AddedTokenMatcher::find(std::string_view text, size_t from,
                                                                 bool parse_special) const {
   if (entries_.empty()) return std::nullopt;
@@ -32,7 +67,10 @@ std::optional<AddedTokenMatcher::Match> AddedTokenMatcher::find(std::string_view
     for (uint32_t idx : by_first_[static_cast<unsigned char>(text[pos])]) {
       const Entry& e = entries_[idx];
       if (e.special && !parse_special) continue;
-      if (text.compare(pos, e.text.size(), e.text) == 0) return Match{pos, e.text.size(), e.id};
+      if (text.compare(pos, e.text.size(), e.text) != 0) continue;
+      const size_t start = e.lstrip ? white_space_before(text, from, pos) : pos;
+      const size_t end = pos + e.text.size() + (e.rstrip ? white_space_after(text, pos + e.text.size()) : 0);
+      return Match{start, end - start, e.id};
     }
   }
   return std::nullopt;
@@ -49,7 +87,9 @@ void Tokenizer::Impl::finish() {
     // bytes; any other token decodes to its text as stored.
     if (!byte_level_to_bytes(tokens[id], decoded[id])) decoded[id] = tokens[id];
     if (kinds[id] == TokenKind::kControl || kinds[id] == TokenKind::kUserDefined) {
-      entries.push_back({tokens[id], static_cast<int32_t>(id), kinds[id] == TokenKind::kControl});
+      const uint8_t st = id < strip.size() ? strip[id] : 0;
+      entries.push_back({tokens[id], static_cast<int32_t>(id), kinds[id] == TokenKind::kControl,
+                         (st & kStripLeft) != 0, (st & kStripRight) != 0});
     }
   }
   added.build(std::move(entries));

@@ -33,7 +33,9 @@ class AddedTokenMatcher {
   struct Entry {
     std::string text;
     int32_t id;
-    bool special;  // control token: matched only when parse_special
+    bool special;         // control token: matched only when parse_special
+    bool lstrip = false;  // the match takes the whitespace before it (tokenizer.json's lstrip) ...
+    bool rstrip = false;  // ... and after it (rstrip): that whitespace is not encoded
   };
   struct Match {
     size_t pos;
@@ -41,6 +43,9 @@ class AddedTokenMatcher {
     int32_t id;
   };
   void build(std::vector<Entry> entries);
+  // The leftmost-longest added token at or after `from`, its match widened over whitespace (Unicode
+  // White_Space, as HF's char::is_whitespace) by its lstrip (down to `from`, the end of the previous
+  // match) and rstrip, as HF's AddedVocabulary widens it.
   std::optional<Match> find(std::string_view text, size_t from, bool parse_special) const;
 
  private:
@@ -60,6 +65,9 @@ struct Tokenizer::Impl {
   int32_t eos = -1;
   bool add_bos = false;
   bool nfc = false;                  // NFC before pre-tokenizing (tokenizer.json normalizer NFC)
+
+  std::vector<uint8_t> strip;        // id -> kStripLeft | kStripRight (tokenizer.json lstrip / rstrip); may be empty
+  static constexpr uint8_t kStripLeft = 1, kStripRight = 2;
 
   // Fills `decoded` and the added-token matcher from tokens/kinds. Call once loading is done.
   void finish();

@@ -1,5 +1,6 @@
 // Tokenizer::from_hf_json: a Hugging Face tokenizer.json with a byte-level BPE model.
-// Supported: model BPE (merges as "a b" or ["a", "b"], ignore_merges, unk_token); added_tokens;
+// Supported: model BPE (merges as "a b" or ["a", "b"], ignore_merges, unk_token); added_tokens (with
+// lstrip / rstrip; single_word is refused);
 // normalizer null or NFC (applied to the text between added tokens, as HF applies it: engine/nfc.h);
 // pre_tokenizer Sequence / Split (Regex or String pattern, every behavior, invert) / Digits /
 // ByteLevel; post_processor TemplateProcessing (a leading special token is the BOS), ByteLevel,
@@ -204,6 +205,15 @@ Tokenizer Tokenizer::from_hf_json(const std::string& path) {
       const bool special = r.bool_field(added[i], "special", false, key);
       place(id.get<int64_t>(), r.string_field(added[i], "content", key),
             special ? TokenKind::kControl : TokenKind::kUserDefined, key);
+      const uint8_t st = (r.bool_field(added[i], "lstrip", false, key) ? Impl::kStripLeft : 0) |
+                         (r.bool_field(added[i], "rstrip", false, key) ? Impl::kStripRight : 0);
+      if (st != 0) {
+        if (impl->strip.size() < tokens.size()) impl->strip.resize(tokens.size(), 0);
+        impl->strip[static_cast<size_t>(id.get<int64_t>())] = st;
+      }
+      if (r.bool_field(added[i], "single_word", false, key)) {
+        r.fail(key + ".single_word", "matching an added token only as a whole word is not supported");
+      }
     }
   }
   if (tokens.empty()) r.fail("model.vocab", "empty vocabulary");

@@ -328,3 +328,30 @@ def test_nfc_normalizer_matches_hf(family_files, tmp_path, loader):
     path.write_text(json.dumps(tj), encoding="utf-8")
     without = run_tool(["--hf-json", str(path)], encode_lines(NFC_TEXTS))
     assert sum(a != b for a, b in zip(without, ours)) >= 6  # NFC changed most of these
+
+
+def test_added_tokens_strip_whitespace_as_hf(family_files, tmp_path):
+    """tokenizer.json's lstrip / rstrip: an added token's match takes the whitespace before / after it
+    (Unicode White_Space, never past the previous added token), which is then not encoded; single_word
+    is refused at load."""
+    tj = json.loads(family_files["smollm"][1].read_text(encoding="utf-8"))
+    by_content = {t["content"]: t for t in tj["added_tokens"]}
+    by_content["<|im_end|>"].update(lstrip=True, rstrip=True)
+    by_content["<|im_start|>"].update(rstrip=True)
+    by_content["<|endoftext|>"].update(lstrip=True)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(tj), encoding="utf-8")
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    texts = ["a <|im_end|> b", "a\n\t <|im_end|>\u3000\u2028b", "<|im_start|>  user\nhi<|im_end|>\n",
+             "x  <|endoftext|>  y", "<|im_end|> <|im_end|>  <|endoftext|>", "a\u00a0\u200b<|im_end|>\u200bz",
+             " <|im_start|>\u0085\u001c<|endoftext|>", "\u3000" * 3 + "<|endoftext|>" + "\u3000" * 3]
+    ours = run_tool(["--hf-json", str(path)], encode_lines(texts + CORPUS))
+    theirs = [e.ids for e in hf.encode_batch(texts + CORPUS, add_special_tokens=True)]
+    assert_same(texts + CORPUS, ours, theirs)
+    plain = run_tool(["--hf-json", str(family_files["smollm"][1])], encode_lines(texts))
+    assert sum(a != b for a, b in zip(plain, ours)) >= 6  # the whitespace went into the tokens
+
+    by_content["<|im_end|>"]["single_word"] = True
+    path.write_text(json.dumps(tj), encoding="utf-8")
+    proc = subprocess.run([str(TOOL), "--hf-json", str(path)], input="\"x\"\n", capture_output=True, text=True)
+    assert proc.returncode != 0 and "single_word" in proc.stderr
