@@ -588,12 +588,13 @@ void Engine::Impl::step() {
       const ForwardSeq& f = batch[si];
       const int64_t first_row = rows;
       rows += f.no_logits ? 0 : f.all_logits ? s.count : 1;
-      if (!s.sample || f.all_logits) continue;
+      if (!s.sample) continue;
       const LiveRequest& r = *live.at(s.id);
       if (!drawn_on_device(r)) continue;
       draw_index[si] = static_cast<int32_t>(draws.size());
       DeviceDraw d;
-      d.row = first_row;
+      d.row = first_row + (f.all_logits ? s.count - 1 : 0);  // a chunk's last row samples
+      d.keep_row = r.req.logprobs >= 0;
       d.temperature = r.req.sampling.sampling_temperature();
       d.top_k = r.req.sampling.top_k;
       d.top_p = r.req.sampling.top_p;
@@ -662,11 +663,20 @@ void Engine::Impl::step() {
       if (r.req.logprobs >= 0) {  // log-softmax of the model's own distribution (before sampling transforms)
         double lse = 0;
         lp = top_logprobs(lrow, r.req.logprobs, lse);
-        std::vector<float> raw(lrow.begin(), lrow.end());
-        apply_processors();
-        const int32_t tok = r.sampler.sample(lrow);
+        int32_t tok;
+        float raw;
+        if (on_device) {  // the row came back with the drawn token (keep_row)
+          tok = drawn[static_cast<size_t>(draw_index[si])];
+          raw = lrow[static_cast<size_t>(tok)];
+          r.sampler.accept(tok);
+        } else {
+          std::vector<float> raw_row(lrow.begin(), lrow.end());
+          apply_processors();
+          tok = r.sampler.sample(lrow);
+          raw = raw_row[static_cast<size_t>(tok)];
+        }
         lp->token = tok;
-        lp->logprob = static_cast<float>(raw[static_cast<size_t>(tok)] - lse);
+        lp->logprob = static_cast<float>(raw - lse);
         r.tokens.push_back(tok);
       } else if (on_device) {  // drawn by the backend; nothing applies to the row
         const int32_t tok = drawn[static_cast<size_t>(draw_index[si])];

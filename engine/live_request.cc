@@ -12,7 +12,7 @@ namespace sparseserve {
 bool drawn_on_device(const LiveRequest& r) {
   const SamplingParams& p = r.req.sampling;
   const bool may_stop = static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.req.min_tokens;
-  return r.req.logprobs < 0 && r.req.allowed_token_ids.empty() && r.req.bad_words.empty() && !r.json && !r.language &&
+  return r.req.allowed_token_ids.empty() && r.req.bad_words.empty() && !r.json && !r.language &&
          (may_stop || (r.stop_ids.empty() && r.implicit_stops.empty())) && p.presence_penalty == 0.0f &&
          p.frequency_penalty == 0.0f && p.repetition_penalty == 1.0f && p.logit_bias.empty();
 }

@@ -56,8 +56,9 @@ struct LiveRequest {
 };
 
 // Whether a token of r may be drawn by the backend on the device (StepBackend's DeviceDraw): nothing
-// in the request reads or changes the logits row on the host, and its sampler's parameters are the
-// device sampler's (no penalty, no bias).
+// in the request changes the logits row on the host (logprobs only read it: DeviceDraw::keep_row),
+// and its sampler's parameters are the device sampler's (no penalty, no bias). So a seeded request
+// draws the same tokens with or without logprobs.
 bool drawn_on_device(const LiveRequest& r);
 
 // Moves the prompt logprobs collected so far into the request's first delta (once).

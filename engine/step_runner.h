@@ -22,11 +22,13 @@
 namespace sparseserve {
 
 // A logits row whose token the runner draws on the device (StepRunner::draws_on_device): its request
-// needs nothing of the row on the host (no logits processor, penalty, bias or logprobs). The draw
-// follows kernels/cuda/sampling.h: greedy at temperature 0, else temperature → min-p → top-k →
-// top-p with Philox noise keyed by (seed, step), so a seeded request repeats on this backend.
+// changes nothing of the row on the host (no logits processor, penalty or bias). The draw follows
+// kernels/cuda/sampling.h: greedy at temperature 0, else temperature → min-p → top-k → top-p with
+// Philox noise keyed by (seed, step), so a seeded request repeats on this backend, whether or not it
+// also asks for logprobs (keep_row).
 struct DeviceDraw {
   int64_t row = 0;  // the logits row (forward's layout)
+  bool keep_row = false;  // the host reads the row too (logprobs): forward() fills it as well
   float temperature = 1.0f;
   int32_t top_k = 0;
   float top_p = 1.0f;
@@ -52,7 +54,7 @@ class StepRunner {
   virtual void release(uint64_t id) = 0;
   // Runs the batch (CpuForward::forward's contract): stores each chunk's K/V and sizes logits to
   // [rows needing them][vocab] in batch order, filling every row but those in `draws` (ascending
-  // rows; only where draws_on_device()), whose tokens go to drawn[i]. InvalidArgument for a bad
+  // rows; only where draws_on_device()) without keep_row; a draw's token goes to drawn[i]. InvalidArgument for a bad
   // token or context; the cache is unchanged then.
   virtual void forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& logits,
                        std::vector<int32_t>& drawn) = 0;

@@ -378,6 +378,10 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   const double tables_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0).count();
   const int64_t n_drawn = static_cast<int64_t>(draws.size()), n_host = out_rows - n_drawn;
+  // Rows copied back: the host's, then, when a draw keeps its row, the drawn ones too (they follow
+  // the host's in logits_f32).
+  const bool keep_drawn = std::any_of(draws.begin(), draws.end(), [](const DeviceDraw& d) { return d.keep_row; });
+  const int64_t n_copied = keep_drawn ? out_rows : n_host;
   DeviceStep step;
   step.rows = rows;
   step.out_rows = out_rows;
@@ -487,8 +491,8 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     step.sel = sized(sel, gemm_rows(out_rows) * H);
     step.logits = sized(logits, gemm_rows(out_rows) * V);
     step.logits_f32 = sized(logits_f32, out_rows * V);
-    if (n_host > 0 && static_cast<int64_t>(staged.size()) < n_host * V) {
-      staged = cuda::PinnedBuffer<float>(static_cast<size_t>(n_host * V));
+    if (n_copied > 0 && static_cast<int64_t>(staged.size()) < n_copied * V) {
+      staged = cuda::PinnedBuffer<float>(static_cast<size_t>(n_copied * V));
     }
     if (n_drawn > 0) {
       std::vector<cuda::SamplingRow> params(draws.size());
@@ -529,8 +533,8 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   } else {
     enqueue(step, trace);
   }
-  if (n_host > 0) {
-    CUDA_CHECK(cudaMemcpyAsync(staged.data(), step.logits_f32, static_cast<size_t>(n_host * V) * sizeof(float),
+  if (n_copied > 0) {
+    CUDA_CHECK(cudaMemcpyAsync(staged.data(), step.logits_f32, static_cast<size_t>(n_copied * V) * sizeof(float),
                                cudaMemcpyDeviceToHost, stream));
   }
   if (n_drawn > 0) {
@@ -561,11 +565,12 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
                                      g.instantiations)
                        : fmt::format("attention {:.3f} ms", attention));
   }
-  {  // the host's rows back to their places in batch order
+  {  // the host's rows back to their places in batch order, and the drawn rows kept
     size_t k = 0;
     int64_t h_row = 0;
     for (int64_t j = 0; j < out_rows; ++j) {
       if (k < draws.size() && draws[k].row == j) {
+        if (draws[k].keep_row) std::copy_n(staged.data() + (n_host + static_cast<int64_t>(k)) * V, V, out.data() + j * V);
         ++k;
         continue;
       }

@@ -375,12 +375,17 @@ TEST(CudaEngineTest, PreemptedAndCancelledRequestsStayRightAndReturnTheirPages) 
   wait_for_pages_back(engine);
 }
 
-// Tokens the GPU backend draws itself (requests without logprobs or logits processors) against the
-// host's sampler on the same logits. Each request runs alone, so a request and its twin meet the
-// same steps and shapes and their logits rows hold the same values: a greedy request drawn on the
-// device and its twin with logprobs (sampled on the host) agree token for token; two requests with
-// one seed drawn on the device at temperature 0.8 repeat each other, and another seed draws another
-// text. The engine's counter shows which tokens were drawn on the device.
+// Tokens the GPU backend draws itself (requests without logits processors, penalties or bias)
+// against the host's sampler on the same logits. Each request runs alone, so a request and its twins
+// meet the same steps and shapes and their logits rows hold the same values:
+//   - a greedy request drawn on the device, its twin with logprobs and prompt logprobs (still drawn on
+//     the device, the rows copied back too) and its twin with a zero logit bias (sampled on the host)
+//     agree token for token, and both twins' logprobs are the same values;
+//   - two requests with one seed at temperature 0.8 repeat each other, with or without logprobs (the
+//     same draw), and another seed draws another text;
+//   - a temperature under the floor (1e-40: 1/T overflows a float) draws at SamplingParams::
+//     kMinTemperature, not token 0 every time.
+// The engine's counter shows which tokens were drawn on the device.
 TEST(CudaEngineTest, SmallModelTokensDrawnOnTheDeviceMatchTheHostSampler) {
   SKIP_WITHOUT_GPU();
   Fixture fx;
@@ -390,7 +395,21 @@ TEST(CudaEngineTest, SmallModelTokensDrawnOnTheDeviceMatchTheHostSampler) {
   const auto alone = [&](const Request& r) {
     const int64_t drawn_before = engine.metrics().device_drawn_tokens.load();
     Finished f = drain(*engine.submit(r), r.prompt);
-    return std::pair(f.generated, engine.metrics().device_drawn_tokens.load() - drawn_before);
+    const int64_t drawn = engine.metrics().device_drawn_tokens.load() - drawn_before;
+    return std::pair(std::move(f), drawn);
+  };
+  const auto same_logprobs = [](const Finished& a, const Finished& b) {
+    EXPECT_EQ(a.logprobs.size(), b.logprobs.size());
+    EXPECT_EQ(a.prompt_logprobs.size(), b.prompt_logprobs.size());
+    for (size_t i = 0; i < std::min(a.logprobs.size(), b.logprobs.size()); ++i) {
+      EXPECT_EQ(a.logprobs[i].token, b.logprobs[i].token) << i;
+      EXPECT_EQ(a.logprobs[i].logprob, b.logprobs[i].logprob) << i;
+      EXPECT_EQ(a.logprobs[i].top, b.logprobs[i].top) << i;
+    }
+    for (size_t i = 0; i < std::min(a.prompt_logprobs.size(), b.prompt_logprobs.size()); ++i) {
+      EXPECT_EQ(a.prompt_logprobs[i].logprob, b.prompt_logprobs[i].logprob) << i;
+      EXPECT_EQ(a.prompt_logprobs[i].rank, b.prompt_logprobs[i].rank) << i;
+    }
   };
   for (const std::string profile : {"", "stream", "select"}) {
     SCOPED_TRACE("profile '" + profile + "'");
@@ -399,34 +418,47 @@ TEST(CudaEngineTest, SmallModelTokensDrawnOnTheDeviceMatchTheHostSampler) {
     Request device = greedy_request("device", prompt, 40, profile);
     device.logprobs = -1;
     device.prompt_logprobs = -1;
-    Request host = device;  // the same, but its logprobs need the row on the host
+    Request with_logprobs = device;  // drawn on the device, its rows copied back as well
+    with_logprobs.id = "with-logprobs";
+    with_logprobs.logprobs = 2;
+    with_logprobs.prompt_logprobs = 1;
+    Request host = with_logprobs;  // a zero bias: the host sampler's, on the same values
     host.id = "host";
-    host.logprobs = 0;
+    host.sampling.logit_bias = {{0, 0.0f}};
     const auto [greedy_device, drawn_greedy] = alone(device);
+    const auto [greedy_kept, drawn_kept] = alone(with_logprobs);
     const auto [greedy_host, drawn_host] = alone(host);
     EXPECT_EQ(drawn_greedy, 40);
+    EXPECT_EQ(drawn_kept, 40);
     EXPECT_EQ(drawn_host, 0);
-    EXPECT_EQ(greedy_device, greedy_host) << "greedy drawn on the device differs from the host's";
+    EXPECT_EQ(greedy_device.generated, greedy_host.generated) << "greedy drawn on the device differs from the host's";
+    EXPECT_EQ(greedy_kept.generated, greedy_host.generated) << "logprobs changed the greedy tokens";
+    same_logprobs(greedy_kept, greedy_host);
     Request hot = device;
     hot.sampling.temperature = 0.8f;
     hot.sampling.top_p = 0.9f;
     hot.sampling.seed = 11;
     const auto [first, drawn_first] = alone(hot);
     const auto [again, drawn_again] = alone(hot);
+    Request hot_logprobs = hot;
+    hot_logprobs.logprobs = 1;
+    hot_logprobs.prompt_logprobs = 0;
+    const auto [kept, drawn_hot_kept] = alone(hot_logprobs);
     hot.sampling.seed = 12;
     const auto [other, drawn_other] = alone(hot);
-    EXPECT_EQ(drawn_first + drawn_again + drawn_other, 120);
-    EXPECT_EQ(first, again) << "the same seed drew different tokens";
-    EXPECT_NE(first, other) << "another seed drew the same 40 tokens";
-    EXPECT_NE(first, greedy_device) << "temperature 0.8 drew the greedy text";
-    // A temperature whose inverse overflows a float draws at SamplingParams::kMinTemperature: not
-    // token 0 every time (1/T = inf made every score NaN or -inf).
+    EXPECT_EQ(drawn_first + drawn_again + drawn_hot_kept + drawn_other, 160);
+    EXPECT_EQ(first.generated, again.generated) << "the same seed drew different tokens";
+    EXPECT_EQ(first.generated, kept.generated) << "logprobs changed a seeded request's tokens";
+    EXPECT_EQ(kept.logprobs.size(), 40u);
+    EXPECT_EQ(kept.prompt_logprobs.size(), prompt.size() - 1);
+    EXPECT_NE(first.generated, other.generated) << "another seed drew the same 40 tokens";
+    EXPECT_NE(first.generated, greedy_device.generated) << "temperature 0.8 drew the greedy text";
     Request tiny = device;
     tiny.sampling.temperature = 1e-40f;
     tiny.sampling.seed = 3;
     const auto [cold, drawn_cold] = alone(tiny);
     EXPECT_EQ(drawn_cold, 40);
-    EXPECT_NE(cold, std::vector<int32_t>(40, 0));
+    EXPECT_NE(cold.generated, std::vector<int32_t>(40, 0));
   }
   wait_for_pages_back(engine);
 }
