@@ -66,8 +66,11 @@ std::optional<AddedTokenMatcher::Match> AddedTokenMatcher::find(std::string_view
   for (size_t pos = from; pos < text.size(); ++pos) {
     for (uint32_t idx : by_first_[static_cast<unsigned char>(text[pos])]) {
       const Entry& e = entries_[idx];
-      if (e.special && !parse_special) continue;
       if (text.compare(pos, e.text.size(), e.text) != 0) continue;
+      if (e.special && !parse_special) {  // ordinary text, searched no further (as HF skips the match)
+        pos += e.text.size() - 1;
+        break;
+      }
       const size_t start = e.lstrip ? white_space_before(text, from, pos) : pos;
       const size_t end = pos + e.text.size() + (e.rstrip ? white_space_after(text, pos + e.text.size()) : 0);
       return Match{start, end - start, e.id};

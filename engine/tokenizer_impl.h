@@ -43,7 +43,8 @@ class AddedTokenMatcher {
     int32_t id;
   };
   void build(std::vector<Entry> entries);
-  // The leftmost-longest added token at or after `from`, its match widened over whitespace (Unicode
+  // The leftmost-longest added token at or after `from` (a special one's text, when !parse_special, is
+  // ordinary text that no other added token matches inside), its match widened over whitespace (Unicode
   // White_Space, as HF's char::is_whitespace) by its lstrip (down to `from`, the end of the previous
   // match) and rstrip, as HF's AddedVocabulary widens it.
   std::optional<Match> find(std::string_view text, size_t from, bool parse_special) const;

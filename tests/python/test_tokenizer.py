@@ -250,6 +250,25 @@ def test_encode_without_special_parsing_matches_hf(family_files, loader):
     assert_same(texts, ours, theirs)
 
 
+def test_special_text_is_not_searched_for_other_added_tokens(family_files, tmp_path):
+    """Without special parsing, a special token's text is ordinary text as a whole: an ordinary added
+    token inside it ("|>" in "<|im_end|>") does not match there, as HF skips the special match."""
+    tj = json.loads(family_files["smollm"][1].read_text(encoding="utf-8"))
+    next_id = max([t["id"] for t in tj["added_tokens"]] + list(tj["model"]["vocab"].values())) + 1
+    for i, content in enumerate(["|>", "_end", "m_e"]):
+        tj["added_tokens"].append({"id": next_id + i, "content": content, "single_word": False, "lstrip": False,
+                                   "rstrip": False, "normalized": False, "special": False})
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(tj), encoding="utf-8")
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    hf.encode_special_tokens = True
+    texts = ["<|im_end|>", "a<|im_start|>user|>b", "x|>y<|im_end|>|>", "<|im_end|im_end|>", "m_e<|endoftext|>_end"]
+    ours = run_tool(["--hf-json", str(path), "--no-parse-special"], encode_lines(texts + SPECIALS))
+    theirs = [e.ids for e in hf.encode_batch(texts + SPECIALS)]
+    assert_same(texts + SPECIALS, ours, theirs)
+    assert any(next_id in ids for ids in ours)  # the ordinary added tokens do match outside
+
+
 @pytest.mark.parametrize("loader", ["gguf", "hf-json"])
 def test_decode_matches_hf(family_files, loader):
     hf = family_files["smollm"][2]
