@@ -30,8 +30,9 @@ class StreamingGeometry {
   StreamingGeometry(int32_t page_tokens, StreamingWindow window);
   int32_t page_tokens() const { return page_tokens_; }
   int32_t sink_pages() const { return sink_pages_; }
-  // ceil(local / P) + 1: besides the band (t - local, t], positions up to t + P - 1 may already be
-  // written when query t attends (a step written ahead) without overwriting a key t needs.
+  // ceil(local / P) + 1: the band (t - local, t] may straddle that many blocks. Positions past t
+  // may already be written when query t attends only within t's own block (a one-token step
+  // written ahead); a later block's would overwrite keys t needs (kvcache/README.md).
   int32_t ring_pages() const { return ring_pages_; }
   int32_t pages() const { return sink_pages_ + ring_pages_; }  // per slot, constant
   const StreamingWindow& window() const { return window_; }
