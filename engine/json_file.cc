@@ -1,7 +1,7 @@
 #include "engine/json_file.h"
 
+#include <map>
 #include <type_traits>
-#include <unordered_map>
 #include <vector>
 
 #include "common/errors.h"
@@ -65,7 +65,7 @@ class BoundedBuilder {
   static constexpr bool kOrdered = std::is_same_v<Json, nlohmann::ordered_json>;
   struct Open {
     Json value;
-    std::unordered_map<std::string, size_t> index;  // ordered objects: the keys' places
+    std::map<std::string, size_t> index;  // ordered objects: the keys' places (a tree: no hash to collide)
     std::string key;                                // the key of the member being read
   };
 

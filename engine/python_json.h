@@ -10,10 +10,11 @@ namespace sparseserve {
 
 // `text` (JSON) as json.dumps(json.loads(text), ensure_ascii=False, indent=...) writes it: indent < 0,
 // ", " and ": " between items on one line; indent ≥ 0, one item a line, `indent` spaces a level, ","
-// and ": ". Keys keep the text's order; UTF-8 is kept, escapes as json.dumps needs them; integers
-// keep their digits whatever their size (Python's int), other numbers are written shortest. One
-// streaming pass that builds no value: O(n) in the text. nullopt when the text is not JSON or nests
-// deeper than kMaxJsonDepth (engine/json_file.h).
+// and ": ". Keys keep the text's order, a repeated key its first place and last value (a Python
+// dict); UTF-8 is kept, escapes as json.dumps needs them; integers keep their digits whatever their
+// size (Python's int), other numbers are written as Python's float repr. One pass over the text
+// that builds no value tree; an item's text is copied once per container around it. nullopt when
+// the text is not JSON or nests deeper than kMaxJsonDepth (engine/json_file.h).
 std::optional<std::string> python_dumps(std::string_view text, int indent = -1);
 
 }  // namespace sparseserve

@@ -5,6 +5,9 @@ not; "required" gives a list of calls, each following its own tool's schema, str
 written; earlier calls and their results render into the prompt; the tools' errors are 400s naming
 the field."""
 import json
+import math
+import random
+import struct
 
 import httpx
 import openai
@@ -191,6 +194,26 @@ def test_calls_and_results_render_into_the_prompt(server, client, model_name):
     r = client.chat.completions.create(model=model_name, messages=conv, tools=TOOLS, tool_choice="none",
                                        temperature=0, max_tokens=16)
     assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+
+
+def test_call_arguments_render_as_python_json_dumps_writes_them(server):
+    # The templates write a call's arguments with tojson, i.e. json.dumps(json.loads(arguments)):
+    # floats in Python's repr (random doubles over the whole range, the bounds of positional form),
+    # integers past 64 bits whole, a repeated key once (first place, last value), nesting kept.
+    rng = random.Random()
+    floats = [rng.uniform(-1, 1) * 10.0 ** rng.randint(-30, 30) for _ in range(60)]
+    floats += [struct.unpack("<d", struct.pack("<Q", rng.getrandbits(63)))[0] for _ in range(40)]
+    floats += [1e15, 1e16, 9999999999999998.0, 1234567890123456.7, 1e-4, 1e-5, 0.5, -0.0, 5e-324]
+    floats = [f for f in floats if math.isfinite(f)]
+    args = ('{"b": %s, "n": 123456789012345678901234567890, "a": 1, "deep": {"x": [1.5, {"y": []}], "x": 2}, "a": 3}'
+            % json.dumps(floats))
+    conv = ASK + [{"role": "assistant", "content": None,
+                   "tool_calls": [{"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": args}}]}]
+    ids = httpx.post(server.base_url + "/tokenize", json={"messages": conv, "tools": TOOLS}).json()["tokens"]
+    text = httpx.post(server.base_url + "/detokenize", json={"tokens": ids}).json()["prompt"]
+    expected = json.dumps(json.loads(args), ensure_ascii=False)
+    assert expected.startswith('{"b": [') and '"a": 3, "deep": {"x": 2}}' in expected  # Python's own reading
+    assert '{"name": "get_weather", "arguments": ' + expected + "}" in text
 
 
 @pytest.mark.parametrize("extra, param", [
