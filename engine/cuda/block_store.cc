@@ -33,25 +33,32 @@ void BlockStore::unbind(uint64_t id) {
   seqs_.erase(it);
 }
 
-void BlockStore::sync(uint64_t id, const kvcache::SequenceKv& kv, std::vector<int32_t>& pairs) {
+std::pair<const BlockStore::Seq*, int64_t> BlockStore::checked(uint64_t id, const kvcache::SequenceKv& kv) const {
   const auto it = seqs_.find(id);
   if (it == seqs_.end()) throw InternalError("BlockStore: sequence " + std::to_string(id) + " is not bound");
-  Seq& s = it->second;
   const int32_t slots = kv.retrieval_slots();
   if (slots > lanes_) throw InternalError("BlockStore: more retrieval slots than lanes");
-  if (slots == 0) return;
-  const auto blocks = static_cast<int64_t>(kv.retrieval_pages(0).size());
+  const auto blocks = slots == 0 ? int64_t{0} : static_cast<int64_t>(kv.retrieval_pages(0).size());
   if (blocks > blocks_per_lane_) throw InternalError("BlockStore: a block table longer than blocks_per_lane");
-  if (blocks < s.blocks) throw InternalError("BlockStore: a block table shrank while bound");
-  const int64_t base = int64_t{s.region} * region_size();
-  for (int32_t slot = 0; slot < slots; ++slot) {
+  if (blocks < it->second.blocks) throw InternalError("BlockStore: a block table shrank while bound");
+  return {&it->second, blocks};
+}
+
+void BlockStore::pending(uint64_t id, const kvcache::SequenceKv& kv, std::vector<int32_t>& pairs) const {
+  const auto [s, blocks] = checked(id, kv);
+  const int64_t base = int64_t{s->region} * region_size();
+  for (int32_t slot = 0; slot < kv.retrieval_slots(); ++slot) {
     const std::vector<int32_t>& pages = kv.retrieval_pages(slot);
-    for (int64_t b = s.blocks; b < blocks; ++b) {
+    for (int64_t b = s->blocks; b < blocks; ++b) {
       pairs.push_back(static_cast<int32_t>(base + int64_t{slot} * blocks_per_lane_ + b));
       pairs.push_back(pages[static_cast<size_t>(b)]);
     }
   }
-  s.blocks = blocks;
+}
+
+void BlockStore::stored(uint64_t id, const kvcache::SequenceKv& kv) {
+  const int64_t blocks = checked(id, kv).second;
+  seqs_.at(id).blocks = blocks;
 }
 
 int32_t BlockStore::region(uint64_t id) const {

@@ -245,7 +245,7 @@ CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& mana
   m.v_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P) * D);
   m.kmin_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P / LP) * D);
   m.kmax_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P / LP) * D);
-  for (auto* b : {&m.k_pool, &m.v_pool, &m.kmin_pool, &m.kmax_pool}) b->fill_bytes(0, stream);  // every slot finite
+  for (auto* b : {&m.k_pool, &m.v_pool, &m.kmin_pool, &m.kmax_pool}) b->fill_bytes(0, m.stream);  // every slot finite
   cuda::PrefillConfig pc;
   pc.head_dim = static_cast<int32_t>(c.head_dim);
   pc.group = static_cast<int32_t>(c.n_heads / c.n_kv_heads);
@@ -253,7 +253,9 @@ CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& mana
   for (int64_t l = 0; l < c.n_layers; ++l) m.prefill.push_back(std::make_unique<cuda::PrefillAttention>(pc));
   m.decoders.resize(static_cast<size_t>(c.n_layers));
   m.masks.resize(static_cast<size_t>(c.n_layers));
-  CUDA_CHECK(cudaStreamSynchronize(stream));
+  // The weights' copies from pageable memory may return before their last transfer lands, on the
+  // default stream, which the step's stream (non-blocking) does not wait for: all of it is done here.
+  CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 CudaForward::~CudaForward() = default;
@@ -465,12 +467,13 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     ll.sel = {lp.s_ip, lp.s_pg, lp.s_len, lp.s_out, lp.q_at, lp.picked_at,
               static_cast<size_t>(lp.decode_keys.indptr[lp.fresh_from])};
     // The fresh rows of a layer may come from profiles of different budgets; page_select takes one
-    // geometry a call: one call per run of rows sharing sink_tokens and token_budget.
+    // geometry and at most kPageSelectMaxRows rows a call: one call per run of rows sharing
+    // sink_tokens and token_budget, split where longer.
     const auto& owner = lp.sel_owner;
     for (size_t a = 0; a < owner.size();) {
       const kvcache::DecodeSelection& d = seq(owner[a].first).profile().decode;
       size_t b = a + 1;
-      while (b < owner.size()) {
+      while (b < owner.size() && b - a < static_cast<size_t>(cuda::kPageSelectMaxRows)) {
         const kvcache::DecodeSelection& e = seq(owner[b].first).profile().decode;
         if (e.sink_tokens != d.sink_tokens || e.token_budget != d.token_budget) break;
         ++b;
@@ -605,14 +608,17 @@ void CudaForward::Impl::grow_store(int64_t entries) {
 
 void CudaForward::Impl::sync_store(std::span<const ForwardSeq> batch) {
   std::vector<int32_t> pairs;
-  for (const ForwardSeq& s : batch) block_store.sync(s.id, manager.sequence(s.id), pairs);
+  for (const ForwardSeq& s : batch) block_store.pending(s.id, manager.sequence(s.id), pairs);
   if (static_cast<int64_t>(store.size()) < block_store.size()) {
     grow_store(std::max<int64_t>(block_store.size(), 2 * static_cast<int64_t>(store.size())));
   }
-  if (pairs.empty()) return;
-  sized(store_pairs, static_cast<int64_t>(pairs.size()));
-  store_pairs.upload(pairs, stream);
-  cuda::scatter_pairs(store_pairs.data(), static_cast<int32_t>(pairs.size() / 2), store.data(), stream);
+  if (!pairs.empty()) {
+    sized(store_pairs, static_cast<int64_t>(pairs.size()));
+    store_pairs.upload(pairs, stream);
+    cuda::scatter_pairs(store_pairs.data(), static_cast<int32_t>(pairs.size() / 2), store.data(), stream);
+  }
+  // Counted only now: a throw above leaves the blocks to be sent by the next step.
+  for (const ForwardSeq& s : batch) block_store.stored(s.id, manager.sequence(s.id));
 }
 
 void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {

@@ -122,6 +122,9 @@ size_t cuda_step_bytes(const ModelConfig& c, const StepLimits& limits) {
   // Logits rows (bf16 and fp32, and the host's pinned copy is not device memory): at most one per
   // token of a step (prompt logprobs), plus the gathered hidden rows.
   const int64_t logit_bytes = 6 * c.vocab_size + 2 * c.hidden;
+  // Per row, the step's int32 tables (engine/cuda/step_tables.h): token, position and slot, and the
+  // page its K/V goes to in each lane of each kind (3 per layer and KV head), padded up to 2×.
+  const int64_t table_bytes = 2 * 4 * (3 + 3 * c.n_layers * c.n_kv_heads);
   // Per sequence: its region of the block store (engine/cuda/block_store.h), every KV head of every
   // layer with the whole context's blocks, int32, counted at the smallest page size (16 tokens).
   const int64_t store_bytes = 4 * c.n_layers * c.n_kv_heads * ((c.max_context + 15) / 16);
@@ -143,7 +146,13 @@ size_t cuda_step_bytes(const ModelConfig& c, const StepLimits& limits) {
                                           XAttentionSelect::mask_bytes_bound(block, rows, row_tokens, c.max_context));
   }
   return kFixedHeadroomBytes + decode_bytes +
-         static_cast<size_t>(tokens * (row_bytes + logit_bytes) + seqs * store_bytes + mask_bytes);
+         static_cast<size_t>(tokens * (row_bytes + logit_bytes + table_bytes) + seqs * store_bytes + mask_bytes);
+}
+
+size_t cuda_list_bytes(const ModelConfig& c, size_t kv_bytes) {
+  constexpr size_t kListBytesPerPage = 64;
+  const auto smallest_page = static_cast<size_t>(16 * std::max<int64_t>(c.head_dim, 1) * 2 * 2);
+  return (kv_bytes + smallest_page - 1) / smallest_page * kListBytesPerPage;
 }
 
 size_t cuda_weight_bytes(const ModelConfig& c, bool tied) {
@@ -169,7 +178,10 @@ StepBackend cuda_step_backend(int device) {
     const auto [free, total] = device_memory(device);
     const size_t weights = model_weight_bytes(model), steps = cuda_step_bytes(model.config, limits);
     constexpr double GiB = 1 << 30;
-    const double left = static_cast<double>(free) - static_cast<double>(weights + steps);
+    // What is left after the weights and the steps, less the share the step's lists take of it
+    // were it all KV cache.
+    const double after = static_cast<double>(free) - static_cast<double>(weights + steps);
+    const double left = after - static_cast<double>(cuda_list_bytes(model.config, static_cast<size_t>(std::max(after, 0.0))));
     if (left <= 0) {
       throw InvalidArgument(fmt::format("backend cuda: CUDA device {} has {:.2f} GiB free, not more than the {:.2f} GiB "
                                         "of bf16 weights and {:.2f} GiB for the steps: no room for a KV cache",
@@ -184,7 +196,8 @@ StepBackend cuda_step_backend(int device) {
   };
   b.check_kv_bytes = [device](const Model& model, size_t kv_bytes, const StepLimits& limits) {
     const auto [free, total] = device_memory(device);
-    const size_t weights = model_weight_bytes(model), steps = cuda_step_bytes(model.config, limits);
+    const size_t weights = model_weight_bytes(model);
+    const size_t steps = cuda_step_bytes(model.config, limits) + cuda_list_bytes(model.config, kv_bytes);
     const size_t need = weights + kv_bytes + steps;
     constexpr double GiB = 1 << 30;
     if (need > free) {

@@ -218,7 +218,7 @@ struct StepTables {
 
 // Builds the tables of a checked step (rows, out_rows: check_step's). Every sequence is bound in
 // `seqs` and in `store`, holds its step's pages in `manager`, and its block tables are synced to
-// the store (BlockStore::sync). decode_with_prefill: one-token rows go to the
+// the store (BlockStore::pending, then stored). decode_with_prefill: one-token rows go to the
 // prefill kernel too. Large steps build their layers in parallel (OpenMP). Into `tab`, reset first
 // (its capacity reused: keep one StepTables across steps).
 void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& manager, const BlockStore& store,

@@ -416,6 +416,9 @@ DecodeAttention::DecodeAttention(const DecodeConfig& config, std::source_locatio
   CUDA_CHECK(cudaMemset(row_done_.data(), 0, row_done_.bytes()));
   // Counts start at zero, so a run before the first plan's upload does nothing.
   CUDA_CHECK(cudaMemset(plan_dev_.data(), 0, plan_dev_.bytes()));
+  // The zeroing ran on the default stream, which a non-blocking stream does not wait for: it is done
+  // before a plan can be uploaded on any stream.
+  CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 
 size_t DecodeAttention::device_bytes_bound(const DecodeConfig& config) {

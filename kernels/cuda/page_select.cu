@@ -406,7 +406,7 @@ void page_select(const PageSelectArgs& a, cudaStream_t stream, std::source_locat
   const PageSelectConfig c = a.config;
   check_page_select_config(c, "page_select", loc);
   const auto subpages = static_cast<uint32_t>(c.page_tokens / c.logical_page_tokens);
-  check(a.rows >= 0 && a.rows <= 65535, "page_select: rows must be in [0, 65535]", loc);
+  check(a.rows >= 0 && a.rows <= kPageSelectMaxRows, "page_select: rows must be in [0, kPageSelectMaxRows]", loc);
   check(a.head_dim == 64 || a.head_dim == 128, "page_select: head_dim must be 64 or 128", loc);
   check(a.group >= 1 && a.group <= kPageSelectMaxGroup, "page_select: group must be in [1, 16]", loc);
   check(a.max_blocks >= 0, "page_select: max_blocks must be ≥ 0", loc);

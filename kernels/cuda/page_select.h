@@ -37,6 +37,9 @@
 
 namespace sparseserve::kernels::cuda {
 
+// Rows one page_select call takes at most (the grid's y extent); callers split longer batches.
+inline constexpr int32_t kPageSelectMaxRows = 65535;
+
 struct PageSelectArgs {
   PageSelectConfig config;   // P / LP a power of two
   int32_t rows = 0;

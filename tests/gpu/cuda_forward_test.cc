@@ -23,6 +23,7 @@
 #include "engine/dense_kv.h"
 #include "engine/paged_kv.h"
 #include "kernels/cpu/ggml_types.h"
+#include "kernels/cuda/page_select.h"
 #include "ops_test_util.h"
 #include "random_model.h"
 #include "selecting_profile.h"
@@ -346,6 +347,76 @@ TEST(CudaForwardTest, DecodeStepsFromCudaGraphsEqualStepsLaunchedKernelByKernel)
   std::printf("%lld decode steps: %lld replays, %lld updates, %lld captures into new graphs\n",
               static_cast<long long>(decode_steps), static_cast<long long>(g.replays), static_cast<long long>(g.updates),
               static_cast<long long>(g.instantiations));
+}
+
+// A decode step with more fresh page selections in one layer than one page_select launch takes
+// (kernels/cuda/page_select.h: kPageSelectMaxRows): 8,200 sequences × 8 retrieval lanes, every one
+// past its budget and reselecting every step, split over two launches. Its logits equal those of
+// the same sequences decoded half a step at a time on a twin (within the rounding of the decode
+// kernel's other split-KV plan), and both selected alike.
+TEST(CudaForwardTest, MoreFreshSelectionsThanOneLaunchTakesAreSplit) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  RandomModel rm({1, 512, 8, 8, 64, 512, 256, RopeLayout::kHalf, false}, rng);
+  const Model& model = *rm.model;
+  const ModelConfig& c = model.config;
+  constexpr uint64_t kSeqs = 8200;  // 65,600 rows a layer
+  static_assert(kSeqs * 8 > static_cast<uint64_t>(kernels::cuda::kPageSelectMaxRows));
+  constexpr int64_t kPrompt = 40;
+  kvcache::SparsityProfile select =
+      kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_kv_heads));
+  select.name = "select";
+  select.decode = {.enabled = true, .token_budget = 32, .sink_tokens = 16, .reselect_interval = 1, .dense_layers = {}};
+  TwinPages pages(kvcache::KvCacheConfig{.page_tokens = 16, .logical_page_tokens = 16}, kSeqs * 8 * 4);
+  CudaForward whole(model, pages.first), halves(model, pages.second);
+  std::vector<std::vector<int32_t>> tokens(kSeqs);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
+  for (uint64_t i = 0; i < kSeqs; ++i) {
+    pages.add_sequence(i, select);
+    whole.add_sequence(i, select);
+    halves.add_sequence(i, select);
+    for (int64_t t = 0; t < kPrompt; ++t) tokens[i].push_back(tok(rng));
+  }
+  // One row of sequence i: its tokens from `start` on.
+  const auto row = [&](uint64_t i, int64_t start) {
+    return ForwardSeq{i, start, std::span(tokens[i]).subspan(static_cast<size_t>(start)), false, kPrompt};
+  };
+  std::vector<ForwardSeq> batch;
+  for (uint64_t i = 0; i < kSeqs; ++i) {
+    pages.allocate(i, kPrompt);
+    batch.push_back(row(i, 0));
+  }
+  std::vector<float> got, want, half;
+  whole.forward(batch, got);
+  halves.forward(batch, want);
+  LogitsTally tally;
+  for (int step = 0; step < 2; ++step) {
+    batch.clear();
+    for (uint64_t i = 0; i < kSeqs; ++i) {
+      tokens[i].push_back(tok(rng));
+      const auto start = static_cast<int64_t>(tokens[i].size()) - 1;
+      pages.allocate(i, start + 1);
+      batch.push_back(row(i, start));
+    }
+    whole.forward(batch, got);
+    want.clear();
+    for (const size_t from : {size_t{0}, batch.size() / 2}) {
+      const std::span<const ForwardSeq> part = std::span(batch).subspan(from, batch.size() / 2);
+      halves.forward(std::vector<ForwardSeq>(part.begin(), part.end()), half);
+      want.insert(want.end(), half.begin(), half.end());
+    }
+    SCOPED_TRACE("decode step " + std::to_string(step));
+    tally.compare(got, want, c.vocab_size);
+  }
+  EXPECT_EQ(tally.compared, static_cast<int>(2 * kSeqs));
+  EXPECT_LT(tally.worst, 0.02f);
+  EXPECT_EQ(whole.selection_stats().selections, halves.selection_stats().selections);
+  EXPECT_EQ(whole.selection_stats().selections, static_cast<int64_t>(2 * kSeqs * 8));
+  EXPECT_EQ(whole.selection_stats().selected_tokens, halves.selection_stats().selected_tokens);
+  std::printf("%llu sequences, two decode steps: worst difference %.5f of the largest logit\n",
+              static_cast<unsigned long long>(kSeqs), static_cast<double>(tally.worst));
 }
 
 }  // namespace

@@ -542,13 +542,25 @@ StepLimits limits(int64_t tokens, int64_t sequences, std::vector<std::pair<int32
 TEST(CudaStepRunnerChecks, StepBytesCoverEachTokensActivationsLogitsAndEachSequencesBlockTables) {
   ModelConfig c;
   c.n_layers = 2, c.hidden = 8, c.n_heads = 2, c.n_kv_heads = 1, c.head_dim = 4, c.intermediate = 16, c.vocab_size = 10;
-  // Per token: 2 · (3·8 + 8 + 8 + 8 + 3·16) = 192 bytes of activations, 6·10 + 2·8 = 76 of logits.
+  // Per token: 2 · (3·8 + 8 + 8 + 8 + 3·16) = 192 bytes of activations, 6·10 + 2·8 = 76 of logits,
+  // 2 · 4 · (3 + 3·2·1) = 72 of tables.
   c.max_context = 150;
   const size_t one = cuda_step_bytes(c, limits(1, 1)), many = cuda_step_bytes(c, limits(1001, 1));
-  EXPECT_EQ(many - one, size_t{1000} * (192 + 76));
+  EXPECT_EQ(many - one, size_t{1000} * (192 + 76 + 72));
   // Per sequence its block store region: 2 layers × 1 KV head × ceil(150 / 16) blocks, int32.
   EXPECT_EQ(cuda_step_bytes(c, limits(1, 4)) - one, size_t{3} * 2 * 1 * 10 * 4);
   EXPECT_GE(one, size_t{256} << 20);  // cuBLASLt's workspace and the context besides
+}
+
+// The step's lists: 64 bytes for each page of the smallest kind (16 tokens of K and V, bf16), rounded up.
+TEST(CudaStepRunnerChecks, ListBytesAreSixtyFourAPageOfTheSmallestKind) {
+  ModelConfig c;
+  c.head_dim = 128;
+  EXPECT_EQ(cuda_list_bytes(c, 0), 0u);
+  EXPECT_EQ(cuda_list_bytes(c, size_t{8192} * 1000), size_t{64} * 1000);
+  EXPECT_EQ(cuda_list_bytes(c, size_t{8192} * 1000 + 1), size_t{64} * 1001);
+  c.head_dim = 64;
+  EXPECT_EQ(cuda_list_bytes(c, size_t{120} << 30), (size_t{120} << 30) / 64);
 }
 
 // Each layer's decode attention (a row per sequence and KV head, 64 at least) and, for profiles with

@@ -9,10 +9,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
+#include <cstdio>
 #include <numeric>
 #include <tuple>
 
+#include "engine/cuda/cuda_step_runner.h"
 #include "engine/forward_step.h"
 #include "kernels/cuda/page_select_plan.h"
 #include "selecting_profile.h"
@@ -40,7 +43,7 @@ struct Fixture {
   ModelConfig c = small_config();
   kvcache::KvCacheManager manager{kvcache::KvCacheConfig{.page_tokens = P, .logical_page_tokens = P}, 512};
   BlockStore store{3 * 2, 4096 / P};
-  std::vector<int32_t> device_store;  // what the device's store holds: BlockStore::sync's pairs applied
+  std::vector<int32_t> device_store;  // what the device's store holds: BlockStore::pending's pairs applied
   kvcache::SparsityProfile dense = kvcache::SparsityProfile::dense(3, 2);
   kvcache::SparsityProfile select = selecting_profile(3, 2);
   std::unordered_map<uint64_t, SequenceAttention> seqs;
@@ -69,7 +72,8 @@ struct Fixture {
   // Into tables that may hold an earlier step's (CudaForward reuses one StepTables).
   void build_into(Step& t, std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws = {}) {
     std::vector<int32_t> pairs;
-    for (const ForwardSeq& s : batch) store.sync(s.id, manager.sequence(s.id), pairs);
+    for (const ForwardSeq& s : batch) store.pending(s.id, manager.sequence(s.id), pairs);
+    for (const ForwardSeq& s : batch) store.stored(s.id, manager.sequence(s.id));
     device_store.resize(static_cast<size_t>(store.size()), -7);
     kernels::cpu::scatter_pairs(pairs, device_store);
     const StepRows sr = check_step(c, batch);
@@ -321,6 +325,34 @@ TEST(StepTablesChecks, LargeStepsBuiltInParallelListEveryLane) {
   }
 }
 
+// The device memory a decode step's tables take (the uploaded blob, the lists, page_select's
+// scores, picks, query offsets and row counters) stays within what cuda_list_bytes sets aside for
+// the pages the step's sequences hold: dense, streaming and freshly selecting lanes over most of
+// the cache.
+TEST(StepTablesChecks, ADecodeStepsTablesFitTheListBytesOfItsPages) {
+  Fixture f;
+  f.add(1, f.dense, 600, 1);
+  f.add(2, f.select, 600, 1);
+  f.add(3, f.select, 300, 1);
+  const ForwardSeq batch[] = {f.step(1, 600, 1, 600), f.step(2, 600, 1, 600), f.step(3, 300, 1, 300)};
+  const Step t = f.build(batch);
+  size_t scores = 0, row_ready = 0;
+  for (const LayerPlan& lp : t.plans) {
+    scores = std::max(scores, static_cast<size_t>(lp.sel_indptr.back()));
+    row_ready = std::max(row_ready, lp.sel_owner.size());
+  }
+  ASSERT_GT(scores, 0u) << "selections due";
+  const size_t bytes = 4 * (t.blob.data.size() + t.lists.size + static_cast<size_t>(t.picked_total) + scores + row_ready) +
+                       8 * t.step_q.size();
+  const int32_t used = f.manager.num_pages() - f.manager.free_pages();
+  EXPECT_GT(used, 400);
+  const size_t page_bytes = size_t{P} * static_cast<size_t>(f.c.head_dim) * 2 * 2;  // K and V, bf16
+  const size_t bound = cuda_list_bytes(f.c, static_cast<size_t>(used) * page_bytes);
+  EXPECT_LE(bytes, bound);
+  std::printf("%d pages: the step's tables take %zu bytes, %.1f a page (bound %zu)\n", used, bytes,
+              static_cast<double>(bytes) / used, bound);
+}
+
 TEST(StepTablesChecks, HostRowsThenDrawnRowsAndOffsetsThatStayPut) {
   Fixture f;
   f.add(1, f.dense, 40, 2);
@@ -379,8 +411,8 @@ TEST(StepTablesChecks, HostRowsThenDrawnRowsAndOffsetsThatStayPut) {
   }
 }
 
-// The block store's bookkeeping: regions handed out and reused, only new blocks synced, and the
-// broken invariants refused.
+// The block store's bookkeeping: regions handed out and reused, only new blocks sent (and counted
+// once stored), and the broken invariants refused.
 TEST(BlockStoreChecks, RegionsAreReusedAndOnlyNewBlocksAreSynced) {
   kvcache::KvCacheManager manager{kvcache::KvCacheConfig{.page_tokens = P, .logical_page_tokens = P}, 512};
   const kvcache::SparsityProfile dense = kvcache::SparsityProfile::dense(3, 2);
@@ -397,8 +429,12 @@ TEST(BlockStoreChecks, RegionsAreReusedAndOnlyNewBlocksAreSynced) {
   EXPECT_EQ(store.size(), 96);
   std::vector<int32_t> pairs;
   manager.allocate(2, 20);  // 2 blocks a lane
-  store.sync(2, manager.sequence(2), pairs);
+  store.pending(2, manager.sequence(2), pairs);
   ASSERT_EQ(pairs.size(), 6u * 2 * 2);
+  std::vector<int32_t> again;  // nothing counted as stored until `stored`: the same pairs again
+  store.pending(2, manager.sequence(2), again);
+  EXPECT_EQ(again, pairs);
+  store.stored(2, manager.sequence(2));
   std::vector<int32_t> device(96, -1);
   kernels::cpu::scatter_pairs(pairs, device);
   for (int32_t slot = 0; slot < 6; ++slot) {
@@ -408,10 +444,11 @@ TEST(BlockStoreChecks, RegionsAreReusedAndOnlyNewBlocksAreSynced) {
   }
   pairs.clear();
   manager.allocate(2, 32);  // still 2 blocks: nothing new
-  store.sync(2, manager.sequence(2), pairs);
+  store.pending(2, manager.sequence(2), pairs);
   EXPECT_TRUE(pairs.empty());
   manager.allocate(2, 33);  // block 2 of every lane
-  store.sync(2, manager.sequence(2), pairs);
+  store.pending(2, manager.sequence(2), pairs);
+  store.stored(2, manager.sequence(2));
   ASSERT_EQ(pairs.size(), 6u * 2);
   for (size_t i = 0; i < pairs.size(); i += 2) EXPECT_EQ((pairs[i] - 48) % 8, 2);
   // Unbound and bound again: the region is reused and the sequence starts from an empty region.
@@ -424,16 +461,20 @@ TEST(BlockStoreChecks, RegionsAreReusedAndOnlyNewBlocksAreSynced) {
   store.unbind(2);
   store.bind(2);
   pairs.clear();
-  store.sync(2, manager.sequence(2), pairs);
+  store.pending(2, manager.sequence(2), pairs);
+  store.stored(2, manager.sequence(2));
   EXPECT_EQ(pairs.size(), 6u * 3 * 2) << "every block again";
   // Too long for a lane, or shrunk while bound: refused.
   pairs.clear();
   manager.allocate(2, 9 * P);
-  EXPECT_THROW(store.sync(2, manager.sequence(2), pairs), InternalError);
+  EXPECT_THROW(store.pending(2, manager.sequence(2), pairs), InternalError);
+  EXPECT_THROW(store.stored(2, manager.sequence(2)), InternalError);
   manager.release(2);
   manager.add_sequence(2, layout);
-  EXPECT_THROW(store.sync(2, manager.sequence(2), pairs), InternalError);
-  EXPECT_THROW(store.sync(9, manager.sequence(2), pairs), InternalError);
+  EXPECT_THROW(store.pending(2, manager.sequence(2), pairs), InternalError);
+  EXPECT_THROW(store.stored(2, manager.sequence(2)), InternalError);
+  EXPECT_THROW(store.pending(9, manager.sequence(2), pairs), InternalError);
+  EXPECT_TRUE(pairs.empty());
 }
 
 // Dense lanes read their blocks from the store as it grows step by step; a sequence bound again after
