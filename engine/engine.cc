@@ -6,7 +6,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <random>
@@ -16,11 +15,11 @@
 #include "engine/choice_constraint.h"
 #include "engine/json_constraint.h"
 #include "engine/live_request.h"
-#include "engine/logprobs.h"
 #include "engine/grammar.h"
 #include "engine/regex_dfa.h"
 #include "engine/scheduler.h"
 #include "engine/text_constraint.h"
+#include "engine/token_step.h"
 #include "kvcache/capacity.h"
 
 namespace sparseserve {
@@ -636,7 +635,6 @@ void Engine::Impl::step() {
       done.push_back(s.id);
       continue;
     }
-    const bool on_device = draw_index[si] >= 0;
     // min_tokens: the token sampled now is number gen + 1; before the minimum no stop id can be drawn
     // and no stop string ends.
     const bool may_stop = static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.req.min_tokens;
@@ -648,49 +646,15 @@ void Engine::Impl::step() {
       finish(r, FinishReason::kStop, "");
       continue;
     }
-    // The processors (allowed_token_ids, bad_words, the structured output) may leave no token, or
-    // refuse a grammar they cannot follow: that ends the request with an error of its own (400),
-    // not with a token nothing allowed.
-    const auto apply_processors = [&] {
-      apply_logits_processors(r, token_bytes(), may_stop, lrow);
-      if (std::all_of(lrow.begin(), lrow.end(), [](float l) { return l == -INFINITY; })) {
-        throw InvalidArgument("no token is left to sample: allowed_token_ids, bad_words, the stop rules and the "
-                              "structured output exclude every one");
-      }
-    };
     std::optional<TokenLogprob> lp;
     try {
-      if (r.req.logprobs >= 0) {  // log-softmax of the model's own distribution (before sampling transforms)
-        double lse = 0;
-        lp = top_logprobs(lrow, r.req.logprobs, lse);
-        int32_t tok;
-        float raw;
-        if (on_device) {  // the row came back with the drawn token (keep_row)
-          tok = drawn[static_cast<size_t>(draw_index[si])];
-          raw = lrow[static_cast<size_t>(tok)];
-          r.sampler.accept(tok);
-        } else {
-          std::vector<float> raw_row(lrow.begin(), lrow.end());
-          apply_processors();
-          tok = r.sampler.sample(lrow);
-          raw = raw_row[static_cast<size_t>(tok)];
-        }
-        lp->token = tok;
-        lp->logprob = static_cast<float>(raw - lse);
-        r.tokens.push_back(tok);
-      } else if (on_device) {  // drawn by the backend; nothing applies to the row
-        const int32_t tok = drawn[static_cast<size_t>(draw_index[si])];
-        r.sampler.accept(tok);
-        r.tokens.push_back(tok);
-      } else {
-        apply_processors();
-        r.tokens.push_back(r.sampler.sample(lrow));
-      }
+      const std::optional<int32_t> device_token =
+          draw_index[si] >= 0 ? std::optional(drawn[static_cast<size_t>(draw_index[si])]) : std::nullopt;
+      lp = next_token(r, token_bytes(), may_stop, lrow, device_token);
     } catch (const InvalidArgument& ex) {
       finish(r, FinishReason::kError, "", ex.what(), /*request_error=*/true);
       continue;
     }
-    const int32_t tok = r.tokens.back();
     const int64_t gen = static_cast<int64_t>(r.tokens.size()) - r.prompt_len;
     if (gen == 1) {
       r.first_token = now;
@@ -705,66 +669,14 @@ void Engine::Impl::step() {
     take_prompt_logprobs(r, out);
     out.prompt_tokens = r.prompt_len;
     out.completion_tokens = gen;
-    out.token_ids.push_back(tok);
-    if (lp) out.logprobs.push_back(*lp);
-    // (A stop id drawn under a structured output that is not whole yet is an ordinary token: the
-    // mask let it through as text.)
-    const bool constrained_open = (r.json && !r.json->complete()) || (r.language && !r.language->complete());
-    const bool may_stop_here = may_stop && !constrained_open;
-    const bool requested_stop =
-        may_stop_here && std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end();
-    const bool stop_token = requested_stop || (may_stop_here && std::find(r.implicit_stops.begin(),
-                                                                          r.implicit_stops.end(), tok) != r.implicit_stops.end());
-    // The masks let only continuations through, so a refused token means the two disagree (a grammar
-    // too ambiguous for push() to follow what accepts() took): the request ends with an error rather
-    // than go on unconstrained.
-    if (r.json && !stop_token && !advance_json(*r.json, token_bytes().text(tok))) {
-      finish(r, FinishReason::kError, "", "the sampled token cannot continue the JSON output", /*request_error=*/true);
-      continue;
+    out.token_ids.push_back(r.tokens.back());
+    if (lp) out.logprobs.push_back(std::move(*lp));
+    const TokenEnd end = emit_token(r, model.tokenizer, token_bytes(), may_stop, std::move(out));
+    if (end.reason == FinishReason::kNone) {
+      appended.push_back(s.id);
+    } else {
+      finish(r, end.reason, end.stop_reason, end.error, /*request_error=*/end.reason == FinishReason::kError);
     }
-    if (r.language && !stop_token && !r.language->push(token_bytes().text(tok))) {
-      finish(r, FinishReason::kError, "",
-             "the sampled token cannot continue the structured output (a grammar too ambiguous to follow: "
-             "the text so far has more parses than can be tracked)",
-             /*request_error=*/true);
-      continue;
-    }
-    const bool language_done = r.language && !stop_token && r.language->complete() && !r.language->extendable();
-    // A stop token's own text is not searched for stop strings: the bytes held back are flushed
-    // instead, and may still complete one, which is then the reason.
-    const auto res = r.stops.push(stop_token ? r.detok.flush() : r.detok.push(tok), may_stop);
-    out.text = res.text;
-    if (res.stopped) {
-      r.text_complete = true;  // finish() adds no text
-      if (r.req.include_stop_str_in_output) out.text += res.matched;
-      r.stream->push(std::move(out));
-      finish(r, FinishReason::kStop, res.matched);
-      continue;
-    }
-    if (stop_token) {
-      // As in vLLM: the stop token counts as generated and keeps its logprob, but its text is left
-      // out unless include_stop_str_in_output; a stop_token_ids entry is the stop reason, EOS and
-      // the end of turn leave none. The text held back comes first, and is then complete.
-      r.text_complete = true;
-      out.text += r.stops.flush();
-      if (r.req.include_stop_str_in_output) {
-        out.text += model.tokenizer.decode(std::span<const int32_t>(&tok, 1), r.req.skip_special_tokens);
-      }
-      r.stream->push(std::move(out));
-      if (requested_stop) r.stop_token = tok;
-      finish(r, FinishReason::kStop, requested_stop ? model.tokenizer.decode(std::span<const int32_t>(&tok, 1)) : "");
-      continue;
-    }
-    r.stream->push(std::move(out));
-    if (language_done) {
-      finish(r, FinishReason::kStop, "");
-      continue;
-    }
-    if (gen >= r.max_new) {
-      finish(r, FinishReason::kLength, "");
-      continue;
-    }
-    appended.push_back(s.id);
   }
   for (uint64_t key : done) {
     auto it = live.find(key);
