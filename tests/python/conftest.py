@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+# The gRPC tests import conftest_grpc's helpers before pytest loads it as their plugin: rewritten here
+# so that its asserts report their operands.
+pytest.register_assert_rewrite("conftest_grpc")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 

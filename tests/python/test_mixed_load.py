@@ -23,7 +23,7 @@ import pytest
 from ports import free_port
 
 grpc = pytest.importorskip("grpc")
-from test_grpc import api  # noqa: E402,F401  (the generated gRPC modules, a fixture)
+from conftest_grpc import api  # noqa: E402,F401  (the generated gRPC modules, a fixture)
 
 pytest_plugins = ["conftest_server"]
 
