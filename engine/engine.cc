@@ -454,16 +454,24 @@ void Engine::Impl::release(uint64_t key) {
 void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string& stop_reason, const std::string& error,
                           bool request_error) {
   RequestOutput out;
+  out.stop_reason = stop_reason;
   if (reason != FinishReason::kAbort && reason != FinishReason::kError && !r.text_complete) {
-    // The text still held back: the bytes of an incomplete character, then what the stop filter
-    // kept as a possible start of a stop string. After a stop-string match nothing follows it.
+    // The text still held back: the bytes of an incomplete character (U+FFFD), then what the stop
+    // filter kept as a possible start of a stop string. A stop string these complete ends the text
+    // as any other does: the reason is then that stop.
     const auto res = r.stops.push(r.detok.flush());
-    out.text = res.text + (res.stopped ? "" : r.stops.flush());
+    out.text = res.text;
+    if (res.stopped) {
+      reason = FinishReason::kStop;
+      out.stop_reason = res.matched;
+      if (r.req.include_stop_str_in_output) out.text += res.matched;
+    } else {
+      out.text += r.stops.flush();
+    }
   }
   take_prompt_logprobs(r, out);
   out.finished = true;
   out.finish_reason = reason;
-  out.stop_reason = stop_reason;
   out.stop_token = r.stop_token;
   out.error = error;
   out.request_error = request_error;

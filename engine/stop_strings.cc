@@ -19,14 +19,15 @@ StopStringFilter::Result StopStringFilter::push(std::string_view piece, bool may
   if (!may_stop) {
     unchecked_ = held_.size();
   } else {
-    // Earliest full match ending past the unchecked bytes wins (ties: the longer stop string).
+    // As vLLM: the first stop string in the request's order that has a match ending past the
+    // unchecked bytes wins, at its earliest such match (not the earliest match of any of them).
     size_t best = std::string::npos;
     for (const std::string& s : stops_) {
       const size_t from = unchecked_ >= s.size() ? unchecked_ - s.size() + 1 : 0;
-      const size_t at = held_.find(s, from);
-      if (at != std::string::npos && (at < best || (at == best && s.size() > r.matched.size()))) {
-        best = at;
+      best = held_.find(s, from);
+      if (best != std::string::npos) {
         r.matched = s;
+        break;
       }
     }
     if (best != std::string::npos) {

@@ -40,12 +40,20 @@ TEST(StopStrings, FalseStartIsReleased) {
   EXPECT_FALSE(stopped);
 }
 
-TEST(StopStrings, EarliestMatchWins) {
+// As vLLM's check_stop_strings: the stop strings are tried in the request's order, and the first
+// with a match wins at its earliest match, though another's begins before it.
+TEST(StopStrings, TheFirstInTheRequestsOrderWins) {
   StopStringFilter f({"world", "lo w"});
   bool stopped = false;
   std::string matched;
-  EXPECT_EQ(feed(f, {"hello world"}, stopped, matched), "hel");
+  EXPECT_EQ(feed(f, {"hello world"}, stopped, matched), "hello ");
   EXPECT_TRUE(stopped);
+  EXPECT_EQ(matched, "world");
+  StopStringFilter g({"ris", "Pa"});  // one token " Paris" completes both
+  EXPECT_EQ(feed(g, {" Paris"}, stopped, matched), " Pa");
+  EXPECT_EQ(matched, "ris");
+  StopStringFilter h({"zz", "lo w", "world"});
+  EXPECT_EQ(feed(h, {"hel", "lo", " wor", "ld"}, stopped, matched), "hel");
   EXPECT_EQ(matched, "lo w");
 }
 
@@ -66,9 +74,9 @@ TEST(StopStrings, NoStringEndsInTextPushedBeforeStopsMayEnd) {
   auto r3 = g.push("c");                     // "a" ended in unchecked text: no match
   EXPECT_FALSE(r3.stopped);
   EXPECT_EQ(r3.text, "ac");
-  auto r4 = g.push("zab");  // both begin at the same byte, in checked text: the longer wins
+  auto r4 = g.push("zab");  // both begin at the same byte, in checked text: the first listed wins
   EXPECT_TRUE(r4.stopped);
-  EXPECT_EQ(r4.matched, "ab");
+  EXPECT_EQ(r4.matched, "a");
   EXPECT_EQ(r4.text, "z");
 }
 

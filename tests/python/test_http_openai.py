@@ -366,6 +366,38 @@ def test_stop_reason_as_vllm_reports_it(http, model_name):
     assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == 4, r
 
 
+def test_a_stop_string_the_end_of_generation_completes_is_the_stop(http, model_name):
+    # The only token is the first byte of "日" (logit_bias): the end's flush writes U+FFFD for the
+    # unfinished character, which completes the stop string "\ufffd". That ends the text as any stop
+    # string does and is the reason (it said "length"), its text kept with include_stop_str_in_output.
+    first_byte = http.post("/tokenize", json={"prompt": "日"}).json()["tokens"][0]
+    assert http.post("/detokenize", json={"tokens": [first_byte]}).json()["prompt"] == "\ufffd"
+    body = {"model": model_name, "prompt": "Hi", "max_tokens": 1, "temperature": 0,
+            "logit_bias": {str(first_byte): 100}}
+    c = http.post("/v1/completions", json=body).json()["choices"][0]
+    assert (c["finish_reason"], c["stop_reason"], c["text"]) == ("length", None, "\ufffd")
+    for include, text in [(False, ""), (True, "\ufffd")]:
+        for stream in [False, True]:
+            r = http.post("/v1/completions", json={**body, "stop": ["x", "\ufffd"], "stream": stream,
+                                                   "include_stop_str_in_output": include})
+            chunks = ([json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+                      if stream else [r.json()])
+            assert "".join(ch["choices"][0]["text"] for ch in chunks) == text, r.text
+            assert (chunks[-1]["choices"][0]["finish_reason"], chunks[-1]["choices"][0]["stop_reason"]) == \
+                ("stop", "\ufffd"), r.text
+
+
+def test_stop_strings_completed_by_one_token_go_by_the_requests_order(http, model_name):
+    # vLLM tries the stop strings in the request's order: of two that one token completes, the first
+    # listed wins though the other begins earlier (it was the earliest match).
+    body = {"model": model_name, "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0}
+    text = http.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    assert text.startswith(" Paris"), text
+    for stop, cut in [(["ris", "Pa"], " Pa"), (["Pa", "ris"], " ")]:
+        c = http.post("/v1/completions", json={**body, "stop": stop}).json()["choices"][0]
+        assert (c["text"], c["stop_reason"]) == (cut, stop[0]), c
+
+
 def test_min_tokens_holds_off_every_stop(http, model_name):
     # vLLM's min_tokens: logit_bias forces a stop token at every step; before the minimum it cannot
     # be drawn (EOS and the end of turn, stop_token_ids) and no stop string ends.
