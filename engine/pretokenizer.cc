@@ -70,11 +70,14 @@ class PcreRegex {
   PcreRegex& operator=(const PcreRegex&) = delete;
 
   // Segments `subject` (well-formed UTF-8) into matches (is_delimiter = true) and the gaps between
-  // them, in order, covering it entirely. Empty matches are skipped.
+  // them, in order, covering it entirely, as HF's Split finds them (the onig crate's find_iter): an
+  // empty match is a delimiter too (it cuts the text; its empty piece is dropped later), except one
+  // right where the previous match ended, past which the search steps one character.
   void segment(std::string_view subject, pcre2_match_data* md, std::vector<Segment>& out) const {
     const auto* s = reinterpret_cast<PCRE2_SPTR>(subject.data());
-    size_t offset = 0;
-    size_t prev = 0;
+    size_t offset = 0;                        // where the next search starts
+    size_t prev = 0;                          // the end of the last segment written
+    size_t last_end = std::string_view::npos;  // the end of the last match taken
     while (offset <= subject.size()) {
       const int rc = pcre2_match(code_, s, subject.size(), offset, PCRE2_NO_UTF_CHECK, md,
                                  thread_match_context());
@@ -83,15 +86,15 @@ class PcreRegex {
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
       const size_t begin = ov[0];
       const size_t end = ov[1];
-      if (end == begin) {  // empty match: step over one character
-        if (begin >= subject.size()) break;
-        const int n = utf8::classify(subject.substr(begin));
-        offset = begin + static_cast<size_t>(n > 0 ? n : 1);
+      if (end == begin && end == last_end) {
+        if (offset >= subject.size()) break;
+        const int n = utf8::classify(subject.substr(offset));
+        offset += static_cast<size_t>(n > 0 ? n : 1);
         continue;
       }
       if (begin > prev) out.emplace_back(subject.substr(prev, begin - prev), false);
       out.emplace_back(subject.substr(begin, end - begin), true);
-      prev = offset = end;
+      prev = offset = last_end = end;
     }
     if (prev < subject.size()) out.emplace_back(subject.substr(prev), false);
   }
@@ -149,8 +152,10 @@ void PreTokenizer::add_split(std::string_view pattern, Behavior behavior, bool i
 }
 
 void PreTokenizer::add_digits(bool individual_digits) {
-  // HF Digits splits on char::is_numeric (categories Nd, Nl, No), i.e. \p{N}.
-  add_split(individual_digits ? R"(\p{N})" : R"(\p{N}+)", Behavior::kIsolated, false);
+  // HF Digits splits on Rust's char::is_numeric (categories Nd, Nl, No: \p{N}) of Unicode 15; the
+  // numerics Unicode 15 added (Kawi, Kaktovik, Nag Mundari) are listed for a PCRE2 of Unicode 14.
+  constexpr std::string_view kNumeric = R"([\p{N}\x{11F50}-\x{11F59}\x{1D2C0}-\x{1D2D3}\x{1E4F0}-\x{1E4F9}])";
+  add_split(std::string(kNumeric) + (individual_digits ? "" : "+"), Behavior::kIsolated, false);
 }
 
 void PreTokenizer::add_byte_level(bool add_prefix_space, bool use_regex) {

@@ -374,3 +374,44 @@ def test_added_tokens_strip_whitespace_as_hf(family_files, tmp_path):
     path.write_text(json.dumps(tj), encoding="utf-8")
     proc = subprocess.run([str(TOOL), "--hf-json", str(path)], input="\"x\"\n", capture_output=True, text=True)
     assert proc.returncode != 0 and "single_word" in proc.stderr
+
+
+def hf_numerics() -> list[str]:
+    """Every code point HF's Digits isolates (Rust's char::is_numeric of the library's Unicode)."""
+    candidates = [chr(c) for c in range(0x80, 0x110000) if not 0xD800 <= c < 0xE000]
+    pieces = tokenizers.pre_tokenizers.Digits(individual_digits=True).pre_tokenize_str("a" + "a".join(candidates) + "a")
+    return [p for p, _ in pieces if "a" not in p]
+
+
+@pytest.mark.parametrize("loader", ["gguf", "hf-json"])
+def test_digits_isolate_every_numeric_hf_does(family_files, loader):
+    """SmolLM2's Digits step isolates each numeric character HF's does, those Unicode 15 added (Kawi,
+    Kaktovik, Nag Mundari digits: past the system PCRE2's Unicode 14) included."""
+    numerics = hf_numerics()
+    assert len(numerics) > 1800 and "\U00011F50" in numerics and "\U0001D2C0" in numerics
+    texts = ["\t\t" + c + "x" + c + c for c in numerics] + ["  " + "".join(numerics[i:i + 7]) for i in range(0, len(numerics), 7)]
+    ours = run_tool(loader_args(family_files, "smollm", loader), encode_lines(texts))
+    theirs = [e.ids for e in family_files["smollm"][2].encode_batch(texts, add_special_tokens=True)]
+    assert_same(texts, ours, theirs)
+
+
+EMPTY_MATCH_TEXTS = ["getHTTPResponse", "hello world", "aaa", "xAxBxxC", "ab  cd\n\nEF", "  ", "Hello World Über",
+                     "日本語Text", "a1b22c333", "x", "é\u0301A"]
+
+
+@pytest.mark.parametrize("pattern", [r"(?=\p{Lu})", r"\b", r"x*", r"(?<=a)", r"(?=\s)|\s+", r"\d*"])
+@pytest.mark.parametrize("behavior", ["isolated", "removed", "merged_with_previous", "merged_with_next", "contiguous"])
+def test_split_at_empty_matches_as_hf(family_files, tmp_path, pattern, behavior):
+    """A Split regex that can match the empty string cuts the text at each empty match, as HF's does
+    (the onig crate's find_iter: not right where the previous match ended); they were skipped."""
+    tj = json.loads(family_files["smollm"][1].read_text(encoding="utf-8"))
+    tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": behavior.title().replace("_", ""), "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(tj), encoding="utf-8")
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    texts = EMPTY_MATCH_TEXTS + CORPUS[:80]
+    ours = run_tool(["--hf-json", str(path)], encode_lines(texts))
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
+    assert_same(texts, ours, theirs)
