@@ -4,6 +4,7 @@
 #include <pcre2.h>
 
 #include <algorithm>
+#include <cctype>
 #include <stdexcept>
 #include <utility>
 
@@ -17,6 +18,13 @@ namespace {
 // Oniguruma's Unicode \s (the White_Space property), as the body of a character class.
 constexpr std::string_view kWhiteSpaceClassBody =
     R"(\t\n\x{0B}\f\r\x{20}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
+
+// Oniguruma's Unicode word characters, as bodies of a character class (PCRE2 10.42's \w is letters,
+// numbers and '_'): inside a class Alphabetic, Mark, Decimal_Number and Connector_Punctuation; as
+// \w, \W, \b and \B also the Latin-1 numerics ² ³ ¹ ¼ ½ ¾ (measured against HF's, code point by
+// code point: tests/python/test_tokenizer.py).
+constexpr std::string_view kClassWordBody = R"(\p{Alphabetic}\p{M}\p{Nd}\p{Pc})";
+constexpr std::string_view kWordClassBody = R"(\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{B2}\x{B3}\x{B9}\x{BC}-\x{BE})";
 
 std::string pcre2_message(int code) {
   PCRE2_UCHAR buf[256];
@@ -54,11 +62,11 @@ using Segment = std::pair<std::string_view, bool>;  // (text, is_delimiter)
 class PcreRegex {
  public:
   explicit PcreRegex(std::string_view pattern) {
-    const std::string rewritten = rewrite_whitespace_escapes(pattern);
+    const std::string rewritten = oniguruma_to_pcre2(pattern);
     int err = 0;
     PCRE2_SIZE err_offset = 0;
     code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(rewritten.data()), rewritten.size(),
-                          PCRE2_UTF | PCRE2_UCP, &err, &err_offset, nullptr);
+                          PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE, &err, &err_offset, nullptr);
     if (code_ == nullptr) {
       throw std::invalid_argument("bad regex '" + std::string(pattern) + "' at offset " +
                                   std::to_string(err_offset) + ": " + pcre2_message(err));
@@ -103,7 +111,11 @@ class PcreRegex {
   pcre2_code* code_ = nullptr;
 };
 
-std::string rewrite_whitespace_escapes(std::string_view pattern) {
+std::string oniguruma_to_pcre2(std::string_view pattern) {
+  const auto refuse = [&](std::string_view what) {
+    throw std::invalid_argument("regex '" + std::string(pattern) + "': " + std::string(what) +
+                                " is read differently by Oniguruma (HF tokenizers) and PCRE2; not supported");
+  };
   std::string out;
   out.reserve(pattern.size() + 64);
   bool in_class = false;
@@ -111,28 +123,80 @@ std::string rewrite_whitespace_escapes(std::string_view pattern) {
     const char c = pattern[i];
     if (c == '\\' && i + 1 < pattern.size()) {
       const char e = pattern[++i];
-      if (e == 's') {
-        if (in_class) {
-          out.append(kWhiteSpaceClassBody);
-        } else {
-          out.append("[").append(kWhiteSpaceClassBody).append("]");
-        }
-      } else if (e == 'S' && !in_class) {
-        out.append("[^").append(kWhiteSpaceClassBody).append("]");
-      } else {
-        out.push_back('\\');
-        out.push_back(e);
+      switch (e) {
+        case 's':
+          if (in_class) {
+            out.append(kWhiteSpaceClassBody);
+          } else {
+            out.append("[").append(kWhiteSpaceClassBody).append("]");
+          }
+          break;
+        case 'S':
+          if (in_class) {
+            out.append("\\S");  // PCRE2's own (no negated set inside a class)
+          } else {
+            out.append("[^").append(kWhiteSpaceClassBody).append("]");
+          }
+          break;
+        case 'w':
+          if (in_class) {
+            out.append(kClassWordBody);
+          } else {
+            out.append("[").append(kWordClassBody).append("]");
+          }
+          break;
+        case 'W':
+          if (in_class) refuse("\\W inside a character class");
+          out.append("[^").append(kWordClassBody).append("]");
+          break;
+        case 'b':  // inside a class: backspace in both
+          if (in_class) {
+            out.append("\\b");
+          } else {
+            out.append("(?:(?<=[").append(kWordClassBody).append("])(?![").append(kWordClassBody);
+            out.append("])|(?<![").append(kWordClassBody).append("])(?=[").append(kWordClassBody).append("]))");
+          }
+          break;
+        case 'B':
+          if (in_class) refuse("\\B inside a character class");
+          out.append("(?:(?<=[").append(kWordClassBody).append("])(?=[").append(kWordClassBody);
+          out.append("])|(?<![").append(kWordClassBody).append("])(?![").append(kWordClassBody).append("]))");
+          break;
+        case 'h':
+          out.append(in_class ? "0-9A-Fa-f" : "[0-9A-Fa-f]");
+          break;
+        case 'H':
+          if (in_class) refuse("\\H inside a character class");
+          out.append("[^0-9A-Fa-f]");
+          break;
+        case 'v':
+          out.append("\\x{0B}");
+          break;
+        default:
+          out.push_back('\\');
+          out.push_back(e);
       }
       continue;
     }
+    if (in_class) {
+      if (c == '[') refuse(i + 1 < pattern.size() && pattern[i + 1] == ':' ? "a POSIX bracket class" : "a nested class");
+      if (c == '&' && i + 1 < pattern.size() && pattern[i + 1] == '&') refuse("a class intersection (&&)");
+      out.push_back(c);
+      if (c == ']') in_class = false;
+      continue;
+    }
+    if (c == '(' && i + 2 < pattern.size() && pattern[i + 1] == '?') {
+      // Option letters: m is dotall in Oniguruma's syntax and multiline in PCRE2's.
+      for (size_t k = i + 2; k < pattern.size() && (std::isalpha(static_cast<unsigned char>(pattern[k])) || pattern[k] == '-'); ++k) {
+        if (pattern[k] == 'm' || pattern[k] == 's') refuse("the inline option (?" + std::string(1, pattern[k]) + ")");
+      }
+    }
     out.push_back(c);
-    if (!in_class && c == '[') {
+    if (c == '[') {
       in_class = true;
       // A ']' right after '[' or '[^' is a literal member, not the end of the class.
       if (i + 1 < pattern.size() && pattern[i + 1] == '^') out.push_back(pattern[++i]);
       if (i + 1 < pattern.size() && pattern[i + 1] == ']') out.push_back(pattern[++i]);
-    } else if (in_class && c == ']') {
-      in_class = false;
     }
   }
   return out;

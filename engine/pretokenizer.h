@@ -1,8 +1,7 @@
 // Pre-tokenization: splits text into pieces that BPE encodes independently, as a pipeline of steps
 // mirroring Hugging Face tokenizers' pre_tokenizers (Sequence of Split / Digits / ByteLevel).
-// Regexes run through PCRE2 in UTF + UCP mode; `\s` and `\S` are rewritten to Oniguruma's
-// Unicode White_Space set (the engine HF tokenizers uses), so both engines split identically
-// (`\S` inside a character class keeps PCRE2's meaning).
+// Regexes run through PCRE2 in UTF + UCP mode, rewritten where Oniguruma (the engine HF tokenizers
+// uses) reads them otherwise (oniguruma_to_pcre2), so both engines split identically.
 #pragma once
 
 #include <memory>
@@ -20,8 +19,15 @@ inline constexpr std::string_view kLlama3Pattern =
 inline constexpr std::string_view kQwen2Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
-// Rewrites `\s` / `\S` (outside and inside character classes) to the explicit White_Space set.
-std::string rewrite_whitespace_escapes(std::string_view pattern);
+// A Split regex as HF tokenizers reads it (Oniguruma) in PCRE2's syntax, compiled with PCRE2_MULTILINE
+// (`^` and `$` are line anchors in both then): `\s` / `\S` as Unicode White_Space (`\S` inside a
+// class keeps PCRE2's meaning), `\w` `\W` `\b` `\B` by Oniguruma's word class (Alphabetic, marks,
+// decimal digits, connector punctuation), `\h` / `\H` hex digits, `\v` the vertical tab. Throws
+// std::invalid_argument for what the two engines read differently and cannot be rewritten: `\W`,
+// `\B` or `\H` inside a class, nested and POSIX bracket classes, class intersections (&&), the
+// inline options m and s. (A case-insensitive match of multi-character folds, `(?i:ss)` against
+// "ß", stays PCRE2's: no match.)
+std::string oniguruma_to_pcre2(std::string_view pattern);
 
 class PcreRegex;  // compiled pattern, defined in pretokenizer.cc
 

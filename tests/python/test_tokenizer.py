@@ -415,3 +415,54 @@ def test_split_at_empty_matches_as_hf(family_files, tmp_path, pattern, behavior)
     ours = run_tool(["--hf-json", str(path)], encode_lines(texts))
     theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
     assert_same(texts, ours, theirs)
+
+
+def split_tokenizer(family_files, tmp_path, pattern: str, behavior: str) -> Path:
+    """SmolLM2's tokenizer.json with one Split step (then ByteLevel without its regex)."""
+    tj = json.loads(family_files["smollm"][1].read_text(encoding="utf-8"))
+    tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": behavior, "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(tj), encoding="utf-8")
+    return path
+
+
+ONIG_TEXTS = ["a \nb", "cafe 12 DEADbeef", "x\x0by\x0cz\n\rw", "line one\nline two  \n  three", "snake_case‿tie",
+              "e\u0301t\u00e9 na\u0308ive", "Ⅻ½٣ digits", "a-b c_d", "\u200d\u200cjoin", "  lead", "trail  ",
+              "tab\tand\u3000ideo", "日本語の文", "$^.*", "x² ½y ⒶⓑⒸ", "a\u200db"]
+
+
+@pytest.mark.parametrize("pattern", [r"\s+$", r"^\s+", r"^.", r".$", r"\h+", r"[\h_]+", r"\v", r"\w+", r"[\w-]+",
+                                     r"\W+", r"\b", r"\B", r"\w\b", r"\d\B."])
+def test_split_regexes_read_as_oniguruma_reads_them(family_files, tmp_path, pattern):
+    """Constructs PCRE2 reads otherwise than Oniguruma (HF's engine) are rewritten: ^ and $ anchor
+    lines, \\h is a hex digit, \\v the vertical tab, \\w \\W \\b \\B go by Oniguruma's word class."""
+    path = split_tokenizer(family_files, tmp_path, pattern, "Removed")
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    texts = ONIG_TEXTS + CORPUS[:120]
+    ours = run_tool(["--hf-json", str(path)], encode_lines(texts))
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
+    assert_same(texts, ours, theirs)
+
+
+@pytest.mark.parametrize("pattern", [r"\w", r"[\w]", r"\W", r"[^\w]"])
+def test_word_classes_are_oniguruma_s(family_files, tmp_path, pattern):
+    """Each code point up to U+2FFFF is removed by the word classes exactly where HF's removes it
+    (Oniguruma's \\w outside a class also takes ² ³ ¹ ¼ ½ ¾, which its [\\w] leaves out)."""
+    candidates = [chr(c) for c in range(0x80, 0x30000) if not 0xD800 <= c < 0xE000]
+    path = split_tokenizer(family_files, tmp_path, pattern, "Removed")
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    texts = ["\x01".join(candidates[i:i + 2000]) for i in range(0, len(candidates), 2000)]
+    ours = run_tool(["--hf-json", str(path)], encode_lines(texts))
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=True)]
+    assert_same(texts, ours, theirs)
+
+
+@pytest.mark.parametrize("pattern, what", [(r"[[:punct:]]+", "POSIX bracket"), (r"[a-z&&[^aeiou]]", "intersection"),
+                                           (r"[a[b]]", "nested class"), (r"(?m:.)", "(?m)"), (r"(?s).", "(?s)"),
+                                           (r"[\W]", r"\W inside"), (r"[^\H]", r"\H inside")])
+def test_split_regexes_the_engines_read_apart_are_refused(family_files, tmp_path, pattern, what):
+    path = split_tokenizer(family_files, tmp_path, pattern, "Isolated")
+    proc = subprocess.run([str(TOOL), "--hf-json", str(path)], input="\"x\"\n", capture_output=True, text=True)
+    assert proc.returncode != 0 and what in proc.stderr and "Oniguruma" in proc.stderr, proc.stderr
