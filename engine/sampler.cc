@@ -17,10 +17,10 @@ void SamplingParams::validate(int64_t vocab_size) const {
   if (!(min_p >= 0.0f && min_p <= 1.0f)) bad("min_p must be in [0, 1]");
   if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f)) bad("presence_penalty must be in [-2, 2]");
   if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f)) bad("frequency_penalty must be in [-2, 2]");
-  if (!(repetition_penalty > 0.0f && repetition_penalty <= 10.0f)) bad("repetition_penalty must be in (0, 10]");
+  if (!(repetition_penalty > 0.0f && std::isfinite(repetition_penalty))) bad("repetition_penalty must be finite and > 0");
   for (const auto& [id, bias] : logit_bias) {
     if (id < 0 || id >= vocab_size) bad("logit_bias token id " + std::to_string(id) + " is outside the vocabulary");
-    if (!(bias >= -100.0f && bias <= 100.0f)) bad("logit_bias values must be in [-100, 100]");
+    if (!std::isfinite(bias)) bad("logit_bias values must be finite numbers");
   }
 }
 
@@ -50,7 +50,9 @@ void Sampler::accept(int32_t token) {
 }
 
 void Sampler::apply_penalties(std::span<float> logits) const {
-  for (const auto& [id, bias] : params_.logit_bias) logits[static_cast<size_t>(id)] += bias;
+  for (const auto& [id, bias] : params_.logit_bias) {
+    logits[static_cast<size_t>(id)] += std::clamp(bias, -SamplingParams::kMaxLogitBias, SamplingParams::kMaxLogitBias);
+  }
   if (params_.repetition_penalty != 1.0f) {
     for (int32_t t : seen_) {
       float& l = logits[static_cast<size_t>(t)];

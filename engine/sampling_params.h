@@ -16,7 +16,8 @@ struct SamplingParams {
   float presence_penalty = 0.0f;     // [-2, 2], on generated tokens (OpenAI)
   float frequency_penalty = 0.0f;    // [-2, 2], on generated tokens (OpenAI)
   float repetition_penalty = 1.0f;   // > 0, on prompt and generated tokens (HF/vLLM)
-  std::vector<std::pair<int32_t, float>> logit_bias;  // added to the logit of each id
+  // Added to the logit of each id, clamped to ±kMaxLogitBias (as vLLM clamps it); finite.
+  std::vector<std::pair<int32_t, float>> logit_bias;
   std::optional<uint64_t> seed;      // same seed and input -> same output
 
   // Throws InvalidArgument naming the parameter when a value is out of range (vocab_size bounds
@@ -27,6 +28,7 @@ struct SamplingParams {
   // kMinTemperature. vLLM's floor: a smaller one scales logits past what float math holds (the
   // GPU's 1/T of a denormal T is +inf, and its draw then NaN).
   static constexpr float kMinTemperature = 0.01f;
+  static constexpr float kMaxLogitBias = 100.0f;
   float sampling_temperature() const {
     return temperature > 0.0f && temperature < kMinTemperature ? kMinTemperature : temperature;
   }

@@ -220,6 +220,20 @@ TEST(Sampler, LogitBiasCanForceAToken) {
   EXPECT_EQ(s.sample(l), 3);
 }
 
+// As vLLM: a bias past ±100 counts as ±100.
+TEST(Sampler, LogitBiasIsClampedToAHundred) {
+  SamplingParams p;
+  p.temperature = 0.0f;
+  p.logit_bias = {{0, 1000.0f}, {1, -1e30f}, {2, 99.5f}};
+  Sampler s(p, {});
+  std::vector<float> l = {1.0f, 2.0f, 3.0f, 4.0f};
+  s.sample(l);
+  EXPECT_FLOAT_EQ(l[0], 101.0f);
+  EXPECT_FLOAT_EQ(l[1], -98.0f);
+  EXPECT_FLOAT_EQ(l[2], 102.5f);
+  EXPECT_FLOAT_EQ(l[3], 4.0f);
+}
+
 TEST(SamplingParams, ValidationNamesTheParameter) {
   auto expect_bad = [](auto mutate, const char* word) {
     SamplingParams p;
@@ -241,8 +255,13 @@ TEST(SamplingParams, ValidationNamesTheParameter) {
   expect_bad([](SamplingParams& p) { p.frequency_penalty = -3; }, "frequency_penalty");
   expect_bad([](SamplingParams& p) { p.repetition_penalty = 0; }, "repetition_penalty");
   expect_bad([](SamplingParams& p) { p.logit_bias = {{100, 1.0f}}; }, "logit_bias");
-  expect_bad([](SamplingParams& p) { p.logit_bias = {{1, 1000.0f}}; }, "logit_bias");
+  expect_bad([](SamplingParams& p) { p.logit_bias = {{1, INFINITY}}; }, "logit_bias");
+  expect_bad([](SamplingParams& p) { p.logit_bias = {{1, NAN}}; }, "logit_bias");
+  expect_bad([](SamplingParams& p) { p.repetition_penalty = INFINITY; }, "repetition_penalty");
   SamplingParams ok;
+  EXPECT_NO_THROW(ok.validate(100));
+  ok.repetition_penalty = 12.0f;  // vLLM bounds it only by > 0
+  ok.logit_bias = {{1, 1000.0f}};  // clamped when applied
   EXPECT_NO_THROW(ok.validate(100));
 }
 

@@ -113,6 +113,11 @@ TEST_F(ProtocolTest, SamplingFieldsMapToTheEngine) {
   EXPECT_FLOAT_EQ(s.repetition_penalty, 1.2f);
   EXPECT_EQ(s.seed, std::optional<uint64_t>(7));
   EXPECT_THAT(s.logit_bias, ElementsAre(std::pair<int32_t, float>{5, -100.0f}, std::pair<int32_t, float>{9, 2.5f}));
+  // As vLLM: biases past ±100 are clamped, and repetition_penalty is bounded only by > 0.
+  const SamplingParams wide = protocol_->parse_completion(
+      {{"prompt", "x"}, {"logit_bias", {{"5", 500}, {"9", -1e300}}}, {"repetition_penalty", 12}}).params.sampling;
+  EXPECT_THAT(wide.logit_bias, ElementsAre(std::pair<int32_t, float>{5, 100.0f}, std::pair<int32_t, float>{9, -100.0f}));
+  EXPECT_FLOAT_EQ(wide.repetition_penalty, 12.0f);
   EXPECT_THAT(job.params.stop, ElementsAre("END"));
   EXPECT_EQ(job.params.max_tokens, 5);
   EXPECT_EQ(job.params.logprobs, 3);
