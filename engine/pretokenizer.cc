@@ -119,55 +119,59 @@ std::string oniguruma_to_pcre2(std::string_view pattern) {
   std::string out;
   out.reserve(pattern.size() + 64);
   bool in_class = false;
+  // A class escape: its body inside a class; outside, a class of it (negated: refused inside).
+  const auto put_class = [&](std::string_view body, bool negated, std::string_view escape) {
+    if (!in_class) {
+      out.append(negated ? "[^" : "[").append(body).append("]");
+    } else if (negated) {
+      refuse(std::string(escape) + " inside a character class");
+    } else {
+      out.append(body);
+    }
+  };
+  // \b (at a word boundary) or \B (not at one) as lookarounds on the word class.
+  const auto put_boundary = [&](bool at) {
+    const std::string word = "[" + std::string(kWordClassBody) + "]";
+    out.append("(?:(?<=").append(word).append(at ? ")(?!" : ")(?=").append(word);
+    out.append(")|(?<!").append(word).append(at ? ")(?=" : ")(?!").append(word).append("))");
+  };
   for (size_t i = 0; i < pattern.size(); ++i) {
     const char c = pattern[i];
     if (c == '\\' && i + 1 < pattern.size()) {
       const char e = pattern[++i];
       switch (e) {
         case 's':
-          if (in_class) {
-            out.append(kWhiteSpaceClassBody);
-          } else {
-            out.append("[").append(kWhiteSpaceClassBody).append("]");
-          }
+          put_class(kWhiteSpaceClassBody, false, "\\s");
           break;
-        case 'S':
+        case 'S':  // inside a class PCRE2's own (no negated set can go there)
           if (in_class) {
-            out.append("\\S");  // PCRE2's own (no negated set inside a class)
+            out.append("\\S");
           } else {
-            out.append("[^").append(kWhiteSpaceClassBody).append("]");
+            put_class(kWhiteSpaceClassBody, true, "\\S");
           }
           break;
         case 'w':
-          if (in_class) {
-            out.append(kClassWordBody);
-          } else {
-            out.append("[").append(kWordClassBody).append("]");
-          }
+          put_class(in_class ? kClassWordBody : kWordClassBody, false, "\\w");
           break;
         case 'W':
-          if (in_class) refuse("\\W inside a character class");
-          out.append("[^").append(kWordClassBody).append("]");
+          put_class(kWordClassBody, true, "\\W");
           break;
         case 'b':  // inside a class: backspace in both
           if (in_class) {
             out.append("\\b");
           } else {
-            out.append("(?:(?<=[").append(kWordClassBody).append("])(?![").append(kWordClassBody);
-            out.append("])|(?<![").append(kWordClassBody).append("])(?=[").append(kWordClassBody).append("]))");
+            put_boundary(true);
           }
           break;
         case 'B':
           if (in_class) refuse("\\B inside a character class");
-          out.append("(?:(?<=[").append(kWordClassBody).append("])(?=[").append(kWordClassBody);
-          out.append("])|(?<![").append(kWordClassBody).append("])(?![").append(kWordClassBody).append("]))");
+          put_boundary(false);
           break;
         case 'h':
-          out.append(in_class ? "0-9A-Fa-f" : "[0-9A-Fa-f]");
+          put_class("0-9A-Fa-f", false, "\\h");
           break;
         case 'H':
-          if (in_class) refuse("\\H inside a character class");
-          out.append("[^0-9A-Fa-f]");
+          put_class("0-9A-Fa-f", true, "\\H");
           break;
         case 'v':
           out.append("\\x{0B}");
