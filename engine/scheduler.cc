@@ -197,9 +197,11 @@ Scheduler::Entry& Scheduler::preempt_last(StepPlan& plan) {
 
 void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
   // Pages the running requests still need to reach their `total` (the rest of a chunked prefill or
-  // recompute): promised to them, so an admission cannot take them and force a preemption later.
+  // recompute) and to hold the token their next step samples: promised to them, so an admission
+  // cannot take them and force a preemption later (a decode crossing into a new block the step
+  // after a long prompt was admitted preempted that prompt, its prefill thrown away).
   int64_t promised = 0;
-  for (const Entry* r : running_) promised += kv_.pages_needed(r->id, r->total);
+  for (const Entry* r : running_) promised += kv_.pages_needed(r->id, r->total + 1);
   while (!waiting_.empty() && budget > 0 && std::ssize(running_) < config_.max_num_seqs) {
     Entry& e = *waiting_.front();
     const int64_t rows_left = logit_rows_left(e);
@@ -229,14 +231,14 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
     running_.push_back(&e);
     schedule(e, count, plan);
     budget -= count;
-    promised += kv_.pages_needed(e.id, e.total);
+    promised += kv_.pages_needed(e.id, e.total + 1);
   }
 }
 
 // Registers e with the manager and keeps it registered only when admitted. Unservable: even the
 // whole, empty pool could not hold the prompt plus one generated token (or all e already holds).
 // Blocked: the free pages, less those promised to running requests, cannot hold all of e's
-// `total` tokens. Admitting on the first chunk alone (as vLLM V1 does without prefix caching) lets
+// `total` tokens (its own next token is not asked for: alone, e may fill the pool). Admitting on the first chunk alone (as vLLM V1 does without prefix caching) lets
 // a long prompt beside a long decode prefill, run out of pages, preempt itself as the newest
 // request and start over, step after step; vLLM V0 also admitted whole prompts.
 Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t promised) {

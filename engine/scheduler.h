@@ -22,8 +22,8 @@
 //   2. unless step 1 preempted, waiting requests are admitted in order (FCFS, or priority with
 //      aging: effective priority = priority - steps spent waiting / aging_steps) while seats
 //      (max_num_seqs), token budget and pages allow: the free pages, less those the running
-//      requests still need to reach their `total`, must hold all `total` tokens of the request,
-//      not only its first chunk. Admission registers the sequence with the manager (a preempted
+//      requests still need to reach their `total` and hold the token their next step samples, must
+//      hold all `total` tokens of the request, not only its first chunk. Admission registers the sequence with the manager (a preempted
 //      one was released: it re-registers and recomputes all `total` tokens). The head of the queue
 //      is never skipped for a later request (no starvation); a request whose max(total,
 //      prompt + 1) tokens need more pages than the whole pool is reported as unservable.

@@ -217,11 +217,12 @@ TEST(Scheduler, AdmissionWaitsForPagesAndResumesWhenTheyAreFreed) {
 
 TEST(Scheduler, PreemptionTakesTheNewestWhichResumesAndFinishes) {
   Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 64}, 8);
-  h.add(1, 16, 3);  // 2 pages
+  h.add(1, 15, 3);  // 2 pages, also for its first sampled token
   h.add(2, 20, 3);  // 4 pages (its decode fits in them)
-  h.add(3, 16, 3);  // 2 pages: the pool is full after the first step
+  h.add(3, 15, 3);  // 2 pages: the pool is full after the first step
   h.step();
   EXPECT_EQ(h.kv.free_pages(), 0);
+  EXPECT_TRUE(h.step().preempted.empty());  // every decode fits the pages it holds
   const StepPlan plan = h.step();  // 1 needs 2 more pages: 3 (the newest) goes, not 2
   EXPECT_EQ(plan.preempted, std::vector<uint64_t>{3});
   EXPECT_EQ(h.sched.num_preemptions(), 1);
@@ -229,10 +230,10 @@ TEST(Scheduler, PreemptionTakesTheNewestWhichResumesAndFinishes) {
   const auto p = h.sched.progress(3);
   EXPECT_FALSE(p->running);
   EXPECT_EQ(p->computed, 0);
-  EXPECT_EQ(p->total, 17);  // the token it sampled is kept
+  EXPECT_EQ(p->total, 17);  // the tokens it sampled are kept
   ASSERT_TRUE(h.run(20));
-  // 3 recomputes prompt + its generated token in one chunk, samples its 2nd token, then decodes.
-  const std::vector<Chunk> want = {{0, 16, true, true}, {0, 17, true, true}, {17, 1, true, false}};
+  // 3 recomputes prompt + its generated tokens in one chunk and samples its 3rd token.
+  const std::vector<Chunk> want = {{0, 15, true, true}, {15, 1, true, false}, {0, 17, true, true}};
   EXPECT_EQ(chunks(h.history[3]), want);
   EXPECT_EQ(h.finished, (std::vector<uint64_t>{1, 2, 3}));
   EXPECT_EQ(h.kv.free_pages(), 8);
@@ -322,12 +323,31 @@ TEST(Scheduler, APromptIsAdmittedOnlyWhenAllOfItFits) {
   EXPECT_GT(h.first_step[2], h.first_step[1] + 399) << "it waited for the decode's pages";
 }
 
+// A running request's next sampled token may need a new page: it is promised to it, so a prompt
+// that would fill the pool beside it waits instead of being admitted and then preempted the next
+// step, its whole prefill thrown away.
+TEST(Scheduler, ARunningRequestsNextTokenKeepsItsPageFromAnAdmission) {
+  Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 256}, 10);
+  const SequenceLayout one_lane{.retrieval_slots = 1, .streaming_slots = 0, .streaming = std::nullopt};
+  h.add(1, 16, 3, one_lane);   // 1 page; its first sampled token needs a 2nd
+  h.add(2, 144, 1, one_lane);  // 9 pages: all the others
+  const StepPlan first = h.step();
+  ASSERT_EQ(first.seqs.size(), 1u);
+  EXPECT_EQ(first.seqs[0].id, 1u);
+  ASSERT_TRUE(h.run(20));
+  EXPECT_EQ(h.sched.num_preemptions(), 0);
+  int64_t ran = 0;
+  for (const ScheduledSeq& s : h.history[2]) ran += s.count;
+  EXPECT_EQ(ran, 144) << "the prompt ran once";
+}
+
 // Prompts admitted in one plan: each later one is admitted only when the pages left also hold what
-// the earlier ones still need for their whole prompts. Request 1's first chunk is a partial one
-// (32 of 48 tokens, aligned to 16), so 2 more of its pages are promised; request 3 would take them.
+// the earlier ones still need for their whole prompts and first sampled tokens. Request 1's first
+// chunk is a partial one (32 of 47 tokens, aligned to 16), so 2 more of its pages are promised;
+// request 3 would take them.
 TEST(Scheduler, AdmissionsInOnePlanLeaveEachOthersPagesAlone) {
   Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 44}, 8);
-  h.add(1, 48, 1, dense_layout(), 0, ChunkRule{.prompt_block = 16});  // 6 pages in all
+  h.add(1, 47, 1, dense_layout(), 0, ChunkRule{.prompt_block = 16});  // 6 pages in all
   h.add(2, 4, 1);  // 2 pages
   h.add(3, 4, 1);  // 2 pages: only 2 are free, and they are promised to 1
   const StepPlan first = h.step();
@@ -478,13 +498,14 @@ TEST(Scheduler, FcfsHeadIsAdmittedWhileShortRequestsKeepArriving) {
 
 TEST(Scheduler, PriorityGoesFirstAndPreemptsTheLowestPriority) {
   Harness h({.max_num_seqs = 4, .max_num_batched_tokens = 64, .priority = true, .aging_steps = 1000}, 4);
-  h.add(1, 16, 3, dense_layout(), 9);  // older but low priority
-  h.add(2, 16, 3, dense_layout(), 0);
+  h.add(1, 15, 3, dense_layout(), 9);  // older but low priority
+  h.add(2, 15, 3, dense_layout(), 0);
   const StepPlan first = h.step();
   ASSERT_EQ(first.seqs.size(), 2u);
   EXPECT_EQ(first.seqs[0].id, 2u);
-  const StepPlan second = h.step();  // 2 needs 2 more pages: 1 goes although it is older
-  EXPECT_EQ(second.preempted, std::vector<uint64_t>{1});
+  EXPECT_TRUE(h.step().preempted.empty());
+  const StepPlan third = h.step();  // 2 needs 2 more pages: 1 goes although it is older
+  EXPECT_EQ(third.preempted, std::vector<uint64_t>{1});
   ASSERT_TRUE(h.run(20));
   EXPECT_EQ(h.finished, (std::vector<uint64_t>{2, 1}));
 }
