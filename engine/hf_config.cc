@@ -261,6 +261,10 @@ ModelConfig load_hf_config(const std::string& dir) {
   return c;
 }
 
+namespace {
+constexpr int64_t kTransformersDefaultTopK = 50;  // GenerationConfig().top_k
+}  // namespace
+
 GenerationDefaults load_generation_config(const std::string& dir) {
   GenerationDefaults d;
   const fs::path path = fs::path(dir) / kGenerationFile;
@@ -280,14 +284,16 @@ GenerationDefaults load_generation_config(const std::string& dir) {
   }
   if (const auto k = g.opt_int("top_k")) {
     if (*k < 0 || *k > std::numeric_limits<int>::max()) g.fail("top_k", "must be >= 0");
-    d.top_k = static_cast<int>(*k);
+    // vLLM reads the file through transformers' GenerationConfig.to_diff_dict(), which drops the
+    // values equal to its defaults: a top_k of 50 (transformers' default) is no default there.
+    if (*k != kTransformersDefaultTopK) d.top_k = static_cast<int>(*k);
   }
   if (const auto m = g.opt_float("min_p")) {
     if (!(*m >= 0.0 && *m <= 1.0)) g.fail("min_p", "must be in [0, 1]");
     d.min_p = static_cast<float>(*m);
   }
   if (const auto r = g.opt_float("repetition_penalty")) {
-    if (!(*r > 0.0 && *r <= 10.0)) g.fail("repetition_penalty", "must be in (0, 10]");
+    if (!(*r > 0.0 && std::isfinite(*r))) g.fail("repetition_penalty", "must be finite and > 0");
     d.repetition_penalty = static_cast<float>(*r);
   }
   return d;
