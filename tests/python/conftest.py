@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-# The gRPC tests import conftest_grpc's helpers before pytest loads it as their plugin: rewritten here
-# so that its asserts report their operands.
-pytest.register_assert_rewrite("conftest_grpc")
+# The HTTP and gRPC tests import their plugin's helpers before pytest loads it as a plugin: rewritten
+# here so that their asserts report their operands.
+pytest.register_assert_rewrite("conftest_grpc", "conftest_server")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"

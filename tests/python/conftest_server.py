@@ -6,6 +6,7 @@ Fixtures:
   keyed_server    session-wide server that requires the API key KEYED_SERVER_KEY
   start_server    factory for a private server (the caller stops it); kwargs become flags
   client          openai.OpenAI on `server`;  http: httpx.Client on `server`
+Helpers: stream_text (an SDK stream's texts and finish reasons by choice).
 Environment (see conftest.py): SPARSESERVE_BUILD (bin/sparseserve), SPARSESERVE_MODEL.
 """
 from __future__ import annotations
@@ -166,3 +167,15 @@ def http(server):
     with httpx.Client(base_url=server.base_url, timeout=120) as c:
         yield c
 
+
+def stream_text(chunks, chat=False):
+    """Assembles a stream: {choice index: text}, {index: finish_reason}, and the chunks."""
+    texts, finish, seen = {}, {}, []
+    for ch in chunks:
+        seen.append(ch)
+        for c in ch.choices:
+            piece = (c.delta.content or "") if chat else c.text
+            texts[c.index] = texts.get(c.index, "") + piece
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    return texts, finish, seen
