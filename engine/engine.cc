@@ -458,8 +458,9 @@ void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string
   if (reason != FinishReason::kAbort && reason != FinishReason::kError && !r.text_complete) {
     // The text still held back: the bytes of an incomplete character (U+FFFD), then what the stop
     // filter kept as a possible start of a stop string. A stop string these complete ends the text
-    // as any other does: the reason is then that stop.
-    const auto res = r.stops.push(r.detok.flush());
+    // as any other does (once min_tokens allows one): the reason is then that stop.
+    const bool may_stop = static_cast<int64_t>(r.tokens.size()) - r.prompt_len >= r.req.min_tokens;
+    const auto res = r.stops.push(r.detok.flush(), may_stop);
     out.text = res.text;
     if (res.stopped) {
       reason = FinishReason::kStop;

@@ -143,9 +143,9 @@ std::string oniguruma_to_pcre2(std::string_view pattern) {
         case 's':
           put_class(kWhiteSpaceClassBody, false, "\\s");
           break;
-        case 'S':  // inside a class PCRE2's own (no negated set can go there)
+        case 'S':  // PCRE2's \s also holds U+180E, Oniguruma's (White_Space) not
           if (in_class) {
-            out.append("\\S");
+            out.append("\\S\\x{180E}");
           } else {
             put_class(kWhiteSpaceClassBody, true, "\\S");
           }
@@ -176,6 +176,33 @@ std::string oniguruma_to_pcre2(std::string_view pattern) {
         case 'v':
           out.append("\\x{0B}");
           break;
+        case 'V':  // not an escape in Oniguruma: the letter
+          out.push_back('V');
+          break;
+        case 'u': {  // Oniguruma's \uHHHH
+          const std::string_view hex = pattern.substr(i + 1, 4);
+          if (hex.size() != 4 || !std::all_of(hex.begin(), hex.end(), [](char h) { return std::isxdigit(static_cast<unsigned char>(h)); })) {
+            refuse("\\u without four hex digits");
+          }
+          out.append("\\x{").append(hex).append("}");
+          i += 4;
+          break;
+        }
+        case 'p':
+        case 'P':
+          if (i + 1 >= pattern.size() || pattern[i + 1] != '{') refuse("a property escape without braces");
+          out.push_back('\\');
+          out.push_back(e);
+          break;
+        case 'x':
+          if (i + 1 >= pattern.size() || (pattern[i + 1] != '{' && !std::isxdigit(static_cast<unsigned char>(pattern[i + 1])))) {
+            refuse("\\x without hex digits");
+          }
+          out.append("\\x");
+          break;
+        case 'Q':
+          refuse("\\Q quoting");
+          break;
         default:
           out.push_back('\\');
           out.push_back(e);
@@ -193,6 +220,27 @@ std::string oniguruma_to_pcre2(std::string_view pattern) {
       // Option letters: m is dotall in Oniguruma's syntax and multiline in PCRE2's.
       for (size_t k = i + 2; k < pattern.size() && (std::isalpha(static_cast<unsigned char>(pattern[k])) || pattern[k] == '-'); ++k) {
         if (pattern[k] == 'm' || pattern[k] == 's') refuse("the inline option (?" + std::string(1, pattern[k]) + ")");
+      }
+    }
+    if (c == '{') {  // an interval: {n}, {n,}, {n,m}, or Oniguruma's {,m} (PCRE2 10.42: literal text)
+      size_t k = i + 1;
+      const size_t lo_digits = std::find_if_not(pattern.begin() + static_cast<std::ptrdiff_t>(k), pattern.end(),
+                                                [](char d) { return std::isdigit(static_cast<unsigned char>(d)); }) -
+                               pattern.begin() - static_cast<std::ptrdiff_t>(k);
+      k += lo_digits;
+      size_t hi_digits = 0;
+      const bool comma = k < pattern.size() && pattern[k] == ',';
+      if (comma) {
+        ++k;
+        while (k + hi_digits < pattern.size() && std::isdigit(static_cast<unsigned char>(pattern[k + hi_digits]))) ++hi_digits;
+        k += hi_digits;
+      }
+      if (k < pattern.size() && pattern[k] == '}' && lo_digits + hi_digits > 0) {
+        out.append("{").append(lo_digits == 0 ? "0" : "").append(pattern.substr(i + 1, k - i));
+        i = k;
+        // Oniguruma: a repeat of the repeat; PCRE2: possessive.
+        if (i + 1 < pattern.size() && pattern[i + 1] == '+') refuse("an interval followed by +");
+        continue;
       }
     }
     out.push_back(c);

@@ -20,13 +20,15 @@ inline constexpr std::string_view kQwen2Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 // A Split regex as HF tokenizers reads it (Oniguruma) in PCRE2's syntax, compiled with PCRE2_MULTILINE
-// (`^` and `$` are line anchors in both then): `\s` / `\S` as Unicode White_Space (`\S` inside a
-// class keeps PCRE2's meaning), `\w` `\W` `\b` `\B` by Oniguruma's word class (Alphabetic, marks,
-// decimal digits, connector punctuation), `\h` / `\H` hex digits, `\v` the vertical tab. Throws
-// std::invalid_argument for what the two engines read differently and cannot be rewritten: `\W`,
-// `\B` or `\H` inside a class, nested and POSIX bracket classes, class intersections (&&), the
-// inline options m and s. (A case-insensitive match of multi-character folds, `(?i:ss)` against
-// "ß", stays PCRE2's: no match.)
+// (`^` and `$` are line anchors in both then): `\s` / `\S` as Unicode White_Space, `\w` `\W` `\b`
+// `\B` by Oniguruma's word classes (Alphabetic, marks, decimal digits, connector punctuation), `\h`
+// / `\H` hex digits, `\v` the vertical tab, `\V` the letter, `\uHHHH` a code point, `{,n}` as
+// `{0,n}`. Throws std::invalid_argument for what the two engines read differently and cannot be
+// rewritten: `\W`, `\B` or `\H` inside a class, nested and POSIX bracket classes, class
+// intersections (&&), the inline options m and s, `\p` / `\P` without braces, `\x` without hex
+// digits, `\Q` quoting, an interval followed by `+`. (A case-insensitive match of multi-character
+// folds, `(?i:ss)` against "ß", stays PCRE2's: no match; in `(?x)` mode a `[` inside a comment is
+// taken as a class.)
 std::string oniguruma_to_pcre2(std::string_view pattern);
 
 class PcreRegex;  // compiled pattern, defined in pretokenizer.cc

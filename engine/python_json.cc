@@ -1,6 +1,7 @@
 #include "engine/python_json.h"
 
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,7 @@ namespace {
 // 16 places of the digits' start (1e-4 ≤ |v| < 1e16), with ".0" on integral values; otherwise
 // d.ddde±XX with at least two exponent digits.
 std::string python_float_repr(double v) {
+  if (!std::isfinite(v)) return std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";  // json.dumps' words
   char buf[64];
   const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);
   if (ec != std::errc()) return nlohmann::json(v).dump();

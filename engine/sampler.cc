@@ -20,7 +20,7 @@ void SamplingParams::validate(int64_t vocab_size) const {
   if (!(repetition_penalty > 0.0f && std::isfinite(repetition_penalty))) bad("repetition_penalty must be finite and > 0");
   for (const auto& [id, bias] : logit_bias) {
     if (id < 0 || id >= vocab_size) bad("logit_bias token id " + std::to_string(id) + " is outside the vocabulary");
-    if (!std::isfinite(bias)) bad("logit_bias values must be finite numbers");
+    if (std::isnan(bias)) bad("logit_bias values must be numbers");
   }
 }
 

@@ -16,7 +16,7 @@ struct SamplingParams {
   float presence_penalty = 0.0f;     // [-2, 2], on generated tokens (OpenAI)
   float frequency_penalty = 0.0f;    // [-2, 2], on generated tokens (OpenAI)
   float repetition_penalty = 1.0f;   // > 0, on prompt and generated tokens (HF/vLLM)
-  // Added to the logit of each id, clamped to ±kMaxLogitBias (as vLLM clamps it); finite.
+  // Added to the logit of each id, clamped to ±kMaxLogitBias (as vLLM clamps it, infinities too).
   std::vector<std::pair<int32_t, float>> logit_bias;
   std::optional<uint64_t> seed;      // same seed and input -> same output
 

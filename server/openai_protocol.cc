@@ -225,8 +225,8 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   if (auto v = f.number("min_p", 0, 1)) s.min_p = static_cast<float>(*v);
   if (auto v = f.number("presence_penalty", -2, 2)) s.presence_penalty = static_cast<float>(*v);
   if (auto v = f.number("frequency_penalty", -2, 2)) s.frequency_penalty = static_cast<float>(*v);
-  if (auto v = f.number("repetition_penalty", 0, std::numeric_limits<float>::max(), /*lo_open=*/true)) {
-    s.repetition_penalty = static_cast<float>(*v);
+  if (auto v = f.number("repetition_penalty", 0, std::numeric_limits<double>::max(), /*lo_open=*/true)) {
+    s.repetition_penalty = static_cast<float>(std::min<double>(*v, std::numeric_limits<float>::max()));
   }
   if (auto v = f.integer("seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
     if (*v != -1) s.seed = static_cast<uint64_t>(*v);  // -1: no seed, as vLLM reads it
@@ -242,8 +242,8 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
                               std::to_string(model_.config.vocab_size) + ")",
                           "logit_bias");
       }
-      // A bias past ±100 is clamped to it, as vLLM does (OpenAI documents the range).
-      if (!bias.is_number() || !std::isfinite(bias.get<double>())) {
+      // A bias past ±100 counts as ±100, as vLLM clamps it (OpenAI documents the range).
+      if (!bias.is_number()) {
         throw bad_request("logit_bias: the bias of token " + key + " must be a number", "logit_bias");
       }
       if (const auto [it, fresh] = named.emplace(id, key); !fresh) {  // the biases would add up past ±100
@@ -251,8 +251,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
                               key + "')",
                           "logit_bias");
       }
-      const double limit = SamplingParams::kMaxLogitBias;
-      s.logit_bias.emplace_back(static_cast<int32_t>(id), static_cast<float>(std::clamp(bias.get<double>(), -limit, limit)));
+      s.logit_bias.emplace_back(static_cast<int32_t>(id), bias.get<float>());  // past ±100: the sampler clamps it
     }
   }
 

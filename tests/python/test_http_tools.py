@@ -200,7 +200,8 @@ def test_call_arguments_render_as_python_json_dumps_writes_them(server):
     # The templates write a call's arguments with tojson, i.e. json.dumps(json.loads(arguments)):
     # floats in Python's repr (random doubles over the whole range, the bounds of positional form),
     # integers past 64 bits whole, a repeated key once (first place, last value), nesting kept.
-    rng = random.Random()
+    seed = random.randrange(1 << 32)  # in the failure message: random.Random(seed) replays it
+    rng = random.Random(seed)
     floats = [rng.uniform(-1, 1) * 10.0 ** rng.randint(-30, 30) for _ in range(60)]
     floats += [struct.unpack("<d", struct.pack("<Q", rng.getrandbits(63)))[0] for _ in range(40)]
     floats += [1e15, 1e16, 9999999999999998.0, 1234567890123456.7, 1e-4, 1e-5, 0.5, -0.0, 5e-324]
@@ -213,7 +214,7 @@ def test_call_arguments_render_as_python_json_dumps_writes_them(server):
     text = httpx.post(server.base_url + "/detokenize", json={"tokens": ids}).json()["prompt"]
     expected = json.dumps(json.loads(args), ensure_ascii=False)
     assert expected.startswith('{"b": [') and '"a": 3, "deep": {"x": 2}}' in expected  # Python's own reading
-    assert '{"name": "get_weather", "arguments": ' + expected + "}" in text
+    assert '{"name": "get_weather", "arguments": ' + expected + "}" in text, f"seed {seed}"
 
 
 @pytest.mark.parametrize("extra, param", [

@@ -430,14 +430,17 @@ def split_tokenizer(family_files, tmp_path, pattern: str, behavior: str) -> Path
 
 ONIG_TEXTS = ["a \nb", "cafe 12 DEADbeef", "x\x0by\x0cz\n\rw", "line one\nline two  \n  three", "snake_case‿tie",
               "e\u0301t\u00e9 na\u0308ive", "Ⅻ½٣ digits", "a-b c_d", "\u200d\u200cjoin", "  lead", "trail  ",
-              "tab\tand\u3000ideo", "日本語の文", "$^.*", "x² ½y ⒶⓑⒸ", "a\u200db"]
+              "tab\tand\u3000ideo", "日本語の文", "$^.*", "x² ½y ⒶⓑⒸ", "a\u200db", "a\u180eb c", "aab aaaab",
+              "AVv", "{,3}a{"]
 
 
 @pytest.mark.parametrize("pattern", [r"\s+$", r"^\s+", r"^.", r".$", r"\h+", r"[\h_]+", r"\v", r"\w+", r"[\w-]+",
-                                     r"\W+", r"\b", r"\B", r"\w\b", r"\d\B."])
+                                     r"\W+", r"\b", r"\B", r"\w\b", r"\d\B.", r"[^\S\n]+", r"[\S]", r"\S+", r"\V",
+                                     r"[\V]", r"a{,3}", r"a{2}b", r"\u0041", r"[\u0061-\u0063]", r"\x41\x{42}?"])
 def test_split_regexes_read_as_oniguruma_reads_them(family_files, tmp_path, pattern):
     """Constructs PCRE2 reads otherwise than Oniguruma (HF's engine) are rewritten: ^ and $ anchor
-    lines, \\h is a hex digit, \\v the vertical tab, \\w \\W \\b \\B go by Oniguruma's word class."""
+    lines, \\h is a hex digit, \\v the vertical tab, \\V the letter, \\S holds U+180E (in a class too),
+    \\uHHHH a code point, {,n} is {0,n}, \\w \\W \\b \\B go by Oniguruma's word class."""
     path = split_tokenizer(family_files, tmp_path, pattern, "Removed")
     hf = tokenizers.Tokenizer.from_file(str(path))
     texts = ONIG_TEXTS + CORPUS[:120]
@@ -461,7 +464,9 @@ def test_word_classes_are_oniguruma_s(family_files, tmp_path, pattern):
 
 @pytest.mark.parametrize("pattern, what", [(r"[[:punct:]]+", "POSIX bracket"), (r"[a-z&&[^aeiou]]", "intersection"),
                                            (r"[a[b]]", "nested class"), (r"(?m:.)", "(?m)"), (r"(?s).", "(?s)"),
-                                           (r"[\W]", r"\W inside"), (r"[^\H]", r"\H inside")])
+                                           (r"[\W]", r"\W inside"), (r"[^\H]", r"\H inside"),
+                                           (r"\pL", "without braces"), (r"a{1,2}+b", "interval followed by +"),
+                                           (r"\Qa.\E", r"\Q"), (r"\xg", r"\x without"), (r"\u12", r"\u without")])
 def test_split_regexes_the_engines_read_apart_are_refused(family_files, tmp_path, pattern, what):
     path = split_tokenizer(family_files, tmp_path, pattern, "Isolated")
     proc = subprocess.run([str(TOOL), "--hf-json", str(path)], input="\"x\"\n", capture_output=True, text=True)

@@ -6,8 +6,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <memory>
 
@@ -113,10 +115,14 @@ TEST_F(ProtocolTest, SamplingFieldsMapToTheEngine) {
   EXPECT_FLOAT_EQ(s.repetition_penalty, 1.2f);
   EXPECT_EQ(s.seed, std::optional<uint64_t>(7));
   EXPECT_THAT(s.logit_bias, ElementsAre(std::pair<int32_t, float>{5, -100.0f}, std::pair<int32_t, float>{9, 2.5f}));
-  // As vLLM: biases past ±100 are clamped, and repetition_penalty is bounded only by > 0.
+  // As vLLM: biases past ±100 are accepted (and clamped when sampling), and repetition_penalty is
+  // bounded only by > 0 (one past a float's range counts as the largest float).
   const SamplingParams wide = protocol_->parse_completion(
       {{"prompt", "x"}, {"logit_bias", {{"5", 500}, {"9", -1e300}}}, {"repetition_penalty", 12}}).params.sampling;
-  EXPECT_THAT(wide.logit_bias, ElementsAre(std::pair<int32_t, float>{5, 100.0f}, std::pair<int32_t, float>{9, -100.0f}));
+  EXPECT_FLOAT_EQ(protocol_->parse_completion({{"prompt", "x"}, {"repetition_penalty", 1e39}}).params.sampling.repetition_penalty,
+                  std::numeric_limits<float>::max());
+  EXPECT_THAT(wide.logit_bias, ElementsAre(std::pair<int32_t, float>{5, 500.0f}, std::pair<int32_t, float>{9, -INFINITY}));
+  EXPECT_NO_THROW(wide.validate(1000));  // the sampler clamps them to ±100 (sampler_test)
   EXPECT_FLOAT_EQ(wide.repetition_penalty, 12.0f);
   EXPECT_THAT(job.params.stop, ElementsAre("END"));
   EXPECT_EQ(job.params.max_tokens, 5);
