@@ -292,6 +292,10 @@ GenerationDefaults load_generation_config(const std::string& dir) {
     if (!(*m >= 0.0 && *m <= 1.0)) g.fail("min_p", "must be in [0, 1]");
     d.min_p = static_cast<float>(*m);
   }
+  if (const auto n = g.opt_int("max_new_tokens")) {
+    if (*n < 1) g.fail("max_new_tokens", "must be >= 1");
+    d.max_new_tokens = *n;
+  }
   if (const auto r = g.opt_float("repetition_penalty")) {
     if (!(*r > 0.0 && std::isfinite(*r))) g.fail("repetition_penalty", "must be finite and > 0");
     d.repetition_penalty = static_cast<float>(*r);

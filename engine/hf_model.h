@@ -43,6 +43,7 @@ struct GenerationDefaults {
   int top_k = -1;
   float min_p = -1.0f;
   float repetition_penalty = -1.0f;
+  int64_t max_new_tokens = -1;
 };
 GenerationDefaults load_generation_config(const std::string& dir);
 

@@ -198,6 +198,7 @@ std::unique_ptr<Model> load_hf(const std::string& dir, const std::string& tmpl, 
     if (g.top_k >= 0) m->sampling_defaults.top_k = g.top_k;
     if (g.min_p >= 0.0f) m->sampling_defaults.min_p = g.min_p;
     if (g.repetition_penalty > 0.0f) m->sampling_defaults.repetition_penalty = g.repetition_penalty;
+    if (g.max_new_tokens > 0) m->max_new_tokens = g.max_new_tokens;
   } catch (const ModelFileError& e) {  // eos ids were read from it already; its sampling values are optional
     spdlog::warn("{}; requests sample with the API's defaults", e.what());
   }

@@ -42,6 +42,9 @@ struct Model {
   // top_k, min_p, repetition_penalty; a Hugging Face directory's, as vLLM's generation_config auto),
   // else SamplingParams{}.
   SamplingParams sampling_defaults = {};
+  // generation_config.json's max_new_tokens, read with the sampling defaults: the most tokens a
+  // request generates, whatever its max_tokens (vLLM's cap); 0: none.
+  int64_t max_new_tokens = 0;
 };
 
 // Throws ModelFileError naming the file and the problem (missing tensor, wrong shape, bad metadata).

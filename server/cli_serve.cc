@@ -249,12 +249,19 @@ int run_serve(const ServeArgs& a) {
 
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<Model> model = load_model(cfg.model, "auto", parse_load_format(cfg.load_format));
-  if (cfg.generation_config == "vllm") model->sampling_defaults = SamplingParams{};
+  if (cfg.generation_config == "vllm") {
+    model->sampling_defaults = SamplingParams{};
+    model->max_new_tokens = 0;
+  }
   if (const SamplingParams& d = model->sampling_defaults;
       d.temperature != 1.0f || d.top_p != 1.0f || d.top_k > 0 || d.min_p != 0.0f || d.repetition_penalty != 1.0f) {
     spdlog::info("sampling defaults from the model's generation_config.json: temperature {}, top_p {}, top_k {}, "
                  "min_p {}, repetition_penalty {} (generation_config: vllm for the API's own)",
                  d.temperature, d.top_p, d.top_k, d.min_p, d.repetition_penalty);
+  }
+  if (model->max_new_tokens > 0) {
+    spdlog::info("max_new_tokens {} from the model's generation_config.json caps every request's max_tokens",
+                 model->max_new_tokens);
   }
   if (stop_early("model loading")) return 0;
   const auto& mc = model->config;

@@ -491,6 +491,7 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
   } else {
     r.max_tokens = context - n;
   }
+  if (model.max_new_tokens > 0) r.max_tokens = std::min(r.max_tokens, model.max_new_tokens);  // as over HTTP
   if (g.min_tokens() < 0 || g.min_tokens() > r.max_tokens) {
     throw InvalidArgument(
         fmt::format("min_tokens must be in [0, max_tokens = {}] (got {})", r.max_tokens, g.min_tokens()));

@@ -365,7 +365,7 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
 }
 
 // Prompt + completion must fit the context; without max_tokens the completion takes what is left
-// (chat) or 16 tokens (completions), as vLLM does.
+// (chat) or 16 tokens (completions), and the model's max_new_tokens caps it, as vLLM does.
 void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
   // The context, or what the KV cache holds of one sequence under the request's profile: vLLM
   // never accepts a request its cache cannot finish, and it names that limit max_model_len.
@@ -411,6 +411,7 @@ void Protocol::check_lengths(GenerationJob& job, bool max_tokens_given) const {
     for (const auto& p : job.prompts) left = std::min<int64_t>(left, ctx - static_cast<int64_t>(p.size()));
     job.params.max_tokens = job.endpoint == Endpoint::kChat ? left : std::min<int64_t>(16, left);
   }
+  if (model_.max_new_tokens > 0) job.params.max_tokens = std::min(job.params.max_tokens, model_.max_new_tokens);
   if (job.params.min_tokens > job.params.max_tokens) {
     throw bad_request("min_tokens must be less than or equal to max_tokens=" + std::to_string(job.params.max_tokens) +
                           ", got " + std::to_string(job.params.min_tokens) + ".",

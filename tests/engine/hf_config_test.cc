@@ -161,9 +161,12 @@ TEST_F(HfConfigTest, Qwen25WithQkvBiasAndTiedEmbeddings) {
   EXPECT_EQ(g.top_k, 20);
   EXPECT_FLOAT_EQ(g.temperature, 0.7f);
   // A top_k of 50 is transformers' default, which vLLM's reading (to_diff_dict) drops: no default.
-  write("generation_config.json", json::parse(R"({"top_k": 50, "repetition_penalty": 12})"));
+  write("generation_config.json", json::parse(R"({"top_k": 50, "repetition_penalty": 12, "max_new_tokens": 300})"));
   EXPECT_EQ(load_generation_config(dir()).top_k, -1);
   EXPECT_FLOAT_EQ(load_generation_config(dir()).repetition_penalty, 12.0f);
+  EXPECT_EQ(load_generation_config(dir()).max_new_tokens, 300);
+  write("generation_config.json", json::parse(R"({"max_new_tokens": 0})"));
+  EXPECT_THROW(load_generation_config(dir()), ModelFileError);
 }
 
 TEST_F(HfConfigTest, MistralSlidingWindowCapsContext) {

@@ -107,7 +107,8 @@ def test_a_tokenizer_past_the_models_rows_is_refused(tmp_path, build_dir, hf_mod
 
 def test_generation_config_sampling_defaults(tmp_path, build_dir, hf_model_dir):
     """generation_config auto (vLLM's default): what a request leaves out of temperature, top_p and
-    top_k comes from the model's generation_config.json; generation_config vllm: the API's defaults."""
+    top_k comes from the model's generation_config.json, and its max_new_tokens caps max_tokens;
+    generation_config vllm: the API's defaults."""
     import httpx
     from conftest_server import ServerProcess
 
@@ -117,7 +118,7 @@ def test_generation_config_sampling_defaults(tmp_path, build_dir, hf_model_dir):
         if f.name != "generation_config.json":
             (d / f.name).symlink_to(f)
     gen = json.loads((hf_model_dir / "generation_config.json").read_text())
-    (d / "generation_config.json").write_text(json.dumps({**gen, "temperature": 0.0}))
+    (d / "generation_config.json").write_text(json.dumps({**gen, "temperature": 0.0, "max_new_tokens": 6}))
     body = {"prompt": "The sea is", "max_tokens": 8, "ignore_eos": True, "seed": 7}
 
     def texts(mode):
@@ -125,15 +126,20 @@ def test_generation_config_sampling_defaults(tmp_path, build_dir, hf_model_dir):
         try:
             srv.wait_ready()
             post = lambda extra: httpx.post(srv.base_url + "/v1/completions", json={**body, **extra},
-                                            timeout=120).json()["choices"][0]["text"]
-            return post({}), post({"temperature": 0.0}), post({"temperature": 1.0})
+                                            timeout=120).json()["choices"][0]
+            choices = post({}), post({"temperature": 0.0}), post({"temperature": 1.0})
+            return [c["text"] for c in choices] + [post({"max_tokens": 8})["finish_reason"]]
         finally:
             assert srv.terminate() == 0, srv.log_tail()
 
-    left_out, greedy, sampled = texts("auto")
+    # auto: the file's temperature for what the request leaves out, and its max_new_tokens (6) caps
+    # the request's max_tokens (8), as vLLM's get_max_tokens does.
+    left_out, greedy, sampled, finish = texts("auto")
     assert left_out == greedy, (left_out, greedy)
-    left_out, greedy, sampled = texts("vllm")
+    capped = greedy
+    left_out, greedy, sampled, finish = texts("vllm")
     assert left_out == sampled, (left_out, sampled)
+    assert greedy.startswith(capped) and len(greedy) > len(capped), (capped, greedy)
     assert greedy != sampled  # the seed draws another text at temperature 1 (else the test shows nothing)
 
 

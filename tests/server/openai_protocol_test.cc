@@ -119,11 +119,11 @@ TEST_F(ProtocolTest, SamplingFieldsMapToTheEngine) {
   // bounded only by > 0 (one past a float's range counts as the largest float).
   const SamplingParams wide = protocol_->parse_completion(
       {{"prompt", "x"}, {"logit_bias", {{"5", 500}, {"9", -1e300}}}, {"repetition_penalty", 12}}).params.sampling;
-  EXPECT_FLOAT_EQ(protocol_->parse_completion({{"prompt", "x"}, {"repetition_penalty", 1e39}}).params.sampling.repetition_penalty,
-                  std::numeric_limits<float>::max());
   EXPECT_THAT(wide.logit_bias, ElementsAre(std::pair<int32_t, float>{5, 500.0f}, std::pair<int32_t, float>{9, -INFINITY}));
   EXPECT_NO_THROW(wide.validate(1000));  // the sampler clamps them to ±100 (sampler_test)
   EXPECT_FLOAT_EQ(wide.repetition_penalty, 12.0f);
+  EXPECT_FLOAT_EQ(protocol_->parse_completion({{"prompt", "x"}, {"repetition_penalty", 1e39}}).params.sampling.repetition_penalty,
+                  std::numeric_limits<float>::max());
   EXPECT_THAT(job.params.stop, ElementsAre("END"));
   EXPECT_EQ(job.params.max_tokens, 5);
   EXPECT_EQ(job.params.logprobs, 3);
@@ -131,6 +131,22 @@ TEST_F(ProtocolTest, SamplingFieldsMapToTheEngine) {
   EXPECT_EQ(job.params.sparsity, "dense");
   EXPECT_TRUE(job.params.ignore_eos);
   EXPECT_THAT(job.params.stop_token_ids, ElementsAre(1, 2));
+}
+
+// The model's generation_config max_new_tokens caps max_tokens, given or not (vLLM's get_max_tokens).
+TEST_F(ProtocolTest, TheModelsMaxNewTokensCapsMaxTokens) {
+  struct Capped {  // the suite's model, capped for this test only
+    Model& m;
+    explicit Capped(Model& model) : m(model) { m.max_new_tokens = 5; }
+    ~Capped() { m.max_new_tokens = 0; }
+  };
+  {
+    const Capped capped(*model_);
+    EXPECT_EQ(protocol_->parse_completion({{"prompt", "x"}, {"max_tokens", 8}}).params.max_tokens, 5);
+    EXPECT_EQ(protocol_->parse_chat({{"messages", {{{"role", "user"}, {"content", "hi"}}}}}).params.max_tokens, 5);
+    EXPECT_EQ(protocol_->parse_completion({{"prompt", "x"}, {"max_tokens", 3}}).params.max_tokens, 3);
+  }
+  EXPECT_EQ(protocol_->parse_completion({{"prompt", "x"}, {"max_tokens", 8}}).params.max_tokens, 8);
 }
 
 TEST_F(ProtocolTest, NullMeansNotGivenAndUnknownFieldsAreIgnored) {
