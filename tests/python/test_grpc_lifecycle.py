@@ -5,6 +5,7 @@ key, and SIGTERM's drain. The server and the stubs come from conftest_grpc.py.
 """
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import struct
@@ -219,5 +220,29 @@ def test_sigterm_drains_then_aborts_running_streams(build_dir, model_path, repo_
         rest = list(it)
         assert rest[-1].final.finish_reason == pb.FINISH_REASON_ABORT
         assert s.proc.wait(timeout=30) == 0
+    finally:
+        s.stop()
+
+
+def test_the_models_max_new_tokens_caps_max_tokens_as_over_http(build_dir, hf_model_dir, repo_root, tmp_path_factory,
+                                                                api, tmp_path):
+    # generation_config.json's max_new_tokens caps a request's max_tokens, given or left out (vLLM's
+    # get_max_tokens), as the HTTP side does (test_hf_model.py).
+    d = tmp_path / "hf"
+    d.mkdir()
+    for f in hf_model_dir.iterdir():
+        if f.name != "generation_config.json":
+            (d / f.name).symlink_to(f)
+    gen = json.loads((hf_model_dir / "generation_config.json").read_text())
+    (d / "generation_config.json").write_text(json.dumps({**gen, "max_new_tokens": 3}))
+    s = launch_server(build_dir, d, repo_root, tmp_path_factory, api)
+    try:
+        pb = s.pb
+        for max_tokens in [8, None]:
+            kw = {} if max_tokens is None else {"max_tokens": max_tokens}
+            msgs = collect(s.stub, pb.GenerateRequest(text="The sea is", ignore_eos=True,
+                                                      sampling=pb.SamplingParams(temperature=0), **kw))
+            assert len(tokens_of(msgs)) == 3, max_tokens
+            assert msgs[-1].final.finish_reason == pb.FINISH_REASON_LENGTH
     finally:
         s.stop()
