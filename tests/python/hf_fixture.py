@@ -210,3 +210,14 @@ if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(f"usage: {sys.argv[0]} MODEL.gguf OUT_DIR")
     print(make_hf_dir(sys.argv[1], sys.argv[2]))
+
+
+def with_file(dest: Path, hf_dir: Path, name: str, text: str) -> Path:
+    """`dest`, made: a copy of the directory `hf_dir` (links to its files) whose file `name` holds
+    `text` instead."""
+    dest.mkdir()
+    for f in Path(hf_dir).iterdir():
+        if f.name != name:
+            (dest / f.name).symlink_to(f)
+    (dest / name).write_text(text, encoding="utf-8")
+    return dest

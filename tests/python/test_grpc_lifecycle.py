@@ -18,6 +18,7 @@ pytest.importorskip("grpc_tools")
 
 from conftest_grpc import (collect, expect_invalid, greedy, launch_server, long_request, tokens_of,  # noqa: E402
                            wait_idle)
+from hf_fixture import with_file  # noqa: E402
 
 pytest_plugins = ["conftest_grpc"]
 
@@ -228,13 +229,8 @@ def test_the_models_max_new_tokens_caps_max_tokens_as_over_http(build_dir, hf_mo
                                                                 api, tmp_path):
     # generation_config.json's max_new_tokens caps a request's max_tokens, given or left out (vLLM's
     # get_max_tokens), as the HTTP side does (test_hf_model.py).
-    d = tmp_path / "hf"
-    d.mkdir()
-    for f in hf_model_dir.iterdir():
-        if f.name != "generation_config.json":
-            (d / f.name).symlink_to(f)
     gen = json.loads((hf_model_dir / "generation_config.json").read_text())
-    (d / "generation_config.json").write_text(json.dumps({**gen, "max_new_tokens": 3}))
+    d = with_file(tmp_path / "hf", hf_model_dir, "generation_config.json", json.dumps({**gen, "max_new_tokens": 3}))
     s = launch_server(build_dir, d, repo_root, tmp_path_factory, api)
     try:
         pb = s.pb

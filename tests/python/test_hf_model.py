@@ -6,6 +6,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from hf_fixture import with_file
 
 PROMPTS = [
     "The history of the printing press begins in the fifteenth century, when",
@@ -50,13 +51,7 @@ def test_info_reports_the_same_model(tool, build_dir, model_path, hf_model_dir):
 
 def with_tokenizer(tmp_path, hf_model_dir, tokenizer_json):
     """A copy of the fixture's directory (links) with `tokenizer_json` as its tokenizer.json."""
-    d = tmp_path / "hf"
-    d.mkdir()
-    for f in hf_model_dir.iterdir():
-        if f.name != "tokenizer.json":
-            (d / f.name).symlink_to(f)
-    (d / "tokenizer.json").write_text(json.dumps(tokenizer_json), encoding="utf-8")
-    return d
+    return with_file(tmp_path / "hf", hf_model_dir, "tokenizer.json", json.dumps(tokenizer_json))
 
 
 def test_ids_past_the_tokenizer_decode_to_nothing(tmp_path, build_dir, hf_model_dir):
@@ -112,13 +107,9 @@ def test_generation_config_sampling_defaults(tmp_path, build_dir, hf_model_dir):
     import httpx
     from conftest_server import ServerProcess
 
-    d = tmp_path / "hf"
-    d.mkdir()
-    for f in hf_model_dir.iterdir():
-        if f.name != "generation_config.json":
-            (d / f.name).symlink_to(f)
     gen = json.loads((hf_model_dir / "generation_config.json").read_text())
-    (d / "generation_config.json").write_text(json.dumps({**gen, "temperature": 0.0, "max_new_tokens": 6}))
+    d = with_file(tmp_path / "hf", hf_model_dir, "generation_config.json",
+                  json.dumps({**gen, "temperature": 0.0, "max_new_tokens": 6}))
     body = {"prompt": "The sea is", "max_tokens": 8, "ignore_eos": True, "seed": 7}
 
     def texts(mode):
