@@ -19,7 +19,9 @@ class CpuStepRunner final : public StepRunner {
       : backend_(model.config, manager, kernels::cpu::Numerics::kBatchInvariant),
         forward_(model, kernels::cpu::Numerics::kBatchInvariant) {}
 
-  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) override { backend_.add_sequence(id, profile); }
+  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored) override {
+    backend_.add_sequence(id, profile, stored);
+  }
   void release(uint64_t id) override { backend_.release(id); }
   void forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& logits,
                std::vector<int32_t>& drawn) override {

@@ -112,6 +112,7 @@ struct Engine::Impl {
 
   void loop();
   void admit_incoming();
+  std::shared_ptr<const kvcache::PrefixKey> prefix_key(LiveRequest& r, const kvcache::SequenceLayout& layout) const;
   void apply_aborts();
   void step();
   // error: kError's message; request_error: the request's own settings caused it (RequestOutput).
@@ -129,7 +130,7 @@ Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend 
       step_backend(std::move(b)),
       shape{static_cast<int32_t>(m.config.head_dim), profiles.kv_cache.page_tokens,
             profiles.kv_cache.logical_page_tokens, step_backend.bytes_per_element, step_backend.with_metadata},
-      kv(profiles.kv_cache, kvcache::pages_for_budget(config.kv_cache_bytes, shape)),
+      kv(profiles.kv_cache, kvcache::pages_for_budget(config.kv_cache_bytes, shape), config.enable_prefix_caching),
       scheduler(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens, config.priority_scheduling, 64}, kv) {
   const size_t bytes = shape.page_bytes() * static_cast<size_t>(kv.num_pages());
   backend = step_backend.make(model, kv, config.step_limits(profiles));
@@ -260,7 +261,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request request) {
 
   auto r = std::make_unique<LiveRequest>(LiveRequest{
       0, std::move(request), &profile, {}, n, 0, Sampler(SamplingParams{}, {}),
-      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, {}, 0, false, {}, {}, 0, {}});
+      IncrementalDetokenizer(e.model.tokenizer, true), StopStringFilter({}), {}, {}, nullptr, clock_type::now(), {}, {}, false, false, 0, -1, false, -1, {}, 0, false, {}, {}, 0, {}});
   r->tokens = r->req.prompt;
   r->max_new = std::min<int64_t>(r->req.max_tokens, c.max_context - n);
   r->sampler = Sampler(r->req.sampling, r->req.prompt);
@@ -405,7 +406,7 @@ void Engine::Impl::admit_incoming() {
     if (r->req.prompt_logprobs >= 0) rule.max_prompt_chunk = (256 + rule.prompt_block - 1) / rule.prompt_block * rule.prompt_block;
     const uint64_t key = r->key;
     try {
-      scheduler.add(key, r->prompt_len, layout, r->req.priority, rule);
+      scheduler.add(key, r->prompt_len, layout, r->req.priority, rule, prefix_key(*r, layout));
     } catch (const std::exception& ex) {  // a broken invariant: this request ends, the others go on
       spdlog::error("engine: admitting request {} failed: {}", r->req.id, ex.what());
       scheduler.cancel(key);
@@ -418,6 +419,21 @@ void Engine::Impl::admit_incoming() {
     }
     live.emplace(key, std::move(r));
   }
+}
+
+// The request's prompt for the prefix cache, or null when its K/V could not be shared: streaming
+// heads (their ring pages are overwritten), dynamic prefill sparsity (a prompt block's K/V depend on
+// the masks of the prompt it was computed in). Prompt logprobs need every prompt position run: such
+// a request registers its blocks but starts from none (as vLLM skips the cache for it).
+std::shared_ptr<const kvcache::PrefixKey> Engine::Impl::prefix_key(LiveRequest& r,
+                                                                   const kvcache::SequenceLayout& layout) const {
+  if (!kv.prefix_caching() || layout.streaming_slots > 0 || r.profile->prefill.dynamic) return nullptr;
+  auto key = std::make_shared<kvcache::PrefixKey>();
+  key->profile = r.profile->name;
+  key->tokens.assign(r.tokens.begin(), r.tokens.begin() + r.prompt_len);
+  key->match = r.req.prompt_logprobs < 0;
+  r.prefix_lookup = key->match;
+  return key;
 }
 
 void Engine::Impl::apply_aborts() {
@@ -477,6 +493,7 @@ void Engine::Impl::finish(LiveRequest& r, FinishReason reason, const std::string
   out.error = error;
   out.request_error = request_error;
   out.prompt_tokens = r.prompt_len;
+  out.cached_tokens = std::max<int64_t>(0, r.cached_tokens);
   out.completion_tokens = static_cast<int64_t>(r.tokens.size()) - r.prompt_len;
 
   const auto now = clock_type::now();
@@ -568,7 +585,7 @@ void Engine::Impl::step() {
   for (const ScheduledSeq& s : plan.seqs) {
     LiveRequest& r = *live.at(s.id);
     if (!r.bound) {
-      backend->add_sequence(s.id, *r.profile);
+      backend->add_sequence(s.id, *r.profile, s.start);  // bound in its first step: start is its cached prefix
       r.bound = true;
     }
     ForwardSeq f;
@@ -580,8 +597,16 @@ void Engine::Impl::step() {
     f.no_logits = !s.sample && !f.all_logits;
     f.prompt_len = r.prompt_len;
     batch.push_back(f);
+    if (r.cached_tokens < 0) {  // its first step: where the prefix cache let it start
+      r.cached_tokens = s.start;
+      if (r.prefix_lookup) {
+        metrics.prefix_cache_queries += r.prompt_len;
+        metrics.prefix_cache_hits += s.start;
+      }
+    }
+    // Cached prompt tokens count as prompt tokens (vLLM's prompt_tokens_total); a recompute does not.
     if (const int64_t end = std::min<int64_t>(s.start + s.count, r.prompt_len); end > r.prompt_counted) {
-      metrics.prompt_tokens += end - std::max<int64_t>(s.start, r.prompt_counted);  // a recompute counts no more
+      metrics.prompt_tokens += end - r.prompt_counted;
       r.prompt_counted = end;
     }
   }
@@ -677,6 +702,7 @@ void Engine::Impl::step() {
     RequestOutput out;
     take_prompt_logprobs(r, out);
     out.prompt_tokens = r.prompt_len;
+    out.cached_tokens = std::max<int64_t>(0, r.cached_tokens);
     out.completion_tokens = gen;
     out.token_ids.push_back(r.tokens.back());
     if (lp) out.logprobs.push_back(std::move(*lp));

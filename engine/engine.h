@@ -25,6 +25,11 @@ struct EngineConfig {
   int32_t max_waiting = 1024;            // waiting requests beyond this: QueueFull
   bool priority_scheduling = false;      // else FCFS
   int32_t output_buffer = 4096;          // deltas buffered per request before the engine waits
+  // vLLM's automatic prefix caching: computed prompt blocks stay in the KV cache (evictable) and a
+  // later request with the same prompt prefix under the same profile starts from them. Profiles
+  // with streaming heads or dynamic prefill sparsity, and requests asking for prompt logprobs, start
+  // from none (kvcache/prefix_cache.h).
+  bool enable_prefix_caching = true;
   // Throws InvalidArgument naming the field.
   void validate() const;
   // This config's limits for a model's profiles.

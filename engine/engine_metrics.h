@@ -39,7 +39,11 @@ struct EngineMetrics {
   std::atomic<int64_t> requests_running{0};
   std::atomic<int64_t> requests_waiting{0};
   std::atomic<int64_t> num_preemptions{0};
-  std::atomic<int64_t> prompt_tokens{0};        // prefilled prompt tokens (recomputation excluded)
+  std::atomic<int64_t> prompt_tokens{0};        // prompt tokens run, cached ones included (recomputation excluded)
+  // Prefix caching (vLLM's counters): prompt tokens of requests that looked their prefix up, and of
+  // those, the tokens found cached.
+  std::atomic<int64_t> prefix_cache_queries{0};
+  std::atomic<int64_t> prefix_cache_hits{0};
   std::atomic<int64_t> generation_tokens{0};
   std::atomic<int64_t> requests_finished[5] = {};  // by FinishReason
   std::atomic<int64_t> kv_pages_total{0};

@@ -43,6 +43,8 @@ struct LiveRequest {
   bool bound = false;           // registered with the KV backend
   bool text_complete = false;   // a stop string or stop token ended it: every text delta is sent
   int64_t prompt_counted = 0;   // prompt tokens counted in metrics.prompt_tokens (not again on recompute)
+  int64_t cached_tokens = -1;   // prompt tokens its first admission found in the prefix cache (-1: not yet run)
+  bool prefix_lookup = false;   // it looks its prompt up in the prefix cache (the metrics count it)
   int32_t stop_token = -1;      // the stop_token_ids entry that ended it
   // req.prompt_logprobs: the entries so far (prompt tokens 1 .. prompt_lp_next), sent with the first
   // delta; a recompute after preemption does not collect them again.

@@ -39,12 +39,14 @@ PagedKvBackend::PagedKvBackend(const ModelConfig& config, kvcache::KvCacheManage
       manager_(manager),
       storage_(manager.num_pages(), manager.config().page_tokens, manager.config().logical_page_tokens, config.head_dim) {}
 
-void PagedKvBackend::add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) {
+void PagedKvBackend::add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored) {
   check(manager_.has_sequence(id), "PagedKvBackend: sequence not registered with the KV cache manager");
   check(!seqs_.contains(id), "PagedKvBackend: sequence already bound");
   check(profile.roles.n_layers() == config_.n_layers && profile.roles.n_kv_heads() == config_.n_kv_heads,
         "PagedKvBackend: profile head roles do not match the model");
-  seqs_.emplace(id, SeqState(profile, config_.n_layers, config_.n_kv_heads));
+  check(stored >= 0 && stored <= manager_.sequence(id).length() && stored % storage_.page_tokens() == 0,
+        "PagedKvBackend: stored tokens beyond the sequence's pages or inside a page");
+  seqs_.emplace(id, SeqState(profile, config_.n_layers, config_.n_kv_heads, stored));
 }
 
 void PagedKvBackend::release(uint64_t id) { seqs_.erase(id); }

@@ -31,9 +31,10 @@ class PagedKvBackend final : public KvBackend {
   PagedKvBackend(const ModelConfig& config, kvcache::KvCacheManager& manager,
                  kernels::cpu::Numerics numerics = kernels::cpu::Numerics::kFast);
 
-  // Binds a sequence already added to the manager with profile's layout. The profile must outlive
-  // the sequence. InternalError for an unknown or already bound id.
-  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile);
+  // Binds a sequence already added to the manager with profile's layout, its first `stored` tokens
+  // held by its pages already (a cached prefix: whole pages). The profile must outlive the sequence.
+  // InternalError for an unknown or already bound id, or `stored` beyond its pages or inside a page.
+  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored = 0);
   void release(uint64_t id);  // forgets the sequence here (the caller releases its pages)
   // Forgets the tokens after `length` so that decoding can restart there, possibly under another
   // profile with the same roles and streaming window (benchmarks compare decode policies on one

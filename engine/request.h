@@ -82,6 +82,7 @@ struct RequestOutput {
                                        // it cannot follow, no token left to sample), not an internal
                                        // failure: front ends answer 400 / INVALID_ARGUMENT
   int64_t prompt_tokens = 0;
+  int64_t cached_tokens = 0;           // of prompt_tokens, those its first admission found in the prefix cache
   int64_t completion_tokens = 0;       // total so far, a stop token included
 };
 

@@ -23,7 +23,7 @@ Scheduler::Scheduler(SchedulerConfig config, kvcache::KvCacheManager& kv) : conf
 }
 
 void Scheduler::add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority,
-                    ChunkRule rule) {
+                    ChunkRule rule, std::shared_ptr<const kvcache::PrefixKey> prefix) {
   if (entries_.contains(id)) throw InternalError(fmt::format("scheduler: request {} already exists", id));
   if (prompt_len < 1) throw InternalError(fmt::format("scheduler: request {} has prompt_len {}", id, prompt_len));
   // The manager is the judge of a layout: register and drop the sequence now, so a bad layout
@@ -39,6 +39,7 @@ void Scheduler::add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayo
   e.total = prompt_len;
   e.priority = priority;
   e.arrival = next_arrival_++;
+  e.prefix = std::move(prefix);
   waiting_.push_back(&e);  // sorted into place by the next plan()
 }
 
@@ -214,7 +215,8 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
       e.chunk_starved = aligned_prefill(e) && !pages_block(e, promised);
       return;
     }
-    const Admission admission = try_admit(e, promised);
+    int64_t cached = 0;
+    const Admission admission = try_admit(e, promised, &cached);
     if (admission == Admission::kBlocked) {  // the head is never skipped
       e.chunk_starved = false;  // pages hold it, not the budget: no reservation (above)
       return;
@@ -227,10 +229,15 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
       continue;
     }
     e.running = true;
+    e.fresh = true;
     e.chunk_starved = false;
     running_.push_back(&e);
-    schedule(e, count, plan);
-    budget -= count;
+    e.computed = cached;
+    // The chunk again from the cached prefix (requests with prefix keys need no block-aligned chunks).
+    const int64_t from_cache = cached > 0 ? chunk(e, std::min(budget, rows_left)) : count;
+    check(from_cache >= 1, "scheduler: no chunk after a cached prefix");
+    schedule(e, from_cache, plan);
+    budget -= from_cache;
     promised += kv_.pages_needed(e.id, e.total + 1);
   }
 }
@@ -241,8 +248,9 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
 // `total` tokens (its own next token is not asked for: alone, e may fill the pool). Admitting on the first chunk alone (as vLLM V1 does without prefix caching) lets
 // a long prompt beside a long decode prefill, run out of pages, preempt itself as the newest
 // request and start over, step after step; vLLM V0 also admitted whole prompts.
-Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t promised) {
-  kv_.add_sequence(e.id, e.layout);
+Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t promised, int64_t* cached) {
+  const int64_t hit = kv_.add_sequence(e.id, e.layout, e.prefix, e.total - 1);
+  if (cached != nullptr) *cached = hit;
   Admission admission = Admission::kAdmitted;
   if (kv_.pages_needed(e.id, std::max(e.total, e.prompt + 1)) > kv_.num_pages()) {
     admission = Admission::kUnservable;
@@ -266,7 +274,8 @@ void Scheduler::schedule(Entry& e, int64_t count, StepPlan& plan) {
                                    .start = e.computed,
                                    .count = count,
                                    .sample = e.computed + count == e.total,
-                                   .resumed = e.computed == 0});
+                                   .resumed = e.fresh});
+  e.fresh = false;
   plan.num_tokens += count;
 }
 
@@ -279,6 +288,7 @@ void Scheduler::on_step_done(const StepPlan& plan, const std::vector<uint64_t>& 
                                       e->computed, s.start));
     }
     e->computed += s.count;
+    kv_.commit(e->id, e->computed);  // its blocks' K/V are stored now
   }
   for (const uint64_t id : appended) {
     Entry* e = find(id);

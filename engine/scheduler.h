@@ -34,6 +34,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <unordered_map>
 #include <vector>
@@ -75,7 +76,7 @@ struct ScheduledSeq {
   int64_t start = 0;      // == computed before the step
   int64_t count = 0;      // tokens run this step (≥ 1)
   bool sample = false;    // start + count == total: sample the next token after the step
-  bool resumed = false;   // first step after admission or preemption (computed was 0)
+  bool resumed = false;   // first step after admission or preemption (start: the cached tokens)
 };
 
 struct StepPlan {
@@ -96,8 +97,11 @@ class Scheduler {
   // Queues a new request with prompt_len ≥ 1 tokens. InternalError for a duplicate id, a
   // prompt_len < 1 or a layout the KvCacheManager rejects (checked here, not in a later plan()).
   // A prompt_block over max_num_batched_tokens could never be scheduled whole: it is taken as 1.
+  // prefix: its prompt for the manager's prefix cache (null: none); an admission then starts the
+  // request from the cached blocks it finds (computed = their tokens, at most total - 1, so the step
+  // that samples always runs).
   void add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority = 0,
-           ChunkRule rule = {});
+           ChunkRule rule = {}, std::shared_ptr<const kvcache::PrefixKey> prefix = nullptr);
   // Removes a request wherever it is; its pages are released at once. False if unknown.
   bool cancel(uint64_t id);
   // Removes a finished (running) request and releases its pages. InternalError otherwise.
@@ -130,7 +134,9 @@ class Scheduler {
     uint64_t arrival = 0;      // add() order
     int64_t waited_steps = 0;  // plan() calls spent waiting (aging); kept across preemptions
     bool running = false;
+    bool fresh = false;          // admitted, not yet scheduled
     bool chunk_starved = false;  // its aligned prompt chunk found less than a block of budget
+    std::shared_ptr<const kvcache::PrefixKey> prefix;
   };
   enum class Admission { kAdmitted, kBlocked, kUnservable };
 
@@ -147,7 +153,8 @@ class Scheduler {
   bool make_room(Entry& e, int64_t count, StepPlan& plan);
   Entry& preempt_last(StepPlan& plan);
   void admit_waiting(StepPlan& plan, int64_t& budget);
-  Admission try_admit(const Entry& e, int64_t promised);
+  // cached: the tokens an admission starts from (its cached prefix).
+  Admission try_admit(const Entry& e, int64_t promised, int64_t* cached = nullptr);
   // try_admit would say kBlocked (e is left unregistered either way).
   bool pages_block(const Entry& e, int64_t promised);
   void schedule(Entry& e, int64_t count, StepPlan& plan);

@@ -4,9 +4,11 @@
 
 namespace sparseserve {
 
-SequenceAttention::SequenceAttention(const kvcache::SparsityProfile& profile, int64_t n_layers, int64_t n_kv_heads)
+SequenceAttention::SequenceAttention(const kvcache::SparsityProfile& profile, int64_t n_layers, int64_t n_kv_heads,
+                                     int64_t stored)
     : profile_(&profile),
       n_kv_heads_(n_kv_heads),
+      length_(stored),
       selected_(static_cast<size_t>(n_layers * n_kv_heads)),
       selected_at_blocks_(static_cast<size_t>(n_layers * n_kv_heads), 0) {}
 

@@ -23,8 +23,9 @@ class SequenceAttention {
     kFresh,     // a new selection, then record_selection()
   };
 
-  // The profile must outlive this.
-  SequenceAttention(const kvcache::SparsityProfile& profile, int64_t n_layers, int64_t n_kv_heads);
+  // The profile must outlive this. `stored`: tokens whose K/V the sequence's pages hold already (a
+  // prefix found in the prefix cache).
+  SequenceAttention(const kvcache::SparsityProfile& profile, int64_t n_layers, int64_t n_kv_heads, int64_t stored = 0);
 
   const kvcache::SparsityProfile& profile() const { return *profile_; }
   int64_t length() const { return length_; }  // tokens whose K/V are stored

@@ -48,8 +48,10 @@ class StepRunner {
  public:
   virtual ~StepRunner() = default;
   // Binds a sequence the manager already holds with profile's layout; the profile outlives it.
-  // InternalError for an unknown or already bound id, or a profile the runner does not run.
-  virtual void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) = 0;
+  // `stored`: the tokens its pages hold already (the prefix the prefix cache found, whole pages; its
+  // first step starts there). InternalError for an unknown or already bound id, a profile the runner
+  // does not run, or a `stored` beyond the sequence's pages or inside a page.
+  virtual void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored = 0) = 0;
   // Forgets the sequence (the caller releases its pages).
   virtual void release(uint64_t id) = 0;
   // Runs the batch (CpuForward::forward's contract): stores each chunk's K/V and sizes logits to

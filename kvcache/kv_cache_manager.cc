@@ -44,12 +44,10 @@ SequenceLayout SequenceLayout::from_roles(const HeadRoles& roles, std::optional<
   return layout;
 }
 
-namespace {
-int idx(HeadRole role) { return static_cast<int>(role); }
-}  // namespace
-
-KvCacheManager::KvCacheManager(KvCacheConfig config, int32_t num_pages) : config_(config), pool_(num_pages) {
+KvCacheManager::KvCacheManager(KvCacheConfig config, int32_t num_pages, bool prefix_caching)
+    : config_(config), pool_(num_pages) {
   config_.validate();
+  if (prefix_caching) cache_.emplace(config_.page_tokens);
 }
 
 void KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout) {
@@ -64,6 +62,56 @@ void KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout) {
     geometry.emplace(config_.page_tokens, *layout.streaming);
   }
   seqs_.emplace(id, SequenceKv(config_.page_tokens, layout.retrieval_slots, layout.streaming_slots, geometry));
+}
+
+int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, std::shared_ptr<const PrefixKey> prefix,
+                                     int64_t max_cached_tokens) {
+  add_sequence(id, layout);
+  if (!cache_ || prefix == nullptr || layout.streaming_slots > 0 || layout.retrieval_slots == 0) return 0;
+  Chain& chain = chains_[id];
+  chain.key = std::move(prefix);
+  if (!chain.key->match) return 0;
+  const int64_t P = config_.page_tokens;
+  const std::vector<PrefixCache::Serial> found =
+      cache_->match(chain.key->profile, chain.key->tokens, std::max<int64_t>(0, max_cached_tokens) / P);
+  if (found.empty()) return 0;
+  std::vector<std::vector<int32_t>> blocks;
+  blocks.reserve(found.size());
+  for (const PrefixCache::Serial s : found) blocks.push_back(cache_->pages(s));
+  SequenceKv& s = seq(id);
+  s.adopt(blocks, pool_);
+  for (const PrefixCache::Serial e : found) cache_->acquire(e);
+  chain.used = found;
+  chain.last = found.back();
+  chain.blocks = static_cast<int64_t>(found.size());
+  return s.length();
+}
+
+void KvCacheManager::commit(uint64_t id, int64_t computed) {
+  const SequenceKv& s = sequence(id);
+  check(computed >= 0 && computed <= s.length(), "KV cache: commit beyond the sequence's length");
+  const auto it = chains_.find(id);
+  if (it == chains_.end()) return;
+  Chain& chain = it->second;
+  const int64_t P = config_.page_tokens;
+  const std::span<const int32_t> tokens = chain.key->tokens;
+  const int64_t full = std::min<int64_t>(computed, std::ssize(tokens)) / P;
+  std::vector<int32_t> pages(static_cast<size_t>(s.retrieval_slots()));
+  for (; chain.blocks < full; ++chain.blocks) {
+    // A block found cached (not this sequence's) may have been evicted since: the chain is broken,
+    // and blocks after it could never be matched from the first.
+    if (chain.last != 0 && !cache_->contains(chain.last)) return;
+    const auto block = tokens.subspan(static_cast<size_t>(chain.blocks * P), static_cast<size_t>(P));
+    if (const PrefixCache::Serial cached = cache_->find(chain.key->profile, chain.last, block); cached != 0) {
+      chain.last = cached;  // another sequence's pages hold the same K/V: this one's stay its own
+      continue;
+    }
+    for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) {
+      pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[static_cast<size_t>(chain.blocks)];
+    }
+    chain.last = cache_->insert(chain.key->profile, chain.last, block, pages, pool_);
+    chain.used.push_back(chain.last);
+  }
 }
 
 bool KvCacheManager::has_sequence(uint64_t id) const { return seqs_.contains(id); }
@@ -85,26 +133,36 @@ int32_t KvCacheManager::pages_needed(uint64_t id, int64_t new_len) const {
 }
 
 bool KvCacheManager::can_allocate(uint64_t id, int64_t new_len) const {
-  return pool_.can_allocate(pages_needed(id, new_len));
+  const int32_t need = pages_needed(id, new_len);
+  return need >= 0 && need <= free_pages();
 }
 
 void KvCacheManager::allocate(uint64_t id, int64_t new_len) {
   SequenceKv& s = seq(id);
-  const int32_t r0 = s.pages_held(HeadRole::kRetrieval), s0 = s.pages_held(HeadRole::kStreaming);
+  const int32_t need = s.pages_needed(new_len);
+  if (cache_ && need > pool_.num_free()) cache_->evict_until_free(need, pool_);
+  const int32_t s0 = s.pages_held(HeadRole::kStreaming);
   s.grow(new_len, pool_);  // all or nothing
-  used_[idx(HeadRole::kRetrieval)] += s.pages_held(HeadRole::kRetrieval) - r0;
-  used_[idx(HeadRole::kStreaming)] += s.pages_held(HeadRole::kStreaming) - s0;
+  used_streaming_ += s.pages_held(HeadRole::kStreaming) - s0;
 }
 
 void KvCacheManager::release(uint64_t id) {
   const auto it = seqs_.find(id);
   if (it == seqs_.end()) return;
   SequenceKv& s = it->second;
-  const int32_t r = s.pages_held(HeadRole::kRetrieval), st = s.pages_held(HeadRole::kStreaming);
+  const int32_t st = s.pages_held(HeadRole::kStreaming);
   s.release(pool_);
-  used_[idx(HeadRole::kRetrieval)] -= r;
-  used_[idx(HeadRole::kStreaming)] -= st;
+  used_streaming_ -= st;
   seqs_.erase(it);
+  if (const auto c = chains_.find(id); c != chains_.end()) {
+    cache_->release(c->second.used);
+    chains_.erase(c);
+  }
+}
+
+int32_t KvCacheManager::used_pages(HeadRole role) const {
+  if (role == HeadRole::kStreaming) return used_streaming_;
+  return num_pages() - free_pages() - used_streaming_;
 }
 
 // Both tables: slots = the most slots of the role among the batch's sequences; a sequence with

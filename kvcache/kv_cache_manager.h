@@ -3,14 +3,18 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "kvcache/geometry.h"
 #include "kvcache/head_roles.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/page_table.h"
+#include "kvcache/prefix_cache.h"
 #include "kvcache/sequence_kv.h"
 
 namespace sparseserve::kvcache {
@@ -25,14 +29,34 @@ struct SequenceLayout {
   static SequenceLayout from_roles(const HeadRoles& roles, std::optional<StreamingWindow> window);
 };
 
+// A sequence's prompt for prefix caching (PrefixCache): its full blocks are looked up when the
+// sequence is added and registered as they are computed (commit). Layouts with streaming slots take
+// no part: their ring pages are overwritten as the window moves.
+struct PrefixKey {
+  std::string profile;          // the sparsity profile's name: its K/V differ from another profile's
+  std::vector<int32_t> tokens;  // the prompt
+  bool match = true;            // false: its blocks are registered, never reused (prompt logprobs)
+};
+
 class KvCacheManager {
  public:
-  // Throws InvalidArgument for an invalid config or num_pages < 0.
-  KvCacheManager(KvCacheConfig config, int32_t num_pages);
+  // Throws InvalidArgument for an invalid config or num_pages < 0. prefix_caching: keep computed
+  // prompt blocks for later sequences (add_sequence with a key, commit).
+  KvCacheManager(KvCacheConfig config, int32_t num_pages, bool prefix_caching = false);
 
   const KvCacheConfig& config() const { return config_; }
+  bool prefix_caching() const { return cache_.has_value(); }
   // Registers an empty sequence. InternalError when the id exists or the layout is inconsistent.
   void add_sequence(uint64_t id, const SequenceLayout& layout);
+  // Registers a sequence that may start from cached blocks of `prefix` (null, prefix caching off or a
+  // layout with streaming slots: an empty one): the longest cached chain of its prompt's blocks, at
+  // most max_cached_tokens, is shared (length() is then its tokens). Returns that length.
+  int64_t add_sequence(uint64_t id, const SequenceLayout& layout, std::shared_ptr<const PrefixKey> prefix,
+                       int64_t max_cached_tokens);
+  // The sequence's first `computed` tokens hold their K/V: its full prompt blocks among them are
+  // registered in the prefix cache (a block cached already is left to the entry there). No-op
+  // without a key. InternalError for an unknown id or computed beyond length().
+  void commit(uint64_t id, int64_t computed);
   bool has_sequence(uint64_t id) const;
   // Pages that growing `id` to new_len tokens needs, and whether the pool has them.
   int32_t pages_needed(uint64_t id, int64_t new_len) const;
@@ -40,7 +64,8 @@ class KvCacheManager {
   // Grows the sequence's tables to new_len, all or nothing. Preconditions: can_allocate and
   // new_len ≥ the current length (else InternalError, nothing changed). Unknown ids: InternalError.
   void allocate(uint64_t id, int64_t new_len);
-  // Frees all pages of the sequence and forgets it (no-op for an unknown id).
+  // Frees all pages of the sequence and forgets it (no-op for an unknown id). Its prompt blocks stay in
+  // the prefix cache, evictable once no sequence uses them.
   void release(uint64_t id);
   const SequenceKv& sequence(uint64_t id) const;
 
@@ -50,17 +75,30 @@ class KvCacheManager {
   PageTable streaming_table(std::span<const uint64_t> ids) const;
 
   int32_t num_pages() const { return pool_.num_pages(); }
-  int32_t free_pages() const { return pool_.num_free(); }
-  // Pages the sequences hold for the role; used_pages of both roles sum to num_pages - free_pages.
-  int32_t used_pages(HeadRole role) const { return used_[static_cast<int>(role)]; }
+  // Pages an allocation may take: the pool's free pages and the cached ones no sequence uses.
+  int32_t free_pages() const { return pool_.num_free() + cached_free_pages(); }
+  // Of free_pages, those holding cached blocks (taken back, least recently used first, when needed).
+  int32_t cached_free_pages() const { return cache_ ? cache_->evictable_pages() : 0; }
+  // Pages the sequences hold for the role, a shared page once; used_pages of both roles sum to
+  // num_pages - free_pages.
+  int32_t used_pages(HeadRole role) const;
   size_t num_sequences() const { return seqs_.size(); }
 
  private:
+  // A sequence's part in the prefix cache: the chain of its prompt's blocks walked so far.
+  struct Chain {
+    std::shared_ptr<const PrefixKey> key;
+    std::vector<PrefixCache::Serial> used;  // entries it adopted or registered, in block order
+    PrefixCache::Serial last = 0;           // the entry of its last block walked
+    int64_t blocks = 0;                     // blocks walked (adopted, registered or found cached)
+  };
   SequenceKv& seq(uint64_t id);
   KvCacheConfig config_;
   PagePool pool_;
+  std::optional<PrefixCache> cache_;
   std::unordered_map<uint64_t, SequenceKv> seqs_;
-  int32_t used_[2] = {0, 0};
+  std::unordered_map<uint64_t, Chain> chains_;
+  int32_t used_streaming_ = 0;
 };
 
 }  // namespace sparseserve::kvcache

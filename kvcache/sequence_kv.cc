@@ -72,6 +72,28 @@ void SequenceKv::grow(int64_t new_len, PagePool& pool) {
   length_ = new_len;
 }
 
+void SequenceKv::adopt(std::span<const std::vector<int32_t>> blocks, PagePool& pool) {
+  check(length_ == 0 && streaming_.empty(), "SequenceKv::adopt: the sequence is not empty or has streaming slots");
+  for (const auto& b : blocks) check(b.size() == retrieval_.size(), "SequenceKv::adopt: a block without one page per slot");
+  for (auto& t : retrieval_) t.reserve(blocks.size());
+  std::vector<int32_t> taken;
+  try {
+    for (const auto& b : blocks) {
+      for (const int32_t page : b) {
+        pool.retain(page);
+        taken.push_back(page);
+      }
+    }
+  } catch (...) {
+    pool.release(taken);
+    throw;
+  }
+  for (const auto& b : blocks) {
+    for (size_t slot = 0; slot < b.size(); ++slot) retrieval_[slot].push_back(b[slot]);
+  }
+  length_ = static_cast<int64_t>(blocks.size()) * page_tokens_;
+}
+
 void SequenceKv::release(PagePool& pool) {
   std::vector<int32_t> all;
   all.reserve(static_cast<size_t>(pages_held(HeadRole::kRetrieval) + pages_held(HeadRole::kStreaming)));

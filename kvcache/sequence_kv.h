@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "kvcache/geometry.h"
@@ -28,6 +29,11 @@ class SequenceKv {
   // Preconditions: new_len ≥ length() and pool.can_allocate(pages_needed(new_len)); else
   // InternalError, nothing changed.
   void grow(int64_t new_len, PagePool& pool);
+  // Starts an empty sequence without streaming slots from shared blocks: blocks[b][slot] is the
+  // page of retrieval slot `slot` for block b; each gets a pool reference, and length() becomes
+  // blocks.size() · page_tokens. InternalError (nothing changed) when the sequence is not empty, has
+  // streaming slots, or a block lists other than one page per slot.
+  void adopt(std::span<const std::vector<int32_t>> blocks, PagePool& pool);
   // Returns every page to the pool; the sequence is empty afterwards.
   void release(PagePool& pool);
 

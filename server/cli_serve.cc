@@ -309,6 +309,7 @@ int run_serve(const ServeArgs& a) {
   // A request's choices wait in the queue side by side: more of them than max_waiting could never
   // all be queued (a 429 on every retry), so they are a bad request.
   limits.max_choices = std::min(limits.max_choices, cfg.max_waiting);
+  limits.prompt_tokens_details = cfg.enable_prompt_tokens_details;
   const SequenceLimits sequences = SequenceLimits::of(engine);
   limits.sequences = sequences;
   if (cfg.max_prompt_tokens > mc.max_context) {

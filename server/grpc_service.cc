@@ -130,6 +130,7 @@ void fill_response(const RequestOutput& out, const std::string& id, const Tokeni
     f->set_stop_reason(valid_utf8(out.stop_reason));
     f->mutable_usage()->set_prompt_tokens(out.prompt_tokens);
     f->mutable_usage()->set_completion_tokens(out.completion_tokens);
+    f->mutable_usage()->set_cached_tokens(out.cached_tokens);
   }
 }
 

@@ -98,7 +98,10 @@ std::string render_metrics(const EngineMetrics& m, const MetricsContext& ctx) {
           get(m.kv_bytes_saved));
 
   w.counter("num_preemptions_total", "Preemptions (pages released, recomputed later).", get(m.num_preemptions));
-  w.counter("prompt_tokens_total", "Prefilled prompt tokens (recomputation excluded).", get(m.prompt_tokens));
+  w.counter("prompt_tokens_total", "Prompt tokens run, cached ones included (recomputation excluded).",
+            get(m.prompt_tokens));
+  w.counter("prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", get(m.prefix_cache_queries));
+  w.counter("prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", get(m.prefix_cache_hits));
   w.counter("generation_tokens_total", "Generated tokens.", get(m.generation_tokens));
   w.header("request_success_total", "counter", "Finished requests, by finish reason.");
   for (const FinishReason r : {FinishReason::kStop, FinishReason::kLength, FinishReason::kAbort, FinishReason::kError}) {

@@ -424,6 +424,7 @@ GenerationJob Protocol::parse_completion(const json& body) const {
   check_model(body);
   GenerationJob job;
   job.endpoint = Endpoint::kCompletions;
+  job.prompt_tokens_details = limits_.prompt_tokens_details;
   const Fields f(body);
   const json* prompt = f.get("prompt");
   if (!prompt) throw bad_request("prompt is required", "prompt");
@@ -572,6 +573,7 @@ GenerationJob Protocol::parse_chat(const json& body, const ojson* tools_in_order
   check_model(body);
   GenerationJob job;
   job.endpoint = Endpoint::kChat;
+  job.prompt_tokens_details = limits_.prompt_tokens_details;
   const Fields f(body);
   const json* messages = f.get("messages");
   if (!messages) throw bad_request("messages is required", "messages");

@@ -70,6 +70,7 @@ struct ProtocolLimits {
   int32_t max_choices = 64;       // prompts × n per request
   int32_t max_stop = 16;          // stop strings
   int32_t max_logprobs = 20;      // completions `logprobs`, chat `top_logprobs`
+  bool prompt_tokens_details = false;  // usage carries prompt_tokens_details (vLLM's flag)
   SequenceLimits sequences;        // prompt + completion per profile (empty: the model's context)
 };
 
@@ -108,6 +109,7 @@ struct GenerationJob {
   ToolUse tools;  // chat only
   int64_t truncate_prompt_tokens = 0;  // vLLM's: k ≥ 1 keeps each prompt's last k tokens, −1 as many as
                                        // the request's context limit; 0 none
+  bool prompt_tokens_details = false;  // usage carries {"cached_tokens": ...} (ProtocolLimits)
 
   int32_t num_choices() const { return static_cast<int32_t>(prompts.size()) * n; }
   // Choice i (prompt i / n, sample i % n) as an engine Request with id "<response_id>-<i>";
@@ -191,6 +193,7 @@ class ResponseBuilder {
     std::string error;
     bool request_error = false;  // RequestOutput::request_error: a 400, not a 500
     int64_t prompt_tokens = 0;
+    int64_t cached_tokens = 0;  // of its prompt's tokens, those found in the prefix cache
     int64_t completion_tokens = 0;
     // Streaming under tool calling: bytes of `text` sent as content, the kNamed call's id once its
     // first delta went out, and (kAuto, kRequired) per call streamed so far the bytes of its

@@ -157,6 +157,7 @@ std::vector<ojson> ResponseBuilder::add(int32_t choice, const RequestOutput& del
   c.prompt_logprobs.insert(c.prompt_logprobs.end(), delta.prompt_logprobs.begin(), delta.prompt_logprobs.end());
   c.text_offsets.insert(c.text_offsets.end(), offsets.begin(), offsets.end());
   c.prompt_tokens = out.prompt_tokens;
+  c.cached_tokens = std::max(c.cached_tokens, out.cached_tokens);
   c.completion_tokens = std::max(c.completion_tokens, out.completion_tokens);
   if (out.finished) {
     c.finished = true;
@@ -379,7 +380,15 @@ std::string ResponseBuilder::finish_reasons() const {
 
 ojson ResponseBuilder::usage() const {
   const int64_t p = prompt_tokens(), g = completion_tokens();
-  return {{"prompt_tokens", p}, {"completion_tokens", g}, {"total_tokens", p + g}};
+  ojson u = {{"prompt_tokens", p}, {"completion_tokens", g}, {"total_tokens", p + g}};
+  if (job_.prompt_tokens_details) {
+    // Per prompt, its first choice's (the n samples of one prompt are separate requests, as in
+    // vLLM, and each may find a different share cached).
+    int64_t cached = 0;
+    for (size_t i = 0; i < choices_.size(); i += static_cast<size_t>(job_.n)) cached += choices_[i].cached_tokens;
+    u["prompt_tokens_details"] = {{"cached_tokens", cached}};
+  }
+  return u;
 }
 
 ojson ResponseBuilder::usage_chunk() const {

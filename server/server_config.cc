@@ -45,6 +45,11 @@ constexpr std::array kSettings = {
     ServerSetting{"max_num_seqs", "Running sequences per step", "64"},
     ServerSetting{"max_num_batched_tokens", "Tokens per engine step", "2048"},
     ServerSetting{"max_waiting", "Waiting requests before new ones get 429", "1024"},
+    ServerSetting{"enable_prefix_caching",
+                  "true | false: computed prompt blocks are kept and reused by later requests with the same prefix",
+                  "true"},
+    ServerSetting{"enable_prompt_tokens_details", "true | false: usage carries prompt_tokens_details.cached_tokens",
+                  "false"},
     ServerSetting{"api_key", "Bearer token required on the API (env SPARSESERVE_API_KEY); default none", nullptr},
     ServerSetting{"max_body_bytes", "Largest request body, e.g. 8MiB (larger: 413)", "8MiB"},
     ServerSetting{"max_prompt_tokens", "Longest prompt in tokens; 0 = the model's context", "0"},
@@ -222,6 +227,10 @@ void apply(ServerConfig& c, const std::string& key, const Raw& raw) {
     c.max_num_batched_tokens = parse_int<int32_t>(raw, key, 1, kIntMax);
   } else if (key == "max_waiting") {
     c.max_waiting = parse_int<int32_t>(raw, key, 1, 1 << 20);
+  } else if (key == "enable_prefix_caching") {
+    c.enable_prefix_caching = parse_choice(raw, key, {"true", "false"}) == "true";
+  } else if (key == "enable_prompt_tokens_details") {
+    c.enable_prompt_tokens_details = parse_choice(raw, key, {"true", "false"}) == "true";
   } else if (key == "api_key") {
     c.api_key = parse_text(raw, key);
   } else if (key == "max_body_bytes") {
@@ -250,6 +259,7 @@ EngineConfig ServerConfig::engine_config() const {
   e.max_num_batched_tokens = max_num_batched_tokens;
   e.kv_cache_bytes = kv_cache_bytes.value_or(size_t{2} << 30);
   e.max_waiting = max_waiting;
+  e.enable_prefix_caching = enable_prefix_caching;
   return e;
 }
 

@@ -32,6 +32,10 @@
 //   max_num_batched_tokens  ≥ 1         default 2048
 //   max_waiting             ≥ 1         default 1024: more waiting requests are answered 429; an
 //                                       HTTP request of more choices (prompts × n) is a 400
+//   enable_prefix_caching   true|false  default true: vLLM's automatic prefix caching
+//                                       (EngineConfig::enable_prefix_caching)
+//   enable_prompt_tokens_details true|false  default false: usage carries prompt_tokens_details
+//                                       {cached_tokens} (vLLM's flag of that name)
 //   api_key                 STRING|null default null; when set, HTTP /v1/* and /tokenize,
 //                                       /detokenize need `Authorization: Bearer KEY` (and gRPC)
 //   max_body_bytes          BYTES       default 8MiB: larger request bodies are answered 413 (HTTP),
@@ -73,6 +77,8 @@ struct ServerConfig {
   int32_t max_num_seqs = 64;
   int32_t max_num_batched_tokens = 2048;
   int32_t max_waiting = 1024;
+  bool enable_prefix_caching = true;
+  bool enable_prompt_tokens_details = false;
   std::optional<std::string> api_key;      // non-empty when set
   size_t max_body_bytes = size_t{8} << 20;  // bytes
   int64_t max_prompt_tokens = 0;           // tokens; 0: the model's context length

@@ -313,7 +313,7 @@ void CudaForward::reserve_sequences(int64_t n) {
   if (static_cast<int64_t>(m.store.size()) < entries) m.grow_store(entries);
 }
 
-void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) {
+void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored) {
   Impl& m = *impl_;
   const ModelConfig& c = m.model.config;
   check(m.manager.has_sequence(id), "CudaForward: sequence not registered with the KV cache manager");
@@ -324,8 +324,10 @@ void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& prof
   check(kv.retrieval_slots() == profile.roles.slots(kvcache::HeadRole::kRetrieval) &&
             kv.streaming_slots() == profile.roles.slots(kvcache::HeadRole::kStreaming),
         "CudaForward: the sequence's layout is not its profile's");
+  check(stored >= 0 && stored <= kv.length() && stored % m.manager.config().page_tokens == 0,
+        "CudaForward: stored tokens beyond the sequence's pages or inside a page");
   m.block_store.bind(id);
-  m.seqs.emplace(id, SequenceAttention(profile, c.n_layers, c.n_kv_heads));
+  m.seqs.emplace(id, SequenceAttention(profile, c.n_layers, c.n_kv_heads, stored));
 }
 
 void CudaForward::release(uint64_t id) {

@@ -50,9 +50,10 @@ class CudaForward {
   CudaForward(const CudaForward&) = delete;
   CudaForward& operator=(const CudaForward&) = delete;
 
-  // Binds a sequence the manager holds with profile's layout (PagedKvBackend::add_sequence); the
-  // profile must outlive it. InternalError for an unknown or bound id, or roles of another shape.
-  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile);
+  // Binds a sequence the manager holds with profile's layout (PagedKvBackend::add_sequence: `stored`
+  // tokens held already); the profile must outlive it. InternalError for an unknown or bound id, or
+  // roles of another shape.
+  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored = 0);
   void release(uint64_t id);  // forgets the sequence here (the caller releases its pages)
 
   // As CpuForward::forward with PagedKvBackend's attention: stores each sequence's chunk K/V

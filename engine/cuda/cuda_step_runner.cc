@@ -59,11 +59,11 @@ class CudaStepRunner final : public StepRunner {
     forward_.warm_up(limits.max_tokens, limits.max_sequences);
   }
 
-  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile) override {
+  void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored) override {
     if (const std::string why = cuda_unsupported_profile(model_.config, profile); !why.empty()) {
       throw InternalError("CudaStepRunner: sequence " + std::to_string(id) + ": " + why);
     }
-    forward_.add_sequence(id, profile);
+    forward_.add_sequence(id, profile, stored);
   }
   void release(uint64_t id) override { forward_.release(id); }
   void forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& logits,

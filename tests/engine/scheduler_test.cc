@@ -40,13 +40,15 @@ struct Harness {
     SequenceLayout layout;
   };
 
-  Harness(SchedulerConfig c, int32_t num_pages)
-      : config(c), kv(kvcache::KvCacheConfig{.page_tokens = kPageTokens, .logical_page_tokens = 16}, num_pages),
+  Harness(SchedulerConfig c, int32_t num_pages, bool prefix_caching = false)
+      : config(c),
+        kv(kvcache::KvCacheConfig{.page_tokens = kPageTokens, .logical_page_tokens = 16}, num_pages, prefix_caching),
         sched(c, kv) {}
 
+  // prefix: the prompt's tokens for the prefix cache (prompt tokens long), or none.
   void add(uint64_t id, int64_t prompt, int64_t output, SequenceLayout layout = dense_layout(), int32_t priority = 0,
-           ChunkRule rule = {}) {
-    sched.add(id, prompt, layout, priority, rule);
+           ChunkRule rule = {}, std::shared_ptr<const kvcache::PrefixKey> prefix = nullptr) {
+    sched.add(id, prompt, layout, priority, rule, std::move(prefix));
     live[id] = Model{.prompt = prompt, .output = output, .computed = 0, .total = prompt, .generated = 0, .layout = layout};
   }
 
@@ -109,12 +111,22 @@ struct Harness {
     for (const ScheduledSeq& s : plan.seqs) {
       EXPECT_TRUE(ids.insert(s.id).second) << "id scheduled twice: " << s.id;
       EXPECT_FALSE(std::count(plan.preempted.begin(), plan.preempted.end(), s.id)) << s.id;
-      const Model& m = live.at(s.id);
+      Model& m = live.at(s.id);
       EXPECT_GE(s.count, 1);
+      if (s.resumed) {  // admitted (again): from nothing, or from whole blocks of its cached prefix
+        EXPECT_EQ(m.computed, 0) << s.id;
+        EXPECT_EQ(s.start % kPageTokens, 0) << s.id;
+        if (!kv.prefix_caching()) {
+          EXPECT_EQ(s.start, 0) << s.id;
+        }
+        if (s.start > 0) ++cached_starts;
+        m.computed = s.start;
+      } else {
+        EXPECT_GT(m.computed, 0) << s.id;
+      }
       EXPECT_EQ(s.start, m.computed) << s.id;
       EXPECT_LE(s.start + s.count, m.total) << s.id;
       EXPECT_EQ(s.sample, s.start + s.count == m.total) << s.id;
-      EXPECT_EQ(s.resumed, s.start == 0) << s.id;
       EXPECT_EQ(kv.sequence(s.id).length(), s.start + s.count) << "the chunk's pages are allocated";
       tokens += s.count;
     }
@@ -124,16 +136,20 @@ struct Harness {
     max_running = std::max(max_running, sched.num_running());
   }
 
-  // Pages in use are exactly those of the live (running) sequences, as their layouts say.
+  // Pages in use are exactly those of the live (running) sequences, as their layouts say (a page
+  // shared through the prefix cache once).
   void check_pages() {
-    int64_t pages = 0;
+    std::set<int32_t> pages;
     for (const auto& [id, m] : live) {
       if (!kv.has_sequence(id)) continue;
       EXPECT_TRUE(sched.progress(id)->running) << id;
-      EXPECT_EQ(kv.sequence(id).length(), m.computed) << id;
-      pages += expected_pages(m.layout, kv.sequence(id).length());
+      const kvcache::SequenceKv& s = kv.sequence(id);
+      EXPECT_EQ(s.length(), m.computed) << id;
+      EXPECT_EQ(s.pages_held(), expected_pages(m.layout, s.length())) << id;
+      for (int32_t k = 0; k < s.retrieval_slots(); ++k) pages.insert(s.retrieval_pages(k).begin(), s.retrieval_pages(k).end());
+      for (int32_t k = 0; k < s.streaming_slots(); ++k) pages.insert(s.streaming_pages(k).begin(), s.streaming_pages(k).end());
     }
-    EXPECT_EQ(kv.num_pages() - kv.free_pages(), pages);
+    EXPECT_EQ(kv.num_pages() - kv.free_pages(), std::ssize(pages));
     EXPECT_EQ(kv.num_sequences(), sched.num_running());
   }
 
@@ -146,6 +162,7 @@ struct Harness {
   std::vector<uint64_t> finished, unservable;
   std::set<uint64_t> aborted;
   int64_t steps = 0, preemptions = 0;
+  int64_t cached_starts = 0;  // admissions that started from a cached prefix
   size_t max_running = 0;
 };
 
@@ -525,15 +542,16 @@ TEST(Scheduler, AgingLetsALowPriorityRequestFinishUnderAStreamOfHighOnes) {
   ASSERT_TRUE(h.run(10000));
 }
 
-// Returns the number of preemptions (the small pools must force some).
-int64_t stress(bool priority, uint32_t seed) {
+// Returns the number of preemptions (the small pools must force some). prefix: dense requests
+// with unaligned chunks look their prompts up in the prefix cache (prompts from three stems).
+int64_t stress(bool priority, uint32_t seed, bool prefix = false, int64_t* cached_starts = nullptr) {
   std::mt19937 rng(seed);
   const auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   const SchedulerConfig config{.max_num_seqs = static_cast<int32_t>(uniform(1, 6)),
                                .max_num_batched_tokens = static_cast<int32_t>(uniform(4, 64)),
                                .priority = priority,
                                .aging_steps = static_cast<int32_t>(uniform(1, 8))};
-  Harness h(config, static_cast<int32_t>(uniform(16, 40)));  // a request needs ≤ 16 pages
+  Harness h(config, static_cast<int32_t>(uniform(16, 40)), prefix);  // a request needs ≤ 16 pages
   const int kRequests = 60;
   uint64_t added = 0;
   int64_t idle = 0, most_idle = 0;  // plans in a row that ran nothing while there was work
@@ -545,7 +563,19 @@ int64_t stress(bool priority, uint32_t seed) {
       const ChunkRule rule{.prompt_block = uniform(0, 2) != 0 ? 1
                                            : uniform(0, 1) == 0 ? budget
                                                                 : static_cast<int32_t>(uniform(2, budget))};
-      h.add(++added, uniform(1, 80), uniform(1, 40), layout, static_cast<int32_t>(uniform(0, 3)), rule);
+      const int64_t prompt = uniform(1, 80);
+      std::shared_ptr<const kvcache::PrefixKey> key;
+      if (prefix && layout.streaming_slots == 0 && rule.prompt_block == 1) {
+        auto k = std::make_shared<kvcache::PrefixKey>();
+        k->profile = "dense";
+        const int64_t stem = uniform(0, 2), stem_len = uniform(0, prompt);
+        for (int64_t i = 0; i < prompt; ++i) {
+          k->tokens.push_back(static_cast<int32_t>(i < stem_len ? stem * 1000 + i : 5000 + uniform(0, 1)));
+        }
+        k->match = uniform(0, 9) != 0;
+        key = k;
+      }
+      h.add(++added, prompt, uniform(1, 40), layout, static_cast<int32_t>(uniform(0, 3)), rule, key);
     }
     if (!h.live.empty() && uniform(0, 99) == 0) {
       auto it = h.live.begin();
@@ -565,6 +595,7 @@ int64_t stress(bool priority, uint32_t seed) {
   EXPECT_EQ(h.kv.free_pages(), h.kv.num_pages());
   EXPECT_EQ(h.kv.num_sequences(), 0u);
   EXPECT_EQ(h.sched.num_preemptions(), h.preemptions);
+  if (cached_starts != nullptr) *cached_starts += h.cached_starts;
   return h.preemptions;
 }
 
@@ -578,6 +609,46 @@ TEST(Scheduler, StressEveryRequestFinishesWithPriorities) {
   int64_t preemptions = 0;
   for (uint32_t seed = 1; seed <= 40; ++seed) preemptions += stress(true, seed);
   EXPECT_GT(preemptions, 40);
+}
+
+TEST(Scheduler, StressEveryRequestFinishesWithPrefixCaching) {
+  int64_t preemptions = 0, cached_starts = 0;
+  for (uint32_t seed = 1; seed <= 40; ++seed) preemptions += stress(seed % 2 == 0, seed, true, &cached_starts);
+  EXPECT_GT(preemptions, 40);
+  EXPECT_GT(cached_starts, 100);
+}
+
+std::shared_ptr<const kvcache::PrefixKey> prompt_key(int64_t n, int32_t first = 100) {
+  auto k = std::make_shared<kvcache::PrefixKey>();
+  k->profile = "dense";
+  for (int64_t i = 0; i < n; ++i) k->tokens.push_back(first + static_cast<int32_t>(i));
+  return k;
+}
+
+TEST(Scheduler, ARequestStartsFromItsPromptsCachedBlocksAndComputesItsLastToken) {
+  Harness h(SchedulerConfig{.max_num_seqs = 4, .max_num_batched_tokens = 64}, 64, true);
+  h.add(1, 100, 3, dense_layout(), 0, {}, prompt_key(100));
+  ASSERT_TRUE(h.run(50));
+  h.add(2, 100, 2, dense_layout(), 0, {}, prompt_key(100));
+  StepPlan plan = h.step();
+  ASSERT_EQ(plan.seqs.size(), 1u);
+  EXPECT_EQ(chunks(plan.seqs), std::vector<Chunk>({{96, 4, true, true}}));  // 6 blocks cached
+  ASSERT_TRUE(h.run(50));
+  // A prompt of exactly two blocks: the second is computed again for the last token's logits.
+  h.add(3, 32, 1, dense_layout(), 0, {}, prompt_key(32));
+  EXPECT_EQ(chunks(h.step().seqs), std::vector<Chunk>({{16, 16, true, true}}));
+  // Another profile, a layout with streaming slots, a key that must not match: from nothing.
+  auto other = std::make_shared<kvcache::PrefixKey>(*prompt_key(100));
+  other->profile = "select";
+  h.add(4, 100, 1, dense_layout(), 0, {}, other);
+  h.add(5, 100, 1, mixed_layout(), 0, {}, prompt_key(100));
+  auto no_match = std::make_shared<kvcache::PrefixKey>(*prompt_key(100));
+  no_match->match = false;
+  h.add(6, 100, 1, dense_layout(), 0, {}, no_match);
+  ASSERT_TRUE(h.run(50));
+  for (const uint64_t id : {4, 5, 6}) EXPECT_EQ(h.history.at(id).front().start, 0) << id;
+  EXPECT_EQ(h.kv.free_pages(), h.kv.num_pages());
+  EXPECT_GT(h.kv.cached_free_pages(), 0);
 }
 
 TEST(Scheduler, RejectsBadConfigAndBadRequests) {

@@ -1,0 +1,140 @@
+#include "kvcache/prefix_cache.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "common/errors.h"
+
+namespace sparseserve::kvcache {
+
+// Invariants: an entry is in lru_ exactly when users == 0; evictable_pages_ is the sum of pages over
+// those entries; index_ holds every entry once, under key_of(profile, parent, tokens).
+
+PrefixCache::PrefixCache(int32_t page_tokens) : page_tokens_(page_tokens) {
+  check(page_tokens >= 1, "PrefixCache: page_tokens must be positive");
+}
+
+uint64_t PrefixCache::key_of(uint32_t profile, Serial parent, std::span<const int32_t> block) const {
+  // FNV-1a over the profile, the parent and the tokens: a bucket, never a proof (find_id compares).
+  uint64_t h = 1469598103934665603ULL;
+  auto mix = [&h](uint64_t v) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (v >> (8 * i)) & 0xFF;
+      h *= 1099511628211ULL;
+    }
+  };
+  mix(profile);
+  mix(parent);
+  for (const int32_t t : block) mix(static_cast<uint32_t>(t));
+  return h;
+}
+
+PrefixCache::Serial PrefixCache::find_id(uint32_t profile, Serial parent, std::span<const int32_t> block) const {
+  const auto [lo, hi] = index_.equal_range(key_of(profile, parent, block));
+  for (auto it = lo; it != hi; ++it) {
+    const Entry& e = at(it->second);
+    if (e.profile == profile && e.parent == parent && std::ranges::equal(e.tokens, block)) return it->second;
+  }
+  return 0;
+}
+
+PrefixCache::Serial PrefixCache::find(const std::string& profile, Serial parent, std::span<const int32_t> block) const {
+  const auto p = profiles_.find(profile);
+  return p == profiles_.end() ? 0 : find_id(p->second, parent, block);
+}
+
+std::vector<PrefixCache::Serial> PrefixCache::match(const std::string& profile, std::span<const int32_t> tokens,
+                                                    int64_t max_blocks) const {
+  std::vector<Serial> chain;
+  const auto p = profiles_.find(profile);
+  if (p == profiles_.end()) return chain;
+  const auto P = static_cast<size_t>(page_tokens_);
+  const int64_t blocks = std::min<int64_t>(max_blocks, static_cast<int64_t>(tokens.size() / P));
+  Serial parent = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    parent = find_id(p->second, parent, tokens.subspan(static_cast<size_t>(b) * P, P));
+    if (parent == 0) break;
+    chain.push_back(parent);
+  }
+  return chain;
+}
+
+PrefixCache::Serial PrefixCache::insert(const std::string& profile, Serial parent, std::span<const int32_t> block,
+                                        std::span<const int32_t> pages, PagePool& pool) {
+  check(block.size() == static_cast<size_t>(page_tokens_), "PrefixCache::insert: a block of other than page_tokens tokens");
+  check(parent == 0 || entries_.contains(parent), "PrefixCache::insert: unknown parent entry");
+  const uint32_t id = profiles_.try_emplace(profile, static_cast<uint32_t>(profiles_.size())).first->second;
+  check(find_id(id, parent, block) == 0, "PrefixCache::insert: the block is cached already");
+  for (size_t i = 0; i < pages.size(); ++i) {
+    try {
+      pool.retain(pages[i]);
+    } catch (...) {
+      pool.release(pages.first(i));
+      throw;
+    }
+  }
+  const Serial s = next_serial_++;
+  Entry e{.profile = id, .parent = parent, .tokens = {block.begin(), block.end()}, .pages = {pages.begin(), pages.end()},
+          .users = 1, .key = key_of(id, parent, block), .lru = lru_.end()};
+  index_.emplace(e.key, s);
+  entries_.emplace(s, std::move(e));
+  return s;
+}
+
+PrefixCache::Entry& PrefixCache::at(Serial s) {
+  const auto it = entries_.find(s);
+  if (it == entries_.end()) throw InternalError(fmt::format("PrefixCache: unknown entry {}", s));
+  return it->second;
+}
+
+const PrefixCache::Entry& PrefixCache::at(Serial s) const {
+  const auto it = entries_.find(s);
+  if (it == entries_.end()) throw InternalError(fmt::format("PrefixCache: unknown entry {}", s));
+  return it->second;
+}
+
+const std::vector<int32_t>& PrefixCache::pages(Serial s) const { return at(s).pages; }
+
+void PrefixCache::acquire(Serial s) {
+  Entry& e = at(s);
+  if (e.users++ == 0) {
+    lru_.erase(e.lru);
+    e.lru = lru_.end();
+    evictable_pages_ -= static_cast<int32_t>(e.pages.size());
+  }
+}
+
+void PrefixCache::release(std::span<const Serial> chain) {
+  for (const Serial s : chain) check(at(s).users > 0, "PrefixCache::release of an entry without users");
+  for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+    Entry& e = at(*it);
+    if (--e.users == 0) {
+      e.lru = lru_.insert(lru_.end(), *it);
+      evictable_pages_ += static_cast<int32_t>(e.pages.size());
+    }
+  }
+}
+
+void PrefixCache::evict(Serial s, PagePool& pool) {
+  const auto it = entries_.find(s);
+  check(it != entries_.end() && it->second.users == 0, "PrefixCache: evicting an entry in use");
+  Entry& e = it->second;
+  const auto [lo, hi] = index_.equal_range(e.key);
+  for (auto i = lo; i != hi; ++i) {
+    if (i->second == s) {
+      index_.erase(i);
+      break;
+    }
+  }
+  lru_.erase(e.lru);
+  evictable_pages_ -= static_cast<int32_t>(e.pages.size());
+  pool.release(e.pages);  // the cache's own references: the pages' last
+  entries_.erase(it);
+}
+
+void PrefixCache::evict_until_free(int32_t free, PagePool& pool) {
+  while (pool.num_free() < free && !lru_.empty()) evict(lru_.front(), pool);
+}
+
+}  // namespace sparseserve::kvcache

@@ -1,0 +1,82 @@
+// Automatic prefix caching (vLLM's): the pages of full blocks whose K/V a sequence has computed stay
+// indexed by their tokens, so that a later sequence whose prompt begins with the same blocks, under the
+// same sparsity profile, shares those pages instead of computing them again.
+//
+// An entry is one block of one chain: a profile, the entry of the block before it (none for block 0)
+// and the block's `page_tokens` token ids, exactly (no hash is trusted: lookups compare the tokens).
+// It holds one page per retrieval lane of the profile, in slot order, and one pool reference to each.
+// A sequence that computed or adopted an entry's pages is one of its users; an entry without users is
+// evictable: its pages count as free (KvCacheManager::free_pages) and are taken back, least recently
+// released first, when the pool runs short. Serial numbers are never reused, so a chain never links to
+// an evicted entry's successor in its slot.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "kvcache/page_pool.h"
+
+namespace sparseserve::kvcache {
+
+class PrefixCache {
+ public:
+  using Serial = uint64_t;  // an entry; 0 is none
+
+  explicit PrefixCache(int32_t page_tokens);
+
+  // The longest chain of cached blocks that `tokens` begins with under `profile`, at most max_blocks
+  // long (block b is tokens [b·P, (b+1)·P)). Read-only.
+  std::vector<Serial> match(const std::string& profile, std::span<const int32_t> tokens, int64_t max_blocks) const;
+  // The entry registered for this block, or 0.
+  Serial find(const std::string& profile, Serial parent, std::span<const int32_t> block) const;
+  // Registers a block: `pages` (one per retrieval lane) each get a pool reference. The caller is its
+  // first user. InternalError when an equal entry exists (find first), for a block of other than
+  // page_tokens tokens, or an unknown parent.
+  Serial insert(const std::string& profile, Serial parent, std::span<const int32_t> block,
+                std::span<const int32_t> pages, PagePool& pool);
+
+  bool contains(Serial s) const { return entries_.contains(s); }
+  const std::vector<int32_t>& pages(Serial s) const;
+  // A sequence starts using the entry (it leaves the evictable list).
+  void acquire(Serial s);
+  // The sequence stops using these entries, given in chain order; those left without users become
+  // evictable, the chain's last block first (it is the least likely to be matched again).
+  void release(std::span<const Serial> chain);
+
+  // Pages that eviction could return to the pool.
+  int32_t evictable_pages() const { return evictable_pages_; }
+  // Evicts entries, least recently released first, until the pool has `free` free pages or nothing
+  // is evictable.
+  void evict_until_free(int32_t free, PagePool& pool);
+  size_t size() const { return entries_.size(); }
+
+ private:
+  struct Entry {
+    uint32_t profile = 0;
+    Serial parent = 0;
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> pages;
+    int32_t users = 0;
+    uint64_t key = 0;
+    std::list<Serial>::iterator lru;  // valid while users == 0
+  };
+  uint64_t key_of(uint32_t profile, Serial parent, std::span<const int32_t> block) const;
+  Serial find_id(uint32_t profile, Serial parent, std::span<const int32_t> block) const;
+  Entry& at(Serial s);
+  const Entry& at(Serial s) const;
+  void evict(Serial s, PagePool& pool);
+
+  int32_t page_tokens_;
+  std::unordered_map<std::string, uint32_t> profiles_;  // interned profile names
+  std::unordered_map<Serial, Entry> entries_;
+  std::unordered_multimap<uint64_t, Serial> index_;  // key_of(...) → entries with that key
+  std::list<Serial> lru_;  // evictable entries, the next to evict first
+  int32_t evictable_pages_ = 0;
+  Serial next_serial_ = 1;
+};
+
+}  // namespace sparseserve::kvcache
