@@ -375,6 +375,73 @@ TEST(CudaEngineTest, PreemptedAndCancelledRequestsStayRightAndReturnTheirPages) 
   wait_for_pages_back(engine);
 }
 
+// Prefix caching on the GPU: requests whose prompts begin with blocks an earlier request computed
+// start from those pages (cached_tokens), under the dense profile and under decode page selection on
+// every head; each request's logprobs match its CPU replay (the whole prompt prefilled there).
+TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
+  SKIP_WITHOUT_GPU();
+  Fixture fx;
+  SCOPED_TRACE(seed_trace(fx.seed));
+  const ModelConfig& c = fx.model().config;
+  kvcache::SparsityProfile select_all = kvcache::SparsityProfile::dense(static_cast<int32_t>(c.n_layers),
+                                                                        static_cast<int32_t>(c.n_kv_heads));
+  select_all.name = "select-all";
+  select_all.decode = {.enabled = true, .token_budget = 64, .sink_tokens = 16, .reselect_interval = 3, .dense_layers = {0}};
+  Engine engine(fx.model(), test_profiles(c, {select_all}), engine_config(4, 48), cuda_step_backend());
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
+  for (const std::string profile : {"dense", "select-all"}) {
+    SCOPED_TRACE(profile);
+    std::vector<int32_t> x(100);
+    for (int32_t& t : x) t = tok(fx.rng);
+    std::vector<int32_t> xy = x;
+    for (int i = 0; i < 50; ++i) xy.push_back(tok(fx.rng));
+    auto request = [&](const std::string& id, const std::vector<int32_t>& prompt) {
+      Request r = greedy_request(id + profile, prompt, 24, profile);
+      r.prompt_logprobs = -1;  // prompt logprobs would skip the cache
+      return r;
+    };
+    auto cached_of = [](RequestStream& s, Finished& f, const std::vector<int32_t>& prompt) {
+      int64_t cached = -1;
+      f.prompt = prompt;
+      for (int i = 0; i < 600; ++i) {
+        const std::optional<RequestOutput> out = s.next(std::chrono::milliseconds(100));
+        if (!out) continue;
+        f.generated.insert(f.generated.end(), out->token_ids.begin(), out->token_ids.end());
+        f.logprobs.insert(f.logprobs.end(), out->logprobs.begin(), out->logprobs.end());
+        if (out->finished) {
+          EXPECT_TRUE(out->error.empty()) << out->error;
+          return out->cached_tokens;
+        }
+      }
+      ADD_FAILURE() << "request " << s.id() << " did not finish within a minute";
+      return cached;
+    };
+    Finished first, longer, same;
+    EXPECT_EQ(cached_of(*engine.submit(request("first", x)), first, x), 0);
+    // Both at once: the longer prompt chains on past the cached blocks, the equal one stops a token
+    // short of its end.
+    auto s_longer = engine.submit(request("longer", xy));
+    auto s_same = engine.submit(request("same", x));
+    EXPECT_EQ(cached_of(*s_longer, longer, xy), 96);
+    EXPECT_EQ(cached_of(*s_same, same, x), 96);
+    for (const Finished* f : {&first, &longer, &same}) {
+      const Agreement a = replay_on_cpu(fx.model(), engine.profiles(), profile, *f);
+      ASSERT_EQ(a.checked, 24);
+      if (profile == "dense") {
+        EXPECT_LT(a.worst_error, kTokenBound);
+        EXPECT_LT(a.worst_gap, 0.3);
+      } else {
+        EXPECT_LT(a.mean(), 0.08);
+        EXPECT_LE(a.over_bound, a.checked / 8);
+      }
+      std::printf("  %-10s prompt %3zu: mean error %.4f, worst %.4f\n", profile.c_str(), f->prompt.size(), a.mean(),
+                  a.worst_error);
+    }
+  }
+  EXPECT_EQ(engine.metrics().prefix_cache_hits.load(), 4 * 96);
+  wait_for_pages_back(engine);
+}
+
 // Tokens the GPU backend draws itself (requests without logits processors, penalties or bias)
 // against the host's sampler on the same logits. Each request runs alone, so a request and its twins
 // meet the same steps and shapes and their logits rows hold the same values:

@@ -1,0 +1,117 @@
+// The engine with prefix caching on the real default model (skipped when absent): a request whose
+// prompt begins with blocks an earlier request computed starts from them and gives the tokens and
+// logprobs it gives without the cache; profiles with streaming heads or dynamic prefill, and prompt
+// logprobs, start from nothing; cached pages are taken back under memory pressure.
+#include <gtest/gtest.h>
+
+#include "tests/engine/engine_fixture.h"
+
+namespace sparseserve {
+namespace {
+
+class EnginePrefixTest : public EngineRecomputeTest {
+ protected:
+  struct Run {
+    std::vector<int32_t> tokens;
+    std::vector<float> logprobs;
+    RequestOutput last;
+  };
+  static Run run(Engine& e, Request r) {
+    auto stream = e.submit(std::move(r));
+    Run out;
+    for (int i = 0; i < 100000; ++i) {
+      auto d = stream->next(200ms);
+      if (!d) continue;
+      out.tokens.insert(out.tokens.end(), d->token_ids.begin(), d->token_ids.end());
+      for (const auto& lp : d->logprobs) out.logprobs.push_back(lp.logprob);
+      if (d->finished) {
+        out.last = *d;
+        return out;
+      }
+    }
+    ADD_FAILURE() << "stream never finished";
+    return out;
+  }
+};
+
+TEST_F(EnginePrefixTest, ACachedPromptGivesTheTokensAndLogprobsOfAColdOne) {
+  for (const std::string profile : {"dense", "select-all"}) {
+    Run cold;
+    {
+      EngineConfig off;
+      off.enable_prefix_caching = false;
+      Engine e(*model_, recompute_profiles(), off);
+      cold = run(e, greedy("cold", 300, 40, profile));
+      EXPECT_EQ(e.metrics().prefix_cache_queries.load(), 0);
+    }
+    Engine e(*model_, recompute_profiles(), EngineConfig{});
+    const Run first = run(e, greedy("first", 300, 40, profile));
+    EXPECT_EQ(first.last.cached_tokens, 0) << profile;
+    const Run again = run(e, greedy("again", 300, 40, profile));
+    EXPECT_EQ(again.last.cached_tokens, 256) << profile;  // 4 whole blocks of 64 before the last token
+    // A longer prompt with the same start: its first 300 tokens' whole blocks.
+    const Run longer = run(e, greedy("longer", 400, 4, profile));
+    EXPECT_EQ(longer.last.cached_tokens, 256) << profile;
+    ASSERT_EQ(cold.logprobs.size(), 40u);
+    EXPECT_EQ(first.tokens, cold.tokens) << profile;
+    EXPECT_EQ(again.tokens, cold.tokens) << profile;
+    EXPECT_EQ(again.logprobs, cold.logprobs) << profile;
+    EXPECT_EQ(e.metrics().prefix_cache_queries.load(), 1000) << profile;
+    EXPECT_EQ(e.metrics().prefix_cache_hits.load(), 512) << profile;
+    EXPECT_EQ(e.metrics().prompt_tokens.load(), 1000) << profile;  // cached tokens count as prompt tokens
+    expect_all_pages_returned(e);
+  }
+}
+
+TEST_F(EnginePrefixTest, StreamingHeadsDynamicPrefillAndPromptLogprobsStartFromNothing) {
+  Engine e(*model_, recompute_profiles(), EngineConfig{});
+  for (const std::string profile : {"select-128", "dynamic"}) {
+    run(e, greedy("a", 300, 2, profile));
+    EXPECT_EQ(run(e, greedy("b", 300, 2, profile)).last.cached_tokens, 0) << profile;
+  }
+  EXPECT_EQ(e.metrics().prefix_cache_queries.load(), 0);
+  // Prompt logprobs need every prompt position: such a request finds nothing, but what it computed
+  // is found by the next one.
+  Request with_prompt_logprobs = greedy("p", 300, 2, "dense");
+  with_prompt_logprobs.prompt_logprobs = 1;
+  EXPECT_EQ(run(e, with_prompt_logprobs).last.cached_tokens, 0);
+  EXPECT_EQ(run(e, greedy("q", 300, 2, "dense")).last.cached_tokens, 256);
+  Request again = greedy("r", 300, 2, "dense");
+  again.prompt_logprobs = 1;
+  const Run r = run(e, again);
+  EXPECT_EQ(r.last.cached_tokens, 0);
+  EXPECT_EQ(e.metrics().prefix_cache_queries.load(), 300);
+  expect_all_pages_returned(e);
+}
+
+TEST_F(EnginePrefixTest, CachedPagesAreTakenBackWhenTheCacheIsFull) {
+  Run cold;
+  {
+    EngineConfig off;
+    off.enable_prefix_caching = false;
+    Engine e(*model_, recompute_profiles(), off);
+    cold = run(e, greedy("cold", 300, 8, "dense"));
+  }
+  // 600 pages: a dense request of 308 tokens holds 5 blocks × 90 lanes (30 layers × 3 KV heads) =
+  // 450, so each new prompt takes back pages the earlier ones left cached, the oldest first.
+  EngineConfig tight;
+  tight.kv_cache_bytes = 600 * 34816;
+  Engine e(*model_, recompute_profiles(), tight);
+  EXPECT_EQ(run(e, greedy("first", 300, 8, "dense")).tokens, cold.tokens);
+  for (int i = 0; i < 3; ++i) {
+    Request other = greedy(std::string("other").append(1, static_cast<char>('0' + i)), 300, 8, "dense");
+    other.prompt[0] = 100 + i;  // another chain from its first block on
+    run(e, other);
+  }
+  const Run again = run(e, greedy("again", 300, 8, "dense"));
+  EXPECT_EQ(again.last.cached_tokens, 0);  // evicted by the others
+  EXPECT_EQ(again.tokens, cold.tokens);
+  EXPECT_EQ(again.logprobs, cold.logprobs);
+  const Run third = run(e, greedy("third", 300, 8, "dense"));
+  EXPECT_EQ(third.last.cached_tokens, 256);
+  EXPECT_EQ(third.logprobs, cold.logprobs);
+  expect_all_pages_returned(e);
+}
+
+}  // namespace
+}  // namespace sparseserve
