@@ -10,8 +10,10 @@
 //            hold decode steps: raise --decode-tokens when it is reported empty.
 //   engine_bench --model M [--load-format dummy] [--backend cuda] [--batch 1,16] [--prompt-tokens 512] [--decode-tokens 128]
 //                [--model-config YAML --profile NAME] [--kv-cache-bytes 8GiB] [--repeats 3]
-// Prompts are random token ids (fixed seed). Prints one JSON line per batch size (medians over the
-// repeats, after one warm-up round).
+//                [--shared-prefix N] [--prefix-caching on|off]
+// Prompts are random token ids (fixed seed); with --shared-prefix, every prompt of every round begins
+// with the same N of them (the warm-up round leaves them in the prefix cache, when it is on). Prints
+// one JSON line per batch size (medians over the repeats, after one warm-up round).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -49,7 +51,7 @@ struct Round {
 
 // One round: B requests at once; the time until all have a first token, then until all are done.
 Round run_round(Engine& engine, int64_t batch, int64_t prompt_tokens, int64_t decode_tokens, const std::string& profile,
-                std::mt19937_64& rng) {
+                const std::vector<int32_t>& shared, std::mt19937_64& rng) {
   std::uniform_int_distribution<int32_t> tok(100, static_cast<int32_t>(engine.model().config.vocab_size - 1));
   std::vector<std::shared_ptr<RequestStream>> streams;
   const auto t0 = clock_type::now();
@@ -59,6 +61,7 @@ Round run_round(Engine& engine, int64_t batch, int64_t prompt_tokens, int64_t de
     r.id = fmt::format("bench-{}", serial++);
     r.prompt.resize(static_cast<size_t>(prompt_tokens));
     for (int32_t& t : r.prompt) t = tok(rng);
+    std::copy_n(shared.begin(), std::min(shared.size(), r.prompt.size()), r.prompt.begin());
     r.max_tokens = decode_tokens;
     r.sampling.temperature = 0.0f;
     r.ignore_eos = true;
@@ -106,7 +109,8 @@ int main(int argc, char** argv) {
   CLI::App app{"engine_bench"};
   std::string model_path, load_format = "auto", model_config, profile, backend = "cpu", kv_bytes = "4GiB",
       batches = "1,16";
-  int64_t prompt_tokens = 512, decode_tokens = 128, repeats = 3;
+  int64_t prompt_tokens = 512, decode_tokens = 128, repeats = 3, shared_prefix = 0;
+  std::string prefix_caching = "on";
   app.add_option("--model", model_path)->required();
   app.add_option("--load-format", load_format, "auto | dummy (made-up weights of the model's shapes)")
       ->check(CLI::IsMember({"auto", "dummy"}))
@@ -118,6 +122,10 @@ int main(int argc, char** argv) {
   app.add_option("--batch", batches, "comma-separated batch sizes")->capture_default_str();
   app.add_option("--prompt-tokens", prompt_tokens)->capture_default_str();
   app.add_option("--decode-tokens", decode_tokens)->capture_default_str();
+  app.add_option("--shared-prefix", shared_prefix, "leading prompt tokens every request shares")->capture_default_str();
+  app.add_option("--prefix-caching", prefix_caching, "on | off")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
   std::string log_level = "warn";
   app.add_option("--repeats", repeats)->capture_default_str();
   app.add_option("--log-level", log_level, "info shows the GPU's step times with SPARSESERVE_STEP_TIMES=1")
@@ -139,6 +147,7 @@ int main(int argc, char** argv) {
     config.kv_cache_bytes = kvcache::parse_bytes(kv_bytes.c_str());
     config.max_num_seqs = static_cast<int32_t>(std::max<int64_t>(most, 1));
     config.max_num_batched_tokens = 8192;
+    config.enable_prefix_caching = prefix_caching == "on";
     StepBackend step = cpu_step_backend();
     if (backend == "cuda") {
 #ifdef SPARSESERVE_BENCH_CUDA
@@ -152,10 +161,12 @@ int main(int argc, char** argv) {
     Engine engine(*model, std::move(profiles), config, std::move(step));
     const std::string used = profile.empty() ? engine.profiles().default_profile : profile;
     std::mt19937_64 rng(1234);
+    std::vector<int32_t> shared(static_cast<size_t>(std::max<int64_t>(0, shared_prefix)));
+    for (int32_t& t : shared) t = std::uniform_int_distribution<int32_t>(100, static_cast<int32_t>(mc.vocab_size - 1))(rng);
     for (int64_t batch : sizes) {
       std::vector<double> prefill, decode;  // decode: rounds with an all-decoding window
       for (int64_t r = 0; r <= repeats; ++r) {
-        const Round round = run_round(engine, batch, prompt_tokens, decode_tokens, profile, rng);
+        const Round round = run_round(engine, batch, prompt_tokens, decode_tokens, profile, shared, rng);
         if (r == 0) continue;  // warm-up
         prefill.push_back(static_cast<double>(batch * prompt_tokens) / round.prefill_s);
         if (round.decode_tok_s > 0) decode.push_back(round.decode_tok_s);
@@ -167,10 +178,12 @@ int main(int argc, char** argv) {
       }
       std::cout << fmt::format(
                        "{{\"engine\": \"sparseserve\", \"backend\": \"{}\", \"profile\": \"{}\", \"batch\": {}, "
-                       "\"prompt_tokens\": {}, \"decode_tokens\": {}, \"prefill_tok_s\": {:.1f}, \"decode_tok_s\": "
-                       "{:.1f}}}",
-                       backend, used, batch, prompt_tokens, decode_tokens, median(prefill),
-                       decode.empty() ? 0.0 : median(decode))
+                       "\"prompt_tokens\": {}, \"decode_tokens\": {}, \"shared_prefix\": {}, \"prefix_caching\": "
+                       "\"{}\", \"prefill_tok_s\": {:.1f}, \"prefill_s\": {:.4f}, \"decode_tok_s\": {:.1f}, "
+                       "\"prefix_cache_hits\": {}}}",
+                       backend, used, batch, prompt_tokens, decode_tokens, shared_prefix, prefix_caching,
+                       median(prefill), static_cast<double>(batch * prompt_tokens) / median(prefill),
+                       decode.empty() ? 0.0 : median(decode), engine.metrics().prefix_cache_hits.load())
                 << std::endl;
     }
     engine.shutdown(std::chrono::milliseconds(0));
