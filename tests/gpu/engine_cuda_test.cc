@@ -377,7 +377,11 @@ TEST(CudaEngineTest, PreemptedAndCancelledRequestsStayRightAndReturnTheirPages) 
 
 // Prefix caching on the GPU: requests whose prompts begin with blocks an earlier request computed
 // start from those pages (cached_tokens), under the dense profile and under decode page selection on
-// every head; each request's logprobs match its CPU replay (the whole prompt prefilled there).
+// every head, next to an engine without the cache that runs the same requests. Dense: each request's
+// logprobs match its CPU replay (the whole prompt prefilled there) within rounding. Page selection,
+// whose near-tie flips move a token's logprob past rounding: both engines select the same number of
+// pages at the same steps, and the cached requests' logprobs are no further from the CPU's than the
+// uncached ones' (mean error within 0.02 of theirs).
 TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
   SKIP_WITHOUT_GPU();
   Fixture fx;
@@ -387,59 +391,73 @@ TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
                                                                         static_cast<int32_t>(c.n_kv_heads));
   select_all.name = "select-all";
   select_all.decode = {.enabled = true, .token_budget = 64, .sink_tokens = 16, .reselect_interval = 3, .dense_layers = {0}};
-  Engine engine(fx.model(), test_profiles(c, {select_all}), engine_config(4, 48), cuda_step_backend());
+  EngineConfig off = engine_config(4, 48);
+  off.enable_prefix_caching = false;
+  Engine cached(fx.model(), test_profiles(c, {select_all}), engine_config(4, 48), cuda_step_backend());
+  Engine plain(fx.model(), test_profiles(c, {select_all}), off, cuda_step_backend());
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
+  // Reads a stream to its end; returns the cached tokens its last delta reports.
+  auto finish = [](RequestStream& s, Finished& f, const std::vector<int32_t>& prompt) {
+    f.prompt = prompt;
+    for (int i = 0; i < 600; ++i) {
+      const std::optional<RequestOutput> out = s.next(std::chrono::milliseconds(100));
+      if (!out) continue;
+      f.generated.insert(f.generated.end(), out->token_ids.begin(), out->token_ids.end());
+      f.logprobs.insert(f.logprobs.end(), out->logprobs.begin(), out->logprobs.end());
+      if (out->finished) {
+        EXPECT_TRUE(out->error.empty()) << out->error;
+        return out->cached_tokens;
+      }
+    }
+    ADD_FAILURE() << "request " << s.id() << " did not finish within a minute";
+    return int64_t{-1};
+  };
   for (const std::string profile : {"dense", "select-all"}) {
     SCOPED_TRACE(profile);
     std::vector<int32_t> x(100);
     for (int32_t& t : x) t = tok(fx.rng);
     std::vector<int32_t> xy = x;
     for (int i = 0; i < 50; ++i) xy.push_back(tok(fx.rng));
-    auto request = [&](const std::string& id, const std::vector<int32_t>& prompt) {
-      Request r = greedy_request(id + profile, prompt, 24, profile);
-      r.prompt_logprobs = -1;  // prompt logprobs would skip the cache
-      return r;
-    };
-    auto cached_of = [](RequestStream& s, Finished& f, const std::vector<int32_t>& prompt) {
-      int64_t cached = -1;
-      f.prompt = prompt;
-      for (int i = 0; i < 600; ++i) {
-        const std::optional<RequestOutput> out = s.next(std::chrono::milliseconds(100));
-        if (!out) continue;
-        f.generated.insert(f.generated.end(), out->token_ids.begin(), out->token_ids.end());
-        f.logprobs.insert(f.logprobs.end(), out->logprobs.begin(), out->logprobs.end());
-        if (out->finished) {
-          EXPECT_TRUE(out->error.empty()) << out->error;
-          return out->cached_tokens;
-        }
-      }
-      ADD_FAILURE() << "request " << s.id() << " did not finish within a minute";
-      return cached;
-    };
-    Finished first, longer, same;
-    EXPECT_EQ(cached_of(*engine.submit(request("first", x)), first, x), 0);
-    // Both at once: the longer prompt chains on past the cached blocks, the equal one stops a token
-    // short of its end.
-    auto s_longer = engine.submit(request("longer", xy));
-    auto s_same = engine.submit(request("same", x));
-    EXPECT_EQ(cached_of(*s_longer, longer, xy), 96);
-    EXPECT_EQ(cached_of(*s_same, same, x), 96);
-    for (const Finished* f : {&first, &longer, &same}) {
-      const Agreement a = replay_on_cpu(fx.model(), engine.profiles(), profile, *f);
+    const std::vector<std::vector<int32_t>> prompts = {x, xy, x};
+    std::vector<Finished> runs[2];  // [engine][request]: cached, plain
+    std::vector<int64_t> hits[2];
+    for (int k = 0; k < 2; ++k) {
+      Engine& e = k == 0 ? cached : plain;
+      runs[k].resize(3);
+      auto request = [&](int i) {
+        Request r = greedy_request("r" + std::to_string(i) + profile, prompts[static_cast<size_t>(i)], 24, profile);
+        r.prompt_logprobs = -1;  // prompt logprobs would skip the cache
+        return e.submit(std::move(r));
+      };
+      hits[k].push_back(finish(*request(0), runs[k][0], prompts[0]));
+      // The last two at once: the longer prompt chains on past the cached blocks, the equal one stops
+      // a token short of its end.
+      auto longer = request(1), same = request(2);
+      hits[k].push_back(finish(*longer, runs[k][1], prompts[1]));
+      hits[k].push_back(finish(*same, runs[k][2], prompts[2]));
+    }
+    EXPECT_EQ(hits[0], (std::vector<int64_t>{0, 96, 96}));
+    EXPECT_EQ(hits[1], (std::vector<int64_t>{0, 0, 0}));
+    for (size_t i = 0; i < 3; ++i) {
+      const Agreement a = replay_on_cpu(fx.model(), cached.profiles(), profile, runs[0][i]);
+      const Agreement b = replay_on_cpu(fx.model(), plain.profiles(), profile, runs[1][i]);
       ASSERT_EQ(a.checked, 24);
       if (profile == "dense") {
         EXPECT_LT(a.worst_error, kTokenBound);
         EXPECT_LT(a.worst_gap, 0.3);
       } else {
-        EXPECT_LT(a.mean(), 0.08);
-        EXPECT_LE(a.over_bound, a.checked / 8);
+        EXPECT_LT(a.mean(), b.mean() + 0.02);
       }
-      std::printf("  %-10s prompt %3zu: mean error %.4f, worst %.4f\n", profile.c_str(), f->prompt.size(), a.mean(),
-                  a.worst_error);
+      std::printf("  %-10s prompt %3zu: cached: mean error %.4f, worst %.4f; without the cache: %.4f, %.4f\n",
+                  profile.c_str(), runs[0][i].prompt.size(), a.mean(), a.worst_error, b.mean(), b.worst_error);
     }
   }
-  EXPECT_EQ(engine.metrics().prefix_cache_hits.load(), 4 * 96);
-  wait_for_pages_back(engine);
+  EXPECT_EQ(cached.metrics().selected_tokens.load(), plain.metrics().selected_tokens.load());
+  EXPECT_EQ(cached.metrics().selectable_tokens.load(), plain.metrics().selectable_tokens.load());
+  EXPECT_EQ(cached.metrics().page_selections.load(), plain.metrics().page_selections.load());
+  EXPECT_EQ(cached.metrics().prefix_cache_hits.load(), 4 * 96);
+  wait_for_pages_back(cached);
+  wait_for_pages_back(plain);
 }
 
 // Tokens the GPU backend draws itself (requests without logits processors, penalties or bias)

@@ -96,6 +96,19 @@ def test_generate_text_and_token_ids_agree(stub, pb):
         assert usage.completion_tokens == len(tokens_of(msgs))
 
 
+def test_a_cached_prompt_reports_its_cached_tokens(stub, pb):
+    # A dense prompt of 200 tokens: the second run finds its 3 whole blocks of 64 in the prefix cache.
+    text = " ".join(f"word{i}" for i in range(100))
+    ids = list(stub.Tokenize(pb.TokenizeRequest(text=text), timeout=5).token_ids)[:200]
+    assert len(ids) == 200
+    runs = [collect(stub, greedy(pb, token_ids=pb.TokenIds(ids=ids), sparsity="dense")) for _ in range(2)]
+    assert [r[-1].final.usage.cached_tokens for r in runs] == [0, 192]
+    assert tokens_of(runs[0]) == tokens_of(runs[1])
+    # The streaming heads of the default profile keep no cache.
+    balanced = collect(stub, greedy(pb, token_ids=pb.TokenIds(ids=ids)))
+    assert balanced[-1].final.usage.cached_tokens == 0
+
+
 def test_greedy_is_deterministic_under_concurrency(stub, pb):
     results = [None] * 3
 

@@ -56,6 +56,8 @@ TEST_F(ServerConfigTest, ShippedFileLoads) {
   EXPECT_EQ(c.max_num_seqs, 64);
   EXPECT_EQ(c.max_num_batched_tokens, 2048);
   EXPECT_EQ(c.max_waiting, 1024);
+  EXPECT_TRUE(c.enable_prefix_caching);
+  EXPECT_FALSE(c.enable_prompt_tokens_details);
   EXPECT_FALSE(c.api_key.has_value());
   EXPECT_EQ(c.max_body_bytes, size_t{8} << 20);
   EXPECT_EQ(c.max_prompt_tokens, 0);
@@ -66,6 +68,8 @@ TEST_F(ServerConfigTest, ShippedFileLoads) {
   EXPECT_EQ(e.max_num_seqs, 64);
   EXPECT_EQ(e.kv_cache_bytes, size_t{2} << 30);
   EXPECT_EQ(e.max_waiting, 1024);
+  EXPECT_TRUE(e.enable_prefix_caching);
+  EXPECT_FALSE(ServerConfig::load(write("model: a\nenable_prefix_caching: false\n"), {}).engine_config().enable_prefix_caching);
 }
 
 TEST_F(ServerConfigTest, FlagsOverrideTheFile) {
@@ -131,6 +135,9 @@ TEST_F(ServerConfigTest, BadValuesNameFileLineAndKey) {
   EXPECT_THAT(error_of("model: a\ngeneration_config: hf\n"),
               HasSubstr(".yaml:2: generation_config: expected one of auto | vllm, got 'hf'"));
   EXPECT_THAT(error_of("model: a\nlog_level: loud\n"), HasSubstr("log_level"));
+  EXPECT_THAT(error_of("model: a\nenable_prefix_caching: yes\n"),
+              HasSubstr(".yaml:2: enable_prefix_caching: expected one of true | false, got 'yes'"));
+  EXPECT_THAT(error_of("model: a\nenable_prompt_tokens_details: 1\n"), HasSubstr("enable_prompt_tokens_details"));
   EXPECT_THAT(error_of("model: a\nshutdown_grace_seconds: -1\n"), HasSubstr("shutdown_grace_seconds"));
   EXPECT_THAT(error_of("model: a\ngrpc_write_stall_seconds: 0\n"), HasSubstr("grpc_write_stall_seconds: must be at least 0.001"));
   EXPECT_THAT(error_of("model: a\ngrpc_write_stall_seconds: 0.0001\n"), HasSubstr("grpc_write_stall_seconds"));
