@@ -136,9 +136,9 @@ Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend 
   backend = step_backend.make(model, kv, config.step_limits(profiles));
   metrics.kv_pages_total = kv.num_pages();
   metrics.kv_bytes_per_page = static_cast<int64_t>(shape.page_bytes());
-  spdlog::info("engine ({}): {} KV pages of {} tokens ({:.1f} MiB), profiles: {}, default {}", step_backend.name,
-               kv.num_pages(), profiles.kv_cache.page_tokens, static_cast<double>(bytes) / (1 << 20),
-               profiles.profiles.size(), profiles.default_profile);
+  spdlog::info("engine ({}): {} KV pages of {} tokens ({:.1f} MiB), profiles: {}, default {}, prefix caching {}",
+               step_backend.name, kv.num_pages(), profiles.kv_cache.page_tokens, static_cast<double>(bytes) / (1 << 20),
+               profiles.profiles.size(), profiles.default_profile, kv.prefix_caching() ? "on" : "off");
 }
 
 Engine::Engine(const Model& model, ModelProfiles profiles, EngineConfig config, StepBackend backend) {
@@ -641,6 +641,12 @@ void Engine::Impl::step() {
   std::vector<float>& logits = step_logits;
   std::vector<int32_t> drawn;
   backend->forward(batch, draws, logits, drawn);
+  for (const ScheduledSeq& s : plan.seqs) {  // their K/V are stored: into the prefix cache
+    const LiveRequest& r = *live.at(s.id);
+    // Generated positions ran as decode steps: under page selection their K/V are not a prefill's.
+    const size_t cacheable = r.profile->decode.enabled ? static_cast<size_t>(r.prompt_len) : r.tokens.size();
+    kv.commit(s.id, s.start + s.count, std::span<const int32_t>(r.tokens).first(cacheable));
+  }
   const SelectionStats after = backend->selection_stats();
   metrics.selected_tokens += after.selected_tokens - before.selected_tokens;
   metrics.selectable_tokens += after.context_tokens - before.context_tokens;

@@ -288,7 +288,6 @@ void Scheduler::on_step_done(const StepPlan& plan, const std::vector<uint64_t>& 
                                       e->computed, s.start));
     }
     e->computed += s.count;
-    kv_.commit(e->id, e->computed);  // its blocks' K/V are stored now
   }
   for (const uint64_t id : appended) {
     Entry* e = find(id);

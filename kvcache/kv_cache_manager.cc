@@ -87,14 +87,13 @@ int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, 
   return s.length();
 }
 
-void KvCacheManager::commit(uint64_t id, int64_t computed) {
+void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32_t> tokens) {
   const SequenceKv& s = sequence(id);
   check(computed >= 0 && computed <= s.length(), "KV cache: commit beyond the sequence's length");
   const auto it = chains_.find(id);
   if (it == chains_.end()) return;
   Chain& chain = it->second;
   const int64_t P = config_.page_tokens;
-  const std::span<const int32_t> tokens = chain.key->tokens;
   const int64_t full = std::min<int64_t>(computed, std::ssize(tokens)) / P;
   std::vector<int32_t> pages(static_cast<size_t>(s.retrieval_slots()));
   for (; chain.blocks < full; ++chain.blocks) {

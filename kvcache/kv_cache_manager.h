@@ -30,8 +30,8 @@ struct SequenceLayout {
 };
 
 // A sequence's prompt for prefix caching (PrefixCache): its full blocks are looked up when the
-// sequence is added and registered as they are computed (commit). Layouts with streaming slots take
-// no part: their ring pages are overwritten as the window moves.
+// sequence is added; its blocks are registered as they are computed (commit). Layouts with streaming
+// slots take no part: their ring pages are overwritten as the window moves.
 struct PrefixKey {
   std::string profile;          // the sparsity profile's name: its K/V differ from another profile's
   std::vector<int32_t> tokens;  // the prompt
@@ -53,10 +53,12 @@ class KvCacheManager {
   // most max_cached_tokens, is shared (length() is then its tokens). Returns that length.
   int64_t add_sequence(uint64_t id, const SequenceLayout& layout, std::shared_ptr<const PrefixKey> prefix,
                        int64_t max_cached_tokens);
-  // The sequence's first `computed` tokens hold their K/V: its full prompt blocks among them are
-  // registered in the prefix cache (a block cached already is left to the entry there). No-op
-  // without a key. InternalError for an unknown id or computed beyond length().
-  void commit(uint64_t id, int64_t computed);
+  // The sequence's first `computed` tokens hold their K/V, and `tokens` begins with its tokens (the
+  // prompt, then generated ones whose K/V equal a prefill's): its full blocks among the first
+  // min(computed, tokens.size()) are registered in the prefix cache (a block cached already is left
+  // to the entry there). Called after the step that computed them. No-op without a key.
+  // InternalError for an unknown id or computed beyond length().
+  void commit(uint64_t id, int64_t computed, std::span<const int32_t> tokens);
   bool has_sequence(uint64_t id) const;
   // Pages that growing `id` to new_len tokens needs, and whether the pool has them.
   int32_t pages_needed(uint64_t id, int64_t new_len) const;

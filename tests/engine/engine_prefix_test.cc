@@ -63,6 +63,36 @@ TEST_F(EnginePrefixTest, ACachedPromptGivesTheTokensAndLogprobsOfAColdOne) {
   }
 }
 
+// The next turn of a conversation: its prompt holds the last request's prompt and answer. Without
+// decode page selection the answer's blocks are cached too (their K/V are a prefill's); with it only
+// the prompt's. A request that ends in the step that computed its prompt leaves its blocks too.
+TEST_F(EnginePrefixTest, AnAnswersBlocksServeTheNextTurn) {
+  for (const std::string profile : {"dense", "select-all"}) {
+    Engine e(*model_, recompute_profiles(), EngineConfig{});
+    Request first = greedy("first", 150, 100, profile);
+    const Run answer = run(e, first);
+    ASSERT_EQ(answer.tokens.size(), 100u);
+    Request next = greedy("next", 150, 8, profile);
+    next.prompt.insert(next.prompt.end(), answer.tokens.begin(), answer.tokens.end());
+    next.prompt.insert(next.prompt.end(), first.prompt.begin(), first.prompt.begin() + 20);  // the new message
+    const Run got = run(e, next);
+    // 249 tokens computed (the last answer token was not): 3 blocks; with selection 2 (the prompt's).
+    EXPECT_EQ(got.last.cached_tokens, profile == "dense" ? 192 : 128) << profile;
+    Run cold;
+    {
+      EngineConfig off;
+      off.enable_prefix_caching = false;
+      Engine plain(*model_, recompute_profiles(), off);
+      Request again = next;
+      cold = run(plain, again);
+    }
+    EXPECT_EQ(got.logprobs, cold.logprobs) << profile;
+  }
+  Engine e(*model_, recompute_profiles(), EngineConfig{});
+  run(e, greedy("one-token", 300, 1, "dense"));
+  EXPECT_EQ(run(e, greedy("after", 300, 1, "dense")).last.cached_tokens, 256);
+}
+
 TEST_F(EnginePrefixTest, StreamingHeadsDynamicPrefillAndPromptLogprobsStartFromNothing) {
   Engine e(*model_, recompute_profiles(), EngineConfig{});
   for (const std::string profile : {"select-128", "dynamic"}) {

@@ -48,6 +48,7 @@ struct Harness {
   // prefix: the prompt's tokens for the prefix cache (prompt tokens long), or none.
   void add(uint64_t id, int64_t prompt, int64_t output, SequenceLayout layout = dense_layout(), int32_t priority = 0,
            ChunkRule rule = {}, std::shared_ptr<const kvcache::PrefixKey> prefix = nullptr) {
+    if (prefix) tokens[id] = prefix->tokens;
     sched.add(id, prompt, layout, priority, rule, std::move(prefix));
     live[id] = Model{.prompt = prompt, .output = output, .computed = 0, .total = prompt, .generated = 0, .layout = layout};
   }
@@ -71,6 +72,7 @@ struct Harness {
     for (const ScheduledSeq& s : plan.seqs) {
       Model& m = live.at(s.id);
       m.computed = s.start + s.count;
+      kv.commit(s.id, m.computed, tokens[s.id]);  // the executor stored the chunk's K/V
       history[s.id].push_back(s);
       first_step.emplace(s.id, steps);
       if (!s.sample) continue;
@@ -158,6 +160,7 @@ struct Harness {
   Scheduler sched;
   std::map<uint64_t, Model> live;
   std::map<uint64_t, std::vector<ScheduledSeq>> history;
+  std::map<uint64_t, std::vector<int32_t>> tokens;  // the prompts of requests with prefix keys
   std::map<uint64_t, int64_t> first_step;  // step at which an id first ran
   std::vector<uint64_t> finished, unservable;
   std::set<uint64_t> aborted;

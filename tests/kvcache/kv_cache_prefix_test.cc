@@ -47,12 +47,12 @@ TEST(KvCachePrefix, ASecondSequenceWithTheSamePromptSharesTheFirstsBlocks) {
   const auto k = key(prompt(50));  // 3 full blocks and 2 tokens
   EXPECT_EQ(m.add_sequence(1, kDense, k, 49), 0);  // nothing cached yet
   m.allocate(1, 50);
-  m.commit(1, 20);  // block 0 is computed
+  m.commit(1, 20, k->tokens);  // block 0 is computed
   EXPECT_EQ(m.add_sequence(2, kDense, k, 49), P);
   EXPECT_EQ(block_pages(m, 2, 0), block_pages(m, 1, 0));
   EXPECT_EQ(m.sequence(2).length(), P);
   m.release(2);
-  m.commit(1, 50);  // blocks 1 and 2 (block 3 is not full)
+  m.commit(1, 50, k->tokens);  // blocks 1 and 2 (block 3 is not full)
   EXPECT_EQ(m.used_pages(R), 16);
   EXPECT_EQ(m.add_sequence(2, kDense, k, 49), 3 * P);
   for (int32_t b = 0; b < 3; ++b) EXPECT_EQ(block_pages(m, 2, b), block_pages(m, 1, b)) << b;
@@ -86,15 +86,33 @@ TEST(KvCachePrefix, ASecondSequenceWithTheSamePromptSharesTheFirstsBlocks) {
   EXPECT_EQ(m.add_sequence(6, kDense, k, 49), 0);  // evicted
 }
 
+TEST(KvCachePrefix, GeneratedTokensGivenToCommitAreCachedToo) {
+  KvCacheManager m(kConfig, 64, true);
+  const std::vector<int32_t> p = prompt(20);
+  std::vector<int32_t> tokens = p;  // the prompt, then 30 generated tokens
+  for (const int32_t t : prompt(30, 7000)) tokens.push_back(t);
+  m.add_sequence(1, kDense, key(p), 19);
+  m.allocate(1, 50);
+  m.commit(1, 49, tokens);  // the last generated token's K/V are not computed: blocks 0 to 2
+  m.commit(1, 49, tokens);  // again: nothing new
+  m.release(1);
+  EXPECT_EQ(m.cached_free_pages(), 12);
+  // The next turn: the conversation so far, then more.
+  std::vector<int32_t> next = tokens;
+  next.push_back(9);
+  EXPECT_EQ(m.add_sequence(2, kDense, key(next), std::ssize(next) - 1), 3 * P);
+  m.release(2);
+}
+
 TEST(KvCachePrefix, StreamingLayoutsOtherProfilesAndNoCacheTakeNoPart) {
   KvCacheManager m(kConfig, 64, true);
   const auto k = key(prompt(40));
   m.add_sequence(1, kDense, k, 39);
   m.allocate(1, 40);
-  m.commit(1, 40);
+  m.commit(1, 40, k->tokens);
   EXPECT_EQ(m.add_sequence(2, kBalanced, key(prompt(40)), 39), 0);
   m.allocate(2, 40);
-  m.commit(2, 40);  // no chain: nothing registered
+  m.commit(2, 40, k->tokens);  // no chain: nothing registered
   EXPECT_EQ(m.add_sequence(3, kDense, key(prompt(40), "other"), 39), 0);
   EXPECT_EQ(m.add_sequence(4, kDense, nullptr, 39), 0);
   EXPECT_EQ(m.add_sequence(5, kDense, k, 39), 2 * P);
@@ -105,7 +123,7 @@ TEST(KvCachePrefix, StreamingLayoutsOtherProfilesAndNoCacheTakeNoPart) {
   EXPECT_FALSE(off.prefix_caching());
   off.add_sequence(1, kDense, k, 39);
   off.allocate(1, 40);
-  off.commit(1, 40);
+  off.commit(1, 40, k->tokens);
   off.release(1);
   EXPECT_EQ(off.add_sequence(2, kDense, k, 39), 0);
   EXPECT_EQ(off.free_pages(), 64);
@@ -120,8 +138,8 @@ TEST(KvCachePrefix, ABlockComputedTwiceKeepsTheFirstEntryAndTheChainGoesOn) {
   m.add_sequence(2, kDense, key(xy), 4 * P);  // added before 1 commits: computes x again
   m.allocate(1, 2 * P);
   m.allocate(2, 4 * P + 1);
-  m.commit(1, 2 * P);
-  m.commit(2, 4 * P + 1);  // blocks 0, 1 are 1's entries; 2 and 3 chain on with 2's pages
+  m.commit(1, 2 * P, x);
+  m.commit(2, 4 * P + 1, xy);  // blocks 0, 1 are 1's entries; 2 and 3 chain on with 2's pages
   EXPECT_EQ(m.add_sequence(3, kDense, key(xy), 4 * P), 4 * P);
   EXPECT_EQ(block_pages(m, 3, 0), block_pages(m, 1, 0));
   EXPECT_EQ(block_pages(m, 3, 1), block_pages(m, 1, 1));
@@ -142,8 +160,8 @@ TEST(KvCachePrefix, AChainWhoseFoundBlockWasEvictedStopsRegistering) {
   m.add_sequence(2, kDense, key(x), 3 * P - 1);
   m.allocate(1, P + 1);  // 8 pages
   m.allocate(2, P);      // 4 pages: block 0 only so far
-  m.commit(1, P + 1);
-  m.commit(2, P);  // block 0 found as 1's entry: 2 keeps its own pages
+  m.commit(1, P + 1, x);
+  m.commit(2, P, x);  // block 0 found as 1's entry: 2 keeps its own pages
   m.release(1);    // 1's block 0 is evictable
   EXPECT_EQ(m.cached_free_pages(), 4);
   m.add_sequence(3, kDense);
@@ -151,7 +169,7 @@ TEST(KvCachePrefix, AChainWhoseFoundBlockWasEvictedStopsRegistering) {
   EXPECT_EQ(m.cached_free_pages(), 0);
   m.release(3);
   m.allocate(2, 3 * P);
-  EXPECT_NO_THROW(m.commit(2, 3 * P));  // its parent entry is gone: nothing more is registered
+  EXPECT_NO_THROW(m.commit(2, 3 * P, x));  // its parent entry is gone: nothing more is registered
   m.release(2);
   EXPECT_EQ(m.cached_free_pages(), 0);
   EXPECT_EQ(m.free_pages(), 24);
@@ -218,7 +236,7 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
         }
       }
       s.computed = to;
-      m.commit(it->first, to);
+      m.commit(it->first, to, s.prompt);
     } else {
       auto it = std::next(live.begin(), static_cast<long>(rng() % live.size()));
       m.release(it->first);
