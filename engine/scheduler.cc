@@ -39,7 +39,8 @@ void Scheduler::add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayo
   e.total = prompt_len;
   e.priority = priority;
   e.arrival = next_arrival_++;
-  e.prefix = std::move(prefix);
+  // A cached prefix ends on a page, not on a prompt_block boundary: aligned requests start from none.
+  if (e.rule.prompt_block == 1) e.prefix = std::move(prefix);
   waiting_.push_back(&e);  // sorted into place by the next plan()
 }
 
@@ -252,7 +253,8 @@ Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t promised, int6
   const int64_t hit = kv_.add_sequence(e.id, e.layout, e.prefix, e.total - 1);
   if (cached != nullptr) *cached = hit;
   Admission admission = Admission::kAdmitted;
-  if (kv_.pages_needed(e.id, std::max(e.total, e.prompt + 1)) > kv_.num_pages()) {
+  // Pages it adopted from the prefix cache count: they fill the pool as well.
+  if (kv_.pages_needed(e.id, std::max(e.total, e.prompt + 1)) + kv_.sequence(e.id).pages_held() > kv_.num_pages()) {
     admission = Admission::kUnservable;
   } else if (kv_.pages_needed(e.id, e.total) + promised > kv_.free_pages()) {
     admission = Admission::kBlocked;

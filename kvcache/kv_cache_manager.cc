@@ -102,7 +102,11 @@ void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32
     if (chain.last != 0 && !cache_->contains(chain.last)) return;
     const auto block = tokens.subspan(static_cast<size_t>(chain.blocks * P), static_cast<size_t>(P));
     if (const PrefixCache::Serial cached = cache_->find(chain.key->profile, chain.last, block); cached != 0) {
-      chain.last = cached;  // another sequence's pages hold the same K/V: this one's stay its own
+      // Another sequence's pages hold the same K/V (this one's stay its own): used, so that the
+      // entry stays while this chain's later blocks hang on it.
+      cache_->acquire(cached);
+      chain.used.push_back(cached);
+      chain.last = cached;
       continue;
     }
     for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) {

@@ -55,8 +55,9 @@ class KvCacheManager {
                        int64_t max_cached_tokens);
   // The sequence's first `computed` tokens hold their K/V, and `tokens` begins with its tokens (the
   // prompt, then generated ones whose K/V equal a prefill's): its full blocks among the first
-  // min(computed, tokens.size()) are registered in the prefix cache (a block cached already is left
-  // to the entry there). Called after the step that computed them. No-op without a key.
+  // min(computed, tokens.size()) are registered in the prefix cache (a block cached already stays
+  // the entry there, used by this sequence until it ends). Called after the step that computed them.
+  // No-op without a key.
   // InternalError for an unknown id or computed beyond length().
   void commit(uint64_t id, int64_t computed, std::span<const int32_t> tokens);
   bool has_sequence(uint64_t id) const;
@@ -81,8 +82,8 @@ class KvCacheManager {
   int32_t free_pages() const { return pool_.num_free() + cached_free_pages(); }
   // Of free_pages, those holding cached blocks (taken back, least recently used first, when needed).
   int32_t cached_free_pages() const { return cache_ ? cache_->evictable_pages() : 0; }
-  // Pages the sequences hold for the role, a shared page once; used_pages of both roles sum to
-  // num_pages - free_pages.
+  // Pages the sequences hold for the role, a shared page once, and (retrieval) the cached blocks
+  // their chains use (commit); used_pages of both roles sum to num_pages - free_pages.
   int32_t used_pages(HeadRole role) const;
   size_t num_sequences() const { return seqs_.size(); }
 

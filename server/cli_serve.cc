@@ -187,6 +187,11 @@ void check_port_free(const std::string& host, int port, const char* what) {
   if (!bound) throw Error(std::string(what) + ": cannot listen on " + host + ":" + service + " (" + std::strerror(err) + ")");
 }
 
+// A setting that is true or false (its default says which).
+bool is_boolean(const ServerSetting& s) {
+  return s.default_text != nullptr && (std::string(s.default_text) == "true" || std::string(s.default_text) == "false");
+}
+
 std::string default_model_name(const ServerConfig& c, const ModelProfiles& profiles) {
   if (!c.served_model_name.empty()) return c.served_model_name;
   if (!c.model_config.empty() && !profiles.name.empty()) return profiles.name;
@@ -206,6 +211,11 @@ void add_serve_command(CLI::App& app, ServeArgs& a) {
     if (s.default_text != nullptr) opt->default_str(s.default_text);  // shown in --help, not applied
     if (std::string(s.key) == "api_key") opt->envname("SPARSESERVE_API_KEY");
     a.options[s.key] = opt;
+    if (is_boolean(s)) {
+      opt->expected(0, 1);  // alone: true
+      a.negations[s.key] = cmd->add_flag("--no-" + flag.substr(2), a.negated[s.key], std::string("The same as ") + flag + " false")
+                               ->excludes(opt);
+    }
   }
 }
 
@@ -216,7 +226,10 @@ int run_serve(const ServeArgs& a) {
   for (const ServerSetting& s : server_settings()) {
     const CLI::Option* opt = a.options.at(s.key);
     if (opt->count() > 0) {
-      overrides.push_back({s.key, a.values.at(s.key), opt->get_name()});  // "--http-port"
+      const std::string& value = a.values.at(s.key);
+      overrides.push_back({s.key, value.empty() && is_boolean(s) ? "true" : value, opt->get_name()});  // "--http-port"
+    } else if (const auto neg = a.negations.find(s.key); neg != a.negations.end() && neg->second->count() > 0) {
+      overrides.push_back({s.key, "false", neg->second->get_name()});
     }
   }
   const ServerConfig cfg = ServerConfig::load(a.config, overrides);

@@ -18,6 +18,10 @@ struct ServeArgs {
   std::string config;                           // YAML path; empty: defaults and flags only
   std::map<std::string, std::string> values;    // key -> flag text (when given)
   std::map<std::string, CLI::Option*> options;  // key -> its flag, to see which were given
+  // Boolean settings (default true or false) also take vLLM's forms: `--enable-x` alone is true,
+  // `--no-enable-x` is false.
+  std::map<std::string, bool> negated;
+  std::map<std::string, CLI::Option*> negations;
 };
 
 void add_serve_command(CLI::App& app, ServeArgs& args);

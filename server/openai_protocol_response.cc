@@ -383,10 +383,10 @@ ojson ResponseBuilder::usage() const {
   ojson u = {{"prompt_tokens", p}, {"completion_tokens", g}, {"total_tokens", p + g}};
   if (job_.prompt_tokens_details) {
     // Per prompt, its first choice's (the n samples of one prompt are separate requests, as in
-    // vLLM, and each may find a different share cached).
+    // vLLM, and each may find a different share cached); as vLLM, none when nothing was cached.
     int64_t cached = 0;
     for (size_t i = 0; i < choices_.size(); i += static_cast<size_t>(job_.n)) cached += choices_[i].cached_tokens;
-    u["prompt_tokens_details"] = {{"cached_tokens", cached}};
+    if (cached > 0) u["prompt_tokens_details"] = {{"cached_tokens", cached}};
   }
   return u;
 }

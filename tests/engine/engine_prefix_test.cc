@@ -114,6 +114,40 @@ TEST_F(EnginePrefixTest, StreamingHeadsDynamicPrefillAndPromptLogprobsStartFromN
   expect_all_pages_returned(e);
 }
 
+// Preempted, a request comes back to its whole prompt from the cache (a prompt of whole blocks) and
+// recomputes its generated positions as they were first computed: under page selection one decode
+// step each. Its logprobs are those of an uninterrupted run.
+TEST_F(EnginePrefixTest, APreemptedRequestResumesFromItsCachedPromptExactly) {
+  for (const std::string profile : {"select-all", "dense"}) {
+    Run reference;
+    {
+      Engine e(*model_, recompute_profiles(), EngineConfig{});
+      reference = run(e, greedy("ref", 256, 110, profile));
+    }
+    // 700 pages of 90 lanes: one request alone reaches 6 blocks (540), two do not fit side by side.
+    EngineConfig tight;
+    tight.kv_cache_bytes = 700 * 34816;
+    Engine e(*model_, recompute_profiles(), tight);
+    auto a = e.submit(greedy("a", 256, 110, profile));
+    auto b = e.submit(greedy("b", 256, 110, profile));
+    const auto logprobs = [](RequestStream& s) {
+      std::vector<float> lps;
+      for (int i = 0; i < 100000; ++i) {
+        auto d = s.next(200ms);
+        if (!d) continue;
+        for (const auto& lp : d->logprobs) lps.push_back(lp.logprob);
+        if (d->finished) break;
+      }
+      return lps;
+    };
+    EXPECT_EQ(logprobs(*a), reference.logprobs) << profile;
+    EXPECT_EQ(logprobs(*b), reference.logprobs) << profile << ": after preemption";
+    EXPECT_GT(e.metrics().num_preemptions.load(), 0) << profile;
+    EXPECT_GT(e.metrics().prefix_cache_hits.load(), 0) << profile;
+    expect_all_pages_returned(e);
+  }
+}
+
 TEST_F(EnginePrefixTest, CachedPagesAreTakenBackWhenTheCacheIsFull) {
   Run cold;
   {

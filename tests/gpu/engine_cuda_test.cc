@@ -377,7 +377,9 @@ TEST(CudaEngineTest, PreemptedAndCancelledRequestsStayRightAndReturnTheirPages) 
 
 // Prefix caching on the GPU: requests whose prompts begin with blocks an earlier request computed
 // start from those pages (cached_tokens), under the dense profile and under decode page selection on
-// every head, next to an engine without the cache that runs the same requests. Dense: each request's
+// every head, next to an engine without the cache that runs the same requests; the last request is
+// the first one's next turn (its prompt, its answer, more), whose answer's blocks are cached too
+// without page selection. Dense: each request's
 // logprobs match its CPU replay (the whole prompt prefilled there) within rounding. Page selection,
 // whose near-tie flips move a token's logprob past rounding: both engines select the same number of
 // pages at the same steps, and the cached requests' logprobs are no further from the CPU's than the
@@ -418,27 +420,35 @@ TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
     for (int32_t& t : x) t = tok(fx.rng);
     std::vector<int32_t> xy = x;
     for (int i = 0; i < 50; ++i) xy.push_back(tok(fx.rng));
-    const std::vector<std::vector<int32_t>> prompts = {x, xy, x};
+    std::vector<int32_t> more(10);
+    for (int32_t& t : more) t = tok(fx.rng);
     std::vector<Finished> runs[2];  // [engine][request]: cached, plain
     std::vector<int64_t> hits[2];
     for (int k = 0; k < 2; ++k) {
       Engine& e = k == 0 ? cached : plain;
-      runs[k].resize(3);
+      std::vector<std::vector<int32_t>> prompts = {x, xy, x};
+      runs[k].resize(4);
       auto request = [&](int i) {
         Request r = greedy_request("r" + std::to_string(i) + profile, prompts[static_cast<size_t>(i)], 24, profile);
         r.prompt_logprobs = -1;  // prompt logprobs would skip the cache
         return e.submit(std::move(r));
       };
       hits[k].push_back(finish(*request(0), runs[k][0], prompts[0]));
-      // The last two at once: the longer prompt chains on past the cached blocks, the equal one stops
+      // The next two at once: the longer prompt chains on past the cached blocks, the equal one stops
       // a token short of its end.
       auto longer = request(1), same = request(2);
       hits[k].push_back(finish(*longer, runs[k][1], prompts[1]));
       hits[k].push_back(finish(*same, runs[k][2], prompts[2]));
+      std::vector<int32_t> next = x;
+      next.insert(next.end(), runs[k][0].generated.begin(), runs[k][0].generated.end());
+      next.insert(next.end(), more.begin(), more.end());
+      prompts.push_back(next);
+      hits[k].push_back(finish(*request(3), runs[k][3], prompts[3]));
     }
-    EXPECT_EQ(hits[0], (std::vector<int64_t>{0, 96, 96}));
-    EXPECT_EQ(hits[1], (std::vector<int64_t>{0, 0, 0}));
-    for (size_t i = 0; i < 3; ++i) {
+    // The first answer's 23 computed tokens complete block 6 (positions 96-111) for the next turn.
+    EXPECT_EQ(hits[0], (std::vector<int64_t>{0, 96, 96, profile == "dense" ? 112 : 96}));
+    EXPECT_EQ(hits[1], (std::vector<int64_t>{0, 0, 0, 0}));
+    for (size_t i = 0; i < 4; ++i) {
       const Agreement a = replay_on_cpu(fx.model(), cached.profiles(), profile, runs[0][i]);
       const Agreement b = replay_on_cpu(fx.model(), plain.profiles(), profile, runs[1][i]);
       ASSERT_EQ(a.checked, 24);
@@ -455,7 +465,7 @@ TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
   EXPECT_EQ(cached.metrics().selected_tokens.load(), plain.metrics().selected_tokens.load());
   EXPECT_EQ(cached.metrics().selectable_tokens.load(), plain.metrics().selectable_tokens.load());
   EXPECT_EQ(cached.metrics().page_selections.load(), plain.metrics().page_selections.load());
-  EXPECT_EQ(cached.metrics().prefix_cache_hits.load(), 4 * 96);
+  EXPECT_EQ(cached.metrics().prefix_cache_hits.load(), 96 + 96 + 112 + 3 * 96);
   wait_for_pages_back(cached);
   wait_for_pages_back(plain);
 }

@@ -1,7 +1,11 @@
 """Prefix caching through the HTTP API of the real `sparseserve serve` (CPU backend): a chat request
 whose system prompt an earlier request computed reports the cached tokens (usage.prompt_tokens_details
 with --enable-prompt-tokens-details, the /metrics counters) and answers as a server without the cache
-answers; profiles with streaming heads find nothing; usage leaves the details out by default, as vLLM."""
+answers; profiles with streaming heads find nothing; usage leaves the details out by default and on
+a miss, as vLLM; the flags take vLLM's forms."""
+import subprocess
+import time
+
 import numpy as np
 import openai
 import pytest
@@ -38,7 +42,8 @@ def test_a_shared_system_prompt_is_cached_and_answers_as_without_the_cache(cache
     got = answers(cached_server)
     after = cached_server.metrics()
     n_prompt = [r.usage.prompt_tokens for r in got]
-    cached = [r.usage.prompt_tokens_details.cached_tokens for r in got]
+    cached = [r.usage.prompt_tokens_details.cached_tokens if r.usage.prompt_tokens_details else 0 for r in got]
+    assert got[0].usage.prompt_tokens_details is None  # a miss: none, as vLLM
     # The first computes everything; the others find the system prompt's whole 64-token blocks.
     assert cached[0] == 0
     for n, c in zip(n_prompt[1:], cached[1:]):
@@ -55,7 +60,7 @@ def test_a_shared_system_prompt_is_cached_and_answers_as_without_the_cache(cache
         plain.terminate()
     for r, w in zip(got, want):
         assert r.choices[0].message.content == w.choices[0].message.content
-        assert w.usage.prompt_tokens_details.cached_tokens == 0
+        assert w.usage.prompt_tokens_details is None
         lp = np.array([t.logprob for t in r.choices[0].logprobs.content])
         lw = np.array([t.logprob for t in w.choices[0].logprobs.content])
         np.testing.assert_allclose(lp, lw, atol=1e-4)
@@ -63,7 +68,7 @@ def test_a_shared_system_prompt_is_cached_and_answers_as_without_the_cache(cache
 
 def test_profiles_with_streaming_heads_find_nothing(cached_server):
     got = answers(cached_server, sparsity="balanced")
-    assert [r.usage.prompt_tokens_details.cached_tokens for r in got] == [0, 0, 0]
+    assert [r.usage.prompt_tokens_details for r in got] == [None, None, None]
 
 
 def test_usage_has_no_details_by_default(client, model_name):
@@ -71,9 +76,32 @@ def test_usage_has_no_details_by_default(client, model_name):
     assert r.usage.prompt_tokens_details is None
 
 
-def test_the_flags_take_true_or_false(start_server, build_dir, model_path):
-    import subprocess
-    r = subprocess.run([str(build_dir / "bin" / "sparseserve"), "serve", "--model", str(model_path),
-                        "--enable-prefix-caching", "yes"], capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0
-    assert "enable_prefix_caching" in r.stderr + r.stdout
+def engine_line(build_dir, repo_root, *flags) -> str:
+    """The engine's start line of `serve` with these flags (the server is stopped once it is logged)."""
+    from ports import free_port
+    cmd = [str(build_dir / "bin" / "sparseserve"), "serve", "--config", str(repo_root / "configs/server.yaml"),
+           "--backend", "cpu", "--host", "127.0.0.1", "--http-port", str(free_port()), "--grpc-port", "0",
+           "--kv-cache-bytes", "64MiB", *flags]
+    p = subprocess.Popen(cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        for line in p.stdout:
+            if "engine (cpu)" in line or time.monotonic() > deadline:
+                return line
+        return ""
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_the_flags_take_vllms_forms(build_dir, repo_root):
+    assert "prefix caching on" in engine_line(build_dir, repo_root)
+    assert "prefix caching on" in engine_line(build_dir, repo_root, "--enable-prefix-caching")
+    assert "prefix caching off" in engine_line(build_dir, repo_root, "--no-enable-prefix-caching")
+    assert "prefix caching off" in engine_line(build_dir, repo_root, "--enable-prefix-caching", "false")
+    for flags, why in ((["--enable-prefix-caching", "yes"], "expected one of true | false"),
+                       (["--enable-prefix-caching", "--no-enable-prefix-caching"], "excludes")):
+        r = subprocess.run([str(build_dir / "bin" / "sparseserve"), "serve", "--config",
+                            str(repo_root / "configs/server.yaml"), *flags], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0
+        assert why in r.stderr + r.stdout
