@@ -97,8 +97,8 @@ void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32
   const int64_t full = std::min<int64_t>(computed, std::ssize(tokens)) / P;
   std::vector<int32_t> pages(static_cast<size_t>(s.retrieval_slots()));
   for (; chain.blocks < full; ++chain.blocks) {
-    // A block found cached (not this sequence's) may have been evicted since: the chain is broken,
-    // and blocks after it could never be matched from the first.
+    // The chain's entries are all used by this sequence, so none is evicted; were one gone, no block
+    // after it could be matched from the first.
     if (chain.last != 0 && !cache_->contains(chain.last)) return;
     const auto block = tokens.subspan(static_cast<size_t>(chain.blocks * P), static_cast<size_t>(P));
     if (const PrefixCache::Serial cached = cache_->find(chain.key->profile, chain.last, block); cached != 0) {

@@ -79,6 +79,9 @@ TEST_F(EngineRecomputeTest, APreemptedRequestUnderPageSelectionResumesExactly) {
     }
     EngineConfig tight;
     tight.kv_cache_bytes = 630 * 34816;  // two such requests cannot both reach 240 tokens
+    // Without the prefix cache: one admitted a step after the other would share its prompt's pages,
+    // and the two would fit (engine_prefix_test covers a preempted request with the cache).
+    tight.enable_prefix_caching = false;
     Engine e(*model_, recompute_profiles(), tight);
     auto a = e.submit(greedy("a", 130, 110, profile));
     auto b = e.submit(greedy("b", 130, 110, profile));
