@@ -430,6 +430,7 @@ std::shared_ptr<const kvcache::PrefixKey> Engine::Impl::prefix_key(LiveRequest& 
   if (!kv.prefix_caching() || layout.streaming_slots > 0 || r.profile->prefill.dynamic) return nullptr;
   auto key = std::make_shared<kvcache::PrefixKey>();
   key->profile = r.profile->name;
+  if (!r.req.cache_salt.empty()) key->profile += '\0' + r.req.cache_salt;  // a name holds no NUL: salts stay apart
   key->tokens.assign(r.tokens.begin(), r.tokens.begin() + r.prompt_len);
   key->match = r.req.prompt_logprobs < 0;
   r.prefix_lookup = key->match;

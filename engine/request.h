@@ -48,6 +48,9 @@ struct Request {
   int32_t prompt_logprobs = -1;        // -1: none; k ≥ 0: each prompt token after the first, its logprob
                                        // given the tokens before it + k top (vLLM's prompt_logprobs)
   int32_t priority = 0;                // lower runs first when the scheduler uses priorities
+  // vLLM's cache_salt: only requests with the same salt share prefix-cache blocks (one tenant's
+  // prompts cannot be probed by another's timings). Empty: no salt.
+  std::string cache_salt;
   bool stream = true;                  // informational (every request produces deltas)
 
   // How many output constraints are set (json_object, json_schema, choices, regex, grammar): at most

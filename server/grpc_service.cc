@@ -544,6 +544,7 @@ Request to_engine_request(const v1::GenerateRequest& g, const Model& model, std:
     r.prompt_logprobs = g.prompt_logprobs();
   }
   r.priority = g.priority();
+  r.cache_salt = g.cache_salt();
   r.stream = true;
   return r;
 }

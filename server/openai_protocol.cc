@@ -334,6 +334,10 @@ void Protocol::parse_common(const json& body, GenerationJob& job) const {
   if (auto v = f.integer("priority", std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max())) {
     r.priority = static_cast<int32_t>(*v);
   }
+  if (auto v = f.string("cache_salt")) {
+    if (v->empty()) throw bad_request("cache_salt must be a non-empty string", "cache_salt");
+    r.cache_salt = *v;
+  }
   if (auto v = f.string("sparsity")) {
     try {
       profiles_.get(*v);

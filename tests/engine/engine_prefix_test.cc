@@ -93,6 +93,22 @@ TEST_F(EnginePrefixTest, AnAnswersBlocksServeTheNextTurn) {
   EXPECT_EQ(run(e, greedy("after", 300, 1, "dense")).last.cached_tokens, 256);
 }
 
+// vLLM's cache_salt: only requests with the same salt share blocks.
+TEST_F(EnginePrefixTest, OnlyRequestsWithTheSameSaltShareBlocks) {
+  Engine e(*model_, recompute_profiles(), EngineConfig{});
+  const auto salted = [](const std::string& id, const std::string& salt) {
+    Request r = greedy(id, 300, 2, "dense");
+    r.cache_salt = salt;
+    return r;
+  };
+  EXPECT_EQ(run(e, salted("plain", "")).last.cached_tokens, 0);
+  EXPECT_EQ(run(e, salted("a1", "tenant-a")).last.cached_tokens, 0);
+  EXPECT_EQ(run(e, salted("b1", "tenant-b")).last.cached_tokens, 0);
+  EXPECT_EQ(run(e, salted("a2", "tenant-a")).last.cached_tokens, 256);
+  EXPECT_EQ(run(e, salted("plain2", "")).last.cached_tokens, 256);
+  expect_all_pages_returned(e);
+}
+
 TEST_F(EnginePrefixTest, StreamingHeadsDynamicPrefillAndPromptLogprobsStartFromNothing) {
   Engine e(*model_, recompute_profiles(), EngineConfig{});
   for (const std::string profile : {"select-128", "dynamic"}) {

@@ -104,7 +104,9 @@ def test_a_cached_prompt_reports_its_cached_tokens(stub, pb):
     runs = [collect(stub, greedy(pb, token_ids=pb.TokenIds(ids=ids), sparsity="dense")) for _ in range(2)]
     assert [r[-1].final.usage.cached_tokens for r in runs] == [0, 192]
     assert tokens_of(runs[0]) == tokens_of(runs[1])
-    # The streaming heads of the default profile keep no cache.
+    # Another salt finds nothing; the streaming heads of the default profile keep no cache.
+    salted = collect(stub, greedy(pb, token_ids=pb.TokenIds(ids=ids), sparsity="dense", cache_salt="tenant-x"))
+    assert salted[-1].final.usage.cached_tokens == 0
     balanced = collect(stub, greedy(pb, token_ids=pb.TokenIds(ids=ids)))
     assert balanced[-1].final.usage.cached_tokens == 0
 

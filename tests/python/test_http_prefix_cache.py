@@ -71,6 +71,22 @@ def test_profiles_with_streaming_heads_find_nothing(cached_server):
     assert [r.usage.prompt_tokens_details for r in got] == [None, None, None]
 
 
+def test_a_cache_salt_keeps_tenants_apart(cached_server):
+    with openai.OpenAI(base_url=cached_server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120) as c:
+        def ask(question, salt):
+            return c.chat.completions.create(
+                model="smollm2-135m-instruct", temperature=0, max_tokens=4,
+                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                extra_body={"sparsity": "dense", "cache_salt": salt}).usage.prompt_tokens_details
+        first = ask(QUESTIONS[0], "tenant-a-3f9c2e")
+        assert first is None  # not the blocks other tenants (or unsalted requests) computed
+        assert ask(QUESTIONS[1], "tenant-a-3f9c2e").cached_tokens >= 64
+        assert ask(QUESTIONS[1], "tenant-b-77d01a") is None
+        with pytest.raises(openai.BadRequestError) as e:
+            ask(QUESTIONS[0], "")
+        assert e.value.body["param"] == "cache_salt"
+
+
 def test_usage_has_no_details_by_default(client, model_name):
     r = client.completions.create(model=model_name, prompt="Hello", max_tokens=2, temperature=0)
     assert r.usage.prompt_tokens_details is None
