@@ -82,8 +82,6 @@ int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, 
   s.adopt(blocks, pool_);
   for (const PrefixCache::Serial e : found) cache_->acquire(e);
   chain.used = found;
-  chain.last = found.back();
-  chain.blocks = static_cast<int64_t>(found.size());
   return s.length();
 }
 
@@ -95,25 +93,23 @@ void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32
   Chain& chain = it->second;
   const int64_t P = config_.page_tokens;
   const int64_t full = std::min<int64_t>(computed, std::ssize(tokens)) / P;
+  if (std::ssize(chain.used) >= full) return;  // most steps: no block completed
   std::vector<int32_t> pages(static_cast<size_t>(s.retrieval_slots()));
-  for (; chain.blocks < full; ++chain.blocks) {
-    // The chain's entries are all used by this sequence, so none is evicted; were one gone, no block
-    // after it could be matched from the first.
-    if (chain.last != 0 && !cache_->contains(chain.last)) return;
-    const auto block = tokens.subspan(static_cast<size_t>(chain.blocks * P), static_cast<size_t>(P));
-    if (const PrefixCache::Serial cached = cache_->find(chain.key->profile, chain.last, block); cached != 0) {
+  while (std::ssize(chain.used) < full) {
+    const int64_t b = std::ssize(chain.used);  // the next block to walk
+    const PrefixCache::Serial parent = chain.used.empty() ? 0 : chain.used.back();
+    const auto block = tokens.subspan(static_cast<size_t>(b * P), static_cast<size_t>(P));
+    if (const PrefixCache::Serial cached = cache_->find(chain.key->profile, parent, block); cached != 0) {
       // Another sequence's pages hold the same K/V (this one's stay its own): used, so that the
       // entry stays while this chain's later blocks hang on it.
       cache_->acquire(cached);
       chain.used.push_back(cached);
-      chain.last = cached;
       continue;
     }
     for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) {
-      pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[static_cast<size_t>(chain.blocks)];
+      pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[static_cast<size_t>(b)];
     }
-    chain.last = cache_->insert(chain.key->profile, chain.last, block, pages, pool_);
-    chain.used.push_back(chain.last);
+    chain.used.push_back(cache_->insert(chain.key->profile, parent, block, pages, pool_));
   }
 }
 

@@ -88,12 +88,11 @@ class KvCacheManager {
   size_t num_sequences() const { return seqs_.size(); }
 
  private:
-  // A sequence's part in the prefix cache: the chain of its prompt's blocks walked so far.
+  // A sequence's part in the prefix cache: the entry of each of its blocks walked so far (adopted,
+  // registered, or found cached), in block order, all used by it (so none is evicted meanwhile).
   struct Chain {
     std::shared_ptr<const PrefixKey> key;
-    std::vector<PrefixCache::Serial> used;  // entries it adopted or registered, in block order
-    PrefixCache::Serial last = 0;           // the entry of its last block walked
-    int64_t blocks = 0;                     // blocks walked (adopted, registered or found cached)
+    std::vector<PrefixCache::Serial> used;
   };
   SequenceKv& seq(uint64_t id);
   KvCacheConfig config_;

@@ -146,18 +146,8 @@ TEST_F(EnginePrefixTest, APreemptedRequestResumesFromItsCachedPromptExactly) {
     Engine e(*model_, recompute_profiles(), tight);
     auto a = e.submit(greedy("a", 256, 110, profile));
     auto b = e.submit(greedy("b", 256, 110, profile));
-    const auto logprobs = [](RequestStream& s) {
-      std::vector<float> lps;
-      for (int i = 0; i < 100000; ++i) {
-        auto d = s.next(200ms);
-        if (!d) continue;
-        for (const auto& lp : d->logprobs) lps.push_back(lp.logprob);
-        if (d->finished) break;
-      }
-      return lps;
-    };
-    EXPECT_EQ(logprobs(*a), reference.logprobs) << profile;
-    EXPECT_EQ(logprobs(*b), reference.logprobs) << profile << ": after preemption";
+    EXPECT_EQ(logprobs_of(*a), reference.logprobs) << profile;
+    EXPECT_EQ(logprobs_of(*b), reference.logprobs) << profile << ": after preemption";
     EXPECT_GT(e.metrics().num_preemptions.load(), 0) << profile;
     EXPECT_GT(e.metrics().prefix_cache_hits.load(), 0) << profile;
     expect_all_pages_returned(e);

@@ -105,6 +105,7 @@ struct Finished {
   std::vector<int32_t> prompt, generated;
   std::vector<TokenLogprob> logprobs, prompt_logprobs;
   FinishReason reason = FinishReason::kNone;
+  int64_t cached_tokens = -1;  // prompt tokens the prefix cache held (the last delta's)
 };
 
 // Reads a stream to its end (at most a minute).
@@ -119,6 +120,7 @@ Finished drain(RequestStream& s, std::vector<int32_t> prompt) {
     f.prompt_logprobs.insert(f.prompt_logprobs.end(), out->prompt_logprobs.begin(), out->prompt_logprobs.end());
     if (out->finished) {
       f.reason = out->finish_reason;
+      f.cached_tokens = out->cached_tokens;
       EXPECT_TRUE(out->error.empty()) << out->error;
       return f;
     }
@@ -398,22 +400,6 @@ TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
   Engine cached(fx.model(), test_profiles(c, {select_all}), engine_config(4, 48), cuda_step_backend());
   Engine plain(fx.model(), test_profiles(c, {select_all}), off, cuda_step_backend());
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
-  // Reads a stream to its end; returns the cached tokens its last delta reports.
-  auto finish = [](RequestStream& s, Finished& f, const std::vector<int32_t>& prompt) {
-    f.prompt = prompt;
-    for (int i = 0; i < 600; ++i) {
-      const std::optional<RequestOutput> out = s.next(std::chrono::milliseconds(100));
-      if (!out) continue;
-      f.generated.insert(f.generated.end(), out->token_ids.begin(), out->token_ids.end());
-      f.logprobs.insert(f.logprobs.end(), out->logprobs.begin(), out->logprobs.end());
-      if (out->finished) {
-        EXPECT_TRUE(out->error.empty()) << out->error;
-        return out->cached_tokens;
-      }
-    }
-    ADD_FAILURE() << "request " << s.id() << " did not finish within a minute";
-    return int64_t{-1};
-  };
   for (const std::string profile : {"dense", "select-all"}) {
     SCOPED_TRACE(profile);
     std::vector<int32_t> x(100);
@@ -433,17 +419,18 @@ TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
         r.prompt_logprobs = -1;  // prompt logprobs would skip the cache
         return e.submit(std::move(r));
       };
-      hits[k].push_back(finish(*request(0), runs[k][0], prompts[0]));
+      runs[k][0] = drain(*request(0), prompts[0]);
       // The next two at once: the longer prompt chains on past the cached blocks, the equal one stops
       // a token short of its end.
       auto longer = request(1), same = request(2);
-      hits[k].push_back(finish(*longer, runs[k][1], prompts[1]));
-      hits[k].push_back(finish(*same, runs[k][2], prompts[2]));
+      runs[k][1] = drain(*longer, prompts[1]);
+      runs[k][2] = drain(*same, prompts[2]);
       std::vector<int32_t> next = x;
       next.insert(next.end(), runs[k][0].generated.begin(), runs[k][0].generated.end());
       next.insert(next.end(), more.begin(), more.end());
       prompts.push_back(next);
-      hits[k].push_back(finish(*request(3), runs[k][3], prompts[3]));
+      runs[k][3] = drain(*request(3), prompts[3]);
+      for (const Finished& f : runs[k]) hits[k].push_back(f.cached_tokens);
     }
     // The first answer's 23 computed tokens complete block 6 (positions 96-111) for the next turn.
     EXPECT_EQ(hits[0], (std::vector<int64_t>{0, 96, 96, profile == "dense" ? 112 : 96}));
