@@ -33,6 +33,17 @@ void CpuKvStorage::write(int64_t page, int64_t offset, const float* key, const f
   }
 }
 
+void CpuKvStorage::copy_page(int64_t src, int64_t dst) {
+  const auto n = static_cast<size_t>(P_ * D_);
+  if (src < 0) {
+    std::fill_n(k(dst), n, 0.0f);
+    std::fill_n(v(dst), n, 0.0f);
+    return;
+  }
+  std::memcpy(k(dst), k(src), sizeof(float) * n);
+  std::memcpy(v(dst), v(src), sizeof(float) * n);
+}
+
 size_t CpuKvStorage::bytes() const { return 2 * (kv_elems_ + meta_elems_) * sizeof(float); }
 
 }  // namespace sparseserve

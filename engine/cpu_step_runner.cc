@@ -23,6 +23,7 @@ class CpuStepRunner final : public StepRunner {
     backend_.add_sequence(id, profile, stored);
   }
   void release(uint64_t id) override { backend_.release(id); }
+  void copy_pages(std::span<const kvcache::PageCopy> copies) override { backend_.copy_pages(copies); }
   void forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& logits,
                std::vector<int32_t>& drawn) override {
     check(draws.empty(), "CpuStepRunner: the CPU backend draws no tokens itself");

@@ -112,7 +112,11 @@ struct Engine::Impl {
 
   void loop();
   void admit_incoming();
-  std::shared_ptr<const kvcache::PrefixKey> prefix_key(LiveRequest& r, const kvcache::SequenceLayout& layout) const;
+  std::shared_ptr<const kvcache::PrefixKey> prefix_key(LiveRequest& r) const;
+  // The prefix cache's pending page copies (KvCacheManager::take_copies), run by the backend.
+  void run_page_copies() {
+    if (const std::vector<kvcache::PageCopy> copies = kv.take_copies(); !copies.empty()) backend->copy_pages(copies);
+  }
   void apply_aborts();
   void step();
   // error: kError's message; request_error: the request's own settings caused it (RequestOutput).
@@ -406,7 +410,7 @@ void Engine::Impl::admit_incoming() {
     if (r->req.prompt_logprobs >= 0) rule.max_prompt_chunk = (256 + rule.prompt_block - 1) / rule.prompt_block * rule.prompt_block;
     const uint64_t key = r->key;
     try {
-      scheduler.add(key, r->prompt_len, layout, r->req.priority, rule, prefix_key(*r, layout));
+      scheduler.add(key, r->prompt_len, layout, r->req.priority, rule, prefix_key(*r));
     } catch (const std::exception& ex) {  // a broken invariant: this request ends, the others go on
       spdlog::error("engine: admitting request {} failed: {}", r->req.id, ex.what());
       scheduler.cancel(key);
@@ -421,13 +425,13 @@ void Engine::Impl::admit_incoming() {
   }
 }
 
-// The request's prompt for the prefix cache, or null when its K/V could not be shared: streaming
-// heads (their ring pages are overwritten), dynamic prefill sparsity (a prompt block's K/V depend on
-// the masks of the prompt it was computed in). Prompt logprobs need every prompt position run: such
-// a request registers its blocks but starts from none (as vLLM skips the cache for it).
-std::shared_ptr<const kvcache::PrefixKey> Engine::Impl::prefix_key(LiveRequest& r,
-                                                                   const kvcache::SequenceLayout& layout) const {
-  if (!kv.prefix_caching() || layout.streaming_slots > 0 || r.profile->prefill.dynamic) return nullptr;
+// The request's prompt for the prefix cache, or null when its K/V could not be shared: under dynamic
+// prefill sparsity a prompt block's K/V depend on the masks of the prompt it was computed in. (Under
+// streaming heads the cache keeps copies of ring pages: KvCacheManager.) Prompt logprobs need every
+// prompt position run: such a request registers its blocks but starts from none (as vLLM skips the
+// cache for it).
+std::shared_ptr<const kvcache::PrefixKey> Engine::Impl::prefix_key(LiveRequest& r) const {
+  if (!kv.prefix_caching() || r.profile->prefill.dynamic) return nullptr;
   auto key = std::make_shared<kvcache::PrefixKey>();
   key->profile = r.profile->name;
   if (!r.req.cache_salt.empty()) key->profile += '\0' + r.req.cache_salt;  // a name holds no NUL: salts stay apart
@@ -641,6 +645,7 @@ void Engine::Impl::step() {
   const SelectionStats before = backend->selection_stats();
   std::vector<float>& logits = step_logits;
   std::vector<int32_t> drawn;
+  run_page_copies();  // cached streaming pages into the rings of the sequences admitted now
   backend->forward(batch, draws, logits, drawn);
   for (const ScheduledSeq& s : plan.seqs) {  // their K/V are stored: into the prefix cache
     const LiveRequest& r = *live.at(s.id);
@@ -648,6 +653,7 @@ void Engine::Impl::step() {
     const size_t cacheable = r.profile->decode.enabled ? static_cast<size_t>(r.prompt_len) : r.tokens.size();
     kv.commit(s.id, s.start + s.count, std::span<const int32_t>(r.tokens).first(cacheable));
   }
+  run_page_copies();  // the ring pages of the blocks just registered into their snapshots
   const SelectionStats after = backend->selection_stats();
   metrics.selected_tokens += after.selected_tokens - before.selected_tokens;
   metrics.selectable_tokens += after.context_tokens - before.context_tokens;

@@ -51,6 +51,13 @@ void PagedKvBackend::add_sequence(uint64_t id, const kvcache::SparsityProfile& p
 
 void PagedKvBackend::release(uint64_t id) { seqs_.erase(id); }
 
+void PagedKvBackend::copy_pages(std::span<const kvcache::PageCopy> copies) {
+  for (const kvcache::PageCopy& c : copies) {
+    check(c.dst >= 0 && c.dst < manager_.num_pages() && c.src < manager_.num_pages(), "PagedKvBackend: page copy out of range");
+    storage_.copy_page(c.src, c.dst);
+  }
+}
+
 void PagedKvBackend::rewind(uint64_t id, int64_t length, const kvcache::SparsityProfile& profile) {
   SeqState& st = state(id);
   check(length >= 0 && length <= st.length(), "PagedKvBackend::rewind: length beyond the stored tokens");

@@ -31,6 +31,11 @@ void append_rows(PageTable& t, const std::vector<const SequenceKv*>& seqs, Pages
   }
 }
 
+// The first ring block a query at or after n·P attends: its window starts at n·P − local + 1.
+int64_t window_block(int64_t n, int64_t P, const StreamingGeometry& g) {
+  return std::max<int64_t>(g.sink_pages(), std::max<int64_t>(0, n * P - g.window().local_tokens + 1) / P);
+}
+
 }  // namespace
 
 SequenceLayout SequenceLayout::from_roles(const HeadRoles& roles, std::optional<StreamingWindow> window) {
@@ -67,22 +72,94 @@ void KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout) {
 int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, std::shared_ptr<const PrefixKey> prefix,
                                      int64_t max_cached_tokens) {
   add_sequence(id, layout);
-  if (!cache_ || prefix == nullptr || layout.streaming_slots > 0 || layout.retrieval_slots == 0) return 0;
+  if (!cache_ || prefix == nullptr) return 0;
   Chain& chain = chains_[id];
   chain.key = std::move(prefix);
   if (!chain.key->match) return 0;
   const int64_t P = config_.page_tokens;
-  const std::vector<PrefixCache::Serial> found =
+  std::vector<PrefixCache::Serial> found =
       cache_->match(chain.key->profile, chain.key->tokens, std::max<int64_t>(0, max_cached_tokens) / P);
+  SequenceKv& s = seq(id);
+  const StreamingGeometry* g = s.streaming_slots() > 0 ? &*s.streaming_geometry() : nullptr;
+  if (g != nullptr) found.resize(static_cast<size_t>(covered_blocks(found, *g)));
   if (found.empty()) return 0;
+  const auto n = static_cast<int64_t>(found.size());
+  for (const PrefixCache::Serial e : found) cache_->acquire(e);  // so that no eviction below takes them
+  if (g == nullptr) {
+    adopt(s, found);
+    chain.used = std::move(found);
+    return s.length();
+  }
+  // Each streaming page's block at this length (locate's index): sink blocks, then the ring's last
+  // ring_pages blocks. Those a later query attends are copied from their snapshots (pinned first, so
+  // that no eviction below takes them), the others (in the ring, outside the window) zero-filled:
+  // they are read and masked, so they must be finite.
+  const int64_t sink = std::min<int64_t>(g->sink_pages(), n);
+  const int64_t window = window_block(n, P, *g);
+  auto read = [&](int64_t b) { return b < sink || b >= window; };
+  std::vector<int64_t> held(static_cast<size_t>(g->pages_for_length(n * P)), -1);
+  auto hold = [&](int64_t b) { held[static_cast<size_t>(g->locate(b * P).index)] = b; };
+  for (int64_t b = 0; b < sink; ++b) hold(b);
+  for (int64_t b = std::max<int64_t>(g->sink_pages(), n - g->ring_pages()); b < n; ++b) hold(b);
+  Pending& pending = pending_[id];
+  for (const int64_t b : held) {
+    if (!read(b)) continue;
+    cache_->pin(found[static_cast<size_t>(b)]);
+    pending.read.push_back(found[static_cast<size_t>(b)]);
+  }
+  const int32_t fresh = s.streaming_slots() * static_cast<int32_t>(held.size());
+  if (fresh > free_pages()) {
+    drop_pending(id);
+    cache_->release(found);
+    return 0;
+  }
+  if (fresh > pool_.num_free()) cache_->evict_until_free(fresh, pool_);
+  adopt(s, found);
+  chain.used = found;
+  for (int32_t slot = 0; slot < s.streaming_slots(); ++slot) {
+    for (size_t i = 0; i < held.size(); ++i) {
+      const int64_t b = held[i];
+      const int32_t src = read(b) ? cache_->snapshot(found[static_cast<size_t>(b)])[static_cast<size_t>(slot)] : -1;
+      pending.copies.push_back({src, s.streaming_pages(slot)[i]});
+    }
+  }
+  return s.length();
+}
+
+void KvCacheManager::adopt(SequenceKv& s, std::span<const PrefixCache::Serial> found) {
   std::vector<std::vector<int32_t>> blocks;
   blocks.reserve(found.size());
-  for (const PrefixCache::Serial s : found) blocks.push_back(cache_->pages(s));
-  SequenceKv& s = seq(id);
+  for (const PrefixCache::Serial e : found) blocks.push_back(cache_->pages(e));
   s.adopt(blocks, pool_);
-  for (const PrefixCache::Serial e : found) cache_->acquire(e);
-  chain.used = found;
-  return s.length();
+  used_streaming_ += s.pages_held(HeadRole::kStreaming);
+}
+
+int64_t KvCacheManager::covered_blocks(std::span<const PrefixCache::Serial> found, const StreamingGeometry& g) const {
+  const int64_t P = config_.page_tokens;
+  auto has = [&](int64_t b) { return !cache_->snapshot(found[static_cast<size_t>(b)]).empty(); };
+  for (auto n = static_cast<int64_t>(found.size()); n > 0; --n) {
+    bool ok = true;
+    for (int64_t b = 0; ok && b < std::min<int64_t>(g.sink_pages(), n); ++b) ok = has(b);
+    for (int64_t b = window_block(n, P, g); ok && b < n; ++b) ok = has(b);
+    if (ok) return n;
+  }
+  return 0;
+}
+
+void KvCacheManager::snapshot(uint64_t id, PrefixCache::Serial e, int64_t b) {
+  const SequenceKv& s = sequence(id);
+  const int32_t need = s.streaming_slots();
+  if (need > free_pages()) return;  // the cache goes without; nothing a sequence needs is evicted
+  if (need > pool_.num_free()) cache_->evict_until_free(need, pool_);
+  std::vector<int32_t> pages = pool_.allocate(need);
+  const auto index = static_cast<size_t>(s.streaming_geometry()->locate(b * config_.page_tokens).index);
+  Pending& pending = pending_[id];
+  for (int32_t slot = 0; slot < need; ++slot) {
+    pending.copies.push_back({s.streaming_pages(slot)[index], pages[static_cast<size_t>(slot)]});
+  }
+  cache_->set_snapshot(e, std::move(pages));
+  cache_->pin(e);
+  pending.filled.push_back(e);
 }
 
 void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32_t> tokens) {
@@ -94,23 +171,53 @@ void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32
   const int64_t P = config_.page_tokens;
   const int64_t full = std::min<int64_t>(computed, std::ssize(tokens)) / P;
   if (std::ssize(chain.used) >= full) return;  // most steps: no block completed
+  const StreamingGeometry* g = s.streaming_slots() > 0 ? &*s.streaming_geometry() : nullptr;
   std::vector<int32_t> pages(static_cast<size_t>(s.retrieval_slots()));
   while (std::ssize(chain.used) < full) {
     const int64_t b = std::ssize(chain.used);  // the next block to walk
     const PrefixCache::Serial parent = chain.used.empty() ? 0 : chain.used.back();
     const auto block = tokens.subspan(static_cast<size_t>(b * P), static_cast<size_t>(P));
-    if (const PrefixCache::Serial cached = cache_->find(chain.key->profile, parent, block); cached != 0) {
+    PrefixCache::Serial e = cache_->find(chain.key->profile, parent, block);
+    if (e != 0) {
       // Another sequence's pages hold the same K/V (this one's stay its own): used, so that the
       // entry stays while this chain's later blocks hang on it.
-      cache_->acquire(cached);
-      chain.used.push_back(cached);
-      continue;
+      cache_->acquire(e);
+    } else {
+      for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) {
+        pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[static_cast<size_t>(b)];
+      }
+      e = cache_->insert(chain.key->profile, parent, block, pages, pool_);
     }
-    for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) {
-      pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[static_cast<size_t>(b)];
+    chain.used.push_back(e);
+    // Whole in the ring: a sink block, or one no later block of this step has overwritten (a chunk
+    // writes its last ring_pages pages' positions into the ring, a decode step its one).
+    if (g != nullptr && cache_->snapshot(e).empty() && (b < g->sink_pages() || (b + g->ring_pages()) * P >= computed)) {
+      snapshot(id, e, b);
     }
-    chain.used.push_back(cache_->insert(chain.key->profile, parent, block, pages, pool_));
   }
+}
+
+std::vector<PageCopy> KvCacheManager::take_copies() {
+  std::vector<PageCopy> out;
+  for (auto& [id, pending] : pending_) {
+    out.insert(out.end(), pending.copies.begin(), pending.copies.end());
+    for (const auto* list : {&pending.read, &pending.filled}) {
+      for (const PrefixCache::Serial e : *list) cache_->unpin(e);
+    }
+  }
+  pending_.clear();
+  return out;
+}
+
+void KvCacheManager::drop_pending(uint64_t id) {
+  const auto it = pending_.find(id);
+  if (it == pending_.end()) return;
+  for (const PrefixCache::Serial e : it->second.read) cache_->unpin(e);
+  for (const PrefixCache::Serial e : it->second.filled) {
+    cache_->unpin(e);
+    cache_->drop_snapshot(e, pool_);  // its copy never ran
+  }
+  pending_.erase(it);
 }
 
 bool KvCacheManager::has_sequence(uint64_t id) const { return seqs_.contains(id); }
@@ -153,6 +260,7 @@ void KvCacheManager::release(uint64_t id) {
   s.release(pool_);
   used_streaming_ -= st;
   seqs_.erase(it);
+  drop_pending(id);  // copies into its pages are moot; those into snapshots never ran
   if (const auto c = chains_.find(id); c != chains_.end()) {
     cache_->release(c->second.used);
     chains_.erase(c);

@@ -30,12 +30,25 @@ struct SequenceLayout {
 };
 
 // A sequence's prompt for prefix caching (PrefixCache): its full blocks are looked up when the
-// sequence is added; its blocks are registered as they are computed (commit). Layouts with streaming
-// slots take no part: their ring pages are overwritten as the window moves.
+// sequence is added; its blocks are registered as they are computed (commit). Under layouts with
+// streaming slots the cache keeps a copy of a block's streaming pages (its snapshot) when the block
+// is registered while the sequence's ring still holds all of it: sink blocks, the blocks of a chunk's
+// last ring_pages pages and every block decode steps complete. A chain is then adopted up to the
+// longest length whose sink blocks and window blocks (those holding positions a later query attends)
+// have snapshots; those are copied into the new sequence's sink and ring pages, and its other ring
+// pages (outside the window) are zero-filled (take_copies).
 struct PrefixKey {
   std::string profile;          // the sparsity profile's name: its K/V differ from another profile's
   std::vector<int32_t> tokens;  // the prompt
   bool match = true;            // false: its blocks are registered, never reused (prompt logprobs)
+};
+
+// One page's K and V copied from src to dst in the backend's page memory; src < 0: dst is
+// zero-filled. Only streaming lanes' pages are copied (they keep no min/max metadata).
+struct PageCopy {
+  int32_t src = -1;
+  int32_t dst = -1;
+  bool operator==(const PageCopy&) const = default;
 };
 
 class KvCacheManager {
@@ -48,18 +61,26 @@ class KvCacheManager {
   bool prefix_caching() const { return cache_.has_value(); }
   // Registers an empty sequence. InternalError when the id exists or the layout is inconsistent.
   void add_sequence(uint64_t id, const SequenceLayout& layout);
-  // Registers a sequence that may start from cached blocks of `prefix` (null, prefix caching off or a
-  // layout with streaming slots: an empty one): the longest cached chain of its prompt's blocks, at
-  // most max_cached_tokens, is shared (length() is then its tokens). Returns that length.
+  // Registers a sequence that may start from cached blocks of `prefix` (null or prefix caching off:
+  // an empty one): the longest cached chain of its prompt's blocks, at most max_cached_tokens, is
+  // shared (length() is then its tokens); with streaming slots, the longest whose snapshots cover
+  // its sink and window, and only when the pool has the sequence's streaming pages (their copies are
+  // pending: take_copies). Returns that length.
   int64_t add_sequence(uint64_t id, const SequenceLayout& layout, std::shared_ptr<const PrefixKey> prefix,
                        int64_t max_cached_tokens);
   // The sequence's first `computed` tokens hold their K/V, and `tokens` begins with its tokens (the
   // prompt, then generated ones whose K/V equal a prefill's): its full blocks among the first
   // min(computed, tokens.size()) are registered in the prefix cache (a block cached already stays
   // the entry there, used by this sequence until it ends). Called after the step that computed them.
-  // No-op without a key.
+  // No-op without a key. With streaming slots a registered block still whole in the ring gets a
+  // snapshot when pages are free or evictable (its copy is pending: take_copies).
   // InternalError for an unknown id or computed beyond length().
   void commit(uint64_t id, int64_t computed, std::span<const int32_t> tokens);
+  // The page copies add_sequence and commit left pending, which the backend must run (in order with
+  // its steps) before the next step and before any page is allocated: the copies into a new
+  // sequence's ring before its first step, those into snapshots right after the step that computed
+  // their blocks. Sources and destinations are distinct pages. Clears them.
+  std::vector<PageCopy> take_copies();
   bool has_sequence(uint64_t id) const;
   // Pages that growing `id` to new_len tokens needs, and whether the pool has them.
   int32_t pages_needed(uint64_t id, int64_t new_len) const;
@@ -94,12 +115,27 @@ class KvCacheManager {
     std::shared_ptr<const PrefixKey> key;
     std::vector<PrefixCache::Serial> used;
   };
+  // Copies a sequence left pending, and the snapshots they read or fill (pinned until taken; one
+  // never filled is dropped with the sequence).
+  struct Pending {
+    std::vector<PageCopy> copies;
+    std::vector<PrefixCache::Serial> read, filled;
+  };
   SequenceKv& seq(uint64_t id);
+  // The longest prefix of `found` (at most its length, in blocks) whose snapshots cover what a
+  // sequence of that length with geometry g reads: its sink blocks and window blocks.
+  int64_t covered_blocks(std::span<const PrefixCache::Serial> found, const StreamingGeometry& g) const;
+  // Gives entry e a snapshot of block b from sequence id's ring, when pages can be had.
+  void snapshot(uint64_t id, PrefixCache::Serial e, int64_t b);
+  void drop_pending(uint64_t id);
+  // s adopts the entries' retrieval pages and fresh streaming pages (SequenceKv::adopt).
+  void adopt(SequenceKv& s, std::span<const PrefixCache::Serial> found);
   KvCacheConfig config_;
   PagePool pool_;
   std::optional<PrefixCache> cache_;
   std::unordered_map<uint64_t, SequenceKv> seqs_;
   std::unordered_map<uint64_t, Chain> chains_;
+  std::unordered_map<uint64_t, Pending> pending_;
   int32_t used_streaming_ = 0;
 };
 

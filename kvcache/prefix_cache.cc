@@ -8,8 +8,10 @@
 
 namespace sparseserve::kvcache {
 
-// Invariants: an entry is in lru_ exactly when users == 0; evictable_pages_ is the sum of pages over
-// those entries; index_ holds every entry once, under key_of(profile, parent, tokens).
+// Invariants: an entry is in lru_ (lru_pages > 0 or a whole entry) exactly when pins == 0 and either
+// users == 0 (the whole entry: pages and snapshot) or its snapshot is not empty (the snapshot alone);
+// evictable_pages_ is the sum of lru_pages; index_ holds every entry once, under key_of(profile,
+// parent, tokens).
 
 PrefixCache::PrefixCache(int32_t page_tokens) : page_tokens_(page_tokens) {
   check(page_tokens >= 1, "PrefixCache: page_tokens must be positive");
@@ -76,7 +78,7 @@ PrefixCache::Serial PrefixCache::insert(const std::string& profile, Serial paren
   }
   const Serial s = next_serial_++;
   Entry e{.profile = id, .parent = parent, .tokens = {block.begin(), block.end()}, .pages = {pages.begin(), pages.end()},
-          .users = 1, .key = key_of(id, parent, block), .lru = lru_.end()};
+          .snapshot = {}, .users = 1, .pins = 0, .key = key_of(id, parent, block), .lru = lru_.end(), .lru_pages = 0};
   index_.emplace(e.key, s);
   entries_.emplace(s, std::move(e));
   return s;
@@ -96,30 +98,74 @@ const PrefixCache::Entry& PrefixCache::at(Serial s) const {
 
 const std::vector<int32_t>& PrefixCache::pages(Serial s) const { return at(s).pages; }
 
+const std::vector<int32_t>& PrefixCache::snapshot(Serial s) const { return at(s).snapshot; }
+
+void PrefixCache::unlink(Entry& e) {
+  if (e.lru == lru_.end()) return;
+  lru_.erase(e.lru);
+  e.lru = lru_.end();
+  evictable_pages_ -= e.lru_pages;
+  e.lru_pages = 0;
+}
+
+void PrefixCache::relink(Serial s, Entry& e) {
+  unlink(e);
+  if (e.pins > 0 || (e.users > 0 && e.snapshot.empty())) return;
+  e.lru_pages = static_cast<int32_t>(e.snapshot.size() + (e.users == 0 ? e.pages.size() : 0));
+  e.lru = lru_.insert(lru_.end(), s);
+  evictable_pages_ += e.lru_pages;
+}
+
+void PrefixCache::set_snapshot(Serial s, std::vector<int32_t> pages) {
+  Entry& e = at(s);
+  check(e.snapshot.empty() && !pages.empty(), "PrefixCache::set_snapshot: the entry has one, or no pages");
+  e.snapshot = std::move(pages);
+  relink(s, e);
+}
+
+void PrefixCache::pin(Serial s) {
+  Entry& e = at(s);
+  check(!e.snapshot.empty(), "PrefixCache::pin: the entry has no snapshot");
+  if (e.pins++ == 0) unlink(e);
+}
+
+void PrefixCache::unpin(Serial s) {
+  Entry& e = at(s);
+  check(e.pins > 0, "PrefixCache::unpin without a pin");
+  if (--e.pins == 0) relink(s, e);
+}
+
+void PrefixCache::drop_snapshot(Serial s, PagePool& pool) {
+  Entry& e = at(s);
+  check(e.pins == 0, "PrefixCache::drop_snapshot of a pinned snapshot");
+  pool.release(e.snapshot);
+  e.snapshot.clear();
+  relink(s, e);
+}
+
 void PrefixCache::acquire(Serial s) {
   Entry& e = at(s);
-  if (e.users++ == 0) {
-    lru_.erase(e.lru);
-    e.lru = lru_.end();
-    evictable_pages_ -= static_cast<int32_t>(e.pages.size());
-  }
+  if (e.users++ == 0) relink(s, e);  // the whole entry leaves; its snapshot alone may stay
 }
 
 void PrefixCache::release(std::span<const Serial> chain) {
   for (const Serial s : chain) check(at(s).users > 0, "PrefixCache::release of an entry without users");
   for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
     Entry& e = at(*it);
-    if (--e.users == 0) {
-      e.lru = lru_.insert(lru_.end(), *it);
-      evictable_pages_ += static_cast<int32_t>(e.pages.size());
-    }
+    if (--e.users == 0) relink(*it, e);
   }
 }
 
 void PrefixCache::evict(Serial s, PagePool& pool) {
   const auto it = entries_.find(s);
-  check(it != entries_.end() && it->second.users == 0, "PrefixCache: evicting an entry in use");
+  check(it != entries_.end() && it->second.pins == 0 && it->second.lru != lru_.end(),
+        "PrefixCache: evicting an entry that is not evictable");
   Entry& e = it->second;
+  const bool whole = e.users == 0;
+  unlink(e);
+  pool.release(e.snapshot);  // the cache's own references: the pages' last
+  e.snapshot.clear();
+  if (!whole) return;  // a used entry loses its snapshot alone
   const auto [lo, hi] = index_.equal_range(e.key);
   for (auto i = lo; i != hi; ++i) {
     if (i->second == s) {
@@ -127,9 +173,7 @@ void PrefixCache::evict(Serial s, PagePool& pool) {
       break;
     }
   }
-  lru_.erase(e.lru);
-  evictable_pages_ -= static_cast<int32_t>(e.pages.size());
-  pool.release(e.pages);  // the cache's own references: the pages' last
+  pool.release(e.pages);
   entries_.erase(it);
 }
 

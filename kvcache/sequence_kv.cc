@@ -73,9 +73,14 @@ void SequenceKv::grow(int64_t new_len, PagePool& pool) {
 }
 
 void SequenceKv::adopt(std::span<const std::vector<int32_t>> blocks, PagePool& pool) {
-  check(length_ == 0 && streaming_.empty(), "SequenceKv::adopt: the sequence is not empty or has streaming slots");
+  check(length_ == 0, "SequenceKv::adopt: the sequence is not empty");
   for (const auto& b : blocks) check(b.size() == retrieval_.size(), "SequenceKv::adopt: a block without one page per slot");
+  const int64_t len = static_cast<int64_t>(blocks.size()) * page_tokens_;
+  const auto ring = static_cast<size_t>(streaming_.empty() ? 0 : geometry_->pages_for_length(len));
+  const auto fresh = static_cast<int32_t>(checked_mul(streaming_slots(), static_cast<int64_t>(ring)));
+  check(pool.can_allocate(fresh), "SequenceKv::adopt: the pool lacks the streaming pages");
   for (auto& t : retrieval_) t.reserve(blocks.size());
+  for (auto& t : streaming_) t.reserve(ring);
   std::vector<int32_t> taken;
   try {
     for (const auto& b : blocks) {
@@ -91,7 +96,13 @@ void SequenceKv::adopt(std::span<const std::vector<int32_t>> blocks, PagePool& p
   for (const auto& b : blocks) {
     for (size_t slot = 0; slot < b.size(); ++slot) retrieval_[slot].push_back(b[slot]);
   }
-  length_ = static_cast<int64_t>(blocks.size()) * page_tokens_;
+  const std::vector<int32_t> pages = pool.allocate(fresh);
+  auto next = pages.begin();
+  for (auto& t : streaming_) {
+    t.assign(next, next + static_cast<std::ptrdiff_t>(ring));
+    next += static_cast<std::ptrdiff_t>(ring);
+  }
+  length_ = len;
 }
 
 void SequenceKv::release(PagePool& pool) {

@@ -29,10 +29,12 @@ class SequenceKv {
   // Preconditions: new_len ≥ length() and pool.can_allocate(pages_needed(new_len)); else
   // InternalError, nothing changed.
   void grow(int64_t new_len, PagePool& pool);
-  // Starts an empty sequence without streaming slots from shared blocks: blocks[b][slot] is the
-  // page of retrieval slot `slot` for block b; each gets a pool reference, and length() becomes
-  // blocks.size() · page_tokens. InternalError (nothing changed) when the sequence is not empty, has
-  // streaming slots, or a block lists other than one page per slot.
+  // Starts an empty sequence from shared blocks: blocks[b][slot] is the page of retrieval slot `slot`
+  // for block b; each gets a pool reference, and length() becomes blocks.size() · page_tokens.
+  // Streaming slots take their sink and ring pages for that length fresh from the pool, as grow()
+  // would (their contents are the caller's to fill). InternalError (nothing changed) when the
+  // sequence is not empty, a block lists other than one page per retrieval slot, or the pool lacks
+  // the streaming pages.
   void adopt(std::span<const std::vector<int32_t>> blocks, PagePool& pool);
   // Returns every page to the pool; the sequence is empty afterwards.
   void release(PagePool& pool);

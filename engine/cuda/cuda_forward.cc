@@ -131,6 +131,7 @@ struct CudaForward::Impl {
   bool tied = false;
   DeviceBuffer<float> inv_freq;
   DeviceBuffer<bf16> k_pool, v_pool, kmin_pool, kmax_pool;
+  DeviceBuffer<bf16> zero_page;  // one page of zeros: the source of copy_pages' zero fills
   cuda::Gemm gemm;
   std::vector<std::unique_ptr<cuda::PrefillAttention>> prefill;  // one plan per layer
   std::vector<std::unique_ptr<cuda::DecodeAttention>> decoders;  // one plan per layer, made as needed
@@ -245,7 +246,10 @@ CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& mana
   m.v_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P) * D);
   m.kmin_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P / LP) * D);
   m.kmax_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P / LP) * D);
-  for (auto* b : {&m.k_pool, &m.v_pool, &m.kmin_pool, &m.kmax_pool}) b->fill_bytes(0, m.stream);  // every slot finite
+  m.zero_page = DeviceBuffer<bf16>(static_cast<size_t>(P) * D);
+  for (auto* b : {&m.k_pool, &m.v_pool, &m.kmin_pool, &m.kmax_pool, &m.zero_page}) {
+    b->fill_bytes(0, m.stream);  // every slot finite
+  }
   cuda::PrefillConfig pc;
   pc.head_dim = static_cast<int32_t>(c.head_dim);
   pc.group = static_cast<int32_t>(c.n_heads / c.n_kv_heads);
@@ -333,6 +337,26 @@ void CudaForward::add_sequence(uint64_t id, const kvcache::SparsityProfile& prof
 void CudaForward::release(uint64_t id) {
   impl_->seqs.erase(id);
   impl_->block_store.unbind(id);
+}
+
+void CudaForward::copy_pages(std::span<const kvcache::PageCopy> copies) {
+  Impl& m = *impl_;
+  if (copies.empty()) return;
+  const size_t page = m.zero_page.size();  // elements of one page
+  std::vector<void*> dst;
+  std::vector<const void*> src;
+  for (const kvcache::PageCopy& c : copies) {
+    check(c.dst >= 0 && c.dst < m.manager.num_pages() && c.src < m.manager.num_pages(), "CudaForward: page copy out of range");
+    for (DeviceBuffer<bf16>* pool : {&m.k_pool, &m.v_pool}) {
+      dst.push_back(pool->data() + static_cast<size_t>(c.dst) * page);
+      src.push_back(c.src < 0 ? m.zero_page.data() : pool->data() + static_cast<size_t>(c.src) * page);
+    }
+  }
+  std::vector<size_t> sizes(dst.size(), page * sizeof(bf16));
+  cudaMemcpyAttributes attr{};
+  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;  // after the steps that wrote the sources
+  size_t first = 0;
+  CUDA_CHECK(cudaMemcpyBatchAsync(dst.data(), src.data(), sizes.data(), dst.size(), &attr, &first, 1, m.stream));
 }
 
 const SelectionStats& CudaForward::selection_stats() const { return impl_->stats; }

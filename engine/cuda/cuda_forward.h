@@ -55,6 +55,9 @@ class CudaForward {
   // roles of another shape.
   void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored = 0);
   void release(uint64_t id);  // forgets the sequence here (the caller releases its pages)
+  // K and V of whole pages on the step's stream, in one batch; src < 0 zero-fills dst
+  // (KvCacheManager::take_copies: destinations distinct, no source a destination).
+  void copy_pages(std::span<const kvcache::PageCopy> copies);
 
   // As CpuForward::forward with PagedKvBackend's attention: stores each sequence's chunk K/V
   // (positions start .. start + n − 1) in its pages and fills logits [rows needing them][vocab] in

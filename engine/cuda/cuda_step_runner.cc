@@ -66,6 +66,10 @@ class CudaStepRunner final : public StepRunner {
     forward_.add_sequence(id, profile, stored);
   }
   void release(uint64_t id) override { forward_.release(id); }
+  void copy_pages(std::span<const kvcache::PageCopy> copies) override {
+    CUDA_CHECK(cudaSetDevice(device_));
+    forward_.copy_pages(copies);
+  }
   void forward(std::span<const ForwardSeq> batch, std::span<const DeviceDraw> draws, std::vector<float>& logits,
                std::vector<int32_t>& drawn) override {
     // The engine's loop thread calls this; the current device is per thread.

@@ -1,7 +1,8 @@
 // The engine with prefix caching on the real default model (skipped when absent): a request whose
 // prompt begins with blocks an earlier request computed starts from them and gives the tokens and
-// logprobs it gives without the cache; profiles with streaming heads or dynamic prefill, and prompt
-// logprobs, start from nothing; cached pages are taken back under memory pressure.
+// logprobs it gives without the cache, under profiles with and without streaming heads (whose window
+// the cache copies into the new ring) and page selection; dynamic prefill and prompt logprobs start
+// from nothing; cached pages are taken back under memory pressure.
 #include <gtest/gtest.h>
 
 #include "tests/engine/engine_fixture.h"
@@ -35,7 +36,7 @@ class EnginePrefixTest : public EngineRecomputeTest {
 };
 
 TEST_F(EnginePrefixTest, ACachedPromptGivesTheTokensAndLogprobsOfAColdOne) {
-  for (const std::string profile : {"dense", "select-all"}) {
+  for (const std::string profile : {"dense", "select-all", "balanced"}) {
     Run cold;
     {
       EngineConfig off;
@@ -67,7 +68,7 @@ TEST_F(EnginePrefixTest, ACachedPromptGivesTheTokensAndLogprobsOfAColdOne) {
 // decode page selection the answer's blocks are cached too (their K/V are a prefill's); with it only
 // the prompt's. A request that ends in the step that computed its prompt leaves its blocks too.
 TEST_F(EnginePrefixTest, AnAnswersBlocksServeTheNextTurn) {
-  for (const std::string profile : {"dense", "select-all"}) {
+  for (const std::string profile : {"dense", "select-all", "balanced"}) {
     Engine e(*model_, recompute_profiles(), EngineConfig{});
     Request first = greedy("first", 150, 100, profile);
     const Run answer = run(e, first);
@@ -77,7 +78,7 @@ TEST_F(EnginePrefixTest, AnAnswersBlocksServeTheNextTurn) {
     next.prompt.insert(next.prompt.end(), first.prompt.begin(), first.prompt.begin() + 20);  // the new message
     const Run got = run(e, next);
     // 249 tokens computed (the last answer token was not): 3 blocks; with selection 2 (the prompt's).
-    EXPECT_EQ(got.last.cached_tokens, profile == "dense" ? 192 : 128) << profile;
+    EXPECT_EQ(got.last.cached_tokens, profile == "select-all" ? 128 : 192) << profile;
     Run cold;
     {
       EngineConfig off;
@@ -109,12 +110,10 @@ TEST_F(EnginePrefixTest, OnlyRequestsWithTheSameSaltShareBlocks) {
   expect_all_pages_returned(e);
 }
 
-TEST_F(EnginePrefixTest, StreamingHeadsDynamicPrefillAndPromptLogprobsStartFromNothing) {
+TEST_F(EnginePrefixTest, DynamicPrefillAndPromptLogprobsStartFromNothing) {
   Engine e(*model_, recompute_profiles(), EngineConfig{});
-  for (const std::string profile : {"select-128", "dynamic"}) {
-    run(e, greedy("a", 300, 2, profile));
-    EXPECT_EQ(run(e, greedy("b", 300, 2, profile)).last.cached_tokens, 0) << profile;
-  }
+  run(e, greedy("a", 300, 2, "dynamic"));
+  EXPECT_EQ(run(e, greedy("b", 300, 2, "dynamic")).last.cached_tokens, 0);
   EXPECT_EQ(e.metrics().prefix_cache_queries.load(), 0);
   // Prompt logprobs need every prompt position: such a request finds nothing, but what it computed
   // is found by the next one.
@@ -127,6 +126,36 @@ TEST_F(EnginePrefixTest, StreamingHeadsDynamicPrefillAndPromptLogprobsStartFromN
   const Run r = run(e, again);
   EXPECT_EQ(r.last.cached_tokens, 0);
   EXPECT_EQ(e.metrics().prefix_cache_queries.load(), 300);
+  expect_all_pages_returned(e);
+}
+
+// Under streaming heads a later prompt starts at the longest shared length whose window the earlier
+// request's ring held whole when the blocks were registered: the end of each prefill chunk (its last
+// 5 pages here) and every block decode steps complete. A prompt computed in chunks of 512 tokens
+// leaves windows at 512, 1024 and its end; one that branches off at 900 tokens starts from 512, one
+// that branches off at 150 tokens from its sink block (64; the window at 128 needs block 1, which
+// the 512-token chunk overwrote in the ring).
+TEST_F(EnginePrefixTest, StreamingHeadsStartWhereTheCachedWindowIsWhole) {
+  EngineConfig chunked;
+  chunked.max_num_batched_tokens = 512;
+  Engine e(*model_, recompute_profiles(), chunked);
+  Request first = greedy("first", 1200, 4, "balanced");
+  const Run a = run(e, first);
+  EXPECT_EQ(a.last.cached_tokens, 0);
+  auto branch = [&](const std::string& id, size_t at) {
+    Request r = greedy(id, 1200, 4, "balanced");
+    for (size_t i = at; i < r.prompt.size(); ++i) r.prompt[i] = first.prompt[i - at];  // another text from `at` on
+    return r;
+  };
+  const Request at900 = branch("at900", 900), at150 = branch("at150", 150);
+  const Run b = run(e, at900);
+  EXPECT_EQ(b.last.cached_tokens, 512);
+  EXPECT_EQ(run(e, at150).last.cached_tokens, 64);
+  EXPECT_EQ(run(e, greedy("same", 1200, 4, "balanced")).last.cached_tokens, 1152);  // the end's window
+  EngineConfig off = chunked;
+  off.enable_prefix_caching = false;
+  Engine plain(*model_, recompute_profiles(), off);
+  EXPECT_EQ(run(plain, at900).logprobs, b.logprobs);
   expect_all_pages_returned(e);
 }
 

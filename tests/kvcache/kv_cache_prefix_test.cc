@@ -1,11 +1,14 @@
 // KvCacheManager with prefix caching: a later sequence with the same prompt blocks shares the pages
-// an earlier one computed; layouts with streaming slots, other profiles and keys that do not match
-// take no part; cached pages count as free and are taken back when the pool runs short; and, over
-// random operations, a shared page always holds the K/V of the prefix that found it.
+// an earlier one computed; layouts with streaming slots adopt chains whose snapshots cover their
+// window, through the copies the manager lists; other profiles and keys that do not match take no
+// part; cached pages count as free and are taken back when the pool runs short; and, over random
+// operations, a shared page always holds the K/V of the prefix that found it, and a streaming
+// sequence's window always holds its own prefix's K/V.
 #include "kvcache/kv_cache_manager.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <random>
@@ -104,20 +107,18 @@ TEST(KvCachePrefix, GeneratedTokensGivenToCommitAreCachedToo) {
   m.release(2);
 }
 
-TEST(KvCachePrefix, StreamingLayoutsOtherProfilesAndNoCacheTakeNoPart) {
+TEST(KvCachePrefix, OtherProfilesAndNoCacheTakeNoPart) {
   KvCacheManager m(kConfig, 64, true);
   const auto k = key(prompt(40));
   m.add_sequence(1, kDense, k, 39);
   m.allocate(1, 40);
   m.commit(1, 40, k->tokens);
-  EXPECT_EQ(m.add_sequence(2, kBalanced, key(prompt(40)), 39), 0);
-  m.allocate(2, 40);
-  m.commit(2, 40, k->tokens);  // no chain: nothing registered
   EXPECT_EQ(m.add_sequence(3, kDense, key(prompt(40), "other"), 39), 0);
   EXPECT_EQ(m.add_sequence(4, kDense, nullptr, 39), 0);
   EXPECT_EQ(m.add_sequence(5, kDense, k, 39), 2 * P);
-  for (const uint64_t id : {1, 2, 3, 4, 5}) m.release(id);
-  EXPECT_EQ(m.cached_free_pages(), 8);  // sequence 1's two blocks of four slots, nothing of 2's
+  for (const uint64_t id : {1, 3, 4, 5}) m.release(id);
+  EXPECT_EQ(m.cached_free_pages(), 8);  // sequence 1's two blocks of four slots
+  EXPECT_TRUE(m.take_copies().empty());
 
   KvCacheManager off(kConfig, 64);
   EXPECT_FALSE(off.prefix_caching());
@@ -127,6 +128,125 @@ TEST(KvCachePrefix, StreamingLayoutsOtherProfilesAndNoCacheTakeNoPart) {
   off.release(1);
   EXPECT_EQ(off.add_sequence(2, kDense, k, 39), 0);
   EXPECT_EQ(off.free_pages(), 64);
+}
+
+// kBalanced: sink 4 tokens (1 page), local 20 (a ring of 3 pages), 2 streaming slots.
+std::vector<PageCopy> sorted(std::vector<PageCopy> c) {
+  std::ranges::sort(c, {}, [](const PageCopy& x) { return std::pair(x.dst, x.src); });
+  return c;
+}
+
+TEST(KvCachePrefix, StreamingLayoutsAdoptTheLongestChainWhoseSnapshotsCoverTheWindow) {
+  KvCacheManager m(kConfig, 64, true);
+  const auto k = key(prompt(100), "balanced");  // 6 full blocks and 4 tokens
+  EXPECT_EQ(m.add_sequence(1, kBalanced, k, 99), 0);
+  m.allocate(1, 40);
+  m.commit(1, 40, k->tokens);  // blocks 0 (sink) and 1 are whole in the ring: snapshots
+  const SequenceKv& s1 = m.sequence(1);
+  std::vector<PageCopy> want;
+  std::vector<std::vector<int32_t>> snap(6);  // snapshot pages per block, slot order
+  const std::vector<PageCopy> first = m.take_copies();
+  ASSERT_EQ(first.size(), 4u);  // 2 blocks × 2 slots
+  for (int32_t slot = 0; slot < 2; ++slot) {
+    EXPECT_EQ(first[static_cast<size_t>(slot)].src, s1.streaming_pages(slot)[0]);  // block 0: the sink page
+    EXPECT_EQ(first[static_cast<size_t>(2 + slot)].src, s1.streaming_pages(slot)[1]);  // block 1: ring index 1
+    snap[0].push_back(first[static_cast<size_t>(slot)].dst);
+    snap[1].push_back(first[static_cast<size_t>(2 + slot)].dst);
+  }
+  EXPECT_TRUE(m.take_copies().empty());
+  // Snapshots only ever feed copies: evictable while sequence 1 runs.
+  EXPECT_EQ(m.cached_free_pages(), 4);
+  m.allocate(1, 100);
+  // The chunk [40, 100) writes the ring from 52 on: blocks 4 and 5 are whole there, 2 and 3 are not.
+  m.commit(1, 100, k->tokens);
+  const std::vector<PageCopy> second = m.take_copies();
+  ASSERT_EQ(second.size(), 4u);
+  for (int32_t slot = 0; slot < 2; ++slot) {
+    EXPECT_EQ(second[static_cast<size_t>(slot)].src, s1.streaming_pages(slot)[1]);      // block 4: index 1 + 3 % 3
+    EXPECT_EQ(second[static_cast<size_t>(2 + slot)].src, s1.streaming_pages(slot)[2]);  // block 5: index 2
+    snap[4].push_back(second[static_cast<size_t>(slot)].dst);
+    snap[5].push_back(second[static_cast<size_t>(2 + slot)].dst);
+  }
+
+  // The same prompt: all 6 blocks (96 tokens). Its pages then hold sink block 0 and ring blocks 3, 4
+  // and 5 (indices 3, 1, 2); a query at 96 attends from 77 on, so block 3 is zero-filled.
+  const int32_t free_before = m.free_pages();
+  EXPECT_EQ(m.add_sequence(2, kBalanced, k, 99), 6 * P);
+  const SequenceKv& s2 = m.sequence(2);
+  EXPECT_EQ(s2.pages_held(S), 8);
+  EXPECT_EQ(m.free_pages(), free_before - 8 - 6);  // its ring pages; the snapshots its copies read
+  for (int32_t b = 0; b < 6; ++b) EXPECT_EQ(block_pages(m, 2, b), block_pages(m, 1, b));
+  want.clear();
+  for (int32_t slot = 0; slot < 2; ++slot) {
+    const auto& pages = s2.streaming_pages(slot);
+    want.push_back({snap[0][static_cast<size_t>(slot)], pages[0]});
+    want.push_back({snap[4][static_cast<size_t>(slot)], pages[1]});
+    want.push_back({snap[5][static_cast<size_t>(slot)], pages[2]});
+    want.push_back({-1, pages[3]});
+  }
+  EXPECT_EQ(sorted(m.take_copies()), sorted(want));
+  EXPECT_EQ(m.free_pages(), free_before - 8);  // retrieval pages shared, snapshots evictable again
+  m.release(2);
+
+  // 70 shared tokens: 4 blocks match, but at 64 tokens the window (45 on) needs blocks 2 and 3, at 48
+  // blocks 1 and 2; at 32 block 1 alone, which has a snapshot.
+  std::vector<int32_t> other(k->tokens.begin(), k->tokens.begin() + 70);
+  other.push_back(7);
+  EXPECT_EQ(m.add_sequence(3, kBalanced, key(other, "balanced"), 70), 2 * P);
+  const SequenceKv& s3 = m.sequence(3);
+  want.clear();
+  for (int32_t slot = 0; slot < 2; ++slot) {
+    want.push_back({snap[0][static_cast<size_t>(slot)], s3.streaming_pages(slot)[0]});
+    want.push_back({snap[1][static_cast<size_t>(slot)], s3.streaming_pages(slot)[1]});
+  }
+  // Released before its first step: its copies are dropped, the snapshots it pinned evictable again.
+  m.release(3);
+  EXPECT_TRUE(m.take_copies().empty());
+  EXPECT_EQ(m.add_sequence(3, kBalanced, key(other, "balanced"), 70), 2 * P);
+  EXPECT_EQ(sorted(m.take_copies()), sorted(want));
+  m.release(3);
+  m.release(1);
+  EXPECT_EQ(m.free_pages(), 64);
+  EXPECT_EQ(m.cached_free_pages(), 6 * 2 + 4 * 2);  // retrieval pages of 6 blocks, 4 snapshots
+}
+
+TEST(KvCachePrefix, SnapshotsGoBeforeAnythingASequenceNeedsAndOnlyWhenPagesAreFree) {
+  // 16 pages: a 40-token sequence holds 3 pages per retrieval slot and 3 per streaming slot.
+  const auto k = key(prompt(40), "balanced");
+  {
+    KvCacheManager m(kConfig, 16, true);
+    m.add_sequence(1, kBalanced, k, 39);
+    m.allocate(1, 40);
+    EXPECT_EQ(m.free_pages(), 4);
+    m.commit(1, 40, k->tokens);  // blocks 0 and 1: 4 snapshot pages, evictable
+    EXPECT_EQ(m.take_copies().size(), 4u);
+    EXPECT_EQ(m.free_pages(), 4);
+    EXPECT_EQ(m.cached_free_pages(), 4);
+    // A second sequence takes every free page: the snapshots go, sequence 1's entries stay.
+    m.add_sequence(2, kDense);
+    m.allocate(2, P);
+    EXPECT_EQ(m.free_pages(), 0);
+    // Without snapshots nothing covers a window: nothing is adopted, no copy is listed.
+    EXPECT_EQ(m.add_sequence(3, kBalanced, k, 39), 0);
+    EXPECT_TRUE(m.take_copies().empty());
+    for (const uint64_t id : {1, 2, 3}) m.release(id);
+    EXPECT_EQ(m.free_pages(), 16);
+  }
+  {
+    KvCacheManager m(kConfig, 16, true);
+    m.add_sequence(1, kBalanced, k, 39);
+    m.allocate(1, 40);
+    m.add_sequence(2, kDense);
+    m.allocate(2, P);  // the last 4 pages
+    m.commit(1, 40, k->tokens);  // registered without snapshots: no page to spare
+    EXPECT_TRUE(m.take_copies().empty());
+    EXPECT_EQ(m.cached_free_pages(), 0);
+    m.release(2);
+    m.release(1);
+    EXPECT_EQ(m.cached_free_pages(), 4);  // the two blocks' retrieval pages alone
+    EXPECT_EQ(m.add_sequence(3, kBalanced, k, 39), 0);
+    m.release(3);
+  }
 }
 
 TEST(KvCachePrefix, ABlockComputedTwiceKeepsTheFirstEntryAndTheChainGoesOn) {
@@ -174,14 +294,20 @@ TEST(KvCachePrefix, ABlockFoundCachedStaysWhileTheChainThatFoundItRuns) {
   EXPECT_EQ(m.free_pages(), 24);
 }
 
-// Random sequences over prompts that share prefixes: every page a sequence adopts holds the K/V
-// (here: the prefix the block ends) of the sequence's own prompt, pages never leak, and the counts
-// agree with the tables.
+// Random sequences over prompts that share prefixes, half of them with streaming slots. A model of
+// the backend stores K/V (here: the prefix a position ends) as the runners do: retrieval pages per
+// block, streaming pages per position (sink positions always, a chunk's last ring_pages pages of
+// positions into the ring) and the manager's copies right after each add and commit. Checked: every
+// page a sequence adopts holds the K/V of its own prompt's prefix, every position a streaming
+// sequence's next query attends holds its own prefix's K/V, pages never leak, and the counts agree
+// with the tables.
 TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
   constexpr int32_t kPages = 96;
   KvCacheManager m(kConfig, kPages, true);
   std::mt19937 rng(20261203);
-  std::map<int32_t, std::vector<int32_t>> content;  // page → the prefix its K/V were computed from
+  using Prefix = std::vector<int32_t>;
+  std::map<int32_t, Prefix> content;                 // retrieval page → the prefix its block ends
+  std::map<int32_t, std::vector<Prefix>> positions;  // streaming page → per offset, the prefix there
   struct Seq {
     std::vector<int32_t> prompt;
     int64_t computed = 0;
@@ -189,59 +315,99 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
   };
   std::map<uint64_t, Seq> live;
   uint64_t next_id = 1;
-  int64_t hits = 0;
-  auto block_prefix = [](const std::vector<int32_t>& p, int64_t block) {
-    return std::vector<int32_t>(p.begin(), p.begin() + (block + 1) * P);
+  int64_t hits = 0, streaming_hits = 0;
+  auto prefix_to = [](const std::vector<int32_t>& p, int64_t end) { return Prefix(p.begin(), p.begin() + end); };
+  auto run_copies = [&] {
+    for (const PageCopy& c : m.take_copies()) {
+      positions[c.dst] = c.src < 0 ? std::vector<Prefix>(P) : positions.at(c.src);
+    }
+  };
+  // The positions the next query (at s.computed) attends (DESIGN.md §5) hold the sequence's own K/V.
+  auto check_window = [&](uint64_t id, const Seq& s) {
+    const SequenceKv& kv = m.sequence(id);
+    const StreamingGeometry& g = *kv.streaming_geometry();
+    const int64_t t = s.computed;
+    for (int32_t slot = 0; slot < kv.streaming_slots(); ++slot) {
+      for (int64_t j = 0; j < t; ++j) {
+        if (!g.attends(t, j)) continue;
+        const int32_t page = kv.streaming_pages(slot)[static_cast<size_t>(g.locate(j).index)];
+        ASSERT_EQ(positions[page].at(static_cast<size_t>(j % P)), prefix_to(s.prompt, j + 1))
+            << "sequence " << id << " position " << j << " of " << t;
+      }
+    }
   };
   for (int step = 0; step < 4000; ++step) {
     const int op = static_cast<int>(rng() % 4);
     if (op == 0 || live.empty()) {  // a new sequence: one of three stems, then random tokens
       Seq s;
-      s.streaming = rng() % 5 == 0;
+      s.streaming = rng() % 2 == 0;
       const int32_t stem = static_cast<int32_t>(rng() % 3);
-      const auto stem_len = static_cast<int32_t>(rng() % (3 * P));
+      const auto stem_len = static_cast<int32_t>(rng() % (4 * P));
       for (int32_t i = 0; i < stem_len; ++i) s.prompt.push_back(stem * 100 + i);
       const auto tail = static_cast<int32_t>(1 + rng() % (2 * P));
       for (int32_t i = 0; i < tail; ++i) s.prompt.push_back(static_cast<int32_t>(10000 + rng() % 4));
       const uint64_t id = next_id++;
       const int64_t len = std::ssize(s.prompt);
-      s.computed = m.add_sequence(id, s.streaming ? kBalanced : kDense, key(s.prompt), len - 1);
+      s.computed = m.add_sequence(id, s.streaming ? kBalanced : kDense,
+                                  key(s.prompt, s.streaming ? "balanced" : "dense"), len - 1);
+      run_copies();
       ASSERT_EQ(s.computed % P, 0);
       ASSERT_LT(s.computed, len);
       hits += s.computed > 0;
+      streaming_hits += s.streaming && s.computed > 0;
       for (int64_t b = 0; b < s.computed / P; ++b) {
         for (const int32_t page : block_pages(m, id, static_cast<int32_t>(b))) {
-          ASSERT_EQ(content.at(page), block_prefix(s.prompt, b)) << "page " << page;
+          ASSERT_EQ(content.at(page), prefix_to(s.prompt, (b + 1) * P)) << "page " << page;
         }
       }
+      if (s.streaming) check_window(id, s);
       live.emplace(id, std::move(s));
-    } else if (op == 1 || op == 2) {  // a chunk of a live sequence, computed
+    } else if (op == 1 || op == 2) {  // a chunk of a live sequence, computed (a third of them one token)
       auto it = std::next(live.begin(), static_cast<long>(rng() % live.size()));
       Seq& s = it->second;
+      const uint64_t id = it->first;
       const int64_t len = std::ssize(s.prompt);
       if (s.computed == len) continue;
-      const int64_t to = std::min<int64_t>(len, s.computed + 1 + static_cast<int64_t>(rng() % (2 * P)));
-      if (!m.can_allocate(it->first, to)) {
-        m.release(it->first);
+      const int64_t more = rng() % 3 == 0 ? 0 : static_cast<int64_t>(rng() % (5 * P));
+      const int64_t to = std::min<int64_t>(len, s.computed + 1 + more);
+      if (!m.can_allocate(id, to)) {
+        m.release(id);
         live.erase(it);
         continue;
       }
-      m.allocate(it->first, to);
-      if (!s.streaming) {
-        // New pages hold nothing yet: a page still registered or shared must never be handed out.
-        const int64_t blocks = (to + P - 1) / P;
-        for (int64_t b = (s.computed + P - 1) / P; b < blocks; ++b) {
-          for (const int32_t page : block_pages(m, it->first, static_cast<int32_t>(b))) content[page] = {};
-        }
-        // "compute" the K/V of the full blocks the chunk completes
-        for (int64_t b = s.computed / P; b < to / P; ++b) {
-          for (const int32_t page : block_pages(m, it->first, static_cast<int32_t>(b))) {
-            content[page] = block_prefix(s.prompt, b);
+      const SequenceKv& kv = m.sequence(id);
+      std::vector<size_t> had;
+      for (int32_t slot = 0; slot < kv.streaming_slots(); ++slot) had.push_back(kv.streaming_pages(slot).size());
+      m.allocate(id, to);
+      // New pages hold nothing yet: a page still registered, shared or snapshotted must never be
+      // handed out.
+      for (int64_t b = (s.computed + P - 1) / P; b < (to + P - 1) / P; ++b) {
+        for (const int32_t page : block_pages(m, id, static_cast<int32_t>(b))) content[page] = {};
+      }
+      for (int32_t slot = 0; slot < kv.streaming_slots(); ++slot) {
+        const auto& pages = kv.streaming_pages(slot);
+        for (size_t i = had[static_cast<size_t>(slot)]; i < pages.size(); ++i) positions[pages[i]] = std::vector<Prefix>(P);
+      }
+      // "compute" the chunk: full blocks of retrieval pages; streaming positions as the runners
+      // write them (after the chunk's attention: only what the ring keeps, and sink positions).
+      for (int64_t b = s.computed / P; b < to / P; ++b) {
+        for (const int32_t page : block_pages(m, id, static_cast<int32_t>(b))) content[page] = prefix_to(s.prompt, (b + 1) * P);
+      }
+      if (s.streaming) {
+        const StreamingGeometry& g = *kv.streaming_geometry();
+        const int64_t keep_from = std::max<int64_t>(s.computed, to - int64_t{g.ring_pages()} * P);
+        for (int64_t p = s.computed; p < to; ++p) {
+          if (p < keep_from && p >= int64_t{g.sink_pages()} * P) continue;
+          for (int32_t slot = 0; slot < kv.streaming_slots(); ++slot) {
+            const int32_t page = kv.streaming_pages(slot)[static_cast<size_t>(g.locate(p).index)];
+            positions[page][static_cast<size_t>(p % P)] = prefix_to(s.prompt, p + 1);
           }
         }
       }
       s.computed = to;
-      m.commit(it->first, to, s.prompt);
+      m.commit(id, to, s.prompt);
+      run_copies();
+      if (s.streaming) check_window(id, s);
     } else {
       auto it = std::next(live.begin(), static_cast<long>(rng() % live.size()));
       m.release(it->first);
@@ -260,6 +426,7 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
     ASSERT_EQ(m.free_pages() + m.used_pages(R) + m.used_pages(S), kPages);
   }
   EXPECT_GT(hits, 100);
+  EXPECT_GT(streaming_hits, 30);
   for (const auto& [id, s] : live) m.release(id);
   EXPECT_EQ(m.free_pages(), kPages);
   m.add_sequence(0, kDense);

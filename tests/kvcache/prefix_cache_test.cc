@@ -1,5 +1,6 @@
 // PrefixCache: chains matched by exact tokens under one profile, entries in use never evicted,
-// eviction least recently released first (a chain's last block first), serials never reused.
+// eviction least recently released first (a chain's last block first), serials never reused;
+// snapshots evictable alone unless pinned.
 #include "kvcache/prefix_cache.h"
 
 #include <gtest/gtest.h>
@@ -124,6 +125,45 @@ TEST(PrefixCache, AChainNeverLinksToAnEvictedParentsSuccessor) {
   ASSERT_EQ(again.size(), 1u);
   EXPECT_NE(again[0], chain[0]);  // a new serial
   EXPECT_EQ(c.match("dense", tokens, 2), again);  // the old child names the evicted serial
+}
+
+TEST(PrefixCache, SnapshotsAreEvictableWhileTheirEntryIsUsedUnlessPinned) {
+  PagePool pool(8);
+  PrefixCache c(P);
+  const std::vector<int32_t> tokens = iota_tokens(8, 0);
+  const auto chain = register_chain(c, pool, "balanced", tokens, 1);  // used by its registrant
+  c.set_snapshot(chain[0], pool.allocate(2));
+  c.set_snapshot(chain[1], pool.allocate(2));
+  const std::vector<int32_t> extra = pool.allocate(1);
+  EXPECT_THROW(c.set_snapshot(chain[1], extra), InternalError);  // one per entry
+  pool.release(extra);
+  EXPECT_EQ(pool.num_free(), 2);
+  EXPECT_EQ(c.evictable_pages(), 4);  // the snapshots alone: the entries are used
+  c.pin(chain[0]);                    // a copy reads it
+  EXPECT_EQ(c.evictable_pages(), 2);
+  c.evict_until_free(8, pool);  // chain[1]'s snapshot goes; the entries and the pinned one stay
+  EXPECT_EQ(pool.num_free(), 4);
+  EXPECT_EQ(c.size(), 2u);
+  EXPECT_TRUE(c.snapshot(chain[1]).empty());
+  EXPECT_EQ(c.snapshot(chain[0]).size(), 2u);
+  EXPECT_THROW(c.pin(chain[1]), InternalError);
+  EXPECT_THROW(c.drop_snapshot(chain[0], pool), InternalError);  // pinned
+  c.unpin(chain[0]);
+  EXPECT_THROW(c.unpin(chain[0]), InternalError);
+  // Released, an entry goes whole, its snapshot with it.
+  c.release(chain);
+  EXPECT_EQ(c.evictable_pages(), 4);
+  c.evict_until_free(8, pool);
+  EXPECT_EQ(pool.num_free(), 8);
+  EXPECT_EQ(c.size(), 0u);
+  EXPECT_EQ(c.evictable_pages(), 0);
+  // A snapshot whose copy never ran is dropped, its entry kept.
+  const auto again = register_chain(c, pool, "balanced", std::vector(tokens.begin(), tokens.begin() + 4), 1);
+  c.set_snapshot(again[0], pool.allocate(3));
+  c.drop_snapshot(again[0], pool);
+  EXPECT_TRUE(c.snapshot(again[0]).empty());
+  EXPECT_EQ(pool.num_free(), 7);
+  EXPECT_EQ(c.evictable_pages(), 0);
 }
 
 TEST(PrefixCache, AFailedInsertTakesNoReference) {
