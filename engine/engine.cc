@@ -645,6 +645,7 @@ void Engine::Impl::step() {
   const SelectionStats before = backend->selection_stats();
   std::vector<float>& logits = step_logits;
   std::vector<int32_t> drawn;
+  for (const ScheduledSeq& s : plan.seqs) kv.reserve_snapshots(s.id, s.start, s.start + s.count);
   run_page_copies();  // cached streaming pages into the rings of the sequences admitted now
   backend->forward(batch, draws, logits, drawn);
   for (const ScheduledSeq& s : plan.seqs) {  // their K/V are stored: into the prefix cache

@@ -53,8 +53,10 @@ void PagedKvBackend::release(uint64_t id) { seqs_.erase(id); }
 
 void PagedKvBackend::copy_pages(std::span<const kvcache::PageCopy> copies) {
   for (const kvcache::PageCopy& c : copies) {
-    check(c.dst >= 0 && c.dst < manager_.num_pages() && c.src < manager_.num_pages(), "PagedKvBackend: page copy out of range");
-    storage_.copy_page(c.src, c.dst);
+    check(c.dst >= 0 && c.dst < manager_.num_pages() && c.src < manager_.num_pages() && c.offset >= 0 &&
+              c.tokens >= 0 && c.offset + c.tokens <= storage_.page_tokens(),
+          "PagedKvBackend: page copy out of range");
+    storage_.copy_page(c.src, c.dst, c.offset, c.tokens);
   }
 }
 
@@ -112,15 +114,22 @@ void PagedKvBackend::write_streaming(int64_t layer, const ForwardSeq& s, const k
   const auto& pages = kv.streaming_pages(slot);
   const auto n = static_cast<int64_t>(s.tokens.size());
   // Only positions the ring still holds after the chunk matter; earlier ones would be overwritten.
-  const int64_t keep_from = std::max<int64_t>(s.start, s.start + n - int64_t{g.ring_pages()} * storage_.page_tokens());
+  // Those go to the prefix cache's snapshot of their block instead, where it reserved one.
+  const int64_t P = storage_.page_tokens();
+  const int64_t keep_from = std::max<int64_t>(s.start, s.start + n - int64_t{g.ring_pages()} * P);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t pos = s.start + i;
-    const bool sink_block = pos < int64_t{g.sink_pages()} * storage_.page_tokens();
-    if (pos < keep_from && !sink_block) continue;
-    const kvcache::PageLocation loc = g.locate(pos);
+    const bool sink_block = pos < int64_t{g.sink_pages()} * P;
+    int32_t page = -1;
+    if (pos >= keep_from || sink_block) {
+      page = pages[static_cast<size_t>(g.locate(pos).index)];
+    } else if (const std::vector<int32_t>* snapshot = manager_.snapshot_target(s.id, pos / P)) {
+      page = (*snapshot)[static_cast<size_t>(slot)];
+    } else {
+      continue;
+    }
     const float* row = qkv + (row0 + i) * qkv_stride;
-    storage_.write(pages[static_cast<size_t>(loc.index)], loc.offset, row + q_dim + head * D,
-                   row + q_dim + kv_dim + head * D, /*with_metadata=*/false);
+    storage_.write(page, pos % P, row + q_dim + head * D, row + q_dim + kv_dim + head * D, /*with_metadata=*/false);
   }
 }
 

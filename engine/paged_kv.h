@@ -36,7 +36,7 @@ class PagedKvBackend final : public KvBackend {
   // InternalError for an unknown or already bound id, or `stored` beyond its pages or inside a page.
   void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored = 0);
   void release(uint64_t id);  // forgets the sequence here (the caller releases its pages)
-  // K and V of whole pages, src < 0 zero-fills dst (KvCacheManager::take_copies).
+  // K and V of pages' token ranges, src < 0 zero-fills (KvCacheManager::take_copies).
   void copy_pages(std::span<const kvcache::PageCopy> copies);
   // Forgets the tokens after `length` so that decoding can restart there, possibly under another
   // profile with the same roles and streaming window (benchmarks compare decode policies on one

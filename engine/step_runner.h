@@ -54,8 +54,8 @@ class StepRunner {
   virtual void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored = 0) = 0;
   // Forgets the sequence (the caller releases its pages).
   virtual void release(uint64_t id) = 0;
-  // Runs the manager's page copies (KvCacheManager::take_copies: K and V of whole pages; src < 0
-  // zero-fills dst), ordered after every step run so far and before the next.
+  // Runs the manager's page copies (KvCacheManager::take_copies: K and V of a page's token range;
+  // src < 0 zero-fills), ordered after every step run so far and before the next.
   virtual void copy_pages(std::span<const kvcache::PageCopy> copies) = 0;
   // Runs the batch (CpuForward::forward's contract): stores each chunk's K/V and sizes logits to
   // [rows needing them][vocab] in batch order, filling every row but those in `draws` (ascending

@@ -120,7 +120,7 @@ int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, 
     for (size_t i = 0; i < held.size(); ++i) {
       const int64_t b = held[i];
       const int32_t src = read(b) ? cache_->snapshot(found[static_cast<size_t>(b)])[static_cast<size_t>(slot)] : -1;
-      pending.copies.push_back({src, s.streaming_pages(slot)[i]});
+      pending.copies.push_back({src, s.streaming_pages(slot)[i], 0, static_cast<int32_t>(P)});
     }
   }
   return s.length();
@@ -146,20 +146,46 @@ int64_t KvCacheManager::covered_blocks(std::span<const PrefixCache::Serial> foun
   return 0;
 }
 
+std::vector<int32_t> KvCacheManager::take_snapshot_pages(int32_t n) {
+  if (n > free_pages()) return {};  // the cache goes without; nothing a sequence needs is evicted
+  if (n > pool_.num_free()) cache_->evict_until_free(n, pool_);
+  return pool_.allocate(n);
+}
+
 void KvCacheManager::snapshot(uint64_t id, PrefixCache::Serial e, int64_t b) {
   const SequenceKv& s = sequence(id);
-  const int32_t need = s.streaming_slots();
-  if (need > free_pages()) return;  // the cache goes without; nothing a sequence needs is evicted
-  if (need > pool_.num_free()) cache_->evict_until_free(need, pool_);
-  std::vector<int32_t> pages = pool_.allocate(need);
+  std::vector<int32_t> pages = take_snapshot_pages(s.streaming_slots());
+  if (pages.empty()) return;
   const auto index = static_cast<size_t>(s.streaming_geometry()->locate(b * config_.page_tokens).index);
   Pending& pending = pending_[id];
-  for (int32_t slot = 0; slot < need; ++slot) {
-    pending.copies.push_back({s.streaming_pages(slot)[index], pages[static_cast<size_t>(slot)]});
+  for (int32_t slot = 0; slot < s.streaming_slots(); ++slot) {
+    pending.copies.push_back({s.streaming_pages(slot)[index], pages[static_cast<size_t>(slot)], 0, config_.page_tokens});
   }
   cache_->set_snapshot(e, std::move(pages));
   cache_->pin(e);
   pending.filled.push_back(e);
+}
+
+void KvCacheManager::reserve_snapshots(uint64_t id, int64_t start, int64_t end) {
+  const SequenceKv& s = sequence(id);
+  const auto it = chains_.find(id);
+  if (it == chains_.end() || s.streaming_slots() == 0) return;
+  const StreamingGeometry& g = *s.streaming_geometry();
+  const int64_t P = config_.page_tokens;
+  const int64_t last = std::min<int64_t>(end, std::ssize(it->second.key->tokens)) / P;  // blocks before it are full
+  for (int64_t b = std::max<int64_t>((start + P - 1) / P, g.sink_pages()); b < last; ++b) {
+    if ((b + g.ring_pages()) * P >= end) break;  // whole in the ring after the chunk: commit copies it
+    std::vector<int32_t> pages = take_snapshot_pages(s.streaming_slots());
+    if (pages.empty()) return;
+    pending_[id].reserved.emplace(b, std::move(pages));
+  }
+}
+
+const std::vector<int32_t>* KvCacheManager::snapshot_target(uint64_t id, int64_t block) const {
+  const auto it = pending_.find(id);
+  if (it == pending_.end()) return nullptr;
+  const auto r = it->second.reserved.find(block);
+  return r == it->second.reserved.end() ? nullptr : &r->second;
 }
 
 void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32_t> tokens) {
@@ -170,7 +196,10 @@ void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32
   Chain& chain = it->second;
   const int64_t P = config_.page_tokens;
   const int64_t full = std::min<int64_t>(computed, std::ssize(tokens)) / P;
-  if (std::ssize(chain.used) >= full) return;  // most steps: no block completed
+  if (std::ssize(chain.used) >= full) {  // most steps: no block completed
+    release_reserved(id);
+    return;
+  }
   const StreamingGeometry* g = s.streaming_slots() > 0 ? &*s.streaming_geometry() : nullptr;
   std::vector<int32_t> pages(static_cast<size_t>(s.retrieval_slots()));
   while (std::ssize(chain.used) < full) {
@@ -189,29 +218,69 @@ void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32
       e = cache_->insert(chain.key->profile, parent, block, pages, pool_);
     }
     chain.used.push_back(e);
+    if (g == nullptr) continue;
+    if (auto p = pending_.find(id); p != pending_.end()) {
+      if (auto r = p->second.reserved.find(b); r != p->second.reserved.end()) {
+        // The step wrote the block's positions before `ring_from` there; the rest are in the ring.
+        const int64_t ring_from = std::max<int64_t>(b * P, computed - int64_t{g->ring_pages()} * P);
+        if (cache_->snapshot(e).empty()) {
+          if (ring_from < (b + 1) * P) {
+            const auto index = static_cast<size_t>(g->locate(b * P).index);
+            const auto offset = static_cast<int32_t>(ring_from - b * P);
+            for (int32_t slot = 0; slot < s.streaming_slots(); ++slot) {
+              p->second.copies.push_back({s.streaming_pages(slot)[index], r->second[static_cast<size_t>(slot)], offset,
+                                          static_cast<int32_t>(P) - offset});
+            }
+          }
+          cache_->set_snapshot(e, std::move(r->second));
+          cache_->pin(e);
+          p->second.filled.push_back(e);
+        } else {
+          pool_.release(r->second);
+        }
+        p->second.reserved.erase(r);
+      }
+    }
     // Whole in the ring: a sink block, or one no later block of this step has overwritten (a chunk
     // writes its last ring_pages pages' positions into the ring, a decode step its one).
-    if (g != nullptr && cache_->snapshot(e).empty() && (b < g->sink_pages() || (b + g->ring_pages()) * P >= computed)) {
+    if (cache_->snapshot(e).empty() && (b < g->sink_pages() || (b + g->ring_pages()) * P >= computed)) {
       snapshot(id, e, b);
     }
   }
+  release_reserved(id);  // blocks the step did not complete after all
 }
 
 std::vector<PageCopy> KvCacheManager::take_copies() {
   std::vector<PageCopy> out;
-  for (auto& [id, pending] : pending_) {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    Pending& pending = it->second;
     out.insert(out.end(), pending.copies.begin(), pending.copies.end());
     for (const auto* list : {&pending.read, &pending.filled}) {
       for (const PrefixCache::Serial e : *list) cache_->unpin(e);
     }
+    if (pending.reserved.empty()) {
+      it = pending_.erase(it);
+    } else {  // reserved for the coming step: kept until its commit
+      pending.copies.clear();
+      pending.read.clear();
+      pending.filled.clear();
+      ++it;
+    }
   }
-  pending_.clear();
   return out;
+}
+
+void KvCacheManager::release_reserved(uint64_t id) {
+  const auto it = pending_.find(id);
+  if (it == pending_.end()) return;
+  for (auto& [b, pages] : it->second.reserved) pool_.release(pages);
+  it->second.reserved.clear();
 }
 
 void KvCacheManager::drop_pending(uint64_t id) {
   const auto it = pending_.find(id);
   if (it == pending_.end()) return;
+  for (auto& [b, pages] : it->second.reserved) pool_.release(pages);
   for (const PrefixCache::Serial e : it->second.read) cache_->unpin(e);
   for (const PrefixCache::Serial e : it->second.filled) {
     cache_->unpin(e);

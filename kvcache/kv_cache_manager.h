@@ -31,23 +31,27 @@ struct SequenceLayout {
 
 // A sequence's prompt for prefix caching (PrefixCache): its full blocks are looked up when the
 // sequence is added; its blocks are registered as they are computed (commit). Under layouts with
-// streaming slots the cache keeps a copy of a block's streaming pages (its snapshot) when the block
-// is registered while the sequence's ring still holds all of it: sink blocks, the blocks of a chunk's
-// last ring_pages pages and every block decode steps complete. A chain is then adopted up to the
-// longest length whose sink blocks and window blocks (those holding positions a later query attends)
-// have snapshots; those are copied into the new sequence's sink and ring pages, and its other ring
-// pages (outside the window) are zero-filled (take_copies).
+// streaming slots the cache keeps a copy of each block's streaming pages (its snapshot): copied from
+// the ring when the block is registered while the ring still holds all of it (sink blocks, the blocks
+// of a chunk's last ring_pages pages, every block decode steps complete), else written by the step
+// itself into pages reserved for it (reserve_snapshots: the blocks a chunk passes over). A chain is
+// adopted up to the longest length whose sink blocks and window blocks (those holding positions a
+// later query attends) have snapshots; those are copied into the new sequence's sink and ring pages,
+// and its other ring pages (outside the window) are zero-filled (take_copies).
 struct PrefixKey {
   std::string profile;          // the sparsity profile's name: its K/V differ from another profile's
   std::vector<int32_t> tokens;  // the prompt
   bool match = true;            // false: its blocks are registered, never reused (prompt logprobs)
 };
 
-// One page's K and V copied from src to dst in the backend's page memory; src < 0: dst is
-// zero-filled. Only streaming lanes' pages are copied (they keep no min/max metadata).
+// K and V of tokens [offset, offset + tokens) of page src copied to the same tokens of page dst in
+// the backend's page memory; src < 0: those tokens of dst are zero-filled. Only streaming lanes'
+// pages are copied (they keep no min/max metadata).
 struct PageCopy {
   int32_t src = -1;
   int32_t dst = -1;
+  int32_t offset = 0;
+  int32_t tokens = 0;
   bool operator==(const PageCopy&) const = default;
 };
 
@@ -76,6 +80,15 @@ class KvCacheManager {
   // snapshot when pages are free or evictable (its copy is pending: take_copies).
   // InternalError for an unknown id or computed beyond length().
   void commit(uint64_t id, int64_t computed, std::span<const int32_t> tokens);
+  // Before a step that computes positions [start, end) of the sequence: pages, one per streaming
+  // slot, for each of its prompt's blocks inside the chunk that the chunk does not leave whole in the
+  // ring (not a sink block; positions before end − ring_pages·P are never written there), when pages
+  // are free or evictable. The runner writes the positions it leaves out of the ring there instead
+  // (snapshot_target); commit adds the block's positions that are in the ring (a copy) and makes the
+  // pages the block's snapshot. No-op without a key or streaming slots.
+  void reserve_snapshots(uint64_t id, int64_t start, int64_t end);
+  // The pages reserved for block b of the sequence (slot order), or null.
+  const std::vector<int32_t>* snapshot_target(uint64_t id, int64_t block) const;
   // The page copies add_sequence and commit left pending, which the backend must run (in order with
   // its steps) before the next step and before any page is allocated: the copies into a new
   // sequence's ring before its first step, those into snapshots right after the step that computed
@@ -116,11 +129,14 @@ class KvCacheManager {
     std::vector<PrefixCache::Serial> used;
   };
   // Copies a sequence left pending, and the snapshots they read or fill (pinned until taken; one
-  // never filled is dropped with the sequence).
+  // never filled is dropped with the sequence); pages reserved for its step's snapshots by block.
   struct Pending {
     std::vector<PageCopy> copies;
     std::vector<PrefixCache::Serial> read, filled;
+    std::unordered_map<int64_t, std::vector<int32_t>> reserved;
   };
+  // Pages for one snapshot (free, or evicting unused cache pages), or none.
+  std::vector<int32_t> take_snapshot_pages(int32_t n);
   SequenceKv& seq(uint64_t id);
   // The longest prefix of `found` (at most its length, in blocks) whose snapshots cover what a
   // sequence of that length with geometry g reads: its sink blocks and window blocks.
@@ -128,6 +144,7 @@ class KvCacheManager {
   // Gives entry e a snapshot of block b from sequence id's ring, when pages can be had.
   void snapshot(uint64_t id, PrefixCache::Serial e, int64_t b);
   void drop_pending(uint64_t id);
+  void release_reserved(uint64_t id);
   // s adopts the entries' retrieval pages and fresh streaming pages (SequenceKv::adopt).
   void adopt(SequenceKv& s, std::span<const PrefixCache::Serial> found);
   KvCacheConfig config_;

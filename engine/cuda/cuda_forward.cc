@@ -343,16 +343,24 @@ void CudaForward::copy_pages(std::span<const kvcache::PageCopy> copies) {
   Impl& m = *impl_;
   if (copies.empty()) return;
   const size_t page = m.zero_page.size();  // elements of one page
+  const size_t D = static_cast<size_t>(m.model.config.head_dim);
+  const int32_t P = m.manager.config().page_tokens;
   std::vector<void*> dst;
   std::vector<const void*> src;
+  std::vector<size_t> sizes;
   for (const kvcache::PageCopy& c : copies) {
-    check(c.dst >= 0 && c.dst < m.manager.num_pages() && c.src < m.manager.num_pages(), "CudaForward: page copy out of range");
+    check(c.dst >= 0 && c.dst < m.manager.num_pages() && c.src < m.manager.num_pages() && c.offset >= 0 &&
+              c.tokens >= 0 && c.offset + c.tokens <= P,
+          "CudaForward: page copy out of range");
+    if (c.tokens == 0) continue;
+    const size_t at = static_cast<size_t>(c.offset) * D;
     for (DeviceBuffer<bf16>* pool : {&m.k_pool, &m.v_pool}) {
-      dst.push_back(pool->data() + static_cast<size_t>(c.dst) * page);
-      src.push_back(c.src < 0 ? m.zero_page.data() : pool->data() + static_cast<size_t>(c.src) * page);
+      dst.push_back(pool->data() + static_cast<size_t>(c.dst) * page + at);
+      src.push_back(c.src < 0 ? m.zero_page.data() : pool->data() + static_cast<size_t>(c.src) * page + at);
+      sizes.push_back(static_cast<size_t>(c.tokens) * D * sizeof(bf16));
     }
   }
-  std::vector<size_t> sizes(dst.size(), page * sizeof(bf16));
+  if (dst.empty()) return;
   cudaMemcpyAttributes attr{};
   attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;  // after the steps that wrote the sources
   size_t first = 0;

@@ -162,11 +162,16 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
               seen = end;
             } else {
               lp.streaming_after = true;
+              // Positions the chunk overwrites in the ring go to their block's snapshot, where the
+              // prefix cache reserved one (KvCacheManager::snapshot_target), else nowhere.
               const int64_t keep_from = std::max<int64_t>(s.start, end - int64_t{g.ring_pages()} * P);
               for (int64_t i = 0; i < n; ++i) {
                 const int64_t p = s.start + i;
-                if (p < keep_from && p >= int64_t{g.sink_pages()} * P) continue;
-                dest[app_s + i] = pages[static_cast<size_t>(g.locate(p).index)];
+                if (p >= keep_from || p < int64_t{g.sink_pages()} * P) {
+                  dest[app_s + i] = pages[static_cast<size_t>(g.locate(p).index)];
+                } else if (const std::vector<int32_t>* snapshot = manager.snapshot_target(s.id, p / P)) {
+                  dest[app_s + i] = (*snapshot)[static_cast<size_t>(slot)];
+                }
               }
             }
             const int64_t last_block = seen > 0 ? (seen - 1) / P : -1;

@@ -129,33 +129,32 @@ TEST_F(EnginePrefixTest, DynamicPrefillAndPromptLogprobsStartFromNothing) {
   expect_all_pages_returned(e);
 }
 
-// Under streaming heads a later prompt starts at the longest shared length whose window the earlier
-// request's ring held whole when the blocks were registered: the end of each prefill chunk (its last
-// 5 pages here) and every block decode steps complete. A prompt computed in chunks of 512 tokens
-// leaves windows at 512, 1024 and its end; one that branches off at 900 tokens starts from 512, one
-// that branches off at 150 tokens from its sink block (64; the window at 128 needs block 1, which
-// the 512-token chunk overwrote in the ring).
-TEST_F(EnginePrefixTest, StreamingHeadsStartWhereTheCachedWindowIsWhole) {
+// Under streaming heads a later prompt that branches off inside an earlier prompt's chunk starts at
+// the last whole block they share: a chunk of 512 tokens leaves only its last 5 pages' positions in
+// the ring, and writes the blocks before them into snapshots the cache reserved (a block straddling
+// that point gets the rest from the ring). Branching off at 900 tokens starts from 896, at 150 from
+// 128; the logprobs are those of a server without the cache.
+TEST_F(EnginePrefixTest, StreamingHeadsStartFromTheWholeSharedBlocksOfAChunkedPrompt) {
   EngineConfig chunked;
   chunked.max_num_batched_tokens = 512;
   Engine e(*model_, recompute_profiles(), chunked);
   Request first = greedy("first", 1200, 4, "balanced");
-  const Run a = run(e, first);
-  EXPECT_EQ(a.last.cached_tokens, 0);
+  EXPECT_EQ(run(e, first).last.cached_tokens, 0);
   auto branch = [&](const std::string& id, size_t at) {
     Request r = greedy(id, 1200, 4, "balanced");
     for (size_t i = at; i < r.prompt.size(); ++i) r.prompt[i] = first.prompt[i - at];  // another text from `at` on
     return r;
   };
   const Request at900 = branch("at900", 900), at150 = branch("at150", 150);
-  const Run b = run(e, at900);
-  EXPECT_EQ(b.last.cached_tokens, 512);
-  EXPECT_EQ(run(e, at150).last.cached_tokens, 64);
-  EXPECT_EQ(run(e, greedy("same", 1200, 4, "balanced")).last.cached_tokens, 1152);  // the end's window
+  const Run b = run(e, at900), c = run(e, at150);
+  EXPECT_EQ(b.last.cached_tokens, 896);
+  EXPECT_EQ(c.last.cached_tokens, 128);
+  EXPECT_EQ(run(e, greedy("same", 1200, 4, "balanced")).last.cached_tokens, 1152);
   EngineConfig off = chunked;
   off.enable_prefix_caching = false;
   Engine plain(*model_, recompute_profiles(), off);
   EXPECT_EQ(run(plain, at900).logprobs, b.logprobs);
+  EXPECT_EQ(run(plain, at150).logprobs, c.logprobs);
   expect_all_pages_returned(e);
 }
 

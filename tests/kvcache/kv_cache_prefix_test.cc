@@ -179,10 +179,10 @@ TEST(KvCachePrefix, StreamingLayoutsAdoptTheLongestChainWhoseSnapshotsCoverTheWi
   want.clear();
   for (int32_t slot = 0; slot < 2; ++slot) {
     const auto& pages = s2.streaming_pages(slot);
-    want.push_back({snap[0][static_cast<size_t>(slot)], pages[0]});
-    want.push_back({snap[4][static_cast<size_t>(slot)], pages[1]});
-    want.push_back({snap[5][static_cast<size_t>(slot)], pages[2]});
-    want.push_back({-1, pages[3]});
+    want.push_back({snap[0][static_cast<size_t>(slot)], pages[0], 0, P});
+    want.push_back({snap[4][static_cast<size_t>(slot)], pages[1], 0, P});
+    want.push_back({snap[5][static_cast<size_t>(slot)], pages[2], 0, P});
+    want.push_back({-1, pages[3], 0, P});
   }
   EXPECT_EQ(sorted(m.take_copies()), sorted(want));
   EXPECT_EQ(m.free_pages(), free_before - 8);  // retrieval pages shared, snapshots evictable again
@@ -196,8 +196,8 @@ TEST(KvCachePrefix, StreamingLayoutsAdoptTheLongestChainWhoseSnapshotsCoverTheWi
   const SequenceKv& s3 = m.sequence(3);
   want.clear();
   for (int32_t slot = 0; slot < 2; ++slot) {
-    want.push_back({snap[0][static_cast<size_t>(slot)], s3.streaming_pages(slot)[0]});
-    want.push_back({snap[1][static_cast<size_t>(slot)], s3.streaming_pages(slot)[1]});
+    want.push_back({snap[0][static_cast<size_t>(slot)], s3.streaming_pages(slot)[0], 0, P});
+    want.push_back({snap[1][static_cast<size_t>(slot)], s3.streaming_pages(slot)[1], 0, P});
   }
   // Released before its first step: its copies are dropped, the snapshots it pinned evictable again.
   m.release(3);
@@ -208,6 +208,64 @@ TEST(KvCachePrefix, StreamingLayoutsAdoptTheLongestChainWhoseSnapshotsCoverTheWi
   m.release(1);
   EXPECT_EQ(m.free_pages(), 64);
   EXPECT_EQ(m.cached_free_pages(), 6 * 2 + 4 * 2);  // retrieval pages of 6 blocks, 4 snapshots
+}
+
+TEST(KvCachePrefix, AChunkWritesTheBlocksItOverwritesInTheRingIntoReservedSnapshots) {
+  KvCacheManager m(kConfig, 64, true);
+  const auto k = key(prompt(100), "balanced");
+  m.add_sequence(1, kBalanced, k, 99);
+  m.allocate(1, 40);
+  m.reserve_snapshots(1, 0, 40);  // nothing: the ring (3 pages) holds all of [0, 40)
+  EXPECT_EQ(m.snapshot_target(1, 1), nullptr);
+  m.commit(1, 40, k->tokens);
+  EXPECT_EQ(m.take_copies().size(), 4u);  // blocks 0 and 1 from the ring
+  m.allocate(1, 100);
+  // [40, 100) keeps [52, 100) in the ring: block 3 (48-63) is inside the chunk and its 48-51 are
+  // never written there; block 2 began before the chunk (its first half is in the ring only), blocks
+  // 4 and 5 stay whole.
+  const int32_t free_before = m.free_pages();
+  m.reserve_snapshots(1, 40, 100);
+  EXPECT_TRUE(m.take_copies().empty());  // the engine's, before the step: the reservation stays
+  for (const int64_t b : {0, 1, 2, 4, 5, 6}) EXPECT_EQ(m.snapshot_target(1, b), nullptr) << b;
+  ASSERT_NE(m.snapshot_target(1, 3), nullptr);
+  const std::vector<int32_t> reserved = *m.snapshot_target(1, 3);
+  EXPECT_EQ(reserved.size(), 2u);
+  EXPECT_EQ(m.free_pages(), free_before - 2);
+  m.commit(1, 100, k->tokens);
+  EXPECT_EQ(m.snapshot_target(1, 3), nullptr);
+  // Blocks 4 and 5 from the ring; block 3's 52-63 from the ring (48-51 were written in place).
+  std::vector<PageCopy> block3;
+  for (const PageCopy& c : m.take_copies()) {
+    if (c.dst == reserved[0] || c.dst == reserved[1]) block3.push_back(c);
+  }
+  ASSERT_EQ(block3.size(), 2u);
+  EXPECT_EQ(block3[0].offset, 4);
+  EXPECT_EQ(block3[0].tokens, 12);
+  EXPECT_EQ(block3[0].src, m.sequence(1).streaming_pages(0)[3]);  // block 3: ring index 1 + 2 % 3
+  EXPECT_EQ(m.free_pages(), free_before);  // every snapshot evictable
+  // A prompt branching off at 70 tokens: at 64 its window (45 on) needs blocks 2 and 3; block 2 has
+  // no snapshot. At 48, blocks 1 and 2: no. At 32: block 1.
+  std::vector<int32_t> other(k->tokens.begin(), k->tokens.begin() + 70);
+  other.push_back(7);
+  EXPECT_EQ(m.add_sequence(2, kBalanced, key(other, "balanced"), 70), 2 * P);
+  m.release(2);
+  // Branching at 90: at 80 the window (61 on) needs blocks 3 and 4: block 3's reserved snapshot.
+  std::vector<int32_t> at90(k->tokens.begin(), k->tokens.begin() + 90);
+  at90.push_back(7);
+  EXPECT_EQ(m.add_sequence(3, kBalanced, key(at90, "balanced"), 90), 5 * P);
+  bool read_reserved = false;
+  for (const PageCopy& c : m.take_copies()) read_reserved |= c.src == reserved[0];
+  EXPECT_TRUE(read_reserved);
+  m.release(3);
+  // Reserved pages a step never registers (a sequence released before its commit) go back.
+  m.add_sequence(4, kBalanced, key(prompt(100, 5000), "balanced"), 99);
+  m.allocate(4, 100);
+  m.reserve_snapshots(4, 0, 100);  // blocks 1 and 2 (0 is the sink; 3-5 stay whole)
+  EXPECT_NE(m.snapshot_target(4, 1), nullptr);
+  EXPECT_NE(m.snapshot_target(4, 2), nullptr);
+  m.release(4);
+  m.release(1);
+  EXPECT_EQ(m.free_pages(), 64);
 }
 
 TEST(KvCachePrefix, SnapshotsGoBeforeAnythingASequenceNeedsAndOnlyWhenPagesAreFree) {
@@ -297,7 +355,8 @@ TEST(KvCachePrefix, ABlockFoundCachedStaysWhileTheChainThatFoundItRuns) {
 // Random sequences over prompts that share prefixes, half of them with streaming slots. A model of
 // the backend stores K/V (here: the prefix a position ends) as the runners do: retrieval pages per
 // block, streaming pages per position (sink positions always, a chunk's last ring_pages pages of
-// positions into the ring) and the manager's copies right after each add and commit. Checked: every
+// positions into the ring, the others into the snapshots reserved for their blocks) and the
+// manager's copies right after each add and commit. Checked: every
 // page a sequence adopts holds the K/V of its own prompt's prefix, every position a streaming
 // sequence's next query attends holds its own prefix's K/V, pages never leak, and the counts agree
 // with the tables.
@@ -319,7 +378,11 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
   auto prefix_to = [](const std::vector<int32_t>& p, int64_t end) { return Prefix(p.begin(), p.begin() + end); };
   auto run_copies = [&] {
     for (const PageCopy& c : m.take_copies()) {
-      positions[c.dst] = c.src < 0 ? std::vector<Prefix>(P) : positions.at(c.src);
+      std::vector<Prefix>& to = positions[c.dst];
+      to.resize(P);
+      for (int32_t t = c.offset; t < c.offset + c.tokens; ++t) {
+        to[static_cast<size_t>(t)] = c.src < 0 ? Prefix{} : positions.at(c.src).at(static_cast<size_t>(t));
+      }
     }
   };
   // The positions the next query (at s.computed) attends (DESIGN.md §5) hold the sequence's own K/V.
@@ -379,8 +442,16 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
       std::vector<size_t> had;
       for (int32_t slot = 0; slot < kv.streaming_slots(); ++slot) had.push_back(kv.streaming_pages(slot).size());
       m.allocate(id, to);
+      m.reserve_snapshots(id, s.computed, to);
+      run_copies();  // as the engine runs them before each step (the reservations stay)
       // New pages hold nothing yet: a page still registered, shared or snapshotted must never be
       // handed out.
+      for (int64_t b = 0; b <= to / P; ++b) {
+        if (const std::vector<int32_t>* reserved = m.snapshot_target(id, b)) {
+          ASSERT_GE(b * P, s.computed);
+          for (const int32_t page : *reserved) positions[page] = std::vector<Prefix>(P);
+        }
+      }
       for (int64_t b = (s.computed + P - 1) / P; b < (to + P - 1) / P; ++b) {
         for (const int32_t page : block_pages(m, id, static_cast<int32_t>(b))) content[page] = {};
       }
@@ -397,9 +468,12 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
         const StreamingGeometry& g = *kv.streaming_geometry();
         const int64_t keep_from = std::max<int64_t>(s.computed, to - int64_t{g.ring_pages()} * P);
         for (int64_t p = s.computed; p < to; ++p) {
-          if (p < keep_from && p >= int64_t{g.sink_pages()} * P) continue;
+          const std::vector<int32_t>* reserved = m.snapshot_target(id, p / P);
+          const bool ring = p >= keep_from || p < int64_t{g.sink_pages()} * P;
+          if (!ring && reserved == nullptr) continue;
           for (int32_t slot = 0; slot < kv.streaming_slots(); ++slot) {
-            const int32_t page = kv.streaming_pages(slot)[static_cast<size_t>(g.locate(p).index)];
+            const int32_t page = ring ? kv.streaming_pages(slot)[static_cast<size_t>(g.locate(p).index)]
+                                      : (*reserved)[static_cast<size_t>(slot)];
             positions[page][static_cast<size_t>(p % P)] = prefix_to(s.prompt, p + 1);
           }
         }
