@@ -5,8 +5,9 @@
 # Usage: scripts/device/pack.sh [extra binaries in build-cuda/bin ...]
 #   MODEL_BLOCKS=N: also pack the default model cut to its first N blocks (truncate-gguf.py) as
 #   .devpkg/model.gguf.xz, for scripts/device/serve-check.py (the whole model is over 64 MiB).
-#   DUMMY=NAME: also pack bench/models/NAME/config.json with a tokenizer.json (the default model's)
-#   as .devpkg/NAME/, a directory `--load-format dummy` loads (gpu-run.sh's BENCH=engine-dummy).
+#   DUMMY=NAME: also pack bench/models/NAME/config.json (and its profile YAML and head pattern, if
+#   any) with a tokenizer.json (the default model's) as .devpkg/NAME/, a directory `--load-format
+#   dummy` loads (gpu-run.sh's BENCH=engine-dummy).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=build-cuda
@@ -35,6 +36,9 @@ if [[ -n ${MODEL_BLOCKS:-} ]]; then
 fi
 if [[ -n ${DUMMY:-} ]]; then
   mkdir -p ".devpkg/$DUMMY" && cp "bench/models/$DUMMY/config.json" ".devpkg/$DUMMY/"
+  for f in "bench/models/$DUMMY"/*.yaml "bench/models/$DUMMY"/*.tsv; do
+    if [[ -f $f ]]; then cp "$f" ".devpkg/$DUMMY/"; fi  # sparsity profiles (engine_bench --model-config)
+  done
   (cd tests/python && ../../.venv/bin/python -c "import sys; from gguf_tokenizer_json import build_tokenizer_json; \
     open(sys.argv[1], 'w').write(build_tokenizer_json('../../models/SmolLM2-135M-Instruct.Q4_1.gguf'))" \
     "../../.devpkg/$DUMMY/tokenizer.json")
