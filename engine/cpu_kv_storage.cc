@@ -33,15 +33,8 @@ void CpuKvStorage::write(int64_t page, int64_t offset, const float* key, const f
   }
 }
 
-void CpuKvStorage::copy_page(int64_t src, int64_t dst, int64_t offset, int64_t tokens) {
-  const auto n = static_cast<size_t>(tokens * D_);
-  if (src < 0) {
-    std::fill_n(k(dst, offset), n, 0.0f);
-    std::fill_n(v(dst, offset), n, 0.0f);
-    return;
-  }
-  std::memcpy(k(dst, offset), k(src, offset), sizeof(float) * n);
-  std::memcpy(v(dst, offset), v(src, offset), sizeof(float) * n);
+void CpuKvStorage::copy_pages(std::span<const kernels::cpu::PageRangeCopy> copies) {
+  kernels::cpu::copy_page_ranges(k_.get(), v_.get(), P_, D_, copies);
 }
 
 size_t CpuKvStorage::bytes() const { return 2 * (kv_elems_ + meta_elems_) * sizeof(float); }

@@ -8,6 +8,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
+
+#include "kernels/cpu/page_copy.h"
 
 namespace sparseserve {
 
@@ -30,9 +33,9 @@ class CpuKvStorage {
   // Writes one token's K and V at (page, offset); with_metadata also folds K into its sub-page's
   // min/max (the first token of a sub-page resets them: pages are filled in order).
   void write(int64_t page, int64_t offset, const float* key, const float* value, bool with_metadata);
-  // Copies K and V of tokens [offset, offset + tokens) of page src into page dst (not the metadata:
-  // copies are of streaming pages); src < 0 zero-fills them.
-  void copy_page(int64_t src, int64_t dst, int64_t offset, int64_t tokens);
+  // K and V token ranges copied between pages (kernels/cpu/page_copy.h; not the metadata: copies are
+  // of streaming pages). Ranges are the caller's to check.
+  void copy_pages(std::span<const kernels::cpu::PageRangeCopy> copies);
 
   size_t bytes() const;
 

@@ -52,12 +52,15 @@ void PagedKvBackend::add_sequence(uint64_t id, const kvcache::SparsityProfile& p
 void PagedKvBackend::release(uint64_t id) { seqs_.erase(id); }
 
 void PagedKvBackend::copy_pages(std::span<const kvcache::PageCopy> copies) {
+  std::vector<kernels::cpu::PageRangeCopy> ranges;
+  ranges.reserve(copies.size());
   for (const kvcache::PageCopy& c : copies) {
     check(c.dst >= 0 && c.dst < manager_.num_pages() && c.src < manager_.num_pages() && c.offset >= 0 &&
               c.tokens >= 0 && c.offset + c.tokens <= storage_.page_tokens(),
           "PagedKvBackend: page copy out of range");
-    storage_.copy_page(c.src, c.dst, c.offset, c.tokens);
+    ranges.push_back({c.src, c.dst, c.offset, c.tokens});
   }
+  storage_.copy_pages(ranges);
 }
 
 void PagedKvBackend::rewind(uint64_t id, int64_t length, const kvcache::SparsityProfile& profile) {

@@ -32,6 +32,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/norm.h"
+#include "kernels/cuda/page_copy.h"
 #include "kernels/cuda/page_lists.h"
 #include "kernels/cuda/page_select.h"
 #include "kernels/cuda/prefill_attention.h"
@@ -131,7 +132,7 @@ struct CudaForward::Impl {
   bool tied = false;
   DeviceBuffer<float> inv_freq;
   DeviceBuffer<bf16> k_pool, v_pool, kmin_pool, kmax_pool;
-  DeviceBuffer<bf16> zero_page;  // one page of zeros: the source of copy_pages' zero fills
+  DeviceBuffer<kernels::cpu::PageRangeCopy> page_copies;  // copy_pages' list
   cuda::Gemm gemm;
   std::vector<std::unique_ptr<cuda::PrefillAttention>> prefill;  // one plan per layer
   std::vector<std::unique_ptr<cuda::DecodeAttention>> decoders;  // one plan per layer, made as needed
@@ -246,10 +247,7 @@ CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& mana
   m.v_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P) * D);
   m.kmin_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P / LP) * D);
   m.kmax_pool = DeviceBuffer<bf16>(pages * static_cast<size_t>(P / LP) * D);
-  m.zero_page = DeviceBuffer<bf16>(static_cast<size_t>(P) * D);
-  for (auto* b : {&m.k_pool, &m.v_pool, &m.kmin_pool, &m.kmax_pool, &m.zero_page}) {
-    b->fill_bytes(0, m.stream);  // every slot finite
-  }
+  for (auto* b : {&m.k_pool, &m.v_pool, &m.kmin_pool, &m.kmax_pool}) b->fill_bytes(0, m.stream);  // every slot finite
   cuda::PrefillConfig pc;
   pc.head_dim = static_cast<int32_t>(c.head_dim);
   pc.group = static_cast<int32_t>(c.n_heads / c.n_kv_heads);
@@ -342,29 +340,21 @@ void CudaForward::release(uint64_t id) {
 void CudaForward::copy_pages(std::span<const kvcache::PageCopy> copies) {
   Impl& m = *impl_;
   if (copies.empty()) return;
-  const size_t page = m.zero_page.size();  // elements of one page
-  const size_t D = static_cast<size_t>(m.model.config.head_dim);
   const int32_t P = m.manager.config().page_tokens;
-  std::vector<void*> dst;
-  std::vector<const void*> src;
-  std::vector<size_t> sizes;
+  std::vector<kernels::cpu::PageRangeCopy> ranges;
+  ranges.reserve(copies.size());
   for (const kvcache::PageCopy& c : copies) {
     check(c.dst >= 0 && c.dst < m.manager.num_pages() && c.src < m.manager.num_pages() && c.offset >= 0 &&
               c.tokens >= 0 && c.offset + c.tokens <= P,
           "CudaForward: page copy out of range");
-    if (c.tokens == 0) continue;
-    const size_t at = static_cast<size_t>(c.offset) * D;
-    for (DeviceBuffer<bf16>* pool : {&m.k_pool, &m.v_pool}) {
-      dst.push_back(pool->data() + static_cast<size_t>(c.dst) * page + at);
-      src.push_back(c.src < 0 ? m.zero_page.data() : pool->data() + static_cast<size_t>(c.src) * page + at);
-      sizes.push_back(static_cast<size_t>(c.tokens) * D * sizeof(bf16));
-    }
+    ranges.push_back({c.src, c.dst, c.offset, c.tokens});
   }
-  if (dst.empty()) return;
-  cudaMemcpyAttributes attr{};
-  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;  // after the steps that wrote the sources
-  size_t first = 0;
-  CUDA_CHECK(cudaMemcpyBatchAsync(dst.data(), src.data(), sizes.data(), dst.size(), &attr, &first, 1, m.stream));
+  // The upload reads pageable memory: staged before cudaMemcpyAsync returns. The buffer is reused by
+  // the next call's upload, which the stream orders after this launch.
+  sized(m.page_copies, static_cast<int64_t>(ranges.size()));
+  m.page_copies.upload(ranges, m.stream);
+  kernels::cuda::copy_page_ranges(m.k_pool.data(), m.v_pool.data(), P, m.model.config.head_dim, m.page_copies.data(),
+                                  static_cast<int32_t>(ranges.size()), m.stream);
 }
 
 const SelectionStats& CudaForward::selection_stats() const { return impl_->stats; }

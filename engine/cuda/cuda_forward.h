@@ -55,7 +55,8 @@ class CudaForward {
   // roles of another shape.
   void add_sequence(uint64_t id, const kvcache::SparsityProfile& profile, int64_t stored = 0);
   void release(uint64_t id);  // forgets the sequence here (the caller releases its pages)
-  // K and V of pages' token ranges on the step's stream, in one batch; src < 0 zero-fills
+  // K and V of pages' token ranges on the step's stream, in one launch (kernels/cuda/page_copy.h);
+  // src < 0 zero-fills
   // (KvCacheManager::take_copies: destinations distinct, no source a destination).
   void copy_pages(std::span<const kvcache::PageCopy> copies);
 

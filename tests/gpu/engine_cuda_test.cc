@@ -464,8 +464,8 @@ TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
 // Streaming heads, a prompt prefilled in chunks of 120 tokens: the first chunk keeps only [56, 120)
 // in the ring (4 pages of 16) and writes blocks 1-3 into the snapshots the cache reserved (block 3's
 // 56-63 copied from the ring after the step). A prompt sharing its first 100 tokens starts from 96:
-// its window (57 on) reads blocks 3-5 from snapshots written all three ways. Its logprobs match its
-// CPU replay within rounding, as the same request's in an engine without the cache.
+// its window (57 on) reads block 3's snapshot (written by the step and copied from the ring) and
+// blocks 4 and 5's (copied from the ring). Its logprobs match its CPU replay within rounding.
 TEST(CudaEngineTest, SmallModelStreamingPrefixFromAChunkedPromptMatchesTheCpuForward) {
   SKIP_WITHOUT_GPU();
   Fixture fx;
