@@ -115,7 +115,14 @@ struct Engine::Impl {
   std::shared_ptr<const kvcache::PrefixKey> prefix_key(LiveRequest& r) const;
   // The prefix cache's pending page copies (KvCacheManager::take_copies), run by the backend.
   void run_page_copies() {
-    if (const std::vector<kvcache::PageCopy> copies = kv.take_copies(); !copies.empty()) backend->copy_pages(copies);
+    const std::vector<kvcache::PageCopy> copies = kv.take_copies();
+    if (copies.empty()) return;
+    try {
+      backend->copy_pages(copies);
+    } catch (...) {
+      kv.copies_failed(copies);  // the step fails its requests; no snapshot keeps stale contents
+      throw;
+    }
   }
   void apply_aborts();
   void step();

@@ -85,9 +85,9 @@ int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, 
   if (found.empty()) return 0;
   const auto n = static_cast<int64_t>(found.size());
   for (const PrefixCache::Serial e : found) cache_->acquire(e);  // so that no eviction below takes them
+  chain.used = found;  // released with the sequence, whatever throws below
   if (g == nullptr) {
     adopt(s, found);
-    chain.used = std::move(found);
     return s.length();
   }
   // Each streaming page's block at this length (locate's index): sink blocks, then the ring's last
@@ -111,11 +111,11 @@ int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, 
   if (fresh > free_pages()) {
     drop_pending(id);
     cache_->release(found);
+    chain.used.clear();
     return 0;
   }
   if (fresh > pool_.num_free()) cache_->evict_until_free(fresh, pool_);
   adopt(s, found);
-  chain.used = found;
   for (int32_t slot = 0; slot < s.streaming_slots(); ++slot) {
     for (size_t i = 0; i < held.size(); ++i) {
       const int64_t b = held[i];
@@ -170,14 +170,36 @@ void KvCacheManager::reserve_snapshots(uint64_t id, int64_t start, int64_t end) 
   const SequenceKv& s = sequence(id);
   const auto it = chains_.find(id);
   if (it == chains_.end() || s.streaming_slots() == 0) return;
+  const Chain& chain = it->second;
+  if (const auto p = pending_.find(id); p != pending_.end()) {
+    check(p->second.reserved.empty(), "KV cache: snapshot pages reserved twice for one step");
+  }
   const StreamingGeometry& g = *s.streaming_geometry();
   const int64_t P = config_.page_tokens;
-  const int64_t last = std::min<int64_t>(end, std::ssize(it->second.key->tokens)) / P;  // blocks before it are full
-  for (int64_t b = std::max<int64_t>((start + P - 1) / P, g.sink_pages()); b < last; ++b) {
+  const std::span<const int32_t> tokens(chain.key->tokens);
+  const int64_t last = std::min<int64_t>(end, std::ssize(tokens)) / P;  // blocks before it are full
+  // Walks the cache along the prompt from the chain's last block: a block cached with a snapshot
+  // already needs none (commit finds it).
+  PrefixCache::Serial parent = chain.used.empty() ? 0 : chain.used.back();
+  for (auto b = std::ssize(chain.used); b < last; ++b) {
+    const auto block = tokens.subspan(static_cast<size_t>(b * P), static_cast<size_t>(P));
+    parent = parent != 0 || b == 0 ? cache_->find(chain.key->profile, parent, block) : 0;
+    if ((b + 1) * P <= start || b < g.sink_pages()) continue;  // computed already; sink blocks stay whole
     if ((b + g.ring_pages()) * P >= end) break;  // whole in the ring after the chunk: commit copies it
+    if (parent != 0 && !cache_->snapshot(parent).empty()) continue;
     std::vector<int32_t> pages = take_snapshot_pages(s.streaming_slots());
     if (pages.empty()) return;
-    pending_[id].reserved.emplace(b, std::move(pages));
+    Pending& pending = pending_[id];
+    if (b * P < start) {
+      // Its first positions came in an earlier step: the ring still holds them until this step's
+      // forward pass, which runs the copies taken before it.
+      const auto index = static_cast<size_t>(g.locate(b * P).index);
+      for (int32_t slot = 0; slot < s.streaming_slots(); ++slot) {
+        pending.copies.push_back({s.streaming_pages(slot)[index], pages[static_cast<size_t>(slot)], 0,
+                                  static_cast<int32_t>(start - b * P)});
+      }
+    }
+    pending.reserved.emplace(b, std::move(pages));
   }
 }
 
@@ -268,6 +290,13 @@ std::vector<PageCopy> KvCacheManager::take_copies() {
     }
   }
   return out;
+}
+
+void KvCacheManager::copies_failed(std::span<const PageCopy> copies) {
+  if (!cache_) return;
+  std::vector<int32_t> pages;
+  for (const PageCopy& c : copies) pages.push_back(c.dst);
+  cache_->drop_snapshots_holding(pages, pool_);
 }
 
 void KvCacheManager::release_reserved(uint64_t id) {

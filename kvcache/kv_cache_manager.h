@@ -82,18 +82,25 @@ class KvCacheManager {
   void commit(uint64_t id, int64_t computed, std::span<const int32_t> tokens);
   // Before a step that computes positions [start, end) of the sequence: pages, one per streaming
   // slot, for each of its prompt's blocks inside the chunk that the chunk does not leave whole in the
-  // ring (not a sink block; positions before end − ring_pages·P are never written there), when pages
-  // are free or evictable. The runner writes the positions it leaves out of the ring there instead
-  // (snapshot_target); commit adds the block's positions that are in the ring (a copy) and makes the
-  // pages the block's snapshot. No-op without a key or streaming slots.
+  // ring (not a sink block; positions before end − ring_pages·P are never written there) and has no
+  // snapshot cached yet, when pages are free or evictable. The runner writes the positions it leaves
+  // out of the ring there instead (snapshot_target); a block begun in an earlier step gets its first
+  // positions from the ring (a pending copy, before the step); commit adds the block's positions that
+  // are in the ring (a copy) and makes the pages the block's snapshot. No-op without a key or
+  // streaming slots. InternalError when called twice before commit.
   void reserve_snapshots(uint64_t id, int64_t start, int64_t end);
   // The pages reserved for block b of the sequence (slot order), or null.
   const std::vector<int32_t>* snapshot_target(uint64_t id, int64_t block) const;
-  // The page copies add_sequence and commit left pending, which the backend must run (in order with
-  // its steps) before the next step and before any page is allocated: the copies into a new
-  // sequence's ring before its first step, those into snapshots right after the step that computed
-  // their blocks. Sources and destinations are distinct pages. Clears them.
+  // The page copies add_sequence, reserve_snapshots and commit left pending, which the backend must
+  // run in order with its steps: those into a new sequence's ring and into reserved pages before
+  // the next step, those into snapshots right after the step that computed their blocks. Sources and
+  // destinations are distinct pages; the pages they read and write are not handed out again before
+  // the copies run (pins, the sequences' own pages) as long as they run before the next step's
+  // allocations. Clears them.
   std::vector<PageCopy> take_copies();
+  // The backend could not run these copies: snapshots they were to fill are dropped (never matched
+  // with stale contents). The sequences whose rings they were to fill must be released.
+  void copies_failed(std::span<const PageCopy> copies);
   bool has_sequence(uint64_t id) const;
   // Pages that growing `id` to new_len tokens needs, and whether the pool has them.
   int32_t pages_needed(uint64_t id, int64_t new_len) const;

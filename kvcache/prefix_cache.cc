@@ -143,6 +143,13 @@ void PrefixCache::drop_snapshot(Serial s, PagePool& pool) {
   relink(s, e);
 }
 
+void PrefixCache::drop_snapshots_holding(std::span<const int32_t> pages, PagePool& pool) {
+  for (auto& [s, e] : entries_) {
+    const bool hit = std::ranges::any_of(e.snapshot, [&](int32_t p) { return std::ranges::find(pages, p) != pages.end(); });
+    if (hit && e.pins == 0) drop_snapshot(s, pool);
+  }
+}
+
 void PrefixCache::acquire(Serial s) {
   Entry& e = at(s);
   if (e.users++ == 0) relink(s, e);  // the whole entry leaves; its snapshot alone may stay

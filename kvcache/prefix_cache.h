@@ -58,6 +58,8 @@ class PrefixCache {
   // Returns the snapshot's pages to the pool (a snapshot whose copy never ran). InternalError while
   // pinned.
   void drop_snapshot(Serial s, PagePool& pool);
+  // Drops every unpinned snapshot holding one of `pages` (copies into them failed). O(entries).
+  void drop_snapshots_holding(std::span<const int32_t> pages, PagePool& pool);
   // A sequence starts using the entry (it leaves the evictable list).
   void acquire(Serial s);
   // The sequence stops using these entries, given in chain order; those left without users become

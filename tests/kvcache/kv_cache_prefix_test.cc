@@ -221,33 +221,38 @@ TEST(KvCachePrefix, AChunkWritesTheBlocksItOverwritesInTheRingIntoReservedSnapsh
   EXPECT_EQ(m.take_copies().size(), 4u);  // blocks 0 and 1 from the ring
   m.allocate(1, 100);
   // [40, 100) keeps [52, 100) in the ring: block 3 (48-63) is inside the chunk and its 48-51 are
-  // never written there; block 2 began before the chunk (its first half is in the ring only), blocks
-  // 4 and 5 stay whole.
+  // never written there; block 2 (32-47) began before the chunk: its 32-39 are in the ring now, copied
+  // before the step, its 40-47 never reach the ring. Blocks 4 and 5 stay whole.
   const int32_t free_before = m.free_pages();
   m.reserve_snapshots(1, 40, 100);
-  EXPECT_TRUE(m.take_copies().empty());  // the engine's, before the step: the reservation stays
-  for (const int64_t b : {0, 1, 2, 4, 5, 6}) EXPECT_EQ(m.snapshot_target(1, b), nullptr) << b;
+  EXPECT_THROW(m.reserve_snapshots(1, 40, 100), InternalError);  // once a step
+  for (const int64_t b : {0, 1, 4, 5, 6}) EXPECT_EQ(m.snapshot_target(1, b), nullptr) << b;
+  ASSERT_NE(m.snapshot_target(1, 2), nullptr);
   ASSERT_NE(m.snapshot_target(1, 3), nullptr);
-  const std::vector<int32_t> reserved = *m.snapshot_target(1, 3);
+  const std::vector<int32_t> reserved2 = *m.snapshot_target(1, 2), reserved = *m.snapshot_target(1, 3);
   EXPECT_EQ(reserved.size(), 2u);
-  EXPECT_EQ(m.free_pages(), free_before - 2);
+  EXPECT_EQ(m.free_pages(), free_before - 4);
+  const SequenceKv& s1 = m.sequence(1);
+  // The engine's copies before the step: block 2's first 8 tokens from ring index 1 + 1 % 3.
+  EXPECT_EQ(sorted(m.take_copies()), sorted({{s1.streaming_pages(0)[2], reserved2[0], 0, 8},
+                                             {s1.streaming_pages(1)[2], reserved2[1], 0, 8}}));
   m.commit(1, 100, k->tokens);
   EXPECT_EQ(m.snapshot_target(1, 3), nullptr);
   // Blocks 4 and 5 from the ring; block 3's 52-63 from the ring (48-51 were written in place).
   std::vector<PageCopy> block3;
   for (const PageCopy& c : m.take_copies()) {
+    EXPECT_NE(c.dst, reserved2[0]);  // block 2 is all in its snapshot already
     if (c.dst == reserved[0] || c.dst == reserved[1]) block3.push_back(c);
   }
   ASSERT_EQ(block3.size(), 2u);
   EXPECT_EQ(block3[0].offset, 4);
   EXPECT_EQ(block3[0].tokens, 12);
-  EXPECT_EQ(block3[0].src, m.sequence(1).streaming_pages(0)[3]);  // block 3: ring index 1 + 2 % 3
+  EXPECT_EQ(block3[0].src, s1.streaming_pages(0)[3]);  // block 3: ring index 1 + 2 % 3
   EXPECT_EQ(m.free_pages(), free_before);  // every snapshot evictable
-  // A prompt branching off at 70 tokens: at 64 its window (45 on) needs blocks 2 and 3; block 2 has
-  // no snapshot. At 48, blocks 1 and 2: no. At 32: block 1.
+  // A prompt branching off at 70 tokens: at 64 its window (45 on) needs blocks 2 and 3.
   std::vector<int32_t> other(k->tokens.begin(), k->tokens.begin() + 70);
   other.push_back(7);
-  EXPECT_EQ(m.add_sequence(2, kBalanced, key(other, "balanced"), 70), 2 * P);
+  EXPECT_EQ(m.add_sequence(2, kBalanced, key(other, "balanced"), 70), 4 * P);
   m.release(2);
   // Branching at 90: at 80 the window (61 on) needs blocks 3 and 4: block 3's reserved snapshot.
   std::vector<int32_t> at90(k->tokens.begin(), k->tokens.begin() + 90);
@@ -257,13 +262,37 @@ TEST(KvCachePrefix, AChunkWritesTheBlocksItOverwritesInTheRingIntoReservedSnapsh
   for (const PageCopy& c : m.take_copies()) read_reserved |= c.src == reserved[0];
   EXPECT_TRUE(read_reserved);
   m.release(3);
+  // The same prompt again, from block 2 on: its blocks have snapshots, so nothing is reserved.
+  m.add_sequence(5, kBalanced, k, 31);  // at most 2 blocks adopted
+  m.take_copies();
+  m.allocate(5, 100);
+  m.reserve_snapshots(5, 32, 100);
+  for (const int64_t b : {2, 3, 4, 5}) EXPECT_EQ(m.snapshot_target(5, b), nullptr) << b;
+  m.release(5);
   // Reserved pages a step never registers (a sequence released before its commit) go back.
   m.add_sequence(4, kBalanced, key(prompt(100, 5000), "balanced"), 99);
   m.allocate(4, 100);
-  m.reserve_snapshots(4, 0, 100);  // blocks 1 and 2 (0 is the sink; 3-5 stay whole)
-  EXPECT_NE(m.snapshot_target(4, 1), nullptr);
-  EXPECT_NE(m.snapshot_target(4, 2), nullptr);
+  m.reserve_snapshots(4, 0, 100);  // blocks 1, 2 and 3 (0 is the sink; 4 and 5 stay whole)
+  for (const int64_t b : {1, 2, 3}) EXPECT_NE(m.snapshot_target(4, b), nullptr) << b;
+  for (const int64_t b : {0, 4, 5}) EXPECT_EQ(m.snapshot_target(4, b), nullptr) << b;
   m.release(4);
+  m.release(1);
+  EXPECT_EQ(m.free_pages(), 64);
+}
+
+// A backend that fails its copies: the snapshots they were to fill are dropped, never matched.
+TEST(KvCachePrefix, SnapshotsWhoseCopiesFailedAreDropped) {
+  KvCacheManager m(kConfig, 64, true);
+  const auto k = key(prompt(40), "balanced");
+  m.add_sequence(1, kBalanced, k, 39);
+  m.allocate(1, 40);
+  m.commit(1, 40, k->tokens);
+  const std::vector<PageCopy> copies = m.take_copies();
+  ASSERT_EQ(copies.size(), 4u);
+  m.copies_failed(copies);
+  EXPECT_EQ(m.cached_free_pages(), 0);  // the entries are used; their snapshots are gone
+  EXPECT_EQ(m.add_sequence(2, kBalanced, k, 39), 0);
+  m.release(2);
   m.release(1);
   EXPECT_EQ(m.free_pages(), 64);
 }
@@ -376,6 +405,9 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
   uint64_t next_id = 1;
   int64_t hits = 0, streaming_hits = 0;
   auto prefix_to = [](const std::vector<int32_t>& p, int64_t end) { return Prefix(p.begin(), p.begin() + end); };
+  // What a page handed out holds before anything is written (a zero fill leaves Prefix{}).
+  const Prefix kGarbage{-1};
+  auto garbage_page = [&] { return std::vector<Prefix>(P, kGarbage); };
   auto run_copies = [&] {
     for (const PageCopy& c : m.take_copies()) {
       std::vector<Prefix>& to = positions[c.dst];
@@ -385,17 +417,24 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
       }
     }
   };
-  // The positions the next query (at s.computed) attends (DESIGN.md §5) hold the sequence's own K/V.
+  // The positions the next query (at s.computed) attends (DESIGN.md §5) hold the sequence's own K/V;
+  // the others the kernels read (the sink blocks, the ring's blocks) are masked, but never garbage.
   auto check_window = [&](uint64_t id, const Seq& s) {
     const SequenceKv& kv = m.sequence(id);
     const StreamingGeometry& g = *kv.streaming_geometry();
     const int64_t t = s.computed;
+    const int64_t last = (t - 1) / P;
     for (int32_t slot = 0; slot < kv.streaming_slots(); ++slot) {
       for (int64_t j = 0; j < t; ++j) {
-        if (!g.attends(t, j)) continue;
+        const int64_t b = j / P;
+        if (b >= g.sink_pages() && b <= last - g.ring_pages()) continue;  // not read
         const int32_t page = kv.streaming_pages(slot)[static_cast<size_t>(g.locate(j).index)];
-        ASSERT_EQ(positions[page].at(static_cast<size_t>(j % P)), prefix_to(s.prompt, j + 1))
-            << "sequence " << id << " position " << j << " of " << t;
+        const Prefix& held = positions[page].at(static_cast<size_t>(j % P));
+        if (g.attends(t, j)) {
+          ASSERT_EQ(held, prefix_to(s.prompt, j + 1)) << "sequence " << id << " position " << j << " of " << t;
+        } else {
+          ASSERT_NE(held, kGarbage) << "sequence " << id << " reads garbage at " << j << " of " << t;
+        }
       }
     }
   };
@@ -405,7 +444,7 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
       Seq s;
       s.streaming = rng() % 2 == 0;
       const int32_t stem = static_cast<int32_t>(rng() % 3);
-      const auto stem_len = static_cast<int32_t>(rng() % (4 * P));
+      const auto stem_len = static_cast<int32_t>(rng() % (6 * P));
       for (int32_t i = 0; i < stem_len; ++i) s.prompt.push_back(stem * 100 + i);
       const auto tail = static_cast<int32_t>(1 + rng() % (2 * P));
       for (int32_t i = 0; i < tail; ++i) s.prompt.push_back(static_cast<int32_t>(10000 + rng() % 4));
@@ -413,6 +452,10 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
       const int64_t len = std::ssize(s.prompt);
       s.computed = m.add_sequence(id, s.streaming ? kBalanced : kDense,
                                   key(s.prompt, s.streaming ? "balanced" : "dense"), len - 1);
+      const SequenceKv& added = m.sequence(id);
+      for (int32_t slot = 0; slot < added.streaming_slots(); ++slot) {
+        for (const int32_t page : added.streaming_pages(slot)) positions[page] = garbage_page();
+      }
       run_copies();
       ASSERT_EQ(s.computed % P, 0);
       ASSERT_LT(s.computed, len);
@@ -443,13 +486,12 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
       for (int32_t slot = 0; slot < kv.streaming_slots(); ++slot) had.push_back(kv.streaming_pages(slot).size());
       m.allocate(id, to);
       m.reserve_snapshots(id, s.computed, to);
-      run_copies();  // as the engine runs them before each step (the reservations stay)
-      // New pages hold nothing yet: a page still registered, shared or snapshotted must never be
+      // New pages hold garbage: a page still registered, shared or snapshotted must never be
       // handed out.
       for (int64_t b = 0; b <= to / P; ++b) {
         if (const std::vector<int32_t>* reserved = m.snapshot_target(id, b)) {
-          ASSERT_GE(b * P, s.computed);
-          for (const int32_t page : *reserved) positions[page] = std::vector<Prefix>(P);
+          ASSERT_GE((b + 1) * P, s.computed);
+          for (const int32_t page : *reserved) positions[page] = garbage_page();
         }
       }
       for (int64_t b = (s.computed + P - 1) / P; b < (to + P - 1) / P; ++b) {
@@ -457,8 +499,9 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
       }
       for (int32_t slot = 0; slot < kv.streaming_slots(); ++slot) {
         const auto& pages = kv.streaming_pages(slot);
-        for (size_t i = had[static_cast<size_t>(slot)]; i < pages.size(); ++i) positions[pages[i]] = std::vector<Prefix>(P);
+        for (size_t i = had[static_cast<size_t>(slot)]; i < pages.size(); ++i) positions[pages[i]] = garbage_page();
       }
+      run_copies();  // as the engine runs them before each step (the reservations stay)
       // "compute" the chunk: full blocks of retrieval pages; streaming positions as the runners
       // write them (after the chunk's attention: only what the ring keeps, and sink positions).
       for (int64_t b = s.computed / P; b < to / P; ++b) {
