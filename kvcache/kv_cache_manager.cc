@@ -307,9 +307,9 @@ void KvCacheManager::release_reserved(uint64_t id) {
 }
 
 void KvCacheManager::drop_pending(uint64_t id) {
+  release_reserved(id);
   const auto it = pending_.find(id);
   if (it == pending_.end()) return;
-  for (auto& [b, pages] : it->second.reserved) pool_.release(pages);
   for (const PrefixCache::Serial e : it->second.read) cache_->unpin(e);
   for (const PrefixCache::Serial e : it->second.filled) {
     cache_->unpin(e);
