@@ -113,6 +113,21 @@ struct Engine::Impl {
   void loop();
   void admit_incoming();
   std::shared_ptr<const kvcache::PrefixKey> prefix_key(LiveRequest& r) const;
+  // Its prompt runs under dynamic prefill sparsity (else dense, also under such a profile).
+  static bool dynamic_prefill(const LiveRequest& r) {
+    return r.profile->prefill.dynamic && r.prompt_len >= r.profile->prefill.min_prompt_tokens;
+  }
+  // How many of its first tokens a later prompt that begins with them computes alike, so that their
+  // K/V may be shared (KvCacheManager::commit): under a dynamic prefill, the prompt's whole query
+  // blocks (a block's mask depends on all its rows; generated positions ran as decode steps); under
+  // decode page selection, the prompt (generated positions attended selected pages only); else all.
+  static size_t cacheable_tokens(const LiveRequest& r) {
+    if (dynamic_prefill(r)) {
+      const int64_t block = r.profile->prefill.block_tokens;
+      return static_cast<size_t>(r.prompt_len / block * block);
+    }
+    return r.profile->decode.enabled ? static_cast<size_t>(r.prompt_len) : r.tokens.size();
+  }
   // The prefix cache's pending page copies (KvCacheManager::take_copies), run by the backend.
   void run_page_copies() {
     const std::vector<kvcache::PageCopy> copies = kv.take_copies();
@@ -407,7 +422,7 @@ void Engine::Impl::admit_incoming() {
     const kvcache::SparsityProfile& p = *r->profile;
     const auto layout = kvcache::SequenceLayout::from_roles(p.roles, p.streaming);
     ChunkRule rule;
-    if (p.prefill.dynamic && r->prompt_len >= p.prefill.min_prompt_tokens) rule.prompt_block = p.prefill.block_tokens;
+    if (dynamic_prefill(*r)) rule.prompt_block = p.prefill.block_tokens;
     // Positions first decoded under page selection, or outside a dynamic prefill's masks, come
     // back the same way after a preemption.
     rule.recompute_as_decode = p.decode.enabled || p.prefill.dynamic;
@@ -432,16 +447,18 @@ void Engine::Impl::admit_incoming() {
   }
 }
 
-// The request's prompt for the prefix cache, or null when its K/V could not be shared: under dynamic
-// prefill sparsity a prompt block's K/V depend on the masks of the prompt it was computed in. (Under
-// streaming heads the cache keeps copies of ring pages: KvCacheManager.) Prompt logprobs need every
+// The request's prompt for the prefix cache, or null with the cache off. (Under streaming heads the
+// cache keeps copies of ring pages: KvCacheManager.) A dynamic prefill's K/V differ from a dense
+// one's: such prompts share only with each other (a query block's mask depends on the blocks up to
+// it alone, so their whole blocks are shared alike: cacheable_tokens). Prompt logprobs need every
 // prompt position run: such a request registers its blocks but starts from none (as vLLM skips the
 // cache for it).
 std::shared_ptr<const kvcache::PrefixKey> Engine::Impl::prefix_key(LiveRequest& r) const {
-  if (!kv.prefix_caching() || r.profile->prefill.dynamic) return nullptr;
+  if (!kv.prefix_caching()) return nullptr;
   auto key = std::make_shared<kvcache::PrefixKey>();
-  key->profile = r.profile->name;
-  if (!r.req.cache_salt.empty()) key->profile += '\0' + r.req.cache_salt;  // a name holds no NUL: salts stay apart
+  key->profile = r.profile->name;  // a name holds no space or NUL: the parts below stay apart
+  if (dynamic_prefill(r)) key->profile += " dynamic";
+  if (!r.req.cache_salt.empty()) key->profile += '\0' + r.req.cache_salt;
   key->tokens.assign(r.tokens.begin(), r.tokens.begin() + r.prompt_len);
   key->match = r.req.prompt_logprobs < 0;
   r.prefix_lookup = key->match;
@@ -657,9 +674,7 @@ void Engine::Impl::step() {
   backend->forward(batch, draws, logits, drawn);
   for (const ScheduledSeq& s : plan.seqs) {  // their K/V are stored: into the prefix cache
     const LiveRequest& r = *live.at(s.id);
-    // Generated positions ran as decode steps: under page selection their K/V are not a prefill's.
-    const size_t cacheable = r.profile->decode.enabled ? static_cast<size_t>(r.prompt_len) : r.tokens.size();
-    kv.commit(s.id, s.start + s.count, std::span<const int32_t>(r.tokens).first(cacheable));
+    kv.commit(s.id, s.start + s.count, std::span<const int32_t>(r.tokens).first(cacheable_tokens(r)));
   }
   run_page_copies();  // the ring pages of the blocks just registered into their snapshots
   const SelectionStats after = backend->selection_stats();

@@ -6,6 +6,7 @@
 
 #include "common/errors.h"
 #include "common/parallel_errors.h"
+#include "engine/page_ranges.h"
 #include "kernels/cpu/attention_block.h"
 #include "kernels/cpu/block_sparse.h"
 #include "kernels/cpu/page_select.h"
@@ -52,15 +53,7 @@ void PagedKvBackend::add_sequence(uint64_t id, const kvcache::SparsityProfile& p
 void PagedKvBackend::release(uint64_t id) { seqs_.erase(id); }
 
 void PagedKvBackend::copy_pages(std::span<const kvcache::PageCopy> copies) {
-  std::vector<kernels::cpu::PageRangeCopy> ranges;
-  ranges.reserve(copies.size());
-  for (const kvcache::PageCopy& c : copies) {
-    check(c.dst >= 0 && c.dst < manager_.num_pages() && c.src < manager_.num_pages() && c.offset >= 0 &&
-              c.tokens >= 0 && c.offset + c.tokens <= storage_.page_tokens(),
-          "PagedKvBackend: page copy out of range");
-    ranges.push_back({c.src, c.dst, c.offset, c.tokens});
-  }
-  storage_.copy_pages(ranges);
+  storage_.copy_pages(page_ranges(copies, manager_.num_pages(), storage_.page_tokens(), "PagedKvBackend"));
 }
 
 void PagedKvBackend::rewind(uint64_t id, int64_t length, const kvcache::SparsityProfile& profile) {

@@ -39,8 +39,7 @@ void Scheduler::add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayo
   e.total = prompt_len;
   e.priority = priority;
   e.arrival = next_arrival_++;
-  // A cached prefix ends on a page, not on a prompt_block boundary: aligned requests start from none.
-  if (e.rule.prompt_block == 1) e.prefix = std::move(prefix);
+  e.prefix = std::move(prefix);
   waiting_.push_back(&e);  // sorted into place by the next plan()
 }
 
@@ -234,7 +233,8 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
     e.chunk_starved = false;
     running_.push_back(&e);
     e.computed = cached;
-    // The chunk again from the cached prefix (requests with prefix keys need no block-aligned chunks).
+    // The chunk again from the cached prefix: it ends on a prompt_block boundary, so a budget that
+    // held the first chunk from nothing holds one from there.
     const int64_t from_cache = cached > 0 ? chunk(e, std::min(budget, rows_left)) : count;
     check(from_cache >= 1, "scheduler: no chunk after a cached prefix");
     schedule(e, from_cache, plan);
@@ -250,7 +250,8 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
 // a long prompt beside a long decode prefill, run out of pages, preempt itself as the newest
 // request and start over, step after step; vLLM V0 also admitted whole prompts.
 Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t promised, int64_t* cached) {
-  const int64_t hit = kv_.add_sequence(e.id, e.layout, e.prefix, e.total - 1);
+  // A cached prefix ends on a prompt_block boundary too, so the chunks after it follow the rule.
+  const int64_t hit = kv_.add_sequence(e.id, e.layout, e.prefix, e.total - 1, e.rule.prompt_block);
   if (cached != nullptr) *cached = hit;
   Admission admission = Admission::kAdmitted;
   // Pages it adopted from the prefix cache count: they fill the pool as well.

@@ -1,6 +1,7 @@
 #include "kvcache/kv_cache_manager.h"
 
 #include <algorithm>
+#include <numeric>
 
 #include <fmt/format.h>
 
@@ -70,18 +71,21 @@ void KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout) {
 }
 
 int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, std::shared_ptr<const PrefixKey> prefix,
-                                     int64_t max_cached_tokens) {
+                                     int64_t max_cached_tokens, int64_t align_tokens) {
+  if (align_tokens < 1) throw InternalError(fmt::format("kv cache: sequence {} with align_tokens {}", id, align_tokens));
   add_sequence(id, layout);
   if (!cache_ || prefix == nullptr) return 0;
   Chain& chain = chains_[id];
   chain.key = std::move(prefix);
   if (!chain.key->match) return 0;
   const int64_t P = config_.page_tokens;
+  const int64_t step = std::lcm(P, align_tokens) / P;  // blocks: n·P is a multiple of align_tokens iff step divides n
   std::vector<PrefixCache::Serial> found =
       cache_->match(chain.key->profile, chain.key->tokens, std::max<int64_t>(0, max_cached_tokens) / P);
+  found.resize(found.size() / static_cast<size_t>(step) * static_cast<size_t>(step));
   SequenceKv& s = seq(id);
   const StreamingGeometry* g = s.streaming_slots() > 0 ? &*s.streaming_geometry() : nullptr;
-  if (g != nullptr) found.resize(static_cast<size_t>(covered_blocks(found, *g)));
+  if (g != nullptr) found.resize(static_cast<size_t>(covered_blocks(found, step, *g)));
   if (found.empty()) return 0;
   const auto n = static_cast<int64_t>(found.size());
   for (const PrefixCache::Serial e : found) cache_->acquire(e);  // so that no eviction below takes them
@@ -134,10 +138,11 @@ void KvCacheManager::adopt(SequenceKv& s, std::span<const PrefixCache::Serial> f
   used_streaming_ += s.pages_held(HeadRole::kStreaming);
 }
 
-int64_t KvCacheManager::covered_blocks(std::span<const PrefixCache::Serial> found, const StreamingGeometry& g) const {
+int64_t KvCacheManager::covered_blocks(std::span<const PrefixCache::Serial> found, int64_t step,
+                                      const StreamingGeometry& g) const {
   const int64_t P = config_.page_tokens;
   auto has = [&](int64_t b) { return !cache_->snapshot(found[static_cast<size_t>(b)]).empty(); };
-  for (auto n = static_cast<int64_t>(found.size()); n > 0; --n) {
+  for (auto n = static_cast<int64_t>(found.size()) / step * step; n > 0; n -= step) {
     bool ok = true;
     for (int64_t b = 0; ok && b < std::min<int64_t>(g.sink_pages(), n); ++b) ok = has(b);
     for (int64_t b = window_block(n, P, g); ok && b < n; ++b) ok = has(b);

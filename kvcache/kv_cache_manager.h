@@ -66,12 +66,13 @@ class KvCacheManager {
   // Registers an empty sequence. InternalError when the id exists or the layout is inconsistent.
   void add_sequence(uint64_t id, const SequenceLayout& layout);
   // Registers a sequence that may start from cached blocks of `prefix` (null or prefix caching off:
-  // an empty one): the longest cached chain of its prompt's blocks, at most max_cached_tokens, is
-  // shared (length() is then its tokens); with streaming slots, the longest whose snapshots cover
-  // its sink and window, and only when the pool has the sequence's streaming pages (their copies are
-  // pending: take_copies). Returns that length.
+  // an empty one): the longest cached chain of its prompt's blocks, at most max_cached_tokens and a
+  // multiple of align_tokens (≥ 1: a dynamic prefill's query blocks), is shared (length() is then its
+  // tokens); with streaming slots, the longest whose snapshots cover its sink and window, and only
+  // when the pool has the sequence's streaming pages (their copies are pending: take_copies).
+  // Returns that length. InternalError for align_tokens < 1.
   int64_t add_sequence(uint64_t id, const SequenceLayout& layout, std::shared_ptr<const PrefixKey> prefix,
-                       int64_t max_cached_tokens);
+                       int64_t max_cached_tokens, int64_t align_tokens = 1);
   // The sequence's first `computed` tokens hold their K/V, and `tokens` begins with its tokens (the
   // prompt, then generated ones whose K/V equal a prefill's): its full blocks among the first
   // min(computed, tokens.size()) are registered in the prefix cache (a block cached already stays
@@ -145,9 +146,10 @@ class KvCacheManager {
   // Pages for one snapshot (free, or evicting unused cache pages), or none.
   std::vector<int32_t> take_snapshot_pages(int32_t n);
   SequenceKv& seq(uint64_t id);
-  // The longest prefix of `found` (at most its length, in blocks) whose snapshots cover what a
-  // sequence of that length with geometry g reads: its sink blocks and window blocks.
-  int64_t covered_blocks(std::span<const PrefixCache::Serial> found, const StreamingGeometry& g) const;
+  // The longest prefix of `found` (at most its length, in blocks, a multiple of `step`) whose
+  // snapshots cover what a sequence of that length with geometry g reads: its sink blocks and window
+  // blocks.
+  int64_t covered_blocks(std::span<const PrefixCache::Serial> found, int64_t step, const StreamingGeometry& g) const;
   // Gives entry e a snapshot of block b from sequence id's ring, when pages can be had.
   void snapshot(uint64_t id, PrefixCache::Serial e, int64_t b);
   void drop_pending(uint64_t id);

@@ -22,6 +22,7 @@
 #include "engine/cuda/step_graphs.h"
 #include "engine/cuda/step_tables.h"
 #include "engine/forward_step.h"
+#include "engine/page_ranges.h"
 #include "engine/rope_freqs.h"
 #include "engine/sequence_attention.h"
 #include "kernels/cpu/matmul.h"
@@ -341,14 +342,7 @@ void CudaForward::copy_pages(std::span<const kvcache::PageCopy> copies) {
   Impl& m = *impl_;
   if (copies.empty()) return;
   const int32_t P = m.manager.config().page_tokens;
-  std::vector<kernels::cpu::PageRangeCopy> ranges;
-  ranges.reserve(copies.size());
-  for (const kvcache::PageCopy& c : copies) {
-    check(c.dst >= 0 && c.dst < m.manager.num_pages() && c.src < m.manager.num_pages() && c.offset >= 0 &&
-              c.tokens >= 0 && c.offset + c.tokens <= P,
-          "CudaForward: page copy out of range");
-    ranges.push_back({c.src, c.dst, c.offset, c.tokens});
-  }
+  const std::vector<kernels::cpu::PageRangeCopy> ranges = page_ranges(copies, m.manager.num_pages(), P, "CudaForward");
   // The upload reads pageable memory: staged before cudaMemcpyAsync returns. The buffer is reused by
   // the next call's upload, which the stream orders after this launch.
   sized(m.page_copies, static_cast<int64_t>(ranges.size()));

@@ -1,8 +1,8 @@
 // The engine with prefix caching on the real default model (skipped when absent): a request whose
 // prompt begins with blocks an earlier request computed starts from them and gives the tokens and
 // logprobs it gives without the cache, under profiles with and without streaming heads (whose window
-// the cache copies into the new ring) and page selection; dynamic prefill and prompt logprobs start
-// from nothing; cached pages are taken back under memory pressure.
+// the cache copies into the new ring), page selection and dynamic prefill (from whole query blocks);
+// prompt logprobs start from nothing; cached pages are taken back under memory pressure.
 #include <gtest/gtest.h>
 
 #include "tests/engine/engine_fixture.h"
@@ -110,11 +110,8 @@ TEST_F(EnginePrefixTest, OnlyRequestsWithTheSameSaltShareBlocks) {
   expect_all_pages_returned(e);
 }
 
-TEST_F(EnginePrefixTest, DynamicPrefillAndPromptLogprobsStartFromNothing) {
+TEST_F(EnginePrefixTest, PromptLogprobsStartFromNothing) {
   Engine e(*model_, recompute_profiles(), EngineConfig{});
-  run(e, greedy("a", 300, 2, "dynamic"));
-  EXPECT_EQ(run(e, greedy("b", 300, 2, "dynamic")).last.cached_tokens, 0);
-  EXPECT_EQ(e.metrics().prefix_cache_queries.load(), 0);
   // Prompt logprobs need every prompt position: such a request finds nothing, but what it computed
   // is found by the next one.
   Request with_prompt_logprobs = greedy("p", 300, 2, "dense");
@@ -127,6 +124,58 @@ TEST_F(EnginePrefixTest, DynamicPrefillAndPromptLogprobsStartFromNothing) {
   EXPECT_EQ(r.last.cached_tokens, 0);
   EXPECT_EQ(e.metrics().prefix_cache_queries.load(), 300);
   expect_all_pages_returned(e);
+}
+
+// Under a dynamic prefill a query block's mask depends on the blocks up to it alone, so a prompt's
+// whole query blocks are shared with later dynamic prompts: from a multiple of the block (64 tokens
+// in `dynamic`, 128 in `dynamic-balanced`, whose streaming heads the cache copies as well), never
+// the last partial block or the answer. A prompt under min_prompt_tokens runs dense and shares only
+// with such prompts. The logprobs are those of a server without the cache.
+TEST_F(EnginePrefixTest, DynamicPrefillSharesWholeQueryBlocksWithDynamicPrompts) {
+  for (const std::string profile : {"dynamic", "dynamic-balanced"}) {
+    const int64_t block = profile == "dynamic" ? 64 : 128;
+    Engine e(*model_, recompute_profiles(), EngineConfig{});
+    const Request first = greedy("first", 500, 40, profile);
+    const Run answer = run(e, first);
+    EXPECT_EQ(answer.last.cached_tokens, 0) << profile;
+    auto branch = [&](const std::string& id, int64_t length, size_t at) {
+      Request r = greedy(id, length, 4, profile);
+      for (size_t i = at; i < r.prompt.size(); ++i) r.prompt[i] = first.prompt[i - at];  // another text from `at` on
+      return r;
+    };
+    const Request again = greedy("again", 500, 4, profile), at330 = branch("at330", 500, 330);
+    // The next turn (the first prompt, its answer, more): the first prompt's whole query blocks, not
+    // the page its last partial block shares with the answer (decoded, not masked).
+    Request next = first;
+    next.id = "next";
+    next.max_tokens = 4;
+    ASSERT_EQ(answer.tokens.size(), 40u);
+    next.prompt.insert(next.prompt.end(), answer.tokens.begin(), answer.tokens.end());
+    next.prompt.insert(next.prompt.end(), first.prompt.begin(), first.prompt.begin() + 60);
+    const Run a = run(e, again), b = run(e, at330), c = run(e, next);
+    EXPECT_EQ(a.last.cached_tokens, 500 / block * block) << profile;  // 448 or 384
+    EXPECT_EQ(b.last.cached_tokens, 330 / block * block) << profile;
+    EXPECT_EQ(c.last.cached_tokens, 500 / block * block) << profile;
+    // Under `dynamic-balanced` a 200-token prompt runs dense: it finds none of the dynamic blocks,
+    // and its own whole pages serve the next dense one.
+    if (profile == "dynamic-balanced") {
+      const Request short_one = greedy("short", 200, 4, profile);
+      EXPECT_EQ(run(e, short_one).last.cached_tokens, 0);
+      const Run d = run(e, greedy("short-again", 200, 4, profile));
+      EXPECT_EQ(d.last.cached_tokens, 192);
+      EngineConfig off;
+      off.enable_prefix_caching = false;
+      Engine plain(*model_, recompute_profiles(), off);
+      EXPECT_EQ(run(plain, short_one).logprobs, d.logprobs);
+    }
+    EngineConfig off;
+    off.enable_prefix_caching = false;
+    Engine plain(*model_, recompute_profiles(), off);
+    EXPECT_EQ(run(plain, again).logprobs, a.logprobs) << profile;
+    EXPECT_EQ(run(plain, at330).logprobs, b.logprobs) << profile;
+    EXPECT_EQ(run(plain, next).logprobs, c.logprobs) << profile;
+    expect_all_pages_returned(e);
+  }
 }
 
 // Under streaming heads a later prompt that branches off inside an earlier prompt's chunk starts at
@@ -159,10 +208,10 @@ TEST_F(EnginePrefixTest, StreamingHeadsStartFromTheWholeSharedBlocksOfAChunkedPr
 }
 
 // Preempted, a request comes back to its whole prompt from the cache (a prompt of whole blocks) and
-// recomputes its generated positions as they were first computed: under page selection one decode
-// step each. Its logprobs are those of an uninterrupted run.
+// recomputes its generated positions as they were first computed: under page selection and dynamic
+// prefill one decode step each. Its logprobs are those of an uninterrupted run.
 TEST_F(EnginePrefixTest, APreemptedRequestResumesFromItsCachedPromptExactly) {
-  for (const std::string profile : {"select-all", "dense"}) {
+  for (const std::string profile : {"select-all", "dense", "dynamic"}) {
     Run reference;
     {
       Engine e(*model_, recompute_profiles(), EngineConfig{});

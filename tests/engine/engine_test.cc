@@ -96,7 +96,7 @@ TEST_F(EngineRecomputeTest, APreemptedRequestUnderPageSelectionResumesExactly) {
 // output does not depend on the token budget that cut the prompt (nor on what shared the step).
 TEST_F(EngineRecomputeTest, DynamicPrefillIsIndependentOfChunking) {
   std::vector<float> whole, chunked;
-  for (const int32_t budget : {4096, 100}) {
+  for (const int32_t budget : {4096, 200}) {
     EngineConfig cfg;
     cfg.max_num_batched_tokens = budget;
     Engine e(*model_, recompute_profiles(), cfg);

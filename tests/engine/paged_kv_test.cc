@@ -15,6 +15,8 @@
 #include <random>
 #include <set>
 
+#include "common/errors.h"
+#include "engine/page_ranges.h"
 #include "kernels/cpu/block_sparse.h"
 #include "kvcache/kv_cache_manager.h"
 
@@ -200,6 +202,27 @@ INSTANTIATE_TEST_SUITE_P(Geometries, PagedKvTest,
 
 // Dynamic prefill: attention under the XAttention block mask equals dense attention restricted to
 // the expanded mask (computed here in double from the same mask).
+// Both runners' copy_pages check the prefix cache's copies against their pool here.
+TEST(PageRanges, CopiesOutsideThePoolAreInternalErrors) {
+  const std::vector<kvcache::PageCopy> ok = {{3, 4, 8, 8}, {-1, 0, 0, 16}, {4, 2, 16, 0}};
+  const std::vector<kernels::cpu::PageRangeCopy> got = page_ranges(ok, 5, 16, "runner");
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0].src, 3);
+  EXPECT_EQ(got[0].dst, 4);
+  EXPECT_EQ(got[0].offset, 8);
+  EXPECT_EQ(got[0].tokens, 8);
+  EXPECT_EQ(got[1].src, -1);
+  for (const kvcache::PageCopy& bad : std::vector<kvcache::PageCopy>{
+           {3, 5, 0, 1}, {0, -1, 0, 1}, {5, 0, 0, 1}, {-2, 0, 0, 1}, {0, 1, -1, 1}, {0, 1, 8, 9}, {0, 1, 0, -1}}) {
+    try {
+      page_ranges(std::vector<kvcache::PageCopy>{ok[0], bad}, 5, 16, "runner");
+      ADD_FAILURE() << "accepted " << bad.src << " " << bad.dst << " " << bad.offset << " " << bad.tokens;
+    } catch (const InternalError& e) {
+      EXPECT_NE(std::string(e.what()).find("runner: page copy out of range"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(BlockSparsePrefill, EqualsDenseUnderExpandedMask) {
   const ModelConfig c = tiny_config();
   const int D = 16, H = 2, group = 3;

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <map>
 #include <random>
 #include <set>
@@ -38,6 +39,7 @@ struct Harness {
   struct Model {
     int64_t prompt = 0, output = 0, computed = 0, total = 0, generated = 0;
     SequenceLayout layout;
+    int64_t block = 1;  // the rule's prompt_block as the scheduler takes it
   };
 
   Harness(SchedulerConfig c, int32_t num_pages, bool prefix_caching = false)
@@ -50,15 +52,23 @@ struct Harness {
            ChunkRule rule = {}, std::shared_ptr<const kvcache::PrefixKey> prefix = nullptr) {
     if (prefix) tokens[id] = prefix->tokens;
     sched.add(id, prompt, layout, priority, rule, std::move(prefix));
-    live[id] = Model{.prompt = prompt, .output = output, .computed = 0, .total = prompt, .generated = 0, .layout = layout};
+    const bool aligned = rule.prompt_block > 1 && rule.prompt_block <= config.max_num_batched_tokens;
+    live[id] = Model{.prompt = prompt, .output = output, .computed = 0, .total = prompt, .generated = 0, .layout = layout,
+                     .block = aligned ? rule.prompt_block : 1};
   }
 
   void cancel(uint64_t id) {
-    const int64_t held = kv.has_sequence(id) ? expected_pages(live.at(id).layout, kv.sequence(id).length()) : 0;
+    // Its pages no other sequence shares (another may have adopted blocks it computed) are free in
+    // the same call; so are cached blocks its chain used but computed again itself (a streaming
+    // window the cache did not cover, a block another request cached meanwhile).
+    std::set<int32_t> own, others;
+    for (const auto& [other, m] : live) {
+      if (kv.has_sequence(other)) insert_pages(kv.sequence(other), other == id ? own : others);
+    }
+    int64_t held = 0;
+    for (const int32_t page : own) held += others.contains(page) ? 0 : 1;
     const int32_t free_before = kv.free_pages();
     ASSERT_TRUE(sched.cancel(id));
-    // Its pages are free in the same call; so are cached blocks its chain used but computed again
-    // itself (a streaming window the cache did not cover, a block another request cached meanwhile).
     EXPECT_GE(kv.free_pages(), free_before + held) << "abort frees the pages in the same call";
     if (!kv.prefix_caching()) {
       EXPECT_EQ(kv.free_pages(), free_before + held);
@@ -130,6 +140,7 @@ struct Harness {
       if (s.resumed) {  // admitted (again): from nothing, or from whole blocks of its cached prefix
         EXPECT_EQ(m.computed, 0) << s.id;
         EXPECT_EQ(s.start % kPageTokens, 0) << s.id;
+        EXPECT_EQ(s.start % m.block, 0) << s.id;  // and on the rule's blocks
         if (!kv.prefix_caching()) {
           EXPECT_EQ(s.start, 0) << s.id;
         }
@@ -140,6 +151,9 @@ struct Harness {
       }
       EXPECT_EQ(s.start, m.computed) << s.id;
       EXPECT_LE(s.start + s.count, m.total) << s.id;
+      if (s.start + s.count < m.prompt) {
+        EXPECT_EQ((s.start + s.count) % m.block, 0) << s.id;
+      }
       EXPECT_EQ(s.sample, s.start + s.count == m.total) << s.id;
       EXPECT_EQ(kv.sequence(s.id).length(), s.start + s.count) << "the chunk's pages are allocated";
       tokens += s.count;
@@ -148,6 +162,11 @@ struct Harness {
     EXPECT_LE(plan.num_tokens, config.max_num_batched_tokens);
     EXPECT_LE(sched.num_running(), static_cast<size_t>(config.max_num_seqs));
     max_running = std::max(max_running, sched.num_running());
+  }
+
+  static void insert_pages(const kvcache::SequenceKv& s, std::set<int32_t>& pages) {
+    for (int32_t k = 0; k < s.retrieval_slots(); ++k) pages.insert(s.retrieval_pages(k).begin(), s.retrieval_pages(k).end());
+    for (int32_t k = 0; k < s.streaming_slots(); ++k) pages.insert(s.streaming_pages(k).begin(), s.streaming_pages(k).end());
   }
 
   // Pages in use are exactly those of the live (running) sequences, as their layouts say (a page
@@ -160,8 +179,7 @@ struct Harness {
       const kvcache::SequenceKv& s = kv.sequence(id);
       EXPECT_EQ(s.length(), m.computed) << id;
       EXPECT_EQ(s.pages_held(), expected_pages(m.layout, s.length())) << id;
-      for (int32_t k = 0; k < s.retrieval_slots(); ++k) pages.insert(s.retrieval_pages(k).begin(), s.retrieval_pages(k).end());
-      for (int32_t k = 0; k < s.streaming_slots(); ++k) pages.insert(s.streaming_pages(k).begin(), s.streaming_pages(k).end());
+      insert_pages(s, pages);
     }
     if (kv.prefix_caching()) {  // plus cached blocks the sequences' chains use (computed twice)
       EXPECT_GE(kv.num_pages() - kv.free_pages(), std::ssize(pages));
@@ -577,14 +595,15 @@ int64_t stress(bool priority, uint32_t seed, bool prefix = false, int64_t* cache
   while ((added < kRequests || h.sched.has_work()) && h.steps < 20000) {
     if (added < kRequests && uniform(0, 9) < 3) {
       const SequenceLayout layout = uniform(0, 2) == 0 ? mixed_layout() : dense_layout();
-      // Some prompts prefill in aligned blocks (dynamic prefill sparsity), up to the whole budget.
+      // Some prompts prefill in aligned blocks (dynamic prefill sparsity), up to the whole budget,
+    // and look up their prefixes too.
       const int32_t budget = config.max_num_batched_tokens;
       const ChunkRule rule{.prompt_block = uniform(0, 2) != 0 ? 1
                                            : uniform(0, 1) == 0 ? budget
                                                                 : static_cast<int32_t>(uniform(2, budget))};
       const int64_t prompt = uniform(1, 80);
       std::shared_ptr<const kvcache::PrefixKey> key;
-      if (prefix && rule.prompt_block == 1) {
+      if (prefix) {
         auto k = std::make_shared<kvcache::PrefixKey>();
         k->profile = layout.streaming_slots > 0 ? "balanced" : "dense";  // a profile has one layout
         const int64_t stem = uniform(0, 2), stem_len = uniform(0, prompt);
@@ -684,10 +703,35 @@ TEST(Scheduler, APromptLargerThanThePoolIsUnservableWithItsCachedBlocks) {
   ASSERT_TRUE(h.run(10));
   EXPECT_EQ(h.unservable, std::vector<uint64_t>{2});
   EXPECT_EQ(h.finished, (std::vector<uint64_t>{1, 3}));
-  // An aligned chunk rule takes no cached prefix (it would not end on a block of the rule).
-  h.add(4, 33, 1, dense_layout(), 0, ChunkRule{.prompt_block = 8}, prompt_key(33));
+}
+
+// A dynamic prefill's chunks end on its blocks (ChunkRule::prompt_block): so does a cached prefix it
+// starts from, and its chunks after it.
+TEST(Scheduler, AnAlignedRequestStartsFromTheLongestCachedPrefixOnItsBlocks) {
+  Harness h(SchedulerConfig{.max_num_seqs = 4, .max_num_batched_tokens = 64}, 64, true);
+  h.add(1, 60, 1, dense_layout(), 0, {}, prompt_key(60));  // blocks 0 to 2 (48 tokens) cached
   ASSERT_TRUE(h.run(10));
-  EXPECT_EQ(h.history.at(4).front().start, 0);
+  for (const auto& [id, block, start] : std::vector<std::array<int64_t, 3>>{{2, 32, 32}, {3, 48, 48}, {4, 64, 0}, {5, 8, 48}}) {
+    h.add(static_cast<uint64_t>(id), 60, 1, dense_layout(), 0, ChunkRule{.prompt_block = static_cast<int32_t>(block)}, prompt_key(60));
+    ASSERT_TRUE(h.run(10));
+    EXPECT_EQ(chunks(h.history.at(static_cast<uint64_t>(id))).front(), (Chunk{start, 60 - start, true, true})) << id;
+  }
+  // At most the prompt less its last token (47: 2 blocks), then down to the rule's block.
+  h.add(6, 48, 1, dense_layout(), 0, ChunkRule{.prompt_block = 32}, prompt_key(48));
+  h.add(7, 48, 1, dense_layout(), 0, ChunkRule{.prompt_block = 48}, prompt_key(48));
+  ASSERT_TRUE(h.run(10));
+  EXPECT_EQ(h.history.at(6).front().start, 32);
+  EXPECT_EQ(h.history.at(7).front().start, 0);
+  // A chunk after the cached prefix ends on a block too: 96 of 200 tokens cached (a multiple of 32),
+  // a budget of 40: [96, 128), then [128, 160).
+  Harness small(SchedulerConfig{.max_num_seqs = 4, .max_num_batched_tokens = 40}, 64, true);
+  small.add(1, 100, 1, dense_layout(), 0, {}, prompt_key(100));
+  ASSERT_TRUE(small.run(10));
+  small.add(2, 200, 1, dense_layout(), 0, ChunkRule{.prompt_block = 32}, prompt_key(200));
+  ASSERT_TRUE(small.run(20));
+  const std::vector<ScheduledSeq>& two = small.history.at(2);
+  EXPECT_EQ(chunks(two).front(), (Chunk{96, 32, false, true}));
+  EXPECT_EQ(chunks(two).at(1), (Chunk{128, 32, false, false}));
 }
 
 TEST(Scheduler, RejectsBadConfigAndBadRequests) {

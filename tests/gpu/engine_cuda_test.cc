@@ -379,11 +379,11 @@ TEST(CudaEngineTest, PreemptedAndCancelledRequestsStayRightAndReturnTheirPages) 
 
 // Prefix caching on the GPU: requests whose prompts begin with blocks an earlier request computed
 // start from those pages (cached_tokens), under the dense profile, under streaming heads (the window
-// copied into the ring: CudaForward::copy_pages) and under decode page selection on every head, next
-// to an engine without the cache that runs the same requests; the last request is the first one's
-// next turn (its prompt, its answer, more), whose answer's blocks are cached too without page
-// selection. Dense and streaming: each request's logprobs match its CPU replay (the whole prompt
-// prefilled there) within rounding. Page selection,
+// copied into the ring: CudaForward::copy_pages), under decode page selection on every head and under
+// dynamic prefill, next to an engine without the cache that runs the same requests; the last request
+// is the first one's next turn (its prompt, its answer, more), whose answer's blocks are cached too
+// without page selection or dynamic prefill. Dense, streaming and dynamic prefill: each request's
+// logprobs match its CPU replay (the whole prompt prefilled there) within rounding. Page selection,
 // whose near-tie flips move a token's logprob past rounding: both engines select the same number of
 // pages at the same steps, and the cached requests' logprobs are no further from the CPU's than the
 // uncached ones' (mean error within 0.02 of theirs).
@@ -401,10 +401,14 @@ TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
   // Streaming heads: the cache copies the window (sink 16, local 40: blocks 3-5 at 96 tokens, 4-6 at
   // 112) into the new sequence's ring; 48-token chunks leave those blocks whole in the first ring.
   const kvcache::SparsityProfile streaming = sparse_profile(c, "streaming", false);
-  Engine cached(fx.model(), test_profiles(c, {select_all, streaming}), engine_config(4, 48), cuda_step_backend());
-  Engine plain(fx.model(), test_profiles(c, {select_all, streaming}), off, cuda_step_backend());
+  // Dynamic prefill in blocks of 2 pages: the prompts' whole query blocks are cached, not answers.
+  kvcache::SparsityProfile xattn = dynamic_profile(c);
+  xattn.name = "xattn-32";
+  xattn.prefill.block_tokens = 32;
+  Engine cached(fx.model(), test_profiles(c, {select_all, streaming, xattn}), engine_config(4, 48), cuda_step_backend());
+  Engine plain(fx.model(), test_profiles(c, {select_all, streaming, xattn}), off, cuda_step_backend());
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
-  for (const std::string profile : {"dense", "select-all", "streaming"}) {
+  for (const std::string profile : {"dense", "select-all", "streaming", "xattn-32"}) {
     SCOPED_TRACE(profile);
     std::vector<int32_t> x(100);
     for (int32_t& t : x) t = tok(fx.rng);
@@ -437,7 +441,8 @@ TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
       for (const Finished& f : runs[k]) hits[k].push_back(f.cached_tokens);
     }
     // The first answer's 23 computed tokens complete block 6 (positions 96-111) for the next turn.
-    EXPECT_EQ(hits[0], (std::vector<int64_t>{0, 96, 96, profile == "select-all" ? 96 : 112}));
+    const bool prompt_only = profile == "select-all" || profile == "xattn-32";
+    EXPECT_EQ(hits[0], (std::vector<int64_t>{0, 96, 96, prompt_only ? 96 : 112}));
     EXPECT_EQ(hits[1], (std::vector<int64_t>{0, 0, 0, 0}));
     for (size_t i = 0; i < 4; ++i) {
       const Agreement a = replay_on_cpu(fx.model(), cached.profiles(), profile, runs[0][i]);
@@ -456,7 +461,7 @@ TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
   EXPECT_EQ(cached.metrics().selected_tokens.load(), plain.metrics().selected_tokens.load());
   EXPECT_EQ(cached.metrics().selectable_tokens.load(), plain.metrics().selectable_tokens.load());
   EXPECT_EQ(cached.metrics().page_selections.load(), plain.metrics().page_selections.load());
-  EXPECT_EQ(cached.metrics().prefix_cache_hits.load(), 2 * (96 + 96 + 112) + 3 * 96);
+  EXPECT_EQ(cached.metrics().prefix_cache_hits.load(), 2 * (96 + 96 + 112) + 2 * 3 * 96);
   wait_for_pages_back(cached);
   wait_for_pages_back(plain);
 }

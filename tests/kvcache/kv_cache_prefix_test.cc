@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <map>
 #include <memory>
 #include <random>
@@ -87,6 +88,27 @@ TEST(KvCachePrefix, ASecondSequenceWithTheSamePromptSharesTheFirstsBlocks) {
   EXPECT_EQ(m.cached_free_pages(), 0);
   m.release(5);
   EXPECT_EQ(m.add_sequence(6, kDense, k, 49), 0);  // evicted
+}
+
+// A dynamic prefill's chunks end on its query blocks: a shared prefix must too.
+TEST(KvCachePrefix, AnAlignedSequenceAdoptsAMultipleOfItsAlignment) {
+  KvCacheManager m(kConfig, 64, true);
+  const auto k = key(prompt(100));
+  m.add_sequence(1, kDense, k, 99);
+  m.allocate(1, 100);
+  m.commit(1, 100, k->tokens);  // 6 blocks
+  // align (tokens) → the longest multiple of lcm(P, align) within the chain and the cap.
+  for (const auto& [align, cap, want] : std::vector<std::array<int64_t, 3>>{
+           {1, 99, 96}, {16, 99, 96}, {32, 99, 96}, {48, 99, 96}, {64, 99, 64}, {40, 99, 80},
+           {128, 99, 0}, {8, 99, 96}, {32, 70, 64}, {48, 70, 48}, {64, 63, 0}}) {
+    EXPECT_EQ(m.add_sequence(2, kDense, k, cap, align), want) << align << " " << cap;
+    EXPECT_EQ(m.sequence(2).length(), want);
+    m.release(2);
+  }
+  EXPECT_THROW(m.add_sequence(2, kDense, k, 99, 0), InternalError);
+  EXPECT_FALSE(m.has_sequence(2));
+  m.release(1);
+  EXPECT_EQ(m.free_pages(), 64);
 }
 
 TEST(KvCachePrefix, GeneratedTokensGivenToCommitAreCachedToo) {
@@ -205,6 +227,13 @@ TEST(KvCachePrefix, StreamingLayoutsAdoptTheLongestChainWhoseSnapshotsCoverTheWi
   EXPECT_EQ(m.add_sequence(3, kBalanced, key(other, "balanced"), 70), 2 * P);
   EXPECT_EQ(sorted(m.take_copies()), sorted(want));
   m.release(3);
+  // Aligned on 4 blocks: at 64 tokens the window needs blocks 2 and 3 (no snapshots), and no
+  // shorter multiple but 0. On 2 blocks: all 6.
+  EXPECT_EQ(m.add_sequence(4, kBalanced, k, 99, 4 * P), 0);
+  m.release(4);
+  EXPECT_EQ(m.add_sequence(4, kBalanced, k, 99, 2 * P), 6 * P);
+  m.release(4);
+  EXPECT_TRUE(m.take_copies().empty());
   m.release(1);
   EXPECT_EQ(m.free_pages(), 64);
   EXPECT_EQ(m.cached_free_pages(), 6 * 2 + 4 * 2);  // retrieval pages of 6 blocks, 4 snapshots
