@@ -447,19 +447,21 @@ void Engine::Impl::admit_incoming() {
   }
 }
 
-// The request's prompt for the prefix cache, or null with the cache off. (Under streaming heads the
-// cache keeps copies of ring pages: KvCacheManager.) A dynamic prefill's K/V differ from a dense
-// one's: such prompts share only with each other (a query block's mask depends on the blocks up to
-// it alone, so their whole blocks are shared alike: cacheable_tokens). Prompt logprobs need every
-// prompt position run: such a request registers its blocks but starts from none (as vLLM skips the
-// cache for it).
+// The request's tokens for the prefix cache, or null with the cache off: its prompt, and after a
+// preemption its cacheable generated tokens too, so it resumes from their blocks. (Under streaming
+// heads the cache keeps copies of ring pages: KvCacheManager.) A dynamic prefill's K/V differ from a
+// dense one's: such prompts share only with each other (a query block's mask depends on the blocks
+// up to it alone, so their whole blocks are shared alike: cacheable_tokens). Prompt logprobs need
+// every prompt position run: such a request registers its blocks but starts from none (as vLLM skips
+// the cache for it).
 std::shared_ptr<const kvcache::PrefixKey> Engine::Impl::prefix_key(LiveRequest& r) const {
   if (!kv.prefix_caching()) return nullptr;
   auto key = std::make_shared<kvcache::PrefixKey>();
   key->profile = r.profile->name;  // a name holds no space or NUL: the parts below stay apart
   if (dynamic_prefill(r)) key->profile += " dynamic";
   if (!r.req.cache_salt.empty()) key->profile += '\0' + r.req.cache_salt;
-  key->tokens.assign(r.tokens.begin(), r.tokens.begin() + r.prompt_len);
+  const size_t lookup = std::max(static_cast<size_t>(r.prompt_len), cacheable_tokens(r));
+  key->tokens.assign(r.tokens.begin(), r.tokens.begin() + static_cast<std::ptrdiff_t>(lookup));
   key->match = r.req.prompt_logprobs < 0;
   r.prefix_lookup = key->match;
   return key;
@@ -600,12 +602,14 @@ void Engine::Impl::step() {
   for (uint64_t key : plan.preempted) {
     metrics.num_preemptions += 1;
     auto it = live.find(key);
-    if (it != live.end() && it->second->bound) {
+    if (it == live.end()) continue;
+    if (it->second->bound) {
       step_keys.push_back(key);
       backend->release(key);
       it->second->bound = false;
       step_keys.pop_back();
     }
+    if (kv.prefix_caching()) scheduler.set_prefix(key, prefix_key(*it->second));  // its answer so far too
   }
   if (plan.empty()) return;
 
@@ -632,6 +636,9 @@ void Engine::Impl::step() {
         metrics.prefix_cache_queries += r.prompt_len;
         metrics.prefix_cache_hits += s.start;
       }
+    } else if (s.resumed && r.prefix_lookup) {  // back after a preemption
+      metrics.prefix_cache_preempted_queries += static_cast<int64_t>(r.tokens.size());
+      metrics.prefix_cache_preempted_hits += s.start;
     }
     // Cached prompt tokens count as prompt tokens (vLLM's prompt_tokens_total); a recompute does not.
     if (const int64_t end = std::min<int64_t>(s.start + s.count, r.prompt_len); end > r.prompt_counted) {

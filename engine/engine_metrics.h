@@ -44,6 +44,10 @@ struct EngineMetrics {
   // those, the tokens found cached.
   std::atomic<int64_t> prefix_cache_queries{0};
   std::atomic<int64_t> prefix_cache_hits{0};
+  // Likewise for requests coming back after a preemption: the tokens they held (prompt and answer so
+  // far), and of those, the tokens found cached instead of computed again.
+  std::atomic<int64_t> prefix_cache_preempted_queries{0};
+  std::atomic<int64_t> prefix_cache_preempted_hits{0};
   std::atomic<int64_t> generation_tokens{0};
   std::atomic<int64_t> requests_finished[5] = {};  // by FinishReason
   std::atomic<int64_t> kv_pages_total{0};

@@ -59,6 +59,12 @@ void Scheduler::remove(Entry& e) {
   entries_.erase(id);
 }
 
+void Scheduler::set_prefix(uint64_t id, std::shared_ptr<const kvcache::PrefixKey> prefix) {
+  Entry* e = find(id);
+  if (e == nullptr || e->running) throw InternalError(fmt::format("scheduler: prefix of request {}, which is not waiting", id));
+  e->prefix = std::move(prefix);
+}
+
 bool Scheduler::cancel(uint64_t id) {
   Entry* e = find(id);
   if (e == nullptr) return false;

@@ -103,6 +103,10 @@ class Scheduler {
   // (KvCacheManager::commit) before the step's requests finish.
   void add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority = 0,
            ChunkRule rule = {}, std::shared_ptr<const kvcache::PrefixKey> prefix = nullptr);
+  // Replaces a waiting request's prefix key (add's `prefix`) for its next admission: after a
+  // preemption, its prompt and the generated tokens whose blocks the cache may hold. InternalError
+  // for an unknown or running id.
+  void set_prefix(uint64_t id, std::shared_ptr<const kvcache::PrefixKey> prefix);
   // Removes a request wherever it is; its pages are released at once. False if unknown.
   bool cancel(uint64_t id);
   // Removes a finished (running) request and releases its pages. InternalError otherwise.

@@ -102,6 +102,11 @@ std::string render_metrics(const EngineMetrics& m, const MetricsContext& ctx) {
             get(m.prompt_tokens));
   w.counter("prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", get(m.prefix_cache_queries));
   w.counter("prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", get(m.prefix_cache_hits));
+  w.counter("prefix_cache_preempted_queries_total",
+            "Tokens of preempted requests (prompt and answer so far) looked up in the prefix cache on resuming.",
+            get(m.prefix_cache_preempted_queries));
+  w.counter("prefix_cache_preempted_hits_total", "Tokens of preempted requests found in the prefix cache on resuming.",
+            get(m.prefix_cache_preempted_hits));
   w.counter("generation_tokens_total", "Generated tokens.", get(m.generation_tokens));
   w.header("request_success_total", "counter", "Finished requests, by finish reason.");
   for (const FinishReason r : {FinishReason::kStop, FinishReason::kLength, FinishReason::kAbort, FinishReason::kError}) {

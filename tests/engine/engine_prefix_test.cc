@@ -207,9 +207,10 @@ TEST_F(EnginePrefixTest, StreamingHeadsStartFromTheWholeSharedBlocksOfAChunkedPr
   expect_all_pages_returned(e);
 }
 
-// Preempted, a request comes back to its whole prompt from the cache (a prompt of whole blocks) and
-// recomputes its generated positions as they were first computed: under page selection and dynamic
-// prefill one decode step each. Its logprobs are those of an uninterrupted run.
+// Preempted, a request comes back to its whole prompt from the cache (a prompt of whole blocks), and
+// without page selection or dynamic prefill to its answer's whole blocks too; it recomputes the rest
+// of its generated positions as they were first computed: under page selection and dynamic prefill
+// one decode step each. Its logprobs are those of an uninterrupted run.
 TEST_F(EnginePrefixTest, APreemptedRequestResumesFromItsCachedPromptExactly) {
   for (const std::string profile : {"select-all", "dense", "dynamic"}) {
     Run reference;
@@ -227,6 +228,16 @@ TEST_F(EnginePrefixTest, APreemptedRequestResumesFromItsCachedPromptExactly) {
     EXPECT_EQ(logprobs_of(*b), reference.logprobs) << profile << ": after preemption";
     EXPECT_GT(e.metrics().num_preemptions.load(), 0) << profile;
     EXPECT_GT(e.metrics().prefix_cache_hits.load(), 0) << profile;
+    // It comes back to its prompt's blocks, and without page selection or dynamic prefill to its
+    // answer's so far too (their K/V are a prefill's).
+    const int64_t resumed_hits = e.metrics().prefix_cache_preempted_hits.load();
+    const int64_t prompt_only = 256 * e.metrics().num_preemptions.load();
+    EXPECT_GT(resumed_hits, 0) << profile;
+    if (profile == "dense") {
+      EXPECT_GT(resumed_hits, prompt_only) << profile;
+    } else {
+      EXPECT_LE(resumed_hits, prompt_only) << profile;
+    }
     expect_all_pages_returned(e);
   }
 }

@@ -691,6 +691,24 @@ TEST(Scheduler, ARequestStartsFromItsPromptsCachedBlocksAndComputesItsLastToken)
   EXPECT_GT(h.kv.cached_free_pages(), 0);
 }
 
+// The engine gives a preempted request a longer key (its answer so far too): the next admission looks
+// that one up. Only a waiting request's key can change.
+TEST(Scheduler, AWaitingRequestLooksUpTheKeyItWasLastGiven) {
+  Harness h(SchedulerConfig{.max_num_seqs = 4, .max_num_batched_tokens = 128}, 64, true);
+  h.add(1, 100, 1, dense_layout(), 0, {}, prompt_key(100));
+  ASSERT_TRUE(h.run(10));
+  h.add(2, 100, 1, dense_layout(), 0, {}, prompt_key(100, 500));  // other tokens: nothing cached
+  const auto key = prompt_key(100);
+  h.sched.set_prefix(2, key);
+  h.tokens[2] = key->tokens;
+  EXPECT_EQ(chunks(h.step().seqs), std::vector<Chunk>({{96, 4, true, true}}));
+  EXPECT_THROW(h.sched.set_prefix(3, key), InternalError);
+  h.add(3, 100, 2, dense_layout(), 0, {}, key);
+  h.step();
+  EXPECT_THROW(h.sched.set_prefix(3, key), InternalError);  // running
+  ASSERT_TRUE(h.run(10));
+}
+
 // The pages a request adopts from the prefix cache fill the pool as well: a prompt that needs more
 // than the whole pool is unservable whatever share of it is cached (else it would block the queue).
 TEST(Scheduler, APromptLargerThanThePoolIsUnservableWithItsCachedBlocks) {

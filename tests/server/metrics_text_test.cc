@@ -52,7 +52,8 @@ TEST(MetricsText, RendersEverySeries) {
   for (const char* name : {"inter_token_latency_seconds_sum", "e2e_request_latency_seconds_count",
                            "num_preemptions_total", "prompt_tokens_total", "generation_tokens_total", "kv_bytes_saved",
                            "kv_pages_total", "decode_selected_tokens_total", "decode_page_selections_total",
-                           "device_drawn_tokens_total"}) {
+                           "device_drawn_tokens_total", "prefix_cache_preempted_queries_total",
+                           "prefix_cache_preempted_hits_total"}) {
     EXPECT_THAT(text, HasSubstr(std::string("sparseserve:") + name + "{")) << name;
   }
 
