@@ -44,7 +44,8 @@ constexpr int kMT = 1;                         // m16 tiles per warp
 constexpr int kBM = kThreads / 32 * kMT * 16;  // packed rows per CTA: 128
 constexpr int kBC = 128;                       // key groups per tile
 constexpr int kSelectThreads = 256;
-constexpr int kMinSplitTiles = 4;  // the shortest run of key-group tiles a CTA takes
+constexpr int kMinSplitTiles = 4;  // the shortest run of key-group tiles a CTA takes, unless under a wave
+constexpr int kBinsWaves = 8;      // the bins kernel's CTAs: at most this many waves (max_ctas)
 constexpr float kLog2e = 1.4426950408889634f;
 
 // A planned row as the kernels read it (the plan blob, int32 units).
@@ -535,7 +536,7 @@ void set_split(RowPlan& plan, int32_t group, int32_t split_tiles) {
   plan.ws_floats = int64_t{x.n_groups} * group * (x.n_bins + x.n_ctiles + 2 * x.n_splits);
 }
 
-// The row's plan with runs of kMinSplitTiles tiles (plan() may lengthen them: set_split).
+// The row's plan with runs of kMinSplitTiles tiles (plan() may change them: set_split).
 RowPlan plan_row(const BlockMassRow& r, int32_t group, const std::source_location& loc) {
   const int32_t B = r.block_tokens, S = r.stride;
   check(r.n_tokens >= 1 && r.q_pos0 >= 0 && r.q_row0 >= 0 && r.kv_head >= 0 && r.list_row >= 0,
@@ -585,7 +586,7 @@ XAttentionSelect::XAttentionSelect(const XAttentionConfig& config, std::source_l
     int device = 0, sms = 0;
     CUDA_CHECK(cudaGetDevice(&device));
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    max_ctas_ = 8 * sms;  // eight waves of one resident CTA a multiprocessor (longer runs: no faster)
+    max_ctas_ = kBinsWaves * sms;  // waves of one resident CTA a multiprocessor (longer runs: no faster)
   }
   const int smem = config.head_dim == 64 ? BinsSmem<64>::kBytes : BinsSmem<128>::kBytes;
   CUDA_CHECK(cudaFuncSetAttribute(config.head_dim == 64 ? bins_kernel<64>() : bins_kernel<128>(),
@@ -635,17 +636,23 @@ void XAttentionSelect::plan(std::span<const BlockMassRow> rows, cudaStream_t str
   int32_t max_kb = 0;
   // Runs of split_tiles tiles: the shortest (kMinSplitTiles, doubled) that keeps the bins kernel
   // within max_ctas CTAs; long runs cost less per tile, short runs balance the causal triangle.
+  // Where those runs fill less than a wave (a short chunk after a long context: a cached prefix's
+  // rest, a decode-sized chunk), shorter runs, down to one tile, as long as they fit in one wave:
+  // each CTA reads its tiles' keys in turn, so a few CTAs over a long context are slow.
   std::vector<RowPlan> plans;
   for (const BlockMassRow& r : rows) plans.push_back(plan_row(r, G, loc));
-  int32_t split = kMinSplitTiles;
-  for (;; split *= 2) {
+  const auto runs = [&](int32_t split) {
     int64_t n = 0;
     for (const RowPlan& rp : plans) {
-      for (int64_t m0 = 0; m0 < int64_t{rp.x.n_groups} * G; m0 += kBM) {
-        n += (chunk_tiles(rp.x, m0, G) + split - 1) / split;
-      }
+      for (int64_t m0 = 0; m0 < int64_t{rp.x.n_groups} * G; m0 += kBM) n += (chunk_tiles(rp.x, m0, G) + split - 1) / split;
     }
-    if (n <= max_ctas_ || split >= (1 << 20)) break;
+    return n;
+  };
+  int32_t split = kMinSplitTiles;
+  while (runs(split) > max_ctas_ && split < (1 << 20)) split *= 2;
+  if (split == kMinSplitTiles) {
+    const int64_t wave = max_ctas_ / kBinsWaves;
+    while (split > 1 && runs(split / 2) <= wave) split /= 2;
   }
   for (size_t i = 0; i < rows.size(); ++i) {
     RowPlan& rp = plans[i];

@@ -69,7 +69,8 @@ struct XAttentionConfig {
   int32_t group = 1;         // query heads per KV head, 1..64
   int32_t page_tokens = 64;  // 16, 32, 64 or 128
   // CTAs the estimate aims at most for (longer key ranges per CTA beyond); 0: eight waves (one CTA
-  // a multiprocessor). Tests lower it to cover long ranges on small inputs.
+  // a multiprocessor). Where its usual ranges fill under an eighth of it, shorter ones, within that
+  // eighth. Tests lower it to cover long ranges on small inputs.
   int32_t max_ctas = 0;
 };
 
