@@ -61,7 +61,9 @@ void Scheduler::remove(Entry& e) {
 
 void Scheduler::set_prefix(uint64_t id, std::shared_ptr<const kvcache::PrefixKey> prefix) {
   Entry* e = find(id);
-  if (e == nullptr || e->running) throw InternalError(fmt::format("scheduler: prefix of request {}, which is not waiting", id));
+  if (e == nullptr || e->running) {
+    throw InternalError(fmt::format("scheduler: prefix of request {}, which is not waiting", id));
+  }
   e->prefix = std::move(prefix);
 }
 

@@ -99,8 +99,8 @@ class Scheduler {
   // A prompt_block over max_num_batched_tokens could never be scheduled whole: it is taken as 1.
   // prefix: its prompt for the manager's prefix cache (null: none); an admission then starts the
   // request from the cached blocks it finds (computed = their tokens, at most total - 1, so the step
-  // that samples always runs, and a multiple of the rule's prompt_block). The executor registers the blocks a step computed
-  // (KvCacheManager::commit) before the step's requests finish.
+  // that samples always runs, and a multiple of the rule's prompt_block). The executor registers the
+  // blocks a step computed (KvCacheManager::commit) before the step's requests finish.
   void add(uint64_t id, int64_t prompt_len, const kvcache::SequenceLayout& layout, int32_t priority = 0,
            ChunkRule rule = {}, std::shared_ptr<const kvcache::PrefixKey> prefix = nullptr);
   // Replaces a waiting request's prefix key (add's `prefix`) for its next admission: after a

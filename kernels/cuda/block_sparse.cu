@@ -644,7 +644,9 @@ void XAttentionSelect::plan(std::span<const BlockMassRow> rows, cudaStream_t str
   const auto runs = [&](int32_t split) {
     int64_t n = 0;
     for (const RowPlan& rp : plans) {
-      for (int64_t m0 = 0; m0 < int64_t{rp.x.n_groups} * G; m0 += kBM) n += (chunk_tiles(rp.x, m0, G) + split - 1) / split;
+      for (int64_t m0 = 0; m0 < int64_t{rp.x.n_groups} * G; m0 += kBM) {
+        n += (chunk_tiles(rp.x, m0, G) + split - 1) / split;
+      }
     }
     return n;
   };

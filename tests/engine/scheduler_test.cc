@@ -729,8 +729,10 @@ TEST(Scheduler, AnAlignedRequestStartsFromTheLongestCachedPrefixOnItsBlocks) {
   Harness h(SchedulerConfig{.max_num_seqs = 4, .max_num_batched_tokens = 64}, 64, true);
   h.add(1, 60, 1, dense_layout(), 0, {}, prompt_key(60));  // blocks 0 to 2 (48 tokens) cached
   ASSERT_TRUE(h.run(10));
-  for (const auto& [id, block, start] : std::vector<std::array<int64_t, 3>>{{2, 32, 32}, {3, 48, 48}, {4, 64, 0}, {5, 8, 48}}) {
-    h.add(static_cast<uint64_t>(id), 60, 1, dense_layout(), 0, ChunkRule{.prompt_block = static_cast<int32_t>(block)}, prompt_key(60));
+  using Case = std::array<int64_t, 3>;  // {id, prompt_block, start}
+  for (const auto& [id, block, start] : std::vector<Case>{{2, 32, 32}, {3, 48, 48}, {4, 64, 0}, {5, 8, 48}}) {
+    const ChunkRule rule{.prompt_block = static_cast<int32_t>(block)};
+    h.add(static_cast<uint64_t>(id), 60, 1, dense_layout(), 0, rule, prompt_key(60));
     ASSERT_TRUE(h.run(10));
     EXPECT_EQ(chunks(h.history.at(static_cast<uint64_t>(id))).front(), (Chunk{start, 60 - start, true, true})) << id;
   }
