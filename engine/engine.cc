@@ -15,6 +15,7 @@
 #include "engine/choice_constraint.h"
 #include "engine/json_constraint.h"
 #include "engine/live_request.h"
+#include "engine/prefix_rules.h"
 #include "engine/grammar.h"
 #include "engine/regex_dfa.h"
 #include "engine/scheduler.h"
@@ -113,21 +114,9 @@ struct Engine::Impl {
   void loop();
   void admit_incoming();
   std::shared_ptr<const kvcache::PrefixKey> prefix_key(LiveRequest& r) const;
-  // Its prompt runs under dynamic prefill sparsity (else dense, also under such a profile).
-  static bool dynamic_prefill(const LiveRequest& r) {
-    return r.profile->prefill.dynamic && r.prompt_len >= r.profile->prefill.min_prompt_tokens;
-  }
-  // How many of its first tokens a later prompt that begins with them computes alike, so that their
-  // K/V may be shared (KvCacheManager::commit): under a dynamic prefill, the prompt's whole query
-  // blocks (a block's mask depends on all its rows; generated positions ran as decode steps); under
-  // decode page selection, the prompt (generated positions attended selected pages only); else all.
-  static size_t cacheable_tokens(const LiveRequest& r) {
-    if (dynamic_prefill(r)) {
-      const int64_t block = r.profile->prefill.block_tokens;
-      return static_cast<size_t>(r.prompt_len / block * block);
-    }
-    return r.profile->decode.enabled ? static_cast<size_t>(r.prompt_len) : r.tokens.size();
-  }
+  static bool dynamic_prefill(const LiveRequest& r) { return runs_dynamic_prefill(*r.profile, r.prompt_len); }
+  // Its first tokens whose K/V may be shared (engine/prefix_rules.h).
+  static size_t cacheable(const LiveRequest& r) { return cacheable_tokens(*r.profile, r.prompt_len, r.tokens.size()); }
   // The prefix cache's pending page copies (KvCacheManager::take_copies), run by the backend.
   void run_page_copies() {
     const std::vector<kvcache::PageCopy> copies = kv.take_copies();
@@ -451,7 +440,7 @@ void Engine::Impl::admit_incoming() {
 // preemption its cacheable generated tokens too, so it resumes from their blocks. (Under streaming
 // heads the cache keeps copies of ring pages: KvCacheManager.) A dynamic prefill's K/V differ from a
 // dense one's: such prompts share only with each other (a query block's mask depends on the blocks
-// up to it alone, so their whole blocks are shared alike: cacheable_tokens). Prompt logprobs need
+// up to it alone, so their whole blocks are shared alike: prefix_rules.h). Prompt logprobs need
 // every prompt position run: such a request registers its blocks but starts from none (as vLLM skips
 // the cache for it).
 std::shared_ptr<const kvcache::PrefixKey> Engine::Impl::prefix_key(LiveRequest& r) const {
@@ -460,7 +449,7 @@ std::shared_ptr<const kvcache::PrefixKey> Engine::Impl::prefix_key(LiveRequest& 
   key->profile = r.profile->name;  // a name holds no space or NUL: the parts below stay apart
   if (dynamic_prefill(r)) key->profile += " dynamic";
   if (!r.req.cache_salt.empty()) key->profile += '\0' + r.req.cache_salt;
-  const size_t lookup = std::max(static_cast<size_t>(r.prompt_len), cacheable_tokens(r));
+  const size_t lookup = std::max(static_cast<size_t>(r.prompt_len), cacheable(r));
   key->tokens.assign(r.tokens.begin(), r.tokens.begin() + static_cast<std::ptrdiff_t>(lookup));
   key->match = r.req.prompt_logprobs < 0;
   r.prefix_lookup = key->match;
@@ -681,7 +670,7 @@ void Engine::Impl::step() {
   backend->forward(batch, draws, logits, drawn);
   for (const ScheduledSeq& s : plan.seqs) {  // their K/V are stored: into the prefix cache
     const LiveRequest& r = *live.at(s.id);
-    kv.commit(s.id, s.start + s.count, std::span<const int32_t>(r.tokens).first(cacheable_tokens(r)));
+    kv.commit(s.id, s.start + s.count, std::span<const int32_t>(r.tokens).first(cacheable(r)));
   }
   run_page_copies();  // the ring pages of the blocks just registered into their snapshots
   const SelectionStats after = backend->selection_stats();

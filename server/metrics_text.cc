@@ -103,7 +103,8 @@ std::string render_metrics(const EngineMetrics& m, const MetricsContext& ctx) {
   w.counter("prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", get(m.prefix_cache_queries));
   w.counter("prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", get(m.prefix_cache_hits));
   w.counter("prefix_cache_preempted_queries_total",
-            "Tokens of preempted requests (prompt and answer so far) looked up in the prefix cache on resuming.",
+            "Tokens of preempted requests (prompt and answer so far) looked up in the prefix cache on resuming "
+            "(profiles with page selection or dynamic prefill cache their prompts' blocks only).",
             get(m.prefix_cache_preempted_queries));
   w.counter("prefix_cache_preempted_hits_total", "Tokens of preempted requests found in the prefix cache on resuming.",
             get(m.prefix_cache_preempted_hits));

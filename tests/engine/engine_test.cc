@@ -96,10 +96,12 @@ TEST_F(EngineRecomputeTest, APreemptedRequestUnderPageSelectionResumesExactly) {
 // output does not depend on the token budget that cut the prompt (nor on what shared the step).
 TEST_F(EngineRecomputeTest, DynamicPrefillIsIndependentOfChunking) {
   std::vector<float> whole, chunked;
-  for (const int32_t budget : {4096, 200}) {
+  for (const int32_t budget : {4096, 100}) {
     EngineConfig cfg;
     cfg.max_num_batched_tokens = budget;
-    Engine e(*model_, recompute_profiles(), cfg);
+    ModelProfiles profiles = recompute_profiles();
+    profiles.profiles.erase("dynamic-balanced");  // its blocks of 128 would not fit a budget of 100
+    Engine e(*model_, std::move(profiles), cfg);
     (budget == 4096 ? whole : chunked) = logprobs_of(*e.submit(greedy("x", 400, 8, "dynamic")));
   }
   ASSERT_EQ(whole.size(), 8u);

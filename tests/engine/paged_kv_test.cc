@@ -200,8 +200,6 @@ INSTANTIATE_TEST_SUITE_P(Geometries, PagedKvTest,
                                            Scenario{16, 4, 5, 20, false, 0, 1, kernels::cpu::Numerics::kBatchInvariant},
                                            Scenario{32, 16, 40, 33, true, 96, 3, kernels::cpu::Numerics::kBatchInvariant}));
 
-// Dynamic prefill: attention under the XAttention block mask equals dense attention restricted to
-// the expanded mask (computed here in double from the same mask).
 // Both runners' copy_pages check the prefix cache's copies against their pool here.
 TEST(PageRanges, CopiesOutsideThePoolAreInternalErrors) {
   const std::vector<kvcache::PageCopy> ok = {{3, 4, 8, 8}, {-1, 0, 0, 16}, {4, 2, 16, 0}};
@@ -223,6 +221,8 @@ TEST(PageRanges, CopiesOutsideThePoolAreInternalErrors) {
   }
 }
 
+// Dynamic prefill: attention under the XAttention block mask equals dense attention restricted to
+// the expanded mask (computed here in double from the same mask).
 TEST(BlockSparsePrefill, EqualsDenseUnderExpandedMask) {
   const ModelConfig c = tiny_config();
   const int D = 16, H = 2, group = 3;

@@ -596,7 +596,7 @@ int64_t stress(bool priority, uint32_t seed, bool prefix = false, int64_t* cache
     if (added < kRequests && uniform(0, 9) < 3) {
       const SequenceLayout layout = uniform(0, 2) == 0 ? mixed_layout() : dense_layout();
       // Some prompts prefill in aligned blocks (dynamic prefill sparsity), up to the whole budget,
-    // and look up their prefixes too.
+      // and look up their prefixes too.
       const int32_t budget = config.max_num_batched_tokens;
       const ChunkRule rule{.prompt_block = uniform(0, 2) != 0 ? 1
                                            : uniform(0, 1) == 0 ? budget
