@@ -114,7 +114,6 @@ struct Engine::Impl {
   void loop();
   void admit_incoming();
   std::shared_ptr<const kvcache::PrefixKey> prefix_key(LiveRequest& r) const;
-  static bool dynamic_prefill(const LiveRequest& r) { return runs_dynamic_prefill(*r.profile, r.prompt_len); }
   // Its first tokens whose K/V may be shared (engine/prefix_rules.h).
   static size_t cacheable(const LiveRequest& r) { return cacheable_tokens(*r.profile, r.prompt_len, r.tokens.size()); }
   // The prefix cache's pending page copies (KvCacheManager::take_copies), run by the backend.
@@ -411,7 +410,7 @@ void Engine::Impl::admit_incoming() {
     const kvcache::SparsityProfile& p = *r->profile;
     const auto layout = kvcache::SequenceLayout::from_roles(p.roles, p.streaming);
     ChunkRule rule;
-    if (dynamic_prefill(*r)) rule.prompt_block = p.prefill.block_tokens;
+    if (p.prefill.runs_on(r->prompt_len)) rule.prompt_block = p.prefill.block_tokens;
     // Positions first decoded under page selection, or outside a dynamic prefill's masks, come
     // back the same way after a preemption.
     rule.recompute_as_decode = p.decode.enabled || p.prefill.dynamic;
@@ -447,7 +446,7 @@ std::shared_ptr<const kvcache::PrefixKey> Engine::Impl::prefix_key(LiveRequest& 
   if (!kv.prefix_caching()) return nullptr;
   auto key = std::make_shared<kvcache::PrefixKey>();
   key->profile = r.profile->name;  // a name holds no space or NUL: the parts below stay apart
-  if (dynamic_prefill(r)) key->profile += " dynamic";
+  if (r.profile->prefill.runs_on(r.prompt_len)) key->profile += " dynamic";
   if (!r.req.cache_salt.empty()) key->profile += '\0' + r.req.cache_salt;
   const size_t lookup = std::max(static_cast<size_t>(r.prompt_len), cacheable(r));
   key->tokens.assign(r.tokens.begin(), r.tokens.begin() + static_cast<std::ptrdiff_t>(lookup));

@@ -212,7 +212,7 @@ void PagedKvBackend::attend(int64_t layer, std::span<const ForwardSeq> batch, co
       t.blocked = numerics_ == cpu::Numerics::kFast && !decode && n >= cpu::kBlockedMinRows;
       const kvcache::PrefillSparsity& pf = st.profile().prefill;
       // Every prompt chunk, one token long too: its rows are masked as inside a whole-prompt chunk.
-      const bool dynamic = !decode && pf.dynamic && s.prompt_len >= pf.min_prompt_tokens;
+      const bool dynamic = !decode && pf.runs_on(s.prompt_len);
       if (t.blocked || dynamic) {  // keys in position order, contiguous
         t.keys.resize(static_cast<size_t>(end * D));
         t.values.resize(static_cast<size_t>(end * D));

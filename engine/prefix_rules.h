@@ -9,12 +9,6 @@
 
 namespace sparseserve {
 
-// A prompt of prompt_len tokens runs the profile's dynamic prefill (else a dense prefill, also under
-// such a profile).
-inline bool runs_dynamic_prefill(const kvcache::SparsityProfile& p, int64_t prompt_len) {
-  return p.prefill.dynamic && prompt_len >= p.prefill.min_prompt_tokens;
-}
-
 // Of a request holding `tokens` tokens (its prompt, then generated ones), how many from the start a
 // later prompt that begins with them computes alike, so that their K/V may be shared:
 //   - under a dynamic prefill, the prompt's whole query blocks: a block's mask depends on all its
@@ -23,7 +17,7 @@ inline bool runs_dynamic_prefill(const kvcache::SparsityProfile& p, int64_t prom
 //   - under decode page selection, the prompt: generated positions attended selected pages only;
 //   - else all of them (a decode step's K/V are a prefill's).
 inline size_t cacheable_tokens(const kvcache::SparsityProfile& p, int64_t prompt_len, size_t tokens) {
-  if (runs_dynamic_prefill(p, prompt_len)) {
+  if (p.prefill.runs_on(prompt_len)) {
     const int64_t block = p.prefill.block_tokens;
     return static_cast<size_t>(prompt_len / block * block);
   }

@@ -26,6 +26,8 @@ struct PrefillSparsity {
   int32_t stride = 8;               // antidiagonal sampling stride
   float threshold = 0.9f;           // kept share of the estimated attention mass
   int32_t min_prompt_tokens = 2048; // shorter prompts run dense
+  // A prompt of prompt_len tokens runs the dynamic prefill (else a dense one, also under this profile).
+  bool runs_on(int64_t prompt_len) const { return dynamic && prompt_len >= min_prompt_tokens; }
 };
 
 struct SparsityProfile {

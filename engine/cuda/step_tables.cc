@@ -84,8 +84,7 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
           // A prompt chunk under dynamic prefill sparsity (the CPU's rule, engine/paged_kv.cc), one
           // token long too: its block mask is estimated on the device from the chunk's queries.
           const kvcache::PrefillSparsity& pf = st.profile().prefill;
-          const bool dynamic = !decode && roles.role(li, hi) == HeadRole::kRetrieval && pf.dynamic &&
-                               s.prompt_len >= pf.min_prompt_tokens;
+          const bool dynamic = !decode && roles.role(li, hi) == HeadRole::kRetrieval && pf.runs_on(s.prompt_len);
           const bool one = n == 1 && !decode_with_prefill && !dynamic;  // a one-token row: the decode kernel
           KeyLists& keys = one ? lp.decode_keys : lp.prefill_keys;
           cuda::PrefillRow pr;

@@ -19,7 +19,7 @@ kvcache::SparsityProfile profile(bool dynamic, bool select) {
 TEST(PrefixRules, ADynamicPromptSharesItsWholeQueryBlocksOnly) {
   for (const bool select : {false, true}) {
     const kvcache::SparsityProfile p = profile(true, select);
-    EXPECT_TRUE(runs_dynamic_prefill(p, 256));
+    EXPECT_TRUE(p.prefill.runs_on(256));
     // Not the last partial block (its mask changes as rows join it), not the generated tokens.
     EXPECT_EQ(cacheable_tokens(p, 500, 500), 384u);
     EXPECT_EQ(cacheable_tokens(p, 500, 540), 384u);
@@ -30,13 +30,13 @@ TEST(PrefixRules, ADynamicPromptSharesItsWholeQueryBlocksOnly) {
 
 TEST(PrefixRules, APromptUnderMinPromptTokensRunsDenseAndSharesLikeIt) {
   const kvcache::SparsityProfile p = profile(true, false);
-  EXPECT_FALSE(runs_dynamic_prefill(p, 255));
+  EXPECT_FALSE(p.prefill.runs_on(255));
   EXPECT_EQ(cacheable_tokens(p, 255, 300), 300u);  // the answer too: decoded as a prefill computes it
   EXPECT_EQ(cacheable_tokens(profile(true, true), 255, 300), 255u);
 }
 
 TEST(PrefixRules, PageSelectionSharesThePromptAndDenseEverything) {
-  EXPECT_FALSE(runs_dynamic_prefill(profile(false, true), 5000));
+  EXPECT_FALSE(profile(false, true).prefill.runs_on(5000));
   EXPECT_EQ(cacheable_tokens(profile(false, true), 500, 540), 500u);
   EXPECT_EQ(cacheable_tokens(profile(false, false), 500, 540), 540u);
   EXPECT_EQ(cacheable_tokens(kvcache::SparsityProfile::dense(2, 2), 1, 1), 1u);
