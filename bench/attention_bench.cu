@@ -32,6 +32,10 @@
 // prefill sparsity; reported: the estimate alone (xattn_ms, its strided-GEMM TFLOP/s), the whole
 // call (median_ms), and the share of causal blocks kept (density, from the last call's masks);
 // --xattn-max-ctas sets XAttentionConfig::max_ctas (0: the default).
+// Prefill --chunk C: the queries are the last C tokens of each sequence, over keys the pages hold (the
+// earlier tokens and the chunk's own, as a chunk after a cached prefix runs in the engine; streaming
+// rows band-masked over the same pages); --min-split-keys / --split-ctas set PrefillConfig's key
+// split (min_split_keys 0: never split), reported as split_ctas (CTAs of pieces) and merges.
 // Decode with --budget: retrieval rows read only selected pages (page_select.h on the GPU, or a
 // fixed random list from the host with --select host); streaming rows read sink + ring pages.
 #include <cuda_bf16.h>
@@ -88,6 +92,8 @@ struct Options {
   int64_t v_offset = 0;                 // decode: bytes between the V allocation's start and the V pool
   double xattn_threshold = 0.0;         // prefill: > 0 estimates block masks for the retrieval rows
   int xattn_block = 128, xattn_stride = 16, xattn_max_ctas = 0;
+  int64_t chunk = 0;                          // prefill: > 0 queries only the last `chunk` tokens
+  int min_split_keys = -1, split_ctas = 0;    // prefill: PrefillConfig's (−1: the library's default)
 };
 
 Options parse(int argc, char** argv) {
@@ -129,6 +135,9 @@ Options parse(int argc, char** argv) {
     else if (a == "--xattn-block") o.xattn_block = static_cast<int>(num());
     else if (a == "--xattn-stride") o.xattn_stride = static_cast<int>(num());
     else if (a == "--xattn-max-ctas") o.xattn_max_ctas = static_cast<int>(num());
+    else if (a == "--chunk") o.chunk = num();
+    else if (a == "--min-split-keys") o.min_split_keys = static_cast<int>(num());
+    else if (a == "--split-ctas") o.split_ctas = static_cast<int>(num());
     else throw std::invalid_argument("unknown option " + a);
   }
   if (o.op != "prefill" && o.op != "decode") throw std::invalid_argument("--op must be prefill or decode");
@@ -250,9 +259,12 @@ void print_common(const Options& o, int rotate) {
 int run_prefill(const Options& o) {
   const int64_t L = o.seq, P = o.page, D = o.dim;
   const int group = o.q_heads / o.kv_heads, B = o.batch;
-  const int64_t T = L * B, nb = (L + P - 1) / P;
+  if (o.chunk < 0 || o.chunk > L) throw std::invalid_argument("--chunk must be within 0 .. --seq");
+  const bool chunked = o.chunk > 0;
+  const int64_t C = chunked ? o.chunk : L, q0 = L - C;  // queries: positions q0 .. L − 1
+  const int64_t T = C * B, nb = (L + P - 1) / P;
   const int retrieval_heads = o.kv_heads - o.streaming_kv_heads;
-  const int64_t pages = int64_t{B} * retrieval_heads * nb;
+  const int64_t pages = int64_t{B} * (chunked ? o.kv_heads : retrieval_heads) * nb;
   const double set_bytes = static_cast<double>(pages * P * D * 4 + T * o.q_heads * D * 4 + T * o.kv_heads * D * 4);
   const int R = rotation(o, set_bytes);
 
@@ -266,25 +278,33 @@ int run_prefill(const Options& o) {
   std::shuffle(perm.begin(), perm.end(), std::mt19937(1));
   int64_t next = 0;
   double needed_pairs = 0.0;  // (query, key) pairs per query head the mask allows
+  // Causal (query, key) pairs of one row: positions q0 .. L − 1 over keys 0 .. t.
+  const double causal_pairs = static_cast<double>(L) * static_cast<double>(L + 1) / 2.0 -
+                              static_cast<double>(q0) * static_cast<double>(q0 + 1) / 2.0;
+  const auto add_pages = [&] {
+    for (int64_t b = 0; b < nb; ++b) lists.add(perm[static_cast<size_t>(next++)], static_cast<int32_t>(b * P), static_cast<int32_t>(std::min(P, L - b * P)));
+  };
   for (int s = 0; s < B; ++s) {
     for (int h = 0; h < o.kv_heads; ++h) {
       PrefillRow r;
-      r.q_row0 = static_cast<int32_t>(s * L);
-      r.n_tokens = static_cast<int32_t>(L);
+      r.q_row0 = static_cast<int32_t>(s * C);
+      r.n_tokens = static_cast<int32_t>(C);
+      r.q_pos0 = static_cast<int32_t>(q0);
       r.kv_head = h;
       if (h >= retrieval_heads) {
         r.mask = MaskKind::kBand;
         r.sink = o.sink;
         r.local = o.local;
-        r.new_kv = 1;
-        for (int64_t t = 0; t < L; ++t) needed_pairs += static_cast<double>(std::min<int64_t>(t + 1, std::min<int64_t>(o.sink, t + 1) + std::min<int64_t>(o.local, std::max<int64_t>(0, t + 1 - o.sink))));
+        r.new_kv = chunked ? 0 : 1;
+        if (chunked) add_pages();
+        for (int64_t t = q0; t < L; ++t) needed_pairs += static_cast<double>(std::min<int64_t>(t + 1, std::min<int64_t>(o.sink, t + 1) + std::min<int64_t>(o.local, std::max<int64_t>(0, t + 1 - o.sink))));
       } else {
-        for (int64_t b = 0; b < nb; ++b) lists.add(perm[static_cast<size_t>(next++)], static_cast<int32_t>(b * P), static_cast<int32_t>(std::min(P, L - b * P)));
-        needed_pairs += static_cast<double>(L) * static_cast<double>(L + 1) / 2.0;
+        add_pages();
+        needed_pairs += causal_pairs;
         if (xattn) {
           r.mask = MaskKind::kBlocks;
           r.block_tokens = o.xattn_block;
-          mass_rows.push_back({.q_row0 = r.q_row0, .n_tokens = r.n_tokens, .q_pos0 = 0, .kv_head = h,
+          mass_rows.push_back({.q_row0 = r.q_row0, .n_tokens = r.n_tokens, .q_pos0 = r.q_pos0, .kv_head = h,
                                .list_row = static_cast<int32_t>(rows.size()), .block_tokens = o.xattn_block,
                                .stride = o.xattn_stride, .threshold = static_cast<float>(o.xattn_threshold)});
         }
@@ -319,6 +339,8 @@ int run_prefill(const Options& o) {
   cfg.group = group;
   cfg.page_tokens = o.page;
   cfg.kernel = o.kernel == "mma" ? PrefillKernel::kMmaSync : o.kernel == "wgmma" ? PrefillKernel::kWgmma : PrefillKernel::kAuto;
+  if (o.min_split_keys >= 0) cfg.min_split_keys = o.min_split_keys;
+  cfg.split_ctas = o.split_ctas;
   PrefillAttention attn(cfg);
   XAttentionSelect sel({.head_dim = o.dim, .group = group, .page_tokens = o.page, .max_ctas = o.xattn_max_ctas});
   DeviceBuffer<float> mask_ws;
@@ -335,6 +357,7 @@ int run_prefill(const Options& o) {
     allowed = DeviceBuffer<uint8_t>(static_cast<size_t>(sel.mask_bytes()));
   }
   attn.plan(rows, stream);
+  DeviceBuffer<float> split_ws(static_cast<size_t>(std::max<int64_t>(attn.workspace_floats(), 1)));
   const auto estimate = [&](int i) {
     Set& st = sets[static_cast<size_t>(i)];
     XAttentionArgs x;
@@ -362,6 +385,8 @@ int run_prefill(const Options& o) {
     a.pages = dl.view();
     a.block_allowed = allowed.data();
     a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    a.workspace = split_ws.data();
+    a.workspace_floats = attn.workspace_floats();
     attn.run(a, stream);
   };
   const std::vector<float> ms = time_calls(launch, o.warmup, o.iters, R, stream);
@@ -385,17 +410,18 @@ int run_prefill(const Options& o) {
       }
     }
     density = kept / causal;
-    needed_pairs -= static_cast<double>(mass_rows.size()) * static_cast<double>(L) * static_cast<double>(L + 1) / 2.0;
+    needed_pairs -= static_cast<double>(mass_rows.size()) * causal_pairs;
     needed_pairs += masked_pairs;
     xattn_ms = median(time_calls(estimate, o.warmup, o.iters, R, stream));
   }
-  const double dense_flops = 4.0 * static_cast<double>(L) * static_cast<double>(L) * static_cast<double>(D) * o.q_heads / 2.0 * B;
+  const double dense_flops = 4.0 * causal_pairs * static_cast<double>(D) * o.q_heads * B;
   const double needed_flops = 4.0 * needed_pairs * static_cast<double>(D) * group;
   print_common(o, R);
   std::printf(", \"median_ms\": %.5f, \"min_ms\": %.5f, \"p90_ms\": %.5f, \"dense_flops\": %.6e, \"needed_flops\": %.6e, "
-              "\"tflops_dense_equiv\": %.2f, \"tflops_needed\": %.2f, \"ctas\": %zu, \"kernel\": \"%s\"",
+              "\"tflops_dense_equiv\": %.2f, \"tflops_needed\": %.2f, \"ctas\": %zu, \"merges\": %zu, \"chunk\": %lld, "
+              "\"kernel\": \"%s\"",
               med, percentile(ms, 0.0), percentile(ms, 0.9), dense_flops, needed_flops, dense_flops / (med * 1e-3) / 1e12,
-              needed_flops / (med * 1e-3) / 1e12, attn.work().size(),
+              needed_flops / (med * 1e-3) / 1e12, attn.work().size(), attn.merges().size(), static_cast<long long>(o.chunk),
               attn.kernel() == PrefillKernel::kWgmma ? "wgmma" : "mma.sync");
   if (xattn) {
     // The estimate's strided GEMM: per retrieval query head, (L/S)·(L/S + 1)/2 dot products of S·D.

@@ -164,6 +164,7 @@ struct CudaForward::Impl {
   DeviceBuffer<uint32_t> row_ready;
   DeviceBuffer<float> mask_workspace;
   DeviceBuffer<uint8_t> block_allowed;
+  DeviceBuffer<float> split_workspace;  // the prefill's key-split partials, shared by the layers
   // Decode steps (no prefill rows) run from CUDA graphs unless SPARSESERVE_CUDA_GRAPHS=0 (A/B
   // measurements). The decode attention then launches capacity-sized grids (DecodeConfig::cuda_graph).
   bool use_graphs = [] {
@@ -253,6 +254,10 @@ CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& mana
   pc.head_dim = static_cast<int32_t>(c.head_dim);
   pc.group = static_cast<int32_t>(c.n_heads / c.n_kv_heads);
   pc.page_tokens = P;
+  // SPARSESERVE_PREFILL_SPLIT=0: no key split of short prefill chunks (A/B measurements).
+  if (const char* v = std::getenv("SPARSESERVE_PREFILL_SPLIT"); v != nullptr && std::string(v) == "0") {
+    pc.min_split_keys = 0;
+  }
   for (int64_t l = 0; l < c.n_layers; ++l) m.prefill.push_back(std::make_unique<cuda::PrefillAttention>(pc));
   m.decoders.resize(static_cast<size_t>(c.n_layers));
   m.masks.resize(static_cast<size_t>(c.n_layers));
@@ -433,6 +438,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   }
   bool any_prefill = false;
   int64_t mask_floats = 0, mask_bytes = 0;  // the most any layer's dynamic masks take
+  int64_t split_floats = 0;                  // the most any layer's prefill key split takes
   step.layers.resize(static_cast<size_t>(L));
   for (int64_t l = 0; l < L; ++l) {
     LayerPlan& lp = plans[static_cast<size_t>(l)];
@@ -458,6 +464,7 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     if (!lp.prefill_rows.empty()) {
       prefill[static_cast<size_t>(l)]->plan(lp.prefill_rows, stream);
       ll.prefill = prefill[static_cast<size_t>(l)].get();
+      split_floats = std::max(split_floats, ll.prefill->workspace_floats());
       any_prefill = true;
     }
     if (!lp.decode_rows.empty()) {
@@ -538,6 +545,10 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     }
     step.mask_workspace = sized(mask_workspace, mask_floats);
     step.block_allowed = sized(block_allowed, mask_bytes);
+  }
+  if (split_floats > 0) {
+    step.split_workspace = sized(split_workspace, split_floats);
+    step.split_floats = split_floats;
   }
   const double host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_t0).count();
 
@@ -748,6 +759,8 @@ void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {
       pa.pages = on_device(ll.prefill_keys);
       pa.block_allowed = s.block_allowed;
       pa.scale = scale;
+      pa.workspace = s.split_workspace;
+      pa.workspace_floats = s.split_floats;
       ll.prefill->run(pa, stream);
     }
     if (ll.decode != nullptr) {

@@ -18,9 +18,10 @@ void DeviceStep::describe(std::vector<int64_t>& shape, std::vector<int64_t>& key
   for (const void* p :
        std::initializer_list<const void*>{t, lists, store, h, xn, qkv, att, proj, gate_up, act, sel, logits, logits_f32,
                                           draw_params, draw_tokens, q_offsets, picked, scores, row_ready,
-                                          mask_workspace, block_allowed}) {
+                                          mask_workspace, block_allowed, split_workspace}) {
     key.push_back(addr(p));
   }
+  key.push_back(split_floats);
   for (const LayerLaunch& l : layers) {
     key.insert(key.end(), {addr(l.prefill), addr(l.masks), addr(l.decode)});
     for (const ListOffsets& o : {l.prefill_keys, l.decode_keys}) {

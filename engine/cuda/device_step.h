@@ -67,6 +67,8 @@ struct DeviceStep {
   uint32_t* row_ready = nullptr;
   float* mask_workspace = nullptr;   // XAttention's, shared by the layers
   uint8_t* block_allowed = nullptr;  // the layer's dynamic block masks (rewritten per layer)
+  float* split_workspace = nullptr;  // the prefill's key-split partials, shared by the layers
+  int64_t split_floats = 0;
   std::vector<LayerLaunch> layers;
 
   // shape: what fixes a graph's topology (which launches are made); key: every value (shape

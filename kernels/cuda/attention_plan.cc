@@ -1,5 +1,6 @@
 // The attention kernels' host-side plans (attention_plan.h): decode's split, prefill's tiles.
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <span>
 
@@ -98,6 +99,70 @@ std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows
   std::vector<PrefillWorkItem> work(tiles.size());
   for (size_t i = 0; i < tiles.size(); ++i) work[i] = tiles[i].item;
   return work;
+}
+
+PrefillSplit plan_prefill_split(std::span<const PrefillRow> rows, int32_t group, int32_t page_tokens,
+                                int32_t target_ctas, int32_t min_split_keys) {
+  check(page_tokens > 0 && target_ctas > 0, "plan_prefill_split: page_tokens and target_ctas must be positive");
+  PrefillSplit split;
+  std::vector<PrefillWorkItem> tiles = plan_prefill_tiles(rows, group);
+  const auto n_tiles = static_cast<int64_t>(tiles.size());
+  // Estimated page-list entries of each tile that may split (0: it stays whole).
+  std::vector<int64_t> pages(tiles.size(), 0);
+  int64_t longest = 0;
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    const PrefillRow& row = rows[static_cast<size_t>(tiles[i].row)];
+    if (row.mask == MaskKind::kBand) continue;
+    const int64_t total_m = int64_t{row.n_tokens} * group;
+    const int64_t tlast = row.q_pos0 + std::min<int64_t>(tiles[i].m0 + kPrefillTileRows - 1, total_m - 1) / group;
+    const int64_t keys = row.new_kv != 0 ? row.q_pos0 : tlast + 1;
+    pages[i] = (keys + page_tokens - 1) / page_tokens;
+    longest = std::max(longest, pages[i]);
+  }
+  // Chunks are whole multiples of `unit` entries (kPrefillSplitKeys keys).
+  const int64_t unit = std::max<int64_t>(1, kPrefillSplitKeys / page_tokens);
+  const int64_t min_keys = std::max<int64_t>(min_split_keys, kPrefillSplitKeys);
+  const int64_t min_chunk = (min_keys + unit * page_tokens - 1) / (unit * page_tokens) * unit;
+  const auto pieces_of = [&](size_t i, int64_t c) { return pages[i] > c ? (pages[i] + c - 1) / c : int64_t{1}; };
+  const auto count = [&](int64_t c) {
+    int64_t k = 0;
+    for (size_t i = 0; i < tiles.size(); ++i) k += pieces_of(i, c);
+    return k;
+  };
+  int64_t chunk = 0;  // 0: no split
+  if (min_split_keys > 0 && n_tiles < target_ctas && longest > min_chunk && count(min_chunk) > n_tiles) {
+    // The smallest chunk (in units) whose pieces fit in target_ctas; the count falls as it grows.
+    int64_t lo = min_chunk / unit, hi = (longest + unit - 1) / unit;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (count(mid * unit) <= target_ctas) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    chunk = lo * unit;
+    if (count(chunk) == n_tiles) chunk = 0;  // nothing splits at that chunk
+  }
+  split.chunk_pages = static_cast<int32_t>(chunk);
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    const PrefillWorkItem& t = tiles[i];
+    const int64_t pieces = chunk > 0 ? pieces_of(i, chunk) : 1;
+    if (pieces == 1) {
+      split.work.push_back(t);
+      continue;
+    }
+    split.merge.push_back({t.row, t.m0, split.num_partials, static_cast<int32_t>(pieces)});
+    for (int64_t s = 0; s < pieces; ++s) {
+      PrefillWorkItem w = t;
+      w.page_begin = static_cast<int32_t>(s * chunk);
+      w.page_end = s + 1 == pieces ? INT32_MAX : static_cast<int32_t>((s + 1) * chunk);
+      w.partial = split.num_partials + static_cast<int32_t>(s);
+      split.work.push_back(w);
+    }
+    split.num_partials += static_cast<int32_t>(pieces);
+  }
+  return split;
 }
 
 }  // namespace sparseserve::kernels::cuda

@@ -3,6 +3,7 @@
 // tested everywhere, CI without nvcc included; decode_attention.h and prefill_attention.h include it.
 #pragma once
 
+#include <climits>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -95,15 +96,59 @@ inline constexpr int32_t sm90_box_tokens(int32_t min_block_tokens, int32_t page_
   return box;
 }
 
+// A CTA's work item. With a key split (plan_prefill_split) the CTA reads only the row's page-list
+// entries [page_begin, page_end) (relative to the row's first entry, clipped at run time to its
+// actual count; the row's new keys, if any, only in the piece whose page_end is INT32_MAX) and, when
+// partial ≥ 0, writes fp32 partial results to slot `partial` for the merge instead of bf16 output.
 struct PrefillWorkItem {
   int32_t row = 0;
   int32_t m0 = 0;
+  int32_t page_begin = 0;
+  int32_t page_end = INT32_MAX;
+  int32_t partial = -1;
+  int32_t unused = 0;  // keeps the item a multiple of 8 bytes (the plan blob's rows follow it)
 };
+static_assert(sizeof(PrefillWorkItem) == 24);
 
 // Query tiles of the rows (cost: estimated keys per tile): rows in order of their most expensive
 // tile, a row's tiles together and most expensive first. The CTAs running at once then read one
 // row's K/V, which stays in L2 (a 64K-token row of one KV head is 32 MB; all rows together are
 // not), and the last wave holds short tiles.
 std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows, int32_t group);
+
+// ---- Prefill's key split -----------------------------------------------------------------------
+// A few query tiles over a long history (a short chunk after a cached prefix, the last chunk of a
+// long prompt) fill few CTAs, each walking every key. Such tiles are split along their keys, as
+// decode splits its rows: each piece is a CTA over a range of the row's pages writing an fp32
+// partial result, and a merge folds a tile's pieces (log-sum-exp) into its bf16 output.
+
+// The pieces of one split tile: packed rows m0 .. m0 + kPrefillTileRows − 1 of row `row`, in partial
+// slots partial0 .. partial0 + pieces − 1.
+struct PrefillMergeItem {
+  int32_t row = 0;
+  int32_t m0 = 0;
+  int32_t partial0 = 0;
+  int32_t pieces = 0;
+};
+static_assert(sizeof(PrefillMergeItem) == 16);
+
+struct PrefillSplit {
+  std::vector<PrefillWorkItem> work;    // a split tile's pieces together, in key order
+  std::vector<PrefillMergeItem> merge;  // one per split tile
+  int32_t num_partials = 0;
+  int32_t chunk_pages = 0;              // pages per piece (0: nothing split)
+};
+
+// Tiles as plan_prefill_tiles orders them; when they are fewer than target_ctas (one wave of
+// resident CTAs), the tiles of causal and block-mask rows (a band row's keys are bounded by its
+// sink and window) split into pieces of chunk_pages page-list entries: the smallest chunk, at least
+// min_split_keys keys and a multiple of kPrefillSplitKeys keys (so pieces start on the Hopper
+// kernel's key tiles and gathered units), whose pieces fit in target_ctas. A tile's page count is
+// estimated from its last query's position (pages before the chunk for rows with new_kv): the last
+// piece takes every entry after its start, so a wrong estimate costs balance, not keys.
+// min_split_keys ≤ 0: no split.
+inline constexpr int32_t kPrefillSplitKeys = 128;
+PrefillSplit plan_prefill_split(std::span<const PrefillRow> rows, int32_t group, int32_t page_tokens,
+                                int32_t target_ctas, int32_t min_split_keys);
 
 }  // namespace sparseserve::kernels::cuda

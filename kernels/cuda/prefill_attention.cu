@@ -42,6 +42,8 @@ constexpr int kBN = 64;  // key slots per tile
 constexpr int kStages = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kRowInts = static_cast<int>(sizeof(PrefillRow) / 4);
+constexpr int kWorkInts = static_cast<int>(sizeof(PrefillWorkItem) / 4);
+constexpr int kMergeInts = static_cast<int>(sizeof(PrefillMergeItem) / 4);
 
 template <int D>
 struct PrefillSmem {
@@ -233,12 +235,61 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_paged_kernel(co
 
   // Normalise and store (bf16x2 per thread and row).
 #pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) prefill::store_rows<D>(p, row, wm0 + 16 * mt + (lane >> 2), total_m, l[mt], o[mt]);
+  for (int mt = 0; mt < kMT; ++mt) {
+    prefill::store_rows<D>(p, w, row, wm0 + 16 * mt + (lane >> 2), total_m, m[mt], l[mt], o[mt]);
+  }
 }
 
 template <int D>
 void* prefill_kernel() {
   return reinterpret_cast<void*>(&prefill_attention_paged_kernel<D>);
+}
+
+// The key split's merge: a warp per packed row of a split tile (kMergeRows rows per CTA, grid
+// {merge items, kPrefillTileRows / kMergeRows}) folds the pieces' normalised fp32 rows by their
+// log-sum-exp, in piece order, into the bf16 output; a row no piece saw a key of gets zeros.
+constexpr int kMergeRows = 8;
+
+template <int D>
+__global__ void __launch_bounds__(32 * kMergeRows) prefill_merge_kernel(const PrefillParams p,
+                                                                         const PrefillMergeItem* merge) {
+  constexpr int kCols = D / 32;  // columns per lane: 4 or 2
+  const PrefillMergeItem mi = merge[blockIdx.x];
+  const PrefillRow row = p.rows[mi.row];
+  const int lane = threadIdx.x & 31;
+  const int32_t r = static_cast<int32_t>(blockIdx.y) * kMergeRows + (threadIdx.x >> 5), m = mi.m0 + r;
+  if (m >= row.n_tokens * p.group) return;
+  const int64_t first = static_cast<int64_t>(mi.partial0) * kPrefillTileRows + r;  // piece i at first + i·rows
+  float top = -INFINITY;
+  for (int32_t i = lane; i < mi.pieces; i += 32) top = fmaxf(top, p.partial_lse[first + int64_t{i} * kPrefillTileRows]);
+  for (int off = 16; off > 0; off >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, off));
+  float acc[kCols] = {};
+  float total = 0.0f;
+  if (top != -INFINITY) {
+    for (int32_t i = 0; i < mi.pieces; ++i) {
+      const int64_t slot_row = first + int64_t{i} * kPrefillTileRows;
+      const float lse = p.partial_lse[slot_row];
+      if (lse == -INFINITY) continue;
+      const float wgt = exp2f(lse - top);
+      total += wgt;
+      const float* src = p.partial_o + slot_row * D + kCols * lane;
+      if constexpr (kCols == 4) {
+        const float4 v = *reinterpret_cast<const float4*>(src);
+        acc[0] += wgt * v.x, acc[1] += wgt * v.y, acc[2] += wgt * v.z, acc[3] += wgt * v.w;
+      } else {
+        const float2 v = *reinterpret_cast<const float2*>(src);
+        acc[0] += wgt * v.x, acc[1] += wgt * v.y;
+      }
+    }
+  }
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  const int32_t tok = m / p.group, hd = m - tok * p.group;
+  bf16* dst = p.o + static_cast<int64_t>(row.q_row0 + tok) * p.o_stride +
+              static_cast<int64_t>(row.kv_head * p.group + hd) * D + kCols * lane;
+#pragma unroll
+  for (int c = 0; c < kCols; c += 2) {
+    *reinterpret_cast<uint32_t*>(dst + c) = attn::pack_bf16x2(acc[c] * inv, acc[c + 1] * inv);
+  }
 }
 
 
@@ -258,13 +309,18 @@ PrefillAttention::PrefillAttention(const PrefillConfig& config, std::source_loca
         "PrefillAttention: the wgmma kernel needs compute capability 9.0 (sm_90a)", loc);
   kernel_ = config.kernel == PrefillKernel::kAuto ? (sm90 ? PrefillKernel::kWgmma : PrefillKernel::kMmaSync)
                                                   : config.kernel;
+  check(config.split_ctas >= 0, "PrefillAttention: split_ctas must be ≥ 0", loc);
+  int sms = 0, per_sm = 1;  // resident CTAs per SM: the Hopper kernel takes one's whole shared memory
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   if (kernel_ == PrefillKernel::kWgmma) {
     prefill::prepare_sm90(config.head_dim);
   } else {
     const int smem = config.head_dim == 64 ? PrefillSmem<64>::kBytes : PrefillSmem<128>::kBytes;
     const void* kernel = config.head_dim == 64 ? prefill_kernel<64>() : prefill_kernel<128>();
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
   }
+  split_ctas_ = config.split_ctas > 0 ? config.split_ctas : std::max(1, sms * std::max(per_sm, 1));
   plan_uploaded_ = CudaEvent(cudaEventDisableTiming, loc);
 }
 
@@ -301,10 +357,13 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
     next.blocks = next.blocks || r.mask == MaskKind::kBlocks;
     if (r.mask == MaskKind::kBlocks) next.min_block = std::min(next.min_block, r.block_tokens);
   }
-  std::vector<PrefillWorkItem> work = plan_prefill_tiles(rows, config_.group);
+  PrefillSplit split =
+      plan_prefill_split(rows, config_.group, config_.page_tokens, split_ctas_, config_.min_split_keys);
+  std::vector<PrefillWorkItem>& work = split.work;
 
-  const auto n_work = work.size();
-  const size_t rows_off = 4 + 2 * n_work;  // even: PrefillRow is 8-byte aligned
+  const auto n_work = work.size(), n_merge = split.merge.size();
+  const size_t merge_off = 4 + kWorkInts * n_work;
+  const size_t rows_off = merge_off + kMergeInts * n_merge;  // even: PrefillRow is 8-byte aligned
   const size_t total = rows_off + kRowInts * rows.size();
   // From here a failure leaves no plan: the device blob may hold part of the new one.
   planned_.rows = -1;
@@ -321,13 +380,21 @@ void PrefillAttention::plan(std::span<const PrefillRow> rows, cudaStream_t strea
   int32_t* host = plan_host_.data();
   host[0] = static_cast<int32_t>(n_work);
   host[1] = static_cast<int32_t>(rows.size());
-  host[2] = host[3] = 0;
+  host[2] = static_cast<int32_t>(n_merge);
+  host[3] = 0;
   std::memcpy(host + 4, work.data(), sizeof(PrefillWorkItem) * n_work);
+  std::memcpy(host + merge_off, split.merge.data(), sizeof(PrefillMergeItem) * n_merge);
   std::memcpy(host + rows_off, rows.data(), sizeof(PrefillRow) * rows.size());
   CUDA_CHECK(cudaMemcpyAsync(plan_dev_.data(), host, sizeof(int32_t) * total, cudaMemcpyHostToDevice, stream));
   CUDA_CHECK(cudaEventRecord(plan_uploaded_.get(), stream));
   work_ = std::move(work);
+  merge_ = std::move(split.merge);
+  num_partials_ = split.num_partials;
   planned_ = next;
+}
+
+int64_t PrefillAttention::workspace_floats() const {
+  return int64_t{num_partials_} * kPrefillTileRows * (config_.head_dim + 1);
 }
 
 void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::source_location loc) const {
@@ -344,9 +411,16 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   check(!planned_.blocks || args.block_allowed != nullptr, "PrefillAttention::run: kBlocks rows need block_allowed",
         loc);
 
+  const int64_t ws_floats = workspace_floats();
+  check(ws_floats == 0 || (args.workspace != nullptr && is_aligned16(args.workspace) &&
+                           args.workspace_floats >= ws_floats),
+        "PrefillAttention::run: the plan splits keys and needs a 16-byte aligned workspace of workspace_floats()",
+        loc);
+
   const int grid = static_cast<int>(work_.size());
   if (grid == 0) return;
-  const size_t rows_off = 4 + 2 * work_.size();
+  const size_t merge_off = 4 + kWorkInts * work_.size();
+  const size_t rows_off = merge_off + kMergeInts * merge_.size();
   const int32_t* blob = plan_dev_.data();
   PrefillParams p;
   p.q = args.q;
@@ -368,6 +442,8 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   p.group = config_.group;
   p.scale_log2 = args.scale * kLog2e;
   p.skip_tiles = config_.skip_tiles ? 1 : 0;
+  p.partial_o = ws_floats > 0 ? args.workspace : nullptr;
+  p.partial_lse = ws_floats > 0 ? args.workspace + int64_t{num_partials_} * kPrefillTileRows * D : nullptr;
   if (kernel_ == PrefillKernel::kWgmma) {
     check(args.kv.num_pages * config_.page_tokens < INT32_MAX, "PrefillAttention::run: pool rows past int32", loc);
     prefill::BlockWalk walk = prefill::BlockWalk::kNone;
@@ -379,12 +455,20 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
                                  args.k_new, args.v_new,         args.kv_new_stride, planned_.new_rows,
                                  walk,       box};
     prefill::launch_sm90(p, grid, D, t, stream, loc);
-    return;
-  }
-  if (D == 64) {
+  } else if (D == 64) {
     prefill_attention_paged_kernel<64><<<grid, kThreads, PrefillSmem<64>::kBytes, stream>>>(p);
+    CUDA_CHECK_LAUNCH();
   } else {
     prefill_attention_paged_kernel<128><<<grid, kThreads, PrefillSmem<128>::kBytes, stream>>>(p);
+    CUDA_CHECK_LAUNCH();
+  }
+  if (merge_.empty()) return;
+  const dim3 merge_grid(static_cast<unsigned>(merge_.size()), kPrefillTileRows / kMergeRows);
+  const auto* merge = reinterpret_cast<const PrefillMergeItem*>(blob + merge_off);
+  if (D == 64) {
+    prefill_merge_kernel<64><<<merge_grid, 32 * kMergeRows, 0, stream>>>(p, merge);
+  } else {
+    prefill_merge_kernel<128><<<merge_grid, 32 * kMergeRows, 0, stream>>>(p, merge);
   }
   CUDA_CHECK_LAUNCH();
 }

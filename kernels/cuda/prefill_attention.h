@@ -7,7 +7,10 @@
 // the per-query rule) and kernels/cpu/attention_block.h.
 //
 // Key tiles outside a row's band or block mask are skipped whole; masks are exact at the edges.
-// Plan (host: tiles, ordered longest first), then run (no allocation, no host sync).
+// Plan (host: tiles, ordered longest first; when they fill under a wave of CTAs, the tiles of causal
+// and block-mask rows split along their keys, attention_plan.h plan_prefill_split), then run (no
+// allocation, no host sync; a split's pieces write fp32 partials to the caller's workspace and a
+// second kernel merges them).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -38,6 +41,11 @@ struct PrefillArgs {
   KeyPageList pages;  // one row per PrefillRow of the plan, same order
   const uint8_t* block_allowed = nullptr;  // kBlocks rows (device), see PrefillRow
   float scale = 0.0f;                      // softmax scale (usually 1/√D)
+  // Device scratch of at least PrefillAttention::workspace_floats() floats, 16-byte aligned, for the
+  // partial results of a key split; unused (may be null) when the plan splits nothing. Layers that
+  // run one after another on a stream may share it.
+  float* workspace = nullptr;
+  int64_t workspace_floats = 0;
 };
 
 // Which kernel computes the attention. kAuto: kWgmma on compute capability 9.0 (H100/H200, built
@@ -56,6 +64,11 @@ struct PrefillConfig {
   // tests compare it with the skipping run, which must give identical bits).
   bool skip_tiles = true;
   PrefillKernel kernel = PrefillKernel::kAuto;
+  // The key split of tiles that fill under a wave (plan_prefill_split, attention_plan.h): pieces of at
+  // least this many keys (≤ 0: never split), as many as split_ctas CTAs (0: one wave of this device's
+  // resident CTAs for the resolved kernel).
+  int32_t min_split_keys = 1024;
+  int32_t split_ctas = 0;
 };
 
 class PrefillAttention {
@@ -72,22 +85,31 @@ class PrefillAttention {
   void plan(std::span<const PrefillRow> rows, cudaStream_t stream = nullptr,
             std::source_location loc = std::source_location::current());
 
-  // Writes o for every planned (token, head); allocates nothing, does not synchronise.
+  // Writes o for every planned (token, head); allocates nothing, does not synchronise. With a key
+  // split, a second kernel merges the pieces (through args.workspace).
   void run(const PrefillArgs& args, cudaStream_t stream = nullptr,
            std::source_location loc = std::source_location::current()) const;
 
+  // Floats of PrefillArgs::workspace the plan needs (0: it splits nothing).
+  int64_t workspace_floats() const;
+
   const std::vector<PrefillWorkItem>& work() const { return work_; }
+  const std::vector<PrefillMergeItem>& merges() const { return merge_; }
   const PrefillConfig& config() const { return config_; }
   PrefillKernel kernel() const { return kernel_; }  // the resolved choice (never kAuto)
 
  private:
   PrefillConfig config_;
   PrefillKernel kernel_ = PrefillKernel::kMmaSync;
-  // Device plan blob (int32): [0..4) {work items}; work [n][2]; rows [n_rows][12].
+  int32_t split_ctas_ = 0;  // the resolved PrefillConfig::split_ctas
+  // Device plan blob (int32): [0..4) {work items, rows, merge items, 0}; work [n][6]; merge [n_merge][4];
+  // rows [n_rows][14].
   DeviceBuffer<int32_t> plan_dev_;
   PinnedBuffer<int32_t> plan_host_;  // staging copy of the blob
   CudaEvent plan_uploaded_;          // the last upload from plan_host_
   std::vector<PrefillWorkItem> work_;
+  std::vector<PrefillMergeItem> merge_;
+  int32_t num_partials_ = 0;
   // What run() checks its arguments against (planned_rows_ −1: no plan, never planned or the last
   // plan() threw after its argument checks).
   struct Planned {

@@ -638,7 +638,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (wg == 0) turn_begin();  // warpgroup 1's last arrival
 
-  prefill::store_rows<D>(p, row, r0, total_m, l, o);
+  prefill::store_rows<D>(p, w, row, r0, total_m, m, l, o);
 #endif  // SPARSESERVE_SM90A
 }
 

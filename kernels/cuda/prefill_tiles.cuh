@@ -39,6 +39,11 @@ struct PrefillParams {
   const int32_t* counts;  // {work items}
   const PrefillWorkItem* work;
   const PrefillRow* rows;
+  // Work items with partial ≥ 0 (a key split, attention_plan.h): slot s holds kPrefillTileRows packed
+  // rows, O normalised at partial_o + (s·kPrefillTileRows + r)·D (fp32) and the log2-domain
+  // log-sum-exp of the scaled scores at partial_lse[s·kPrefillTileRows + r] (−inf: no key seen).
+  float* partial_o;
+  float* partial_lse;
   int32_t group;
   float scale_log2;  // softmax scale · log2(e)
   int32_t skip_tiles;
@@ -431,18 +436,23 @@ __device__ __forceinline__ TileScan make_tile_scan(const PrefillParams& p, const
   const PrefillRow row = p.rows[w.row];
   const int32_t G = p.group, total_m = row.n_tokens * G;
   const auto tok_of = [&](int32_t m) { return min(m, total_m - 1) / G; };
-  const int32_t first = p.indptr[w.row];
-  const int32_t n_entries = p.indptr[w.row + 1] - first;
+  // A piece of a key split sees entries [page_begin, page_end) of the row's list as a row of its own
+  // (its slots count from page_begin's first, a multiple of every walk's tile and unit), and the new
+  // keys only when it is the row's last piece.
+  const int32_t row_first = p.indptr[w.row], row_entries = p.indptr[w.row + 1] - row_first;
+  const int32_t first = row_first + min(w.page_begin, row_entries);
+  const int32_t n_entries = row_first + min(w.page_end, row_entries) - first;
+  const bool new_keys = row.new_kv != 0 && w.page_end == INT32_MAX;
   const int shift = p.pool.page_shift;
   const int64_t new_off = static_cast<int64_t>(row.q_row0) * p.new_stride + static_cast<int64_t>(row.kv_head) * D;
   const attn::RowKeys rk{p.page_ids + first,
                          p.page_pos0 + first,
                          p.page_len + first,
                          n_entries << shift,
-                         (n_entries << shift) + (row.new_kv ? row.n_tokens : 0),
+                         (n_entries << shift) + (new_keys ? row.n_tokens : 0),
                          row.q_pos0,
-                         row.new_kv ? p.k_new + new_off : nullptr,
-                         row.new_kv ? p.v_new + new_off : nullptr,
+                         new_keys ? p.k_new + new_off : nullptr,
+                         new_keys ? p.v_new + new_off : nullptr,
                          p.new_stride};
   const attn::MaskParams mp{static_cast<int32_t>(row.mask), row.sink, row.local, max(row.block_tokens, 1),
                             row.n_kblocks};
@@ -458,12 +468,15 @@ __device__ __forceinline__ TileScan make_tile_scan(const PrefillParams& p, const
                   shift};
 }
 
-// Normalises and stores, as bf16, the two output rows this thread holds in mma accumulator layout:
-// packed rows mr and mr + 8 of the work item's row (o[j]: columns 8j + 2·(lane % 4) + {0, 1}; l:
-// this thread's partial row sums, completed over the lane quad here). Rows ≥ total_m are skipped.
+// Normalises and stores the two output rows this thread holds in mma accumulator layout: packed
+// rows mr and mr + 8 of work item w's row (o[j]: columns 8j + 2·(lane % 4) + {0, 1}; l: this
+// thread's partial row sums, completed over the lane quad here; m: the rows' log2-domain reference
+// maxima, the exponents' base, −inf when no key was seen), as bf16 to o, or for a piece of a key
+// split as fp32 to its partial slot with the rows' log-sum-exp. Rows ≥ total_m are skipped.
 template <int D>
-__device__ __forceinline__ void store_rows(const PrefillParams& p, const PrefillRow& row, int32_t mr, int32_t total_m,
-                                           const float (&l)[2], const float (&o)[D / 8][4]) {
+__device__ __forceinline__ void store_rows(const PrefillParams& p, const PrefillWorkItem& w, const PrefillRow& row,
+                                           int32_t mr, int32_t total_m, const float (&m_ref)[2], const float (&l)[2],
+                                           const float (&o)[D / 8][4]) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -473,6 +486,18 @@ __device__ __forceinline__ void store_rows(const PrefillParams& p, const Prefill
     const int32_t m = mr + 8 * h;
     if (m >= total_m) continue;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    if (w.partial >= 0) {
+      const int64_t slot_row = static_cast<int64_t>(w.partial) * kPrefillTileRows + (m - w.m0);
+      float* dst = p.partial_o + slot_row * D + 2 * (lane & 3);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<float2*>(dst + 8 * j) = make_float2(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
+      }
+      if ((lane & 3) == 0) {
+        p.partial_lse[slot_row] = sum > 0.0f ? (m_ref[h] == -INFINITY ? 0.0f : m_ref[h]) + log2f(sum) : -INFINITY;
+      }
+      continue;
+    }
     const int32_t tok = m / p.group, hd = m - tok * p.group;
     bf16* dst = p.o + static_cast<int64_t>(row.q_row0 + tok) * p.o_stride +
                 static_cast<int64_t>(row.kv_head * p.group + hd) * D + 2 * (lane & 3);

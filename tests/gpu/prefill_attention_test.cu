@@ -351,19 +351,35 @@ std::vector<PrefillKernel> device_kernels() {
 
 std::string kernel_name(PrefillKernel k) { return k == PrefillKernel::kWgmma ? "wgmma" : "mma.sync"; }
 
+// PrefillConfig's key split (min_split_keys, split_ctas); the default is the library's.
+struct SplitConfig {
+  int32_t min_split_keys = PrefillConfig{}.min_split_keys;
+  int32_t split_ctas = 0;
+};
+
 std::vector<uint16_t> run_prefill(const PrefillProblem& pr, DeviceProblem& dp, bool skip_tiles,
-                                  PrefillKernel kernel = PrefillKernel::kAuto) {
+                                  PrefillKernel kernel = PrefillKernel::kAuto, const SplitConfig& split = {},
+                                  size_t* merges = nullptr) {
   PrefillConfig cfg;
   cfg.head_dim = pr.D;
   cfg.group = pr.group;
   cfg.page_tokens = pr.P;
   cfg.skip_tiles = skip_tiles;
   cfg.kernel = kernel;
+  cfg.min_split_keys = split.min_split_keys;
+  cfg.split_ctas = split.split_ctas;
   PrefillAttention attn(cfg);
   dp.o.fill_bytes(0xff);
   attn.plan(pr.rows);
-  attn.run(dp.args(pr));
+  // The partials poisoned too: a merge must read only what the pieces wrote.
+  DeviceBuffer<float> ws(static_cast<size_t>(std::max<int64_t>(attn.workspace_floats(), 1)));
+  ws.fill_bytes(0xff);
+  PrefillArgs a = dp.args(pr);
+  a.workspace = ws.data();
+  a.workspace_floats = attn.workspace_floats();
+  attn.run(a);
   CUDA_CHECK(cudaDeviceSynchronize());
+  if (merges != nullptr) *merges = attn.merges().size();
   return dp.o.download<uint16_t>();
 }
 
@@ -387,15 +403,19 @@ std::vector<bool> gathered_outputs(const PrefillProblem& pr) {
 // bit for bit, except the Hopper kernel's kBlocks rows with blocks under its 128-key tiles, whose
 // visible key units it gathers into tiles (prefill::next_unit_tile), so that their keys meet
 // the online softmax in other groups: those are compared within the tolerance. Every kernel of the
-// device is checked.
-void check_problem(const PrefillProblem& pr, const std::string& what) {
+// device is checked, under the key split `split`; returns the fewest split tiles (merge items) any
+// kernel's plan had.
+size_t check_problem(const PrefillProblem& pr, const std::string& what, const SplitConfig& split = {}) {
   DeviceProblem dp(pr);
   const std::vector<float> ref = reference(pr);
   const std::vector<bool> gathered = gathered_outputs(pr);
+  size_t fewest_merges = SIZE_MAX;
   for (const PrefillKernel kernel : device_kernels()) {
     const std::string name = what + " [" + kernel_name(kernel) + "]";
-    const auto sparse = run_prefill(pr, dp, true, kernel);
-    const auto dense = run_prefill(pr, dp, false, kernel);
+    size_t merges = 0;
+    const auto sparse = run_prefill(pr, dp, true, kernel, split, &merges);
+    const auto dense = run_prefill(pr, dp, false, kernel, split);
+    fewest_merges = std::min(fewest_merges, merges);
     expect_close(sparse, ref, pr.D, name);
     size_t differ = 0;
     std::vector<uint16_t> gathered_sparse;
@@ -413,6 +433,7 @@ void check_problem(const PrefillProblem& pr, const std::string& what) {
       expect_close(gathered_sparse, gathered_dense, pr.D, name + " gathered vs dense run");
     }
   }
+  return fewest_merges;
 }
 
 // ---- against the CPU twins ------------------------------------------------------------------------
@@ -431,6 +452,67 @@ TEST(PrefillAttentionGpu, MatchesCpuTwinOverShapes) {
         const PrefillProblem pr = make_problem(sh, rng);
         check_problem(pr, "D=" + std::to_string(D) + " P=" + std::to_string(P) + " group=" + std::to_string(group) +
                               " B=" + std::to_string(sh.block_tokens) + (sh.ragged_history ? " ragged" : ""));
+      }
+    }
+  }
+}
+
+// The key split (plan_prefill_split): short chunks after long histories, their tiles split along the
+// keys into pieces whose partials a merge folds. Pieces start on key-tile multiples of the list (the
+// Hopper kernel's gathered units included), the last one takes the new keys, and ragged lists make
+// the plan's page estimate too high (pieces past the list, pieces no query sees a key of).
+ProblemShape split_shape(std::mt19937& rng, int32_t D, int32_t P, int32_t group, int32_t max_history) {
+  ProblemShape sh = shape(D, P, group, rand_int(rng, 1, 3), rand_int(rng, 1, 3), max_history, 100);
+  sh.min_history = max_history / 3;
+  sh.modes = {Mode::kCausal, Mode::kCausalNewKv, Mode::kBand, Mode::kBlocks};
+  sh.block_choices = {16, 32, 48, 64, 128, 256};
+  sh.ragged_history = rand_int(rng, 0, 1) == 1;
+  return sh;
+}
+
+// CTAs for a split of pr: at least twice its query tiles, so that its longest tile splits whenever
+// it holds more than min_split_keys keys (then pieces of half that tile fit).
+int32_t split_ctas(const PrefillProblem& pr, std::mt19937& rng) {
+  int32_t tiles = 0;
+  for (const PrefillRow& r : pr.rows) tiles += (r.n_tokens * pr.group + kPrefillTileRows - 1) / kPrefillTileRows;
+  return 2 * tiles + rand_int(rng, 0, 400);
+}
+
+TEST(PrefillAttentionGpu, SmallKeySplitOfShortChunksEveryMask) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(77);
+  for (const int32_t D : {64, 128}) {
+    for (const int32_t P : {16, 64}) {
+      PrefillProblem pr = make_problem(split_shape(rng, D, P, 4, 900), rng);
+      while (std::all_of(pr.rows.begin(), pr.rows.end(), [](const PrefillRow& r) { return r.mask == MaskKind::kBand; })) {
+        pr = make_problem(split_shape(rng, D, P, 4, 900), rng);  // band rows never split: one that may
+      }
+      const std::string what = "split D=" + std::to_string(D) + " P=" + std::to_string(P);
+      EXPECT_GT(check_problem(pr, what, {.min_split_keys = 128, .split_ctas = split_ctas(pr, rng)}), 0u) << what;
+    }
+  }
+}
+
+TEST(PrefillAttentionGpu, KeySplitMatchesCpuTwinOverShapes) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  for (const int32_t D : {64, 128}) {
+    for (const int32_t P : {16, 32, 64, 128}) {
+      for (const int32_t group : {1, 3, 8}) {
+        ProblemShape sh = split_shape(rng, D, P, group, 4000);
+        PrefillProblem pr = make_problem(sh, rng);
+        while (std::all_of(pr.rows.begin(), pr.rows.end(), [](const PrefillRow& r) { return r.mask == MaskKind::kBand; })) {
+          sh = split_shape(rng, D, P, group, 4000);
+          pr = make_problem(sh, rng);
+        }
+        const SplitConfig split{.min_split_keys = std::array<int32_t, 3>{128, 256, 1024}[static_cast<size_t>(rand_int(rng, 0, 2))],
+                                .split_ctas = split_ctas(pr, rng)};
+        const std::string what = "split D=" + std::to_string(D) + " P=" + std::to_string(P) + " group=" +
+                                 std::to_string(group) + " min_keys=" + std::to_string(split.min_split_keys) +
+                                 " ctas=" + std::to_string(split.split_ctas) + (sh.ragged_history ? " ragged" : "");
+        EXPECT_GT(check_problem(pr, what, split), 0u) << what;
       }
     }
   }
@@ -615,9 +697,9 @@ TEST(PrefillAttentionGpu, SmallRunChecksArgumentsAgainstThePlan) {
   a.pages = {d_indptr.data(), d_ids.data(), d_pos0.data(), d_len.data()};
   a.block_allowed = allowed.data();
   a.scale = 0.088f;
-  const auto rejected = [&](const PrefillArgs& args, const char* what) {
+  const auto rejected_by = [&](const PrefillAttention& pa, const PrefillArgs& args, const char* what) {
     try {
-      attn.run(args, nullptr);
+      pa.run(args, nullptr);
       ADD_FAILURE() << "no exception: " << what;
     } catch (const InternalError& e) {
       EXPECT_NE(std::string(e.what()).find("prefill_attention_test.cu"), std::string::npos) << e.what();
@@ -639,15 +721,30 @@ TEST(PrefillAttentionGpu, SmallRunChecksArgumentsAgainstThePlan) {
   EXPECT_NO_THROW(attn.run(a, nullptr));
   PrefillArgs no_pages = a;
   no_pages.kv.num_pages = 0;
-  rejected(no_pages, "num_pages");
+  rejected_by(attn, no_pages, "num_pages");
 
   // New keys of KV head 3: the stride must hold 4 heads.
   const PrefillRow fresh{.q_row0 = 0, .n_tokens = 4, .q_pos0 = 64, .kv_head = 3, .new_kv = 1};
   attn.plan(std::span<const PrefillRow>(&fresh, 1));
   PrefillArgs short_stride = a;
   short_stride.kv_new_stride = 2 * D;
-  rejected(short_stride, "kv_new_stride");
+  rejected_by(attn, short_stride, "kv_new_stride");
   EXPECT_NO_THROW(attn.run(a, nullptr));
+  CUDA_CHECK(cudaDeviceSynchronize());
+
+  // A plan that splits keys needs the workspace (its pieces past the one-page list see no key).
+  PrefillAttention split({.head_dim = D, .group = G, .page_tokens = P, .min_split_keys = 128, .split_ctas = 64});
+  const PrefillRow late{.q_row0 = 0, .n_tokens = 4, .q_pos0 = 1000, .kv_head = 0};
+  split.plan(std::span<const PrefillRow>(&late, 1));
+  ASSERT_GT(split.workspace_floats(), 0);
+  rejected_by(split, a, "workspace");
+  DeviceBuffer<float> ws(static_cast<size_t>(split.workspace_floats()));
+  PrefillArgs with_ws = a;
+  with_ws.workspace = ws.data();
+  with_ws.workspace_floats = split.workspace_floats() - 1;
+  rejected_by(split, with_ws, "workspace");
+  with_ws.workspace_floats = split.workspace_floats();
+  EXPECT_NO_THROW(split.run(with_ws, nullptr));
   CUDA_CHECK(cudaDeviceSynchronize());
 
   PrefillAttention wide({.head_dim = D, .group = 64, .page_tokens = P});

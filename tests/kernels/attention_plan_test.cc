@@ -92,6 +92,107 @@ TEST(PrefillTilePlan, CoversEveryTileOnceLongestFirst) {
   EXPECT_TRUE(plan_prefill_tiles({}, 4).empty());
 }
 
+// The prefill's key split: every tile of plan_prefill_tiles appears once, whole or as pieces that
+// tile its list entries from 0 to the end (the last piece open-ended, new keys with it), pieces
+// start on multiples of kPrefillSplitKeys keys and hold min_split_keys keys at least, they fit in
+// target_ctas, partial slots are consecutive per tile and distinct, band rows never split.
+TEST(PrefillSplitPlan, PiecesCoverEachTileAndFitTheTarget) {
+  std::mt19937 rng(5);
+  int split_plans = 0;
+  for (int iter = 0; iter < 300; ++iter) {
+    const int32_t group = rand_int(rng, 1, 8), P = 16 << rand_int(rng, 0, 3);
+    std::vector<PrefillRow> rows(static_cast<size_t>(rand_int(rng, 0, 12)));
+    for (PrefillRow& r : rows) {
+      r.n_tokens = rand_int(rng, 1, 300);
+      r.q_pos0 = rand_int(rng, 0, 20000);
+      r.new_kv = rand_int(rng, 0, 1);
+      r.mask = static_cast<MaskKind>(rand_int(rng, 0, 2));
+      r.sink = 64;
+      r.local = 1024;
+    }
+    const int32_t target = rand_int(rng, 1, 400), min_keys = rand_int(rng, 0, 3000);
+    const PrefillSplit s = plan_prefill_split(rows, group, P, target, min_keys);
+    const std::vector<PrefillWorkItem> tiles = plan_prefill_tiles(rows, group);
+    if (!s.merge.empty()) {
+      ++split_plans;
+      EXPECT_GT(min_keys, 0);
+      EXPECT_LT(tiles.size(), static_cast<size_t>(target));
+      EXPECT_LE(s.work.size(), static_cast<size_t>(target));
+      EXPECT_GE(int64_t{s.chunk_pages} * P, std::max(min_keys, kPrefillSplitKeys));
+      EXPECT_EQ(int64_t{s.chunk_pages} * P % kPrefillSplitKeys, 0);
+    } else {
+      EXPECT_EQ(s.work.size(), tiles.size());
+    }
+    // Walk the work in order: whole tiles, or a merge item's pieces together.
+    size_t w = 0, t = 0, m = 0;
+    int32_t partials = 0;
+    for (; w < s.work.size(); ++t) {
+      ASSERT_LT(t, tiles.size());
+      const PrefillWorkItem& it = s.work[w];
+      EXPECT_EQ(it.row, tiles[t].row);
+      EXPECT_EQ(it.m0, tiles[t].m0);
+      if (it.partial < 0) {
+        EXPECT_EQ(it.page_begin, 0);
+        EXPECT_EQ(it.page_end, INT32_MAX);
+        ++w;
+        continue;
+      }
+      ASSERT_LT(m, s.merge.size());
+      const PrefillMergeItem& mi = s.merge[m++];
+      EXPECT_EQ(mi.row, it.row);
+      EXPECT_EQ(mi.m0, it.m0);
+      EXPECT_EQ(mi.partial0, partials);
+      EXPECT_GE(mi.pieces, 2);
+      EXPECT_NE(rows[static_cast<size_t>(it.row)].mask, MaskKind::kBand);
+      for (int32_t i = 0; i < mi.pieces; ++i, ++w) {
+        ASSERT_LT(w, s.work.size());
+        const PrefillWorkItem& pc = s.work[w];
+        EXPECT_EQ(pc.row, mi.row);
+        EXPECT_EQ(pc.m0, mi.m0);
+        EXPECT_EQ(pc.partial, mi.partial0 + i);
+        EXPECT_EQ(pc.page_begin, i * s.chunk_pages);
+        EXPECT_EQ(pc.page_end, i + 1 == mi.pieces ? INT32_MAX : (i + 1) * s.chunk_pages);
+      }
+      partials += mi.pieces;
+    }
+    EXPECT_EQ(t, tiles.size());
+    EXPECT_EQ(m, s.merge.size());
+    EXPECT_EQ(partials, s.num_partials);
+  }
+  EXPECT_GT(split_plans, 30);
+}
+
+// A 64-token chunk after 7936 cached tokens (Llama-3-8B: 8 KV heads, group 4): 16 tiles fill an
+// eighth of the H200's 132 SMs, so each splits into pieces of 1024 keys; a whole prompt's tiles
+// (a wave or more) do not split, nor do streaming rows, nor anything with min_split_keys 0.
+TEST(PrefillSplitPlan, AShortChunkOverALongHistorySplitsAWholePromptDoesNot) {
+  std::vector<PrefillRow> rows(8);
+  for (int32_t h = 0; h < 8; ++h) {
+    rows[static_cast<size_t>(h)].kv_head = h;
+    rows[static_cast<size_t>(h)].n_tokens = 64;
+    rows[static_cast<size_t>(h)].q_pos0 = 7936;
+  }
+  PrefillSplit s = plan_prefill_split(rows, 4, 64, 132, 1024);
+  EXPECT_EQ(s.merge.size(), 16u);
+  EXPECT_EQ(s.chunk_pages, 16);  // 1024 keys: 8 pieces of 16 tiles fit in 132
+  EXPECT_EQ(s.work.size(), 16u * 8u);
+  EXPECT_TRUE(plan_prefill_split(rows, 4, 64, 132, 0).merge.empty());
+  for (PrefillRow& r : rows) {
+    r.mask = MaskKind::kBand;
+    r.sink = 128;
+    r.local = 4096;
+  }
+  EXPECT_TRUE(plan_prefill_split(rows, 4, 64, 132, 1024).merge.empty());
+  for (PrefillRow& r : rows) {
+    r.mask = MaskKind::kCausal;
+    r.n_tokens = 8000;
+    r.q_pos0 = 0;
+  }
+  s = plan_prefill_split(rows, 4, 64, 132, 1024);
+  EXPECT_TRUE(s.merge.empty());
+  EXPECT_EQ(s.work.size(), 8u * 250u);
+}
+
 // The Hopper prefill's TMA box: the page, unless a launch has blocks under a page; then the
 // largest power of two within its smallest block, 16 at least, and always dividing the page.
 TEST(Sm90BoxTokens, PageUnlessBlocksUnderAPage) {
