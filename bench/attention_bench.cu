@@ -35,7 +35,8 @@
 // Prefill --chunk C: the queries are the last C tokens of each sequence, over keys the pages hold (the
 // earlier tokens and the chunk's own, as a chunk after a cached prefix runs in the engine; streaming
 // rows band-masked over the same pages); --min-split-keys / --split-ctas set PrefillConfig's key
-// split (min_split_keys 0: never split), reported as split_ctas (CTAs of pieces) and merges.
+// split (min_split_keys 0: never split); reported: ctas (pieces and whole tiles) and merges (split
+// tiles).
 // Decode with --budget: retrieval rows read only selected pages (page_select.h on the GPU, or a
 // fixed random list from the host with --select host); streaming rows read sink + ring pages.
 #include <cuda_bf16.h>
@@ -282,7 +283,10 @@ int run_prefill(const Options& o) {
   const double causal_pairs = static_cast<double>(L) * static_cast<double>(L + 1) / 2.0 -
                               static_cast<double>(q0) * static_cast<double>(q0 + 1) / 2.0;
   const auto add_pages = [&] {
-    for (int64_t b = 0; b < nb; ++b) lists.add(perm[static_cast<size_t>(next++)], static_cast<int32_t>(b * P), static_cast<int32_t>(std::min(P, L - b * P)));
+    for (int64_t b = 0; b < nb; ++b) {
+      lists.add(perm[static_cast<size_t>(next++)], static_cast<int32_t>(b * P),
+                static_cast<int32_t>(std::min(P, L - b * P)));
+    }
   };
   for (int s = 0; s < B; ++s) {
     for (int h = 0; h < o.kv_heads; ++h) {
@@ -297,7 +301,11 @@ int run_prefill(const Options& o) {
         r.local = o.local;
         r.new_kv = chunked ? 0 : 1;
         if (chunked) add_pages();
-        for (int64_t t = q0; t < L; ++t) needed_pairs += static_cast<double>(std::min<int64_t>(t + 1, std::min<int64_t>(o.sink, t + 1) + std::min<int64_t>(o.local, std::max<int64_t>(0, t + 1 - o.sink))));
+        for (int64_t t = q0; t < L; ++t) {
+          const int64_t seen =
+              std::min<int64_t>(o.sink, t + 1) + std::min<int64_t>(o.local, std::max<int64_t>(0, t + 1 - o.sink));
+          needed_pairs += static_cast<double>(std::min<int64_t>(t + 1, seen));
+        }
       } else {
         add_pages();
         needed_pairs += causal_pairs;
@@ -421,7 +429,8 @@ int run_prefill(const Options& o) {
               "\"tflops_dense_equiv\": %.2f, \"tflops_needed\": %.2f, \"ctas\": %zu, \"merges\": %zu, \"chunk\": %lld, "
               "\"kernel\": \"%s\"",
               med, percentile(ms, 0.0), percentile(ms, 0.9), dense_flops, needed_flops, dense_flops / (med * 1e-3) / 1e12,
-              needed_flops / (med * 1e-3) / 1e12, attn.work().size(), attn.merges().size(), static_cast<long long>(o.chunk),
+              needed_flops / (med * 1e-3) / 1e12, attn.work().size(), attn.merges().size(),
+              static_cast<long long>(o.chunk),
               attn.kernel() == PrefillKernel::kWgmma ? "wgmma" : "mma.sync");
   if (xattn) {
     // The estimate's strided GEMM: per retrieval query head, (L/S)·(L/S + 1)/2 dot products of S·D.

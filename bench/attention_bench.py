@@ -12,6 +12,9 @@ FlashAttention-2 backends. Shapes follow Llama-3-8B attention (32 query heads, 8
   decode, dense, batch 1 and 16, 8K / 32K / 128K context          TB/s of K/V read
   decode at 128K, half the KV heads streaming, retrieval heads reading a 4096-token selection made
   by page_select on the GPU (timed alone, and with the selection in the same graph)
+  a chunk of 64 / 512 queries after 8K / 32K keys (a prompt's tail after a cached prefix), batch 1
+  and 8: ours with and without the key split (PrefillConfig::min_split_keys 0); the peers with a
+  lower-right causal mask (torch.nn.attention.bias.causal_lower_right) from CUDA graphs
 
 Timing everywhere: CUDA events after warm-up, median of --iters, inputs rotated across copies when
 one set fits in L2, random data. Decode (ours and SDPA) is timed as CUDA graph replays: an eager
@@ -28,7 +31,7 @@ cmake -S . -B build-attn -G Ninja -DSPARSESERVE_CUDA=ON), copy the binary and th
 (../shared/tools/bundle-libs.sh LIBDIR BINARY) with the tree, then on the GPU machine:
   LD_LIBRARY_PATH=LIBDIR:/usr/local/cuda/lib64 \
     python3 bench/attention_bench.py --bin PATH/attention_bench --out "$OUT"
-Options: --quick (small shapes, few iterations: a smoke run), --only prefill|decode|sparse|xattn.
+Options: --quick (small shapes, few iterations: a smoke run), --only prefill|decode|sparse|xattn|chunk.
 Full log and JSON go to --out; the table is printed last.
 """
 import argparse
@@ -42,6 +45,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
 HQ, HKV, D, PAGE = 32, 8, 128, 64
 L2_BYTES = 60e6
@@ -157,6 +161,62 @@ def sdpa_decode(backend, B, L, iters, warmup, calls=1):
     return med / calls, mn / calls, note + f", graph of {calls}"
 
 
+def graph_ms(fns, iters, warmup):
+    """Median and min milliseconds of fns[i]() replayed from one CUDA graph each (i = rotation)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for fn in fns:
+            for _ in range(2):
+                fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graphs = []
+    for fn in fns:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        graphs.append(g)
+    return timed_ms(lambda i: graphs[i].replay(), len(fns), warmup, iters)
+
+
+def sdpa_chunk(backend, B, L, C, iters, warmup):
+    """SDPA for the last C queries of L-token sequences over all L keys (causal, lower-right aligned),
+    from CUDA graphs. Native GQA when the backend takes it with the mask, else K/V expanded."""
+    kv_bytes = 2 * B * HKV * L * D * 2
+    rotate = max(1, min(8, math.ceil(4 * L2_BYTES / kv_bytes)))
+    fns, note = [], ""
+    for _ in range(rotate):
+        q = torch.randn(B, HQ, C, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(B, HKV, L, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(B, HKV, L, D, device="cuda", dtype=torch.bfloat16)
+        mask = causal_lower_right(C, L)
+
+        def native(q=q, k=k, v=v, mask=mask):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+        try:
+            native()
+            torch.cuda.synchronize()
+            fns.append(native)
+            note = "gqa"
+            continue
+        except (RuntimeError, TypeError):
+            pass
+        ke, ve = k.repeat_interleave(HQ // HKV, dim=1), v.repeat_interleave(HQ // HKV, dim=1)
+
+        def expanded(q=q, ke=ke, ve=ve, mask=mask):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q, ke, ve, attn_mask=mask)
+
+        expanded()
+        torch.cuda.synchronize()
+        fns.append(expanded)
+        note = "expanded K/V"
+    med, mn = graph_ms(fns, iters, warmup)
+    return med, mn, note + ", graph"
+
+
 def ours(binary, out_dir, args):
     cmd = [binary] + [str(a) for a in args]
     log(out_dir, "$ " + " ".join(cmd))
@@ -189,7 +249,7 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["prefill", "decode", "sparse", "xattn"])
+    ap.add_argument("--only", choices=["prefill", "decode", "sparse", "xattn", "chunk"])
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     it, wu = (5, 2) if a.quick else (a.iters, a.warmup)
@@ -259,6 +319,25 @@ def main():
                 rows.append([f"  its estimate alone (share {fmt(om and xm and xm / om, '.2f')})", xm, None, None,
                              "TFLOP/s", o.get("xattn_tflops"), None, None])
                 results.append({"case": "prefill_xattn", "L": L, "threshold": threshold, "ours": o})
+    if want("chunk") or want("prefill"):
+        # A prompt's tail after a cached prefix (or the last chunk of a long one): few query tiles
+        # over many keys, where the key split fills the GPU (PrefillConfig::min_split_keys).
+        for L, C, B in [(8192, 64, 1)] if a.quick else [(8192, 64, 1), (32768, 64, 1), (8192, 512, 1), (8192, 64, 8)]:
+            flops = 4 * B * D * HQ * (L * (L + 1) / 2 - (L - C) * (L - C + 1) / 2)
+            c = peer(a.out, f"cuDNN chunk {C} L={L} B={B}",
+                     lambda: sdpa_chunk(SDPBackend.CUDNN_ATTENTION, B, L, C, it, wu))
+            f2 = peer(a.out, f"FA2 chunk {C} L={L} B={B}",
+                      lambda: sdpa_chunk(SDPBackend.FLASH_ATTENTION, B, L, C, it, wu))
+            tf = lambda ms: None if ms is None else flops / (ms * 1e-3) / 1e12  # noqa: E731
+            for split in [-1, 0]:
+                o = ours(a.bin, a.out, ["--op", "prefill", "--seq", L, "--chunk", C, "--batch", B,
+                                        "--min-split-keys", split] + common)
+                om = o.get("median_ms")
+                how = f"{o.get('ctas')} CTAs, {o.get('merges')} split tiles" if split < 0 else "no split"
+                rows.append([f"prefill chunk {C} after {L - C}, B={B} ({how})", om, c and c[0], f2 and f2[0], "TFLOP/s",
+                             tf(om), tf(c and c[0]), tf(f2 and f2[0])])
+                results.append({"case": "prefill_chunk", "L": L, "C": C, "B": B, "split": split, "ours": o, "cudnn": c,
+                                "fa2": f2})
     dense_decode_ms = {}
     ceilings = []  # [case, ours, ceiling, ours on sequential pages, its ceiling, cuDNN] TB/s
     # Decode graphs hold one call (a lone kernel, its launch and events included) or LAYERS calls on

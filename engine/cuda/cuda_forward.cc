@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <cmath>
@@ -13,6 +14,7 @@
 #include <initializer_list>
 #include <limits>
 #include <string>
+#include <system_error>
 #include <unordered_map>
 
 #include "common/errors.h"
@@ -254,9 +256,14 @@ CudaForward::CudaForward(const Model& model, const kvcache::KvCacheManager& mana
   pc.head_dim = static_cast<int32_t>(c.head_dim);
   pc.group = static_cast<int32_t>(c.n_heads / c.n_kv_heads);
   pc.page_tokens = P;
-  // SPARSESERVE_PREFILL_SPLIT=0: no key split of short prefill chunks (A/B measurements).
-  if (const char* v = std::getenv("SPARSESERVE_PREFILL_SPLIT"); v != nullptr && std::string(v) == "0") {
-    pc.min_split_keys = 0;
+  // SPARSESERVE_PREFILL_SPLIT=N: the prefill key split's min_split_keys (0: no split; A/B
+  // measurements and tests); unset or not a number: the kernel's default.
+  if (const char* v = std::getenv("SPARSESERVE_PREFILL_SPLIT")) {
+    int32_t keys = 0;
+    const char* end = v + std::strlen(v);
+    if (auto [ptr, ec] = std::from_chars(v, end, keys); ec == std::errc() && ptr == end && keys >= 0) {
+      pc.min_split_keys = keys;
+    }
   }
   for (int64_t l = 0; l < c.n_layers; ++l) m.prefill.push_back(std::make_unique<cuda::PrefillAttention>(pc));
   m.decoders.resize(static_cast<size_t>(c.n_layers));

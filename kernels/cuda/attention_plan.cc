@@ -103,7 +103,9 @@ std::vector<PrefillWorkItem> plan_prefill_tiles(std::span<const PrefillRow> rows
 
 PrefillSplit plan_prefill_split(std::span<const PrefillRow> rows, int32_t group, int32_t page_tokens,
                                 int32_t target_ctas, int32_t min_split_keys) {
-  check(page_tokens > 0 && target_ctas > 0, "plan_prefill_split: page_tokens and target_ctas must be positive");
+  check(target_ctas > 0, "plan_prefill_split: target_ctas must be positive");
+  check(page_tokens > 0 && page_tokens <= kPrefillSplitKeys && (page_tokens & (page_tokens - 1)) == 0,
+        "plan_prefill_split: page_tokens must be a power of two up to kPrefillSplitKeys");
   PrefillSplit split;
   std::vector<PrefillWorkItem> tiles = plan_prefill_tiles(rows, group);
   const auto n_tiles = static_cast<int64_t>(tiles.size());

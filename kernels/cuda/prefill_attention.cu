@@ -44,6 +44,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kRowInts = static_cast<int>(sizeof(PrefillRow) / 4);
 constexpr int kWorkInts = static_cast<int>(sizeof(PrefillWorkItem) / 4);
 constexpr int kMergeInts = static_cast<int>(sizeof(PrefillMergeItem) / 4);
+static_assert(kWorkInts % 2 == 0 && kMergeInts % 2 == 0, "the plan blob's PrefillRows stay 8-byte aligned");
 
 template <int D>
 struct PrefillSmem {
@@ -291,7 +292,6 @@ __global__ void __launch_bounds__(32 * kMergeRows) prefill_merge_kernel(const Pr
     *reinterpret_cast<uint32_t*>(dst + c) = attn::pack_bf16x2(acc[c] * inv, acc[c + 1] * inv);
   }
 }
-
 
 }  // namespace
 

@@ -470,9 +470,10 @@ __device__ __forceinline__ TileScan make_tile_scan(const PrefillParams& p, const
 
 // Normalises and stores the two output rows this thread holds in mma accumulator layout: packed
 // rows mr and mr + 8 of work item w's row (o[j]: columns 8j + 2·(lane % 4) + {0, 1}; l: this
-// thread's partial row sums, completed over the lane quad here; m: the rows' log2-domain reference
-// maxima, the exponents' base, −inf when no key was seen), as bf16 to o, or for a piece of a key
-// split as fp32 to its partial slot with the rows' log-sum-exp. Rows ≥ total_m are skipped.
+// thread's partial row sums, completed over the lane quad here; m_ref: the rows' log2-domain
+// reference maxima, the exponents' base (0 while −inf; a row's first visible key moves it), as bf16
+// to o, or for a piece of a key split as fp32 to its partial slot with the rows' log-sum-exp. Rows ≥
+// total_m are skipped.
 template <int D>
 __device__ __forceinline__ void store_rows(const PrefillParams& p, const PrefillWorkItem& w, const PrefillRow& row,
                                            int32_t mr, int32_t total_m, const float (&m_ref)[2], const float (&l)[2],

@@ -225,6 +225,53 @@ TEST(CudaForwardTest, SequencesLeavingAndJoiningReadTheirOwnPages) {
 // where the CPU's paged backend runs the twin. At a threshold of 1e-30 a query block keeps key block 0
 // and its own only (no mass decides anything, so both masks are equal whatever the rounding), at 1.0
 // every block whose mass counts; chunks start and end off the block grid, streaming heads beside.
+// Runs sequences under `profiles` (prompt lengths `prompt`) through a CudaForward and the CPU forward
+// over the paged backend (PagedKvBackend, the CPU's attention semantics), each on its own twin pages:
+// prompts in chunks of up to `chunk` tokens, then one-token decode steps, `steps` steps in all, every
+// row's logits compared. split_keys ≥ 0 is the CudaForward's SPARSESERVE_PREFILL_SPLIT (the prefill
+// key split's min_split_keys) while it is made.
+LogitsTally run_against_paged_cpu(const Model& model, const std::vector<const kvcache::SparsityProfile*>& profiles,
+                                  const std::vector<int64_t>& prompt, int64_t chunk, int steps, std::mt19937_64& rng,
+                                  int split_keys = -1) {
+  const ModelConfig& c = model.config;
+  TwinPages pages(kvcache::KvCacheConfig{.page_tokens = 16, .logical_page_tokens = 16}, 2048);
+  if (split_keys >= 0) {
+    EXPECT_EQ(setenv("SPARSESERVE_PREFILL_SPLIT", std::to_string(split_keys).c_str(), 1), 0);
+  }
+  CudaForward gpu(model, pages.first);
+  unsetenv("SPARSESERVE_PREFILL_SPLIT");
+  CpuForward cpu(model);
+  PagedKvBackend reference(c, pages.second);
+  std::vector<std::vector<int32_t>> tokens(prompt.size());
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
+  for (uint64_t i = 0; i < prompt.size(); ++i) {
+    pages.add_sequence(i, *profiles[i]);
+    gpu.add_sequence(i, *profiles[i]);
+    reference.add_sequence(i, *profiles[i]);
+    for (int64_t t = 0; t < prompt[i]; ++t) tokens[i].push_back(tok(rng));
+  }
+  std::vector<int64_t> done(prompt.size(), 0);
+  LogitsTally tally;
+  for (int step = 0; step < steps; ++step) {
+    std::vector<ForwardSeq> batch;
+    for (uint64_t i = 0; i < prompt.size(); ++i) {
+      const bool prefill = done[i] < prompt[i];
+      const int64_t n = prefill ? std::min<int64_t>(chunk, prompt[i] - done[i]) : 1;
+      if (!prefill && done[i] == static_cast<int64_t>(tokens[i].size())) tokens[i].push_back(tok(rng));
+      pages.allocate(i, done[i] + n);
+      batch.push_back(ForwardSeq{i, done[i], std::span(tokens[i]).subspan(static_cast<size_t>(done[i]), static_cast<size_t>(n)),
+                                 /*all_logits=*/true, prompt[i]});
+    }
+    std::vector<float> want, got;
+    cpu.forward(batch, reference, want);
+    gpu.forward(batch, got);
+    SCOPED_TRACE("step " + std::to_string(step));
+    tally.compare(got, want, c.vocab_size);
+    for (const ForwardSeq& s : batch) done[s.id] += static_cast<int64_t>(s.tokens.size());
+  }
+  return tally;
+}
+
 TEST(CudaForwardTest, DynamicPrefillMatchesTheCpuPagedBackend) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = test_seed();
@@ -232,9 +279,7 @@ TEST(CudaForwardTest, DynamicPrefillMatchesTheCpuPagedBackend) {
   std::mt19937_64 rng(seed);
   RandomModel rm({2, 256, 8, 2, 64, 512, 600, RopeLayout::kHalf, false}, rng);
   const Model& model = *rm.model;
-  const ModelConfig& c = model.config;
-  const auto L = static_cast<int32_t>(c.n_layers), KV = static_cast<int32_t>(c.n_kv_heads);
-  const kvcache::KvCacheConfig geometry{.page_tokens = 16, .logical_page_tokens = 16};
+  const auto L = static_cast<int32_t>(model.config.n_layers), KV = static_cast<int32_t>(model.config.n_kv_heads);
   for (const float threshold : {1e-30f, 1.0f}) {
     SCOPED_TRACE("threshold " + std::to_string(threshold));
     kvcache::SparsityProfile sparse = kvcache::SparsityProfile::dense(L, KV);
@@ -243,45 +288,41 @@ TEST(CudaForwardTest, DynamicPrefillMatchesTheCpuPagedBackend) {
     kvcache::SparsityProfile mixed = selecting_profile(L, KV);  // streaming heads and decode selection too
     mixed.decode.enabled = false;
     mixed.prefill = {.dynamic = true, .block_tokens = 32, .stride = 8, .threshold = threshold, .min_prompt_tokens = 40};
-    const kvcache::SparsityProfile* profiles[] = {&sparse, &mixed, &sparse};
-    TwinPages pages(geometry, 2048);
-    CudaForward gpu(model, pages.first);
-    CpuForward cpu(model);
-    PagedKvBackend reference(c, pages.second);
     // Prompts of 150, 97 and 30 tokens (the last under min_prompt_tokens: dense), in chunks of up to
     // 37, then decode steps.
-    const std::vector<int64_t> prompt = {150, 97, 30};
-    std::vector<std::vector<int32_t>> tokens(prompt.size());
-    std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(c.vocab_size - 1));
-    for (uint64_t i = 0; i < prompt.size(); ++i) {
-      pages.add_sequence(i, *profiles[i]);
-      gpu.add_sequence(i, *profiles[i]);
-      reference.add_sequence(i, *profiles[i]);
-      for (int64_t t = 0; t < prompt[i]; ++t) tokens[i].push_back(tok(rng));
-    }
-    std::vector<int64_t> done(prompt.size(), 0);
-    LogitsTally tally;
-    for (int step = 0; step < 8; ++step) {
-      std::vector<ForwardSeq> batch;
-      for (uint64_t i = 0; i < prompt.size(); ++i) {
-        const bool prefill = done[i] < prompt[i];
-        const int64_t n = prefill ? std::min<int64_t>(37, prompt[i] - done[i]) : 1;
-        if (!prefill && done[i] == static_cast<int64_t>(tokens[i].size())) tokens[i].push_back(tok(rng));
-        pages.allocate(i, done[i] + n);
-        batch.push_back(ForwardSeq{i, done[i], std::span(tokens[i]).subspan(static_cast<size_t>(done[i]), static_cast<size_t>(n)),
-                                   /*all_logits=*/true, prompt[i]});
-      }
-      std::vector<float> want, got;
-      cpu.forward(batch, reference, want);
-      gpu.forward(batch, got);
-      SCOPED_TRACE("step " + std::to_string(step));
-      tally.compare(got, want, c.vocab_size);
-      for (const ForwardSeq& s : batch) done[s.id] += static_cast<int64_t>(s.tokens.size());
-    }
+    const LogitsTally tally = run_against_paged_cpu(model, {&sparse, &mixed, &sparse}, {150, 97, 30}, 37, 8, rng);
     EXPECT_GT(tally.top1_checked, tally.compared / kTop1Share);
     std::printf("threshold %g: %d rows, worst error %.4f of the largest logit, %d top-1 checks\n",
                 static_cast<double>(threshold), tally.compared, static_cast<double>(tally.worst), tally.top1_checked);
   }
+}
+
+// The prefill's key split in the forward pass (min_split_keys 128 through SPARSESERVE_PREFILL_SPLIT):
+// chunks of 60 tokens after up to 360 keys in 16-token pages split their dense and block-mask rows'
+// tiles into pieces of 128 keys (12 tiles a step, far under a wave), every layer's pieces through the
+// one workspace the step shares; streaming rows stay whole. Dense, streaming heads, and dynamic
+// prefill sparsity, as the CPU's paged backend computes them.
+TEST(CudaForwardTest, KeySplitPrefillMatchesTheCpuPagedBackend) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  RandomModel rm({2, 256, 8, 2, 64, 512, 600, RopeLayout::kHalf, false}, rng);
+  const Model& model = *rm.model;
+  const auto L = static_cast<int32_t>(model.config.n_layers), KV = static_cast<int32_t>(model.config.n_kv_heads);
+  const kvcache::SparsityProfile dense = kvcache::SparsityProfile::dense(L, KV);
+  kvcache::SparsityProfile mixed = selecting_profile(L, KV);  // streaming heads
+  mixed.decode.enabled = false;
+  kvcache::SparsityProfile xattn = kvcache::SparsityProfile::dense(L, KV);
+  xattn.name = "xattn";
+  // Block 0 and the diagonal only (a threshold near the estimate's rounding would let the GPU's bf16
+  // and the CPU's fp32 estimates keep different blocks): most pieces of a block-mask tile see no key.
+  xattn.prefill = {.dynamic = true, .block_tokens = 32, .stride = 8, .threshold = 1e-30f, .min_prompt_tokens = 40};
+  const LogitsTally tally = run_against_paged_cpu(model, {&dense, &mixed, &xattn}, {400, 300, 260}, 60, 9, rng, 128);
+  EXPECT_GT(tally.compared, 150);
+  EXPECT_GT(tally.top1_checked, tally.compared / kTop1Share);
+  std::printf("key split: %d rows, worst error %.4f of the largest logit, %d top-1 checks\n", tally.compared,
+              static_cast<double>(tally.worst), tally.top1_checked);
 }
 
 TEST(CudaForwardTest, DecodeStepsFromCudaGraphsEqualStepsLaunchedKernelByKernel) {
