@@ -143,6 +143,13 @@ def sdpa_decode(backend, B, L, iters, warmup, calls=1):
         fn, note = sdpa_call(backend, q, k, v, False)
         fns.append(fn)
         sets.append((q, k, v))
+    med, mn = graph_ms(fns, iters, warmup, calls)
+    return med, mn, note + f", graph of {calls}"
+
+
+def graph_ms(fns, iters, warmup, calls=1):
+    """Median and min milliseconds per call of CUDA graph replays: graph i holds `calls` calls,
+    fns[i], fns[i + 1], ... (wrapping around), as an engine step's graph holds one call per layer."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -151,32 +158,14 @@ def sdpa_decode(backend, B, L, iters, warmup, calls=1):
                 fn()
     torch.cuda.current_stream().wait_stream(s)
     graphs = []
-    for i in range(rotate):
+    for i in range(len(fns)):
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             for j in range(calls):
-                fns[(i + j) % rotate]()
+                fns[(i + j) % len(fns)]()
         graphs.append(g)
-    med, mn = timed_ms(lambda i: graphs[i].replay(), rotate, warmup, iters)
-    return med / calls, mn / calls, note + f", graph of {calls}"
-
-
-def graph_ms(fns, iters, warmup):
-    """Median and min milliseconds of fns[i]() replayed from one CUDA graph each (i = rotation)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for fn in fns:
-            for _ in range(2):
-                fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graphs = []
-    for fn in fns:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        graphs.append(g)
-    return timed_ms(lambda i: graphs[i].replay(), len(fns), warmup, iters)
+    med, mn = timed_ms(lambda i: graphs[i].replay(), len(fns), warmup, iters)
+    return med / calls, mn / calls
 
 
 def sdpa_chunk(backend, B, L, C, iters, warmup):
