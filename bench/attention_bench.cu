@@ -34,7 +34,7 @@
 // --xattn-max-ctas sets XAttentionConfig::max_ctas (0: the default).
 // Prefill --chunk C: the queries are the last C tokens of each sequence, over keys the pages hold (the
 // earlier tokens and the chunk's own, as a chunk after a cached prefix runs in the engine; streaming
-// rows band-masked over the same pages); --min-split-keys / --split-ctas set PrefillConfig's key
+// rows band-masked over their sink's and window's pages); --min-split-keys / --split-ctas set PrefillConfig's key
 // split (min_split_keys 0: never split); reported: ctas (pieces and whole tiles) and merges (split
 // tiles).
 // Decode with --budget: retrieval rows read only selected pages (page_select.h on the GPU, or a
@@ -282,8 +282,11 @@ int run_prefill(const Options& o) {
   // Causal (query, key) pairs of one row: positions q0 .. L − 1 over keys 0 .. t.
   const double causal_pairs = static_cast<double>(L) * static_cast<double>(L + 1) / 2.0 -
                               static_cast<double>(q0) * static_cast<double>(q0 + 1) / 2.0;
-  const auto add_pages = [&] {
+  // The row's pages: every page, or for a streaming row (band) those of its sink and of its window
+  // before the chunk and the chunk's own, as a ring holds them.
+  const auto add_pages = [&](bool band) {
     for (int64_t b = 0; b < nb; ++b) {
+      if (band && b * P >= o.sink && (b + 1) * P <= q0 - o.local) continue;
       lists.add(perm[static_cast<size_t>(next++)], static_cast<int32_t>(b * P),
                 static_cast<int32_t>(std::min(P, L - b * P)));
     }
@@ -300,14 +303,14 @@ int run_prefill(const Options& o) {
         r.sink = o.sink;
         r.local = o.local;
         r.new_kv = chunked ? 0 : 1;
-        if (chunked) add_pages();
+        if (chunked) add_pages(true);
         for (int64_t t = q0; t < L; ++t) {
           const int64_t seen =
               std::min<int64_t>(o.sink, t + 1) + std::min<int64_t>(o.local, std::max<int64_t>(0, t + 1 - o.sink));
           needed_pairs += static_cast<double>(std::min<int64_t>(t + 1, seen));
         }
       } else {
-        add_pages();
+        add_pages(false);
         needed_pairs += causal_pairs;
         if (xattn) {
           r.mask = MaskKind::kBlocks;

@@ -109,15 +109,20 @@ PrefillSplit plan_prefill_split(std::span<const PrefillRow> rows, int32_t group,
   PrefillSplit split;
   std::vector<PrefillWorkItem> tiles = plan_prefill_tiles(rows, group);
   const auto n_tiles = static_cast<int64_t>(tiles.size());
-  // Estimated page-list entries of each tile that may split (0: it stays whole).
+  // Estimated page-list entries of each tile.
   std::vector<int64_t> pages(tiles.size(), 0);
   int64_t longest = 0;
   for (size_t i = 0; i < tiles.size(); ++i) {
     const PrefillRow& row = rows[static_cast<size_t>(tiles[i].row)];
-    if (row.mask == MaskKind::kBand) continue;
     const int64_t total_m = int64_t{row.n_tokens} * group;
+    const int64_t tfirst = row.q_pos0 + tiles[i].m0 / group;
     const int64_t tlast = row.q_pos0 + std::min<int64_t>(tiles[i].m0 + kPrefillTileRows - 1, total_m - 1) / group;
-    const int64_t keys = row.new_kv != 0 ? row.q_pos0 : tlast + 1;
+    int64_t keys = row.new_kv != 0 ? row.q_pos0 : tlast + 1;
+    if (row.mask == MaskKind::kBand) {
+      // A streaming row's list holds its sink's pages and its window's (kvcache's ring), each
+      // rounded out to whole pages.
+      keys = std::min(keys, int64_t{row.sink} + row.local + (tlast - tfirst) + 2 * int64_t{page_tokens});
+    }
     pages[i] = (keys + page_tokens - 1) / page_tokens;
     longest = std::max(longest, pages[i]);
   }

@@ -144,14 +144,14 @@ struct PrefillSplit {
 inline constexpr int32_t kPrefillSplitKeys = 128;
 
 // Tiles as plan_prefill_tiles orders them; when they are fewer than target_ctas (one wave of
-// resident CTAs), the tiles of causal and block-mask rows (a band row's keys are bounded by its
-// sink and window) split into pieces of chunk_pages page-list entries: the smallest chunk, at least
-// min_split_keys keys and a multiple of kPrefillSplitKeys keys, whose pieces fit in target_ctas.
-// Every piece starts on a page, which keeps the kernels' key tiles, gathered units and TMA boxes
-// aligned. A tile's page count is estimated from its last query's position (pages before the chunk
-// for rows with new_kv): the last piece takes every entry after its start, so a wrong estimate
-// costs balance, not keys. page_tokens: a power of two ≤ kPrefillSplitKeys. min_split_keys ≤ 0: no
-// split.
+// resident CTAs), tiles split into pieces of chunk_pages page-list entries: the smallest chunk, at
+// least min_split_keys keys and a multiple of kPrefillSplitKeys keys, whose pieces fit in
+// target_ctas. Every piece starts on a page, which keeps the kernels' key tiles, gathered units and
+// TMA boxes aligned. A tile's page count is estimated from its last query's position (pages before
+// the chunk for rows with new_kv), for band rows at most their sink and window (the lists of
+// streaming heads hold only those): the last piece takes every entry after its start, so a wrong
+// estimate costs balance, not keys. page_tokens: a power of two ≤ kPrefillSplitKeys.
+// min_split_keys ≤ 0: no split.
 PrefillSplit plan_prefill_split(std::span<const PrefillRow> rows, int32_t group, int32_t page_tokens,
                                 int32_t target_ctas, int32_t min_split_keys);
 

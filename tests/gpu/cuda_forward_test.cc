@@ -305,12 +305,14 @@ TEST_F(CudaForwardGqaTest, DynamicPrefillMatchesTheCpuPagedBackend) {
 // The prefill's key split in the forward pass (min_split_keys 128 through SPARSESERVE_PREFILL_SPLIT):
 // chunks of 60 tokens after up to 360 keys in 16-token pages split their dense and block-mask rows'
 // tiles into pieces of 128 keys (12 tiles a step, far under a wave), every layer's pieces through the
-// one workspace the step shares; streaming rows stay whole. Dense, streaming heads, and dynamic
-// prefill sparsity, as the CPU's paged backend computes them.
+// one workspace the step shares; streaming rows split their sink and ring pages once the window
+// (sink 16 + local 200) fills. Dense, streaming heads, and dynamic prefill sparsity, as the CPU's
+// paged backend computes them.
 TEST_F(CudaForwardGqaTest, KeySplitPrefillMatchesTheCpuPagedBackend) {
   const kvcache::SparsityProfile dense = kvcache::SparsityProfile::dense(L, KV);
   kvcache::SparsityProfile mixed = selecting_profile(L, KV);  // streaming heads
   mixed.decode.enabled = false;
+  mixed.streaming = kvcache::StreamingWindow{16, 200};
   kvcache::SparsityProfile xattn = kvcache::SparsityProfile::dense(L, KV);
   xattn.name = "xattn";
   // Block 0 and the diagonal only (a threshold near the estimate's rounding would let the GPU's bf16

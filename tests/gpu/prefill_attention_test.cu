@@ -461,7 +461,9 @@ TEST(PrefillAttentionGpu, MatchesCpuTwinOverShapes) {
 // keys into pieces whose partials a merge folds. Pieces start on key-tile multiples of the list (the
 // Hopper kernel's gathered units included), the last one takes the new keys, and ragged lists make
 // the plan's page estimate too high (pieces past the list, pieces no query sees a key of).
-// A problem with at least one row that may split (band rows never do).
+// Every mask; band rows with windows of up to a third of the history (their lists: sink and ring
+// pages, which split too once they hold more than a piece's keys). At least one row is not a band
+// row, so that some tile holds the whole history and splits.
 PrefillProblem make_split_problem(std::mt19937& rng, int32_t D, int32_t P, int32_t group, int32_t max_history) {
   for (;;) {
     ProblemShape sh = shape(D, P, group, rand_int(rng, 1, 3), rand_int(rng, 1, 3), max_history, 100);
@@ -469,6 +471,8 @@ PrefillProblem make_split_problem(std::mt19937& rng, int32_t D, int32_t P, int32
     sh.modes = {Mode::kCausal, Mode::kCausalNewKv, Mode::kBand, Mode::kBlocks};
     sh.block_choices = {16, 32, 48, 64, 128, 256};
     sh.ragged_history = rand_int(rng, 0, 1) == 1;
+    sh.sink = rand_int(rng, 1, 3 * P);
+    sh.local = rand_int(rng, 4 * P, std::max(4 * P, max_history / 3));
     PrefillProblem pr = make_problem(sh, rng);
     if (std::any_of(pr.rows.begin(), pr.rows.end(), [](const PrefillRow& r) { return r.mask != MaskKind::kBand; })) {
       return pr;

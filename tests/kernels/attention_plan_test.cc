@@ -95,7 +95,7 @@ TEST(PrefillTilePlan, CoversEveryTileOnceLongestFirst) {
 // The prefill's key split: every tile of plan_prefill_tiles appears once, whole or as pieces that
 // tile its list entries from 0 to the end (the last piece open-ended, new keys with it), pieces
 // start on multiples of kPrefillSplitKeys keys and hold min_split_keys keys at least, they fit in
-// target_ctas, partial slots are consecutive per tile and distinct, band rows never split.
+// target_ctas, partial slots are consecutive per tile and distinct.
 TEST(PrefillSplitPlan, PiecesCoverEachTileAndFitTheTarget) {
   std::mt19937 rng(5);
   int split_plans = 0;
@@ -143,7 +143,6 @@ TEST(PrefillSplitPlan, PiecesCoverEachTileAndFitTheTarget) {
       EXPECT_EQ(mi.m0, it.m0);
       EXPECT_EQ(mi.partial0, partials);
       EXPECT_GE(mi.pieces, 2);
-      EXPECT_NE(rows[static_cast<size_t>(it.row)].mask, MaskKind::kBand);
       for (int32_t i = 0; i < mi.pieces; ++i, ++w) {
         ASSERT_LT(w, s.work.size());
         const PrefillWorkItem& pc = s.work[w];
@@ -163,8 +162,9 @@ TEST(PrefillSplitPlan, PiecesCoverEachTileAndFitTheTarget) {
 }
 
 // A 64-token chunk after 7936 cached tokens (Llama-3-8B: 8 KV heads, group 4): 16 tiles fill an
-// eighth of the H200's 132 SMs, so each splits into pieces of 1024 keys; a whole prompt's tiles
-// (a wave or more) do not split, nor do streaming rows, nor anything with min_split_keys 0.
+// eighth of the H200's 132 SMs, so each splits into pieces of 1024 keys; streaming rows split their
+// window (its pages are all their list holds), not the history; a whole prompt's tiles (a wave or
+// more) do not split, nor anything with min_split_keys 0.
 TEST(PrefillSplitPlan, AShortChunkOverALongHistorySplitsAWholePromptDoesNot) {
   std::vector<PrefillRow> rows(8);
   for (int32_t h = 0; h < 8; ++h) {
@@ -181,12 +181,19 @@ TEST(PrefillSplitPlan, AShortChunkOverALongHistorySplitsAWholePromptDoesNot) {
     r.mask = MaskKind::kBand;
     r.sink = 128;
     r.local = 4096;
+    r.new_kv = 1;
   }
+  s = plan_prefill_split(rows, 4, 64, 132, 1024);
+  EXPECT_EQ(s.merge.size(), 16u);
+  EXPECT_EQ(s.chunk_pages, 16);
+  EXPECT_EQ(s.work.size(), 16u * 5u);  // sink + window + the tile's span, rounded out: at most 69 pages
+  for (PrefillRow& r : rows) r.local = 256;  // a window under two pieces' keys: whole
   EXPECT_TRUE(plan_prefill_split(rows, 4, 64, 132, 1024).merge.empty());
   for (PrefillRow& r : rows) {
     r.mask = MaskKind::kCausal;
     r.n_tokens = 8000;
     r.q_pos0 = 0;
+    r.new_kv = 0;
   }
   s = plan_prefill_split(rows, 4, 64, 132, 1024);
   EXPECT_TRUE(s.merge.empty());
