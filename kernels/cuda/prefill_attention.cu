@@ -284,9 +284,7 @@ __global__ void __launch_bounds__(32 * kMergeRows) prefill_merge_kernel(const Pr
     }
   }
   const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-  const int32_t tok = m / p.group, hd = m - tok * p.group;
-  bf16* dst = p.o + static_cast<int64_t>(row.q_row0 + tok) * p.o_stride +
-              static_cast<int64_t>(row.kv_head * p.group + hd) * D + kCols * lane;
+  bf16* dst = prefill::output_row<D>(p, row, m) + kCols * lane;
 #pragma unroll
   for (int c = 0; c < kCols; c += 2) {
     *reinterpret_cast<uint32_t*>(dst + c) = attn::pack_bf16x2(acc[c] * inv, acc[c + 1] * inv);

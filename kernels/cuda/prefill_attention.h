@@ -7,8 +7,8 @@
 // the per-query rule) and kernels/cpu/attention_block.h.
 //
 // Key tiles outside a row's band or block mask are skipped whole; masks are exact at the edges.
-// Plan (host: tiles, ordered longest first; when they fill under a wave of CTAs, the tiles of causal
-// and block-mask rows split along their keys, attention_plan.h plan_prefill_split), then run (no
+// Plan (host: tiles, ordered longest first; when they fill under a wave of CTAs, tiles split along
+// their keys, attention_plan.h plan_prefill_split), then run (no
 // allocation, no host sync; a split's pieces write fp32 partials to the caller's workspace and a
 // second kernel merges them).
 #pragma once

@@ -468,10 +468,18 @@ __device__ __forceinline__ TileScan make_tile_scan(const PrefillParams& p, const
                   shift};
 }
 
+// Where packed row m (token m / group, head m % group of the row's group) of `row` starts in o.
+template <int D>
+__device__ __forceinline__ bf16* output_row(const PrefillParams& p, const PrefillRow& row, int32_t m) {
+  const int32_t tok = m / p.group, hd = m - tok * p.group;
+  return p.o + static_cast<int64_t>(row.q_row0 + tok) * p.o_stride +
+         static_cast<int64_t>(row.kv_head * p.group + hd) * D;
+}
+
 // Normalises and stores the two output rows this thread holds in mma accumulator layout: packed
 // rows mr and mr + 8 of work item w's row (o[j]: columns 8j + 2·(lane % 4) + {0, 1}; l: this
 // thread's partial row sums, completed over the lane quad here; m_ref: the rows' log2-domain
-// reference maxima, the exponents' base (0 while −inf; a row's first visible key moves it), as bf16
+// reference maxima, the exponents' base, finite once a row's sum is positive), as bf16
 // to o, or for a piece of a key split as fp32 to its partial slot with the rows' log-sum-exp. Rows ≥
 // total_m are skipped.
 template <int D>
@@ -495,13 +503,11 @@ __device__ __forceinline__ void store_rows(const PrefillParams& p, const Prefill
         *reinterpret_cast<float2*>(dst + 8 * j) = make_float2(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
       }
       if ((lane & 3) == 0) {
-        p.partial_lse[slot_row] = sum > 0.0f ? (m_ref[h] == -INFINITY ? 0.0f : m_ref[h]) + log2f(sum) : -INFINITY;
+        p.partial_lse[slot_row] = sum > 0.0f ? m_ref[h] + log2f(sum) : -INFINITY;
       }
       continue;
     }
-    const int32_t tok = m / p.group, hd = m - tok * p.group;
-    bf16* dst = p.o + static_cast<int64_t>(row.q_row0 + tok) * p.o_stride +
-                static_cast<int64_t>(row.kv_head * p.group + hd) * D + 2 * (lane & 3);
+    bf16* dst = output_row<D>(p, row, m) + 2 * (lane & 3);
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
       *reinterpret_cast<uint32_t*>(dst + 8 * j) = attn::pack_bf16x2(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);

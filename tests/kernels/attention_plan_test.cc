@@ -172,10 +172,14 @@ TEST(PrefillSplitPlan, AShortChunkOverALongHistorySplitsAWholePromptDoesNot) {
     rows[static_cast<size_t>(h)].n_tokens = 64;
     rows[static_cast<size_t>(h)].q_pos0 = 7936;
   }
-  PrefillSplit s = plan_prefill_split(rows, 4, 64, 132, 1024);
-  EXPECT_EQ(s.merge.size(), 16u);
-  EXPECT_EQ(s.chunk_pages, 16);  // 1024 keys: 8 pieces of 16 tiles fit in 132
-  EXPECT_EQ(s.work.size(), 16u * 8u);
+  // Every one of the 16 tiles split into `pieces` pieces of 16 entries (1024 keys).
+  const auto expect_pieces = [&](size_t pieces) {
+    const PrefillSplit s = plan_prefill_split(rows, 4, 64, 132, 1024);
+    EXPECT_EQ(s.merge.size(), 16u);
+    EXPECT_EQ(s.chunk_pages, 16);
+    EXPECT_EQ(s.work.size(), 16u * pieces);
+  };
+  expect_pieces(8);  // 1024 keys: 8 pieces of 16 tiles fit in 132
   EXPECT_TRUE(plan_prefill_split(rows, 4, 64, 132, 0).merge.empty());
   for (PrefillRow& r : rows) {
     r.mask = MaskKind::kBand;
@@ -183,10 +187,7 @@ TEST(PrefillSplitPlan, AShortChunkOverALongHistorySplitsAWholePromptDoesNot) {
     r.local = 4096;
     r.new_kv = 1;
   }
-  s = plan_prefill_split(rows, 4, 64, 132, 1024);
-  EXPECT_EQ(s.merge.size(), 16u);
-  EXPECT_EQ(s.chunk_pages, 16);
-  EXPECT_EQ(s.work.size(), 16u * 5u);  // sink + window + the tile's span, rounded out: at most 69 pages
+  expect_pieces(5);  // sink + window + the tile's span, rounded out: at most 69 pages
   for (PrefillRow& r : rows) r.local = 256;  // a window under two pieces' keys: whole
   EXPECT_TRUE(plan_prefill_split(rows, 4, 64, 132, 1024).merge.empty());
   for (PrefillRow& r : rows) {
@@ -195,9 +196,9 @@ TEST(PrefillSplitPlan, AShortChunkOverALongHistorySplitsAWholePromptDoesNot) {
     r.q_pos0 = 0;
     r.new_kv = 0;
   }
-  s = plan_prefill_split(rows, 4, 64, 132, 1024);
-  EXPECT_TRUE(s.merge.empty());
-  EXPECT_EQ(s.work.size(), 8u * 250u);
+  const PrefillSplit whole = plan_prefill_split(rows, 4, 64, 132, 1024);
+  EXPECT_TRUE(whole.merge.empty());
+  EXPECT_EQ(whole.work.size(), 8u * 250u);
 }
 
 // The Hopper prefill's TMA box: the page, unless a launch has blocks under a page; then the
