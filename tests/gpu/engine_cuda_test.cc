@@ -138,7 +138,12 @@ struct Agreement {
   double mean() const { return checked ? sum_error / static_cast<double>(checked) : 0.0; }
 };
 
-constexpr double kTokenBound = 0.15;  // per-token bound on |Δ logprob| (seen: ≤ 0.08 without selection)
+// Bounds on |Δ logprob| against the CPU. Without page selection most tokens are within 0.08; a rare
+// one reaches 0.15-0.16 (seed 626598794: request 5 of the preemption test, 0.164, and 0.148 when the
+// same request runs alone: the random model's rounding at that token, not the engine's path).
+constexpr double kTokenBound = 0.15;  // a token past it counts in Agreement::over_bound
+constexpr double kWorstBound = 0.25;  // no token past it without page selection
+constexpr double kMeanBound = 0.04;   // a request's mean without page selection (seen ≤ 0.02)
 
 // Replays the request alone on the CPU under `profile`: its prompt as one prefill (logits for every
 // position), then its generated tokens but the last, one decode step each. Compares the logprobs of
@@ -200,6 +205,17 @@ Agreement replay_on_cpu(const Model& model, const ModelProfiles& profiles, const
   return a;
 }
 
+// Without page selection a request's logprobs match its CPU replay within bf16 rounding: the mean
+// under kMeanBound, no token past kWorstBound, at most one in 32 (one in a short request) past
+// kTokenBound, and every generated token at most 0.3 under the CPU's best (a near tie the rounding
+// decided).
+void expect_within_rounding(const Agreement& a) {
+  EXPECT_LT(a.mean(), kMeanBound);
+  EXPECT_LT(a.worst_error, kWorstBound);
+  EXPECT_LE(a.over_bound, 1 + a.checked / 32);
+  EXPECT_LT(a.worst_gap, 0.3);
+}
+
 Request greedy_request(const std::string& id, std::vector<int32_t> prompt, int64_t max_tokens,
                        const std::string& profile = "") {
   Request r;
@@ -224,7 +240,7 @@ struct Job {
 // per-token bound, and (with `same_schedule`) the selection schedule: the engine's selection counters
 // against the replays', which needs a fresh engine that runs nothing else and preempts nothing (a
 // recompute prefills the generated tokens, so its decode steps and their selections start over).
-void run_and_check(Engine& engine, const Model& model, std::mt19937_64& rng, const std::vector<Job>& jobs,
+std::vector<Finished> run_and_check(Engine& engine, const Model& model, std::mt19937_64& rng, const std::vector<Job>& jobs,
                    int64_t max_tokens, bool same_schedule = true) {
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(model.config.vocab_size - 1));
   std::vector<std::shared_ptr<RequestStream>> streams;
@@ -252,16 +268,13 @@ void run_and_check(Engine& engine, const Model& model, std::mt19937_64& rng, con
     replayed.selected_tokens += a.selection.selected_tokens;
     replayed.context_tokens += a.selection.context_tokens;
     replayed.selections += a.selection.selections;
-    // bf16 weights and activations against fp32: the forward test sees logits within 0.05 of the
-    // row's largest; a logprob's error stays under kTokenBound, a generated token at most 0.3 under
-    // the CPU's best (a near tie the rounding decided). With page selection a flipped near-tie page
-    // moves a token further: bounded on average and in share.
+    // bf16 weights and activations against fp32 (expect_within_rounding). With page selection a
+    // flipped near-tie page moves a token further: bounded on average and in share.
     if (selects) {  // seen: mean ≤ 0.032, at most 4% of a request's tokens past the bound
       EXPECT_LT(a.mean(), 0.08);
       EXPECT_LE(a.over_bound, a.checked / 8);
     } else {
-      EXPECT_LT(a.worst_error, kTokenBound);
-      EXPECT_LT(a.worst_gap, 0.3);
+      expect_within_rounding(a);
     }
     // The comparison tells a wrong context apart (pages of another sequence, a lost chunk, a wrong
     // ring slot): the tokens of the prompt's second half and after, replayed after a different first
@@ -283,10 +296,12 @@ void run_and_check(Engine& engine, const Model& model, std::mt19937_64& rng, con
   }
   // The same selections at the same steps: tokens attended and attendable by retrieval heads in
   // decode, summed (the engine's counters cover every request it ran).
-  if (!same_schedule) return;
-  EXPECT_EQ(engine.metrics().selected_tokens.load(), replayed.selected_tokens);
-  EXPECT_EQ(engine.metrics().selectable_tokens.load(), replayed.context_tokens);
-  EXPECT_EQ(engine.metrics().page_selections.load(), replayed.selections);
+  if (same_schedule) {
+    EXPECT_EQ(engine.metrics().selected_tokens.load(), replayed.selected_tokens);
+    EXPECT_EQ(engine.metrics().selectable_tokens.load(), replayed.context_tokens);
+    EXPECT_EQ(engine.metrics().page_selections.load(), replayed.selections);
+  }
+  return done;
 }
 
 void wait_for_pages_back(const Engine& engine) {
@@ -371,10 +386,31 @@ TEST(CudaEngineTest, PreemptedAndCancelledRequestsStayRightAndReturnTheirPages) 
   auto cancelled = engine.submit(greedy_request("cancel-me", p, 1000));
   ASSERT_TRUE(cancelled->next(std::chrono::seconds(30)).has_value());
   cancelled->cancel();
-  run_and_check(engine, fx.model(), fx.rng, {{60, ""}, {50, "stream"}, {70, ""}, {45, "stream"}, {66, ""}, {58, ""}}, 40,
-                /*same_schedule=*/false);
+  const std::vector<Job> jobs = {{60, ""}, {50, "stream"}, {70, ""}, {45, "stream"}, {66, ""}, {58, ""}};
+  const std::vector<Finished> done = run_and_check(engine, fx.model(), fx.rng, jobs, 40, /*same_schedule=*/false);
   EXPECT_GT(engine.metrics().num_preemptions, 0);
   wait_for_pages_back(engine);
+  // Preemption is invisible: each request run alone on the GPU gives its tokens and logprobs within
+  // the rounding of other chunk boundaries (seen ≤ 0.031), up to a first differing token, which only
+  // a near tie may decide (both runs' chosen tokens within 0.1 of each other).
+  Engine alone_engine(fx.model(), test_profiles(c), engine_config(1, 64), cuda_step_backend());
+  for (size_t i = 0; i < done.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i) + " alone");
+    const Finished alone = drain(*alone_engine.submit(greedy_request("alone" + std::to_string(i), done[i].prompt, 40,
+                                                                     jobs[i].profile)),
+                                 done[i].prompt);
+    ASSERT_EQ(alone.prompt_logprobs.size(), done[i].prompt_logprobs.size());
+    ASSERT_EQ(alone.logprobs.size(), done[i].logprobs.size());
+    double worst = 0;
+    for (size_t k = 0; k < alone.prompt_logprobs.size(); ++k) {
+      worst = std::max(worst, std::abs(double{alone.prompt_logprobs[k].logprob} - done[i].prompt_logprobs[k].logprob));
+    }
+    for (size_t k = 0; k < alone.logprobs.size(); ++k) {
+      worst = std::max(worst, std::abs(double{alone.logprobs[k].logprob} - done[i].logprobs[k].logprob));
+      if (alone.generated[k] != done[i].generated[k]) break;
+    }
+    EXPECT_LT(worst, 0.1);
+  }
 }
 
 // Prefix caching on the GPU: requests whose prompts begin with blocks an earlier request computed
@@ -449,8 +485,7 @@ TEST(CudaEngineTest, SmallModelCachedPrefixesMatchTheCpuForward) {
       const Agreement b = replay_on_cpu(fx.model(), plain.profiles(), profile, runs[1][i]);
       ASSERT_EQ(a.checked, 24);
       if (profile != "select-all") {
-        EXPECT_LT(a.worst_error, kTokenBound);
-        EXPECT_LT(a.worst_gap, 0.3);
+        expect_within_rounding(a);
       } else {
         EXPECT_LT(a.mean(), b.mean() + 0.02);
       }
@@ -498,8 +533,7 @@ TEST(CudaEngineTest, SmallModelStreamingPrefixFromAChunkedPromptMatchesTheCpuFor
   const Agreement x = replay_on_cpu(fx.model(), cached.profiles(), "streaming", got);
   const Agreement y = replay_on_cpu(fx.model(), plain.profiles(), "streaming", want);
   ASSERT_EQ(x.checked, 16);
-  EXPECT_LT(x.worst_error, kTokenBound);
-  EXPECT_LT(x.worst_gap, 0.3);
+  expect_within_rounding(x);
   std::printf("  streaming from a chunked prompt: cached: mean error %.4f, worst %.4f; without the cache: %.4f, %.4f\n",
               x.mean(), x.worst_error, y.mean(), y.worst_error);
   wait_for_pages_back(cached);
