@@ -146,6 +146,7 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_paged_kernel(co
   using Smem = PrefillSmem<D>;
   constexpr int kChunks = D / 8;
   extern __shared__ __align__(128) uint8_t smem[];
+  prefill::let_the_merge_in();
   if (static_cast<int32_t>(blockIdx.x) >= p.counts[0]) return;
 
   const PrefillWorkItem w = p.work[blockIdx.x];
@@ -249,39 +250,51 @@ void* prefill_kernel() {
 // The key split's merge: a warp per packed row of a split tile (kMergeRows rows per CTA, grid
 // {merge items, kPrefillTileRows / kMergeRows}) folds the pieces' normalised fp32 rows by their
 // log-sum-exp, in piece order, into the bf16 output; a row no piece saw a key of gets zeros.
+// Lane i loads piece i's lse (32 pieces a round) and the warp shares the weights by shuffles, so the
+// pieces' rows are independent loads (kMergeDepth in flight). Launched programmatically after the
+// prefill kernel (let_the_merge_in): its CTAs wait for the pieces on the SMs they leave free.
 constexpr int kMergeRows = 8;
+constexpr int kMergeDepth = 8;
 
 template <int D>
 __global__ void __launch_bounds__(32 * kMergeRows) prefill_merge_kernel(const PrefillParams p,
                                                                          const PrefillMergeItem* merge) {
   constexpr int kCols = D / 32;  // columns per lane: 4 or 2
+  using Cols = std::conditional_t<kCols == 4, float4, float2>;
   const PrefillMergeItem mi = merge[blockIdx.x];
   const PrefillRow row = p.rows[mi.row];
   const int lane = threadIdx.x & 31;
   const int32_t r = static_cast<int32_t>(blockIdx.y) * kMergeRows + (threadIdx.x >> 5), m = mi.m0 + r;
+  pdl_wait();  // every thread: the pieces' rows are the prefill kernel's, and the merge completes after it
   if (m >= row.n_tokens * p.group) return;
   const int64_t first = static_cast<int64_t>(mi.partial0) * kPrefillTileRows + r;  // piece i at first + i·rows
-  float top = -INFINITY;
-  for (int32_t i = lane; i < mi.pieces; i += 32) top = fmaxf(top, p.partial_lse[first + int64_t{i} * kPrefillTileRows]);
+  const auto lse_of = [&](int32_t i) { return i < mi.pieces ? p.partial_lse[first + int64_t{i} * kPrefillTileRows] : -INFINITY; };
+  float mine = lse_of(lane);  // this lane's piece of the first round
+  float top = mine;
+  for (int32_t i = lane + 32; i < mi.pieces; i += 32) top = fmaxf(top, lse_of(i));
   for (int off = 16; off > 0; off >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, off));
   float acc[kCols] = {};
-  float total = 0.0f;
+  float total = 0.0f;  // this lane's pieces' weights; summed over the warp at the end
   if (top != -INFINITY) {
-    for (int32_t i = 0; i < mi.pieces; ++i) {
-      const int64_t slot_row = first + int64_t{i} * kPrefillTileRows;
-      const float lse = p.partial_lse[slot_row];
-      if (lse == -INFINITY) continue;
-      const float wgt = exp2f(lse - top);
-      total += wgt;
-      const float* src = p.partial_o + slot_row * D + kCols * lane;
-      if constexpr (kCols == 4) {
-        const float4 v = *reinterpret_cast<const float4*>(src);
-        acc[0] += wgt * v.x, acc[1] += wgt * v.y, acc[2] += wgt * v.z, acc[3] += wgt * v.w;
-      } else {
-        const float2 v = *reinterpret_cast<const float2*>(src);
-        acc[0] += wgt * v.x, acc[1] += wgt * v.y;
+    for (int32_t base = 0; base < mi.pieces; base += 32) {
+      if (base > 0) mine = lse_of(base + lane);
+      const float w = mine == -INFINITY ? 0.0f : exp2f(mine - top);
+      total += w;
+      const int32_t n = min(32, mi.pieces - base);
+      const float* src = p.partial_o + (first + int64_t{base} * kPrefillTileRows) * D + kCols * lane;
+#pragma unroll kMergeDepth
+      for (int32_t j = 0; j < n; ++j) {
+        const float wgt = __shfl_sync(0xffffffffu, w, j);
+        const Cols v = *reinterpret_cast<const Cols*>(src + int64_t{j} * kPrefillTileRows * D);
+        acc[0] = fmaf(wgt, v.x, acc[0]);
+        acc[1] = fmaf(wgt, v.y, acc[1]);
+        if constexpr (kCols == 4) {
+          acc[2] = fmaf(wgt, v.z, acc[2]);
+          acc[3] = fmaf(wgt, v.w, acc[3]);
+        }
       }
     }
+    for (int off = 16; off > 0; off >>= 1) total += __shfl_xor_sync(0xffffffffu, total, off);
   }
   const float inv = total > 0.0f ? 1.0f / total : 0.0f;
   bf16* dst = prefill::output_row<D>(p, row, m) + kCols * lane;
@@ -463,12 +476,9 @@ void PrefillAttention::run(const PrefillArgs& args, cudaStream_t stream, std::so
   if (merge_.empty()) return;
   const dim3 merge_grid(static_cast<unsigned>(merge_.size()), kPrefillTileRows / kMergeRows);
   const auto* merge = reinterpret_cast<const PrefillMergeItem*>(blob + merge_off);
-  if (D == 64) {
-    prefill_merge_kernel<64><<<merge_grid, 32 * kMergeRows, 0, stream>>>(p, merge);
-  } else {
-    prefill_merge_kernel<128><<<merge_grid, 32 * kMergeRows, 0, stream>>>(p, merge);
-  }
-  CUDA_CHECK_LAUNCH();
+  // Programmatic: the merge's CTAs may start on SMs the pieces leave free and wait there.
+  CUDA_CHECK(launch_kernel(D == 64 ? prefill_merge_kernel<64> : prefill_merge_kernel<128>, merge_grid,
+                           dim3(32 * kMergeRows), 0, stream, /*programmatic=*/true, p, merge));
 }
 
 }  // namespace sparseserve::kernels::cuda

@@ -290,6 +290,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   using Smem = Sm90Smem<D>;
   constexpr int kChunks = D / 8;
   extern __shared__ uint8_t smem_raw[];
+  prefill::let_the_merge_in();
   // The work item is read together with the count (the grid never exceeds the plan), so the two
   // loads overlap.
   const PrefillWorkItem w = p.work[blockIdx.x];

@@ -16,6 +16,7 @@
 #include <source_location>
 
 #include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/prefill_attention.h"
 
 namespace sparseserve::kernels::cuda::prefill {
@@ -475,6 +476,12 @@ __device__ __forceinline__ bf16* output_row(const PrefillParams& p, const Prefil
   return p.o + static_cast<int64_t>(row.q_row0 + tok) * p.o_stride +
          static_cast<int64_t>(row.kv_head * p.group + hd) * D;
 }
+
+// Both prefill kernels let a programmatic successor in at their start (launch.cuh): the key split's
+// merge (prefill_attention.cu), whose CTAs then take the SMs a one-wave split leaves free and wait
+// there rather than launch after the last piece. A successor starts only once every CTA of the
+// prefill has started, so it never takes a slot a piece still needs.
+__device__ __forceinline__ void let_the_merge_in() { pdl_launch_dependents(); }
 
 // Normalises and stores the two output rows this thread holds in mma accumulator layout: packed
 // rows mr and mr + 8 of work item w's row (o[j]: columns 8j + 2·(lane % 4) + {0, 1}; l: this
