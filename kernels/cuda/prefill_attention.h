@@ -86,7 +86,9 @@ class PrefillAttention {
             std::source_location loc = std::source_location::current());
 
   // Writes o for every planned (token, head); allocates nothing, does not synchronise. With a key
-  // split, a second kernel merges the pieces (through args.workspace).
+  // split, a second kernel merges the pieces (through args.workspace), launched programmatically.
+  // Both kernels let a programmatic successor in early (launch.cuh): a kernel the caller launches
+  // programmatically after run() may start before o is written, and must wait (pdl_wait) to read it.
   void run(const PrefillArgs& args, cudaStream_t stream = nullptr,
            std::source_location loc = std::source_location::current()) const;
 
