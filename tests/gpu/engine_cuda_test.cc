@@ -240,8 +240,9 @@ struct Job {
 // per-token bound, and (with `same_schedule`) the selection schedule: the engine's selection counters
 // against the replays', which needs a fresh engine that runs nothing else and preempts nothing (a
 // recompute prefills the generated tokens, so its decode steps and their selections start over).
-std::vector<Finished> run_and_check(Engine& engine, const Model& model, std::mt19937_64& rng, const std::vector<Job>& jobs,
-                   int64_t max_tokens, bool same_schedule = true) {
+// Returns the finished requests, in the jobs' order.
+std::vector<Finished> run_and_check(Engine& engine, const Model& model, std::mt19937_64& rng,
+                                    const std::vector<Job>& jobs, int64_t max_tokens, bool same_schedule = true) {
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(model.config.vocab_size - 1));
   std::vector<std::shared_ptr<RequestStream>> streams;
   std::vector<std::vector<int32_t>> prompts;
