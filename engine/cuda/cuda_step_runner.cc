@@ -8,6 +8,7 @@
 
 #include "common/errors.h"
 #include "engine/cuda/cuda_forward.h"
+#include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/block_sparse.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode_attention.h"
@@ -149,8 +150,11 @@ size_t cuda_step_bytes(const ModelConfig& c, const StepLimits& limits) {
                                                                                    c.max_context) +
                                           XAttentionSelect::mask_bytes_bound(block, rows, row_tokens, c.max_context));
   }
+  // The prefill's key split: its partials, shared by the layers, at most kPrefillSplitMaxPieces pieces.
+  const int64_t split_bytes = kernels::cuda::prefill_split_workspace_bytes(static_cast<int32_t>(c.head_dim));
   return kFixedHeadroomBytes + decode_bytes +
-         static_cast<size_t>(tokens * (row_bytes + logit_bytes + table_bytes) + seqs * store_bytes + mask_bytes);
+         static_cast<size_t>(tokens * (row_bytes + logit_bytes + table_bytes) + seqs * store_bytes + mask_bytes +
+                             split_bytes);
 }
 
 size_t cuda_list_bytes(const ModelConfig& c, size_t kv_bytes) {

@@ -26,6 +26,7 @@ std::string cuda_unsupported_profile(const ModelConfig& config, const kvcache::S
 // split rows' partials for max_sequences · n_kv_heads rows), the dynamic prefill sparsity estimate's
 // workspace and masks for the profiles in limits.dynamic_prefill (shared by the layers: a chunk of T
 // tokens at context L, stride S, block B takes about 4·(T/S)·heads·group·(L/B + 3·L/(128·S)) bytes),
+// the prefill key split's partials (kernels/cuda/attention_plan.h prefill_split_workspace_bytes),
 // cuBLASLt's workspace and the context's own allocations.
 size_t cuda_step_bytes(const ModelConfig& config, const StepLimits& limits);
 

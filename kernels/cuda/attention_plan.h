@@ -143,14 +143,33 @@ struct PrefillSplit {
 // a row's last ends in a part-filled tile.
 inline constexpr int32_t kPrefillSplitKeys = 128;
 
+// A launch of at least a wave of tiles splits only into pieces over at most this many waves, and
+// never into more than kPrefillSplitMaxPieces pieces (which bounds the merge's workspace:
+// prefill_split_workspace_bytes); a piece's fixed cost (its start, Q, its partial's store and merge)
+// counted as this many keys of walk in the plan's estimate.
+inline constexpr int32_t kPrefillSplitWaves = 4;
+inline constexpr int32_t kPrefillSplitMaxPieces = 1024;
+inline constexpr int32_t kPrefillPieceOverheadKeys = 512;
+
+// Bytes of the workspace a key split can need at most (fp32 rows and lse of kPrefillSplitMaxPieces
+// pieces), for sizing device memory ahead.
+inline constexpr int64_t prefill_split_workspace_bytes(int32_t head_dim) {
+  return int64_t{4} * kPrefillSplitMaxPieces * kPrefillTileRows * (head_dim + 1);
+}
+
 // Tiles as plan_prefill_tiles orders them; when they are fewer than target_ctas (one wave of
 // resident CTAs), tiles split into pieces of chunk_pages page-list entries: the smallest chunk, at
 // least min_split_keys keys and a multiple of kPrefillSplitKeys keys, whose pieces fit in
-// target_ctas. Every piece starts on a page, which keeps the kernels' key tiles, gathered units and
-// TMA boxes aligned. A tile's page count is estimated from its last query's position (pages before
-// the chunk for rows with new_kv), for band rows at most their sink and window (the lists of
-// streaming heads hold only those): the last piece takes every entry after its start, so a wrong
-// estimate costs balance, not keys. page_tokens: a power of two ≤ kPrefillSplitKeys.
+// target_ctas (at most kPrefillSplitMaxPieces). With a wave or more of tiles (below
+// kPrefillSplitWaves waves), the same rule for a target of two or more waves of pieces, the one that
+// an estimate finishes soonest (CTAs take the work in order as slots free up, each piece its pages
+// plus kPrefillPieceOverheadKeys), and only when that is 15% sooner than whole tiles: the last wave
+// of whole tiles part-filled costs as long as a full one. Every piece starts on a page, which keeps
+// the kernels' key tiles, gathered units and TMA boxes aligned. A tile's page count is estimated
+// from its last query's position (pages before the chunk for rows with new_kv), for band rows at
+// most their sink and window (the lists of streaming heads hold only those): the last piece takes
+// every entry after its start, so a wrong estimate costs balance, not keys. page_tokens: a power of
+// two ≤ kPrefillSplitKeys.
 // min_split_keys ≤ 0: no split.
 PrefillSplit plan_prefill_split(std::span<const PrefillRow> rows, int32_t group, int32_t page_tokens,
                                 int32_t target_ctas, int32_t min_split_keys);

@@ -30,6 +30,7 @@
 #include "engine/engine.h"
 #include "engine/model_profiles.h"
 #include "engine/paged_kv.h"
+#include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/block_sparse.h"
 #include "kernels/cuda/decode_attention.h"
 #include "ops_test_util.h"
@@ -740,6 +741,8 @@ TEST(CudaStepRunnerChecks, StepBytesCoverTheDecodeAttentionAndTheEstimate) {
     return 3 * cuda::DecodeAttention::device_bytes_bound({.head_dim = 32, .group = 4, .max_rows = rows});
   };
   const size_t one = cuda_step_bytes(c, limits(256, 1));
+  // The prefill key split's partials, whatever the step's size: at most kPrefillSplitMaxPieces pieces.
+  EXPECT_GT(cuda_step_bytes(c, limits(1, 1)), static_cast<size_t>(cuda::prefill_split_workspace_bytes(32)));
   // 40 sequences: 80 rows (past the 64 every layer gets); the store regions besides.
   const size_t store = size_t{4} * 3 * 2 * ((40000 + 15) / 16);
   EXPECT_EQ(cuda_step_bytes(c, limits(256, 40)) - one, decode(80) - decode(64) + 39 * store);

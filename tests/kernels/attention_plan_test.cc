@@ -98,7 +98,7 @@ TEST(PrefillTilePlan, CoversEveryTileOnceLongestFirst) {
 // target_ctas, partial slots are consecutive per tile and distinct.
 TEST(PrefillSplitPlan, PiecesCoverEachTileAndFitTheTarget) {
   std::mt19937 rng(5);
-  int split_plans = 0;
+  int split_plans = 0, multi_wave_plans = 0;
   for (int iter = 0; iter < 300; ++iter) {
     const int32_t group = rand_int(rng, 1, 8), P = 16 << rand_int(rng, 0, 3);
     std::vector<PrefillRow> rows(static_cast<size_t>(rand_int(rng, 0, 12)));
@@ -116,8 +116,13 @@ TEST(PrefillSplitPlan, PiecesCoverEachTileAndFitTheTarget) {
     if (!s.merge.empty()) {
       ++split_plans;
       EXPECT_GT(min_keys, 0);
-      EXPECT_LT(tiles.size(), static_cast<size_t>(target));
-      EXPECT_LE(s.work.size(), static_cast<size_t>(target));
+      // Below a wave of tiles, one wave of pieces; else fewer than kPrefillSplitWaves waves of tiles
+      // in pieces over at most that many.
+      const bool one_wave = tiles.size() < static_cast<size_t>(target);
+      multi_wave_plans += one_wave ? 0 : 1;
+      EXPECT_LT(tiles.size(), static_cast<size_t>(target) * kPrefillSplitWaves);
+      EXPECT_LE(s.work.size(), static_cast<size_t>(target) * (one_wave ? 1 : kPrefillSplitWaves));
+      EXPECT_LE(s.work.size(), static_cast<size_t>(kPrefillSplitMaxPieces));
       EXPECT_GE(int64_t{s.chunk_pages} * P, std::max(min_keys, kPrefillSplitKeys));
       EXPECT_EQ(int64_t{s.chunk_pages} * P % kPrefillSplitKeys, 0);
     } else {
@@ -159,6 +164,7 @@ TEST(PrefillSplitPlan, PiecesCoverEachTileAndFitTheTarget) {
     EXPECT_EQ(partials, s.num_partials);
   }
   EXPECT_GT(split_plans, 30);
+  EXPECT_GT(multi_wave_plans, 5);
 }
 
 // A 64-token chunk after 7936 cached tokens (Llama-3-8B: 8 KV heads, group 4): 16 tiles fill an
@@ -199,6 +205,42 @@ TEST(PrefillSplitPlan, AShortChunkOverALongHistorySplitsAWholePromptDoesNot) {
   const PrefillSplit whole = plan_prefill_split(rows, 4, 64, 132, 1024);
   EXPECT_TRUE(whole.merge.empty());
   EXPECT_EQ(whole.work.size(), 8u * 250u);
+}
+
+// A wave or more of tiles (Llama-3-8B's 8 KV heads, group 4, 132 CTAs): a 576-token chunk after 8000
+// tokens is 144 tiles, two waves whole with the second 12 tiles long; pieces over three or four waves
+// finish sooner (measured 1.22-1.27x, RESULTS.md §3 session 41), so they split. A 1024-token chunk's
+// 256 tiles fill two waves nearly: whole. Four waves of tiles or more: whole.
+TEST(PrefillSplitPlan, TilesJustPastAWaveSplitOverMoreWaves) {
+  const auto chunk_rows = [](int32_t n_tokens, int32_t q_pos0) {
+    std::vector<PrefillRow> rows(8);
+    for (int32_t h = 0; h < 8; ++h) {
+      rows[static_cast<size_t>(h)].kv_head = h;
+      rows[static_cast<size_t>(h)].n_tokens = n_tokens;
+      rows[static_cast<size_t>(h)].q_pos0 = q_pos0;
+    }
+    return rows;
+  };
+  const PrefillSplit s = plan_prefill_split(chunk_rows(576, 8000), 4, 64, 132, 1024);
+  EXPECT_EQ(plan_prefill_tiles(chunk_rows(576, 8000), 4).size(), 144u);
+  EXPECT_FALSE(s.merge.empty());
+  EXPECT_GT(s.work.size(), 264u);
+  EXPECT_LE(s.work.size(), 528u);
+  EXPECT_GE(s.chunk_pages, 16);
+  EXPECT_TRUE(plan_prefill_split(chunk_rows(576, 8000), 4, 64, 132, 0).merge.empty());
+  EXPECT_TRUE(plan_prefill_split(chunk_rows(1024, 8000), 4, 64, 132, 1024).merge.empty());
+  EXPECT_TRUE(plan_prefill_split(chunk_rows(2112, 8000), 4, 64, 132, 1024).merge.empty());  // 528 tiles
+  // Nine sequences' 64-token chunks: 144 tiles too.
+  std::vector<PrefillRow> nine;
+  for (int32_t i = 0; i < 9; ++i) {
+    for (PrefillRow r : chunk_rows(64, 8000)) {
+      r.q_row0 = 64 * i;
+      nine.push_back(r);
+    }
+  }
+  const PrefillSplit n = plan_prefill_split(nine, 4, 64, 132, 1024);
+  EXPECT_GT(n.work.size(), 264u);
+  EXPECT_LE(n.work.size(), 528u);
 }
 
 // The Hopper prefill's TMA box: the page, unless a launch has blocks under a page; then the
