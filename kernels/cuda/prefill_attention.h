@@ -7,8 +7,9 @@
 // the per-query rule) and kernels/cpu/attention_block.h.
 //
 // Key tiles outside a row's band or block mask are skipped whole; masks are exact at the edges.
-// Plan (host: tiles, ordered longest first; when they fill under a wave of CTAs, tiles split along
-// their keys, attention_plan.h plan_prefill_split), then run (no
+// Plan (host: tiles, ordered longest first; when they fill under a wave of CTAs, or a last wave
+// part-filled would cost more than pieces over more waves, tiles split along their keys,
+// attention_plan.h plan_prefill_split), then run (no
 // allocation, no host sync; a split's pieces write fp32 partials to the caller's workspace and a
 // second kernel merges them).
 #pragma once
@@ -64,9 +65,9 @@ struct PrefillConfig {
   // tests compare it with the skipping run, which must give identical bits).
   bool skip_tiles = true;
   PrefillKernel kernel = PrefillKernel::kAuto;
-  // The key split of tiles that fill under a wave (plan_prefill_split, attention_plan.h): pieces of at
-  // least this many keys (≤ 0: never split), as many as split_ctas CTAs (0: one wave of this device's
-  // resident CTAs for the resolved kernel).
+  // The key split of tiles that fill under a wave, or one to four waves unevenly (plan_prefill_split,
+  // attention_plan.h): pieces of at least this many keys (≤ 0: never split); a wave is split_ctas
+  // CTAs (0: this device's resident CTAs for the resolved kernel).
   int32_t min_split_keys = 1024;
   int32_t split_ctas = 0;
 };
