@@ -180,8 +180,13 @@ PrefillSplit plan_prefill_split(std::span<const PrefillRow> rows, int32_t group,
     // A wave or more of tiles: a last wave part-filled with whole tiles can cost as much as a full
     // one. Pieces over more waves, when the estimate finishes them by a margin sooner.
     int64_t best = makespan(0) * 17 / 20;  // 15% sooner at least
-    for (int64_t waves = std::max<int64_t>(2, (n_tiles + target_ctas - 1) / target_ctas); waves <= kPrefillSplitWaves;
-         ++waves) {
+    // Pieces only add work, and no plan beats its work spread evenly over the CTAs: when even that is
+    // not sooner (nearly full waves of equal tiles), the candidates are not estimated at all (the
+    // engine plans every layer of every step).
+    int64_t work = 0;
+    for (const int64_t p : pages) work += p + overhead;
+    const int64_t first = std::max<int64_t>(2, (n_tiles + target_ctas - 1) / target_ctas);
+    for (int64_t waves = first; work / target_ctas < best && waves <= kPrefillSplitWaves; ++waves) {
       const int64_t c = chunk_within(std::min<int64_t>(waves * target_ctas, kPrefillSplitMaxPieces));
       if (c == 0) continue;
       const int64_t t = makespan(c);
