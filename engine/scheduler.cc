@@ -220,11 +220,11 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
       // a block reserved next step, unless the pages block it: a head the pages block keeps
       // no reservation, which would hold back the running requests whose progress frees the pages
       // (with a block as large as the budget, all of them: no plan would ever hold a token).
-      e.chunk_starved = aligned_prefill(e) && !pages_block(e, promised);
+      e.chunk_starved = aligned_prefill(e) && admission_of(e, promised) != Admission::kBlocked;
       return;
     }
     int64_t cached = 0;
-    const Admission admission = try_admit(e, promised, &cached);
+    const Admission admission = admission_of(e, promised, &cached);
     if (admission == Admission::kBlocked) {  // the head is never skipped
       e.chunk_starved = false;  // pages hold it, not the budget: no reservation (above)
       return;
@@ -236,6 +236,9 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
       entries_.erase(id);
       continue;
     }
+    // A cached prefix ends on a prompt_block boundary too, so the chunks after it follow the rule.
+    const int64_t hit = kv_.add_sequence(e.id, e.layout, e.prefix, e.total - 1, e.rule.prompt_block);
+    check(hit == cached, "scheduler: the KV cache adopted other than its preview");
     e.running = true;
     e.fresh = true;
     e.chunk_starved = false;
@@ -251,31 +254,24 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
   }
 }
 
-// Registers e with the manager and keeps it registered only when admitted. Unservable: even the
-// whole, empty pool could not hold the prompt plus one generated token (or all e already holds).
-// Blocked: the free pages, less those promised to running requests, cannot hold all of e's
-// `total` tokens (its own next token is not asked for: alone, e may fill the pool). Admitting on the first chunk alone (as vLLM V1 does without prefix caching) lets
-// a long prompt beside a long decode prefill, run out of pages, preempt itself as the newest
-// request and start over, step after step; vLLM V0 also admitted whole prompts.
-Scheduler::Admission Scheduler::try_admit(const Entry& e, int64_t promised, int64_t* cached) {
-  // A cached prefix ends on a prompt_block boundary too, so the chunks after it follow the rule.
-  const int64_t hit = kv_.add_sequence(e.id, e.layout, e.prefix, e.total - 1, e.rule.prompt_block);
-  if (cached != nullptr) *cached = hit;
-  Admission admission = Admission::kAdmitted;
-  // Pages it adopted from the prefix cache count: they fill the pool as well.
-  if (kv_.pages_needed(e.id, std::max(e.total, e.prompt + 1)) + kv_.sequence(e.id).pages_held() > kv_.num_pages()) {
-    admission = Admission::kUnservable;
-  } else if (kv_.pages_needed(e.id, e.total) + promised > kv_.free_pages()) {
-    admission = Admission::kBlocked;
+// Whether e would be admitted now, from the manager's preview of its registration (nothing changes:
+// a request not admitted neither evicts cached blocks nor takes pages). Unservable: even the whole,
+// empty pool could not hold the prompt plus one generated token (or all e already holds). Blocked:
+// the free pages, less those promised to running requests, cannot hold all of e's `total` tokens
+// (its own next token is not asked for: alone, e may fill the pool). Admitting on the first chunk
+// alone (as vLLM V1 does without prefix caching) lets a long prompt beside a long decode prefill,
+// run out of pages, preempt itself as the newest request and start over, step after step; vLLM V0
+// also admitted whole prompts.
+Scheduler::Admission Scheduler::admission_of(const Entry& e, int64_t promised, int64_t* cached) const {
+  const kvcache::KvCacheManager::AdoptionPreview view =
+      kv_.preview_sequence(e.layout, e.prefix, e.total - 1, e.rule.prompt_block);
+  if (cached != nullptr) *cached = view.cached_tokens;
+  // Pages it would adopt from the prefix cache count: they fill the pool as well.
+  if (view.pages_needed(std::max(e.total, e.prompt + 1)) + view.pages_held > kv_.num_pages()) {
+    return Admission::kUnservable;
   }
-  if (admission != Admission::kAdmitted) kv_.release(e.id);
-  return admission;
-}
-
-bool Scheduler::pages_block(const Entry& e, int64_t promised) {
-  const Admission admission = try_admit(e, promised);
-  if (admission == Admission::kAdmitted) kv_.release(e.id);  // a question, not an admission
-  return admission == Admission::kBlocked;
+  if (view.pages_needed(e.total) + promised > view.free_pages) return Admission::kBlocked;
+  return Admission::kAdmitted;
 }
 
 void Scheduler::schedule(Entry& e, int64_t count, StepPlan& plan) {

@@ -23,10 +23,13 @@
 //      aging: effective priority = priority - steps spent waiting / aging_steps) while seats
 //      (max_num_seqs), token budget and pages allow: the free pages, less those the running
 //      requests still need to reach their `total` and hold the token their next step samples, must
-//      hold all `total` tokens of the request, not only its first chunk. Admission registers the sequence with the manager (a preempted
-//      one was released: it re-registers and recomputes all `total` tokens). The head of the queue
-//      is never skipped for a later request (no starvation); a request whose max(total,
-//      prompt + 1) tokens need more pages than the whole pool is reported as unservable.
+//      hold all `total` tokens of the request, not only its first chunk. The decision reads the
+//      manager's preview (KvCacheManager::preview_sequence), so a request not admitted changes no
+//      page and evicts no cached block; admission then registers the sequence with the manager (a
+//      preempted one was released: it re-registers and recomputes all `total` tokens, less a cached
+//      prefix). The head of the queue is never skipped for a later request (no starvation); a
+//      request whose max(total, prompt + 1) tokens need more pages than the whole pool is reported
+//      as unservable.
 // Running and waiting stay sorted by that order, so the last running request is the preemption
 // victim and is never one already scheduled in the step.
 // The plan is a value (StepPlan) the executor runs without asking back.
@@ -158,10 +161,8 @@ class Scheduler {
   bool make_room(Entry& e, int64_t count, StepPlan& plan);
   Entry& preempt_last(StepPlan& plan);
   void admit_waiting(StepPlan& plan, int64_t& budget);
-  // cached: the tokens an admission starts from (its cached prefix).
-  Admission try_admit(const Entry& e, int64_t promised, int64_t* cached = nullptr);
-  // try_admit would say kBlocked (e is left unregistered either way).
-  bool pages_block(const Entry& e, int64_t promised);
+  // cached: the tokens an admission would start from (its cached prefix). Changes nothing.
+  Admission admission_of(const Entry& e, int64_t promised, int64_t* cached = nullptr) const;
   void schedule(Entry& e, int64_t count, StepPlan& plan);
   Entry* find(uint64_t id);
   void remove(Entry& e);

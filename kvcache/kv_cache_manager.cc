@@ -58,6 +58,10 @@ KvCacheManager::KvCacheManager(KvCacheConfig config, int32_t num_pages, bool pre
 
 void KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout) {
   if (seqs_.contains(id)) throw InternalError(fmt::format("KV cache: sequence {} already exists", id));
+  seqs_.emplace(id, make_sequence(layout));
+}
+
+SequenceKv KvCacheManager::make_sequence(const SequenceLayout& layout) const {
   check(layout.retrieval_slots >= 0 && layout.streaming_slots >= 0, "KV cache: negative slot count in the layout");
   check(layout.retrieval_slots + layout.streaming_slots > 0, "KV cache: layout without any slot");
   std::optional<StreamingGeometry> geometry;
@@ -67,7 +71,32 @@ void KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout) {
           "KV cache: invalid streaming window in the layout");
     geometry.emplace(config_.page_tokens, *layout.streaming);
   }
-  seqs_.emplace(id, SequenceKv(config_.page_tokens, layout.retrieval_slots, layout.streaming_slots, geometry));
+  return SequenceKv(config_.page_tokens, layout.retrieval_slots, layout.streaming_slots, geometry);
+}
+
+std::vector<PrefixCache::Serial> KvCacheManager::adoptable(const SequenceKv& s, const PrefixKey& key,
+                                                           int64_t max_cached_tokens, int64_t align_tokens) const {
+  if (!key.match) return {};
+  const int64_t P = config_.page_tokens;
+  const int64_t step = std::lcm(P, align_tokens) / P;  // blocks: n·P is a multiple of align_tokens iff step divides n
+  std::vector<PrefixCache::Serial> found = cache_->match(key.profile, key.tokens, std::max<int64_t>(0, max_cached_tokens) / P);
+  found.resize(found.size() / static_cast<size_t>(step) * static_cast<size_t>(step));
+  if (s.streaming_slots() > 0) found.resize(static_cast<size_t>(covered_blocks(found, step, *s.streaming_geometry())));
+  return found;
+}
+
+// Each streaming page's block at n blocks (locate's index): sink blocks, then the ring's last
+// ring_pages blocks. Those a later query attends come from their snapshots; the others (in the ring,
+// outside the window) are zero-filled: they are read and masked, so they must be finite.
+std::vector<int64_t> KvCacheManager::ring_sources(const StreamingGeometry& g, int64_t n) const {
+  const int64_t P = config_.page_tokens;
+  const int64_t sink = std::min<int64_t>(g.sink_pages(), n);
+  const int64_t window = window_block(n, P, g);
+  std::vector<int64_t> sources(static_cast<size_t>(g.pages_for_length(n * P)), -1);
+  auto hold = [&](int64_t b) { sources[static_cast<size_t>(g.locate(b * P).index)] = b < sink || b >= window ? b : -1; };
+  for (int64_t b = 0; b < sink; ++b) hold(b);
+  for (int64_t b = std::max<int64_t>(g.sink_pages(), n - g.ring_pages()); b < n; ++b) hold(b);
+  return sources;
 }
 
 int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, std::shared_ptr<const PrefixKey> prefix,
@@ -77,41 +106,24 @@ int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, 
   if (!cache_ || prefix == nullptr) return 0;
   Chain& chain = chains_[id];
   chain.key = std::move(prefix);
-  if (!chain.key->match) return 0;
-  const int64_t P = config_.page_tokens;
-  const int64_t step = std::lcm(P, align_tokens) / P;  // blocks: n·P is a multiple of align_tokens iff step divides n
-  std::vector<PrefixCache::Serial> found =
-      cache_->match(chain.key->profile, chain.key->tokens, std::max<int64_t>(0, max_cached_tokens) / P);
-  found.resize(found.size() / static_cast<size_t>(step) * static_cast<size_t>(step));
   SequenceKv& s = seq(id);
-  const StreamingGeometry* g = s.streaming_slots() > 0 ? &*s.streaming_geometry() : nullptr;
-  if (g != nullptr) found.resize(static_cast<size_t>(covered_blocks(found, step, *g)));
+  const std::vector<PrefixCache::Serial> found = adoptable(s, *chain.key, max_cached_tokens, align_tokens);
   if (found.empty()) return 0;
-  const auto n = static_cast<int64_t>(found.size());
   for (const PrefixCache::Serial e : found) cache_->acquire(e);  // so that no eviction below takes them
   chain.used = found;  // released with the sequence, whatever throws below
-  if (g == nullptr) {
+  if (s.streaming_slots() == 0) {
     adopt(s, found);
     return s.length();
   }
-  // Each streaming page's block at this length (locate's index): sink blocks, then the ring's last
-  // ring_pages blocks. Those a later query attends are copied from their snapshots (pinned first, so
-  // that no eviction below takes them), the others (in the ring, outside the window) zero-filled:
-  // they are read and masked, so they must be finite.
-  const int64_t sink = std::min<int64_t>(g->sink_pages(), n);
-  const int64_t window = window_block(n, P, *g);
-  auto read = [&](int64_t b) { return b < sink || b >= window; };
-  std::vector<int64_t> held(static_cast<size_t>(g->pages_for_length(n * P)), -1);
-  auto hold = [&](int64_t b) { held[static_cast<size_t>(g->locate(b * P).index)] = b; };
-  for (int64_t b = 0; b < sink; ++b) hold(b);
-  for (int64_t b = std::max<int64_t>(g->sink_pages(), n - g->ring_pages()); b < n; ++b) hold(b);
+  // The snapshots the ring's copies read are pinned first, so that no eviction below takes them.
+  const std::vector<int64_t> sources = ring_sources(*s.streaming_geometry(), std::ssize(found));
   Pending& pending = pending_[id];
-  for (const int64_t b : held) {
-    if (!read(b)) continue;
+  for (const int64_t b : sources) {
+    if (b < 0) continue;
     cache_->pin(found[static_cast<size_t>(b)]);
     pending.read.push_back(found[static_cast<size_t>(b)]);
   }
-  const int32_t fresh = s.streaming_slots() * static_cast<int32_t>(held.size());
+  const int32_t fresh = s.streaming_slots() * static_cast<int32_t>(sources.size());
   if (fresh > free_pages()) {
     drop_pending(id);
     cache_->release(found);
@@ -120,14 +132,40 @@ int64_t KvCacheManager::add_sequence(uint64_t id, const SequenceLayout& layout, 
   }
   if (fresh > pool_.num_free()) cache_->evict_until_free(fresh, pool_);
   adopt(s, found);
+  const auto P = static_cast<int32_t>(config_.page_tokens);
   for (int32_t slot = 0; slot < s.streaming_slots(); ++slot) {
-    for (size_t i = 0; i < held.size(); ++i) {
-      const int64_t b = held[i];
-      const int32_t src = read(b) ? cache_->snapshot(found[static_cast<size_t>(b)])[static_cast<size_t>(slot)] : -1;
-      pending.copies.push_back({src, s.streaming_pages(slot)[i], 0, static_cast<int32_t>(P)});
+    for (size_t i = 0; i < sources.size(); ++i) {
+      const int64_t b = sources[i];
+      const int32_t src = b >= 0 ? cache_->snapshot(found[static_cast<size_t>(b)])[static_cast<size_t>(slot)] : -1;
+      pending.copies.push_back({src, s.streaming_pages(slot)[i], 0, P});
     }
   }
   return s.length();
+}
+
+KvCacheManager::AdoptionPreview KvCacheManager::preview_sequence(const SequenceLayout& layout,
+                                                                 const std::shared_ptr<const PrefixKey>& prefix,
+                                                                 int64_t max_cached_tokens, int64_t align_tokens) const {
+  if (align_tokens < 1) throw InternalError(fmt::format("kv cache: a preview with align_tokens {}", align_tokens));
+  AdoptionPreview p{.shape = make_sequence(layout), .free_pages = free_pages()};
+  if (!cache_ || prefix == nullptr) return p;
+  const std::vector<PrefixCache::Serial> found = adoptable(p.shape, *prefix, max_cached_tokens, align_tokens);
+  if (found.empty()) return p;
+  std::vector<PrefixCache::Serial> pinned;
+  int32_t fresh = 0;
+  if (p.shape.streaming_slots() > 0) {
+    const std::vector<int64_t> sources = ring_sources(*p.shape.streaming_geometry(), std::ssize(found));
+    for (const int64_t b : sources) {
+      if (b >= 0) pinned.push_back(found[static_cast<size_t>(b)]);
+    }
+    fresh = p.shape.streaming_slots() * static_cast<int32_t>(sources.size());
+  }
+  const int32_t free_after_use = free_pages() - cache_->evictable_pages_used(found, pinned);
+  if (fresh > free_after_use) return p;  // add_sequence adopts nothing: the ring's pages do not fit
+  p.cached_tokens = std::ssize(found) * config_.page_tokens;
+  p.pages_held = p.shape.pages_between(0, p.cached_tokens);
+  p.free_pages = free_after_use - fresh;
+  return p;
 }
 
 void KvCacheManager::adopt(SequenceKv& s, std::span<const PrefixCache::Serial> found) {

@@ -73,6 +73,21 @@ class KvCacheManager {
   // Returns that length. InternalError for align_tokens < 1.
   int64_t add_sequence(uint64_t id, const SequenceLayout& layout, std::shared_ptr<const PrefixKey> prefix,
                        int64_t max_cached_tokens, int64_t align_tokens = 1);
+  // What that add_sequence would do now, with nothing changed (no page taken, no cached block
+  // evicted, no recency touched): the scheduler decides an admission on it first.
+  struct AdoptionPreview {
+    SequenceKv shape;           // an empty sequence of the layout
+    int64_t cached_tokens = 0;  // add_sequence's result
+    int32_t pages_held = 0;     // the sequence's pages_held() right after it (adopted pages too)
+    int32_t free_pages = 0;     // free_pages() right after it
+    // pages_needed(id, new_len) right after it.
+    int32_t pages_needed(int64_t new_len) const {
+      return new_len <= cached_tokens ? 0 : shape.pages_between(cached_tokens, new_len);
+    }
+  };
+  // InternalError as add_sequence's (the layout, align_tokens < 1).
+  AdoptionPreview preview_sequence(const SequenceLayout& layout, const std::shared_ptr<const PrefixKey>& prefix,
+                                   int64_t max_cached_tokens, int64_t align_tokens = 1) const;
   // The sequence's first `computed` tokens hold their K/V, and `tokens` begins with its tokens (the
   // prompt, then generated ones whose K/V equal a prefill's): its full blocks among the first
   // min(computed, tokens.size()) are registered in the prefix cache (a block cached already stays
@@ -146,6 +161,13 @@ class KvCacheManager {
   // Pages for one snapshot (free, or evicting unused cache pages), or none.
   std::vector<int32_t> take_snapshot_pages(int32_t n);
   SequenceKv& seq(uint64_t id);
+  SequenceKv make_sequence(const SequenceLayout& layout) const;  // empty; InternalError for a bad layout
+  // The cached chain add_sequence would adopt for a sequence shaped as s (prefix caching on).
+  std::vector<PrefixCache::Serial> adoptable(const SequenceKv& s, const PrefixKey& key, int64_t max_cached_tokens,
+                                             int64_t align_tokens) const;
+  // For a streaming sequence adopting n blocks under g, per streaming page index (locate's): the
+  // block whose snapshot is copied there, or −1 (zero-filled).
+  std::vector<int64_t> ring_sources(const StreamingGeometry& g, int64_t n) const;
   // The longest prefix of `found` (at most its length, in blocks, a multiple of `step`) whose
   // snapshots cover what a sequence of that length with geometry g reads: its sink blocks and window
   // blocks.

@@ -108,12 +108,29 @@ void PrefixCache::unlink(Entry& e) {
   e.lru_pages = 0;
 }
 
+int32_t PrefixCache::unit_pages(const Entry& e, int32_t users, int32_t pins) {
+  if (pins > 0 || (users > 0 && e.snapshot.empty())) return 0;
+  return static_cast<int32_t>(e.snapshot.size() + (users == 0 ? e.pages.size() : 0));
+}
+
 void PrefixCache::relink(Serial s, Entry& e) {
   unlink(e);
-  if (e.pins > 0 || (e.users > 0 && e.snapshot.empty())) return;
-  e.lru_pages = static_cast<int32_t>(e.snapshot.size() + (e.users == 0 ? e.pages.size() : 0));
+  const int32_t pages = unit_pages(e, e.users, e.pins);
+  if (pages == 0) return;
+  e.lru_pages = pages;
   e.lru = lru_.insert(lru_.end(), s);
   evictable_pages_ += e.lru_pages;
+}
+
+int32_t PrefixCache::evictable_pages_used(std::span<const Serial> used, std::span<const Serial> pinned) const {
+  std::vector<Serial> pins(pinned.begin(), pinned.end());
+  std::ranges::sort(pins);
+  int64_t n = 0;
+  for (const Serial s : used) {
+    const Entry& e = at(s);
+    n += e.lru_pages - unit_pages(e, e.users + 1, e.pins + (std::ranges::binary_search(pins, s) ? 1 : 0));
+  }
+  return static_cast<int32_t>(n);
 }
 
 void PrefixCache::set_snapshot(Serial s, std::vector<int32_t> pages) {

@@ -68,6 +68,9 @@ class PrefixCache {
 
   // Pages that eviction could return to the pool.
   int32_t evictable_pages() const { return evictable_pages_; }
+  // Of evictable_pages, those that would stop being evictable if one more sequence used each entry
+  // of `used` (distinct) and pinned each of `pinned` (a subset of used). Read-only.
+  int32_t evictable_pages_used(std::span<const Serial> used, std::span<const Serial> pinned) const;
   // Evicts entries without users and snapshots without pins, least recently released first, until
   // the pool has `free` free pages or nothing is evictable.
   void evict_until_free(int32_t free, PagePool& pool);
@@ -88,6 +91,8 @@ class PrefixCache {
     std::list<Serial>::iterator lru;
     int32_t lru_pages = 0;
   };
+  // The pages of e's evictable unit with that many users and pins (0: none is evictable).
+  static int32_t unit_pages(const Entry& e, int32_t users, int32_t pins);
   // Puts the entry's evictable unit, if any, at the back of lru_ (most recently released).
   void relink(Serial s, Entry& e);
   void unlink(Entry& e);

@@ -34,12 +34,16 @@ SequenceKv::SequenceKv(int32_t page_tokens, int32_t retrieval_slots, int32_t str
 }
 
 int32_t SequenceKv::pages_needed(int64_t new_len) const {
-  if (new_len <= length_) return 0;
-  int64_t n = checked_mul(retrieval_slots(), ceil_div(new_len, page_tokens_) - ceil_div(length_, page_tokens_));
+  return new_len <= length_ ? 0 : pages_between(length_, new_len);
+}
+
+int32_t SequenceKv::pages_between(int64_t from_len, int64_t to_len) const {
+  check(0 <= from_len && from_len <= to_len, "SequenceKv::pages_between: lengths out of order");
+  int64_t n = checked_mul(retrieval_slots(), ceil_div(to_len, page_tokens_) - ceil_div(from_len, page_tokens_));
   if (streaming_slots() > 0) {
-    n += checked_mul(streaming_slots(), geometry_->pages_for_length(new_len) - geometry_->pages_for_length(length_));
+    n += checked_mul(streaming_slots(), geometry_->pages_for_length(to_len) - geometry_->pages_for_length(from_len));
   }
-  if (n > INT32_MAX) throw InternalError(fmt::format("SequenceKv: growing to {} tokens needs {} pages", new_len, n));
+  if (n > INT32_MAX) throw InternalError(fmt::format("SequenceKv: growing to {} tokens needs {} pages", to_len, n));
   return static_cast<int32_t>(n);
 }
 

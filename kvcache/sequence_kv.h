@@ -25,6 +25,9 @@ class SequenceKv {
   // retrieval_slots * (ceil(new_len/P) - ceil(length/P)) + streaming_slots * (growth of
   // StreamingGeometry::pages_for_length). InternalError when the count does not fit int32.
   int32_t pages_needed(int64_t new_len) const;
+  // Pages a sequence of this shape holds at to_len beyond those it holds at from_len (the same count
+  // for from_len ≤ to_len; pages_needed(n) is pages_between(length(), n) when n > length()).
+  int32_t pages_between(int64_t from_len, int64_t to_len) const;
   // Grows the tables to hold new_len tokens, taking pages from the pool. All or nothing.
   // Preconditions: new_len ≥ length() and pool.can_allocate(pages_needed(new_len)); else
   // InternalError, nothing changed.

@@ -723,6 +723,37 @@ TEST(Scheduler, APromptLargerThanThePoolIsUnservableWithItsCachedBlocks) {
   EXPECT_EQ(h.finished, (std::vector<uint64_t>{1, 3}));
 }
 
+// A request the pages block changes nothing: its streaming ring would need pages the pool has
+// only by evicting cached blocks, which it must not evict for an admission that does not happen.
+TEST(Scheduler, ARequestThePagesBlockEvictsNoCachedBlock) {
+  Harness h(SchedulerConfig{.max_num_seqs = 4, .max_num_batched_tokens = 64}, 32, true);
+  auto balanced = [](int64_t n) {
+    auto k = std::make_shared<kvcache::PrefixKey>(*prompt_key(n));
+    k->profile = "balanced";
+    return k;
+  };
+  h.add(1, 64, 1, mixed_layout(), 0, {}, balanced(64));  // 4 blocks: retrieval pages and snapshots
+  ASSERT_TRUE(h.run(10));
+  const int32_t cached = h.kv.cached_free_pages();
+  ASSERT_EQ(cached, 8);  // 4 retrieval pages, 4 snapshots
+  h.add(2, 160, 6, dense_layout(), 0, {}, nullptr);  // 22 pages once decoding: the pool keeps 2 free
+  while (h.live.at(2).generated < 2) h.step();
+  ASSERT_EQ(h.kv.free_pages() - h.kv.cached_free_pages(), 2);
+  ASSERT_EQ(h.kv.cached_free_pages(), cached);
+  // The same 64 tokens and 100 more: 4 blocks cached, its ring 3 fresh pages (only 2 are free
+  // without evicting); 7 more retrieval pages for its prompt, which the pool does not have.
+  h.add(3, 164, 1, mixed_layout(), 0, {}, balanced(164));
+  for (int i = 0; i < 3; ++i) {
+    const StepPlan plan = h.step();
+    ASSERT_EQ(plan.seqs.size(), 1u);
+    EXPECT_EQ(plan.seqs[0].id, 2u);
+    EXPECT_EQ(h.kv.cached_free_pages(), cached) << "step " << i;
+    EXPECT_EQ(h.sched.num_waiting(), 1u);
+  }
+  ASSERT_TRUE(h.run(20));
+  EXPECT_EQ(h.history.at(3).front().start, 64);  // admitted once 2 finished, from its cached prefix
+}
+
 // A dynamic prefill's chunks end on its blocks (ChunkRule::prompt_block): so does a cached prefix it
 // starts from, and its chunks after it.
 TEST(Scheduler, AnAlignedRequestStartsFromTheLongestCachedPrefixOnItsBlocks) {

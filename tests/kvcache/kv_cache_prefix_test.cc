@@ -479,9 +479,24 @@ TEST(KvCachePrefix, RandomOperationsShareOnlyPagesOfTheSamePrefix) {
       for (int32_t i = 0; i < tail; ++i) s.prompt.push_back(static_cast<int32_t>(10000 + rng() % 4));
       const uint64_t id = next_id++;
       const int64_t len = std::ssize(s.prompt);
-      s.computed = m.add_sequence(id, s.streaming ? kBalanced : kDense,
-                                  key(s.prompt, s.streaming ? "balanced" : "dense"), len - 1);
+      // Some aligned on their blocks (a dynamic prefill's), and each previewed first: the preview
+      // changes nothing and says what the registration then does.
+      const int64_t align = std::array<int64_t, 4>{1, 1, 2 * P, 3 * P}[rng() % 4];
+      const SequenceLayout& layout = s.streaming ? kBalanced : kDense;
+      const auto k = key(s.prompt, s.streaming ? "balanced" : "dense");
+      const int32_t free_before = m.free_pages(), cached_before = m.cached_free_pages();
+      const KvCacheManager::AdoptionPreview view = m.preview_sequence(layout, k, len - 1, align);
+      ASSERT_EQ(m.free_pages(), free_before);
+      ASSERT_EQ(m.cached_free_pages(), cached_before);
+      s.computed = m.add_sequence(id, layout, k, len - 1, align);
       const SequenceKv& added = m.sequence(id);
+      ASSERT_EQ(s.computed, view.cached_tokens) << "step " << step;
+      ASSERT_EQ(added.pages_held(), view.pages_held) << "step " << step;
+      ASSERT_EQ(m.free_pages(), view.free_pages) << "step " << step;
+      for (const int64_t more : {int64_t{1}, int64_t{P}, len, int64_t{7 * P + 3}}) {
+        ASSERT_EQ(m.pages_needed(id, s.computed + more), view.pages_needed(s.computed + more)) << "step " << step;
+      }
+      ASSERT_EQ(s.computed % align, 0);
       for (int32_t slot = 0; slot < added.streaming_slots(); ++slot) {
         for (const int32_t page : added.streaming_pages(slot)) positions[page] = garbage_page();
       }
