@@ -433,9 +433,20 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
       ll.masks = x.get();
     }
     if (!lp.prefill_rows.empty()) {
-      prefill[static_cast<size_t>(l)]->plan(lp.prefill_rows, stream);
-      ll.prefill = prefill[static_cast<size_t>(l)].get();
-      split_floats = std::max(split_floats, ll.prefill->workspace_floats());
+      // As for decode below: a layer whose prefill rows equal an earlier layer's (mask geometry
+      // included) runs on that layer's plan; under a dense profile every layer shares layer 0's.
+      for (int64_t j = 0; j < l && ll.prefill == nullptr; ++j) {
+        const LayerLaunch& planned = step.layers[static_cast<size_t>(j)];
+        if (planned.prefill == prefill[static_cast<size_t>(j)].get() &&
+            plans[static_cast<size_t>(j)].prefill_rows == lp.prefill_rows) {
+          ll.prefill = planned.prefill;
+        }
+      }
+      if (ll.prefill == nullptr) {
+        prefill[static_cast<size_t>(l)]->plan(lp.prefill_rows, stream);
+        ll.prefill = prefill[static_cast<size_t>(l)].get();
+        split_floats = std::max(split_floats, ll.prefill->workspace_floats());
+      }
       any_prefill = true;
     }
     if (!lp.decode_rows.empty()) {

@@ -72,6 +72,8 @@ struct PrefillRow {
   int32_t first_qblock = 0;
   int32_t n_kblocks = 0;
   int32_t block_tokens = 0;  // kBlocks: the mask's block size (tokens), > 0
+
+  bool operator==(const PrefillRow&) const = default;
 };
 static_assert(sizeof(PrefillRow) == 56);
 
