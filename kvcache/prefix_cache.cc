@@ -115,9 +115,8 @@ int32_t PrefixCache::unit_pages(const Entry& e, int32_t users, int32_t pins) {
 
 void PrefixCache::relink(Serial s, Entry& e) {
   unlink(e);
-  const int32_t pages = unit_pages(e, e.users, e.pins);
-  if (pages == 0) return;
-  e.lru_pages = pages;
+  if (e.pins > 0 || (e.users > 0 && e.snapshot.empty())) return;
+  e.lru_pages = unit_pages(e, e.users, e.pins);  // an entry without pages is evictable too (0 pages)
   e.lru = lru_.insert(lru_.end(), s);
   evictable_pages_ += e.lru_pages;
 }

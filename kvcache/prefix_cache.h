@@ -91,7 +91,7 @@ class PrefixCache {
     std::list<Serial>::iterator lru;
     int32_t lru_pages = 0;
   };
-  // The pages of e's evictable unit with that many users and pins (0: none is evictable).
+  // The pages e's evictable unit would free with that many users and pins (0 also when none is).
   static int32_t unit_pages(const Entry& e, int32_t users, int32_t pins);
   // Puts the entry's evictable unit, if any, at the back of lru_ (most recently released).
   void relink(Serial s, Entry& e);
