@@ -166,6 +166,24 @@ TEST(PrefixCache, SnapshotsAreEvictableWhileTheirEntryIsUsedUnlessPinned) {
   EXPECT_EQ(c.evictable_pages(), 0);
 }
 
+// A profile without retrieval lanes registers entries without pages (its snapshots hold the K/V):
+// released, they are evictable like any other, in their turn, or they would stay forever.
+TEST(PrefixCache, EntriesWithoutPagesAreEvictedInTheirTurn) {
+  PagePool pool(2);
+  PrefixCache c(P);
+  const auto bare = register_chain(c, pool, "streaming", iota_tokens(8, 0), 0);
+  c.release(bare);
+  const auto dense = register_chain(c, pool, "dense", iota_tokens(4, 0), 1);
+  c.release(dense);
+  EXPECT_EQ(c.size(), 3u);
+  EXPECT_EQ(c.evictable_pages(), 1);
+  const std::vector<int32_t> held = pool.allocate(1);  // the pool's last free page
+  c.evict_until_free(1, pool);  // the bare entries were released first: they go before the dense one
+  EXPECT_EQ(c.size(), 0u);
+  EXPECT_EQ(pool.num_free(), 1);
+  pool.release(held);
+}
+
 TEST(PrefixCache, AFailedInsertTakesNoReference) {
   PagePool pool(4);
   PrefixCache c(P);
