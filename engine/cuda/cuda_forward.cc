@@ -415,22 +415,34 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     LayerPlan& lp = plans[static_cast<size_t>(l)];
     LayerLaunch& ll = step.layers[static_cast<size_t>(l)];
     if (!lp.mass_rows.empty()) {  // dynamic block masks first: their geometry goes into the prefill rows
-      auto& x = masks[static_cast<size_t>(l)];
-      if (!x) {
-        x = std::make_unique<cuda::XAttentionSelect>(cuda::XAttentionConfig{
-            .head_dim = static_cast<int32_t>(D), .group = static_cast<int32_t>(c.n_heads / KV), .page_tokens = P});
+      // As for the prefill and decode plans below: a layer whose mass rows equal an earlier layer's
+      // runs on that layer's mask plan (a plan depends on its rows alone; each run writes its own
+      // layer's masks from its own queries and keys).
+      for (int64_t j = 0; j < l && ll.masks == nullptr; ++j) {
+        const LayerLaunch& planned = step.layers[static_cast<size_t>(j)];
+        if (planned.masks == masks[static_cast<size_t>(j)].get() &&
+            plans[static_cast<size_t>(j)].mass_rows == lp.mass_rows) {
+          ll.masks = planned.masks;
+        }
       }
-      x->plan(lp.mass_rows, stream);
+      if (ll.masks == nullptr) {
+        auto& x = masks[static_cast<size_t>(l)];
+        if (!x) {
+          x = std::make_unique<cuda::XAttentionSelect>(cuda::XAttentionConfig{
+              .head_dim = static_cast<int32_t>(D), .group = static_cast<int32_t>(c.n_heads / KV), .page_tokens = P});
+        }
+        x->plan(lp.mass_rows, stream);
+        mask_floats = std::max(mask_floats, x->workspace_floats());
+        mask_bytes = std::max(mask_bytes, x->mask_bytes());
+        ll.masks = x.get();
+      }
       for (size_t i = 0; i < lp.mass_rows.size(); ++i) {
-        const cuda::BlockMaskGeometry& g = x->geometry()[i];
+        const cuda::BlockMaskGeometry& g = ll.masks->geometry()[i];
         cuda::PrefillRow& pr = lp.prefill_rows[static_cast<size_t>(lp.mass_rows[i].list_row)];
         pr.block_offset = g.offset;
         pr.first_qblock = g.first_qblock;
         pr.n_kblocks = g.n_kblocks;
       }
-      mask_floats = std::max(mask_floats, x->workspace_floats());
-      mask_bytes = std::max(mask_bytes, x->mask_bytes());
-      ll.masks = x.get();
     }
     if (!lp.prefill_rows.empty()) {
       // As for decode below: a layer whose prefill rows equal an earlier layer's (mask geometry

@@ -35,6 +35,8 @@ struct BlockMassRow {
   int32_t block_tokens = 64;  // B: 16, 32, 64 or 128
   int32_t stride = 8;         // S: a power of two dividing B
   float threshold = 0.9f;     // in (0, 1]
+
+  bool operator==(const BlockMassRow&) const = default;
 };
 
 struct XAttentionArgs {
