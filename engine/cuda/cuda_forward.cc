@@ -384,7 +384,6 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
   step.n_host = n_host;
   step.n_drawn = n_drawn;
   step.ids = tab.ids, step.pos = tab.pos, step.off = tab.off, step.selr = tab.selr;
-  step.app_r = tab.app_r, step.app_sb = tab.app_sb, step.app_s = tab.app_s;
   step.max_blocks = std::bit_ceil(static_cast<uint32_t>(tab.max_blocks));  // ≥ every lane's blocks
   step.t = sized(tables, static_cast<int64_t>(tab.blob.data.size()));
   tables.upload(tab.blob.data, stream);
@@ -480,8 +479,10 @@ void CudaForward::Impl::run(std::span<const ForwardSeq> batch, std::span<const D
     }
     ll.prefill_keys = {lp.prefill_keys.ip, lp.prefill_keys.pg, lp.prefill_keys.p0, lp.prefill_keys.ln};
     ll.decode_keys = {lp.decode_keys.ip, lp.decode_keys.pg, lp.decode_keys.p0, lp.decode_keys.ln};
+    ll.retrieval_before = lp.retrieval_before;
     ll.streaming_before = lp.streaming_before;
     ll.streaming_after = lp.streaming_after;
+    ll.app_r = lp.app_r, ll.app_sb = lp.app_sb, ll.app_s = lp.app_s;
     if (lp.sel_owner.empty()) continue;
     ll.sel = {lp.s_ip, lp.s_pg, lp.s_len, lp.s_out, lp.q_at, lp.picked_at,
               static_cast<size_t>(lp.decode_keys.indptr[lp.fresh_from])};
@@ -665,12 +666,12 @@ void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {
   with_bounds.head_dim = static_cast<int32_t>(D);
   cuda::KvPoolView no_bounds = with_bounds;  // streaming lanes keep no bounds
   no_bounds.kmin = no_bounds.kmax = nullptr;
-  const auto append = [&](const cuda::KvPoolView& view, size_t table, int64_t l) {  // all KV heads at once
+  const auto append = [&](const cuda::KvPoolView& view, size_t table) {  // all KV heads at once
     cuda::KvAppendRows a;
     a.k_new = s.qkv + q_dim;
     a.v_new = s.qkv + q_dim + kv_dim;
     a.k_stride = a.v_stride = qkv_w;
-    a.page_ids = t + table + static_cast<size_t>(l * KV * rows);  // [KV][rows]
+    a.page_ids = t + table;  // [KV][rows]
     a.offsets = t + s.off;
     a.rows = rows;
     a.heads = static_cast<int32_t>(KV);
@@ -700,8 +701,8 @@ void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {
     gemm_run(s.xn, lw.w_qkv, s.qkv, rows, qkv_w, H, lw.b_qkv.size() > 0 ? lw.b_qkv.data() : nullptr);
     // Q's heads and K's follow each other in a qkv row: one launch rotates both.
     cuda::rope(s.qkv, qkv_w, t + s.pos, rows, c.n_heads + KV, D, c.rope_dim, inv_freq.data(), interleaved, stream);
-    append(with_bounds, s.app_r, l);
-    if (ll.streaming_before) append(no_bounds, s.app_sb, l);
+    if (ll.retrieval_before) append(with_bounds, ll.app_r);
+    if (ll.streaming_before) append(no_bounds, ll.app_sb);
     for (const SelectRun& run : ll.select_runs) {
       // The CSR offsets are absolute, so a run's indptr pointers move and its entry pointers do not.
       const SelectOffsets& so = ll.sel;
@@ -769,7 +770,7 @@ void CudaForward::Impl::enqueue(const DeviceStep& s, bool with_marks) {
       ll.decode->run(da, stream);
     }
     mark(static_cast<size_t>(2 + 2 * l));
-    if (ll.streaming_after) append(no_bounds, s.app_s, l);
+    if (ll.streaming_after) append(no_bounds, ll.app_s);
     gemm_run(s.att, lw.wo, s.proj, rows, H, q_dim);
     cuda::add_rmsnorm(s.h, s.proj, lw.ffn_norm.data(), s.xn, rows, H, c.rms_eps, stream);
     gemm_run(s.xn, lw.w_gate_up, s.gate_up, rows, 2 * I, H);

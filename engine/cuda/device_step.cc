@@ -8,11 +8,11 @@ void DeviceStep::describe(std::vector<int64_t>& shape, std::vector<int64_t>& key
   const auto addr = [](const void* p) { return static_cast<int64_t>(reinterpret_cast<uintptr_t>(p)); };
   shape = {rows, out_rows, n_host, n_drawn, n_runs > 0};
   for (const LayerLaunch& l : layers) {
-    shape.insert(shape.end(), {l.prefill != nullptr, l.masks != nullptr, l.decode != nullptr, l.streaming_before,
-                               l.streaming_after, static_cast<int64_t>(l.select_runs.size())});
+    shape.insert(shape.end(), {l.prefill != nullptr, l.masks != nullptr, l.decode != nullptr, l.retrieval_before,
+                               l.streaming_before, l.streaming_after, static_cast<int64_t>(l.select_runs.size())});
   }
   key = shape;
-  for (const size_t v : {ids, pos, off, selr, app_r, app_sb, app_s, runs}) key.push_back(static_cast<int64_t>(v));
+  for (const size_t v : {ids, pos, off, selr, runs}) key.push_back(static_cast<int64_t>(v));
   key.push_back(n_runs);
   key.push_back(max_blocks);
   for (const void* p :
@@ -24,6 +24,7 @@ void DeviceStep::describe(std::vector<int64_t>& shape, std::vector<int64_t>& key
   key.push_back(split_floats);
   for (const LayerLaunch& l : layers) {
     key.insert(key.end(), {addr(l.prefill), addr(l.masks), addr(l.decode)});
+    for (const size_t v : {l.app_r, l.app_sb, l.app_s}) key.push_back(static_cast<int64_t>(v));
     for (const ListOffsets& o : {l.prefill_keys, l.decode_keys}) {
       for (const size_t v : {o.ip, o.pg, o.p0, o.ln}) key.push_back(static_cast<int64_t>(v));
     }

@@ -39,7 +39,10 @@ struct LayerLaunch {
   const kernels::cuda::XAttentionSelect* masks = nullptr;    // planned for this step; nullptr: no dynamic rows
   const kernels::cuda::DecodeAttention* decode = nullptr;    // planned for this step; nullptr: no decode rows
   ListOffsets prefill_keys, decode_keys;
-  bool streaming_before = false, streaming_after = false;  // streaming lanes append before / after
+  // Lanes that append (step_tables.h LayerPlan): retrieval before the attention, streaming before
+  // or after it; each kind's page table, [KV][rows] in the step's tables.
+  bool retrieval_before = false, streaming_before = false, streaming_after = false;
+  size_t app_r = 0, app_sb = 0, app_s = 0;
   SelectOffsets sel;
   std::vector<SelectRun> select_runs;  // empty: no selection this step
 };
@@ -53,7 +56,7 @@ struct DeviceStep {
   int32_t* t = nullptr;  // the step's tables; the offsets below index it
   int32_t* lists = nullptr;  // the step's device-filled lists (step_tables.h ListSpace)
   const int32_t* store = nullptr;  // the block tables (BlockStore)
-  size_t ids = 0, pos = 0, off = 0, selr = 0, app_r = 0, app_sb = 0, app_s = 0, runs = 0;
+  size_t ids = 0, pos = 0, off = 0, selr = 0, runs = 0;
   int32_t n_runs = 0;
   int32_t max_blocks = 1;  // page_select's bound on a lane's blocks
   __nv_bfloat16 *h = nullptr, *xn = nullptr, *qkv = nullptr, *att = nullptr, *proj = nullptr, *gate_up = nullptr,

@@ -27,10 +27,6 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
   const auto R = static_cast<size_t>(rows);
   const size_t ids = tab.ids = blob.take(R), pos = tab.pos = blob.take(R), off = tab.off = blob.take(R);
   const size_t selr = tab.selr = blob.take(static_cast<size_t>(out_rows));
-  const size_t app_r = tab.app_r = blob.take(static_cast<size_t>(L * KV) * R);
-  const size_t app_sb = tab.app_sb = blob.take(static_cast<size_t>(L * KV) * R);
-  const size_t app_s = tab.app_s = blob.take(static_cast<size_t>(L * KV) * R);
-  std::fill(blob.data.begin() + static_cast<std::ptrdiff_t>(app_r), blob.data.end(), -1);
   std::vector<LayerPlan>& plans = tab.plans;
   std::vector<int32_t> logit_rows;  // the token row of each logits row, batch order
   // Per sequence: token rows, and the rows that need logits.
@@ -56,6 +52,23 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
     for (int64_t i = first_logit_row(s); i < n; ++i) logit_rows.push_back(static_cast<int32_t>(r + i));
     r_next += n;
   }
+  // The kinds of lanes each layer appends to, and a table for each kind present (a dense profile
+  // has no streaming lanes: a prompt chunk of T tokens then takes L·KV·T entries, not three times
+  // that, to fill and upload).
+  for (int64_t l = 0; l < L; ++l) {
+    LayerPlan& lp = plans[static_cast<size_t>(l)];
+    for (size_t bi = 0; bi < batch.size(); ++bi) {
+      const kvcache::HeadRoles& roles = states[bi]->profile().roles;
+      const bool one = batch[bi].tokens.size() == 1 && !decode_with_prefill;  // as below, for streaming lanes
+      const auto li = static_cast<int32_t>(l);
+      if (!roles.heads(li, HeadRole::kRetrieval).empty()) lp.retrieval_before = true;
+      if (!roles.heads(li, HeadRole::kStreaming).empty()) (one ? lp.streaming_before : lp.streaming_after) = true;
+    }
+    const size_t lane_rows = static_cast<size_t>(KV) * R;
+    if (lp.retrieval_before) lp.app_r = blob.take(lane_rows);
+    if (lp.streaming_before) lp.app_sb = blob.take(lane_rows);
+    if (lp.streaming_after) lp.app_s = blob.take(lane_rows);
+  }
   // Per layer, each (sequence, KV head) lane: its append destinations and attention row. Layers are
   // independent (each writes its own LayerPlan and blob regions and reads the sequences' state):
   // steps of 1024 lanes or more build them in parallel (a 64-sequence decode step of Llama-3-8B has
@@ -67,6 +80,12 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
   for (int64_t l = 0; l < L; ++l) {
     LayerPlan& lp = plans[static_cast<size_t>(l)];
     try {
+      int32_t* const data = blob.data.data();
+      const size_t lane_rows = static_cast<size_t>(KV) * R;
+      for (const auto& [present, at] : {std::pair{lp.retrieval_before, lp.app_r}, std::pair{lp.streaming_before, lp.app_sb},
+                                        std::pair{lp.streaming_after, lp.app_s}}) {
+        if (present) std::fill_n(data + at, lane_rows, -1);
+      }
       for (size_t bi = 0; bi < batch.size(); ++bi) {
         const ForwardSeq& s = batch[bi];
         const int64_t r = row0[bi];
@@ -80,7 +99,7 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
         for (int64_t hd = 0; hd < KV; ++hd) {
           const auto li = static_cast<int32_t>(l), hi = static_cast<int32_t>(hd);
           const int32_t slot = roles.slot(li, hi);
-          int32_t* dest = blob.data.data() + static_cast<size_t>((l * KV + hd) * rows + r);
+          const size_t lane_row = static_cast<size_t>(hd * rows + r);  // of the append tables
           // A prompt chunk under dynamic prefill sparsity (the CPU's rule, engine/paged_kv.cc), one
           // token long too: its block mask is estimated on the device from the chunk's queries.
           const kvcache::PrefillSparsity& pf = st.profile().prefill;
@@ -101,7 +120,8 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
           dr.pages_plan_time = true;
           if (roles.role(li, hi) == HeadRole::kRetrieval) {
             const auto& pages = kv.retrieval_pages(slot);
-            for (int64_t i = 0; i < n; ++i) dest[app_r + i] = pages[static_cast<size_t>((s.start + i) / P)];
+            int32_t* const dest = data + lp.app_r + lane_row;
+            for (int64_t i = 0; i < n; ++i) dest[i] = pages[static_cast<size_t>((s.start + i) / P)];
             const auto nb = static_cast<int32_t>((end + P - 1) / P);
             const int32_t table = region[bi] + slot * lane_blocks;  // the lane's block table in the store
             const auto rule = decode ? st.decode_keys(l, hd, end) : SequenceAttention::DecodeKeys::kAll;
@@ -156,20 +176,19 @@ void build_step_tables(const ModelConfig& c, const kvcache::KvCacheManager& mana
             // attention: only positions the ring still holds after the chunk (and sink blocks).
             int64_t seen = s.start;
             if (one) {
-              lp.streaming_before = true;
-              dest[app_sb] = pages[static_cast<size_t>(g.locate(s.start).index)];
+              data[lp.app_sb + lane_row] = pages[static_cast<size_t>(g.locate(s.start).index)];
               seen = end;
             } else {
-              lp.streaming_after = true;
+              int32_t* const dest = data + lp.app_s + lane_row;
               // Positions the chunk overwrites in the ring go to their block's snapshot, where the
               // prefix cache reserved one (KvCacheManager::snapshot_target), else nowhere.
               const int64_t keep_from = std::max<int64_t>(s.start, end - int64_t{g.ring_pages()} * P);
               for (int64_t i = 0; i < n; ++i) {
                 const int64_t p = s.start + i;
                 if (p >= keep_from || p < int64_t{g.sink_pages()} * P) {
-                  dest[app_s + i] = pages[static_cast<size_t>(g.locate(p).index)];
+                  dest[i] = pages[static_cast<size_t>(g.locate(p).index)];
                 } else if (const std::vector<int32_t>* snapshot = manager.snapshot_target(s.id, p / P)) {
-                  dest[app_s + i] = (*snapshot)[static_cast<size_t>(slot)];
+                  dest[i] = (*snapshot)[static_cast<size_t>(slot)];
                 }
               }
             }

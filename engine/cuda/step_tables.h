@@ -144,7 +144,13 @@ struct LayerPlan {
   std::vector<int32_t> decode_entries;  // each decode row's entry count (its plan's hint)
   KeyLists decode_keys;
   size_t fresh_from = 0;  // decode_rows[fresh_from ..] select on the device
-  bool streaming_before = false, streaming_after = false;  // streaming lanes append before / after
+  // Lanes that append the step's K/V: retrieval lanes before the attention, streaming lanes before
+  // it (one-token rows: their decode row reads the new key from the ring) or after it (longer
+  // chunks). Each kind present has its table in the Blob, [KV][rows] int32 at app_r, app_sb,
+  // app_s: the page each row's K/V goes to in head h's lane of that kind, −1 for none (kv_append
+  // skips the row); a kind absent has no table (its offset 0).
+  bool retrieval_before = false, streaming_before = false, streaming_after = false;
+  size_t app_r = 0, app_sb = 0, app_s = 0;
   // The fresh rows' page_select inputs: all blocks of their lane (CSR sel_indptr over page ids in
   // the ListSpace at s_pg, filled by store runs), their lengths, the selection's CSR
   // (plan_selected_indptr), query offsets in the qkv buffer, and (for the stats) the (sequence,
@@ -167,7 +173,8 @@ struct LayerPlan {
     fresh_rows.clear(), fresh_entries.clear();
     prefill_keys.reset(), decode_keys.reset();
     fresh_from = 0;
-    streaming_before = streaming_after = false;
+    retrieval_before = streaming_before = streaming_after = false;
+    app_r = app_sb = app_s = 0;
     sel_indptr.assign(1, 0), sel_out_indptr.assign(1, 0);
     sel_lens.clear(), sel_runs.clear(), sel_q.clear(), sel_owner.clear();
     s_ip = s_len = s_out = s_pg = q_at = picked_at = 0;
@@ -179,18 +186,17 @@ struct LayerPlan {
 // The step's tables. Blob layout (int32; offsets into blob.data):
 //   ids, pos, off [rows]: token, position, slot within its page;  selr [out_rows]: the token row of
 //   each logits row, the host's rows first, then the drawn ones (draws' order);
-//   app_r, app_sb, app_s [L][KV][rows]: the page each token's K/V goes to in retrieval lanes
-//   (before the attention) and streaming lanes (one-token rows before it: their decode row reads
-//   the new key from the ring; longer chunks after it), −1 for none (kv_append skips the row);
-//   per layer: the attention's CSR lists and page_select's inputs (LayerPlan's offsets: indptr and
-//   staged entries in the Blob, the entries themselves in the ListSpace);
+//   per layer, the append tables of the kinds of lanes it has (LayerPlan::app_r, app_sb, app_s:
+//   [KV][rows] each), then per layer the attention's CSR lists and page_select's inputs
+//   (LayerPlan's offsets: indptr and staged entries in the Blob, the entries themselves in the
+//   ListSpace);
 //   runs [n_runs]: the KeyRuns (8 int32 each) that fill the ListSpace, every layer's, last.
 // The Blob is uploaded; the ListSpace is device memory of lists.size int32 that expand_key_runs (at
 // the step's start) and page_select fill.
 struct StepTables {
   Blob blob;
   ListSpace lists;
-  size_t ids = 0, pos = 0, off = 0, selr = 0, app_r = 0, app_sb = 0, app_s = 0;
+  size_t ids = 0, pos = 0, off = 0, selr = 0;
   size_t runs = 0;
   int32_t n_runs = 0;
   std::vector<LayerPlan> plans;  // [L]
@@ -205,7 +211,7 @@ struct StepTables {
   void reset(size_t n_layers) {
     blob.data.clear();
     lists = {};
-    ids = pos = off = selr = app_r = app_sb = app_s = runs = 0;
+    ids = pos = off = selr = runs = 0;
     n_runs = 0;
     plans.resize(n_layers);
     for (LayerPlan& lp : plans) lp.reset();

@@ -115,12 +115,12 @@ TEST(StepTablesChecks, DenseDecodeRowsListEveryBlockInOrder) {
     const LayerPlan& lp = t.plans[static_cast<size_t>(l)];
     ASSERT_EQ(lp.decode_rows.size(), 2u);
     EXPECT_TRUE(lp.prefill_rows.empty());
-    EXPECT_FALSE(lp.streaming_before || lp.streaming_after);
+    EXPECT_TRUE(lp.retrieval_before);
+    EXPECT_FALSE(lp.streaming_before || lp.streaming_after) << "no streaming lanes: no tables for them";
     EXPECT_TRUE(lp.sel_owner.empty());
     for (int32_t hd = 0; hd < 2; ++hd) {
       const auto& pages = kv.retrieval_pages(f.dense.roles.slot(l, hd));
-      EXPECT_EQ(d[t.app_r + static_cast<size_t>(l * 2 + hd)], pages[2]) << "the new key's page: block 40 / 16";
-      EXPECT_EQ(d[t.app_sb + static_cast<size_t>(l * 2 + hd)], -1);
+      EXPECT_EQ(d[lp.app_r + static_cast<size_t>(hd)], pages[2]) << "the new key's page: block 40 / 16";
       const cuda::DecodeRow& row = lp.decode_rows[static_cast<size_t>(hd)];
       EXPECT_EQ(row.q_row, 0);
       EXPECT_EQ(row.kv_head, hd);
@@ -153,9 +153,11 @@ TEST(StepTablesChecks, StreamingLanesReadSinkThenRingAndSelectionsDueAreFreshRow
     // Head 1 streams: its new key goes into the ring before the attention; it reads the sink block,
     // then ring blocks 3..6 (ring of ceil(40/16) + 1 = 4 pages), the last one 5 tokens long.
     const auto& ring = kv.streaming_pages(f.select.roles.slot(l, 1));
-    EXPECT_TRUE(lp.streaming_before);
-    EXPECT_EQ(d[t.app_sb + static_cast<size_t>(l * 2 + 1)], ring[static_cast<size_t>(g.locate(100).index)]);
-    EXPECT_EQ(d[t.app_r + static_cast<size_t>(l * 2 + 1)], -1);
+    EXPECT_TRUE(lp.retrieval_before && lp.streaming_before);
+    EXPECT_FALSE(lp.streaming_after);
+    EXPECT_EQ(d[lp.app_sb + 1], ring[static_cast<size_t>(g.locate(100).index)]);
+    EXPECT_EQ(d[lp.app_sb], -1) << "head 0 retrieves";
+    EXPECT_EQ(d[lp.app_r + 1], -1) << "head 1 streams";
     // Rows in head order, except that fresh rows come after the host-listed ones: in layer 0 the
     // dense head 0, then head 1; in layers 1 and 2 head 1, then head 0's fresh row.
     ASSERT_EQ(lp.decode_rows.size(), 2u);
@@ -174,7 +176,7 @@ TEST(StepTablesChecks, StreamingLanesReadSinkThenRingAndSelectionsDueAreFreshRow
     // the budget and no selection exists yet: a fresh row, after the host-listed one, its entries
     // reserved for page_select, which reads all 7 blocks of the lane.
     const auto& pages = kv.retrieval_pages(f.select.roles.slot(l, 0));
-    EXPECT_EQ(d[t.app_r + static_cast<size_t>(l * 2)], pages[6]);
+    EXPECT_EQ(d[lp.app_r], pages[6]);
     if (l == 0) {
       EXPECT_TRUE(lp.sel_owner.empty());
       EXPECT_EQ(entries(t, lp.decode_keys, 0).size(), 7u);
@@ -210,7 +212,7 @@ TEST(StepTablesChecks, PrefillChunksAreOneRowPerLaneAndStreamingLanesWriteAfter)
   for (int32_t l = 0; l < 3; ++l) {
     const LayerPlan& lp = t.plans[static_cast<size_t>(l)];
     EXPECT_TRUE(lp.decode_rows.empty());
-    EXPECT_TRUE(lp.streaming_after);
+    EXPECT_TRUE(lp.retrieval_before && lp.streaming_after);
     EXPECT_FALSE(lp.streaming_before);
     ASSERT_EQ(lp.prefill_rows.size(), 2u);
     const cuda::PrefillRow& r = lp.prefill_rows[0];
@@ -225,8 +227,10 @@ TEST(StepTablesChecks, PrefillChunksAreOneRowPerLaneAndStreamingLanesWriteAfter)
     EXPECT_TRUE(entries(t, lp.prefill_keys, 1).empty()) << "nothing stored before the chunk";
     const auto& ring = kv.streaming_pages(f.select.roles.slot(l, 1));
     for (int32_t i = 0; i < 30; ++i) {
-      EXPECT_EQ(d[t.app_r + static_cast<size_t>(l * 2 * 30 + i)], pages[static_cast<size_t>(i / P)]);
-      EXPECT_EQ(d[t.app_s + static_cast<size_t>((l * 2 + 1) * 30 + i)],
+      EXPECT_EQ(d[lp.app_r + static_cast<size_t>(i)], pages[static_cast<size_t>(i / P)]);
+      EXPECT_EQ(d[lp.app_r + static_cast<size_t>(30 + i)], -1) << "head 1 streams";
+      EXPECT_EQ(d[lp.app_s + static_cast<size_t>(i)], -1) << "head 0 retrieves";
+      EXPECT_EQ(d[lp.app_s + static_cast<size_t>(30 + i)],
                 ring[static_cast<size_t>(kv.streaming_geometry()->locate(i).index)]);
     }
   }
@@ -316,13 +320,17 @@ TEST(StepTablesChecks, LargeStepsBuiltInParallelListEveryLane) {
         EXPECT_EQ(got[static_cast<size_t>(b)], (Entry{pages[static_cast<size_t>(b)], b * P, b == 43 ? 12 : 16}));
       }
       for (int64_t i = 0; i < 700; ++i) {
-        ASSERT_EQ(d[t.app_r + static_cast<size_t>((l * 2 + hd) * rows + i)], pages[static_cast<size_t>(i / P)]);
+        ASSERT_EQ(d[lp.app_r + static_cast<size_t>(hd * rows + i)], pages[static_cast<size_t>(i / P)]);
       }
       const auto& other = f.manager.sequence(3).retrieval_pages(f.dense.roles.slot(l, hd));
-      EXPECT_EQ(d[t.app_r + static_cast<size_t>((l * 2 + hd) * rows + 700)], other[1]);
+      EXPECT_EQ(d[lp.app_r + static_cast<size_t>(hd * rows + 700)], other[1]);
       EXPECT_EQ(entries(t, lp.decode_keys, static_cast<size_t>(hd)).size(), 2u);
     }
+    EXPECT_FALSE(lp.streaming_before || lp.streaming_after);
   }
+  // Only retrieval lanes: one append table per layer. Three (one per kind of lane) would take
+  // 3 · L · KV · rows entries alone.
+  EXPECT_LT(t.blob.data.size(), static_cast<size_t>(3 * 3 * 2 * rows));
 }
 
 // The device memory a decode step's tables take (the uploaded blob, the lists, page_select's
@@ -368,9 +376,12 @@ TEST(StepTablesChecks, HostRowsThenDrawnRowsAndOffsetsThatStayPut) {
   const Step b = f.build(second, std::span(&draw, 1));
   // Lists grew (sequence 3 crosses into block 4) but stay within their rooms: every offset is the
   // same, so a CUDA graph of the first step replays the second.
-  for (const auto& [x, y] : {std::pair{a.ids, b.ids}, {a.pos, b.pos}, {a.off, b.off}, {a.selr, b.selr},
-                             {a.app_r, b.app_r}, {a.app_sb, b.app_sb}, {a.app_s, b.app_s}}) {
+  for (const auto& [x, y] : {std::pair{a.ids, b.ids}, {a.pos, b.pos}, {a.off, b.off}, {a.selr, b.selr}}) {
     EXPECT_EQ(x, y);
+  }
+  for (size_t l = 0; l < 3; ++l) {
+    const LayerPlan &la = a.plans[l], &lb = b.plans[l];
+    EXPECT_EQ(std::vector<size_t>({la.app_r, la.app_sb, la.app_s}), std::vector<size_t>({lb.app_r, lb.app_sb, lb.app_s}));
   }
   for (size_t l = 0; l < 3; ++l) {
     const KeyLists &ka = a.plans[l].decode_keys, &kb = b.plans[l].decode_keys;
