@@ -220,25 +220,28 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
       // a block reserved next step, unless the pages block it: a head the pages block keeps
       // no reservation, which would hold back the running requests whose progress frees the pages
       // (with a block as large as the budget, all of them: no plan would ever hold a token).
-      e.chunk_starved = aligned_prefill(e) && admission_of(e, promised) != Admission::kBlocked;
+      e.chunk_starved = aligned_prefill(e) && admission_of(e, promised).admission != Admission::kBlocked;
       return;
     }
-    int64_t cached = 0;
-    const Admission admission = admission_of(e, promised, &cached);
-    if (admission == Admission::kBlocked) {  // the head is never skipped
+    const AdmissionView view = admission_of(e, promised);
+    if (view.admission == Admission::kBlocked) {  // the head is never skipped
       e.chunk_starved = false;  // pages hold it, not the budget: no reservation (above)
       return;
     }
-    waiting_.pop_front();
-    if (admission == Admission::kUnservable) {
+    if (view.admission == Admission::kUnservable) {
+      waiting_.pop_front();
       plan.unservable.push_back(e.id);
       const uint64_t id = e.id;
       entries_.erase(id);
       continue;
     }
     // A cached prefix ends on a prompt_block boundary too, so the chunks after it follow the rule.
-    const int64_t hit = kv_.add_sequence(e.id, e.layout, e.prefix, e.total - 1, e.rule.prompt_block);
+    // The head leaves the queue only once registered: should this throw, it is still waiting, and
+    // cancelling it releases whatever the manager holds for it.
+    const int64_t cached = view.cached_tokens;
+    const int64_t hit = kv_.add_sequence(e.id, e.layout, e.prefix, view.max_cached_tokens, e.rule.prompt_block);
     check(hit == cached, "scheduler: the KV cache adopted other than its preview");
+    waiting_.pop_front();
     e.running = true;
     e.fresh = true;
     e.chunk_starved = false;
@@ -262,16 +265,29 @@ void Scheduler::admit_waiting(StepPlan& plan, int64_t& budget) {
 // alone (as vLLM V1 does without prefix caching) lets a long prompt beside a long decode prefill,
 // run out of pages, preempt itself as the newest request and start over, step after step; vLLM V0
 // also admitted whole prompts.
-Scheduler::Admission Scheduler::admission_of(const Entry& e, int64_t promised, int64_t* cached) const {
-  const kvcache::KvCacheManager::AdoptionPreview view =
-      kv_.preview_sequence(e.layout, e.prefix, e.total - 1, e.rule.prompt_block);
-  if (cached != nullptr) *cached = view.cached_tokens;
-  // Pages it would adopt from the prefix cache count: they fill the pool as well.
-  if (view.pages_needed(std::max(e.total, e.prompt + 1)) + view.pages_held > kv_.num_pages()) {
-    return Admission::kUnservable;
-  }
-  if (view.pages_needed(e.total) + promised > view.free_pages) return Admission::kBlocked;
-  return Admission::kAdmitted;
+// A cached prefix never keeps out a request that fits without it: adopting one under streaming
+// heads also pins the snapshots its ring copies from and takes the ring's pages at once, which can
+// block a request that the pool holds when it starts from nothing (and, with nothing running,
+// block it for good). Such a request is admitted without its prefix.
+Scheduler::AdmissionView Scheduler::admission_of(const Entry& e, int64_t promised) const {
+  const auto judge = [&](int64_t max_cached_tokens) {
+    const kvcache::KvCacheManager::AdoptionPreview view =
+        kv_.preview_sequence(e.layout, e.prefix, max_cached_tokens, e.rule.prompt_block);
+    AdmissionView a{.cached_tokens = view.cached_tokens, .max_cached_tokens = max_cached_tokens};
+    // Pages it would adopt from the prefix cache count: they fill the pool as well.
+    if (view.pages_needed(std::max(e.total, e.prompt + 1)) + view.pages_held > kv_.num_pages()) {
+      a.admission = Admission::kUnservable;
+    } else if (view.pages_needed(e.total) + promised > view.free_pages) {
+      a.admission = Admission::kBlocked;
+    } else {
+      a.admission = Admission::kAdmitted;
+    }
+    return a;
+  };
+  const AdmissionView with_prefix = judge(e.total - 1);
+  if (with_prefix.admission != Admission::kBlocked || with_prefix.cached_tokens == 0) return with_prefix;
+  const AdmissionView fresh = judge(0);
+  return fresh.admission == Admission::kAdmitted ? fresh : with_prefix;
 }
 
 void Scheduler::schedule(Entry& e, int64_t count, StepPlan& plan) {

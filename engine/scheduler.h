@@ -147,6 +147,11 @@ class Scheduler {
     std::shared_ptr<const kvcache::PrefixKey> prefix;
   };
   enum class Admission { kAdmitted, kBlocked, kUnservable };
+  struct AdmissionView {
+    Admission admission = Admission::kBlocked;
+    int64_t cached_tokens = 0;      // the tokens an admission starts from (its cached prefix)
+    int64_t max_cached_tokens = 0;  // add_sequence's bound that adopts exactly those
+  };
 
   bool before(const Entry& a, const Entry& b) const;  // policy order
   void age_and_sort();
@@ -161,8 +166,8 @@ class Scheduler {
   bool make_room(Entry& e, int64_t count, StepPlan& plan);
   Entry& preempt_last(StepPlan& plan);
   void admit_waiting(StepPlan& plan, int64_t& budget);
-  // cached: the tokens an admission would start from (its cached prefix). Changes nothing.
-  Admission admission_of(const Entry& e, int64_t promised, int64_t* cached = nullptr) const;
+  // Whether e would be admitted now, and from which cached prefix. Changes nothing.
+  AdmissionView admission_of(const Entry& e, int64_t promised) const;
   void schedule(Entry& e, int64_t count, StepPlan& plan);
   Entry* find(uint64_t id);
   void remove(Entry& e);

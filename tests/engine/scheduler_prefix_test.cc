@@ -116,6 +116,34 @@ TEST(Scheduler, ARequestThePagesBlockEvictsNoCachedBlock) {
   EXPECT_EQ(h.history.at(3).front().start, 64);  // admitted once 2 finished, from its cached prefix
 }
 
+// A cached prefix never keeps out a request the pool holds from nothing. Adopting one under
+// streaming heads pins the snapshots the ring copies from and takes the ring's pages at once: here
+// that leaves too few pages for the rest of the prompt, though the whole, idle pool holds it. With
+// nothing running, nothing would ever change: it is admitted without its prefix.
+TEST(Scheduler, ACachedPrefixNeverBlocksARequestThePoolHoldsWithoutIt) {
+  Harness h(SchedulerConfig{.max_num_seqs = 4, .max_num_batched_tokens = 64}, 9, true);
+  auto balanced = [](int64_t n) {
+    auto k = std::make_shared<kvcache::PrefixKey>(*prompt_key(n));
+    k->profile = "balanced";
+    return k;
+  };
+  h.add(1, 64, 1, mixed_layout(), 0, {}, balanced(64));  // leaves blocks 0-3 cached, with snapshots
+  ASSERT_TRUE(h.run(10));
+  ASSERT_EQ(h.kv.free_pages(), 9);
+  ASSERT_GT(h.kv.cached_free_pages(), 4);
+  // 80 tokens and one generated: 6 retrieval pages and 3 streaming ones, the whole pool. From the 4
+  // cached blocks: their 4 retrieval pages, 2 snapshots pinned and 3 fresh ring pages leave 0 free
+  // for the last retrieval block, while the adoption holds them.
+  h.add(2, 80, 1, mixed_layout(), 0, {}, balanced(80));
+  const kvcache::KvCacheManager::AdoptionPreview adopting = h.kv.preview_sequence(mixed_layout(), balanced(80), 79, 1);
+  ASSERT_GT(adopting.cached_tokens, 0);
+  ASSERT_GT(adopting.pages_needed(80), adopting.free_pages) << "adopting blocks it";
+  ASSERT_TRUE(h.run(20)) << "blocked with nothing running";
+  EXPECT_EQ(h.finished, (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(h.history.at(2).front().start, 0);
+  EXPECT_EQ(h.kv.free_pages(), 9);
+}
+
 // A dynamic prefill's chunks end on its blocks (ChunkRule::prompt_block): so does a cached prefix it
 // starts from, and its chunks after it.
 TEST(Scheduler, AnAlignedRequestStartsFromTheLongestCachedPrefixOnItsBlocks) {
