@@ -271,15 +271,19 @@ void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32
     const int64_t b = std::ssize(chain.used);  // the next block to walk
     const PrefixCache::Serial parent = chain.used.empty() ? 0 : chain.used.back();
     const auto block = tokens.subspan(static_cast<size_t>(b * P), static_cast<size_t>(P));
+    for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) {
+      pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[static_cast<size_t>(b)];
+    }
     PrefixCache::Serial e = cache_->find(chain.key->profile, parent, block);
     if (e != 0) {
-      // Another sequence's pages hold the same K/V (this one's stay its own): used, so that the
-      // entry stays while this chain's later blocks hang on it.
+      // Cached already, from another sequence's pages: used, so that the entry stays while this
+      // chain's later blocks hang on it, and moved onto this sequence's own pages of the same K/V.
+      // Else a cached block no sequence held would be held twice, its cached pages unevictable for
+      // as long as this sequence runs, and uncounted by the scheduler (a lone sequence recomputing a
+      // prompt cached before it ran out of pages at the same point after every preemption).
       cache_->acquire(e);
+      cache_->rebind(e, pages, pool_);
     } else {
-      for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) {
-        pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[static_cast<size_t>(b)];
-      }
       e = cache_->insert(chain.key->profile, parent, block, pages, pool_);
     }
     chain.used.push_back(e);

@@ -171,6 +171,21 @@ void PrefixCache::acquire(Serial s) {
   if (e.users++ == 0) relink(s, e);  // the whole entry leaves; its snapshot alone may stay
 }
 
+void PrefixCache::rebind(Serial s, std::span<const int32_t> pages, PagePool& pool) {
+  Entry& e = at(s);
+  check(e.users > 0 && pages.size() == e.pages.size(), "PrefixCache::rebind of an unused entry or to other pages");
+  for (size_t i = 0; i < pages.size(); ++i) {
+    try {
+      pool.retain(pages[i]);
+    } catch (...) {
+      pool.release(pages.first(i));
+      throw;
+    }
+  }
+  pool.release(e.pages);  // used: its lru unit is the snapshot alone, whose pages stay
+  e.pages.assign(pages.begin(), pages.end());
+}
+
 void PrefixCache::release(std::span<const Serial> chain) {
   for (const Serial s : chain) check(at(s).users > 0, "PrefixCache::release of an entry without users");
   for (auto it = chain.rbegin(); it != chain.rend(); ++it) {

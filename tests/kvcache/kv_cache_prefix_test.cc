@@ -365,7 +365,7 @@ TEST(KvCachePrefix, SnapshotsGoBeforeAnythingASequenceNeedsAndOnlyWhenPagesAreFr
   }
 }
 
-TEST(KvCachePrefix, ABlockComputedTwiceKeepsTheFirstEntryAndTheChainGoesOn) {
+TEST(KvCachePrefix, ABlockComputedTwiceKeepsItsEntryOnTheLatestPagesAndTheChainGoesOn) {
   KvCacheManager m(kConfig, 64, true);
   const std::vector<int32_t> x = prompt(2 * P);
   std::vector<int32_t> xy = x;
@@ -375,14 +375,14 @@ TEST(KvCachePrefix, ABlockComputedTwiceKeepsTheFirstEntryAndTheChainGoesOn) {
   m.allocate(1, 2 * P);
   m.allocate(2, 4 * P + 1);
   m.commit(1, 2 * P, x);
-  m.commit(2, 4 * P + 1, xy);  // blocks 0, 1 are 1's entries; 2 and 3 chain on with 2's pages
+  // Blocks 0, 1 are 1's entries, moved onto 2's pages; 2 and 3 chain on with 2's pages.
+  m.commit(2, 4 * P + 1, xy);
+  EXPECT_EQ(m.used_pages(R), 8 + 20);  // each sequence's own pages, none besides
   EXPECT_EQ(m.add_sequence(3, kDense, key(xy), 4 * P), 4 * P);
-  EXPECT_EQ(block_pages(m, 3, 0), block_pages(m, 1, 0));
-  EXPECT_EQ(block_pages(m, 3, 1), block_pages(m, 1, 1));
-  EXPECT_EQ(block_pages(m, 3, 2), block_pages(m, 2, 2));
-  EXPECT_EQ(block_pages(m, 3, 3), block_pages(m, 2, 3));
-  m.release(1);
-  m.release(2);  // its own copies of blocks 0 and 1 are freed, not cached
+  for (int32_t b = 0; b < 4; ++b) EXPECT_EQ(block_pages(m, 3, b), block_pages(m, 2, b)) << b;
+  m.release(1);  // its blocks 0 and 1 are freed, not cached
+  EXPECT_EQ(m.free_pages(), 64 - 20);
+  m.release(2);
   EXPECT_EQ(m.used_pages(R), 16);
   m.release(3);
   EXPECT_EQ(m.cached_free_pages(), 16);
@@ -397,17 +397,49 @@ TEST(KvCachePrefix, ABlockFoundCachedStaysWhileTheChainThatFoundItRuns) {
   m.allocate(1, P + 1);  // 8 pages
   m.allocate(2, P);      // 4 pages: block 0 only so far
   m.commit(1, P + 1, x);
-  m.commit(2, P, x);  // block 0 found as 1's entry: 2 keeps its own pages and uses the entry
-  m.release(1);
+  m.commit(2, P, x);  // block 0 found as 1's entry: 2 keeps its own pages, uses the entry, moved onto them
+  m.release(1);       // its block 0 is freed with it
   EXPECT_EQ(m.cached_free_pages(), 0);  // 2 still uses it
-  EXPECT_EQ(m.free_pages(), 16);
+  EXPECT_EQ(m.free_pages(), 20);
   m.allocate(2, 3 * P);
-  m.commit(2, 3 * P, x);  // blocks 1 and 2 chain on under 1's block 0
-  m.release(2);           // its own block 0 is freed
+  m.commit(2, 3 * P, x);  // blocks 1 and 2 chain on under block 0's entry
+  m.release(2);
   EXPECT_EQ(m.cached_free_pages(), 12);
   EXPECT_EQ(m.add_sequence(3, kDense, key(x), 3 * P), 3 * P);
   m.release(3);
   EXPECT_EQ(m.free_pages(), 24);
+}
+
+// A prompt cached by a sequence that has ended, computed again by one that adopts none of it (here
+// no snapshot covers its window): its blocks' cached pages go back to the pool as it commits them,
+// so it holds no more than its own pages and a pool that holds it alone holds it to the end. (They
+// stayed pinned beside its copies: a lone request under a select profile, readmitted after each
+// preemption, ran out of pages at the same length again and again.)
+TEST(KvCachePrefix, ACachedPromptComputedAgainIsHeldOnce) {
+  constexpr int32_t kPages = 2 * 6 + 2 * 3;  // 6 blocks of 2 retrieval lanes, 2 streaming lanes' ring of 3
+  const SequenceLayout layout{2, 2, StreamingWindow{0, 2 * P}};
+  KvCacheManager m(kConfig, kPages, true);
+  const std::vector<int32_t> x = prompt(6 * P);
+  const auto k = key(x, "balanced");
+  ASSERT_EQ(m.add_sequence(1, layout, k, 6 * P - 1), 0);
+  ASSERT_TRUE(m.can_allocate(1, 6 * P));
+  m.allocate(1, 6 * P);
+  m.commit(1, 6 * P, x);
+  m.take_copies();
+  m.release(1);
+  EXPECT_EQ(m.free_pages(), kPages);  // the blocks are cached, their pages free to take
+  EXPECT_GT(m.cached_free_pages(), 0);
+  ASSERT_EQ(m.add_sequence(2, layout, k, 0), 0);  // computes it all again, block by block (decode-like)
+  for (int64_t n = 1; n <= 6 * P; ++n) {
+    ASSERT_TRUE(m.can_allocate(2, n)) << n;
+    m.allocate(2, n);
+    m.commit(2, n, x);
+    m.take_copies();
+    ASSERT_EQ(m.used_pages(R), m.sequence(2).pages_held(R)) << n;
+    ASSERT_EQ(m.free_pages(), kPages - m.sequence(2).pages_held()) << n;
+  }
+  m.release(2);
+  EXPECT_EQ(m.free_pages(), kPages);
 }
 
 // Random sequences over prompts that share prefixes, half of them with streaming slots. A model of
