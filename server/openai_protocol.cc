@@ -617,8 +617,10 @@ GenerationJob Protocol::parse_chat(const json& body, const ojson* tools_in_order
   const auto top = f.integer("top_logprobs", 0, limits_.max_logprobs);
   if (top && *top > 0 && !logprobs) throw bad_request("top_logprobs requires logprobs to be true", "top_logprobs");
   if (logprobs) job.params.logprobs = static_cast<int32_t>(top.value_or(0));
+  // Both are read, so a bad max_tokens is reported even when max_completion_tokens (which wins) is set.
+  const auto legacy_max_tokens = f.integer("max_tokens", 1, std::numeric_limits<int32_t>::max());
   auto max_tokens = f.integer("max_completion_tokens", 1, std::numeric_limits<int32_t>::max());
-  if (!max_tokens) max_tokens = f.integer("max_tokens", 1, std::numeric_limits<int32_t>::max());
+  if (!max_tokens) max_tokens = legacy_max_tokens;
   if (max_tokens) job.params.max_tokens = *max_tokens;
   // Stop at the end of the assistant's turn as well as at EOS (implicit in the engine).
   job.params.end_of_turn = chat.end_of_turn;

@@ -224,6 +224,9 @@ TEST_F(ProtocolTest, BadFieldsAreNamed) {
       {{{"messages", {{{"role", "user"}, {"content", 3}}}}}, true, 400, "messages[0].content"},
       {{{"messages", msgs}, {"top_logprobs", 3}}, true, 400, "top_logprobs"},
       {{{"messages", msgs}, {"logprobs", 1}}, true, 400, "logprobs"},
+      // max_completion_tokens wins, but a bad max_tokens beside it is still an error.
+      {{{"messages", msgs}, {"max_completion_tokens", 5}, {"max_tokens", "abc"}}, true, 400, "max_tokens"},
+      {{{"messages", msgs}, {"max_completion_tokens", 5}, {"max_tokens", 0}}, true, 400, "max_tokens"},
   };
   for (const Case& c : cases) {
     const ApiError e = error_of(c.body, c.chat);
