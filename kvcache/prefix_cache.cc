@@ -13,6 +13,22 @@ namespace sparseserve::kvcache {
 // evictable_pages_ is the sum of lru_pages; index_ holds every entry once, under key_of(profile,
 // parent, tokens).
 
+namespace {
+
+// One pool reference on each page, all or none.
+void retain_all(std::span<const int32_t> pages, PagePool& pool) {
+  for (size_t i = 0; i < pages.size(); ++i) {
+    try {
+      pool.retain(pages[i]);
+    } catch (...) {
+      pool.release(pages.first(i));
+      throw;
+    }
+  }
+}
+
+}  // namespace
+
 PrefixCache::PrefixCache(int32_t page_tokens) : page_tokens_(page_tokens) {
   check(page_tokens >= 1, "PrefixCache: page_tokens must be positive");
 }
@@ -68,14 +84,7 @@ PrefixCache::Serial PrefixCache::insert(const std::string& profile, Serial paren
   check(parent == 0 || entries_.contains(parent), "PrefixCache::insert: unknown parent entry");
   const uint32_t id = profiles_.try_emplace(profile, static_cast<uint32_t>(profiles_.size())).first->second;
   check(find_id(id, parent, block) == 0, "PrefixCache::insert: the block is cached already");
-  for (size_t i = 0; i < pages.size(); ++i) {
-    try {
-      pool.retain(pages[i]);
-    } catch (...) {
-      pool.release(pages.first(i));
-      throw;
-    }
-  }
+  retain_all(pages, pool);
   const Serial s = next_serial_++;
   Entry e{.profile = id, .parent = parent, .tokens = {block.begin(), block.end()}, .pages = {pages.begin(), pages.end()},
           .snapshot = {}, .users = 1, .pins = 0, .key = key_of(id, parent, block), .lru = lru_.end(), .lru_pages = 0};
@@ -174,14 +183,7 @@ void PrefixCache::acquire(Serial s) {
 void PrefixCache::rebind(Serial s, std::span<const int32_t> pages, PagePool& pool) {
   Entry& e = at(s);
   check(e.users > 0 && pages.size() == e.pages.size(), "PrefixCache::rebind of an unused entry or to other pages");
-  for (size_t i = 0; i < pages.size(); ++i) {
-    try {
-      pool.retain(pages[i]);
-    } catch (...) {
-      pool.release(pages.first(i));
-      throw;
-    }
-  }
+  retain_all(pages, pool);
   pool.release(e.pages);  // used: its lru unit is the snapshot alone, whose pages stay
   e.pages.assign(pages.begin(), pages.end());
 }
