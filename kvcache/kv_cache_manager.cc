@@ -277,12 +277,10 @@ void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32
     PrefixCache::Serial e = cache_->find(chain.key->profile, parent, block);
     if (e != 0) {
       // Cached already, from another sequence's pages: used, so that the entry stays while this
-      // chain's later blocks hang on it, and moved onto this sequence's own pages of the same K/V.
-      // Else a cached block no sequence held would be held twice, its cached pages unevictable for
-      // as long as this sequence runs, and uncounted by the scheduler (a lone sequence recomputing a
-      // prompt cached before it ran out of pages at the same point after every preemption).
+      // chain's later blocks hang on it, and moved onto this sequence's own pages of the same K/V
+      // when no sequence holds the entry's (see keep_pages_held).
       cache_->acquire(e);
-      cache_->rebind(e, pages, pool_);
+      if (cache_->pages_unheld(e, pool_)) cache_->rebind(e, pages, pool_);
     } else {
       e = cache_->insert(chain.key->profile, parent, block, pages, pool_);
     }
@@ -407,8 +405,30 @@ void KvCacheManager::release(uint64_t id) {
   seqs_.erase(it);
   drop_pending(id);  // copies into its pages are moot; those into snapshots never ran
   if (const auto c = chains_.find(id); c != chains_.end()) {
-    cache_->release(c->second.used);
+    const Chain chain = std::move(c->second);
     chains_.erase(c);
+    keep_pages_held(chain.used);
+    cache_->release(chain.used);
+  }
+}
+
+// A used entry's pages are those of one of its users, or they would be held twice: the entry's,
+// unevictable while it is used, beside the user's own copy, and uncounted by the scheduler (a lone
+// sequence recomputing a prompt cached before it ran out of pages at the same point after every
+// preemption). commit moves an entry whose pages nobody holds onto the computing sequence's; here,
+// when a released sequence held an entry's pages, another user's own copy takes its place.
+void KvCacheManager::keep_pages_held(std::span<const PrefixCache::Serial> released) {
+  for (size_t b = 0; b < released.size(); ++b) {
+    const PrefixCache::Serial e = released[b];
+    if (cache_->users(e) < 2 || !cache_->pages_unheld(e, pool_)) continue;
+    for (const auto& [other, chain] : chains_) {
+      if (chain.used.size() <= b || chain.used[b] != e) continue;
+      const SequenceKv& s = sequence(other);
+      std::vector<int32_t> pages(static_cast<size_t>(s.retrieval_slots()));
+      for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[b];
+      cache_->rebind(e, pages, pool_);
+      break;
+    }
   }
 }
 

@@ -91,8 +91,9 @@ class KvCacheManager {
   // The sequence's first `computed` tokens hold their K/V, and `tokens` begins with its tokens (the
   // prompt, then generated ones whose K/V equal a prefill's): its full blocks among the first
   // min(computed, tokens.size()) are registered in the prefix cache (a block cached already stays
-  // the entry there, used by this sequence until it ends and moved onto this sequence's pages, so
-  // that no cached page is held beside its copy). Called after the step that computed them.
+  // the entry there, used by this sequence until it ends, and moved onto this sequence's pages when no
+  // sequence holds its own: a cached page is not held beside its copy). Called after the step that
+  // computed them.
   // No-op without a key. With streaming slots a registered block still whole in the ring gets a
   // snapshot when pages are free or evictable (its copy is pending: take_copies).
   // InternalError for an unknown id or computed beyond length().
@@ -141,9 +142,9 @@ class KvCacheManager {
   // Of free_pages, those holding cached blocks (taken back, least recently used first, when needed).
   int32_t cached_free_pages() const { return cache_ ? cache_->evictable_pages() : 0; }
   // Pages the sequences hold for the role, a shared page once, and (retrieval) the cached blocks
-  // their chains use whose pages none of them holds (a block another sequence adopted before its
-  // entry moved onto a later computation's pages, commit); used_pages of both roles sum to
-  // num_pages - free_pages.
+  // their chains use whose pages none of them holds (a user that adopted an entry's pages holds
+  // them; one that computed them again holds its own copy, unless the entry moved onto it);
+  // used_pages of both roles sum to num_pages - free_pages.
   int32_t used_pages(HeadRole role) const;
   size_t num_sequences() const { return seqs_.size(); }
 
@@ -154,6 +155,9 @@ class KvCacheManager {
     std::shared_ptr<const PrefixKey> key;
     std::vector<PrefixCache::Serial> used;
   };
+  // Moves each entry of a released chain whose pages no sequence holds any more, and that another
+  // sequence uses with its own copy, onto that copy.
+  void keep_pages_held(std::span<const PrefixCache::Serial> released);
   // Copies a sequence left pending, and the snapshots they read or fill (pinned until taken; one
   // never filled is dropped with the sequence); pages reserved for its step's snapshots by block.
   struct Pending {

@@ -188,6 +188,10 @@ void PrefixCache::rebind(Serial s, std::span<const int32_t> pages, PagePool& poo
   e.pages.assign(pages.begin(), pages.end());
 }
 
+bool PrefixCache::pages_unheld(Serial s, const PagePool& pool) const {
+  return std::ranges::all_of(at(s).pages, [&](int32_t p) { return pool.ref_count(p) == 1; });
+}
+
 void PrefixCache::release(std::span<const Serial> chain) {
   for (const Serial s : chain) check(at(s).users > 0, "PrefixCache::release of an entry without users");
   for (auto it = chain.rbegin(); it != chain.rend(); ++it) {

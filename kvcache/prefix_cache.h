@@ -64,9 +64,13 @@ class PrefixCache {
   void acquire(Serial s);
   // The entry's pages become `pages` (one per retrieval lane, the same K/V computed again by a
   // sequence that uses the entry): the cache's references move to them, and the old pages go back to
-  // the pool unless a sequence holds them. So a used entry never pins pages besides its user's own.
-  // InternalError for an entry without users or another number of pages.
+  // the pool unless a sequence holds them. InternalError for an entry without users or another number
+  // of pages.
   void rebind(Serial s, std::span<const int32_t> pages, PagePool& pool);
+  // Sequences using the entry.
+  int32_t users(Serial s) const { return at(s).users; }
+  // Whether no sequence holds the entry's pages (the cache's references are their only ones).
+  bool pages_unheld(Serial s, const PagePool& pool) const;
   // The sequence stops using these entries, given in chain order; those left without users become
   // evictable, the chain's last block first (it is the least likely to be matched again).
   void release(std::span<const Serial> chain);
