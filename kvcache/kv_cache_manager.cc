@@ -37,6 +37,15 @@ int64_t window_block(int64_t n, int64_t P, const StreamingGeometry& g) {
   return std::max<int64_t>(g.sink_pages(), std::max<int64_t>(0, n * P - g.window().local_tokens + 1) / P);
 }
 
+// The sequence's page of each retrieval slot for block b, in slot order (a prefix cache entry's pages).
+std::vector<int32_t> block_pages(const SequenceKv& s, int64_t b) {
+  std::vector<int32_t> pages(static_cast<size_t>(s.retrieval_slots()));
+  for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) {
+    pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[static_cast<size_t>(b)];
+  }
+  return pages;
+}
+
 }  // namespace
 
 SequenceLayout SequenceLayout::from_roles(const HeadRoles& roles, std::optional<StreamingWindow> window) {
@@ -266,14 +275,11 @@ void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32
     return;
   }
   const StreamingGeometry* g = s.streaming_slots() > 0 ? &*s.streaming_geometry() : nullptr;
-  std::vector<int32_t> pages(static_cast<size_t>(s.retrieval_slots()));
   while (std::ssize(chain.used) < full) {
     const int64_t b = std::ssize(chain.used);  // the next block to walk
     const PrefixCache::Serial parent = chain.used.empty() ? 0 : chain.used.back();
     const auto block = tokens.subspan(static_cast<size_t>(b * P), static_cast<size_t>(P));
-    for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) {
-      pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[static_cast<size_t>(b)];
-    }
+    const std::vector<int32_t> pages = block_pages(s, b);
     PrefixCache::Serial e = cache_->find(chain.key->profile, parent, block);
     if (e != 0) {
       // Cached already, from another sequence's pages: used, so that the entry stays while this
@@ -423,10 +429,7 @@ void KvCacheManager::keep_pages_held(std::span<const PrefixCache::Serial> releas
     if (cache_->users(e) < 2 || !cache_->pages_unheld(e, pool_)) continue;
     for (const auto& [other, chain] : chains_) {
       if (chain.used.size() <= b || chain.used[b] != e) continue;
-      const SequenceKv& s = sequence(other);
-      std::vector<int32_t> pages(static_cast<size_t>(s.retrieval_slots()));
-      for (int32_t slot = 0; slot < s.retrieval_slots(); ++slot) pages[static_cast<size_t>(slot)] = s.retrieval_pages(slot)[b];
-      cache_->rebind(e, pages, pool_);
+      cache_->rebind(e, block_pages(sequence(other), static_cast<int64_t>(b)), pool_);
       break;
     }
   }
