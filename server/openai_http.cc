@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -157,6 +158,25 @@ void send_error_and_close(httplib::Response& res, const ApiError& e) {
 // refused before routing (416: ranges parsed before the bad one stay). The request object is the
 // server's own (non-const); handlers see it as const.
 void drop_ranges(const httplib::Request& req) { const_cast<httplib::Request&>(req).ranges.clear(); }
+
+// A Content-Length that is no number, or several that differ (RFC 9112 §6.3): httplib reads it as
+// some length and waits for that body, answering only at its read timeout. Refused before routing,
+// and the connection ends (the body was not read). Under Transfer-Encoding, Content-Length is
+// ignored. A valid one over the limit is left to httplib, which reads the body it skips and answers
+// 413 with the connection intact: ending the connection while an honest client still sends could
+// reset it before the client reads the answer.
+std::optional<ApiError> refused_content_length(const httplib::Request& req) {
+  if (!req.has_header("Content-Length") || req.has_header("Transfer-Encoding")) return std::nullopt;
+  const std::string first = req.get_header_value("Content-Length");
+  const size_t n = req.get_header_value_count("Content-Length");
+  bool valid = !first.empty() && first.size() <= 19 && std::ranges::all_of(first, [](char ch) { return ch >= '0' && ch <= '9'; });
+  for (size_t i = 1; valid && i < n; ++i) valid = req.get_header_value("Content-Length", i) == first;
+  if (!valid) {
+    return ApiError(400, "invalid_request_error", "Invalid Content-Length header: '" + first.substr(0, 40) + "'", "",
+                    "invalid_content_length");
+  }
+  return std::nullopt;
+}
 
 bool same_secret(const std::string& a, const std::string& b) {  // constant time in the content
   unsigned char diff = a.size() == b.size() ? 0 : 1;
@@ -596,8 +616,12 @@ OpenAiHttpServer::OpenAiHttpServer(HttpServerOptions options) : impl_(std::make_
     const int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
-  s.set_pre_routing_handler([](const httplib::Request& req, httplib::Response&) {
+  s.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
     drop_ranges(req);
+    if (const std::optional<ApiError> refusal = refused_content_length(req)) {
+      send_error_and_close(res, *refusal);
+      return httplib::Server::HandlerResponse::Handled;
+    }
     return httplib::Server::HandlerResponse::Unhandled;
   });
   impl_->routes();

@@ -344,6 +344,18 @@ def refused_once(server, headers: str, body: bytes, status: int) -> bytes:
     return out
 
 
+@pytest.mark.parametrize("length", ["abc", "-5", "5, 6", "12345678901234567890123"])
+def test_unreadable_content_length_is_400_at_once_and_ends_the_connection(server, length):
+    # httplib took an unreadable length for some number and waited for that body: the answer came
+    # only at its 30 s read timeout (raw_exchange gives up after 10 s).
+    head = (f"POST {C} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+    out = raw_exchange(server, head, [], b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out[:300]
+    assert out.count(b"HTTP/1.1 ") == 1, out[:2000]
+    assert b'"code":"invalid_content_length"' in out
+
+
 def test_multipart_body_is_415_and_ends_the_connection(server):
     # httplib reads a multipart body only through part callbacks: the body was left half-read (a 500)
     # and its rest taken for the next request on the connection. Now: 415, and the connection ends.
