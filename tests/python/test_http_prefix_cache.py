@@ -119,3 +119,29 @@ def test_the_flags_take_vllms_forms(build_dir, repo_root):
                             str(repo_root / "configs/server.yaml"), *flags], capture_output=True, text=True, timeout=60)
         assert r.returncode != 0
         assert why in r.stderr + r.stdout
+
+
+def test_a_prompt_cached_by_an_ended_request_and_computed_again_does_not_starve_a_lone_request(start_server):
+    """A lone select-512 request over blocks an ended request had cached, in a pool that holds one such
+    request: where it computed those blocks again, it held the cached pages beside its own copies,
+    which the scheduler did not count, and ran out of pages at the same length after every preemption;
+    the stream never ended (on 8f8a0bb). Now the cached entry moves onto the sequence's own pages
+    (KvCachePrefix.ACachedPromptComputedAgainIsHeldOnce is the host-level test)."""
+    srv = start_server(kv_cache_bytes="24MiB")  # one sequence of at most 640 tokens under `balanced`
+    try:
+        with openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0, timeout=90) as c:
+            first = c.completions.create(model="smollm2-135m-instruct", prompt=[100] * 639, max_tokens=1,
+                                         extra_body={"sparsity": "select-512"})
+            assert first.usage.completion_tokens == 1
+            text, finish = "", None
+            for chunk in c.completions.create(model="smollm2-135m-instruct", prompt=[100] * 300, max_tokens=300,
+                                              stream=True, extra_body={"sparsity": "select-512", "ignore_eos": True}):
+                if chunk.choices:
+                    text += chunk.choices[0].text
+                    finish = chunk.choices[0].finish_reason or finish
+            assert finish == "length"
+        m = srv.metrics()
+        assert m["sparseserve:kv_pages_in_use"] == 0
+        assert m["sparseserve:num_requests_running"] == 0
+    finally:
+        srv.terminate()
