@@ -133,13 +133,15 @@ def test_a_prompt_cached_by_an_ended_request_and_computed_again_does_not_starve_
             first = c.completions.create(model="smollm2-135m-instruct", prompt=[100] * 639, max_tokens=1,
                                          extra_body={"sparsity": "select-512"})
             assert first.usage.completion_tokens == 1
-            text, finish = "", None
+            finish, usage = None, None
             for chunk in c.completions.create(model="smollm2-135m-instruct", prompt=[100] * 300, max_tokens=300,
-                                              stream=True, extra_body={"sparsity": "select-512", "ignore_eos": True}):
+                                              stream=True, stream_options={"include_usage": True},
+                                              extra_body={"sparsity": "select-512", "ignore_eos": True}):
                 if chunk.choices:
-                    text += chunk.choices[0].text
                     finish = chunk.choices[0].finish_reason or finish
+                usage = chunk.usage or usage
             assert finish == "length"
+            assert usage.completion_tokens == 300
         m = srv.metrics()
         assert m["sparseserve:kv_pages_in_use"] == 0
         assert m["sparseserve:num_requests_running"] == 0
