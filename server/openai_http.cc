@@ -169,7 +169,8 @@ std::optional<ApiError> refused_content_length(const httplib::Request& req) {
   if (!req.has_header("Content-Length") || req.has_header("Transfer-Encoding")) return std::nullopt;
   const std::string first = req.get_header_value("Content-Length");
   const size_t n = req.get_header_value_count("Content-Length");
-  bool valid = !first.empty() && first.size() <= 19 && std::ranges::all_of(first, [](char ch) { return ch >= '0' && ch <= '9'; });
+  const auto digit = [](char ch) { return ch >= '0' && ch <= '9'; };
+  bool valid = !first.empty() && first.size() <= 19 && std::ranges::all_of(first, digit);
   for (size_t i = 1; valid && i < n; ++i) valid = req.get_header_value("Content-Length", i) == first;
   if (!valid) {
     return ApiError(400, "invalid_request_error", "Invalid Content-Length header: '" + first.substr(0, 40) + "'", "",
