@@ -134,7 +134,8 @@ struct Engine::Impl {
               bool request_error = false);
   void release(uint64_t key);
   void fail(uint64_t key, const std::string& error);
-  void update_gauges();
+  void update_counts();  // requests running and waiting, pages in use (cheap: no walk over requests)
+  void update_gauges();  // the counts and the KV savings
 };
 
 Engine::Impl::Impl(const Model& m, ModelProfiles p, EngineConfig c, StepBackend b)
@@ -567,8 +568,10 @@ void Engine::Impl::fail(uint64_t key, const std::string& error) {
 
 void Engine::Impl::step() {
   const StepPlan plan = scheduler.plan();
-  // The queue's count of waiting requests (submit) reads this; a step may be long (a CPU prefill).
-  metrics.requests_running = static_cast<int64_t>(scheduler.num_running());
+  // The plan admitted requests and took their pages: the counts (and submit's count of waiting
+  // requests, which reads requests_running) say so now, not after the step, which may be long (a CPU
+  // prefill). The savings wait for the step's end.
+  update_counts();
   for (const ScheduledSeq& s : plan.seqs) step_keys.push_back(s.id);
   step_keys.insert(step_keys.end(), plan.unservable.begin(), plan.unservable.end());
   // Preempted requests did not run: a failed step names one only while its release runs.
@@ -756,8 +759,8 @@ void Engine::Impl::step() {
   scheduler.on_step_done(advanced, appended);
 }
 
-void Engine::Impl::update_gauges() {
-  try {  // informational: a failure here is logged, never ends the loop
+void Engine::Impl::update_counts() {
+  try {  // informational: a failure here is logged, never fails a step
     metrics.requests_running = static_cast<int64_t>(scheduler.num_running());
     {
       std::lock_guard lock(mu);
@@ -766,6 +769,14 @@ void Engine::Impl::update_gauges() {
     metrics.kv_pages_used_retrieval = kv.used_pages(kvcache::HeadRole::kRetrieval);
     metrics.kv_pages_used_streaming = kv.used_pages(kvcache::HeadRole::kStreaming);
     pages_in_use = kv.num_pages() - kv.free_pages();
+  } catch (const std::exception& ex) {
+    spdlog::error("engine: updating the request and page counts failed: {}", ex.what());
+  }
+}
+
+void Engine::Impl::update_gauges() {
+  update_counts();
+  try {  // informational: a failure here is logged, never ends the loop
     // Savings against the dense profile: one page per (layer, KV head) per block of history.
     int64_t saved = 0;
     const int64_t P = kv.config().page_tokens;
@@ -779,7 +790,7 @@ void Engine::Impl::update_gauges() {
     }
     metrics.kv_bytes_saved = saved * metrics.kv_bytes_per_page;
   } catch (const std::exception& ex) {
-    spdlog::error("engine: updating the gauges failed: {}", ex.what());
+    spdlog::error("engine: updating the KV savings gauge failed: {}", ex.what());
   }
 }
 

@@ -159,6 +159,26 @@ TEST_F(EngineTest, ACancelledRequestsIdAndQueuePlaceAreFreeAtOnce) {
   expect_all_pages_returned(e);
 }
 
+// While a request's first step runs (a long prefill), the gauges already count it as running, not
+// waiting, and count its pages (they said running 1, waiting 1, pages 0 until the step ended).
+TEST_F(EngineTest, GaugesCountARequestAndItsPagesDuringItsFirstStep) {
+  Engine e(*model_, profiles(), EngineConfig{});
+  std::string text;
+  while (model_->tokenizer.encode(text, false, false).size() < 1500) text += "The committee met to review the budget. ";
+  auto busy = e.submit(request("busy", text, 2, std::nullopt, 0.0f));  // one step: its whole prefill
+  bool seen = false;
+  for (int i = 0; i < 400 && !seen; ++i) {
+    seen = e.kv_pages_in_use() > 0 && e.metrics().requests_waiting.load() == 0 &&
+           e.metrics().requests_running.load() == 1;
+    if (!seen) std::this_thread::sleep_for(5ms);
+  }
+  ASSERT_TRUE(seen) << "pages " << e.kv_pages_in_use() << ", waiting " << e.metrics().requests_waiting.load()
+                    << ", running " << e.metrics().requests_running.load();
+  EXPECT_FALSE(busy->next(0ms).has_value()) << "seen only after the prefill step";
+  EXPECT_EQ(drain(*busy).last.finish_reason, FinishReason::kLength);
+  expect_all_pages_returned(e);
+}
+
 TEST_F(EngineTest, ARequestOutgrowingTheWholeKvCacheEndsByLengthAndTheEngineKeepsServing) {
   // 200 pages hold two 64-token blocks of the dense profile's lanes (one per layer and KV head):
   // a short prompt fits, its generation outgrows the whole cache. The request preempts itself, the
