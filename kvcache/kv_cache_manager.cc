@@ -279,16 +279,15 @@ void KvCacheManager::commit(uint64_t id, int64_t computed, std::span<const int32
     const int64_t b = std::ssize(chain.used);  // the next block to walk
     const PrefixCache::Serial parent = chain.used.empty() ? 0 : chain.used.back();
     const auto block = tokens.subspan(static_cast<size_t>(b * P), static_cast<size_t>(P));
-    const std::vector<int32_t> pages = block_pages(s, b);
     PrefixCache::Serial e = cache_->find(chain.key->profile, parent, block);
     if (e != 0) {
       // Cached already, from another sequence's pages: used, so that the entry stays while this
       // chain's later blocks hang on it, and moved onto this sequence's own pages of the same K/V
       // when no sequence holds the entry's (see keep_pages_held).
       cache_->acquire(e);
-      if (cache_->pages_unheld(e, pool_)) cache_->rebind(e, pages, pool_);
+      if (cache_->pages_unheld(e, pool_)) cache_->rebind(e, block_pages(s, b), pool_);
     } else {
-      e = cache_->insert(chain.key->profile, parent, block, pages, pool_);
+      e = cache_->insert(chain.key->profile, parent, block, block_pages(s, b), pool_);
     }
     chain.used.push_back(e);
     if (g == nullptr) continue;
